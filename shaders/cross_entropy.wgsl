@@ -1,0 +1,141 @@
+// Softmax cross-entropy over the vocabulary, one workgroup per row of logits.
+//
+//   cross_entropy_forward           lse = logsumexp(row), loss = lse − logits[target]
+//   cross_entropy_backward          dlogits = (exp(logits − lse) − onehot(target)) · scale
+//   cross_entropy_backward_inplace  the same, overwriting the logits (saves a (rows, vocab) buffer)
+//
+// The forward saves lse (rows) for the backward. Rows whose target is −100
+// (ignored) get loss 0 and a zero gradient row. A target outside 0..vocab
+// cannot be reported from the GPU: its loss is NaN (so the mean shows it)
+// and its gradient row zero.
+//
+// Rows are long (vocab up to 128k): each invocation keeps a running
+// (max, Σ exp(x − max)) over its strided share of the row, and the pairs are
+// merged in workgroup memory.
+// Prelude constant: WG, invocations per row (a power of two).
+
+const IGNORE_INDEX: i32 = -100;
+const LOWEST: f32 = -3.40282347e38;
+
+struct Params {
+    rows: u32,
+    vocab: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;         // (rows, vocab)
+@group(0) @binding(2) var<storage, read> targets: array<i32>;        // (rows)
+@group(0) @binding(3) var<storage, read_write> loss: array<f32>;     // (rows)
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;      // (rows), saved for backward
+@group(0) @binding(5) var<storage, read> lse_in: array<f32>;         // (rows), from the forward
+@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;  // (rows, vocab)
+@group(0) @binding(7) var<storage, read_write> logits_io: array<f32>; // (rows, vocab): logits in, dlogits out
+
+var<workgroup> red_m: array<f32, WG>;
+var<workgroup> red_s: array<f32, WG>;
+
+fn nan() -> f32 {
+    var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
+    return bitcast<f32>(bits);
+}
+
+// The target's column, or −1 for an ignored or invalid target.
+fn target_column(row: u32) -> i32 {
+    let t = targets[row];
+    if (t < 0 || u32(t) >= p.vocab) { return -1; }
+    return t;
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    var m = LOWEST;
+    var s = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let v = logits[base + i];
+        if (v > m) {
+            s = s * exp(m - v) + 1.0;
+            m = v;
+        } else {
+            s += exp(v - m);
+        }
+    }
+    red_m[lid] = m;
+    red_s[lid] = s;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            let m1 = red_m[lid];
+            let m2 = red_m[lid + stride];
+            let s1 = red_s[lid];
+            let s2 = red_s[lid + stride];
+            let mm = max(m1, m2);
+            red_m[lid] = mm;
+            red_s[lid] = s1 * exp(m1 - mm) + s2 * exp(m2 - mm);
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        let row_lse = red_m[0] + log(red_s[0]);
+        lse[row] = row_lse;
+        let t = targets[row];
+        let column = target_column(row);
+        if (t == IGNORE_INDEX) {
+            loss[row] = 0.0;
+        } else if (column < 0) {
+            loss[row] = nan();
+        } else {
+            loss[row] = row_lse - logits[base + u32(column)];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    let column = target_column(row);
+    let row_lse = lse_in[row];
+    for (var i = lid; i < p.vocab; i += WG) {
+        var g = 0.0;
+        if (column >= 0) {
+            let onehot = select(0.0, 1.0, i == u32(column));
+            g = (exp(logits[base + i] - row_lse) - onehot) * p.scale;
+        }
+        dlogits[base + i] = g;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_backward_inplace(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    let column = target_column(row);
+    let row_lse = lse_in[row];
+    for (var i = lid; i < p.vocab; i += WG) {
+        var g = 0.0;
+        if (column >= 0) {
+            let onehot = select(0.0, 1.0, i == u32(column));
+            g = (exp(logits_io[base + i] - row_lse) - onehot) * p.scale;
+        }
+        logits_io[base + i] = g;
+    }
+}

@@ -1,0 +1,219 @@
+// Matrix multiply in f32, batched:  C = alpha · op(A) · op(B)  (+ C when accumulating).
+//
+//   op(A) is (M, K): A stored (M, K) row-major, or stored (K, M) and transposed ("tn").
+//   op(B) is (K, N): B stored (K, N), or stored (N, K) and transposed ("nt":
+//   y = x·Wᵀ with a Linear weight W of shape (out, in)).
+//
+// The three orientations training needs are three entry points:
+//   matmul_nt  y  = x · Wᵀ        forward through a Linear
+//   matmul_nn  dx = dy · W        backward to the input
+//   matmul_tn  dW = dyᵀ · x       gradient of a weight
+// Each invocation computes a TM×TN block of C in registers from vec4 loads
+// along the contiguous dimension; lavapipe and real GPUs both reward work per
+// invocation and wide loads far more than workgroup memory here. These need
+// the contiguous extents and offsets to be multiples of 4; `matmul_scalar`
+// (the same register tiling with scalar loads) takes every other shape, and
+// `matmul_naive` (one output per invocation) is kept as the benchmark's yardstick.
+//
+// Prelude constants: TM, TN (outputs per invocation, multiples of 4), WX, WY
+// (workgroup size), and for the scalar kernels TRANS_A, TRANS_B.
+
+struct Params {
+    m: u32, n: u32, k: u32, batch: u32,
+    lda: u32,           // row stride of A as stored
+    ldb: u32,           // row stride of B as stored
+    ldc: u32,           // row stride of C
+    accumulate: u32,    // 1: C += …, 0: C = …
+    a_off: u32, b_off: u32, c_off: u32,  // element offsets of batch 0
+    alpha: f32,
+    stride_a: u32, stride_b: u32, stride_c: u32,  // element strides between batches
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;   // (batch, M, K) or (batch, K, M), vec4 along the row
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;   // (batch, K, N) or (batch, N, K), vec4 along the row
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;    // (batch, M, ldc)
+@group(0) @binding(4) var<storage, read> a: array<f32>;          // scalar views for any shape
+@group(0) @binding(5) var<storage, read> b: array<f32>;
+@group(0) @binding(6) var<storage, read_write> cs: array<f32>;
+
+fn store_c(base: u32, m: u32, n: u32, value: f32) {
+    let i = base + m * p.ldc + n;
+    if (p.accumulate != 0u) {
+        c[i] = c[i] + p.alpha * value;
+    } else {
+        c[i] = p.alpha * value;
+    }
+}
+
+// y = x · Wᵀ: A (M, K) and B (N, K) both contiguous along K.
+@compute @workgroup_size(WX, WY, 1)
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let abase = (p.a_off + wid.z * p.stride_a) / 4u;
+    let bbase = (p.b_off + wid.z * p.stride_b) / 4u;
+    let lda4 = p.lda / 4u;
+    let ldb4 = p.ldb / 4u;
+    // Rows and columns past the edge are clamped so every load is in range;
+    // only the stores are guarded.
+    var arow: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { arow[i] = abase + min(row0 + i, p.m - 1u) * lda4; }
+    var brow: array<u32, TN>;
+    for (var j = 0u; j < TN; j++) { brow[j] = bbase + min(col0 + j, p.n - 1u) * ldb4; }
+    var acc: array<array<f32, TN>, TM>;
+    let k4 = p.k / 4u;
+    for (var kk = 0u; kk < k4; kk++) {
+        var av: array<vec4<f32>, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a4[arow[i] + kk]; }
+        for (var j = 0u; j < TN; j++) {
+            let bv = b4[brow[j] + kk];
+            for (var i = 0u; i < TM; i++) { acc[i][j] += dot(av[i], bv); }
+        }
+    }
+    let cbase = p.c_off + wid.z * p.stride_c;
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store_c(cbase, row0 + i, col0 + j, acc[i][j]); }
+        }
+    }
+}
+
+// dx = dy · W: A (M, K) contiguous along K, B (K, N) contiguous along N.
+@compute @workgroup_size(WX, WY, 1)
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let abase = (p.a_off + wid.z * p.stride_a) / 4u;
+    let bbase = (p.b_off + wid.z * p.stride_b) / 4u;
+    let lda4 = p.lda / 4u;
+    let ldb4 = p.ldb / 4u;
+    let n4 = p.n / 4u;
+    var arow: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { arow[i] = abase + min(row0 + i, p.m - 1u) * lda4; }
+    var bcol: array<u32, TN / 4u>;
+    for (var j = 0u; j < TN / 4u; j++) { bcol[j] = bbase + min(col0 / 4u + j, n4 - 1u); }
+    var acc: array<array<vec4<f32>, TN / 4u>, TM>;
+    let k4 = p.k / 4u;
+    for (var kk = 0u; kk < k4; kk++) {
+        var av: array<vec4<f32>, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a4[arow[i] + kk]; }
+        for (var r = 0u; r < 4u; r++) {
+            let brow = (kk * 4u + r) * ldb4;
+            for (var j = 0u; j < TN / 4u; j++) {
+                let bv = b4[bcol[j] + brow];
+                for (var i = 0u; i < TM; i++) { acc[i][j] += av[i][r] * bv; }
+            }
+        }
+    }
+    let cbase = p.c_off + wid.z * p.stride_c;
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store_c(cbase, row0 + i, col0 + j, acc[i][j / 4u][j % 4u]); }
+        }
+    }
+}
+
+// dW = dyᵀ · x: A stored (K, M) contiguous along M, B (K, N) contiguous along N.
+@compute @workgroup_size(WX, WY, 1)
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let abase = (p.a_off + wid.z * p.stride_a) / 4u;
+    let bbase = (p.b_off + wid.z * p.stride_b) / 4u;
+    let lda4 = p.lda / 4u;
+    let ldb4 = p.ldb / 4u;
+    let m4 = p.m / 4u;
+    let n4 = p.n / 4u;
+    var acol: array<u32, TM / 4u>;
+    for (var i = 0u; i < TM / 4u; i++) { acol[i] = abase + min(row0 / 4u + i, m4 - 1u); }
+    var bcol: array<u32, TN / 4u>;
+    for (var j = 0u; j < TN / 4u; j++) { bcol[j] = bbase + min(col0 / 4u + j, n4 - 1u); }
+    var acc: array<array<vec4<f32>, TN / 4u>, TM>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        var bv: array<vec4<f32>, TN / 4u>;
+        for (var j = 0u; j < TN / 4u; j++) { bv[j] = b4[bcol[j] + kk * ldb4]; }
+        for (var i4 = 0u; i4 < TM / 4u; i4++) {
+            let av = a4[acol[i4] + kk * lda4];
+            for (var r = 0u; r < 4u; r++) {
+                for (var j = 0u; j < TN / 4u; j++) { acc[i4 * 4u + r][j] += av[r] * bv[j]; }
+            }
+        }
+    }
+    let cbase = p.c_off + wid.z * p.stride_c;
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store_c(cbase, row0 + i, col0 + j, acc[i][j / 4u][j % 4u]); }
+        }
+    }
+}
+
+fn a_at(base: u32, m: u32, k: u32) -> f32 {
+    if (TRANS_A) { return a[base + k * p.lda + m]; }
+    return a[base + m * p.lda + k];
+}
+
+fn b_at(base: u32, k: u32, n: u32) -> f32 {
+    if (TRANS_B) { return b[base + n * p.ldb + k]; }
+    return b[base + k * p.ldb + n];
+}
+
+fn store_cs(base: u32, m: u32, n: u32, value: f32) {
+    let i = base + m * p.ldc + n;
+    if (p.accumulate != 0u) {
+        cs[i] = cs[i] + p.alpha * value;
+    } else {
+        cs[i] = p.alpha * value;
+    }
+}
+
+// Any orientation, any shape and offset: the same TM×TN register tile, scalar loads.
+@compute @workgroup_size(WX, WY, 1)
+fn matmul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let abase = p.a_off + wid.z * p.stride_a;
+    let bbase = p.b_off + wid.z * p.stride_b;
+    var rows: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { rows[i] = min(row0 + i, p.m - 1u); }
+    var cols: array<u32, TN>;
+    for (var j = 0u; j < TN; j++) { cols[j] = min(col0 + j, p.n - 1u); }
+    var acc: array<array<f32, TN>, TM>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        var av: array<f32, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a_at(abase, rows[i], kk); }
+        for (var j = 0u; j < TN; j++) {
+            let bv = b_at(bbase, kk, cols[j]);
+            for (var i = 0u; i < TM; i++) { acc[i][j] += av[i] * bv; }
+        }
+    }
+    let cbase = p.c_off + wid.z * p.stride_c;
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store_cs(cbase, row0 + i, col0 + j, acc[i][j]); }
+        }
+    }
+}
+
+// One output per invocation: the yardstick the benchmark prints beside the tiled kernels.
+@compute @workgroup_size(WX, WY, 1)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.y;
+    let col = gid.x;
+    if (row >= p.m || col >= p.n) { return; }
+    let abase = p.a_off + gid.z * p.stride_a;
+    let bbase = p.b_off + gid.z * p.stride_b;
+    var acc = 0.0;
+    for (var kk = 0u; kk < p.k; kk++) { acc += a_at(abase, row, kk) * b_at(bbase, kk, col); }
+    store_cs(p.c_off + gid.z * p.stride_c, row, col, acc);
+}
+

@@ -1,0 +1,179 @@
+// Matrix multiply through a frozen quantized weight, dequantizing inside the
+// kernel so the f32 weight never exists in memory.
+//
+//   qmatmul_nt   y  = x · Wᵀ     x (M, K), W (N, K) → y (M, N)     forward
+//   qmatmul_nn   dx = dy · W     dy (M, N), W (N, K) → dx (M, K)   backward to the input
+//
+// W is NF4 (Q8 = false) or Q8_0 (Q8 = true), laid out as shaders/quant.wgsl
+// describes. Dequantised values are exactly level·absmax (NF4) and q·d (Q8_0),
+// the same products quant.wgsl's dequantize entries write.
+// Register tiling as in matmul.wgsl: each invocation owns a TM×TN block and
+// decodes 4 consecutive weights per 32-bit load. The vec4 entries need K and
+// the x rows aligned to 4 (real models always are); `qmatmul_scalar` takes any
+// shape, and `qmatmul_naive` is the benchmark's yardstick.
+// Prelude constants: Q8, TM, TN, WX, WY, and for the scalar kernels FORWARD.
+
+struct Params {
+    m: u32, n: u32, k: u32, batch: u32,
+    lda: u32,           // row stride of x (or dy)
+    ldb: u32,           // unused: W rows are contiguous
+    ldc: u32,           // row stride of the output
+    accumulate: u32,
+    a_off: u32, b_off: u32, c_off: u32,
+    alpha: f32,
+    stride_a: u32, stride_b: u32, stride_c: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;  // x (M, K) or dy (M, N), vec4 along rows
+@group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8, (N, K) flattened
+@group(0) @binding(3) var<storage, read> ws: array<u32>;        // NF4 absmax bits (N·K/64) | Q8_0 f16 scale pairs
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;   // y (M, ldc) or dx (M, ldc)
+@group(0) @binding(5) var<storage, read> a: array<f32>;         // scalar view of x / dy
+
+var<private> NF4_LEVELS: array<f32, 16> = array<f32, 16>(
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230850219727, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0);
+
+// Four consecutive weights starting at flattened element e (e % 4 == 0).
+fn w4(e: u32) -> vec4<f32> {
+    if (Q8) {
+        let word = bitcast<i32>(wq[e >> 2u]);
+        let block = e >> 5u;
+        let d = unpack2x16float(ws[block >> 1u])[block & 1u];
+        let q = vec4<f32>(f32(extractBits(word, 0u, 8u)), f32(extractBits(word, 8u, 8u)),
+                          f32(extractBits(word, 16u, 8u)), f32(extractBits(word, 24u, 8u)));
+        return q * d;
+    }
+    // Two bytes of one word; the even element of each byte is its high nibble.
+    let v = wq[e >> 3u] >> ((e & 4u) * 4u);
+    let absmax = bitcast<f32>(ws[e >> 6u]);
+    return vec4<f32>(NF4_LEVELS[(v >> 4u) & 15u], NF4_LEVELS[v & 15u],
+                     NF4_LEVELS[(v >> 12u) & 15u], NF4_LEVELS[(v >> 8u) & 15u]) * absmax;
+}
+
+// One weight at flattened element e.
+fn w1(e: u32) -> f32 {
+    if (Q8) {
+        let q = extractBits(bitcast<i32>(wq[e >> 2u]), (e & 3u) * 8u, 8u);
+        let block = e >> 5u;
+        return f32(q) * unpack2x16float(ws[block >> 1u])[block & 1u];
+    }
+    let byte = (wq[e >> 3u] >> (((e >> 1u) & 3u) * 8u)) & 0xffu;
+    let code = select(byte & 15u, byte >> 4u, (e & 1u) == 0u);
+    return NF4_LEVELS[code] * bitcast<f32>(ws[e >> 6u]);
+}
+
+fn store(m: u32, n: u32, value: f32) {
+    let i = p.c_off + m * p.ldc + n;
+    if (p.accumulate != 0u) {
+        c[i] = c[i] + p.alpha * value;
+    } else {
+        c[i] = p.alpha * value;
+    }
+}
+
+// y = x · Wᵀ: both operands contiguous along K.
+@compute @workgroup_size(WX, WY, 1)
+fn qmatmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let lda4 = p.lda / 4u;
+    var arow: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { arow[i] = p.a_off / 4u + min(row0 + i, p.m - 1u) * lda4; }
+    var wrow: array<u32, TN>;
+    for (var j = 0u; j < TN; j++) { wrow[j] = min(col0 + j, p.n - 1u) * p.k; }
+    var acc: array<array<f32, TN>, TM>;
+    for (var kk = 0u; kk < p.k / 4u; kk++) {
+        var av: array<vec4<f32>, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a4[arow[i] + kk]; }
+        for (var j = 0u; j < TN; j++) {
+            let wv = w4(wrow[j] + kk * 4u);
+            for (var i = 0u; i < TM; i++) { acc[i][j] += dot(av[i], wv); }
+        }
+    }
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store(row0 + i, col0 + j, acc[i][j]); }
+        }
+    }
+}
+
+// dx = dy · W: here M×N is the output (rows of dy × in_features) and K is the
+// inner dimension (out_features); W row kk holds the weights of output kk.
+@compute @workgroup_size(WX, WY, 1)
+fn qmatmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    let lda4 = p.lda / 4u;
+    var arow: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { arow[i] = p.a_off / 4u + min(row0 + i, p.m - 1u) * lda4; }
+    var wcol: array<u32, TN / 4u>;
+    for (var j = 0u; j < TN / 4u; j++) { wcol[j] = min(col0 + j * 4u, p.n - 4u); }
+    var acc: array<array<vec4<f32>, TN / 4u>, TM>;
+    for (var kk = 0u; kk < p.k / 4u; kk++) {
+        var av: array<vec4<f32>, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a4[arow[i] + kk]; }
+        for (var r = 0u; r < 4u; r++) {
+            let wbase = (kk * 4u + r) * p.n;
+            for (var j = 0u; j < TN / 4u; j++) {
+                let wv = w4(wbase + wcol[j]);
+                for (var i = 0u; i < TM; i++) { acc[i][j] += av[i][r] * wv; }
+            }
+        }
+    }
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store(row0 + i, col0 + j, acc[i][j / 4u][j % 4u]); }
+        }
+    }
+}
+
+// Weight (inner index kk, output column n) for either direction.
+fn w_at(kk: u32, n: u32) -> f32 {
+    if (FORWARD) { return w1(n * p.k + kk); }
+    return w1(kk * p.n + n);
+}
+
+// Any shape: the same register tile with scalar loads.
+@compute @workgroup_size(WX, WY, 1)
+fn qmatmul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = (wid.y * WY + lid.y) * TM;
+    let col0 = (wid.x * WX + lid.x) * TN;
+    if (row0 >= p.m || col0 >= p.n) { return; }
+    var rows: array<u32, TM>;
+    for (var i = 0u; i < TM; i++) { rows[i] = p.a_off + min(row0 + i, p.m - 1u) * p.lda; }
+    var cols: array<u32, TN>;
+    for (var j = 0u; j < TN; j++) { cols[j] = min(col0 + j, p.n - 1u); }
+    var acc: array<array<f32, TN>, TM>;
+    for (var kk = 0u; kk < p.k; kk++) {
+        var av: array<f32, TM>;
+        for (var i = 0u; i < TM; i++) { av[i] = a[rows[i] + kk]; }
+        for (var j = 0u; j < TN; j++) {
+            let wv = w_at(kk, cols[j]);
+            for (var i = 0u; i < TM; i++) { acc[i][j] += av[i] * wv; }
+        }
+    }
+    for (var i = 0u; i < TM; i++) {
+        if (row0 + i >= p.m) { break; }
+        for (var j = 0u; j < TN; j++) {
+            if (col0 + j < p.n) { store(row0 + i, col0 + j, acc[i][j]); }
+        }
+    }
+}
+
+// One output per invocation, decoding every weight it touches.
+@compute @workgroup_size(WX, WY, 1)
+fn qmatmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.y >= p.m || gid.x >= p.n) { return; }
+    var acc = 0.0;
+    for (var kk = 0u; kk < p.k; kk++) { acc += a[p.a_off + gid.y * p.lda + kk] * w_at(kk, gid.x); }
+    store(gid.y, gid.x, acc);
+}

@@ -1,0 +1,141 @@
+//! Benchmarks that print figures (speed lives here, never in timed tests).
+//! Each figure is the median of several repeats of one submission that holds
+//! enough launches to dwarf the per-submit overhead.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::matmul::{gemm_with, Gemm, Tiles, Variant};
+use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
+use crate::quant::QuantFormat;
+
+/// One measured shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    pub kernel: String,
+    pub shape: String,
+    pub gflops: f64,
+    pub ms_per_call: f64,
+}
+
+/// The foundation shapes: squares, and a projection (x·W with W 512×1376, and
+/// the same weight transposed as y = x·Wᵀ).
+pub fn matmul_shapes() -> Vec<(String, Gemm)> {
+    vec![
+        ("256³".into(), Gemm::new(256, 256, 256, false, false)),
+        ("512³".into(), Gemm::new(512, 512, 512, false, false)),
+        ("1024³".into(), Gemm::new(1024, 1024, 1024, false, false)),
+        ("[512×512]·[512×1376]".into(), Gemm::new(512, 1376, 512, false, false)),
+        ("[512×512]·[1376×512]ᵀ".into(), Gemm::new(512, 1376, 512, false, true)),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn time_calls(gpu: &Gpu, calls: usize, repeats: usize, mut record: impl FnMut(&mut Recorder) -> Result<()>) -> Result<f64> {
+    // Warm up: builds the pipeline and touches the buffers.
+    let mut rec = Recorder::new(gpu);
+    record(&mut rec)?;
+    rec.submit()?;
+    gpu.synchronize().await?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let mut rec = Recorder::new(gpu);
+        for _ in 0..calls {
+            record(&mut rec)?;
+        }
+        let start = Instant::now();
+        rec.submit()?;
+        gpu.synchronize().await?;
+        times.push(start.elapsed().as_secs_f64() / calls as f64);
+    }
+    Ok(median(times))
+}
+
+fn calls_for(flops: f64, variant_is_naive: bool) -> usize {
+    // About 2 GFLOP per submission (less for the slow kernel), at least 1 call.
+    let budget = if variant_is_naive { 3e8 } else { 2e9 };
+    ((budget / flops) as usize).clamp(1, 64)
+}
+
+/// f32 matmul figures for a kernel variant.
+pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, repeats: usize) -> Result<Figure> {
+    let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    let a = Tensor::from_slice(gpu, &[ar, ac], &fill(ar * ac, 1))?;
+    let b = Tensor::from_slice(gpu, &[br, bc], &fill(br * bc, 2))?;
+    let c = Tensor::zeros(gpu, &[g.m, g.n], DType::F32)?;
+    let calls = calls_for(g.flops(), variant == Variant::Naive);
+    let secs = time_calls(gpu, calls, repeats, |rec| gemm_with(rec, g, &a, &b, &c, variant)).await?;
+    Ok(Figure {
+        kernel: format!("f32 {}", variant_name(variant)),
+        shape: name.into(),
+        gflops: g.flops() / secs / 1e9,
+        ms_per_call: secs * 1e3,
+    })
+}
+
+/// Quantized matmul figures: y = x·Wᵀ with W (n, k) in `format`.
+pub async fn bench_qmatmul(gpu: &Gpu, name: &str, g: &Gemm, format: QuantFormat, variant: QVariant, repeats: usize) -> Result<Figure> {
+    let x = Tensor::from_slice(gpu, &[g.m, g.k], &fill(g.m * g.k, 3))?;
+    let w = QWeight::from_f32(gpu, &fill(g.n * g.k, 4), g.n, g.k, format)?;
+    let y = Tensor::zeros(gpu, &[g.m, g.n], DType::F32)?;
+    let calls = calls_for(g.flops(), variant == QVariant::Naive);
+    let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, false, variant)).await?;
+    Ok(Figure {
+        kernel: format!("{} {}", format.name(), if variant == QVariant::Naive { "naive" } else { "tiled" }),
+        shape: name.into(),
+        gflops: g.flops() / secs / 1e9,
+        ms_per_call: secs * 1e3,
+    })
+}
+
+fn variant_name(v: Variant) -> String {
+    match v {
+        Variant::Tiled(t) => format!("tiled {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
+        Variant::Scalar(t) => format!("scalar {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
+        Variant::Naive => "naive".into(),
+    }
+}
+
+fn fill(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = crate::util::rng::Rng::new(seed);
+    (0..n).map(|_| rng.normal() as f32 * 0.1).collect()
+}
+
+/// Every kernel figure the foundation asks for.
+pub async fn kernel_figures(gpu: &Gpu, repeats: usize, tiles: Tiles, with_naive: bool) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    for (name, g) in matmul_shapes() {
+        out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
+        if with_naive {
+            out.push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?);
+        }
+    }
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
+        for (name, g) in matmul_shapes() {
+            // y = x·Wᵀ with W (n, k): the quantized kernels always read W transposed.
+            let g = Gemm::new(g.m, g.n, g.k, false, true);
+            out.push(bench_qmatmul(gpu, &name, &g, format, QVariant::Tiled, repeats).await?);
+            if with_naive {
+                out.push(bench_qmatmul(gpu, &name, &g, format, QVariant::Naive, repeats).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// f32 matmul figures for one tile shape at the foundation shapes (for tuning).
+pub async fn sweep_tiles(gpu: &Gpu, tiles: Tiles, repeats: usize) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    for (name, g) in matmul_shapes().into_iter().skip(1).take(2).chain(matmul_shapes().into_iter().skip(4)) {
+        out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
+    }
+    Ok(out)
+}

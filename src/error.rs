@@ -1,0 +1,62 @@
+//! The one error type for everything a user can cause: bad files, shapes that
+//! don't fit, a device too small, a device that goes away. Messages say what was
+//! wrong and where; `assert!` is kept for the code's own invariants.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in webpeft that is not a bug in webpeft.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("no GPU adapter is available{0}")]
+    NoAdapter(String),
+
+    #[error("could not create a GPU device on {adapter}: {message}")]
+    DeviceRequest { adapter: String, message: String },
+
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
+    #[error("the GPU reported an error during {context}: {message}")]
+    Gpu { context: String, message: String },
+
+    #[error("timed out after {seconds} s waiting for the GPU during {context}")]
+    Timeout { context: String, seconds: u64 },
+
+    #[error("{what} needs {bytes} bytes, over the device's {limit_name} of {limit} bytes")]
+    OverLimit {
+        what: String,
+        bytes: u64,
+        limit: u64,
+        limit_name: &'static str,
+    },
+
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: argument `{arg}` must be {expected}, got {got}")]
+    DType {
+        op: &'static str,
+        arg: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+
+    #[error("invalid argument to {op}: {detail}")]
+    InvalidArgument { op: &'static str, detail: String },
+
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
+
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+    pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, detail: detail.into() }
+    }
+}

@@ -1,0 +1,252 @@
+//! Creating the device, once, from whatever adapter the platform offers.
+
+use std::sync::{Arc, Mutex};
+
+use super::memory::{MemoryStats, MemoryTracker};
+use super::pipelines::PipelineCache;
+use crate::error::{Error, Result};
+
+/// How to create a [`Gpu`]. The defaults are right for real use; tests shrink
+/// `max_binding_bytes` to exercise tensors split across bindings.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Pretend the device binds at most this many bytes per storage buffer
+    /// (never more than the adapter allows).
+    pub max_binding_bytes: Option<u64>,
+    /// Prefer the high-performance adapter where there are several.
+    pub high_performance: bool,
+    /// Request SHADER_F16 when the adapter has it.
+    pub allow_f16: bool,
+    /// How long a native wait for the GPU may take before it is an error.
+    pub timeout_seconds: u64,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { max_binding_bytes: None, high_performance: true, allow_f16: true, timeout_seconds: 600 }
+    }
+}
+
+/// What the adapter is, in a form that serialises for the JS API and the bench.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub backend: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamp_query: bool,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+/// A device and queue with webpeft's shared state: the pipeline cache, the
+/// memory accounting and the errors the device reported.
+pub struct Gpu {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) memory: Arc<MemoryTracker>,
+    info: GpuInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    max_binding: u64,
+    pub(crate) timeout_seconds: u64,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Gpu {
+    /// Create a device on the best adapter, with its own limits and the optional
+    /// features webpeft can use.
+    pub async fn new() -> Result<Gpu> {
+        Self::with_options(GpuOptions::default()).await
+    }
+
+    pub async fn with_options(options: GpuOptions) -> Result<Gpu> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        #[cfg(target_arch = "wasm32")]
+        let descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        let instance = wgpu::Instance::new(descriptor);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: if options.high_performance {
+                    wgpu::PowerPreference::HighPerformance
+                } else {
+                    wgpu::PowerPreference::LowPower
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                let why = if cfg!(target_arch = "wasm32") {
+                    format!(" (this browser has no WebGPU, or it is turned off: {e})")
+                } else {
+                    format!(" ({e}); on Linux install Mesa's Vulkan drivers (mesa-vulkan-drivers)")
+                };
+                Error::NoAdapter(why)
+            })?;
+        Self::from_adapter(adapter, options).await
+    }
+
+    /// Create the device on a chosen adapter.
+    pub async fn from_adapter(adapter: wgpu::Adapter, options: GpuOptions) -> Result<Gpu> {
+        let adapter_info = adapter.get_info();
+        let limits = adapter.limits();
+        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+        if options.allow_f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        let features = adapter.features() & wanted;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webpeft"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::DeviceRequest { adapter: adapter_info.name.clone(), message: e.to_string() })?;
+
+        // The default handler panics; a user's bad input must never panic, so the
+        // device's complaints are kept and returned as errors by the next check.
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut l) = lost_sink.lock() {
+                *l = Some(format!("{reason:?}: {message}"));
+            }
+        });
+
+        let max_binding = options
+            .max_binding_bytes
+            .map_or(limits.max_storage_buffer_binding_size, |m| m.min(limits.max_storage_buffer_binding_size));
+        let info = GpuInfo {
+            name: adapter_info.name.clone(),
+            vendor: adapter_info.vendor,
+            device: adapter_info.device,
+            device_type: format!("{:?}", adapter_info.device_type),
+            driver: adapter_info.driver.clone(),
+            driver_info: adapter_info.driver_info.clone(),
+            backend: adapter_info.backend.to_string(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            subgroup_min_size: adapter_info.subgroup_min_size,
+            subgroup_max_size: adapter_info.subgroup_max_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: max_binding,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        };
+        Ok(Gpu {
+            pipelines: PipelineCache::default(),
+            memory: Arc::new(MemoryTracker::default()),
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            max_binding,
+            timeout_seconds: options.timeout_seconds,
+            errors,
+            lost,
+        })
+    }
+
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) on vulkan (Cpu)": what tests print.
+    pub fn describe(&self) -> String {
+        format!("{} on {} ({})", self.info.name, self.info.backend, self.info.device_type)
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// The largest storage binding, in bytes, the kernels may use (the adapter's,
+    /// or less when the options lowered it).
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.max_binding
+    }
+
+    pub fn memory(&self) -> MemoryStats {
+        self.memory.stats()
+    }
+
+    /// Start measuring a new peak from the bytes live now.
+    pub fn reset_peak_memory(&self) {
+        self.memory.reset_peak()
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Return the first error the device reported since the last check, if any.
+    pub fn check(&self, context: &str) -> Result<()> {
+        if let Some(reason) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(Error::DeviceLost(reason));
+        }
+        let mut errors = self.errors.lock().map_err(|_| Error::Gpu {
+            context: context.into(),
+            message: "error log poisoned".into(),
+        })?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(Error::Gpu { context: context.into(), message })
+    }
+
+    /// Check a buffer size against the device's limits before asking for it.
+    pub(crate) fn check_buffer_size(&self, what: &str, bytes: u64) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::OverLimit {
+                what: what.into(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! The GPU runtime: device creation, tensors with byte accounting, the pipeline
+//! cache, recording dispatches and submitting them once, and async readback.
+//!
+//! `Gpu::new().await` is called once; everything else takes `&Gpu`, so the same
+//! code runs natively (Vulkan/Metal/DX12, GL as a fallback) and in the browser
+//! (WebGPU).
+
+mod device;
+mod memory;
+mod pipelines;
+mod readback;
+mod recorder;
+mod tensor;
+
+pub use device::{Gpu, GpuInfo, GpuOptions};
+pub use memory::MemoryStats;
+pub use pipelines::{Const, Kernel, PipelineKey};
+pub use recorder::Recorder;
+pub use tensor::{DType, Tensor};
+
+/// Re-exported so users can name adapter types without depending on wgpu.
+pub use wgpu;

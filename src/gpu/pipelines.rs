@@ -1,0 +1,188 @@
+//! The one pipeline cache. Shaders load with `include_str!` from `shaders/`, are
+//! named by [`Kernel`], and are specialised by a tiny prelude of named
+//! constants (tile sizes, flags). A pipeline is built once per
+//! (kernel, entry point, constants) and its bind-group layout kept beside it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::Gpu;
+
+/// One WGSL file per kernel family, forward and backward side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Matmul,
+    QMatmul,
+    Quant,
+    RmsNorm,
+    Rope,
+    SwiGlu,
+    Softmax,
+    Attention,
+    Embedding,
+    Elementwise,
+    CrossEntropy,
+    Reduce,
+    AdamW,
+}
+
+impl Kernel {
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Kernel::QMatmul => include_str!("../../shaders/qmatmul.wgsl"),
+            Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
+            Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
+            Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
+            Kernel::SwiGlu => include_str!("../../shaders/swiglu.wgsl"),
+            Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
+            Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
+            Kernel::CrossEntropy => include_str!("../../shaders/cross_entropy.wgsl"),
+            Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Kernel::AdamW => include_str!("../../shaders/adamw.wgsl"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Matmul => "matmul",
+            Kernel::QMatmul => "qmatmul",
+            Kernel::Quant => "quant",
+            Kernel::RmsNorm => "rmsnorm",
+            Kernel::Rope => "rope",
+            Kernel::SwiGlu => "swiglu",
+            Kernel::Softmax => "softmax",
+            Kernel::Attention => "attention",
+            Kernel::Embedding => "embedding",
+            Kernel::Elementwise => "elementwise",
+            Kernel::CrossEntropy => "cross_entropy",
+            Kernel::Reduce => "reduce",
+            Kernel::AdamW => "adamw",
+        }
+    }
+}
+
+/// Helpers every kernel may use (2-D dispatch flattening and the like).
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// A specialisation constant, written into the prelude as a WGSL `const`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Const {
+    U32(u32),
+    Bool(bool),
+    F32(f32),
+}
+
+impl Const {
+    fn wgsl(self, name: &str) -> String {
+        match self {
+            Const::U32(v) => format!("const {name}: u32 = {v}u;\n"),
+            Const::Bool(v) => format!("const {name}: bool = {v};\n"),
+            Const::F32(v) => format!("const {name}: f32 = {v:?};\n"),
+        }
+    }
+
+    fn bits(self) -> u64 {
+        match self {
+            Const::U32(v) => v as u64,
+            Const::Bool(v) => v as u64,
+            Const::F32(v) => v.to_bits() as u64,
+        }
+    }
+}
+
+/// What identifies a pipeline: kernel family, entry point and constants.
+#[derive(Clone, Debug)]
+pub struct PipelineKey {
+    pub kernel: Kernel,
+    pub entry: &'static str,
+    pub consts: Vec<(&'static str, Const)>,
+}
+
+impl PipelineKey {
+    pub fn new(kernel: Kernel, entry: &'static str) -> Self {
+        Self { kernel, entry, consts: Vec::new() }
+    }
+
+    pub fn with(mut self, name: &'static str, value: Const) -> Self {
+        self.consts.push((name, value));
+        self
+    }
+
+    fn hash_key(&self) -> (Kernel, &'static str, Vec<(&'static str, u64)>) {
+        (self.kernel, self.entry, self.consts.iter().map(|(n, c)| (*n, c.bits())).collect())
+    }
+
+    fn prelude(&self) -> String {
+        self.consts.iter().map(|(n, c)| c.wgsl(n)).collect()
+    }
+
+    /// A short name for timing tables: `matmul/matmul_tiled`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.kernel.name(), self.entry)
+    }
+}
+
+pub(crate) struct CachedPipeline {
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) layout: wgpu::BindGroupLayout,
+    pub(crate) label: String,
+}
+
+type ModuleKey = (Kernel, Vec<(&'static str, u64)>);
+type PipeKey = (Kernel, &'static str, Vec<(&'static str, u64)>);
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<ModuleKey, Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<PipeKey, Arc<CachedPipeline>>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn get(&self, gpu: &Gpu, key: &PipelineKey) -> Arc<CachedPipeline> {
+        let hash_key = key.hash_key();
+        if let Some(p) = self.pipelines.lock().expect("pipeline cache poisoned").get(&hash_key) {
+            return p.clone();
+        }
+        let module_key = (key.kernel, hash_key.2.clone());
+        let module = {
+            let mut modules = self.modules.lock().expect("pipeline cache poisoned");
+            modules
+                .entry(module_key)
+                .or_insert_with(|| {
+                    let source = format!("{}{}{}", key.prelude(), COMMON, key.kernel.source());
+                    Arc::new(gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(key.kernel.name()),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    }))
+                })
+                .clone()
+        };
+        let label = key.label();
+        let pipeline = gpu.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: None,
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let cached = Arc::new(CachedPipeline { pipeline, layout, label });
+        self.pipelines.lock().expect("pipeline cache poisoned").insert(hash_key, cached.clone());
+        cached
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
+    }
+}
+
+impl Gpu {
+    /// Number of distinct pipelines built so far.
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.len()
+    }
+}

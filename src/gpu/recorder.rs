@@ -1,0 +1,205 @@
+//! Ops record work; a step is encoded and submitted once. A [`Recorder`]
+//! collects dispatches (and copies) with their parameters, then `submit`
+//! writes every parameter block into one uniform buffer, builds the bind
+//! groups and encodes everything in one command buffer.
+
+use std::sync::Arc;
+
+use super::pipelines::{CachedPipeline, PipelineKey};
+use super::tensor::{Storage, Tensor};
+use super::Gpu;
+use crate::error::{Error, Result};
+
+enum Op {
+    Dispatch {
+        pipeline: Arc<CachedPipeline>,
+        buffers: Vec<(u32, Arc<Storage>)>,
+        params_offset: u64,
+        params_size: u64,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: Arc<Storage>,
+        src_offset: u64,
+        dst: Arc<Storage>,
+        dst_offset: u64,
+        bytes: u64,
+    },
+}
+
+/// Records kernel launches against one [`Gpu`] until [`Recorder::submit`].
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    ops: Vec<Op>,
+    params: Vec<u8>,
+}
+
+impl<'g> Recorder<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Self { gpu, ops: Vec::new(), params: Vec::new() }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Number of recorded operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Record one dispatch. Binding 0 is `params` (a uniform block); bindings
+    /// 1.. are `tensors`, in order. Checks each binding against the device's
+    /// binding limit and the grid against its dispatch limit.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        key: &PipelineKey,
+        params: &P,
+        tensors: &[&Tensor],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let bound: Vec<(u32, &Tensor)> = tensors.iter().enumerate().map(|(i, t)| (i as u32 + 1, *t)).collect();
+        self.dispatch_bound(key, params, &bound, groups)
+    }
+
+    /// Like [`Recorder::dispatch`], with each tensor's binding number given
+    /// (for entry points of one file that use different bindings).
+    pub fn dispatch_bound<P: bytemuck::Pod>(
+        &mut self,
+        key: &PipelineKey,
+        params: &P,
+        bound: &[(u32, &Tensor)],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        let tensors: Vec<&Tensor> = bound.iter().map(|(_, t)| *t).collect();
+        let max_binding = gpu.max_binding_bytes();
+        for t in &tensors {
+            if t.bytes() > max_binding {
+                return Err(Error::OverLimit {
+                    what: format!("{} binding of a {:?} {} tensor", key.label(), t.shape(), t.dtype().name()),
+                    bytes: t.bytes(),
+                    limit: max_binding,
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+        }
+        if tensors.len() as u32 > gpu.limits().max_storage_buffers_per_shader_stage {
+            return Err(Error::OverLimit {
+                what: format!("{} storage bindings", key.label()),
+                bytes: tensors.len() as u64,
+                limit: gpu.limits().max_storage_buffers_per_shader_stage as u64,
+                limit_name: "max_storage_buffers_per_shader_stage",
+            });
+        }
+        let max_groups = gpu.limits().max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::OverLimit {
+                what: format!("{} grid {groups:?}", key.label()),
+                bytes: *groups.iter().max().unwrap_or(&0) as u64,
+                limit: max_groups as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let align = gpu.limits().min_uniform_buffer_offset_alignment as usize;
+        let offset = self.params.len().div_ceil(align) * align;
+        let bytes = bytemuck::bytes_of(params);
+        let size = bytes.len().max(16).div_ceil(16) * 16;
+        self.params.resize(offset + size, 0);
+        self.params[offset..offset + bytes.len()].copy_from_slice(bytes);
+        let pipeline = gpu.pipelines.get(gpu, key);
+        self.ops.push(Op::Dispatch {
+            pipeline,
+            buffers: bound.iter().map(|(b, t)| (*b, t.storage.clone())).collect(),
+            params_offset: offset as u64,
+            params_size: size as u64,
+            groups,
+        });
+        Ok(())
+    }
+
+    /// Record a copy of `bytes` bytes (a multiple of 4) between tensors.
+    pub fn copy(&mut self, src: &Tensor, src_offset: u64, dst: &Tensor, dst_offset: u64, bytes: u64) -> Result<()> {
+        if bytes % 4 != 0 || src_offset % 4 != 0 || dst_offset % 4 != 0 {
+            return Err(Error::invalid("copy", format!("offsets and size must be multiples of 4 ({src_offset}, {dst_offset}, {bytes})")));
+        }
+        if src_offset + bytes > src.bytes() || dst_offset + bytes > dst.bytes() {
+            return Err(Error::invalid(
+                "copy",
+                format!("{bytes} bytes from {src_offset} of {} into {dst_offset} of {}", src.bytes(), dst.bytes()),
+            ));
+        }
+        if bytes > 0 {
+            self.ops.push(Op::Copy {
+                src: src.storage.clone(),
+                src_offset,
+                dst: dst.storage.clone(),
+                dst_offset,
+                bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Encode everything recorded into one command buffer and submit it.
+    pub fn submit(self) -> Result<()> {
+        let gpu = self.gpu;
+        gpu.check("before submit")?;
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let device = &gpu.device;
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: (self.params.len().max(16)) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.queue.write_buffer(&params, 0, &self.params);
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        let mut i = 0;
+        while i < self.ops.len() {
+            match &self.ops[i] {
+                Op::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                    encoder.copy_buffer_to_buffer(&src.buffer, *src_offset, &dst.buffer, *dst_offset, *bytes);
+                    i += 1;
+                }
+                Op::Dispatch { .. } => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) = self.ops.get(i) {
+                        let mut entries = Vec::with_capacity(buffers.len() + 1);
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &params,
+                                offset: *params_offset,
+                                size: wgpu::BufferSize::new(*params_size),
+                            }),
+                        });
+                        for (binding, b) in buffers {
+                            entries.push(wgpu::BindGroupEntry { binding: *binding, resource: b.buffer.as_entire_binding() });
+                        }
+                        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some(&pipeline.label),
+                            layout: &pipeline.layout,
+                            entries: &entries,
+                        });
+                        pass.set_pipeline(&pipeline.pipeline);
+                        pass.set_bind_group(0, &bind_group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        i += 1;
+                    }
+                }
+            }
+        }
+        gpu.queue.submit([encoder.finish()]);
+        gpu.check("submit")
+    }
+}

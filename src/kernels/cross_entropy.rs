@@ -1,0 +1,92 @@
+//! Softmax cross-entropy over the vocabulary (`shaders/cross_entropy.wgsl`).
+//!
+//! The forward returns the per-row loss and saves the per-row logsumexp
+//! (`4·rows` bytes), from which the backward recomputes the softmax; the
+//! logits themselves are needed by the backward, and
+//! [`cross_entropy_backward_inplace`] turns them into dlogits without a second
+//! (rows, vocab) buffer. Rows with target −100 are ignored (loss 0, zero
+//! gradient). Targets live on the GPU and can't be checked here: one outside
+//! `0..vocab` gives a NaN loss and a zero gradient row; callers should check
+//! them on the CPU.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, dims, u32_count};
+use super::grid_1d;
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+/// Invocations per row (a power of two): rows are up to 128k long.
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    vocab: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+fn check(op: &'static str, logits: &Tensor, targets: &Tensor, lse: Option<&Tensor>) -> Result<(usize, usize)> {
+    all_f32(op, &[("logits", logits)])?;
+    targets.expect_dtype(op, "targets", DType::I32)?;
+    let [rows, vocab] = dims(op, "logits", "(rows, vocab)", logits)?;
+    if targets.shape() != [rows] {
+        return Err(Error::shape(op, format!("targets {:?} must be ({rows}) for logits {:?}", targets.shape(), logits.shape())));
+    }
+    if let Some(lse) = lse {
+        lse.expect_dtype(op, "lse", DType::F32)?;
+        if lse.shape() != [rows] {
+            return Err(Error::shape(op, format!("lse {:?} must be ({rows}) for logits {:?}", lse.shape(), logits.shape())));
+        }
+    }
+    u32_count(op, "logits' element count", rows * vocab)?;
+    Ok((rows, vocab))
+}
+
+fn launch(rec: &mut Recorder, entry: &'static str, rows: usize, vocab: usize, scale: f32, bound: &[(u32, &Tensor)]) -> Result<()> {
+    let p = Params { rows: rows as u32, vocab: vocab as u32, scale, _pad: 0 };
+    let key = PipelineKey::new(Kernel::CrossEntropy, entry).with("WG", Const::U32(WG));
+    rec.dispatch_bound(&key, &p, bound, grid_1d(rows))
+}
+
+/// Returns `(loss, lse)`, both (rows).
+///
+/// - logits: (rows, vocab)
+/// - targets: (rows) i32, each in 0..vocab or −100 (ignored: loss 0)
+/// - loss[r] = lse[r] − logits[r, target]; lse[r] = logsumexp(logits[r]), saved for backward
+pub fn cross_entropy_forward(rec: &mut Recorder, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "cross_entropy_forward";
+    let (rows, vocab) = check(OP, logits, targets, None)?;
+    if vocab == 0 {
+        return Err(Error::shape(OP, "logits have no columns"));
+    }
+    let loss = Tensor::zeros(rec.gpu(), &[rows], DType::F32)?;
+    let lse = Tensor::zeros(rec.gpu(), &[rows], DType::F32)?;
+    launch(rec, OP, rows, vocab, 0.0, &[(1, logits), (2, targets), (3, &loss), (4, &lse)])?;
+    Ok((loss, lse))
+}
+
+/// dlogits (rows, vocab) = (softmax(logits) − onehot(target)) · scale, zero
+/// rows where the target is ignored. `scale` is the upstream gradient of the
+/// summed loss, usually 1 / (non-ignored rows of the whole accumulated batch).
+pub fn cross_entropy_backward(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, lse: &Tensor, scale: f32) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_backward";
+    let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
+    let dlogits = Tensor::zeros(rec.gpu(), &[rows, vocab], DType::F32)?;
+    if vocab > 0 {
+        launch(rec, OP, rows, vocab, scale, &[(1, logits), (2, targets), (5, lse), (6, &dlogits)])?;
+    }
+    Ok(dlogits)
+}
+
+/// [`cross_entropy_backward`] overwriting `logits` with dlogits.
+pub fn cross_entropy_backward_inplace(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, lse: &Tensor, scale: f32) -> Result<()> {
+    const OP: &str = "cross_entropy_backward_inplace";
+    let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
+    if vocab == 0 {
+        return Ok(());
+    }
+    launch(rec, OP, rows, vocab, scale, &[(7, logits), (2, targets), (5, lse)])
+}

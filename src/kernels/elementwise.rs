@@ -1,0 +1,99 @@
+//! Elementwise f32 arithmetic (`shaders/elementwise.wgsl`): residual adds,
+//! gradient accumulation and scaling, fills and copies. Tensors are flat here:
+//! only element counts matter, but operands must have the same shape so a
+//! mix-up is caught.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, same_shape, u32_count};
+use super::grid_1d;
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+/// Invocations per workgroup (one value each).
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    s: f32,
+    _pad: [u32; 2],
+}
+
+fn launch(rec: &mut Recorder, op: &'static str, entry: &'static str, s: f32, bound: &[(u32, &Tensor)]) -> Result<()> {
+    let n = bound[0].1.numel();
+    let p = Params { n: u32_count(op, "element count", n)?, s, _pad: [0; 2] };
+    let key = PipelineKey::new(Kernel::Elementwise, entry).with("WG", Const::U32(WG));
+    rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))
+}
+
+fn not_aliased(op: &'static str, acc: &Tensor, b: &Tensor) -> Result<()> {
+    if acc.same_buffer(b) {
+        return Err(Error::invalid(op, "the updated tensor and the operand share a buffer"));
+    }
+    Ok(())
+}
+
+/// out = a + b. a, b, out: same shape.
+pub fn add(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    all_f32("add", &[("a", a), ("b", b)])?;
+    same_shape("add", ("a", a), ("b", b))?;
+    let out = Tensor::zeros(rec.gpu(), a.shape(), DType::F32)?;
+    launch(rec, "add", "add", 0.0, &[(1, a), (2, b), (3, &out)])?;
+    Ok(out)
+}
+
+/// out = a · b (elementwise). a, b, out: same shape.
+pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    all_f32("mul", &[("a", a), ("b", b)])?;
+    same_shape("mul", ("a", a), ("b", b))?;
+    let out = Tensor::zeros(rec.gpu(), a.shape(), DType::F32)?;
+    launch(rec, "mul", "mul", 0.0, &[(1, a), (2, b), (3, &out)])?;
+    Ok(out)
+}
+
+/// out = s · x. x, out: same shape.
+pub fn scale(rec: &mut Recorder, x: &Tensor, s: f32) -> Result<Tensor> {
+    all_f32("scale", &[("x", x)])?;
+    let out = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    launch(rec, "scale", "scale", s, &[(1, x), (3, &out)])?;
+    Ok(out)
+}
+
+/// acc += s · b, in place. acc, b: same shape, different buffers.
+pub fn add_scaled(rec: &mut Recorder, acc: &Tensor, b: &Tensor, s: f32) -> Result<()> {
+    all_f32("add_scaled", &[("acc", acc), ("b", b)])?;
+    same_shape("add_scaled", ("acc", acc), ("b", b))?;
+    not_aliased("add_scaled", acc, b)?;
+    launch(rec, "add_scaled", "add_scaled", s, &[(4, acc), (2, b)])
+}
+
+/// x = s · x, in place.
+pub fn scale_inplace(rec: &mut Recorder, x: &Tensor, s: f32) -> Result<()> {
+    all_f32("scale_inplace", &[("x", x)])?;
+    launch(rec, "scale_inplace", "scale_inplace", s, &[(4, x)])
+}
+
+/// Every element of x becomes `value`.
+pub fn fill(rec: &mut Recorder, x: &Tensor, value: f32) -> Result<()> {
+    all_f32("fill", &[("x", x)])?;
+    launch(rec, "fill", "fill", value, &[(4, x)])
+}
+
+/// dst = src, any dtype: the same element count and dtype (shapes may differ,
+/// as a reshape). Recorded as a buffer copy.
+pub fn copy(rec: &mut Recorder, src: &Tensor, dst: &Tensor) -> Result<()> {
+    if src.dtype() != dst.dtype() {
+        return Err(Error::DType { op: "copy", arg: "dst", expected: src.dtype().name(), got: dst.dtype().name() });
+    }
+    if src.numel() != dst.numel() {
+        return Err(Error::shape("copy", format!("src {:?} and dst {:?} hold different element counts", src.shape(), dst.shape())));
+    }
+    if src.same_buffer(dst) {
+        return Ok(());
+    }
+    // Whole words: a tensor's buffer is padded to 4 bytes, so an odd-sized u8/f16 tail copies its padding too.
+    let bytes = (src.numel() * src.dtype().size()).div_ceil(4) as u64 * 4;
+    rec.copy(src, 0, dst, 0, bytes)
+}

@@ -1,0 +1,88 @@
+//! Token embedding lookup (`shaders/embedding.wgsl`), from a table that may be
+//! split by rows across several tensors.
+//!
+//! A table over the device's storage-binding limit (Llama 3's 128k × 4096 f32
+//! is 2 GiB) is loaded as consecutive row chunks; [`embedding_chunked`]
+//! gathers from each in turn, every dispatch writing only the tokens whose id
+//! falls in its chunk. The ids live on the GPU, so the launcher cannot check
+//! them: an id ≥ vocab reads nothing and its output row stays zero (the
+//! caller, which has the ids on the CPU, should reject them before upload).
+//! There is no backward: the embedding is frozen under LoRA and adapters.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, dims, u32_count};
+use super::grid_1d;
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    dim: u32,
+    row_start: u32,
+    rows: u32,
+}
+
+/// out (n, dim) = table[ids], for a table held whole in one tensor (vocab, dim).
+pub fn embedding(rec: &mut Recorder, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    embedding_chunked(rec, &[table], ids)
+}
+
+/// out (n, dim) = table[ids], for a table split by rows into `chunks`, in
+/// order: chunk i is (rows_i, dim) and holds the rows after chunk i − 1's.
+/// ids: (n) u32.
+pub fn embedding_chunked(rec: &mut Recorder, chunks: &[&Tensor], ids: &Tensor) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    let first = chunks.first().ok_or_else(|| Error::invalid(OP, "the table has no chunks"))?;
+    let [_, dim] = dims(OP, "table", "(rows, dim)", first)?;
+    // Check every chunk before recording any, so an error records nothing.
+    let mut vocab = 0;
+    for chunk in chunks {
+        let [rows, d] = dims(OP, "table", "(rows, dim)", chunk)?;
+        if d != dim {
+            return Err(Error::shape(OP, format!("table chunks {:?} and {:?} have different widths", first.shape(), chunk.shape())));
+        }
+        vocab += rows;
+    }
+    u32_count(OP, "the vocabulary", vocab)?;
+    let out = Tensor::zeros(rec.gpu(), &[ids.numel(), dim], DType::F32)?;
+    let mut row_start = 0;
+    for chunk in chunks {
+        embedding_gather_chunk(rec, chunk, row_start, ids, &out)?;
+        row_start += chunk.shape()[0];
+    }
+    Ok(out)
+}
+
+/// Writes `out[t] = chunk[ids[t] − row_start]` for every token t whose id is in
+/// `row_start .. row_start + rows`; other rows of `out` are left untouched.
+///
+/// - chunk: (rows, dim), table rows row_start..row_start + rows
+/// - ids: (n) u32
+/// - out: (n, dim)
+pub fn embedding_gather_chunk(rec: &mut Recorder, chunk: &Tensor, row_start: usize, ids: &Tensor, out: &Tensor) -> Result<()> {
+    const OP: &str = "embedding";
+    all_f32(OP, &[("table", chunk), ("out", out)])?;
+    ids.expect_dtype(OP, "ids", DType::U32)?;
+    let [rows, dim] = dims(OP, "table", "(rows, dim)", chunk)?;
+    let n = ids.numel();
+    if ids.shape().len() != 1 {
+        return Err(Error::shape(OP, format!("ids {:?} must be (n)", ids.shape())));
+    }
+    if out.shape() != [n, dim] {
+        return Err(Error::shape(OP, format!("out {:?} must be ({n}, {dim}) for {n} ids and table rows of {dim}", out.shape())));
+    }
+    u32_count(OP, "out's element count", n * dim)?;
+    let p = Params {
+        n: n as u32,
+        dim: dim as u32,
+        row_start: u32_count(OP, "row_start", row_start)?,
+        rows: u32_count(OP, "table rows", rows)?,
+    };
+    let key = PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG));
+    rec.dispatch_bound(&key, &p, &[(1, chunk), (2, ids), (3, out)], grid_1d((n * dim).div_ceil(WG as usize)))
+}

@@ -1,0 +1,286 @@
+//! f32 matrix multiply in the three orientations training needs (`shaders/matmul.wgsl`).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+/// One (batched) multiply `C = alpha·op(A)·op(B) (+ C)`, with explicit strides
+/// and offsets so a call can work on part of a tensor (a chunk of a weight, a
+/// column slice of the logits).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: usize,
+    /// A is stored (K, M) instead of (M, K).
+    pub trans_a: bool,
+    /// B is stored (N, K) instead of (K, N).
+    pub trans_b: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub a_off: usize,
+    pub b_off: usize,
+    pub c_off: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub alpha: f32,
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// Contiguous operands: A (M, K) or (K, M), B (K, N) or (N, K), C (M, N).
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        Self {
+            m,
+            n,
+            k,
+            batch: 1,
+            trans_a,
+            trans_b,
+            lda: if trans_a { m } else { k },
+            ldb: if trans_b { k } else { n },
+            ldc: n,
+            a_off: 0,
+            b_off: 0,
+            c_off: 0,
+            stride_a: m * k,
+            stride_b: k * n,
+            stride_c: m * n,
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+
+    pub fn batched(mut self, batch: usize) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    pub fn accumulate(mut self, on: bool) -> Self {
+        self.accumulate = on;
+        self
+    }
+
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+
+    /// The entry point of the vec4 fast path, when the layout allows it.
+    fn vec4_entry(&self) -> Option<&'static str> {
+        let a4 = self.lda % 4 == 0 && self.a_off % 4 == 0 && (self.batch == 1 || self.stride_a % 4 == 0);
+        let b4 = self.ldb % 4 == 0 && self.b_off % 4 == 0 && (self.batch == 1 || self.stride_b % 4 == 0);
+        if !(a4 && b4) {
+            return None;
+        }
+        match (self.trans_a, self.trans_b) {
+            (false, true) if self.k % 4 == 0 => Some("matmul_nt"),
+            (false, false) if self.k % 4 == 0 && self.n % 4 == 0 => Some("matmul_nn"),
+            (true, false) if self.m % 4 == 0 && self.n % 4 == 0 => Some("matmul_tn"),
+            _ => None,
+        }
+    }
+
+    fn check(&self, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+        for (name, t) in [("a", a), ("b", b), ("c", c)] {
+            t.expect_dtype("matmul", name, DType::F32)?;
+        }
+        if self.m == 0 || self.n == 0 || self.batch == 0 {
+            return Ok(());
+        }
+        let (a_rows, a_cols) = if self.trans_a { (self.k, self.m) } else { (self.m, self.k) };
+        let (b_rows, b_cols) = if self.trans_b { (self.n, self.k) } else { (self.k, self.n) };
+        let last = |off: usize, stride: usize, rows: usize, ld: usize, cols: usize| {
+            off + (self.batch - 1) * stride + rows.saturating_sub(1) * ld + cols
+        };
+        for (name, t, end, ld, cols) in [
+            ("a", a, last(self.a_off, self.stride_a, a_rows, self.lda, a_cols), self.lda, a_cols),
+            ("b", b, last(self.b_off, self.stride_b, b_rows, self.ldb, b_cols), self.ldb, b_cols),
+            ("c", c, last(self.c_off, self.stride_c, self.m, self.ldc, self.n), self.ldc, self.n),
+        ] {
+            if ld < cols && !(self.k == 0 && name != "c") {
+                return Err(Error::shape("matmul", format!("row stride {ld} of `{name}` is less than its {cols} columns")));
+            }
+            if self.k > 0 || name == "c" {
+                if end > t.numel() {
+                    return Err(Error::shape(
+                        "matmul",
+                        format!("{}x{}x{} (batch {}) reads `{name}` up to element {end}, but it has {} ({:?})", self.m, self.n, self.k, self.batch, t.numel(), t.shape()),
+                    ));
+                }
+                if end > u32::MAX as usize {
+                    return Err(Error::shape("matmul", format!("`{name}` is too large to index with 32 bits")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn params(&self) -> MatmulParams {
+        MatmulParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            k: self.k as u32,
+            batch: self.batch as u32,
+            lda: self.lda as u32,
+            ldb: self.ldb as u32,
+            ldc: self.ldc as u32,
+            accumulate: self.accumulate as u32,
+            a_off: self.a_off as u32,
+            b_off: self.b_off as u32,
+            c_off: self.c_off as u32,
+            alpha: self.alpha,
+            stride_a: self.stride_a as u32,
+            stride_b: self.stride_b as u32,
+            stride_c: self.stride_c as u32,
+            _pad: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    accumulate: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    alpha: f32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    _pad: u32,
+}
+
+/// Outputs per invocation (tm × tn) and workgroup shape (wx × wy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    pub tm: u32,
+    pub tn: u32,
+    pub wx: u32,
+    pub wy: u32,
+}
+
+impl Default for Tiles {
+    fn default() -> Self {
+        Tiles { tm: 8, tn: 8, wx: 8, wy: 8 }
+    }
+}
+
+/// Which kernel runs a [`Gemm`]: the tuned register-tiled one (vec4 when the
+/// layout allows), or the one-output-per-invocation yardstick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Tiled(Tiles),
+    Scalar(Tiles),
+    Naive,
+}
+
+fn key(entry: &'static str, g: &Gemm, tiles: Tiles) -> PipelineKey {
+    PipelineKey::new(Kernel::Matmul, entry)
+        .with("TM", Const::U32(tiles.tm))
+        .with("TN", Const::U32(tiles.tn))
+        .with("WX", Const::U32(tiles.wx))
+        .with("WY", Const::U32(tiles.wy))
+        .with("TRANS_A", Const::Bool(g.trans_a))
+        .with("TRANS_B", Const::Bool(g.trans_b))
+}
+
+/// Record `C = alpha·op(A)·op(B) (+ C)` with the default kernel.
+pub fn gemm(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+    gemm_with(rec, g, a, b, c, Variant::Tiled(Tiles::default()))
+}
+
+/// Record a multiply with a chosen kernel (the benchmark compares them).
+pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant) -> Result<()> {
+    g.check(a, b, c)?;
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
+    let params = g.params();
+    match variant {
+        Variant::Tiled(t) if g.vec4_entry().is_some() => {
+            let entry = g.vec4_entry().unwrap_or("matmul_nt");
+            let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
+            rec.dispatch_bound(&key(entry, g, t), &params, &[(1, a), (2, b), (3, c)], groups)
+        }
+        Variant::Tiled(t) | Variant::Scalar(t) => {
+            let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
+            rec.dispatch_bound(&key("matmul_scalar", g, t), &params, &[(4, a), (5, b), (6, c)], groups)
+        }
+        Variant::Naive => {
+            let t = Tiles { tm: 1, tn: 1, wx: 16, wy: 16 };
+            let groups = [div(g.n, 16), div(g.m, 16), g.batch as u32];
+            rec.dispatch_bound(&key("matmul_naive", g, Tiles { tm: 4, tn: 4, ..t }), &params, &[(4, a), (5, b), (6, c)], groups)
+        }
+    }
+}
+
+fn div(n: usize, d: u32) -> u32 {
+    n.div_ceil(d as usize) as u32
+}
+
+fn dims2(op: &'static str, arg: &str, t: &Tensor) -> Result<(usize, usize)> {
+    match t.shape() {
+        [] => Err(Error::shape(op, format!("`{arg}` is a scalar, expected a matrix"))),
+        [n] => Ok((1, *n)),
+        s => Ok((s[..s.len() - 1].iter().product(), s[s.len() - 1])),
+    }
+}
+
+/// y = x·Wᵀ for x (…, in) and a Linear weight W (out, in): y (…, out).
+pub fn linear(rec: &mut Recorder, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = dims2("linear", "x", x)?;
+    let (n, kw) = dims2("linear", "weight", w)?;
+    if k != kw || w.shape().len() != 2 {
+        return Err(Error::shape("linear", format!("x {:?} does not match weight {:?} (out, in)", x.shape(), w.shape())));
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap_or(&mut 0) = n;
+    let y = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    gemm(rec, &Gemm::new(m, n, k, false, true), x, w, &y)?;
+    Ok(y)
+}
+
+/// dx = dy·W for dy (…, out) and W (out, in): dx (…, in).
+pub fn linear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, n) = dims2("linear_backward_input", "dy", dy)?;
+    let (nw, k) = dims2("linear_backward_input", "weight", w)?;
+    if n != nw || w.shape().len() != 2 {
+        return Err(Error::shape("linear_backward_input", format!("dy {:?} does not match weight {:?}", dy.shape(), w.shape())));
+    }
+    let mut shape = dy.shape().to_vec();
+    *shape.last_mut().unwrap_or(&mut 0) = k;
+    let dx = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    gemm(rec, &Gemm::new(m, k, n, false, false), dy, w, &dx)?;
+    Ok(dx)
+}
+
+/// dW = dyᵀ·x for dy (…, out) and x (…, in): dW (out, in).
+pub fn linear_backward_weight(rec: &mut Recorder, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let (rows, n) = dims2("linear_backward_weight", "dy", dy)?;
+    let (rows_x, k) = dims2("linear_backward_weight", "x", x)?;
+    if rows != rows_x {
+        return Err(Error::shape("linear_backward_weight", format!("dy {:?} and x {:?} have different rows", dy.shape(), x.shape())));
+    }
+    let dw = Tensor::zeros(rec.gpu(), &[n, k], DType::F32)?;
+    let mut g = Gemm::new(n, k, rows, true, false);
+    g.lda = n;
+    gemm(rec, &g, dy, x, &dw)?;
+    Ok(dw)
+}

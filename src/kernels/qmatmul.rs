@@ -1,0 +1,334 @@
+//! Matmul through a frozen, possibly quantized Linear weight
+//! (`shaders/qmatmul.wgsl`, and `matmul.wgsl` for f32 weights).
+//!
+//! A [`QWeight`] is split by rows into chunks that each fit one storage
+//! binding: real browsers bind 128 MiB, and a 128k×2k f32 embedding or
+//! lm_head is 1 GiB. Chunk `c` holds output rows `[row_start, row_start+rows)`,
+//! so the forward pass writes a column slice of y per chunk, and the backward
+//! pass sums each chunk's part of dx = dy·W (the first chunk writes, the rest
+//! accumulate). NF4 chunks start on a 64-value block of the flattened weight,
+//! so a chunk's blocks are exactly the whole weight's blocks.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::matmul::{gemm, Gemm};
+use super::quant::{dequantize, quantize, Packed};
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
+use crate::quant::QuantFormat;
+
+/// The storage of one chunk of rows.
+#[derive(Clone, Debug)]
+pub enum ChunkData {
+    F32(Tensor),
+    Quant(Packed),
+}
+
+/// Rows `[row_start, row_start + rows)` of a weight, in one binding each.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub row_start: usize,
+    pub rows: usize,
+    pub data: ChunkData,
+}
+
+/// A frozen Linear weight (out = rows, in = cols), f32, Q8_0 or NF4, split
+/// into chunks that each fit the device's binding limit.
+#[derive(Clone, Debug)]
+pub struct QWeight {
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub chunks: Vec<Chunk>,
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Rows per chunk so that `bytes_per_row` rows fit one binding, rounded down
+/// to keep NF4 blocks whole.
+fn rows_per_chunk(gpu: &Gpu, what: &str, rows: usize, cols: usize, bytes_per_row: u64, format: QuantFormat) -> Result<usize> {
+    let max = gpu.max_binding_bytes();
+    let align = match format {
+        QuantFormat::Nf4 => 64 / gcd(cols, 64),
+        _ => 1,
+    };
+    let fit = (max / bytes_per_row.max(1)) as usize / align * align;
+    if fit == 0 {
+        return Err(Error::OverLimit {
+            what: format!("{what}: {align} row(s) of {cols} values"),
+            bytes: bytes_per_row * align as u64,
+            limit: max,
+            limit_name: "max_storage_buffer_binding_size",
+        });
+    }
+    Ok(fit.min(rows.max(1)))
+}
+
+impl QWeight {
+    /// Upload a row-major (rows, cols) f32 weight and store it in `format`.
+    /// Quantization runs on the GPU one chunk at a time, so the f32 copy on the
+    /// GPU never exceeds one chunk.
+    pub fn from_f32(gpu: &Gpu, data: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<QWeight> {
+        if data.len() != rows * cols {
+            return Err(Error::shape("QWeight::from_f32", format!("{} values for a {rows}x{cols} weight", data.len())));
+        }
+        if format == QuantFormat::Q8_0 && cols % crate::quant::Q8_0_BLOCK != 0 {
+            return Err(crate::quant::QuantError::Q8RowLength { cols }.into());
+        }
+        let per = rows_per_chunk(gpu, "weight", rows, cols, cols as u64 * 4, format)?;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows || (rows == 0 && chunks.is_empty()) {
+            let n = per.min(rows - start);
+            let slice = &data[start * cols..(start + n) * cols];
+            let f32_chunk = Tensor::from_slice(gpu, &[n, cols], slice)?;
+            let data = match format {
+                QuantFormat::F32 => ChunkData::F32(f32_chunk),
+                _ => {
+                    let mut rec = Recorder::new(gpu);
+                    let flat = f32_chunk.reshape(&[n * cols])?;
+                    let packed = quantize(&mut rec, &flat, format)?;
+                    rec.submit()?;
+                    ChunkData::Quant(packed)
+                }
+            };
+            chunks.push(Chunk { row_start: start, rows: n, data });
+            start += n;
+            if rows == 0 {
+                break;
+            }
+        }
+        Ok(QWeight { format, rows, cols, chunks })
+    }
+
+    /// A weight already packed on the CPU (from a pre-quantized file).
+    pub fn from_nf4(gpu: &Gpu, q: &crate::quant::Nf4, rows: usize, cols: usize) -> Result<QWeight> {
+        if q.len != rows * cols {
+            return Err(Error::shape("QWeight::from_nf4", format!("{} values for a {rows}x{cols} weight", q.len)));
+        }
+        let per = rows_per_chunk(gpu, "NF4 weight", rows, cols, cols.div_ceil(2) as u64, QuantFormat::Nf4)?;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per.min(rows - start);
+            let (e0, e1) = (start * cols, (start + n) * cols);
+            let part = crate::quant::Nf4 {
+                len: e1 - e0,
+                codes: q.codes[e0 / 2..e1.div_ceil(2)].to_vec(),
+                absmax: q.absmax[e0 / 64..e1.div_ceil(64)].to_vec(),
+            };
+            chunks.push(Chunk { row_start: start, rows: n, data: ChunkData::Quant(Packed::from_nf4(gpu, &part)?) });
+            start += n;
+        }
+        Ok(QWeight { format: QuantFormat::Nf4, rows, cols, chunks })
+    }
+
+    /// A weight already packed on the CPU as Q8_0.
+    pub fn from_q8_0(gpu: &Gpu, q: &crate::quant::Q8_0) -> Result<QWeight> {
+        let (rows, cols) = (q.rows, q.cols);
+        let per = rows_per_chunk(gpu, "Q8_0 weight", rows, cols, cols as u64, QuantFormat::Q8_0)?;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per.min(rows - start);
+            let part = crate::quant::Q8_0 {
+                rows: n,
+                cols,
+                scales: q.scales[start * cols / 32..(start + n) * cols / 32].to_vec(),
+                qs: q.qs[start * cols..(start + n) * cols].to_vec(),
+            };
+            chunks.push(Chunk { row_start: start, rows: n, data: ChunkData::Quant(Packed::from_q8_0(gpu, &part)?) });
+            start += n;
+        }
+        Ok(QWeight { format: QuantFormat::Q8_0, rows, cols, chunks })
+    }
+
+    /// GPU bytes of the weight.
+    pub fn bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|c| match &c.data {
+                ChunkData::F32(t) => t.bytes(),
+                ChunkData::Quant(p) => p.bytes(),
+            })
+            .sum()
+    }
+
+    /// Download the weight as f32 (dequantized exactly as the kernels see it).
+    pub async fn to_f32(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for chunk in &self.chunks {
+            let t = match &chunk.data {
+                ChunkData::F32(t) => t.clone(),
+                ChunkData::Quant(p) => {
+                    let mut rec = Recorder::new(gpu);
+                    let t = dequantize(&mut rec, p)?;
+                    rec.submit()?;
+                    t
+                }
+            };
+            out.extend(t.to_vec::<f32>(gpu).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    accumulate: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    alpha: f32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    _pad: u32,
+}
+
+/// Which quantized kernel: the register-tiled one, or the yardstick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QVariant {
+    Tiled,
+    Naive,
+}
+
+const TM: u32 = 8;
+const TN: u32 = 8;
+const WX: u32 = 8;
+const WY: u32 = 8;
+
+fn qkey(entry: &'static str, q8: bool, forward: bool) -> PipelineKey {
+    PipelineKey::new(Kernel::QMatmul, entry)
+        .with("Q8", Const::Bool(q8))
+        .with("FORWARD", Const::Bool(forward))
+        .with("TM", Const::U32(TM))
+        .with("TN", Const::U32(TN))
+        .with("WX", Const::U32(WX))
+        .with("WY", Const::U32(WY))
+}
+
+/// Forward `out = x·Wᵀ` (x (M, cols) → out (M, rows)) or, with `backward`,
+/// `out = dy·W` (dy (M, rows) → out (M, cols)); `accumulate` adds to `out`.
+pub fn qgemm_with(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool, variant: QVariant) -> Result<()> {
+    qgemm_acc(rec, x, w, out, backward, false, variant)
+}
+
+fn qgemm_acc(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool, accumulate: bool, variant: QVariant) -> Result<()> {
+    let op = if backward { "linear_backward_input" } else { "linear" };
+    x.expect_dtype(op, "x", DType::F32)?;
+    out.expect_dtype(op, "out", DType::F32)?;
+    let (in_dim, out_dim) = if backward { (w.rows, w.cols) } else { (w.cols, w.rows) };
+    let x_cols = *x.shape().last().unwrap_or(&0);
+    if x_cols != in_dim || x.shape().len() < 1 {
+        return Err(Error::shape(op, format!("input {:?} does not match a ({}, {}) weight", x.shape(), w.rows, w.cols)));
+    }
+    let m = x.numel() / in_dim.max(1);
+    if out.numel() != m * out_dim {
+        return Err(Error::shape(op, format!("output {:?} should hold {m}x{out_dim}", out.shape())));
+    }
+    for (i, chunk) in w.chunks.iter().enumerate() {
+        let acc = accumulate || (backward && i > 0);
+        let mut g = if backward {
+            // dx (M, cols) += dy[:, chunk] (M, rows_c) · W_c (rows_c, cols)
+            let mut g = Gemm::new(m, w.cols, chunk.rows, false, false);
+            g.lda = w.rows;
+            g.a_off = chunk.row_start;
+            g
+        } else {
+            // y[:, chunk] (M, rows_c) = x (M, cols) · W_cᵀ
+            let mut g = Gemm::new(m, chunk.rows, w.cols, false, true);
+            g.ldc = w.rows;
+            g.c_off = chunk.row_start;
+            g
+        };
+        g.accumulate = acc;
+        match &chunk.data {
+            ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
+            ChunkData::Quant(p) => record_quant(rec, &g, x, p, out, backward, variant)?,
+        }
+    }
+    Ok(())
+}
+
+fn record_quant(rec: &mut Recorder, g: &Gemm, x: &Tensor, p: &Packed, out: &Tensor, backward: bool, variant: QVariant) -> Result<()> {
+    if g.m == 0 || g.n == 0 {
+        return Ok(());
+    }
+    let q8 = p.format == QuantFormat::Q8_0;
+    let params = Params {
+        m: g.m as u32,
+        n: g.n as u32,
+        k: g.k as u32,
+        batch: 1,
+        lda: g.lda as u32,
+        ldb: 0,
+        ldc: g.ldc as u32,
+        accumulate: g.accumulate as u32,
+        a_off: g.a_off as u32,
+        b_off: 0,
+        c_off: g.c_off as u32,
+        alpha: 1.0,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: 0,
+        _pad: 0,
+    };
+    let aligned = g.lda % 4 == 0 && g.a_off % 4 == 0 && g.k % 4 == 0 && (!backward || g.n % 4 == 0);
+    let tiled = [g.n.div_ceil((WX * TN) as usize) as u32, g.m.div_ceil((WY * TM) as usize) as u32, 1];
+    let bind4 = [(1, x), (2, &p.codes), (3, &p.scales), (4, out)];
+    let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
+    match variant {
+        QVariant::Tiled if aligned => {
+            let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
+            rec.dispatch_bound(&qkey(entry, q8, !backward), &params, &bind4, tiled)
+        }
+        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", q8, !backward), &params, &bind1, tiled),
+        QVariant::Naive => {
+            let groups = [g.n.div_ceil(WX as usize) as u32, g.m.div_ceil(WY as usize) as u32, 1];
+            rec.dispatch_bound(&qkey("qmatmul_naive", q8, !backward), &params, &bind1, groups)
+        }
+    }
+}
+
+/// y = x·Wᵀ for x (…, in): y (…, out).
+pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.rows;
+    }
+    let y = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    qgemm_acc(rec, x, w, &y, false, false, QVariant::Tiled)?;
+    Ok(y)
+}
+
+/// dx = dy·W for dy (…, out): dx (…, in). The weight is frozen: no dW.
+pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> Result<Tensor> {
+    let mut shape = dy.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.cols;
+    }
+    let dx = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    qgemm_acc(rec, dy, w, &dx, true, false, QVariant::Tiled)?;
+    Ok(dx)
+}
+
+/// out += x·Wᵀ (or dy·W with `backward`): for adding a frozen path into a
+/// tensor that already holds another term.
+pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
+    qgemm_acc(rec, x, w, out, backward, true, QVariant::Tiled)
+}

@@ -1,0 +1,108 @@
+//! NF4 and Q8_0 quantize / dequantize on the GPU (`shaders/quant.wgsl`),
+//! bit-exact with the CPU formats in `crate::quant`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::grid_1d;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Kernel, PipelineKey, Recorder, Tensor};
+use crate::quant::{QuantError, QuantFormat, Q8_0_BLOCK};
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    len: u32,
+    _pad: [u32; 3],
+}
+
+/// The packed parts of a quantized tensor on the GPU.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub format: QuantFormat,
+    pub len: usize,
+    /// NF4: (ceil(len/2)) bytes of nibbles. Q8_0: (len) int8 values.
+    pub codes: Tensor,
+    /// NF4: (ceil(len/64)) f32 absmax. Q8_0: (len/32) f16 scales.
+    pub scales: Tensor,
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Quant, entry)
+}
+
+/// Quantize a flat f32 tensor. Q8_0 needs a length that is a multiple of 32
+/// (rows of a multiple of 32).
+pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<Packed> {
+    x.expect_dtype("quantize", "x", DType::F32)?;
+    let gpu = rec.gpu();
+    let len = x.numel();
+    let params = Params { len: len as u32, _pad: [0; 3] };
+    match format {
+        QuantFormat::Nf4 => {
+            let codes = Tensor::zeros(gpu, &[len.div_ceil(2)], DType::U8)?;
+            let scales = Tensor::zeros(gpu, &[len.div_ceil(64)], DType::F32)?;
+            let blocks = len.div_ceil(64);
+            rec.dispatch_bound(&key("nf4_quantize"), &params, &[(1, x), (2, &codes), (3, &scales)], grid_1d(blocks.div_ceil(64)))?;
+            Ok(Packed { format, len, codes, scales })
+        }
+        QuantFormat::Q8_0 => {
+            if len % Q8_0_BLOCK != 0 {
+                return Err(QuantError::Q8RowLength { cols: len }.into());
+            }
+            let codes = Tensor::zeros(gpu, &[len], DType::U8)?;
+            let scales = Tensor::zeros(gpu, &[len / Q8_0_BLOCK], DType::F16)?;
+            let pairs = len.div_ceil(64);
+            rec.dispatch_bound(&key("q8_quantize"), &params, &[(1, x), (2, &codes), (3, &scales)], grid_1d(pairs.div_ceil(64)))?;
+            Ok(Packed { format, len, codes, scales })
+        }
+        QuantFormat::F32 => Err(Error::invalid("quantize", "f32 is not a quantized format")),
+    }
+}
+
+/// Dequantize to a flat f32 tensor of `len` values.
+pub fn dequantize(rec: &mut Recorder, packed: &Packed) -> Result<Tensor> {
+    let gpu = rec.gpu();
+    let len = packed.len;
+    let y = Tensor::zeros(gpu, &[len], DType::F32)?;
+    let params = Params { len: len as u32, _pad: [0; 3] };
+    let entry = match packed.format {
+        QuantFormat::Nf4 => "nf4_dequantize",
+        QuantFormat::Q8_0 => "q8_dequantize",
+        QuantFormat::F32 => return Err(Error::invalid("dequantize", "f32 is not a quantized format")),
+    };
+    rec.dispatch_bound(
+        &key(entry),
+        &params,
+        &[(4, &y), (5, &packed.codes), (6, &packed.scales)],
+        grid_1d(len.div_ceil(256)),
+    )?;
+    Ok(y)
+}
+
+impl Packed {
+    /// Upload CPU-packed NF4.
+    pub fn from_nf4(gpu: &crate::Gpu, q: &crate::quant::Nf4) -> Result<Packed> {
+        Ok(Packed {
+            format: QuantFormat::Nf4,
+            len: q.len,
+            codes: Tensor::from_slice(gpu, &[q.codes.len()], &q.codes)?,
+            scales: Tensor::from_slice(gpu, &[q.absmax.len()], &q.absmax)?,
+        })
+    }
+
+    /// Upload CPU-packed Q8_0.
+    pub fn from_q8_0(gpu: &crate::Gpu, q: &crate::quant::Q8_0) -> Result<Packed> {
+        let qs: &[u8] = bytemuck::cast_slice(&q.qs);
+        Ok(Packed {
+            format: QuantFormat::Q8_0,
+            len: q.qs.len(),
+            codes: Tensor::from_slice(gpu, &[qs.len()], qs)?,
+            scales: Tensor::from_slice(gpu, &[q.scales.len()], &q.scales)?,
+        })
+    }
+
+    /// GPU bytes of the packed form.
+    pub fn bytes(&self) -> u64 {
+        self.codes.bytes() + self.scales.bytes()
+    }
+}

@@ -1,0 +1,85 @@
+//! Sums of squares for global gradient-norm clipping (`shaders/reduce.wgsl`).
+//!
+//! Two passes of workgroup reductions, no float atomics: each tensor is
+//! reduced by up to [`MAX_GROUPS`] workgroups into its slots of one partials
+//! buffer (4 bytes a slot), then one workgroup sums the partials. The result
+//! stays on the GPU: [`clip_coefficient`] turns it into torch's clipping factor,
+//! which `adamw` reads there, so a training step still reads back only its loss.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, u32_count};
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+const WG: u32 = 256;
+/// Most workgroups (and partial sums) per tensor.
+pub const MAX_GROUPS: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    groups: u32,
+    offset: u32,
+    count: u32,
+    max_norm: f32,
+    _pad: [u32; 3],
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Reduce, entry).with("WG", Const::U32(WG))
+}
+
+/// Workgroups for n values: about 4 values per invocation, at most MAX_GROUPS.
+fn groups_for(n: usize) -> usize {
+    n.div_ceil(WG as usize * 4).min(MAX_GROUPS)
+}
+
+/// Σ x² over every element, as a (1) tensor.
+pub fn sum_squares(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+    sum_squares_many(rec, &[x])
+}
+
+/// Σ x² over every element of every tensor (all the adapter gradients), as a
+/// (1) tensor; 0 for no tensors.
+pub fn sum_squares_many(rec: &mut Recorder, xs: &[&Tensor]) -> Result<Tensor> {
+    const OP: &str = "sum_squares";
+    for x in xs {
+        all_f32(OP, &[("x", x)])?;
+        u32_count(OP, "element count", x.numel())?;
+    }
+    let count: usize = xs.iter().map(|x| groups_for(x.numel())).sum();
+    let partials = Tensor::zeros(rec.gpu(), &[count.max(1)], DType::F32)?;
+    let total = Tensor::zeros(rec.gpu(), &[1], DType::F32)?;
+    let mut offset = 0;
+    for x in xs {
+        let groups = groups_for(x.numel());
+        let p = Params { n: x.numel() as u32, groups: groups as u32, offset: offset as u32, count: 0, max_norm: 0.0, _pad: [0; 3] };
+        rec.dispatch_bound(&key("sum_squares_partial"), &p, &[(1, x), (2, &partials)], [groups as u32, 1, 1])?;
+        offset += groups;
+    }
+    if count > 0 {
+        let p = Params { n: 0, groups: 0, offset: 0, count: u32_count(OP, "partial count", count)?, max_norm: 0.0, _pad: [0; 3] };
+        rec.dispatch_bound(&key("sum_partials"), &p, &[(3, &partials), (4, &total)], [1, 1, 1])?;
+    }
+    Ok(total)
+}
+
+/// torch's `clip_grad_norm_` factor from a sum of squares (1): returns a (2)
+/// tensor `[norm, min(max_norm / (norm + 1e-6), 1)]`, norm = sqrt(sumsq).
+/// Gradients are multiplied by the second value (see `adamw::GradScale`).
+pub fn clip_coefficient(rec: &mut Recorder, sumsq: &Tensor, max_norm: f32) -> Result<Tensor> {
+    const OP: &str = "clip_coefficient";
+    all_f32(OP, &[("sumsq", sumsq)])?;
+    if sumsq.numel() != 1 {
+        return Err(Error::shape(OP, format!("sumsq {:?} must hold one value", sumsq.shape())));
+    }
+    if !(max_norm > 0.0 && max_norm.is_finite()) {
+        return Err(Error::invalid(OP, format!("max_norm must be positive and finite, got {max_norm}")));
+    }
+    let clip = Tensor::zeros(rec.gpu(), &[2], DType::F32)?;
+    let p = Params { n: 0, groups: 0, offset: 0, count: 0, max_norm, _pad: [0; 3] };
+    rec.dispatch_bound(&key("clip_coef"), &p, &[(5, sumsq), (6, &clip)], [1, 1, 1])?;
+    Ok(clip)
+}

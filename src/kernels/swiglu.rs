@@ -1,0 +1,85 @@
+//! The Llama MLP's `h = silu(gate)·up` and the bottleneck adapters'
+//! activations, forward and backward (`shaders/swiglu.wgsl`).
+//!
+//! What the forward saves for the backward is its input: `gate` and `up`
+//! (2 × tokens × intermediate f32) for SwiGLU, `x` for an activation. h or y
+//! itself is not needed.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, same_shape, u32_count};
+use super::grid_1d;
+use crate::error::Result;
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+/// The activation names and semantics are the reference's (one enum for the
+/// CPU and GPU paths, parsed from adapter configs with `Activation::from_name`).
+pub use super::reference::swiglu::Activation;
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// The shader's ACT constant.
+fn act_code(act: Activation) -> u32 {
+    match act {
+        Activation::Relu => 0,
+        Activation::Silu => 1,
+        Activation::Gelu => 2,
+        Activation::Tanh => 3,
+    }
+}
+
+fn launch(rec: &mut Recorder, op: &'static str, entry: &'static str, act: Activation, n: usize, bound: &[(u32, &Tensor)]) -> Result<()> {
+    let p = Params { n: u32_count(op, "element count", n)?, _pad: [0; 3] };
+    let key = PipelineKey::new(Kernel::SwiGlu, entry).with("WG", Const::U32(WG)).with("ACT", Const::U32(act_code(act)));
+    rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))
+}
+
+/// h = silu(gate) · up. gate, up, h: the same shape, e.g. (tokens, intermediate).
+pub fn swiglu_forward(rec: &mut Recorder, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    const OP: &str = "swiglu_forward";
+    all_f32(OP, &[("gate", gate), ("up", up)])?;
+    same_shape(OP, ("gate", gate), ("up", up))?;
+    let h = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
+    launch(rec, OP, OP, Activation::Silu, gate.numel(), &[(1, gate), (2, up), (3, &h)])?;
+    Ok(h)
+}
+
+/// Returns `(dgate, dup)` for `dh`, given the forward's `gate` and `up`; all
+/// the same shape.
+pub fn swiglu_backward(rec: &mut Recorder, dh: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "swiglu_backward";
+    all_f32(OP, &[("dh", dh), ("gate", gate), ("up", up)])?;
+    same_shape(OP, ("gate", gate), ("up", up))?;
+    same_shape(OP, ("gate", gate), ("dh", dh))?;
+    let dgate = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
+    let dup = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
+    let bound = [(1, gate), (2, up), (4, dh), (5, &dgate), (6, &dup)];
+    launch(rec, OP, OP, Activation::Silu, gate.numel(), &bound)?;
+    Ok((dgate, dup))
+}
+
+/// y = act(x), elementwise; y has x's shape.
+pub fn activation_forward(rec: &mut Recorder, x: &Tensor, act: Activation) -> Result<Tensor> {
+    const OP: &str = "activation_forward";
+    all_f32(OP, &[("x", x)])?;
+    let y = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    launch(rec, OP, OP, act, x.numel(), &[(7, x), (8, &y)])?;
+    Ok(y)
+}
+
+/// dx = dy · act'(x), given the forward's input x; dy, x, dx: the same shape.
+pub fn activation_backward(rec: &mut Recorder, dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
+    const OP: &str = "activation_backward";
+    all_f32(OP, &[("dy", dy), ("x", x)])?;
+    same_shape(OP, ("dy", dy), ("x", x))?;
+    let dx = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    launch(rec, OP, OP, act, x.numel(), &[(7, x), (9, dy), (10, &dx)])?;
+    Ok(dx)
+}

@@ -1,0 +1,17 @@
+//! webpeft: fine-tune Llama-family models with LoRA or bottleneck adapters on
+//! WebGPU, in the browser (wasm32) and natively (Vulkan, Metal, DX12).
+//!
+//! Data flows one way: bytes → tensors on the GPU ([`gpu`]) → kernels
+//! ([`kernels`]) → model forward → loss → backward → optimizer → files.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod quant;
+pub mod util;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+
+pub use error::{Error, Result};
+pub use gpu::{DType, Gpu, GpuOptions, Tensor};

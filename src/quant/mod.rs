@@ -1,0 +1,146 @@
+//! Quantised weight formats, packed and unpacked on the CPU.
+//!
+//! - [`Nf4`]: QLoRA / bitsandbytes 4-bit NormalFloat, blocks of 64 values of the
+//!   flattened weight, one f32 absmax per block.
+//! - [`Q8_0`]: llama.cpp / GGUF 8-bit, blocks of 32 along each row, one f16
+//!   scale per block.
+//!
+//! Both are bit-exact with their reference libraries (see `FORMATS.md`): the
+//! GPU dequantisation kernels are tested against [`Nf4::dequantize`] and
+//! [`Q8_0::dequantize`].
+
+mod nf4;
+mod q8_0;
+
+pub use nf4::{quantize_nf4, Nf4, NF4_BLOCK, NF4_LEVELS, NF4_THRESHOLDS};
+pub use q8_0::{quantize_q8_0, Q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
+
+use std::fmt;
+use std::str::FromStr;
+
+/// What a caller can get wrong when quantising or loading quantised data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantError {
+    #[error("{format}: expected {expected} values for a {rows}x{cols} matrix, got {got}")]
+    Length {
+        format: &'static str,
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("Q8_0 needs rows whose length is a multiple of {Q8_0_BLOCK}, got {cols} columns")]
+    Q8RowLength { cols: usize },
+
+    #[error("Q8_0: expected {expected} bytes of {Q8_0_BLOCK_BYTES}-byte blocks for a {rows}x{cols} matrix, got {got}")]
+    Q8Bytes {
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+
+    #[error("unknown weight format {0:?} (expected \"f32\", \"q8\", \"q8_0\" or \"nf4\")")]
+    UnknownFormat(String),
+}
+
+/// How the frozen base weights are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// Plain f32, 4 bytes a value.
+    F32,
+    /// GGUF Q8_0: 34 bytes per 32 values.
+    Q8_0,
+    /// NF4: half a byte a value plus one f32 absmax per 64 values (no double
+    /// quantisation of the absmaxes).
+    Nf4,
+}
+
+impl QuantFormat {
+    /// The canonical name, as accepted by `from_str`: "f32", "q8_0" or "nf4".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8_0 => "q8_0",
+            Self::Nf4 => "nf4",
+        }
+    }
+
+    /// Storage bytes of a (rows, cols) weight in this format.
+    ///
+    /// Q8_0 counts whole blocks per row (`ceil(cols / 32)` each; quantising
+    /// requires `cols % 32 == 0`). NF4 counts the flattened length: `ceil(n / 2)`
+    /// code bytes plus 4 bytes for each of the `ceil(n / 64)` absmaxes.
+    pub fn bytes_for(self, rows: usize, cols: usize) -> usize {
+        let n = rows * cols;
+        match self {
+            Self::F32 => n * 4,
+            Self::Q8_0 => rows * cols.div_ceil(Q8_0_BLOCK) * Q8_0_BLOCK_BYTES,
+            Self::Nf4 => n.div_ceil(2) + n.div_ceil(NF4_BLOCK) * 4,
+        }
+    }
+}
+
+impl fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for QuantFormat {
+    type Err = QuantError;
+
+    /// "f32", "q8" or "q8_0", "nf4" (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, QuantError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "q8" | "q8_0" => Ok(Self::Q8_0),
+            "nf4" => Ok(Self::Nf4),
+            _ => Err(QuantError::UnknownFormat(s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_parse_and_sizes() {
+        for f in [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4] {
+            assert_eq!(f.name().parse::<QuantFormat>(), Ok(f));
+        }
+        assert_eq!("q8".parse::<QuantFormat>(), Ok(QuantFormat::Q8_0));
+        assert_eq!("NF4".parse::<QuantFormat>(), Ok(QuantFormat::Nf4));
+        assert!(matches!(
+            "q4_0".parse::<QuantFormat>(),
+            Err(QuantError::UnknownFormat(_))
+        ));
+
+        assert_eq!(QuantFormat::F32.bytes_for(3, 5), 60);
+        // 4096 x 4096: 524288 blocks of 34 bytes; 8 Mi nibbles + 262144 absmaxes.
+        assert_eq!(QuantFormat::Q8_0.bytes_for(4096, 4096), 524_288 * 34);
+        assert_eq!(
+            QuantFormat::Nf4.bytes_for(4096, 4096),
+            8_388_608 + 262_144 * 4
+        );
+        // Odd length: 3 x 7 = 21 values -> 11 code bytes + 1 absmax.
+        assert_eq!(QuantFormat::Nf4.bytes_for(3, 7), 11 + 4);
+    }
+
+    #[test]
+    fn sizes_match_the_packed_data() {
+        let x: Vec<f32> = (0..3 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let q8 = quantize_q8_0(&x, 3, 64).unwrap();
+        assert_eq!(
+            q8.to_gguf_blocks().len(),
+            QuantFormat::Q8_0.bytes_for(3, 64)
+        );
+        let nf4 = quantize_nf4(&x[..3 * 61]);
+        assert_eq!(
+            nf4.codes.len() + 4 * nf4.absmax.len(),
+            QuantFormat::Nf4.bytes_for(3, 61)
+        );
+    }
+}

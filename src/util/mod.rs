@@ -1,0 +1,3 @@
+//! Small helpers with no GPU and no model knowledge.
+
+pub mod rng;

@@ -1,0 +1,194 @@
+//! Causal GQA attention: forward (out and the saved logsumexp) and backward
+//! against the CPU reference, the backward against finite differences of the
+//! reference forward, and the KV-cache forward against the full-sequence one.
+
+mod common;
+mod finite_diff;
+use common::{block_on, gpu, randn};
+use finite_diff::{dot64, gather, numeric_grad, sample};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::attention::{attention_backward, attention_forward, attention_forward_cached, write_kv_cache};
+use webpeft::kernels::reference::{assert_close, attention as cpu};
+use webpeft::{DType, Error, Tensor};
+
+// Online softmax and un-normalised accumulation vs the reference's two-pass
+// softmax: a few ulp of O(1) outputs.
+const OUT_ABS: f32 = 2e-6;
+const OUT_REL: f32 = 1e-5;
+// Gradients sum over up to T·group terms, and P is recomputed from lse.
+const GRAD_ABS: f32 = 1e-5;
+const GRAD_REL: f32 = 1e-4;
+const FD_TOL: f32 = 3e-3;
+
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn q(&self) -> [usize; 4] {
+        [self.batch, self.seq, self.hq, self.d]
+    }
+    fn kv(&self) -> [usize; 4] {
+        [self.batch, self.seq, self.hkv, self.d]
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+    fn reference(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        cpu::attention_forward(q, k, v, self.batch, self.seq, self.hq, self.hkv, self.d, self.scale())
+    }
+}
+
+struct Inputs {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+fn inputs(s: Dims, seed: u64) -> Inputs {
+    let nq = s.batch * s.seq * s.hq * s.d;
+    let nkv = s.batch * s.seq * s.hkv * s.d;
+    // Spread scores enough that the softmax is not nearly uniform.
+    let q = randn(seed, nq).into_iter().map(|x| 1.5 * x).collect();
+    Inputs { q, k: randn(seed + 1, nkv), v: randn(seed + 2, nkv), dout: randn(seed + 3, nq) }
+}
+
+/// GPU out, lse, dq, dk, dv in one submit.
+fn run(s: Dims, x: &Inputs) -> [Vec<f32>; 5] {
+    let gpu = gpu();
+    let tq = Tensor::from_slice(gpu, &s.q(), &x.q).unwrap();
+    let tk = Tensor::from_slice(gpu, &s.kv(), &x.k).unwrap();
+    let tv = Tensor::from_slice(gpu, &s.kv(), &x.v).unwrap();
+    let tdout = Tensor::from_slice(gpu, &s.q(), &x.dout).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale()).unwrap();
+    let (dq, dk, dv) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale()).unwrap();
+    rec.submit().unwrap();
+    assert_eq!(lse.shape(), [s.batch, s.hq, s.seq]);
+    [&out, &lse, &dq, &dk, &dv].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap())
+}
+
+/// logsumexp over keys 0..=i of each row of scaled scores, in f64: (batch, hq, seq).
+fn lse64(s: Dims, q: &[f32], k: &[f32]) -> Vec<f32> {
+    let mut lse = Vec::new();
+    for b in 0..s.batch {
+        for h in 0..s.hq {
+            let kvh = h / (s.hq / s.hkv);
+            for i in 0..s.seq {
+                let qi = &q[((b * s.seq + i) * s.hq + h) * s.d..][..s.d];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let kj = &k[((b * s.seq + j) * s.hkv + kvh) * s.d..][..s.d];
+                        qi.iter().zip(kj).map(|(&a, &c)| a as f64 * c as f64).sum::<f64>() * s.scale() as f64
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                lse.push((max + scores.iter().map(|x| (x - max).exp()).sum::<f64>().ln()) as f32);
+            }
+        }
+    }
+    lse
+}
+
+#[test]
+fn matches_reference_with_grouped_heads() {
+    for (s, seed) in [
+        (Dims { batch: 2, seq: 13, hq: 6, hkv: 2, d: 20 }, 1),
+        (Dims { batch: 1, seq: 70, hq: 4, hkv: 4, d: 8 }, 2),
+        (Dims { batch: 3, seq: 1, hq: 3, hkv: 1, d: 5 }, 3),
+    ] {
+        let x = inputs(s, seed);
+        let [out, lse, dq, dk, dv] = run(s, &x);
+        let (want_out, probs) = s.reference(&x.q, &x.k, &x.v);
+        let (want_dq, want_dk, want_dv) =
+            cpu::attention_backward(&x.dout, &x.q, &x.k, &x.v, &probs, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
+        let name = format!("B{} T{} H{}/{} D{}", s.batch, s.seq, s.hq, s.hkv, s.d);
+        assert_close(&format!("{name} out"), &out, &want_out, OUT_ABS, OUT_REL);
+        assert_close(&format!("{name} lse"), &lse, &lse64(s, &x.q, &x.k), OUT_ABS, OUT_REL);
+        assert_close(&format!("{name} dq"), &dq, &want_dq, GRAD_ABS, GRAD_REL);
+        assert_close(&format!("{name} dk"), &dk, &want_dk, GRAD_ABS, GRAD_REL);
+        assert_close(&format!("{name} dv"), &dv, &want_dv, GRAD_ABS, GRAD_REL);
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let s = Dims { batch: 2, seq: 7, hq: 6, hkv: 2, d: 6 };
+    let x = inputs(s, 10);
+    let [_, _, dq, dk, dv] = run(s, &x);
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| dot64(&s.reference(q, k, v).0, &x.dout);
+    let iq = sample(x.q.len(), 40, 11);
+    let num = numeric_grad(&x.q, &iq, 1e-2, |q| loss(q, &x.k, &x.v));
+    assert_close("dq vs finite differences", &gather(&dq, &iq), &num, FD_TOL, FD_TOL);
+    let ik = sample(x.k.len(), 40, 12);
+    let num = numeric_grad(&x.k, &ik, 1e-2, |k| loss(&x.q, k, &x.v));
+    assert_close("dk vs finite differences", &gather(&dk, &ik), &num, FD_TOL, FD_TOL);
+    let num = numeric_grad(&x.v, &ik, 1e-2, |v| loss(&x.q, &x.k, v));
+    assert_close("dv vs finite differences", &gather(&dv, &ik), &num, FD_TOL, FD_TOL);
+}
+
+#[test]
+fn kv_cache_forward_matches_full_sequence() {
+    let gpu = gpu();
+    // 12 positions in all: a prefill of 7, then 4 more, then one decode step.
+    let full = Dims { batch: 2, seq: 12, hq: 6, hkv: 2, d: 20 };
+    let x = inputs(full, 20);
+    let (want, _) = full.reference(&x.q, &x.k, &x.v);
+    let capacity = 17;
+    let (hq_row, kv_row) = (full.hq * full.d, full.hkv * full.d);
+    let rows = |data: &[f32], width: usize, from: usize, to: usize| -> Vec<f32> {
+        (0..full.batch).flat_map(|b| data[(b * full.seq + from) * width..(b * full.seq + to) * width].to_vec()).collect()
+    };
+    // Caches full of garbage: rows past the current position must never be read.
+    let k_cache = Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(98, full.batch * capacity * kv_row)).unwrap();
+    let v_cache = Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(99, full.batch * capacity * kv_row)).unwrap();
+    for (from, to) in [(0, 7), (7, 11), (11, 12)] {
+        let n = to - from;
+        let q = Tensor::from_slice(gpu, &[full.batch, n, full.hq, full.d], &rows(&x.q, hq_row, from, to)).unwrap();
+        let k = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.k, kv_row, from, to)).unwrap();
+        let v = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.v, kv_row, from, to)).unwrap();
+        let mut rec = Recorder::new(gpu);
+        write_kv_cache(&mut rec, &k, &k_cache, from).unwrap();
+        write_kv_cache(&mut rec, &v, &v_cache, from).unwrap();
+        let out = attention_forward_cached(&mut rec, &q, &k_cache, &v_cache, from, full.scale()).unwrap();
+        rec.submit().unwrap();
+        let got: Vec<f32> = block_on(out.to_vec(gpu)).unwrap();
+        assert_close(&format!("cached positions {from}..{to}"), &got, &rows(&want, hq_row, from, to), OUT_ABS, OUT_REL);
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let gpu = gpu();
+    let mut rec = Recorder::new(gpu);
+    let t = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32).unwrap();
+    let (q, k) = (t(&[1, 5, 6, 8]), t(&[1, 5, 2, 8]));
+    let err = attention_forward(&mut rec, &q, &t(&[1, 5, 4, 8]), &t(&[1, 5, 4, 8]), 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "attention_forward", .. }), "{err}");
+    let err = attention_forward(&mut rec, &q, &k, &t(&[1, 5, 2, 7]), 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let err = attention_forward(&mut rec, &q, &t(&[1, 6, 2, 8]), &t(&[1, 6, 2, 8]), 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let err = attention_forward(&mut rec, &Tensor::zeros(gpu, &[1, 5, 6, 8], DType::U32).unwrap(), &k, &k, 0.3).unwrap_err();
+    assert!(matches!(err, Error::DType { arg: "q", expected: "f32", got: "u32", .. }), "{err}");
+    let err = attention_backward(&mut rec, &q, &q, &k, &k, &q, &t(&[1, 6, 4]), 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "attention_backward", .. }), "{err}");
+    // Positions 6..11 do not fit a cache of 10.
+    let cache = t(&[1, 10, 2, 8]);
+    let err = attention_forward_cached(&mut rec, &q, &cache, &cache, 6, 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "attention_forward_cached", .. }), "{err}");
+    let err = write_kv_cache(&mut rec, &k, &cache, 6).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "write_kv_cache", .. }), "{err}");
+    let wide = t(&[1, 5, 1, MAX + 1]);
+    let err = attention_forward(&mut rec, &t(&[1, 5, 1, MAX + 1]), &wide, &wide, 0.3).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    assert!(rec.is_empty());
+}
+
+const MAX: usize = webpeft::kernels::attention::MAX_HEAD_DIM;

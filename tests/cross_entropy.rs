@@ -1,0 +1,133 @@
+//! Cross-entropy forward and backward (also in place) against the CPU
+//! reference, the backward against finite differences of the reference
+//! forward, and what happens to ignored and invalid targets.
+
+mod common;
+mod finite_diff;
+use common::{block_on, gpu, randn};
+use finite_diff::{dot64, gather, numeric_grad, sample};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::cross_entropy::{cross_entropy_backward, cross_entropy_backward_inplace, cross_entropy_forward};
+use webpeft::kernels::reference::cross_entropy::{self as cpu, IGNORE_INDEX};
+use webpeft::kernels::reference::assert_close;
+use webpeft::util::rng::Rng;
+use webpeft::{DType, Error, Tensor};
+
+// lse (up to ~16 here) against an f64 logsumexp: the GPU merges per-thread
+// (max, sum) pairs in a tree, so it is good to a few ulp.
+const LSE_ABS: f32 = 1e-5;
+const LSE_REL: f32 = 1e-6;
+// Against the f32 reference, whose running sum over the row drifts like
+// sqrt(vocab) roundings: abs LSE_ABS + LSE_DRIFT · sqrt(vocab).
+const LSE_DRIFT: f32 = 1e-6;
+const GRAD_ABS: f32 = 1e-7;
+const GRAD_REL: f32 = 1e-5;
+
+fn targets(seed: u64, rows: usize, vocab: usize) -> Vec<i32> {
+    let mut rng = Rng::new(seed);
+    (0..rows).map(|_| if rng.below(4) == 0 { IGNORE_INDEX } else { rng.below(vocab) as i32 }).collect()
+}
+
+/// logsumexp of each row in f64, rounded once.
+fn lse64(logits: &[f32], vocab: usize) -> Vec<f32> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            (max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()) as f32
+        })
+        .collect()
+}
+
+struct Out {
+    loss: Vec<f32>,
+    lse: Vec<f32>,
+    dlogits: Vec<f32>,
+    inplace: Vec<f32>,
+}
+
+fn run(logits: &[f32], targets: &[i32], vocab: usize, scale: f32) -> Out {
+    let gpu = gpu();
+    let rows = targets.len();
+    let tl = Tensor::from_slice(gpu, &[rows, vocab], logits).unwrap();
+    let tio = Tensor::from_slice(gpu, &[rows, vocab], logits).unwrap();
+    let tt = Tensor::from_slice(gpu, &[rows], targets).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (loss, lse) = cross_entropy_forward(&mut rec, &tl, &tt).unwrap();
+    let dlogits = cross_entropy_backward(&mut rec, &tl, &tt, &lse, scale).unwrap();
+    cross_entropy_backward_inplace(&mut rec, &tio, &tt, &lse, scale).unwrap();
+    rec.submit().unwrap();
+    let read = |t: &Tensor| block_on(t.to_vec::<f32>(gpu)).unwrap();
+    Out { loss: read(&loss), lse: read(&lse), dlogits: read(&dlogits), inplace: read(&tio) }
+}
+
+#[test]
+fn matches_reference_on_odd_shapes() {
+    for (rows, vocab, seed) in [(37, 83, 1), (5, 1000, 2), (3, 70_001, 3), (1, 1, 4)] {
+        let logits: Vec<f32> = randn(seed, rows * vocab).into_iter().map(|v| 3.0 * v).collect();
+        let targets = targets(seed + 10, rows, vocab);
+        let valid = targets.iter().filter(|&&t| t != IGNORE_INDEX).count().max(1);
+        let scale = 1.0 / valid as f32;
+        let out = run(&logits, &targets, vocab, scale);
+        let (want_loss, want_lse) = cpu::cross_entropy_forward(&logits, &targets, rows, vocab);
+        // The backward given the same lse as the GPU's, so forward drift doesn't count against it.
+        let want_d = cpu::cross_entropy_backward(&logits, &targets, &out.lse, rows, vocab, scale);
+        let name = format!("{rows}x{vocab}");
+        assert_close(&format!("lse {name} vs f64"), &out.lse, &lse64(&logits, vocab), LSE_ABS, LSE_REL);
+        let abs = LSE_ABS + LSE_DRIFT * (vocab as f32).sqrt();
+        assert_close(&format!("lse {name}"), &out.lse, &want_lse, abs, LSE_REL);
+        assert_close(&format!("loss {name}"), &out.loss, &want_loss, abs, LSE_REL);
+        assert_close(&format!("dlogits {name}"), &out.dlogits, &want_d, GRAD_ABS, GRAD_REL);
+        assert_close(&format!("dlogits in place {name}"), &out.inplace, &want_d, GRAD_ABS, GRAD_REL);
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    // A short row, so probabilities (and the gradient) are large next to f32 noise in the loss.
+    let (rows, vocab, scale) = (5, 13, 0.37);
+    let logits = randn(20, rows * vocab);
+    let mut targets = targets(21, rows, vocab);
+    targets[0] = 4;
+    targets[1] = IGNORE_INDEX;
+    let out = run(&logits, &targets, vocab, scale);
+    let weights = vec![scale; rows];
+    let idx = sample(rows * vocab, 40, 22);
+    let num = numeric_grad(&logits, &idx, 3e-2, |l| dot64(&cpu::cross_entropy_forward(l, &targets, rows, vocab).0, &weights));
+    assert_close("dlogits vs finite differences", &gather(&out.dlogits, &idx), &num, 1e-4, 3e-3);
+}
+
+#[test]
+fn invalid_targets_give_nan_loss_and_no_gradient() {
+    let (rows, vocab) = (4, 83);
+    let logits = randn(30, rows * vocab);
+    let targets = [5, vocab as i32, -3, IGNORE_INDEX];
+    let out = run(&logits, &targets, vocab, 1.0);
+    assert!(out.loss[0].is_finite() && out.loss[0] > 0.0, "{:?}", out.loss);
+    assert!(out.loss[1].is_nan() && out.loss[2].is_nan(), "{:?}", out.loss);
+    assert_eq!(out.loss[3], 0.0);
+    assert!(out.dlogits[vocab..].iter().all(|&g| g == 0.0));
+    assert!(out.inplace[vocab..].iter().all(|&g| g == 0.0));
+    assert!(out.dlogits[..vocab].iter().any(|&g| g != 0.0));
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let gpu = gpu();
+    let mut rec = Recorder::new(gpu);
+    let logits = Tensor::zeros(gpu, &[4, 10], DType::F32).unwrap();
+    let targets = Tensor::zeros(gpu, &[4], DType::I32).unwrap();
+    let err = cross_entropy_forward(&mut rec, &logits, &Tensor::zeros(gpu, &[4], DType::U32).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::DType { arg: "targets", expected: "i32", got: "u32", .. }), "{err}");
+    let err = cross_entropy_forward(&mut rec, &logits, &Tensor::zeros(gpu, &[5], DType::I32).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "cross_entropy_forward", .. }), "{err}");
+    let err = cross_entropy_forward(&mut rec, &Tensor::zeros(gpu, &[40], DType::F32).unwrap(), &targets).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let lse3 = Tensor::zeros(gpu, &[3], DType::F32).unwrap();
+    let err = cross_entropy_backward(&mut rec, &logits, &targets, &lse3, 1.0).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "cross_entropy_backward", .. }), "{err}");
+    let lse_i = Tensor::zeros(gpu, &[4], DType::I32).unwrap();
+    let err = cross_entropy_backward_inplace(&mut rec, &logits, &targets, &lse_i, 1.0).unwrap_err();
+    assert!(matches!(err, Error::DType { arg: "lse", .. }), "{err}");
+    assert!(rec.is_empty());
+}

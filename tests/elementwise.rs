@@ -1,0 +1,89 @@
+//! Elementwise arithmetic against the CPU reference, including a launch of
+//! more than 65535 workgroups (the 2-D grid).
+
+mod common;
+use common::{block_on, gpu, randn};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::elementwise::{add, add_scaled, copy, fill, mul, scale, scale_inplace};
+use webpeft::kernels::reference::{assert_close, reduce as cpu};
+use webpeft::{DType, Error, Tensor};
+
+// One rounding each: add, mul and scale are bit-exact; add_scaled may be
+// contracted to an FMA by the shader compiler (one rounding fewer).
+const FMA_ABS: f32 = 1e-7;
+const FMA_REL: f32 = 1e-6;
+
+fn read(t: &Tensor) -> Vec<f32> {
+    block_on(t.to_vec(gpu())).unwrap()
+}
+
+#[test]
+fn matches_reference_on_odd_shapes() {
+    let gpu = gpu();
+    let shape = [37, 83];
+    let n = 37 * 83;
+    let (a, b) = (randn(1, n), randn(2, n));
+    let ta = Tensor::from_slice(gpu, &shape, &a).unwrap();
+    let tb = Tensor::from_slice(gpu, &shape, &b).unwrap();
+    let acc = Tensor::from_slice(gpu, &shape, &a).unwrap();
+    let scaled = Tensor::from_slice(gpu, &shape, &a).unwrap();
+    let filled = Tensor::zeros(gpu, &shape, DType::F32).unwrap();
+    let copied = Tensor::zeros(gpu, &[n], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let sum = add(&mut rec, &ta, &tb).unwrap();
+    let prod = mul(&mut rec, &ta, &tb).unwrap();
+    let sc = scale(&mut rec, &ta, -0.37).unwrap();
+    add_scaled(&mut rec, &acc, &tb, 0.3).unwrap();
+    scale_inplace(&mut rec, &scaled, 1.7).unwrap();
+    fill(&mut rec, &filled, -2.5).unwrap();
+    copy(&mut rec, &tb, &copied).unwrap();
+    rec.submit().unwrap();
+
+    assert_close("add", &read(&sum), &cpu::add(&a, &b), 0.0, 0.0);
+    let want_mul: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+    assert_close("mul", &read(&prod), &want_mul, 0.0, 0.0);
+    assert_close("scale", &read(&sc), &cpu::scale(&a, -0.37), 0.0, 0.0);
+    assert_close("add_scaled", &read(&acc), &cpu::add_scaled(&a, &b, 0.3), FMA_ABS, FMA_REL);
+    assert_close("scale_inplace", &read(&scaled), &cpu::scale(&a, 1.7), 0.0, 0.0);
+    assert_close("fill", &read(&filled), &vec![-2.5; n], 0.0, 0.0);
+    assert_close("copy", &read(&copied), &b, 0.0, 0.0);
+}
+
+#[test]
+fn more_than_65535_workgroups() {
+    let gpu = gpu();
+    let n = 65_535 * 256 + 37; // 65536 workgroups of 256: a 2-D grid
+    let x = Tensor::zeros(gpu, &[n], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    fill(&mut rec, &x, 1.5).unwrap();
+    scale_inplace(&mut rec, &x, 2.0).unwrap();
+    rec.submit().unwrap();
+    let got = read(&x);
+    let bad = got.iter().position(|&v| v != 3.0);
+    assert_eq!(bad, None, "element {bad:?} of {n} was not written");
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    let gpu = gpu();
+    let mut rec = Recorder::new(gpu);
+    let a = Tensor::zeros(gpu, &[4, 8], DType::F32).unwrap();
+    let b = Tensor::zeros(gpu, &[8, 4], DType::F32).unwrap();
+    let err = add(&mut rec, &a, &b).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "add", .. }), "{err}");
+    let err = add_scaled(&mut rec, &a, &b, 1.0).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "add_scaled", .. }), "{err}");
+    let err = add_scaled(&mut rec, &a, &a, 1.0).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "add_scaled", .. }), "{err}");
+    let u = Tensor::zeros(gpu, &[4, 8], DType::U32).unwrap();
+    let err = mul(&mut rec, &a, &u).unwrap_err();
+    assert!(matches!(err, Error::DType { arg: "b", expected: "f32", got: "u32", .. }), "{err}");
+    let err = fill(&mut rec, &u, 1.0).unwrap_err();
+    assert!(matches!(err, Error::DType { op: "fill", .. }), "{err}");
+    let err = copy(&mut rec, &a, &u).unwrap_err();
+    assert!(matches!(err, Error::DType { op: "copy", .. }), "{err}");
+    let c = Tensor::zeros(gpu, &[33], DType::F32).unwrap();
+    let err = copy(&mut rec, &a, &c).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "copy", .. }), "{err}");
+    assert!(rec.is_empty());
+}

@@ -1,0 +1,147 @@
+//! f32 matmul against the CPU reference: every orientation, odd shapes, both
+//! the vec4 fast path and the scalar path, batches, offsets and accumulation.
+
+mod common;
+use common::{block_on, gpu, randn};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::matmul::{gemm_with, Gemm, Tiles, Variant};
+use webpeft::kernels::reference::{assert_close, matmul as cpu};
+use webpeft::{DType, Error, Tensor};
+
+// Sums of k products of N(0,1) values: f32 rounding grows like sqrt(k).
+const ABS: f32 = 1e-4;
+const REL: f32 = 1e-4;
+
+fn run(g: Gemm, variant: Variant, seed: u64) {
+    let gpu = gpu();
+    let (a_rows, a_cols) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+    let (b_rows, b_cols) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+    let a = randn(seed, g.batch * a_rows * a_cols);
+    let b = randn(seed + 1, g.batch * b_rows * b_cols);
+    let c0 = randn(seed + 2, g.batch * g.m * g.n);
+    let ta = Tensor::from_slice(gpu, &[g.batch, a_rows, a_cols], &a).unwrap();
+    let tb = Tensor::from_slice(gpu, &[g.batch, b_rows, b_cols], &b).unwrap();
+    let tc = Tensor::from_slice(gpu, &[g.batch, g.m, g.n], &c0).unwrap();
+    let mut rec = Recorder::new(gpu);
+    gemm_with(&mut rec, &g, &ta, &tb, &tc, variant).unwrap();
+    rec.submit().unwrap();
+    let got: Vec<f32> = block_on(tc.to_vec(gpu)).unwrap();
+
+    let mut want = c0.clone();
+    for z in 0..g.batch {
+        let mut prod = vec![0.0; g.m * g.n];
+        cpu::matmul(
+            &a[z * a_rows * a_cols..(z + 1) * a_rows * a_cols],
+            &b[z * b_rows * b_cols..(z + 1) * b_rows * b_cols],
+            &mut prod,
+            g.m,
+            g.n,
+            g.k,
+            g.trans_a,
+            g.trans_b,
+            false,
+        );
+        let out = &mut want[z * g.m * g.n..(z + 1) * g.m * g.n];
+        for (o, p) in out.iter_mut().zip(&prod) {
+            *o = if g.accumulate { *o + g.alpha * p } else { g.alpha * p };
+        }
+    }
+    let name = format!("{}x{}x{} ta={} tb={} batch={} {:?}", g.m, g.n, g.k, g.trans_a, g.trans_b, g.batch, variant);
+    assert_close(&name, &got, &want, ABS, REL * (g.k as f32).sqrt());
+}
+
+const ORIENTATIONS: [(bool, bool); 3] = [(false, true), (false, false), (true, false)];
+
+#[test]
+fn vec4_path_every_orientation_with_ragged_edges() {
+    // Multiples of 4 (the vec4 path) but not of the 64×64 tile.
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+        run(Gemm::new(68, 92, 36, ta, tb), Variant::Tiled(Tiles::default()), 10 + i as u64);
+        run(Gemm::new(4, 4, 4, ta, tb), Variant::Tiled(Tiles::default()), 20 + i as u64);
+        run(Gemm::new(132, 8, 260, ta, tb), Variant::Tiled(Tiles::default()), 30 + i as u64);
+    }
+}
+
+#[test]
+fn scalar_path_odd_shapes() {
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().chain([(true, true)]).enumerate() {
+        run(Gemm::new(37, 53, 29, ta, tb), Variant::Tiled(Tiles::default()), 40 + i as u64);
+        run(Gemm::new(1, 3, 1, ta, tb), Variant::Tiled(Tiles::default()), 50 + i as u64);
+        run(Gemm::new(65, 1, 7, ta, tb), Variant::Tiled(Tiles::default()), 60 + i as u64);
+    }
+}
+
+#[test]
+fn naive_kernel_matches() {
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+        run(Gemm::new(33, 17, 21, ta, tb), Variant::Naive, 70 + i as u64);
+    }
+}
+
+#[test]
+fn batched_accumulate_and_alpha() {
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+        run(Gemm::new(20, 24, 12, ta, tb).batched(3).accumulate(true).alpha(0.5), Variant::Tiled(Tiles::default()), 80 + i as u64);
+        run(Gemm::new(19, 23, 11, ta, tb).batched(2).accumulate(true).alpha(-2.0), Variant::Tiled(Tiles::default()), 90 + i as u64);
+    }
+}
+
+#[test]
+fn other_tile_shapes_agree() {
+    for tiles in [Tiles { tm: 4, tn: 4, wx: 16, wy: 4 }, Tiles { tm: 16, tn: 8, wx: 8, wy: 8 }, Tiles { tm: 8, tn: 16, wx: 4, wy: 8 }] {
+        for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+            run(Gemm::new(52, 76, 40, ta, tb), Variant::Tiled(tiles), 100 + i as u64);
+            run(Gemm::new(51, 77, 41, ta, tb), Variant::Scalar(tiles), 110 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn column_slice_with_offsets() {
+    // C[:, 8..20] = A · B[8..20, :]ᵀ inside a wider C: how a weight split by
+    // rows across bindings writes its part of the output.
+    let gpu = gpu();
+    let (m, k, n_total) = (9, 16, 28);
+    let a = randn(1, m * k);
+    let b = randn(2, n_total * k);
+    let ta = Tensor::from_slice(gpu, &[m, k], &a).unwrap();
+    let tb = Tensor::from_slice(gpu, &[n_total, k], &b).unwrap();
+    let tc = Tensor::zeros(gpu, &[m, n_total], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    for (start, len) in [(0, 8), (8, 12), (20, 8)] {
+        let mut g = Gemm::new(m, len, k, false, true);
+        g.b_off = start * k;
+        g.c_off = start;
+        g.ldc = n_total;
+        gemm_with(&mut rec, &g, &ta, &tb, &tc, Variant::Tiled(Tiles::default())).unwrap();
+    }
+    rec.submit().unwrap();
+    let got: Vec<f32> = block_on(tc.to_vec(gpu)).unwrap();
+    let mut want = vec![0.0; m * n_total];
+    cpu::matmul(&a, &b, &mut want, m, n_total, k, false, true, false);
+    assert_close("column slices", &got, &want, ABS, REL);
+}
+
+#[test]
+fn mismatched_shapes_are_a_typed_error() {
+    let gpu = gpu();
+    let a = Tensor::zeros(gpu, &[4, 8], DType::F32).unwrap();
+    let b = Tensor::zeros(gpu, &[6, 7], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = webpeft::kernels::matmul::linear(&mut rec, &a, &b).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "linear", .. }), "{err}");
+    assert!(err.to_string().contains("[4, 8]") && err.to_string().contains("[6, 7]"), "{err}");
+    let c = Tensor::zeros(gpu, &[4, 4], DType::F32).unwrap();
+    let err = gemm_with(&mut rec, &Gemm::new(4, 6, 8, false, true), &a, &b, &c, Variant::Naive).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+}
+
+#[test]
+fn wrong_dtype_is_a_typed_error() {
+    let gpu = gpu();
+    let a = Tensor::zeros(gpu, &[4, 8], DType::U32).unwrap();
+    let b = Tensor::zeros(gpu, &[6, 8], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = webpeft::kernels::matmul::linear(&mut rec, &a, &b).unwrap_err();
+    assert!(matches!(err, Error::DType { arg: "a", expected: "f32", got: "u32", .. }), "{err}");
+}

@@ -1,0 +1,204 @@
+//! NF4 and Q8_0 on the GPU: quantize bit-exact with the CPU formats (which
+//! match bitsandbytes and ggml, see tests/fixtures), dequantize, and the
+//! quantized matmul forward and backward against the CPU reference on the
+//! dequantized weight, including weights split across bindings.
+
+mod common;
+use common::{block_on, gpu, randn};
+use half::f16;
+use webpeft::gpu::Recorder;
+use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
+use webpeft::kernels::quant::{dequantize, quantize, Packed};
+use webpeft::kernels::reference::{assert_close, matmul as cpu};
+use webpeft::quant::{quantize_nf4, quantize_q8_0, QuantFormat};
+use webpeft::{DType, Error, Gpu, GpuOptions, Tensor};
+
+/// Values that stress the rounding: bf16-rounded normals (many land on
+/// k+0.5 after Q8_0 scaling), exact NF4 midpoints, an all-zero block, tiny
+/// values whose Q8_0 scale is an f16 subnormal.
+fn tricky(n: usize, seed: u64) -> Vec<f32> {
+    let mut x: Vec<f32> = randn(seed, n).into_iter().map(|v| f32::from_bits(v.to_bits() & 0xffff_0000)).collect();
+    for v in x.iter_mut().skip(64).take(64) {
+        *v = 0.0;
+    }
+    if n > 200 {
+        // Block 2 (values 128..192) has absmax 1, so each value below is its own
+        // scaled value: every NF4 threshold, and at the four thresholds where
+        // bitsandbytes' CUDA literals sit one ulp away, the value that tells the
+        // two apart.
+        for v in &mut x[128..192] {
+            *v *= 0.1;
+        }
+        x[128] = 1.0;
+        for (i, t) in webpeft::quant::NF4_THRESHOLDS.iter().enumerate() {
+            x[130 + i] = *t;
+        }
+        for (i, bits) in [0xbf591cd9u32, 0x3df64863, 0x3f006d03, 0x3f5c89d9].into_iter().enumerate() {
+            x[150 + i] = f32::from_bits(bits);
+        }
+    }
+    if n >= 256 {
+        for (i, v) in x.iter_mut().skip(192).take(64).enumerate() {
+            *v = (i as f32 - 31.5) * 1e-6;
+        }
+    }
+    x
+}
+
+#[test]
+fn nf4_quantize_is_bit_exact_with_the_cpu_format() {
+    let gpu = gpu();
+    for (n, seed) in [(1000, 1), (999, 2), (64, 3), (7, 4), (4096 + 33, 5)] {
+        let x = tricky(n, seed);
+        let want = quantize_nf4(&x);
+        let t = Tensor::from_slice(gpu, &[n], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let packed = quantize(&mut rec, &t, QuantFormat::Nf4).unwrap();
+        let y = dequantize(&mut rec, &packed).unwrap();
+        rec.submit().unwrap();
+        let codes: Vec<u8> = block_on(packed.codes.to_vec(gpu)).unwrap();
+        let absmax: Vec<f32> = block_on(packed.scales.to_vec(gpu)).unwrap();
+        assert_eq!(codes, want.codes, "NF4 codes for n={n}");
+        assert_eq!(absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        let got: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
+        let deq = want.dequantize();
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "NF4 dequantize n={n}");
+    }
+}
+
+#[test]
+fn q8_0_quantize_is_bit_exact_with_the_cpu_format() {
+    let gpu = gpu();
+    for (rows, cols, seed) in [(1, 1024, 1), (3, 96, 2), (5, 32, 3), (7, 160, 4)] {
+        let x = tricky(rows * cols, seed);
+        let want = quantize_q8_0(&x, rows, cols).unwrap();
+        let t = Tensor::from_slice(gpu, &[rows * cols], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let packed = quantize(&mut rec, &t, QuantFormat::Q8_0).unwrap();
+        let y = dequantize(&mut rec, &packed).unwrap();
+        rec.submit().unwrap();
+        let qs: Vec<u8> = block_on(packed.codes.to_vec(gpu)).unwrap();
+        let scales: Vec<f16> = block_on(packed.scales.to_vec(gpu)).unwrap();
+        assert_eq!(qs, want.qs.iter().map(|&q| q as u8).collect::<Vec<_>>(), "Q8_0 values {rows}x{cols}");
+        assert_eq!(scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), want.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>());
+        let got: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
+        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.dequantize().iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn q8_0_rejects_rows_that_are_not_whole_blocks() {
+    let gpu = gpu();
+    let t = Tensor::zeros(gpu, &[40], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = quantize(&mut rec, &t, QuantFormat::Q8_0).unwrap_err();
+    assert!(matches!(err, Error::Quant(_)), "{err}");
+    let err = QWeight::from_f32(gpu, &[0.0; 40], 2, 20, QuantFormat::Q8_0).unwrap_err();
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+}
+
+/// y = x·Wᵀ and dx = dy·W through the quantized weight against the CPU
+/// reference on its dequantized values.
+fn check_qmatmul(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, variant: QVariant, seed: u64) {
+    let w = randn(seed, rows * cols);
+    let qw = QWeight::from_f32(gpu, &w, rows, cols, format).unwrap();
+    let deq = block_on(qw.to_f32(gpu)).unwrap();
+    let x = randn(seed + 1, m * cols);
+    let dy = randn(seed + 2, m * rows);
+    let tx = Tensor::from_slice(gpu, &[m, cols], &x).unwrap();
+    let tdy = Tensor::from_slice(gpu, &[m, rows], &dy).unwrap();
+    let y = Tensor::zeros(gpu, &[m, rows], DType::F32).unwrap();
+    let dx = Tensor::zeros(gpu, &[m, cols], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    qgemm_with(&mut rec, &tx, &qw, &y, false, variant).unwrap();
+    qgemm_with(&mut rec, &tdy, &qw, &dx, true, variant).unwrap();
+    rec.submit().unwrap();
+    let mut want_y = vec![0.0; m * rows];
+    cpu::matmul(&x, &deq, &mut want_y, m, rows, cols, false, true, false);
+    let mut want_dx = vec![0.0; m * cols];
+    cpu::matmul(&dy, &deq, &mut want_dx, m, cols, rows, false, false, false);
+    let label = format!("{} {m}x{rows}x{cols} {variant:?} chunks={}", format.name(), qw.chunks.len());
+    let tol = 1e-4 * (cols.max(rows) as f32).sqrt();
+    assert_close(&format!("{label} forward"), &block_on(y.to_vec::<f32>(gpu)).unwrap(), &want_y, tol, 1e-4);
+    assert_close(&format!("{label} backward"), &block_on(dx.to_vec::<f32>(gpu)).unwrap(), &want_dx, tol, 1e-4);
+}
+
+#[test]
+fn nf4_matmul_forward_and_backward() {
+    let gpu = gpu();
+    check_qmatmul(gpu, 37, 68, 128, QuantFormat::Nf4, QVariant::Tiled, 10); // vec4 path, ragged M and N
+    check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, QVariant::Tiled, 11); // blocks span rows: scalar path
+    check_qmatmul(gpu, 9, 20, 36, QuantFormat::Nf4, QVariant::Naive, 12);
+}
+
+#[test]
+fn q8_0_matmul_forward_and_backward() {
+    let gpu = gpu();
+    check_qmatmul(gpu, 37, 68, 96, QuantFormat::Q8_0, QVariant::Tiled, 20);
+    check_qmatmul(gpu, 5, 23, 64, QuantFormat::Q8_0, QVariant::Tiled, 21); // odd rows: scalar backward
+    check_qmatmul(gpu, 9, 20, 32, QuantFormat::Q8_0, QVariant::Naive, 22);
+}
+
+#[test]
+fn f32_weight_through_the_same_api() {
+    check_qmatmul(gpu(), 11, 30, 44, QuantFormat::F32, QVariant::Tiled, 30);
+}
+
+#[test]
+fn cpu_packed_weights_upload_unchanged() {
+    let gpu = gpu();
+    let (rows, cols) = (24, 96);
+    let w = randn(40, rows * cols);
+    let nf4 = quantize_nf4(&w);
+    let q8 = quantize_q8_0(&w, rows, cols).unwrap();
+    let a = block_on(QWeight::from_nf4(gpu, &nf4, rows, cols).unwrap().to_f32(gpu)).unwrap();
+    let b = block_on(QWeight::from_q8_0(gpu, &q8).unwrap().to_f32(gpu)).unwrap();
+    assert_eq!(a, nf4.dequantize());
+    assert_eq!(b, q8.dequantize());
+    let p = Packed::from_nf4(gpu, &nf4).unwrap();
+    assert_eq!(p.len, rows * cols);
+}
+
+/// A device that binds at most 8 KiB: weights are split into row chunks, and
+/// every format still gives the unsplit result.
+#[test]
+fn weights_split_across_bindings_under_a_tiny_limit() {
+    let small = block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
+    assert_eq!(small.max_binding_bytes(), 8192);
+    for (format, cols, seed) in [(QuantFormat::F32, 64, 50), (QuantFormat::Nf4, 256, 51), (QuantFormat::Q8_0, 512, 52), (QuantFormat::Nf4, 72, 53)] {
+        let rows = 90;
+        let w = randn(seed, rows * cols);
+        let qw = QWeight::from_f32(&small, &w, rows, cols, format).unwrap();
+        assert!(qw.chunks.len() > 1, "{} {rows}x{cols} should split, got {} chunk(s)", format.name(), qw.chunks.len());
+        // The chunks dequantize to exactly the unsplit weight.
+        let whole = match format {
+            QuantFormat::F32 => w.clone(),
+            QuantFormat::Nf4 => quantize_nf4(&w).dequantize(),
+            QuantFormat::Q8_0 => quantize_q8_0(&w, rows, cols).unwrap().dequantize(),
+        };
+        assert_eq!(block_on(qw.to_f32(&small)).unwrap(), whole, "{} chunks", format.name());
+        let m = 3;
+        check_qmatmul(&small, m, rows, cols, format, QVariant::Tiled, seed);
+    }
+    // A tensor over the limit is refused with a typed error when bound.
+    let big = Tensor::zeros(&small, &[4096], DType::F32).unwrap();
+    let w = Tensor::zeros(&small, &[4, 4096], DType::F32).unwrap();
+    let mut rec = Recorder::new(&small);
+    let err = webpeft::kernels::matmul::linear(&mut rec, &big.reshape(&[1, 4096]).unwrap(), &w).unwrap_err();
+    assert!(matches!(err, Error::OverLimit { limit: 8192, .. }), "{err}");
+    // One row that can't fit any binding is refused before anything is uploaded.
+    let err = QWeight::from_f32(&small, &vec![0.0; 2 * 4096], 2, 4096, QuantFormat::F32).unwrap_err();
+    assert!(matches!(err, Error::OverLimit { .. }), "{err}");
+}
+
+#[test]
+fn qlinear_shapes_are_checked() {
+    let gpu = gpu();
+    let qw = QWeight::from_f32(gpu, &randn(1, 16 * 64), 16, 64, QuantFormat::Nf4).unwrap();
+    let x = Tensor::zeros(gpu, &[3, 60], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = qlinear(&mut rec, &x, &qw).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "linear", .. }), "{err}");
+    let err = qlinear_backward_input(&mut rec, &x, &qw).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+}
