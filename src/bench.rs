@@ -24,13 +24,28 @@ pub struct Figure {
 /// The foundation shapes: squares, and a projection (x·W with W 512×1376, and
 /// the same weight transposed as y = x·Wᵀ).
 pub fn matmul_shapes() -> Vec<(String, Gemm)> {
-    vec![
-        ("256³".into(), Gemm::new(256, 256, 256, false, false)),
-        ("512³".into(), Gemm::new(512, 512, 512, false, false)),
-        ("1024³".into(), Gemm::new(1024, 1024, 1024, false, false)),
-        ("[512×512]·[512×1376]".into(), Gemm::new(512, 1376, 512, false, false)),
-        ("[512×512]·[1376×512]ᵀ".into(), Gemm::new(512, 1376, 512, false, true)),
-    ]
+    let mut shapes = Vec::new();
+    for n in [256, 512, 1024] {
+        shapes.push((format!("{n}³ A·Bᵀ"), Gemm::new(n, n, n, false, true)));
+        shapes.push((format!("{n}³ A·B"), Gemm::new(n, n, n, false, false)));
+        shapes.push((format!("{n}³ Aᵀ·B"), Gemm::new(n, n, n, true, false)));
+    }
+    shapes.push(("[512×512]·[512×1376]".into(), Gemm::new(512, 1376, 512, false, false)));
+    shapes.push(("[512×512]·[1376×512]ᵀ".into(), Gemm::new(512, 1376, 512, false, true)));
+    shapes
+}
+
+/// The quantized shapes: y = x·Wᵀ (forward) and dx = dy·W (backward) at the
+/// squares and the projection.
+pub fn qmatmul_shapes() -> Vec<(String, Gemm, bool)> {
+    let mut shapes = Vec::new();
+    for n in [256, 512, 1024] {
+        shapes.push((format!("{n}³ x·Wᵀ"), Gemm::new(n, n, n, false, true), false));
+    }
+    shapes.push(("1024³ dy·W".into(), Gemm::new(1024, 1024, 1024, false, false), true));
+    shapes.push(("[512×512]·[1376×512]ᵀ".into(), Gemm::new(512, 1376, 512, false, true), false));
+    shapes.push(("[512×1376]·[1376×512]".into(), Gemm::new(512, 512, 1376, false, false), true));
+    shapes
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -81,13 +96,18 @@ pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, rep
     })
 }
 
-/// Quantized matmul figures: y = x·Wᵀ with W (n, k) in `format`.
-pub async fn bench_qmatmul(gpu: &Gpu, name: &str, g: &Gemm, format: QuantFormat, variant: QVariant, repeats: usize) -> Result<Figure> {
+/// Quantized matmul figures: y = x·Wᵀ with W (n, k) in `format`, or with
+/// `backward` dx = dy·W with W (k, n).
+pub async fn bench_qmatmul(gpu: &Gpu, name: &str, g: &Gemm, backward: bool, format: QuantFormat, variant: QVariant, repeats: usize) -> Result<Figure> {
     let x = Tensor::from_slice(gpu, &[g.m, g.k], &fill(g.m * g.k, 3))?;
-    let w = QWeight::from_f32(gpu, &fill(g.n * g.k, 4), g.n, g.k, format)?;
+    let w = if backward {
+        QWeight::from_f32(gpu, &fill(g.k * g.n, 4), g.k, g.n, format)?
+    } else {
+        QWeight::from_f32(gpu, &fill(g.n * g.k, 4), g.n, g.k, format)?
+    };
     let y = Tensor::zeros(gpu, &[g.m, g.n], DType::F32)?;
     let calls = calls_for(g.flops(), variant == QVariant::Naive);
-    let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, false, variant)).await?;
+    let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, backward, variant)).await?;
     Ok(Figure {
         kernel: format!("{} {}", format.name(), if variant == QVariant::Naive { "naive" } else { "tiled" }),
         shape: name.into(),
@@ -110,31 +130,41 @@ fn fill(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Every kernel figure the foundation asks for.
-pub async fn kernel_figures(gpu: &Gpu, repeats: usize, tiles: Tiles, with_naive: bool) -> Result<Vec<Figure>> {
+/// `report` sees each figure as soon as it is measured.
+pub async fn kernel_figures(
+    gpu: &Gpu,
+    repeats: usize,
+    tiles: Option<Tiles>,
+    with_naive: bool,
+    report: &mut dyn FnMut(&Figure),
+) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
+    let mut push = |f: Figure, out: &mut Vec<Figure>| {
+        report(&f);
+        out.push(f);
+    };
     for (name, g) in matmul_shapes() {
-        out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
+        let t = tiles.unwrap_or(Tiles::tuned(g.trans_a, g.trans_b));
+        push(bench_matmul(gpu, &name, &g, Variant::Tiled(t), repeats).await?, &mut out);
         if with_naive {
-            out.push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?);
+            push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?, &mut out);
         }
     }
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
-        for (name, g) in matmul_shapes() {
-            // y = x·Wᵀ with W (n, k): the quantized kernels always read W transposed.
-            let g = Gemm::new(g.m, g.n, g.k, false, true);
-            out.push(bench_qmatmul(gpu, &name, &g, format, QVariant::Tiled, repeats).await?);
+        for (name, g, backward) in qmatmul_shapes() {
+            push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Tiled, repeats).await?, &mut out);
             if with_naive {
-                out.push(bench_qmatmul(gpu, &name, &g, format, QVariant::Naive, repeats).await?);
+                push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Naive, repeats).await?, &mut out);
             }
         }
     }
     Ok(out)
 }
 
-/// f32 matmul figures for one tile shape at the foundation shapes (for tuning).
+/// f32 matmul figures for one tile shape at 1024³ and the projections (for tuning).
 pub async fn sweep_tiles(gpu: &Gpu, tiles: Tiles, repeats: usize) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
-    for (name, g) in matmul_shapes().into_iter().skip(1).take(2).chain(matmul_shapes().into_iter().skip(4)) {
+    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| n.starts_with("1024") || n.starts_with('[')) {
         out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
     }
     Ok(out)

@@ -47,6 +47,29 @@ pub enum Error {
     #[error(transparent)]
     Quant(#[from] crate::quant::QuantError),
 
+    /// A `config.json` field that is missing, malformed, inconsistent or not
+    /// supported; `field` is its JSON key (`rope_scaling.rope_type`, `layer_types[3]`).
+    #[error("config.json: field `{field}`: {detail}")]
+    Config { field: String, detail: String },
+
+    /// A model file that is absent or malformed as a whole (a safetensors
+    /// header, an index, a file name).
+    #[error("{file}: {detail}")]
+    File { file: String, detail: String },
+
+    /// One tensor of a checkpoint: missing, unexpected, wrongly shaped, of an
+    /// unsupported dtype, or outside its file. `file` is the shard that holds it
+    /// (or the model folder when it is missing).
+    #[error("tensor `{tensor}` ({file}): {detail}")]
+    Checkpoint { tensor: String, file: String, detail: String },
+
+    /// The operating system failed to read a file.
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Shorthand used throughout the crate.

@@ -29,7 +29,7 @@ enum Command {
         /// Outputs per invocation and workgroup shape for the f32 kernel, "TMxTN/WXxWY".
         #[arg(long)]
         tiles: Option<String>,
-        /// Only time the f32 kernel at 512³, 1024³ and the projection, for each
+        /// Only time the f32 kernel at 1024³ and the projections, for each
         /// tile shape in this comma-separated list (tuning aid).
         #[arg(long)]
         sweep: Option<String>,
@@ -55,33 +55,38 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Bench { repeats, no_naive, json, tiles, sweep } => {
-            let tiles = tiles.as_deref().map(parse_tiles).transpose()?.unwrap_or_default();
+            let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
             let gpu = Gpu::new().await?;
             if let Some(list) = sweep {
                 for t in list.split(',') {
                     let figures = webpeft::bench::sweep_tiles(&gpu, parse_tiles(t)?, repeats.max(1)).await?;
-                    for f in figures {
-                        println!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
-                    }
+                    figures.iter().for_each(print_row);
                 }
                 return Ok(());
             }
-            let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive).await?;
+            if !json {
+                print_header(&gpu);
+            }
+            let mut row = |f: &Figure| {
+                if !json {
+                    print_row(f);
+                }
+            };
+            let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
             if json {
-                let out = serde_json::json!({ "adapter": gpu.info(), "tiles": format!("{tiles:?}"), "matmul": figures });
+                let out = serde_json::json!({ "adapter": gpu.info(), "matmul": figures });
                 println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                print_table(&gpu, &figures);
             }
         }
     }
     Ok(())
 }
 
-fn print_table(gpu: &Gpu, figures: &[Figure]) {
+fn print_header(gpu: &Gpu) {
     println!("adapter: {}", gpu.describe());
     println!("{:<28} {:<26} {:>10} {:>12}", "kernel", "shape", "GFLOP/s", "ms/call");
-    for f in figures {
-        println!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
-    }
+}
+
+fn print_row(f: &Figure) {
+    println!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
 }

@@ -19,11 +19,14 @@ pub struct GpuOptions {
     pub allow_f16: bool,
     /// How long a native wait for the GPU may take before it is an error.
     pub timeout_seconds: u64,
+    /// Compile shaders with naga's bounds clamps and loop counters (slower;
+    /// for debugging kernels).
+    pub shader_checks: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { max_binding_bytes: None, high_performance: true, allow_f16: true, timeout_seconds: 600 }
+        Self { max_binding_bytes: None, high_performance: true, allow_f16: true, timeout_seconds: 600, shader_checks: false }
     }
 }
 
@@ -61,7 +64,9 @@ pub struct Gpu {
     limits: wgpu::Limits,
     features: wgpu::Features,
     max_binding: u64,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) timeout_seconds: u64,
+    pub(crate) shader_checks: bool,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -175,6 +180,7 @@ impl Gpu {
             features,
             max_binding,
             timeout_seconds: options.timeout_seconds,
+            shader_checks: options.shader_checks,
             errors,
             lost,
         })

@@ -182,6 +182,21 @@ impl Default for Tiles {
     }
 }
 
+impl Tiles {
+    /// The tuned tile for an orientation. On lavapipe every per-invocation
+    /// buffer load costs far more than an FMA, so large register tiles win;
+    /// these were the best of a sweep (`webpeft bench --sweep`) on it, and are
+    /// reasonable on real GPUs too (256 outputs per invocation, 16–64
+    /// invocations per workgroup).
+    pub fn tuned(trans_a: bool, trans_b: bool) -> Tiles {
+        match (trans_a, trans_b) {
+            (false, true) => Tiles { tm: 16, tn: 32, wx: 4, wy: 4 },
+            (false, false) => Tiles { tm: 16, tn: 16, wx: 8, wy: 8 },
+            _ => Tiles { tm: 16, tn: 16, wx: 4, wy: 4 },
+        }
+    }
+}
+
 /// Which kernel runs a [`Gemm`]: the tuned register-tiled one (vec4 when the
 /// layout allows), or the one-output-per-invocation yardstick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,9 +216,9 @@ fn key(entry: &'static str, g: &Gemm, tiles: Tiles) -> PipelineKey {
         .with("TRANS_B", Const::Bool(g.trans_b))
 }
 
-/// Record `C = alpha·op(A)·op(B) (+ C)` with the default kernel.
+/// Record `C = alpha·op(A)·op(B) (+ C)` with the tuned kernel.
 pub fn gemm(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
-    gemm_with(rec, g, a, b, c, Variant::Tiled(Tiles::default()))
+    gemm_with(rec, g, a, b, c, Variant::Tiled(Tiles::tuned(g.trans_a, g.trans_b)))
 }
 
 /// Record a multiply with a chosen kernel (the benchmark compares them).

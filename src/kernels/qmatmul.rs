@@ -11,7 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{gemm, Gemm};
+use super::matmul::{gemm, Gemm, Tiles};
 use super::quant::{dequantize, quantize, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
@@ -207,19 +207,19 @@ pub enum QVariant {
     Naive,
 }
 
-const TM: u32 = 8;
-const TN: u32 = 8;
-const WX: u32 = 8;
-const WY: u32 = 8;
+/// Tiles as the f32 kernels of the same orientation (see `Tiles::tuned`).
+fn tiles(backward: bool) -> Tiles {
+    Tiles::tuned(false, !backward)
+}
 
-fn qkey(entry: &'static str, q8: bool, forward: bool) -> PipelineKey {
+fn qkey(entry: &'static str, q8: bool, forward: bool, t: Tiles) -> PipelineKey {
     PipelineKey::new(Kernel::QMatmul, entry)
         .with("Q8", Const::Bool(q8))
         .with("FORWARD", Const::Bool(forward))
-        .with("TM", Const::U32(TM))
-        .with("TN", Const::U32(TN))
-        .with("WX", Const::U32(WX))
-        .with("WY", Const::U32(WY))
+        .with("TM", Const::U32(t.tm))
+        .with("TN", Const::U32(t.tn))
+        .with("WX", Const::U32(t.wx))
+        .with("WY", Const::U32(t.wy))
 }
 
 /// Forward `out = x·Wᵀ` (x (M, cols) → out (M, rows)) or, with `backward`,
@@ -289,18 +289,20 @@ fn record_quant(rec: &mut Recorder, g: &Gemm, x: &Tensor, p: &Packed, out: &Tens
         _pad: 0,
     };
     let aligned = g.lda % 4 == 0 && g.a_off % 4 == 0 && g.k % 4 == 0 && (!backward || g.n % 4 == 0);
-    let tiled = [g.n.div_ceil((WX * TN) as usize) as u32, g.m.div_ceil((WY * TM) as usize) as u32, 1];
+    let t = tiles(backward);
+    let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
     let bind4 = [(1, x), (2, &p.codes), (3, &p.scales), (4, out)];
     let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
     match variant {
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
-            rec.dispatch_bound(&qkey(entry, q8, !backward), &params, &bind4, tiled)
+            rec.dispatch_bound(&qkey(entry, q8, !backward, t), &params, &bind4, tiled)
         }
-        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", q8, !backward), &params, &bind1, tiled),
+        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", q8, !backward, t), &params, &bind1, tiled),
         QVariant::Naive => {
-            let groups = [g.n.div_ceil(WX as usize) as u32, g.m.div_ceil(WY as usize) as u32, 1];
-            rec.dispatch_bound(&qkey("qmatmul_naive", q8, !backward), &params, &bind1, groups)
+            let t = Tiles { tm: 4, tn: 4, wx: 16, wy: 16 };
+            let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
+            rec.dispatch_bound(&qkey("qmatmul_naive", q8, !backward, t), &params, &bind1, groups)
         }
     }
 }

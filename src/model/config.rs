@@ -1,0 +1,456 @@
+//! The architecture of a Llama-family model, read from Hugging Face's
+//! `config.json` (transformers 4.57: `LlamaConfig`, `Qwen2Config`,
+//! `MistralConfig`; SmolLM is `llama`).
+//!
+//! Only fields that change the math are kept. Defaults are transformers' own
+//! for fields it defaults; the sizes have no sensible default and are
+//! required. Anything the forward pass would get wrong (another RoPE scaling,
+//! an activation other than SiLU, a sliding window that can bite, MLP biases)
+//! is an [`Error::Config`](crate::Error::Config) naming the field, never
+//! silently ignored.
+
+use ::safetensors::Dtype;
+use serde_json::Value;
+
+use super::json::{brief, config_error, positive, Fields};
+use super::source::{ByteSource, ModelFiles};
+use crate::Result;
+
+pub use crate::kernels::reference::rope::RopeScaling;
+
+/// `model_type` in config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelType {
+    /// Llama 1–3, SmolLM, TinyLlama, …
+    Llama,
+    /// Qwen2 / Qwen2.5: q/k/v biases, no o_proj bias.
+    Qwen2,
+    /// Mistral: no biases; sliding-window attention (unsupported unless the
+    /// window covers `max_position_embeddings`).
+    Mistral,
+}
+
+impl ModelType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelType::Llama => "llama",
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Mistral => "mistral",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "llama" => Ok(ModelType::Llama),
+            "qwen2" => Ok(ModelType::Qwen2),
+            "mistral" => Ok(ModelType::Mistral),
+            other => Err(config_error(
+                "model_type",
+                format!("unsupported model_type \"{other}\" (supported: llama, qwen2, mistral)"),
+            )),
+        }
+    }
+
+    /// transformers' default `max_position_embeddings` for the class.
+    fn default_max_positions(self) -> usize {
+        match self {
+            ModelType::Llama => 2048,
+            ModelType::Qwen2 => 32768,
+            ModelType::Mistral => 4096 * 32,
+        }
+    }
+}
+
+/// A checkpoint tensor this config expects: its name and shape, in the
+/// checkpoint's own naming (Linear weights are (out, in)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    fn new(name: impl Into<String>, shape: &[usize]) -> Self {
+        TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated model configuration. Shapes below: V vocab, D hidden,
+/// I intermediate, H heads, KV key/value heads, hd head_dim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub model_type: ModelType,
+    /// V.
+    pub vocab_size: usize,
+    /// D: width of the residual stream.
+    pub hidden_size: usize,
+    /// I: width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    /// H: query heads.
+    pub num_attention_heads: usize,
+    /// KV: key/value heads (GQA when < H); divides H. Default H.
+    pub num_key_value_heads: usize,
+    /// hd: may differ from D / H (then q_proj is (H·hd, D)). Default D / H.
+    pub head_dim: usize,
+    /// RMSNorm epsilon. Default 1e-6.
+    pub rms_norm_eps: f64,
+    /// RoPE base. Default 10000.
+    pub rope_theta: f64,
+    /// `None` for plain RoPE; `Some` for `rope_type == "llama3"`.
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    /// No `lm_head.weight`: the head reuses `model.embed_tokens.weight`.
+    pub tie_word_embeddings: bool,
+    /// q/k/v_proj have biases (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// o_proj has a bias (Llama with `attention_bias`; never Qwen2/Mistral).
+    pub o_bias: bool,
+    /// On-disk dtype the config declares (`dtype`, or `torch_dtype` before
+    /// transformers 4.56): F32, F16 or BF16. Informational: every tensor's
+    /// header says its own dtype.
+    pub torch_dtype: Option<Dtype>,
+    pub bos_token_id: Option<u32>,
+    /// Empty, one id, or several (Llama 3 instruct lists three).
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl Config {
+    /// Parses and validates the bytes of a `config.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<Config> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| config_error("(file)", format!("not valid JSON: {e}")))?;
+        Config::from_value(&value)
+    }
+
+    /// Reads `config.json` from a model folder.
+    pub async fn load<F: ModelFiles>(files: &F) -> Result<Config> {
+        let bytes = files.open("config.json").await?.read_all().await?;
+        Config::from_json(&bytes)
+    }
+
+    /// Parses and validates a parsed `config.json`.
+    pub fn from_value(value: &Value) -> Result<Config> {
+        let f = Fields::new(value, "", "(file)")?;
+        let model_type = ModelType::parse(
+            f.opt_str("model_type")?
+                .ok_or_else(|| config_error("model_type", "missing"))?,
+        )?;
+
+        let hidden_size = f.size("hidden_size")?;
+        let num_attention_heads = f.size("num_attention_heads")?;
+        let num_key_value_heads = match f.opt_usize("num_key_value_heads")? {
+            Some(n) => positive("num_key_value_heads", n)?,
+            None => num_attention_heads,
+        };
+        let head_dim = match f.opt_usize("head_dim")? {
+            Some(n) => positive("head_dim", n)?,
+            None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
+            None => return Err(config_error(
+                "num_attention_heads",
+                format!(
+                    "{num_attention_heads} heads do not divide hidden_size {hidden_size} (and head_dim is not given)"
+                ),
+            )),
+        };
+
+        check_activation(&f)?;
+        let (qkv_bias, o_bias) = biases(model_type, &f)?;
+        let max_position_embeddings = match f.opt_usize("max_position_embeddings")? {
+            Some(n) => positive("max_position_embeddings", n)?,
+            None => model_type.default_max_positions(),
+        };
+        check_sliding_window(model_type, &f, max_position_embeddings)?;
+
+        let config = Config {
+            model_type,
+            vocab_size: f.size("vocab_size")?,
+            hidden_size,
+            intermediate_size: f.size("intermediate_size")?,
+            num_hidden_layers: f.size("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
+            rope_scaling: rope_scaling(&f)?,
+            max_position_embeddings,
+            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            torch_dtype: torch_dtype(&f)?,
+            bos_token_id: f.opt_token("bos_token_id")?,
+            eos_token_ids: f.tokens("eos_token_id")?,
+            pad_token_id: f.opt_token("pad_token_id")?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the invariants the model code relies on (also for configs built
+    /// by hand): non-zero sizes, KV dividing H, an even head_dim, positive
+    /// eps and theta.
+    pub fn validate(&self) -> Result<()> {
+        for (field, n) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            positive(field, n)?;
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(config_error(
+                "num_key_value_heads",
+                format!(
+                    "{} key/value heads do not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(config_error(
+                "head_dim",
+                format!("must be even for RoPE, got {}", self.head_dim),
+            ));
+        }
+        for (field, x) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(config_error(field, format!("must be a positive number, got {x}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// H·hd: width of the attention's query side (q_proj out, o_proj in).
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    /// KV·hd: width of k_proj and v_proj outputs.
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// Every tensor the checkpoint must hold, in model order, with its shape.
+    pub fn tensor_names(&self) -> Vec<TensorSpec> {
+        let (v, d, i) = (self.vocab_size, self.hidden_size, self.intermediate_size);
+        let (q, kv) = (self.q_dim(), self.kv_dim());
+        let mut t = vec![TensorSpec::new("model.embed_tokens.weight", &[v, d])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            t.push(TensorSpec::new(format!("{p}.input_layernorm.weight"), &[d]));
+            for (proj, out) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                t.push(TensorSpec::new(format!("{p}.self_attn.{proj}.weight"), &[out, d]));
+                if self.qkv_bias {
+                    t.push(TensorSpec::new(format!("{p}.self_attn.{proj}.bias"), &[out]));
+                }
+            }
+            t.push(TensorSpec::new(format!("{p}.self_attn.o_proj.weight"), &[d, q]));
+            if self.o_bias {
+                t.push(TensorSpec::new(format!("{p}.self_attn.o_proj.bias"), &[d]));
+            }
+            t.push(TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), &[d]));
+            t.push(TensorSpec::new(format!("{p}.mlp.gate_proj.weight"), &[i, d]));
+            t.push(TensorSpec::new(format!("{p}.mlp.up_proj.weight"), &[i, d]));
+            t.push(TensorSpec::new(format!("{p}.mlp.down_proj.weight"), &[d, i]));
+        }
+        t.push(TensorSpec::new("model.norm.weight", &[d]));
+        if !self.tie_word_embeddings {
+            t.push(TensorSpec::new("lm_head.weight", &[v, d]));
+        }
+        t
+    }
+
+    /// Number of parameters, a tied embedding counted once (what
+    /// `model.num_parameters()` reports).
+    pub fn parameter_count(&self) -> u64 {
+        self.tensor_names().iter().map(|t| t.numel() as u64).sum()
+    }
+}
+
+/// `hidden_act`: SiLU only ("swish" is transformers' other name for it).
+fn check_activation(f: &Fields) -> Result<()> {
+    match f.opt_str("hidden_act")?.unwrap_or("silu") {
+        "silu" | "swish" => Ok(()),
+        other => Err(config_error(
+            "hidden_act",
+            format!("unsupported activation \"{other}\" (only silu)"),
+        )),
+    }
+}
+
+/// (q/k/v bias, o bias) as each transformers class builds its Linears.
+fn biases(model_type: ModelType, f: &Fields) -> Result<(bool, bool)> {
+    match model_type {
+        ModelType::Llama => {
+            if f.opt_bool("mlp_bias")? == Some(true) {
+                return Err(config_error("mlp_bias", "MLP biases are not supported yet"));
+            }
+            let b = f.opt_bool("attention_bias")?.unwrap_or(false);
+            Ok((b, b))
+        }
+        // Qwen2Attention: q/k/v bias=True, o_proj bias=False, whatever attention_bias says.
+        ModelType::Qwen2 => Ok((true, false)),
+        // MistralAttention: no biases at all.
+        ModelType::Mistral => Ok((false, false)),
+    }
+}
+
+/// `dtype` (transformers ≥ 4.56) or `torch_dtype`.
+fn torch_dtype(f: &Fields) -> Result<Option<Dtype>> {
+    let key = if f.contains("dtype") { "dtype" } else { "torch_dtype" };
+    let Some(s) = f.opt_str(key)? else { return Ok(None) };
+    match s.strip_prefix("torch.").unwrap_or(s) {
+        "float32" => Ok(Some(Dtype::F32)),
+        "float16" => Ok(Some(Dtype::F16)),
+        "bfloat16" => Ok(Some(Dtype::BF16)),
+        other => Err(config_error(
+            key,
+            format!("unsupported dtype \"{other}\" (float32, float16 or bfloat16)"),
+        )),
+    }
+}
+
+/// `rope_scaling`: `null`, `{"rope_type": "default"}` or llama3. The key was
+/// spelled `type` before transformers 4.45; transformers copies `type` over
+/// `rope_type`, so both are read and must agree.
+fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
+    let Some(value) = top.get("rope_scaling") else {
+        return Ok(None);
+    };
+    let f = Fields::new(value, "rope_scaling.", "rope_scaling")?;
+    let (new, old) = (f.opt_str("rope_type")?, f.opt_str("type")?);
+    let (key, kind) = match (new, old) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(config_error(
+                "rope_scaling.type",
+                format!("\"{b}\" disagrees with rope_scaling.rope_type \"{a}\""),
+            ))
+        }
+        (Some(a), _) => ("rope_scaling.rope_type", a),
+        (None, Some(b)) => ("rope_scaling.type", b),
+        (None, None) => ("rope_scaling.rope_type", "default"),
+    };
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let factor = f.f64("factor")?;
+            if factor <= 0.0 {
+                return Err(config_error(
+                    "rope_scaling.factor",
+                    format!("must be positive, got {factor}"),
+                ));
+            }
+            let low_freq_factor = f.f64("low_freq_factor")?;
+            let high_freq_factor = f.f64("high_freq_factor")?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(config_error(
+                    "rope_scaling.high_freq_factor",
+                    format!("must be greater than low_freq_factor {low_freq_factor}, got {high_freq_factor}"),
+                ));
+            }
+            let old_ctx = f.size("original_max_position_embeddings")?;
+            let original_max_position_embeddings = u32::try_from(old_ctx).map_err(|_| {
+                config_error(
+                    "rope_scaling.original_max_position_embeddings",
+                    format!("{old_ctx} is too large"),
+                )
+            })?;
+            Ok(Some(RopeScaling {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }))
+        }
+        other => Err(config_error(
+            key,
+            format!("unsupported RoPE scaling \"{other}\" (supported: default, llama3)"),
+        )),
+    }
+}
+
+/// Rejects a sliding window that can change attention: one shorter than
+/// `max_position_embeddings` on a layer that uses it. transformers: Mistral
+/// slides on every layer (default window 4096 when the key is absent); Qwen2
+/// only when `use_sliding_window`, on layers whose `layer_types` entry is
+/// "sliding_attention" (by default those from `max_window_layers` on); Llama
+/// never.
+fn check_sliding_window(model_type: ModelType, f: &Fields, max_positions: usize) -> Result<()> {
+    // Absent means transformers' default 4096; `null` means no window.
+    let window = || -> Result<Option<usize>> {
+        if f.get("sliding_window").is_none() && f.contains_key("sliding_window") {
+            return Ok(None);
+        }
+        Ok(Some(f.opt_usize("sliding_window")?.unwrap_or(4096)))
+    };
+    let window = match model_type {
+        ModelType::Llama => None,
+        ModelType::Mistral => window()?,
+        ModelType::Qwen2 if f.opt_bool("use_sliding_window")?.unwrap_or(false) => window()?,
+        ModelType::Qwen2 => None,
+    };
+    let sliding_layers = match (model_type, f.get("layer_types")) {
+        (ModelType::Qwen2, Some(types)) => layer_types(f, types)?,
+        (ModelType::Qwen2, None) => {
+            let layers = f.opt_usize("num_hidden_layers")?.unwrap_or(0);
+            layers.saturating_sub(f.opt_usize("max_window_layers")?.unwrap_or(28).min(layers))
+        }
+        _ => 1,
+    };
+    match window {
+        Some(w) if sliding_layers > 0 && w < max_positions => Err(config_error(
+            "sliding_window",
+            format!(
+                "sliding-window attention ({w} tokens, shorter than max_position_embeddings {max_positions}) is not supported yet"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Counts the "sliding_attention" entries of Qwen2's `layer_types`, checking
+/// the list as transformers' `layer_type_validation` does.
+fn layer_types(f: &Fields, types: &Value) -> Result<usize> {
+    let Value::Array(items) = types else {
+        return Err(config_error(
+            "layer_types",
+            format!("expected a list, got {}", brief(types)),
+        ));
+    };
+    if let Some(layers) = f.opt_usize("num_hidden_layers")? {
+        if items.len() != layers {
+            return Err(config_error(
+                "layer_types",
+                format!("has {} entries for {layers} layers", items.len()),
+            ));
+        }
+    }
+    let mut sliding = 0;
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some("full_attention") => {}
+            Some("sliding_attention") => sliding += 1,
+            _ => {
+                return Err(config_error(
+                    &format!("layer_types[{i}]"),
+                    format!("unsupported layer type {}", brief(item)),
+                ))
+            }
+        }
+    }
+    Ok(sliding)
+}
