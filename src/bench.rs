@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::matmul::{gemm_with, Gemm, Tiles, Variant};
+use crate::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use crate::quant::QuantFormat;
 
@@ -53,7 +53,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn time_calls(gpu: &Gpu, calls: usize, repeats: usize, mut record: impl FnMut(&mut Recorder) -> Result<()>) -> Result<f64> {
+async fn time_calls(
+    gpu: &Gpu,
+    calls: usize,
+    repeats: usize,
+    mut record: impl FnMut(&mut Recorder) -> Result<()>,
+) -> Result<f64> {
     // Warm up: builds the pipeline and touches the buffers.
     let mut rec = Recorder::new(gpu);
     record(&mut rec)?;
@@ -98,7 +103,15 @@ pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, rep
 
 /// Quantized matmul figures: y = x·Wᵀ with W (n, k) in `format`, or with
 /// `backward` dx = dy·W with W (k, n).
-pub async fn bench_qmatmul(gpu: &Gpu, name: &str, g: &Gemm, backward: bool, format: QuantFormat, variant: QVariant, repeats: usize) -> Result<Figure> {
+pub async fn bench_qmatmul(
+    gpu: &Gpu,
+    name: &str,
+    g: &Gemm,
+    backward: bool,
+    format: QuantFormat,
+    variant: QVariant,
+    repeats: usize,
+) -> Result<Figure> {
     let x = Tensor::from_slice(gpu, &[g.m, g.k], &fill(g.m * g.k, 3))?;
     let w = if backward {
         QWeight::from_f32(gpu, &fill(g.k * g.n, 4), g.k, g.n, format)?
@@ -121,6 +134,7 @@ fn variant_name(v: Variant) -> String {
         Variant::Tiled(t) => format!("tiled {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
         Variant::Scalar(t) => format!("scalar {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
         Variant::Naive => "naive".into(),
+        Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
     }
 }
 
@@ -146,6 +160,10 @@ pub async fn kernel_figures(
     for (name, g) in matmul_shapes() {
         let t = tiles.unwrap_or(Tiles::tuned(g.trans_a, g.trans_b));
         push(bench_matmul(gpu, &name, &g, Variant::Tiled(t), repeats).await?, &mut out);
+        if subgroups_usable(gpu) {
+            let v = Variant::Subgroup(SgTiles::tuned(g.trans_a, g.trans_b));
+            push(bench_matmul(gpu, &name, &g, v, repeats).await?, &mut out);
+        }
         if with_naive {
             push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?, &mut out);
         }
@@ -166,6 +184,15 @@ pub async fn sweep_tiles(gpu: &Gpu, tiles: Tiles, repeats: usize) -> Result<Vec<
     let mut out = Vec::new();
     for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| n.starts_with("1024") || n.starts_with('[')) {
         out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
+    }
+    Ok(out)
+}
+
+/// Like [`sweep_tiles`] for a block of the subgroup kernels.
+pub async fn sweep_subgroup(gpu: &Gpu, tiles: SgTiles, repeats: usize) -> Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| n.starts_with("1024") || n.starts_with('[')) {
+        out.push(bench_matmul(gpu, &name, &g, Variant::Subgroup(tiles), repeats).await?);
     }
     Ok(out)
 }

@@ -23,23 +23,13 @@ pub enum Error {
     Timeout { context: String, seconds: u64 },
 
     #[error("{what} needs {bytes} bytes, over the device's {limit_name} of {limit} bytes")]
-    OverLimit {
-        what: String,
-        bytes: u64,
-        limit: u64,
-        limit_name: &'static str,
-    },
+    OverLimit { what: String, bytes: u64, limit: u64, limit_name: &'static str },
 
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
 
     #[error("{op}: argument `{arg}` must be {expected}, got {got}")]
-    DType {
-        op: &'static str,
-        arg: &'static str,
-        expected: &'static str,
-        got: &'static str,
-    },
+    DType { op: &'static str, arg: &'static str, expected: &'static str, got: &'static str },
 
     #[error("invalid argument to {op}: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
@@ -62,6 +52,12 @@ pub enum Error {
     /// (or the model folder when it is missing).
     #[error("tensor `{tensor}` ({file}): {detail}")]
     Checkpoint { tensor: String, file: String, detail: String },
+
+    /// A tokenizer file (`tokenizer.json`, `tokenizer_config.json`) that cannot
+    /// be parsed or is not supported, or a failure of the tokenizer on a text
+    /// or ids; `file` names the file whose content is at fault.
+    #[error("{file}: {detail}")]
+    Tokenizer { file: String, detail: String },
 
     /// The operating system failed to read a file.
     #[error("{file}: {source}")]

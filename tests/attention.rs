@@ -143,11 +143,17 @@ fn kv_cache_forward_matches_full_sequence() {
     let capacity = 17;
     let (hq_row, kv_row) = (full.hq * full.d, full.hkv * full.d);
     let rows = |data: &[f32], width: usize, from: usize, to: usize| -> Vec<f32> {
-        (0..full.batch).flat_map(|b| data[(b * full.seq + from) * width..(b * full.seq + to) * width].to_vec()).collect()
+        (0..full.batch)
+            .flat_map(|b| data[(b * full.seq + from) * width..(b * full.seq + to) * width].to_vec())
+            .collect()
     };
     // Caches full of garbage: rows past the current position must never be read.
-    let k_cache = Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(98, full.batch * capacity * kv_row)).unwrap();
-    let v_cache = Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(99, full.batch * capacity * kv_row)).unwrap();
+    let k_cache =
+        Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(98, full.batch * capacity * kv_row))
+            .unwrap();
+    let v_cache =
+        Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(99, full.batch * capacity * kv_row))
+            .unwrap();
     for (from, to) in [(0, 7), (7, 11), (11, 12)] {
         let n = to - from;
         let q = Tensor::from_slice(gpu, &[full.batch, n, full.hq, full.d], &rows(&x.q, hq_row, from, to)).unwrap();
@@ -175,7 +181,8 @@ fn bad_arguments_are_typed_errors() {
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     let err = attention_forward(&mut rec, &q, &t(&[1, 6, 2, 8]), &t(&[1, 6, 2, 8]), 0.3).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
-    let err = attention_forward(&mut rec, &Tensor::zeros(gpu, &[1, 5, 6, 8], DType::U32).unwrap(), &k, &k, 0.3).unwrap_err();
+    let err =
+        attention_forward(&mut rec, &Tensor::zeros(gpu, &[1, 5, 6, 8], DType::U32).unwrap(), &k, &k, 0.3).unwrap_err();
     assert!(matches!(err, Error::DType { arg: "q", expected: "f32", got: "u32", .. }), "{err}");
     let err = attention_backward(&mut rec, &q, &q, &k, &k, &q, &t(&[1, 6, 4]), 0.3).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "attention_backward", .. }), "{err}");

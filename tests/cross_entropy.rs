@@ -8,8 +8,8 @@ use common::{block_on, gpu, randn};
 use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::cross_entropy::{cross_entropy_backward, cross_entropy_backward_inplace, cross_entropy_forward};
-use webpeft::kernels::reference::cross_entropy::{self as cpu, IGNORE_INDEX};
 use webpeft::kernels::reference::assert_close;
+use webpeft::kernels::reference::cross_entropy::{self as cpu, IGNORE_INDEX};
 use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Tensor};
 
@@ -93,7 +93,8 @@ fn backward_matches_finite_differences() {
     let out = run(&logits, &targets, vocab, scale);
     let weights = vec![scale; rows];
     let idx = sample(rows * vocab, 40, 22);
-    let num = numeric_grad(&logits, &idx, 3e-2, |l| dot64(&cpu::cross_entropy_forward(l, &targets, rows, vocab).0, &weights));
+    let num =
+        numeric_grad(&logits, &idx, 3e-2, |l| dot64(&cpu::cross_entropy_forward(l, &targets, rows, vocab).0, &weights));
     assert_close("dlogits vs finite differences", &gather(&out.dlogits, &idx), &num, 1e-4, 3e-3);
 }
 

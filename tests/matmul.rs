@@ -4,7 +4,7 @@
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::matmul::{gemm_with, Gemm, Tiles, Variant};
+use webpeft::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
 use webpeft::{DType, Error, Tensor};
 
@@ -81,18 +81,127 @@ fn naive_kernel_matches() {
 #[test]
 fn batched_accumulate_and_alpha() {
     for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
-        run(Gemm::new(20, 24, 12, ta, tb).batched(3).accumulate(true).alpha(0.5), Variant::Tiled(Tiles::default()), 80 + i as u64);
-        run(Gemm::new(19, 23, 11, ta, tb).batched(2).accumulate(true).alpha(-2.0), Variant::Tiled(Tiles::default()), 90 + i as u64);
+        run(
+            Gemm::new(20, 24, 12, ta, tb).batched(3).accumulate(true).alpha(0.5),
+            Variant::Tiled(Tiles::default()),
+            80 + i as u64,
+        );
+        run(
+            Gemm::new(19, 23, 11, ta, tb).batched(2).accumulate(true).alpha(-2.0),
+            Variant::Tiled(Tiles::default()),
+            90 + i as u64,
+        );
     }
 }
 
 #[test]
 fn other_tile_shapes_agree() {
-    for tiles in [Tiles { tm: 4, tn: 4, wx: 16, wy: 4 }, Tiles { tm: 16, tn: 8, wx: 8, wy: 8 }, Tiles { tm: 8, tn: 16, wx: 4, wy: 8 }] {
+    for tiles in [
+        Tiles { tm: 4, tn: 4, wx: 16, wy: 4 },
+        Tiles { tm: 16, tn: 8, wx: 8, wy: 8 },
+        Tiles { tm: 8, tn: 16, wx: 4, wy: 8 },
+    ] {
         for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
             run(Gemm::new(52, 76, 40, ta, tb), Variant::Tiled(tiles), 100 + i as u64);
             run(Gemm::new(51, 77, 41, ta, tb), Variant::Scalar(tiles), 110 + i as u64);
         }
+    }
+}
+
+/// The subgroup kernels run where the device has 8-lane subgroups (lavapipe
+/// on a 256-bit CPU); elsewhere `Variant::Subgroup` falls back to the tiled
+/// kernels, which these checks then cover again.
+fn subgroup_path_note() {
+    let gpu = gpu();
+    let info = gpu.info();
+    eprintln!(
+        "subgroup kernels {} (subgroups {}, sizes {}..={})",
+        if subgroups_usable(gpu) { "in use" } else { "not usable here: checking the fallback" },
+        info.subgroups,
+        info.subgroup_min_size,
+        info.subgroup_max_size
+    );
+}
+
+#[test]
+fn subgroup_path_every_orientation_with_ragged_edges() {
+    subgroup_path_note();
+    for tiles in [SgTiles::tuned(false, true), SgTiles { sr: 32, tn: 4 }] {
+        for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+            let v = Variant::Subgroup(tiles);
+            // Multiples of 4 but not of the block; a block larger than the whole
+            // matrix; several blocks with a ragged last one in both directions.
+            run(Gemm::new(68, 92, 36, ta, tb), v, 200 + i as u64);
+            run(Gemm::new(4, 4, 4, ta, tb), v, 210 + i as u64);
+            run(Gemm::new(132, 8, 260, ta, tb), v, 220 + i as u64);
+            run(Gemm::new(100, 300, 20, ta, tb), v, 230 + i as u64);
+            // K past 256, where an over-large block once went wrong.
+            run(Gemm::new(36, 136, 300, ta, tb), v, 235 + i as u64);
+        }
+    }
+}
+
+#[test]
+fn subgroup_path_batched_accumulate_and_alpha() {
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+        let v = Variant::Subgroup(SgTiles::tuned(ta, tb));
+        run(Gemm::new(20, 24, 12, ta, tb).batched(3).accumulate(true).alpha(0.5), v, 240 + i as u64);
+        run(Gemm::new(72, 136, 44, ta, tb).batched(2).accumulate(true).alpha(-2.0), v, 250 + i as u64);
+        // Shapes the vec4 layout refuses go to the scalar kernel instead.
+        run(Gemm::new(19, 23, 11, ta, tb).batched(2).accumulate(true).alpha(-2.0), v, 260 + i as u64);
+    }
+}
+
+#[test]
+fn subgroup_block_too_large_is_a_typed_error() {
+    let gpu = gpu();
+    let a = Tensor::zeros(gpu, &[64, 64], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = gemm_with(
+        &mut rec,
+        &Gemm::new(64, 64, 64, false, true),
+        &a,
+        &a,
+        &a,
+        Variant::Subgroup(SgTiles { sr: 64, tn: 16 }),
+    );
+    if webpeft::kernels::matmul::subgroups_usable(gpu) {
+        assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    }
+}
+
+#[test]
+fn subgroup_path_with_offsets_and_strides() {
+    // C[:, 8..20] = A · B[8..20, :]ᵀ inside a wider C, A and B at offsets:
+    // a weight split by rows across bindings, in each orientation.
+    let gpu = gpu();
+    let (m, k, n_total) = (36, 16, 28);
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
+        let a = randn(270 + i as u64, 4 + m * k);
+        let b = randn(280 + i as u64, n_total * k);
+        let ta_t = Tensor::from_slice(gpu, &[4 + m * k], &a).unwrap();
+        let tb_t = Tensor::from_slice(gpu, &[n_total * k], &b).unwrap();
+        let tc = Tensor::zeros(gpu, &[m, n_total], DType::F32).unwrap();
+        // B as (N_total, K) for nt, (K, N_total) otherwise.
+        let mut rec = Recorder::new(gpu);
+        for (start, len) in [(0, 8), (8, 12), (20, 8)] {
+            let mut g = Gemm::new(m, len, k, ta, tb);
+            g.a_off = 4;
+            if tb {
+                g.b_off = start * k;
+            } else {
+                g.b_off = start;
+                g.ldb = n_total;
+            }
+            g.c_off = start;
+            g.ldc = n_total;
+            gemm_with(&mut rec, &g, &ta_t, &tb_t, &tc, Variant::Subgroup(SgTiles::tuned(ta, tb))).unwrap();
+        }
+        rec.submit().unwrap();
+        let got: Vec<f32> = block_on(tc.to_vec(gpu)).unwrap();
+        let mut want = vec![0.0; m * n_total];
+        cpu::matmul(&a[4..], &b, &mut want, m, n_total, k, ta, tb, false);
+        assert_close(&format!("subgroup column slices ta={ta} tb={tb}"), &got, &want, ABS, REL * (k as f32).sqrt());
     }
 }
 

@@ -37,10 +37,7 @@ fn edited_config(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Resu
 fn assert_config_error(result: Result<Config, Error>, want_field: &str, want_text: &str) {
     match result {
         Err(Error::Config { ref field, ref detail }) if field == want_field => {
-            assert!(
-                detail.contains(want_text),
-                "{want_field}: {detail:?} lacks {want_text:?}"
-            )
+            assert!(detail.contains(want_text), "{want_field}: {detail:?} lacks {want_text:?}")
         }
         other => panic!("expected a config error on `{want_field}`, got {other:?}"),
     }
@@ -48,13 +45,8 @@ fn assert_config_error(result: Result<Config, Error>, want_field: &str, want_tex
 
 fn assert_tensor_error<T: std::fmt::Debug>(result: Result<T, Error>, want_tensor: &str, want_text: &str) {
     match result {
-        Err(Error::Checkpoint {
-            ref tensor, ref detail, ..
-        }) if tensor == want_tensor => {
-            assert!(
-                detail.contains(want_text),
-                "{want_tensor}: {detail:?} lacks {want_text:?}"
-            )
+        Err(Error::Checkpoint { ref tensor, ref detail, .. }) if tensor == want_tensor => {
+            assert!(detail.contains(want_text), "{want_tensor}: {detail:?} lacks {want_text:?}")
         }
         other => panic!("expected an error on tensor `{want_tensor}`, got {other:?}"),
     }
@@ -63,10 +55,7 @@ fn assert_tensor_error<T: std::fmt::Debug>(result: Result<T, Error>, want_tensor
 fn assert_file_error<T: std::fmt::Debug>(result: Result<T, Error>, want_file: &str, want_text: &str) {
     match result {
         Err(Error::File { ref file, ref detail }) if file == want_file => {
-            assert!(
-                detail.contains(want_text),
-                "{want_file}: {detail:?} lacks {want_text:?}"
-            )
+            assert!(detail.contains(want_text), "{want_file}: {detail:?} lacks {want_text:?}")
         }
         other => panic!("expected an error on file `{want_file}`, got {other:?}"),
     }
@@ -91,10 +80,7 @@ fn safetensors_bytes(tensors: &[Raw]) -> Vec<u8> {
     let mut offset = 0;
     for t in tensors {
         let end = offset + t.data.len();
-        header.insert(
-            t.name.clone(),
-            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
-        );
+        header.insert(t.name.clone(), json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}));
         offset = end;
     }
     with_header(
@@ -122,12 +108,7 @@ fn fixture_tensors(path: &str) -> Vec<Raw> {
     let mut list: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
     list.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     list.into_iter()
-        .map(|(name, v)| Raw {
-            name,
-            dtype: v.dtype().to_string(),
-            shape: v.shape().to_vec(),
-            data: v.data().to_vec(),
-        })
+        .map(|(name, v)| Raw { name, dtype: v.dtype().to_string(), shape: v.shape().to_vec(), data: v.data().to_vec() })
         .collect()
 }
 
@@ -136,10 +117,7 @@ fn mistral_with(edit: impl FnOnce(&mut Vec<Raw>)) -> MemoryFiles {
     let mut tensors = fixture_tensors("mistral_f16/model.safetensors");
     edit(&mut tensors);
     let mut files = MemoryFiles::new();
-    files.insert(
-        "config.json",
-        std::fs::read(fixture("mistral_f16/config.json")).unwrap(),
-    );
+    files.insert("config.json", std::fs::read(fixture("mistral_f16/config.json")).unwrap());
     files.insert("model.safetensors", safetensors_bytes(&tensors));
     files
 }
@@ -160,32 +138,18 @@ fn open_file(bytes: Vec<u8>) -> Result<SafetensorsFile<MemorySource>, Error> {
 fn llama_gqa_config() {
     let c = config("llama_gqa");
     assert_eq!(c.model_type, ModelType::Llama);
-    assert_eq!(
-        (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers),
-        (384, 64, 128, 2)
-    );
+    assert_eq!((c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers), (384, 64, 128, 2));
     assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (4, 2, 24));
     assert_eq!((c.q_dim(), c.kv_dim()), (96, 48));
-    assert_eq!(
-        (c.rms_norm_eps, c.rope_theta, c.max_position_embeddings),
-        (1e-5, 1e4, 128)
-    );
+    assert_eq!((c.rms_norm_eps, c.rope_theta, c.max_position_embeddings), (1e-5, 1e4, 128));
     let s = c.rope_scaling.expect("llama3 rope scaling");
     assert_eq!(
-        (
-            s.factor,
-            s.low_freq_factor,
-            s.high_freq_factor,
-            s.original_max_position_embeddings
-        ),
+        (s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings),
         (8.0, 1.0, 4.0, 32)
     );
     assert!(!c.tie_word_embeddings && !c.qkv_bias && !c.o_bias);
     assert_eq!(c.torch_dtype, Some(safetensors::Dtype::F32));
-    assert_eq!(
-        (c.bos_token_id, c.eos_token_ids.clone(), c.pad_token_id),
-        (Some(381), vec![382], Some(383))
-    );
+    assert_eq!((c.bos_token_id, c.eos_token_ids.clone(), c.pad_token_id), (Some(381), vec![382], Some(383)));
     // The index's own count (transformers' num_parameters()).
     assert_eq!(c.parameter_count(), 135_488);
 }
@@ -200,9 +164,7 @@ fn qwen2_tied_config() {
     assert_eq!(c.torch_dtype, Some(safetensors::Dtype::BF16));
     let names: Vec<String> = c.tensor_names().into_iter().map(|t| t.name).collect();
     assert!(names.contains(&"model.layers.1.self_attn.v_proj.bias".to_string()));
-    assert!(!names
-        .iter()
-        .any(|n| n == "lm_head.weight" || n.ends_with("o_proj.bias")));
+    assert!(!names.iter().any(|n| n == "lm_head.weight" || n.ends_with("o_proj.bias")));
 }
 
 #[test]
@@ -224,10 +186,7 @@ fn rope_fields_reproduce_transformers_inv_freq() {
         let want = Fixture::open(&format!("refs/{model}/reference.safetensors")).f32("rope_inv_freq");
         assert_eq!(got.len(), want.len(), "{model}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1.5 * f32::EPSILON * w.abs(),
-                "{model} inv_freq[{i}]: {g} vs {w}"
-            );
+            assert!((g - w).abs() <= 1.5 * f32::EPSILON * w.abs(), "{model} inv_freq[{i}]: {g} vs {w}");
         }
     }
 }
@@ -269,10 +228,7 @@ fn config_defaults_when_fields_are_absent() {
     })
     .unwrap();
     assert_eq!((c.num_key_value_heads, c.head_dim), (4, 16));
-    assert_eq!(
-        (c.rope_theta, c.rms_norm_eps, c.rope_scaling, c.tie_word_embeddings),
-        (1e4, 1e-6, None, false)
-    );
+    assert_eq!((c.rope_theta, c.rms_norm_eps, c.rope_scaling, c.tie_word_embeddings), (1e4, 1e-6, None, false));
     assert_eq!((c.torch_dtype, c.eos_token_ids), (None, vec![382, 383]));
     let c = edited_config(|c| {
         c.remove("dtype");
@@ -283,10 +239,7 @@ fn config_defaults_when_fields_are_absent() {
     assert_eq!(c.torch_dtype, Some(safetensors::Dtype::BF16));
     // transformers' LlamaAttention gives o_proj a bias too when attention_bias is set.
     assert!(c.qkv_bias && c.o_bias);
-    assert!(c
-        .tensor_names()
-        .iter()
-        .any(|t| t.name == "model.layers.0.self_attn.o_proj.bias" && t.shape == [64]));
+    assert!(c.tensor_names().iter().any(|t| t.name == "model.layers.0.self_attn.o_proj.bias" && t.shape == [64]));
 }
 
 #[test]
@@ -318,25 +271,12 @@ fn config_kv_heads_not_dividing_heads() {
 
 #[test]
 fn config_zero_and_missing_sizes() {
-    for key in [
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "vocab_size",
-        "head_dim",
-    ] {
-        assert_config_error(
-            edited_config(|c| drop(c.insert(key.into(), json!(0)))),
-            key,
-            "at least 1",
-        );
+    for key in
+        ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "head_dim"]
+    {
+        assert_config_error(edited_config(|c| drop(c.insert(key.into(), json!(0)))), key, "at least 1");
     }
-    assert_config_error(
-        edited_config(|c| drop(c.remove("hidden_size"))),
-        "hidden_size",
-        "missing",
-    );
+    assert_config_error(edited_config(|c| drop(c.remove("hidden_size"))), "hidden_size", "missing");
     assert_config_error(
         edited_config(|c| drop(c.insert("hidden_size".into(), json!("64")))),
         "hidden_size",
@@ -406,21 +346,17 @@ fn every_tensor_of_every_fixture_loads() {
             let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
             let view = st.tensor(&spec.name).unwrap();
             let want: Vec<u32> = match view.dtype() {
-                safetensors::Dtype::BF16 => view
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| (u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
-                    .collect(),
+                safetensors::Dtype::BF16 => {
+                    view.data().chunks_exact(2).map(|b| (u16::from_le_bytes([b[0], b[1]]) as u32) << 16).collect()
+                }
                 safetensors::Dtype::F16 => view
                     .data()
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_bits())
                     .collect(),
-                safetensors::Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
+                safetensors::Dtype::F32 => {
+                    view.data().chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect()
+                }
                 other => panic!("{model} {}: {other}", spec.name),
             };
             assert!(got.iter().map(|x| x.to_bits()).eq(want), "{model} {}", spec.name);
@@ -450,12 +386,7 @@ fn llama_gqa_projections_match_the_saved_copies() {
             let name = format!("model.layers.{l}.{proj}.weight");
             assert_eq!(ckpt.get(&name).unwrap().shape, fx.shape(&name), "{name}");
             let got = block_on(ckpt.read_f32(&name)).unwrap();
-            assert!(
-                got.iter()
-                    .map(|x| x.to_bits())
-                    .eq(fx.f32(&name).iter().map(|x| x.to_bits())),
-                "{name}"
-            );
+            assert!(got.iter().map(|x| x.to_bits()).eq(fx.f32(&name).iter().map(|x| x.to_bits())), "{name}");
             n += 1;
         }
     }
@@ -480,11 +411,7 @@ fn embeddings_and_head_match_transformers() {
             assert_eq!(row, &hidden[p * d..][..d], "{model}: embedding of token {id}");
         }
 
-        let head_name = if c.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
+        let head_name = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
         let head = block_on(ckpt.read_f32(head_name)).unwrap();
         let x = &refs.f32("hidden.final_norm")[..d];
         let logits = &refs.f32("logits")[..c.vocab_size];
@@ -507,14 +434,8 @@ fn sharded_index_is_followed() {
         assert_eq!(ckpt.shard_name(tensor), shard.as_str(), "{tensor}");
     }
     // Layer 1's q_proj sits in the first shard, the rest of layer 1 in the second.
-    assert_eq!(
-        ckpt.shard_name("model.layers.1.self_attn.q_proj.weight"),
-        Some("model-00001-of-00002.safetensors")
-    );
-    assert_eq!(
-        ckpt.shard_name("model.layers.1.self_attn.k_proj.weight"),
-        Some("model-00002-of-00002.safetensors")
-    );
+    assert_eq!(ckpt.shard_name("model.layers.1.self_attn.q_proj.weight"), Some("model-00001-of-00002.safetensors"));
+    assert_eq!(ckpt.shard_name("model.layers.1.self_attn.k_proj.weight"), Some("model-00002-of-00002.safetensors"));
 }
 
 /// The same sharded model from memory, and the index's failure modes.
@@ -545,11 +466,7 @@ fn sharded_index_errors() {
     let f = with_index(&|i| i["weight_map"]["model.norm.weight"] = json!("model-00001-of-00002.safetensors"));
     assert_tensor_error(open_checked(&f), "model.norm.weight", "the shard has no such tensor");
     let f = with_index(&|i| drop(i["weight_map"].as_object_mut().unwrap().remove("model.norm.weight")));
-    assert_tensor_error(
-        open_checked(&f),
-        "model.norm.weight",
-        "not listed in model.safetensors.index.json",
-    );
+    assert_tensor_error(open_checked(&f), "model.norm.weight", "not listed in model.safetensors.index.json");
     let f = with_index(&|i| i["weight_map"]["model.norm.weight"] = json!("model-00003-of-00003.safetensors"));
     assert_file_error(open_checked(&f), "model-00003-of-00003.safetensors", "not found");
     let f = with_index(&|i| i["weight_map"]["model.norm.weight"] = json!("../model.safetensors"));
@@ -572,11 +489,7 @@ fn truncated_safetensors_file() {
     assert_tensor_error(open_checked(&files), "model.norm.weight", "the file is truncated");
 
     bytes.truncate(1000); // inside the header
-    assert_file_error(
-        open_file(bytes),
-        "bad.safetensors",
-        "runs past the end of the file (1000 bytes)",
-    );
+    assert_file_error(open_file(bytes), "bad.safetensors", "runs past the end of the file (1000 bytes)");
     assert_file_error(open_file(vec![1, 2, 3]), "bad.safetensors", "only 3 bytes");
 }
 
@@ -584,11 +497,7 @@ fn truncated_safetensors_file() {
 fn header_length_beyond_the_file() {
     let mut bytes = 1_000_000u64.to_le_bytes().to_vec();
     bytes.extend(b"{}      ");
-    assert_file_error(
-        open_file(bytes),
-        "bad.safetensors",
-        "header length 1000000 bytes runs past the end",
-    );
+    assert_file_error(open_file(bytes), "bad.safetensors", "header length 1000000 bytes runs past the end");
 
     let mut bytes = u64::MAX.to_le_bytes().to_vec();
     bytes.extend(b"{}      ");
@@ -597,11 +506,7 @@ fn header_length_beyond_the_file() {
 
 #[test]
 fn header_not_json() {
-    assert_file_error(
-        open_file(with_header("{\"a\": ", &[])),
-        "bad.safetensors",
-        "not a JSON object",
-    );
+    assert_file_error(open_file(with_header("{\"a\": ", &[])), "bad.safetensors", "not a JSON object");
     assert_file_error(
         open_file(with_header(r#"{"__metadata__": {"format": 1}}"#, &[])),
         "bad.safetensors",
@@ -613,11 +518,7 @@ fn header_not_json() {
 fn tensor_with_the_wrong_shape() {
     let name = "model.layers.0.self_attn.k_proj.weight"; // (16, 64) for this config
     let files = mistral_with(|ts| ts.iter_mut().find(|t| t.name == name).unwrap().shape = vec![64, 16]);
-    assert_tensor_error(
-        open_checked(&files),
-        name,
-        "shape [64, 16], but this config needs [16, 64]",
-    );
+    assert_tensor_error(open_checked(&files), name, "shape [64, 16], but this config needs [16, 64]");
 }
 
 #[test]
@@ -631,12 +532,7 @@ fn missing_tensor() {
 
 #[test]
 fn unexpected_tensor() {
-    let extra = |name: &str| Raw {
-        name: name.into(),
-        dtype: "F32".into(),
-        shape: vec![8],
-        data: vec![0; 32],
-    };
+    let extra = |name: &str| Raw { name: name.into(), dtype: "F32".into(), shape: vec![8], data: vec![0; 32] };
     let files = mistral_with(|ts| ts.push(extra("model.layers.0.mlp.extra.weight")));
     assert_tensor_error(open_checked(&files), "model.layers.0.mlp.extra.weight", "unexpected");
     // Old exports saved RoPE buffers: ignored.
@@ -644,11 +540,7 @@ fn unexpected_tensor() {
     open_checked(&files).unwrap();
     // Mistral has no attention biases.
     let files = mistral_with(|ts| ts.push(extra("model.layers.0.self_attn.q_proj.bias")));
-    assert_tensor_error(
-        open_checked(&files),
-        "model.layers.0.self_attn.q_proj.bias",
-        "unexpected",
-    );
+    assert_tensor_error(open_checked(&files), "model.layers.0.self_attn.q_proj.bias", "unexpected");
 }
 
 #[test]
@@ -667,11 +559,7 @@ fn unknown_dtype() {
         });
         assert_tensor_error(open_checked(&files), name, &format!("dtype {dtype} is not supported"));
         let ckpt = block_on(Checkpoint::open(&files)).unwrap();
-        assert_tensor_error(
-            block_on(ckpt.read_f32(name)),
-            name,
-            &format!("dtype {dtype} cannot be read as f32"),
-        );
+        assert_tensor_error(block_on(ckpt.read_f32(name)), name, &format!("dtype {dtype} cannot be read as f32"));
     }
 }
 
@@ -679,11 +567,7 @@ fn unknown_dtype() {
 fn overlapping_offsets() {
     let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},
                      "b":{"dtype":"F32","shape":[4],"data_offsets":[12,28]}}"#;
-    assert_tensor_error(
-        open_file(with_header(header, &[0; 28])),
-        "b",
-        "overlap those of `a` [0, 16)",
-    );
+    assert_tensor_error(open_file(with_header(header, &[0; 28])), "b", "overlap those of `a` [0, 16)");
 }
 
 #[test]
@@ -696,34 +580,13 @@ fn byte_range_not_matching_shape_and_dtype() {
 /// and bf16 widened exactly.
 #[test]
 fn reads_each_tensor_from_its_range() {
-    let f16s: Vec<u8> = [1.5f32, -2.0, 65504.0]
-        .iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-        .collect();
-    let bf16s: Vec<u8> = [3.0f32, -0.5]
-        .iter()
-        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-        .collect();
+    let f16s: Vec<u8> = [1.5f32, -2.0, 65504.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+    let bf16s: Vec<u8> = [3.0f32, -0.5].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
     let f32s: Vec<u8> = [7.25f32].iter().flat_map(|x| x.to_le_bytes()).collect();
     let bytes = safetensors_bytes(&[
-        Raw {
-            name: "h".into(),
-            dtype: "F16".into(),
-            shape: vec![3],
-            data: f16s,
-        },
-        Raw {
-            name: "b".into(),
-            dtype: "BF16".into(),
-            shape: vec![1, 2],
-            data: bf16s,
-        },
-        Raw {
-            name: "f".into(),
-            dtype: "F32".into(),
-            shape: vec![],
-            data: f32s,
-        },
+        Raw { name: "h".into(), dtype: "F16".into(), shape: vec![3], data: f16s },
+        Raw { name: "b".into(), dtype: "BF16".into(), shape: vec![1, 2], data: bf16s },
+        Raw { name: "f".into(), dtype: "F32".into(), shape: vec![], data: f32s },
     ]);
     let file = open_file(bytes).unwrap();
     assert_eq!(file.metadata().get("format").map(String::as_str), Some("pt"));

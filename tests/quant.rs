@@ -59,10 +59,17 @@ fn nf4_quantize_is_bit_exact_with_the_cpu_format() {
         let codes: Vec<u8> = block_on(packed.codes.to_vec(gpu)).unwrap();
         let absmax: Vec<f32> = block_on(packed.scales.to_vec(gpu)).unwrap();
         assert_eq!(codes, want.codes, "NF4 codes for n={n}");
-        assert_eq!(absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.absmax.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         let got: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
         let deq = want.dequantize();
-        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "NF4 dequantize n={n}");
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            deq.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "NF4 dequantize n={n}"
+        );
     }
 }
 
@@ -80,9 +87,15 @@ fn q8_0_quantize_is_bit_exact_with_the_cpu_format() {
         let qs: Vec<u8> = block_on(packed.codes.to_vec(gpu)).unwrap();
         let scales: Vec<f16> = block_on(packed.scales.to_vec(gpu)).unwrap();
         assert_eq!(qs, want.qs.iter().map(|&q| q as u8).collect::<Vec<_>>(), "Q8_0 values {rows}x{cols}");
-        assert_eq!(scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), want.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+            want.scales.iter().map(|s| s.to_bits()).collect::<Vec<_>>()
+        );
         let got: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
-        assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.dequantize().iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.dequantize().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -163,9 +176,15 @@ fn cpu_packed_weights_upload_unchanged() {
 /// every format still gives the unsplit result.
 #[test]
 fn weights_split_across_bindings_under_a_tiny_limit() {
-    let small = block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
+    let small =
+        block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
     assert_eq!(small.max_binding_bytes(), 8192);
-    for (format, cols, seed) in [(QuantFormat::F32, 64, 50), (QuantFormat::Nf4, 256, 51), (QuantFormat::Q8_0, 512, 52), (QuantFormat::Nf4, 72, 53)] {
+    for (format, cols, seed) in [
+        (QuantFormat::F32, 64, 50),
+        (QuantFormat::Nf4, 256, 51),
+        (QuantFormat::Q8_0, 512, 52),
+        (QuantFormat::Nf4, 72, 53),
+    ] {
         let rows = 90;
         let w = randn(seed, rows * cols);
         let qw = QWeight::from_f32(&small, &w, rows, cols, format).unwrap();

@@ -30,7 +30,11 @@ fn check_nf4(fx: &Fixture, input: &[f32], prefix: &str) {
     let y = dequantize(&mut rec, &packed).unwrap();
     rec.submit().unwrap();
     assert_eq!(block_on(packed.codes.to_vec::<u8>(gpu)).unwrap(), want_packed, "{prefix} NF4 packed bytes (GPU)");
-    assert_eq!(bits(&block_on(packed.scales.to_vec::<f32>(gpu)).unwrap()), bits(&want_absmax), "{prefix} NF4 absmax (GPU)");
+    assert_eq!(
+        bits(&block_on(packed.scales.to_vec::<f32>(gpu)).unwrap()),
+        bits(&want_absmax),
+        "{prefix} NF4 absmax (GPU)"
+    );
     assert_eq!(bits(&block_on(y.to_vec::<f32>(gpu)).unwrap()), bits(&want_deq), "{prefix} NF4 dequantized (GPU)");
 }
 

@@ -18,7 +18,8 @@ const ABS: f32 = 1e-6;
 const REL: f32 = 1e-6;
 const FD_TOL: f32 = 2e-3;
 
-const LLAMA3: RopeScaling = RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+const LLAMA3: RopeScaling =
+    RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
 
 /// (cos, sin), each (rows, head_dim).
 type Tables = (Vec<f32>, Vec<f32>);

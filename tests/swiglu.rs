@@ -24,7 +24,8 @@ fn read(t: &Tensor) -> Vec<f32> {
 /// Pre-activations over the interesting range, far tails included, none near
 /// relu's kink at 0 (where finite differences are meaningless).
 fn inputs(seed: u64, n: usize) -> Vec<f32> {
-    let mut x: Vec<f32> = uniform(seed, n, -6.0, 6.0).into_iter().map(|v| if v.abs() < 0.05 { v + 0.2 } else { v }).collect();
+    let mut x: Vec<f32> =
+        uniform(seed, n, -6.0, 6.0).into_iter().map(|v| if v.abs() < 0.05 { v + 0.2 } else { v }).collect();
     x.extend([-90.0, -20.0, -9.5, 9.5, 20.0, 90.0]);
     x
 }

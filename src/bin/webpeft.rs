@@ -1,9 +1,25 @@
 //! The native command-line tool. `webpeft bench` prints kernel figures for the
 //! adapter it runs on; model, training and file commands come with their issues.
 
+use std::io::Write;
+
 use clap::{Parser, Subcommand};
+
+/// `println!` that ends the program quietly when stdout is closed (`| head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 use webpeft::bench::{kernel_figures, Figure};
-use webpeft::kernels::matmul::Tiles;
+use webpeft::kernels::matmul::{SgTiles, Tiles};
+use webpeft::model::checkpoint::Checkpoint;
+use webpeft::model::config::Config;
+use webpeft::model::source::DirFiles;
+use webpeft::quant::QuantFormat;
 use webpeft::Gpu;
 
 #[derive(Parser)]
@@ -15,6 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Describe a Hugging Face model folder: architecture, parameters, bytes per weight format.
+    Info {
+        /// The model folder (config.json and safetensors).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print matmul GFLOP/s (f32, NF4, Q8_0; tiled and naive) on this machine's adapter.
     Bench {
         /// Repeats per figure; the median is printed.
@@ -33,6 +58,10 @@ enum Command {
         /// tile shape in this comma-separated list (tuning aid).
         #[arg(long)]
         sweep: Option<String>,
+        /// Like --sweep for the subgroup kernels: a comma-separated list of
+        /// "SRxTN" (rows per subgroup x columns per lane).
+        #[arg(long)]
+        sweep_sg: Option<String>,
     },
 }
 
@@ -54,9 +83,25 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Bench { repeats, no_naive, json, tiles, sweep } => {
+        Command::Info { model, json } => info(&model, json).await?,
+        Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
             let gpu = Gpu::new().await?;
+            if let Some(list) = sweep_sg {
+                for t in list.split(',') {
+                    let bad = || format!("--sweep-sg wants SRxTN such as 64x16, got {t:?}");
+                    let (sr, tn) = t.split_once('x').ok_or_else(bad)?;
+                    let tiles = SgTiles { sr: sr.parse().map_err(|_| bad())?, tn: tn.parse().map_err(|_| bad())? };
+                    if tiles.sr == 0 || tiles.sr % 32 != 0 || tiles.tn == 0 || tiles.tn % 4 != 0 {
+                        return Err(
+                            format!("--sweep-sg: rows must be a multiple of 32 and columns of 4, got {t:?}").into()
+                        );
+                    }
+                    let figures = webpeft::bench::sweep_subgroup(&gpu, tiles, repeats.max(1)).await?;
+                    figures.iter().for_each(print_row);
+                }
+                return Ok(());
+            }
             if let Some(list) = sweep {
                 for t in list.split(',') {
                     let figures = webpeft::bench::sweep_tiles(&gpu, parse_tiles(t)?, repeats.max(1)).await?;
@@ -75,7 +120,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
             if json {
                 let out = serde_json::json!({ "adapter": gpu.info(), "matmul": figures });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                out!("{}", serde_json::to_string_pretty(&out)?);
             }
         }
     }
@@ -83,10 +128,76 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn print_header(gpu: &Gpu) {
-    println!("adapter: {}", gpu.describe());
-    println!("{:<28} {:<26} {:>10} {:>12}", "kernel", "shape", "GFLOP/s", "ms/call");
+    out!("adapter: {}", gpu.describe());
+    out!("{:<28} {:<26} {:>10} {:>12}", "kernel", "shape", "GFLOP/s", "ms/call");
 }
 
 fn print_row(f: &Figure) {
-    println!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
+    out!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
+}
+
+/// Bytes of the model's weights with every Linear of the blocks stored in
+/// `format` and everything else (embedding, norms, biases, lm_head) in f32.
+fn weight_bytes(config: &Config, format: QuantFormat) -> u64 {
+    config
+        .tensor_names()
+        .iter()
+        .map(|t| {
+            let quantized = t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight");
+            let fmt = if quantized { format } else { QuantFormat::F32 };
+            let (rows, cols) = match t.shape.as_slice() {
+                [r, c] => (*r, *c),
+                s => (1, s.iter().product()),
+            };
+            fmt.bytes_for(rows, cols) as u64
+        })
+        .sum()
+}
+
+async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let files = DirFiles::new(dir)?;
+    let config = Config::load(&files).await?;
+    let checkpoint = Checkpoint::open_for(&files, &config).await?;
+    let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
+    let bytes: Vec<(&str, u64)> = formats.iter().map(|f| (f.name(), weight_bytes(&config, *f))).collect();
+    if json {
+        let out = serde_json::json!({
+            "model_type": config.model_type.name(),
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+            "vocab_size": config.vocab_size,
+            "max_position_embeddings": config.max_position_embeddings,
+            "tie_word_embeddings": config.tie_word_embeddings,
+            "parameters": config.parameter_count(),
+            "tensors": checkpoint.names().count(),
+            "weight_bytes": bytes.iter().map(|(n, b)| (n.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        out!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    out!("model:        {}", dir.display());
+    out!(
+        "architecture: {} ({} layers, hidden {}, intermediate {})",
+        config.model_type.name(),
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size
+    );
+    out!(
+        "attention:    {} heads, {} kv heads, head_dim {}",
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim
+    );
+    out!("vocabulary:   {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
+    out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
+    out!("parameters:   {} in {} tensors", config.parameter_count(), checkpoint.names().count());
+    for (name, b) in bytes {
+        out!("weights {:<5} {:>8.2} MiB  (block Linears in {name}, the rest f32)", name, b as f64 / (1024.0 * 1024.0));
+    }
+    Ok(())
 }

@@ -26,7 +26,13 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self { max_binding_bytes: None, high_performance: true, allow_f16: true, timeout_seconds: 600, shader_checks: false }
+        Self {
+            max_binding_bytes: None,
+            high_performance: true,
+            allow_f16: true,
+            timeout_seconds: 600,
+            shader_checks: false,
+        }
     }
 }
 
@@ -231,10 +237,10 @@ impl Gpu {
         if let Some(reason) = self.lost.lock().ok().and_then(|l| l.clone()) {
             return Err(Error::DeviceLost(reason));
         }
-        let mut errors = self.errors.lock().map_err(|_| Error::Gpu {
-            context: context.into(),
-            message: "error log poisoned".into(),
-        })?;
+        let mut errors = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu { context: context.into(), message: "error log poisoned".into() })?;
         if errors.is_empty() {
             return Ok(());
         }

@@ -12,6 +12,8 @@ use super::Gpu;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Matmul,
+    /// matmul.wgsl with the subgroup kernels appended (needs Features::SUBGROUP).
+    MatmulSubgroup,
     QMatmul,
     Quant,
     RmsNorm,
@@ -30,6 +32,9 @@ impl Kernel {
     pub fn source(self) -> &'static str {
         match self {
             Kernel::Matmul => include_str!("../../shaders/matmul.wgsl"),
+            Kernel::MatmulSubgroup => {
+                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/matmul_subgroup.wgsl"))
+            }
             Kernel::QMatmul => include_str!("../../shaders/qmatmul.wgsl"),
             Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
             Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
@@ -48,6 +53,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
+            Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::QMatmul => "qmatmul",
             Kernel::Quant => "quant",
             Kernel::RmsNorm => "rmsnorm",

@@ -41,12 +41,12 @@ pub(crate) fn wait(gpu: &Gpu, context: &str) -> Result<()> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let timeout = std::time::Duration::from_secs(gpu.timeout_seconds);
-        gpu.device
-            .poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(timeout) })
-            .map_err(|e| match e {
+        gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(timeout) }).map_err(
+            |e| match e {
                 wgpu::PollError::Timeout => Error::Timeout { context: context.into(), seconds: gpu.timeout_seconds },
                 other => Error::Gpu { context: context.into(), message: other.to_string() },
-            })?;
+            },
+        )?;
     }
     let _ = (gpu, context);
     Ok(())

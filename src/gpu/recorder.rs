@@ -128,7 +128,10 @@ impl<'g> Recorder<'g> {
     /// Record a copy of `bytes` bytes (a multiple of 4) between tensors.
     pub fn copy(&mut self, src: &Tensor, src_offset: u64, dst: &Tensor, dst_offset: u64, bytes: u64) -> Result<()> {
         if bytes % 4 != 0 || src_offset % 4 != 0 || dst_offset % 4 != 0 {
-            return Err(Error::invalid("copy", format!("offsets and size must be multiples of 4 ({src_offset}, {dst_offset}, {bytes})")));
+            return Err(Error::invalid(
+                "copy",
+                format!("offsets and size must be multiples of 4 ({src_offset}, {dst_offset}, {bytes})"),
+            ));
         }
         if src_offset + bytes > src.bytes() || dst_offset + bytes > dst.bytes() {
             return Err(Error::invalid(
@@ -172,8 +175,11 @@ impl<'g> Recorder<'g> {
                     i += 1;
                 }
                 Op::Dispatch { .. } => {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-                    while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) = self.ops.get(i) {
+                    let mut pass = encoder
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) =
+                        self.ops.get(i)
+                    {
                         let mut entries = Vec::with_capacity(buffers.len() + 1);
                         entries.push(wgpu::BindGroupEntry {
                             binding: 0,
@@ -184,7 +190,10 @@ impl<'g> Recorder<'g> {
                             }),
                         });
                         for (binding, b) in buffers {
-                            entries.push(wgpu::BindGroupEntry { binding: *binding, resource: b.buffer.as_entire_binding() });
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: *binding,
+                                resource: b.buffer.as_entire_binding(),
+                            });
                         }
                         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some(&pipeline.label),

@@ -129,7 +129,12 @@ impl Tensor {
         if numel * dtype.size() != bytes.len() {
             return Err(Error::shape(
                 "Tensor::from_bytes",
-                format!("shape {shape:?} of {} needs {} bytes, got {}", dtype.name(), numel * dtype.size(), bytes.len()),
+                format!(
+                    "shape {shape:?} of {} needs {} bytes, got {}",
+                    dtype.name(),
+                    numel * dtype.size(),
+                    bytes.len()
+                ),
             ));
         }
         let t = Self::allocate(gpu, shape, dtype, "tensor")?;

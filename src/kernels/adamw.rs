@@ -54,8 +54,18 @@ fn check_hyper(op: &'static str, hp: &AdamWParams, step: u32) -> Result<()> {
         return Err(Error::invalid(op, "steps count from 1"));
     }
     let ok = |v: f64| v.is_finite() && v >= 0.0;
-    if !(ok(hp.lr) && ok(hp.eps) && ok(hp.weight_decay) && ok(hp.beta1) && ok(hp.beta2) && hp.beta1 < 1.0 && hp.beta2 < 1.0) {
-        return Err(Error::invalid(op, format!("lr, eps and weight_decay must be ≥ 0 and betas in [0, 1), got {hp:?}")));
+    if !(ok(hp.lr)
+        && ok(hp.eps)
+        && ok(hp.weight_decay)
+        && ok(hp.beta1)
+        && ok(hp.beta2)
+        && hp.beta1 < 1.0
+        && hp.beta2 < 1.0)
+    {
+        return Err(Error::invalid(
+            op,
+            format!("lr, eps and weight_decay must be ≥ 0 and betas in [0, 1), got {hp:?}"),
+        ));
     }
     Ok(())
 }

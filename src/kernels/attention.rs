@@ -42,7 +42,10 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
     let [kb, tkv, hkv, kd] = dims(op, "k", "(batch, seq, n_kv_heads, head_dim)", k)?;
     same_shape(op, ("k", k), ("v", v))?;
     if kb != batch || kd != d {
-        return Err(Error::shape(op, format!("k {:?} does not match q {:?} in batch or head_dim", k.shape(), q.shape())));
+        return Err(Error::shape(
+            op,
+            format!("k {:?} does not match q {:?} in batch or head_dim", k.shape(), q.shape()),
+        ));
     }
     if hkv == 0 || hq % hkv != 0 {
         return Err(Error::shape(op, format!("n_heads {hq} must be a multiple of n_kv_heads {hkv}")));
@@ -51,7 +54,10 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
         return Err(Error::shape(op, format!("head_dim {d} must be in 1..={MAX_HEAD_DIM}")));
     }
     if offset + tq > tkv {
-        return Err(Error::shape(op, format!("queries at positions {offset}..{} need that many rows of k, which has {tkv}", offset + tq)));
+        return Err(Error::shape(
+            op,
+            format!("queries at positions {offset}..{} need that many rows of k, which has {tkv}", offset + tq),
+        ));
     }
     if !scale.is_finite() {
         return Err(Error::invalid(op, format!("scale must be finite, got {scale}")));
@@ -90,7 +96,13 @@ fn forward(rec: &mut Recorder, q: &Tensor, k: &Tensor, v: &Tensor, p: &Params) -
 /// - scale: usually `1 / sqrt(head_dim)`
 /// - out: (batch, seq, n_heads, head_dim)
 /// - lse: (batch, n_heads, seq), logsumexp of each row of scaled scores; saved for backward
-pub fn attention_forward(rec: &mut Recorder, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<(Tensor, Tensor)> {
+pub fn attention_forward(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention_forward";
     let p = check(OP, q, k, v, 0, scale)?;
     if p.tkv != p.tq {
@@ -150,7 +162,14 @@ pub fn attention_backward(
 /// - q: (batch, seq, n_heads, head_dim)
 /// - k_cache, v_cache: (batch, capacity, n_kv_heads, head_dim), capacity ≥ offset + seq
 /// - out: (batch, seq, n_heads, head_dim)
-pub fn attention_forward_cached(rec: &mut Recorder, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, offset: usize, scale: f32) -> Result<Tensor> {
+pub fn attention_forward_cached(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    offset: usize,
+    scale: f32,
+) -> Result<Tensor> {
     let p = check("attention_forward_cached", q, k_cache, v_cache, offset, scale)?;
     Ok(forward(rec, q, k_cache, v_cache, &p)?.0)
 }

@@ -33,9 +33,7 @@ pub(crate) fn rows_cols(op: &'static str, arg: &str, t: &Tensor) -> Result<(usiz
 
 /// The dimensions of a tensor that must have exactly `N` of them.
 pub(crate) fn dims<const N: usize>(op: &'static str, arg: &str, what: &str, t: &Tensor) -> Result<[usize; N]> {
-    t.shape()
-        .try_into()
-        .map_err(|_| Error::shape(op, format!("`{arg}` must be {what}, got {:?}", t.shape())))
+    t.shape().try_into().map_err(|_| Error::shape(op, format!("`{arg}` must be {what}, got {:?}", t.shape())))
 }
 
 /// A count the shaders index with 32 bits.

@@ -33,19 +33,32 @@ fn check(op: &'static str, logits: &Tensor, targets: &Tensor, lse: Option<&Tenso
     targets.expect_dtype(op, "targets", DType::I32)?;
     let [rows, vocab] = dims(op, "logits", "(rows, vocab)", logits)?;
     if targets.shape() != [rows] {
-        return Err(Error::shape(op, format!("targets {:?} must be ({rows}) for logits {:?}", targets.shape(), logits.shape())));
+        return Err(Error::shape(
+            op,
+            format!("targets {:?} must be ({rows}) for logits {:?}", targets.shape(), logits.shape()),
+        ));
     }
     if let Some(lse) = lse {
         lse.expect_dtype(op, "lse", DType::F32)?;
         if lse.shape() != [rows] {
-            return Err(Error::shape(op, format!("lse {:?} must be ({rows}) for logits {:?}", lse.shape(), logits.shape())));
+            return Err(Error::shape(
+                op,
+                format!("lse {:?} must be ({rows}) for logits {:?}", lse.shape(), logits.shape()),
+            ));
         }
     }
     u32_count(op, "logits' element count", rows * vocab)?;
     Ok((rows, vocab))
 }
 
-fn launch(rec: &mut Recorder, entry: &'static str, rows: usize, vocab: usize, scale: f32, bound: &[(u32, &Tensor)]) -> Result<()> {
+fn launch(
+    rec: &mut Recorder,
+    entry: &'static str,
+    rows: usize,
+    vocab: usize,
+    scale: f32,
+    bound: &[(u32, &Tensor)],
+) -> Result<()> {
     let p = Params { rows: rows as u32, vocab: vocab as u32, scale, _pad: 0 };
     let key = PipelineKey::new(Kernel::CrossEntropy, entry).with("WG", Const::U32(WG));
     rec.dispatch_bound(&key, &p, bound, grid_1d(rows))
@@ -71,7 +84,13 @@ pub fn cross_entropy_forward(rec: &mut Recorder, logits: &Tensor, targets: &Tens
 /// dlogits (rows, vocab) = (softmax(logits) − onehot(target)) · scale, zero
 /// rows where the target is ignored. `scale` is the upstream gradient of the
 /// summed loss, usually 1 / (non-ignored rows of the whole accumulated batch).
-pub fn cross_entropy_backward(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, lse: &Tensor, scale: f32) -> Result<Tensor> {
+pub fn cross_entropy_backward(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    scale: f32,
+) -> Result<Tensor> {
     const OP: &str = "cross_entropy_backward";
     let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
     let dlogits = Tensor::zeros(rec.gpu(), &[rows, vocab], DType::F32)?;
@@ -82,7 +101,13 @@ pub fn cross_entropy_backward(rec: &mut Recorder, logits: &Tensor, targets: &Ten
 }
 
 /// [`cross_entropy_backward`] overwriting `logits` with dlogits.
-pub fn cross_entropy_backward_inplace(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, lse: &Tensor, scale: f32) -> Result<()> {
+pub fn cross_entropy_backward_inplace(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    scale: f32,
+) -> Result<()> {
     const OP: &str = "cross_entropy_backward_inplace";
     let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
     if vocab == 0 {

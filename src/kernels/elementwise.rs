@@ -88,7 +88,10 @@ pub fn copy(rec: &mut Recorder, src: &Tensor, dst: &Tensor) -> Result<()> {
         return Err(Error::DType { op: "copy", arg: "dst", expected: src.dtype().name(), got: dst.dtype().name() });
     }
     if src.numel() != dst.numel() {
-        return Err(Error::shape("copy", format!("src {:?} and dst {:?} hold different element counts", src.shape(), dst.shape())));
+        return Err(Error::shape(
+            "copy",
+            format!("src {:?} and dst {:?} hold different element counts", src.shape(), dst.shape()),
+        ));
     }
     if src.same_buffer(dst) {
         return Ok(());

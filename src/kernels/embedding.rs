@@ -44,7 +44,10 @@ pub fn embedding_chunked(rec: &mut Recorder, chunks: &[&Tensor], ids: &Tensor) -
     for chunk in chunks {
         let [rows, d] = dims(OP, "table", "(rows, dim)", chunk)?;
         if d != dim {
-            return Err(Error::shape(OP, format!("table chunks {:?} and {:?} have different widths", first.shape(), chunk.shape())));
+            return Err(Error::shape(
+                OP,
+                format!("table chunks {:?} and {:?} have different widths", first.shape(), chunk.shape()),
+            ));
         }
         vocab += rows;
     }
@@ -64,7 +67,13 @@ pub fn embedding_chunked(rec: &mut Recorder, chunks: &[&Tensor], ids: &Tensor) -
 /// - chunk: (rows, dim), table rows row_start..row_start + rows
 /// - ids: (n) u32
 /// - out: (n, dim)
-pub fn embedding_gather_chunk(rec: &mut Recorder, chunk: &Tensor, row_start: usize, ids: &Tensor, out: &Tensor) -> Result<()> {
+pub fn embedding_gather_chunk(
+    rec: &mut Recorder,
+    chunk: &Tensor,
+    row_start: usize,
+    ids: &Tensor,
+    out: &Tensor,
+) -> Result<()> {
     const OP: &str = "embedding";
     all_f32(OP, &[("table", chunk), ("out", out)])?;
     ids.expect_dtype(OP, "ids", DType::U32)?;
@@ -74,7 +83,10 @@ pub fn embedding_gather_chunk(rec: &mut Recorder, chunk: &Tensor, row_start: usi
         return Err(Error::shape(OP, format!("ids {:?} must be (n)", ids.shape())));
     }
     if out.shape() != [n, dim] {
-        return Err(Error::shape(OP, format!("out {:?} must be ({n}, {dim}) for {n} ids and table rows of {dim}", out.shape())));
+        return Err(Error::shape(
+            OP,
+            format!("out {:?} must be ({n}, {dim}) for {n} ids and table rows of {dim}", out.shape()),
+        ));
     }
     u32_count(OP, "out's element count", n * dim)?;
     let p = Params {

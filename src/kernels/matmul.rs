@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
 /// One (batched) multiply `C = alpha·op(A)·op(B) (+ C)`, with explicit strides
 /// and offsets so a call can work on part of a tensor (a chunk of a weight, a
@@ -107,13 +107,24 @@ impl Gemm {
             ("c", c, last(self.c_off, self.stride_c, self.m, self.ldc, self.n), self.ldc, self.n),
         ] {
             if ld < cols && !(self.k == 0 && name != "c") {
-                return Err(Error::shape("matmul", format!("row stride {ld} of `{name}` is less than its {cols} columns")));
+                return Err(Error::shape(
+                    "matmul",
+                    format!("row stride {ld} of `{name}` is less than its {cols} columns"),
+                ));
             }
             if self.k > 0 || name == "c" {
                 if end > t.numel() {
                     return Err(Error::shape(
                         "matmul",
-                        format!("{}x{}x{} (batch {}) reads `{name}` up to element {end}, but it has {} ({:?})", self.m, self.n, self.k, self.batch, t.numel(), t.shape()),
+                        format!(
+                            "{}x{}x{} (batch {}) reads `{name}` up to element {end}, but it has {} ({:?})",
+                            self.m,
+                            self.n,
+                            self.k,
+                            self.batch,
+                            t.numel(),
+                            t.shape()
+                        ),
                     ));
                 }
                 if end > u32::MAX as usize {
@@ -204,6 +215,50 @@ pub enum Variant {
     Tiled(Tiles),
     Scalar(Tiles),
     Naive,
+    /// The 8-lane subgroup kernels (`shaders/matmul_subgroup.wgsl`) where the
+    /// device allows them and the layout takes vec4 loads; `Tiled` otherwise.
+    Subgroup(SgTiles),
+}
+
+/// Block of the subgroup kernels: one 8-lane subgroup (= one workgroup)
+/// computes `sr` rows × `8·tn` columns of C, each lane `sr × tn` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SgTiles {
+    /// Rows per subgroup, a multiple of 32.
+    pub sr: u32,
+    /// Columns per lane, a multiple of 4.
+    pub tn: u32,
+}
+
+impl SgTiles {
+    /// The tuned block on lavapipe (`webpeft bench --sweep-sg`): 32×16, 512
+    /// outputs per lane, was best or within noise of the best (32×12, 32×20)
+    /// in every orientation; 64×8 was half as fast.
+    pub fn tuned(_trans_a: bool, _trans_b: bool) -> SgTiles {
+        SgTiles { sr: 32, tn: 16 }
+    }
+
+    /// Largest block (outputs per lane) accepted. lavapipe 22.3 no longer
+    /// unrolls a 64×16 block: its accumulators go to scratch memory, it is
+    /// slow, and in a trial it returned wrong sums once K reached 256.
+    pub const MAX_OUTPUTS: u32 = 640;
+
+    fn valid(self) -> bool {
+        self.sr > 0 && self.sr % 32 == 0 && self.tn > 0 && self.tn % 4 == 0 && self.sr * self.tn <= Self::MAX_OUTPUTS
+    }
+}
+
+/// The subgroup width the subgroup kernels are written for.
+const SG_WIDTH: u32 = 8;
+
+/// Whether this device runs the subgroup kernels: it has subgroups, and they
+/// are always exactly [`SG_WIDTH`] lanes wide (the kernels broadcast from
+/// lanes 0..8 and map lanes to columns by that width).
+pub fn subgroups_usable(gpu: &Gpu) -> bool {
+    let info = gpu.info();
+    gpu.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == SG_WIDTH
+        && info.subgroup_max_size == SG_WIDTH
 }
 
 fn key(entry: &'static str, g: &Gemm, tiles: Tiles) -> PipelineKey {
@@ -218,7 +273,18 @@ fn key(entry: &'static str, g: &Gemm, tiles: Tiles) -> PipelineKey {
 
 /// Record `C = alpha·op(A)·op(B) (+ C)` with the tuned kernel.
 pub fn gemm(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
-    gemm_with(rec, g, a, b, c, Variant::Tiled(Tiles::tuned(g.trans_a, g.trans_b)))
+    gemm_with(rec, g, a, b, c, Variant::tuned(rec.gpu(), g))
+}
+
+impl Variant {
+    /// The kernel `gemm` uses for `g` on `gpu`.
+    pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
+        if subgroups_usable(gpu) && g.vec4_entry().is_some() {
+            Variant::Subgroup(SgTiles::tuned(g.trans_a, g.trans_b))
+        } else {
+            Variant::Tiled(Tiles::tuned(g.trans_a, g.trans_b))
+        }
+    }
 }
 
 /// Record a multiply with a chosen kernel (the benchmark compares them).
@@ -228,7 +294,36 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
         return Ok(());
     }
     let params = g.params();
+    let variant = match variant {
+        Variant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && g.vec4_entry().is_some()) => {
+            Variant::Tiled(Tiles::tuned(g.trans_a, g.trans_b))
+        }
+        v => v,
+    };
     match variant {
+        Variant::Subgroup(t) => {
+            if !t.valid() {
+                return Err(Error::shape(
+                    "matmul",
+                    format!("subgroup block {t:?}: rows must be a multiple of 32, columns of 4, at most {} outputs per lane", SgTiles::MAX_OUTPUTS),
+                ));
+            }
+            let entry = match g.vec4_entry() {
+                Some("matmul_nn") => "matmul_nn_sg",
+                Some("matmul_tn") => "matmul_tn_sg",
+                _ => "matmul_nt_sg",
+            };
+            let key = PipelineKey::new(Kernel::MatmulSubgroup, entry)
+                .with("TM", Const::U32(4))
+                .with("TN", Const::U32(t.tn))
+                .with("WX", Const::U32(SG_WIDTH))
+                .with("WY", Const::U32(1))
+                .with("TRANS_A", Const::Bool(g.trans_a))
+                .with("TRANS_B", Const::Bool(g.trans_b))
+                .with("SR", Const::U32(t.sr));
+            let groups = [div(g.n, SG_WIDTH * t.tn), div(g.m, t.sr), g.batch as u32];
+            rec.dispatch_bound(&key, &params, &[(1, a), (2, b), (3, c)], groups)
+        }
         Variant::Tiled(t) if g.vec4_entry().is_some() => {
             let entry = g.vec4_entry().unwrap_or("matmul_nt");
             let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
@@ -241,7 +336,12 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
         Variant::Naive => {
             let t = Tiles { tm: 1, tn: 1, wx: 16, wy: 16 };
             let groups = [div(g.n, 16), div(g.m, 16), g.batch as u32];
-            rec.dispatch_bound(&key("matmul_naive", g, Tiles { tm: 4, tn: 4, ..t }), &params, &[(4, a), (5, b), (6, c)], groups)
+            rec.dispatch_bound(
+                &key("matmul_naive", g, Tiles { tm: 4, tn: 4, ..t }),
+                &params,
+                &[(4, a), (5, b), (6, c)],
+                groups,
+            )
         }
     }
 }
@@ -263,7 +363,10 @@ pub fn linear(rec: &mut Recorder, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = dims2("linear", "x", x)?;
     let (n, kw) = dims2("linear", "weight", w)?;
     if k != kw || w.shape().len() != 2 {
-        return Err(Error::shape("linear", format!("x {:?} does not match weight {:?} (out, in)", x.shape(), w.shape())));
+        return Err(Error::shape(
+            "linear",
+            format!("x {:?} does not match weight {:?} (out, in)", x.shape(), w.shape()),
+        ));
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = n;
@@ -277,7 +380,10 @@ pub fn linear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &Tensor) -> Res
     let (m, n) = dims2("linear_backward_input", "dy", dy)?;
     let (nw, k) = dims2("linear_backward_input", "weight", w)?;
     if n != nw || w.shape().len() != 2 {
-        return Err(Error::shape("linear_backward_input", format!("dy {:?} does not match weight {:?}", dy.shape(), w.shape())));
+        return Err(Error::shape(
+            "linear_backward_input",
+            format!("dy {:?} does not match weight {:?}", dy.shape(), w.shape()),
+        ));
     }
     let mut shape = dy.shape().to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = k;
@@ -291,7 +397,10 @@ pub fn linear_backward_weight(rec: &mut Recorder, dy: &Tensor, x: &Tensor) -> Re
     let (rows, n) = dims2("linear_backward_weight", "dy", dy)?;
     let (rows_x, k) = dims2("linear_backward_weight", "x", x)?;
     if rows != rows_x {
-        return Err(Error::shape("linear_backward_weight", format!("dy {:?} and x {:?} have different rows", dy.shape(), x.shape())));
+        return Err(Error::shape(
+            "linear_backward_weight",
+            format!("dy {:?} and x {:?} have different rows", dy.shape(), x.shape()),
+        ));
     }
     let dw = Tensor::zeros(rec.gpu(), &[n, k], DType::F32)?;
     let mut g = Gemm::new(n, k, rows, true, false);

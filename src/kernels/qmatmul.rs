@@ -52,7 +52,14 @@ fn gcd(a: usize, b: usize) -> usize {
 
 /// Rows per chunk so that `bytes_per_row` rows fit one binding, rounded down
 /// to keep NF4 blocks whole.
-fn rows_per_chunk(gpu: &Gpu, what: &str, rows: usize, cols: usize, bytes_per_row: u64, format: QuantFormat) -> Result<usize> {
+fn rows_per_chunk(
+    gpu: &Gpu,
+    what: &str,
+    rows: usize,
+    cols: usize,
+    bytes_per_row: u64,
+    format: QuantFormat,
+) -> Result<usize> {
     let max = gpu.max_binding_bytes();
     let align = match format {
         QuantFormat::Nf4 => 64 / gcd(cols, 64),
@@ -224,18 +231,36 @@ fn qkey(entry: &'static str, q8: bool, forward: bool, t: Tiles) -> PipelineKey {
 
 /// Forward `out = x·Wᵀ` (x (M, cols) → out (M, rows)) or, with `backward`,
 /// `out = dy·W` (dy (M, rows) → out (M, cols)); `accumulate` adds to `out`.
-pub fn qgemm_with(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool, variant: QVariant) -> Result<()> {
+pub fn qgemm_with(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    backward: bool,
+    variant: QVariant,
+) -> Result<()> {
     qgemm_acc(rec, x, w, out, backward, false, variant)
 }
 
-fn qgemm_acc(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool, accumulate: bool, variant: QVariant) -> Result<()> {
+fn qgemm_acc(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    backward: bool,
+    accumulate: bool,
+    variant: QVariant,
+) -> Result<()> {
     let op = if backward { "linear_backward_input" } else { "linear" };
     x.expect_dtype(op, "x", DType::F32)?;
     out.expect_dtype(op, "out", DType::F32)?;
     let (in_dim, out_dim) = if backward { (w.rows, w.cols) } else { (w.cols, w.rows) };
     let x_cols = *x.shape().last().unwrap_or(&0);
-    if x_cols != in_dim || x.shape().len() < 1 {
-        return Err(Error::shape(op, format!("input {:?} does not match a ({}, {}) weight", x.shape(), w.rows, w.cols)));
+    if x_cols != in_dim || x.shape().is_empty() {
+        return Err(Error::shape(
+            op,
+            format!("input {:?} does not match a ({}, {}) weight", x.shape(), w.rows, w.cols),
+        ));
     }
     let m = x.numel() / in_dim.max(1);
     if out.numel() != m * out_dim {
@@ -265,7 +290,15 @@ fn qgemm_acc(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward
     Ok(())
 }
 
-fn record_quant(rec: &mut Recorder, g: &Gemm, x: &Tensor, p: &Packed, out: &Tensor, backward: bool, variant: QVariant) -> Result<()> {
+fn record_quant(
+    rec: &mut Recorder,
+    g: &Gemm,
+    x: &Tensor,
+    p: &Packed,
+    out: &Tensor,
+    backward: bool,
+    variant: QVariant,
+) -> Result<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }

@@ -42,7 +42,12 @@ pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<P
             let codes = Tensor::zeros(gpu, &[len.div_ceil(2)], DType::U8)?;
             let scales = Tensor::zeros(gpu, &[len.div_ceil(64)], DType::F32)?;
             let blocks = len.div_ceil(64);
-            rec.dispatch_bound(&key("nf4_quantize"), &params, &[(1, x), (2, &codes), (3, &scales)], grid_1d(blocks.div_ceil(64)))?;
+            rec.dispatch_bound(
+                &key("nf4_quantize"),
+                &params,
+                &[(1, x), (2, &codes), (3, &scales)],
+                grid_1d(blocks.div_ceil(64)),
+            )?;
             Ok(Packed { format, len, codes, scales })
         }
         QuantFormat::Q8_0 => {
@@ -52,7 +57,12 @@ pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<P
             let codes = Tensor::zeros(gpu, &[len], DType::U8)?;
             let scales = Tensor::zeros(gpu, &[len / Q8_0_BLOCK], DType::F16)?;
             let pairs = len.div_ceil(64);
-            rec.dispatch_bound(&key("q8_quantize"), &params, &[(1, x), (2, &codes), (3, &scales)], grid_1d(pairs.div_ceil(64)))?;
+            rec.dispatch_bound(
+                &key("q8_quantize"),
+                &params,
+                &[(1, x), (2, &codes), (3, &scales)],
+                grid_1d(pairs.div_ceil(64)),
+            )?;
             Ok(Packed { format, len, codes, scales })
         }
         QuantFormat::F32 => Err(Error::invalid("quantize", "f32 is not a quantized format")),

@@ -55,12 +55,26 @@ pub fn sum_squares_many(rec: &mut Recorder, xs: &[&Tensor]) -> Result<Tensor> {
     let mut offset = 0;
     for x in xs {
         let groups = groups_for(x.numel());
-        let p = Params { n: x.numel() as u32, groups: groups as u32, offset: offset as u32, count: 0, max_norm: 0.0, _pad: [0; 3] };
+        let p = Params {
+            n: x.numel() as u32,
+            groups: groups as u32,
+            offset: offset as u32,
+            count: 0,
+            max_norm: 0.0,
+            _pad: [0; 3],
+        };
         rec.dispatch_bound(&key("sum_squares_partial"), &p, &[(1, x), (2, &partials)], [groups as u32, 1, 1])?;
         offset += groups;
     }
     if count > 0 {
-        let p = Params { n: 0, groups: 0, offset: 0, count: u32_count(OP, "partial count", count)?, max_norm: 0.0, _pad: [0; 3] };
+        let p = Params {
+            n: 0,
+            groups: 0,
+            offset: 0,
+            count: u32_count(OP, "partial count", count)?,
+            max_norm: 0.0,
+            _pad: [0; 3],
+        };
         rec.dispatch_bound(&key("sum_partials"), &p, &[(3, &partials), (4, &total)], [1, 1, 1])?;
     }
     Ok(total)

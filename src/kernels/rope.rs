@@ -41,7 +41,10 @@ fn check(op: &'static str, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: u
         if row_offset + seq > rows {
             return Err(Error::shape(
                 op,
-                format!("positions {row_offset}..{} need that many rows of `{name}`, which has {rows}", row_offset + seq),
+                format!(
+                    "positions {row_offset}..{} need that many rows of `{name}`, which has {rows}",
+                    row_offset + seq
+                ),
             ));
         }
     }
@@ -75,7 +78,13 @@ pub fn rope_forward(rec: &mut Recorder, x: &Tensor, cos: &Tensor, sin: &Tensor, 
 }
 
 /// [`rope_forward`] in place on x.
-pub fn rope_forward_inplace(rec: &mut Recorder, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: usize) -> Result<()> {
+pub fn rope_forward_inplace(
+    rec: &mut Recorder,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    row_offset: usize,
+) -> Result<()> {
     let p = check("rope_forward_inplace", x, cos, sin, row_offset)?;
     launch(rec, "rope_forward_inplace", &p, &[(5, x), (2, cos), (3, sin)])
 }
@@ -89,7 +98,13 @@ pub fn rope_backward(rec: &mut Recorder, dy: &Tensor, cos: &Tensor, sin: &Tensor
 }
 
 /// [`rope_backward`] in place on dy (which becomes dx).
-pub fn rope_backward_inplace(rec: &mut Recorder, dy: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: usize) -> Result<()> {
+pub fn rope_backward_inplace(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    row_offset: usize,
+) -> Result<()> {
     let p = check("rope_backward_inplace", dy, cos, sin, row_offset)?;
     launch(rec, "rope_backward_inplace", &p, &[(5, dy), (2, cos), (3, sin)])
 }

@@ -35,7 +35,14 @@ fn act_code(act: Activation) -> u32 {
     }
 }
 
-fn launch(rec: &mut Recorder, op: &'static str, entry: &'static str, act: Activation, n: usize, bound: &[(u32, &Tensor)]) -> Result<()> {
+fn launch(
+    rec: &mut Recorder,
+    op: &'static str,
+    entry: &'static str,
+    act: Activation,
+    n: usize,
+    bound: &[(u32, &Tensor)],
+) -> Result<()> {
     let p = Params { n: u32_count(op, "element count", n)?, _pad: [0; 3] };
     let key = PipelineKey::new(Kernel::SwiGlu, entry).with("WG", Const::U32(WG)).with("ACT", Const::U32(act_code(act)));
     rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))

@@ -36,10 +36,9 @@ impl<S: ByteSource> Checkpoint<S> {
         }
         match files.try_open(SINGLE_FILE).await? {
             Some(single) => Self::from_shards(files.location(), vec![SafetensorsFile::open(single).await?]),
-            None => Err(file_error(
-                files.location(),
-                format!("no {SINGLE_FILE} and no {INDEX_FILE} in the model folder"),
-            )),
+            None => {
+                Err(file_error(files.location(), format!("no {SINGLE_FILE} and no {INDEX_FILE} in the model folder")))
+            }
         }
     }
 
@@ -62,10 +61,7 @@ impl<S: ByteSource> Checkpoint<S> {
         let mut weight_map = BTreeMap::new();
         for (tensor, shard) in map {
             let shard = shard.as_str().ok_or_else(|| {
-                file_error(
-                    INDEX_FILE,
-                    format!("weight_map[\"{tensor}\"] must be a file name, got {shard}"),
-                )
+                file_error(INDEX_FILE, format!("weight_map[\"{tensor}\"] must be a file name, got {shard}"))
             })?;
             check_file_name(shard)?;
             weight_map.insert(tensor.as_str(), shard);
@@ -86,11 +82,7 @@ impl<S: ByteSource> Checkpoint<S> {
                 });
             }
         }
-        if let Some((tensor, &i)) = checkpoint
-            .by_name
-            .iter()
-            .find(|(t, _)| !weight_map.contains_key(t.as_str()))
-        {
+        if let Some((tensor, &i)) = checkpoint.by_name.iter().find(|(t, _)| !weight_map.contains_key(t.as_str())) {
             return Err(Error::Checkpoint {
                 tensor: tensor.clone(),
                 file: checkpoint.shards[i].name().to_string(),
@@ -115,11 +107,7 @@ impl<S: ByteSource> Checkpoint<S> {
                 }
             }
         }
-        Ok(Checkpoint {
-            location: location.to_string(),
-            shards,
-            by_name,
-        })
+        Ok(Checkpoint { location: location.to_string(), shards, by_name })
     }
 
     /// Where the model is (folder, URL, "memory").
@@ -146,14 +134,11 @@ impl<S: ByteSource> Checkpoint<S> {
     }
 
     fn shard(&self, name: &str) -> Result<&SafetensorsFile<S>> {
-        self.by_name
-            .get(name)
-            .map(|&i| &self.shards[i])
-            .ok_or_else(|| Error::Checkpoint {
-                tensor: name.to_string(),
-                file: self.location.clone(),
-                detail: "not in the checkpoint".into(),
-            })
+        self.by_name.get(name).map(|&i| &self.shards[i]).ok_or_else(|| Error::Checkpoint {
+            tensor: name.to_string(),
+            file: self.location.clone(),
+            detail: "not in the checkpoint".into(),
+        })
     }
 
     /// The tensor `name` as f32 (see [`SafetensorsFile::read_f32`]).
@@ -200,10 +185,7 @@ impl<S: ByteSource> Checkpoint<S> {
             }
             return Err(self.tensor_error(
                 info,
-                format!(
-                    "unexpected: not part of a {} model with this config",
-                    config.model_type.name()
-                ),
+                format!("unexpected: not part of a {} model with this config", config.model_type.name()),
             ));
         }
         Ok(())
@@ -216,10 +198,7 @@ impl<S: ByteSource> Checkpoint<S> {
         if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(self.tensor_error(
                 info,
-                format!(
-                    "dtype {} is not supported for model weights (expected F32, F16 or BF16)",
-                    info.dtype
-                ),
+                format!("dtype {} is not supported for model weights (expected F32, F16 or BF16)", info.dtype),
             ));
         }
         Ok(())

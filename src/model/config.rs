@@ -71,10 +71,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     fn new(name: impl Into<String>, shape: &[usize]) -> Self {
-        TensorSpec {
-            name: name.into(),
-            shape: shape.to_vec(),
-        }
+        TensorSpec { name: name.into(), shape: shape.to_vec() }
     }
 
     pub fn numel(&self) -> usize {
@@ -140,10 +137,8 @@ impl Config {
     /// Parses and validates a parsed `config.json`.
     pub fn from_value(value: &Value) -> Result<Config> {
         let f = Fields::new(value, "", "(file)")?;
-        let model_type = ModelType::parse(
-            f.opt_str("model_type")?
-                .ok_or_else(|| config_error("model_type", "missing"))?,
-        )?;
+        let model_type =
+            ModelType::parse(f.opt_str("model_type")?.ok_or_else(|| config_error("model_type", "missing"))?)?;
 
         let hidden_size = f.size("hidden_size")?;
         let num_attention_heads = f.size("num_attention_heads")?;
@@ -154,12 +149,14 @@ impl Config {
         let head_dim = match f.opt_usize("head_dim")? {
             Some(n) => positive("head_dim", n)?,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
-            None => return Err(config_error(
-                "num_attention_heads",
-                format!(
+            None => {
+                return Err(config_error(
+                    "num_attention_heads",
+                    format!(
                     "{num_attention_heads} heads do not divide hidden_size {hidden_size} (and head_dim is not given)"
                 ),
-            )),
+                ))
+            }
         };
 
         check_activation(&f)?;
@@ -221,10 +218,7 @@ impl Config {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(config_error(
-                "head_dim",
-                format!("must be even for RoPE, got {}", self.head_dim),
-            ));
+            return Err(config_error("head_dim", format!("must be even for RoPE, got {}", self.head_dim)));
         }
         for (field, x) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
             if !(x.is_finite() && x > 0.0) {
@@ -285,10 +279,7 @@ impl Config {
 fn check_activation(f: &Fields) -> Result<()> {
     match f.opt_str("hidden_act")?.unwrap_or("silu") {
         "silu" | "swish" => Ok(()),
-        other => Err(config_error(
-            "hidden_act",
-            format!("unsupported activation \"{other}\" (only silu)"),
-        )),
+        other => Err(config_error("hidden_act", format!("unsupported activation \"{other}\" (only silu)"))),
     }
 }
 
@@ -317,10 +308,7 @@ fn torch_dtype(f: &Fields) -> Result<Option<Dtype>> {
         "float32" => Ok(Some(Dtype::F32)),
         "float16" => Ok(Some(Dtype::F16)),
         "bfloat16" => Ok(Some(Dtype::BF16)),
-        other => Err(config_error(
-            key,
-            format!("unsupported dtype \"{other}\" (float32, float16 or bfloat16)"),
-        )),
+        other => Err(config_error(key, format!("unsupported dtype \"{other}\" (float32, float16 or bfloat16)"))),
     }
 }
 
@@ -349,10 +337,7 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
         "llama3" => {
             let factor = f.f64("factor")?;
             if factor <= 0.0 {
-                return Err(config_error(
-                    "rope_scaling.factor",
-                    format!("must be positive, got {factor}"),
-                ));
+                return Err(config_error("rope_scaling.factor", format!("must be positive, got {factor}")));
             }
             let low_freq_factor = f.f64("low_freq_factor")?;
             let high_freq_factor = f.f64("high_freq_factor")?;
@@ -364,22 +349,11 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
             }
             let old_ctx = f.size("original_max_position_embeddings")?;
             let original_max_position_embeddings = u32::try_from(old_ctx).map_err(|_| {
-                config_error(
-                    "rope_scaling.original_max_position_embeddings",
-                    format!("{old_ctx} is too large"),
-                )
+                config_error("rope_scaling.original_max_position_embeddings", format!("{old_ctx} is too large"))
             })?;
-            Ok(Some(RopeScaling {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            }))
+            Ok(Some(RopeScaling { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }))
         }
-        other => Err(config_error(
-            key,
-            format!("unsupported RoPE scaling \"{other}\" (supported: default, llama3)"),
-        )),
+        other => Err(config_error(key, format!("unsupported RoPE scaling \"{other}\" (supported: default, llama3)"))),
     }
 }
 
@@ -426,17 +400,11 @@ fn check_sliding_window(model_type: ModelType, f: &Fields, max_positions: usize)
 /// the list as transformers' `layer_type_validation` does.
 fn layer_types(f: &Fields, types: &Value) -> Result<usize> {
     let Value::Array(items) = types else {
-        return Err(config_error(
-            "layer_types",
-            format!("expected a list, got {}", brief(types)),
-        ));
+        return Err(config_error("layer_types", format!("expected a list, got {}", brief(types))));
     };
     if let Some(layers) = f.opt_usize("num_hidden_layers")? {
         if items.len() != layers {
-            return Err(config_error(
-                "layer_types",
-                format!("has {} entries for {layers} layers", items.len()),
-            ));
+            return Err(config_error("layer_types", format!("has {} entries for {layers} layers", items.len())));
         }
     }
     let mut sliding = 0;

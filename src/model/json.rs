@@ -8,10 +8,7 @@ use serde_json::{Map, Value};
 use crate::{Error, Result};
 
 pub(crate) fn config_error(field: &str, detail: impl Into<String>) -> Error {
-    Error::Config {
-        field: field.to_string(),
-        detail: detail.into(),
-    }
+    Error::Config { field: field.to_string(), detail: detail.into() }
 }
 
 /// The object's fields, with lookups that name the field on failure.
@@ -25,10 +22,7 @@ impl<'a> Fields<'a> {
     pub fn new(value: &'a Value, prefix: &'a str, what: &str) -> Result<Self> {
         match value {
             Value::Object(map) => Ok(Fields { map, prefix }),
-            other => Err(config_error(
-                what,
-                format!("expected a JSON object, got {}", brief(other)),
-            )),
+            other => Err(config_error(what, format!("expected a JSON object, got {}", brief(other)))),
         }
     }
 
@@ -52,15 +46,11 @@ impl<'a> Fields<'a> {
     }
 
     pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
-        self.get(key)
-            .map(|v| v.as_str().ok_or_else(|| self.wrong(key, "a string", v)))
-            .transpose()
+        self.get(key).map(|v| v.as_str().ok_or_else(|| self.wrong(key, "a string", v))).transpose()
     }
 
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
-        self.get(key)
-            .map(|v| v.as_u64().ok_or_else(|| self.wrong(key, "a non-negative integer", v)))
-            .transpose()
+        self.get(key).map(|v| v.as_u64().ok_or_else(|| self.wrong(key, "a non-negative integer", v))).transpose()
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -71,23 +61,17 @@ impl<'a> Fields<'a> {
 
     /// A required size that must be at least 1.
     pub fn size(&self, key: &str) -> Result<usize> {
-        let n = self
-            .opt_usize(key)?
-            .ok_or_else(|| config_error(&self.field(key), "missing"))?;
+        let n = self.opt_usize(key)?.ok_or_else(|| config_error(&self.field(key), "missing"))?;
         positive(&self.field(key), n)
     }
 
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        self.get(key)
-            .map(|v| v.as_f64().ok_or_else(|| self.wrong(key, "a number", v)))
-            .transpose()
+        self.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong(key, "a number", v))).transpose()
     }
 
     /// A required finite number.
     pub fn f64(&self, key: &str) -> Result<f64> {
-        let x = self
-            .opt_f64(key)?
-            .ok_or_else(|| config_error(&self.field(key), "missing"))?;
+        let x = self.opt_f64(key)?.ok_or_else(|| config_error(&self.field(key), "missing"))?;
         if !x.is_finite() {
             return Err(config_error(&self.field(key), format!("must be finite, got {x}")));
         }
@@ -95,9 +79,7 @@ impl<'a> Fields<'a> {
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key)
-            .map(|v| v.as_bool().ok_or_else(|| self.wrong(key, "true or false", v)))
-            .transpose()
+        self.get(key).map(|v| v.as_bool().ok_or_else(|| self.wrong(key, "true or false", v))).transpose()
     }
 
     /// A token id that fits in u32.
@@ -109,11 +91,9 @@ impl<'a> Fields<'a> {
     pub fn tokens(&self, key: &str) -> Result<Vec<u32>> {
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| token_id(&format!("{}[{i}]", self.field(key)), v))
-                .collect(),
+            Some(Value::Array(items)) => {
+                items.iter().enumerate().map(|(i, v)| token_id(&format!("{}[{i}]", self.field(key)), v)).collect()
+            }
             Some(v) => Ok(vec![token_id(&self.field(key), v)?]),
         }
     }

@@ -10,6 +10,9 @@
 //!   one at a time as f32.
 //! - [`checkpoint`]: single-file or sharded checkpoints, checked against a
 //!   [`Config`].
+//! - [`llama`]: the model on the GPU: [`Model::load`] streams a checkpoint
+//!   up (quantizing the blocks' Linears), `Model::forward` records the logits,
+//!   `llama::causal_lm_loss` the loss.
 //!
 //! ```ignore
 //! let files = DirFiles::new("SmolLM2-135M")?;
@@ -24,12 +27,15 @@
 pub mod checkpoint;
 pub mod config;
 mod json;
+pub mod llama;
 pub mod safetensors;
 pub mod source;
+pub mod tokenizer;
 
 pub use self::safetensors::{SafetensorsFile, TensorInfo};
 pub use checkpoint::Checkpoint;
 pub use config::{Config, ModelType, RopeScaling, TensorSpec};
+pub use llama::Model;
 pub use source::{ByteSource, MemoryFiles, MemorySource, ModelFiles};
 #[cfg(not(target_arch = "wasm32"))]
 pub use source::{DirFiles, FileSource};

@@ -80,12 +80,7 @@ impl<S: ByteSource> SafetensorsFile<S> {
         let json = source.read(8, n as usize).await?;
         let (tensors, metadata) = parse_header(&name, &json, 8 + n, file_len)?;
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(SafetensorsFile {
-            source,
-            tensors,
-            by_name,
-            metadata,
-        })
+        Ok(SafetensorsFile { source, tensors, by_name, metadata })
     }
 
     /// The file name.
@@ -108,16 +103,11 @@ impl<S: ByteSource> SafetensorsFile<S> {
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo> {
-        self.get(name)
-            .ok_or_else(|| self.tensor_error(name, "not in this file"))
+        self.get(name).ok_or_else(|| self.tensor_error(name, "not in this file"))
     }
 
     fn tensor_error(&self, tensor: &str, detail: impl Into<String>) -> Error {
-        Error::Checkpoint {
-            tensor: tensor.to_string(),
-            file: self.name().to_string(),
-            detail: detail.into(),
-        }
+        Error::Checkpoint { tensor: tensor.to_string(), file: self.name().to_string(), detail: detail.into() }
     }
 
     /// The tensor's raw little-endian bytes (for U8/I64/… tensors).
@@ -137,10 +127,9 @@ impl<S: ByteSource> SafetensorsFile<S> {
             Dtype::F16 => |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
             Dtype::BF16 => |b| bf16::from_le_bytes([b[0], b[1]]).to_f32(),
             other => {
-                return Err(self.tensor_error(
-                    name,
-                    format!("dtype {other} cannot be read as f32 (expected F32, F16 or BF16)"),
-                ))
+                return Err(
+                    self.tensor_error(name, format!("dtype {other} cannot be read as f32 (expected F32, F16 or BF16)"))
+                )
             }
         };
         let size = info.dtype.bitsize() / 8;
@@ -214,50 +203,27 @@ fn parse_header(
 fn parse_metadata(file: &str, value: &Value) -> Result<BTreeMap<String, String>> {
     let bad = || file_error(file, "header `__metadata__` must be an object of strings");
     let Value::Object(map) = value else { return Err(bad()) };
-    map.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string())))
-        .collect()
+    map.iter().map(|(k, v)| Ok((k.clone(), v.as_str().ok_or_else(bad)?.to_string()))).collect()
 }
 
 /// One `{"dtype", "shape", "data_offsets"}` entry, checked on its own.
 fn parse_entry(file: &str, name: &str, entry: &Value, data_start: u64) -> Result<TensorInfo> {
-    let err = |detail: String| Error::Checkpoint {
-        tensor: name.to_string(),
-        file: file.to_string(),
-        detail,
-    };
-    let field = |key: &str| {
-        entry
-            .get(key)
-            .ok_or_else(|| err(format!("header entry has no `{key}`")))
-    };
+    let err = |detail: String| Error::Checkpoint { tensor: name.to_string(), file: file.to_string(), detail };
+    let field = |key: &str| entry.get(key).ok_or_else(|| err(format!("header entry has no `{key}`")));
 
     let dtype_value = field("dtype")?;
-    let dtype_name = dtype_value
-        .as_str()
-        .ok_or_else(|| err(format!("dtype must be a string, got {dtype_value}")))?;
+    let dtype_name = dtype_value.as_str().ok_or_else(|| err(format!("dtype must be a string, got {dtype_value}")))?;
     let dtype: Dtype = serde_json::from_value(Value::String(dtype_name.to_string()))
         .map_err(|_| err(format!("unknown dtype \"{dtype_name}\"")))?;
 
     let shape_value = field("shape")?;
     let shape: Vec<usize> = shape_value
         .as_array()
-        .and_then(|dims| {
-            dims.iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect()
-        })
-        .ok_or_else(|| {
-            err(format!(
-                "shape must be a list of non-negative integers, got {shape_value}"
-            ))
-        })?;
+        .and_then(|dims| dims.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+        .ok_or_else(|| err(format!("shape must be a list of non-negative integers, got {shape_value}")))?;
 
     let offsets_value = field("data_offsets")?;
-    let (begin, end) = match offsets_value
-        .as_array()
-        .map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>())
-    {
+    let (begin, end) = match offsets_value.as_array().map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()) {
         Some(v) if v.len() == 2 && v[0].is_some() && v[1].is_some() => (v[0].unwrap(), v[1].unwrap()),
         _ => return Err(err(format!("data_offsets must be [begin, end], got {offsets_value}"))),
     };
@@ -270,9 +236,7 @@ fn parse_entry(file: &str, name: &str, entry: &Value, data_start: u64) -> Result
         .try_fold(dtype.bitsize() as u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| err(format!("shape {shape:?} is too large")))?;
     if bits % 8 != 0 {
-        return Err(err(format!(
-            "shape {shape:?} of {dtype} is not a whole number of bytes"
-        )));
+        return Err(err(format!("shape {shape:?} of {dtype} is not a whole number of bytes")));
     }
     if bits / 8 != end - begin {
         return Err(err(format!(
@@ -285,13 +249,7 @@ fn parse_entry(file: &str, name: &str, entry: &Value, data_start: u64) -> Result
         .checked_add(begin)
         .filter(|o| o.checked_add(end - begin).is_some())
         .ok_or_else(|| err(format!("data_offsets [{begin}, {end}] are out of range")))?;
-    Ok(TensorInfo {
-        name: name.to_string(),
-        dtype,
-        shape,
-        offset,
-        len: end - begin,
-    })
+    Ok(TensorInfo { name: name.to_string(), dtype, shape, offset, len: end - begin })
 }
 
 #[cfg(test)]
@@ -320,31 +278,16 @@ mod tests {
     #[test]
     fn bad_entries_name_the_tensor() {
         let cases = [
-            (
-                r#"{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#,
-                "unknown dtype \"Q9\"",
-            ),
-            (
-                r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
-                "needs 8 bytes",
-            ),
-            (
-                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#,
-                "end before they begin",
-            ),
-            (
-                r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
-                "shape must be",
-            ),
+            (r#"{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#, "unknown dtype \"Q9\""),
+            (r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, "needs 8 bytes"),
+            (r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, "end before they begin"),
+            (r#"{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, "shape must be"),
             (r#"{"w":{"dtype":"F32","shape":[1]}}"#, "no `data_offsets`"),
             (r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, "truncated"),
         ];
         for (json, want) in cases {
             let err = parse(json, 4).unwrap_err();
-            assert!(
-                matches!(&err, Error::Checkpoint { tensor, .. } if tensor == "w"),
-                "{err}"
-            );
+            assert!(matches!(&err, Error::Checkpoint { tensor, .. } if tensor == "w"), "{err}");
             assert!(err.to_string().contains(want), "{json}: {err}");
         }
         let err = parse(r#"[1, 2]"#, 4).unwrap_err();
@@ -365,5 +308,4 @@ mod tests {
         assert_eq!(got.len(), n);
         assert!(got.iter().enumerate().all(|(i, x)| x.to_bits() == (bits(i) as u32) << 16));
     }
-
 }

@@ -59,9 +59,7 @@ pub trait ModelFiles {
 
     /// The file called `name`; its absence is an [`Error::File`].
     async fn open(&self, name: &str) -> Result<Self::Source> {
-        self.try_open(name)
-            .await?
-            .ok_or_else(|| file_error(name, format!("not found in {}", self.location())))
+        self.try_open(name).await?.ok_or_else(|| file_error(name, format!("not found in {}", self.location())))
     }
 }
 
@@ -88,10 +86,7 @@ fn check_range(name: &str, file_len: u64, offset: u64, len: usize) -> Result<()>
 }
 
 pub(crate) fn file_error(file: &str, detail: impl Into<String>) -> Error {
-    Error::File {
-        file: file.to_string(),
-        detail: detail.into(),
-    }
+    Error::File { file: file.to_string(), detail: detail.into() }
 }
 
 /// Bytes already in memory (a test's bytes, an `ArrayBuffer` copied from JS).
@@ -104,10 +99,7 @@ pub struct MemorySource {
 
 impl MemorySource {
     pub fn new(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
-        MemorySource {
-            name: name.into(),
-            bytes: bytes.into(),
-        }
+        MemorySource { name: name.into(), bytes: bytes.into() }
     }
 }
 
@@ -190,21 +182,14 @@ mod native {
         /// Opens `path`; the source is named by its file name.
         pub fn open(path: impl AsRef<Path>) -> Result<Self> {
             let path = path.as_ref();
-            let io = |source| Error::Io {
-                file: path.display().to_string(),
-                source,
-            };
+            let io = |source| Error::Io { file: path.display().to_string(), source };
             let file = File::open(path).map_err(io)?;
             let len = file.metadata().map_err(io)?.len();
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| path.display().to_string());
-            Ok(FileSource {
-                name,
-                len,
-                file: Mutex::new(file),
-            })
+            Ok(FileSource { name, len, file: Mutex::new(file) })
         }
     }
 
@@ -219,10 +204,7 @@ mod native {
 
         async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
             check_range(&self.name, self.len, offset, len)?;
-            let io = |source| Error::Io {
-                file: self.name.clone(),
-                source,
-            };
+            let io = |source| Error::Io { file: self.name.clone(), source };
             let mut buf = vec![0u8; len];
             let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
             file.seek(SeekFrom::Start(offset)).map_err(io)?;
@@ -243,10 +225,7 @@ mod native {
         pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
             let dir = dir.into();
             let location = dir.display().to_string();
-            let meta = std::fs::metadata(&dir).map_err(|source| Error::Io {
-                file: location.clone(),
-                source,
-            })?;
+            let meta = std::fs::metadata(&dir).map_err(|source| Error::Io { file: location.clone(), source })?;
             if !meta.is_dir() {
                 return Err(super::file_error(&location, "is not a directory"));
             }

@@ -22,24 +22,13 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
     #[error("{format}: expected {expected} values for a {rows}x{cols} matrix, got {got}")]
-    Length {
-        format: &'static str,
-        rows: usize,
-        cols: usize,
-        expected: usize,
-        got: usize,
-    },
+    Length { format: &'static str, rows: usize, cols: usize, expected: usize, got: usize },
 
     #[error("Q8_0 needs rows whose length is a multiple of {Q8_0_BLOCK}, got {cols} columns")]
     Q8RowLength { cols: usize },
 
     #[error("Q8_0: expected {expected} bytes of {Q8_0_BLOCK_BYTES}-byte blocks for a {rows}x{cols} matrix, got {got}")]
-    Q8Bytes {
-        rows: usize,
-        cols: usize,
-        expected: usize,
-        got: usize,
-    },
+    Q8Bytes { rows: usize, cols: usize, expected: usize, got: usize },
 
     #[error("unknown weight format {0:?} (expected \"f32\", \"q8\", \"q8_0\" or \"nf4\")")]
     UnknownFormat(String),
@@ -113,18 +102,12 @@ mod tests {
         }
         assert_eq!("q8".parse::<QuantFormat>(), Ok(QuantFormat::Q8_0));
         assert_eq!("NF4".parse::<QuantFormat>(), Ok(QuantFormat::Nf4));
-        assert!(matches!(
-            "q4_0".parse::<QuantFormat>(),
-            Err(QuantError::UnknownFormat(_))
-        ));
+        assert!(matches!("q4_0".parse::<QuantFormat>(), Err(QuantError::UnknownFormat(_))));
 
         assert_eq!(QuantFormat::F32.bytes_for(3, 5), 60);
         // 4096 x 4096: 524288 blocks of 34 bytes; 8 Mi nibbles + 262144 absmaxes.
         assert_eq!(QuantFormat::Q8_0.bytes_for(4096, 4096), 524_288 * 34);
-        assert_eq!(
-            QuantFormat::Nf4.bytes_for(4096, 4096),
-            8_388_608 + 262_144 * 4
-        );
+        assert_eq!(QuantFormat::Nf4.bytes_for(4096, 4096), 8_388_608 + 262_144 * 4);
         // Odd length: 3 x 7 = 21 values -> 11 code bytes + 1 absmax.
         assert_eq!(QuantFormat::Nf4.bytes_for(3, 7), 11 + 4);
     }
@@ -133,14 +116,8 @@ mod tests {
     fn sizes_match_the_packed_data() {
         let x: Vec<f32> = (0..3 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
         let q8 = quantize_q8_0(&x, 3, 64).unwrap();
-        assert_eq!(
-            q8.to_gguf_blocks().len(),
-            QuantFormat::Q8_0.bytes_for(3, 64)
-        );
+        assert_eq!(q8.to_gguf_blocks().len(), QuantFormat::Q8_0.bytes_for(3, 64));
         let nf4 = quantize_nf4(&x[..3 * 61]);
-        assert_eq!(
-            nf4.codes.len() + 4 * nf4.absmax.len(),
-            QuantFormat::Nf4.bytes_for(3, 61)
-        );
+        assert_eq!(nf4.codes.len() + 4 * nf4.absmax.len(), QuantFormat::Nf4.bytes_for(3, 61));
     }
 }

@@ -95,25 +95,15 @@ pub fn quantize_nf4(x: &[f32]) -> Nf4 {
         }
     }
     if x.len() % 2 == 1 {
-        *codes
-            .last_mut()
-            .expect("odd length means at least one byte") |= PAD_CODE;
+        *codes.last_mut().expect("odd length means at least one byte") |= PAD_CODE;
     }
-    Nf4 {
-        len: x.len(),
-        codes,
-        absmax,
-    }
+    Nf4 { len: x.len(), codes, absmax }
 }
 
 impl Nf4 {
     /// The 4-bit code of value `i`.
     pub fn code(&self, i: usize) -> u8 {
-        assert!(
-            i < self.len,
-            "Nf4::code: index {i} out of range for {} values",
-            self.len
-        );
+        assert!(i < self.len, "Nf4::code: index {i} out of range for {} values", self.len);
         let byte = self.codes[i / 2];
         if i % 2 == 0 {
             byte >> 4
@@ -124,9 +114,7 @@ impl Nf4 {
 
     /// `level[code] * absmax[block]` for every value, (len).
     pub fn dequantize(&self) -> Vec<f32> {
-        (0..self.len)
-            .map(|i| NF4_LEVELS[self.code(i) as usize] * self.absmax[i / NF4_BLOCK])
-            .collect()
+        (0..self.len).map(|i| NF4_LEVELS[self.code(i) as usize] * self.absmax[i / NF4_BLOCK]).collect()
     }
 }
 
@@ -157,16 +145,14 @@ mod tests {
             let exact = (NF4_LEVELS[i] as f64 + NF4_LEVELS[i + 1] as f64) / 2.0;
             let t = NF4_THRESHOLDS[i];
             // One of the two f32 values around the exact midpoint.
-            assert!(
-                (t as f64 - exact).abs() <= 0.5 * ulp(t) as f64,
-                "threshold {i}"
-            );
+            assert!((t as f64 - exact).abs() <= 0.5 * ulp(t) as f64, "threshold {i}");
             if t != (NF4_LEVELS[i] + NF4_LEVELS[i + 1]) * 0.5 {
                 differ.push(i);
             }
         }
         // f32 arithmetic, not the CUDA kernel's literals (which differ at 0, 8, 12, 14).
         assert!(differ.is_empty(), "{differ:?}");
+        #[allow(clippy::excessive_precision)] // digits exactly as in bitsandbytes' CUDA source
         let cuda_literals: [f32; 4] = [-0.8480964004993439, 0.1202552504837513, 0.5016634166240692, 0.8614784181118011];
         for (t, lit) in [0, 8, 12, 14].into_iter().zip(cuda_literals) {
             assert_eq!((NF4_THRESHOLDS[t].to_bits() as i64 - lit.to_bits() as i64).abs(), 1, "threshold {t}");
@@ -197,16 +183,8 @@ mod tests {
         x.extend(NF4_THRESHOLDS.iter().map(|&t| next_up(t)));
         let q = quantize_nf4(&x);
         for (i, &t) in NF4_THRESHOLDS.iter().enumerate() {
-            assert_eq!(
-                q.code(1 + i),
-                i as u8,
-                "threshold {i} ({t}) must take the lower code"
-            );
-            assert_eq!(
-                q.code(16 + i),
-                i as u8 + 1,
-                "just above threshold {i} takes the upper code"
-            );
+            assert_eq!(q.code(1 + i), i as u8, "threshold {i} ({t}) must take the lower code");
+            assert_eq!(q.code(16 + i), i as u8 + 1, "just above threshold {i} takes the upper code");
         }
     }
 
@@ -260,25 +238,14 @@ mod tests {
         let x = rng.normal_vec(64 * 20 + 17, 0.02);
         let q = quantize_nf4(&x);
         let y = q.dequantize();
-        let max_half_gap = NF4_LEVELS
-            .windows(2)
-            .map(|w| (w[1] - w[0]) / 2.0)
-            .fold(0.0, f32::max);
+        let max_half_gap = NF4_LEVELS.windows(2).map(|w| (w[1] - w[0]) / 2.0).fold(0.0, f32::max);
         for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
             let amax = q.absmax[i / NF4_BLOCK];
-            assert!(
-                (a - b).abs() <= amax * max_half_gap * (1.0 + 1e-6),
-                "value {i}: {a} -> {b} (absmax {amax})"
-            );
+            assert!((a - b).abs() <= amax * max_half_gap * (1.0 + 1e-6), "value {i}: {a} -> {b} (absmax {amax})");
         }
         // Each block's absmax value itself is exact.
         for (blk, chunk) in x.chunks(NF4_BLOCK).enumerate() {
-            let j = chunk
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
-                .unwrap()
-                .0;
+            let j = chunk.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap().0;
             assert_eq!(y[blk * NF4_BLOCK + j], chunk[j]);
         }
     }

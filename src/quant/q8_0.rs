@@ -34,13 +34,7 @@ pub struct Q8_0 {
 pub fn quantize_q8_0(x: &[f32], rows: usize, cols: usize) -> Result<Q8_0, QuantError> {
     check_cols(cols)?;
     if x.len() != rows * cols {
-        return Err(QuantError::Length {
-            format: "Q8_0",
-            rows,
-            cols,
-            expected: rows * cols,
-            got: x.len(),
-        });
+        return Err(QuantError::Length { format: "Q8_0", rows, cols, expected: rows * cols, got: x.len() });
     }
     let mut scales = Vec::with_capacity(x.len() / Q8_0_BLOCK);
     let mut qs = Vec::with_capacity(x.len());
@@ -53,12 +47,7 @@ pub fn quantize_q8_0(x: &[f32], rows: usize, cols: usize) -> Result<Q8_0, QuantE
         // f32::round rounds halves away from zero, like C's roundf.
         qs.extend(block.iter().map(|&v| (v * id).round() as i8));
     }
-    Ok(Q8_0 {
-        rows,
-        cols,
-        scales,
-        qs,
-    })
+    Ok(Q8_0 { rows, cols, scales, qs })
 }
 
 impl Q8_0 {
@@ -90,12 +79,7 @@ impl Q8_0 {
         let blocks = rows * cols / Q8_0_BLOCK;
         let expected = blocks * Q8_0_BLOCK_BYTES;
         if bytes.len() != expected {
-            return Err(QuantError::Q8Bytes {
-                rows,
-                cols,
-                expected,
-                got: bytes.len(),
-            });
+            return Err(QuantError::Q8Bytes { rows, cols, expected, got: bytes.len() });
         }
         let mut scales = Vec::with_capacity(blocks);
         let mut qs = Vec::with_capacity(rows * cols);
@@ -103,12 +87,7 @@ impl Q8_0 {
             scales.push(f16::from_le_bytes([block[0], block[1]]));
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
-        Ok(Self {
-            rows,
-            cols,
-            scales,
-            qs,
-        })
+        Ok(Self { rows, cols, scales, qs })
     }
 }
 
@@ -176,26 +155,10 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_errors() {
-        assert_eq!(
-            quantize_q8_0(&[0.0; 40], 1, 40),
-            Err(QuantError::Q8RowLength { cols: 40 })
-        );
-        assert!(matches!(
-            quantize_q8_0(&[0.0; 32], 2, 32),
-            Err(QuantError::Length {
-                expected: 64,
-                got: 32,
-                ..
-            })
-        ));
-        assert!(matches!(
-            Q8_0::from_gguf_blocks(&[0; 33], 1, 32),
-            Err(QuantError::Q8Bytes { expected: 34, .. })
-        ));
-        assert_eq!(
-            Q8_0::from_gguf_blocks(&[0; 34], 1, 33),
-            Err(QuantError::Q8RowLength { cols: 33 })
-        );
+        assert_eq!(quantize_q8_0(&[0.0; 40], 1, 40), Err(QuantError::Q8RowLength { cols: 40 }));
+        assert!(matches!(quantize_q8_0(&[0.0; 32], 2, 32), Err(QuantError::Length { expected: 64, got: 32, .. })));
+        assert!(matches!(Q8_0::from_gguf_blocks(&[0; 33], 1, 32), Err(QuantError::Q8Bytes { expected: 34, .. })));
+        assert_eq!(Q8_0::from_gguf_blocks(&[0; 34], 1, 33), Err(QuantError::Q8RowLength { cols: 33 }));
     }
 
     #[test]
@@ -225,10 +188,7 @@ mod tests {
             // scale's relative error (2^-11).
             let bound = d * (0.5 + 127.0 / 2048.0) * (1.0 + 1e-5);
             for (&a, &c) in xs.iter().zip(ys) {
-                assert!(
-                    (a - c).abs() <= bound,
-                    "block {b}: {a} -> {c}, bound {bound}"
-                );
+                assert!((a - c).abs() <= bound, "block {b}: {a} -> {c}, bound {bound}");
             }
         }
     }

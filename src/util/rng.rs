@@ -68,9 +68,7 @@ impl Rng {
 
     /// `n` values drawn from N(0, std²).
     pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (self.normal() * std as f64) as f32)
-            .collect()
+        (0..n).map(|_| (self.normal() * std as f64) as f32).collect()
     }
 }
 

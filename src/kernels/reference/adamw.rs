@@ -45,13 +45,7 @@ impl Default for AdamWParams {
     /// `torch.optim.AdamW`'s defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
     /// weight_decay 1e-2.
     fn default() -> Self {
-        Self {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-        }
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
     }
 }
 
@@ -108,20 +102,9 @@ impl AdamWScalars {
 /// - m: (n), first moment (`exp_avg`), zeros before step 1
 /// - v: (n), second moment (`exp_avg_sq`), zeros before step 1
 /// - step: 1-based count of steps including this one
-pub fn adamw_step(
-    param: &mut [f32],
-    grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    p: &AdamWParams,
-    step: u32,
-) {
+pub fn adamw_step(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], p: &AdamWParams, step: u32) {
     let n = param.len();
-    assert_eq!(
-        grad.len(),
-        n,
-        "adamw_step: grad must have the shape of param"
-    );
+    assert_eq!(grad.len(), n, "adamw_step: grad must have the shape of param");
     assert_eq!(m.len(), n, "adamw_step: m must have the shape of param");
     assert_eq!(v.len(), n, "adamw_step: v must have the shape of param");
     let s = AdamWScalars::new(p, step);
@@ -155,14 +138,7 @@ mod tests {
 
     /// AdamW as written in Loshchilov & Hutter with torch's placement of the
     /// bias corrections, all in f64.
-    fn textbook(
-        param: &mut [f64],
-        grad: &[f64],
-        m: &mut [f64],
-        v: &mut [f64],
-        p: &AdamWParams,
-        t: u32,
-    ) {
+    fn textbook(param: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64], p: &AdamWParams, t: u32) {
         for i in 0..param.len() {
             param[i] *= 1.0 - p.lr * p.weight_decay;
             m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * grad[i];
@@ -176,11 +152,7 @@ mod tests {
     #[test]
     fn first_step_moves_each_weight_by_lr() {
         // At step 1, m̂ = g and v̂ = g², so the Adam update is lr * sign(g) (|g| ≫ eps).
-        let p = AdamWParams {
-            lr: 0.01,
-            weight_decay: 0.0,
-            ..Default::default()
-        };
+        let p = AdamWParams { lr: 0.01, weight_decay: 0.0, ..Default::default() };
         let mut param = vec![1.0, -2.0, 0.5];
         let grad = [0.3, -7.0, 1e-3];
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
@@ -192,11 +164,7 @@ mod tests {
     #[test]
     fn weight_decay_is_decoupled() {
         // Zero gradient: only the decay acts, param * (1 - lr * wd).
-        let p = AdamWParams {
-            lr: 0.1,
-            weight_decay: 0.5,
-            ..Default::default()
-        };
+        let p = AdamWParams { lr: 0.1, weight_decay: 0.5, ..Default::default() };
         let mut param = vec![2.0, -4.0];
         let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
         adamw_step(&mut param, &[0.0, 0.0], &mut m, &mut v, &p, 1);
@@ -207,13 +175,7 @@ mod tests {
     fn ten_steps_track_the_textbook_update() {
         let mut rng = Rng::new(71);
         let n = 37;
-        let p = AdamWParams {
-            lr: 2e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
+        let p = AdamWParams { lr: 2e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
         let mut param = rng.normal_vec(n, 1.0);
         let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
         let mut param64: Vec<f64> = param.iter().map(|&x| x as f64).collect();
@@ -238,10 +200,7 @@ mod tests {
         assert_eq!(s.decay, (1.0f64 - 1e-5) as f32);
         // step 1: step_size = lr / (1 - 0.9) = 0.010000000000000002
         assert_eq!(s.neg_step_size, -0.010000000000000002f64 as f32);
-        assert_eq!(
-            s.bias_correction2_sqrt,
-            (0.0010000000000000009f64).sqrt() as f32
-        );
+        assert_eq!(s.bias_correction2_sqrt, (0.0010000000000000009f64).sqrt() as f32);
     }
 
     #[test]

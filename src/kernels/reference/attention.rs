@@ -30,14 +30,7 @@ pub fn attention_forward(
     head_dim: usize,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let shape = Shape::new(
-        "attention_forward",
-        batch,
-        seq,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    );
+    let shape = Shape::new("attention_forward", batch, seq, n_heads, n_kv_heads, head_dim);
     shape.check_qkv(q, k, v);
     let mut out = vec![0.0f32; q.len()];
     let mut probs = vec![0.0f32; batch * n_heads * seq * seq];
@@ -104,20 +97,9 @@ pub fn attention_backward(
     head_dim: usize,
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let shape = Shape::new(
-        "attention_backward",
-        batch,
-        seq,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    );
+    let shape = Shape::new("attention_backward", batch, seq, n_heads, n_kv_heads, head_dim);
     shape.check_qkv(q, k, v);
-    assert_eq!(
-        dout.len(),
-        q.len(),
-        "attention_backward: dout must be (batch, seq, n_heads, head_dim)"
-    );
+    assert_eq!(dout.len(), q.len(), "attention_backward: dout must be (batch, seq, n_heads, head_dim)");
     assert_eq!(
         probs.len(),
         batch * n_heads * seq * seq,
@@ -171,36 +153,18 @@ struct Shape {
 }
 
 impl Shape {
-    fn new(
-        op: &'static str,
-        batch: usize,
-        seq: usize,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-    ) -> Self {
+    fn new(op: &'static str, batch: usize, seq: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
         assert!(
             n_kv_heads > 0 && n_heads % n_kv_heads == 0,
             "{op}: n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})"
         );
-        Self {
-            batch,
-            seq,
-            n_heads,
-            n_kv_heads,
-            head_dim,
-            op,
-        }
+        Self { batch, seq, n_heads, n_kv_heads, head_dim, op }
     }
 
     fn check_qkv(&self, q: &[f32], k: &[f32], v: &[f32]) {
         let op = self.op;
         let tokens = self.batch * self.seq;
-        assert_eq!(
-            q.len(),
-            tokens * self.n_heads * self.head_dim,
-            "{op}: q must be (batch, seq, n_heads, head_dim)"
-        );
+        assert_eq!(q.len(), tokens * self.n_heads * self.head_dim, "{op}: q must be (batch, seq, n_heads, head_dim)");
         assert_eq!(
             k.len(),
             tokens * self.n_kv_heads * self.head_dim,
@@ -280,8 +244,7 @@ mod tests {
             r
         };
         let (out, _) = attention_forward(&q, &k, &v, batch, seq, nh, nkv, hd, 0.5);
-        let (want, _) =
-            attention_forward(&q, &repeat(&k), &repeat(&v), batch, seq, nh, nh, hd, 0.5);
+        let (want, _) = attention_forward(&q, &repeat(&k), &repeat(&v), batch, seq, nh, nh, hd, 0.5);
         assert_close("gqa", &out, &want, 0.0, 0.0);
     }
 
@@ -295,13 +258,9 @@ mod tests {
         let v = rng.normal_vec(batch * seq * nkv * hd, 1.0);
         let dout = rng.normal_vec(q.len(), 1.0);
         let (_, probs) = attention_forward(&q, &k, &v, batch, seq, nh, nkv, hd, scale);
-        let (dq, dk, dv) =
-            attention_backward(&dout, &q, &k, &v, &probs, batch, seq, nh, nkv, hd, scale);
+        let (dq, dk, dv) = attention_backward(&dout, &q, &k, &v, &probs, batch, seq, nh, nkv, hd, scale);
         let loss = |q: &[f32], k: &[f32], v: &[f32]| {
-            dot64(
-                &attention_forward(q, k, v, batch, seq, nh, nkv, hd, scale).0,
-                &dout,
-            )
+            dot64(&attention_forward(q, k, v, batch, seq, nh, nkv, hd, scale).0, &dout)
         };
         let num_dq = numeric_grad(&q, 1e-2, |x| loss(x, &k, &v));
         let num_dk = numeric_grad(&k, 1e-2, |x| loss(&q, x, &v));

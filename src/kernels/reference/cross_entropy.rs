@@ -16,12 +16,7 @@ pub const IGNORE_INDEX: i32 = -100;
 /// - loss[r] = lse[r] - logits[r, target], 0 for ignored rows
 /// - lse[r] = max + ln Σ exp(logit - max) (f32, in order), computed for every
 ///   row, ignored or not; the backward reuses it
-pub fn cross_entropy_forward(
-    logits: &[f32],
-    targets: &[i32],
-    rows: usize,
-    vocab: usize,
-) -> (Vec<f32>, Vec<f32>) {
+pub fn cross_entropy_forward(logits: &[f32], targets: &[i32], rows: usize, vocab: usize) -> (Vec<f32>, Vec<f32>) {
     check_shapes("cross_entropy_forward", logits, targets, rows, vocab);
     let mut loss = vec![0.0f32; rows];
     let mut lse = vec![0.0f32; rows];
@@ -58,11 +53,7 @@ pub fn cross_entropy_backward(
     scale: f32,
 ) -> Vec<f32> {
     check_shapes("cross_entropy_backward", logits, targets, rows, vocab);
-    assert_eq!(
-        lse.len(),
-        rows,
-        "cross_entropy_backward: lse must be (rows)"
-    );
+    assert_eq!(lse.len(), rows, "cross_entropy_backward: lse must be (rows)");
     let mut dlogits = vec![0.0f32; rows * vocab];
     for r in 0..rows {
         let Some(t) = target_index(targets[r], vocab) else {
@@ -87,11 +78,7 @@ pub fn cross_entropy_backward(
 /// `cross_entropy(..., reduction="mean")` on an all-ignored batch; a trainer
 /// should skip such a batch rather than report it.
 pub fn mean_loss(per_row: &[f32], targets: &[i32]) -> f32 {
-    assert_eq!(
-        per_row.len(),
-        targets.len(),
-        "mean_loss: per_row and targets must both be (rows)"
-    );
+    assert_eq!(per_row.len(), targets.len(), "mean_loss: per_row and targets must both be (rows)");
     let mut sum = 0.0f64;
     let mut count = 0usize;
     for (&l, &t) in per_row.iter().zip(targets) {
@@ -116,11 +103,7 @@ fn target_index(target: i32, vocab: usize) -> Option<usize> {
 }
 
 fn check_shapes(op: &str, logits: &[f32], targets: &[i32], rows: usize, vocab: usize) {
-    assert_eq!(
-        logits.len(),
-        rows * vocab,
-        "{op}: logits must be (rows, vocab)"
-    );
+    assert_eq!(logits.len(), rows * vocab, "{op}: logits must be (rows, vocab)");
     assert_eq!(targets.len(), rows, "{op}: targets must be (rows)");
 }
 

@@ -6,18 +6,11 @@
 /// - table: (vocab, dim), `model.embed_tokens.weight`
 /// - out: (n, dim)
 pub fn embedding_forward(ids: &[u32], table: &[f32], vocab: usize, dim: usize) -> Vec<f32> {
-    assert_eq!(
-        table.len(),
-        vocab * dim,
-        "embedding_forward: table must be (vocab, dim)"
-    );
+    assert_eq!(table.len(), vocab * dim, "embedding_forward: table must be (vocab, dim)");
     let mut out = Vec::with_capacity(ids.len() * dim);
     for &id in ids {
         let id = id as usize;
-        assert!(
-            id < vocab,
-            "embedding_forward: token id {id} is outside the vocabulary of {vocab}"
-        );
+        assert!(id < vocab, "embedding_forward: token id {id} is outside the vocabulary of {vocab}");
         out.extend_from_slice(&table[id * dim..(id + 1) * dim]);
     }
     out
@@ -30,10 +23,7 @@ mod tests {
     #[test]
     fn gathers_rows() {
         let table = [0.0, 1.0, 10.0, 11.0, 20.0, 21.0];
-        assert_eq!(
-            embedding_forward(&[2, 0, 2], &table, 3, 2),
-            [20.0, 21.0, 0.0, 1.0, 20.0, 21.0]
-        );
+        assert_eq!(embedding_forward(&[2, 0, 2], &table, 3, 2), [20.0, 21.0, 0.0, 1.0, 20.0, 21.0]);
         assert!(embedding_forward(&[], &table, 3, 2).is_empty());
     }
 

@@ -61,21 +61,9 @@ pub fn matmul_batched(
     trans_b: bool,
     accumulate: bool,
 ) {
-    assert_eq!(
-        a.len(),
-        batch * m * k,
-        "matmul_batched: a must hold batch*m*k values"
-    );
-    assert_eq!(
-        b.len(),
-        batch * k * n,
-        "matmul_batched: b must hold batch*k*n values"
-    );
-    assert_eq!(
-        c.len(),
-        batch * m * n,
-        "matmul_batched: c must hold batch*m*n values"
-    );
+    assert_eq!(a.len(), batch * m * k, "matmul_batched: a must hold batch*m*k values");
+    assert_eq!(b.len(), batch * k * n, "matmul_batched: b must hold batch*k*n values");
+    assert_eq!(c.len(), batch * m * n, "matmul_batched: c must hold batch*m*n values");
     for z in 0..batch {
         matmul(
             &a[z * m * k..(z + 1) * m * k],

@@ -28,17 +28,9 @@ pub mod swiglu;
 /// its index, both values, the difference and the tolerance. A NaN in either
 /// slice fails unless both are NaN at the same index.
 pub fn assert_close(name: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{name}: length mismatch, got {} values, want {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{name}: length mismatch, got {} values, want {}", got.len(), want.len());
     let tolerance = |w: f32| abs as f64 + rel as f64 * (w as f64).abs();
-    let passes = |g: f32, w: f32| {
-        (g.is_nan() && w.is_nan()) || g == w || (g as f64 - w as f64).abs() <= tolerance(w)
-    };
+    let passes = |g: f32, w: f32| (g.is_nan() && w.is_nan()) || g == w || (g as f64 - w as f64).abs() <= tolerance(w);
     // (index, |diff| / tolerance) of the element furthest over its tolerance.
     let mut worst: Option<(usize, f64)> = None;
     let mut bad = 0;
@@ -49,11 +41,7 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
         bad += 1;
         let diff = (g as f64 - w as f64).abs();
         // NaN against a number, or any difference at zero tolerance, is infinitely bad.
-        let excess = if diff.is_nan() {
-            f64::INFINITY
-        } else {
-            diff / tolerance(w)
-        };
+        let excess = if diff.is_nan() { f64::INFINITY } else { diff / tolerance(w) };
         if worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((i, excess));
         }

@@ -22,11 +22,7 @@ pub fn scale(x: &[f32], s: f32) -> Vec<f32> {
 
 /// `a + s * b`, elementwise (the product is rounded before the add). a, b: (n).
 pub fn add_scaled(a: &[f32], b: &[f32], s: f32) -> Vec<f32> {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "add_scaled: a and b must have the same shape"
-    );
+    assert_eq!(a.len(), b.len(), "add_scaled: a and b must have the same shape");
     a.iter().zip(b).map(|(&x, &y)| x + s * y).collect()
 }
 

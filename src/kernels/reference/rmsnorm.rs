@@ -16,18 +16,8 @@
 /// `1 / sqrt` in f32 (what torch's CPU kernel computes). Then `x * rstd` is
 /// rounded before the multiply by the weight, as in transformers
 /// (`self.weight * hidden_states`).
-pub fn rmsnorm_forward(
-    x: &[f32],
-    weight: &[f32],
-    rows: usize,
-    dim: usize,
-    eps: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(
-        x.len(),
-        rows * dim,
-        "rmsnorm_forward: x must be (rows, dim)"
-    );
+pub fn rmsnorm_forward(x: &[f32], weight: &[f32], rows: usize, dim: usize, eps: f32) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(x.len(), rows * dim, "rmsnorm_forward: x must be (rows, dim)");
     assert_eq!(weight.len(), dim, "rmsnorm_forward: weight must be (dim)");
     let mut y = vec![0.0f32; rows * dim];
     let mut rstd = vec![0.0f32; rows];
@@ -66,16 +56,8 @@ pub fn rmsnorm_backward(
     rows: usize,
     dim: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(
-        dy.len(),
-        rows * dim,
-        "rmsnorm_backward: dy must be (rows, dim)"
-    );
-    assert_eq!(
-        x.len(),
-        rows * dim,
-        "rmsnorm_backward: x must be (rows, dim)"
-    );
+    assert_eq!(dy.len(), rows * dim, "rmsnorm_backward: dy must be (rows, dim)");
+    assert_eq!(x.len(), rows * dim, "rmsnorm_backward: x must be (rows, dim)");
     assert_eq!(weight.len(), dim, "rmsnorm_backward: weight must be (dim)");
     assert_eq!(rstd.len(), rows, "rmsnorm_backward: rstd must be (rows)");
     let mut dx = vec![0.0f32; rows * dim];
@@ -111,13 +93,7 @@ mod tests {
         let (y, rstd) = rmsnorm_forward(&x, &[1.0, 1.0], 1, 2, 0.0);
         // mean(x²) = 12.5, rms = 3.5355...
         assert_close("rstd", &rstd, &[1.0 / 12.5f32.sqrt()], 0.0, 1e-7);
-        assert_close(
-            "y",
-            &y,
-            &[3.0 / 12.5f32.sqrt(), 4.0 / 12.5f32.sqrt()],
-            0.0,
-            1e-6,
-        );
+        assert_close("y", &y, &[3.0 / 12.5f32.sqrt(), 4.0 / 12.5f32.sqrt()], 0.0, 1e-6);
     }
 
     #[test]
@@ -129,12 +105,8 @@ mod tests {
         let dy = rng.normal_vec(rows * dim, 1.0);
         let (_, rstd) = rmsnorm_forward(&x, &w, rows, dim, eps);
         let (dx, dw) = rmsnorm_backward(&dy, &x, &w, &rstd, rows, dim);
-        let num_dx = numeric_grad(&x, 1e-2, |x| {
-            dot64(&rmsnorm_forward(x, &w, rows, dim, eps).0, &dy)
-        });
-        let num_dw = numeric_grad(&w, 1e-2, |w| {
-            dot64(&rmsnorm_forward(&x, w, rows, dim, eps).0, &dy)
-        });
+        let num_dx = numeric_grad(&x, 1e-2, |x| dot64(&rmsnorm_forward(x, &w, rows, dim, eps).0, &dy));
+        let num_dw = numeric_grad(&w, 1e-2, |w| dot64(&rmsnorm_forward(&x, w, rows, dim, eps).0, &dy));
         assert_close("dx", &dx, &num_dx, 2e-3, 5e-3);
         assert_close("dweight", &dw, &num_dw, 2e-3, 5e-3);
     }

@@ -58,10 +58,7 @@ pub struct RopeScaling {
 /// kernel multiplies by the reciprocal instead, which differs by an ulp when
 /// the divisor is not a power of two).
 pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
-    assert!(
-        head_dim % 2 == 0 && head_dim > 0,
-        "rope_inv_freq: head_dim must be even, got {head_dim}"
-    );
+    assert!(head_dim % 2 == 0 && head_dim > 0, "rope_inv_freq: head_dim must be even, got {head_dim}");
     let dim = head_dim as f32;
     let inv_freq: Vec<f32> = (0..head_dim)
         .step_by(2)
@@ -88,11 +85,7 @@ pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>)
         .into_iter()
         .map(|inv| {
             let wavelen = (1.0 / inv) * two_pi;
-            let inv_l = if wavelen > low_freq_wavelen {
-                inv / factor
-            } else {
-                inv
-            };
+            let inv_l = if wavelen > low_freq_wavelen { inv / factor } else { inv };
             let smooth = ((1.0 / wavelen) * old_ctx as f32 - low_freq_factor) / freq_factor_span;
             let smoothed = (1.0 - smooth) * inv_l / factor + smooth * inv_l;
             // torch's `~(wavelen < high) * ~(wavelen > low)`, kept literally.
@@ -142,25 +135,14 @@ pub fn rope_cos_sin(inv_freq: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>)
 /// For `i < half`: `x[i] * cos[i] + (-x[i + half]) * sin[i]`;
 /// for `i ≥ half`: `x[i] * cos[i] + x[i - half] * sin[i]`
 /// (two f32 products, then the sum, as torch evaluates it).
-pub fn rope_forward(
-    x: &mut [f32],
-    cos: &[f32],
-    sin: &[f32],
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-) {
+pub fn rope_forward(x: &mut [f32], cos: &[f32], sin: &[f32], batch: usize, seq: usize, heads: usize, head_dim: usize) {
     check_shapes("rope_forward", x, cos, sin, batch, seq, heads, head_dim);
     let half = head_dim / 2;
     let mut out = vec![0.0f32; head_dim];
     // Row `index` of x is head h of position s in batch row b: index = (b * seq + s) * heads + h.
     for (index, v) in x.chunks_exact_mut(head_dim).enumerate() {
         let s = (index / heads) % seq;
-        let (c, sn) = (
-            &cos[s * head_dim..][..head_dim],
-            &sin[s * head_dim..][..head_dim],
-        );
+        let (c, sn) = (&cos[s * head_dim..][..head_dim], &sin[s * head_dim..][..head_dim]);
         for i in 0..head_dim {
             let rotated = if i < half { -v[i + half] } else { v[i - half] };
             out[i] = v[i] * c[i] + rotated * sn[i];
@@ -191,10 +173,7 @@ pub fn rope_backward(
     let mut out = vec![0.0f32; head_dim];
     for (index, g) in dy.chunks_exact_mut(head_dim).enumerate() {
         let s = (index / heads) % seq;
-        let (c, sn) = (
-            &cos[s * head_dim..][..head_dim],
-            &sin[s * head_dim..][..head_dim],
-        );
+        let (c, sn) = (&cos[s * head_dim..][..head_dim], &sin[s * head_dim..][..head_dim]);
         for i in 0..head_dim {
             out[i] = if i < half {
                 g[i] * c[i] + g[i + half] * sn[i + half]
@@ -217,25 +196,10 @@ fn check_shapes(
     heads: usize,
     head_dim: usize,
 ) {
-    assert!(
-        head_dim % 2 == 0,
-        "{op}: head_dim must be even, got {head_dim}"
-    );
-    assert_eq!(
-        x.len(),
-        batch * seq * heads * head_dim,
-        "{op}: x must be (batch, seq, heads, head_dim)"
-    );
-    assert_eq!(
-        cos.len(),
-        seq * head_dim,
-        "{op}: cos must be (seq, head_dim)"
-    );
-    assert_eq!(
-        sin.len(),
-        seq * head_dim,
-        "{op}: sin must be (seq, head_dim)"
-    );
+    assert!(head_dim % 2 == 0, "{op}: head_dim must be even, got {head_dim}");
+    assert_eq!(x.len(), batch * seq * heads * head_dim, "{op}: x must be (batch, seq, heads, head_dim)");
+    assert_eq!(cos.len(), seq * head_dim, "{op}: cos must be (seq, head_dim)");
+    assert_eq!(sin.len(), seq * head_dim, "{op}: sin must be (seq, head_dim)");
 }
 
 #[cfg(test)]
@@ -279,11 +243,7 @@ mod tests {
                 low += 1;
             } else {
                 // In between, a blend strictly between the two.
-                assert!(
-                    s < p && s > p / 8.0,
-                    "medium frequency {s} not in ({}, {p})",
-                    p / 8.0
-                );
+                assert!(s < p && s > p / 8.0, "medium frequency {s} not in ({}, {p})", p / 8.0);
                 medium += 1;
             }
         }

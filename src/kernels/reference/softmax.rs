@@ -8,11 +8,7 @@
 /// The max is subtracted so large logits cannot overflow; the sum is f32 in
 /// order. A row that is all `-inf` gives NaN (0/0), as torch does.
 pub fn softmax_forward(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(
-        x.len(),
-        rows * cols,
-        "softmax_forward: x must be (rows, cols)"
-    );
+    assert_eq!(x.len(), rows * cols, "softmax_forward: x must be (rows, cols)");
     let mut y = vec![0.0f32; rows * cols];
     for r in 0..rows {
         let xr = &x[r * cols..(r + 1) * cols];
@@ -36,16 +32,8 @@ pub fn softmax_forward(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// - y: (rows, cols), the forward output (all the backward needs)
 /// - dx: (rows, cols)
 pub fn softmax_backward(dy: &[f32], y: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(
-        dy.len(),
-        rows * cols,
-        "softmax_backward: dy must be (rows, cols)"
-    );
-    assert_eq!(
-        y.len(),
-        rows * cols,
-        "softmax_backward: y must be (rows, cols)"
-    );
+    assert_eq!(dy.len(), rows * cols, "softmax_backward: dy must be (rows, cols)");
+    assert_eq!(y.len(), rows * cols, "softmax_backward: y must be (rows, cols)");
     let mut dx = vec![0.0f32; rows * cols];
     for r in 0..rows {
         let (dyr, yr) = (&dy[r * cols..(r + 1) * cols], &y[r * cols..(r + 1) * cols]);
@@ -75,13 +63,7 @@ mod tests {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         }
         // softmax([0, 1, 2]) = [0.09003057, 0.24472847, 0.66524096]
-        assert_close(
-            "row0",
-            &y[..3],
-            &[0.090_030_57, 0.244_728_47, 0.665_240_96],
-            0.0,
-            1e-6,
-        );
+        assert_close("row0", &y[..3], &[0.090_030_57, 0.244_728_47, 0.665_240_96], 0.0, 1e-6);
     }
 
     #[test]

@@ -23,11 +23,7 @@ pub fn silu_grad(x: f32) -> f32 {
 /// - up: (n), the up projection's output
 /// - h: (n)
 pub fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    assert_eq!(
-        gate.len(),
-        up.len(),
-        "swiglu_forward: gate and up must have the same shape"
-    );
+    assert_eq!(gate.len(), up.len(), "swiglu_forward: gate and up must have the same shape");
     gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
 }
 
@@ -37,22 +33,9 @@ pub fn swiglu_forward(gate: &[f32], up: &[f32]) -> Vec<f32> {
 /// - gate, up: (n), the forward inputs (the forward saves both)
 /// - dgate = dh * up * silu'(gate), dup = dh * silu(gate); both (n)
 pub fn swiglu_backward(dh: &[f32], gate: &[f32], up: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    assert_eq!(
-        dh.len(),
-        gate.len(),
-        "swiglu_backward: dh and gate must have the same shape"
-    );
-    assert_eq!(
-        dh.len(),
-        up.len(),
-        "swiglu_backward: dh and up must have the same shape"
-    );
-    let dgate = dh
-        .iter()
-        .zip(gate)
-        .zip(up)
-        .map(|((&d, &g), &u)| d * u * silu_grad(g))
-        .collect();
+    assert_eq!(dh.len(), gate.len(), "swiglu_backward: dh and gate must have the same shape");
+    assert_eq!(dh.len(), up.len(), "swiglu_backward: dh and up must have the same shape");
+    let dgate = dh.iter().zip(gate).zip(up).map(|((&d, &g), &u)| d * u * silu_grad(g)).collect();
     let dup = dh.iter().zip(gate).map(|(&d, &g)| d * silu(g)).collect();
     (dgate, dup)
 }
@@ -230,13 +213,7 @@ mod tests {
             1e-6,
         );
         // torch: F.silu(torch.tensor(1.0)) = 0.7310586
-        assert_close(
-            "silu",
-            &[Activation::Silu.apply(1.0)],
-            &[0.731_058_6],
-            0.0,
-            1e-6,
-        );
+        assert_close("silu", &[Activation::Silu.apply(1.0)], &[0.731_058_6], 0.0, 1e-6);
         assert_eq!(Activation::from_name("swish"), Some(Activation::Silu));
         assert_eq!(Activation::from_name("gelu_new"), None);
     }
@@ -245,17 +222,9 @@ mod tests {
     fn activation_grads_match_finite_differences() {
         let mut rng = Rng::new(31);
         // Keep away from relu's kink at 0.
-        let x: Vec<f32> = rng
-            .uniform_vec(41, -4.0, 4.0)
-            .into_iter()
-            .map(|v| if v.abs() < 0.05 { v + 0.2 } else { v })
-            .collect();
-        for act in [
-            Activation::Relu,
-            Activation::Silu,
-            Activation::Gelu,
-            Activation::Tanh,
-        ] {
+        let x: Vec<f32> =
+            rng.uniform_vec(41, -4.0, 4.0).into_iter().map(|v| if v.abs() < 0.05 { v + 0.2 } else { v }).collect();
+        for act in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Tanh] {
             let grad: Vec<f32> = x.iter().map(|&v| act.grad(v)).collect();
             let num: Vec<f32> = x
                 .iter()

@@ -1,0 +1,223 @@
+//! A Llama-family causal LM (Llama, Qwen2, Mistral, SmolLM) on the GPU:
+//!
+//! ```text
+//! x      = model.embed_tokens[input_ids]                       (B, T, D)
+//! x      = layer(x) for each of model.layers                   (see Block::forward)
+//! logits = lm_head(model.norm(x))                              (B, T, V)
+//! ```
+//!
+//! - [`block`]: the decoder layer, `h = x + attn(norm1(x)); out = h + mlp(norm2(h))`.
+//! - [`weights`]: streaming the checkpoint onto the GPU, quantizing as it goes.
+//! - [`rope`]: the RoPE tables.
+//! - [`loss`]: the causal-LM loss.
+//!
+//! Every op records into the caller's [`Recorder`]; nothing is submitted or
+//! read back until the caller says so ([`Model::logits_and_loss`] records one
+//! step, submits once and reads back once).
+
+pub mod block;
+pub mod loss;
+pub mod rope;
+mod weights;
+
+pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
+pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
+pub use rope::RopeTables;
+
+use self::rope::RopeCache;
+use self::weights::Loader;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::embedding::embedding_chunked;
+use crate::kernels::qmatmul::{qlinear, ChunkData, QWeight};
+use crate::model::source::ModelFiles;
+use crate::model::{Checkpoint, Config};
+use crate::quant::QuantFormat;
+
+/// A loaded model: frozen weights on the GPU, in the checkpoint's names.
+#[derive(Debug)]
+pub struct Model {
+    pub config: Config,
+    /// How the blocks' Linear weights are stored.
+    pub format: QuantFormat,
+    /// `model.embed_tokens.weight` (V, D), f32, in row chunks that fit a binding.
+    pub embed_tokens: QWeight,
+    /// `model.layers`.
+    pub layers: Vec<Block>,
+    /// `model.norm` (D).
+    pub norm: RmsNorm,
+    /// `lm_head.weight` (V, D), f32. With `tie_word_embeddings` it is
+    /// `embed_tokens` itself: the same chunk buffers, no second copy.
+    pub lm_head: QWeight,
+    rope: RopeCache,
+}
+
+impl Model {
+    /// Reads `config.json`, opens and checks the checkpoint, and streams every
+    /// tensor to the GPU one at a time: the blocks' Linears as `format`
+    /// (quantized on the GPU), everything else f32.
+    pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, format: QuantFormat) -> Result<Model> {
+        let config = Config::load(files).await?;
+        let checkpoint = Checkpoint::open_for(files, &config).await?;
+        let loader = Loader { gpu, config: &config, checkpoint: &checkpoint, format };
+        let embed_tokens = loader.qweight("model.embed_tokens.weight", QuantFormat::F32).await?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            layers.push(loader.block(i).await?);
+        }
+        let norm = loader.norm("model.norm").await?;
+        let lm_head = match config.tie_word_embeddings {
+            true => embed_tokens.clone(), // shares the buffers
+            false => loader.qweight("lm_head.weight", QuantFormat::F32).await?,
+        };
+        let rope = RopeCache::new(gpu, &config)?;
+        gpu.check("Model::load")?;
+        Ok(Model { config, format, embed_tokens, layers, norm, lm_head, rope })
+    }
+
+    /// GPU bytes of the weights (a tied head counted once).
+    pub fn bytes(&self) -> u64 {
+        let blocks: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                let linears =
+                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj];
+                let norms = l.input_layernorm.weight.bytes() + l.post_attention_layernorm.weight.bytes();
+                norms + linears.iter().map(|p| p.weight.bytes() + p.bias.as_ref().map_or(0, Tensor::bytes)).sum::<u64>()
+            })
+            .sum();
+        let head = if self.lm_head_is_tied() { 0 } else { self.lm_head.bytes() };
+        self.embed_tokens.bytes() + blocks + self.norm.weight.bytes() + head
+    }
+
+    /// Whether `lm_head` shares `embed_tokens`' buffers.
+    pub fn lm_head_is_tied(&self) -> bool {
+        match (f32_chunks(&self.lm_head), f32_chunks(&self.embed_tokens)) {
+            (Ok(head), Ok(table)) => {
+                head.len() == table.len() && head.iter().zip(&table).all(|(a, b)| a.same_buffer(b))
+            }
+            _ => false,
+        }
+    }
+
+    /// transformers' `rotary_emb.inv_freq`, (head_dim / 2).
+    pub fn rope_inv_freq(&self) -> &[f32] {
+        self.rope.inv_freq()
+    }
+
+    /// Checks a batch of token ids on the CPU (rows of one length, 1 ≤ T ≤
+    /// max_position_embeddings, ids < vocab_size) and uploads it as (B, T) u32.
+    pub fn input_ids(&self, gpu: &Gpu, ids: &[Vec<u32>]) -> Result<Tensor> {
+        const OP: &str = "input_ids";
+        let seq = ids.first().map_or(0, Vec::len);
+        if seq == 0 {
+            return Err(Error::shape(OP, "the batch is empty: need at least one row of one token"));
+        }
+        self.check_seq(seq)?;
+        let vocab = self.config.vocab_size;
+        let mut flat = Vec::with_capacity(ids.len() * seq);
+        for (b, row) in ids.iter().enumerate() {
+            if row.len() != seq {
+                return Err(Error::shape(OP, format!("row {b} has {} tokens, row 0 has {seq}", row.len())));
+            }
+            if let Some(t) = row.iter().position(|&id| id as usize >= vocab) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("token id {} at [{b}, {t}] is not below vocab_size {vocab}", row[t]),
+                ));
+            }
+            flat.extend_from_slice(row);
+        }
+        Tensor::from_slice(gpu, &[ids.len(), seq], &flat)
+    }
+
+    fn check_seq(&self, seq: usize) -> Result<()> {
+        let max = self.config.max_position_embeddings;
+        if seq > max {
+            return Err(Error::shape(
+                "Model::forward",
+                format!("a sequence of {seq} tokens is longer than max_position_embeddings {max}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records the forward pass: input_ids (B, T) u32 → logits (B, T, V).
+    /// Positions are 0..T in every row (no padding). Ids live on the GPU and
+    /// can't be checked here: an id ≥ vocab_size embeds as zeros; upload
+    /// them with [`Model::input_ids`], which rejects them.
+    pub fn forward(&self, rec: &mut Recorder, input_ids: &Tensor) -> Result<Tensor> {
+        input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
+        let &[b, t] = input_ids.shape() else {
+            return Err(Error::shape(
+                "Model::forward",
+                format!("input_ids {:?} must be (batch, seq)", input_ids.shape()),
+            ));
+        };
+        if b == 0 || t == 0 {
+            return Err(Error::shape("Model::forward", format!("input_ids {:?} is empty", input_ids.shape())));
+        }
+        self.check_seq(t)?;
+        let rope = self.rope.tables(rec.gpu(), t)?;
+        let d = self.config.hidden_size;
+
+        let table = f32_chunks(&self.embed_tokens)?;
+        let mut x = embedding_chunked(rec, &table, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
+        for layer in &self.layers {
+            x = layer.forward(rec, &x, &rope)?; // (B, T, D)
+        }
+        let x = self.norm.forward(rec, &x)?; // (B, T, D)
+        qlinear(rec, &x, &self.lm_head) // (B, T, V)
+    }
+
+    /// Logits (B·T·V, row-major) and the causal-LM loss for a batch, recorded
+    /// into one submission and read back once. `labels` default to the ids.
+    pub async fn logits_and_loss(
+        &self,
+        gpu: &Gpu,
+        ids: &[Vec<u32>],
+        labels: Option<&[Vec<i32>]>,
+    ) -> Result<(Vec<f32>, f32)> {
+        let input_ids = self.input_ids(gpu, ids)?;
+        let own_labels: Vec<Vec<i32>>;
+        let labels = match labels {
+            Some(l) => l,
+            None => {
+                own_labels = ids.iter().map(|row| row.iter().map(|&id| id as i32).collect()).collect();
+                &own_labels
+            }
+        };
+        if labels.len() != ids.len() || labels.iter().zip(ids).any(|(l, i)| l.len() != i.len()) {
+            return Err(Error::shape("logits_and_loss", "labels must have the shape of the ids (batch, seq)"));
+        }
+        let targets = CausalTargets::new(gpu, labels, self.config.vocab_size)?;
+
+        let mut rec = Recorder::new(gpu);
+        let logits = self.forward(&mut rec, &input_ids)?; // (B, T, V)
+        let loss = causal_lm_loss(&mut rec, &logits, &targets)?; // (1)
+                                                                 // One readback: logits then the loss, copied into one buffer.
+        let n = logits.numel();
+        let out = Tensor::zeros(gpu, &[n + 1], DType::F32)?;
+        rec.copy(&logits, 0, &out, 0, n as u64 * 4)?;
+        rec.copy(&loss, 0, &out, n as u64 * 4, 4)?;
+        rec.submit()?;
+        let mut all = out.to_vec::<f32>(gpu).await?;
+        let loss = all.pop().unwrap_or(f32::NAN);
+        Ok((all, loss))
+    }
+}
+
+/// The chunk tensors of an f32 weight, (rows_i, cols) each, in row order.
+fn f32_chunks(w: &QWeight) -> Result<Vec<&Tensor>> {
+    w.chunks
+        .iter()
+        .map(|c| match &c.data {
+            ChunkData::F32(t) => Ok(t),
+            ChunkData::Quant(_) => {
+                Err(Error::invalid("embedding", format!("the table is stored as {}, not f32", w.format.name())))
+            }
+        })
+        .collect()
+}

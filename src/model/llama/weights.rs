@@ -1,0 +1,100 @@
+//! Streaming a checkpoint onto the GPU, one tensor at a time: each is read as
+//! f32 on the CPU (the only host copy: one tensor), uploaded, and — for the
+//! Linears of the blocks — quantized on the GPU chunk by chunk
+//! ([`QWeight::from_f32`]), after which the host copy is dropped.
+
+use super::block::{Attention, Block, Linear, Mlp, RmsNorm};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::qmatmul::QWeight;
+use crate::model::source::ByteSource;
+use crate::model::{Checkpoint, Config};
+use crate::quant::QuantFormat;
+
+/// Reads named tensors of an opened, checked checkpoint onto the GPU.
+pub(super) struct Loader<'a, S> {
+    pub gpu: &'a Gpu,
+    pub config: &'a Config,
+    pub checkpoint: &'a Checkpoint<S>,
+    /// How the blocks' Linear weights are stored.
+    pub format: QuantFormat,
+}
+
+impl<S: ByteSource> Loader<'_, S> {
+    /// The tensor `name` as f32, with its checkpoint shape.
+    async fn tensor(&self, name: &str) -> Result<Tensor> {
+        let data = self.checkpoint.read_f32(name).await?;
+        Tensor::from_slice(self.gpu, &self.shape(name)?, &data)
+    }
+
+    fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.checkpoint.get(name).map(|info| info.shape.clone()).ok_or_else(|| Error::Checkpoint {
+            tensor: name.to_string(),
+            file: self.checkpoint.location().to_string(),
+            detail: "not in the checkpoint".into(),
+        })
+    }
+
+    /// A (rows, cols) weight as a [`QWeight`] in `format`, in row chunks that
+    /// fit one binding each.
+    pub async fn qweight(&self, name: &str, format: QuantFormat) -> Result<QWeight> {
+        let shape = self.shape(name)?;
+        let [rows, cols] = shape[..] else {
+            return Err(Error::Checkpoint {
+                tensor: name.to_string(),
+                file: self.checkpoint.shard_name(name).unwrap_or_default().to_string(),
+                detail: format!("shape {shape:?} is not a matrix"),
+            });
+        };
+        let data = self.checkpoint.read_f32(name).await?;
+        QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
+            // Say which tensor a format cannot hold (Q8_0 needs rows of 32·k).
+            Error::Quant(q) => Error::Checkpoint {
+                tensor: name.to_string(),
+                file: self.checkpoint.shard_name(name).unwrap_or_default().to_string(),
+                detail: format!("cannot be stored as {}: {q}", format.name()),
+            },
+            other => other,
+        })
+    }
+
+    /// `{prefix}.weight` in the model's format, and `{prefix}.bias` if `bias`.
+    async fn linear(&self, prefix: &str, bias: bool) -> Result<Linear> {
+        let weight = self.qweight(&format!("{prefix}.weight"), self.format).await?;
+        let bias = match bias {
+            true => Some(self.tensor(&format!("{prefix}.bias")).await?),
+            false => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// An RMSNorm's `{prefix}.weight` (D).
+    pub async fn norm(&self, prefix: &str) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: self.tensor(&format!("{prefix}.weight")).await?, eps: self.config.rms_norm_eps as f32 })
+    }
+
+    /// `model.layers.{i}`.
+    pub async fn block(&self, i: usize) -> Result<Block> {
+        let c = self.config;
+        let p = format!("model.layers.{i}");
+        let input_layernorm = self.norm(&format!("{p}.input_layernorm")).await?;
+        let self_attn = Attention {
+            q_proj: self.linear(&format!("{p}.self_attn.q_proj"), c.qkv_bias).await?,
+            k_proj: self.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias).await?,
+            v_proj: self.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias).await?,
+            o_proj: self.linear(&format!("{p}.self_attn.o_proj"), c.o_bias).await?,
+            num_heads: c.num_attention_heads,
+            num_key_value_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            // transformers: `self.scaling = head_dim ** -0.5` (a Python float).
+            scaling: (c.head_dim as f64).powf(-0.5) as f32,
+        };
+        let post_attention_layernorm = self.norm(&format!("{p}.post_attention_layernorm")).await?;
+        let mlp = Mlp {
+            gate_proj: self.linear(&format!("{p}.mlp.gate_proj"), false).await?,
+            up_proj: self.linear(&format!("{p}.mlp.up_proj"), false).await?,
+            down_proj: self.linear(&format!("{p}.mlp.down_proj"), false).await?,
+        };
+        Ok(Block { input_layernorm, self_attn, post_attention_layernorm, mlp })
+    }
+}
