@@ -13,7 +13,10 @@ pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
         let gpu = pollster::block_on(Gpu::new()).unwrap_or_else(|e| panic!("no GPU for the tests: {e}"));
-        eprintln!("webpeft tests on: {}", gpu.describe());
+        // Straight to stderr, past the test harness's capture, so every run
+        // shows which adapter and backend it used.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "webpeft tests on: {}", gpu.describe());
         gpu
     })
 }
