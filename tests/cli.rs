@@ -1,7 +1,11 @@
 //! The native CLI, run as a user would (built with `--features cli`).
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::process::Command;
+
+use common::Fixture;
 
 fn webpeft(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_webpeft")).args(args).output().expect("the CLI runs")
@@ -34,4 +38,59 @@ fn info_on_a_missing_folder_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("error: ") && err.contains("/no/such/model"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn logits_match_transformers_and_write_safetensors() {
+    let fx = Fixture::open("refs/llama_gqa/reference.safetensors");
+    let shape = fx.shape("input_ids");
+    let ids: Vec<i64> = fx.i64("input_ids");
+    let rows: Vec<Vec<i64>> = ids.chunks(shape[1]).map(|r| r.to_vec()).collect();
+    let dir = std::env::temp_dir().join(format!("webpeft-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("ids.json");
+    std::fs::write(&tokens, serde_json::json!({ "input_ids": rows }).to_string()).unwrap();
+    let out_file = dir.join("logits.safetensors");
+    let out = webpeft(&[
+        "logits",
+        "--model",
+        &fixture("llama_gqa"),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--out",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&out_file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits = st.tensor("logits").unwrap();
+    assert_eq!(logits.shape(), [shape[0], shape[1], 384]);
+    let got: Vec<f32> = bytemuck::pod_collect_to_vec(logits.data());
+    let want = fx.f32("logits");
+    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(worst < 1e-4, "logits differ from transformers by {worst}");
+    let loss: Vec<f32> = bytemuck::pod_collect_to_vec(st.tensor("loss").unwrap().data());
+    assert!((loss[0] - fx.f32("loss")[0]).abs() < 1e-5, "loss {} vs {}", loss[0], fx.f32("loss")[0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn logits_with_ragged_rows_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("webpeft-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("ids.json");
+    std::fs::write(&tokens, "[[1, 2, 3], [4]]").unwrap();
+    let out = webpeft(&[
+        "logits",
+        "--model",
+        &fixture("llama_gqa"),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--out",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("row 1") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -14,11 +14,14 @@ macro_rules! out {
         }
     }};
 }
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
 use webpeft::bench::{kernel_figures, Figure};
 use webpeft::kernels::matmul::{SgTiles, Tiles};
 use webpeft::model::checkpoint::Checkpoint;
 use webpeft::model::config::Config;
 use webpeft::model::source::DirFiles;
+use webpeft::model::Model;
 use webpeft::quant::QuantFormat;
 use webpeft::Gpu;
 
@@ -31,6 +34,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the model on token ids and write the logits and the causal-LM loss (labels = ids).
+    Logits {
+        /// The model folder (config.json and safetensors).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// How the blocks' Linear weights are stored on the GPU: f32, q8 (Q8_0) or nf4.
+        #[arg(long, default_value = "f32")]
+        quant: QuantFormat,
+        /// JSON token ids: `[[ids…], …]` or `{"input_ids": [[ids…], …]}` (rows of equal length).
+        #[arg(long)]
+        tokens: std::path::PathBuf,
+        /// Output safetensors file: `logits` (B, T, V) f32 and `loss` (1) f32.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Describe a Hugging Face model folder: architecture, parameters, bytes per weight format.
     Info {
         /// The model folder (config.json and safetensors).
@@ -84,6 +102,7 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { model, json } => info(&model, json).await?,
+        Command::Logits { model, quant, tokens, out } => logits(&model, quant, &tokens, &out).await?,
         Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
             let gpu = Gpu::new().await?;
@@ -199,5 +218,47 @@ async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::erro
     for (name, b) in bytes {
         out!("weights {:<5} {:>8.2} MiB  (block Linears in {name}, the rest f32)", name, b as f64 / (1024.0 * 1024.0));
     }
+    Ok(())
+}
+
+/// Token ids from `[[ids…], …]` or `{"input_ids": [[ids…], …]}`.
+fn read_token_file(path: &std::path::Path) -> Result<Vec<Vec<u32>>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    let rows = match &value {
+        serde_json::Value::Object(map) => {
+            map.get("input_ids").ok_or_else(|| format!("{}: no `input_ids` field", path.display()))?
+        }
+        other => other,
+    };
+    let rows: Vec<Vec<u32>> = serde_json::from_value(rows.clone())
+        .map_err(|e| format!("{}: expected a list of lists of token ids: {e}", path.display()))?;
+    if rows.is_empty() || rows[0].is_empty() {
+        return Err(format!("{}: no token ids", path.display()).into());
+    }
+    Ok(rows)
+}
+
+async fn logits(
+    dir: &std::path::Path,
+    quant: QuantFormat,
+    tokens: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let ids = read_token_file(tokens)?;
+    let gpu = Gpu::new().await?;
+    let files = DirFiles::new(dir)?;
+    let model = Model::load(&gpu, &files, quant).await?;
+    let (logits, loss) = model.logits_and_loss(&gpu, &ids, None).await?;
+    let (b, t, v) = (ids.len(), ids[0].len(), model.config.vocab_size);
+    let logits_bytes: &[u8] = bytemuck::cast_slice(&logits);
+    let loss_bytes = loss.to_le_bytes();
+    let tensors = [
+        ("logits", TensorView::new(Dtype::F32, vec![b, t, v], logits_bytes)?),
+        ("loss", TensorView::new(Dtype::F32, vec![1], &loss_bytes)?),
+    ];
+    safetensors::serialize_to_file(tensors, None, out)?;
+    out!("{}: logits ({b}, {t}, {v}), loss {loss}", out.display());
     Ok(())
 }
