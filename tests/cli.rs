@@ -94,3 +94,35 @@ fn logits_with_ragged_rows_is_a_clear_error() {
     assert!(err.contains("row 1") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn quantize_then_generate_from_the_packed_folder() {
+    let dir = std::env::temp_dir().join(format!("webpeft-cli-q-{}", std::process::id()));
+    let out =
+        webpeft(&["quantize", "--model", &fixture("llama_gqa"), "--quant", "nf4", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(dir.join(name).is_file(), "{name} missing from the quantized folder");
+    }
+    let packed = std::fs::metadata(dir.join("model.safetensors")).unwrap().len();
+    assert!(packed < 300_000, "{packed} bytes");
+    let gen = webpeft(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--quant",
+        "nf4",
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    let err = String::from_utf8_lossy(&gen.stderr);
+    assert!(err.contains("tokens/s"), "{err}");
+    // The wrong format for a packed folder is a clear error, not a panic.
+    let bad = webpeft(&["generate", "--model", dir.to_str().unwrap(), "--quant", "q8", "--prompt", "x"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("stored as nf4"));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -20,7 +20,9 @@ use webpeft::bench::{kernel_figures, Figure};
 use webpeft::kernels::matmul::{SgTiles, Tiles};
 use webpeft::model::checkpoint::Checkpoint;
 use webpeft::model::config::Config;
+use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
+use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
 use webpeft::quant::QuantFormat;
 use webpeft::Gpu;
@@ -34,6 +36,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt, streaming tokens as they come (greedy unless --temperature > 0).
+    Generate {
+        /// The model folder (config.json, safetensors, tokenizer.json).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// f32, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
+        #[arg(long, default_value = "f32")]
+        quant: QuantFormat,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy; otherwise sample at this temperature.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Keep the k most likely tokens when sampling (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Nucleus sampling threshold (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write a pre-quantized copy of a model folder (webpeft's layout: see README), ~4-7x smaller.
+    Quantize {
+        /// The Hugging Face model folder to read.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// q8 (Q8_0) or nf4.
+        #[arg(long)]
+        quant: QuantFormat,
+        /// The folder to write (created; config and tokenizer files are copied).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Run the model on token ids and write the logits and the causal-LM loss (labels = ids).
     Logits {
         /// The model folder (config.json and safetensors).
@@ -102,6 +140,19 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { model, json } => info(&model, json).await?,
+        Command::Generate { model, quant, prompt, max_new_tokens, temperature, top_k, top_p, seed } => {
+            let sampling = GenerationConfig {
+                max_new_tokens,
+                temperature: if temperature > 0.0 { temperature } else { 1.0 },
+                top_k,
+                top_p,
+                seed,
+                eos_token_ids: Vec::new(),
+                greedy: temperature <= 0.0,
+            };
+            generate(&model, quant, &prompt, sampling).await?
+        }
+        Command::Quantize { model, quant, out } => quantize(&model, quant, &out).await?,
         Command::Logits { model, quant, tokens, out } => logits(&model, quant, &tokens, &out).await?,
         Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
@@ -260,5 +311,93 @@ async fn logits(
     ];
     safetensors::serialize_to_file(tensors, None, out)?;
     out!("{}: logits ({b}, {t}, {v}), loss {loss}", out.display());
+    Ok(())
+}
+
+/// Files of a model folder that travel unchanged with its weights.
+const COMPANION_FILES: [&str; 6] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+async fn quantize(
+    dir: &std::path::Path,
+    quant: QuantFormat,
+    out: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if out.exists() && std::fs::canonicalize(out)? == std::fs::canonicalize(dir)? {
+        return Err("--out must be a different folder from --model".into());
+    }
+    let files = DirFiles::new(dir)?;
+    let config = Config::load(&files).await?;
+    let checkpoint = Checkpoint::open(&files).await?;
+    let bytes = webpeft::model::quantized::quantize_checkpoint(&checkpoint, &config, quant).await?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let target = out.join("model.safetensors");
+    std::fs::write(&target, &bytes).map_err(|e| format!("{}: {e}", target.display()))?;
+    for name in COMPANION_FILES {
+        let src = dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(name)).map_err(|e| format!("{}: {e}", src.display()))?;
+        }
+    }
+    let before: u64 = checkpoint.shards().iter().map(|s| s.tensors().iter().map(|t| t.len).sum::<u64>()).sum();
+    out!(
+        "{}: {} ({:.2} MiB; the tensors were {:.2} MiB)",
+        target.display(),
+        quant.name(),
+        bytes.len() as f64 / 1048576.0,
+        before as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+async fn generate(
+    dir: &std::path::Path,
+    quant: QuantFormat,
+    prompt: &str,
+    mut config: GenerationConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = Gpu::new().await?;
+    let files = DirFiles::new(dir)?;
+    let tokenizer = Tokenizer::load(&files).await?;
+    let model = Model::load(&gpu, &files, quant).await?;
+    config.eos_token_ids = model.config.eos_token_ids.clone();
+    config.eos_token_ids.extend(tokenizer.eos_ids());
+    let ids = tokenizer.encode(prompt, true)?;
+    let mut decoder = tokenizer.stream_decoder(true);
+    let mut stdout = std::io::stdout();
+    let mut failed = None;
+    let start = std::time::Instant::now();
+    let out = model
+        .generate(&gpu, &ids, &config, |id| match decoder.step(id) {
+            Ok(Some(piece)) => {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    out!("{}", decoder.flush()?);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} tokens in {:.2} s ({:.1} tokens/s, prompt {} tokens)",
+        out.len(),
+        secs,
+        out.len() as f64 / secs,
+        ids.len()
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@ use ::safetensors::Dtype;
 use serde_json::Value;
 
 use super::config::Config;
+use super::quantized;
 use super::safetensors::{SafetensorsFile, TensorInfo};
 use super::source::{check_file_name, file_error, ByteSource, ModelFiles};
 use crate::{Error, Result};
@@ -156,9 +157,36 @@ impl<S: ByteSource> Checkpoint<S> {
     /// (F32, F16, BF16). Ignored: RoPE `inv_freq` buffers that old exports
     /// saved, and a `lm_head.weight` of the right shape in a tied model
     /// (transformers ties it to the embedding and never reads it).
+    ///
+    /// In webpeft's pre-quantized layout (see [`super::quantized`]) the block
+    /// Linear weights are expected in their packed form instead.
     pub fn check(&self, config: &Config) -> Result<()> {
-        let expected = config.tensor_names();
-        for spec in &expected {
+        let packed = quantized::stored_format(self)?;
+        let mut expected_names: HashSet<String> = HashSet::new();
+        for spec in config.tensor_names() {
+            if let Some(format) = packed.filter(|_| quantized::is_block_linear(&spec.name)) {
+                for (name, dtype, shape) in quantized::packed_tensors(&spec.name, spec.shape[0], spec.shape[1], format)
+                {
+                    let info = self.get(&name).ok_or_else(|| Error::Checkpoint {
+                        tensor: name.clone(),
+                        file: self.location.clone(),
+                        detail: format!("missing: the {} layout stores {} this way", format.name(), spec.name),
+                    })?;
+                    if info.shape != shape || info.dtype != dtype {
+                        return Err(self.tensor_error(
+                            info,
+                            format!(
+                                "{} {:?}, but the {} layout needs {dtype} {shape:?}",
+                                info.dtype,
+                                info.shape,
+                                format.name()
+                            ),
+                        ));
+                    }
+                    expected_names.insert(name);
+                }
+                continue;
+            }
             let Some(info) = self.get(&spec.name) else {
                 return Err(Error::Checkpoint {
                     tensor: spec.name.clone(),
@@ -171,10 +199,10 @@ impl<S: ByteSource> Checkpoint<S> {
                 });
             };
             self.check_tensor(info, &spec.shape)?;
+            expected_names.insert(spec.name);
         }
 
-        let expected: HashSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
-        for name in self.names().filter(|n| !expected.contains(n)) {
+        for name in self.names().filter(|n| !expected_names.contains(*n)) {
             let info = self.get(name).expect("listed tensors exist");
             if name.ends_with("rotary_emb.inv_freq") {
                 continue;

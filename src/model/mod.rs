@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod config;
 mod json;
 pub mod llama;
+pub mod quantized;
 pub mod safetensors;
 pub mod source;
 pub mod tokenizer;

@@ -16,11 +16,13 @@
 //! step, submits once and reads back once).
 
 pub mod block;
+pub mod generate;
 pub mod loss;
 pub mod rope;
 mod weights;
 
 pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
+pub use generate::{argmax, sample, GenerationConfig, KvCache};
 pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
 
@@ -56,10 +58,30 @@ impl Model {
     /// Reads `config.json`, opens and checks the checkpoint, and streams every
     /// tensor to the GPU one at a time: the blocks' Linears as `format`
     /// (quantized on the GPU), everything else f32.
+    ///
+    /// A pre-quantized folder ([`crate::model::quantized`]) loads in its own
+    /// format without quantizing; asking for another one is an error.
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, format: QuantFormat) -> Result<Model> {
         let config = Config::load(files).await?;
         let checkpoint = Checkpoint::open_for(files, &config).await?;
-        let loader = Loader { gpu, config: &config, checkpoint: &checkpoint, format };
+        let stored = crate::model::quantized::stored_format(&checkpoint)?;
+        let format = match stored {
+            Some(s) if s != format => {
+                return Err(Error::invalid(
+                    "Model::load",
+                    format!(
+                        "{} is stored as {}; load it as {} (asked for {})",
+                        files.location(),
+                        s.name(),
+                        s.name(),
+                        format.name()
+                    ),
+                ))
+            }
+            Some(s) => s,
+            None => format,
+        };
+        let loader = Loader { gpu, config: &config, checkpoint: &checkpoint, format, stored };
         let embed_tokens = loader.qweight("model.embed_tokens.weight", QuantFormat::F32).await?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {

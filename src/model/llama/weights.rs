@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::qmatmul::QWeight;
 use crate::model::source::ByteSource;
-use crate::model::{Checkpoint, Config};
+use crate::model::{quantized, Checkpoint, Config};
 use crate::quant::QuantFormat;
 
 /// Reads named tensors of an opened, checked checkpoint onto the GPU.
@@ -18,6 +18,8 @@ pub(super) struct Loader<'a, S> {
     pub checkpoint: &'a Checkpoint<S>,
     /// How the blocks' Linear weights are stored.
     pub format: QuantFormat,
+    /// The packed format of a pre-quantized checkpoint (then `format` equals it).
+    pub stored: Option<QuantFormat>,
 }
 
 impl<S: ByteSource> Loader<'_, S> {
@@ -38,6 +40,20 @@ impl<S: ByteSource> Loader<'_, S> {
     /// A (rows, cols) weight as a [`QWeight`] in `format`, in row chunks that
     /// fit one binding each.
     pub async fn qweight(&self, name: &str, format: QuantFormat) -> Result<QWeight> {
+        if let Some(stored) = self.stored.filter(|_| quantized::is_block_linear(name)) {
+            let spec = self.config.tensor_names().into_iter().find(|t| t.name == name);
+            let [rows, cols] = spec.map(|t| t.shape).unwrap_or_default()[..] else {
+                return Err(Error::Checkpoint {
+                    tensor: name.to_string(),
+                    file: self.checkpoint.location().to_string(),
+                    detail: "not a weight of this config".into(),
+                });
+            };
+            return match quantized::read_packed(self.checkpoint, name, rows, cols, stored).await? {
+                quantized::Packed::Nf4(q) => QWeight::from_nf4(self.gpu, &q, rows, cols),
+                quantized::Packed::Q8_0(q) => QWeight::from_q8_0(self.gpu, &q),
+            };
+        }
         let shape = self.shape(name)?;
         let [rows, cols] = shape[..] else {
             return Err(Error::Checkpoint {

@@ -1,0 +1,375 @@
+//! Generation: a KV cache, the incremental forward, CPU sampling and the
+//! generate loop.
+//!
+//! ```text
+//! prefill:  logits = forward_cached(prompt, cache, offset 0)       one submit, one readback (V)
+//! step:     logits = forward_cached([last token], cache, offset n)  one submit, one readback (V)
+//! ```
+//!
+//! Each layer writes its new keys and values (after RoPE) into its cache rows
+//! `offset..offset + T` and attends the new queries against rows
+//! `0..offset + T` ([`attention_forward_cached`]). Only the last position goes
+//! through the final norm and `lm_head`, so a step reads back one row of
+//! logits, which is sampled on the CPU ([`sample`]): greedy, or transformers'
+//! temperature → top-k → top-p, drawn with [`Rng`].
+
+use super::block::{Attention, Block};
+use super::rope::RopeTables;
+use super::{f32_chunks, Model};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::attention::{attention_forward_cached, write_kv_cache};
+use crate::kernels::elementwise::add;
+use crate::kernels::embedding::embedding_chunked;
+use crate::kernels::qmatmul::qlinear;
+use crate::kernels::rope::rope_forward_inplace;
+use crate::util::rng::Rng;
+
+/// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
+/// f32 each, on the GPU. Rows past what has been written are never read.
+#[derive(Debug)]
+pub struct KvCache {
+    /// (k, v) per layer.
+    pub layers: Vec<(Tensor, Tensor)>,
+    batch: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows of up to `capacity` positions
+    /// (at most `max_position_embeddings`).
+    pub fn new(gpu: &Gpu, model: &Model, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &model.config;
+        if batch == 0 || capacity == 0 {
+            return Err(Error::shape("KvCache::new", format!("batch {batch} and capacity {capacity} must be ≥ 1")));
+        }
+        model.check_seq(capacity)?;
+        let shape = [batch, capacity, c.num_key_value_heads, c.head_dim];
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                Ok((
+                    Tensor::zeros_named(gpu, &shape, DType::F32, &format!("kv_cache.{i}.k"))?,
+                    Tensor::zeros_named(gpu, &shape, DType::F32, &format!("kv_cache.{i}.v"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, batch, capacity })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Positions the cache holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// GPU bytes of all the layers' k and v.
+    pub fn bytes(&self) -> u64 {
+        self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum()
+    }
+}
+
+impl Attention {
+    /// x (B, T, D), already normed, at positions `offset..offset + T` →
+    /// (B, T, D); writes this step's k and v into the cache first.
+    pub fn forward_cached(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        rope: &RopeTables,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let (b, t) = (x.shape()[0], x.shape()[1]);
+        let (h, kv, hd) = (self.num_heads, self.num_key_value_heads, self.head_dim);
+        let q = self.q_proj.forward(rec, x)?.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
+        let k = self.k_proj.forward(rec, x)?.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let v = self.v_proj.forward(rec, x)?.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, offset)?;
+        rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, offset)?;
+        write_kv_cache(rec, &k, k_cache, offset)?;
+        write_kv_cache(rec, &v, v_cache, offset)?;
+        let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling)?; // (B, T, H, hd)
+        self.o_proj.forward(rec, &out.reshape(&[b, t, h * hd])?)
+    }
+}
+
+impl Block {
+    /// [`Block::forward`] at positions `offset..offset + T`, through the cache.
+    pub fn forward_cached(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        rope: &RopeTables,
+        kv: &(Tensor, Tensor),
+        offset: usize,
+    ) -> Result<Tensor> {
+        let attn = self.input_layernorm.forward(rec, x)?;
+        let attn = self.self_attn.forward_cached(rec, &attn, rope, &kv.0, &kv.1, offset)?;
+        let h = add(rec, x, &attn)?;
+        let mlp = self.post_attention_layernorm.forward(rec, &h)?;
+        let mlp = self.mlp.forward(rec, &mlp)?;
+        add(rec, &h, &mlp)
+    }
+}
+
+impl Model {
+    /// The residual stream after the last layer, (B, T, D), for ids (B, T)
+    /// at positions `offset..offset + T`, updating the cache.
+    fn hidden_cached(&self, rec: &mut Recorder, ids: &Tensor, cache: &KvCache, offset: usize) -> Result<Tensor> {
+        const OP: &str = "Model::forward_cached";
+        ids.expect_dtype(OP, "ids", DType::U32)?;
+        let &[b, t] = ids.shape() else {
+            return Err(Error::shape(OP, format!("ids {:?} must be (batch, seq)", ids.shape())));
+        };
+        if b == 0 || t == 0 {
+            return Err(Error::shape(OP, format!("ids {:?} is empty", ids.shape())));
+        }
+        if b != cache.batch || offset + t > cache.capacity {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "ids {:?} at positions {offset}..{} do not fit a cache of batch {} and capacity {}",
+                    ids.shape(),
+                    offset + t,
+                    cache.batch,
+                    cache.capacity
+                ),
+            ));
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(Error::shape(
+                OP,
+                format!("the cache has {} layers, the model {}", cache.layers.len(), self.layers.len()),
+            ));
+        }
+        self.check_seq(offset + t)?;
+        let rope = self.rope.tables(rec.gpu(), offset + t)?;
+        let d = self.config.hidden_size;
+        let table = f32_chunks(&self.embed_tokens)?;
+        let mut x = embedding_chunked(rec, &table, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
+        for (layer, kv) in self.layers.iter().zip(&cache.layers) {
+            x = layer.forward_cached(rec, &x, &rope, kv, offset)?;
+        }
+        Ok(x)
+    }
+
+    /// Records the incremental forward of ids (B, T) u32 at positions
+    /// `offset..offset + T`, writing their keys and values into `cache`, and
+    /// returns the logits of the last position, (B, V).
+    pub fn forward_cached(&self, rec: &mut Recorder, ids: &Tensor, cache: &KvCache, offset: usize) -> Result<Tensor> {
+        let x = self.hidden_cached(rec, ids, cache, offset)?; // (B, T, D)
+        let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let last = if t == 1 {
+            x.reshape(&[b, d])?
+        } else {
+            let last = Tensor::zeros(rec.gpu(), &[b, d], DType::F32)?;
+            let row = d as u64 * 4;
+            for i in 0..b {
+                rec.copy(&x, (i * t + t - 1) as u64 * row, &last, i as u64 * row, row)?;
+            }
+            last
+        };
+        let last = self.norm.forward(rec, &last)?; // (B, D)
+        qlinear(rec, &last, &self.lm_head) // (B, V)
+    }
+
+    /// [`Model::forward_cached`] returning the logits of every new position,
+    /// (B, T, V).
+    pub fn forward_cached_all(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        cache: &KvCache,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let x = self.hidden_cached(rec, ids, cache, offset)?;
+        let x = self.norm.forward(rec, &x)?;
+        qlinear(rec, &x, &self.lm_head)
+    }
+
+    /// Generates up to `config.max_new_tokens` tokens after `prompt_ids` (one
+    /// sequence), calling `on_token` with each as it comes; stops after an
+    /// eos token (which is returned and passed on) or when `on_token` returns
+    /// false. Returns the new tokens. The prompt goes through in one forward,
+    /// then one token per step: one submit and one readback of V logits each.
+    pub async fn generate(
+        &self,
+        gpu: &Gpu,
+        prompt_ids: &[u32],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        const OP: &str = "Model::generate";
+        config.validate()?;
+        if prompt_ids.is_empty() {
+            return Err(Error::shape(OP, "the prompt is empty: need at least one token"));
+        }
+        let max = self.config.max_position_embeddings;
+        let total = prompt_ids.len() + config.max_new_tokens;
+        if total > max {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "a prompt of {} tokens plus max_new_tokens {} is {total} positions, more than max_position_embeddings {max}",
+                    prompt_ids.len(),
+                    config.max_new_tokens
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(config.max_new_tokens);
+        if config.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let cache = KvCache::new(gpu, self, 1, total)?;
+        let mut rng = Rng::new(config.seed);
+        let mut ids = self.input_ids(gpu, &[prompt_ids.to_vec()])?;
+        let mut offset = 0;
+        loop {
+            let mut rec = Recorder::new(gpu);
+            let logits = self.forward_cached(&mut rec, &ids, &cache, offset)?; // (1, V)
+            rec.submit()?;
+            let row = logits.to_vec::<f32>(gpu).await?;
+            offset += ids.shape()[1];
+            let token = sample(&row, config, &mut rng)?;
+            out.push(token);
+            let go_on = on_token(token);
+            if !go_on || config.eos_token_ids.contains(&token) || out.len() >= config.max_new_tokens {
+                return Ok(out);
+            }
+            ids = Tensor::from_slice(gpu, &[1, 1], &[token])?;
+        }
+    }
+}
+
+/// How [`Model::generate`] picks tokens and when it stops.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationConfig {
+    /// The most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Logits are divided by this before top-k and top-p (> 0); ignored when greedy.
+    pub temperature: f32,
+    /// Keep the k most likely tokens (ties at the k-th kept, as transformers); 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability sums to
+    /// ≥ top_p (at least one), in (0, 1]; 1 = off.
+    pub top_p: f32,
+    /// Seeds the sampler's [`Rng`].
+    pub seed: u64,
+    /// Generation stops after any of these.
+    pub eos_token_ids: Vec<u32>,
+    /// Argmax (lowest index on ties) instead of sampling.
+    pub greedy: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 20,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos_token_ids: Vec::new(),
+            greedy: true,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// Greedy decoding of up to `max_new_tokens`, no eos.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationConfig { max_new_tokens, ..Default::default() }
+    }
+
+    /// Sampling with the given temperature, top-k, top-p and seed, no eos.
+    pub fn sampling(max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Self {
+        GenerationConfig { max_new_tokens, temperature, top_k, top_p, seed, eos_token_ids: Vec::new(), greedy: false }
+    }
+
+    /// Checks temperature and top_p when sampling.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "GenerationConfig";
+        if self.greedy {
+            return Ok(());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::invalid(OP, format!("temperature must be finite and > 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid(OP, format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// The index of the largest logit, the lowest on ties (as `torch.argmax`);
+/// NaNs are skipped. None for an empty row or one of NaNs only.
+pub fn argmax(logits: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        match best {
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((i, v)),
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Picks the next token from one row of logits (V): [`argmax`] when greedy,
+/// else transformers' order: logits / temperature, then top-k, then top-p,
+/// then a draw from the softmax of what is left.
+pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Result<u32> {
+    const OP: &str = "sample";
+    let pick =
+        |i: Option<usize>| i.map(|i| i as u32).ok_or_else(|| Error::invalid(OP, "the logits row is empty or all NaN"));
+    if config.greedy {
+        return pick(argmax(logits));
+    }
+    config.validate()?;
+    let top = pick(argmax(logits))? as usize;
+    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
+    // Candidates, most likely first (stable: lower index first on ties).
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    // top-k: keep scores ≥ the k-th largest.
+    if config.top_k > 0 && config.top_k < order.len() {
+        let kth = scores[order[config.top_k - 1]];
+        order.retain(|&i| scores[i] >= kth);
+    }
+    let max = scores[order[0]];
+    if !max.is_finite() {
+        return Ok(top as u32);
+    }
+    let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+    let sum: f64 = weights.iter().sum();
+    // top-p: the smallest prefix whose probability reaches top_p, at least one.
+    let mut keep = weights.len();
+    if config.top_p < 1.0 {
+        let mut cum = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            cum += w / sum;
+            if cum >= config.top_p as f64 {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    let kept = &weights[..keep];
+    let total: f64 = kept.iter().sum();
+    let u = rng.uniform() * total;
+    let mut acc = 0.0;
+    for (n, w) in kept.iter().enumerate() {
+        acc += w;
+        if u < acc {
+            return Ok(order[n] as u32);
+        }
+    }
+    Ok(order[keep - 1] as u32)
+}

@@ -1,0 +1,178 @@
+//! Generation: greedy tokens against transformers (refs/<model>/greedy.json),
+//! the cached forward against the uncached one, seeded sampling, and the
+//! length limit as a typed error.
+
+mod common;
+
+use common::{block_on, fixture, gpu};
+use webpeft::gpu::Recorder;
+use webpeft::model::llama::{argmax, sample, GenerationConfig, KvCache};
+use webpeft::model::{DirFiles, Model};
+use webpeft::quant::QuantFormat;
+use webpeft::util::rng::Rng;
+use webpeft::{Error, Gpu};
+
+const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
+
+fn load(gpu: &Gpu, model: &str) -> Model {
+    let files = DirFiles::new(fixture(model)).unwrap();
+    block_on(Model::load(gpu, &files, QuantFormat::F32)).unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+fn greedy_ref(model: &str) -> (Vec<u32>, Vec<u32>) {
+    let path = fixture(&format!("refs/{model}/greedy.json"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let ids = |k: &str| v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    (ids("prompt_ids"), ids("new_ids"))
+}
+
+#[test]
+fn greedy_matches_transformers() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = load(gpu, name);
+        let (prompt, expected) = greedy_ref(name);
+        let mut streamed = Vec::new();
+        let start = std::time::Instant::now();
+        let got = block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(expected.len()), |t| {
+            streamed.push(t);
+            true
+        }))
+        .unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("{name}: {} tokens in {:.1} ms ({:.1} tok/s)", got.len(), secs * 1e3, got.len() as f64 / secs);
+        assert_eq!(got, expected, "{name}: greedy tokens differ from transformers");
+        assert_eq!(streamed, got, "{name}: streamed tokens");
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn cached_logits_match_uncached() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = load(gpu, name);
+        let (prompt, new) = greedy_ref(name);
+        let all: Vec<u32> = prompt.iter().chain(&new[..5]).copied().collect();
+        let (full, _) = block_on(model.logits_and_loss(gpu, std::slice::from_ref(&all), None)).unwrap(); // (1, T, V)
+        let v = model.config.vocab_size;
+        let t = all.len();
+
+        // Prefill the prompt (all positions), then one token at a time (last row).
+        let cache = KvCache::new(gpu, &model, 1, t).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let ids = model.input_ids(gpu, std::slice::from_ref(&prompt)).unwrap();
+        let logits = model.forward_cached_all(&mut rec, &ids, &cache, 0).unwrap();
+        rec.submit().unwrap();
+        let pre = block_on(logits.to_vec::<f32>(gpu)).unwrap();
+        let d = max_abs_diff(&pre, &full[..prompt.len() * v]);
+        assert!(d <= 1e-4, "{name}: prefill logits differ by {d}");
+        for (i, &tok) in all.iter().enumerate().skip(prompt.len()) {
+            let mut rec = Recorder::new(gpu);
+            let ids = model.input_ids(gpu, &[vec![tok]]).unwrap();
+            let logits = model.forward_cached(&mut rec, &ids, &cache, i).unwrap();
+            rec.submit().unwrap();
+            let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
+            let d = max_abs_diff(&row, &full[i * v..(i + 1) * v]);
+            assert!(d <= 1e-4, "{name}: step logits at position {i} differ by {d}");
+        }
+
+        // forward_cached on the whole sequence: the last row.
+        let cache = KvCache::new(gpu, &model, 1, t).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let ids = model.input_ids(gpu, std::slice::from_ref(&all)).unwrap();
+        let logits = model.forward_cached(&mut rec, &ids, &cache, 0).unwrap();
+        assert_eq!(logits.shape(), &[1, v]);
+        rec.submit().unwrap();
+        let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
+        let d = max_abs_diff(&row, &full[(t - 1) * v..]);
+        assert!(d <= 1e-4, "{name}: last-row logits differ by {d}");
+        eprintln!("{name}: cached vs uncached ok");
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_top_k_1_is_greedy() {
+    let gpu = gpu();
+    let model = load(gpu, "llama_gqa");
+    let (prompt, expected) = greedy_ref("llama_gqa");
+    let run = |cfg: &GenerationConfig| block_on(model.generate(gpu, &prompt, cfg, |_| true)).unwrap();
+    let cfg = GenerationConfig::sampling(12, 1.5, 20, 0.9, 7);
+    let a = run(&cfg);
+    let b = run(&cfg);
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, b, "same seed, same tokens");
+    let c = run(&GenerationConfig { seed: 8, ..cfg.clone() });
+    eprintln!("seed 7: {a:?}\nseed 8: {c:?}");
+    let k1 = run(&GenerationConfig::sampling(20, 0.7, 1, 1.0, 3));
+    assert_eq!(k1, expected, "top_k = 1 is greedy");
+
+    // Stops on eos (returned) and when the callback says so.
+    let eos = GenerationConfig { eos_token_ids: vec![expected[3]], ..GenerationConfig::greedy(20) };
+    assert_eq!(run(&eos), expected[..4].to_vec());
+    let mut n = 0;
+    let got = block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(20), |_| {
+        n += 1;
+        n < 5
+    }))
+    .unwrap();
+    assert_eq!(got, expected[..5].to_vec());
+}
+
+#[test]
+fn too_long_is_a_typed_error() {
+    let gpu = gpu();
+    let model = load(gpu, "llama_gqa");
+    let max = model.config.max_position_embeddings;
+    let prompt = vec![1u32; 10];
+    let err = block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(max - 9), |_| true)).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err:?}");
+    assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    // Exactly at the limit is fine.
+    let ok = block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(2), |_| true)).unwrap();
+    assert_eq!(ok.len(), 2);
+    let bad = GenerationConfig::sampling(2, 0.0, 0, 1.0, 0);
+    assert!(matches!(block_on(model.generate(gpu, &prompt, &bad, |_| true)), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn sampler_on_the_cpu() {
+    assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), Some(1));
+    assert_eq!(argmax(&[]), None);
+    let logits = [0.0f32, 2.0, 1.0, 2.0, -1.0];
+    let mut rng = Rng::new(1);
+    // top_k = 2 keeps the two tied maxima (1 and 3), never anything else.
+    let cfg = GenerationConfig::sampling(1, 1.0, 2, 1.0, 0);
+    let mut seen = [0usize; 5];
+    for _ in 0..400 {
+        seen[sample(&logits, &cfg, &mut rng).unwrap() as usize] += 1;
+    }
+    assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+    assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
+    // top_p small keeps only the most likely (lowest index among ties first).
+    let cfg = GenerationConfig::sampling(1, 1.0, 0, 0.01, 0);
+    for _ in 0..50 {
+        assert_eq!(sample(&logits, &cfg, &mut rng).unwrap(), 1);
+    }
+    // top_p = 0.9 on probs (0.5, 0.3, 0.15, 0.05): keeps the first three.
+    let p = [0.5f32, 0.3, 0.15, 0.05];
+    let l: Vec<f32> = p.iter().map(|x| x.ln()).collect();
+    let cfg = GenerationConfig::sampling(1, 1.0, 0, 0.9, 0);
+    let mut seen = [0usize; 4];
+    for _ in 0..2000 {
+        seen[sample(&l, &cfg, &mut rng).unwrap() as usize] += 1;
+    }
+    assert_eq!(seen[3], 0, "{seen:?}");
+    assert!(seen[2] > 100, "{seen:?}");
+    // Seeded: the same draws from the same seed.
+    let cfg = GenerationConfig::sampling(1, 2.0, 0, 1.0, 0);
+    let draw = |seed| {
+        let mut r = Rng::new(seed);
+        (0..30).map(|_| sample(&logits, &cfg, &mut r).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(5), draw(5));
+}
