@@ -59,6 +59,22 @@ pub enum Error {
     #[error("{file}: {detail}")]
     Tokenizer { file: String, detail: String },
 
+    /// An `adapter_config.json` field that is missing, malformed or
+    /// inconsistent with the model; `field` is its JSON key (`peft_type`, `r`,
+    /// `target_modules[2]`).
+    #[error("adapter_config.json: field `{field}`: {detail}")]
+    AdapterConfig { field: String, detail: String },
+
+    /// An `adapter_config.json` option that is valid for PEFT but that webpeft
+    /// does not implement (`use_dora`, a regex `target_modules`, …).
+    #[error("adapter_config.json: field `{field}`: not supported: {detail}")]
+    AdapterUnsupported { field: String, detail: String },
+
+    /// One tensor of an adapter file: missing, unexpected, wrongly shaped or of
+    /// an unsupported dtype. `file` is the adapter file (`adapter_model.safetensors`).
+    #[error("adapter tensor `{tensor}` ({file}): {detail}")]
+    AdapterTensor { tensor: String, file: String, detail: String },
+
     /// The operating system failed to read a file.
     #[error("{file}: {source}")]
     Io {

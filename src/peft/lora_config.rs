@@ -1,0 +1,465 @@
+//! `adapter_config.json` of a PEFT LoRA adapter: parsed and validated into a
+//! [`LoraConfig`], written back with the key set PEFT 0.21 writes, and its
+//! `target_modules` resolved against a model [`Config`].
+//!
+//! Every failure is an [`Error::AdapterConfig`] naming the JSON field, or an
+//! [`Error::AdapterUnsupported`] for options PEFT has but webpeft does not
+//! implement (DoRA, regex targets, biases, modules_to_save, …).
+
+use serde_json::{json, Map, Value};
+
+use crate::model::source::ModelFiles;
+use crate::model::Config;
+use crate::{Error, Result};
+
+/// What `peft_version` webpeft writes (the PEFT the fixtures were made with).
+pub const PEFT_VERSION: &str = "0.21.2";
+
+/// The Linear layers LoRA can adapt in a Llama-family block, in model order
+/// ("all-linear" selects all of them; `lm_head` never).
+pub const LORA_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// `target_modules`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetModules {
+    /// Module-name suffixes: a module is targeted when its name equals one or
+    /// ends with `.` + one (`q_proj`, `self_attn.q_proj`).
+    List(Vec<String>),
+    /// `"all-linear"`: every Linear but the output head.
+    AllLinear,
+    /// A regex PEFT matches with `re.fullmatch`; kept so it can be reported,
+    /// but [`LoraConfig::targets`] does not support it yet.
+    Regex(String),
+}
+
+/// `init_lora_weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitLoraWeights {
+    /// `true`: A kaiming-uniform (a = √5), B zeros.
+    Kaiming,
+    /// `"gaussian"`: A ~ N(0, 1/r), B zeros.
+    Gaussian,
+    /// `false`: random A and B (PEFT: the layer's own init; a no-op adapter is not guaranteed).
+    Random,
+}
+
+/// A validated PEFT LoRA configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    /// Rank, at least 1.
+    pub r: usize,
+    /// `lora_alpha`, default 8.
+    pub lora_alpha: f64,
+    /// `lora_dropout` in [0, 1), default 0.
+    pub lora_dropout: f64,
+    pub target_modules: TargetModules,
+    /// Scaling alpha/√r instead of alpha/r.
+    pub use_rslora: bool,
+    pub init_lora_weights: InitLoraWeights,
+    /// Only these layer indices are adapted (`None`: all).
+    pub layers_to_transform: Option<Vec<usize>>,
+    pub base_model_name_or_path: Option<String>,
+    /// Written as PEFT writes it (true after `save_pretrained`); informational.
+    pub inference_mode: bool,
+}
+
+fn err(field: &str, detail: impl Into<String>) -> Error {
+    Error::AdapterConfig { field: field.to_string(), detail: detail.into() }
+}
+
+fn unsupported(field: &str, detail: impl Into<String>) -> Error {
+    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
+}
+
+fn brief(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Lookups on the top-level object; absent and `null` are alike.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+    fn wrong(key: &str, expected: &str, got: &Value) -> Error {
+        err(key, format!("expected {expected}, got {}", brief(got)))
+    }
+    fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
+        self.get(key).map(|v| v.as_str().ok_or_else(|| Self::wrong(key, "a string", v))).transpose()
+    }
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.get(key).map(|v| v.as_bool().ok_or_else(|| Self::wrong(key, "true or false", v))).transpose()
+    }
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        let x = self.get(key).map(|v| v.as_f64().ok_or_else(|| Self::wrong(key, "a number", v))).transpose()?;
+        if let Some(x) = x {
+            if !x.is_finite() {
+                return Err(err(key, format!("must be finite, got {x}")));
+            }
+        }
+        Ok(x)
+    }
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| Self::wrong(key, "a non-negative integer", v))
+            })
+            .transpose()
+    }
+    /// Absent, null, `{}`, `[]` or `""`.
+    fn is_empty(&self, key: &str) -> bool {
+        match self.get(key) {
+            None => true,
+            Some(Value::Object(m)) => m.is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::String(s)) => s.is_empty(),
+            Some(_) => false,
+        }
+    }
+}
+
+impl LoraConfig {
+    /// A config as `LoraConfig(r, lora_alpha, target_modules, task_type="CAUSAL_LM")`
+    /// with PEFT's other defaults.
+    pub fn new(r: usize, lora_alpha: f64, target_modules: TargetModules) -> Result<LoraConfig> {
+        let c = LoraConfig {
+            r,
+            lora_alpha,
+            lora_dropout: 0.0,
+            target_modules,
+            use_rslora: false,
+            init_lora_weights: InitLoraWeights::Kaiming,
+            layers_to_transform: None,
+            base_model_name_or_path: None,
+            inference_mode: false,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the numeric options (what [`from_value`](Self::from_value) checks too).
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(err("r", "must be at least 1, got 0"));
+        }
+        if !self.lora_alpha.is_finite() {
+            return Err(err("lora_alpha", format!("must be finite, got {}", self.lora_alpha)));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(err("lora_dropout", format!("must be in [0, 1), got {}", self.lora_dropout)));
+        }
+        if let TargetModules::List(l) = &self.target_modules {
+            if l.is_empty() {
+                return Err(err("target_modules", "is empty: no module to adapt"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The factor on the LoRA term: alpha/r, or alpha/√r with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+
+    /// Parses and validates the bytes of an `adapter_config.json`.
+    pub fn from_json(bytes: &[u8]) -> Result<LoraConfig> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
+        LoraConfig::from_value(&value)
+    }
+
+    /// Reads `adapter_config.json` from an adapter folder.
+    pub async fn load<F: ModelFiles>(files: &F) -> Result<LoraConfig> {
+        use crate::model::source::ByteSource;
+        let bytes = files.open(super::ADAPTER_CONFIG_FILE).await?.read_all().await?;
+        LoraConfig::from_json(&bytes)
+    }
+
+    /// Parses and validates a parsed `adapter_config.json`.
+    pub fn from_value(value: &Value) -> Result<LoraConfig> {
+        let Value::Object(map) = value else {
+            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
+        };
+        let f = Fields(map);
+
+        match f.opt_str("peft_type")? {
+            None => return Err(err("peft_type", "missing")),
+            Some("LORA") => {}
+            Some(other) => {
+                return Err(err("peft_type", format!("\"{other}\" is not a LoRA adapter (expected \"LORA\")")))
+            }
+        }
+        match f.opt_str("task_type")? {
+            None | Some("CAUSAL_LM") => {}
+            Some(other) => {
+                return Err(err("task_type", format!("\"{other}\" is not supported (expected \"CAUSAL_LM\")")))
+            }
+        }
+
+        let r = f.opt_usize("r")?.unwrap_or(8);
+        if r == 0 {
+            return Err(err("r", "must be at least 1, got 0"));
+        }
+        let lora_alpha = f.opt_f64("lora_alpha")?.unwrap_or(8.0);
+        let lora_dropout = f.opt_f64("lora_dropout")?.unwrap_or(0.0);
+
+        let target_modules = match f.get("target_modules") {
+            None => {
+                return Err(err(
+                    "target_modules",
+                    "missing (PEFT has no default for llama here: give a list or \"all-linear\")",
+                ))
+            }
+            Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+            Some(Value::String(s)) => TargetModules::Regex(s.clone()),
+            Some(Value::Array(items)) => TargetModules::List(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v.as_str() {
+                        Some(s) if !s.is_empty() => Ok(s.to_string()),
+                        _ => Err(err(
+                            &format!("target_modules[{i}]"),
+                            format!("expected a module name, got {}", brief(v)),
+                        )),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            Some(v) => return Err(Fields::wrong("target_modules", "a list of module names or a string", v)),
+        };
+
+        let use_rslora = f.opt_bool("use_rslora")?.unwrap_or(false);
+        if f.opt_bool("use_dora")?.unwrap_or(false) {
+            return Err(unsupported("use_dora", "DoRA adapters (use_dora: true) are not supported"));
+        }
+        match f.opt_str("bias")? {
+            None | Some("none") => {}
+            Some(other) => return Err(unsupported("bias", format!("\"{other}\": only \"none\" is supported"))),
+        }
+        if f.opt_bool("fan_in_fan_out")?.unwrap_or(false) {
+            return Err(unsupported("fan_in_fan_out", "must be false (Llama-family Linears are not Conv1D)"));
+        }
+        if f.opt_bool("lora_bias")?.unwrap_or(false) {
+            return Err(unsupported("lora_bias", "LoRA biases are not supported"));
+        }
+        for key in ["use_qalora", "use_bdlora"] {
+            if f.opt_bool(key)?.unwrap_or(false) {
+                return Err(unsupported(key, "must be false"));
+            }
+        }
+        let init_lora_weights = match f.get("init_lora_weights") {
+            None | Some(Value::Bool(true)) => InitLoraWeights::Kaiming,
+            Some(Value::Bool(false)) => InitLoraWeights::Random,
+            Some(Value::String(s)) if s == "gaussian" => InitLoraWeights::Gaussian,
+            Some(v) => {
+                return Err(unsupported(
+                    "init_lora_weights",
+                    format!("{}: only true, false and \"gaussian\" are supported", brief(v)),
+                ))
+            }
+        };
+        let layers_to_transform = match f.get("layers_to_transform") {
+            None => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                            err(
+                                &format!("layers_to_transform[{i}]"),
+                                format!("expected a layer index, got {}", brief(v)),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(v) => Some(vec![v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| Fields::wrong("layers_to_transform", "a layer index or a list of them", v))?]),
+        };
+        if !f.is_empty("modules_to_save") {
+            return Err(unsupported("modules_to_save", "extra fully-trained modules are not supported (must be null)"));
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if !f.is_empty(key) {
+                return Err(unsupported(key, "per-module ranks and alphas are not supported (must be {})"));
+            }
+        }
+        for key in ["layer_replication", "exclude_modules", "trainable_token_indices", "target_parameters"] {
+            if !f.is_empty(key) {
+                return Err(unsupported(key, "must be null"));
+            }
+        }
+        let base_model_name_or_path = f.opt_str("base_model_name_or_path")?.map(str::to_string);
+        let inference_mode = f.opt_bool("inference_mode")?.unwrap_or(false);
+
+        let c = LoraConfig {
+            r,
+            lora_alpha,
+            lora_dropout,
+            target_modules,
+            use_rslora,
+            init_lora_weights,
+            layers_to_transform,
+            base_model_name_or_path,
+            inference_mode,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The JSON PEFT 0.21.2's `save_pretrained` writes for this config (same
+    /// key set as PEFT's, keys sorted), so `PeftModel.from_pretrained` loads it.
+    pub fn to_value(&self) -> Value {
+        let num = |x: f64| {
+            if x.fract() == 0.0 && x.abs() < 9.0e15 {
+                json!(x as i64)
+            } else {
+                json!(x)
+            }
+        };
+        let target_modules = match &self.target_modules {
+            TargetModules::List(l) => {
+                // PEFT stores a set; it comes out in arbitrary order. Sorted here.
+                let mut l = l.clone();
+                l.sort();
+                l.dedup();
+                json!(l)
+            }
+            TargetModules::AllLinear => json!("all-linear"),
+            TargetModules::Regex(s) => json!(s),
+        };
+        let init = match self.init_lora_weights {
+            InitLoraWeights::Kaiming => json!(true),
+            InitLoraWeights::Gaussian => json!("gaussian"),
+            InitLoraWeights::Random => json!(false),
+        };
+        // serde_json's Map is a BTreeMap here (no preserve_order): keys come out sorted.
+        json!({
+            "alora_invocation_tokens": null,
+            "alpha_pattern": {},
+            "arrow_config": null,
+            "auto_mapping": null,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "bias": "none",
+            "corda_config": null,
+            "ensure_weight_tying": false,
+            "eva_config": null,
+            "exclude_modules": null,
+            "fan_in_fan_out": false,
+            "inference_mode": self.inference_mode,
+            "init_lora_weights": init,
+            "kasa_config": null,
+            "layer_replication": null,
+            "layers_pattern": null,
+            "layers_to_transform": self.layers_to_transform,
+            "loftq_config": {},
+            "lora_alpha": num(self.lora_alpha),
+            "lora_bias": false,
+            "lora_dropout": self.lora_dropout,
+            "lora_ga_config": null,
+            "megatron_config": null,
+            "megatron_core": "megatron.core",
+            "modules_to_save": null,
+            "monteclora_config": null,
+            "peft_type": "LORA",
+            "peft_version": PEFT_VERSION,
+            "qalora_group_size": 16,
+            "r": self.r,
+            "rank_pattern": {},
+            "revision": null,
+            "target_modules": target_modules,
+            "target_parameters": null,
+            "task_type": "CAUSAL_LM",
+            "trainable_token_indices": null,
+            "use_bdlora": null,
+            "use_dora": false,
+            "use_qalora": false,
+            "use_rslora": self.use_rslora,
+            "velora_config": null
+        })
+    }
+
+    /// [`to_value`](Self::to_value) as pretty JSON (two-space indent, as PEFT).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("a JSON value serializes")
+    }
+
+    /// Whether layer `layer` is adapted (`layers_to_transform`).
+    pub fn adapts_layer(&self, layer: usize) -> bool {
+        self.layers_to_transform.as_ref().is_none_or(|l| l.contains(&layer))
+    }
+
+    /// The concrete module names this config adapts in a model of `config`
+    /// (`model.layers.{i}.self_attn.q_proj`, …), in model order: per layer
+    /// q, k, v, o, gate, up, down. A target that matches no module, a layer
+    /// index out of range, or a regex target (not supported yet) is an error.
+    pub fn targets(&self, config: &Config) -> Result<Vec<String>> {
+        let layers = config.num_hidden_layers;
+        if let Some(l) = &self.layers_to_transform {
+            if let Some(&bad) = l.iter().find(|&&i| i >= layers) {
+                return Err(err(
+                    "layers_to_transform",
+                    format!("layer {bad} does not exist (the model has {layers} layers)"),
+                ));
+            }
+        }
+        let all: Vec<String> = (0..layers).flat_map(|i| LORA_MODULES.map(|m| module_name(i, m))).collect();
+        // Every Linear's name, including the head (which a suffix may name, and
+        // which webpeft cannot adapt).
+        let matches = |name: &str, t: &str| name == t || name.ends_with(&format!(".{t}"));
+        let chosen: Vec<String> = match &self.target_modules {
+            TargetModules::AllLinear => all.clone(),
+            TargetModules::Regex(s) => {
+                return Err(unsupported(
+                    "target_modules",
+                    format!("regex target_modules (\"{s}\") are not supported yet: give a list of module names or \"all-linear\""),
+                ))
+            }
+            TargetModules::List(list) => {
+                for t in list {
+                    if matches("lm_head", t) {
+                        return Err(unsupported("target_modules", format!("\"{t}\": LoRA on the output head is not supported")));
+                    }
+                    if !all.iter().any(|n| matches(n, t)) {
+                        return Err(err(
+                            "target_modules",
+                            format!("\"{t}\" matches no module of the model (LoRA targets: {})", LORA_MODULES.join(", ")),
+                        ));
+                    }
+                }
+                all.iter().filter(|n| list.iter().any(|t| matches(n, t))).cloned().collect()
+            }
+        };
+        let chosen: Vec<String> =
+            chosen.into_iter().filter(|n| layer_of(n).is_some_and(|i| self.adapts_layer(i))).collect();
+        if chosen.is_empty() {
+            return Err(err("layers_to_transform", "selects no layer: no module to adapt"));
+        }
+        Ok(chosen)
+    }
+}
+
+/// `model.layers.{layer}.self_attn.q_proj` / `model.layers.{layer}.mlp.up_proj`.
+pub(crate) fn module_name(layer: usize, proj: &str) -> String {
+    let block = if matches!(proj, "gate_proj" | "up_proj" | "down_proj") { "mlp" } else { "self_attn" };
+    format!("model.layers.{layer}.{block}.{proj}")
+}
+
+/// The layer index of a `model.layers.{i}.…` module name.
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok()
+}

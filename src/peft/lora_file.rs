@@ -1,0 +1,212 @@
+//! `adapter_model.safetensors` of a PEFT LoRA adapter: per targeted Linear,
+//! `base_model.model.<module>.lora_A.weight` (r, in) and `….lora_B.weight`
+//! (out, r). Loaded as f32 from F32, F16 or BF16 and checked against the
+//! model [`Config`]; written as f32 with PEFT's key names and `{"format":"pt"}`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use ::safetensors::tensor::TensorView;
+use ::safetensors::Dtype;
+
+use super::lora_config::{module_name, LoraConfig, LORA_MODULES};
+use crate::model::safetensors::SafetensorsFile;
+use crate::model::source::ModelFiles;
+use crate::model::Config;
+use crate::{Error, Result};
+
+/// The config file of an adapter folder.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// The weights file of a PEFT adapter folder.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// Prefix PEFT puts before module names in saved keys.
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// One adapted Linear: its module name and the base weight's shape (out, in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoraModule {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl LoraModule {
+    /// `base_model.model.<name>.lora_A.weight`.
+    pub fn key_a(&self) -> String {
+        format!("{KEY_PREFIX}{}.lora_A.weight", self.name)
+    }
+    /// `base_model.model.<name>.lora_B.weight`.
+    pub fn key_b(&self) -> String {
+        format!("{KEY_PREFIX}{}.lora_B.weight", self.name)
+    }
+}
+
+/// The modules `lora` adapts in a model of `config`, in model order, with
+/// their shapes (see [`LoraConfig::targets`]).
+pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule>> {
+    let (d, i, q, kv) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
+    let shape = |proj: &str| match proj {
+        "q_proj" => (q, d),
+        "k_proj" | "v_proj" => (kv, d),
+        "o_proj" => (d, q),
+        "gate_proj" | "up_proj" => (i, d),
+        "down_proj" => (d, i),
+        _ => unreachable!("not a LoRA module: {proj}"),
+    };
+    let targets = lora.targets(config)?;
+    Ok(targets
+        .into_iter()
+        .map(|name| {
+            let proj =
+                LORA_MODULES.iter().find(|p| name.ends_with(&format!(".{p}"))).expect("targets are LoRA modules");
+            let (out_features, in_features) = shape(proj);
+            debug_assert!(super::lora_config::layer_of(&name).is_some_and(|l| module_name(l, proj) == name));
+            LoraModule { name, in_features, out_features }
+        })
+        .collect())
+}
+
+/// One module's LoRA factors, row-major f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraPair {
+    /// lora_A: (r, in).
+    pub a: Vec<f32>,
+    /// lora_B: (out, r).
+    pub b: Vec<f32>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+/// The LoRA weights of one adapter: module name → (A, B).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraWeights {
+    pub r: usize,
+    /// Keyed by module name (`model.layers.0.self_attn.q_proj`).
+    pub modules: BTreeMap<String, LoraPair>,
+}
+
+fn tensor_error(tensor: &str, file: &str, detail: impl Into<String>) -> Error {
+    Error::AdapterTensor { tensor: tensor.to_string(), file: file.to_string(), detail: detail.into() }
+}
+
+impl LoraWeights {
+    /// Zero A and B for every module `lora` adapts in `config` (to be filled
+    /// by an initializer).
+    pub fn zeros(lora: &LoraConfig, config: &Config) -> Result<LoraWeights> {
+        let r = lora.r;
+        let modules = lora_modules(lora, config)?
+            .into_iter()
+            .map(|m| {
+                let pair = LoraPair {
+                    a: vec![0.0; r * m.in_features],
+                    b: vec![0.0; m.out_features * r],
+                    in_features: m.in_features,
+                    out_features: m.out_features,
+                };
+                (m.name, pair)
+            })
+            .collect();
+        Ok(LoraWeights { r, modules })
+    }
+
+    /// Reads `adapter_model.safetensors` from an adapter folder and checks it
+    /// against `lora` and the model `config`: exactly the keys of
+    /// [`lora_modules`], each of shape (r, in) / (out, r), dtype F32, F16 or BF16.
+    pub async fn load<F: ModelFiles>(files: &F, lora: &LoraConfig, config: &Config) -> Result<LoraWeights> {
+        let source = files.open(ADAPTER_WEIGHTS_FILE).await?;
+        let file = SafetensorsFile::open(source).await?;
+        Self::read(&file, lora, config).await
+    }
+
+    /// [`load`](Self::load) from an opened safetensors file.
+    pub async fn read<S: crate::model::ByteSource>(
+        file: &SafetensorsFile<S>,
+        lora: &LoraConfig,
+        config: &Config,
+    ) -> Result<LoraWeights> {
+        let fname = file.name().to_string();
+        let modules = lora_modules(lora, config)?;
+        let r = lora.r;
+        let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for m in &modules {
+            expected.insert(m.key_a(), vec![r, m.in_features]);
+            expected.insert(m.key_b(), vec![m.out_features, r]);
+        }
+        // Unexpected keys first (the whole file is checked before any data is read).
+        for t in file.tensors() {
+            if !expected.contains_key(&t.name) {
+                let hint = if t.name.contains(".default.") {
+                    " (saved keys have no `.default.`)"
+                } else if t.name.contains("lora_magnitude_vector") {
+                    " (a DoRA tensor: DoRA is not supported)"
+                } else if t.name.contains("lora_") {
+                    " (a LoRA tensor for a module adapter_config.json does not target)"
+                } else {
+                    ""
+                };
+                return Err(tensor_error(&t.name, &fname, format!("unexpected tensor in a LoRA adapter{hint}")));
+            }
+        }
+        for (key, shape) in &expected {
+            let Some(info) = file.get(key) else {
+                return Err(tensor_error(key, &fname, "missing: adapter_config.json targets this module"));
+            };
+            if &info.shape != shape {
+                return Err(tensor_error(
+                    key,
+                    &fname,
+                    format!("shape {:?}, expected {shape:?} for r = {r} and this model's config", info.shape),
+                ));
+            }
+            if !matches!(info.dtype, ::safetensors::Dtype::F32 | ::safetensors::Dtype::F16 | ::safetensors::Dtype::BF16)
+            {
+                return Err(tensor_error(key, &fname, format!("dtype {}, expected F32, F16 or BF16", info.dtype)));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for m in modules {
+            let a = file.read_f32(&m.key_a()).await?;
+            let b = file.read_f32(&m.key_b()).await?;
+            out.insert(m.name, LoraPair { a, b, in_features: m.in_features, out_features: m.out_features });
+        }
+        Ok(LoraWeights { r, modules: out })
+    }
+
+    /// The weights as PEFT's `adapter_model.safetensors`: keys
+    /// `base_model.model.<module>.lora_{A,B}.weight`, f32, sorted,
+    /// `__metadata__` `{"format":"pt"}`.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let r = self.r;
+        let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+        for (name, p) in &self.modules {
+            if p.a.len() != r * p.in_features || p.b.len() != p.out_features * r {
+                return Err(Error::AdapterTensor {
+                    tensor: name.clone(),
+                    file: ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!("lora_A/lora_B lengths {}/{} do not match r = {r}", p.a.len(), p.b.len()),
+                });
+            }
+            let bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+            tensors.insert(format!("{KEY_PREFIX}{name}.lora_A.weight"), (vec![r, p.in_features], bytes(&p.a)));
+            tensors.insert(format!("{KEY_PREFIX}{name}.lora_B.weight"), (vec![p.out_features, r], bytes(&p.b)));
+        }
+        let views = tensors
+            .iter()
+            .map(|(key, (shape, data))| {
+                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (key.clone(), v)).map_err(|e| {
+                    Error::AdapterTensor {
+                        tensor: key.clone(),
+                        file: ADAPTER_WEIGHTS_FILE.into(),
+                        detail: e.to_string(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        ::safetensors::serialize(views, Some(metadata)).map_err(|e| Error::AdapterTensor {
+            tensor: "*".into(),
+            file: ADAPTER_WEIGHTS_FILE.into(),
+            detail: e.to_string(),
+        })
+    }
+}

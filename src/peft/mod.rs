@@ -1,0 +1,9 @@
+//! PEFT adapter files on the CPU (no GPU code): LoRA's `adapter_config.json`
+//! ([`LoraConfig`]) and `adapter_model.safetensors` ([`LoraWeights`]), read
+//! and written as PEFT 0.21 does, and checked against a model [`Config`](crate::model::Config).
+
+pub mod lora_config;
+pub mod lora_file;
+
+pub use lora_config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_VERSION};
+pub use lora_file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
