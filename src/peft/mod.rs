@@ -4,6 +4,7 @@
 
 pub mod lora_config;
 pub mod lora_file;
+pub mod lora_linear;
 
 pub use lora_config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_VERSION};
 pub use lora_file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
