@@ -11,6 +11,12 @@ fn webpeft(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_webpeft")).args(args).output().expect("the CLI runs")
 }
 
+/// `webpeft logits` on the llama_gqa fixture.
+fn logits_of_llama(tokens: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    let model = fixture("llama_gqa");
+    webpeft(&["logits", "--model", &model, "--tokens", tokens.to_str().unwrap(), "--out", out.to_str().unwrap()])
+}
+
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -51,15 +57,7 @@ fn logits_match_transformers_and_write_safetensors() {
     let tokens = dir.join("ids.json");
     std::fs::write(&tokens, serde_json::json!({ "input_ids": rows }).to_string()).unwrap();
     let out_file = dir.join("logits.safetensors");
-    let out = webpeft(&[
-        "logits",
-        "--model",
-        &fixture("llama_gqa"),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--out",
-        out_file.to_str().unwrap(),
-    ]);
+    let out = logits_of_llama(&tokens, &out_file);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bytes = std::fs::read(&out_file).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -80,15 +78,7 @@ fn logits_with_ragged_rows_is_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let tokens = dir.join("ids.json");
     std::fs::write(&tokens, "[[1, 2, 3], [4]]").unwrap();
-    let out = webpeft(&[
-        "logits",
-        "--model",
-        &fixture("llama_gqa"),
-        "--tokens",
-        tokens.to_str().unwrap(),
-        "--out",
-        "/dev/null",
-    ]);
+    let out = logits_of_llama(&tokens, std::path::Path::new("/dev/null"));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("row 1") && !err.contains("panicked"), "{err}");

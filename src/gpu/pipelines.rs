@@ -149,12 +149,12 @@ pub(crate) struct PipelineCache {
 impl PipelineCache {
     pub(crate) fn get(&self, gpu: &Gpu, key: &PipelineKey) -> Arc<CachedPipeline> {
         let hash_key = key.hash_key();
-        if let Some(p) = self.pipelines.lock().expect("pipeline cache poisoned").get(&hash_key) {
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&hash_key) {
             return p.clone();
         }
         let module_key = (key.kernel, hash_key.2.clone());
         let module = {
-            let mut modules = self.modules.lock().expect("pipeline cache poisoned");
+            let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             modules
                 .entry(module_key)
                 .or_insert_with(|| {
@@ -190,7 +190,7 @@ impl PipelineCache {
         });
         let layout = pipeline.get_bind_group_layout(0);
         let cached = Arc::new(CachedPipeline { pipeline, layout, label });
-        self.pipelines.lock().expect("pipeline cache poisoned").insert(hash_key, cached.clone());
+        self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(hash_key, cached.clone());
         cached
     }
 

@@ -64,7 +64,10 @@ impl<S: ByteSource> SafetensorsFile<S> {
                 format!("only {file_len} bytes: truncated, or not a safetensors file (no 8-byte header length)"),
             ));
         }
-        let n = u64::from_le_bytes(source.read(0, 8).await?.try_into().expect("read returns 8 bytes"));
+        let head: [u8; 8] = source.read(0, 8).await?.try_into().map_err(|got: Vec<u8>| {
+            file_error(&name, format!("the source returned {} bytes for the 8-byte header length", got.len()))
+        })?;
+        let n = u64::from_le_bytes(head);
         if n > MAX_HEADER_BYTES {
             return Err(file_error(
                 &name,
