@@ -75,6 +75,27 @@ pub enum Error {
     #[error("adapter tensor `{tensor}` ({file}): {detail}")]
     AdapterTensor { tensor: String, file: String, detail: String },
 
+    /// A training-data record that cannot be used: malformed JSON, a missing
+    /// or mistyped field, a chat that the template cannot render. `source` is
+    /// the dataset's name, `line` is 1-based.
+    #[error("{source_name}, line {line}: {detail}")]
+    Data { source_name: String, line: usize, detail: String },
+
+    /// A dataset with no usable example (an empty file, or every example
+    /// filtered out).
+    #[error("{source_name}: the dataset is empty: {detail}")]
+    EmptyDataset { source_name: String, detail: String },
+
+    /// An AdapterHub `adapter_config.json` field that is missing, malformed or
+    /// not supported (bottleneck adapters).
+    #[error("adapter_config.json (AdapterHub): field `{field}`: {detail}")]
+    BottleneckConfig { field: String, detail: String },
+
+    /// A training loss or gradient norm that is NaN or infinite. The adapter
+    /// and the optimizer state are left as they were after step `step - 1`.
+    #[error("training step {step}: the {what} is {value}; the adapter and optimizer state are kept from the last good step")]
+    NonFinite { step: u64, what: &'static str, value: f32 },
+
     /// The operating system failed to read a file.
     #[error("{file}: {source}")]
     Io {

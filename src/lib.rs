@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod model;
 pub mod peft;
 pub mod quant;
+pub mod train;
 pub mod util;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -2,6 +2,9 @@
 //! ([`LoraConfig`]) and `adapter_model.safetensors` ([`LoraWeights`]), read
 //! and written as PEFT 0.21 does, and checked against a model [`Config`](crate::model::Config).
 
+pub mod bottleneck_config;
+pub mod bottleneck_file;
+pub mod init;
 pub mod lora_config;
 pub mod lora_file;
 pub mod lora_linear;

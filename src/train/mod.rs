@@ -1,0 +1,6 @@
+//! Training: data (JSONL, chat templates, batching), learning-rate schedules,
+//! the optimizer state, the trainer loop and its checkpoints.
+
+pub mod chat;
+pub mod data;
+pub mod schedule;
