@@ -166,6 +166,20 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// [`encode`](Self::encode) with each token's byte range in `text`
+    /// (`(start, end)`, end exclusive), as transformers'
+    /// `return_offsets_mapping=True` but in bytes rather than characters.
+    /// Tokens that cover part of one character share that character's range;
+    /// special tokens added by the post-processor have `(0, 0)`.
+    #[allow(clippy::type_complexity)] // (ids, offsets): a pair the callers destructure at once.
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| error(TOKENIZER_FILE, format!("encoding {:?}: {e}", truncate(text))))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
     /// The text of `ids`, as transformers' `tokenizer.decode`. Byte sequences
     /// that are not valid UTF-8 become U+FFFD; ids outside the vocabulary are
     /// skipped (as in transformers).

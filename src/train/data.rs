@@ -1,1 +1,531 @@
-//! (being written)
+//! Training data: JSONL lines → tokenized examples → fixed-order batches.
+//!
+//! Each line is one JSON object, of one of four shapes (detected per line,
+//! extra keys ignored, blank lines skipped):
+//! 1. `{"text": …}`: language modelling. `ids = encode(text, true)`, then the
+//!    eos id unless the ids end with it; every token is trained. This is TRL's
+//!    `SFTTrainer` on a `text` column (which appends the eos token to the text).
+//! 2. `{"prompt": …, "completion": …}`: `SFTTrainer` with `completion_only_loss`.
+//!    `ids = encode(prompt + completion, true)` + eos; the tokens of
+//!    `encode(prompt, true)` are not trained. When the joint tokenization does
+//!    not start with the prompt's (a merge across the seam), only the longest
+//!    common prefix is masked.
+//! 3. `{"messages": [{"role", "content"}, …]}`: rendered with the tokenizer's
+//!    chat template (no generation prompt) and encoded without special tokens,
+//!    as `apply_chat_template(tokenize=True)`. Only assistant turns are trained:
+//!    turn `i` spans the text between `render(messages[..i], add_generation_prompt=true)`
+//!    and `render(messages[..=i])`, and a token is trained when its bytes lie
+//!    inside such a span (the eos that closes the turn included).
+//! 4. `{"input_ids": [...], "labels": [...]}`: pre-tokenized, `labels`
+//!    optional (defaults to `input_ids`); needs no tokenizer.
+//!
+//! Labels are not shifted: `labels[t]` is the id at `t` (or −100), and the
+//! model predicts `labels[t + 1]` from position `t`, as in transformers.
+//!
+//! A [`Dataset`] then truncates each example to `seq_len` (or packs all of
+//! them into rows of `seq_len`), drops rows in which no token is predicted,
+//! and cuts an epoch into batches, right-padded with the pad id and −100.
+
+use serde_json::{Map, Value};
+
+use super::chat::{ChatTemplate, Message};
+use crate::model::llama::IGNORE_INDEX;
+use crate::model::tokenizer::Tokenizer;
+use crate::util::rng::Rng;
+use crate::{Error, Result};
+
+/// One tokenized training example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub input_ids: Vec<u32>,
+    /// Same length as `input_ids`: the id where the token is trained, −100 where not.
+    pub labels: Vec<i32>,
+}
+
+impl Example {
+    /// Labels that are not −100.
+    pub fn trained(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != IGNORE_INDEX).count()
+    }
+
+    /// Whether the loss sees at least one of this row's labels: the label at 0
+    /// is never predicted (nothing comes before it).
+    fn predicts_any(&self) -> bool {
+        self.labels.iter().skip(1).any(|&l| l != IGNORE_INDEX)
+    }
+}
+
+/// B rows of one length, right-padded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// (B, T)
+    pub input_ids: Vec<Vec<u32>>,
+    /// (B, T), −100 on padding.
+    pub labels: Vec<Vec<i32>>,
+}
+
+/// What [`parse_jsonl_counted`] read.
+#[derive(Debug, Clone)]
+pub struct ParsedData {
+    pub examples: Vec<Example>,
+    /// Valid lines left out because none of their tokens is trained (a chat
+    /// without an assistant turn, say).
+    pub skipped: usize,
+}
+
+/// The examples of a JSONL file; see the module docs for the line shapes.
+/// `source_name` names the file in errors. The text, prompt/completion and
+/// messages shapes need a tokenizer.
+pub fn parse_jsonl(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>> {
+    parse_jsonl_counted(source_name, text, tokenizer).map(|parsed| parsed.examples)
+}
+
+/// [`parse_jsonl`], also counting the lines left out for having no trained token.
+pub fn parse_jsonl_counted(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>) -> Result<ParsedData> {
+    let mut parser = Parser { source_name, tokenizer, template: None };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut examples = Vec::new();
+    let mut skipped = 0;
+    let mut lines = 0;
+    for (index, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        lines += 1;
+        let example = parser.line(index + 1, line)?;
+        if example.trained() == 0 {
+            skipped += 1;
+        } else {
+            examples.push(example);
+        }
+    }
+    if examples.is_empty() {
+        let detail = if lines == 0 {
+            "no JSON lines".to_string()
+        } else {
+            format!("none of its {lines} examples has a trained token (a label other than -100)")
+        };
+        return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail });
+    }
+    Ok(ParsedData { examples, skipped })
+}
+
+struct Parser<'a> {
+    source_name: &'a str,
+    tokenizer: Option<&'a Tokenizer>,
+    /// Compiled at the first chat line.
+    template: Option<ChatTemplate>,
+}
+
+impl<'a> Parser<'a> {
+    fn error(&self, line: usize, detail: impl Into<String>) -> Error {
+        Error::Data { source_name: self.source_name.to_string(), line, detail: detail.into() }
+    }
+
+    fn line(&mut self, line: usize, text: &str) -> Result<Example> {
+        let value: Value = serde_json::from_str(text).map_err(|e| self.error(line, format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(self.error(line, format!("expected a JSON object, got {}", kind(&value))));
+        };
+        if map.contains_key("messages") {
+            self.messages(line, &map)
+        } else if map.contains_key("prompt") || map.contains_key("completion") {
+            self.prompt_completion(line, &map)
+        } else if map.contains_key("text") {
+            self.text(line, &map)
+        } else if map.contains_key("input_ids") {
+            self.pre_tokenized(line, &map)
+        } else {
+            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+            Err(self.error(
+                line,
+                format!(
+                    "no recognised shape: expected a `text`, `prompt` and `completion`, `messages` or `input_ids` \
+                     field, found {keys:?}"
+                ),
+            ))
+        }
+    }
+
+    fn tokenizer(&self, line: usize, shape: &str) -> Result<&'a Tokenizer> {
+        self.tokenizer.ok_or_else(|| self.error(line, format!("a `{shape}` example needs a tokenizer")))
+    }
+
+    fn string<'m>(&self, line: usize, map: &'m Map<String, Value>, field: &str) -> Result<&'m str> {
+        match map.get(field) {
+            Some(Value::String(s)) => Ok(s),
+            Some(other) => Err(self.error(line, format!("`{field}` must be a string, got {}", kind(other)))),
+            None => Err(self.error(line, format!("missing the `{field}` field"))),
+        }
+    }
+
+    fn encode(&self, line: usize, tokenizer: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+        tokenizer.encode(text, special).map_err(|e| self.error(line, e.to_string()))
+    }
+
+    fn labels(&self, line: usize, ids: &[u32]) -> Result<Vec<i32>> {
+        ids.iter()
+            .map(|&id| i32::try_from(id).map_err(|_| self.error(line, format!("token id {id} does not fit a label"))))
+            .collect()
+    }
+
+    fn text(&self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let text = self.string(line, map, "text")?;
+        if text.is_empty() {
+            return Err(self.error(line, "`text` is empty"));
+        }
+        let tokenizer = self.tokenizer(line, "text")?;
+        let mut input_ids = self.encode(line, tokenizer, text, true)?;
+        push_eos(&mut input_ids, tokenizer);
+        let labels = self.labels(line, &input_ids)?;
+        Ok(Example { input_ids, labels })
+    }
+
+    fn prompt_completion(&self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let prompt = self.string(line, map, "prompt")?;
+        let completion = self.string(line, map, "completion")?;
+        if completion.is_empty() {
+            return Err(self.error(line, "`completion` is empty"));
+        }
+        let tokenizer = self.tokenizer(line, "prompt")?;
+        let prompt_ids = self.encode(line, tokenizer, prompt, true)?;
+        let mut input_ids = self.encode(line, tokenizer, &format!("{prompt}{completion}"), true)?;
+        push_eos(&mut input_ids, tokenizer);
+        let masked = prompt_ids.iter().zip(&input_ids).take_while(|(a, b)| a == b).count();
+        let mut labels = self.labels(line, &input_ids)?;
+        labels[..masked].fill(IGNORE_INDEX);
+        Ok(Example { input_ids, labels })
+    }
+
+    fn messages(&mut self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let messages = match map.get("messages") {
+            Some(Value::Array(list)) => list,
+            other => {
+                let got = other.map_or("nothing", kind);
+                return Err(self.error(line, format!("`messages` must be a list of messages, got {got}")));
+            }
+        };
+        if messages.is_empty() {
+            return Err(self.error(line, "`messages` is empty"));
+        }
+        let messages = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let Value::Object(m) = m else {
+                    return Err(self.error(line, format!("`messages[{i}]` must be an object, got {}", kind(m))));
+                };
+                let field = |name: &str| match m.get(name) {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    Some(other) => {
+                        Err(self.error(line, format!("`messages[{i}].{name}` must be a string, got {}", kind(other))))
+                    }
+                    None => Err(self.error(line, format!("`messages[{i}]` has no `{name}`"))),
+                };
+                Ok(Message { role: field("role")?, content: field("content")? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let tokenizer = self.tokenizer(line, "messages")?;
+        if self.template.is_none() {
+            self.template = ChatTemplate::from_tokenizer(tokenizer)?;
+        }
+        let template = self
+            .template
+            .as_ref()
+            .ok_or_else(|| self.error(line, "a `messages` example needs a tokenizer with a chat_template"))?;
+        let render = |upto: usize, generation: bool| {
+            template.render(&messages[..upto], generation).map_err(|e| self.error(line, format!("chat template: {e}")))
+        };
+
+        let full = render(messages.len(), false)?;
+        let mut spans = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if message.role != "assistant" {
+                continue;
+            }
+            let end = render(i + 1, false)?;
+            if !full.starts_with(&end) {
+                return Err(self.error(
+                    line,
+                    format!(
+                        "cannot locate assistant turn `messages[{i}]`: the chat template does not render \
+                         messages[..={i}] as a prefix of the whole chat"
+                    ),
+                ));
+            }
+            let with_prompt = render(i, true)?;
+            let start = if end.starts_with(&with_prompt) { with_prompt } else { render(i, false)? };
+            if !end.starts_with(&start) {
+                return Err(self.error(
+                    line,
+                    format!(
+                        "cannot locate assistant turn `messages[{i}]`: the chat template does not render \
+                         messages[..{i}] as a prefix of the whole chat"
+                    ),
+                ));
+            }
+            spans.push((start.len(), end.len()));
+        }
+
+        let (input_ids, offsets) =
+            tokenizer.encode_with_offsets(&full, false).map_err(|e| self.error(line, e.to_string()))?;
+        let labels = self.labels(line, &input_ids)?;
+        let labels = labels
+            .into_iter()
+            .zip(&offsets)
+            .map(|(id, &(s, e))| if spans.iter().any(|&(a, b)| a <= s && e <= b) { id } else { IGNORE_INDEX })
+            .collect();
+        Ok(Example { input_ids, labels })
+    }
+
+    fn pre_tokenized(&self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let list = |field: &str| -> Result<Option<&Vec<Value>>> {
+            match map.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(list)) => Ok(Some(list)),
+                Some(other) => {
+                    Err(self.error(line, format!("`{field}` must be a list of integers, got {}", kind(other))))
+                }
+            }
+        };
+        let Some(ids) = list("input_ids")? else { return Err(self.error(line, "`input_ids` is null")) };
+        if ids.is_empty() {
+            return Err(self.error(line, "`input_ids` is empty"));
+        }
+        let input_ids = ids
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_u64()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| self.error(line, format!("`input_ids[{i}]` must be an integer in 0..2^32, got {v}")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let labels = match list("labels")? {
+            None => self.labels(line, &input_ids)?,
+            Some(labels) => {
+                if labels.len() != input_ids.len() {
+                    return Err(self.error(
+                        line,
+                        format!("`labels` has {} entries, `input_ids` has {}", labels.len(), input_ids.len()),
+                    ));
+                }
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_i64()
+                            .and_then(|l| i32::try_from(l).ok())
+                            .filter(|&l| l == IGNORE_INDEX || l >= 0)
+                            .ok_or_else(|| {
+                                self.error(line, format!("`labels[{i}]` must be -100 or a token id, got {v}"))
+                            })
+                    })
+                    .collect::<Result<Vec<i32>>>()?
+            }
+        };
+        Ok(Example { input_ids, labels })
+    }
+}
+
+/// Appends the tokenizer's eos id unless `ids` already ends with it.
+fn push_eos(ids: &mut Vec<u32>, tokenizer: &Tokenizer) {
+    if let Some(eos) = tokenizer.eos_token() {
+        if ids.last() != Some(&eos.id) {
+            ids.push(eos.id);
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// How examples become rows and rows become batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataOptions {
+    /// Tokens per row: longer examples are truncated (or, packing, split).
+    pub seq_len: usize,
+    /// Concatenate every example (file order) and cut rows of exactly `seq_len`.
+    pub packing: bool,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Shuffle the rows each epoch (seeded by `seed` and the epoch).
+    pub shuffle: bool,
+    pub seed: u64,
+    /// Leave out an epoch's last batch when it has fewer than `batch_size` rows.
+    pub drop_last: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions { seq_len: 512, packing: false, batch_size: 1, shuffle: true, seed: 0, drop_last: false }
+    }
+}
+
+/// The rows of a training set and how to batch them.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    rows: Vec<Example>,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+    drop_last: bool,
+    pad_id: u32,
+    dropped: usize,
+}
+
+impl Dataset {
+    /// Rows of at most `opts.seq_len` tokens from `examples`: each truncated,
+    /// or (packing) all concatenated and cut, the last partial row kept. Rows in
+    /// which the loss would see no label (every label after the first is −100)
+    /// are dropped and counted ([`dropped_rows`](Self::dropped_rows)).
+    /// `pad_id` pads the batches (the tokenizer's pad token, or its eos).
+    pub fn new(source_name: &str, examples: Vec<Example>, opts: &DataOptions, pad_id: u32) -> Result<Dataset> {
+        const OP: &str = "Dataset::new";
+        if opts.seq_len == 0 {
+            return Err(Error::invalid(OP, "seq_len must be at least 1"));
+        }
+        if opts.batch_size == 0 {
+            return Err(Error::invalid(OP, "batch_size must be at least 1"));
+        }
+        for (i, example) in examples.iter().enumerate() {
+            if example.input_ids.len() != example.labels.len() {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "example {i} has {} input_ids and {} labels",
+                        example.input_ids.len(),
+                        example.labels.len()
+                    ),
+                ));
+            }
+        }
+        let empty = |detail: String| Error::EmptyDataset { source_name: source_name.to_string(), detail };
+        if examples.is_empty() {
+            return Err(empty("no examples".to_string()));
+        }
+
+        let rows: Vec<Example> = if opts.packing {
+            let input_ids: Vec<u32> = examples.iter().flat_map(|e| e.input_ids.iter().copied()).collect();
+            let labels: Vec<i32> = examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
+            input_ids
+                .chunks(opts.seq_len)
+                .zip(labels.chunks(opts.seq_len))
+                .map(|(ids, labels)| Example { input_ids: ids.to_vec(), labels: labels.to_vec() })
+                .collect()
+        } else {
+            examples
+                .into_iter()
+                .map(|mut e| {
+                    e.input_ids.truncate(opts.seq_len);
+                    e.labels.truncate(opts.seq_len);
+                    e
+                })
+                .collect()
+        };
+        let total = rows.len();
+        let rows: Vec<Example> = rows.into_iter().filter(|row| row.predicts_any()).collect();
+        let dropped = total - rows.len();
+        if rows.is_empty() {
+            return Err(empty(format!(
+                "none of its {total} rows of at most {} tokens has a label the loss sees",
+                opts.seq_len
+            )));
+        }
+        if opts.drop_last && rows.len() < opts.batch_size {
+            return Err(empty(format!(
+                "{} rows make no full batch of {} and drop_last is set",
+                rows.len(),
+                opts.batch_size
+            )));
+        }
+        Ok(Dataset {
+            rows,
+            batch_size: opts.batch_size,
+            shuffle: opts.shuffle,
+            seed: opts.seed,
+            drop_last: opts.drop_last,
+            pad_id,
+            dropped,
+        })
+    }
+
+    /// Rows (sequences) after truncation or packing.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Never true: a dataset without rows is an error.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn rows(&self) -> &[Example] {
+        &self.rows
+    }
+
+    /// Rows left out because the loss would see none of their labels.
+    pub fn dropped_rows(&self) -> usize {
+        self.dropped
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        if self.drop_last {
+            self.rows.len() / self.batch_size
+        } else {
+            self.rows.len().div_ceil(self.batch_size)
+        }
+    }
+
+    /// Labels that are not −100, over every row (the label at a row's first
+    /// position included, although the loss never predicts it).
+    pub fn tokens(&self) -> usize {
+        self.rows.iter().map(Example::trained).sum()
+    }
+
+    /// The order of the rows in `epoch`: a Fisher–Yates shuffle seeded by the
+    /// seed and the epoch, or file order without shuffling.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        if self.shuffle {
+            let mut rng = Rng::new(self.seed ^ epoch.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i + 1));
+            }
+        }
+        order
+    }
+
+    /// The batches of `epoch`, each right-padded to its longest row.
+    pub fn epoch(&self, epoch: u64) -> Vec<Batch> {
+        let order = self.order(epoch);
+        order
+            .chunks(self.batch_size)
+            .filter(|chunk| !self.drop_last || chunk.len() == self.batch_size)
+            .map(|chunk| {
+                let width = chunk.iter().map(|&i| self.rows[i].input_ids.len()).max().unwrap_or(0);
+                let mut batch = Batch { input_ids: Vec::with_capacity(chunk.len()), labels: Vec::new() };
+                for &i in chunk {
+                    let row = &self.rows[i];
+                    let mut ids = row.input_ids.clone();
+                    ids.resize(width, self.pad_id);
+                    let mut labels = row.labels.clone();
+                    labels.resize(width, IGNORE_INDEX);
+                    batch.input_ids.push(ids);
+                    batch.labels.push(labels);
+                }
+                batch
+            })
+            .collect()
+    }
+}
