@@ -8,14 +8,16 @@
 //   add_scaled    acc = acc + s · b      (in place: gradient accumulation, residuals)
 //   scale_inplace acc = s · acc          (in place: gradient clipping)
 //   fill          acc = s
+//   dropout       out = a · keep(i) · s, keep(i) = hash(seed, i) ≥ threshold (inverted dropout;
+//                 the backward is the same call on dy with the same seed)
 //
 // Prelude constant: WG, invocations per workgroup.
 
 struct Params {
     n: u32,
     s: f32,
-    _pad0: u32,
-    _pad1: u32,
+    seed: u32,       // dropout only
+    threshold: u32,  // dropout only: drop when the hash's top 24 bits are below it
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,4 +64,21 @@ fn scale_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i < p.n) { acc[i] = p.s; }
+}
+
+// PCG-style 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU
+// Rendering", JCGT 2020). `kernels::reference::dropout` mirrors it exactly.
+fn pcg_hash(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+@compute @workgroup_size(WG)
+fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) {
+        let keep = (pcg_hash(i ^ pcg_hash(p.seed)) >> 8u) >= p.threshold;
+        out[i] = select(0.0, a[i] * p.s, keep);
+    }
 }

@@ -87,3 +87,30 @@ fn bad_arguments_are_typed_errors() {
     assert!(matches!(err, Error::Shape { op: "copy", .. }), "{err}");
     assert!(rec.is_empty());
 }
+
+#[test]
+fn dropout_matches_reference_bit_for_bit_and_its_rate() {
+    let gpu = gpu();
+    let n = 53 * 97;
+    let x = randn(7, n);
+    let tx = Tensor::from_slice(gpu, &[53, 97], &x).unwrap();
+    for (p, seed) in [(0.0f32, 1u32), (0.1, 2), (0.37, 0xDEAD_BEEF), (0.9, 5)] {
+        let mut rec = Recorder::new(gpu);
+        let y = webpeft::kernels::elementwise::dropout(&mut rec, &tx, p, seed).unwrap();
+        rec.submit().unwrap();
+        let got = read(&y);
+        let want = webpeft::kernels::reference::dropout::dropout(&x, p, seed);
+        assert_eq!(got, want, "p {p} seed {seed}");
+        let dropped = got.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+        assert!((dropped - p as f64).abs() < 0.03, "p {p}: dropped {dropped}");
+    }
+    // Another seed gives another mask.
+    let a = webpeft::kernels::reference::dropout::dropout(&x, 0.5, 1);
+    let b = webpeft::kernels::reference::dropout::dropout(&x, 0.5, 2);
+    assert_ne!(a, b);
+    let mut rec = Recorder::new(gpu);
+    for p in [1.0f32, -0.1, f32::NAN] {
+        let err = webpeft::kernels::elementwise::dropout(&mut rec, &tx, p, 0).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { op: "dropout", .. }), "{err}");
+    }
+}

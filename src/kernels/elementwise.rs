@@ -18,12 +18,24 @@ const WG: u32 = 256;
 struct Params {
     n: u32,
     s: f32,
-    _pad: [u32; 2],
+    seed: u32,
+    threshold: u32,
 }
 
 fn launch(rec: &mut Recorder, op: &'static str, entry: &'static str, s: f32, bound: &[(u32, &Tensor)]) -> Result<()> {
+    launch_seeded(rec, op, entry, s, (0, 0), bound)
+}
+
+fn launch_seeded(
+    rec: &mut Recorder,
+    op: &'static str,
+    entry: &'static str,
+    s: f32,
+    (seed, threshold): (u32, u32),
+    bound: &[(u32, &Tensor)],
+) -> Result<()> {
     let n = bound[0].1.numel();
-    let p = Params { n: u32_count(op, "element count", n)?, s, _pad: [0; 2] };
+    let p = Params { n: u32_count(op, "element count", n)?, s, seed, threshold };
     let key = PipelineKey::new(Kernel::Elementwise, entry).with("WG", Const::U32(WG));
     rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))
 }
@@ -79,6 +91,21 @@ pub fn scale_inplace(rec: &mut Recorder, x: &Tensor, s: f32) -> Result<()> {
 pub fn fill(rec: &mut Recorder, x: &Tensor, value: f32) -> Result<()> {
     all_f32("fill", &[("x", x)])?;
     launch(rec, "fill", "fill", value, &[(4, x)])
+}
+
+/// Inverted dropout with probability `p`: out = x · keep / (1 − p), where
+/// `keep` is a fixed function of (`seed`, element index), so the backward is
+/// this same call on dy with the same seed. p = 0 is a plain copy; p must be
+/// in [0, 1). The mask is [`reference::dropout::keep`](super::reference::dropout::keep).
+pub fn dropout(rec: &mut Recorder, x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    const OP: &str = "dropout";
+    all_f32(OP, &[("x", x)])?;
+    let threshold = super::reference::dropout::threshold(p)
+        .ok_or_else(|| Error::invalid(OP, format!("the dropout probability must be in [0, 1), got {p}")))?;
+    let out = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let scale = super::reference::dropout::scale(p);
+    launch_seeded(rec, OP, "dropout", scale, (seed, threshold), &[(1, x), (3, &out)])?;
+    Ok(out)
 }
 
 /// dst = src, any dtype: the same element count and dtype (shapes may differ,

@@ -21,6 +21,12 @@ impl Rng {
         Self { state: seed }
     }
 
+    /// The whole state: `Rng::new(r.state())` continues exactly where `r` is
+    /// (for training checkpoints).
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 uniformly distributed bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
