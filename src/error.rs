@@ -93,7 +93,9 @@ pub enum Error {
 
     /// A training loss or gradient norm that is NaN or infinite. The adapter
     /// and the optimizer state are left as they were after step `step - 1`.
-    #[error("training step {step}: the {what} is {value}; the adapter and optimizer state are kept from the last good step")]
+    #[error(
+        "training step {step}: the {what} is {value}; the adapter and optimizer state are kept from the last good step"
+    )]
     NonFinite { step: u64, what: &'static str, value: f32 },
 
     /// The operating system failed to read a file.

@@ -1,1 +1,34 @@
-//! (being written)
+//! LoRA initialisation as PEFT 0.21 does it (`peft/tuners/lora/layer.py`,
+//! `LoraLayer.reset_lora_parameters`), drawn from our seeded [`Rng`]: the
+//! distributions of PyTorch's, not its bits.
+//!
+//! - `init_lora_weights = true`: A `kaiming_uniform_(a=√5)`, i.e.
+//!   U(−1/√in, 1/√in); B zeros (the adapter starts as a no-op).
+//! - `"gaussian"`: A ~ N(0, (1/r)²) (`normal_(std=1/r)`); B zeros.
+//! - `false`: A and B keep `nn.Linear`'s default init, kaiming-uniform (a=√5)
+//!   with their own fan-in: U(−1/√in, 1/√in) for A, U(−1/√r, 1/√r) for B.
+//!
+//! Bottleneck adapters' initialisations are in
+//! [`BottleneckWeights::init`](super::bottleneck_file::BottleneckWeights::init).
+
+use super::bottleneck_file::kaiming_uniform_sqrt5;
+use super::{InitLoraWeights, LoraWeights};
+use crate::util::rng::Rng;
+
+/// Fills every module's A and B of `weights` as PEFT's `reset_lora_parameters`
+/// with `init`, module by module in name order, A before B.
+pub fn init_lora(weights: &mut LoraWeights, init: InitLoraWeights, rng: &mut Rng) {
+    let r = weights.r;
+    for pair in weights.modules.values_mut() {
+        let (n_a, n_b) = (r * pair.in_features, pair.out_features * r);
+        pair.a = match init {
+            InitLoraWeights::Kaiming | InitLoraWeights::Random => kaiming_uniform_sqrt5(n_a, pair.in_features, rng),
+            InitLoraWeights::Gaussian => rng.normal_vec(n_a, (1.0 / r.max(1) as f64) as f32),
+        };
+        pair.b = match init {
+            InitLoraWeights::Kaiming | InitLoraWeights::Gaussian => vec![0.0; n_b],
+            // lora_B is nn.Linear(r, out, bias=False): fan_in = r.
+            InitLoraWeights::Random => kaiming_uniform_sqrt5(n_b, r, rng),
+        };
+    }
+}

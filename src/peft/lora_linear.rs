@@ -1,20 +1,67 @@
-//! A LoRA-adapted frozen Linear on the GPU (PEFT's `lora.Linear`, no dropout):
-//! `y = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ`, W frozen (f32, Q8_0 or NF4), A (r, in) and
-//! B (out, r) trainable. Only the LoRA term is scaled. Everything is recorded
-//! into the caller's [`Recorder`]; nothing is submitted here.
+//! A LoRA-adapted frozen Linear on the GPU (PEFT's `lora.Linear`):
+//! `y = x·Wᵀ + scaling·(drop(x)·Aᵀ)·Bᵀ`, W frozen (f32, Q8_0 or NF4), A (r, in)
+//! and B (out, r) trainable. Only the LoRA term is scaled, and dropout applies
+//! only to the LoRA branch's input, as in PEFT. Everything is recorded into
+//! the caller's [`Recorder`]; nothing is submitted here.
+//!
+//! [`lora_forward`] and [`lora_backward`] add the LoRA term to a frozen
+//! Linear's output and its gradients into accumulators (the model's training
+//! path); [`LoraLinear`] bundles a base weight with its factors.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::elementwise::{add_scaled, dropout};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, QWeight};
 
-/// A frozen base weight (out, in) with a LoRA pair A (r, in), B (out, r).
+/// One module's LoRA factors (or their gradients, or their AdamW moments:
+/// the same shapes).
 #[derive(Clone, Debug)]
-pub struct LoraLinear<'w> {
-    pub base: &'w QWeight,
+pub struct LoraFactors {
+    /// lora_A (r, in)
     pub a: Tensor,
+    /// lora_B (out, r)
     pub b: Tensor,
-    pub scaling: f32,
+}
+
+/// Dropout on the LoRA input: probability and the seed of this call's mask.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f32,
+    pub seed: u32,
+}
+
+/// What [`lora_forward`] saves for [`lora_backward`].
+#[derive(Clone, Debug)]
+pub struct LoraSaved {
+    /// drop(x) (M, in): the input the factors saw (x itself without dropout).
+    pub x: Tensor,
+    /// drop(x)·Aᵀ (M, r)
+    pub xa: Tensor,
+}
+
+impl LoraFactors {
+    /// (r, in, out), checking that A is (r, in) and B (out, r), both f32.
+    pub fn dims(&self, op: &'static str) -> Result<(usize, usize, usize)> {
+        self.a.expect_dtype(op, "lora_A", DType::F32)?;
+        self.b.expect_dtype(op, "lora_B", DType::F32)?;
+        let (r, inp) = match self.a.shape() {
+            [r, i] => (*r, *i),
+            s => return Err(Error::shape(op, format!("lora_A is {s:?}, expected (r, in)"))),
+        };
+        match self.b.shape() {
+            [out, rb] if *rb == r => Ok((r, inp, *out)),
+            s => Err(Error::shape(op, format!("lora_B is {s:?}, expected (out, {r})"))),
+        }
+    }
+
+    /// Zero tensors of the same shapes (for gradients and moments).
+    pub fn zeros_like(&self, gpu: &crate::Gpu) -> Result<LoraFactors> {
+        Ok(LoraFactors {
+            a: Tensor::zeros(gpu, self.a.shape(), DType::F32)?,
+            b: Tensor::zeros(gpu, self.b.shape(), DType::F32)?,
+        })
+    }
 }
 
 fn rows(op: &'static str, arg: &'static str, t: &Tensor, cols: usize) -> Result<usize> {
@@ -23,6 +70,86 @@ fn rows(op: &'static str, arg: &'static str, t: &Tensor, cols: usize) -> Result<
         [m, c] if *c == cols => Ok(*m),
         s => Err(Error::shape(op, format!("`{arg}` is {s:?}, expected (M, {cols})"))),
     }
+}
+
+/// y (M, out) += scaling·(drop(x)·Aᵀ)·Bᵀ for x (M, in); returns what the
+/// backward needs.
+pub fn lora_forward(
+    rec: &mut Recorder,
+    x: &Tensor,
+    f: &LoraFactors,
+    scaling: f32,
+    drop: Option<LoraDropout>,
+    y: &Tensor,
+) -> Result<LoraSaved> {
+    const OP: &str = "lora_forward";
+    let (r, inp, out) = f.dims(OP)?;
+    let m = rows(OP, "x", x, inp)?;
+    if rows(OP, "y", y, out)? != m {
+        return Err(Error::shape(OP, format!("y {:?} does not have the {m} rows of x", y.shape())));
+    }
+    let x = match drop {
+        Some(d) if d.p > 0.0 => dropout(rec, x, d.p, d.seed)?,
+        _ => x.clone(),
+    };
+    let xa = Tensor::zeros(rec.gpu(), &[m, r], DType::F32)?;
+    gemm(rec, &Gemm::new(m, r, inp, false, true), &x, &f.a, &xa)?;
+    gemm(rec, &Gemm::new(m, out, r, false, true).alpha(scaling).accumulate(true), &xa, &f.b, y)?;
+    Ok(LoraSaved { x, xa })
+}
+
+/// The LoRA term's backward for dy (M, out): dA and dB are added into
+/// `grads`, and the LoRA path's dx into `dx` (M, in) (which holds, or will
+/// hold, the frozen path's dy·W).
+#[allow(clippy::too_many_arguments)] // the forward's inputs, its saved tensors, and two accumulators
+pub fn lora_backward(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    saved: &LoraSaved,
+    f: &LoraFactors,
+    scaling: f32,
+    drop: Option<LoraDropout>,
+    grads: &LoraFactors,
+    dx: &Tensor,
+) -> Result<()> {
+    const OP: &str = "lora_backward";
+    let (r, inp, out) = f.dims(OP)?;
+    if grads.dims(OP)? != (r, inp, out) {
+        return Err(Error::shape(OP, "the gradient tensors do not have the factors' shapes"));
+    }
+    let m = rows(OP, "dy", dy, out)?;
+    for (arg, t, cols) in [("x", &saved.x, inp), ("xa", &saved.xa, r), ("dx", dx, inp)] {
+        if rows(OP, arg, t, cols)? != m {
+            return Err(Error::shape(OP, format!("`{arg}` {:?} does not have the {m} rows of dy", t.shape())));
+        }
+    }
+    let gpu = rec.gpu();
+    // dB (out, r) += scaling·dyᵀ·xa
+    gemm(rec, &Gemm::new(out, r, m, true, false).alpha(scaling).accumulate(true), dy, &saved.xa, &grads.b)?;
+    // d(xa) (M, r) = scaling·dy·B
+    let dxa = Tensor::zeros(gpu, &[m, r], DType::F32)?;
+    gemm(rec, &Gemm::new(m, r, out, false, false).alpha(scaling), dy, &f.b, &dxa)?;
+    // dA (r, in) += d(xa)ᵀ·drop(x)
+    gemm(rec, &Gemm::new(r, inp, m, true, false).accumulate(true), &dxa, &saved.x, &grads.a)?;
+    // dx (M, in) += drop⁻¹(d(xa)·A): the same mask and scale as the forward.
+    match drop {
+        Some(d) if d.p > 0.0 => {
+            let dxd = Tensor::zeros(gpu, &[m, inp], DType::F32)?;
+            gemm(rec, &Gemm::new(m, inp, r, false, false), &dxa, &f.a, &dxd)?;
+            let dxl = dropout(rec, &dxd, d.p, d.seed)?;
+            add_scaled(rec, dx, &dxl, 1.0)
+        }
+        _ => gemm(rec, &Gemm::new(m, inp, r, false, false).accumulate(true), &dxa, &f.a, dx),
+    }
+}
+
+/// A frozen base weight (out, in) with a LoRA pair A (r, in), B (out, r).
+#[derive(Clone, Debug)]
+pub struct LoraLinear<'w> {
+    pub base: &'w QWeight,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scaling: f32,
 }
 
 impl<'w> LoraLinear<'w> {
@@ -38,17 +165,24 @@ impl<'w> LoraLinear<'w> {
         self.a.shape().first().copied().unwrap_or(0)
     }
 
+    fn factors(&self) -> LoraFactors {
+        LoraFactors { a: self.a.clone(), b: self.b.clone() }
+    }
+
     fn check(&self) -> Result<usize> {
         const OP: &str = "lora_linear";
-        self.a.expect_dtype(OP, "lora_A", DType::F32)?;
-        self.b.expect_dtype(OP, "lora_B", DType::F32)?;
-        let (out, inp) = (self.base.rows, self.base.cols);
-        let r = match self.a.shape() {
-            [r, c] if *c == inp => *r,
-            s => return Err(Error::shape(OP, format!("lora_A is {s:?}, expected (r, {inp})"))),
-        };
-        if self.b.shape() != [out, r] {
-            return Err(Error::shape(OP, format!("lora_B is {:?}, expected ({out}, {r})", self.b.shape())));
+        let (r, inp, out) = self.factors().dims(OP)?;
+        if (inp, out) != (self.base.cols, self.base.rows) {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "lora_A {:?} and lora_B {:?} do not fit the base ({}, {})",
+                    self.a.shape(),
+                    self.b.shape(),
+                    self.base.rows,
+                    self.base.cols
+                ),
+            ));
         }
         Ok(r)
     }
@@ -56,14 +190,11 @@ impl<'w> LoraLinear<'w> {
     /// `y = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ` for x (M, in): returns y (M, out) and
     /// `xa = x·Aᵀ` (M, r), which [`backward`](Self::backward) needs.
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let r = self.check()?;
-        let (out, inp) = (self.base.rows, self.base.cols);
-        let m = rows("lora_linear", "x", x, inp)?;
+        self.check()?;
+        rows("lora_linear", "x", x, self.base.cols)?;
         let y = qlinear(rec, x, self.base)?;
-        let xa = Tensor::zeros(rec.gpu(), &[m, r], DType::F32)?;
-        gemm(rec, &Gemm::new(m, r, inp, false, true), x, &self.a, &xa)?;
-        gemm(rec, &Gemm::new(m, out, r, false, true).alpha(self.scaling).accumulate(true), &xa, &self.b, &y)?;
-        Ok((y, xa))
+        let saved = lora_forward(rec, x, &self.factors(), self.scaling, None, &y)?;
+        Ok((y, saved.xa))
     }
 
     /// Gradients for x (M, in), the saved xa (M, r) and dy (M, out):
@@ -75,28 +206,13 @@ impl<'w> LoraLinear<'w> {
         xa: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        const OP: &str = "lora_linear_backward";
-        let r = self.check()?;
-        let (out, inp) = (self.base.rows, self.base.cols);
-        let m = rows(OP, "x", x, inp)?;
-        for (arg, t, cols) in [("xa", xa, r), ("dy", dy, out)] {
-            if rows(OP, arg, t, cols)? != m {
-                return Err(Error::shape(OP, format!("`{arg}` {:?} does not have the {m} rows of x", t.shape())));
-            }
-        }
-        let gpu = rec.gpu();
-        // dB (out, r) = scaling·dyᵀ·xa
-        let db = Tensor::zeros(gpu, &[out, r], DType::F32)?;
-        gemm(rec, &Gemm::new(out, r, m, true, false).alpha(self.scaling), dy, xa, &db)?;
-        // d(xa) (M, r) = scaling·dy·B
-        let dxa = Tensor::zeros(gpu, &[m, r], DType::F32)?;
-        gemm(rec, &Gemm::new(m, r, out, false, false).alpha(self.scaling), dy, &self.b, &dxa)?;
-        // dA (r, in) = d(xa)ᵀ·x
-        let da = Tensor::zeros(gpu, &[r, inp], DType::F32)?;
-        gemm(rec, &Gemm::new(r, inp, m, true, false), &dxa, x, &da)?;
-        // dx (M, in) = dy·W + d(xa)·A
+        self.check()?;
+        rows("lora_linear_backward", "dy", dy, self.base.rows)?;
+        let f = self.factors();
+        let grads = f.zeros_like(rec.gpu())?;
         let dx = qlinear_backward_input(rec, dy, self.base)?;
-        gemm(rec, &Gemm::new(m, inp, r, false, false).accumulate(true), &dxa, &self.a, &dx)?;
-        Ok((dx, da, db))
+        let saved = LoraSaved { x: x.clone(), xa: xa.clone() };
+        lora_backward(rec, dy, &saved, &f, self.scaling, None, &grads, &dx)?;
+        Ok((dx, grads.a, grads.b))
     }
 }

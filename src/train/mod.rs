@@ -2,5 +2,7 @@
 //! the optimizer state, the trainer loop and its checkpoints.
 
 pub mod chat;
+pub mod checkpoint;
 pub mod data;
 pub mod schedule;
+pub mod trainer;

@@ -27,6 +27,11 @@ impl Rng {
         self.state
     }
 
+    /// The generator whose state is `state` (see [`Rng::state`]).
+    pub fn from_state(state: u64) -> Self {
+        Self { state }
+    }
+
     /// The next 64 uniformly distributed bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -13,16 +13,16 @@
 //! logits, which is sampled on the CPU ([`sample`]): greedy, or transformers'
 //! temperature → top-k → top-p, drawn with [`Rng`].
 
-use super::block::{Attention, Block};
+use super::block::{proj, Attention, Block, LayerAdapter};
 use super::rope::RopeTables;
 use super::{f32_chunks, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache};
-use crate::kernels::elementwise::add;
 use crate::kernels::embedding::embedding_chunked;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::rope::rope_forward_inplace;
+use crate::peft::adapter::Adapter;
 use crate::util::rng::Rng;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
@@ -82,18 +82,19 @@ impl Attention {
         k_cache: &Tensor,
         v_cache: &Tensor,
         offset: usize,
+        ad: &LayerAdapter,
     ) -> Result<Tensor> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let (h, kv, hd) = (self.num_heads, self.num_key_value_heads, self.head_dim);
-        let q = self.q_proj.forward(rec, x)?.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
-        let k = self.k_proj.forward(rec, x)?.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
-        let v = self.v_proj.forward(rec, x)?.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let q = self.q_proj.forward_lora(rec, x, ad.lora(proj::Q))?.0.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
+        let k = self.k_proj.forward_lora(rec, x, ad.lora(proj::K))?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let v = self.v_proj.forward_lora(rec, x, ad.lora(proj::V))?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, offset)?;
         rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, offset)?;
         write_kv_cache(rec, &k, k_cache, offset)?;
         write_kv_cache(rec, &v, v_cache, offset)?;
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling)?; // (B, T, H, hd)
-        self.o_proj.forward(rec, &out.reshape(&[b, t, h * hd])?)
+        Ok(self.o_proj.forward_lora(rec, &out.reshape(&[b, t, h * hd])?, ad.lora(proj::O))?.0)
     }
 }
 
@@ -106,20 +107,28 @@ impl Block {
         rope: &RopeTables,
         kv: &(Tensor, Tensor),
         offset: usize,
+        ad: &LayerAdapter,
     ) -> Result<Tensor> {
         let attn = self.input_layernorm.forward(rec, x)?;
-        let attn = self.self_attn.forward_cached(rec, &attn, rope, &kv.0, &kv.1, offset)?;
-        let h = add(rec, x, &attn)?;
+        let attn = self.self_attn.forward_cached(rec, &attn, rope, &kv.0, &kv.1, offset, ad)?;
+        let (h, _) = Block::attention_residual(rec, x, &attn, ad)?;
         let mlp = self.post_attention_layernorm.forward(rec, &h)?;
-        let mlp = self.mlp.forward(rec, &mlp)?;
-        add(rec, &h, &mlp)
+        let (mlp, _) = self.mlp.forward(rec, &mlp, ad)?;
+        Ok(Block::mlp_residual(rec, &h, &mlp, ad)?.0)
     }
 }
 
 impl Model {
     /// The residual stream after the last layer, (B, T, D), for ids (B, T)
     /// at positions `offset..offset + T`, updating the cache.
-    fn hidden_cached(&self, rec: &mut Recorder, ids: &Tensor, cache: &KvCache, offset: usize) -> Result<Tensor> {
+    fn hidden_cached(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        cache: &KvCache,
+        offset: usize,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
         const OP: &str = "Model::forward_cached";
         ids.expect_dtype(OP, "ids", DType::U32)?;
         let &[b, t] = ids.shape() else {
@@ -151,8 +160,9 @@ impl Model {
         let d = self.config.hidden_size;
         let table = f32_chunks(&self.embed_tokens)?;
         let mut x = embedding_chunked(rec, &table, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
-        for (layer, kv) in self.layers.iter().zip(&cache.layers) {
-            x = layer.forward_cached(rec, &x, &rope, kv, offset)?;
+        for (i, (layer, kv)) in self.layers.iter().zip(&cache.layers).enumerate() {
+            let ad = adapter.map_or(LayerAdapter::None, |a| a.layer(i, None));
+            x = layer.forward_cached(rec, &x, &rope, kv, offset, &ad)?;
         }
         Ok(x)
     }
@@ -160,8 +170,15 @@ impl Model {
     /// Records the incremental forward of ids (B, T) u32 at positions
     /// `offset..offset + T`, writing their keys and values into `cache`, and
     /// returns the logits of the last position, (B, V).
-    pub fn forward_cached(&self, rec: &mut Recorder, ids: &Tensor, cache: &KvCache, offset: usize) -> Result<Tensor> {
-        let x = self.hidden_cached(rec, ids, cache, offset)?; // (B, T, D)
+    pub fn forward_cached(
+        &self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        cache: &KvCache,
+        offset: usize,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor> {
+        let x = self.hidden_cached(rec, ids, cache, offset, adapter)?; // (B, T, D)
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let last = if t == 1 {
             x.reshape(&[b, d])?
@@ -185,8 +202,9 @@ impl Model {
         ids: &Tensor,
         cache: &KvCache,
         offset: usize,
+        adapter: Option<&Adapter>,
     ) -> Result<Tensor> {
-        let x = self.hidden_cached(rec, ids, cache, offset)?;
+        let x = self.hidden_cached(rec, ids, cache, offset, adapter)?;
         let x = self.norm.forward(rec, &x)?;
         qlinear(rec, &x, &self.lm_head)
     }
@@ -201,6 +219,18 @@ impl Model {
         gpu: &Gpu,
         prompt_ids: &[u32],
         config: &GenerationConfig,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        self.generate_adapted(gpu, prompt_ids, config, None, on_token).await
+    }
+
+    /// [`Model::generate`] with an adapter (`None`: the base model alone).
+    pub async fn generate_adapted(
+        &self,
+        gpu: &Gpu,
+        prompt_ids: &[u32],
+        config: &GenerationConfig,
+        adapter: Option<&Adapter>,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         const OP: &str = "Model::generate";
@@ -230,7 +260,7 @@ impl Model {
         let mut offset = 0;
         loop {
             let mut rec = Recorder::new(gpu);
-            let logits = self.forward_cached(&mut rec, &ids, &cache, offset)?; // (1, V)
+            let logits = self.forward_cached(&mut rec, &ids, &cache, offset, adapter)?; // (1, V)
             rec.submit()?;
             let row = logits.to_vec::<f32>(gpu).await?;
             offset += ids.shape()[1];

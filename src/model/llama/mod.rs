@@ -21,7 +21,7 @@ pub mod loss;
 pub mod rope;
 mod weights;
 
-pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
+pub use block::{Attention, Block, LayerAdapter, Linear, Mlp, RmsNorm};
 pub use generate::{argmax, sample, GenerationConfig, KvCache};
 pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
@@ -31,10 +31,21 @@ use self::weights::Loader;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::embedding::embedding_chunked;
-use crate::kernels::qmatmul::{qlinear, ChunkData, QWeight};
+use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
+use crate::peft::adapter::Adapter;
 use crate::quant::QuantFormat;
+
+/// What [`Model::forward_adapted`] keeps for [`Model::backward`].
+#[derive(Debug)]
+pub struct ModelSaved {
+    layers: Vec<block::BlockSaved>,
+    /// The last layer's output (B, T, D) and `model.norm`'s rstd (B·T).
+    x: Tensor,
+    rstd: Tensor,
+    rope: RopeTables,
+}
 
 /// A loaded model: frozen weights on the GPU, in the checkpoint's names.
 #[derive(Debug)]
@@ -171,6 +182,18 @@ impl Model {
     /// can't be checked here: an id ≥ vocab_size embeds as zeros; upload
     /// them with [`Model::input_ids`], which rejects them.
     pub fn forward(&self, rec: &mut Recorder, input_ids: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_adapted(rec, input_ids, None, None)?.0)
+    }
+
+    /// [`Model::forward`] with an adapter, returning what [`Model::backward`]
+    /// needs too. `dropout_seed` turns the adapter's dropout on (training).
+    pub fn forward_adapted(
+        &self,
+        rec: &mut Recorder,
+        input_ids: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout_seed: Option<u32>,
+    ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
         let &[b, t] = input_ids.shape() else {
             return Err(Error::shape(
@@ -187,11 +210,38 @@ impl Model {
 
         let table = f32_chunks(&self.embed_tokens)?;
         let mut x = embedding_chunked(rec, &table, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
-        for layer in &self.layers {
-            x = layer.forward(rec, &x, &rope)?; // (B, T, D)
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let ad = adapter.map_or(LayerAdapter::None, |a| a.layer(i, dropout_seed));
+            let (out, saved) = layer.forward(rec, &x, &rope, &ad)?; // (B, T, D)
+            layers.push(saved);
+            x = out;
         }
-        let x = self.norm.forward(rec, &x)?; // (B, T, D)
-        qlinear(rec, &x, &self.lm_head) // (B, T, V)
+        let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D)
+        let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
+        Ok((logits, ModelSaved { layers, x, rstd, rope }))
+    }
+
+    /// Records the backward pass from dlogits (B, T, V): the adapter's
+    /// gradients are added into `grads` (the same adapter's shapes). Nothing
+    /// frozen gets a gradient, and the embedding input needs none.
+    pub fn backward(
+        &self,
+        rec: &mut Recorder,
+        dlogits: &Tensor,
+        saved: &ModelSaved,
+        adapter: &Adapter,
+        dropout_seed: Option<u32>,
+        grads: &Adapter,
+    ) -> Result<()> {
+        let dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
+        let mut dx = self.norm.backward(rec, &dxn, &saved.x, &saved.rstd)?; // (B, T, D)
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let ad = adapter.layer(i, dropout_seed);
+            let g = grads.layer(i, None);
+            dx = layer.backward(rec, &dx, &saved.layers[i], &saved.rope, &ad, &g)?;
+        }
+        Ok(())
     }
 
     /// Logits (B·T·V, row-major) and the causal-LM loss for a batch, recorded

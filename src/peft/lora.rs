@@ -1,0 +1,125 @@
+//! A LoRA adapter on the GPU: every adapted module's factors, in the model's
+//! layer order, with the config that made them. Gradients and AdamW moments
+//! are values of the same type ([`LoraAdapter::zeros_like`]), so one walk over
+//! [`LoraAdapter::tensors`] pairs a parameter with its gradient and moments.
+
+use std::collections::BTreeMap;
+
+use super::lora_config::LORA_MODULES;
+use super::lora_file::{LoraPair, LoraWeights};
+use super::lora_linear::LoraFactors;
+use super::LoraConfig;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::Config;
+
+/// PEFT's prefix on saved keys.
+const KEY_PREFIX: &str = "base_model.model.";
+
+/// The factors of one layer, indexed like [`LORA_MODULES`] (q, k, v, o, gate,
+/// up, down); `None` where the module is not adapted.
+pub type LoraLayer = [Option<LoraFactors>; 7];
+
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    pub config: LoraConfig,
+    /// `model.layers[i]`'s factors.
+    pub layers: Vec<LoraLayer>,
+}
+
+/// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
+pub fn module_name(layer: usize, proj: usize) -> String {
+    super::lora_config::module_name(layer, LORA_MODULES[proj])
+}
+
+fn split_name(name: &str) -> Option<(usize, usize)> {
+    let layer = super::lora_config::layer_of(name)?;
+    let proj = LORA_MODULES.iter().position(|p| name.ends_with(&format!(".{p}")))?;
+    Some((layer, proj))
+}
+
+impl LoraAdapter {
+    /// Uploads CPU weights (checked against `config` by whoever read them).
+    pub fn upload(gpu: &Gpu, config: LoraConfig, weights: &LoraWeights, model: &Config) -> Result<LoraAdapter> {
+        if weights.r != config.r {
+            return Err(Error::AdapterConfig {
+                field: "r".into(),
+                detail: format!("the weights have rank {}, the config says {}", weights.r, config.r),
+            });
+        }
+        let mut layers: Vec<LoraLayer> = (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+        for (name, pair) in &weights.modules {
+            let Some((layer, proj)) = split_name(name).filter(|(l, _)| *l < layers.len()) else {
+                return Err(Error::AdapterTensor {
+                    tensor: name.clone(),
+                    file: super::ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!("not a module of this {}-layer model", layers.len()),
+                });
+            };
+            let a = Tensor::from_slice(gpu, &[weights.r, pair.in_features], &pair.a)?;
+            let b = Tensor::from_slice(gpu, &[pair.out_features, weights.r], &pair.b)?;
+            layers[layer][proj] = Some(LoraFactors { a, b });
+        }
+        Ok(LoraAdapter { config, layers })
+    }
+
+    /// Loads a PEFT LoRA folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`, f32/f16/bf16) for `model` onto the GPU.
+    pub async fn load<F: crate::model::ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<LoraAdapter> {
+        let config = LoraConfig::load(files).await?;
+        let weights = LoraWeights::load(files, &config, model).await?;
+        LoraAdapter::upload(gpu, config, &weights, model)
+    }
+
+    /// Reads the factors back into CPU weights (for saving).
+    pub async fn download(&self, gpu: &Gpu) -> Result<LoraWeights> {
+        let mut modules = BTreeMap::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (j, f) in layer.iter().enumerate() {
+                let Some(f) = f else { continue };
+                let (_, in_features, out_features) = f.dims("LoraAdapter::download")?;
+                let a = f.a.to_vec::<f32>(gpu).await?;
+                let b = f.b.to_vec::<f32>(gpu).await?;
+                modules.insert(module_name(i, j), LoraPair { a, b, in_features, out_features });
+            }
+        }
+        Ok(LoraWeights { r: self.config.r, modules })
+    }
+
+    /// Zeros of the same shapes: gradients, AdamW moments.
+    pub fn zeros_like(&self, gpu: &Gpu) -> Result<LoraAdapter> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let mut out: LoraLayer = Default::default();
+                for (o, f) in out.iter_mut().zip(layer) {
+                    *o = f.as_ref().map(|f| f.zeros_like(gpu)).transpose()?;
+                }
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        Ok(LoraAdapter { config: self.config.clone(), layers })
+    }
+
+    /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
+    /// layer then module order (A before B).
+    pub fn tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (j, f) in layer.iter().enumerate() {
+                if let Some(f) = f {
+                    let name = module_name(i, j);
+                    out.push((format!("{KEY_PREFIX}{name}.lora_A.weight"), &f.a));
+                    out.push((format!("{KEY_PREFIX}{name}.lora_B.weight"), &f.b));
+                }
+            }
+        }
+        out
+    }
+
+    /// The factor on the LoRA term, in f32 as PEFT's `scaling` meets the f32 product.
+    pub fn scaling(&self) -> f32 {
+        self.config.scaling() as f32
+    }
+}

@@ -1,0 +1,118 @@
+//! A training checkpoint: everything needed to go on training bit for bit as
+//! if the run had not stopped — the adapter's parameters, AdamW's two moments,
+//! the step count, the dropout RNG — plus the caller's own progress (data
+//! position, schedule) as JSON. One safetensors file:
+//!
+//! - tensors `param.<key>`, `exp_avg.<key>`, `exp_avg_sq.<key>` (f32; `<key>`
+//!   as in the adapter's own file, `exp_avg*` named as torch's AdamW state);
+//! - metadata `webpeft.training_state` = "1", `method`, `adapter_config`
+//!   (the adapter's `adapter_config.json`), `step`, `rng_state`,
+//!   `optimizer` (JSON) and `progress` (the caller's JSON).
+
+use std::collections::{BTreeMap, HashMap};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+
+use super::trainer::{OptimizerConfig, Trainer};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::Config;
+use crate::peft::adapter::Adapter;
+use crate::peft::{BottleneckConfig, LoraConfig};
+
+/// The file name the CLI writes next to the adapter.
+pub const CHECKPOINT_FILE: &str = "training_state.safetensors";
+const FORMAT_KEY: &str = "webpeft.training_state";
+
+fn bad(detail: impl Into<String>) -> Error {
+    Error::File { file: CHECKPOINT_FILE.into(), detail: detail.into() }
+}
+
+/// The checkpoint of `trainer` as bytes (reads the GPU once per tensor).
+pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progress: &Value) -> Result<Vec<u8>> {
+    let (m, v) = trainer.moments();
+    let mut data: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for (prefix, adapter) in [("param.", &trainer.adapter), ("exp_avg.", m), ("exp_avg_sq.", v)] {
+        for (key, t) in adapter.tensors() {
+            data.insert(format!("{prefix}{key}"), (t.shape().to_vec(), t.to_vec::<f32>(gpu).await?));
+        }
+    }
+    let o = &trainer.optimizer;
+    let metadata: HashMap<String, String> = [
+        (FORMAT_KEY, "1".to_string()),
+        ("method", trainer.adapter.method().to_string()),
+        ("adapter_config", trainer.adapter.config_json(model)),
+        ("step", trainer.step.to_string()),
+        ("rng_state", trainer.rng_state().to_string()),
+        (
+            "optimizer",
+            json!({"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "weight_decay": o.weight_decay,
+                   "max_grad_norm": o.max_grad_norm})
+            .to_string(),
+        ),
+        ("progress", progress.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views = data
+        .iter()
+        .map(|(k, (shape, values))| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))
+                .map(|t| (k.clone(), t))
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| bad(e.to_string()))
+}
+
+/// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
+/// the caller's progress JSON.
+pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata `{k}` is missing")));
+    if get(FORMAT_KEY)? != "1" {
+        return Err(bad(format!("unknown {FORMAT_KEY} version {:?}", meta.get(FORMAT_KEY))));
+    }
+    let num = |k: &str| get(k)?.parse::<u64>().map_err(|_| bad(format!("metadata `{k}` is not a whole number")));
+    let (step, rng_state) = (num("step")?, num("rng_state")?);
+    let config = get("adapter_config")?.as_bytes();
+    let skeleton = match get("method")?.as_str() {
+        "lora" => Adapter::new_lora(gpu, LoraConfig::from_json(config)?, model, 0)?,
+        "seq_bn" | "double_seq_bn" | "par_bn" => {
+            Adapter::new_bottleneck(gpu, BottleneckConfig::from_json(config)?, model, 0)?
+        }
+        other => return Err(bad(format!("unknown method {other:?}"))),
+    };
+    let opt: Value = serde_json::from_str(get("optimizer")?).map_err(|e| bad(format!("optimizer: {e}")))?;
+    let f = |k: &str| opt.get(k).and_then(Value::as_f64).ok_or_else(|| bad(format!("optimizer.{k} is missing")));
+    let optimizer = OptimizerConfig {
+        beta1: f("beta1")?,
+        beta2: f("beta2")?,
+        eps: f("eps")?,
+        weight_decay: f("weight_decay")?,
+        max_grad_norm: f("max_grad_norm")? as f32,
+    };
+    let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
+    let mut parts = Vec::new();
+    for prefix in ["param.", "exp_avg.", "exp_avg_sq."] {
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let Some(key) = name.strip_prefix(prefix) else { continue };
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            }
+            tensors.insert(key.to_string(), bytemuck::pod_collect_to_vec::<u8, f32>(view.data()));
+        }
+        parts.push(skeleton.with_tensors(gpu, &tensors).map_err(|e| bad(format!("{prefix}*: {e}")))?);
+    }
+    let v = parts.pop().expect("three parts");
+    let m = parts.pop().expect("three parts");
+    let adapter = parts.pop().expect("three parts");
+    let trainer = Trainer::from_parts(gpu, adapter, m, v, optimizer, step, rng_state)?;
+    Ok((trainer, progress))
+}

@@ -1,0 +1,314 @@
+//! The training step: forward, loss, backward, clipping and AdamW for one
+//! optimizer step over one or more micro-batches, recorded into one
+//! submission and read back once (the loss and the gradient norm).
+//!
+//! ```text
+//! N      = non-ignored targets of all the step's micro-batches
+//! loss   = Σ_micro Σ_tokens CE / N              (transformers' num_items_in_batch)
+//! g      = ∂loss/∂θ, summed over micro-batches
+//! g     *= min(max_norm / (‖g‖ + 1e-6), 1)      (torch.nn.utils.clip_grad_norm_)
+//! θ, m, v = AdamW(θ, g, m, v, lr(step), step)   (torch.optim.AdamW)
+//! ```
+//!
+//! A step whose loss or gradient norm is NaN or infinite fails with
+//! [`Error::NonFinite`] and leaves the adapter and optimizer state as they
+//! were: the step copies θ, m and v aside on the GPU before updating them and
+//! copies them back when the read-back numbers are not finite.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
+use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
+use crate::kernels::elementwise::{copy, fill};
+use crate::kernels::matmul::{gemm, Gemm};
+use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
+use crate::model::llama::{shift_labels, Model};
+use crate::peft::adapter::Adapter;
+use crate::train::data::Batch;
+use crate::util::rng::Rng;
+
+/// The optimizer's settings for a run (the learning rate comes per step,
+/// from the schedule).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm clipping; 0 turns it off.
+    pub max_grad_norm: f32,
+}
+
+impl Default for OptimizerConfig {
+    /// transformers' `TrainingArguments` defaults: betas (0.9, 0.999), eps
+    /// 1e-8, weight decay 0, max_grad_norm 1.
+    fn default() -> Self {
+        OptimizerConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
+    }
+}
+
+/// What one optimizer step measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// 1-based: the number of optimizer steps done after this one.
+    pub step: u64,
+    /// The loss of this step's batch before its update (mean over its N targets).
+    pub loss: f32,
+    /// The learning rate this step used.
+    pub lr: f64,
+    /// ‖g‖ before clipping.
+    pub grad_norm: f32,
+    /// N: the targets the loss averages over.
+    pub tokens: usize,
+}
+
+/// Loss over a held-out set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalStats {
+    /// Mean cross-entropy over every non-ignored target.
+    pub loss: f32,
+    /// exp(loss).
+    pub perplexity: f64,
+    pub tokens: usize,
+}
+
+/// An adapter being trained: the parameters, their gradients, AdamW's two
+/// moments, the step count and the dropout RNG.
+#[derive(Debug)]
+pub struct Trainer {
+    pub adapter: Adapter,
+    grads: Adapter,
+    m: Adapter,
+    v: Adapter,
+    /// θ, m, v as they were before the step in flight (restored if it fails).
+    backup: [Adapter; 3],
+    pub optimizer: OptimizerConfig,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Draws one dropout seed per micro-batch.
+    rng: Rng,
+}
+
+fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
+    let hp = AdamWParams { lr: 0.0, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
+    let ok = |v: f64| v.is_finite() && v >= 0.0;
+    if !(ok(hp.eps) && ok(hp.weight_decay) && ok(hp.beta1) && ok(hp.beta2) && hp.beta1 < 1.0 && hp.beta2 < 1.0) {
+        return Err(Error::invalid("Trainer", format!("eps and weight_decay must be ≥ 0 and betas in [0, 1): {o:?}")));
+    }
+    if !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
+        return Err(Error::invalid("Trainer", format!("max_grad_norm must be ≥ 0 (0 = off), got {}", o.max_grad_norm)));
+    }
+    Ok(())
+}
+
+impl Trainer {
+    /// Starts training `adapter` from step 0 with zero moments.
+    pub fn new(gpu: &Gpu, adapter: Adapter, optimizer: OptimizerConfig, seed: u64) -> Result<Trainer> {
+        check_optimizer(&optimizer)?;
+        let zeros = || adapter.zeros_like(gpu);
+        Ok(Trainer {
+            grads: zeros()?,
+            m: zeros()?,
+            v: zeros()?,
+            backup: [zeros()?, zeros()?, zeros()?],
+            adapter,
+            optimizer,
+            step: 0,
+            rng: Rng::new(seed),
+        })
+    }
+
+    /// Resumes from saved state (see `train::checkpoint`).
+    pub(crate) fn from_parts(
+        gpu: &Gpu,
+        adapter: Adapter,
+        m: Adapter,
+        v: Adapter,
+        optimizer: OptimizerConfig,
+        step: u64,
+        rng_state: u64,
+    ) -> Result<Trainer> {
+        let mut t = Trainer::new(gpu, adapter, optimizer, 0)?;
+        t.rng = Rng::from_state(rng_state);
+        t.m = m;
+        t.v = v;
+        t.step = step;
+        Ok(t)
+    }
+
+    /// AdamW's first and second moments.
+    pub fn moments(&self) -> (&Adapter, &Adapter) {
+        (&self.m, &self.v)
+    }
+
+    /// The gradients of the last step (before clipping: clipping scales them
+    /// on the fly inside AdamW).
+    pub fn gradients(&self) -> &Adapter {
+        &self.grads
+    }
+
+    /// The dropout RNG's state.
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    /// GPU bytes of the training state: parameters, gradients, moments and backup.
+    pub fn state_bytes(&self) -> u64 {
+        self.adapter.bytes() * 7
+    }
+
+    /// One optimizer step over `micro` (gradient accumulation when more than
+    /// one) at learning rate `lr`.
+    pub async fn step(&mut self, gpu: &Gpu, model: &Model, micro: &[Batch], lr: f64) -> Result<StepStats> {
+        const OP: &str = "Trainer::step";
+        let number = self.step + 1;
+        if micro.is_empty() {
+            return Err(Error::invalid(OP, format!("step {number}: no micro-batch")));
+        }
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::invalid(OP, format!("step {number}: the learning rate must be ≥ 0, got {lr}")));
+        }
+        let mut tokens = 0;
+        for b in micro {
+            tokens += shift_labels(&b.labels, model.config.vocab_size)?.1;
+        }
+        if tokens == 0 {
+            return Err(Error::invalid(OP, format!("step {number}: no token of this batch has a label to learn")));
+        }
+        let dropout = self.dropout_active();
+        let seeds: Vec<Option<u32>> = micro.iter().map(|_| dropout.then(|| self.rng.next_u32())).collect();
+
+        let mut rec = Recorder::new(gpu);
+        for (_, g) in self.grads.tensors() {
+            fill(&mut rec, g, 0.0)?;
+        }
+        let loss = Tensor::zeros(gpu, &[1], DType::F32)?;
+        for (b, seed) in micro.iter().zip(&seeds) {
+            self.record_micro(&mut rec, model, b, tokens, *seed, &loss)?;
+        }
+
+        let grads: Vec<&Tensor> = self.grads.tensors().into_iter().map(|(_, t)| t).collect();
+        let sumsq = sum_squares_many(&mut rec, &grads)?;
+        let clip_on = self.optimizer.max_grad_norm > 0.0;
+        let clip = clip_coefficient(&mut rec, &sumsq, if clip_on { self.optimizer.max_grad_norm } else { f32::MAX })?;
+        self.record_backup(&mut rec, false)?;
+        let o = &self.optimizer;
+        let hp = AdamWParams { lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay };
+        let scale = if clip_on { GradScale::Clip(&clip) } else { GradScale::None };
+        let params = self.adapter.tensors();
+        let (ms, vs) = (self.m.tensors(), self.v.tensors());
+        let step = u32::try_from(number).map_err(|_| Error::invalid(OP, "more than 2³² steps"))?;
+        for (((p, g), m), v) in params.iter().zip(&grads).zip(&ms).zip(&vs) {
+            adamw_step(&mut rec, p.1, g, m.1, v.1, &hp, step, scale)?;
+        }
+        let out = Tensor::zeros(gpu, &[3], DType::F32)?;
+        rec.copy(&loss, 0, &out, 0, 4)?;
+        rec.copy(&clip, 0, &out, 4, 8)?;
+        rec.submit()?;
+        let read = out.to_vec::<f32>(gpu).await?;
+        let (loss, grad_norm) = (read[0], read[1]);
+        let bad = if !loss.is_finite() {
+            Some(("loss", loss))
+        } else if !grad_norm.is_finite() {
+            Some(("gradient norm", grad_norm))
+        } else {
+            None
+        };
+        if let Some((what, value)) = bad {
+            let mut rec = Recorder::new(gpu);
+            self.record_backup(&mut rec, true)?;
+            rec.submit()?;
+            gpu.synchronize().await?;
+            return Err(Error::NonFinite { step: number, what, value });
+        }
+        self.step = number;
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
+    }
+
+    fn dropout_active(&self) -> bool {
+        self.adapter.has_dropout()
+    }
+
+    /// Copies θ, m, v into the backup (or back, with `restore`).
+    fn record_backup(&self, rec: &mut Recorder, restore: bool) -> Result<()> {
+        for (live, saved) in [&self.adapter, &self.m, &self.v].into_iter().zip(&self.backup) {
+            for ((_, a), (_, b)) in live.tensors().into_iter().zip(saved.tensors()) {
+                if restore {
+                    copy(rec, b, a)?;
+                } else {
+                    copy(rec, a, b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward, loss (added into `loss` as Σ CE / total) and backward of one
+    /// micro-batch, gradients added into `self.grads`.
+    fn record_micro(
+        &self,
+        rec: &mut Recorder,
+        model: &Model,
+        batch: &Batch,
+        total: usize,
+        seed: Option<u32>,
+        loss: &Tensor,
+    ) -> Result<()> {
+        let gpu = rec.gpu();
+        let ids = model.input_ids(gpu, &batch.input_ids)?;
+        let (targets, _) = shift_labels(&batch.labels, model.config.vocab_size)?;
+        if targets.len() != ids.numel() {
+            return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
+        }
+        let targets = Tensor::from_slice(gpu, &[targets.len()], &targets)?;
+        let (logits, saved) = model.forward_adapted(rec, &ids, Some(&self.adapter), seed)?; // (B, T, V)
+        let rows = ids.numel();
+        let logits2d = logits.reshape(&[rows, model.config.vocab_size])?;
+        let (token_loss, lse) = cross_entropy_forward(rec, &logits2d, &targets)?; // (B·T)
+        let scale = 1.0 / total as f32;
+        // loss (1) += token_loss (1, B·T) · ones (B·T, 1) / total
+        let ones = Tensor::from_slice(gpu, &[rows, 1], &vec![1.0f32; rows])?;
+        gemm(rec, &Gemm::new(1, 1, rows, false, false).alpha(scale).accumulate(true), &token_loss, &ones, loss)?;
+        cross_entropy_backward_inplace(rec, &logits2d, &targets, &lse, scale)?; // logits become dlogits
+        model.backward(rec, &logits, &saved, &self.adapter, seed, &self.grads)
+    }
+
+    /// Mean loss and perplexity of the adapted model on `batches` (no
+    /// dropout, no update).
+    pub async fn evaluate(&self, gpu: &Gpu, model: &Model, batches: &[Batch]) -> Result<EvalStats> {
+        evaluate(gpu, model, Some(&self.adapter), batches).await
+    }
+}
+
+/// Mean loss and perplexity of `model` (with `adapter`, if any) over
+/// `batches`: one submission per batch, one read-back at the end.
+pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batches: &[Batch]) -> Result<EvalStats> {
+    const OP: &str = "evaluate";
+    let vocab = model.config.vocab_size;
+    let mut tokens = 0;
+    for b in batches {
+        tokens += shift_labels(&b.labels, vocab)?.1;
+    }
+    if tokens == 0 {
+        return Err(Error::invalid(OP, "the evaluation set has no token with a label"));
+    }
+    let sum = Tensor::zeros(gpu, &[1], DType::F32)?;
+    for b in batches {
+        let mut rec = Recorder::new(gpu);
+        let ids = model.input_ids(gpu, &b.input_ids)?;
+        let (targets, _) = shift_labels(&b.labels, vocab)?;
+        if targets.len() != ids.numel() {
+            return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
+        }
+        let targets = Tensor::from_slice(gpu, &[targets.len()], &targets)?;
+        let (logits, _) = model.forward_adapted(&mut rec, &ids, adapter, None)?;
+        let rows = ids.numel();
+        let (token_loss, _) = cross_entropy_forward(&mut rec, &logits.reshape(&[rows, vocab])?, &targets)?;
+        let ones = Tensor::from_slice(gpu, &[rows, 1], &vec![1.0f32; rows])?;
+        let g = Gemm::new(1, 1, rows, false, false).alpha(1.0 / tokens as f32).accumulate(true);
+        gemm(&mut rec, &g, &token_loss, &ones, &sum)?;
+        rec.submit()?;
+    }
+    let loss = sum.to_vec::<f32>(gpu).await?[0];
+    Ok(EvalStats { loss, perplexity: (loss as f64).exp(), tokens })
+}

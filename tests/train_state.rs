@@ -1,0 +1,175 @@
+//! Training state: a checkpoint resumes bit for bit (with dropout on, so the
+//! RNG matters), runs are deterministic for a seed, a non-finite step fails
+//! with a typed error and leaves every tensor as it was, and adapters written
+//! by `Adapter::to_files` load back with the same logits.
+
+mod common;
+
+use common::{block_on, fixture, gpu};
+use webpeft::gpu::Recorder;
+use webpeft::model::{DirFiles, MemoryFiles, Model};
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
+use webpeft::quant::QuantFormat;
+use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint};
+use webpeft::train::data::Batch;
+use webpeft::train::trainer::{OptimizerConfig, Trainer};
+use webpeft::{Error, Gpu};
+
+fn model(gpu: &Gpu) -> Model {
+    block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), QuantFormat::F32)).unwrap()
+}
+
+fn lora(gpu: &Gpu, model: &Model, dropout: f64) -> Adapter {
+    let mut c = LoraConfig::new(4, 8.0, TargetModules::AllLinear).unwrap();
+    c.lora_dropout = dropout;
+    c.init_lora_weights = webpeft::peft::InitLoraWeights::Random; // B ≠ 0: every gradient is live
+    Adapter::new_lora(gpu, c, &model.config, 11).unwrap()
+}
+
+fn batches() -> Vec<Batch> {
+    let row = |seed: u32, n: usize| (0..n).map(|i| (seed * 31 + i as u32 * 17) % 380).collect::<Vec<u32>>();
+    (0..3)
+        .map(|k| {
+            let ids = vec![row(k, 13), row(k + 7, 13)];
+            let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
+            Batch { input_ids: ids, labels }
+        })
+        .collect()
+}
+
+fn snapshot(gpu: &Gpu, a: &Adapter) -> Vec<Vec<u32>> {
+    a.tensors()
+        .iter()
+        .map(|(_, t)| block_on(t.to_vec::<f32>(gpu)).unwrap().iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
+fn run(gpu: &Gpu, model: &Model, t: &mut Trainer, steps: usize) -> Vec<u32> {
+    let data = batches();
+    (0..steps)
+        .map(|i| {
+            let b = &data[(t.step as usize) % data.len()];
+            let s = block_on(t.step(gpu, model, std::slice::from_ref(b), 1e-2)).unwrap();
+            assert!(s.loss.is_finite());
+            let _ = i;
+            s.loss.to_bits()
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_resumes_bit_for_bit_with_dropout() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let opt = OptimizerConfig { weight_decay: 0.01, max_grad_norm: 1.0, ..Default::default() };
+    let mut a = Trainer::new(gpu, lora(gpu, &model, 0.1), opt.clone(), 5).unwrap();
+    run(gpu, &model, &mut a, 3);
+    let progress = serde_json::json!({"epoch": 0, "batch": 3});
+    let bytes = block_on(save_checkpoint(gpu, &a, &model.config, &progress)).unwrap();
+    let later_a = run(gpu, &model, &mut a, 3);
+
+    let (mut b, got_progress) = load_checkpoint(gpu, &bytes, &model.config).unwrap();
+    assert_eq!(got_progress, progress);
+    assert_eq!(b.step, 3);
+    assert_eq!(b.optimizer, opt);
+    let later_b = run(gpu, &model, &mut b, 3);
+    assert_eq!(later_a, later_b, "losses after resuming");
+    assert_eq!(snapshot(gpu, &a.adapter), snapshot(gpu, &b.adapter), "parameters after resuming");
+    let (ma, va) = a.moments();
+    let (mb, vb) = b.moments();
+    assert_eq!(snapshot(gpu, ma), snapshot(gpu, mb));
+    assert_eq!(snapshot(gpu, va), snapshot(gpu, vb));
+}
+
+#[test]
+fn same_seed_same_run_and_dropout_changes_it() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let opt = OptimizerConfig::default();
+    let losses = |seed: u64, dropout: f64| {
+        let mut t = Trainer::new(gpu, lora(gpu, &model, dropout), opt.clone(), seed).unwrap();
+        run(gpu, &model, &mut t, 3)
+    };
+    assert_eq!(losses(1, 0.2), losses(1, 0.2));
+    assert_ne!(losses(1, 0.2), losses(2, 0.2), "another dropout seed, other masks");
+    assert_ne!(losses(1, 0.2), losses(1, 0.0));
+}
+
+#[test]
+fn a_non_finite_step_is_a_typed_error_and_keeps_the_state() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let mut t = Trainer::new(gpu, lora(gpu, &model, 0.0), OptimizerConfig::default(), 0).unwrap();
+    run(gpu, &model, &mut t, 2);
+    // Poison one parameter: the next loss is NaN.
+    let (_, first) = t.adapter.tensors()[1].clone();
+    let mut values = block_on(first.to_vec::<f32>(gpu)).unwrap();
+    values[0] = f32::NAN;
+    first.write(gpu, &values).unwrap();
+    let before = (snapshot(gpu, &t.adapter), snapshot(gpu, t.moments().0), snapshot(gpu, t.moments().1));
+    let err = block_on(t.step(gpu, &model, &batches()[..1], 1e-2)).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { step: 3, .. }), "{err}");
+    eprintln!("{err}");
+    assert_eq!(t.step, 2);
+    let after = (snapshot(gpu, &t.adapter), snapshot(gpu, t.moments().0), snapshot(gpu, t.moments().1));
+    assert_eq!(before, after, "the failed step changed the state");
+}
+
+#[test]
+fn saved_adapters_load_back_with_the_same_logits() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let mut bn = BottleneckConfig::new(BottleneckKind::DoubleSeqBn);
+    bn.init_weights = webpeft::peft::BnInit::Bert;
+    let adapters = [lora(gpu, &model, 0.0), Adapter::new_bottleneck(gpu, bn, &model.config, 3).unwrap()];
+    let ids = model.input_ids(gpu, &batches()[0].input_ids).unwrap();
+    for a in adapters {
+        let mut files = MemoryFiles::new();
+        for (name, bytes) in block_on(a.to_files(gpu, &model.config)).unwrap() {
+            files.insert(name, bytes);
+        }
+        let b = block_on(Adapter::load(gpu, &files, &model.config)).unwrap();
+        assert_eq!(b.method(), a.method());
+        let logits = |ad: &Adapter| {
+            let mut rec = Recorder::new(gpu);
+            let (l, _) = model.forward_adapted(&mut rec, &ids, Some(ad), None).unwrap();
+            rec.submit().unwrap();
+            block_on(l.to_vec::<f32>(gpu)).unwrap()
+        };
+        assert_eq!(logits(&a), logits(&b), "{}", a.method());
+    }
+    let err = block_on(Adapter::load(gpu, &MemoryFiles::new(), &model.config)).unwrap_err();
+    assert!(matches!(err, Error::File { .. }), "{err}");
+}
+
+#[test]
+fn generation_runs_every_adapter_kind_through_the_kv_cache() {
+    use webpeft::model::llama::KvCache;
+    let gpu = gpu();
+    let model = model(gpu);
+    let ids = vec![vec![381u32, 40, 77, 120, 5, 300, 12, 9]];
+    for dir in [
+        "lora/initial_adapter",
+        "bottleneck/seq_bn/initial_adapter",
+        "bottleneck/double_seq_bn/initial_adapter",
+        "bottleneck/par_bn/initial_adapter",
+    ] {
+        let ad = block_on(Adapter::load(gpu, &DirFiles::new(fixture(dir)).unwrap(), &model.config)).unwrap();
+        let t = model.input_ids(gpu, &ids).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let (full, _) = model.forward_adapted(&mut rec, &t, Some(&ad), None).unwrap();
+        let cache = KvCache::new(gpu, &model, 1, 8).unwrap();
+        let prefix = model.input_ids(gpu, &[ids[0][..5].to_vec()]).unwrap();
+        let rest = model.input_ids(gpu, &[ids[0][5..].to_vec()]).unwrap();
+        let a = model.forward_cached_all(&mut rec, &prefix, &cache, 0, Some(&ad)).unwrap();
+        let b = model.forward_cached_all(&mut rec, &rest, &cache, 5, Some(&ad)).unwrap();
+        rec.submit().unwrap();
+        let full = block_on(full.to_vec::<f32>(gpu)).unwrap();
+        let mut cached = block_on(a.to_vec::<f32>(gpu)).unwrap();
+        cached.extend(block_on(b.to_vec::<f32>(gpu)).unwrap());
+        let d = full.iter().zip(&cached).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        eprintln!("{dir}: cached vs full max |diff| {d:e}");
+        assert!(d <= 1e-5, "{dir}: {d:e}");
+    }
+}
