@@ -144,3 +144,56 @@ fn lora_linear_rejects_wrong_shapes() {
     let u32_x = Tensor::zeros(gpu, &[3, 64], DType::U32).unwrap();
     assert!(matches!(lora.forward(&mut rec, &u32_x), Err(Error::DType { .. })));
 }
+
+/// LoRA dropout (PEFT: the LoRA branch sees drop(x); the frozen path sees x):
+/// forward and backward against the CPU with the reference mask.
+#[test]
+fn lora_dropout_matches_cpu_with_the_reference_mask() {
+    use webpeft::kernels::reference::dropout::dropout as cpu_dropout;
+    use webpeft::peft::lora_linear::{lora_backward, lora_forward, LoraDropout, LoraFactors};
+    let gpu = gpu();
+    let (m, inp, out, r, s, p, seed) = (11, 40, 24, 3, 2.0f32, 0.3f32, 77u32);
+    let x = randn(1, m * inp);
+    let a = randn(2, r * inp);
+    let b = randn(3, out * r);
+    let g = randn(4, m * out);
+    let f = LoraFactors {
+        a: Tensor::from_slice(gpu, &[r, inp], &a).unwrap(),
+        b: Tensor::from_slice(gpu, &[out, r], &b).unwrap(),
+    };
+    let grads = f.zeros_like(gpu).unwrap();
+    let xt = Tensor::from_slice(gpu, &[m, inp], &x).unwrap();
+    let gt = Tensor::from_slice(gpu, &[m, out], &g).unwrap();
+    let y = Tensor::zeros(gpu, &[m, out], DType::F32).unwrap();
+    let dx = Tensor::zeros(gpu, &[m, inp], DType::F32).unwrap();
+    let drop = Some(LoraDropout { p, seed });
+    let mut rec = Recorder::new(gpu);
+    let saved = lora_forward(&mut rec, &xt, &f, s, drop, &y).unwrap();
+    lora_backward(&mut rec, &gt, &saved, &f, s, drop, &grads, &dx).unwrap();
+    rec.submit().unwrap();
+    let get = |t: &Tensor| block_on(t.to_vec::<f32>(gpu)).unwrap();
+
+    let xd = cpu_dropout(&x, p, seed);
+    assert!(xd.iter().filter(|v| **v == 0.0).count() > m * inp / 5, "some inputs are dropped");
+    let mut xa = vec![0.0; m * r];
+    matmul(&xd, &a, &mut xa, m, r, inp, false, true, false);
+    let mut y_ref = vec![0.0; m * out];
+    matmul(&xa, &b, &mut y_ref, m, out, r, false, true, false);
+    y_ref.iter_mut().for_each(|v| *v *= s);
+    let mut dxa = vec![0.0; m * r];
+    matmul(&g, &b, &mut dxa, m, r, out, false, false, false);
+    dxa.iter_mut().for_each(|v| *v *= s);
+    let mut da_ref = vec![0.0; r * inp];
+    matmul(&dxa, &xd, &mut da_ref, r, inp, m, true, false, false);
+    let mut db_ref = vec![0.0; out * r];
+    matmul(&g, &xa, &mut db_ref, out, r, m, true, false, false);
+    db_ref.iter_mut().for_each(|v| *v *= s);
+    let mut dxd = vec![0.0; m * inp];
+    matmul(&dxa, &a, &mut dxd, m, inp, r, false, false, false);
+    let dx_ref = cpu_dropout(&dxd, p, seed); // the same mask and 1/(1-p)
+
+    assert_close("dropout y", &get(&y), &y_ref, ABS, REL);
+    assert_close("dropout dA", &get(&grads.a), &da_ref, ABS, REL);
+    assert_close("dropout dB", &get(&grads.b), &db_ref, ABS, REL);
+    assert_close("dropout dx", &get(&dx), &dx_ref, ABS, REL);
+}

@@ -173,3 +173,39 @@ fn generation_runs_every_adapter_kind_through_the_kv_cache() {
         assert!(d <= 1e-5, "{dir}: {d:e}");
     }
 }
+
+#[test]
+fn several_adapters_share_one_base_and_switch() {
+    use webpeft::peft::adapter_set::AdapterSet;
+    let gpu = gpu();
+    let model = model(gpu);
+    let ids = model.input_ids(gpu, &batches()[0].input_ids).unwrap();
+    let logits = |ad: Option<&Adapter>| {
+        let mut rec = Recorder::new(gpu);
+        let (l, _) = model.forward_adapted(&mut rec, &ids, ad, None).unwrap();
+        rec.submit().unwrap();
+        block_on(l.to_vec::<f32>(gpu)).unwrap()
+    };
+    let load = |dir: &str| block_on(Adapter::load(gpu, &DirFiles::new(fixture(dir)).unwrap(), &model.config)).unwrap();
+    let (lora_alone, bn_alone, base) = (
+        logits(Some(&load("lora/initial_adapter"))),
+        logits(Some(&load("bottleneck/par_bn/initial_adapter"))),
+        logits(None),
+    );
+    let mut set = AdapterSet::new();
+    set.insert("chat", load("lora/initial_adapter")).unwrap();
+    set.insert("style", load("bottleneck/par_bn/initial_adapter")).unwrap();
+    assert_eq!(set.active_name(), Some("chat"));
+    assert_eq!(logits(set.active()), lora_alone);
+    set.set_active(Some("style")).unwrap();
+    assert_eq!(logits(set.active()), bn_alone);
+    set.set_active(None).unwrap();
+    assert_eq!(logits(set.active()), base);
+    set.set_active(Some("chat")).unwrap();
+    assert_eq!(logits(set.active()), lora_alone, "switching back");
+    assert!(matches!(set.set_active(Some("nope")), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(set.insert("chat", load("lora/initial_adapter")), Err(Error::InvalidArgument { .. })));
+    set.remove("chat").unwrap();
+    assert_eq!(set.active_name(), None);
+    assert_eq!(set.names(), vec!["style".to_string()]);
+}

@@ -3,6 +3,7 @@
 //! and written as PEFT 0.21 does, and checked against a model [`Config`](crate::model::Config).
 
 pub mod adapter;
+pub mod adapter_set;
 pub mod bottleneck;
 pub mod bottleneck_config;
 pub mod bottleneck_file;

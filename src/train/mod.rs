@@ -4,5 +4,6 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
+pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -1,0 +1,173 @@
+//! A training run: a [`Trainer`] fed from a [`Dataset`] epoch after epoch,
+//! `grad_accum` micro-batches per optimizer step, at the schedule's learning
+//! rate, for a number of steps or epochs. This is the loop the CLI and the
+//! browser drive, one awaited [`Run::step`] at a time.
+
+use serde_json::{json, Value};
+
+use super::data::{Batch, Dataset};
+use super::schedule::{LrSchedule, Schedule};
+use super::trainer::{evaluate, EvalStats, StepStats, Trainer};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::llama::Model;
+
+/// How long and how fast a run trains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Optimizer steps; `None` takes them from `epochs`.
+    pub steps: Option<u64>,
+    /// Passes over the dataset (may be fractional) when `steps` is `None`.
+    pub epochs: f64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { steps: None, epochs: 1.0, grad_accum: 1, lr: 2e-4, schedule: Schedule::Linear, warmup_steps: 0 }
+    }
+}
+
+/// The run's place in the data, saved in checkpoints (`progress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u64,
+    /// Micro-batches of `epoch` already used.
+    pub batch: usize,
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub dataset: Dataset,
+    pub trainer: Trainer,
+    pub schedule: LrSchedule,
+    pub grad_accum: usize,
+    position: Position,
+    /// The current epoch's batches (recomputed when the epoch changes).
+    batches: Vec<Batch>,
+}
+
+impl Run {
+    /// Starts (or, with `position`, resumes) a run. The total step count is
+    /// `steps`, or `ceil(epochs · batches_per_epoch / grad_accum)`.
+    pub fn new(dataset: Dataset, trainer: Trainer, config: &RunConfig) -> Result<Run> {
+        const OP: &str = "Run::new";
+        if config.grad_accum == 0 {
+            return Err(Error::invalid(OP, "grad_accum must be at least 1"));
+        }
+        let per_epoch = dataset.batches_per_epoch();
+        if per_epoch == 0 {
+            return Err(Error::EmptyDataset {
+                source_name: "training data".into(),
+                detail: "no batch to train on".into(),
+            });
+        }
+        let total = match config.steps {
+            Some(s) => s,
+            None => {
+                if !(config.epochs.is_finite() && config.epochs > 0.0) {
+                    return Err(Error::invalid(OP, format!("epochs must be positive, got {}", config.epochs)));
+                }
+                ((config.epochs * per_epoch as f64) / config.grad_accum as f64).ceil() as u64
+            }
+        };
+        if total == 0 {
+            return Err(Error::invalid(OP, "the run has no step: give steps ≥ 1 or more epochs"));
+        }
+        let schedule = LrSchedule::new(config.schedule, config.lr, config.warmup_steps, total)?;
+        let batches = dataset.epoch(0);
+        Ok(Run {
+            dataset,
+            trainer,
+            schedule,
+            grad_accum: config.grad_accum,
+            position: Position { epoch: 0, batch: 0 },
+            batches,
+        })
+    }
+
+    /// Optimizer steps in the whole run.
+    pub fn total_steps(&self) -> u64 {
+        self.schedule.total_steps
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.trainer.step >= self.total_steps()
+    }
+
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// Moves to a saved position (resuming from a checkpoint).
+    pub fn seek(&mut self, position: Position) -> Result<()> {
+        if position.batch > self.dataset.batches_per_epoch() {
+            return Err(Error::invalid("Run::seek", format!("batch {} is past the epoch's end", position.batch)));
+        }
+        self.batches = self.dataset.epoch(position.epoch);
+        self.position = position;
+        Ok(())
+    }
+
+    /// The position and schedule as checkpoint `progress`.
+    pub fn progress(&self) -> Value {
+        json!({
+            "epoch": self.position.epoch,
+            "batch": self.position.batch,
+            "total_steps": self.total_steps(),
+            "lr": self.schedule.base_lr,
+            "schedule": self.schedule.schedule.name(),
+            "warmup_steps": self.schedule.warmup_steps,
+            "grad_accum": self.grad_accum,
+        })
+    }
+
+    /// The position a checkpoint's `progress` holds.
+    pub fn position_from(progress: &Value) -> Result<Position> {
+        let get = |k: &str| progress.get(k).and_then(Value::as_u64);
+        match (get("epoch"), get("batch")) {
+            (Some(epoch), Some(batch)) => Ok(Position { epoch, batch: batch as usize }),
+            _ => Err(Error::invalid("Run::position_from", "the checkpoint's progress has no epoch/batch")),
+        }
+    }
+
+    fn next_micro(&mut self) -> Batch {
+        if self.position.batch >= self.batches.len() {
+            self.position = Position { epoch: self.position.epoch + 1, batch: 0 };
+            self.batches = self.dataset.epoch(self.position.epoch);
+        }
+        let b = self.batches[self.position.batch].clone();
+        self.position.batch += 1;
+        b
+    }
+
+    /// One optimizer step, or `None` when the run is done. On an error the
+    /// data position is left where the failed step started.
+    pub async fn step(&mut self, gpu: &Gpu, model: &Model) -> Result<Option<StepStats>> {
+        if self.is_done() {
+            return Ok(None);
+        }
+        let (saved_position, saved_batches) = (self.position, self.batches.len());
+        let micro: Vec<Batch> = (0..self.grad_accum).map(|_| self.next_micro()).collect();
+        let lr = self.schedule.lr(self.trainer.step);
+        match self.trainer.step(gpu, model, &micro, lr).await {
+            Ok(stats) => Ok(Some(stats)),
+            Err(e) => {
+                if saved_position.epoch != self.position.epoch || saved_batches != self.batches.len() {
+                    self.batches = self.dataset.epoch(saved_position.epoch);
+                }
+                self.position = saved_position;
+                Err(e)
+            }
+        }
+    }
+
+    /// Loss and perplexity of the current adapter on `eval`.
+    pub async fn evaluate(&self, gpu: &Gpu, model: &Model, eval: &Dataset) -> Result<EvalStats> {
+        evaluate(gpu, model, Some(&self.trainer.adapter), &eval.epoch(0)).await
+    }
+}
