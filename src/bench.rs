@@ -2,6 +2,8 @@
 //! Each figure is the median of several repeats of one submission that holds
 //! enough launches to dwarf the per-submit overhead.
 
+pub mod train;
+
 use std::time::Instant;
 
 use serde::Serialize;

@@ -1,0 +1,134 @@
+//! Training throughput: optimizer steps on a model of a given size, reported
+//! as target tokens per second and peak GPU bytes. The models are random
+//! (built in memory from a config), since speed does not depend on the values.
+
+use std::time::Instant;
+
+use safetensors::tensor::TensorView;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::{Config, MemoryFiles, Model};
+use crate::peft::adapter::Adapter;
+use crate::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
+use crate::quant::QuantFormat;
+use crate::train::data::Batch;
+use crate::train::trainer::{OptimizerConfig, Trainer};
+use crate::util::rng::Rng;
+
+/// One measured training setup.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainFigure {
+    pub model: String,
+    pub parameters: u64,
+    pub quant: String,
+    pub method: String,
+    pub adapter_parameters: usize,
+    pub batch: usize,
+    pub seq: usize,
+    /// Median step time, ms.
+    pub step_ms: f64,
+    /// Target tokens per second (B·(T−1) per step over the median step).
+    pub tokens_per_s: f64,
+    /// Peak bytes of live GPU buffers during the steps (weights included).
+    pub peak_gpu_bytes: u64,
+    /// Of which the frozen weights.
+    pub weight_bytes: u64,
+}
+
+/// A Llama `config.json` for a model of hidden size `d`, `layers` layers.
+pub fn llama_config(vocab: usize, d: usize, inter: usize, layers: usize, heads: usize, kv: usize) -> String {
+    serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+        "hidden_size": d, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": heads, "num_key_value_heads": kv, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+    })
+    .to_string()
+}
+
+/// A random f32 checkpoint for `config_json`, as model files in memory.
+pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
+    let config = Config::from_json(config_json.as_bytes())?;
+    let mut rng = Rng::new(seed);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = config
+        .tensor_names()
+        .into_iter()
+        .map(|t| {
+            let n = t.shape.iter().product();
+            let values = if t.name.ends_with("norm.weight") { vec![1.0; n] } else { rng.uniform_vec(n, -0.05, 0.05) };
+            (t.name, t.shape, values)
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(v))
+                .map(|t| (n.clone(), t))
+                .map_err(|e| Error::invalid("random_model_files", e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::invalid("random_model_files", e.to_string()))?;
+    let mut files = MemoryFiles::new();
+    files.insert("config.json", config_json.as_bytes().to_vec());
+    files.insert("model.safetensors", bytes);
+    Ok(files)
+}
+
+/// Steps of `method` ("lora" r 8 on all seven projections, or a bottleneck
+/// kind) on `files` stored as `quant`: one warm-up step, then the median of
+/// `steps`.
+#[allow(clippy::too_many_arguments)]
+pub async fn train_figure(
+    gpu: &Gpu,
+    name: &str,
+    files: &MemoryFiles,
+    quant: QuantFormat,
+    method: &str,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+) -> Result<TrainFigure> {
+    let model = Model::load(gpu, files, quant).await?;
+    let parameters = model.config.tensor_names().iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
+    let adapter = match method {
+        "lora" => Adapter::new_lora(gpu, LoraConfig::new(8, 16.0, TargetModules::AllLinear)?, &model.config, 1)?,
+        kind => {
+            let kind = BottleneckKind::from_name(kind)
+                .ok_or_else(|| Error::invalid("train_figure", format!("unknown method {kind:?}")))?;
+            Adapter::new_bottleneck(gpu, BottleneckConfig::new(kind), &model.config, 1)?
+        }
+    };
+    let adapter_parameters = adapter.num_params();
+    let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0)?;
+    let mut rng = Rng::new(7);
+    let vocab = model.config.vocab_size;
+    let ids: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(vocab) as u32).collect()).collect();
+    let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
+    let b = Batch { input_ids: ids, labels };
+    gpu.reset_peak_memory();
+    trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-4).await?; // warm-up: pipelines compile
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let start = Instant::now();
+        trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-4).await?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let step = times[times.len() / 2];
+    Ok(TrainFigure {
+        model: name.to_string(),
+        parameters,
+        quant: quant.name().to_string(),
+        method: method.to_string(),
+        adapter_parameters,
+        batch,
+        seq,
+        step_ms: step * 1e3,
+        tokens_per_s: (batch * (seq - 1)) as f64 / step,
+        peak_gpu_bytes: gpu.memory().peak_bytes,
+        weight_bytes: model.bytes(),
+    })
+}
