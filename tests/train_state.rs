@@ -209,3 +209,33 @@ fn several_adapters_share_one_base_and_switch() {
     assert_eq!(set.active_name(), None);
     assert_eq!(set.names(), vec!["style".to_string()]);
 }
+
+#[test]
+fn evaluation_is_the_token_weighted_mean_loss_and_its_perplexity() {
+    use webpeft::train::trainer::evaluate;
+    let gpu = gpu();
+    let model = model(gpu);
+    let ad = lora(gpu, &model, 0.3); // dropout must be off in evaluation
+    let data = batches();
+    // Each batch alone, then both: the mean is weighted by tokens.
+    let mut weighted = 0.0f64;
+    let mut tokens = 0;
+    for b in &data[..2] {
+        let mut masked = b.clone();
+        masked.labels[0][..5].iter_mut().for_each(|l| *l = -100); // unequal counts
+        let e = block_on(evaluate(gpu, &model, Some(&ad), std::slice::from_ref(&masked))).unwrap();
+        weighted += e.loss as f64 * e.tokens as f64;
+        tokens += e.tokens;
+    }
+    let mut masked: Vec<Batch> = data[..2].to_vec();
+    masked.iter_mut().for_each(|b| b.labels[0][..5].iter_mut().for_each(|l| *l = -100));
+    let e = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
+    assert_eq!(e.tokens, tokens);
+    assert!((e.loss as f64 - weighted / tokens as f64).abs() < 1e-5, "{} vs {}", e.loss, weighted / tokens as f64);
+    assert!((e.perplexity - (e.loss as f64).exp()).abs() < 1e-9);
+    // Evaluation has no dropout: twice the same numbers.
+    let again = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
+    assert_eq!(e, again);
+    let empty = vec![Batch { input_ids: vec![vec![1, 2]], labels: vec![vec![-100, -100]] }];
+    assert!(matches!(block_on(evaluate(gpu, &model, None, &empty)), Err(Error::InvalidArgument { .. })));
+}
