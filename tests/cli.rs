@@ -116,3 +116,331 @@ fn quantize_then_generate_from_the_packed_folder() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("stored as nf4"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A fresh folder under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("webpeft-cli-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// `name` inside the folder, as a string for the command line.
+    fn join(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// Six lines of plain text and one prompt/completion pair.
+const TRAIN_JSONL: &str = r#"{"text": "The cat sat on the mat and looked at the door."}
+{"text": "A small dog ran across the green field in the morning."}
+{"text": "She opened the window to let the cool air into the room."}
+{"text": "The old man told a story about the sea and the stars."}
+{"text": "We walked to the market to buy bread, milk and apples."}
+{"text": "The children played in the park until the sun went down."}
+{"prompt": "Q: What color is the sky?\nA:", "completion": " The sky is blue."}
+"#;
+
+/// `dir/train.jsonl` with [`TRAIN_JSONL`].
+fn write_data(dir: &TempDir) -> String {
+    let path = dir.join("train.jsonl");
+    std::fs::write(&path, TRAIN_JSONL).unwrap();
+    path
+}
+
+/// `webpeft train` on the llama_gqa fixture with `args` after the model and data.
+fn train(data: &str, args: &[&str]) -> std::process::Output {
+    let model = fixture("llama_gqa");
+    let mut all = vec!["train", "--model", &model, "--data", data, "--seq-len", "32"];
+    all.extend_from_slice(args);
+    webpeft(&all)
+}
+
+/// The step lines `train` printed, checked for their keys.
+fn step_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
+    for l in &lines {
+        if l.get("eval_loss").is_none() {
+            for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s"] {
+                assert!(l[key].is_number(), "{key} in {l}");
+            }
+        }
+    }
+    lines
+}
+
+/// The stderr of a run that must fail with exit code 1 and no panic.
+fn failure(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    // (lavapipe may print its own `error: XDG_RUNTIME_DIR …` lines first.)
+    assert!(err.lines().any(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn ok(out: &std::process::Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn train_lora_all_linear_then_generate_with_it() {
+    let dir = TempDir::new("train-lora");
+    let data = write_data(&dir);
+    let out_dir = dir.join("out");
+    let out = train(
+        &data,
+        &[
+            "--method",
+            "lora",
+            "--targets",
+            "all-linear",
+            "--steps",
+            "6",
+            "--lr",
+            "1e-2",
+            "--eval-data",
+            &data,
+            "--out",
+            &out_dir,
+        ],
+    );
+    ok(&out);
+    let mut lines = step_lines(&out);
+    let eval = lines.pop().unwrap();
+    assert!(eval["eval_loss"].as_f64().unwrap().is_finite() && eval["eval_tokens"].as_u64() > Some(50), "{eval}");
+    let perplexity = eval["eval_perplexity"].as_f64().unwrap();
+    assert!((perplexity.ln() - eval["eval_loss"].as_f64().unwrap()).abs() < 1e-5, "{eval}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let losses: Vec<f64> = lines.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(losses[5] < losses[0], "the loss did not go down: {losses:?}");
+    assert_eq!(lines[5]["step"], 6);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("out/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["lora_alpha"].as_f64(), Some(16.0));
+    assert_eq!(config["target_modules"], "all-linear", "{config}");
+    assert_eq!(config["base_model_name_or_path"], "llama_gqa");
+    for name in ["adapter_model.safetensors", "training_state.safetensors"] {
+        assert!(dir.0.join("out").join(name).is_file(), "{name} missing");
+    }
+    let gen = webpeft(&[
+        "generate",
+        "--model",
+        &fixture("llama_gqa"),
+        "--adapter",
+        &out_dir,
+        "--prompt",
+        "The cat",
+        "--max-new-tokens",
+        "4",
+    ]);
+    ok(&gen);
+}
+
+#[test]
+fn train_each_bottleneck_method_on_a_quantized_base() {
+    let dir = TempDir::new("train-bn");
+    let data = write_data(&dir);
+    for (method, quant) in [("seq_bn", "nf4"), ("double_seq_bn", "q8"), ("par_bn", "nf4")] {
+        let out_dir = dir.join(method);
+        let out =
+            train(&data, &["--method", method, "--quant", quant, "--steps", "3", "--lr", "1e-3", "--out", &out_dir]);
+        ok(&out);
+        let lines = step_lines(&out);
+        assert_eq!(lines.len(), 3, "{method}: {lines:?}");
+        assert!(lines.iter().all(|l| l["loss"].as_f64().unwrap().is_finite()), "{method}: {lines:?}");
+        let folder = dir.0.join(method);
+        assert!(folder.join("adapter.safetensors").is_file(), "{method}: adapter.safetensors missing");
+        assert!(folder.join("training_state.safetensors").is_file(), "{method}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["model_name"], "llama_gqa", "{method}: {config}");
+    }
+}
+
+#[test]
+fn resuming_equals_an_uninterrupted_run() {
+    let dir = TempDir::new("resume");
+    let data = write_data(&dir);
+    // Dropout makes the RNG state part of what must be resumed; the cosine
+    // schedule with warmup, the schedule's position.
+    let common = ["--method", "lora", "--dropout", "0.1", "--lr", "1e-2", "--schedule", "cosine", "--warmup", "1"];
+    let run = |extra: &[&str]| {
+        let mut args = common.to_vec();
+        args.extend_from_slice(extra);
+        let out = train(&data, &args);
+        ok(&out);
+        step_lines(&out)
+    };
+    let (whole, half) = (dir.join("whole"), dir.join("half"));
+    let uninterrupted = run(&["--steps", "4", "--out", &whole]);
+    let first = run(&["--steps", "4", "--stop-after", "2", "--out", &half]);
+    let rest = run(&["--resume", &half, "--out", &half]);
+    let losses = |lines: &[serde_json::Value]| lines.iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
+    assert_eq!(rest[0]["step"], 3);
+    let resumed: Vec<String> = losses(&first).into_iter().chain(losses(&rest)).collect();
+    assert_eq!(resumed, losses(&uninterrupted));
+    let grads = |lines: &[serde_json::Value]| lines.iter().map(|l| l["grad_norm"].to_string()).collect::<Vec<_>>();
+    assert_eq!(grads(&first).into_iter().chain(grads(&rest)).collect::<Vec<_>>(), grads(&uninterrupted));
+    let weights = |d: &str| std::fs::read(std::path::Path::new(d).join("adapter_model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&half), "the resumed adapter differs from the uninterrupted one");
+}
+
+/// Logits (B·T·V) of `webpeft logits` on the ids in `tokens`.
+fn logits_of(model: &str, tokens: &str, out: &str, adapter: Option<&str>) -> Vec<f32> {
+    let mut args = vec!["logits", "--model", model, "--tokens", tokens, "--out", out];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a]);
+    }
+    ok(&webpeft(&args));
+    let bytes = std::fs::read(out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    bytemuck::pod_collect_to_vec(st.tensor("logits").unwrap().data())
+}
+
+#[test]
+fn merged_model_computes_what_base_plus_adapter_did() {
+    let dir = TempDir::new("merge");
+    let merged = dir.join("merged");
+    let adapter = fixture("lora/initial_adapter");
+    let out = webpeft(&["merge", "--model", &fixture("llama_gqa"), "--adapter", &adapter, "--out", &merged]);
+    ok(&out);
+    for name in
+        ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    {
+        assert!(dir.0.join("merged").join(name).is_file(), "{name} missing from the merged folder");
+    }
+    let tokens = dir.join("ids.json");
+    std::fs::write(&tokens, "[[1, 17, 250, 42, 99, 3, 7, 300], [5, 6, 7, 8, 9, 10, 11, 12]]").unwrap();
+    let adapted = logits_of(&fixture("llama_gqa"), &tokens, &dir.join("a.safetensors"), Some(&adapter));
+    let folded = logits_of(&merged, &tokens, &dir.join("m.safetensors"), None);
+    let base = logits_of(&fixture("llama_gqa"), &tokens, &dir.join("b.safetensors"), None);
+    let worst = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert_eq!(adapted.len(), 2 * 8 * 384);
+    assert!(worst(&adapted, &folded) < 1e-4, "merged vs adapted: {}", worst(&adapted, &folded));
+    assert!(worst(&adapted, &base) > 1e-3, "the adapter changes nothing: {}", worst(&adapted, &base));
+}
+
+#[test]
+fn train_stops_on_a_non_finite_loss_and_keeps_the_last_good_state() {
+    let dir = TempDir::new("nan");
+    let data = write_data(&dir);
+    let out_dir = dir.join("out");
+    let out = train(&data, &["--method", "lora", "--steps", "4", "--lr", "3e38", "--out", &out_dir]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("error: training step") && !err.contains("panicked"), "{err}");
+    let lines = step_lines(&out);
+    assert!(!lines.is_empty() && lines.len() < 4, "{lines:?}");
+    for name in ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors"] {
+        assert!(dir.0.join("out").join(name).is_file(), "{name} missing");
+    }
+}
+
+#[test]
+fn train_on_a_malformed_line_names_it() {
+    let dir = TempDir::new("bad-line");
+    let data = dir.join("bad.jsonl");
+    std::fs::write(&data, "{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\n{\"text\": oops}\n").unwrap();
+    let err = failure(&train(&data, &["--method", "lora", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]));
+    assert!(err.contains("bad.jsonl, line 3") && err.contains("not valid JSON"), "{err}");
+}
+
+#[test]
+fn train_on_an_empty_file_says_it_is_empty() {
+    let dir = TempDir::new("empty");
+    let data = dir.join("empty.jsonl");
+    std::fs::write(&data, "\n").unwrap();
+    let err = failure(&train(&data, &["--method", "lora", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]));
+    assert!(err.contains("empty.jsonl") && err.contains("empty"), "{err}");
+}
+
+#[test]
+fn train_with_an_unknown_target_lists_the_modules() {
+    let dir = TempDir::new("targets");
+    let data = write_data(&dir);
+    let args = ["--method", "lora", "--targets", "nonexistent_proj", "--steps", "1", "--lr", "1e-3", "--out"];
+    let err = failure(&train(&data, &[&args[..], &[&dir.join("o")]].concat()));
+    assert!(err.contains("--targets") && err.contains("nonexistent_proj") && err.contains("q_proj"), "{err}");
+}
+
+#[test]
+fn train_with_rank_zero_is_refused() {
+    let dir = TempDir::new("r0");
+    let data = write_data(&dir);
+    let err = failure(&train(
+        &data,
+        &["--method", "lora", "--r", "0", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")],
+    ));
+    assert!(err.contains("--r") && err.contains("at least 1"), "{err}");
+}
+
+#[test]
+fn train_with_an_unknown_method_lists_the_methods() {
+    let dir = TempDir::new("method");
+    let data = write_data(&dir);
+    let out = train(&data, &["--method", "foo", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    assert!(err.contains("foo") && err.contains("seq_bn") && err.contains("lora"), "{err}");
+}
+
+#[test]
+fn train_from_an_adapter_of_another_peft_type_is_refused() {
+    let dir = TempDir::new("ia3");
+    let data = write_data(&dir);
+    let ia3 = dir.join("ia3");
+    std::fs::create_dir_all(&ia3).unwrap();
+    std::fs::write(
+        dir.0.join("ia3/adapter_config.json"),
+        r#"{"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{}/adapter_model.safetensors", fixture("lora/initial_adapter")),
+        dir.0.join("ia3/adapter_model.safetensors"),
+    )
+    .unwrap();
+    let args = ["--method", "lora", "--init-adapter", &ia3, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
+    let err = failure(&train(&data, &args));
+    assert!(err.contains("--init-adapter") && err.contains("IA3") && err.contains("LORA"), "{err}");
+    // A LoRA folder with a bottleneck --method names both.
+    let lora = fixture("lora/initial_adapter");
+    let args = ["--method", "seq_bn", "--init-adapter", &lora, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
+    let err = failure(&train(&data, &args));
+    assert!(err.contains("holds a lora adapter, but --method is seq_bn"), "{err}");
+}
+
+#[test]
+fn merging_a_bottleneck_adapter_is_refused() {
+    let dir = TempDir::new("merge-bn");
+    let out = webpeft(&[
+        "merge",
+        "--model",
+        &fixture("llama_gqa"),
+        "--adapter",
+        &fixture("bottleneck/seq_bn/initial_adapter"),
+        "--out",
+        &dir.join("merged"),
+    ]);
+    let err = failure(&out);
+    assert!(
+        err.contains("merge applies to LoRA adapters; bottleneck adapters cannot be folded into the base weights"),
+        "{err}"
+    );
+    assert!(!dir.0.join("merged").exists());
+}

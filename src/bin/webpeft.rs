@@ -1,7 +1,8 @@
-//! The native command-line tool. `webpeft bench` prints kernel figures for the
-//! adapter it runs on; model, training and file commands come with their issues.
+//! The native command-line tool: describe, run, quantize, train and merge
+//! models and adapters, and `bench` the kernels on this machine's adapter.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -17,15 +18,26 @@ macro_rules! out {
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use webpeft::bench::{kernel_figures, Figure};
+use webpeft::gpu::Recorder;
 use webpeft::kernels::matmul::{SgTiles, Tiles};
+use webpeft::kernels::swiglu::Activation;
 use webpeft::model::checkpoint::Checkpoint;
 use webpeft::model::config::Config;
-use webpeft::model::llama::GenerationConfig;
+use webpeft::model::llama::{causal_lm_loss, CausalTargets, GenerationConfig};
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::bottleneck_file::BN_WEIGHTS_FILE;
+use webpeft::peft::merge::{export_safetensors, merge_lora};
+use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
 use webpeft::quant::QuantFormat;
-use webpeft::Gpu;
+use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
+use webpeft::train::data::{parse_jsonl, DataOptions, Dataset};
+use webpeft::train::run::{Run, RunConfig};
+use webpeft::train::schedule::Schedule;
+use webpeft::train::trainer::OptimizerConfig;
+use webpeft::{DType, Gpu, Tensor};
 
 #[derive(Parser)]
 #[command(name = "webpeft", version, about = "LoRA and bottleneck-adapter fine-tuning on WebGPU")]
@@ -59,6 +71,9 @@ enum Command {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Write a pre-quantized copy of a model folder (webpeft's layout: see README), ~4-7x smaller.
     Quantize {
@@ -86,6 +101,24 @@ enum Command {
         /// Output safetensors file: `logits` (B, T, V) f32 and `loss` (1) f32.
         #[arg(long)]
         out: std::path::PathBuf,
+        /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
+    /// Train an adapter on a JSONL file: one JSON line per optimizer step on
+    /// stdout; the adapter and a resumable training state go to --out.
+    Train(Box<TrainArgs>),
+    /// Fold a LoRA adapter into the base weights and write a plain f32 model folder.
+    Merge {
+        /// The Hugging Face model folder the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The folder to write: model.safetensors and the config and tokenizer files.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Describe a Hugging Face model folder: architecture, parameters, bytes per weight format.
     Info {
@@ -118,7 +151,144 @@ enum Command {
         /// "SRxTN" (rows per subgroup x columns per lane).
         #[arg(long)]
         sweep_sg: Option<String>,
+        /// Time training steps instead of kernels: a tiny model (the fixtures'
+        /// shape) and a ~29M-parameter one, LoRA and seq_bn, f32 and NF4.
+        #[arg(long)]
+        train: bool,
     },
+}
+
+/// `webpeft train`'s options. Adapter options left out take the method's
+/// defaults; with --init-adapter or --resume the adapter's own config wins.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data, one JSON object a line: {"text"}, {"prompt", "completion"},
+    /// {"messages"} or {"input_ids", "labels"}.
+    #[arg(long)]
+    data: PathBuf,
+    /// lora, seq_bn, double_seq_bn or par_bn.
+    #[arg(long, value_parser = parse_method)]
+    method: Method,
+    /// LoRA rank [default: 8].
+    #[arg(long)]
+    r: Option<usize>,
+    /// LoRA alpha [default: 16].
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Dropout on the adapter's input, in [0, 1) [default: 0].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// LoRA targets: comma-separated module names, or all-linear [default: q_proj,v_proj].
+    #[arg(long)]
+    targets: Option<String>,
+    /// LoRA scaling alpha/√r instead of alpha/r.
+    #[arg(long)]
+    rslora: bool,
+    /// Bottleneck width = hidden_size / this [default: AdapterHub's preset].
+    #[arg(long)]
+    reduction_factor: Option<f64>,
+    /// Bottleneck activation: relu, silu, gelu or tanh [default: AdapterHub's preset].
+    #[arg(long, value_parser = parse_activation)]
+    non_linearity: Option<Activation>,
+    /// How the frozen blocks' Linear weights are stored: f32, q8 (Q8_0) or nf4.
+    #[arg(long, default_value = "f32")]
+    quant: QuantFormat,
+    /// Start from this adapter folder (PEFT LoRA or AdapterHub bottleneck) instead of a fresh one.
+    #[arg(long, conflicts_with = "resume")]
+    init_adapter: Option<PathBuf>,
+    /// Optimizer steps in the whole run.
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Passes over the data (may be fractional) [default: 1 when --steps is not given].
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Peak learning rate (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    lr: Option<f64>,
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Tokens per row [default: 512, capped at the model's max_position_embeddings].
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Steps of linear warmup from 0.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// constant, linear or cosine.
+    #[arg(long, default_value = "linear", value_parser = parse_schedule)]
+    schedule: Schedule,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Keep the file's row order in every epoch.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Concatenate the examples and cut rows of exactly --seq-len tokens.
+    #[arg(long)]
+    packing: bool,
+    /// Seeds the adapter's initialisation, the shuffling and the dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Held-out JSONL file: its loss and perplexity are printed after training.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Continue the run saved in this folder's training_state.safetensors:
+    /// the same schedule, step total, learning rate and accumulation as when it
+    /// started (those flags are then ignored), from the saved data position.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many steps of this invocation, writing the adapter and
+    /// the checkpoint as at the end (continue later with --resume).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Also write the adapter and the checkpoint every this many steps.
+    #[arg(long)]
+    save_steps: Option<u64>,
+    /// The folder to write the adapter files and training_state.safetensors to.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// What `train --method` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    Lora,
+    Bottleneck(BottleneckKind),
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Bottleneck(kind) => kind.name(),
+        }
+    }
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    match s {
+        "lora" => Ok(Method::Lora),
+        _ => BottleneckKind::from_name(s)
+            .map(Method::Bottleneck)
+            .ok_or_else(|| "expected lora, seq_bn, double_seq_bn or par_bn".to_string()),
+    }
+}
+
+fn parse_activation(s: &str) -> Result<Activation, String> {
+    Activation::from_name(s).ok_or_else(|| "expected relu, silu, gelu or tanh".to_string())
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    Schedule::from_name(s).map_err(|_| "expected constant, linear or cosine".to_string())
 }
 
 fn parse_tiles(s: &str) -> Result<Tiles, String> {
@@ -140,7 +310,7 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { model, json } => info(&model, json).await?,
-        Command::Generate { model, quant, prompt, max_new_tokens, temperature, top_k, top_p, seed } => {
+        Command::Generate { model, quant, prompt, max_new_tokens, temperature, top_k, top_p, seed, adapter } => {
             let sampling = GenerationConfig {
                 max_new_tokens,
                 temperature: if temperature > 0.0 { temperature } else { 1.0 },
@@ -150,13 +320,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 eos_token_ids: Vec::new(),
                 greedy: temperature <= 0.0,
             };
-            generate(&model, quant, &prompt, sampling).await?
+            generate(&model, quant, &prompt, sampling, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize(&model, quant, &out).await?,
-        Command::Logits { model, quant, tokens, out } => logits(&model, quant, &tokens, &out).await?,
-        Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg } => {
+        Command::Logits { model, quant, tokens, out, adapter } => {
+            logits(&model, quant, &tokens, &out, adapter.as_deref()).await?
+        }
+        Command::Train(args) => {
+            if train(*args).await? == Stopped::NonFinite {
+                std::process::exit(2);
+            }
+        }
+        Command::Merge { model, adapter, out } => merge(&model, &adapter, &out).await?,
+        Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg, train } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
             let gpu = Gpu::new().await?;
+            if train {
+                return bench_train(&gpu, repeats.max(1), json).await;
+            }
             if let Some(list) = sweep_sg {
                 for t in list.split(',') {
                     let bad = || format!("--sweep-sg wants SRxTN such as 64x16, got {t:?}");
@@ -291,17 +472,51 @@ fn read_token_file(path: &std::path::Path) -> Result<Vec<Vec<u32>>, Box<dyn std:
     Ok(rows)
 }
 
+/// An adapter folder (PEFT or AdapterHub) for `model`; errors name the folder.
+async fn load_adapter(gpu: &Gpu, dir: &Path, model: &Model) -> Result<Adapter, String> {
+    let files = DirFiles::new(dir).map_err(|e| format!("--adapter: {e}"))?;
+    Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("--adapter {}: {e}", dir.display()))
+}
+
+/// [`Model::logits_and_loss`] with an adapter: logits (B·T·V) and the
+/// causal-LM loss with labels = ids, in one submission and one read-back.
+async fn adapted_logits_and_loss(
+    gpu: &Gpu,
+    model: &Model,
+    ids: &[Vec<u32>],
+    adapter: &Adapter,
+) -> webpeft::Result<(Vec<f32>, f32)> {
+    let input_ids = model.input_ids(gpu, ids)?; // (B, T)
+    let labels: Vec<Vec<i32>> = ids.iter().map(|row| row.iter().map(|&id| id as i32).collect()).collect();
+    let targets = CausalTargets::new(gpu, &labels, model.config.vocab_size)?;
+    let mut rec = Recorder::new(gpu);
+    let (logits, _) = model.forward_adapted(&mut rec, &input_ids, Some(adapter), None)?; // (B, T, V)
+    let loss = causal_lm_loss(&mut rec, &logits, &targets)?; // (1)
+    let n = logits.numel();
+    let both = Tensor::zeros(gpu, &[n + 1], DType::F32)?;
+    rec.copy(&logits, 0, &both, 0, n as u64 * 4)?;
+    rec.copy(&loss, 0, &both, n as u64 * 4, 4)?;
+    rec.submit()?;
+    let mut all = both.to_vec::<f32>(gpu).await?;
+    let loss = all.pop().unwrap_or(f32::NAN);
+    Ok((all, loss))
+}
+
 async fn logits(
     dir: &std::path::Path,
     quant: QuantFormat,
     tokens: &std::path::Path,
     out: &std::path::Path,
+    adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let ids = read_token_file(tokens)?;
     let gpu = Gpu::new().await?;
     let files = DirFiles::new(dir)?;
     let model = Model::load(&gpu, &files, quant).await?;
-    let (logits, loss) = model.logits_and_loss(&gpu, &ids, None).await?;
+    let (logits, loss) = match adapter {
+        Some(a) => adapted_logits_and_loss(&gpu, &model, &ids, &load_adapter(&gpu, a, &model).await?).await?,
+        None => model.logits_and_loss(&gpu, &ids, None).await?,
+    };
     let (b, t, v) = (ids.len(), ids[0].len(), model.config.vocab_size);
     let logits_bytes: &[u8] = bytemuck::cast_slice(&logits);
     let loss_bytes = loss.to_le_bytes();
@@ -336,15 +551,8 @@ async fn quantize(
     let config = Config::load(&files).await?;
     let checkpoint = Checkpoint::open(&files).await?;
     let bytes = webpeft::model::quantized::quantize_checkpoint(&checkpoint, &config, quant).await?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_model_folder(dir, out, &bytes)?;
     let target = out.join("model.safetensors");
-    std::fs::write(&target, &bytes).map_err(|e| format!("{}: {e}", target.display()))?;
-    for name in COMPANION_FILES {
-        let src = dir.join(name);
-        if src.is_file() {
-            std::fs::copy(&src, out.join(name)).map_err(|e| format!("{}: {e}", src.display()))?;
-        }
-    }
     let before: u64 = checkpoint.shards().iter().map(|s| s.tensors().iter().map(|t| t.len).sum::<u64>()).sum();
     out!(
         "{}: {} ({:.2} MiB; the tensors were {:.2} MiB)",
@@ -361,11 +569,16 @@ async fn generate(
     quant: QuantFormat,
     prompt: &str,
     mut config: GenerationConfig,
+    adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = Gpu::new().await?;
     let files = DirFiles::new(dir)?;
     let tokenizer = Tokenizer::load(&files).await?;
     let model = Model::load(&gpu, &files, quant).await?;
+    let adapter = match adapter {
+        Some(a) => Some(load_adapter(&gpu, a, &model).await?),
+        None => None,
+    };
     config.eos_token_ids = model.config.eos_token_ids.clone();
     config.eos_token_ids.extend(tokenizer.eos_ids());
     let ids = tokenizer.encode(prompt, true)?;
@@ -374,7 +587,7 @@ async fn generate(
     let mut failed = None;
     let start = std::time::Instant::now();
     let out = model
-        .generate(&gpu, &ids, &config, |id| match decoder.step(id) {
+        .generate_adapted(&gpu, &ids, &config, adapter.as_ref(), |id| match decoder.step(id) {
             Ok(Some(piece)) => {
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();
@@ -398,6 +611,463 @@ async fn generate(
         secs,
         out.len() as f64 / secs,
         ids.len()
+    );
+    Ok(())
+}
+
+/// One `train` line per optimizer step (f32 fields print as f32).
+#[derive(serde::Serialize)]
+struct StepLine {
+    step: u64,
+    loss: f32,
+    lr: f64,
+    grad_norm: f32,
+    tokens_per_s: f64,
+}
+
+/// The `train` line after the run when --eval-data is given.
+#[derive(serde::Serialize)]
+struct EvalLine {
+    eval_loss: f32,
+    eval_perplexity: f64,
+    eval_tokens: usize,
+}
+
+/// A library error about an adapter option, reworded for the flag that set it
+/// (`adapter_config.json: field r: …` → `--r: …`).
+fn flag_error(e: webpeft::Error) -> String {
+    let (field, detail) = match &e {
+        webpeft::Error::AdapterConfig { field, detail }
+        | webpeft::Error::AdapterUnsupported { field, detail }
+        | webpeft::Error::BottleneckConfig { field, detail } => (field.as_str(), detail),
+        _ => return e.to_string(),
+    };
+    let flag = match field.strip_prefix("config.").unwrap_or(field) {
+        "r" => "--r",
+        "lora_alpha" => "--alpha",
+        "lora_dropout" | "dropout" => "--dropout",
+        "target_modules" => "--targets",
+        "reduction_factor" => "--reduction-factor",
+        "non_linearity" => "--non-linearity",
+        _ => return e.to_string(),
+    };
+    format!("{flag}: {detail}")
+}
+
+/// The folder's own name (`base_model_name_or_path` / `model_name`).
+fn model_name(dir: &Path) -> Option<String> {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir).or_else(|| std::fs::canonicalize(dir).ok().as_deref().and_then(named))
+}
+
+impl TrainArgs {
+    /// The adapter options given on the command line.
+    fn adapter_flags(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let lora = [
+            ("--r", self.r.is_some()),
+            ("--alpha", self.alpha.is_some()),
+            ("--targets", self.targets.is_some()),
+            ("--rslora", self.rslora),
+        ];
+        let bn = [
+            ("--reduction-factor", self.reduction_factor.is_some()),
+            ("--non-linearity", self.non_linearity.is_some()),
+        ];
+        let given = |flags: &[(&'static str, bool)]| flags.iter().filter(|f| f.1).map(|f| f.0).collect::<Vec<_>>();
+        (given(&lora), given(&bn))
+    }
+
+    /// Options that belong to the other kind of adapter are a mistake.
+    fn check_method_options(&self) -> Result<(), String> {
+        let (lora, bn) = self.adapter_flags();
+        let options = |flags: &[&str]| match flags {
+            [one] => format!("{one} is an option"),
+            many => format!("{} are options", many.join(", ")),
+        };
+        match self.method {
+            Method::Lora if !bn.is_empty() => Err(format!(
+                "{} for bottleneck adapters; --method lora takes --r, --alpha, --dropout, --targets and --rslora",
+                options(&bn)
+            )),
+            Method::Bottleneck(kind) if !lora.is_empty() => Err(format!(
+                "{} for LoRA; --method {} takes --reduction-factor, --non-linearity and --dropout",
+                options(&lora),
+                kind.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A fresh adapter from the command line's options.
+    fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, Box<dyn std::error::Error>> {
+        match self.method {
+            Method::Lora => {
+                let targets = match self.targets.as_deref().unwrap_or("q_proj,v_proj") {
+                    "all-linear" => TargetModules::AllLinear,
+                    list => TargetModules::List(
+                        list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                    ),
+                };
+                let mut cfg =
+                    LoraConfig::new(self.r.unwrap_or(8), self.alpha.unwrap_or(16.0), targets).map_err(flag_error)?;
+                cfg.lora_dropout = self.dropout.unwrap_or(0.0);
+                cfg.use_rslora = self.rslora;
+                cfg.base_model_name_or_path = model_name(&self.model);
+                cfg.validate().map_err(flag_error)?;
+                cfg.targets(&model.config).map_err(flag_error)?;
+                Ok(Adapter::new_lora(gpu, cfg, &model.config, self.seed)?)
+            }
+            Method::Bottleneck(kind) => {
+                let mut cfg = BottleneckConfig::new(kind);
+                cfg.reduction_factor = self.reduction_factor.unwrap_or(cfg.reduction_factor);
+                cfg.non_linearity = self.non_linearity.unwrap_or(cfg.non_linearity);
+                cfg.dropout = self.dropout.unwrap_or(cfg.dropout);
+                cfg.model_name = model_name(&self.model);
+                cfg.check(&model.config).map_err(flag_error)?;
+                Ok(Adapter::new_bottleneck(gpu, cfg, &model.config, self.seed)?)
+            }
+        }
+    }
+
+    /// Says on stderr which given adapter options `source`'s config overrides.
+    fn note_ignored_options(&self, source: &str) {
+        let (mut given, bn) = self.adapter_flags();
+        given.extend(bn);
+        if self.dropout.is_some() {
+            given.push("--dropout");
+        }
+        if !given.is_empty() {
+            eprintln!("note: {} ignored: the adapter config in {source} wins", given.join(", "));
+        }
+    }
+}
+
+/// A JSONL file's examples as rows, named by the file's path in errors.
+fn read_dataset(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    opts: &DataOptions,
+    pad_id: u32,
+) -> Result<Dataset, Box<dyn std::error::Error>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let examples = parse_jsonl(&name, &text, Some(tokenizer))?;
+    Ok(Dataset::new(&name, examples, opts, pad_id)?)
+}
+
+/// Writes the adapter files and the training state of `run` into `out`.
+async fn save_run(gpu: &Gpu, run: &Run, model: &Model, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    for (name, bytes) in run.trainer.adapter.to_files(gpu, &model.config).await? {
+        write(&name, &bytes)?;
+    }
+    let state = save_checkpoint(gpu, &run.trainer, &model.config, &run.progress()).await?;
+    write(CHECKPOINT_FILE, &state)?;
+    Ok(())
+}
+
+/// The run a checkpoint's `progress` describes (see `Run::progress`).
+fn run_config_from(progress: &serde_json::Value) -> Result<RunConfig, String> {
+    let u = |k: &str| progress.get(k).and_then(serde_json::Value::as_u64).ok_or(format!("progress.{k} is missing"));
+    let schedule =
+        progress.get("schedule").and_then(serde_json::Value::as_str).ok_or("progress.schedule is missing")?;
+    Ok(RunConfig {
+        steps: Some(u("total_steps")?),
+        epochs: 1.0,
+        grad_accum: u("grad_accum")? as usize,
+        lr: progress.get("lr").and_then(serde_json::Value::as_f64).ok_or("progress.lr is missing")?,
+        schedule: Schedule::from_name(schedule).map_err(|e| e.to_string())?,
+        warmup_steps: u("warmup_steps")?,
+    })
+}
+
+/// How a `train` run ended (other errors are `Err`).
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    Done,
+    /// `--stop-after` steps ran; the run can go on with `--resume`.
+    Paused,
+    /// A step's loss or gradient norm was NaN or infinite: the error was
+    /// printed and the last good state written.
+    NonFinite,
+}
+
+/// Writes `model.safetensors` into `out` and copies the config and tokenizer
+/// files from the model folder `dir`.
+fn write_model_folder(dir: &Path, out: &Path, model_safetensors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let target = out.join("model.safetensors");
+    std::fs::write(&target, model_safetensors).map_err(|e| format!("{}: {e}", target.display()))?;
+    for name in COMPANION_FILES {
+        let src = dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(name)).map_err(|e| format!("{}: {e}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `webpeft bench --train`: tokens/s and peak GPU bytes of training steps.
+async fn bench_train(gpu: &Gpu, repeats: usize, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use webpeft::bench::train::{llama_config, random_model_files, train_figure};
+    let models = [
+        ("tiny (V 384, D 64, 2 layers)", llama_config(384, 64, 128, 2, 4, 2), 4, 64),
+        ("29M (V 8192, D 512, 7 layers)", llama_config(8192, 512, 1376, 7, 8, 4), 4, 128),
+    ];
+    if !json {
+        out!("adapter: {}", gpu.describe());
+        out!("| model | params | base | method | adapter params | batch×seq | ms/step | tokens/s | peak GPU MiB | weights MiB |");
+        out!("|---|---:|---|---|---:|---|---:|---:|---:|---:|");
+    }
+    for (name, config, batch, seq) in models {
+        let files = random_model_files(&config, 1)?;
+        for (quant, method) in [(QuantFormat::F32, "lora"), (QuantFormat::Nf4, "lora"), (QuantFormat::Nf4, "seq_bn")] {
+            let f = train_figure(gpu, name, &files, quant, method, batch, seq, repeats).await?;
+            if json {
+                out!("{}", serde_json::to_string(&f)?);
+            } else {
+                out!(
+                    "| {} | {:.1}M | {} | {} | {} | {}×{} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                    f.model,
+                    f.parameters as f64 / 1e6,
+                    f.quant,
+                    f.method,
+                    f.adapter_parameters,
+                    f.batch,
+                    f.seq,
+                    f.step_ms,
+                    f.tokens_per_s,
+                    f.peak_gpu_bytes as f64 / (1 << 20) as f64,
+                    f.weight_bytes as f64 / (1 << 20) as f64
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `webpeft train`.
+async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+    a.check_method_options()?;
+    if a.init_adapter.is_some() || a.resume.is_some() {
+        let source = a.init_adapter.as_ref().or(a.resume.as_ref()).expect("one of them").display().to_string();
+        a.note_ignored_options(&source);
+    }
+    let files = DirFiles::new(&a.model)?;
+    let tokenizer = Tokenizer::load(&files).await?;
+    let config = Config::load(&files).await?;
+    let max = config.max_position_embeddings;
+    if let Some(n) = a.seq_len.filter(|&n| n > max) {
+        eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings {max}");
+    }
+    let pad_id = tokenizer.pad_id().or_else(|| tokenizer.eos_ids().first().copied()).unwrap_or(0);
+    let opts = DataOptions {
+        seq_len: a.seq_len.unwrap_or(512).min(max),
+        packing: a.packing,
+        batch_size: a.batch_size,
+        shuffle: !a.no_shuffle,
+        seed: a.seed,
+        drop_last: false,
+    };
+    let dataset = read_dataset(&a.data, &tokenizer, &opts, pad_id)?;
+    let eval = match &a.eval_data {
+        Some(path) => Some(read_dataset(path, &tokenizer, &DataOptions { shuffle: false, ..opts.clone() }, pad_id)?),
+        None => None,
+    };
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+
+    let gpu = Gpu::new().await?;
+    let model = Model::load(&gpu, &files, a.quant).await?;
+    let optimizer = OptimizerConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+    };
+    let (trainer, progress) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(CHECKPOINT_FILE);
+            let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+            let (mut trainer, progress) =
+                load_checkpoint(&gpu, &bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            if trainer.adapter.method() != a.method.name() {
+                return Err(format!(
+                    "--resume {}: the checkpoint trains a {} adapter, but --method is {}",
+                    dir.display(),
+                    trainer.adapter.method(),
+                    a.method.name()
+                )
+                .into());
+            }
+            if trainer.optimizer != optimizer {
+                eprintln!("note: the optimizer settings differ from the checkpoint's; continuing with the ones given");
+                trainer.optimizer = optimizer;
+            }
+            (trainer, Some(progress))
+        }
+        None => {
+            let adapter = match &a.init_adapter {
+                Some(dir) => init_adapter(&gpu, dir, a.method, &model).await?,
+                None => a.new_adapter(&gpu, &model)?,
+            };
+            (webpeft::train::trainer::Trainer::new(&gpu, adapter, optimizer, a.seed)?, None)
+        }
+    };
+    let mut run_config = RunConfig {
+        steps: a.steps,
+        epochs: a.epochs.unwrap_or(1.0),
+        grad_accum: a.grad_accum,
+        lr: a.lr.unwrap_or(0.0),
+        schedule: a.schedule,
+        warmup_steps: a.warmup,
+    };
+    if let Some(progress) = &progress {
+        // The run goes on as it started: its schedule spans its own step total.
+        let saved = run_config_from(progress).map_err(|e| format!("--resume: {e}"))?;
+        if (saved.steps != a.steps && (a.steps.is_some() || a.epochs.is_some()))
+            || a.lr.is_some_and(|lr| lr != saved.lr)
+            || saved.schedule != a.schedule
+            || saved.warmup_steps != a.warmup
+            || saved.grad_accum != a.grad_accum
+        {
+            eprintln!(
+                "note: resuming the checkpoint's run ({} steps, lr {:e}, {} schedule, warmup {}, grad-accum {}); \
+                 the schedule flags given here are ignored",
+                saved.steps.unwrap_or(0),
+                saved.lr,
+                saved.schedule.name(),
+                saved.warmup_steps,
+                saved.grad_accum
+            );
+        }
+        run_config = saved;
+    }
+    let mut run = Run::new(dataset, trainer, &run_config)?;
+    if let Some(progress) = &progress {
+        run.seek(Run::position_from(progress)?)?;
+        eprintln!("resuming at step {} of {}", run.trainer.step, run.total_steps());
+    }
+    eprintln!(
+        "training {} ({} parameters) on {} rows of {}: {} steps of {}×{} rows, lr {:e} ({}), {} base",
+        run.trainer.adapter.method(),
+        run.trainer.adapter.num_params(),
+        run.dataset.len(),
+        a.data.display(),
+        run.total_steps(),
+        a.batch_size,
+        a.grad_accum,
+        run_config.lr,
+        run_config.schedule.name(),
+        model.format.name()
+    );
+
+    let mut stopped = Stopped::Done;
+    let mut this_run = 0;
+    loop {
+        if a.stop_after.is_some_and(|n| this_run >= n) {
+            stopped = Stopped::Paused;
+            break;
+        }
+        let start = std::time::Instant::now();
+        match run.step(&gpu, &model).await {
+            Ok(Some(s)) => {
+                let secs = start.elapsed().as_secs_f64();
+                let line = StepLine {
+                    step: s.step,
+                    loss: s.loss,
+                    lr: s.lr,
+                    grad_norm: s.grad_norm,
+                    tokens_per_s: s.tokens as f64 / secs.max(1e-9),
+                };
+                out!("{}", serde_json::to_string(&line)?);
+                this_run += 1;
+                if a.save_steps.is_some_and(|n| n > 0 && s.step % n == 0) {
+                    save_run(&gpu, &run, &model, &a.out).await?;
+                }
+            }
+            Ok(None) => break,
+            Err(e @ webpeft::Error::NonFinite { .. }) => {
+                eprintln!("error: {e}");
+                stopped = Stopped::NonFinite;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let (Some(eval), Stopped::Done) = (&eval, &stopped) {
+        let stats = run.evaluate(&gpu, &model, eval).await?;
+        let line = EvalLine { eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        out!("{}", serde_json::to_string(&line)?);
+    }
+    save_run(&gpu, &run, &model, &a.out).await?;
+    eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display());
+    Ok(stopped)
+}
+
+/// `train --init-adapter`: the folder's adapter, of the kind --method names.
+async fn init_adapter(
+    gpu: &Gpu,
+    dir: &Path,
+    method: Method,
+    model: &Model,
+) -> Result<Adapter, Box<dyn std::error::Error>> {
+    let at = || format!("--init-adapter {}", dir.display());
+    // A PEFT config of another method (IA3, prefix tuning, …) says so in peft_type.
+    let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
+    if let Ok(bytes) = std::fs::read(&config) {
+        let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
+            if t != "LORA" {
+                return Err(format!(
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\") and AdapterHub bottleneck adapters",
+                    at()
+                )
+                .into());
+            }
+        }
+    }
+    let files = DirFiles::new(dir).map_err(|e| format!("{}: {e}", at()))?;
+    let adapter = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{}: {e}", at()))?;
+    if adapter.method() != method.name() {
+        return Err(format!("{} holds a {} adapter, but --method is {}", at(), adapter.method(), method.name()).into());
+    }
+    Ok(adapter)
+}
+
+const MERGE_BOTTLENECK: &str =
+    "merge applies to LoRA adapters; bottleneck adapters cannot be folded into the base weights";
+
+/// `webpeft merge`: base + LoRA folded into one f32 model folder.
+async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    if out.exists() && canonical(out)? == canonical(dir)? {
+        return Err("--out must be a different folder from --model".into());
+    }
+    if !adapter.join(ADAPTER_WEIGHTS_FILE).is_file() && adapter.join(BN_WEIGHTS_FILE).is_file() {
+        return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into());
+    }
+    let gpu = Gpu::new().await?;
+    let files = DirFiles::new(dir)?;
+    let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
+    let lora = match load_adapter(&gpu, adapter, &model).await? {
+        Adapter::Lora(lora) => lora,
+        Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
+    };
+    merge_lora(&gpu, &mut model, &lora)?;
+    let bytes = export_safetensors(&gpu, &model).await?;
+    write_model_folder(dir, out, &bytes)?;
+    let target = out.join("model.safetensors");
+    let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
+    out!(
+        "{}: {} merged (r {}, {modules} modules; {:.2} MiB f32)",
+        target.display(),
+        adapter.display(),
+        lora.config.r,
+        bytes.len() as f64 / 1048576.0
     );
     Ok(())
 }

@@ -79,8 +79,7 @@ impl Attention {
         rec: &mut Recorder,
         x: &Tensor,
         rope: &RopeTables,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
+        (k_cache, v_cache): &(Tensor, Tensor),
         offset: usize,
         ad: &LayerAdapter,
     ) -> Result<Tensor> {
@@ -110,7 +109,7 @@ impl Block {
         ad: &LayerAdapter,
     ) -> Result<Tensor> {
         let attn = self.input_layernorm.forward(rec, x)?;
-        let attn = self.self_attn.forward_cached(rec, &attn, rope, &kv.0, &kv.1, offset, ad)?;
+        let attn = self.self_attn.forward_cached(rec, &attn, rope, kv, offset, ad)?;
         let (h, _) = Block::attention_residual(rec, x, &attn, ad)?;
         let mlp = self.post_attention_layernorm.forward(rec, &h)?;
         let (mlp, _) = self.mlp.forward(rec, &mlp, ad)?;
