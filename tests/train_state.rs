@@ -239,3 +239,22 @@ fn evaluation_is_the_token_weighted_mean_loss_and_its_perplexity() {
     let empty = vec![Batch { input_ids: vec![vec![1, 2]], labels: vec![vec![-100, -100]] }];
     assert!(matches!(block_on(evaluate(gpu, &model, None, &empty)), Err(Error::InvalidArgument { .. })));
 }
+
+#[test]
+fn an_adapter_zip_round_trips_and_loads() {
+    use webpeft::peft::archive::{from_zip, to_zip};
+    let gpu = gpu();
+    let model = model(gpu);
+    let a = lora(gpu, &model, 0.0);
+    let files = block_on(a.to_files(gpu, &model.config)).unwrap();
+    let zip = to_zip(&files).unwrap();
+    assert_eq!(&zip[..4], b"PK\x03\x04");
+    let back = from_zip(&zip).unwrap();
+    assert_eq!(back, files);
+    let mut mem = MemoryFiles::new();
+    for (n, b) in back {
+        mem.insert(n, b);
+    }
+    assert!(block_on(Adapter::load(gpu, &mem, &model.config)).is_ok());
+    assert!(matches!(from_zip(b"not a zip"), Err(Error::File { .. })));
+}

@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod adapter_set;
+pub mod archive;
 pub mod bottleneck;
 pub mod bottleneck_config;
 pub mod bottleneck_file;

@@ -21,6 +21,8 @@ pub mod loss;
 pub mod rope;
 mod weights;
 
+pub use weights::LoadProgress;
+
 pub use block::{Attention, Block, LayerAdapter, Linear, Mlp, RmsNorm};
 pub use generate::{argmax, sample, GenerationConfig, KvCache};
 pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
@@ -73,6 +75,16 @@ impl Model {
     /// A pre-quantized folder ([`crate::model::quantized`]) loads in its own
     /// format without quantizing; asking for another one is an error.
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, format: QuantFormat) -> Result<Model> {
+        Self::load_with_progress(gpu, files, format, &mut |_| {}).await
+    }
+
+    /// [`Model::load`], calling `progress` after each tensor is on the GPU.
+    pub async fn load_with_progress<F: ModelFiles>(
+        gpu: &Gpu,
+        files: &F,
+        format: QuantFormat,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Model> {
         let config = Config::load(files).await?;
         let checkpoint = Checkpoint::open_for(files, &config).await?;
         let stored = crate::model::quantized::stored_format(&checkpoint)?;
@@ -92,7 +104,14 @@ impl Model {
             Some(s) => s,
             None => format,
         };
-        let loader = Loader { gpu, config: &config, checkpoint: &checkpoint, format, stored };
+        let loader = Loader {
+            progress: std::cell::RefCell::new((0, progress)),
+            gpu,
+            config: &config,
+            checkpoint: &checkpoint,
+            format,
+            stored,
+        };
         let embed_tokens = loader.qweight("model.embed_tokens.weight", QuantFormat::F32).await?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {

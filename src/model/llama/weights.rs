@@ -11,8 +11,19 @@ use crate::model::source::ByteSource;
 use crate::model::{quantized, Checkpoint, Config};
 use crate::quant::QuantFormat;
 
+/// How far loading is: after each tensor, its name and the bytes read so far
+/// out of the checkpoint's total.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LoadProgress {
+    pub tensor: String,
+    pub loaded_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// Reads named tensors of an opened, checked checkpoint onto the GPU.
 pub(super) struct Loader<'a, S> {
+    /// Called after each tensor (or packed pair) is on the GPU.
+    pub progress: std::cell::RefCell<(u64, &'a mut dyn FnMut(LoadProgress))>,
     pub gpu: &'a Gpu,
     pub config: &'a Config,
     pub checkpoint: &'a Checkpoint<S>,
@@ -23,10 +34,34 @@ pub(super) struct Loader<'a, S> {
 }
 
 impl<S: ByteSource> Loader<'_, S> {
+    /// The checkpoint's bytes: what progress counts towards.
+    pub fn total_bytes(&self) -> u64 {
+        self.checkpoint.shards().iter().map(|s| s.tensors().iter().map(|t| t.len).sum::<u64>()).sum()
+    }
+
+    /// Reports `name` (and every stored tensor it is packed into) as loaded.
+    fn report(&self, name: &str) {
+        let bytes: u64 = self
+            .checkpoint
+            .shards()
+            .iter()
+            .flat_map(|s| s.tensors())
+            .filter(|t| t.name == name || t.name.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
+            .map(|t| t.len)
+            .sum();
+        let total = self.total_bytes();
+        let mut p = self.progress.borrow_mut();
+        p.0 = (p.0 + bytes).min(total);
+        let loaded = p.0;
+        (p.1)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total });
+    }
+
     /// The tensor `name` as f32, with its checkpoint shape.
     async fn tensor(&self, name: &str) -> Result<Tensor> {
         let data = self.checkpoint.read_f32(name).await?;
-        Tensor::from_slice(self.gpu, &self.shape(name)?, &data)
+        let t = Tensor::from_slice(self.gpu, &self.shape(name)?, &data)?;
+        self.report(name);
+        Ok(t)
     }
 
     fn shape(&self, name: &str) -> Result<Vec<usize>> {
@@ -49,10 +84,12 @@ impl<S: ByteSource> Loader<'_, S> {
                     detail: "not a weight of this config".into(),
                 });
             };
-            return match quantized::read_packed(self.checkpoint, name, rows, cols, stored).await? {
+            let w = match quantized::read_packed(self.checkpoint, name, rows, cols, stored).await? {
                 quantized::Packed::Nf4(q) => QWeight::from_nf4(self.gpu, &q, rows, cols),
                 quantized::Packed::Q8_0(q) => QWeight::from_q8_0(self.gpu, &q),
-            };
+            }?;
+            self.report(name);
+            return Ok(w);
         }
         let shape = self.shape(name)?;
         let [rows, cols] = shape[..] else {
@@ -63,7 +100,7 @@ impl<S: ByteSource> Loader<'_, S> {
             });
         };
         let data = self.checkpoint.read_f32(name).await?;
-        QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
+        let w = QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
             // Say which tensor a format cannot hold (Q8_0 needs rows of 32·k).
             Error::Quant(q) => Error::Checkpoint {
                 tensor: name.to_string(),
@@ -71,7 +108,9 @@ impl<S: ByteSource> Loader<'_, S> {
                 detail: format!("cannot be stored as {}: {q}", format.name()),
             },
             other => other,
-        })
+        })?;
+        self.report(name);
+        Ok(w)
     }
 
     /// `{prefix}.weight` in the model's format, and `{prefix}.bias` if `bias`.

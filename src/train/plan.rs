@@ -1,0 +1,140 @@
+//! A memory plan before loading: the GPU bytes that training a method at a
+//! batch size and sequence length will need — frozen weights, the adapter and
+//! its optimizer state, and the activations of one step — and whether the
+//! largest single buffer fits the device's binding limit.
+//!
+//! The activation estimate counts what one step really allocates: every
+//! intermediate of a step lives until its single submission completes, the
+//! forward's saved tensors and the backward's gradients alike. It is checked
+//! against measured peaks in `tests/train_plan.rs`.
+
+use serde::Serialize;
+
+use crate::model::Config;
+use crate::quant::QuantFormat;
+
+/// What the plan is for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanInput {
+    pub quant: QuantFormat,
+    /// LoRA rank and number of adapted projections per layer (0..=7), or a
+    /// bottleneck: width and units per layer (1, or 2 for double_seq_bn).
+    pub adapter: PlanAdapter,
+    pub batch: usize,
+    pub seq: usize,
+    /// Micro-batches per step: each adds its activations (one submission).
+    pub grad_accum: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanAdapter {
+    /// r and the projection names adapted in every layer.
+    Lora { r: usize, targets: Vec<String> },
+    /// Bottleneck width and units per layer.
+    Bottleneck { size: usize, units_per_layer: usize },
+}
+
+/// Bytes, by what holds them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryPlan {
+    pub weight_bytes: u64,
+    pub adapter_bytes: u64,
+    /// Gradients, AdamW's two moments, and the copies a failed step restores.
+    pub optimizer_bytes: u64,
+    pub activation_bytes: u64,
+    pub total_bytes: u64,
+    /// The largest single buffer (the logits, or a weight chunk).
+    pub largest_buffer_bytes: u64,
+    /// The device's `max_storage_buffer_binding_size`.
+    pub binding_limit_bytes: u64,
+    /// The largest buffer fits one binding.
+    pub fits: bool,
+}
+
+fn proj_shape(config: &Config, name: &str) -> (usize, usize) {
+    let (d, i, q, kv) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
+    match name {
+        "q_proj" => (q, d),
+        "k_proj" | "v_proj" => (kv, d),
+        "o_proj" => (d, q),
+        "gate_proj" | "up_proj" => (i, d),
+        _ => (d, i), // down_proj
+    }
+}
+
+/// Frozen weights: the blocks' Linears in `quant`, everything else f32.
+pub fn weight_bytes(config: &Config, quant: QuantFormat) -> u64 {
+    config
+        .tensor_names()
+        .iter()
+        .map(|t| {
+            let quantized = t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight");
+            let fmt = if quantized { quant } else { QuantFormat::F32 };
+            let (rows, cols) = match t.shape.as_slice() {
+                [r, c] => (*r, *c),
+                s => (1, s.iter().product()),
+            };
+            fmt.bytes_for(rows, cols) as u64
+        })
+        .sum()
+}
+
+/// The plan for `input` on a model of `config`, against `binding_limit` bytes.
+pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> MemoryPlan {
+    let layers = config.num_hidden_layers as u64;
+    let (d, i, v) = (config.hidden_size as u64, config.intermediate_size as u64, config.vocab_size as u64);
+    let (q, kv) = (config.q_dim() as u64, config.kv_dim() as u64);
+    let m = (input.batch * input.seq) as u64; // rows of a micro-batch
+    let heads = config.num_attention_heads as u64;
+
+    let adapter_params: u64 = match &input.adapter {
+        PlanAdapter::Lora { r, targets } => {
+            layers
+                * targets
+                    .iter()
+                    .map(|t| {
+                        let (out, inp) = proj_shape(config, t);
+                        (*r * (inp + out)) as u64
+                    })
+                    .sum::<u64>()
+        }
+        PlanAdapter::Bottleneck { size, units_per_layer } => {
+            layers * *units_per_layer as u64 * (2 * d * *size as u64 + *size as u64 + d)
+        }
+    };
+    let adapter_bytes = adapter_params * 4;
+    let optimizer_bytes = adapter_bytes * 6;
+
+    // Floats one layer allocates in a step, forward (saved) and backward.
+    let forward = 2 * m * d // the two norms' outputs
+        + m * (q + 2 * kv) // q, k, v
+        + m * q + heads * m // attention output, logsumexp
+        + 4 * m * d // o_proj output, h, the layer output, the MLP's output
+        + 3 * m * i; // gate, up, silu(gate)·up
+    let adapter_floats = match &input.adapter {
+        PlanAdapter::Lora { r, targets } => {
+            targets.iter().map(|t| m * (*r as u64) * 3 + m * proj_shape(config, t).1 as u64 / 4).sum::<u64>()
+        }
+        PlanAdapter::Bottleneck { size, units_per_layer } => *units_per_layer as u64 * m * (3 * *size as u64 + 3 * d),
+    };
+    let per_layer = 2 * (forward + adapter_floats); // the backward allocates about as much as the forward saved
+    let logits = m * v;
+    let head = 4 * m * d + logits + 4 * m; // embedding, final norm and its gradient, logits, targets
+    let activation_bytes = (layers * per_layer + head) * 4 * input.grad_accum.max(1) as u64;
+
+    let weight = weight_bytes(config, input.quant);
+    let largest = (logits * 4).max(
+        // the largest weight before chunking is split to the binding limit
+        (v * d * 4).min(binding_limit),
+    );
+    MemoryPlan {
+        weight_bytes: weight,
+        adapter_bytes,
+        optimizer_bytes,
+        activation_bytes,
+        total_bytes: weight + adapter_bytes + optimizer_bytes + activation_bytes,
+        largest_buffer_bytes: largest,
+        binding_limit_bytes: binding_limit,
+        fits: logits * 4 <= binding_limit,
+    }
+}
