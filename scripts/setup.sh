@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Installs what webpeft's build and tests need on a fresh Debian 12 machine:
-# Mesa's software Vulkan (lavapipe) for the native GPU tests, and the wasm32
-# Rust target for the browser build. Safe to run again: it skips what is there.
+# Installs what webpeft's build and tests need on a fresh Debian 12 machine.
+# Always: Mesa's software Vulkan (lavapipe) for the native GPU tests, and the
+# wasm32 Rust target. With --web also: Node.js and npm, Chromium (headless
+# WebGPU on SwiftShader), wasm-bindgen-cli at the exact version of the
+# wasm-bindgen crate in Cargo.lock, and playwright-core for the browser tests.
+# Safe to run again: it skips what is there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-need_apt=()
-for pkg in mesa-vulkan-drivers libvulkan1; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-    echo "setup: installing ${need_apt[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-fi
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+apt_install() {
+    local need=()
+    for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "setup: installing ${need[*]}"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}
+
+apt_install mesa-vulkan-drivers libvulkan1
 
 if ! rustup target list --installed | grep -q '^wasm32-unknown-unknown$'; then
     echo "setup: adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
+fi
+
+if [ "${1:-}" = "--web" ]; then
+    command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    command -v chromium >/dev/null || apt_install chromium
+    want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
+    have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+    if [ "$have" != "$want" ]; then
+        echo "setup: installing wasm-bindgen-cli $want (a few minutes)"
+        cargo install -q wasm-bindgen-cli --version "$want"
+    fi
+    if [ ! -d tests/browser/node_modules/playwright-core ]; then
+        echo "setup: installing playwright-core for the browser tests"
+        (cd tests/browser && npm install --silent --no-audit --no-fund)
+    fi
 fi

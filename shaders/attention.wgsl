@@ -23,7 +23,7 @@
 // One invocation per query row, online softmax in registers. Prelude
 // constants: D (head_dim, sizes the register arrays), WG.
 
-const LOWEST: f32 = -3.40282347e38;
+const LOWEST: f32 = -0x1.fffffep+127f;  // the lowest finite f32, exactly (Tint rejects an inexact decimal)
 
 struct Params {
     batch: u32,

@@ -15,7 +15,7 @@
 // Prelude constant: WG, invocations per row (a power of two).
 
 const IGNORE_INDEX: i32 = -100;
-const LOWEST: f32 = -3.40282347e38;
+const LOWEST: f32 = -0x1.fffffep+127f;  // the lowest finite f32, exactly (Tint rejects an inexact decimal)
 
 struct Params {
     rows: u32,

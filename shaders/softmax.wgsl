@@ -7,7 +7,7 @@
 // Prelude constant: WG, invocations per row (a power of two). Rows come from
 // `flat_group`, so there may be more than 65535.
 
-const LOWEST: f32 = -3.40282347e38;  // a max that any real value beats
+const LOWEST: f32 = -0x1.fffffep+127f;  // a max that any real value beats (exactly the lowest f32: Tint rejects an inexact decimal)
 
 struct Params {
     rows: u32,

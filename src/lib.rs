@@ -15,6 +15,8 @@ pub mod util;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};
 pub use gpu::{DType, Gpu, GpuOptions, Tensor};

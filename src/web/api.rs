@@ -1,0 +1,824 @@
+//! The JavaScript API: `Gpu`, `Model` and `TrainRun`, all async (every method
+//! that touches the GPU returns a Promise). Errors reject with an `Error`
+//! whose message is webpeft's typed error text; nothing panics across the
+//! boundary. A method that needs the model while another call is using it
+//! (say, adding an adapter mid-step) rejects with "busy" instead of waiting.
+
+// Borrows of the model are held across awaits on purpose: they are taken with
+// `try_borrow`, so a conflicting call gets a "busy" error instead of a panic.
+#![allow(clippy::await_holding_refcell_ref)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+use super::files::WebFiles;
+use super::types::*;
+use crate::gpu::Gpu;
+use crate::kernels::swiglu::Activation;
+use crate::model::llama::GenerationConfig;
+use crate::model::source::MemorySource;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{Config, Model};
+use crate::peft::adapter::Adapter;
+use crate::peft::adapter_set::AdapterSet;
+use crate::peft::archive::{from_zip, to_zip};
+use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
+use crate::quant::QuantFormat;
+use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::train::data::{parse_jsonl, DataOptions, Dataset};
+use crate::train::plan::{plan_memory, PlanAdapter, PlanInput};
+use crate::train::run::{Run, RunConfig};
+use crate::train::schedule::Schedule;
+use crate::train::trainer::{evaluate, OptimizerConfig, Trainer};
+
+type JsResult<T> = std::result::Result<T, JsValue>;
+
+fn err(e: impl std::fmt::Display) -> JsValue {
+    js_sys::Error::new(&e.to_string()).into()
+}
+
+fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
+    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(err)
+}
+
+fn options<T: serde::de::DeserializeOwned + Default>(v: &JsValue) -> JsResult<T> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(v.clone()).map_err(|e| err(format!("invalid options: {e}")))
+}
+
+fn callback(v: &JsValue, key: &str) -> Option<Function> {
+    if v.is_undefined() || v.is_null() {
+        return None;
+    }
+    Reflect::get(v, &JsValue::from_str(key)).ok().and_then(|f| f.dyn_into::<Function>().ok())
+}
+
+fn quant(name: Option<&str>) -> JsResult<QuantFormat> {
+    name.unwrap_or("f32").parse::<QuantFormat>().map_err(err)
+}
+
+fn now_seconds() -> f64 {
+    js_sys::Date::now() / 1e3
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(f: &Function, ms: i32) -> JsValue;
+}
+
+async fn sleep(ms: i32) {
+    let p = Promise::new(&mut |resolve, _| {
+        set_timeout(&resolve, ms);
+    });
+    let _ = JsFuture::from(p).await;
+}
+
+/// The training data as JSONL text: a string as it is, an array of records
+/// one JSON line each.
+fn data_text(data: &JsValue) -> JsResult<String> {
+    if let Some(s) = data.as_string() {
+        return Ok(s);
+    }
+    let Some(array) = data.dyn_ref::<Array>() else {
+        return Err(err("training data must be JSONL text or an array of records"));
+    };
+    let mut out = String::new();
+    for (i, item) in array.iter().enumerate() {
+        let line = js_sys::JSON::stringify(&item).map_err(|_| err(format!("record {i} cannot be written as JSON")))?;
+        out.push_str(&String::from(line));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `Record<string, Uint8Array | ArrayBuffer>` → name → bytes.
+fn byte_map(v: &JsValue) -> JsResult<BTreeMap<String, Vec<u8>>> {
+    let obj = v.dyn_ref::<Object>().ok_or_else(|| err("expected an object of file name → bytes"))?;
+    let mut out = BTreeMap::new();
+    for entry in Object::entries(obj).iter() {
+        let pair = Array::from(&entry);
+        let name = pair.get(0).as_string().unwrap_or_default();
+        let value = pair.get(1);
+        let bytes = if value.is_instance_of::<Uint8Array>() || value.is_instance_of::<js_sys::ArrayBuffer>() {
+            Uint8Array::new(&value).to_vec()
+        } else {
+            return Err(err(format!("{name}: expected a Uint8Array or an ArrayBuffer")));
+        };
+        out.insert(name, bytes);
+    }
+    Ok(out)
+}
+
+fn files_object(files: &[(String, Vec<u8>)]) -> JsResult<JsValue> {
+    let obj = Object::new();
+    for (name, bytes) in files {
+        Reflect::set(&obj, &JsValue::from_str(name), &Uint8Array::from(bytes.as_slice()))?;
+    }
+    Ok(obj.into())
+}
+
+/// The GPU context: one per page (or worker).
+#[wasm_bindgen(js_name = Gpu)]
+pub struct WebGpu {
+    gpu: Rc<Gpu>,
+}
+
+#[wasm_bindgen(js_class = Gpu)]
+impl WebGpu {
+    /// Requests a WebGPU adapter and device. Rejects with a readable message
+    /// when the browser has no WebGPU.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Gpu>")]
+    pub fn create() -> Promise {
+        future_to_promise(async move {
+            let navigator =
+                Reflect::get(&js_sys::global(), &JsValue::from_str("navigator")).unwrap_or(JsValue::UNDEFINED);
+            let has_gpu = !navigator.is_undefined()
+                && Reflect::get(&navigator, &JsValue::from_str("gpu")).is_ok_and(|g| !g.is_undefined() && !g.is_null());
+            if !has_gpu {
+                return Err(err(
+                    "WebGPU is not available in this browser (navigator.gpu is missing). Use a recent Chrome, Edge or \
+                     Safari, or enable WebGPU in your browser's settings.",
+                ));
+            }
+            let gpu = Gpu::new().await.map_err(|e| match e {
+                crate::Error::NoAdapter(_) => err(
+                    "WebGPU is present but found no usable GPU adapter (it may be disabled or blocklisted for this GPU; \
+                     check chrome://gpu, or try another browser)",
+                ),
+                other => err(format!("WebGPU could not start: {other}")),
+            })?;
+            Ok(JsValue::from(WebGpu { gpu: Rc::new(gpu) }))
+        })
+    }
+
+    /// The adapter's name, backend and limits.
+    #[wasm_bindgen(unchecked_return_type = "GpuInfo")]
+    pub fn info(&self) -> JsResult<JsValue> {
+        let i = self.gpu.info();
+        to_js(&serde_json::json!({
+            "name": i.name, "backend": i.backend, "deviceType": i.device_type, "driver": i.driver,
+            "subgroups": i.subgroups, "maxBufferSize": i.max_buffer_size,
+            "maxStorageBufferBindingSize": i.max_storage_buffer_binding_size,
+            "maxStorageBuffersPerShaderStage": i.max_storage_buffers_per_shader_stage,
+            "maxComputeWorkgroupStorageSize": i.max_compute_workgroup_storage_size,
+            "maxComputeInvocationsPerWorkgroup": i.max_compute_invocations_per_workgroup,
+        }))
+    }
+
+    /// Live and peak GPU bytes.
+    #[wasm_bindgen(unchecked_return_type = "MemoryStats")]
+    pub fn memory(&self) -> JsResult<JsValue> {
+        let m = self.gpu.memory();
+        to_js(&serde_json::json!({"liveBytes": m.live_bytes, "peakBytes": m.peak_bytes, "liveBuffers": m.live_buffers}))
+    }
+
+    /// The memory a training setup needs, from a model's `config.json`
+    /// text, before loading anything; `fits` compares it with this device.
+    #[wasm_bindgen(js_name = planMemory, unchecked_return_type = "MemoryPlan")]
+    pub fn plan_memory(
+        &self,
+        config_json: &str,
+        #[wasm_bindgen(unchecked_param_type = "PlanOptions")] opts: JsValue,
+    ) -> JsResult<JsValue> {
+        let o: PlanOptions = options(&opts)?;
+        let config = Config::from_json(config_json.as_bytes()).map_err(err)?;
+        let method = o.method.as_deref().unwrap_or("lora");
+        let adapter = if method == "lora" {
+            let targets = match lora_targets(o.targets.as_ref())? {
+                TargetModules::AllLinear => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
+                TargetModules::List(l) => l,
+                other => return Err(err(format!("unsupported targets {other:?}"))),
+            };
+            PlanAdapter::Lora { r: o.r.unwrap_or(8), targets }
+        } else {
+            let kind = BottleneckKind::from_name(method).ok_or_else(|| err(format!("unknown method {method:?}")))?;
+            let mut c = BottleneckConfig::new(kind);
+            if let Some(f) = o.reduction_factor {
+                c.reduction_factor = f;
+            }
+            PlanAdapter::Bottleneck {
+                size: c.bottleneck_size(config.hidden_size),
+                units_per_layer: if kind.has_attention_adapter() { 2 } else { 1 },
+            }
+        };
+        let input = PlanInput {
+            quant: quant(o.quant.as_deref())?,
+            adapter,
+            batch: o.batch_size.unwrap_or(1),
+            seq: o.seq_len.unwrap_or(256),
+            grad_accum: o.grad_accum.unwrap_or(1),
+        };
+        let plan = plan_memory(&config, &input, self.gpu.max_binding_bytes());
+        to_js(&serde_json::json!({
+            "weightBytes": plan.weight_bytes, "adapterBytes": plan.adapter_bytes,
+            "optimizerBytes": plan.optimizer_bytes, "activationBytes": plan.activation_bytes,
+            "totalBytes": plan.total_bytes, "largestBufferBytes": plan.largest_buffer_bytes,
+            "bindingLimitBytes": plan.binding_limit_bytes, "fits": plan.fits,
+        }))
+    }
+}
+
+fn lora_targets(v: Option<&serde_json::Value>) -> JsResult<TargetModules> {
+    Ok(match v {
+        None => TargetModules::List(vec!["q_proj".into(), "v_proj".into()]),
+        Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+        Some(serde_json::Value::Array(a)) => TargetModules::List(
+            a.iter()
+                .map(|t| t.as_str().map(str::to_string).ok_or_else(|| err("targets must be strings")))
+                .collect::<JsResult<_>>()?,
+        ),
+        Some(other) => {
+            return Err(err(format!("targets must be a list of module names or \"all-linear\", got {other}")))
+        }
+    })
+}
+
+struct ModelState {
+    gpu: Rc<Gpu>,
+    model: Model,
+    tokenizer: Option<Tokenizer>,
+    adapters: AdapterSet,
+}
+
+fn busy<T>(r: std::result::Result<T, std::cell::BorrowError>) -> JsResult<T> {
+    r.map_err(|_| {
+        err("the model is busy with another call (a training step or generation); try again when it finishes")
+    })
+}
+
+fn busy_mut<T>(r: std::result::Result<T, std::cell::BorrowMutError>) -> JsResult<T> {
+    r.map_err(|_| {
+        err("the model is busy with another call (a training step or generation); try again when it finishes")
+    })
+}
+
+/// A loaded, frozen model with its tokenizer and adapters.
+#[wasm_bindgen(js_name = Model)]
+pub struct WebModel {
+    state: Rc<RefCell<ModelState>>,
+}
+
+async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue> {
+    let o: LoadOptions = options(&opts)?;
+    let format = quant(o.quant.as_deref())?;
+    let on_progress = callback(&opts, "onProgress");
+    let mut report = |p: crate::model::llama::LoadProgress| {
+        if let (Some(f), Ok(v)) = (
+            &on_progress,
+            to_js(&serde_json::json!({
+                "tensor": p.tensor, "loadedBytes": p.loaded_bytes, "totalBytes": p.total_bytes
+            })),
+        ) {
+            let _ = f.call1(&JsValue::NULL, &v);
+        }
+    };
+    let model = Model::load_with_progress(&gpu, &files, format, &mut report).await.map_err(err)?;
+    let tokenizer = match crate::model::source::ModelFiles::try_open(&files, "tokenizer.json").await.map_err(err)? {
+        Some(_) => Some(Tokenizer::load(&files).await.map_err(err)?),
+        None => None,
+    };
+    let state = ModelState { gpu, model, tokenizer, adapters: AdapterSet::new() };
+    Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WebModel {
+    /// Loads from a base URL (`https://huggingface.co/<repo>/resolve/main/`
+    /// works), reading each tensor with a Range request.
+    #[wasm_bindgen(js_name = fromUrl, unchecked_return_type = "Promise<Model>")]
+    pub fn from_url(
+        gpu: &WebGpu,
+        base_url: &str,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] opts: JsValue,
+    ) -> Promise {
+        future_to_promise(load(gpu.gpu.clone(), WebFiles::url(base_url), opts))
+    }
+
+    /// Loads from picked or dropped files (a model folder's files).
+    #[wasm_bindgen(js_name = fromFiles, unchecked_return_type = "Promise<Model>")]
+    pub fn from_files(
+        gpu: &WebGpu,
+        #[wasm_bindgen(unchecked_param_type = "File[]")] files: Array,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] opts: JsValue,
+    ) -> Promise {
+        let mut map = BTreeMap::new();
+        for f in files.iter() {
+            if let Ok(file) = f.dyn_into::<web_sys::File>() {
+                map.insert(file.name(), file);
+            }
+        }
+        future_to_promise(load(gpu.gpu.clone(), WebFiles::Files(map), opts))
+    }
+
+    /// Loads from bytes in memory: file name → bytes.
+    #[wasm_bindgen(js_name = fromBuffers, unchecked_return_type = "Promise<Model>")]
+    pub fn from_buffers(
+        gpu: &WebGpu,
+        #[wasm_bindgen(unchecked_param_type = "Record<string, Uint8Array | ArrayBuffer>")] buffers: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] opts: JsValue,
+    ) -> Promise {
+        let gpu = gpu.gpu.clone();
+        future_to_promise(async move {
+            let map = byte_map(&buffers)?.into_iter().map(|(n, b)| (n.clone(), MemorySource::new(n, b))).collect();
+            load(gpu, WebFiles::Memory(map), opts).await
+        })
+    }
+
+    #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
+    pub fn info(&self) -> JsResult<JsValue> {
+        let st = busy(self.state.try_borrow())?;
+        let c = &st.model.config;
+        to_js(&ModelInfo {
+            model_type: format!("{:?}", c.model_type).to_lowercase(),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            layers: c.num_hidden_layers,
+            parameters: c.tensor_names().iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
+            quant: match st.model.format {
+                QuantFormat::F32 => "f32",
+                QuantFormat::Q8_0 => "q8",
+                QuantFormat::Nf4 => "nf4",
+            },
+            weight_bytes: st.model.bytes(),
+            max_position_embeddings: c.max_position_embeddings,
+            has_tokenizer: st.tokenizer.is_some(),
+            has_chat_template: st.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some()),
+        })
+    }
+
+    /// Adds a fresh LoRA adapter (PEFT's defaults: r 8, alpha 8, q_proj and v_proj).
+    #[wasm_bindgen(js_name = addLora)]
+    pub fn add_lora(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: LoraOptions = options(&opts)?;
+        let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let mut c = LoraConfig::new(o.r.unwrap_or(8), o.alpha.unwrap_or(8.0), lora_targets(o.targets.as_ref())?)
+            .map_err(err)?;
+        c.lora_dropout = o.dropout.unwrap_or(0.0);
+        c.use_rslora = o.rslora.unwrap_or(false);
+        c.layers_to_transform = o.layers_to_transform;
+        c.init_lora_weights = match o.init.as_deref() {
+            None | Some("kaiming") => InitLoraWeights::Kaiming,
+            Some("gaussian") => InitLoraWeights::Gaussian,
+            Some(other) => return Err(err(format!("init must be \"kaiming\" or \"gaussian\", got {other:?}"))),
+        };
+        c.validate().map_err(err)?;
+        let adapter = Adapter::new_lora(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
+        st.adapters.insert(name, adapter).map_err(err)
+    }
+
+    /// Adds a fresh bottleneck adapter (AdapterHub's preset for the method).
+    #[wasm_bindgen(js_name = addBottleneck)]
+    pub fn add_bottleneck(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "BottleneckOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: BottleneckOptions =
+            serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let kind = BottleneckKind::from_name(&o.method)
+            .ok_or_else(|| err(format!("method must be seq_bn, double_seq_bn or par_bn, got {:?}", o.method)))?;
+        let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let mut c = BottleneckConfig::new(kind);
+        if let Some(f) = o.reduction_factor {
+            c.reduction_factor = f;
+        }
+        if let Some(a) = o.non_linearity {
+            c.non_linearity = Activation::from_name(&a).ok_or_else(|| err(format!("unknown non-linearity {a:?}")))?;
+        }
+        if let Some(p) = o.dropout {
+            c.dropout = p;
+        }
+        c.validate().map_err(err)?;
+        let adapter = Adapter::new_bottleneck(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
+        st.adapters.insert(name, adapter).map_err(err)
+    }
+
+    /// Loads an adapter folder's files (PEFT or AdapterHub) or a .zip of them.
+    #[wasm_bindgen(js_name = importAdapter, unchecked_return_type = "Promise<void>")]
+    pub fn import_adapter(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "AdapterFiles | Uint8Array")] files: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let list: Vec<(String, Vec<u8>)> = if files.is_instance_of::<Uint8Array>() {
+                from_zip(&Uint8Array::new(&files).to_vec()).map_err(err)?
+            } else {
+                byte_map(&files)?.into_iter().collect()
+            };
+            let map = list.into_iter().map(|(n, b)| (n.clone(), MemorySource::new(n, b))).collect();
+            let adapter = {
+                let st = busy(state.try_borrow())?;
+                Adapter::load(&st.gpu, &WebFiles::Memory(map), &st.model.config).await.map_err(err)?
+            };
+            busy_mut(state.try_borrow_mut())?.adapters.insert(&name, adapter).map_err(err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The adapter's files as its library writes them.
+    #[wasm_bindgen(js_name = exportAdapter, unchecked_return_type = "Promise<AdapterFiles>")]
+    pub fn export_adapter(&self, name: String) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = busy(state.try_borrow())?;
+            let a = st.adapters.get(&name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+            files_object(&a.to_files(&st.gpu, &st.model.config).await.map_err(err)?)
+        })
+    }
+
+    /// The adapter's files as one .zip.
+    #[wasm_bindgen(js_name = exportAdapterZip, unchecked_return_type = "Promise<Uint8Array>")]
+    pub fn export_adapter_zip(&self, name: String) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = busy(state.try_borrow())?;
+            let a = st.adapters.get(&name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+            let zip = to_zip(&a.to_files(&st.gpu, &st.model.config).await.map_err(err)?).map_err(err)?;
+            Ok(Uint8Array::from(zip.as_slice()).into())
+        })
+    }
+
+    /// Makes `name` the active adapter (null: none).
+    #[wasm_bindgen(js_name = setActiveAdapter)]
+    pub fn set_active_adapter(&self, name: Option<String>) -> JsResult<()> {
+        busy_mut(self.state.try_borrow_mut())?.adapters.set_active(name.as_deref()).map_err(err)
+    }
+
+    #[wasm_bindgen(js_name = activeAdapter)]
+    pub fn active_adapter(&self) -> JsResult<Option<String>> {
+        Ok(busy(self.state.try_borrow())?.adapters.active_name().map(str::to_string))
+    }
+
+    #[wasm_bindgen(js_name = adapterNames)]
+    pub fn adapter_names(&self) -> JsResult<Vec<String>> {
+        Ok(busy(self.state.try_borrow())?.adapters.names())
+    }
+
+    #[wasm_bindgen(js_name = removeAdapter)]
+    pub fn remove_adapter(&self, name: &str) -> JsResult<()> {
+        busy_mut(self.state.try_borrow_mut())?.adapters.remove(name).map(|_| ()).map_err(err)
+    }
+
+    /// Starts training the adapter `name` on `data`.
+    #[wasm_bindgen(js_name = startTraining)]
+    pub fn start_training(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "TrainOptions")] opts: JsValue,
+    ) -> JsResult<TrainRun> {
+        let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let st = busy(self.state.try_borrow())?;
+        let adapter = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?.clone();
+        let optimizer = optimizer(&o);
+        let trainer = Trainer::new(&st.gpu, adapter, optimizer, o.seed.unwrap_or(42)).map_err(err)?;
+        drop(st);
+        self.run(name, trainer, &data, &o, None)
+    }
+
+    /// Continues a run from `saveCheckpoint()` bytes; the adapter is stored
+    /// (or replaced) under `name`.
+    #[wasm_bindgen(js_name = resumeTraining)]
+    pub fn resume_training(
+        &self,
+        name: &str,
+        checkpoint: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "TrainOptions")] opts: JsValue,
+    ) -> JsResult<TrainRun> {
+        let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let (trainer, progress) = load_checkpoint(&st.gpu, checkpoint, &st.model.config).map_err(err)?;
+        let _ = st.adapters.remove(name);
+        st.adapters.insert(name, trainer.adapter.clone()).map_err(err)?;
+        drop(st);
+        self.run(name, trainer, &data, &o, Some(progress))
+    }
+
+    fn run(
+        &self,
+        name: &str,
+        trainer: Trainer,
+        data: &JsValue,
+        o: &TrainOptions,
+        progress: Option<serde_json::Value>,
+    ) -> JsResult<TrainRun> {
+        let st = busy(self.state.try_borrow())?;
+        let max = st.model.config.max_position_embeddings;
+        let opts = DataOptions {
+            seq_len: o.seq_len.unwrap_or(256).min(max),
+            packing: o.packing.unwrap_or(false),
+            batch_size: o.batch_size.unwrap_or(1),
+            shuffle: o.shuffle.unwrap_or(true),
+            seed: o.seed.unwrap_or(42),
+            drop_last: false,
+        };
+        let dataset = dataset(&st, "training data", data, &opts)?;
+        let mut config = RunConfig {
+            steps: o.steps,
+            epochs: o.epochs.unwrap_or(1.0),
+            grad_accum: o.grad_accum.unwrap_or(1),
+            lr: o.lr,
+            schedule: Schedule::from_name(o.schedule.as_deref().unwrap_or("linear")).map_err(err)?,
+            warmup_steps: o.warmup.unwrap_or(0),
+        };
+        if let Some(p) = &progress {
+            let total = p.get("total_steps").and_then(serde_json::Value::as_u64);
+            config.steps = total.or(config.steps);
+        }
+        let mut run = Run::new(dataset, trainer, &config).map_err(err)?;
+        if let Some(p) = &progress {
+            run.seek(Run::position_from(p).map_err(err)?).map_err(err)?;
+        }
+        Ok(TrainRun {
+            model: self.state.clone(),
+            run: Rc::new(RefCell::new(run)),
+            name: name.to_string(),
+            paused: Rc::new(Cell::new(false)),
+            cancelled: Rc::new(Cell::new(false)),
+            seconds: Rc::new(Cell::new(0.0)),
+        })
+    }
+
+    /// Mean loss and perplexity on held-out data, with the adapter `name`
+    /// (`adapter: null` for the base model; absent: the active one).
+    #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult>")]
+    pub fn evaluate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "EvalOptions")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: EvalOptions = options(&opts)?;
+            let st = busy(state.try_borrow())?;
+            let adapter = chosen_adapter(&st, &opts)?;
+            let dopts = DataOptions {
+                seq_len: o.seq_len.unwrap_or(256).min(st.model.config.max_position_embeddings),
+                packing: false,
+                batch_size: o.batch_size.unwrap_or(1),
+                shuffle: false,
+                seed: 0,
+                drop_last: false,
+            };
+            let ds = dataset(&st, "evaluation data", &data, &dopts)?;
+            let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
+            to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
+        })
+    }
+
+    /// Generates a continuation of `prompt`, streaming text to `onToken`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<GenerateResult>")]
+    pub fn generate(
+        &self,
+        prompt: String,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: GenerateOptions = options(&opts)?;
+            let on_token = callback(&opts, "onToken");
+            let st = busy(state.try_borrow())?;
+            let tok =
+                st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: generation needs one"))?;
+            let adapter = chosen_adapter(&st, &opts)?;
+            let ids = if o.chat.unwrap_or(false) {
+                let template = crate::train::chat::ChatTemplate::from_tokenizer(tok)
+                    .map_err(err)?
+                    .ok_or_else(|| err("the tokenizer has no chat_template"))?;
+                let text =
+                    template.render(&[crate::train::chat::Message::new("user", prompt.clone())], true).map_err(err)?;
+                tok.encode(&text, false).map_err(err)?
+            } else {
+                tok.encode(&prompt, true).map_err(err)?
+            };
+            let mut config = GenerationConfig {
+                max_new_tokens: o.max_new_tokens.unwrap_or(64),
+                temperature: o.temperature.unwrap_or(1.0),
+                top_k: o.top_k.unwrap_or(0),
+                top_p: o.top_p.unwrap_or(1.0),
+                seed: o.seed.unwrap_or(0),
+                eos_token_ids: st.model.config.eos_token_ids.clone(),
+                greedy: o.greedy.unwrap_or(o.temperature.is_none()),
+            };
+            config.eos_token_ids.extend(tok.eos_ids());
+            let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len());
+            config.max_new_tokens = config.max_new_tokens.min(budget);
+            let mut decoder = tok.stream_decoder(true);
+            let mut text = String::new();
+            let mut failed = None;
+            let start = now_seconds();
+            let out = st
+                .model
+                .generate_adapted(&st.gpu, &ids, &config, adapter, |id| match decoder.step(id) {
+                    Ok(Some(piece)) => {
+                        if let Some(f) = &on_token {
+                            let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&piece));
+                        }
+                        text.push_str(&piece);
+                        true
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                })
+                .await
+                .map_err(err)?;
+            if let Some(e) = failed {
+                return Err(err(e));
+            }
+            let tail = decoder.flush().map_err(err)?;
+            if let (Some(f), false) = (&on_token, tail.is_empty()) {
+                let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&tail));
+            }
+            text.push_str(&tail);
+            to_js(&GenerateResult { text, token_ids: out, seconds: now_seconds() - start })
+        })
+    }
+}
+
+/// `opts.adapter`: absent → the active adapter, null → none, a name → that one.
+fn chosen_adapter<'s>(st: &'s ModelState, opts: &JsValue) -> JsResult<Option<&'s Adapter>> {
+    if opts.is_undefined() || opts.is_null() {
+        return Ok(st.adapters.active());
+    }
+    let v = Reflect::get(opts, &JsValue::from_str("adapter")).unwrap_or(JsValue::UNDEFINED);
+    if v.is_undefined() {
+        Ok(st.adapters.active())
+    } else if v.is_null() {
+        Ok(None)
+    } else {
+        let name = v.as_string().ok_or_else(|| err("adapter must be a name or null"))?;
+        st.adapters.get(&name).map(Some).ok_or_else(|| err(format!("no adapter named {name:?}")))
+    }
+}
+
+fn dataset(st: &ModelState, what: &str, data: &JsValue, opts: &DataOptions) -> JsResult<Dataset> {
+    let text = data_text(data)?;
+    let examples = parse_jsonl(what, &text, st.tokenizer.as_ref()).map_err(err)?;
+    let pad = st.tokenizer.as_ref().and_then(|t| t.pad_id().or_else(|| t.eos_ids().first().copied())).unwrap_or(0);
+    Dataset::new(what, examples, opts, pad).map_err(err)
+}
+
+fn optimizer(o: &TrainOptions) -> OptimizerConfig {
+    OptimizerConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: o.weight_decay.unwrap_or(0.0),
+        max_grad_norm: o.max_grad_norm.unwrap_or(1.0),
+    }
+}
+
+/// A training run over one adapter. Drive it with `step()` or `train()`;
+/// `pause()`, `resume()` and `cancel()` act between steps.
+#[wasm_bindgen]
+pub struct TrainRun {
+    model: Rc<RefCell<ModelState>>,
+    run: Rc<RefCell<Run>>,
+    name: String,
+    paused: Rc<Cell<bool>>,
+    cancelled: Rc<Cell<bool>>,
+    /// Seconds spent in steps so far (for the ETA).
+    seconds: Rc<Cell<f64>>,
+}
+
+async fn one_step(
+    model: &Rc<RefCell<ModelState>>,
+    run: &Rc<RefCell<Run>>,
+    seconds: &Rc<Cell<f64>>,
+) -> JsResult<Option<StepEvent>> {
+    let st = busy(model.try_borrow())?;
+    let mut r = run.try_borrow_mut().map_err(|_| err("this run is already taking a step"))?;
+    let start = now_seconds();
+    let Some(s) = r.step(&st.gpu, &st.model).await.map_err(err)? else {
+        return Ok(None);
+    };
+    let secs = (now_seconds() - start).max(1e-6);
+    seconds.set(seconds.get() + secs);
+    let total = r.total_steps();
+    let mean = seconds.get() / s.step.max(1) as f64;
+    Ok(Some(StepEvent {
+        step: s.step,
+        total_steps: total,
+        loss: s.loss,
+        lr: s.lr,
+        grad_norm: s.grad_norm,
+        tokens: s.tokens,
+        tokens_per_second: s.tokens as f64 / secs,
+        step_seconds: secs,
+        eta_seconds: mean * total.saturating_sub(s.step) as f64,
+    }))
+}
+
+#[wasm_bindgen]
+impl TrainRun {
+    /// One optimizer step; resolves to its event, or undefined when the run is done.
+    #[wasm_bindgen(unchecked_return_type = "Promise<StepEvent | undefined>")]
+    pub fn step(&self) -> Promise {
+        let (model, run, seconds) = (self.model.clone(), self.run.clone(), self.seconds.clone());
+        future_to_promise(async move {
+            match one_step(&model, &run, &seconds).await? {
+                Some(e) => to_js(&e),
+                None => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// Steps until done or cancelled, calling `onStep` after each; waits while paused.
+    #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
+    pub fn train(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(event: StepEvent) => void")] on_step: Option<Function>,
+    ) -> Promise {
+        let (model, run, seconds) = (self.model.clone(), self.run.clone(), self.seconds.clone());
+        let (paused, cancelled) = (self.paused.clone(), self.cancelled.clone());
+        future_to_promise(async move {
+            let state = loop {
+                if cancelled.get() {
+                    break "cancelled";
+                }
+                if paused.get() {
+                    sleep(50).await;
+                    continue;
+                }
+                match one_step(&model, &run, &seconds).await? {
+                    Some(e) => {
+                        if let Some(f) = &on_step {
+                            f.call1(&JsValue::NULL, &to_js(&e)?)?;
+                        }
+                        // Let the event loop breathe (messages, pause and cancel calls).
+                        sleep(0).await;
+                    }
+                    None => break "done",
+                }
+            };
+            let r = run.try_borrow().map_err(|_| err("this run is taking a step"))?;
+            to_js(&TrainSummary { steps: r.trainer.step, total_steps: r.total_steps(), state })
+        })
+    }
+
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.set(false);
+    }
+
+    /// Stops `train()` after the step in flight; the adapter keeps what it learned.
+    pub fn cancel(&self) {
+        self.cancelled.set(true);
+    }
+
+    #[wasm_bindgen(js_name = isPaused)]
+    pub fn is_paused(&self) -> bool {
+        self.paused.get()
+    }
+
+    #[wasm_bindgen(js_name = currentStep)]
+    pub fn current_step(&self) -> JsResult<f64> {
+        Ok(self.run.try_borrow().map_err(|_| err("this run is taking a step"))?.trainer.step as f64)
+    }
+
+    #[wasm_bindgen(js_name = totalSteps)]
+    pub fn total_steps(&self) -> JsResult<f64> {
+        Ok(self.run.try_borrow().map_err(|_| err("this run is taking a step"))?.total_steps() as f64)
+    }
+
+    /// The adapter this run trains.
+    #[wasm_bindgen(js_name = adapterName)]
+    pub fn adapter_name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// The training checkpoint (adapter, AdamW moments, step, RNG, data position).
+    #[wasm_bindgen(js_name = saveCheckpoint, unchecked_return_type = "Promise<Uint8Array>")]
+    pub fn save_checkpoint(&self) -> Promise {
+        let (model, run) = (self.model.clone(), self.run.clone());
+        future_to_promise(async move {
+            let st = busy(model.try_borrow())?;
+            let r = run.try_borrow().map_err(|_| err("this run is taking a step"))?;
+            let bytes = save_checkpoint(&st.gpu, &r.trainer, &st.model.config, &r.progress()).await.map_err(err)?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+}

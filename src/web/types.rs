@@ -1,0 +1,198 @@
+//! The TypeScript declarations of every option object and event the JS API
+//! takes or gives (emitted into the generated `.d.ts`), and the Rust structs
+//! they deserialize into.
+
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** The adapter the GPU context runs on, and its limits. */
+export interface GpuInfo {
+  name: string; backend: string; deviceType: string; driver: string;
+  subgroups: boolean; maxBufferSize: number; maxStorageBufferBindingSize: number;
+  maxStorageBuffersPerShaderStage: number; maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+}
+/** Live and peak bytes of webpeft's GPU buffers. */
+export interface MemoryStats { liveBytes: number; peakBytes: number; liveBuffers: number; }
+export type Quant = "f32" | "q8" | "nf4";
+export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; }
+export interface LoadOptions { quant?: Quant; onProgress?: (progress: LoadProgress) => void; }
+export interface ModelInfo {
+  modelType: string; vocabSize: number; hiddenSize: number; layers: number; parameters: number;
+  quant: Quant; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
+}
+export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
+export interface LoraOptions {
+  r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
+  init?: "kaiming" | "gaussian"; layersToTransform?: number[]; seed?: number;
+}
+export type BottleneckMethod = "seq_bn" | "double_seq_bn" | "par_bn";
+export interface BottleneckOptions {
+  method: BottleneckMethod; reductionFactor?: number; nonLinearity?: "relu" | "silu" | "gelu" | "tanh";
+  dropout?: number; seed?: number;
+}
+export type TrainingRecord =
+  | { text: string }
+  | { prompt: string; completion: string }
+  | { messages: { role: string; content: string }[] }
+  | { input_ids: number[]; labels?: number[] };
+/** JSONL text (one record per line) or an array of records. */
+export type TrainingData = string | TrainingRecord[];
+export interface TrainOptions {
+  lr: number; steps?: number; epochs?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
+  warmup?: number; schedule?: "constant" | "linear" | "cosine"; weightDecay?: number; maxGradNorm?: number;
+  seed?: number; shuffle?: boolean; packing?: boolean;
+}
+export interface StepEvent {
+  step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
+  tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
+}
+export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
+export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
+export interface EvalResult { loss: number; perplexity: number; tokens: number; }
+export interface GenerateOptions {
+  maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number; greedy?: boolean;
+  /** The adapter to run with; null = the base model; absent = the active adapter. */
+  adapter?: string | null;
+  /** Render the prompt as one user turn with the tokenizer's chat template. */
+  chat?: boolean;
+  onToken?: (text: string) => void;
+}
+export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
+export interface PlanOptions {
+  quant?: Quant; method?: "lora" | BottleneckMethod; r?: number; targets?: LoraTarget[] | "all-linear";
+  reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
+}
+export interface MemoryPlan {
+  weightBytes: number; adapterBytes: number; optimizerBytes: number; activationBytes: number; totalBytes: number;
+  largestBufferBytes: number; bindingLimitBytes: number; fits: boolean;
+}
+/** An adapter folder: file name → bytes. */
+export type AdapterFiles = Record<string, Uint8Array>;
+"#;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadOptions {
+    pub quant: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoraOptions {
+    pub r: Option<usize>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<f64>,
+    pub targets: Option<serde_json::Value>,
+    pub rslora: Option<bool>,
+    pub init: Option<String>,
+    pub layers_to_transform: Option<Vec<usize>>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BottleneckOptions {
+    pub method: String,
+    pub reduction_factor: Option<f64>,
+    pub non_linearity: Option<String>,
+    pub dropout: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainOptions {
+    pub lr: f64,
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub warmup: Option<u64>,
+    pub schedule: Option<String>,
+    pub weight_decay: Option<f64>,
+    pub max_grad_norm: Option<f32>,
+    pub seed: Option<u64>,
+    pub shuffle: Option<bool>,
+    pub packing: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EvalOptions {
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GenerateOptions {
+    pub max_new_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub greedy: Option<bool>,
+    pub chat: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlanOptions {
+    pub quant: Option<String>,
+    pub method: Option<String>,
+    pub r: Option<usize>,
+    pub targets: Option<serde_json::Value>,
+    pub reduction_factor: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub grad_accum: Option<usize>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepEvent {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f32,
+    pub tokens: usize,
+    pub tokens_per_second: f64,
+    pub step_seconds: f64,
+    pub eta_seconds: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub state: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub parameters: u64,
+    pub quant: &'static str,
+    pub weight_bytes: u64,
+    pub max_position_embeddings: usize,
+    pub has_tokenizer: bool,
+    pub has_chat_template: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResult {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub seconds: f64,
+}

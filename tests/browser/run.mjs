@@ -1,0 +1,190 @@
+// Real-browser tests: Debian's Chromium, headless, WebGPU on SwiftShader,
+// driven by playwright-core. Run by scripts/test.sh after scripts/build-web.sh
+// (pkg/) and the native test build (target/debug/webpeft, for the
+// native-vs-browser comparison). Outputs (screenshot, downloaded zip, timings)
+// go to tests/browser/out/.
+//
+//   node tests/browser/run.mjs
+import { chromium } from "playwright-core";
+import { execFileSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { serve } from "../../www/serve.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.join(here, "..", "..");
+const out = path.join(here, "out");
+fs.rmSync(out, { recursive: true, force: true });
+fs.mkdirSync(out, { recursive: true });
+
+const WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+  "--disable-sync", "--no-first-run", "--disable-quic"];
+const launch = (webgpu = true) => chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: webgpu ? WEBGPU_ARGS : WEBGPU_ARGS.filter((a) => a !== "--enable-unsafe-webgpu"),
+});
+
+/** A page that fails the test on any console error or page error, and logs requests that leave localhost. */
+async function open(browser, url) {
+  const page = await browser.newPage({ acceptDownloads: true });
+  const problems = [];
+  const external = [];
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => { if (m.type() === "error") problems.push(`console: ${m.text()}`); });
+  page.on("request", (r) => { if (!r.url().startsWith("http://127.0.0.1")) external.push(r.url()); });
+  await page.goto(url);
+  return { page, problems, external };
+}
+
+/** The stored entries of a zip archive (what the page writes: no compression). */
+function unzip(buf) {
+  const files = {};
+  let i = 0;
+  while (buf.readUInt32LE(i) === 0x04034b50) {
+    const method = buf.readUInt16LE(i + 8);
+    const size = buf.readUInt32LE(i + 18);
+    const nameLen = buf.readUInt16LE(i + 26);
+    const extraLen = buf.readUInt16LE(i + 28);
+    const name = buf.subarray(i + 30, i + 30 + nameLen).toString("utf8");
+    const start = i + 30 + nameLen + extraLen;
+    assert.equal(method, 0, `${name}: stored entries expected`);
+    files[name] = buf.subarray(start, start + size);
+    i = start + size;
+  }
+  return files;
+}
+
+/** name → {dtype, shape, data: Float32Array} of a safetensors file. */
+function safetensors(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8"));
+  const out = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const [a, b] = info.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out[name] = { ...info, data: new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)) };
+  }
+  return out;
+}
+
+const server = await serve(0);
+const base = `http://127.0.0.1:${server.address().port}/`;
+const timings = {};
+test.after(() => {
+  server.close();
+  fs.writeFileSync(path.join(out, "timings.json"), JSON.stringify(timings, null, 2));
+  console.log("timings:", JSON.stringify(timings));
+});
+
+test("the demo page loads the toy model, trains, generates and downloads an adapter equal to the native one", async () => {
+  const browser = await launch();
+  try {
+    const { page, problems, external } = await open(browser, base);
+    await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 }).catch(async (e) => {
+      throw new Error(`${e.message}; page error: ${await page.textContent("#error")}`);
+    });
+    timings.browserLoadSeconds = Number(await page.getAttribute("body", "data-load-seconds"));
+    await page.click("#train");
+    await page.waitForSelector("body[data-trained]", { timeout: 600_000 });
+    const losses = JSON.parse(await page.getAttribute("body", "data-losses"));
+    assert.equal(losses.length, 12);
+    assert.ok(losses.at(-1) < losses[0] - 0.1, `the loss falls: ${losses}`);
+    timings.browserStepSeconds = Number(await page.getAttribute("body", "data-step-seconds"));
+    timings.browserTokensPerSecond = JSON.parse(await page.getAttribute("body", "data-tokens-per-second"))
+      .slice(1).reduce((a, b, _, xs) => a + b / xs.length, 0);
+    await page.screenshot({ path: path.join(out, "demo-after-training.png"), fullPage: true });
+
+    await page.click("#generate");
+    await page.waitForSelector("body[data-after=done]", { timeout: 300_000 });
+    const before = await page.textContent("#before");
+    const after = await page.textContent("#after");
+    assert.ok(before.length > 0 && after.length > 0, "both generations produced text");
+    await page.screenshot({ path: path.join(out, "demo-after-generation.png"), fullPage: true });
+
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+    const zipPath = path.join(out, "webpeft-adapter.zip");
+    await download.saveAs(zipPath);
+    const files = unzip(fs.readFileSync(zipPath));
+    const config = JSON.parse(files["adapter_config.json"].toString("utf8"));
+    assert.equal(config.peft_type, "LORA");
+    assert.equal(config.r, 8);
+    const web = safetensors(files["adapter_model.safetensors"]);
+    assert.equal(Object.keys(web).length, 28);
+
+    // The native library, same seed, data and config.
+    const nativeOut = path.join(out, "native");
+    const start = Date.now();
+    const lines = execFileSync(path.join(root, "target", "debug", "webpeft"), ["train", "--model", path.join(root, "www", "default-model"),
+      "--data", path.join(root, "www", "default-data.jsonl"), "--method", "lora", "--targets", "all-linear", "--r", "8",
+      "--alpha", "16", "--lr", "0.01", "--steps", "12", "--batch-size", "4", "--seq-len", "32", "--seed", "42",
+      "--schedule", "constant", "--out", nativeOut], { env: { ...process.env, XDG_RUNTIME_DIR: "/tmp" }, stdio: ["ignore", "pipe", "pipe"] })
+      .toString().trim().split("\n").map((l) => JSON.parse(l));
+    timings.nativeTrainSeconds = (Date.now() - start) / 1000;
+    // Steps 2.. (the first compiles pipelines); the same data, so the same tokens per step.
+    const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    timings.nativeTokensPerSecond = mean(lines.slice(1).map((l) => l.tokens_per_s));
+    timings.nativeLosses = lines.map((l) => l.loss);
+    timings.browserLosses = losses;
+    const native = safetensors(fs.readFileSync(path.join(nativeOut, "adapter_model.safetensors")));
+    let worst = 0;
+    for (const [name, t] of Object.entries(native)) {
+      assert.ok(web[name], `${name} in the download`);
+      assert.deepEqual(web[name].shape, t.shape);
+      for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(t.data[i] - web[name].data[i]));
+    }
+    timings.maxAbsDiffBrowserVsNative = worst;
+    assert.ok(worst <= 1e-4, `browser vs native adapter: max |diff| ${worst}`);
+    assert.deepEqual(problems, []);
+    assert.deepEqual(external, [], "the page requested nothing but its own files");
+  } finally {
+    await browser.close();
+  }
+});
+
+test("without WebGPU the page shows a readable error", async () => {
+  const browser = await launch(false);
+  try {
+    const { page } = await open(browser, base);
+    await page.waitForSelector("#error:not([hidden])", { timeout: 60_000 });
+    const text = await page.textContent("#error");
+    assert.match(text, /WebGPU/);
+  } finally {
+    await browser.close();
+  }
+});
+
+test("the npm package, installed from its tarball into a plain page, trains one step", async () => {
+  const scratch = path.join(out, "npm-scratch");
+  fs.mkdirSync(scratch, { recursive: true });
+  const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
+  fs.writeFileSync(path.join(scratch, "package.json"), JSON.stringify({ name: "scratch", private: true, type: "module" }));
+  execFileSync("npm", ["install", "--silent", "--no-audit", "--no-fund", path.join(out, tarball)], { cwd: scratch });
+  fs.writeFileSync(path.join(scratch, "index.html"), `<!doctype html><link rel="icon" href="data:,"><script type="module">
+    import init, { Gpu, Model } from "./node_modules/webpeft/webpeft.js";
+    try {
+      await init();
+      const gpu = await Gpu.create();
+      const model = await Model.fromUrl(gpu, new URL("/model/", location.href).href, { quant: "nf4" });
+      model.addLora("a", { r: 4, alpha: 8 });
+      const run = model.startTraining("a", [{ text: "The little robot watered the garden." }], { lr: 0.01, steps: 1, seqLen: 16 });
+      const e = await run.step();
+      document.title = "step " + e.step + " loss " + e.loss;
+    } catch (e) { document.title = "error: " + e.message; }
+  </script>`);
+  const s = await serve(0, [["/model/", path.join(root, "www", "default-model")], ["/", scratch]]);
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${s.address().port}/index.html`);
+    await page.waitForFunction(() => document.title.startsWith("step") || document.title.startsWith("error"), null, { timeout: 120_000 });
+    const title = await page.title();
+    assert.match(title, /^step 1 loss \d/, title);
+  } finally {
+    await browser.close();
+    s.close();
+  }
+});

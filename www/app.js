@@ -1,0 +1,189 @@
+// The demo page's UI thread: forms, progress, the loss chart and the
+// before/after generation. All library work happens in worker.js.
+const $ = (id) => document.getElementById(id);
+const state = { losses: [], speeds: [], trained: false, loaded: false, training: false };
+
+function showError(context, message) {
+  const box = $("error");
+  box.hidden = false;
+  box.textContent = `${context ? context + ": " : ""}${message}`;
+  document.body.dataset.error = message;
+  setBusy(false);
+}
+function clearError() { $("error").hidden = true; $("error").textContent = ""; }
+function setBusy(training) {
+  state.training = training;
+  $("train").disabled = training || !state.loaded;
+  $("load").disabled = training;
+  $("pause").disabled = !training;
+  $("cancel").disabled = !training;
+  $("generate").disabled = training || !state.loaded;
+  $("download").disabled = training || !state.trained;
+}
+const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+let worker;
+try {
+  worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+} catch (e) {
+  showError("start", `this browser cannot run module workers: ${e.message}`);
+}
+worker?.addEventListener("error", (e) => showError("worker", e.message || "the worker failed to start"));
+
+worker?.addEventListener("message", (e) => {
+  const m = e.data;
+  switch (m.type) {
+    case "ready":
+      $("gpu-info").textContent = `GPU: ${m.info.name} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding.`;
+      document.body.dataset.gpu = "ready";
+      load();
+      break;
+    case "plan": {
+      const p = m.plan;
+      $("plan").textContent = `Memory plan: weights ${mib(p.weightBytes)}, adapter + optimizer ${mib(p.adapterBytes + p.optimizerBytes)}, ` +
+        `activations ${mib(p.activationBytes)}: ${mib(p.totalBytes)} in all; largest buffer ${mib(p.largestBufferBytes)} of ${mib(p.bindingLimitBytes)} allowed.`;
+      break;
+    }
+    case "load-progress": {
+      const p = m.progress;
+      $("load-progress").max = p.totalBytes || 1;
+      $("load-progress").value = p.loadedBytes;
+      $("load-status").textContent = `${mib(p.loadedBytes)} / ${mib(p.totalBytes)} — ${p.tensor}`;
+      break;
+    }
+    case "loaded":
+      state.loaded = true;
+      $("load-status").textContent = `loaded: ${m.info.modelType}, ${(m.info.parameters / 1e6).toFixed(2)}M parameters, ` +
+        `${m.info.quant} base (${mib(m.info.weightBytes)}) in ${m.seconds.toFixed(2)} s`;
+      $("load-progress").value = $("load-progress").max;
+      document.body.dataset.loadSeconds = m.seconds;
+      document.body.dataset.model = "loaded";
+      setBusy(false);
+      break;
+    case "step": {
+      const ev = m.event;
+      state.losses.push(ev.loss);
+      state.speeds.push(ev.tokensPerSecond);
+      $("train-progress").max = ev.totalSteps;
+      $("train-progress").value = ev.step;
+      $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
+        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${ev.etaSeconds.toFixed(1)} s`;
+      document.body.dataset.steps = ev.step;
+      document.body.dataset.stepSeconds = ev.stepSeconds;
+      drawChart();
+      break;
+    }
+    case "trained":
+      state.trained = true;
+      document.body.dataset.losses = JSON.stringify(state.losses);
+      document.body.dataset.tokensPerSecond = JSON.stringify(state.speeds);
+      document.body.dataset.trained = m.summary.state;
+      $("train-status").textContent += ` — ${m.summary.state}`;
+      setBusy(false);
+      break;
+    case "paused": $("pause").textContent = "Resume"; break;
+    case "resumed": $("pause").textContent = "Pause"; break;
+    case "token": $(m.which).textContent += m.text; break;
+    case "generated":
+      document.body.dataset[m.which] = "done";
+      if (m.which === "before" && state.trained) worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
+      else setBusy(false);
+      break;
+    case "zip": {
+      const blob = new Blob([m.bytes], { type: "application/zip" });
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "webpeft-adapter.zip";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      break;
+    }
+    case "error":
+      showError(m.context, m.message);
+      break;
+  }
+});
+
+function drawChart() {
+  const c = $("loss-chart");
+  const g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  const l = state.losses;
+  if (l.length === 0) return;
+  const lo = Math.min(...l), hi = Math.max(...l);
+  const x = (i) => 30 + (i / Math.max(1, l.length - 1)) * (c.width - 40);
+  const y = (v) => 10 + (hi === lo ? 0.5 : (hi - v) / (hi - lo)) * (c.height - 30);
+  g.strokeStyle = "#999"; g.beginPath(); g.moveTo(30, 10); g.lineTo(30, c.height - 20); g.lineTo(c.width - 10, c.height - 20); g.stroke();
+  g.fillStyle = "#333"; g.font = "11px sans-serif";
+  g.fillText(hi.toFixed(2), 0, 14); g.fillText(lo.toFixed(2), 0, c.height - 22); g.fillText("loss", 34, 20);
+  g.strokeStyle = "#2563eb"; g.lineWidth = 2; g.beginPath();
+  l.forEach((v, i) => (i ? g.lineTo(x(i), y(v)) : g.moveTo(x(i), y(v))));
+  g.stroke();
+}
+
+function source() {
+  const kind = document.querySelector("input[name=source]:checked").value;
+  if (kind === "url") {
+    const url = $("model-url").value.trim();
+    if (!url) throw new Error("enter the model's base URL (the folder holding config.json)");
+    return { kind, url };
+  }
+  if (kind === "files") {
+    const files = [...$("model-files").files].filter((f) => !f.webkitRelativePath.split("/").slice(1, -1).length);
+    if (files.length === 0) throw new Error("choose a model folder (config.json, *.safetensors, tokenizer.json)");
+    return { kind, files };
+  }
+  return { kind: "default" };
+}
+
+function config() {
+  const f = new FormData($("config"));
+  const n = (k) => Number(f.get(k));
+  const targets = f.get("targets") === "all-linear" ? "all-linear" : f.get("targets").split(",");
+  return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
+    batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed") };
+}
+
+function load() {
+  clearError();
+  try {
+    const c = config();
+    state.loaded = false;
+    setBusy(true);
+    $("pause").disabled = $("cancel").disabled = true;
+    worker.postMessage({ type: "load", source: source(), quant: $("quant").value, method: c.method, r: c.r,
+      batchSize: c.batchSize, seqLen: c.seqLen });
+  } catch (e) { showError("load", e.message); }
+}
+
+$("load").onclick = load;
+$("train").onclick = () => {
+  clearError();
+  state.losses = [];
+  state.speeds = [];
+  drawChart();
+  const data = $("data").value;
+  if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
+  setBusy(true);
+  worker.postMessage({ type: "train", config: config(), data });
+};
+$("pause").onclick = () => worker.postMessage({ type: $("pause").textContent === "Pause" ? "pause" : "resume" });
+$("cancel").onclick = () => worker.postMessage({ type: "cancel" });
+$("generate").onclick = () => {
+  clearError();
+  $("before").textContent = $("after").textContent = "";
+  delete document.body.dataset.before;
+  delete document.body.dataset.after;
+  setBusy(true);
+  $("pause").disabled = $("cancel").disabled = true;
+  worker.postMessage({ type: "generate", which: "before", prompt: $("prompt").value });
+  if (!state.trained) $("after").textContent = "(train an adapter first)";
+};
+$("download").onclick = () => worker.postMessage({ type: "download" });
+$("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("data").value = await f.text(); };
+
+fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
+  .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
+worker?.postMessage({ type: "init" });
+setBusy(false);

@@ -1,0 +1,109 @@
+// The library runs here, in a module Web Worker, so the page stays responsive
+// while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
+// generate, download. Messages out: ready, load-progress, loaded, step,
+// trained, token, generated, zip, error. Every failure becomes an `error`
+// message with readable text; nothing is sent anywhere but the page.
+import init, { Gpu, Model } from "./pkg/webpeft.js";
+
+let gpu = null;
+let model = null;
+let run = null;
+const ADAPTER = "adapter";
+
+const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
+const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
+
+async function handle(msg) {
+  switch (msg.type) {
+    case "init": {
+      await init();
+      gpu = await Gpu.create();
+      post({ type: "ready", info: gpu.info() });
+      break;
+    }
+    case "load": {
+      if (!gpu) throw new Error("the GPU is not ready");
+      const quant = msg.quant ?? "f32";
+      const onProgress = (p) => post({ type: "load-progress", progress: p });
+      const start = performance.now();
+      let configText;
+      if (msg.source.kind === "files") {
+        const config = msg.source.files.find((f) => f.name === "config.json");
+        if (!config) throw new Error("the chosen files have no config.json");
+        configText = await config.text();
+      } else {
+        const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
+        const r = await fetch(new URL("config.json", base.endsWith("/") ? base : base + "/"));
+        if (!r.ok) throw new Error(`config.json: HTTP ${r.status} from ${base}`);
+        configText = await r.text();
+      }
+      // The memory plan, before any weight is read.
+      const plan = gpu.planMemory(configText, { quant, method: msg.method ?? "lora", r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
+      post({ type: "plan", plan });
+      if (!plan.fits) {
+        throw new Error(`this setup needs a ${(plan.largestBufferBytes / 2 ** 20).toFixed(0)} MiB buffer, over this GPU's ` +
+          `${(plan.bindingLimitBytes / 2 ** 20).toFixed(0)} MiB binding limit: lower the batch size or sequence length`);
+      }
+      if (model) model.free();
+      model = null;
+      if (msg.source.kind === "files") model = await Model.fromFiles(gpu, msg.source.files, { quant, onProgress });
+      else {
+        const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
+        model = await Model.fromUrl(gpu, base, { quant, onProgress });
+      }
+      post({ type: "loaded", info: model.info(), seconds: (performance.now() - start) / 1000 });
+      break;
+    }
+    case "train": {
+      if (!model) throw new Error("load a model first");
+      const c = msg.config;
+      if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
+      if (c.method === "lora") {
+        model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed });
+      } else {
+        model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
+      }
+      model.setActiveAdapter(ADAPTER);
+      run = model.startTraining(ADAPTER, msg.data, {
+        lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
+        schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0,
+      });
+      const summary = await run.train((event) => post({ type: "step", event }));
+      post({ type: "trained", summary });
+      break;
+    }
+    case "pause": run?.pause(); post({ type: "paused" }); break;
+    case "resume": run?.resume(); post({ type: "resumed" }); break;
+    case "cancel": run?.cancel(); break;
+    case "generate": {
+      if (!model) throw new Error("load a model first");
+      const opts = { maxNewTokens: msg.maxNewTokens ?? 40, adapter: msg.which === "before" ? null : ADAPTER,
+        onToken: (text) => post({ type: "token", which: msg.which, text }) };
+      if (msg.which === "after" && !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
+      const result = await model.generate(msg.prompt, opts);
+      post({ type: "generated", which: msg.which, result });
+      break;
+    }
+    case "download": {
+      if (!model || !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
+      const zip = await model.exportAdapterZip(ADAPTER);
+      post({ type: "zip", bytes: zip }, [zip.buffer]);
+      break;
+    }
+    default:
+      throw new Error(`unknown message ${msg.type}`);
+  }
+}
+
+// One message at a time, except the run controls, which act between steps.
+let queue = Promise.resolve();
+self.onmessage = (e) => {
+  const msg = e.data;
+  if (["pause", "resume", "cancel"].includes(msg.type)) {
+    handle(msg).catch((err) => fail(msg.type, err));
+    return;
+  }
+  queue = queue.then(() => handle(msg)).catch((err) => fail(msg.type, err));
+};
+self.onerror = (e) => fail("worker", e.message ?? e);
+self.onunhandledrejection = (e) => fail("worker", e.reason);
