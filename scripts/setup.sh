@@ -35,8 +35,8 @@ if [ "${1:-}" = "--web" ]; then
         echo "setup: installing wasm-bindgen-cli $want (a few minutes)"
         cargo install -q wasm-bindgen-cli --version "$want"
     fi
-    if [ ! -d tests/browser/node_modules/playwright-core ]; then
-        echo "setup: installing playwright-core for the browser tests"
+    if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/typescript ]; then
+        echo "setup: installing playwright-core and typescript for the browser tests"
         (cd tests/browser && npm install --silent --no-audit --no-fund)
     fi
 fi

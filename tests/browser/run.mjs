@@ -188,3 +188,13 @@ test("the npm package, installed from its tarball into a plain page, trains one 
     s.close();
   }
 });
+
+test("the package's .d.ts types every option and event: a strict TypeScript program compiles, with no `any`", () => {
+  const dts = fs.readFileSync(path.join(root, "pkg", "webpeft.d.ts"), "utf8");
+  assert.doesNotMatch(dts, /\bany\b/);
+  for (const t of ["LoraOptions", "TrainOptions", "StepEvent", "GenerateOptions", "MemoryPlan", "LoadProgress"]) {
+    assert.match(dts, new RegExp(`export (interface|type) ${t}\\b`), t);
+  }
+  execFileSync(path.join(here, "node_modules", ".bin", "tsc"), ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022",
+    "--moduleResolution", "bundler", "--lib", "esnext,dom", path.join(here, "usage.ts")], { stdio: "inherit" });
+});

@@ -1,0 +1,23 @@
+// Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
+// every option object and event (a misspelt option or a wrong type fails).
+import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
+import type { GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+
+export async function example(data: string): Promise<void> {
+  await init();
+  const gpu: Gpu = await Gpu.create();
+  const plan: MemoryPlan = gpu.planMemory("{}", { quant: "nf4", method: "lora", r: 8, batchSize: 4, seqLen: 128 });
+  const fits: boolean = plan.fits;
+  const model: Model = await Model.fromUrl(gpu, "https://example.invalid/m/", {
+    quant: "q8",
+    onProgress: (p: LoadProgress) => console.log(p.loadedBytes / p.totalBytes, p.tensor),
+  });
+  model.addLora("a", { r: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.05, rslora: false });
+  model.addBottleneck("b", { method: "par_bn", reductionFactor: 2, nonLinearity: "relu" });
+  const run: TrainRun = model.startTraining("a", data, { lr: 2e-4, steps: 10, schedule: "cosine", warmup: 2 });
+  const first: StepEvent | undefined = await run.step();
+  const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));
+  const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });
+  const zip: Uint8Array = await model.exportAdapterZip("a");
+  console.log(fits, first?.step, summary.state, out.text, zip.length, (await model.evaluate([{ text: "x" }], {})).perplexity);
+}
