@@ -157,7 +157,7 @@ test("without WebGPU the page shows a readable error", async () => {
   }
 });
 
-test("the npm package, installed from its tarball into a plain page, trains one step", async () => {
+test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports", async () => {
   const scratch = path.join(out, "npm-scratch");
   fs.mkdirSync(scratch, { recursive: true });
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
@@ -170,10 +170,26 @@ test("the npm package, installed from its tarball into a plain page, trains one 
       const gpu = await Gpu.create();
       const model = await Model.fromUrl(gpu, new URL("/model/", location.href).href, { quant: "nf4" });
       model.addLora("a", { r: 4, alpha: 8 });
-      const run = model.startTraining("a", [{ text: "The little robot watered the garden." }], { lr: 0.01, steps: 1, seqLen: 16 });
+      const data = [{ text: "The little robot watered the garden." }, { prompt: "The robot", completion: " sang." }];
+      const run = model.startTraining("a", data, { lr: 0.01, steps: 3, seqLen: 16, batchSize: 2 });
       const e = await run.step();
-      document.title = "step " + e.step + " loss " + e.loss;
-    } catch (e) { document.title = "error: " + e.message; }
+      // Checkpoint after one step, then go on both ways: the two runs agree bit for bit.
+      const ckpt = await run.saveCheckpoint();
+      const rest = [await run.step(), await run.step()].map((x) => x.loss);
+      const again = model.resumeTraining("b", ckpt, data, { lr: 0.01, steps: 3, seqLen: 16, batchSize: 2 });
+      let paused = false;
+      again.pause(); paused = again.isPaused(); again.resume();
+      const resumed = [];
+      const summary = await again.train((x) => resumed.push(x.loss));
+      if (JSON.stringify(rest) !== JSON.stringify(resumed)) throw new Error("resume differs: " + rest + " vs " + resumed);
+      // Export as a zip, import under a new name, generate with it.
+      const zip = await model.exportAdapterZip("b");
+      await model.importAdapter("c", zip);
+      const files = await model.exportAdapter("c");
+      const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
+      const ev = await model.evaluate(data, { adapter: "c" });
+      document.title = "step " + e.step + " loss " + e.loss + " | " + summary.state + " " + paused + " " +
+        Object.keys(files).sort().join(",") + " " + g.tokenIds.length + " " + ev.tokens;    } catch (e) { document.title = "error: " + e.message; }
   </script>`);
   const s = await serve(0, [["/model/", path.join(root, "www", "default-model")], ["/", scratch]]);
   const browser = await launch();
@@ -182,7 +198,7 @@ test("the npm package, installed from its tarball into a plain page, trains one 
     await page.goto(`http://127.0.0.1:${s.address().port}/index.html`);
     await page.waitForFunction(() => document.title.startsWith("step") || document.title.startsWith("error"), null, { timeout: 120_000 });
     const title = await page.title();
-    assert.match(title, /^step 1 loss \d/, title);
+    assert.match(title, /^step 1 loss \d.* \| done true adapter_config.json,adapter_model.safetensors \d+ \d+$/, title);
   } finally {
     await browser.close();
     s.close();
