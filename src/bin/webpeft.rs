@@ -574,6 +574,7 @@ async fn generate(
     let gpu = Gpu::new().await?;
     let files = DirFiles::new(dir)?;
     let tokenizer = Tokenizer::load(&files).await?;
+    tokenizer.check_model(&Config::load(&files).await?)?;
     let model = Model::load(&gpu, &files, quant).await?;
     let adapter = match adapter {
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
@@ -859,6 +860,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
     let files = DirFiles::new(&a.model)?;
     let tokenizer = Tokenizer::load(&files).await?;
     let config = Config::load(&files).await?;
+    tokenizer.check_model(&config)?;
     let max = config.max_position_embeddings;
     if let Some(n) = a.seq_len.filter(|&n| n > max) {
         eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings {max}");

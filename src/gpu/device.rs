@@ -75,6 +75,8 @@ pub struct Gpu {
     pub(crate) shader_checks: bool,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Test hook: allocations left before one fails (`u64::MAX`: never).
+    allocations_left: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -189,6 +191,7 @@ impl Gpu {
             shader_checks: options.shader_checks,
             errors,
             lost,
+            allocations_left: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 
@@ -247,6 +250,50 @@ impl Gpu {
         let message = errors.join("; ");
         errors.clear();
         Err(Error::Gpu { context: context.into(), message })
+    }
+
+    /// Test hook, the runtime's fault injection: after `after` more
+    /// successful allocations, the next one fails as an out-of-memory device
+    /// would (`Error::Gpu`), and so does every one after it until
+    /// [`clear_faults`](Self::clear_faults).
+    #[doc(hidden)]
+    pub fn inject_allocation_failure(&self, after: u64) {
+        self.allocations_left.store(after, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Test hook: the device is reported lost from now on (as wgpu's
+    /// device-lost callback would).
+    #[doc(hidden)]
+    pub fn inject_device_loss(&self, reason: &str) {
+        if let Ok(mut l) = self.lost.lock() {
+            *l = Some(format!("{reason} (injected)"));
+        }
+    }
+
+    /// Test hook: undoes the injected faults.
+    #[doc(hidden)]
+    pub fn clear_faults(&self) {
+        self.allocations_left.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut l) = self.lost.lock() {
+            *l = None;
+        }
+    }
+
+    /// Counts an allocation against the injected failure, if any.
+    pub(crate) fn take_allocation(&self, what: &str) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let left = self.allocations_left.load(Ordering::Relaxed);
+        if left == u64::MAX {
+            return Ok(());
+        }
+        if left == 0 {
+            return Err(Error::Gpu {
+                context: format!("allocating {what}"),
+                message: "out of memory (injected by a test hook)".into(),
+            });
+        }
+        self.allocations_left.store(left - 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Check a buffer size against the device's limits before asking for it.

@@ -94,6 +94,7 @@ impl Tensor {
         let numel: usize = shape.iter().product();
         let bytes = padded((numel * dtype.size()) as u64);
         gpu.check_buffer_size(label, bytes)?;
+        gpu.take_allocation(label)?;
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,

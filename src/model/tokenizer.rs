@@ -207,6 +207,23 @@ impl Tokenizer {
         self.vocab_size
     }
 
+    /// Checks that every id this tokenizer can produce has a row in the
+    /// model's embedding (`vocab_size`); a model may have more rows (padding),
+    /// never fewer.
+    pub fn check_model(&self, config: &crate::model::Config) -> Result<()> {
+        if self.vocab_size > config.vocab_size {
+            return Err(Error::Tokenizer {
+                file: "tokenizer.json".into(),
+                detail: format!(
+                    "has {} tokens but the model's embedding has {} rows (config.json vocab_size): \
+                     this tokenizer belongs to another model",
+                    self.vocab_size, config.vocab_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

@@ -158,8 +158,18 @@ impl Trainer {
     }
 
     /// One optimizer step over `micro` (gradient accumulation when more than
-    /// one) at learning rate `lr`.
+    /// one) at learning rate `lr`. On any error the trainer is as it was
+    /// before the call: parameters, moments, step count and dropout RNG.
     pub async fn step(&mut self, gpu: &Gpu, model: &Model, micro: &[Batch], lr: f64) -> Result<StepStats> {
+        let rng = self.rng.clone();
+        let result = self.try_step(gpu, model, micro, lr).await;
+        if result.is_err() {
+            self.rng = rng;
+        }
+        result
+    }
+
+    async fn try_step(&mut self, gpu: &Gpu, model: &Model, micro: &[Batch], lr: f64) -> Result<StepStats> {
         const OP: &str = "Trainer::step";
         let number = self.step + 1;
         if micro.is_empty() {
@@ -205,7 +215,14 @@ impl Trainer {
         rec.copy(&loss, 0, &out, 0, 4)?;
         rec.copy(&clip, 0, &out, 4, 8)?;
         rec.submit()?;
-        let read = out.to_vec::<f32>(gpu).await?;
+        let read = match out.to_vec::<f32>(gpu).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The update may have run: put θ, m, v back (if the device still can).
+                self.restore(gpu).await;
+                return Err(e);
+            }
+        };
         let (loss, grad_norm) = (read[0], read[1]);
         let bad = if !loss.is_finite() {
             Some(("loss", loss))
@@ -215,14 +232,19 @@ impl Trainer {
             None
         };
         if let Some((what, value)) = bad {
-            let mut rec = Recorder::new(gpu);
-            self.record_backup(&mut rec, true)?;
-            rec.submit()?;
-            gpu.synchronize().await?;
+            self.restore(gpu).await;
             return Err(Error::NonFinite { step: number, what, value });
         }
         self.step = number;
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
+    }
+
+    /// Copies θ, m, v back from the copy taken before the failed step.
+    async fn restore(&self, gpu: &Gpu) {
+        let mut rec = Recorder::new(gpu);
+        if self.record_backup(&mut rec, true).is_ok() && rec.submit().is_ok() {
+            let _ = gpu.synchronize().await;
+        }
     }
 
     fn dropout_active(&self) -> bool {

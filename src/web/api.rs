@@ -287,6 +287,9 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue>
         Some(_) => Some(Tokenizer::load(&files).await.map_err(err)?),
         None => None,
     };
+    if let Some(t) = &tokenizer {
+        t.check_model(&model.config).map_err(err)?;
+    }
     let state = ModelState { gpu, model, tokenizer, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
 }

@@ -56,9 +56,23 @@ impl<S: ByteSource> Loader<'_, S> {
         (p.1)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total });
     }
 
+    /// A weight with a NaN or an infinity would train on garbage: refuse it,
+    /// naming the tensor and the first bad index.
+    fn check_finite(&self, name: &str, data: &[f32]) -> Result<()> {
+        match data.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::Checkpoint {
+                tensor: name.to_string(),
+                file: self.checkpoint.shard_name(name).unwrap_or_default().to_string(),
+                detail: format!("holds {} at flat index {i}: the weights are corrupt", data[i]),
+            }),
+        }
+    }
+
     /// The tensor `name` as f32, with its checkpoint shape.
     async fn tensor(&self, name: &str) -> Result<Tensor> {
         let data = self.checkpoint.read_f32(name).await?;
+        self.check_finite(name, &data)?;
         let t = Tensor::from_slice(self.gpu, &self.shape(name)?, &data)?;
         self.report(name);
         Ok(t)
@@ -100,6 +114,7 @@ impl<S: ByteSource> Loader<'_, S> {
             });
         };
         let data = self.checkpoint.read_f32(name).await?;
+        self.check_finite(name, &data)?;
         let w = QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
             // Say which tensor a format cannot hold (Q8_0 needs rows of 32·k).
             Error::Quant(q) => Error::Checkpoint {
