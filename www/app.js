@@ -22,21 +22,34 @@ function setBusy(training) {
 }
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
-let worker;
-try {
-  worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
-} catch (e) {
-  showError("start", `this browser cannot run module workers: ${e.message}`);
+// The worker is (re)started for each model source: its Content-Security-Policy
+// (from the server) lets it reach the page's origin and that one source only.
+let worker = null;
+let workerOrigin = null;
+let pendingLoad = null;
+function startWorker(origin) {
+  worker?.terminate();
+  workerOrigin = origin;
+  const url = new URL("worker.js", import.meta.url);
+  if (origin) url.searchParams.set("connect", origin);
+  try {
+    worker = new Worker(url, { type: "module" });
+  } catch (e) {
+    showError("start", `this browser cannot run module workers: ${e.message}`);
+    return;
+  }
+  worker.addEventListener("error", (e) => showError("worker", e.message || "the worker failed to start"));
+  worker.addEventListener("message", onMessage);
+  worker.postMessage({ type: "init" });
 }
-worker?.addEventListener("error", (e) => showError("worker", e.message || "the worker failed to start"));
 
-worker?.addEventListener("message", (e) => {
+function onMessage(e) {
   const m = e.data;
   switch (m.type) {
     case "ready":
-      $("gpu-info").textContent = `GPU: ${m.info.name} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding.`;
+      $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding.`;
       document.body.dataset.gpu = "ready";
-      load();
+      if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; } else load();
       break;
     case "plan": {
       const p = m.plan;
@@ -103,7 +116,7 @@ worker?.addEventListener("message", (e) => {
       showError(m.context, m.message);
       break;
   }
-});
+}
 
 function drawChart() {
   const c = $("loss-chart");
@@ -152,8 +165,14 @@ function load() {
     state.loaded = false;
     setBusy(true);
     $("pause").disabled = $("cancel").disabled = true;
-    worker.postMessage({ type: "load", source: source(), quant: $("quant").value, method: c.method, r: c.r,
-      batchSize: c.batchSize, seqLen: c.seqLen });
+    const src = source();
+    const msg = { type: "load", source: src, quant: $("quant").value, method: c.method, r: c.r,
+      batchSize: c.batchSize, seqLen: c.seqLen };
+    const origin = src.kind === "url" ? new URL(src.url).origin : null;
+    if (origin !== workerOrigin) {
+      pendingLoad = msg; // a worker allowed to reach this source loads it once ready
+      startWorker(origin);
+    } else worker.postMessage(msg);
   } catch (e) { showError("load", e.message); }
 }
 
@@ -185,5 +204,5 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
-worker?.postMessage({ type: "init" });
+startWorker(null);
 setBusy(false);

@@ -27,6 +27,28 @@ function resolve(roots, urlPath) {
 }
 
 /** Serves `roots` ([url prefix, folder] pairs, first match wins) on 127.0.0.1:port. */
+// The page may talk to its own origin only; the worker (where the library
+// fetches model files) also to the one model origin the user chose, passed as
+// worker.js?connect=<origin> (Hugging Face's CDN hosts come with huggingface.co).
+const PAGE_CSP = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; " +
+  "img-src 'self' data: blob:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+function workerCsp(url) {
+  let extra = "";
+  const asked = url.searchParams.get("connect");
+  if (asked) {
+    try {
+      const o = new URL(asked);
+      if (o.protocol === "https:" || o.protocol === "http:") {
+        extra = " " + o.origin;
+        if (o.hostname === "huggingface.co" || o.hostname.endsWith(".huggingface.co")) {
+          extra += " https://*.huggingface.co https://*.hf.co";
+        }
+      }
+    } catch { /* not a URL: nothing extra */ }
+  }
+  return `default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'${extra}`;
+}
+
 export function serve(port = 8080, roots = defaultRoots) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://localhost");
@@ -42,7 +64,10 @@ export function serve(port = 8080, roots = defaultRoots) {
       "Content-Type": types[path.extname(file)] ?? "application/octet-stream",
       "Accept-Ranges": "bytes",
       "Cache-Control": "no-cache",
+      "X-Content-Type-Options": "nosniff",
     };
+    if (file.endsWith(".html")) headers["Content-Security-Policy"] = PAGE_CSP;
+    if (path.basename(file) === "worker.js") headers["Content-Security-Policy"] = workerCsp(url);
     const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? "");
     if (range) {
       const start = Number(range[1]);

@@ -163,7 +163,9 @@ test("the npm package, installed from its tarball into a plain page, trains, che
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
   fs.writeFileSync(path.join(scratch, "package.json"), JSON.stringify({ name: "scratch", private: true, type: "module" }));
   execFileSync("npm", ["install", "--silent", "--no-audit", "--no-fund", path.join(out, tarball)], { cwd: scratch });
-  fs.writeFileSync(path.join(scratch, "index.html"), `<!doctype html><link rel="icon" href="data:,"><script type="module">
+  fs.writeFileSync(path.join(scratch, "index.html"),
+    `<!doctype html><link rel="icon" href="data:,"><script type="module" src="main.js"></script>`);
+  fs.writeFileSync(path.join(scratch, "main.js"), `
     import init, { Gpu, Model } from "./node_modules/webpeft/webpeft.js";
     try {
       await init();
@@ -190,7 +192,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const ev = await model.evaluate(data, { adapter: "c" });
       document.title = "step " + e.step + " loss " + e.loss + " | " + summary.state + " " + paused + " " +
         Object.keys(files).sort().join(",") + " " + g.tokenIds.length + " " + ev.tokens;    } catch (e) { document.title = "error: " + e.message; }
-  </script>`);
+  `);
   const s = await serve(0, [["/model/", path.join(root, "www", "default-model")], ["/", scratch]]);
   const browser = await launch();
   try {
@@ -213,4 +215,33 @@ test("the package's .d.ts types every option and event: a strict TypeScript prog
   }
   execFileSync(path.join(here, "node_modules", ".bin", "tsc"), ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022",
     "--moduleResolution", "bundler", "--lib", "esnext,dom", path.join(here, "usage.ts")], { stdio: "inherit" });
+});
+
+test("the page's Content-Security-Policy blocks requests to other origins, in the page and in the worker", async () => {
+  const page = await fetch(base);
+  const csp = page.headers.get("content-security-policy");
+  assert.match(csp, /connect-src 'self';/);
+  assert.match(csp, /script-src 'self' 'wasm-unsafe-eval';/, "no inline scripts, no eval (WebAssembly may compile)");
+  const html = await page.text();
+  assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, "no inline <script>");
+  for (const f of ["app.js", "worker.js"]) {
+    assert.doesNotMatch(fs.readFileSync(path.join(root, "www", f), "utf8"), /\beval\(|new Function\(/, `${f} has no eval`);
+  }
+  const worker = (await fetch(`${base}worker.js`)).headers.get("content-security-policy");
+  assert.equal(worker, "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'");
+  const chosen = (await fetch(`${base}worker.js?connect=${encodeURIComponent("https://huggingface.co/x/resolve/main/")}`))
+    .headers.get("content-security-policy");
+  assert.match(chosen, /connect-src 'self' https:\/\/huggingface.co https:\/\/\*\.huggingface.co https:\/\/\*\.hf.co$/);
+  const browser = await launch();
+  try {
+    const { page: p } = await open(browser, base);
+    const violated = await p.evaluate(() => new Promise((ok) => {
+      document.addEventListener("securitypolicyviolation", (e) => ok(e.violatedDirective));
+      fetch("http://127.0.0.2:9/leak").catch(() => {});
+      setTimeout(() => ok(null), 5000);
+    }));
+    assert.equal(violated, "connect-src");
+  } finally {
+    await browser.close();
+  }
 });
