@@ -141,3 +141,23 @@ fn cosine_schedule_clipping_and_accumulation_match_peft() {
     }
     check_final(gpu, &trainer.adapter, &fx, 1e-4);
 }
+
+#[test]
+fn gradients_match_peft_with_the_loss_in_many_chunks() {
+    // A 14 KiB binding limit: the training logits go in chunks of 9 rows (24 rows: 2 chunks and a partial one).
+    let gpu =
+        block_on(Gpu::with_options(webpeft::GpuOptions { max_binding_bytes: Some(14 << 10), ..Default::default() }))
+            .unwrap();
+    let gpu = &gpu;
+    assert_eq!(webpeft::model::llama::loss::logits_chunk_rows(384, gpu.max_binding_bytes()), 9);
+    let model = model(gpu);
+    let fx = Fixture::open("lora/reference.safetensors");
+    let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+    let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
+    let stats = block_on(trainer.step(gpu, &model, &[batch(&fx, 0..2)], 0.0)).unwrap();
+    assert!((stats.loss - fx.f32("loss")[0]).abs() <= 1e-5, "loss {}", stats.loss);
+    for (key, g) in trainer.gradients().tensors() {
+        let d = max_abs_diff(&block_on(g.to_vec::<f32>(gpu)).unwrap(), &fx.f32(&format!("{key}.grad")));
+        assert!(d <= 1e-4, "{key}: {d:e}");
+    }
+}

@@ -217,6 +217,19 @@ impl Tensor {
         Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
+    /// A view of the first `shape.iter().product()` elements (at most all of
+    /// them) with `shape`: for reusing one buffer for pieces of different
+    /// sizes. Kernels size their work from the shape, never from the buffer.
+    pub fn reshape_prefix(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() > self.numel() {
+            return Err(Error::shape(
+                "Tensor::reshape_prefix",
+                format!("{:?} has fewer elements than {shape:?}", self.shape),
+            ));
+        }
+        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+
     /// Whether two handles share one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.storage, &other.storage)

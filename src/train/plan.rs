@@ -43,7 +43,8 @@ pub struct MemoryPlan {
     pub optimizer_bytes: u64,
     pub activation_bytes: u64,
     pub total_bytes: u64,
-    /// The largest single buffer (the logits, or a weight chunk).
+    /// The largest buffer that cannot be split (a chunk of logits, the MLP's
+    /// activations).
     pub largest_buffer_bytes: u64,
     /// The device's `max_storage_buffer_binding_size`.
     pub binding_limit_bytes: u64,
@@ -118,15 +119,18 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         PlanAdapter::Bottleneck { size, units_per_layer } => *units_per_layer as u64 * m * (3 * *size as u64 + 3 * d),
     };
     let per_layer = 2 * (forward + adapter_floats); // the backward allocates about as much as the forward saved
-    let logits = m * v;
-    let head = 4 * m * d + logits + 4 * m; // embedding, final norm and its gradient, logits, targets
+                                                    // Training computes the logits in row chunks that reuse one buffer.
+    let chunk_rows =
+        crate::model::llama::loss::logits_chunk_rows(config.vocab_size, binding_limit).min(m as usize) as u64;
+    let logits = chunk_rows * v;
+    let head = 6 * m * d + logits + 4 * m; // embedding, final norm and its gradient, chunk buffers, targets
     let activation_bytes = (layers * per_layer + head) * 4 * input.grad_accum.max(1) as u64;
 
     let weight = weight_bytes(config, input.quant);
-    let largest = (logits * 4).max(
-        // the largest weight before chunking is split to the binding limit
-        (v * d * 4).min(binding_limit),
-    );
+    // Buffers that cannot be split: a logits chunk (at least one row), the
+    // MLP's (M, I) and the attention's (M, H·hd) activations. Weights are
+    // split by rows to the binding limit already.
+    let largest = (logits.max(v) * 4).max(m * i * 4).max(m * q * 4);
     MemoryPlan {
         weight_bytes: weight,
         adapter_bytes,
@@ -135,6 +139,6 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         total_bytes: weight + adapter_bytes + optimizer_bytes + activation_bytes,
         largest_buffer_bytes: largest,
         binding_limit_bytes: binding_limit,
-        fits: logits * 4 <= binding_limit,
+        fits: largest <= binding_limit,
     }
 }

@@ -18,10 +18,11 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
-use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
+use crate::kernels::cross_entropy::cross_entropy_forward;
 use crate::kernels::elementwise::{copy, fill};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
+use crate::model::llama::loss::chunked_lm_loss_and_grad;
 use crate::model::llama::{shift_labels, Model};
 use crate::peft::adapter::Adapter;
 use crate::train::data::Batch;
@@ -282,17 +283,13 @@ impl Trainer {
         if targets.len() != ids.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
         }
-        let targets = Tensor::from_slice(gpu, &[targets.len()], &targets)?;
-        let (logits, saved) = model.forward_adapted(rec, &ids, Some(&self.adapter), seed)?; // (B, T, V)
-        let rows = ids.numel();
-        let logits2d = logits.reshape(&[rows, model.config.vocab_size])?;
-        let (token_loss, lse) = cross_entropy_forward(rec, &logits2d, &targets)?; // (B·T)
+        let (xn, saved) = model.hidden_adapted(rec, &ids, Some(&self.adapter), seed)?; // (B, T, D)
+        let d = model.config.hidden_size;
         let scale = 1.0 / total as f32;
-        // loss (1) += token_loss (1, B·T) · ones (B·T, 1) / total
-        let ones = Tensor::from_slice(gpu, &[rows, 1], &vec![1.0f32; rows])?;
-        gemm(rec, &Gemm::new(1, 1, rows, false, false).alpha(scale).accumulate(true), &token_loss, &ones, loss)?;
-        cross_entropy_backward_inplace(rec, &logits2d, &targets, &lse, scale)?; // logits become dlogits
-        model.backward(rec, &logits, &saved, &self.adapter, seed, &self.grads)
+        // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
+        let dxn =
+            chunked_lm_loss_and_grad(rec, &xn.reshape(&[ids.numel(), d])?, &model.lm_head, &targets, scale, loss)?;
+        model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, &self.adapter, seed, &self.grads)
     }
 
     /// Mean loss and perplexity of the adapted model on `batches` (no

@@ -9,8 +9,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::cross_entropy::cross_entropy_forward;
+use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
+use crate::kernels::elementwise::fill;
 use crate::kernels::matmul::{gemm, Gemm};
+use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
 
 /// The label transformers ignores (`ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
@@ -85,4 +87,75 @@ pub fn causal_lm_loss(rec: &mut Recorder, logits: &Tensor, targets: &CausalTarge
     let loss = Tensor::zeros(rec.gpu(), &[1], DType::F32)?;
     gemm(rec, &Gemm::new(1, 1, rows, false, false).alpha(1.0 / targets.count as f32), &token_loss, &ones, &loss)?;
     Ok(loss)
+}
+
+/// Bytes one chunk of training logits may take: the full (B·T, V) logits
+/// are never built in training (Llama 3's V = 128,256 at 512 tokens would be
+/// 262 MB, over a browser's 128 MiB binding).
+pub const LOGITS_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Rows per logits chunk for a vocabulary of `vocab` (at least 1).
+pub fn logits_chunk_rows(vocab: usize, max_binding: u64) -> usize {
+    let budget = LOGITS_CHUNK_BYTES.min(max_binding);
+    ((budget / (vocab.max(1) as u64 * 4)) as usize).max(1)
+}
+
+/// The causal-LM loss and its gradient at the lm_head's input, in row
+/// chunks that reuse one logits buffer:
+///
+/// ```text
+/// for each chunk c of rows:  logits_c = xn_c · lm_headᵀ          (rows_c, V)
+///                            loss    += Σ CE(logits_c, targets_c) · scale
+///                            dxn_c    = (softmax − onehot)(logits_c) · scale · lm_head
+/// ```
+///
+/// - xn: (M, D), the normed hidden states; targets: (M) i32 on the CPU, −100 ignored
+/// - scale: 1 / (non-ignored targets of the whole accumulated batch)
+/// - loss: (1), added to; returns dxn (M, D)
+pub fn chunked_lm_loss_and_grad(
+    rec: &mut Recorder,
+    xn: &Tensor,
+    lm_head: &QWeight,
+    targets: &[i32],
+    scale: f32,
+    loss: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "chunked_lm_loss";
+    let d = lm_head.cols;
+    let v = lm_head.rows;
+    let m = xn.numel() / d.max(1);
+    if xn.shape().last() != Some(&d) || targets.len() != m {
+        return Err(Error::shape(
+            OP,
+            format!("xn {:?} and {} targets for a ({v}, {d}) head", xn.shape(), targets.len()),
+        ));
+    }
+    let gpu = rec.gpu();
+    let chunk = logits_chunk_rows(v, gpu.max_binding_bytes()).min(m.max(1));
+    let dxn = Tensor::zeros(gpu, &[m, d], DType::F32)?;
+    let x_c = Tensor::zeros(gpu, &[chunk, d], DType::F32)?;
+    let logits = Tensor::zeros(gpu, &[chunk, v], DType::F32)?;
+    let dx_c = Tensor::zeros(gpu, &[chunk, d], DType::F32)?;
+    let ones = Tensor::from_slice(gpu, &[chunk, 1], &vec![1.0f32; chunk])?;
+    let row = d as u64 * 4;
+    let mut start = 0;
+    while start < m {
+        let n = chunk.min(m - start);
+        // The last chunk may be shorter: views of the first n rows of each buffer.
+        let (x_n, logits_n, dx_n) =
+            (x_c.reshape_prefix(&[n, d])?, logits.reshape_prefix(&[n, v])?, dx_c.reshape_prefix(&[n, d])?);
+        rec.copy(xn, start as u64 * row, &x_c, 0, n as u64 * row)?;
+        fill(rec, &logits_n, 0.0)?;
+        qlinear_accumulate(rec, &x_n, lm_head, &logits_n, false)?; // logits_c = x_c·Wᵀ
+        let t = Tensor::from_slice(gpu, &[n], &targets[start..start + n])?;
+        let (token_loss, lse) = cross_entropy_forward(rec, &logits_n, &t)?;
+        let ones_n = ones.reshape_prefix(&[n, 1])?;
+        gemm(rec, &Gemm::new(1, 1, n, false, false).alpha(scale).accumulate(true), &token_loss, &ones_n, loss)?;
+        cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
+        fill(rec, &dx_n, 0.0)?;
+        qlinear_accumulate(rec, &logits_n, lm_head, &dx_n, true)?; // dxn_c = dlogits_c·W
+        rec.copy(&dx_c, 0, &dxn, start as u64 * row, n as u64 * row)?;
+        start += n;
+    }
+    Ok(dxn)
 }

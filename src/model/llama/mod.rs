@@ -213,6 +213,20 @@ impl Model {
         adapter: Option<&Adapter>,
         dropout_seed: Option<u32>,
     ) -> Result<(Tensor, ModelSaved)> {
+        let (xn, saved) = self.hidden_adapted(rec, input_ids, adapter, dropout_seed)?;
+        let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
+        Ok((logits, saved))
+    }
+
+    /// The forward up to `model.norm`: returns the normed hidden states
+    /// (B, T, D), the lm_head's input, and what the backward needs.
+    pub fn hidden_adapted(
+        &self,
+        rec: &mut Recorder,
+        input_ids: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout_seed: Option<u32>,
+    ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
         let &[b, t] = input_ids.shape() else {
             return Err(Error::shape(
@@ -237,8 +251,7 @@ impl Model {
             x = out;
         }
         let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D)
-        let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
-        Ok((logits, ModelSaved { layers, x, rstd, rope }))
+        Ok((xn, ModelSaved { layers, x, rstd, rope }))
     }
 
     /// Records the backward pass from dlogits (B, T, V): the adapter's
@@ -254,7 +267,20 @@ impl Model {
         grads: &Adapter,
     ) -> Result<()> {
         let dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
-        let mut dx = self.norm.backward(rec, &dxn, &saved.x, &saved.rstd)?; // (B, T, D)
+        self.backward_from_hidden(rec, &dxn, saved, adapter, dropout_seed, grads)
+    }
+
+    /// [`Model::backward`] from the gradient at the lm_head's input, dxn (B, T, D).
+    pub fn backward_from_hidden(
+        &self,
+        rec: &mut Recorder,
+        dxn: &Tensor,
+        saved: &ModelSaved,
+        adapter: &Adapter,
+        dropout_seed: Option<u32>,
+        grads: &Adapter,
+    ) -> Result<()> {
+        let mut dx = self.norm.backward(rec, dxn, &saved.x, &saved.rstd)?; // (B, T, D)
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let ad = adapter.layer(i, dropout_seed);
             let g = grads.layer(i, None);
