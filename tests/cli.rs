@@ -444,3 +444,19 @@ fn merging_a_bottleneck_adapter_is_refused() {
     );
     assert!(!dir.0.join("merged").exists());
 }
+
+#[test]
+fn train_on_a_directory_or_a_symlink_loop_names_the_path() {
+    let dir = TempDir::new("notafile");
+    let folder = dir.join("data_dir");
+    std::fs::create_dir_all(&folder).unwrap();
+    let err = failure(&train(&folder, &["--method", "lora", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]));
+    eprintln!("ROW | --data pointing to a directory | {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("data_dir") && err.to_lowercase().contains("directory"), "{err}");
+    let (a, b) = (dir.join("loop_a"), dir.join("loop_b"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let err = failure(&train(&a, &["--method", "lora", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]));
+    eprintln!("ROW | --data pointing to a symlink loop | {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("loop_a") && err.contains("symbolic links"), "{err}");
+}

@@ -33,7 +33,7 @@ use webpeft::peft::merge::{export_safetensors, merge_lora};
 use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
 use webpeft::quant::QuantFormat;
 use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
-use webpeft::train::data::{parse_jsonl, DataOptions, Dataset};
+use webpeft::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
 use webpeft::train::trainer::OptimizerConfig;
@@ -751,8 +751,8 @@ fn read_dataset(
     pad_id: u32,
 ) -> Result<Dataset, Box<dyn std::error::Error>> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    let examples = parse_jsonl(&name, &text, Some(tokenizer))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    let examples = parse_jsonl_bytes(&name, &bytes, Some(tokenizer))?;
     Ok(Dataset::new(&name, examples, opts, pad_id)?)
 }
 

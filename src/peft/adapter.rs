@@ -102,6 +102,19 @@ impl Adapter {
     pub fn new_lora(gpu: &Gpu, config: LoraConfig, model: &Config, seed: u64) -> Result<Adapter> {
         config.validate()?;
         let mut weights = LoraWeights::zeros(&config, model)?;
+        // A rank above a layer's smaller side adds parameters and no capacity.
+        if let Some((name, p)) = weights.modules.iter().find(|(_, p)| config.r > p.in_features.min(p.out_features)) {
+            return Err(Error::AdapterConfig {
+                field: "r".into(),
+                detail: format!(
+                    "r = {} is larger than {name} ({} × {}): B·A cannot have a rank above {}",
+                    config.r,
+                    p.out_features,
+                    p.in_features,
+                    p.in_features.min(p.out_features)
+                ),
+            });
+        }
         init_lora(&mut weights, config.init_lora_weights, &mut Rng::new(seed));
         Ok(Adapter::Lora(LoraAdapter::upload(gpu, config, &weights, model)?))
     }

@@ -76,6 +76,21 @@ pub struct ParsedData {
 /// The examples of a JSONL file; see the module docs for the line shapes.
 /// `source_name` names the file in errors. The text, prompt/completion and
 /// messages shapes need a tokenizer.
+/// [`parse_jsonl`] on raw file bytes: text that is not UTF-8 is a `Data`
+/// error naming the line and the byte.
+pub fn parse_jsonl_bytes(source_name: &str, bytes: &[u8], tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let at = e.valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::Data {
+            source_name: source_name.to_string(),
+            line,
+            detail: format!("is not valid UTF-8 (byte {at} of the file, 0x{:02x})", bytes[at]),
+        }
+    })?;
+    parse_jsonl(source_name, text, tokenizer)
+}
+
 pub fn parse_jsonl(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>> {
     parse_jsonl_counted(source_name, text, tokenizer).map(|parsed| parsed.examples)
 }
@@ -477,6 +492,11 @@ impl Dataset {
     /// Rows left out because the loss would see none of their labels.
     pub fn dropped_rows(&self) -> usize {
         self.dropped
+    }
+
+    /// Rows per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     pub fn batches_per_epoch(&self) -> usize {

@@ -59,6 +59,22 @@ impl Run {
         if config.grad_accum == 0 {
             return Err(Error::invalid(OP, "grad_accum must be at least 1"));
         }
+        if !(config.lr.is_finite() && config.lr > 0.0) {
+            return Err(Error::invalid(
+                OP,
+                format!("the learning rate must be positive, got {} (with 0 the adapter never changes)", config.lr),
+            ));
+        }
+        if dataset.len() < dataset.batch_size() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the batch size {} is larger than the dataset's {} rows: lower it, or add data",
+                    dataset.batch_size(),
+                    dataset.len()
+                ),
+            ));
+        }
         let per_epoch = dataset.batches_per_epoch();
         if per_epoch == 0 {
             return Err(Error::EmptyDataset {
