@@ -22,11 +22,32 @@ function setBusy(training) {
 }
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
+// Autosave: the worker sends a training checkpoint every few steps; it is kept
+// in IndexedDB (on this machine) with what is needed to go on after a reload.
+const DB = { name: "webpeft-demo", store: "autosave", key: "run" };
+function idb(mode, fn) {
+  return new Promise((ok, fail) => {
+    const open = indexedDB.open(DB.name, 1);
+    open.onupgradeneeded = () => open.result.createObjectStore(DB.store);
+    open.onerror = () => fail(open.error);
+    open.onsuccess = () => {
+      const tx = open.result.transaction(DB.store, mode);
+      const req = fn(tx.objectStore(DB.store));
+      tx.oncomplete = () => { ok(req?.result); open.result.close(); };
+      tx.onerror = () => fail(tx.error);
+    };
+  });
+}
+const saveAutosave = (v) => idb("readwrite", (s) => s.put(v, DB.key));
+const readAutosave = () => idb("readonly", (s) => s.get(DB.key));
+const clearAutosave = () => idb("readwrite", (s) => s.delete(DB.key));
+
 // The worker is (re)started for each model source: its Content-Security-Policy
 // (from the server) lets it reach the page's origin and that one source only.
 let worker = null;
 let workerOrigin = null;
 let pendingLoad = null;
+let pendingResume = null;
 function startWorker(origin) {
   worker?.terminate();
   workerOrigin = origin;
@@ -49,7 +70,9 @@ function onMessage(e) {
     case "ready":
       $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding.`;
       document.body.dataset.gpu = "ready";
-      if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; } else load();
+      if (pendingResume) { pendingResume(); pendingResume = null; }
+      else if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; }
+      else load();
       break;
     case "plan": {
       const p = m.plan;
@@ -86,8 +109,19 @@ function onMessage(e) {
       drawChart();
       break;
     }
+    case "checkpoint":
+      if (state.current) {
+        saveAutosave({ ...state.current, bytes: m.bytes, step: m.step, totalSteps: m.totalSteps, losses: state.losses })
+          .then(() => { document.body.dataset.autosaved = m.step; })
+          .catch((err) => showError("autosave", `could not keep a checkpoint in IndexedDB: ${err}`));
+      }
+      break;
+    case "resumed-checkpoint":
+      $("train-status").textContent = `resumed at step ${m.step}`;
+      break;
     case "trained":
       state.trained = true;
+      if (m.summary.state === "done") clearAutosave().catch(() => {});
       document.body.dataset.losses = JSON.stringify(state.losses);
       document.body.dataset.tokensPerSecond = JSON.stringify(state.speeds);
       document.body.dataset.trained = m.summary.state;
@@ -185,8 +219,43 @@ $("train").onclick = () => {
   const data = $("data").value;
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setBusy(true);
+  const src = source();
+  state.current = src.kind === "files" ? null : { config: config(), data, source: src, quant: $("quant").value };
   worker.postMessage({ type: "train", config: config(), data });
 };
+
+// A run interrupted by a reload (or a crash) can go on from its last checkpoint.
+readAutosave().then((saved) => {
+  if (!saved) return;
+  $("resume-banner").hidden = false;
+  $("resume-text").textContent = `A training run was interrupted at step ${saved.step} of ${saved.totalSteps}.`;
+  $("discard-run").onclick = () => { clearAutosave(); $("resume-banner").hidden = true; };
+  $("resume-run").onclick = () => {
+    $("resume-banner").hidden = true;
+    clearError();
+    const c = saved.config;
+    for (const [k, v] of Object.entries(c)) {
+      const el = document.querySelector(`#config [name=${k}]`);
+      if (el) el.value = Array.isArray(v) ? v.join(",") : v;
+    }
+    $("data").value = saved.data;
+    $("quant").value = saved.quant;
+    state.losses = saved.losses ?? [];
+    state.speeds = [];
+    drawChart();
+    state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant };
+    setBusy(true);
+    const load = { type: "load", source: saved.source, quant: saved.quant, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
+    const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data };
+    const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
+    const send = () => { worker.postMessage(load); worker.postMessage(resume); };
+    if (origin !== workerOrigin || !document.body.dataset.gpu) {
+      pendingResume = send;
+      if (origin !== workerOrigin) startWorker(origin);
+    } else send();
+  };
+  document.body.dataset.autosave = "offered";
+}).catch(() => {});
 $("pause").onclick = () => worker.postMessage({ type: $("pause").textContent === "Pause" ? "pause" : "resume" });
 $("cancel").onclick = () => worker.postMessage({ type: "cancel" });
 $("generate").onclick = () => {

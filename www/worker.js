@@ -9,6 +9,32 @@ let gpu = null;
 let model = null;
 let run = null;
 const ADAPTER = "adapter";
+const AUTOSAVE_EVERY = 4; // steps between checkpoints sent to the page (it keeps them in IndexedDB)
+const control = { paused: false, cancelled: false };
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+/** Steps `run` to the end (or a cancel), posting each step and a checkpoint every few steps. */
+async function drive(run) {
+  control.paused = false;
+  control.cancelled = false;
+  for (;;) {
+    if (control.cancelled) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "cancelled" };
+    if (control.paused) { await sleep(50); continue; }
+    const event = await run.step();
+    if (!event) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "done" };
+    post({ type: "step", event });
+    if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
+      const bytes = await run.saveCheckpoint();
+      post({ type: "checkpoint", step: event.step, totalSteps: event.totalSteps, bytes }, [bytes.buffer]);
+    }
+  }
+}
+
+function trainOptions(c) {
+  return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
+    schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0 };
+}
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
@@ -64,17 +90,22 @@ async function handle(msg) {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }
       model.setActiveAdapter(ADAPTER);
-      run = model.startTraining(ADAPTER, msg.data, {
-        lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
-        schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0,
-      });
-      const summary = await run.train((event) => post({ type: "step", event }));
-      post({ type: "trained", summary });
+      run = model.startTraining(ADAPTER, msg.data, trainOptions(c));
+      post({ type: "trained", summary: await drive(run) });
       break;
     }
-    case "pause": run?.pause(); post({ type: "paused" }); break;
-    case "resume": run?.resume(); post({ type: "resumed" }); break;
-    case "cancel": run?.cancel(); break;
+    case "resume-checkpoint": {
+      if (!model) throw new Error("load a model first");
+      if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
+      run = model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(msg.config));
+      model.setActiveAdapter(ADAPTER);
+      post({ type: "resumed-checkpoint", step: run.currentStep() });
+      post({ type: "trained", summary: await drive(run) });
+      break;
+    }
+    case "pause": control.paused = true; post({ type: "paused" }); break;
+    case "resume": control.paused = false; post({ type: "resumed" }); break;
+    case "cancel": control.cancelled = true; break;
     case "generate": {
       if (!model) throw new Error("load a model first");
       const opts = { maxNewTokens: msg.maxNewTokens ?? 40, adapter: msg.which === "before" ? null : ADAPTER,

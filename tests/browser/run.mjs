@@ -145,6 +145,37 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
   }
 });
 
+test("a reload mid-training offers to resume from the autosave, and the resumed adapter equals an uninterrupted run's within 1e-6", async () => {
+  const uninterrupted = path.join(out, "webpeft-adapter.zip");
+  assert.ok(fs.existsSync(uninterrupted), "the demo test ran first");
+  const browser = await launch();
+  try {
+    const { page, problems } = await open(browser, base);
+    await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 });
+    await page.click("#train");
+    await page.waitForSelector("body[data-autosaved='8']", { timeout: 600_000 });
+    await page.reload();
+    await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#resume-text"), /interrupted at step 8 of 12/);
+    await page.click("#resume-run");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+    const zipPath = path.join(out, "webpeft-adapter-resumed.zip");
+    await download.saveAs(zipPath);
+    const resumed = safetensors(unzip(fs.readFileSync(zipPath))["adapter_model.safetensors"]);
+    const whole = safetensors(unzip(fs.readFileSync(uninterrupted))["adapter_model.safetensors"]);
+    let worst = 0;
+    for (const [name, t] of Object.entries(whole)) {
+      for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(t.data[i] - resumed[name].data[i]));
+    }
+    timings.maxAbsDiffResumedVsUninterrupted = worst;
+    assert.ok(worst <= 1e-6, `resumed vs uninterrupted: max |diff| ${worst}`);
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+  }
+});
+
 test("without WebGPU the page shows a readable error", async () => {
   const browser = await launch(false);
   try {
