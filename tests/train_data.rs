@@ -553,3 +553,17 @@ fn empty_example_list() {
         other => panic!("expected EmptyDataset, got {other:?}"),
     }
 }
+
+#[test]
+fn a_runaway_chat_template_is_stopped() {
+    use webpeft::train::chat::{ChatTemplate, Message};
+    let t = ChatTemplate::new(
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        None,
+        None,
+    )
+    .unwrap();
+    let err = t.render(&[Message::new("user", "hi")], false).unwrap_err();
+    assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}");
+    eprintln!("{err}");
+}

@@ -69,6 +69,9 @@ impl ChatTemplate {
         // transformers' environment does not autoescape.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // A template comes from a file anyone can write: bound its work (no
+        // file or network access exists in this environment to begin with).
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -102,7 +105,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        template.render(ctx).map_err(|e| {
+        let out = template.render(ctx).map_err(|e| {
             let detail = match e.detail() {
                 Some(d) if e.kind() == ErrorKind::InvalidOperation && d.starts_with(RAISED) => {
                     format!("the template raised an exception: {}", &d[RAISED.len()..])
@@ -110,9 +113,23 @@ impl ChatTemplate {
                 _ => format!("rendering failed: {e}"),
             };
             template_error(detail)
-        })
+        })?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(template_error(format!(
+                "the rendered chat is {} bytes, over the {MAX_RENDERED_BYTES}-byte limit",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 }
+
+/// Template instructions one render may run (minijinja's fuel): far above
+/// what real chat templates use for long conversations, far below a hang.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The longest rendered chat accepted.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 fn template_error(detail: String) -> Error {
     Error::Tokenizer { file: TEMPLATE_FILE.to_string(), detail }

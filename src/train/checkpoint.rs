@@ -68,9 +68,29 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
     safetensors::serialize(views, Some(metadata)).map_err(|e| bad(e.to_string()))
 }
 
-/// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
-/// the caller's progress JSON.
-pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
+/// A checkpoint read on the CPU, checked as far as can be without a GPU.
+#[derive(Debug)]
+pub struct CheckpointData {
+    pub method: String,
+    /// The adapter's parsed config (LoRA or AdapterHub).
+    pub config: CheckpointConfig,
+    pub step: u64,
+    pub rng_state: u64,
+    pub optimizer: OptimizerConfig,
+    pub progress: Value,
+    /// `param.`, `exp_avg.`, `exp_avg_sq.` tensors by adapter key.
+    pub tensors: [BTreeMap<String, Vec<f32>>; 3],
+}
+
+#[derive(Debug)]
+pub enum CheckpointConfig {
+    Lora(LoraConfig),
+    Bottleneck(BottleneckConfig),
+}
+
+/// Parses checkpoint bytes (no GPU): metadata, configs, and the three sets of
+/// f32 tensors.
+pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let meta = meta.metadata().clone().unwrap_or_default();
@@ -80,12 +100,11 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     }
     let num = |k: &str| get(k)?.parse::<u64>().map_err(|_| bad(format!("metadata `{k}` is not a whole number")));
     let (step, rng_state) = (num("step")?, num("rng_state")?);
-    let config = get("adapter_config")?.as_bytes();
-    let skeleton = match get("method")?.as_str() {
-        "lora" => Adapter::new_lora(gpu, LoraConfig::from_json(config)?, model, 0)?,
-        "seq_bn" | "double_seq_bn" | "par_bn" => {
-            Adapter::new_bottleneck(gpu, BottleneckConfig::from_json(config)?, model, 0)?
-        }
+    let json = get("adapter_config")?.as_bytes();
+    let method = get("method")?.clone();
+    let config = match method.as_str() {
+        "lora" => CheckpointConfig::Lora(LoraConfig::from_json(json)?),
+        "seq_bn" | "double_seq_bn" | "par_bn" => CheckpointConfig::Bottleneck(BottleneckConfig::from_json(json)?),
         other => return Err(bad(format!("unknown method {other:?}"))),
     };
     let opt: Value = serde_json::from_str(get("optimizer")?).map_err(|e| bad(format!("optimizer: {e}")))?;
@@ -98,21 +117,36 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
         max_grad_norm: f("max_grad_norm")? as f32,
     };
     let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
-    let mut parts = Vec::new();
-    for prefix in ["param.", "exp_avg.", "exp_avg_sq."] {
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let Some(key) = name.strip_prefix(prefix) else { continue };
-            if view.dtype() != Dtype::F32 {
-                return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
-            }
-            tensors.insert(key.to_string(), bytemuck::pod_collect_to_vec::<u8, f32>(view.data()));
+    let mut tensors: [BTreeMap<String, Vec<f32>>; 3] = Default::default();
+    for (name, view) in st.tensors() {
+        let slot = ["param.", "exp_avg.", "exp_avg_sq."].iter().position(|p| name.starts_with(p));
+        let Some(i) = slot else {
+            return Err(bad(format!("unexpected tensor `{name}`")));
+        };
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
         }
-        parts.push(skeleton.with_tensors(gpu, &tensors).map_err(|e| bad(format!("{prefix}*: {e}")))?);
+        let key = name.split_once('.').map(|(_, k)| k).unwrap_or_default().to_string();
+        tensors[i].insert(key, bytemuck::pod_collect_to_vec::<u8, f32>(view.data()));
+    }
+    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors })
+}
+
+/// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
+/// the caller's progress JSON.
+pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
+    let data = read_checkpoint(bytes)?;
+    let skeleton = match data.config {
+        CheckpointConfig::Lora(c) => Adapter::new_lora(gpu, c, model, 0)?,
+        CheckpointConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, 0)?,
+    };
+    let mut parts = Vec::new();
+    for (prefix, tensors) in ["param.", "exp_avg.", "exp_avg_sq."].iter().zip(&data.tensors) {
+        parts.push(skeleton.with_tensors(gpu, tensors).map_err(|e| bad(format!("{prefix}*: {e}")))?);
     }
     let v = parts.pop().expect("three parts");
     let m = parts.pop().expect("three parts");
     let adapter = parts.pop().expect("three parts");
-    let trainer = Trainer::from_parts(gpu, adapter, m, v, optimizer, step, rng_state)?;
-    Ok((trainer, progress))
+    let trainer = Trainer::from_parts(gpu, adapter, m, v, data.optimizer, data.step, data.rng_state)?;
+    Ok((trainer, data.progress))
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for the given number of seconds (default 30) on
+# inputs up to 1 MB, with a 2 GB memory limit and a 10 s per-input timeout.
+# Needs a nightly toolchain and cargo-fuzz (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-30}"
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install -q cargo-fuzz
+cd fuzz
+for target in $(cargo +nightly fuzz list); do
+    mkdir -p "corpus-local/$target"
+    echo "== fuzz $target for ${seconds}s"
+    cargo +nightly fuzz run "$target" "corpus-local/$target" "corpus/$target" -- \
+        -max_total_time="$seconds" -max_len=1048576 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 \
+        | grep -E "^(#[0-9]+ *DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|artifact_prefix|Test unit written)" || true
+    if ls "artifacts/$target"/crash-* "artifacts/$target"/timeout-* "artifacts/$target"/oom-* >/dev/null 2>&1; then
+        echo "fuzz: $target found a failing input in fuzz/artifacts/$target"; exit 1
+    fi
+done
