@@ -142,7 +142,11 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     };
     let mut parts = Vec::new();
     for (prefix, tensors) in ["param.", "exp_avg.", "exp_avg_sq."].iter().zip(&data.tensors) {
-        parts.push(skeleton.with_tensors(gpu, tensors).map_err(|e| bad(format!("{prefix}*: {e}")))?);
+        parts.push(
+            skeleton
+                .with_tensors(gpu, tensors)
+                .map_err(|e| bad(format!("the checkpoint does not fit this model ({prefix}*): {e}")))?,
+        );
     }
     let v = parts.pop().expect("three parts");
     let m = parts.pop().expect("three parts");
