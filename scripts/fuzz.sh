@@ -14,7 +14,8 @@ for target in $(cargo +nightly fuzz list); do
     cargo +nightly fuzz run "$target" "corpus-local/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len=1048576 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 \
         | grep -E "^(#[0-9]+ *DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|artifact_prefix|Test unit written)" || true
-    if ls "artifacts/$target"/crash-* "artifacts/$target"/timeout-* "artifacts/$target"/oom-* >/dev/null 2>&1; then
+    if compgen -G "artifacts/$target/crash-*" >/dev/null || compgen -G "artifacts/$target/timeout-*" >/dev/null \
+        || compgen -G "artifacts/$target/oom-*" >/dev/null; then
         echo "fuzz: $target found a failing input in fuzz/artifacts/$target"; exit 1
     fi
 done

@@ -377,3 +377,14 @@ fn ids_outside_the_vocabulary_are_skipped_as_in_transformers() {
     let (pieces, rest) = stream(&mut tok.stream_decoder(false), &[39, 100_000, 68]);
     assert_eq!(pieces.concat() + &rest, "He");
 }
+
+/// Regression (fuzzing): a syntax error inside `decoder` made the `tokenizers`
+/// crate panic; it is a typed error now.
+#[test]
+fn a_syntax_error_in_the_decoder_is_a_typed_error_not_a_panic() {
+    let bytes = std::fs::read(common::fixture("fuzz/tokenizer_decoder_panic.bin")).unwrap();
+    let json = &bytes[..bytes.iter().position(|&b| b == 0xFF).unwrap_or(bytes.len())];
+    let err = webpeft::model::tokenizer::Tokenizer::from_bytes(json, None).unwrap_err();
+    assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}");
+    assert!(err.to_string().contains("invalid JSON"), "{err}");
+}

@@ -103,6 +103,12 @@ impl Tokenizer {
     /// From the bytes of `tokenizer.json` and, if the folder has one,
     /// `tokenizer_config.json`.
     pub fn from_bytes(tokenizer_json: &[u8], config_json: Option<&[u8]>) -> Result<Self> {
+        // `tokenizers` 0.22 panics (`expect("Helper")` in its decoder's
+        // deserializer) on some syntax errors instead of returning one, and a
+        // panic cannot be caught on wasm32: check the JSON syntax first.
+        // (Found by the `tokenizer` fuzz target.)
+        serde_json::from_slice::<serde::de::IgnoredAny>(tokenizer_json)
+            .map_err(|e| error(TOKENIZER_FILE, format!("invalid JSON: {e}")))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| explain_tokenizer_error(tokenizer_json, &*e))?;
         inner.with_truncation(None).map_err(|e| error(TOKENIZER_FILE, e.to_string()))?;
