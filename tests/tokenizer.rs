@@ -388,3 +388,18 @@ fn a_syntax_error_in_the_decoder_is_a_typed_error_not_a_panic() {
     assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}");
     assert!(err.to_string().contains("invalid JSON"), "{err}");
 }
+
+/// Regression (fuzzing): a post-processor template naming an undefined special
+/// token made `tokenizers` panic when encoding; it is refused at load.
+#[test]
+fn a_template_with_an_undefined_special_token_is_refused() {
+    let bytes = std::fs::read(common::fixture("fuzz/tokenizer_template_panic.bin")).unwrap();
+    let json = &bytes[..bytes.iter().position(|&b| b == 0xFF).unwrap_or(bytes.len())];
+    match webpeft::model::tokenizer::Tokenizer::from_bytes(json, None) {
+        Err(err) => assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}"),
+        Ok(t) => {
+            // If the file loads, encoding must not panic.
+            let _ = t.encode("Hello world", true);
+        }
+    }
+}

@@ -107,8 +107,11 @@ impl Tokenizer {
         // deserializer) on some syntax errors instead of returning one, and a
         // panic cannot be caught on wasm32: check the JSON syntax first.
         // (Found by the `tokenizer` fuzz target.)
-        serde_json::from_slice::<serde::de::IgnoredAny>(tokenizer_json)
-            .map_err(|e| error(TOKENIZER_FILE, format!("invalid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(tokenizer_json).map_err(|e| error(TOKENIZER_FILE, format!("invalid JSON: {e}")))?;
+        if let Some(post) = value.get("post_processor") {
+            check_template_processing(post)?;
+        }
         let mut inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| explain_tokenizer_error(tokenizer_json, &*e))?;
         inner.with_truncation(None).map_err(|e| error(TOKENIZER_FILE, e.to_string()))?;
@@ -549,4 +552,34 @@ impl StreamDecoder {
         let out = clean_up_tokenization(&done);
         (!out.is_empty()).then_some(out)
     }
+}
+
+/// `tokenizers` 0.22 panics at encode time (`no entry found for key`) when a
+/// `TemplateProcessing` post-processor's template names a special token its
+/// `special_tokens` map lacks; refuse such a file up front. Walks `Sequence`
+/// post-processors too. (Found by the `tokenizer` fuzz target.)
+fn check_template_processing(post: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    if let Some(Value::Array(list)) = post.get("processors") {
+        return list.iter().try_for_each(check_template_processing);
+    }
+    if post.get("type").and_then(Value::as_str) != Some("TemplateProcessing") {
+        return Ok(());
+    }
+    let known = post.get("special_tokens").and_then(Value::as_object);
+    for side in ["single", "pair"] {
+        let Some(Value::Array(pieces)) = post.get(side) else { continue };
+        for piece in pieces {
+            let Some(id) = piece.get("SpecialToken").and_then(|t| t.get("id")).and_then(Value::as_str) else {
+                continue;
+            };
+            if !known.is_some_and(|k| k.contains_key(id)) {
+                return Err(error(
+                    TOKENIZER_FILE,
+                    format!("post_processor.{side} uses the special token {id:?}, which post_processor.special_tokens does not define"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
