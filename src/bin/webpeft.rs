@@ -387,30 +387,13 @@ fn print_row(f: &Figure) {
     out!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
 }
 
-/// Bytes of the model's weights with every Linear of the blocks stored in
-/// `format` and everything else (embedding, norms, biases, lm_head) in f32.
-fn weight_bytes(config: &Config, format: QuantFormat) -> u64 {
-    config
-        .tensor_names()
-        .iter()
-        .map(|t| {
-            let quantized = t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight");
-            let fmt = if quantized { format } else { QuantFormat::F32 };
-            let (rows, cols) = match t.shape.as_slice() {
-                [r, c] => (*r, *c),
-                s => (1, s.iter().product()),
-            };
-            fmt.bytes_for(rows, cols) as u64
-        })
-        .sum()
-}
-
 async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let files = DirFiles::new(dir)?;
     let config = Config::load(&files).await?;
     let checkpoint = Checkpoint::open_for(&files, &config).await?;
     let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
-    let bytes: Vec<(&str, u64)> = formats.iter().map(|f| (f.name(), weight_bytes(&config, *f))).collect();
+    let bytes: Vec<(&str, u64)> =
+        formats.iter().map(|f| (f.name(), webpeft::train::plan::weight_bytes(&config, *f))).collect();
     if json {
         let out = serde_json::json!({
             "model_type": config.model_type.name(),

@@ -180,8 +180,11 @@ impl Trainer {
             return Err(Error::invalid(OP, format!("step {number}: the learning rate must be ≥ 0, got {lr}")));
         }
         let mut tokens = 0;
+        let mut shifted = Vec::with_capacity(micro.len());
         for b in micro {
-            tokens += shift_labels(&b.labels, model.config.vocab_size)?.1;
+            let (targets, count) = shift_labels(&b.labels, model.config.vocab_size)?;
+            tokens += count;
+            shifted.push(targets);
         }
         if tokens == 0 {
             return Err(Error::invalid(OP, format!("step {number}: no token of this batch has a label to learn")));
@@ -194,8 +197,8 @@ impl Trainer {
             fill(&mut rec, g, 0.0)?;
         }
         let loss = Tensor::zeros(gpu, &[1], DType::F32)?;
-        for (b, seed) in micro.iter().zip(&seeds) {
-            self.record_micro(&mut rec, model, b, tokens, *seed, &loss)?;
+        for ((b, targets), seed) in micro.iter().zip(&shifted).zip(&seeds) {
+            self.record_micro(&mut rec, model, b, targets, tokens, *seed, &loss)?;
         }
 
         let grads: Vec<&Tensor> = self.grads.tensors().into_iter().map(|(_, t)| t).collect();
@@ -268,18 +271,19 @@ impl Trainer {
 
     /// Forward, loss (added into `loss` as Σ CE / total) and backward of one
     /// micro-batch, gradients added into `self.grads`.
+    #[allow(clippy::too_many_arguments)] // one micro-batch: its data, targets, and the step's shared accumulators
     fn record_micro(
         &self,
         rec: &mut Recorder,
         model: &Model,
         batch: &Batch,
+        targets: &[i32],
         total: usize,
         seed: Option<u32>,
         loss: &Tensor,
     ) -> Result<()> {
         let gpu = rec.gpu();
         let ids = model.input_ids(gpu, &batch.input_ids)?;
-        let (targets, _) = shift_labels(&batch.labels, model.config.vocab_size)?;
         if targets.len() != ids.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
         }
@@ -287,8 +291,7 @@ impl Trainer {
         let d = model.config.hidden_size;
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
-        let dxn =
-            chunked_lm_loss_and_grad(rec, &xn.reshape(&[ids.numel(), d])?, &model.lm_head, &targets, scale, loss)?;
+        let dxn = chunked_lm_loss_and_grad(rec, &xn.reshape(&[ids.numel(), d])?, &model.lm_head, targets, scale, loss)?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, &self.adapter, seed, &self.grads)
     }
 

@@ -104,8 +104,9 @@ impl Model {
             Some(s) => s,
             None => format,
         };
+        let total: u64 = checkpoint.shards().iter().map(|s| s.tensors().iter().map(|t| t.len).sum::<u64>()).sum();
         let loader = Loader {
-            progress: std::cell::RefCell::new((0, progress)),
+            progress: std::cell::RefCell::new((0, total, progress)),
             gpu,
             config: &config,
             checkpoint: &checkpoint,

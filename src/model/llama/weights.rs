@@ -20,10 +20,14 @@ pub struct LoadProgress {
     pub total_bytes: u64,
 }
 
+/// Loading progress: (bytes so far, the checkpoint's total, the callback).
+pub(super) type Progress<'a> = std::cell::RefCell<(u64, u64, &'a mut dyn FnMut(LoadProgress))>;
+
 /// Reads named tensors of an opened, checked checkpoint onto the GPU.
 pub(super) struct Loader<'a, S> {
-    /// Called after each tensor (or packed pair) is on the GPU.
-    pub progress: std::cell::RefCell<(u64, &'a mut dyn FnMut(LoadProgress))>,
+    /// Called after each tensor (or packed pair) is on the GPU: (bytes so far,
+    /// the checkpoint's total, the callback).
+    pub progress: Progress<'a>,
     pub gpu: &'a Gpu,
     pub config: &'a Config,
     pub checkpoint: &'a Checkpoint<S>,
@@ -34,11 +38,6 @@ pub(super) struct Loader<'a, S> {
 }
 
 impl<S: ByteSource> Loader<'_, S> {
-    /// The checkpoint's bytes: what progress counts towards.
-    pub fn total_bytes(&self) -> u64 {
-        self.checkpoint.shards().iter().map(|s| s.tensors().iter().map(|t| t.len).sum::<u64>()).sum()
-    }
-
     /// Reports `name` (and every stored tensor it is packed into) as loaded.
     fn report(&self, name: &str) {
         let bytes: u64 = self
@@ -49,11 +48,11 @@ impl<S: ByteSource> Loader<'_, S> {
             .filter(|t| t.name == name || t.name.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
             .map(|t| t.len)
             .sum();
-        let total = self.total_bytes();
         let mut p = self.progress.borrow_mut();
+        let total = p.1;
         p.0 = (p.0 + bytes).min(total);
         let loaded = p.0;
-        (p.1)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total });
+        (p.2)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total });
     }
 
     /// A weight with a NaN or an infinity would train on garbage: refuse it,
