@@ -2,6 +2,7 @@
 //! Each figure is the median of several repeats of one submission that holds
 //! enough launches to dwarf the per-submit overhead.
 
+pub mod generate;
 pub mod train;
 
 use std::time::Instant;

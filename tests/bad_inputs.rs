@@ -302,10 +302,11 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
         &config,
         &webpeft::train::plan::PlanInput {
             quant: QuantFormat::Nf4,
-            adapter: webpeft::train::plan::PlanAdapter::Lora { r: 8, targets: vec!["q_proj".into()] },
+            adapter: webpeft::train::plan::PlanAdapter::Lora { r: 8, targets: vec!["q_proj".into()], dropout: false },
             batch: 8,
             seq: 2048,
             grad_accum: 1,
+            checkpointing: false,
         },
         Gpu::max_binding_bytes(gpu()),
     );

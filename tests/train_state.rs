@@ -97,6 +97,35 @@ fn same_seed_same_run_and_dropout_changes_it() {
 }
 
 #[test]
+fn gradient_checkpointing_gives_the_same_run_bit_for_bit() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let opt = OptimizerConfig::default();
+    let bn = |gpu: &Gpu| {
+        let mut c = BottleneckConfig::new(BottleneckKind::DoubleSeqBn);
+        c.dropout = 0.1;
+        Adapter::new_bottleneck(gpu, c, &model.config, 3).unwrap()
+    };
+    for kind in ["lora", "double_seq_bn"] {
+        // a fresh adapter each time (the same seed: the same initial values)
+        let make = || if kind == "lora" { lora(gpu, &model, 0.1) } else { bn(gpu) };
+        let adapter = make();
+        let trained = |checkpointing: bool| {
+            let mut t = Trainer::new(gpu, make(), opt.clone(), 9).unwrap();
+            t.gradient_checkpointing = checkpointing;
+            let losses = run(gpu, &model, &mut t, 3);
+            (losses, snapshot(gpu, &t.adapter))
+        };
+        let (plain_losses, plain) = trained(false);
+        let (ckpt_losses, ckpt) = trained(true);
+        assert_eq!(plain_losses, ckpt_losses, "{} losses", adapter.method());
+        assert_eq!(plain, ckpt, "{} parameters after 3 steps", adapter.method());
+    }
+    // That it keeps less memory is checked in tests/train_plan.rs, where the
+    // peak counter is not shared with other tests.
+}
+
+#[test]
 fn a_non_finite_step_is_a_typed_error_and_keeps_the_state() {
     let gpu = gpu();
     let model = model(gpu);

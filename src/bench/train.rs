@@ -8,12 +8,13 @@ use safetensors::tensor::TensorView;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, KernelTime};
 use crate::model::{Config, MemoryFiles, Model};
 use crate::peft::adapter::Adapter;
 use crate::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
 use crate::quant::QuantFormat;
 use crate::train::data::Batch;
+use crate::train::plan::{PlanAdapter, PlanInput};
 use crate::train::trainer::{OptimizerConfig, Trainer};
 use crate::util::rng::Rng;
 
@@ -24,6 +25,9 @@ pub struct TrainFigure {
     pub parameters: u64,
     pub quant: String,
     pub method: String,
+    /// LoRA's rank (0 for a bottleneck adapter).
+    pub r: usize,
+    pub checkpointing: bool,
     pub adapter_parameters: usize,
     pub batch: usize,
     pub seq: usize,
@@ -31,10 +35,15 @@ pub struct TrainFigure {
     pub step_ms: f64,
     /// Target tokens per second (B·(T−1) per step over the median step).
     pub tokens_per_s: f64,
-    /// Peak bytes of live GPU buffers during the steps (weights included).
+    /// Peak bytes of GPU buffers during the steps (weights and the pool
+    /// included), from the library's own accounting.
     pub peak_gpu_bytes: u64,
     /// Of which the frozen weights.
     pub weight_bytes: u64,
+    /// GPU time per kernel in one profiled step, slowest first (empty unless
+    /// asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelTime>,
 }
 
 /// A Llama `config.json` for a model of hidden size `d`, `layers` layers.
@@ -47,6 +56,29 @@ pub fn llama_config(vocab: usize, d: usize, inter: usize, layers: usize, heads: 
         "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
     })
     .to_string()
+}
+
+/// Llama-3.2-1B's shape (V 128,256, D 2048, I 8192, 16 layers, 32 heads, 8
+/// KV heads), untied, as a `config.json`.
+pub fn llama_1b_config() -> String {
+    llama_config(128256, 2048, 8192, 16, 32, 8)
+}
+
+/// The big-model target: NF4, LoRA r 16 on all seven projections,
+/// batch 1 × 512, gradient checkpointing.
+pub fn llama_1b_plan_input() -> PlanInput {
+    PlanInput {
+        quant: QuantFormat::Nf4,
+        adapter: PlanAdapter::Lora {
+            r: 16,
+            targets: crate::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect(),
+            dropout: false,
+        },
+        batch: 1,
+        seq: 512,
+        grad_accum: 1,
+        checkpointing: true,
+    }
 }
 
 /// A random f32 checkpoint for `config_json`, as model files in memory.
@@ -77,24 +109,54 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
     Ok(files)
 }
 
-/// Steps of `method` ("lora" r 8 on all seven projections, or a bottleneck
-/// kind) on `files` stored as `quant`: one warm-up step, then the median of
-/// `steps`.
-#[allow(clippy::too_many_arguments)]
-pub async fn train_figure(
-    gpu: &Gpu,
-    name: &str,
-    files: &MemoryFiles,
-    quant: QuantFormat,
-    method: &str,
-    batch: usize,
-    seq: usize,
-    steps: usize,
-) -> Result<TrainFigure> {
-    let model = Model::load(gpu, files, quant).await?;
+/// What to time: a method on a base format at a batch shape.
+#[derive(Clone, Debug)]
+pub struct StepSetup {
+    pub quant: QuantFormat,
+    /// "lora" (all seven projections), or a bottleneck kind ("seq_bn", …).
+    pub method: String,
+    /// LoRA's rank (alpha is 2r).
+    pub r: usize,
+    pub batch: usize,
+    pub seq: usize,
+    pub checkpointing: bool,
+    /// Timed steps after one warm-up step; the figure is their median.
+    pub steps: usize,
+    /// After the timed steps, one more with timestamp queries on every
+    /// dispatch, for the per-kernel table (where the device has them).
+    pub profile: bool,
+}
+
+impl StepSetup {
+    pub fn new(quant: QuantFormat, method: &str, batch: usize, seq: usize) -> StepSetup {
+        StepSetup {
+            quant,
+            method: method.to_string(),
+            r: 16,
+            batch,
+            seq,
+            checkpointing: false,
+            steps: 3,
+            profile: false,
+        }
+    }
+}
+
+/// Steps of `setup.method` on `files` stored as `setup.quant`: one warm-up
+/// step, then the median of `setup.steps`.
+pub async fn train_figure(gpu: &Gpu, name: &str, files: &MemoryFiles, setup: &StepSetup) -> Result<TrainFigure> {
+    let model = Model::load(gpu, files, setup.quant).await?;
+    train_figure_on(gpu, name, &model, setup).await
+}
+
+/// [`train_figure`] on a loaded model.
+pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepSetup) -> Result<TrainFigure> {
+    let StepSetup { batch, seq, r, .. } = *setup;
     let parameters = model.config.tensor_names().iter().map(|t| t.shape.iter().product::<usize>() as u64).sum();
-    let adapter = match method {
-        "lora" => Adapter::new_lora(gpu, LoraConfig::new(8, 16.0, TargetModules::AllLinear)?, &model.config, 1)?,
+    let adapter = match setup.method.as_str() {
+        "lora" => {
+            Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?
+        }
         kind => {
             let kind = BottleneckKind::from_name(kind)
                 .ok_or_else(|| Error::invalid("train_figure", format!("unknown method {kind:?}")))?;
@@ -103,32 +165,48 @@ pub async fn train_figure(
     };
     let adapter_parameters = adapter.num_params();
     let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0)?;
+    trainer.gradient_checkpointing = setup.checkpointing;
     let mut rng = Rng::new(7);
     let vocab = model.config.vocab_size;
     let ids: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(vocab) as u32).collect()).collect();
     let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
     let b = Batch { input_ids: ids, labels };
     gpu.reset_peak_memory();
-    trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-4).await?; // warm-up: pipelines compile
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps.max(1) {
+    trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?; // warm-up: pipelines compile
+    let mut times = Vec::with_capacity(setup.steps);
+    for _ in 0..setup.steps.max(1) {
         let start = Instant::now();
-        trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-4).await?;
+        trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?;
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let step = times[times.len() / 2];
+    let peak = gpu.memory().peak_bytes;
+    let kernels = if setup.profile && gpu.info().timestamp_query {
+        gpu.set_profiling(true)?;
+        let stepped = trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await;
+        gpu.set_profiling(false)?;
+        stepped?;
+        gpu.take_profile().await?
+    } else {
+        Vec::new()
+    };
+    drop(trainer);
+    gpu.trim_memory();
     Ok(TrainFigure {
         model: name.to_string(),
         parameters,
-        quant: quant.name().to_string(),
-        method: method.to_string(),
+        quant: model.format.name().to_string(),
+        method: setup.method.clone(),
+        r: if setup.method == "lora" { r } else { 0 },
+        checkpointing: setup.checkpointing,
         adapter_parameters,
         batch,
         seq,
         step_ms: step * 1e3,
         tokens_per_s: (batch * (seq - 1)) as f64 / step,
-        peak_gpu_bytes: gpu.memory().peak_bytes,
+        peak_gpu_bytes: peak,
         weight_bytes: model.bytes(),
+        kernels,
     })
 }

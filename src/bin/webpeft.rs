@@ -17,6 +17,8 @@ macro_rules! out {
 }
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use webpeft::bench::generate::{generate_figure, host_peak_rss_bytes, GenerateFigure};
+use webpeft::bench::train::{train_figure_on, StepSetup, TrainFigure};
 use webpeft::bench::{kernel_figures, Figure};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::matmul::{SgTiles, Tiles};
@@ -24,7 +26,7 @@ use webpeft::kernels::swiglu::Activation;
 use webpeft::model::checkpoint::Checkpoint;
 use webpeft::model::config::Config;
 use webpeft::model::llama::{causal_lm_loss, CausalTargets, GenerationConfig};
-use webpeft::model::source::DirFiles;
+use webpeft::model::source::{DirFiles, ModelFiles};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
@@ -151,10 +153,35 @@ enum Command {
         /// "SRxTN" (rows per subgroup x columns per lane).
         #[arg(long)]
         sweep_sg: Option<String>,
-        /// Time training steps instead of kernels: a tiny model (the fixtures'
-        /// shape) and a ~29M-parameter one, LoRA and seq_bn, f32 and NF4.
+        /// Only time training steps and generation (no kernels): LoRA r 16 on
+        /// all seven projections and seq_bn, on f32 and NF4 bases.
         #[arg(long)]
         train: bool,
+        /// The model folder to train and generate with; without it, two random
+        /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Rows per training step.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Tokens per row.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// LoRA's rank for the training figures (alpha is 2r).
+        #[arg(long, default_value_t = 16)]
+        r: usize,
+        /// Train with gradient checkpointing.
+        #[arg(long)]
+        gradient_checkpointing: bool,
+        /// After each training figure, profile one more step with timestamp
+        /// queries and print GPU time per kernel.
+        #[arg(long)]
+        profile: bool,
+        /// Instead of everything else: plan, load and train one step of a
+        /// Llama-3.2-1B-shaped model (random weights, NF4, LoRA r 16 on all
+        /// linears, 1×512, gradient checkpointing), printing plan vs. measured.
+        #[arg(long)]
+        llama_1b: bool,
     },
 }
 
@@ -229,6 +256,10 @@ struct TrainArgs {
     /// Clip the global gradient norm to this (0 = off).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
+    /// Recompute each layer's activations in the backward instead of keeping
+    /// them: far less memory, about a third more time, the same gradients.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Keep the file's row order in every epoch.
     #[arg(long)]
     no_shuffle: bool,
@@ -332,11 +363,46 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Merge { model, adapter, out } => merge(&model, &adapter, &out).await?,
-        Command::Bench { repeats, no_naive, json, tiles, sweep, sweep_sg, train } => {
+        Command::Bench {
+            repeats,
+            no_naive,
+            json,
+            tiles,
+            sweep,
+            sweep_sg,
+            train,
+            model,
+            batch,
+            seq,
+            r,
+            gradient_checkpointing,
+            profile,
+            llama_1b,
+        } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
             let gpu = Gpu::new().await?;
+            if llama_1b {
+                return bench_llama_1b(&gpu, json).await;
+            }
+            let steps = StepsBench {
+                model,
+                batch,
+                seq,
+                r,
+                checkpointing: gradient_checkpointing,
+                profile,
+                repeats: repeats.max(1),
+            };
             if train {
-                return bench_train(&gpu, repeats.max(1), json).await;
+                let (train, generate) = bench_train(&gpu, &steps, json).await?;
+                if json {
+                    let out = serde_json::json!({
+                        "adapter": gpu.info(), "train": train, "generate": generate,
+                        "host_peak_rss_bytes": host_peak_rss_bytes(),
+                    });
+                    out!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                return Ok(());
             }
             if let Some(list) = sweep_sg {
                 for t in list.split(',') {
@@ -369,9 +435,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
+            let (train, generate) = bench_train(&gpu, &steps, json).await?;
             if json {
-                let out = serde_json::json!({ "adapter": gpu.info(), "matmul": figures });
+                let out = serde_json::json!({
+                    "adapter": gpu.info(), "matmul": figures, "train": train, "generate": generate,
+                    "host_peak_rss_bytes": host_peak_rss_bytes(),
+                });
                 out!("{}", serde_json::to_string_pretty(&out)?);
+            } else if let Some(rss) = host_peak_rss_bytes() {
+                out!("host peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
             }
         }
     }
@@ -794,41 +866,162 @@ fn write_model_folder(dir: &Path, out: &Path, model_safetensors: &[u8]) -> Resul
     Ok(())
 }
 
-/// `webpeft bench --train`: tokens/s and peak GPU bytes of training steps.
-async fn bench_train(gpu: &Gpu, repeats: usize, json: bool) -> Result<(), Box<dyn std::error::Error>> {
-    use webpeft::bench::train::{llama_config, random_model_files, train_figure};
-    let models = [
-        ("tiny (V 384, D 64, 2 layers)", llama_config(384, 64, 128, 2, 4, 2), 4, 64),
-        ("29M (V 8192, D 512, 7 layers)", llama_config(8192, 512, 1376, 7, 8, 4), 4, 128),
-    ];
+/// What `bench` trains on, and how.
+struct StepsBench {
+    model: Option<PathBuf>,
+    batch: usize,
+    seq: usize,
+    r: usize,
+    checkpointing: bool,
+    profile: bool,
+    repeats: usize,
+}
+
+/// Training steps (tokens/s and peak GPU bytes) and generation (tokens/s),
+/// on the given model folder or two random models.
+async fn bench_train(
+    gpu: &Gpu,
+    b: &StepsBench,
+    json: bool,
+) -> Result<(Vec<TrainFigure>, Vec<GenerateFigure>), Box<dyn std::error::Error>> {
+    use webpeft::bench::train::{llama_config, random_model_files};
     if !json {
         out!("adapter: {}", gpu.describe());
-        out!("| model | params | base | method | adapter params | batch×seq | ms/step | tokens/s | peak GPU MiB | weights MiB |");
-        out!("|---|---:|---|---|---:|---|---:|---:|---:|---:|");
+        out!("| model | params | base | method | adapter params | batch×seq | ckpt | ms/step | tokens/s | peak GPU MiB | weights MiB |");
+        out!("|---|---:|---|---|---:|---|---|---:|---:|---:|---:|");
     }
-    for (name, config, batch, seq) in models {
-        let files = random_model_files(&config, 1)?;
-        for (quant, method) in [(QuantFormat::F32, "lora"), (QuantFormat::Nf4, "lora"), (QuantFormat::Nf4, "seq_bn")] {
-            let f = train_figure(gpu, name, &files, quant, method, batch, seq, repeats).await?;
-            if json {
-                out!("{}", serde_json::to_string(&f)?);
-            } else {
+    let (mut train, mut generate) = (Vec::new(), Vec::new());
+    let mut figures = |t: Vec<TrainFigure>, g: Vec<GenerateFigure>| {
+        train.extend(t);
+        generate.extend(g);
+    };
+    match &b.model {
+        Some(dir) => {
+            let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            let (t, g) = bench_model(gpu, &name, &DirFiles::new(dir)?, b.batch, b.seq, b, json).await?;
+            figures(t, g);
+        }
+        None => {
+            let tiny = random_model_files(&llama_config(384, 64, 128, 2, 4, 2), 1)?;
+            let (t, g) = bench_model(gpu, "tiny (V 384, D 64, 2 layers)", &tiny, 4, 64, b, json).await?;
+            figures(t, g);
+            let m29 = random_model_files(&llama_config(8192, 512, 1376, 7, 8, 4), 1)?;
+            let (t, g) = bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, b.batch, b.seq, b, json).await?;
+            figures(t, g);
+        }
+    }
+    Ok((train, generate))
+}
+
+/// The per-kernel table of one profiled step.
+fn print_kernel_times(f: &TrainFigure) {
+    let total: f64 = f.kernels.iter().map(|k| k.total_ms).sum();
+    out!("GPU time of one {} {} step on {} ({:.0} ms in kernels):", f.quant, f.method, f.model, total);
+    out!("| kernel | calls | ms | share |");
+    out!("|---|---:|---:|---:|");
+    for k in &f.kernels {
+        out!("| {} | {} | {:.1} | {:.1}% |", k.kernel, k.calls, k.total_ms, 100.0 * k.total_ms / total.max(1e-9));
+    }
+}
+
+/// LoRA and seq_bn steps on f32 and NF4 bases, and generation, on one model.
+async fn bench_model<F: ModelFiles>(
+    gpu: &Gpu,
+    name: &str,
+    files: &F,
+    batch: usize,
+    seq: usize,
+    b: &StepsBench,
+    json: bool,
+) -> Result<(Vec<TrainFigure>, Vec<GenerateFigure>), Box<dyn std::error::Error>> {
+    let (mut train, mut generate) = (Vec::new(), Vec::new());
+    for quant in [QuantFormat::F32, QuantFormat::Nf4] {
+        let model = Model::load(gpu, files, quant).await?;
+        for method in ["lora", "seq_bn"] {
+            let setup = StepSetup {
+                checkpointing: b.checkpointing,
+                steps: b.repeats,
+                profile: b.profile,
+                r: b.r,
+                ..StepSetup::new(quant, method, batch, seq.min(model.config.max_position_embeddings))
+            };
+            let f = train_figure_on(gpu, name, &model, &setup).await?;
+            if !json && !f.kernels.is_empty() {
+                print_kernel_times(&f);
+            }
+            if !json {
                 out!(
-                    "| {} | {:.1}M | {} | {} | {} | {}×{} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                    "| {} | {:.1}M | {} | {} | {} | {}×{} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
                     f.model,
                     f.parameters as f64 / 1e6,
                     f.quant,
-                    f.method,
+                    if f.r > 0 { format!("lora r{}", f.r) } else { f.method.clone() },
                     f.adapter_parameters,
                     f.batch,
                     f.seq,
+                    if f.checkpointing { "yes" } else { "no" },
                     f.step_ms,
                     f.tokens_per_s,
                     f.peak_gpu_bytes as f64 / (1 << 20) as f64,
                     f.weight_bytes as f64 / (1 << 20) as f64
                 );
             }
+            train.push(f);
         }
+        let g = generate_figure(gpu, name, &model, 16, 32).await?;
+        if !json {
+            out!(
+                "generate {} {}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
+                g.model,
+                g.quant,
+                g.prompt_tokens,
+                g.first_token_ms,
+                g.decode_tokens_per_s
+            );
+        }
+        generate.push(g);
+    }
+    Ok((train, generate))
+}
+
+/// `webpeft bench --llama-1b`: the memory plan of one NF4 LoRA r 16 step of a
+/// Llama-3.2-1B-shaped model at 1×512 with gradient checkpointing, and the
+/// measured peak of really running it (random weights built in memory).
+async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use webpeft::bench::train::{llama_1b_config, llama_1b_plan_input, random_model_files};
+    use webpeft::train::plan::plan_memory;
+    let config_json = llama_1b_config();
+    let config = Config::from_json(config_json.as_bytes())?;
+    let input = llama_1b_plan_input();
+    let plan = plan_memory(&config, &input, gpu.max_binding_bytes());
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "plan: {:.2} GiB (weights {:.2}, activations {:.2})",
+        gib(plan.total_bytes),
+        gib(plan.weight_bytes),
+        gib(plan.activation_bytes)
+    );
+    let start = std::time::Instant::now();
+    let files = random_model_files(&config_json, 1)?;
+    let model = Model::load(gpu, &files, QuantFormat::Nf4).await?;
+    drop(files);
+    eprintln!("built and loaded in {:.0} s", start.elapsed().as_secs_f64());
+    let setup = StepSetup { checkpointing: true, steps: 1, ..StepSetup::new(QuantFormat::Nf4, "lora", 1, 512) };
+    let f = train_figure_on(gpu, "Llama-3.2-1B shape (random)", &model, &setup).await?;
+    let out = serde_json::json!({
+        "adapter": gpu.info(), "plan": plan, "train": f, "host_peak_rss_bytes": host_peak_rss_bytes(),
+        "plan_over_measured": plan.total_bytes as f64 / f.peak_gpu_bytes as f64,
+    });
+    if json {
+        out!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        out!(
+            "Llama-3.2-1B shape, NF4, LoRA r16 all-linear, 1×512, checkpointing: planned {:.2} GiB, measured peak {:.2} GiB, step {:.1} s ({:.1} tokens/s)",
+            gib(plan.total_bytes),
+            gib(f.peak_gpu_bytes),
+            f.step_ms / 1e3,
+            f.tokens_per_s
+        );
     }
     Ok(())
 }
@@ -931,6 +1124,8 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
         }
         run_config = saved;
     }
+    let mut trainer = trainer;
+    trainer.gradient_checkpointing = a.gradient_checkpointing;
     let mut run = Run::new(dataset, trainer, &run_config)?;
     if let Some(progress) = &progress {
         run.seek(Run::position_from(progress)?)?;

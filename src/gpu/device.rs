@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use super::memory::{MemoryStats, MemoryTracker};
 use super::pipelines::PipelineCache;
+use super::pool::Pool;
+use super::profile::{KernelTime, Profiler};
 use crate::error::{Error, Result};
 
 /// How to create a [`Gpu`]. The defaults are right for real use; tests shrink
@@ -66,6 +68,10 @@ pub struct Gpu {
     pub(crate) queue: wgpu::Queue,
     pub(crate) pipelines: PipelineCache,
     pub(crate) memory: Arc<MemoryTracker>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) profiler: Profiler,
+    /// Vectors of ones by length (sums over rows are k = 1 or n = 1 matmuls).
+    ones: Mutex<std::collections::HashMap<usize, super::Tensor>>,
     info: GpuInfo,
     limits: wgpu::Limits,
     features: wgpu::Features,
@@ -181,6 +187,9 @@ impl Gpu {
         Ok(Gpu {
             pipelines: PipelineCache::default(),
             memory: Arc::new(MemoryTracker::default()),
+            pool: Arc::new(Pool::default()),
+            profiler: Profiler::default(),
+            ones: Mutex::default(),
             device,
             queue,
             info,
@@ -219,7 +228,47 @@ impl Gpu {
     }
 
     pub fn memory(&self) -> MemoryStats {
-        self.memory.stats()
+        MemoryStats { pooled_bytes: self.pool.idle_bytes(), ..self.memory.stats() }
+    }
+
+    /// Time every dispatch of later submissions with timestamp queries (see
+    /// [`Gpu::take_profile`]); an error where the device has no timestamps.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        if on && !self.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::invalid("Gpu::set_profiling", format!("{} has no timestamp queries", self.info.name)));
+        }
+        self.profiler.enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// GPU time per kernel entry point over the submissions since the last
+    /// call (while profiling was on), slowest first.
+    pub async fn take_profile(&self) -> Result<Vec<KernelTime>> {
+        let period = self.queue.get_timestamp_period() as f64;
+        let mut runs = Vec::new();
+        for p in self.profiler.take() {
+            let bytes = super::readback::read_buffer(self, &p.buffer, p.labels.len() as u64 * 16).await?;
+            runs.push((bytemuck::pod_collect_to_vec::<u8, u64>(&bytes), p.labels));
+        }
+        Ok(super::profile::summarise(&runs, period))
+    }
+
+    /// Release the freed op outputs the pool keeps for reuse, and the cached
+    /// vectors of ones.
+    pub fn trim_memory(&self) {
+        self.pool.trim();
+        self.ones.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// A (len) f32 tensor of ones, uploaded once per length and shared.
+    pub fn ones(&self, len: usize) -> Result<super::Tensor> {
+        let mut cache = self.ones.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(&len) {
+            return Ok(t.clone());
+        }
+        let t = super::Tensor::from_slice(self, &[len], &vec![1.0f32; len])?;
+        cache.insert(len, t.clone());
+        Ok(t)
     }
 
     /// Start measuring a new peak from the bytes live now.

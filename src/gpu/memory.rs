@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Live and peak bytes of GPU buffers owned by webpeft on one device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryStats {
-    /// Bytes held by tensors alive right now.
+    /// Bytes of every buffer held right now (tensors, and the pool's).
     pub live_bytes: u64,
     /// The most `live_bytes` has been since creation or the last `reset_peak`.
     pub peak_bytes: u64,
     /// Number of live buffers.
     pub live_buffers: u64,
+    /// Of `live_bytes`, freed op outputs the pool keeps for reuse.
+    pub pooled_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +40,7 @@ impl MemoryTracker {
             live_bytes: self.live.load(Ordering::Relaxed),
             peak_bytes: self.peak.load(Ordering::Relaxed),
             live_buffers: self.buffers.load(Ordering::Relaxed),
+            pooled_bytes: 0,
         }
     }
 

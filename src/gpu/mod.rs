@@ -8,6 +8,8 @@
 mod device;
 mod memory;
 mod pipelines;
+mod pool;
+mod profile;
 mod readback;
 mod recorder;
 mod tensor;
@@ -15,6 +17,7 @@ mod tensor;
 pub use device::{Gpu, GpuInfo, GpuOptions};
 pub use memory::MemoryStats;
 pub use pipelines::{Const, Kernel, PipelineKey};
+pub use profile::KernelTime;
 pub use recorder::Recorder;
 pub use tensor::{DType, Tensor};
 

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::pipelines::{CachedPipeline, PipelineKey};
-use super::tensor::{Storage, Tensor};
+use super::profile::{PendingTimes, QUERIES_PER_SET};
+use super::tensor::{DType, Storage, Tensor};
 use super::Gpu;
 use crate::error::{Error, Result};
 
@@ -17,6 +18,9 @@ enum Op {
         params_offset: u64,
         params_size: u64,
         groups: [u32; 3],
+    },
+    Clear {
+        dst: Arc<Storage>,
     },
     Copy {
         src: Arc<Storage>,
@@ -36,7 +40,24 @@ pub struct Recorder<'g> {
 
 impl<'g> Recorder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
+        gpu.pool.recorder_opened();
         Self { gpu, ops: Vec::new(), params: Vec::new() }
+    }
+
+    /// An op's output: a pooled buffer whose contents are undefined (a freed
+    /// buffer's old values). For outputs the recorded work overwrites whole.
+    pub fn alloc(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(Tensor::scratch(self.gpu, shape, dtype, "scratch")?.0)
+    }
+
+    /// A zero-filled pooled buffer: a reused one is cleared by recorded work,
+    /// in order with everything else in the submission.
+    pub fn zeros(&mut self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let (t, reused) = Tensor::scratch(self.gpu, shape, dtype, "scratch")?;
+        if reused {
+            self.ops.push(Op::Clear { dst: t.handle.storage.clone() });
+        }
+        Ok(t)
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -117,7 +138,7 @@ impl<'g> Recorder<'g> {
         let pipeline = gpu.pipelines.get(gpu, key);
         self.ops.push(Op::Dispatch {
             pipeline,
-            buffers: bound.iter().map(|(b, t)| (*b, t.storage.clone())).collect(),
+            buffers: bound.iter().map(|(b, t)| (*b, t.handle.storage.clone())).collect(),
             params_offset: offset as u64,
             params_size: size as u64,
             groups,
@@ -141,9 +162,9 @@ impl<'g> Recorder<'g> {
         }
         if bytes > 0 {
             self.ops.push(Op::Copy {
-                src: src.storage.clone(),
+                src: src.handle.storage.clone(),
                 src_offset,
-                dst: dst.storage.clone(),
+                dst: dst.handle.storage.clone(),
                 dst_offset,
                 bytes,
             });
@@ -167,19 +188,54 @@ impl<'g> Recorder<'g> {
         });
         gpu.queue.write_buffer(&params, 0, &self.params);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        // With profiling on: one pass per dispatch, timestamps at both ends.
+        let profiling = gpu.profiler.is_on();
+        let dispatches = self.ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count() as u32;
+        let per_set = QUERIES_PER_SET / 2;
+        let query_sets: Vec<wgpu::QuerySet> = if profiling {
+            (0..dispatches.div_ceil(per_set))
+                .map(|_| {
+                    device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profile"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: QUERIES_PER_SET,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut labels = Vec::new();
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
+                Op::Clear { dst } => {
+                    encoder.clear_buffer(&dst.buffer, 0, None);
+                    i += 1;
+                }
                 Op::Copy { src, src_offset, dst, dst_offset, bytes } => {
                     encoder.copy_buffer_to_buffer(&src.buffer, *src_offset, &dst.buffer, *dst_offset, *bytes);
                     i += 1;
                 }
                 Op::Dispatch { .. } => {
-                    let mut pass = encoder
-                        .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+                    let n = labels.len() as u32;
+                    let timestamp_writes =
+                        query_sets.get((n / per_set) as usize).map(|query_set| wgpu::ComputePassTimestampWrites {
+                            query_set,
+                            beginning_of_pass_write_index: Some(2 * (n % per_set)),
+                            end_of_pass_write_index: Some(2 * (n % per_set) + 1),
+                        });
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
                     while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) =
                         self.ops.get(i)
                     {
+                        if profiling {
+                            if labels.len() as u32 > n {
+                                break; // a timed pass holds one dispatch
+                            }
+                            labels.push(pipeline.label.clone());
+                        }
                         let mut entries = Vec::with_capacity(buffers.len() + 1);
                         entries.push(wgpu::BindGroupEntry {
                             binding: 0,
@@ -208,7 +264,30 @@ impl<'g> Recorder<'g> {
                 }
             }
         }
+        if profiling && dispatches > 0 {
+            let bytes = dispatches as u64 * 2 * 8;
+            let resolved = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile"),
+                size: bytes.div_ceil(wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT) * wgpu::QUERY_RESOLVE_BUFFER_ALIGNMENT,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            for (k, set) in query_sets.iter().enumerate() {
+                let first = k as u32 * per_set;
+                let count = (dispatches - first).min(per_set);
+                let offset = first as u64 * 16; // 4096 queries · 8 bytes: a multiple of 256
+                encoder.resolve_query_set(set, 0..2 * count, &resolved, offset);
+            }
+            gpu.profiler.push(PendingTimes { buffer: resolved, labels });
+        }
         gpu.queue.submit([encoder.finish()]);
+        gpu.pool.submitted();
         gpu.check("submit")
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.gpu.pool.recorder_closed();
     }
 }

@@ -1,9 +1,12 @@
 //! GPU tensors: a storage buffer, a shape and a dtype. Every buffer is counted
-//! by the device's memory tracker from creation until its last handle drops.
+//! by the device's memory tracker from creation until it is released; an op's
+//! output (from [`Recorder::alloc`](super::Recorder::alloc)) goes back to the
+//! device's pool when its last handle drops.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::memory::MemoryTracker;
+use super::pool::Pool;
 use super::Gpu;
 use crate::error::{Error, Result};
 
@@ -64,16 +67,38 @@ pub(crate) struct Storage {
     tracker: Arc<MemoryTracker>,
 }
 
+impl Storage {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 impl Drop for Storage {
     fn drop(&mut self) {
         self.tracker.free(self.bytes);
     }
 }
 
+/// What the tensors sharing one buffer hold: the buffer, and the pool it
+/// returns to when the last of them drops (recorded work may still hold the
+/// storage itself until its submission is encoded).
+pub(crate) struct Handle {
+    pub(crate) storage: Arc<Storage>,
+    pool: Option<Weak<Pool>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.as_ref().and_then(Weak::upgrade) {
+            pool.give_back(self.storage.clone());
+        }
+    }
+}
+
 /// A tensor on the GPU. Cloning shares the buffer; `reshape` is free.
 #[derive(Clone)]
 pub struct Tensor {
-    pub(crate) storage: Arc<Storage>,
+    pub(crate) handle: Arc<Handle>,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -90,11 +115,7 @@ fn padded(bytes: u64) -> u64 {
 }
 
 impl Tensor {
-    fn allocate(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
-        let numel: usize = shape.iter().product();
-        let bytes = padded((numel * dtype.size()) as u64);
-        gpu.check_buffer_size(label, bytes)?;
-        gpu.take_allocation(label)?;
+    fn new_storage(gpu: &Gpu, bytes: u64, label: &str) -> Arc<Storage> {
         let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes,
@@ -102,11 +123,39 @@ impl Tensor {
             mapped_at_creation: false,
         });
         gpu.memory.alloc(bytes);
-        Ok(Tensor {
-            storage: Arc::new(Storage { buffer, bytes, tracker: gpu.memory.clone() }),
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Arc::new(Storage { buffer, bytes, tracker: gpu.memory.clone() })
+    }
+
+    fn checked_bytes(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<u64> {
+        let numel: usize = shape.iter().product();
+        let bytes = padded((numel * dtype.size()) as u64);
+        gpu.check_buffer_size(label, bytes)?;
+        gpu.take_allocation(label)?;
+        Ok(bytes)
+    }
+
+    /// A buffer of its own, zero-filled, that never returns to the pool.
+    fn allocate(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<Tensor> {
+        let bytes = Self::checked_bytes(gpu, shape, dtype, label)?;
+        let storage = Self::new_storage(gpu, bytes, label);
+        Ok(Tensor { handle: Arc::new(Handle { storage, pool: None }), shape: shape.to_vec(), dtype })
+    }
+
+    /// A pooled buffer: a freed one of the same size when reuse is safe (its
+    /// old contents left in it: the `bool` says so), else a new one.
+    pub(crate) fn scratch(gpu: &Gpu, shape: &[usize], dtype: DType, label: &str) -> Result<(Tensor, bool)> {
+        let bytes = Self::checked_bytes(gpu, shape, dtype, label)?;
+        let (storage, reused) = match gpu.pool.take(bytes) {
+            Some(s) => (s, true),
+            None => (Self::new_storage(gpu, bytes, label), false),
+        };
+        let handle = Arc::new(Handle { storage, pool: Some(Arc::downgrade(&gpu.pool)) });
+        Ok((Tensor { handle, shape: shape.to_vec(), dtype }, reused))
+    }
+
+    /// Whether the buffer returns to the pool (an op's output).
+    pub fn is_pooled(&self) -> bool {
+        self.handle.pool.is_some()
     }
 
     /// A zero-filled tensor (WebGPU clears new buffers).
@@ -143,12 +192,20 @@ impl Tensor {
         Ok(t)
     }
 
-    /// Overwrite the contents; `data` must have exactly `numel` elements.
+    /// Overwrite the contents; `data` must have exactly `numel` elements. Not
+    /// for an op's output (a pooled buffer that recorded work may still read:
+    /// the queue would write it before that work ran).
     pub fn write<T: Element>(&self, gpu: &Gpu, data: &[T]) -> Result<()> {
         if T::DTYPE != self.dtype || data.len() != self.numel() {
             return Err(Error::shape(
                 "Tensor::write",
                 format!("{} values of {} into {:?} of {}", data.len(), T::DTYPE.name(), self.shape, self.dtype.name()),
+            ));
+        }
+        if self.is_pooled() {
+            return Err(Error::invalid(
+                "Tensor::write",
+                format!("{:?} is an op's output in the pool; upload into a tensor of its own", self.shape),
             ));
         }
         self.write_bytes(gpu, bytemuck::cast_slice(data));
@@ -158,12 +215,12 @@ impl Tensor {
     fn write_bytes(&self, gpu: &Gpu, bytes: &[u8]) {
         let whole = bytes.len() / 4 * 4;
         if whole > 0 {
-            gpu.queue.write_buffer(&self.storage.buffer, 0, &bytes[..whole]);
+            gpu.queue.write_buffer(&self.handle.storage.buffer, 0, &bytes[..whole]);
         }
         if whole < bytes.len() {
             let mut tail = [0u8; 4];
             tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-            gpu.queue.write_buffer(&self.storage.buffer, whole as u64, &tail);
+            gpu.queue.write_buffer(&self.handle.storage.buffer, whole as u64, &tail);
         }
     }
 
@@ -183,7 +240,8 @@ impl Tensor {
 
     /// Download the tensor's bytes (exactly `numel * dtype.size()`).
     pub async fn read_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
-        let mut bytes = super::readback::read_buffer(gpu, &self.storage.buffer, self.storage.bytes).await?;
+        let mut bytes =
+            super::readback::read_buffer(gpu, &self.handle.storage.buffer, self.handle.storage.bytes).await?;
         bytes.truncate(self.numel() * self.dtype.size());
         Ok(bytes)
     }
@@ -202,11 +260,11 @@ impl Tensor {
 
     /// Bytes of the buffer (the data rounded up to whole words).
     pub fn bytes(&self) -> u64 {
-        self.storage.bytes
+        self.handle.storage.bytes
     }
 
     pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.storage.buffer
+        &self.handle.storage.buffer
     }
 
     /// The same data seen with another shape of the same element count.
@@ -214,7 +272,7 @@ impl Tensor {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::shape("Tensor::reshape", format!("cannot view {:?} as {shape:?}", self.shape)));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor { handle: self.handle.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
     /// A view of the first `shape.iter().product()` elements (at most all of
@@ -227,12 +285,12 @@ impl Tensor {
                 format!("{:?} has fewer elements than {shape:?}", self.shape),
             ));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor { handle: self.handle.clone(), shape: shape.to_vec(), dtype: self.dtype })
     }
 
     /// Whether two handles share one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.storage, &other.storage)
+        Arc::ptr_eq(&self.handle.storage, &other.handle.storage)
     }
 
     /// Fail with a typed error unless the dtype is `want`.

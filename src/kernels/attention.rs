@@ -81,8 +81,8 @@ fn key(entry: &'static str, head_dim: usize) -> PipelineKey {
 }
 
 fn forward(rec: &mut Recorder, q: &Tensor, k: &Tensor, v: &Tensor, p: &Params) -> Result<(Tensor, Tensor)> {
-    let out = Tensor::zeros(rec.gpu(), q.shape(), DType::F32)?;
-    let lse = Tensor::zeros(rec.gpu(), &[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
+    let out = rec.alloc(q.shape(), DType::F32)?;
+    let lse = rec.alloc(&[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
     let rows = (p.batch * p.hq * p.tq) as usize;
     let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse)];
     rec.dispatch_bound(&key("attention_forward", q.shape()[3]), p, &bound, grid_1d(rows.div_ceil(WG as usize)))?;
@@ -140,11 +140,10 @@ pub fn attention_backward(
     if lse.shape() != lse_shape {
         return Err(Error::shape(OP, format!("lse {:?} must be {lse_shape:?} (batch, n_heads, seq)", lse.shape())));
     }
-    let gpu = rec.gpu();
-    let dq = Tensor::zeros(gpu, q.shape(), DType::F32)?;
-    let dk = Tensor::zeros(gpu, k.shape(), DType::F32)?;
-    let dv = Tensor::zeros(gpu, v.shape(), DType::F32)?;
-    let delta = Tensor::zeros(gpu, &lse_shape, DType::F32)?;
+    let dq = rec.alloc(q.shape(), DType::F32)?;
+    let dk = rec.alloc(k.shape(), DType::F32)?;
+    let dv = rec.alloc(v.shape(), DType::F32)?;
+    let delta = rec.alloc(&lse_shape, DType::F32)?;
     let d = q.shape()[3];
     let q_rows = (p.batch * p.hq * p.tq) as usize;
     let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta)];

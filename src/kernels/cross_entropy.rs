@@ -75,8 +75,8 @@ pub fn cross_entropy_forward(rec: &mut Recorder, logits: &Tensor, targets: &Tens
     if vocab == 0 {
         return Err(Error::shape(OP, "logits have no columns"));
     }
-    let loss = Tensor::zeros(rec.gpu(), &[rows], DType::F32)?;
-    let lse = Tensor::zeros(rec.gpu(), &[rows], DType::F32)?;
+    let loss = rec.alloc(&[rows], DType::F32)?;
+    let lse = rec.alloc(&[rows], DType::F32)?;
     launch(rec, OP, rows, vocab, 0.0, &[(1, logits), (2, targets), (3, &loss), (4, &lse)])?;
     Ok((loss, lse))
 }
@@ -93,7 +93,7 @@ pub fn cross_entropy_backward(
 ) -> Result<Tensor> {
     const OP: &str = "cross_entropy_backward";
     let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
-    let dlogits = Tensor::zeros(rec.gpu(), &[rows, vocab], DType::F32)?;
+    let dlogits = rec.alloc(&[rows, vocab], DType::F32)?;
     if vocab > 0 {
         launch(rec, OP, rows, vocab, scale, &[(1, logits), (2, targets), (5, lse), (6, &dlogits)])?;
     }

@@ -51,7 +51,7 @@ fn not_aliased(op: &'static str, acc: &Tensor, b: &Tensor) -> Result<()> {
 pub fn add(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     all_f32("add", &[("a", a), ("b", b)])?;
     same_shape("add", ("a", a), ("b", b))?;
-    let out = Tensor::zeros(rec.gpu(), a.shape(), DType::F32)?;
+    let out = rec.alloc(a.shape(), DType::F32)?;
     launch(rec, "add", "add", 0.0, &[(1, a), (2, b), (3, &out)])?;
     Ok(out)
 }
@@ -60,7 +60,7 @@ pub fn add(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     all_f32("mul", &[("a", a), ("b", b)])?;
     same_shape("mul", ("a", a), ("b", b))?;
-    let out = Tensor::zeros(rec.gpu(), a.shape(), DType::F32)?;
+    let out = rec.alloc(a.shape(), DType::F32)?;
     launch(rec, "mul", "mul", 0.0, &[(1, a), (2, b), (3, &out)])?;
     Ok(out)
 }
@@ -68,7 +68,7 @@ pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// out = s · x. x, out: same shape.
 pub fn scale(rec: &mut Recorder, x: &Tensor, s: f32) -> Result<Tensor> {
     all_f32("scale", &[("x", x)])?;
-    let out = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let out = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, "scale", "scale", s, &[(1, x), (3, &out)])?;
     Ok(out)
 }
@@ -102,7 +102,7 @@ pub fn dropout(rec: &mut Recorder, x: &Tensor, p: f32, seed: u32) -> Result<Tens
     all_f32(OP, &[("x", x)])?;
     let threshold = super::reference::dropout::threshold(p)
         .ok_or_else(|| Error::invalid(OP, format!("the dropout probability must be in [0, 1), got {p}")))?;
-    let out = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let out = rec.alloc(x.shape(), DType::F32)?;
     let scale = super::reference::dropout::scale(p);
     launch_seeded(rec, OP, "dropout", scale, (seed, threshold), &[(1, x), (3, &out)])?;
     Ok(out)

@@ -40,6 +40,11 @@ pub fn embedding_chunked(rec: &mut Recorder, chunks: &[&Tensor], ids: &Tensor) -
     let first = chunks.first().ok_or_else(|| Error::invalid(OP, "the table has no chunks"))?;
     let [_, dim] = dims(OP, "table", "(rows, dim)", first)?;
     // Check every chunk before recording any, so an error records nothing.
+    ids.expect_dtype(OP, "ids", DType::U32)?;
+    if ids.shape().len() != 1 {
+        return Err(Error::shape(OP, format!("ids {:?} must be (n)", ids.shape())));
+    }
+    all_f32(OP, &chunks.iter().map(|c| ("table", *c)).collect::<Vec<_>>())?;
     let mut vocab = 0;
     for chunk in chunks {
         let [rows, d] = dims(OP, "table", "(rows, dim)", chunk)?;
@@ -52,7 +57,7 @@ pub fn embedding_chunked(rec: &mut Recorder, chunks: &[&Tensor], ids: &Tensor) -
         vocab += rows;
     }
     u32_count(OP, "the vocabulary", vocab)?;
-    let out = Tensor::zeros(rec.gpu(), &[ids.numel(), dim], DType::F32)?;
+    let out = rec.zeros(&[ids.numel(), dim], DType::F32)?;
     let mut row_start = 0;
     for chunk in chunks {
         embedding_gather_chunk(rec, chunk, row_start, ids, &out)?;

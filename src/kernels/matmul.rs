@@ -370,7 +370,7 @@ pub fn linear(rec: &mut Recorder, x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = n;
-    let y = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    let y = rec.alloc(&shape, DType::F32)?; // gemm writes every element
     gemm(rec, &Gemm::new(m, n, k, false, true), x, w, &y)?;
     Ok(y)
 }
@@ -387,7 +387,7 @@ pub fn linear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &Tensor) -> Res
     }
     let mut shape = dy.shape().to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = k;
-    let dx = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    let dx = rec.alloc(&shape, DType::F32)?; // gemm writes every element
     gemm(rec, &Gemm::new(m, k, n, false, false), dy, w, &dx)?;
     Ok(dx)
 }
@@ -402,7 +402,7 @@ pub fn linear_backward_weight(rec: &mut Recorder, dy: &Tensor, x: &Tensor) -> Re
             format!("dy {:?} and x {:?} have different rows", dy.shape(), x.shape()),
         ));
     }
-    let dw = Tensor::zeros(rec.gpu(), &[n, k], DType::F32)?;
+    let dw = rec.alloc(&[n, k], DType::F32)?; // gemm writes every element
     let mut g = Gemm::new(n, k, rows, true, false);
     g.lda = n;
     gemm(rec, &g, dy, x, &dw)?;

@@ -346,7 +346,7 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
     if let Some(last) = shape.last_mut() {
         *last = w.rows;
     }
-    let y = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
     qgemm_acc(rec, x, w, &y, false, false, QVariant::Tiled)?;
     Ok(y)
 }
@@ -357,7 +357,7 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
     if let Some(last) = shape.last_mut() {
         *last = w.cols;
     }
-    let dx = Tensor::zeros(rec.gpu(), &shape, DType::F32)?;
+    let dx = rec.alloc(&shape, DType::F32)?; // chunk 0 writes, the rest add
     qgemm_acc(rec, dy, w, &dx, true, false, QVariant::Tiled)?;
     Ok(dx)
 }
@@ -366,4 +366,10 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
 /// tensor that already holds another term.
 pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
     qgemm_acc(rec, x, w, out, backward, true, QVariant::Tiled)
+}
+
+/// out = x·Wᵀ (or dy·W with `backward`) into an existing tensor, its old
+/// contents ignored (so it needs no clearing first).
+pub fn qlinear_write(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
+    qgemm_acc(rec, x, w, out, backward, false, QVariant::Tiled)
 }

@@ -50,8 +50,8 @@ pub fn sum_squares_many(rec: &mut Recorder, xs: &[&Tensor]) -> Result<Tensor> {
         u32_count(OP, "element count", x.numel())?;
     }
     let count: usize = xs.iter().map(|x| groups_for(x.numel())).sum();
-    let partials = Tensor::zeros(rec.gpu(), &[count.max(1)], DType::F32)?;
-    let total = Tensor::zeros(rec.gpu(), &[1], DType::F32)?;
+    let partials = rec.alloc(&[count.max(1)], DType::F32)?;
+    let total = rec.alloc(&[1], DType::F32)?;
     let mut offset = 0;
     for x in xs {
         let groups = groups_for(x.numel());
@@ -92,7 +92,7 @@ pub fn clip_coefficient(rec: &mut Recorder, sumsq: &Tensor, max_norm: f32) -> Re
     if !(max_norm > 0.0 && max_norm.is_finite()) {
         return Err(Error::invalid(OP, format!("max_norm must be positive and finite, got {max_norm}")));
     }
-    let clip = Tensor::zeros(rec.gpu(), &[2], DType::F32)?;
+    let clip = rec.alloc(&[2], DType::F32)?;
     let p = Params { n: 0, groups: 0, offset: 0, count: 0, max_norm, _pad: [0; 3] };
     rec.dispatch_bound(&key("clip_coef"), &p, &[(5, sumsq), (6, &clip)], [1, 1, 1])?;
     Ok(clip)

@@ -60,8 +60,8 @@ pub fn rmsnorm_forward(rec: &mut Recorder, x: &Tensor, weight: &Tensor, eps: f32
     all_f32(OP, &[("x", x), ("weight", weight)])?;
     let (rows, dim) = check_weight(OP, x, weight)?;
     let p = params(OP, rows, dim, eps)?;
-    let y = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
-    let rstd = Tensor::zeros(rec.gpu(), &[rows], DType::F32)?;
+    let y = rec.alloc(x.shape(), DType::F32)?;
+    let rstd = rec.alloc(&[rows], DType::F32)?;
     if dim > 0 {
         rec.dispatch_bound(&key("rmsnorm_forward"), &p, &[(1, x), (2, weight), (3, &y), (4, &rstd)], grid_1d(rows))?;
     }
@@ -79,7 +79,7 @@ pub fn rmsnorm_backward(rec: &mut Recorder, dy: &Tensor, x: &Tensor, weight: &Te
     let (rows, dim) = check_weight(OP, x, weight)?;
     check_rstd(OP, rstd, rows)?;
     let p = params(OP, rows, dim, 0.0)?;
-    let dx = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let dx = rec.alloc(x.shape(), DType::F32)?;
     if dim > 0 {
         let bound = [(1, x), (2, weight), (5, dy), (6, rstd), (7, &dx)];
         rec.dispatch_bound(&key("rmsnorm_backward"), &p, &bound, grid_1d(rows))?;
@@ -98,7 +98,7 @@ pub fn rmsnorm_backward_weight(rec: &mut Recorder, dy: &Tensor, x: &Tensor, rstd
     let (rows, dim) = rows_cols(OP, "x", x)?;
     check_rstd(OP, rstd, rows)?;
     let p = params(OP, rows, dim, 0.0)?;
-    let dweight = Tensor::zeros(rec.gpu(), &[dim], DType::F32)?;
+    let dweight = rec.zeros(&[dim], DType::F32)?;
     let groups = [dim.div_ceil(DW_X) as u32, 1, 1];
     rec.dispatch_bound(&key("rmsnorm_backward_weight"), &p, &[(1, x), (5, dy), (6, rstd), (8, &dweight)], groups)?;
     Ok(dweight)

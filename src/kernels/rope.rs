@@ -72,7 +72,7 @@ fn launch(rec: &mut Recorder, entry: &'static str, p: &Params, bound: &[(u32, &T
 /// - y: (batch, seq, heads, head_dim)
 pub fn rope_forward(rec: &mut Recorder, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: usize) -> Result<Tensor> {
     let p = check("rope_forward", x, cos, sin, row_offset)?;
-    let y = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let y = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, "rope_forward", &p, &[(1, x), (2, cos), (3, sin), (4, &y)])?;
     Ok(y)
 }
@@ -92,7 +92,7 @@ pub fn rope_forward_inplace(
 /// dx = the inverse rotation of dy, same shapes and tables as the forward.
 pub fn rope_backward(rec: &mut Recorder, dy: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: usize) -> Result<Tensor> {
     let p = check("rope_backward", dy, cos, sin, row_offset)?;
-    let dx = Tensor::zeros(rec.gpu(), dy.shape(), DType::F32)?;
+    let dx = rec.alloc(dy.shape(), DType::F32)?;
     launch(rec, "rope_backward", &p, &[(1, dy), (2, cos), (3, sin), (4, &dx)])?;
     Ok(dx)
 }

@@ -35,7 +35,7 @@ fn launch(rec: &mut Recorder, op: &'static str, t: &Tensor, bound: &[(u32, &Tens
 pub fn softmax_forward(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
     all_f32("softmax_forward", &[("x", x)])?;
     rows_cols("softmax_forward", "x", x)?;
-    let y = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let y = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, "softmax_forward", x, &[(1, x), (2, &y)])?;
     Ok(y)
 }
@@ -46,7 +46,7 @@ pub fn softmax_backward(rec: &mut Recorder, dy: &Tensor, y: &Tensor) -> Result<T
     all_f32("softmax_backward", &[("dy", dy), ("y", y)])?;
     same_shape("softmax_backward", ("dy", dy), ("y", y))?;
     rows_cols("softmax_backward", "y", y)?;
-    let dx = Tensor::zeros(rec.gpu(), y.shape(), DType::F32)?;
+    let dx = rec.alloc(y.shape(), DType::F32)?;
     launch(rec, "softmax_backward", y, &[(3, dy), (4, y), (5, &dx)])?;
     Ok(dx)
 }

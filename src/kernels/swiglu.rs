@@ -53,7 +53,7 @@ pub fn swiglu_forward(rec: &mut Recorder, gate: &Tensor, up: &Tensor) -> Result<
     const OP: &str = "swiglu_forward";
     all_f32(OP, &[("gate", gate), ("up", up)])?;
     same_shape(OP, ("gate", gate), ("up", up))?;
-    let h = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
+    let h = rec.alloc(gate.shape(), DType::F32)?;
     launch(rec, OP, OP, Activation::Silu, gate.numel(), &[(1, gate), (2, up), (3, &h)])?;
     Ok(h)
 }
@@ -65,8 +65,8 @@ pub fn swiglu_backward(rec: &mut Recorder, dh: &Tensor, gate: &Tensor, up: &Tens
     all_f32(OP, &[("dh", dh), ("gate", gate), ("up", up)])?;
     same_shape(OP, ("gate", gate), ("up", up))?;
     same_shape(OP, ("gate", gate), ("dh", dh))?;
-    let dgate = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
-    let dup = Tensor::zeros(rec.gpu(), gate.shape(), DType::F32)?;
+    let dgate = rec.alloc(gate.shape(), DType::F32)?;
+    let dup = rec.alloc(gate.shape(), DType::F32)?;
     let bound = [(1, gate), (2, up), (4, dh), (5, &dgate), (6, &dup)];
     launch(rec, OP, OP, Activation::Silu, gate.numel(), &bound)?;
     Ok((dgate, dup))
@@ -76,7 +76,7 @@ pub fn swiglu_backward(rec: &mut Recorder, dh: &Tensor, gate: &Tensor, up: &Tens
 pub fn activation_forward(rec: &mut Recorder, x: &Tensor, act: Activation) -> Result<Tensor> {
     const OP: &str = "activation_forward";
     all_f32(OP, &[("x", x)])?;
-    let y = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let y = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, OP, OP, act, x.numel(), &[(7, x), (8, &y)])?;
     Ok(y)
 }
@@ -86,7 +86,7 @@ pub fn activation_backward(rec: &mut Recorder, dy: &Tensor, x: &Tensor, act: Act
     const OP: &str = "activation_backward";
     all_f32(OP, &[("dy", dy), ("x", x)])?;
     same_shape(OP, ("dy", dy), ("x", x))?;
-    let dx = Tensor::zeros(rec.gpu(), x.shape(), DType::F32)?;
+    let dx = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, OP, OP, act, x.numel(), &[(7, x), (9, dy), (10, &dx)])?;
     Ok(dx)
 }

@@ -108,12 +108,11 @@ pub fn bn_forward(rec: &mut Recorder, s: &Tensor, unit: &BnUnit, call: BnCall, y
         return Err(Error::shape("bn_forward", format!("s {:?} and y {:?} must be (M, {d})", s.shape(), y.shape())));
     }
     let s = s.reshape(&[rows, d])?;
-    let gpu = rec.gpu();
-    let a = Tensor::zeros(gpu, &[rows, m], DType::F32)?;
+    let a = rec.alloc(&[rows, m], DType::F32)?;
     gemm(rec, &Gemm::new(rows, m, d, false, true), &s, &unit.down_w, &a)?; // s·W_downᵀ
     add_bias(rec, &a, &unit.down_b)?;
     let z = activation_forward(rec, &a, call.act)?;
-    let up = Tensor::zeros(gpu, &[rows, d], DType::F32)?;
+    let up = rec.alloc(&[rows, d], DType::F32)?;
     gemm(rec, &Gemm::new(rows, d, m, false, true), &z, &unit.up_w, &up)?; // z·W_upᵀ
     add_bias(rec, &up, &unit.up_b)?;
     let y2 = y.reshape(&[rows, d])?;
@@ -156,10 +155,10 @@ pub fn bn_backward(
     if let Some((p, seed)) = call.dropout.filter(|(p, _)| *p > 0.0) {
         du = dropout(rec, &du, p, seed)?;
     }
-    let ones = Tensor::from_slice(gpu, &[1, rows], &vec![1.0f32; rows])?;
+    let ones = gpu.ones(rows)?.reshape(&[1, rows])?;
     gemm(rec, &Gemm::new(d, m, rows, true, false).accumulate(true), &du, &saved.z, &grads.up_w)?; // dW_up += duᵀ·z
     gemm(rec, &Gemm::new(1, d, rows, false, false).accumulate(true), &ones, &du, &grads.up_b)?; // db_up += Σ_rows du
-    let dz = Tensor::zeros(gpu, &[rows, m], DType::F32)?;
+    let dz = rec.alloc(&[rows, m], DType::F32)?;
     gemm(rec, &Gemm::new(rows, m, d, false, false), &du, &unit.up_w, &dz)?; // dz = du·W_up
     let da = activation_backward(rec, &dz, &saved.a, call.act)?;
     gemm(rec, &Gemm::new(m, d, rows, true, false).accumulate(true), &da, &saved.s, &grads.down_w)?; // dW_down += daᵀ·s

@@ -92,7 +92,7 @@ pub fn lora_forward(
         Some(d) if d.p > 0.0 => dropout(rec, x, d.p, d.seed)?,
         _ => x.clone(),
     };
-    let xa = Tensor::zeros(rec.gpu(), &[m, r], DType::F32)?;
+    let xa = rec.alloc(&[m, r], DType::F32)?;
     gemm(rec, &Gemm::new(m, r, inp, false, true), &x, &f.a, &xa)?;
     gemm(rec, &Gemm::new(m, out, r, false, true).alpha(scaling).accumulate(true), &xa, &f.b, y)?;
     Ok(LoraSaved { x, xa })
@@ -123,18 +123,17 @@ pub fn lora_backward(
             return Err(Error::shape(OP, format!("`{arg}` {:?} does not have the {m} rows of dy", t.shape())));
         }
     }
-    let gpu = rec.gpu();
     // dB (out, r) += scaling·dyᵀ·xa
     gemm(rec, &Gemm::new(out, r, m, true, false).alpha(scaling).accumulate(true), dy, &saved.xa, &grads.b)?;
     // d(xa) (M, r) = scaling·dy·B
-    let dxa = Tensor::zeros(gpu, &[m, r], DType::F32)?;
+    let dxa = rec.alloc(&[m, r], DType::F32)?;
     gemm(rec, &Gemm::new(m, r, out, false, false).alpha(scaling), dy, &f.b, &dxa)?;
     // dA (r, in) += d(xa)ᵀ·drop(x)
     gemm(rec, &Gemm::new(r, inp, m, true, false).accumulate(true), &dxa, &saved.x, &grads.a)?;
     // dx (M, in) += drop⁻¹(d(xa)·A): the same mask and scale as the forward.
     match drop {
         Some(d) if d.p > 0.0 => {
-            let dxd = Tensor::zeros(gpu, &[m, inp], DType::F32)?;
+            let dxd = rec.alloc(&[m, inp], DType::F32)?;
             gemm(rec, &Gemm::new(m, inp, r, false, false), &dxa, &f.a, &dxd)?;
             let dxl = dropout(rec, &dxd, d.p, d.seed)?;
             add_scaled(rec, dx, &dxl, 1.0)

@@ -3,9 +3,13 @@
 //! its optimizer state, and the activations of one step — and whether the
 //! largest single buffer fits the device's binding limit.
 //!
-//! The activation estimate counts what one step really allocates: every
-//! intermediate of a step lives until its single submission completes, the
-//! forward's saved tensors and the backward's gradients alike. It is checked
+//! The activation estimate follows how a step uses memory: an op's output goes
+//! back to the device's pool when its last handle drops, and a later output of
+//! the same size reuses it, even within the step's one submission. So the peak
+//! is what the forward keeps for the backward (every layer's activations, or
+//! with gradient checkpointing only each layer's input plus one recomputed
+//! layer), the working set of one layer's backward, and the loss head's chunk
+//! buffers. Micro-batches of one step reuse the same buffers. It is checked
 //! against measured peaks in `tests/train_plan.rs`.
 
 use serde::Serialize;
@@ -22,14 +26,17 @@ pub struct PlanInput {
     pub adapter: PlanAdapter,
     pub batch: usize,
     pub seq: usize,
-    /// Micro-batches per step: each adds its activations (one submission).
+    /// Micro-batches per step (they reuse one set of activation buffers).
     pub grad_accum: usize,
+    /// Gradient checkpointing: recompute each layer's activations in the backward.
+    pub checkpointing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanAdapter {
-    /// r and the projection names adapted in every layer.
-    Lora { r: usize, targets: Vec<String> },
+    /// r, the projection names adapted in every layer, and whether LoRA
+    /// dropout is on (each Linear then keeps its own dropped input).
+    Lora { r: usize, targets: Vec<String>, dropout: bool },
     /// Bottleneck width and units per layer.
     Bottleneck { size: usize, units_per_layer: usize },
 }
@@ -89,7 +96,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let heads = config.num_attention_heads as u64;
 
     let adapter_params: u64 = match &input.adapter {
-        PlanAdapter::Lora { r, targets } => {
+        PlanAdapter::Lora { r, targets, .. } => {
             layers
                 * targets
                     .iter()
@@ -106,25 +113,50 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let adapter_bytes = adapter_params * 4;
     let optimizer_bytes = adapter_bytes * 6;
 
-    // Floats one layer allocates in a step, forward (saved) and backward.
-    let forward = 2 * m * d // the two norms' outputs
-        + m * (q + 2 * kv) // q, k, v
-        + m * q + heads * m // attention output, logsumexp
-        + 4 * m * d // o_proj output, h, the layer output, the MLP's output
-        + 3 * m * i; // gate, up, silu(gate)·up
-    let adapter_floats = match &input.adapter {
-        PlanAdapter::Lora { r, targets } => {
-            targets.iter().map(|t| m * (*r as u64) * 3 + m * proj_shape(config, t).1 as u64 / 4).sum::<u64>()
+    // Floats one layer's forward keeps for its backward: x and h, the norms'
+    // rstd, roped q and k, v, the attention output and logsumexp, gate and up.
+    let mut saved = 2 * m * d + 2 * m + 2 * m * q + 2 * m * kv + heads * m + 2 * m * i;
+    // Floats of the transient tensors alive at once in one layer's backward
+    // (the pool hands the same buffers to every layer): SwiGLU's three
+    // (M, I) gradients, the residual stream's (M, D) gradients, and the
+    // attention's dout, dq, dk, dv and delta.
+    let mut work = 3 * m * i + 7 * m * d + 2 * m * q + 2 * m * kv + heads * m;
+    match &input.adapter {
+        PlanAdapter::Lora { r, targets, dropout } => {
+            let has = |names: &[&str]| targets.iter().any(|t| names.contains(&t.as_str()));
+            saved += if *dropout {
+                // each Linear keeps its own dropped input
+                targets.iter().map(|t| m * proj_shape(config, t).1 as u64).sum::<u64>()
+            } else {
+                // the shared inputs: input_layernorm's and post_attention_layernorm's
+                // outputs and SwiGLU's (o_proj's input is kept anyway)
+                m * d * (has(&["q_proj", "k_proj", "v_proj"]) as u64 + has(&["gate_proj", "up_proj"]) as u64)
+                    + m * i * has(&["down_proj"]) as u64
+            };
+            saved += targets.len() as u64 * m * *r as u64; // x·Aᵀ
+            work += m * *r as u64 + if *dropout { 2 * m * i.max(q) } else { 0 };
         }
-        PlanAdapter::Bottleneck { size, units_per_layer } => *units_per_layer as u64 * m * (3 * *size as u64 + 3 * d),
+        PlanAdapter::Bottleneck { size, units_per_layer } => {
+            let size = *size as u64;
+            saved += *units_per_layer as u64 * (m * d + 2 * m * size);
+            work += m * d + 3 * m * size;
+        }
+    }
+    let checkpointing = input.checkpointing;
+    let kept = if checkpointing {
+        // Each layer keeps its input; one recomputed layer is alive at a time.
+        layers * m * d + saved
+    } else {
+        layers * saved
     };
-    let per_layer = 2 * (forward + adapter_floats); // the backward allocates about as much as the forward saved
-                                                    // Training computes the logits in row chunks that reuse one buffer.
+    // Training computes the logits in row chunks that reuse one buffer.
     let chunk_rows =
         crate::model::llama::loss::logits_chunk_rows(config.vocab_size, binding_limit).min(m as usize) as u64;
     let logits = chunk_rows * v;
-    let head = 6 * m * d + logits + 4 * m; // embedding, final norm and its gradient, chunk buffers, targets
-    let activation_bytes = (layers * per_layer + head) * 4 * input.grad_accum.max(1) as u64;
+    // The last layer's output, model.norm's output and rstd, dxn, and the
+    // chunk buffers: rows of xn and dxn, the logits, per-row loss and targets.
+    let head = 3 * m * d + m + logits + chunk_rows * (2 * d + 3) + m;
+    let activation_bytes = (kept + work + head) * 4;
 
     let weight = weight_bytes(config, input.quant);
     // Buffers that cannot be split: a logits chunk (at least one row), the

@@ -88,6 +88,9 @@ pub struct Trainer {
     pub step: u64,
     /// Draws one dropout seed per micro-batch.
     rng: Rng,
+    /// Recompute each layer's activations in the backward instead of keeping
+    /// them (less memory, one more forward per step, the same gradients).
+    pub gradient_checkpointing: bool,
 }
 
 fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
@@ -116,6 +119,7 @@ impl Trainer {
             optimizer,
             step: 0,
             rng: Rng::new(seed),
+            gradient_checkpointing: false,
         })
     }
 
@@ -287,7 +291,8 @@ impl Trainer {
         if targets.len() != ids.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
         }
-        let (xn, saved) = model.hidden_adapted(rec, &ids, Some(&self.adapter), seed)?; // (B, T, D)
+        let (xn, saved) =
+            model.hidden_checkpointed(rec, &ids, Some(&self.adapter), seed, self.gradient_checkpointing)?; // (B, T, D)
         let d = model.config.hidden_size;
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
@@ -326,7 +331,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
         let (logits, _) = model.forward_adapted(&mut rec, &ids, adapter, None)?;
         let rows = ids.numel();
         let (token_loss, _) = cross_entropy_forward(&mut rec, &logits.reshape(&[rows, vocab])?, &targets)?;
-        let ones = Tensor::from_slice(gpu, &[rows, 1], &vec![1.0f32; rows])?;
+        let ones = gpu.ones(rows)?.reshape(&[rows, 1])?;
         let g = Gemm::new(1, 1, rows, false, false).alpha(1.0 / tokens as f32).accumulate(true);
         gemm(&mut rec, &g, &token_loss, &ones, &sum)?;
         rec.submit()?;

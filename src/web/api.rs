@@ -199,7 +199,7 @@ impl WebGpu {
                 TargetModules::List(l) => l,
                 other => return Err(err(format!("unsupported targets {other:?}"))),
             };
-            PlanAdapter::Lora { r: o.r.unwrap_or(8), targets }
+            PlanAdapter::Lora { r: o.r.unwrap_or(8), targets, dropout: o.lora_dropout.unwrap_or(0.0) > 0.0 }
         } else {
             let kind = BottleneckKind::from_name(method).ok_or_else(|| err(format!("unknown method {method:?}")))?;
             let mut c = BottleneckConfig::new(kind);
@@ -217,6 +217,7 @@ impl WebGpu {
             batch: o.batch_size.unwrap_or(1),
             seq: o.seq_len.unwrap_or(256),
             grad_accum: o.grad_accum.unwrap_or(1),
+            checkpointing: o.gradient_checkpointing.unwrap_or(false),
         };
         let plan = plan_memory(&config, &input, self.gpu.max_binding_bytes());
         to_js(&serde_json::json!({
@@ -517,11 +518,12 @@ impl WebModel {
     fn run(
         &self,
         name: &str,
-        trainer: Trainer,
+        mut trainer: Trainer,
         data: &JsValue,
         o: &TrainOptions,
         progress: Option<serde_json::Value>,
     ) -> JsResult<TrainRun> {
+        trainer.gradient_checkpointing = o.gradient_checkpointing.unwrap_or(false);
         let st = busy(self.state.try_borrow())?;
         let max = st.model.config.max_position_embeddings;
         let opts = DataOptions {

@@ -23,7 +23,7 @@ use crate::kernels::attention::{attention_backward, attention_forward};
 use crate::kernels::elementwise::add;
 use crate::kernels::elementwise::copy;
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, QWeight};
+use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_write, QWeight};
 use crate::kernels::reference::dropout::pcg_hash;
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
@@ -198,17 +198,23 @@ impl Linear {
         Ok((y, saved))
     }
 
-    /// dx (M, in) += dy·W (+ the LoRA path), and the LoRA gradients into
-    /// `grads`, for dy (…, out). The frozen W and bias get no gradient.
+    /// dx (M, in) += dy·W (+ the LoRA path), or dx = … when `first` (dx's
+    /// old contents ignored), and the LoRA gradients into `grads`, for dy
+    /// (…, out). The frozen W and bias get no gradient.
     pub fn backward(
         &self,
         rec: &mut Recorder,
         dy: &Tensor,
         lora: Option<(LoraTerm, &LoraSaved, &LoraFactors)>,
         dx: &Tensor,
+        first: bool,
     ) -> Result<()> {
         let dy = rows2d(dy)?;
-        qlinear_accumulate(rec, &dy, &self.weight, dx, true)?;
+        if first {
+            qlinear_write(rec, &dy, &self.weight, dx, true)?;
+        } else {
+            qlinear_accumulate(rec, &dy, &self.weight, dx, true)?;
+        }
         if let Some((l, saved, grads)) = lora {
             lora_backward(rec, &dy, saved, l.factors, l.scaling, l.dropout, grads, dx)?;
         }
@@ -228,7 +234,7 @@ pub(crate) fn add_bias(rec: &mut Recorder, y: &Tensor, bias: &Tensor) -> Result<
         ));
     }
     let m = y.numel() / n;
-    let ones = Tensor::from_slice(rec.gpu(), &[m, 1], &vec![1.0f32; m])?;
+    let ones = rec.gpu().ones(m)?.reshape(&[m, 1])?;
     gemm(rec, &Gemm::new(m, n, 1, false, false).accumulate(true), &ones, bias, y)
 }
 
@@ -319,11 +325,10 @@ impl Attention {
         ad: &LayerAdapter,
         grads: &LayerAdapter,
     ) -> Result<Tensor> {
-        let gpu = rec.gpu();
         let (b, t, d) = (dy.shape()[0], dy.shape()[1], dy.shape()[2]);
         let (h, hd, m) = (self.num_heads, self.head_dim, b * t);
-        let dout = Tensor::zeros(gpu, &[m, h * hd], DType::F32)?;
-        self.o_proj.backward(rec, dy, lora_backward_args(ad, grads, &saved.lora[3], proj::O)?, &dout)?;
+        let dout = rec.alloc(&[m, h * hd], DType::F32)?;
+        self.o_proj.backward(rec, dy, lora_backward_args(ad, grads, &saved.lora[3], proj::O)?, &dout, true)?;
         let dout = dout.reshape(&[b, t, h, hd])?;
         let (dq, dk, dv) =
             attention_backward(rec, &dout, &saved.q, &saved.k, &saved.v, &saved.out, &saved.lse, self.scaling)?;
@@ -331,10 +336,10 @@ impl Attention {
         rope_backward_inplace(rec, &dk, &rope.cos, &rope.sin, 0)?;
         let kv = self.num_key_value_heads;
         let (dq, dk, dv) = (dq.reshape(&[m, h * hd])?, dk.reshape(&[m, kv * hd])?, dv.reshape(&[m, kv * hd])?);
-        let dx = Tensor::zeros(gpu, &[m, d], DType::F32)?;
-        self.q_proj.backward(rec, &dq, lora_backward_args(ad, grads, &saved.lora[0], proj::Q)?, &dx)?;
-        self.k_proj.backward(rec, &dk, lora_backward_args(ad, grads, &saved.lora[1], proj::K)?, &dx)?;
-        self.v_proj.backward(rec, &dv, lora_backward_args(ad, grads, &saved.lora[2], proj::V)?, &dx)?;
+        let dx = rec.alloc(&[m, d], DType::F32)?;
+        self.q_proj.backward(rec, &dq, lora_backward_args(ad, grads, &saved.lora[0], proj::Q)?, &dx, true)?;
+        self.k_proj.backward(rec, &dk, lora_backward_args(ad, grads, &saved.lora[1], proj::K)?, &dx, false)?;
+        self.v_proj.backward(rec, &dv, lora_backward_args(ad, grads, &saved.lora[2], proj::V)?, &dx, false)?;
         dx.reshape(&[b, t, d])
     }
 }
@@ -379,19 +384,19 @@ impl Mlp {
         ad: &LayerAdapter,
         grads: &LayerAdapter,
     ) -> Result<Tensor> {
-        let gpu = rec.gpu();
-        let dhidden = Tensor::zeros(gpu, saved.gate.shape(), DType::F32)?;
+        let dhidden = rec.alloc(saved.gate.shape(), DType::F32)?;
         self.down_proj.backward(
             rec,
             dy,
             lora_backward_args(ad, grads, &saved.lora[2], proj::DOWN)?,
             &rows2d(&dhidden)?,
+            true,
         )?;
         let (dgate, dup) = swiglu_backward(rec, &dhidden, &saved.gate, &saved.up)?;
-        let dx = Tensor::zeros(gpu, dy.shape(), DType::F32)?;
+        let dx = rec.alloc(dy.shape(), DType::F32)?;
         let dx2 = rows2d(&dx)?;
-        self.gate_proj.backward(rec, &dgate, lora_backward_args(ad, grads, &saved.lora[0], proj::GATE)?, &dx2)?;
-        self.up_proj.backward(rec, &dup, lora_backward_args(ad, grads, &saved.lora[1], proj::UP)?, &dx2)?;
+        self.gate_proj.backward(rec, &dgate, lora_backward_args(ad, grads, &saved.lora[0], proj::GATE)?, &dx2, true)?;
+        self.up_proj.backward(rec, &dup, lora_backward_args(ad, grads, &saved.lora[1], proj::UP)?, &dx2, false)?;
         Ok(dx)
     }
 }
@@ -511,7 +516,7 @@ impl Block {
             (None, None, None) => (dout.clone(), dout.clone()),
             (Some(b), Some((unit, call)), Some(bs)) => {
                 let g = grads.bn_unit(false).ok_or_else(mismatch)?.0;
-                let acc = Tensor::zeros(rec.gpu(), dout.shape(), DType::F32)?;
+                let acc = rec.alloc(dout.shape(), DType::F32)?;
                 copy(rec, dout, &acc)?;
                 bn_backward(rec, dout, bs, unit, call, g, &acc)?; // acc = dout + adᵀ(dout)
                 match b.kind {
@@ -530,7 +535,7 @@ impl Block {
             (None, None) => dh.clone(),
             (Some((unit, call)), Some(bs)) => {
                 let g = grads.bn_unit(true).ok_or_else(mismatch)?.0;
-                let acc = Tensor::zeros(rec.gpu(), dh.shape(), DType::F32)?;
+                let acc = rec.alloc(dh.shape(), DType::F32)?;
                 copy(rec, &dh, &acc)?;
                 bn_backward(rec, &dh, bs, unit, call, g, &acc)?;
                 acc

@@ -182,7 +182,7 @@ impl Model {
         let last = if t == 1 {
             x.reshape(&[b, d])?
         } else {
-            let last = Tensor::zeros(rec.gpu(), &[b, d], DType::F32)?;
+            let last = rec.alloc(&[b, d], DType::F32)?;
             let row = d as u64 * 4;
             for i in 0..b {
                 rec.copy(&x, (i * t + t - 1) as u64 * row, &last, i as u64 * row, row)?;

@@ -83,8 +83,8 @@ pub fn causal_lm_loss(rec: &mut Recorder, logits: &Tensor, targets: &CausalTarge
     let rows = b * t;
     let (token_loss, _lse) = cross_entropy_forward(rec, &logits.reshape(&[rows, v])?, &targets.targets)?; // (B·T), 0 where ignored
                                                                                                           // loss (1, 1) = token_loss (1, B·T) · ones (B·T, 1) / count.
-    let ones = Tensor::from_slice(rec.gpu(), &[rows, 1], &vec![1.0f32; rows])?;
-    let loss = Tensor::zeros(rec.gpu(), &[1], DType::F32)?;
+    let ones = rec.gpu().ones(rows)?.reshape(&[rows, 1])?;
+    let loss = rec.zeros(&[1], DType::F32)?;
     gemm(rec, &Gemm::new(1, 1, rows, false, false).alpha(1.0 / targets.count as f32), &token_loss, &ones, &loss)?;
     Ok(loss)
 }
@@ -132,11 +132,12 @@ pub fn chunked_lm_loss_and_grad(
     }
     let gpu = rec.gpu();
     let chunk = logits_chunk_rows(v, gpu.max_binding_bytes()).min(m.max(1));
-    let dxn = Tensor::zeros(gpu, &[m, d], DType::F32)?;
-    let x_c = Tensor::zeros(gpu, &[chunk, d], DType::F32)?;
-    let logits = Tensor::zeros(gpu, &[chunk, v], DType::F32)?;
-    let dx_c = Tensor::zeros(gpu, &[chunk, d], DType::F32)?;
-    let ones = Tensor::from_slice(gpu, &[chunk, 1], &vec![1.0f32; chunk])?;
+    // Every chunk overwrites its rows of each: no clearing needed.
+    let dxn = rec.alloc(&[m, d], DType::F32)?;
+    let x_c = rec.alloc(&[chunk, d], DType::F32)?;
+    let logits = rec.alloc(&[chunk, v], DType::F32)?;
+    let dx_c = rec.alloc(&[chunk, d], DType::F32)?;
+    let ones = gpu.ones(chunk)?.reshape(&[chunk, 1])?;
     let row = d as u64 * 4;
     let mut start = 0;
     while start < m {

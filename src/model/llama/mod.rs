@@ -39,10 +39,18 @@ use crate::model::{Checkpoint, Config};
 use crate::peft::adapter::Adapter;
 use crate::quant::QuantFormat;
 
+/// What one layer's forward kept: everything its backward needs, or, with
+/// gradient checkpointing, only its input (the backward recomputes the rest).
+#[derive(Debug)]
+enum LayerSaved {
+    Full(Box<block::BlockSaved>),
+    Input(Tensor),
+}
+
 /// What [`Model::forward_adapted`] keeps for [`Model::backward`].
 #[derive(Debug)]
 pub struct ModelSaved {
-    layers: Vec<block::BlockSaved>,
+    layers: Vec<LayerSaved>,
     /// The last layer's output (B, T, D) and `model.norm`'s rstd (B·T).
     x: Tensor,
     rstd: Tensor,
@@ -228,6 +236,23 @@ impl Model {
         adapter: Option<&Adapter>,
         dropout_seed: Option<u32>,
     ) -> Result<(Tensor, ModelSaved)> {
+        self.hidden_checkpointed(rec, input_ids, adapter, dropout_seed, false)
+    }
+
+    /// [`Model::hidden_adapted`], with gradient checkpointing when
+    /// `checkpoint` is on: each layer keeps only its input (B, T, D), and the
+    /// backward recomputes the layer's forward right before its backward. The
+    /// gradients are the same, bit for bit (dropout masks are regenerated from
+    /// their seeds); the step does one more forward through the layers, and
+    /// only one layer's activations are alive at a time.
+    pub fn hidden_checkpointed(
+        &self,
+        rec: &mut Recorder,
+        input_ids: &Tensor,
+        adapter: Option<&Adapter>,
+        dropout_seed: Option<u32>,
+        checkpoint: bool,
+    ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
         let &[b, t] = input_ids.shape() else {
             return Err(Error::shape(
@@ -248,7 +273,7 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate() {
             let ad = adapter.map_or(LayerAdapter::None, |a| a.layer(i, dropout_seed));
             let (out, saved) = layer.forward(rec, &x, &rope, &ad)?; // (B, T, D)
-            layers.push(saved);
+            layers.push(if checkpoint { LayerSaved::Input(x) } else { LayerSaved::Full(Box::new(saved)) });
             x = out;
         }
         let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D)
@@ -285,7 +310,13 @@ impl Model {
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let ad = adapter.layer(i, dropout_seed);
             let g = grads.layer(i, None);
-            dx = layer.backward(rec, &dx, &saved.layers[i], &saved.rope, &ad, &g)?;
+            dx = match &saved.layers[i] {
+                LayerSaved::Full(s) => layer.backward(rec, &dx, s, &saved.rope, &ad, &g)?,
+                LayerSaved::Input(x) => {
+                    let (_, s) = layer.forward(rec, x, &saved.rope, &ad)?; // recompute, then free after use
+                    layer.backward(rec, &dx, &s, &saved.rope, &ad, &g)?
+                }
+            };
         }
         Ok(())
     }

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""PyTorch + PEFT (and AdapterHub's `adapters`) on the CPU beside webpeft, on one model folder.
+
+Times the training step `webpeft bench --train` times (AdamW, clip 1.0, fp32, random tokens at
+batch x seq, LoRA r 16 alpha 32 on all linears, and seq_bn), as the median of a few steps after a
+warm-up, on --threads CPU threads; runs webpeft's bench on the same folder; prints both, and
+PyTorch's CPU matmul GFLOP/s at 1024^3 beside webpeft's f32 kernel. A comparison, not a test.
+
+    python benches/peft_compare.py /tmp/bench-29m --make          # writes the ~30M random model first
+    python benches/peft_compare.py MODEL_DIR --webpeft target/release/webpeft --steps 3
+
+Needs torch, transformers, peft and adapters (tests/fixtures/requirements.txt).
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def make_model(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=7,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="float32",
+    )
+    model = LlamaForCausalLM(config).float()
+    model.save_pretrained(out, safe_serialization=True)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out}: {params / 1e6:.1f}M parameters", file=sys.stderr)
+
+
+def time_steps(model, ids, steps: int) -> float:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_figures(model_dir: Path, batch: int, seq: int, steps: int) -> dict:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    out = {}
+    gen = torch.Generator().manual_seed(7)
+    for method in ["lora", "seq_bn"]:
+        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+        model.config.use_cache = False
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+        else:
+            import adapters
+
+            adapters.init(model)
+            model.add_adapter("bench", config="seq_bn")
+            model.train_adapter("bench")
+        model.train()
+        secs = time_steps(model, ids, steps)
+        out[method] = {"step_ms": secs * 1e3, "tokens_per_s": batch * (seq - 1) / secs}
+    a = torch.randn(1024, 1024)
+    b = torch.randn(1024, 1024)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    out["matmul_1024_gflops"] = 2 * 1024**3 / statistics.median(times) / 1e9
+    return out
+
+
+def webpeft_figures(binary: str, model_dir: Path, batch: int, seq: int, steps: int) -> dict:
+    cmd = [binary, "bench", "--train", "--json", "--model", str(model_dir), "--batch", str(batch),
+           "--seq", str(seq), "--repeats", str(steps)]
+    print("running:", " ".join(cmd), file=sys.stderr)
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("--make", action="store_true", help="write the ~30M random Llama into model_dir first")
+    ap.add_argument("--webpeft", default="target/release/webpeft", help="the webpeft CLI (built with --features cli)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--matmul-gflops", type=float, help="webpeft's f32 1024^3 GFLOP/s, from `webpeft bench`")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.make:
+        make_model(args.model_dir)
+    ours = webpeft_figures(args.webpeft, args.model_dir, args.batch, args.seq, args.steps)
+    theirs = torch_figures(args.model_dir, args.batch, args.seq, args.steps)
+
+    print(f"model: {args.model_dir}, batch {args.batch} x seq {args.seq}, fp32; PyTorch on {args.threads} CPU threads; "
+          f"webpeft on {ours['adapter']['name']} ({ours['adapter']['backend']})")
+    print("| method | PyTorch tokens/s | webpeft f32 tokens/s | webpeft NF4 tokens/s | webpeft f32 / PyTorch |")
+    print("|---|---:|---:|---:|---:|")
+    for method in ["lora", "seq_bn"]:
+        mine = {f["quant"]: f for f in ours["train"] if f["method"] == method}
+        t = theirs[method]["tokens_per_s"]
+        f32, nf4 = mine["f32"]["tokens_per_s"], mine["nf4"]["tokens_per_s"]
+        name = "LoRA r16 all-linear" if method == "lora" else "seq_bn"
+        print(f"| {name} | {t:.0f} | {f32:.0f} | {nf4:.0f} | {f32 / t:.3f} |")
+    line = f"PyTorch CPU matmul 1024^3: {theirs['matmul_1024_gflops']:.0f} GFLOP/s"
+    if args.matmul_gflops:
+        line += f"; webpeft f32: {args.matmul_gflops:.1f} GFLOP/s (ratio {args.matmul_gflops / theirs['matmul_1024_gflops']:.3f})"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+//! Generation throughput: greedy decoding from a random prompt with the KV
+//! cache, reported as new tokens per second.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::model::llama::GenerationConfig;
+use crate::model::Model;
+use crate::util::rng::Rng;
+
+/// One measured generation.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerateFigure {
+    pub model: String,
+    pub quant: String,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Prompt (prefill) and first token, ms.
+    pub first_token_ms: f64,
+    /// New tokens after the first, per second (the decode rate).
+    pub decode_tokens_per_s: f64,
+}
+
+/// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`
+/// (one warm-up run first, so pipelines are compiled).
+pub async fn generate_figure(
+    gpu: &Gpu,
+    name: &str,
+    model: &Model,
+    prompt_tokens: usize,
+    new_tokens: usize,
+) -> Result<GenerateFigure> {
+    let mut rng = Rng::new(11);
+    let vocab = model.config.vocab_size;
+    let prompt: Vec<u32> = (0..prompt_tokens.max(1)).map(|_| rng.below(vocab) as u32).collect();
+    let config = GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() };
+    model
+        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, None, |_| true)
+        .await?;
+    let start = Instant::now();
+    let mut first = None;
+    let out = model
+        .generate_adapted(gpu, &prompt, &config, None, |_| {
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+            true
+        })
+        .await?;
+    let total = start.elapsed().as_secs_f64();
+    let first = first.unwrap_or(total);
+    gpu.trim_memory();
+    Ok(GenerateFigure {
+        model: name.to_string(),
+        quant: model.format.name().to_string(),
+        prompt_tokens: prompt.len(),
+        new_tokens: out.len(),
+        first_token_ms: first * 1e3,
+        decode_tokens_per_s: (out.len().saturating_sub(1)) as f64 / (total - first).max(1e-9),
+    })
+}
+
+/// The process's peak resident set (VmHWM), in bytes, where the OS says
+/// (Linux); `None` elsewhere.
+pub fn host_peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
