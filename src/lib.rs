@@ -15,6 +15,9 @@ pub mod util;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 

@@ -120,6 +120,18 @@ fn unsupported_model_type_in_config() {
 }
 
 #[test]
+fn absurd_sizes_in_config() {
+    let json =
+        llama_config(384, 64, 128, 2, 4, 2).replace("\"num_hidden_layers\":2", "\"num_hidden_layers\":4294967295");
+    assert!(json.contains("4294967295"), "{json}");
+    let e = show("config.json declaring 4,294,967,295 layers", Config::from_json(json.as_bytes()));
+    assert!(matches!(e, Error::Config { ref field, .. } if field == "num_hidden_layers"), "{e}");
+    let json = llama_config(1 << 40, 1 << 20, 128, 2, 4, 2);
+    let e = show("config.json whose embedding would hold 2^60 values", Config::from_json(json.as_bytes()));
+    assert!(matches!(e, Error::Config { ref field, .. } if field == "vocab_size"), "{e}");
+}
+
+#[test]
 fn tokenizer_vocab_bigger_than_the_embedding() {
     let tok =
         block_on(webpeft::model::tokenizer::Tokenizer::load(&DirFiles::new(fixture("tokenizer")).unwrap())).unwrap();

@@ -403,3 +403,16 @@ fn a_template_with_an_undefined_special_token_is_refused() {
         }
     }
 }
+
+/// Regression (fuzzing): the same undefined special token behind a misspelled
+/// post-processor `type` (`tokenizers` matches post-processors by shape, so it
+/// still loaded as a template and panicked when encoding); refused at load.
+#[test]
+fn a_template_with_an_untrusted_type_is_checked_too() {
+    let bytes = std::fs::read(common::fixture("fuzz/tokenizer_untyped_template_panic.bin")).unwrap();
+    let i = bytes.iter().position(|&b| b == 0xFF).unwrap_or(bytes.len());
+    let config = (i < bytes.len()).then(|| &bytes[i + 1..]);
+    let err = webpeft::model::tokenizer::Tokenizer::from_bytes(&bytes[..i], config).unwrap_err();
+    assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}");
+    assert!(err.to_string().contains("does not define"), "{err}");
+}

@@ -1,9 +1,3 @@
-//! config.json.
+//! The `config_json` target: see `webpeft::fuzzing::config_json`.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(c) = webpeft::model::Config::from_json(data) {
-        let _ = c.tensor_names();
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| webpeft::fuzzing::config_json(data));

@@ -1,7 +1,3 @@
-//! A training checkpoint (training_state.safetensors), parsed on the CPU.
+//! The `training_checkpoint` target: see `webpeft::fuzzing::training_checkpoint`.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = webpeft::train::checkpoint::read_checkpoint(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| webpeft::fuzzing::training_checkpoint(data));

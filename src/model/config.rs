@@ -120,6 +120,11 @@ pub struct Config {
     pub pad_token_id: Option<u32>,
 }
 
+/// The most layers a config may declare.
+pub const MAX_LAYERS: usize = 4096;
+/// The most elements one weight may have (2^40).
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
+
 impl Config {
     /// Parses and validates the bytes of a `config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<Config> {
@@ -207,6 +212,31 @@ impl Config {
             ("max_position_embeddings", self.max_position_embeddings),
         ] {
             positive(field, n)?;
+        }
+        // Bounds far above any real model, so sizes never overflow and a
+        // config can't make the loader list billions of tensors. (Found by
+        // the fuzz smoke test: a huge num_hidden_layers ran out of memory.)
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(config_error(
+                "num_hidden_layers",
+                format!("{} layers is more than the {MAX_LAYERS} webpeft accepts", self.num_hidden_layers),
+            ));
+        }
+        let elements = |a: usize, b: usize| a.checked_mul(b).filter(|&n| n as u64 <= MAX_TENSOR_ELEMENTS);
+        let d = self.hidden_size;
+        let weights = [
+            ("vocab_size", Some(self.vocab_size)),
+            ("intermediate_size", Some(self.intermediate_size)),
+            ("num_attention_heads × head_dim", elements(self.num_attention_heads, self.head_dim)),
+            ("num_key_value_heads × head_dim", elements(self.num_key_value_heads, self.head_dim)),
+        ];
+        for (field, rows) in weights {
+            if rows.and_then(|r| elements(r, d)).is_none() {
+                return Err(config_error(
+                    field,
+                    format!("with hidden_size {d} it makes a weight over 2^40 elements, more than any device holds"),
+                ));
+            }
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(config_error(
