@@ -29,7 +29,7 @@ def make_model(out: Path) -> None:
     config = LlamaConfig(
         vocab_size=8192, hidden_size=512, intermediate_size=1376, num_hidden_layers=7,
         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="float32",
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, dtype="float32",
     )
     model = LlamaForCausalLM(config).float()
     model.save_pretrained(out, safe_serialization=True)
@@ -66,7 +66,7 @@ def torch_figures(model_dir: Path, batch: int, seq: int, steps: int) -> dict:
     out = {}
     gen = torch.Generator().manual_seed(7)
     for method in ["lora", "seq_bn"]:
-        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         model.config.use_cache = False
         ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
         if method == "lora":
@@ -79,9 +79,11 @@ def torch_figures(model_dir: Path, batch: int, seq: int, steps: int) -> dict:
             adapters.init(model)
             model.add_adapter("bench", config="seq_bn")
             model.train_adapter("bench")
+            model.set_active_adapters("bench")
         model.train()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         secs = time_steps(model, ids, steps)
-        out[method] = {"step_ms": secs * 1e3, "tokens_per_s": batch * (seq - 1) / secs}
+        out[method] = {"step_ms": secs * 1e3, "tokens_per_s": batch * (seq - 1) / secs, "trainable": trainable}
     a = torch.randn(1024, 1024)
     b = torch.randn(1024, 1024)
     times = []
@@ -122,14 +124,16 @@ def main() -> None:
 
     print(f"model: {args.model_dir}, batch {args.batch} x seq {args.seq}, fp32; PyTorch on {args.threads} CPU threads; "
           f"webpeft on {ours['adapter']['name']} ({ours['adapter']['backend']})")
-    print("| method | PyTorch tokens/s | webpeft f32 tokens/s | webpeft NF4 tokens/s | webpeft f32 / PyTorch |")
-    print("|---|---:|---:|---:|---:|")
+    print("| method | trainable params (PyTorch / webpeft) | PyTorch tokens/s | webpeft f32 tokens/s "
+          "| webpeft NF4 tokens/s | webpeft f32 / PyTorch |")
+    print("|---|---|---:|---:|---:|---:|")
     for method in ["lora", "seq_bn"]:
         mine = {f["quant"]: f for f in ours["train"] if f["method"] == method}
         t = theirs[method]["tokens_per_s"]
         f32, nf4 = mine["f32"]["tokens_per_s"], mine["nf4"]["tokens_per_s"]
         name = "LoRA r16 all-linear" if method == "lora" else "seq_bn"
-        print(f"| {name} | {t:.0f} | {f32:.0f} | {nf4:.0f} | {f32 / t:.3f} |")
+        params = f"{theirs[method]['trainable']:,} / {mine['f32']['adapter_parameters']:,}"
+        print(f"| {name} | {params} | {t:.0f} | {f32:.0f} | {nf4:.0f} | {f32 / t:.3f} |")
     line = f"PyTorch CPU matmul 1024^3: {theirs['matmul_1024_gflops']:.0f} GFLOP/s"
     if args.matmul_gflops:
         line += f"; webpeft f32: {args.matmul_gflops:.1f} GFLOP/s (ratio {args.matmul_gflops / theirs['matmul_1024_gflops']:.3f})"

@@ -72,6 +72,24 @@ fn scalar_path_odd_shapes() {
 }
 
 #[test]
+fn few_rows_path_for_decoding() {
+    // What `gemm` picks for 1–8 rows (a decoding step): tiles of exactly those
+    // rows, vec4 and scalar layouts, odd N and K.
+    for (i, m) in [1usize, 2, 3, 5, 8].into_iter().enumerate() {
+        for (ta, tb) in [(false, true), (false, false)] {
+            let g = Gemm::new(m, 44, 132, ta, tb);
+            let t = Tiles::few_rows(m, ta).expect("few rows");
+            assert!(t.tm as usize >= m && t.tm <= 8 && t.tm % 4 == 0, "{t:?}");
+            run(g, Variant::Tiled(t), 70 + i as u64);
+            run(Gemm::new(m, 37, 29, ta, tb), Variant::Tiled(t), 80 + i as u64);
+            assert_eq!(Variant::tuned(gpu(), &g), Variant::Tiled(t), "gemm picks the few-rows tiles");
+        }
+    }
+    assert_eq!(Tiles::few_rows(9, false), None);
+    assert_eq!(Tiles::few_rows(1, true), None, "Aᵀ loads vec4 along M: not for few rows");
+}
+
+#[test]
 fn naive_kernel_matches() {
     for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
         run(Gemm::new(33, 17, 21, ta, tb), Variant::Naive, 70 + i as u64);

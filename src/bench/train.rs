@@ -59,9 +59,12 @@ pub fn llama_config(vocab: usize, d: usize, inter: usize, layers: usize, heads: 
 }
 
 /// Llama-3.2-1B's shape (V 128,256, D 2048, I 8192, 16 layers, 32 heads, 8
-/// KV heads), untied, as a `config.json`.
+/// KV heads, the lm_head tied to the embedding), as a `config.json`.
 pub fn llama_1b_config() -> String {
-    llama_config(128256, 2048, 8192, 16, 32, 8)
+    let mut c: serde_json::Value =
+        serde_json::from_str(&llama_config(128256, 2048, 8192, 16, 32, 8)).expect("llama_config writes JSON");
+    c["tie_word_embeddings"] = serde_json::Value::Bool(true);
+    c.to_string()
 }
 
 /// The big-model target: NF4, LoRA r 16 on all seven projections,
@@ -120,8 +123,10 @@ pub struct StepSetup {
     pub batch: usize,
     pub seq: usize,
     pub checkpointing: bool,
-    /// Timed steps after one warm-up step; the figure is their median.
+    /// Timed steps; the figure is their median.
     pub steps: usize,
+    /// One untimed step first (pipelines compile in it).
+    pub warmup: bool,
     /// After the timed steps, one more with timestamp queries on every
     /// dispatch, for the per-kernel table (where the device has them).
     pub profile: bool,
@@ -137,12 +142,13 @@ impl StepSetup {
             seq,
             checkpointing: false,
             steps: 3,
+            warmup: true,
             profile: false,
         }
     }
 }
 
-/// Steps of `setup.method` on `files` stored as `setup.quant`: one warm-up
+/// Steps of `setup.method` on `files` stored as `setup.quant`: a warm-up
 /// step, then the median of `setup.steps`.
 pub async fn train_figure(gpu: &Gpu, name: &str, files: &MemoryFiles, setup: &StepSetup) -> Result<TrainFigure> {
     let model = Model::load(gpu, files, setup.quant).await?;
@@ -172,7 +178,9 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
     let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
     let b = Batch { input_ids: ids, labels };
     gpu.reset_peak_memory();
-    trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?; // warm-up: pipelines compile
+    if setup.warmup {
+        trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?; // pipelines compile
+    }
     let mut times = Vec::with_capacity(setup.steps);
     for _ in 0..setup.steps.max(1) {
         let start = Instant::now();

@@ -206,6 +206,18 @@ impl Tiles {
             _ => Tiles { tm: 16, tn: 16, wx: 4, wy: 4 },
         }
     }
+
+    /// Tiles for at most [`Tiles::FEW_ROWS`] rows of A stored untransposed:
+    /// every row in one invocation (4 or 8 rows: the shader module's other
+    /// entry points need TM a multiple of 4), 8 columns each, 32 invocations
+    /// a workgroup. Each output still sums its products in the same order as
+    /// with the big tiles, so the numbers do not change.
+    pub fn few_rows(m: usize, trans_a: bool) -> Option<Tiles> {
+        (m <= Self::FEW_ROWS && !trans_a).then(|| Tiles { tm: if m <= 4 { 4 } else { 8 }, tn: 8, wx: 32, wy: 1 })
+    }
+
+    /// Up to this many rows count as "few" (decoding a batch of prompts).
+    pub const FEW_ROWS: usize = 8;
 }
 
 /// Which kernel runs a [`Gemm`]: the tuned register-tiled one (vec4 when the
@@ -277,8 +289,14 @@ pub fn gemm(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor) ->
 }
 
 impl Variant {
-    /// The kernel `gemm` uses for `g` on `gpu`.
+    /// The kernel `gemm` uses for `g` on `gpu`: for a few rows (a decoding
+    /// step's matrix-vector products), a tile of exactly those rows, since the
+    /// big blocks would compute 16–32 rows to keep one; else the subgroup
+    /// kernel where it runs, else the tuned register tiles.
     pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
+        if let Some(t) = Tiles::few_rows(g.m, g.trans_a) {
+            return Variant::Tiled(t);
+        }
         if subgroups_usable(gpu) && g.vec4_entry().is_some() {
             Variant::Subgroup(SgTiles::tuned(g.trans_a, g.trans_b))
         } else {

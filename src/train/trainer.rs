@@ -18,11 +18,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
-use crate::kernels::cross_entropy::cross_entropy_forward;
 use crate::kernels::elementwise::{copy, fill};
-use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
-use crate::model::llama::loss::chunked_lm_loss_and_grad;
+use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels, Model};
 use crate::peft::adapter::Adapter;
 use crate::train::data::Batch;
@@ -296,7 +294,9 @@ impl Trainer {
         let d = model.config.hidden_size;
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
-        let dxn = chunked_lm_loss_and_grad(rec, &xn.reshape(&[ids.numel(), d])?, &model.lm_head, targets, scale, loss)?;
+        let xn2 = xn.reshape(&[ids.numel(), d])?;
+        let dxn = chunked_lm_loss(rec, &xn2, &model.lm_head, targets, scale, loss, true)?
+            .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, &self.adapter, seed, &self.grads)
     }
 
@@ -327,13 +327,10 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
         if targets.len() != ids.numel() {
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
-        let targets = Tensor::from_slice(gpu, &[targets.len()], &targets)?;
-        let (logits, _) = model.forward_adapted(&mut rec, &ids, adapter, None)?;
-        let rows = ids.numel();
-        let (token_loss, _) = cross_entropy_forward(&mut rec, &logits.reshape(&[rows, vocab])?, &targets)?;
-        let ones = gpu.ones(rows)?.reshape(&[rows, 1])?;
-        let g = Gemm::new(1, 1, rows, false, false).alpha(1.0 / tokens as f32).accumulate(true);
-        gemm(&mut rec, &g, &token_loss, &ones, &sum)?;
+        // The logits in row chunks, as in training: never (B·T, V) at once.
+        let (xn, _) = model.hidden_adapted(&mut rec, &ids, adapter, None)?; // (B, T, D)
+        let xn = xn.reshape(&[ids.numel(), model.config.hidden_size])?;
+        chunked_lm_loss(&mut rec, &xn, &model.lm_head, &targets, 1.0 / tokens as f32, &sum, false)?;
         rec.submit()?;
     }
     let loss = sum.to_vec::<f32>(gpu).await?[0];

@@ -111,15 +111,17 @@ pub fn logits_chunk_rows(vocab: usize, max_binding: u64) -> usize {
 ///
 /// - xn: (M, D), the normed hidden states; targets: (M) i32 on the CPU, −100 ignored
 /// - scale: 1 / (non-ignored targets of the whole accumulated batch)
-/// - loss: (1), added to; returns dxn (M, D)
-pub fn chunked_lm_loss_and_grad(
+/// - loss: (1), added to; returns dxn (M, D) when `grad`, nothing (and no
+///   backward work) for evaluation
+pub fn chunked_lm_loss(
     rec: &mut Recorder,
     xn: &Tensor,
     lm_head: &QWeight,
     targets: &[i32],
     scale: f32,
     loss: &Tensor,
-) -> Result<Tensor> {
+    grad: bool,
+) -> Result<Option<Tensor>> {
     const OP: &str = "chunked_lm_loss";
     let d = lm_head.cols;
     let v = lm_head.rows;
@@ -133,18 +135,17 @@ pub fn chunked_lm_loss_and_grad(
     let gpu = rec.gpu();
     let chunk = logits_chunk_rows(v, gpu.max_binding_bytes()).min(m.max(1));
     // Every chunk overwrites its rows of each: no clearing needed.
-    let dxn = rec.alloc(&[m, d], DType::F32)?;
+    let dxn = if grad { Some(rec.alloc(&[m, d], DType::F32)?) } else { None };
     let x_c = rec.alloc(&[chunk, d], DType::F32)?;
     let logits = rec.alloc(&[chunk, v], DType::F32)?;
-    let dx_c = rec.alloc(&[chunk, d], DType::F32)?;
+    let dx_c = if grad { Some(rec.alloc(&[chunk, d], DType::F32)?) } else { None };
     let ones = gpu.ones(chunk)?.reshape(&[chunk, 1])?;
     let row = d as u64 * 4;
     let mut start = 0;
     while start < m {
         let n = chunk.min(m - start);
         // The last chunk may be shorter: views of the first n rows of each buffer.
-        let (x_n, logits_n, dx_n) =
-            (x_c.reshape_prefix(&[n, d])?, logits.reshape_prefix(&[n, v])?, dx_c.reshape_prefix(&[n, d])?);
+        let (x_n, logits_n) = (x_c.reshape_prefix(&[n, d])?, logits.reshape_prefix(&[n, v])?);
         rec.copy(xn, start as u64 * row, &x_c, 0, n as u64 * row)?;
         fill(rec, &logits_n, 0.0)?;
         qlinear_accumulate(rec, &x_n, lm_head, &logits_n, false)?; // logits_c = x_c·Wᵀ
@@ -152,10 +153,13 @@ pub fn chunked_lm_loss_and_grad(
         let (token_loss, lse) = cross_entropy_forward(rec, &logits_n, &t)?;
         let ones_n = ones.reshape_prefix(&[n, 1])?;
         gemm(rec, &Gemm::new(1, 1, n, false, false).alpha(scale).accumulate(true), &token_loss, &ones_n, loss)?;
-        cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
-        fill(rec, &dx_n, 0.0)?;
-        qlinear_accumulate(rec, &logits_n, lm_head, &dx_n, true)?; // dxn_c = dlogits_c·W
-        rec.copy(&dx_c, 0, &dxn, start as u64 * row, n as u64 * row)?;
+        if let (Some(dxn), Some(dx_c)) = (&dxn, &dx_c) {
+            cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
+            let dx_n = dx_c.reshape_prefix(&[n, d])?;
+            fill(rec, &dx_n, 0.0)?;
+            qlinear_accumulate(rec, &logits_n, lm_head, &dx_n, true)?; // dxn_c = dlogits_c·W
+            rec.copy(dx_c, 0, dxn, start as u64 * row, n as u64 * row)?;
+        }
         start += n;
     }
     Ok(dxn)
