@@ -18,14 +18,6 @@
 // Prelude constants: SR (rows per subgroup, a multiple of 32), TN (columns
 // per lane, a multiple of 4).
 
-// The 8 lanes' copies of `v`, lane l's in slot l (the lane must be a constant).
-fn spread8(v: vec4<f32>) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
-    );
-}
-
 // y = x · Wᵀ, A (M, K) and B (N, K) contiguous along K.
 @compute @workgroup_size(8, 1, 1)
 fn matmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {

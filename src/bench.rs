@@ -125,7 +125,7 @@ pub async fn bench_qmatmul(
     let calls = calls_for(g.flops(), variant == QVariant::Naive);
     let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, backward, variant)).await?;
     Ok(Figure {
-        kernel: format!("{} {}", format.name(), if variant == QVariant::Naive { "naive" } else { "tiled" }),
+        kernel: format!("{} {}", format.name(), qvariant_name(variant)),
         shape: name.into(),
         gflops: g.flops() / secs / 1e9,
         ms_per_call: secs * 1e3,
@@ -138,6 +138,14 @@ fn variant_name(v: Variant) -> String {
         Variant::Scalar(t) => format!("scalar {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
         Variant::Naive => "naive".into(),
         Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
+    }
+}
+
+fn qvariant_name(v: QVariant) -> String {
+    match v {
+        QVariant::Tiled => "tiled".into(),
+        QVariant::Naive => "naive".into(),
+        QVariant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
     }
 }
 
@@ -174,6 +182,9 @@ pub async fn kernel_figures(
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
         for (name, g, backward) in qmatmul_shapes() {
             push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Tiled, repeats).await?, &mut out);
+            if subgroups_usable(gpu) {
+                push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::subgroup(), repeats).await?, &mut out);
+            }
             if with_naive {
                 push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Naive, repeats).await?, &mut out);
             }

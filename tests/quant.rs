@@ -7,6 +7,7 @@ mod common;
 use common::{block_on, gpu, randn};
 use half::f16;
 use webpeft::gpu::Recorder;
+use webpeft::kernels::matmul::{subgroups_usable, SgTiles, Tiles};
 use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, quantize, Packed};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
@@ -142,6 +143,8 @@ fn nf4_matmul_forward_and_backward() {
     check_qmatmul(gpu, 37, 68, 128, QuantFormat::Nf4, QVariant::Tiled, 10); // vec4 path, ragged M and N
     check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, QVariant::Tiled, 11); // blocks span rows: scalar path
     check_qmatmul(gpu, 9, 20, 36, QuantFormat::Nf4, QVariant::Naive, 12);
+    check_qmatmul(gpu, 1, 68, 128, QuantFormat::Nf4, QVariant::Tiled, 13); // decoding: the few-rows tiles
+    check_qmatmul(gpu, 3, 21, 50, QuantFormat::Nf4, QVariant::Tiled, 14);
 }
 
 #[test]
@@ -150,6 +153,78 @@ fn q8_0_matmul_forward_and_backward() {
     check_qmatmul(gpu, 37, 68, 96, QuantFormat::Q8_0, QVariant::Tiled, 20);
     check_qmatmul(gpu, 5, 23, 64, QuantFormat::Q8_0, QVariant::Tiled, 21); // odd rows: scalar backward
     check_qmatmul(gpu, 9, 20, 32, QuantFormat::Q8_0, QVariant::Naive, 22);
+}
+
+/// The subgroup kernels (8-lane subgroups: lavapipe). On other devices the
+/// variant falls back to the tiled kernel, which these cases then check.
+#[test]
+fn subgroup_matmul_forward_and_backward() {
+    let gpu = gpu();
+    let sg = QVariant::subgroup();
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
+        // Ragged M and N: neither a multiple of the 32-row block nor of the
+        // 8·16 columns a subgroup covers (forward N = 68, backward N = 96).
+        check_qmatmul(gpu, 37, 68, 96, format, sg, 60);
+        // Several blocks each way, and the backward's N (160) ragged too.
+        check_qmatmul(gpu, 70, 260, 160, format, sg, 61);
+        // Few rows: still the subgroup kernel when asked for explicitly.
+        check_qmatmul(gpu, 3, 36, 64, format, sg, 62);
+    }
+    // A smaller block with rows a multiple of 8 (not of 32).
+    check_qmatmul(gpu, 45, 52, 128, QuantFormat::Nf4, QVariant::Subgroup(SgTiles { sr: 24, tn: 8 }), 63);
+    // Rows that blocks span (NF4 64-value blocks cross W rows): no vec4
+    // layout, so it falls back to the scalar tiled kernel.
+    check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, sg, 64);
+    // A block over the accumulator limit is refused.
+    let qw = QWeight::from_f32(gpu, &randn(65, 16 * 64), 16, 64, QuantFormat::Nf4).unwrap();
+    let x = Tensor::zeros(gpu, &[16, 64], DType::F32).unwrap();
+    let y = Tensor::zeros(gpu, &[16, 16], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = qgemm_with(&mut rec, &x, &qw, &y, false, QVariant::Subgroup(SgTiles { sr: 64, tn: 16 }));
+    if subgroups_usable(gpu) {
+        assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    }
+}
+
+/// `qlinear` and `qlinear_backward_input` pick the subgroup kernel for many
+/// aligned rows and the few-rows tiles for a few, through weights split into
+/// row chunks too.
+#[test]
+fn qlinear_uses_the_tuned_kernel() {
+    let gpu = gpu();
+    let many = QVariant::tuned(gpu, Tiles::FEW_ROWS + 1, true);
+    assert_eq!(many == QVariant::subgroup(), subgroups_usable(gpu), "{many:?} on {}", gpu.describe());
+    assert_eq!(QVariant::tuned(gpu, Tiles::FEW_ROWS, true), QVariant::Tiled);
+    assert_eq!(QVariant::tuned(gpu, 100, false), QVariant::Tiled);
+    let small =
+        block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
+    for (g, format, m, rows, cols, seed) in [
+        (gpu, QuantFormat::Nf4, 41, 72, 128, 70),
+        (gpu, QuantFormat::Q8_0, 33, 100, 64, 71),
+        (gpu, QuantFormat::Nf4, 5, 72, 128, 72),
+        // 10-row chunks: dy's column offset is aligned in every other one,
+        // so chunks mix the subgroup and the scalar kernel.
+        (&small, QuantFormat::Nf4, 9, 90, 192, 73),
+        (&small, QuantFormat::Q8_0, 9, 90, 128, 74), // 16-row chunks
+    ] {
+        let w = randn(seed, rows * cols);
+        let qw = QWeight::from_f32(g, &w, rows, cols, format).unwrap();
+        let deq = block_on(qw.to_f32(g)).unwrap();
+        let x = randn(seed + 1, m * cols);
+        let dy = randn(seed + 2, m * rows);
+        let mut rec = Recorder::new(g);
+        let y = qlinear(&mut rec, &Tensor::from_slice(g, &[m, cols], &x).unwrap(), &qw).unwrap();
+        let dx = qlinear_backward_input(&mut rec, &Tensor::from_slice(g, &[m, rows], &dy).unwrap(), &qw).unwrap();
+        rec.submit().unwrap();
+        let mut want_y = vec![0.0; m * rows];
+        cpu::matmul(&x, &deq, &mut want_y, m, rows, cols, false, true, false);
+        let mut want_dx = vec![0.0; m * cols];
+        cpu::matmul(&dy, &deq, &mut want_dx, m, cols, rows, false, false, false);
+        let label = format!("qlinear {} {m}x{rows}x{cols} chunks={}", format.name(), qw.chunks.len());
+        let tol = 1e-4 * (cols.max(rows) as f32).sqrt();
+        assert_close(&format!("{label} forward"), &block_on(y.to_vec::<f32>(g)).unwrap(), &want_y, tol, 1e-4);
+        assert_close(&format!("{label} backward"), &block_on(dx.to_vec::<f32>(g)).unwrap(), &want_dx, tol, 1e-4);
+    }
 }
 
 #[test]

@@ -12,9 +12,11 @@ use super::Gpu;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Matmul,
-    /// matmul.wgsl with the subgroup kernels appended (needs Features::SUBGROUP).
+    /// matmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     MatmulSubgroup,
     QMatmul,
+    /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
+    QMatmulSubgroup,
     Quant,
     RmsNorm,
     Rope,
@@ -33,9 +35,20 @@ impl Kernel {
         match self {
             Kernel::Matmul => include_str!("../../shaders/matmul.wgsl"),
             Kernel::MatmulSubgroup => {
-                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/matmul_subgroup.wgsl"))
+                concat!(
+                    include_str!("../../shaders/matmul.wgsl"),
+                    include_str!("../../shaders/subgroup.wgsl"),
+                    include_str!("../../shaders/matmul_subgroup.wgsl")
+                )
             }
             Kernel::QMatmul => include_str!("../../shaders/qmatmul.wgsl"),
+            Kernel::QMatmulSubgroup => {
+                concat!(
+                    include_str!("../../shaders/qmatmul.wgsl"),
+                    include_str!("../../shaders/subgroup.wgsl"),
+                    include_str!("../../shaders/qmatmul_subgroup.wgsl")
+                )
+            }
             Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
             Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
@@ -55,6 +68,7 @@ impl Kernel {
             Kernel::Matmul => "matmul",
             Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::QMatmul => "qmatmul",
+            Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::Quant => "quant",
             Kernel::RmsNorm => "rmsnorm",
             Kernel::Rope => "rope",

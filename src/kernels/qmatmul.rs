@@ -1,5 +1,6 @@
 //! Matmul through a frozen, possibly quantized Linear weight
-//! (`shaders/qmatmul.wgsl`, and `matmul.wgsl` for f32 weights).
+//! (`shaders/qmatmul.wgsl`, its subgroup variants in
+//! `shaders/qmatmul_subgroup.wgsl`, and `matmul.wgsl` for f32 weights).
 //!
 //! A [`QWeight`] is split by rows into chunks that each fit one storage
 //! binding: real browsers bind 128 MiB, and a 128k×2k f32 embedding or
@@ -11,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::matmul::{gemm, Gemm, Tiles};
+use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
@@ -207,17 +208,57 @@ struct Params {
     _pad: u32,
 }
 
-/// Which quantized kernel: the register-tiled one, or the yardstick.
+/// Which quantized kernel: the register-tiled one, the 8-lane subgroup one,
+/// or the yardstick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QVariant {
     Tiled,
     Naive,
+    /// The subgroup kernels (`shaders/qmatmul_subgroup.wgsl`) where the device
+    /// allows them and the layout takes vec4 loads; `Tiled` otherwise. The
+    /// block's rows must be a multiple of 8 here (32 for the f32 kernels).
+    Subgroup(SgTiles),
+}
+
+impl QVariant {
+    /// The subgroup kernels with the tuned block, [`QVariant::SG_TILES`].
+    pub fn subgroup() -> QVariant {
+        QVariant::Subgroup(Self::SG_TILES)
+    }
+
+    /// Block of the quantized subgroup kernels: 32 rows × 16 columns a lane,
+    /// as the f32 ones. In a sweep on lavapipe (NF4 and Q8_0, 1024³ and the
+    /// 512×1376 projections) 32×12, 32×20 and 24×16 were within noise of it;
+    /// 24×24, 16×32, 40×16 and 48×12 were slower, the last two by 2–3×.
+    pub const SG_TILES: SgTiles = SgTiles { sr: 32, tn: 16 };
+
+    /// The kernel the `qlinear*` functions use for `m` rows of x (or dy):
+    /// the subgroup kernel where it runs and the layout is `aligned` for vec4
+    /// loads, except for a few rows (a decoding step), where the tiled
+    /// kernel's few-rows tiles compute only the rows there are.
+    pub fn tuned(gpu: &Gpu, m: usize, aligned: bool) -> QVariant {
+        if subgroups_usable(gpu) && aligned && m > Tiles::FEW_ROWS {
+            Self::subgroup()
+        } else {
+            QVariant::Tiled
+        }
+    }
 }
 
 /// Tiles as the f32 kernels of the same orientation (see `Tiles::tuned`).
-fn tiles(backward: bool) -> Tiles {
-    Tiles::tuned(false, !backward)
+fn tiles(backward: bool, m: usize) -> Tiles {
+    Tiles::few_rows(m, false).unwrap_or_else(|| Tiles::tuned(false, !backward))
 }
+
+/// Whether a chunk's multiply can take the vec4 entries: x rows, the chunk's
+/// offset into them and K aligned to 4, and for dx = dy·W the output columns.
+fn vec4_layout(g: &Gemm, backward: bool) -> bool {
+    g.lda % 4 == 0 && g.a_off % 4 == 0 && g.k % 4 == 0 && (!backward || g.n % 4 == 0)
+}
+
+/// Lanes of a subgroup the subgroup kernels are written for (checked by
+/// `subgroups_usable`).
+const SG_LANES: u32 = 8;
 
 fn qkey(entry: &'static str, q8: bool, forward: bool, t: Tiles) -> PipelineKey {
     PipelineKey::new(Kernel::QMatmul, entry)
@@ -239,9 +280,11 @@ pub fn qgemm_with(
     backward: bool,
     variant: QVariant,
 ) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, variant)
+    qgemm_acc(rec, x, w, out, backward, false, Some(variant))
 }
 
+/// [`qgemm_with`] with `accumulate`, and with `variant` None the kernel
+/// [`QVariant::tuned`] picks for each chunk.
 fn qgemm_acc(
     rec: &mut Recorder,
     x: &Tensor,
@@ -249,7 +292,7 @@ fn qgemm_acc(
     out: &Tensor,
     backward: bool,
     accumulate: bool,
-    variant: QVariant,
+    variant: Option<QVariant>,
 ) -> Result<()> {
     let op = if backward { "linear_backward_input" } else { "linear" };
     x.expect_dtype(op, "x", DType::F32)?;
@@ -282,9 +325,11 @@ fn qgemm_acc(
             g
         };
         g.accumulate = acc;
+        // Chosen per chunk: a chunk's offset into dy decides the alignment.
+        let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), m, vec4_layout(&g, backward)));
         match &chunk.data {
             ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
-            ChunkData::Quant(p) => record_quant(rec, &g, x, p, out, backward, variant)?,
+            ChunkData::Quant(p) => record_quant(rec, &g, x, p, out, backward, v)?,
         }
     }
     Ok(())
@@ -321,12 +366,39 @@ fn record_quant(
         stride_c: 0,
         _pad: 0,
     };
-    let aligned = g.lda % 4 == 0 && g.a_off % 4 == 0 && g.k % 4 == 0 && (!backward || g.n % 4 == 0);
-    let t = tiles(backward);
+    let aligned = vec4_layout(g, backward);
+    let variant = match variant {
+        QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
+        v => v,
+    };
+    let t = tiles(backward, g.m);
     let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
     let bind4 = [(1, x), (2, &p.codes), (3, &p.scales), (4, out)];
     let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
     match variant {
+        QVariant::Subgroup(sg) => {
+            if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
+                return Err(Error::shape(
+                    if backward { "linear_backward_input" } else { "linear" },
+                    format!(
+                        "subgroup block {sg:?}: rows must be a multiple of 8, columns of 4, at most {} outputs per lane",
+                        SgTiles::MAX_OUTPUTS
+                    ),
+                ));
+            }
+            let entry = if backward { "qmatmul_nn_sg" } else { "qmatmul_nt_sg" };
+            // TM, WX and WY only size qmatmul.wgsl's own entries in this module.
+            let key = PipelineKey::new(Kernel::QMatmulSubgroup, entry)
+                .with("Q8", Const::Bool(q8))
+                .with("FORWARD", Const::Bool(!backward))
+                .with("TM", Const::U32(4))
+                .with("TN", Const::U32(sg.tn))
+                .with("WX", Const::U32(SG_LANES))
+                .with("WY", Const::U32(1))
+                .with("SR", Const::U32(sg.sr));
+            let groups = [g.n.div_ceil((SG_LANES * sg.tn) as usize) as u32, g.m.div_ceil(sg.sr as usize) as u32, 1];
+            rec.dispatch_bound(&key, &params, &bind4, groups)
+        }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
             rec.dispatch_bound(&qkey(entry, q8, !backward, t), &params, &bind4, tiled)
@@ -347,7 +419,7 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
         *last = w.rows;
     }
     let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-    qgemm_acc(rec, x, w, &y, false, false, QVariant::Tiled)?;
+    qgemm_acc(rec, x, w, &y, false, false, None)?;
     Ok(y)
 }
 
@@ -358,18 +430,18 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
         *last = w.cols;
     }
     let dx = rec.alloc(&shape, DType::F32)?; // chunk 0 writes, the rest add
-    qgemm_acc(rec, dy, w, &dx, true, false, QVariant::Tiled)?;
+    qgemm_acc(rec, dy, w, &dx, true, false, None)?;
     Ok(dx)
 }
 
 /// out += x·Wᵀ (or dy·W with `backward`): for adding a frozen path into a
 /// tensor that already holds another term.
 pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, true, QVariant::Tiled)
+    qgemm_acc(rec, x, w, out, backward, true, None)
 }
 
 /// out = x·Wᵀ (or dy·W with `backward`) into an existing tensor, its old
 /// contents ignored (so it needs no clearing first).
 pub fn qlinear_write(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, QVariant::Tiled)
+    qgemm_acc(rec, x, w, out, backward, false, None)
 }
