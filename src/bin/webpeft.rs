@@ -131,7 +131,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print matmul GFLOP/s (f32, NF4, Q8_0; tiled and naive) on this machine's adapter.
+    /// Benchmarks as a table or JSON: matmul GFLOP/s (f32, NF4, Q8_0, each kernel), training
+    /// steps (tokens/s, peak GPU bytes), generation (tokens/s) and host peak RSS.
     Bench {
         /// Repeats per figure; the median is printed.
         #[arg(long, default_value_t = 5)]
@@ -157,6 +158,9 @@ enum Command {
         /// all seven projections and seq_bn, on f32 and NF4 bases.
         #[arg(long)]
         train: bool,
+        /// Only time the matmul kernels (no training or generation).
+        #[arg(long, conflicts_with = "train")]
+        kernels: bool,
         /// The model folder to train and generate with; without it, two random
         /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
         #[arg(long)]
@@ -371,6 +375,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             sweep,
             sweep_sg,
             train,
+            kernels,
             model,
             batch,
             seq,
@@ -435,7 +440,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             };
             let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
-            let (train, generate) = bench_train(&gpu, &steps, json).await?;
+            let (train, generate) =
+                if kernels { (Vec::new(), Vec::new()) } else { bench_train(&gpu, &steps, json).await? };
             if json {
                 let out = serde_json::json!({
                     "adapter": gpu.info(), "matmul": figures, "train": train, "generate": generate,
