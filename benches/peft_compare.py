@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--matmul-gflops", type=float, help="webpeft's f32 1024^3 GFLOP/s, from `webpeft bench`")
+    ap.add_argument("--webpeft-json", type=Path, help="use this `webpeft bench --train --json` output instead of running it")
     args = ap.parse_args()
 
     import torch
@@ -119,7 +120,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.make:
         make_model(args.model_dir)
-    ours = webpeft_figures(args.webpeft, args.model_dir, args.batch, args.seq, args.steps)
+    if args.webpeft_json:
+        ours = json.loads(args.webpeft_json.read_text())
+    else:
+        ours = webpeft_figures(args.webpeft, args.model_dir, args.batch, args.seq, args.steps)
     theirs = torch_figures(args.model_dir, args.batch, args.seq, args.steps)
 
     print(f"model: {args.model_dir}, batch {args.batch} x seq {args.seq}, fp32; PyTorch on {args.threads} CPU threads; "
