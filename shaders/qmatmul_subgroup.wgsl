@@ -18,15 +18,20 @@
 // Prelude constants: Q8, SR (rows per subgroup, a multiple of 8), TN (columns
 // per lane, a multiple of 4), and the ones qmatmul.wgsl's own entries need.
 
+// The vec4 index where each row lane `lane` loads starts: rows row0 + 8s +
+// lane of x (or dy), clamped to the last row.
+fn lane_rows(row0: u32, lane: u32) -> array<u32, SR / 8u> {
+    var arow: array<u32, SR / 8u>;
+    for (var s = 0u; s < SR / 8u; s++) { arow[s] = p.a_off / 4u + min(row0 + s * 8u + lane, p.m - 1u) * (p.lda / 4u); }
+    return arow;
+}
+
 // y = x · Wᵀ: x (M, K) and W (N, K) both contiguous along K → y (M, N).
 @compute @workgroup_size(8, 1, 1)
 fn qmatmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let row0 = wid.y * SR;
     let col0 = (wid.x * 8u + lane) * TN;
-    let lda4 = p.lda / 4u;
-    // Lane l loads rows row0 + 8s + l of x.
-    var arow: array<u32, SR / 8u>;
-    for (var s = 0u; s < SR / 8u; s++) { arow[s] = p.a_off / 4u + min(row0 + s * 8u + lane, p.m - 1u) * lda4; }
+    let arow = lane_rows(row0, lane);
     var wrow: array<u32, TN>;  // first flattened element of W row col0 + j
     for (var j = 0u; j < TN; j++) { wrow[j] = min(col0 + j, p.n - 1u) * p.k; }
     var acc: array<array<f32, TN>, SR>;
@@ -54,9 +59,7 @@ fn qmatmul_nt_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invoca
 fn qmatmul_nn_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let row0 = wid.y * SR;
     let col0 = (wid.x * 8u + lane) * TN;
-    let lda4 = p.lda / 4u;
-    var arow: array<u32, SR / 8u>;
-    for (var s = 0u; s < SR / 8u; s++) { arow[s] = p.a_off / 4u + min(row0 + s * 8u + lane, p.m - 1u) * lda4; }
+    let arow = lane_rows(row0, lane);
     var wcol: array<u32, TN / 4u>;  // first of 4 columns of W, clamped to the last whole vec4
     for (var j = 0u; j < TN / 4u; j++) { wcol[j] = min(col0 + j * 4u, p.n - 4u); }
     var acc: array<array<vec4<f32>, TN / 4u>, SR>;

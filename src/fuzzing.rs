@@ -13,8 +13,11 @@ use crate::peft::{lora_modules, BottleneckConfig, LoraConfig};
 use crate::train::chat::{ChatTemplate, Message};
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 
+/// A target's body: must return on any bytes.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its cargo-fuzz binary and corpus folder have.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("safetensors", safetensors),
     ("checkpoint", checkpoint),
     ("config_json", config_json),

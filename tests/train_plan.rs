@@ -65,6 +65,7 @@ fn activations_over_the_binding_limit_do_not_fit_and_logits_are_chunked() {
     let json = llama_1b_config();
     let config = Config::from_json(json.as_bytes()).unwrap();
     let input = llama_1b_plan_input();
+    assert!(config.tie_word_embeddings, "Llama-3.2-1B ties its embedding");
     let plan = plan_memory(&config, &input, 128 << 20);
     // The full logits would be 262 MB; a chunk stays within 16 MiB.
     assert!(plan.fits, "{plan:?}");

@@ -61,10 +61,7 @@ pub fn llama_config(vocab: usize, d: usize, inter: usize, layers: usize, heads: 
 /// Llama-3.2-1B's shape (V 128,256, D 2048, I 8192, 16 layers, 32 heads, 8
 /// KV heads, the lm_head tied to the embedding), as a `config.json`.
 pub fn llama_1b_config() -> String {
-    let mut c: serde_json::Value =
-        serde_json::from_str(&llama_config(128256, 2048, 8192, 16, 32, 8)).expect("llama_config writes JSON");
-    c["tie_word_embeddings"] = serde_json::Value::Bool(true);
-    c.to_string()
+    llama_config(128256, 2048, 8192, 16, 32, 8).replace("\"tie_word_embeddings\":false", "\"tie_word_embeddings\":true")
 }
 
 /// The big-model target: NF4, LoRA r 16 on all seven projections,

@@ -896,27 +896,20 @@ async fn bench_train(
         out!("| model | params | base | method | adapter params | batch×seq | ckpt | ms/step | tokens/s | peak GPU MiB | weights MiB |");
         out!("|---|---:|---|---|---:|---|---|---:|---:|---:|---:|");
     }
-    let (mut train, mut generate) = (Vec::new(), Vec::new());
-    let mut figures = |t: Vec<TrainFigure>, g: Vec<GenerateFigure>| {
-        train.extend(t);
-        generate.extend(g);
-    };
+    let mut out = (Vec::new(), Vec::new());
     match &b.model {
         Some(dir) => {
             let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-            let (t, g) = bench_model(gpu, &name, &DirFiles::new(dir)?, b.batch, b.seq, b, json).await?;
-            figures(t, g);
+            bench_model(gpu, &name, &DirFiles::new(dir)?, (b.batch, b.seq), b, json, &mut out).await?;
         }
         None => {
             let tiny = random_model_files(&llama_config(384, 64, 128, 2, 4, 2), 1)?;
-            let (t, g) = bench_model(gpu, "tiny (V 384, D 64, 2 layers)", &tiny, 4, 64, b, json).await?;
-            figures(t, g);
+            bench_model(gpu, "tiny (V 384, D 64, 2 layers)", &tiny, (4, 64), b, json, &mut out).await?;
             let m29 = random_model_files(&llama_config(8192, 512, 1376, 7, 8, 4), 1)?;
-            let (t, g) = bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, b.batch, b.seq, b, json).await?;
-            figures(t, g);
+            bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, (b.batch, b.seq), b, json, &mut out).await?;
         }
     }
-    Ok((train, generate))
+    Ok(out)
 }
 
 /// The per-kernel table of one profiled step.
@@ -935,12 +928,11 @@ async fn bench_model<F: ModelFiles>(
     gpu: &Gpu,
     name: &str,
     files: &F,
-    batch: usize,
-    seq: usize,
+    (batch, seq): (usize, usize),
     b: &StepsBench,
     json: bool,
-) -> Result<(Vec<TrainFigure>, Vec<GenerateFigure>), Box<dyn std::error::Error>> {
-    let (mut train, mut generate) = (Vec::new(), Vec::new());
+    (train, generate): &mut (Vec<TrainFigure>, Vec<GenerateFigure>),
+) -> Result<(), Box<dyn std::error::Error>> {
     for quant in [QuantFormat::F32, QuantFormat::Nf4] {
         let model = Model::load(gpu, files, quant).await?;
         for method in ["lora", "seq_bn"] {
@@ -987,7 +979,7 @@ async fn bench_model<F: ModelFiles>(
         }
         generate.push(g);
     }
-    Ok((train, generate))
+    Ok(())
 }
 
 /// `webpeft bench --llama-1b`: the memory plan of one NF4 LoRA r 16 step of a

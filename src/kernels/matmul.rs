@@ -213,7 +213,7 @@ impl Tiles {
     /// a workgroup. Each output still sums its products in the same order as
     /// with the big tiles, so the numbers do not change.
     pub fn few_rows(m: usize, trans_a: bool) -> Option<Tiles> {
-        (m <= Self::FEW_ROWS && !trans_a).then(|| Tiles { tm: if m <= 4 { 4 } else { 8 }, tn: 8, wx: 32, wy: 1 })
+        (m <= Self::FEW_ROWS && !trans_a).then_some(Tiles { tm: if m <= 4 { 4 } else { 8 }, tn: 8, wx: 32, wy: 1 })
     }
 
     /// Up to this many rows count as "few" (decoding a batch of prompts).

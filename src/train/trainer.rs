@@ -312,25 +312,22 @@ impl Trainer {
 pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batches: &[Batch]) -> Result<EvalStats> {
     const OP: &str = "evaluate";
     let vocab = model.config.vocab_size;
-    let mut tokens = 0;
-    for b in batches {
-        tokens += shift_labels(&b.labels, vocab)?.1;
-    }
+    let shifted = batches.iter().map(|b| shift_labels(&b.labels, vocab)).collect::<Result<Vec<_>>>()?;
+    let tokens: usize = shifted.iter().map(|(_, n)| n).sum();
     if tokens == 0 {
         return Err(Error::invalid(OP, "the evaluation set has no token with a label"));
     }
     let sum = Tensor::zeros(gpu, &[1], DType::F32)?;
-    for b in batches {
+    for (b, (targets, _)) in batches.iter().zip(&shifted) {
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, &b.input_ids)?;
-        let (targets, _) = shift_labels(&b.labels, vocab)?;
         if targets.len() != ids.numel() {
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
         // The logits in row chunks, as in training: never (B·T, V) at once.
         let (xn, _) = model.hidden_adapted(&mut rec, &ids, adapter, None)?; // (B, T, D)
         let xn = xn.reshape(&[ids.numel(), model.config.hidden_size])?;
-        chunked_lm_loss(&mut rec, &xn, &model.lm_head, &targets, 1.0 / tokens as f32, &sum, false)?;
+        chunked_lm_loss(&mut rec, &xn, &model.lm_head, targets, 1.0 / tokens as f32, &sum, false)?;
         rec.submit()?;
     }
     let loss = sum.to_vec::<f32>(gpu).await?[0];
