@@ -389,6 +389,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if llama_1b {
                 return bench_llama_1b(&gpu, json).await;
             }
+            if batch == 0 || seq < 2 {
+                return Err(
+                    format!("bench: --batch must be at least 1 and --seq at least 2 (got {batch} and {seq})").into()
+                );
+            }
             let steps = StepsBench {
                 model,
                 batch,
