@@ -1,13 +1,17 @@
 //! Causal GQA attention: forward (out and the saved logsumexp) and backward
 //! against the CPU reference, the backward against finite differences of the
-//! reference forward, and the KV-cache forward against the full-sequence one.
+//! reference forward, and the KV-cache forward against the full-sequence one;
+//! each for both kernel variants (the subgroup one where the device has
+//! 8-lane subgroups), on shapes that cut the register tiles at every edge.
 
 mod common;
 mod finite_diff;
 use common::{block_on, gpu, randn};
 use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::attention::{attention_backward, attention_forward, attention_forward_cached, write_kv_cache};
+use webpeft::kernels::attention::{
+    attention_backward, attention_forward, attention_forward_cached, write_kv_cache, Variant,
+};
 use webpeft::kernels::reference::{assert_close, attention as cpu};
 use webpeft::{DType, Error, Tensor};
 
@@ -59,16 +63,18 @@ fn inputs(s: Dims, seed: u64) -> Inputs {
     Inputs { q, k: randn(seed + 1, nkv), v: randn(seed + 2, nkv), dout: randn(seed + 3, nq) }
 }
 
+const VARIANTS: [Variant; 2] = [Variant::Portable, Variant::Subgroup];
+
 /// GPU out, lse, dq, dk, dv in one submit.
-fn run(s: Dims, x: &Inputs) -> [Vec<f32>; 5] {
+fn run(s: Dims, x: &Inputs, variant: Variant) -> [Vec<f32>; 5] {
     let gpu = gpu();
     let tq = Tensor::from_slice(gpu, &s.q(), &x.q).unwrap();
     let tk = Tensor::from_slice(gpu, &s.kv(), &x.k).unwrap();
     let tv = Tensor::from_slice(gpu, &s.kv(), &x.v).unwrap();
     let tdout = Tensor::from_slice(gpu, &s.q(), &x.dout).unwrap();
     let mut rec = Recorder::new(gpu);
-    let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale()).unwrap();
-    let (dq, dk, dv) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale()).unwrap();
+    let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale(), variant).unwrap();
+    let (dq, dk, dv) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale(), variant).unwrap();
     rec.submit().unwrap();
     assert_eq!(lse.shape(), [s.batch, s.hq, s.seq]);
     [&out, &lse, &dq, &dk, &dv].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap())
@@ -96,21 +102,17 @@ fn lse64(s: Dims, q: &[f32], k: &[f32]) -> Vec<f32> {
     lse
 }
 
-#[test]
-fn matches_reference_with_grouped_heads() {
-    for (s, seed) in [
-        (Dims { batch: 2, seq: 13, hq: 6, hkv: 2, d: 20 }, 1),
-        (Dims { batch: 1, seq: 70, hq: 4, hkv: 4, d: 8 }, 2),
-        (Dims { batch: 3, seq: 1, hq: 3, hkv: 1, d: 5 }, 3),
-    ] {
-        let x = inputs(s, seed);
-        let [out, lse, dq, dk, dv] = run(s, &x);
-        let (want_out, probs) = s.reference(&x.q, &x.k, &x.v);
-        let (want_dq, want_dk, want_dv) =
-            cpu::attention_backward(&x.dout, &x.q, &x.k, &x.v, &probs, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
-        let name = format!("B{} T{} H{}/{} D{}", s.batch, s.seq, s.hq, s.hkv, s.d);
+fn check_against_reference(s: Dims, seed: u64) {
+    let x = inputs(s, seed);
+    let (want_out, probs) = s.reference(&x.q, &x.k, &x.v);
+    let (want_dq, want_dk, want_dv) =
+        cpu::attention_backward(&x.dout, &x.q, &x.k, &x.v, &probs, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
+    let want_lse = lse64(s, &x.q, &x.k);
+    for variant in VARIANTS {
+        let [out, lse, dq, dk, dv] = run(s, &x, variant);
+        let name = format!("{variant:?} B{} T{} H{}/{} D{}", s.batch, s.seq, s.hq, s.hkv, s.d);
         assert_close(&format!("{name} out"), &out, &want_out, OUT_ABS, OUT_REL);
-        assert_close(&format!("{name} lse"), &lse, &lse64(s, &x.q, &x.k), OUT_ABS, OUT_REL);
+        assert_close(&format!("{name} lse"), &lse, &want_lse, OUT_ABS, OUT_REL);
         assert_close(&format!("{name} dq"), &dq, &want_dq, GRAD_ABS, GRAD_REL);
         assert_close(&format!("{name} dk"), &dk, &want_dk, GRAD_ABS, GRAD_REL);
         assert_close(&format!("{name} dv"), &dv, &want_dv, GRAD_ABS, GRAD_REL);
@@ -118,55 +120,118 @@ fn matches_reference_with_grouped_heads() {
 }
 
 #[test]
-fn backward_matches_finite_differences() {
-    let s = Dims { batch: 2, seq: 7, hq: 6, hkv: 2, d: 6 };
-    let x = inputs(s, 10);
-    let [_, _, dq, dk, dv] = run(s, &x);
-    let loss = |q: &[f32], k: &[f32], v: &[f32]| dot64(&s.reference(q, k, v).0, &x.dout);
-    let iq = sample(x.q.len(), 40, 11);
-    let num = numeric_grad(&x.q, &iq, 1e-2, |q| loss(q, &x.k, &x.v));
-    assert_close("dq vs finite differences", &gather(&dq, &iq), &num, FD_TOL, FD_TOL);
-    let ik = sample(x.k.len(), 40, 12);
-    let num = numeric_grad(&x.k, &ik, 1e-2, |k| loss(&x.q, k, &x.v));
-    assert_close("dk vs finite differences", &gather(&dk, &ik), &num, FD_TOL, FD_TOL);
-    let num = numeric_grad(&x.v, &ik, 1e-2, |v| loss(&x.q, &x.k, v));
-    assert_close("dv vs finite differences", &gather(&dv, &ik), &num, FD_TOL, FD_TOL);
+fn matches_reference_with_grouped_heads() {
+    for (s, seed) in [
+        (Dims { batch: 2, seq: 13, hq: 6, hkv: 2, d: 20 }, 1),
+        (Dims { batch: 1, seq: 70, hq: 4, hkv: 4, d: 8 }, 2),
+        (Dims { batch: 3, seq: 1, hq: 3, hkv: 1, d: 5 }, 3),
+    ] {
+        check_against_reference(s, seed);
+    }
+}
+
+/// Shapes that cut the tiles (G heads × P positions a query tile, 8 tiles a
+/// subgroup; PK keys a key tile) at their edges: seq not a multiple of P, of
+/// PK or of 8·P, fewer positions than a subgroup holds, kv groups of 1, 2
+/// and 4 heads, and head_dim 64 as in the models (4 rows a tile).
+#[test]
+fn matches_reference_at_tile_edges() {
+    for (s, seed) in [
+        (Dims { batch: 2, seq: 37, hq: 8, hkv: 2, d: 16 }, 4),
+        (Dims { batch: 1, seq: 29, hq: 4, hkv: 2, d: 12 }, 5),
+        (Dims { batch: 2, seq: 19, hq: 8, hkv: 4, d: 64 }, 6),
+        (Dims { batch: 1, seq: 11, hq: 2, hkv: 2, d: 12 }, 7),
+        (Dims { batch: 2, seq: 3, hq: 4, hkv: 1, d: 6 }, 8),
+    ] {
+        check_against_reference(s, seed);
+    }
 }
 
 #[test]
-fn kv_cache_forward_matches_full_sequence() {
+fn backward_matches_finite_differences() {
+    let s = Dims { batch: 2, seq: 7, hq: 6, hkv: 2, d: 6 };
+    let x = inputs(s, 10);
+    let loss = |q: &[f32], k: &[f32], v: &[f32]| dot64(&s.reference(q, k, v).0, &x.dout);
+    let iq = sample(x.q.len(), 40, 11);
+    let num_dq = numeric_grad(&x.q, &iq, 1e-2, |q| loss(q, &x.k, &x.v));
+    let ik = sample(x.k.len(), 40, 12);
+    let num_dk = numeric_grad(&x.k, &ik, 1e-2, |k| loss(&x.q, k, &x.v));
+    let num_dv = numeric_grad(&x.v, &ik, 1e-2, |v| loss(&x.q, &x.k, v));
+    for variant in VARIANTS {
+        let [_, _, dq, dk, dv] = run(s, &x, variant);
+        assert_close(&format!("{variant:?} dq vs finite differences"), &gather(&dq, &iq), &num_dq, FD_TOL, FD_TOL);
+        assert_close(&format!("{variant:?} dk vs finite differences"), &gather(&dk, &ik), &num_dk, FD_TOL, FD_TOL);
+        assert_close(&format!("{variant:?} dv vs finite differences"), &gather(&dv, &ik), &num_dv, FD_TOL, FD_TOL);
+    }
+}
+
+/// Runs `full`'s queries in `segments` (prefill, chunks, single decoding
+/// steps) against a KV cache of `capacity` rows, for both variants, and
+/// compares each with the full-sequence reference.
+fn check_cached(full: Dims, capacity: usize, segments: &[(usize, usize)], seed: u64) {
     let gpu = gpu();
-    // 12 positions in all: a prefill of 7, then 4 more, then one decode step.
-    let full = Dims { batch: 2, seq: 12, hq: 6, hkv: 2, d: 20 };
-    let x = inputs(full, 20);
+    let x = inputs(full, seed);
     let (want, _) = full.reference(&x.q, &x.k, &x.v);
-    let capacity = 17;
     let (hq_row, kv_row) = (full.hq * full.d, full.hkv * full.d);
     let rows = |data: &[f32], width: usize, from: usize, to: usize| -> Vec<f32> {
         (0..full.batch)
             .flat_map(|b| data[(b * full.seq + from) * width..(b * full.seq + to) * width].to_vec())
             .collect()
     };
-    // Caches full of garbage: rows past the current position must never be read.
-    let k_cache =
-        Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(98, full.batch * capacity * kv_row))
-            .unwrap();
-    let v_cache =
-        Tensor::from_slice(gpu, &[full.batch, capacity, full.hkv, full.d], &randn(99, full.batch * capacity * kv_row))
-            .unwrap();
-    for (from, to) in [(0, 7), (7, 11), (11, 12)] {
-        let n = to - from;
-        let q = Tensor::from_slice(gpu, &[full.batch, n, full.hq, full.d], &rows(&x.q, hq_row, from, to)).unwrap();
-        let k = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.k, kv_row, from, to)).unwrap();
-        let v = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.v, kv_row, from, to)).unwrap();
-        let mut rec = Recorder::new(gpu);
-        write_kv_cache(&mut rec, &k, &k_cache, from).unwrap();
-        write_kv_cache(&mut rec, &v, &v_cache, from).unwrap();
-        let out = attention_forward_cached(&mut rec, &q, &k_cache, &v_cache, from, full.scale()).unwrap();
-        rec.submit().unwrap();
-        let got: Vec<f32> = block_on(out.to_vec(gpu)).unwrap();
-        assert_close(&format!("cached positions {from}..{to}"), &got, &rows(&want, hq_row, from, to), OUT_ABS, OUT_REL);
+    let cache_shape = [full.batch, capacity, full.hkv, full.d];
+    for variant in VARIANTS {
+        // Caches full of garbage: rows past the current position must never be read.
+        let k_cache = Tensor::from_slice(gpu, &cache_shape, &randn(98, full.batch * capacity * kv_row)).unwrap();
+        let v_cache = Tensor::from_slice(gpu, &cache_shape, &randn(99, full.batch * capacity * kv_row)).unwrap();
+        for &(from, to) in segments {
+            let n = to - from;
+            let q = Tensor::from_slice(gpu, &[full.batch, n, full.hq, full.d], &rows(&x.q, hq_row, from, to)).unwrap();
+            let k = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.k, kv_row, from, to)).unwrap();
+            let v = Tensor::from_slice(gpu, &[full.batch, n, full.hkv, full.d], &rows(&x.v, kv_row, from, to)).unwrap();
+            let mut rec = Recorder::new(gpu);
+            write_kv_cache(&mut rec, &k, &k_cache, from).unwrap();
+            write_kv_cache(&mut rec, &v, &v_cache, from).unwrap();
+            let out = attention_forward_cached(&mut rec, &q, &k_cache, &v_cache, from, full.scale(), variant).unwrap();
+            rec.submit().unwrap();
+            let got: Vec<f32> = block_on(out.to_vec(gpu)).unwrap();
+            let name = format!("{variant:?} H{}/{} D{} cached positions {from}..{to}", full.hq, full.hkv, full.d);
+            assert_close(&name, &got, &rows(&want, hq_row, from, to), OUT_ABS, OUT_REL);
+        }
     }
+}
+
+#[test]
+fn kv_cache_forward_matches_full_sequence() {
+    // 12 positions in all: a prefill of 7, then 4 more, then one decode step.
+    check_cached(Dims { batch: 2, seq: 12, hq: 6, hkv: 2, d: 20 }, 17, &[(0, 7), (7, 11), (11, 12)], 20);
+    // A prefill that fills a subgroup, decoding steps (seq 1) and a chunk of
+    // 10, with kv groups of 4 and of 1 head.
+    let steps = [(0, 9), (9, 10), (10, 11), (11, 21)];
+    check_cached(Dims { batch: 2, seq: 21, hq: 8, hkv: 2, d: 16 }, 24, &steps, 21);
+    check_cached(Dims { batch: 1, seq: 6, hq: 4, hkv: 4, d: 64 }, 8, &[(0, 5), (5, 6)], 22);
+}
+
+/// The default entry points pick the subgroup kernels for training-sized
+/// sequences where they run, the portable ones for decoding; both agree.
+#[test]
+fn default_variant_matches_reference() {
+    let gpu = gpu();
+    let s = Dims { batch: 1, seq: 16, hq: 4, hkv: 2, d: 8 };
+    let x = inputs(s, 30);
+    let tq = Tensor::from_slice(gpu, &s.q(), &x.q).unwrap();
+    let tk = Tensor::from_slice(gpu, &s.kv(), &x.k).unwrap();
+    let tv = Tensor::from_slice(gpu, &s.kv(), &x.v).unwrap();
+    let tdout = Tensor::from_slice(gpu, &s.q(), &x.dout).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale(), Variant::Auto).unwrap();
+    let (dq, _, _) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale(), Variant::Auto).unwrap();
+    let cached = attention_forward_cached(&mut rec, &tq, &tk, &tv, 0, s.scale(), Variant::Auto).unwrap();
+    rec.submit().unwrap();
+    let [out, dq, cached] = [&out, &dq, &cached].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap());
+    let [want_out, _, want_dq, _, _] = run(s, &x, Variant::Portable);
+    assert_close("default out", &out, &want_out, OUT_ABS, OUT_REL);
+    assert_close("default dq", &dq, &want_dq, GRAD_ABS, GRAD_REL);
+    assert_close("default cached", &cached, &want_out, OUT_ABS, OUT_REL);
 }
 
 #[test]
@@ -175,25 +240,32 @@ fn bad_arguments_are_typed_errors() {
     let mut rec = Recorder::new(gpu);
     let t = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32).unwrap();
     let (q, k) = (t(&[1, 5, 6, 8]), t(&[1, 5, 2, 8]));
-    let err = attention_forward(&mut rec, &q, &t(&[1, 5, 4, 8]), &t(&[1, 5, 4, 8]), 0.3).unwrap_err();
+    let err = attention_forward(&mut rec, &q, &t(&[1, 5, 4, 8]), &t(&[1, 5, 4, 8]), 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "attention_forward", .. }), "{err}");
-    let err = attention_forward(&mut rec, &q, &k, &t(&[1, 5, 2, 7]), 0.3).unwrap_err();
+    let err = attention_forward(&mut rec, &q, &k, &t(&[1, 5, 2, 7]), 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
-    let err = attention_forward(&mut rec, &q, &t(&[1, 6, 2, 8]), &t(&[1, 6, 2, 8]), 0.3).unwrap_err();
+    let err = attention_forward(&mut rec, &q, &t(&[1, 6, 2, 8]), &t(&[1, 6, 2, 8]), 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
-    let err =
-        attention_forward(&mut rec, &Tensor::zeros(gpu, &[1, 5, 6, 8], DType::U32).unwrap(), &k, &k, 0.3).unwrap_err();
+    let err = attention_forward(
+        &mut rec,
+        &Tensor::zeros(gpu, &[1, 5, 6, 8], DType::U32).unwrap(),
+        &k,
+        &k,
+        0.3,
+        Variant::Auto,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::DType { arg: "q", expected: "f32", got: "u32", .. }), "{err}");
-    let err = attention_backward(&mut rec, &q, &q, &k, &k, &q, &t(&[1, 6, 4]), 0.3).unwrap_err();
+    let err = attention_backward(&mut rec, &q, &q, &k, &k, &q, &t(&[1, 6, 4]), 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "attention_backward", .. }), "{err}");
     // Positions 6..11 do not fit a cache of 10.
     let cache = t(&[1, 10, 2, 8]);
-    let err = attention_forward_cached(&mut rec, &q, &cache, &cache, 6, 0.3).unwrap_err();
+    let err = attention_forward_cached(&mut rec, &q, &cache, &cache, 6, 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "attention_forward_cached", .. }), "{err}");
     let err = write_kv_cache(&mut rec, &k, &cache, 6).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "write_kv_cache", .. }), "{err}");
     let wide = t(&[1, 5, 1, MAX + 1]);
-    let err = attention_forward(&mut rec, &t(&[1, 5, 1, MAX + 1]), &wide, &wide, 0.3).unwrap_err();
+    let err = attention_forward(&mut rec, &t(&[1, 5, 1, MAX + 1]), &wide, &wide, 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     assert!(rec.is_empty());
 }

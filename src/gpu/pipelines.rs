@@ -23,6 +23,8 @@ pub enum Kernel {
     SwiGlu,
     Softmax,
     Attention,
+    /// attention.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
+    AttentionSubgroup,
     Embedding,
     Elementwise,
     CrossEntropy,
@@ -55,6 +57,13 @@ impl Kernel {
             Kernel::SwiGlu => include_str!("../../shaders/swiglu.wgsl"),
             Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::AttentionSubgroup => {
+                concat!(
+                    include_str!("../../shaders/attention.wgsl"),
+                    include_str!("../../shaders/subgroup.wgsl"),
+                    include_str!("../../shaders/attention_subgroup.wgsl")
+                )
+            }
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Kernel::CrossEntropy => include_str!("../../shaders/cross_entropy.wgsl"),
@@ -75,6 +84,7 @@ impl Kernel {
             Kernel::SwiGlu => "swiglu",
             Kernel::Softmax => "softmax",
             Kernel::Attention => "attention",
+            Kernel::AttentionSubgroup => "attention_subgroup",
             Kernel::Embedding => "embedding",
             Kernel::Elementwise => "elementwise",
             Kernel::CrossEntropy => "cross_entropy",

@@ -8,18 +8,59 @@
 //! over the binding limit at T = 2048). The backward recomputes the
 //! probabilities from q, k and lse; it also needs v, the forward's `out` and
 //! `dout`, and makes one (batch, n_heads, seq) scratch tensor.
+//!
+//! Speed: each invocation holds a register tile of several query rows (or
+//! key rows, for dk and dv) and every k, v, q or dout row it loads, as vec4s,
+//! serves the whole tile; a head_dim that is not a multiple of 4 runs
+//! zero-padded. Where the device has 8-lane subgroups (lavapipe), the
+//! subgroup kernels also share each loaded row between the 8 lanes; they need
+//! a sequence that fills the lanes, so decoding keeps the portable kernels.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::checks::{all_f32, dims, same_shape, u32_count};
 use super::grid_1d;
+use super::matmul::subgroups_usable;
 use crate::error::{Error, Result};
-use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
 const WG: u32 = 64;
-/// The largest head_dim: each invocation holds up to four head_dim vectors in
-/// registers.
+/// Lanes of the subgroups the subgroup kernels are written for.
+const SG_WIDTH: u32 = 8;
+/// The largest head_dim (a tile of one row then holds 64 vec4s an array).
 pub const MAX_HEAD_DIM: usize = 256;
+/// Rows × head_dim / 4 of an invocation's register tile. Each invocation
+/// holds two to four such arrays (q and the output sums; q, dout and dq; or
+/// k, v, dk and dv). lavapipe's compiler unrolls a loop nest over one only up
+/// to about 800 operations, and its compile time grows steeply with the
+/// arrays: 64 is 4 rows at head_dim 64, 2 at 128, and compiles in seconds.
+const TILE_VEC4S: usize = 64;
+
+/// Which attention kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The subgroup kernels where they run and the queries fill a subgroup's
+    /// lanes (training, prefill); else the portable ones (decoding).
+    Auto,
+    /// `shaders/attention.wgsl`: register tiles and vec4 loads; runs everywhere.
+    Portable,
+    /// `shaders/attention_subgroup.wgsl`: the 8 lanes of a subgroup share
+    /// every row they load (native only, 8-lane subgroups: lavapipe).
+    Subgroup,
+}
+
+impl Variant {
+    /// The kernels that run for `tq` queries: `self`, or the portable ones
+    /// where subgroup ones cannot run.
+    fn on(self, gpu: &Gpu, tq: u32) -> Variant {
+        let subgroups = subgroups_usable(gpu);
+        match self {
+            Variant::Auto if subgroups && tq >= SG_WIDTH => Variant::Subgroup,
+            Variant::Subgroup if subgroups => Variant::Subgroup,
+            _ => Variant::Portable,
+        }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -62,8 +103,10 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
     if !scale.is_finite() {
         return Err(Error::invalid(op, format!("scale must be finite, got {scale}")));
     }
-    u32_count(op, "q's element count", q.numel())?;
-    u32_count(op, "k's element count", k.numel())?;
+    // Counted as head_dim padded to a multiple of 4, as the kernels run it.
+    let padded = d.next_multiple_of(4);
+    u32_count(op, "q's element count", q.numel() / d * padded)?;
+    u32_count(op, "k's element count", k.numel() / d * padded)?;
     Ok(Params {
         batch: batch as u32,
         tq: tq as u32,
@@ -76,16 +119,112 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
     })
 }
 
-fn key(entry: &'static str, head_dim: usize) -> PipelineKey {
-    PipelineKey::new(Kernel::Attention, entry).with("WG", Const::U32(WG)).with("D", Const::U32(head_dim as u32))
+/// A launch's kernels and register tiles (see `shaders/attention.wgsl`): G
+/// query heads of one kv group × P positions per forward or dq invocation, PK
+/// key rows per dkv invocation. Heads first: they share every key without a
+/// causal edge. The subgroup kernels give each of 8 lanes such a tile.
+#[derive(Clone, Copy)]
+struct Launch {
+    variant: Variant, // Portable or Subgroup, as resolved for the device
+    d4: u32,
+    g: u32,
+    p: u32,
+    pk: u32,
 }
 
-fn forward(rec: &mut Recorder, q: &Tensor, k: &Tensor, v: &Tensor, p: &Params) -> Result<(Tensor, Tensor)> {
+impl Launch {
+    fn new(gpu: &Gpu, variant: Variant, p: &Params, head_dim: usize) -> Launch {
+        let d4 = head_dim.div_ceil(4);
+        let rows = (TILE_VEC4S / d4).clamp(1, 8);
+        let group = (p.hq / p.hkv) as usize;
+        let g = (1..=rows.min(group)).rev().find(|g| group % g == 0).unwrap_or(1);
+        // Powers of two, so that generation's few sequence lengths share pipelines.
+        let positions = (rows / g).min((p.tq as usize).next_power_of_two()).max(1);
+        let pk = rows.min((p.tkv as usize).next_power_of_two());
+        Launch { variant: variant.on(gpu, p.tq), d4: d4 as u32, g: g as u32, p: positions as u32, pk: pk as u32 }
+    }
+
+    fn key(&self, entry: &'static str) -> PipelineKey {
+        let (kernel, entry) = match (self.variant, entry) {
+            (Variant::Subgroup, "attention_forward") => (Kernel::AttentionSubgroup, "attention_forward_sg"),
+            (Variant::Subgroup, "attention_backward_dq") => (Kernel::AttentionSubgroup, "attention_backward_dq_sg"),
+            (Variant::Subgroup, "attention_backward_dkv") => (Kernel::AttentionSubgroup, "attention_backward_dkv_sg"),
+            _ => (Kernel::Attention, entry),
+        };
+        PipelineKey::new(kernel, entry)
+            .with("WG", Const::U32(WG))
+            .with("D4", Const::U32(self.d4))
+            .with("G", Const::U32(self.g))
+            .with("P", Const::U32(self.p))
+            .with("PK", Const::U32(self.pk))
+    }
+
+    /// The grid of the forward and of attention_backward_dq.
+    fn query_grid(&self, p: &Params) -> [u32; 3] {
+        let chunks = (p.batch * (p.hq / self.g)) as usize;
+        match self.variant {
+            Variant::Subgroup => grid_1d(chunks * p.tq.div_ceil(SG_WIDTH * self.p) as usize),
+            _ => grid_1d((chunks * p.tq.div_ceil(self.p) as usize).div_ceil(WG as usize)),
+        }
+    }
+
+    /// The grid of attention_backward_dkv.
+    fn key_grid(&self, p: &Params) -> [u32; 3] {
+        let heads = (p.batch * p.hkv) as usize;
+        match self.variant {
+            Variant::Subgroup => grid_1d(heads * p.tkv.div_ceil(SG_WIDTH * self.pk) as usize),
+            _ => grid_1d((heads * p.tkv.div_ceil(self.pk) as usize).div_ceil(WG as usize)),
+        }
+    }
+}
+
+/// `x` (…, d) with its last dimension copied into width `to`: zero columns
+/// appended, or trailing ones dropped. The kernels load head_dim in vec4s; a
+/// head_dim that is not a multiple of 4 runs zero-padded.
+fn repad(rec: &mut Recorder, launch: &Launch, x: &Tensor, to: usize) -> Result<Tensor> {
+    let (rows, from) = (x.numel() / x.shape()[3], x.shape()[3]);
+    let mut shape = x.shape().to_vec();
+    shape[3] = to;
+    let y = rec.alloc(&shape, DType::F32)?;
+    let p = Params { batch: rows as u32, tq: from as u32, tkv: to as u32, ..Params::zeroed() };
+    let portable = Launch { variant: Variant::Portable, ..*launch };
+    let groups = grid_1d((rows * to).div_ceil(WG as usize));
+    rec.dispatch_bound(&portable.key("attention_repad"), &p, &[(14, x), (15, &y)], groups)?;
+    Ok(y)
+}
+
+fn forward(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Params,
+    variant: Variant,
+) -> Result<(Tensor, Tensor)> {
+    let d = q.shape()[3];
+    let launch = Launch::new(rec.gpu(), variant, p, d);
+    let padded = launch.d4 as usize * 4;
+    if padded != d {
+        let (qp, kp, vp) =
+            (repad(rec, &launch, q, padded)?, repad(rec, &launch, k, padded)?, repad(rec, &launch, v, padded)?);
+        let (out, lse) = forward_vec4(rec, &launch, &qp, &kp, &vp, p)?;
+        return Ok((repad(rec, &launch, &out, d)?, lse));
+    }
+    forward_vec4(rec, &launch, q, k, v, p)
+}
+
+fn forward_vec4(
+    rec: &mut Recorder,
+    launch: &Launch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &Params,
+) -> Result<(Tensor, Tensor)> {
     let out = rec.alloc(q.shape(), DType::F32)?;
     let lse = rec.alloc(&[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
-    let rows = (p.batch * p.hq * p.tq) as usize;
     let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse)];
-    rec.dispatch_bound(&key("attention_forward", q.shape()[3]), p, &bound, grid_1d(rows.div_ceil(WG as usize)))?;
+    rec.dispatch_bound(&launch.key("attention_forward"), p, &bound, launch.query_grid(p))?;
     Ok((out, lse))
 }
 
@@ -96,26 +235,29 @@ fn forward(rec: &mut Recorder, q: &Tensor, k: &Tensor, v: &Tensor, p: &Params) -
 /// - scale: usually `1 / sqrt(head_dim)`
 /// - out: (batch, seq, n_heads, head_dim)
 /// - lse: (batch, n_heads, seq), logsumexp of each row of scaled scores; saved for backward
+/// - variant: which kernels; [`Variant::Auto`] picks, and the subgroup ones
+///   fall back to the portable ones where they cannot run
 pub fn attention_forward(
     rec: &mut Recorder,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f32,
+    variant: Variant,
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention_forward";
     let p = check(OP, q, k, v, 0, scale)?;
     if p.tkv != p.tq {
         return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
     }
-    forward(rec, q, k, v, &p)
+    forward(rec, q, k, v, &p, variant)
 }
 
 /// Returns `(dq, dk, dv)` for `dout`, given the forward's inputs, its `out`
 /// and `lse`; dk and dv are summed over the query heads sharing each kv head.
 ///
 /// - dout, out: (batch, seq, n_heads, head_dim); lse: (batch, n_heads, seq)
-/// - q, k, v, scale: as given to [`attention_forward`]
+/// - q, k, v, scale, variant: as given to [`attention_forward`]
 /// - dq: (batch, seq, n_heads, head_dim); dk, dv: (batch, seq, n_kv_heads, head_dim)
 #[allow(clippy::too_many_arguments)] // the backward needs everything the forward had, and more
 pub fn attention_backward(
@@ -127,6 +269,7 @@ pub fn attention_backward(
     out: &Tensor,
     lse: &Tensor,
     scale: f32,
+    variant: Variant,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_backward";
     let p = check(OP, q, k, v, 0, scale)?;
@@ -140,18 +283,31 @@ pub fn attention_backward(
     if lse.shape() != lse_shape {
         return Err(Error::shape(OP, format!("lse {:?} must be {lse_shape:?} (batch, n_heads, seq)", lse.shape())));
     }
+    let d = q.shape()[3];
+    let launch = Launch::new(rec.gpu(), variant, &p, d);
+    let padded = launch.d4 as usize * 4;
+    if padded != d {
+        let mut pad = |x: &Tensor| repad(rec, &launch, x, padded);
+        let (dp, qp, kp, vp, op) = (pad(dout)?, pad(q)?, pad(k)?, pad(v)?, pad(out)?);
+        let [dq, dk, dv] = backward_vec4(rec, &launch, [&dp, &qp, &kp, &vp, &op, lse], &p)?;
+        return Ok((repad(rec, &launch, &dq, d)?, repad(rec, &launch, &dk, d)?, repad(rec, &launch, &dv, d)?));
+    }
+    let [dq, dk, dv] = backward_vec4(rec, &launch, [dout, q, k, v, out, lse], &p)?;
+    Ok((dq, dk, dv))
+}
+
+/// `[dq, dk, dv]` from `[dout, q, k, v, out, lse]`, head_dim a multiple of 4.
+fn backward_vec4(rec: &mut Recorder, launch: &Launch, inputs: [&Tensor; 6], p: &Params) -> Result<[Tensor; 3]> {
+    let [dout, q, k, v, out, lse] = inputs;
     let dq = rec.alloc(q.shape(), DType::F32)?;
     let dk = rec.alloc(k.shape(), DType::F32)?;
     let dv = rec.alloc(v.shape(), DType::F32)?;
-    let delta = rec.alloc(&lse_shape, DType::F32)?;
-    let d = q.shape()[3];
-    let q_rows = (p.batch * p.hq * p.tq) as usize;
+    let delta = rec.alloc(lse.shape(), DType::F32)?;
     let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta)];
-    rec.dispatch_bound(&key("attention_backward_dq", d), &p, &bound, grid_1d(q_rows.div_ceil(WG as usize)))?;
-    let kv_rows = (p.batch * p.hkv * p.tkv) as usize;
+    rec.dispatch_bound(&launch.key("attention_backward_dq"), p, &bound, launch.query_grid(p))?;
     let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv)];
-    rec.dispatch_bound(&key("attention_backward_dkv", d), &p, &bound, grid_1d(kv_rows.div_ceil(WG as usize)))?;
-    Ok((dq, dk, dv))
+    rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &bound, launch.key_grid(p))?;
+    Ok([dq, dk, dv])
 }
 
 /// Attention for generation: queries at positions `offset .. offset + seq`
@@ -161,6 +317,9 @@ pub fn attention_backward(
 /// - q: (batch, seq, n_heads, head_dim)
 /// - k_cache, v_cache: (batch, capacity, n_kv_heads, head_dim), capacity ≥ offset + seq
 /// - out: (batch, seq, n_heads, head_dim)
+///
+/// A head_dim that is not a multiple of 4 copies the whole cache, zero-padded,
+/// at every call.
 pub fn attention_forward_cached(
     rec: &mut Recorder,
     q: &Tensor,
@@ -168,9 +327,10 @@ pub fn attention_forward_cached(
     v_cache: &Tensor,
     offset: usize,
     scale: f32,
+    variant: Variant,
 ) -> Result<Tensor> {
     let p = check("attention_forward_cached", q, k_cache, v_cache, offset, scale)?;
-    Ok(forward(rec, q, k_cache, v_cache, &p)?.0)
+    Ok(forward(rec, q, k_cache, v_cache, &p, variant)?.0)
 }
 
 /// Copies `new` (batch, seq, n_kv_heads, head_dim) into rows

@@ -19,7 +19,7 @@
 use super::rope::RopeTables;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::kernels::attention::{attention_backward, attention_forward};
+use crate::kernels::attention::{attention_backward, attention_forward, Variant};
 use crate::kernels::elementwise::add;
 use crate::kernels::elementwise::copy;
 use crate::kernels::matmul::{gemm, Gemm};
@@ -310,7 +310,7 @@ impl Attention {
         let v = v.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, 0)?;
         rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, 0)?;
-        let (out, lse) = attention_forward(rec, &q, &k, &v, self.scaling)?; // (B, T, H, hd), (B, H, T)
+        let (out, lse) = attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?; // (B, T, H, hd), (B, H, T)
         let (y, lo) = self.o_proj.forward_lora(rec, &out.reshape(&[b, t, h * hd])?, ad.lora(proj::O))?;
         Ok((y, AttentionSaved { q, k, v, out, lse, lora: [lq, lk, lv, lo] }))
     }
@@ -330,8 +330,17 @@ impl Attention {
         let dout = rec.alloc(&[m, h * hd], DType::F32)?;
         self.o_proj.backward(rec, dy, lora_backward_args(ad, grads, &saved.lora[3], proj::O)?, &dout, true)?;
         let dout = dout.reshape(&[b, t, h, hd])?;
-        let (dq, dk, dv) =
-            attention_backward(rec, &dout, &saved.q, &saved.k, &saved.v, &saved.out, &saved.lse, self.scaling)?;
+        let (dq, dk, dv) = attention_backward(
+            rec,
+            &dout,
+            &saved.q,
+            &saved.k,
+            &saved.v,
+            &saved.out,
+            &saved.lse,
+            self.scaling,
+            Variant::Auto,
+        )?;
         rope_backward_inplace(rec, &dq, &rope.cos, &rope.sin, 0)?;
         rope_backward_inplace(rec, &dk, &rope.cos, &rope.sin, 0)?;
         let kv = self.num_key_value_heads;

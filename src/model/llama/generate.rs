@@ -18,7 +18,7 @@ use super::rope::RopeTables;
 use super::{f32_chunks, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::attention::{attention_forward_cached, write_kv_cache};
+use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::embedding::embedding_chunked;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::rope::rope_forward_inplace;
@@ -92,7 +92,7 @@ impl Attention {
         rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, offset)?;
         write_kv_cache(rec, &k, k_cache, offset)?;
         write_kv_cache(rec, &v, v_cache, offset)?;
-        let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling)?; // (B, T, H, hd)
+        let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
         Ok(self.o_proj.forward_lora(rec, &out.reshape(&[b, t, h * hd])?, ad.lora(proj::O))?.0)
     }
 }
