@@ -4,14 +4,20 @@
 //   qmatmul_nt   y  = x · Wᵀ     x (M, K), W (N, K) → y (M, N)     forward
 //   qmatmul_nn   dx = dy · W     dy (M, N), W (N, K) → dx (M, K)   backward to the input
 //
-// W is NF4 (Q8 = false) or Q8_0 (Q8 = true), laid out as shaders/quant.wgsl
-// describes. Dequantised values are exactly level·absmax (NF4) and q·d (Q8_0),
-// the same products quant.wgsl's dequantize entries write.
+// W is NF4, Q8_0 or f16 (FORMAT), laid out as shaders/quant.wgsl describes.
+// Dequantised values are exactly level·absmax (NF4), q·d (Q8_0) and the f16
+// value itself, the same values quant.wgsl's dequantize entries write.
+// f16 weights are widened with unpack2x16float, which every WebGPU device has;
+// products and sums are f32 in every format.
 // Register tiling as in matmul.wgsl: each invocation owns a TM×TN block and
 // decodes 4 consecutive weights per 32-bit load. The vec4 entries need K and
 // the x rows aligned to 4 (real models always are); `qmatmul_scalar` takes any
 // shape, and `qmatmul_naive` is the benchmark's yardstick.
-// Prelude constants: Q8, TM, TN, WX, WY, and for the scalar kernels FORWARD.
+// Prelude constants: FORMAT, TM, TN, WX, WY, and for the scalar kernels FORWARD.
+
+const NF4: u32 = 0u;
+const Q8_0: u32 = 1u;
+const F16: u32 = 2u;
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -27,8 +33,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;  // x (M, K) or dy (M, N), vec4 along rows
-@group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8, (N, K) flattened
-@group(0) @binding(3) var<storage, read> ws: array<u32>;        // NF4 absmax bits (N·K/64) | Q8_0 f16 scale pairs
+@group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8 | f16 pairs, (N, K) flattened
+@group(0) @binding(3) var<storage, read> ws: array<u32>;        // NF4 absmax bits (N·K/64) | Q8_0 f16 scale pairs | f16: wq again
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;   // y (M, ldc) or dx (M, ldc)
 @group(0) @binding(5) var<storage, read> a: array<f32>;         // scalar view of x / dy
 
@@ -40,7 +46,10 @@ var<private> NF4_LEVELS: array<f32, 16> = array<f32, 16>(
 
 // Four consecutive weights starting at flattened element e (e % 4 == 0).
 fn w4(e: u32) -> vec4<f32> {
-    if (Q8) {
+    if (FORMAT == F16) {
+        return vec4<f32>(unpack2x16float(wq[e >> 1u]), unpack2x16float(wq[(e >> 1u) + 1u]));
+    }
+    if (FORMAT == Q8_0) {
         let word = bitcast<i32>(wq[e >> 2u]);
         let block = e >> 5u;
         let d = unpack2x16float(ws[block >> 1u])[block & 1u];
@@ -57,7 +66,10 @@ fn w4(e: u32) -> vec4<f32> {
 
 // One weight at flattened element e.
 fn w1(e: u32) -> f32 {
-    if (Q8) {
+    if (FORMAT == F16) {
+        return unpack2x16float(wq[e >> 1u])[e & 1u];
+    }
+    if (FORMAT == Q8_0) {
         let q = extractBits(bitcast<i32>(wq[e >> 2u]), (e & 3u) * 8u, 8u);
         let block = e >> 5u;
         return f32(q) * unpack2x16float(ws[block >> 1u])[block & 1u];

@@ -15,7 +15,7 @@
 // loads and guarded for stores. Same layout rules as the vec4 entries of
 // qmatmul.wgsl: K and the x rows aligned to 4, and for qmatmul_nn_sg N too.
 //
-// Prelude constants: Q8, SR (rows per subgroup, a multiple of 8), TN (columns
+// Prelude constants: FORMAT, SR (rows per subgroup, a multiple of 8), TN (columns
 // per lane, a multiple of 4), and the ones qmatmul.wgsl's own entries need.
 
 // The vec4 index where each row lane `lane` loads starts: rows row0 + 8s +

@@ -1,5 +1,6 @@
-// NF4 and Q8_0: quantize and dequantize, bit-exact with bitsandbytes (NF4) and
-// ggml (Q8_0) as ../shared/FORMATS.md states them.
+// NF4, Q8_0 and f16: quantize and dequantize, bit-exact with bitsandbytes
+// (NF4), ggml (Q8_0) and IEEE round-to-nearest-even (f16, as torch's .half())
+// as ../shared/FORMATS.md states them.
 //
 // GPU layouts (the CPU formats in src/quant/ split the same way):
 //   NF4   codes  array<u32>: byte i of the packed codes is byte i%4 of word i/4;
@@ -8,6 +9,8 @@
 //   Q8_0  qs     array<u32>: int8 value e is byte e%4 of word e/4.
 //         scales array<u32>: the f16 scale of block b (32 elements) is half b%2
 //                           (low half first) of word b/2.
+//   f16   codes  array<u32>: element e is half e%2 (low half first) of word e/2;
+//                           no scales.
 //
 // WGSL only promises correctly rounded +, − and ×; its division may be off by
 // 2.5 ulp and its f32→f16 conversion may round either way. Both formats depend
@@ -23,7 +26,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;               // (len)
-@group(0) @binding(2) var<storage, read_write> codes: array<u32>;     // NF4 (ceil(len/8)) | Q8_0 (ceil(len/4))
+@group(0) @binding(2) var<storage, read_write> codes: array<u32>;     // NF4 (ceil(len/8)) | Q8_0 (ceil(len/4)) | f16 (ceil(len/2))
 @group(0) @binding(3) var<storage, read_write> scales: array<u32>;    // NF4 absmax bits (ceil(len/64)) | Q8_0 f16 pairs (ceil(len/64))
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;         // (len) dequantized
 @group(0) @binding(5) var<storage, read> codes_in: array<u32>;
@@ -178,4 +181,21 @@ fn q8_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let block = e >> 5u;
     let d = unpack2x16float(scales_in[block >> 1u])[block & 1u];
     y[e] = f32(q) * d;
+}
+
+// Word i of the f16 codes: elements 2i and 2i + 1 (0 past len).
+@compute @workgroup_size(256, 1, 1)
+fn f16_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = flat_group(wid, nwg) * 256u + li;
+    if (i >= (p.len + 1u) / 2u) { return; }
+    var high = 0u;
+    if (2u * i + 1u < p.len) { high = f16_bits(x[2u * i + 1u]); }
+    codes[i] = f16_bits(x[2u * i]) | (high << 16u);
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn f16_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let e = flat_group(wid, nwg) * 256u + li;
+    if (e >= p.len) { return; }
+    y[e] = unpack2x16float(codes_in[e >> 1u])[e & 1u];
 }

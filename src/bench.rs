@@ -179,7 +179,7 @@ pub async fn kernel_figures(
             push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?, &mut out);
         }
     }
-    for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         for (name, g, backward) in qmatmul_shapes() {
             push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Tiled, repeats).await?, &mut out);
             if subgroups_usable(gpu) {

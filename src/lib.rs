@@ -4,6 +4,10 @@
 //! Data flows one way: bytes → tensors on the GPU ([`gpu`]) → kernels
 //! ([`kernels`]) → model forward → loss → backward → optimizer → files.
 
+// wgpu's WebGPU handles are not Send on wasm32 (one thread there); the same
+// Arc-shared tensors and pool are Send + Sync natively, where threads exist.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 pub mod error;
 pub mod gpu;
 pub mod kernels;

@@ -98,6 +98,24 @@ fn nan_or_inf_in_weights() {
 }
 
 #[test]
+fn a_weight_beyond_f16_range_for_an_f16_base() {
+    let files = model_files(|h, data| {
+        let (a, _) = offsets(h, Q);
+        data[a as usize + 40..a as usize + 44].copy_from_slice(&1e5f32.to_le_bytes());
+    });
+    // An f32 base holds it; an f16 one would have to store an infinity.
+    assert!(load(&files).is_ok());
+    let e = show(
+        "a weight beyond f16's range, loaded as an f16 base",
+        block_on(Model::load(gpu(), &files, QuantFormat::F16)),
+    );
+    assert!(
+        matches!(e, Error::Checkpoint { ref tensor, .. } if tensor == Q) && e.to_string().contains("index 10"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_dtype_that_is_not_a_float() {
     let files = model_files(|h, _| h[Q]["dtype"] = serde_json::json!("I32"));
     let e = show("a weight stored as an integer dtype", load(&files));

@@ -1,6 +1,7 @@
 //! The model on the GPU against transformers: logits and causal-LM loss of the
 //! three fixture models (tests/fixtures/refs/<model>/reference.safetensors),
-//! llama_gqa with Q8_0 and NF4 bases (tests/fixtures/quant), weights split
+//! llama_gqa with Q8_0 and NF4 bases (tests/fixtures/quant), mistral_f16 with an
+//! f16 base (exactly its stored weights), weights split
 //! into many chunks by a tiny binding limit, and bad input as typed errors.
 //!
 //! Tolerances: logits 1e-4 abs and losses 1e-5 abs, for every format (the
@@ -53,10 +54,11 @@ fn run(model: &Model, gpu: &Gpu, ids: &[Vec<u32>], labels: Option<&[Vec<i32>]>) 
     block_on(model.logits_and_loss(gpu, ids, labels)).unwrap()
 }
 
-/// Logits, loss (labels = ids) and the masked loss of one fixture model in f32.
-fn check_f32(name: &str) {
+/// Logits, loss (labels = ids) and the masked loss of one fixture model, its
+/// block Linears stored in `format`.
+fn check_format(name: &str, format: QuantFormat) {
     let gpu = gpu();
-    let model = load(gpu, name, QuantFormat::F32);
+    let model = load(gpu, name, format);
     let fx = Fixture::open(&format!("refs/{name}/reference.safetensors"));
     let ids = ids(&fx);
 
@@ -69,13 +71,17 @@ fn check_f32(name: &str) {
     let labels = rows(&fx, "labels", |v| v as i32);
     let (_, loss_masked) = run(&model, gpu, &ids, Some(&labels));
     let d_masked = (loss_masked - fx.f32("loss_masked")[0]).abs();
-    eprintln!("{name} f32: forward {elapsed:.1} ms; max |Δlogits| {d_logits:.2e}, |Δloss| {d_loss:.2e}, |Δloss_masked| {d_masked:.2e}");
+    eprintln!("{name} {format}: forward {elapsed:.1} ms; max |Δlogits| {d_logits:.2e}, |Δloss| {d_loss:.2e}, |Δloss_masked| {d_masked:.2e}");
     assert!(d_logits <= LOGITS_TOL, "{name}: logits differ by {d_logits}");
     assert!(d_loss <= LOSS_TOL, "{name}: loss {loss} vs {}", fx.f32("loss")[0]);
     assert!(d_masked <= LOSS_TOL, "{name}: masked loss {loss_masked} vs {}", fx.f32("loss_masked")[0]);
 
     let inv_freq = fx.f32("rope_inv_freq");
     assert!(max_abs_diff(model.rope_inv_freq(), &inv_freq) <= 1e-7 * inv_freq[0], "{name}: rope inv_freq");
+}
+
+fn check_f32(name: &str) {
+    check_format(name, QuantFormat::F32);
 }
 
 #[test]
@@ -91,6 +97,18 @@ fn qwen2_tied_bf16_with_biases() {
 #[test]
 fn mistral_f16_one_kv_head() {
     check_f32("mistral_f16");
+}
+
+/// mistral_f16 is stored in f16, so an f16 base holds exactly its weights and
+/// must give transformers' logits at the f32 tolerance, in half the memory.
+#[test]
+fn mistral_f16_with_an_f16_base() {
+    check_format("mistral_f16", QuantFormat::F16);
+    let gpu = gpu();
+    let (f32_model, f16_model) =
+        (load(gpu, "mistral_f16", QuantFormat::F32), load(gpu, "mistral_f16", QuantFormat::F16));
+    let linears = |m: &Model| -> u64 { m.layers.iter().map(|l| l.self_attn.q_proj.weight.bytes()).sum() };
+    assert_eq!(linears(&f16_model) * 2, linears(&f32_model));
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! NF4 and Q8_0 on the GPU: quantize bit-exact with the CPU formats (which
-//! match bitsandbytes and ggml, see tests/fixtures), dequantize, and the
+//! NF4, Q8_0 and f16 on the GPU: quantize bit-exact with the CPU formats (which
+//! match bitsandbytes, ggml and IEEE rounding, see tests/fixtures), dequantize, and the
 //! quantized matmul forward and backward against the CPU reference on the
 //! dequantized weight, including weights split across bindings.
 
@@ -11,7 +11,7 @@ use webpeft::kernels::matmul::{subgroups_usable, SgTiles, Tiles};
 use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, quantize, Packed};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
-use webpeft::quant::{quantize_nf4, quantize_q8_0, QuantFormat};
+use webpeft::quant::{quantize_nf4, quantize_q8_0, to_f16, QuantError, QuantFormat};
 use webpeft::{DType, Error, Gpu, GpuOptions, Tensor};
 
 /// Values that stress the rounding: bf16-rounded normals (many land on
@@ -100,6 +100,57 @@ fn q8_0_quantize_is_bit_exact_with_the_cpu_format() {
     }
 }
 
+/// f16 round-to-nearest-even, as `tensor.half()`: exact ties both ways,
+/// subnormals, values that round to the smallest subnormal or to zero, and
+/// f16::MAX, at odd lengths (the last word half empty).
+#[test]
+fn f16_quantize_is_bit_exact_with_the_cpu_format() {
+    let gpu = gpu();
+    let ulp = 2f32.powi(-10);
+    let special = [
+        1.0 + ulp / 2.0,           // tie: down to the even 1
+        1.0 + 3.0 * ulp / 2.0,     // tie: up to the even 1 + 2 ulp
+        -(1.0 + ulp / 2.0 + 1e-7), // just past the tie: away
+        3e-5,                      // subnormal in f16
+        -2.9e-8,                   // under half the smallest subnormal: -0
+        3.0e-8,                    // over it: the smallest subnormal
+        65504.0,
+        -65519.0, // rounds to -f16::MAX
+        0.0,
+        -0.0,
+    ];
+    for (n, seed) in [(1001, 1), (10, 2), (7, 3), (4096 + 33, 4)] {
+        let mut x = tricky(n, seed);
+        for (v, s) in x.iter_mut().zip(special) {
+            *v = s;
+        }
+        let want = to_f16(&x).unwrap();
+        let t = Tensor::from_slice(gpu, &[n], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let packed = quantize(&mut rec, &t, QuantFormat::F16).unwrap();
+        let y = dequantize(&mut rec, &packed).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(packed.bytes(), QuantFormat::F16.bytes_for(1, n).next_multiple_of(4) as u64);
+        let got: Vec<f16> = block_on(packed.codes.to_vec(gpu)).unwrap();
+        assert_eq!(
+            got.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
+            "f16 codes n={n}"
+        );
+        let back: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|h| h.to_f32().to_bits()).collect::<Vec<_>>(),
+            "f16 dequantize n={n}"
+        );
+    }
+    // A weight past f16's range is refused, naming the value and where it is.
+    let mut w = randn(5, 4 * 8);
+    w[13] = 1e5;
+    let err = QWeight::from_f32(gpu, &w, 4, 8, QuantFormat::F16).unwrap_err();
+    assert!(matches!(err, Error::Quant(QuantError::F16Range { index: 13, .. })), "{err}");
+}
+
 #[test]
 fn q8_0_rejects_rows_that_are_not_whole_blocks() {
     let gpu = gpu();
@@ -155,13 +206,28 @@ fn q8_0_matmul_forward_and_backward() {
     check_qmatmul(gpu, 9, 20, 32, QuantFormat::Q8_0, QVariant::Naive, 22);
 }
 
+#[test]
+fn f16_matmul_forward_and_backward() {
+    let gpu = gpu();
+    check_qmatmul(gpu, 37, 68, 128, QuantFormat::F16, QVariant::Tiled, 30); // vec4 path, ragged M and N
+    check_qmatmul(gpu, 13, 21, 50, QuantFormat::F16, QVariant::Tiled, 31); // K not a multiple of 4: scalar path
+    check_qmatmul(gpu, 9, 20, 36, QuantFormat::F16, QVariant::Naive, 32);
+    check_qmatmul(gpu, 1, 68, 128, QuantFormat::F16, QVariant::Tiled, 33); // decoding: the few-rows tiles
+                                                                           // The weights the kernels multiply are exactly the CPU's f16 rounding.
+    let w = randn(34, 5 * 12);
+    let qw = QWeight::from_f32(gpu, &w, 5, 12, QuantFormat::F16).unwrap();
+    let want: Vec<f32> = to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect();
+    assert_eq!(block_on(qw.to_f32(gpu)).unwrap(), want);
+    assert_eq!(qw.bytes(), 5 * 12 * 2);
+}
+
 /// The subgroup kernels (8-lane subgroups: lavapipe). On other devices the
 /// variant falls back to the tiled kernel, which these cases then check.
 #[test]
 fn subgroup_matmul_forward_and_backward() {
     let gpu = gpu();
     let sg = QVariant::subgroup();
-    for format in [QuantFormat::Nf4, QuantFormat::Q8_0] {
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         // Ragged M and N: neither a multiple of the 32-row block nor of the
         // 8·16 columns a subgroup covers (forward N = 68, backward N = 96).
         check_qmatmul(gpu, 37, 68, 96, format, sg, 60);
@@ -259,6 +325,7 @@ fn weights_split_across_bindings_under_a_tiny_limit() {
         (QuantFormat::Nf4, 256, 51),
         (QuantFormat::Q8_0, 512, 52),
         (QuantFormat::Nf4, 72, 53),
+        (QuantFormat::F16, 96, 54),
     ] {
         let rows = 90;
         let w = randn(seed, rows * cols);
@@ -269,6 +336,7 @@ fn weights_split_across_bindings_under_a_tiny_limit() {
             QuantFormat::F32 => w.clone(),
             QuantFormat::Nf4 => quantize_nf4(&w).dequantize(),
             QuantFormat::Q8_0 => quantize_q8_0(&w, rows, cols).unwrap().dequantize(),
+            QuantFormat::F16 => to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect(),
         };
         assert_eq!(block_on(qw.to_f32(&small)).unwrap(), whole, "{} chunks", format.name());
         let m = 3;

@@ -1,4 +1,4 @@
-//! QLoRA: LoRA trained through a frozen NF4 (and Q8_0) base. The loss and
+//! QLoRA: LoRA trained through a frozen NF4 (and Q8_0, and f16) base. The loss and
 //! every LoRA gradient equal those of the same adapter on an f32 model whose
 //! Linears hold the dequantized weights (the reference the issue asks for:
 //! the backward's dx = dy·W goes through the quantized weight), and training
@@ -92,4 +92,9 @@ fn qlora_nf4_gradients_match_the_dequantized_reference_and_training_learns() {
 #[test]
 fn q8_0_gradients_match_the_dequantized_reference_and_training_learns() {
     check(QuantFormat::Q8_0);
+}
+
+#[test]
+fn f16_base_gradients_match_the_rounded_reference_and_training_learns() {
+    check(QuantFormat::F16);
 }

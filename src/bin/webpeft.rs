@@ -55,7 +55,7 @@ enum Command {
         /// The model folder (config.json, safetensors, tokenizer.json).
         #[arg(long)]
         model: std::path::PathBuf,
-        /// f32, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
+        /// f32, f16, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
         #[arg(long)]
@@ -94,7 +94,7 @@ enum Command {
         /// The model folder (config.json and safetensors).
         #[arg(long)]
         model: std::path::PathBuf,
-        /// How the blocks' Linear weights are stored on the GPU: f32, q8 (Q8_0) or nf4.
+        /// How the blocks' Linear weights are stored on the GPU: f32, f16, q8 (Q8_0) or nf4.
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
         /// JSON token ids: `[[ids…], …]` or `{"input_ids": [[ids…], …]}` (rows of equal length).
@@ -224,7 +224,7 @@ struct TrainArgs {
     /// Bottleneck activation: relu, silu, gelu or tanh [default: AdapterHub's preset].
     #[arg(long, value_parser = parse_activation)]
     non_linearity: Option<Activation>,
-    /// How the frozen blocks' Linear weights are stored: f32, q8 (Q8_0) or nf4.
+    /// How the frozen blocks' Linear weights are stored: f32, f16, q8 (Q8_0) or nf4.
     #[arg(long, default_value = "f32")]
     quant: QuantFormat,
     /// Start from this adapter folder (PEFT LoRA or AdapterHub bottleneck) instead of a fresh one.

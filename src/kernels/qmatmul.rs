@@ -33,7 +33,7 @@ pub struct Chunk {
     pub data: ChunkData,
 }
 
-/// A frozen Linear weight (out = rows, in = cols), f32, Q8_0 or NF4, split
+/// A frozen Linear weight (out = rows, in = cols), f32, f16, Q8_0 or NF4, split
 /// into chunks that each fit the device's binding limit.
 #[derive(Clone, Debug)]
 pub struct QWeight {
@@ -88,6 +88,9 @@ impl QWeight {
         }
         if format == QuantFormat::Q8_0 && cols % crate::quant::Q8_0_BLOCK != 0 {
             return Err(crate::quant::QuantError::Q8RowLength { cols }.into());
+        }
+        if format == QuantFormat::F16 {
+            crate::quant::check_f16_range(data)?;
         }
         let per = rows_per_chunk(gpu, "weight", rows, cols, cols as u64 * 4, format)?;
         let mut chunks = Vec::new();
@@ -260,9 +263,18 @@ fn vec4_layout(g: &Gemm, backward: bool) -> bool {
 /// `subgroups_usable`).
 const SG_LANES: u32 = 8;
 
-fn qkey(entry: &'static str, q8: bool, forward: bool, t: Tiles) -> PipelineKey {
+/// The FORMAT constant of `shaders/qmatmul.wgsl`.
+fn format_const(format: QuantFormat) -> Const {
+    Const::U32(match format {
+        QuantFormat::Q8_0 => 1,
+        QuantFormat::F16 => 2,
+        _ => 0,
+    })
+}
+
+fn qkey(entry: &'static str, format: QuantFormat, forward: bool, t: Tiles) -> PipelineKey {
     PipelineKey::new(Kernel::QMatmul, entry)
-        .with("Q8", Const::Bool(q8))
+        .with("FORMAT", format_const(format))
         .with("FORWARD", Const::Bool(forward))
         .with("TM", Const::U32(t.tm))
         .with("TN", Const::U32(t.tn))
@@ -347,7 +359,6 @@ fn record_quant(
     if g.m == 0 || g.n == 0 {
         return Ok(());
     }
-    let q8 = p.format == QuantFormat::Q8_0;
     let params = Params {
         m: g.m as u32,
         n: g.n as u32,
@@ -389,7 +400,7 @@ fn record_quant(
             let entry = if backward { "qmatmul_nn_sg" } else { "qmatmul_nt_sg" };
             // TM, WX and WY only size qmatmul.wgsl's own entries in this module.
             let key = PipelineKey::new(Kernel::QMatmulSubgroup, entry)
-                .with("Q8", Const::Bool(q8))
+                .with("FORMAT", format_const(p.format))
                 .with("FORWARD", Const::Bool(!backward))
                 .with("TM", Const::U32(4))
                 .with("TN", Const::U32(sg.tn))
@@ -401,13 +412,13 @@ fn record_quant(
         }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
-            rec.dispatch_bound(&qkey(entry, q8, !backward, t), &params, &bind4, tiled)
+            rec.dispatch_bound(&qkey(entry, p.format, !backward, t), &params, &bind4, tiled)
         }
-        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", q8, !backward, t), &params, &bind1, tiled),
+        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", p.format, !backward, t), &params, &bind1, tiled),
         QVariant::Naive => {
             let t = Tiles { tm: 4, tn: 4, wx: 16, wy: 16 };
             let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
-            rec.dispatch_bound(&qkey("qmatmul_naive", q8, !backward, t), &params, &bind1, groups)
+            rec.dispatch_bound(&qkey("qmatmul_naive", p.format, !backward, t), &params, &bind1, groups)
         }
     }
 }

@@ -1,4 +1,4 @@
-//! NF4 and Q8_0 quantize / dequantize on the GPU (`shaders/quant.wgsl`),
+//! NF4, Q8_0 and f16 quantize / dequantize on the GPU (`shaders/quant.wgsl`),
 //! bit-exact with the CPU formats in `crate::quant`.
 
 use bytemuck::{Pod, Zeroable};
@@ -20,9 +20,10 @@ struct Params {
 pub struct Packed {
     pub format: QuantFormat,
     pub len: usize,
-    /// NF4: (ceil(len/2)) bytes of nibbles. Q8_0: (len) int8 values.
+    /// NF4: (ceil(len/2)) bytes of nibbles. Q8_0: (len) int8 values. f16: (len) halves.
     pub codes: Tensor,
-    /// NF4: (ceil(len/64)) f32 absmax. Q8_0: (len/32) f16 scales.
+    /// NF4: (ceil(len/64)) f32 absmax. Q8_0: (len/32) f16 scales. f16 has no
+    /// scales: this is `codes` again (the kernels bind both slots), counted once.
     pub scales: Tensor,
 }
 
@@ -65,6 +66,12 @@ pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<P
             )?;
             Ok(Packed { format, len, codes, scales })
         }
+        QuantFormat::F16 => {
+            let codes = Tensor::zeros(gpu, &[len], DType::F16)?;
+            let words = len.div_ceil(2);
+            rec.dispatch_bound(&key("f16_quantize"), &params, &[(1, x), (2, &codes)], grid_1d(words.div_ceil(256)))?;
+            Ok(Packed { format, len, scales: codes.clone(), codes })
+        }
         QuantFormat::F32 => Err(Error::invalid("quantize", "f32 is not a quantized format")),
     }
 }
@@ -78,14 +85,12 @@ pub fn dequantize(rec: &mut Recorder, packed: &Packed) -> Result<Tensor> {
     let entry = match packed.format {
         QuantFormat::Nf4 => "nf4_dequantize",
         QuantFormat::Q8_0 => "q8_dequantize",
+        QuantFormat::F16 => "f16_dequantize",
         QuantFormat::F32 => return Err(Error::invalid("dequantize", "f32 is not a quantized format")),
     };
-    rec.dispatch_bound(
-        &key(entry),
-        &params,
-        &[(4, &y), (5, &packed.codes), (6, &packed.scales)],
-        grid_1d(len.div_ceil(256)),
-    )?;
+    let bound = [(4, &y), (5, &packed.codes), (6, &packed.scales)];
+    let bound = if packed.format == QuantFormat::F16 { &bound[..2] } else { &bound[..] };
+    rec.dispatch_bound(&key(entry), &params, bound, grid_1d(len.div_ceil(256)))?;
     Ok(y)
 }
 
@@ -111,8 +116,17 @@ impl Packed {
         })
     }
 
+    /// Upload CPU-rounded f16 (see [`crate::quant::to_f16`]).
+    pub fn from_f16(gpu: &crate::Gpu, h: &[half::f16]) -> Result<Packed> {
+        let codes = Tensor::from_slice(gpu, &[h.len()], h)?;
+        Ok(Packed { format: QuantFormat::F16, len: h.len(), scales: codes.clone(), codes })
+    }
+
     /// GPU bytes of the packed form.
     pub fn bytes(&self) -> u64 {
-        self.codes.bytes() + self.scales.bytes()
+        match self.format {
+            QuantFormat::F16 => self.codes.bytes(),
+            _ => self.codes.bytes() + self.scales.bytes(),
+        }
     }
 }

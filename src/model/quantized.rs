@@ -50,6 +50,7 @@ pub fn packed_tensors(name: &str, out: usize, inp: usize, format: QuantFormat) -
         ],
         QuantFormat::Q8_0 => vec![(format!("{name}.q8_0"), Dtype::U8, vec![out, inp / 32 * 34])],
         QuantFormat::F32 => vec![(name.to_string(), Dtype::F32, vec![out, inp])],
+        QuantFormat::F16 => vec![(name.to_string(), Dtype::F16, vec![out, inp])],
     }
 }
 
@@ -68,7 +69,7 @@ pub fn stored_format<S: ByteSource>(checkpoint: &Checkpoint<S>) -> Result<Option
         let format: QuantFormat = quant
             .parse()
             .map_err(|e| Error::File { file: shard.name().to_string(), detail: format!("`{QUANT_KEY}`: {e}") })?;
-        if format == QuantFormat::F32 || found.is_some_and(|f| f != format) {
+        if matches!(format, QuantFormat::F32 | QuantFormat::F16) || found.is_some_and(|f| f != format) {
             return Err(Error::File {
                 file: shard.name().to_string(),
                 detail: format!("`{QUANT_KEY}` {quant:?} is not usable here"),
@@ -111,7 +112,7 @@ pub async fn read_packed<S: ByteSource>(
             let blocks = checkpoint.read_bytes(&format!("{name}.q8_0")).await?;
             Ok(Packed::Q8_0(Q8_0::from_gguf_blocks(&blocks, out, inp).map_err(|e| err(e.to_string()))?))
         }
-        QuantFormat::F32 => Err(err("f32 is not a packed format".into())),
+        QuantFormat::F32 | QuantFormat::F16 => Err(err(format!("{format} is not a packed format"))),
     }
 }
 
@@ -123,8 +124,13 @@ pub async fn quantize_checkpoint<S: ByteSource>(
     config: &Config,
     format: QuantFormat,
 ) -> Result<Vec<u8>> {
-    if format == QuantFormat::F32 {
-        return Err(Error::invalid("quantize", "choose q8_0 or nf4: f32 is not a quantized format"));
+    if matches!(format, QuantFormat::F32 | QuantFormat::F16) {
+        return Err(Error::invalid(
+            "quantize",
+            format!(
+                "choose q8_0 or nf4: {format} is not a packed format (an f16 base loads from the checkpoint itself)"
+            ),
+        ));
     }
     checkpoint.check(config)?;
     if stored_format(checkpoint)?.is_some() {

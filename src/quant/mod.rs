@@ -4,14 +4,18 @@
 //!   flattened weight, one f32 absmax per block.
 //! - [`Q8_0`]: llama.cpp / GGUF 8-bit, blocks of 32 along each row, one f16
 //!   scale per block.
+//! - f16: IEEE half precision, as `torch.float16` (round to nearest even);
+//!   [`to_f16`] refuses values past its range rather than storing infinities.
 //!
 //! Both are bit-exact with their reference libraries (see `FORMATS.md`): the
 //! GPU dequantisation kernels are tested against [`Nf4::dequantize`] and
 //! [`Q8_0::dequantize`].
 
+mod f16;
 mod nf4;
 mod q8_0;
 
+pub use f16::{check_f16_range, to_f16};
 pub use nf4::{quantize_nf4, Nf4, NF4_BLOCK, NF4_LEVELS, NF4_THRESHOLDS};
 pub use q8_0::{quantize_q8_0, Q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 
@@ -19,7 +23,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// What a caller can get wrong when quantising or loading quantised data.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum QuantError {
     #[error("{format}: expected {expected} values for a {rows}x{cols} matrix, got {got}")]
     Length { format: &'static str, rows: usize, cols: usize, expected: usize, got: usize },
@@ -30,8 +34,11 @@ pub enum QuantError {
     #[error("Q8_0: expected {expected} bytes of {Q8_0_BLOCK_BYTES}-byte blocks for a {rows}x{cols} matrix, got {got}")]
     Q8Bytes { rows: usize, cols: usize, expected: usize, got: usize },
 
-    #[error("unknown weight format {0:?} (expected \"f32\", \"q8\", \"q8_0\" or \"nf4\")")]
+    #[error("unknown weight format {0:?} (expected \"f32\", \"f16\", \"q8\", \"q8_0\" or \"nf4\")")]
     UnknownFormat(String),
+
+    #[error("value {value} at index {index} is beyond half precision's range (±65504); keep this weight in f32, q8_0 or nf4")]
+    F16Range { index: usize, value: f32 },
 }
 
 /// How the frozen base weights are stored.
@@ -39,6 +46,10 @@ pub enum QuantError {
 pub enum QuantFormat {
     /// Plain f32, 4 bytes a value.
     F32,
+    /// IEEE half precision, 2 bytes a value: the weights exactly as a
+    /// `torch_dtype=float16` checkpoint holds them. The matmuls read them as
+    /// f16 and multiply and sum in f32.
+    F16,
     /// GGUF Q8_0: 34 bytes per 32 values.
     Q8_0,
     /// NF4: half a byte a value plus one f32 absmax per 64 values (no double
@@ -47,10 +58,11 @@ pub enum QuantFormat {
 }
 
 impl QuantFormat {
-    /// The canonical name, as accepted by `from_str`: "f32", "q8_0" or "nf4".
+    /// The canonical name, as accepted by `from_str`: "f32", "f16", "q8_0" or "nf4".
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
+            Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
             Self::Nf4 => "nf4",
         }
@@ -65,6 +77,7 @@ impl QuantFormat {
         let n = rows * cols;
         match self {
             Self::F32 => n * 4,
+            Self::F16 => n * 2,
             Self::Q8_0 => rows * cols.div_ceil(Q8_0_BLOCK) * Q8_0_BLOCK_BYTES,
             Self::Nf4 => n.div_ceil(2) + n.div_ceil(NF4_BLOCK) * 4,
         }
@@ -80,10 +93,11 @@ impl fmt::Display for QuantFormat {
 impl FromStr for QuantFormat {
     type Err = QuantError;
 
-    /// "f32", "q8" or "q8_0", "nf4" (case-insensitive).
+    /// "f32", "f16" (or "fp16", "float16"), "q8" or "q8_0", "nf4" (case-insensitive).
     fn from_str(s: &str) -> Result<Self, QuantError> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" => Ok(Self::F16),
             "q8" | "q8_0" => Ok(Self::Q8_0),
             "nf4" => Ok(Self::Nf4),
             _ => Err(QuantError::UnknownFormat(s.to_string())),
@@ -97,14 +111,16 @@ mod tests {
 
     #[test]
     fn format_names_parse_and_sizes() {
-        for f in [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4] {
+        for f in [QuantFormat::F32, QuantFormat::F16, QuantFormat::Q8_0, QuantFormat::Nf4] {
             assert_eq!(f.name().parse::<QuantFormat>(), Ok(f));
         }
         assert_eq!("q8".parse::<QuantFormat>(), Ok(QuantFormat::Q8_0));
         assert_eq!("NF4".parse::<QuantFormat>(), Ok(QuantFormat::Nf4));
         assert!(matches!("q4_0".parse::<QuantFormat>(), Err(QuantError::UnknownFormat(_))));
 
+        assert_eq!("FP16".parse::<QuantFormat>(), Ok(QuantFormat::F16));
         assert_eq!(QuantFormat::F32.bytes_for(3, 5), 60);
+        assert_eq!(QuantFormat::F16.bytes_for(3, 5), 30);
         // 4096 x 4096: 524288 blocks of 34 bytes; 8 Mi nibbles + 262144 absmaxes.
         assert_eq!(QuantFormat::Q8_0.bytes_for(4096, 4096), 524_288 * 34);
         assert_eq!(QuantFormat::Nf4.bytes_for(4096, 4096), 8_388_608 + 262_144 * 4);

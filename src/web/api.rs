@@ -350,6 +350,7 @@ impl WebModel {
             parameters: c.tensor_names().iter().map(|t| t.shape.iter().product::<usize>() as u64).sum(),
             quant: match st.model.format {
                 QuantFormat::F32 => "f32",
+                QuantFormat::F16 => "f16",
                 QuantFormat::Q8_0 => "q8",
                 QuantFormat::Nf4 => "nf4",
             },

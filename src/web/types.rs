@@ -16,7 +16,7 @@ export interface GpuInfo {
 }
 /** Live and peak bytes of webpeft's GPU buffers. */
 export interface MemoryStats { liveBytes: number; peakBytes: number; liveBuffers: number; }
-export type Quant = "f32" | "q8" | "nf4";
+export type Quant = "f32" | "f16" | "q8" | "nf4";
 export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; }
 export interface LoadOptions { quant?: Quant; onProgress?: (progress: LoadProgress) => void; }
 export interface ModelInfo {
