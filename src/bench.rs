@@ -35,7 +35,21 @@ pub fn matmul_shapes() -> Vec<(String, Gemm)> {
     }
     shapes.push(("[512×512]·[512×1376]".into(), Gemm::new(512, 1376, 512, false, false)));
     shapes.push(("[512×512]·[1376×512]ᵀ".into(), Gemm::new(512, 1376, 512, false, true)));
+    shapes.extend(lora_shapes());
     shapes
+}
+
+/// The six products of a LoRA r 16 Linear (512 → 512) on 4×128 tokens:
+/// skinny in N, K or M.
+pub fn lora_shapes() -> Vec<(String, Gemm)> {
+    vec![
+        ("LoRA h = x·Aᵀ [512×512]·[16×512]ᵀ".into(), Gemm::new(512, 16, 512, false, true)),
+        ("LoRA y += h·Bᵀ [512×16]·[512×16]ᵀ".into(), Gemm::new(512, 512, 16, false, true)),
+        ("LoRA dh = dy·B [512×512]·[512×16]".into(), Gemm::new(512, 16, 512, false, false)),
+        ("LoRA dx += dh·A [512×16]·[16×512]".into(), Gemm::new(512, 512, 16, false, false)),
+        ("LoRA dA = dhᵀ·x [512×16]ᵀ·[512×512]".into(), Gemm::new(16, 512, 512, true, false)),
+        ("LoRA dB = dyᵀ·h [512×512]ᵀ·[512×16]".into(), Gemm::new(512, 16, 512, true, false)),
+    ]
 }
 
 /// The quantized shapes: y = x·Wᵀ (forward) and dx = dy·W (backward) at the
@@ -169,10 +183,10 @@ pub async fn kernel_figures(
         out.push(f);
     };
     for (name, g) in matmul_shapes() {
-        let t = tiles.unwrap_or(Tiles::tuned(g.trans_a, g.trans_b));
+        let t = tiles.unwrap_or(Tiles::for_gemm(&g));
         push(bench_matmul(gpu, &name, &g, Variant::Tiled(t), repeats).await?, &mut out);
         if subgroups_usable(gpu) {
-            let v = Variant::Subgroup(SgTiles::tuned(g.trans_a, g.trans_b));
+            let v = Variant::Subgroup(SgTiles::for_gemm(&g));
             push(bench_matmul(gpu, &name, &g, v, repeats).await?, &mut out);
         }
         if with_naive {
@@ -193,10 +207,15 @@ pub async fn kernel_figures(
     Ok(out)
 }
 
-/// f32 matmul figures for one tile shape at 1024³ and the projections (for tuning).
+/// The shapes the sweeps time: 1024³, the projections and LoRA's.
+fn swept(name: &str) -> bool {
+    name.starts_with("1024") || name.starts_with('[') || name.starts_with("LoRA")
+}
+
+/// f32 matmul figures for one tile shape at 1024³, the projections and LoRA's (for tuning).
 pub async fn sweep_tiles(gpu: &Gpu, tiles: Tiles, repeats: usize) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
-    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| n.starts_with("1024") || n.starts_with('[')) {
+    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| swept(n)) {
         out.push(bench_matmul(gpu, &name, &g, Variant::Tiled(tiles), repeats).await?);
     }
     Ok(out)
@@ -205,7 +224,7 @@ pub async fn sweep_tiles(gpu: &Gpu, tiles: Tiles, repeats: usize) -> Result<Vec<
 /// Like [`sweep_tiles`] for a block of the subgroup kernels.
 pub async fn sweep_subgroup(gpu: &Gpu, tiles: SgTiles, repeats: usize) -> Result<Vec<Figure>> {
     let mut out = Vec::new();
-    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| n.starts_with("1024") || n.starts_with('[')) {
+    for (name, g) in matmul_shapes().into_iter().filter(|(n, _)| swept(n)) {
         out.push(bench_matmul(gpu, &name, &g, Variant::Subgroup(tiles), repeats).await?);
     }
     Ok(out)

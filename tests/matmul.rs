@@ -144,7 +144,7 @@ fn subgroup_path_note() {
 #[test]
 fn subgroup_path_every_orientation_with_ragged_edges() {
     subgroup_path_note();
-    for tiles in [SgTiles::tuned(false, true), SgTiles { sr: 32, tn: 4 }] {
+    for tiles in [SgTiles::tuned(false, true), SgTiles { sr: 32, tn: 4 }, SgTiles { sr: 32, tn: 8 }] {
         for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
             let v = Variant::Subgroup(tiles);
             // Multiples of 4 but not of the block; a block larger than the whole
@@ -157,6 +157,30 @@ fn subgroup_path_every_orientation_with_ragged_edges() {
             run(Gemm::new(36, 136, 300, ta, tb), v, 235 + i as u64);
         }
     }
+}
+
+/// LoRA's skinny products (r columns, or a K or M of r) get blocks sized for
+/// them, in both kernel families, and still match the reference at ragged r.
+#[test]
+fn skinny_lora_products_get_their_own_blocks() {
+    let gpu = gpu();
+    let cases = [
+        (Gemm::new(132, 16, 72, false, true), SgTiles { sr: 32, tn: 4 }), // h = x·Aᵀ
+        (Gemm::new(132, 72, 12, false, true), SgTiles { sr: 32, tn: 8 }), // y += h·Bᵀ
+        (Gemm::new(132, 20, 72, false, false), SgTiles { sr: 32, tn: 4 }), // dh = dy·B
+        (Gemm::new(132, 72, 20, false, false), SgTiles { sr: 32, tn: 8 }), // dx += dh·A
+        (Gemm::new(12, 72, 132, true, false), SgTiles { sr: 32, tn: 8 }), // dA = dhᵀ·x
+        (Gemm::new(72, 28, 132, true, false), SgTiles { sr: 32, tn: 4 }), // dB = dyᵀ·h
+    ];
+    for (i, (g, want)) in cases.into_iter().enumerate() {
+        assert_eq!(SgTiles::for_gemm(&g), want, "{g:?}");
+        let tiled = if g.n <= 32 { Tiles { tm: 16, tn: 16, wx: 4, wy: 4 } } else { Tiles::tuned(g.trans_a, g.trans_b) };
+        assert_eq!(Tiles::for_gemm(&g), tiled, "{g:?}");
+        run(g, Variant::tuned(gpu, &g), 300 + i as u64);
+        run(g, Variant::Tiled(Tiles::for_gemm(&g)), 310 + i as u64);
+    }
+    let big = Gemm::new(512, 1376, 512, false, true);
+    assert_eq!(SgTiles::for_gemm(&big), SgTiles::tuned(false, true));
 }
 
 #[test]
