@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""PyTorch + PEFT (and AdapterHub's `adapters`) on the CPU beside webpeft, on one model folder.
+"""PyTorch + PEFT (and AdapterHub's `adapters`) beside webpeft, on one model folder.
 
 Times the training step `webpeft bench --train` times (AdamW, clip 1.0, fp32, random tokens at
 batch x seq, LoRA r 16 alpha 32 on all linears, and seq_bn), as the median of a few steps after a
-warm-up, on --threads CPU threads; runs webpeft's bench on the same folder; prints both, and
-PyTorch's CPU matmul GFLOP/s at 1024^3 beside webpeft's f32 kernel. A comparison, not a test.
+warm-up, on --threads CPU threads (or on --device cuda); runs webpeft's bench on the same folder;
+prints both, and PyTorch's matmul GFLOP/s at 1024^3 beside webpeft's f32 kernel. A comparison,
+not a test.
 
     python benches/peft_compare.py /tmp/bench-29m --make          # writes the ~30M random model first
     python benches/peft_compare.py MODEL_DIR --webpeft target/release/webpeft --steps 3
 
-Needs torch, transformers, peft and adapters (tests/fixtures/requirements.txt).
+Needs torch, transformers, peft and adapters (tests/fixtures/requirements.txt); without
+`adapters` the seq_bn row is left out.
 """
 
 import argparse
@@ -37,7 +39,14 @@ def make_model(out: Path) -> None:
     print(f"wrote {out}: {params / 1e6:.1f}M parameters", file=sys.stderr)
 
 
-def time_steps(model, ids, steps: int) -> float:
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(model, ids, steps: int, device: str) -> float:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -53,19 +62,24 @@ def time_steps(model, ids, steps: int) -> float:
     step()  # warm-up
     times = []
     for _ in range(steps):
+        sync(device)
         start = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def torch_figures(model_dir: Path, batch: int, seq: int, steps: int) -> dict:
+def torch_figures(model_dir: Path, batch: int, seq: int, steps: int, device: str) -> dict:
+    import importlib.util
+
     import torch
     from transformers import LlamaForCausalLM
 
     out = {}
     gen = torch.Generator().manual_seed(7)
-    for method in ["lora", "seq_bn"]:
+    methods = ["lora", "seq_bn"] if importlib.util.find_spec("adapters") else ["lora"]
+    for method in methods:
         model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         model.config.use_cache = False
         ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
@@ -80,16 +94,18 @@ def torch_figures(model_dir: Path, batch: int, seq: int, steps: int) -> dict:
             model.add_adapter("bench", config="seq_bn")
             model.train_adapter("bench")
             model.set_active_adapters("bench")
-        model.train()
+        model.to(device).train()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        secs = time_steps(model, ids, steps)
+        secs = time_steps(model, ids.to(device), steps, device)
         out[method] = {"step_ms": secs * 1e3, "tokens_per_s": batch * (seq - 1) / secs, "trainable": trainable}
-    a = torch.randn(1024, 1024)
-    b = torch.randn(1024, 1024)
+    a = torch.randn(1024, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
     times = []
     for _ in range(20):
+        sync(device)
         start = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - start)
     out["matmul_1024_gflops"] = 2 * 1024**3 / statistics.median(times) / 1e9
     return out
@@ -108,6 +124,7 @@ def main() -> None:
     ap.add_argument("--make", action="store_true", help="write the ~30M random Llama into model_dir first")
     ap.add_argument("--webpeft", default="target/release/webpeft", help="the webpeft CLI (built with --features cli)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="where PyTorch runs: cpu, or cuda on a GPU machine")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
@@ -124,21 +141,22 @@ def main() -> None:
         ours = json.loads(args.webpeft_json.read_text())
     else:
         ours = webpeft_figures(args.webpeft, args.model_dir, args.batch, args.seq, args.steps)
-    theirs = torch_figures(args.model_dir, args.batch, args.seq, args.steps)
+    theirs = torch_figures(args.model_dir, args.batch, args.seq, args.steps, args.device)
 
-    print(f"model: {args.model_dir}, batch {args.batch} x seq {args.seq}, fp32; PyTorch on {args.threads} CPU threads; "
+    where = f"{args.threads} CPU threads" if args.device == "cpu" else args.device
+    print(f"model: {args.model_dir}, batch {args.batch} x seq {args.seq}, fp32; PyTorch on {where}; "
           f"webpeft on {ours['adapter']['name']} ({ours['adapter']['backend']})")
     print("| method | trainable params (PyTorch / webpeft) | PyTorch tokens/s | webpeft f32 tokens/s "
           "| webpeft NF4 tokens/s | webpeft f32 / PyTorch |")
     print("|---|---|---:|---:|---:|---:|")
-    for method in ["lora", "seq_bn"]:
+    for method in [m for m in ["lora", "seq_bn"] if m in theirs]:
         mine = {f["quant"]: f for f in ours["train"] if f["method"] == method}
         t = theirs[method]["tokens_per_s"]
         f32, nf4 = mine["f32"]["tokens_per_s"], mine["nf4"]["tokens_per_s"]
         name = "LoRA r16 all-linear" if method == "lora" else "seq_bn"
         params = f"{theirs[method]['trainable']:,} / {mine['f32']['adapter_parameters']:,}"
         print(f"| {name} | {params} | {t:.0f} | {f32:.0f} | {nf4:.0f} | {f32 / t:.3f} |")
-    line = f"PyTorch CPU matmul 1024^3: {theirs['matmul_1024_gflops']:.0f} GFLOP/s"
+    line = f"PyTorch {args.device} matmul 1024^3: {theirs['matmul_1024_gflops']:.0f} GFLOP/s"
     if args.matmul_gflops:
         line += f"; webpeft f32: {args.matmul_gflops:.1f} GFLOP/s (ratio {args.matmul_gflops / theirs['matmul_1024_gflops']:.3f})"
     print(line)
