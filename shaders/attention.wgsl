@@ -101,6 +101,11 @@ fn tile_row(t: QueryTile, n: u32) -> TileRow {
 // The position register row r masks keys with: rows past tq take the last one.
 fn row_pos(t: QueryTile, r: u32) -> u32 { return p.offset + min(t.i0 + r % P, p.tq - 1u); }
 
+// Arrays declared inside a loop are initialised explicitly (`= array<…>()`):
+// WGSL zeroes them at every iteration, but Chromium's compiler on SwiftShader
+// kept the previous iteration's values (the demo's browser-vs-native adapter
+// test caught it).
+//
 // Compile size matters on lavapipe (a CPU driver: every load or store of a
 // per-invocation address is a loop over the SIMD lanes), so rows go in and out
 // of the register arrays through one load or store loop that picks its row
@@ -128,14 +133,14 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var r = 0u; r < R; r++) { m[r] = LOWEST; }
     for (var j = 0u; j <= t.last; j++) {
         let ka = kv_at(t.b, j, t.kvh);
-        var s: array<f32, R>;
+        var s = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             let kd = k[ka + d];
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kd); }
         }
         // Rescale by c = exp(m_old − m_new) and weigh v_j by e = exp(s − m_new);
         // a key past the row's position gets e = 0 and leaves m alone.
-        var c: array<f32, R>;
+        var c = array<f32, R>();
         for (var r = 0u; r < R; r++) {
             let seen = j <= row_pos(t, r);
             let sr = s[r] * p.scale;
@@ -207,13 +212,13 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     var dqr: array<vec4<f32>, R * D4>;
     for (var j = 0u; j <= t.last; j++) {
         let ka = kv_at(t.b, j, t.kvh);
-        var kj: array<vec4<f32>, D4>;
-        var s: array<f32, R>;
+        var kj = array<vec4<f32>, D4>();
+        var s = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             kj[d] = k[ka + d];
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kj[d]); }
         }
-        var dp: array<f32, R>;
+        var dp = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             let vd = v[ka + d];
             for (var r = 0u; r < R; r++) { dp[r] += dot(dor[r * D4 + d], vd); }
@@ -273,14 +278,14 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         for (var i = first; i < p.tq; i++) {
             let qa = q_at(b, i, h);
             let row = row_at(b, h, i);
-            var qi: array<vec4<f32>, D4>;
-            var s: array<f32, PK>;
+            var qi = array<vec4<f32>, D4>();
+            var s = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 qi[d] = q[qa + d];
                 for (var u = 0u; u < PK; u++) { s[u] += dot(qi[d], kr[u * D4 + d]); }
             }
-            var doi: array<vec4<f32>, D4>;
-            var dp: array<f32, PK>;
+            var doi = array<vec4<f32>, D4>();
+            var dp = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 doi[d] = dout[qa + d];
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }

@@ -81,11 +81,11 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     for (var j = 0u; j <= last; j++) {
         let ka = kv_at(t.b, j, t.kvh);
         let kj = k_row_sg(ka, lane);
-        var s: array<f32, R>;
+        var s = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kj[d]); }
         }
-        var c: array<f32, R>;
+        var c = array<f32, R>();
         for (var r = 0u; r < R; r++) {
             let seen = j <= row_pos(t, r);
             let sr = s[r] * p.scale;
@@ -155,12 +155,12 @@ fn attention_backward_dq_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     for (var j = 0u; j <= last; j++) {
         let ka = kv_at(t.b, j, t.kvh);
         let kj = k_row_sg(ka, lane);
-        var s: array<f32, R>;
+        var s = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kj[d]); }
         }
         let vj = v_row_sg(ka, lane);
-        var dp: array<f32, R>;
+        var dp = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { dp[r] += dot(dor[r * D4 + d], vj[d]); }
         }
@@ -217,12 +217,12 @@ fn attention_backward_dkv_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
             let qa = q_at(b, i, h);
             let row = row_at(b, h, i);
             let qi = q_row_sg(qa, lane);
-            var s: array<f32, PK>;
+            var s = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 for (var u = 0u; u < PK; u++) { s[u] += dot(qi[d], kr[u * D4 + d]); }
             }
             let doi = dout_row_sg(qa, lane);
-            var dp: array<f32, PK>;
+            var dp = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }
             }

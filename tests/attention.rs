@@ -142,6 +142,8 @@ fn matches_reference_at_tile_edges() {
         (Dims { batch: 2, seq: 19, hq: 8, hkv: 4, d: 64 }, 6),
         (Dims { batch: 1, seq: 11, hq: 2, hkv: 2, d: 12 }, 7),
         (Dims { batch: 2, seq: 3, hq: 4, hkv: 1, d: 6 }, 8),
+        // The demo's toy model at its training shape.
+        (Dims { batch: 4, seq: 32, hq: 4, hkv: 2, d: 32 }, 9),
     ] {
         check_against_reference(s, seed);
     }

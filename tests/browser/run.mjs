@@ -188,7 +188,7 @@ test("without WebGPU the page shows a readable error", async () => {
   }
 });
 
-test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports", async () => {
+test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, and loads an f16 base", async () => {
   const scratch = path.join(out, "npm-scratch");
   fs.mkdirSync(scratch, { recursive: true });
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
@@ -221,6 +221,11 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const files = await model.exportAdapter("c");
       const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
       const ev = await model.evaluate(data, { adapter: "c" });
+      // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
+      const url = new URL("/model/", location.href).href;
+      const [m32, m16] = [await Model.fromUrl(gpu, url, { quant: "f32" }), await Model.fromUrl(gpu, url, { quant: "f16" })];
+      const [l32, l16] = [(await m32.evaluate(data)).loss, (await m16.evaluate(data)).loss];
+      if (m16.info().quant !== "f16" || !(Math.abs(l32 - l16) < 2e-4)) throw new Error("f16 base: loss " + l16 + " vs f32 " + l32);
       document.title = "step " + e.step + " loss " + e.loss + " | " + summary.state + " " + paused + " " +
         Object.keys(files).sort().join(",") + " " + g.tokenIds.length + " " + ev.tokens;    } catch (e) { document.title = "error: " + e.message; }
   `);
