@@ -96,4 +96,26 @@ fn f32_is_not_a_quantized_format() {
     let checkpoint = block_on(Checkpoint::open(&files)).unwrap();
     let err = block_on(quantize_checkpoint(&checkpoint, &config, QuantFormat::F32)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    // f16 neither: an f16 base loads from the checkpoint itself.
+    let err = block_on(quantize_checkpoint(&checkpoint, &config, QuantFormat::F16)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("f16"), "{err}");
+}
+
+/// A file whose metadata declares an "f16" packed layout is refused, naming the file.
+#[test]
+fn a_file_declaring_f16_packing_is_a_typed_error() {
+    let (files, _) = quantized_folder(QuantFormat::Nf4);
+    let bytes = block_on(webpeft::model::ModelFiles::open(&files, "model.safetensors"))
+        .map(|s| block_on(webpeft::model::ByteSource::read_all(&s)).unwrap())
+        .unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = meta.metadata().clone().unwrap();
+    metadata.insert(QUANT_KEY.to_string(), "f16".to_string());
+    let rebuilt = safetensors::serialize(st.tensors(), Some(metadata)).unwrap();
+    let mut edited = MemoryFiles::new();
+    edited.insert("config.json", std::fs::read(fixture("llama_gqa/config.json")).unwrap());
+    edited.insert("model.safetensors", rebuilt);
+    let err = block_on(Model::load(gpu(), &edited, QuantFormat::F16)).unwrap_err();
+    assert!(matches!(err, Error::File { .. }) && err.to_string().contains("\"f16\" is not usable"), "{err}");
 }
