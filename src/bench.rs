@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
-use crate::quant::QuantFormat;
+use crate::quant::{ComputeDtype, QuantFormat};
 
 /// One measured shape.
 #[derive(Clone, Debug, Serialize)]
@@ -119,27 +119,33 @@ pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, rep
 }
 
 /// Quantized matmul figures: y = x·Wᵀ with W (n, k) in `format`, or with
-/// `backward` dx = dy·W with W (k, n).
+/// `backward` dx = dy·W with W (k, n), computing in `compute`.
+#[allow(clippy::too_many_arguments)]
 pub async fn bench_qmatmul(
     gpu: &Gpu,
     name: &str,
     g: &Gemm,
     backward: bool,
     format: QuantFormat,
+    compute: ComputeDtype,
     variant: QVariant,
     repeats: usize,
 ) -> Result<Figure> {
     let x = Tensor::from_slice(gpu, &[g.m, g.k], &fill(g.m * g.k, 3))?;
-    let w = if backward {
+    let mut w = if backward {
         QWeight::from_f32(gpu, &fill(g.k * g.n, 4), g.k, g.n, format)?
     } else {
         QWeight::from_f32(gpu, &fill(g.n * g.k, 4), g.n, g.k, format)?
     };
+    let compute = w.set_compute(gpu, compute)?;
     let y = Tensor::zeros(gpu, &[g.m, g.n], DType::F32)?;
     let calls = calls_for(g.flops(), variant == QVariant::Naive);
     let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, backward, variant)).await?;
     Ok(Figure {
-        kernel: format!("{} {}", format.name(), qvariant_name(variant)),
+        kernel: match compute {
+            ComputeDtype::F32 => format!("{} {}", format.name(), qvariant_name(variant)),
+            ComputeDtype::F16 => format!("{} f16-compute tiled", format.name()),
+        },
         shape: name.into(),
         gflops: g.flops() / secs / 1e9,
         ms_per_call: secs * 1e3,
@@ -193,14 +199,22 @@ pub async fn kernel_figures(
             push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?, &mut out);
         }
     }
+    // f16 compute where the device has it (the vec4 kernels; naive is f32 only).
+    let computes: &[ComputeDtype] =
+        if gpu.info().shader_f16 { &[ComputeDtype::F32, ComputeDtype::F16] } else { &[ComputeDtype::F32] };
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         for (name, g, backward) in qmatmul_shapes() {
-            push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Tiled, repeats).await?, &mut out);
-            if subgroups_usable(gpu) {
-                push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::subgroup(), repeats).await?, &mut out);
+            for &c in computes {
+                push(bench_qmatmul(gpu, &name, &g, backward, format, c, QVariant::Tiled, repeats).await?, &mut out);
+                // f16 compute has one kernel whichever variant is asked for.
+                if subgroups_usable(gpu) && c == ComputeDtype::F32 {
+                    let v = QVariant::subgroup();
+                    push(bench_qmatmul(gpu, &name, &g, backward, format, c, v, repeats).await?, &mut out);
+                }
             }
             if with_naive {
-                push(bench_qmatmul(gpu, &name, &g, backward, format, QVariant::Naive, repeats).await?, &mut out);
+                let v = QVariant::Naive;
+                push(bench_qmatmul(gpu, &name, &g, backward, format, ComputeDtype::F32, v, repeats).await?, &mut out);
             }
         }
     }

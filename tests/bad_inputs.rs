@@ -9,7 +9,7 @@ use webpeft::bench::train::{llama_config, random_model_files};
 use webpeft::model::{ByteSource, Config, DirFiles, MemoryFiles, Model, ModelFiles};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::{BottleneckConfig, LoraConfig, TargetModules};
-use webpeft::quant::QuantFormat;
+use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::data::{parse_jsonl, parse_jsonl_bytes, Batch, DataOptions, Dataset};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
@@ -113,6 +113,27 @@ fn a_weight_beyond_f16_range_for_an_f16_base() {
         matches!(e, Error::Checkpoint { ref tensor, .. } if tensor == Q) && e.to_string().contains("index 10"),
         "{e}"
     );
+}
+
+#[test]
+fn f16_compute_for_a_weight_past_its_range() {
+    const DOWN: &str = "model.layers.0.mlp.down_proj.weight";
+    let files = model_files(|h, data| {
+        let (a, _) = offsets(h, DOWN);
+        data[a as usize + 40..a as usize + 44].copy_from_slice(&1500f32.to_le_bytes());
+    });
+    let gpu = gpu();
+    let mut model = block_on(Model::load(gpu, &files, QuantFormat::F16)).unwrap();
+    if gpu.info().shader_f16 {
+        let e =
+            show("f16 compute for a Linear with a weight past ±1000", model.set_compute_dtype(gpu, ComputeDtype::F16));
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains(DOWN), "{e}");
+    }
+    // Nothing changed: the model still computes in f32.
+    assert_eq!(model.compute_dtype(), ComputeDtype::F32);
+    let e = "bf16".parse::<ComputeDtype>().map_err(Error::from);
+    let e = show("an unknown compute dtype", e);
+    assert!(e.to_string().contains("\"bf16\""), "{e}");
 }
 
 #[test]

@@ -6,13 +6,12 @@
 
 mod common;
 
-use common::{block_on, fixture, gpu, Fixture};
+use common::{block_on, fixture, gpu, lora_batch};
 use webpeft::kernels::qmatmul::QWeight;
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::LoraAdapter;
 use webpeft::quant::QuantFormat;
-use webpeft::train::data::Batch;
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::Gpu;
 
@@ -41,15 +40,6 @@ fn dequantized_twin(gpu: &Gpu, quant: &Model) -> Model {
     m
 }
 
-fn batch() -> Batch {
-    let fx = Fixture::open("lora/reference.safetensors");
-    let t = fx.shape("input_ids")[1];
-    Batch {
-        input_ids: fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect(),
-        labels: fx.i64("labels").chunks(t).map(|r| r.iter().map(|&v| v as i32).collect()).collect(),
-    }
-}
-
 fn adapter(gpu: &Gpu, model: &Model) -> Adapter {
     let files = DirFiles::new(fixture("lora/initial_adapter")).unwrap();
     Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap())
@@ -58,7 +48,7 @@ fn adapter(gpu: &Gpu, model: &Model) -> Adapter {
 fn grads_at_start(gpu: &Gpu, model: &Model) -> (f32, Vec<Vec<f32>>) {
     let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
     let mut t = Trainer::new(gpu, adapter(gpu, model), opt, 0).unwrap();
-    let s = block_on(t.step(gpu, model, &[batch()], 0.0)).unwrap();
+    let s = block_on(t.step(gpu, model, &[lora_batch()], 0.0)).unwrap();
     (s.loss, t.gradients().tensors().iter().map(|(_, g)| block_on(g.to_vec::<f32>(gpu)).unwrap()).collect())
 }
 
@@ -79,7 +69,7 @@ fn check(format: QuantFormat) {
 
     let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
     let mut t = Trainer::new(gpu, adapter(gpu, &quant), opt, 0).unwrap();
-    let losses: Vec<f32> = (0..8).map(|_| block_on(t.step(gpu, &quant, &[batch()], 1e-2)).unwrap().loss).collect();
+    let losses: Vec<f32> = (0..8).map(|_| block_on(t.step(gpu, &quant, &[lora_batch()], 1e-2)).unwrap().loss).collect();
     eprintln!("{}: losses {losses:?}", format.name());
     assert!(losses[7] < losses[0] - 1.0, "training through the {} base lowers the loss", format.name());
 }

@@ -68,7 +68,9 @@ function onMessage(e) {
   const m = e.data;
   switch (m.type) {
     case "ready":
-      $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding.`;
+      $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding` +
+        `${m.info.shaderF16 ? ", shader-f16" : ""}.`;
+      if (!m.info.shaderF16) { $("compute").value = "f32"; $("compute").disabled = true; }
       document.body.dataset.gpu = "ready";
       if (pendingResume) { pendingResume(); pendingResume = null; }
       else if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; }
@@ -90,7 +92,7 @@ function onMessage(e) {
     case "loaded":
       state.loaded = true;
       $("load-status").textContent = `loaded: ${m.info.modelType}, ${(m.info.parameters / 1e6).toFixed(2)}M parameters, ` +
-        `${m.info.quant} base (${mib(m.info.weightBytes)}) in ${m.seconds.toFixed(2)} s`;
+        `${m.info.quant} base (${mib(m.info.weightBytes)}, ${m.info.computeDtype} compute) in ${m.seconds.toFixed(2)} s`;
       $("load-progress").value = $("load-progress").max;
       document.body.dataset.loadSeconds = m.seconds;
       document.body.dataset.model = "loaded";
@@ -200,7 +202,7 @@ function load() {
     setBusy(true);
     $("pause").disabled = $("cancel").disabled = true;
     const src = source();
-    const msg = { type: "load", source: src, quant: $("quant").value, method: c.method, r: c.r,
+    const msg = { type: "load", source: src, quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
       batchSize: c.batchSize, seqLen: c.seqLen };
     const origin = src.kind === "url" ? new URL(src.url).origin : null;
     if (origin !== workerOrigin) {
@@ -220,7 +222,8 @@ $("train").onclick = () => {
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setBusy(true);
   const src = source();
-  state.current = src.kind === "files" ? null : { config: config(), data, source: src, quant: $("quant").value };
+  state.current = src.kind === "files" ? null :
+    { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
   worker.postMessage({ type: "train", config: config(), data });
 };
 
@@ -240,12 +243,13 @@ readAutosave().then((saved) => {
     }
     $("data").value = saved.data;
     $("quant").value = saved.quant;
+    $("compute").value = saved.computeDtype ?? "f32";
     state.losses = saved.losses ?? [];
     state.speeds = [];
     drawChart();
-    state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant };
+    state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
     setBusy(true);
-    const load = { type: "load", source: saved.source, quant: saved.quant, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
+    const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
     const send = () => { worker.postMessage(load); worker.postMessage(resume); };

@@ -50,6 +50,7 @@ async function handle(msg) {
     case "load": {
       if (!gpu) throw new Error("the GPU is not ready");
       const quant = msg.quant ?? "f32";
+      const computeDtype = msg.computeDtype ?? "f32";
       const onProgress = (p) => post({ type: "load-progress", progress: p });
       const start = performance.now();
       let configText;
@@ -72,10 +73,10 @@ async function handle(msg) {
       }
       if (model) model.free();
       model = null;
-      if (msg.source.kind === "files") model = await Model.fromFiles(gpu, msg.source.files, { quant, onProgress });
+      if (msg.source.kind === "files") model = await Model.fromFiles(gpu, msg.source.files, { quant, computeDtype, onProgress });
       else {
         const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
-        model = await Model.fromUrl(gpu, base, { quant, onProgress });
+        model = await Model.fromUrl(gpu, base, { quant, computeDtype, onProgress });
       }
       post({ type: "loaded", info: model.info(), seconds: (performance.now() - start) / 1000 });
       break;

@@ -16,6 +16,8 @@ use crate::util::rng::Rng;
 pub struct GenerateFigure {
     pub model: String,
     pub quant: String,
+    /// The frozen Linears' arithmetic: "f32", or "f16" (SHADER_F16).
+    pub compute_dtype: String,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     /// Prompt (prefill) and first token, ms.
@@ -54,6 +56,7 @@ pub async fn generate_figure(
     Ok(GenerateFigure {
         model: name.to_string(),
         quant: model.format.name().to_string(),
+        compute_dtype: model.compute_dtype().name().to_string(),
         prompt_tokens: prompt.len(),
         new_tokens: out.len(),
         first_token_ms: first * 1e3,

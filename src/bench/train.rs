@@ -24,6 +24,8 @@ pub struct TrainFigure {
     pub model: String,
     pub parameters: u64,
     pub quant: String,
+    /// The frozen Linears' arithmetic: "f32", or "f16" (SHADER_F16).
+    pub compute_dtype: String,
     pub method: String,
     /// LoRA's rank (0 for a bottleneck adapter).
     pub r: usize,
@@ -202,6 +204,7 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
         model: name.to_string(),
         parameters,
         quant: model.format.name().to_string(),
+        compute_dtype: model.compute_dtype().name().to_string(),
         method: setup.method.clone(),
         r: if setup.method == "lora" { r } else { 0 },
         checkpointing: setup.checkpointing,

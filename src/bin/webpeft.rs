@@ -33,7 +33,7 @@ use webpeft::peft::adapter::Adapter;
 use webpeft::peft::bottleneck_file::BN_WEIGHTS_FILE;
 use webpeft::peft::merge::{export_safetensors, merge_lora};
 use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
-use webpeft::quant::QuantFormat;
+use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use webpeft::train::run::{Run, RunConfig};
@@ -58,6 +58,10 @@ enum Command {
         /// f32, f16, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
+        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+        /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 64)]
@@ -97,6 +101,10 @@ enum Command {
         /// How the blocks' Linear weights are stored on the GPU: f32, f16, q8 (Q8_0) or nf4.
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
+        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+        /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
         /// JSON token ids: `[[ids…], …]` or `{"input_ids": [[ids…], …]}` (rows of equal length).
         #[arg(long)]
         tokens: std::path::PathBuf,
@@ -165,6 +173,10 @@ enum Command {
         /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Arithmetic of the NF4 base's Linears in the training and generation
+        /// figures: f32, or f16 where the GPU has shader-f16.
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
         /// Rows per training step.
         #[arg(long, default_value_t = 4)]
         batch: usize,
@@ -227,6 +239,10 @@ struct TrainArgs {
     /// How the frozen blocks' Linear weights are stored: f32, f16, q8 (Q8_0) or nf4.
     #[arg(long, default_value = "f32")]
     quant: QuantFormat,
+    /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+    /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+    #[arg(long, default_value = "f32")]
+    compute_dtype: ComputeDtype,
     /// Start from this adapter folder (PEFT LoRA or AdapterHub bottleneck) instead of a fresh one.
     #[arg(long, conflicts_with = "resume")]
     init_adapter: Option<PathBuf>,
@@ -345,7 +361,18 @@ fn main() {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Info { model, json } => info(&model, json).await?,
-        Command::Generate { model, quant, prompt, max_new_tokens, temperature, top_k, top_p, seed, adapter } => {
+        Command::Generate {
+            model,
+            quant,
+            compute_dtype,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            adapter,
+        } => {
             let sampling = GenerationConfig {
                 max_new_tokens,
                 temperature: if temperature > 0.0 { temperature } else { 1.0 },
@@ -355,11 +382,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 eos_token_ids: Vec::new(),
                 greedy: temperature <= 0.0,
             };
-            generate(&model, quant, &prompt, sampling, adapter.as_deref()).await?
+            generate(&model, (quant, compute_dtype), &prompt, sampling, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize(&model, quant, &out).await?,
-        Command::Logits { model, quant, tokens, out, adapter } => {
-            logits(&model, quant, &tokens, &out, adapter.as_deref()).await?
+        Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {
+            logits(&model, (quant, compute_dtype), &tokens, &out, adapter.as_deref()).await?
         }
         Command::Train(args) => {
             if train(*args).await? == Stopped::NonFinite {
@@ -377,6 +404,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             train,
             kernels,
             model,
+            compute_dtype,
             batch,
             seq,
             r,
@@ -396,6 +424,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             let steps = StepsBench {
                 model,
+                compute: compute_dtype,
                 batch,
                 seq,
                 r,
@@ -570,7 +599,7 @@ async fn adapted_logits_and_loss(
 
 async fn logits(
     dir: &std::path::Path,
-    quant: QuantFormat,
+    base: (QuantFormat, ComputeDtype),
     tokens: &std::path::Path,
     out: &std::path::Path,
     adapter: Option<&Path>,
@@ -578,7 +607,7 @@ async fn logits(
     let ids = read_token_file(tokens)?;
     let gpu = Gpu::new().await?;
     let files = DirFiles::new(dir)?;
-    let model = Model::load(&gpu, &files, quant).await?;
+    let model = load_model(&gpu, &files, base).await?;
     let (logits, loss) = match adapter {
         Some(a) => adapted_logits_and_loss(&gpu, &model, &ids, &load_adapter(&gpu, a, &model).await?).await?,
         None => model.logits_and_loss(&gpu, &ids, None).await?,
@@ -593,6 +622,24 @@ async fn logits(
     safetensors::serialize_to_file(tensors, None, out)?;
     out!("{}: logits ({b}, {t}, {v}), loss {loss}", out.display());
     Ok(())
+}
+
+/// Load a model folder with its Linears stored as `quant` and computing in
+/// `compute`, with a note on stderr where f16 compute does not apply.
+async fn load_model<F: ModelFiles>(
+    gpu: &Gpu,
+    files: &F,
+    (quant, compute): (QuantFormat, ComputeDtype),
+) -> Result<Model, Box<dyn std::error::Error>> {
+    let mut model = Model::load(gpu, files, quant).await?;
+    let effective = model.set_compute_dtype(gpu, compute)?;
+    if effective != compute {
+        let why = if model.format == QuantFormat::F32 { "an f32 base" } else { "this GPU has no shader-f16" };
+        eprintln!("note: computing in {effective}, not {compute}: {why}");
+    } else if effective == ComputeDtype::F16 && gpu.info().device_type == "Cpu" {
+        eprintln!("note: {} emulates f16 arithmetic; f32 is faster on it", gpu.info().name);
+    }
+    Ok(model)
 }
 
 /// Files of a model folder that travel unchanged with its weights.
@@ -632,7 +679,7 @@ async fn quantize(
 
 async fn generate(
     dir: &std::path::Path,
-    quant: QuantFormat,
+    base: (QuantFormat, ComputeDtype),
     prompt: &str,
     mut config: GenerationConfig,
     adapter: Option<&Path>,
@@ -641,7 +688,7 @@ async fn generate(
     let files = DirFiles::new(dir)?;
     let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&Config::load(&files).await?)?;
-    let model = Model::load(&gpu, &files, quant).await?;
+    let model = load_model(&gpu, &files, base).await?;
     let adapter = match adapter {
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
         None => None,
@@ -880,6 +927,7 @@ fn write_model_folder(dir: &Path, out: &Path, model_safetensors: &[u8]) -> Resul
 /// What `bench` trains on, and how.
 struct StepsBench {
     model: Option<PathBuf>,
+    compute: ComputeDtype,
     batch: usize,
     seq: usize,
     r: usize,
@@ -917,6 +965,15 @@ async fn bench_train(
     Ok(out)
 }
 
+/// "nf4", or "nf4 (f16 compute)".
+fn base_label(quant: &str, compute: &str) -> String {
+    if compute == "f32" {
+        quant.to_string()
+    } else {
+        format!("{quant} ({compute} compute)")
+    }
+}
+
 /// The per-kernel table of one profiled step.
 fn print_kernel_times(f: &TrainFigure) {
     let total: f64 = f.kernels.iter().map(|k| k.total_ms).sum();
@@ -939,7 +996,8 @@ async fn bench_model<F: ModelFiles>(
     (train, generate): &mut (Vec<TrainFigure>, Vec<GenerateFigure>),
 ) -> Result<(), Box<dyn std::error::Error>> {
     for quant in [QuantFormat::F32, QuantFormat::Nf4] {
-        let model = Model::load(gpu, files, quant).await?;
+        let mut model = Model::load(gpu, files, quant).await?;
+        model.set_compute_dtype(gpu, b.compute)?;
         for method in ["lora", "seq_bn"] {
             let setup = StepSetup {
                 checkpointing: b.checkpointing,
@@ -957,7 +1015,7 @@ async fn bench_model<F: ModelFiles>(
                     "| {} | {:.1}M | {} | {} | {} | {}×{} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
                     f.model,
                     f.parameters as f64 / 1e6,
-                    f.quant,
+                    base_label(&f.quant, &f.compute_dtype),
                     if f.r > 0 { format!("lora r{}", f.r) } else { f.method.clone() },
                     f.adapter_parameters,
                     f.batch,
@@ -976,7 +1034,7 @@ async fn bench_model<F: ModelFiles>(
             out!(
                 "generate {} {}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
                 g.model,
-                g.quant,
+                base_label(&g.quant, &g.compute_dtype),
                 g.prompt_tokens,
                 g.first_token_ms,
                 g.decode_tokens_per_s
@@ -1063,7 +1121,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
 
     let gpu = Gpu::new().await?;
-    let model = Model::load(&gpu, &files, a.quant).await?;
+    let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
     let optimizer = OptimizerConfig {
         beta1: 0.9,
         beta2: 0.999,

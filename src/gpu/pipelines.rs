@@ -17,6 +17,8 @@ pub enum Kernel {
     QMatmul,
     /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     QMatmulSubgroup,
+    /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
+    QMatmulF16,
     Quant,
     RmsNorm,
     Rope,
@@ -51,6 +53,9 @@ impl Kernel {
                     include_str!("../../shaders/qmatmul_subgroup.wgsl")
                 )
             }
+            Kernel::QMatmulF16 => {
+                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/qmatmul_f16.wgsl"))
+            }
             Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
             Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
@@ -78,6 +83,7 @@ impl Kernel {
             Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::QMatmul => "qmatmul",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
+            Kernel::QMatmulF16 => "qmatmul_f16",
             Kernel::Quant => "quant",
             Kernel::RmsNorm => "rmsnorm",
             Kernel::Rope => "rope",
@@ -146,7 +152,10 @@ impl PipelineKey {
     }
 
     fn prelude(&self) -> String {
-        self.consts.iter().map(|(n, c)| c.wgsl(n)).collect()
+        // Enable directives come before every declaration.
+        let enable = if self.kernel == Kernel::QMatmulF16 { "enable f16;\n" } else { "" };
+        let consts: String = self.consts.iter().map(|(n, c)| c.wgsl(n)).collect();
+        format!("{enable}{consts}")
     }
 
     /// A short name for timing tables: `matmul/matmul_tiled`.

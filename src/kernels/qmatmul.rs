@@ -16,7 +16,7 @@ use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
-use crate::quant::QuantFormat;
+use crate::quant::{ComputeDtype, QuantError, QuantFormat, F16_COMPUTE_MAX_ABS};
 
 /// The storage of one chunk of rows.
 #[derive(Clone, Debug)]
@@ -41,6 +41,10 @@ pub struct QWeight {
     pub rows: usize,
     pub cols: usize,
     pub chunks: Vec<Chunk>,
+    /// The largest |value| the weight holds (a bound for Q8_0: 128·|scale|).
+    pub max_abs: f32,
+    /// The arithmetic of its quantized kernels; see [`QWeight::set_compute`].
+    compute: ComputeDtype,
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -115,7 +119,8 @@ impl QWeight {
                 break;
             }
         }
-        Ok(QWeight { format, rows, cols, chunks })
+        let max_abs = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        Ok(QWeight { format, rows, cols, chunks, max_abs, compute: ComputeDtype::F32 })
     }
 
     /// A weight already packed on the CPU (from a pre-quantized file).
@@ -137,7 +142,8 @@ impl QWeight {
             chunks.push(Chunk { row_start: start, rows: n, data: ChunkData::Quant(Packed::from_nf4(gpu, &part)?) });
             start += n;
         }
-        Ok(QWeight { format: QuantFormat::Nf4, rows, cols, chunks })
+        let max_abs = q.absmax.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        Ok(QWeight { format: QuantFormat::Nf4, rows, cols, chunks, max_abs, compute: ComputeDtype::F32 })
     }
 
     /// A weight already packed on the CPU as Q8_0.
@@ -157,7 +163,35 @@ impl QWeight {
             chunks.push(Chunk { row_start: start, rows: n, data: ChunkData::Quant(Packed::from_q8_0(gpu, &part)?) });
             start += n;
         }
-        Ok(QWeight { format: QuantFormat::Q8_0, rows, cols, chunks })
+        let max_abs = q.scales.iter().fold(0.0f32, |m, v| m.max(v.to_f32().abs())) * 128.0;
+        Ok(QWeight { format: QuantFormat::Q8_0, rows, cols, chunks, max_abs, compute: ComputeDtype::F32 })
+    }
+
+    /// Compute in `dtype` from now on, and return the dtype in effect (see
+    /// [`QWeight::compute_for`]); on an error nothing changes.
+    pub fn set_compute(&mut self, gpu: &Gpu, dtype: ComputeDtype) -> Result<ComputeDtype> {
+        self.compute = self.compute_for(gpu, dtype)?;
+        Ok(self.compute)
+    }
+
+    /// The dtype `dtype` would give this weight on `gpu`. f16 applies to the
+    /// quantized and f16 formats on devices with SHADER_F16 (elsewhere the
+    /// weight computes in f32); it is refused for a weight past
+    /// ±[`F16_COMPUTE_MAX_ABS`], which f16 sums could overflow.
+    pub fn compute_for(&self, gpu: &Gpu, dtype: ComputeDtype) -> Result<ComputeDtype> {
+        let effective = match dtype {
+            ComputeDtype::F16 if self.format != QuantFormat::F32 && gpu.info().shader_f16 => ComputeDtype::F16,
+            _ => ComputeDtype::F32,
+        };
+        if effective == ComputeDtype::F16 && self.max_abs > F16_COMPUTE_MAX_ABS {
+            return Err(QuantError::F16ComputeRange { max_abs: self.max_abs }.into());
+        }
+        Ok(effective)
+    }
+
+    /// The arithmetic its quantized kernels use.
+    pub fn compute(&self) -> ComputeDtype {
+        self.compute
     }
 
     /// GPU bytes of the weight.
@@ -259,6 +293,16 @@ fn vec4_layout(g: &Gemm, backward: bool) -> bool {
     g.lda % 4 == 0 && g.a_off % 4 == 0 && g.k % 4 == 0 && (!backward || g.n % 4 == 0)
 }
 
+/// Bindings of the vec4 entries: x (or dy) as vec4s, the codes, the scales, the output.
+fn bind4_of<'a>(x: &'a Tensor, p: &'a Packed, out: &'a Tensor) -> [(u32, &'a Tensor); 4] {
+    [(1, x), (2, &p.codes), (3, &p.scales), (4, out)]
+}
+
+/// Tiles of the f16-compute kernels (4 rows × 8 columns an invocation, 8×8
+/// invocations a workgroup): a register budget a GPU's f16 units can keep, as
+/// they exist for GPUs. Few rows take [`Tiles::few_rows`].
+const F16_TILES: Tiles = Tiles { tm: 4, tn: 8, wx: 8, wy: 8 };
+
 /// Lanes of a subgroup the subgroup kernels are written for (checked by
 /// `subgroups_usable`).
 const SG_LANES: u32 = 8;
@@ -273,7 +317,11 @@ fn format_const(format: QuantFormat) -> Const {
 }
 
 fn qkey(entry: &'static str, format: QuantFormat, forward: bool, t: Tiles) -> PipelineKey {
-    PipelineKey::new(Kernel::QMatmul, entry)
+    qkey_in(Kernel::QMatmul, entry, format, forward, t)
+}
+
+fn qkey_in(kernel: Kernel, entry: &'static str, format: QuantFormat, forward: bool, t: Tiles) -> PipelineKey {
+    PipelineKey::new(kernel, entry)
         .with("FORMAT", format_const(format))
         .with("FORWARD", Const::Bool(forward))
         .with("TM", Const::U32(t.tm))
@@ -341,12 +389,16 @@ fn qgemm_acc(
         let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), m, vec4_layout(&g, backward)));
         match &chunk.data {
             ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
-            ChunkData::Quant(p) => record_quant(rec, &g, x, p, out, backward, v)?,
+            ChunkData::Quant(p) => {
+                let half = w.compute == ComputeDtype::F16 && rec.gpu().info().shader_f16;
+                record_quant(rec, &g, x, p, out, backward, v, half)?
+            }
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record_quant(
     rec: &mut Recorder,
     g: &Gemm,
@@ -355,6 +407,7 @@ fn record_quant(
     out: &Tensor,
     backward: bool,
     variant: QVariant,
+    half: bool,
 ) -> Result<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
@@ -378,13 +431,22 @@ fn record_quant(
         _pad: 0,
     };
     let aligned = vec4_layout(g, backward);
+    if half && aligned && variant != QVariant::Naive {
+        // shaders/qmatmul_f16.wgsl, whichever variant was asked for (it has no
+        // subgroup form); odd layouts and the yardstick stay f32 below.
+        let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
+        let groups = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
+        let entry = if backward { "qmatmul_nn_f16" } else { "qmatmul_nt_f16" };
+        let key = qkey_in(Kernel::QMatmulF16, entry, p.format, !backward, t);
+        return rec.dispatch_bound(&key, &params, &bind4_of(x, p, out), groups);
+    }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
         v => v,
     };
     let t = tiles(backward, g.m);
     let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-    let bind4 = [(1, x), (2, &p.codes), (3, &p.scales), (4, out)];
+    let bind4 = bind4_of(x, p, out);
     let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
     match variant {
         QVariant::Subgroup(sg) => {

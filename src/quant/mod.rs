@@ -39,6 +39,56 @@ pub enum QuantError {
 
     #[error("value {value} at index {index} is beyond half precision's range (±65504); keep this weight in f32, q8_0 or nf4")]
     F16Range { index: usize, value: f32 },
+
+    #[error("unknown compute dtype {0:?} (expected \"f32\" or \"f16\")")]
+    UnknownComputeDtype(String),
+
+    #[error("a weight of magnitude {max_abs} is past f16 compute's range (±{F16_COMPUTE_MAX_ABS}); compute in f32")]
+    F16ComputeRange { max_abs: f32 },
+}
+
+/// The largest |weight| f16 compute takes: a run of 32 f16 products of a row
+/// scaled into [-2, 2) then stays under f16's 65504 (see `shaders/qmatmul.wgsl`).
+pub const F16_COMPUTE_MAX_ABS: f32 = 1000.0;
+
+/// The arithmetic of the frozen base's matmuls, as bitsandbytes'
+/// `bnb_4bit_compute_dtype`: f32 (the default), or f16 where the device has
+/// SHADER_F16 (f16 operands and products, runs of 32 products summed in f16,
+/// f32 beyond). Adapters, norms, attention and the loss are f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl ComputeDtype {
+    /// "f32" or "f16", as accepted by `from_str`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+}
+
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ComputeDtype {
+    type Err = QuantError;
+
+    /// "f32" (or "fp32", "float32"), "f16" (or "fp16", "float16"), case-insensitive.
+    fn from_str(s: &str) -> Result<Self, QuantError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" => Ok(Self::F16),
+            _ => Err(QuantError::UnknownComputeDtype(s.to_string())),
+        }
+    }
 }
 
 /// How the frozen base weights are stored.
@@ -119,6 +169,9 @@ mod tests {
         assert!(matches!("q4_0".parse::<QuantFormat>(), Err(QuantError::UnknownFormat(_))));
 
         assert_eq!("FP16".parse::<QuantFormat>(), Ok(QuantFormat::F16));
+        assert_eq!("float16".parse::<ComputeDtype>(), Ok(ComputeDtype::F16));
+        assert_eq!("F32".parse::<ComputeDtype>(), Ok(ComputeDtype::F32));
+        assert!(matches!("bf16".parse::<ComputeDtype>(), Err(QuantError::UnknownComputeDtype(_))));
         assert_eq!(QuantFormat::F32.bytes_for(3, 5), 60);
         assert_eq!(QuantFormat::F16.bytes_for(3, 5), 30);
         // 4096 x 4096: 524288 blocks of 34 bytes; 8 Mi nibbles + 262144 absmaxes.

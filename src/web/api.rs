@@ -30,7 +30,7 @@ use crate::peft::adapter::Adapter;
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
-use crate::quant::QuantFormat;
+use crate::quant::{ComputeDtype, QuantFormat};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{parse_jsonl, DataOptions, Dataset};
 use crate::train::plan::{plan_memory, PlanAdapter, PlanInput};
@@ -64,6 +64,10 @@ fn callback(v: &JsValue, key: &str) -> Option<Function> {
 
 fn quant(name: Option<&str>) -> JsResult<QuantFormat> {
     name.unwrap_or("f32").parse::<QuantFormat>().map_err(err)
+}
+
+fn compute_dtype(name: Option<&str>) -> JsResult<ComputeDtype> {
+    name.unwrap_or("f32").parse::<ComputeDtype>().map_err(err)
 }
 
 fn now_seconds() -> f64 {
@@ -167,7 +171,7 @@ impl WebGpu {
         let i = self.gpu.info();
         to_js(&serde_json::json!({
             "name": i.name, "backend": i.backend, "deviceType": i.device_type, "driver": i.driver,
-            "subgroups": i.subgroups, "maxBufferSize": i.max_buffer_size,
+            "subgroups": i.subgroups, "shaderF16": i.shader_f16, "maxBufferSize": i.max_buffer_size,
             "maxStorageBufferBindingSize": i.max_storage_buffer_binding_size,
             "maxStorageBuffersPerShaderStage": i.max_storage_buffers_per_shader_stage,
             "maxComputeWorkgroupStorageSize": i.max_compute_workgroup_storage_size,
@@ -272,6 +276,7 @@ pub struct WebModel {
 async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue> {
     let o: LoadOptions = options(&opts)?;
     let format = quant(o.quant.as_deref())?;
+    let compute = compute_dtype(o.compute_dtype.as_deref())?;
     let on_progress = callback(&opts, "onProgress");
     let mut report = |p: crate::model::llama::LoadProgress| {
         if let (Some(f), Ok(v)) = (
@@ -283,7 +288,8 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue>
             let _ = f.call1(&JsValue::NULL, &v);
         }
     };
-    let model = Model::load_with_progress(&gpu, &files, format, &mut report).await.map_err(err)?;
+    let mut model = Model::load_with_progress(&gpu, &files, format, &mut report).await.map_err(err)?;
+    model.set_compute_dtype(&gpu, compute).map_err(err)?;
     let tokenizer = match crate::model::source::ModelFiles::try_open(&files, "tokenizer.json").await.map_err(err)? {
         Some(_) => Some(Tokenizer::load(&files).await.map_err(err)?),
         None => None,
@@ -354,11 +360,26 @@ impl WebModel {
                 QuantFormat::Q8_0 => "q8",
                 QuantFormat::Nf4 => "nf4",
             },
+            compute_dtype: st.model.compute_dtype().name(),
             weight_bytes: st.model.bytes(),
             max_position_embeddings: c.max_position_embeddings,
             has_tokenizer: st.tokenizer.is_some(),
             has_chat_template: st.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some()),
         })
+    }
+
+    /// Computes the frozen Linears in "f32" or "f16" from now on, and returns
+    /// the dtype in effect ("f32" where the GPU has no shader-f16 or the base
+    /// is f32). Adapters and their training state are untouched.
+    #[wasm_bindgen(js_name = setComputeDtype, unchecked_return_type = "ComputeDtype")]
+    pub fn set_compute_dtype(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ComputeDtype")] dtype: &str,
+    ) -> JsResult<String> {
+        let dtype = compute_dtype(Some(dtype))?;
+        let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let st = &mut *st;
+        Ok(st.model.set_compute_dtype(&st.gpu, dtype).map_err(err)?.name().to_string())
     }
 
     /// Adds a fresh LoRA adapter (PEFT's defaults: r 8, alpha 8, q_proj and v_proj).

@@ -10,18 +10,23 @@ const TYPES: &'static str = r#"
 /** The adapter the GPU context runs on, and its limits. */
 export interface GpuInfo {
   name: string; backend: string; deviceType: string; driver: string;
-  subgroups: boolean; maxBufferSize: number; maxStorageBufferBindingSize: number;
+  subgroups: boolean; shaderF16: boolean; maxBufferSize: number; maxStorageBufferBindingSize: number;
   maxStorageBuffersPerShaderStage: number; maxComputeWorkgroupStorageSize: number;
   maxComputeInvocationsPerWorkgroup: number;
 }
 /** Live and peak bytes of webpeft's GPU buffers. */
 export interface MemoryStats { liveBytes: number; peakBytes: number; liveBuffers: number; }
 export type Quant = "f32" | "f16" | "q8" | "nf4";
+/** The arithmetic of the frozen Linears (bitsandbytes' `bnb_4bit_compute_dtype`): "f16" applies to
+ * quantized and f16 bases where the GPU has shader-f16, and is "f32" elsewhere. */
+export type ComputeDtype = "f32" | "f16";
 export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; }
-export interface LoadOptions { quant?: Quant; onProgress?: (progress: LoadProgress) => void; }
+export interface LoadOptions {
+  quant?: Quant; computeDtype?: ComputeDtype; onProgress?: (progress: LoadProgress) => void;
+}
 export interface ModelInfo {
   modelType: string; vocabSize: number; hiddenSize: number; layers: number; parameters: number;
-  quant: Quant; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
+  quant: Quant; computeDtype: ComputeDtype; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
 }
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 export interface LoraOptions {
@@ -80,6 +85,7 @@ export type AdapterFiles = Record<string, Uint8Array>;
 #[serde(rename_all = "camelCase", default)]
 pub struct LoadOptions {
     pub quant: Option<String>,
+    pub compute_dtype: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -189,6 +195,7 @@ pub struct ModelInfo {
     pub layers: usize,
     pub parameters: u64,
     pub quant: &'static str,
+    pub compute_dtype: &'static str,
     pub weight_bytes: u64,
     pub max_position_embeddings: usize,
     pub has_tokenizer: bool,

@@ -226,6 +226,12 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [m32, m16] = [await Model.fromUrl(gpu, url, { quant: "f32" }), await Model.fromUrl(gpu, url, { quant: "f16" })];
       const [l32, l16] = [(await m32.evaluate(data)).loss, (await m16.evaluate(data)).loss];
       if (m16.info().quant !== "f16" || !(Math.abs(l32 - l16) < 2e-4)) throw new Error("f16 base: loss " + l16 + " vs f32 " + l32);
+      // f16 compute where the GPU has shader-f16, f32 (the same numbers) where it has not (SwiftShader).
+      const mh = await Model.fromUrl(gpu, url, { quant: "f16", computeDtype: "f16" });
+      const lh = (await mh.evaluate(data)).loss;
+      const want = gpu.info().shaderF16 ? "f16" : "f32";
+      if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
+      if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
       document.title = "step " + e.step + " loss " + e.loss + " | " + summary.state + " " + paused + " " +
         Object.keys(files).sort().join(",") + " " + g.tokenIds.length + " " + ev.tokens;    } catch (e) { document.title = "error: " + e.message; }
   `);

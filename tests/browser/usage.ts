@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+import type { ComputeDtype, GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -10,8 +10,11 @@ export async function example(data: string): Promise<void> {
   const fits: boolean = plan.fits;
   const model: Model = await Model.fromUrl(gpu, "https://example.invalid/m/", {
     quant: "q8",
+    computeDtype: gpu.info().shaderF16 ? "f16" : "f32",
     onProgress: (p: LoadProgress) => console.log(p.loadedBytes / p.totalBytes, p.tensor),
   });
+  const compute: ComputeDtype = model.setComputeDtype(model.info().computeDtype);
+  console.log(compute);
   model.addLora("a", { r: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.05, rslora: false });
   model.addBottleneck("b", { method: "par_bn", reductionFactor: 2, nonLinearity: "relu" });
   const run: TrainRun = model.startTraining("a", data, { lr: 2e-4, steps: 10, schedule: "cosine", warmup: 2 });

@@ -83,3 +83,13 @@ impl Fixture {
         bytemuck::pod_collect_to_vec(v.data())
     }
 }
+
+/// The batch of the LoRA fixture (tests/fixtures/lora/reference.safetensors).
+pub fn lora_batch() -> webpeft::train::data::Batch {
+    let fx = Fixture::open("lora/reference.safetensors");
+    let t = fx.shape("input_ids")[1];
+    webpeft::train::data::Batch {
+        input_ids: fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect(),
+        labels: fx.i64("labels").chunks(t).map(|r| r.iter().map(|&v| v as i32).collect()).collect(),
+    }
+}

@@ -79,6 +79,54 @@ pub fn matmul_batched(
     }
 }
 
+/// Products per f16 partial sum in the f16-compute kernels (RUN vec4 steps in
+/// `shaders/qmatmul.wgsl`).
+pub const F16_RUN: usize = 32;
+
+/// C = A·op(B) as `shaders/qmatmul.wgsl` computes it in f16 (HALF): each row
+/// of A scaled by the power of two putting its largest |value| in [1, 2) and
+/// rounded to f16, B rounded to f16, products and runs of [`F16_RUN`]
+/// products summed in f16, the runs in f32, and the scale divided back out.
+/// Within a run, y = x·Wᵀ adds four products at a time
+/// (`((p0 + p1) + p2) + p3`, the kernel's `dot`) and dx = dy·W one at a time.
+/// The GPU may order a dot product's sum differently or fuse a multiply-add,
+/// so the kernels agree with this to within a few f16 roundings of a run,
+/// not bit for bit.
+///
+/// - a: (m, k); b: (n, k) when `trans_b` (y = x·Wᵀ), else (k, n) (dx = dy·W)
+pub fn matmul_f16_compute(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, trans_b: bool) -> Vec<f32> {
+    use half::f16;
+    assert_eq!(a.len(), m * k, "matmul_f16_compute: a must hold m*k = {} values", m * k);
+    assert_eq!(b.len(), k * n, "matmul_f16_compute: b must hold k*n = {} values", k * n);
+    let h = |v: f32| f16::from_f32(v);
+    let b_at = |p: usize, j: usize| h(if trans_b { b[j * k + p] } else { b[p * n + j] });
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        let row = &a[i * k..(i + 1) * k];
+        let max = row.iter().fold(0.0f32, |mx, v| mx.max(v.abs()));
+        let exponent = ((max.to_bits() >> 23) & 0xff).min(253);
+        let scale = f32::from_bits((254 - exponent) << 23);
+        let xs: Vec<f16> = row.iter().map(|&v| h(v * scale)).collect();
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for run in (0..k).step_by(F16_RUN) {
+                let mut part = f16::ZERO;
+                let group = if trans_b { 4 } else { 1 };
+                for q in (run..(run + F16_RUN).min(k)).step_by(group) {
+                    let mut dot = f16::ZERO;
+                    for (p, &x) in xs.iter().enumerate().take((q + group).min(k)).skip(q) {
+                        dot += x * b_at(p, j);
+                    }
+                    part += dot;
+                }
+                acc += part.to_f32();
+            }
+            c[i * n + j] = acc / scale;
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +174,25 @@ mod tests {
             // Same products summed in the same order: bit-identical.
             assert_close(&format!("matmul ta={ta} tb={tb}"), &got, &want, 0.0, 0.0);
         }
+    }
+
+    /// Small integers are exact in f16, so the f16 arithmetic gives the exact
+    /// product, in both orientations, whatever power of two scales a row.
+    #[test]
+    fn f16_compute_is_exact_on_small_integers_at_any_row_scale() {
+        let mut rng = Rng::new(3);
+        let (m, n, k) = (3, 5, 70);
+        let row_scale = [1.0f32, 2f32.powi(-30), 2f32.powi(20)];
+        let a: Vec<f32> = (0..m * k).map(|i| (rng.below(7) as f32 - 3.0) * row_scale[i / k]).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.below(5) as f32 - 2.0).collect();
+        for trans_b in [false, true] {
+            let mut want = vec![0.0; m * n];
+            matmul(&a, &b, &mut want, m, n, k, false, trans_b, false);
+            assert_eq!(matmul_f16_compute(&a, &b, m, n, k, trans_b), want, "trans_b={trans_b}");
+        }
+        // A value f16 cannot hold exactly is rounded: 1 + 2^-12 becomes 1.
+        let got = matmul_f16_compute(&[1.0 + 2f32.powi(-12)], &[1.0], 1, 1, 1, true);
+        assert_eq!(got, vec![1.0]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, ChunkData, QWeigh
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
 use crate::peft::adapter::Adapter;
-use crate::quant::QuantFormat;
+use crate::quant::{ComputeDtype, QuantFormat};
 
 /// What one layer's forward kept: everything its backward needs, or, with
 /// gradient checkpointing, only its input (the backward recomputes the rest).
@@ -73,6 +73,7 @@ pub struct Model {
     /// `embed_tokens` itself: the same chunk buffers, no second copy.
     pub lm_head: QWeight,
     rope: RopeCache,
+    compute: ComputeDtype,
 }
 
 impl Model {
@@ -133,7 +134,49 @@ impl Model {
         };
         let rope = RopeCache::new(gpu, &config)?;
         gpu.check("Model::load")?;
-        Ok(Model { config, format, embed_tokens, layers, norm, lm_head, rope })
+        Ok(Model { config, format, embed_tokens, layers, norm, lm_head, rope, compute: ComputeDtype::F32 })
+    }
+
+    /// The arithmetic of the blocks' Linears from now on (bitsandbytes'
+    /// `bnb_4bit_compute_dtype`), returning the dtype in effect: f16 needs a
+    /// quantized or f16 base and a device with SHADER_F16, and gives f32
+    /// otherwise, so a page can ask for it everywhere. A Linear whose weights
+    /// reach past ±[`crate::quant::F16_COMPUTE_MAX_ABS`] refuses f16 with an
+    /// error naming it, and then nothing changes.
+    pub fn set_compute_dtype(&mut self, gpu: &Gpu, dtype: ComputeDtype) -> Result<ComputeDtype> {
+        let mut linears = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            for (name, linear) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                linears.push((i, name, &mut linear.weight));
+            }
+        }
+        // Every weight is checked before any changes.
+        for (i, name, w) in &linears {
+            w.compute_for(gpu, dtype).map_err(|e| {
+                Error::invalid("Model::set_compute_dtype", format!("model.layers.{i}.{name}.weight: {e}"))
+            })?;
+        }
+        let mut effective = ComputeDtype::F32;
+        for (_, _, w) in linears {
+            effective = w.set_compute(gpu, dtype)?;
+        }
+        self.compute = effective;
+        Ok(effective)
+    }
+
+    /// The arithmetic of the blocks' Linears (see [`Model::set_compute_dtype`]).
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        self.compute
     }
 
     /// GPU bytes of the weights (a tied head counted once).
