@@ -298,9 +298,10 @@ fn bind4_of<'a>(x: &'a Tensor, p: &'a Packed, out: &'a Tensor) -> [(u32, &'a Ten
     [(1, x), (2, &p.codes), (3, &p.scales), (4, out)]
 }
 
-/// Tiles of the f16-compute kernels (4 rows × 8 columns an invocation, 8×8
-/// invocations a workgroup): a register budget a GPU's f16 units can keep, as
-/// they exist for GPUs. Few rows take [`Tiles::few_rows`].
+/// Tiles of the f16-compute kernels: 4 rows × 8 columns an invocation, 8×8
+/// invocations a workgroup, a register budget that suits a GPU (the only
+/// place f16 arithmetic pays; lavapipe emulates it). Not tuned on one yet.
+/// Few rows take [`Tiles::few_rows`].
 const F16_TILES: Tiles = Tiles { tm: 4, tn: 8, wx: 8, wy: 8 };
 
 /// Lanes of a subgroup the subgroup kernels are written for (checked by
