@@ -15,8 +15,9 @@
 // (the same register tiling with scalar loads) takes every other shape, and
 // `matmul_naive` (one output per invocation) is kept as the benchmark's yardstick.
 //
-// Prelude constants: TM, TN (outputs per invocation, multiples of 4), WX, WY
-// (workgroup size), and for the scalar kernels TRANS_A, TRANS_B.
+// Prelude constants: TM, TN (outputs per invocation; multiples of 4, except
+// TM of 1-3 for a few rows in matmul_nt, matmul_nn and the scalar kernel), WX,
+// WY (workgroup size), and for the scalar kernels TRANS_A, TRANS_B.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -131,7 +132,9 @@ fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let ldb4 = p.ldb / 4u;
     let m4 = p.m / 4u;
     let n4 = p.n / 4u;
-    var acol: array<u32, TM / 4u>;
+    // At least one slot, so a module built for 1-3 row tiles stays valid
+    // (they serve matmul_nt and matmul_nn; this entry runs with TM ≥ 4).
+    var acol: array<u32, (TM + 3u) / 4u>;
     for (var i = 0u; i < TM / 4u; i++) { acol[i] = abase + min(row0 / 4u + i, m4 - 1u); }
     var bcol: array<u32, TN / 4u>;
     for (var j = 0u; j < TN / 4u; j++) { bcol[j] = bbase + min(col0 / 4u + j, n4 - 1u); }

@@ -6,8 +6,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gpu::Gpu;
-use crate::model::llama::GenerationConfig;
+use crate::gpu::{Gpu, KernelTime, Recorder, Tensor};
+use crate::model::llama::{GenerationConfig, KvCache};
 use crate::model::Model;
 use crate::util::rng::Rng;
 
@@ -24,16 +24,21 @@ pub struct GenerateFigure {
     pub first_token_ms: f64,
     /// New tokens after the first, per second (the decode rate).
     pub decode_tokens_per_s: f64,
+    /// GPU time per kernel of one profiled decoding step (one new token after
+    /// the prompt), slowest first (empty unless asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<KernelTime>,
 }
 
 /// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`
-/// (one warm-up run first, so pipelines are compiled).
+/// (one warm-up run first, so pipelines are compiled); with `profile`, then
+/// one decoding step with timestamp queries (where the device has them).
 pub async fn generate_figure(
     gpu: &Gpu,
     name: &str,
     model: &Model,
-    prompt_tokens: usize,
-    new_tokens: usize,
+    (prompt_tokens, new_tokens): (usize, usize),
+    profile: bool,
 ) -> Result<GenerateFigure> {
     let mut rng = Rng::new(11);
     let vocab = model.config.vocab_size;
@@ -52,6 +57,10 @@ pub async fn generate_figure(
         .await?;
     let total = start.elapsed().as_secs_f64();
     let first = first.unwrap_or(total);
+    let kernels = match profile && gpu.info().timestamp_query {
+        true => profile_decode_step(gpu, model, &prompt).await?,
+        false => Vec::new(),
+    };
     gpu.trim_memory();
     Ok(GenerateFigure {
         model: name.to_string(),
@@ -61,7 +70,24 @@ pub async fn generate_figure(
         new_tokens: out.len(),
         first_token_ms: first * 1e3,
         decode_tokens_per_s: (out.len().saturating_sub(1)) as f64 / (total - first).max(1e-9),
+        kernels,
     })
+}
+
+/// GPU time per kernel of the step that decodes one token after `prompt`.
+async fn profile_decode_step(gpu: &Gpu, model: &Model, prompt: &[u32]) -> Result<Vec<KernelTime>> {
+    let cache = KvCache::new(gpu, model, 1, prompt.len() + 1)?;
+    let mut rec = Recorder::new(gpu);
+    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, None)?;
+    rec.submit()?;
+    gpu.synchronize().await?;
+    let token = Tensor::from_slice(gpu, &[1, 1], &prompt[..1])?;
+    gpu.set_profiling(true)?;
+    let mut rec = Recorder::new(gpu);
+    let stepped = model.forward_cached(&mut rec, &token, &cache, prompt.len(), None).and_then(|_| rec.submit());
+    gpu.set_profiling(false)?;
+    stepped?;
+    gpu.take_profile().await
 }
 
 /// The process's peak resident set (VmHWM), in bytes, where the OS says

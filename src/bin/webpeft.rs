@@ -190,7 +190,8 @@ enum Command {
         #[arg(long)]
         gradient_checkpointing: bool,
         /// After each training figure, profile one more step with timestamp
-        /// queries and print GPU time per kernel.
+        /// queries and print GPU time per kernel; after each generation
+        /// figure, the same for one decoding step.
         #[arg(long)]
         profile: bool,
         /// Instead of everything else: plan, load and train one step of a
@@ -974,13 +975,13 @@ fn base_label(quant: &str, compute: &str) -> String {
     }
 }
 
-/// The per-kernel table of one profiled step.
-fn print_kernel_times(f: &TrainFigure) {
-    let total: f64 = f.kernels.iter().map(|k| k.total_ms).sum();
-    out!("GPU time of one {} {} step on {} ({:.0} ms in kernels):", f.quant, f.method, f.model, total);
+/// The per-kernel table of one profiled step (`what`: "nf4 lora step").
+fn print_kernel_times(what: &str, model: &str, kernels: &[webpeft::gpu::KernelTime]) {
+    let total: f64 = kernels.iter().map(|k| k.total_ms).sum();
+    out!("GPU time of one {what} on {model} ({total:.0} ms in kernels):");
     out!("| kernel | calls | ms | share |");
     out!("|---|---:|---:|---:|");
-    for k in &f.kernels {
+    for k in kernels {
         out!("| {} | {} | {:.1} | {:.1}% |", k.kernel, k.calls, k.total_ms, 100.0 * k.total_ms / total.max(1e-9));
     }
 }
@@ -1008,7 +1009,8 @@ async fn bench_model<F: ModelFiles>(
             };
             let f = train_figure_on(gpu, name, &model, &setup).await?;
             if !json && !f.kernels.is_empty() {
-                print_kernel_times(&f);
+                let what = format!("{} {} step", base_label(&f.quant, &f.compute_dtype), f.method);
+                print_kernel_times(&what, &f.model, &f.kernels);
             }
             if !json {
                 out!(
@@ -1029,7 +1031,11 @@ async fn bench_model<F: ModelFiles>(
             }
             train.push(f);
         }
-        let g = generate_figure(gpu, name, &model, 16, 32).await?;
+        let g = generate_figure(gpu, name, &model, (16, 32), b.profile).await?;
+        if !json && !g.kernels.is_empty() {
+            let what = format!("{} decoding step", base_label(&g.quant, &g.compute_dtype));
+            print_kernel_times(&what, &g.model, &g.kernels);
+        }
         if !json {
             out!(
                 "generate {} {}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
