@@ -59,7 +59,7 @@ model=/tmp/webpeft-bench-29m
 from pathlib import Path; from peft_compare import make_model; make_model(Path('$model'))" || true
 if [ -f "$model/config.json" ]; then
     step train "$BIN" bench --train --model "$model" --profile --repeats "$repeats"
-    # The NF4 rows again with f16 arithmetic (shader-f16), against the f32 rows above.
+    # The NF4 rows again with f16 arithmetic (shader-f16), against the NF4 rows above.
     step train-f16 "$BIN" bench --train --model "$model" --compute-dtype f16 --repeats "$repeats"
     "$BIN" bench --train --model "$model" --json --repeats "$repeats" > "$OUT/train.json" 2> /dev/null
     device=cpu

@@ -69,13 +69,18 @@ fn a_quantized_folder_is_not_quantized_again() {
     assert!(err.to_string().contains("already quantized"), "{err}");
 }
 
+/// The bytes of a folder's model.safetensors.
+fn model_bytes(files: &MemoryFiles) -> Vec<u8> {
+    block_on(webpeft::model::ModelFiles::open(files, "model.safetensors"))
+        .map(|s| block_on(webpeft::model::ByteSource::read_all(&s)).unwrap())
+        .unwrap()
+}
+
 #[test]
 fn a_missing_packed_tensor_is_named() {
     let (files, _) = quantized_folder(QuantFormat::Nf4);
     // Rebuild the file without one absmax tensor.
-    let bytes = block_on(webpeft::model::ModelFiles::open(&files, "model.safetensors"))
-        .map(|s| block_on(webpeft::model::ByteSource::read_all(&s)).unwrap())
-        .unwrap();
+    let bytes = model_bytes(&files);
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let dropped = "model.layers.1.mlp.up_proj.weight.nf4_absmax";
@@ -105,9 +110,7 @@ fn f32_is_not_a_quantized_format() {
 #[test]
 fn a_file_declaring_f16_packing_is_a_typed_error() {
     let (files, _) = quantized_folder(QuantFormat::Nf4);
-    let bytes = block_on(webpeft::model::ModelFiles::open(&files, "model.safetensors"))
-        .map(|s| block_on(webpeft::model::ByteSource::read_all(&s)).unwrap())
-        .unwrap();
+    let bytes = model_bytes(&files);
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let mut metadata = meta.metadata().clone().unwrap();
