@@ -3,13 +3,16 @@
 # network and no Rust, but has python3 with torch, transformers and peft).
 #
 # Here, first:  scripts/gpu-bench.sh --prepare
-#   builds the release CLI into .gpu/ and downloads the Vulkan loader packages into .gl/
-#   (both ignored by git; together about 20 MB).
+#   builds the release CLI into .gpu/ and downloads the Vulkan loader and the GL
+#   vendor-neutral loaders the NVIDIA Vulkan driver needs into .gl/ (both ignored by git).
 # There:        run(command: "scripts/gpu-bench.sh", carry: [".gpu", ".gl"], timeout_s: 560)
-#   writes into $OUT: adapter.txt, kernels.txt, train.txt (with the per-kernel profile),
-#   peft.txt (PyTorch + PEFT on CUDA beside webpeft), llama1b.txt and log.txt.
+#   leaves two files in $OUT: log.txt (everything printed, as it ran) and gpu-bench.tar.gz
+#   with adapter.txt (nvidia-smi), kernels.json + kernels-vs-torch.txt (webpeft beside PyTorch),
+#   sweep.txt (block shapes of the blocked kernel), train.txt (with the per-kernel profile),
+#   train-8x512.txt, peft.txt (PyTorch + PEFT on CUDA beside webpeft) and llama1b.txt.
 # Anywhere else it runs the same steps on the local adapter (OUT defaults to out/gpu-bench);
-# QUICK=1 times one repeat of each and skips the 1B model (a check of this script).
+# QUICK=1 times one repeat of each and skips the sweep, 8×512 and the 1B model (a check of this
+# script); SKIP="sweep llama1b …" leaves out the named steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,13 +24,16 @@ if [ "${1:-}" = "--prepare" ]; then
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
     mkdir -p /tmp/amd64/partial
     # shellcheck disable=SC2086
-    apt-get $o update -qq && (cd .gl && apt-get $o download libvulkan1)
+    apt-get $o update -qq
+    # shellcheck disable=SC2086
+    (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
     du -sh .gpu .gl
     exit 0
 fi
 
 OUT="${OUT:-out/gpu-bench}"
 mkdir -p "$OUT"
+WORK=$(mktemp -d)
 exec > >(tee "$OUT/log.txt") 2>&1
 BIN=.gpu/webpeft
 [ -x "$BIN" ] || BIN=target/release/webpeft
@@ -39,20 +45,36 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
-step() { # name, command…: run one figure, keep going if it fails
+skip() { case " ${SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
+step() { # name, command…: run one figure into $WORK/name.txt, keep going if it fails
     local name=$1
     shift
+    skip "$name" && return 0
     echo "== $name: $*"
     local start=$SECONDS
-    "$@" > "$OUT/$name.txt" 2>&1
+    "$@" > "$WORK/$name.txt" 2>&1
     echo "== $name: exit $? after $((SECONDS - start)) s"
-    tail -n 40 "$OUT/$name.txt"
+    tail -n 60 "$WORK/$name.txt"
 }
 
 repeats=5
-naive=()
-[ -n "${QUICK:-}" ] && repeats=1 && naive=(--no-naive)
-step kernels "$BIN" bench --kernels --repeats "$repeats" "${naive[@]}"
+naive=(--no-naive)
+[ -n "${QUICK:-}" ] && repeats=1 && SKIP="${SKIP:-} sweep train-8x512 llama1b"
+device=cpu
+python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && device=cuda
+nvidia-smi -L 2>/dev/null > "$WORK/adapter.txt"
+cat "$WORK/adapter.txt"
+# JSON on stdout only: stderr goes to its own file.
+if ! skip kernels; then
+    echo "== kernels"
+    start=$SECONDS
+    "$BIN" bench --kernels --json --repeats "$repeats" "${naive[@]}" > "$WORK/kernels.json" 2> "$WORK/kernels.err"
+    echo "== kernels: exit $? after $((SECONDS - start)) s"
+    cat "$WORK/kernels.err"
+    step kernels-vs-torch python3 benches/torch_matmul.py "$WORK/kernels.json" --device "$device"
+fi
+step sweep "$BIN" bench --repeats 3 --sweep-blocks \
+    128x128x8/8x8,128x128x16/8x8,128x64x8/8x4,64x128x8/4x8,64x64x8/4x4,64x64x16/4x4,128x64x16/8x8,64x64x16/8x8,32x32x16/4x4,128x128x8/8x4
 # The ~30M model folder of benches/peft_compare.py, where python has torch and transformers.
 model=/tmp/webpeft-bench-29m
 [ -f "$model/config.json" ] || python3 -c "import sys; sys.path.insert(0, 'benches')
@@ -61,11 +83,17 @@ if [ -f "$model/config.json" ]; then
     step train "$BIN" bench --train --model "$model" --profile --repeats "$repeats"
     # The NF4 rows again with f16 arithmetic (shader-f16), against the NF4 rows above.
     step train-f16 "$BIN" bench --train --model "$model" --compute-dtype f16 --repeats "$repeats"
-    "$BIN" bench --train --model "$model" --json --repeats "$repeats" > "$OUT/train.json" 2> /dev/null
-    device=cpu
-    python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && device=cuda
-    step peft python3 benches/peft_compare.py "$model" --device "$device" --steps "$repeats" --webpeft-json "$OUT/train.json"
+    step train-8x512 "$BIN" bench --train --model "$model" --batch 8 --seq 512 --repeats 3
+    if ! skip peft; then
+        "$BIN" bench --train --model "$model" --json --repeats "$repeats" > "$WORK/train.json" 2> /dev/null
+        step peft python3 benches/peft_compare.py "$model" --device "$device" --steps "$repeats" --webpeft-json "$WORK/train.json"
+        "$BIN" bench --train --model "$model" --json --batch 8 --seq 512 --repeats 3 > "$WORK/train-8x512.json" 2> /dev/null
+        step peft-8x512 python3 benches/peft_compare.py "$model" --device "$device" --steps 3 --batch 8 --seq 512 \
+            --webpeft-json "$WORK/train-8x512.json"
+    fi
 else
     step train "$BIN" bench --train --profile --repeats "$repeats"
 fi
-[ -n "${QUICK:-}" ] || step llama1b "$BIN" bench --llama-1b
+step llama1b "$BIN" bench --llama-1b
+tar -czf "$OUT/gpu-bench.tar.gz" -C "$WORK" .
+echo "== wrote $OUT/log.txt and $OUT/gpu-bench.tar.gz ($(ls "$WORK" | tr '\n' ' '))"

@@ -207,6 +207,23 @@ fn matmul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
 }
 
+// The operands as the shared cores see them (shaders/gemm_blocked.wgsl and
+// shaders/gemv.wgsl, appended to this file for real GPUs).
+const GEMM_A_ALONG_K: bool = !TRANS_A;
+const GEMM_B_ALONG_N: bool = !TRANS_B;
+
+fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a_at(p.a_off + z * p.stride_a, m, k); }
+
+fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return b_at(p.b_off + z * p.stride_b, k, n); }
+
+fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_cs(p.c_off + z * p.stride_c, m, n, value); }
+
+fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
+
+fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return b4[(p.b_off + n * p.ldb + k) / 4u]; }
+
+fn gemv_store(m: u32, n: u32, value: f32) { store_c(p.c_off, m, n, value); }
+
 // One output per invocation: the yardstick the benchmark prints beside the tiled kernels.
 @compute @workgroup_size(WX, WY, 1)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {

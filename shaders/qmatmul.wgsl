@@ -154,6 +154,24 @@ fn w_at(kk: u32, n: u32) -> f32 {
     return w1(kk * p.n + n);
 }
 
+// The operands as the shared cores see them (shaders/gemm_blocked.wgsl and
+// shaders/gemv.wgsl, appended to this file for real GPUs): op(B) is Wᵀ going
+// forward and W going backward; it is decoded as it is staged.
+const GEMM_A_ALONG_K: bool = true;
+const GEMM_B_ALONG_N: bool = !FORWARD;
+
+fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a[p.a_off + m * p.lda + k]; }
+
+fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return w_at(k, n); }
+
+fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store(m, n, value); }
+
+fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
+
+fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return w4(n * p.k + k); }
+
+fn gemv_store(m: u32, n: u32, value: f32) { store(m, n, value); }
+
 // Any shape: the same register tile with scalar loads.
 @compute @workgroup_size(WX, WY, 1)
 fn qmatmul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

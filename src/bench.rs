@@ -3,6 +3,7 @@
 //! enough launches to dwarf the per-submit overhead.
 
 pub mod generate;
+pub mod gpu;
 pub mod train;
 
 use std::time::Instant;
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::blocked::{is_real_gpu, Blocks};
 use crate::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use crate::quant::{ComputeDtype, QuantFormat};
@@ -22,6 +24,26 @@ pub struct Figure {
     pub shape: String,
     pub gflops: f64,
     pub ms_per_call: f64,
+    /// The product (per batch): rows, columns, inner dimension, and the
+    /// orientation ("nt": A·Bᵀ, "nn": A·B, "tn": Aᵀ·B), so a comparison
+    /// script can time the same product elsewhere.
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub op: &'static str,
+    /// Frozen weight bytes read per second (GB/s), for products through a
+    /// weight (the decoding GEMV is bound by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_gbps: Option<f64>,
+}
+
+fn op_name(trans_a: bool, trans_b: bool) -> &'static str {
+    match (trans_a, trans_b) {
+        (false, true) => "nt",
+        (false, false) => "nn",
+        (true, false) => "tn",
+        (true, true) => "tt",
+    }
 }
 
 /// The foundation shapes: squares, and a projection (x·W with W 512×1376, and
@@ -115,6 +137,11 @@ pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, rep
         shape: name.into(),
         gflops: g.flops() / secs / 1e9,
         ms_per_call: secs * 1e3,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        op: op_name(g.trans_a, g.trans_b),
+        weight_gbps: None,
     })
 }
 
@@ -143,12 +170,19 @@ pub async fn bench_qmatmul(
     let secs = time_calls(gpu, calls, repeats, |rec| qgemm_with(rec, &x, &w, &y, backward, variant)).await?;
     Ok(Figure {
         kernel: match compute {
+            // An f32 weight goes through `gemm`, which picks its own kernel.
+            ComputeDtype::F32 if format == QuantFormat::F32 => "f32-weight gemm".into(),
             ComputeDtype::F32 => format!("{} {}", format.name(), qvariant_name(variant)),
             ComputeDtype::F16 => format!("{} f16-compute tiled", format.name()),
         },
         shape: name.into(),
         gflops: g.flops() / secs / 1e9,
         ms_per_call: secs * 1e3,
+        m: g.m,
+        n: g.n,
+        k: g.k,
+        op: if backward { "nn" } else { "nt" },
+        weight_gbps: Some(w.bytes() as f64 / secs / 1e9),
     })
 }
 
@@ -158,7 +192,13 @@ fn variant_name(v: Variant) -> String {
         Variant::Scalar(t) => format!("scalar {}x{} wg {}x{}", t.tm, t.tn, t.wx, t.wy),
         Variant::Naive => "naive".into(),
         Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
+        Variant::Blocked(b) => blocks_name(b),
+        Variant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
     }
+}
+
+fn blocks_name(b: Blocks) -> String {
+    format!("blocked {}x{}x{} {}x{}", b.bm, b.bn, b.bk, b.tm, b.tn)
 }
 
 fn qvariant_name(v: QVariant) -> String {
@@ -166,6 +206,8 @@ fn qvariant_name(v: QVariant) -> String {
         QVariant::Tiled => "tiled".into(),
         QVariant::Naive => "naive".into(),
         QVariant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
+        QVariant::Blocked(b) => blocks_name(b),
+        QVariant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
     }
 }
 
@@ -188,7 +230,12 @@ pub async fn kernel_figures(
         report(&f);
         out.push(f);
     };
+    let real = is_real_gpu(gpu);
     for (name, g) in matmul_shapes() {
+        if real {
+            // The kernel `gemm` picks here, then the CPU-tuned one for comparison.
+            push(bench_matmul(gpu, &name, &g, Variant::tuned(gpu, &g), repeats).await?, &mut out);
+        }
         let t = tiles.unwrap_or(Tiles::for_gemm(&g));
         push(bench_matmul(gpu, &name, &g, Variant::Tiled(t), repeats).await?, &mut out);
         if subgroups_usable(gpu) {
@@ -205,6 +252,10 @@ pub async fn kernel_figures(
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         for (name, g, backward) in qmatmul_shapes() {
             for &c in computes {
+                if real && c == ComputeDtype::F32 {
+                    let v = QVariant::tuned(gpu, g.m, g.n, g.k % 4 == 0, backward);
+                    push(bench_qmatmul(gpu, &name, &g, backward, format, c, v, repeats).await?, &mut out);
+                }
                 push(bench_qmatmul(gpu, &name, &g, backward, format, c, QVariant::Tiled, repeats).await?, &mut out);
                 // f16 compute has one kernel whichever variant is asked for.
                 if subgroups_usable(gpu) && c == ComputeDtype::F32 {

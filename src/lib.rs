@@ -26,4 +26,4 @@ pub mod fuzzing;
 pub mod web;
 
 pub use error::{Error, Result};
-pub use gpu::{DType, Gpu, GpuOptions, Tensor};
+pub use gpu::{DType, Gpu, GpuOptions, KernelFamily, Tensor};

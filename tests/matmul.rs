@@ -4,6 +4,7 @@
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
+use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
 use webpeft::{DType, Error, Tensor};
@@ -215,36 +216,116 @@ fn subgroup_block_too_large_is_a_typed_error() {
 
 #[test]
 fn subgroup_path_with_offsets_and_strides() {
-    // C[:, 8..20] = A · B[8..20, :]ᵀ inside a wider C, A and B at offsets:
-    // a weight split by rows across bindings, in each orientation.
+    for (ta, tb) in ORIENTATIONS {
+        column_slices_at_offsets(ta, tb, Variant::Subgroup(SgTiles::tuned(ta, tb)));
+    }
+}
+
+/// C[:, 8..20] = A · B[8..20, :]ᵀ inside a wider C, A and B at offsets: a
+/// weight split by rows across bindings, in orientation (ta, tb).
+fn column_slices_at_offsets(ta: bool, tb: bool, variant: Variant) {
     let gpu = gpu();
     let (m, k, n_total) = (36, 16, 28);
-    for (i, (ta, tb)) in ORIENTATIONS.into_iter().enumerate() {
-        let a = randn(270 + i as u64, 4 + m * k);
-        let b = randn(280 + i as u64, n_total * k);
-        let ta_t = Tensor::from_slice(gpu, &[4 + m * k], &a).unwrap();
-        let tb_t = Tensor::from_slice(gpu, &[n_total * k], &b).unwrap();
-        let tc = Tensor::zeros(gpu, &[m, n_total], DType::F32).unwrap();
-        // B as (N_total, K) for nt, (K, N_total) otherwise.
-        let mut rec = Recorder::new(gpu);
-        for (start, len) in [(0, 8), (8, 12), (20, 8)] {
-            let mut g = Gemm::new(m, len, k, ta, tb);
-            g.a_off = 4;
-            if tb {
-                g.b_off = start * k;
-            } else {
-                g.b_off = start;
-                g.ldb = n_total;
-            }
-            g.c_off = start;
-            g.ldc = n_total;
-            gemm_with(&mut rec, &g, &ta_t, &tb_t, &tc, Variant::Subgroup(SgTiles::tuned(ta, tb))).unwrap();
+    let seed = 270 + 2 * ta as u64 + tb as u64;
+    let a = randn(seed, 4 + m * k);
+    let b = randn(seed + 10, n_total * k);
+    let ta_t = Tensor::from_slice(gpu, &[4 + m * k], &a).unwrap();
+    let tb_t = Tensor::from_slice(gpu, &[n_total * k], &b).unwrap();
+    let tc = Tensor::zeros(gpu, &[m, n_total], DType::F32).unwrap();
+    // B as (N_total, K) for nt, (K, N_total) otherwise.
+    let mut rec = Recorder::new(gpu);
+    for (start, len) in [(0, 8), (8, 12), (20, 8)] {
+        let mut g = Gemm::new(m, len, k, ta, tb);
+        g.a_off = 4;
+        if tb {
+            g.b_off = start * k;
+        } else {
+            g.b_off = start;
+            g.ldb = n_total;
         }
-        rec.submit().unwrap();
-        let got: Vec<f32> = block_on(tc.to_vec(gpu)).unwrap();
-        let mut want = vec![0.0; m * n_total];
-        cpu::matmul(&a[4..], &b, &mut want, m, n_total, k, ta, tb, false);
-        assert_close(&format!("subgroup column slices ta={ta} tb={tb}"), &got, &want, ABS, REL * (k as f32).sqrt());
+        g.c_off = start;
+        g.ldc = n_total;
+        gemm_with(&mut rec, &g, &ta_t, &tb_t, &tc, variant).unwrap();
+    }
+    rec.submit().unwrap();
+    let got: Vec<f32> = block_on(tc.to_vec(gpu)).unwrap();
+    let mut want = vec![0.0; m * n_total];
+    cpu::matmul(&a[4..], &b, &mut want, m, n_total, k, ta, tb, false);
+    assert_close(&format!("column slices ta={ta} tb={tb} {variant:?}"), &got, &want, ABS, REL * (k as f32).sqrt());
+}
+
+/// The workgroup-memory kernel of real GPUs, every block shape it picks (and
+/// a small one with a K slice of 4) in every orientation: edges ragged in M,
+/// N and K (K not a multiple of the slice), a product smaller than one
+/// block, batches with accumulation and alpha, offsets and row strides.
+#[test]
+fn blocked_kernel_every_orientation_and_block() {
+    let blocks = [
+        Blocks::LARGE,
+        Blocks::MEDIUM,
+        Blocks::for_shape(100, 16, 1),
+        Blocks::for_shape(100, 32, 1),
+        Blocks::for_shape(16, 100, 1),
+        Blocks::for_shape(32, 100, 1),
+        Blocks { bm: 32, bn: 64, bk: 4, tm: 4, tn: 8 },
+    ];
+    for (bi, b) in blocks.into_iter().enumerate() {
+        let v = Variant::Blocked(b);
+        for (i, (ta, tb)) in ORIENTATIONS.into_iter().chain([(true, true)]).enumerate() {
+            let seed = 400 + 10 * bi as u64 + i as u64;
+            run(Gemm::new(37, 53, 29, ta, tb), v, seed);
+            run(Gemm::new(3, 5, 2, ta, tb), v, seed + 100);
+            run(Gemm::new(133, 150, 19, ta, tb).batched(2).accumulate(true).alpha(-0.5), v, seed + 200);
+        }
+    }
+    for (ta, tb) in ORIENTATIONS {
+        column_slices_at_offsets(ta, tb, Variant::Blocked(Blocks::MEDIUM));
+    }
+}
+
+#[test]
+fn blocked_block_shapes_are_checked() {
+    let gpu = gpu();
+    let a = Tensor::zeros(gpu, &[64, 64], DType::F32).unwrap();
+    let g = Gemm::new(64, 64, 64, false, true);
+    for bad in [
+        Blocks { bm: 64, bn: 64, bk: 8, tm: 2, tn: 4 },   // tm not a multiple of 4
+        Blocks { bm: 64, bn: 60, bk: 8, tm: 4, tn: 8 },   // tn does not divide bn
+        Blocks { bm: 128, bn: 128, bk: 8, tm: 4, tn: 4 }, // 1024 invocations
+        Blocks { bm: 128, bn: 128, bk: 0, tm: 8, tn: 8 },
+    ] {
+        let mut rec = Recorder::new(gpu);
+        let err = gemm_with(&mut rec, &g, &a, &a, &a, Variant::Blocked(bad));
+        assert!(matches!(err, Err(Error::Shape { .. })), "{bad:?}: {err:?}");
+    }
+}
+
+/// The decoding GEMV: 1-8 rows, K from one to several unrolled passes of the
+/// lanes, N ragged against the rows a workgroup takes, a narrower lane
+/// count, column slices at offsets; shapes it cannot take fall back to the
+/// blocked kernel.
+#[test]
+fn gemv_for_decoding() {
+    for (i, m) in [1usize, 2, 3, 5, 8].into_iter().enumerate() {
+        let seed = 500 + 10 * i as u64;
+        run(Gemm::new(m, 45, 132, false, true), Variant::Gemv(GemvTiles::DEFAULT), seed);
+        run(Gemm::new(m, 9, 1100, false, true), Variant::Gemv(GemvTiles::DEFAULT), seed + 1);
+        run(
+            Gemm::new(m, 33, 68, false, true).accumulate(true).alpha(2.0),
+            Variant::Gemv(GemvTiles { lanes: 8, rows: 4 }),
+            seed + 2,
+        );
+    }
+    column_slices_at_offsets(false, true, Variant::Gemv(GemvTiles::DEFAULT));
+    // Not y = x·Wᵀ, too many rows, K not a multiple of 4, batched: the blocked kernel.
+    for g in [
+        Gemm::new(3, 20, 36, false, false),
+        Gemm::new(9, 20, 36, false, true),
+        Gemm::new(2, 20, 37, false, true),
+        Gemm::new(2, 20, 36, false, true).batched(2),
+    ] {
+        assert!(!g.gemv_ok(), "{g:?}");
+        run(g, Variant::Gemv(GemvTiles::DEFAULT), 560);
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 use common::{block_on, gpu, randn};
 use half::f16;
 use webpeft::gpu::Recorder;
+use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::matmul::{subgroups_usable, SgTiles, Tiles};
 use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, quantize, Packed};
@@ -252,16 +253,37 @@ fn subgroup_matmul_forward_and_backward() {
     }
 }
 
+/// The kernels of real GPUs: the blocked GEMM (dequantizing as it stages W)
+/// in both directions with every block shape it picks, NF4 blocks spanning
+/// rows (no vec4 layout), and the decoding GEMV for 1-8 rows (its backward
+/// falls back to the blocked kernel).
+#[test]
+fn blocked_and_gemv_matmul_forward_and_backward() {
+    let gpu = gpu();
+    for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
+        let seed = 80 + 10 * f as u64;
+        for b in [Blocks::LARGE, Blocks::MEDIUM, Blocks::for_shape(100, 16, 1), Blocks::for_shape(16, 100, 1)] {
+            check_qmatmul(gpu, 37, 68, 96, format, QVariant::Blocked(b), seed);
+            check_qmatmul(gpu, 70, 150, 160, format, QVariant::Blocked(b), seed + 1);
+        }
+        for m in [1, 3, 8] {
+            check_qmatmul(gpu, m, 68, 1056, format, QVariant::Gemv(GemvTiles::DEFAULT), seed + 2);
+        }
+    }
+    check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, QVariant::Blocked(Blocks::MEDIUM), 111);
+    check_qmatmul(gpu, 2, 21, 50, QuantFormat::F16, QVariant::Gemv(GemvTiles::DEFAULT), 112);
+}
+
 /// `qlinear` and `qlinear_backward_input` pick the subgroup kernel for many
 /// aligned rows and the few-rows tiles for a few, through weights split into
 /// row chunks too.
 #[test]
 fn qlinear_uses_the_tuned_kernel() {
     let gpu = gpu();
-    let many = QVariant::tuned(gpu, Tiles::FEW_ROWS + 1, true);
+    let many = QVariant::tuned(gpu, Tiles::FEW_ROWS + 1, 64, true, false);
     assert_eq!(many == QVariant::subgroup(), subgroups_usable(gpu), "{many:?} on {}", gpu.describe());
-    assert_eq!(QVariant::tuned(gpu, Tiles::FEW_ROWS, true), QVariant::Tiled);
-    assert_eq!(QVariant::tuned(gpu, 100, false), QVariant::Tiled);
+    assert_eq!(QVariant::tuned(gpu, Tiles::FEW_ROWS, 64, true, false), QVariant::Tiled);
+    assert_eq!(QVariant::tuned(gpu, 100, 64, false, false), QVariant::Tiled);
     let small =
         block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
     for (g, format, m, rows, cols, seed) in [

@@ -21,6 +21,7 @@ use webpeft::bench::generate::{generate_figure, host_peak_rss_bytes, GenerateFig
 use webpeft::bench::train::{train_figure_on, StepSetup, TrainFigure};
 use webpeft::bench::{kernel_figures, Figure};
 use webpeft::gpu::Recorder;
+use webpeft::kernels::blocked::{is_real_gpu, Blocks};
 use webpeft::kernels::matmul::{SgTiles, Tiles};
 use webpeft::kernels::swiglu::Activation;
 use webpeft::model::checkpoint::Checkpoint;
@@ -162,6 +163,14 @@ enum Command {
         /// "SRxTN" (rows per subgroup x columns per lane).
         #[arg(long)]
         sweep_sg: Option<String>,
+        /// Only time the blocked kernel of real GPUs for each block shape in
+        /// this comma-separated list of "BMxBNxBK/TMxTN" (tuning aid).
+        #[arg(long)]
+        sweep_blocks: Option<String>,
+        /// The matmul kernels: auto (by the adapter: CPU rasterizers get
+        /// their own), cpu, or gpu (the real-GPU kernels anywhere).
+        #[arg(long, default_value = "auto")]
+        kernel_family: webpeft::KernelFamily,
         /// Only time training steps and generation (no kernels): LoRA r 16 on
         /// all seven projections and seq_bn, on f32 and NF4 bases.
         #[arg(long)]
@@ -403,6 +412,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tiles,
             sweep,
             sweep_sg,
+            sweep_blocks,
+            kernel_family,
             train,
             kernels,
             model,
@@ -415,7 +426,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             llama_1b,
         } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
-            let gpu = Gpu::new().await?;
+            let gpu = Gpu::with_options(webpeft::GpuOptions { kernels: kernel_family, ..Default::default() }).await?;
             if llama_1b {
                 return bench_llama_1b(&gpu, json).await;
             }
@@ -443,6 +454,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     });
                     out!("{}", serde_json::to_string_pretty(&out)?);
                 }
+                return Ok(());
+            }
+            if let Some(list) = sweep_blocks {
+                let blocks = list.split(',').map(parse_blocks).collect::<Result<Vec<_>, _>>()?;
+                print_header(&gpu);
+                webpeft::bench::gpu::sweep_blocks(&gpu, &blocks, repeats.max(1), &mut |f| print_row(f)).await?;
                 return Ok(());
             }
             if let Some(list) = sweep_sg {
@@ -475,12 +492,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     print_row(f);
                 }
             };
-            let figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
+            let mut figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
+            // The big shapes and the bandwidth-bound ones, where a GPU can run them.
+            let copy_gbps = if is_real_gpu(&gpu) {
+                let copy = webpeft::bench::gpu::copy_gbps(&gpu, repeats.max(1)).await?;
+                if !json {
+                    out!("device copy: {copy:.0} GB/s (read + write); weight GB/s below is read only");
+                }
+                figures.extend(webpeft::bench::gpu::gpu_figures(&gpu, repeats.max(1), &mut row).await?);
+                Some(copy)
+            } else {
+                None
+            };
             let (train, generate) =
                 if kernels { (Vec::new(), Vec::new()) } else { bench_train(&gpu, &steps, json).await? };
             if json {
                 let out = serde_json::json!({
-                    "adapter": gpu.info(), "matmul": figures, "train": train, "generate": generate,
+                    "adapter": gpu.info(), "copy_gbps": copy_gbps, "matmul": figures, "train": train, "generate": generate,
                     "host_peak_rss_bytes": host_peak_rss_bytes(),
                 });
                 out!("{}", serde_json::to_string_pretty(&out)?);
@@ -493,12 +521,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn print_header(gpu: &Gpu) {
-    out!("adapter: {}", gpu.describe());
-    out!("{:<28} {:<26} {:>10} {:>12}", "kernel", "shape", "GFLOP/s", "ms/call");
+    out!("adapter: {}, {:?} kernels", gpu.describe(), gpu.kernel_family());
+    out!("{:<32} {:<44} {:>10} {:>12} {:>10}", "kernel", "shape", "GFLOP/s", "ms/call", "weight GB/s");
 }
 
 fn print_row(f: &Figure) {
-    out!("{:<28} {:<26} {:>10.2} {:>12.3}", f.kernel, f.shape, f.gflops, f.ms_per_call);
+    let gbps = f.weight_gbps.map(|g| format!("{g:>10.1}")).unwrap_or_default();
+    out!("{:<32} {:<44} {:>10.2} {:>12.3} {gbps}", f.kernel, f.shape, f.gflops, f.ms_per_call);
+}
+
+fn parse_blocks(s: &str) -> Result<Blocks, String> {
+    let bad = || format!("--sweep-blocks wants BMxBNxBK/TMxTN such as 128x128x8/8x8, got {s:?}");
+    let (b, t) = s.split_once('/').ok_or_else(bad)?;
+    let n = |v: &str| v.parse::<u32>().map_err(|_| bad());
+    let b: Vec<u32> = b.split('x').map(n).collect::<Result<_, _>>()?;
+    let t: Vec<u32> = t.split('x').map(n).collect::<Result<_, _>>()?;
+    match (b.as_slice(), t.as_slice()) {
+        ([bm, bn, bk], [tm, tn]) => Ok(Blocks { bm: *bm, bn: *bn, bk: *bk, tm: *tm, tn: *tn }),
+        _ => Err(bad()),
+    }
 }
 
 async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {

@@ -24,6 +24,34 @@ pub struct GpuOptions {
     /// Compile shaders with naga's bounds clamps and loop counters (slower;
     /// for debugging kernels).
     pub shader_checks: bool,
+    /// Which matmul kernels to run: chosen by the adapter (the default), or
+    /// one family forced (tests run the real-GPU kernels on lavapipe).
+    pub kernels: KernelFamily,
+}
+
+/// The matmul kernels a device runs (see `kernels::blocked`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelFamily {
+    /// By the adapter's device type: CPU rasterizers (lavapipe, SwiftShader)
+    /// get [`KernelFamily::Cpu`], everything else [`KernelFamily::Gpu`].
+    #[default]
+    Auto,
+    /// Big register tiles without workgroup memory, 8-lane subgroup kernels.
+    Cpu,
+    /// Workgroup-memory block tiles and the decoding GEMV.
+    Gpu,
+}
+
+impl std::str::FromStr for KernelFamily {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(KernelFamily::Auto),
+            "cpu" => Ok(KernelFamily::Cpu),
+            "gpu" => Ok(KernelFamily::Gpu),
+            _ => Err(format!("kernel family must be auto, cpu or gpu, got {s:?}")),
+        }
+    }
 }
 
 impl Default for GpuOptions {
@@ -34,6 +62,7 @@ impl Default for GpuOptions {
             allow_f16: true,
             timeout_seconds: 600,
             shader_checks: false,
+            kernels: KernelFamily::Auto,
         }
     }
 }
@@ -79,6 +108,7 @@ pub struct Gpu {
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub(crate) timeout_seconds: u64,
     pub(crate) shader_checks: bool,
+    kernels: KernelFamily,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Test hook: allocations left before one fails (`u64::MAX`: never).
@@ -198,10 +228,20 @@ impl Gpu {
             max_binding,
             timeout_seconds: options.timeout_seconds,
             shader_checks: options.shader_checks,
+            kernels: match options.kernels {
+                KernelFamily::Auto if adapter_info.device_type == wgpu::DeviceType::Cpu => KernelFamily::Cpu,
+                KernelFamily::Auto => KernelFamily::Gpu,
+                forced => forced,
+            },
             errors,
             lost,
             allocations_left: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// The matmul kernel family this device runs (never `Auto`).
+    pub fn kernel_family(&self) -> KernelFamily {
+        self.kernels
     }
 
     pub fn info(&self) -> &GpuInfo {

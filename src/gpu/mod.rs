@@ -14,7 +14,7 @@ mod readback;
 mod recorder;
 mod tensor;
 
-pub use device::{Gpu, GpuInfo, GpuOptions};
+pub use device::{Gpu, GpuInfo, GpuOptions, KernelFamily};
 pub use memory::MemoryStats;
 pub use pipelines::{Const, Kernel, PipelineKey};
 pub use profile::KernelTime;

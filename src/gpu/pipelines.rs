@@ -14,7 +14,15 @@ pub enum Kernel {
     Matmul,
     /// matmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     MatmulSubgroup,
+    /// matmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
+    MatmulBlocked,
+    /// matmul.wgsl with the decoding GEMV core appended (real GPUs).
+    MatmulGemv,
     QMatmul,
+    /// qmatmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
+    QMatmulBlocked,
+    /// qmatmul.wgsl with the decoding GEMV core appended (real GPUs).
+    QMatmulGemv,
     /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     QMatmulSubgroup,
     /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
@@ -45,7 +53,19 @@ impl Kernel {
                     include_str!("../../shaders/matmul_subgroup.wgsl")
                 )
             }
+            Kernel::MatmulBlocked => {
+                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemm_blocked.wgsl"))
+            }
+            Kernel::MatmulGemv => {
+                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
+            }
             Kernel::QMatmul => include_str!("../../shaders/qmatmul.wgsl"),
+            Kernel::QMatmulBlocked => {
+                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/gemm_blocked.wgsl"))
+            }
+            Kernel::QMatmulGemv => {
+                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
+            }
             Kernel::QMatmulSubgroup => {
                 concat!(
                     include_str!("../../shaders/qmatmul.wgsl"),
@@ -81,7 +101,11 @@ impl Kernel {
         match self {
             Kernel::Matmul => "matmul",
             Kernel::MatmulSubgroup => "matmul_subgroup",
+            Kernel::MatmulBlocked => "matmul_blocked",
+            Kernel::MatmulGemv => "matmul_gemv",
             Kernel::QMatmul => "qmatmul",
+            Kernel::QMatmulBlocked => "qmatmul_blocked",
+            Kernel::QMatmulGemv => "qmatmul_gemv",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::QMatmulF16 => "qmatmul_f16",
             Kernel::Quant => "quant",

@@ -2,6 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::blocked::{is_real_gpu, Blocks, GemvTiles};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
@@ -72,6 +73,12 @@ impl Gemm {
 
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64 * self.batch as f64
+    }
+
+    /// Whether the decoding GEMV can run it: y = x·Wᵀ, few rows, one batch,
+    /// vec4-aligned rows.
+    pub fn gemv_ok(&self) -> bool {
+        self.m <= GemvTiles::MAX_M && self.batch == 1 && self.vec4_entry() == Some("matmul_nt")
     }
 
     /// The entry point of the vec4 fast path, when the layout allows it.
@@ -193,6 +200,13 @@ impl Default for Tiles {
     }
 }
 
+impl Blocks {
+    /// [`Blocks::for_shape`] of a [`Gemm`].
+    pub fn for_gemm(g: &Gemm) -> Blocks {
+        Blocks::for_shape(g.m, g.n, g.batch)
+    }
+}
+
 impl Tiles {
     /// The tuned tile for an orientation. On lavapipe every per-invocation
     /// buffer load costs far more than an FMA, so large register tiles win;
@@ -249,6 +263,13 @@ pub enum Variant {
     /// The 8-lane subgroup kernels (`shaders/matmul_subgroup.wgsl`) where the
     /// device allows them and the layout takes vec4 loads; `Tiled` otherwise.
     Subgroup(SgTiles),
+    /// The workgroup-memory GEMM for real GPUs (`shaders/gemm_blocked.wgsl`):
+    /// any orientation, shape, stride and offset.
+    Blocked(Blocks),
+    /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
+    /// [`GemvTiles::MAX_M`] rows, one batch and a vec4 layout; `Blocked`
+    /// otherwise.
+    Gemv(GemvTiles),
 }
 
 /// Block of the subgroup kernels: one 8-lane subgroup (= one workgroup)
@@ -331,6 +352,9 @@ impl Variant {
     /// big blocks would compute 16–32 rows to keep one; else the subgroup
     /// kernel where it runs, else the tuned register tiles.
     pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
+        if is_real_gpu(gpu) {
+            return if g.gemv_ok() { Variant::Gemv(GemvTiles::DEFAULT) } else { Variant::Blocked(Blocks::for_gemm(g)) };
+        }
         if let Some(t) = Tiles::few_rows(g.m, g.trans_a) {
             return Variant::Tiled(t);
         }
@@ -353,9 +377,26 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
         Variant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && g.vec4_entry().is_some()) => {
             Variant::Tiled(Tiles::for_gemm(g))
         }
+        Variant::Gemv(_) if !g.gemv_ok() => Variant::Blocked(Blocks::for_gemm(g)),
         v => v,
     };
     match variant {
+        Variant::Blocked(t) => {
+            t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
+            let key = t
+                .with_consts(PipelineKey::new(Kernel::MatmulBlocked, "gemm_blocked"))
+                .with("TRANS_A", Const::Bool(g.trans_a))
+                .with("TRANS_B", Const::Bool(g.trans_b));
+            rec.dispatch_bound(&key, &params, &[(4, a), (5, b), (6, c)], t.grid(g.m, g.n, g.batch))
+        }
+        Variant::Gemv(t) => {
+            t.check().map_err(|e| Error::shape("matmul", e))?;
+            let key = t
+                .with_consts(PipelineKey::new(Kernel::MatmulGemv, "gemv_nt"), g.m)
+                .with("TRANS_A", Const::Bool(false))
+                .with("TRANS_B", Const::Bool(true));
+            rec.dispatch_bound(&key, &params, &[(1, a), (2, b), (3, c)], t.grid(g.n))
+        }
         Variant::Subgroup(t) => {
             if !t.valid() {
                 return Err(Error::shape(

@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod blocked;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;

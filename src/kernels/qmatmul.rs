@@ -12,6 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::blocked::{is_real_gpu, Blocks, GemvTiles};
 use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Packed};
 use crate::error::{Error, Result};
@@ -255,6 +256,12 @@ pub enum QVariant {
     /// allows them and the layout takes vec4 loads; `Tiled` otherwise. The
     /// block's rows must be a multiple of 8 here (32 for the f32 kernels).
     Subgroup(SgTiles),
+    /// The workgroup-memory GEMM for real GPUs (`shaders/gemm_blocked.wgsl`),
+    /// dequantizing W as it stages it: any shape, both directions.
+    Blocked(Blocks),
+    /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
+    /// [`GemvTiles::MAX_M`] rows and vec4-aligned rows; `Blocked` otherwise.
+    Gemv(GemvTiles),
 }
 
 impl QVariant {
@@ -273,7 +280,14 @@ impl QVariant {
     /// the subgroup kernel where it runs and the layout is `aligned` for vec4
     /// loads, except for a few rows (a decoding step), where the tiled
     /// kernel's few-rows tiles compute only the rows there are.
-    pub fn tuned(gpu: &Gpu, m: usize, aligned: bool) -> QVariant {
+    pub fn tuned(gpu: &Gpu, m: usize, n: usize, aligned: bool, backward: bool) -> QVariant {
+        if is_real_gpu(gpu) {
+            return if !backward && aligned && m <= GemvTiles::MAX_M {
+                QVariant::Gemv(GemvTiles::DEFAULT)
+            } else {
+                QVariant::Blocked(Blocks::for_shape(m, n, 1))
+            };
+        }
         if subgroups_usable(gpu) && aligned && m > Tiles::FEW_ROWS {
             Self::subgroup()
         } else {
@@ -387,7 +401,7 @@ fn qgemm_acc(
         };
         g.accumulate = acc;
         // Chosen per chunk: a chunk's offset into dy decides the alignment.
-        let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), m, vec4_layout(&g, backward)));
+        let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), m, g.n, vec4_layout(&g, backward), backward));
         match &chunk.data {
             ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
             ChunkData::Quant(p) => {
@@ -443,17 +457,37 @@ fn record_quant(
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
+        QVariant::Gemv(_) if backward || !aligned || g.m > GemvTiles::MAX_M => {
+            QVariant::Blocked(Blocks::for_shape(g.m, g.n, 1))
+        }
         v => v,
     };
     let t = tiles(backward, g.m);
     let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
     let bind4 = bind4_of(x, p, out);
     let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
+    let op = if backward { "linear_backward_input" } else { "linear" };
     match variant {
+        QVariant::Blocked(t) => {
+            t.check(rec.gpu()).map_err(|e| Error::shape(op, e))?;
+            let key = t
+                .with_consts(PipelineKey::new(Kernel::QMatmulBlocked, "gemm_blocked"))
+                .with("FORMAT", format_const(p.format))
+                .with("FORWARD", Const::Bool(!backward));
+            rec.dispatch_bound(&key, &params, &bind1, t.grid(g.m, g.n, 1))
+        }
+        QVariant::Gemv(t) => {
+            t.check().map_err(|e| Error::shape(op, e))?;
+            let key = t
+                .with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), g.m)
+                .with("FORMAT", format_const(p.format))
+                .with("FORWARD", Const::Bool(true));
+            rec.dispatch_bound(&key, &params, &bind4, t.grid(g.n))
+        }
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
-                    if backward { "linear_backward_input" } else { "linear" },
+                    op,
                     format!(
                         "subgroup block {sg:?}: rows must be a multiple of 8, columns of 4, at most {} outputs per lane",
                         SgTiles::MAX_OUTPUTS

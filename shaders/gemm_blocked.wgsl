@@ -1,0 +1,129 @@
+// The GEMM for real GPUs: block tiles staged in workgroup memory.
+//
+// This core is appended to a host module (matmul.wgsl for f32 operands,
+// qmatmul.wgsl for frozen quantized weights) that supplies the operands as
+//   gemm_a(z, m, k) -> f32        op(A)[z, m, k], only called in range
+//   gemm_b(z, k, n) -> f32        op(B)[z, k, n], only called in range
+//   gemm_store(z, m, n, value)    C[z, m, n] = (or +=) alpha · value
+// and which dimension of each is contiguous in memory:
+//   GEMM_A_ALONG_K (A stored (M, K)), GEMM_B_ALONG_N (B stored (K, N)),
+// so consecutive invocations load consecutive addresses (coalesced) and the
+// quantized host dequantizes while it stages B, never writing f32 weights out.
+//
+// One workgroup computes a BM × BN block of C for batch z = workgroup_id.z,
+// with (BN/TN) × (BM/TM) invocations, each a TM × TN register tile. K is walked
+// in slices of BK: every invocation loads its share of the A slice (BM × BK)
+// and the B slice (BK × BN) into registers, the workgroup stores them into
+// workgroup memory k-major (so the inner loop reads vec4s of 4 rows or 4
+// columns), and while it multiplies the slice out of workgroup memory the next
+// slice's global loads are already in flight (register prefetch: one buffer of
+// workgroup memory, two barriers a slice). Invocation (tx, ty) owns the vec4
+// column groups tx, tx + BN/TN, … and row groups ty, ty + BM/TM, …, so the
+// lanes of a subgroup read consecutive vec4s (no bank conflicts) and store
+// consecutive columns. Rows of the staged tiles are padded by 4 floats so the
+// transposing stores of a K-contiguous operand spread over the banks.
+// Elements past M, N or K are staged as zeros (never clamped: a repeated k
+// would be summed twice); stores past M or N are skipped. Any shape, stride
+// and offset works; there is no early return because every invocation takes
+// part in the barriers.
+//
+// Prelude constants: BM, BN, BK, TM, TN (TM and TN multiples of 4,
+// BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default).
+
+const GWX: u32 = BN / TN;           // invocations along N
+const GWY: u32 = BM / TM;           // invocations along M
+const GTHREADS: u32 = GWX * GWY;
+const AS_STRIDE: u32 = BM + 4u;     // floats per staged k-row of A (padded)
+const BS_STRIDE: u32 = BN + 4u;     // floats per staged k-row of B (padded)
+const A_LOADS: u32 = (BM * BK + GTHREADS - 1u) / GTHREADS;  // elements each invocation stages
+const B_LOADS: u32 = (BK * BN + GTHREADS - 1u) / GTHREADS;
+
+var<workgroup> tile_a: array<vec4<f32>, BK * AS_STRIDE / 4u>;  // (BK, BM + 4): A slice, k-major
+var<workgroup> tile_b: array<vec4<f32>, BK * BS_STRIDE / 4u>;  // (BK, BN + 4): B slice, k-major
+
+// The (m, k) within the block of A's staging slot e, consecutive e along the
+// contiguous dimension.
+fn a_slot(e: u32) -> vec2<u32> {
+    if (GEMM_A_ALONG_K) { return vec2<u32>(e / BK, e % BK); }
+    return vec2<u32>(e % BM, e / BM);
+}
+
+// The (k, n) within the block of B's staging slot e.
+fn b_slot(e: u32) -> vec2<u32> {
+    if (GEMM_B_ALONG_N) { return vec2<u32>(e / BN, e % BN); }
+    return vec2<u32>(e % BK, e / BK);
+}
+
+fn fetch_a(z: u32, m0: u32, k0: u32, e: u32) -> f32 {
+    let s = a_slot(e);
+    var v = 0.0;
+    if (e < BM * BK && m0 + s.x < p.m && k0 + s.y < p.k) { v = gemm_a(z, m0 + s.x, k0 + s.y); }
+    return v;
+}
+
+fn fetch_b(z: u32, n0: u32, k0: u32, e: u32) -> f32 {
+    let s = b_slot(e);
+    var v = 0.0;
+    if (e < BK * BN && k0 + s.x < p.k && n0 + s.y < p.n) { v = gemm_b(z, k0 + s.x, n0 + s.y); }
+    return v;
+}
+
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let tx = tid % GWX;
+    let ty = tid / GWX;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let z = wid.z;
+    var acc: array<array<vec4<f32>, TN / 4u>, TM>;  // (TM, TN) block of C
+    var ra: array<f32, A_LOADS>;                     // the next A slice, this invocation's share
+    var rb: array<f32, B_LOADS>;
+    for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, 0u, i * GTHREADS + tid); }
+    for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, 0u, i * GTHREADS + tid); }
+    let slices = (p.k + BK - 1u) / BK;
+    for (var t = 0u; t < slices; t++) {
+        workgroupBarrier();  // everyone is done reading the previous slice
+        for (var i = 0u; i < A_LOADS; i++) {
+            let e = i * GTHREADS + tid;
+            if (e < BM * BK) {
+                let s = a_slot(e);
+                let f = s.y * AS_STRIDE + s.x;
+                tile_a[f / 4u][f % 4u] = ra[i];
+            }
+        }
+        for (var i = 0u; i < B_LOADS; i++) {
+            let e = i * GTHREADS + tid;
+            if (e < BK * BN) {
+                let s = b_slot(e);
+                let f = s.x * BS_STRIDE + s.y;
+                tile_b[f / 4u][f % 4u] = rb[i];
+            }
+        }
+        workgroupBarrier();
+        if (t + 1u < slices) {
+            let k0 = (t + 1u) * BK;
+            for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, k0, i * GTHREADS + tid); }
+            for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, i * GTHREADS + tid); }
+        }
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<vec4<f32>, TM / 4u>;
+            for (var g = 0u; g < TM / 4u; g++) { av[g] = tile_a[kk * (AS_STRIDE / 4u) + ty + g * GWY]; }
+            var bv: array<vec4<f32>, TN / 4u>;
+            for (var g = 0u; g < TN / 4u; g++) { bv[g] = tile_b[kk * (BS_STRIDE / 4u) + tx + g * GWX]; }
+            for (var i = 0u; i < TM; i++) {
+                let a = av[i / 4u][i % 4u];
+                for (var g = 0u; g < TN / 4u; g++) { acc[i][g] = fma(vec4<f32>(a), bv[g], acc[i][g]); }
+            }
+        }
+    }
+    for (var i = 0u; i < TM; i++) {
+        let m = m0 + (ty + (i / 4u) * GWY) * 4u + i % 4u;
+        if (m >= p.m) { continue; }
+        for (var g = 0u; g < TN / 4u; g++) {
+            let nb = n0 + (tx + g * GWX) * 4u;
+            for (var c4 = 0u; c4 < 4u; c4++) {
+                if (nb + c4 < p.n) { gemm_store(z, m, nb + c4, acc[i][g][c4]); }
+            }
+        }
+    }
+}

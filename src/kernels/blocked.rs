@@ -1,0 +1,162 @@
+//! The matmul shapes for real GPUs: block tiles of the workgroup-memory GEMM
+//! (`shaders/gemm_blocked.wgsl`) and the decoding GEMV (`shaders/gemv.wgsl`),
+//! shared by the f32 and the quantized launchers, and which adapters get them.
+//!
+//! lavapipe and the browser's SwiftShader are CPUs: there every per-lane
+//! buffer load is a scalar loop and barriers are expensive, so huge register
+//! tiles without workgroup memory win (`Tiles`, `SgTiles`). On a GPU those
+//! same kernels spill registers and leave SMs idle; there the blocked kernel
+//! (moderate register tiles, 64–256 invocations, operands staged in workgroup
+//! memory, coalesced loads) and a bandwidth-bound GEMV for decoding are the
+//! right shapes. The choice is made by the adapter's device type.
+
+use crate::gpu::{Const, Gpu, KernelFamily, PipelineKey};
+
+/// Whether `gpu` runs the kernels of real GPUs: a discrete, integrated,
+/// virtual or unknown adapter, not a CPU rasterizer (lavapipe, llvmpipe,
+/// SwiftShader: the adapter says `Cpu`, and on the web wgpu reports a
+/// fallback adapter so), unless [`crate::GpuOptions::kernels`] forced a family.
+pub fn is_real_gpu(gpu: &Gpu) -> bool {
+    gpu.kernel_family() == KernelFamily::Gpu
+}
+
+/// One workgroup of the blocked GEMM computes a `bm × bn` block of C, walking
+/// K in slices of `bk`, each invocation a `tm × tn` register tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl Blocks {
+    /// 128×128 blocks of 8×8 per invocation (256 invocations, 64 outputs
+    /// each), K in slices of 8: the classic shape for f32 GEMM on NVIDIA and
+    /// AMD cards, for products big enough to give every SM several blocks.
+    pub const LARGE: Blocks = Blocks { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
+    /// 64×64 blocks of 4×4 (256 invocations): four times the blocks of
+    /// [`Blocks::LARGE`], for mid-sized products (1024³ is 256 blocks).
+    pub const MEDIUM: Blocks = Blocks { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+
+    /// Blocks in a launch of `m × n` outputs, `batch` times.
+    fn count(self, m: usize, n: usize, batch: usize) -> usize {
+        m.div_ceil(self.bm as usize) * n.div_ceil(self.bn as usize) * batch
+    }
+
+    /// The block for a product of `m × n` outputs (over `k`, `batch` times):
+    /// LoRA's skinny products (a side of at most 32) get blocks of that side
+    /// so no invocation computes padding; the rest take [`Blocks::LARGE`]
+    /// where that still makes at least [`Blocks::FILL`] blocks, else
+    /// [`Blocks::MEDIUM`].
+    pub fn for_shape(m: usize, n: usize, batch: usize) -> Blocks {
+        if n <= 16 {
+            Blocks { bm: 128, bn: 16, bk: 16, tm: 4, tn: 4 }
+        } else if n <= 32 {
+            Blocks { bm: 128, bn: 32, bk: 16, tm: 4, tn: 4 }
+        } else if m <= 16 {
+            Blocks { bm: 16, bn: 256, bk: 16, tm: 4, tn: 4 }
+        } else if m <= 32 {
+            Blocks { bm: 32, bn: 128, bk: 16, tm: 4, tn: 4 }
+        } else if Self::LARGE.count(m, n, batch) >= Self::FILL {
+            Self::LARGE
+        } else {
+            Self::MEDIUM
+        }
+    }
+
+    /// Blocks a launch should have to keep a large GPU busy (an H200 has 132
+    /// SMs; two blocks each).
+    pub const FILL: usize = 264;
+
+    pub fn invocations(self) -> u32 {
+        (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
+    }
+
+    /// Workgroup memory of one block: the padded A and B slices.
+    pub fn workgroup_bytes(self) -> u32 {
+        4 * self.bk * (self.bm + 4 + self.bn + 4)
+    }
+
+    /// Whether the kernel can be built with these blocks on `gpu`.
+    pub fn check(self, gpu: &Gpu) -> Result<(), String> {
+        let info = gpu.info();
+        let shaped = self.tm > 0
+            && self.tn > 0
+            && self.bk > 0
+            && self.tm % 4 == 0
+            && self.tn % 4 == 0
+            && self.bm % self.tm == 0
+            && self.bn % self.tn == 0
+            && self.bm >= self.tm
+            && self.bn >= self.tn;
+        if !shaped {
+            return Err(format!("block {self:?}: tm and tn must be multiples of 4 that divide bm and bn"));
+        }
+        if self.invocations() > info.max_compute_invocations_per_workgroup.min(256) {
+            return Err(format!("block {self:?}: {} invocations, at most 256", self.invocations()));
+        }
+        if self.workgroup_bytes() > info.max_compute_workgroup_storage_size {
+            return Err(format!(
+                "block {self:?}: {} bytes of workgroup memory, the device has {}",
+                self.workgroup_bytes(),
+                info.max_compute_workgroup_storage_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prelude constants of the core (TM and TN are shared with the host
+    /// module's own register-tiled entries, which these modules never launch).
+    pub(crate) fn with_consts(self, key: PipelineKey) -> PipelineKey {
+        key.with("TM", Const::U32(self.tm))
+            .with("TN", Const::U32(self.tn))
+            .with("WX", Const::U32(self.bn / self.tn))
+            .with("WY", Const::U32(self.bm / self.tm))
+            .with("BM", Const::U32(self.bm))
+            .with("BN", Const::U32(self.bn))
+            .with("BK", Const::U32(self.bk))
+    }
+
+    /// Workgroups for `m × n` outputs, `batch` times.
+    pub(crate) fn grid(self, m: usize, n: usize, batch: usize) -> [u32; 3] {
+        [n.div_ceil(self.bn as usize) as u32, m.div_ceil(self.bm as usize) as u32, batch as u32]
+    }
+}
+
+/// The decoding GEMV: `rows` rows of W a workgroup, `lanes` invocations a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemvTiles {
+    pub lanes: u32,
+    pub rows: u32,
+}
+
+impl GemvTiles {
+    /// 32 lanes (one NVIDIA/Apple subgroup) on each of 8 rows: 256 invocations.
+    pub const DEFAULT: GemvTiles = GemvTiles { lanes: 32, rows: 8 };
+
+    /// Up to this many rows of x (decoding a batch of prompts).
+    pub const MAX_M: usize = 8;
+
+    pub fn check(self) -> Result<(), String> {
+        if !self.lanes.is_power_of_two() || self.rows == 0 || self.lanes * self.rows > 256 {
+            return Err(format!("GEMV {self:?}: lanes a power of two, at most 256 invocations"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn with_consts(self, key: PipelineKey, m: usize) -> PipelineKey {
+        key.with("TM", Const::U32(4))
+            .with("TN", Const::U32(4))
+            .with("WX", Const::U32(self.lanes))
+            .with("WY", Const::U32(self.rows))
+            .with("GV_M", Const::U32(m as u32))
+            .with("GV_LANES", Const::U32(self.lanes))
+            .with("GV_ROWS", Const::U32(self.rows))
+    }
+
+    pub(crate) fn grid(self, n: usize) -> [u32; 3] {
+        [n.div_ceil(self.rows as usize) as u32, 1, 1]
+    }
+}
