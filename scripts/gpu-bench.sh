@@ -55,7 +55,10 @@ step() { # name, command…: run one figure into $WORK/name.txt, keep going if i
     "$@" > "$WORK/$name.txt" 2>&1
     echo "== $name: exit $? after $((SECONDS - start)) s"
     tail -n 60 "$WORK/$name.txt"
+    pack
 }
+# The archive is rewritten after every step, so a run cut short still returns what it measured.
+pack() { tar -czf "$OUT/gpu-bench.tar.gz" -C "$WORK" .; }
 
 repeats=5
 naive=(--no-naive)
@@ -73,16 +76,12 @@ if ! skip kernels; then
     cat "$WORK/kernels.err"
     step kernels-vs-torch python3 benches/torch_matmul.py "$WORK/kernels.json" --device "$device"
 fi
-step sweep "$BIN" bench --repeats 3 --sweep-blocks \
-    128x128x8/8x8,128x128x16/8x8,128x64x8/8x4,64x128x8/4x8,64x64x8/4x4,64x64x16/4x4,128x64x16/8x8,64x64x16/8x8,32x32x16/4x4,128x128x8/8x4
 # The ~30M model folder of benches/peft_compare.py, where python has torch and transformers.
 model=/tmp/webpeft-bench-29m
 [ -f "$model/config.json" ] || python3 -c "import sys; sys.path.insert(0, 'benches')
 from pathlib import Path; from peft_compare import make_model; make_model(Path('$model'))" || true
 if [ -f "$model/config.json" ]; then
     step train "$BIN" bench --train --model "$model" --profile --repeats "$repeats"
-    # The NF4 rows again with f16 arithmetic (shader-f16), against the NF4 rows above.
-    step train-f16 "$BIN" bench --train --model "$model" --compute-dtype f16 --repeats "$repeats"
     step train-8x512 "$BIN" bench --train --model "$model" --batch 8 --seq 512 --repeats 3
     if ! skip peft; then
         "$BIN" bench --train --model "$model" --json --repeats "$repeats" > "$WORK/train.json" 2> /dev/null
@@ -94,6 +93,10 @@ if [ -f "$model/config.json" ]; then
 else
     step train "$BIN" bench --train --profile --repeats "$repeats"
 fi
+step sweep "$BIN" bench --repeats 3 --sweep-blocks \
+    128x128x8/8x8,128x128x16/8x8,128x64x8/8x4,64x128x8/4x8,64x64x8/4x4,64x64x16/4x4,128x64x16/8x8,64x64x16/8x8,32x32x16/4x4,64x128x16/4x8
 step llama1b "$BIN" bench --llama-1b
-tar -czf "$OUT/gpu-bench.tar.gz" -C "$WORK" .
+# The NF4 rows again with f16 arithmetic (shader-f16), against the NF4 rows of train.txt.
+[ -f "$model/config.json" ] && step train-f16 "$BIN" bench --train --model "$model" --compute-dtype f16 --repeats "$repeats"
+pack
 echo "== wrote $OUT/log.txt and $OUT/gpu-bench.tar.gz ($(ls "$WORK" | tr '\n' ' '))"
