@@ -54,33 +54,34 @@ fn b_slot(e: u32) -> vec2<u32> {
     return vec2<u32>(e % BK, e / BK);
 }
 
-fn fetch_a(z: u32, m0: u32, k0: u32, e: u32) -> f32 {
+// Staging slot e of the A slice at k0, zero past M and past k_end.
+fn fetch_a(z: u32, m0: u32, k0: u32, k_end: u32, e: u32) -> f32 {
     let s = a_slot(e);
     var v = 0.0;
-    if (e < BM * BK && m0 + s.x < p.m && k0 + s.y < p.k) { v = gemm_a(z, m0 + s.x, k0 + s.y); }
+    if (e < BM * BK && m0 + s.x < p.m && k0 + s.y < k_end) { v = gemm_a(z, m0 + s.x, k0 + s.y); }
     return v;
 }
 
-fn fetch_b(z: u32, n0: u32, k0: u32, e: u32) -> f32 {
+// Staging slot e of the B slice at k0, zero past N and past k_end.
+fn fetch_b(z: u32, n0: u32, k0: u32, k_end: u32, e: u32) -> f32 {
     let s = b_slot(e);
     var v = 0.0;
-    if (e < BK * BN && k0 + s.x < p.k && n0 + s.y < p.n) { v = gemm_b(z, k0 + s.x, n0 + s.y); }
+    if (e < BK * BN && k0 + s.x < k_end && n0 + s.y < p.n) { v = gemm_b(z, k0 + s.x, n0 + s.y); }
     return v;
 }
 
-@compute @workgroup_size(GWX, GWY, 1)
-fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+// The TM × TN tile of invocation tid in the block at (m0, n0) of batch z,
+// summed over k in [k0, k_end). Every invocation of the workgroup calls it
+// (barriers inside).
+fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> array<array<vec4<f32>, TN / 4u>, TM> {
     let tx = tid % GWX;
     let ty = tid / GWX;
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let z = wid.z;
     var acc: array<array<vec4<f32>, TN / 4u>, TM>;  // (TM, TN) block of C
     var ra: array<f32, A_LOADS>;                     // the next A slice, this invocation's share
     var rb: array<f32, B_LOADS>;
-    for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, 0u, i * GTHREADS + tid); }
-    for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, 0u, i * GTHREADS + tid); }
-    let slices = (p.k + BK - 1u) / BK;
+    for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, k0, k_end, i * GTHREADS + tid); }
+    for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, k_end, i * GTHREADS + tid); }
+    let slices = (k_end - k0 + BK - 1u) / BK;
     for (var t = 0u; t < slices; t++) {
         workgroupBarrier();  // everyone is done reading the previous slice
         for (var i = 0u; i < A_LOADS; i++) {
@@ -101,9 +102,9 @@ fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         }
         workgroupBarrier();
         if (t + 1u < slices) {
-            let k0 = (t + 1u) * BK;
-            for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, k0, i * GTHREADS + tid); }
-            for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, i * GTHREADS + tid); }
+            let next = k0 + (t + 1u) * BK;
+            for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, next, k_end, i * GTHREADS + tid); }
+            for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, next, k_end, i * GTHREADS + tid); }
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, TM / 4u>;
@@ -116,14 +117,72 @@ fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
             }
         }
     }
+    return acc;
+}
+
+// Row of C of the invocation's register row i, and the first of the 4
+// columns of its register column group g.
+fn tile_row(m0: u32, tid: u32, i: u32) -> u32 { return m0 + (tid / GWX + (i / 4u) * GWY) * 4u + i % 4u; }
+fn tile_col(n0: u32, tid: u32, g: u32) -> u32 { return n0 + (tid % GWX + g * GWX) * 4u; }
+
+// C = alpha · op(A) · op(B) (+ C), one BM × BN block a workgroup.
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let acc = block_product(wid.z, m0, n0, 0u, p.k, tid);
     for (var i = 0u; i < TM; i++) {
-        let m = m0 + (ty + (i / 4u) * GWY) * 4u + i % 4u;
+        let m = tile_row(m0, tid, i);
         if (m >= p.m) { continue; }
         for (var g = 0u; g < TN / 4u; g++) {
-            let nb = n0 + (tx + g * GWX) * 4u;
+            let nb = tile_col(n0, tid, g);
             for (var c4 = 0u; c4 < 4u; c4++) {
-                if (nb + c4 < p.n) { gemm_store(z, m, nb + c4, acc[i][g][c4]); }
+                if (nb + c4 < p.n) { gemm_store(wid.z, m, nb + c4, acc[i][g][c4]); }
             }
         }
     }
+}
+
+// Split-K, for products with few blocks and a long K (LoRA's x·Aᵀ, dy·B,
+// dA and dB, where M or N is the rank): workgroup_id.z = split · batch + z
+// sums k in [split · k_split, (split + 1) · k_split) into its own slice of
+// `partial`, and gemm_split_sum adds the slices into C. No float atomics
+// (WebGPU has none): a second pass.
+@group(0) @binding(7) var<storage, read_write> partial: array<f32>;  // (splits, batch, M, N)
+
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_blocked_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let z = wid.z % p.batch;
+    let split = wid.z / p.batch;
+    let k0 = split * p.k_split;
+    let acc = block_product(z, m0, n0, k0, min(p.k, k0 + p.k_split), tid);
+    let base = wid.z * p.m * p.n;
+    for (var i = 0u; i < TM; i++) {
+        let m = tile_row(m0, tid, i);
+        if (m >= p.m) { continue; }
+        for (var g = 0u; g < TN / 4u; g++) {
+            let nb = tile_col(n0, tid, g);
+            for (var c4 = 0u; c4 < 4u; c4++) {
+                if (nb + c4 < p.n) { partial[base + m * p.n + nb + c4] = acc[i][g][c4]; }
+            }
+        }
+    }
+}
+
+// C[z, m, n] = alpha · Σ_split partial[split, z, m, n] (+ C): one element an
+// invocation, 256 a workgroup, over a 2-D grid of workgroups.
+@compute @workgroup_size(256, 1, 1)
+fn gemm_split_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) tid: u32) {
+    let i = flat_group(wid, nwg) * 256u + tid;
+    let per = p.m * p.n;
+    if (i >= p.batch * per) { return; }
+    let splits = (p.k + p.k_split - 1u) / p.k_split;
+    var sum = 0.0;
+    for (var s = 0u; s < splits; s++) { sum += partial[s * p.batch * per + i]; }
+    let z = i / per;
+    let r = i % per;
+    gemm_store(z, r / p.n, r % p.n, sum);
 }

@@ -28,7 +28,7 @@ struct Params {
     a_off: u32, b_off: u32, c_off: u32,  // element offsets of batch 0
     alpha: f32,
     stride_a: u32, stride_b: u32, stride_c: u32,  // element strides between batches
-    _pad: u32,
+    k_split: u32,       // K per split of gemm_blocked_split (shaders/gemm_blocked.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

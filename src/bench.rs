@@ -193,6 +193,7 @@ fn variant_name(v: Variant) -> String {
         Variant::Naive => "naive".into(),
         Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         Variant::Blocked(b) => blocks_name(b),
+        Variant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
         Variant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
     }
 }
@@ -207,6 +208,7 @@ fn qvariant_name(v: QVariant) -> String {
         QVariant::Naive => "naive".into(),
         QVariant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         QVariant::Blocked(b) => blocks_name(b),
+        QVariant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
         QVariant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::blocked::{Blocks, GemvTiles};
+use webpeft::kernels::blocked::{self, Blocks, GemvTiles};
 use webpeft::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
 use webpeft::{DType, Error, Tensor};
@@ -281,6 +281,29 @@ fn blocked_kernel_every_orientation_and_block() {
     for (ta, tb) in ORIENTATIONS {
         column_slices_at_offsets(ta, tb, Variant::Blocked(Blocks::MEDIUM));
     }
+}
+
+/// Split-K: K cut into 2, 3 and 7 parts (uneven, not multiples of the
+/// slice), batches with accumulation and alpha, offsets; and the launcher
+/// splits LoRA's long skinny products by itself, never the big squares.
+#[test]
+fn blocked_split_k() {
+    for (i, (ta, tb)) in ORIENTATIONS.into_iter().chain([(true, true)]).enumerate() {
+        for (j, splits) in [2u32, 3, 7].into_iter().enumerate() {
+            let seed = 600 + 10 * i as u64 + j as u64;
+            let b = Blocks::for_shape(16, 100, 1);
+            run(Gemm::new(16, 37, 301, ta, tb), Variant::BlockedSplit(b, splits), seed);
+            let g = Gemm::new(45, 20, 150, ta, tb).batched(3).accumulate(true).alpha(0.25);
+            run(g, Variant::BlockedSplit(Blocks::MEDIUM, splits), seed + 100);
+        }
+        column_slices_at_offsets(ta, tb, Variant::BlockedSplit(Blocks::MEDIUM, 3));
+    }
+    let lora_xa = Gemm::new(512, 16, 2048, false, true);
+    let s = blocked::auto_splits(Blocks::for_gemm(&lora_xa), 512, 16, 2048, 1);
+    assert!(s >= 4, "x·Aᵀ at 512 tokens: {s} splits");
+    run(Gemm::new(64, 16, 1100, false, true), Variant::Blocked(Blocks::for_shape(64, 16, 1)), 690);
+    assert_eq!(blocked::auto_splits(Blocks::LARGE, 4096, 4096, 4096, 1), 1);
+    assert_eq!(blocked::auto_splits(Blocks::MEDIUM, 512, 16, 100, 1), 1, "K too short to split");
 }
 
 #[test]

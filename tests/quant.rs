@@ -271,6 +271,9 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
         }
     }
     check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, QVariant::Blocked(Blocks::MEDIUM), 111);
+    // Split-K in both directions (K = 1056 forward, 68 backward: 3 uneven splits of each).
+    check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Nf4, QVariant::BlockedSplit(Blocks::MEDIUM, 3), 113);
+    check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Q8_0, QVariant::BlockedSplit(Blocks::for_shape(5, 68, 1), 4), 114);
     check_qmatmul(gpu, 2, 21, 50, QuantFormat::F16, QVariant::Gemv(GemvTiles::DEFAULT), 112);
 }
 

@@ -160,3 +160,59 @@ impl GemvTiles {
         [n.div_ceil(self.rows as usize) as u32, 1, 1]
     }
 }
+
+/// Splits of K for a product of `m × n` outputs over `k` (`batch` times):
+/// more than one only where the blocks alone would leave most of a large GPU
+/// idle (fewer than [`Blocks::FILL`] / 2) and K is long enough to give each
+/// split at least [`Blocks::MIN_SPLIT_K`].
+pub fn auto_splits(blocks: Blocks, m: usize, n: usize, k: usize, batch: usize) -> u32 {
+    let count = blocks.count(m, n, batch).max(1);
+    if count >= Blocks::FILL / 2 {
+        return 1;
+    }
+    let want = Blocks::FILL.div_ceil(count);
+    (want.min(k / Blocks::MIN_SPLIT_K).min(Blocks::MAX_SPLITS)).max(1) as u32
+}
+
+impl Blocks {
+    /// The shortest K a split of split-K gets.
+    pub const MIN_SPLIT_K: usize = 256;
+    /// Most splits of one product.
+    pub const MAX_SPLITS: usize = 32;
+}
+
+/// Record the blocked GEMM: one launch of `gemm_blocked`, or with `splits`
+/// above 1 `gemm_blocked_split` into a scratch tensor of partial sums and
+/// `gemm_split_sum` into C. `key` names the host module's pipeline for an
+/// entry point; `operands` binds A and B (and a host's extra tensors),
+/// `out` binds C; `params` is the host's launch parameters with `batch`,
+/// `m`, `n`, `k` as in the product, and `set_split` writes K per split into
+/// them. The scratch must fit one binding, else fewer splits are used.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record<P: bytemuck::Pod>(
+    rec: &mut crate::gpu::Recorder,
+    key: impl Fn(&'static str) -> PipelineKey,
+    mut params: P,
+    set_split: impl Fn(&mut P, u32),
+    operands: &[(u32, &crate::gpu::Tensor)],
+    out: (u32, &crate::gpu::Tensor),
+    blocks: Blocks,
+    (m, n, k, batch): (usize, usize, usize, usize),
+    splits: u32,
+) -> crate::error::Result<()> {
+    let max_splits = (rec.gpu().max_binding_bytes() / (4 * (m * n * batch).max(1) as u64)).max(1) as u32;
+    let k_split = k.div_ceil(splits.clamp(1, max_splits) as usize).next_multiple_of(blocks.bk as usize).max(1);
+    let splits = k.div_ceil(k_split).max(1);
+    let mut bound: Vec<(u32, &crate::gpu::Tensor)> = operands.to_vec();
+    bound.push(out);
+    if splits == 1 {
+        return rec.dispatch_bound(&key("gemm_blocked"), &params, &bound, blocks.grid(m, n, batch));
+    }
+    set_split(&mut params, k_split as u32);
+    let partial = rec.alloc(&[splits * batch * m * n], crate::gpu::DType::F32)?; // every element written
+    bound.pop();
+    bound.push((7, &partial));
+    rec.dispatch_bound(&key("gemm_blocked_split"), &params, &bound, blocks.grid(m, n, batch * splits))?;
+    let groups = super::grid_1d((batch * m * n).div_ceil(256));
+    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[out, (7, &partial)], groups)
+}

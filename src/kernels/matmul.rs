@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::blocked::{is_real_gpu, Blocks, GemvTiles};
+use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
@@ -159,7 +159,7 @@ impl Gemm {
             stride_a: self.stride_a as u32,
             stride_b: self.stride_b as u32,
             stride_c: self.stride_c as u32,
-            _pad: 0,
+            k_split: 0,
         }
     }
 }
@@ -182,7 +182,7 @@ struct MatmulParams {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad: u32,
+    k_split: u32,
 }
 
 /// Outputs per invocation (tm × tn) and workgroup shape (wx × wy).
@@ -264,8 +264,11 @@ pub enum Variant {
     /// device allows them and the layout takes vec4 loads; `Tiled` otherwise.
     Subgroup(SgTiles),
     /// The workgroup-memory GEMM for real GPUs (`shaders/gemm_blocked.wgsl`):
-    /// any orientation, shape, stride and offset.
+    /// any orientation, shape, stride and offset; K split where the blocks
+    /// alone would leave the GPU idle ([`blocked::auto_splits`]).
     Blocked(Blocks),
+    /// The same with K split in this many parts (1: no split).
+    BlockedSplit(Blocks, u32),
     /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows, one batch and a vec4 layout; `Blocked`
     /// otherwise.
@@ -382,13 +385,10 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
     };
     match variant {
         Variant::Blocked(t) => {
-            t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
-            let key = t
-                .with_consts(PipelineKey::new(Kernel::MatmulBlocked, "gemm_blocked"))
-                .with("TRANS_A", Const::Bool(g.trans_a))
-                .with("TRANS_B", Const::Bool(g.trans_b));
-            rec.dispatch_bound(&key, &params, &[(4, a), (5, b), (6, c)], t.grid(g.m, g.n, g.batch))
+            let splits = blocked::auto_splits(t, g.m, g.n, g.k, g.batch);
+            record_blocked(rec, g, params, a, b, c, t, splits)
         }
+        Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, c, t, splits),
         Variant::Gemv(t) => {
             t.check().map_err(|e| Error::shape("matmul", e))?;
             let key = t
@@ -440,6 +440,27 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
             )
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_blocked(
+    rec: &mut Recorder,
+    g: &Gemm,
+    params: MatmulParams,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    t: Blocks,
+    splits: u32,
+) -> Result<()> {
+    t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
+    let key = |entry| {
+        t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry))
+            .with("TRANS_A", Const::Bool(g.trans_a))
+            .with("TRANS_B", Const::Bool(g.trans_b))
+    };
+    let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
+    blocked::record(rec, key, params, set, &[(4, a), (5, b)], (6, c), t, (g.m, g.n, g.k, g.batch), splits)
 }
 
 fn div(n: usize, d: u32) -> u32 {

@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::blocked::{is_real_gpu, Blocks, GemvTiles};
+use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
 use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Packed};
 use crate::error::{Error, Result};
@@ -243,7 +243,7 @@ struct Params {
     stride_a: u32,
     stride_b: u32,
     stride_c: u32,
-    _pad: u32,
+    k_split: u32,
 }
 
 /// Which quantized kernel: the register-tiled one, the 8-lane subgroup one,
@@ -259,6 +259,8 @@ pub enum QVariant {
     /// The workgroup-memory GEMM for real GPUs (`shaders/gemm_blocked.wgsl`),
     /// dequantizing W as it stages it: any shape, both directions.
     Blocked(Blocks),
+    /// The same with K split in this many parts (1: no split).
+    BlockedSplit(Blocks, u32),
     /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows and vec4-aligned rows; `Blocked` otherwise.
     Gemv(GemvTiles),
@@ -443,7 +445,7 @@ fn record_quant(
         stride_a: 0,
         stride_b: 0,
         stride_c: 0,
-        _pad: 0,
+        k_split: 0,
     };
     let aligned = vec4_layout(g, backward);
     if half && aligned && variant != QVariant::Naive {
@@ -468,13 +470,20 @@ fn record_quant(
     let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
     let op = if backward { "linear_backward_input" } else { "linear" };
     match variant {
-        QVariant::Blocked(t) => {
+        QVariant::Blocked(t) | QVariant::BlockedSplit(t, _) => {
             t.check(rec.gpu()).map_err(|e| Error::shape(op, e))?;
-            let key = t
-                .with_consts(PipelineKey::new(Kernel::QMatmulBlocked, "gemm_blocked"))
-                .with("FORMAT", format_const(p.format))
-                .with("FORWARD", Const::Bool(!backward));
-            rec.dispatch_bound(&key, &params, &bind1, t.grid(g.m, g.n, 1))
+            let splits = match variant {
+                QVariant::BlockedSplit(_, s) => s,
+                _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
+            };
+            let key = |entry| {
+                t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry))
+                    .with("FORMAT", format_const(p.format))
+                    .with("FORWARD", Const::Bool(!backward))
+            };
+            let set = |p: &mut Params, k: u32| p.k_split = k;
+            let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
+            blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
         }
         QVariant::Gemv(t) => {
             t.check().map_err(|e| Error::shape(op, e))?;

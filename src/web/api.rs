@@ -140,10 +140,16 @@ pub struct WebGpu {
 #[wasm_bindgen(js_class = Gpu)]
 impl WebGpu {
     /// Requests a WebGPU adapter and device. Rejects with a readable message
-    /// when the browser has no WebGPU.
+    /// when the browser has no WebGPU. `opts.kernels` forces a matmul kernel
+    /// family ("auto" by default: by the adapter).
     #[wasm_bindgen(unchecked_return_type = "Promise<Gpu>")]
-    pub fn create() -> Promise {
+    pub fn create(#[wasm_bindgen(unchecked_optional_param_type = "GpuOptions")] opts: JsValue) -> Promise {
         future_to_promise(async move {
+            let o: GpuCreateOptions = options(&opts)?;
+            let kernels = match o.kernels.as_deref() {
+                None => crate::KernelFamily::Auto,
+                Some(k) => k.parse().map_err(|e: String| err(format!("Gpu.create: {e}")))?,
+            };
             let navigator =
                 Reflect::get(&js_sys::global(), &JsValue::from_str("navigator")).unwrap_or(JsValue::UNDEFINED);
             let has_gpu = !navigator.is_undefined()
@@ -154,7 +160,7 @@ impl WebGpu {
                      Safari, or enable WebGPU in your browser's settings.",
                 ));
             }
-            let gpu = Gpu::new().await.map_err(|e| match e {
+            let gpu = Gpu::with_options(crate::GpuOptions { kernels, ..Default::default() }).await.map_err(|e| match e {
                 crate::Error::NoAdapter(_) => err(
                     "WebGPU is present but found no usable GPU adapter (it may be disabled or blocklisted for this GPU; \
                      check chrome://gpu, or try another browser)",
@@ -176,6 +182,10 @@ impl WebGpu {
             "maxStorageBuffersPerShaderStage": i.max_storage_buffers_per_shader_stage,
             "maxComputeWorkgroupStorageSize": i.max_compute_workgroup_storage_size,
             "maxComputeInvocationsPerWorkgroup": i.max_compute_invocations_per_workgroup,
+            "kernels": match self.gpu.kernel_family() {
+                crate::KernelFamily::Gpu => "gpu",
+                _ => "cpu",
+            },
         }))
     }
 

@@ -12,8 +12,12 @@ export interface GpuInfo {
   name: string; backend: string; deviceType: string; driver: string;
   subgroups: boolean; shaderF16: boolean; maxBufferSize: number; maxStorageBufferBindingSize: number;
   maxStorageBuffersPerShaderStage: number; maxComputeWorkgroupStorageSize: number;
-  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeInvocationsPerWorkgroup: number; kernels: KernelFamily;
 }
+/** The matmul kernels: "auto" picks by the adapter (a software renderer such as SwiftShader gets
+ * kernels made for CPUs, a real GPU the workgroup-memory ones); "cpu" and "gpu" force a family. */
+export type KernelFamily = "auto" | "cpu" | "gpu";
+export interface GpuOptions { kernels?: KernelFamily; }
 /** Live and peak bytes of webpeft's GPU buffers. */
 export interface MemoryStats { liveBytes: number; peakBytes: number; liveBuffers: number; }
 export type Quant = "f32" | "f16" | "q8" | "nf4";
@@ -208,4 +212,11 @@ pub struct GenerateResult {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub seconds: f64,
+}
+
+/// `Gpu.create`'s options.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuCreateOptions {
+    pub kernels: Option<String>,
 }

@@ -1,11 +1,14 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ComputeDtype, GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+import type { ComputeDtype, KernelFamily, GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
   const gpu: Gpu = await Gpu.create();
+  const forced: Gpu = await Gpu.create({ kernels: "gpu" });
+  const family: KernelFamily = forced.info().kernels;
+  console.log(family);
   const plan: MemoryPlan = gpu.planMemory("{}", { quant: "nf4", method: "lora", r: 8, batchSize: 4, seqLen: 128 });
   const fits: boolean = plan.fits;
   const model: Model = await Model.fromUrl(gpu, "https://example.invalid/m/", {
