@@ -255,7 +255,7 @@ pub async fn kernel_figures(
         for (name, g, backward) in qmatmul_shapes() {
             for &c in computes {
                 if real && c == ComputeDtype::F32 {
-                    let v = QVariant::tuned(gpu, g.m, g.n, g.k % 4 == 0, backward);
+                    let v = QVariant::tuned(gpu, format, &g, g.k % 4 == 0, backward);
                     push(bench_qmatmul(gpu, &name, &g, backward, format, c, v, repeats).await?, &mut out);
                 }
                 push(bench_qmatmul(gpu, &name, &g, backward, format, c, QVariant::Tiled, repeats).await?, &mut out);

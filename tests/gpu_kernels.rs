@@ -115,3 +115,72 @@ fn greedy_decoding_matches_transformers() {
         assert_eq!(got, expected, "{name}: greedy tokens differ from transformers");
     }
 }
+
+/// The autotuner: a training step notes the blocked products it ran with no
+/// tuned block (those of at least `MIN_TUNE_FLOPS`), the trainer times their
+/// candidates, the next steps use the choices and match a device that keeps
+/// the fallback table's blocks; the choices are written to the cache file and
+/// read back by a new device on the same adapter; candidates always include
+/// the fallback table's block; invalid entries are skipped.
+#[test]
+fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
+    use webpeft::bench::train::{llama_config, random_model_files};
+    use webpeft::kernels::blocked::Blocks;
+    use webpeft::kernels::tune::candidates;
+    use webpeft::peft::{LoraConfig, TargetModules};
+    let cache = std::env::temp_dir().join(format!("webpeft-tuning-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&cache);
+    let options = || GpuOptions { kernels: KernelFamily::Gpu, tuning_cache: Some(cache.clone()), ..Default::default() };
+    // Products big enough to tune: 2 rows of 96 tokens through 256-wide Linears.
+    let files = random_model_files(&llama_config(384, 256, 512, 2, 4, 2), 3).unwrap();
+    let mut rng = webpeft::util::rng::Rng::new(5);
+    let ids: Vec<Vec<u32>> = (0..2).map(|_| (0..96).map(|_| rng.below(384) as u32).collect()).collect();
+    let batch = Batch { labels: ids.iter().map(|r| r.iter().map(|&t| t as i32).collect()).collect(), input_ids: ids };
+    let steps = |gpu: &Gpu| {
+        let model = block_on(Model::load(gpu, &files, QuantFormat::Nf4)).unwrap();
+        let lora = LoraConfig::new(16, 32.0, TargetModules::AllLinear).unwrap();
+        let adapter = Adapter::new_lora(gpu, lora, &model.config, 7).unwrap();
+        let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0).unwrap();
+        let run = |t: &mut Trainer| block_on(t.step(gpu, &model, std::slice::from_ref(&batch), 1e-3)).unwrap().loss;
+        let first = run(&mut trainer);
+        let counts = gpu.tuning_counts();
+        let losses = [first, run(&mut trainer), run(&mut trainer)];
+        (losses, counts)
+    };
+    let gpu = block_on(Gpu::with_options(options())).unwrap();
+    assert_eq!(gpu.tuning_counts(), (0, 0));
+    let (tuned_losses, (tuned, pending)) = steps(&gpu);
+    eprintln!("after one step: {tuned} shape classes tuned, {pending} pending; {}", gpu.tuning_json());
+    assert!(tuned >= 4 && pending == 0, "{tuned} tuned, {pending} pending");
+    let json: serde_json::Value = serde_json::from_str(&gpu.tuning_json()).unwrap();
+    let classes = json.as_object().unwrap();
+    assert!(
+        classes.keys().any(|k| k.starts_with("nf4 fwd")) && classes.keys().any(|k| k.starts_with("f32 ")),
+        "{json}"
+    );
+    assert_eq!(gpu.tuning_counts(), (tuned, 0), "nothing new to tune after the first step");
+    // The tuned blocks compute the steps the fallback table's blocks compute.
+    let off = block_on(Gpu::with_options(GpuOptions { autotune: false, ..options() })).unwrap();
+    let (fallback_losses, counts) = steps(&off);
+    assert_eq!(counts, (0, 0), "autotune off: nothing read, nothing noted");
+    for (a, b) in tuned_losses.iter().zip(&fallback_losses) {
+        assert!((a - b).abs() <= 1e-4, "tuned {tuned_losses:?} vs fallback {fallback_losses:?}");
+    }
+
+    // A new device on the same adapter reads the choices from the cache file.
+    let again = block_on(Gpu::with_options(options())).unwrap();
+    assert_eq!(again.tuning_counts(), (tuned, 0));
+    assert_eq!(again.tuning_json(), gpu.tuning_json());
+    let plain = block_on(Gpu::with_options(GpuOptions { tuning_cache: None, ..options() })).unwrap();
+    assert_eq!(plain.tuning_counts(), (0, 0));
+    // Entries that are no valid block here are skipped; garbage is an error.
+    assert_eq!(plain.import_tuning(r#"{"f32 nt m2^4 n2^4 k2^4 b2^0": [64, 64, 8, 3, 4]}"#), Ok(0));
+    assert!(plain.import_tuning("[1, 2]").is_err());
+    let _ = std::fs::remove_file(&cache);
+
+    for (m, n) in [(512, 16), (16, 2048), (512, 2048), (4096, 4096)] {
+        let c = candidates(m, n, 1);
+        assert_eq!(c[0], Blocks::for_shape(m, n, 1), "the fallback is a candidate");
+        assert!(c.len() >= 3 && c.iter().all(|b| b.check(&gpu).is_ok()), "{m}x{n}: {c:?}");
+    }
+}

@@ -283,10 +283,11 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
 #[test]
 fn qlinear_uses_the_tuned_kernel() {
     let gpu = gpu();
-    let many = QVariant::tuned(gpu, Tiles::FEW_ROWS + 1, 64, true, false);
+    let g = |m| webpeft::kernels::matmul::Gemm::new(m, 64, 64, false, true);
+    let many = QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS + 1), true, false);
     assert_eq!(many == QVariant::subgroup(), subgroups_usable(gpu), "{many:?} on {}", gpu.describe());
-    assert_eq!(QVariant::tuned(gpu, Tiles::FEW_ROWS, 64, true, false), QVariant::Tiled);
-    assert_eq!(QVariant::tuned(gpu, 100, 64, false, false), QVariant::Tiled);
+    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS), true, false), QVariant::Tiled);
+    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g(100), false, false), QVariant::Tiled);
     let small =
         block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
     for (g, format, m, rows, cols, seed) in [

@@ -14,6 +14,30 @@ const control = { paused: false, cancelled: false };
 
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
+/** The autotuner's block choices for this adapter, kept in IndexedDB so a later visit need not time them again. */
+const tuning = {
+  db: () => new Promise((ok, ko) => {
+    const open = indexedDB.open("webpeft-tuning", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("choices");
+    open.onsuccess = () => ok(open.result);
+    open.onerror = () => ko(open.error);
+  }),
+  key: () => `${gpu.info().name} ${gpu.info().backend}`,
+  async load() {
+    const db = await tuning.db();
+    const json = await new Promise((ok, ko) => {
+      const get = db.transaction("choices").objectStore("choices").get(tuning.key());
+      get.onsuccess = () => ok(get.result);
+      get.onerror = () => ko(get.error);
+    });
+    if (typeof json === "string") gpu.importTuning(json);
+  },
+  async save() {
+    const db = await tuning.db();
+    db.transaction("choices", "readwrite").objectStore("choices").put(gpu.exportTuning(), tuning.key());
+  },
+};
+
 /** Steps `run` to the end (or a cancel), posting each step and a checkpoint every few steps. */
 async function drive(run) {
   control.paused = false;
@@ -24,6 +48,7 @@ async function drive(run) {
     const event = await run.step();
     if (!event) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "done" };
     post({ type: "step", event });
+    if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
     if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
       const bytes = await run.saveCheckpoint();
       post({ type: "checkpoint", step: event.step, totalSteps: event.totalSteps, bytes }, [bytes.buffer]);
@@ -44,6 +69,7 @@ async function handle(msg) {
     case "init": {
       await init();
       gpu = await Gpu.create();
+      await tuning.load().catch(() => {}); // best effort, as tuning.save
       post({ type: "ready", info: gpu.info() });
       break;
     }

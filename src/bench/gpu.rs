@@ -111,7 +111,7 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
     }
     for (name, g, backward) in layer_shapes() {
         for format in [QuantFormat::Nf4, QuantFormat::F32] {
-            let v = QVariant::tuned(gpu, g.m, g.n, true, backward);
+            let v = QVariant::tuned(gpu, format, &g, true, backward);
             push(bench_qmatmul(gpu, &name, &g, backward, format, ComputeDtype::F32, v, repeats).await?, &mut out);
         }
         if gpu.info().shader_f16 && !name.contains("lm_head") {
@@ -121,7 +121,7 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
     }
     for (name, g) in decode_shapes() {
         for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32] {
-            let tuned = QVariant::tuned(gpu, 1, g.n, true, false);
+            let tuned = QVariant::tuned(gpu, format, &g, true, false);
             push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, tuned, repeats).await?, &mut out);
             if format != QuantFormat::F32 {
                 let v = QVariant::Tiled;

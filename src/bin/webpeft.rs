@@ -171,6 +171,9 @@ enum Command {
         /// their own), cpu, or gpu (the real-GPU kernels anywhere).
         #[arg(long, default_value = "auto")]
         kernel_family: webpeft::KernelFamily,
+        /// Use the fallback table's blocks: no autotuning, no tuning cache.
+        #[arg(long)]
+        no_autotune: bool,
         /// Only time training steps and generation (no kernels): LoRA r 16 on
         /// all seven projections and seq_bn, on f32 and NF4 bases.
         #[arg(long)]
@@ -414,6 +417,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             sweep_sg,
             sweep_blocks,
             kernel_family,
+            no_autotune,
             train,
             kernels,
             model,
@@ -426,7 +430,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             llama_1b,
         } => {
             let tiles = tiles.as_deref().map(parse_tiles).transpose()?;
-            let gpu = Gpu::with_options(webpeft::GpuOptions { kernels: kernel_family, ..Default::default() }).await?;
+            let gpu = cli_gpu(kernel_family, !no_autotune).await?;
             if llama_1b {
                 return bench_llama_1b(&gpu, json).await;
             }
@@ -518,6 +522,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// The device, with the autotuner's choices kept in the user's cache folder
+/// ($XDG_CACHE_HOME or ~/.cache, then webpeft/tuning.json).
+async fn cli_gpu(kernels: webpeft::KernelFamily, autotune: bool) -> Result<Gpu, webpeft::Error> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("webpeft").join("tuning.json"));
+    let tuning_cache = cache.filter(|_| autotune);
+    Gpu::with_options(webpeft::GpuOptions { kernels, autotune, tuning_cache, ..Default::default() }).await
 }
 
 fn print_header(gpu: &Gpu) {
@@ -648,7 +663,7 @@ async fn logits(
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let ids = read_token_file(tokens)?;
-    let gpu = Gpu::new().await?;
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let model = load_model(&gpu, &files, base).await?;
     let (logits, loss) = match adapter {
@@ -727,7 +742,7 @@ async fn generate(
     mut config: GenerationConfig,
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let gpu = Gpu::new().await?;
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&Config::load(&files).await?)?;
@@ -988,7 +1003,7 @@ async fn bench_train(
 ) -> Result<(Vec<TrainFigure>, Vec<GenerateFigure>), Box<dyn std::error::Error>> {
     use webpeft::bench::train::{llama_config, random_model_files};
     if !json {
-        out!("adapter: {}", gpu.describe());
+        out!("adapter: {}, {:?} kernels", gpu.describe(), gpu.kernel_family());
         out!("| model | params | base | method | adapter params | batch×seq | ckpt | ms/step | tokens/s | peak GPU MiB | weights MiB |");
         out!("|---|---:|---|---|---:|---|---|---:|---:|---:|---:|");
     }
@@ -1004,6 +1019,10 @@ async fn bench_train(
             let m29 = random_model_files(&llama_config(8192, 512, 1376, 7, 8, 4), 1)?;
             bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, (b.batch, b.seq), b, json, &mut out).await?;
         }
+    }
+    if !json && webpeft::kernels::blocked::is_real_gpu(gpu) {
+        let (tuned, pending) = gpu.tuning_counts();
+        out!("autotuner: {tuned} shape classes of the blocked GEMM tuned ({pending} pending); --no-autotune for the fallback table");
     }
     Ok(out)
 }
@@ -1173,7 +1192,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
     };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
 
-    let gpu = Gpu::new().await?;
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
     let optimizer = OptimizerConfig {
         beta1: 0.9,
@@ -1346,7 +1365,7 @@ async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn std
     if !adapter.join(ADAPTER_WEIGHTS_FILE).is_file() && adapter.join(BN_WEIGHTS_FILE).is_file() {
         return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into());
     }
-    let gpu = Gpu::new().await?;
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
     let lora = match load_adapter(&gpu, adapter, &model).await? {

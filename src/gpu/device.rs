@@ -27,6 +27,14 @@ pub struct GpuOptions {
     /// Which matmul kernels to run: chosen by the adapter (the default), or
     /// one family forced (tests run the real-GPU kernels on lavapipe).
     pub kernels: KernelFamily,
+    /// Time the blocked GEMM's candidate block shapes for each shape class a
+    /// run meets, and keep the fastest (real-GPU kernels only; see
+    /// `kernels::tune`). Off: the fallback table's blocks.
+    pub autotune: bool,
+    /// Natively, a JSON file that keeps the tuned choices across runs, keyed
+    /// by adapter and driver (the CLI uses the user's cache folder). None:
+    /// choices live as long as the device.
+    pub tuning_cache: Option<std::path::PathBuf>,
 }
 
 /// The matmul kernels a device runs (see `kernels::blocked`).
@@ -63,6 +71,8 @@ impl Default for GpuOptions {
             timeout_seconds: 600,
             shader_checks: false,
             kernels: KernelFamily::Auto,
+            autotune: true,
+            tuning_cache: None,
         }
     }
 }
@@ -109,6 +119,11 @@ pub struct Gpu {
     pub(crate) timeout_seconds: u64,
     pub(crate) shader_checks: bool,
     kernels: KernelFamily,
+    /// The autotuner's choices and pending products (`kernels::tune`).
+    pub(crate) tuning: Mutex<crate::kernels::tune::Tuning>,
+    pub(crate) autotune: bool,
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    tuning_cache: Option<std::path::PathBuf>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Test hook: allocations left before one fails (`u64::MAX`: never).
@@ -214,7 +229,12 @@ impl Gpu {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
         };
-        Ok(Gpu {
+        let kernels = match options.kernels {
+            KernelFamily::Auto if adapter_info.device_type == wgpu::DeviceType::Cpu => KernelFamily::Cpu,
+            KernelFamily::Auto => KernelFamily::Gpu,
+            forced => forced,
+        };
+        let gpu = Gpu {
             pipelines: PipelineCache::default(),
             memory: Arc::new(MemoryTracker::default()),
             pool: Arc::new(Pool::default()),
@@ -228,15 +248,71 @@ impl Gpu {
             max_binding,
             timeout_seconds: options.timeout_seconds,
             shader_checks: options.shader_checks,
-            kernels: match options.kernels {
-                KernelFamily::Auto if adapter_info.device_type == wgpu::DeviceType::Cpu => KernelFamily::Cpu,
-                KernelFamily::Auto => KernelFamily::Gpu,
-                forced => forced,
-            },
+            kernels,
+            tuning: Mutex::new(Default::default()),
+            autotune: options.autotune && kernels == KernelFamily::Gpu,
+            tuning_cache: options.tuning_cache,
             errors,
             lost,
             allocations_left: std::sync::atomic::AtomicU64::new(u64::MAX),
-        })
+        };
+        gpu.load_tuning();
+        Ok(gpu)
+    }
+
+    /// What the tuning cache keys this device's choices by: the adapter, its
+    /// driver and webpeft's version (a new driver or kernel retunes).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    fn tuning_key(&self) -> String {
+        let i = &self.info;
+        format!("{} / {} / {} {} / webpeft {}", i.name, i.backend, i.driver, i.driver_info, env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The tuned choices as JSON (see `kernels::tune::Tuning::to_json`).
+    pub fn tuning_json(&self) -> String {
+        self.tuning.lock().unwrap_or_else(|p| p.into_inner()).to_json()
+    }
+
+    /// Take tuned choices from JSON (an earlier run's `tuning_json`); returns
+    /// how many were valid here.
+    pub fn import_tuning(&self, json: &str) -> std::result::Result<usize, String> {
+        self.tuning.lock().unwrap_or_else(|p| p.into_inner()).merge_json(self, json)
+    }
+
+    /// Shape classes tuned so far, and products waiting to be tuned.
+    pub fn tuning_counts(&self) -> (usize, usize) {
+        let t = self.tuning.lock().unwrap_or_else(|p| p.into_inner());
+        (t.len(), t.pending())
+    }
+
+    /// Natively, read this device's choices from the tuning cache file (an
+    /// unreadable or foreign file is ignored: tuning just runs again).
+    fn load_tuning(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let (true, Some(path)) = (self.autotune, &self.tuning_cache) {
+            let all: serde_json::Map<String, serde_json::Value> =
+                std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            if let Some(mine) = all.get(&self.tuning_key()) {
+                let _ = self.import_tuning(&mine.to_string());
+            }
+        }
+    }
+
+    /// Natively, write this device's choices into the tuning cache file,
+    /// keeping other adapters' entries. Best effort: a cache that cannot be
+    /// written costs a retune next time, nothing else.
+    pub(crate) fn save_tuning(&self) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(path) = &self.tuning_cache {
+            let mut all: serde_json::Map<String, serde_json::Value> =
+                std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+            let mine: serde_json::Value = serde_json::from_str(&self.tuning_json()).unwrap_or_default();
+            all.insert(self.tuning_key(), mine);
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(path, serde_json::Value::Object(all).to_string());
+        }
     }
 
     /// The matmul kernel family this device runs (never `Auto`).

@@ -171,7 +171,7 @@ pub fn auto_splits(blocks: Blocks, m: usize, n: usize, k: usize, batch: usize) -
         return 1;
     }
     let want = Blocks::FILL.div_ceil(count);
-    (want.min(k / Blocks::MIN_SPLIT_K).min(Blocks::MAX_SPLITS)).max(1) as u32
+    want.min(k / Blocks::MIN_SPLIT_K).clamp(1, Blocks::MAX_SPLITS) as u32
 }
 
 impl Blocks {

@@ -356,7 +356,11 @@ impl Variant {
     /// kernel where it runs, else the tuned register tiles.
     pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
         if is_real_gpu(gpu) {
-            return if g.gemv_ok() { Variant::Gemv(GemvTiles::DEFAULT) } else { Variant::Blocked(Blocks::for_gemm(g)) };
+            return if g.gemv_ok() {
+                Variant::Gemv(GemvTiles::DEFAULT)
+            } else {
+                Variant::Blocked(super::tune::blocks_for(gpu, super::tune::Product::F32(*g), Blocks::for_gemm(g)))
+            };
         }
         if let Some(t) = Tiles::few_rows(g.m, g.trans_a) {
             return Variant::Tiled(t);

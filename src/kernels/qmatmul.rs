@@ -282,12 +282,14 @@ impl QVariant {
     /// the subgroup kernel where it runs and the layout is `aligned` for vec4
     /// loads, except for a few rows (a decoding step), where the tiled
     /// kernel's few-rows tiles compute only the rows there are.
-    pub fn tuned(gpu: &Gpu, m: usize, n: usize, aligned: bool, backward: bool) -> QVariant {
+    pub fn tuned(gpu: &Gpu, format: QuantFormat, g: &Gemm, aligned: bool, backward: bool) -> QVariant {
+        let m = g.m;
         if is_real_gpu(gpu) {
             return if !backward && aligned && m <= GemvTiles::MAX_M {
                 QVariant::Gemv(GemvTiles::DEFAULT)
             } else {
-                QVariant::Blocked(Blocks::for_shape(m, n, 1))
+                let product = super::tune::Product::Quant { format, backward, m, n: g.n, k: g.k };
+                QVariant::Blocked(super::tune::blocks_for(gpu, product, Blocks::for_shape(m, g.n, 1)))
             };
         }
         if subgroups_usable(gpu) && aligned && m > Tiles::FEW_ROWS {
@@ -402,11 +404,12 @@ fn qgemm_acc(
             g
         };
         g.accumulate = acc;
-        // Chosen per chunk: a chunk's offset into dy decides the alignment.
-        let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), m, g.n, vec4_layout(&g, backward), backward));
         match &chunk.data {
             ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
             ChunkData::Quant(p) => {
+                // Chosen per chunk: a chunk's offset into dy decides the alignment.
+                let aligned = vec4_layout(&g, backward);
+                let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), w.format, &g, aligned, backward));
                 let half = w.compute == ComputeDtype::F16 && rec.gpu().info().shader_f16;
                 record_quant(rec, &g, x, p, out, backward, v, half)?
             }

@@ -242,6 +242,13 @@ impl Trainer {
             return Err(Error::NonFinite { step: number, what, value });
         }
         self.step = number;
+        // Products of this step that the real-GPU kernels have no tuned block
+        // for are timed now, once per shape class (kernels::tune): later steps
+        // use the fastest. The step itself is done; were tuning to fail, the
+        // fallback table's blocks stay, and they compute the same sums.
+        if gpu.tuning_counts().1 > 0 {
+            let _ = crate::kernels::tune::autotune_pending(gpu).await;
+        }
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
     }
 

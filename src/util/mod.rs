@@ -1,3 +1,4 @@
 //! Small helpers with no GPU and no model knowledge.
 
+pub mod clock;
 pub mod rng;

@@ -189,6 +189,21 @@ impl WebGpu {
         }))
     }
 
+    /// The autotuner's block choices for this adapter as JSON, to keep in the
+    /// page's storage (IndexedDB, localStorage) and give back to
+    /// `importTuning` next time, so a later visit need not time them again.
+    #[wasm_bindgen(js_name = exportTuning)]
+    pub fn export_tuning(&self) -> String {
+        self.gpu.tuning_json()
+    }
+
+    /// Takes choices saved by `exportTuning` (from this adapter); returns how
+    /// many were valid here.
+    #[wasm_bindgen(js_name = importTuning)]
+    pub fn import_tuning(&self, json: &str) -> JsResult<u32> {
+        self.gpu.import_tuning(json).map(|n| n as u32).map_err(err)
+    }
+
     /// Live and peak GPU bytes.
     #[wasm_bindgen(unchecked_return_type = "MemoryStats")]
     pub fn memory(&self) -> JsResult<JsValue> {

@@ -1,0 +1,293 @@
+//! The autotuner of the blocked GEMM: on a real GPU each product's block
+//! shape is timed once per (adapter, shape class) and the fastest kept.
+//!
+//! How it runs: when `gemm` or `qlinear` meets a shape class it has no choice
+//! for, it uses the fallback table ([`Blocks::for_shape`]) and notes the
+//! product as pending. [`autotune_pending`] (the trainer calls it after its
+//! first step, the CLI's bench before timing) times every candidate block on
+//! random operands of each pending product's shape and keeps the fastest, so
+//! exactly the products a run makes are tuned, and later steps use the
+//! choices. [`Tuning::to_json`] and [`Tuning::merge_json`] carry the choices
+//! across runs: natively a file in the user's cache folder
+//! (`GpuOptions::tuning_cache`), in the browser whatever storage the page
+//! uses (`gpu.exportTuning()` / `gpu.importTuning()`).
+//!
+//! A shape class is the product's kind (f32 in an orientation, or through a
+//! quantized weight forward or backward) with M, N, K and the batch rounded
+//! up to powers of two: shapes of a class are close enough to share a block.
+
+use std::collections::BTreeMap;
+
+use super::blocked::Blocks;
+use super::matmul::{gemm_with, Gemm, Variant};
+use super::qmatmul::{qgemm_with, QVariant, QWeight};
+use crate::error::Result;
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::quant::QuantFormat;
+use crate::util::clock;
+
+/// A product the blocked kernel runs, as the tuner needs to remake it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Product {
+    /// An f32 product (contiguous operands of its shape are timed).
+    F32(Gemm),
+    /// Through a frozen weight: forward `x (m, k) · Wᵀ` with W (n, k), or
+    /// backward `dy (m, k) · W` with W (k, n).
+    Quant { format: QuantFormat, backward: bool, m: usize, n: usize, k: usize },
+}
+
+impl Product {
+    fn dims(&self) -> (usize, usize, usize, usize) {
+        match *self {
+            Product::F32(g) => (g.m, g.n, g.k, g.batch),
+            Product::Quant { m, n, k, .. } => (m, n, k, 1),
+        }
+    }
+
+    /// The shape class: "f32 nt m2^9 n2^4 k2^11 b2^0", "nf4 fwd m2^9 …".
+    pub fn class(&self) -> String {
+        let kind = match self {
+            Product::F32(g) => {
+                format!("f32 {}{}", if g.trans_a { "t" } else { "n" }, if g.trans_b { "t" } else { "n" })
+            }
+            Product::Quant { format, backward, .. } => {
+                format!("{} {}", format.name(), if *backward { "bwd" } else { "fwd" })
+            }
+        };
+        let (m, n, k, b) = self.dims();
+        let l = |v: usize| v.max(1).next_power_of_two().trailing_zeros();
+        format!("{kind} m2^{} n2^{} k2^{} b2^{}", l(m), l(n), l(k), l(b))
+    }
+
+    fn flops(&self) -> f64 {
+        let (m, n, k, b) = self.dims();
+        2.0 * (m * n * k * b) as f64
+    }
+
+    /// Bytes of the operands the tuner allocates to time it.
+    fn bytes(&self) -> usize {
+        let (m, n, k, b) = self.dims();
+        4 * b * (m * k + k * n + m * n)
+    }
+}
+
+/// The choices made so far and the products still to tune.
+#[derive(Debug, Default)]
+pub struct Tuning {
+    choices: BTreeMap<String, Blocks>,
+    pending: BTreeMap<String, Product>,
+}
+
+impl Tuning {
+    pub fn len(&self) -> usize {
+        self.choices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.choices.is_empty()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn], …}`.
+    pub fn to_json(&self) -> String {
+        let map: BTreeMap<&String, [u32; 5]> =
+            self.choices.iter().map(|(k, b)| (k, [b.bm, b.bn, b.bk, b.tm, b.tn])).collect();
+        serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Add the choices of [`Tuning::to_json`]'s output; entries that are not
+    /// valid blocks on `gpu` are skipped. Returns how many were taken.
+    pub fn merge_json(&mut self, gpu: &Gpu, json: &str) -> std::result::Result<usize, String> {
+        let map: BTreeMap<String, [u32; 5]> =
+            serde_json::from_str(json).map_err(|e| format!("tuning: not a map of block shapes: {e}"))?;
+        let mut taken = 0;
+        for (class, [bm, bn, bk, tm, tn]) in map {
+            let b = Blocks { bm, bn, bk, tm, tn };
+            if b.check(gpu).is_ok() {
+                self.pending.remove(&class);
+                self.choices.insert(class, b);
+                taken += 1;
+            }
+        }
+        Ok(taken)
+    }
+}
+
+/// The block for `product`: the tuned choice for its class, else `fallback`
+/// (and, where the device autotunes, the product is noted for tuning).
+pub fn blocks_for(gpu: &Gpu, product: Product, fallback: Blocks) -> Blocks {
+    let class = product.class();
+    let mut t = gpu.tuning.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = t.choices.get(&class) {
+        return *b;
+    }
+    if gpu.autotune && product.bytes() <= MAX_TUNE_BYTES && product.flops() >= MIN_TUNE_FLOPS {
+        t.pending.entry(class).or_insert(product);
+    }
+    fallback
+}
+
+/// Products under this many FLOPs are not tuned: launch overhead dominates
+/// them whatever the block (row sums against a ones vector, tiny batches).
+pub const MIN_TUNE_FLOPS: f64 = 1e7;
+
+/// Products whose operands would take more than this are not tuned (their
+/// class keeps the table's block): the tuner allocates its own copies.
+pub const MAX_TUNE_BYTES: usize = 256 << 20;
+
+/// The block shapes timed for a product of `m × n` outputs: for LoRA's skinny
+/// products (a side of at most 32), blocks of that width and 64–256 long;
+/// else the common shapes of 64–256 invocations with 4×4 to 8×8 per
+/// invocation. The fallback table's choice is always among them.
+pub fn candidates(m: usize, n: usize, batch: usize) -> Vec<Blocks> {
+    let b = |bm, bn, bk, tm, tn| Blocks { bm, bn, bk, tm, tn };
+    let mut out = vec![Blocks::for_shape(m, n, batch)];
+    let skinny = |side: usize| if side <= 16 { vec![16] } else { vec![16, 32] };
+    if n <= 32 {
+        for bn in skinny(n) {
+            for bm in [64, 128, 256] {
+                out.push(b(bm, bn, 16, 4, 4));
+            }
+        }
+    } else if m <= 32 {
+        for bm in skinny(m) {
+            for bn in [64, 128, 256] {
+                out.push(b(bm, bn, 16, 4, 4));
+            }
+        }
+    } else {
+        out.extend([
+            Blocks::LARGE,
+            Blocks::MEDIUM,
+            b(128, 64, 8, 8, 4),
+            b(64, 128, 8, 4, 8),
+            b(64, 64, 8, 4, 4),
+            b(128, 128, 16, 8, 8),
+            b(64, 64, 16, 8, 8),
+        ]);
+    }
+    let mut seen = Vec::new();
+    out.retain(|b| {
+        let new = !seen.contains(b);
+        seen.push(*b);
+        new
+    });
+    out
+}
+
+/// One tuned class: the block chosen, and its time against the fallback's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Tuned {
+    pub class: String,
+    pub blocks: [u32; 5],
+    pub ms: f64,
+    pub fallback_ms: f64,
+    pub candidates: usize,
+}
+
+/// Time the candidates of every pending product and keep the fastest of
+/// each; with a cache file, save every choice there. A no-op with nothing
+/// pending.
+pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
+    let pending: Vec<(String, Product)> = {
+        let mut t = gpu.tuning.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut t.pending).into_iter().collect()
+    };
+    let mut report = Vec::new();
+    for (class, product) in pending {
+        let (m, n, _, batch) = product.dims();
+        let cands: Vec<Blocks> = candidates(m, n, batch).into_iter().filter(|b| b.check(gpu).is_ok()).collect();
+        let mut times = Vec::with_capacity(cands.len());
+        let timer = Timer::new(gpu, &product)?;
+        for &b in &cands {
+            times.push(timer.time(gpu, b).await?);
+        }
+        let Some(best) = (0..cands.len()).min_by(|&i, &j| times[i].total_cmp(&times[j])) else { continue };
+        gpu.tuning.lock().unwrap_or_else(|p| p.into_inner()).choices.insert(class.clone(), cands[best]);
+        let c = cands[best];
+        report.push(Tuned {
+            class,
+            blocks: [c.bm, c.bn, c.bk, c.tm, c.tn],
+            ms: times[best] * 1e3,
+            fallback_ms: times[0] * 1e3,
+            candidates: cands.len(),
+        });
+        gpu.trim_memory();
+    }
+    if !report.is_empty() {
+        gpu.save_tuning();
+    }
+    Ok(report)
+}
+
+/// Random operands of one product, and the calls that time a block on them.
+struct Timer {
+    product: Product,
+    a: Tensor,
+    b: Option<Tensor>,
+    w: Option<QWeight>,
+    c: Tensor,
+}
+
+impl Timer {
+    fn new(gpu: &Gpu, product: &Product) -> Result<Timer> {
+        let fill = |n: usize, seed: u64| {
+            let mut rng = crate::util::rng::Rng::new(seed);
+            (0..n).map(|_| rng.normal() as f32 * 0.1).collect::<Vec<f32>>()
+        };
+        Ok(match *product {
+            Product::F32(g) => {
+                let g = Gemm::new(g.m, g.n, g.k, g.trans_a, g.trans_b).batched(g.batch);
+                let a = Tensor::from_slice(gpu, &[g.batch * g.m * g.k], &fill(g.batch * g.m * g.k, 1))?;
+                let b = Tensor::from_slice(gpu, &[g.batch * g.k * g.n], &fill(g.batch * g.k * g.n, 2))?;
+                let c = Tensor::zeros(gpu, &[g.batch * g.m * g.n], DType::F32)?;
+                Timer { product: Product::F32(g), a, b: Some(b), w: None, c }
+            }
+            Product::Quant { format, backward, m, n, k } => {
+                let (rows, cols) = if backward { (k, n) } else { (n, k) };
+                let w = QWeight::from_f32(gpu, &fill(rows * cols, 3), rows, cols, format)?;
+                let a = Tensor::from_slice(gpu, &[m, k], &fill(m * k, 4))?;
+                let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
+                Timer { product: *product, a, b: None, w: Some(w), c }
+            }
+        })
+    }
+
+    fn record(&self, rec: &mut Recorder, blocks: Blocks) -> Result<()> {
+        match (&self.product, &self.b, &self.w) {
+            (Product::F32(g), Some(b), _) => gemm_with(rec, g, &self.a, b, &self.c, Variant::Blocked(blocks)),
+            (Product::Quant { backward, .. }, _, Some(w)) => {
+                qgemm_with(rec, &self.a, w, &self.c, *backward, QVariant::Blocked(blocks))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Seconds per call with `blocks`: one call to build the pipeline, one
+    /// to estimate, then the median of three submissions of enough calls to
+    /// take about 2 ms.
+    async fn time(&self, gpu: &Gpu, blocks: Blocks) -> Result<f64> {
+        let run = async |calls: usize| -> Result<f64> {
+            let mut rec = Recorder::new(gpu);
+            for _ in 0..calls {
+                self.record(&mut rec, blocks)?;
+            }
+            let start = clock::seconds();
+            rec.submit()?;
+            gpu.synchronize().await?;
+            Ok((clock::seconds() - start) / calls as f64)
+        };
+        run(1).await?;
+        let once = run(1).await?;
+        let calls = ((2e-3 / once.max(1e-6)) as usize).clamp(1, 32);
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            times.push(run(calls).await?);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[1])
+    }
+}
