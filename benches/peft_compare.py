@@ -9,6 +9,11 @@ not a test.
 
     python benches/peft_compare.py /tmp/bench-29m --make          # writes the ~30M random model first
     python benches/peft_compare.py MODEL_DIR --webpeft target/release/webpeft --steps 3
+    python benches/peft_compare.py --llama-1b --device cuda [--webpeft-json 1b.json]
+
+With --llama-1b: the Llama-3.2-1B shape (random weights, built on the device, nothing saved),
+LoRA r 16 on all linears, 1 x 512 tokens, gradient checkpointing, in fp32 and in bf16, beside
+`webpeft bench --llama-1b --json` (NF4) when its output is given.
 
 Needs torch, transformers, peft and adapters (tests/fixtures/requirements.txt); without
 `adapters` the seq_bn row is left out.
@@ -111,6 +116,39 @@ def torch_figures(model_dir: Path, batch: int, seq: int, steps: int, device: str
     return out
 
 
+def llama_1b_figures(steps: int, device: str) -> dict:
+    """PyTorch + PEFT on the Llama-3.2-1B shape, as `webpeft bench --llama-1b` trains it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+    )
+    out = {}
+    for dtype in [torch.float32, torch.bfloat16]:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = LlamaForCausalLM(config).to(dtype)
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+        model.train()
+        ids = torch.randint(0, config.vocab_size, (1, 512), generator=torch.Generator().manual_seed(7)).to(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        secs = time_steps(model, ids, steps, device)
+        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        out[str(dtype).removeprefix("torch.")] = {"step_ms": secs * 1e3, "tokens_per_s": 511 / secs, "peak_bytes": peak}
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return out
+
+
 def webpeft_figures(binary: str, model_dir: Path, batch: int, seq: int, steps: int) -> dict:
     cmd = [binary, "bench", "--train", "--json", "--model", str(model_dir), "--batch", str(batch),
            "--seq", str(seq), "--repeats", str(steps)]
@@ -120,7 +158,8 @@ def webpeft_figures(binary: str, model_dir: Path, batch: int, seq: int, steps: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("model_dir", type=Path, nargs="?")
+    ap.add_argument("--llama-1b", action="store_true", help="the Llama-3.2-1B shape instead of model_dir (see above)")
     ap.add_argument("--make", action="store_true", help="write the ~30M random Llama into model_dir first")
     ap.add_argument("--webpeft", default="target/release/webpeft", help="the webpeft CLI (built with --features cli)")
     ap.add_argument("--threads", type=int, default=2)
@@ -135,6 +174,23 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.llama_1b:
+        theirs = llama_1b_figures(args.steps, args.device)
+        print("Llama-3.2-1B shape, LoRA r16 all-linear, 1x512, gradient checkpointing")
+        print("| stack | step ms | tokens/s | peak GPU GiB |")
+        print("|---|---:|---:|---:|")
+        for dtype, f in theirs.items():
+            peak = f"{f['peak_bytes'] / 2**30:.2f}" if f["peak_bytes"] else "-"
+            print(f"| PyTorch + PEFT {dtype} ({args.device}) | {f['step_ms']:.0f} | {f['tokens_per_s']:.0f} | {peak} |")
+        if args.webpeft_json:
+            ours = json.loads(args.webpeft_json.read_text())
+            t = ours["train"]
+            print(f"| webpeft NF4 ({ours['adapter']['name']}) | {t['step_ms']:.0f} | {t['tokens_per_s']:.0f} "
+                  f"| {t['peak_gpu_bytes'] / 2**30:.2f} |")
+            print(f"webpeft NF4 step / PyTorch fp32 step: {t['step_ms'] / theirs['float32']['step_ms']:.2f}")
+        return
+    if args.model_dir is None:
+        ap.error("give a model folder, or --llama-1b")
     if args.make:
         make_model(args.model_dir)
     if args.webpeft_json:

@@ -8,8 +8,9 @@
 # There:        run(command: "scripts/gpu-bench.sh", carry: [".gpu", ".gl"], timeout_s: 560)
 #   leaves two files in $OUT: log.txt (everything printed, as it ran) and gpu-bench.tar.gz
 #   with adapter.txt (nvidia-smi), kernels.json + kernels-vs-torch.txt (webpeft beside PyTorch),
-#   sweep.txt (block shapes of the blocked kernel), train.txt (with the per-kernel profile),
-#   train-8x512.txt, peft.txt (PyTorch + PEFT on CUDA beside webpeft) and llama1b.txt.
+#   train.txt (with the per-kernel profile), train-8x512.txt, peft*.txt (PyTorch + PEFT on CUDA
+#   beside webpeft), llama1b.json + llama1b-vs-peft.txt (the 1B step, PyTorch fp32/bf16 beside),
+#   sweep.txt (block shapes of the blocked kernel) and train-f16.txt.
 # Anywhere else it runs the same steps on the local adapter (OUT defaults to out/gpu-bench);
 # QUICK=1 times one repeat of each and skips the sweep, 8×512 and the 1B model (a check of this
 # script); SKIP="sweep llama1b …" leaves out the named steps.
@@ -93,9 +94,17 @@ if [ -f "$model/config.json" ]; then
 else
     step train "$BIN" bench --train --profile --repeats "$repeats"
 fi
+if ! skip llama1b; then
+    echo "== llama1b"
+    start=$SECONDS
+    "$BIN" bench --llama-1b --json > "$WORK/llama1b.json" 2> "$WORK/llama1b.err"
+    echo "== llama1b: exit $? after $((SECONDS - start)) s"
+    tail -n 5 "$WORK/llama1b.err"
+    step llama1b-vs-peft python3 benches/peft_compare.py --llama-1b --device "$device" --steps 3 \
+        --webpeft-json "$WORK/llama1b.json"
+fi
 step sweep "$BIN" bench --repeats 3 --sweep-blocks \
     128x128x8/8x8,128x128x16/8x8,128x64x8/8x4,64x128x8/4x8,64x64x8/4x4,64x64x16/4x4,128x64x16/8x8,64x64x16/8x8,32x32x16/4x4,64x128x16/4x8
-step llama1b "$BIN" bench --llama-1b
 # The NF4 rows again with f16 arithmetic (shader-f16), against the NF4 rows of train.txt.
 [ -f "$model/config.json" ] && step train-f16 "$BIN" bench --train --model "$model" --compute-dtype f16 --repeats "$repeats"
 pack

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::blocked::{is_real_gpu, Blocks};
+use crate::kernels::blocked::Blocks;
 use crate::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use crate::quant::{ComputeDtype, QuantFormat};
@@ -232,20 +232,20 @@ pub async fn kernel_figures(
         report(&f);
         out.push(f);
     };
-    let real = is_real_gpu(gpu);
+    // Each shape: first the kernel `gemm` (or `qlinear`) picks on this adapter,
+    // then the other families' kernels for comparison.
     for (name, g) in matmul_shapes() {
-        if real {
-            // The kernel `gemm` picks here, then the CPU-tuned one for comparison.
-            push(bench_matmul(gpu, &name, &g, Variant::tuned(gpu, &g), repeats).await?, &mut out);
-        }
-        let t = tiles.unwrap_or(Tiles::for_gemm(&g));
-        push(bench_matmul(gpu, &name, &g, Variant::Tiled(t), repeats).await?, &mut out);
+        let tuned = Variant::tuned(gpu, &g);
+        push(bench_matmul(gpu, &name, &g, tuned, repeats).await?, &mut out);
+        let mut others = vec![Variant::Tiled(tiles.unwrap_or(Tiles::for_gemm(&g)))];
         if subgroups_usable(gpu) {
-            let v = Variant::Subgroup(SgTiles::for_gemm(&g));
-            push(bench_matmul(gpu, &name, &g, v, repeats).await?, &mut out);
+            others.push(Variant::Subgroup(SgTiles::for_gemm(&g)));
         }
         if with_naive {
-            push(bench_matmul(gpu, &name, &g, Variant::Naive, repeats).await?, &mut out);
+            others.push(Variant::Naive);
+        }
+        for v in others.into_iter().filter(|v| *v != tuned) {
+            push(bench_matmul(gpu, &name, &g, v, repeats).await?, &mut out);
         }
     }
     // f16 compute where the device has it (the vec4 kernels; naive is f32 only).
@@ -254,14 +254,20 @@ pub async fn kernel_figures(
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         for (name, g, backward) in qmatmul_shapes() {
             for &c in computes {
-                if real && c == ComputeDtype::F32 {
-                    let v = QVariant::tuned(gpu, format, &g, g.k % 4 == 0, backward);
-                    push(bench_qmatmul(gpu, &name, &g, backward, format, c, v, repeats).await?, &mut out);
-                }
-                push(bench_qmatmul(gpu, &name, &g, backward, format, c, QVariant::Tiled, repeats).await?, &mut out);
                 // f16 compute has one kernel whichever variant is asked for.
-                if subgroups_usable(gpu) && c == ComputeDtype::F32 {
-                    let v = QVariant::subgroup();
+                let tuned = match c {
+                    ComputeDtype::F32 => QVariant::tuned(gpu, format, &g, g.k % 4 == 0, backward),
+                    ComputeDtype::F16 => QVariant::Tiled,
+                };
+                push(bench_qmatmul(gpu, &name, &g, backward, format, c, tuned, repeats).await?, &mut out);
+                if c == ComputeDtype::F16 {
+                    continue;
+                }
+                let mut others = vec![QVariant::Tiled];
+                if subgroups_usable(gpu) {
+                    others.push(QVariant::subgroup());
+                }
+                for v in others.into_iter().filter(|v| *v != tuned) {
                     push(bench_qmatmul(gpu, &name, &g, backward, format, c, v, repeats).await?, &mut out);
                 }
             }

@@ -1139,9 +1139,12 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
     let model = Model::load(gpu, &files, QuantFormat::Nf4).await?;
     drop(files);
     eprintln!("built and loaded in {:.0} s", start.elapsed().as_secs_f64());
-    // One step, untimed warm-up skipped: it takes many minutes on a software GPU.
-    let setup =
-        StepSetup { checkpointing: true, steps: 1, warmup: false, ..StepSetup::new(QuantFormat::Nf4, "lora", 1, 512) };
+    // On a software GPU one step, the untimed warm-up skipped: each takes many
+    // minutes there. On a real GPU a warm-up step first (it compiles the
+    // pipelines and runs the autotuner), then the median of three.
+    let real = webpeft::kernels::blocked::is_real_gpu(gpu);
+    let (steps, warmup) = if real { (3, true) } else { (1, false) };
+    let setup = StepSetup { checkpointing: true, steps, warmup, ..StepSetup::new(QuantFormat::Nf4, "lora", 1, 512) };
     let f = train_figure_on(gpu, "Llama-3.2-1B shape (random)", &model, &setup).await?;
     let out = serde_json::json!({
         "adapter": gpu.info(), "plan": plan, "train": f, "host_peak_rss_bytes": host_peak_rss_bytes(),
