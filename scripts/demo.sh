@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-web.sh --release
+. scripts/node-path.sh
 exec node www/serve.mjs "${1:-8080}"

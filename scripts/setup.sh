@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what webpeft's build and tests need on a fresh Debian 12 machine.
+# Needs Rust installed through rustup (for the wasm32 target), and root or sudo for apt.
 # Always: Mesa's software Vulkan (lavapipe) for the native GPU tests, and the
-# wasm32 Rust target. With --web also: Node.js and npm, Chromium (headless
+# wasm32 Rust target. With --web also: Node.js 20 or later and npm, Chromium (headless
 # WebGPU on SwiftShader), wasm-bindgen-cli at the exact version of the
 # wasm-bindgen crate in Cargo.lock, and playwright-core for the browser tests.
 # Safe to run again: it skips what is there.
@@ -28,6 +29,14 @@ fi
 
 if [ "${1:-}" = "--web" ]; then
     command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+    # The browser tests want Node 20 or later (node:test's --test-timeout, playwright-core's
+    # engines); Debian 12's own is 18. Then Node 22 comes from the npm registry's `node` package
+    # into .tools/node, and scripts/node-path.sh puts it first on PATH.
+    if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ] && [ ! -x .tools/node/node_modules/.bin/node ]; then
+        echo "setup: Node $(node -v) is older than 20; installing Node 22 from the npm registry into .tools/node"
+        npm install --silent --no-audit --no-fund --prefix .tools/node node@22
+    fi
+    . scripts/node-path.sh
     command -v chromium >/dev/null || apt_install chromium
     want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
     have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
