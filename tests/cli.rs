@@ -277,8 +277,29 @@ fn resuming_equals_an_uninterrupted_run() {
     let dir = TempDir::new("resume");
     let data = write_data(&dir);
     // Dropout makes the RNG state part of what must be resumed; the cosine
-    // schedule with warmup, the schedule's position.
-    let common = ["--method", "lora", "--dropout", "0.1", "--lr", "1e-2", "--schedule", "cosine", "--warmup", "1"];
+    // schedule with warmup, the schedule's position; an NF4 base, 2-row
+    // batches accumulated twice and a seed of its own, options the resumed
+    // run must take from the checkpoint, not from the defaults.
+    let common = [
+        "--method",
+        "lora",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "1e-2",
+        "--schedule",
+        "cosine",
+        "--warmup",
+        "1",
+        "--quant",
+        "nf4",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--seed",
+        "3",
+    ];
     let run = |extra: &[&str]| {
         let mut args = common.to_vec();
         args.extend_from_slice(extra);
@@ -289,15 +310,54 @@ fn resuming_equals_an_uninterrupted_run() {
     let (whole, half) = (dir.join("whole"), dir.join("half"));
     let uninterrupted = run(&["--steps", "4", "--out", &whole]);
     let first = run(&["--steps", "4", "--stop-after", "2", "--out", &half]);
-    let rest = run(&["--resume", &half, "--out", &half]);
+    let model = fixture("llama_gqa");
+    // Only --resume: the checkpoint knows the rest.
+    let resumed = webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]);
+    ok(&resumed);
+    let rest = step_lines(&resumed);
     let losses = |lines: &[serde_json::Value]| lines.iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
     assert_eq!(rest[0]["step"], 3);
-    let resumed: Vec<String> = losses(&first).into_iter().chain(losses(&rest)).collect();
-    assert_eq!(resumed, losses(&uninterrupted));
+    let all: Vec<String> = losses(&first).into_iter().chain(losses(&rest)).collect();
+    assert_eq!(all, losses(&uninterrupted));
     let grads = |lines: &[serde_json::Value]| lines.iter().map(|l| l["grad_norm"].to_string()).collect::<Vec<_>>();
     assert_eq!(grads(&first).into_iter().chain(grads(&rest)).collect::<Vec<_>>(), grads(&uninterrupted));
     let weights = |d: &str| std::fs::read(std::path::Path::new(d).join("adapter_model.safetensors")).unwrap();
     assert!(weights(&whole) == weights(&half), "the resumed adapter differs from the uninterrupted one");
+
+    // Options that agree with the checkpoint are fine; one that contradicts it
+    // is refused, naming both values, and the checkpoint is left as it was.
+    let state = |d: &str| std::fs::read(std::path::Path::new(d).join("training_state.safetensors")).unwrap();
+    let before = state(&whole);
+    for (flag, value, saved) in [
+        ("--batch-size", "4", "2"),
+        ("--quant", "f32", "nf4"),
+        ("--seed", "42", "3"),
+        ("--lr", "1e-3", "1e-2"),
+        ("--r", "4", "8"),
+    ] {
+        let out = webpeft(&["train", "--model", &model, "--resume", &whole, "--out", &whole, flag, value]);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{flag} {value}")) && err.contains(saved), "{flag}: {err}");
+    }
+    assert!(state(&whole) == before, "a refused resume changed the checkpoint");
+    let agreeing = webpeft(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--resume",
+        &whole,
+        "--out",
+        &whole,
+        "--batch-size",
+        "2",
+        "--quant",
+        "nf4",
+    ]);
+    ok(&agreeing);
+    assert!(step_lines(&agreeing).is_empty(), "the run was already complete");
 }
 
 /// Logits (B·T·V) of `webpeft logits` on the ids in `tokens`.
@@ -387,6 +447,30 @@ fn train_with_rank_zero_is_refused() {
         &["--method", "lora", "--r", "0", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")],
     ));
     assert!(err.contains("--r") && err.contains("at least 1"), "{err}");
+    assert!(!dir.0.join("o").exists(), "a refused run left its --out folder behind");
+}
+
+#[test]
+fn train_on_a_folder_without_config_names_config_json() {
+    let dir = TempDir::new("noconfig");
+    let data = write_data(&dir);
+    let empty = dir.join("empty-model");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = webpeft(&[
+        "train",
+        "--model",
+        &empty,
+        "--data",
+        &data,
+        "--method",
+        "lora",
+        "--lr",
+        "1e-3",
+        "--out",
+        &dir.join("o"),
+    ]);
+    let err = failure(&out);
+    assert!(err.contains("config.json") && !err.contains("tokenizer.json"), "{err}");
 }
 
 #[test]

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+#[path = "webpeft/resume.rs"]
+mod resume;
+
 /// `println!` that ends the program quietly when stdout is closed (`| head`)
 /// instead of panicking.
 macro_rules! out {
@@ -35,7 +38,7 @@ use webpeft::peft::bottleneck_file::BN_WEIGHTS_FILE;
 use webpeft::peft::merge::{export_safetensors, merge_lora};
 use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
 use webpeft::quant::{ComputeDtype, QuantFormat};
-use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT_FILE};
+use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
@@ -223,12 +226,12 @@ struct TrainArgs {
     #[arg(long)]
     model: PathBuf,
     /// Training data, one JSON object a line: {"text"}, {"prompt", "completion"},
-    /// {"messages"} or {"input_ids", "labels"}.
-    #[arg(long)]
-    data: PathBuf,
-    /// lora, seq_bn, double_seq_bn or par_bn.
-    #[arg(long, value_parser = parse_method)]
-    method: Method,
+    /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// lora, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
+    method: Option<Method>,
     /// LoRA rank [default: 8].
     #[arg(long)]
     r: Option<usize>,
@@ -321,6 +324,9 @@ struct TrainArgs {
     /// The folder to write the adapter files and training_state.safetensors to.
     #[arg(long)]
     out: PathBuf,
+    /// The options given on the command line, not defaulted (clap ids).
+    #[arg(skip)]
+    given: std::collections::BTreeSet<String>,
 }
 
 /// What `train --method` trains.
@@ -366,7 +372,20 @@ fn parse_tiles(s: &str) -> Result<Tiles, String> {
 }
 
 fn main() {
-    if let Err(e) = pollster::block_on(run(Cli::parse())) {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Which train options were typed, not defaulted: a resumed run refuses the
+    // typed ones that contradict its checkpoint and takes the rest from it.
+    if let (Command::Train(args), Some(("train", sub))) = (&mut cli.command, matches.subcommand()) {
+        args.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
+    if let Err(e) = pollster::block_on(run(cli)) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -849,6 +868,11 @@ impl TrainArgs {
         (given(&lora), given(&bn))
     }
 
+    /// The method (clap requires it unless --resume, which sets it).
+    fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Lora)
+    }
+
     /// Options that belong to the other kind of adapter are a mistake.
     fn check_method_options(&self) -> Result<(), String> {
         let (lora, bn) = self.adapter_flags();
@@ -856,7 +880,7 @@ impl TrainArgs {
             [one] => format!("{one} is an option"),
             many => format!("{} are options", many.join(", ")),
         };
-        match self.method {
+        match self.method() {
             Method::Lora if !bn.is_empty() => Err(format!(
                 "{} for bottleneck adapters; --method lora takes --r, --alpha, --dropout, --targets and --rslora",
                 options(&bn)
@@ -872,7 +896,7 @@ impl TrainArgs {
 
     /// A fresh adapter from the command line's options.
     fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, Box<dyn std::error::Error>> {
-        match self.method {
+        match self.method() {
             Method::Lora => {
                 let targets = match self.targets.as_deref().unwrap_or("q_proj,v_proj") {
                     "all-linear" => TargetModules::AllLinear,
@@ -928,7 +952,13 @@ fn read_dataset(
 }
 
 /// Writes the adapter files and the training state of `run` into `out`.
-async fn save_run(gpu: &Gpu, run: &Run, model: &Model, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+async fn save_run(
+    gpu: &Gpu,
+    run: &Run,
+    model: &Model,
+    out: &Path,
+    options: &serde_json::Value,
+) -> Result<(), Box<dyn std::error::Error>> {
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
         std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
@@ -936,7 +966,9 @@ async fn save_run(gpu: &Gpu, run: &Run, model: &Model, out: &Path) -> Result<(),
     for (name, bytes) in run.trainer.adapter.to_files(gpu, &model.config).await? {
         write(&name, &bytes)?;
     }
-    let state = save_checkpoint(gpu, &run.trainer, &model.config, &run.progress()).await?;
+    let mut progress = run.progress();
+    progress["options"] = options.clone();
+    let state = save_checkpoint(gpu, &run.trainer, &model.config, &progress).await?;
     write(CHECKPOINT_FILE, &state)?;
     Ok(())
 }
@@ -1165,15 +1197,27 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
 }
 
 /// `webpeft train`.
-async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+    // A resumed run is the run its checkpoint holds (resume.rs).
+    let checkpoint = match a.resume.clone() {
+        Some(dir) => {
+            let path = dir.join(CHECKPOINT_FILE);
+            let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+            let saved = read_checkpoint(&bytes).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            resume::settle(&mut a, &saved, &dir)?;
+            Some(bytes)
+        }
+        None => None,
+    };
     a.check_method_options()?;
-    if a.init_adapter.is_some() || a.resume.is_some() {
-        let source = a.init_adapter.as_ref().or(a.resume.as_ref()).expect("one of them").display().to_string();
-        a.note_ignored_options(&source);
+    if let Some(dir) = &a.init_adapter {
+        a.note_ignored_options(&dir.display().to_string());
     }
+    let data_path = a.data.clone().ok_or("--data is required")?;
     let files = DirFiles::new(&a.model)?;
-    let tokenizer = Tokenizer::load(&files).await?;
+    // config.json first: a folder that is no model at all says so, not that its tokenizer is missing.
     let config = Config::load(&files).await?;
+    let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&config)?;
     let max = config.max_position_embeddings;
     if let Some(n) = a.seq_len.filter(|&n| n > max) {
@@ -1188,13 +1232,12 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
         seed: a.seed,
         drop_last: false,
     };
-    let dataset = read_dataset(&a.data, &tokenizer, &opts, pad_id)?;
+    let dataset = read_dataset(&data_path, &tokenizer, &opts, pad_id)?;
+    let options = serde_json::to_value(resume::RunOptions::of(&a, opts.seq_len, &data_path))?;
     let eval = match &a.eval_data {
         Some(path) => Some(read_dataset(path, &tokenizer, &DataOptions { shuffle: false, ..opts.clone() }, pad_id)?),
         None => None,
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
     let optimizer = OptimizerConfig {
@@ -1204,35 +1247,23 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
         weight_decay: a.weight_decay,
         max_grad_norm: a.max_grad_norm,
     };
-    let (trainer, progress) = match &a.resume {
-        Some(dir) => {
-            let path = dir.join(CHECKPOINT_FILE);
-            let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
-            let (mut trainer, progress) =
-                load_checkpoint(&gpu, &bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
-            if trainer.adapter.method() != a.method.name() {
-                return Err(format!(
-                    "--resume {}: the checkpoint trains a {} adapter, but --method is {}",
-                    dir.display(),
-                    trainer.adapter.method(),
-                    a.method.name()
-                )
-                .into());
-            }
-            if trainer.optimizer != optimizer {
-                eprintln!("note: the optimizer settings differ from the checkpoint's; continuing with the ones given");
-                trainer.optimizer = optimizer;
-            }
+    let (trainer, progress) = match (&a.resume, &checkpoint) {
+        (Some(dir), Some(bytes)) => {
+            let (trainer, progress) =
+                load_checkpoint(&gpu, bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
             (trainer, Some(progress))
         }
-        None => {
+        _ => {
             let adapter = match &a.init_adapter {
-                Some(dir) => init_adapter(&gpu, dir, a.method, &model).await?,
+                Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
                 None => a.new_adapter(&gpu, &model)?,
             };
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, optimizer, a.seed)?, None)
         }
     };
+    // The adapter and its options are valid: only now the output folder, so a
+    // refused option (--r 0) leaves nothing behind.
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let mut run_config = RunConfig {
         steps: a.steps,
         epochs: a.epochs.unwrap_or(1.0),
@@ -1274,7 +1305,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
         run.trainer.adapter.method(),
         run.trainer.adapter.num_params(),
         run.dataset.len(),
-        a.data.display(),
+        data_path.display(),
         run.total_steps(),
         a.batch_size,
         a.grad_accum,
@@ -1304,7 +1335,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
                 out!("{}", serde_json::to_string(&line)?);
                 this_run += 1;
                 if a.save_steps.is_some_and(|n| n > 0 && s.step % n == 0) {
-                    save_run(&gpu, &run, &model, &a.out).await?;
+                    save_run(&gpu, &run, &model, &a.out, &options).await?;
                 }
             }
             Ok(None) => break,
@@ -1321,7 +1352,7 @@ async fn train(a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
         let line = EvalLine { eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
         out!("{}", serde_json::to_string(&line)?);
     }
-    save_run(&gpu, &run, &model, &a.out).await?;
+    save_run(&gpu, &run, &model, &a.out, &options).await?;
     eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display());
     Ok(stopped)
 }

@@ -299,3 +299,27 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 }
+
+/// The name adapters record for a model read from a base URL, as PEFT records
+/// a hub repo: `org/name` for `https://huggingface.co/org/name/resolve/…`,
+/// else the URL itself (without a trailing slash).
+pub fn url_model_name(base: &str) -> String {
+    let rest = base.strip_prefix("https://huggingface.co/").unwrap_or("");
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [org, name, "resolve", ..] => format!("{org}/{name}"),
+        _ => base.trim_end_matches('/').to_string(),
+    }
+}
+
+#[cfg(test)]
+mod url_name_tests {
+    use super::url_model_name;
+
+    #[test]
+    fn hub_urls_name_their_repo_and_others_themselves() {
+        let hub = "https://huggingface.co/HuggingFaceTB/SmolLM2-135M/resolve/main/";
+        assert_eq!(url_model_name(hub), "HuggingFaceTB/SmolLM2-135M");
+        assert_eq!(url_model_name("http://127.0.0.1:8080/default-model/"), "http://127.0.0.1:8080/default-model");
+        assert_eq!(url_model_name("https://huggingface.co/x"), "https://huggingface.co/x");
+    }
+}

@@ -276,6 +276,8 @@ fn lora_targets(v: Option<&serde_json::Value>) -> JsResult<TargetModules> {
 struct ModelState {
     gpu: Rc<Gpu>,
     model: Model,
+    /// The base model's name or path, as exported adapters name it.
+    source: Option<String>,
     tokenizer: Option<Tokenizer>,
     adapters: AdapterSet,
 }
@@ -298,8 +300,9 @@ pub struct WebModel {
     state: Rc<RefCell<ModelState>>,
 }
 
-async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue> {
+async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<String>) -> JsResult<JsValue> {
     let o: LoadOptions = options(&opts)?;
+    let source = o.name.clone().or(source);
     let format = quant(o.quant.as_deref())?;
     let compute = compute_dtype(o.compute_dtype.as_deref())?;
     let on_progress = callback(&opts, "onProgress");
@@ -322,7 +325,7 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue) -> JsResult<JsValue>
     if let Some(t) = &tokenizer {
         t.check_model(&model.config).map_err(err)?;
     }
-    let state = ModelState { gpu, model, tokenizer, adapters: AdapterSet::new() };
+    let state = ModelState { gpu, model, source, tokenizer, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
 }
 
@@ -336,7 +339,12 @@ impl WebModel {
         base_url: &str,
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] opts: JsValue,
     ) -> Promise {
-        future_to_promise(load(gpu.gpu.clone(), WebFiles::url(base_url), opts))
+        future_to_promise(load(
+            gpu.gpu.clone(),
+            WebFiles::url(base_url),
+            opts,
+            Some(crate::model::source::url_model_name(base_url)),
+        ))
     }
 
     /// Loads from picked or dropped files (a model folder's files).
@@ -347,12 +355,19 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "LoadOptions")] opts: JsValue,
     ) -> Promise {
         let mut map = BTreeMap::new();
+        let mut folder = None;
         for f in files.iter() {
             if let Ok(file) = f.dyn_into::<web_sys::File>() {
+                // A picked folder's files say where they came from: "folder/config.json".
+                let path = Reflect::get(&file, &"webkitRelativePath".into())
+                    .ok()
+                    .and_then(|p| p.as_string())
+                    .unwrap_or_default();
+                folder = folder.or_else(|| path.split_once('/').map(|(dir, _)| dir.to_string()));
                 map.insert(file.name(), file);
             }
         }
-        future_to_promise(load(gpu.gpu.clone(), WebFiles::Files(map), opts))
+        future_to_promise(load(gpu.gpu.clone(), WebFiles::Files(map), opts, folder))
     }
 
     /// Loads from bytes in memory: file name → bytes.
@@ -365,7 +380,7 @@ impl WebModel {
         let gpu = gpu.gpu.clone();
         future_to_promise(async move {
             let map = byte_map(&buffers)?.into_iter().map(|(n, b)| (n.clone(), MemorySource::new(n, b))).collect();
-            load(gpu, WebFiles::Memory(map), opts).await
+            load(gpu, WebFiles::Memory(map), opts, None).await
         })
     }
 
@@ -426,6 +441,7 @@ impl WebModel {
             Some("gaussian") => InitLoraWeights::Gaussian,
             Some(other) => return Err(err(format!("init must be \"kaiming\" or \"gaussian\", got {other:?}"))),
         };
+        c.base_model_name_or_path = st.source.clone();
         c.validate().map_err(err)?;
         let adapter = Adapter::new_lora(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)
@@ -453,6 +469,7 @@ impl WebModel {
         if let Some(p) = o.dropout {
             c.dropout = p;
         }
+        c.model_name = st.source.clone();
         c.validate().map_err(err)?;
         let adapter = Adapter::new_bottleneck(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)

@@ -27,6 +27,9 @@ export type ComputeDtype = "f32" | "f16";
 export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; }
 export interface LoadOptions {
   quant?: Quant; computeDtype?: ComputeDtype; onProgress?: (progress: LoadProgress) => void;
+  /** What exported adapters name as their base (`base_model_name_or_path`, AdapterHub's `model_name`).
+   * Default: the repo of a Hugging Face URL (`org/name`), another URL itself, or the picked folder's name. */
+  name?: string;
 }
 export interface ModelInfo {
   modelType: string; vocabSize: number; hiddenSize: number; layers: number; parameters: number;
@@ -90,6 +93,7 @@ export type AdapterFiles = Record<string, Uint8Array>;
 pub struct LoadOptions {
     pub quant: Option<String>,
     pub compute_dtype: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -219,6 +219,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);
       const files = await model.exportAdapter("c");
+      const base = JSON.parse(new TextDecoder().decode(files["adapter_config.json"])).base_model_name_or_path;
+      if (!/^http:\/\/127\.0\.0\.1:\d+\/model$/.test(base)) throw new Error("base_model_name_or_path " + base);
       const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.

@@ -1,0 +1,187 @@
+//! `train --resume`: a checkpoint knows its run. Every option that shapes it
+//! (the method and its options, the base format and compute dtype, batch,
+//! sequence length, packing, shuffling, seed, data, accumulation, schedule,
+//! optimizer) is taken from the checkpoint; an option typed on the command
+//! line that contradicts it is refused, naming both values, so a resumed run
+//! cannot silently become another one.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use webpeft::peft::TargetModules;
+use webpeft::train::checkpoint::{CheckpointConfig, CheckpointData};
+use webpeft::train::schedule::Schedule;
+use webpeft::Error;
+
+use super::{parse_method, TrainArgs};
+
+/// What shapes a run besides the adapter's config, the optimizer and the
+/// schedule (the checkpoint keeps those on their own): saved in the
+/// checkpoint's progress JSON as `options`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RunOptions {
+    pub quant: String,
+    pub compute_dtype: String,
+    pub batch_size: usize,
+    /// The row length in effect (after capping at the model's maximum).
+    pub seq_len: usize,
+    pub packing: bool,
+    pub shuffle: bool,
+    pub seed: u64,
+    /// The training data, as an absolute path.
+    pub data: PathBuf,
+}
+
+impl RunOptions {
+    pub fn of(a: &TrainArgs, seq_len: usize, data: &Path) -> RunOptions {
+        RunOptions {
+            quant: a.quant.name().into(),
+            compute_dtype: a.compute_dtype.name().into(),
+            batch_size: a.batch_size,
+            seq_len,
+            packing: a.packing,
+            shuffle: !a.no_shuffle,
+            seed: a.seed,
+            data: std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf()),
+        }
+    }
+}
+
+/// Sets `a` to the run `ckpt` holds (see the module comment).
+pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<(), Error> {
+    let given = a.given.clone();
+    let conflict = |flag: &str, mine: String, saved: String| {
+        Error::InvalidArgument {
+        op: "train --resume",
+        detail: format!(
+            "--{flag} {mine} contradicts the checkpoint in {}, whose run has {saved}; leave --{flag} out to go on as the run started",
+            dir.display()
+        ),
+    }
+    };
+    // clap ids are the field names; flags are spelt with dashes.
+    let typed = |id: &str| given.contains(id);
+    fn settle_one<T: PartialEq + Clone>(
+        typed: bool,
+        mine: &mut T,
+        saved: T,
+        show: impl Fn(&T) -> String,
+        err: impl FnOnce(String, String) -> Error,
+    ) -> Result<(), Error> {
+        if typed && *mine != saved {
+            return Err(err(show(mine), show(&saved)));
+        }
+        *mine = saved;
+        Ok(())
+    }
+    macro_rules! one {
+        ($id:literal, $flag:literal, $field:expr, $saved:expr, $show:expr) => {
+            settle_one(typed($id), &mut $field, $saved, $show, |m, s| conflict($flag, m, s))?
+        };
+    }
+
+    let method = parse_method(&ckpt.method).map_err(|e| conflict("method", ckpt.method.clone(), e))?;
+    let show_method = |m: &Option<super::Method>| m.map_or("none".into(), |m| m.name().to_string());
+    one!("method", "method", a.method, Some(method), show_method);
+    settle_adapter(a, &ckpt.config, &typed, &conflict)?;
+
+    let o = &ckpt.optimizer;
+    one!("weight_decay", "weight-decay", a.weight_decay, o.weight_decay, |v: &f64| v.to_string());
+    one!("max_grad_norm", "max-grad-norm", a.max_grad_norm, o.max_grad_norm, |v: &f32| v.to_string());
+
+    let p = &ckpt.progress;
+    let u = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
+    if let (Some(total), Some(lr), Some(schedule), Some(warmup), Some(accum)) = (
+        u("total_steps"),
+        p.get("lr").and_then(serde_json::Value::as_f64),
+        p.get("schedule").and_then(serde_json::Value::as_str).and_then(|s| Schedule::from_name(s).ok()),
+        u("warmup_steps"),
+        u("grad_accum"),
+    ) {
+        if typed("epochs") {
+            return Err(conflict("epochs", a.epochs.unwrap_or(0.0).to_string(), format!("{total} steps")));
+        }
+        one!("steps", "steps", a.steps, Some(total), |v: &Option<u64>| v.map_or("-".into(), |v| v.to_string()));
+        one!("lr", "lr", a.lr, Some(lr), |v: &Option<f64>| v.map_or("-".into(), |v| format!("{v:e}")));
+        one!("schedule", "schedule", a.schedule, schedule, |v: &Schedule| v.name().to_string());
+        one!("warmup", "warmup", a.warmup, warmup, |v: &u64| v.to_string());
+        one!("grad_accum", "grad-accum", a.grad_accum, accum as usize, |v: &usize| v.to_string());
+    }
+
+    // Checkpoints written before the options were kept: the command line's
+    // options (or their defaults) go on, as before.
+    let Some(saved) = p.get("options").and_then(|o| serde_json::from_value::<RunOptions>(o.clone()).ok()) else {
+        eprintln!(
+            "note: {} predates saved run options; the base, batch and data options given here apply",
+            dir.display()
+        );
+        return Ok(());
+    };
+    let quant = saved.quant.parse().map_err(|e: webpeft::quant::QuantError| Error::from(e))?;
+    one!("quant", "quant", a.quant, quant, |v: &webpeft::quant::QuantFormat| v.name().to_string());
+    let compute = saved.compute_dtype.parse().map_err(|e: webpeft::quant::QuantError| Error::from(e))?;
+    one!("compute_dtype", "compute-dtype", a.compute_dtype, compute, |v: &webpeft::quant::ComputeDtype| v
+        .name()
+        .to_string());
+    one!("batch_size", "batch-size", a.batch_size, saved.batch_size, |v: &usize| v.to_string());
+    one!("seq_len", "seq-len", a.seq_len, Some(saved.seq_len), |v: &Option<usize>| v
+        .map_or("-".into(), |v| v.to_string()));
+    one!("packing", "packing", a.packing, saved.packing, |v: &bool| v.to_string());
+    one!("no_shuffle", "no-shuffle", a.no_shuffle, !saved.shuffle, |v: &bool| v.to_string());
+    one!("seed", "seed", a.seed, saved.seed, |v: &u64| v.to_string());
+    let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
+    let mut data = canonical(&a.data);
+    one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v
+        .as_ref()
+        .map_or("-".into(), |p| p.display().to_string()));
+    a.data = data;
+    Ok(())
+}
+
+/// The adapter options: typed ones must agree with the checkpoint's config.
+fn settle_adapter(
+    a: &TrainArgs,
+    config: &CheckpointConfig,
+    typed: &dyn Fn(&str) -> bool,
+    conflict: &dyn Fn(&str, String, String) -> Error,
+) -> Result<(), Error> {
+    let check = |id: &str, flag: &str, mine: Option<String>, saved: String| match mine {
+        Some(m) if typed(id) && m != saved => Err(conflict(flag, m, saved)),
+        _ => Ok(()),
+    };
+    match config {
+        CheckpointConfig::Lora(c) => {
+            check("r", "r", a.r.map(|v| v.to_string()), c.r.to_string())?;
+            check("alpha", "alpha", a.alpha.map(|v| v.to_string()), c.lora_alpha.to_string())?;
+            check("dropout", "dropout", a.dropout.map(|v| v.to_string()), c.lora_dropout.to_string())?;
+            check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
+            let targets = match &c.target_modules {
+                TargetModules::AllLinear => "all-linear".to_string(),
+                TargetModules::List(l) => {
+                    let mut l = l.clone();
+                    l.sort();
+                    l.join(",")
+                }
+                TargetModules::Regex(r) => r.clone(),
+            };
+            let mine = a.targets.as_ref().map(|t| {
+                let mut l: Vec<&str> = t.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+                l.sort();
+                l.join(",")
+            });
+            check("targets", "targets", mine, targets)?;
+        }
+        CheckpointConfig::Bottleneck(c) => {
+            check(
+                "reduction_factor",
+                "reduction-factor",
+                a.reduction_factor.map(|v| v.to_string()),
+                c.reduction_factor.to_string(),
+            )?;
+            let act = |v: &webpeft::kernels::swiglu::Activation| format!("{v:?}").to_lowercase();
+            check("non_linearity", "non-linearity", a.non_linearity.as_ref().map(act), act(&c.non_linearity))?;
+            check("dropout", "dropout", a.dropout.map(|v| v.to_string()), c.dropout.to_string())?;
+        }
+    }
+    Ok(())
+}
