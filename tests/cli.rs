@@ -17,6 +17,11 @@ fn logits_of_llama(tokens: &std::path::Path, out: &std::path::Path) -> std::proc
     webpeft(&["logits", "--model", &model, "--tokens", tokens.to_str().unwrap(), "--out", out.to_str().unwrap()])
 }
 
+/// Whether the tests' adapter is a CPU rasterizer (lavapipe in CI).
+fn gpu_is_software() -> bool {
+    pollster::block_on(webpeft::Gpu::new()).map(|g| g.info().device_type == "Cpu").unwrap_or(false)
+}
+
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -217,6 +222,10 @@ fn train_lora_all_linear_then_generate_with_it() {
         ],
     );
     ok(&out);
+    // The first step's compiling is announced, not silent (lavapipe: a software renderer).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("first step: compiling") && err.contains("GPU programs built"), "{err}");
+    assert_eq!(err.contains("software renderer"), gpu_is_software(), "{err}");
     let mut lines = step_lines(&out);
     let eval = lines.pop().unwrap();
     assert!(eval["eval_loss"].as_f64().unwrap().is_finite() && eval["eval_tokens"].as_u64() > Some(50), "{eval}");

@@ -69,7 +69,8 @@ function onMessage(e) {
   switch (m.type) {
     case "ready":
       $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding` +
-        `${m.info.shaderF16 ? ", shader-f16" : ""}.`;
+        `${m.info.shaderF16 ? ", shader-f16" : ""}` +
+        (m.info.deviceType === "Cpu" ? ". This is a software renderer (no GPU in use): expect training to be slow." : ".");
       if (!m.info.shaderF16) { $("compute").value = "f32"; $("compute").disabled = true; }
       document.body.dataset.gpu = "ready";
       if (pendingResume) { pendingResume(); pendingResume = null; }

@@ -1321,10 +1321,19 @@ async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> 
             stopped = Stopped::Paused;
             break;
         }
+        if this_run == 0 {
+            // The first step builds every GPU program it runs: say so, since it can take a minute.
+            let software =
+                if gpu.info().device_type == "Cpu" { ", a software renderer: expect it to be slow" } else { "" };
+            eprintln!("first step: compiling its GPU programs on {}{software}…", gpu.describe());
+        }
         let start = std::time::Instant::now();
         match run.step(&gpu, &model).await {
             Ok(Some(s)) => {
                 let secs = start.elapsed().as_secs_f64();
+                if this_run == 0 {
+                    eprintln!("first step done in {secs:.1} s ({} GPU programs built)", gpu.pipeline_count());
+                }
                 let line = StepLine {
                     step: s.step,
                     loss: s.loss,

@@ -112,6 +112,8 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
     const config = JSON.parse(files["adapter_config.json"].toString("utf8"));
     assert.equal(config.peft_type, "LORA");
     assert.equal(config.r, 8);
+    assert.match(config.base_model_name_or_path, /^http:\/\/127\.0\.0\.1:\d+\/default-model$/);
+    assert.match(await page.textContent("#gpu-info"), /software renderer/, "SwiftShader is named as one");
     const web = safetensors(files["adapter_model.safetensors"]);
     assert.equal(Object.keys(web).length, 28);
 
