@@ -1,24 +1,58 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
 // before/after generation. All library work happens in worker.js.
 const $ = (id) => document.getElementById(id);
-const state = { losses: [], speeds: [], trained: false, loaded: false, training: false };
+const state = { losses: [], speeds: [], trained: false, loaded: false, resuming: false, phase: "starting" };
 
-function showError(context, message) {
-  const box = $("error");
-  box.hidden = false;
-  box.textContent = `${context ? context + ": " : ""}${message}`;
-  document.body.dataset.error = message;
-  setBusy(false);
+// One state decides which controls work (data-phase on <body> says which):
+//   starting → loading → idle;  idle → loading | training | generating;
+//   training ⇄ paused;  training, paused → idle when the run ends;  generating → idle;
+//   a resumed run: loading → training once the checkpoint is back;  any error → idle.
+function setPhase(phase) {
+  state.phase = phase;
+  document.body.dataset.phase = phase;
+  const idle = phase === "idle";
+  const running = phase === "training" || phase === "paused";
+  $("load").disabled = !idle;
+  $("train").disabled = !idle || !state.loaded;
+  $("pause").disabled = !running;
+  $("pause").textContent = phase === "paused" ? "Resume" : "Pause";
+  $("cancel").disabled = !running;
+  $("generate").disabled = !idle || !state.loaded;
+  $("download").disabled = !idle || !state.trained;
+  $("resume-run").disabled = running || phase === "generating";
 }
-function clearError() { $("error").hidden = true; $("error").textContent = ""; }
-function setBusy(training) {
-  state.training = training;
-  $("train").disabled = training || !state.loaded;
-  $("load").disabled = training;
-  $("pause").disabled = !training;
-  $("cancel").disabled = !training;
-  $("generate").disabled = training || !state.loaded;
-  $("download").disabled = training || !state.trained;
+
+// Errors show next to what caused them, in the words of the form; the
+// library's own wording (file and function names) goes to the console.
+const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
+  autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
+  generate: "try-error", download: "try-error" };
+const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
+  batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps" };
+function inFormWords(message) {
+  const field = message.match(/^adapter_config\.json: field `(\w+)`: (.*)$/s);
+  if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
+  const internal = message.match(/^invalid argument to [\w:]+: (.*)$/s);
+  const text = internal ? internal[1] : message;
+  return text.replace(/\b(seq_len|batch_size|grad_accum)\b/g, (k) => FORM_NAMES[k]);
+}
+function showError(context, message) {
+  const words = inFormWords(message);
+  if (words !== message) console.info(`webpeft (${context}): ${message}`);
+  const box = $(ERROR_BOX[context] ?? "error");
+  box.hidden = false;
+  box.textContent = ERROR_BOX[context] ? words : `${context ? context + ": " : ""}${words}`;
+  document.body.dataset.error = words;
+  if (context === "load" || context === "plan") {
+    state.loaded = false;
+    $("load-status").textContent = "not loaded";
+    $("load-progress").value = 0;
+  }
+  state.resuming = false;
+  setPhase(state.phase === "starting" && context !== "load" ? "starting" : "idle");
+}
+function clearError() {
+  for (const id of ["error", "model-error", "train-error", "try-error"]) { $(id).hidden = true; $(id).textContent = ""; }
 }
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
@@ -75,7 +109,7 @@ function onMessage(e) {
       document.body.dataset.gpu = "ready";
       if (pendingResume) { pendingResume(); pendingResume = null; }
       else if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; }
-      else load();
+      else { state.phase = "idle"; load(); }
       break;
     case "plan": {
       const p = m.plan;
@@ -97,7 +131,7 @@ function onMessage(e) {
       $("load-progress").value = $("load-progress").max;
       document.body.dataset.loadSeconds = m.seconds;
       document.body.dataset.model = "loaded";
-      setBusy(false);
+      setPhase(state.resuming ? "loading" : "idle");
       break;
     case "step": {
       const ev = m.event;
@@ -120,7 +154,9 @@ function onMessage(e) {
       }
       break;
     case "resumed-checkpoint":
+      state.resuming = false;
       $("train-status").textContent = `resumed at step ${m.step}`;
+      setPhase("training");
       break;
     case "trained":
       state.trained = true;
@@ -129,15 +165,15 @@ function onMessage(e) {
       document.body.dataset.tokensPerSecond = JSON.stringify(state.speeds);
       document.body.dataset.trained = m.summary.state;
       $("train-status").textContent += ` — ${m.summary.state}`;
-      setBusy(false);
+      setPhase("idle");
       break;
-    case "paused": $("pause").textContent = "Resume"; break;
-    case "resumed": $("pause").textContent = "Pause"; break;
+    case "paused": setPhase("paused"); break;
+    case "resumed": setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
     case "generated":
       document.body.dataset[m.which] = "done";
       if (m.which === "before" && state.trained) worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
-      else setBusy(false);
+      else setPhase("idle");
       break;
     case "zip": {
       const blob = new Blob([m.bytes], { type: "application/zip" });
@@ -199,10 +235,11 @@ function load() {
   clearError();
   try {
     const c = config();
-    state.loaded = false;
-    setBusy(true);
-    $("pause").disabled = $("cancel").disabled = true;
     const src = source();
+    state.loaded = false;
+    $("load-status").textContent = "loading…";
+    $("plan").textContent = "";
+    setPhase("loading");
     const msg = { type: "load", source: src, quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
       batchSize: c.batchSize, seqLen: c.seqLen };
     const origin = src.kind === "url" ? new URL(src.url).origin : null;
@@ -221,7 +258,7 @@ $("train").onclick = () => {
   drawChart();
   const data = $("data").value;
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
-  setBusy(true);
+  setPhase("training");
   const src = source();
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
@@ -249,7 +286,9 @@ readAutosave().then((saved) => {
     state.speeds = [];
     drawChart();
     state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
-    setBusy(true);
+    state.resuming = true;
+    state.loaded = false;
+    setPhase("loading");
     const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
@@ -261,15 +300,14 @@ readAutosave().then((saved) => {
   };
   document.body.dataset.autosave = "offered";
 }).catch(() => {});
-$("pause").onclick = () => worker.postMessage({ type: $("pause").textContent === "Pause" ? "pause" : "resume" });
+$("pause").onclick = () => worker.postMessage({ type: state.phase === "paused" ? "resume" : "pause" });
 $("cancel").onclick = () => worker.postMessage({ type: "cancel" });
 $("generate").onclick = () => {
   clearError();
   $("before").textContent = $("after").textContent = "";
   delete document.body.dataset.before;
   delete document.body.dataset.after;
-  setBusy(true);
-  $("pause").disabled = $("cancel").disabled = true;
+  setPhase("generating");
   worker.postMessage({ type: "generate", which: "before", prompt: $("prompt").value });
   if (!state.trained) $("after").textContent = "(train an adapter first)";
 };
@@ -278,5 +316,5 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
+setPhase("starting");
 startWorker(null);
-setBusy(false);

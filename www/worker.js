@@ -86,7 +86,8 @@ async function handle(msg) {
         configText = await config.text();
       } else {
         const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
-        const r = await fetch(new URL("config.json", base.endsWith("/") ? base : base + "/"));
+        const r = await fetch(new URL("config.json", base.endsWith("/") ? base : base + "/"))
+          .catch((e) => { throw new Error(`could not reach ${base} for config.json (${e.message}): check the URL and your connection`); });
         if (!r.ok) throw new Error(`config.json: HTTP ${r.status} from ${base}`);
         configText = await r.text();
       }

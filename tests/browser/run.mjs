@@ -147,6 +147,60 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
   }
 });
 
+test("the controls follow one state: fresh, running, paused, finished and failed runs, errors next to their cause", async () => {
+  const browser = await launch();
+  try {
+    const { page, problems } = await open(browser, base);
+    const enabled = async () => Object.fromEntries(await Promise.all(["load", "train", "pause", "cancel", "generate", "download"]
+      .map(async (id) => [id, !(await page.isDisabled(`#${id}`))])));
+    const phase = (p) => page.waitForSelector(`body[data-phase=${p}]`, { timeout: 600_000 });
+    await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 });
+    await phase("idle");
+    assert.deepEqual(await enabled(), { load: true, train: true, pause: false, cancel: false, generate: true, download: false });
+    await page.click("#train");
+    await phase("training");
+    assert.deepEqual(await enabled(), { load: false, train: false, pause: true, cancel: true, generate: false, download: false });
+    await page.click("#pause");
+    await phase("paused");
+    assert.equal(await page.textContent("#pause"), "Resume");
+    assert.deepEqual(await enabled(), { load: false, train: false, pause: true, cancel: true, generate: false, download: false });
+    await page.click("#pause");
+    await phase("training");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    await phase("idle");
+    assert.deepEqual(await enabled(), { load: true, train: true, pause: false, cancel: false, generate: true, download: true });
+
+    // A refused option: the message sits under the Train button, in the form's words.
+    await page.fill("#config [name=r]", "0");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    const trainError = await page.textContent("#train-error");
+    assert.match(trainError, /^r: /);
+    assert.doesNotMatch(trainError, /adapter_config|Run::new|Dataset::new/);
+    assert.equal(await page.isHidden("#error"), true, "not in the box at the top of the page");
+    await phase("idle");
+    assert.equal((await enabled()).train, true, "the user can fix r and train again");
+    const box = await page.locator("#train-error").boundingBox();
+    const button = await page.locator("#train").boundingBox();
+    assert.ok(Math.abs(box.y - button.y) < 120, `the message is next to the Train button (${box.y} vs ${button.y})`);
+    await page.fill("#config [name=r]", "8");
+
+    // A model URL that does not answer: the message sits in the model section, nothing claims a model is loaded.
+    await page.check("input[name=source][value=url]");
+    await page.fill("#model-url", "http://127.0.0.1:9/no-model/");
+    await page.click("#load");
+    await page.waitForSelector("#model-error:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#model-error"), /config\.json/);
+    assert.equal(await page.textContent("#load-status"), "not loaded");
+    assert.equal(await page.textContent("#plan"), "");
+    await phase("idle");
+    assert.deepEqual(await enabled(), { load: true, train: false, pause: false, cancel: false, generate: false, download: true });
+    assert.deepEqual(problems.filter((p) => !/ERR_CONNECTION_REFUSED|Failed to fetch/.test(p)), []);
+  } finally {
+    await browser.close();
+  }
+});
+
 test("a reload mid-training offers to resume from the autosave, and the resumed adapter equals an uninterrupted run's within 1e-6", async () => {
   const uninterrupted = path.join(out, "webpeft-adapter.zip");
   assert.ok(fs.existsSync(uninterrupted), "the demo test ran first");
@@ -160,6 +214,11 @@ test("a reload mid-training offers to resume from the autosave, and the resumed 
     await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 60_000 });
     assert.match(await page.textContent("#resume-text"), /interrupted at step 8 of 12/);
     await page.click("#resume-run");
+    // Resumed, it is a running run like any other: Pause and Cancel work, nothing else does.
+    await page.waitForSelector("body[data-phase=training]", { timeout: 120_000 });
+    for (const [id, on] of [["pause", true], ["cancel", true], ["train", false], ["load", false], ["generate", false]]) {
+      assert.equal(!(await page.isDisabled(`#${id}`)), on, `#${id} while the resumed run trains`);
+    }
     await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
     const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
     const zipPath = path.join(out, "webpeft-adapter-resumed.zip");
@@ -222,7 +281,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       await model.importAdapter("c", zip);
       const files = await model.exportAdapter("c");
       const base = JSON.parse(new TextDecoder().decode(files["adapter_config.json"])).base_model_name_or_path;
-      if (!/^http:\/\/127\.0\.0\.1:\d+\/model$/.test(base)) throw new Error("base_model_name_or_path " + base);
+      if (!base.startsWith("http://127.0.0.1:") || !base.endsWith("/model")) throw new Error("base_model_name_or_path " + base);
       const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
@@ -260,8 +319,11 @@ test("the npm package, installed from its tarball into a plain page, trains, che
   const browser = await launch();
   try {
     const page = await browser.newPage();
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message)); // a script that does not even parse never sets the title
     await page.goto(`http://127.0.0.1:${s.address().port}/index.html`);
-    await page.waitForFunction(() => document.title.startsWith("step") || document.title.startsWith("error"), null, { timeout: 120_000 });
+    await page.waitForFunction(() => document.title.startsWith("step") || document.title.startsWith("error"), null, { timeout: 120_000 })
+      .catch(async (e) => { throw new Error(`${e.message}; title ${JSON.stringify(await page.title())}; page errors: ${pageErrors}`); });
     const title = await page.title();
     assert.match(title, /^step 1 loss \d.* \| done true adapter_config.json,adapter_model.safetensors \d+ \d+$/, title);
   } finally {
