@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
+pub mod eta;
 pub mod plan;
 pub mod run;
 pub mod schedule;

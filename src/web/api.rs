@@ -33,6 +33,7 @@ use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig,
 use crate::quant::{ComputeDtype, QuantFormat};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{parse_jsonl, DataOptions, Dataset};
+use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanAdapter, PlanInput};
 use crate::train::run::{Run, RunConfig};
 use crate::train::schedule::Schedule;
@@ -621,7 +622,7 @@ impl WebModel {
             name: name.to_string(),
             paused: Rc::new(Cell::new(false)),
             cancelled: Rc::new(Cell::new(false)),
-            seconds: Rc::new(Cell::new(0.0)),
+            seconds: Rc::new(Cell::new(StepClock::default())),
         })
     }
 
@@ -766,14 +767,14 @@ pub struct TrainRun {
     name: String,
     paused: Rc<Cell<bool>>,
     cancelled: Rc<Cell<bool>>,
-    /// Seconds spent in steps so far (for the ETA).
-    seconds: Rc<Cell<f64>>,
+    /// This run object's step times (for the ETA).
+    seconds: Rc<Cell<StepClock>>,
 }
 
 async fn one_step(
     model: &Rc<RefCell<ModelState>>,
     run: &Rc<RefCell<Run>>,
-    seconds: &Rc<Cell<f64>>,
+    seconds: &Rc<Cell<StepClock>>,
 ) -> JsResult<Option<StepEvent>> {
     let st = busy(model.try_borrow())?;
     let mut r = run.try_borrow_mut().map_err(|_| err("this run is already taking a step"))?;
@@ -782,9 +783,10 @@ async fn one_step(
         return Ok(None);
     };
     let secs = (now_seconds() - start).max(1e-6);
-    seconds.set(seconds.get() + secs);
+    let mut clock = seconds.get();
+    clock.record(secs);
+    seconds.set(clock);
     let total = r.total_steps();
-    let mean = seconds.get() / s.step.max(1) as f64;
     Ok(Some(StepEvent {
         step: s.step,
         total_steps: total,
@@ -794,7 +796,7 @@ async fn one_step(
         tokens: s.tokens,
         tokens_per_second: s.tokens as f64 / secs,
         step_seconds: secs,
-        eta_seconds: mean * total.saturating_sub(s.step) as f64,
+        eta_seconds: clock.eta(total.saturating_sub(s.step)),
     }))
 }
 
