@@ -35,6 +35,13 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// to about 800 operations, and its compile time grows steeply with the
 /// arrays: 64 is 4 rows at head_dim 64, 2 at 128, and compiles in seconds.
 const TILE_VEC4S: usize = 64;
+/// The same on a real GPU (`kernels::blocked::is_real_gpu`): its registers,
+/// not a compiler's unrolling, are the budget. Two to four arrays of 64 vec4s
+/// (1,024 floats) would spill to local memory and leave one warp an SM; 16
+/// vec4s keep an invocation near 128–256 registers (one row at head_dim 64)
+/// and give the launch many more invocations. Chosen from how GPUs work, not
+/// yet timed on one.
+const GPU_TILE_VEC4S: usize = 16;
 
 /// Which attention kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,7 +142,8 @@ struct Launch {
 impl Launch {
     fn new(gpu: &Gpu, variant: Variant, p: &Params, head_dim: usize) -> Launch {
         let d4 = head_dim.div_ceil(4);
-        let rows = (TILE_VEC4S / d4).clamp(1, 8);
+        let budget = if super::blocked::is_real_gpu(gpu) { GPU_TILE_VEC4S } else { TILE_VEC4S };
+        let rows = (budget / d4).clamp(1, 8);
         let group = (p.hq / p.hkv) as usize;
         let g = (1..=rows.min(group)).rev().find(|g| group % g == 0).unwrap_or(1);
         // Powers of two, so that generation's few sequence lengths share pipelines.
