@@ -7,6 +7,10 @@
 //   gemm_store(z, m, n, value)    C[z, m, n] = (or +=) alpha · value
 // and which dimension of each is contiguous in memory:
 //   GEMM_A_ALONG_K (A stored (M, K)), GEMM_B_ALONG_N (B stored (K, N)),
+// and, for B_VEC4 launches, gemm_b4(z, k, n) -> vec4<f32>: four consecutive
+// values along B's contiguous dimension from (k, n), so a quantized weight
+// decodes one word for four values (the launcher sets B_VEC4 where that
+// dimension and every block edge along it are multiples of 4),
 // so consecutive invocations load consecutive addresses (coalesced) and the
 // quantized host dequantizes while it stages B, never writing f32 weights out.
 //
@@ -28,7 +32,8 @@
 // part in the barriers.
 //
 // Prelude constants: BM, BN, BK, TM, TN (TM and TN multiples of 4,
-// BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default).
+// BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default), B_VEC4
+// (BK a multiple of 4 then).
 
 const GWX: u32 = BN / TN;           // invocations along N
 const GWY: u32 = BM / TM;           // invocations along M
@@ -37,6 +42,7 @@ const AS_STRIDE: u32 = BM + 4u;     // floats per staged k-row of A (padded)
 const BS_STRIDE: u32 = BN + 4u;     // floats per staged k-row of B (padded)
 const A_LOADS: u32 = (BM * BK + GTHREADS - 1u) / GTHREADS;  // elements each invocation stages
 const B_LOADS: u32 = (BK * BN + GTHREADS - 1u) / GTHREADS;
+const B_LOADS4: u32 = (BK * BN / 4u + GTHREADS - 1u) / GTHREADS;  // vec4s, with B_VEC4
 
 var<workgroup> tile_a: array<vec4<f32>, BK * AS_STRIDE / 4u>;  // (BK, BM + 4): A slice, k-major
 var<workgroup> tile_b: array<vec4<f32>, BK * BS_STRIDE / 4u>;  // (BK, BN + 4): B slice, k-major
@@ -55,6 +61,22 @@ fn b_slot(e: u32) -> vec2<u32> {
 }
 
 // Staging slot e of the A slice at k0, zero past M and past k_end.
+// The (k, n) within the block of B's vec4 staging slot e (B_VEC4): the first
+// of four consecutive values along the contiguous dimension.
+fn b_slot4(e: u32) -> vec2<u32> {
+    if (GEMM_B_ALONG_N) { return vec2<u32>(e / (BN / 4u), (e % (BN / 4u)) * 4u); }
+    return vec2<u32>((e % (BK / 4u)) * 4u, e / (BK / 4u));
+}
+
+// Vec4 staging slot e of the B slice at k0, zero past N and past k_end (whole
+// vec4s: the launcher made N, K and k_end multiples of 4 along the vec4).
+fn fetch_b4(z: u32, n0: u32, k0: u32, k_end: u32, e: u32) -> vec4<f32> {
+    let s = b_slot4(e);
+    var v = vec4<f32>(0.0);
+    if (e < BK * BN / 4u && k0 + s.x < k_end && n0 + s.y < p.n) { v = gemm_b4(z, k0 + s.x, n0 + s.y); }
+    return v;
+}
+
 fn fetch_a(z: u32, m0: u32, k0: u32, k_end: u32, e: u32) -> f32 {
     let s = a_slot(e);
     var v = 0.0;
@@ -79,8 +101,13 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
     var acc: array<array<vec4<f32>, TN / 4u>, TM>;  // (TM, TN) block of C
     var ra: array<f32, A_LOADS>;                     // the next A slice, this invocation's share
     var rb: array<f32, B_LOADS>;
+    var rb4: array<vec4<f32>, B_LOADS4>;
     for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, k0, k_end, i * GTHREADS + tid); }
-    for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, k_end, i * GTHREADS + tid); }
+    if (B_VEC4) {
+        for (var i = 0u; i < B_LOADS4; i++) { rb4[i] = fetch_b4(z, n0, k0, k_end, i * GTHREADS + tid); }
+    } else {
+        for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, k_end, i * GTHREADS + tid); }
+    }
     let slices = (k_end - k0 + BK - 1u) / BK;
     for (var t = 0u; t < slices; t++) {
         workgroupBarrier();  // everyone is done reading the previous slice
@@ -92,19 +119,40 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
                 tile_a[f / 4u][f % 4u] = ra[i];
             }
         }
-        for (var i = 0u; i < B_LOADS; i++) {
-            let e = i * GTHREADS + tid;
-            if (e < BK * BN) {
-                let s = b_slot(e);
-                let f = s.x * BS_STRIDE + s.y;
-                tile_b[f / 4u][f % 4u] = rb[i];
+        if (B_VEC4) {
+            for (var i = 0u; i < B_LOADS4; i++) {
+                let e = i * GTHREADS + tid;
+                if (e < BK * BN / 4u) {
+                    let s = b_slot4(e);
+                    if (GEMM_B_ALONG_N) {
+                        tile_b[(s.x * BS_STRIDE + s.y) / 4u] = rb4[i];
+                    } else {
+                        for (var c = 0u; c < 4u; c++) {
+                            let f = (s.x + c) * BS_STRIDE + s.y;
+                            tile_b[f / 4u][f % 4u] = rb4[i][c];
+                        }
+                    }
+                }
+            }
+        } else {
+            for (var i = 0u; i < B_LOADS; i++) {
+                let e = i * GTHREADS + tid;
+                if (e < BK * BN) {
+                    let s = b_slot(e);
+                    let f = s.x * BS_STRIDE + s.y;
+                    tile_b[f / 4u][f % 4u] = rb[i];
+                }
             }
         }
         workgroupBarrier();
         if (t + 1u < slices) {
             let next = k0 + (t + 1u) * BK;
             for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, next, k_end, i * GTHREADS + tid); }
-            for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, next, k_end, i * GTHREADS + tid); }
+            if (B_VEC4) {
+                for (var i = 0u; i < B_LOADS4; i++) { rb4[i] = fetch_b4(z, n0, next, k_end, i * GTHREADS + tid); }
+            } else {
+                for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, next, k_end, i * GTHREADS + tid); }
+            }
         }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, TM / 4u>;

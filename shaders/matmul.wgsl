@@ -216,6 +216,12 @@ fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a_at(p.a_off + z * p.stride_a,
 
 fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return b_at(p.b_off + z * p.stride_b, k, n); }
 
+// The f32 launches stage B by scalars (B_VEC4 off); this completes the core's interface.
+fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
+    if (GEMM_B_ALONG_N) { return vec4<f32>(gemm_b(z, k, n), gemm_b(z, k, n + 1u), gemm_b(z, k, n + 2u), gemm_b(z, k, n + 3u)); }
+    return vec4<f32>(gemm_b(z, k, n), gemm_b(z, k + 1u, n), gemm_b(z, k + 2u, n), gemm_b(z, k + 3u, n));
+}
+
 fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_cs(p.c_off + z * p.stride_c, m, n, value); }
 
 fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }

@@ -164,6 +164,12 @@ fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a[p.a_off + m * p.lda + k]; }
 
 fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return w_at(k, n); }
 
+// Four weights along W's rows from (k, n): one decoded word (B_VEC4 launches).
+fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
+    if (FORWARD) { return w4(n * p.k + k); }
+    return w4(k * p.n + n);
+}
+
 fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store(m, n, value); }
 
 fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }

@@ -108,9 +108,11 @@ impl Blocks {
     }
 
     /// The prelude constants of the core (TM and TN are shared with the host
-    /// module's own register-tiled entries, which these modules never launch).
-    pub(crate) fn with_consts(self, key: PipelineKey) -> PipelineKey {
-        key.with("TM", Const::U32(self.tm))
+    /// module's own register-tiled entries, which these modules never launch);
+    /// `b_vec4`: B is staged four values at a time (see gemm_blocked.wgsl).
+    pub(crate) fn with_consts(self, key: PipelineKey, b_vec4: bool) -> PipelineKey {
+        key.with("B_VEC4", Const::Bool(b_vec4 && self.bk % 4 == 0))
+            .with("TM", Const::U32(self.tm))
             .with("TN", Const::U32(self.tn))
             .with("WX", Const::U32(self.bn / self.tn))
             .with("WY", Const::U32(self.bm / self.tm))

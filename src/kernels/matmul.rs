@@ -459,7 +459,7 @@ fn record_blocked(
 ) -> Result<()> {
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
     let key = |entry| {
-        t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry))
+        t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry), false)
             .with("TRANS_A", Const::Bool(g.trans_a))
             .with("TRANS_B", Const::Bool(g.trans_b))
     };

@@ -480,7 +480,7 @@ fn record_quant(
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
             let key = |entry| {
-                t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry))
+                t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), aligned)
                     .with("FORMAT", format_const(p.format))
                     .with("FORWARD", Const::Bool(!backward))
             };
