@@ -1,6 +1,6 @@
 // NF4, Q8_0 and f16: quantize and dequantize, bit-exact with bitsandbytes
 // (NF4), ggml (Q8_0) and IEEE round-to-nearest-even (f16, as torch's .half())
-// as ../shared/FORMATS.md states them.
+// as docs/formats.md states them.
 //
 // GPU layouts (the CPU formats in src/quant/ split the same way):
 //   NF4   codes  array<u32>: byte i of the packed codes is byte i%4 of word i/4;

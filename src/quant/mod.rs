@@ -7,7 +7,7 @@
 //! - f16: IEEE half precision, as `torch.float16` (round to nearest even);
 //!   [`to_f16`] refuses values past its range rather than storing infinities.
 //!
-//! Both are bit-exact with their reference libraries (see `FORMATS.md`): the
+//! Both are bit-exact with their reference libraries (see `docs/formats.md`): the
 //! GPU dequantisation kernels are tested against [`Nf4::dequantize`] and
 //! [`Q8_0::dequantize`].
 
