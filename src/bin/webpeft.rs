@@ -520,9 +520,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let copy_gbps = if is_real_gpu(&gpu) {
                 let copy = webpeft::bench::gpu::copy_gbps(&gpu, repeats.max(1)).await?;
                 if !json {
-                    out!("device copy: {copy:.0} GB/s (read + write); weight GB/s below is read only");
+                    out!("device copy: {copy:.0} GB/s (read + write); weight GB/s below is read only, then its share of the copy rate");
                 }
-                figures.extend(webpeft::bench::gpu::gpu_figures(&gpu, repeats.max(1), &mut row).await?);
+                // Rows through a weight also say how much of the copy bandwidth they reach (the GEMV's bound).
+                let mut gpu_row = |f: &Figure| {
+                    if !json {
+                        print_row(f);
+                        if let (Some(g), 1) = (f.weight_gbps, f.m) {
+                            out!("{:>100} {:>9.1}% of copy", "", 100.0 * g / copy);
+                        }
+                    }
+                };
+                figures.extend(webpeft::bench::gpu::gpu_figures(&gpu, repeats.max(1), &mut gpu_row).await?);
                 Some(copy)
             } else {
                 None
