@@ -139,7 +139,15 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
       for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(t.data[i] - web[name].data[i]));
     }
     timings.maxAbsDiffBrowserVsNative = worst;
-    assert.ok(worst <= 1e-4, `browser vs native adapter: max |diff| ${worst}`);
+    // SwiftShader and Mesa's llvmpipe compile the same WGSL to different arithmetic (their exp, log
+    // and FMA contraction differ), and twelve AdamW steps amplify it: a native run on wgpu's GL
+    // backend, the browser's kernel family (no subgroups), is 1.2e-4 from the browser's adapter and
+    // 2.6e-5 from native Vulkan's (2026-12-04); every run gives the same figures. The steps move a
+    // weight by up to 12 × lr = 0.12, and 2.5e-4 is 0.2% of that. The losses must agree step by step
+    // to 1e-4 of their size, so a real divergence shows at once.
+    assert.ok(worst <= 2.5e-4, `browser vs native adapter: max |diff| ${worst}`);
+    lines.forEach((l, i) => assert.ok(Math.abs(l.loss - losses[i]) <= 1e-4 * Math.abs(l.loss),
+      `step ${i + 1}: native loss ${l.loss}, browser ${losses[i]}`));
     assert.deepEqual(problems, []);
     assert.deepEqual(external, [], "the page requested nothing but its own files");
   } finally {
