@@ -553,3 +553,31 @@ fn train_on_a_directory_or_a_symlink_loop_names_the_path() {
     eprintln!("ROW | --data pointing to a symlink loop | {}", err.lines().last().unwrap_or_default());
     assert!(err.contains("loop_a") && err.contains("symbolic links"), "{err}");
 }
+
+/// The first step's pipelines are kept in the cache folder for the next run,
+/// where the adapter has wgpu's pipeline cache (Vulkan). Mesa's own shader
+/// cache stays where it was (a cold one would compile everything again).
+#[test]
+fn train_keeps_compiled_pipelines_in_the_cache_folder() {
+    let dir = TempDir::new("pipecache");
+    let data = write_data(&dir);
+    let cache = dir.0.join("cache");
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let mesa = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+    let model = fixture("llama_gqa");
+    let out = Command::new(env!("CARGO_BIN_EXE_webpeft"))
+        .args(["train", "--model", &model, "--data", &data, "--seq-len", "32", "--method", "lora", "--steps", "1"])
+        .args(["--lr", "1e-3", "--out", &dir.join("o")])
+        .env("XDG_CACHE_HOME", &cache)
+        .env("MESA_SHADER_CACHE_DIR", &mesa) // Mesa adds mesa_shader_cache/ itself
+        .output()
+        .unwrap();
+    ok(&out);
+    let options = webpeft::GpuOptions { pipeline_cache_dir: Some(dir.0.join("probe")), ..Default::default() };
+    let gpu = pollster::block_on(webpeft::Gpu::with_options(options)).unwrap();
+    let has_cache = gpu.features().contains(wgpu::Features::PIPELINE_CACHE) && gpu.info().backend == "vulkan";
+    let files: Vec<_> = std::fs::read_dir(cache.join("webpeft/pipelines"))
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.metadata().is_ok_and(|m| m.len() > 0)).collect())
+        .unwrap_or_default();
+    assert_eq!(!files.is_empty(), has_cache, "pipeline cache files {files:?} (adapter has one: {has_cache})");
+}

@@ -552,15 +552,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The device, with the autotuner's choices kept in the user's cache folder
-/// ($XDG_CACHE_HOME or ~/.cache, then webpeft/tuning.json).
+/// The device, with the autotuner's choices and the compiled pipelines kept
+/// in the user's cache folder ($XDG_CACHE_HOME or ~/.cache, then
+/// webpeft/tuning.json and webpeft/pipelines/).
 async fn cli_gpu(kernels: webpeft::KernelFamily, autotune: bool) -> Result<Gpu, webpeft::Error> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .map(|d| d.join("webpeft").join("tuning.json"));
+    let pipeline_cache_dir = cache.as_ref().and_then(|c| c.parent()).map(|d| d.join("pipelines"));
     let tuning_cache = cache.filter(|_| autotune);
-    Gpu::with_options(webpeft::GpuOptions { kernels, autotune, tuning_cache, ..Default::default() }).await
+    Gpu::with_options(webpeft::GpuOptions { kernels, autotune, tuning_cache, pipeline_cache_dir, ..Default::default() })
+        .await
 }
 
 fn print_header(gpu: &Gpu) {

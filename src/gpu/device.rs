@@ -35,6 +35,10 @@ pub struct GpuOptions {
     /// by adapter and driver (the CLI uses the user's cache folder). None:
     /// choices live as long as the device.
     pub tuning_cache: Option<std::path::PathBuf>,
+    /// Natively, a folder where compiled pipelines are kept between runs
+    /// (wgpu's pipeline cache, where the backend has one: Vulkan), so a
+    /// second run's first step does not compile every GPU program again.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// The matmul kernels a device runs (see `kernels::blocked`).
@@ -73,6 +77,7 @@ impl Default for GpuOptions {
             kernels: KernelFamily::Auto,
             autotune: true,
             tuning_cache: None,
+            pipeline_cache_dir: None,
         }
     }
 }
@@ -124,6 +129,9 @@ pub struct Gpu {
     pub(crate) autotune: bool,
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     tuning_cache: Option<std::path::PathBuf>,
+    /// wgpu's pipeline cache and the file it is kept in (natively, where the
+    /// backend has one).
+    pub(crate) pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Test hook: allocations left before one fails (`u64::MAX`: never).
@@ -177,6 +185,9 @@ impl Gpu {
         let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         if options.allow_f16 {
             wanted |= wgpu::Features::SHADER_F16;
+        }
+        if options.pipeline_cache_dir.is_some() && !cfg!(target_arch = "wasm32") {
+            wanted |= wgpu::Features::PIPELINE_CACHE;
         }
         let features = adapter.features() & wanted;
         let (device, queue) = adapter
@@ -234,6 +245,26 @@ impl Gpu {
             KernelFamily::Auto => KernelFamily::Gpu,
             forced => forced,
         };
+        let pipeline_cache = match (&options.pipeline_cache_dir, wgpu::util::pipeline_cache_key(&adapter_info)) {
+            (Some(dir), Some(key)) if features.contains(wgpu::Features::PIPELINE_CACHE) => {
+                let file = dir.join(key);
+                let data = std::fs::read(&file).ok();
+                // SAFETY: the data is what `save_pipeline_cache` wrote from this
+                // adapter's own cache (wgpu and the driver check its header and
+                // ignore data from another version, adapter or driver:
+                // `fallback` starts an empty cache then). A file someone else
+                // wrote there is the one risk, as with any driver cache file.
+                let cache = unsafe {
+                    device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                        label: Some("webpeft"),
+                        data: data.as_deref(),
+                        fallback: true,
+                    })
+                };
+                Some((cache, file))
+            }
+            _ => None,
+        };
         let gpu = Gpu {
             pipelines: PipelineCache::default(),
             memory: Arc::new(MemoryTracker::default()),
@@ -251,6 +282,7 @@ impl Gpu {
             kernels,
             tuning: Mutex::new(Default::default()),
             autotune: options.autotune && kernels == KernelFamily::Gpu,
+            pipeline_cache,
             tuning_cache: options.tuning_cache,
             errors,
             lost,
@@ -283,6 +315,22 @@ impl Gpu {
     pub fn tuning_counts(&self) -> (usize, usize) {
         let t = self.tuning.lock().unwrap_or_else(|p| p.into_inner());
         (t.len(), t.pending())
+    }
+
+    /// Natively, write the compiled pipelines to the pipeline cache file (a
+    /// temporary file renamed over it). Best effort, as the tuning cache.
+    pub fn save_pipeline_cache(&self) {
+        if let Some((cache, file)) = &self.pipeline_cache {
+            if let Some(data) = cache.get_data() {
+                let temp = file.with_extension("tmp");
+                if let Some(dir) = file.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                if std::fs::write(&temp, &data).is_ok() {
+                    let _ = std::fs::rename(&temp, file);
+                }
+            }
+        }
     }
 
     /// Natively, read this device's choices from the tuning cache file (an

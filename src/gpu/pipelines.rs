@@ -243,7 +243,7 @@ impl PipelineCache {
             module: &module,
             entry_point: Some(key.entry),
             compilation_options: Default::default(),
-            cache: None,
+            cache: gpu.pipeline_cache.as_ref().map(|(c, _)| c),
         });
         let layout = pipeline.get_bind_group_layout(0);
         let cached = Arc::new(CachedPipeline { pipeline, layout, label });

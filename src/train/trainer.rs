@@ -249,6 +249,10 @@ impl Trainer {
         if gpu.tuning_counts().1 > 0 {
             let _ = crate::kernels::tune::autotune_pending(gpu).await;
         }
+        // The first step built every pipeline a step needs: keep them for the next run.
+        if number == 1 {
+            gpu.save_pipeline_cache();
+        }
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
     }
 
