@@ -259,6 +259,7 @@ $("train").onclick = () => {
   const data = $("data").value;
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
+  $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
   const src = source();
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };

@@ -168,6 +168,7 @@ test("the controls follow one state: fresh, running, paused, finished and failed
     await page.click("#train");
     await phase("training");
     assert.deepEqual(await enabled(), { load: false, train: false, pause: true, cancel: true, generate: false, download: false });
+    assert.match(await page.textContent("#train-status"), /compiles the GPU programs|^step \d/, "the first step is not silent");
     await page.click("#pause");
     await phase("paused");
     assert.equal(await page.textContent("#pause"), "Resume");
