@@ -102,51 +102,51 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
     var ra: array<f32, A_LOADS>;                     // the next A slice, this invocation's share
     var rb: array<f32, B_LOADS>;
     var rb4: array<vec4<f32>, B_LOADS4>;
-    for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, k0, k_end, i * GTHREADS + tid); }
-    if (B_VEC4) {
-        for (var i = 0u; i < B_LOADS4; i++) { rb4[i] = fetch_b4(z, n0, k0, k_end, i * GTHREADS + tid); }
-    } else {
-        for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, k0, k_end, i * GTHREADS + tid); }
-    }
     let slices = (k_end - k0 + BK - 1u) / BK;
-    for (var t = 0u; t < slices; t++) {
-        workgroupBarrier();  // everyone is done reading the previous slice
-        for (var i = 0u; i < A_LOADS; i++) {
-            let e = i * GTHREADS + tid;
-            if (e < BM * BK) {
-                let s = a_slot(e);
-                let f = s.y * AS_STRIDE + s.x;
-                tile_a[f / 4u][f % 4u] = ra[i];
-            }
-        }
-        if (B_VEC4) {
-            for (var i = 0u; i < B_LOADS4; i++) {
+    // Iteration t stages slice t − 1 (already in registers) into workgroup
+    // memory, loads slice t into registers, and multiplies slice t − 1 while
+    // those loads are in flight. t is the same in every invocation, so the
+    // barriers are in uniform control flow.
+    for (var t = 0u; t <= slices; t++) {
+        if (t > 0u) {
+            workgroupBarrier();  // everyone is done reading the previous slice
+            for (var i = 0u; i < A_LOADS; i++) {
                 let e = i * GTHREADS + tid;
-                if (e < BK * BN / 4u) {
-                    let s = b_slot4(e);
-                    if (GEMM_B_ALONG_N) {
-                        tile_b[(s.x * BS_STRIDE + s.y) / 4u] = rb4[i];
-                    } else {
-                        for (var c = 0u; c < 4u; c++) {
-                            let f = (s.x + c) * BS_STRIDE + s.y;
-                            tile_b[f / 4u][f % 4u] = rb4[i][c];
+                if (e < BM * BK) {
+                    let s = a_slot(e);
+                    let f = s.y * AS_STRIDE + s.x;
+                    tile_a[f / 4u][f % 4u] = ra[i];
+                }
+            }
+            if (B_VEC4) {
+                for (var i = 0u; i < B_LOADS4; i++) {
+                    let e = i * GTHREADS + tid;
+                    if (e < BK * BN / 4u) {
+                        let s = b_slot4(e);
+                        if (GEMM_B_ALONG_N) {
+                            tile_b[(s.x * BS_STRIDE + s.y) / 4u] = rb4[i];
+                        } else {
+                            for (var c = 0u; c < 4u; c++) {
+                                let f = (s.x + c) * BS_STRIDE + s.y;
+                                tile_b[f / 4u][f % 4u] = rb4[i][c];
+                            }
                         }
                     }
                 }
-            }
-        } else {
-            for (var i = 0u; i < B_LOADS; i++) {
-                let e = i * GTHREADS + tid;
-                if (e < BK * BN) {
-                    let s = b_slot(e);
-                    let f = s.x * BS_STRIDE + s.y;
-                    tile_b[f / 4u][f % 4u] = rb[i];
+            } else {
+                for (var i = 0u; i < B_LOADS; i++) {
+                    let e = i * GTHREADS + tid;
+                    if (e < BK * BN) {
+                        let s = b_slot(e);
+                        let f = s.x * BS_STRIDE + s.y;
+                        tile_b[f / 4u][f % 4u] = rb[i];
+                    }
                 }
             }
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        if (t + 1u < slices) {
-            let next = k0 + (t + 1u) * BK;
+        if (t < slices) {
+            let next = k0 + t * BK;
             for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, next, k_end, i * GTHREADS + tid); }
             if (B_VEC4) {
                 for (var i = 0u; i < B_LOADS4; i++) { rb4[i] = fetch_b4(z, n0, next, k_end, i * GTHREADS + tid); }
@@ -154,6 +154,7 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
                 for (var i = 0u; i < B_LOADS; i++) { rb[i] = fetch_b(z, n0, next, k_end, i * GTHREADS + tid); }
             }
         }
+        if (t == 0u) { continue; }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, TM / 4u>;
             for (var g = 0u; g < TM / 4u; g++) { av[g] = tile_a[kk * (AS_STRIDE / 4u) + ty + g * GWY]; }
