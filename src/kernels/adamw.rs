@@ -14,8 +14,6 @@ use super::grid_1d;
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
 
-pub use super::reference::adamw::{AdamWParams, AdamWScalars};
-
 const WG: u32 = 256;
 
 /// What multiplies the gradient before the update (torch's `clip_grad_norm_`
@@ -46,6 +44,70 @@ struct Params {
     eps: f32,
     neg_step_size: f32,
     grad_scale: f32,
+}
+
+/// AdamW hyperparameters, as the Python floats torch holds them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWParams {
+    /// `torch.optim.AdamW`'s defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8,
+    /// weight_decay 1e-2.
+    fn default() -> Self {
+        Self { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-2 }
+    }
+}
+
+/// The f32 constants one step applies elementwise, computed on the CPU in
+/// torch's order. The GPU kernel receives exactly these, so CPU and GPU steps
+/// differ only in the elementwise arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWScalars {
+    /// `f32(1 - lr * weight_decay)`; not applied when weight_decay is 0.
+    pub decay: f32,
+    /// Whether to apply `decay` (torch skips the multiply when weight_decay == 0).
+    pub apply_decay: bool,
+    /// `f32(1 - beta1)`, the lerp weight.
+    pub lerp_weight: f32,
+    /// `f32(beta2)`.
+    pub beta2: f32,
+    /// `f32(1 - beta2)`.
+    pub one_minus_beta2: f32,
+    /// `f32(sqrt(1 - beta2^step))`.
+    pub bias_correction2_sqrt: f32,
+    /// `f32(eps)`.
+    pub eps: f32,
+    /// `f32(-lr / (1 - beta1^step))`.
+    pub neg_step_size: f32,
+}
+
+impl AdamWScalars {
+    /// The constants for 1-based step `step` (the value of torch's `state["step"]`
+    /// after its increment).
+    pub fn new(p: &AdamWParams, step: u32) -> Self {
+        assert!(step >= 1, "AdamW steps are 1-based");
+        let step = step as f64; // torch's step is a float tensor; `.item()` gives a Python float
+        let bias_correction1 = 1.0 - p.beta1.powf(step);
+        let bias_correction2 = 1.0 - p.beta2.powf(step);
+        let step_size = p.lr / bias_correction1;
+        Self {
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            apply_decay: p.weight_decay != 0.0,
+            lerp_weight: (1.0 - p.beta1) as f32,
+            beta2: p.beta2 as f32,
+            one_minus_beta2: (1.0 - p.beta2) as f32,
+            // `bias_correction2 ** 0.5`; sqrt and pow(·, 0.5) are both correctly rounded here.
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            eps: p.eps as f32,
+            neg_step_size: (-step_size) as f32,
+        }
+    }
 }
 
 /// torch's own checks on the hyperparameters.

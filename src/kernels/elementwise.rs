@@ -96,16 +96,31 @@ pub fn fill(rec: &mut Recorder, x: &Tensor, value: f32) -> Result<()> {
 /// Inverted dropout with probability `p`: out = x · keep / (1 − p), where
 /// `keep` is a fixed function of (`seed`, element index), so the backward is
 /// this same call on dy with the same seed. p = 0 is a plain copy; p must be
-/// in [0, 1). The mask is [`reference::dropout::keep`](super::reference::dropout::keep).
+/// in [0, 1). Element i is kept when the top 24 bits of
+/// `pcg_hash(i ^ pcg_hash(seed))` are at least [`dropout_threshold`]`(p)`.
 pub fn dropout(rec: &mut Recorder, x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
     const OP: &str = "dropout";
     all_f32(OP, &[("x", x)])?;
-    let threshold = super::reference::dropout::threshold(p)
+    let threshold = dropout_threshold(p)
         .ok_or_else(|| Error::invalid(OP, format!("the dropout probability must be in [0, 1), got {p}")))?;
     let out = rec.alloc(x.shape(), DType::F32)?;
-    let scale = super::reference::dropout::scale(p);
+    let scale = dropout_scale(p);
     launch_seeded(rec, OP, "dropout", scale, (seed, threshold), &[(1, x), (3, &out)])?;
     Ok(out)
+}
+
+/// The 24-bit drop threshold for probability p: an element is dropped with
+/// probability threshold / 2²⁴ ≈ p. None unless 0 ≤ p < 1.
+pub fn dropout_threshold(p: f32) -> Option<u32> {
+    if !(0.0..1.0).contains(&p) {
+        return None;
+    }
+    Some((p as f64 * (1u64 << 24) as f64).round() as u32)
+}
+
+/// What a kept element is multiplied by: 1 / (1 − p), in f32.
+pub fn dropout_scale(p: f32) -> f32 {
+    1.0 / (1.0 - p)
 }
 
 /// dst = src, any dtype: the same element count and dtype (shapes may differ,

@@ -1,7 +1,8 @@
 //! One Rust launcher per `shaders/*.wgsl` family. Launchers check shapes and
 //! dtypes (a typed error, never a panic), pick the entry point and grid, and
 //! record the dispatch. `reference/` holds the plain-Rust CPU versions the
-//! tests compare against.
+//! tests (and the native fuzz and bench tools) compare against; nothing the
+//! library runs imports it, and it is not compiled into the wasm package.
 
 pub mod adamw;
 pub mod attention;
@@ -13,6 +14,7 @@ pub mod matmul;
 pub mod qmatmul;
 pub mod quant;
 pub mod reduce;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;

@@ -2,7 +2,7 @@
 //! form, on x (batch, seq, heads, head_dim).
 //!
 //! cos and sin are (table_rows, head_dim) tables computed on the CPU
-//! (`reference::rope::rope_cos_sin`) and uploaded once; position `t` of the
+//! (`model::llama::rope::rope_cos_sin`) and uploaded once; position `t` of the
 //! sequence reads table row `row_offset + t`, so a generation step with `n`
 //! cached positions passes `row_offset = n`. The backward is the inverse
 //! rotation and needs nothing saved but the tables.

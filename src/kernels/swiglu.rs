@@ -12,10 +12,6 @@ use super::grid_1d;
 use crate::error::Result;
 use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
 
-/// The activation names and semantics are the reference's (one enum for the
-/// CPU and GPU paths, parsed from adapter configs with `Activation::from_name`).
-pub use super::reference::swiglu::Activation;
-
 const WG: u32 = 256;
 
 #[repr(C)]
@@ -89,4 +85,33 @@ pub fn activation_backward(rec: &mut Recorder, dy: &Tensor, x: &Tensor, act: Act
     let dx = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, OP, OP, act, x.numel(), &[(7, x), (9, dy), (10, &dx)])?;
     Ok(dx)
+}
+
+/// The nonlinearity between a bottleneck adapter's down and up projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`; the derivative at 0 is 0, as torch's `threshold_backward`.
+    Relu,
+    /// `x * sigmoid(x)` ("swish" in AdapterHub configs).
+    Silu,
+    /// Exact GELU, `x * Φ(x) = 0.5 x (1 + erf(x / √2))`: torch's default
+    /// `nn.GELU()` and `ACT2FN["gelu"]` (not the tanh approximation).
+    Gelu,
+    /// `tanh(x)`.
+    Tanh,
+}
+
+impl Activation {
+    /// The activation for a config name: "relu", "silu"/"swish", "gelu", "tanh"
+    /// (case-insensitive). `None` for anything else, including "gelu_new" (the
+    /// tanh approximation, not implemented).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "relu" => Some(Self::Relu),
+            "silu" | "swish" => Some(Self::Silu),
+            "gelu" => Some(Self::Gelu),
+            "tanh" => Some(Self::Tanh),
+            _ => None,
+        }
+    }
 }

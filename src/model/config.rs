@@ -16,7 +16,7 @@ use super::json::{brief, config_error, positive, Fields};
 use super::source::{ByteSource, ModelFiles};
 use crate::Result;
 
-pub use crate::kernels::reference::rope::RopeScaling;
+pub use super::llama::rope::RopeScaling;
 
 /// `model_type` in config.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

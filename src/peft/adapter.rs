@@ -9,9 +9,9 @@ use super::lora::LoraAdapter;
 use super::{init_lora, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::reference::dropout::pcg_hash;
 use crate::model::llama::block::{LayerAdapter, LayerBottleneck, LayerLora};
 use crate::model::{Config, ModelFiles};
+use crate::util::rng::pcg_hash;
 use crate::util::rng::Rng;
 
 /// A trainable adapter (or its gradients, or its AdamW moments: values of

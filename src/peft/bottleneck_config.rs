@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::kernels::reference::swiglu::Activation;
+use crate::kernels::swiglu::Activation;
 use crate::model::source::{ByteSource, ModelFiles};
 use crate::model::{Config, ModelType};
 use crate::{Error, Result};

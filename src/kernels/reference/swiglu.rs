@@ -40,34 +40,10 @@ pub fn swiglu_backward(dh: &[f32], gate: &[f32], up: &[f32]) -> (Vec<f32>, Vec<f
     (dgate, dup)
 }
 
-/// The nonlinearity between a bottleneck adapter's down and up projections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `max(x, 0)`; the derivative at 0 is 0, as torch's `threshold_backward`.
-    Relu,
-    /// `x * sigmoid(x)` ("swish" in AdapterHub configs).
-    Silu,
-    /// Exact GELU, `x * Φ(x) = 0.5 x (1 + erf(x / √2))`: torch's default
-    /// `nn.GELU()` and `ACT2FN["gelu"]` (not the tanh approximation).
-    Gelu,
-    /// `tanh(x)`.
-    Tanh,
-}
+pub use crate::kernels::swiglu::Activation;
 
+/// The CPU evaluation of each [`Activation`] (the kernels' own enum).
 impl Activation {
-    /// The activation for a config name: "relu", "silu"/"swish", "gelu", "tanh"
-    /// (case-insensitive). `None` for anything else, including "gelu_new" (the
-    /// tanh approximation, not implemented).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "relu" => Some(Self::Relu),
-            "silu" | "swish" => Some(Self::Silu),
-            "gelu" => Some(Self::Gelu),
-            "tanh" => Some(Self::Tanh),
-            _ => None,
-        }
-    }
-
     /// f(x). GELU is evaluated in f64 and rounded once to f32.
     pub fn apply(self, x: f32) -> f32 {
         match self {

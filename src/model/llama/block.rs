@@ -24,7 +24,6 @@ use crate::kernels::elementwise::add;
 use crate::kernels::elementwise::copy;
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_write, QWeight};
-use crate::kernels::reference::dropout::pcg_hash;
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
 use crate::kernels::swiglu::Activation;
@@ -32,6 +31,7 @@ use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::peft::bottleneck::{bn_backward, bn_forward, BnCall, BnLayer, BnSaved, BnUnit};
 use crate::peft::bottleneck_config::BottleneckKind;
 use crate::peft::lora_linear::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
+use crate::util::rng::pcg_hash;
 
 /// Indices into a layer's seven Linears, in PEFT's `LORA_MODULES` order.
 pub mod proj {

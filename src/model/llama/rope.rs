@@ -4,12 +4,19 @@
 //! `max_position_embeddings`, if fewer) and grow, by powers of two, the first
 //! time a longer sequence comes: Llama 3.1's 131072 positions would be
 //! 2 × 64 MiB up front for head_dim 128.
+//!
+//! As transformers (4.57) computes them for Llama: `inv_freq` from
+//! `_compute_default_rope_parameters`, adjusted by `_compute_llama3_parameters`
+//! when `rope_scaling.rope_type == "llama3"` (`modeling_rope_utils.py`), and
+//! `cos`, `sin` of `cat(freqs, freqs)` with `freqs = pos · inv_freq`
+//! (`LlamaRotaryEmbedding.forward`). Frequencies follow torch's f32 operation
+//! order, so they match torch's CPU values to about 1 ulp (its vectorised
+//! `pow`/`cos`/`sin` round within 1 ulp; these are correctly rounded).
 
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::reference::rope::{rope_cos_sin, rope_inv_freq};
 use crate::model::Config;
 
 /// Positions covered by the tables at load.
@@ -76,4 +83,116 @@ fn upload(gpu: &Gpu, inv_freq: &[f32], rows: usize) -> Result<RopeTables> {
         cos: Tensor::from_slice(gpu, &[rows, head_dim], &cos)?,
         sin: Tensor::from_slice(gpu, &[rows, head_dim], &sin)?,
     })
+}
+
+/// `rope_scaling` of type "llama3" (Llama 3.1 and later).
+///
+/// The factors are f64 because transformers holds them as Python floats; each
+/// is rounded to f32 exactly where torch combines it with an f32 tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    /// `factor`, 8.0 for Llama 3.1, 32.0 for Llama 3.2.
+    pub factor: f64,
+    /// `low_freq_factor`, 1.0 in the released models.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`, 4.0 in the released models.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`, 8192 in the released models.
+    pub original_max_position_embeddings: u32,
+}
+
+/// Inverse frequencies, (head_dim / 2).
+///
+/// - head_dim: the rotated dimension (even)
+/// - theta: `rope_theta`
+/// - scaling: `Some` for `rope_type == "llama3"`, `None` for the default RoPE
+///
+/// Default, in torch's order (all f32):
+/// `e = float(arange(0, dim, 2)) / dim; inv = 1.0 / (theta ** e)`,
+/// where `1.0 / t` is `t.reciprocal() * 1.0`.
+///
+/// llama3 (all tensor arithmetic in f32; Python scalars rounded to f32 where
+/// they meet a tensor):
+/// ```text
+/// low_wavelen  = old_ctx / low_freq_factor          (Python float)
+/// high_wavelen = old_ctx / high_freq_factor
+/// wavelen = 2π / inv            = inv.reciprocal() * f32(2π)
+/// inv_l   = where(wavelen > low_wavelen, inv / factor, inv)
+/// smooth  = (old_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+///           where old_ctx / wavelen = wavelen.reciprocal() * old_ctx
+/// smoothed = (1 - smooth) * inv_l / factor + smooth * inv_l
+/// medium  = !(wavelen < high_wavelen) && !(wavelen > low_wavelen)
+/// inv     = where(medium, smoothed, inv_l)
+/// ```
+/// Divisions by a scalar are true f32 divisions (torch's CPU kernel; its CUDA
+/// kernel multiplies by the reciprocal instead, which differs by an ulp when
+/// the divisor is not a power of two).
+pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
+    assert!(head_dim % 2 == 0 && head_dim > 0, "rope_inv_freq: head_dim must be even, got {head_dim}");
+    let dim = head_dim as f32;
+    let inv_freq: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| {
+            let exponent = i as f32 / dim;
+            // torch: pow(f32(theta), exponent) in f32; here correctly rounded via f64.
+            let base_pow = (theta as f64).powf(exponent as f64) as f32;
+            1.0 / base_pow
+        })
+        .collect();
+    let Some(s) = scaling else {
+        return inv_freq;
+    };
+
+    let old_ctx = s.original_max_position_embeddings as f64;
+    let low_freq_wavelen = (old_ctx / s.low_freq_factor) as f32;
+    let high_freq_wavelen = (old_ctx / s.high_freq_factor) as f32;
+    let factor = s.factor as f32;
+    let low_freq_factor = s.low_freq_factor as f32;
+    let freq_factor_span = (s.high_freq_factor - s.low_freq_factor) as f32;
+    let two_pi = (2.0 * std::f64::consts::PI) as f32;
+
+    inv_freq
+        .into_iter()
+        .map(|inv| {
+            let wavelen = (1.0 / inv) * two_pi;
+            let inv_l = if wavelen > low_freq_wavelen { inv / factor } else { inv };
+            let smooth = ((1.0 / wavelen) * old_ctx as f32 - low_freq_factor) / freq_factor_span;
+            let smoothed = (1.0 - smooth) * inv_l / factor + smooth * inv_l;
+            // torch's `~(wavelen < high) * ~(wavelen > low)`, kept literally.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+            if is_medium {
+                smoothed
+            } else {
+                inv_l
+            }
+        })
+        .collect()
+}
+
+/// Returns `(cos, sin)`, each (positions.len(), 2 * inv_freq.len()).
+///
+/// - inv_freq: (head_dim / 2), from [`rope_inv_freq`]
+/// - positions: (seq), the absolute position of each row
+///
+/// `freqs = f32(pos) * inv_freq` (one f32 product, as torch's matmul with an
+/// inner dimension of 1), `emb = cat(freqs, freqs)`, and cos/sin of `emb`
+/// correctly rounded to f32 (computed in f64). The attention scaling of the
+/// default and llama3 types is 1.0, so nothing multiplies them.
+pub fn rope_cos_sin(inv_freq: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let head_dim = 2 * half;
+    let mut cos = vec![0.0f32; positions.len() * head_dim];
+    let mut sin = vec![0.0f32; positions.len() * head_dim];
+    for (s, &pos) in positions.iter().enumerate() {
+        for (j, &f) in inv_freq.iter().enumerate() {
+            let angle = (pos as f32 * f) as f64;
+            let (sn, cs) = (angle.sin() as f32, angle.cos() as f32);
+            for col in [j, j + half] {
+                cos[s * head_dim + col] = cs;
+                sin[s * head_dim + col] = sn;
+            }
+        }
+    }
+    (cos, sin)
 }
