@@ -14,7 +14,7 @@ use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 use webpeft::kernels::reference::swiglu::Activation;
 use webpeft::model::{Config, DirFiles, MemoryFiles};
-use webpeft::peft::init::init_lora;
+use webpeft::peft::init_lora;
 use webpeft::peft::{
     BnInit, BnPart, BnSite, BottleneckConfig, BottleneckKind, BottleneckWeights, InitLoraWeights, LoraConfig,
     LoraWeights, TargetModules, BN_CONFIG_FILE, BN_WEIGHTS_FILE,
@@ -100,7 +100,7 @@ fn flat(w: &BottleneckWeights, name: &str) -> BTreeMap<String, Vec<f32>> {
         for site in [BnSite::Attention, BnSite::Output] {
             if let Some(u) = l.site(site) {
                 for part in BnPart::ALL {
-                    out.insert(webpeft::peft::bottleneck_file::key(i, site, name, part), u.part(part).to_vec());
+                    out.insert(webpeft::peft::bottleneck::file::key(i, site, name, part), u.part(part).to_vec());
                 }
             }
         }

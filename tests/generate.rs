@@ -6,7 +6,7 @@ mod common;
 
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::model::llama::{argmax, sample, GenerationConfig, KvCache};
+use webpeft::model::llama::{argmax, sample, GenerationConfig, KvCache, NoHooks};
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::util::rng::Rng;
@@ -66,7 +66,7 @@ fn cached_logits_match_uncached() {
         let cache = KvCache::new(gpu, &model, 1, t).unwrap();
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, std::slice::from_ref(&prompt)).unwrap();
-        let logits = model.forward_cached_all(&mut rec, &ids, &cache, 0, None).unwrap();
+        let logits = model.forward_cached_all(&mut rec, &ids, &cache, 0, &NoHooks).unwrap();
         rec.submit().unwrap();
         let pre = block_on(logits.to_vec::<f32>(gpu)).unwrap();
         let d = max_abs_diff(&pre, &full[..prompt.len() * v]);
@@ -74,7 +74,7 @@ fn cached_logits_match_uncached() {
         for (i, &tok) in all.iter().enumerate().skip(prompt.len()) {
             let mut rec = Recorder::new(gpu);
             let ids = model.input_ids(gpu, &[vec![tok]]).unwrap();
-            let logits = model.forward_cached(&mut rec, &ids, &cache, i, None).unwrap();
+            let logits = model.forward_cached(&mut rec, &ids, &cache, i, &NoHooks).unwrap();
             rec.submit().unwrap();
             let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
             let d = max_abs_diff(&row, &full[i * v..(i + 1) * v]);
@@ -85,7 +85,7 @@ fn cached_logits_match_uncached() {
         let cache = KvCache::new(gpu, &model, 1, t).unwrap();
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, std::slice::from_ref(&all)).unwrap();
-        let logits = model.forward_cached(&mut rec, &ids, &cache, 0, None).unwrap();
+        let logits = model.forward_cached(&mut rec, &ids, &cache, 0, &NoHooks).unwrap();
         assert_eq!(logits.shape(), &[1, v]);
         rec.submit().unwrap();
         let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();

@@ -9,7 +9,7 @@ use finite_diff::{gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::qmatmul::QWeight;
 use webpeft::kernels::reference::{assert_close, matmul::matmul};
-use webpeft::peft::lora_linear::LoraLinear;
+use webpeft::peft::lora::layer::LoraLinear;
 use webpeft::quant::QuantFormat;
 use webpeft::{DType, Error, Tensor};
 
@@ -150,7 +150,7 @@ fn lora_linear_rejects_wrong_shapes() {
 #[test]
 fn lora_dropout_matches_cpu_with_the_reference_mask() {
     use webpeft::kernels::reference::dropout::dropout as cpu_dropout;
-    use webpeft::peft::lora_linear::{lora_backward, lora_forward, LoraDropout, LoraFactors};
+    use webpeft::peft::lora::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors};
     let gpu = gpu();
     let (m, inp, out, r, s, p, seed) = (11, 40, 24, 3, 2.0f32, 0.3f32, 77u32);
     let x = randn(1, m * inp);

@@ -8,9 +8,9 @@ mod common;
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
 use webpeft::model::{DirFiles, MemoryFiles, Model};
-use webpeft::peft::adapter::Adapter;
+use webpeft::peft::adapter::{hooks_of, Adapter};
+use webpeft::peft::lora::merge::{export_safetensors, merge_lora, unmerge_lora};
 use webpeft::peft::lora::LoraAdapter;
-use webpeft::peft::merge::{export_safetensors, merge_lora, unmerge_lora};
 use webpeft::quant::QuantFormat;
 use webpeft::Gpu;
 
@@ -18,7 +18,7 @@ fn logits(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>) -> Vec<f32> {
     let ids =
         model.input_ids(gpu, &[vec![381, 17, 200, 45, 3, 99, 250, 7, 8], vec![381, 1, 2, 3, 4, 5, 6, 7, 8]]).unwrap();
     let mut rec = Recorder::new(gpu);
-    let (l, _) = model.forward_adapted(&mut rec, &ids, adapter, None).unwrap();
+    let (l, _) = model.forward_adapted(&mut rec, &ids, hooks_of(adapter)).unwrap();
     rec.submit().unwrap();
     block_on(l.to_vec::<f32>(gpu)).unwrap()
 }

@@ -75,7 +75,7 @@ fn saved_adapters_match_the_files_the_hugging_face_stack_checked() {
     for (name, adapter) in adapters(gpu, &model) {
         let files = block_on(adapter.to_files(gpu, &model.config)).unwrap();
         let mut rec = Recorder::new(gpu);
-        let (logits, _) = model.forward_adapted(&mut rec, &ids, Some(&adapter), None).unwrap();
+        let (logits, _) = model.forward_adapted(&mut rec, &ids, &adapter).unwrap();
         rec.submit().unwrap();
         let logits = block_on(logits.to_vec::<f32>(gpu)).unwrap();
         let dir = root.join(name);

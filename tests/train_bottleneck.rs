@@ -52,7 +52,7 @@ fn check_kind(kind: &str) {
 
     let ids = model.input_ids(gpu, &b.input_ids).unwrap();
     let mut rec = Recorder::new(gpu);
-    let (logits, _) = model.forward_adapted(&mut rec, &ids, Some(&ad), None).unwrap();
+    let (logits, _) = model.forward_adapted(&mut rec, &ids, &ad).unwrap();
     rec.submit().unwrap();
     let d = max_abs_diff(&block_on(logits.to_vec::<f32>(gpu)).unwrap(), &fx.f32("logits"));
     eprintln!("{kind}: logits max |diff| {d:e}");

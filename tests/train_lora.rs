@@ -11,7 +11,7 @@ mod common;
 use common::{block_on, fixture, gpu, Fixture};
 use webpeft::gpu::Recorder;
 use webpeft::model::{DirFiles, Model};
-use webpeft::peft::adapter::Adapter;
+use webpeft::peft::adapter::{hooks_of, Adapter};
 use webpeft::peft::lora::LoraAdapter;
 use webpeft::quant::QuantFormat;
 use webpeft::train::data::Batch;
@@ -46,7 +46,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn logits(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, ids: &[Vec<u32>]) -> Vec<f32> {
     let ids = model.input_ids(gpu, ids).unwrap();
     let mut rec = Recorder::new(gpu);
-    let (logits, _) = model.forward_adapted(&mut rec, &ids, adapter, None).unwrap();
+    let (logits, _) = model.forward_adapted(&mut rec, &ids, hooks_of(adapter)).unwrap();
     rec.submit().unwrap();
     block_on(logits.to_vec::<f32>(gpu)).unwrap()
 }

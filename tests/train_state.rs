@@ -8,7 +8,7 @@ mod common;
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
 use webpeft::model::{DirFiles, MemoryFiles, Model};
-use webpeft::peft::adapter::Adapter;
+use webpeft::peft::adapter::{hooks_of, Adapter};
 use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
 use webpeft::quant::QuantFormat;
 use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint};
@@ -162,7 +162,7 @@ fn saved_adapters_load_back_with_the_same_logits() {
         assert_eq!(b.method(), a.method());
         let logits = |ad: &Adapter| {
             let mut rec = Recorder::new(gpu);
-            let (l, _) = model.forward_adapted(&mut rec, &ids, Some(ad), None).unwrap();
+            let (l, _) = model.forward_adapted(&mut rec, &ids, ad).unwrap();
             rec.submit().unwrap();
             block_on(l.to_vec::<f32>(gpu)).unwrap()
         };
@@ -187,12 +187,12 @@ fn generation_runs_every_adapter_kind_through_the_kv_cache() {
         let ad = block_on(Adapter::load(gpu, &DirFiles::new(fixture(dir)).unwrap(), &model.config)).unwrap();
         let t = model.input_ids(gpu, &ids).unwrap();
         let mut rec = Recorder::new(gpu);
-        let (full, _) = model.forward_adapted(&mut rec, &t, Some(&ad), None).unwrap();
+        let (full, _) = model.forward_adapted(&mut rec, &t, &ad).unwrap();
         let cache = KvCache::new(gpu, &model, 1, 8).unwrap();
         let prefix = model.input_ids(gpu, &[ids[0][..5].to_vec()]).unwrap();
         let rest = model.input_ids(gpu, &[ids[0][5..].to_vec()]).unwrap();
-        let a = model.forward_cached_all(&mut rec, &prefix, &cache, 0, Some(&ad)).unwrap();
-        let b = model.forward_cached_all(&mut rec, &rest, &cache, 5, Some(&ad)).unwrap();
+        let a = model.forward_cached_all(&mut rec, &prefix, &cache, 0, &ad).unwrap();
+        let b = model.forward_cached_all(&mut rec, &rest, &cache, 5, &ad).unwrap();
         rec.submit().unwrap();
         let full = block_on(full.to_vec::<f32>(gpu)).unwrap();
         let mut cached = block_on(a.to_vec::<f32>(gpu)).unwrap();
@@ -211,7 +211,7 @@ fn several_adapters_share_one_base_and_switch() {
     let ids = model.input_ids(gpu, &batches()[0].input_ids).unwrap();
     let logits = |ad: Option<&Adapter>| {
         let mut rec = Recorder::new(gpu);
-        let (l, _) = model.forward_adapted(&mut rec, &ids, ad, None).unwrap();
+        let (l, _) = model.forward_adapted(&mut rec, &ids, hooks_of(ad)).unwrap();
         rec.submit().unwrap();
         block_on(l.to_vec::<f32>(gpu)).unwrap()
     };

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{Gpu, KernelTime, Recorder, Tensor};
-use crate::model::llama::{GenerationConfig, KvCache};
+use crate::model::llama::{GenerationConfig, KvCache, NoHooks};
 use crate::model::Model;
 use crate::util::rng::Rng;
 
@@ -45,12 +45,12 @@ pub async fn generate_figure(
     let prompt: Vec<u32> = (0..prompt_tokens.max(1)).map(|_| rng.below(vocab) as u32).collect();
     let config = GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() };
     model
-        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, None, |_| true)
+        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, &NoHooks, |_| true)
         .await?;
     let start = Instant::now();
     let mut first = None;
     let out = model
-        .generate_adapted(gpu, &prompt, &config, None, |_| {
+        .generate_adapted(gpu, &prompt, &config, &NoHooks, |_| {
             first.get_or_insert_with(|| start.elapsed().as_secs_f64());
             true
         })
@@ -78,13 +78,13 @@ pub async fn generate_figure(
 async fn profile_decode_step(gpu: &Gpu, model: &Model, prompt: &[u32]) -> Result<Vec<KernelTime>> {
     let cache = KvCache::new(gpu, model, 1, prompt.len() + 1)?;
     let mut rec = Recorder::new(gpu);
-    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, None)?;
+    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, &NoHooks)?;
     rec.submit()?;
     gpu.synchronize().await?;
     let token = Tensor::from_slice(gpu, &[1, 1], &prompt[..1])?;
     gpu.set_profiling(true)?;
     let mut rec = Recorder::new(gpu);
-    let stepped = model.forward_cached(&mut rec, &token, &cache, prompt.len(), None).and_then(|_| rec.submit());
+    let stepped = model.forward_cached(&mut rec, &token, &cache, prompt.len(), &NoHooks).and_then(|_| rec.submit());
     gpu.set_profiling(false)?;
     stepped?;
     gpu.take_profile().await

@@ -33,9 +33,9 @@ use webpeft::model::llama::{causal_lm_loss, CausalTargets, GenerationConfig};
 use webpeft::model::source::{DirFiles, ModelFiles};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
-use webpeft::peft::adapter::Adapter;
-use webpeft::peft::bottleneck_file::BN_WEIGHTS_FILE;
-use webpeft::peft::merge::{export_safetensors, merge_lora};
+use webpeft::peft::adapter::{hooks_of, Adapter};
+use webpeft::peft::lora::merge::{export_safetensors, merge_lora};
+use webpeft::peft::BN_WEIGHTS_FILE;
 use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
@@ -674,7 +674,7 @@ async fn adapted_logits_and_loss(
     let labels: Vec<Vec<i32>> = ids.iter().map(|row| row.iter().map(|&id| id as i32).collect()).collect();
     let targets = CausalTargets::new(gpu, &labels, model.config.vocab_size)?;
     let mut rec = Recorder::new(gpu);
-    let (logits, _) = model.forward_adapted(&mut rec, &input_ids, Some(adapter), None)?; // (B, T, V)
+    let (logits, _) = model.forward_adapted(&mut rec, &input_ids, adapter)?; // (B, T, V)
     let loss = causal_lm_loss(&mut rec, &logits, &targets)?; // (1)
     let n = logits.numel();
     let both = Tensor::zeros(gpu, &[n + 1], DType::F32)?;
@@ -790,7 +790,7 @@ async fn generate(
     let mut failed = None;
     let start = std::time::Instant::now();
     let out = model
-        .generate_adapted(&gpu, &ids, &config, adapter.as_ref(), |id| match decoder.step(id) {
+        .generate_adapted(&gpu, &ids, &config, hooks_of(adapter.as_ref()), |id| match decoder.step(id) {
             Ok(Some(piece)) => {
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();

@@ -12,9 +12,20 @@
 use ::safetensors::Dtype;
 use serde_json::Value;
 
-use super::json::{brief, config_error, positive, Fields};
 use super::source::{ByteSource, ModelFiles};
-use crate::Result;
+use crate::util::json::{brief, Fields};
+use crate::{Error, Result};
+
+fn config_error(field: &str, detail: impl Into<String>) -> Error {
+    Error::Config { field: field.to_string(), detail: detail.into() }
+}
+
+fn positive(field: &str, n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(config_error(field, "must be at least 1, got 0"));
+    }
+    Ok(n)
+}
 
 pub use super::llama::rope::RopeScaling;
 
@@ -141,7 +152,7 @@ impl Config {
 
     /// Parses and validates a parsed `config.json`.
     pub fn from_value(value: &Value) -> Result<Config> {
-        let f = Fields::new(value, "", "(file)")?;
+        let f = Fields::new(value, "", "(file)", config_error)?;
         let model_type =
             ModelType::parse(f.opt_str("model_type")?.ok_or_else(|| config_error("model_type", "missing"))?)?;
 
@@ -349,7 +360,7 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
     let Some(value) = top.get("rope_scaling") else {
         return Ok(None);
     };
-    let f = Fields::new(value, "rope_scaling.", "rope_scaling")?;
+    let f = Fields::new(value, "rope_scaling.", "rope_scaling", config_error)?;
     let (new, old) = (f.opt_str("rope_type")?, f.opt_str("type")?);
     let (key, kind) = match (new, old) {
         (Some(a), Some(b)) if a != b => {

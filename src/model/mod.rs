@@ -26,7 +26,6 @@
 
 pub mod checkpoint;
 pub mod config;
-mod json;
 pub mod llama;
 pub mod quantized;
 pub mod safetensors;

@@ -2,16 +2,13 @@
 //! see it: per-layer views for the forward and backward, and a flat list of
 //! named tensors for the optimizer and the files.
 
-use super::bottleneck::BottleneckAdapter;
-use super::bottleneck_config::BottleneckConfig;
-use super::bottleneck_file::{BottleneckWeights, BN_WEIGHTS_FILE};
-use super::lora::LoraAdapter;
-use super::{init_lora, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, BN_WEIGHTS_FILE};
+use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use super::pass::Pass;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
-use crate::model::llama::block::{LayerAdapter, LayerBottleneck, LayerLora};
+use crate::gpu::{Gpu, Recorder, Tensor};
+use crate::model::llama::hooks::{Hooks, NoHooks, Proj, Saved, Sublayer};
 use crate::model::{Config, ModelFiles};
-use crate::util::rng::pcg_hash;
 use crate::util::rng::Rng;
 
 /// A trainable adapter (or its gradients, or its AdamW moments: values of
@@ -22,35 +19,115 @@ pub enum Adapter {
     Bottleneck(BottleneckAdapter),
 }
 
-impl Adapter {
-    /// What adapts layer `i`. `dropout_seed` is the seed of this forward's
-    /// dropout masks (training); `None` runs without dropout (evaluation,
-    /// generation, and gradient views).
-    pub fn layer(&self, i: usize, dropout_seed: Option<u32>) -> LayerAdapter<'_> {
+/// One pass of an [`Adapter`] through the model, whatever its method; the
+/// model calls its [`AdapterPass::hooks`] (see [`Adapter::pass`]).
+#[derive(Debug)]
+pub enum AdapterPass<'a> {
+    Lora(Pass<'a, LoraAdapter>),
+    Bottleneck(Pass<'a, BottleneckAdapter>),
+}
+
+impl<'a> AdapterPass<'a> {
+    /// The method's own hooks.
+    pub fn hooks(&self) -> &dyn Hooks {
         match self {
-            Adapter::Lora(l) => match l.layers.get(i) {
-                Some(factors) => LayerAdapter::Lora(LayerLora {
-                    factors,
-                    scaling: l.scaling(),
-                    dropout: dropout_seed.map_or(0.0, |_| l.config.lora_dropout as f32),
-                    seed: dropout_seed.map_or(0, |s| pcg_hash(s ^ pcg_hash(i as u32))),
-                }),
-                None => LayerAdapter::None,
-            },
-            Adapter::Bottleneck(b) => match b.layers.get(i) {
-                Some(units) => LayerAdapter::Bottleneck(LayerBottleneck {
-                    kind: b.config.kind,
-                    units,
-                    act: b.config.non_linearity,
-                    scaling: b.config.scaling as f32,
-                    dropout: dropout_seed.map_or(0.0, |_| b.config.dropout as f32),
-                    seed: dropout_seed.map_or(0, |s| pcg_hash(s ^ pcg_hash(i as u32))),
-                }),
-                None => LayerAdapter::None,
-            },
+            AdapterPass::Lora(p) => p,
+            AdapterPass::Bottleneck(p) => p,
         }
     }
+}
 
+impl Adapter {
+    /// A pass through the model: `dropout_seed` turns dropout on (training;
+    /// `None` evaluates), and `grads` (an adapter of the same method and
+    /// shapes, e.g. [`Adapter::zeros_like`]) receives the backward's
+    /// gradients. The same pass runs the forward and the backward.
+    pub fn pass<'a>(&'a self, dropout_seed: Option<u32>, grads: Option<&'a Adapter>) -> Result<AdapterPass<'a>> {
+        Ok(match (self, grads) {
+            (Adapter::Lora(params), None) => AdapterPass::Lora(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Lora(params), Some(Adapter::Lora(g))) => {
+                AdapterPass::Lora(Pass { params, grads: Some(g), dropout_seed })
+            }
+            (Adapter::Bottleneck(params), None) => AdapterPass::Bottleneck(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Bottleneck(params), Some(Adapter::Bottleneck(g))) => {
+                AdapterPass::Bottleneck(Pass { params, grads: Some(g), dropout_seed })
+            }
+            (_, Some(g)) => {
+                return Err(Error::invalid(
+                    "Adapter::pass",
+                    format!("gradients of a {} adapter for a {} adapter", g.method(), self.method()),
+                ))
+            }
+        })
+    }
+
+    /// The evaluation pass: no dropout, no gradients.
+    pub fn eval(&self) -> AdapterPass<'_> {
+        match self {
+            Adapter::Lora(l) => AdapterPass::Lora(Pass::eval(l)),
+            Adapter::Bottleneck(b) => AdapterPass::Bottleneck(Pass::eval(b)),
+        }
+    }
+}
+
+/// The hooks of an optional adapter: the base model when there is none.
+pub fn hooks_of(adapter: Option<&Adapter>) -> &dyn Hooks {
+    match adapter {
+        Some(a) => a,
+        None => &NoHooks,
+    }
+}
+
+/// An adapter by itself is its evaluation pass (`model.forward_adapted(rec, ids, &adapter)`).
+impl Hooks for Adapter {
+    fn linear_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Option<Saved>> {
+        self.eval().hooks().linear_forward(rec, layer, proj, x, y)
+    }
+
+    fn linear_backward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+        dx: &Tensor,
+    ) -> Result<()> {
+        self.eval().hooks().linear_backward(rec, layer, proj, dy, saved, dx)
+    }
+
+    fn residual_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        site: Sublayer,
+        r: &Tensor,
+        s: &Tensor,
+        out: &Tensor,
+    ) -> Result<Option<Saved>> {
+        self.eval().hooks().residual_forward(rec, layer, site, r, s, out)
+    }
+
+    fn residual_backward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        site: Sublayer,
+        dout: &Tensor,
+        saved: &Saved,
+    ) -> Result<(Tensor, Tensor)> {
+        self.eval().hooks().residual_backward(rec, layer, site, dout, saved)
+    }
+}
+
+impl Adapter {
     /// Zeros of the same shapes.
     pub fn zeros_like(&self, gpu: &Gpu) -> Result<Adapter> {
         Ok(match self {

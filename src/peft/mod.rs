@@ -1,24 +1,28 @@
-//! PEFT adapter files on the CPU (no GPU code): LoRA's `adapter_config.json`
-//! ([`LoraConfig`]) and `adapter_model.safetensors` ([`LoraWeights`]), read
-//! and written as PEFT 0.21 does, and checked against a model [`Config`](crate::model::Config).
+//! PEFT methods, one folder each, as PEFT keeps `tuners/<method>/`:
+//!
+//! - [`lora`]: LoRA (PEFT's files: `adapter_config.json` + `adapter_model.safetensors`);
+//! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`).
+//!
+//! A method hooks into the model through the hook points of
+//! [`crate::model::llama::hooks`], implemented on a [`Pass`] of its adapter;
+//! the model never names a method. [`Adapter`] is the one place that lists
+//! them: it dispatches to each method's adapter, hooks and files.
 
 pub mod adapter;
 pub mod adapter_set;
 pub mod archive;
 pub mod bottleneck;
-pub mod bottleneck_config;
-pub mod bottleneck_file;
-pub mod init;
 pub mod lora;
-pub mod lora_config;
-pub mod lora_file;
-pub mod lora_linear;
-pub mod merge;
+pub mod pass;
+pub mod torch_init;
 
-pub use bottleneck_config::{BnInit, BottleneckConfig, BottleneckKind, ADAPTERS_VERSION};
-pub use bottleneck_file::{
-    BnPart, BnSite, BottleneckUnit, BottleneckWeights, LayerAdapters, BN_CONFIG_FILE, BN_WEIGHTS_FILE,
+pub use adapter::{Adapter, AdapterPass};
+pub use bottleneck::{
+    BnInit, BnPart, BnSite, BottleneckConfig, BottleneckKind, BottleneckUnit, BottleneckWeights, LayerAdapters,
+    ADAPTERS_VERSION, BN_CONFIG_FILE, BN_WEIGHTS_FILE,
 };
-pub use init::init_lora;
-pub use lora_config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_VERSION};
-pub use lora_file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+pub use lora::{
+    init_lora, lora_modules, InitLoraWeights, LoraConfig, LoraModule, LoraPair, LoraWeights, TargetModules,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, LORA_MODULES, PEFT_VERSION,
+};
+pub use pass::Pass;

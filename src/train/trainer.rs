@@ -22,7 +22,7 @@ use crate::kernels::elementwise::{copy, fill};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels, Model};
-use crate::peft::adapter::Adapter;
+use crate::peft::adapter::{hooks_of, Adapter};
 use crate::train::data::Batch;
 use crate::util::rng::Rng;
 
@@ -300,15 +300,15 @@ impl Trainer {
         if targets.len() != ids.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
         }
-        let (xn, saved) =
-            model.hidden_checkpointed(rec, &ids, Some(&self.adapter), seed, self.gradient_checkpointing)?; // (B, T, D)
+        let pass = self.adapter.pass(seed, Some(&self.grads))?; // dropout from `seed`, gradients into `grads`
+        let (xn, saved) = model.hidden_checkpointed(rec, &ids, pass.hooks(), self.gradient_checkpointing)?; // (B, T, D)
         let d = model.config.hidden_size;
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
         let xn2 = xn.reshape(&[ids.numel(), d])?;
         let dxn = chunked_lm_loss(rec, &xn2, &model.lm_head, targets, scale, loss, true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
-        model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, &self.adapter, seed, &self.grads)
+        model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
     }
 
     /// Mean loss and perplexity of the adapted model on `batches` (no
@@ -336,7 +336,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
         // The logits in row chunks, as in training: never (B·T, V) at once.
-        let (xn, _) = model.hidden_adapted(&mut rec, &ids, adapter, None)?; // (B, T, D)
+        let (xn, _) = model.hidden_adapted(&mut rec, &ids, hooks_of(adapter))?; // (B, T, D)
         let xn = xn.reshape(&[ids.numel(), model.config.hidden_size])?;
         chunked_lm_loss(&mut rec, &xn, &model.lm_head, targets, 1.0 / tokens as f32, &sum, false)?;
         rec.submit()?;

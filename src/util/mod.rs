@@ -1,4 +1,5 @@
 //! Small helpers with no GPU and no model knowledge.
 
 pub mod clock;
+pub(crate) mod json;
 pub mod rng;

@@ -83,6 +83,15 @@ impl Rng {
     }
 }
 
+/// The PCG-style hash of Jarzynski and Olano (JCGT 2020), as in the shaders
+/// (`shaders/elementwise.wgsl`'s dropout): seeds per layer and Linear are
+/// derived with it, so GPU masks and CPU seeds agree.
+pub fn pcg_hash(x: u32) -> u32 {
+    let state = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
+    (word >> 22) ^ word
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rng;
@@ -127,13 +136,4 @@ mod tests {
             assert!(r.below(7) < 7);
         }
     }
-}
-
-/// The PCG-style hash of Jarzynski and Olano (JCGT 2020), as in the shaders
-/// (`shaders/elementwise.wgsl`'s dropout): seeds per layer and Linear are
-/// derived with it, so GPU masks and CPU seeds agree.
-pub fn pcg_hash(x: u32) -> u32 {
-    let state = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
-    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
-    (word >> 22) ^ word
 }

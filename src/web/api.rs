@@ -26,7 +26,7 @@ use crate::model::llama::GenerationConfig;
 use crate::model::source::MemorySource;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Config, Model};
-use crate::peft::adapter::Adapter;
+use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
@@ -696,7 +696,7 @@ impl WebModel {
             let start = now_seconds();
             let out = st
                 .model
-                .generate_adapted(&st.gpu, &ids, &config, adapter, |id| match decoder.step(id) {
+                .generate_adapted(&st.gpu, &ids, &config, hooks_of(adapter), |id| match decoder.step(id) {
                     Ok(Some(piece)) => {
                         if let Some(f) = &on_token {
                             let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&piece));

@@ -13,7 +13,8 @@
 //! logits, which is sampled on the CPU ([`sample`]): greedy, or transformers'
 //! temperature → top-k → top-p, drawn with [`Rng`].
 
-use super::block::{proj, Attention, Block, LayerAdapter};
+use super::block::{Attention, Block};
+use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{f32_chunks, Model};
 use crate::error::{Error, Result};
@@ -22,7 +23,6 @@ use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Varian
 use crate::kernels::embedding::embedding_chunked;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::rope::rope_forward_inplace;
-use crate::peft::adapter::Adapter;
 use crate::util::rng::Rng;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
@@ -81,19 +81,19 @@ impl Attention {
         rope: &RopeTables,
         (k_cache, v_cache): &(Tensor, Tensor),
         offset: usize,
-        ad: &LayerAdapter,
+        hooks: LayerHooks,
     ) -> Result<Tensor> {
         let (b, t) = (x.shape()[0], x.shape()[1]);
         let (h, kv, hd) = (self.num_heads, self.num_key_value_heads, self.head_dim);
-        let q = self.q_proj.forward_lora(rec, x, ad.lora(proj::Q))?.0.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
-        let k = self.k_proj.forward_lora(rec, x, ad.lora(proj::K))?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
-        let v = self.v_proj.forward_lora(rec, x, ad.lora(proj::V))?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let q = self.q_proj.forward_hooked(rec, x, hooks, Proj::Q)?.0.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
+        let k = self.k_proj.forward_hooked(rec, x, hooks, Proj::K)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, offset)?;
         rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, offset)?;
         write_kv_cache(rec, &k, k_cache, offset)?;
         write_kv_cache(rec, &v, v_cache, offset)?;
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
-        Ok(self.o_proj.forward_lora(rec, &out.reshape(&[b, t, h * hd])?, ad.lora(proj::O))?.0)
+        Ok(self.o_proj.forward_hooked(rec, &out.reshape(&[b, t, h * hd])?, hooks, Proj::O)?.0)
     }
 }
 
@@ -106,14 +106,14 @@ impl Block {
         rope: &RopeTables,
         kv: &(Tensor, Tensor),
         offset: usize,
-        ad: &LayerAdapter,
+        hooks: LayerHooks,
     ) -> Result<Tensor> {
         let attn = self.input_layernorm.forward(rec, x)?;
-        let attn = self.self_attn.forward_cached(rec, &attn, rope, kv, offset, ad)?;
-        let (h, _) = Block::attention_residual(rec, x, &attn, ad)?;
+        let attn = self.self_attn.forward_cached(rec, &attn, rope, kv, offset, hooks)?;
+        let (h, _) = Block::residual(rec, x, &attn, hooks, Sublayer::Attention)?;
         let mlp = self.post_attention_layernorm.forward(rec, &h)?;
-        let (mlp, _) = self.mlp.forward(rec, &mlp, ad)?;
-        Ok(Block::mlp_residual(rec, &h, &mlp, ad)?.0)
+        let (mlp, _) = self.mlp.forward(rec, &mlp, hooks)?;
+        Ok(Block::residual(rec, &h, &mlp, hooks, Sublayer::Mlp)?.0)
     }
 }
 
@@ -126,7 +126,7 @@ impl Model {
         ids: &Tensor,
         cache: &KvCache,
         offset: usize,
-        adapter: Option<&Adapter>,
+        hooks: &dyn Hooks,
     ) -> Result<Tensor> {
         const OP: &str = "Model::forward_cached";
         ids.expect_dtype(OP, "ids", DType::U32)?;
@@ -160,8 +160,7 @@ impl Model {
         let table = f32_chunks(&self.embed_tokens)?;
         let mut x = embedding_chunked(rec, &table, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
         for (i, (layer, kv)) in self.layers.iter().zip(&cache.layers).enumerate() {
-            let ad = adapter.map_or(LayerAdapter::None, |a| a.layer(i, None));
-            x = layer.forward_cached(rec, &x, &rope, kv, offset, &ad)?;
+            x = layer.forward_cached(rec, &x, &rope, kv, offset, LayerHooks::new(hooks, i))?;
         }
         Ok(x)
     }
@@ -175,9 +174,9 @@ impl Model {
         ids: &Tensor,
         cache: &KvCache,
         offset: usize,
-        adapter: Option<&Adapter>,
+        hooks: &dyn Hooks,
     ) -> Result<Tensor> {
-        let x = self.hidden_cached(rec, ids, cache, offset, adapter)?; // (B, T, D)
+        let x = self.hidden_cached(rec, ids, cache, offset, hooks)?; // (B, T, D)
         let (b, t, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let last = if t == 1 {
             x.reshape(&[b, d])?
@@ -201,9 +200,9 @@ impl Model {
         ids: &Tensor,
         cache: &KvCache,
         offset: usize,
-        adapter: Option<&Adapter>,
+        hooks: &dyn Hooks,
     ) -> Result<Tensor> {
-        let x = self.hidden_cached(rec, ids, cache, offset, adapter)?;
+        let x = self.hidden_cached(rec, ids, cache, offset, hooks)?;
         let x = self.norm.forward(rec, &x)?;
         qlinear(rec, &x, &self.lm_head)
     }
@@ -220,16 +219,17 @@ impl Model {
         config: &GenerationConfig,
         on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        self.generate_adapted(gpu, prompt_ids, config, None, on_token).await
+        self.generate_adapted(gpu, prompt_ids, config, &NoHooks, on_token).await
     }
 
-    /// [`Model::generate`] with an adapter (`None`: the base model alone).
+    /// [`Model::generate`] through an adapter's hooks (`&adapter`; [`NoHooks`]:
+    /// the base model alone).
     pub async fn generate_adapted(
         &self,
         gpu: &Gpu,
         prompt_ids: &[u32],
         config: &GenerationConfig,
-        adapter: Option<&Adapter>,
+        hooks: &dyn Hooks,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         const OP: &str = "Model::generate";
@@ -259,7 +259,7 @@ impl Model {
         let mut offset = 0;
         loop {
             let mut rec = Recorder::new(gpu);
-            let logits = self.forward_cached(&mut rec, &ids, &cache, offset, adapter)?; // (1, V)
+            let logits = self.forward_cached(&mut rec, &ids, &cache, offset, hooks)?; // (1, V)
             rec.submit()?;
             let row = logits.to_vec::<f32>(gpu).await?;
             offset += ids.shape()[1];

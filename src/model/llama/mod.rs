@@ -7,6 +7,8 @@
 //! ```
 //!
 //! - [`block`]: the decoder layer, `h = x + attn(norm1(x)); out = h + mlp(norm2(h))`.
+//! - [`hooks`]: where a PEFT method changes a layer (a Linear's output, a
+//!   sub-layer's join with the residual stream); `peft/` implements them.
 //! - [`weights`]: streaming the checkpoint onto the GPU, quantizing as it goes.
 //! - [`rope`]: the RoPE tables.
 //! - [`loss`]: the causal-LM loss.
@@ -17,14 +19,16 @@
 
 pub mod block;
 pub mod generate;
+pub mod hooks;
 pub mod loss;
 pub mod rope;
 mod weights;
 
 pub use weights::LoadProgress;
 
-pub use block::{Attention, Block, LayerAdapter, Linear, Mlp, RmsNorm};
+pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
 pub use generate::{argmax, sample, GenerationConfig, KvCache};
+pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
 pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
 
@@ -36,7 +40,6 @@ use crate::kernels::embedding::embedding_chunked;
 use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
-use crate::peft::adapter::Adapter;
 use crate::quant::{ComputeDtype, QuantFormat};
 
 /// What one layer's forward kept: everything its backward needs, or, with
@@ -253,19 +256,19 @@ impl Model {
     /// can't be checked here: an id ≥ vocab_size embeds as zeros; upload
     /// them with [`Model::input_ids`], which rejects them.
     pub fn forward(&self, rec: &mut Recorder, input_ids: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_adapted(rec, input_ids, None, None)?.0)
+        Ok(self.forward_adapted(rec, input_ids, &NoHooks)?.0)
     }
 
-    /// [`Model::forward`] with an adapter, returning what [`Model::backward`]
-    /// needs too. `dropout_seed` turns the adapter's dropout on (training).
+    /// [`Model::forward`] through an adapter's hooks (`&adapter` evaluates it;
+    /// a training pass carries its dropout seed and gradients), returning what
+    /// [`Model::backward`] needs too.
     pub fn forward_adapted(
         &self,
         rec: &mut Recorder,
         input_ids: &Tensor,
-        adapter: Option<&Adapter>,
-        dropout_seed: Option<u32>,
+        hooks: &dyn Hooks,
     ) -> Result<(Tensor, ModelSaved)> {
-        let (xn, saved) = self.hidden_adapted(rec, input_ids, adapter, dropout_seed)?;
+        let (xn, saved) = self.hidden_adapted(rec, input_ids, hooks)?;
         let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
         Ok((logits, saved))
     }
@@ -276,10 +279,9 @@ impl Model {
         &self,
         rec: &mut Recorder,
         input_ids: &Tensor,
-        adapter: Option<&Adapter>,
-        dropout_seed: Option<u32>,
+        hooks: &dyn Hooks,
     ) -> Result<(Tensor, ModelSaved)> {
-        self.hidden_checkpointed(rec, input_ids, adapter, dropout_seed, false)
+        self.hidden_checkpointed(rec, input_ids, hooks, false)
     }
 
     /// [`Model::hidden_adapted`], with gradient checkpointing when
@@ -292,8 +294,7 @@ impl Model {
         &self,
         rec: &mut Recorder,
         input_ids: &Tensor,
-        adapter: Option<&Adapter>,
-        dropout_seed: Option<u32>,
+        hooks: &dyn Hooks,
         checkpoint: bool,
     ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
@@ -314,8 +315,7 @@ impl Model {
         let mut x = embedding_chunked(rec, &table, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let ad = adapter.map_or(LayerAdapter::None, |a| a.layer(i, dropout_seed));
-            let (out, saved) = layer.forward(rec, &x, &rope, &ad)?; // (B, T, D)
+            let (out, saved) = layer.forward(rec, &x, &rope, LayerHooks::new(hooks, i))?; // (B, T, D)
             layers.push(if checkpoint { LayerSaved::Input(x) } else { LayerSaved::Full(Box::new(saved)) });
             x = out;
         }
@@ -323,20 +323,13 @@ impl Model {
         Ok((xn, ModelSaved { layers, x, rstd, rope }))
     }
 
-    /// Records the backward pass from dlogits (B, T, V): the adapter's
-    /// gradients are added into `grads` (the same adapter's shapes). Nothing
-    /// frozen gets a gradient, and the embedding input needs none.
-    pub fn backward(
-        &self,
-        rec: &mut Recorder,
-        dlogits: &Tensor,
-        saved: &ModelSaved,
-        adapter: &Adapter,
-        dropout_seed: Option<u32>,
-        grads: &Adapter,
-    ) -> Result<()> {
+    /// Records the backward pass from dlogits (B, T, V) through the same
+    /// `hooks` as the forward, which add the adapter's gradients where they
+    /// keep them. Nothing frozen gets a gradient, and the embedding input
+    /// needs none.
+    pub fn backward(&self, rec: &mut Recorder, dlogits: &Tensor, saved: &ModelSaved, hooks: &dyn Hooks) -> Result<()> {
         let dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
-        self.backward_from_hidden(rec, &dxn, saved, adapter, dropout_seed, grads)
+        self.backward_from_hidden(rec, &dxn, saved, hooks)
     }
 
     /// [`Model::backward`] from the gradient at the lm_head's input, dxn (B, T, D).
@@ -345,19 +338,16 @@ impl Model {
         rec: &mut Recorder,
         dxn: &Tensor,
         saved: &ModelSaved,
-        adapter: &Adapter,
-        dropout_seed: Option<u32>,
-        grads: &Adapter,
+        hooks: &dyn Hooks,
     ) -> Result<()> {
         let mut dx = self.norm.backward(rec, dxn, &saved.x, &saved.rstd)?; // (B, T, D)
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            let ad = adapter.layer(i, dropout_seed);
-            let g = grads.layer(i, None);
+            let at = LayerHooks::new(hooks, i);
             dx = match &saved.layers[i] {
-                LayerSaved::Full(s) => layer.backward(rec, &dx, s, &saved.rope, &ad, &g)?,
+                LayerSaved::Full(s) => layer.backward(rec, &dx, s, &saved.rope, at)?,
                 LayerSaved::Input(x) => {
-                    let (_, s) = layer.forward(rec, x, &saved.rope, &ad)?; // recompute, then free after use
-                    layer.backward(rec, &dx, &s, &saved.rope, &ad, &g)?
+                    let (_, s) = layer.forward(rec, x, &saved.rope, at)?; // recompute, then free after use
+                    layer.backward(rec, &dx, &s, &saved.rope, at)?
                 }
             };
         }

@@ -9,10 +9,10 @@
 //!   with their own fan-in: U(−1/√in, 1/√in) for A, U(−1/√r, 1/√r) for B.
 //!
 //! Bottleneck adapters' initialisations are in
-//! [`BottleneckWeights::init`](super::bottleneck_file::BottleneckWeights::init).
+//! [`BottleneckWeights::init`](crate::peft::bottleneck::BottleneckWeights::init).
 
-use super::bottleneck_file::kaiming_uniform_sqrt5;
 use super::{InitLoraWeights, LoraWeights};
+use crate::peft::torch_init::kaiming_uniform_sqrt5;
 use crate::util::rng::Rng;
 
 /// Fills every module's A and B of `weights` as PEFT's `reset_lora_parameters`

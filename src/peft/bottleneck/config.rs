@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::kernels::swiglu::Activation;
 use crate::model::source::{ByteSource, ModelFiles};
 use crate::model::{Config, ModelType};
+use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
 /// The `version` webpeft writes: the `adapters` release the fixtures were made with.
@@ -148,15 +149,6 @@ fn unsupported(field: &str, detail: impl Into<String>) -> Error {
     err(field, format!("not supported: {}", detail.into()))
 }
 
-fn brief(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s
-    }
-}
-
 /// `BnConfig` fields that cannot change the math of a supported adapter, with
 /// AdapterHub's defaults (`adapters/configuration/adapter_config.py`, `BnConfig`).
 fn inert_defaults() -> BTreeMap<String, Value> {
@@ -220,45 +212,14 @@ pub fn model_class(model_type: ModelType) -> &'static str {
     }
 }
 
-/// Lookups on a JSON object whose errors name `prefix` + key; absent and `null` are alike.
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    prefix: &'static str,
-}
-
-impl<'a> Fields<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-    /// The field's name in messages (`config.ln_after`).
-    fn field(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-    fn wrong(&self, key: &str, expected: &str, got: &Value) -> Error {
-        err(&self.field(key), format!("expected {expected}, got {}", brief(got)))
-    }
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key).map(|v| v.as_bool().ok_or_else(|| self.wrong(key, "true or false", v))).transpose()
-    }
-    fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| self.wrong(key, "a string", v))).transpose()
-    }
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let x = self.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong(key, "a number", v))).transpose()?;
-        match x {
-            Some(x) if !x.is_finite() => Err(err(&self.field(key), format!("must be finite, got {x}"))),
-            x => Ok(x),
-        }
-    }
-    /// A flag that must have the preset's value.
-    fn require_bool(&self, key: &str, want: bool, kind: BottleneckKind, what: &str) -> Result<()> {
-        match self.opt_bool(key)? {
-            Some(v) if v != want => Err(unsupported(
-                &self.field(key),
-                format!("{v} ({what}); webpeft implements {} with {key} = {want} only", kind.name()),
-            )),
-            _ => Ok(()),
-        }
+/// A flag that must have the preset's value.
+fn require_bool(f: &Fields, key: &str, want: bool, kind: BottleneckKind, what: &str) -> Result<()> {
+    match f.opt_bool(key)? {
+        Some(v) if v != want => Err(unsupported(
+            &f.field(key),
+            format!("{v} ({what}); webpeft implements {} with {key} = {want} only", kind.name()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -366,7 +327,7 @@ impl BottleneckConfig {
 
     /// Reads `adapter_config.json` from an adapter folder.
     pub async fn load<F: ModelFiles>(files: &F) -> Result<BottleneckConfig> {
-        let bytes = files.open(super::bottleneck_file::BN_CONFIG_FILE).await?.read_all().await?;
+        let bytes = files.open(super::file::BN_CONFIG_FILE).await?.read_all().await?;
         BottleneckConfig::from_json(&bytes)
     }
 
@@ -381,7 +342,7 @@ impl BottleneckConfig {
         let Value::Object(top) = value else {
             return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
         };
-        let top = Fields { map: top, prefix: "" };
+        let top = Fields::of(top, "", err);
         // Files from before `version` existed used "gelu" for the tanh approximation
         // (adapters/loading.py `load_weights_config`, `ACTIVATION_RENAME` in utils.py).
         let legacy = top.get("version").is_none();
@@ -425,7 +386,7 @@ impl BottleneckConfig {
 
     /// The `config` object (a `BnConfig` as `asdict` writes it).
     fn from_bn_config(map: &Map<String, Value>, legacy: bool) -> Result<BottleneckConfig> {
-        let f = Fields { map, prefix: "config." };
+        let f = Fields::of(map, "config.", err);
         // AdapterConfig._get_config_class: no "architecture" key is a BnConfig.
         match f.get("architecture") {
             None => {}
@@ -461,12 +422,12 @@ impl BottleneckConfig {
         let mut c = BottleneckConfig::new(kind);
 
         // Flags that change the math: the preset's value only.
-        f.require_bool("original_ln_before", kind.original_ln_before(), kind, "residual placement")?;
-        f.require_bool("original_ln_after", true, kind, "residual placement")?;
-        f.require_bool("ln_before", false, kind, "a new LayerNorm before the adapter")?;
-        f.require_bool("ln_after", false, kind, "a new LayerNorm after the adapter")?;
-        f.require_bool("use_gating", false, kind, "a learned gate")?;
-        f.require_bool("phm_layer", false, kind, "PHM (Compacter) layers")?;
+        require_bool(&f, "original_ln_before", kind.original_ln_before(), kind, "residual placement")?;
+        require_bool(&f, "original_ln_after", true, kind, "residual placement")?;
+        require_bool(&f, "ln_before", false, kind, "a new LayerNorm before the adapter")?;
+        require_bool(&f, "ln_after", false, kind, "a new LayerNorm after the adapter")?;
+        require_bool(&f, "use_gating", false, kind, "a learned gate")?;
+        require_bool(&f, "phm_layer", false, kind, "PHM (Compacter) layers")?;
         match f.get("residual_before_ln") {
             None | Some(Value::Bool(true)) => {}
             Some(v) => {
@@ -571,15 +532,8 @@ impl BottleneckConfig {
 
     /// The `config` object as `BnConfig.to_dict()` gives it (keys sorted).
     pub fn bn_config_value(&self) -> Value {
-        let num = |x: f64| {
-            // Python writes ints for int fields; AdapterHub's presets have int
-            // reduction factors (16, 2) and float scalings (1.0, 4.0).
-            if x.fract() == 0.0 && x.abs() < 9.0e15 {
-                json!(x as i64)
-            } else {
-                json!(x)
-            }
-        };
+        // AdapterHub's presets have int reduction factors (16, 2) and float scalings (1.0, 4.0).
+        let num = int_if_whole;
         let kind = self.kind;
         let mut m: Map<String, Value> = self.inert.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let fields = [

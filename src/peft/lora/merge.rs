@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::lora::LoraAdapter;
+use super::adapter::LoraAdapter;
+use super::layer::LoraFactors;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::kernels::quant::{dequantize, quantize};
 use crate::model::llama::Model;
-use crate::peft::lora_linear::LoraFactors;
 
 /// Adds `sign·scaling·B·A` to every Linear `lora` adapts.
 fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32) -> Result<()> {

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::lora_config::LORA_MODULES;
-use super::lora_file::{LoraPair, LoraWeights};
-use super::lora_linear::LoraFactors;
+use super::config::LORA_MODULES;
+use super::file::{LoraPair, LoraWeights};
+use super::layer::LoraFactors;
 use super::LoraConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -29,11 +29,11 @@ pub struct LoraAdapter {
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
 pub fn module_name(layer: usize, proj: usize) -> String {
-    super::lora_config::module_name(layer, LORA_MODULES[proj])
+    super::config::module_name(layer, LORA_MODULES[proj])
 }
 
 fn split_name(name: &str) -> Option<(usize, usize)> {
-    let layer = super::lora_config::layer_of(name)?;
+    let layer = super::config::layer_of(name)?;
     let proj = LORA_MODULES.iter().position(|p| name.ends_with(&format!(".{p}")))?;
     Some((layer, proj))
 }

@@ -1,25 +1,19 @@
-//! A bottleneck adapter on the GPU (AdapterHub's `Adapter` module):
+//! One bottleneck unit on the GPU (AdapterHub's `Adapter` module), forward
+//! and backward side by side:
 //!
 //! ```text
 //! ad(s) = drop(scaling · (W_up · act(W_down · s + b_down) + b_up))
 //! ```
 //!
-//! added to the residual stream where the kind puts it (see
-//! `model::llama::block`). Forward and backward of one unit sit here; the
-//! [`BottleneckAdapter`] holds every layer's units and, like LoRA, its
-//! gradients and moments are values of the same type.
+//! added to the residual stream where the kind puts it ([`super::hooks`]).
 
-use std::collections::BTreeMap;
-
-use super::bottleneck_config::{BottleneckConfig, BottleneckKind};
-use super::bottleneck_file::{key, BnPart, BnSite, BottleneckUnit, BottleneckWeights, LayerAdapters};
+use super::file::{BnPart, BottleneckUnit};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::elementwise::{add_scaled, dropout, scale};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::swiglu::{activation_backward, activation_forward, Activation};
 use crate::model::llama::block::add_bias;
-use crate::model::Config;
 
 /// One unit's tensors (or their gradients, or moments).
 #[derive(Clone, Debug)]
@@ -47,11 +41,11 @@ pub struct BnCall {
 #[derive(Clone, Debug)]
 pub struct BnSaved {
     /// The unit's input s (M, D).
-    s: Tensor,
+    pub(super) s: Tensor,
     /// W_down·s + b_down (M, m), before the activation.
-    a: Tensor,
+    pub(super) a: Tensor,
     /// act(a) (M, m).
-    z: Tensor,
+    pub(super) z: Tensor,
 }
 
 impl BnUnit {
@@ -67,7 +61,7 @@ impl BnUnit {
         Ok((d, m))
     }
 
-    fn upload(gpu: &Gpu, u: &BottleneckUnit, d: usize, m: usize) -> Result<BnUnit> {
+    pub(super) fn upload(gpu: &Gpu, u: &BottleneckUnit, d: usize, m: usize) -> Result<BnUnit> {
         Ok(BnUnit {
             down_w: Tensor::from_slice(gpu, &[m, d], &u.down_w)?,
             down_b: Tensor::from_slice(gpu, &[m], &u.down_b)?,
@@ -76,7 +70,7 @@ impl BnUnit {
         })
     }
 
-    async fn download(&self, gpu: &Gpu) -> Result<BottleneckUnit> {
+    pub(super) async fn download(&self, gpu: &Gpu) -> Result<BottleneckUnit> {
         Ok(BottleneckUnit {
             down_w: self.down_w.to_vec(gpu).await?,
             down_b: self.down_b.to_vec(gpu).await?,
@@ -85,12 +79,12 @@ impl BnUnit {
         })
     }
 
-    fn zeros_like(&self, gpu: &Gpu) -> Result<BnUnit> {
+    pub(super) fn zeros_like(&self, gpu: &Gpu) -> Result<BnUnit> {
         let z = |t: &Tensor| Tensor::zeros(gpu, t.shape(), DType::F32);
         Ok(BnUnit { down_w: z(&self.down_w)?, down_b: z(&self.down_b)?, up_w: z(&self.up_w)?, up_b: z(&self.up_b)? })
     }
 
-    fn part(&self, part: BnPart) -> &Tensor {
+    pub(super) fn part(&self, part: BnPart) -> &Tensor {
         match part {
             BnPart::DownWeight => &self.down_w,
             BnPart::DownBias => &self.down_b,
@@ -165,94 +159,4 @@ pub fn bn_backward(
     gemm(rec, &Gemm::new(1, m, rows, false, false).accumulate(true), &ones, &da, &grads.down_b)?; // db_down += Σ_rows da
     gemm(rec, &Gemm::new(rows, d, m, false, false).accumulate(true), &da, &unit.down_w, &ds.reshape(&[rows, d])?)
     // ds += da·W_down
-}
-
-/// One layer's units: attention-side (double_seq_bn) and output-side.
-#[derive(Clone, Debug, Default)]
-pub struct BnLayer {
-    pub attention: Option<BnUnit>,
-    pub output: Option<BnUnit>,
-}
-
-/// A bottleneck adapter on the GPU: its config and every layer's units.
-#[derive(Clone, Debug)]
-pub struct BottleneckAdapter {
-    pub config: BottleneckConfig,
-    /// `model.layers[i]`'s units (empty where `leave_out` skips the layer).
-    pub layers: Vec<BnLayer>,
-}
-
-impl BottleneckAdapter {
-    /// Uploads CPU weights (checked against `config` by whoever made them).
-    pub fn upload(gpu: &Gpu, config: BottleneckConfig, w: &BottleneckWeights, model: &Config) -> Result<Self> {
-        let mut layers: Vec<BnLayer> = (0..model.num_hidden_layers).map(|_| BnLayer::default()).collect();
-        for (&i, l) in &w.layers {
-            let Some(slot) = layers.get_mut(i) else {
-                return Err(Error::invalid("BottleneckAdapter", format!("layer {i} is not in this model")));
-            };
-            let up =
-                |u: &Option<BottleneckUnit>| u.as_ref().map(|u| BnUnit::upload(gpu, u, w.hidden, w.size)).transpose();
-            *slot = BnLayer { attention: up(&l.attention)?, output: up(&l.output)? };
-        }
-        Ok(BottleneckAdapter { config, layers })
-    }
-
-    /// Loads an AdapterHub folder (`adapter_config.json` + `adapter.safetensors`).
-    pub async fn load<F: crate::model::ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<Self> {
-        let config = BottleneckConfig::load(files).await?;
-        config.check(model)?;
-        let weights = BottleneckWeights::load(files, &config, model).await?;
-        Self::upload(gpu, config, &weights, model)
-    }
-
-    /// Reads the units back into CPU weights (for saving).
-    pub async fn download(&self, gpu: &Gpu) -> Result<BottleneckWeights> {
-        let mut layers = BTreeMap::new();
-        let (mut hidden, mut size) = (0, 0);
-        for (i, l) in self.layers.iter().enumerate() {
-            if l.attention.is_none() && l.output.is_none() {
-                continue;
-            }
-            let mut out = LayerAdapters { attention: None, output: None };
-            if let Some(u) = &l.attention {
-                out.attention = Some(u.download(gpu).await?);
-            }
-            if let Some(u) = &l.output {
-                (hidden, size) = u.dims()?;
-                out.output = Some(u.download(gpu).await?);
-            }
-            layers.insert(i, out);
-        }
-        Ok(BottleneckWeights { hidden, size, layers })
-    }
-
-    pub fn zeros_like(&self, gpu: &Gpu) -> Result<Self> {
-        let z = |u: &Option<BnUnit>| u.as_ref().map(|u| u.zeros_like(gpu)).transpose();
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| Ok(BnLayer { attention: z(&l.attention)?, output: z(&l.output)? }))
-            .collect::<Result<_>>()?;
-        Ok(BottleneckAdapter { config: self.config.clone(), layers })
-    }
-
-    /// Every tensor with its AdapterHub key, layer by layer, attention before output.
-    pub fn tensors(&self) -> Vec<(String, &Tensor)> {
-        let name = &self.config.name;
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (site, unit) in [(BnSite::Attention, &l.attention), (BnSite::Output, &l.output)] {
-                if let Some(u) = unit {
-                    for part in BnPart::ALL {
-                        out.push((key(i, site, name, part), u.part(part)));
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    pub fn kind(&self) -> BottleneckKind {
-        self.config.kind
-    }
 }

@@ -6,10 +6,11 @@
 //! [`Error::AdapterUnsupported`] for options PEFT has but webpeft does not
 //! implement (DoRA, regex targets, biases, modules_to_save, …).
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::model::source::ModelFiles;
 use crate::model::Config;
+use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
 /// What `peft_version` webpeft writes (the PEFT the fixtures were made with).
@@ -69,61 +70,6 @@ fn err(field: &str, detail: impl Into<String>) -> Error {
 
 fn unsupported(field: &str, detail: impl Into<String>) -> Error {
     Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
-}
-
-fn brief(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s
-    }
-}
-
-/// Lookups on the top-level object; absent and `null` are alike.
-struct Fields<'a>(&'a Map<String, Value>);
-
-impl<'a> Fields<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.0.get(key).filter(|v| !v.is_null())
-    }
-    fn wrong(key: &str, expected: &str, got: &Value) -> Error {
-        err(key, format!("expected {expected}, got {}", brief(got)))
-    }
-    fn opt_str(&self, key: &str) -> Result<Option<&'a str>> {
-        self.get(key).map(|v| v.as_str().ok_or_else(|| Self::wrong(key, "a string", v))).transpose()
-    }
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        self.get(key).map(|v| v.as_bool().ok_or_else(|| Self::wrong(key, "true or false", v))).transpose()
-    }
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
-        let x = self.get(key).map(|v| v.as_f64().ok_or_else(|| Self::wrong(key, "a number", v))).transpose()?;
-        if let Some(x) = x {
-            if !x.is_finite() {
-                return Err(err(key, format!("must be finite, got {x}")));
-            }
-        }
-        Ok(x)
-    }
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.get(key)
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| Self::wrong(key, "a non-negative integer", v))
-            })
-            .transpose()
-    }
-    /// Absent, null, `{}`, `[]` or `""`.
-    fn is_empty(&self, key: &str) -> bool {
-        match self.get(key) {
-            None => true,
-            Some(Value::Object(m)) => m.is_empty(),
-            Some(Value::Array(a)) => a.is_empty(),
-            Some(Value::String(s)) => s.is_empty(),
-            Some(_) => false,
-        }
-    }
 }
 
 impl LoraConfig {
@@ -191,7 +137,7 @@ impl LoraConfig {
         let Value::Object(map) = value else {
             return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
         };
-        let f = Fields(map);
+        let f = Fields::of(map, "", err);
 
         match f.opt_str("peft_type")? {
             None => return Err(err("peft_type", "missing")),
@@ -236,7 +182,7 @@ impl LoraConfig {
                     })
                     .collect::<Result<_>>()?,
             ),
-            Some(v) => return Err(Fields::wrong("target_modules", "a list of module names or a string", v)),
+            Some(v) => return Err(f.wrong("target_modules", "a list of module names or a string", v)),
         };
 
         let use_rslora = f.opt_bool("use_rslora")?.unwrap_or(false);
@@ -288,7 +234,7 @@ impl LoraConfig {
             Some(v) => Some(vec![v
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| Fields::wrong("layers_to_transform", "a layer index or a list of them", v))?]),
+                .ok_or_else(|| f.wrong("layers_to_transform", "a layer index or a list of them", v))?]),
         };
         if !f.is_empty("modules_to_save") {
             return Err(unsupported("modules_to_save", "extra fully-trained modules are not supported (must be null)"));
@@ -324,13 +270,7 @@ impl LoraConfig {
     /// The JSON PEFT 0.21.2's `save_pretrained` writes for this config (same
     /// key set as PEFT's, keys sorted), so `PeftModel.from_pretrained` loads it.
     pub fn to_value(&self) -> Value {
-        let num = |x: f64| {
-            if x.fract() == 0.0 && x.abs() < 9.0e15 {
-                json!(x as i64)
-            } else {
-                json!(x)
-            }
-        };
+        let num = int_if_whole;
         let target_modules = match &self.target_modules {
             TargetModules::List(l) => {
                 // PEFT stores a set; it comes out in arbitrary order. Sorted here.

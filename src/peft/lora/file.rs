@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use ::safetensors::tensor::TensorView;
 use ::safetensors::Dtype;
 
-use super::lora_config::{module_name, LoraConfig, LORA_MODULES};
+use super::config::{module_name, LoraConfig, LORA_MODULES};
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::source::ModelFiles;
 use crate::model::Config;
@@ -60,7 +60,7 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
             let proj =
                 LORA_MODULES.iter().find(|p| name.ends_with(&format!(".{p}"))).expect("targets are LoRA modules");
             let (out_features, in_features) = shape(proj);
-            debug_assert!(super::lora_config::layer_of(&name).is_some_and(|l| module_name(l, proj) == name));
+            debug_assert!(super::config::layer_of(&name).is_some_and(|l| module_name(l, proj) == name));
             LoraModule { name, in_features, out_features }
         })
         .collect())

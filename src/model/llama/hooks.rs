@@ -1,0 +1,160 @@
+//! Where a PEFT method may change a decoder layer. The block calls these
+//! points; the methods in `peft/` implement them; `model` never names a
+//! method.
+//!
+//! | hook point | in the block | implemented by |
+//! |---|---|---|
+//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y | LoRA |
+//! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
+//!
+//! Each forward point returns the tensors its backward needs ([`Saved`], as
+//! torch's `ctx.save_for_backward`), or `None` when the method does nothing
+//! there; the block keeps them and calls the matching backward point only
+//! where there was a forward. The same `Hooks` value runs a layer's forward
+//! and its backward: it carries the pass's dropout seed and, when training,
+//! where the gradients go.
+//!
+//! Methods that need other points (keys and values prepended in attention
+//! for prefix tuning, scaled activations for (IA)³) add them here, with a
+//! default that does nothing, so the methods already written are unchanged.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Recorder, Tensor};
+
+/// One of a layer's seven Linears, in PEFT's `LORA_MODULES` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// All seven, in [`Proj::index`] order.
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// 0..7, in PEFT's `LORA_MODULES` order (q, k, v, o, gate, up, down).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The checkpoint's module name (`q_proj`, …, `down_proj`).
+    pub fn name(self) -> &'static str {
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"][self.index()]
+    }
+}
+
+/// The two sub-layers whose outputs join the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sublayer {
+    /// `h = x + self_attn(input_layernorm(x))`
+    Attention,
+    /// `out = h + mlp(post_attention_layernorm(h))`
+    Mlp,
+}
+
+/// The tensors a hook's forward keeps for its backward.
+#[derive(Clone, Debug, Default)]
+pub struct Saved(pub Vec<Tensor>);
+
+impl Saved {
+    /// The `i`-th saved tensor; a typed error (not a panic) when the forward
+    /// saved fewer, i.e. a forward and a backward of different methods.
+    pub fn get(&self, op: &'static str, i: usize) -> Result<&Tensor> {
+        self.0.get(i).ok_or_else(|| {
+            Error::invalid(op, format!("the forward saved {} tensors, the backward needs #{i}", self.0.len()))
+        })
+    }
+}
+
+/// The hook points of every layer. Each method has a default that leaves the
+/// layer as it is, so [`NoHooks`] is the frozen model and a method implements
+/// only the points it uses.
+pub trait Hooks {
+    /// Linear `proj` of layer `layer` has computed y (M, out) from x (M, in);
+    /// the hook may add to y in place.
+    fn linear_forward(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _proj: Proj,
+        _x: &Tensor,
+        _y: &Tensor,
+    ) -> Result<Option<Saved>> {
+        Ok(None)
+    }
+
+    /// The backward of [`Hooks::linear_forward`] for dy (M, out): adds the
+    /// hook's share of ∂/∂x into dx (M, in), which already holds dy·W, and
+    /// its parameters' gradients into its own accumulators.
+    fn linear_backward(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        proj: Proj,
+        _dy: &Tensor,
+        _saved: &Saved,
+        _dx: &Tensor,
+    ) -> Result<()> {
+        Err(unexpected("linear_backward", proj.name()))
+    }
+
+    /// Sub-layer `site` of layer `layer` produced s (B, T, D) from the residual
+    /// stream r (B, T, D), and `out = r + s` has been written; the hook may
+    /// add its own term to `out`.
+    fn residual_forward(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _site: Sublayer,
+        _r: &Tensor,
+        _s: &Tensor,
+        _out: &Tensor,
+    ) -> Result<Option<Saved>> {
+        Ok(None)
+    }
+
+    /// The backward of [`Hooks::residual_forward`] for dout (B, T, D): returns
+    /// (∂/∂s, ∂/∂r), each dout plus the hook's share, and adds its
+    /// parameters' gradients into its own accumulators.
+    fn residual_backward(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        site: Sublayer,
+        _dout: &Tensor,
+        _saved: &Saved,
+    ) -> Result<(Tensor, Tensor)> {
+        Err(unexpected("residual_backward", if site == Sublayer::Attention { "attention" } else { "mlp" }))
+    }
+}
+
+fn unexpected(op: &'static str, at: &str) -> Error {
+    Error::invalid(
+        op,
+        format!("the forward saved state at {at} that these hooks have no backward for (forward and backward with different adapters?)"),
+    )
+}
+
+/// The frozen model: every hook point leaves the layer as it is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}
+
+/// The hooks as one layer sees them.
+#[derive(Clone, Copy)]
+pub struct LayerHooks<'a> {
+    pub hooks: &'a dyn Hooks,
+    pub layer: usize,
+}
+
+impl<'a> LayerHooks<'a> {
+    pub fn new(hooks: &'a dyn Hooks, layer: usize) -> Self {
+        LayerHooks { hooks, layer }
+    }
+}

@@ -1,0 +1,59 @@
+//! Where LoRA meets the model: the `linear` hook point, adding
+//! `scaling·(drop(x)·Aᵀ)·Bᵀ` to every adapted Linear's output.
+
+use super::adapter::LoraAdapter;
+use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
+use crate::error::Result;
+use crate::gpu::{Recorder, Tensor};
+use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::peft::pass::{mismatch, Pass};
+use crate::util::rng::pcg_hash;
+
+impl LoraAdapter {
+    /// Layer `layer`'s factors on `proj`, when that Linear is adapted.
+    pub fn factors(&self, layer: usize, proj: Proj) -> Option<&LoraFactors> {
+        self.layers.get(layer).and_then(|l| l[proj.index()].as_ref())
+    }
+}
+
+impl Pass<'_, LoraAdapter> {
+    /// The dropout on `proj`'s LoRA input in layer `layer`: each Linear's
+    /// mask seed derives from the layer's.
+    fn dropout(&self, layer: usize, proj: Proj) -> Option<LoraDropout> {
+        let p = self.params.config.lora_dropout as f32;
+        let seed = self.layer_seed(layer).filter(|_| p > 0.0)?;
+        Some(LoraDropout { p, seed: pcg_hash(seed ^ (proj.index() as u32).wrapping_mul(0x9E37_79B9)) })
+    }
+}
+
+impl Hooks for Pass<'_, LoraAdapter> {
+    fn linear_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Option<Saved>> {
+        let Some(f) = self.params.factors(layer, proj) else { return Ok(None) };
+        let LoraSaved { x, xa } = lora_forward(rec, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
+        Ok(Some(Saved(vec![x, xa])))
+    }
+
+    fn linear_backward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+        dx: &Tensor,
+    ) -> Result<()> {
+        const OP: &str = "lora_backward";
+        let at = || mismatch(OP, format!("layer {layer} {}", proj.name()));
+        let f = self.params.factors(layer, proj).ok_or_else(at)?;
+        let g = self.grads(OP)?.factors(layer, proj).ok_or_else(at)?;
+        let saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
+        lora_backward(rec, dy, &saved, f, self.params.scaling(), self.dropout(layer, proj), g, dx)
+    }
+}

@@ -1,0 +1,24 @@
+//! LoRA, as PEFT's `tuners/lora` defines it: `y = x·Wᵀ + scaling·(drop(x)·Aᵀ)·Bᵀ`
+//! on the targeted Linears, W frozen.
+//!
+//! - [`config`]: `adapter_config.json` ([`LoraConfig`]);
+//! - [`file`](mod@file): `adapter_model.safetensors` ([`LoraWeights`]);
+//! - [`init`]: PEFT's initialisations of A and B;
+//! - [`layer`]: one adapted Linear's forward and backward on the GPU;
+//! - [`adapter`]: every layer's factors on the GPU ([`LoraAdapter`]);
+//! - [`hooks`]: where it meets the model (the `linear` hook point);
+//! - [`merge`]: folding B·A into W and back.
+
+pub mod adapter;
+pub mod config;
+pub mod file;
+pub mod hooks;
+pub mod init;
+pub mod layer;
+pub mod merge;
+
+pub use adapter::{LoraAdapter, LoraLayer};
+pub use config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_VERSION};
+pub use file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+pub use init::init_lora;
+pub use layer::{LoraDropout, LoraFactors, LoraSaved};
