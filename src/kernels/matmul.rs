@@ -223,9 +223,8 @@ impl Tiles {
 
     /// [`Tiles::tuned`], except for products at most 32 columns wide (LoRA's
     /// h = x·Aᵀ and dh = dy·B, N = r): 16×16 tiles in 4×4 workgroups, 64
-    /// columns a workgroup instead of 128 to 256. On lavapipe at r 16
-    /// (`bench --sweep`, the LoRA shapes): x·Aᵀ 1.01 → 1.98 GFLOP/s, dy·B
-    /// 1.23 → 1.63.
+    /// columns a workgroup instead of 128 to 256 (chosen on lavapipe; the
+    /// sweep is in the README's "Tuning decisions").
     pub fn for_gemm(g: &Gemm) -> Tiles {
         if g.n <= 32 {
             Tiles { tm: 16, tn: 16, wx: 4, wy: 4 }
@@ -236,11 +235,10 @@ impl Tiles {
 
     /// Tiles for at most [`Tiles::FEW_ROWS`] rows of A stored untransposed:
     /// every row in one invocation (exactly the rows there are up to 4, then
-    /// 8), 8 columns each, 32 invocations a workgroup. A decoding step's one
-    /// row no longer computes three clamped copies of itself: on lavapipe (29M
-    /// model, NF4) its Linears took 84 → 60 ms of GPU time. Each output still
-    /// sums its products in the same order as with the big tiles, so the
-    /// numbers do not change.
+    /// 8), 8 columns each, 32 invocations a workgroup, so a decoding step's one
+    /// row does not compute clamped copies of itself. Each output still sums
+    /// its products in the same order as with the big tiles, so the numbers
+    /// do not change.
     pub fn few_rows(m: usize, trans_a: bool) -> Option<Tiles> {
         let tm = match m {
             0..=4 => m.max(1) as u32,
@@ -286,9 +284,8 @@ pub struct SgTiles {
 }
 
 impl SgTiles {
-    /// The tuned block on lavapipe (`webpeft bench --sweep-sg`): 32×16, 512
-    /// outputs per lane, was best or within noise of the best (32×12, 32×20)
-    /// in every orientation; 64×8 was half as fast.
+    /// The block tuned on lavapipe (`webpeft bench --sweep-sg`): 32×16, 512
+    /// outputs per lane (the sweep is in the README's "Tuning decisions").
     pub fn tuned(_trans_a: bool, _trans_b: bool) -> SgTiles {
         SgTiles { sr: 32, tn: 16 }
     }
@@ -298,9 +295,7 @@ impl SgTiles {
     /// mostly compute padding: at most 32 columns take 32×4 (32 columns a
     /// subgroup), a K or M of at most 32 takes 32×8, all else [`SgTiles::tuned`].
     /// Bigger row blocks lose: they leave too few subgroups to run in
-    /// parallel. On lavapipe at r 16 (`bench --sweep-sg`, GFLOP/s, 32×16 →
-    /// chosen): x·Aᵀ 1.17 → 3.33, h·Bᵀ 1.72 → 2.62, dy·B 0.91 → 1.85,
-    /// dh·A 2.42 → 3.27, dA = dhᵀ·x 3.53 → 4.42, dB = dyᵀ·h 0.96 → 3.08.
+    /// parallel (chosen on lavapipe; see the README's "Tuning decisions").
     pub fn for_gemm(g: &Gemm) -> SgTiles {
         if g.n <= 32 {
             SgTiles { sr: 32, tn: 4 }

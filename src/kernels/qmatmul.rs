@@ -273,9 +273,7 @@ impl QVariant {
     }
 
     /// Block of the quantized subgroup kernels: 32 rows × 16 columns a lane,
-    /// as the f32 ones. In a sweep on lavapipe (NF4 and Q8_0, 1024³ and the
-    /// 512×1376 projections) 32×12, 32×20 and 24×16 were within noise of it;
-    /// 24×24, 16×32, 40×16 and 48×12 were slower, the last two by 2–3×.
+    /// as the f32 ones (chosen on lavapipe; see the README's "Tuning decisions").
     pub const SG_TILES: SgTiles = SgTiles { sr: 32, tn: 16 };
 
     /// The kernel the `qlinear*` functions use for `m` rows of x (or dy):
