@@ -36,13 +36,13 @@ use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::bottleneck_file::BN_WEIGHTS_FILE;
 use webpeft::peft::merge::{export_safetensors, merge_lora};
-use webpeft::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules, ADAPTER_WEIGHTS_FILE};
+use webpeft::peft::{TargetModules, ADAPTER_WEIGHTS_FILE};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
-use webpeft::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use webpeft::train::data::{DataOptions, Dataset};
+use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
-use webpeft::train::trainer::OptimizerConfig;
 use webpeft::{DType, Gpu, Tensor};
 
 #[derive(Parser)]
@@ -218,8 +218,10 @@ enum Command {
     },
 }
 
-/// `webpeft train`'s options. Adapter options left out take the method's
-/// defaults; with --init-adapter or --resume the adapter's own config wins.
+/// `webpeft train`'s options, parsed into the library's recipe
+/// (`webpeft::train::recipe`), whose defaults these are. Adapter options left
+/// out take the method's defaults; with --init-adapter or --resume the
+/// adapter's own config wins.
 #[derive(clap::Args)]
 struct TrainArgs {
     /// The model folder (config.json, safetensors, tokenizer.json).
@@ -232,10 +234,10 @@ struct TrainArgs {
     /// lora, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     method: Option<Method>,
-    /// LoRA rank [default: 8].
+    /// LoRA rank [default: 8, as PEFT].
     #[arg(long)]
     r: Option<usize>,
-    /// LoRA alpha [default: 16].
+    /// LoRA alpha: the LoRA term is scaled by alpha/r [default: 8, as PEFT].
     #[arg(long)]
     alpha: Option<f64>,
     /// Dropout on the adapter's input, in [0, 1) [default: 0].
@@ -273,25 +275,25 @@ struct TrainArgs {
     #[arg(long, required_unless_present = "resume")]
     lr: Option<f64>,
     /// Rows per micro-batch.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainRecipe::default().batch_size)]
     batch_size: usize,
     /// Tokens per row [default: 512, capped at the model's max_position_embeddings].
     #[arg(long)]
     seq_len: Option<usize>,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainRecipe::default().grad_accum)]
     grad_accum: usize,
     /// Steps of linear warmup from 0.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainRecipe::default().warmup_steps)]
     warmup: u64,
     /// constant, linear or cosine.
-    #[arg(long, default_value = "linear", value_parser = parse_schedule)]
+    #[arg(long, default_value = TrainRecipe::default().schedule.name(), value_parser = parse_schedule)]
     schedule: Schedule,
     /// AdamW's decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainRecipe::default().optimizer.weight_decay)]
     weight_decay: f64,
     /// Clip the global gradient norm to this (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainRecipe::default().optimizer.max_grad_norm)]
     max_grad_norm: f32,
     /// Recompute each layer's activations in the backward instead of keeping
     /// them: far less memory, about a third more time, the same gradients.
@@ -304,7 +306,7 @@ struct TrainArgs {
     #[arg(long)]
     packing: bool,
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     seed: u64,
     /// Held-out JSONL file: its loss and perplexity are printed after training.
     #[arg(long)]
@@ -329,29 +331,8 @@ struct TrainArgs {
     given: std::collections::BTreeSet<String>,
 }
 
-/// What `train --method` trains.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Method {
-    Lora,
-    Bottleneck(BottleneckKind),
-}
-
-impl Method {
-    fn name(self) -> &'static str {
-        match self {
-            Method::Lora => "lora",
-            Method::Bottleneck(kind) => kind.name(),
-        }
-    }
-}
-
 fn parse_method(s: &str) -> Result<Method, String> {
-    match s {
-        "lora" => Ok(Method::Lora),
-        _ => BottleneckKind::from_name(s)
-            .map(Method::Bottleneck)
-            .ok_or_else(|| "expected lora, seq_bn, double_seq_bn or par_bn".to_string()),
-    }
+    Method::from_name(s).map_err(|_| "expected lora, seq_bn, double_seq_bn or par_bn".to_string())
 }
 
 fn parse_activation(s: &str) -> Result<Activation, String> {
@@ -843,6 +824,14 @@ fn flag_error(e: webpeft::Error) -> String {
         webpeft::Error::AdapterConfig { field, detail }
         | webpeft::Error::AdapterUnsupported { field, detail }
         | webpeft::Error::BottleneckConfig { field, detail } => (field.as_str(), detail),
+        // The recipe's names are the flags' with underscores.
+        webpeft::Error::TrainOption { option, detail } => {
+            return match *option {
+                "warmup_steps" => format!("--warmup: {detail}"),
+                "beta1" | "beta2" | "eps" => e.to_string(),
+                o => format!("--{}: {detail}", o.replace('_', "-")),
+            }
+        }
         _ => return e.to_string(),
     };
     let flag = match field.strip_prefix("config.").unwrap_or(field) {
@@ -906,35 +895,56 @@ impl TrainArgs {
         }
     }
 
-    /// A fresh adapter from the command line's options.
-    fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, Box<dyn std::error::Error>> {
-        match self.method() {
-            Method::Lora => {
-                let targets = match self.targets.as_deref().unwrap_or("q_proj,v_proj") {
-                    "all-linear" => TargetModules::AllLinear,
-                    list => TargetModules::List(
-                        list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
-                    ),
-                };
-                let mut cfg =
-                    LoraConfig::new(self.r.unwrap_or(8), self.alpha.unwrap_or(16.0), targets).map_err(flag_error)?;
-                cfg.lora_dropout = self.dropout.unwrap_or(0.0);
-                cfg.use_rslora = self.rslora;
-                cfg.base_model_name_or_path = model_name(&self.model);
-                cfg.validate().map_err(flag_error)?;
-                cfg.targets(&model.config).map_err(flag_error)?;
-                Ok(Adapter::new_lora(gpu, cfg, &model.config, self.seed)?)
+    /// The adapter the command line's options describe (the rest at the recipe's defaults).
+    fn adapter_recipe(&self) -> AdapterRecipe {
+        let mut recipe = AdapterRecipe::new(self.method());
+        match &mut recipe {
+            AdapterRecipe::Lora(l) => {
+                l.r = self.r.unwrap_or(l.r);
+                l.alpha = self.alpha.unwrap_or(l.alpha);
+                l.dropout = self.dropout.unwrap_or(l.dropout);
+                if let Some(t) = self.targets.as_deref() {
+                    l.targets = match t {
+                        "all-linear" => TargetModules::AllLinear,
+                        list => TargetModules::List(
+                            list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                        ),
+                    };
+                }
+                l.use_rslora = self.rslora;
             }
-            Method::Bottleneck(kind) => {
-                let mut cfg = BottleneckConfig::new(kind);
-                cfg.reduction_factor = self.reduction_factor.unwrap_or(cfg.reduction_factor);
-                cfg.non_linearity = self.non_linearity.unwrap_or(cfg.non_linearity);
-                cfg.dropout = self.dropout.unwrap_or(cfg.dropout);
-                cfg.model_name = model_name(&self.model);
-                cfg.check(&model.config).map_err(flag_error)?;
-                Ok(Adapter::new_bottleneck(gpu, cfg, &model.config, self.seed)?)
+            AdapterRecipe::Bottleneck(b) => {
+                b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
+                b.non_linearity = self.non_linearity.unwrap_or(b.non_linearity);
+                b.dropout = self.dropout.unwrap_or(b.dropout);
             }
         }
+        recipe
+    }
+
+    /// How to train, from the command line's options (the rest at the recipe's defaults).
+    fn train_recipe(&self) -> TrainRecipe {
+        let mut t = TrainRecipe::default();
+        t.lr = self.lr.unwrap_or(t.lr);
+        t.schedule = self.schedule;
+        t.warmup_steps = self.warmup;
+        t.steps = self.steps;
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.grad_accum = self.grad_accum;
+        t.optimizer.weight_decay = self.weight_decay;
+        t.optimizer.max_grad_norm = self.max_grad_norm;
+        t.batch_size = self.batch_size;
+        t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.packing = self.packing;
+        t.shuffle = !self.no_shuffle;
+        t.seed = self.seed;
+        t.gradient_checkpointing = self.gradient_checkpointing;
+        t
+    }
+
+    /// A fresh adapter from the command line's options.
+    fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, String> {
+        self.adapter_recipe().build(gpu, &model.config, model_name(&self.model), self.seed).map_err(flag_error)
     }
 
     /// Says on stderr which given adapter options `source`'s config overrides.
@@ -952,15 +962,14 @@ impl TrainArgs {
 
 /// A JSONL file's examples as rows, named by the file's path in errors.
 fn read_dataset(
+    recipe: &TrainRecipe,
     path: &Path,
     tokenizer: &Tokenizer,
     opts: &DataOptions,
-    pad_id: u32,
 ) -> Result<Dataset, Box<dyn std::error::Error>> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let examples = parse_jsonl_bytes(&name, &bytes, Some(tokenizer))?;
-    Ok(Dataset::new(&name, examples, opts, pad_id)?)
+    Ok(recipe.dataset(&name, &bytes, Some(tokenizer), opts)?)
 }
 
 /// Writes the adapter files and the training state of `run` into `out`.
@@ -1225,6 +1234,8 @@ async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> 
     if let Some(dir) = &a.init_adapter {
         a.note_ignored_options(&dir.display().to_string());
     }
+    let recipe = a.train_recipe();
+    recipe.validate().map_err(flag_error)?;
     let data_path = a.data.clone().ok_or("--data is required")?;
     let files = DirFiles::new(&a.model)?;
     // config.json first: a folder that is no model at all says so, not that its tokenizer is missing.
@@ -1235,30 +1246,15 @@ async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> 
     if let Some(n) = a.seq_len.filter(|&n| n > max) {
         eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings {max}");
     }
-    let pad_id = tokenizer.pad_id().or_else(|| tokenizer.eos_ids().first().copied()).unwrap_or(0);
-    let opts = DataOptions {
-        seq_len: a.seq_len.unwrap_or(512).min(max),
-        packing: a.packing,
-        batch_size: a.batch_size,
-        shuffle: !a.no_shuffle,
-        seed: a.seed,
-        drop_last: false,
-    };
-    let dataset = read_dataset(&data_path, &tokenizer, &opts, pad_id)?;
+    let opts = recipe.data_options(max);
+    let dataset = read_dataset(&recipe, &data_path, &tokenizer, &opts)?;
     let options = serde_json::to_value(resume::RunOptions::of(&a, opts.seq_len, &data_path))?;
     let eval = match &a.eval_data {
-        Some(path) => Some(read_dataset(path, &tokenizer, &DataOptions { shuffle: false, ..opts.clone() }, pad_id)?),
+        Some(path) => Some(read_dataset(&recipe, path, &tokenizer, &recipe.eval_data_options(max))?),
         None => None,
     };
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
-    let optimizer = OptimizerConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: a.weight_decay,
-        max_grad_norm: a.max_grad_norm,
-    };
     let (trainer, progress) = match (&a.resume, &checkpoint) {
         (Some(dir), Some(bytes)) => {
             let (trainer, progress) =
@@ -1270,20 +1266,13 @@ async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> 
                 Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
                 None => a.new_adapter(&gpu, &model)?,
             };
-            (webpeft::train::trainer::Trainer::new(&gpu, adapter, optimizer, a.seed)?, None)
+            (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
         }
     };
     // The adapter and its options are valid: only now the output folder, so a
     // refused option (--r 0) leaves nothing behind.
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let mut run_config = RunConfig {
-        steps: a.steps,
-        epochs: a.epochs.unwrap_or(1.0),
-        grad_accum: a.grad_accum,
-        lr: a.lr.unwrap_or(0.0),
-        schedule: a.schedule,
-        warmup_steps: a.warmup,
-    };
+    let mut run_config = recipe.run_config();
     if let Some(progress) = &progress {
         // The run goes on as it started: its schedule spans its own step total.
         let saved = run_config_from(progress).map_err(|e| format!("--resume: {e}"))?;
@@ -1306,7 +1295,7 @@ async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> 
         run_config = saved;
     }
     let mut trainer = trainer;
-    trainer.gradient_checkpointing = a.gradient_checkpointing;
+    trainer.gradient_checkpointing = recipe.gradient_checkpointing;
     let mut run = Run::new(dataset, trainer, &run_config)?;
     if let Some(progress) = &progress {
         run.seek(Run::position_from(progress)?)?;
