@@ -34,6 +34,12 @@ pub enum Error {
     #[error("invalid argument to {op}: {detail}")]
     InvalidArgument { op: &'static str, detail: String },
 
+    /// A training option out of its range (a [`TrainRecipe`](crate::train::recipe::TrainRecipe)
+    /// field, or the method's name); `option` is the recipe's name for it
+    /// (`seq_len`, `lr`), which each front end spells its own way.
+    #[error("training option `{option}`: {detail}")]
+    TrainOption { option: &'static str, detail: String },
+
     #[error(transparent)]
     Quant(#[from] crate::quant::QuantError),
 

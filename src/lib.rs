@@ -22,7 +22,7 @@ pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(target_arch = "wasm32")]
+/// The browser API (its classes on wasm32 only; its option objects everywhere).
 pub mod web;
 
 pub use error::{Error, Result};

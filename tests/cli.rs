@@ -240,7 +240,7 @@ fn train_lora_all_linear_then_generate_with_it() {
         serde_json::from_slice(&std::fs::read(dir.0.join("out/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["peft_type"], "LORA");
     assert_eq!(config["r"], 8);
-    assert_eq!(config["lora_alpha"].as_f64(), Some(16.0));
+    assert_eq!(config["lora_alpha"].as_f64(), Some(8.0), "PEFT's default alpha");
     assert_eq!(config["target_modules"], "all-linear", "{config}");
     assert_eq!(config["base_model_name_or_path"], "llama_gqa");
     for name in ["adapter_model.safetensors", "training_state.safetensors"] {
@@ -457,6 +457,19 @@ fn train_with_rank_zero_is_refused() {
     ));
     assert!(err.contains("--r") && err.contains("at least 1"), "{err}");
     assert!(!dir.0.join("o").exists(), "a refused run left its --out folder behind");
+}
+
+#[test]
+fn train_with_an_out_of_range_option_names_its_flag() {
+    let dir = TempDir::new("batch0");
+    let data = write_data(&dir);
+    for (flag, value) in [("--batch-size", "0"), ("--grad-accum", "0"), ("--max-grad-norm", "-1")] {
+        let given = format!("{flag}={value}");
+        let out = train(&data, &["--method", "lora", &given, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]);
+        let err = failure(&out);
+        assert!(err.contains(&format!("{flag}: ")), "{err}");
+        assert!(!dir.0.join("o").exists(), "a refused run left its --out folder behind");
+    }
 }
 
 #[test]

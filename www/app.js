@@ -28,9 +28,9 @@ const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-erro
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
   generate: "try-error", download: "try-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
-  batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps" };
+  batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate" };
 function inFormWords(message) {
-  const field = message.match(/^adapter_config\.json: field `(\w+)`: (.*)$/s);
+  const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
   if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
   const internal = message.match(/^invalid argument to [\w:]+: (.*)$/s);
   const text = internal ? internal[1] : message;

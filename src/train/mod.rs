@@ -1,11 +1,13 @@
 //! Training: data (JSONL, chat templates, batching), learning-rate schedules,
-//! the optimizer state, the trainer loop and its checkpoints.
+//! the optimizer state, the trainer loop and its checkpoints, and the recipe
+//! (options and defaults) a run is made from.
 
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod eta;
 pub mod plan;
+pub mod recipe;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -19,9 +19,9 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
+use super::options::{BottleneckOptions, EvalOptions, LoraOptions, PlanOptions, TrainOptions};
 use super::types::*;
 use crate::gpu::Gpu;
-use crate::kernels::swiglu::Activation;
 use crate::model::llama::GenerationConfig;
 use crate::model::source::MemorySource;
 use crate::model::tokenizer::Tokenizer;
@@ -29,15 +29,15 @@ use crate::model::{Config, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
-use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
+use crate::peft::{TargetModules, LORA_MODULES};
 use crate::quant::{ComputeDtype, QuantFormat};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
-use crate::train::data::{parse_jsonl, DataOptions, Dataset};
+use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanAdapter, PlanInput};
-use crate::train::run::{Run, RunConfig};
-use crate::train::schedule::Schedule;
-use crate::train::trainer::{evaluate, OptimizerConfig, Trainer};
+use crate::train::recipe::{AdapterRecipe, TrainRecipe};
+use crate::train::run::Run;
+use crate::train::trainer::{evaluate, Trainer};
 
 type JsResult<T> = std::result::Result<T, JsValue>;
 
@@ -222,32 +222,28 @@ impl WebGpu {
     ) -> JsResult<JsValue> {
         let o: PlanOptions = options(&opts)?;
         let config = Config::from_json(config_json.as_bytes()).map_err(err)?;
-        let method = o.method.as_deref().unwrap_or("lora");
-        let adapter = if method == "lora" {
-            let targets = match lora_targets(o.targets.as_ref())? {
-                TargetModules::AllLinear => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
-                TargetModules::List(l) => l,
-                other => return Err(err(format!("unsupported targets {other:?}"))),
-            };
-            PlanAdapter::Lora { r: o.r.unwrap_or(8), targets, dropout: o.lora_dropout.unwrap_or(0.0) > 0.0 }
-        } else {
-            let kind = BottleneckKind::from_name(method).ok_or_else(|| err(format!("unknown method {method:?}")))?;
-            let mut c = BottleneckConfig::new(kind);
-            if let Some(f) = o.reduction_factor {
-                c.reduction_factor = f;
+        let (adapter, run) = o.to_recipe().map_err(err)?;
+        let adapter = match adapter {
+            AdapterRecipe::Lora(l) => {
+                let targets = match l.targets {
+                    TargetModules::AllLinear => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
+                    TargetModules::List(l) => l,
+                    other => return Err(err(format!("unsupported targets {other:?}"))),
+                };
+                PlanAdapter::Lora { r: l.r, targets, dropout: l.dropout > 0.0 }
             }
-            PlanAdapter::Bottleneck {
-                size: c.bottleneck_size(config.hidden_size),
-                units_per_layer: if kind.has_attention_adapter() { 2 } else { 1 },
-            }
+            AdapterRecipe::Bottleneck(b) => PlanAdapter::Bottleneck {
+                size: b.bottleneck_size(config.hidden_size),
+                units_per_layer: if b.kind.has_attention_adapter() { 2 } else { 1 },
+            },
         };
         let input = PlanInput {
             quant: quant(o.quant.as_deref())?,
             adapter,
-            batch: o.batch_size.unwrap_or(1),
-            seq: o.seq_len.unwrap_or(256),
-            grad_accum: o.grad_accum.unwrap_or(1),
-            checkpointing: o.gradient_checkpointing.unwrap_or(false),
+            batch: run.batch_size,
+            seq: run.seq_len,
+            grad_accum: run.grad_accum,
+            checkpointing: run.gradient_checkpointing,
         };
         let plan = plan_memory(&config, &input, self.gpu.max_binding_bytes());
         to_js(&serde_json::json!({
@@ -257,21 +253,6 @@ impl WebGpu {
             "bindingLimitBytes": plan.binding_limit_bytes, "fits": plan.fits,
         }))
     }
-}
-
-fn lora_targets(v: Option<&serde_json::Value>) -> JsResult<TargetModules> {
-    Ok(match v {
-        None => TargetModules::List(vec!["q_proj".into(), "v_proj".into()]),
-        Some(serde_json::Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
-        Some(serde_json::Value::Array(a)) => TargetModules::List(
-            a.iter()
-                .map(|t| t.as_str().map(str::to_string).ok_or_else(|| err("targets must be strings")))
-                .collect::<JsResult<_>>()?,
-        ),
-        Some(other) => {
-            return Err(err(format!("targets must be a list of module names or \"all-linear\", got {other}")))
-        }
-    })
 }
 
 struct ModelState {
@@ -431,20 +412,9 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: LoraOptions = options(&opts)?;
+        let recipe = o.to_recipe().map_err(err)?;
         let mut st = busy_mut(self.state.try_borrow_mut())?;
-        let mut c = LoraConfig::new(o.r.unwrap_or(8), o.alpha.unwrap_or(8.0), lora_targets(o.targets.as_ref())?)
-            .map_err(err)?;
-        c.lora_dropout = o.dropout.unwrap_or(0.0);
-        c.use_rslora = o.rslora.unwrap_or(false);
-        c.layers_to_transform = o.layers_to_transform;
-        c.init_lora_weights = match o.init.as_deref() {
-            None | Some("kaiming") => InitLoraWeights::Kaiming,
-            Some("gaussian") => InitLoraWeights::Gaussian,
-            Some(other) => return Err(err(format!("init must be \"kaiming\" or \"gaussian\", got {other:?}"))),
-        };
-        c.base_model_name_or_path = st.source.clone();
-        c.validate().map_err(err)?;
-        let adapter = Adapter::new_lora(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
+        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), o.seed()).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)
     }
 
@@ -457,22 +427,9 @@ impl WebModel {
     ) -> JsResult<()> {
         let o: BottleneckOptions =
             serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
-        let kind = BottleneckKind::from_name(&o.method)
-            .ok_or_else(|| err(format!("method must be seq_bn, double_seq_bn or par_bn, got {:?}", o.method)))?;
+        let recipe = o.to_recipe().map_err(err)?;
         let mut st = busy_mut(self.state.try_borrow_mut())?;
-        let mut c = BottleneckConfig::new(kind);
-        if let Some(f) = o.reduction_factor {
-            c.reduction_factor = f;
-        }
-        if let Some(a) = o.non_linearity {
-            c.non_linearity = Activation::from_name(&a).ok_or_else(|| err(format!("unknown non-linearity {a:?}")))?;
-        }
-        if let Some(p) = o.dropout {
-            c.dropout = p;
-        }
-        c.model_name = st.source.clone();
-        c.validate().map_err(err)?;
-        let adapter = Adapter::new_bottleneck(&st.gpu, c, &st.model.config, o.seed.unwrap_or(42)).map_err(err)?;
+        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), o.seed()).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)
     }
 
@@ -553,12 +510,12 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "TrainOptions")] opts: JsValue,
     ) -> JsResult<TrainRun> {
         let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let recipe = o.to_recipe().map_err(err)?;
         let st = busy(self.state.try_borrow())?;
         let adapter = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?.clone();
-        let optimizer = optimizer(&o);
-        let trainer = Trainer::new(&st.gpu, adapter, optimizer, o.seed.unwrap_or(42)).map_err(err)?;
+        let trainer = Trainer::new(&st.gpu, adapter, recipe.optimizer.clone(), recipe.seed).map_err(err)?;
         drop(st);
-        self.run(name, trainer, &data, &o, None)
+        self.run(name, trainer, &data, &recipe, None)
     }
 
     /// Continues a run from `saveCheckpoint()` bytes; the adapter is stored
@@ -572,12 +529,13 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "TrainOptions")] opts: JsValue,
     ) -> JsResult<TrainRun> {
         let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let recipe = o.to_recipe().map_err(err)?;
         let mut st = busy_mut(self.state.try_borrow_mut())?;
         let (trainer, progress) = load_checkpoint(&st.gpu, checkpoint, &st.model.config).map_err(err)?;
         let _ = st.adapters.remove(name);
         st.adapters.insert(name, trainer.adapter.clone()).map_err(err)?;
         drop(st);
-        self.run(name, trainer, &data, &o, Some(progress))
+        self.run(name, trainer, &data, &recipe, Some(progress))
     }
 
     fn run(
@@ -585,29 +543,14 @@ impl WebModel {
         name: &str,
         mut trainer: Trainer,
         data: &JsValue,
-        o: &TrainOptions,
+        recipe: &TrainRecipe,
         progress: Option<serde_json::Value>,
     ) -> JsResult<TrainRun> {
-        trainer.gradient_checkpointing = o.gradient_checkpointing.unwrap_or(false);
+        trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         let st = busy(self.state.try_borrow())?;
-        let max = st.model.config.max_position_embeddings;
-        let opts = DataOptions {
-            seq_len: o.seq_len.unwrap_or(256).min(max),
-            packing: o.packing.unwrap_or(false),
-            batch_size: o.batch_size.unwrap_or(1),
-            shuffle: o.shuffle.unwrap_or(true),
-            seed: o.seed.unwrap_or(42),
-            drop_last: false,
-        };
-        let dataset = dataset(&st, "training data", data, &opts)?;
-        let mut config = RunConfig {
-            steps: o.steps,
-            epochs: o.epochs.unwrap_or(1.0),
-            grad_accum: o.grad_accum.unwrap_or(1),
-            lr: o.lr,
-            schedule: Schedule::from_name(o.schedule.as_deref().unwrap_or("linear")).map_err(err)?,
-            warmup_steps: o.warmup.unwrap_or(0),
-        };
+        let opts = recipe.data_options(st.model.config.max_position_embeddings);
+        let dataset = dataset(&st, "training data", data, recipe, &opts)?;
+        let mut config = recipe.run_config();
         if let Some(p) = &progress {
             let total = p.get("total_steps").and_then(serde_json::Value::as_u64);
             config.steps = total.or(config.steps);
@@ -639,15 +582,9 @@ impl WebModel {
             let o: EvalOptions = options(&opts)?;
             let st = busy(state.try_borrow())?;
             let adapter = chosen_adapter(&st, &opts)?;
-            let dopts = DataOptions {
-                seq_len: o.seq_len.unwrap_or(256).min(st.model.config.max_position_embeddings),
-                packing: false,
-                batch_size: o.batch_size.unwrap_or(1),
-                shuffle: false,
-                seed: 0,
-                drop_last: false,
-            };
-            let ds = dataset(&st, "evaluation data", &data, &dopts)?;
+            let recipe = o.to_recipe().map_err(err)?;
+            let dopts = recipe.eval_data_options(st.model.config.max_position_embeddings);
+            let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
             let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
             to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
         })
@@ -741,21 +678,9 @@ fn chosen_adapter<'s>(st: &'s ModelState, opts: &JsValue) -> JsResult<Option<&'s
     }
 }
 
-fn dataset(st: &ModelState, what: &str, data: &JsValue, opts: &DataOptions) -> JsResult<Dataset> {
+fn dataset(st: &ModelState, what: &str, data: &JsValue, recipe: &TrainRecipe, opts: &DataOptions) -> JsResult<Dataset> {
     let text = data_text(data)?;
-    let examples = parse_jsonl(what, &text, st.tokenizer.as_ref()).map_err(err)?;
-    let pad = st.tokenizer.as_ref().and_then(|t| t.pad_id().or_else(|| t.eos_ids().first().copied())).unwrap_or(0);
-    Dataset::new(what, examples, opts, pad).map_err(err)
-}
-
-fn optimizer(o: &TrainOptions) -> OptimizerConfig {
-    OptimizerConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: o.weight_decay.unwrap_or(0.0),
-        max_grad_norm: o.max_grad_norm.unwrap_or(1.0),
-    }
+    recipe.dataset(what, text.as_bytes(), st.tokenizer.as_ref(), opts).map_err(err)
 }
 
 /// A training run over one adapter. Drive it with `step()` or `train()`;

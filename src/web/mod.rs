@@ -1,9 +1,17 @@
 //! The browser API (wasm32 only): wasm-bindgen classes `Gpu`, `Model` and
 //! `TrainRun` (`api`), their TypeScript option and event types (`types`), and
-//! model files read by range from `File`s, URLs or memory (`files`).
+//! model files read by range from `File`s, URLs or memory (`files`). The
+//! option objects that make an adapter or a run, and their conversion into the
+//! library's recipe (`options`), compile natively too, so they can be tested
+//! beside the CLI's.
 
+#[cfg(target_arch = "wasm32")]
 mod api;
+#[cfg(target_arch = "wasm32")]
 pub mod files;
+pub mod options;
+#[cfg(target_arch = "wasm32")]
 mod types;
 
+#[cfg(target_arch = "wasm32")]
 pub use api::{TrainRun, WebGpu, WebModel};

@@ -1,6 +1,7 @@
 //! The TypeScript declarations of every option object and event the JS API
 //! takes or gives (emitted into the generated `.d.ts`), and the Rust structs
-//! they deserialize into.
+//! they deserialize into (those that make an adapter or a run are in
+//! `options.rs`, which compiles natively too).
 
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -36,6 +37,7 @@ export interface ModelInfo {
   quant: Quant; computeDtype: ComputeDtype; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
 }
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
+/** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
 export interface LoraOptions {
   r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
   init?: "kaiming" | "gaussian"; layersToTransform?: number[]; seed?: number;
@@ -52,6 +54,8 @@ export type TrainingRecord =
   | { input_ids: number[]; labels?: number[] };
 /** JSONL text (one record per line) or an array of records. */
 export type TrainingData = string | TrainingRecord[];
+/** Left out: one epoch, batchSize 1, seqLen 512 (capped at the model's context), gradAccum 1, warmup 0,
+ * "linear", weightDecay 0, maxGradNorm 1, seed 42, shuffled, not packed (the CLI's defaults too). */
 export interface TrainOptions {
   lr: number; steps?: number; epochs?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   warmup?: number; schedule?: "constant" | "linear" | "cosine"; weightDecay?: number; maxGradNorm?: number;
@@ -98,55 +102,6 @@ pub struct LoadOptions {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-pub struct LoraOptions {
-    pub r: Option<usize>,
-    pub alpha: Option<f64>,
-    pub dropout: Option<f64>,
-    pub targets: Option<serde_json::Value>,
-    pub rslora: Option<bool>,
-    pub init: Option<String>,
-    pub layers_to_transform: Option<Vec<usize>>,
-    pub seed: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BottleneckOptions {
-    pub method: String,
-    pub reduction_factor: Option<f64>,
-    pub non_linearity: Option<String>,
-    pub dropout: Option<f64>,
-    pub seed: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TrainOptions {
-    pub lr: f64,
-    pub steps: Option<u64>,
-    pub epochs: Option<f64>,
-    pub batch_size: Option<usize>,
-    pub seq_len: Option<usize>,
-    pub grad_accum: Option<usize>,
-    pub warmup: Option<u64>,
-    pub schedule: Option<String>,
-    pub weight_decay: Option<f64>,
-    pub max_grad_norm: Option<f32>,
-    pub seed: Option<u64>,
-    pub shuffle: Option<bool>,
-    pub packing: Option<bool>,
-    pub gradient_checkpointing: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub struct EvalOptions {
-    pub batch_size: Option<usize>,
-    pub seq_len: Option<usize>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
 pub struct GenerateOptions {
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f32>,
@@ -155,21 +110,6 @@ pub struct GenerateOptions {
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
     pub chat: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub struct PlanOptions {
-    pub quant: Option<String>,
-    pub method: Option<String>,
-    pub r: Option<usize>,
-    pub targets: Option<serde_json::Value>,
-    pub reduction_factor: Option<f64>,
-    pub batch_size: Option<usize>,
-    pub seq_len: Option<usize>,
-    pub grad_accum: Option<usize>,
-    pub lora_dropout: Option<f64>,
-    pub gradient_checkpointing: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use webpeft::peft::TargetModules;
 use webpeft::train::checkpoint::{CheckpointConfig, CheckpointData};
+use webpeft::train::recipe::Method;
 use webpeft::train::schedule::Schedule;
 use webpeft::Error;
 
-use super::{parse_method, TrainArgs};
+use crate::train::{parse_method, TrainArgs};
 
 /// What shapes a run besides the adapter's config, the optimizer and the
 /// schedule (the checkpoint keeps those on their own): saved in the
@@ -81,7 +82,7 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     }
 
     let method = parse_method(&ckpt.method).map_err(|e| conflict("method", ckpt.method.clone(), e))?;
-    let show_method = |m: &Option<super::Method>| m.map_or("none".into(), |m| m.name().to_string());
+    let show_method = |m: &Option<Method>| m.map_or("none".into(), |m| m.name().to_string());
     one!("method", "method", a.method, Some(method), show_method);
     settle_adapter(a, &ckpt.config, &typed, &conflict)?;
 

@@ -1,0 +1,65 @@
+//! `webpeft generate`: text from a prompt, streamed token by token.
+
+use std::io::Write;
+use std::path::Path;
+
+use webpeft::model::config::Config;
+use webpeft::model::llama::GenerationConfig;
+use webpeft::model::source::DirFiles;
+use webpeft::model::tokenizer::Tokenizer;
+use webpeft::peft::adapter::hooks_of;
+use webpeft::quant::{ComputeDtype, QuantFormat};
+
+use crate::{cli_gpu, load_adapter, load_model};
+
+pub async fn generate(
+    dir: &std::path::Path,
+    base: (QuantFormat, ComputeDtype),
+    prompt: &str,
+    mut config: GenerationConfig,
+    adapter: Option<&Path>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
+    let files = DirFiles::new(dir)?;
+    let tokenizer = Tokenizer::load(&files).await?;
+    tokenizer.check_model(&Config::load(&files).await?)?;
+    let model = load_model(&gpu, &files, base).await?;
+    let adapter = match adapter {
+        Some(a) => Some(load_adapter(&gpu, a, &model).await?),
+        None => None,
+    };
+    config.eos_token_ids = model.config.eos_token_ids.clone();
+    config.eos_token_ids.extend(tokenizer.eos_ids());
+    let ids = tokenizer.encode(prompt, true)?;
+    let mut decoder = tokenizer.stream_decoder(true);
+    let mut stdout = std::io::stdout();
+    let mut failed = None;
+    let start = std::time::Instant::now();
+    let out = model
+        .generate_adapted(&gpu, &ids, &config, hooks_of(adapter.as_ref()), |id| match decoder.step(id) {
+            Ok(Some(piece)) => {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
+                true
+            }
+            Ok(None) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    out!("{}", decoder.flush()?);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} tokens in {:.2} s ({:.1} tokens/s, prompt {} tokens)",
+        out.len(),
+        secs,
+        out.len() as f64 / secs,
+        ids.len()
+    );
+    Ok(())
+}

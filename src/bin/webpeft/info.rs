@@ -1,0 +1,57 @@
+//! `webpeft info`: a model folder's architecture, parameters and bytes per weight format.
+
+use std::io::Write;
+
+use webpeft::model::checkpoint::Checkpoint;
+use webpeft::model::config::Config;
+use webpeft::model::source::DirFiles;
+use webpeft::quant::QuantFormat;
+
+pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let files = DirFiles::new(dir)?;
+    let config = Config::load(&files).await?;
+    let checkpoint = Checkpoint::open_for(&files, &config).await?;
+    let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
+    let bytes: Vec<(&str, u64)> =
+        formats.iter().map(|f| (f.name(), webpeft::train::plan::weight_bytes(&config, *f))).collect();
+    if json {
+        let out = serde_json::json!({
+            "model_type": config.model_type.name(),
+            "layers": config.num_hidden_layers,
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+            "vocab_size": config.vocab_size,
+            "max_position_embeddings": config.max_position_embeddings,
+            "tie_word_embeddings": config.tie_word_embeddings,
+            "parameters": config.parameter_count(),
+            "tensors": checkpoint.names().count(),
+            "weight_bytes": bytes.iter().map(|(n, b)| (n.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        out!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    out!("model:        {}", dir.display());
+    out!(
+        "architecture: {} ({} layers, hidden {}, intermediate {})",
+        config.model_type.name(),
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size
+    );
+    out!(
+        "attention:    {} heads, {} kv heads, head_dim {}",
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim
+    );
+    out!("vocabulary:   {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
+    out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
+    out!("parameters:   {} in {} tensors", config.parameter_count(), checkpoint.names().count());
+    for (name, b) in bytes {
+        out!("weights {:<5} {:>8.2} MiB  (block Linears in {name}, the rest f32)", name, b as f64 / (1024.0 * 1024.0));
+    }
+    Ok(())
+}

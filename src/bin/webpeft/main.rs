@@ -1,0 +1,261 @@
+//! The native command-line tool: describe, run, quantize, train and merge
+//! models and adapters, and `bench` the kernels on this machine's adapter.
+//! This file holds the command line and what the subcommands share; each
+//! subcommand's code is in its own file beside it.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// `println!` that ends the program quietly when stdout is closed (`| head`)
+/// instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+mod bench;
+mod generate;
+mod info;
+mod logits;
+mod merge;
+mod quantize;
+mod resume;
+mod train;
+
+use webpeft::model::llama::GenerationConfig;
+use webpeft::model::source::{DirFiles, ModelFiles};
+use webpeft::model::Model;
+use webpeft::peft::adapter::Adapter;
+use webpeft::quant::{ComputeDtype, QuantFormat};
+use webpeft::Gpu;
+
+#[derive(Parser)]
+#[command(name = "webpeft", version, about = "LoRA and bottleneck-adapter fine-tuning on WebGPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming tokens as they come (greedy unless --temperature > 0).
+    Generate {
+        /// The model folder (config.json, safetensors, tokenizer.json).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// f32, f16, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
+        #[arg(long, default_value = "f32")]
+        quant: QuantFormat,
+        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+        /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy; otherwise sample at this temperature.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Keep the k most likely tokens when sampling (0 = off).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Nucleus sampling threshold (1 = off).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
+    /// Write a pre-quantized copy of a model folder (webpeft's layout: see README), ~4-7x smaller.
+    Quantize {
+        /// The Hugging Face model folder to read.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// q8 (Q8_0) or nf4.
+        #[arg(long)]
+        quant: QuantFormat,
+        /// The folder to write (created; config and tokenizer files are copied).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Run the model on token ids and write the logits and the causal-LM loss (labels = ids).
+    Logits {
+        /// The model folder (config.json and safetensors).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// How the blocks' Linear weights are stored on the GPU: f32, f16, q8 (Q8_0) or nf4.
+        #[arg(long, default_value = "f32")]
+        quant: QuantFormat,
+        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+        /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
+        /// JSON token ids: `[[ids…], …]` or `{"input_ids": [[ids…], …]}` (rows of equal length).
+        #[arg(long)]
+        tokens: std::path::PathBuf,
+        /// Output safetensors file: `logits` (B, T, V) f32 and `loss` (1) f32.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+    },
+    /// Train an adapter on a JSONL file: one JSON line per optimizer step on
+    /// stdout; the adapter and a resumable training state go to --out.
+    Train(Box<train::TrainArgs>),
+    /// Fold a LoRA adapter into the base weights and write a plain f32 model folder.
+    Merge {
+        /// The Hugging Face model folder the adapter was trained on.
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The folder to write: model.safetensors and the config and tokenizer files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a Hugging Face model folder: architecture, parameters, bytes per weight format.
+    Info {
+        /// The model folder (config.json and safetensors).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks as a table or JSON: matmul GFLOP/s (f32, NF4, Q8_0, each kernel), training
+    /// steps (tokens/s, peak GPU bytes), generation (tokens/s) and host peak RSS.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Which train options were typed, not defaulted: a resumed run refuses the
+    // typed ones that contradict its checkpoint and takes the rest from it.
+    if let (Command::Train(args), Some(("train", sub))) = (&mut cli.command, matches.subcommand()) {
+        args.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
+    if let Err(e) = pollster::block_on(run(cli)) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Info { model, json } => info::info(&model, json).await?,
+        Command::Generate {
+            model,
+            quant,
+            compute_dtype,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            adapter,
+        } => {
+            let sampling = GenerationConfig {
+                max_new_tokens,
+                temperature: if temperature > 0.0 { temperature } else { 1.0 },
+                top_k,
+                top_p,
+                seed,
+                eos_token_ids: Vec::new(),
+                greedy: temperature <= 0.0,
+            };
+            generate::generate(&model, (quant, compute_dtype), &prompt, sampling, adapter.as_deref()).await?
+        }
+        Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
+        Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {
+            logits::logits(&model, (quant, compute_dtype), &tokens, &out, adapter.as_deref()).await?
+        }
+        Command::Train(args) => {
+            if train::train(*args).await? == train::Stopped::NonFinite {
+                std::process::exit(2);
+            }
+        }
+        Command::Merge { model, adapter, out } => merge::merge(&model, &adapter, &out).await?,
+        Command::Bench(args) => bench::run(args).await?,
+    }
+    Ok(())
+}
+
+/// The device, with the autotuner's choices and the compiled pipelines kept
+/// in the user's cache folder ($XDG_CACHE_HOME or ~/.cache, then
+/// webpeft/tuning.json and webpeft/pipelines/).
+pub async fn cli_gpu(kernels: webpeft::KernelFamily, autotune: bool) -> Result<Gpu, webpeft::Error> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("webpeft").join("tuning.json"));
+    let pipeline_cache_dir = cache.as_ref().and_then(|c| c.parent()).map(|d| d.join("pipelines"));
+    let tuning_cache = cache.filter(|_| autotune);
+    Gpu::with_options(webpeft::GpuOptions { kernels, autotune, tuning_cache, pipeline_cache_dir, ..Default::default() })
+        .await
+}
+
+/// An adapter folder (PEFT or AdapterHub) for `model`; errors name the folder.
+pub async fn load_adapter(gpu: &Gpu, dir: &Path, model: &Model) -> Result<Adapter, String> {
+    let files = DirFiles::new(dir).map_err(|e| format!("--adapter: {e}"))?;
+    Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("--adapter {}: {e}", dir.display()))
+}
+
+/// Load a model folder with its Linears stored as `quant` and computing in
+/// `compute`, with a note on stderr where f16 compute does not apply.
+pub async fn load_model<F: ModelFiles>(
+    gpu: &Gpu,
+    files: &F,
+    (quant, compute): (QuantFormat, ComputeDtype),
+) -> Result<Model, Box<dyn std::error::Error>> {
+    let mut model = Model::load(gpu, files, quant).await?;
+    let effective = model.set_compute_dtype(gpu, compute)?;
+    if effective != compute {
+        let why = if model.format == QuantFormat::F32 { "an f32 base" } else { "this GPU has no shader-f16" };
+        eprintln!("note: computing in {effective}, not {compute}: {why}");
+    } else if effective == ComputeDtype::F16 && gpu.info().device_type == "Cpu" {
+        eprintln!("note: {} emulates f16 arithmetic; f32 is faster on it", gpu.info().name);
+    }
+    Ok(model)
+}
+
+/// Files of a model folder that travel unchanged with its weights.
+pub const COMPANION_FILES: [&str; 6] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// Writes `model.safetensors` into `out` and copies the config and tokenizer
+/// files from the model folder `dir`.
+pub fn write_model_folder(dir: &Path, out: &Path, model_safetensors: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let target = out.join("model.safetensors");
+    std::fs::write(&target, model_safetensors).map_err(|e| format!("{}: {e}", target.display()))?;
+    for name in COMPANION_FILES {
+        let src = dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(name)).map_err(|e| format!("{}: {e}", src.display()))?;
+        }
+    }
+    Ok(())
+}

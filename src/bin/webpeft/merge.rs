@@ -1,0 +1,48 @@
+//! `webpeft merge`: a LoRA adapter folded into the base weights.
+
+use std::io::Write;
+use std::path::Path;
+
+use webpeft::model::source::DirFiles;
+use webpeft::model::Model;
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::merge::{export_safetensors, merge_lora};
+use webpeft::peft::ADAPTER_WEIGHTS_FILE;
+use webpeft::peft::BN_WEIGHTS_FILE;
+use webpeft::quant::QuantFormat;
+
+use crate::{cli_gpu, load_adapter, write_model_folder};
+
+const MERGE_BOTTLENECK: &str =
+    "merge applies to LoRA adapters; bottleneck adapters cannot be folded into the base weights";
+
+/// `webpeft merge`: base + LoRA folded into one f32 model folder.
+pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    if out.exists() && canonical(out)? == canonical(dir)? {
+        return Err("--out must be a different folder from --model".into());
+    }
+    if !adapter.join(ADAPTER_WEIGHTS_FILE).is_file() && adapter.join(BN_WEIGHTS_FILE).is_file() {
+        return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into());
+    }
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
+    let files = DirFiles::new(dir)?;
+    let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
+    let lora = match load_adapter(&gpu, adapter, &model).await? {
+        Adapter::Lora(lora) => lora,
+        Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
+    };
+    merge_lora(&gpu, &mut model, &lora)?;
+    let bytes = export_safetensors(&gpu, &model).await?;
+    write_model_folder(dir, out, &bytes)?;
+    let target = out.join("model.safetensors");
+    let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
+    out!(
+        "{}: {} merged (r {}, {modules} modules; {:.2} MiB f32)",
+        target.display(),
+        adapter.display(),
+        lora.config.r,
+        bytes.len() as f64 / 1048576.0
+    );
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! `webpeft train`: the flags parsed into the library's recipe
+//! (`webpeft::train::recipe`), the run, its step lines and its files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use webpeft::kernels::swiglu::Activation;
+use webpeft::model::config::Config;
+use webpeft::model::source::DirFiles;
+use webpeft::model::tokenizer::Tokenizer;
+use webpeft::model::Model;
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::TargetModules;
+use webpeft::quant::{ComputeDtype, QuantFormat};
+use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
+use webpeft::train::data::{DataOptions, Dataset};
+use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
+use webpeft::train::run::{Run, RunConfig};
+use webpeft::train::schedule::Schedule;
+use webpeft::Gpu;
+
+use crate::{cli_gpu, load_model, resume};
+
+/// `webpeft train`'s options, parsed into the library's recipe
+/// (`webpeft::train::recipe`), whose defaults these are. Adapter options left
+/// out take the method's defaults; with --init-adapter or --resume the
+/// adapter's own config wins.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data, one JSON object a line: {"text"}, {"prompt", "completion"},
+    /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
+    /// lora, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
+    pub method: Option<Method>,
+    /// LoRA rank [default: 8, as PEFT].
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// LoRA alpha: the LoRA term is scaled by alpha/r [default: 8, as PEFT].
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Dropout on the adapter's input, in [0, 1) [default: 0].
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// LoRA targets: comma-separated module names, or all-linear [default: q_proj,v_proj].
+    #[arg(long)]
+    pub targets: Option<String>,
+    /// LoRA scaling alpha/√r instead of alpha/r.
+    #[arg(long)]
+    pub rslora: bool,
+    /// Bottleneck width = hidden_size / this [default: AdapterHub's preset].
+    #[arg(long)]
+    pub reduction_factor: Option<f64>,
+    /// Bottleneck activation: relu, silu, gelu or tanh [default: AdapterHub's preset].
+    #[arg(long, value_parser = parse_activation)]
+    pub non_linearity: Option<Activation>,
+    /// How the frozen blocks' Linear weights are stored: f32, f16, q8 (Q8_0) or nf4.
+    #[arg(long, default_value = "f32")]
+    pub quant: QuantFormat,
+    /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+    /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+    #[arg(long, default_value = "f32")]
+    pub compute_dtype: ComputeDtype,
+    /// Start from this adapter folder (PEFT LoRA or AdapterHub bottleneck) instead of a fresh one.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_adapter: Option<PathBuf>,
+    /// Optimizer steps in the whole run.
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Passes over the data (may be fractional) [default: 1 when --steps is not given].
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Peak learning rate (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub lr: Option<f64>,
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = TrainRecipe::default().batch_size)]
+    pub batch_size: usize,
+    /// Tokens per row [default: 512, capped at the model's max_position_embeddings].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = TrainRecipe::default().grad_accum)]
+    pub grad_accum: usize,
+    /// Steps of linear warmup from 0.
+    #[arg(long, default_value_t = TrainRecipe::default().warmup_steps)]
+    pub warmup: u64,
+    /// constant, linear or cosine.
+    #[arg(long, default_value = TrainRecipe::default().schedule.name(), value_parser = parse_schedule)]
+    pub schedule: Schedule,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = TrainRecipe::default().optimizer.weight_decay)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = TrainRecipe::default().optimizer.max_grad_norm)]
+    pub max_grad_norm: f32,
+    /// Recompute each layer's activations in the backward instead of keeping
+    /// them: far less memory, about a third more time, the same gradients.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Keep the file's row order in every epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Concatenate the examples and cut rows of exactly --seq-len tokens.
+    #[arg(long)]
+    pub packing: bool,
+    /// Seeds the adapter's initialisation, the shuffling and the dropout.
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Held-out JSONL file: its loss and perplexity are printed after training.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Continue the run saved in this folder's training_state.safetensors:
+    /// the same schedule, step total, learning rate and accumulation as when it
+    /// started (those flags are then ignored), from the saved data position.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many steps of this invocation, writing the adapter and
+    /// the checkpoint as at the end (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+    /// Also write the adapter and the checkpoint every this many steps.
+    #[arg(long)]
+    pub save_steps: Option<u64>,
+    /// The folder to write the adapter files and training_state.safetensors to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The options given on the command line, not defaulted (clap ids).
+    #[arg(skip)]
+    pub given: std::collections::BTreeSet<String>,
+}
+
+pub fn parse_method(s: &str) -> Result<Method, String> {
+    Method::from_name(s).map_err(|_| "expected lora, seq_bn, double_seq_bn or par_bn".to_string())
+}
+
+fn parse_activation(s: &str) -> Result<Activation, String> {
+    Activation::from_name(s).ok_or_else(|| "expected relu, silu, gelu or tanh".to_string())
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    Schedule::from_name(s).map_err(|_| "expected constant, linear or cosine".to_string())
+}
+
+/// One `train` line per optimizer step (f32 fields print as f32).
+#[derive(serde::Serialize)]
+struct StepLine {
+    step: u64,
+    loss: f32,
+    lr: f64,
+    grad_norm: f32,
+    tokens_per_s: f64,
+}
+
+/// The `train` line after the run when --eval-data is given.
+#[derive(serde::Serialize)]
+struct EvalLine {
+    eval_loss: f32,
+    eval_perplexity: f64,
+    eval_tokens: usize,
+}
+
+/// A library error about an adapter option, reworded for the flag that set it
+/// (`adapter_config.json: field r: …` → `--r: …`).
+fn flag_error(e: webpeft::Error) -> String {
+    let (field, detail) = match &e {
+        webpeft::Error::AdapterConfig { field, detail }
+        | webpeft::Error::AdapterUnsupported { field, detail }
+        | webpeft::Error::BottleneckConfig { field, detail } => (field.as_str(), detail),
+        // The recipe's names are the flags' with underscores.
+        webpeft::Error::TrainOption { option, detail } => {
+            return match *option {
+                "warmup_steps" => format!("--warmup: {detail}"),
+                "beta1" | "beta2" | "eps" => e.to_string(),
+                o => format!("--{}: {detail}", o.replace('_', "-")),
+            }
+        }
+        _ => return e.to_string(),
+    };
+    let flag = match field.strip_prefix("config.").unwrap_or(field) {
+        "r" => "--r",
+        "lora_alpha" => "--alpha",
+        "lora_dropout" | "dropout" => "--dropout",
+        "target_modules" => "--targets",
+        "reduction_factor" => "--reduction-factor",
+        "non_linearity" => "--non-linearity",
+        _ => return e.to_string(),
+    };
+    format!("{flag}: {detail}")
+}
+
+/// The folder's own name (`base_model_name_or_path` / `model_name`).
+fn model_name(dir: &Path) -> Option<String> {
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    named(dir).or_else(|| std::fs::canonicalize(dir).ok().as_deref().and_then(named))
+}
+
+impl TrainArgs {
+    /// The adapter options given on the command line.
+    fn adapter_flags(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let lora = [
+            ("--r", self.r.is_some()),
+            ("--alpha", self.alpha.is_some()),
+            ("--targets", self.targets.is_some()),
+            ("--rslora", self.rslora),
+        ];
+        let bn = [
+            ("--reduction-factor", self.reduction_factor.is_some()),
+            ("--non-linearity", self.non_linearity.is_some()),
+        ];
+        let given = |flags: &[(&'static str, bool)]| flags.iter().filter(|f| f.1).map(|f| f.0).collect::<Vec<_>>();
+        (given(&lora), given(&bn))
+    }
+
+    /// The method (clap requires it unless --resume, which sets it).
+    fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Lora)
+    }
+
+    /// Options that belong to the other kind of adapter are a mistake.
+    fn check_method_options(&self) -> Result<(), String> {
+        let (lora, bn) = self.adapter_flags();
+        let options = |flags: &[&str]| match flags {
+            [one] => format!("{one} is an option"),
+            many => format!("{} are options", many.join(", ")),
+        };
+        match self.method() {
+            Method::Lora if !bn.is_empty() => Err(format!(
+                "{} for bottleneck adapters; --method lora takes --r, --alpha, --dropout, --targets and --rslora",
+                options(&bn)
+            )),
+            Method::Bottleneck(kind) if !lora.is_empty() => Err(format!(
+                "{} for LoRA; --method {} takes --reduction-factor, --non-linearity and --dropout",
+                options(&lora),
+                kind.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The adapter the command line's options describe (the rest at the recipe's defaults).
+    fn adapter_recipe(&self) -> AdapterRecipe {
+        let mut recipe = AdapterRecipe::new(self.method());
+        match &mut recipe {
+            AdapterRecipe::Lora(l) => {
+                l.r = self.r.unwrap_or(l.r);
+                l.alpha = self.alpha.unwrap_or(l.alpha);
+                l.dropout = self.dropout.unwrap_or(l.dropout);
+                if let Some(t) = self.targets.as_deref() {
+                    l.targets = match t {
+                        "all-linear" => TargetModules::AllLinear,
+                        list => TargetModules::List(
+                            list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                        ),
+                    };
+                }
+                l.use_rslora = self.rslora;
+            }
+            AdapterRecipe::Bottleneck(b) => {
+                b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
+                b.non_linearity = self.non_linearity.unwrap_or(b.non_linearity);
+                b.dropout = self.dropout.unwrap_or(b.dropout);
+            }
+        }
+        recipe
+    }
+
+    /// How to train, from the command line's options (the rest at the recipe's defaults).
+    fn train_recipe(&self) -> TrainRecipe {
+        let mut t = TrainRecipe::default();
+        t.lr = self.lr.unwrap_or(t.lr);
+        t.schedule = self.schedule;
+        t.warmup_steps = self.warmup;
+        t.steps = self.steps;
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.grad_accum = self.grad_accum;
+        t.optimizer.weight_decay = self.weight_decay;
+        t.optimizer.max_grad_norm = self.max_grad_norm;
+        t.batch_size = self.batch_size;
+        t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.packing = self.packing;
+        t.shuffle = !self.no_shuffle;
+        t.seed = self.seed;
+        t.gradient_checkpointing = self.gradient_checkpointing;
+        t
+    }
+
+    /// A fresh adapter from the command line's options.
+    fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, String> {
+        self.adapter_recipe().build(gpu, &model.config, model_name(&self.model), self.seed).map_err(flag_error)
+    }
+
+    /// Says on stderr which given adapter options `source`'s config overrides.
+    fn note_ignored_options(&self, source: &str) {
+        let (mut given, bn) = self.adapter_flags();
+        given.extend(bn);
+        if self.dropout.is_some() {
+            given.push("--dropout");
+        }
+        if !given.is_empty() {
+            eprintln!("note: {} ignored: the adapter config in {source} wins", given.join(", "));
+        }
+    }
+}
+
+/// A JSONL file's examples as rows, named by the file's path in errors.
+fn read_dataset(
+    recipe: &TrainRecipe,
+    path: &Path,
+    tokenizer: &Tokenizer,
+    opts: &DataOptions,
+) -> Result<Dataset, Box<dyn std::error::Error>> {
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    Ok(recipe.dataset(&name, &bytes, Some(tokenizer), opts)?)
+}
+
+/// Writes the adapter files and the training state of `run` into `out`.
+async fn save_run(
+    gpu: &Gpu,
+    run: &Run,
+    model: &Model,
+    out: &Path,
+    options: &serde_json::Value,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    for (name, bytes) in run.trainer.adapter.to_files(gpu, &model.config).await? {
+        write(&name, &bytes)?;
+    }
+    let mut progress = run.progress();
+    progress["options"] = options.clone();
+    let state = save_checkpoint(gpu, &run.trainer, &model.config, &progress).await?;
+    write(CHECKPOINT_FILE, &state)?;
+    Ok(())
+}
+
+/// The run a checkpoint's `progress` describes (see `Run::progress`).
+fn run_config_from(progress: &serde_json::Value) -> Result<RunConfig, String> {
+    let u = |k: &str| progress.get(k).and_then(serde_json::Value::as_u64).ok_or(format!("progress.{k} is missing"));
+    let schedule =
+        progress.get("schedule").and_then(serde_json::Value::as_str).ok_or("progress.schedule is missing")?;
+    Ok(RunConfig {
+        steps: Some(u("total_steps")?),
+        epochs: 1.0,
+        grad_accum: u("grad_accum")? as usize,
+        lr: progress.get("lr").and_then(serde_json::Value::as_f64).ok_or("progress.lr is missing")?,
+        schedule: Schedule::from_name(schedule).map_err(|e| e.to_string())?,
+        warmup_steps: u("warmup_steps")?,
+    })
+}
+
+/// How a `train` run ended (other errors are `Err`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    Done,
+    /// `--stop-after` steps ran; the run can go on with `--resume`.
+    Paused,
+    /// A step's loss or gradient norm was NaN or infinite: the error was
+    /// printed and the last good state written.
+    NonFinite,
+}
+
+/// `webpeft train`.
+pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+    // A resumed run is the run its checkpoint holds (resume.rs).
+    let checkpoint = match a.resume.clone() {
+        Some(dir) => {
+            let path = dir.join(CHECKPOINT_FILE);
+            let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+            let saved = read_checkpoint(&bytes).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            resume::settle(&mut a, &saved, &dir)?;
+            Some(bytes)
+        }
+        None => None,
+    };
+    a.check_method_options()?;
+    if let Some(dir) = &a.init_adapter {
+        a.note_ignored_options(&dir.display().to_string());
+    }
+    let recipe = a.train_recipe();
+    recipe.validate().map_err(flag_error)?;
+    let data_path = a.data.clone().ok_or("--data is required")?;
+    let files = DirFiles::new(&a.model)?;
+    // config.json first: a folder that is no model at all says so, not that its tokenizer is missing.
+    let config = Config::load(&files).await?;
+    let tokenizer = Tokenizer::load(&files).await?;
+    tokenizer.check_model(&config)?;
+    let max = config.max_position_embeddings;
+    if let Some(n) = a.seq_len.filter(|&n| n > max) {
+        eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings {max}");
+    }
+    let opts = recipe.data_options(max);
+    let dataset = read_dataset(&recipe, &data_path, &tokenizer, &opts)?;
+    let options = serde_json::to_value(resume::RunOptions::of(&a, opts.seq_len, &data_path))?;
+    let eval = match &a.eval_data {
+        Some(path) => Some(read_dataset(&recipe, path, &tokenizer, &recipe.eval_data_options(max))?),
+        None => None,
+    };
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
+    let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
+    let (trainer, progress) = match (&a.resume, &checkpoint) {
+        (Some(dir), Some(bytes)) => {
+            let (trainer, progress) =
+                load_checkpoint(&gpu, bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            (trainer, Some(progress))
+        }
+        _ => {
+            let adapter = match &a.init_adapter {
+                Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
+                None => a.new_adapter(&gpu, &model)?,
+            };
+            (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
+        }
+    };
+    // The adapter and its options are valid: only now the output folder, so a
+    // refused option (--r 0) leaves nothing behind.
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let mut run_config = recipe.run_config();
+    if let Some(progress) = &progress {
+        // The run goes on as it started: its schedule spans its own step total.
+        let saved = run_config_from(progress).map_err(|e| format!("--resume: {e}"))?;
+        if (saved.steps != a.steps && (a.steps.is_some() || a.epochs.is_some()))
+            || a.lr.is_some_and(|lr| lr != saved.lr)
+            || saved.schedule != a.schedule
+            || saved.warmup_steps != a.warmup
+            || saved.grad_accum != a.grad_accum
+        {
+            eprintln!(
+                "note: resuming the checkpoint's run ({} steps, lr {:e}, {} schedule, warmup {}, grad-accum {}); \
+                 the schedule flags given here are ignored",
+                saved.steps.unwrap_or(0),
+                saved.lr,
+                saved.schedule.name(),
+                saved.warmup_steps,
+                saved.grad_accum
+            );
+        }
+        run_config = saved;
+    }
+    let mut trainer = trainer;
+    trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+    let mut run = Run::new(dataset, trainer, &run_config)?;
+    if let Some(progress) = &progress {
+        run.seek(Run::position_from(progress)?)?;
+        eprintln!("resuming at step {} of {}", run.trainer.step, run.total_steps());
+    }
+    eprintln!(
+        "training {} ({} parameters) on {} rows of {}: {} steps of {}×{} rows, lr {:e} ({}), {} base",
+        run.trainer.adapter.method(),
+        run.trainer.adapter.num_params(),
+        run.dataset.len(),
+        data_path.display(),
+        run.total_steps(),
+        a.batch_size,
+        a.grad_accum,
+        run_config.lr,
+        run_config.schedule.name(),
+        model.format.name()
+    );
+
+    let mut stopped = Stopped::Done;
+    let mut this_run = 0;
+    loop {
+        if a.stop_after.is_some_and(|n| this_run >= n) {
+            stopped = Stopped::Paused;
+            break;
+        }
+        if this_run == 0 {
+            // The first step builds every GPU program it runs: say so, since it can take a minute.
+            let software =
+                if gpu.info().device_type == "Cpu" { ", a software renderer: expect it to be slow" } else { "" };
+            eprintln!("first step: compiling its GPU programs on {}{software}…", gpu.describe());
+        }
+        let start = std::time::Instant::now();
+        match run.step(&gpu, &model).await {
+            Ok(Some(s)) => {
+                let secs = start.elapsed().as_secs_f64();
+                if this_run == 0 {
+                    eprintln!("first step done in {secs:.1} s ({} GPU programs built)", gpu.pipeline_count());
+                }
+                let line = StepLine {
+                    step: s.step,
+                    loss: s.loss,
+                    lr: s.lr,
+                    grad_norm: s.grad_norm,
+                    tokens_per_s: s.tokens as f64 / secs.max(1e-9),
+                };
+                out!("{}", serde_json::to_string(&line)?);
+                this_run += 1;
+                if a.save_steps.is_some_and(|n| n > 0 && s.step % n == 0) {
+                    save_run(&gpu, &run, &model, &a.out, &options).await?;
+                }
+            }
+            Ok(None) => break,
+            Err(e @ webpeft::Error::NonFinite { .. }) => {
+                eprintln!("error: {e}");
+                stopped = Stopped::NonFinite;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let (Some(eval), Stopped::Done) = (&eval, &stopped) {
+        let stats = run.evaluate(&gpu, &model, eval).await?;
+        let line = EvalLine { eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        out!("{}", serde_json::to_string(&line)?);
+    }
+    save_run(&gpu, &run, &model, &a.out, &options).await?;
+    eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display());
+    Ok(stopped)
+}
+
+/// `train --init-adapter`: the folder's adapter, of the kind --method names.
+async fn init_adapter(
+    gpu: &Gpu,
+    dir: &Path,
+    method: Method,
+    model: &Model,
+) -> Result<Adapter, Box<dyn std::error::Error>> {
+    let at = || format!("--init-adapter {}", dir.display());
+    // A PEFT config of another method (IA3, prefix tuning, …) says so in peft_type.
+    let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
+    if let Ok(bytes) = std::fs::read(&config) {
+        let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+        if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
+            if t != "LORA" {
+                return Err(format!(
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\") and AdapterHub bottleneck adapters",
+                    at()
+                )
+                .into());
+            }
+        }
+    }
+    let files = DirFiles::new(dir).map_err(|e| format!("{}: {e}", at()))?;
+    let adapter = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{}: {e}", at()))?;
+    if adapter.method() != method.name() {
+        return Err(format!("{} holds a {} adapter, but --method is {}", at(), adapter.method(), method.name()).into());
+    }
+    Ok(adapter)
+}

@@ -1,0 +1,380 @@
+//! One training run's recipe, with one set of defaults: the adapter to train
+//! ([`AdapterRecipe`]) and how to train it ([`TrainRecipe`]: optimizer,
+//! schedule, steps, batching, data). The CLI and the browser API only parse
+//! their input (flags, a JS options object) into these and call the same code,
+//! so the same options make the same adapter and the same run.
+//!
+//! Defaults are the ones PEFT and transformers users expect: `LoraConfig`'s
+//! r 8, alpha 8, dropout 0 on q_proj and v_proj; AdapterHub's preset for each
+//! bottleneck method; `TrainingArguments`' AdamW (betas 0.9/0.999, eps 1e-8,
+//! no weight decay, gradient norm clipped at 1) and linear schedule without
+//! warmup; one epoch; seed 42.
+//!
+//! Options out of range are [`Error::TrainOption`] errors naming the option as
+//! the recipe spells it (`seq_len`, `lr`); adapter options are checked by the
+//! adapter's own config ([`Error::AdapterConfig`] naming the
+//! `adapter_config.json` field), as a loaded adapter's would be.
+
+use crate::kernels::swiglu::Activation;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::Config;
+use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules};
+use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use crate::train::run::RunConfig;
+use crate::train::schedule::Schedule;
+use crate::train::trainer::OptimizerConfig;
+use crate::{Error, Result};
+
+/// The seed of the adapter's initialisation, the shuffling and the dropout
+/// when none is given.
+pub const DEFAULT_SEED: u64 = 42;
+
+/// Tokens per training row when none is given (capped at the model's
+/// `max_position_embeddings`).
+pub const DEFAULT_SEQ_LEN: usize = 512;
+
+fn bad(option: &'static str, detail: impl Into<String>) -> Error {
+    Error::TrainOption { option, detail: detail.into() }
+}
+
+/// What a run trains: LoRA or one of AdapterHub's bottleneck adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Lora,
+    Bottleneck(BottleneckKind),
+}
+
+impl Method {
+    /// "lora", "seq_bn", "double_seq_bn" or "par_bn".
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lora => "lora",
+            Method::Bottleneck(kind) => kind.name(),
+        }
+    }
+
+    /// The method of a [`name`](Self::name); anything else is a `method` error listing them.
+    pub fn from_name(name: &str) -> Result<Method> {
+        match name {
+            "lora" => Ok(Method::Lora),
+            _ => BottleneckKind::from_name(name)
+                .map(Method::Bottleneck)
+                .ok_or_else(|| bad("method", format!("expected lora, seq_bn, double_seq_bn or par_bn, got {name:?}"))),
+        }
+    }
+}
+
+/// A LoRA adapter's options; the default is PEFT's `LoraConfig()` on
+/// q_proj and v_proj.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraRecipe {
+    pub r: usize,
+    pub alpha: f64,
+    /// Dropout on the adapter's input, in [0, 1).
+    pub dropout: f64,
+    pub targets: TargetModules,
+    /// Scale by alpha/√r instead of alpha/r.
+    pub use_rslora: bool,
+    pub init: InitLoraWeights,
+    /// Only these layers carry the adapter (`None`: all).
+    pub layers_to_transform: Option<Vec<usize>>,
+}
+
+impl Default for LoraRecipe {
+    fn default() -> Self {
+        LoraRecipe {
+            r: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: TargetModules::List(vec!["q_proj".into(), "v_proj".into()]),
+            use_rslora: false,
+            init: InitLoraWeights::Kaiming,
+            layers_to_transform: None,
+        }
+    }
+}
+
+/// A bottleneck adapter's options; [`new`](Self::new) gives AdapterHub's preset for the kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BottleneckRecipe {
+    pub kind: BottleneckKind,
+    /// Bottleneck width = hidden_size / this.
+    pub reduction_factor: f64,
+    pub non_linearity: Activation,
+    /// Dropout on the adapter's input, in [0, 1).
+    pub dropout: f64,
+}
+
+impl BottleneckRecipe {
+    /// AdapterHub's preset (`SeqBnConfig()`, `DoubleSeqBnConfig()`, `ParBnConfig()`).
+    pub fn new(kind: BottleneckKind) -> BottleneckRecipe {
+        let preset = BottleneckConfig::new(kind);
+        BottleneckRecipe {
+            kind,
+            reduction_factor: preset.reduction_factor,
+            non_linearity: preset.non_linearity,
+            dropout: preset.dropout,
+        }
+    }
+
+    /// The bottleneck width for a model of width `hidden`, as AdapterHub computes it.
+    pub fn bottleneck_size(&self, hidden: usize) -> usize {
+        BottleneckConfig { reduction_factor: self.reduction_factor, ..BottleneckConfig::new(self.kind) }
+            .bottleneck_size(hidden)
+    }
+}
+
+/// The adapter a run trains, with its options.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdapterRecipe {
+    Lora(LoraRecipe),
+    Bottleneck(BottleneckRecipe),
+}
+
+/// A fresh adapter's configuration, as its library writes it in `adapter_config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdapterConfig {
+    Lora(LoraConfig),
+    Bottleneck(BottleneckConfig),
+}
+
+impl AdapterConfig {
+    /// The `adapter_config.json` text (PEFT's or AdapterHub's).
+    pub fn to_json(&self, model: &Config) -> String {
+        match self {
+            AdapterConfig::Lora(c) => c.to_json(),
+            AdapterConfig::Bottleneck(c) => c.to_json(model),
+        }
+    }
+}
+
+impl AdapterRecipe {
+    /// `method` with its default options.
+    pub fn new(method: Method) -> AdapterRecipe {
+        match method {
+            Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
+            Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
+        }
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            AdapterRecipe::Lora(_) => Method::Lora,
+            AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
+        }
+    }
+
+    /// The adapter's config for `model`, naming its base `model_name`
+    /// (`base_model_name_or_path`, AdapterHub's `model_name`), checked against
+    /// the model: targets that exist, a bottleneck that fits.
+    pub fn config(&self, model: &Config, model_name: Option<String>) -> Result<AdapterConfig> {
+        match self {
+            AdapterRecipe::Lora(o) => {
+                let mut c = LoraConfig::new(o.r, o.alpha, o.targets.clone())?;
+                c.lora_dropout = o.dropout;
+                c.use_rslora = o.use_rslora;
+                c.init_lora_weights = o.init;
+                c.layers_to_transform = o.layers_to_transform.clone();
+                c.base_model_name_or_path = model_name;
+                c.validate()?;
+                c.targets(model)?;
+                Ok(AdapterConfig::Lora(c))
+            }
+            AdapterRecipe::Bottleneck(o) => {
+                let mut c = BottleneckConfig::new(o.kind);
+                c.reduction_factor = o.reduction_factor;
+                c.non_linearity = o.non_linearity;
+                c.dropout = o.dropout;
+                c.model_name = model_name;
+                c.check(model)?;
+                Ok(AdapterConfig::Bottleneck(c))
+            }
+        }
+    }
+
+    /// A fresh adapter on the GPU: [`config`](Self::config), initialised from `seed`.
+    pub fn build(
+        &self,
+        gpu: &crate::Gpu,
+        model: &Config,
+        model_name: Option<String>,
+        seed: u64,
+    ) -> Result<crate::peft::adapter::Adapter> {
+        use crate::peft::adapter::Adapter;
+        match self.config(model, model_name)? {
+            AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
+            AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
+        }
+    }
+}
+
+/// How an adapter is trained: the optimizer, the schedule, how long, and how
+/// the data becomes batches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainRecipe {
+    /// Peak learning rate.
+    pub lr: f64,
+    pub schedule: Schedule,
+    /// Steps of linear warmup from 0.
+    pub warmup_steps: u64,
+    /// Optimizer steps in the run; `None` takes them from `epochs`.
+    pub steps: Option<u64>,
+    /// Passes over the data (may be fractional) when `steps` is `None`.
+    pub epochs: f64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// AdamW's betas, eps and weight decay, and gradient clipping.
+    pub optimizer: OptimizerConfig,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per row, capped at the model's `max_position_embeddings`.
+    pub seq_len: usize,
+    /// Concatenate the examples and cut rows of exactly `seq_len` tokens.
+    pub packing: bool,
+    /// Shuffle the rows in every epoch.
+    pub shuffle: bool,
+    /// Seeds the shuffling and the dropout (and, in the CLI, the adapter's initialisation).
+    pub seed: u64,
+    /// Recompute each layer's activations in the backward instead of keeping them.
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for TrainRecipe {
+    fn default() -> Self {
+        let run = RunConfig::default();
+        TrainRecipe {
+            lr: run.lr,
+            schedule: run.schedule,
+            warmup_steps: run.warmup_steps,
+            steps: run.steps,
+            epochs: run.epochs,
+            grad_accum: run.grad_accum,
+            optimizer: OptimizerConfig::default(),
+            batch_size: 1,
+            seq_len: DEFAULT_SEQ_LEN,
+            packing: false,
+            shuffle: true,
+            seed: DEFAULT_SEED,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+impl TrainRecipe {
+    /// Checks every option's range; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(bad("lr", format!("must be a finite number ≥ 0, got {}", self.lr)));
+        }
+        if self.steps == Some(0) {
+            return Err(bad("steps", "must be at least 1, got 0"));
+        }
+        if self.steps.is_none() && !(self.epochs.is_finite() && self.epochs > 0.0) {
+            return Err(bad("epochs", format!("must be a finite number > 0, got {}", self.epochs)));
+        }
+        if self.grad_accum == 0 {
+            return Err(bad("grad_accum", "must be at least 1, got 0"));
+        }
+        if self.batch_size == 0 {
+            return Err(bad("batch_size", "must be at least 1, got 0"));
+        }
+        if self.seq_len == 0 {
+            return Err(bad("seq_len", "must be at least 1, got 0"));
+        }
+        let o = &self.optimizer;
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(bad("weight_decay", format!("must be a finite number ≥ 0, got {}", o.weight_decay)));
+        }
+        if !(o.max_grad_norm.is_finite() && o.max_grad_norm >= 0.0) {
+            return Err(bad(
+                "max_grad_norm",
+                format!("must be a finite number ≥ 0 (0 = off), got {}", o.max_grad_norm),
+            ));
+        }
+        for (name, beta) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(bad(name, format!("must be in [0, 1), got {beta}")));
+            }
+        }
+        if !(o.eps.is_finite() && o.eps >= 0.0) {
+            return Err(bad("eps", format!("must be a finite number ≥ 0, got {}", o.eps)));
+        }
+        Ok(())
+    }
+
+    /// The row length in effect for a model of `max_positions` positions.
+    pub fn seq_len_for(&self, max_positions: usize) -> usize {
+        self.seq_len.min(max_positions)
+    }
+
+    /// How the training data becomes rows and batches for a model of `max_positions` positions.
+    pub fn data_options(&self, max_positions: usize) -> DataOptions {
+        DataOptions {
+            seq_len: self.seq_len_for(max_positions),
+            packing: self.packing,
+            batch_size: self.batch_size,
+            shuffle: self.shuffle,
+            seed: self.seed,
+            drop_last: false,
+        }
+    }
+
+    /// Held-out data: the training rows' shape, in file order.
+    pub fn eval_data_options(&self, max_positions: usize) -> DataOptions {
+        DataOptions { shuffle: false, ..self.data_options(max_positions) }
+    }
+
+    /// The training set from JSONL bytes (`source_name` names them in errors),
+    /// padded with [`pad_id`].
+    pub fn dataset(
+        &self,
+        source_name: &str,
+        jsonl: &[u8],
+        tokenizer: Option<&Tokenizer>,
+        opts: &DataOptions,
+    ) -> Result<Dataset> {
+        let examples = parse_jsonl_bytes(source_name, jsonl, tokenizer)?;
+        Dataset::new(source_name, examples, opts, pad_id(tokenizer))
+    }
+
+    /// The optimizer steps, accumulation and schedule.
+    pub fn run_config(&self) -> RunConfig {
+        RunConfig {
+            steps: self.steps,
+            epochs: self.epochs,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            schedule: self.schedule,
+            warmup_steps: self.warmup_steps,
+        }
+    }
+}
+
+/// The token that fills a row past its example (its labels are ignored):
+/// the tokenizer's pad token, else its first end-of-sequence token, else 0.
+pub fn pad_id(tokenizer: Option<&Tokenizer>) -> u32 {
+    tokenizer.and_then(|t| t.pad_id().or_else(|| t.eos_ids().first().copied())).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_peft_and_transformers() {
+        let AdapterRecipe::Lora(l) = AdapterRecipe::new(Method::Lora) else { unreachable!() };
+        assert_eq!((l.r, l.alpha, l.dropout, l.use_rslora), (8, 8.0, 0.0, false));
+        let t = TrainRecipe::default();
+        assert_eq!(t.optimizer, OptimizerConfig::default());
+        assert_eq!((t.schedule, t.warmup_steps, t.epochs, t.seed), (Schedule::Linear, 0, 1.0, 42));
+        t.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_option_is_named() {
+        let e = TrainRecipe { seq_len: 0, ..Default::default() }.validate().unwrap_err();
+        assert!(matches!(e, Error::TrainOption { option: "seq_len", .. }), "{e}");
+        let e = Method::from_name("ia3").unwrap_err();
+        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("ia3"), "{e}");
+    }
+}

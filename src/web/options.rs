@@ -1,0 +1,212 @@
+//! The browser API's option objects (`LoraOptions`, `BottleneckOptions`,
+//! `TrainOptions`, `EvalOptions`, `PlanOptions`; their TypeScript declarations
+//! are in `types.rs`) as serde structs, and their conversion into the library's
+//! recipe. Plain Rust, compiled natively too, so tests can check that the
+//! browser and the CLI make the same adapter from the same options.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::kernels::swiglu::Activation;
+use crate::peft::{InitLoraWeights, TargetModules};
+use crate::train::recipe::{AdapterRecipe, BottleneckRecipe, LoraRecipe, Method, TrainRecipe, DEFAULT_SEED};
+use crate::train::schedule::Schedule;
+use crate::{Error, Result};
+
+fn bad(option: &'static str, detail: impl Into<String>) -> Error {
+    Error::TrainOption { option, detail: detail.into() }
+}
+
+/// `addLora`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoraOptions {
+    pub r: Option<usize>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<f64>,
+    pub targets: Option<Value>,
+    pub rslora: Option<bool>,
+    pub init: Option<String>,
+    pub layers_to_transform: Option<Vec<usize>>,
+    pub seed: Option<u64>,
+}
+
+/// `addBottleneck`'s options.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct BottleneckOptions {
+    pub method: String,
+    pub reduction_factor: Option<f64>,
+    pub non_linearity: Option<String>,
+    pub dropout: Option<f64>,
+    pub seed: Option<u64>,
+}
+
+/// `startTraining`'s and `resumeTraining`'s options.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainOptions {
+    pub lr: f64,
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub warmup: Option<u64>,
+    pub schedule: Option<String>,
+    pub weight_decay: Option<f64>,
+    pub max_grad_norm: Option<f32>,
+    pub seed: Option<u64>,
+    pub shuffle: Option<bool>,
+    pub packing: Option<bool>,
+    pub gradient_checkpointing: Option<bool>,
+}
+
+/// `evaluate`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EvalOptions {
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+}
+
+/// `planMemory`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PlanOptions {
+    pub quant: Option<String>,
+    pub method: Option<String>,
+    pub r: Option<usize>,
+    pub targets: Option<Value>,
+    pub reduction_factor: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub lora_dropout: Option<f64>,
+    pub gradient_checkpointing: Option<bool>,
+}
+
+/// `targets`: a list of module names or "all-linear" (absent: the default).
+fn lora_targets(v: Option<&Value>) -> Result<Option<TargetModules>> {
+    Ok(Some(match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+        Some(Value::Array(a)) => TargetModules::List(
+            a.iter()
+                .map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad("targets", "module names must be strings")))
+                .collect::<Result<_>>()?,
+        ),
+        Some(other) => {
+            return Err(bad("targets", format!("must be a list of module names or \"all-linear\", got {other}")))
+        }
+    }))
+}
+
+impl LoraOptions {
+    /// The LoRA recipe these options describe (the rest at its defaults).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        let mut l = LoraRecipe::default();
+        l.r = self.r.unwrap_or(l.r);
+        l.alpha = self.alpha.unwrap_or(l.alpha);
+        l.dropout = self.dropout.unwrap_or(l.dropout);
+        l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
+        l.use_rslora = self.rslora.unwrap_or(l.use_rslora);
+        l.init = match self.init.as_deref() {
+            None => l.init,
+            Some("kaiming") => InitLoraWeights::Kaiming,
+            Some("gaussian") => InitLoraWeights::Gaussian,
+            Some(other) => return Err(bad("init", format!("must be \"kaiming\" or \"gaussian\", got {other:?}"))),
+        };
+        l.layers_to_transform = self.layers_to_transform.clone();
+        Ok(AdapterRecipe::Lora(l))
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
+impl BottleneckOptions {
+    /// The bottleneck recipe these options describe (the rest at AdapterHub's preset).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        let Method::Bottleneck(kind) = Method::from_name(&self.method)? else {
+            return Err(bad("method", "must be seq_bn, double_seq_bn or par_bn (addLora adds LoRA adapters)"));
+        };
+        let mut b = BottleneckRecipe::new(kind);
+        b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
+        if let Some(a) = &self.non_linearity {
+            b.non_linearity = Activation::from_name(a)
+                .ok_or_else(|| bad("non_linearity", format!("expected relu, silu, gelu or tanh, got {a:?}")))?;
+        }
+        b.dropout = self.dropout.unwrap_or(b.dropout);
+        Ok(AdapterRecipe::Bottleneck(b))
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
+impl TrainOptions {
+    /// The training recipe these options describe (the rest at its defaults), validated.
+    pub fn to_recipe(&self) -> Result<TrainRecipe> {
+        let mut t = TrainRecipe { lr: self.lr, ..TrainRecipe::default() };
+        t.steps = self.steps.or(t.steps);
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.grad_accum = self.grad_accum.unwrap_or(t.grad_accum);
+        t.warmup_steps = self.warmup.unwrap_or(t.warmup_steps);
+        if let Some(s) = &self.schedule {
+            t.schedule = Schedule::from_name(s)
+                .map_err(|_| bad("schedule", format!("expected constant, linear or cosine, got {s:?}")))?;
+        }
+        t.optimizer.weight_decay = self.weight_decay.unwrap_or(t.optimizer.weight_decay);
+        t.optimizer.max_grad_norm = self.max_grad_norm.unwrap_or(t.optimizer.max_grad_norm);
+        t.seed = self.seed.unwrap_or(t.seed);
+        t.shuffle = self.shuffle.unwrap_or(t.shuffle);
+        t.packing = self.packing.unwrap_or(t.packing);
+        t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+impl EvalOptions {
+    /// The recipe of the held-out rows: the training defaults' batch and row length unless given.
+    pub fn to_recipe(&self) -> Result<TrainRecipe> {
+        let mut t = TrainRecipe::default();
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.validate()?;
+        Ok(t)
+    }
+}
+
+impl PlanOptions {
+    /// The adapter and the run the plan is for, with the recipe's defaults.
+    pub fn to_recipe(&self) -> Result<(AdapterRecipe, TrainRecipe)> {
+        let method = Method::from_name(self.method.as_deref().unwrap_or("lora"))?;
+        let adapter = match AdapterRecipe::new(method) {
+            AdapterRecipe::Lora(mut l) => {
+                l.r = self.r.unwrap_or(l.r);
+                l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
+                l.dropout = self.lora_dropout.unwrap_or(l.dropout);
+                AdapterRecipe::Lora(l)
+            }
+            AdapterRecipe::Bottleneck(mut b) => {
+                b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
+                AdapterRecipe::Bottleneck(b)
+            }
+        };
+        let mut t = TrainRecipe::default();
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.grad_accum = self.grad_accum.unwrap_or(t.grad_accum);
+        t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
+        t.validate()?;
+        Ok((adapter, t))
+    }
+}

@@ -1,0 +1,210 @@
+//! One recipe for a training run: the browser API's option objects (as the
+//! page sends them, JSON) and the CLI's flags make the same adapter config and
+//! the same run, and options left out take the recipe's one set of defaults
+//! (PEFT's LoRA: r 8, alpha 8, dropout 0 on q_proj and v_proj).
+
+use webpeft::model::config::Config;
+use webpeft::peft::TargetModules;
+use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
+use webpeft::web::options::{BottleneckOptions, LoraOptions, TrainOptions};
+use webpeft::Error;
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model_config() -> Config {
+    Config::from_json(&std::fs::read(format!("{}/config.json", fixture("llama_gqa"))).unwrap()).unwrap()
+}
+
+/// The `adapter_config.json` the browser API's `addLora(name, options)` or
+/// `addBottleneck(name, options)` makes, for a model picked as folder `llama_gqa`.
+fn browser_adapter_config(options: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(options).unwrap();
+    let recipe = if value.get("method").is_some() {
+        serde_json::from_value::<BottleneckOptions>(value).unwrap().to_recipe().unwrap()
+    } else {
+        serde_json::from_value::<LoraOptions>(value).unwrap().to_recipe().unwrap()
+    };
+    let model = model_config();
+    recipe.config(&model, Some("llama_gqa".into())).unwrap().to_json(&model)
+}
+
+#[test]
+fn browser_options_left_out_are_the_recipe_defaults() {
+    let t: TrainOptions = serde_json::from_str(r#"{"lr": 2e-4}"#).unwrap();
+    assert_eq!(t.to_recipe().unwrap(), TrainRecipe { lr: 2e-4, ..TrainRecipe::default() });
+    let l: LoraOptions = serde_json::from_str("{}").unwrap();
+    let recipe = l.to_recipe().unwrap();
+    assert_eq!(recipe, AdapterRecipe::new(Method::Lora));
+    let AdapterRecipe::Lora(LoraRecipe { r, alpha, dropout, targets, use_rslora, .. }) = recipe else {
+        panic!("{recipe:?}")
+    };
+    assert_eq!((r, alpha, dropout, use_rslora), (8, 8.0, 0.0, false), "PEFT's LoraConfig defaults");
+    assert_eq!(targets, TargetModules::List(vec!["q_proj".into(), "v_proj".into()]));
+}
+
+#[test]
+fn a_bad_browser_option_is_named() {
+    let bad = |json: &str| {
+        let t: TrainOptions = serde_json::from_str(json).unwrap();
+        match t.to_recipe() {
+            Err(Error::TrainOption { option, .. }) => option,
+            other => panic!("{json}: {other:?}"),
+        }
+    };
+    assert_eq!(bad(r#"{"lr": 1e-3, "seqLen": 0}"#), "seq_len");
+    assert_eq!(bad(r#"{"lr": 1e-3, "batchSize": 0}"#), "batch_size");
+    assert_eq!(bad(r#"{"lr": -1}"#), "lr");
+    assert_eq!(bad(r#"{"lr": 1e-3, "schedule": "step"}"#), "schedule");
+    let b: BottleneckOptions = serde_json::from_str(r#"{"method": "lora"}"#).unwrap();
+    assert!(matches!(b.to_recipe(), Err(Error::TrainOption { option: "method", .. })));
+    // Adapter options are checked as adapter_config.json fields, as the page expects.
+    let l: LoraOptions = serde_json::from_str(r#"{"r": 0}"#).unwrap();
+    let e = l.to_recipe().unwrap().config(&model_config(), None).unwrap_err();
+    assert!(matches!(&e, Error::AdapterConfig { field, .. } if field == "r"), "{e}");
+}
+
+#[cfg(feature = "cli")]
+mod cli {
+    use super::*;
+
+    struct TempDir(std::path::PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("webpeft-recipe-{tag}-{}", std::process::id()));
+            std::fs::remove_dir_all(&dir).ok();
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.0).ok();
+        }
+    }
+
+    /// The folder `webpeft train <args> --stop-after 0` writes: the fresh
+    /// adapter and its training state, before any step.
+    fn cli_fresh_run(dir: &TempDir, tag: &str, args: &[&str]) -> std::path::PathBuf {
+        let data = dir.0.join("train.jsonl");
+        let lines = ["The cat sat on the mat and looked at the door.", "A small dog ran across the green field."];
+        let jsonl: String = lines.iter().cycle().take(8).map(|t| format!("{{\"text\": \"{t}\"}}\n")).collect();
+        std::fs::write(&data, jsonl).unwrap();
+        let out = dir.0.join(tag);
+        let model = fixture("llama_gqa");
+        let mut all = vec!["train", "--model", &model, "--data", data.to_str().unwrap(), "--lr", "1e-3"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--stop-after", "0", "--out", out.to_str().unwrap()]);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_webpeft")).args(&all).output().unwrap();
+        assert!(run.status.success(), "{all:?}: {}", String::from_utf8_lossy(&run.stderr));
+        out
+    }
+
+    #[test]
+    fn cli_and_browser_make_the_same_adapter_config() {
+        let dir = TempDir::new("adapters");
+        // (CLI flags, the browser's options object): the same adapter, said twice.
+        let cases: [(&[&str], &str); 5] = [
+            (&["--method", "lora"], "{}"),
+            (
+                &[
+                    "--method",
+                    "lora",
+                    "--r",
+                    "4",
+                    "--alpha",
+                    "32",
+                    "--dropout",
+                    "0.1",
+                    "--targets",
+                    "q_proj,k_proj,down_proj",
+                    "--rslora",
+                ],
+                r#"{"r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q_proj", "k_proj", "down_proj"], "rslora": true}"#,
+            ),
+            (&["--method", "lora", "--targets", "all-linear"], r#"{"targets": "all-linear"}"#),
+            (&["--method", "seq_bn"], r#"{"method": "seq_bn"}"#),
+            (
+                &["--method", "par_bn", "--reduction-factor", "4", "--non-linearity", "silu", "--dropout", "0.1"],
+                r#"{"method": "par_bn", "reductionFactor": 4, "nonLinearity": "silu", "dropout": 0.1}"#,
+            ),
+        ];
+        for (i, (flags, options)) in cases.into_iter().enumerate() {
+            let out = cli_fresh_run(&dir, &format!("a{i}"), flags);
+            let cli = std::fs::read_to_string(out.join("adapter_config.json")).unwrap();
+            assert_eq!(cli, browser_adapter_config(options), "CLI {flags:?} vs browser {options}");
+        }
+        // And the defaults are PEFT's.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.0.join("a0/adapter_config.json")).unwrap()).unwrap();
+        assert_eq!((config["r"].as_u64(), config["lora_alpha"].as_f64()), (Some(8), Some(8.0)), "{config}");
+        assert_eq!(config["lora_dropout"].as_f64(), Some(0.0), "{config}");
+    }
+
+    #[test]
+    fn cli_and_browser_make_the_same_run() {
+        use webpeft::train::checkpoint::read_checkpoint;
+        let dir = TempDir::new("run");
+        let check = |tag: &str, flags: &[&str], options: &str| {
+            let out = cli_fresh_run(&dir, tag, flags);
+            let saved = read_checkpoint(&std::fs::read(out.join("training_state.safetensors")).unwrap()).unwrap();
+            let t: TrainOptions = serde_json::from_str(options).unwrap();
+            let browser = t.to_recipe().unwrap();
+            let p = &saved.progress;
+            let o = &p["options"];
+            let cli = TrainRecipe {
+                lr: p["lr"].as_f64().unwrap(),
+                schedule: webpeft::train::schedule::Schedule::from_name(p["schedule"].as_str().unwrap()).unwrap(),
+                warmup_steps: p["warmup_steps"].as_u64().unwrap(),
+                steps: p["total_steps"].as_u64(),
+                grad_accum: p["grad_accum"].as_u64().unwrap() as usize,
+                optimizer: saved.optimizer.clone(),
+                batch_size: o["batch_size"].as_u64().unwrap() as usize,
+                seq_len: o["seq_len"].as_u64().unwrap() as usize,
+                packing: o["packing"].as_bool().unwrap(),
+                shuffle: o["shuffle"].as_bool().unwrap(),
+                seed: o["seed"].as_u64().unwrap(),
+                // Not in the checkpoint: how long a run of `steps` steps lasts is its steps.
+                epochs: browser.epochs,
+                gradient_checkpointing: browser.gradient_checkpointing,
+            };
+            // The checkpoint keeps the row length in effect (capped at the model's 128 positions).
+            let browser = TrainRecipe { seq_len: browser.seq_len_for(128), ..browser };
+            assert_eq!(cli, browser, "CLI {flags:?} vs browser {options}");
+        };
+        check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
+        check(
+            "given",
+            &[
+                "--method",
+                "lora",
+                "--steps",
+                "5",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "16",
+                "--grad-accum",
+                "2",
+                "--warmup",
+                "1",
+                "--schedule",
+                "cosine",
+                "--weight-decay",
+                "0.01",
+                "--max-grad-norm",
+                "0.5",
+                "--packing",
+                "--no-shuffle",
+                "--seed",
+                "7",
+            ],
+            r#"{"lr": 1e-3, "steps": 5, "batchSize": 2, "seqLen": 16, "gradAccum": 2, "warmup": 1,
+                "schedule": "cosine", "weightDecay": 0.01, "maxGradNorm": 0.5, "packing": true,
+                "shuffle": false, "seed": 7}"#,
+        );
+    }
+}
