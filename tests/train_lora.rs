@@ -8,13 +8,11 @@
 
 mod common;
 
-use common::{block_on, fixture, gpu, Fixture};
-use webpeft::gpu::Recorder;
+use common::{adapted_logits, block_on, fixture, fixture_batch, gpu, max_abs_diff, Fixture};
 use webpeft::model::{DirFiles, Model};
-use webpeft::peft::adapter::{hooks_of, Adapter};
+use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::LoraAdapter;
 use webpeft::quant::QuantFormat;
-use webpeft::train::data::Batch;
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::Gpu;
 
@@ -25,30 +23,6 @@ fn model(gpu: &Gpu) -> Model {
 fn adapter(gpu: &Gpu, model: &Model, dir: &str) -> Adapter {
     let files = DirFiles::new(fixture(dir)).unwrap();
     Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap_or_else(|e| panic!("{dir}: {e}")))
-}
-
-/// The fixture batch rows `rows` (input_ids, labels).
-pub fn batch(fx: &Fixture, rows: std::ops::Range<usize>) -> Batch {
-    let t = fx.shape("input_ids")[1];
-    let ids = fx.i64("input_ids");
-    let labels = fx.i64("labels");
-    Batch {
-        input_ids: rows.clone().map(|r| ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect()).collect(),
-        labels: rows.map(|r| labels[r * t..(r + 1) * t].iter().map(|&v| v as i32).collect()).collect(),
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn logits(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, ids: &[Vec<u32>]) -> Vec<f32> {
-    let ids = model.input_ids(gpu, ids).unwrap();
-    let mut rec = Recorder::new(gpu);
-    let (logits, _) = model.forward_adapted(&mut rec, &ids, hooks_of(adapter)).unwrap();
-    rec.submit().unwrap();
-    block_on(logits.to_vec::<f32>(gpu)).unwrap()
 }
 
 fn check_final(gpu: &Gpu, adapter: &Adapter, fx: &Fixture, tol: f32) {
@@ -71,8 +45,8 @@ fn logits_with_the_adapter_match_peft() {
         let ad = adapter(gpu, &model, dir);
         let t = fx.shape("input_ids")[1];
         let ids: Vec<Vec<u32>> = fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
-        let d = max_abs_diff(&logits(gpu, &model, Some(&ad), &ids), &fx.f32("logits"));
-        let base = max_abs_diff(&logits(gpu, &model, None, &ids), &fx.f32("base_logits"));
+        let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &fx.f32("logits"));
+        let base = max_abs_diff(&adapted_logits(gpu, &model, None, &ids), &fx.f32("base_logits"));
         eprintln!("{dir}: logits max |diff| {d:e}, base {base:e}");
         assert!(d <= 1e-4 && base <= 1e-4, "{dir}: {d:e} / {base:e}");
     }
@@ -86,7 +60,7 @@ fn loss_and_every_gradient_match_peft() {
     let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
     let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
     // lr 0: the step computes everything and moves nothing.
-    let stats = block_on(trainer.step(gpu, &model, &[batch(&fx, 0..2)], 0.0)).unwrap();
+    let stats = block_on(trainer.step(gpu, &model, &[fixture_batch(&fx, 0..2)], 0.0)).unwrap();
     let want = fx.f32("loss")[0];
     eprintln!("loss {} (PEFT {want}), {} tokens, |g| {}", stats.loss, stats.tokens, stats.grad_norm);
     assert!((stats.loss - want).abs() <= 1e-5, "loss {} vs {want}", stats.loss);
@@ -112,7 +86,7 @@ fn ten_adamw_steps_match_peft() {
     let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
     let want = fx.f32("losses");
     for (i, &w) in want.iter().enumerate() {
-        let s = block_on(trainer.step(gpu, &model, &[batch(&fx, 0..2)], 1e-2)).unwrap();
+        let s = block_on(trainer.step(gpu, &model, &[fixture_batch(&fx, 0..2)], 1e-2)).unwrap();
         eprintln!("step {}: loss {} (PEFT {w}, diff {:e})", s.step, s.loss, (s.loss - w).abs());
         assert!((s.loss - w).abs() <= 1e-4, "step {i}: {} vs {w}", s.loss);
     }
@@ -132,7 +106,7 @@ fn cosine_schedule_clipping_and_accumulation_match_peft() {
     for i in 0..10 {
         let lr = schedule.lr(i as u64);
         assert!((lr as f32 - lrs[i]).abs() <= 1e-9, "lr {i}");
-        let micro = [batch(&fx, 0..1), batch(&fx, 1..2)];
+        let micro = [fixture_batch(&fx, 0..1), fixture_batch(&fx, 1..2)];
         let s = block_on(trainer.step(gpu, &model, &micro, lr)).unwrap();
         eprintln!("step {}: loss {} (PEFT {}), |g| {} (PEFT {})", s.step, s.loss, losses[i], s.grad_norm, norms[i]);
         assert_eq!(s.tokens, 18);
@@ -154,7 +128,7 @@ fn gradients_match_peft_with_the_loss_in_many_chunks() {
     let fx = Fixture::open("lora/reference.safetensors");
     let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
     let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
-    let stats = block_on(trainer.step(gpu, &model, &[batch(&fx, 0..2)], 0.0)).unwrap();
+    let stats = block_on(trainer.step(gpu, &model, &[fixture_batch(&fx, 0..2)], 0.0)).unwrap();
     assert!((stats.loss - fx.f32("loss")[0]).abs() <= 1e-5, "loss {}", stats.loss);
     for (key, g) in trainer.gradients().tensors() {
         let d = max_abs_diff(&block_on(g.to_vec::<f32>(gpu)).unwrap(), &fx.f32(&format!("{key}.grad")));

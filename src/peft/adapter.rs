@@ -3,12 +3,13 @@
 //! named tensors for the optimizer and the files.
 
 use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, BN_WEIGHTS_FILE};
+use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use super::pass::Pass;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder, Tensor};
-use crate::model::llama::hooks::{Hooks, NoHooks, Proj, Saved, Sublayer};
-use crate::model::{Config, ModelFiles};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::llama::hooks::{Hooks, NoHooks};
+use crate::model::{ByteSource, Config, ModelFiles};
 use crate::util::rng::Rng;
 
 /// A trainable adapter (or its gradients, or its AdamW moments: values of
@@ -17,6 +18,7 @@ use crate::util::rng::Rng;
 pub enum Adapter {
     Lora(LoraAdapter),
     Bottleneck(BottleneckAdapter),
+    Ia3(Ia3Adapter),
 }
 
 /// One pass of an [`Adapter`] through the model, whatever its method; the
@@ -25,6 +27,7 @@ pub enum Adapter {
 pub enum AdapterPass<'a> {
     Lora(Pass<'a, LoraAdapter>),
     Bottleneck(Pass<'a, BottleneckAdapter>),
+    Ia3(Pass<'a, Ia3Adapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -33,6 +36,7 @@ impl<'a> AdapterPass<'a> {
         match self {
             AdapterPass::Lora(p) => p,
             AdapterPass::Bottleneck(p) => p,
+            AdapterPass::Ia3(p) => p,
         }
     }
 }
@@ -52,6 +56,10 @@ impl Adapter {
             (Adapter::Bottleneck(params), Some(Adapter::Bottleneck(g))) => {
                 AdapterPass::Bottleneck(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::Ia3(params), None) => AdapterPass::Ia3(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Ia3(params), Some(Adapter::Ia3(g))) => {
+                AdapterPass::Ia3(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -66,6 +74,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => AdapterPass::Lora(Pass::eval(l)),
             Adapter::Bottleneck(b) => AdapterPass::Bottleneck(Pass::eval(b)),
+            Adapter::Ia3(a) => AdapterPass::Ia3(Pass::eval(a)),
         }
     }
 }
@@ -78,54 +87,8 @@ pub fn hooks_of(adapter: Option<&Adapter>) -> &dyn Hooks {
     }
 }
 
-/// An adapter by itself is its evaluation pass (`model.forward_adapted(rec, ids, &adapter)`).
-impl Hooks for Adapter {
-    fn linear_forward(
-        &self,
-        rec: &mut Recorder,
-        layer: usize,
-        proj: Proj,
-        x: &Tensor,
-        y: &Tensor,
-    ) -> Result<Option<Saved>> {
-        self.eval().hooks().linear_forward(rec, layer, proj, x, y)
-    }
-
-    fn linear_backward(
-        &self,
-        rec: &mut Recorder,
-        layer: usize,
-        proj: Proj,
-        dy: &Tensor,
-        saved: &Saved,
-        dx: &Tensor,
-    ) -> Result<()> {
-        self.eval().hooks().linear_backward(rec, layer, proj, dy, saved, dx)
-    }
-
-    fn residual_forward(
-        &self,
-        rec: &mut Recorder,
-        layer: usize,
-        site: Sublayer,
-        r: &Tensor,
-        s: &Tensor,
-        out: &Tensor,
-    ) -> Result<Option<Saved>> {
-        self.eval().hooks().residual_forward(rec, layer, site, r, s, out)
-    }
-
-    fn residual_backward(
-        &self,
-        rec: &mut Recorder,
-        layer: usize,
-        site: Sublayer,
-        dout: &Tensor,
-        saved: &Saved,
-    ) -> Result<(Tensor, Tensor)> {
-        self.eval().hooks().residual_backward(rec, layer, site, dout, saved)
-    }
-}
+// An adapter by itself is its evaluation pass (`model.forward_adapted(rec, ids, &adapter)`).
+crate::forward_hooks!(Adapter, |a| a.eval().hooks());
 
 impl Adapter {
     /// Zeros of the same shapes.
@@ -133,6 +96,7 @@ impl Adapter {
         Ok(match self {
             Adapter::Lora(l) => Adapter::Lora(l.zeros_like(gpu)?),
             Adapter::Bottleneck(b) => Adapter::Bottleneck(b.zeros_like(gpu)?),
+            Adapter::Ia3(a) => Adapter::Ia3(a.zeros_like(gpu)?),
         })
     }
 
@@ -141,6 +105,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.tensors(),
             Adapter::Bottleneck(b) => b.tensors(),
+            Adapter::Ia3(a) => a.tensors(),
         }
     }
 
@@ -159,6 +124,7 @@ impl Adapter {
         match self {
             Adapter::Lora(_) => "lora",
             Adapter::Bottleneck(b) => b.config.kind.name(),
+            Adapter::Ia3(_) => "ia3",
         }
     }
 }
@@ -169,6 +135,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
+            Adapter::Ia3(_) => false,
         }
     }
 }
@@ -203,11 +170,23 @@ impl Adapter {
         Ok(Adapter::Bottleneck(BottleneckAdapter::upload(gpu, config, &weights, model)?))
     }
 
-    /// Loads an adapter folder: PEFT's (`adapter_model.safetensors`) or
-    /// AdapterHub's (`adapter.safetensors`), told apart by the weights file.
+    /// A fresh (IA)³ adapter for `model`, initialised as PEFT does (ones, or
+    /// N(0, 1) from `seed` when `init_ia3_weights` is false).
+    pub fn new_ia3(gpu: &Gpu, config: Ia3Config, model: &Config, seed: u64) -> Result<Adapter> {
+        config.validate()?;
+        let weights = Ia3Weights::init(&config, model, &mut Rng::new(seed))?;
+        Ok(Adapter::Ia3(Ia3Adapter::upload(gpu, config, &weights, model)?))
+    }
+
+    /// Loads an adapter folder: PEFT's (`adapter_model.safetensors`, the
+    /// method from `adapter_config.json`'s `peft_type`) or AdapterHub's
+    /// (`adapter.safetensors`), told apart by the weights file.
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<Adapter> {
         if files.try_open(ADAPTER_WEIGHTS_FILE).await?.is_some() {
-            return Ok(Adapter::Lora(LoraAdapter::load(gpu, files, model).await?));
+            return Ok(match peft_type(files).await?.as_deref() {
+                Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
+                _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
+            });
         }
         if files.try_open(BN_WEIGHTS_FILE).await?.is_some() {
             return Ok(Adapter::Bottleneck(BottleneckAdapter::load(gpu, files, model).await?));
@@ -239,6 +218,13 @@ impl Adapter {
                     (BN_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes(&b.config)?),
                 ]
             }
+            Adapter::Ia3(a) => {
+                let weights = a.download(gpu).await?;
+                vec![
+                    (ADAPTER_CONFIG_FILE.to_string(), a.config.to_json().into_bytes()),
+                    (ADAPTER_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes(model)?),
+                ]
+            }
         })
     }
 
@@ -247,6 +233,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.to_json(),
             Adapter::Bottleneck(b) => b.config.to_json(model),
+            Adapter::Ia3(a) => a.config.to_json(),
         }
     }
 
@@ -275,4 +262,13 @@ impl Adapter {
         }
         Ok(fresh)
     }
+}
+
+/// `peft_type` in a PEFT folder's `adapter_config.json`, when it is there
+/// and a string (the method's own parser reports anything else).
+async fn peft_type<F: ModelFiles>(files: &F) -> Result<Option<String>> {
+    let Some(source) = files.try_open(ADAPTER_CONFIG_FILE).await? else { return Ok(None) };
+    let bytes = source.read_all().await?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok(value.get("peft_type").and_then(|v| v.as_str()).map(str::to_string))
 }

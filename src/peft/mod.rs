@@ -1,7 +1,8 @@
 //! PEFT methods, one folder each, as PEFT keeps `tuners/<method>/`:
 //!
 //! - [`lora`]: LoRA (PEFT's files: `adapter_config.json` + `adapter_model.safetensors`);
-//! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`).
+//! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`);
+//! - [`ia3`]: (IA)³ (PEFT's files).
 //!
 //! A method hooks into the model through the hook points of
 //! [`crate::model::llama::hooks`], implemented on a [`Pass`] of its adapter;
@@ -12,6 +13,7 @@ pub mod adapter;
 pub mod adapter_set;
 pub mod archive;
 pub mod bottleneck;
+pub mod ia3;
 pub mod lora;
 pub mod pass;
 pub mod torch_init;

@@ -93,3 +93,33 @@ pub fn lora_batch() -> webpeft::train::data::Batch {
         labels: fx.i64("labels").chunks(t).map(|r| r.iter().map(|&v| v as i32).collect()).collect(),
     }
 }
+
+/// The largest |a[i] − b[i]| (the slices must have one length).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A fixture's training batch: rows `rows` of its `input_ids` and `labels` (B, T).
+pub fn fixture_batch(fx: &Fixture, rows: std::ops::Range<usize>) -> webpeft::train::data::Batch {
+    let t = fx.shape("input_ids")[1];
+    let (ids, labels) = (fx.i64("input_ids"), fx.i64("labels"));
+    webpeft::train::data::Batch {
+        input_ids: rows.clone().map(|r| ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect()).collect(),
+        labels: rows.map(|r| labels[r * t..(r + 1) * t].iter().map(|&v| v as i32).collect()).collect(),
+    }
+}
+
+/// The logits (B·T·V) of `ids` through `model`, with `adapter` when given.
+pub fn adapted_logits(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    adapter: Option<&webpeft::peft::Adapter>,
+    ids: &[Vec<u32>],
+) -> Vec<f32> {
+    let ids = model.input_ids(gpu, ids).unwrap();
+    let mut rec = webpeft::gpu::Recorder::new(gpu);
+    let (logits, _) = model.forward_adapted(&mut rec, &ids, webpeft::peft::adapter::hooks_of(adapter)).unwrap();
+    rec.submit().unwrap();
+    block_on(logits.to_vec::<f32>(gpu)).unwrap()
+}

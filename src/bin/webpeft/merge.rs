@@ -31,6 +31,13 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     let lora = match load_adapter(&gpu, adapter, &model).await? {
         Adapter::Lora(lora) => lora,
         Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
+        Adapter::Ia3(_) => {
+            return Err(format!(
+                "{}: merging an (IA)³ adapter is not supported yet; load it beside the base model instead (`generate --adapter`)",
+                adapter.display()
+            )
+            .into())
+        }
     };
     merge_lora(&gpu, &mut model, &lora)?;
     let bytes = export_safetensors(&gpu, &model).await?;

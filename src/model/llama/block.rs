@@ -22,7 +22,7 @@ use super::rope::RopeTables;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, Variant};
-use crate::kernels::elementwise::add;
+use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_write, QWeight};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
@@ -72,6 +72,13 @@ fn rows2d(x: &Tensor) -> Result<Tensor> {
 /// The saved state of each hook point a layer passed through.
 type HookSlot = Option<Saved>;
 
+/// A Linear's hook state: its input's and its output's.
+#[derive(Clone, Debug, Default)]
+pub struct LinearSaved {
+    input: HookSlot,
+    output: HookSlot,
+}
+
 impl Linear {
     /// x (…, in) → (…, out).
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
@@ -82,38 +89,59 @@ impl Linear {
         Ok(y)
     }
 
-    /// [`Linear::forward`], then the `linear` hook point of `proj`.
+    /// [`Linear::forward`] between the `linear_input` and `linear` hook
+    /// points of `proj`.
     pub fn forward_hooked(
         &self,
         rec: &mut Recorder,
         x: &Tensor,
         hooks: LayerHooks,
         proj: Proj,
-    ) -> Result<(Tensor, HookSlot)> {
-        let y = self.forward(rec, x)?;
-        let saved = hooks.hooks.linear_forward(rec, hooks.layer, proj, &rows2d(x)?, &rows2d(&y)?)?;
-        Ok((y, saved))
+    ) -> Result<(Tensor, LinearSaved)> {
+        let (x, input) = match hooks.hooks.linear_input(rec, hooks.layer, proj, &rows2d(x)?)? {
+            Some((x2, saved)) => (x2.reshape(x.shape())?, Some(saved)),
+            None => (x.clone(), None),
+        };
+        let y = self.forward(rec, &x)?;
+        let output = hooks.hooks.linear_forward(rec, hooks.layer, proj, &rows2d(&x)?, &rows2d(&y)?)?;
+        Ok((y, LinearSaved { input, output }))
     }
 
     /// dx (M, in) += dy·W, or dx = dy·W when `first` (dx's old contents
-    /// ignored), for dy (…, out); then the hook's backward where its forward
-    /// saved something. The frozen W and bias get no gradient.
+    /// ignored), for dy (…, out), through the hooks' backwards where their
+    /// forwards saved something (see [`super::hooks`] for the order). The
+    /// frozen W and bias get no gradient.
     pub fn backward(
         &self,
         rec: &mut Recorder,
         dy: &Tensor,
-        (hooks, proj, saved): (LayerHooks, Proj, &HookSlot),
+        (hooks, proj, saved): (LayerHooks, Proj, &LinearSaved),
         dx: &Tensor,
         first: bool,
     ) -> Result<()> {
+        let (h, layer) = (hooks.hooks, hooks.layer);
         let dy = rows2d(dy)?;
-        if first {
-            qlinear_write(rec, &dy, &self.weight, dx, true)?;
-        } else {
-            qlinear_accumulate(rec, &dy, &self.weight, dx, true)?;
+        let dy_w = match &saved.output {
+            Some(s) => h.linear_backward_dy(rec, layer, proj, &dy, s)?,
+            None => None,
+        };
+        let dy_w = dy_w.as_ref().unwrap_or(&dy);
+        match &saved.input {
+            None if first => qlinear_write(rec, dy_w, &self.weight, dx, true)?,
+            None => qlinear_accumulate(rec, dy_w, &self.weight, dx, true)?,
+            Some(s) => {
+                let dx_input = rec.alloc(dx.shape(), DType::F32)?;
+                qlinear_write(rec, dy_w, &self.weight, &dx_input, true)?;
+                let dx_hook = h.linear_input_backward(rec, layer, proj, &dx_input, s)?;
+                if first {
+                    copy(rec, &dx_hook, dx)?;
+                } else {
+                    add_scaled(rec, dx, &dx_hook, 1.0)?;
+                }
+            }
         }
-        if let Some(saved) = saved {
-            hooks.hooks.linear_backward(rec, hooks.layer, proj, &dy, saved, dx)?;
+        if let Some(s) = &saved.output {
+            h.linear_backward(rec, layer, proj, &dy, s, dx)?;
         }
         Ok(())
     }
@@ -165,8 +193,8 @@ pub struct AttentionSaved {
     out: Tensor,
     /// (B, H, T)
     lse: Tensor,
-    /// The hooks' state after q, k, v, o.
-    hooks: [HookSlot; 4],
+    /// The hooks' state at q, k, v, o.
+    hooks: [LinearSaved; 4],
 }
 
 impl Attention {
@@ -247,8 +275,8 @@ pub struct MlpSaved {
     /// gate_proj(x) and up_proj(x), (M, I): SwiGLU's inputs.
     gate: Tensor,
     up: Tensor,
-    /// The hooks' state after gate, up, down.
-    hooks: [HookSlot; 3],
+    /// The hooks' state at gate, up, down.
+    hooks: [LinearSaved; 3],
 }
 
 impl Mlp {

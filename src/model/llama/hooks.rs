@@ -4,7 +4,8 @@
 //!
 //! | hook point | in the block | implemented by |
 //! |---|---|---|
-//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y | LoRA |
+//! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
+//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place | LoRA (`+ s·B·A·x`), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
@@ -14,9 +15,14 @@
 //! and its backward: it carries the pass's dropout seed and, when training,
 //! where the gradients go.
 //!
+//! A Linear's backward runs, in order: [`Hooks::linear_backward_dy`] (the
+//! output gradient W sees, for a hook that changed y), dx = dy·W (through
+//! [`Hooks::linear_input_backward`] when the input was replaced), then
+//! [`Hooks::linear_backward`] (a term added to y adds its own share to dx).
+//!
 //! Methods that need other points (keys and values prepended in attention
-//! for prefix tuning, scaled activations for (IA)³) add them here, with a
-//! default that does nothing, so the methods already written are unchanged.
+//! for prefix tuning) add them here, with a default that does nothing, so
+//! the methods already written are unchanged.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor};
@@ -75,8 +81,33 @@ impl Saved {
 /// layer as it is, so [`NoHooks`] is the frozen model and a method implements
 /// only the points it uses.
 pub trait Hooks {
+    /// Linear `proj` of layer `layer` is about to run on x (M, in): the hook
+    /// may return the input it runs on instead, x' (M, in).
+    fn linear_input(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _proj: Proj,
+        _x: &Tensor,
+    ) -> Result<Option<(Tensor, Saved)>> {
+        Ok(None)
+    }
+
+    /// The backward of [`Hooks::linear_input`]: ∂/∂x (M, in) from ∂/∂x' (M,
+    /// in), and the hook's parameters' gradients into its accumulators.
+    fn linear_input_backward(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        proj: Proj,
+        _dx_input: &Tensor,
+        _saved: &Saved,
+    ) -> Result<Tensor> {
+        Err(unexpected("linear_input_backward", proj.name()))
+    }
+
     /// Linear `proj` of layer `layer` has computed y (M, out) from x (M, in);
-    /// the hook may add to y in place.
+    /// the hook may add to y, or change it, in place.
     fn linear_forward(
         &self,
         _rec: &mut Recorder,
@@ -88,19 +119,35 @@ pub trait Hooks {
         Ok(None)
     }
 
-    /// The backward of [`Hooks::linear_forward`] for dy (M, out): adds the
-    /// hook's share of ∂/∂x into dx (M, in), which already holds dy·W, and
-    /// its parameters' gradients into its own accumulators.
+    /// The first half of [`Hooks::linear_forward`]'s backward, for a hook
+    /// that changed y: the gradient at W's output (M, out) for dy (M, out),
+    /// or `None` when it is dy itself; its parameters' gradients go into its
+    /// accumulators.
+    fn linear_backward_dy(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _proj: Proj,
+        _dy: &Tensor,
+        _saved: &Saved,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The second half, for a hook that added a term to y: adds the term's
+    /// share of ∂/∂x into dx (M, in), which already holds W's, and its
+    /// parameters' gradients into its accumulators; dy is the gradient at
+    /// the Linear's output.
     fn linear_backward(
         &self,
         _rec: &mut Recorder,
         _layer: usize,
-        proj: Proj,
+        _proj: Proj,
         _dy: &Tensor,
         _saved: &Saved,
         _dx: &Tensor,
     ) -> Result<()> {
-        Err(unexpected("linear_backward", proj.name()))
+        Ok(())
     }
 
     /// Sub-layer `site` of layer `layer` produced s (B, T, D) from the residual
@@ -138,6 +185,103 @@ fn unexpected(op: &'static str, at: &str) -> Error {
         op,
         format!("the forward saved state at {at} that these hooks have no backward for (forward and backward with different adapters?)"),
     )
+}
+
+/// Implements [`Hooks`] for a type by forwarding every point to the hooks an
+/// expression of `self` gives (`forward_hooks!(Adapter, |a| a.eval().hooks())`).
+/// It lives beside the trait so that a new point is forwarded too: a
+/// forwarding impl written out by hand would silently keep the new point's
+/// do-nothing default.
+#[macro_export]
+macro_rules! forward_hooks {
+    ($ty:ty, |$s:ident| $hooks:expr) => {
+        impl $crate::model::llama::hooks::Hooks for $ty {
+            fn linear_input(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                x: &$crate::gpu::Tensor,
+            ) -> $crate::Result<Option<($crate::gpu::Tensor, $crate::model::llama::hooks::Saved)>> {
+                let $s = self;
+                $hooks.linear_input(rec, layer, proj, x)
+            }
+
+            fn linear_input_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                dx_input: &$crate::gpu::Tensor,
+                saved: &$crate::model::llama::hooks::Saved,
+            ) -> $crate::Result<$crate::gpu::Tensor> {
+                let $s = self;
+                $hooks.linear_input_backward(rec, layer, proj, dx_input, saved)
+            }
+
+            fn linear_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                x: &$crate::gpu::Tensor,
+                y: &$crate::gpu::Tensor,
+            ) -> $crate::Result<Option<$crate::model::llama::hooks::Saved>> {
+                let $s = self;
+                $hooks.linear_forward(rec, layer, proj, x, y)
+            }
+
+            fn linear_backward_dy(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                dy: &$crate::gpu::Tensor,
+                saved: &$crate::model::llama::hooks::Saved,
+            ) -> $crate::Result<Option<$crate::gpu::Tensor>> {
+                let $s = self;
+                $hooks.linear_backward_dy(rec, layer, proj, dy, saved)
+            }
+
+            fn linear_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                dy: &$crate::gpu::Tensor,
+                saved: &$crate::model::llama::hooks::Saved,
+                dx: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.linear_backward(rec, layer, proj, dy, saved, dx)
+            }
+
+            fn residual_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                site: $crate::model::llama::hooks::Sublayer,
+                r: &$crate::gpu::Tensor,
+                s: &$crate::gpu::Tensor,
+                out: &$crate::gpu::Tensor,
+            ) -> $crate::Result<Option<$crate::model::llama::hooks::Saved>> {
+                let $s = self;
+                $hooks.residual_forward(rec, layer, site, r, s, out)
+            }
+
+            fn residual_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                site: $crate::model::llama::hooks::Sublayer,
+                dout: &$crate::gpu::Tensor,
+                saved: &$crate::model::llama::hooks::Saved,
+            ) -> $crate::Result<($crate::gpu::Tensor, $crate::gpu::Tensor)> {
+                let $s = self;
+                $hooks.residual_backward(rec, layer, site, dout, saved)
+            }
+        }
+    };
 }
 
 /// The frozen model: every hook point leaves the layer as it is.

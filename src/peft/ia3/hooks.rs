@@ -1,0 +1,109 @@
+//! Where (IA)³ meets the model. For a targeted Linear with vector l:
+//!
+//! ```text
+//! feed-forward:  y = (x ⊙ l)·Wᵀ           the `linear_input` hook point;  dl = Σ_rows (dx' ⊙ x),  dx = dx' ⊙ l
+//! otherwise:     y = (x·Wᵀ + b) ⊙ l       the `linear` hook point;        dl = Σ_rows (dy ⊙ y₀),  dy₀ = dy ⊙ l
+//! ```
+//!
+//! with y₀ the Linear's own output and dx' the gradient at its (scaled)
+//! input, as PEFT's `IA3Layer.forward`. l broadcasts over rows: it is spread
+//! to the rows with a k = 1 matmul (exact), and Σ_rows is a matmul with a
+//! row of ones, so (IA)³ needs no kernel of its own.
+
+use super::adapter::Ia3Adapter;
+use crate::error::Result;
+use crate::gpu::{Recorder, Tensor};
+use crate::kernels::elementwise::{copy, mul};
+use crate::kernels::matmul::{gemm, Gemm};
+use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::peft::pass::{mismatch, Pass};
+
+/// x (M, N) ⊙ l (N), broadcast over rows.
+fn scale_columns(rec: &mut Recorder, x: &Tensor, l: &Tensor) -> Result<Tensor> {
+    let (m, n) = (x.shape()[0], x.shape()[1]);
+    let ones = rec.gpu().ones(m)?.reshape(&[m, 1])?;
+    let spread = rec.alloc(&[m, n], crate::gpu::DType::F32)?;
+    gemm(rec, &Gemm::new(m, n, 1, false, false), &ones, &l.reshape(&[1, n])?, &spread)?; // (M, N), every row l
+    mul(rec, x, &spread)
+}
+
+/// g (N) += Σ_rows a ⊙ b, for a and b (M, N).
+fn add_column_sums(rec: &mut Recorder, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<()> {
+    let (m, n) = (a.shape()[0], a.shape()[1]);
+    let prod = mul(rec, a, b)?;
+    let ones = rec.gpu().ones(m)?.reshape(&[1, m])?;
+    gemm(rec, &Gemm::new(1, n, m, false, false).accumulate(true), &ones, &prod, &g.reshape(&[1, n])?)
+}
+
+impl Pass<'_, Ia3Adapter> {
+    /// The vector on `proj` and its gradient accumulator, for a backward.
+    fn with_grad(&self, op: &'static str, layer: usize, proj: Proj) -> Result<(&Tensor, &Tensor)> {
+        let at = || mismatch(op, format!("layer {layer} {}", proj.name()));
+        let l = self.params.vector(layer, proj).ok_or_else(at)?;
+        let g = self.grads(op)?.vector(layer, proj).ok_or_else(at)?;
+        Ok((&l.l, &g.l))
+    }
+}
+
+impl Hooks for Pass<'_, Ia3Adapter> {
+    fn linear_input(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        x: &Tensor,
+    ) -> Result<Option<(Tensor, Saved)>> {
+        match self.params.vector(layer, proj) {
+            Some(v) if v.module.feedforward => Ok(Some((scale_columns(rec, x, &v.l)?, Saved(vec![x.clone()])))),
+            _ => Ok(None),
+        }
+    }
+
+    fn linear_input_backward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dx_input: &Tensor,
+        saved: &Saved,
+    ) -> Result<Tensor> {
+        const OP: &str = "ia3_input_backward";
+        let (l, g) = self.with_grad(OP, layer, proj)?;
+        add_column_sums(rec, dx_input, saved.get(OP, 0)?, g)?;
+        scale_columns(rec, dx_input, l)
+    }
+
+    fn linear_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        _x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Option<Saved>> {
+        match self.params.vector(layer, proj) {
+            Some(v) if !v.module.feedforward => {
+                let own = rec.alloc(y.shape(), crate::gpu::DType::F32)?; // y₀, the Linear's own output
+                copy(rec, y, &own)?;
+                let scaled = scale_columns(rec, &own, &v.l)?;
+                copy(rec, &scaled, y)?;
+                Ok(Some(Saved(vec![own])))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn linear_backward_dy(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "ia3_backward";
+        let (l, g) = self.with_grad(OP, layer, proj)?;
+        add_column_sums(rec, dy, saved.get(OP, 0)?, g)?;
+        Ok(Some(scale_columns(rec, dy, l)?))
+    }
+}
