@@ -261,6 +261,47 @@ fn train_lora_all_linear_then_generate_with_it() {
 }
 
 #[test]
+fn train_ia3_on_an_nf4_base_stop_resume_and_generate() {
+    let dir = TempDir::new("train-ia3");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let (half, whole) = (dir.join("half"), dir.join("whole"));
+    let args = |out: &str, stop: Option<&str>| {
+        let mut a = vec!["--method", "ia3", "--quant", "nf4", "--steps", "4", "--lr", "1e-2", "--no-shuffle", "--out"];
+        a.push(out);
+        a.extend(stop.map(|s| ["--stop-after", s]).into_iter().flatten());
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| train(&data, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let uninterrupted = run(args(&whole, None));
+    ok(&uninterrupted);
+    let first = run(args(&half, Some("2")));
+    ok(&first);
+    let resumed = webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]);
+    ok(&resumed);
+    let losses = |o: &std::process::Output| step_lines(o).iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
+    let both: Vec<String> = losses(&first).into_iter().chain(losses(&resumed)).collect();
+    assert_eq!(both, losses(&uninterrupted), "stopped and resumed vs uninterrupted");
+    // PEFT's files, PEFT's defaults for a Llama.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "IA3");
+    assert_eq!(config["target_modules"], serde_json::json!(["down_proj", "k_proj", "v_proj"]), "{config}");
+    assert_eq!(config["feedforward_modules"], serde_json::json!(["down_proj"]), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(st.tensor("base_model.model.model.layers.1.mlp.down_proj.ia3_l").unwrap().shape(), [1, 128]);
+    assert_eq!(st.tensor("base_model.model.model.layers.0.self_attn.v_proj.ia3_l").unwrap().shape(), [48, 1]);
+    ok(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    // LoRA's options are refused, naming what --method ia3 takes.
+    let err = failure(&train(
+        &data,
+        &["--method", "ia3", "--r", "4", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("x")],
+    ));
+    assert!(err.contains("--r is not an option of --method ia3") && err.contains("--feedforward-modules"), "{err}");
+}
+
+#[test]
 fn train_each_bottleneck_method_on_a_quantized_base() {
     let dir = TempDir::new("train-bn");
     let data = write_data(&dir);
@@ -513,7 +554,7 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     std::fs::create_dir_all(&ia3).unwrap();
     std::fs::write(
         dir.0.join("ia3/adapter_config.json"),
-        r#"{"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}"#,
+        r#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 8, "task_type": "CAUSAL_LM"}"#,
     )
     .unwrap();
     std::fs::copy(
@@ -523,7 +564,13 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     .unwrap();
     let args = ["--method", "lora", "--init-adapter", &ia3, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
     let err = failure(&train(&data, &args));
-    assert!(err.contains("--init-adapter") && err.contains("IA3") && err.contains("LORA"), "{err}");
+    assert!(err.contains("--init-adapter") && err.contains("PREFIX_TUNING") && err.contains("LORA"), "{err}");
+    // PEFT's (IA)³ folder with --method lora names both methods.
+    let peft_ia3 = fixture("ia3/llama_gqa/initial_adapter");
+    let args =
+        ["--method", "lora", "--init-adapter", &peft_ia3, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
+    let err = failure(&train(&data, &args));
+    assert!(err.contains("holds a ia3 adapter, but --method is lora"), "{err}");
     // A LoRA folder with a bottleneck --method names both.
     let lora = fixture("lora/initial_adapter");
     let args = ["--method", "seq_bn", "--init-adapter", &lora, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];

@@ -6,7 +6,7 @@
 use webpeft::model::config::Config;
 use webpeft::peft::TargetModules;
 use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
-use webpeft::web::options::{BottleneckOptions, LoraOptions, TrainOptions};
+use webpeft::web::options::{BottleneckOptions, Ia3Options, LoraOptions, TrainOptions};
 use webpeft::Error;
 
 fn fixture(name: &str) -> String {
@@ -17,11 +17,14 @@ fn model_config() -> Config {
     Config::from_json(&std::fs::read(format!("{}/config.json", fixture("llama_gqa"))).unwrap()).unwrap()
 }
 
-/// The `adapter_config.json` the browser API's `addLora(name, options)` or
+/// The `adapter_config.json` the browser API's `addLora(name, options)`,
+/// `addIa3(name, options)` (options tagged `"ia3": true` here) or
 /// `addBottleneck(name, options)` makes, for a model picked as folder `llama_gqa`.
 fn browser_adapter_config(options: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(options).unwrap();
-    let recipe = if value.get("method").is_some() {
+    let mut value: serde_json::Value = serde_json::from_str(options).unwrap();
+    let recipe = if value.as_object_mut().unwrap().remove("ia3").is_some() {
+        serde_json::from_value::<Ia3Options>(value).unwrap().to_recipe().unwrap()
+    } else if value.get("method").is_some() {
         serde_json::from_value::<BottleneckOptions>(value).unwrap().to_recipe().unwrap()
     } else {
         serde_json::from_value::<LoraOptions>(value).unwrap().to_recipe().unwrap()
@@ -107,7 +110,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 7] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -127,6 +130,11 @@ mod cli {
             ),
             (&["--method", "lora", "--targets", "all-linear"], r#"{"targets": "all-linear"}"#),
             (&["--method", "seq_bn"], r#"{"method": "seq_bn"}"#),
+            (&["--method", "ia3"], r#"{"ia3": true}"#),
+            (
+                &["--method", "ia3", "--targets", "q_proj,up_proj", "--feedforward-modules", "up_proj"],
+                r#"{"ia3": true, "targets": ["q_proj", "up_proj"], "feedforwardModules": ["up_proj"]}"#,
+            ),
             (
                 &["--method", "par_bn", "--reduction-factor", "4", "--non-linearity", "silu", "--dropout", "0.1"],
                 r#"{"method": "par_bn", "reductionFactor": 4, "nonLinearity": "silu", "dropout": 0.1}"#,

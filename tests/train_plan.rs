@@ -12,6 +12,7 @@ use webpeft::bench::train::{
 use webpeft::model::Config;
 use webpeft::quant::QuantFormat;
 use webpeft::train::plan::{plan_memory, PlanAdapter, PlanInput};
+use webpeft::train::recipe::{AdapterRecipe, Method};
 
 fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq: usize) {
     let gpu = gpu();
@@ -19,11 +20,19 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
     let config = Config::from_json(json.as_bytes()).unwrap();
     let files = random_model_files(&json, 3).unwrap();
     let all: Vec<String> = webpeft::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect();
+    let ia3 = AdapterRecipe::new(Method::Ia3).plan_adapter(&config).unwrap();
+    assert_eq!(
+        ia3,
+        PlanAdapter::Ia3 {
+            modules: vec![("k_proj".into(), false), ("v_proj".into(), false), ("down_proj".into(), true)]
+        }
+    );
     let mut peaks = std::collections::HashMap::new();
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
             (QuantFormat::F32, "lora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false }),
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
+            (QuantFormat::Q8_0, "ia3", ia3.clone()),
         ] {
             let input = PlanInput { quant, adapter, batch, seq, grad_accum: 1, checkpointing };
             let plan = plan_memory(&config, &input, 128 << 20);
@@ -45,7 +54,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             peaks.insert((method, checkpointing), f.peak_gpu_bytes);
         }
     }
-    for method in ["lora", "seq_bn"] {
+    for method in ["lora", "seq_bn", "ia3"] {
         let (plain, ckpt) = (peaks[&(method, false)], peaks[&(method, true)]);
         assert!(ckpt < plain, "{method}: checkpointing keeps less ({ckpt} vs {plain} B)");
     }

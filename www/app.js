@@ -313,6 +313,19 @@ $("generate").onclick = () => {
   if (!state.trained) $("after").textContent = "(train an adapter first)";
 };
 $("download").onclick = () => worker.postMessage({ type: "download" });
+// What each method trains, in one line, where it is picked.
+const METHOD_NOTES = {
+  lora: "LoRA: a low-rank update B·A beside each targeted weight (r, alpha, targets); PEFT's files.",
+  ia3: "(IA)³: one learned vector per layer scaling the keys, values and feed-forward input (PEFT's defaults); the fewest parameters; PEFT's files.",
+  seq_bn: "Bottleneck adapter after each MLP (AdapterHub's seq_bn, width hidden/16); AdapterHub's files.",
+  double_seq_bn: "Bottleneck adapters after attention and after each MLP (AdapterHub's double_seq_bn); AdapterHub's files.",
+  par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",
+};
+const methodPicker = $("config").elements.method;
+const showMethodNote = () => { $("method-note").textContent = METHOD_NOTES[methodPicker.value] ?? ""; };
+methodPicker.addEventListener("change", showMethodNote);
+showMethodNote();
+
 $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("data").value = await f.text(); };
 
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })

@@ -114,6 +114,8 @@ async function handle(msg) {
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
       if (c.method === "lora") {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed });
+      } else if (c.method === "ia3") {
+        model.addIa3(ADAPTER, { seed: c.seed }); // PEFT's modules for the model; r, alpha and targets are LoRA's
       } else {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }

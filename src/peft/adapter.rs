@@ -21,6 +21,36 @@ pub enum Adapter {
     Ia3(Ia3Adapter),
 }
 
+/// An adapter's configuration, whatever its method, as its library writes
+/// it in `adapter_config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdapterConfig {
+    Lora(LoraConfig),
+    Bottleneck(BottleneckConfig),
+    Ia3(Ia3Config),
+}
+
+impl AdapterConfig {
+    /// Parses the `adapter_config.json` of method `method` (as [`Adapter::method`] names it).
+    pub fn from_json(method: &str, json: &[u8]) -> Result<AdapterConfig> {
+        Ok(match method {
+            "lora" => AdapterConfig::Lora(LoraConfig::from_json(json)?),
+            "ia3" => AdapterConfig::Ia3(Ia3Config::from_json(json)?),
+            "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
+            other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
+        })
+    }
+
+    /// The `adapter_config.json` text (PEFT's or AdapterHub's).
+    pub fn to_json(&self, model: &Config) -> String {
+        match self {
+            AdapterConfig::Lora(c) => c.to_json(),
+            AdapterConfig::Bottleneck(c) => c.to_json(model),
+            AdapterConfig::Ia3(c) => c.to_json(),
+        }
+    }
+}
+
 /// One pass of an [`Adapter`] through the model, whatever its method; the
 /// model calls its [`AdapterPass::hooks`] (see [`Adapter::pass`]).
 #[derive(Debug)]
@@ -141,6 +171,16 @@ impl Adapter {
 }
 
 impl Adapter {
+    /// A fresh adapter of `config`'s method for `model`, initialised as its
+    /// library does, from `seed`.
+    pub fn new(gpu: &Gpu, config: AdapterConfig, model: &Config, seed: u64) -> Result<Adapter> {
+        match config {
+            AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
+            AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
+            AdapterConfig::Ia3(c) => Adapter::new_ia3(gpu, c, model, seed),
+        }
+    }
+
     /// A fresh LoRA adapter for `model`, initialised as PEFT does
     /// (`config.init_lora_weights`) from `seed`.
     pub fn new_lora(gpu: &Gpu, config: LoraConfig, model: &Config, seed: u64) -> Result<Adapter> {
@@ -185,6 +225,12 @@ impl Adapter {
         if files.try_open(ADAPTER_WEIGHTS_FILE).await?.is_some() {
             return Ok(match peft_type(files).await?.as_deref() {
                 Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
+                Some(other) if other != "LORA" => {
+                    return Err(Error::AdapterUnsupported {
+                        field: "peft_type".into(),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA and IA3 adapters (and AdapterHub's bottleneck adapters)"),
+                    })
+                }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
             });
         }

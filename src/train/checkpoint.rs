@@ -19,8 +19,7 @@ use super::trainer::{OptimizerConfig, Trainer};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Config;
-use crate::peft::adapter::Adapter;
-use crate::peft::{BottleneckConfig, LoraConfig};
+use crate::peft::adapter::{Adapter, AdapterConfig};
 
 /// The file name the CLI writes next to the adapter.
 pub const CHECKPOINT_FILE: &str = "training_state.safetensors";
@@ -73,19 +72,13 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
 pub struct CheckpointData {
     pub method: String,
     /// The adapter's parsed config (LoRA or AdapterHub).
-    pub config: CheckpointConfig,
+    pub config: AdapterConfig,
     pub step: u64,
     pub rng_state: u64,
     pub optimizer: OptimizerConfig,
     pub progress: Value,
     /// `param.`, `exp_avg.`, `exp_avg_sq.` tensors by adapter key.
     pub tensors: [BTreeMap<String, Vec<f32>>; 3],
-}
-
-#[derive(Debug)]
-pub enum CheckpointConfig {
-    Lora(LoraConfig),
-    Bottleneck(BottleneckConfig),
 }
 
 /// Parses checkpoint bytes (no GPU): metadata, configs, and the three sets of
@@ -102,11 +95,10 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
     let (step, rng_state) = (num("step")?, num("rng_state")?);
     let json = get("adapter_config")?.as_bytes();
     let method = get("method")?.clone();
-    let config = match method.as_str() {
-        "lora" => CheckpointConfig::Lora(LoraConfig::from_json(json)?),
-        "seq_bn" | "double_seq_bn" | "par_bn" => CheckpointConfig::Bottleneck(BottleneckConfig::from_json(json)?),
-        other => return Err(bad(format!("unknown method {other:?}"))),
-    };
+    let config = AdapterConfig::from_json(&method, json).map_err(|e| match e {
+        Error::InvalidArgument { detail, .. } => bad(detail),
+        e => e,
+    })?;
     let opt: Value = serde_json::from_str(get("optimizer")?).map_err(|e| bad(format!("optimizer: {e}")))?;
     let f = |k: &str| opt.get(k).and_then(Value::as_f64).ok_or_else(|| bad(format!("optimizer.{k} is missing")));
     let optimizer = OptimizerConfig {
@@ -136,10 +128,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
 /// the caller's progress JSON.
 pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
     let data = read_checkpoint(bytes)?;
-    let skeleton = match data.config {
-        CheckpointConfig::Lora(c) => Adapter::new_lora(gpu, c, model, 0)?,
-        CheckpointConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, 0)?,
-    };
+    let skeleton = Adapter::new(gpu, data.config, model, 0)?;
     let mut parts = Vec::new();
     for (prefix, tensors) in ["param.", "exp_avg.", "exp_avg_sq."].iter().zip(&data.tensors) {
         parts.push(

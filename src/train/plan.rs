@@ -21,8 +21,8 @@ use crate::quant::QuantFormat;
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanInput {
     pub quant: QuantFormat,
-    /// LoRA rank and number of adapted projections per layer (0..=7), or a
-    /// bottleneck: width and units per layer (1, or 2 for double_seq_bn).
+    /// The adapter's shape: LoRA's rank and projections, a bottleneck's
+    /// width and units, (IA)³'s vectors.
     pub adapter: PlanAdapter,
     pub batch: usize,
     pub seq: usize,
@@ -39,6 +39,9 @@ pub enum PlanAdapter {
     Lora { r: usize, targets: Vec<String>, dropout: bool },
     /// Bottleneck width and units per layer.
     Bottleneck { size: usize, units_per_layer: usize },
+    /// (IA)³: the projections scaled in every layer, and whether each is
+    /// feed-forward (its input scaled) or not (its output).
+    Ia3 { modules: Vec<(String, bool)> },
 }
 
 /// Bytes, by what holds them.
@@ -68,6 +71,13 @@ fn proj_shape(config: &Config, name: &str) -> (usize, usize) {
         "gate_proj" | "up_proj" => (i, d),
         _ => (d, i), // down_proj
     }
+}
+
+/// The length of an (IA)³ vector on projection `name`: its input width when
+/// feed-forward, its output width otherwise.
+fn ia3_len(config: &Config, name: &str, feedforward: bool) -> u64 {
+    let (out, inp) = proj_shape(config, name);
+    (if feedforward { inp } else { out }) as u64
 }
 
 /// Frozen weights: the blocks' Linears in `quant`, everything else f32.
@@ -109,6 +119,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         PlanAdapter::Bottleneck { size, units_per_layer } => {
             layers * *units_per_layer as u64 * (2 * d * *size as u64 + *size as u64 + d)
         }
+        PlanAdapter::Ia3 { modules } => layers * modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).sum::<u64>(),
     };
     let adapter_bytes = adapter_params * 4;
     let optimizer_bytes = adapter_bytes * 6;
@@ -140,6 +151,15 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             let size = *size as u64;
             saved += *units_per_layer as u64 * (m * d + 2 * m * size);
             work += m * d + 3 * m * size;
+        }
+        PlanAdapter::Ia3 { modules } => {
+            // Each scaled Linear keeps its own output (or, feed-forward, its
+            // unscaled input); the backward's scalings need the vector spread
+            // over the rows, a product, and (feed-forward) W's gradient
+            // before the scaling.
+            let widest = modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).max().unwrap_or(0);
+            saved += modules.iter().map(|(t, ff)| m * ia3_len(config, t, *ff)).sum::<u64>();
+            work += 3 * m * widest;
         }
     }
     let checkpointing = input.checkpointing;

@@ -18,7 +18,11 @@
 use crate::kernels::swiglu::Activation;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
-use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules};
+use crate::peft::ia3::Ia3Config;
+use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
+use crate::train::plan::PlanAdapter;
+
+pub use crate::peft::adapter::AdapterConfig;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use crate::train::run::RunConfig;
 use crate::train::schedule::Schedule;
@@ -37,18 +41,23 @@ fn bad(option: &'static str, detail: impl Into<String>) -> Error {
     Error::TrainOption { option, detail: detail.into() }
 }
 
-/// What a run trains: LoRA or one of AdapterHub's bottleneck adapters.
+/// What a run trains: LoRA, (IA)³, or one of AdapterHub's bottleneck adapters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Lora,
+    Ia3,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
-    /// "lora", "seq_bn", "double_seq_bn" or "par_bn".
+    /// Every method's name, for messages: "lora, ia3, seq_bn, double_seq_bn or par_bn".
+    pub const NAMES: &'static str = "lora, ia3, seq_bn, double_seq_bn or par_bn";
+
+    /// "lora", "ia3", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
+            Method::Ia3 => "ia3",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -57,9 +66,10 @@ impl Method {
     pub fn from_name(name: &str) -> Result<Method> {
         match name {
             "lora" => Ok(Method::Lora),
+            "ia3" => Ok(Method::Ia3),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
-                .ok_or_else(|| bad("method", format!("expected lora, seq_bn, double_seq_bn or par_bn, got {name:?}"))),
+                .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
         }
     }
 }
@@ -92,6 +102,17 @@ impl Default for LoraRecipe {
             layers_to_transform: None,
         }
     }
+}
+
+/// An (IA)³ adapter's options; the default is PEFT's `IA3Config()`, whose
+/// modules depend on the model type (Llama, Mistral: k_proj, v_proj,
+/// down_proj; Qwen2: q_proj, v_proj, down_proj; down_proj feed-forward).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ia3Recipe {
+    /// Module names, or `None` for PEFT's default for the model type.
+    pub targets: Option<TargetModules>,
+    /// The modules whose input (not output) is scaled; `None`: PEFT's default.
+    pub feedforward: Option<Vec<String>>,
 }
 
 /// A bottleneck adapter's options; [`new`](Self::new) gives AdapterHub's preset for the kind.
@@ -128,24 +149,8 @@ impl BottleneckRecipe {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AdapterRecipe {
     Lora(LoraRecipe),
+    Ia3(Ia3Recipe),
     Bottleneck(BottleneckRecipe),
-}
-
-/// A fresh adapter's configuration, as its library writes it in `adapter_config.json`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AdapterConfig {
-    Lora(LoraConfig),
-    Bottleneck(BottleneckConfig),
-}
-
-impl AdapterConfig {
-    /// The `adapter_config.json` text (PEFT's or AdapterHub's).
-    pub fn to_json(&self, model: &Config) -> String {
-        match self {
-            AdapterConfig::Lora(c) => c.to_json(),
-            AdapterConfig::Bottleneck(c) => c.to_json(model),
-        }
-    }
 }
 
 impl AdapterRecipe {
@@ -153,6 +158,7 @@ impl AdapterRecipe {
     pub fn new(method: Method) -> AdapterRecipe {
         match method {
             Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
+            Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -160,6 +166,7 @@ impl AdapterRecipe {
     pub fn method(&self) -> Method {
         match self {
             AdapterRecipe::Lora(_) => Method::Lora,
+            AdapterRecipe::Ia3(_) => Method::Ia3,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -179,6 +186,19 @@ impl AdapterRecipe {
                 c.validate()?;
                 c.targets(model)?;
                 Ok(AdapterConfig::Lora(c))
+            }
+            AdapterRecipe::Ia3(o) => {
+                let mut c = Ia3Config::default_for(model.model_type);
+                if let Some(t) = &o.targets {
+                    c.target_modules = t.clone();
+                }
+                if let Some(ff) = &o.feedforward {
+                    c.feedforward_modules = ff.clone();
+                }
+                c.base_model_name_or_path = model_name;
+                c.validate()?;
+                c.modules(model)?;
+                Ok(AdapterConfig::Ia3(c))
             }
             AdapterRecipe::Bottleneck(o) => {
                 let mut c = BottleneckConfig::new(o.kind);
@@ -200,11 +220,28 @@ impl AdapterRecipe {
         model_name: Option<String>,
         seed: u64,
     ) -> Result<crate::peft::adapter::Adapter> {
-        use crate::peft::adapter::Adapter;
-        match self.config(model, model_name)? {
-            AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
-            AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
-        }
+        crate::peft::adapter::Adapter::new(gpu, self.config(model, model_name)?, model, seed)
+    }
+
+    /// What the memory planner needs to know of this adapter on `model`.
+    pub fn plan_adapter(&self, model: &Config) -> Result<PlanAdapter> {
+        Ok(match self.config(model, None)? {
+            AdapterConfig::Lora(c) => {
+                let targets = match c.target_modules {
+                    TargetModules::List(l) => l,
+                    _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
+                };
+                PlanAdapter::Lora { r: c.r, targets, dropout: c.lora_dropout > 0.0 }
+            }
+            AdapterConfig::Ia3(c) => {
+                let layer0 = c.modules(model)?.into_iter().filter(|m| m.layer == 0);
+                PlanAdapter::Ia3 { modules: layer0.map(|m| (m.proj.name().to_string(), m.feedforward)).collect() }
+            }
+            AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
+                size: c.bottleneck_size(model.hidden_size),
+                units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },
+            },
+        })
     }
 }
 

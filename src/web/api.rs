@@ -19,7 +19,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
-use super::options::{BottleneckOptions, EvalOptions, LoraOptions, PlanOptions, TrainOptions};
+use super::options::{BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, TrainOptions};
 use super::types::*;
 use crate::gpu::Gpu;
 use crate::model::llama::GenerationConfig;
@@ -29,12 +29,11 @@ use crate::model::{Config, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
-use crate::peft::{TargetModules, LORA_MODULES};
 use crate::quant::{ComputeDtype, QuantFormat};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
-use crate::train::plan::{plan_memory, PlanAdapter, PlanInput};
+use crate::train::plan::{plan_memory, PlanInput};
 use crate::train::recipe::{AdapterRecipe, TrainRecipe};
 use crate::train::run::Run;
 use crate::train::trainer::{evaluate, Trainer};
@@ -223,20 +222,7 @@ impl WebGpu {
         let o: PlanOptions = options(&opts)?;
         let config = Config::from_json(config_json.as_bytes()).map_err(err)?;
         let (adapter, run) = o.to_recipe().map_err(err)?;
-        let adapter = match adapter {
-            AdapterRecipe::Lora(l) => {
-                let targets = match l.targets {
-                    TargetModules::AllLinear => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
-                    TargetModules::List(l) => l,
-                    other => return Err(err(format!("unsupported targets {other:?}"))),
-                };
-                PlanAdapter::Lora { r: l.r, targets, dropout: l.dropout > 0.0 }
-            }
-            AdapterRecipe::Bottleneck(b) => PlanAdapter::Bottleneck {
-                size: b.bottleneck_size(config.hidden_size),
-                units_per_layer: if b.kind.has_attention_adapter() { 2 } else { 1 },
-            },
-        };
+        let adapter = adapter.plan_adapter(&config).map_err(err)?;
         let input = PlanInput {
             quant: quant(o.quant.as_deref())?,
             adapter,
@@ -309,6 +295,15 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
     }
     let state = ModelState { gpu, model, source, tokenizer, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
+}
+
+impl WebModel {
+    /// A fresh adapter from `recipe` (seeded by `seed`) under `name`.
+    fn add_fresh(&self, name: &str, recipe: AdapterRecipe, seed: u64) -> JsResult<()> {
+        let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), seed).map_err(err)?;
+        st.adapters.insert(name, adapter).map_err(err)
+    }
 }
 
 #[wasm_bindgen(js_class = Model)]
@@ -412,10 +407,18 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: LoraOptions = options(&opts)?;
-        let recipe = o.to_recipe().map_err(err)?;
-        let mut st = busy_mut(self.state.try_borrow_mut())?;
-        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), o.seed()).map_err(err)?;
-        st.adapters.insert(name, adapter).map_err(err)
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds a fresh (IA)³ adapter (PEFT's `IA3Config` defaults for the model: vectors of ones).
+    #[wasm_bindgen(js_name = addIa3)]
+    pub fn add_ia3(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "Ia3Options")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: Ia3Options = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
     /// Adds a fresh bottleneck adapter (AdapterHub's preset for the method).
@@ -427,10 +430,7 @@ impl WebModel {
     ) -> JsResult<()> {
         let o: BottleneckOptions =
             serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
-        let recipe = o.to_recipe().map_err(err)?;
-        let mut st = busy_mut(self.state.try_borrow_mut())?;
-        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), o.seed()).map_err(err)?;
-        st.adapters.insert(name, adapter).map_err(err)
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
     /// Loads an adapter folder's files (PEFT or AdapterHub) or a .zip of them.

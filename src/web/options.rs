@@ -1,4 +1,4 @@
-//! The browser API's option objects (`LoraOptions`, `BottleneckOptions`,
+//! The browser API's option objects (`LoraOptions`, `Ia3Options`, `BottleneckOptions`,
 //! `TrainOptions`, `EvalOptions`, `PlanOptions`; their TypeScript declarations
 //! are in `types.rs`) as serde structs, and their conversion into the library's
 //! recipe. Plain Rust, compiled natively too, so tests can check that the
@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::kernels::swiglu::Activation;
 use crate::peft::{InitLoraWeights, TargetModules};
-use crate::train::recipe::{AdapterRecipe, BottleneckRecipe, LoraRecipe, Method, TrainRecipe, DEFAULT_SEED};
+use crate::train::recipe::{AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use crate::train::schedule::Schedule;
 use crate::{Error, Result};
 
@@ -28,6 +28,15 @@ pub struct LoraOptions {
     pub rslora: Option<bool>,
     pub init: Option<String>,
     pub layers_to_transform: Option<Vec<usize>>,
+    pub seed: Option<u64>,
+}
+
+/// `addIa3`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ia3Options {
+    pub targets: Option<Value>,
+    pub feedforward_modules: Option<Vec<String>>,
     pub seed: Option<u64>,
 }
 
@@ -78,6 +87,7 @@ pub struct PlanOptions {
     pub method: Option<String>,
     pub r: Option<usize>,
     pub targets: Option<Value>,
+    pub feedforward_modules: Option<Vec<String>>,
     pub reduction_factor: Option<f64>,
     pub batch_size: Option<usize>,
     pub seq_len: Option<usize>,
@@ -127,11 +137,26 @@ impl LoraOptions {
     }
 }
 
+impl Ia3Options {
+    /// The (IA)³ recipe these options describe (the rest at PEFT's defaults for the model).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        Ok(AdapterRecipe::Ia3(Ia3Recipe {
+            targets: lora_targets(self.targets.as_ref())?,
+            feedforward: self.feedforward_modules.clone(),
+        }))
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
 impl BottleneckOptions {
     /// The bottleneck recipe these options describe (the rest at AdapterHub's preset).
     pub fn to_recipe(&self) -> Result<AdapterRecipe> {
         let Method::Bottleneck(kind) = Method::from_name(&self.method)? else {
-            return Err(bad("method", "must be seq_bn, double_seq_bn or par_bn (addLora adds LoRA adapters)"));
+            return Err(bad("method", "must be seq_bn, double_seq_bn or par_bn (addLora and addIa3 add the others)"));
         };
         let mut b = BottleneckRecipe::new(kind);
         b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
@@ -195,6 +220,11 @@ impl PlanOptions {
                 l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
                 l.dropout = self.lora_dropout.unwrap_or(l.dropout);
                 AdapterRecipe::Lora(l)
+            }
+            AdapterRecipe::Ia3(mut a) => {
+                a.targets = lora_targets(self.targets.as_ref())?;
+                a.feedforward = self.feedforward_modules.clone();
+                AdapterRecipe::Ia3(a)
             }
             AdapterRecipe::Bottleneck(mut b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);

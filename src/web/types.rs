@@ -42,6 +42,9 @@ export interface LoraOptions {
   r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
   init?: "kaiming" | "gaussian"; layersToTransform?: number[]; seed?: number;
 }
+/** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
+ * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */
+export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; seed?: number; }
 export type BottleneckMethod = "seq_bn" | "double_seq_bn" | "par_bn";
 export interface BottleneckOptions {
   method: BottleneckMethod; reductionFactor?: number; nonLinearity?: "relu" | "silu" | "gelu" | "tanh";
@@ -80,7 +83,8 @@ export interface GenerateOptions {
 }
 export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; method?: "lora" | BottleneckMethod; r?: number; targets?: LoraTarget[] | "all-linear";
+  quant?: Quant; method?: "lora" | "ia3" | BottleneckMethod; r?: number; targets?: LoraTarget[] | "all-linear";
+  feedforwardModules?: LoraTarget[];
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; gradientCheckpointing?: boolean;
 }

@@ -292,6 +292,16 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const base = JSON.parse(new TextDecoder().decode(files["adapter_config.json"])).base_model_name_or_path;
       if (!base.startsWith("http://127.0.0.1:") || !base.endsWith("/model")) throw new Error("base_model_name_or_path " + base);
       const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
+      // (IA)³ with PEFT's defaults: trained, exported as PEFT's files, imported again with the same loss.
+      model.addIa3("i", {});
+      const il = [];
+      await model.startTraining("i", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train((x) => il.push(x.loss));
+      const ifiles = await model.exportAdapter("i");
+      const icfg = JSON.parse(new TextDecoder().decode(ifiles["adapter_config.json"]));
+      if (icfg.peft_type !== "IA3" || JSON.stringify(icfg.feedforward_modules) !== '["down_proj"]') throw new Error("ia3 config " + JSON.stringify(icfg));
+      await model.importAdapter("i2", ifiles);
+      const [li, li2] = [(await model.evaluate(data, { adapter: "i" })).loss, (await model.evaluate(data, { adapter: "i2" })).loss];
+      if (il.length !== 2 || !Number.isFinite(il[1]) || li !== li2) throw new Error("ia3: losses " + il + ", eval " + li + " vs imported " + li2);
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;

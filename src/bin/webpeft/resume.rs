@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use webpeft::peft::TargetModules;
-use webpeft::train::checkpoint::{CheckpointConfig, CheckpointData};
-use webpeft::train::recipe::Method;
+use webpeft::train::checkpoint::CheckpointData;
+use webpeft::train::recipe::{AdapterConfig, Method};
 use webpeft::train::schedule::Schedule;
 use webpeft::Error;
 
@@ -142,7 +142,7 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
 /// The adapter options: typed ones must agree with the checkpoint's config.
 fn settle_adapter(
     a: &TrainArgs,
-    config: &CheckpointConfig,
+    config: &AdapterConfig,
     typed: &dyn Fn(&str) -> bool,
     conflict: &dyn Fn(&str, String, String) -> Error,
 ) -> Result<(), Error> {
@@ -151,28 +151,23 @@ fn settle_adapter(
         _ => Ok(()),
     };
     match config {
-        CheckpointConfig::Lora(c) => {
+        AdapterConfig::Lora(c) => {
             check("r", "r", a.r.map(|v| v.to_string()), c.r.to_string())?;
             check("alpha", "alpha", a.alpha.map(|v| v.to_string()), c.lora_alpha.to_string())?;
             check("dropout", "dropout", a.dropout.map(|v| v.to_string()), c.lora_dropout.to_string())?;
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
-            let targets = match &c.target_modules {
-                TargetModules::AllLinear => "all-linear".to_string(),
-                TargetModules::List(l) => {
-                    let mut l = l.clone();
-                    l.sort();
-                    l.join(",")
-                }
-                TargetModules::Regex(r) => r.clone(),
-            };
-            let mine = a.targets.as_ref().map(|t| {
-                let mut l: Vec<&str> = t.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-                l.sort();
-                l.join(",")
-            });
-            check("targets", "targets", mine, targets)?;
+            check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
         }
-        CheckpointConfig::Bottleneck(c) => {
+        AdapterConfig::Ia3(c) => {
+            check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
+            check(
+                "feedforward_modules",
+                "feedforward-modules",
+                a.feedforward_modules.as_deref().map(sorted),
+                sorted(&c.feedforward_modules.join(",")),
+            )?;
+        }
+        AdapterConfig::Bottleneck(c) => {
             check(
                 "reduction_factor",
                 "reduction-factor",
@@ -185,4 +180,20 @@ fn settle_adapter(
         }
     }
     Ok(())
+}
+
+/// A config's targets as the flag spells them, sorted.
+fn targets(t: &TargetModules) -> String {
+    match t {
+        TargetModules::AllLinear => "all-linear".to_string(),
+        TargetModules::List(l) => sorted(&l.join(",")),
+        TargetModules::Regex(r) => r.clone(),
+    }
+}
+
+/// A comma-separated list, sorted, so the order typed does not matter.
+fn sorted(list: &str) -> String {
+    let mut l: Vec<&str> = list.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+    l.sort();
+    l.join(",")
 }

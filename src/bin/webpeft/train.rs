@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, ia3, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -46,9 +46,13 @@ pub struct TrainArgs {
     /// Dropout on the adapter's input, in [0, 1) [default: 0].
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// LoRA targets: comma-separated module names, or all-linear [default: q_proj,v_proj].
+    /// LoRA or (IA)³ targets: comma-separated module names, or all-linear [default: LoRA
+    /// q_proj,v_proj; (IA)³ PEFT's for the model: k_proj,v_proj,down_proj (Qwen2: q_proj,v_proj,down_proj)].
     #[arg(long)]
     pub targets: Option<String>,
+    /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
+    #[arg(long)]
+    pub feedforward_modules: Option<String>,
     /// LoRA scaling alpha/√r instead of alpha/r.
     #[arg(long)]
     pub rslora: bool,
@@ -135,7 +139,20 @@ pub struct TrainArgs {
 }
 
 pub fn parse_method(s: &str) -> Result<Method, String> {
-    Method::from_name(s).map_err(|_| "expected lora, seq_bn, double_seq_bn or par_bn".to_string())
+    Method::from_name(s).map_err(|_| format!("expected {}", Method::NAMES))
+}
+
+/// `--targets`: "all-linear" or comma-separated module names.
+fn parse_targets(t: &str) -> TargetModules {
+    match t {
+        "all-linear" => TargetModules::AllLinear,
+        list => TargetModules::List(names(list)),
+    }
+}
+
+/// A comma-separated list of module names.
+fn names(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
 }
 
 fn parse_activation(s: &str) -> Result<Activation, String> {
@@ -186,6 +203,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "lora_alpha" => "--alpha",
         "lora_dropout" | "dropout" => "--dropout",
         "target_modules" => "--targets",
+        "feedforward_modules" => "--feedforward-modules",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
         _ => return e.to_string(),
@@ -200,20 +218,19 @@ fn model_name(dir: &Path) -> Option<String> {
 }
 
 impl TrainArgs {
-    /// The adapter options given on the command line.
-    fn adapter_flags(&self) -> (Vec<&'static str>, Vec<&'static str>) {
-        let lora = [
-            ("--r", self.r.is_some()),
-            ("--alpha", self.alpha.is_some()),
-            ("--targets", self.targets.is_some()),
-            ("--rslora", self.rslora),
-        ];
-        let bn = [
-            ("--reduction-factor", self.reduction_factor.is_some()),
-            ("--non-linearity", self.non_linearity.is_some()),
-        ];
-        let given = |flags: &[(&'static str, bool)]| flags.iter().filter(|f| f.1).map(|f| f.0).collect::<Vec<_>>();
-        (given(&lora), given(&bn))
+    /// Every adapter option: its flag, whether it was given, and the methods
+    /// that take it ("bn": the bottleneck kinds).
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 8] {
+        [
+            ("--r", self.r.is_some(), &["lora"]),
+            ("--alpha", self.alpha.is_some(), &["lora"]),
+            ("--rslora", self.rslora, &["lora"]),
+            ("--targets", self.targets.is_some(), &["lora", "ia3"]),
+            ("--dropout", self.dropout.is_some(), &["lora", "bn"]),
+            ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
+            ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
+            ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
+        ]
     }
 
     /// The method (clap requires it unless --resume, which sets it).
@@ -221,25 +238,30 @@ impl TrainArgs {
         self.method.unwrap_or(Method::Lora)
     }
 
-    /// Options that belong to the other kind of adapter are a mistake.
+    /// Options that belong to another method are a mistake.
     fn check_method_options(&self) -> Result<(), String> {
-        let (lora, bn) = self.adapter_flags();
-        let options = |flags: &[&str]| match flags {
-            [one] => format!("{one} is an option"),
-            many => format!("{} are options", many.join(", ")),
+        let method = self.method();
+        let kind = match method {
+            Method::Lora => "lora",
+            Method::Ia3 => "ia3",
+            Method::Bottleneck(_) => "bn",
         };
-        match self.method() {
-            Method::Lora if !bn.is_empty() => Err(format!(
-                "{} for bottleneck adapters; --method lora takes --r, --alpha, --dropout, --targets and --rslora",
-                options(&bn)
-            )),
-            Method::Bottleneck(kind) if !lora.is_empty() => Err(format!(
-                "{} for LoRA; --method {} takes --reduction-factor, --non-linearity and --dropout",
-                options(&lora),
-                kind.name()
-            )),
-            _ => Ok(()),
+        let flags = self.adapter_flags();
+        let wrong: Vec<&str> =
+            flags.iter().filter(|(_, given, takes)| *given && !takes.contains(&kind)).map(|f| f.0).collect();
+        if wrong.is_empty() {
+            return Ok(());
         }
+        let takes: Vec<&str> = flags.iter().filter(|f| f.2.contains(&kind)).map(|f| f.0).collect();
+        let (last, rest) = takes.split_last().expect("every method takes an option");
+        Err(format!(
+            "{} {} not {} of --method {}, which takes {} and {last}",
+            wrong.join(", "),
+            if wrong.len() == 1 { "is" } else { "are" },
+            if wrong.len() == 1 { "an option" } else { "options" },
+            method.name(),
+            rest.join(", ")
+        ))
     }
 
     /// The adapter the command line's options describe (the rest at the recipe's defaults).
@@ -251,14 +273,13 @@ impl TrainArgs {
                 l.alpha = self.alpha.unwrap_or(l.alpha);
                 l.dropout = self.dropout.unwrap_or(l.dropout);
                 if let Some(t) = self.targets.as_deref() {
-                    l.targets = match t {
-                        "all-linear" => TargetModules::AllLinear,
-                        list => TargetModules::List(
-                            list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
-                        ),
-                    };
+                    l.targets = parse_targets(t);
                 }
                 l.use_rslora = self.rslora;
+            }
+            AdapterRecipe::Ia3(a) => {
+                a.targets = self.targets.as_deref().map(parse_targets);
+                a.feedforward = self.feedforward_modules.as_deref().map(names);
             }
             AdapterRecipe::Bottleneck(b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
@@ -296,11 +317,7 @@ impl TrainArgs {
 
     /// Says on stderr which given adapter options `source`'s config overrides.
     fn note_ignored_options(&self, source: &str) {
-        let (mut given, bn) = self.adapter_flags();
-        given.extend(bn);
-        if self.dropout.is_some() {
-            given.push("--dropout");
-        }
+        let given: Vec<&str> = self.adapter_flags().iter().filter(|f| f.1).map(|f| f.0).collect();
         if !given.is_empty() {
             eprintln!("note: {} ignored: the adapter config in {source} wins", given.join(", "));
         }
@@ -525,14 +542,14 @@ async fn init_adapter(
     model: &Model,
 ) -> Result<Adapter, Box<dyn std::error::Error>> {
     let at = || format!("--init-adapter {}", dir.display());
-    // A PEFT config of another method (IA3, prefix tuning, …) says so in peft_type.
+    // A PEFT config of a method webpeft does not train (prefix tuning, …) says so in peft_type.
     let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if t != "LORA" {
+            if !matches!(t, "LORA" | "IA3") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());
