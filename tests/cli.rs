@@ -425,24 +425,28 @@ fn logits_of(model: &str, tokens: &str, out: &str, adapter: Option<&str>) -> Vec
 #[test]
 fn merged_model_computes_what_base_plus_adapter_did() {
     let dir = TempDir::new("merge");
-    let merged = dir.join("merged");
-    let adapter = fixture("lora/initial_adapter");
-    let out = webpeft(&["merge", "--model", &fixture("llama_gqa"), "--adapter", &adapter, "--out", &merged]);
-    ok(&out);
-    for name in
-        ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
-    {
-        assert!(dir.0.join("merged").join(name).is_file(), "{name} missing from the merged folder");
-    }
     let tokens = dir.join("ids.json");
     std::fs::write(&tokens, "[[1, 17, 250, 42, 99, 3, 7, 300], [5, 6, 7, 8, 9, 10, 11, 12]]").unwrap();
-    let adapted = logits_of(&fixture("llama_gqa"), &tokens, &dir.join("a.safetensors"), Some(&adapter));
-    let folded = logits_of(&merged, &tokens, &dir.join("m.safetensors"), None);
     let base = logits_of(&fixture("llama_gqa"), &tokens, &dir.join("b.safetensors"), None);
-    let worst = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert_eq!(adapted.len(), 2 * 8 * 384);
-    assert!(worst(&adapted, &folded) < 1e-4, "merged vs adapted: {}", worst(&adapted, &folded));
-    assert!(worst(&adapted, &base) > 1e-3, "the adapter changes nothing: {}", worst(&adapted, &base));
+    for (tag, adapter) in [("lora", fixture("lora/initial_adapter")), ("ia3", fixture("ia3/llama_gqa/final_adapter"))] {
+        let merged = dir.join(&format!("merged-{tag}"));
+        let out = webpeft(&["merge", "--model", &fixture("llama_gqa"), "--adapter", &adapter, "--out", &merged]);
+        ok(&out);
+        for name in
+            ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+        {
+            assert!(
+                dir.0.join(format!("merged-{tag}")).join(name).is_file(),
+                "{tag}: {name} missing from the merged folder"
+            );
+        }
+        let adapted = logits_of(&fixture("llama_gqa"), &tokens, &dir.join("a.safetensors"), Some(&adapter));
+        let folded = logits_of(&merged, &tokens, &dir.join("m.safetensors"), None);
+        let worst = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert_eq!(adapted.len(), 2 * 8 * 384);
+        assert!(worst(&adapted, &folded) < 1e-4, "{tag}: merged vs adapted: {}", worst(&adapted, &folded));
+        assert!(worst(&adapted, &base) > 1e-3, "{tag}: the adapter changes nothing: {}", worst(&adapted, &base));
+    }
 }
 
 #[test]
@@ -592,7 +596,9 @@ fn merging_a_bottleneck_adapter_is_refused() {
     ]);
     let err = failure(&out);
     assert!(
-        err.contains("merge applies to LoRA adapters; bottleneck adapters cannot be folded into the base weights"),
+        err.contains(
+            "merge applies to LoRA and (IA)³ adapters; bottleneck adapters cannot be folded into the base weights"
+        ),
         "{err}"
     );
     assert!(!dir.0.join("merged").exists());

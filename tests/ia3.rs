@@ -184,3 +184,23 @@ fn bad_ia3_configs_are_typed_errors() {
     let err = block_on(Adapter::load(gpu, &files, &model.config)).unwrap_err();
     assert!(matches!(err, Error::AdapterTensor { .. }), "{err}");
 }
+
+#[test]
+fn merging_into_the_base_gives_the_adapted_model_and_unmerging_the_base() {
+    use webpeft::peft::ia3::merge::{merge_ia3, unmerge_ia3};
+    let gpu = gpu();
+    for name in MODELS {
+        let mut model = model(gpu, name);
+        let Adapter::Ia3(ia3) = adapter(gpu, &model, &format!("ia3/{name}/final_adapter")) else { unreachable!() };
+        let ids = vec![vec![7u32, 300, 12, 45, 99, 3, 150, 8]];
+        let base = adapted_logits(gpu, &model, None, &ids);
+        let adapted = adapted_logits(gpu, &model, Some(&Adapter::Ia3(ia3.clone())), &ids);
+        merge_ia3(gpu, &mut model, &ia3).unwrap();
+        let merged = adapted_logits(gpu, &model, None, &ids);
+        let d = max_abs_diff(&merged, &adapted);
+        block_on(unmerge_ia3(gpu, &mut model, &ia3)).unwrap();
+        let back = max_abs_diff(&adapted_logits(gpu, &model, None, &ids), &base);
+        eprintln!("{name}: merged vs adapted {d:e}, unmerged vs base {back:e}");
+        assert!(d <= 1e-4 && back <= 1e-4, "{name}: merged {d:e}, unmerged {back:e}");
+    }
+}

@@ -1,4 +1,4 @@
-//! `webpeft merge`: a LoRA adapter folded into the base weights.
+//! `webpeft merge`: a LoRA or (IA)³ adapter folded into the base weights.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,6 +6,7 @@ use std::path::Path;
 use webpeft::model::source::DirFiles;
 use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
+use webpeft::peft::ia3::merge::merge_ia3;
 use webpeft::peft::lora::merge::{export_safetensors, merge_lora};
 use webpeft::peft::ADAPTER_WEIGHTS_FILE;
 use webpeft::peft::BN_WEIGHTS_FILE;
@@ -14,9 +15,9 @@ use webpeft::quant::QuantFormat;
 use crate::{cli_gpu, load_adapter, write_model_folder};
 
 const MERGE_BOTTLENECK: &str =
-    "merge applies to LoRA adapters; bottleneck adapters cannot be folded into the base weights";
+    "merge applies to LoRA and (IA)³ adapters; bottleneck adapters cannot be folded into the base weights";
 
-/// `webpeft merge`: base + LoRA folded into one f32 model folder.
+/// `webpeft merge`: base + LoRA or (IA)³ folded into one f32 model folder.
 pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
     if out.exists() && canonical(out)? == canonical(dir)? {
@@ -28,27 +29,25 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
-    let lora = match load_adapter(&gpu, adapter, &model).await? {
-        Adapter::Lora(lora) => lora,
-        Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
-        Adapter::Ia3(_) => {
-            return Err(format!(
-                "{}: merging an (IA)³ adapter is not supported yet; load it beside the base model instead (`generate --adapter`)",
-                adapter.display()
-            )
-            .into())
+    let summary = match load_adapter(&gpu, adapter, &model).await? {
+        Adapter::Lora(lora) => {
+            merge_lora(&gpu, &mut model, &lora)?;
+            let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
+            format!("r {}, {modules} modules", lora.config.r)
         }
+        Adapter::Ia3(ia3) => {
+            merge_ia3(&gpu, &mut model, &ia3)?;
+            format!("(IA)³, {} vectors", ia3.tensors().len())
+        }
+        Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
     };
-    merge_lora(&gpu, &mut model, &lora)?;
     let bytes = export_safetensors(&gpu, &model).await?;
     write_model_folder(dir, out, &bytes)?;
     let target = out.join("model.safetensors");
-    let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
     out!(
-        "{}: {} merged (r {}, {modules} modules; {:.2} MiB f32)",
+        "{}: {} merged ({summary}; {:.2} MiB f32)",
         target.display(),
         adapter.display(),
-        lora.config.r,
         bytes.len() as f64 / 1048576.0
     );
     Ok(())

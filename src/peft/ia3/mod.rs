@@ -6,12 +6,14 @@
 //! - [`config`]: `adapter_config.json` ([`Ia3Config`]);
 //! - [`file`](mod@file): `adapter_model.safetensors` ([`Ia3Weights`]);
 //! - [`adapter`]: the vectors on the GPU ([`Ia3Adapter`]);
-//! - [`hooks`]: where it meets the model (the `linear_input` and `linear` hook points).
+//! - [`hooks`]: where it meets the model (the `linear_input` and `linear` hook points);
+//! - [`merge`]: scaling the base's weights by the vectors and back.
 
 pub mod adapter;
 pub mod config;
 pub mod file;
 pub mod hooks;
+pub mod merge;
 
 pub use adapter::{Ia3Adapter, Ia3Vector};
 pub use config::{Ia3Config, Ia3Module};
