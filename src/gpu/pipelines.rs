@@ -103,10 +103,14 @@ impl Kernel {
                 concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/qmatmul_f16.wgsl"))
             }
             Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
-            Kernel::RmsNorm => concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/rmsnorm.wgsl")),
+            Kernel::RmsNorm => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/rmsnorm.wgsl"))
+            }
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
             Kernel::SwiGlu => include_str!("../../shaders/swiglu.wgsl"),
-            Kernel::Softmax => concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/softmax.wgsl")),
+            Kernel::Softmax => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/softmax.wgsl"))
+            }
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
             Kernel::AttentionSubgroup => {
                 concat!(
@@ -117,8 +121,13 @@ impl Kernel {
             }
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
-            Kernel::CrossEntropy => concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/cross_entropy.wgsl")),
-            Kernel::Reduce => concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/reduce.wgsl")),
+            Kernel::CrossEntropy => concat!(
+                include_str!("../../shaders/workgroup_reduce.wgsl"),
+                include_str!("../../shaders/cross_entropy.wgsl")
+            ),
+            Kernel::Reduce => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/reduce.wgsl"))
+            }
             Kernel::AdamW => include_str!("../../shaders/adamw.wgsl"),
         }
     }
