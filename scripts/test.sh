@@ -12,6 +12,20 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 echo "== native tests"
 cargo test --all-targets --features cli
 
+# Our shaders normally compile without naga's bounds clamps and loop counters
+# (create_shader_module_trusted); once more with them on, the kernel tests
+# check that no kernel depends on a clamp to stay in range. The slow files run
+# only their tests of ragged edges, tiles and blocks (about 3 minutes in all
+# on lavapipe, where the checks stop the tile loops from unrolling).
+echo "== kernel tests with shader runtime checks (WEBPEFT_SHADER_CHECKS=1)"
+export WEBPEFT_SHADER_CHECKS=1
+cargo test --features cli --test rmsnorm --test rope --test softmax --test swiglu --test cross_entropy \
+    --test adamw --test embedding --test reduce --test elementwise
+cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
+cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
+cargo test --features cli --test attention -- tile_edges kv_cache
+unset WEBPEFT_SHADER_CHECKS
+
 echo "== browser package (wasm32)"
 scripts/build-web.sh
 

@@ -112,21 +112,218 @@ fn row_pos(t: QueryTile, r: u32) -> u32 { return p.offset + min(t.i0 + r % P, p.
 // with select, and every loop nest indexing a register array does one vec4 op
 // per (row, vec4) so that the compiler unrolls it (R · D4 ≤ 64, see the launcher).
 
-@compute @workgroup_size(WG)
-fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let index = flat_group(wid, nwg) * WG + lid;
-    if (index >= query_tiles()) { return; }
-    let t = query_tile(index);
-    var qr: array<vec4<f32>, R * D4>;  // rows past tq stay 0 and are never stored
+// The pieces below are shared with attention_subgroup.wgsl, whose kernels
+// differ only in how a k, v, q or dout row reaches every lane. Register
+// arrays pass by pointer (a value array would be copied at every dynamic index).
+
+// The tile's query rows into qr.
+fn load_query_rows(t: QueryTile, qr: ptr<function, array<vec4<f32>, R * D4>>) {
     for (var n = 0u; n < R; n++) {
         if (n >= G * t.np) { break; }
         let w = tile_row(t, n);
         let qa = q_at(t.b, w.i, w.h);
         for (var d = 0u; d < D4; d++) {
             let x = q[qa + d];
-            for (var r = 0u; r < R; r++) { qr[r * D4 + d] = select(qr[r * D4 + d], x, r == w.r); }
+            for (var r = 0u; r < R; r++) { (*qr)[r * D4 + d] = select((*qr)[r * D4 + d], x, r == w.r); }
         }
     }
+}
+
+// One key of the online softmax: the scores s (q·k_j) become the weights of
+// v_j, e = exp(s · scale − m_new), with c = exp(m_old − m_new) the rescale of
+// the sums so far; a key past the row's position gets e = 0 and leaves m alone.
+fn online_softmax_step(
+    t: QueryTile,
+    j: u32,
+    s: ptr<function, array<f32, R>>,
+    c: ptr<function, array<f32, R>>,
+    m: ptr<function, array<f32, R>>,
+    l: ptr<function, array<f32, R>>,
+) {
+    for (var r = 0u; r < R; r++) {
+        let seen = j <= row_pos(t, r);
+        let sr = (*s)[r] * p.scale;
+        let mx = select((*m)[r], max((*m)[r], sr), seen);
+        (*c)[r] = exp((*m)[r] - mx);
+        (*s)[r] = select(0.0, exp(sr - mx), seen);
+        (*l)[r] = (*l)[r] * (*c)[r] + (*s)[r];
+        (*m)[r] = mx;
+    }
+}
+
+// The tile's rows of out (acc / l) and lse (m + log l).
+fn store_forward(
+    t: QueryTile,
+    acc: ptr<function, array<vec4<f32>, R * D4>>,
+    m: ptr<function, array<f32, R>>,
+    l: ptr<function, array<f32, R>>,
+) {
+    for (var n = 0u; n < R; n++) {
+        if (n >= G * t.np) { break; }
+        let w = tile_row(t, n);
+        var ln = 0.0;
+        var mn = 0.0;
+        for (var r = 0u; r < R; r++) {
+            ln = select(ln, (*l)[r], r == w.r);
+            mn = select(mn, (*m)[r], r == w.r);
+        }
+        let qa = q_at(t.b, w.i, w.h);
+        for (var d = 0u; d < D4; d++) {
+            var x = vec4(0.0);
+            for (var r = 0u; r < R; r++) { x = select(x, (*acc)[r * D4 + d], r == w.r); }
+            out[qa + d] = x / ln;
+        }
+        lse[row_at(t.b, w.h, w.i)] = mn + log(ln);
+    }
+}
+
+// The tile's rows of q and dout into qr and dor, with each row's lse and its
+// delta = dout · out, which is also stored for attention_backward_dkv.
+fn load_dq_rows(
+    t: QueryTile,
+    qr: ptr<function, array<vec4<f32>, R * D4>>,
+    dor: ptr<function, array<vec4<f32>, R * D4>>,
+    row_delta: ptr<function, array<f32, R>>,
+    row_lse: ptr<function, array<f32, R>>,
+) {
+    for (var n = 0u; n < R; n++) {
+        if (n >= G * t.np) { break; }
+        let w = tile_row(t, n);
+        let qa = q_at(t.b, w.i, w.h);
+        for (var d = 0u; d < D4; d++) {
+            let x = q[qa + d];
+            for (var r = 0u; r < R; r++) { (*qr)[r * D4 + d] = select((*qr)[r * D4 + d], x, r == w.r); }
+        }
+        var dl = 0.0;
+        for (var d = 0u; d < D4; d++) {
+            let x = dout[qa + d];
+            dl += dot(x, o[qa + d]);
+            for (var r = 0u; r < R; r++) { (*dor)[r * D4 + d] = select((*dor)[r * D4 + d], x, r == w.r); }
+        }
+        let row = row_at(t.b, w.h, w.i);
+        delta[row] = dl;
+        let e = lse_in[row];
+        for (var r = 0u; r < R; r++) {
+            (*row_delta)[r] = select((*row_delta)[r], dl, r == w.r);
+            (*row_lse)[r] = select((*row_lse)[r], e, r == w.r);
+        }
+    }
+}
+
+// dS of key j for each row, from its scores s (q·k_j) and dp (dout·v_j), into
+// s: P (dp − delta) · scale with P = exp(s · scale − lse), 0 past the row's position.
+fn dq_scores(
+    t: QueryTile,
+    j: u32,
+    s: ptr<function, array<f32, R>>,
+    dp: ptr<function, array<f32, R>>,
+    row_delta: ptr<function, array<f32, R>>,
+    row_lse: ptr<function, array<f32, R>>,
+) {
+    for (var r = 0u; r < R; r++) {
+        let prob = exp((*s)[r] * p.scale - (*row_lse)[r]);
+        (*s)[r] = select(0.0, prob * ((*dp)[r] - (*row_delta)[r]) * p.scale, j <= row_pos(t, r));  // dS
+    }
+}
+
+// The tile's rows of dq.
+fn store_dq(t: QueryTile, dqr: ptr<function, array<vec4<f32>, R * D4>>) {
+    for (var n = 0u; n < R; n++) {
+        if (n >= G * t.np) { break; }
+        let w = tile_row(t, n);
+        let qa = q_at(t.b, w.i, w.h);
+        for (var d = 0u; d < D4; d++) {
+            var x = vec4(0.0);
+            for (var r = 0u; r < R; r++) { x = select(x, (*dqr)[r * D4 + d], r == w.r); }
+            dq[qa + d] = x;
+        }
+    }
+}
+
+// Key rows j0 .. j0 + nk of (batch b, kv head kvh) into kr and vr.
+fn load_key_rows(
+    b: u32,
+    j0: u32,
+    nk: u32,
+    kvh: u32,
+    kr: ptr<function, array<vec4<f32>, PK * D4>>,
+    vr: ptr<function, array<vec4<f32>, PK * D4>>,
+) {
+    for (var n = 0u; n < PK; n++) {
+        if (n >= nk) { break; }
+        let ka = kv_at(b, j0 + n, kvh);
+        for (var d = 0u; d < D4; d++) {
+            let x = k[ka + d];
+            for (var u = 0u; u < PK; u++) { (*kr)[u * D4 + d] = select((*kr)[u * D4 + d], x, u == n); }
+        }
+        for (var d = 0u; d < D4; d++) {
+            let x = v[ka + d];
+            for (var u = 0u; u < PK; u++) { (*vr)[u * D4 + d] = select((*vr)[u * D4 + d], x, u == n); }
+        }
+    }
+}
+
+// For query i (row `row` of lse and delta) against keys j0 + u, from the
+// scores s (q_i·k) and dp (dout_i·v): s becomes P (0 past position i) and dp
+// becomes dS, and they add P dout_i to dv and dS q_i to dk.
+fn dkv_accumulate(
+    j0: u32,
+    i: u32,
+    row: u32,
+    qi: ptr<function, array<vec4<f32>, D4>>,
+    doi: ptr<function, array<vec4<f32>, D4>>,
+    s: ptr<function, array<f32, PK>>,
+    dp: ptr<function, array<f32, PK>>,
+    dkr: ptr<function, array<vec4<f32>, PK * D4>>,
+    dvr: ptr<function, array<vec4<f32>, PK * D4>>,
+) {
+    let row_lse = lse_in[row];
+    let row_delta = delta_in[row];
+    for (var u = 0u; u < PK; u++) {
+        let prob = select(0.0, exp((*s)[u] * p.scale - row_lse), j0 + u <= p.offset + i);
+        (*s)[u] = prob;
+        (*dp)[u] = prob * ((*dp)[u] - row_delta) * p.scale;  // dS
+    }
+    for (var d = 0u; d < D4; d++) {
+        for (var u = 0u; u < PK; u++) { (*dvr)[u * D4 + d] += (*s)[u] * (*doi)[d]; }
+    }
+    for (var d = 0u; d < D4; d++) {
+        for (var u = 0u; u < PK; u++) { (*dkr)[u * D4 + d] += (*dp)[u] * (*qi)[d]; }
+    }
+}
+
+// The nk rows of dk and dv from j0.
+fn store_key_rows(
+    b: u32,
+    j0: u32,
+    nk: u32,
+    kvh: u32,
+    dkr: ptr<function, array<vec4<f32>, PK * D4>>,
+    dvr: ptr<function, array<vec4<f32>, PK * D4>>,
+) {
+    for (var n = 0u; n < PK; n++) {
+        if (n >= nk) { break; }
+        let ka = kv_at(b, j0 + n, kvh);
+        for (var d = 0u; d < D4; d++) {
+            var x = vec4(0.0);
+            for (var u = 0u; u < PK; u++) { x = select(x, (*dkr)[u * D4 + d], u == n); }
+            dk[ka + d] = x;
+        }
+        for (var d = 0u; d < D4; d++) {
+            var x = vec4(0.0);
+            for (var u = 0u; u < PK; u++) { x = select(x, (*dvr)[u * D4 + d], u == n); }
+            dv[ka + d] = x;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let index = flat_group(wid, nwg) * WG + lid;
+    if (index >= query_tiles()) { return; }
+    let t = query_tile(index);
+    var qr: array<vec4<f32>, R * D4>;  // rows past tq stay 0 and are never stored
+    load_query_rows(t, &qr);
     var acc: array<vec4<f32>, R * D4>;  // Σ exp(s − m) v, un-normalised
     var m: array<f32, R>;               // running max of the scores
     var l: array<f32, R>;               // running Σ exp(s − m)
@@ -138,18 +335,8 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             let kd = k[ka + d];
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kd); }
         }
-        // Rescale by c = exp(m_old − m_new) and weigh v_j by e = exp(s − m_new);
-        // a key past the row's position gets e = 0 and leaves m alone.
         var c = array<f32, R>();
-        for (var r = 0u; r < R; r++) {
-            let seen = j <= row_pos(t, r);
-            let sr = s[r] * p.scale;
-            let mx = select(m[r], max(m[r], sr), seen);
-            c[r] = exp(m[r] - mx);
-            s[r] = select(0.0, exp(sr - mx), seen);
-            l[r] = l[r] * c[r] + s[r];
-            m[r] = mx;
-        }
+        online_softmax_step(t, j, &s, &c, &m, &l);
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { acc[r * D4 + d] *= c[r]; }
         }
@@ -158,23 +345,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
             for (var r = 0u; r < R; r++) { acc[r * D4 + d] += s[r] * vd; }
         }
     }
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        var ln = 0.0;
-        var mn = 0.0;
-        for (var r = 0u; r < R; r++) {
-            ln = select(ln, l[r], r == w.r);
-            mn = select(mn, m[r], r == w.r);
-        }
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var r = 0u; r < R; r++) { x = select(x, acc[r * D4 + d], r == w.r); }
-            out[qa + d] = x / ln;
-        }
-        lse[row_at(t.b, w.h, w.i)] = mn + log(ln);
-    }
+    store_forward(t, &acc, &m, &l);
 }
 
 @compute @workgroup_size(WG)
@@ -187,28 +358,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     var dor: array<vec4<f32>, R * D4>;
     var row_delta: array<f32, R>;
     var row_lse: array<f32, R>;
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            let x = q[qa + d];
-            for (var r = 0u; r < R; r++) { qr[r * D4 + d] = select(qr[r * D4 + d], x, r == w.r); }
-        }
-        var dl = 0.0;
-        for (var d = 0u; d < D4; d++) {
-            let x = dout[qa + d];
-            dl += dot(x, o[qa + d]);
-            for (var r = 0u; r < R; r++) { dor[r * D4 + d] = select(dor[r * D4 + d], x, r == w.r); }
-        }
-        let row = row_at(t.b, w.h, w.i);
-        delta[row] = dl;
-        let e = lse_in[row];
-        for (var r = 0u; r < R; r++) {
-            row_delta[r] = select(row_delta[r], dl, r == w.r);
-            row_lse[r] = select(row_lse[r], e, r == w.r);
-        }
-    }
+    load_dq_rows(t, &qr, &dor, &row_delta, &row_lse);
     var dqr: array<vec4<f32>, R * D4>;
     for (var j = 0u; j <= t.last; j++) {
         let ka = kv_at(t.b, j, t.kvh);
@@ -223,24 +373,12 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
             let vd = v[ka + d];
             for (var r = 0u; r < R; r++) { dp[r] += dot(dor[r * D4 + d], vd); }
         }
-        for (var r = 0u; r < R; r++) {
-            let prob = exp(s[r] * p.scale - row_lse[r]);
-            s[r] = select(0.0, prob * (dp[r] - row_delta[r]) * p.scale, j <= row_pos(t, r));  // dS
-        }
+        dq_scores(t, j, &s, &dp, &row_delta, &row_lse);
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { dqr[r * D4 + d] += s[r] * kj[d]; }
         }
     }
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var r = 0u; r < R; r++) { x = select(x, dqr[r * D4 + d], r == w.r); }
-            dq[qa + d] = x;
-        }
-    }
+    store_dq(t, &dqr);
 }
 
 // A tile is PK consecutive key rows j0 .. j0 + nk of one (batch, kv head),
@@ -255,18 +393,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let nk = min(PK, p.tkv - j0);
     var kr: array<vec4<f32>, PK * D4>;  // rows past tkv stay 0, are masked and never stored
     var vr: array<vec4<f32>, PK * D4>;
-    for (var n = 0u; n < PK; n++) {
-        if (n >= nk) { break; }
-        let ka = kv_at(b, j0 + n, kvh);
-        for (var d = 0u; d < D4; d++) {
-            let x = k[ka + d];
-            for (var u = 0u; u < PK; u++) { kr[u * D4 + d] = select(kr[u * D4 + d], x, u == n); }
-        }
-        for (var d = 0u; d < D4; d++) {
-            let x = v[ka + d];
-            for (var u = 0u; u < PK; u++) { vr[u * D4 + d] = select(vr[u * D4 + d], x, u == n); }
-        }
-    }
+    load_key_rows(b, j0, nk, kvh, &kr, &vr);
     var dkr: array<vec4<f32>, PK * D4>;
     var dvr: array<vec4<f32>, PK * D4>;
     let group = p.hq / p.hkv;
@@ -290,35 +417,10 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                 doi[d] = dout[qa + d];
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }
             }
-            let row_lse = lse_in[row];
-            let row_delta = delta_in[row];
-            for (var u = 0u; u < PK; u++) {
-                let prob = select(0.0, exp(s[u] * p.scale - row_lse), j0 + u <= p.offset + i);
-                s[u] = prob;
-                dp[u] = prob * (dp[u] - row_delta) * p.scale;  // dS
-            }
-            for (var d = 0u; d < D4; d++) {
-                for (var u = 0u; u < PK; u++) { dvr[u * D4 + d] += s[u] * doi[d]; }
-            }
-            for (var d = 0u; d < D4; d++) {
-                for (var u = 0u; u < PK; u++) { dkr[u * D4 + d] += dp[u] * qi[d]; }
-            }
+            dkv_accumulate(j0, i, row, &qi, &doi, &s, &dp, &dkr, &dvr);
         }
     }
-    for (var n = 0u; n < PK; n++) {
-        if (n >= nk) { break; }
-        let ka = kv_at(b, j0 + n, kvh);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var u = 0u; u < PK; u++) { x = select(x, dkr[u * D4 + d], u == n); }
-            dk[ka + d] = x;
-        }
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var u = 0u; u < PK; u++) { x = select(x, dvr[u * D4 + d], u == n); }
-            dv[ka + d] = x;
-        }
-    }
+    store_key_rows(b, j0, nk, kvh, &dkr, &dvr);
 }
 
 // For head dims that are not a multiple of 4: copies p.batch rows of width

@@ -64,15 +64,7 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (index >= query_subgroups()) { return; }
     let t = query_tile_sg(index, lane);
     var qr: array<vec4<f32>, R * D4>;  // rows past tq stay 0 and are never stored
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            let x = q[qa + d];
-            for (var r = 0u; r < R; r++) { qr[r * D4 + d] = select(qr[r * D4 + d], x, r == w.r); }
-        }
-    }
+    load_query_rows(t, &qr);
     var acc: array<vec4<f32>, R * D4>;
     var m: array<f32, R>;
     var l: array<f32, R>;
@@ -86,37 +78,13 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
             for (var r = 0u; r < R; r++) { s[r] += dot(qr[r * D4 + d], kj[d]); }
         }
         var c = array<f32, R>();
-        for (var r = 0u; r < R; r++) {
-            let seen = j <= row_pos(t, r);
-            let sr = s[r] * p.scale;
-            let mx = select(m[r], max(m[r], sr), seen);
-            c[r] = exp(m[r] - mx);
-            s[r] = select(0.0, exp(sr - mx), seen);
-            l[r] = l[r] * c[r] + s[r];
-            m[r] = mx;
-        }
+        online_softmax_step(t, j, &s, &c, &m, &l);
         let vj = v_row_sg(ka, lane);
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { acc[r * D4 + d] = acc[r * D4 + d] * c[r] + s[r] * vj[d]; }
         }
     }
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        var ln = 0.0;
-        var mn = 0.0;
-        for (var r = 0u; r < R; r++) {
-            ln = select(ln, l[r], r == w.r);
-            mn = select(mn, m[r], r == w.r);
-        }
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var r = 0u; r < R; r++) { x = select(x, acc[r * D4 + d], r == w.r); }
-            out[qa + d] = x / ln;
-        }
-        lse[row_at(t.b, w.h, w.i)] = mn + log(ln);
-    }
+    store_forward(t, &acc, &m, &l);
 }
 
 @compute @workgroup_size(8)
@@ -128,28 +96,7 @@ fn attention_backward_dq_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     var dor: array<vec4<f32>, R * D4>;
     var row_delta: array<f32, R>;
     var row_lse: array<f32, R>;
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            let x = q[qa + d];
-            for (var r = 0u; r < R; r++) { qr[r * D4 + d] = select(qr[r * D4 + d], x, r == w.r); }
-        }
-        var dl = 0.0;
-        for (var d = 0u; d < D4; d++) {
-            let x = dout[qa + d];
-            dl += dot(x, o[qa + d]);
-            for (var r = 0u; r < R; r++) { dor[r * D4 + d] = select(dor[r * D4 + d], x, r == w.r); }
-        }
-        let row = row_at(t.b, w.h, w.i);
-        delta[row] = dl;
-        let e = lse_in[row];
-        for (var r = 0u; r < R; r++) {
-            row_delta[r] = select(row_delta[r], dl, r == w.r);
-            row_lse[r] = select(row_lse[r], e, r == w.r);
-        }
-    }
+    load_dq_rows(t, &qr, &dor, &row_delta, &row_lse);
     var dqr: array<vec4<f32>, R * D4>;
     let last = subgroup_last(index);
     for (var j = 0u; j <= last; j++) {
@@ -164,24 +111,12 @@ fn attention_backward_dq_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { dp[r] += dot(dor[r * D4 + d], vj[d]); }
         }
-        for (var r = 0u; r < R; r++) {
-            let prob = exp(s[r] * p.scale - row_lse[r]);
-            s[r] = select(0.0, prob * (dp[r] - row_delta[r]) * p.scale, j <= row_pos(t, r));  // dS
-        }
+        dq_scores(t, j, &s, &dp, &row_delta, &row_lse);
         for (var d = 0u; d < D4; d++) {
             for (var r = 0u; r < R; r++) { dqr[r * D4 + d] += s[r] * kj[d]; }
         }
     }
-    for (var n = 0u; n < R; n++) {
-        if (n >= G * t.np) { break; }
-        let w = tile_row(t, n);
-        let qa = q_at(t.b, w.i, w.h);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var r = 0u; r < R; r++) { x = select(x, dqr[r * D4 + d], r == w.r); }
-            dq[qa + d] = x;
-        }
-    }
+    store_dq(t, &dqr);
 }
 
 @compute @workgroup_size(8)
@@ -195,18 +130,7 @@ fn attention_backward_dkv_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     let nk = select(0u, min(PK, p.tkv - min(j0, p.tkv)), j0 < p.tkv);
     var kr: array<vec4<f32>, PK * D4>;  // rows past tkv stay 0, are masked and never stored
     var vr: array<vec4<f32>, PK * D4>;
-    for (var n = 0u; n < PK; n++) {
-        if (n >= nk) { break; }
-        let ka = kv_at(b, j0 + n, kvh);
-        for (var d = 0u; d < D4; d++) {
-            let x = k[ka + d];
-            for (var u = 0u; u < PK; u++) { kr[u * D4 + d] = select(kr[u * D4 + d], x, u == n); }
-        }
-        for (var d = 0u; d < D4; d++) {
-            let x = v[ka + d];
-            for (var u = 0u; u < PK; u++) { vr[u * D4 + d] = select(vr[u * D4 + d], x, u == n); }
-        }
-    }
+    load_key_rows(b, j0, nk, kvh, &kr, &vr);
     var dkr: array<vec4<f32>, PK * D4>;
     var dvr: array<vec4<f32>, PK * D4>;
     let group = p.hq / p.hkv;
@@ -216,43 +140,18 @@ fn attention_backward_dkv_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
         for (var i = first; i < p.tq; i++) {
             let qa = q_at(b, i, h);
             let row = row_at(b, h, i);
-            let qi = q_row_sg(qa, lane);
+            var qi = q_row_sg(qa, lane);
             var s = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 for (var u = 0u; u < PK; u++) { s[u] += dot(qi[d], kr[u * D4 + d]); }
             }
-            let doi = dout_row_sg(qa, lane);
+            var doi = dout_row_sg(qa, lane);
             var dp = array<f32, PK>();
             for (var d = 0u; d < D4; d++) {
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }
             }
-            let row_lse = lse_in[row];
-            let row_delta = delta_in[row];
-            for (var u = 0u; u < PK; u++) {
-                let prob = select(0.0, exp(s[u] * p.scale - row_lse), j0 + u <= p.offset + i);
-                s[u] = prob;
-                dp[u] = prob * (dp[u] - row_delta) * p.scale;  // dS
-            }
-            for (var d = 0u; d < D4; d++) {
-                for (var u = 0u; u < PK; u++) { dvr[u * D4 + d] += s[u] * doi[d]; }
-            }
-            for (var d = 0u; d < D4; d++) {
-                for (var u = 0u; u < PK; u++) { dkr[u * D4 + d] += dp[u] * qi[d]; }
-            }
+            dkv_accumulate(j0, i, row, &qi, &doi, &s, &dp, &dkr, &dvr);
         }
     }
-    for (var n = 0u; n < PK; n++) {
-        if (n >= nk) { break; }
-        let ka = kv_at(b, j0 + n, kvh);
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var u = 0u; u < PK; u++) { x = select(x, dkr[u * D4 + d], u == n); }
-            dk[ka + d] = x;
-        }
-        for (var d = 0u; d < D4; d++) {
-            var x = vec4(0.0);
-            for (var u = 0u; u < PK; u++) { x = select(x, dvr[u * D4 + d], u == n); }
-            dv[ka + d] = x;
-        }
-    }
+    store_key_rows(b, j0, nk, kvh, &dkr, &dvr);
 }

@@ -11,7 +11,8 @@
 //
 // Rows are long (vocab up to 128k): each invocation keeps a running
 // (max, Σ exp(x − max)) over its strided share of the row, and the pairs are
-// merged in workgroup memory.
+// merged in workgroup memory (workgroup_logsumexp, in workgroup_reduce.wgsl,
+// which is compiled before this file).
 // Prelude constant: WG, invocations per row (a power of two).
 
 const IGNORE_INDEX: i32 = -100;
@@ -32,9 +33,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read> lse_in: array<f32>;         // (rows), from the forward
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;  // (rows, vocab)
 @group(0) @binding(7) var<storage, read_write> logits_io: array<f32>; // (rows, vocab): logits in, dlogits out
-
-var<workgroup> red_m: array<f32, WG>;
-var<workgroup> red_s: array<f32, WG>;
 
 fn nan() -> f32 {
     var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
@@ -68,23 +66,8 @@ fn cross_entropy_forward(
             s += exp(v - m);
         }
     }
-    red_m[lid] = m;
-    red_s[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid < stride) {
-            let m1 = red_m[lid];
-            let m2 = red_m[lid + stride];
-            let s1 = red_s[lid];
-            let s2 = red_s[lid + stride];
-            let mm = max(m1, m2);
-            red_m[lid] = mm;
-            red_s[lid] = s1 * exp(m1 - mm) + s2 * exp(m2 - mm);
-        }
-        workgroupBarrier();
-    }
+    let row_lse = workgroup_logsumexp(lid, m, s);
     if (lid == 0u) {
-        let row_lse = red_m[0] + log(red_s[0]);
         lse[row] = row_lse;
         let t = targets[row];
         let column = target_column(row);

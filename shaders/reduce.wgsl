@@ -7,6 +7,7 @@
 //   clip_coef            clip = [‖g‖, min(max_norm / (‖g‖ + 1e-6), 1)], torch's clip_grad_norm_
 //
 // Prelude constant: WG, invocations per workgroup (a power of two).
+// workgroup_sum is in workgroup_reduce.wgsl, compiled before this file.
 
 struct Params {
     n: u32,          // elements of x
@@ -26,18 +27,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> total: array<f32>;    // (1)
 @group(0) @binding(5) var<storage, read> sumsq: array<f32>;          // (1)
 @group(0) @binding(6) var<storage, read_write> clip: array<f32>;     // (2): norm, coefficient
-
-var<workgroup> red: array<f32, WG>;
-
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    red[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 @compute @workgroup_size(WG)
 fn sum_squares_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

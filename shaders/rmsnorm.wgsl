@@ -11,7 +11,7 @@
 //                            (no float atomics, which WGSL lacks)
 //
 // Prelude constant: WG, invocations per row (a power of two). Rows come from
-// `flat_group`, so there may be more than 65535.
+// `flat_group`, so there may be more than 65535. Compiled after workgroup_reduce.wgsl.
 
 const DW_X: u32 = 16u;
 const DW_Y: u32 = 16u;
@@ -33,21 +33,9 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> dx: array<f32>;      // (rows, dim)
 @group(0) @binding(8) var<storage, read_write> dweight: array<f32>; // (dim)
 
-var<workgroup> red: array<f32, WG>;
+// workgroup_sum is in workgroup_reduce.wgsl. rmsnorm_backward_weight sums
+// columns of a (DW_Y, DW_X) tile instead (16 trees side by side), so it keeps its own.
 var<workgroup> red_w: array<f32, 256>;  // (DW_Y, DW_X)
-
-// Sum of `value` over the workgroup (tree in workgroup memory).
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    red[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(WG)
 fn rmsnorm_forward(

@@ -5,7 +5,8 @@
 //
 // A row that is all −inf gives NaN (0/0), as torch does.
 // Prelude constant: WG, invocations per row (a power of two). Rows come from
-// `flat_group`, so there may be more than 65535.
+// `flat_group`, so there may be more than 65535. workgroup_sum and
+// workgroup_max are in workgroup_reduce.wgsl, compiled before this file.
 
 const LOWEST: f32 = -0x1.fffffep+127f;  // a max that any real value beats (exactly the lowest f32: Tint rejects an inexact decimal)
 
@@ -22,32 +23,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> dy: array<f32>;        // (rows, cols)
 @group(0) @binding(4) var<storage, read> y_in: array<f32>;      // (rows, cols), the forward's output
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;  // (rows, cols)
-
-var<workgroup> red: array<f32, WG>;
-
-fn workgroup_sum(lid: u32, value: f32) -> f32 {
-    red[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
-fn workgroup_max(lid: u32, value: f32) -> f32 {
-    red[lid] = value;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
 
 @compute @workgroup_size(WG)
 fn softmax_forward(

@@ -22,7 +22,9 @@ pub struct GpuOptions {
     /// How long a native wait for the GPU may take before it is an error.
     pub timeout_seconds: u64,
     /// Compile shaders with naga's bounds clamps and loop counters (slower;
-    /// for debugging kernels).
+    /// for debugging kernels). Natively, `WEBPEFT_SHADER_CHECKS=1` in the
+    /// environment turns it on too (`scripts/test.sh` runs the kernel tests
+    /// so once). In the browser it changes nothing: WebGPU always checks.
     pub shader_checks: bool,
     /// Which matmul kernels to run: chosen by the adapter (the default), or
     /// one family forced (tests run the real-GPU kernels on lavapipe).
@@ -80,6 +82,13 @@ impl Default for GpuOptions {
             pipeline_cache_dir: None,
         }
     }
+}
+
+/// `WEBPEFT_SHADER_CHECKS=1`: natively, compile shaders with naga's runtime
+/// checks whatever the options say. Never read in the browser, which has no
+/// environment and whose WebGPU checks every access anyway.
+fn shader_checks_from_env() -> bool {
+    !cfg!(target_arch = "wasm32") && std::env::var("WEBPEFT_SHADER_CHECKS").is_ok_and(|v| v == "1")
 }
 
 /// What the adapter is, in a form that serialises for the JS API and the bench.
@@ -278,7 +287,7 @@ impl Gpu {
             features,
             max_binding,
             timeout_seconds: options.timeout_seconds,
-            shader_checks: options.shader_checks,
+            shader_checks: options.shader_checks || shader_checks_from_env(),
             kernels,
             tuning: Mutex::new(Default::default()),
             autotune: options.autotune && kernels == KernelFamily::Gpu,

@@ -43,6 +43,32 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kernel family, for the test that compiles every pipeline
+    /// (`tests/pipelines.rs`); a new one goes here too.
+    pub const ALL: [Kernel; 21] = [
+        Kernel::Matmul,
+        Kernel::MatmulSubgroup,
+        Kernel::MatmulBlocked,
+        Kernel::MatmulGemv,
+        Kernel::QMatmul,
+        Kernel::QMatmulBlocked,
+        Kernel::QMatmulGemv,
+        Kernel::QMatmulSubgroup,
+        Kernel::QMatmulF16,
+        Kernel::Quant,
+        Kernel::RmsNorm,
+        Kernel::Rope,
+        Kernel::SwiGlu,
+        Kernel::Softmax,
+        Kernel::Attention,
+        Kernel::AttentionSubgroup,
+        Kernel::Embedding,
+        Kernel::Elementwise,
+        Kernel::CrossEntropy,
+        Kernel::Reduce,
+        Kernel::AdamW,
+    ];
+
     pub fn source(self) -> &'static str {
         match self {
             Kernel::Matmul => include_str!("../../shaders/matmul.wgsl"),
@@ -77,10 +103,14 @@ impl Kernel {
                 concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/qmatmul_f16.wgsl"))
             }
             Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
-            Kernel::RmsNorm => include_str!("../../shaders/rmsnorm.wgsl"),
+            Kernel::RmsNorm => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/rmsnorm.wgsl"))
+            }
             Kernel::Rope => include_str!("../../shaders/rope.wgsl"),
             Kernel::SwiGlu => include_str!("../../shaders/swiglu.wgsl"),
-            Kernel::Softmax => include_str!("../../shaders/softmax.wgsl"),
+            Kernel::Softmax => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/softmax.wgsl"))
+            }
             Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
             Kernel::AttentionSubgroup => {
                 concat!(
@@ -91,8 +121,13 @@ impl Kernel {
             }
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
-            Kernel::CrossEntropy => include_str!("../../shaders/cross_entropy.wgsl"),
-            Kernel::Reduce => include_str!("../../shaders/reduce.wgsl"),
+            Kernel::CrossEntropy => concat!(
+                include_str!("../../shaders/workgroup_reduce.wgsl"),
+                include_str!("../../shaders/cross_entropy.wgsl")
+            ),
+            Kernel::Reduce => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/reduce.wgsl"))
+            }
             Kernel::AdamW => include_str!("../../shaders/adamw.wgsl"),
         }
     }
@@ -175,6 +210,11 @@ impl PipelineKey {
         (self.kernel, self.entry, self.consts.iter().map(|(n, c)| (*n, c.bits())).collect())
     }
 
+    /// What tells pipelines apart: equal ids share one pipeline.
+    pub fn id(&self) -> impl std::hash::Hash + Eq {
+        self.hash_key()
+    }
+
     fn prelude(&self) -> String {
         // Enable directives come before every declaration.
         let enable = if self.kernel == Kernel::QMatmulF16 { "enable f16;\n" } else { "" };
@@ -223,6 +263,8 @@ impl PipelineCache {
                     if gpu.shader_checks {
                         return Arc::new(gpu.device.create_shader_module(desc));
                     }
+                    // In the browser wgpu's WebGPU backend ignores the
+                    // runtime-check flags: the browser always applies its own.
                     // SAFETY: these are webpeft's own shaders, not user code. Every
                     // launcher checks that the largest element a dispatch can touch
                     // lies inside each bound tensor (typed errors otherwise), and
@@ -257,6 +299,27 @@ impl PipelineCache {
 }
 
 impl Gpu {
+    /// Build `key`'s pipeline now (or find it built), returning the error
+    /// wgpu reports for its shader or pipeline instead of leaving it to the
+    /// device's error log. `tests/pipelines.rs` compiles every variant so.
+    pub async fn compile_pipeline(&self, key: &PipelineKey) -> crate::error::Result<()> {
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        self.pipelines.get(self, key);
+        let internal = internal.pop().await;
+        let validation = validation.pop().await;
+        match internal.or(validation) {
+            None => Ok(()),
+            Some(e) => Err(crate::error::Error::Gpu { context: format!("compiling {key:?}"), message: e.to_string() }),
+        }
+    }
+
+    /// Whether shaders are compiled with naga's runtime checks
+    /// ([`super::GpuOptions::shader_checks`] or `WEBPEFT_SHADER_CHECKS=1`).
+    pub fn shader_checks(&self) -> bool {
+        self.shader_checks
+    }
+
     /// Number of distinct pipelines built so far.
     pub fn pipeline_count(&self) -> usize {
         self.pipelines.len()

@@ -178,7 +178,6 @@ pub fn adamw_step(
         grad_scale: 1.0,
     };
     let groups = grid_1d(param.numel().div_ceil(WG as usize));
-    let key = |entry| PipelineKey::new(Kernel::AdamW, entry).with("WG", Const::U32(WG));
     match grad_scale {
         GradScale::None => rec.dispatch(&key("adamw_step"), &p, &[param, grad, m, v], groups),
         GradScale::By(scale) => {
@@ -194,4 +193,13 @@ pub fn adamw_step(
             rec.dispatch(&key("adamw_step_clipped"), &p, &[param, grad, m, v, clip], groups)
         }
     }
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::AdamW, entry).with("WG", Const::U32(WG))
+}
+
+/// Every pipeline [`adamw_step`] can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    vec![key("adamw_step"), key("adamw_step_clipped")]
 }

@@ -141,8 +141,12 @@ struct Launch {
 
 impl Launch {
     fn new(gpu: &Gpu, variant: Variant, p: &Params, head_dim: usize) -> Launch {
-        let d4 = head_dim.div_ceil(4);
         let budget = if super::blocked::is_real_gpu(gpu) { GPU_TILE_VEC4S } else { TILE_VEC4S };
+        Self::with_budget(gpu, variant, p, head_dim, budget)
+    }
+
+    fn with_budget(gpu: &Gpu, variant: Variant, p: &Params, head_dim: usize, budget: usize) -> Launch {
+        let d4 = head_dim.div_ceil(4);
         let rows = (budget / d4).clamp(1, 8);
         let group = (p.hq / p.hkv) as usize;
         let g = (1..=rows.min(group)).rev().find(|g| group % g == 0).unwrap_or(1);
@@ -362,4 +366,34 @@ pub fn write_kv_cache(rec: &mut Recorder, new: &Tensor, cache: &Tensor, offset: 
         rec.copy(new, src, cache, dst, seq as u64 * row)?;
     }
     Ok(())
+}
+
+/// Pipelines the launchers here request on `gpu` (`kernels::variants`). The
+/// tiles follow from the shapes (head_dim, heads per kv head, sequence), too
+/// many to compile them all, so this is a sample that reaches every branch of
+/// [`Launch::new`] for both kernel families and both variants: each register
+/// budget's row counts from 8 down to 1 (head dims from 4 to
+/// [`MAX_HEAD_DIM`], padded ones among them), query heads per tile 1–4 and
+/// odd, and a decoding step, a short and a long sequence.
+pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for budget in [TILE_VEC4S, GPU_TILE_VEC4S] {
+        for head_dim in [4, 6, 12, 20, 36, 48, 64, 128, MAX_HEAD_DIM] {
+            for group in [1, 3, 4] {
+                for (tq, tkv) in [(1, 64), (3, 3), (64, 64)] {
+                    let p = Params { batch: 1, tq, tkv, hq: group, hkv: 1, ..Params::zeroed() };
+                    for variant in [Variant::Portable, Variant::Subgroup] {
+                        let launch = Launch::with_budget(gpu, variant, &p, head_dim, budget);
+                        for entry in ["attention_forward", "attention_backward_dq", "attention_backward_dkv"] {
+                            keys.push(launch.key(entry));
+                        }
+                        if head_dim % 4 != 0 {
+                            keys.push(Launch { variant: Variant::Portable, ..launch }.key("attention_repad"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    keys
 }

@@ -60,8 +60,7 @@ fn launch(
     bound: &[(u32, &Tensor)],
 ) -> Result<()> {
     let p = Params { rows: rows as u32, vocab: vocab as u32, scale, _pad: 0 };
-    let key = PipelineKey::new(Kernel::CrossEntropy, entry).with("WG", Const::U32(WG));
-    rec.dispatch_bound(&key, &p, bound, grid_1d(rows))
+    rec.dispatch_bound(&key(entry), &p, bound, grid_1d(rows))
 }
 
 /// Returns `(loss, lse)`, both (rows).
@@ -114,4 +113,13 @@ pub fn cross_entropy_backward_inplace(
         return Ok(());
     }
     launch(rec, OP, rows, vocab, scale, &[(7, logits), (2, targets), (5, lse)])
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::CrossEntropy, entry).with("WG", Const::U32(WG))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["cross_entropy_forward", "cross_entropy_backward", "cross_entropy_backward_inplace"].map(key).to_vec()
 }

@@ -36,8 +36,7 @@ fn launch_seeded(
 ) -> Result<()> {
     let n = bound[0].1.numel();
     let p = Params { n: u32_count(op, "element count", n)?, s, seed, threshold };
-    let key = PipelineKey::new(Kernel::Elementwise, entry).with("WG", Const::U32(WG));
-    rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))
+    rec.dispatch_bound(&key(entry), &p, bound, grid_1d(n.div_ceil(WG as usize)))
 }
 
 fn not_aliased(op: &'static str, acc: &Tensor, b: &Tensor) -> Result<()> {
@@ -141,4 +140,13 @@ pub fn copy(rec: &mut Recorder, src: &Tensor, dst: &Tensor) -> Result<()> {
     // Whole words: a tensor's buffer is padded to 4 bytes, so an odd-sized u8/f16 tail copies its padding too.
     let bytes = (src.numel() * src.dtype().size()).div_ceil(4) as u64 * 4;
     rec.copy(src, 0, dst, 0, bytes)
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Elementwise, entry).with("WG", Const::U32(WG))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["add", "mul", "scale", "add_scaled", "scale_inplace", "fill", "dropout"].map(key).to_vec()
 }

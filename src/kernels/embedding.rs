@@ -100,6 +100,14 @@ pub fn embedding_gather_chunk(
         row_start: u32_count(OP, "row_start", row_start)?,
         rows: u32_count(OP, "table rows", rows)?,
     };
-    let key = PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG));
-    rec.dispatch_bound(&key, &p, &[(1, chunk), (2, ids), (3, out)], grid_1d((n * dim).div_ceil(WG as usize)))
+    rec.dispatch_bound(&key(), &p, &[(1, chunk), (2, ids), (3, out)], grid_1d((n * dim).div_ceil(WG as usize)))
+}
+
+fn key() -> PipelineKey {
+    PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    vec![key()]
 }

@@ -390,11 +390,7 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
         Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, c, t, splits),
         Variant::Gemv(t) => {
             t.check().map_err(|e| Error::shape("matmul", e))?;
-            let key = t
-                .with_consts(PipelineKey::new(Kernel::MatmulGemv, "gemv_nt"), g.m)
-                .with("TRANS_A", Const::Bool(false))
-                .with("TRANS_B", Const::Bool(true));
-            rec.dispatch_bound(&key, &params, &[(1, a), (2, b), (3, c)], t.grid(g.n))
+            rec.dispatch_bound(&gemv_key(t, g.m), &params, &[(1, a), (2, b), (3, c)], t.grid(g.n))
         }
         Variant::Subgroup(t) => {
             if !t.valid() {
@@ -403,21 +399,8 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
                     format!("subgroup block {t:?}: rows must be a multiple of 32, columns of 4, at most {} outputs per lane", SgTiles::MAX_OUTPUTS),
                 ));
             }
-            let entry = match g.vec4_entry() {
-                Some("matmul_nn") => "matmul_nn_sg",
-                Some("matmul_tn") => "matmul_tn_sg",
-                _ => "matmul_nt_sg",
-            };
-            let key = PipelineKey::new(Kernel::MatmulSubgroup, entry)
-                .with("TM", Const::U32(4))
-                .with("TN", Const::U32(t.tn))
-                .with("WX", Const::U32(SG_WIDTH))
-                .with("WY", Const::U32(1))
-                .with("TRANS_A", Const::Bool(g.trans_a))
-                .with("TRANS_B", Const::Bool(g.trans_b))
-                .with("SR", Const::U32(t.sr));
             let groups = [div(g.n, SG_WIDTH * t.tn), div(g.m, t.sr), g.batch as u32];
-            rec.dispatch_bound(&key, &params, &[(1, a), (2, b), (3, c)], groups)
+            rec.dispatch_bound(&subgroup_key(g, t), &params, &[(1, a), (2, b), (3, c)], groups)
         }
         Variant::Tiled(t) if g.vec4_entry().is_some() => {
             let entry = g.vec4_entry().unwrap_or("matmul_nt");
@@ -429,14 +412,8 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
             rec.dispatch_bound(&key("matmul_scalar", g, t), &params, &[(4, a), (5, b), (6, c)], groups)
         }
         Variant::Naive => {
-            let t = Tiles { tm: 1, tn: 1, wx: 16, wy: 16 };
             let groups = [div(g.n, 16), div(g.m, 16), g.batch as u32];
-            rec.dispatch_bound(
-                &key("matmul_naive", g, Tiles { tm: 4, tn: 4, ..t }),
-                &params,
-                &[(4, a), (5, b), (6, c)],
-                groups,
-            )
+            rec.dispatch_bound(&naive_key(g), &params, &[(4, a), (5, b), (6, c)], groups)
         }
     }
 }
@@ -453,13 +430,81 @@ fn record_blocked(
     splits: u32,
 ) -> Result<()> {
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
-    let key = |entry| {
-        t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry), false)
-            .with("TRANS_A", Const::Bool(g.trans_a))
-            .with("TRANS_B", Const::Bool(g.trans_b))
-    };
+    let key = |entry| blocked_key(g, t, entry);
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
     blocked::record(rec, key, params, set, &[(4, a), (5, b)], (6, c), t, (g.m, g.n, g.k, g.batch), splits)
+}
+
+/// The one-output-per-invocation yardstick (16×16 workgroups; TM and TN
+/// only size the module's other entries).
+fn naive_key(g: &Gemm) -> PipelineKey {
+    key("matmul_naive", g, Tiles { tm: 4, tn: 4, wx: 16, wy: 16 })
+}
+
+/// The subgroup kernel for `g`'s orientation (which takes vec4 loads).
+fn subgroup_key(g: &Gemm, t: SgTiles) -> PipelineKey {
+    let entry = match g.vec4_entry() {
+        Some("matmul_nn") => "matmul_nn_sg",
+        Some("matmul_tn") => "matmul_tn_sg",
+        _ => "matmul_nt_sg",
+    };
+    PipelineKey::new(Kernel::MatmulSubgroup, entry)
+        .with("TM", Const::U32(4))
+        .with("TN", Const::U32(t.tn))
+        .with("WX", Const::U32(SG_WIDTH))
+        .with("WY", Const::U32(1))
+        .with("TRANS_A", Const::Bool(g.trans_a))
+        .with("TRANS_B", Const::Bool(g.trans_b))
+        .with("SR", Const::U32(t.sr))
+}
+
+fn blocked_key(g: &Gemm, t: Blocks, entry: &'static str) -> PipelineKey {
+    t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry), false)
+        .with("TRANS_A", Const::Bool(g.trans_a))
+        .with("TRANS_B", Const::Bool(g.trans_b))
+}
+
+fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
+    t.with_consts(PipelineKey::new(Kernel::MatmulGemv, "gemv_nt"), m)
+        .with("TRANS_A", Const::Bool(false))
+        .with("TRANS_B", Const::Bool(true))
+}
+
+/// Every pipeline [`gemm_with`] can request on `gpu` (`kernels::variants`),
+/// for both kernel families (either can be forced on any adapter): per
+/// orientation, the register tiles [`Variant::tuned`] picks (few rows, skinny,
+/// tuned) through the vec4 entry where the orientation has one and the scalar
+/// one for other layouts, the yardstick, the subgroup blocks where the device
+/// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
+/// 1..=`GemvTiles::MAX_M` rows.
+pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        // Aligned shapes: (m, n, k) that take the vec4 entry where there is one.
+        let g = |m, n, k| Gemm::new(m, n, k, trans_a, trans_b);
+        let big = g(256, 256, 256);
+        let mut tiles = vec![Tiles::for_gemm(&g(256, 16, 256)), Tiles::for_gemm(&big)];
+        tiles.extend((0..=Tiles::FEW_ROWS).filter_map(|m| Tiles::few_rows(m, trans_a)));
+        for t in tiles {
+            if let Some(entry) = big.vec4_entry() {
+                keys.push(key(entry, &big, t));
+            }
+            keys.push(key("matmul_scalar", &big, t));
+        }
+        keys.push(naive_key(&big));
+        if subgroups_usable(gpu) && big.vec4_entry().is_some() {
+            for shape in [g(256, 16, 256), g(256, 256, 16), big] {
+                keys.push(subgroup_key(&big, SgTiles::for_gemm(&shape)));
+            }
+        }
+        for &b in blocks {
+            for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
+                keys.push(blocked_key(&big, b, entry));
+            }
+        }
+    }
+    keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(GemvTiles::DEFAULT, m)));
+    keys
 }
 
 fn div(n: usize, d: u32) -> u32 {

@@ -21,6 +21,7 @@ pub mod rope;
 pub mod softmax;
 pub mod swiglu;
 pub mod tune;
+pub mod variants;
 
 mod checks;
 

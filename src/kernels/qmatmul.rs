@@ -347,6 +347,80 @@ fn qkey_in(kernel: Kernel, entry: &'static str, format: QuantFormat, forward: bo
         .with("WY", Const::U32(t.wy))
 }
 
+/// The f16-compute kernels (`shaders/qmatmul_f16.wgsl`).
+fn f16_key(format: QuantFormat, backward: bool, t: Tiles) -> PipelineKey {
+    let entry = if backward { "qmatmul_nn_f16" } else { "qmatmul_nt_f16" };
+    qkey_in(Kernel::QMatmulF16, entry, format, !backward, t)
+}
+
+/// The yardstick: one output per invocation, 16×16 workgroups (TM and TN
+/// only size the module's other entries).
+fn naive_key(format: QuantFormat, backward: bool) -> PipelineKey {
+    qkey("qmatmul_naive", format, !backward, Tiles { tm: 4, tn: 4, wx: 16, wy: 16 })
+}
+
+fn blocked_key(format: QuantFormat, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
+    t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), aligned)
+        .with("FORMAT", format_const(format))
+        .with("FORWARD", Const::Bool(!backward))
+}
+
+fn gemv_key(format: QuantFormat, t: GemvTiles, m: usize) -> PipelineKey {
+    t.with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), m)
+        .with("FORMAT", format_const(format))
+        .with("FORWARD", Const::Bool(true))
+}
+
+fn subgroup_key(format: QuantFormat, backward: bool, sg: SgTiles) -> PipelineKey {
+    let entry = if backward { "qmatmul_nn_sg" } else { "qmatmul_nt_sg" };
+    // TM, WX and WY only size qmatmul.wgsl's own entries in this module.
+    PipelineKey::new(Kernel::QMatmulSubgroup, entry)
+        .with("FORMAT", format_const(format))
+        .with("FORWARD", Const::Bool(!backward))
+        .with("TM", Const::U32(4))
+        .with("TN", Const::U32(sg.tn))
+        .with("WX", Const::U32(SG_LANES))
+        .with("WY", Const::U32(1))
+        .with("SR", Const::U32(sg.sr))
+}
+
+/// Every pipeline the `qlinear*` functions and [`qgemm_with`] can request on
+/// `gpu` (`kernels::variants`), for both kernel families, for each stored
+/// format (NF4, Q8_0, f16) and direction: the register tiles (few rows or the
+/// tuned ones) through the vec4 and the scalar entries, the yardstick, the
+/// subgroup block and the f16-compute kernels where the device runs them, the
+/// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
+/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows.
+pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
+        for backward in [false, true] {
+            let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
+            for m in [1, 2, 3, 4, 8, Tiles::FEW_ROWS + 1] {
+                let t = tiles(backward, m);
+                keys.push(qkey(entry, format, !backward, t));
+                keys.push(qkey("qmatmul_scalar", format, !backward, t));
+                if gpu.info().shader_f16 {
+                    keys.push(f16_key(format, backward, Tiles::few_rows(m, false).unwrap_or(F16_TILES)));
+                }
+            }
+            keys.push(naive_key(format, backward));
+            if subgroups_usable(gpu) {
+                keys.push(subgroup_key(format, backward, QVariant::SG_TILES));
+            }
+            for &b in blocks {
+                for aligned in [false, true] {
+                    for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
+                        keys.push(blocked_key(format, backward, aligned, b, entry));
+                    }
+                }
+            }
+        }
+        keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, GemvTiles::DEFAULT, m)));
+    }
+    keys
+}
+
 /// Forward `out = x·Wᵀ` (x (M, cols) → out (M, rows)) or, with `backward`,
 /// `out = dy·W` (dy (M, rows) → out (M, cols)); `accumulate` adds to `out`.
 pub fn qgemm_with(
@@ -454,9 +528,7 @@ fn record_quant(
         // subgroup form); odd layouts and the yardstick stay f32 below.
         let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
         let groups = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-        let entry = if backward { "qmatmul_nn_f16" } else { "qmatmul_nt_f16" };
-        let key = qkey_in(Kernel::QMatmulF16, entry, p.format, !backward, t);
-        return rec.dispatch_bound(&key, &params, &bind4_of(x, p, out), groups);
+        return rec.dispatch_bound(&f16_key(p.format, backward, t), &params, &bind4_of(x, p, out), groups);
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
@@ -477,22 +549,14 @@ fn record_quant(
                 QVariant::BlockedSplit(_, s) => s,
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
-            let key = |entry| {
-                t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), aligned)
-                    .with("FORMAT", format_const(p.format))
-                    .with("FORWARD", Const::Bool(!backward))
-            };
+            let key = |entry| blocked_key(p.format, backward, aligned, t, entry);
             let set = |p: &mut Params, k: u32| p.k_split = k;
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
         }
         QVariant::Gemv(t) => {
             t.check().map_err(|e| Error::shape(op, e))?;
-            let key = t
-                .with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), g.m)
-                .with("FORMAT", format_const(p.format))
-                .with("FORWARD", Const::Bool(true));
-            rec.dispatch_bound(&key, &params, &bind4, t.grid(g.n))
+            rec.dispatch_bound(&gemv_key(p.format, t, g.m), &params, &bind4, t.grid(g.n))
         }
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
@@ -504,18 +568,8 @@ fn record_quant(
                     ),
                 ));
             }
-            let entry = if backward { "qmatmul_nn_sg" } else { "qmatmul_nt_sg" };
-            // TM, WX and WY only size qmatmul.wgsl's own entries in this module.
-            let key = PipelineKey::new(Kernel::QMatmulSubgroup, entry)
-                .with("FORMAT", format_const(p.format))
-                .with("FORWARD", Const::Bool(!backward))
-                .with("TM", Const::U32(4))
-                .with("TN", Const::U32(sg.tn))
-                .with("WX", Const::U32(SG_LANES))
-                .with("WY", Const::U32(1))
-                .with("SR", Const::U32(sg.sr));
             let groups = [g.n.div_ceil((SG_LANES * sg.tn) as usize) as u32, g.m.div_ceil(sg.sr as usize) as u32, 1];
-            rec.dispatch_bound(&key, &params, &bind4, groups)
+            rec.dispatch_bound(&subgroup_key(p.format, backward, sg), &params, &bind4, groups)
         }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
@@ -523,9 +577,8 @@ fn record_quant(
         }
         QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", p.format, !backward, t), &params, &bind1, tiled),
         QVariant::Naive => {
-            let t = Tiles { tm: 4, tn: 4, wx: 16, wy: 16 };
             let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
-            rec.dispatch_bound(&qkey("qmatmul_naive", p.format, !backward, t), &params, &bind1, groups)
+            rec.dispatch_bound(&naive_key(p.format, backward), &params, &bind1, groups)
         }
     }
 }

@@ -130,3 +130,10 @@ impl Packed {
         }
     }
 }
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["nf4_quantize", "nf4_dequantize", "q8_quantize", "q8_dequantize", "f16_quantize", "f16_dequantize"]
+        .map(key)
+        .to_vec()
+}

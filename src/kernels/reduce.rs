@@ -97,3 +97,8 @@ pub fn clip_coefficient(rec: &mut Recorder, sumsq: &Tensor, max_norm: f32) -> Re
     rec.dispatch_bound(&key("clip_coef"), &p, &[(5, sumsq), (6, &clip)], [1, 1, 1])?;
     Ok(clip)
 }
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["sum_squares_partial", "sum_partials", "clip_coef"].map(key).to_vec()
+}

@@ -103,3 +103,8 @@ pub fn rmsnorm_backward_weight(rec: &mut Recorder, dy: &Tensor, x: &Tensor, rstd
     rec.dispatch_bound(&key("rmsnorm_backward_weight"), &p, &[(1, x), (5, dy), (6, rstd), (8, &dweight)], groups)?;
     Ok(dweight)
 }
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["rmsnorm_forward", "rmsnorm_backward", "rmsnorm_backward_weight"].map(key).to_vec()
+}

@@ -61,8 +61,7 @@ fn check(op: &'static str, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: u
 }
 
 fn launch(rec: &mut Recorder, entry: &'static str, p: &Params, bound: &[(u32, &Tensor)]) -> Result<()> {
-    let key = PipelineKey::new(Kernel::Rope, entry).with("WG", Const::U32(WG));
-    rec.dispatch_bound(&key, p, bound, grid_1d((p.pairs as usize).div_ceil(WG as usize)))
+    rec.dispatch_bound(&key(entry), p, bound, grid_1d((p.pairs as usize).div_ceil(WG as usize)))
 }
 
 /// y = rope(x) at positions `row_offset..row_offset + seq`.
@@ -107,4 +106,13 @@ pub fn rope_backward_inplace(
 ) -> Result<()> {
     let p = check("rope_backward_inplace", dy, cos, sin, row_offset)?;
     launch(rec, "rope_backward_inplace", &p, &[(5, dy), (2, cos), (3, sin)])
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Rope, entry).with("WG", Const::U32(WG))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["rope_forward", "rope_forward_inplace", "rope_backward", "rope_backward_inplace"].map(key).to_vec()
 }

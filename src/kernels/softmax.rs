@@ -27,8 +27,7 @@ fn launch(rec: &mut Recorder, op: &'static str, t: &Tensor, bound: &[(u32, &Tens
         return Ok(());
     }
     let p = Params { rows: rows as u32, cols: cols as u32, _pad: [0; 2] };
-    let key = PipelineKey::new(Kernel::Softmax, op).with("WG", Const::U32(WG));
-    rec.dispatch_bound(&key, &p, bound, grid_1d(rows))
+    rec.dispatch_bound(&key(op), &p, bound, grid_1d(rows))
 }
 
 /// y = softmax(x) along the last dimension. x, y: (…, cols).
@@ -49,4 +48,13 @@ pub fn softmax_backward(rec: &mut Recorder, dy: &Tensor, y: &Tensor) -> Result<T
     let dx = rec.alloc(y.shape(), DType::F32)?;
     launch(rec, "softmax_backward", y, &[(3, dy), (4, y), (5, &dx)])?;
     Ok(dx)
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Softmax, entry).with("WG", Const::U32(WG))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["softmax_forward", "softmax_backward"].map(key).to_vec()
 }

@@ -40,8 +40,7 @@ fn launch(
     bound: &[(u32, &Tensor)],
 ) -> Result<()> {
     let p = Params { n: u32_count(op, "element count", n)?, _pad: [0; 3] };
-    let key = PipelineKey::new(Kernel::SwiGlu, entry).with("WG", Const::U32(WG)).with("ACT", Const::U32(act_code(act)));
-    rec.dispatch_bound(&key, &p, bound, grid_1d(n.div_ceil(WG as usize)))
+    rec.dispatch_bound(&key(entry, act), &p, bound, grid_1d(n.div_ceil(WG as usize)))
 }
 
 /// h = silu(gate) · up. gate, up, h: the same shape, e.g. (tokens, intermediate).
@@ -85,6 +84,20 @@ pub fn activation_backward(rec: &mut Recorder, dy: &Tensor, x: &Tensor, act: Act
     let dx = rec.alloc(x.shape(), DType::F32)?;
     launch(rec, OP, OP, act, x.numel(), &[(7, x), (9, dy), (10, &dx)])?;
     Ok(dx)
+}
+
+fn key(entry: &'static str, act: Activation) -> PipelineKey {
+    PipelineKey::new(Kernel::SwiGlu, entry).with("WG", Const::U32(WG)).with("ACT", Const::U32(act_code(act)))
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`):
+/// SwiGLU with SiLU, the activations with each of theirs.
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    let mut keys = vec![key("swiglu_forward", Activation::Silu), key("swiglu_backward", Activation::Silu)];
+    for act in [Activation::Relu, Activation::Silu, Activation::Gelu, Activation::Tanh] {
+        keys.extend([key("activation_forward", act), key("activation_backward", act)]);
+    }
+    keys
 }
 
 /// The nonlinearity between a bottleneck adapter's down and up projections.

@@ -178,6 +178,23 @@ pub fn candidates(m: usize, n: usize, batch: usize) -> Vec<Blocks> {
     out
 }
 
+/// Every block the launchers can pick on `gpu` short of an imported tuning
+/// file (whose blocks are any that pass [`Blocks::check`]): the fallback
+/// table's and every candidate the autotuner times, for each branch of
+/// [`candidates`] (`kernels::variants` compiles them all).
+pub(crate) fn all_candidates(gpu: &Gpu) -> Vec<Blocks> {
+    let shapes = [(1024, 8), (1024, 24), (8, 1024), (24, 1024), (4096, 4096), (256, 256)];
+    let mut out: Vec<Blocks> = Vec::new();
+    for (m, n) in shapes {
+        for b in candidates(m, n, 1) {
+            if b.check(gpu).is_ok() && !out.contains(&b) {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
 /// One tuned class: the block chosen, and its time against the fallback's.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Tuned {
