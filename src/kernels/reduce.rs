@@ -51,7 +51,9 @@ pub fn sum_squares_many(rec: &mut Recorder, xs: &[&Tensor]) -> Result<Tensor> {
     }
     let count: usize = xs.iter().map(|x| groups_for(x.numel())).sum();
     let partials = rec.alloc(&[count.max(1)], DType::F32)?;
-    let total = rec.alloc(&[1], DType::F32)?;
+    // No tensor at all sums to 0: then nothing writes `total`, so it must
+    // start cleared (a reused pool buffer holds an old value).
+    let total = if count > 0 { rec.alloc(&[1], DType::F32)? } else { rec.zeros(&[1], DType::F32)? };
     let mut offset = 0;
     for x in xs {
         let groups = groups_for(x.numel());
