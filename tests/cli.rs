@@ -260,28 +260,35 @@ fn train_lora_all_linear_then_generate_with_it() {
     ok(&gen);
 }
 
+/// Trains `method` 4 steps into `dir/whole`, and 2 then 2 more through
+/// `--resume` into `dir/half`: the step losses must be the same. Returns the
+/// uninterrupted run's folder.
+fn stop_resume_equals_uninterrupted(dir: &TempDir, data: &str, method: &[&str]) -> String {
+    let (half, whole) = (dir.join("half"), dir.join("whole"));
+    let run = |out: &str, stop: Option<&str>| {
+        let mut a: Vec<&str> = method.to_vec();
+        a.extend(["--steps", "4", "--lr", "1e-2", "--no-shuffle", "--out", out]);
+        a.extend(stop.map(|s| ["--stop-after", s]).into_iter().flatten());
+        train(data, &a)
+    };
+    let uninterrupted = run(&whole, None);
+    ok(&uninterrupted);
+    let first = run(&half, Some("2"));
+    ok(&first);
+    let resumed = webpeft(&["train", "--model", &fixture("llama_gqa"), "--resume", &half, "--out", &half]);
+    ok(&resumed);
+    let losses = |o: &std::process::Output| step_lines(o).iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
+    let both: Vec<String> = losses(&first).into_iter().chain(losses(&resumed)).collect();
+    assert_eq!(both, losses(&uninterrupted), "{method:?}: stopped and resumed vs uninterrupted");
+    whole
+}
+
 #[test]
 fn train_ia3_on_an_nf4_base_stop_resume_and_generate() {
     let dir = TempDir::new("train-ia3");
     let data = write_data(&dir);
     let model = fixture("llama_gqa");
-    let (half, whole) = (dir.join("half"), dir.join("whole"));
-    let args = |out: &str, stop: Option<&str>| {
-        let mut a = vec!["--method", "ia3", "--quant", "nf4", "--steps", "4", "--lr", "1e-2", "--no-shuffle", "--out"];
-        a.push(out);
-        a.extend(stop.map(|s| ["--stop-after", s]).into_iter().flatten());
-        a.into_iter().map(String::from).collect::<Vec<_>>()
-    };
-    let run = |a: Vec<String>| train(&data, &a.iter().map(String::as_str).collect::<Vec<_>>());
-    let uninterrupted = run(args(&whole, None));
-    ok(&uninterrupted);
-    let first = run(args(&half, Some("2")));
-    ok(&first);
-    let resumed = webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]);
-    ok(&resumed);
-    let losses = |o: &std::process::Output| step_lines(o).iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
-    let both: Vec<String> = losses(&first).into_iter().chain(losses(&resumed)).collect();
-    assert_eq!(both, losses(&uninterrupted), "stopped and resumed vs uninterrupted");
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &["--method", "ia3", "--quant", "nf4"]);
     // PEFT's files, PEFT's defaults for a Llama.
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
@@ -299,6 +306,65 @@ fn train_ia3_on_an_nf4_base_stop_resume_and_generate() {
         &["--method", "ia3", "--r", "4", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("x")],
     ));
     assert!(err.contains("--r is not an option of --method ia3") && err.contains("--feedforward-modules"), "{err}");
+}
+
+#[test]
+fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
+    let dir = TempDir::new("train-pt");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = [
+        "--method",
+        "prompt_tuning",
+        "--num-virtual-tokens",
+        "4",
+        "--prompt-init",
+        "text",
+        "--prompt-init-text",
+        "The book",
+    ];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "PROMPT_TUNING");
+    assert_eq!((config["num_virtual_tokens"].as_u64(), config["token_dim"].as_u64()), (Some(4), Some(64)), "{config}");
+    assert_eq!(
+        (config["prompt_tuning_init"].as_str(), config["prompt_tuning_init_text"].as_str()),
+        (Some("TEXT"), Some("The book"))
+    );
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        safetensors::SafeTensors::deserialize(&st).unwrap().tensor("prompt_embeddings").unwrap().shape(),
+        [4, 64]
+    );
+    ok(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let err = failure(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
+    assert!(err.contains("cannot be merged"), "{err}");
+    let err = failure(&train(
+        &data,
+        &["--method", "prompt_tuning", "--r", "4", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("x")],
+    ));
+    assert!(
+        err.contains("--r is not an option of --method prompt_tuning") && err.contains("--num-virtual-tokens"),
+        "{err}"
+    );
+    let err = failure(&train(
+        &data,
+        &[
+            "--method",
+            "prompt_tuning",
+            "--num-virtual-tokens",
+            "0",
+            "--steps",
+            "1",
+            "--lr",
+            "1e-3",
+            "--out",
+            &dir.join("x"),
+        ],
+    ));
+    eprintln!("ROW | prompt tuning with 0 virtual tokens | {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("--num-virtual-tokens") && err.contains("at least 1"), "{err}");
 }
 
 #[test]

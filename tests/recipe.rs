@@ -6,7 +6,7 @@
 use webpeft::model::config::Config;
 use webpeft::peft::TargetModules;
 use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
-use webpeft::web::options::{BottleneckOptions, Ia3Options, LoraOptions, TrainOptions};
+use webpeft::web::options::{BottleneckOptions, Ia3Options, LoraOptions, PromptTuningOptions, TrainOptions};
 use webpeft::Error;
 
 fn fixture(name: &str) -> String {
@@ -24,6 +24,8 @@ fn browser_adapter_config(options: &str) -> String {
     let mut value: serde_json::Value = serde_json::from_str(options).unwrap();
     let recipe = if value.as_object_mut().unwrap().remove("ia3").is_some() {
         serde_json::from_value::<Ia3Options>(value).unwrap().to_recipe().unwrap()
+    } else if value.as_object_mut().unwrap().remove("prompt_tuning").is_some() {
+        serde_json::from_value::<PromptTuningOptions>(value).unwrap().to_recipe().unwrap()
     } else if value.get("method").is_some() {
         serde_json::from_value::<BottleneckOptions>(value).unwrap().to_recipe().unwrap()
     } else {
@@ -110,7 +112,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 9] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -138,6 +140,20 @@ mod cli {
             (
                 &["--method", "par_bn", "--reduction-factor", "4", "--non-linearity", "silu", "--dropout", "0.1"],
                 r#"{"method": "par_bn", "reductionFactor": 4, "nonLinearity": "silu", "dropout": 0.1}"#,
+            ),
+            (&["--method", "prompt_tuning"], r#"{"prompt_tuning": true}"#),
+            (
+                &[
+                    "--method",
+                    "prompt_tuning",
+                    "--num-virtual-tokens",
+                    "6",
+                    "--prompt-init",
+                    "text",
+                    "--prompt-init-text",
+                    "Hi there",
+                ],
+                r#"{"prompt_tuning": true, "numVirtualTokens": 6, "init": "text", "initText": "Hi there"}"#,
             ),
         ];
         for (i, (flags, options)) in cases.into_iter().enumerate() {

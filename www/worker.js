@@ -116,6 +116,8 @@ async function handle(msg) {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed });
       } else if (c.method === "ia3") {
         model.addIa3(ADAPTER, { seed: c.seed }); // PEFT's modules for the model; r, alpha and targets are LoRA's
+      } else if (c.method === "prompt_tuning") {
+        model.addPromptTuning(ADAPTER, { seed: c.seed });
       } else {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }

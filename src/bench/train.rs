@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, KernelTime};
 use crate::model::{Config, MemoryFiles, Model};
 use crate::peft::adapter::Adapter;
+use crate::peft::adapter::AdapterConfig;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
 use crate::quant::QuantFormat;
 use crate::train::data::Batch;
@@ -116,8 +118,8 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
 #[derive(Clone, Debug)]
 pub struct StepSetup {
     pub quant: QuantFormat,
-    /// "lora" (all seven projections), "ia3" (PEFT's default modules), or a
-    /// bottleneck kind ("seq_bn", …).
+    /// "lora" (all seven projections), "ia3" (PEFT's default modules),
+    /// "prompt_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
     pub method: String,
     /// LoRA's rank (alpha is 2r).
     pub r: usize,
@@ -165,6 +167,10 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
             Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?
         }
         "ia3" => Adapter::new_ia3(gpu, Ia3Config::default_for(model.config.model_type), &model.config, 1)?,
+        "prompt_tuning" => {
+            let config = PromptTuningConfig::new(20, PromptTuningInit::Random, &model.config)?;
+            Adapter::new(gpu, AdapterConfig::PromptTuning(config), &model.config, 1)?
+        }
         kind => {
             let kind = BottleneckKind::from_name(kind)
                 .ok_or_else(|| Error::invalid("train_figure", format!("unknown method {kind:?}")))?;

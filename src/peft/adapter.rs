@@ -6,6 +6,7 @@ use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, 
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use super::pass::Pass;
+use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::llama::hooks::{Hooks, NoHooks};
@@ -19,6 +20,7 @@ pub enum Adapter {
     Lora(LoraAdapter),
     Bottleneck(BottleneckAdapter),
     Ia3(Ia3Adapter),
+    PromptTuning(PromptTuningAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -28,6 +30,7 @@ pub enum AdapterConfig {
     Lora(LoraConfig),
     Bottleneck(BottleneckConfig),
     Ia3(Ia3Config),
+    PromptTuning(PromptTuningConfig),
 }
 
 impl AdapterConfig {
@@ -36,9 +39,18 @@ impl AdapterConfig {
         Ok(match method {
             "lora" => AdapterConfig::Lora(LoraConfig::from_json(json)?),
             "ia3" => AdapterConfig::Ia3(Ia3Config::from_json(json)?),
+            "prompt_tuning" => AdapterConfig::PromptTuning(PromptTuningConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
+    }
+
+    /// Positions the adapter puts before every row (prompt tuning's virtual tokens), 0 for the others.
+    pub fn virtual_tokens(&self) -> usize {
+        match self {
+            AdapterConfig::PromptTuning(c) => c.num_virtual_tokens,
+            _ => 0,
+        }
     }
 
     /// The `adapter_config.json` text (PEFT's or AdapterHub's).
@@ -47,6 +59,7 @@ impl AdapterConfig {
             AdapterConfig::Lora(c) => c.to_json(),
             AdapterConfig::Bottleneck(c) => c.to_json(model),
             AdapterConfig::Ia3(c) => c.to_json(),
+            AdapterConfig::PromptTuning(c) => c.to_json(),
         }
     }
 }
@@ -58,6 +71,7 @@ pub enum AdapterPass<'a> {
     Lora(Pass<'a, LoraAdapter>),
     Bottleneck(Pass<'a, BottleneckAdapter>),
     Ia3(Pass<'a, Ia3Adapter>),
+    PromptTuning(Pass<'a, PromptTuningAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -67,6 +81,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::Lora(p) => p,
             AdapterPass::Bottleneck(p) => p,
             AdapterPass::Ia3(p) => p,
+            AdapterPass::PromptTuning(p) => p,
         }
     }
 }
@@ -90,6 +105,12 @@ impl Adapter {
             (Adapter::Ia3(params), Some(Adapter::Ia3(g))) => {
                 AdapterPass::Ia3(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::PromptTuning(params), None) => {
+                AdapterPass::PromptTuning(Pass { params, grads: None, dropout_seed })
+            }
+            (Adapter::PromptTuning(params), Some(Adapter::PromptTuning(g))) => {
+                AdapterPass::PromptTuning(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -105,6 +126,7 @@ impl Adapter {
             Adapter::Lora(l) => AdapterPass::Lora(Pass::eval(l)),
             Adapter::Bottleneck(b) => AdapterPass::Bottleneck(Pass::eval(b)),
             Adapter::Ia3(a) => AdapterPass::Ia3(Pass::eval(a)),
+            Adapter::PromptTuning(p) => AdapterPass::PromptTuning(Pass::eval(p)),
         }
     }
 }
@@ -127,6 +149,7 @@ impl Adapter {
             Adapter::Lora(l) => Adapter::Lora(l.zeros_like(gpu)?),
             Adapter::Bottleneck(b) => Adapter::Bottleneck(b.zeros_like(gpu)?),
             Adapter::Ia3(a) => Adapter::Ia3(a.zeros_like(gpu)?),
+            Adapter::PromptTuning(p) => Adapter::PromptTuning(p.zeros_like(gpu)?),
         })
     }
 
@@ -136,6 +159,7 @@ impl Adapter {
             Adapter::Lora(l) => l.tensors(),
             Adapter::Bottleneck(b) => b.tensors(),
             Adapter::Ia3(a) => a.tensors(),
+            Adapter::PromptTuning(p) => p.tensors(),
         }
     }
 
@@ -155,6 +179,7 @@ impl Adapter {
             Adapter::Lora(_) => "lora",
             Adapter::Bottleneck(b) => b.config.kind.name(),
             Adapter::Ia3(_) => "ia3",
+            Adapter::PromptTuning(_) => "prompt_tuning",
         }
     }
 }
@@ -165,7 +190,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
-            Adapter::Ia3(_) => false,
+            Adapter::Ia3(_) | Adapter::PromptTuning(_) => false,
         }
     }
 }
@@ -178,6 +203,33 @@ impl Adapter {
             AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
             AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
             AdapterConfig::Ia3(c) => Adapter::new_ia3(gpu, c, model, seed),
+            AdapterConfig::PromptTuning(c) => match c.init {
+                PromptTuningInit::Random => {
+                    let values = Rng::new(seed).normal_vec(c.num_virtual_tokens * c.token_dim, 1.0);
+                    Ok(Adapter::PromptTuning(PromptTuningAdapter::upload(gpu, c, &values)?))
+                }
+                _ => Err(Error::invalid(
+                    "Adapter::new",
+                    "SAMPLE_VOCAB and TEXT prompts start from the model's embeddings: use Adapter::new_for_model",
+                )),
+            },
+        }
+    }
+
+    /// [`Adapter::new`] with the loaded model (and its tokenizer) at hand, as
+    /// prompt tuning's `SAMPLE_VOCAB` and `TEXT` initialisations need.
+    pub fn new_for_model(
+        gpu: &Gpu,
+        config: AdapterConfig,
+        model: &crate::model::Model,
+        tokenizer: Option<&crate::model::tokenizer::Tokenizer>,
+        seed: u64,
+    ) -> Result<Adapter> {
+        match config {
+            AdapterConfig::PromptTuning(c) => {
+                Ok(Adapter::PromptTuning(PromptTuningAdapter::init(gpu, c, model, tokenizer, seed)?))
+            }
+            c => Adapter::new(gpu, c, &model.config, seed),
         }
     }
 
@@ -225,10 +277,11 @@ impl Adapter {
         if files.try_open(ADAPTER_WEIGHTS_FILE).await?.is_some() {
             return Ok(match peft_type(files).await?.as_deref() {
                 Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
+                Some("PROMPT_TUNING") => Adapter::PromptTuning(PromptTuningAdapter::load(gpu, files, model).await?),
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA and IA3 adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3 and PROMPT_TUNING adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -271,6 +324,10 @@ impl Adapter {
                     (ADAPTER_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes(model)?),
                 ]
             }
+            Adapter::PromptTuning(p) => vec![
+                (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
+                (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
+            ],
         })
     }
 
@@ -280,6 +337,7 @@ impl Adapter {
             Adapter::Lora(l) => l.config.to_json(),
             Adapter::Bottleneck(b) => b.config.to_json(model),
             Adapter::Ia3(a) => a.config.to_json(),
+            Adapter::PromptTuning(p) => p.config.to_json(),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`lora`]: LoRA (PEFT's files: `adapter_config.json` + `adapter_model.safetensors`);
 //! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`);
-//! - [`ia3`]: (IA)³ (PEFT's files).
+//! - [`ia3`]: (IA)³ (PEFT's files);
+//! - [`prompt_tuning`]: prompt tuning (PEFT's files).
 //!
 //! A method hooks into the model through the hook points of
 //! [`crate::model::llama::hooks`], implemented on a [`Pass`] of its adapter;
@@ -16,6 +17,8 @@ pub mod bottleneck;
 pub mod ia3;
 pub mod lora;
 pub mod pass;
+pub(crate) mod peft_config;
+pub mod prompt_tuning;
 pub mod torch_init;
 
 pub use adapter::{Adapter, AdapterPass};

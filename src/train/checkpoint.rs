@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Config;
 use crate::peft::adapter::{Adapter, AdapterConfig};
+use crate::peft::prompt_tuning::PromptTuningAdapter;
 
 /// The file name the CLI writes next to the adapter.
 pub const CHECKPOINT_FILE: &str = "training_state.safetensors";
@@ -128,7 +129,11 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
 /// the caller's progress JSON.
 pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
     let data = read_checkpoint(bytes)?;
-    let skeleton = Adapter::new(gpu, data.config, model, 0)?;
+    // A skeleton of the right shapes: its values are overwritten just below.
+    let skeleton = match data.config {
+        AdapterConfig::PromptTuning(c) => Adapter::PromptTuning(PromptTuningAdapter::zeros(gpu, c)?),
+        c => Adapter::new(gpu, c, model, 0)?,
+    };
     let mut parts = Vec::new();
     for (prefix, tensors) in ["param.", "exp_avg.", "exp_avg_sq."].iter().zip(&data.tensors) {
         parts.push(

@@ -42,6 +42,9 @@ pub enum PlanAdapter {
     /// (IA)³: the projections scaled in every layer, and whether each is
     /// feed-forward (its input scaled) or not (its output).
     Ia3 { modules: Vec<(String, bool)> },
+    /// Prompt tuning: the virtual tokens put before every row (the layers
+    /// then run on seq + virtual_tokens positions).
+    PromptTuning { virtual_tokens: usize },
 }
 
 /// Bytes, by what holds them.
@@ -102,7 +105,14 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let layers = config.num_hidden_layers as u64;
     let (d, i, v) = (config.hidden_size as u64, config.intermediate_size as u64, config.vocab_size as u64);
     let (q, kv) = (config.q_dim() as u64, config.kv_dim() as u64);
-    let m = (input.batch * input.seq) as u64; // rows of a micro-batch
+    // Rows of a micro-batch through the layers (prompt tuning's virtual
+    // tokens included) and through the loss head (the rows' own tokens).
+    let virtual_tokens = match input.adapter {
+        PlanAdapter::PromptTuning { virtual_tokens } => virtual_tokens,
+        _ => 0,
+    };
+    let m = (input.batch * (input.seq + virtual_tokens)) as u64;
+    let m_head = (input.batch * input.seq) as u64;
     let heads = config.num_attention_heads as u64;
 
     let adapter_params: u64 = match &input.adapter {
@@ -120,6 +130,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             layers * *units_per_layer as u64 * (2 * d * *size as u64 + *size as u64 + d)
         }
         PlanAdapter::Ia3 { modules } => layers * modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).sum::<u64>(),
+        PlanAdapter::PromptTuning { virtual_tokens } => *virtual_tokens as u64 * d,
     };
     let adapter_bytes = adapter_params * 4;
     let optimizer_bytes = adapter_bytes * 6;
@@ -161,6 +172,9 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             saved += modules.iter().map(|(t, ff)| m * ia3_len(config, t, *ff)).sum::<u64>();
             work += 3 * m * widest;
         }
+        // The rows with the prompt before them, and in the backward their
+        // gradient padded back to every position.
+        PlanAdapter::PromptTuning { .. } => work += 2 * m * d,
     }
     let checkpointing = input.checkpointing;
     let kept = if checkpointing {
@@ -171,11 +185,11 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     };
     // Training computes the logits in row chunks that reuse one buffer.
     let chunk_rows =
-        crate::model::llama::loss::logits_chunk_rows(config.vocab_size, binding_limit).min(m as usize) as u64;
+        crate::model::llama::loss::logits_chunk_rows(config.vocab_size, binding_limit).min(m_head as usize) as u64;
     let logits = chunk_rows * v;
     // The last layer's output, model.norm's output and rstd, dxn, and the
     // chunk buffers: rows of xn and dxn, the logits, per-row loss and targets.
-    let head = 3 * m * d + m + logits + chunk_rows * (2 * d + 3) + m;
+    let head = 3 * m_head * d + m_head + logits + chunk_rows * (2 * d + 3) + m_head;
     let activation_bytes = (kept + work + head) * 4;
 
     let weight = weight_bytes(config, input.quant);

@@ -19,6 +19,7 @@ use crate::kernels::swiglu::Activation;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use crate::train::plan::PlanAdapter;
 
@@ -41,23 +42,26 @@ fn bad(option: &'static str, detail: impl Into<String>) -> Error {
     Error::TrainOption { option, detail: detail.into() }
 }
 
-/// What a run trains: LoRA, (IA)³, or one of AdapterHub's bottleneck adapters.
+/// What a run trains: LoRA, (IA)³, prompt tuning, or one of AdapterHub's
+/// bottleneck adapters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Lora,
     Ia3,
+    PromptTuning,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
-    /// Every method's name, for messages: "lora, ia3, seq_bn, double_seq_bn or par_bn".
-    pub const NAMES: &'static str = "lora, ia3, seq_bn, double_seq_bn or par_bn";
+    /// Every method's name, for messages.
+    pub const NAMES: &'static str = "lora, ia3, prompt_tuning, seq_bn, double_seq_bn or par_bn";
 
-    /// "lora", "ia3", "seq_bn", "double_seq_bn" or "par_bn".
+    /// "lora", "ia3", "prompt_tuning", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
             Method::Ia3 => "ia3",
+            Method::PromptTuning => "prompt_tuning",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -67,6 +71,7 @@ impl Method {
         match name {
             "lora" => Ok(Method::Lora),
             "ia3" => Ok(Method::Ia3),
+            "prompt_tuning" => Ok(Method::PromptTuning),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
                 .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
@@ -115,6 +120,20 @@ pub struct Ia3Recipe {
     pub feedforward: Option<Vec<String>>,
 }
 
+/// A prompt-tuning adapter's options. PEFT has no default number of virtual
+/// tokens; 20 is its documentation's example. The default init is PEFT's, `RANDOM`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptTuningRecipe {
+    pub num_virtual_tokens: usize,
+    pub init: PromptTuningInit,
+}
+
+impl Default for PromptTuningRecipe {
+    fn default() -> Self {
+        PromptTuningRecipe { num_virtual_tokens: 20, init: PromptTuningInit::Random }
+    }
+}
+
 /// A bottleneck adapter's options; [`new`](Self::new) gives AdapterHub's preset for the kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BottleneckRecipe {
@@ -150,6 +169,7 @@ impl BottleneckRecipe {
 pub enum AdapterRecipe {
     Lora(LoraRecipe),
     Ia3(Ia3Recipe),
+    PromptTuning(PromptTuningRecipe),
     Bottleneck(BottleneckRecipe),
 }
 
@@ -159,7 +179,16 @@ impl AdapterRecipe {
         match method {
             Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
             Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
+            Method::PromptTuning => AdapterRecipe::PromptTuning(PromptTuningRecipe::default()),
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
+        }
+    }
+
+    /// Positions the adapter puts before every row (prompt tuning's virtual tokens), 0 for the others.
+    pub fn virtual_tokens(&self) -> usize {
+        match self {
+            AdapterRecipe::PromptTuning(p) => p.num_virtual_tokens,
+            _ => 0,
         }
     }
 
@@ -167,6 +196,7 @@ impl AdapterRecipe {
         match self {
             AdapterRecipe::Lora(_) => Method::Lora,
             AdapterRecipe::Ia3(_) => Method::Ia3,
+            AdapterRecipe::PromptTuning(_) => Method::PromptTuning,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -200,6 +230,14 @@ impl AdapterRecipe {
                 c.modules(model)?;
                 Ok(AdapterConfig::Ia3(c))
             }
+            AdapterRecipe::PromptTuning(o) => {
+                let mut c = PromptTuningConfig::new(o.num_virtual_tokens, o.init.clone(), model)?;
+                if matches!(o.init, PromptTuningInit::Text(_)) {
+                    c.tokenizer_name_or_path = model_name.clone();
+                }
+                c.base_model_name_or_path = model_name;
+                Ok(AdapterConfig::PromptTuning(c))
+            }
             AdapterRecipe::Bottleneck(o) => {
                 let mut c = BottleneckConfig::new(o.kind);
                 c.reduction_factor = o.reduction_factor;
@@ -212,15 +250,19 @@ impl AdapterRecipe {
         }
     }
 
-    /// A fresh adapter on the GPU: [`config`](Self::config), initialised from `seed`.
+    /// A fresh adapter on the GPU for a loaded model: [`config`](Self::config),
+    /// initialised from `seed` (prompt tuning's `SAMPLE_VOCAB` and `TEXT` from
+    /// the model's embeddings, through `tokenizer`).
     pub fn build(
         &self,
         gpu: &crate::Gpu,
-        model: &Config,
+        model: &crate::model::Model,
+        tokenizer: Option<&Tokenizer>,
         model_name: Option<String>,
         seed: u64,
     ) -> Result<crate::peft::adapter::Adapter> {
-        crate::peft::adapter::Adapter::new(gpu, self.config(model, model_name)?, model, seed)
+        let config = self.config(&model.config, model_name)?;
+        crate::peft::adapter::Adapter::new_for_model(gpu, config, model, tokenizer, seed)
     }
 
     /// What the memory planner needs to know of this adapter on `model`.
@@ -237,6 +279,7 @@ impl AdapterRecipe {
                 let layer0 = c.modules(model)?.into_iter().filter(|m| m.layer == 0);
                 PlanAdapter::Ia3 { modules: layer0.map(|m| (m.proj.name().to_string(), m.feedforward)).collect() }
             }
+            AdapterConfig::PromptTuning(c) => PlanAdapter::PromptTuning { virtual_tokens: c.num_virtual_tokens },
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },
@@ -411,7 +454,7 @@ mod tests {
     fn a_bad_option_is_named() {
         let e = TrainRecipe { seq_len: 0, ..Default::default() }.validate().unwrap_err();
         assert!(matches!(e, Error::TrainOption { option: "seq_len", .. }), "{e}");
-        let e = Method::from_name("ia3").unwrap_err();
-        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("ia3"), "{e}");
+        let e = Method::from_name("prefix_tuning").unwrap_err();
+        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("prefix_tuning"), "{e}");
     }
 }

@@ -21,7 +21,7 @@ use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
-use crate::model::llama::{shift_labels, Model};
+use crate::model::llama::{shift_labels_after, Hooks, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::train::data::Batch;
 use crate::util::rng::Rng;
@@ -183,8 +183,9 @@ impl Trainer {
         }
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
+        let virtual_tokens = self.adapter.virtual_tokens();
         for b in micro {
-            let (targets, count) = shift_labels(&b.labels, model.config.vocab_size)?;
+            let (targets, count) = shift_labels_after(&b.labels, model.config.vocab_size, virtual_tokens)?;
             tokens += count;
             shifted.push(targets);
         }
@@ -297,15 +298,15 @@ impl Trainer {
     ) -> Result<()> {
         let gpu = rec.gpu();
         let ids = model.input_ids(gpu, &batch.input_ids)?;
-        if targets.len() != ids.numel() {
-            return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
-        }
         let pass = self.adapter.pass(seed, Some(&self.grads))?; // dropout from `seed`, gradients into `grads`
         let (xn, saved) = model.hidden_checkpointed(rec, &ids, pass.hooks(), self.gradient_checkpointing)?; // (B, T, D)
         let d = model.config.hidden_size;
+        if targets.len() * d != xn.numel() {
+            return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
+        }
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
-        let xn2 = xn.reshape(&[ids.numel(), d])?;
+        let xn2 = xn.reshape(&[targets.len(), d])?;
         let dxn = chunked_lm_loss(rec, &xn2, &model.lm_head, targets, scale, loss, true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
@@ -323,7 +324,9 @@ impl Trainer {
 pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batches: &[Batch]) -> Result<EvalStats> {
     const OP: &str = "evaluate";
     let vocab = model.config.vocab_size;
-    let shifted = batches.iter().map(|b| shift_labels(&b.labels, vocab)).collect::<Result<Vec<_>>>()?;
+    let virtual_tokens = hooks_of(adapter).virtual_tokens();
+    let shifted =
+        batches.iter().map(|b| shift_labels_after(&b.labels, vocab, virtual_tokens)).collect::<Result<Vec<_>>>()?;
     let tokens: usize = shifted.iter().map(|(_, n)| n).sum();
     if tokens == 0 {
         return Err(Error::invalid(OP, "the evaluation set has no token with a label"));
@@ -332,12 +335,13 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
     for (b, (targets, _)) in batches.iter().zip(&shifted) {
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, &b.input_ids)?;
-        if targets.len() != ids.numel() {
-            return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
-        }
         // The logits in row chunks, as in training: never (B·T, V) at once.
         let (xn, _) = model.hidden_adapted(&mut rec, &ids, hooks_of(adapter))?; // (B, T, D)
-        let xn = xn.reshape(&[ids.numel(), model.config.hidden_size])?;
+        let d = model.config.hidden_size;
+        if targets.len() * d != xn.numel() {
+            return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
+        }
+        let xn = xn.reshape(&[targets.len(), d])?;
         chunked_lm_loss(&mut rec, &xn, &model.lm_head, targets, 1.0 / tokens as f32, &sum, false)?;
         rec.submit()?;
     }

@@ -19,10 +19,12 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
-use super::options::{BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, TrainOptions};
+use super::options::{
+    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PromptTuningOptions, TrainOptions,
+};
 use super::types::*;
 use crate::gpu::Gpu;
-use crate::model::llama::GenerationConfig;
+use crate::model::llama::{GenerationConfig, Hooks};
 use crate::model::source::MemorySource;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Config, Model};
@@ -301,7 +303,7 @@ impl WebModel {
     /// A fresh adapter from `recipe` (seeded by `seed`) under `name`.
     fn add_fresh(&self, name: &str, recipe: AdapterRecipe, seed: u64) -> JsResult<()> {
         let mut st = busy_mut(self.state.try_borrow_mut())?;
-        let adapter = recipe.build(&st.gpu, &st.model.config, st.source.clone(), seed).map_err(err)?;
+        let adapter = recipe.build(&st.gpu, &st.model, st.tokenizer.as_ref(), st.source.clone(), seed).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)
     }
 }
@@ -418,6 +420,17 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "Ia3Options")] opts: JsValue,
     ) -> JsResult<()> {
         let o: Ia3Options = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds a fresh prompt-tuning adapter (20 virtual tokens, PEFT's RANDOM init, unless told).
+    #[wasm_bindgen(js_name = addPromptTuning)]
+    pub fn add_prompt_tuning(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "PromptTuningOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: PromptTuningOptions = options(&opts)?;
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
@@ -548,7 +561,9 @@ impl WebModel {
     ) -> JsResult<TrainRun> {
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         let st = busy(self.state.try_borrow())?;
-        let opts = recipe.data_options(st.model.config.max_position_embeddings);
+        // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
+        let positions = st.model.config.max_position_embeddings.saturating_sub(trainer.adapter.virtual_tokens());
+        let opts = recipe.data_options(positions);
         let dataset = dataset(&st, "training data", data, recipe, &opts)?;
         let mut config = recipe.run_config();
         if let Some(p) = &progress {
@@ -583,7 +598,9 @@ impl WebModel {
             let st = busy(state.try_borrow())?;
             let adapter = chosen_adapter(&st, &opts)?;
             let recipe = o.to_recipe().map_err(err)?;
-            let dopts = recipe.eval_data_options(st.model.config.max_position_embeddings);
+            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens());
+            let dopts =
+                recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
             let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
             let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
             to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
@@ -625,7 +642,8 @@ impl WebModel {
                 greedy: o.greedy.unwrap_or(o.temperature.is_none()),
             };
             config.eos_token_ids.extend(tok.eos_ids());
-            let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len());
+            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens());
+            let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len() + virtual_tokens);
             config.max_new_tokens = config.max_new_tokens.min(budget);
             let mut decoder = tok.stream_decoder(true);
             let mut text = String::new();

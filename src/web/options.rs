@@ -8,8 +8,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::kernels::swiglu::Activation;
+use crate::peft::prompt_tuning::PromptTuningInit;
 use crate::peft::{InitLoraWeights, TargetModules};
-use crate::train::recipe::{AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, TrainRecipe, DEFAULT_SEED};
+use crate::train::recipe::{
+    AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, PromptTuningRecipe, TrainRecipe, DEFAULT_SEED,
+};
 use crate::train::schedule::Schedule;
 use crate::{Error, Result};
 
@@ -37,6 +40,17 @@ pub struct LoraOptions {
 pub struct Ia3Options {
     pub targets: Option<Value>,
     pub feedforward_modules: Option<Vec<String>>,
+    pub seed: Option<u64>,
+}
+
+/// `addPromptTuning`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PromptTuningOptions {
+    pub num_virtual_tokens: Option<usize>,
+    /// "random", "sample_vocab" or "text".
+    pub init: Option<String>,
+    pub init_text: Option<String>,
     pub seed: Option<u64>,
 }
 
@@ -88,6 +102,7 @@ pub struct PlanOptions {
     pub r: Option<usize>,
     pub targets: Option<Value>,
     pub feedforward_modules: Option<Vec<String>>,
+    pub num_virtual_tokens: Option<usize>,
     pub reduction_factor: Option<f64>,
     pub batch_size: Option<usize>,
     pub seq_len: Option<usize>,
@@ -152,11 +167,43 @@ impl Ia3Options {
     }
 }
 
+/// A prompt-tuning init by name ("random", "sample_vocab", "text" with its text).
+pub fn prompt_init(name: &str, text: Option<&str>) -> Result<PromptTuningInit> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "random" => PromptTuningInit::Random,
+        "sample_vocab" => PromptTuningInit::SampleVocab,
+        "text" => PromptTuningInit::Text(
+            text.ok_or_else(|| bad("init_text", "the text init needs the text to start from"))?.to_string(),
+        ),
+        _ => return Err(bad("init", format!("expected random, sample_vocab or text, got {name:?}"))),
+    })
+}
+
+impl PromptTuningOptions {
+    /// The prompt-tuning recipe these options describe (the rest at its defaults).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        let mut p = PromptTuningRecipe::default();
+        p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
+        if let Some(init) = &self.init {
+            p.init = prompt_init(init, self.init_text.as_deref())?;
+        }
+        Ok(AdapterRecipe::PromptTuning(p))
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
 impl BottleneckOptions {
     /// The bottleneck recipe these options describe (the rest at AdapterHub's preset).
     pub fn to_recipe(&self) -> Result<AdapterRecipe> {
         let Method::Bottleneck(kind) = Method::from_name(&self.method)? else {
-            return Err(bad("method", "must be seq_bn, double_seq_bn or par_bn (addLora and addIa3 add the others)"));
+            return Err(bad(
+                "method",
+                "must be seq_bn, double_seq_bn or par_bn (addLora, addIa3 and addPromptTuning add the others)",
+            ));
         };
         let mut b = BottleneckRecipe::new(kind);
         b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
@@ -225,6 +272,10 @@ impl PlanOptions {
                 a.targets = lora_targets(self.targets.as_ref())?;
                 a.feedforward = self.feedforward_modules.clone();
                 AdapterRecipe::Ia3(a)
+            }
+            AdapterRecipe::PromptTuning(mut p) => {
+                p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
+                AdapterRecipe::PromptTuning(p)
             }
             AdapterRecipe::Bottleneck(mut b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);

@@ -45,6 +45,11 @@ export interface LoraOptions {
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
  * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */
 export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; seed?: number; }
+/** Left out: 20 virtual tokens, PEFT's "random" init (N(0, 1)), seed 42. "text" starts from the embeddings of
+ * `initText`'s tokens (repeated to the number of virtual tokens), "sample_vocab" from random tokens'. */
+export interface PromptTuningOptions {
+  numVirtualTokens?: number; init?: "random" | "sample_vocab" | "text"; initText?: string; seed?: number;
+}
 export type BottleneckMethod = "seq_bn" | "double_seq_bn" | "par_bn";
 export interface BottleneckOptions {
   method: BottleneckMethod; reductionFactor?: number; nonLinearity?: "relu" | "silu" | "gelu" | "tanh";
@@ -83,8 +88,8 @@ export interface GenerateOptions {
 }
 export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; method?: "lora" | "ia3" | BottleneckMethod; r?: number; targets?: LoraTarget[] | "all-linear";
-  feedforwardModules?: LoraTarget[];
+  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | BottleneckMethod; r?: number;
+  targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; gradientCheckpointing?: boolean;
 }

@@ -302,6 +302,17 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       await model.importAdapter("i2", ifiles);
       const [li, li2] = [(await model.evaluate(data, { adapter: "i" })).loss, (await model.evaluate(data, { adapter: "i2" })).loss];
       if (il.length !== 2 || !Number.isFinite(il[1]) || li !== li2) throw new Error("ia3: losses " + il + ", eval " + li + " vs imported " + li2);
+      // Prompt tuning from a text: trained, exported as PEFT's files, imported again; generation goes through the prompt.
+      model.addPromptTuning("p", { numVirtualTokens: 4, init: "text", initText: "The robot" });
+      const pl = [];
+      await model.startTraining("p", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train((x) => pl.push(x.loss));
+      const pfiles = await model.exportAdapter("p");
+      const pcfg = JSON.parse(new TextDecoder().decode(pfiles["adapter_config.json"]));
+      if (pcfg.peft_type !== "PROMPT_TUNING" || pcfg.num_virtual_tokens !== 4 || pcfg.prompt_tuning_init !== "TEXT") throw new Error("prompt config " + JSON.stringify(pcfg));
+      await model.importAdapter("p2", pfiles);
+      const [lp, lp2] = [(await model.evaluate(data, { adapter: "p" })).loss, (await model.evaluate(data, { adapter: "p2" })).loss];
+      const gp = await model.generate("The robot", { maxNewTokens: 3, adapter: "p2" });
+      if (pl.length !== 2 || lp !== lp2 || gp.tokenIds.length !== 3) throw new Error("prompt tuning: losses " + pl + ", eval " + lp + " vs " + lp2 + ", " + gp.tokenIds);
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;

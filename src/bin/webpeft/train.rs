@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, ia3, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, ia3, prompt_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -53,6 +53,16 @@ pub struct TrainArgs {
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
+    /// Prompt tuning: learned virtual tokens before every row [default: 20].
+    #[arg(long)]
+    pub num_virtual_tokens: Option<usize>,
+    /// Prompt tuning's init: random (N(0, 1)), sample_vocab (embeddings of random tokens) or text
+    /// (embeddings of --prompt-init-text's tokens) [default: random, as PEFT].
+    #[arg(long)]
+    pub prompt_init: Option<String>,
+    /// The text --prompt-init text starts from.
+    #[arg(long)]
+    pub prompt_init_text: Option<String>,
     /// LoRA scaling alpha/√r instead of alpha/r.
     #[arg(long)]
     pub rslora: bool,
@@ -204,6 +214,8 @@ fn flag_error(e: webpeft::Error) -> String {
         "lora_dropout" | "dropout" => "--dropout",
         "target_modules" => "--targets",
         "feedforward_modules" => "--feedforward-modules",
+        "num_virtual_tokens" => "--num-virtual-tokens",
+        "prompt_tuning_init_text" => "--prompt-init-text",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
         _ => return e.to_string(),
@@ -220,7 +232,7 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 8] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 11] {
         [
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora"]),
@@ -230,6 +242,9 @@ impl TrainArgs {
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
+            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt"]),
+            ("--prompt-init", self.prompt_init.is_some(), &["pt"]),
+            ("--prompt-init-text", self.prompt_init_text.is_some(), &["pt"]),
         ]
     }
 
@@ -244,6 +259,7 @@ impl TrainArgs {
         let kind = match method {
             Method::Lora => "lora",
             Method::Ia3 => "ia3",
+            Method::PromptTuning => "pt",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -265,7 +281,7 @@ impl TrainArgs {
     }
 
     /// The adapter the command line's options describe (the rest at the recipe's defaults).
-    fn adapter_recipe(&self) -> AdapterRecipe {
+    fn adapter_recipe(&self) -> Result<AdapterRecipe, String> {
         let mut recipe = AdapterRecipe::new(self.method());
         match &mut recipe {
             AdapterRecipe::Lora(l) => {
@@ -281,13 +297,27 @@ impl TrainArgs {
                 a.targets = self.targets.as_deref().map(parse_targets);
                 a.feedforward = self.feedforward_modules.as_deref().map(names);
             }
+            AdapterRecipe::PromptTuning(p) => {
+                p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
+                let text = self.prompt_init_text.as_deref();
+                match (self.prompt_init.as_deref(), text) {
+                    (Some(init), _) => {
+                        p.init = webpeft::web::options::prompt_init(init, text).map_err(|e| match e {
+                            webpeft::Error::TrainOption { detail, .. } => format!("--prompt-init: {detail}"),
+                            e => e.to_string(),
+                        })?
+                    }
+                    (None, Some(t)) => p.init = webpeft::peft::prompt_tuning::PromptTuningInit::Text(t.to_string()),
+                    (None, None) => {}
+                }
+            }
             AdapterRecipe::Bottleneck(b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
                 b.non_linearity = self.non_linearity.unwrap_or(b.non_linearity);
                 b.dropout = self.dropout.unwrap_or(b.dropout);
             }
         }
-        recipe
+        Ok(recipe)
     }
 
     /// How to train, from the command line's options (the rest at the recipe's defaults).
@@ -311,8 +341,10 @@ impl TrainArgs {
     }
 
     /// A fresh adapter from the command line's options.
-    fn new_adapter(&self, gpu: &Gpu, model: &Model) -> Result<Adapter, String> {
-        self.adapter_recipe().build(gpu, &model.config, model_name(&self.model), self.seed).map_err(flag_error)
+    fn new_adapter(&self, gpu: &Gpu, model: &Model, tokenizer: &Tokenizer) -> Result<Adapter, String> {
+        self.adapter_recipe()?
+            .build(gpu, model, Some(tokenizer), model_name(&self.model), self.seed)
+            .map_err(flag_error)
     }
 
     /// Says on stderr which given adapter options `source`'s config overrides.
@@ -387,17 +419,23 @@ pub enum Stopped {
 /// `webpeft train`.
 pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
     // A resumed run is the run its checkpoint holds (resume.rs).
-    let checkpoint = match a.resume.clone() {
+    let (checkpoint, saved_config) = match a.resume.clone() {
         Some(dir) => {
             let path = dir.join(CHECKPOINT_FILE);
             let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
             let saved = read_checkpoint(&bytes).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
             resume::settle(&mut a, &saved, &dir)?;
-            Some(bytes)
+            (Some(bytes), Some(saved.config))
         }
-        None => None,
+        None => (None, None),
     };
     a.check_method_options()?;
+    // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
+    let virtual_tokens = match (&saved_config, &a.init_adapter) {
+        (Some(c), _) => c.virtual_tokens(),
+        (None, Some(dir)) => folder_virtual_tokens(dir),
+        (None, None) => a.adapter_recipe()?.virtual_tokens(),
+    };
     if let Some(dir) = &a.init_adapter {
         a.note_ignored_options(&dir.display().to_string());
     }
@@ -409,9 +447,11 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     let config = Config::load(&files).await?;
     let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&config)?;
-    let max = config.max_position_embeddings;
+    let max = config.max_position_embeddings.saturating_sub(virtual_tokens);
     if let Some(n) = a.seq_len.filter(|&n| n > max) {
-        eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings {max}");
+        let beside =
+            if virtual_tokens > 0 { format!(" less the {virtual_tokens} virtual tokens") } else { String::new() };
+        eprintln!("note: --seq-len {n} capped at the model's max_position_embeddings{beside}, {max}");
     }
     let opts = recipe.data_options(max);
     let dataset = read_dataset(&recipe, &data_path, &tokenizer, &opts)?;
@@ -431,7 +471,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         _ => {
             let adapter = match &a.init_adapter {
                 Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
-                None => a.new_adapter(&gpu, &model)?,
+                None => a.new_adapter(&gpu, &model, &tokenizer)?,
             };
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
         }
@@ -534,6 +574,16 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     Ok(stopped)
 }
 
+/// The virtual tokens of the prompt-tuning adapter in folder `dir` (0 for any other).
+fn folder_virtual_tokens(dir: &Path) -> usize {
+    let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
+    let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
+    match value {
+        Some(v) if v["peft_type"] == "PROMPT_TUNING" => v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize,
+        _ => 0,
+    }
+}
+
 /// `train --init-adapter`: the folder's adapter, of the kind --method names.
 async fn init_adapter(
     gpu: &Gpu,
@@ -547,9 +597,9 @@ async fn init_adapter(
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if !matches!(t, "LORA" | "IA3") {
+            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());

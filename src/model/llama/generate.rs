@@ -16,7 +16,7 @@
 use super::block::{Attention, Block};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::{f32_chunks, Model};
+use super::{f32_chunks, rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
@@ -136,13 +136,17 @@ impl Model {
         if b == 0 || t == 0 {
             return Err(Error::shape(OP, format!("ids {:?} is empty", ids.shape())));
         }
-        if b != cache.batch || offset + t > cache.capacity {
+        // With virtual tokens (prompt tuning) the first call puts them first,
+        // at positions 0..V, and every token after them sits V further on.
+        let v = hooks.virtual_tokens();
+        let (start, front) = if offset == 0 { (0, v) } else { (offset + v, 0) };
+        let end = start + front + t;
+        if b != cache.batch || end > cache.capacity {
             return Err(Error::shape(
                 OP,
                 format!(
-                    "ids {:?} at positions {offset}..{} do not fit a cache of batch {} and capacity {}",
+                    "ids {:?} at positions {start}..{end} ({v} virtual tokens first) do not fit a cache of batch {} and capacity {}",
                     ids.shape(),
-                    offset + t,
                     cache.batch,
                     cache.capacity
                 ),
@@ -154,13 +158,20 @@ impl Model {
                 format!("the cache has {} layers, the model {}", cache.layers.len(), self.layers.len()),
             ));
         }
-        self.check_seq(offset + t)?;
-        let rope = self.rope.tables(rec.gpu(), offset + t)?;
+        self.check_seq(end)?;
+        let rope = self.rope.tables(rec.gpu(), end)?;
         let d = self.config.hidden_size;
         let table = f32_chunks(&self.embed_tokens)?;
         let mut x = embedding_chunked(rec, &table, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
+        if front > 0 {
+            let prompt = self.prompt(rec, hooks, b, front)?; // (B, V, D)
+            x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
+        }
         for (i, (layer, kv)) in self.layers.iter().zip(&cache.layers).enumerate() {
-            x = layer.forward_cached(rec, &x, &rope, kv, offset, LayerHooks::new(hooks, i))?;
+            x = layer.forward_cached(rec, &x, &rope, kv, start, LayerHooks::new(hooks, i))?;
+        }
+        if front > 0 {
+            x = rows::positions(rec, &x, front, t)?; // the row's own positions (B, T, D)
         }
         Ok(x)
     }
@@ -238,12 +249,14 @@ impl Model {
             return Err(Error::shape(OP, "the prompt is empty: need at least one token"));
         }
         let max = self.config.max_position_embeddings;
-        let total = prompt_ids.len() + config.max_new_tokens;
+        let v = hooks.virtual_tokens();
+        let total = v + prompt_ids.len() + config.max_new_tokens;
         if total > max {
+            let virtual_tokens = if v > 0 { format!(" after {v} virtual tokens") } else { String::new() };
             return Err(Error::shape(
                 OP,
                 format!(
-                    "a prompt of {} tokens plus max_new_tokens {} is {total} positions, more than max_position_embeddings {max}",
+                    "a prompt of {} tokens plus max_new_tokens {}{virtual_tokens} is {total} positions, more than max_position_embeddings {max}",
                     prompt_ids.len(),
                     config.max_new_tokens
                 ),

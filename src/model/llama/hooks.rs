@@ -4,6 +4,7 @@
 //!
 //! | hook point | in the block | implemented by |
 //! |---|---|---|
+//! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place | LoRA (`+ s·B·A·x`), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
@@ -81,6 +82,25 @@ impl Saved {
 /// layer as it is, so [`NoHooks`] is the frozen model and a method implements
 /// only the points it uses.
 pub trait Hooks {
+    /// V, the virtual tokens [`Hooks::prepend_forward`] puts before every
+    /// row (0: none). They hold positions 0..V, the row's tokens V..V+T, and
+    /// the model returns (and computes the loss on) the row's own positions only.
+    fn virtual_tokens(&self) -> usize {
+        0
+    }
+
+    /// The embeddings (B, V, D) to put before the batch's own, V =
+    /// [`Hooks::virtual_tokens`] > 0.
+    fn prepend_forward(&self, _rec: &mut Recorder, _batch: usize) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The backward of [`Hooks::prepend_forward`]: the gradient at the
+    /// virtual positions' embeddings, (B, V, D), into the hook's accumulators.
+    fn prepend_backward(&self, _rec: &mut Recorder, _d: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
     /// Linear `proj` of layer `layer` is about to run on x (M, in): the hook
     /// may return the input it runs on instead, x' (M, in).
     fn linear_input(
@@ -196,6 +216,25 @@ fn unexpected(op: &'static str, at: &str) -> Error {
 macro_rules! forward_hooks {
     ($ty:ty, |$s:ident| $hooks:expr) => {
         impl $crate::model::llama::hooks::Hooks for $ty {
+            fn virtual_tokens(&self) -> usize {
+                let $s = self;
+                $hooks.virtual_tokens()
+            }
+
+            fn prepend_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                batch: usize,
+            ) -> $crate::Result<Option<$crate::gpu::Tensor>> {
+                let $s = self;
+                $hooks.prepend_forward(rec, batch)
+            }
+
+            fn prepend_backward(&self, rec: &mut $crate::gpu::Recorder, d: &$crate::gpu::Tensor) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.prepend_backward(rec, d)
+            }
+
             fn linear_input(
                 &self,
                 rec: &mut $crate::gpu::Recorder,

@@ -41,12 +41,21 @@ impl CausalTargets {
 /// `(targets (B·T), non-ignored count)` from labels (B, T), checked: every row
 /// of one length, every label −100 or in 0..vocab.
 pub fn shift_labels(labels: &[Vec<i32>], vocab: usize) -> Result<(Vec<i32>, usize)> {
+    shift_labels_after(labels, vocab, 0)
+}
+
+/// [`shift_labels`] for rows that come after `virtual_tokens` virtual tokens
+/// (prompt tuning): the last virtual position predicts each row's first
+/// label too, as PEFT's loss counts it (its labels are −100 for the virtual
+/// tokens, then the row's), so every row gets one more target first:
+/// (B·(1+T)), the layout of [`Model::hidden_checkpointed`](super::Model::hidden_checkpointed)'s output.
+pub fn shift_labels_after(labels: &[Vec<i32>], vocab: usize, virtual_tokens: usize) -> Result<(Vec<i32>, usize)> {
     const OP: &str = "causal_lm_loss";
     let seq = labels.first().map_or(0, Vec::len);
     if seq == 0 {
         return Err(Error::shape(OP, "labels are empty: need at least one row of one token"));
     }
-    let mut targets = Vec::with_capacity(labels.len() * seq);
+    let mut targets = Vec::with_capacity(labels.len() * (seq + 1));
     for (b, row) in labels.iter().enumerate() {
         if row.len() != seq {
             return Err(Error::shape(OP, format!("labels row {b} has {} tokens, row 0 has {seq}", row.len())));
@@ -58,6 +67,9 @@ pub fn shift_labels(labels: &[Vec<i32>], vocab: usize) -> Result<(Vec<i32>, usiz
                     format!("label {label} at [{b}, {t}] is neither -100 nor a token id below vocab_size {vocab}"),
                 ));
             }
+        }
+        if virtual_tokens > 0 {
+            targets.push(row[0]);
         }
         targets.extend_from_slice(&row[1..]);
         targets.push(IGNORE_INDEX);

@@ -22,6 +22,7 @@ pub mod generate;
 pub mod hooks;
 pub mod loss;
 pub mod rope;
+mod rows;
 mod weights;
 
 pub use weights::LoadProgress;
@@ -29,7 +30,7 @@ pub use weights::LoadProgress;
 pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
 pub use generate::{argmax, sample, GenerationConfig, KvCache};
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
-pub use loss::{causal_lm_loss, shift_labels, CausalTargets, IGNORE_INDEX};
+pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
 
 use self::rope::RopeCache;
@@ -58,6 +59,8 @@ pub struct ModelSaved {
     x: Tensor,
     rstd: Tensor,
     rope: RopeTables,
+    /// Virtual tokens put before every row (prompt tuning), 0 for none.
+    virtual_tokens: usize,
 }
 
 /// A loaded model: frozen weights on the GPU, in the checkpoint's names.
@@ -261,20 +264,28 @@ impl Model {
 
     /// [`Model::forward`] through an adapter's hooks (`&adapter` evaluates it;
     /// a training pass carries its dropout seed and gradients), returning what
-    /// [`Model::backward`] needs too.
+    /// [`Model::backward`] needs too. The logits are the rows' own positions',
+    /// (B, T, V), with or without virtual tokens before them.
     pub fn forward_adapted(
         &self,
         rec: &mut Recorder,
         input_ids: &Tensor,
         hooks: &dyn Hooks,
     ) -> Result<(Tensor, ModelSaved)> {
-        let (xn, saved) = self.hidden_adapted(rec, input_ids, hooks)?;
+        let (mut xn, saved) = self.hidden_adapted(rec, input_ids, hooks)?;
+        if saved.virtual_tokens > 0 {
+            let t = input_ids.shape()[1];
+            xn = rows::positions(rec, &xn, 1, t)?; // without the last virtual position
+        }
         let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
         Ok((logits, saved))
     }
 
     /// The forward up to `model.norm`: returns the normed hidden states
-    /// (B, T, D), the lm_head's input, and what the backward needs.
+    /// (B, T, D), the lm_head's input, and what the backward needs. After
+    /// virtual tokens (prompt tuning) they are (B, 1+T, D): the last virtual
+    /// position first, whose logits predict each row's first token (PEFT's
+    /// loss counts it; [`shift_labels_after`] makes the matching targets).
     pub fn hidden_adapted(
         &self,
         rec: &mut Recorder,
@@ -307,20 +318,50 @@ impl Model {
         if b == 0 || t == 0 {
             return Err(Error::shape("Model::forward", format!("input_ids {:?} is empty", input_ids.shape())));
         }
-        self.check_seq(t)?;
-        let rope = self.rope.tables(rec.gpu(), t)?;
+        let v = hooks.virtual_tokens();
+        self.check_seq(v + t)?;
+        let rope = self.rope.tables(rec.gpu(), v + t)?;
         let d = self.config.hidden_size;
 
         let table = f32_chunks(&self.embed_tokens)?;
         let mut x = embedding_chunked(rec, &table, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
+        if v > 0 {
+            let prompt = self.prompt(rec, hooks, b, v)?; // (B, V, D)
+            x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
+        }
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let (out, saved) = layer.forward(rec, &x, &rope, LayerHooks::new(hooks, i))?; // (B, T, D)
+            let (out, saved) = layer.forward(rec, &x, &rope, LayerHooks::new(hooks, i))?; // (B, V+T, D)
             layers.push(if checkpoint { LayerSaved::Input(x) } else { LayerSaved::Full(Box::new(saved)) });
             x = out;
         }
-        let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D)
-        Ok((xn, ModelSaved { layers, x, rstd, rope }))
+        if v > 0 {
+            // The row's own positions, and the last virtual one before them:
+            // its logits predict the row's first token (B, 1+T, D).
+            x = rows::positions(rec, &x, v - 1, t + 1)?;
+        }
+        let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D), or (B, 1+T, D)
+        Ok((xn, ModelSaved { layers, x, rstd, rope, virtual_tokens: v }))
+    }
+
+    /// Rows of `model.embed_tokens` for token ids (N) u32: (N, D), copied.
+    pub fn embed(&self, rec: &mut Recorder, ids: &Tensor) -> Result<Tensor> {
+        embedding_chunked(rec, &f32_chunks(&self.embed_tokens)?, ids)
+    }
+
+    /// The `prepend` hook's embeddings for a batch of `b` rows, (B, V, D).
+    fn prompt(&self, rec: &mut Recorder, hooks: &dyn Hooks, b: usize, v: usize) -> Result<Tensor> {
+        let p = hooks.prepend_forward(rec, b)?.ok_or_else(|| {
+            Error::invalid("Model::forward", format!("the adapter has {v} virtual tokens but gave no embeddings"))
+        })?;
+        let want = [b, v, self.config.hidden_size];
+        if p.shape() != want {
+            return Err(Error::shape(
+                "Model::forward",
+                format!("virtual token embeddings {:?}, expected {want:?}", p.shape()),
+            ));
+        }
+        Ok(p)
     }
 
     /// Records the backward pass from dlogits (B, T, V) through the same
@@ -328,7 +369,10 @@ impl Model {
     /// keep them. Nothing frozen gets a gradient, and the embedding input
     /// needs none.
     pub fn backward(&self, rec: &mut Recorder, dlogits: &Tensor, saved: &ModelSaved, hooks: &dyn Hooks) -> Result<()> {
-        let dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
+        let mut dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
+        if saved.virtual_tokens > 0 {
+            dxn = rows::pad_front(rec, &dxn, 1)?; // the last virtual position's logits were not returned
+        }
         self.backward_from_hidden(rec, &dxn, saved, hooks)
     }
 
@@ -341,6 +385,10 @@ impl Model {
         hooks: &dyn Hooks,
     ) -> Result<()> {
         let mut dx = self.norm.backward(rec, dxn, &saved.x, &saved.rstd)?; // (B, T, D)
+        let v = saved.virtual_tokens;
+        if v > 0 {
+            dx = rows::pad_front(rec, &dx, v - 1)?; // (B, V+T, D): the other virtual positions had no loss
+        }
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let at = LayerHooks::new(hooks, i);
             dx = match &saved.layers[i] {
@@ -350,6 +398,10 @@ impl Model {
                     layer.backward(rec, &dx, &s, &saved.rope, at)?
                 }
             };
+        }
+        if v > 0 {
+            let d_prompt = rows::positions(rec, &dx, 0, v)?; // (B, V, D)
+            hooks.prepend_backward(rec, &d_prompt)?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::model::llama::Proj;
 use crate::model::{ByteSource, Config, ModelType};
 use crate::peft::lora::{TargetModules, PEFT_VERSION};
+use crate::peft::peft_config::check_peft_type;
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
 
@@ -112,19 +113,7 @@ impl Ia3Config {
             return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
         };
         let f = Fields::of(map, "", err);
-        match f.opt_str("peft_type")? {
-            None => return Err(err("peft_type", "missing")),
-            Some("IA3") => {}
-            Some(other) => {
-                return Err(err("peft_type", format!("\"{other}\" is not an (IA)³ adapter (expected \"IA3\")")))
-            }
-        }
-        match f.opt_str("task_type")? {
-            None | Some("CAUSAL_LM") => {}
-            Some(other) => {
-                return Err(err("task_type", format!("\"{other}\" is not supported (expected \"CAUSAL_LM\")")))
-            }
-        }
+        check_peft_type(&f, "IA3", "an (IA)³ adapter")?;
         let names = |key: &str| -> Result<Option<Vec<String>>> {
             match f.get(key) {
                 None => Ok(None),

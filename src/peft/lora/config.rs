@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::model::source::ModelFiles;
 use crate::model::Config;
+use crate::peft::peft_config::check_peft_type;
 use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
@@ -139,19 +140,7 @@ impl LoraConfig {
         };
         let f = Fields::of(map, "", err);
 
-        match f.opt_str("peft_type")? {
-            None => return Err(err("peft_type", "missing")),
-            Some("LORA") => {}
-            Some(other) => {
-                return Err(err("peft_type", format!("\"{other}\" is not a LoRA adapter (expected \"LORA\")")))
-            }
-        }
-        match f.opt_str("task_type")? {
-            None | Some("CAUSAL_LM") => {}
-            Some(other) => {
-                return Err(err("task_type", format!("\"{other}\" is not supported (expected \"CAUSAL_LM\")")))
-            }
-        }
+        check_peft_type(&f, "LORA", "a LoRA adapter")?;
 
         let r = f.opt_usize("r")?.unwrap_or(8);
         if r == 0 {
