@@ -126,7 +126,7 @@ fn greedy_decoding_matches_transformers() {
 fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     use webpeft::bench::train::{llama_config, random_model_files};
     use webpeft::kernels::blocked::Blocks;
-    use webpeft::kernels::tune::candidates;
+    use webpeft::kernels::tune::{candidates, import_tuning, tuning_counts, tuning_json};
     use webpeft::peft::{LoraConfig, TargetModules};
     let cache = std::env::temp_dir().join(format!("webpeft-tuning-{}.json", std::process::id()));
     let _ = std::fs::remove_file(&cache);
@@ -143,22 +143,22 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
         let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0).unwrap();
         let run = |t: &mut Trainer| block_on(t.step(gpu, &model, std::slice::from_ref(&batch), 1e-3)).unwrap().loss;
         let first = run(&mut trainer);
-        let counts = gpu.tuning_counts();
+        let counts = tuning_counts(gpu);
         let losses = [first, run(&mut trainer), run(&mut trainer)];
         (losses, counts)
     };
     let gpu = block_on(Gpu::with_options(options())).unwrap();
-    assert_eq!(gpu.tuning_counts(), (0, 0));
+    assert_eq!(tuning_counts(&gpu), (0, 0));
     let (tuned_losses, (tuned, pending)) = steps(&gpu);
-    eprintln!("after one step: {tuned} shape classes tuned, {pending} pending; {}", gpu.tuning_json());
+    eprintln!("after one step: {tuned} shape classes tuned, {pending} pending; {}", tuning_json(&gpu));
     assert!(tuned >= 4 && pending == 0, "{tuned} tuned, {pending} pending");
-    let json: serde_json::Value = serde_json::from_str(&gpu.tuning_json()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&tuning_json(&gpu)).unwrap();
     let classes = json.as_object().unwrap();
     assert!(
         classes.keys().any(|k| k.starts_with("nf4 fwd")) && classes.keys().any(|k| k.starts_with("f32 ")),
         "{json}"
     );
-    assert_eq!(gpu.tuning_counts(), (tuned, 0), "nothing new to tune after the first step");
+    assert_eq!(tuning_counts(&gpu), (tuned, 0), "nothing new to tune after the first step");
     // The tuned blocks compute the steps the fallback table's blocks compute.
     let off = block_on(Gpu::with_options(GpuOptions { autotune: false, ..options() })).unwrap();
     let (fallback_losses, counts) = steps(&off);
@@ -169,13 +169,13 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
 
     // A new device on the same adapter reads the choices from the cache file.
     let again = block_on(Gpu::with_options(options())).unwrap();
-    assert_eq!(again.tuning_counts(), (tuned, 0));
-    assert_eq!(again.tuning_json(), gpu.tuning_json());
+    assert_eq!(tuning_counts(&again), (tuned, 0));
+    assert_eq!(tuning_json(&again), tuning_json(&gpu));
     let plain = block_on(Gpu::with_options(GpuOptions { tuning_cache: None, ..options() })).unwrap();
-    assert_eq!(plain.tuning_counts(), (0, 0));
+    assert_eq!(tuning_counts(&plain), (0, 0));
     // Entries that are no valid block here are skipped; garbage is an error.
-    assert_eq!(plain.import_tuning(r#"{"f32 nt m2^4 n2^4 k2^4 b2^0": [64, 64, 8, 3, 4]}"#), Ok(0));
-    assert!(plain.import_tuning("[1, 2]").is_err());
+    assert_eq!(import_tuning(&plain, r#"{"f32 nt m2^4 n2^4 k2^4 b2^0": [64, 64, 8, 3, 4]}"#), Ok(0));
+    assert!(import_tuning(&plain, "[1, 2]").is_err());
     let _ = std::fs::remove_file(&cache);
 
     for (m, n) in [(512, 16), (16, 2048), (512, 2048), (4096, 4096)] {

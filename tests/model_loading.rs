@@ -9,7 +9,7 @@ mod common;
 
 use common::{block_on, fixture, Fixture};
 use serde_json::{json, Value};
-use webpeft::kernels::reference::rope::rope_inv_freq;
+use webpeft::model::llama::rope::rope_inv_freq;
 use webpeft::model::{ByteSource, Checkpoint, Config, DirFiles, MemoryFiles, MemorySource, ModelType, SafetensorsFile};
 use webpeft::Error;
 

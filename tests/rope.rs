@@ -8,8 +8,9 @@ use common::{block_on, gpu, randn};
 use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::reference::assert_close;
-use webpeft::kernels::reference::rope::{self as cpu, RopeScaling};
+use webpeft::kernels::reference::rope as cpu;
 use webpeft::kernels::rope::{rope_backward, rope_backward_inplace, rope_forward, rope_forward_inplace};
+use webpeft::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
 use webpeft::{DType, Error, Tensor};
 
 // Two products and a sum per value: the shader compiler may fuse one into an
@@ -26,9 +27,9 @@ type Tables = (Vec<f32>, Vec<f32>);
 
 /// Tables for positions 0..rows, and the rows `offset..offset + seq` of them.
 fn tables(rows: usize, head_dim: usize, offset: usize, seq: usize) -> (Tables, Tables) {
-    let inv = cpu::rope_inv_freq(head_dim, 10000.0, Some(&LLAMA3));
+    let inv = rope_inv_freq(head_dim, 10000.0, Some(&LLAMA3));
     let positions: Vec<u32> = (0..rows as u32).collect();
-    let (cos, sin) = cpu::rope_cos_sin(&inv, &positions);
+    let (cos, sin) = rope_cos_sin(&inv, &positions);
     let part = |t: &[f32]| t[offset * head_dim..(offset + seq) * head_dim].to_vec();
     let sliced = (part(&cos), part(&sin));
     ((cos, sin), sliced)

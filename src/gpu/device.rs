@@ -133,11 +133,13 @@ pub struct Gpu {
     pub(crate) timeout_seconds: u64,
     pub(crate) shader_checks: bool,
     kernels: KernelFamily,
-    /// The autotuner's choices and pending products (`kernels::tune`).
-    pub(crate) tuning: Mutex<crate::kernels::tune::Tuning>,
+    /// What kernel families keep per device, one value per type (the
+    /// autotuner's choices: `kernels::tune`), so the device need not know them.
+    state: Mutex<std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any + Send>>>,
     pub(crate) autotune: bool,
+    /// Where the autotuner keeps its choices between runs (natively).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    tuning_cache: Option<std::path::PathBuf>,
+    pub(crate) tuning_cache: Option<std::path::PathBuf>,
     /// wgpu's pipeline cache and the file it is kept in (natively, where the
     /// backend has one).
     pub(crate) pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
@@ -289,7 +291,7 @@ impl Gpu {
             timeout_seconds: options.timeout_seconds,
             shader_checks: options.shader_checks || shader_checks_from_env(),
             kernels,
-            tuning: Mutex::new(Default::default()),
+            state: Mutex::default(),
             autotune: options.autotune && kernels == KernelFamily::Gpu,
             pipeline_cache,
             tuning_cache: options.tuning_cache,
@@ -297,33 +299,23 @@ impl Gpu {
             lost,
             allocations_left: std::sync::atomic::AtomicU64::new(u64::MAX),
         };
-        gpu.load_tuning();
         Ok(gpu)
+    }
+
+    /// The per-device value of type `T` (made with `T::default()` the first
+    /// time), borrowed for `f`.
+    pub(crate) fn with_state<T: Default + Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut all = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = all.entry(std::any::TypeId::of::<T>()).or_insert_with(|| Box::new(T::default()));
+        f(slot.downcast_mut::<T>().expect("the slot of a type holds that type"))
     }
 
     /// What the tuning cache keys this device's choices by: the adapter, its
     /// driver and webpeft's version (a new driver or kernel retunes).
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    fn tuning_key(&self) -> String {
+    pub(crate) fn tuning_key(&self) -> String {
         let i = &self.info;
         format!("{} / {} / {} {} / webpeft {}", i.name, i.backend, i.driver, i.driver_info, env!("CARGO_PKG_VERSION"))
-    }
-
-    /// The tuned choices as JSON (see `kernels::tune::Tuning::to_json`).
-    pub fn tuning_json(&self) -> String {
-        self.tuning.lock().unwrap_or_else(|p| p.into_inner()).to_json()
-    }
-
-    /// Take tuned choices from JSON (an earlier run's `tuning_json`); returns
-    /// how many were valid here.
-    pub fn import_tuning(&self, json: &str) -> std::result::Result<usize, String> {
-        self.tuning.lock().unwrap_or_else(|p| p.into_inner()).merge_json(self, json)
-    }
-
-    /// Shape classes tuned so far, and products waiting to be tuned.
-    pub fn tuning_counts(&self) -> (usize, usize) {
-        let t = self.tuning.lock().unwrap_or_else(|p| p.into_inner());
-        (t.len(), t.pending())
     }
 
     /// Natively, write the compiled pipelines to the pipeline cache file (a
@@ -339,36 +331,6 @@ impl Gpu {
                     let _ = std::fs::rename(&temp, file);
                 }
             }
-        }
-    }
-
-    /// Natively, read this device's choices from the tuning cache file (an
-    /// unreadable or foreign file is ignored: tuning just runs again).
-    fn load_tuning(&self) {
-        #[cfg(not(target_arch = "wasm32"))]
-        if let (true, Some(path)) = (self.autotune, &self.tuning_cache) {
-            let all: serde_json::Map<String, serde_json::Value> =
-                std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            if let Some(mine) = all.get(&self.tuning_key()) {
-                let _ = self.import_tuning(&mine.to_string());
-            }
-        }
-    }
-
-    /// Natively, write this device's choices into the tuning cache file,
-    /// keeping other adapters' entries. Best effort: a cache that cannot be
-    /// written costs a retune next time, nothing else.
-    pub(crate) fn save_tuning(&self) {
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(path) = &self.tuning_cache {
-            let mut all: serde_json::Map<String, serde_json::Value> =
-                std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-            let mine: serde_json::Value = serde_json::from_str(&self.tuning_json()).unwrap_or_default();
-            all.insert(self.tuning_key(), mine);
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = std::fs::write(path, serde_json::Value::Object(all).to_string());
         }
     }
 

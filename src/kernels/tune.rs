@@ -71,11 +71,15 @@ impl Product {
     }
 }
 
-/// The choices made so far and the products still to tune.
+/// The choices made so far and the products still to tune: one per device,
+/// kept in the device's state slot ([`Gpu::with_state`]).
 #[derive(Debug, Default)]
 pub struct Tuning {
     choices: BTreeMap<String, Blocks>,
     pending: BTreeMap<String, Product>,
+    /// The cache file's choices have been read (natively, the first time the
+    /// device's tuning is used).
+    loaded: bool,
 }
 
 impl Tuning {
@@ -116,18 +120,81 @@ impl Tuning {
     }
 }
 
+/// `gpu`'s tuning, borrowed for `f`; natively the cache file's choices for
+/// this device are read in the first time.
+fn with_tuning<R>(gpu: &Gpu, f: impl FnOnce(&mut Tuning) -> R) -> R {
+    gpu.with_state(|t: &mut Tuning| {
+        if !t.loaded {
+            t.loaded = true;
+            load_cache(gpu, t);
+        }
+        f(t)
+    })
+}
+
+/// The tuned choices as JSON (see [`Tuning::to_json`]).
+pub fn tuning_json(gpu: &Gpu) -> String {
+    with_tuning(gpu, |t| t.to_json())
+}
+
+/// Take tuned choices from JSON (an earlier run's [`tuning_json`]); returns
+/// how many were valid blocks on `gpu`.
+pub fn import_tuning(gpu: &Gpu, json: &str) -> std::result::Result<usize, String> {
+    with_tuning(gpu, |t| t.merge_json(gpu, json))
+}
+
+/// Shape classes tuned so far, and products waiting to be tuned.
+pub fn tuning_counts(gpu: &Gpu) -> (usize, usize) {
+    with_tuning(gpu, |t| (t.len(), t.pending()))
+}
+
+/// Natively, this device's choices from the tuning cache file (an unreadable
+/// or foreign file is ignored: tuning just runs again).
+fn load_cache(gpu: &Gpu, t: &mut Tuning) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let (true, Some(path)) = (gpu.autotune, &gpu.tuning_cache) {
+        let all: serde_json::Map<String, serde_json::Value> =
+            std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        if let Some(mine) = all.get(&gpu.tuning_key()) {
+            let _ = t.merge_json(gpu, &mine.to_string());
+        }
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = (gpu, t);
+}
+
+/// Natively, this device's choices written into the tuning cache file,
+/// keeping other adapters' entries. Best effort: a cache that cannot be
+/// written costs a retune next time, nothing else.
+fn save_cache(gpu: &Gpu) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(path) = &gpu.tuning_cache {
+        let mut all: serde_json::Map<String, serde_json::Value> =
+            std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mine: serde_json::Value = serde_json::from_str(&tuning_json(gpu)).unwrap_or_default();
+        all.insert(gpu.tuning_key(), mine);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(path, serde_json::Value::Object(all).to_string());
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = gpu;
+}
+
 /// The block for `product`: the tuned choice for its class, else `fallback`
 /// (and, where the device autotunes, the product is noted for tuning).
 pub fn blocks_for(gpu: &Gpu, product: Product, fallback: Blocks) -> Blocks {
     let class = product.class();
-    let mut t = gpu.tuning.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(b) = t.choices.get(&class) {
-        return *b;
-    }
-    if gpu.autotune && product.bytes() <= MAX_TUNE_BYTES && product.flops() >= MIN_TUNE_FLOPS {
-        t.pending.entry(class).or_insert(product);
-    }
-    fallback
+    with_tuning(gpu, |t| {
+        if let Some(b) = t.choices.get(&class) {
+            return *b;
+        }
+        if gpu.autotune && product.bytes() <= MAX_TUNE_BYTES && product.flops() >= MIN_TUNE_FLOPS {
+            t.pending.entry(class).or_insert(product);
+        }
+        fallback
+    })
 }
 
 /// Products under this many FLOPs are not tuned: launch overhead dominates
@@ -209,10 +276,7 @@ pub struct Tuned {
 /// each; with a cache file, save every choice there. A no-op with nothing
 /// pending.
 pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
-    let pending: Vec<(String, Product)> = {
-        let mut t = gpu.tuning.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut t.pending).into_iter().collect()
-    };
+    let pending: Vec<(String, Product)> = with_tuning(gpu, |t| std::mem::take(&mut t.pending).into_iter().collect());
     let mut report = Vec::new();
     for (class, product) in pending {
         let (m, n, _, batch) = product.dims();
@@ -223,7 +287,7 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
             times.push(timer.time(gpu, b).await?);
         }
         let Some(best) = (0..cands.len()).min_by(|&i, &j| times[i].total_cmp(&times[j])) else { continue };
-        gpu.tuning.lock().unwrap_or_else(|p| p.into_inner()).choices.insert(class.clone(), cands[best]);
+        with_tuning(gpu, |t| t.choices.insert(class.clone(), cands[best]));
         let c = cands[best];
         report.push(Tuned {
             class,
@@ -235,7 +299,7 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
         gpu.trim_memory();
     }
     if !report.is_empty() {
-        gpu.save_tuning();
+        save_cache(gpu);
     }
     Ok(report)
 }

@@ -247,7 +247,7 @@ impl Trainer {
         // for are timed now, once per shape class (kernels::tune): later steps
         // use the fastest. The step itself is done; were tuning to fail, the
         // fallback table's blocks stay, and they compute the same sums.
-        if gpu.tuning_counts().1 > 0 {
+        if crate::kernels::tune::tuning_counts(gpu).1 > 0 {
             let _ = crate::kernels::tune::autotune_pending(gpu).await;
         }
         // The first step built every pipeline a step needs: keep them for the next run.

@@ -196,14 +196,14 @@ impl WebGpu {
     /// `importTuning` next time, so a later visit need not time them again.
     #[wasm_bindgen(js_name = exportTuning)]
     pub fn export_tuning(&self) -> String {
-        self.gpu.tuning_json()
+        crate::kernels::tune::tuning_json(&self.gpu)
     }
 
     /// Takes choices saved by `exportTuning` (from this adapter); returns how
     /// many were valid here.
     #[wasm_bindgen(js_name = importTuning)]
     pub fn import_tuning(&self, json: &str) -> JsResult<u32> {
-        self.gpu.import_tuning(json).map(|n| n as u32).map_err(err)
+        crate::kernels::tune::import_tuning(&self.gpu, json).map(|n| n as u32).map_err(err)
     }
 
     /// Live and peak GPU bytes.

@@ -161,7 +161,7 @@ async fn bench_train(
         }
     }
     if !json && webpeft::kernels::blocked::is_real_gpu(gpu) {
-        let (tuned, pending) = gpu.tuning_counts();
+        let (tuned, pending) = webpeft::kernels::tune::tuning_counts(gpu);
         out!("autotuner: {tuned} shape classes of the blocked GEMM tuned ({pending} pending); --no-autotune for the fallback table");
     }
     Ok(out)

@@ -1,5 +1,5 @@
 //! Rotary position embedding, the reference for `shaders/rope.wgsl`. The
-//! frequency tables are the model's own (`model::llama::rope`), re-exported here.
+//! frequency tables are the model's own (`model::llama::rope`).
 //!
 //! As Hugging Face transformers (4.57) computes it for Llama:
 //! - `inv_freq` from `_compute_default_rope_parameters`, adjusted by
@@ -15,8 +15,6 @@
 //! torch's CPU results except where torch's vectorised `pow`/`cos`/`sin`
 //! (SLEEF, ≤ 1 ulp) round differently from the correctly rounded values used
 //! here: compare with a tolerance of about 1 ulp, not bit for bit.
-
-pub use crate::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
 
 /// Rotates `x` in place: `x = x * cos + rotate_half(x) * sin`.
 ///
@@ -97,7 +95,9 @@ fn check_shapes(
 mod tests {
     use super::*;
     use crate::kernels::reference::assert_close;
+    // The model's tables (the oracle rotates by them; they are tested there).
     use crate::kernels::reference::testing::{dot64, numeric_grad};
+    use crate::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
     use crate::util::rng::Rng;
 
     const LLAMA3: RopeScaling = RopeScaling {
@@ -106,59 +106,6 @@ mod tests {
         high_freq_factor: 4.0,
         original_max_position_embeddings: 8192,
     };
-
-    #[test]
-    fn default_inv_freq_known_values() {
-        // head_dim 8, theta 10000: 10000^-(0, 1/4, 2/4, 3/4) = 1, 0.1, 0.01, 0.001.
-        let inv = rope_inv_freq(8, 10000.0, None);
-        assert_close("inv_freq", &inv, &[1.0, 0.1, 0.01, 0.001], 0.0, 2e-7);
-        assert_eq!(inv[0], 1.0);
-    }
-
-    #[test]
-    fn llama3_inv_freq_regions() {
-        let head_dim = 128;
-        let plain = rope_inv_freq(head_dim, 500000.0, None);
-        let scaled = rope_inv_freq(head_dim, 500000.0, Some(&LLAMA3));
-        let two_pi = (2.0 * std::f64::consts::PI) as f32;
-        let (mut high, mut medium, mut low) = (0, 0, 0);
-        for (&p, &s) in plain.iter().zip(&scaled) {
-            let wavelen = (1.0 / p) * two_pi;
-            if wavelen < 2048.0 {
-                // High frequencies are untouched.
-                assert_eq!(s, p);
-                high += 1;
-            } else if wavelen > 8192.0 {
-                // Low frequencies are divided by the factor.
-                assert_eq!(s, p / 8.0);
-                low += 1;
-            } else {
-                // In between, a blend strictly between the two.
-                assert!(s < p && s > p / 8.0, "medium frequency {s} not in ({}, {p})", p / 8.0);
-                medium += 1;
-            }
-        }
-        assert_eq!(high + medium + low, 64);
-        assert!(high > 0 && medium > 0 && low > 0, "{high} {medium} {low}");
-        // Monotonically decreasing frequencies survive the blend.
-        assert!(scaled.windows(2).all(|w| w[0] > w[1]));
-    }
-
-    #[test]
-    fn cos_sin_layout() {
-        let inv = rope_inv_freq(6, 10000.0, None);
-        let (cos, sin) = rope_cos_sin(&inv, &[0, 3]);
-        assert_eq!(cos.len(), 12);
-        assert_eq!(&cos[..6], &[1.0; 6]);
-        assert_eq!(&sin[..6], &[0.0; 6]);
-        for j in 0..3 {
-            let angle = 3.0f32 * inv[j];
-            assert_eq!(cos[6 + j], cos[6 + j + 3]);
-            assert_eq!(sin[6 + j], sin[6 + j + 3]);
-            assert_close("cos", &[cos[6 + j]], &[angle.cos()], 1e-7, 0.0);
-            assert_close("sin", &[sin[6 + j]], &[angle.sin()], 1e-7, 0.0);
-        }
-    }
 
     #[test]
     fn rotates_halves_not_pairs() {
