@@ -368,6 +368,26 @@ fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
 }
 
 #[test]
+fn train_prefix_tuning_stop_resume_generate_and_refuse_merge() {
+    let dir = TempDir::new("train-prefix");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let whole =
+        stop_resume_equals_uninterrupted(&dir, &data, &["--method", "prefix_tuning", "--num-virtual-tokens", "3"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "PREFIX_TUNING");
+    // PEFT's grouped-query shapes: token_dim = KV heads × head_dim = 2 × 24.
+    assert_eq!((config["token_dim"].as_u64(), config["num_attention_heads"].as_u64()), (Some(48), Some(2)), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), [3, 2 * 2 * 48]);
+    ok(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let err = failure(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
+    assert!(err.contains("cannot be merged"), "{err}");
+}
+
+#[test]
 fn train_each_bottleneck_method_on_a_quantized_base() {
     let dir = TempDir::new("train-bn");
     let data = write_data(&dir);

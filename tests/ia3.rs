@@ -9,27 +9,23 @@
 
 mod common;
 
-use common::{adapted_logits, block_on, fixture, fixture_batch, gpu, max_abs_diff, Fixture};
-use webpeft::gpu::Recorder;
-use webpeft::model::llama::KvCache;
-use webpeft::model::{Config, DirFiles, MemoryFiles, Model, ModelType};
+use common::{
+    adapted_logits, adapter_values, block_on, cached_vs_full, check_peft_training, fixture, fixture_adapter,
+    fixture_batch, fixture_model, gpu, max_abs_diff, Fixture,
+};
+use webpeft::model::{Config, MemoryFiles, Model, ModelType};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::ia3::Ia3Config;
-use webpeft::quant::QuantFormat;
-use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::{Error, Gpu};
 
 const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
 
 fn model(gpu: &Gpu, name: &str) -> Model {
-    block_on(Model::load(gpu, &DirFiles::new(fixture(name)).unwrap(), QuantFormat::F32)).unwrap()
+    fixture_model(gpu, name)
 }
 
 fn adapter(gpu: &Gpu, model: &Model, dir: &str) -> Adapter {
-    let ad = block_on(Adapter::load(gpu, &DirFiles::new(fixture(dir)).unwrap(), &model.config))
-        .unwrap_or_else(|e| panic!("{dir}: {e}"));
-    assert_eq!(ad.method(), "ia3", "{dir}");
-    ad
+    fixture_adapter(gpu, model, dir, "ia3")
 }
 
 #[test]
@@ -58,29 +54,8 @@ fn loss_every_gradient_and_ten_adamw_steps_match_peft() {
         let model = model(gpu, name);
         let fx = Fixture::open(&format!("ia3/{name}/reference.safetensors"));
         let initial = format!("ia3/{name}/initial_adapter");
-        let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
-        let mut trainer = Trainer::new(gpu, adapter(gpu, &model, &initial), opt, 0).unwrap();
-        let stats = block_on(trainer.step(gpu, &model, &[fixture_batch(&fx, 0..2)], 0.0)).unwrap();
-        let want = fx.f32("loss")[0];
-        assert!((stats.loss - want).abs() <= 1e-5, "{name}: loss {} vs {want}", stats.loss);
-        let grads = trainer.gradients().tensors();
-        assert_eq!(grads.len(), 6, "{name}");
-        for (key, g) in grads {
-            let d = max_abs_diff(&block_on(g.to_vec::<f32>(gpu)).unwrap(), &fx.f32(&format!("{key}.grad")));
-            eprintln!("{name} {key}: gradient max |diff| {d:e}");
-            assert!(d <= 1e-4, "{name} {key}: gradient max |diff| {d:e}");
-        }
-
-        let opt = OptimizerConfig { weight_decay: 0.01, max_grad_norm: 0.0, ..Default::default() };
-        let mut trainer = Trainer::new(gpu, adapter(gpu, &model, &initial), opt, 0).unwrap();
-        for (i, &w) in fx.f32("losses").iter().enumerate() {
-            let s = block_on(trainer.step(gpu, &model, &[fixture_batch(&fx, 0..2)], 1e-2)).unwrap();
-            assert!((s.loss - w).abs() <= 1e-4, "{name} step {i}: {} vs {w}", s.loss);
-        }
-        for (key, t) in trainer.adapter.tensors() {
-            let d = max_abs_diff(&block_on(t.to_vec::<f32>(gpu)).unwrap(), &fx.f32(&format!("final.{key}")));
-            assert!(d <= 1e-4, "{name} final {key}: max |diff| {d:e}");
-        }
+        assert_eq!(adapter(gpu, &model, &initial).tensors().len(), 6, "{name}");
+        check_peft_training(gpu, &model, &|| adapter(gpu, &model, &initial), &fx, &|ad| adapter_values(gpu, ad));
     }
 }
 
@@ -133,18 +108,7 @@ fn the_kv_cache_forward_matches_the_full_forward() {
         let model = model(gpu, name);
         let ad = adapter(gpu, &model, &format!("ia3/{name}/final_adapter"));
         let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
-        let full = adapted_logits(gpu, &model, Some(&ad), std::slice::from_ref(&ids));
-        let cache = KvCache::new(gpu, &model, 1, ids.len()).unwrap();
-        let mut rec = Recorder::new(gpu);
-        let a =
-            model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids[..5].to_vec()]).unwrap(), &cache, 0, &ad);
-        let b =
-            model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids[5..].to_vec()]).unwrap(), &cache, 5, &ad);
-        let (a, b) = (a.unwrap(), b.unwrap());
-        rec.submit().unwrap();
-        let mut cached = block_on(a.to_vec::<f32>(gpu)).unwrap();
-        cached.extend(block_on(b.to_vec::<f32>(gpu)).unwrap());
-        let d = max_abs_diff(&cached, &full);
+        let d = cached_vs_full(gpu, &model, &ad, &ids, 5, 0);
         assert!(d <= 1e-4, "{name}: cached vs full logits {d:e}");
     }
 }

@@ -9,29 +9,27 @@
 
 mod common;
 
-use common::{adapted_logits, block_on, fixture, fixture_batch, gpu, max_abs_diff, Fixture};
+use common::{
+    adapted_logits, adapter_values, assert_files_are_peft, block_on, check_greedy_and_cache, check_peft_training,
+    fixture, fixture_adapter, fixture_batch, fixture_model, gpu, max_abs_diff, Fixture,
+};
 use webpeft::gpu::Recorder;
-use webpeft::model::llama::{GenerationConfig, KvCache};
+use webpeft::model::llama::GenerationConfig;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::{Config, DirFiles, Model};
 use webpeft::peft::adapter::{Adapter, AdapterConfig};
 use webpeft::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
-use webpeft::quant::QuantFormat;
-use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::{Error, Gpu};
 
 const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
 const V: usize = 4;
 
 fn model(gpu: &Gpu, name: &str) -> Model {
-    block_on(Model::load(gpu, &DirFiles::new(fixture(name)).unwrap(), QuantFormat::F32)).unwrap()
+    fixture_model(gpu, name)
 }
 
 fn adapter(gpu: &Gpu, model: &Model, dir: &str) -> Adapter {
-    let ad = block_on(Adapter::load(gpu, &DirFiles::new(fixture(dir)).unwrap(), &model.config))
-        .unwrap_or_else(|e| panic!("{dir}: {e}"));
-    assert_eq!(ad.method(), "prompt_tuning", "{dir}");
-    ad
+    fixture_adapter(gpu, model, dir, "prompt_tuning")
 }
 
 /// PEFT's logits (B, V+T, vocab) at the rows' own positions, (B, T, vocab).
@@ -54,32 +52,7 @@ fn logits_loss_gradient_and_ten_adamw_steps_match_peft() {
         eprintln!("{name}: logits max |diff| {d:e}");
         assert!(d <= 1e-4, "{name}: logits {d:e}");
 
-        for checkpointing in [false, true] {
-            let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
-            let mut trainer = Trainer::new(gpu, adapter(gpu, &model, &initial), opt, 0).unwrap();
-            trainer.gradient_checkpointing = checkpointing;
-            let stats = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 0.0)).unwrap();
-            let want = fx.f32("loss")[0];
-            assert!((stats.loss - want).abs() <= 1e-5, "{name}: loss {} vs {want}", stats.loss);
-            let (key, g) = &trainer.gradients().tensors()[0];
-            assert_eq!(key, "prompt_embeddings");
-            let d = max_abs_diff(&block_on(g.to_vec::<f32>(gpu)).unwrap(), &fx.f32("prompt_embeddings.grad"));
-            eprintln!(
-                "{name} (checkpointing {checkpointing}): loss {} (PEFT {want}), gradient max |diff| {d:e}",
-                stats.loss
-            );
-            assert!(d <= 1e-4, "{name}: gradient {d:e}");
-        }
-
-        let opt = OptimizerConfig { weight_decay: 0.01, max_grad_norm: 0.0, ..Default::default() };
-        let mut trainer = Trainer::new(gpu, adapter(gpu, &model, &initial), opt, 0).unwrap();
-        for (i, &w) in fx.f32("losses").iter().enumerate() {
-            let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap();
-            assert!((s.loss - w).abs() <= 1e-4, "{name} step {i}: {} vs {w}", s.loss);
-        }
-        let (_, e) = &trainer.adapter.tensors()[0];
-        let d = max_abs_diff(&block_on(e.to_vec::<f32>(gpu)).unwrap(), &fx.f32("final.prompt_embeddings"));
-        assert!(d <= 1e-4, "{name}: final prompt {d:e}");
+        check_peft_training(gpu, &model, &|| adapter(gpu, &model, &initial), &fx, &|ad| adapter_values(gpu, ad));
     }
 }
 
@@ -90,27 +63,7 @@ fn greedy_generation_equals_peft_and_the_cache_equals_the_full_forward() {
         let model = model(gpu, name);
         let fx = Fixture::open(&format!("prompt_tuning/{name}/reference.safetensors"));
         let ad = adapter(gpu, &model, &format!("prompt_tuning/{name}/initial_adapter"));
-        let prompt: Vec<u32> = fx.i64("greedy_prompt").iter().map(|&v| v as u32).collect();
-        let want: Vec<u32> = fx.i64("greedy_tokens").iter().map(|&v| v as u32).collect();
-        let got = block_on(model.generate_adapted(gpu, &prompt, &GenerationConfig::greedy(want.len()), &ad, |_| true))
-            .unwrap();
-        assert_eq!(got, want, "{name}: greedy tokens");
-        // Prefill then one token at a time through the cache = one full forward.
-        let ids: Vec<u32> = prompt.iter().chain(&want).copied().collect();
-        let full = adapted_logits(gpu, &model, Some(&ad), std::slice::from_ref(&ids));
-        let cache = KvCache::new(gpu, &model, 1, V + ids.len()).unwrap();
-        let mut rec = Recorder::new(gpu);
-        let n = prompt.len();
-        let a =
-            model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids[..n].to_vec()]).unwrap(), &cache, 0, &ad);
-        let b =
-            model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids[n..].to_vec()]).unwrap(), &cache, n, &ad);
-        let (a, b) = (a.unwrap(), b.unwrap());
-        rec.submit().unwrap();
-        let mut cached = block_on(a.to_vec::<f32>(gpu)).unwrap();
-        cached.extend(block_on(b.to_vec::<f32>(gpu)).unwrap());
-        let d = max_abs_diff(&cached, &full);
-        assert!(d <= 1e-4, "{name}: cached vs full {d:e}");
+        check_greedy_and_cache(gpu, &model, &ad, &fx, V);
     }
 }
 
@@ -122,21 +75,7 @@ fn files_both_ways_and_the_text_init() {
         let fx = Fixture::open(&format!("prompt_tuning/{name}/reference.safetensors"));
         for dir in ["initial_adapter", "final_adapter"] {
             let dir = format!("prompt_tuning/{name}/{dir}");
-            let ad = adapter(gpu, &model, &dir);
-            let files = block_on(ad.to_files(gpu, &model.config)).unwrap();
-            let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
-            let theirs = std::fs::read(fixture(&format!("{dir}/adapter_config.json"))).unwrap();
-            assert_eq!(json(&files[0].1), json(&theirs), "{dir}: adapter_config.json");
-            let peft = std::fs::read(fixture(&format!("{dir}/adapter_model.safetensors"))).unwrap();
-            let (ours, peft) = (
-                safetensors::SafeTensors::deserialize(&files[1].1).unwrap(),
-                safetensors::SafeTensors::deserialize(&peft).unwrap(),
-            );
-            assert_eq!(ours.names(), peft.names(), "{dir}");
-            assert_eq!(
-                ours.tensor("prompt_embeddings").unwrap().data(),
-                peft.tensor("prompt_embeddings").unwrap().data()
-            );
+            assert_files_are_peft(gpu, &adapter(gpu, &model, &dir), &model.config, &dir);
         }
         // TEXT: the embeddings of the tokens of "The book" (with bos), repeated to 4, exactly.
         let tokenizer = block_on(Tokenizer::load(&DirFiles::new(fixture(name)).unwrap())).unwrap();

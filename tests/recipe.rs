@@ -6,7 +6,9 @@
 use webpeft::model::config::Config;
 use webpeft::peft::TargetModules;
 use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
-use webpeft::web::options::{BottleneckOptions, Ia3Options, LoraOptions, PromptTuningOptions, TrainOptions};
+use webpeft::web::options::{
+    BottleneckOptions, Ia3Options, LoraOptions, PrefixTuningOptions, PromptTuningOptions, TrainOptions,
+};
 use webpeft::Error;
 
 fn fixture(name: &str) -> String {
@@ -24,6 +26,8 @@ fn browser_adapter_config(options: &str) -> String {
     let mut value: serde_json::Value = serde_json::from_str(options).unwrap();
     let recipe = if value.as_object_mut().unwrap().remove("ia3").is_some() {
         serde_json::from_value::<Ia3Options>(value).unwrap().to_recipe().unwrap()
+    } else if value.as_object_mut().unwrap().remove("prefix_tuning").is_some() {
+        serde_json::from_value::<PrefixTuningOptions>(value).unwrap().to_recipe().unwrap()
     } else if value.as_object_mut().unwrap().remove("prompt_tuning").is_some() {
         serde_json::from_value::<PromptTuningOptions>(value).unwrap().to_recipe().unwrap()
     } else if value.get("method").is_some() {
@@ -112,7 +116,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -154,6 +158,10 @@ mod cli {
                     "Hi there",
                 ],
                 r#"{"prompt_tuning": true, "numVirtualTokens": 6, "init": "text", "initText": "Hi there"}"#,
+            ),
+            (
+                &["--method", "prefix_tuning", "--num-virtual-tokens", "5"],
+                r#"{"prefix_tuning": true, "numVirtualTokens": 5}"#,
             ),
         ];
         for (i, (flags, options)) in cases.into_iter().enumerate() {

@@ -34,6 +34,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),
             (QuantFormat::Nf4, "prompt_tuning", PlanAdapter::PromptTuning { virtual_tokens: 20 }),
+            (QuantFormat::F32, "prefix_tuning", PlanAdapter::PrefixTuning { virtual_tokens: 20 }),
         ] {
             let input = PlanInput { quant, adapter, batch, seq, grad_accum: 1, checkpointing };
             let plan = plan_memory(&config, &input, 128 << 20);
@@ -55,7 +56,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             peaks.insert((method, checkpointing), f.peak_gpu_bytes);
         }
     }
-    for method in ["lora", "seq_bn", "ia3", "prompt_tuning"] {
+    for method in ["lora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
         let (plain, ckpt) = (peaks[&(method, false)], peaks[&(method, true)]);
         assert!(ckpt < plain, "{method}: checkpointing keeps less ({ckpt} vs {plain} B)");
     }

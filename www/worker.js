@@ -118,6 +118,8 @@ async function handle(msg) {
         model.addIa3(ADAPTER, { seed: c.seed }); // PEFT's modules for the model; r, alpha and targets are LoRA's
       } else if (c.method === "prompt_tuning") {
         model.addPromptTuning(ADAPTER, { seed: c.seed });
+      } else if (c.method === "prefix_tuning") {
+        model.addPrefixTuning(ADAPTER, { seed: c.seed });
       } else {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }

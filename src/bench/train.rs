@@ -13,6 +13,7 @@ use crate::model::{Config, MemoryFiles, Model};
 use crate::peft::adapter::Adapter;
 use crate::peft::adapter::AdapterConfig;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
 use crate::quant::QuantFormat;
@@ -119,7 +120,7 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
 pub struct StepSetup {
     pub quant: QuantFormat,
     /// "lora" (all seven projections), "ia3" (PEFT's default modules),
-    /// "prompt_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
+    /// "prompt_tuning" or "prefix_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
     pub method: String,
     /// LoRA's rank (alpha is 2r).
     pub r: usize,
@@ -170,6 +171,10 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
         "prompt_tuning" => {
             let config = PromptTuningConfig::new(20, PromptTuningInit::Random, &model.config)?;
             Adapter::new(gpu, AdapterConfig::PromptTuning(config), &model.config, 1)?
+        }
+        "prefix_tuning" => {
+            let config = PrefixTuningConfig::new(20, &model.config)?;
+            Adapter::new(gpu, AdapterConfig::PrefixTuning(config), &model.config, 1)?
         }
         kind => {
             let kind = BottleneckKind::from_name(kind)

@@ -6,6 +6,7 @@ use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, 
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use super::pass::Pass;
+use super::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -21,6 +22,7 @@ pub enum Adapter {
     Bottleneck(BottleneckAdapter),
     Ia3(Ia3Adapter),
     PromptTuning(PromptTuningAdapter),
+    PrefixTuning(PrefixTuningAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -31,6 +33,7 @@ pub enum AdapterConfig {
     Bottleneck(BottleneckConfig),
     Ia3(Ia3Config),
     PromptTuning(PromptTuningConfig),
+    PrefixTuning(PrefixTuningConfig),
 }
 
 impl AdapterConfig {
@@ -40,6 +43,7 @@ impl AdapterConfig {
             "lora" => AdapterConfig::Lora(LoraConfig::from_json(json)?),
             "ia3" => AdapterConfig::Ia3(Ia3Config::from_json(json)?),
             "prompt_tuning" => AdapterConfig::PromptTuning(PromptTuningConfig::from_json(json)?),
+            "prefix_tuning" => AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
@@ -49,6 +53,7 @@ impl AdapterConfig {
     pub fn virtual_tokens(&self) -> usize {
         match self {
             AdapterConfig::PromptTuning(c) => c.num_virtual_tokens,
+            AdapterConfig::PrefixTuning(c) => c.num_virtual_tokens,
             _ => 0,
         }
     }
@@ -60,6 +65,7 @@ impl AdapterConfig {
             AdapterConfig::Bottleneck(c) => c.to_json(model),
             AdapterConfig::Ia3(c) => c.to_json(),
             AdapterConfig::PromptTuning(c) => c.to_json(),
+            AdapterConfig::PrefixTuning(c) => c.to_json(),
         }
     }
 }
@@ -72,6 +78,7 @@ pub enum AdapterPass<'a> {
     Bottleneck(Pass<'a, BottleneckAdapter>),
     Ia3(Pass<'a, Ia3Adapter>),
     PromptTuning(Pass<'a, PromptTuningAdapter>),
+    PrefixTuning(Pass<'a, PrefixTuningAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -82,6 +89,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::Bottleneck(p) => p,
             AdapterPass::Ia3(p) => p,
             AdapterPass::PromptTuning(p) => p,
+            AdapterPass::PrefixTuning(p) => p,
         }
     }
 }
@@ -111,6 +119,12 @@ impl Adapter {
             (Adapter::PromptTuning(params), Some(Adapter::PromptTuning(g))) => {
                 AdapterPass::PromptTuning(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::PrefixTuning(params), None) => {
+                AdapterPass::PrefixTuning(Pass { params, grads: None, dropout_seed })
+            }
+            (Adapter::PrefixTuning(params), Some(Adapter::PrefixTuning(g))) => {
+                AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -127,6 +141,7 @@ impl Adapter {
             Adapter::Bottleneck(b) => AdapterPass::Bottleneck(Pass::eval(b)),
             Adapter::Ia3(a) => AdapterPass::Ia3(Pass::eval(a)),
             Adapter::PromptTuning(p) => AdapterPass::PromptTuning(Pass::eval(p)),
+            Adapter::PrefixTuning(p) => AdapterPass::PrefixTuning(Pass::eval(p)),
         }
     }
 }
@@ -150,6 +165,7 @@ impl Adapter {
             Adapter::Bottleneck(b) => Adapter::Bottleneck(b.zeros_like(gpu)?),
             Adapter::Ia3(a) => Adapter::Ia3(a.zeros_like(gpu)?),
             Adapter::PromptTuning(p) => Adapter::PromptTuning(p.zeros_like(gpu)?),
+            Adapter::PrefixTuning(p) => Adapter::PrefixTuning(p.zeros_like(gpu)?),
         })
     }
 
@@ -160,6 +176,7 @@ impl Adapter {
             Adapter::Bottleneck(b) => b.tensors(),
             Adapter::Ia3(a) => a.tensors(),
             Adapter::PromptTuning(p) => p.tensors(),
+            Adapter::PrefixTuning(p) => p.tensors(),
         }
     }
 
@@ -180,6 +197,7 @@ impl Adapter {
             Adapter::Bottleneck(b) => b.config.kind.name(),
             Adapter::Ia3(_) => "ia3",
             Adapter::PromptTuning(_) => "prompt_tuning",
+            Adapter::PrefixTuning(_) => "prefix_tuning",
         }
     }
 }
@@ -190,7 +208,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
-            Adapter::Ia3(_) | Adapter::PromptTuning(_) => false,
+            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) => false,
         }
     }
 }
@@ -213,6 +231,10 @@ impl Adapter {
                     "SAMPLE_VOCAB and TEXT prompts start from the model's embeddings: use Adapter::new_for_model",
                 )),
             },
+            AdapterConfig::PrefixTuning(c) => {
+                c.check(model)?;
+                Ok(Adapter::PrefixTuning(PrefixTuningAdapter::init(gpu, c, seed)?))
+            }
         }
     }
 
@@ -278,10 +300,11 @@ impl Adapter {
             return Ok(match peft_type(files).await?.as_deref() {
                 Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
                 Some("PROMPT_TUNING") => Adapter::PromptTuning(PromptTuningAdapter::load(gpu, files, model).await?),
+                Some("PREFIX_TUNING") => Adapter::PrefixTuning(PrefixTuningAdapter::load(gpu, files, model).await?),
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3 and PROMPT_TUNING adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3, PROMPT_TUNING and PREFIX_TUNING adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -328,6 +351,10 @@ impl Adapter {
                 (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
                 (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
             ],
+            Adapter::PrefixTuning(p) => vec![
+                (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
+                (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
+            ],
         })
     }
 
@@ -338,6 +365,7 @@ impl Adapter {
             Adapter::Bottleneck(b) => b.config.to_json(model),
             Adapter::Ia3(a) => a.config.to_json(),
             Adapter::PromptTuning(p) => p.config.to_json(),
+            Adapter::PrefixTuning(p) => p.config.to_json(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! - [`lora`]: LoRA (PEFT's files: `adapter_config.json` + `adapter_model.safetensors`);
 //! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`);
 //! - [`ia3`]: (IA)³ (PEFT's files);
-//! - [`prompt_tuning`]: prompt tuning (PEFT's files).
+//! - [`prompt_tuning`]: prompt tuning (PEFT's files);
+//! - [`prefix_tuning`]: prefix tuning (PEFT's files).
 //!
 //! A method hooks into the model through the hook points of
 //! [`crate::model::llama::hooks`], implemented on a [`Pass`] of its adapter;
@@ -18,6 +19,7 @@ pub mod ia3;
 pub mod lora;
 pub mod pass;
 pub(crate) mod peft_config;
+pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod torch_init;
 

@@ -45,6 +45,9 @@ pub enum PlanAdapter {
     /// Prompt tuning: the virtual tokens put before every row (the layers
     /// then run on seq + virtual_tokens positions).
     PromptTuning { virtual_tokens: usize },
+    /// Prefix tuning: the keys and values every layer's attention sees before
+    /// the row's (attention then spans seq + virtual_tokens positions).
+    PrefixTuning { virtual_tokens: usize },
 }
 
 /// Bytes, by what holds them.
@@ -131,6 +134,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         }
         PlanAdapter::Ia3 { modules } => layers * modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).sum::<u64>(),
         PlanAdapter::PromptTuning { virtual_tokens } => *virtual_tokens as u64 * d,
+        PlanAdapter::PrefixTuning { virtual_tokens } => layers * 2 * *virtual_tokens as u64 * kv,
     };
     let adapter_bytes = adapter_params * 4;
     let optimizer_bytes = adapter_bytes * 6;
@@ -175,6 +179,13 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         // The rows with the prompt before them, and in the backward their
         // gradient padded back to every position.
         PlanAdapter::PromptTuning { .. } => work += 2 * m * d,
+        PlanAdapter::PrefixTuning { virtual_tokens } => {
+            // Attention keeps q, k, v, its output and logsumexp over the
+            // prefix's positions too, and its backward pads and splits them.
+            let mp = (input.batch * virtual_tokens) as u64;
+            saved += 2 * mp * q + 2 * mp * kv + heads * mp;
+            work += 2 * (m + mp) * q + 2 * (m + mp) * kv;
+        }
     }
     let checkpointing = input.checkpointing;
     let kept = if checkpointing {

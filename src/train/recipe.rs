@@ -19,6 +19,7 @@ use crate::kernels::swiglu::Activation;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use crate::train::plan::PlanAdapter;
@@ -49,19 +50,21 @@ pub enum Method {
     Lora,
     Ia3,
     PromptTuning,
+    PrefixTuning,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
     /// Every method's name, for messages.
-    pub const NAMES: &'static str = "lora, ia3, prompt_tuning, seq_bn, double_seq_bn or par_bn";
+    pub const NAMES: &'static str = "lora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn";
 
-    /// "lora", "ia3", "prompt_tuning", "seq_bn", "double_seq_bn" or "par_bn".
+    /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
             Method::Ia3 => "ia3",
             Method::PromptTuning => "prompt_tuning",
+            Method::PrefixTuning => "prefix_tuning",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -72,6 +75,7 @@ impl Method {
             "lora" => Ok(Method::Lora),
             "ia3" => Ok(Method::Ia3),
             "prompt_tuning" => Ok(Method::PromptTuning),
+            "prefix_tuning" => Ok(Method::PrefixTuning),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
                 .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
@@ -170,6 +174,10 @@ pub enum AdapterRecipe {
     Lora(LoraRecipe),
     Ia3(Ia3Recipe),
     PromptTuning(PromptTuningRecipe),
+    /// Prefix tuning with this many virtual tokens (PEFT has no default; 20, as for prompt tuning).
+    PrefixTuning {
+        num_virtual_tokens: usize,
+    },
     Bottleneck(BottleneckRecipe),
 }
 
@@ -180,6 +188,7 @@ impl AdapterRecipe {
             Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
             Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
             Method::PromptTuning => AdapterRecipe::PromptTuning(PromptTuningRecipe::default()),
+            Method::PrefixTuning => AdapterRecipe::PrefixTuning { num_virtual_tokens: 20 },
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -188,6 +197,7 @@ impl AdapterRecipe {
     pub fn virtual_tokens(&self) -> usize {
         match self {
             AdapterRecipe::PromptTuning(p) => p.num_virtual_tokens,
+            AdapterRecipe::PrefixTuning { num_virtual_tokens } => *num_virtual_tokens,
             _ => 0,
         }
     }
@@ -197,6 +207,7 @@ impl AdapterRecipe {
             AdapterRecipe::Lora(_) => Method::Lora,
             AdapterRecipe::Ia3(_) => Method::Ia3,
             AdapterRecipe::PromptTuning(_) => Method::PromptTuning,
+            AdapterRecipe::PrefixTuning { .. } => Method::PrefixTuning,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -237,6 +248,11 @@ impl AdapterRecipe {
                 }
                 c.base_model_name_or_path = model_name;
                 Ok(AdapterConfig::PromptTuning(c))
+            }
+            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+                let mut c = PrefixTuningConfig::new(*num_virtual_tokens, model)?;
+                c.base_model_name_or_path = model_name;
+                Ok(AdapterConfig::PrefixTuning(c))
             }
             AdapterRecipe::Bottleneck(o) => {
                 let mut c = BottleneckConfig::new(o.kind);
@@ -280,6 +296,7 @@ impl AdapterRecipe {
                 PlanAdapter::Ia3 { modules: layer0.map(|m| (m.proj.name().to_string(), m.feedforward)).collect() }
             }
             AdapterConfig::PromptTuning(c) => PlanAdapter::PromptTuning { virtual_tokens: c.num_virtual_tokens },
+            AdapterConfig::PrefixTuning(c) => PlanAdapter::PrefixTuning { virtual_tokens: c.num_virtual_tokens },
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },

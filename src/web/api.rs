@@ -20,7 +20,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
 use super::options::{
-    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PromptTuningOptions, TrainOptions,
+    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PrefixTuningOptions, PromptTuningOptions,
+    TrainOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;
@@ -434,6 +435,17 @@ impl WebModel {
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
+    /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT).
+    #[wasm_bindgen(js_name = addPrefixTuning)]
+    pub fn add_prefix_tuning(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "PrefixTuningOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: PrefixTuningOptions = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
     /// Adds a fresh bottleneck adapter (AdapterHub's preset for the method).
     #[wasm_bindgen(js_name = addBottleneck)]
     pub fn add_bottleneck(
@@ -562,7 +574,8 @@ impl WebModel {
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         let st = busy(self.state.try_borrow())?;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
-        let positions = st.model.config.max_position_embeddings.saturating_sub(trainer.adapter.virtual_tokens());
+        let before = trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len();
+        let positions = st.model.config.max_position_embeddings.saturating_sub(before);
         let opts = recipe.data_options(positions);
         let dataset = dataset(&st, "training data", data, recipe, &opts)?;
         let mut config = recipe.run_config();
@@ -598,7 +611,7 @@ impl WebModel {
             let st = busy(state.try_borrow())?;
             let adapter = chosen_adapter(&st, &opts)?;
             let recipe = o.to_recipe().map_err(err)?;
-            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens());
+            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
             let dopts =
                 recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
             let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
@@ -642,7 +655,7 @@ impl WebModel {
                 greedy: o.greedy.unwrap_or(o.temperature.is_none()),
             };
             config.eos_token_ids.extend(tok.eos_ids());
-            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens());
+            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
             let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len() + virtual_tokens);
             config.max_new_tokens = config.max_new_tokens.min(budget);
             let mut decoder = tok.stream_decoder(true);

@@ -54,6 +54,26 @@ pub struct PromptTuningOptions {
     pub seed: Option<u64>,
 }
 
+/// `addPrefixTuning`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PrefixTuningOptions {
+    pub num_virtual_tokens: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl PrefixTuningOptions {
+    /// The prefix-tuning recipe these options describe (20 virtual tokens unless told).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        Ok(AdapterRecipe::PrefixTuning { num_virtual_tokens: self.num_virtual_tokens.unwrap_or(20) })
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
 /// `addBottleneck`'s options.
 #[derive(Deserialize, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -277,6 +297,9 @@ impl PlanOptions {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
                 AdapterRecipe::PromptTuning(p)
             }
+            AdapterRecipe::PrefixTuning { num_virtual_tokens } => AdapterRecipe::PrefixTuning {
+                num_virtual_tokens: self.num_virtual_tokens.unwrap_or(num_virtual_tokens),
+            },
             AdapterRecipe::Bottleneck(mut b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);
                 AdapterRecipe::Bottleneck(b)

@@ -50,6 +50,8 @@ export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforward
 export interface PromptTuningOptions {
   numVirtualTokens?: number; init?: "random" | "sample_vocab" | "text"; initText?: string; seed?: number;
 }
+/** Left out: 20 virtual tokens (every layer's keys and values before the input's, N(0, 1) as PEFT), seed 42. */
+export interface PrefixTuningOptions { numVirtualTokens?: number; seed?: number; }
 export type BottleneckMethod = "seq_bn" | "double_seq_bn" | "par_bn";
 export interface BottleneckOptions {
   method: BottleneckMethod; reductionFactor?: number; nonLinearity?: "relu" | "silu" | "gelu" | "tanh";
@@ -88,7 +90,7 @@ export interface GenerateOptions {
 }
 export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | BottleneckMethod; r?: number;
+  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | BottleneckMethod; r?: number;
   targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; gradientCheckpointing?: boolean;

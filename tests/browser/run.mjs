@@ -313,6 +313,16 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [lp, lp2] = [(await model.evaluate(data, { adapter: "p" })).loss, (await model.evaluate(data, { adapter: "p2" })).loss];
       const gp = await model.generate("The robot", { maxNewTokens: 3, adapter: "p2" });
       if (pl.length !== 2 || lp !== lp2 || gp.tokenIds.length !== 3) throw new Error("prompt tuning: losses " + pl + ", eval " + lp + " vs " + lp2 + ", " + gp.tokenIds);
+      // Prefix tuning: trained, exported as PEFT's files, imported again; generation starts from the prefix in the cache.
+      model.addPrefixTuning("x", { numVirtualTokens: 3 });
+      await model.startTraining("x", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train(() => {});
+      const xfiles = await model.exportAdapter("x");
+      const xcfg = JSON.parse(new TextDecoder().decode(xfiles["adapter_config.json"]));
+      if (xcfg.peft_type !== "PREFIX_TUNING" || xcfg.num_virtual_tokens !== 3) throw new Error("prefix config " + JSON.stringify(xcfg));
+      await model.importAdapter("x2", xfiles);
+      const [lx, lx2] = [(await model.evaluate(data, { adapter: "x" })).loss, (await model.evaluate(data, { adapter: "x2" })).loss];
+      const gx = await model.generate("The robot", { maxNewTokens: 3, adapter: "x2" });
+      if (lx !== lx2 || gx.tokenIds.length !== 3) throw new Error("prefix tuning: eval " + lx + " vs " + lx2 + ", " + gx.tokenIds);
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;

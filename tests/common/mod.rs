@@ -123,3 +123,134 @@ pub fn adapted_logits(
     rec.submit().unwrap();
     block_on(logits.to_vec::<f32>(gpu)).unwrap()
 }
+
+/// The logits of `ids` through the KV cache, `split` tokens first and the
+/// rest after (positions before the row's own, `before`, are the adapter's:
+/// prompt or prefix tuning), against one full forward: the largest difference.
+pub fn cached_vs_full(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    adapter: &webpeft::peft::Adapter,
+    ids: &[u32],
+    split: usize,
+    before: usize,
+) -> f32 {
+    let full = adapted_logits(gpu, model, Some(adapter), &[ids.to_vec()]);
+    let cache = webpeft::model::llama::KvCache::new(gpu, model, 1, before + ids.len()).unwrap();
+    let mut rec = webpeft::gpu::Recorder::new(gpu);
+    let part = |rec: &mut webpeft::gpu::Recorder, from: usize, to: usize| {
+        let t = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
+        model.forward_cached_all(rec, &t, &cache, from, adapter).unwrap()
+    };
+    let (a, b) = (part(&mut rec, 0, split), part(&mut rec, split, ids.len()));
+    rec.submit().unwrap();
+    let mut cached = block_on(a.to_vec::<f32>(gpu)).unwrap();
+    cached.extend(block_on(b.to_vec::<f32>(gpu)).unwrap());
+    max_abs_diff(&cached, &full)
+}
+
+/// Asserts that the files `adapter` writes are the PEFT folder `dir`'s: the
+/// same `adapter_config.json` (as JSON) and the same tensors, byte for byte.
+pub fn assert_files_are_peft(gpu: &Gpu, adapter: &webpeft::peft::Adapter, model: &webpeft::model::Config, dir: &str) {
+    let files = block_on(adapter.to_files(gpu, model)).unwrap();
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    let theirs = std::fs::read(fixture(&format!("{dir}/adapter_config.json"))).unwrap();
+    assert_eq!(json(&files[0].1), json(&theirs), "{dir}: adapter_config.json");
+    let peft = std::fs::read(fixture(&format!("{dir}/adapter_model.safetensors"))).unwrap();
+    let (ours, peft) = (
+        safetensors::SafeTensors::deserialize(&files[1].1).unwrap(),
+        safetensors::SafeTensors::deserialize(&peft).unwrap(),
+    );
+    let (mut a, mut b) = (ours.names(), peft.names());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{dir}: tensor names");
+    for k in a {
+        let (x, y) = (ours.tensor(k).unwrap(), peft.tensor(k).unwrap());
+        assert_eq!((x.shape(), x.data()), (y.shape(), y.data()), "{dir}: {k}");
+    }
+}
+
+/// A fixture model folder loaded with an f32 base.
+pub fn fixture_model(gpu: &Gpu, name: &str) -> webpeft::model::Model {
+    let files = webpeft::model::DirFiles::new(fixture(name)).unwrap();
+    block_on(webpeft::model::Model::load(gpu, &files, webpeft::quant::QuantFormat::F32)).unwrap()
+}
+
+/// A fixture adapter folder, which must hold a `method` adapter.
+pub fn fixture_adapter(gpu: &Gpu, model: &webpeft::model::Model, dir: &str, method: &str) -> webpeft::peft::Adapter {
+    let files = webpeft::model::DirFiles::new(fixture(dir)).unwrap();
+    let ad =
+        block_on(webpeft::peft::Adapter::load(gpu, &files, &model.config)).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    assert_eq!(ad.method(), method, "{dir}");
+    ad
+}
+
+/// The checks of a method against its PEFT training reference `fx` (the
+/// batch of rows 0..2): the loss and every gradient at `initial()` (with and
+/// without gradient checkpointing) within 1e-5 and 1e-4, then 10 AdamW steps
+/// (lr 1e-2, weight decay 0.01) whose losses and final tensors are within
+/// 1e-4. `values` lists an adapter's (or gradient's) tensors as the fixture
+/// names them (`<key>.grad`, `final.<key>`).
+pub fn check_peft_training(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    initial: &dyn Fn() -> webpeft::peft::Adapter,
+    fx: &Fixture,
+    values: &dyn Fn(&webpeft::peft::Adapter) -> Named,
+) {
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let batch = fixture_batch(fx, 0..2);
+    for checkpointing in [false, true] {
+        let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+        let mut trainer = Trainer::new(gpu, initial(), opt, 0).unwrap();
+        trainer.gradient_checkpointing = checkpointing;
+        let stats = block_on(trainer.step(gpu, model, std::slice::from_ref(&batch), 0.0)).unwrap();
+        let want = fx.f32("loss")[0];
+        assert!((stats.loss - want).abs() <= 1e-5, "loss {} vs PEFT {want}", stats.loss);
+        for (key, got) in values(trainer.gradients()) {
+            let d = max_abs_diff(&got, &fx.f32(&format!("{key}.grad")));
+            eprintln!("checkpointing {checkpointing}: {key} gradient max |diff| {d:e}");
+            assert!(d <= 1e-4, "{key}: gradient max |diff| {d:e}");
+        }
+    }
+    let opt = OptimizerConfig { weight_decay: 0.01, max_grad_norm: 0.0, ..Default::default() };
+    let mut trainer = Trainer::new(gpu, initial(), opt, 0).unwrap();
+    for (i, &w) in fx.f32("losses").iter().enumerate() {
+        let s = block_on(trainer.step(gpu, model, std::slice::from_ref(&batch), 1e-2)).unwrap();
+        assert!((s.loss - w).abs() <= 1e-4, "step {i}: {} vs PEFT {w}", s.loss);
+    }
+    for (key, got) in values(&trainer.adapter) {
+        let d = max_abs_diff(&got, &fx.f32(&format!("final.{key}")));
+        assert!(d <= 1e-4, "final {key}: max |diff| {d:e}");
+    }
+}
+
+/// Tensors' values by name.
+pub type Named = Vec<(String, Vec<f32>)>;
+
+/// Every tensor of an adapter with its key, read back.
+pub fn adapter_values(gpu: &Gpu, ad: &webpeft::peft::Adapter) -> Named {
+    ad.tensors().into_iter().map(|(k, t)| (k, block_on(t.to_vec::<f32>(gpu)).unwrap())).collect()
+}
+
+/// Greedy decoding of the fixture's `greedy_prompt` through `adapter` must
+/// give its `greedy_tokens` (PEFT's `generate`); then, through the KV cache,
+/// the prompt and the tokens must give the full forward's logits (`before`:
+/// the adapter's positions before the row's).
+pub fn check_greedy_and_cache(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    adapter: &webpeft::peft::Adapter,
+    fx: &Fixture,
+    before: usize,
+) {
+    let prompt: Vec<u32> = fx.i64("greedy_prompt").iter().map(|&v| v as u32).collect();
+    let want: Vec<u32> = fx.i64("greedy_tokens").iter().map(|&v| v as u32).collect();
+    let config = webpeft::model::llama::GenerationConfig::greedy(want.len());
+    let got = block_on(model.generate_adapted(gpu, &prompt, &config, adapter, |_| true)).unwrap();
+    assert_eq!(got, want, "greedy tokens");
+    let ids: Vec<u32> = prompt.iter().chain(&want).copied().collect();
+    let d = cached_vs_full(gpu, model, adapter, &ids, prompt.len(), before);
+    assert!(d <= 1e-4, "cached vs full {d:e}");
+}

@@ -158,6 +158,10 @@ fn settle_adapter(
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
             check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
         }
+        AdapterConfig::PrefixTuning(c) => {
+            let saved = c.num_virtual_tokens.to_string();
+            check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;
+        }
         AdapterConfig::PromptTuning(c) => {
             let saved = c.num_virtual_tokens.to_string();
             check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;

@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, ia3, prompt_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -53,7 +53,7 @@ pub struct TrainArgs {
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
-    /// Prompt tuning: learned virtual tokens before every row [default: 20].
+    /// Prompt or prefix tuning: learned virtual tokens before every row [default: 20].
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
     /// Prompt tuning's init: random (N(0, 1)), sample_vocab (embeddings of random tokens) or text
@@ -242,7 +242,7 @@ impl TrainArgs {
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
-            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt"]),
+            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix"]),
             ("--prompt-init", self.prompt_init.is_some(), &["pt"]),
             ("--prompt-init-text", self.prompt_init_text.is_some(), &["pt"]),
         ]
@@ -260,6 +260,7 @@ impl TrainArgs {
             Method::Lora => "lora",
             Method::Ia3 => "ia3",
             Method::PromptTuning => "pt",
+            Method::PrefixTuning => "prefix",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -296,6 +297,9 @@ impl TrainArgs {
             AdapterRecipe::Ia3(a) => {
                 a.targets = self.targets.as_deref().map(parse_targets);
                 a.feedforward = self.feedforward_modules.as_deref().map(names);
+            }
+            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+                *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
@@ -579,7 +583,9 @@ fn folder_virtual_tokens(dir: &Path) -> usize {
     let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
     let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
     match value {
-        Some(v) if v["peft_type"] == "PROMPT_TUNING" => v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize,
+        Some(v) if v["peft_type"] == "PROMPT_TUNING" || v["peft_type"] == "PREFIX_TUNING" => {
+            v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize
+        }
         _ => 0,
     }
 }
@@ -597,9 +603,9 @@ async fn init_adapter(
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING") {
+            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());

@@ -19,6 +19,7 @@
 
 use super::hooks::{LayerHooks, Proj, Saved, Sublayer};
 use super::rope::RopeTables;
+use super::rows;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::attention::{attention_backward, attention_forward, Variant};
@@ -195,6 +196,9 @@ pub struct AttentionSaved {
     lse: Tensor,
     /// The hooks' state at q, k, v, o.
     hooks: [LinearSaved; 4],
+    /// P prefix keys and values before the row's (prefix tuning): then q, k,
+    /// v, out and lse span P+T positions, q and out zero-padded in front.
+    prefix: usize,
 }
 
 impl Attention {
@@ -214,11 +218,52 @@ impl Attention {
         let q = q.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
         let k = k.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let v = v.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
-        rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, 0)?;
-        rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, 0)?;
-        let (out, lse) = attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?; // (B, T, H, hd), (B, H, T)
-        let (y, so) = self.o_proj.forward_hooked(rec, &out.reshape(&[b, t, h * hd])?, hooks, Proj::O)?;
-        Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so] }))
+        let p = hooks.hooks.prefix_len(); // the row's positions start after the prefix
+        rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, p)?;
+        rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, p)?;
+        let (q, k, v) = if p > 0 { self.with_prefix(rec, hooks, (q, k, v), p)? } else { (q, k, v) };
+        let (out, lse) = attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?; // (B, P+T, H, hd), (B, H, P+T)
+        let own = if p > 0 { rows::positions(rec, &out.reshape(&[b, p + t, h * hd])?, p, t)? } else { out.clone() };
+        let (y, so) = self.o_proj.forward_hooked(rec, &own.reshape(&[b, t, h * hd])?, hooks, Proj::O)?;
+        Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so], prefix: p }))
+    }
+
+    /// Prefix tuning: the layer's P prefix keys and values before the row's,
+    /// and P rows of zero queries before the row's (their outputs are
+    /// dropped, and with no gradient they add none), so causal attention
+    /// over P+T positions lets every row's token see the whole prefix:
+    /// (B, P+T, H, hd), (B, P+T, KV, hd) twice.
+    fn with_prefix(
+        &self,
+        rec: &mut Recorder,
+        hooks: LayerHooks,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        p: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t) = (q.shape()[0], q.shape()[1]);
+        let (h, kv, hd) = (self.num_heads, self.num_key_value_heads, self.head_dim);
+        let (pk, pv) = hooks.hooks.prefix_forward(rec, hooks.layer, b)?.ok_or_else(|| {
+            Error::invalid("Attention::forward", format!("the adapter has a prefix of {p} but gave no keys and values"))
+        })?;
+        let want = [b, p, kv, hd];
+        if pk.shape() != want || pv.shape() != want {
+            return Err(Error::shape(
+                "Attention::forward",
+                format!("prefix keys {:?} and values {:?}, expected {want:?}", pk.shape(), pv.shape()),
+            ));
+        }
+        let cat = |rec: &mut Recorder, front: &Tensor, x: &Tensor| {
+            rows::prepend(rec, &front.reshape(&[b, p, kv * hd])?, &x.reshape(&[b, t, kv * hd])?)?.reshape(&[
+                b,
+                p + t,
+                kv,
+                hd,
+            ])
+        };
+        let k = cat(rec, &pk, &k)?;
+        let v = cat(rec, &pv, &v)?;
+        let q = rows::pad_front(rec, &q.reshape(&[b, t, h * hd])?, p)?.reshape(&[b, p + t, h, hd])?;
+        Ok((q, k, v))
     }
 
     /// dx (B, T, D) for dy (B, T, D); the hooks' gradients go where they keep them.
@@ -232,9 +277,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, d) = (dy.shape()[0], dy.shape()[1], dy.shape()[2]);
         let (h, hd, m) = (self.num_heads, self.head_dim, b * t);
+        let (kv, p) = (self.num_key_value_heads, saved.prefix);
         let dout = rec.alloc(&[m, h * hd], DType::F32)?;
         self.o_proj.backward(rec, dy, (hooks, Proj::O, &saved.hooks[3]), &dout, true)?;
-        let dout = dout.reshape(&[b, t, h, hd])?;
+        let dout = if p > 0 { rows::pad_front(rec, &dout.reshape(&[b, t, h * hd])?, p)? } else { dout };
+        let dout = dout.reshape(&[b, p + t, h, hd])?;
         let (dq, dk, dv) = attention_backward(
             rec,
             &dout,
@@ -246,9 +293,23 @@ impl Attention {
             self.scaling,
             Variant::Auto,
         )?;
-        rope_backward_inplace(rec, &dq, &rope.cos, &rope.sin, 0)?;
-        rope_backward_inplace(rec, &dk, &rope.cos, &rope.sin, 0)?;
-        let kv = self.num_key_value_heads;
+        let (dq, dk, dv) = if p > 0 {
+            // The row's own positions; the prefix's keys and values get theirs.
+            let part = |rec: &mut Recorder, x: &Tensor, heads: usize, from: usize, n: usize| {
+                rows::positions(rec, &x.reshape(&[b, p + t, heads * hd])?, from, n)
+            };
+            let (dpk, dpv) = (part(rec, &dk, kv, 0, p)?, part(rec, &dv, kv, 0, p)?);
+            let (dpk, dpv) = (dpk.reshape(&[b, p, kv, hd])?, dpv.reshape(&[b, p, kv, hd])?);
+            hooks.hooks.prefix_backward(rec, hooks.layer, &dpk, &dpv)?;
+            let dq = part(rec, &dq, h, p, t)?.reshape(&[b, t, h, hd])?;
+            let dk = part(rec, &dk, kv, p, t)?.reshape(&[b, t, kv, hd])?;
+            let dv = part(rec, &dv, kv, p, t)?.reshape(&[b, t, kv, hd])?;
+            (dq, dk, dv)
+        } else {
+            (dq, dk, dv)
+        };
+        rope_backward_inplace(rec, &dq, &rope.cos, &rope.sin, p)?;
+        rope_backward_inplace(rec, &dk, &rope.cos, &rope.sin, p)?;
         let (dq, dk, dv) = (dq.reshape(&[m, h * hd])?, dk.reshape(&[m, kv * hd])?, dv.reshape(&[m, kv * hd])?);
         let dx = rec.alloc(&[m, d], DType::F32)?;
         self.q_proj.backward(rec, &dq, (hooks, Proj::Q, &saved.hooks[0]), &dx, true)?;

@@ -137,9 +137,11 @@ impl Model {
             return Err(Error::shape(OP, format!("ids {:?} is empty", ids.shape())));
         }
         // With virtual tokens (prompt tuning) the first call puts them first,
-        // at positions 0..V, and every token after them sits V further on.
-        let v = hooks.virtual_tokens();
-        let (start, front) = if offset == 0 { (0, v) } else { (offset + v, 0) };
+        // at positions 0..V, and every token after them sits V further on; a
+        // prefix (prefix tuning) is written into the cache's first P entries
+        // by the first call, and every token sits P further on.
+        let (v, p) = (hooks.virtual_tokens(), hooks.prefix_len());
+        let (start, front) = if offset == 0 { (p, v) } else { (p + offset + v, 0) };
         let end = start + front + t;
         if b != cache.batch || end > cache.capacity {
             return Err(Error::shape(
@@ -166,6 +168,15 @@ impl Model {
         if front > 0 {
             let prompt = self.prompt(rec, hooks, b, front)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
+        }
+        if offset == 0 && p > 0 {
+            for (i, (k_cache, v_cache)) in cache.layers.iter().enumerate() {
+                let (pk, pv) = hooks.prefix_forward(rec, i, b)?.ok_or_else(|| {
+                    Error::invalid(OP, format!("the adapter has a prefix of {p} but gave no keys and values"))
+                })?; // (B, P, KV, hd)
+                write_kv_cache(rec, &pk, k_cache, 0)?;
+                write_kv_cache(rec, &pv, v_cache, 0)?;
+            }
         }
         for (i, (layer, kv)) in self.layers.iter().zip(&cache.layers).enumerate() {
             x = layer.forward_cached(rec, &x, &rope, kv, start, LayerHooks::new(hooks, i))?;
@@ -249,7 +260,7 @@ impl Model {
             return Err(Error::shape(OP, "the prompt is empty: need at least one token"));
         }
         let max = self.config.max_position_embeddings;
-        let v = hooks.virtual_tokens();
+        let v = hooks.virtual_tokens() + hooks.prefix_len();
         let total = v + prompt_ids.len() + config.max_new_tokens;
         if total > max {
             let virtual_tokens = if v > 0 { format!(" after {v} virtual tokens") } else { String::new() };

@@ -5,6 +5,7 @@
 //! | hook point | in the block | implemented by |
 //! |---|---|---|
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
+//! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place | LoRA (`+ s·B·A·x`), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
@@ -98,6 +99,26 @@ pub trait Hooks {
     /// The backward of [`Hooks::prepend_forward`]: the gradient at the
     /// virtual positions' embeddings, (B, V, D), into the hook's accumulators.
     fn prepend_backward(&self, _rec: &mut Recorder, _d: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// P, the keys and values [`Hooks::prefix_forward`] puts before every
+    /// row's in attention (0: none). They hold positions 0..P (as a KV cache's
+    /// first entries, not rotated by RoPE) and the row's tokens P..P+T.
+    fn prefix_len(&self) -> usize {
+        0
+    }
+
+    /// Layer `layer`'s prefix keys and values for a batch of `batch` rows,
+    /// (B, P, KV, hd) each.
+    fn prefix_forward(&self, _rec: &mut Recorder, _layer: usize, _batch: usize) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(None)
+    }
+
+    /// The backward of [`Hooks::prefix_forward`]: the gradients of layer
+    /// `layer`'s prefix keys and values, (B, P, KV, hd) each, into the hook's
+    /// accumulators.
+    fn prefix_backward(&self, _rec: &mut Recorder, _layer: usize, _dk: &Tensor, _dv: &Tensor) -> Result<()> {
         Ok(())
     }
 
@@ -233,6 +254,32 @@ macro_rules! forward_hooks {
             fn prepend_backward(&self, rec: &mut $crate::gpu::Recorder, d: &$crate::gpu::Tensor) -> $crate::Result<()> {
                 let $s = self;
                 $hooks.prepend_backward(rec, d)
+            }
+
+            fn prefix_len(&self) -> usize {
+                let $s = self;
+                $hooks.prefix_len()
+            }
+
+            fn prefix_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                batch: usize,
+            ) -> $crate::Result<Option<($crate::gpu::Tensor, $crate::gpu::Tensor)>> {
+                let $s = self;
+                $hooks.prefix_forward(rec, layer, batch)
+            }
+
+            fn prefix_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                dk: &$crate::gpu::Tensor,
+                dv: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.prefix_backward(rec, layer, dk, dv)
             }
 
             fn linear_input(

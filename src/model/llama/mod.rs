@@ -22,7 +22,7 @@ pub mod generate;
 pub mod hooks;
 pub mod loss;
 pub mod rope;
-mod rows;
+pub(crate) mod rows;
 mod weights;
 
 pub use weights::LoadProgress;
@@ -318,9 +318,10 @@ impl Model {
         if b == 0 || t == 0 {
             return Err(Error::shape("Model::forward", format!("input_ids {:?} is empty", input_ids.shape())));
         }
-        let v = hooks.virtual_tokens();
-        self.check_seq(v + t)?;
-        let rope = self.rope.tables(rec.gpu(), v + t)?;
+        // Prompt tuning's virtual tokens and prefix tuning's keys take positions before the row's.
+        let (v, p) = (hooks.virtual_tokens(), hooks.prefix_len());
+        self.check_seq(p + v + t)?;
+        let rope = self.rope.tables(rec.gpu(), p + v + t)?;
         let d = self.config.hidden_size;
 
         let table = f32_chunks(&self.embed_tokens)?;

@@ -1,0 +1,156 @@
+//! `adapter_config.json` of a PEFT prefix-tuning adapter (`PrefixTuningConfig`,
+//! `peft_type` "PREFIX_TUNING"), with the shapes PEFT gives grouped-query
+//! models: `token_dim` = KV heads × head_dim and `num_attention_heads` = KV
+//! heads, so every layer's prefix keys and values are (P, KV, head_dim).
+//!
+//! Prefix tuning (Li and Liang 2021) learns, for every layer, P keys and
+//! values that attention sees before the row's own, as a KV cache's first
+//! entries (not rotated by RoPE); the row's tokens then sit at positions
+//! P..P+T. Without `prefix_projection` the prefix is learned directly, as an
+//! embedding of (P, layers × 2 × token_dim) floats, N(0, 1) at first
+//! (`nn.Embedding`'s init).
+
+use serde_json::{json, Value};
+
+use crate::model::{ByteSource, Config};
+use crate::peft::lora::PEFT_VERSION;
+use crate::peft::peft_config::{check_peft_type, field_error as err};
+use crate::util::json::{brief, Fields};
+use crate::{Error, Result};
+
+fn unsupported(field: &str, detail: impl Into<String>) -> Error {
+    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
+}
+
+/// A validated PEFT prefix-tuning configuration for a causal LM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixTuningConfig {
+    /// P ≥ 1.
+    pub num_virtual_tokens: usize,
+    /// KV heads × head_dim.
+    pub token_dim: usize,
+    pub num_layers: usize,
+    /// The KV heads (PEFT's value for grouped-query models).
+    pub num_attention_heads: usize,
+    /// PEFT records it (the projection's width; `token_dim` by default).
+    pub encoder_hidden_size: usize,
+    pub base_model_name_or_path: Option<String>,
+}
+
+impl PrefixTuningConfig {
+    /// `PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p)` as
+    /// `get_peft_model` completes it for `model`.
+    pub fn new(num_virtual_tokens: usize, model: &Config) -> Result<PrefixTuningConfig> {
+        let token_dim = model.kv_dim();
+        let c = PrefixTuningConfig {
+            num_virtual_tokens,
+            token_dim,
+            num_layers: model.num_hidden_layers,
+            num_attention_heads: model.num_key_value_heads,
+            encoder_hidden_size: token_dim,
+            base_model_name_or_path: None,
+        };
+        c.check(model)?;
+        Ok(c)
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<PrefixTuningConfig> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
+        Self::from_value(&value)
+    }
+
+    /// Reads `adapter_config.json` from an adapter folder.
+    pub async fn load<F: crate::model::ModelFiles>(files: &F) -> Result<PrefixTuningConfig> {
+        let bytes = files.open(crate::peft::ADAPTER_CONFIG_FILE).await?.read_all().await?;
+        Self::from_json(&bytes)
+    }
+
+    pub fn from_value(value: &Value) -> Result<PrefixTuningConfig> {
+        let Value::Object(map) = value else {
+            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
+        };
+        let f = Fields::of(map, "", err);
+        check_peft_type(&f, "PREFIX_TUNING", "a prefix-tuning adapter")?;
+        if f.opt_bool("prefix_projection")? == Some(true) {
+            return Err(unsupported(
+                "prefix_projection",
+                "true: the MLP reparametrisation is not supported yet (PEFT saves the projected prefix, which loads with prefix_projection false)",
+            ));
+        }
+        if let Some(n) = f.opt_usize("num_transformer_submodules")? {
+            if n != 1 {
+                return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
+            }
+        }
+        if !f.is_empty("modules_to_save") {
+            return Err(unsupported("modules_to_save", "not supported (must be null)"));
+        }
+        let required = |key: &str| f.opt_usize(key)?.ok_or_else(|| err(key, "missing"));
+        let token_dim = required("token_dim")?;
+        Ok(PrefixTuningConfig {
+            num_virtual_tokens: required("num_virtual_tokens")?,
+            token_dim,
+            num_layers: required("num_layers")?,
+            num_attention_heads: required("num_attention_heads")?,
+            encoder_hidden_size: f.opt_usize("encoder_hidden_size")?.unwrap_or(token_dim),
+            base_model_name_or_path: f.opt_str("base_model_name_or_path")?.map(str::to_string),
+        })
+    }
+
+    /// Checks the config against a model: at least one virtual token, fewer
+    /// than the model's positions, and the model's layers and KV shapes.
+    pub fn check(&self, model: &Config) -> Result<()> {
+        let (p, max) = (self.num_virtual_tokens, model.max_position_embeddings);
+        if p == 0 {
+            return Err(err("num_virtual_tokens", "must be at least 1, got 0"));
+        }
+        if p >= max {
+            return Err(err(
+                "num_virtual_tokens",
+                format!("a prefix of {p} leaves no position for the input (max_position_embeddings {max})"),
+            ));
+        }
+        let (kv, dim) = (model.num_key_value_heads, model.kv_dim());
+        for (field, got, want) in [
+            ("num_layers", self.num_layers, model.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads, kv),
+            ("token_dim", self.token_dim, dim),
+        ] {
+            if got != want {
+                return Err(err(field, format!("{got}, but the model's is {want} (an adapter for another model?)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Floats of the whole prefix: P × layers × 2 × token_dim.
+    pub fn numel(&self) -> usize {
+        self.num_virtual_tokens * self.num_layers * 2 * self.token_dim
+    }
+
+    /// The JSON PEFT 0.21.2's `save_pretrained` writes (keys sorted).
+    pub fn to_value(&self) -> Value {
+        json!({
+            "auto_mapping": null,
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "encoder_hidden_size": self.encoder_hidden_size,
+            "inference_mode": true,
+            "init_weights": null,
+            "modules_to_save": null,
+            "num_attention_heads": self.num_attention_heads,
+            "num_layers": self.num_layers,
+            "num_transformer_submodules": 1,
+            "num_virtual_tokens": self.num_virtual_tokens,
+            "peft_type": "PREFIX_TUNING",
+            "peft_version": PEFT_VERSION,
+            "prefix_projection": false,
+            "revision": null,
+            "task_type": "CAUSAL_LM",
+            "token_dim": self.token_dim,
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&self.to_value()).expect("a JSON value serializes")
+    }
+}
