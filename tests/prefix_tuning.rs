@@ -102,8 +102,24 @@ fn bad_prefix_tuning_configs_are_typed_errors() {
         v[key] = value;
         PrefixTuningConfig::from_value(&v)
     };
-    field(with("prefix_projection", serde_json::json!(true)), "prefix_projection");
     field(with("token_dim", serde_json::json!(64)).and_then(|c| c.check(&config).map(|_| c)), "token_dim");
     field(with("num_layers", serde_json::json!(3)).and_then(|c| c.check(&config).map(|_| c)), "num_layers");
     field(with("num_virtual_tokens", serde_json::Value::Null), "num_virtual_tokens");
+}
+
+#[test]
+fn a_folder_trained_with_prefix_projection_loads_as_its_projected_prefix() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = model(gpu, name);
+        let fx = Fixture::open(&format!("prefix_tuning/{name}/reference.safetensors"));
+        let dir = format!("prefix_tuning/{name}/projection_adapter");
+        let ad = adapter(gpu, &model, &dir);
+        let d = max_abs_diff(
+            &adapted_logits(gpu, &model, Some(&ad), &fixture_batch(&fx, 0..2).input_ids),
+            &fx.f32("projection.logits"),
+        );
+        assert!(d <= 1e-4, "{name}: logits {d:e}");
+        assert_files_are_peft(gpu, &ad, &model.config, &dir);
+    }
 }

@@ -8,7 +8,9 @@
 //! entries (not rotated by RoPE); the row's tokens then sit at positions
 //! P..P+T. Without `prefix_projection` the prefix is learned directly, as an
 //! embedding of (P, layers × 2 × token_dim) floats, N(0, 1) at first
-//! (`nn.Embedding`'s init).
+//! (`nn.Embedding`'s init). With it, PEFT trains an MLP that makes the prefix
+//! but saves the prefix it made, so such a folder loads (and trains on) as a
+//! plain prefix; training through the MLP is not implemented yet.
 
 use serde_json::{json, Value};
 
@@ -34,6 +36,9 @@ pub struct PrefixTuningConfig {
     pub num_attention_heads: usize,
     /// PEFT records it (the projection's width; `token_dim` by default).
     pub encoder_hidden_size: usize,
+    /// The folder was trained through PEFT's MLP reparametrisation (its file
+    /// holds the projected prefix; kept so the config is written back as read).
+    pub prefix_projection: bool,
     pub base_model_name_or_path: Option<String>,
 }
 
@@ -48,6 +53,7 @@ impl PrefixTuningConfig {
             num_layers: model.num_hidden_layers,
             num_attention_heads: model.num_key_value_heads,
             encoder_hidden_size: token_dim,
+            prefix_projection: false,
             base_model_name_or_path: None,
         };
         c.check(model)?;
@@ -71,12 +77,6 @@ impl PrefixTuningConfig {
         };
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "PREFIX_TUNING", "a prefix-tuning adapter")?;
-        if f.opt_bool("prefix_projection")? == Some(true) {
-            return Err(unsupported(
-                "prefix_projection",
-                "true: the MLP reparametrisation is not supported yet (PEFT saves the projected prefix, which loads with prefix_projection false)",
-            ));
-        }
         if let Some(n) = f.opt_usize("num_transformer_submodules")? {
             if n != 1 {
                 return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
@@ -93,6 +93,7 @@ impl PrefixTuningConfig {
             num_layers: required("num_layers")?,
             num_attention_heads: required("num_attention_heads")?,
             encoder_hidden_size: f.opt_usize("encoder_hidden_size")?.unwrap_or(token_dim),
+            prefix_projection: f.opt_bool("prefix_projection")?.unwrap_or(false),
             base_model_name_or_path: f.opt_str("base_model_name_or_path")?.map(str::to_string),
         })
     }
@@ -143,7 +144,7 @@ impl PrefixTuningConfig {
             "num_virtual_tokens": self.num_virtual_tokens,
             "peft_type": "PREFIX_TUNING",
             "peft_version": PEFT_VERSION,
-            "prefix_projection": false,
+            "prefix_projection": self.prefix_projection,
             "revision": null,
             "task_type": "CAUSAL_LM",
             "token_dim": self.token_dim,
