@@ -6,6 +6,9 @@
 //! - [`prompt_tuning`]: prompt tuning (PEFT's files);
 //! - [`prefix_tuning`]: prefix tuning (PEFT's files).
 //!
+//! What a method adds to the training step outside the model (a loss term,
+//! state kept across steps) is in [`step`].
+//!
 //! A method hooks into the model through the hook points of
 //! [`crate::model::llama::hooks`], implemented on a [`Pass`] of its adapter;
 //! the model never names a method. [`Adapter`] is the one place that lists
@@ -21,6 +24,7 @@ pub mod pass;
 pub(crate) mod peft_config;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
+pub mod step;
 pub mod torch_init;
 
 pub use adapter::{Adapter, AdapterPass};

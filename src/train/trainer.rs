@@ -6,8 +6,10 @@
 //! N      = non-ignored targets of all the step's micro-batches
 //! loss   = Σ_micro Σ_tokens CE / N              (transformers' num_items_in_batch)
 //! g      = ∂loss/∂θ, summed over micro-batches
+//! loss, g += the method's terms outside the model   (peft::step)
 //! g     *= min(max_norm / (‖g‖ + 1e-6), 1)      (torch.nn.utils.clip_grad_norm_)
 //! θ, m, v = AdamW(θ, g, m, v, lr(step), step)   (torch.optim.AdamW)
+//! the method's state from θ and g                (peft::step)
 //! ```
 //!
 //! A step whose loss or gradient norm is NaN or infinite fails with
@@ -23,6 +25,7 @@ use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels_after, Hooks, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
+use crate::peft::step::StepDone;
 use crate::train::data::Batch;
 use crate::util::rng::Rng;
 
@@ -203,6 +206,7 @@ impl Trainer {
         for ((b, targets), seed) in micro.iter().zip(&shifted).zip(&seeds) {
             self.record_micro(&mut rec, model, b, targets, tokens, *seed, &loss)?;
         }
+        self.adapter.record_after_backward(&mut rec, &self.grads, &loss)?;
 
         let grads: Vec<&Tensor> = self.grads.tensors().into_iter().map(|(_, t)| t).collect();
         let sumsq = sum_squares_many(&mut rec, &grads)?;
@@ -218,6 +222,8 @@ impl Trainer {
         for (((p, g), m), v) in params.iter().zip(&grads).zip(&ms).zip(&vs) {
             adamw_step(&mut rec, p.1, g, m.1, v.1, &hp, step, scale)?;
         }
+        let done = StepDone { grads: &self.grads, clip: clip_on.then_some(&clip), step: number };
+        self.adapter.record_after_update(&mut rec, done)?;
         let out = Tensor::zeros(gpu, &[3], DType::F32)?;
         rec.copy(&loss, 0, &out, 0, 4)?;
         rec.copy(&clip, 0, &out, 4, 8)?;
