@@ -1,10 +1,10 @@
 // Tree reductions over one workgroup in workgroup memory (no float atomics,
-// which WGSL lacks), shared by rmsnorm.wgsl, softmax.wgsl, reduce.wgsl and
-// cross_entropy.wgsl: the pipeline cache places this file before each of them
-// (`Kernel::source`). The host's prelude defines WG, its invocations per
-// workgroup (a power of two), and each host calls these from uniform control
-// flow with `local_invocation_index`. Each ends with a barrier, so the next
-// reduction may reuse the arrays at once.
+// which WGSL lacks), shared by rmsnorm.wgsl, softmax.wgsl, reduce.wgsl,
+// cross_entropy.wgsl and adalora.wgsl: the pipeline cache places this file
+// before each of them (`Kernel::source`). The host's prelude defines WG, its
+// invocations per workgroup (a power of two), and each host calls these from
+// uniform control flow with `local_invocation_index`. Each ends with a
+// barrier, so the next reduction may reuse the arrays at once.
 
 var<workgroup> red: array<f32, WG>;
 var<workgroup> red_m: array<f32, WG>;

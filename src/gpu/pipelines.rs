@@ -40,12 +40,14 @@ pub enum Kernel {
     CrossEntropy,
     Reduce,
     AdamW,
+    /// AdaLoRA's scaled factor, orthogonality regulariser and rank allocator.
+    Adalora,
 }
 
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -67,6 +69,7 @@ impl Kernel {
         Kernel::CrossEntropy,
         Kernel::Reduce,
         Kernel::AdamW,
+        Kernel::Adalora,
     ];
 
     pub fn source(self) -> &'static str {
@@ -129,6 +132,9 @@ impl Kernel {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/reduce.wgsl"))
             }
             Kernel::AdamW => include_str!("../../shaders/adamw.wgsl"),
+            Kernel::Adalora => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/adalora.wgsl"))
+            }
         }
     }
 
@@ -155,6 +161,7 @@ impl Kernel {
             Kernel::CrossEntropy => "cross_entropy",
             Kernel::Reduce => "reduce",
             Kernel::AdamW => "adamw",
+            Kernel::Adalora => "adalora",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! tests (and the native fuzz and bench tools) compare against; nothing the
 //! library runs imports it, and it is not compiled into the wasm package.
 
+pub mod adalora;
 pub mod adamw;
 pub mod attention;
 pub mod blocked;

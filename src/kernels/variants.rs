@@ -3,7 +3,7 @@
 //! each variant must at least compile everywhere it can be asked for. Each
 //! launcher lists its own keys beside the code that builds them.
 
-use super::{adamw, attention, cross_entropy, elementwise, embedding, matmul, qmatmul, quant, reduce, rmsnorm, rope};
+use super::{adalora, adamw, attention, cross_entropy, elementwise, embedding, matmul, qmatmul, quant, reduce, rmsnorm, rope};
 use super::{softmax, swiglu, tune};
 use crate::gpu::{Gpu, PipelineKey};
 
@@ -28,6 +28,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         cross_entropy::pipeline_keys(),
         reduce::pipeline_keys(),
         adamw::pipeline_keys(),
+        adalora::pipeline_keys(),
     ];
     let mut seen = std::collections::HashSet::new();
     all.into_iter().flatten().filter(|k| seen.insert(k.id())).collect()

@@ -11,6 +11,7 @@
 //! frequencies, AdamW), the function follows the library's operation order and
 //! its doc comment says where that order comes from.
 
+pub mod adalora;
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
