@@ -3,8 +3,8 @@
 //! each variant must at least compile everywhere it can be asked for. Each
 //! launcher lists its own keys beside the code that builds them.
 
-use super::{adalora, adamw, attention, cross_entropy, elementwise, embedding, matmul, qmatmul, quant, reduce, rmsnorm, rope};
-use super::{softmax, swiglu, tune};
+use super::{adalora, adamw, attention, cross_entropy, elementwise, embedding, matmul, qmatmul, quant, reduce};
+use super::{rmsnorm, rope, softmax, swiglu, tune};
 use crate::gpu::{Gpu, PipelineKey};
 
 /// The distinct pipeline keys the launchers can request on `gpu`, for both
