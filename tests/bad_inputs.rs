@@ -250,13 +250,13 @@ fn an_adapter_folder_of_a_method_webpeft_does_not_load() {
     let gpu = gpu();
     let config = Config::from_json(&std::fs::read(fixture("llama_gqa/config.json")).unwrap()).unwrap();
     let mut files = MemoryFiles::new();
-    files.insert("adapter_config.json", br#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 8}"#.to_vec());
+    files.insert("adapter_config.json", br#"{"peft_type": "LOHA", "r": 8}"#.to_vec());
     files.insert(
         "adapter_model.safetensors",
         std::fs::read(fixture("lora/initial_adapter/adapter_model.safetensors")).unwrap(),
     );
     let e = show(
-        "an adapter folder of a PEFT method webpeft does not load (prefix tuning)",
+        "an adapter folder of a PEFT method webpeft does not load (LoHa)",
         block_on(Adapter::load(gpu, &files, &config)),
     );
     assert!(matches!(e, Error::AdapterUnsupported { ref field, .. } if field == "peft_type"), "{e}");

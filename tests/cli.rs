@@ -388,6 +388,52 @@ fn train_prefix_tuning_stop_resume_generate_and_refuse_merge() {
 }
 
 #[test]
+fn train_adalora_on_an_nf4_base_stop_resume_merge_and_generate() {
+    let dir = TempDir::new("train-adalora");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    // 4 steps: the budget falls from init_r to target_r over the run (total_step is the run's
+    // steps), the last step keeps the final budget; the allocator's state crosses the resume.
+    let method =
+        ["--method", "adalora", "--quant", "nf4", "--init-r", "4", "--target-r", "2", "--targets", "all-linear"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["total_step"].as_u64()), (Some("ADALORA"), Some(4)), "{config}");
+    let pattern = config["rank_pattern"].as_object().expect("the run allocated ranks");
+    assert_eq!(pattern.len(), 14, "{config}");
+    let kept: usize =
+        pattern.values().map(|v| v.as_array().unwrap().iter().filter(|f| f.as_bool() == Some(true)).count()).sum();
+    assert_eq!(kept, 2 * 14, "target_r 2 on 14 modules");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let ranks: usize =
+        st.names().iter().filter(|n| n.ends_with("lora_E")).map(|n| st.tensor(n).unwrap().shape()[0]).sum();
+    assert_eq!(ranks, 28, "only the kept ranks are saved");
+    ok(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
+    let err = failure(&train(
+        &data,
+        &[
+            "--method",
+            "adalora",
+            "--init-r",
+            "2",
+            "--target-r",
+            "3",
+            "--steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--out",
+            &dir.join("x"),
+        ],
+    ));
+    eprintln!("ROW | AdaLoRA with target_r above init_r | {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("target_r") && err.contains("init_r"), "{err}");
+}
+
+#[test]
 fn train_each_bottleneck_method_on_a_quantized_base() {
     let dir = TempDir::new("train-bn");
     let data = write_data(&dir);

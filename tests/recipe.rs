@@ -7,7 +7,7 @@ use webpeft::model::config::Config;
 use webpeft::peft::TargetModules;
 use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
 use webpeft::web::options::{
-    BottleneckOptions, Ia3Options, LoraOptions, PrefixTuningOptions, PromptTuningOptions, TrainOptions,
+    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PrefixTuningOptions, PromptTuningOptions, TrainOptions,
 };
 use webpeft::Error;
 
@@ -24,7 +24,9 @@ fn model_config() -> Config {
 /// `addBottleneck(name, options)` makes, for a model picked as folder `llama_gqa`.
 fn browser_adapter_config(options: &str) -> String {
     let mut value: serde_json::Value = serde_json::from_str(options).unwrap();
-    let recipe = if value.as_object_mut().unwrap().remove("ia3").is_some() {
+    let recipe = if value.as_object_mut().unwrap().remove("adalora").is_some() {
+        serde_json::from_value::<AdaLoraOptions>(value).unwrap().to_recipe().unwrap()
+    } else if value.as_object_mut().unwrap().remove("ia3").is_some() {
         serde_json::from_value::<Ia3Options>(value).unwrap().to_recipe().unwrap()
     } else if value.as_object_mut().unwrap().remove("prefix_tuning").is_some() {
         serde_json::from_value::<PrefixTuningOptions>(value).unwrap().to_recipe().unwrap()
@@ -116,7 +118,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 11] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -162,6 +164,29 @@ mod cli {
             (
                 &["--method", "prefix_tuning", "--num-virtual-tokens", "5"],
                 r#"{"prefix_tuning": true, "numVirtualTokens": 5}"#,
+            ),
+            // The CLI's total_step is its run's: 8 rows, batch 1, one epoch.
+            (
+                &[
+                    "--method",
+                    "adalora",
+                    "--init-r",
+                    "6",
+                    "--target-r",
+                    "3",
+                    "--tinit",
+                    "1",
+                    "--tfinal",
+                    "2",
+                    "--delta-t",
+                    "2",
+                    "--alpha",
+                    "16",
+                    "--targets",
+                    "all-linear",
+                ],
+                r#"{"adalora": true, "initR": 6, "targetR": 3, "tinit": 1, "tfinal": 2, "deltaT": 2, "alpha": 16,
+                    "targets": "all-linear", "totalStep": 8}"#,
             ),
         ];
         for (i, (flags, options)) in cases.into_iter().enumerate() {

@@ -31,6 +31,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
             (QuantFormat::F32, "lora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false }),
+            (QuantFormat::Nf4, "adalora", PlanAdapter::AdaLora { r: 16, targets: all.clone(), dropout: false }),
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),
             (QuantFormat::Nf4, "prompt_tuning", PlanAdapter::PromptTuning { virtual_tokens: 20 }),
@@ -56,7 +57,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             peaks.insert((method, checkpointing), f.peak_gpu_bytes);
         }
     }
-    for method in ["lora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
+    for method in ["lora", "adalora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
         let (plain, ckpt) = (peaks[&(method, false)], peaks[&(method, true)]);
         assert!(ckpt < plain, "{method}: checkpointing keeps less ({ckpt} vs {plain} B)");
     }

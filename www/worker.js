@@ -114,6 +114,10 @@ async function handle(msg) {
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
       if (c.method === "lora") {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed });
+      } else if (c.method === "adalora") {
+        // The page's r is the starting rank; the allocator prunes to two thirds of it (PEFT's 12 → 8) over the run.
+        model.addAdaLora(ADAPTER, { initR: c.r, targetR: Math.max(1, Math.round((c.r * 2) / 3)), alpha: c.alpha,
+          targets: c.targets, dropout: c.dropout ?? 0, totalStep: c.steps, seed: c.seed });
       } else if (c.method === "ia3") {
         model.addIa3(ADAPTER, { seed: c.seed }); // PEFT's modules for the model; r, alpha and targets are LoRA's
       } else if (c.method === "prompt_tuning") {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, KernelTime};
 use crate::model::{Config, MemoryFiles, Model};
+use crate::peft::adalora::AdaLoraConfig;
 use crate::peft::adapter::Adapter;
 use crate::peft::adapter::AdapterConfig;
 use crate::peft::ia3::Ia3Config;
@@ -119,7 +120,7 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
 #[derive(Clone, Debug)]
 pub struct StepSetup {
     pub quant: QuantFormat,
-    /// "lora" (all seven projections), "ia3" (PEFT's default modules),
+    /// "lora" (all seven projections), "adalora" (all seven, init_r r, target_r r/2), "ia3" (PEFT's default modules),
     /// "prompt_tuning" or "prefix_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
     pub method: String,
     /// LoRA's rank (alpha is 2r).
@@ -166,6 +167,12 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
     let adapter = match setup.method.as_str() {
         "lora" => {
             Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?
+        }
+        "adalora" => {
+            // init_r r → r/2 over a 100-step run: every timed step scores and masks the ranks.
+            let lora = LoraConfig::new(8, 2.0 * r as f64, TargetModules::AllLinear)?;
+            let config = AdaLoraConfig::new(lora, r, (r / 2).max(1), 100)?;
+            Adapter::new(gpu, AdapterConfig::AdaLora(config), &model.config, 1)?
         }
         "ia3" => Adapter::new_ia3(gpu, Ia3Config::default_for(model.config.model_type), &model.config, 1)?,
         "prompt_tuning" => {

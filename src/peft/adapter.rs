@@ -2,6 +2,7 @@
 //! see it: per-layer views for the forward and backward, and a flat list of
 //! named tensors for the optimizer and the files.
 
+use super::adalora::{AdaLoraAdapter, AdaLoraConfig};
 use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, BN_WEIGHTS_FILE};
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
@@ -23,6 +24,7 @@ pub enum Adapter {
     Ia3(Ia3Adapter),
     PromptTuning(PromptTuningAdapter),
     PrefixTuning(PrefixTuningAdapter),
+    AdaLora(AdaLoraAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -34,6 +36,7 @@ pub enum AdapterConfig {
     Ia3(Ia3Config),
     PromptTuning(PromptTuningConfig),
     PrefixTuning(PrefixTuningConfig),
+    AdaLora(AdaLoraConfig),
 }
 
 impl AdapterConfig {
@@ -44,6 +47,7 @@ impl AdapterConfig {
             "ia3" => AdapterConfig::Ia3(Ia3Config::from_json(json)?),
             "prompt_tuning" => AdapterConfig::PromptTuning(PromptTuningConfig::from_json(json)?),
             "prefix_tuning" => AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(json)?),
+            "adalora" => AdapterConfig::AdaLora(AdaLoraConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
@@ -66,6 +70,7 @@ impl AdapterConfig {
             AdapterConfig::Ia3(c) => c.to_json(),
             AdapterConfig::PromptTuning(c) => c.to_json(),
             AdapterConfig::PrefixTuning(c) => c.to_json(),
+            AdapterConfig::AdaLora(c) => c.to_json(),
         }
     }
 }
@@ -79,6 +84,7 @@ pub enum AdapterPass<'a> {
     Ia3(Pass<'a, Ia3Adapter>),
     PromptTuning(Pass<'a, PromptTuningAdapter>),
     PrefixTuning(Pass<'a, PrefixTuningAdapter>),
+    AdaLora(Pass<'a, AdaLoraAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -90,6 +96,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::Ia3(p) => p,
             AdapterPass::PromptTuning(p) => p,
             AdapterPass::PrefixTuning(p) => p,
+            AdapterPass::AdaLora(p) => p,
         }
     }
 }
@@ -125,6 +132,10 @@ impl Adapter {
             (Adapter::PrefixTuning(params), Some(Adapter::PrefixTuning(g))) => {
                 AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::AdaLora(params), None) => AdapterPass::AdaLora(Pass { params, grads: None, dropout_seed }),
+            (Adapter::AdaLora(params), Some(Adapter::AdaLora(g))) => {
+                AdapterPass::AdaLora(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -142,6 +153,7 @@ impl Adapter {
             Adapter::Ia3(a) => AdapterPass::Ia3(Pass::eval(a)),
             Adapter::PromptTuning(p) => AdapterPass::PromptTuning(Pass::eval(p)),
             Adapter::PrefixTuning(p) => AdapterPass::PrefixTuning(Pass::eval(p)),
+            Adapter::AdaLora(a) => AdapterPass::AdaLora(Pass::eval(a)),
         }
     }
 }
@@ -166,6 +178,7 @@ impl Adapter {
             Adapter::Ia3(a) => Adapter::Ia3(a.zeros_like(gpu)?),
             Adapter::PromptTuning(p) => Adapter::PromptTuning(p.zeros_like(gpu)?),
             Adapter::PrefixTuning(p) => Adapter::PrefixTuning(p.zeros_like(gpu)?),
+            Adapter::AdaLora(a) => Adapter::AdaLora(a.zeros_like(gpu)?),
         })
     }
 
@@ -177,6 +190,7 @@ impl Adapter {
             Adapter::Ia3(a) => a.tensors(),
             Adapter::PromptTuning(p) => p.tensors(),
             Adapter::PrefixTuning(p) => p.tensors(),
+            Adapter::AdaLora(a) => a.tensors(),
         }
     }
 
@@ -198,6 +212,7 @@ impl Adapter {
             Adapter::Ia3(_) => "ia3",
             Adapter::PromptTuning(_) => "prompt_tuning",
             Adapter::PrefixTuning(_) => "prefix_tuning",
+            Adapter::AdaLora(_) => "adalora",
         }
     }
 }
@@ -208,6 +223,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
+            Adapter::AdaLora(a) => a.config.lora.lora_dropout > 0.0,
             Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) => false,
         }
     }
@@ -235,6 +251,7 @@ impl Adapter {
                 c.check(model)?;
                 Ok(Adapter::PrefixTuning(PrefixTuningAdapter::init(gpu, c, seed)?))
             }
+            AdapterConfig::AdaLora(c) => Ok(Adapter::AdaLora(AdaLoraAdapter::init(gpu, c, model, seed)?)),
         }
     }
 
@@ -301,10 +318,11 @@ impl Adapter {
                 Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
                 Some("PROMPT_TUNING") => Adapter::PromptTuning(PromptTuningAdapter::load(gpu, files, model).await?),
                 Some("PREFIX_TUNING") => Adapter::PrefixTuning(PrefixTuningAdapter::load(gpu, files, model).await?),
+                Some("ADALORA") => Adapter::AdaLora(AdaLoraAdapter::load(gpu, files, model).await?),
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3, PROMPT_TUNING and PREFIX_TUNING adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, ADALORA, IA3, PROMPT_TUNING and PREFIX_TUNING adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -355,6 +373,13 @@ impl Adapter {
                 (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
                 (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
             ],
+            Adapter::AdaLora(a) => {
+                let (config, weights) = a.download(gpu, model).await?;
+                vec![
+                    (ADAPTER_CONFIG_FILE.to_string(), config.to_json().into_bytes()),
+                    (ADAPTER_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes()?),
+                ]
+            }
         })
     }
 
@@ -366,6 +391,7 @@ impl Adapter {
             Adapter::Ia3(a) => a.config.to_json(),
             Adapter::PromptTuning(p) => p.config.to_json(),
             Adapter::PrefixTuning(p) => p.config.to_json(),
+            Adapter::AdaLora(a) => a.config.to_json(),
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`lora`]: LoRA (PEFT's files: `adapter_config.json` + `adapter_model.safetensors`);
 //! - [`bottleneck`]: bottleneck adapters (AdapterHub's files: `adapter_config.json` + `adapter.safetensors`);
+//! - [`adalora`]: AdaLoRA (PEFT's files);
 //! - [`ia3`]: (IA)³ (PEFT's files);
 //! - [`prompt_tuning`]: prompt tuning (PEFT's files);
 //! - [`prefix_tuning`]: prefix tuning (PEFT's files).
@@ -14,6 +15,7 @@
 //! the model never names a method. [`Adapter`] is the one place that lists
 //! them: it dispatches to each method's adapter, hooks and files.
 
+pub mod adalora;
 pub mod adapter;
 pub mod adapter_set;
 pub mod archive;

@@ -39,6 +39,9 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
             data.insert(format!("{prefix}{key}"), (t.shape().to_vec(), t.to_vec::<f32>(gpu).await?));
         }
     }
+    for (key, t) in trainer.adapter.state_tensors() {
+        data.insert(format!("{STATE}{key}"), (t.shape().to_vec(), t.to_vec::<f32>(gpu).await?));
+    }
     let o = &trainer.optimizer;
     let metadata: HashMap<String, String> = [
         (FORMAT_KEY, "1".to_string()),
@@ -80,7 +83,12 @@ pub struct CheckpointData {
     pub progress: Value,
     /// `param.`, `exp_avg.`, `exp_avg_sq.` tensors by adapter key.
     pub tensors: [BTreeMap<String, Vec<f32>>; 3],
+    /// `state.` tensors: the method's state across steps (AdaLoRA's allocator), by name.
+    pub state: BTreeMap<String, Vec<f32>>,
 }
+
+/// The prefix of the method's state tensors.
+const STATE: &str = "state.";
 
 /// Parses checkpoint bytes (no GPU): metadata, configs, and the three sets of
 /// f32 tensors.
@@ -111,8 +119,9 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
     };
     let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
     let mut tensors: [BTreeMap<String, Vec<f32>>; 3] = Default::default();
+    let mut state = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let slot = ["param.", "exp_avg.", "exp_avg_sq."].iter().position(|p| name.starts_with(p));
+        let slot = ["param.", "exp_avg.", "exp_avg_sq.", STATE].iter().position(|p| name.starts_with(p));
         let Some(i) = slot else {
             return Err(bad(format!("unexpected tensor `{name}`")));
         };
@@ -120,9 +129,13 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
             return Err(bad(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
         }
         let key = name.split_once('.').map(|(_, k)| k).unwrap_or_default().to_string();
-        tensors[i].insert(key, bytemuck::pod_collect_to_vec::<u8, f32>(view.data()));
+        let values = bytemuck::pod_collect_to_vec::<u8, f32>(view.data());
+        match tensors.get_mut(i) {
+            Some(t) => t.insert(key, values),
+            None => state.insert(key, values),
+        };
     }
-    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors })
+    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors, state })
 }
 
 /// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
@@ -146,5 +159,15 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     let m = parts.pop().expect("three parts");
     let adapter = parts.pop().expect("three parts");
     let trainer = Trainer::from_parts(gpu, adapter, m, v, data.optimizer, data.step, data.rng_state)?;
+    let own = trainer.adapter.state_tensors();
+    if own.len() != data.state.len() {
+        return Err(bad(format!("{} state tensors, the method keeps {}", data.state.len(), own.len())));
+    }
+    for (key, t) in own {
+        match data.state.get(&key) {
+            Some(values) if values.len() == t.numel() => t.write(gpu, values)?,
+            _ => return Err(bad(format!("state tensor `{key}` is missing or of the wrong size"))),
+        }
+    }
     Ok((trainer, data.progress))
 }

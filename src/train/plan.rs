@@ -37,6 +37,9 @@ pub enum PlanAdapter {
     /// r, the projection names adapted in every layer, and whether LoRA
     /// dropout is on (each Linear then keeps its own dropped input).
     Lora { r: usize, targets: Vec<String>, dropout: bool },
+    /// AdaLoRA at `init_r` = r: LoRA's shape plus E (r per module), A∘E kept
+    /// per module for the backward, and the rank allocator's two EMAs.
+    AdaLora { r: usize, targets: Vec<String>, dropout: bool },
     /// Bottleneck width and units per layer.
     Bottleneck { size: usize, units_per_layer: usize },
     /// (IA)³: the projections scaled in every layer, and whether each is
@@ -119,13 +122,14 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let heads = config.num_attention_heads as u64;
 
     let adapter_params: u64 = match &input.adapter {
-        PlanAdapter::Lora { r, targets, .. } => {
+        PlanAdapter::Lora { r, targets, .. } | PlanAdapter::AdaLora { r, targets, .. } => {
+            let e = matches!(input.adapter, PlanAdapter::AdaLora { .. }) as usize;
             layers
                 * targets
                     .iter()
                     .map(|t| {
                         let (out, inp) = proj_shape(config, t);
-                        (*r * (inp + out)) as u64
+                        (*r * (inp + out + e)) as u64
                     })
                     .sum::<u64>()
         }
@@ -137,7 +141,10 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         PlanAdapter::PrefixTuning { virtual_tokens } => layers * 2 * *virtual_tokens as u64 * kv,
     };
     let adapter_bytes = adapter_params * 4;
-    let optimizer_bytes = adapter_bytes * 6;
+    // Gradients, two moments and three backups; AdaLoRA's allocator adds its
+    // two EMAs and their backups.
+    let per_param = if matches!(input.adapter, PlanAdapter::AdaLora { .. }) { 10 } else { 6 };
+    let optimizer_bytes = adapter_bytes * per_param;
 
     // Floats one layer's forward keeps for its backward: x and h, the norms'
     // rstd, roped q and k, v, the attention output and logsumexp, gate and up.
@@ -148,7 +155,11 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     // attention's dout, dq, dk, dv and delta.
     let mut work = 3 * m * i + 7 * m * d + 2 * m * q + 2 * m * kv + heads * m;
     match &input.adapter {
-        PlanAdapter::Lora { r, targets, dropout } => {
+        PlanAdapter::Lora { r, targets, dropout } | PlanAdapter::AdaLora { r, targets, dropout } => {
+            if matches!(input.adapter, PlanAdapter::AdaLora { .. }) {
+                saved += targets.iter().map(|t| (*r * proj_shape(config, t).1) as u64).sum::<u64>();
+                // A∘E
+            }
             let has = |names: &[&str]| targets.iter().any(|t| names.contains(&t.as_str()));
             saved += if *dropout {
                 // each Linear keeps its own dropped input

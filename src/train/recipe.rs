@@ -18,6 +18,7 @@
 use crate::kernels::swiglu::Activation;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
+use crate::peft::adalora::AdaLoraConfig;
 use crate::peft::ia3::Ia3Config;
 use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
@@ -51,12 +52,13 @@ pub enum Method {
     Ia3,
     PromptTuning,
     PrefixTuning,
+    AdaLora,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
     /// Every method's name, for messages.
-    pub const NAMES: &'static str = "lora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn";
+    pub const NAMES: &'static str = "lora, adalora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn";
 
     /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
@@ -65,6 +67,7 @@ impl Method {
             Method::Ia3 => "ia3",
             Method::PromptTuning => "prompt_tuning",
             Method::PrefixTuning => "prefix_tuning",
+            Method::AdaLora => "adalora",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -76,6 +79,7 @@ impl Method {
             "ia3" => Ok(Method::Ia3),
             "prompt_tuning" => Ok(Method::PromptTuning),
             "prefix_tuning" => Ok(Method::PrefixTuning),
+            "adalora" => Ok(Method::AdaLora),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
                 .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
@@ -99,6 +103,21 @@ pub struct LoraRecipe {
     pub layers_to_transform: Option<Vec<usize>>,
 }
 
+impl LoraRecipe {
+    /// The LoRA config for `model`, checked against it.
+    fn config(&self, model: &Config, model_name: Option<String>) -> Result<LoraConfig> {
+        let mut c = LoraConfig::new(self.r, self.alpha, self.targets.clone())?;
+        c.lora_dropout = self.dropout;
+        c.use_rslora = self.use_rslora;
+        c.init_lora_weights = self.init;
+        c.layers_to_transform = self.layers_to_transform.clone();
+        c.base_model_name_or_path = model_name;
+        c.validate()?;
+        c.targets(model)?;
+        Ok(c)
+    }
+}
+
 impl Default for LoraRecipe {
     fn default() -> Self {
         LoraRecipe {
@@ -109,6 +128,44 @@ impl Default for LoraRecipe {
             use_rslora: false,
             init: InitLoraWeights::Kaiming,
             layers_to_transform: None,
+        }
+    }
+}
+
+/// An AdaLoRA adapter's options; the default is PEFT's `AdaLoraConfig()` on
+/// q_proj and v_proj (init_r 12, target_r 8, no warm-up or final phase, an
+/// allocation every step, β 0.85, orthogonality weight 0.5). `lora` holds the
+/// LoRA options AdaLoRA shares (targets, alpha, dropout, layers; its `r` is
+/// PEFT's unused `r`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaLoraRecipe {
+    pub lora: LoraRecipe,
+    pub init_r: usize,
+    pub target_r: usize,
+    pub tinit: usize,
+    pub tfinal: usize,
+    pub delta_t: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub orth_reg_weight: f64,
+    /// The steps the budget schedule spans; `None`: the run's own total,
+    /// set by [`AdapterRecipe::for_run`].
+    pub total_step: Option<usize>,
+}
+
+impl Default for AdaLoraRecipe {
+    fn default() -> Self {
+        AdaLoraRecipe {
+            lora: LoraRecipe::default(),
+            init_r: 12,
+            target_r: 8,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            beta1: 0.85,
+            beta2: 0.85,
+            orth_reg_weight: 0.5,
+            total_step: None,
         }
     }
 }
@@ -179,9 +236,20 @@ pub enum AdapterRecipe {
         num_virtual_tokens: usize,
     },
     Bottleneck(BottleneckRecipe),
+    AdaLora(AdaLoraRecipe),
 }
 
 impl AdapterRecipe {
+    /// The recipe for a run of `total_steps` optimizer steps: AdaLoRA's budget
+    /// schedule spans the run unless its `total_step` was given.
+    pub fn for_run(&self, total_steps: u64) -> AdapterRecipe {
+        let mut r = self.clone();
+        if let AdapterRecipe::AdaLora(a) = &mut r {
+            a.total_step.get_or_insert(usize::try_from(total_steps).unwrap_or(usize::MAX));
+        }
+        r
+    }
+
     /// `method` with its default options.
     pub fn new(method: Method) -> AdapterRecipe {
         match method {
@@ -189,6 +257,7 @@ impl AdapterRecipe {
             Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
             Method::PromptTuning => AdapterRecipe::PromptTuning(PromptTuningRecipe::default()),
             Method::PrefixTuning => AdapterRecipe::PrefixTuning { num_virtual_tokens: 20 },
+            Method::AdaLora => AdapterRecipe::AdaLora(AdaLoraRecipe::default()),
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -208,6 +277,7 @@ impl AdapterRecipe {
             AdapterRecipe::Ia3(_) => Method::Ia3,
             AdapterRecipe::PromptTuning(_) => Method::PromptTuning,
             AdapterRecipe::PrefixTuning { .. } => Method::PrefixTuning,
+            AdapterRecipe::AdaLora(_) => Method::AdaLora,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -217,16 +287,17 @@ impl AdapterRecipe {
     /// the model: targets that exist, a bottleneck that fits.
     pub fn config(&self, model: &Config, model_name: Option<String>) -> Result<AdapterConfig> {
         match self {
-            AdapterRecipe::Lora(o) => {
-                let mut c = LoraConfig::new(o.r, o.alpha, o.targets.clone())?;
-                c.lora_dropout = o.dropout;
-                c.use_rslora = o.use_rslora;
-                c.init_lora_weights = o.init;
-                c.layers_to_transform = o.layers_to_transform.clone();
-                c.base_model_name_or_path = model_name;
+            AdapterRecipe::Lora(o) => Ok(AdapterConfig::Lora(o.config(model, model_name)?)),
+            AdapterRecipe::AdaLora(o) => {
+                let total_step = o.total_step.ok_or_else(|| {
+                    bad("total_step", "AdaLoRA's budget schedule needs the run's steps (AdapterRecipe::for_run)")
+                })?;
+                let lora = LoraRecipe { r: 8, use_rslora: false, ..o.lora.clone() }.config(model, model_name)?;
+                let mut c = AdaLoraConfig::new(lora, o.init_r, o.target_r, total_step.max(1))?;
+                (c.tinit, c.tfinal, c.delta_t) = (o.tinit, o.tfinal, o.delta_t);
+                (c.beta1, c.beta2, c.orth_reg_weight) = (o.beta1, o.beta2, o.orth_reg_weight);
                 c.validate()?;
-                c.targets(model)?;
-                Ok(AdapterConfig::Lora(c))
+                Ok(AdapterConfig::AdaLora(c))
             }
             AdapterRecipe::Ia3(o) => {
                 let mut c = Ia3Config::default_for(model.model_type);
@@ -283,6 +354,15 @@ impl AdapterRecipe {
 
     /// What the memory planner needs to know of this adapter on `model`.
     pub fn plan_adapter(&self, model: &Config) -> Result<PlanAdapter> {
+        if let AdapterRecipe::AdaLora(o) = self {
+            // The schedule does not change the memory: plan before the run's steps are known.
+            let c = self.for_run(o.total_step.unwrap_or(o.tinit + o.tfinal + 1) as u64).config(model, None)?;
+            let AdapterConfig::AdaLora(c) = c else { unreachable!("an AdaLoRA recipe makes an AdaLoRA config") };
+            let targets =
+                c.targets(model)?.into_iter().filter(|t| t.starts_with("model.layers.0.")).collect::<Vec<_>>();
+            let targets = targets.iter().map(|t| t.rsplit('.').next().unwrap_or_default().to_string()).collect();
+            return Ok(PlanAdapter::AdaLora { r: c.init_r, targets, dropout: c.lora.lora_dropout > 0.0 });
+        }
         Ok(match self.config(model, None)? {
             AdapterConfig::Lora(c) => {
                 let targets = match c.target_modules {
@@ -297,6 +377,7 @@ impl AdapterRecipe {
             }
             AdapterConfig::PromptTuning(c) => PlanAdapter::PromptTuning { virtual_tokens: c.num_virtual_tokens },
             AdapterConfig::PrefixTuning(c) => PlanAdapter::PrefixTuning { virtual_tokens: c.num_virtual_tokens },
+            AdapterConfig::AdaLora(_) => unreachable!("planned above"),
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },
@@ -471,7 +552,7 @@ mod tests {
     fn a_bad_option_is_named() {
         let e = TrainRecipe { seq_len: 0, ..Default::default() }.validate().unwrap_err();
         assert!(matches!(e, Error::TrainOption { option: "seq_len", .. }), "{e}");
-        let e = Method::from_name("prefix_tuning").unwrap_err();
-        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("prefix_tuning"), "{e}");
+        let e = Method::from_name("loha").unwrap_err();
+        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("\"loha\""), "{e}");
     }
 }

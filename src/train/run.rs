@@ -32,6 +32,27 @@ impl Default for RunConfig {
     }
 }
 
+impl RunConfig {
+    /// The run's optimizer steps over `batches_per_epoch` micro-batches an
+    /// epoch: `steps`, or `ceil(epochs · batches_per_epoch / grad_accum)`.
+    pub fn total_steps(&self, batches_per_epoch: usize) -> Result<u64> {
+        const OP: &str = "Run::new";
+        let total = match self.steps {
+            Some(s) => s,
+            None => {
+                if !(self.epochs.is_finite() && self.epochs > 0.0) {
+                    return Err(Error::invalid(OP, format!("epochs must be positive, got {}", self.epochs)));
+                }
+                ((self.epochs * batches_per_epoch as f64) / self.grad_accum.max(1) as f64).ceil() as u64
+            }
+        };
+        if total == 0 {
+            return Err(Error::invalid(OP, "the run has no step: give steps ≥ 1 or more epochs"));
+        }
+        Ok(total)
+    }
+}
+
 /// The run's place in the data, saved in checkpoints (`progress`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
@@ -82,18 +103,7 @@ impl Run {
                 detail: "no batch to train on".into(),
             });
         }
-        let total = match config.steps {
-            Some(s) => s,
-            None => {
-                if !(config.epochs.is_finite() && config.epochs > 0.0) {
-                    return Err(Error::invalid(OP, format!("epochs must be positive, got {}", config.epochs)));
-                }
-                ((config.epochs * per_epoch as f64) / config.grad_accum as f64).ceil() as u64
-            }
-        };
-        if total == 0 {
-            return Err(Error::invalid(OP, "the run has no step: give steps ≥ 1 or more epochs"));
-        }
+        let total = config.total_steps(per_epoch)?;
         let schedule = LrSchedule::new(config.schedule, config.lr, config.warmup_steps, total)?;
         let batches = dataset.epoch(0);
         Ok(Run {

@@ -84,6 +84,8 @@ pub struct Trainer {
     v: Adapter,
     /// θ, m, v as they were before the step in flight (restored if it fails).
     backup: [Adapter; 3],
+    /// The method's state across steps (AdaLoRA's allocator) before the step in flight.
+    state_backup: Vec<Tensor>,
     pub optimizer: OptimizerConfig,
     /// Optimizer steps done.
     pub step: u64,
@@ -108,10 +110,17 @@ fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
 
 impl Trainer {
     /// Starts training `adapter` from step 0 with zero moments.
-    pub fn new(gpu: &Gpu, adapter: Adapter, optimizer: OptimizerConfig, seed: u64) -> Result<Trainer> {
+    pub fn new(gpu: &Gpu, mut adapter: Adapter, optimizer: OptimizerConfig, seed: u64) -> Result<Trainer> {
         check_optimizer(&optimizer)?;
+        adapter.init_training_state(gpu)?;
         let zeros = || adapter.zeros_like(gpu);
+        let state_backup = adapter
+            .state_tensors()
+            .iter()
+            .map(|(_, t)| Tensor::zeros(gpu, t.shape(), DType::F32))
+            .collect::<Result<_>>()?;
         Ok(Trainer {
+            state_backup,
             grads: zeros()?,
             m: zeros()?,
             v: zeros()?,
@@ -275,15 +284,18 @@ impl Trainer {
         self.adapter.has_dropout()
     }
 
-    /// Copies θ, m, v into the backup (or back, with `restore`).
+    /// Copies θ, m, v and the method's state into the backup (or back, with `restore`).
     fn record_backup(&self, rec: &mut Recorder, restore: bool) -> Result<()> {
+        let mut pairs: Vec<(&Tensor, &Tensor)> = Vec::new();
         for (live, saved) in [&self.adapter, &self.m, &self.v].into_iter().zip(&self.backup) {
-            for ((_, a), (_, b)) in live.tensors().into_iter().zip(saved.tensors()) {
-                if restore {
-                    copy(rec, b, a)?;
-                } else {
-                    copy(rec, a, b)?;
-                }
+            pairs.extend(live.tensors().into_iter().zip(saved.tensors()).map(|((_, a), (_, b))| (a, b)));
+        }
+        pairs.extend(self.adapter.state_tensors().into_iter().map(|(_, t)| t).zip(&self.state_backup));
+        for (a, b) in pairs {
+            if restore {
+                copy(rec, b, a)?;
+            } else {
+                copy(rec, a, b)?;
             }
         }
         Ok(())

@@ -20,8 +20,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
 use super::options::{
-    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PrefixTuningOptions, PromptTuningOptions,
-    TrainOptions,
+    AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PrefixTuningOptions,
+    PromptTuningOptions, TrainOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;
@@ -410,6 +410,19 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: LoraOptions = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds a fresh AdaLoRA adapter (PEFT's `AdaLoraConfig` defaults on q_proj
+    /// and v_proj: init_r 12, target_r 8); `totalStep`, the steps the run will
+    /// take, is required, as in PEFT.
+    #[wasm_bindgen(js_name = addAdaLora)]
+    pub fn add_adalora(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "AdaLoraOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: AdaLoraOptions = options(&opts)?;
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 

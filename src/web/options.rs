@@ -1,4 +1,4 @@
-//! The browser API's option objects (`LoraOptions`, `Ia3Options`, `BottleneckOptions`,
+//! The browser API's option objects (`LoraOptions`, `AdaLoraOptions`, `Ia3Options`, `BottleneckOptions`,
 //! `TrainOptions`, `EvalOptions`, `PlanOptions`; their TypeScript declarations
 //! are in `types.rs`) as serde structs, and their conversion into the library's
 //! recipe. Plain Rust, compiled natively too, so tests can check that the
@@ -11,7 +11,8 @@ use crate::kernels::swiglu::Activation;
 use crate::peft::prompt_tuning::PromptTuningInit;
 use crate::peft::{InitLoraWeights, TargetModules};
 use crate::train::recipe::{
-    AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, PromptTuningRecipe, TrainRecipe, DEFAULT_SEED,
+    AdaLoraRecipe, AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, PromptTuningRecipe, TrainRecipe,
+    DEFAULT_SEED,
 };
 use crate::train::schedule::Schedule;
 use crate::{Error, Result};
@@ -32,6 +33,57 @@ pub struct LoraOptions {
     pub init: Option<String>,
     pub layers_to_transform: Option<Vec<usize>>,
     pub seed: Option<u64>,
+}
+
+/// `addAdaLora`'s options (PEFT's `AdaLoraConfig` fields in camelCase).
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AdaLoraOptions {
+    pub init_r: Option<usize>,
+    pub target_r: Option<usize>,
+    pub alpha: Option<f64>,
+    pub dropout: Option<f64>,
+    pub targets: Option<Value>,
+    pub tinit: Option<usize>,
+    pub tfinal: Option<usize>,
+    #[serde(rename = "deltaT")]
+    pub delta_t: Option<usize>,
+    pub beta1: Option<f64>,
+    pub beta2: Option<f64>,
+    pub orth_reg_weight: Option<f64>,
+    /// The steps the budget schedule spans: the steps the run will take.
+    pub total_step: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl AdaLoraOptions {
+    /// The AdaLoRA recipe these options describe (the rest at PEFT's defaults).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        let mut a = AdaLoraRecipe::default();
+        a.init_r = self.init_r.unwrap_or(a.init_r);
+        a.target_r = self.target_r.unwrap_or(a.target_r);
+        a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
+        a.lora.dropout = self.dropout.unwrap_or(a.lora.dropout);
+        a.lora.targets = lora_targets(self.targets.as_ref())?.unwrap_or(a.lora.targets);
+        a.tinit = self.tinit.unwrap_or(a.tinit);
+        a.tfinal = self.tfinal.unwrap_or(a.tfinal);
+        a.delta_t = self.delta_t.unwrap_or(a.delta_t);
+        a.beta1 = self.beta1.unwrap_or(a.beta1);
+        a.beta2 = self.beta2.unwrap_or(a.beta2);
+        a.orth_reg_weight = self.orth_reg_weight.unwrap_or(a.orth_reg_weight);
+        a.total_step = Some(self.total_step.ok_or_else(|| {
+            bad(
+                "total_step",
+                "AdaLoRA's rank budget is scheduled over the run: give totalStep, the steps you will train",
+            )
+        })?);
+        Ok(AdapterRecipe::AdaLora(a))
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
 }
 
 /// `addIa3`'s options.
@@ -287,6 +339,13 @@ impl PlanOptions {
                 l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
                 l.dropout = self.lora_dropout.unwrap_or(l.dropout);
                 AdapterRecipe::Lora(l)
+            }
+            AdapterRecipe::AdaLora(mut a) => {
+                a.init_r = self.r.unwrap_or(a.init_r);
+                a.target_r = a.target_r.min(a.init_r);
+                a.lora.targets = lora_targets(self.targets.as_ref())?.unwrap_or(a.lora.targets);
+                a.lora.dropout = self.lora_dropout.unwrap_or(a.lora.dropout);
+                AdapterRecipe::AdaLora(a)
             }
             AdapterRecipe::Ia3(mut a) => {
                 a.targets = lora_targets(self.targets.as_ref())?;

@@ -44,6 +44,7 @@ export interface LoraOptions {
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
  * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */
+export interface AdaLoraOptions { initR?: number; targetR?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; tinit?: number; tfinal?: number; deltaT?: number; beta1?: number; beta2?: number; orthRegWeight?: number; totalStep: number; seed?: number; }
 export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; seed?: number; }
 /** Left out: 20 virtual tokens, PEFT's "random" init (N(0, 1)), seed 42. "text" starts from the embeddings of
  * `initText`'s tokens (repeated to the number of virtual tokens), "sample_vocab" from random tokens'. */

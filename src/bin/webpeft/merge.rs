@@ -5,6 +5,7 @@ use std::path::Path;
 
 use webpeft::model::source::DirFiles;
 use webpeft::model::Model;
+use webpeft::peft::adalora::merge::merge_adalora;
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::ia3::merge::merge_ia3;
 use webpeft::peft::lora::merge::{export_safetensors, merge_lora};
@@ -34,6 +35,10 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
             merge_lora(&gpu, &mut model, &lora)?;
             let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
             format!("r {}, {modules} modules", lora.config.r)
+        }
+        Adapter::AdaLora(ada) => {
+            merge_adalora(&gpu, &mut model, &ada)?;
+            format!("AdaLoRA, {} modules", ada.modules().len())
         }
         Adapter::Ia3(ia3) => {
             merge_ia3(&gpu, &mut model, &ia3)?;

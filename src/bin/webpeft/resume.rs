@@ -158,6 +158,20 @@ fn settle_adapter(
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
             check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
         }
+        AdapterConfig::AdaLora(c) => {
+            let pairs = [
+                ("init_r", "init-r", a.init_r, c.init_r),
+                ("target_r", "target-r", a.target_r, c.target_r),
+                ("tinit", "tinit", a.tinit, c.tinit),
+                ("tfinal", "tfinal", a.tfinal, c.tfinal),
+                ("delta_t", "delta-t", a.delta_t, c.delta_t),
+            ];
+            for (id, flag, mine, saved) in pairs {
+                check(id, flag, mine.map(|v| v.to_string()), saved.to_string())?;
+            }
+            check("alpha", "alpha", a.alpha.map(|v| v.to_string()), c.lora.lora_alpha.to_string())?;
+            check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.lora.target_modules))?;
+        }
         AdapterConfig::PrefixTuning(c) => {
             let saved = c.num_virtual_tokens.to_string();
             check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;

@@ -34,12 +34,30 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
     #[arg(long)]
     pub r: Option<usize>,
+    /// AdaLoRA: every module's rank at the start [default: 12, as PEFT].
+    #[arg(long)]
+    pub init_r: Option<usize>,
+    /// AdaLoRA: the average rank the allocator prunes down to [default: 8, as PEFT].
+    #[arg(long)]
+    pub target_r: Option<usize>,
+    /// AdaLoRA: steps before the first rank allocation [default: 0].
+    #[arg(long)]
+    pub tinit: Option<usize>,
+    /// AdaLoRA: steps after the last one, at the final budget [default: 0].
+    #[arg(long)]
+    pub tfinal: Option<usize>,
+    /// AdaLoRA: steps between allocations [default: 1].
+    #[arg(long)]
+    pub delta_t: Option<usize>,
+    /// AdaLoRA: weight of the orthogonality regulariser on A and B [default: 0.5].
+    #[arg(long)]
+    pub orth_reg_weight: Option<f64>,
     /// LoRA alpha: the LoRA term is scaled by alpha/r [default: 8, as PEFT].
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -232,13 +250,19 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 11] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 17] {
         [
             ("--r", self.r.is_some(), &["lora"]),
-            ("--alpha", self.alpha.is_some(), &["lora"]),
+            ("--alpha", self.alpha.is_some(), &["lora", "adalora"]),
             ("--rslora", self.rslora, &["lora"]),
-            ("--targets", self.targets.is_some(), &["lora", "ia3"]),
-            ("--dropout", self.dropout.is_some(), &["lora", "bn"]),
+            ("--targets", self.targets.is_some(), &["lora", "adalora", "ia3"]),
+            ("--dropout", self.dropout.is_some(), &["lora", "adalora", "bn"]),
+            ("--init-r", self.init_r.is_some(), &["adalora"]),
+            ("--target-r", self.target_r.is_some(), &["adalora"]),
+            ("--tinit", self.tinit.is_some(), &["adalora"]),
+            ("--tfinal", self.tfinal.is_some(), &["adalora"]),
+            ("--delta-t", self.delta_t.is_some(), &["adalora"]),
+            ("--orth-reg-weight", self.orth_reg_weight.is_some(), &["adalora"]),
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
@@ -258,6 +282,7 @@ impl TrainArgs {
         let method = self.method();
         let kind = match method {
             Method::Lora => "lora",
+            Method::AdaLora => "adalora",
             Method::Ia3 => "ia3",
             Method::PromptTuning => "pt",
             Method::PrefixTuning => "prefix",
@@ -293,6 +318,19 @@ impl TrainArgs {
                     l.targets = parse_targets(t);
                 }
                 l.use_rslora = self.rslora;
+            }
+            AdapterRecipe::AdaLora(a) => {
+                a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
+                a.lora.dropout = self.dropout.unwrap_or(a.lora.dropout);
+                if let Some(t) = self.targets.as_deref() {
+                    a.lora.targets = parse_targets(t);
+                }
+                a.init_r = self.init_r.unwrap_or(a.init_r);
+                a.target_r = self.target_r.unwrap_or(a.target_r);
+                a.tinit = self.tinit.unwrap_or(a.tinit);
+                a.tfinal = self.tfinal.unwrap_or(a.tfinal);
+                a.delta_t = self.delta_t.unwrap_or(a.delta_t);
+                a.orth_reg_weight = self.orth_reg_weight.unwrap_or(a.orth_reg_weight);
             }
             AdapterRecipe::Ia3(a) => {
                 a.targets = self.targets.as_deref().map(parse_targets);
@@ -344,9 +382,16 @@ impl TrainArgs {
         t
     }
 
-    /// A fresh adapter from the command line's options.
-    fn new_adapter(&self, gpu: &Gpu, model: &Model, tokenizer: &Tokenizer) -> Result<Adapter, String> {
+    /// A fresh adapter from the command line's options, for a run of `total_steps`.
+    fn new_adapter(
+        &self,
+        gpu: &Gpu,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        total_steps: u64,
+    ) -> Result<Adapter, String> {
         self.adapter_recipe()?
+            .for_run(total_steps)
             .build(gpu, model, Some(tokenizer), model_name(&self.model), self.seed)
             .map_err(flag_error)
     }
@@ -475,7 +520,10 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         _ => {
             let adapter = match &a.init_adapter {
                 Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
-                None => a.new_adapter(&gpu, &model, &tokenizer)?,
+                None => {
+                    let total = recipe.run_config().total_steps(dataset.batches_per_epoch())?;
+                    a.new_adapter(&gpu, &model, &tokenizer, total)?
+                }
             };
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
         }

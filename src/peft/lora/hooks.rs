@@ -16,13 +16,17 @@ impl LoraAdapter {
     }
 }
 
+/// The dropout (probability `p`) on `proj`'s LoRA input in layer `layer`
+/// during `pass`: each Linear's mask seed derives from the layer's.
+pub(crate) fn lora_dropout<M>(pass: &Pass<'_, M>, p: f64, layer: usize, proj: Proj) -> Option<LoraDropout> {
+    let p = p as f32;
+    let seed = pass.layer_seed(layer).filter(|_| p > 0.0)?;
+    Some(LoraDropout { p, seed: pcg_hash(seed ^ (proj.index() as u32).wrapping_mul(0x9E37_79B9)) })
+}
+
 impl Pass<'_, LoraAdapter> {
-    /// The dropout on `proj`'s LoRA input in layer `layer`: each Linear's
-    /// mask seed derives from the layer's.
     fn dropout(&self, layer: usize, proj: Proj) -> Option<LoraDropout> {
-        let p = self.params.config.lora_dropout as f32;
-        let seed = self.layer_seed(layer).filter(|_| p > 0.0)?;
-        Some(LoraDropout { p, seed: pcg_hash(seed ^ (proj.index() as u32).wrapping_mul(0x9E37_79B9)) })
+        lora_dropout(self, self.params.config.lora_dropout, layer, proj)
     }
 }
 

@@ -19,6 +19,7 @@ use crate::gpu::{Gpu, Recorder};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::kernels::quant::{dequantize, quantize};
+use crate::model::llama::block::Block;
 use crate::model::llama::Model;
 
 /// Adds `sign·scaling·B·A` to every Linear `lora` adapts.
@@ -31,18 +32,7 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32) -> Result<
     }
     let alpha = sign * lora.scaling();
     for (layer, factors) in model.layers.iter_mut().zip(&lora.layers) {
-        let a = &mut layer.self_attn;
-        let m = &mut layer.mlp;
-        let linears = [
-            &mut a.q_proj.weight,
-            &mut a.k_proj.weight,
-            &mut a.v_proj.weight,
-            &mut a.o_proj.weight,
-            &mut m.gate_proj.weight,
-            &mut m.up_proj.weight,
-            &mut m.down_proj.weight,
-        ];
-        for (w, f) in linears.into_iter().zip(factors) {
+        for (w, f) in linear_weights(layer).into_iter().zip(factors) {
             if let Some(f) = f {
                 add_delta(gpu, w, f, alpha)?;
             }
@@ -51,9 +41,24 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32) -> Result<
     gpu.check("merge")
 }
 
+/// A block's seven Linear weights in [`LORA_MODULES`](super::LORA_MODULES) order.
+pub(crate) fn linear_weights(layer: &mut Block) -> [&mut QWeight; 7] {
+    let a = &mut layer.self_attn;
+    let m = &mut layer.mlp;
+    [
+        &mut a.q_proj.weight,
+        &mut a.k_proj.weight,
+        &mut a.v_proj.weight,
+        &mut a.o_proj.weight,
+        &mut m.gate_proj.weight,
+        &mut m.up_proj.weight,
+        &mut m.down_proj.weight,
+    ]
+}
+
 /// w (out, in) += alpha·B·A, chunk by chunk (a chunk holds rows r0..r0+n:
 /// it gets B's rows r0..r0+n).
-fn add_delta(gpu: &Gpu, w: &mut QWeight, f: &LoraFactors, alpha: f32) -> Result<()> {
+pub(crate) fn add_delta(gpu: &Gpu, w: &mut QWeight, f: &LoraFactors, alpha: f32) -> Result<()> {
     let (r, inp, out) = f.dims("merge")?;
     if (out, inp) != (w.rows, w.cols) {
         return Err(Error::shape(

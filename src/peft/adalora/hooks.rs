@@ -1,0 +1,55 @@
+//! Where AdaLoRA meets the model: the `linear` hook point, adding
+//! `scaling·(drop(x)·(A∘E)ᵀ)·Bᵀ` to every adapted Linear's output
+//! (PEFT's `SVDLinear.forward`, scaling = lora_alpha / (ranknum + 1e-5)).
+//! It is LoRA's term with A' = A∘E (row i of A times E[i]); the backward
+//! takes LoRA's gradient of A' back to A and E.
+
+use super::adapter::AdaLoraAdapter;
+use crate::error::Result;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::kernels::adalora::{scale_rows, scale_rows_backward};
+use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::peft::lora::hooks::lora_dropout;
+use crate::peft::lora::layer::{lora_backward, lora_forward, LoraFactors, LoraSaved};
+use crate::peft::pass::{mismatch, Pass};
+
+impl Hooks for Pass<'_, AdaLoraAdapter> {
+    fn linear_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Option<Saved>> {
+        let Some(f) = self.params.factors(layer, proj.index()) else { return Ok(None) };
+        let scaled = scale_rows(rec, &f.a, &f.e)?; // A∘E (r, in)
+        let factors = LoraFactors { a: scaled.clone(), b: f.b.clone() };
+        let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
+        let LoraSaved { x, xa } = lora_forward(rec, x, &factors, self.params.scaling(), drop, y)?;
+        Ok(Some(Saved(vec![x, xa, scaled])))
+    }
+
+    fn linear_backward(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+        dx: &Tensor,
+    ) -> Result<()> {
+        const OP: &str = "adalora_backward";
+        let at = || mismatch(OP, format!("layer {layer} {}", proj.name()));
+        let f = self.params.factors(layer, proj.index()).ok_or_else(at)?;
+        let g = self.grads(OP)?.factors(layer, proj.index()).ok_or_else(at)?;
+        let scaled = saved.get(OP, 2)?;
+        let d_scaled = rec.zeros(scaled.shape(), DType::F32)?; // d(A∘E) (r, in)
+        let lora_saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
+        let factors = LoraFactors { a: scaled.clone(), b: f.b.clone() };
+        let grads = LoraFactors { a: d_scaled.clone(), b: g.b.clone() };
+        let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
+        lora_backward(rec, dy, &lora_saved, &factors, self.params.scaling(), drop, &grads, dx)?;
+        scale_rows_backward(rec, &d_scaled, &f.a, &f.e, &g.a, &g.e)
+    }
+}
