@@ -68,6 +68,11 @@ fn a_bad_browser_option_is_named() {
     assert_eq!(bad(r#"{"lr": 1e-3, "batchSize": 0}"#), "batch_size");
     assert_eq!(bad(r#"{"lr": -1}"#), "lr");
     assert_eq!(bad(r#"{"lr": 1e-3, "schedule": "step"}"#), "schedule");
+    assert_eq!(bad(r#"{"lr": 1e-3, "loraplusLrRatio": 0}"#), "loraplus_lr_ratio");
+    let t: TrainOptions = serde_json::from_str(r#"{"lr": 1e-3, "loraplusLrRatio": 16}"#).unwrap();
+    assert_eq!(t.to_recipe().unwrap().optimizer.loraplus_lr_ratio, Some(16.0));
+    let a: AdaLoraOptions = serde_json::from_str(r#"{"initR": 6}"#).unwrap();
+    assert!(matches!(a.to_recipe(), Err(Error::TrainOption { option: "total_step", .. })));
     let b: BottleneckOptions = serde_json::from_str(r#"{"method": "lora"}"#).unwrap();
     assert!(matches!(b.to_recipe(), Err(Error::TrainOption { option: "method", .. })));
     // Adapter options are checked as adapter_config.json fields, as the page expects.
@@ -254,13 +259,15 @@ mod cli {
                 "0.01",
                 "--max-grad-norm",
                 "0.5",
+                "--loraplus-lr-ratio",
+                "16",
                 "--packing",
                 "--no-shuffle",
                 "--seed",
                 "7",
             ],
             r#"{"lr": 1e-3, "steps": 5, "batchSize": 2, "seqLen": 16, "gradAccum": 2, "warmup": 1,
-                "schedule": "cosine", "weightDecay": 0.01, "maxGradNorm": 0.5, "packing": true,
+                "schedule": "cosine", "weightDecay": 0.01, "maxGradNorm": 0.5, "loraplusLrRatio": 16, "packing": true,
                 "shuffle": false, "seed": 7}"#,
         );
     }

@@ -135,3 +135,35 @@ fn gradients_match_peft_with_the_loss_in_many_chunks() {
         assert!(d <= 1e-4, "{key}: {d:e}");
     }
 }
+
+/// LoRA+ against PEFT's `create_loraplus_optimizer` (tests/fixtures/lora_plus):
+/// B at 4× the learning rate, weight decay 0.01 on both groups, clipping at 1,
+/// 10 steps from `lora/initial_adapter`: every loss and final factor within 1e-4.
+#[test]
+fn loraplus_matches_peft_create_loraplus_optimizer() {
+    let gpu = gpu();
+    let model = model(gpu);
+    let fx = Fixture::open("lora_plus/reference.safetensors");
+    let batch = fixture_batch(&fx, 0..2);
+    let opt = OptimizerConfig { weight_decay: 0.01, loraplus_lr_ratio: Some(4.0), ..Default::default() };
+    let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
+    let mut worst = 0.0f32;
+    for (i, &want) in fx.f32("losses").iter().enumerate() {
+        let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap();
+        worst = worst.max((s.loss - want).abs());
+        assert!((s.loss - want).abs() <= 1e-4, "step {}: {} vs PEFT {want}", i + 1, s.loss);
+    }
+    let mut tensors = 0.0f32;
+    for (key, got) in common::adapter_values(gpu, &trainer.adapter) {
+        let d = max_abs_diff(&got, &fx.f32(&format!("final.{key}")));
+        tensors = tensors.max(d);
+        assert!(d <= 1e-4, "final {key}: {d:e}");
+    }
+    eprintln!("LoRA+: 10 losses within {worst:e} of PEFT's, final factors within {tensors:e}");
+    // Without the ratio the run is plain LoRA's, and differs.
+    let plain = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
+    let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), plain, 0).unwrap();
+    let last = (0..10).map(|_| block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap().loss);
+    let last = last.last().unwrap();
+    assert!((last - fx.f32("losses")[9]).abs() > 1e-2, "LoRA+ changed nothing: {last}");
+}

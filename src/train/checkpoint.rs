@@ -52,7 +52,7 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
         (
             "optimizer",
             json!({"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "weight_decay": o.weight_decay,
-                   "max_grad_norm": o.max_grad_norm})
+                   "max_grad_norm": o.max_grad_norm, "loraplus_lr_ratio": o.loraplus_lr_ratio})
             .to_string(),
         ),
         ("progress", progress.to_string()),
@@ -116,6 +116,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
         eps: f("eps")?,
         weight_decay: f("weight_decay")?,
         max_grad_norm: f("max_grad_norm")? as f32,
+        loraplus_lr_ratio: opt.get("loraplus_lr_ratio").and_then(Value::as_f64),
     };
     let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
     let mut tensors: [BTreeMap<String, Vec<f32>>; 3] = Default::default();

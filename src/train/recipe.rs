@@ -474,6 +474,9 @@ impl TrainRecipe {
                 return Err(bad(name, format!("must be in [0, 1), got {beta}")));
             }
         }
+        if let Some(r) = o.loraplus_lr_ratio.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(bad("loraplus_lr_ratio", format!("must be a finite number > 0, got {r}")));
+        }
         if !(o.eps.is_finite() && o.eps >= 0.0) {
             return Err(bad("eps", format!("must be a finite number ≥ 0, got {}", o.eps)));
         }

@@ -39,13 +39,23 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     /// Global gradient-norm clipping; 0 turns it off.
     pub max_grad_norm: f32,
+    /// LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this
+    /// many times A's. `None` trains every tensor at the same rate.
+    pub loraplus_lr_ratio: Option<f64>,
 }
 
 impl Default for OptimizerConfig {
     /// transformers' `TrainingArguments` defaults: betas (0.9, 0.999), eps
     /// 1e-8, weight decay 0, max_grad_norm 1.
     fn default() -> Self {
-        OptimizerConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 }
+        OptimizerConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            loraplus_lr_ratio: None,
+        }
     }
 }
 
@@ -62,6 +72,20 @@ pub struct StepStats {
     pub grad_norm: f32,
     /// N: the targets the loss averages over.
     pub tokens: usize,
+}
+
+/// A tensor's AdamW settings under LoRA+, as PEFT's `create_loraplus_optimizer`
+/// groups them: `lora_B` and 1-D tensors at `ratio` times the learning rate
+/// (biases without weight decay), everything else at the learning rate. Each
+/// group's weight decay is the run's (PEFT's `loraplus_weight_decay`, which
+/// replaces the optimizer's own).
+fn loraplus_group(hp: &AdamWParams, ratio: f64, key: &str, t: &Tensor) -> AdamWParams {
+    if key.contains("lora_B") || t.shape().len() == 1 {
+        let weight_decay = if key.contains("bias") { 0.0 } else { hp.weight_decay };
+        AdamWParams { lr: hp.lr * ratio, weight_decay, ..*hp }
+    } else {
+        *hp
+    }
 }
 
 /// Loss over a held-out set.
@@ -101,6 +125,9 @@ fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
     let ok = |v: f64| v.is_finite() && v >= 0.0;
     if !(ok(hp.eps) && ok(hp.weight_decay) && ok(hp.beta1) && ok(hp.beta2) && hp.beta1 < 1.0 && hp.beta2 < 1.0) {
         return Err(Error::invalid("Trainer", format!("eps and weight_decay must be ≥ 0 and betas in [0, 1): {o:?}")));
+    }
+    if let Some(ratio) = o.loraplus_lr_ratio.filter(|r| !(r.is_finite() && *r > 0.0)) {
+        return Err(Error::invalid("Trainer", format!("loraplus_lr_ratio must be a finite number > 0, got {ratio}")));
     }
     if !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
         return Err(Error::invalid("Trainer", format!("max_grad_norm must be ≥ 0 (0 = off), got {}", o.max_grad_norm)));
@@ -229,6 +256,10 @@ impl Trainer {
         let (ms, vs) = (self.m.tensors(), self.v.tensors());
         let step = u32::try_from(number).map_err(|_| Error::invalid(OP, "more than 2³² steps"))?;
         for (((p, g), m), v) in params.iter().zip(&grads).zip(&ms).zip(&vs) {
+            let hp = match o.loraplus_lr_ratio {
+                Some(ratio) => loraplus_group(&hp, ratio, &p.0, p.1),
+                None => hp,
+            };
             adamw_step(&mut rec, p.1, g, m.1, v.1, &hp, step, scale)?;
         }
         let done = StepDone { grads: &self.grads, clip: clip_on.then_some(&clip), step: number };

@@ -151,6 +151,7 @@ pub struct TrainOptions {
     pub schedule: Option<String>,
     pub weight_decay: Option<f64>,
     pub max_grad_norm: Option<f32>,
+    pub loraplus_lr_ratio: Option<f64>,
     pub seed: Option<u64>,
     pub shuffle: Option<bool>,
     pub packing: Option<bool>,
@@ -309,6 +310,7 @@ impl TrainOptions {
         }
         t.optimizer.weight_decay = self.weight_decay.unwrap_or(t.optimizer.weight_decay);
         t.optimizer.max_grad_norm = self.max_grad_norm.unwrap_or(t.optimizer.max_grad_norm);
+        t.optimizer.loraplus_lr_ratio = self.loraplus_lr_ratio.or(t.optimizer.loraplus_lr_ratio);
         t.seed = self.seed.unwrap_or(t.seed);
         t.shuffle = self.shuffle.unwrap_or(t.shuffle);
         t.packing = self.packing.unwrap_or(t.packing);

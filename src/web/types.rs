@@ -71,6 +71,8 @@ export interface TrainOptions {
   lr: number; steps?: number; epochs?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   warmup?: number; schedule?: "constant" | "linear" | "cosine"; weightDecay?: number; maxGradNorm?: number;
   seed?: number; shuffle?: boolean; packing?: boolean;
+  /** LoRA+: B's learning rate is this many times lr (PEFT's create_loraplus_optimizer). Left out: off. */
+  loraplusLrRatio?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
 }

@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = TrainRecipe::default().optimizer.weight_decay)]
     pub weight_decay: f64,
+    /// LoRA+: B's learning rate is this many times --lr (PEFT's create_loraplus_optimizer; the
+    /// weight decay applies to both groups, as its loraplus_weight_decay) [default: off].
+    #[arg(long)]
+    pub loraplus_lr_ratio: Option<f64>,
     /// Clip the global gradient norm to this (0 = off).
     #[arg(long, default_value_t = TrainRecipe::default().optimizer.max_grad_norm)]
     pub max_grad_norm: f32,
@@ -373,6 +377,7 @@ impl TrainArgs {
         t.grad_accum = self.grad_accum;
         t.optimizer.weight_decay = self.weight_decay;
         t.optimizer.max_grad_norm = self.max_grad_norm;
+        t.optimizer.loraplus_lr_ratio = self.loraplus_lr_ratio;
         t.batch_size = self.batch_size;
         t.seq_len = self.seq_len.unwrap_or(t.seq_len);
         t.packing = self.packing;
