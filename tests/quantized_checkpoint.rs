@@ -122,3 +122,37 @@ fn a_file_declaring_f16_packing_is_a_typed_error() {
     let err = block_on(Model::load(gpu(), &edited, QuantFormat::F16)).unwrap_err();
     assert!(matches!(err, Error::File { .. }) && err.to_string().contains("\"f16\" is not usable"), "{err}");
 }
+
+/// A model whose intermediate size (100) is not a multiple of Q8_0's blocks of
+/// 32 loads at Q8_0 as llama.cpp quantizes it: down_proj (rows of 100) stays
+/// f16, the rest is Q8_0; the plan counts exactly the bytes loaded, the load
+/// progress says so, and the logits stay within Q8_0's error of the f32 model's.
+#[test]
+fn q8_0_keeps_rows_not_a_multiple_of_32_in_f16() {
+    use webpeft::bench::train::{llama_config, random_model_files};
+    let gpu = gpu();
+    let json = llama_config(300, 64, 100, 2, 4, 2);
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    let files = random_model_files(&json, 5).unwrap();
+    let mut notes = Vec::new();
+    let q8 = block_on(Model::load_with_progress(gpu, &files, QuantFormat::Q8_0, &mut |p| {
+        if let Some(n) = p.note {
+            notes.push((p.tensor, n));
+        }
+    }))
+    .unwrap();
+    let kept = q8.weights_not_in_format();
+    let want: Vec<(String, QuantFormat)> =
+        (0..2).map(|i| (format!("model.layers.{i}.mlp.down_proj.weight"), QuantFormat::F16)).collect();
+    assert_eq!(kept, want);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].1.contains("kept in f16") && notes[0].1.contains("100"), "{notes:?}");
+    assert_eq!(q8.bytes(), webpeft::train::plan::weight_bytes(&config, QuantFormat::Q8_0), "the plan's weight bytes");
+    let f32m = block_on(Model::load(gpu, &files, QuantFormat::F32)).unwrap();
+    let ids = vec![vec![3u32, 17, 250, 42, 7, 99]];
+    let (a, b) = (common::adapted_logits(gpu, &q8, None, &ids), common::adapted_logits(gpu, &f32m, None, &ids));
+    let d = common::max_abs_diff(&a, &b);
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!("Q8_0 with f16 down_proj vs f32: logits max |diff| {d:e} (largest logit {scale:e})");
+    assert!(d <= 2e-2 * scale.max(1.0), "{d:e}");
+}

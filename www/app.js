@@ -1,7 +1,7 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
 // before/after generation. All library work happens in worker.js.
 const $ = (id) => document.getElementById(id);
-const state = { losses: [], speeds: [], trained: false, loaded: false, resuming: false, phase: "starting" };
+const state = { losses: [], speeds: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
 
 // One state decides which controls work (data-phase on <body> says which):
 //   starting → loading → idle;  idle → loading | training | generating;
@@ -122,12 +122,14 @@ function onMessage(e) {
       $("load-progress").max = p.totalBytes || 1;
       $("load-progress").value = p.loadedBytes;
       $("load-status").textContent = `${mib(p.loadedBytes)} / ${mib(p.totalBytes)} — ${p.tensor}`;
+      if (p.note) state.loadNotes.push(`${p.tensor}: ${p.note}`);
       break;
     }
     case "loaded":
       state.loaded = true;
       $("load-status").textContent = `loaded: ${m.info.modelType}, ${(m.info.parameters / 1e6).toFixed(2)}M parameters, ` +
-        `${m.info.quant} base (${mib(m.info.weightBytes)}, ${m.info.computeDtype} compute) in ${m.seconds.toFixed(2)} s`;
+        `${m.info.quant} base (${mib(m.info.weightBytes)}, ${m.info.computeDtype} compute) in ${m.seconds.toFixed(2)} s` +
+        (state.loadNotes.length ? `; ${state.loadNotes.length} weights kept in another format (${state.loadNotes[0]})` : "");
       $("load-progress").value = $("load-progress").max;
       document.body.dataset.loadSeconds = m.seconds;
       document.body.dataset.model = "loaded";
@@ -240,6 +242,7 @@ function load() {
     $("load-status").textContent = "loading…";
     $("plan").textContent = "";
     setPhase("loading");
+    state.loadNotes = [];
     const msg = { type: "load", source: src, quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
       batchSize: c.batchSize, seqLen: c.seqLen };
     const origin = src.kind === "url" ? new URL(src.url).origin : null;
@@ -290,6 +293,7 @@ readAutosave().then((saved) => {
     state.resuming = true;
     state.loaded = false;
     setPhase("loading");
+    state.loadNotes = [];
     const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;

@@ -118,6 +118,16 @@ impl QuantFormat {
         }
     }
 
+    /// The format a (rows, cols) weight asked for in this format is stored in:
+    /// itself, except Q8_0 for rows whose length is not a multiple of 32,
+    /// which stay in f16, as llama.cpp's quantizer keeps them.
+    pub fn storage_for(self, cols: usize) -> QuantFormat {
+        match self {
+            Self::Q8_0 if cols % Q8_0_BLOCK != 0 => Self::F16,
+            f => f,
+        }
+    }
+
     /// Storage bytes of a (rows, cols) weight in this format.
     ///
     /// Q8_0 counts whole blocks per row (`ceil(cols / 32)` each; quantising

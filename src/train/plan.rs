@@ -89,18 +89,19 @@ fn ia3_len(config: &Config, name: &str, feedforward: bool) -> u64 {
     (if feedforward { inp } else { out }) as u64
 }
 
-/// Frozen weights: the blocks' Linears in `quant`, everything else f32.
+/// Frozen weights: the blocks' Linears in `quant` (Q8_0 rows that are not a
+/// multiple of 32 in f16), everything else f32.
 pub fn weight_bytes(config: &Config, quant: QuantFormat) -> u64 {
     config
         .tensor_names()
         .iter()
         .map(|t| {
             let quantized = t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight");
-            let fmt = if quantized { quant } else { QuantFormat::F32 };
             let (rows, cols) = match t.shape.as_slice() {
                 [r, c] => (*r, *c),
                 s => (1, s.iter().product()),
             };
+            let fmt = if quantized { quant.storage_for(cols) } else { QuantFormat::F32 };
             fmt.bytes_for(rows, cols) as u64
         })
         .sum()

@@ -281,7 +281,7 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
         if let (Some(f), Ok(v)) = (
             &on_progress,
             to_js(&serde_json::json!({
-                "tensor": p.tensor, "loadedBytes": p.loaded_bytes, "totalBytes": p.total_bytes
+                "tensor": p.tensor, "loadedBytes": p.loaded_bytes, "totalBytes": p.total_bytes, "note": p.note
             })),
         ) {
             let _ = f.call1(&JsValue::NULL, &v);

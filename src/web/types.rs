@@ -25,7 +25,8 @@ export type Quant = "f32" | "f16" | "q8" | "nf4";
 /** The arithmetic of the frozen Linears (bitsandbytes' `bnb_4bit_compute_dtype`): "f16" applies to
  * quantized and f16 bases where the GPU has shader-f16, and is "f32" elsewhere. */
 export type ComputeDtype = "f32" | "f16";
-export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; }
+/** `note`: said of a tensor stored in another format than asked (Q8_0 rows not a multiple of 32 stay f16). */
+export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; note?: string; }
 export interface LoadOptions {
   quant?: Quant; computeDtype?: ComputeDtype; onProgress?: (progress: LoadProgress) => void;
   /** What exported adapters name as their base (`base_model_name_or_path`, AdapterHub's `model_name`).

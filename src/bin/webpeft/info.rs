@@ -14,6 +14,13 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
     let bytes: Vec<(&str, u64)> =
         formats.iter().map(|f| (f.name(), webpeft::train::plan::weight_bytes(&config, *f))).collect();
+    // Q8_0 keeps Linears whose rows are not a multiple of 32 in f16, as llama.cpp does.
+    let q8_f16 = config
+        .tensor_names()
+        .iter()
+        .filter(|t| t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight"))
+        .filter(|t| t.shape.last().is_some_and(|&c| QuantFormat::Q8_0.storage_for(c) != QuantFormat::Q8_0))
+        .count();
     if json {
         let out = serde_json::json!({
             "model_type": config.model_type.name(),
@@ -29,6 +36,7 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
             "parameters": config.parameter_count(),
             "tensors": checkpoint.names().count(),
             "weight_bytes": bytes.iter().map(|(n, b)| (n.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
+            "q8_0_linears_in_f16": q8_f16,
         });
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -51,7 +59,16 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
     out!("parameters:   {} in {} tensors", config.parameter_count(), checkpoint.names().count());
     for (name, b) in bytes {
-        out!("weights {:<5} {:>8.2} MiB  (block Linears in {name}, the rest f32)", name, b as f64 / (1024.0 * 1024.0));
+        let fallback = if name == QuantFormat::Q8_0.name() && q8_f16 > 0 {
+            format!("; {q8_f16} with rows not a multiple of 32 in f16")
+        } else {
+            String::new()
+        };
+        out!(
+            "weights {:<5} {:>8.2} MiB  (block Linears in {name}{fallback}, the rest f32)",
+            name,
+            b as f64 / (1024.0 * 1024.0)
+        );
     }
     Ok(())
 }

@@ -225,6 +225,16 @@ pub async fn load_model<F: ModelFiles>(
     (quant, compute): (QuantFormat, ComputeDtype),
 ) -> Result<Model, Box<dyn std::error::Error>> {
     let mut model = Model::load(gpu, files, quant).await?;
+    let kept = model.weights_not_in_format();
+    if let Some((_, format)) = kept.first() {
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        eprintln!(
+            "note: {} of the blocks' Linears kept in {format}: their rows are not a multiple of {quant}'s blocks of 32 \
+             (as llama.cpp does): {}",
+            kept.len(),
+            names.join(", ")
+        );
+    }
     let effective = model.set_compute_dtype(gpu, compute)?;
     if effective != compute {
         let why = if model.format == QuantFormat::F32 { "an f32 base" } else { "this GPU has no shader-f16" };

@@ -186,6 +186,29 @@ impl Model {
     }
 
     /// GPU bytes of the weights (a tied head counted once).
+    /// The blocks' Linear weights stored in another format than the model's
+    /// (Q8_0 rows that are not a multiple of 32 stay f16), by checkpoint name.
+    pub fn weights_not_in_format(&self) -> Vec<(String, QuantFormat)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                if lin.weight.format != self.format {
+                    out.push((format!("model.layers.{i}.{name}.weight"), lin.weight.format));
+                }
+            }
+        }
+        out
+    }
+
     pub fn bytes(&self) -> u64 {
         let blocks: u64 = self
             .layers

@@ -18,6 +18,10 @@ pub struct LoadProgress {
     pub tensor: String,
     pub loaded_bytes: u64,
     pub total_bytes: u64,
+    /// Said of this tensor: it was stored in another format than the model's
+    /// (Q8_0 rows not a multiple of 32 stay f16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Loading progress: (bytes so far, the checkpoint's total, the callback).
@@ -40,6 +44,11 @@ pub(super) struct Loader<'a, S> {
 impl<S: ByteSource> Loader<'_, S> {
     /// Reports `name` (and every stored tensor it is packed into) as loaded.
     fn report(&self, name: &str) {
+        self.report_with(name, None)
+    }
+
+    /// [`report`](Self::report) with a note on the tensor.
+    fn report_with(&self, name: &str, note: Option<String>) {
         let bytes: u64 = self
             .checkpoint
             .shards()
@@ -52,7 +61,7 @@ impl<S: ByteSource> Loader<'_, S> {
         let total = p.1;
         p.0 = (p.0 + bytes).min(total);
         let loaded = p.0;
-        (p.2)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total });
+        (p.2)(LoadProgress { tensor: name.to_string(), loaded_bytes: loaded, total_bytes: total, note });
     }
 
     /// A weight with a NaN or an infinity would train on garbage: refuse it,
@@ -114,6 +123,8 @@ impl<S: ByteSource> Loader<'_, S> {
         };
         let data = self.checkpoint.read_f32(name).await?;
         self.check_finite(name, &data)?;
+        let asked = format;
+        let format = asked.storage_for(cols);
         let w = QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
             // Say which tensor a format cannot hold (Q8_0 needs rows of 32·k).
             Error::Quant(q) => Error::Checkpoint {
@@ -123,7 +134,10 @@ impl<S: ByteSource> Loader<'_, S> {
             },
             other => other,
         })?;
-        self.report(name);
+        let note = (format != asked).then(|| {
+            format!("kept in {format}: its rows of {cols} are not a multiple of {}'s blocks of 32", asked.name())
+        });
+        self.report_with(name, note);
         Ok(w)
     }
 
