@@ -374,6 +374,22 @@ pub struct Block {
     pub mlp: Mlp,
 }
 
+impl Block {
+    /// The seven Linears with their names under `model.layers.{i}.`, in checkpoint order.
+    pub fn linears(&self) -> [(&'static str, &Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ]
+    }
+}
+
 /// What [`Block::forward`] keeps for [`Block::backward`].
 #[derive(Clone, Debug)]
 pub struct BlockSaved {

@@ -191,16 +191,7 @@ impl Model {
     pub fn weights_not_in_format(&self) -> Vec<(String, QuantFormat)> {
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
-            let (a, m) = (&l.self_attn, &l.mlp);
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            for (name, lin) in l.linears() {
                 if lin.weight.format != self.format {
                     out.push((format!("model.layers.{i}.{name}.weight"), lin.weight.format));
                 }
@@ -214,11 +205,9 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                let a = &l.self_attn;
-                let linears =
-                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &l.mlp.gate_proj, &l.mlp.up_proj, &l.mlp.down_proj];
                 let norms = l.input_layernorm.weight.bytes() + l.post_attention_layernorm.weight.bytes();
-                norms + linears.iter().map(|p| p.weight.bytes() + p.bias.as_ref().map_or(0, Tensor::bytes)).sum::<u64>()
+                let linears = l.linears().map(|(_, p)| p.weight.bytes() + p.bias.as_ref().map_or(0, Tensor::bytes));
+                norms + linears.iter().sum::<u64>()
             })
             .sum();
         let head = if self.lm_head_is_tied() { 0 } else { self.lm_head.bytes() };

@@ -121,17 +121,7 @@ pub async fn export_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> {
         );
         let pn = &l.post_attention_layernorm.weight;
         push(format!("{p}.post_attention_layernorm.weight"), pn.shape().to_vec(), pn.to_vec(gpu).await?);
-        let a = &l.self_attn;
-        let m = &l.mlp;
-        for (name, lin) in [
-            ("self_attn.q_proj", &a.q_proj),
-            ("self_attn.k_proj", &a.k_proj),
-            ("self_attn.v_proj", &a.v_proj),
-            ("self_attn.o_proj", &a.o_proj),
-            ("mlp.gate_proj", &m.gate_proj),
-            ("mlp.up_proj", &m.up_proj),
-            ("mlp.down_proj", &m.down_proj),
-        ] {
+        for (name, lin) in l.linears() {
             let (shape, w) = q(&lin.weight);
             push(format!("{p}.{name}.weight"), shape, w.to_f32(gpu).await?);
             if let Some(b) = &lin.bias {
