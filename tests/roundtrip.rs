@@ -1,5 +1,5 @@
 //! Files webpeft writes load in the Hugging Face stack. This test writes
-//! adapters (two LoRA, three bottleneck) with `Adapter::to_files` and checks
+//! adapters (two LoRA, three bottleneck, an AdaLoRA with pruned ranks) with `Adapter::to_files` and checks
 //! them against `tests/fixtures/webpeft_saved/`, which holds the same files
 //! plus webpeft's logits with each adapter. `make_fixtures.py` loads those
 //! folders with `PeftModel.from_pretrained` / `adapters`' `load_adapter`,
@@ -15,10 +15,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{block_on, fixture, gpu, Fixture};
+use common::{block_on, fixture, gpu, randn, Fixture};
 use webpeft::gpu::Recorder;
 use webpeft::model::{DirFiles, Model};
+use webpeft::peft::adalora::{AdaLoraAdapter, AdaLoraConfig, AdaLoraWeights, Allocator, SvdTriplet};
 use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::lora_modules;
 use webpeft::peft::{BnInit, BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules};
 use webpeft::quant::QuantFormat;
 use webpeft::Gpu;
@@ -45,7 +47,40 @@ fn adapters(gpu: &Gpu, model: &Model) -> Vec<(&'static str, Adapter)> {
         ("seq_bn", Adapter::new_bottleneck(gpu, bn(BottleneckKind::SeqBn), &model.config, 23).unwrap()),
         ("double_seq_bn", Adapter::new_bottleneck(gpu, bn(BottleneckKind::DoubleSeqBn), &model.config, 24).unwrap()),
         ("par_bn", Adapter::new_bottleneck(gpu, bn(BottleneckKind::ParBn), &model.config, 25).unwrap()),
+        ("adalora_pruned", adalora_after_an_allocation(gpu, model)),
     ]
+}
+
+/// An AdaLoRA adapter (init_r 3, target_r 2 on q, v and down) as training
+/// leaves it after an allocation: some ranks pruned (their E zero), the
+/// allocator's `keep` saying which. Its files hold `rank_pattern` and only the
+/// kept ranks, as PEFT's `save_pretrained` writes them.
+fn adalora_after_an_allocation(gpu: &Gpu, model: &Model) -> Adapter {
+    let mut lora =
+        LoraConfig::new(8, 8.0, TargetModules::List(vec!["q_proj".into(), "v_proj".into(), "down_proj".into()]))
+            .unwrap();
+    lora.base_model_name_or_path = Some("llama_gqa".into());
+    let config = AdaLoraConfig::new(lora, 3, 2, 20).unwrap();
+    let mut weights = AdaLoraWeights::default();
+    let mut keep = Vec::new();
+    for (j, m) in lora_modules(&config.lora, &model.config).unwrap().into_iter().enumerate() {
+        let r = 3;
+        let flags: Vec<bool> = (0..r).map(|i| (j + i) % 3 != 0).collect();
+        let seed = 40 + j as u64;
+        let a = randn(seed, r * m.in_features).iter().map(|v| 0.1 * v).collect();
+        let e = randn(seed + 100, r).iter().zip(&flags).map(|(v, &k)| if k { *v } else { 0.0 }).collect();
+        let b = randn(seed + 200, m.out_features * r).iter().map(|v| 0.1 * v).collect();
+        weights
+            .modules
+            .insert(m.name, SvdTriplet { a, e, b, r, in_features: m.in_features, out_features: m.out_features });
+        keep.extend(flags.iter().map(|&k| k as u8 as f32));
+    }
+    let mut adapter = AdaLoraAdapter::upload(gpu, config, &weights, &model.config).unwrap();
+    let state = Allocator::new(gpu, &adapter).unwrap();
+    state.keep.write(gpu, &keep).unwrap();
+    state.allocated.write(gpu, &[1.0f32]).unwrap();
+    adapter.allocator = Some(Box::new(state));
+    Adapter::AdaLora(adapter)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
