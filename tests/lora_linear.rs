@@ -157,10 +157,10 @@ fn lora_dropout_matches_cpu_with_the_reference_mask() {
     let a = randn(2, r * inp);
     let b = randn(3, out * r);
     let g = randn(4, m * out);
-    let f = LoraFactors {
-        a: Tensor::from_slice(gpu, &[r, inp], &a).unwrap(),
-        b: Tensor::from_slice(gpu, &[out, r], &b).unwrap(),
-    };
+    let f = LoraFactors::new(
+        Tensor::from_slice(gpu, &[r, inp], &a).unwrap(),
+        Tensor::from_slice(gpu, &[out, r], &b).unwrap(),
+    );
     let grads = f.zeros_like(gpu).unwrap();
     let xt = Tensor::from_slice(gpu, &[m, inp], &x).unwrap();
     let gt = Tensor::from_slice(gpu, &[m, out], &g).unwrap();

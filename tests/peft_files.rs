@@ -235,11 +235,17 @@ fn regex_target_modules_is_not_supported_yet() {
 }
 
 #[test]
-fn use_dora_is_not_supported() {
-    let r = edited(LORA, |m| {
+fn use_dora_is_read_and_written_back() {
+    let c = edited(LORA, |m| {
         m.insert("use_dora".into(), true.into());
+    })
+    .unwrap();
+    assert!(c.use_dora);
+    assert_eq!(c.to_value()["use_dora"], Value::from(true));
+    let r = edited(LORA, |m| {
+        m.insert("use_dora".into(), "yes".into());
     });
-    assert!(matches!(r, Err(Error::AdapterUnsupported { ref field, .. }) if field == "use_dora"), "{r:?}");
+    assert!(matches!(r, Err(Error::AdapterConfig { ref field, .. }) if field == "use_dora"), "{r:?}");
 }
 
 #[test]

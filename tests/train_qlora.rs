@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{block_on, fixture, gpu, lora_batch};
-use webpeft::kernels::qmatmul::QWeight;
+use common::{block_on, dequantized_twin, fixture, gpu, lora_batch};
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::LoraAdapter;
@@ -17,27 +16,6 @@ use webpeft::Gpu;
 
 fn load(gpu: &Gpu, format: QuantFormat) -> Model {
     block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), format)).unwrap()
-}
-
-/// An f32 model whose block Linears are `quant`'s dequantized weights.
-fn dequantized_twin(gpu: &Gpu, quant: &Model) -> Model {
-    let mut m = load(gpu, QuantFormat::F32);
-    for (dst, src) in m.layers.iter_mut().zip(&quant.layers) {
-        let pairs = [
-            (&mut dst.self_attn.q_proj.weight, &src.self_attn.q_proj.weight),
-            (&mut dst.self_attn.k_proj.weight, &src.self_attn.k_proj.weight),
-            (&mut dst.self_attn.v_proj.weight, &src.self_attn.v_proj.weight),
-            (&mut dst.self_attn.o_proj.weight, &src.self_attn.o_proj.weight),
-            (&mut dst.mlp.gate_proj.weight, &src.mlp.gate_proj.weight),
-            (&mut dst.mlp.up_proj.weight, &src.mlp.up_proj.weight),
-            (&mut dst.mlp.down_proj.weight, &src.mlp.down_proj.weight),
-        ];
-        for (d, s) in pairs {
-            let values = block_on(s.to_f32(gpu)).unwrap();
-            *d = QWeight::from_f32(gpu, &values, s.rows, s.cols, QuantFormat::F32).unwrap();
-        }
-    }
-    m
 }
 
 fn adapter(gpu: &Gpu, model: &Model) -> Adapter {
@@ -55,7 +33,7 @@ fn grads_at_start(gpu: &Gpu, model: &Model) -> (f32, Vec<Vec<f32>>) {
 fn check(format: QuantFormat) {
     let gpu = gpu();
     let quant = load(gpu, format);
-    let twin = dequantized_twin(gpu, &quant);
+    let twin = dequantized_twin(gpu, &quant, "llama_gqa");
     let (loss_q, grads_q) = grads_at_start(gpu, &quant);
     let (loss_f, grads_f) = grads_at_start(gpu, &twin);
     let worst = grads_q

@@ -42,12 +42,14 @@ pub enum Kernel {
     AdamW,
     /// AdaLoRA's scaled factor, orthogonality regulariser and rank allocator.
     Adalora,
+    /// DoRA's weight norm.
+    Dora,
 }
 
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -70,6 +72,7 @@ impl Kernel {
         Kernel::Reduce,
         Kernel::AdamW,
         Kernel::Adalora,
+        Kernel::Dora,
     ];
 
     pub fn source(self) -> &'static str {
@@ -135,6 +138,9 @@ impl Kernel {
             Kernel::Adalora => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/adalora.wgsl"))
             }
+            Kernel::Dora => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/dora.wgsl"))
+            }
         }
     }
 
@@ -162,6 +168,7 @@ impl Kernel {
             Kernel::Reduce => "reduce",
             Kernel::AdamW => "adamw",
             Kernel::Adalora => "adalora",
+            Kernel::Dora => "dora",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod attention;
 pub mod blocked;
 pub mod cross_entropy;
+pub mod dora;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;

@@ -268,12 +268,21 @@ impl Adapter {
             AdapterConfig::PromptTuning(c) => {
                 Ok(Adapter::PromptTuning(PromptTuningAdapter::init(gpu, c, model, tokenizer, seed)?))
             }
+            AdapterConfig::Lora(c) if c.use_dora => {
+                let ad = Adapter::new_lora(gpu, c, &model.config, seed)?;
+                if let Adapter::Lora(l) = &ad {
+                    l.init_magnitudes(gpu, model)?;
+                }
+                Ok(ad)
+            }
             c => Adapter::new(gpu, c, &model.config, seed),
         }
     }
 
     /// A fresh LoRA adapter for `model`, initialised as PEFT does
-    /// (`config.init_lora_weights`) from `seed`.
+    /// (`config.init_lora_weights`) from `seed`. A DoRA adapter's magnitudes
+    /// start at zero here: they start from the weights, which
+    /// [`Adapter::new_for_model`] has ([`LoraAdapter::init_magnitudes`]).
     pub fn new_lora(gpu: &Gpu, config: LoraConfig, model: &Config, seed: u64) -> Result<Adapter> {
         config.validate()?;
         let mut weights = LoraWeights::zeros(&config, model)?;

@@ -20,6 +20,7 @@ pub mod adapter;
 pub mod adapter_set;
 pub mod archive;
 pub mod bottleneck;
+pub(crate) mod columns;
 pub mod ia3;
 pub mod lora;
 pub mod pass;

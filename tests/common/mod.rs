@@ -207,6 +207,7 @@ pub fn check_peft_training(
         trainer.gradient_checkpointing = checkpointing;
         let stats = block_on(trainer.step(gpu, model, std::slice::from_ref(&batch), 0.0)).unwrap();
         let want = fx.f32("loss")[0];
+        eprintln!("checkpointing {checkpointing}: loss |diff| {:e}", (stats.loss - want).abs());
         assert!((stats.loss - want).abs() <= 1e-5, "loss {} vs PEFT {want}", stats.loss);
         for (key, got) in values(trainer.gradients()) {
             let d = max_abs_diff(&got, &fx.f32(&format!("{key}.grad")));
@@ -216,14 +217,19 @@ pub fn check_peft_training(
     }
     let opt = OptimizerConfig { weight_decay: 0.01, max_grad_norm: 0.0, ..Default::default() };
     let mut trainer = Trainer::new(gpu, initial(), opt, 0).unwrap();
+    let mut worst = 0.0f32;
     for (i, &w) in fx.f32("losses").iter().enumerate() {
         let s = block_on(trainer.step(gpu, model, std::slice::from_ref(&batch), 1e-2)).unwrap();
         assert!((s.loss - w).abs() <= 1e-4, "step {i}: {} vs PEFT {w}", s.loss);
+        worst = worst.max((s.loss - w).abs());
     }
+    let mut worst_final = 0.0f32;
     for (key, got) in values(&trainer.adapter) {
         let d = max_abs_diff(&got, &fx.f32(&format!("final.{key}")));
         assert!(d <= 1e-4, "final {key}: max |diff| {d:e}");
+        worst_final = worst_final.max(d);
     }
+    eprintln!("10 AdamW steps: losses max |diff| {worst:e}, final tensors max |diff| {worst_final:e}");
 }
 
 /// Tensors' values by name.
@@ -253,4 +259,28 @@ pub fn check_greedy_and_cache(
     let ids: Vec<u32> = prompt.iter().chain(&want).copied().collect();
     let d = cached_vs_full(gpu, model, adapter, &ids, prompt.len(), before);
     assert!(d <= 1e-4, "cached vs full {d:e}");
+}
+
+/// The fixture model `name` in f32 with its block Linears holding `quant`'s
+/// dequantized weights: the reference a quantized base's run must equal.
+pub fn dequantized_twin(gpu: &Gpu, quant: &webpeft::model::Model, name: &str) -> webpeft::model::Model {
+    use webpeft::kernels::qmatmul::QWeight;
+    use webpeft::quant::QuantFormat;
+    let mut m = fixture_model(gpu, name);
+    for (dst, src) in m.layers.iter_mut().zip(&quant.layers) {
+        let pairs = [
+            (&mut dst.self_attn.q_proj.weight, &src.self_attn.q_proj.weight),
+            (&mut dst.self_attn.k_proj.weight, &src.self_attn.k_proj.weight),
+            (&mut dst.self_attn.v_proj.weight, &src.self_attn.v_proj.weight),
+            (&mut dst.self_attn.o_proj.weight, &src.self_attn.o_proj.weight),
+            (&mut dst.mlp.gate_proj.weight, &src.mlp.gate_proj.weight),
+            (&mut dst.mlp.up_proj.weight, &src.mlp.up_proj.weight),
+            (&mut dst.mlp.down_proj.weight, &src.mlp.down_proj.weight),
+        ];
+        for (d, s) in pairs {
+            let values = block_on(s.to_f32(gpu)).unwrap();
+            *d = QWeight::from_f32(gpu, &values, s.rows, s.cols, QuantFormat::F32).unwrap();
+        }
+    }
+    m
 }

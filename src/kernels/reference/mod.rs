@@ -15,6 +15,7 @@ pub mod adalora;
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod dora;
 pub mod dropout;
 pub mod embedding;
 pub mod matmul;

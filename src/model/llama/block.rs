@@ -104,7 +104,7 @@ impl Linear {
             None => (x.clone(), None),
         };
         let y = self.forward(rec, &x)?;
-        let output = hooks.hooks.linear_forward(rec, hooks.layer, proj, &rows2d(&x)?, &rows2d(&y)?)?;
+        let output = hooks.hooks.linear_forward(rec, hooks.layer, proj, self, &rows2d(&x)?, &rows2d(&y)?)?;
         Ok((y, LinearSaved { input, output }))
     }
 
@@ -142,7 +142,7 @@ impl Linear {
             }
         }
         if let Some(s) = &saved.output {
-            h.linear_backward(rec, layer, proj, &dy, s, dx)?;
+            h.linear_backward(rec, layer, proj, self, &dy, s, dx)?;
         }
         Ok(())
     }

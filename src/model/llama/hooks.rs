@@ -7,7 +7,7 @@
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
-//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place | LoRA (`+ s·B·A·x`), (IA)³ (`y ⊙ l`) |
+//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | LoRA (`+ s·B·A·x`), DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
@@ -26,6 +26,7 @@
 //! for prefix tuning) add them here, with a default that does nothing, so
 //! the methods already written are unchanged.
 
+use super::block::Linear;
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor};
 
@@ -147,13 +148,14 @@ pub trait Hooks {
         Err(unexpected("linear_input_backward", proj.name()))
     }
 
-    /// Linear `proj` of layer `layer` has computed y (M, out) from x (M, in);
-    /// the hook may add to y, or change it, in place.
+    /// Linear `proj` of layer `layer` (`base`, frozen) has computed y (M,
+    /// out) from x (M, in); the hook may add to y, or change it, in place.
     fn linear_forward(
         &self,
         _rec: &mut Recorder,
         _layer: usize,
         _proj: Proj,
+        _base: &Linear,
         _x: &Tensor,
         _y: &Tensor,
     ) -> Result<Option<Saved>> {
@@ -178,12 +180,14 @@ pub trait Hooks {
     /// The second half, for a hook that added a term to y: adds the term's
     /// share of ∂/∂x into dx (M, in), which already holds W's, and its
     /// parameters' gradients into its accumulators; dy is the gradient at
-    /// the Linear's output.
+    /// the Linear's output and `base` the frozen Linear.
+    #[allow(clippy::too_many_arguments)] // where (layer, proj, base), the gradients, the saved state, the accumulator
     fn linear_backward(
         &self,
         _rec: &mut Recorder,
         _layer: usize,
         _proj: Proj,
+        _base: &Linear,
         _dy: &Tensor,
         _saved: &Saved,
         _dx: &Tensor,
@@ -310,11 +314,12 @@ macro_rules! forward_hooks {
                 rec: &mut $crate::gpu::Recorder,
                 layer: usize,
                 proj: $crate::model::llama::hooks::Proj,
+                base: &$crate::model::llama::block::Linear,
                 x: &$crate::gpu::Tensor,
                 y: &$crate::gpu::Tensor,
             ) -> $crate::Result<Option<$crate::model::llama::hooks::Saved>> {
                 let $s = self;
-                $hooks.linear_forward(rec, layer, proj, x, y)
+                $hooks.linear_forward(rec, layer, proj, base, x, y)
             }
 
             fn linear_backward_dy(
@@ -334,12 +339,13 @@ macro_rules! forward_hooks {
                 rec: &mut $crate::gpu::Recorder,
                 layer: usize,
                 proj: $crate::model::llama::hooks::Proj,
+                base: &$crate::model::llama::block::Linear,
                 dy: &$crate::gpu::Tensor,
                 saved: &$crate::model::llama::hooks::Saved,
                 dx: &$crate::gpu::Tensor,
             ) -> $crate::Result<()> {
                 let $s = self;
-                $hooks.linear_backward(rec, layer, proj, dy, saved, dx)
+                $hooks.linear_backward(rec, layer, proj, base, dy, saved, dx)
             }
 
             fn residual_forward(

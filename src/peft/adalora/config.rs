@@ -11,7 +11,7 @@ use crate::model::Config;
 use crate::peft::lora::{LoraConfig, LORA_MODULES};
 use crate::peft::peft_config::{check_peft_type, field_error as err};
 use crate::util::json::{brief, int_if_whole, Fields};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The AdaLoRA-only fields, as PEFT names them.
 const FIELDS: [&str; 10] = [
@@ -80,6 +80,13 @@ impl AdaLoraConfig {
     /// those whose failure PEFT meets only in the middle of training.
     pub fn validate(&self) -> Result<()> {
         self.lora.validate()?;
+        if self.lora.use_dora {
+            // PEFT's AdaLoraConfig: "AdaLoRA does not support DoRA."
+            return Err(Error::AdapterUnsupported {
+                field: "use_dora".into(),
+                detail: "AdaLoRA does not support DoRA (as PEFT)".into(),
+            });
+        }
         if self.total_step == 0 {
             return Err(err("total_step", "AdaLoRA needs the run's total number of steps (> 0)"));
         }

@@ -8,6 +8,7 @@ use super::adapter::AdaLoraAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::adalora::{scale_rows, scale_rows_backward};
+use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
 use crate::peft::lora::hooks::lora_dropout;
 use crate::peft::lora::layer::{lora_backward, lora_forward, LoraFactors, LoraSaved};
@@ -19,12 +20,13 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
+        _base: &Linear,
         x: &Tensor,
         y: &Tensor,
     ) -> Result<Option<Saved>> {
         let Some(f) = self.params.factors(layer, proj.index()) else { return Ok(None) };
         let scaled = scale_rows(rec, &f.a, &f.e)?; // A∘E (r, in)
-        let factors = LoraFactors { a: scaled.clone(), b: f.b.clone() };
+        let factors = LoraFactors::new(scaled.clone(), f.b.clone());
         let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
         let LoraSaved { x, xa } = lora_forward(rec, x, &factors, self.params.scaling(), drop, y)?;
         Ok(Some(Saved(vec![x, xa, scaled])))
@@ -35,6 +37,7 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
+        _base: &Linear,
         dy: &Tensor,
         saved: &Saved,
         dx: &Tensor,
@@ -46,8 +49,8 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         let scaled = saved.get(OP, 2)?;
         let d_scaled = rec.zeros(scaled.shape(), DType::F32)?; // d(A∘E) (r, in)
         let lora_saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
-        let factors = LoraFactors { a: scaled.clone(), b: f.b.clone() };
-        let grads = LoraFactors { a: d_scaled.clone(), b: g.b.clone() };
+        let factors = LoraFactors::new(scaled.clone(), f.b.clone());
+        let grads = LoraFactors::new(d_scaled.clone(), g.b.clone());
         let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
         lora_backward(rec, dy, &lora_saved, &factors, self.params.scaling(), drop, &grads, dx)?;
         scale_rows_backward(rec, &d_scaled, &f.a, &f.e, &g.a, &g.e)

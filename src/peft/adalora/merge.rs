@@ -24,7 +24,7 @@ fn apply(gpu: &Gpu, model: &mut Model, adapter: &AdaLoraAdapter, sign: f32) -> R
             let mut rec = Recorder::new(gpu);
             let scaled = scale_rows(&mut rec, &t.a, &t.e)?;
             rec.submit()?;
-            add_delta(gpu, w, &LoraFactors { a: scaled, b: t.b.clone() }, alpha)?;
+            add_delta(gpu, w, &LoraFactors::new(scaled, t.b.clone()), alpha)?;
         }
     }
     gpu.check("merge")

@@ -6,34 +6,17 @@
 //! ```
 //!
 //! with y₀ the Linear's own output and dx' the gradient at its (scaled)
-//! input, as PEFT's `IA3Layer.forward`. l broadcasts over rows: it is spread
-//! to the rows with a k = 1 matmul (exact), and Σ_rows is a matmul with a
-//! row of ones, so (IA)³ needs no kernel of its own.
+//! input, as PEFT's `IA3Layer.forward`. l broadcasts over rows
+//! ([`crate::peft::columns`]), so (IA)³ needs no kernel of its own.
 
 use super::adapter::Ia3Adapter;
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
-use crate::kernels::elementwise::{copy, mul};
-use crate::kernels::matmul::{gemm, Gemm};
+use crate::kernels::elementwise::copy;
+use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::peft::columns::{add_column_sums, scale_columns};
 use crate::peft::pass::{mismatch, Pass};
-
-/// x (M, N) ⊙ l (N), broadcast over rows.
-fn scale_columns(rec: &mut Recorder, x: &Tensor, l: &Tensor) -> Result<Tensor> {
-    let (m, n) = (x.shape()[0], x.shape()[1]);
-    let ones = rec.gpu().ones(m)?.reshape(&[m, 1])?;
-    let spread = rec.alloc(&[m, n], crate::gpu::DType::F32)?;
-    gemm(rec, &Gemm::new(m, n, 1, false, false), &ones, &l.reshape(&[1, n])?, &spread)?; // (M, N), every row l
-    mul(rec, x, &spread)
-}
-
-/// g (N) += Σ_rows a ⊙ b, for a and b (M, N).
-fn add_column_sums(rec: &mut Recorder, a: &Tensor, b: &Tensor, g: &Tensor) -> Result<()> {
-    let (m, n) = (a.shape()[0], a.shape()[1]);
-    let prod = mul(rec, a, b)?;
-    let ones = rec.gpu().ones(m)?.reshape(&[1, m])?;
-    gemm(rec, &Gemm::new(1, n, m, false, false).accumulate(true), &ones, &prod, &g.reshape(&[1, n])?)
-}
 
 impl Pass<'_, Ia3Adapter> {
     /// The vector on `proj` and its gradient accumulator, for a backward.
@@ -78,6 +61,7 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
+        _base: &Linear,
         _x: &Tensor,
         y: &Tensor,
     ) -> Result<Option<Saved>> {

@@ -58,7 +58,15 @@ impl LoraAdapter {
             };
             let a = Tensor::from_slice(gpu, &[weights.r, pair.in_features], &pair.a)?;
             let b = Tensor::from_slice(gpu, &[pair.out_features, weights.r], &pair.b)?;
-            layers[layer][proj] = Some(LoraFactors { a, b });
+            let m = pair.m.as_ref().map(|m| Tensor::from_slice(gpu, &[pair.out_features], m)).transpose()?;
+            if m.is_some() != config.use_dora {
+                return Err(Error::AdapterTensor {
+                    tensor: format!("{KEY_PREFIX}{name}.lora_magnitude_vector"),
+                    file: super::ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!("present: {}, but use_dora is {}", m.is_some(), config.use_dora),
+                });
+            }
+            layers[layer][proj] = Some(LoraFactors { a, b, m });
         }
         Ok(LoraAdapter { config, layers })
     }
@@ -80,7 +88,11 @@ impl LoraAdapter {
                 let (_, in_features, out_features) = f.dims("LoraAdapter::download")?;
                 let a = f.a.to_vec::<f32>(gpu).await?;
                 let b = f.b.to_vec::<f32>(gpu).await?;
-                modules.insert(module_name(i, j), LoraPair { a, b, in_features, out_features });
+                let m = match &f.m {
+                    Some(m) => Some(m.to_vec::<f32>(gpu).await?),
+                    None => None,
+                };
+                modules.insert(module_name(i, j), LoraPair { a, b, m, in_features, out_features });
             }
         }
         Ok(LoraWeights { r: self.config.r, modules })
@@ -103,7 +115,7 @@ impl LoraAdapter {
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
-    /// layer then module order (A before B).
+    /// layer then module order (A, B, then DoRA's `lora_magnitude_vector`).
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -112,6 +124,9 @@ impl LoraAdapter {
                     let name = module_name(i, j);
                     out.push((format!("{KEY_PREFIX}{name}.lora_A.weight"), &f.a));
                     out.push((format!("{KEY_PREFIX}{name}.lora_B.weight"), &f.b));
+                    if let Some(m) = &f.m {
+                        out.push((format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), m));
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 //!
 //! Every failure is an [`Error::AdapterConfig`] naming the JSON field, or an
 //! [`Error::AdapterUnsupported`] for options PEFT has but webpeft does not
-//! implement (DoRA, regex targets, biases, modules_to_save, …).
+//! implement (regex targets, biases, modules_to_save, …).
 
 use serde_json::{json, Value};
 
@@ -57,6 +57,9 @@ pub struct LoraConfig {
     pub target_modules: TargetModules,
     /// Scaling alpha/√r instead of alpha/r.
     pub use_rslora: bool,
+    /// DoRA: each adapted Linear also has a magnitude vector m (out) and
+    /// computes `(m / ‖W + s·B·A‖)`-scaled outputs (see [`super::dora`]).
+    pub use_dora: bool,
     pub init_lora_weights: InitLoraWeights,
     /// Only these layer indices are adapted (`None`: all).
     pub layers_to_transform: Option<Vec<usize>>,
@@ -83,6 +86,7 @@ impl LoraConfig {
             lora_dropout: 0.0,
             target_modules,
             use_rslora: false,
+            use_dora: false,
             init_lora_weights: InitLoraWeights::Kaiming,
             layers_to_transform: None,
             base_model_name_or_path: None,
@@ -175,9 +179,7 @@ impl LoraConfig {
         };
 
         let use_rslora = f.opt_bool("use_rslora")?.unwrap_or(false);
-        if f.opt_bool("use_dora")?.unwrap_or(false) {
-            return Err(unsupported("use_dora", "DoRA adapters (use_dora: true) are not supported"));
-        }
+        let use_dora = f.opt_bool("use_dora")?.unwrap_or(false);
         match f.opt_str("bias")? {
             None | Some("none") => {}
             Some(other) => return Err(unsupported("bias", format!("\"{other}\": only \"none\" is supported"))),
@@ -247,6 +249,7 @@ impl LoraConfig {
             lora_dropout,
             target_modules,
             use_rslora,
+            use_dora,
             init_lora_weights,
             layers_to_transform,
             base_model_name_or_path,
@@ -315,7 +318,7 @@ impl LoraConfig {
             "task_type": "CAUSAL_LM",
             "trainable_token_indices": null,
             "use_bdlora": null,
-            "use_dora": false,
+            "use_dora": self.use_dora,
             "use_qalora": false,
             "use_rslora": self.use_rslora,
             "velora_config": null

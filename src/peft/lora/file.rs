@@ -1,6 +1,6 @@
 //! `adapter_model.safetensors` of a PEFT LoRA adapter: per targeted Linear,
 //! `base_model.model.<module>.lora_A.weight` (r, in) and `….lora_B.weight`
-//! (out, r). Loaded as f32 from F32, F16 or BF16 and checked against the
+//! (out, r), and with DoRA `….lora_magnitude_vector` (out) (no `.weight`). Loaded as f32 from F32, F16 or BF16 and checked against the
 //! model [`Config`]; written as f32 with PEFT's key names and `{"format":"pt"}`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +39,10 @@ impl LoraModule {
     pub fn key_b(&self) -> String {
         format!("{KEY_PREFIX}{}.lora_B.weight", self.name)
     }
+    /// `base_model.model.<name>.lora_magnitude_vector` (DoRA).
+    pub fn key_m(&self) -> String {
+        format!("{KEY_PREFIX}{}.lora_magnitude_vector", self.name)
+    }
 }
 
 /// The modules `lora` adapts in a model of `config`, in model order, with
@@ -73,6 +77,8 @@ pub struct LoraPair {
     pub a: Vec<f32>,
     /// lora_B: (out, r).
     pub b: Vec<f32>,
+    /// lora_magnitude_vector: (out), DoRA only.
+    pub m: Option<Vec<f32>>,
     pub in_features: usize,
     pub out_features: usize,
 }
@@ -100,6 +106,7 @@ impl LoraWeights {
                 let pair = LoraPair {
                     a: vec![0.0; r * m.in_features],
                     b: vec![0.0; m.out_features * r],
+                    m: lora.use_dora.then(|| vec![0.0; m.out_features]),
                     in_features: m.in_features,
                     out_features: m.out_features,
                 };
@@ -131,6 +138,9 @@ impl LoraWeights {
         for m in &modules {
             expected.insert(m.key_a(), vec![r, m.in_features]);
             expected.insert(m.key_b(), vec![m.out_features, r]);
+            if lora.use_dora {
+                expected.insert(m.key_m(), vec![m.out_features]);
+            }
         }
         // Unexpected keys first (the whole file is checked before any data is read).
         for t in file.tensors() {
@@ -138,7 +148,7 @@ impl LoraWeights {
                 let hint = if t.name.contains(".default.") {
                     " (saved keys have no `.default.`)"
                 } else if t.name.contains("lora_magnitude_vector") {
-                    " (a DoRA tensor: DoRA is not supported)"
+                    " (a DoRA tensor, but adapter_config.json has no `use_dora: true`)"
                 } else if t.name.contains("lora_") {
                     " (a LoRA tensor for a module adapter_config.json does not target)"
                 } else {
@@ -149,7 +159,12 @@ impl LoraWeights {
         }
         for (key, shape) in &expected {
             let Some(info) = file.get(key) else {
-                return Err(tensor_error(key, &fname, "missing: adapter_config.json targets this module"));
+                let what = if key.ends_with(".lora_magnitude_vector") {
+                    "missing: adapter_config.json has `use_dora: true` and targets this module"
+                } else {
+                    "missing: adapter_config.json targets this module"
+                };
+                return Err(tensor_error(key, &fname, what));
             };
             if &info.shape != shape {
                 return Err(tensor_error(
@@ -167,28 +182,42 @@ impl LoraWeights {
         for m in modules {
             let a = file.read_f32(&m.key_a()).await?;
             let b = file.read_f32(&m.key_b()).await?;
-            out.insert(m.name, LoraPair { a, b, in_features: m.in_features, out_features: m.out_features });
+            let mag = if lora.use_dora { Some(file.read_f32(&m.key_m()).await?) } else { None };
+            out.insert(m.name, LoraPair { a, b, m: mag, in_features: m.in_features, out_features: m.out_features });
         }
         Ok(LoraWeights { r, modules: out })
     }
 
     /// The weights as PEFT's `adapter_model.safetensors`: keys
-    /// `base_model.model.<module>.lora_{A,B}.weight`, f32, sorted,
+    /// `base_model.model.<module>.lora_{A,B}.weight` (and DoRA's
+    /// `….lora_magnitude_vector`), f32, sorted,
     /// `__metadata__` `{"format":"pt"}`.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let r = self.r;
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (name, p) in &self.modules {
-            if p.a.len() != r * p.in_features || p.b.len() != p.out_features * r {
+            if p.a.len() != r * p.in_features
+                || p.b.len() != p.out_features * r
+                || p.m.as_ref().is_some_and(|m| m.len() != p.out_features)
+            {
                 return Err(Error::AdapterTensor {
                     tensor: name.clone(),
                     file: ADAPTER_WEIGHTS_FILE.into(),
-                    detail: format!("lora_A/lora_B lengths {}/{} do not match r = {r}", p.a.len(), p.b.len()),
+                    detail: format!(
+                        "lora_A/lora_B/lora_magnitude_vector lengths {}/{}/{:?} do not match r = {r} and out = {}",
+                        p.a.len(),
+                        p.b.len(),
+                        p.m.as_ref().map(Vec::len),
+                        p.out_features
+                    ),
                 });
             }
             let bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
             tensors.insert(format!("{KEY_PREFIX}{name}.lora_A.weight"), (vec![r, p.in_features], bytes(&p.a)));
             tensors.insert(format!("{KEY_PREFIX}{name}.lora_B.weight"), (vec![p.out_features, r], bytes(&p.b)));
+            if let Some(m) = &p.m {
+                tensors.insert(format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), (vec![p.out_features], bytes(m)));
+            }
         }
         let views = tensors
             .iter()

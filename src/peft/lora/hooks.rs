@@ -1,10 +1,14 @@
 //! Where LoRA meets the model: the `linear` hook point, adding
-//! `scaling·(drop(x)·Aᵀ)·Bᵀ` to every adapted Linear's output.
+//! `scaling·(drop(x)·Aᵀ)·Bᵀ` to every adapted Linear's output, or, for a
+//! DoRA layer (one with a magnitude), its variant in [`super::dora`] (as
+//! PEFT's `LoraVariant`).
 
 use super::adapter::LoraAdapter;
+use super::dora::{dora_backward, dora_backward_dy, dora_forward, DoraSaved};
 use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
+use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
 use crate::peft::pass::{mismatch, Pass};
 use crate::util::rng::pcg_hash;
@@ -28,6 +32,14 @@ impl Pass<'_, LoraAdapter> {
     fn dropout(&self, layer: usize, proj: Proj) -> Option<LoraDropout> {
         lora_dropout(self, self.params.config.lora_dropout, layer, proj)
     }
+
+    /// The factors on `proj` and their gradient accumulators, for a backward.
+    fn with_grads(&self, op: &'static str, layer: usize, proj: Proj) -> Result<(&LoraFactors, &LoraFactors)> {
+        let at = || mismatch(op, format!("layer {layer} {}", proj.name()));
+        let f = self.params.factors(layer, proj).ok_or_else(at)?;
+        let g = self.grads(op)?.factors(layer, proj).ok_or_else(at)?;
+        Ok((f, g))
+    }
 }
 
 impl Hooks for Pass<'_, LoraAdapter> {
@@ -36,10 +48,15 @@ impl Hooks for Pass<'_, LoraAdapter> {
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
+        base: &Linear,
         x: &Tensor,
         y: &Tensor,
     ) -> Result<Option<Saved>> {
         let Some(f) = self.params.factors(layer, proj) else { return Ok(None) };
+        if f.m.is_some() {
+            let saved = dora_forward(rec, base, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
+            return Ok(Some(Saved(saved.into_vec())));
+        }
         let LoraSaved { x, xa } = lora_forward(rec, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
         Ok(Some(Saved(vec![x, xa])))
     }
@@ -49,15 +66,36 @@ impl Hooks for Pass<'_, LoraAdapter> {
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
+        base: &Linear,
         dy: &Tensor,
         saved: &Saved,
         dx: &Tensor,
     ) -> Result<()> {
         const OP: &str = "lora_backward";
-        let at = || mismatch(OP, format!("layer {layer} {}", proj.name()));
-        let f = self.params.factors(layer, proj).ok_or_else(at)?;
-        let g = self.grads(OP)?.factors(layer, proj).ok_or_else(at)?;
+        let (f, g) = self.with_grads(OP, layer, proj)?;
+        let (s, drop) = (self.params.scaling(), self.dropout(layer, proj));
+        if f.m.is_some() {
+            return dora_backward(rec, base, dy, &DoraSaved::from_slice(OP, &saved.0)?, f, s, drop, g, dx);
+        }
         let saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
-        lora_backward(rec, dy, &saved, f, self.params.scaling(), self.dropout(layer, proj), g, dx)
+        lora_backward(rec, dy, &saved, f, s, drop, g, dx)
+    }
+
+    fn linear_backward_dy(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "dora_backward";
+        match self.params.factors(layer, proj) {
+            Some(f) if f.m.is_some() => {
+                let dropped = self.dropout(layer, proj).is_some_and(|d| d.p > 0.0);
+                dora_backward_dy(rec, dy, &DoraSaved::from_slice(OP, &saved.0)?, dropped)
+            }
+            _ => Ok(None),
+        }
     }
 }

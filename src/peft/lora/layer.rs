@@ -22,6 +22,8 @@ pub struct LoraFactors {
     pub a: Tensor,
     /// lora_B (out, r)
     pub b: Tensor,
+    /// lora_magnitude_vector (out): DoRA's magnitude, `None` for plain LoRA.
+    pub m: Option<Tensor>,
 }
 
 /// Dropout on the LoRA input: probability and the seed of this call's mask.
@@ -41,7 +43,13 @@ pub struct LoraSaved {
 }
 
 impl LoraFactors {
-    /// (r, in, out), checking that A is (r, in) and B (out, r), both f32.
+    /// Plain LoRA factors (no DoRA magnitude).
+    pub fn new(a: Tensor, b: Tensor) -> LoraFactors {
+        LoraFactors { a, b, m: None }
+    }
+
+    /// (r, in, out), checking that A is (r, in) and B (out, r), both f32,
+    /// and the magnitude, if any, (out).
     pub fn dims(&self, op: &'static str) -> Result<(usize, usize, usize)> {
         self.a.expect_dtype(op, "lora_A", DType::F32)?;
         self.b.expect_dtype(op, "lora_B", DType::F32)?;
@@ -49,18 +57,23 @@ impl LoraFactors {
             [r, i] => (*r, *i),
             s => return Err(Error::shape(op, format!("lora_A is {s:?}, expected (r, in)"))),
         };
-        match self.b.shape() {
-            [out, rb] if *rb == r => Ok((r, inp, *out)),
-            s => Err(Error::shape(op, format!("lora_B is {s:?}, expected (out, {r})"))),
+        let out = match self.b.shape() {
+            [out, rb] if *rb == r => *out,
+            s => return Err(Error::shape(op, format!("lora_B is {s:?}, expected (out, {r})"))),
+        };
+        if let Some(m) = &self.m {
+            m.expect_dtype(op, "lora_magnitude_vector", DType::F32)?;
+            if m.shape() != [out] {
+                return Err(Error::shape(op, format!("lora_magnitude_vector is {:?}, expected ({out})", m.shape())));
+            }
         }
+        Ok((r, inp, out))
     }
 
     /// Zero tensors of the same shapes (for gradients and moments).
     pub fn zeros_like(&self, gpu: &crate::Gpu) -> Result<LoraFactors> {
-        Ok(LoraFactors {
-            a: Tensor::zeros(gpu, self.a.shape(), DType::F32)?,
-            b: Tensor::zeros(gpu, self.b.shape(), DType::F32)?,
-        })
+        let zeros = |t: &Tensor| Tensor::zeros(gpu, t.shape(), DType::F32);
+        Ok(LoraFactors { a: zeros(&self.a)?, b: zeros(&self.b)?, m: self.m.as_ref().map(zeros).transpose()? })
     }
 }
 
@@ -165,7 +178,7 @@ impl<'w> LoraLinear<'w> {
     }
 
     fn factors(&self) -> LoraFactors {
-        LoraFactors { a: self.a.clone(), b: self.b.clone() }
+        LoraFactors::new(self.a.clone(), self.b.clone())
     }
 
     fn check(&self) -> Result<usize> {

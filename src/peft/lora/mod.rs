@@ -6,11 +6,13 @@
 //! - [`init`]: PEFT's initialisations of A and B;
 //! - [`layer`]: one adapted Linear's forward and backward on the GPU;
 //! - [`adapter`]: every layer's factors on the GPU ([`LoraAdapter`]);
+//! - [`dora`]: DoRA's variant of the layer (`use_dora`, a magnitude per Linear);
 //! - [`hooks`]: where it meets the model (the `linear` hook point);
 //! - [`merge`]: folding B·A into W and back.
 
 pub mod adapter;
 pub mod config;
+pub mod dora;
 pub mod file;
 pub mod hooks;
 pub mod init;

@@ -1,0 +1,240 @@
+//! DoRA (`use_dora: true`) against PEFT 0.21.2 (tests/fixtures/dora, made by
+//! `make_fixtures.py dora`): LoRA r 4 with a magnitude on all seven
+//! projections of a tiny Llama and a tiny Qwen2 (q/k/v biases, tied
+//! embeddings). The logits with PEFT's adapter, the loss and every gradient
+//! (A, B and the magnitude; with and without gradient checkpointing), 10 AdamW
+//! steps, the files both ways, the merged model; on an NF4 base the loss and
+//! gradients of an f32 model holding the dequantized weights; the kernels
+//! against their CPU references; bad input as typed errors.
+//!
+//! Tolerances as for LoRA: logits and gradients 1e-4 abs, loss 1e-5,
+//! per-step losses 1e-4, final tensors 1e-4.
+
+mod common;
+
+use common::{
+    adapted_logits, adapter_values, assert_files_are_peft, block_on, cached_vs_full, check_peft_training,
+    dequantized_twin, fixture, fixture_adapter, fixture_batch, fixture_model, gpu, max_abs_diff, randn, uniform,
+    Fixture,
+};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::dora::{magnitude_scale, scale_rows, Scales};
+use webpeft::kernels::reference::{assert_close, dora as cpu};
+use webpeft::model::{DirFiles, MemoryFiles, Model};
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::LoraConfig;
+use webpeft::quant::QuantFormat;
+use webpeft::{DType, Error, Tensor};
+
+const MODELS: [&str; 2] = ["llama_gqa", "qwen2_tied"];
+
+fn adapter(gpu: &webpeft::Gpu, model: &Model, dir: &str) -> Adapter {
+    fixture_adapter(gpu, model, dir, "lora")
+}
+
+fn read(t: &Tensor) -> Vec<f32> {
+    block_on(t.to_vec(gpu())).unwrap()
+}
+
+#[test]
+fn magnitude_scale_matches_the_reference_on_odd_shapes() {
+    let gpu = gpu();
+    // (rows of the block, in, the Linear's out, the block's first row): blocks
+    // of a chunked weight, rows over one workgroup's stride, a single column.
+    for (seed, (rows, cols, out, off)) in
+        [(37, 83, 37, 0), (5, 1, 9, 3), (130, 200, 300, 170), (1, 1000, 1, 0)].into_iter().enumerate()
+    {
+        let seed = seed as u64;
+        let w = randn(10 + seed, rows * cols);
+        let m = uniform(20 + seed, out, 0.5, 2.0);
+        let t = |shape: &[usize], v: &[f32]| Tensor::from_slice(gpu, shape, v).unwrap();
+        let (wt, mt) = (t(&[rows, cols], &w), t(&[out], &m));
+        let canary = vec![-7.0f32; out]; // rows outside the block stay as they were
+        let s = Scales { n: t(&[out], &canary), g: t(&[out], &canary), inv_n: t(&[out], &canary) };
+        let mut rec = Recorder::new(gpu);
+        magnitude_scale(&mut rec, &wt, off, &mt, &s).unwrap();
+        rec.submit().unwrap();
+        let (n, g, inv_n) = cpu::magnitude_scale(&w, rows, cols, &m[off..off + rows]);
+        let what = format!("{rows}x{cols} at row {off} of {out}");
+        for (name, got, want) in [("n", &s.n, n), ("g", &s.g, g), ("inv_n", &s.inv_n, inv_n)] {
+            let got = read(got);
+            // f32 sums of a few values per invocation, then a tree: a few 1e-7 relative.
+            assert_close(&format!("{name} {what}"), &got[off..off + rows], &want, 0.0, 2e-6);
+            assert!(
+                got[..off].iter().chain(&got[off + rows..]).all(|&v| v == -7.0),
+                "{name} {what}: outside the block"
+            );
+        }
+    }
+}
+
+#[test]
+fn scale_rows_matches_the_reference_on_odd_shapes() {
+    let gpu = gpu();
+    for (seed, (rows, cols, out, off)) in [(37, 83, 40, 2), (1, 1, 1, 0), (70, 129, 70, 0)].into_iter().enumerate() {
+        let seed = seed as u64;
+        let w = randn(30 + seed, rows * cols);
+        let g = uniform(40 + seed, out, 0.5, 2.0);
+        for divide in [false, true] {
+            let wt = Tensor::from_slice(gpu, &[rows, cols], &w).unwrap();
+            let gt = Tensor::from_slice(gpu, &[out], &g).unwrap();
+            let mut rec = Recorder::new(gpu);
+            scale_rows(&mut rec, &wt, off, &gt, divide).unwrap();
+            rec.submit().unwrap();
+            let want = cpu::scale_rows(&w, cols, &g[off..off + rows], divide);
+            // One product or quotient per element: exact as the CPU's.
+            assert_close(&format!("{rows}x{cols} at {off}, divide {divide}"), &read(&wt), &want, 0.0, 0.0);
+        }
+    }
+}
+
+#[test]
+fn kernels_refuse_bad_shapes() {
+    let gpu = gpu();
+    let z = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32).unwrap();
+    let (w, m) = (z(&[4, 3]), z(&[5]));
+    let mut rec = Recorder::new(gpu);
+    let s = Scales { n: z(&[5]), g: z(&[5]), inv_n: z(&[5]) };
+    assert!(matches!(magnitude_scale(&mut rec, &w, 2, &m, &s), Err(Error::Shape { .. })), "rows 2..6 of 5");
+    let aliased = Scales { n: s.n.clone(), g: s.n.clone(), inv_n: z(&[5]) };
+    assert!(magnitude_scale(&mut rec, &w, 0, &m, &aliased).is_err(), "n and g aliased");
+    assert!(matches!(scale_rows(&mut rec, &w, 0, &z(&[3]), false), Err(Error::Shape { .. })), "g too short");
+}
+
+#[test]
+fn logits_with_peft_adapters_match() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        let fx = Fixture::open(&format!("dora/{name}/reference.safetensors"));
+        let ad = adapter(gpu, &model, &format!("dora/{name}/initial_adapter"));
+        let ids = fixture_batch(&fx, 0..2).input_ids;
+        let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &fx.f32("logits"));
+        eprintln!("{name}: logits max |diff| {d:e}");
+        assert!(d <= 1e-4, "{name}: {d:e}");
+    }
+}
+
+#[test]
+fn loss_every_gradient_and_ten_adamw_steps_match_peft() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        let fx = Fixture::open(&format!("dora/{name}/reference.safetensors"));
+        let initial = format!("dora/{name}/initial_adapter");
+        assert_eq!(adapter(gpu, &model, &initial).tensors().len(), 42, "{name}: A, B and m on 2 × 7 Linears");
+        check_peft_training(gpu, &model, &|| adapter(gpu, &model, &initial), &fx, &|ad| adapter_values(gpu, ad));
+    }
+}
+
+#[test]
+fn files_we_write_are_peft_files() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        for dir in ["initial_adapter", "final_adapter"] {
+            let dir = format!("dora/{name}/{dir}");
+            let ad = adapter(gpu, &model, &dir);
+            assert_files_are_peft(gpu, &ad, &model.config, &dir);
+            // And they load back with the same logits.
+            let mut mem = MemoryFiles::new();
+            for (n, b) in block_on(ad.to_files(gpu, &model.config)).unwrap() {
+                mem.insert(n, b);
+            }
+            let back = block_on(Adapter::load(gpu, &mem, &model.config)).unwrap();
+            let ids = vec![vec![5u32, 17, 99, 200, 3]];
+            let logits = |a: &Adapter| adapted_logits(gpu, &model, Some(a), &ids);
+            assert_eq!(logits(&back), logits(&ad), "{dir}");
+        }
+    }
+}
+
+#[test]
+fn the_kv_cache_forward_matches_the_full_forward() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        let ad = adapter(gpu, &model, &format!("dora/{name}/final_adapter"));
+        let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
+        let d = cached_vs_full(gpu, &model, &ad, &ids, 5, 0);
+        assert!(d <= 1e-4, "{name}: cached vs full logits {d:e}");
+    }
+}
+
+#[test]
+fn a_fresh_dora_adapter_starts_as_the_base_model_with_peft_s_magnitude() {
+    let gpu = gpu();
+    let model = fixture_model(gpu, "qwen2_tied");
+    let fx = Fixture::open("dora/qwen2_tied/reference.safetensors");
+    let ids = fixture_batch(&fx, 0..2).input_ids;
+    let mut config = LoraConfig::new(4, 8.0, webpeft::peft::lora::TargetModules::AllLinear).unwrap();
+    config.use_dora = true;
+    let ad = Adapter::new_for_model(gpu, webpeft::peft::adapter::AdapterConfig::Lora(config), &model, None, 5).unwrap();
+    let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &adapted_logits(gpu, &model, None, &ids));
+    eprintln!("fresh DoRA vs base logits {d:e}");
+    assert!(d <= 1e-5, "a fresh DoRA adapter (B = 0, m = ‖W‖) changes the logits by {d:e}");
+    // m = ‖W‖ per row (B = 0), as PEFT's update_layer.
+    let Adapter::Lora(l) = &ad else { unreachable!() };
+    let q = &model.layers[0].self_attn.q_proj.weight;
+    let w = block_on(q.to_f32(gpu)).unwrap();
+    let (n, _, _) = cpu::magnitude_scale(&w, q.rows, q.cols, &vec![1.0; q.rows]);
+    let m = read(l.layers[0][0].as_ref().unwrap().m.as_ref().unwrap());
+    assert_close("m = ‖W‖", &m, &n, 0.0, 2e-6);
+}
+
+#[test]
+fn on_an_nf4_base_loss_and_gradients_equal_the_dequantized_f32_model_s() {
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let gpu = gpu();
+    let nf4 = block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), QuantFormat::Nf4)).unwrap();
+    let twin = dequantized_twin(gpu, &nf4, "llama_gqa");
+    let fx = Fixture::open("dora/llama_gqa/reference.safetensors");
+    let batch = fixture_batch(&fx, 0..2);
+    let run = |model: &Model| {
+        let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+        let ad = adapter(gpu, model, "dora/llama_gqa/initial_adapter");
+        let mut t = Trainer::new(gpu, ad, opt, 0).unwrap();
+        let s = block_on(t.step(gpu, model, std::slice::from_ref(&batch), 0.0)).unwrap();
+        (s.loss, adapter_values(gpu, t.gradients()))
+    };
+    let ((loss_q, grads_q), (loss_f, grads_f)) = (run(&nf4), run(&twin));
+    let worst = grads_q.iter().zip(&grads_f).map(|((_, a), (_, b))| max_abs_diff(a, b)).fold(0.0f32, f32::max);
+    eprintln!("NF4: loss {loss_q} vs dequantized f32 {loss_f}; gradients max |diff| {worst:e}");
+    assert!((loss_q - loss_f).abs() <= 1e-5, "{loss_q} vs {loss_f}");
+    assert!(worst <= 1e-4, "{worst:e}");
+    assert!((loss_q - fx.f32("loss")[0]).abs() > 1e-4, "the NF4 base differs from the f32 one");
+}
+
+#[test]
+fn a_dora_folder_missing_a_magnitude_names_the_tensor() {
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let dir = fixture("dora/llama_gqa/initial_adapter");
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let gone = "base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector";
+    let kept: Vec<_> = st.tensors().into_iter().filter(|(k, _)| k != gone).collect();
+    let mut files = MemoryFiles::new();
+    files.insert("adapter_config.json", std::fs::read(dir.join("adapter_config.json")).unwrap());
+    files.insert("adapter_model.safetensors", safetensors::serialize(kept, None).unwrap());
+    match block_on(Adapter::load(gpu, &files, &model.config)) {
+        Err(Error::AdapterTensor { tensor, detail, .. }) => {
+            assert_eq!(tensor, gone);
+            assert!(detail.contains("use_dora"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A magnitude with use_dora false: the hint says so.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    config["use_dora"] = false.into();
+    files.insert("adapter_config.json", serde_json::to_vec(&config).unwrap());
+    files.insert("adapter_model.safetensors", bytes);
+    match block_on(Adapter::load(gpu, &files, &model.config)) {
+        Err(Error::AdapterTensor { tensor, detail, .. }) => {
+            assert!(tensor.ends_with("lora_magnitude_vector"), "{tensor}");
+            assert!(detail.contains("use_dora"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
