@@ -238,3 +238,24 @@ fn a_dora_folder_missing_a_magnitude_names_the_tensor() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn merging_gives_peft_s_merged_model_and_unmerging_the_base() {
+    use webpeft::peft::lora::merge::{merge_lora, unmerge_lora};
+    let gpu = gpu();
+    for name in MODELS {
+        let mut model = fixture_model(gpu, name);
+        let fx = Fixture::open(&format!("dora/{name}/reference.safetensors"));
+        let ids = fixture_batch(&fx, 0..2).input_ids;
+        let Adapter::Lora(lora) = adapter(gpu, &model, &format!("dora/{name}/initial_adapter")) else { unreachable!() };
+        let base = adapted_logits(gpu, &model, None, &ids);
+        let kept = merge_lora(gpu, &mut model, &lora).unwrap();
+        let merged = adapted_logits(gpu, &model, None, &ids);
+        let d = max_abs_diff(&merged, &fx.f32("merged_logits"));
+        let a = max_abs_diff(&merged, &fx.f32("logits"));
+        unmerge_lora(gpu, &mut model, &lora, &kept).unwrap();
+        let back = max_abs_diff(&adapted_logits(gpu, &model, None, &ids), &base);
+        eprintln!("{name}: merged vs PEFT's merged {d:e}, vs PEFT's adapted {a:e}; unmerged vs base {back:e}");
+        assert!(d <= 1e-4 && a <= 1e-4 && back <= 1e-5, "{name}: {d:e} / {a:e} / {back:e}");
+    }
+}

@@ -42,7 +42,7 @@ fn merged_logits_equal_adapted_ones_and_unmerge_restores_the_base() {
     let base = logits(gpu, &model, None);
     let adapted = logits(gpu, &model, Some(&adapter));
     assert!(max_abs_diff(&base, &adapted) > 1e-2, "the adapter changes the logits");
-    merge_lora(gpu, &mut model, &lora).unwrap();
+    let kept = merge_lora(gpu, &mut model, &lora).unwrap();
     let merged = logits(gpu, &model, None);
     let d = max_abs_diff(&merged, &adapted);
     eprintln!("merged vs adapted: max |diff| {d:e}");
@@ -56,7 +56,7 @@ fn merged_logits_equal_adapted_ones_and_unmerge_restores_the_base() {
     let exported = block_on(Model::load(gpu, &files, QuantFormat::F32)).unwrap();
     assert_eq!(logits(gpu, &exported, None), merged);
 
-    unmerge_lora(gpu, &mut model, &lora).unwrap();
+    unmerge_lora(gpu, &mut model, &lora, &kept).unwrap();
     let d = max_abs_diff(&logits(gpu, &model, None), &base);
     eprintln!("unmerged vs base: max |diff| {d:e}");
     assert!(d <= 1e-5, "{d:e}");

@@ -34,7 +34,8 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
         Adapter::Lora(lora) => {
             merge_lora(&gpu, &mut model, &lora)?;
             let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
-            format!("r {}, {modules} modules", lora.config.r)
+            let dora = if lora.config.use_dora { ", DoRA" } else { "" };
+            format!("r {}{dora}, {modules} modules", lora.config.r)
         }
         Adapter::AdaLora(ada) => {
             merge_adalora(&gpu, &mut model, &ada)?;

@@ -1,5 +1,6 @@
 //! Merging a LoRA adapter into the frozen base, as PEFT's `merge_adapter` /
-//! `unmerge_adapter`: `W ← W ± scaling·B·A` for every adapted Linear. An f32
+//! `unmerge_adapter`: `W ← W ± scaling·B·A` for every adapted Linear (DoRA:
+//! then each row times m / ‖W + ΔW‖, divided back before the unmerge). An f32
 //! base is updated in place on the GPU (one accumulate-GEMM per row chunk);
 //! a Q8_0 or NF4 base is dequantized, updated and quantized again, which
 //! rounds (PEFT does the same for bitsandbytes layers, with a warning).
@@ -13,17 +14,31 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::adapter::LoraAdapter;
+use super::dora::magnitude_scales;
 use super::layer::LoraFactors;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder};
+use crate::gpu::{Gpu, Recorder, Tensor};
+use crate::kernels::dora::scale_rows;
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::kernels::quant::{dequantize, quantize};
 use crate::model::llama::block::Block;
 use crate::model::llama::Model;
 
-/// Adds `sign·scaling·B·A` to every Linear `lora` adapts.
-fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32) -> Result<()> {
+/// What [`merge_lora`] keeps for [`unmerge_lora`]: each merged DoRA
+/// Linear's row factors g = m / ‖W + ΔW‖ (out), computed from the weight
+/// before the merge (PEFT caches the weight norm for the same reason: the
+/// merged weight's rows have norm |m|, which no longer tells n).
+#[derive(Clone, Debug, Default)]
+pub struct Merged {
+    /// Per layer, in [`LORA_MODULES`](super::LORA_MODULES) order; `None` for
+    /// plain LoRA layers.
+    pub dora_scales: Vec<[Option<Tensor>; 7]>,
+}
+
+/// Adds `sign·scaling·B·A` to every Linear `lora` adapts; a DoRA Linear's
+/// rows are then scaled by g (merge), or divided by `merged`'s g first (unmerge).
+fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Option<&Merged>) -> Result<Merged> {
     if lora.layers.len() != model.layers.len() {
         return Err(Error::invalid(
             "merge",
@@ -31,14 +46,40 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32) -> Result<
         ));
     }
     let alpha = sign * lora.scaling();
-    for (layer, factors) in model.layers.iter_mut().zip(&lora.layers) {
-        for (w, f) in linear_weights(layer).into_iter().zip(factors) {
-            if let Some(f) = f {
-                add_delta(gpu, w, f, alpha)?;
-            }
+    let mut out = Merged::default();
+    for (i, (layer, factors)) in model.layers.iter_mut().zip(&lora.layers).enumerate() {
+        let mut scales: [Option<Tensor>; 7] = Default::default();
+        for (j, (w, f)) in linear_weights(layer).into_iter().zip(factors).enumerate() {
+            let Some(f) = f else { continue };
+            let rows = match (&f.m, merged) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    let mut rec = Recorder::new(gpu);
+                    let s = magnitude_scales(&mut rec, w, f, lora.scaling())?;
+                    rec.submit()?;
+                    scales[j] = Some(s.g.clone());
+                    Some(RowScale::After(s.g))
+                }
+                (Some(_), Some(m)) => {
+                    let g = m.dora_scales.get(i).and_then(|l| l[j].clone()).ok_or_else(|| {
+                        Error::invalid("unmerge", format!("layer {i} module {j}: no DoRA scale from the merge"))
+                    })?;
+                    Some(RowScale::Before(g))
+                }
+            };
+            update(gpu, w, f, alpha, rows.as_ref())?;
         }
+        out.dora_scales.push(scales);
     }
-    gpu.check("merge")
+    gpu.check("merge")?;
+    Ok(out)
+}
+
+/// DoRA's per-row factor in a merge (after adding ΔW) or an unmerge
+/// (divided out before subtracting it).
+enum RowScale {
+    After(Tensor),
+    Before(Tensor),
 }
 
 /// A block's seven Linear weights in [`LORA_MODULES`](super::LORA_MODULES) order.
@@ -59,6 +100,11 @@ pub(crate) fn linear_weights(layer: &mut Block) -> [&mut QWeight; 7] {
 /// w (out, in) += alpha·B·A, chunk by chunk (a chunk holds rows r0..r0+n:
 /// it gets B's rows r0..r0+n).
 pub(crate) fn add_delta(gpu: &Gpu, w: &mut QWeight, f: &LoraFactors, alpha: f32) -> Result<()> {
+    update(gpu, w, f, alpha, None)
+}
+
+/// [`add_delta`], with DoRA's row factors where `rows` says.
+fn update(gpu: &Gpu, w: &mut QWeight, f: &LoraFactors, alpha: f32, rows: Option<&RowScale>) -> Result<()> {
     let (r, inp, out) = f.dims("merge")?;
     if (out, inp) != (w.rows, w.cols) {
         return Err(Error::shape(
@@ -72,33 +118,41 @@ pub(crate) fn add_delta(gpu: &Gpu, w: &mut QWeight, f: &LoraFactors, alpha: f32)
         let mut g = Gemm::new(n, inp, r, false, false).alpha(alpha).accumulate(true);
         g.a_off = chunk.row_start * r;
         let mut rec = Recorder::new(gpu);
-        match &chunk.data {
-            ChunkData::F32(t) => {
-                gemm(&mut rec, &g, &f.b, &f.a, t)?;
-                rec.submit()?;
-            }
-            ChunkData::Quant(packed) => {
-                let dense = dequantize(&mut rec, packed)?.reshape(&[n, inp])?;
-                gemm(&mut rec, &g, &f.b, &f.a, &dense)?;
-                let repacked = quantize(&mut rec, &dense.reshape(&[n * inp])?, format)?;
-                rec.submit()?;
-                chunk.data = ChunkData::Quant(repacked);
-            }
+        let dense = match &chunk.data {
+            ChunkData::F32(t) => t.clone(), // updated in place
+            ChunkData::Quant(packed) => dequantize(&mut rec, packed)?.reshape(&[n, inp])?,
+        };
+        if let Some(RowScale::Before(s)) = rows {
+            scale_rows(&mut rec, &dense, chunk.row_start, s, true)?;
+        }
+        gemm(&mut rec, &g, &f.b, &f.a, &dense)?;
+        if let Some(RowScale::After(s)) = rows {
+            scale_rows(&mut rec, &dense, chunk.row_start, s, false)?;
+        }
+        if let ChunkData::Quant(_) = &chunk.data {
+            let repacked = quantize(&mut rec, &dense.reshape(&[n * inp])?, format)?;
+            rec.submit()?;
+            chunk.data = ChunkData::Quant(repacked);
+        } else {
+            rec.submit()?;
         }
     }
     Ok(())
 }
 
 /// PEFT's `merge_adapter`: the base now computes what base + adapter did;
-/// run it without the adapter afterwards.
-pub fn merge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter) -> Result<()> {
-    apply(gpu, model, lora, 1.0)
+/// run it without the adapter afterwards. A DoRA Linear becomes
+/// `(m / ‖W + ΔW‖)·(W + ΔW)` per row, as PEFT's `DoraLinearVariant.merge`.
+/// Returns what [`unmerge_lora`] needs.
+pub fn merge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter) -> Result<Merged> {
+    apply(gpu, model, lora, 1.0, None)
 }
 
 /// PEFT's `unmerge_adapter`: subtracts what [`merge_lora`] added (exact up to
-/// f32 rounding on an f32 base).
-pub fn unmerge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter) -> Result<()> {
-    apply(gpu, model, lora, -1.0)
+/// f32 rounding on an f32 base); a DoRA Linear is first divided by the row
+/// factors `merged` kept.
+pub fn unmerge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, merged: &Merged) -> Result<()> {
+    apply(gpu, model, lora, -1.0, Some(merged)).map(|_| ())
 }
 
 /// The model's weights as one f32 `model.safetensors` (Hugging Face names;
