@@ -370,7 +370,12 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
         &config,
         &webpeft::train::plan::PlanInput {
             quant: QuantFormat::Nf4,
-            adapter: webpeft::train::plan::PlanAdapter::Lora { r: 8, targets: vec!["q_proj".into()], dropout: false },
+            adapter: webpeft::train::plan::PlanAdapter::Lora {
+                r: 8,
+                targets: vec!["q_proj".into()],
+                dropout: false,
+                dora: false,
+            },
             batch: 8,
             seq: 2048,
             grad_accum: 1,

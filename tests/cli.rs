@@ -309,6 +309,28 @@ fn train_ia3_on_an_nf4_base_stop_resume_and_generate() {
 }
 
 #[test]
+fn train_dora_on_an_nf4_base_stop_resume_and_merge() {
+    let dir = TempDir::new("train-dora");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method =
+        ["--method", "lora", "--use-dora", "--r", "4", "--targets", "q_proj,v_proj,down_proj", "--quant", "nf4"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    // PEFT's files: use_dora and a magnitude per module, shape (out).
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["use_dora"].as_bool()), (Some("LORA"), Some(true)), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(st.len(), 2 * 3 * 3, "A, B and m on 3 modules of 2 layers");
+    assert_eq!(st.tensor("base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector").unwrap().shape(), [64]);
+    // Merged, the model computes what base + DoRA adapter did.
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+}
+
+#[test]
 fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
     let dir = TempDir::new("train-pt");
     let data = write_data(&dir);

@@ -123,7 +123,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 11] = [
+        let cases: [(&[&str], &str); 12] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -142,6 +142,7 @@ mod cli {
                 r#"{"r": 4, "alpha": 32, "dropout": 0.1, "targets": ["q_proj", "k_proj", "down_proj"], "rslora": true}"#,
             ),
             (&["--method", "lora", "--targets", "all-linear"], r#"{"targets": "all-linear"}"#),
+            (&["--method", "lora", "--use-dora", "--r", "4"], r#"{"useDora": true, "r": 4}"#),
             (&["--method", "seq_bn"], r#"{"method": "seq_bn"}"#),
             (&["--method", "ia3"], r#"{"ia3": true}"#),
             (

@@ -1,6 +1,6 @@
 //! The memory plan against what a training step really allocates (peak live
-//! GPU bytes measured by the tensor accounting), for LoRA and a bottleneck
-//! adapter on f32 and NF4 bases; and a step too big for the binding limit is
+//! GPU bytes measured by the tensor accounting), for LoRA, DoRA, a bottleneck
+//! adapter and the other methods on f32 and NF4 bases; and a step too big for the binding limit is
 //! reported as not fitting before anything is loaded.
 
 mod common;
@@ -30,7 +30,8 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
     let mut peaks = std::collections::HashMap::new();
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
-            (QuantFormat::F32, "lora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false }),
+            (QuantFormat::F32, "lora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false }),
+            (QuantFormat::Nf4, "dora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: true }),
             (QuantFormat::Nf4, "adalora", PlanAdapter::AdaLora { r: 16, targets: all.clone(), dropout: false }),
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),
@@ -57,7 +58,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             peaks.insert((method, checkpointing), f.peak_gpu_bytes);
         }
     }
-    for method in ["lora", "adalora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
+    for method in ["lora", "dora", "adalora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
         let (plain, ckpt) = (peaks[&(method, false)], peaks[&(method, true)]);
         assert!(ckpt < plain, "{method}: checkpointing keeps less ({ckpt} vs {plain} B)");
     }

@@ -80,6 +80,7 @@ pub fn llama_1b_plan_input() -> PlanInput {
             r: 16,
             targets: crate::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect(),
             dropout: false,
+            dora: false,
         },
         batch: 1,
         seq: 512,
@@ -120,7 +121,7 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
 #[derive(Clone, Debug)]
 pub struct StepSetup {
     pub quant: QuantFormat,
-    /// "lora" (all seven projections), "adalora" (all seven, init_r r, target_r r/2), "ia3" (PEFT's default modules),
+    /// "lora" or "dora" (all seven projections), "adalora" (all seven, init_r r, target_r r/2), "ia3" (PEFT's default modules),
     /// "prompt_tuning" or "prefix_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
     pub method: String,
     /// LoRA's rank (alpha is 2r).
@@ -167,6 +168,11 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
     let adapter = match setup.method.as_str() {
         "lora" => {
             Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?
+        }
+        "dora" => {
+            let mut config = LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?;
+            config.use_dora = true;
+            Adapter::new_for_model(gpu, AdapterConfig::Lora(config), model, None, 1)?
         }
         "adalora" => {
             // init_r r → r/2 over a 100-step run: every timed step scores and masks the ranks.
@@ -227,7 +233,7 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
         quant: model.format.name().to_string(),
         compute_dtype: model.compute_dtype().name().to_string(),
         method: setup.method.clone(),
-        r: if setup.method == "lora" { r } else { 0 },
+        r: if matches!(setup.method.as_str(), "lora" | "dora") { r } else { 0 },
         checkpointing: setup.checkpointing,
         adapter_parameters,
         batch,

@@ -76,11 +76,12 @@ pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<P
     }
 }
 
-/// Dequantize to a flat f32 tensor of `len` values.
+/// Dequantize to a flat f32 tensor of `len` values: a pooled buffer the
+/// kernel writes whole, so a step that dequantizes weight after weight (DoRA's
+/// norms) reuses one buffer instead of holding every copy until it submits.
 pub fn dequantize(rec: &mut Recorder, packed: &Packed) -> Result<Tensor> {
-    let gpu = rec.gpu();
     let len = packed.len;
-    let y = Tensor::zeros(gpu, &[len], DType::F32)?;
+    let y = rec.alloc(&[len], DType::F32)?;
     let params = Params { len: len as u32, _pad: [0; 3] };
     let entry = match packed.format {
         QuantFormat::Nf4 => "nf4_dequantize",

@@ -12,6 +12,8 @@
 //! buffers. Micro-batches of one step reuse the same buffers. It is checked
 //! against measured peaks in `tests/train_plan.rs`.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 
 use crate::model::Config;
@@ -34,9 +36,10 @@ pub struct PlanInput {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanAdapter {
-    /// r, the projection names adapted in every layer, and whether LoRA
-    /// dropout is on (each Linear then keeps its own dropped input).
-    Lora { r: usize, targets: Vec<String>, dropout: bool },
+    /// r, the projection names adapted in every layer, whether LoRA
+    /// dropout is on (each Linear then keeps its own dropped input), and
+    /// DoRA (a magnitude per output row; each Linear keeps an (M, out) term).
+    Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool },
     /// AdaLoRA at `init_r` = r: LoRA's shape plus E (r per module), A∘E kept
     /// per module for the backward, and the rank allocator's two EMAs.
     AdaLora { r: usize, targets: Vec<String>, dropout: bool },
@@ -124,13 +127,15 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
 
     let adapter_params: u64 = match &input.adapter {
         PlanAdapter::Lora { r, targets, .. } | PlanAdapter::AdaLora { r, targets, .. } => {
+            // AdaLoRA's E (r), DoRA's m (out)
             let e = matches!(input.adapter, PlanAdapter::AdaLora { .. }) as usize;
+            let m = matches!(input.adapter, PlanAdapter::Lora { dora: true, .. }) as usize;
             layers
                 * targets
                     .iter()
                     .map(|t| {
                         let (out, inp) = proj_shape(config, t);
-                        (*r * (inp + out + e)) as u64
+                        (*r * (inp + out + e) + m * out) as u64
                     })
                     .sum::<u64>()
         }
@@ -156,7 +161,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     // attention's dout, dq, dk, dv and delta.
     let mut work = 3 * m * i + 7 * m * d + 2 * m * q + 2 * m * kv + heads * m;
     match &input.adapter {
-        PlanAdapter::Lora { r, targets, dropout } | PlanAdapter::AdaLora { r, targets, dropout } => {
+        PlanAdapter::Lora { r, targets, dropout, .. } | PlanAdapter::AdaLora { r, targets, dropout } => {
             if matches!(input.adapter, PlanAdapter::AdaLora { .. }) {
                 saved += targets.iter().map(|t| (*r * proj_shape(config, t).1) as u64).sum::<u64>();
                 // A∘E
@@ -173,6 +178,23 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             };
             saved += targets.len() as u64 * m * *r as u64; // x·Aᵀ
             work += m * *r as u64 + if *dropout { 2 * m * i.max(q) } else { 0 };
+            if let PlanAdapter::Lora { dora: true, .. } = input.adapter {
+                // DoRA: each Linear keeps t = z₀ + s·lora (M, out) and g, 1/n
+                // (out). The pool reuses a buffer only for the same size, so
+                // each distinct shape holds its own transients: the dense
+                // W + s·B·A of the norm, and about four (M, out) products in
+                // the backward (g ⊙ dy, its spread, dy ⊙ t, and one of
+                // LoRA's); with dropout also d·Wᵀ's gradient (M, in).
+                let shapes: BTreeSet<(usize, usize)> = targets.iter().map(|t| proj_shape(config, t)).collect();
+                let outs: BTreeSet<usize> = shapes.iter().map(|s| s.0).collect();
+                let ins: BTreeSet<usize> = shapes.iter().map(|s| s.1).collect();
+                saved += targets.iter().map(|t| (m + 2) * proj_shape(config, t).0 as u64).sum::<u64>();
+                work += shapes.iter().map(|(out, inp)| (out * inp) as u64).sum::<u64>();
+                work += outs.iter().map(|&out| 4 * m * out as u64).sum::<u64>();
+                if *dropout {
+                    work += ins.iter().map(|&inp| m * inp as u64).sum::<u64>();
+                }
+            }
         }
         PlanAdapter::Bottleneck { size, units_per_layer } => {
             let size = *size as u64;

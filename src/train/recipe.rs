@@ -98,6 +98,8 @@ pub struct LoraRecipe {
     pub targets: TargetModules,
     /// Scale by alpha/√r instead of alpha/r.
     pub use_rslora: bool,
+    /// DoRA: a magnitude per adapted Linear (PEFT's `use_dora`).
+    pub use_dora: bool,
     pub init: InitLoraWeights,
     /// Only these layers carry the adapter (`None`: all).
     pub layers_to_transform: Option<Vec<usize>>,
@@ -109,6 +111,7 @@ impl LoraRecipe {
         let mut c = LoraConfig::new(self.r, self.alpha, self.targets.clone())?;
         c.lora_dropout = self.dropout;
         c.use_rslora = self.use_rslora;
+        c.use_dora = self.use_dora;
         c.init_lora_weights = self.init;
         c.layers_to_transform = self.layers_to_transform.clone();
         c.base_model_name_or_path = model_name;
@@ -126,6 +129,7 @@ impl Default for LoraRecipe {
             dropout: 0.0,
             targets: TargetModules::List(vec!["q_proj".into(), "v_proj".into()]),
             use_rslora: false,
+            use_dora: false,
             init: InitLoraWeights::Kaiming,
             layers_to_transform: None,
         }
@@ -292,7 +296,8 @@ impl AdapterRecipe {
                 let total_step = o.total_step.ok_or_else(|| {
                     bad("total_step", "AdaLoRA's budget schedule needs the run's steps (AdapterRecipe::for_run)")
                 })?;
-                let lora = LoraRecipe { r: 8, use_rslora: false, ..o.lora.clone() }.config(model, model_name)?;
+                let lora = LoraRecipe { r: 8, use_rslora: false, use_dora: false, ..o.lora.clone() }
+                    .config(model, model_name)?;
                 let mut c = AdaLoraConfig::new(lora, o.init_r, o.target_r, total_step.max(1))?;
                 (c.tinit, c.tfinal, c.delta_t) = (o.tinit, o.tfinal, o.delta_t);
                 (c.beta1, c.beta2, c.orth_reg_weight) = (o.beta1, o.beta2, o.orth_reg_weight);
@@ -369,7 +374,7 @@ impl AdapterRecipe {
                     TargetModules::List(l) => l,
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
-                PlanAdapter::Lora { r: c.r, targets, dropout: c.lora_dropout > 0.0 }
+                PlanAdapter::Lora { r: c.r, targets, dropout: c.lora_dropout > 0.0, dora: c.use_dora }
             }
             AdapterConfig::Ia3(c) => {
                 let layer0 = c.modules(model)?.into_iter().filter(|m| m.layer == 0);

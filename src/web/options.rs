@@ -30,6 +30,7 @@ pub struct LoraOptions {
     pub dropout: Option<f64>,
     pub targets: Option<Value>,
     pub rslora: Option<bool>,
+    pub use_dora: Option<bool>,
     pub init: Option<String>,
     pub layers_to_transform: Option<Vec<usize>>,
     pub seed: Option<u64>,
@@ -181,6 +182,7 @@ pub struct PlanOptions {
     pub seq_len: Option<usize>,
     pub grad_accum: Option<usize>,
     pub lora_dropout: Option<f64>,
+    pub use_dora: Option<bool>,
     pub gradient_checkpointing: Option<bool>,
 }
 
@@ -209,6 +211,7 @@ impl LoraOptions {
         l.dropout = self.dropout.unwrap_or(l.dropout);
         l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
         l.use_rslora = self.rslora.unwrap_or(l.use_rslora);
+        l.use_dora = self.use_dora.unwrap_or(l.use_dora);
         l.init = match self.init.as_deref() {
             None => l.init,
             Some("kaiming") => InitLoraWeights::Kaiming,
@@ -340,6 +343,7 @@ impl PlanOptions {
                 l.r = self.r.unwrap_or(l.r);
                 l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
                 l.dropout = self.lora_dropout.unwrap_or(l.dropout);
+                l.use_dora = self.use_dora.unwrap_or(l.use_dora);
                 AdapterRecipe::Lora(l)
             }
             AdapterRecipe::AdaLora(mut a) => {

@@ -41,6 +41,8 @@ export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj"
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
 export interface LoraOptions {
   r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
+  /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
+  useDora?: boolean;
   init?: "kaiming" | "gaussian"; layersToTransform?: number[]; seed?: number;
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
@@ -97,7 +99,7 @@ export interface PlanOptions {
   quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | BottleneckMethod; r?: number;
   targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
-  loraDropout?: number; gradientCheckpointing?: boolean;
+  loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;
 }
 export interface MemoryPlan {
   weightBytes: number; adapterBytes: number; optimizerBytes: number; activationBytes: number; totalBytes: number;

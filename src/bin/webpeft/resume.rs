@@ -156,6 +156,7 @@ fn settle_adapter(
             check("alpha", "alpha", a.alpha.map(|v| v.to_string()), c.lora_alpha.to_string())?;
             check("dropout", "dropout", a.dropout.map(|v| v.to_string()), c.lora_dropout.to_string())?;
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
+            check("use_dora", "use-dora", Some(a.use_dora.to_string()), c.use_dora.to_string())?;
             check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
         }
         AdapterConfig::AdaLora(c) => {

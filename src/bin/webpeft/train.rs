@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// LoRA scaling alpha/√r instead of alpha/r.
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA: LoRA with a trained magnitude per output row (PEFT's use_dora).
+    #[arg(long)]
+    pub use_dora: bool,
     /// Bottleneck width = hidden_size / this [default: AdapterHub's preset].
     #[arg(long)]
     pub reduction_factor: Option<f64>,
@@ -254,11 +257,12 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 17] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 18] {
         [
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora", "adalora"]),
             ("--rslora", self.rslora, &["lora"]),
+            ("--use-dora", self.use_dora, &["lora"]),
             ("--targets", self.targets.is_some(), &["lora", "adalora", "ia3"]),
             ("--dropout", self.dropout.is_some(), &["lora", "adalora", "bn"]),
             ("--init-r", self.init_r.is_some(), &["adalora"]),
@@ -322,6 +326,7 @@ impl TrainArgs {
                     l.targets = parse_targets(t);
                 }
                 l.use_rslora = self.rslora;
+                l.use_dora = self.use_dora;
             }
             AdapterRecipe::AdaLora(a) => {
                 a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
