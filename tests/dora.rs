@@ -11,6 +11,7 @@
 //! per-step losses 1e-4, final tensors 1e-4.
 
 mod common;
+mod finite_diff;
 
 use common::{
     adapted_logits, adapter_values, assert_files_are_peft, block_on, cached_vs_full, check_peft_training,
@@ -169,7 +170,10 @@ fn a_fresh_dora_adapter_starts_as_the_base_model_with_peft_s_magnitude() {
     let ids = fixture_batch(&fx, 0..2).input_ids;
     let mut config = LoraConfig::new(4, 8.0, webpeft::peft::lora::TargetModules::AllLinear).unwrap();
     config.use_dora = true;
-    let ad = Adapter::new_for_model(gpu, webpeft::peft::adapter::AdapterConfig::Lora(config), &model, None, 5).unwrap();
+    let config = webpeft::peft::adapter::AdapterConfig::Lora(config);
+    // Without the model's weights there is no magnitude to start from.
+    assert!(Adapter::new(gpu, config.clone(), &model.config, 5).is_err());
+    let ad = Adapter::new_for_model(gpu, config, &model, None, 5).unwrap();
     let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &adapted_logits(gpu, &model, None, &ids));
     eprintln!("fresh DoRA vs base logits {d:e}");
     assert!(d <= 1e-5, "a fresh DoRA adapter (B = 0, m = ‖W‖) changes the logits by {d:e}");
@@ -257,5 +261,112 @@ fn merging_gives_peft_s_merged_model_and_unmerging_the_base() {
         let back = max_abs_diff(&adapted_logits(gpu, &model, None, &ids), &base);
         eprintln!("{name}: merged vs PEFT's merged {d:e}, vs PEFT's adapted {a:e}; unmerged vs base {back:e}");
         assert!(d <= 1e-4 && a <= 1e-4 && back <= 1e-5, "{name}: {d:e} / {a:e} / {back:e}");
+    }
+}
+
+/// DoRA's Linear on the CPU for x (m, inp) with d = drop(x) (x itself
+/// without dropout) and n held fixed (detached, as PEFT):
+/// y = x·Wᵀ + b + (g − 1)·(d·Wᵀ) + g·s·(d·Aᵀ)·Bᵀ, g = mag / n.
+struct CpuDora<'a> {
+    w: &'a [f32],
+    bias: &'a [f32],
+    n: &'a [f32],
+    dims: (usize, usize, usize, usize), // (m, inp, out, r)
+    s: f32,
+    drop: Option<(f32, u32)>,
+}
+
+impl CpuDora<'_> {
+    fn forward(&self, x: &[f32], a: &[f32], b: &[f32], mag: &[f32]) -> Vec<f32> {
+        let (m, inp, out, r) = self.dims;
+        let d = match self.drop {
+            Some((p, seed)) => webpeft::kernels::reference::dropout::dropout(x, p, seed),
+            None => x.to_vec(),
+        };
+        let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(p, q)| *p as f64 * *q as f64).sum::<f64>();
+        let mut y = vec![0.0f32; m * out];
+        for i in 0..m {
+            let (xi, di) = (&x[i * inp..(i + 1) * inp], &d[i * inp..(i + 1) * inp]);
+            let xa: Vec<f64> = (0..r).map(|k| dot(di, &a[k * inp..(k + 1) * inp])).collect();
+            for j in 0..out {
+                let wj = &self.w[j * inp..(j + 1) * inp];
+                let g = (mag[j] / self.n[j]) as f64;
+                let lora: f64 = (0..r).map(|k| b[j * r + k] as f64 * xa[k]).sum();
+                let v = dot(xi, wj) + self.bias[j] as f64 + (g - 1.0) * dot(di, wj) + g * self.s as f64 * lora;
+                y[i * out + j] = v as f32;
+            }
+        }
+        y
+    }
+}
+
+#[test]
+fn the_layer_s_backward_matches_finite_differences_with_and_without_dropout() {
+    use finite_diff::{dot64, gather, numeric_grad, sample};
+    use webpeft::kernels::qmatmul::{qlinear, qlinear_write, QWeight};
+    use webpeft::model::llama::block::Linear;
+    use webpeft::peft::lora::dora::{dora_backward, dora_backward_dy, dora_forward, magnitude_scales};
+    use webpeft::peft::lora::{LoraDropout, LoraFactors};
+    let gpu = gpu();
+    let (m, inp, out, r, s) = (5, 11, 7, 3, 2.0f32);
+    let (w, bias, x, a, b, dy) = (
+        randn(1, out * inp),
+        randn(2, out),
+        randn(3, m * inp),
+        randn(4, r * inp),
+        randn(5, out * r),
+        randn(6, m * out),
+    );
+    let mag = uniform(7, out, 2.0, 4.0);
+    let t = |shape: &[usize], v: &[f32]| Tensor::from_slice(gpu, shape, v).unwrap();
+    let base = Linear {
+        weight: QWeight::from_f32(gpu, &w, out, inp, QuantFormat::F32).unwrap(),
+        bias: Some(t(&[out], &bias)),
+    };
+    let f = LoraFactors { a: t(&[r, inp], &a), b: t(&[out, r], &b), m: Some(t(&[out], &mag)) };
+    for drop in [None, Some(LoraDropout { p: 0.3, seed: 99 })] {
+        let grads = f.zeros_like(gpu).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let xt = t(&[m, inp], &x);
+        let y = qlinear(&mut rec, &xt, &base.weight).unwrap();
+        webpeft::model::llama::block::add_bias(&mut rec, &y, base.bias.as_ref().unwrap()).unwrap();
+        let saved = dora_forward(&mut rec, &base, &xt, &f, s, drop, &y).unwrap();
+        let n = magnitude_scales(&mut rec, &base.weight, &f, s).unwrap().n;
+        let dyt = t(&[m, out], &dy);
+        let dropped = drop.is_some();
+        let dy_w = dora_backward_dy(&mut rec, &dyt, &saved, dropped).unwrap().unwrap_or(dyt.clone());
+        let dx = rec.alloc(&[m, inp], DType::F32).unwrap();
+        qlinear_write(&mut rec, &dy_w, &base.weight, &dx, true).unwrap();
+        dora_backward(&mut rec, &base, &dyt, &saved, &f, s, drop, &grads, &dx).unwrap();
+        rec.submit().unwrap();
+        let n = read(&n);
+        let cpu = CpuDora { w: &w, bias: &bias, n: &n, dims: (m, inp, out, r), s, drop: drop.map(|d| (d.p, d.seed)) };
+        let what = if dropped { "with dropout" } else { "without dropout" };
+        assert_close(&format!("y {what}"), &read(&y), &cpu.forward(&x, &a, &b, &mag), 1e-5, 1e-5);
+        let loss = |x: &[f32], a: &[f32], b: &[f32], mag: &[f32]| dot64(&cpu.forward(x, a, b, mag), &dy);
+        // The loss is linear in each value but through x's dropout mask, so
+        // the differences are exact up to f32 rounding of the forward.
+        let h = 1e-2;
+        let checks: [(&str, &Tensor, &[f32], Vec<f32>); 4] = [
+            ("dx", &dx, &x, numeric_grad(&x, &sample(x.len(), 30, 11), h, |v| loss(v, &a, &b, &mag))),
+            ("dA", &grads.a, &a, numeric_grad(&a, &sample(a.len(), 30, 12), h, |v| loss(&x, v, &b, &mag))),
+            ("dB", &grads.b, &b, numeric_grad(&b, &sample(b.len(), 30, 13), h, |v| loss(&x, &a, v, &mag))),
+            (
+                "dm",
+                grads.m.as_ref().unwrap(),
+                &mag,
+                numeric_grad(&mag, &sample(out, 30, 14), h, |v| loss(&x, &a, &b, v)),
+            ),
+        ];
+        for (i, (name, got, v, numeric)) in checks.into_iter().enumerate() {
+            let idx = sample(v.len(), 30, 11 + i as u64);
+            assert_close(
+                &format!("{name} {what} vs finite differences"),
+                &gather(&read(got), &idx),
+                &numeric,
+                2e-3,
+                2e-3,
+            );
+        }
     }
 }

@@ -234,6 +234,10 @@ impl Adapter {
     /// library does, from `seed`.
     pub fn new(gpu: &Gpu, config: AdapterConfig, model: &Config, seed: u64) -> Result<Adapter> {
         match config {
+            AdapterConfig::Lora(c) if c.use_dora => Err(Error::invalid(
+                "Adapter::new",
+                "DoRA's magnitudes start from the model's weights: use Adapter::new_for_model",
+            )),
             AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
             AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
             AdapterConfig::Ia3(c) => Adapter::new_ia3(gpu, c, model, seed),

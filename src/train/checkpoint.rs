@@ -146,6 +146,7 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     // A skeleton of the right shapes: its values are overwritten just below.
     let skeleton = match data.config {
         AdapterConfig::PromptTuning(c) => Adapter::PromptTuning(PromptTuningAdapter::zeros(gpu, c)?),
+        AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, 0)?, // DoRA's magnitudes too, as zeros
         c => Adapter::new(gpu, c, model, 0)?,
     };
     let mut parts = Vec::new();
