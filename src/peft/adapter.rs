@@ -6,6 +6,7 @@ use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, 
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use super::pass::Pass;
+use super::p_tuning::{PTuningAdapter, PTuningConfig};
 use super::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ pub enum Adapter {
     Ia3(Ia3Adapter),
     PromptTuning(PromptTuningAdapter),
     PrefixTuning(PrefixTuningAdapter),
+    PTuning(PTuningAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -34,6 +36,7 @@ pub enum AdapterConfig {
     Ia3(Ia3Config),
     PromptTuning(PromptTuningConfig),
     PrefixTuning(PrefixTuningConfig),
+    PTuning(PTuningConfig),
 }
 
 impl AdapterConfig {
@@ -44,6 +47,7 @@ impl AdapterConfig {
             "ia3" => AdapterConfig::Ia3(Ia3Config::from_json(json)?),
             "prompt_tuning" => AdapterConfig::PromptTuning(PromptTuningConfig::from_json(json)?),
             "prefix_tuning" => AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(json)?),
+            "p_tuning" => AdapterConfig::PTuning(PTuningConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
@@ -54,6 +58,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::PromptTuning(c) => c.num_virtual_tokens,
             AdapterConfig::PrefixTuning(c) => c.num_virtual_tokens,
+            AdapterConfig::PTuning(c) => c.num_virtual_tokens,
             _ => 0,
         }
     }
@@ -66,6 +71,7 @@ impl AdapterConfig {
             AdapterConfig::Ia3(c) => c.to_json(),
             AdapterConfig::PromptTuning(c) => c.to_json(),
             AdapterConfig::PrefixTuning(c) => c.to_json(),
+            AdapterConfig::PTuning(c) => c.to_json(),
         }
     }
 }
@@ -79,6 +85,7 @@ pub enum AdapterPass<'a> {
     Ia3(Pass<'a, Ia3Adapter>),
     PromptTuning(Pass<'a, PromptTuningAdapter>),
     PrefixTuning(Pass<'a, PrefixTuningAdapter>),
+    PTuning(Pass<'a, PTuningAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -90,6 +97,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::Ia3(p) => p,
             AdapterPass::PromptTuning(p) => p,
             AdapterPass::PrefixTuning(p) => p,
+            AdapterPass::PTuning(p) => p,
         }
     }
 }
@@ -125,6 +133,10 @@ impl Adapter {
             (Adapter::PrefixTuning(params), Some(Adapter::PrefixTuning(g))) => {
                 AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::PTuning(params), None) => AdapterPass::PTuning(Pass { params, grads: None, dropout_seed }),
+            (Adapter::PTuning(params), Some(Adapter::PTuning(g))) => {
+                AdapterPass::PTuning(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -142,6 +154,7 @@ impl Adapter {
             Adapter::Ia3(a) => AdapterPass::Ia3(Pass::eval(a)),
             Adapter::PromptTuning(p) => AdapterPass::PromptTuning(Pass::eval(p)),
             Adapter::PrefixTuning(p) => AdapterPass::PrefixTuning(Pass::eval(p)),
+            Adapter::PTuning(p) => AdapterPass::PTuning(Pass::eval(p)),
         }
     }
 }
@@ -166,6 +179,7 @@ impl Adapter {
             Adapter::Ia3(a) => Adapter::Ia3(a.zeros_like(gpu)?),
             Adapter::PromptTuning(p) => Adapter::PromptTuning(p.zeros_like(gpu)?),
             Adapter::PrefixTuning(p) => Adapter::PrefixTuning(p.zeros_like(gpu)?),
+            Adapter::PTuning(p) => Adapter::PTuning(p.zeros_like(gpu)?),
         })
     }
 
@@ -177,6 +191,7 @@ impl Adapter {
             Adapter::Ia3(a) => a.tensors(),
             Adapter::PromptTuning(p) => p.tensors(),
             Adapter::PrefixTuning(p) => p.tensors(),
+            Adapter::PTuning(p) => p.tensors(),
         }
     }
 
@@ -198,6 +213,7 @@ impl Adapter {
             Adapter::Ia3(_) => "ia3",
             Adapter::PromptTuning(_) => "prompt_tuning",
             Adapter::PrefixTuning(_) => "prefix_tuning",
+            Adapter::PTuning(_) => "p_tuning",
         }
     }
 }
@@ -208,7 +224,7 @@ impl Adapter {
         match self {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
-            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) => false,
+            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => false,
         }
     }
 }
@@ -235,6 +251,7 @@ impl Adapter {
                 c.check(model)?;
                 Ok(Adapter::PrefixTuning(PrefixTuningAdapter::init(gpu, c, seed)?))
             }
+            AdapterConfig::PTuning(c) => Ok(Adapter::PTuning(PTuningAdapter::init(gpu, c, model, seed)?)),
         }
     }
 
@@ -301,10 +318,11 @@ impl Adapter {
                 Some("IA3") => Adapter::Ia3(Ia3Adapter::load(gpu, files, model).await?),
                 Some("PROMPT_TUNING") => Adapter::PromptTuning(PromptTuningAdapter::load(gpu, files, model).await?),
                 Some("PREFIX_TUNING") => Adapter::PrefixTuning(PrefixTuningAdapter::load(gpu, files, model).await?),
+                Some("P_TUNING") => Adapter::PTuning(PTuningAdapter::load(gpu, files, model).await?),
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3, PROMPT_TUNING and PREFIX_TUNING adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, IA3, PROMPT_TUNING, PREFIX_TUNING and P_TUNING adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -355,6 +373,10 @@ impl Adapter {
                 (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
                 (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
             ],
+            Adapter::PTuning(p) => vec![
+                (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
+                (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
+            ],
         })
     }
 
@@ -366,6 +388,7 @@ impl Adapter {
             Adapter::Ia3(a) => a.config.to_json(),
             Adapter::PromptTuning(p) => p.config.to_json(),
             Adapter::PrefixTuning(p) => p.config.to_json(),
+            Adapter::PTuning(p) => p.config.to_json(),
         }
     }
 
@@ -392,6 +415,9 @@ impl Adapter {
             }
             t.write(gpu, data)?;
         }
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        fresh.record_derive(&mut rec)?; // what the hooks read, from the tensors just written
+        rec.submit()?;
         Ok(fresh)
     }
 }

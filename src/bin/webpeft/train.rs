@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -53,9 +53,15 @@ pub struct TrainArgs {
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
-    /// Prompt or prefix tuning: learned virtual tokens before every row [default: 20].
+    /// Prompt, prefix or P-tuning: learned virtual tokens before every row [default: 20].
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
+    /// Prefix tuning: train PEFT's MLP that makes the prefix (prefix_projection) instead of the prefix itself.
+    #[arg(long)]
+    pub prefix_projection: bool,
+    /// The MLP's width, for --prefix-projection and P-tuning [default: token_dim, as PEFT].
+    #[arg(long)]
+    pub encoder_hidden_size: Option<usize>,
     /// Prompt tuning's init: random (N(0, 1)), sample_vocab (embeddings of random tokens) or text
     /// (embeddings of --prompt-init-text's tokens) [default: random, as PEFT].
     #[arg(long)]
@@ -215,6 +221,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "target_modules" => "--targets",
         "feedforward_modules" => "--feedforward-modules",
         "num_virtual_tokens" => "--num-virtual-tokens",
+        "encoder_hidden_size" => "--encoder-hidden-size",
         "prompt_tuning_init_text" => "--prompt-init-text",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
@@ -232,7 +239,7 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 11] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 13] {
         [
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora"]),
@@ -242,7 +249,9 @@ impl TrainArgs {
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
-            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix"]),
+            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix", "ptune"]),
+            ("--prefix-projection", self.prefix_projection, &["prefix"]),
+            ("--encoder-hidden-size", self.encoder_hidden_size.is_some(), &["prefix", "ptune"]),
             ("--prompt-init", self.prompt_init.is_some(), &["pt"]),
             ("--prompt-init-text", self.prompt_init_text.is_some(), &["pt"]),
         ]
@@ -261,6 +270,7 @@ impl TrainArgs {
             Method::Ia3 => "ia3",
             Method::PromptTuning => "pt",
             Method::PrefixTuning => "prefix",
+            Method::PTuning => "ptune",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -298,8 +308,14 @@ impl TrainArgs {
                 a.targets = self.targets.as_deref().map(parse_targets);
                 a.feedforward = self.feedforward_modules.as_deref().map(names);
             }
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, encoder_hidden_size } => {
                 *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *prefix_projection = self.prefix_projection;
+                *encoder_hidden_size = self.encoder_hidden_size;
+            }
+            AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size } => {
+                *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *encoder_hidden_size = self.encoder_hidden_size;
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);

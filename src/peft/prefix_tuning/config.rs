@@ -8,9 +8,11 @@
 //! entries (not rotated by RoPE); the row's tokens then sit at positions
 //! P..P+T. Without `prefix_projection` the prefix is learned directly, as an
 //! embedding of (P, layers × 2 × token_dim) floats, N(0, 1) at first
-//! (`nn.Embedding`'s init). With it, PEFT trains an MLP that makes the prefix
-//! but saves the prefix it made, so such a folder loads (and trains on) as a
-//! plain prefix; training through the MLP is not implemented yet.
+//! (`nn.Embedding`'s init). With it, a fresh adapter trains PEFT's MLP
+//! (`PrefixEncoder`: Embedding(P, token_dim) → Linear(token_dim,
+//! encoder_hidden_size) → Tanh → Linear(encoder_hidden_size, layers × 2 ×
+//! token_dim)) that makes the prefix; PEFT saves only the prefix it made, so
+//! such a folder loads (and trains on) as a plain prefix.
 
 use serde_json::{json, Value};
 
@@ -34,9 +36,9 @@ pub struct PrefixTuningConfig {
     pub num_layers: usize,
     /// The KV heads (PEFT's value for grouped-query models).
     pub num_attention_heads: usize,
-    /// PEFT records it (the projection's width; `token_dim` by default).
+    /// The projection MLP's width (`token_dim` by default).
     pub encoder_hidden_size: usize,
-    /// The folder was trained through PEFT's MLP reparametrisation (its file
+    /// The prefix comes from PEFT's MLP reparametrisation (a folder's file
     /// holds the projected prefix; kept so the config is written back as read).
     pub prefix_projection: bool,
     pub base_model_name_or_path: Option<String>,
@@ -120,6 +122,9 @@ impl PrefixTuningConfig {
             if got != want {
                 return Err(err(field, format!("{got}, but the model's is {want} (an adapter for another model?)")));
             }
+        }
+        if self.prefix_projection && self.encoder_hidden_size == 0 {
+            return Err(err("encoder_hidden_size", "must be at least 1 with prefix_projection, got 0"));
         }
         Ok(())
     }
