@@ -130,7 +130,8 @@ fn a_folder_trained_with_prefix_projection_loads_as_its_projected_prefix() {
 
 /// PEFT's config of the prefix_projection fixture (encoder_hidden_size 32).
 fn projection_config(name: &str) -> AdapterConfig {
-    let json = std::fs::read(fixture(&format!("prefix_projection/{name}/initial_adapter/adapter_config.json"))).unwrap();
+    let json =
+        std::fs::read(fixture(&format!("prefix_projection/{name}/initial_adapter/adapter_config.json"))).unwrap();
     AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(&json).unwrap())
 }
 

@@ -50,6 +50,10 @@ pub struct Encoder {
     post: Vec<Tensor>,
 }
 
+/// The checkpoint key of the embedding table: an adapter whose tensors hold
+/// it trains through an encoder.
+pub const TABLE_KEY: &str = "prompt_encoder.embedding.weight";
+
 /// Where a Linear's output goes: (tensor (N, width), first column).
 pub type Blocks<'a> = [(&'a Tensor, usize)];
 
@@ -102,7 +106,7 @@ impl Encoder {
     /// adapter name): `prompt_encoder.embedding.weight`,
     /// `prompt_encoder.<mlp>.<2i>.weight`, `….bias`.
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
-        let mut out = vec![("prompt_encoder.embedding.weight".to_string(), &self.embedding)];
+        let mut out = vec![(TABLE_KEY.to_string(), &self.embedding)];
         for (i, l) in self.layers.iter().enumerate() {
             let name = format!("prompt_encoder.{}.{}", self.mlp_name, 2 * i);
             out.push((format!("{name}.weight"), &l.weight));
@@ -110,7 +114,6 @@ impl Encoder {
         }
         out
     }
-
 
     /// Records the forward: every Zᵢ and act(Zᵢ) kept, Y written into `out`.
     pub fn record_forward(&self, rec: &mut Recorder, out: &Blocks) -> Result<()> {

@@ -58,7 +58,8 @@ pub enum Method {
 
 impl Method {
     /// Every method's name, for messages.
-    pub const NAMES: &'static str = "lora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn";
+    pub const NAMES: &'static str =
+        "lora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn";
 
     /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
@@ -202,9 +203,11 @@ impl AdapterRecipe {
             Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
             Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
             Method::PromptTuning => AdapterRecipe::PromptTuning(PromptTuningRecipe::default()),
-            Method::PrefixTuning => {
-                AdapterRecipe::PrefixTuning { num_virtual_tokens: 20, prefix_projection: false, encoder_hidden_size: None }
-            }
+            Method::PrefixTuning => AdapterRecipe::PrefixTuning {
+                num_virtual_tokens: 20,
+                prefix_projection: false,
+                encoder_hidden_size: None,
+            },
             Method::PTuning => AdapterRecipe::PTuning { num_virtual_tokens: 20, encoder_hidden_size: None },
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
@@ -214,9 +217,8 @@ impl AdapterRecipe {
     pub fn virtual_tokens(&self) -> usize {
         match self {
             AdapterRecipe::PromptTuning(p) => p.num_virtual_tokens,
-            AdapterRecipe::PrefixTuning { num_virtual_tokens, .. } | AdapterRecipe::PTuning { num_virtual_tokens, .. } => {
-                *num_virtual_tokens
-            }
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, .. }
+            | AdapterRecipe::PTuning { num_virtual_tokens, .. } => *num_virtual_tokens,
             _ => 0,
         }
     }
@@ -271,7 +273,10 @@ impl AdapterRecipe {
             }
             AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, encoder_hidden_size } => {
                 if encoder_hidden_size.is_some() && !prefix_projection {
-                    return Err(bad("encoder_hidden_size", "is the width of prefix_projection's MLP: turn it on"));
+                    return Err(bad(
+                        "encoder_hidden_size",
+                        "sets the width of the prefix_projection MLP, which is off",
+                    ));
                 }
                 let mut c = PrefixTuningConfig::new(*num_virtual_tokens, model)?;
                 c.prefix_projection = *prefix_projection;

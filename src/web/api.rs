@@ -20,8 +20,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
 use super::options::{
-    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PTuningOptions, PrefixTuningOptions, PromptTuningOptions,
-    TrainOptions,
+    BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PTuningOptions, PlanOptions, PrefixTuningOptions,
+    PromptTuningOptions, TrainOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;

@@ -599,7 +599,7 @@ fn folder_virtual_tokens(dir: &Path) -> usize {
     let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
     let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
     match value {
-        Some(v) if v["peft_type"] == "PROMPT_TUNING" || v["peft_type"] == "PREFIX_TUNING" => {
+        Some(v) if ["PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"].iter().any(|t| v["peft_type"] == *t) => {
             v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize
         }
         _ => 0,
@@ -619,9 +619,9 @@ async fn init_adapter(
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING") {
+            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\"), P-tuning (\"P_TUNING\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());

@@ -47,9 +47,15 @@ impl PTuningAdapter {
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<Self> {
         let config = PTuningConfig::load(files).await?;
         config.check(model)?;
-        let shape = [config.num_virtual_tokens, config.token_dim];
-        let values = read_prompt(files, shape, "a P-tuning").await?;
-        Ok(PTuningAdapter { prompt: Tensor::from_slice(gpu, &shape, &values)?, config, encoder: None })
+        let values = read_prompt(files, [config.num_virtual_tokens, config.token_dim], "a P-tuning").await?;
+        Self::upload(gpu, config, &values)
+    }
+
+    /// The adapter with `values` (V·D, row-major) as its prompt, trained
+    /// directly (no encoder).
+    pub fn upload(gpu: &Gpu, config: PTuningConfig, values: &[f32]) -> Result<Self> {
+        let prompt = Tensor::from_slice(gpu, &[config.num_virtual_tokens, config.token_dim], values)?;
+        Ok(PTuningAdapter { prompt, config, encoder: None })
     }
 
     /// PEFT's `adapter_model.safetensors`: `prompt_embeddings` (V, D) f32.

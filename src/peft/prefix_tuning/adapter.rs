@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::elementwise::fill;
 use crate::kernels::swiglu::Activation;
-use crate::peft::encoder::Encoder;
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::{Config, ModelFiles};
+use crate::peft::encoder::Encoder;
 use crate::peft::ADAPTER_WEIGHTS_FILE;
 use crate::util::rng::Rng;
 
