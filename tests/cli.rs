@@ -730,7 +730,7 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     std::fs::create_dir_all(&ia3).unwrap();
     std::fs::write(
         dir.0.join("ia3/adapter_config.json"),
-        r#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 8, "task_type": "CAUSAL_LM"}"#,
+        r#"{"peft_type": "LOHA", "r": 8, "task_type": "CAUSAL_LM"}"#,
     )
     .unwrap();
     std::fs::copy(
@@ -740,7 +740,7 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     .unwrap();
     let args = ["--method", "lora", "--init-adapter", &ia3, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
     let err = failure(&train(&data, &args));
-    assert!(err.contains("--init-adapter") && err.contains("PREFIX_TUNING") && err.contains("LORA"), "{err}");
+    assert!(err.contains("--init-adapter") && err.contains("LOHA") && err.contains("LORA"), "{err}");
     // PEFT's (IA)³ folder with --method lora names both methods.
     let peft_ia3 = fixture("ia3/llama_gqa/initial_adapter");
     let args =

@@ -13,8 +13,8 @@ mod common;
 
 use common::{
     adapted_logits, adapter_values, adapter_with, assert_files_are_peft, assert_files_near_peft, block_on,
-    check_failed_step_keeps_derived, check_greedy_and_cache, check_peft_training, fixture, fixture_adapter,
-    fixture_batch, fixture_init, fixture_model, gpu, load_files, max_abs_diff, Fixture,
+    check_failed_step_keeps_derived, check_logits_training_and_greedy, fixture, fixture_adapter, fixture_batch,
+    fixture_init, fixture_model, gpu, load_files, max_abs_diff, Fixture,
 };
 use webpeft::model::{Config, Model};
 use webpeft::peft::adapter::{Adapter, AdapterConfig};
@@ -57,14 +57,8 @@ fn logits_loss_every_gradient_ten_adamw_steps_and_greedy_tokens_match_peft() {
         let fx = Fixture::open(&format!("p_tuning/{name}/reference.safetensors"));
         let init = fixture_init(&fx);
         let fresh = || adapter_with(gpu, &model, config(name), &init);
-        let ad = fresh();
-        let ids = fixture_batch(&fx, 0..2).input_ids;
         let want = own_positions(&fx, model.config.vocab_size);
-        let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &want);
-        eprintln!("{name}: logits max |diff| {d:e}");
-        assert!(d <= 1e-4, "{name}: logits {d:e}");
-        check_peft_training(gpu, &model, &fresh, &fx, &|ad| adapter_values(gpu, ad));
-        check_greedy_and_cache(gpu, &model, &ad, &fx, V);
+        check_logits_training_and_greedy(gpu, &model, name, &fresh, &fx, &want, V);
     }
 }
 

@@ -16,8 +16,8 @@ mod common;
 
 use common::{
     adapted_logits, adapter_values, adapter_with, assert_files_are_peft, assert_files_near_peft, block_on,
-    check_failed_step_keeps_derived, check_greedy_and_cache, check_peft_training, fixture, fixture_adapter,
-    fixture_batch, fixture_init, fixture_model, gpu, load_files, max_abs_diff, Fixture,
+    check_failed_step_keeps_derived, check_greedy_and_cache, check_logits_training_and_greedy, check_peft_training,
+    fixture, fixture_adapter, fixture_batch, fixture_init, fixture_model, gpu, load_files, max_abs_diff, Fixture,
 };
 use webpeft::model::{Config, Model};
 use webpeft::peft::adapter::{Adapter, AdapterConfig};
@@ -143,13 +143,8 @@ fn prefix_projection_trains_peft_mlp_as_peft_does() {
         let fx = Fixture::open(&format!("prefix_projection/{name}/reference.safetensors"));
         let init = fixture_init(&fx);
         let fresh = || adapter_with(gpu, &model, projection_config(name), &init);
-        let ad = fresh();
-        let ids = fixture_batch(&fx, 0..2).input_ids;
-        let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &ids), &fx.f32("logits"));
-        eprintln!("{name}: logits max |diff| {d:e}");
-        assert!(d <= 1e-4, "{name}: logits {d:e}");
-        check_peft_training(gpu, &model, &fresh, &fx, &|ad| adapter_values(gpu, ad));
-        check_greedy_and_cache(gpu, &model, &ad, &fx, 3);
+        check_logits_training_and_greedy(gpu, &model, name, &fresh, &fx, &fx.f32("logits"), 3);
+        let (ad, ids) = (fresh(), fixture_batch(&fx, 0..2).input_ids);
         // The files hold the prefix the MLP makes, as PEFT's; loaded back, a plain prefix with PEFT's logits.
         let dir = format!("prefix_projection/{name}/initial_adapter");
         let (files, d) = assert_files_near_peft(gpu, &ad, &model.config, &dir, 1e-5);

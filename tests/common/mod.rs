@@ -149,9 +149,16 @@ pub fn cached_vs_full(
     max_abs_diff(&cached, &full)
 }
 
-/// Asserts that the files `adapter` writes are the PEFT folder `dir`'s: the
-/// same `adapter_config.json` (as JSON) and the same tensors, byte for byte.
-pub fn assert_files_are_peft(gpu: &Gpu, adapter: &webpeft::peft::Adapter, model: &webpeft::model::Config, dir: &str) {
+/// The files `adapter` writes against PEFT's folder `dir`: the same
+/// `adapter_config.json` (as JSON) and tensor names; `each` gets every
+/// tensor's name, ours and PEFT's. Returns our files.
+fn compare_files_with_peft(
+    gpu: &Gpu,
+    adapter: &webpeft::peft::Adapter,
+    model: &webpeft::model::Config,
+    dir: &str,
+    each: &mut dyn FnMut(&str, &safetensors::tensor::TensorView, &safetensors::tensor::TensorView),
+) -> Vec<(String, Vec<u8>)> {
     let files = block_on(adapter.to_files(gpu, model)).unwrap();
     let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
     let theirs = std::fs::read(fixture(&format!("{dir}/adapter_config.json"))).unwrap();
@@ -166,9 +173,39 @@ pub fn assert_files_are_peft(gpu: &Gpu, adapter: &webpeft::peft::Adapter, model:
     b.sort();
     assert_eq!(a, b, "{dir}: tensor names");
     for k in a {
-        let (x, y) = (ours.tensor(k).unwrap(), peft.tensor(k).unwrap());
-        assert_eq!((x.shape(), x.data()), (y.shape(), y.data()), "{dir}: {k}");
+        each(k, &ours.tensor(k).unwrap(), &peft.tensor(k).unwrap());
     }
+    files
+}
+
+/// Asserts that the files `adapter` writes are the PEFT folder `dir`'s: the
+/// same `adapter_config.json` (as JSON) and the same tensors, byte for byte.
+pub fn assert_files_are_peft(gpu: &Gpu, adapter: &webpeft::peft::Adapter, model: &webpeft::model::Config, dir: &str) {
+    compare_files_with_peft(gpu, adapter, model, dir, &mut |k, x, y| {
+        assert_eq!((x.shape(), x.data()), (y.shape(), y.data()), "{dir}: {k}");
+    });
+}
+
+/// The files `adapter` writes against PEFT's folder `dir` of the same
+/// state (PEFT's reparametrised methods save the prompt their MLP made, which
+/// webpeft's MLP makes within float rounding): the same
+/// `adapter_config.json`, the same tensor names, shapes and dtypes, values
+/// within `tol`. Returns the files and the largest difference.
+pub fn assert_files_near_peft(
+    gpu: &Gpu,
+    adapter: &webpeft::peft::Adapter,
+    model: &webpeft::model::Config,
+    dir: &str,
+    tol: f32,
+) -> (Vec<(String, Vec<u8>)>, f32) {
+    let mut worst = 0.0f32;
+    let files = compare_files_with_peft(gpu, adapter, model, dir, &mut |k, x, y| {
+        assert_eq!((x.shape(), x.dtype()), (y.shape(), y.dtype()), "{dir}: {k}");
+        let f = |d: &[u8]| bytemuck::pod_collect_to_vec::<u8, f32>(d);
+        worst = worst.max(max_abs_diff(&f(x.data()), &f(y.data())));
+    });
+    assert!(worst <= tol, "{dir}: saved values max |diff| {worst:e}");
+    (files, worst)
 }
 
 /// A fixture model folder loaded with an f32 base.
@@ -285,42 +322,6 @@ pub fn adapter_with(
     fresh.with_tensors(gpu, tensors).unwrap()
 }
 
-/// The files `adapter` writes against PEFT's folder `dir` of the same
-/// state (PEFT's reparametrised methods save the prompt their MLP made, which
-/// webpeft's MLP makes within float rounding): the same
-/// `adapter_config.json`, the same tensor names, shapes and dtypes, values
-/// within `tol`. Returns the files and the largest difference.
-pub fn assert_files_near_peft(
-    gpu: &Gpu,
-    adapter: &webpeft::peft::Adapter,
-    model: &webpeft::model::Config,
-    dir: &str,
-    tol: f32,
-) -> (Vec<(String, Vec<u8>)>, f32) {
-    let files = block_on(adapter.to_files(gpu, model)).unwrap();
-    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
-    let theirs = std::fs::read(fixture(&format!("{dir}/adapter_config.json"))).unwrap();
-    assert_eq!(json(&files[0].1), json(&theirs), "{dir}: adapter_config.json");
-    let peft = std::fs::read(fixture(&format!("{dir}/adapter_model.safetensors"))).unwrap();
-    let (ours, peft) = (
-        safetensors::SafeTensors::deserialize(&files[1].1).unwrap(),
-        safetensors::SafeTensors::deserialize(&peft).unwrap(),
-    );
-    let (mut a, mut b) = (ours.names(), peft.names());
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "{dir}: tensor names");
-    let mut worst = 0.0f32;
-    for k in a {
-        let (x, y) = (ours.tensor(k).unwrap(), peft.tensor(k).unwrap());
-        assert_eq!((x.shape(), x.dtype()), (y.shape(), y.dtype()), "{dir}: {k}");
-        let f = |d: &[u8]| bytemuck::pod_collect_to_vec::<u8, f32>(d);
-        worst = worst.max(max_abs_diff(&f(x.data()), &f(y.data())));
-    }
-    assert!(worst <= tol, "{dir}: saved values max |diff| {worst:e}");
-    (files, worst)
-}
-
 /// An adapter folder held in memory, loaded for `model`.
 pub fn load_files(gpu: &Gpu, files: &[(String, Vec<u8>)], model: &webpeft::model::Config) -> webpeft::peft::Adapter {
     let mut mem = webpeft::model::MemoryFiles::new();
@@ -353,4 +354,25 @@ pub fn check_failed_step_keeps_derived(
     assert_eq!(now, then, "the failed step changed the trained tensors");
     let got: Vec<u32> = derived(&trainer.adapter).iter().map(|f| f.to_bits()).collect();
     assert_eq!(got, want, "the failed step left the derived prompt of other tensors");
+}
+
+/// A method against its PEFT fixture `fx` from `fresh()`: the logits of the
+/// rows' own positions within 1e-4 of `want`, then [`check_peft_training`]
+/// on every trainable tensor and [`check_greedy_and_cache`] (`before`: the
+/// adapter's positions before the row's). `name` labels the output.
+pub fn check_logits_training_and_greedy(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    name: &str,
+    fresh: &dyn Fn() -> webpeft::peft::Adapter,
+    fx: &Fixture,
+    want: &[f32],
+    before: usize,
+) {
+    let ad = fresh();
+    let d = max_abs_diff(&adapted_logits(gpu, model, Some(&ad), &fixture_batch(fx, 0..2).input_ids), want);
+    eprintln!("{name}: logits max |diff| {d:e}");
+    assert!(d <= 1e-4, "{name}: logits {d:e}");
+    check_peft_training(gpu, model, fresh, fx, &|ad| adapter_values(gpu, ad));
+    check_greedy_and_cache(gpu, model, &ad, fx, before);
 }

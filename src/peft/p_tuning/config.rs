@@ -13,13 +13,11 @@ use serde_json::{json, Value};
 
 use crate::model::{ByteSource, Config};
 use crate::peft::lora::PEFT_VERSION;
-use crate::peft::peft_config::{check_peft_type, field_error as err};
+use crate::peft::peft_config::{
+    check_peft_type, check_prompt_learning, check_prompt_width, check_virtual_tokens, field_error as err, unsupported,
+};
 use crate::util::json::{brief, Fields};
-use crate::{Error, Result};
-
-fn unsupported(field: &str, detail: impl Into<String>) -> Error {
-    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
-}
+use crate::Result;
 
 /// A validated PEFT P-tuning configuration for a causal LM.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,14 +84,7 @@ impl PTuningConfig {
             }
             other => return Err(err("encoder_reparameterization_type", format!("\"{other}\" (expected MLP or LSTM)"))),
         }
-        if let Some(n) = f.opt_usize("num_transformer_submodules")? {
-            if n != 1 {
-                return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
-            }
-        }
-        if !f.is_empty("modules_to_save") {
-            return Err(unsupported("modules_to_save", "not supported (must be null)"));
-        }
+        check_prompt_learning(&f)?;
         let required = |key: &str| f.opt_usize(key)?.ok_or_else(|| err(key, "missing"));
         let token_dim = required("token_dim")?;
         Ok(PTuningConfig {
@@ -112,25 +103,8 @@ impl PTuningConfig {
     /// than the model's positions, prompts as wide as its embeddings, and an
     /// MLP at least 1 wide.
     pub fn check(&self, model: &Config) -> Result<()> {
-        let (v, max) = (self.num_virtual_tokens, model.max_position_embeddings);
-        if v == 0 {
-            return Err(err("num_virtual_tokens", "must be at least 1, got 0"));
-        }
-        if v >= max {
-            return Err(err(
-                "num_virtual_tokens",
-                format!("{v} virtual tokens leave no position for the input (max_position_embeddings {max})"),
-            ));
-        }
-        if self.token_dim != model.hidden_size {
-            return Err(err(
-                "token_dim",
-                format!(
-                    "{}, but the model's hidden_size is {} (an adapter for another model?)",
-                    self.token_dim, model.hidden_size
-                ),
-            ));
-        }
+        check_virtual_tokens(self.num_virtual_tokens, model)?;
+        check_prompt_width(self.token_dim, model)?;
         if self.encoder_hidden_size == 0 {
             return Err(err("encoder_hidden_size", "must be at least 1, got 0"));
         }

@@ -18,13 +18,9 @@ use serde_json::{json, Value};
 
 use crate::model::{ByteSource, Config};
 use crate::peft::lora::PEFT_VERSION;
-use crate::peft::peft_config::{check_peft_type, field_error as err};
+use crate::peft::peft_config::{check_peft_type, check_prompt_learning, check_virtual_tokens, field_error as err};
 use crate::util::json::{brief, Fields};
-use crate::{Error, Result};
-
-fn unsupported(field: &str, detail: impl Into<String>) -> Error {
-    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
-}
+use crate::Result;
 
 /// A validated PEFT prefix-tuning configuration for a causal LM.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,14 +75,7 @@ impl PrefixTuningConfig {
         };
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "PREFIX_TUNING", "a prefix-tuning adapter")?;
-        if let Some(n) = f.opt_usize("num_transformer_submodules")? {
-            if n != 1 {
-                return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
-            }
-        }
-        if !f.is_empty("modules_to_save") {
-            return Err(unsupported("modules_to_save", "not supported (must be null)"));
-        }
+        check_prompt_learning(&f)?;
         let required = |key: &str| f.opt_usize(key)?.ok_or_else(|| err(key, "missing"));
         let token_dim = required("token_dim")?;
         Ok(PrefixTuningConfig {
@@ -103,16 +92,7 @@ impl PrefixTuningConfig {
     /// Checks the config against a model: at least one virtual token, fewer
     /// than the model's positions, and the model's layers and KV shapes.
     pub fn check(&self, model: &Config) -> Result<()> {
-        let (p, max) = (self.num_virtual_tokens, model.max_position_embeddings);
-        if p == 0 {
-            return Err(err("num_virtual_tokens", "must be at least 1, got 0"));
-        }
-        if p >= max {
-            return Err(err(
-                "num_virtual_tokens",
-                format!("a prefix of {p} leaves no position for the input (max_position_embeddings {max})"),
-            ));
-        }
+        check_virtual_tokens(self.num_virtual_tokens, model)?;
         let (kv, dim) = (model.num_key_value_heads, model.kv_dim());
         for (field, got, want) in [
             ("num_layers", self.num_layers, model.num_hidden_layers),
