@@ -728,11 +728,8 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     let data = write_data(&dir);
     let ia3 = dir.join("ia3");
     std::fs::create_dir_all(&ia3).unwrap();
-    std::fs::write(
-        dir.0.join("ia3/adapter_config.json"),
-        r#"{"peft_type": "LOHA", "r": 8, "task_type": "CAUSAL_LM"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("ia3/adapter_config.json"), r#"{"peft_type": "LOHA", "r": 8, "task_type": "CAUSAL_LM"}"#)
+        .unwrap();
     std::fs::copy(
         format!("{}/adapter_model.safetensors", fixture("lora/initial_adapter")),
         dir.0.join("ia3/adapter_model.safetensors"),

@@ -614,7 +614,7 @@ async fn init_adapter(
     model: &Model,
 ) -> Result<Adapter, Box<dyn std::error::Error>> {
     let at = || format!("--init-adapter {}", dir.display());
-    // A PEFT config of a method webpeft does not train (prefix tuning, …) says so in peft_type.
+    // A PEFT config of a method webpeft does not train (LoHa, …) says so in peft_type.
     let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();

@@ -79,7 +79,7 @@ impl PTuningConfig {
             "LSTM" => {
                 return Err(unsupported(
                     "encoder_reparameterization_type",
-                    "\"LSTM\" is not supported: webpeft trains P-tuning's MLP encoder (\"MLP\", PEFT's default)",
+                    "\"LSTM\": webpeft trains P-tuning's MLP encoder (\"MLP\", PEFT's default)",
                 ))
             }
             other => return Err(err("encoder_reparameterization_type", format!("\"{other}\" (expected MLP or LSTM)"))),
