@@ -20,8 +20,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
 use super::options::{
-    AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PrefixTuningOptions,
-    PromptTuningOptions, TrainOptions,
+    AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PTuningOptions, PlanOptions,
+    PrefixTuningOptions, PromptTuningOptions, TrainOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;
@@ -448,7 +448,8 @@ impl WebModel {
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
-    /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT).
+    /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT, or with
+    /// `prefixProjection` PEFT's MLP that makes it).
     #[wasm_bindgen(js_name = addPrefixTuning)]
     pub fn add_prefix_tuning(
         &self,
@@ -456,6 +457,17 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PrefixTuningOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: PrefixTuningOptions = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds a fresh P-tuning adapter (20 virtual tokens from PEFT's MLP prompt encoder, unless told).
+    #[wasm_bindgen(js_name = addPTuning)]
+    pub fn add_p_tuning(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "PTuningOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: PTuningOptions = options(&opts)?;
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 

@@ -323,6 +323,19 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [lx, lx2] = [(await model.evaluate(data, { adapter: "x" })).loss, (await model.evaluate(data, { adapter: "x2" })).loss];
       const gx = await model.generate("The robot", { maxNewTokens: 3, adapter: "x2" });
       if (lx !== lx2 || gx.tokenIds.length !== 3) throw new Error("prefix tuning: eval " + lx + " vs " + lx2 + ", " + gx.tokenIds);
+      // Through PEFT's MLPs (prefix_projection, P-tuning): trained, exported as the prompt the MLP makes (PEFT's
+      // files), imported again as that prompt with the same loss.
+      model.addPrefixTuning("xp", { numVirtualTokens: 3, prefixProjection: true, encoderHiddenSize: 8 });
+      model.addPTuning("pt", { numVirtualTokens: 3, encoderHiddenSize: 8 });
+      for (const [name, type] of [["xp", "PREFIX_TUNING"], ["pt", "P_TUNING"]]) {
+        await model.startTraining(name, data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train(() => {});
+        const rfiles = await model.exportAdapter(name);
+        const rcfg = JSON.parse(new TextDecoder().decode(rfiles["adapter_config.json"]));
+        if (rcfg.peft_type !== type || rcfg.encoder_hidden_size !== 8) throw new Error(name + " config " + JSON.stringify(rcfg));
+        await model.importAdapter(name + "2", rfiles);
+        const [lr, lr2] = [(await model.evaluate(data, { adapter: name })).loss, (await model.evaluate(data, { adapter: name + "2" })).loss];
+        if (lr !== lr2) throw new Error(name + ": eval " + lr + " vs imported " + lr2);
+      }
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;

@@ -34,7 +34,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -71,9 +71,15 @@ pub struct TrainArgs {
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
-    /// Prompt or prefix tuning: learned virtual tokens before every row [default: 20].
+    /// Prompt, prefix or P-tuning: learned virtual tokens before every row [default: 20].
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
+    /// Prefix tuning: train PEFT's MLP that makes the prefix (prefix_projection) instead of the prefix itself.
+    #[arg(long)]
+    pub prefix_projection: bool,
+    /// The MLP's width, for --prefix-projection and P-tuning [default: token_dim, as PEFT].
+    #[arg(long)]
+    pub encoder_hidden_size: Option<usize>,
     /// Prompt tuning's init: random (N(0, 1)), sample_vocab (embeddings of random tokens) or text
     /// (embeddings of --prompt-init-text's tokens) [default: random, as PEFT].
     #[arg(long)]
@@ -237,6 +243,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "target_modules" => "--targets",
         "feedforward_modules" => "--feedforward-modules",
         "num_virtual_tokens" => "--num-virtual-tokens",
+        "encoder_hidden_size" => "--encoder-hidden-size",
         "prompt_tuning_init_text" => "--prompt-init-text",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
@@ -254,7 +261,7 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 17] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 19] {
         [
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora", "adalora"]),
@@ -270,7 +277,9 @@ impl TrainArgs {
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
-            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix"]),
+            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix", "ptune"]),
+            ("--prefix-projection", self.prefix_projection, &["prefix"]),
+            ("--encoder-hidden-size", self.encoder_hidden_size.is_some(), &["prefix", "ptune"]),
             ("--prompt-init", self.prompt_init.is_some(), &["pt"]),
             ("--prompt-init-text", self.prompt_init_text.is_some(), &["pt"]),
         ]
@@ -290,6 +299,7 @@ impl TrainArgs {
             Method::Ia3 => "ia3",
             Method::PromptTuning => "pt",
             Method::PrefixTuning => "prefix",
+            Method::PTuning => "ptune",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -340,8 +350,14 @@ impl TrainArgs {
                 a.targets = self.targets.as_deref().map(parse_targets);
                 a.feedforward = self.feedforward_modules.as_deref().map(names);
             }
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, encoder_hidden_size } => {
                 *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *prefix_projection = self.prefix_projection;
+                *encoder_hidden_size = self.encoder_hidden_size;
+            }
+            AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size } => {
+                *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *encoder_hidden_size = self.encoder_hidden_size;
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
@@ -636,7 +652,7 @@ fn folder_virtual_tokens(dir: &Path) -> usize {
     let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
     let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
     match value {
-        Some(v) if v["peft_type"] == "PROMPT_TUNING" || v["peft_type"] == "PREFIX_TUNING" => {
+        Some(v) if ["PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"].iter().any(|t| v["peft_type"] == *t) => {
             v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize
         }
         _ => 0,
@@ -651,14 +667,14 @@ async fn init_adapter(
     model: &Model,
 ) -> Result<Adapter, Box<dyn std::error::Error>> {
     let at = || format!("--init-adapter {}", dir.display());
-    // A PEFT config of a method webpeft does not train (prefix tuning, …) says so in peft_type.
+    // A PEFT config of a method webpeft does not train (LoHa, …) says so in peft_type.
     let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING") {
+            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\"), P-tuning (\"P_TUNING\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());
