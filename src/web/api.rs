@@ -561,10 +561,16 @@ impl WebModel {
     ) -> JsResult<TrainRun> {
         let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
         let recipe = o.to_recipe().map_err(err)?;
-        let st = busy(self.state.try_borrow())?;
-        let adapter = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?.clone();
-        let trainer = Trainer::new(&st.gpu, adapter, recipe.optimizer.clone(), recipe.seed).map_err(err)?;
-        drop(st);
+        let trainer = {
+            let mut guard = busy_mut(self.state.try_borrow_mut())?;
+            let st = &mut *guard;
+            let stored = st.adapters.get_mut(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+            let trainer = Trainer::new(&st.gpu, stored.clone(), recipe.optimizer.clone(), recipe.seed).map_err(err)?;
+            // The stored adapter is the trainer's (the same GPU tensors), with the state
+            // training keeps beside them (AdaLoRA's allocator, whose rank pattern the files hold).
+            *stored = trainer.adapter.clone();
+            trainer
+        };
         self.run(name, trainer, &data, &recipe, None)
     }
 

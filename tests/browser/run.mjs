@@ -336,6 +336,17 @@ test("the npm package, installed from its tarball into a plain page, trains, che
         const [lr, lr2] = [(await model.evaluate(data, { adapter: name })).loss, (await model.evaluate(data, { adapter: name + "2" })).loss];
         if (lr !== lr2) throw new Error(name + ": eval " + lr + " vs imported " + lr2);
       }
+      // AdaLoRA over a 2-step run: the last step allocates the final budget, so the exported
+      // folder holds PEFT's rank_pattern and only the kept ranks; imported again, the same loss.
+      model.addAdaLora("ad", { initR: 4, targetR: 2, targets: "all-linear", totalStep: 2 });
+      await model.startTraining("ad", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train(() => {});
+      const afiles = await model.exportAdapter("ad");
+      const acfg = JSON.parse(new TextDecoder().decode(afiles["adapter_config.json"]));
+      const kept = Object.values(acfg.rank_pattern ?? {}).flat().filter((k) => k).length;
+      if (acfg.peft_type !== "ADALORA" || acfg.total_step !== 2 || kept !== 2 * 14) throw new Error("adalora config " + JSON.stringify(acfg));
+      await model.importAdapter("ad2", afiles);
+      const [la, la2] = [(await model.evaluate(data, { adapter: "ad" })).loss, (await model.evaluate(data, { adapter: "ad2" })).loss];
+      if (!(Math.abs(la - la2) < 1e-5)) throw new Error("adalora: eval " + la + " vs imported " + la2);
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;
