@@ -176,7 +176,7 @@ fn step_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
     let lines: Vec<serde_json::Value> =
         text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
     for l in &lines {
-        if l.get("eval_loss").is_none() {
+        if l.get("eval_loss").is_none() && l.get("best_step").is_none() {
             for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s"] {
                 assert!(l[key].is_number(), "{key} in {l}");
             }
@@ -517,6 +517,50 @@ fn train_adalora_on_an_nf4_base_stop_resume_merge_and_generate() {
     ));
     eprintln!("ROW | AdaLoRA with target_r above init_r | {}", err.lines().last().unwrap_or_default());
     assert!(err.contains("target_r") && err.contains("init_r"), "{err}");
+}
+
+/// `--eval-steps 1 --early-stopping-patience 2 --load-best-at-end` at a learning rate that
+/// overshoots: the run stops two evaluations after the best one, and the adapter it writes is
+/// the best evaluation's, byte for byte what a run stopped at that step writes.
+#[test]
+fn early_stopping_keeps_the_best_evaluation() {
+    let dir = TempDir::new("early-stop");
+    let data = write_data(&dir);
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = vec!["--method", "lora", "--targets", "all-linear", "--r", "4", "--lr", "0.5", "--steps", "12"];
+        a.extend(["--schedule", "constant"]);
+        a.extend(["--no-shuffle", "--out", out]);
+        a.extend_from_slice(extra);
+        train(&data, &a)
+    };
+    let steering = ["--eval-data", &data, "--eval-steps", "1", "--early-stopping-patience", "2", "--load-best-at-end"];
+    let out = run(&dir.join("steered"), &steering);
+    ok(&out);
+    let lines = step_lines(&out);
+    let steps = lines.iter().filter(|l| l.get("loss").is_some()).count();
+    let evals: Vec<f64> = lines.iter().filter_map(|l| l["eval_loss"].as_f64()).collect();
+    let best = lines.iter().find(|l| l.get("best_step").is_some()).expect("a best_step line");
+    let best_step = best["best_step"].as_u64().unwrap() as usize;
+    assert_eq!(evals.len(), steps, "one evaluation a step: {lines:?}");
+    assert!(steps < 12 && best_step + 2 == steps, "stopped at {steps}, best {best_step}: {lines:?}");
+    let min = evals.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!((best["best_eval_loss"].as_f64().unwrap() - min).abs() < 1e-6 && evals[best_step - 1] == min, "{lines:?}");
+    // The same run stopped at the best step writes the same adapter.
+    let stop = best_step.to_string();
+    ok(&run(&dir.join("plain"), &["--stop-after", &stop]));
+    let file = "adapter_model.safetensors";
+    let (a, b) = (std::fs::read(dir.0.join("steered").join(file)), std::fs::read(dir.0.join("plain").join(file)));
+    assert!(a.unwrap() == b.unwrap(), "the best evaluation's adapter is not the one written");
+    let args = ["--method", "lora", "--early-stopping-patience", "2", "--lr", "1e-3", "--out", &dir.join("x")];
+    let err = failure_usage(&train(&data, &args));
+    assert!(err.contains("--eval-steps"), "{err}");
+}
+
+/// The stderr of a command line clap refuses (exit code 2).
+fn failure_usage(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    err
 }
 
 #[test]

@@ -14,6 +14,7 @@ use webpeft::peft::TargetModules;
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset};
+use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
@@ -156,6 +157,21 @@ pub struct TrainArgs {
     /// Held-out JSONL file: its loss and perplexity are printed after training.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Also evaluate on --eval-data every this many steps (a line with the step).
+    #[arg(long, requires = "eval_data")]
+    pub eval_steps: Option<u64>,
+    /// Stop after this many evaluations in a row without a lower eval loss (transformers'
+    /// EarlyStoppingCallback; needs --eval-steps).
+    #[arg(long, requires = "eval_steps")]
+    pub early_stopping_patience: Option<usize>,
+    /// The least decrease of the eval loss that counts as an improvement [default: 0].
+    #[arg(long, requires = "early_stopping_patience", default_value_t = 0.0)]
+    pub early_stopping_threshold: f32,
+    /// Write the adapter of the best evaluation to --out at the end, not the last one
+    /// (transformers' load_best_model_at_end; needs --eval-steps). The training state
+    /// stays the last step's, so --resume goes on from there.
+    #[arg(long, requires = "eval_steps")]
+    pub load_best_at_end: bool,
     /// Continue the run saved in this folder's training_state.safetensors:
     /// the same schedule, step total, learning rate and accumulation as when it
     /// started (those flags are then ignored), from the saved data position.
@@ -214,6 +230,9 @@ struct StepLine {
 /// The `train` line after the run when --eval-data is given.
 #[derive(serde::Serialize)]
 struct EvalLine {
+    /// The step it was measured after (none: the end of training).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<u64>,
     eval_loss: f32,
     eval_perplexity: f64,
     eval_tokens: usize,
@@ -481,6 +500,8 @@ pub enum Stopped {
     Done,
     /// `--stop-after` steps ran; the run can go on with `--resume`.
     Paused,
+    /// --early-stopping-patience evaluations in a row did not improve.
+    NoImprovement,
     /// A step's loss or gradient norm was NaN or infinite: the error was
     /// printed and the last good state written.
     NonFinite,
@@ -597,6 +618,9 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
 
     let mut stopped = Stopped::Done;
     let mut this_run = 0;
+    let mut steering = EarlyStopping::new(a.early_stopping_patience, a.early_stopping_threshold);
+    // The adapter files of the best evaluation, for --load-best-at-end.
+    let mut best_files: Option<Vec<(String, Vec<u8>)>> = None;
     loop {
         if a.stop_after.is_some_and(|n| this_run >= n) {
             stopped = Stopped::Paused;
@@ -627,6 +651,26 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                 if a.save_steps.is_some_and(|n| n > 0 && s.step % n == 0) {
                     save_run(&gpu, &run, &model, &a.out, &options).await?;
                 }
+                if let (Some(eval), Some(n)) = (&eval, a.eval_steps.filter(|&n| n > 0)) {
+                    if s.step % n == 0 {
+                        let stats = run.evaluate(&gpu, &model, eval).await?;
+                        let line = EvalLine {
+                            step: Some(s.step),
+                            eval_loss: stats.loss,
+                            eval_perplexity: stats.perplexity,
+                            eval_tokens: stats.tokens,
+                        };
+                        out!("{}", serde_json::to_string(&line)?);
+                        let verdict = steering.observe(s.step, stats.loss);
+                        if verdict.improved && a.load_best_at_end {
+                            best_files = Some(run.trainer.adapter.to_files(&gpu, &model.config).await?);
+                        }
+                        if verdict.stop {
+                            stopped = Stopped::NoImprovement;
+                            break;
+                        }
+                    }
+                }
             }
             Ok(None) => break,
             Err(e @ webpeft::Error::NonFinite { .. }) => {
@@ -637,13 +681,39 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
             Err(e) => return Err(e.into()),
         }
     }
-    if let (Some(eval), Stopped::Done) = (&eval, &stopped) {
+    if let (Some(eval), Stopped::Done, None) = (&eval, &stopped, a.eval_steps) {
         let stats = run.evaluate(&gpu, &model, eval).await?;
-        let line = EvalLine { eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        let line = EvalLine {
+            step: None,
+            eval_loss: stats.loss,
+            eval_perplexity: stats.perplexity,
+            eval_tokens: stats.tokens,
+        };
         out!("{}", serde_json::to_string(&line)?);
     }
     save_run(&gpu, &run, &model, &a.out, &options).await?;
-    eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display());
+    if let Some((loss, step)) = steering.best {
+        out!("{}", serde_json::json!({"best_step": step, "best_eval_loss": loss}));
+        if matches!(stopped, Stopped::NoImprovement) {
+            let patience = a.early_stopping_patience.unwrap_or(0);
+            eprintln!("early stopping at step {}: {patience} evaluations without a lower eval loss", run.trainer.step);
+        }
+    }
+    match best_files {
+        Some(files) if a.load_best_at_end => {
+            for (name, bytes) in files {
+                let path = a.out.join(&name);
+                std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let (_, best) = steering.best.unwrap_or_default();
+            eprintln!(
+                "wrote the best evaluation's adapter (step {best}) and {CHECKPOINT_FILE} (step {}) to {}",
+                run.trainer.step,
+                a.out.display()
+            );
+        }
+        _ => eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display()),
+    }
     Ok(stopped)
 }
 
