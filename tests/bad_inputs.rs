@@ -263,6 +263,24 @@ fn an_adapter_folder_of_a_method_webpeft_does_not_load() {
 }
 
 #[test]
+fn a_p_tuning_folder_with_an_lstm_encoder() {
+    let gpu = gpu();
+    let config = Config::from_json(&std::fs::read(fixture("llama_gqa/config.json")).unwrap()).unwrap();
+    let dir = fixture("p_tuning/llama_gqa/initial_adapter");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    json["encoder_reparameterization_type"] = "LSTM".into();
+    let mut files = MemoryFiles::new();
+    files.insert("adapter_config.json", serde_json::to_vec(&json).unwrap());
+    files.insert("adapter_model.safetensors", std::fs::read(dir.join("adapter_model.safetensors")).unwrap());
+    let e = show("a P-tuning folder with PEFT's LSTM encoder", block_on(Adapter::load(gpu, &files, &config)));
+    assert!(
+        matches!(e, Error::AdapterUnsupported { ref field, .. } if field == "encoder_reparameterization_type"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_zero_reduction_factor() {
     let mut v: serde_json::Value = serde_json::from_slice(
         &std::fs::read(fixture("bottleneck/seq_bn/initial_adapter/adapter_config.json")).unwrap(),

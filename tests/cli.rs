@@ -176,7 +176,7 @@ fn step_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
     let lines: Vec<serde_json::Value> =
         text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect();
     for l in &lines {
-        if l.get("eval_loss").is_none() {
+        if l.get("eval_loss").is_none() && l.get("best_step").is_none() {
             for key in ["step", "loss", "lr", "grad_norm", "tokens_per_s"] {
                 assert!(l[key].is_number(), "{key} in {l}");
             }
@@ -409,6 +409,92 @@ fn train_prefix_tuning_stop_resume_generate_and_refuse_merge() {
     assert!(err.contains("cannot be merged"), "{err}");
 }
 
+/// The checkpoint's tensor names in `folder`, without the `param.` / `exp_avg*.` prefixes.
+fn checkpoint_keys(folder: &str) -> Vec<String> {
+    let bytes = std::fs::read(std::path::Path::new(folder).join("training_state.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut keys: Vec<String> =
+        st.names().iter().filter_map(|n| n.strip_prefix("param.")).map(str::to_string).collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn train_prefix_projection_and_p_tuning_through_their_mlps_stop_resume_and_generate() {
+    let model = fixture("llama_gqa");
+    let runs: [(&str, &[&str], &str, [usize; 2]); 2] = [
+        (
+            "projection",
+            &[
+                "--method",
+                "prefix_tuning",
+                "--prefix-projection",
+                "--encoder-hidden-size",
+                "16",
+                "--num-virtual-tokens",
+                "3",
+            ],
+            "transform",
+            [3, 2 * 2 * 48],
+        ),
+        (
+            "ptuning",
+            &["--method", "p_tuning", "--encoder-hidden-size", "16", "--num-virtual-tokens", "3"],
+            "mlp_head",
+            [3, 64],
+        ),
+    ];
+    for (tag, method, mlp, shape) in runs {
+        let dir = TempDir::new(&format!("train-{tag}"));
+        let data = write_data(&dir);
+        // The checkpoint keeps the MLP: stopped and resumed equals uninterrupted.
+        let whole = stop_resume_equals_uninterrupted(&dir, &data, method);
+        let keys = checkpoint_keys(&whole);
+        assert!(keys.contains(&"prompt_encoder.embedding.weight".to_string()), "{tag}: {keys:?}");
+        assert!(keys.contains(&format!("prompt_encoder.{mlp}.0.weight")), "{tag}: {keys:?}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["encoder_hidden_size"], 16, "{config}");
+        // PEFT's file: only the prompt the MLP makes.
+        let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+        assert_eq!(st.names(), ["prompt_embeddings"]);
+        assert_eq!(st.tensor("prompt_embeddings").unwrap().shape(), shape);
+        ok(&webpeft(&[
+            "generate",
+            "--model",
+            &model,
+            "--adapter",
+            &whole,
+            "--prompt",
+            "The cat",
+            "--max-new-tokens",
+            "3",
+        ]));
+    }
+    // Folders PEFT trained through the MLPs hold only the prompt: they go on training it directly, and resume so.
+    for (tag, method, folder) in [
+        ("projection-init", "prefix_tuning", "prefix_projection/llama_gqa/final_adapter"),
+        ("ptuning-init", "p_tuning", "p_tuning/llama_gqa/final_adapter"),
+    ] {
+        let dir = TempDir::new(&format!("train-{tag}"));
+        let data = write_data(&dir);
+        let init = fixture(folder);
+        let whole = stop_resume_equals_uninterrupted(&dir, &data, &["--method", method, "--init-adapter", &init]);
+        assert!(checkpoint_keys(&whole).iter().all(|k| !k.starts_with("prompt_encoder")), "{tag}");
+    }
+    let dir = TempDir::new("train-reparam-bad");
+    let data = write_data(&dir);
+    let out = dir.join("x");
+    let common = ["--steps", "1", "--lr", "1e-3", "--out", &out];
+    let err =
+        failure(&train(&data, &[&["--method", "prefix_tuning", "--encoder-hidden-size", "8"][..], &common].concat()));
+    eprintln!("ROW | --encoder-hidden-size without --prefix-projection | {}", err.lines().last().unwrap_or_default());
+    assert!(err.contains("--encoder-hidden-size") && err.contains("prefix_projection"), "{err}");
+    let err = failure(&train(&data, &[&["--method", "p_tuning", "--prefix-projection"][..], &common].concat()));
+    assert!(err.contains("--prefix-projection is not an option of --method p_tuning"), "{err}");
+}
+
 #[test]
 fn train_adalora_on_an_nf4_base_stop_resume_merge_and_generate() {
     let dir = TempDir::new("train-adalora");
@@ -453,6 +539,50 @@ fn train_adalora_on_an_nf4_base_stop_resume_merge_and_generate() {
     ));
     eprintln!("ROW | AdaLoRA with target_r above init_r | {}", err.lines().last().unwrap_or_default());
     assert!(err.contains("target_r") && err.contains("init_r"), "{err}");
+}
+
+/// `--eval-steps 1 --early-stopping-patience 2 --load-best-at-end` at a learning rate that
+/// overshoots: the run stops two evaluations after the best one, and the adapter it writes is
+/// the best evaluation's, byte for byte what a run stopped at that step writes.
+#[test]
+fn early_stopping_keeps_the_best_evaluation() {
+    let dir = TempDir::new("early-stop");
+    let data = write_data(&dir);
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = vec!["--method", "lora", "--targets", "all-linear", "--r", "4", "--lr", "0.5", "--steps", "12"];
+        a.extend(["--schedule", "constant"]);
+        a.extend(["--no-shuffle", "--out", out]);
+        a.extend_from_slice(extra);
+        train(&data, &a)
+    };
+    let steering = ["--eval-data", &data, "--eval-steps", "1", "--early-stopping-patience", "2", "--load-best-at-end"];
+    let out = run(&dir.join("steered"), &steering);
+    ok(&out);
+    let lines = step_lines(&out);
+    let steps = lines.iter().filter(|l| l.get("loss").is_some()).count();
+    let evals: Vec<f64> = lines.iter().filter_map(|l| l["eval_loss"].as_f64()).collect();
+    let best = lines.iter().find(|l| l.get("best_step").is_some()).expect("a best_step line");
+    let best_step = best["best_step"].as_u64().unwrap() as usize;
+    assert_eq!(evals.len(), steps, "one evaluation a step: {lines:?}");
+    assert!(steps < 12 && best_step + 2 == steps, "stopped at {steps}, best {best_step}: {lines:?}");
+    let min = evals.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!((best["best_eval_loss"].as_f64().unwrap() - min).abs() < 1e-6 && evals[best_step - 1] == min, "{lines:?}");
+    // The same run stopped at the best step writes the same adapter.
+    let stop = best_step.to_string();
+    ok(&run(&dir.join("plain"), &["--stop-after", &stop]));
+    let file = "adapter_model.safetensors";
+    let (a, b) = (std::fs::read(dir.0.join("steered").join(file)), std::fs::read(dir.0.join("plain").join(file)));
+    assert!(a.unwrap() == b.unwrap(), "the best evaluation's adapter is not the one written");
+    let args = ["--method", "lora", "--early-stopping-patience", "2", "--lr", "1e-3", "--out", &dir.join("x")];
+    let err = failure_usage(&train(&data, &args));
+    assert!(err.contains("--eval-steps"), "{err}");
+}
+
+/// The stderr of a command line clap refuses (exit code 2).
+fn failure_usage(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    err
 }
 
 #[test]
@@ -710,11 +840,8 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     let data = write_data(&dir);
     let ia3 = dir.join("ia3");
     std::fs::create_dir_all(&ia3).unwrap();
-    std::fs::write(
-        dir.0.join("ia3/adapter_config.json"),
-        r#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 8, "task_type": "CAUSAL_LM"}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("ia3/adapter_config.json"), r#"{"peft_type": "LOHA", "r": 8, "task_type": "CAUSAL_LM"}"#)
+        .unwrap();
     std::fs::copy(
         format!("{}/adapter_model.safetensors", fixture("lora/initial_adapter")),
         dir.0.join("ia3/adapter_model.safetensors"),
@@ -722,7 +849,7 @@ fn train_from_an_adapter_of_another_peft_type_is_refused() {
     .unwrap();
     let args = ["--method", "lora", "--init-adapter", &ia3, "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")];
     let err = failure(&train(&data, &args));
-    assert!(err.contains("--init-adapter") && err.contains("PREFIX_TUNING") && err.contains("LORA"), "{err}");
+    assert!(err.contains("--init-adapter") && err.contains("LOHA") && err.contains("LORA"), "{err}");
     // PEFT's (IA)³ folder with --method lora names both methods.
     let peft_ia3 = fixture("ia3/llama_gqa/initial_adapter");
     let args =

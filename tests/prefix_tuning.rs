@@ -4,7 +4,10 @@
 //! head_dim 24) and a tiny Qwen2 (KV 2, head_dim 16, q/k/v biases). The
 //! logits, the loss and the prefix's gradient, 10 AdamW steps, greedy
 //! generation with the prefix as the KV cache's first entries, PEFT's files
-//! both ways, and bad configs.
+//! both ways, and bad configs. With `prefix_projection`
+//! (tests/fixtures/prefix_projection, `make_fixtures.py prefix_projection`):
+//! the same checks on PEFT's PrefixEncoder MLP, whose every tensor's gradient
+//! is checked, and the prefix it makes saved as PEFT saves it.
 //!
 //! Tolerances as for LoRA: logits and gradients 1e-4 abs, loss 1e-5,
 //! per-step losses 1e-4, final prefix 1e-4; generated tokens equal.
@@ -12,11 +15,12 @@
 mod common;
 
 use common::{
-    adapted_logits, assert_files_are_peft, block_on, check_greedy_and_cache, check_peft_training, fixture,
-    fixture_adapter, fixture_batch, fixture_model, gpu, max_abs_diff, Fixture,
+    adapted_logits, adapter_values, adapter_with, assert_files_are_peft, assert_files_near_peft, block_on,
+    check_failed_step_keeps_derived, check_greedy_and_cache, check_logits_training_and_greedy, check_peft_training,
+    fixture, fixture_adapter, fixture_batch, fixture_init, fixture_model, gpu, load_files, max_abs_diff, Fixture,
 };
 use webpeft::model::{Config, Model};
-use webpeft::peft::adapter::Adapter;
+use webpeft::peft::adapter::{Adapter, AdapterConfig};
 use webpeft::peft::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use webpeft::{Error, Gpu};
 
@@ -121,5 +125,95 @@ fn a_folder_trained_with_prefix_projection_loads_as_its_projected_prefix() {
         );
         assert!(d <= 1e-4, "{name}: logits {d:e}");
         assert_files_are_peft(gpu, &ad, &model.config, &dir);
+    }
+}
+
+/// PEFT's config of the prefix_projection fixture (encoder_hidden_size 32).
+fn projection_config(name: &str) -> AdapterConfig {
+    let json =
+        std::fs::read(fixture(&format!("prefix_projection/{name}/initial_adapter/adapter_config.json"))).unwrap();
+    AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(&json).unwrap())
+}
+
+#[test]
+fn prefix_projection_trains_peft_mlp_as_peft_does() {
+    let gpu = gpu();
+    for name in MODELS {
+        let model = model(gpu, name);
+        let fx = Fixture::open(&format!("prefix_projection/{name}/reference.safetensors"));
+        let init = fixture_init(&fx);
+        let fresh = || adapter_with(gpu, &model, projection_config(name), &init);
+        check_logits_training_and_greedy(gpu, &model, name, &fresh, &fx, &fx.f32("logits"), 3);
+        let (ad, ids) = (fresh(), fixture_batch(&fx, 0..2).input_ids);
+        // The files hold the prefix the MLP makes, as PEFT's; loaded back, a plain prefix with PEFT's logits.
+        let dir = format!("prefix_projection/{name}/initial_adapter");
+        let (files, d) = assert_files_near_peft(gpu, &ad, &model.config, &dir, 1e-5);
+        eprintln!("{name}: saved prefix max |diff| {d:e}");
+        let back = load_files(gpu, &files, &model.config);
+        assert!(back.tensors().iter().all(|(k, _)| k.starts_with("prefix.")), "a loaded folder trains its prefix");
+        let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&back), &ids), &fx.f32("logits"));
+        assert!(d <= 1e-4, "{name}: reloaded logits {d:e}");
+    }
+}
+
+/// y = x·Wᵀ + b on the CPU, x (n, k), W (m, k).
+fn linear_cpu(x: &[f32], w: &[f32], b: &[f32], k: usize) -> Vec<f32> {
+    let m = b.len();
+    x.chunks(k)
+        .flat_map(|row| (0..m).map(move |j| b[j] + row.iter().zip(&w[j * k..][..k]).map(|(a, c)| a * c).sum::<f32>()))
+        .collect()
+}
+
+#[test]
+fn a_fresh_projection_adapter_is_peft_shaped_torch_initialised_and_makes_its_prefix() {
+    let gpu = gpu();
+    let model = model(gpu, "llama_gqa");
+    let fx = Fixture::open("prefix_projection/llama_gqa/reference.safetensors");
+    let ad = Adapter::new(gpu, projection_config("llama_gqa"), &model.config, 7).unwrap();
+    let ours: std::collections::BTreeMap<String, Vec<f32>> = adapter_values(gpu, &ad).into_iter().collect();
+    let peft = fixture_init(&fx);
+    assert_eq!(ours.keys().collect::<Vec<_>>(), peft.keys().collect::<Vec<_>>());
+    for (k, v) in &ours {
+        assert_eq!(v.len(), peft[k].len(), "{k}");
+    }
+    // nn.Linear's bounds 1/√fan_in (token_dim 48, then 32); nn.Embedding's N(0, 1) reaches past them.
+    let t = |k: &str| &ours[&format!("prompt_encoder.{k}")];
+    for (k, fan_in) in [("transform.0", 48.0f32), ("transform.2", 32.0)] {
+        for part in ["weight", "bias"] {
+            let max = t(&format!("{k}.{part}")).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(max <= 1.0 / fan_in.sqrt() && max > 0.5 / fan_in.sqrt(), "{k}.{part}: max |w| {max}");
+        }
+    }
+    assert!(t("embedding.weight").iter().any(|v| v.abs() > 1.0));
+    // The prefix is the MLP's output: tanh(E·W0ᵀ + b0)·W2ᵀ + b2, (P, layers·2·token_dim).
+    let h: Vec<f32> = linear_cpu(t("embedding.weight"), t("transform.0.weight"), t("transform.0.bias"), 48)
+        .iter()
+        .map(|v| v.tanh())
+        .collect();
+    let want = linear_cpu(&h, t("transform.2.weight"), t("transform.2.bias"), 32);
+    let d = max_abs_diff(&embedding(gpu, &ad), &want);
+    assert!(d <= 1e-5, "prefix vs the MLP on the CPU: {d:e}");
+}
+
+#[test]
+fn a_failed_step_leaves_the_prefix_made_from_the_restored_mlp() {
+    let gpu = gpu();
+    let model = model(gpu, "llama_gqa");
+    let fx = Fixture::open("prefix_projection/llama_gqa/reference.safetensors");
+    let mut init = fixture_init(&fx);
+    init.get_mut("prompt_encoder.transform.2.bias").unwrap()[0] = f32::INFINITY; // a key of layer 0: the loss is NaN
+    let bad = adapter_with(gpu, &model, projection_config("llama_gqa"), &init);
+    check_failed_step_keeps_derived(gpu, &model, bad, &fixture_batch(&fx, 0..2), &|ad| embedding(gpu, ad));
+}
+
+#[test]
+fn a_projection_without_width_is_a_typed_error() {
+    let config = Config::from_json(&std::fs::read(fixture("llama_gqa/config.json")).unwrap()).unwrap();
+    let json = std::fs::read(fixture("prefix_projection/llama_gqa/initial_adapter/adapter_config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    v["encoder_hidden_size"] = serde_json::json!(0);
+    match PrefixTuningConfig::from_value(&v).and_then(|c| c.check(&config)) {
+        Err(Error::AdapterConfig { field, .. }) => assert_eq!(field, "encoder_hidden_size"),
+        other => panic!("{other:?}"),
     }
 }

@@ -7,7 +7,8 @@ use webpeft::model::config::Config;
 use webpeft::peft::TargetModules;
 use webpeft::train::recipe::{AdapterRecipe, LoraRecipe, Method, TrainRecipe};
 use webpeft::web::options::{
-    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PrefixTuningOptions, PromptTuningOptions, TrainOptions,
+    AdaLoraOptions, BottleneckOptions, Ia3Options, LoraOptions, PTuningOptions, PrefixTuningOptions,
+    PromptTuningOptions, TrainOptions,
 };
 use webpeft::Error;
 
@@ -30,6 +31,8 @@ fn browser_adapter_config(options: &str) -> String {
         serde_json::from_value::<Ia3Options>(value).unwrap().to_recipe().unwrap()
     } else if value.as_object_mut().unwrap().remove("prefix_tuning").is_some() {
         serde_json::from_value::<PrefixTuningOptions>(value).unwrap().to_recipe().unwrap()
+    } else if value.as_object_mut().unwrap().remove("p_tuning").is_some() {
+        serde_json::from_value::<PTuningOptions>(value).unwrap().to_recipe().unwrap()
     } else if value.as_object_mut().unwrap().remove("prompt_tuning").is_some() {
         serde_json::from_value::<PromptTuningOptions>(value).unwrap().to_recipe().unwrap()
     } else if value.get("method").is_some() {
@@ -123,7 +126,7 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 12] = [
+        let cases: [(&[&str], &str); 14] = [
             (&["--method", "lora"], "{}"),
             (
                 &[
@@ -194,6 +197,11 @@ mod cli {
                 r#"{"adalora": true, "initR": 6, "targetR": 3, "tinit": 1, "tfinal": 2, "deltaT": 2, "alpha": 16,
                     "targets": "all-linear", "totalStep": 8}"#,
             ),
+            (
+                &["--method", "prefix_tuning", "--prefix-projection", "--encoder-hidden-size", "12"],
+                r#"{"prefix_tuning": true, "prefixProjection": true, "encoderHiddenSize": 12}"#,
+            ),
+            (&["--method", "p_tuning", "--num-virtual-tokens", "3"], r#"{"p_tuning": true, "numVirtualTokens": 3}"#),
         ];
         for (i, (flags, options)) in cases.into_iter().enumerate() {
             let out = cli_fresh_run(&dir, &format!("a{i}"), flags);

@@ -27,6 +27,7 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             modules: vec![("k_proj".into(), false), ("v_proj".into(), false), ("down_proj".into(), true)]
         }
     );
+    let kv = config.kv_dim(); // prefix tuning's token_dim, its MLP's default width
     let mut peaks = std::collections::HashMap::new();
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
@@ -36,7 +37,13 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),
             (QuantFormat::Nf4, "prompt_tuning", PlanAdapter::PromptTuning { virtual_tokens: 20 }),
-            (QuantFormat::F32, "prefix_tuning", PlanAdapter::PrefixTuning { virtual_tokens: 20 }),
+            (QuantFormat::F32, "prefix_tuning", PlanAdapter::PrefixTuning { virtual_tokens: 20, encoder_hidden: None }),
+            (
+                QuantFormat::F32,
+                "prefix_projection",
+                PlanAdapter::PrefixTuning { virtual_tokens: 20, encoder_hidden: Some(kv) },
+            ),
+            (QuantFormat::Nf4, "p_tuning", PlanAdapter::PTuning { virtual_tokens: 20, encoder_hidden: d }),
         ] {
             let input = PlanInput { quant, adapter, batch, seq, grad_accum: 1, checkpointing };
             let plan = plan_memory(&config, &input, 128 << 20);
@@ -58,7 +65,9 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             peaks.insert((method, checkpointing), f.peak_gpu_bytes);
         }
     }
-    for method in ["lora", "dora", "adalora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning"] {
+    for method in
+        ["lora", "dora", "adalora", "seq_bn", "ia3", "prompt_tuning", "prefix_tuning", "prefix_projection", "p_tuning"]
+    {
         let (plain, ckpt) = (peaks[&(method, false)], peaks[&(method, true)]);
         assert!(ckpt < plain, "{method}: checkpointing keeps less ({ckpt} vs {plain} B)");
     }

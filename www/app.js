@@ -324,6 +324,8 @@ const METHOD_NOTES = {
   ia3: "(IA)³: one learned vector per layer scaling the keys, values and feed-forward input (PEFT's defaults); the fewest parameters; PEFT's files.",
   prompt_tuning: "Prompt tuning: 20 learned virtual-token embeddings put before every input; the model itself is untouched; PEFT's files.",
   prefix_tuning: "Prefix tuning: 20 learned keys and values that every layer's attention sees before the input's; PEFT's files.",
+  prefix_projection: "Prefix tuning through PEFT's MLP (prefix_projection): the keys and values are an MLP's output over 20 learned embeddings; PEFT saves the prefix it makes.",
+  p_tuning: "P-tuning: 20 virtual-token embeddings made by PEFT's MLP prompt encoder, put before every input; PEFT saves the embeddings it makes.",
   seq_bn: "Bottleneck adapter after each MLP (AdapterHub's seq_bn, width hidden/16); AdapterHub's files.",
   double_seq_bn: "Bottleneck adapters after attention and after each MLP (AdapterHub's double_seq_bn); AdapterHub's files.",
   par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",

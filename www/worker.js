@@ -92,7 +92,10 @@ async function handle(msg) {
         configText = await r.text();
       }
       // The memory plan, before any weight is read.
-      const plan = gpu.planMemory(configText, { quant, method: msg.method ?? "lora", r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
+      // The picker's prefix_projection is prefix tuning through its MLP.
+      const projection = msg.method === "prefix_projection";
+      const method = projection ? "prefix_tuning" : msg.method ?? "lora";
+      const plan = gpu.planMemory(configText, { quant, method, prefixProjection: projection, r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
       post({ type: "plan", plan });
       if (!plan.fits) {
         throw new Error(`this setup needs a ${(plan.largestBufferBytes / 2 ** 20).toFixed(0)} MiB buffer, over this GPU's ` +
@@ -122,8 +125,10 @@ async function handle(msg) {
         model.addIa3(ADAPTER, { seed: c.seed }); // PEFT's modules for the model; r, alpha and targets are LoRA's
       } else if (c.method === "prompt_tuning") {
         model.addPromptTuning(ADAPTER, { seed: c.seed });
-      } else if (c.method === "prefix_tuning") {
-        model.addPrefixTuning(ADAPTER, { seed: c.seed });
+      } else if (c.method === "prefix_tuning" || c.method === "prefix_projection") {
+        model.addPrefixTuning(ADAPTER, { prefixProjection: c.method === "prefix_projection", seed: c.seed });
+      } else if (c.method === "p_tuning") {
+        model.addPTuning(ADAPTER, { seed: c.seed });
       } else {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }

@@ -14,6 +14,7 @@ use crate::peft::adalora::AdaLoraConfig;
 use crate::peft::adapter::Adapter;
 use crate::peft::adapter::AdapterConfig;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::p_tuning::PTuningConfig;
 use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, LoraConfig, TargetModules};
@@ -122,7 +123,9 @@ pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
 pub struct StepSetup {
     pub quant: QuantFormat,
     /// "lora" or "dora" (all seven projections), "adalora" (all seven, init_r r, target_r r/2), "ia3" (PEFT's default modules),
-    /// "prompt_tuning" or "prefix_tuning" (20 virtual tokens), or a bottleneck kind ("seq_bn", …).
+    /// "prompt_tuning", "prefix_tuning", "prefix_projection" (prefix tuning through
+    /// PEFT's MLP, as wide as token_dim) or "p_tuning" (MLP as wide as the
+    /// model) (20 virtual tokens each), or a bottleneck kind ("seq_bn", …).
     pub method: String,
     /// LoRA's rank (alpha is 2r).
     pub r: usize,
@@ -185,9 +188,14 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
             let config = PromptTuningConfig::new(20, PromptTuningInit::Random, &model.config)?;
             Adapter::new(gpu, AdapterConfig::PromptTuning(config), &model.config, 1)?
         }
-        "prefix_tuning" => {
-            let config = PrefixTuningConfig::new(20, &model.config)?;
+        "prefix_tuning" | "prefix_projection" => {
+            let mut config = PrefixTuningConfig::new(20, &model.config)?;
+            config.prefix_projection = setup.method == "prefix_projection";
             Adapter::new(gpu, AdapterConfig::PrefixTuning(config), &model.config, 1)?
+        }
+        "p_tuning" => {
+            let config = PTuningConfig::new(20, None, &model.config)?;
+            Adapter::new(gpu, AdapterConfig::PTuning(config), &model.config, 1)?
         }
         kind => {
             let kind = BottleneckKind::from_name(kind)

@@ -6,6 +6,7 @@ use super::adalora::{AdaLoraAdapter, AdaLoraConfig};
 use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, BN_WEIGHTS_FILE};
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use super::p_tuning::{PTuningAdapter, PTuningConfig};
 use super::pass::Pass;
 use super::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
@@ -25,6 +26,7 @@ pub enum Adapter {
     PromptTuning(PromptTuningAdapter),
     PrefixTuning(PrefixTuningAdapter),
     AdaLora(AdaLoraAdapter),
+    PTuning(PTuningAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -37,6 +39,7 @@ pub enum AdapterConfig {
     PromptTuning(PromptTuningConfig),
     PrefixTuning(PrefixTuningConfig),
     AdaLora(AdaLoraConfig),
+    PTuning(PTuningConfig),
 }
 
 impl AdapterConfig {
@@ -48,6 +51,7 @@ impl AdapterConfig {
             "prompt_tuning" => AdapterConfig::PromptTuning(PromptTuningConfig::from_json(json)?),
             "prefix_tuning" => AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(json)?),
             "adalora" => AdapterConfig::AdaLora(AdaLoraConfig::from_json(json)?),
+            "p_tuning" => AdapterConfig::PTuning(PTuningConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
@@ -58,6 +62,7 @@ impl AdapterConfig {
         match self {
             AdapterConfig::PromptTuning(c) => c.num_virtual_tokens,
             AdapterConfig::PrefixTuning(c) => c.num_virtual_tokens,
+            AdapterConfig::PTuning(c) => c.num_virtual_tokens,
             _ => 0,
         }
     }
@@ -71,6 +76,7 @@ impl AdapterConfig {
             AdapterConfig::PromptTuning(c) => c.to_json(),
             AdapterConfig::PrefixTuning(c) => c.to_json(),
             AdapterConfig::AdaLora(c) => c.to_json(),
+            AdapterConfig::PTuning(c) => c.to_json(),
         }
     }
 }
@@ -85,6 +91,7 @@ pub enum AdapterPass<'a> {
     PromptTuning(Pass<'a, PromptTuningAdapter>),
     PrefixTuning(Pass<'a, PrefixTuningAdapter>),
     AdaLora(Pass<'a, AdaLoraAdapter>),
+    PTuning(Pass<'a, PTuningAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -97,6 +104,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::PromptTuning(p) => p,
             AdapterPass::PrefixTuning(p) => p,
             AdapterPass::AdaLora(p) => p,
+            AdapterPass::PTuning(p) => p,
         }
     }
 }
@@ -136,6 +144,10 @@ impl Adapter {
             (Adapter::AdaLora(params), Some(Adapter::AdaLora(g))) => {
                 AdapterPass::AdaLora(Pass { params, grads: Some(g), dropout_seed })
             }
+            (Adapter::PTuning(params), None) => AdapterPass::PTuning(Pass { params, grads: None, dropout_seed }),
+            (Adapter::PTuning(params), Some(Adapter::PTuning(g))) => {
+                AdapterPass::PTuning(Pass { params, grads: Some(g), dropout_seed })
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -154,6 +166,7 @@ impl Adapter {
             Adapter::PromptTuning(p) => AdapterPass::PromptTuning(Pass::eval(p)),
             Adapter::PrefixTuning(p) => AdapterPass::PrefixTuning(Pass::eval(p)),
             Adapter::AdaLora(a) => AdapterPass::AdaLora(Pass::eval(a)),
+            Adapter::PTuning(p) => AdapterPass::PTuning(Pass::eval(p)),
         }
     }
 }
@@ -179,6 +192,7 @@ impl Adapter {
             Adapter::PromptTuning(p) => Adapter::PromptTuning(p.zeros_like(gpu)?),
             Adapter::PrefixTuning(p) => Adapter::PrefixTuning(p.zeros_like(gpu)?),
             Adapter::AdaLora(a) => Adapter::AdaLora(a.zeros_like(gpu)?),
+            Adapter::PTuning(p) => Adapter::PTuning(p.zeros_like(gpu)?),
         })
     }
 
@@ -191,6 +205,7 @@ impl Adapter {
             Adapter::PromptTuning(p) => p.tensors(),
             Adapter::PrefixTuning(p) => p.tensors(),
             Adapter::AdaLora(a) => a.tensors(),
+            Adapter::PTuning(p) => p.tensors(),
         }
     }
 
@@ -213,6 +228,7 @@ impl Adapter {
             Adapter::PromptTuning(_) => "prompt_tuning",
             Adapter::PrefixTuning(_) => "prefix_tuning",
             Adapter::AdaLora(_) => "adalora",
+            Adapter::PTuning(_) => "p_tuning",
         }
     }
 }
@@ -224,7 +240,7 @@ impl Adapter {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
             Adapter::AdaLora(a) => a.config.lora.lora_dropout > 0.0,
-            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) => false,
+            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => false,
         }
     }
 }
@@ -256,6 +272,7 @@ impl Adapter {
                 Ok(Adapter::PrefixTuning(PrefixTuningAdapter::init(gpu, c, seed)?))
             }
             AdapterConfig::AdaLora(c) => Ok(Adapter::AdaLora(AdaLoraAdapter::init(gpu, c, model, seed)?)),
+            AdapterConfig::PTuning(c) => Ok(Adapter::PTuning(PTuningAdapter::init(gpu, c, model, seed)?)),
         }
     }
 
@@ -332,10 +349,11 @@ impl Adapter {
                 Some("PROMPT_TUNING") => Adapter::PromptTuning(PromptTuningAdapter::load(gpu, files, model).await?),
                 Some("PREFIX_TUNING") => Adapter::PrefixTuning(PrefixTuningAdapter::load(gpu, files, model).await?),
                 Some("ADALORA") => Adapter::AdaLora(AdaLoraAdapter::load(gpu, files, model).await?),
+                Some("P_TUNING") => Adapter::PTuning(PTuningAdapter::load(gpu, files, model).await?),
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, ADALORA, IA3, PROMPT_TUNING and PREFIX_TUNING adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, ADALORA, IA3, PROMPT_TUNING, PREFIX_TUNING and P_TUNING adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -393,6 +411,10 @@ impl Adapter {
                     (ADAPTER_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes()?),
                 ]
             }
+            Adapter::PTuning(p) => vec![
+                (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
+                (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
+            ],
         })
     }
 
@@ -405,6 +427,7 @@ impl Adapter {
             Adapter::PromptTuning(p) => p.config.to_json(),
             Adapter::PrefixTuning(p) => p.config.to_json(),
             Adapter::AdaLora(a) => a.config.to_json(),
+            Adapter::PTuning(p) => p.config.to_json(),
         }
     }
 
@@ -431,6 +454,9 @@ impl Adapter {
             }
             t.write(gpu, data)?;
         }
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        fresh.record_derive(&mut rec)?; // what the hooks read, from the tensors just written
+        rec.submit()?;
         Ok(fresh)
     }
 }

@@ -5,7 +5,11 @@
 //! - [`adalora`]: AdaLoRA (PEFT's files);
 //! - [`ia3`]: (IA)³ (PEFT's files);
 //! - [`prompt_tuning`]: prompt tuning (PEFT's files);
-//! - [`prefix_tuning`]: prefix tuning (PEFT's files).
+//! - [`prefix_tuning`]: prefix tuning (PEFT's files);
+//! - [`p_tuning`]: P-tuning (PEFT's files).
+//!
+//! [`encoder`] is the MLP prefix tuning (with `prefix_projection`) and
+//! P-tuning train through.
 //!
 //! What a method adds to the training step outside the model (a loss term,
 //! state kept across steps) is in [`step`].
@@ -21,8 +25,10 @@ pub mod adapter_set;
 pub mod archive;
 pub mod bottleneck;
 pub(crate) mod columns;
+pub mod encoder;
 pub mod ia3;
 pub mod lora;
+pub mod p_tuning;
 pub mod pass;
 pub(crate) mod peft_config;
 pub mod prefix_tuning;

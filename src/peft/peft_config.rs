@@ -2,12 +2,18 @@
 //! `peft_type` that names the method and the `task_type` (webpeft trains
 //! causal LMs), checked the same way for each.
 
+use crate::model::Config;
 use crate::util::json::Fields;
 use crate::{Error, Result};
 
 /// The error of a PEFT config field (`Error::AdapterConfig`).
 pub(crate) fn field_error(field: &str, detail: impl Into<String>) -> Error {
     Error::AdapterConfig { field: field.to_string(), detail: detail.into() }
+}
+
+/// A field PEFT allows that webpeft does not support (`Error::AdapterUnsupported`).
+pub(crate) fn unsupported(field: &str, detail: impl Into<String>) -> Error {
+    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
 }
 
 /// `peft_type` must be `expected` (`what` names the method in the error:
@@ -24,4 +30,47 @@ pub(crate) fn check_peft_type(f: &Fields, expected: &str, what: &str) -> Result<
         None | Some("CAUSAL_LM") => Ok(()),
         Some(other) => Err(field_error("task_type", format!("\"{other}\" is not supported (expected \"CAUSAL_LM\")"))),
     }
+}
+
+/// What a prompt-learning config (prompt, prefix or P-tuning) must say for a
+/// causal LM: one transformer submodule, no `modules_to_save`.
+pub(crate) fn check_prompt_learning(f: &Fields) -> Result<()> {
+    if let Some(n) = f.opt_usize("num_transformer_submodules")? {
+        if n != 1 {
+            return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
+        }
+    }
+    if !f.is_empty("modules_to_save") {
+        return Err(unsupported("modules_to_save", "not supported (must be null)"));
+    }
+    Ok(())
+}
+
+/// `num_virtual_tokens` against `model`: at least one, and fewer than its positions.
+pub(crate) fn check_virtual_tokens(v: usize, model: &Config) -> Result<()> {
+    let max = model.max_position_embeddings;
+    if v == 0 {
+        return Err(field_error("num_virtual_tokens", "must be at least 1, got 0"));
+    }
+    if v >= max {
+        return Err(field_error(
+            "num_virtual_tokens",
+            format!("{v} virtual tokens leave no position for the input (max_position_embeddings {max})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Virtual-token embeddings (`token_dim`) as wide as `model`'s.
+pub(crate) fn check_prompt_width(token_dim: usize, model: &Config) -> Result<()> {
+    if token_dim != model.hidden_size {
+        return Err(field_error(
+            "token_dim",
+            format!(
+                "{token_dim}, but the model's hidden_size is {} (an adapter for another model?)",
+                model.hidden_size
+            ),
+        ));
+    }
+    Ok(())
 }

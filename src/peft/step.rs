@@ -9,10 +9,19 @@
 //! ```
 //!
 //! Most methods add nothing; each arm says what its method adds.
+//!
+//! Prefix tuning with `prefix_projection` and P-tuning are
+//! reparametrisations: the hooks read a prompt (prefix keys and values, or
+//! virtual-token embeddings) that an MLP makes from the trained tensors. After
+//! the backward the prompt's gradient goes back through the MLP into the
+//! trained tensors' ([`Adapter::record_after_backward`]); after AdamW, and
+//! whenever the trained tensors are written otherwise (a fresh adapter, a
+//! checkpoint, a failed step put back), the prompt is made again from them
+//! ([`Adapter::record_derive`]).
 
-use super::adalora::{AdaLoraAdapter, Allocator};
+use super::adalora::Allocator;
 use super::adapter::Adapter;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
 
 /// What [`Adapter::record_after_update`] sees of the step just taken.
@@ -31,38 +40,51 @@ impl Adapter {
     /// gradients (into `grads`) and the loss (into `loss`, 1 element) of terms
     /// the model does not see.
     pub fn record_after_backward(&self, rec: &mut Recorder, grads: &Adapter, loss: &Tensor) -> Result<()> {
-        match self.with_grads(grads)? {
+        match (self, grads) {
             // AdaLoRA's orthogonality regulariser on every A and B.
-            Some((a, g)) => a.record_regularizer(rec, g, loss),
-            None => Ok(()),
+            (Adapter::AdaLora(a), Adapter::AdaLora(g)) => a.record_regularizer(rec, g, loss),
+            // The prompt's gradient through the encoder, into the trained tensors'.
+            (Adapter::PrefixTuning(p), Adapter::PrefixTuning(g)) => p.record_backprop(rec, g),
+            (Adapter::PTuning(p), Adapter::PTuning(g)) => p.record_backprop(rec, g),
+            (Adapter::AdaLora(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_), g) => Err(self.grads_mismatch(g)),
+            (Adapter::Lora(_) | Adapter::Bottleneck(_) | Adapter::Ia3(_) | Adapter::PromptTuning(_), _) => Ok(()),
         }
     }
 
     /// After AdamW updated the parameters: state the method keeps from the
     /// new parameters and this step's gradients.
     pub fn record_after_update(&self, rec: &mut Recorder, done: StepDone<'_>) -> Result<()> {
-        match self.with_grads(done.grads)? {
+        match (self, done.grads) {
             // AdaLoRA's rank allocator (PEFT's update_and_allocate).
-            Some((a, g)) => a.record_allocation(rec, g, done),
-            None => Ok(()),
+            (Adapter::AdaLora(a), Adapter::AdaLora(g)) => a.record_allocation(rec, g, done),
+            (Adapter::AdaLora(_), g) => Err(self.grads_mismatch(g)),
+            // The prompt from the updated encoder.
+            (Adapter::PrefixTuning(_) | Adapter::PTuning(_), _) => self.record_derive(rec),
+            (Adapter::Lora(_) | Adapter::Bottleneck(_) | Adapter::Ia3(_) | Adapter::PromptTuning(_), _) => Ok(()),
         }
     }
 
-    /// An AdaLoRA adapter with its gradients; `None` for the methods that add
-    /// nothing to the step.
-    fn with_grads<'a>(&'a self, grads: &'a Adapter) -> Result<Option<(&'a AdaLoraAdapter, &'a AdaLoraAdapter)>> {
-        match (self, grads) {
-            (Adapter::AdaLora(a), Adapter::AdaLora(g)) => Ok(Some((a, g))),
-            (Adapter::AdaLora(_), g) => Err(crate::Error::invalid(
-                "Trainer::step",
-                format!("gradients of a {} adapter for an AdaLoRA adapter", g.method()),
-            )),
-            _ => Ok(None),
+    /// Makes what the hooks read from the trained tensors (a
+    /// reparametrisation's prompt); nothing for the other methods.
+    pub fn record_derive(&self, rec: &mut Recorder) -> Result<()> {
+        match self {
+            Adapter::PrefixTuning(p) => p.record_derive(rec),
+            Adapter::PTuning(p) => p.record_derive(rec),
+            Adapter::Lora(_)
+            | Adapter::Bottleneck(_)
+            | Adapter::Ia3(_)
+            | Adapter::PromptTuning(_)
+            | Adapter::AdaLora(_) => Ok(()),
         }
     }
-}
 
-impl Adapter {
+    fn grads_mismatch(&self, g: &Adapter) -> Error {
+        Error::invalid(
+            "Trainer::step",
+            format!("gradients of a {} adapter for a {} adapter", g.method(), self.method()),
+        )
+    }
+
     /// Creates what the method keeps across training steps (AdaLoRA's rank
     /// allocator), zeroed, if it is not there yet.
     pub fn init_training_state(&mut self, gpu: &Gpu) -> Result<()> {

@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::Config;
 use crate::peft::adapter::{Adapter, AdapterConfig};
+use crate::peft::encoder::TABLE_KEY;
+use crate::peft::p_tuning::PTuningAdapter;
+use crate::peft::prefix_tuning::PrefixTuningAdapter;
 use crate::peft::prompt_tuning::PromptTuningAdapter;
 
 /// The file name the CLI writes next to the adapter.
@@ -144,9 +147,20 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
 pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Trainer, Value)> {
     let data = read_checkpoint(bytes)?;
     // A skeleton of the right shapes: its values are overwritten just below.
+    // A prefix or P-tuning prompt trained directly (a folder PEFT saved
+    // through its MLP holds only the prompt) has no encoder's table.
+    let direct = !data.tensors[0].contains_key(TABLE_KEY);
     let skeleton = match data.config {
         AdapterConfig::PromptTuning(c) => Adapter::PromptTuning(PromptTuningAdapter::zeros(gpu, c)?),
         AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, 0)?, // DoRA's magnitudes too, as zeros
+        AdapterConfig::PrefixTuning(c) if direct => {
+            let zeros = vec![0.0; c.numel()];
+            Adapter::PrefixTuning(PrefixTuningAdapter::upload(gpu, c, &zeros)?)
+        }
+        AdapterConfig::PTuning(c) if direct => {
+            let zeros = vec![0.0; c.num_virtual_tokens * c.token_dim];
+            Adapter::PTuning(PTuningAdapter::upload(gpu, c, &zeros)?)
+        }
         c => Adapter::new(gpu, c, model, 0)?,
     };
     let mut parts = Vec::new();

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
+pub mod early_stopping;
 pub mod eta;
 pub mod plan;
 pub mod recipe;

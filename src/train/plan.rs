@@ -52,8 +52,11 @@ pub enum PlanAdapter {
     /// then run on seq + virtual_tokens positions).
     PromptTuning { virtual_tokens: usize },
     /// Prefix tuning: the keys and values every layer's attention sees before
-    /// the row's (attention then spans seq + virtual_tokens positions).
-    PrefixTuning { virtual_tokens: usize },
+    /// the row's (attention then spans seq + virtual_tokens positions);
+    /// `encoder_hidden`: the width of the MLP they come from (`prefix_projection`).
+    PrefixTuning { virtual_tokens: usize, encoder_hidden: Option<usize> },
+    /// P-tuning: prompt tuning's virtual tokens, made by an MLP `encoder_hidden` wide.
+    PTuning { virtual_tokens: usize, encoder_hidden: usize },
 }
 
 /// Bytes, by what holds them.
@@ -118,7 +121,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     // Rows of a micro-batch through the layers (prompt tuning's virtual
     // tokens included) and through the loss head (the rows' own tokens).
     let virtual_tokens = match input.adapter {
-        PlanAdapter::PromptTuning { virtual_tokens } => virtual_tokens,
+        PlanAdapter::PromptTuning { virtual_tokens } | PlanAdapter::PTuning { virtual_tokens, .. } => virtual_tokens,
         _ => 0,
     };
     let m = (input.batch * (input.seq + virtual_tokens)) as u64;
@@ -144,7 +147,18 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         }
         PlanAdapter::Ia3 { modules } => layers * modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).sum::<u64>(),
         PlanAdapter::PromptTuning { virtual_tokens } => *virtual_tokens as u64 * d,
-        PlanAdapter::PrefixTuning { virtual_tokens } => layers * 2 * *virtual_tokens as u64 * kv,
+        PlanAdapter::PrefixTuning { virtual_tokens, encoder_hidden: None } => layers * 2 * *virtual_tokens as u64 * kv,
+        // Every copy of a reparametrised adapter (gradients, moments, backups)
+        // holds the table and MLP, the prompt they make and the MLP's saved
+        // hidden activations (two per hidden layer).
+        PlanAdapter::PrefixTuning { virtual_tokens, encoder_hidden: Some(h) } => {
+            let (p, h, out) = (*virtual_tokens as u64, *h as u64, layers * 2 * kv);
+            p * kv + (kv + 1) * h + (h + 1) * out + p * out + 2 * p * h
+        }
+        PlanAdapter::PTuning { virtual_tokens, encoder_hidden } => {
+            let (v, h) = (*virtual_tokens as u64, *encoder_hidden as u64);
+            v * d + (d + 1) * h + (h + 1) * h + (h + 1) * d + v * d + 4 * v * h
+        }
     };
     let adapter_bytes = adapter_params * 4;
     // Gradients, two moments and three backups; AdaLoRA's allocator adds its
@@ -212,8 +226,8 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         }
         // The rows with the prompt before them, and in the backward their
         // gradient padded back to every position.
-        PlanAdapter::PromptTuning { .. } => work += 2 * m * d,
-        PlanAdapter::PrefixTuning { virtual_tokens } => {
+        PlanAdapter::PromptTuning { .. } | PlanAdapter::PTuning { .. } => work += 2 * m * d,
+        PlanAdapter::PrefixTuning { virtual_tokens, .. } => {
             // Attention keeps q, k, v, its output and logsumexp over the
             // prefix's positions too, and its backward pads and splits them.
             let mp = (input.batch * virtual_tokens) as u64;

@@ -20,6 +20,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
 use crate::peft::adalora::AdaLoraConfig;
 use crate::peft::ia3::Ia3Config;
+use crate::peft::p_tuning::PTuningConfig;
 use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
@@ -53,14 +54,16 @@ pub enum Method {
     PromptTuning,
     PrefixTuning,
     AdaLora,
+    PTuning,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
     /// Every method's name, for messages.
-    pub const NAMES: &'static str = "lora, adalora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn";
+    pub const NAMES: &'static str =
+        "lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn";
 
-    /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "seq_bn", "double_seq_bn" or "par_bn".
+    /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "seq_bn", "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
@@ -68,6 +71,7 @@ impl Method {
             Method::PromptTuning => "prompt_tuning",
             Method::PrefixTuning => "prefix_tuning",
             Method::AdaLora => "adalora",
+            Method::PTuning => "p_tuning",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -80,6 +84,7 @@ impl Method {
             "prompt_tuning" => Ok(Method::PromptTuning),
             "prefix_tuning" => Ok(Method::PrefixTuning),
             "adalora" => Ok(Method::AdaLora),
+            "p_tuning" => Ok(Method::PTuning),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
                 .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
@@ -235,9 +240,19 @@ pub enum AdapterRecipe {
     Lora(LoraRecipe),
     Ia3(Ia3Recipe),
     PromptTuning(PromptTuningRecipe),
-    /// Prefix tuning with this many virtual tokens (PEFT has no default; 20, as for prompt tuning).
+    /// Prefix tuning with this many virtual tokens (PEFT has no default; 20, as for prompt tuning),
+    /// trained directly or, with `prefix_projection`, through PEFT's MLP
+    /// `encoder_hidden_size` wide (`None`: token_dim, PEFT's default).
     PrefixTuning {
         num_virtual_tokens: usize,
+        prefix_projection: bool,
+        encoder_hidden_size: Option<usize>,
+    },
+    /// P-tuning with this many virtual tokens (20, as for prompt tuning) and
+    /// an MLP `encoder_hidden_size` wide (`None`: the model's hidden size, PEFT's default).
+    PTuning {
+        num_virtual_tokens: usize,
+        encoder_hidden_size: Option<usize>,
     },
     Bottleneck(BottleneckRecipe),
     AdaLora(AdaLoraRecipe),
@@ -260,8 +275,13 @@ impl AdapterRecipe {
             Method::Lora => AdapterRecipe::Lora(LoraRecipe::default()),
             Method::Ia3 => AdapterRecipe::Ia3(Ia3Recipe::default()),
             Method::PromptTuning => AdapterRecipe::PromptTuning(PromptTuningRecipe::default()),
-            Method::PrefixTuning => AdapterRecipe::PrefixTuning { num_virtual_tokens: 20 },
             Method::AdaLora => AdapterRecipe::AdaLora(AdaLoraRecipe::default()),
+            Method::PrefixTuning => AdapterRecipe::PrefixTuning {
+                num_virtual_tokens: 20,
+                prefix_projection: false,
+                encoder_hidden_size: None,
+            },
+            Method::PTuning => AdapterRecipe::PTuning { num_virtual_tokens: 20, encoder_hidden_size: None },
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -270,7 +290,8 @@ impl AdapterRecipe {
     pub fn virtual_tokens(&self) -> usize {
         match self {
             AdapterRecipe::PromptTuning(p) => p.num_virtual_tokens,
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => *num_virtual_tokens,
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, .. }
+            | AdapterRecipe::PTuning { num_virtual_tokens, .. } => *num_virtual_tokens,
             _ => 0,
         }
     }
@@ -282,6 +303,7 @@ impl AdapterRecipe {
             AdapterRecipe::PromptTuning(_) => Method::PromptTuning,
             AdapterRecipe::PrefixTuning { .. } => Method::PrefixTuning,
             AdapterRecipe::AdaLora(_) => Method::AdaLora,
+            AdapterRecipe::PTuning { .. } => Method::PTuning,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -325,10 +347,24 @@ impl AdapterRecipe {
                 c.base_model_name_or_path = model_name;
                 Ok(AdapterConfig::PromptTuning(c))
             }
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, encoder_hidden_size } => {
+                if encoder_hidden_size.is_some() && !prefix_projection {
+                    return Err(bad(
+                        "encoder_hidden_size",
+                        "sets the width of the prefix_projection MLP, which is off",
+                    ));
+                }
                 let mut c = PrefixTuningConfig::new(*num_virtual_tokens, model)?;
+                c.prefix_projection = *prefix_projection;
+                c.encoder_hidden_size = encoder_hidden_size.unwrap_or(c.token_dim);
                 c.base_model_name_or_path = model_name;
+                c.check(model)?;
                 Ok(AdapterConfig::PrefixTuning(c))
+            }
+            AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size } => {
+                let mut c = PTuningConfig::new(*num_virtual_tokens, *encoder_hidden_size, model)?;
+                c.base_model_name_or_path = model_name;
+                Ok(AdapterConfig::PTuning(c))
             }
             AdapterRecipe::Bottleneck(o) => {
                 let mut c = BottleneckConfig::new(o.kind);
@@ -381,8 +417,14 @@ impl AdapterRecipe {
                 PlanAdapter::Ia3 { modules: layer0.map(|m| (m.proj.name().to_string(), m.feedforward)).collect() }
             }
             AdapterConfig::PromptTuning(c) => PlanAdapter::PromptTuning { virtual_tokens: c.num_virtual_tokens },
-            AdapterConfig::PrefixTuning(c) => PlanAdapter::PrefixTuning { virtual_tokens: c.num_virtual_tokens },
             AdapterConfig::AdaLora(_) => unreachable!("planned above"),
+            AdapterConfig::PrefixTuning(c) => PlanAdapter::PrefixTuning {
+                virtual_tokens: c.num_virtual_tokens,
+                encoder_hidden: c.prefix_projection.then_some(c.encoder_hidden_size),
+            },
+            AdapterConfig::PTuning(c) => {
+                PlanAdapter::PTuning { virtual_tokens: c.num_virtual_tokens, encoder_hidden: c.encoder_hidden_size }
+            }
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },
@@ -561,6 +603,6 @@ mod tests {
         let e = TrainRecipe { seq_len: 0, ..Default::default() }.validate().unwrap_err();
         assert!(matches!(e, Error::TrainOption { option: "seq_len", .. }), "{e}");
         let e = Method::from_name("loha").unwrap_err();
-        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("\"loha\""), "{e}");
+        assert!(e.to_string().contains("seq_bn") && e.to_string().contains("p_tuning"), "{e}");
     }
 }

@@ -303,10 +303,12 @@ impl Trainer {
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
     }
 
-    /// Copies θ, m, v back from the copy taken before the failed step.
+    /// Copies θ, m, v back from the copy taken before the failed step (and
+    /// makes the adapter's derived prompt from θ again, `peft::step`).
     async fn restore(&self, gpu: &Gpu) {
         let mut rec = Recorder::new(gpu);
-        if self.record_backup(&mut rec, true).is_ok() && rec.submit().is_ok() {
+        let restored = self.record_backup(&mut rec, true).and_then(|_| self.adapter.record_derive(&mut rec));
+        if restored.is_ok() && rec.submit().is_ok() {
             let _ = gpu.synchronize().await;
         }
     }

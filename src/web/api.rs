@@ -20,8 +20,8 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use super::files::WebFiles;
 use super::options::{
-    AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PlanOptions, PrefixTuningOptions,
-    PromptTuningOptions, TrainOptions,
+    AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PTuningOptions, PlanOptions,
+    PrefixTuningOptions, PromptTuningOptions, TrainOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;
@@ -448,7 +448,8 @@ impl WebModel {
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
-    /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT).
+    /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT, or with
+    /// `prefixProjection` PEFT's MLP that makes it).
     #[wasm_bindgen(js_name = addPrefixTuning)]
     pub fn add_prefix_tuning(
         &self,
@@ -456,6 +457,17 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PrefixTuningOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: PrefixTuningOptions = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds a fresh P-tuning adapter (20 virtual tokens from PEFT's MLP prompt encoder, unless told).
+    #[wasm_bindgen(js_name = addPTuning)]
+    pub fn add_p_tuning(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "PTuningOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: PTuningOptions = options(&opts)?;
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
@@ -549,10 +561,16 @@ impl WebModel {
     ) -> JsResult<TrainRun> {
         let o: TrainOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
         let recipe = o.to_recipe().map_err(err)?;
-        let st = busy(self.state.try_borrow())?;
-        let adapter = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?.clone();
-        let trainer = Trainer::new(&st.gpu, adapter, recipe.optimizer.clone(), recipe.seed).map_err(err)?;
-        drop(st);
+        let trainer = {
+            let mut guard = busy_mut(self.state.try_borrow_mut())?;
+            let st = &mut *guard;
+            let stored = st.adapters.get_mut(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+            let trainer = Trainer::new(&st.gpu, stored.clone(), recipe.optimizer.clone(), recipe.seed).map_err(err)?;
+            // The stored adapter is the trainer's (the same GPU tensors), with the state
+            // training keeps beside them (AdaLoRA's allocator, whose rank pattern the files hold).
+            *stored = trainer.adapter.clone();
+            trainer
+        };
         self.run(name, trainer, &data, &recipe, None)
     }
 

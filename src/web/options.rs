@@ -112,13 +112,41 @@ pub struct PromptTuningOptions {
 #[serde(rename_all = "camelCase", default)]
 pub struct PrefixTuningOptions {
     pub num_virtual_tokens: Option<usize>,
+    pub prefix_projection: Option<bool>,
+    pub encoder_hidden_size: Option<usize>,
     pub seed: Option<u64>,
 }
 
 impl PrefixTuningOptions {
-    /// The prefix-tuning recipe these options describe (20 virtual tokens unless told).
+    /// The prefix-tuning recipe these options describe (20 virtual tokens, no projection, unless told).
     pub fn to_recipe(&self) -> Result<AdapterRecipe> {
-        Ok(AdapterRecipe::PrefixTuning { num_virtual_tokens: self.num_virtual_tokens.unwrap_or(20) })
+        Ok(AdapterRecipe::PrefixTuning {
+            num_virtual_tokens: self.num_virtual_tokens.unwrap_or(20),
+            prefix_projection: self.prefix_projection.unwrap_or(false),
+            encoder_hidden_size: self.encoder_hidden_size,
+        })
+    }
+
+    /// The seed of the adapter's initialisation.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+}
+
+/// `addPTuning`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PTuningOptions {
+    pub num_virtual_tokens: Option<usize>,
+    pub encoder_hidden_size: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+impl PTuningOptions {
+    /// The P-tuning recipe these options describe (20 virtual tokens, an MLP as wide as the model, unless told).
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        let num_virtual_tokens = self.num_virtual_tokens.unwrap_or(20);
+        Ok(AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size: self.encoder_hidden_size })
     }
 
     /// The seed of the adapter's initialisation.
@@ -177,6 +205,8 @@ pub struct PlanOptions {
     pub targets: Option<Value>,
     pub feedforward_modules: Option<Vec<String>>,
     pub num_virtual_tokens: Option<usize>,
+    pub prefix_projection: Option<bool>,
+    pub encoder_hidden_size: Option<usize>,
     pub reduction_factor: Option<f64>,
     pub batch_size: Option<usize>,
     pub seq_len: Option<usize>,
@@ -362,8 +392,14 @@ impl PlanOptions {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
                 AdapterRecipe::PromptTuning(p)
             }
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => AdapterRecipe::PrefixTuning {
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, .. } => AdapterRecipe::PrefixTuning {
                 num_virtual_tokens: self.num_virtual_tokens.unwrap_or(num_virtual_tokens),
+                prefix_projection: self.prefix_projection.unwrap_or(prefix_projection),
+                encoder_hidden_size: self.encoder_hidden_size,
+            },
+            AdapterRecipe::PTuning { num_virtual_tokens, .. } => AdapterRecipe::PTuning {
+                num_virtual_tokens: self.num_virtual_tokens.unwrap_or(num_virtual_tokens),
+                encoder_hidden_size: self.encoder_hidden_size,
             },
             AdapterRecipe::Bottleneck(mut b) => {
                 b.reduction_factor = self.reduction_factor.unwrap_or(b.reduction_factor);

@@ -54,8 +54,13 @@ export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforward
 export interface PromptTuningOptions {
   numVirtualTokens?: number; init?: "random" | "sample_vocab" | "text"; initText?: string; seed?: number;
 }
-/** Left out: 20 virtual tokens (every layer's keys and values before the input's, N(0, 1) as PEFT), seed 42. */
-export interface PrefixTuningOptions { numVirtualTokens?: number; seed?: number; }
+/** Left out: 20 virtual tokens (every layer's keys and values before the input's, N(0, 1) as PEFT), seed 42.
+ * `prefixProjection` trains PEFT's MLP that makes them instead, `encoderHiddenSize` wide (default: token_dim). */
+export interface PrefixTuningOptions {
+  numVirtualTokens?: number; prefixProjection?: boolean; encoderHiddenSize?: number; seed?: number;
+}
+/** Left out: 20 virtual tokens made by PEFT's MLP prompt encoder as wide as the model, seed 42. */
+export interface PTuningOptions { numVirtualTokens?: number; encoderHiddenSize?: number; seed?: number; }
 export type BottleneckMethod = "seq_bn" | "double_seq_bn" | "par_bn";
 export interface BottleneckOptions {
   method: BottleneckMethod; reductionFactor?: number; nonLinearity?: "relu" | "silu" | "gelu" | "tanh";
@@ -96,8 +101,9 @@ export interface GenerateOptions {
 }
 export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | BottleneckMethod; r?: number;
-  targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
+  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | BottleneckMethod;
+  r?: number; targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
+  prefixProjection?: boolean; encoderHiddenSize?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;
 }

@@ -323,6 +323,30 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [lx, lx2] = [(await model.evaluate(data, { adapter: "x" })).loss, (await model.evaluate(data, { adapter: "x2" })).loss];
       const gx = await model.generate("The robot", { maxNewTokens: 3, adapter: "x2" });
       if (lx !== lx2 || gx.tokenIds.length !== 3) throw new Error("prefix tuning: eval " + lx + " vs " + lx2 + ", " + gx.tokenIds);
+      // Through PEFT's MLPs (prefix_projection, P-tuning): trained, exported as the prompt the MLP makes (PEFT's
+      // files), imported again as that prompt with the same loss.
+      model.addPrefixTuning("xp", { numVirtualTokens: 3, prefixProjection: true, encoderHiddenSize: 8 });
+      model.addPTuning("pt", { numVirtualTokens: 3, encoderHiddenSize: 8 });
+      for (const [name, type] of [["xp", "PREFIX_TUNING"], ["pt", "P_TUNING"]]) {
+        await model.startTraining(name, data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train(() => {});
+        const rfiles = await model.exportAdapter(name);
+        const rcfg = JSON.parse(new TextDecoder().decode(rfiles["adapter_config.json"]));
+        if (rcfg.peft_type !== type || rcfg.encoder_hidden_size !== 8) throw new Error(name + " config " + JSON.stringify(rcfg));
+        await model.importAdapter(name + "2", rfiles);
+        const [lr, lr2] = [(await model.evaluate(data, { adapter: name })).loss, (await model.evaluate(data, { adapter: name + "2" })).loss];
+        if (lr !== lr2) throw new Error(name + ": eval " + lr + " vs imported " + lr2);
+      }
+      // AdaLoRA over a 2-step run: the last step allocates the final budget, so the exported
+      // folder holds PEFT's rank_pattern and only the kept ranks; imported again, the same loss.
+      model.addAdaLora("ad", { initR: 4, targetR: 2, targets: "all-linear", totalStep: 2 });
+      await model.startTraining("ad", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train(() => {});
+      const afiles = await model.exportAdapter("ad");
+      const acfg = JSON.parse(new TextDecoder().decode(afiles["adapter_config.json"]));
+      const kept = Object.values(acfg.rank_pattern ?? {}).flat().filter((k) => k).length;
+      if (acfg.peft_type !== "ADALORA" || acfg.total_step !== 2 || kept !== 2 * 14) throw new Error("adalora config " + JSON.stringify(acfg));
+      await model.importAdapter("ad2", afiles);
+      const [la, la2] = [(await model.evaluate(data, { adapter: "ad" })).loss, (await model.evaluate(data, { adapter: "ad2" })).loss];
+      if (!(Math.abs(la - la2) < 1e-5)) throw new Error("adalora: eval " + la + " vs imported " + la2);
       const ev = await model.evaluate(data, { adapter: "c" });
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;

@@ -23,7 +23,10 @@ export async function example(data: string): Promise<void> {
   model.addIa3("c", { targets: ["k_proj", "v_proj", "down_proj"], feedforwardModules: ["down_proj"], seed: 1 });
   model.addPromptTuning("d", { numVirtualTokens: 8, init: "text", initText: "Answer briefly:", seed: 1 });
   model.addPrefixTuning("e", { numVirtualTokens: 10, seed: 1 });
-  const run: TrainRun = model.startTraining("a", data, { lr: 2e-4, steps: 10, schedule: "cosine", warmup: 2 });
+  model.addPrefixTuning("f", { numVirtualTokens: 10, prefixProjection: true, encoderHiddenSize: 64, seed: 1 });
+  model.addPTuning("g", { numVirtualTokens: 10, encoderHiddenSize: 64, seed: 1 });
+  model.addAdaLora("h", { initR: 12, targetR: 8, alpha: 16, targets: "all-linear", tinit: 2, tfinal: 2, deltaT: 1, orthRegWeight: 0.5, totalStep: 10, seed: 1 });
+  const run: TrainRun = model.startTraining("a", data, { lr: 2e-4, steps: 10, schedule: "cosine", warmup: 2, loraplusLrRatio: 16 });
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));
   const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });

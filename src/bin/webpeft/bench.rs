@@ -205,7 +205,9 @@ async fn bench_model<F: ModelFiles>(
     for &quant in bases {
         let mut model = Model::load(gpu, files, quant).await?;
         model.set_compute_dtype(gpu, b.compute)?;
-        for method in ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "seq_bn"] {
+        for method in
+            ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "prefix_projection", "p_tuning", "seq_bn"]
+        {
             let setup = StepSetup {
                 checkpointing: b.checkpointing,
                 steps: b.repeats,

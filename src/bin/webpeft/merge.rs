@@ -46,11 +46,11 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
             format!("(IA)³, {} vectors", ia3.tensors().len())
         }
         Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
-        Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) => {
+        Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => {
             return Err(format!(
-                "{}: a prompt- or prefix-tuning adapter's virtual tokens are inputs, not weights: it cannot be merged",
-                adapter.display()
-            )
+            "{}: a prompt-, prefix- or P-tuning adapter's virtual tokens are inputs, not weights: it cannot be merged",
+            adapter.display()
+        )
             .into())
         }
     };

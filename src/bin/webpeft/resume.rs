@@ -176,6 +176,16 @@ fn settle_adapter(
         AdapterConfig::PrefixTuning(c) => {
             let saved = c.num_virtual_tokens.to_string();
             check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;
+            let projection = c.prefix_projection.to_string();
+            check("prefix_projection", "prefix-projection", Some(a.prefix_projection.to_string()), projection)?;
+            let hidden = c.encoder_hidden_size.to_string();
+            check("encoder_hidden_size", "encoder-hidden-size", a.encoder_hidden_size.map(|v| v.to_string()), hidden)?;
+        }
+        AdapterConfig::PTuning(c) => {
+            let saved = c.num_virtual_tokens.to_string();
+            check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;
+            let hidden = c.encoder_hidden_size.to_string();
+            check("encoder_hidden_size", "encoder-hidden-size", a.encoder_hidden_size.map(|v| v.to_string()), hidden)?;
         }
         AdapterConfig::PromptTuning(c) => {
             let saved = c.num_virtual_tokens.to_string();

@@ -14,6 +14,7 @@ use webpeft::peft::TargetModules;
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset};
+use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
@@ -34,7 +35,7 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -71,9 +72,15 @@ pub struct TrainArgs {
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
-    /// Prompt or prefix tuning: learned virtual tokens before every row [default: 20].
+    /// Prompt, prefix or P-tuning: learned virtual tokens before every row [default: 20].
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
+    /// Prefix tuning: train PEFT's MLP that makes the prefix (prefix_projection) instead of the prefix itself.
+    #[arg(long)]
+    pub prefix_projection: bool,
+    /// The MLP's width, for --prefix-projection and P-tuning [default: token_dim, as PEFT].
+    #[arg(long)]
+    pub encoder_hidden_size: Option<usize>,
     /// Prompt tuning's init: random (N(0, 1)), sample_vocab (embeddings of random tokens) or text
     /// (embeddings of --prompt-init-text's tokens) [default: random, as PEFT].
     #[arg(long)]
@@ -153,6 +160,21 @@ pub struct TrainArgs {
     /// Held-out JSONL file: its loss and perplexity are printed after training.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// Also evaluate on --eval-data every this many steps (a line with the step).
+    #[arg(long, requires = "eval_data")]
+    pub eval_steps: Option<u64>,
+    /// Stop after this many evaluations in a row without a lower eval loss (transformers'
+    /// EarlyStoppingCallback; needs --eval-steps).
+    #[arg(long, requires = "eval_steps")]
+    pub early_stopping_patience: Option<usize>,
+    /// The least decrease of the eval loss that counts as an improvement [default: 0].
+    #[arg(long, requires = "early_stopping_patience", default_value_t = 0.0)]
+    pub early_stopping_threshold: f32,
+    /// Write the adapter of the best evaluation to --out at the end, not the last one
+    /// (transformers' load_best_model_at_end; needs --eval-steps). The training state
+    /// stays the last step's, so --resume goes on from there.
+    #[arg(long, requires = "eval_steps")]
+    pub load_best_at_end: bool,
     /// Continue the run saved in this folder's training_state.safetensors:
     /// the same schedule, step total, learning rate and accumulation as when it
     /// started (those flags are then ignored), from the saved data position.
@@ -211,6 +233,9 @@ struct StepLine {
 /// The `train` line after the run when --eval-data is given.
 #[derive(serde::Serialize)]
 struct EvalLine {
+    /// The step it was measured after (none: the end of training).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<u64>,
     eval_loss: f32,
     eval_perplexity: f64,
     eval_tokens: usize,
@@ -240,6 +265,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "target_modules" => "--targets",
         "feedforward_modules" => "--feedforward-modules",
         "num_virtual_tokens" => "--num-virtual-tokens",
+        "encoder_hidden_size" => "--encoder-hidden-size",
         "prompt_tuning_init_text" => "--prompt-init-text",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
@@ -257,7 +283,7 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 18] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 20] {
         [
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora", "adalora"]),
@@ -274,7 +300,9 @@ impl TrainArgs {
             ("--feedforward-modules", self.feedforward_modules.is_some(), &["ia3"]),
             ("--reduction-factor", self.reduction_factor.is_some(), &["bn"]),
             ("--non-linearity", self.non_linearity.is_some(), &["bn"]),
-            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix"]),
+            ("--num-virtual-tokens", self.num_virtual_tokens.is_some(), &["pt", "prefix", "ptune"]),
+            ("--prefix-projection", self.prefix_projection, &["prefix"]),
+            ("--encoder-hidden-size", self.encoder_hidden_size.is_some(), &["prefix", "ptune"]),
             ("--prompt-init", self.prompt_init.is_some(), &["pt"]),
             ("--prompt-init-text", self.prompt_init_text.is_some(), &["pt"]),
         ]
@@ -294,6 +322,7 @@ impl TrainArgs {
             Method::Ia3 => "ia3",
             Method::PromptTuning => "pt",
             Method::PrefixTuning => "prefix",
+            Method::PTuning => "ptune",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -345,8 +374,14 @@ impl TrainArgs {
                 a.targets = self.targets.as_deref().map(parse_targets);
                 a.feedforward = self.feedforward_modules.as_deref().map(names);
             }
-            AdapterRecipe::PrefixTuning { num_virtual_tokens } => {
+            AdapterRecipe::PrefixTuning { num_virtual_tokens, prefix_projection, encoder_hidden_size } => {
                 *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *prefix_projection = self.prefix_projection;
+                *encoder_hidden_size = self.encoder_hidden_size;
+            }
+            AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size } => {
+                *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
+                *encoder_hidden_size = self.encoder_hidden_size;
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
@@ -470,6 +505,8 @@ pub enum Stopped {
     Done,
     /// `--stop-after` steps ran; the run can go on with `--resume`.
     Paused,
+    /// --early-stopping-patience evaluations in a row did not improve.
+    NoImprovement,
     /// A step's loss or gradient norm was NaN or infinite: the error was
     /// printed and the last good state written.
     NonFinite,
@@ -586,6 +623,9 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
 
     let mut stopped = Stopped::Done;
     let mut this_run = 0;
+    let mut steering = EarlyStopping::new(a.early_stopping_patience, a.early_stopping_threshold);
+    // The adapter files of the best evaluation, for --load-best-at-end.
+    let mut best_files: Option<Vec<(String, Vec<u8>)>> = None;
     loop {
         if a.stop_after.is_some_and(|n| this_run >= n) {
             stopped = Stopped::Paused;
@@ -616,6 +656,26 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                 if a.save_steps.is_some_and(|n| n > 0 && s.step % n == 0) {
                     save_run(&gpu, &run, &model, &a.out, &options).await?;
                 }
+                if let (Some(eval), Some(n)) = (&eval, a.eval_steps.filter(|&n| n > 0)) {
+                    if s.step % n == 0 {
+                        let stats = run.evaluate(&gpu, &model, eval).await?;
+                        let line = EvalLine {
+                            step: Some(s.step),
+                            eval_loss: stats.loss,
+                            eval_perplexity: stats.perplexity,
+                            eval_tokens: stats.tokens,
+                        };
+                        out!("{}", serde_json::to_string(&line)?);
+                        let verdict = steering.observe(s.step, stats.loss);
+                        if verdict.improved && a.load_best_at_end {
+                            best_files = Some(run.trainer.adapter.to_files(&gpu, &model.config).await?);
+                        }
+                        if verdict.stop {
+                            stopped = Stopped::NoImprovement;
+                            break;
+                        }
+                    }
+                }
             }
             Ok(None) => break,
             Err(e @ webpeft::Error::NonFinite { .. }) => {
@@ -626,13 +686,39 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
             Err(e) => return Err(e.into()),
         }
     }
-    if let (Some(eval), Stopped::Done) = (&eval, &stopped) {
+    if let (Some(eval), Stopped::Done, None) = (&eval, &stopped, a.eval_steps) {
         let stats = run.evaluate(&gpu, &model, eval).await?;
-        let line = EvalLine { eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        let line = EvalLine {
+            step: None,
+            eval_loss: stats.loss,
+            eval_perplexity: stats.perplexity,
+            eval_tokens: stats.tokens,
+        };
         out!("{}", serde_json::to_string(&line)?);
     }
     save_run(&gpu, &run, &model, &a.out, &options).await?;
-    eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display());
+    if let Some((loss, step)) = steering.best {
+        out!("{}", serde_json::json!({"best_step": step, "best_eval_loss": loss}));
+        if matches!(stopped, Stopped::NoImprovement) {
+            let patience = a.early_stopping_patience.unwrap_or(0);
+            eprintln!("early stopping at step {}: {patience} evaluations without a lower eval loss", run.trainer.step);
+        }
+    }
+    match best_files {
+        Some(files) if a.load_best_at_end => {
+            for (name, bytes) in files {
+                let path = a.out.join(&name);
+                std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let (_, best) = steering.best.unwrap_or_default();
+            eprintln!(
+                "wrote the best evaluation's adapter (step {best}) and {CHECKPOINT_FILE} (step {}) to {}",
+                run.trainer.step,
+                a.out.display()
+            );
+        }
+        _ => eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", run.trainer.step, a.out.display()),
+    }
     Ok(stopped)
 }
 
@@ -641,7 +727,7 @@ fn folder_virtual_tokens(dir: &Path) -> usize {
     let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
     let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
     match value {
-        Some(v) if v["peft_type"] == "PROMPT_TUNING" || v["peft_type"] == "PREFIX_TUNING" => {
+        Some(v) if ["PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"].iter().any(|t| v["peft_type"] == *t) => {
             v["num_virtual_tokens"].as_u64().unwrap_or(0) as usize
         }
         _ => 0,
@@ -656,14 +742,14 @@ async fn init_adapter(
     model: &Model,
 ) -> Result<Adapter, Box<dyn std::error::Error>> {
     let at = || format!("--init-adapter {}", dir.display());
-    // A PEFT config of a method webpeft does not train (prefix tuning, …) says so in peft_type.
+    // A PEFT config of a method webpeft does not train (LoHa, …) says so in peft_type.
     let config = dir.join(webpeft::peft::ADAPTER_CONFIG_FILE);
     if let Ok(bytes) = std::fs::read(&config) {
         let value: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
         if let Some(t) = value.as_ref().and_then(|v| v.get("peft_type")).and_then(|t| t.as_str()) {
-            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING") {
+            if !matches!(t, "LORA" | "IA3" | "PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING") {
                 return Err(format!(
-                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\") and AdapterHub bottleneck adapters",
+                    "{}: adapter_config.json has peft_type \"{t}\"; webpeft trains LoRA (\"LORA\"), (IA)³ (\"IA3\"), prompt tuning (\"PROMPT_TUNING\"), prefix tuning (\"PREFIX_TUNING\"), P-tuning (\"P_TUNING\") and AdapterHub bottleneck adapters",
                     at()
                 )
                 .into());

@@ -4,6 +4,12 @@
 //! layer 1's key, … (its `view(P, layers·2, KV, hd)`); the files are read and
 //! written in that layout, the GPU holds one tensor per layer and side. Like
 //! every method's, its gradients and AdamW moments are values of the same type.
+//!
+//! With `prefix_projection`, a fresh adapter trains PEFT's `PrefixEncoder`
+//! (an [`Encoder`]: Embedding(P, token_dim) → Linear(token_dim, hidden) →
+//! Tanh → Linear(hidden, layers·2·token_dim)) and the keys and values are
+//! its output, kept current by [`PrefixTuningAdapter::record_derive`]; the
+//! file still holds the prefix (PEFT saves the MLP's output).
 
 use std::collections::HashMap;
 
@@ -12,9 +18,12 @@ use ::safetensors::Dtype;
 
 use super::config::PrefixTuningConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::elementwise::fill;
+use crate::kernels::swiglu::Activation;
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::{Config, ModelFiles};
+use crate::peft::encoder::Encoder;
 use crate::peft::ADAPTER_WEIGHTS_FILE;
 use crate::util::rng::Rng;
 
@@ -28,6 +37,11 @@ pub struct PrefixTuningAdapter {
     pub keys: Vec<Tensor>,
     /// Per layer, the prefix values, (P, KV·hd).
     pub values: Vec<Tensor>,
+    /// The MLP the keys and values come from, when it is what is trained (a
+    /// fresh adapter with `prefix_projection`); `None` trains the prefix
+    /// itself (also a PEFT folder saved with `prefix_projection`: it holds
+    /// only the prefix).
+    pub encoder: Option<Encoder>,
 }
 
 fn file_error(detail: impl Into<String>) -> Error {
@@ -51,13 +65,56 @@ impl PrefixTuningAdapter {
             keys.push(Tensor::from_slice(gpu, &[p, td], &part(l, 0))?);
             vals.push(Tensor::from_slice(gpu, &[p, td], &part(l, 1))?);
         }
-        Ok(PrefixTuningAdapter { config, keys, values: vals })
+        Ok(PrefixTuningAdapter { config, keys, values: vals, encoder: None })
     }
 
-    /// A fresh adapter: N(0, 1) from `seed`, as PEFT's `nn.Embedding`.
+    /// A fresh adapter from `seed`: the prefix N(0, 1), as PEFT's
+    /// `nn.Embedding`; with `prefix_projection`, PEFT's `PrefixEncoder`
+    /// initialised as torch does, and the prefix it makes.
     pub fn init(gpu: &Gpu, config: PrefixTuningConfig, seed: u64) -> Result<Self> {
-        let values = Rng::new(seed).normal_vec(config.numel(), 1.0);
-        Self::upload(gpu, config, &values)
+        let mut rng = Rng::new(seed);
+        if !config.prefix_projection {
+            let values = rng.normal_vec(config.numel(), 1.0);
+            return Self::upload(gpu, config, &values);
+        }
+        let (p, td) = (config.num_virtual_tokens, config.token_dim);
+        let sizes = [td, config.encoder_hidden_size, config.num_layers * 2 * td];
+        let encoder = Encoder::init(gpu, p, &sizes, "transform", Activation::Tanh, &mut rng)?;
+        let mut adapter = Self::upload(gpu, config, &vec![0.0; p * sizes[2]])?;
+        adapter.encoder = Some(encoder);
+        let mut rec = Recorder::new(gpu);
+        adapter.record_derive(&mut rec)?;
+        rec.submit()?;
+        Ok(adapter)
+    }
+
+    /// The keys and values as column blocks of the encoder's output
+    /// (P, layers·2·token_dim): layer l's key at column 2l·token_dim, its
+    /// value next.
+    fn blocks(&self) -> Vec<(&Tensor, usize)> {
+        let td = self.config.token_dim;
+        let sides = self.keys.iter().zip(&self.values).enumerate();
+        sides.flat_map(|(l, (k, v))| [(k, 2 * l * td), (v, (2 * l + 1) * td)]).collect()
+    }
+
+    /// Records the keys and values from the encoder (nothing without one).
+    pub fn record_derive(&self, rec: &mut Recorder) -> Result<()> {
+        match &self.encoder {
+            Some(e) => e.record_forward(rec, &self.blocks()),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the encoder's gradients (added into `grads`) from the keys' and
+    /// values' (which the hooks added into `grads`, and which are zeroed
+    /// after, for the next step). Nothing without an encoder.
+    pub fn record_backprop(&self, rec: &mut Recorder, grads: &PrefixTuningAdapter) -> Result<()> {
+        let (Some(e), Some(g)) = (&self.encoder, &grads.encoder) else { return Ok(()) };
+        e.record_backward(rec, g, &grads.blocks())?;
+        for t in grads.keys.iter().chain(&grads.values) {
+            fill(rec, t, 0.0)?;
+        }
+        Ok(())
     }
 
     /// PEFT's embedding (P × layers·2·token_dim), read back from the GPU.
@@ -115,12 +172,17 @@ impl PrefixTuningAdapter {
     pub fn zeros_like(&self, gpu: &Gpu) -> Result<Self> {
         let z =
             |ts: &[Tensor]| ts.iter().map(|t| Tensor::zeros(gpu, t.shape(), DType::F32)).collect::<Result<Vec<_>>>();
-        Ok(PrefixTuningAdapter { config: self.config.clone(), keys: z(&self.keys)?, values: z(&self.values)? })
+        let encoder = self.encoder.as_ref().map(|e| e.zeros_like(gpu)).transpose()?;
+        Ok(PrefixTuningAdapter { config: self.config.clone(), keys: z(&self.keys)?, values: z(&self.values)?, encoder })
     }
 
-    /// Every tensor with its checkpoint key, in layer order (key before value).
-    /// The PEFT file holds them as one embedding ([`PrefixTuningAdapter::embedding`]).
+    /// Every trainable tensor with its checkpoint key: the encoder's under
+    /// PEFT's names, or else the prefix in layer order (key before value).
+    /// The PEFT file holds the prefix as one embedding ([`PrefixTuningAdapter::embedding`]).
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
+        if let Some(e) = &self.encoder {
+            return e.tensors();
+        }
         self.keys
             .iter()
             .zip(&self.values)

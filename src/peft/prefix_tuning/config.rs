@@ -8,21 +8,19 @@
 //! entries (not rotated by RoPE); the row's tokens then sit at positions
 //! P..P+T. Without `prefix_projection` the prefix is learned directly, as an
 //! embedding of (P, layers × 2 × token_dim) floats, N(0, 1) at first
-//! (`nn.Embedding`'s init). With it, PEFT trains an MLP that makes the prefix
-//! but saves the prefix it made, so such a folder loads (and trains on) as a
-//! plain prefix; training through the MLP is not implemented yet.
+//! (`nn.Embedding`'s init). With it, a fresh adapter trains PEFT's MLP
+//! (`PrefixEncoder`: Embedding(P, token_dim) → Linear(token_dim,
+//! encoder_hidden_size) → Tanh → Linear(encoder_hidden_size, layers × 2 ×
+//! token_dim)) that makes the prefix; PEFT saves only the prefix it made, so
+//! such a folder loads (and trains on) as a plain prefix.
 
 use serde_json::{json, Value};
 
 use crate::model::{ByteSource, Config};
 use crate::peft::lora::PEFT_VERSION;
-use crate::peft::peft_config::{check_peft_type, field_error as err};
+use crate::peft::peft_config::{check_peft_type, check_prompt_learning, check_virtual_tokens, field_error as err};
 use crate::util::json::{brief, Fields};
-use crate::{Error, Result};
-
-fn unsupported(field: &str, detail: impl Into<String>) -> Error {
-    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
-}
+use crate::Result;
 
 /// A validated PEFT prefix-tuning configuration for a causal LM.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +32,9 @@ pub struct PrefixTuningConfig {
     pub num_layers: usize,
     /// The KV heads (PEFT's value for grouped-query models).
     pub num_attention_heads: usize,
-    /// PEFT records it (the projection's width; `token_dim` by default).
+    /// The projection MLP's width (`token_dim` by default).
     pub encoder_hidden_size: usize,
-    /// The folder was trained through PEFT's MLP reparametrisation (its file
+    /// The prefix comes from PEFT's MLP reparametrisation (a folder's file
     /// holds the projected prefix; kept so the config is written back as read).
     pub prefix_projection: bool,
     pub base_model_name_or_path: Option<String>,
@@ -77,14 +75,7 @@ impl PrefixTuningConfig {
         };
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "PREFIX_TUNING", "a prefix-tuning adapter")?;
-        if let Some(n) = f.opt_usize("num_transformer_submodules")? {
-            if n != 1 {
-                return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
-            }
-        }
-        if !f.is_empty("modules_to_save") {
-            return Err(unsupported("modules_to_save", "not supported (must be null)"));
-        }
+        check_prompt_learning(&f)?;
         let required = |key: &str| f.opt_usize(key)?.ok_or_else(|| err(key, "missing"));
         let token_dim = required("token_dim")?;
         Ok(PrefixTuningConfig {
@@ -101,16 +92,7 @@ impl PrefixTuningConfig {
     /// Checks the config against a model: at least one virtual token, fewer
     /// than the model's positions, and the model's layers and KV shapes.
     pub fn check(&self, model: &Config) -> Result<()> {
-        let (p, max) = (self.num_virtual_tokens, model.max_position_embeddings);
-        if p == 0 {
-            return Err(err("num_virtual_tokens", "must be at least 1, got 0"));
-        }
-        if p >= max {
-            return Err(err(
-                "num_virtual_tokens",
-                format!("a prefix of {p} leaves no position for the input (max_position_embeddings {max})"),
-            ));
-        }
+        check_virtual_tokens(self.num_virtual_tokens, model)?;
         let (kv, dim) = (model.num_key_value_heads, model.kv_dim());
         for (field, got, want) in [
             ("num_layers", self.num_layers, model.num_hidden_layers),
@@ -120,6 +102,9 @@ impl PrefixTuningConfig {
             if got != want {
                 return Err(err(field, format!("{got}, but the model's is {want} (an adapter for another model?)")));
             }
+        }
+        if self.prefix_projection && self.encoder_hidden_size == 0 {
+            return Err(err("encoder_hidden_size", "must be at least 1 with prefix_projection, got 0"));
         }
         Ok(())
     }

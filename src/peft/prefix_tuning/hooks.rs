@@ -6,9 +6,9 @@
 use super::adapter::PrefixTuningAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::kernels::matmul::{gemm, Gemm};
 use crate::model::llama::hooks::Hooks;
 use crate::peft::pass::Pass;
+use crate::peft::prompt_tuning::hooks::add_batch_sum;
 
 impl Pass<'_, PrefixTuningAdapter> {
     /// `part` (P, KV·hd) for every row: (B, P, KV, hd).
@@ -21,13 +21,6 @@ impl Pass<'_, PrefixTuningAdapter> {
         }
         Ok(out)
     }
-}
-
-/// g (P, KV·hd) += Σ_b d[b] for d (B, P, KV, hd).
-fn add_batch_sum(rec: &mut Recorder, d: &Tensor, g: &Tensor) -> Result<()> {
-    let (b, n) = (d.shape()[0], g.numel());
-    let ones = rec.gpu().ones(b)?.reshape(&[1, b])?;
-    gemm(rec, &Gemm::new(1, n, b, false, false).accumulate(true), &ones, &d.reshape(&[b, n])?, &g.reshape(&[1, n])?)
 }
 
 impl Hooks for Pass<'_, PrefixTuningAdapter> {

@@ -94,36 +94,13 @@ impl PromptTuningAdapter {
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<Self> {
         let config = PromptTuningConfig::load(files).await?;
         config.check(model)?;
-        let file = SafetensorsFile::open(files.open(ADAPTER_WEIGHTS_FILE).await?).await?;
-        if let Some(t) = file.tensors().iter().find(|t| t.name != PROMPT_KEY) {
-            return Err(Error::AdapterTensor {
-                tensor: t.name.clone(),
-                file: ADAPTER_WEIGHTS_FILE.into(),
-                detail: "unexpected tensor in a prompt-tuning adapter".into(),
-            });
-        }
-        let shape = vec![config.num_virtual_tokens, config.token_dim];
-        let info = file.get(PROMPT_KEY).ok_or_else(|| file_error("missing"))?;
-        if info.shape != shape {
-            return Err(file_error(format!(
-                "shape {:?}, expected {shape:?} (num_virtual_tokens, token_dim)",
-                info.shape
-            )));
-        }
-        if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(file_error(format!("dtype {}, expected F32, F16 or BF16", info.dtype)));
-        }
-        let values = file.read_f32(PROMPT_KEY).await?;
+        let values = read_prompt(files, [config.num_virtual_tokens, config.token_dim], "a prompt-tuning").await?;
         Self::upload(gpu, config, &values)
     }
 
     /// PEFT's `adapter_model.safetensors`: `prompt_embeddings` (V, D) f32.
     pub async fn to_safetensors_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
-        let values = self.embedding.to_vec::<f32>(gpu).await?;
-        let view = TensorView::new(Dtype::F32, self.embedding.shape().to_vec(), bytemuck::cast_slice(&values))
-            .map_err(|e| file_error(e.to_string()))?;
-        let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        ::safetensors::serialize([(PROMPT_KEY, view)], Some(metadata)).map_err(|e| file_error(e.to_string()))
+        prompt_file(gpu, &self.embedding).await
     }
 
     pub fn zeros_like(&self, gpu: &Gpu) -> Result<Self> {
@@ -133,4 +110,35 @@ impl PromptTuningAdapter {
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         vec![(PROMPT_KEY.to_string(), &self.embedding)]
     }
+}
+
+/// The (V, D) `prompt_embeddings` of a PEFT folder's weights file (its one
+/// tensor: `method` names the adapter in the error for any other).
+pub(crate) async fn read_prompt<F: ModelFiles>(files: &F, shape: [usize; 2], method: &str) -> Result<Vec<f32>> {
+    let file = SafetensorsFile::open(files.open(ADAPTER_WEIGHTS_FILE).await?).await?;
+    if let Some(t) = file.tensors().iter().find(|t| t.name != PROMPT_KEY) {
+        return Err(Error::AdapterTensor {
+            tensor: t.name.clone(),
+            file: ADAPTER_WEIGHTS_FILE.into(),
+            detail: format!("unexpected tensor in {method} adapter"),
+        });
+    }
+    let info = file.get(PROMPT_KEY).ok_or_else(|| file_error("missing"))?;
+    if info.shape != shape {
+        return Err(file_error(format!("shape {:?}, expected {shape:?} (num_virtual_tokens, token_dim)", info.shape)));
+    }
+    if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(file_error(format!("dtype {}, expected F32, F16 or BF16", info.dtype)));
+    }
+    file.read_f32(PROMPT_KEY).await
+}
+
+/// PEFT's `adapter_model.safetensors` holding `prompt` (V, D) as
+/// `prompt_embeddings`, f32.
+pub(crate) async fn prompt_file(gpu: &Gpu, prompt: &Tensor) -> Result<Vec<u8>> {
+    let values = prompt.to_vec::<f32>(gpu).await?;
+    let view = TensorView::new(Dtype::F32, prompt.shape().to_vec(), bytemuck::cast_slice(&values))
+        .map_err(|e| file_error(e.to_string()))?;
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    ::safetensors::serialize([(PROMPT_KEY, view)], Some(metadata)).map_err(|e| file_error(e.to_string()))
 }

@@ -13,16 +13,12 @@ use serde_json::{json, Value};
 
 use crate::model::{ByteSource, Config};
 use crate::peft::lora::PEFT_VERSION;
-use crate::peft::peft_config::check_peft_type;
+use crate::peft::peft_config::{check_peft_type, check_prompt_learning, check_prompt_width, check_virtual_tokens};
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
     Error::AdapterConfig { field: field.to_string(), detail: detail.into() }
-}
-
-fn unsupported(field: &str, detail: impl Into<String>) -> Error {
-    Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
 }
 
 /// `prompt_tuning_init`.
@@ -102,14 +98,7 @@ impl PromptTuningConfig {
                 return Err(err("prompt_tuning_init", format!("\"{other}\" (expected RANDOM, SAMPLE_VOCAB or TEXT)")))
             }
         };
-        if let Some(n) = f.opt_usize("num_transformer_submodules")? {
-            if n != 1 {
-                return Err(unsupported("num_transformer_submodules", format!("{n}: a causal LM has 1")));
-            }
-        }
-        if !f.is_empty("modules_to_save") {
-            return Err(unsupported("modules_to_save", "not supported (must be null)"));
-        }
+        check_prompt_learning(&f)?;
         let token_dim = f.opt_usize("token_dim")?.ok_or_else(|| err("token_dim", "missing"))?;
         Ok(PromptTuningConfig {
             num_virtual_tokens,
@@ -125,25 +114,8 @@ impl PromptTuningConfig {
     /// Checks the config against a model: at least one virtual token, fewer
     /// than the model's positions, and prompts as wide as its embeddings.
     pub fn check(&self, model: &Config) -> Result<()> {
-        let (v, max) = (self.num_virtual_tokens, model.max_position_embeddings);
-        if v == 0 {
-            return Err(err("num_virtual_tokens", "must be at least 1, got 0"));
-        }
-        if v >= max {
-            return Err(err(
-                "num_virtual_tokens",
-                format!("{v} virtual tokens leave no position for the input (max_position_embeddings {max})"),
-            ));
-        }
-        if self.token_dim != model.hidden_size {
-            return Err(err(
-                "token_dim",
-                format!(
-                    "{}, but the model's hidden_size is {} (an adapter for another model?)",
-                    self.token_dim, model.hidden_size
-                ),
-            ));
-        }
+        check_virtual_tokens(self.num_virtual_tokens, model)?;
+        check_prompt_width(self.token_dim, model)?;
         Ok(())
     }
 

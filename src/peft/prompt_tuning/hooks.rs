@@ -16,21 +16,27 @@ impl Hooks for Pass<'_, PromptTuningAdapter> {
     }
 
     fn prepend_forward(&self, rec: &mut Recorder, batch: usize) -> Result<Option<Tensor>> {
-        let e = &self.params.embedding; // (V, D)
-        let (v, d) = (e.shape()[0], e.shape()[1]);
-        let out = rec.alloc(&[batch, v, d], DType::F32)?; // every row the same prompt
-        for i in 0..batch {
-            rec.copy(e, 0, &out, (i * v * d * 4) as u64, e.bytes())?;
-        }
-        Ok(Some(out))
+        prepend(rec, &self.params.embedding, batch).map(Some)
     }
 
     fn prepend_backward(&self, rec: &mut Recorder, d: &Tensor) -> Result<()> {
-        let g = &self.grads("prompt_tuning_backward")?.embedding; // (V, D)
-        let (b, n) = (d.shape()[0], g.numel());
-        let ones = rec.gpu().ones(b)?.reshape(&[1, b])?;
-        let g = g.reshape(&[1, n])?;
-        gemm(rec, &Gemm::new(1, n, b, false, false).accumulate(true), &ones, &d.reshape(&[b, n])?, &g)
-        // g += Σ_b d[b]
+        add_batch_sum(rec, d, &self.grads("prompt_tuning_backward")?.embedding)
     }
+}
+
+/// `e` (V, D) for every row: (B, V, D).
+pub(crate) fn prepend(rec: &mut Recorder, e: &Tensor, batch: usize) -> Result<Tensor> {
+    let out = rec.alloc(&[batch, e.shape()[0], e.shape()[1]], DType::F32)?; // every row the same prompt
+    for i in 0..batch as u64 {
+        rec.copy(e, 0, &out, i * e.bytes(), e.bytes())?;
+    }
+    Ok(out)
+}
+
+/// g (V, D) += Σ_b d[b] for d (B, V, D) (also prefix tuning's (B, P, KV, hd)
+/// into (P, KV·hd)).
+pub(crate) fn add_batch_sum(rec: &mut Recorder, d: &Tensor, g: &Tensor) -> Result<()> {
+    let (b, n) = (d.shape()[0], g.numel());
+    let ones = rec.gpu().ones(b)?.reshape(&[1, b])?;
+    gemm(rec, &Gemm::new(1, n, b, false, false).accumulate(true), &ones, &d.reshape(&[b, n])?, &g.reshape(&[1, n])?)
 }
