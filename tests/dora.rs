@@ -15,8 +15,8 @@ mod finite_diff;
 
 use common::{
     adapted_logits, adapter_values, assert_files_are_peft, block_on, cached_vs_full, check_peft_training,
-    dequantized_twin, fixture, fixture_adapter, fixture_batch, fixture_model, gpu, max_abs_diff, randn, uniform,
-    Fixture,
+    dequantized_twin, fixture, fixture_adapter, fixture_batch, fixture_model, gpu, load_files, max_abs_diff, randn,
+    uniform, Fixture,
 };
 use webpeft::gpu::Recorder;
 use webpeft::kernels::dora::{magnitude_scale, scale_rows, Scales};
@@ -138,11 +138,7 @@ fn files_we_write_are_peft_files() {
             let ad = adapter(gpu, &model, &dir);
             assert_files_are_peft(gpu, &ad, &model.config, &dir);
             // And they load back with the same logits.
-            let mut mem = MemoryFiles::new();
-            for (n, b) in block_on(ad.to_files(gpu, &model.config)).unwrap() {
-                mem.insert(n, b);
-            }
-            let back = block_on(Adapter::load(gpu, &mem, &model.config)).unwrap();
+            let back = load_files(gpu, &block_on(ad.to_files(gpu, &model.config)).unwrap(), &model.config);
             let ids = vec![vec![5u32, 17, 99, 200, 3]];
             let logits = |a: &Adapter| adapted_logits(gpu, &model, Some(a), &ids);
             assert_eq!(logits(&back), logits(&ad), "{dir}");
