@@ -320,6 +320,7 @@ $("download").onclick = () => worker.postMessage({ type: "download" });
 // What each method trains, in one line, where it is picked.
 const METHOD_NOTES = {
   lora: "LoRA: a low-rank update B·A beside each targeted weight (r, alpha, targets); PEFT's files.",
+  dora: "DoRA: LoRA's update with a learned magnitude per output row, the direction normalised (use_dora); PEFT's files.",
   adalora: "AdaLoRA: LoRA in SVD form (B·diag(E)·A) starting at rank r; during the run it prunes the least important singular values down to 2/3 of r; PEFT's files.",
   ia3: "(IA)³: one learned vector per layer scaling the keys, values and feed-forward input (PEFT's defaults); the fewest parameters; PEFT's files.",
   prompt_tuning: "Prompt tuning: 20 learned virtual-token embeddings put before every input; the model itself is untouched; PEFT's files.",

@@ -93,9 +93,11 @@ async function handle(msg) {
       }
       // The memory plan, before any weight is read.
       // The picker's prefix_projection is prefix tuning through its MLP.
+      // The page's method names a few variants: prefix tuning through its MLP, LoRA with DoRA.
       const projection = msg.method === "prefix_projection";
-      const method = projection ? "prefix_tuning" : msg.method ?? "lora";
-      const plan = gpu.planMemory(configText, { quant, method, prefixProjection: projection, r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
+      const dora = msg.method === "dora";
+      const method = projection ? "prefix_tuning" : dora ? "lora" : msg.method ?? "lora";
+      const plan = gpu.planMemory(configText, { quant, method, prefixProjection: projection, useDora: dora, r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
       post({ type: "plan", plan });
       if (!plan.fits) {
         throw new Error(`this setup needs a ${(plan.largestBufferBytes / 2 ** 20).toFixed(0)} MiB buffer, over this GPU's ` +
@@ -115,8 +117,9 @@ async function handle(msg) {
       if (!model) throw new Error("load a model first");
       const c = msg.config;
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
-      if (c.method === "lora") {
-        model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed });
+      if (c.method === "lora" || c.method === "dora") {
+        model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed,
+          useDora: c.method === "dora" });
       } else if (c.method === "adalora") {
         // The page's r is the starting rank; the allocator prunes to two thirds of it (PEFT's 12 → 8) over the run.
         model.addAdaLora(ADAPTER, { initR: c.r, targetR: Math.max(1, Math.round((c.r * 2) / 3)), alpha: c.alpha,
