@@ -205,9 +205,17 @@ async fn bench_model<F: ModelFiles>(
     for &quant in bases {
         let mut model = Model::load(gpu, files, quant).await?;
         model.set_compute_dtype(gpu, b.compute)?;
-        for method in
-            ["lora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "prefix_projection", "p_tuning", "seq_bn"]
-        {
+        for method in [
+            "lora",
+            "dora",
+            "adalora",
+            "ia3",
+            "prompt_tuning",
+            "prefix_tuning",
+            "prefix_projection",
+            "p_tuning",
+            "seq_bn",
+        ] {
             let setup = StepSetup {
                 checkpointing: b.checkpointing,
                 steps: b.repeats,
@@ -226,7 +234,7 @@ async fn bench_model<F: ModelFiles>(
                     f.model,
                     f.parameters as f64 / 1e6,
                     base_label(&f.quant, &f.compute_dtype),
-                    if f.r > 0 { format!("lora r{}", f.r) } else { f.method.clone() },
+                    if f.r > 0 { format!("{} r{}", f.method, f.r) } else { f.method.clone() },
                     f.adapter_parameters,
                     f.batch,
                     f.seq,
