@@ -1,7 +1,7 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
 // before/after generation. All library work happens in worker.js.
 const $ = (id) => document.getElementById(id);
-const state = { losses: [], speeds: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
+const state = { losses: [], speeds: [], evals: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
 
 // One state decides which controls work (data-phase on <body> says which):
 //   starting → loading → idle;  idle → loading | training | generating;
@@ -148,6 +148,11 @@ function onMessage(e) {
       drawChart();
       break;
     }
+    case "eval":
+      state.evals.push([m.step, m.loss]);
+      document.body.dataset.evalLosses = JSON.stringify(state.evals);
+      drawChart();
+      break;
     case "checkpoint":
       if (state.current) {
         saveAutosave({ ...state.current, bytes: m.bytes, step: m.step, totalSteps: m.totalSteps, losses: state.losses })
@@ -199,7 +204,8 @@ function drawChart() {
   g.clearRect(0, 0, c.width, c.height);
   const l = state.losses;
   if (l.length === 0) return;
-  const lo = Math.min(...l), hi = Math.max(...l);
+  const all = [...l, ...state.evals.map(([, v]) => v)];
+  const lo = Math.min(...all), hi = Math.max(...all);
   const x = (i) => 30 + (i / Math.max(1, l.length - 1)) * (c.width - 40);
   const y = (v) => 10 + (hi === lo ? 0.5 : (hi - v) / (hi - lo)) * (c.height - 30);
   g.strokeStyle = "#999"; g.beginPath(); g.moveTo(30, 10); g.lineTo(30, c.height - 20); g.lineTo(c.width - 10, c.height - 20); g.stroke();
@@ -208,6 +214,13 @@ function drawChart() {
   g.strokeStyle = "#2563eb"; g.lineWidth = 2; g.beginPath();
   l.forEach((v, i) => (i ? g.lineTo(x(i), y(v)) : g.moveTo(x(i), y(v))));
   g.stroke();
+  // The held-out loss after step s, at step s's place on the same axis.
+  if (state.evals.length === 0) return;
+  g.strokeStyle = g.fillStyle = "#ea580c"; g.beginPath();
+  state.evals.forEach(([s, v], i) => (i ? g.lineTo(x(s - 1), y(v)) : g.moveTo(x(s - 1), y(v))));
+  g.stroke();
+  state.evals.forEach(([s, v]) => g.fillRect(x(s - 1) - 3, y(v) - 3, 6, 6));
+  g.fillText("held-out", 70, 20);
 }
 
 function source() {
@@ -230,7 +243,7 @@ function config() {
   const n = (k) => Number(f.get(k));
   const targets = f.get("targets") === "all-linear" ? "all-linear" : f.get("targets").split(",");
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
-    batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed") };
+    batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4 };
 }
 
 function load() {
@@ -258,6 +271,7 @@ $("train").onclick = () => {
   clearError();
   state.losses = [];
   state.speeds = [];
+  state.evals = [];
   drawChart();
   const data = $("data").value;
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
@@ -266,7 +280,7 @@ $("train").onclick = () => {
   const src = source();
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
-  worker.postMessage({ type: "train", config: config(), data });
+  worker.postMessage({ type: "train", config: config(), data, evalData: $("eval-data").value.trim() || null });
 };
 
 // A run interrupted by a reload (or a crash) can go on from its last checkpoint.
@@ -295,7 +309,8 @@ readAutosave().then((saved) => {
     setPhase("loading");
     state.loadNotes = [];
     const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
-    const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data };
+    const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
+      evalData: $("eval-data").value.trim() || null };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
     const send = () => { worker.postMessage(load); worker.postMessage(resume); };
     if (origin !== workerOrigin || !document.body.dataset.gpu) {

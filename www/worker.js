@@ -39,7 +39,9 @@ const tuning = {
 };
 
 /** Steps `run` to the end (or a cancel), posting each step and a checkpoint every few steps. */
-async function drive(run) {
+// Trains `run` to its end (or a cancel), measuring `evalData` (JSONL, or null) every
+// `c.evalSteps` steps with the adapter as it then is.
+async function drive(run, c, evalData) {
   control.paused = false;
   control.cancelled = false;
   for (;;) {
@@ -48,6 +50,10 @@ async function drive(run) {
     const event = await run.step();
     if (!event) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "done" };
     post({ type: "step", event });
+    if (evalData && event.step % (c.evalSteps || 4) === 0) {
+      const e = await model.evaluate(evalData, { adapter: ADAPTER, batchSize: c.batchSize, seqLen: c.seqLen });
+      post({ type: "eval", step: event.step, loss: e.loss });
+    }
     if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
     if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
       const bytes = await run.saveCheckpoint();
@@ -137,7 +143,7 @@ async function handle(msg) {
       }
       model.setActiveAdapter(ADAPTER);
       run = model.startTraining(ADAPTER, msg.data, trainOptions(c));
-      post({ type: "trained", summary: await drive(run) });
+      post({ type: "trained", summary: await drive(run, c, msg.evalData) });
       break;
     }
     case "resume-checkpoint": {
@@ -146,7 +152,7 @@ async function handle(msg) {
       run = model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(msg.config));
       model.setActiveAdapter(ADAPTER);
       post({ type: "resumed-checkpoint", step: run.currentStep() });
-      post({ type: "trained", summary: await drive(run) });
+      post({ type: "trained", summary: await drive(run, msg.config, msg.evalData) });
       break;
     }
     case "pause": control.paused = true; post({ type: "paused" }); break;

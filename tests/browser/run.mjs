@@ -88,10 +88,15 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
       throw new Error(`${e.message}; page error: ${await page.textContent("#error")}`);
     });
     timings.browserLoadSeconds = Number(await page.getAttribute("body", "data-load-seconds"));
+    // Held-out lines: their loss is measured every 4 steps (the form's default) and charted.
+    await page.fill("#eval-data", '{"text": "The little robot walked home."}\n{"text": "A red ball rolled away."}');
     await page.click("#train");
     await page.waitForSelector("body[data-trained]", { timeout: 600_000 });
     const losses = JSON.parse(await page.getAttribute("body", "data-losses"));
     assert.equal(losses.length, 12);
+    const evals = JSON.parse(await page.getAttribute("body", "data-eval-losses"));
+    assert.deepEqual(evals.map(([s]) => s), [4, 8, 12], `held-out losses ${JSON.stringify(evals)}`);
+    assert.ok(evals.every(([, l]) => Number.isFinite(l) && l > 0), `held-out losses ${JSON.stringify(evals)}`);
     assert.ok(losses.at(-1) < losses[0] - 0.1, `the loss falls: ${losses}`);
     timings.browserStepSeconds = Number(await page.getAttribute("body", "data-step-seconds"));
     timings.browserTokensPerSecond = JSON.parse(await page.getAttribute("body", "data-tokens-per-second"))
