@@ -74,3 +74,22 @@ pub(crate) fn check_prompt_width(token_dim: usize, model: &Config) -> Result<()>
     }
     Ok(())
 }
+
+/// The bytes of an `adapter_config.json`, parsed: an error names the file
+/// when they are not JSON.
+pub(crate) fn parse_config(bytes: &[u8]) -> Result<serde_json::Value> {
+    serde_json::from_slice(bytes).map_err(|e| field_error("(file)", format!("not valid JSON: {e}")))
+}
+
+/// A parsed `adapter_config.json`'s top-level object.
+pub(crate) fn config_object(value: &serde_json::Value) -> Result<&serde_json::Map<String, serde_json::Value>> {
+    value.as_object().ok_or_else(|| {
+        field_error("(file)", format!("expected a JSON object, got {}", crate::util::json::brief(value)))
+    })
+}
+
+/// The bytes of `adapter_config.json` in an adapter folder.
+pub(crate) async fn read_config<F: crate::model::ModelFiles>(files: &F) -> Result<Vec<u8>> {
+    use crate::model::source::ByteSource;
+    files.open(crate::peft::ADAPTER_CONFIG_FILE).await?.read_all().await
+}

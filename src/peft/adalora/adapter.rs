@@ -108,9 +108,7 @@ impl AdaLoraAdapter {
 
     /// Loads a PEFT AdaLoRA folder for `model`.
     pub async fn load<F: ModelFiles>(gpu: &Gpu, files: &F, model: &Config) -> Result<Self> {
-        use crate::model::source::ByteSource;
-        let bytes = files.open(crate::peft::ADAPTER_CONFIG_FILE).await?.read_all().await?;
-        let config = AdaLoraConfig::from_json(&bytes)?;
+        let config = AdaLoraConfig::from_json(&crate::peft::peft_config::read_config(files).await?)?;
         let weights = AdaLoraWeights::load(files, &config, model).await?;
         Self::upload(gpu, config, &weights, model)
     }

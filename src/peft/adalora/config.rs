@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::model::Config;
 use crate::peft::lora::{LoraConfig, LORA_MODULES};
-use crate::peft::peft_config::{check_peft_type, field_error as err};
+use crate::peft::peft_config::{check_peft_type, config_object, field_error as err, parse_config};
 use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
@@ -124,15 +124,12 @@ impl AdaLoraConfig {
 
     /// Parses and validates the bytes of an `adapter_config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<AdaLoraConfig> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
-        AdaLoraConfig::from_value(&value)
+        AdaLoraConfig::from_value(&parse_config(bytes)?)
     }
 
     /// Parses and validates a parsed `adapter_config.json`.
     pub fn from_value(value: &Value) -> Result<AdaLoraConfig> {
-        let Value::Object(map) = value else {
-            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
-        };
+        let map = config_object(value)?;
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "ADALORA", "an AdaLoRA adapter")?;
         let usize_or = |key: &str, default: usize| -> Result<usize> { Ok(f.opt_usize(key)?.unwrap_or(default)) };

@@ -11,9 +11,9 @@
 use serde_json::{json, Value};
 
 use crate::model::llama::Proj;
-use crate::model::{ByteSource, Config, ModelType};
+use crate::model::{Config, ModelType};
 use crate::peft::lora::{TargetModules, PEFT_VERSION};
-use crate::peft::peft_config::check_peft_type;
+use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
 
@@ -97,21 +97,18 @@ impl Ia3Config {
 
     /// Parses and validates `adapter_config.json` bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Ia3Config> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
-        Self::from_value(&value)
+        Self::from_value(&parse_config(bytes)?)
     }
 
     /// Reads `adapter_config.json` from an adapter folder.
     pub async fn load<F: crate::model::ModelFiles>(files: &F) -> Result<Ia3Config> {
-        let bytes = files.open(crate::peft::ADAPTER_CONFIG_FILE).await?.read_all().await?;
+        let bytes = read_config(files).await?;
         Self::from_json(&bytes)
     }
 
     /// Parses and validates a parsed `adapter_config.json`.
     pub fn from_value(value: &Value) -> Result<Ia3Config> {
-        let Value::Object(map) = value else {
-            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
-        };
+        let map = config_object(value)?;
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "IA3", "an (IA)³ adapter")?;
         let names = |key: &str| -> Result<Option<Vec<String>>> {

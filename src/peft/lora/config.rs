@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::model::source::ModelFiles;
 use crate::model::Config;
-use crate::peft::peft_config::check_peft_type;
+use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
 use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
@@ -126,22 +126,18 @@ impl LoraConfig {
 
     /// Parses and validates the bytes of an `adapter_config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<LoraConfig> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
-        LoraConfig::from_value(&value)
+        LoraConfig::from_value(&parse_config(bytes)?)
     }
 
     /// Reads `adapter_config.json` from an adapter folder.
     pub async fn load<F: ModelFiles>(files: &F) -> Result<LoraConfig> {
-        use crate::model::source::ByteSource;
-        let bytes = files.open(super::ADAPTER_CONFIG_FILE).await?.read_all().await?;
+        let bytes = read_config(files).await?;
         LoraConfig::from_json(&bytes)
     }
 
     /// Parses and validates a parsed `adapter_config.json`.
     pub fn from_value(value: &Value) -> Result<LoraConfig> {
-        let Value::Object(map) = value else {
-            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
-        };
+        let map = config_object(value)?;
         let f = Fields::of(map, "", err);
 
         check_peft_type(&f, "LORA", "a LoRA adapter")?;

@@ -16,10 +16,13 @@
 
 use serde_json::{json, Value};
 
-use crate::model::{ByteSource, Config};
+use crate::model::Config;
 use crate::peft::lora::PEFT_VERSION;
-use crate::peft::peft_config::{check_peft_type, check_prompt_learning, check_virtual_tokens, field_error as err};
-use crate::util::json::{brief, Fields};
+use crate::peft::peft_config::{
+    check_peft_type, check_prompt_learning, check_virtual_tokens, config_object, field_error as err, parse_config,
+    read_config,
+};
+use crate::util::json::Fields;
 use crate::Result;
 
 /// A validated PEFT prefix-tuning configuration for a causal LM.
@@ -59,20 +62,17 @@ impl PrefixTuningConfig {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<PrefixTuningConfig> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
-        Self::from_value(&value)
+        Self::from_value(&parse_config(bytes)?)
     }
 
     /// Reads `adapter_config.json` from an adapter folder.
     pub async fn load<F: crate::model::ModelFiles>(files: &F) -> Result<PrefixTuningConfig> {
-        let bytes = files.open(crate::peft::ADAPTER_CONFIG_FILE).await?.read_all().await?;
+        let bytes = read_config(files).await?;
         Self::from_json(&bytes)
     }
 
     pub fn from_value(value: &Value) -> Result<PrefixTuningConfig> {
-        let Value::Object(map) = value else {
-            return Err(err("(file)", format!("expected a JSON object, got {}", brief(value))));
-        };
+        let map = config_object(value)?;
         let f = Fields::of(map, "", err);
         check_peft_type(&f, "PREFIX_TUNING", "a prefix-tuning adapter")?;
         check_prompt_learning(&f)?;
