@@ -4,7 +4,8 @@
 //   qmatmul_nt   y  = x · Wᵀ     x (M, K), W (N, K) → y (M, N)     forward
 //   qmatmul_nn   dx = dy · W     dy (M, N), W (N, K) → dx (M, K)   backward to the input
 //
-// W is NF4, Q8_0 or f16 (FORMAT), laid out as shaders/quant.wgsl describes.
+// W is NF4 or FP4 (shaders/four_bit.wgsl), Q8_0 or f16 (FORMAT), laid out as
+// shaders/quant.wgsl describes.
 // Dequantised values are exactly level·absmax (NF4), q·d (Q8_0) and the f16
 // value itself, the same values quant.wgsl's dequantize entries write.
 // f16 weights are widened with unpack2x16float, which every WebGPU device has;
@@ -15,7 +16,6 @@
 // shape, and `qmatmul_naive` is the benchmark's yardstick.
 // Prelude constants: FORMAT, TM, TN, WX, WY, and for the scalar kernels FORWARD.
 
-const NF4: u32 = 0u;
 const Q8_0: u32 = 1u;
 const F16: u32 = 2u;
 
@@ -34,15 +34,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;  // x (M, K) or dy (M, N), vec4 along rows
 @group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8 | f16 pairs, (N, K) flattened
-@group(0) @binding(3) var<storage, read> ws: array<u32>;        // NF4 absmax bits (N·K/64) | Q8_0 f16 scale pairs | f16: wq again
+@group(0) @binding(3) var<storage, read> ws: array<u32>;        // 4-bit absmaxes (four_bit.wgsl) | Q8_0 f16 scale pairs | f16: wq again
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;   // y (M, ldc) or dx (M, ldc)
 @group(0) @binding(5) var<storage, read> a: array<f32>;         // scalar view of x / dy
-
-var<private> NF4_LEVELS: array<f32, 16> = array<f32, 16>(
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230850219727, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0);
 
 // Four consecutive weights starting at flattened element e (e % 4 == 0).
 fn w4(e: u32) -> vec4<f32> {
@@ -57,11 +51,12 @@ fn w4(e: u32) -> vec4<f32> {
                           f32(extractBits(word, 16u, 8u)), f32(extractBits(word, 24u, 8u)));
         return q * d;
     }
-    // Two bytes of one word; the even element of each byte is its high nibble.
+    // NF4 or FP4 (shaders/four_bit.wgsl): two bytes of one word; the even
+    // element of each byte is its high nibble.
     let v = wq[e >> 3u] >> ((e & 4u) * 4u);
-    let absmax = bitcast<f32>(ws[e >> 6u]);
-    return vec4<f32>(NF4_LEVELS[(v >> 4u) & 15u], NF4_LEVELS[v & 15u],
-                     NF4_LEVELS[(v >> 12u) & 15u], NF4_LEVELS[(v >> 8u) & 15u]) * absmax;
+    let absmax = block_absmax(e >> 6u);
+    return vec4<f32>(level((v >> 4u) & 15u), level(v & 15u),
+                     level((v >> 12u) & 15u), level((v >> 8u) & 15u)) * absmax;
 }
 
 // One weight at flattened element e.
@@ -76,7 +71,7 @@ fn w1(e: u32) -> f32 {
     }
     let byte = (wq[e >> 3u] >> (((e >> 1u) & 3u) * 8u)) & 0xffu;
     let code = select(byte & 15u, byte >> 4u, (e & 1u) == 0u);
-    return NF4_LEVELS[code] * bitcast<f32>(ws[e >> 6u]);
+    return level(code) * block_absmax(e >> 6u);
 }
 
 fn store(m: u32, n: u32, value: f32) {

@@ -30,7 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> scales: array<u32>;    // NF4 absmax bits (ceil(len/64)) | Q8_0 f16 pairs (ceil(len/64))
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;         // (len) dequantized
 @group(0) @binding(5) var<storage, read> codes_in: array<u32>;
-@group(0) @binding(6) var<storage, read> scales_in: array<u32>;
+@group(0) @binding(6) var<storage, read> ws: array<u32>;            // the scales to dequantize with (four_bit.wgsl for 4-bit)
 
 // The 15 thresholds: midpoints of adjacent levels computed in f32, as
 // bitsandbytes does (crate::quant::NF4_THRESHOLDS explains the CUDA kernel's
@@ -39,11 +39,6 @@ struct Params {
 var<private> NF4_THRESHOLDS: array<u32, 15> = array<u32, 15>(
     0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu, 0xbe0d38bcu, 0xbd3a7871u,
     0x3d22faffu, 0x3df64862u, 0x3e5067e0u, 0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau);
-var<private> NF4_LEVELS: array<f32, 16> = array<f32, 16>(
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230850219727, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0);
 
 // a / b rounded to nearest even, for finite a >= 0 and normal b > 0; results
 // below the normal range flush to zero (GPUs may flush subnormals anyway).
@@ -144,7 +139,7 @@ fn nf4_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     if (e >= p.len) { return; }
     let byte = (codes_in[e >> 3u] >> (((e >> 1u) & 3u) * 8u)) & 0xffu;
     let code = select(byte & 15u, byte >> 4u, (e & 1u) == 0u);
-    y[e] = NF4_LEVELS[code] * bitcast<f32>(scales_in[e >> 6u]);
+    y[e] = level(code) * block_absmax(e >> 6u);
 }
 
 // One invocation per pair of 32-blocks (one scale word, 16 code words).
@@ -179,7 +174,7 @@ fn q8_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     if (e >= p.len) { return; }
     let q = extractBits(bitcast<i32>(codes_in[e >> 2u]), (e & 3u) * 8u, 8u);
     let block = e >> 5u;
-    let d = unpack2x16float(scales_in[block >> 1u])[block & 1u];
+    let d = unpack2x16float(ws[block >> 1u])[block & 1u];
     y[e] = f32(q) * d;
 }
 

@@ -91,24 +91,35 @@ impl Kernel {
             Kernel::MatmulGemv => {
                 concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
             }
-            Kernel::QMatmul => include_str!("../../shaders/qmatmul.wgsl"),
-            Kernel::QMatmulBlocked => {
-                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/gemm_blocked.wgsl"))
+            Kernel::QMatmul => {
+                concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/qmatmul.wgsl"))
             }
-            Kernel::QMatmulGemv => {
-                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
-            }
+            Kernel::QMatmulBlocked => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemm_blocked.wgsl")
+            ),
+            Kernel::QMatmulGemv => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv.wgsl")
+            ),
             Kernel::QMatmulSubgroup => {
                 concat!(
+                    include_str!("../../shaders/four_bit.wgsl"),
                     include_str!("../../shaders/qmatmul.wgsl"),
                     include_str!("../../shaders/subgroup.wgsl"),
                     include_str!("../../shaders/qmatmul_subgroup.wgsl")
                 )
             }
-            Kernel::QMatmulF16 => {
-                concat!(include_str!("../../shaders/qmatmul.wgsl"), include_str!("../../shaders/qmatmul_f16.wgsl"))
+            Kernel::QMatmulF16 => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/qmatmul_f16.wgsl")
+            ),
+            Kernel::Quant => {
+                concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/quant.wgsl"))
             }
-            Kernel::Quant => include_str!("../../shaders/quant.wgsl"),
             Kernel::RmsNorm => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/rmsnorm.wgsl"))
             }

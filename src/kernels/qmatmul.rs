@@ -14,7 +14,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
 use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
-use super::quant::{dequantize, quantize, Packed};
+use super::quant::{dequantize, quantize, Layout, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::quant::{ComputeDtype, QuantError, QuantFormat, F16_COMPUTE_MAX_ABS};
@@ -129,17 +129,14 @@ impl QWeight {
         if q.len != rows * cols {
             return Err(Error::shape("QWeight::from_nf4", format!("{} values for a {rows}x{cols} weight", q.len)));
         }
-        let per = rows_per_chunk(gpu, "NF4 weight", rows, cols, cols.div_ceil(2) as u64, QuantFormat::Nf4)?;
+        // Chunks as if f32, as `from_f32` cuts them: a chunk is dequantized
+        // whole into one binding (DoRA's norms, merging, `to_f32`).
+        let per = rows_per_chunk(gpu, "NF4 weight", rows, cols, cols as u64 * 4, QuantFormat::Nf4)?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows {
             let n = per.min(rows - start);
-            let (e0, e1) = (start * cols, (start + n) * cols);
-            let part = crate::quant::Nf4 {
-                len: e1 - e0,
-                codes: q.codes[e0 / 2..e1.div_ceil(2)].to_vec(),
-                absmax: q.absmax[e0 / 64..e1.div_ceil(64)].to_vec(),
-            };
+            let part = q.slice(start * cols, (start + n) * cols);
             chunks.push(Chunk { row_start: start, rows: n, data: ChunkData::Quant(Packed::from_nf4(gpu, &part)?) });
             start += n;
         }
@@ -150,7 +147,7 @@ impl QWeight {
     /// A weight already packed on the CPU as Q8_0.
     pub fn from_q8_0(gpu: &Gpu, q: &crate::quant::Q8_0) -> Result<QWeight> {
         let (rows, cols) = (q.rows, q.cols);
-        let per = rows_per_chunk(gpu, "Q8_0 weight", rows, cols, cols as u64, QuantFormat::Q8_0)?;
+        let per = rows_per_chunk(gpu, "Q8_0 weight", rows, cols, cols as u64 * 4, QuantFormat::Q8_0)?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -324,22 +321,13 @@ const F16_TILES: Tiles = Tiles { tm: 4, tn: 8, wx: 8, wy: 8 };
 /// `subgroups_usable`).
 const SG_LANES: u32 = 8;
 
-/// The FORMAT constant of `shaders/qmatmul.wgsl`.
-fn format_const(format: QuantFormat) -> Const {
-    Const::U32(match format {
-        QuantFormat::Q8_0 => 1,
-        QuantFormat::F16 => 2,
-        _ => 0,
-    })
+fn qkey(entry: &'static str, layout: Layout, forward: bool, t: Tiles) -> PipelineKey {
+    qkey_in(Kernel::QMatmul, entry, layout, forward, t)
 }
 
-fn qkey(entry: &'static str, format: QuantFormat, forward: bool, t: Tiles) -> PipelineKey {
-    qkey_in(Kernel::QMatmul, entry, format, forward, t)
-}
-
-fn qkey_in(kernel: Kernel, entry: &'static str, format: QuantFormat, forward: bool, t: Tiles) -> PipelineKey {
+fn qkey_in(kernel: Kernel, entry: &'static str, layout: Layout, forward: bool, t: Tiles) -> PipelineKey {
     PipelineKey::new(kernel, entry)
-        .with("FORMAT", format_const(format))
+        .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(forward))
         .with("TM", Const::U32(t.tm))
         .with("TN", Const::U32(t.tn))
@@ -348,34 +336,34 @@ fn qkey_in(kernel: Kernel, entry: &'static str, format: QuantFormat, forward: bo
 }
 
 /// The f16-compute kernels (`shaders/qmatmul_f16.wgsl`).
-fn f16_key(format: QuantFormat, backward: bool, t: Tiles) -> PipelineKey {
+fn f16_key(layout: Layout, backward: bool, t: Tiles) -> PipelineKey {
     let entry = if backward { "qmatmul_nn_f16" } else { "qmatmul_nt_f16" };
-    qkey_in(Kernel::QMatmulF16, entry, format, !backward, t)
+    qkey_in(Kernel::QMatmulF16, entry, layout, !backward, t)
 }
 
 /// The yardstick: one output per invocation, 16×16 workgroups (TM and TN
 /// only size the module's other entries).
-fn naive_key(format: QuantFormat, backward: bool) -> PipelineKey {
-    qkey("qmatmul_naive", format, !backward, Tiles { tm: 4, tn: 4, wx: 16, wy: 16 })
+fn naive_key(layout: Layout, backward: bool) -> PipelineKey {
+    qkey("qmatmul_naive", layout, !backward, Tiles { tm: 4, tn: 4, wx: 16, wy: 16 })
 }
 
-fn blocked_key(format: QuantFormat, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
+fn blocked_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
     t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), aligned)
-        .with("FORMAT", format_const(format))
+        .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(!backward))
 }
 
-fn gemv_key(format: QuantFormat, t: GemvTiles, m: usize) -> PipelineKey {
+fn gemv_key(layout: Layout, t: GemvTiles, m: usize) -> PipelineKey {
     t.with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), m)
-        .with("FORMAT", format_const(format))
+        .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(true))
 }
 
-fn subgroup_key(format: QuantFormat, backward: bool, sg: SgTiles) -> PipelineKey {
+fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
     let entry = if backward { "qmatmul_nn_sg" } else { "qmatmul_nt_sg" };
     // TM, WX and WY only size qmatmul.wgsl's own entries in this module.
     PipelineKey::new(Kernel::QMatmulSubgroup, entry)
-        .with("FORMAT", format_const(format))
+        .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(!backward))
         .with("TM", Const::U32(4))
         .with("TN", Const::U32(sg.tn))
@@ -386,14 +374,15 @@ fn subgroup_key(format: QuantFormat, backward: bool, sg: SgTiles) -> PipelineKey
 
 /// Every pipeline the `qlinear*` functions and [`qgemm_with`] can request on
 /// `gpu` (`kernels::variants`), for both kernel families, for each stored
-/// format (NF4, Q8_0, f16) and direction: the register tiles (few rows or the
+/// layout (NF4, FP4, each with or without double quantization, Q8_0, f16)
+/// and direction: the register tiles (few rows or the
 /// tuned ones) through the vec4 and the scalar entries, the yardstick, the
 /// subgroup block and the f16-compute kernels where the device runs them, the
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
 /// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows.
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
+    for format in Layout::ALL {
         for backward in [false, true] {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
             for m in [1, 2, 3, 4, 8, Tiles::FEW_ROWS + 1] {
@@ -528,7 +517,7 @@ fn record_quant(
         // subgroup form); odd layouts and the yardstick stay f32 below.
         let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
         let groups = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-        return rec.dispatch_bound(&f16_key(p.format, backward, t), &params, &bind4_of(x, p, out), groups);
+        return rec.dispatch_bound(&f16_key(p.layout, backward, t), &params, &bind4_of(x, p, out), groups);
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
@@ -549,14 +538,14 @@ fn record_quant(
                 QVariant::BlockedSplit(_, s) => s,
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
-            let key = |entry| blocked_key(p.format, backward, aligned, t, entry);
+            let key = |entry| blocked_key(p.layout, backward, aligned, t, entry);
             let set = |p: &mut Params, k: u32| p.k_split = k;
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
         }
         QVariant::Gemv(t) => {
             t.check().map_err(|e| Error::shape(op, e))?;
-            rec.dispatch_bound(&gemv_key(p.format, t, g.m), &params, &bind4, t.grid(g.n))
+            rec.dispatch_bound(&gemv_key(p.layout, t, g.m), &params, &bind4, t.grid(g.n))
         }
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
@@ -569,16 +558,16 @@ fn record_quant(
                 ));
             }
             let groups = [g.n.div_ceil((SG_LANES * sg.tn) as usize) as u32, g.m.div_ceil(sg.sr as usize) as u32, 1];
-            rec.dispatch_bound(&subgroup_key(p.format, backward, sg), &params, &bind4, groups)
+            rec.dispatch_bound(&subgroup_key(p.layout, backward, sg), &params, &bind4, groups)
         }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
-            rec.dispatch_bound(&qkey(entry, p.format, !backward, t), &params, &bind4, tiled)
+            rec.dispatch_bound(&qkey(entry, p.layout, !backward, t), &params, &bind4, tiled)
         }
-        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", p.format, !backward, t), &params, &bind1, tiled),
+        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", p.layout, !backward, t), &params, &bind1, tiled),
         QVariant::Naive => {
             let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
-            rec.dispatch_bound(&naive_key(p.format, backward), &params, &bind1, groups)
+            rec.dispatch_bound(&naive_key(p.layout, backward), &params, &bind1, groups)
         }
     }
 }

@@ -162,8 +162,14 @@ impl<S: ByteSource> Checkpoint<S> {
     /// Linear weights are expected in their packed form instead.
     pub fn check(&self, config: &Config) -> Result<()> {
         let packed = quantized::stored_format(self)?;
+        let bnb = super::bnb::is_bnb_4bit(self);
         let mut expected_names: HashSet<String> = HashSet::new();
         for spec in config.tensor_names() {
+            if bnb && quantized::is_packed(self, &spec.name, packed) {
+                // Its parts are checked as they are read (bnb::read_4bit).
+                expected_names.extend(super::bnb::stored_names(self, &spec.name));
+                continue;
+            }
             if let Some(format) = packed.filter(|_| quantized::is_block_linear(&spec.name)) {
                 for (name, dtype, shape) in quantized::packed_tensors(&spec.name, spec.shape[0], spec.shape[1], format)
                 {

@@ -9,7 +9,8 @@
 //! - [`safetensors`]: one `.safetensors` file, header validated, tensors read
 //!   one at a time as f32.
 //! - [`checkpoint`]: single-file or sharded checkpoints, checked against a
-//!   [`Config`].
+//!   [`Config`]; [`quantized`] and [`bnb`]: pre-quantized ones (webpeft's
+//!   layout, bitsandbytes' 4-bit serialization).
 //! - [`llama`]: the model on the GPU: [`Model::load`] streams a checkpoint
 //!   up (quantizing the blocks' Linears), `Model::forward` records the logits,
 //!   `llama::causal_lm_loss` the loss.
@@ -24,6 +25,7 @@
 //! }
 //! ```
 
+pub mod bnb;
 pub mod checkpoint;
 pub mod config;
 pub mod llama;

@@ -22,11 +22,12 @@ use std::collections::HashMap;
 use ::safetensors::tensor::TensorView;
 use ::safetensors::Dtype;
 
+use super::bnb;
 use super::checkpoint::Checkpoint;
 use super::config::Config;
 use super::source::ByteSource;
 use crate::error::{Error, Result};
-use crate::quant::{quantize_nf4, quantize_q8_0, Nf4, QuantFormat, Q8_0};
+use crate::quant::{quantize_nf4, quantize_q8_0, FourBit, Nf4, QuantFormat, Q8_0};
 
 /// `__metadata__` key naming the packed format.
 pub const QUANT_KEY: &str = "webpeft.quant";
@@ -55,7 +56,21 @@ pub fn packed_tensors(name: &str, out: usize, inp: usize, format: QuantFormat) -
 }
 
 /// The packed format a checkpoint declares, if any. Every shard must agree.
+/// A bitsandbytes 4-bit checkpoint ([`super::bnb`]) is NF4 here, whichever of
+/// its 4-bit types (NF4, FP4) and absmax forms each weight has.
 pub fn stored_format<S: ByteSource>(checkpoint: &Checkpoint<S>) -> Result<Option<QuantFormat>> {
+    if let Some(name) = bnb::int8_weight(checkpoint) {
+        return Err(Error::Checkpoint {
+            tensor: name.to_string(),
+            file: checkpoint.shard_name(name).unwrap_or(checkpoint.location()).to_string(),
+            detail: "bitsandbytes 8-bit (LLM.int8()) checkpoints are not supported: load the original model with \
+                     --quant q8 (or nf4)"
+                .into(),
+        });
+    }
+    if bnb::is_bnb_4bit(checkpoint) {
+        return Ok(Some(QuantFormat::Nf4));
+    }
     let mut found: Option<QuantFormat> = None;
     for shard in checkpoint.shards() {
         let Some(quant) = shard.metadata().get(QUANT_KEY) else { continue };
@@ -80,6 +95,14 @@ pub fn stored_format<S: ByteSource>(checkpoint: &Checkpoint<S>) -> Result<Option
     Ok(found)
 }
 
+/// Whether the block weight `name` of a checkpoint stored in `stored` is
+/// packed (a bitsandbytes checkpoint may keep skipped modules in float).
+pub fn is_packed<S: ByteSource>(checkpoint: &Checkpoint<S>, name: &str, stored: Option<QuantFormat>) -> bool {
+    stored.is_some()
+        && is_block_linear(name)
+        && (!bnb::is_bnb_4bit(checkpoint) || checkpoint.get(name).is_some_and(|i| i.dtype == Dtype::U8))
+}
+
 /// A packed block weight read back from the checkpoint.
 pub enum Packed {
     Nf4(Nf4),
@@ -100,13 +123,16 @@ pub async fn read_packed<S: ByteSource>(
         detail,
     };
     match format {
+        QuantFormat::Nf4 if bnb::is_bnb_4bit(checkpoint) => {
+            Ok(Packed::Nf4(bnb::read_4bit(checkpoint, name, out, inp).await?))
+        }
         QuantFormat::Nf4 => {
             let codes = checkpoint.read_bytes(&format!("{name}.nf4_codes")).await?;
             let absmax = checkpoint.read_f32(&format!("{name}.nf4_absmax")).await?;
             if codes.len() != (out * inp).div_ceil(2) || absmax.len() != (out * inp).div_ceil(64) {
                 return Err(err(format!("packed NF4 sizes do not match a ({out}, {inp}) weight")));
             }
-            Ok(Packed::Nf4(Nf4 { len: out * inp, codes, absmax }))
+            Ok(Packed::Nf4(Nf4 { len: out * inp, codes, absmax, kind: FourBit::Nf4, double: None }))
         }
         QuantFormat::Q8_0 => {
             let blocks = checkpoint.read_bytes(&format!("{name}.q8_0")).await?;

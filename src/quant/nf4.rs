@@ -1,4 +1,6 @@
-//! NF4 (4-bit NormalFloat), as bitsandbytes packs it for QLoRA.
+//! NF4 (4-bit NormalFloat), as bitsandbytes packs it for QLoRA, and its
+//! sibling FP4 (bitsandbytes' `bnb_4bit_quant_type="fp4"`), which differs only
+//! in its 16 levels ([`FourBit`]).
 //!
 //! The weight is flattened row-major and cut into blocks of 64 consecutive
 //! values (a block spans two rows when the row length is not a multiple of
@@ -13,6 +15,8 @@
 //! An all-zero block has absmax 0, so the scaled values are `0 * inf = NaN`;
 //! no threshold is below NaN and every code is 0 (level -1.0), which
 //! dequantises to `-1.0 * 0 = -0.0`. bitsandbytes' kernel does the same.
+
+use super::double_quant::DoubleQuant;
 
 /// Values per absmax block.
 pub const NF4_BLOCK: usize = 64;
@@ -38,18 +42,93 @@ pub const NF4_LEVELS: [f32; 16] = [
     1.0,
 ];
 
+/// The 16 FP4 levels in code order, as bitsandbytes' `get_4bit_type("fp4")`
+/// makes them: the values of a 1-sign, 2-exponent, 1-mantissa float (bit
+/// patterns 0b000..0b111 are 0, 0.0625, 8, 12, 4, 6, 2, 3; the sign bit
+/// negates) divided by their largest, 12, in f32. Code 8 is +0.0, as there.
+pub const FP4_LEVELS: [f32; 16] = {
+    const MAGNITUDES: [f32; 8] = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0];
+    let mut t = [0.0f32; 16];
+    let mut i = 0;
+    while i < 8 {
+        t[i] = MAGNITUDES[i] / 12.0;
+        t[i + 8] = if i == 0 { 0.0 } else { -MAGNITUDES[i] / 12.0 };
+        i += 1;
+    }
+    t
+};
+
+/// Which 4-bit data type a weight uses (`bnb_4bit_quant_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FourBit {
+    /// NormalFloat: levels at the quantiles of N(0, 1), the QLoRA default.
+    #[default]
+    Nf4,
+    /// A 4-bit float (1 sign, 2 exponent, 1 mantissa bits).
+    Fp4,
+}
+
+impl FourBit {
+    /// The levels of the 16 codes.
+    pub fn levels(self) -> &'static [f32; 16] {
+        match self {
+            FourBit::Nf4 => &NF4_LEVELS,
+            FourBit::Fp4 => &FP4_LEVELS,
+        }
+    }
+
+    /// bitsandbytes' name: "nf4" or "fp4".
+    pub fn name(self) -> &'static str {
+        match self {
+            FourBit::Nf4 => "nf4",
+            FourBit::Fp4 => "fp4",
+        }
+    }
+
+    /// The code of a value scaled into [-1, 1]: bitsandbytes' quantizer sorts
+    /// the levels, counts the f32 midpoints of adjacent sorted levels that lie
+    /// strictly below the value (`torch.bucketize`), and maps that rank back
+    /// to the code. For NF4 the levels are sorted and the rank is the code.
+    /// For FP4 the two zeros (+0.0, code 0; and code 8, also +0.0) sort as
+    /// codes 0 then 8, so values in (0, 0.0026] take code 8: both are zero.
+    fn encode(self, scaled: f32) -> u8 {
+        match self {
+            FourBit::Nf4 => encode(scaled),
+            FourBit::Fp4 => {
+                const ORDER: [u8; 16] = [11, 10, 13, 12, 15, 14, 9, 0, 8, 1, 6, 7, 4, 5, 2, 3];
+                let rank = ORDER
+                    .windows(2)
+                    .filter(|w| (FP4_LEVELS[w[0] as usize] + FP4_LEVELS[w[1] as usize]) * 0.5 < scaled)
+                    .count();
+                ORDER[rank]
+            }
+        }
+    }
+
+    /// The code padding an odd count and filling an all-zero block: the one
+    /// the scaled value 0 takes (NF4 7, FP4 0), which dequantizes to zero.
+    fn zero_code(self) -> u8 {
+        self.encode(0.0)
+    }
+}
+
 /// The code of the padding nibble: level 0.0.
 const PAD_CODE: u8 = 7;
 
-/// An NF4-packed weight.
+/// A 4-bit packed weight (NF4 or FP4), the layout of bitsandbytes' `Params4bit`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4 {
     /// Number of values (rows * cols of the original weight).
     pub len: usize,
     /// (ceil(len / 2)) bytes; value 2i in the high nibble of byte i, value 2i+1 in the low.
     pub codes: Vec<u8>,
-    /// (ceil(len / 64)) f32 absmaxes, one per block of 64 consecutive values.
+    /// (ceil(len / 64)) f32 absmaxes, one per block of 64 consecutive values:
+    /// with double quantization, the values its 8-bit form dequantizes to.
     pub absmax: Vec<f32>,
+    /// The levels the codes index.
+    pub kind: FourBit,
+    /// The absmaxes' 8-bit form (`bnb_4bit_use_double_quant`), if stored so.
+    pub double: Option<DoubleQuant>,
 }
 
 /// The 15 decision thresholds, ascending: the midpoints of adjacent levels
@@ -81,6 +160,30 @@ fn encode(scaled: f32) -> u8 {
 ///
 /// - x: (len)
 pub fn quantize_nf4(x: &[f32]) -> Nf4 {
+    quantize_4bit(x, FourBit::Nf4, false)
+}
+
+/// Packs `x` (the flattened row-major weight, any length) into `kind`, and
+/// with `double_quant` stores the absmaxes in 8 bits as well
+/// ([`DoubleQuant::quantize`]); the codes are then taken against the f32
+/// absmaxes, as bitsandbytes does, and [`Nf4::absmax`] holds what the 8-bit
+/// form dequantizes to.
+///
+/// - x: (len)
+pub fn quantize_4bit(x: &[f32], kind: FourBit, double_quant: bool) -> Nf4 {
+    let mut q = quantize_codes(x, kind);
+    if double_quant {
+        let dq = DoubleQuant::quantize(&q.absmax);
+        q.absmax = dq.dequantize();
+        q.double = Some(dq);
+    }
+    q
+}
+
+fn quantize_codes(x: &[f32], kind: FourBit) -> Nf4 {
+    if kind == FourBit::Fp4 {
+        return quantize_fp4(x);
+    }
     let mut codes = vec![0u8; x.len().div_ceil(2)];
     let mut absmax = Vec::with_capacity(x.len().div_ceil(NF4_BLOCK));
     for (b, block) in x.chunks(NF4_BLOCK).enumerate() {
@@ -97,7 +200,33 @@ pub fn quantize_nf4(x: &[f32]) -> Nf4 {
     if x.len() % 2 == 1 {
         *codes.last_mut().expect("odd length means at least one byte") |= PAD_CODE;
     }
-    Nf4 { len: x.len(), codes, absmax }
+    Nf4 { len: x.len(), codes, absmax, kind: FourBit::Nf4, double: None }
+}
+
+/// FP4 as bitsandbytes' quantizer (`quantize_4bit` on the CPU) codes it:
+/// `clamp(x * (1 / max(absmax, 1e-38)), -1, 1)` for whole blocks and
+/// `x / absmax` (a division) for a last partial one, then [`FourBit::encode`].
+fn quantize_fp4(x: &[f32]) -> Nf4 {
+    let kind = FourBit::Fp4;
+    let whole = x.len() / NF4_BLOCK * NF4_BLOCK;
+    let mut codes = vec![0u8; x.len().div_ceil(2)];
+    let mut absmax = Vec::with_capacity(x.len().div_ceil(NF4_BLOCK));
+    for (b, block) in x.chunks(NF4_BLOCK).enumerate() {
+        let amax = block.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+        absmax.push(amax);
+        let a = amax.max(1e-38);
+        let inv = 1.0 / a;
+        for (j, &v) in block.iter().enumerate() {
+            let i = b * NF4_BLOCK + j;
+            let scaled = if i < whole { v * inv } else { v / a };
+            let code = kind.encode(scaled.clamp(-1.0, 1.0));
+            codes[i / 2] |= if i % 2 == 0 { code << 4 } else { code };
+        }
+    }
+    if x.len() % 2 == 1 {
+        *codes.last_mut().expect("odd length means at least one byte") |= kind.zero_code();
+    }
+    Nf4 { len: x.len(), codes, absmax, kind, double: None }
 }
 
 impl Nf4 {
@@ -114,7 +243,32 @@ impl Nf4 {
 
     /// `level[code] * absmax[block]` for every value, (len).
     pub fn dequantize(&self) -> Vec<f32> {
-        (0..self.len).map(|i| NF4_LEVELS[self.code(i) as usize] * self.absmax[i / NF4_BLOCK]).collect()
+        let levels = self.kind.levels();
+        (0..self.len).map(|i| levels[self.code(i) as usize] * self.absmax[i / NF4_BLOCK]).collect()
+    }
+
+    /// Values `[e0, e1)` (e0 on a block boundary) as their own packed weight:
+    /// one chunk of rows of a weight too large for one GPU binding.
+    pub fn slice(&self, e0: usize, e1: usize) -> Nf4 {
+        assert!(e0 % NF4_BLOCK == 0 && e0 <= e1 && e1 <= self.len, "Nf4::slice [{e0}, {e1}) of {}", self.len);
+        let (b0, b1) = (e0 / NF4_BLOCK, e1.div_ceil(NF4_BLOCK));
+        Nf4 {
+            len: e1 - e0,
+            codes: self.codes[e0 / 2..e1.div_ceil(2)].to_vec(),
+            absmax: self.absmax[b0..b1].to_vec(),
+            kind: self.kind,
+            double: self.double.as_ref().map(|d| d.slice(b0, b1)),
+        }
+    }
+
+    /// Bytes of the packed form: the codes, and the absmaxes in f32 or, with
+    /// double quantization, in 8 bits plus one f32 per 256 of them.
+    pub fn bytes(&self) -> usize {
+        self.codes.len()
+            + match &self.double {
+                None => self.absmax.len() * 4,
+                Some(d) => d.codes.len() + d.nested_absmax.len() * 4,
+            }
     }
 }
 

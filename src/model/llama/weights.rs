@@ -97,7 +97,7 @@ impl<S: ByteSource> Loader<'_, S> {
     /// A (rows, cols) weight as a [`QWeight`] in `format`, in row chunks that
     /// fit one binding each.
     pub async fn qweight(&self, name: &str, format: QuantFormat) -> Result<QWeight> {
-        if let Some(stored) = self.stored.filter(|_| quantized::is_block_linear(name)) {
+        if let Some(stored) = self.stored.filter(|_| quantized::is_packed(self.checkpoint, name, self.stored)) {
             let spec = self.config.tensor_names().into_iter().find(|t| t.name == name);
             let [rows, cols] = spec.map(|t| t.shape).unwrap_or_default()[..] else {
                 return Err(Error::Checkpoint {
