@@ -157,3 +157,24 @@ fn bad_preference_lines_are_typed_errors() {
     assert!(matches!(Objective::from_options("ppo", None, None), Err(Error::TrainOption { option: "objective", .. })));
     assert!(matches!(Objective::from_options("orpo", None, Some(0.1)), Err(Error::TrainOption { .. })));
 }
+
+/// Every kind of hook under DPO: (IA)³, prompt tuning (virtual tokens shift the rows), prefix tuning and a
+/// bottleneck adapter take a step with a gradient, and their reference is the base's (TRL's, above).
+#[test]
+fn dpo_runs_with_every_kind_of_method() {
+    use webpeft::peft::BottleneckKind;
+    use webpeft::train::recipe::{AdapterRecipe, Method};
+    let (gpu, fx, b) = (gpu(), Fixture::open("dpo/reference.safetensors"), batch());
+    let model = model(gpu);
+    let tok = tokenizer();
+    for method in [Method::Ia3, Method::PromptTuning, Method::PrefixTuning, Method::Bottleneck(BottleneckKind::SeqBn)] {
+        let adapter = AdapterRecipe::new(method).build(gpu, &model, Some(&tok), None, 7).unwrap();
+        let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0).unwrap();
+        trainer.objective = Objective::Preference(DPO);
+        let (_, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, DPO)).unwrap();
+        close(&format!("{method:?} reference log-probs"), &reference.unwrap(), &fx.f32("dpo.ref_logps"), TOL);
+        let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-3)).unwrap();
+        eprintln!("{method:?}: loss {}, grad norm {}", s.loss, s.grad_norm);
+        assert!(s.loss.is_finite() && s.grad_norm > 0.0, "{method:?}: {s:?}");
+    }
+}

@@ -153,11 +153,12 @@ fn for_each_chunk(
     Ok(())
 }
 
-/// The sequences' log-probabilities (S) of `ids` under `hooks`, and what the
-/// backward needs: `(logps, nll (S), lse (M), targets, weights, xn (M, D), saved)`.
+/// A forward's per-sequence scores and what its backward needs.
 struct Scored {
+    /// (S) the sequences' log-probabilities; nll (S) their ORPO NLL terms.
     logps: Tensor,
     nll: Tensor,
+    /// (M) each row's logsumexp; xn (M, D) the normed hidden states; saved: the model's activations.
     lse: Tensor,
     xn: Tensor,
     saved: ModelSaved,
