@@ -3,6 +3,7 @@
 //   cross_entropy_forward           lse = logsumexp(row), loss = lse − logits[target]
 //   cross_entropy_backward          dlogits = (exp(logits − lse) − onehot(target)) · scale
 //   cross_entropy_backward_inplace  the same, overwriting the logits (saves a (rows, vocab) buffer)
+//   cross_entropy_backward_rows_inplace  the same with a scale per row (preference losses)
 //
 // The forward saves lse (rows) for the backward. Rows whose target is −100
 // (ignored) get loss 0 and a zero gradient row. A target outside 0..vocab
@@ -33,6 +34,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> lse_in: array<f32>;         // (rows), from the forward
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;  // (rows, vocab)
 @group(0) @binding(7) var<storage, read_write> logits_io: array<f32>; // (rows, vocab): logits in, dlogits out
+@group(0) @binding(8) var<storage, read> row_scale: array<f32>;      // (rows)
 
 fn nan() -> f32 {
     var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
@@ -118,6 +120,28 @@ fn cross_entropy_backward_inplace(
         if (column >= 0) {
             let onehot = select(0.0, 1.0, i == u32(column));
             g = (exp(logits_io[base + i] - row_lse) - onehot) * p.scale;
+        }
+        logits_io[base + i] = g;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_backward_rows_inplace(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    let column = target_column(row);
+    let row_lse = lse_in[row];
+    let scale = row_scale[row];
+    for (var i = lid; i < p.vocab; i += WG) {
+        var g = 0.0;
+        if (column >= 0) {
+            let onehot = select(0.0, 1.0, i == u32(column));
+            g = (exp(logits_io[base + i] - row_lse) - onehot) * scale;
         }
         logits_io[base + i] = g;
     }

@@ -241,6 +241,12 @@ mod cli {
                 // Not in the checkpoint: how long a run of `steps` steps lasts is its steps.
                 epochs: browser.epochs,
                 gradient_checkpointing: browser.gradient_checkpointing,
+                objective: webpeft::train::preference::Objective::from_options(
+                    o["objective"].as_str().unwrap(),
+                    o["beta"].as_f64().map(|v| v as f32),
+                    o["label_smoothing"].as_f64().map(|v| v as f32),
+                )
+                .unwrap(),
             };
             // The checkpoint keeps the row length in effect (capped at the model's 128 positions).
             let browser = TrainRecipe { seq_len: browser.seq_len_for(128), ..browser };

@@ -44,12 +44,14 @@ pub enum Kernel {
     Adalora,
     /// DoRA's weight norm.
     Dora,
+    /// The DPO and ORPO losses on per-sequence log-probabilities.
+    Preference,
 }
 
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -73,6 +75,7 @@ impl Kernel {
         Kernel::AdamW,
         Kernel::Adalora,
         Kernel::Dora,
+        Kernel::Preference,
     ];
 
     pub fn source(self) -> &'static str {
@@ -152,6 +155,10 @@ impl Kernel {
             Kernel::Dora => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/dora.wgsl"))
             }
+            Kernel::Preference => concat!(
+                include_str!("../../shaders/workgroup_reduce.wgsl"),
+                include_str!("../../shaders/preference.wgsl")
+            ),
         }
     }
 
@@ -180,6 +187,7 @@ impl Kernel {
             Kernel::AdamW => "adamw",
             Kernel::Adalora => "adalora",
             Kernel::Dora => "dora",
+            Kernel::Preference => "preference",
         }
     }
 }

@@ -115,11 +115,42 @@ pub fn cross_entropy_backward_inplace(
     launch(rec, OP, rows, vocab, scale, &[(7, logits), (2, targets), (5, lse)])
 }
 
+/// [`cross_entropy_backward_inplace`] with a scale per row: dlogits[r] =
+/// (softmax(logits[r]) − onehot(target[r])) · row_scale[r] (the preference
+/// losses weigh each sequence's tokens by its own coefficient).
+///
+/// - row_scale: (rows) f32
+pub fn cross_entropy_backward_rows_inplace(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    row_scale: &Tensor,
+) -> Result<()> {
+    const OP: &str = "cross_entropy_backward_rows_inplace";
+    let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
+    row_scale.expect_dtype(OP, "row_scale", DType::F32)?;
+    if row_scale.shape() != [rows] {
+        return Err(Error::shape(OP, format!("row_scale {:?} must be ({rows})", row_scale.shape())));
+    }
+    if vocab == 0 {
+        return Ok(());
+    }
+    launch(rec, OP, rows, vocab, 0.0, &[(7, logits), (2, targets), (5, lse), (8, row_scale)])
+}
+
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::CrossEntropy, entry).with("WG", Const::U32(WG))
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["cross_entropy_forward", "cross_entropy_backward", "cross_entropy_backward_inplace"].map(key).to_vec()
+    [
+        "cross_entropy_forward",
+        "cross_entropy_backward",
+        "cross_entropy_backward_inplace",
+        "cross_entropy_backward_rows_inplace",
+    ]
+    .map(key)
+    .to_vec()
 }

@@ -13,6 +13,7 @@ pub mod dora;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod preference;
 pub mod qmatmul;
 pub mod quant;
 pub mod reduce;

@@ -3,7 +3,8 @@
 //! each variant must at least compile everywhere it can be asked for. Each
 //! launcher lists its own keys beside the code that builds them.
 
-use super::{adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, matmul, qmatmul, quant, reduce};
+use super::{adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, matmul, preference, qmatmul};
+use super::{quant, reduce};
 use super::{rmsnorm, rope, softmax, swiglu, tune};
 use crate::gpu::{Gpu, PipelineKey};
 
@@ -30,6 +31,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         adamw::pipeline_keys(),
         adalora::pipeline_keys(),
         dora::pipeline_keys(),
+        preference::pipeline_keys(),
     ];
     let mut seen = std::collections::HashSet::new();
     all.into_iter().flatten().filter(|k| seen.insert(k.id())).collect()

@@ -26,6 +26,8 @@
 //! them into rows of `seq_len`), drops rows in which no token is predicted,
 //! and cuts an epoch into batches, right-padded with the pad id and −100.
 
+use std::rc::Rc;
+
 use serde_json::{Map, Value};
 
 use super::chat::{ChatTemplate, Message};
@@ -126,15 +128,15 @@ pub fn parse_jsonl_counted(source_name: &str, text: &str, tokenizer: Option<&Tok
     Ok(ParsedData { examples, skipped })
 }
 
-struct Parser<'a> {
-    source_name: &'a str,
-    tokenizer: Option<&'a Tokenizer>,
+pub(super) struct Parser<'a> {
+    pub(super) source_name: &'a str,
+    pub(super) tokenizer: Option<&'a Tokenizer>,
     /// Compiled at the first chat line.
-    template: Option<ChatTemplate>,
+    pub(super) template: Option<Rc<ChatTemplate>>,
 }
 
 impl<'a> Parser<'a> {
-    fn error(&self, line: usize, detail: impl Into<String>) -> Error {
+    pub(super) fn error(&self, line: usize, detail: impl Into<String>) -> Error {
         Error::Data { source_name: self.source_name.to_string(), line, detail: detail.into() }
     }
 
@@ -163,11 +165,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn tokenizer(&self, line: usize, shape: &str) -> Result<&'a Tokenizer> {
+    pub(super) fn tokenizer(&self, line: usize, shape: &str) -> Result<&'a Tokenizer> {
         self.tokenizer.ok_or_else(|| self.error(line, format!("a `{shape}` example needs a tokenizer")))
     }
 
-    fn string<'m>(&self, line: usize, map: &'m Map<String, Value>, field: &str) -> Result<&'m str> {
+    pub(super) fn string<'m>(&self, line: usize, map: &'m Map<String, Value>, field: &str) -> Result<&'m str> {
         match map.get(field) {
             Some(Value::String(s)) => Ok(s),
             Some(other) => Err(self.error(line, format!("`{field}` must be a string, got {}", kind(other)))),
@@ -175,11 +177,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn encode(&self, line: usize, tokenizer: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
+    pub(super) fn encode(&self, line: usize, tokenizer: &Tokenizer, text: &str, special: bool) -> Result<Vec<u32>> {
         tokenizer.encode(text, special).map_err(|e| self.error(line, e.to_string()))
     }
 
-    fn labels(&self, line: usize, ids: &[u32]) -> Result<Vec<i32>> {
+    pub(super) fn labels(&self, line: usize, ids: &[u32]) -> Result<Vec<i32>> {
         ids.iter()
             .map(|&id| i32::try_from(id).map_err(|_| self.error(line, format!("token id {id} does not fit a label"))))
             .collect()
@@ -213,43 +215,52 @@ impl<'a> Parser<'a> {
         Ok(Example { input_ids, labels })
     }
 
-    fn messages(&mut self, line: usize, map: &Map<String, Value>) -> Result<Example> {
-        let messages = match map.get("messages") {
+    /// The non-empty list of `{"role", "content"}` objects in `field`.
+    pub(super) fn message_list(&self, line: usize, map: &Map<String, Value>, field: &str) -> Result<Vec<Message>> {
+        let messages = match map.get(field) {
             Some(Value::Array(list)) => list,
             other => {
                 let got = other.map_or("nothing", kind);
-                return Err(self.error(line, format!("`messages` must be a list of messages, got {got}")));
+                return Err(self.error(line, format!("`{field}` must be a list of messages, got {got}")));
             }
         };
         if messages.is_empty() {
-            return Err(self.error(line, "`messages` is empty"));
+            return Err(self.error(line, format!("`{field}` is empty")));
         }
-        let messages = messages
+        messages
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let Value::Object(m) = m else {
-                    return Err(self.error(line, format!("`messages[{i}]` must be an object, got {}", kind(m))));
+                    return Err(self.error(line, format!("`{field}[{i}]` must be an object, got {}", kind(m))));
                 };
-                let field = |name: &str| match m.get(name) {
+                let part = |name: &str| match m.get(name) {
                     Some(Value::String(s)) => Ok(s.clone()),
                     Some(other) => {
-                        Err(self.error(line, format!("`messages[{i}].{name}` must be a string, got {}", kind(other))))
+                        Err(self.error(line, format!("`{field}[{i}].{name}` must be a string, got {}", kind(other))))
                     }
-                    None => Err(self.error(line, format!("`messages[{i}]` has no `{name}`"))),
+                    None => Err(self.error(line, format!("`{field}[{i}]` has no `{name}`"))),
                 };
-                Ok(Message { role: field("role")?, content: field("content")? })
+                Ok(Message { role: part("role")?, content: part("content")? })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect()
+    }
 
-        let tokenizer = self.tokenizer(line, "messages")?;
+    /// The tokenizer and its chat template (compiled at the first chat line).
+    pub(super) fn template(&mut self, line: usize, shape: &str) -> Result<(&'a Tokenizer, Rc<ChatTemplate>)> {
+        let tokenizer = self.tokenizer(line, shape)?;
         if self.template.is_none() {
-            self.template = ChatTemplate::from_tokenizer(tokenizer)?;
+            self.template = ChatTemplate::from_tokenizer(tokenizer)?.map(Rc::new);
         }
-        let template = self
-            .template
-            .as_ref()
-            .ok_or_else(|| self.error(line, "a `messages` example needs a tokenizer with a chat_template"))?;
+        match &self.template {
+            Some(template) => Ok((tokenizer, template.clone())),
+            None => Err(self.error(line, format!("a `{shape}` example needs a tokenizer with a chat_template"))),
+        }
+    }
+
+    fn messages(&mut self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let messages = self.message_list(line, map, "messages")?;
+        let (tokenizer, template) = self.template(line, "messages")?;
         let render = |upto: usize, generation: bool| {
             template.render(&messages[..upto], generation).map_err(|e| self.error(line, format!("chat template: {e}")))
         };
@@ -397,6 +408,10 @@ pub struct Dataset {
     drop_last: bool,
     pad_id: u32,
     dropped: usize,
+    /// Rows come in (chosen, rejected) pairs, batched as TRL concatenates them.
+    pairs: bool,
+    /// What the data's reader noticed but let pass (a pair whose chosen and rejected are the same).
+    warnings: Vec<String>,
 }
 
 impl Dataset {
@@ -472,12 +487,55 @@ impl Dataset {
             drop_last: opts.drop_last,
             pad_id,
             dropped,
+            pairs: false,
+            warnings: Vec::new(),
         })
     }
 
-    /// Rows (sequences) after truncation or packing.
+    /// Preference pairs, each `(chosen, rejected)` already tokenized and
+    /// truncated (`train::preference`); a batch holds `batch_size` pairs: their
+    /// chosen rows, then their rejected rows (TRL's `concatenated_inputs`).
+    pub(crate) fn from_pairs(
+        pairs: Vec<(Example, Example)>,
+        opts: &DataOptions,
+        pad_id: u32,
+        warnings: Vec<String>,
+    ) -> Dataset {
+        Dataset {
+            rows: pairs.into_iter().flat_map(|(c, r)| [c, r]).collect(),
+            batch_size: opts.batch_size,
+            shuffle: opts.shuffle,
+            seed: opts.seed,
+            drop_last: opts.drop_last,
+            pad_id,
+            dropped: 0,
+            pairs: true,
+            warnings,
+        }
+    }
+
+    /// Whether the rows are preference pairs.
+    pub fn is_pairs(&self) -> bool {
+        self.pairs
+    }
+
+    /// What reading the data noticed but let pass, one line each.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Rows per unit of the order: 2 for pairs, else 1.
+    fn unit(&self) -> usize {
+        if self.pairs {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Rows (sequences) after truncation or packing; pairs for preference data.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() / self.unit()
     }
 
     /// Never true: a dataset without rows is an error.
@@ -501,9 +559,9 @@ impl Dataset {
 
     pub fn batches_per_epoch(&self) -> usize {
         if self.drop_last {
-            self.rows.len() / self.batch_size
+            self.len() / self.batch_size
         } else {
-            self.rows.len().div_ceil(self.batch_size)
+            self.len().div_ceil(self.batch_size)
         }
     }
 
@@ -516,7 +574,7 @@ impl Dataset {
     /// The order of the rows in `epoch`: a Fisher–Yates shuffle seeded by the
     /// seed and the epoch, or file order without shuffling.
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         if self.shuffle {
             let mut rng = Rng::new(self.seed ^ epoch.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
             for i in (1..order.len()).rev() {
@@ -533,10 +591,16 @@ impl Dataset {
             .chunks(self.batch_size)
             .filter(|chunk| !self.drop_last || chunk.len() == self.batch_size)
             .map(|chunk| {
-                let width = chunk.iter().map(|&i| self.rows[i].input_ids.len()).max().unwrap_or(0);
-                let mut batch = Batch { input_ids: Vec::with_capacity(chunk.len()), labels: Vec::new() };
-                for &i in chunk {
-                    let row = &self.rows[i];
+                // Pairs: every chosen row (2i), then every rejected row (2i + 1).
+                let rows: Vec<&Example> = if self.pairs {
+                    let side = |k: usize| chunk.iter().map(move |&i| &self.rows[2 * i + k]);
+                    side(0).chain(side(1)).collect()
+                } else {
+                    chunk.iter().map(|&i| &self.rows[i]).collect()
+                };
+                let width = rows.iter().map(|row| row.input_ids.len()).max().unwrap_or(0);
+                let mut batch = Batch { input_ids: Vec::with_capacity(rows.len()), labels: Vec::new() };
+                for row in rows {
                     let mut ids = row.input_ids.clone();
                     ids.resize(width, self.pad_id);
                     let mut labels = row.labels.clone();

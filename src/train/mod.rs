@@ -8,6 +8,8 @@ pub mod data;
 pub mod early_stopping;
 pub mod eta;
 pub mod plan;
+pub mod preference;
+pub mod preference_loss;
 pub mod recipe;
 pub mod run;
 pub mod schedule;

@@ -26,8 +26,10 @@ use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use crate::train::plan::PlanAdapter;
 
+use crate::kernels::preference::PreferenceLoss;
 pub use crate::peft::adapter::AdapterConfig;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use crate::train::preference::{preference_dataset, Objective};
 use crate::train::run::RunConfig;
 use crate::train::schedule::Schedule;
 use crate::train::trainer::OptimizerConfig;
@@ -462,6 +464,8 @@ pub struct TrainRecipe {
     pub seed: u64,
     /// Recompute each layer's activations in the backward instead of keeping them.
     pub gradient_checkpointing: bool,
+    /// SFT (the default), or DPO or ORPO on preference pairs (`train::preference`).
+    pub objective: Objective,
 }
 
 impl Default for TrainRecipe {
@@ -481,6 +485,7 @@ impl Default for TrainRecipe {
             shuffle: true,
             seed: DEFAULT_SEED,
             gradient_checkpointing: false,
+            objective: Objective::Sft,
         }
     }
 }
@@ -527,6 +532,20 @@ impl TrainRecipe {
         if !(o.eps.is_finite() && o.eps >= 0.0) {
             return Err(bad("eps", format!("must be a finite number ≥ 0, got {}", o.eps)));
         }
+        if let Objective::Preference(loss) = self.objective {
+            let beta = loss.beta();
+            if !(beta.is_finite() && beta > 0.0) {
+                return Err(bad("beta", format!("must be a finite number > 0, got {beta}")));
+            }
+            if let PreferenceLoss::Dpo { label_smoothing: e, .. } = loss {
+                if !(0.0..=0.5).contains(&e) {
+                    return Err(bad("label_smoothing", format!("must be in [0, 0.5] (cDPO), got {e}")));
+                }
+            }
+            if self.packing {
+                return Err(bad("packing", format!("does not apply to {}: a pair's rows stay whole", loss_name(loss))));
+            }
+        }
         Ok(())
     }
 
@@ -561,6 +580,9 @@ impl TrainRecipe {
         tokenizer: Option<&Tokenizer>,
         opts: &DataOptions,
     ) -> Result<Dataset> {
+        if let Objective::Preference(_) = self.objective {
+            return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer));
+        }
         let examples = parse_jsonl_bytes(source_name, jsonl, tokenizer)?;
         Dataset::new(source_name, examples, opts, pad_id(tokenizer))
     }
@@ -576,6 +598,10 @@ impl TrainRecipe {
             warmup_steps: self.warmup_steps,
         }
     }
+}
+
+fn loss_name(loss: PreferenceLoss) -> &'static str {
+    Objective::Preference(loss).name()
 }
 
 /// The token that fills a row past its example (its labels are ignored):

@@ -21,12 +21,15 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
+use crate::kernels::preference::{PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels_after, Hooks, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
+use crate::train::preference::Objective;
+use crate::train::preference_loss::{record_preference_micro, PairRows};
 use crate::util::rng::Rng;
 
 /// The optimizer's settings for a run (the learning rate comes per step,
@@ -70,8 +73,37 @@ pub struct StepStats {
     pub lr: f64,
     /// ‖g‖ before clipping.
     pub grad_norm: f32,
-    /// N: the targets the loss averages over.
+    /// N: the targets the loss averages over (preference: the completion tokens).
     pub tokens: usize,
+    /// The metrics TRL logs for a preference step (means over the step's pairs).
+    pub preference: Option<PreferenceStats>,
+}
+
+/// What TRL's `DPOTrainer` and `ORPOTrainer` log for a step, as they name it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreferenceStats {
+    /// `rewards/chosen`: β·(π − ref) of the chosen answers (ORPO: β·π, π the mean log-prob).
+    pub rewards_chosen: f32,
+    /// `rewards/rejected`.
+    pub rewards_rejected: f32,
+    /// `rewards/accuracies`: the share of pairs whose chosen reward is the larger.
+    pub rewards_accuracies: f32,
+    /// `rewards/margins`: chosen − rejected.
+    pub rewards_margins: f32,
+    /// ORPO: `nll_loss`, `log_odds_ratio` and `log_odds_chosen`.
+    pub orpo: Option<[f32; 3]>,
+}
+
+impl PreferenceStats {
+    fn from_stats(loss: PreferenceLoss, s: &[f32]) -> PreferenceStats {
+        PreferenceStats {
+            rewards_chosen: s[1],
+            rewards_rejected: s[2],
+            rewards_accuracies: s[3],
+            rewards_margins: s[4],
+            orpo: loss.averages().then(|| [s[5], s[6], s[7]]),
+        }
+    }
 }
 
 /// A tensor's AdamW settings under LoRA+, as PEFT's `create_loraplus_optimizer`
@@ -118,6 +150,8 @@ pub struct Trainer {
     /// Recompute each layer's activations in the backward instead of keeping
     /// them (less memory, one more forward per step, the same gradients).
     pub gradient_checkpointing: bool,
+    /// What the steps minimise: SFT's loss, or DPO or ORPO on batches of pairs.
+    pub objective: Objective,
 }
 
 fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
@@ -157,6 +191,7 @@ impl Trainer {
             step: 0,
             rng: Rng::new(seed),
             gradient_checkpointing: false,
+            objective: Objective::Sft,
         })
     }
 
@@ -222,8 +257,15 @@ impl Trainer {
         }
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
+        let mut pairs = Vec::new();
         let virtual_tokens = self.adapter.virtual_tokens();
         for b in micro {
+            if let Objective::Preference(loss) = self.objective {
+                let rows = PairRows::new(b, model.config.vocab_size, virtual_tokens, loss)?;
+                tokens += rows.completion_tokens;
+                pairs.push(rows);
+                continue;
+            }
             let (targets, count) = shift_labels_after(&b.labels, model.config.vocab_size, virtual_tokens)?;
             tokens += count;
             shifted.push(targets);
@@ -238,7 +280,17 @@ impl Trainer {
         for (_, g) in self.grads.tensors() {
             fill(&mut rec, g, 0.0)?;
         }
-        let loss = Tensor::zeros(gpu, &[1], DType::F32)?;
+        // The loss, then (preference) TRL's metrics: STATS values, the loss first.
+        let stats = Tensor::zeros(gpu, &[STATS], DType::F32)?;
+        let loss = stats.reshape_prefix(&[1])?;
+        if let Objective::Preference(objective) = self.objective {
+            let scale = 1.0 / micro.len() as f32; // the mean over micro-batches, as transformers' Trainer
+            for ((b, rows), seed) in micro.iter().zip(&pairs).zip(&seeds) {
+                let pass = self.adapter.pass(*seed, Some(&self.grads))?;
+                let ckpt = self.gradient_checkpointing;
+                record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, scale, &stats)?;
+            }
+        }
         for ((b, targets), seed) in micro.iter().zip(&shifted).zip(&seeds) {
             self.record_micro(&mut rec, model, b, targets, tokens, *seed, &loss)?;
         }
@@ -264,9 +316,10 @@ impl Trainer {
         }
         let done = StepDone { grads: &self.grads, clip: clip_on.then_some(&clip), step: number };
         self.adapter.record_after_update(&mut rec, done)?;
-        let out = Tensor::zeros(gpu, &[3], DType::F32)?;
-        rec.copy(&loss, 0, &out, 0, 4)?;
-        rec.copy(&clip, 0, &out, 4, 8)?;
+        // Read back: [the clipping pair (norm, coefficient), stats (the loss first)].
+        let out = Tensor::zeros(gpu, &[2 + STATS], DType::F32)?;
+        rec.copy(&clip, 0, &out, 0, 8)?;
+        rec.copy(&stats, 0, &out, 8, STATS as u64 * 4)?;
         rec.submit()?;
         let read = match out.to_vec::<f32>(gpu).await {
             Ok(r) => r,
@@ -276,7 +329,7 @@ impl Trainer {
                 return Err(e);
             }
         };
-        let (loss, grad_norm) = (read[0], read[1]);
+        let (grad_norm, loss) = (read[0], read[2]);
         let bad = if !loss.is_finite() {
             Some(("loss", loss))
         } else if !grad_norm.is_finite() {
@@ -300,7 +353,11 @@ impl Trainer {
         if number == 1 {
             gpu.save_pipeline_cache();
         }
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens })
+        let preference = match self.objective {
+            Objective::Preference(objective) => Some(PreferenceStats::from_stats(objective, &read[2..])),
+            Objective::Sft => None,
+        };
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and

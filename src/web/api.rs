@@ -603,6 +603,7 @@ impl WebModel {
         progress: Option<serde_json::Value>,
     ) -> JsResult<TrainRun> {
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+        trainer.objective = recipe.objective;
         let st = busy(self.state.try_borrow())?;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
         let before = trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len();
@@ -784,6 +785,12 @@ async fn one_step(
         tokens_per_second: s.tokens as f64 / secs,
         step_seconds: secs,
         eta_seconds: clock.eta(total.saturating_sub(s.step)),
+        rewards: s.preference.map(|p| Rewards {
+            chosen: p.rewards_chosen,
+            rejected: p.rewards_rejected,
+            accuracies: p.rewards_accuracies,
+            margins: p.rewards_margins,
+        }),
     }))
 }
 

@@ -83,10 +83,16 @@ export interface TrainOptions {
   loraplusLrRatio?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
+  /** "dpo" or "orpo": train on preference pairs ({prompt, chosen, rejected}, text or messages). Left out: "sft". */
+  objective?: "sft" | "dpo" | "orpo";
+  /** DPO's and ORPO's beta (TRL's default 0.1); DPO's labelSmoothing in [0, 0.5] (default 0). */
+  beta?: number; labelSmoothing?: number;
 }
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
   tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
+  /** DPO and ORPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins. */
+  rewards?: { chosen: number; rejected: number; accuracies: number; margins: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
@@ -147,6 +153,17 @@ pub struct StepEvent {
     pub tokens_per_second: f64,
     pub step_seconds: f64,
     pub eta_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
+}
+
+/// A preference step's rewards, as TRL logs them (`rewards/chosen`, …).
+#[derive(Serialize)]
+pub struct Rewards {
+    pub chosen: f32,
+    pub rejected: f32,
+    pub accuracies: f32,
+    pub margins: f32,
 }
 
 #[derive(Serialize)]

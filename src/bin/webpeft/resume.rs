@@ -31,6 +31,17 @@ pub struct RunOptions {
     pub seed: u64,
     /// The training data, as an absolute path.
     pub data: PathBuf,
+    /// sft, dpo or orpo (checkpoints without it: sft), with the --beta and --label-smoothing given.
+    #[serde(default = "sft")]
+    pub objective: String,
+    #[serde(default)]
+    pub beta: Option<f32>,
+    #[serde(default)]
+    pub label_smoothing: Option<f32>,
+}
+
+fn sft() -> String {
+    "sft".into()
 }
 
 impl RunOptions {
@@ -44,6 +55,9 @@ impl RunOptions {
             shuffle: !a.no_shuffle,
             seed: a.seed,
             data: std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf()),
+            objective: a.objective.clone(),
+            beta: a.beta,
+            label_smoothing: a.label_smoothing,
         }
     }
 }
@@ -130,6 +144,10 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("packing", "packing", a.packing, saved.packing, |v: &bool| v.to_string());
     one!("no_shuffle", "no-shuffle", a.no_shuffle, !saved.shuffle, |v: &bool| v.to_string());
     one!("seed", "seed", a.seed, saved.seed, |v: &u64| v.to_string());
+    one!("objective", "objective", a.objective, saved.objective, |v: &String| v.clone());
+    let show = |v: &Option<f32>| v.map_or("-".into(), |v| v.to_string());
+    one!("beta", "beta", a.beta, saved.beta, show);
+    one!("label_smoothing", "label-smoothing", a.label_smoothing, saved.label_smoothing, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

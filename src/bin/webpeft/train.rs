@@ -15,9 +15,11 @@ use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset};
 use webpeft::train::early_stopping::EarlyStopping;
+use webpeft::train::preference::Objective;
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
+use webpeft::train::trainer::PreferenceStats;
 use webpeft::Gpu;
 
 use crate::{cli_gpu, load_model, resume};
@@ -154,6 +156,16 @@ pub struct TrainArgs {
     /// Concatenate the examples and cut rows of exactly --seq-len tokens.
     #[arg(long)]
     pub packing: bool,
+    /// What to minimise: sft (the data's trained tokens), or dpo or orpo on preference
+    /// pairs, one {"prompt", "chosen", "rejected"} a line (text, or messages rendered with the chat template).
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo"])]
+    pub objective: String,
+    /// DPO and ORPO: β (DPO's temperature, ORPO's λ) [default: 0.1, as TRL].
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// DPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO) [default: 0].
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -228,6 +240,41 @@ struct StepLine {
     lr: f64,
     grad_norm: f32,
     tokens_per_s: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    rewards: Option<RewardsLine>,
+}
+
+/// A preference step's metrics, named as TRL logs them.
+#[derive(serde::Serialize)]
+struct RewardsLine {
+    #[serde(rename = "rewards/chosen")]
+    chosen: f32,
+    #[serde(rename = "rewards/rejected")]
+    rejected: f32,
+    #[serde(rename = "rewards/accuracies")]
+    accuracies: f32,
+    #[serde(rename = "rewards/margins")]
+    margins: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nll_loss: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_odds_ratio: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_odds_chosen: Option<f32>,
+}
+
+impl RewardsLine {
+    fn of(p: &PreferenceStats) -> RewardsLine {
+        RewardsLine {
+            chosen: p.rewards_chosen,
+            rejected: p.rewards_rejected,
+            accuracies: p.rewards_accuracies,
+            margins: p.rewards_margins,
+            nll_loss: p.orpo.map(|o| o[0]),
+            log_odds_ratio: p.orpo.map(|o| o[1]),
+            log_odds_chosen: p.orpo.map(|o| o[2]),
+        }
+    }
 }
 
 /// The `train` line after the run when --eval-data is given.
@@ -407,7 +454,7 @@ impl TrainArgs {
     }
 
     /// How to train, from the command line's options (the rest at the recipe's defaults).
-    fn train_recipe(&self) -> TrainRecipe {
+    fn train_recipe(&self) -> webpeft::Result<TrainRecipe> {
         let mut t = TrainRecipe::default();
         t.lr = self.lr.unwrap_or(t.lr);
         t.schedule = self.schedule;
@@ -424,7 +471,8 @@ impl TrainArgs {
         t.shuffle = !self.no_shuffle;
         t.seed = self.seed;
         t.gradient_checkpointing = self.gradient_checkpointing;
-        t
+        t.objective = Objective::from_options(&self.objective, self.beta, self.label_smoothing)?;
+        Ok(t)
     }
 
     /// A fresh adapter from the command line's options, for a run of `total_steps`.
@@ -535,7 +583,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     if let Some(dir) = &a.init_adapter {
         a.note_ignored_options(&dir.display().to_string());
     }
-    let recipe = a.train_recipe();
+    let recipe = a.train_recipe().map_err(flag_error)?;
     recipe.validate().map_err(flag_error)?;
     let data_path = a.data.clone().ok_or("--data is required")?;
     let files = DirFiles::new(&a.model)?;
@@ -551,6 +599,16 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     }
     let opts = recipe.data_options(max);
     let dataset = read_dataset(&recipe, &data_path, &tokenizer, &opts)?;
+    for warning in dataset.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    if recipe.objective != Objective::Sft && a.eval_data.is_some() {
+        return Err(format!(
+            "--eval-data measures the SFT loss; it does not apply to --objective {}",
+            recipe.objective.name()
+        )
+        .into());
+    }
     let options = serde_json::to_value(resume::RunOptions::of(&a, opts.seq_len, &data_path))?;
     let eval = match &a.eval_data {
         Some(path) => Some(read_dataset(&recipe, path, &tokenizer, &recipe.eval_data_options(max))?),
@@ -602,6 +660,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     }
     let mut trainer = trainer;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+    trainer.objective = recipe.objective;
     let mut run = Run::new(dataset, trainer, &run_config)?;
     if let Some(progress) = &progress {
         run.seek(Run::position_from(progress)?)?;
@@ -650,6 +709,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                     lr: s.lr,
                     grad_norm: s.grad_norm,
                     tokens_per_s: s.tokens as f64 / secs.max(1e-9),
+                    rewards: s.preference.as_ref().map(RewardsLine::of),
                 };
                 out!("{}", serde_json::to_string(&line)?);
                 this_run += 1;

@@ -52,8 +52,22 @@ pub fn cross_entropy_backward(
     vocab: usize,
     scale: f32,
 ) -> Vec<f32> {
+    cross_entropy_backward_rows(logits, targets, lse, rows, vocab, &vec![scale; rows])
+}
+
+/// [`cross_entropy_backward`] with a scale per row (`row_scale`, (rows)), as
+/// the preference losses weigh each sequence's tokens.
+pub fn cross_entropy_backward_rows(
+    logits: &[f32],
+    targets: &[i32],
+    lse: &[f32],
+    rows: usize,
+    vocab: usize,
+    row_scale: &[f32],
+) -> Vec<f32> {
     check_shapes("cross_entropy_backward", logits, targets, rows, vocab);
     assert_eq!(lse.len(), rows, "cross_entropy_backward: lse must be (rows)");
+    assert_eq!(row_scale.len(), rows, "cross_entropy_backward: row_scale must be (rows)");
     let mut dlogits = vec![0.0f32; rows * vocab];
     for r in 0..rows {
         let Some(t) = target_index(targets[r], vocab) else {
@@ -62,7 +76,7 @@ pub fn cross_entropy_backward(
         for c in 0..vocab {
             let p = (logits[r * vocab + c] - lse[r]).exp();
             let onehot = if c == t { 1.0 } else { 0.0 };
-            dlogits[r * vocab + c] = (p - onehot) * scale;
+            dlogits[r * vocab + c] = (p - onehot) * row_scale[r];
         }
     }
     dlogits

@@ -19,6 +19,7 @@ pub mod dora;
 pub mod dropout;
 pub mod embedding;
 pub mod matmul;
+pub mod preference;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;

@@ -1,0 +1,173 @@
+// Preference losses on per-sequence log-probabilities (TRL's DPOTrainer and
+// ORPOTrainer), for a micro-batch of P pairs laid out as TRL concatenates
+// them: S = 2P sequences, the P chosen ones, then the P rejected ones, each
+// T' rows (positions) long.
+//
+//   sequence_logps        logps[s] = −Σ_r lp_weight[r]·CE[r],  nll[s] = Σ_r nll_weight[r]·CE[r]
+//   preference_loss       the loss, TRL's metrics (added to `stats`, times `scale`) and
+//                         dlogp[s] = ∂(scale·loss)/∂logps[s]
+//   preference_row_scale  row_scale[r] = scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r],
+//                         the per-row factor of (softmax − onehot) in dlogits
+//
+// CE[r] = −log p(target of row r) from cross_entropy_forward (0 where ignored).
+// DPO:  h = (π_c − π_r) − (ref_c − ref_r),
+//       loss = mean −(1−ε)·logσ(β·h) − ε·logσ(−β·h)
+// ORPO: π are mean completion log-probs, lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)),
+//       loss = NLL − β·mean logσ(lo), NLL = Σ_s nll[s] (its weights hold the 1/N of the mean)
+// stats: [loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
+//         nll_loss, log_odds_ratio, log_odds_chosen] (the last three ORPO's, 0 for DPO).
+// Prelude constant: WG, invocations per workgroup (a power of two); workgroup_reduce.wgsl precedes this file.
+
+const DPO: u32 = 0u;
+const ORPO: u32 = 1u;
+
+struct Params {
+    seqs: u32,
+    rows_per_seq: u32,
+    objective: u32,
+    pairs: u32,
+    beta: f32,
+    label_smoothing: f32,
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> token_loss: array<f32>;       // (S·T')
+@group(0) @binding(2) var<storage, read> lp_weight: array<f32>;        // (S·T')
+@group(0) @binding(3) var<storage, read> nll_weight: array<f32>;       // (S·T')
+@group(0) @binding(4) var<storage, read_write> logps: array<f32>;      // (S)
+@group(0) @binding(5) var<storage, read_write> nll: array<f32>;        // (S)
+@group(0) @binding(6) var<storage, read> policy_logps: array<f32>;     // (S)
+@group(0) @binding(7) var<storage, read> ref_logps: array<f32>;        // (S), unused by ORPO
+@group(0) @binding(8) var<storage, read> nll_in: array<f32>;           // (S)
+@group(0) @binding(9) var<storage, read_write> stats: array<f32>;      // (8), added to
+@group(0) @binding(10) var<storage, read_write> dlogp: array<f32>;     // (S)
+@group(0) @binding(11) var<storage, read> dlogp_in: array<f32>;        // (S)
+@group(0) @binding(12) var<storage, read_write> row_scale: array<f32>; // (S·T')
+
+@compute @workgroup_size(WG)
+fn sequence_logps(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let s = flat_group(wid, nwg);
+    if (s >= p.seqs) { return; }
+    var lp = 0.0;
+    var nl = 0.0;
+    for (var i = lid; i < p.rows_per_seq; i += WG) {
+        let r = s * p.rows_per_seq + i;
+        let ce = token_loss[r];
+        lp += lp_weight[r] * ce;
+        nl += nll_weight[r] * ce;
+    }
+    let lp_sum = workgroup_sum(lid, lp);
+    let nl_sum = workgroup_sum(lid, nl);
+    if (lid == 0u) {
+        logps[s] = -lp_sum;
+        nll[s] = nl_sum;
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if (x >= 0.0) { return 1.0 / (1.0 + exp(-x)); }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// log1p(y) for y > −1, accurate near 0 (Kahan: log(u)·y/(u − 1) with u = 1 + y).
+fn log1p(y: f32) -> f32 {
+    let u = 1.0 + y;
+    if (u == 1.0) { return y; }
+    return log(u) * y / (u - 1.0);
+}
+
+// expm1(x), accurate near 0 (Kahan: (u − 1)·x/log(u) with u = eᵡ).
+fn expm1(x: f32) -> f32 {
+    let u = exp(x);
+    if (u == 1.0) { return x; }
+    let um1 = u - 1.0;
+    if (um1 == -1.0) { return -1.0; }
+    return um1 * x / log(u);
+}
+
+// log σ(x) = min(x, 0) − log1p(e^−|x|) (F.logsigmoid).
+fn log_sigmoid(x: f32) -> f32 {
+    return min(x, 0.0) - log1p(exp(-abs(x)));
+}
+
+// log(1 − eᵡ) for x < 0 (torch.log1p(−torch.exp(x)) in TRL), in the form accurate on each side of −ln 2.
+fn log1m_exp(x: f32) -> f32 {
+    if (x > -0.6931472) { return log(-expm1(x)); }
+    return log1p(-exp(x));
+}
+
+@compute @workgroup_size(WG)
+fn preference_loss(@builtin(local_invocation_index) lid: u32) {
+    if (lid != 0u) { return; }
+    let n = f32(p.pairs);
+    let beta = p.beta;
+    var loss = 0.0;
+    var chosen = 0.0;
+    var rejected = 0.0;
+    var accuracies = 0.0;
+    var ratio_sum = 0.0;
+    var log_odds_sum = 0.0;
+    for (var i = 0u; i < p.pairs; i++) {
+        let c = i;
+        let r = i + p.pairs;
+        if (p.objective == DPO) {
+            let hc = policy_logps[c] - ref_logps[c];
+            let hr = policy_logps[r] - ref_logps[r];
+            let z = beta * (hc - hr);
+            let eps = p.label_smoothing;
+            loss += -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
+            let dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z)) * p.scale / n;
+            dlogp[c] = dh;
+            dlogp[r] = -dh;
+            chosen += beta * hc;
+            rejected += beta * hr;
+            accuracies += select(0.0, 1.0, beta * hc > beta * hr);
+        } else {
+            let pc = policy_logps[c];
+            let pr = policy_logps[r];
+            let lo = (pc - pr) - (log1m_exp(pc) - log1m_exp(pr));
+            let ratio = log_sigmoid(lo);
+            loss += -beta * ratio;
+            let dlo = -beta * sigmoid(-lo) * p.scale / n;
+            dlogp[c] = dlo / -expm1(pc);
+            dlogp[r] = -dlo / -expm1(pr);
+            chosen += beta * pc;
+            rejected += beta * pr;
+            accuracies += select(0.0, 1.0, beta * pc > beta * pr);
+            ratio_sum += ratio;
+            log_odds_sum += lo;
+        }
+    }
+    var nll_loss = 0.0;
+    if (p.objective == ORPO) {
+        for (var s = 0u; s < p.seqs; s++) { nll_loss += nll_in[s]; }
+    }
+    let k = p.scale;
+    stats[0] += (nll_loss + loss / n) * k;
+    stats[1] += chosen / n * k;
+    stats[2] += rejected / n * k;
+    stats[3] += accuracies / n * k;
+    stats[4] += (chosen - rejected) / n * k;
+    stats[5] += nll_loss * k;
+    stats[6] += ratio_sum / n * k;
+    stats[7] += log_odds_sum / n * k;
+}
+
+@compute @workgroup_size(WG)
+fn preference_row_scale(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let r = flat_group(wid, nwg) * WG + lid;
+    if (r >= p.seqs * p.rows_per_seq) { return; }
+    let s = r / p.rows_per_seq;
+    row_scale[r] = p.scale * nll_weight[r] - dlogp_in[s] * lp_weight[r];
+}

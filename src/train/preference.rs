@@ -1,0 +1,217 @@
+//! Preference data for DPO and ORPO: JSONL lines of TRL's preference shape,
+//! tokenized as TRL 0.24's `DPOTrainer` does.
+//!
+//! Each line is `{"prompt", "chosen", "rejected"}`, either
+//! - text: three strings, or
+//! - conversational: `prompt` a list of messages ending with a user turn,
+//!   `chosen` and `rejected` lists of assistant messages. As TRL's
+//!   `apply_chat_template`: `prompt = render(prompt, add_generation_prompt)`,
+//!   `chosen = render(prompt + chosen)` after the longest common prefix with
+//!   the prompt, the same for `rejected` (whose common prefix also shortens
+//!   the prompt).
+//!
+//! Then `DPOTrainer.tokenize_row(add_special_tokens=False)`: the prompt, the
+//! chosen and the rejected text are encoded without special tokens (a bos the
+//! template writes is in the text), each completion gets the eos id, the
+//! prompt keeps its last [`MAX_PROMPT_LENGTH`] tokens. A pair becomes two
+//! rows, `prompt + chosen` and `prompt + rejected`, whose labels are −100 on
+//! the prompt: the loss sees only the completion tokens. A row longer than
+//! `seq_len` keeps its last `seq_len` tokens (TRL's `max_length` with
+//! `truncation_mode="keep_end"`).
+//!
+//! A line without `rejected`, or with an empty completion, is a `Data` error
+//! naming the line; a pair whose chosen and rejected are the same text is
+//! kept with a warning (it gives the DPO loss no signal: its gradient is 0).
+
+use serde_json::{Map, Value};
+
+use super::chat::Message;
+use super::data::{DataOptions, Dataset, Example, Parser};
+use crate::kernels::preference::PreferenceLoss;
+use crate::model::llama::IGNORE_INDEX;
+use crate::model::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// `DPOConfig.max_prompt_length`'s default: a prompt keeps its last 512 tokens.
+pub const MAX_PROMPT_LENGTH: usize = 512;
+
+/// What a run minimises.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// The causal-LM loss on the data's trained tokens (TRL's `SFTTrainer`).
+    Sft,
+    /// DPO or ORPO on preference pairs.
+    Preference(PreferenceLoss),
+}
+
+impl Objective {
+    /// "sft", "dpo" or "orpo".
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::Sft => "sft",
+            Objective::Preference(PreferenceLoss::Dpo { .. }) => "dpo",
+            Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
+        }
+    }
+
+    /// The objective `name` with TRL's defaults (DPO and ORPO: beta 0.1).
+    pub fn from_name(name: &str) -> Option<Objective> {
+        match name {
+            "sft" => Some(Objective::Sft),
+            "dpo" => Some(Objective::Preference(PreferenceLoss::DPO)),
+            "orpo" => Some(Objective::Preference(PreferenceLoss::ORPO)),
+            _ => None,
+        }
+    }
+
+    /// The objective `name` with `beta` and `label_smoothing` where given
+    /// (the CLI's and the browser's options); one that does not apply is a
+    /// `TrainOption` error naming it. Ranges are checked by the recipe.
+    pub fn from_options(name: &str, beta: Option<f32>, label_smoothing: Option<f32>) -> Result<Objective> {
+        let bad = |option, detail: String| Error::TrainOption { option, detail };
+        let objective = Objective::from_name(name)
+            .ok_or_else(|| bad("objective", format!("expected sft, dpo or orpo, got {name:?}")))?;
+        let Objective::Preference(loss) = objective else {
+            return match (beta, label_smoothing) {
+                (None, None) => Ok(Objective::Sft),
+                (b, _) => {
+                    Err(bad(if b.is_some() { "beta" } else { "label_smoothing" }, "applies to dpo and orpo".into()))
+                }
+            };
+        };
+        Ok(Objective::Preference(match loss {
+            PreferenceLoss::Dpo { beta: b, label_smoothing: e } => {
+                PreferenceLoss::Dpo { beta: beta.unwrap_or(b), label_smoothing: label_smoothing.unwrap_or(e) }
+            }
+            PreferenceLoss::Orpo { beta: b } => {
+                if label_smoothing.is_some() {
+                    return Err(bad("label_smoothing", "applies to dpo only".into()));
+                }
+                PreferenceLoss::Orpo { beta: beta.unwrap_or(b) }
+            }
+        }))
+    }
+}
+
+/// The text of a pair after the chat template: prompt, chosen, rejected.
+struct PairText {
+    prompt: String,
+    chosen: String,
+    rejected: String,
+}
+
+/// Preference pairs from JSONL bytes, as a [`Dataset`] of pairs with rows of
+/// at most `opts.seq_len` tokens. `source_name` names the data in errors.
+pub fn preference_dataset(
+    source_name: &str,
+    bytes: &[u8],
+    tokenizer: Option<&Tokenizer>,
+    opts: &DataOptions,
+    pad_id: u32,
+) -> Result<Dataset> {
+    let text = std::str::from_utf8(bytes).map_err(|e| Error::Data {
+        source_name: source_name.to_string(),
+        line: bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
+        detail: format!("is not valid UTF-8 (byte {} of the file)", e.valid_up_to()),
+    })?;
+    let mut parser = Parser { source_name, tokenizer, template: None };
+    let mut pairs = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, line) in text.strip_prefix('\u{feff}').unwrap_or(text).split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = index + 1;
+        let pair = pair_text(&mut parser, n, line)?;
+        if pair.chosen == pair.rejected {
+            warnings.push(format!(
+                "{source_name}, line {n}: `chosen` and `rejected` are the same text; the pair gives no preference \
+                 (its gradient is 0)"
+            ));
+        }
+        pairs.push(tokenize_pair(&parser, n, &pair, opts.seq_len)?);
+    }
+    if pairs.is_empty() {
+        return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail: "no JSON lines".into() });
+    }
+    Ok(Dataset::from_pairs(pairs, opts, pad_id, warnings))
+}
+
+fn pair_text(parser: &mut Parser, line: usize, text: &str) -> Result<PairText> {
+    let value: Value = serde_json::from_str(text).map_err(|e| parser.error(line, format!("not valid JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(parser.error(line, "expected a JSON object with `prompt`, `chosen` and `rejected`"));
+    };
+    for field in ["prompt", "chosen", "rejected"] {
+        if !map.contains_key(field) {
+            return Err(parser.error(line, format!("missing the `{field}` field of a preference pair")));
+        }
+    }
+    if map["prompt"].is_array() {
+        conversational(parser, line, &map)
+    } else {
+        let field = |name| parser.string(line, &map, name).map(str::to_string);
+        let pair = PairText { prompt: field("prompt")?, chosen: field("chosen")?, rejected: field("rejected")? };
+        for (name, text) in [("chosen", &pair.chosen), ("rejected", &pair.rejected)] {
+            if text.is_empty() {
+                return Err(parser.error(line, format!("`{name}` is empty: a preference needs two answers")));
+            }
+        }
+        Ok(pair)
+    }
+}
+
+/// The longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix<'t>(a: &'t str, b: &str) -> &'t str {
+    let end = a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i);
+    &a[..end]
+}
+
+fn conversational(parser: &mut Parser, line: usize, map: &Map<String, Value>) -> Result<PairText> {
+    let prompt = parser.message_list(line, map, "prompt")?;
+    let chosen = parser.message_list(line, map, "chosen")?;
+    let rejected = parser.message_list(line, map, "rejected")?;
+    if prompt.last().is_some_and(|m| m.role != "user") {
+        return Err(parser.error(line, "the `prompt` messages must end with a user turn"));
+    }
+    let (_, template) = parser.template(line, "conversational preference")?;
+    let render = |messages: &[Message], generation: bool| {
+        template.render(messages, generation).map_err(|e| parser.error(line, format!("chat template: {e}")))
+    };
+    let joined = |answer: &[Message]| render(&[prompt.as_slice(), answer].concat(), false);
+    let prompt_text = render(&prompt, true)?;
+    let (with_chosen, with_rejected) = (joined(&chosen)?, joined(&rejected)?);
+    let prompt_text = common_prefix(&prompt_text, &with_chosen);
+    let chosen_text = with_chosen[prompt_text.len()..].to_string();
+    let prompt_text = common_prefix(prompt_text, &with_rejected);
+    let rejected_text = with_rejected[prompt_text.len()..].to_string();
+    Ok(PairText { prompt: prompt_text.to_string(), chosen: chosen_text, rejected: rejected_text })
+}
+
+/// The (chosen, rejected) rows of a pair: prompt ids + completion ids + eos,
+/// labels −100 on the prompt, each row's last `seq_len` tokens.
+fn tokenize_pair(parser: &Parser, line: usize, pair: &PairText, seq_len: usize) -> Result<(Example, Example)> {
+    let tokenizer = parser.tokenizer(line, "preference")?;
+    let eos = tokenizer
+        .eos_token()
+        .map(|t| t.id)
+        .ok_or_else(|| parser.error(line, "the tokenizer has no eos token, which TRL appends to every completion"))?;
+    let mut prompt = parser.encode(line, tokenizer, &pair.prompt, false)?;
+    prompt.drain(..prompt.len().saturating_sub(MAX_PROMPT_LENGTH));
+    let row = |completion: &str| -> Result<Example> {
+        let mut ids = parser.encode(line, tokenizer, completion, false)?;
+        ids.push(eos);
+        let mut labels = vec![IGNORE_INDEX; prompt.len()];
+        labels.extend(parser.labels(line, &ids)?);
+        let mut input_ids = prompt.clone();
+        input_ids.extend(ids);
+        let cut = input_ids.len().saturating_sub(seq_len);
+        let example = Example { input_ids: input_ids[cut..].to_vec(), labels: labels[cut..].to_vec() };
+        if example.labels.iter().skip(1).all(|&l| l == IGNORE_INDEX) {
+            return Err(parser.error(line, format!("a row of {seq_len} tokens keeps no completion token to predict")));
+        }
+        Ok(example)
+    };
+    Ok((row(&pair.chosen)?, row(&pair.rejected)?))
+}

@@ -1,0 +1,263 @@
+//! The preference losses inside a training step (see `kernels::preference`
+//! for the math and `train::preference` for the data).
+//!
+//! A micro-batch of P pairs is 2P rows, the chosen ones then the rejected
+//! ones (TRL's `concatenated_forward`). In the step's one submission:
+//!
+//! ```text
+//! DPO:  xr = model(ids) with every adapter hook off       (TRL: the PEFT model under disable_adapter())
+//!       ref[s] = Σ_completion log p                        (no gradient, no copy of the weights)
+//! xn = model(ids) with the adapter
+//! CE[r], lse[r] = cross-entropy of each row's next token   (in row chunks: never all (rows, V) logits)
+//! π[s] = Σ_r lp_weight[r]·(−CE[r])                         (DPO: sum over the completion; ORPO: its mean)
+//! loss, metrics += …;  dπ[s] = ∂loss/∂π[s]                 (preference_loss)
+//! dlogits[r] = (softmax − onehot)·(scale·nll_weight[r] − dπ[s(r)]·lp_weight[r])
+//! dxn = dlogits · lm_head                                  (the logits recomputed chunk by chunk)
+//! ```
+//!
+//! ORPO's NLL is `ORPOTrainer`'s: the mean cross-entropy over every token of
+//! the chosen rows (prompt and completion), through `nll_weight`.
+
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
+use crate::kernels::elementwise::fill;
+use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss};
+use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
+use crate::model::llama::loss::logits_chunk_rows;
+use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
+use crate::model::Model;
+use crate::train::data::Batch;
+
+/// A micro-batch of pairs' per-row targets and weights, made on the CPU from
+/// its labels (−100 on prompt and padding), in the row layout of the model's
+/// output for `virtual_tokens` (one more row per sequence with prompt learning).
+#[derive(Clone, Debug)]
+pub struct PairRows {
+    /// (S·T') the next token where a loss term counts it, −100 elsewhere.
+    pub targets: Vec<i32>,
+    /// (S·T') the row's weight in its sequence's log-probability: 1 (DPO) or
+    /// 1/completion tokens (ORPO) on completion rows, 0 elsewhere.
+    pub lp_weight: Vec<f32>,
+    /// (S·T') ORPO: 1/N on every predicted row of the chosen sequences (N of them); DPO: 0.
+    pub nll_weight: Vec<f32>,
+    /// S = 2P.
+    pub seqs: usize,
+    /// Completion tokens of the micro-batch.
+    pub completion_tokens: usize,
+}
+
+impl PairRows {
+    pub fn new(batch: &Batch, vocab: usize, virtual_tokens: usize, loss: PreferenceLoss) -> Result<PairRows> {
+        const OP: &str = "preference loss";
+        let seqs = batch.labels.len();
+        if seqs == 0 || seqs % 2 != 0 || batch.input_ids.len() != seqs {
+            return Err(Error::shape(OP, format!("a batch of pairs needs an even number of rows, got {seqs}")));
+        }
+        let (mut targets, _) = shift_labels_after(&batch.labels, vocab, virtual_tokens)?;
+        let per = targets.len() / seqs;
+        // TRL scores a row from its second token on: the last virtual position predicts nothing.
+        if virtual_tokens > 0 {
+            targets.iter_mut().step_by(per).for_each(|t| *t = IGNORE_INDEX);
+        }
+        let mut lp_weight = vec![0.0f32; targets.len()];
+        let mut completion_tokens = 0;
+        for (s, (w, t)) in lp_weight.chunks_mut(per).zip(targets.chunks(per)).enumerate() {
+            let n = t.iter().filter(|&&t| t != IGNORE_INDEX).count();
+            if n == 0 {
+                return Err(Error::invalid(OP, format!("row {s} of the batch has no completion token to score")));
+            }
+            completion_tokens += n;
+            let weight = if loss.averages() { 1.0 / n as f32 } else { 1.0 };
+            w.iter_mut().zip(t).filter(|(_, &t)| t != IGNORE_INDEX).for_each(|(w, _)| *w = weight);
+        }
+        let mut nll_weight = vec![0.0f32; targets.len()];
+        if loss.averages() {
+            // The chosen rows' every token up to the end of the completion (the padding excluded).
+            let whole: Vec<Vec<i32>> = batch.input_ids[..seqs / 2]
+                .iter()
+                .zip(&batch.labels)
+                .map(|(ids, labels)| {
+                    let end = labels.iter().rposition(|&l| l != IGNORE_INDEX).map_or(0, |i| i + 1);
+                    ids.iter().enumerate().map(|(i, &id)| if i < end { id as i32 } else { IGNORE_INDEX }).collect()
+                })
+                .collect();
+            let (mut chosen, count) = shift_labels_after(&whole, vocab, virtual_tokens)?;
+            if virtual_tokens > 0 {
+                chosen.iter_mut().step_by(per).for_each(|t| *t = IGNORE_INDEX);
+            }
+            let count = chosen.iter().filter(|&&t| t != IGNORE_INDEX).count().min(count);
+            for (r, &t) in chosen.iter().enumerate().filter(|(_, &t)| t != IGNORE_INDEX) {
+                targets[r] = t;
+                nll_weight[r] = 1.0 / count as f32;
+            }
+        }
+        Ok(PairRows { targets, lp_weight, nll_weight, seqs, completion_tokens })
+    }
+
+    fn upload(&self, gpu: &Gpu) -> Result<[Tensor; 3]> {
+        let n = self.targets.len();
+        Ok([
+            Tensor::from_slice(gpu, &[n], &self.targets)?,
+            Tensor::from_slice(gpu, &[n], &self.lp_weight)?,
+            Tensor::from_slice(gpu, &[n], &self.nll_weight)?,
+        ])
+    }
+}
+
+/// Each row's cross-entropy and logsumexp, both (M), for hidden states xn
+/// (M, D): the logits in row chunks, as the SFT loss computes them.
+fn token_losses(rec: &mut Recorder, xn: &Tensor, lm_head: &QWeight, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let m = targets.numel();
+    let token_loss = rec.alloc(&[m], DType::F32)?;
+    let lse = rec.alloc(&[m], DType::F32)?;
+    for_each_chunk(rec, xn, lm_head, targets, |rec, start, logits, t| {
+        let (loss_c, lse_c) = cross_entropy_forward(rec, logits, t)?;
+        let n = t.numel() as u64 * 4;
+        rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
+        rec.copy(&lse_c, 0, &lse, start as u64 * 4, n)
+    })?;
+    Ok((token_loss, lse))
+}
+
+/// Runs `f(rec, first row, logits (n, V), targets (n))` on each row chunk of
+/// xn (M, D)'s logits, reusing one logits buffer.
+fn for_each_chunk(
+    rec: &mut Recorder,
+    xn: &Tensor,
+    lm_head: &QWeight,
+    targets: &Tensor,
+    mut f: impl FnMut(&mut Recorder, usize, &Tensor, &Tensor) -> Result<()>,
+) -> Result<()> {
+    let (d, v, m) = (lm_head.cols, lm_head.rows, targets.numel());
+    if xn.shape() != [m, d] {
+        return Err(Error::shape("preference loss", format!("xn {:?} for {m} rows of a ({v}, {d}) head", xn.shape())));
+    }
+    let chunk = logits_chunk_rows(v, rec.gpu().max_binding_bytes()).min(m.max(1));
+    let x_c = rec.alloc(&[chunk, d], DType::F32)?;
+    let logits = rec.alloc(&[chunk, v], DType::F32)?;
+    let t_c = rec.alloc(&[chunk], DType::I32)?;
+    let row = d as u64 * 4;
+    let mut start = 0;
+    while start < m {
+        let n = chunk.min(m - start);
+        let (x_n, logits_n, t_n) =
+            (x_c.reshape_prefix(&[n, d])?, logits.reshape_prefix(&[n, v])?, t_c.reshape_prefix(&[n])?);
+        rec.copy(xn, start as u64 * row, &x_c, 0, n as u64 * row)?;
+        rec.copy(targets, start as u64 * 4, &t_c, 0, n as u64 * 4)?;
+        fill(rec, &logits_n, 0.0)?;
+        qlinear_accumulate(rec, &x_n, lm_head, &logits_n, false)?; // logits_c = x_c·Wᵀ
+        f(rec, start, &logits_n, &t_n)?;
+        start += n;
+    }
+    Ok(())
+}
+
+/// A forward's per-sequence scores and what its backward needs.
+struct Scored {
+    /// (S) the sequences' log-probabilities; nll (S) their ORPO NLL terms.
+    logps: Tensor,
+    nll: Tensor,
+    /// (M) each row's logsumexp; xn (M, D) the normed hidden states; saved: the model's activations.
+    lse: Tensor,
+    xn: Tensor,
+    saved: ModelSaved,
+}
+
+fn score(
+    rec: &mut Recorder,
+    model: &Model,
+    ids: &Tensor,
+    hooks: &dyn Hooks,
+    checkpoint: bool,
+    rows: &PairRows,
+    uploaded: &[Tensor; 3],
+) -> Result<Scored> {
+    let (xn, saved) = model.hidden_checkpointed(rec, ids, hooks, checkpoint)?; // (S, T', D)
+    let d = model.config.hidden_size;
+    if xn.numel() != rows.targets.len() * d {
+        return Err(Error::shape("preference loss", "the model's rows do not match the batch's labels"));
+    }
+    let xn = xn.reshape(&[rows.targets.len(), d])?;
+    let [targets, lp_weight, nll_weight] = uploaded;
+    let (token_loss, lse) = token_losses(rec, &xn, &model.lm_head, targets)?;
+    let (logps, nll) = sequence_logps(rec, &token_loss, lp_weight, nll_weight, rows.seqs)?;
+    Ok(Scored { logps, nll, lse, xn, saved })
+}
+
+/// The DPO reference: the micro-batch's completion log-probabilities (S)
+/// with every adapter hook off.
+fn reference_logps(rec: &mut Recorder, model: &Model, ids: &Tensor, batch: &Batch, vocab: usize) -> Result<Tensor> {
+    let rows = PairRows::new(batch, vocab, 0, PreferenceLoss::DPO)?;
+    let uploaded = rows.upload(rec.gpu())?;
+    Ok(score(rec, model, ids, &NoHooks, false, &rows, &uploaded)?.logps)
+}
+
+/// Records one micro-batch of pairs: the reference forward (DPO), the
+/// adapter's forward, the loss (`scale` times it and its metrics added into
+/// `stats`) and the backward into the adapter's gradients through `hooks`.
+#[allow(clippy::too_many_arguments)] // one micro-batch: its data, the pass, and the step's shared accumulators
+pub(crate) fn record_preference_micro(
+    rec: &mut Recorder,
+    model: &Model,
+    loss: PreferenceLoss,
+    batch: &Batch,
+    rows: &PairRows,
+    hooks: &dyn Hooks,
+    checkpoint: bool,
+    scale: f32,
+    stats: &Tensor,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let ids = model.input_ids(gpu, &batch.input_ids)?;
+    let vocab = model.config.vocab_size;
+    let reference = if loss.needs_reference() { Some(reference_logps(rec, model, &ids, batch, vocab)?) } else { None };
+    let uploaded = rows.upload(gpu)?;
+    let s = score(rec, model, &ids, hooks, checkpoint, rows, &uploaded)?;
+    let [targets, lp_weight, nll_weight] = &uploaded;
+    let dlogp = preference_loss(rec, loss, &s.logps, reference.as_ref(), &s.nll, scale, stats)?;
+    let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, scale)?;
+    let (m, d) = (rows.targets.len(), model.config.hidden_size);
+    let dxn = rec.alloc(&[m, d], DType::F32)?;
+    let lm_head = &model.lm_head;
+    let row = d as u64 * 4;
+    for_each_chunk(rec, &s.xn, lm_head, targets, |rec, start, logits, t| {
+        let n = t.numel();
+        let lse = rec.alloc(&[n], DType::F32)?;
+        let scale = rec.alloc(&[n], DType::F32)?;
+        rec.copy(&s.lse, start as u64 * 4, &lse, 0, n as u64 * 4)?;
+        rec.copy(&row_scale, start as u64 * 4, &scale, 0, n as u64 * 4)?;
+        cross_entropy_backward_rows_inplace(rec, logits, t, &lse, &scale)?; // logits become dlogits
+        let dx = rec.zeros(&[n, d], DType::F32)?;
+        qlinear_accumulate(rec, logits, lm_head, &dx, true)?; // dxn_c = dlogits_c·W
+        rec.copy(&dx, 0, &dxn, start as u64 * row, n as u64 * row)
+    })?;
+    let shape = [rows.seqs, m / rows.seqs, d];
+    model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
+}
+
+/// Each sequence's log-probability under the adapter (`hooks`) and, for
+/// DPO, under the base alone, read back: `(policy, reference)`, both (S),
+/// as TRL's `concatenated_forward` computes them (ORPO: means over the completion).
+pub async fn preference_logps(
+    gpu: &Gpu,
+    model: &Model,
+    hooks: &dyn Hooks,
+    batch: &Batch,
+    loss: PreferenceLoss,
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let vocab = model.config.vocab_size;
+    let rows = PairRows::new(batch, vocab, hooks.virtual_tokens(), loss)?;
+    let mut rec = Recorder::new(gpu);
+    let ids = model.input_ids(gpu, &batch.input_ids)?;
+    let reference =
+        if loss.needs_reference() { Some(reference_logps(&mut rec, model, &ids, batch, vocab)?) } else { None };
+    let uploaded = rows.upload(gpu)?;
+    let policy = score(&mut rec, model, &ids, hooks, false, &rows, &uploaded)?.logps;
+    rec.submit()?;
+    let reference = match reference {
+        Some(r) => Some(r.to_vec::<f32>(gpu).await?),
+        None => None,
+    };
+    Ok((policy.to_vec::<f32>(gpu).await?, reference))
+}

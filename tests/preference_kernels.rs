@@ -1,0 +1,123 @@
+//! The preference-loss kernels (`shaders/preference.wgsl`) and the per-row
+//! cross-entropy backward against their CPU references, on seeded random
+//! inputs with odd shapes: 3 and 5 pairs, 37 rows a sequence, vocab 97.
+
+mod common;
+use common::{block_on, gpu, randn};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
+use webpeft::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, STATS};
+use webpeft::kernels::reference::{assert_close, cross_entropy as ce_cpu, preference as cpu};
+use webpeft::util::rng::Rng;
+use webpeft::{DType, Error, Tensor};
+
+// Sums of 37 f32 products against f64 sums: a few ulp of values up to ~100.
+const LOGP_ABS: f32 = 2e-5;
+const LOGP_REL: f32 = 1e-6;
+// The loss kernel's transcendental functions in f32 against f64.
+const LOSS_ABS: f32 = 1e-6;
+const LOSS_REL: f32 = 2e-5;
+
+fn read(t: &Tensor) -> Vec<f32> {
+    block_on(t.to_vec::<f32>(gpu())).unwrap()
+}
+
+/// Completion weights (0 on a prompt and padding, `w` on completion rows) of `seqs` sequences of `per` rows.
+fn weights(rng: &mut Rng, seqs: usize, per: usize, w: impl Fn(usize) -> f32) -> Vec<f32> {
+    let mut out = vec![0.0; seqs * per];
+    for s in 0..seqs {
+        let start = 1 + rng.below(per / 2);
+        let len = 1 + rng.below(per - start);
+        for r in start..start + len {
+            out[s * per + r] = w(s);
+        }
+    }
+    out
+}
+
+fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
+    let gpu = gpu();
+    let (seqs, per) = (2 * pairs, 37);
+    let mut rng = Rng::new(seed);
+    // Cross-entropies of a small vocabulary: 0..~6 nats a token.
+    let token_loss: Vec<f32> = (0..seqs * per).map(|_| rng.uniform_range(0.05, 6.05)).collect();
+    let averages = loss.averages();
+    let lp_w = weights(&mut rng, seqs, per, |_| if averages { 1.0 / 7.0 } else { 1.0 });
+    let nll_w = if averages {
+        weights(&mut rng, seqs, per, |s| if s < pairs { 0.01 } else { 0.0 })
+    } else {
+        vec![0.0; seqs * per]
+    };
+    let reference: Vec<f32> = randn(seed + 1, seqs).iter().map(|v| -60.0 + 5.0 * v).collect();
+    let scale = 0.5;
+
+    let up = |v: &[f32]| Tensor::from_slice(gpu, &[v.len()], v).unwrap();
+    let (tl, lw, nw, rf) = (up(&token_loss), up(&lp_w), up(&nll_w), up(&reference));
+    let stats = Tensor::from_slice(gpu, &[STATS], &[0.25f32; STATS]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (logps, nll) = sequence_logps(&mut rec, &tl, &lw, &nw, seqs).unwrap();
+    let dlogp = preference_loss(&mut rec, loss, &logps, Some(&rf), &nll, scale, &stats).unwrap();
+    let row_scale = preference_row_scale(&mut rec, &dlogp, &lw, &nw, scale).unwrap();
+    rec.submit().unwrap();
+
+    let (want_logps, want_nll) = cpu::sequence_logps(&token_loss, &lp_w, &nll_w, seqs);
+    let got_logps = read(&logps);
+    assert_close("logps", &got_logps, &want_logps, LOGP_ABS, LOGP_REL);
+    assert_close("nll", &read(&nll), &want_nll, LOGP_ABS, LOGP_REL);
+    // The loss from the GPU's log-probabilities, so that it checks the loss kernel alone.
+    let (mut want_stats, want_dlogp) = cpu::preference_loss(loss, &got_logps, &reference, &read(&nll), scale);
+    want_stats.iter_mut().for_each(|v| *v += 0.25); // added to what `stats` held
+    assert_close("stats", &read(&stats), &want_stats, LOSS_ABS, LOSS_REL);
+    let got_dlogp = read(&dlogp);
+    assert_close("dlogp", &got_dlogp, &want_dlogp, LOSS_ABS, LOSS_REL);
+    assert!(got_dlogp.iter().all(|v| *v != 0.0), "every sequence has a gradient: {got_dlogp:?}");
+    let want_rows = cpu::preference_row_scale(&got_dlogp, &lp_w, &nll_w, scale);
+    assert_close("row_scale", &read(&row_scale), &want_rows, 1e-7, 1e-6);
+}
+
+#[test]
+fn dpo_loss_matches_the_cpu_reference() {
+    check_loss(PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, 3, 71);
+    check_loss(PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.2 }, 5, 72);
+}
+
+#[test]
+fn orpo_loss_matches_the_cpu_reference() {
+    check_loss(PreferenceLoss::Orpo { beta: 0.1 }, 3, 73);
+    check_loss(PreferenceLoss::Orpo { beta: 1.0 }, 5, 74);
+}
+
+#[test]
+fn cross_entropy_backward_with_a_scale_per_row() {
+    let gpu = gpu();
+    let (rows, vocab) = (45, 97);
+    let logits = randn(75, rows * vocab).iter().map(|v| 2.0 * v).collect::<Vec<f32>>();
+    let mut rng = Rng::new(76);
+    let targets: Vec<i32> = (0..rows).map(|_| if rng.below(4) == 0 { -100 } else { rng.below(vocab) as i32 }).collect();
+    let row_scale: Vec<f32> = (0..rows).map(|_| rng.uniform_range(-0.5, 0.5)).collect();
+    let tio = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+    let tt = Tensor::from_slice(gpu, &[rows], &targets).unwrap();
+    let ts = Tensor::from_slice(gpu, &[rows], &row_scale).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (_, lse) = cross_entropy_forward(&mut rec, &tio, &tt).unwrap();
+    cross_entropy_backward_rows_inplace(&mut rec, &tio, &tt, &lse, &ts).unwrap();
+    rec.submit().unwrap();
+    let (_, want_lse) = ce_cpu::cross_entropy_forward(&logits, &targets, rows, vocab);
+    let want = ce_cpu::cross_entropy_backward_rows(&logits, &targets, &want_lse, rows, vocab, &row_scale);
+    assert_close("dlogits", &read(&tio), &want, 1e-7, 1e-5);
+}
+
+#[test]
+fn bad_shapes_are_typed_errors() {
+    let gpu = gpu();
+    let t = |n: usize| Tensor::zeros(gpu, &[n], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let e = sequence_logps(&mut rec, &t(10), &t(10), &t(10), 3).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = sequence_logps(&mut rec, &t(10), &t(9), &t(10), 2).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let e = preference_loss(&mut rec, PreferenceLoss::DPO, &t(4), None, &t(4), 1.0, &t(STATS)).unwrap_err();
+    assert!(e.to_string().contains("reference"), "{e}");
+    let e = preference_loss(&mut rec, PreferenceLoss::ORPO, &t(4), None, &t(4), 1.0, &t(3)).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}

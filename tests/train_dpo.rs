@@ -1,0 +1,180 @@
+//! DPO and ORPO against TRL 0.24 (tests/fixtures/dpo, made by
+//! `make_fixtures.py dpo`): the pairs tokenized as `DPOTrainer.tokenize_row`,
+//! per-sequence policy and reference log-probabilities, the loss and TRL's
+//! metrics, all 28 LoRA gradients, and 10 AdamW steps from the same initial
+//! adapter (lr 1e-2, weight decay 0.01, clipping at 1). Each within 1e-4;
+//! the log-probabilities (sums of up to 21 token log-probs, ~100 in size)
+//! within 1e-4 relative as well.
+
+mod common;
+
+use common::{block_on, fixture, gpu, max_abs_diff, Fixture};
+use webpeft::kernels::preference::PreferenceLoss;
+use webpeft::model::tokenizer::Tokenizer;
+use webpeft::model::{DirFiles, Model};
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::LoraAdapter;
+use webpeft::quant::QuantFormat;
+use webpeft::train::data::{Batch, DataOptions, Dataset};
+use webpeft::train::preference::{preference_dataset, Objective};
+use webpeft::train::preference_loss::preference_logps;
+use webpeft::train::trainer::{OptimizerConfig, Trainer};
+use webpeft::{Error, Gpu};
+
+const TOL: f32 = 1e-4;
+const DPO: PreferenceLoss = PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.1 };
+const ORPO: PreferenceLoss = PreferenceLoss::Orpo { beta: 0.1 };
+
+fn tokenizer() -> Tokenizer {
+    block_on(Tokenizer::load(&DirFiles::new(fixture("llama_gqa")).unwrap())).unwrap()
+}
+
+fn options() -> DataOptions {
+    DataOptions { seq_len: 512, batch_size: 4, shuffle: false, ..Default::default() }
+}
+
+fn pairs(text: &str) -> webpeft::Result<Dataset> {
+    preference_dataset("pairs.jsonl", text.as_bytes(), Some(&tokenizer()), &options(), 383)
+}
+
+/// The four pairs of dpo/pairs.jsonl as one batch: chosen rows, then rejected rows.
+fn batch() -> Batch {
+    let text = std::fs::read_to_string(fixture("dpo/pairs.jsonl")).unwrap();
+    let data = pairs(&text).unwrap();
+    assert!(data.warnings().is_empty());
+    data.epoch(0).remove(0)
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (TOL + rel * w.abs())).fold(0.0, f32::max);
+    eprintln!("{what}: max |diff| {:e}", max_abs_diff(got, want));
+    assert!(worst <= 1.0, "{what}: got {got:?}, want {want:?}");
+}
+
+#[test]
+fn pairs_tokenize_as_trl() {
+    let fx = Fixture::open("dpo/reference.safetensors");
+    let b = batch();
+    let width = fx.shape("input_ids")[1];
+    let (ids, mask) = (fx.i64("input_ids"), fx.i64("loss_mask"));
+    assert_eq!(b.input_ids.len(), 8);
+    for (r, (row, labels)) in b.input_ids.iter().zip(&b.labels).enumerate() {
+        assert_eq!(row.len(), width, "row {r}");
+        let want: Vec<u32> = ids[r * width..(r + 1) * width].iter().map(|&v| v as u32).collect();
+        assert_eq!(row, &want, "row {r} ids");
+        let trained: Vec<bool> = labels.iter().map(|&l| l != -100).collect();
+        let want: Vec<bool> = mask[r * width..(r + 1) * width].iter().map(|&m| m == 1).collect();
+        assert_eq!(trained, want, "row {r}: the completion tokens");
+    }
+}
+
+fn model(gpu: &Gpu) -> Model {
+    block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), QuantFormat::F32)).unwrap()
+}
+
+fn adapter(gpu: &Gpu, model: &Model) -> Adapter {
+    let files = DirFiles::new(fixture("lora/initial_adapter")).unwrap();
+    Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap())
+}
+
+/// One step's loss, metrics and gradients, then nine more steps' losses and the final factors.
+fn check_training(loss: PreferenceLoss, name: &str) {
+    let (gpu, fx, b) = (gpu(), Fixture::open("dpo/reference.safetensors"), batch());
+    let model = model(gpu);
+    let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
+    let mut trainer = Trainer::new(gpu, adapter(gpu, &model), opt, 0).unwrap();
+    trainer.objective = Objective::Preference(loss);
+
+    let (policy, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, loss)).unwrap();
+    close(&format!("{name} policy log-probs"), &policy, &fx.f32(&format!("{name}.logps")), TOL);
+    if let Some(reference) = reference {
+        close(&format!("{name} reference log-probs"), &reference, &fx.f32("dpo.ref_logps"), TOL);
+    }
+
+    let mut losses = Vec::new();
+    for step in 0..10 {
+        let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-2)).unwrap();
+        losses.push(s.loss);
+        if step == 0 {
+            close(&format!("{name} loss"), &[s.loss], &[fx.f32(&format!("{name}.loss"))[0]], 0.0);
+            let p = s.preference.unwrap();
+            let mut got = vec![p.rewards_chosen, p.rewards_rejected, p.rewards_accuracies, p.rewards_margins];
+            got.extend(p.orpo.iter().flatten());
+            close(&format!("{name} metrics"), &got, &fx.f32(&format!("{name}.metrics")), 0.0);
+            let mut worst = 0.0f32;
+            for (key, g) in trainer.gradients().tensors() {
+                let got = block_on(g.to_vec::<f32>(gpu)).unwrap();
+                worst = worst.max(max_abs_diff(&got, &fx.f32(&format!("{name}.{key}.grad"))));
+            }
+            eprintln!("{name}: 28 gradients, max |diff| {worst:e}");
+            assert!(worst <= TOL, "{name} gradients: {worst:e}");
+        }
+    }
+    close(&format!("{name} 10 AdamW losses"), &losses, &fx.f32(&format!("{name}.losses")), 0.0);
+    let mut worst = 0.0f32;
+    for (key, t) in trainer.adapter.tensors() {
+        let got = block_on(t.to_vec::<f32>(gpu)).unwrap();
+        worst = worst.max(max_abs_diff(&got, &fx.f32(&format!("{name}.final.{key}"))));
+    }
+    eprintln!("{name}: final factors max |diff| {worst:e}");
+    assert!(worst <= TOL, "{name} final factors: {worst:e}");
+}
+
+#[test]
+fn dpo_matches_trl() {
+    check_training(DPO, "dpo");
+}
+
+#[test]
+fn orpo_matches_trl() {
+    check_training(ORPO, "orpo");
+}
+
+#[test]
+fn bad_preference_lines_are_typed_errors() {
+    let good = r#"{"prompt": "Two plus two equals", "chosen": " four.", "rejected": " five."}"#;
+    let data_error = |text: String, line: usize, needle: &str| match pairs(&text) {
+        Err(Error::Data { line: l, detail, .. }) => {
+            assert_eq!(l, line, "{detail}");
+            assert!(detail.contains(needle), "{detail}");
+        }
+        other => panic!("expected a Data error at line {line}, got {other:?}"),
+    };
+    data_error(format!("{good}\n{}\n", r#"{"prompt": "a", "chosen": " b"}"#), 2, "`rejected`");
+    data_error(format!("{good}\n\n{}\n", r#"{"prompt": "a", "chosen": "", "rejected": " c"}"#), 3, "`chosen` is empty");
+    let chat = r#"{"prompt": [{"role": "user", "content": "hi"}], "chosen": [], "rejected": [{"role": "assistant", "content": "x"}]}"#;
+    data_error(chat.to_string(), 1, "`chosen` is empty");
+    data_error(r#"{"prompt": "a", "chosen": 3, "rejected": "b"}"#.to_string(), 1, "`chosen` must be a string");
+    data_error("[1, 2]".to_string(), 1, "JSON object");
+    // The same answer twice: kept, with a warning naming the line.
+    let same = r#"{"prompt": "Two plus two equals", "chosen": " four.", "rejected": " four."}"#;
+    let data = pairs(&format!("{good}\n{same}\n")).unwrap();
+    assert_eq!((data.len(), data.warnings().len()), (2, 1));
+    assert!(data.warnings()[0].contains("line 2"), "{:?}", data.warnings());
+    // A row too short to keep a completion token to predict.
+    let e = preference_dataset("p", good.as_bytes(), Some(&tokenizer()), &DataOptions { seq_len: 1, ..options() }, 0);
+    assert!(matches!(e, Err(Error::Data { line: 1, .. })), "{e:?}");
+    assert!(matches!(Objective::from_options("ppo", None, None), Err(Error::TrainOption { option: "objective", .. })));
+    assert!(matches!(Objective::from_options("orpo", None, Some(0.1)), Err(Error::TrainOption { .. })));
+}
+
+/// Every kind of hook under DPO: (IA)³, prompt tuning (virtual tokens shift the rows), prefix tuning and a
+/// bottleneck adapter take a step with a gradient, and their reference is the base's (TRL's, above).
+#[test]
+fn dpo_runs_with_every_kind_of_method() {
+    use webpeft::peft::BottleneckKind;
+    use webpeft::train::recipe::{AdapterRecipe, Method};
+    let (gpu, fx, b) = (gpu(), Fixture::open("dpo/reference.safetensors"), batch());
+    let model = model(gpu);
+    let tok = tokenizer();
+    for method in [Method::Ia3, Method::PromptTuning, Method::PrefixTuning, Method::Bottleneck(BottleneckKind::SeqBn)] {
+        let adapter = AdapterRecipe::new(method).build(gpu, &model, Some(&tok), None, 7).unwrap();
+        let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0).unwrap();
+        trainer.objective = Objective::Preference(DPO);
+        let (_, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, DPO)).unwrap();
+        close(&format!("{method:?} reference log-probs"), &reference.unwrap(), &fx.f32("dpo.ref_logps"), TOL);
+        let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-3)).unwrap();
+        eprintln!("{method:?}: loss {}, grad norm {}", s.loss, s.grad_norm);
+        assert!(s.loss.is_finite() && s.grad_norm > 0.0, "{method:?}: {s:?}");
+    }
+}
