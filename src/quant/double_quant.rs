@@ -60,11 +60,15 @@ pub fn dynamic_map() -> Vec<f32> {
 }
 
 /// `torch.linspace(start, end, steps, dtype=float32)` on the CPU: the first
-/// half counted up from `start`, the second down from `end`, in f32.
+/// half counted up from `start`, the second down from `end`, each value one
+/// fused multiply-add in f32 (as torch's compiled kernel computes it; checked
+/// against the maps bitsandbytes stores in tests/fixtures/bnb4).
 fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
-    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - 1 - i) as f32 }).collect()
+    (0..steps)
+        .map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - 1 - i) as f32, end) })
+        .collect()
 }
 
 impl DoubleQuant {
