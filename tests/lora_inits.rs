@@ -390,3 +390,24 @@ fn init_lora_weights_parses_and_writes_as_peft() {
     let model = fixture_model(gpu(), "llama_gqa");
     assert!(Adapter::new(gpu(), AdapterConfig::Lora(config(InitLoraWeights::Olora)), &model.config, 0).is_err());
 }
+
+#[test]
+fn the_memory_plan_counts_the_init_s_transient_copies() {
+    use webpeft::train::plan::{plan_memory, PlanAdapter, PlanInput};
+    let model = fixture_model(gpu(), "llama_gqa");
+    let targets: Vec<String> = LORA_MODULES.map(String::from).to_vec();
+    let input = |adjusts_base| PlanInput {
+        quant: QuantFormat::Nf4,
+        adapter: PlanAdapter::Lora { r: 4, targets: targets.clone(), dropout: false, dora: false, adjusts_base },
+        batch: 1,
+        seq: 8,
+        grad_accum: 1,
+        checkpointing: false,
+    };
+    let (plain, pissa) =
+        (plan_memory(&model.config, &input(false), 1 << 27), plan_memory(&model.config, &input(true), 1 << 27));
+    // The widest Linear (gate/up/down, 128 × 64): its NF4 copy and its f32 rows.
+    let widest = QuantFormat::Nf4.bytes_for(128, 64) + QuantFormat::F32.bytes_for(128, 64);
+    assert_eq!((plain.init_bytes, pissa.init_bytes), (0, widest as u64));
+    assert!(pissa.total_bytes >= pissa.weight_bytes + pissa.adapter_bytes + pissa.init_bytes);
+}

@@ -427,7 +427,13 @@ impl AdapterRecipe {
                     TargetModules::List(l) => l,
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
-                PlanAdapter::Lora { r: c.r, targets, dropout: c.lora_dropout > 0.0, dora: c.use_dora }
+                PlanAdapter::Lora {
+                    r: c.r,
+                    targets,
+                    dropout: c.lora_dropout > 0.0,
+                    dora: c.use_dora,
+                    adjusts_base: c.init_lora_weights.adjusts_base(),
+                }
             }
             AdapterConfig::Ia3(c) => {
                 let layer0 = c.modules(model)?.into_iter().filter(|m| m.layer == 0);
