@@ -393,6 +393,7 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
                 targets: vec!["q_proj".into()],
                 dropout: false,
                 dora: false,
+                adjusts_base: false,
             },
             batch: 8,
             seq: 2048,

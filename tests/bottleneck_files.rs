@@ -599,7 +599,7 @@ fn lora_weights(r: usize) -> LoraWeights {
 #[test]
 fn lora_kaiming_init_as_peft() {
     let mut w = lora_weights(8);
-    init_lora(&mut w, InitLoraWeights::Kaiming, &mut Rng::new(1));
+    init_lora(&mut w, InitLoraWeights::Kaiming, &mut Rng::new(1)).unwrap();
     for (name, p) in &w.modules {
         let bound = 1.0 / (p.in_features as f32).sqrt();
         assert!(p.a.iter().all(|x| x.abs() <= bound), "{name}");
@@ -617,7 +617,7 @@ fn lora_kaiming_init_as_peft() {
 fn lora_gaussian_init_as_peft() {
     let r = 4;
     let mut w = lora_weights(r);
-    init_lora(&mut w, InitLoraWeights::Gaussian, &mut Rng::new(2));
+    init_lora(&mut w, InitLoraWeights::Gaussian, &mut Rng::new(2)).unwrap();
     let a: Vec<f32> = w.modules.values().flat_map(|p| p.a.iter().copied()).collect();
     let (mean, std) = stats(&a);
     // normal_(std = 1/r).
@@ -630,7 +630,7 @@ fn lora_gaussian_init_as_peft() {
 fn lora_random_init_as_nn_linear() {
     let r = 8;
     let mut w = lora_weights(r);
-    init_lora(&mut w, InitLoraWeights::Random, &mut Rng::new(3));
+    init_lora(&mut w, InitLoraWeights::Random, &mut Rng::new(3)).unwrap();
     let bound_b = 1.0 / (r as f32).sqrt();
     for (name, p) in &w.modules {
         let bound_a = 1.0 / (p.in_features as f32).sqrt();
@@ -642,6 +642,6 @@ fn lora_random_init_as_nn_linear() {
     }
     // Deterministic per seed.
     let mut again = lora_weights(r);
-    init_lora(&mut again, InitLoraWeights::Random, &mut Rng::new(3));
+    init_lora(&mut again, InitLoraWeights::Random, &mut Rng::new(3)).unwrap();
     assert_eq!(again, w);
 }

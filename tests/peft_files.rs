@@ -254,7 +254,7 @@ fn other_unsupported_options_are_errors() {
         ("bias", Value::from("all")),
         ("fan_in_fan_out", Value::from(true)),
         ("modules_to_save", serde_json::json!(["lm_head"])),
-        ("init_lora_weights", Value::from("pissa")),
+        ("init_lora_weights", Value::from("eva")),
     ] {
         let r = edited(LORA, |m| {
             m.insert(key.into(), value);

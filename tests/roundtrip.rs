@@ -83,11 +83,6 @@ fn adalora_after_an_allocation(gpu: &Gpu, model: &Model) -> Adapter {
     Adapter::AdaLora(adapter)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn saved_adapters_match_the_files_the_hugging_face_stack_checked() {
     let gpu = gpu();
@@ -128,7 +123,7 @@ fn saved_adapters_match_the_files_the_hugging_face_stack_checked() {
             let checked = &check["adapters"][name]["sha256"][file];
             assert_eq!(
                 checked.as_str(),
-                Some(sha256_hex(bytes).as_str()),
+                Some(common::sha256_hex(bytes).as_str()),
                 "{name}/{file}: not the file Python checked"
             );
         }

@@ -31,8 +31,16 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
     let mut peaks = std::collections::HashMap::new();
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
-            (QuantFormat::F32, "lora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false }),
-            (QuantFormat::Nf4, "dora", PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: true }),
+            (
+                QuantFormat::F32,
+                "lora",
+                PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false, adjusts_base: false },
+            ),
+            (
+                QuantFormat::Nf4,
+                "dora",
+                PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: true, adjusts_base: false },
+            ),
             (QuantFormat::Nf4, "adalora", PlanAdapter::AdaLora { r: 16, targets: all.clone(), dropout: false }),
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),

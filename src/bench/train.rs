@@ -82,6 +82,7 @@ pub fn llama_1b_plan_input() -> PlanInput {
             targets: crate::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect(),
             dropout: false,
             dora: false,
+            adjusts_base: false,
         },
         batch: 1,
         seq: 512,

@@ -254,6 +254,10 @@ impl Adapter {
                 "Adapter::new",
                 "DoRA's magnitudes start from the model's weights: use Adapter::new_for_model",
             )),
+            AdapterConfig::Lora(c) if c.init_lora_weights.adjusts_base() => Err(Error::invalid(
+                "Adapter::new",
+                "PiSSA, OLoRA and LoftQ start from the model's weights and change them: use Adapter::new_adjusting_base",
+            )),
             AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
             AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
             AdapterConfig::Ia3(c) => Adapter::new_ia3(gpu, c, model, seed),
@@ -305,23 +309,32 @@ impl Adapter {
     /// start at zero here: they start from the weights, which
     /// [`Adapter::new_for_model`] has ([`LoraAdapter::init_magnitudes`]).
     pub fn new_lora(gpu: &Gpu, config: LoraConfig, model: &Config, seed: u64) -> Result<Adapter> {
-        config.validate()?;
-        let mut weights = LoraWeights::zeros(&config, model)?;
-        // A rank above a layer's smaller side adds parameters and no capacity.
-        if let Some((name, p)) = weights.modules.iter().find(|(_, p)| config.r > p.in_features.min(p.out_features)) {
-            return Err(Error::AdapterConfig {
-                field: "r".into(),
-                detail: format!(
-                    "r = {} is larger than {name} ({} × {}): B·A cannot have a rank above {}",
-                    config.r,
-                    p.out_features,
-                    p.in_features,
-                    p.in_features.min(p.out_features)
-                ),
-            });
-        }
-        init_lora(&mut weights, config.init_lora_weights, &mut Rng::new(seed));
+        let mut weights = fresh_lora_weights(&config, model)?;
+        init_lora(&mut weights, config.init_lora_weights, &mut Rng::new(seed))?;
         Ok(Adapter::Lora(LoraAdapter::upload(gpu, config, &weights, model)?))
+    }
+
+    /// [`Adapter::new_for_model`], and for a LoRA whose `init_lora_weights`
+    /// starts from the base weights (PiSSA, OLoRA, LoftQ) the adapter PEFT
+    /// makes, with `model`'s adapted weights replaced as PEFT replaces them
+    /// ([`crate::peft::lora::base_init`]; `files`: the model's files, read
+    /// again on a quantized base).
+    pub async fn new_adjusting_base<F: ModelFiles>(
+        gpu: &Gpu,
+        config: AdapterConfig,
+        model: &mut crate::model::Model,
+        files: Option<&F>,
+        tokenizer: Option<&crate::model::tokenizer::Tokenizer>,
+        seed: u64,
+    ) -> Result<Adapter> {
+        match config {
+            AdapterConfig::Lora(c) if c.init_lora_weights.adjusts_base() => {
+                let weights = fresh_lora_weights(&c, &model.config)?;
+                let lora = crate::peft::lora::base_init::init_from_base(gpu, model, files, c, weights, seed).await?;
+                Ok(Adapter::Lora(lora))
+            }
+            c => Adapter::new_for_model(gpu, c, model, tokenizer, seed),
+        }
     }
 
     /// A fresh bottleneck adapter for `model`, initialised as AdapterHub does
@@ -376,9 +389,9 @@ impl Adapter {
     pub async fn to_files(&self, gpu: &Gpu, model: &Config) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(match self {
             Adapter::Lora(l) => {
-                let weights = l.download(gpu).await?;
+                let (config, weights) = l.export(gpu).await?;
                 vec![
-                    (ADAPTER_CONFIG_FILE.to_string(), l.config.to_json().into_bytes()),
+                    (ADAPTER_CONFIG_FILE.to_string(), config.to_json().into_bytes()),
                     (ADAPTER_WEIGHTS_FILE.to_string(), weights.to_safetensors_bytes()?),
                 ]
             }
@@ -459,6 +472,26 @@ impl Adapter {
         rec.submit()?;
         Ok(fresh)
     }
+}
+
+/// Zero factors of every module `config` adapts in `model`, checked: a rank
+/// above a layer's smaller side adds parameters and no capacity.
+fn fresh_lora_weights(config: &LoraConfig, model: &Config) -> Result<LoraWeights> {
+    config.validate()?;
+    let weights = LoraWeights::zeros(config, model)?;
+    if let Some((name, p)) = weights.modules.iter().find(|(_, p)| config.r > p.in_features.min(p.out_features)) {
+        return Err(Error::AdapterConfig {
+            field: "r".into(),
+            detail: format!(
+                "r = {} is larger than {name} ({} × {}): B·A cannot have a rank above {}",
+                config.r,
+                p.out_features,
+                p.in_features,
+                p.in_features.min(p.out_features)
+            ),
+        });
+    }
+    Ok(weights)
 }
 
 /// `peft_type` in a PEFT folder's `adapter_config.json`, when it is there

@@ -37,9 +37,11 @@ pub struct PlanInput {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlanAdapter {
     /// r, the projection names adapted in every layer, whether LoRA
-    /// dropout is on (each Linear then keeps its own dropped input), and
-    /// DoRA (a magnitude per output row; each Linear keeps an (M, out) term).
-    Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool },
+    /// dropout is on (each Linear then keeps its own dropped input), DoRA (a
+    /// magnitude per output row; each Linear keeps an (M, out) term), and
+    /// whether the init replaces the base weights (PiSSA, OLoRA, LoftQ: see
+    /// [`MemoryPlan::init_bytes`]).
+    Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool, adjusts_base: bool },
     /// AdaLoRA at `init_r` = r: LoRA's shape plus E (r per module), A∘E kept
     /// per module for the backward, and the rank allocator's two EMAs.
     AdaLora { r: usize, targets: Vec<String>, dropout: bool },
@@ -68,6 +70,13 @@ pub struct MemoryPlan {
     pub optimizer_bytes: u64,
     pub activation_bytes: u64,
     pub total_bytes: u64,
+    /// The transient GPU bytes of an init that replaces base weights (PiSSA,
+    /// OLoRA, LoftQ), before training: while one Linear is replaced, its new
+    /// weight and the f32 rows it is uploaded from are alive beside the old
+    /// one (the float copy and the decomposition live on the CPU). 0 for
+    /// other adapters; at most `total_bytes`'s training peak on the models
+    /// webpeft targets, and counted in `total_bytes` when it is not.
+    pub init_bytes: u64,
     /// The largest buffer that cannot be split (a chunk of logits, the MLP's
     /// activations).
     pub largest_buffer_bytes: u64,
@@ -256,12 +265,25 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     // MLP's (M, I) and the attention's (M, H·hd) activations. Weights are
     // split by rows to the binding limit already.
     let largest = (logits.max(v) * 4).max(m * i * 4).max(m * q * 4);
+    let init_bytes = match &input.adapter {
+        PlanAdapter::Lora { targets, adjusts_base: true, .. } => targets
+            .iter()
+            .map(|t| {
+                let (out, inp) = proj_shape(config, t);
+                (input.quant.storage_for(inp).bytes_for(out, inp) + QuantFormat::F32.bytes_for(out, inp)) as u64
+            })
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let training = weight + adapter_bytes + optimizer_bytes + activation_bytes;
     MemoryPlan {
         weight_bytes: weight,
         adapter_bytes,
         optimizer_bytes,
         activation_bytes,
-        total_bytes: weight + adapter_bytes + optimizer_bytes + activation_bytes,
+        init_bytes,
+        total_bytes: training.max(weight + adapter_bytes + init_bytes),
         largest_buffer_bytes: largest,
         binding_limit_bytes: binding_limit,
         fits: largest <= binding_limit,

@@ -395,6 +395,23 @@ impl AdapterRecipe {
         crate::peft::adapter::Adapter::new_for_model(gpu, config, model, tokenizer, seed)
     }
 
+    /// [`build`](Self::build), and for a LoRA whose init starts from the base
+    /// weights (PiSSA, OLoRA, LoftQ) the adapter with `model`'s adapted
+    /// weights replaced as PEFT replaces them (`files`: the model's files,
+    /// read again for the float weights of a quantized base).
+    pub async fn build_adjusting_base<F: crate::model::ModelFiles>(
+        &self,
+        gpu: &crate::Gpu,
+        model: &mut crate::model::Model,
+        files: Option<&F>,
+        tokenizer: Option<&Tokenizer>,
+        model_name: Option<String>,
+        seed: u64,
+    ) -> Result<crate::peft::adapter::Adapter> {
+        let config = self.config(&model.config, model_name)?;
+        crate::peft::adapter::Adapter::new_adjusting_base(gpu, config, model, files, tokenizer, seed).await
+    }
+
     /// What the memory planner needs to know of this adapter on `model`.
     pub fn plan_adapter(&self, model: &Config) -> Result<PlanAdapter> {
         if let AdapterRecipe::AdaLora(o) = self {
@@ -412,7 +429,13 @@ impl AdapterRecipe {
                     TargetModules::List(l) => l,
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
-                PlanAdapter::Lora { r: c.r, targets, dropout: c.lora_dropout > 0.0, dora: c.use_dora }
+                PlanAdapter::Lora {
+                    r: c.r,
+                    targets,
+                    dropout: c.lora_dropout > 0.0,
+                    dora: c.use_dora,
+                    adjusts_base: c.init_lora_weights.adjusts_base(),
+                }
             }
             AdapterConfig::Ia3(c) => {
                 let layer0 = c.modules(model)?.into_iter().filter(|m| m.layer == 0);

@@ -2,4 +2,5 @@
 
 pub mod clock;
 pub(crate) mod json;
+pub mod linalg;
 pub mod rng;

@@ -253,6 +253,13 @@ impl LoraOptions {
             None => l.init,
             Some("kaiming") => InitLoraWeights::Kaiming,
             Some("gaussian") => InitLoraWeights::Gaussian,
+            // Several adapters share the page's one base, which these replace.
+            Some(other) if InitLoraWeights::from_name(other, 1).is_ok_and(InitLoraWeights::adjusts_base) => {
+                return Err(bad(
+                    "init",
+                    format!("{other:?} replaces the base weights, which the page's adapters share: not in the browser yet (the CLI's --init-lora-weights has it)"),
+                ))
+            }
             Some(other) => return Err(bad("init", format!("must be \"kaiming\" or \"gaussian\", got {other:?}"))),
         };
         l.layers_to_transform = self.layers_to_transform.clone();

@@ -403,3 +403,9 @@ pub fn check_logits_training_and_greedy(
     check_peft_training(gpu, model, fresh, fx, &|ad| adapter_values(gpu, ad));
     check_greedy_and_cache(gpu, model, &ad, fx, before);
 }
+
+/// The sha256 of `bytes` in hex (as Python's `hashlib.sha256(…).hexdigest()`).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -10,7 +10,7 @@ use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
-use webpeft::peft::TargetModules;
+use webpeft::peft::{InitLoraWeights, TargetModules};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset};
@@ -96,6 +96,14 @@ pub struct TrainArgs {
     /// DoRA: LoRA with a trained magnitude per output row (PEFT's use_dora).
     #[arg(long)]
     pub use_dora: bool,
+    /// LoRA's init_lora_weights: kaiming (PEFT's true), gaussian, pissa, pissa_niter_K, olora or
+    /// loftq (NF4); pissa/olora/loftq replace the adapted base weights, and a pissa/olora adapter is
+    /// saved converted to a rank-2r LoRA of the original model [default: kaiming, as PEFT].
+    #[arg(long)]
+    pub init_lora_weights: Option<String>,
+    /// LoftQ's alternating quantize/SVD iterations (loftq_config.loftq_iter) [default: 1, as PEFT].
+    #[arg(long)]
+    pub loftq_iter: Option<usize>,
     /// Bottleneck width = hidden_size / this [default: AdapterHub's preset].
     #[arg(long)]
     pub reduction_factor: Option<f64>,
@@ -316,6 +324,9 @@ fn flag_error(e: webpeft::Error) -> String {
         "prompt_tuning_init_text" => "--prompt-init-text",
         "reduction_factor" => "--reduction-factor",
         "non_linearity" => "--non-linearity",
+        "init_lora_weights" => "--init-lora-weights",
+        "use_dora" => "--use-dora",
+        "loftq_config.loftq_iter" => "--loftq-iter",
         _ => return e.to_string(),
     };
     format!("{flag}: {detail}")
@@ -330,8 +341,10 @@ fn model_name(dir: &Path) -> Option<String> {
 impl TrainArgs {
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 20] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 22] {
         [
+            ("--init-lora-weights", self.init_lora_weights.is_some(), &["lora"]),
+            ("--loftq-iter", self.loftq_iter.is_some(), &["lora"]),
             ("--r", self.r.is_some(), &["lora"]),
             ("--alpha", self.alpha.is_some(), &["lora", "adalora"]),
             ("--rslora", self.rslora, &["lora"]),
@@ -403,6 +416,16 @@ impl TrainArgs {
                 }
                 l.use_rslora = self.rslora;
                 l.use_dora = self.use_dora;
+                l.init = match self.init_lora_weights.as_deref() {
+                    Some(name) => InitLoraWeights::from_name(name, self.loftq_iter.unwrap_or(1)).map_err(flag_error)?,
+                    None => l.init,
+                };
+                if self.loftq_iter.is_some() && !matches!(l.init, InitLoraWeights::Loftq { .. }) {
+                    return Err("--loftq-iter: only with --init-lora-weights loftq".into());
+                }
+                if self.loftq_iter == Some(0) {
+                    return Err("--loftq-iter: must be at least 1, got 0".into());
+                }
             }
             AdapterRecipe::AdaLora(a) => {
                 a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
@@ -475,17 +498,21 @@ impl TrainArgs {
         Ok(t)
     }
 
-    /// A fresh adapter from the command line's options, for a run of `total_steps`.
-    fn new_adapter(
+    /// A fresh adapter from the command line's options, for a run of
+    /// `total_steps` (PiSSA, OLoRA and LoftQ replace `model`'s adapted
+    /// weights, read again from `files` on a quantized base).
+    async fn new_adapter(
         &self,
         gpu: &Gpu,
-        model: &Model,
+        model: &mut Model,
+        files: &DirFiles,
         tokenizer: &Tokenizer,
         total_steps: u64,
     ) -> Result<Adapter, String> {
         self.adapter_recipe()?
             .for_run(total_steps)
-            .build(gpu, model, Some(tokenizer), model_name(&self.model), self.seed)
+            .build_adjusting_base(gpu, model, Some(files), Some(tokenizer), model_name(&self.model), self.seed)
+            .await
             .map_err(flag_error)
     }
 
@@ -615,11 +642,20 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         None => None,
     };
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
-    let model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
+    let mut model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
     let (trainer, progress) = match (&a.resume, &checkpoint) {
         (Some(dir), Some(bytes)) => {
             let (trainer, progress) =
                 load_checkpoint(&gpu, bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            if let Adapter::Lora(l) = &trainer.adapter {
+                if l.config.init_lora_weights.adjusts_base() {
+                    return Err(format!(
+                        "--resume {}: the run trains on the base PiSSA/OLoRA/LoftQ replaced, which a checkpoint does not hold; resuming it is not supported",
+                        dir.display()
+                    )
+                    .into());
+                }
+            }
             (trainer, Some(progress))
         }
         _ => {
@@ -627,7 +663,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                 Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
                 None => {
                     let total = recipe.run_config().total_steps(dataset.batches_per_epoch())?;
-                    a.new_adapter(&gpu, &model, &tokenizer, total)?
+                    a.new_adapter(&gpu, &mut model, &files, &tokenizer, total).await?
                 }
             };
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)

@@ -4,6 +4,7 @@
 //! [`LoraAdapter::tensors`] pairs a parameter with its gradient and moments.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::config::LORA_MODULES;
 use super::file::{LoraPair, LoraWeights};
@@ -25,6 +26,10 @@ pub struct LoraAdapter {
     pub config: LoraConfig,
     /// `model.layers[i]`'s factors.
     pub layers: Vec<LoraLayer>,
+    /// PiSSA's and OLoRA's initial factors A₀, B₀: the adapter is saved
+    /// converted to a LoRA on the original base (see [`super::convert`]).
+    /// `None` for every other adapter.
+    pub initial: Option<Arc<LoraWeights>>,
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -68,7 +73,7 @@ impl LoraAdapter {
             }
             layers[layer][proj] = Some(LoraFactors { a, b, m });
         }
-        Ok(LoraAdapter { config, layers })
+        Ok(LoraAdapter { config, layers, initial: None })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -111,7 +116,7 @@ impl LoraAdapter {
                 Ok(out)
             })
             .collect::<Result<_>>()?;
-        Ok(LoraAdapter { config: self.config.clone(), layers })
+        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None })
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in

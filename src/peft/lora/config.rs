@@ -43,6 +43,103 @@ pub enum InitLoraWeights {
     Gaussian,
     /// `false`: random A and B (PEFT: the layer's own init; a no-op adapter is not guaranteed).
     Random,
+    /// `"pissa"`: A and B from W's top-r singular triplets, W replaced by the
+    /// residual (see [`super::init_weight`]).
+    Pissa,
+    /// `"pissa_niter_K"`: PiSSA from a randomized SVD with K subspace
+    /// iterations (`torch.svd_lowrank(W, r, niter=K)`).
+    PissaNiter(usize),
+    /// `"olora"`: A and B from W's QR factors, W replaced by the residual.
+    Olora,
+    /// `"loftq"` with `loftq_config` {loftq_bits: 4, loftq_iter}: W replaced
+    /// by NF4(W − B·A), A and B by the SVD of what NF4 lost, alternated
+    /// `loftq_iter` times.
+    Loftq { iter: usize },
+}
+
+impl InitLoraWeights {
+    /// Whether the init reads the base weight and replaces it (PiSSA, OLoRA, LoftQ).
+    pub fn adjusts_base(self) -> bool {
+        matches!(
+            self,
+            InitLoraWeights::Pissa
+                | InitLoraWeights::PissaNiter(_)
+                | InitLoraWeights::Olora
+                | InitLoraWeights::Loftq { .. }
+        )
+    }
+
+    /// Whether a trained adapter is saved converted to a rank-2r LoRA on the
+    /// original base (PiSSA, OLoRA: PEFT's `path_initial_model_for_weight_conversion`).
+    pub fn converts_on_save(self) -> bool {
+        matches!(self, InitLoraWeights::Pissa | InitLoraWeights::PissaNiter(_) | InitLoraWeights::Olora)
+    }
+
+    /// The value as `adapter_config.json` spells it.
+    pub fn to_value(self) -> Value {
+        match self {
+            InitLoraWeights::Kaiming => json!(true),
+            InitLoraWeights::Random => json!(false),
+            InitLoraWeights::Gaussian => json!("gaussian"),
+            InitLoraWeights::Pissa => json!("pissa"),
+            InitLoraWeights::PissaNiter(k) => json!(format!("pissa_niter_{k}")),
+            InitLoraWeights::Olora => json!("olora"),
+            InitLoraWeights::Loftq { .. } => json!("loftq"),
+        }
+    }
+
+    /// Parses a name as the CLI and the browser take it ("kaiming" for
+    /// `true`, "random" for `false`, else `adapter_config.json`'s string);
+    /// LoftQ with `loftq_iter` iterations.
+    pub fn from_name(name: &str, loftq_iter: usize) -> Result<InitLoraWeights> {
+        match name {
+            "kaiming" | "true" => Ok(InitLoraWeights::Kaiming),
+            "random" | "false" => Ok(InitLoraWeights::Random),
+            "loftq" => Ok(InitLoraWeights::Loftq { iter: loftq_iter }),
+            other => parse_init_name(other),
+        }
+    }
+}
+
+/// The string values of `init_lora_weights` but "loftq" (which needs its config).
+fn parse_init_name(s: &str) -> Result<InitLoraWeights> {
+    match s {
+        "gaussian" => Ok(InitLoraWeights::Gaussian),
+        "pissa" => Ok(InitLoraWeights::Pissa),
+        "olora" => Ok(InitLoraWeights::Olora),
+        _ => match s.strip_prefix("pissa_niter_").map(str::parse::<usize>) {
+            Some(Ok(k)) => Ok(InitLoraWeights::PissaNiter(k)),
+            Some(Err(_)) => Err(err("init_lora_weights", format!("\"{s}\": expected pissa_niter_<number of iterations>"))),
+            None => Err(unsupported(
+                "init_lora_weights",
+                format!("\"{s}\": webpeft implements true, false, \"gaussian\", \"pissa\", \"pissa_niter_[K]\", \"olora\" and \"loftq\""),
+            )),
+        },
+    }
+}
+
+/// `loftq_config` for `init_lora_weights: "loftq"`: PEFT's LoftQConfig
+/// (loftq_bits 4, loftq_iter 1 by default); webpeft does the 4-bit (NF4) one.
+fn parse_loftq(f: &Fields) -> Result<InitLoraWeights> {
+    let cfg = match f.get("loftq_config") {
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        _ => {
+            return Err(err(
+                "loftq_config",
+                "must be given when init_lora_weights is \"loftq\" (PEFT: {\"loftq_bits\": 4, \"loftq_iter\": 1})",
+            ))
+        }
+    };
+    let g = Fields::of(cfg, "loftq_config.", err);
+    match g.opt_usize("loftq_bits")?.unwrap_or(4) {
+        4 => {}
+        bits => return Err(unsupported("loftq_config.loftq_bits", format!("{bits}: only 4 (NF4) is supported"))),
+    }
+    let iter = g.opt_usize("loftq_iter")?.unwrap_or(1);
+    if iter == 0 {
+        return Err(err("loftq_config.loftq_iter", "must be at least 1, got 0"));
+    }
+    Ok(InitLoraWeights::Loftq { iter })
 }
 
 /// A validated PEFT LoRA configuration.
@@ -106,6 +203,12 @@ impl LoraConfig {
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(err("lora_dropout", format!("must be in [0, 1), got {}", self.lora_dropout)));
+        }
+        if self.use_dora && self.init_lora_weights.adjusts_base() {
+            return Err(unsupported(
+                "use_dora",
+                format!("DoRA with init_lora_weights {} is not supported", self.init_lora_weights.to_value()),
+            ));
         }
         if let TargetModules::List(l) = &self.target_modules {
             if l.is_empty() {
@@ -194,13 +297,9 @@ impl LoraConfig {
         let init_lora_weights = match f.get("init_lora_weights") {
             None | Some(Value::Bool(true)) => InitLoraWeights::Kaiming,
             Some(Value::Bool(false)) => InitLoraWeights::Random,
-            Some(Value::String(s)) if s == "gaussian" => InitLoraWeights::Gaussian,
-            Some(v) => {
-                return Err(unsupported(
-                    "init_lora_weights",
-                    format!("{}: only true, false and \"gaussian\" are supported", brief(v)),
-                ))
-            }
+            Some(Value::String(s)) if s == "loftq" => parse_loftq(&f)?,
+            Some(Value::String(s)) => parse_init_name(s)?,
+            Some(v) => return Err(f.wrong("init_lora_weights", "true, false or an initialisation's name", v)),
         };
         let layers_to_transform = match f.get("layers_to_transform") {
             None => None,
@@ -270,10 +369,10 @@ impl LoraConfig {
             TargetModules::AllLinear => json!("all-linear"),
             TargetModules::Regex(s) => json!(s),
         };
-        let init = match self.init_lora_weights {
-            InitLoraWeights::Kaiming => json!(true),
-            InitLoraWeights::Gaussian => json!("gaussian"),
-            InitLoraWeights::Random => json!(false),
+        let init = self.init_lora_weights.to_value();
+        let loftq_config = match self.init_lora_weights {
+            InitLoraWeights::Loftq { iter } => json!({"loftq_bits": 4, "loftq_iter": iter}),
+            _ => json!({}),
         };
         // serde_json's Map is a BTreeMap here (no preserve_order): keys come out sorted.
         json!({
@@ -294,7 +393,7 @@ impl LoraConfig {
             "layer_replication": null,
             "layers_pattern": null,
             "layers_to_transform": self.layers_to_transform,
-            "loftq_config": {},
+            "loftq_config": loftq_config,
             "lora_alpha": num(self.lora_alpha),
             "lora_bias": false,
             "lora_dropout": self.lora_dropout,

@@ -14,21 +14,31 @@
 use super::{InitLoraWeights, LoraWeights};
 use crate::peft::torch_init::kaiming_uniform_sqrt5;
 use crate::util::rng::Rng;
+use crate::{Error, Result};
 
 /// Fills every module's A and B of `weights` as PEFT's `reset_lora_parameters`
-/// with `init`, module by module in name order, A before B.
-pub fn init_lora(weights: &mut LoraWeights, init: InitLoraWeights, rng: &mut Rng) {
+/// with `init`, module by module in name order, A before B. PiSSA, OLoRA and
+/// LoftQ start from the base weights instead
+/// ([`base_init`](super::base_init)): an error here.
+pub fn init_lora(weights: &mut LoraWeights, init: InitLoraWeights, rng: &mut Rng) -> Result<()> {
+    if init.adjusts_base() {
+        return Err(Error::invalid(
+            "init_lora",
+            format!("init_lora_weights {} starts from the base weights (peft::lora::base_init)", init.to_value()),
+        ));
+    }
     let r = weights.r;
     for pair in weights.modules.values_mut() {
         let (n_a, n_b) = (r * pair.in_features, pair.out_features * r);
         pair.a = match init {
-            InitLoraWeights::Kaiming | InitLoraWeights::Random => kaiming_uniform_sqrt5(n_a, pair.in_features, rng),
             InitLoraWeights::Gaussian => rng.normal_vec(n_a, (1.0 / r.max(1) as f64) as f32),
+            _ => kaiming_uniform_sqrt5(n_a, pair.in_features, rng),
         };
         pair.b = match init {
-            InitLoraWeights::Kaiming | InitLoraWeights::Gaussian => vec![0.0; n_b],
             // lora_B is nn.Linear(r, out, bias=False): fan_in = r.
             InitLoraWeights::Random => kaiming_uniform_sqrt5(n_b, r, rng),
+            _ => vec![0.0; n_b],
         };
     }
+    Ok(())
 }

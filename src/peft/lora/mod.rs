@@ -4,6 +4,9 @@
 //! - [`config`]: `adapter_config.json` ([`LoraConfig`]);
 //! - [`file`](mod@file): `adapter_model.safetensors` ([`LoraWeights`]);
 //! - [`init`]: PEFT's initialisations of A and B;
+//! - [`init_weight`], [`base_init`]: PiSSA, OLoRA and LoftQ, which start from
+//!   the base weight and replace it;
+//! - [`convert`]: PiSSA/OLoRA adapters saved as a LoRA on the original base;
 //! - [`layer`]: one adapted Linear's forward and backward on the GPU;
 //! - [`adapter`]: every layer's factors on the GPU ([`LoraAdapter`]);
 //! - [`dora`]: DoRA's variant of the layer (`use_dora`, a magnitude per Linear);
@@ -11,11 +14,14 @@
 //! - [`merge`]: folding B·A into W and back.
 
 pub mod adapter;
+pub mod base_init;
 pub mod config;
+pub mod convert;
 pub mod dora;
 pub mod file;
 pub mod hooks;
 pub mod init;
+pub mod init_weight;
 pub mod layer;
 pub mod merge;
 
