@@ -175,3 +175,52 @@ fn lora_adapter_matches_convert_lora_to_gguf() {
         compare(&name, &out, case);
     }
 }
+
+fn gguf_error(e: Error) -> String {
+    match e {
+        Error::GgufExport { what, detail } => format!("{what}: {detail}"),
+        other => panic!("expected Error::GgufExport, got {other}"),
+    }
+}
+
+#[test]
+fn what_llama_cpp_cannot_take_is_a_typed_error() {
+    let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
+    let opts = |ty| GgufOptions { ty, name: "x".into(), tokenizer_pre: None };
+    let lora_only = |dir: &str| {
+        let adapter = DirFiles::new(fixtures().join(dir)).unwrap();
+        gguf_error(pollster::block_on(export_lora(&base, &adapter, &opts(GgmlType::F32), Vec::new())).unwrap_err())
+    };
+    // DoRA: llama.cpp's adapters have no magnitude vector; (IA)^3 is not LoRA.
+    assert!(lora_only("dora/llama_gqa/final_adapter").contains("DoRA"));
+    assert!(lora_only("ia3/llama_gqa/final_adapter").contains("peft_type \"IA3\""));
+    // The fixture tokenizer's pre-tokenizer hash is not in llama.cpp's table: refused unless named.
+    let e = gguf_error(
+        pollster::block_on(export_model::<_, DirFiles, _>(&base, None, &opts(GgmlType::F16), Vec::new())).unwrap_err(),
+    );
+    assert!(e.contains("chkhsh 9441b621"), "{e}");
+    // A model is f16 or q8_0.
+    let e = gguf_error(
+        pollster::block_on(export_model::<_, DirFiles, _>(&base, None, &opts(GgmlType::F32), Vec::new())).unwrap_err(),
+    );
+    assert!(e.contains("f16 or q8_0"), "{e}");
+    // An architecture llama.cpp's converter maps elsewhere (or not at all).
+    let mut files = MemoryFiles::new();
+    for f in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        files.insert(f, std::fs::read(fixtures().join("llama_gqa").join(f)).unwrap());
+    }
+    let mut config: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("llama_gqa/config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["LlamaForSequenceClassification"]);
+    files.insert("config.json", serde_json::to_vec(&config).unwrap());
+    let e = gguf_error(
+        pollster::block_on(export_model::<_, DirFiles, _>(&files, None, &opts(GgmlType::F16), Vec::new())).unwrap_err(),
+    );
+    assert!(e.contains("LlamaForSequenceClassification"), "{e}");
+}
