@@ -104,6 +104,11 @@ pub enum Error {
     )]
     NonFinite { step: u64, what: &'static str, value: f32 },
 
+    /// A model, adapter or option the GGUF export (llama.cpp) cannot take:
+    /// `what` names the file or feature.
+    #[error("GGUF export: {what}: {detail}")]
+    GgufExport { what: String, detail: String },
+
     /// The operating system failed to read a file.
     #[error("{file}: {source}")]
     Io {

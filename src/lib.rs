@@ -9,6 +9,7 @@
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
 pub mod error;
+pub mod export;
 pub mod gpu;
 pub mod kernels;
 pub mod model;

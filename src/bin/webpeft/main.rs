@@ -18,6 +18,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod export_gguf;
 mod generate;
 mod info;
 mod logits;
@@ -122,6 +123,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The model (base + LoRA folded in), or with --lora-only the adapter alone, as a GGUF file for llama.cpp.
+    ExportGguf {
+        /// The Hugging Face model folder (with --lora-only only its config.json is read).
+        #[arg(long)]
+        model: PathBuf,
+        /// A PEFT LoRA folder: folded into the weights, or exported alone with --lora-only.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Weight type: f16 or q8_0 (with --lora-only also f32, the converter's default).
+        #[arg(long = "type", default_value = "f16")]
+        ty: String,
+        /// Write the LoRA adapter alone (llama.cpp applies it with --lora).
+        #[arg(long)]
+        lora_only: bool,
+        /// general.name (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// tokenizer.ggml.pre for a tokenizer llama.cpp's table does not know (llama-bpe, qwen2, smollm, …).
+        #[arg(long)]
+        tokenizer_pre: Option<String>,
+        /// The .gguf file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Describe a Hugging Face model folder: architecture, parameters, bytes per weight format.
     Info {
         /// The model folder (config.json and safetensors).
@@ -192,6 +217,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Merge { model, adapter, out } => merge::merge(&model, &adapter, &out).await?,
+        Command::ExportGguf { model, adapter, ty, lora_only, name, tokenizer_pre, out } => {
+            export_gguf::export_gguf(&model, adapter.as_deref(), &ty, lora_only, name, tokenizer_pre, &out).await?
+        }
         Command::Bench(args) => bench::run(args).await?,
     }
     Ok(())

@@ -1,0 +1,331 @@
+//! The merged model as llama.cpp's `convert_hf_to_gguf.py` writes it: the
+//! `general.*` fields, the architecture's hyperparameters, the tokenizer
+//! ([`super::vocab`]), then every checkpoint tensor in checkpoint order
+//! (shards by name, each in data order) under its llama.cpp name, after a
+//! llama3 model's `rope_freqs.weight`.
+
+use std::io::Write;
+
+use serde_json::Value as Json;
+
+use super::names::{gguf_name, llama3_rope_factors, permute_heads, permute_rows};
+use super::vocab::{tokenizer_kv, VocabFiles};
+use super::writer::{GgmlType, GgufWriter, TensorInfo, Value};
+use super::{encode, file_type, ne_of, size_label, tensor_type, unsupported, QUANTIZATION_VERSION};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{ByteSource, Checkpoint, Config, ModelFiles};
+use crate::peft::lora::{LoraConfig, LoraWeights};
+use crate::Result;
+
+/// What the export writes besides the weights.
+#[derive(Debug, Clone)]
+pub struct GgufOptions {
+    /// The 2-D weights' type: F16 or Q8_0 for a model (F32 too for an adapter).
+    pub ty: GgmlType,
+    /// `general.name` (the converter's `--model-name`; its default is a
+    /// heuristic on the folder name).
+    pub name: String,
+    /// `tokenizer.ggml.pre` when llama.cpp's table does not know the
+    /// tokenizer's hash.
+    pub tokenizer_pre: Option<String>,
+}
+
+/// The llama.cpp architecture of a config.json (`architectures[0]`), and
+/// whether its q/k rows are permuted.
+pub(crate) fn architecture(config: &Json) -> Result<(&'static str, bool)> {
+    let arch = config.get("architectures").and_then(|a| a.get(0)).and_then(Json::as_str).unwrap_or("");
+    match arch {
+        "LlamaForCausalLM" | "MistralForCausalLM" => Ok(("llama", true)),
+        "Qwen2ForCausalLM" => Ok(("qwen2", false)),
+        _ => Err(unsupported(
+            "config.json",
+            format!(
+                "architecture {arch:?}: the export knows LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+            ),
+        )),
+    }
+}
+
+async fn read_json<F: ModelFiles>(files: &F, name: &str) -> Result<Option<Json>> {
+    let Some(source) = files.try_open(name).await? else { return Ok(None) };
+    let bytes = source.read_all().await?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| crate::Error::File { file: name.into(), detail: format!("invalid JSON: {e}") })
+}
+
+/// A base LoRA adapter to fold in: only plain LoRA (PEFT `LORA`, no DoRA).
+pub(crate) async fn read_lora<A: ModelFiles>(
+    adapter: &A,
+    config: &Config,
+    merging: bool,
+) -> Result<(LoraConfig, LoraWeights)> {
+    let raw = read_json(adapter, "adapter_config.json")
+        .await?
+        .ok_or_else(|| unsupported(adapter.location(), "no adapter_config.json"))?;
+    let peft_type = raw.get("peft_type").and_then(Json::as_str).unwrap_or("");
+    if peft_type != "LORA" {
+        let hint = if merging { "; fold it in with `webpeft merge` first and export the merged folder" } else { "" };
+        return Err(unsupported(
+            "adapter_config.json",
+            format!("peft_type {peft_type:?}: GGUF adapters are LoRA only{hint}"),
+        ));
+    }
+    let lora = LoraConfig::from_value(&raw)?;
+    if lora.use_dora {
+        let detail = if merging {
+            "DoRA (use_dora): fold it in with `webpeft merge` first and export the merged folder"
+        } else {
+            "DoRA (use_dora): llama.cpp's LoRA adapters have no magnitude vector"
+        };
+        return Err(unsupported("adapter_config.json", detail));
+    }
+    let weights = LoraWeights::load(adapter, &lora, config).await?;
+    Ok((lora, weights))
+}
+
+fn f32_of(v: Option<&Json>) -> Option<f32> {
+    v.and_then(Json::as_f64).map(|x| x as f32)
+}
+
+/// `TextModel.set_gguf_parameters` (+ `LlamaModel`'s additions) for the
+/// fields a Llama-family config has.
+fn hyperparameters(arch: &str, c: &Json, ty: GgmlType) -> Result<Vec<(String, Value)>> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| c.get(k).and_then(Json::as_u64).map(|v| Value::U32(v as u32));
+    let mut kv = Vec::new();
+    let mut push = |k: String, v: Option<Value>| {
+        if let Some(v) = v {
+            kv.push((k, v));
+        }
+    };
+    push(key("block_count"), u("num_hidden_layers"));
+    push(key("context_length"), u("max_position_embeddings"));
+    push(key("embedding_length"), u("hidden_size"));
+    push(key("feed_forward_length"), u("intermediate_size"));
+    push(key("attention.head_count"), u("num_attention_heads"));
+    push(key("attention.head_count_kv"), u("num_key_value_heads"));
+    let scaling = c.get("rope_parameters").or(c.get("rope_scaling")).filter(|v| !v.is_null());
+    let rope_type = scaling.and_then(|s| s.get("rope_type").or(s.get("type"))).and_then(Json::as_str);
+    match rope_type {
+        None | Some("default") => {}
+        Some("llama3") => {} // rope_freqs.weight
+        Some("linear") => {
+            let factor = f32_of(scaling.and_then(|s| s.get("factor")))
+                .ok_or_else(|| unsupported("config.json", "linear rope_scaling without a factor"))?;
+            push(key("rope.scaling.type"), Some(Value::Str("linear".into())));
+            push(key("rope.scaling.factor"), Some(Value::F32(factor)));
+        }
+        Some(other) => return Err(unsupported("config.json", format!("rope_scaling type {other:?}"))),
+    }
+    let theta = scaling.and_then(|s| s.get("rope_theta")).or(c.get("rope_theta"));
+    push(key("rope.freq_base"), f32_of(theta).map(Value::F32));
+    push(key("attention.layer_norm_rms_epsilon"), f32_of(c.get("rms_norm_eps")).map(Value::F32));
+    if let Some(hd) = u("head_dim") {
+        push(key("attention.key_length"), Some(hd.clone()));
+        push(key("attention.value_length"), Some(hd));
+    }
+    push("general.file_type".into(), Some(Value::U32(file_type(ty))));
+    if arch == "llama" {
+        push(key("vocab_size"), u("vocab_size"));
+        let heads = c.get("num_attention_heads").and_then(Json::as_u64).unwrap_or(1);
+        let rope_dim = c
+            .get("head_dim")
+            .and_then(Json::as_u64)
+            .unwrap_or_else(|| c.get("hidden_size").and_then(Json::as_u64).unwrap_or(0) / heads.max(1));
+        push(key("rope.dimension_count"), Some(Value::U32(rope_dim as u32)));
+    }
+    Ok(kv)
+}
+
+/// generation_config.json's sampling fields as `general.sampling.*`
+/// (gguf-py's `Metadata`, in its order).
+fn sampling(gen: Option<&Json>) -> Vec<(String, Value)> {
+    let Some(g) = gen else { return Vec::new() };
+    let mut kv = Vec::new();
+    if let Some(k) = g.get("top_k").and_then(Json::as_i64) {
+        kv.push(("general.sampling.top_k".into(), Value::I32(k as i32)));
+    }
+    for (field, key) in
+        [("top_p", "top_p"), ("min_p", "min_p"), ("temperature", "temp"), ("repetition_penalty", "penalty_repeat")]
+    {
+        if let Some(v) = f32_of(g.get(field)) {
+            kv.push((format!("general.sampling.{key}"), Value::F32(v)));
+        }
+    }
+    kv
+}
+
+/// Where a tensor's values come from.
+enum Source {
+    RopeFreqs(Vec<f32>),
+    Checkpoint { hf: String, shape: Vec<usize> },
+}
+
+/// Writes base + LoRA (`adapter`, plain LoRA) as llama.cpp's converter
+/// would from the merged Hugging Face folder. Returns the file's length.
+pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
+    files: &F,
+    adapter: Option<&A>,
+    opts: &GgufOptions,
+    out: W,
+) -> Result<u64> {
+    if opts.ty == GgmlType::F32 {
+        return Err(unsupported("--type", "a model is exported as f16 or q8_0"));
+    }
+    let raw = read_json(files, "config.json").await?.ok_or_else(|| unsupported(files.location(), "no config.json"))?;
+    let (arch, permute) = architecture(&raw)?;
+    let config = Config::load(files).await?;
+    let checkpoint = Checkpoint::open_for(files, &config).await?;
+    let lora = match adapter {
+        Some(a) => Some(read_lora(a, &config, true).await?),
+        None => None,
+    };
+
+    let mut sources = Vec::new();
+    let scaling = raw.get("rope_parameters").or(raw.get("rope_scaling")).filter(|v| !v.is_null());
+    if arch == "llama" && scaling.and_then(|s| s.get("rope_type")).and_then(Json::as_str) == Some("llama3") {
+        let s = scaling.unwrap_or(&Json::Null);
+        let g = |k: &str, d: f32| f32_of(s.get(k)).unwrap_or(d);
+        let base = f32_of(s.get("rope_theta").or(raw.get("rope_theta"))).unwrap_or(10000.0);
+        sources.push((
+            "rope_freqs.weight".to_string(),
+            Source::RopeFreqs(llama3_rope_factors(
+                base,
+                config.head_dim,
+                g("factor", 8.0),
+                g("low_freq_factor", 1.0),
+                g("high_freq_factor", 4.0),
+                g("original_max_position_embeddings", 8192.0),
+            )),
+        ));
+    }
+    let mut shards: Vec<_> = checkpoint.shards().iter().collect();
+    shards.sort_by(|a, b| a.name().cmp(b.name()));
+    for shard in shards {
+        for t in shard.tensors() {
+            if t.name.ends_with(".rotary_emb.inv_freq") {
+                continue;
+            }
+            let name = gguf_name(&t.name)
+                .ok_or_else(|| unsupported(shard.name(), format!("tensor `{}` has no llama.cpp name", t.name)))?;
+            sources.push((name, Source::Checkpoint { hf: t.name.clone(), shape: t.shape.clone() }));
+        }
+    }
+    let infos: Vec<TensorInfo> = sources
+        .iter()
+        .map(|(name, s)| {
+            let ne = match s {
+                Source::RopeFreqs(v) => vec![v.len() as u64],
+                Source::Checkpoint { shape, .. } => ne_of(shape),
+            };
+            TensorInfo { name: name.clone(), ty: tensor_type(name, &ne, opts.ty), ne }
+        })
+        .collect();
+
+    let generation = read_json(files, "generation_config.json").await?;
+    let params: u64 = infos.iter().map(|i| i.numel() as u64).sum();
+    let mut kv = vec![
+        ("general.architecture".to_string(), Value::Str(arch.into())),
+        ("general.type".to_string(), Value::Str("model".into())),
+    ];
+    kv.extend(sampling(generation.as_ref()));
+    kv.push(("general.name".into(), Value::Str(opts.name.clone())));
+    kv.push(("general.size_label".into(), Value::Str(size_label(params))));
+    kv.extend(hyperparameters(arch, &raw, opts.ty)?);
+    kv.push(("general.quantization_version".into(), Value::U32(QUANTIZATION_VERSION)));
+    if arch == "llama" {
+        if let Some(b) = read_json(files, "tokenizer_config.json")
+            .await?
+            .and_then(|t| t.get("add_prefix_space").and_then(Json::as_bool))
+        {
+            kv.push(("tokenizer.ggml.add_space_prefix".into(), Value::Bool(b)));
+        }
+    }
+    kv.extend(vocabulary(files, &raw, config.vocab_size, opts.tokenizer_pre.as_deref()).await?);
+    if arch == "llama" && config.vocab_size == 49152 {
+        // LlamaModel.set_vocab: "granite small models" (it also catches SmolLM's 49152).
+        set(&mut kv, "tokenizer.ggml.add_bos_token", Value::Bool(false));
+    }
+
+    let mut writer = GgufWriter::begin(out, &kv, infos.clone())?;
+    for ((_, source), info) in sources.iter().zip(&infos) {
+        let values = match source {
+            Source::RopeFreqs(v) => v.clone(),
+            Source::Checkpoint { hf, shape } => {
+                let mut x = checkpoint.read_f32(hf).await?;
+                let module = hf.trim_end_matches(".weight");
+                if let Some((lc, w)) = &lora {
+                    if let Some(pair) = w.modules.get(module).filter(|_| hf.ends_with(".weight")) {
+                        fold_lora(&mut x, &pair.a, &pair.b, pair.out_features, pair.in_features, lc.scaling() as f32);
+                    }
+                }
+                match permute_heads(hf, config.num_attention_heads, config.num_key_value_heads).filter(|_| permute) {
+                    Some(heads) => {
+                        let cols = shape.get(1).copied().unwrap_or(1);
+                        permute_rows(&x, shape[0], cols, heads)
+                    }
+                    None => x,
+                }
+            }
+        };
+        writer.tensor(&encode(&values, info.ne[0] as usize, info.ty)?)?;
+    }
+    Ok(writer.finish()?.1)
+}
+
+/// Replaces `key`'s value where it stands, or appends it (a Python dict's
+/// assignment, which is how gguf-py overwrites a key).
+fn set(kv: &mut Vec<(String, Value)>, key: &str, v: Value) {
+    match kv.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = v,
+        None => kv.push((key.to_string(), v)),
+    }
+}
+
+/// The tokenizer fields of the model folder.
+async fn vocabulary<F: ModelFiles>(
+    files: &F,
+    config: &Json,
+    vocab_size: usize,
+    pre: Option<&str>,
+) -> Result<Vec<(String, Value)>> {
+    if files.try_open("tokenizer.model").await?.is_some() {
+        return Err(unsupported(
+            "tokenizer.model",
+            "sentencepiece vocabularies are not exported (only byte-level BPE)",
+        ));
+    }
+    let tokenizer = Tokenizer::load(files).await?;
+    let tokenizer_json = read_json(files, "tokenizer.json").await?.unwrap_or(Json::Null);
+    let tokenizer_config = read_json(files, "tokenizer_config.json").await?;
+    let chat_template = match files.try_open("chat_template.jinja").await? {
+        Some(s) => Some(String::from_utf8_lossy(&s.read_all().await?).into_owned()),
+        None => None,
+    };
+    let vf = VocabFiles {
+        tokenizer_json: &tokenizer_json,
+        tokenizer_config: tokenizer_config.as_ref(),
+        config,
+        chat_template_file: chat_template.as_deref(),
+    };
+    tokenizer_kv(&tokenizer, &vf, vocab_size, pre)
+}
+
+/// PEFT's merge in f32: W (out, in) += (B·A)·scaling, B (out, r), A (r, in);
+/// each dot product over r accumulates in order with fused multiply-adds, as
+/// the BLAS under PyTorch's `B @ A` does (the merged f16/Q8_0 files then equal
+/// the converter's bit for bit), then is scaled, then added.
+pub fn fold_lora(w: &mut [f32], a: &[f32], b: &[f32], out: usize, inp: usize, scaling: f32) {
+    let r = a.len() / inp;
+    for o in 0..out {
+        let brow = &b[o * r..(o + 1) * r];
+        for i in 0..inp {
+            let mut s = 0.0f32;
+            for k in 0..r {
+                s = brow[k].mul_add(a[k * inp + i], s);
+            }
+            w[o * inp + i] += s * scaling;
+        }
+    }
+}
