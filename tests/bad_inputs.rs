@@ -388,6 +388,7 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
         &config,
         &webpeft::train::plan::PlanInput {
             quant: QuantFormat::Nf4,
+            four_bit: Default::default(),
             adapter: webpeft::train::plan::PlanAdapter::Lora {
                 r: 8,
                 targets: vec!["q_proj".into()],

@@ -233,3 +233,36 @@ fn broken_parts_are_typed_errors_naming_the_tensor() {
         }
     }
 }
+
+/// Quantizing a float checkpoint on load with bitsandbytes' options: FP4 and
+/// double quantization land in the kernels' layouts with exactly the CPU
+/// quantizer's values, the memory plan counts the bytes the GPU holds, and
+/// the options are refused where they cannot apply.
+#[test]
+fn fp4_and_double_quant_on_load() {
+    use webpeft::quant::FourBitOptions;
+    use webpeft::train::plan::{weight_bytes, weight_bytes_with};
+    let gpu = gpu();
+    let files = DirFiles::new(fixture("llama_gqa")).unwrap();
+    let ckpt = block_on(webpeft::model::Checkpoint::open(&files)).unwrap();
+    for (kind, double_quant) in [(FourBit::Fp4, false), (FourBit::Nf4, true), (FourBit::Fp4, true)] {
+        let opts = FourBitOptions { kind, double_quant };
+        let model = block_on(Model::load_with_options(gpu, &files, QuantFormat::Nf4, opts, &mut |_| {})).unwrap();
+        for name in WEIGHTS {
+            let w = weight(&model, name);
+            let webpeft::kernels::qmatmul::ChunkData::Quant(p) = &w.chunks[0].data else { panic!("{name} is f32") };
+            assert_eq!(p.layout, Layout::four_bit(kind, double_quant));
+            let want = quantize_4bit(&block_on(ckpt.read_f32(name)).unwrap(), kind, double_quant).dequantize();
+            assert_eq!(block_on(w.to_f32(gpu)).unwrap(), want, "{kind:?} dq={double_quant} {name}");
+        }
+        assert_eq!(model.bytes(), weight_bytes_with(&model.config, QuantFormat::Nf4, opts), "{opts:?}");
+    }
+    let plain = weight_bytes(&block_on(webpeft::model::Config::load(&files)).unwrap(), QuantFormat::Nf4);
+    eprintln!("llama_gqa NF4 weights: {plain} bytes");
+    let dq = FourBitOptions { double_quant: true, ..Default::default() };
+    let err = block_on(Model::load_with_options(gpu, &files, QuantFormat::Q8_0, dq, &mut |_| {})).unwrap_err();
+    assert!(err.to_string().contains("load as nf4"), "{err}");
+    let bnb = DirFiles::new(fixture("bnb4/nf4")).unwrap();
+    let err = block_on(Model::load_with_options(gpu, &bnb, QuantFormat::Nf4, dq, &mut |_| {})).unwrap_err();
+    assert!(err.to_string().contains("already quantized"), "{err}");
+}

@@ -398,6 +398,7 @@ fn the_memory_plan_counts_the_init_s_transient_copies() {
     let targets: Vec<String> = LORA_MODULES.map(String::from).to_vec();
     let input = |adjusts_base| PlanInput {
         quant: QuantFormat::Nf4,
+        four_bit: Default::default(),
         adapter: PlanAdapter::Lora { r: 4, targets: targets.clone(), dropout: false, dora: false, adjusts_base },
         batch: 1,
         seq: 8,

@@ -53,7 +53,8 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             ),
             (QuantFormat::Nf4, "p_tuning", PlanAdapter::PTuning { virtual_tokens: 20, encoder_hidden: d }),
         ] {
-            let input = PlanInput { quant, adapter, batch, seq, grad_accum: 1, checkpointing };
+            let input =
+                PlanInput { quant, four_bit: Default::default(), adapter, batch, seq, grad_accum: 1, checkpointing };
             let plan = plan_memory(&config, &input, 128 << 20);
             let setup = StepSetup { checkpointing, steps: 1, ..StepSetup::new(quant, method, batch, seq) };
             let f = block_on(train_figure(gpu, "plan", &files, &setup)).unwrap();

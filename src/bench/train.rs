@@ -77,6 +77,7 @@ pub fn llama_1b_config() -> String {
 pub fn llama_1b_plan_input() -> PlanInput {
     PlanInput {
         quant: QuantFormat::Nf4,
+        four_bit: Default::default(),
         adapter: PlanAdapter::Lora {
             r: 16,
             targets: crate::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect(),

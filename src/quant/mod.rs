@@ -18,7 +18,9 @@ mod q8_0;
 
 pub use double_quant::{dynamic_map, DoubleQuant, NESTED_BLOCK};
 pub use f16::{check_f16_range, to_f16};
-pub use nf4::{quantize_4bit, quantize_nf4, FourBit, Nf4, FP4_LEVELS, NF4_BLOCK, NF4_LEVELS, NF4_THRESHOLDS};
+pub use nf4::{
+    quantize_4bit, quantize_nf4, FourBit, FourBitOptions, Nf4, FP4_LEVELS, NF4_BLOCK, NF4_LEVELS, NF4_THRESHOLDS,
+};
 pub use q8_0::{quantize_q8_0, Q8_0, Q8_0_BLOCK, Q8_0_BLOCK_BYTES};
 
 use std::fmt;

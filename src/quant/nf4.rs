@@ -112,6 +112,30 @@ impl FourBit {
     }
 }
 
+/// How quantizing to 4 bits on load stores a weight (bitsandbytes'
+/// `bnb_4bit_quant_type` and `bnb_4bit_use_double_quant`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FourBitOptions {
+    pub kind: FourBit,
+    pub double_quant: bool,
+}
+
+impl FourBitOptions {
+    /// Storage bytes of a (rows, cols) weight: `ceil(n / 2)` code bytes and,
+    /// per 64 values, a 4-byte absmax or with double quantization one byte,
+    /// plus 4 bytes per 256 absmaxes and the 1,036-byte header of the layout
+    /// the kernels read (the offset, two indices and the 256-level map).
+    pub fn bytes_for(self, rows: usize, cols: usize) -> usize {
+        let n = rows * cols;
+        let blocks = n.div_ceil(NF4_BLOCK);
+        n.div_ceil(2)
+            + match self.double_quant {
+                false => blocks * 4,
+                true => blocks + blocks.div_ceil(super::NESTED_BLOCK) * 4 + (3 + 256) * 4,
+            }
+    }
+}
+
 /// The code of the padding nibble: level 0.0.
 const PAD_CODE: u8 = 7;
 

@@ -17,12 +17,14 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use crate::model::Config;
-use crate::quant::QuantFormat;
+use crate::quant::{FourBitOptions, QuantFormat};
 
 /// What the plan is for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlanInput {
     pub quant: QuantFormat,
+    /// FP4 levels and double quantization for an NF4 `quant`.
+    pub four_bit: FourBitOptions,
     /// The adapter's shape: LoRA's rank and projections, a bottleneck's
     /// width and units, (IA)³'s vectors.
     pub adapter: PlanAdapter,
@@ -65,6 +67,8 @@ pub enum PlanAdapter {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemoryPlan {
     pub weight_bytes: u64,
+    /// What double quantization saves on the frozen weights (0 without it).
+    pub double_quant_saved_bytes: u64,
     pub adapter_bytes: u64,
     /// Gradients, AdamW's two moments, and the copies a failed step restores.
     pub optimizer_bytes: u64,
@@ -107,6 +111,13 @@ fn ia3_len(config: &Config, name: &str, feedforward: bool) -> u64 {
 /// Frozen weights: the blocks' Linears in `quant` (Q8_0 rows that are not a
 /// multiple of 32 in f16), everything else f32.
 pub fn weight_bytes(config: &Config, quant: QuantFormat) -> u64 {
+    weight_bytes_with(config, quant, FourBitOptions::default())
+}
+
+/// [`weight_bytes`] with the 4-bit options of an NF4 `quant`: double
+/// quantization stores each block's absmax in one byte instead of four
+/// (0.127 instead of 0.5 bits of scale per weight).
+pub fn weight_bytes_with(config: &Config, quant: QuantFormat, four_bit: FourBitOptions) -> u64 {
     config
         .tensor_names()
         .iter()
@@ -117,7 +128,10 @@ pub fn weight_bytes(config: &Config, quant: QuantFormat) -> u64 {
                 s => (1, s.iter().product()),
             };
             let fmt = if quantized { quant.storage_for(cols) } else { QuantFormat::F32 };
-            fmt.bytes_for(rows, cols) as u64
+            match fmt {
+                QuantFormat::Nf4 => four_bit.bytes_for(rows, cols) as u64,
+                _ => fmt.bytes_for(rows, cols) as u64,
+            }
         })
         .sum()
 }
@@ -260,7 +274,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let head = 3 * m_head * d + m_head + logits + chunk_rows * (2 * d + 3) + m_head;
     let activation_bytes = (kept + work + head) * 4;
 
-    let weight = weight_bytes(config, input.quant);
+    let weight = weight_bytes_with(config, input.quant, input.four_bit);
     // Buffers that cannot be split: a logits chunk (at least one row), the
     // MLP's (M, I) and the attention's (M, H·hd) activations. Weights are
     // split by rows to the binding limit already.
@@ -279,6 +293,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let training = weight + adapter_bytes + optimizer_bytes + activation_bytes;
     MemoryPlan {
         weight_bytes: weight,
+        double_quant_saved_bytes: weight_bytes(config, input.quant).saturating_sub(weight),
         adapter_bytes,
         optimizer_bytes,
         activation_bytes,

@@ -32,7 +32,7 @@ use crate::model::{Config, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
-use crate::quant::{ComputeDtype, QuantFormat};
+use crate::quant::{ComputeDtype, FourBit, FourBitOptions, QuantFormat};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
@@ -67,6 +67,16 @@ fn callback(v: &JsValue, key: &str) -> Option<Function> {
 
 fn quant(name: Option<&str>) -> JsResult<QuantFormat> {
     name.unwrap_or("f32").parse::<QuantFormat>().map_err(err)
+}
+
+/// bitsandbytes' 4-bit options (`quantType`, `doubleQuant`).
+fn four_bit(quant_type: Option<&str>, double_quant: Option<bool>) -> JsResult<FourBitOptions> {
+    let kind = match quant_type.unwrap_or("nf4") {
+        "nf4" => FourBit::Nf4,
+        "fp4" => FourBit::Fp4,
+        other => return Err(err(Error::invalid("load", format!("quantType {other:?}: expected \"nf4\" or \"fp4\"")))),
+    };
+    Ok(FourBitOptions { kind, double_quant: double_quant.unwrap_or(false) })
 }
 
 fn compute_dtype(name: Option<&str>) -> JsResult<ComputeDtype> {
@@ -228,6 +238,7 @@ impl WebGpu {
         let adapter = adapter.plan_adapter(&config).map_err(err)?;
         let input = PlanInput {
             quant: quant(o.quant.as_deref())?,
+            four_bit: four_bit(None, o.double_quant)?,
             adapter,
             batch: run.batch_size,
             seq: run.seq_len,
@@ -236,7 +247,8 @@ impl WebGpu {
         };
         let plan = plan_memory(&config, &input, self.gpu.max_binding_bytes());
         to_js(&serde_json::json!({
-            "weightBytes": plan.weight_bytes, "adapterBytes": plan.adapter_bytes,
+            "weightBytes": plan.weight_bytes, "doubleQuantSavedBytes": plan.double_quant_saved_bytes,
+            "adapterBytes": plan.adapter_bytes,
             "optimizerBytes": plan.optimizer_bytes, "activationBytes": plan.activation_bytes,
             "totalBytes": plan.total_bytes, "largestBufferBytes": plan.largest_buffer_bytes,
             "bindingLimitBytes": plan.binding_limit_bytes, "fits": plan.fits,
@@ -287,7 +299,8 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
             let _ = f.call1(&JsValue::NULL, &v);
         }
     };
-    let mut model = Model::load_with_progress(&gpu, &files, format, &mut report).await.map_err(err)?;
+    let four_bit = four_bit(o.quant_type.as_deref(), o.double_quant)?;
+    let mut model = Model::load_with_options(&gpu, &files, format, four_bit, &mut report).await.map_err(err)?;
     model.set_compute_dtype(&gpu, compute).map_err(err)?;
     let tokenizer = match crate::model::source::ModelFiles::try_open(&files, "tokenizer.json").await.map_err(err)? {
         Some(_) => Some(Tokenizer::load(&files).await.map_err(err)?),

@@ -207,6 +207,7 @@ pub struct EvalOptions {
 #[serde(rename_all = "camelCase", default)]
 pub struct PlanOptions {
     pub quant: Option<String>,
+    pub double_quant: Option<bool>,
     pub method: Option<String>,
     pub r: Option<usize>,
     pub targets: Option<Value>,

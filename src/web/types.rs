@@ -29,6 +29,9 @@ export type ComputeDtype = "f32" | "f16";
 export interface LoadProgress { tensor: string; loadedBytes: number; totalBytes: number; note?: string; }
 export interface LoadOptions {
   quant?: Quant; computeDtype?: ComputeDtype; onProgress?: (progress: LoadProgress) => void;
+  /** With quant "nf4" on a float checkpoint: bitsandbytes' `bnb_4bit_quant_type` ("nf4", the default, or "fp4")
+   * and `bnb_4bit_use_double_quant` (absmaxes stored in 8 bits). A `-bnb-4bit` folder loads as it was saved. */
+  quantType?: "nf4" | "fp4"; doubleQuant?: boolean;
   /** What exported adapters name as their base (`base_model_name_or_path`, AdapterHub's `model_name`).
    * Default: the repo of a Hugging Face URL (`org/name`), another URL itself, or the picked folder's name. */
   name?: string;
@@ -107,14 +110,15 @@ export interface GenerateOptions {
 }
 export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | BottleneckMethod;
+  quant?: Quant; doubleQuant?: boolean; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | BottleneckMethod;
   r?: number; targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   prefixProjection?: boolean; encoderHiddenSize?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;
 }
 export interface MemoryPlan {
-  weightBytes: number; adapterBytes: number; optimizerBytes: number; activationBytes: number; totalBytes: number;
+  /** `doubleQuantSavedBytes`: what double quantization saves on the weights (0 without it). */
+  weightBytes: number; doubleQuantSavedBytes: number; adapterBytes: number; optimizerBytes: number; activationBytes: number; totalBytes: number;
   largestBufferBytes: number; bindingLimitBytes: number; fits: boolean;
 }
 /** An adapter folder: file name → bytes. */
@@ -125,6 +129,8 @@ export type AdapterFiles = Record<string, Uint8Array>;
 #[serde(rename_all = "camelCase", default)]
 pub struct LoadOptions {
     pub quant: Option<String>,
+    pub quant_type: Option<String>,
+    pub double_quant: Option<bool>,
     pub compute_dtype: Option<String>,
     pub name: Option<String>,
 }

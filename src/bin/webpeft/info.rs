@@ -5,15 +5,28 @@ use std::io::Write;
 use webpeft::model::checkpoint::Checkpoint;
 use webpeft::model::config::Config;
 use webpeft::model::source::DirFiles;
-use webpeft::quant::QuantFormat;
+use webpeft::quant::{FourBitOptions, QuantFormat};
 
 pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let files = DirFiles::new(dir)?;
     let config = Config::load(&files).await?;
     let checkpoint = Checkpoint::open_for(&files, &config).await?;
     let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
-    let bytes: Vec<(&str, u64)> =
+    let mut bytes: Vec<(&str, u64)> =
         formats.iter().map(|f| (f.name(), webpeft::train::plan::weight_bytes(&config, *f))).collect();
+    // bitsandbytes' double quantization: each block's absmax in one byte, not four.
+    let dq = FourBitOptions { double_quant: true, ..Default::default() };
+    let nf4_dq = webpeft::train::plan::weight_bytes_with(&config, QuantFormat::Nf4, dq);
+    let quantized_params: u64 = config
+        .tensor_names()
+        .iter()
+        .filter(|t| t.name.starts_with("model.layers.") && t.name.ends_with("_proj.weight"))
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    let nf4 = bytes[2].1;
+    // Negative on tiny models: the layout keeps a 1 KiB map per weight.
+    let saved_per_param = (nf4 as f64 - nf4_dq as f64) / quantized_params.max(1) as f64;
+    bytes.push(("nf4+dq", nf4_dq));
     // Q8_0 keeps Linears whose rows are not a multiple of 32 in f16, as llama.cpp does.
     let q8_f16 = config
         .tensor_names()
@@ -37,6 +50,7 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
             "tensors": checkpoint.names().count(),
             "weight_bytes": bytes.iter().map(|(n, b)| (n.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
             "q8_0_linears_in_f16": q8_f16,
+            "double_quant_saved_bytes_per_parameter": saved_per_param,
         });
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -61,11 +75,15 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     for (name, b) in bytes {
         let fallback = if name == QuantFormat::Q8_0.name() && q8_f16 > 0 {
             format!("; {q8_f16} with rows not a multiple of 32 in f16")
+        } else if name == "nf4+dq" {
+            let (verb, v) =
+                if saved_per_param >= 0.0 { ("saves", saved_per_param) } else { ("costs", -saved_per_param) };
+            format!(" with double quantization, which {verb} {v:.4} bytes ({:.3} bits) a quantized parameter", v * 8.0)
         } else {
             String::new()
         };
         out!(
-            "weights {:<5} {:>8.2} MiB  (block Linears in {name}{fallback}, the rest f32)",
+            "weights {:<6} {:>8.2} MiB  (block Linears in {name}{fallback}, the rest f32)",
             name,
             b as f64 / (1024.0 * 1024.0)
         );

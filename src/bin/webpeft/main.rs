@@ -250,9 +250,19 @@ pub async fn load_adapter(gpu: &Gpu, dir: &Path, model: &Model) -> Result<Adapte
 pub async fn load_model<F: ModelFiles>(
     gpu: &Gpu,
     files: &F,
-    (quant, compute): (QuantFormat, ComputeDtype),
+    base: (QuantFormat, ComputeDtype),
 ) -> Result<Model, Box<dyn std::error::Error>> {
-    let mut model = Model::load(gpu, files, quant).await?;
+    load_model_4bit(gpu, files, base, webpeft::quant::FourBitOptions::default()).await
+}
+
+/// [`load_model`] with bitsandbytes' 4-bit options for quantizing to NF4 on load.
+pub async fn load_model_4bit<F: ModelFiles>(
+    gpu: &Gpu,
+    files: &F,
+    (quant, compute): (QuantFormat, ComputeDtype),
+    four_bit: webpeft::quant::FourBitOptions,
+) -> Result<Model, Box<dyn std::error::Error>> {
+    let mut model = Model::load_with_options(gpu, files, quant, four_bit, &mut |_| {}).await?;
     let kept = model.weights_not_in_format();
     if let Some((_, format)) = kept.first() {
         let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();

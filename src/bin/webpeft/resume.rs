@@ -38,6 +38,15 @@ pub struct RunOptions {
     pub beta: Option<f32>,
     #[serde(default)]
     pub label_smoothing: Option<f32>,
+    /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
+    #[serde(default = "nf4")]
+    pub bnb_4bit_quant_type: String,
+    #[serde(default)]
+    pub double_quant: bool,
+}
+
+fn nf4() -> String {
+    "nf4".into()
 }
 
 fn sft() -> String {
@@ -58,6 +67,8 @@ impl RunOptions {
             objective: a.objective.clone(),
             beta: a.beta,
             label_smoothing: a.label_smoothing,
+            bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
+            double_quant: a.double_quant,
         }
     }
 }
@@ -138,6 +149,14 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("compute_dtype", "compute-dtype", a.compute_dtype, compute, |v: &webpeft::quant::ComputeDtype| v
         .name()
         .to_string());
+    one!(
+        "bnb_4bit_quant_type",
+        "bnb-4bit-quant-type",
+        a.bnb_4bit_quant_type,
+        saved.bnb_4bit_quant_type,
+        |v: &String| v.clone()
+    );
+    one!("double_quant", "double-quant", a.double_quant, saved.double_quant, |v: &bool| v.to_string());
     one!("batch_size", "batch-size", a.batch_size, saved.batch_size, |v: &usize| v.to_string());
     one!("seq_len", "seq-len", a.seq_len, Some(saved.seq_len), |v: &Option<usize>| v
         .map_or("-".into(), |v| v.to_string()));

@@ -22,7 +22,7 @@ use webpeft::train::schedule::Schedule;
 use webpeft::train::trainer::PreferenceStats;
 use webpeft::Gpu;
 
-use crate::{cli_gpu, load_model, resume};
+use crate::{cli_gpu, load_model_4bit, resume};
 
 /// `webpeft train`'s options, parsed into the library's recipe
 /// (`webpeft::train::recipe`), whose defaults these are. Adapter options left
@@ -117,6 +117,13 @@ pub struct TrainArgs {
     /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
     #[arg(long, default_value = "f32")]
     pub compute_dtype: ComputeDtype,
+    /// With --quant nf4 on a float checkpoint: the 4-bit levels, nf4 or fp4 (bnb_4bit_quant_type).
+    #[arg(long, default_value = "nf4", value_parser = ["nf4", "fp4"])]
+    pub bnb_4bit_quant_type: String,
+    /// With --quant nf4 on a float checkpoint: keep each block's absmax in 8 bits, about 0.37 bits
+    /// a weight less (bnb_4bit_use_double_quant).
+    #[arg(long)]
+    pub double_quant: bool,
     /// Start from this adapter folder (PEFT LoRA or AdapterHub bottleneck) instead of a fresh one.
     #[arg(long, conflicts_with = "resume")]
     pub init_adapter: Option<PathBuf>,
@@ -339,6 +346,15 @@ fn model_name(dir: &Path) -> Option<String> {
 }
 
 impl TrainArgs {
+    /// `--bnb-4bit-quant-type` and `--double-quant`.
+    fn four_bit(&self) -> webpeft::quant::FourBitOptions {
+        let kind = match self.bnb_4bit_quant_type.as_str() {
+            "fp4" => webpeft::quant::FourBit::Fp4,
+            _ => webpeft::quant::FourBit::Nf4,
+        };
+        webpeft::quant::FourBitOptions { kind, double_quant: self.double_quant }
+    }
+
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
     fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 22] {
@@ -642,7 +658,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         None => None,
     };
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
-    let mut model = load_model(&gpu, &files, (a.quant, a.compute_dtype)).await?;
+    let mut model = load_model_4bit(&gpu, &files, (a.quant, a.compute_dtype), a.four_bit()).await?;
     let (trainer, progress) = match (&a.resume, &checkpoint) {
         (Some(dir), Some(bytes)) => {
             let (trainer, progress) =

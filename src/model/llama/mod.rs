@@ -41,7 +41,7 @@ use crate::kernels::embedding::embedding_chunked;
 use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
-use crate::quant::{ComputeDtype, QuantFormat};
+use crate::quant::{ComputeDtype, FourBitOptions, QuantFormat};
 
 /// What one layer's forward kept: everything its backward needs, or, with
 /// gradient checkpointing, only its input (the backward recomputes the rest).
@@ -100,6 +100,26 @@ impl Model {
         format: QuantFormat,
         progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Model> {
+        Self::load_with_options(gpu, files, format, FourBitOptions::default(), progress).await
+    }
+
+    /// [`Model::load_with_progress`] with bitsandbytes' 4-bit options for
+    /// quantizing to NF4 on load: FP4 levels (`bnb_4bit_quant_type="fp4"`)
+    /// and double quantization (`bnb_4bit_use_double_quant`). They need
+    /// `format` NF4 and a checkpoint that is not already quantized.
+    pub async fn load_with_options<F: ModelFiles>(
+        gpu: &Gpu,
+        files: &F,
+        format: QuantFormat,
+        four_bit: FourBitOptions,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Model> {
+        if four_bit != FourBitOptions::default() && format != QuantFormat::Nf4 {
+            return Err(Error::invalid(
+                "Model::load",
+                format!("FP4 and double quantization are options of 4-bit loading: load as nf4, not {}", format.name()),
+            ));
+        }
         let config = Config::load(files).await?;
         let checkpoint = Checkpoint::open_for(files, &config).await?;
         let stored = crate::model::quantized::stored_format(&checkpoint)?;
@@ -116,6 +136,15 @@ impl Model {
                     ),
                 ))
             }
+            Some(_) if four_bit != FourBitOptions::default() => {
+                return Err(Error::invalid(
+                    "Model::load",
+                    format!(
+                        "{} is already quantized: FP4 and double quantization apply when quantizing on load",
+                        files.location()
+                    ),
+                ))
+            }
             Some(s) => s,
             None => format,
         };
@@ -127,6 +156,7 @@ impl Model {
             checkpoint: &checkpoint,
             format,
             stored,
+            four_bit,
         };
         let embed_tokens = loader.qweight("model.embed_tokens.weight", QuantFormat::F32).await?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);

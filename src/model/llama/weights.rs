@@ -9,7 +9,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::kernels::qmatmul::QWeight;
 use crate::model::source::ByteSource;
 use crate::model::{quantized, Checkpoint, Config};
-use crate::quant::QuantFormat;
+use crate::quant::{quantize_4bit, FourBitOptions, QuantFormat};
 
 /// How far loading is: after each tensor, its name and the bytes read so far
 /// out of the checkpoint's total.
@@ -39,6 +39,9 @@ pub(super) struct Loader<'a, S> {
     pub format: QuantFormat,
     /// The packed format of a pre-quantized checkpoint (then `format` equals it).
     pub stored: Option<QuantFormat>,
+    /// How NF4 quantizing on load stores the weights: NF4 plain is quantized
+    /// on the GPU, FP4 and double quantization on the CPU (`quantize_4bit`).
+    pub four_bit: FourBitOptions,
 }
 
 impl<S: ByteSource> Loader<'_, S> {
@@ -125,6 +128,12 @@ impl<S: ByteSource> Loader<'_, S> {
         self.check_finite(name, &data)?;
         let asked = format;
         let format = asked.storage_for(cols);
+        if format == QuantFormat::Nf4 && self.four_bit != FourBitOptions::default() {
+            let q = quantize_4bit(&data, self.four_bit.kind, self.four_bit.double_quant);
+            let w = QWeight::from_nf4(self.gpu, &q, rows, cols)?;
+            self.report(name);
+            return Ok(w);
+        }
         let w = QWeight::from_f32(self.gpu, &data, rows, cols, format).map_err(|e| match e {
             // Say which tensor a format cannot hold (Q8_0 needs rows of 32·k).
             Error::Quant(q) => Error::Checkpoint {
