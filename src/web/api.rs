@@ -74,7 +74,9 @@ fn four_bit(quant_type: Option<&str>, double_quant: Option<bool>) -> JsResult<Fo
     let kind = match quant_type.unwrap_or("nf4") {
         "nf4" => FourBit::Nf4,
         "fp4" => FourBit::Fp4,
-        other => return Err(err(Error::invalid("load", format!("quantType {other:?}: expected \"nf4\" or \"fp4\"")))),
+        other => {
+            return Err(err(crate::Error::invalid("load", format!("quantType {other:?}: expected \"nf4\" or \"fp4\""))))
+        }
     };
     Ok(FourBitOptions { kind, double_quant: double_quant.unwrap_or(false) })
 }
