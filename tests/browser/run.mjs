@@ -263,7 +263,7 @@ test("without WebGPU the page shows a readable error", async () => {
   }
 });
 
-test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, and loads an f16 base", async () => {
+test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, loads an f16 base and a bitsandbytes 4-bit folder", async () => {
   const scratch = path.join(out, "npm-scratch");
   fs.mkdirSync(scratch, { recursive: true });
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
@@ -381,9 +381,26 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc);
       }
+      // A bitsandbytes -bnb-4bit folder (FP4, double-quantized absmaxes) loads as saved, and a DoRA step
+      // through it lowers the loss; a float model quantized on load the same way trains too.
+      const bnb = await Model.fromUrl(gpu, new URL("/bnb/", location.href).href, { quant: "nf4" });
+      bnb.addLora("d", { r: 4, alpha: 8, useDora: true });
+      const before = (await bnb.evaluate(data, { adapter: "d" })).loss;
+      await bnb.startTraining("d", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
+      const after = (await bnb.evaluate(data, { adapter: "d" })).loss;
+      if (bnb.info().quant !== "nf4" || !(after < before)) throw new Error("bnb-4bit DoRA: loss " + before + " -> " + after);
+      const dq = await Model.fromUrl(gpu, url, { quant: "nf4", quantType: "fp4", doubleQuant: true });
+      const ldq = (await dq.evaluate(data)).loss;
+      if (!(Math.abs(ldq - l32) < 0.5)) throw new Error("fp4 double-quantized on load: loss " + ldq + " vs f32 " + l32);
       document.title = "step " + e.step + " loss " + e.loss + " | " + summary.state + " " + paused + " " +
         Object.keys(files).sort().join(",") + " " + g.tokenIds.length + " " + ev.tokens;    } catch (e) { document.title = "error: " + e.message; }
   `);
+  // The bitsandbytes fixture folder with the tokenizer of the model it was quantized from.
+  fs.mkdirSync(path.join(scratch, "bnb"), { recursive: true });
+  for (const [dir, f] of [["bnb4/fp4_dq", "config.json"], ["bnb4/fp4_dq", "model.safetensors"],
+    ["llama_gqa", "tokenizer.json"], ["llama_gqa", "tokenizer_config.json"]]) {
+    fs.copyFileSync(path.join(root, "tests", "fixtures", dir, f), path.join(scratch, "bnb", f));
+  }
   const s = await serve(0, [["/model/", path.join(root, "www", "default-model")], ["/", scratch]]);
   const browser = await launch();
   try {
