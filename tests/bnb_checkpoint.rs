@@ -266,3 +266,20 @@ fn fp4_and_double_quant_on_load() {
     let err = block_on(Model::load_with_options(gpu, &bnb, QuantFormat::Nf4, dq, &mut |_| {})).unwrap_err();
     assert!(err.to_string().contains("already quantized"), "{err}");
 }
+
+/// `bnb_4bit_compute_dtype` is read from the folder's quantization_config.
+#[test]
+fn the_folder_names_its_compute_dtype() {
+    use webpeft::quant::ComputeDtype;
+    let files = DirFiles::new(fixture("bnb4/nf4")).unwrap();
+    let config = block_on(webpeft::model::Config::load(&files)).unwrap();
+    assert_eq!(config.bnb_4bit_compute_dtype.as_deref(), Some("float32"));
+    assert_eq!(config.bnb_compute_dtype(), Some(ComputeDtype::F32));
+    let json = std::fs::read_to_string(fixture("bnb4/nf4/config.json")).unwrap().replace("\"float32\"", "\"float16\"");
+    assert_eq!(
+        webpeft::model::Config::from_json(json.as_bytes()).unwrap().bnb_compute_dtype(),
+        Some(ComputeDtype::F16)
+    );
+    let plain = block_on(webpeft::model::Config::load(&DirFiles::new(fixture("llama_gqa")).unwrap())).unwrap();
+    assert_eq!(plain.bnb_compute_dtype(), None);
+}

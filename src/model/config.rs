@@ -129,6 +129,9 @@ pub struct Config {
     /// Empty, one id, or several (Llama 3 instruct lists three).
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// A bitsandbytes folder's `quantization_config.bnb_4bit_compute_dtype`
+    /// ("float32", "float16", "bfloat16"), as written.
+    pub bnb_4bit_compute_dtype: Option<String>,
 }
 
 /// The most layers a config may declare.
@@ -137,6 +140,17 @@ pub const MAX_LAYERS: usize = 4096;
 pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
 
 impl Config {
+    /// The arithmetic a bitsandbytes folder asks for: f16 for its "float16"
+    /// and "bfloat16" (webpeft has no bf16 arithmetic; f16 is the 16-bit one
+    /// it has, and `Model::set_compute_dtype` refuses it for weights past f16's
+    /// safe range), f32 for "float32", None without a bitsandbytes config.
+    pub fn bnb_compute_dtype(&self) -> Option<crate::quant::ComputeDtype> {
+        self.bnb_4bit_compute_dtype.as_deref().map(|d| match d {
+            "float16" | "bfloat16" => crate::quant::ComputeDtype::F16,
+            _ => crate::quant::ComputeDtype::F32,
+        })
+    }
+
     /// Parses and validates the bytes of a `config.json`.
     pub fn from_json(bytes: &[u8]) -> Result<Config> {
         let value: Value =
@@ -203,6 +217,12 @@ impl Config {
             bos_token_id: f.opt_token("bos_token_id")?,
             eos_token_ids: f.tokens("eos_token_id")?,
             pad_token_id: f.opt_token("pad_token_id")?,
+            bnb_4bit_compute_dtype: value
+                .get("quantization_config")
+                .filter(|q| q.get("quant_method").and_then(Value::as_str) == Some("bitsandbytes"))
+                .and_then(|q| q.get("bnb_4bit_compute_dtype"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         };
         config.validate()?;
         Ok(config)

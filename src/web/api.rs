@@ -303,7 +303,17 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
     };
     let four_bit = four_bit(o.quant_type.as_deref(), o.double_quant)?;
     let mut model = Model::load_with_options(&gpu, &files, format, four_bit, &mut report).await.map_err(err)?;
-    model.set_compute_dtype(&gpu, compute).map_err(err)?;
+    // Without a computeDtype, a bitsandbytes folder's bnb_4bit_compute_dtype (where the GPU has shader-f16).
+    match (o.compute_dtype.as_deref(), model.config.bnb_compute_dtype()) {
+        (None, Some(asked)) => {
+            if model.set_compute_dtype(&gpu, asked).is_err() {
+                model.set_compute_dtype(&gpu, ComputeDtype::F32).map_err(err)?;
+            }
+        }
+        _ => {
+            model.set_compute_dtype(&gpu, compute).map_err(err)?;
+        }
+    }
     let tokenizer = match crate::model::source::ModelFiles::try_open(&files, "tokenizer.json").await.map_err(err)? {
         Some(_) => Some(Tokenizer::load(&files).await.map_err(err)?),
         None => None,

@@ -273,6 +273,12 @@ pub async fn load_model_4bit<F: ModelFiles>(
             names.join(", ")
         );
     }
+    if let Some(asked) = model.config.bnb_compute_dtype().filter(|&d| d != compute) {
+        eprintln!(
+            "note: this folder was quantized with bnb_4bit_compute_dtype={}; pass --compute-dtype {asked} to compute so",
+            model.config.bnb_4bit_compute_dtype.as_deref().unwrap_or_default()
+        );
+    }
     let effective = model.set_compute_dtype(gpu, compute)?;
     if effective != compute {
         let why = if model.format == QuantFormat::F32 { "an f32 base" } else { "this GPU has no shader-f16" };
