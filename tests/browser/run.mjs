@@ -258,6 +258,13 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.equal(await page.locator("#pairs li").count(), 2);
     // A pasted TRL line joins them: three pairs, one batch of three every step.
     await page.fill("#pref-data", '{"prompt": "A red ball", "chosen": " rolled down the hill.", "rejected": " ball ball ball"}');
+    // A refused beta shows under the Train button in the form's words.
+    await page.fill("#config [name=beta]", "0");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.equal(await page.textContent("#train-error"), "beta: must be a finite number > 0, got 0");
+    await page.waitForSelector("body[data-phase=idle]");
+    await page.fill("#config [name=beta]", "0.1");
     await page.click("#train");
     await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
     const steps = JSON.parse(await page.getAttribute("body", "data-rewards"));
