@@ -928,3 +928,105 @@ fn train_keeps_compiled_pipelines_in_the_cache_folder() {
         .unwrap_or_default();
     assert_eq!(!files.is_empty(), has_cache, "pipeline cache files {files:?} (adapter has one: {has_cache})");
 }
+
+/// Two text preference pairs (TRL's `{"prompt", "chosen", "rejected"}`).
+const PAIRS_JSONL: &str = r#"{"prompt": "The little robot", "chosen": " walked home in the rain", "rejected": " ate a blue stone quickly"}
+{"prompt": "Once upon a time", "chosen": " a girl found a map", "rejected": " the the the dog"}
+"#;
+
+/// `webpeft train --objective dpo|orpo` with `args` on [`PAIRS_JSONL`], both pairs in every batch.
+fn train_pairs(dir: &TempDir, args: &[&str]) -> std::process::Output {
+    let data = dir.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS_JSONL).unwrap();
+    let out_dir = dir.join("out");
+    let common = ["--method", "lora", "--batch-size", "2", "--lr", "1e-2", "--schedule", "constant", "--out", &out_dir];
+    train(&data, &[args, &common].concat())
+}
+
+/// The step lines' values of `key`.
+fn column(lines: &[serde_json::Value], key: &str) -> Vec<f64> {
+    lines.iter().map(|l| l[key].as_f64().unwrap_or_else(|| panic!("{key} in {l}"))).collect()
+}
+
+#[test]
+fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
+    let dir = TempDir::new("dpo");
+    let out = train_pairs(&dir, &["--objective", "dpo", "--label-smoothing", "0.1", "--steps", "4"]);
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let (loss, margins) = (column(&lines, "loss"), column(&lines, "rewards/margins"));
+    let (chosen, rejected) = (column(&lines, "rewards/chosen"), column(&lines, "rewards/rejected"));
+    let accuracies = column(&lines, "rewards/accuracies");
+    // Step 1 is measured before any update: the LoRA's B is 0, the policy is the reference,
+    // every reward 0 and the loss log 2 (label smoothing does not change it at h = 0).
+    assert!((loss[0] - std::f64::consts::LN_2).abs() < 1e-6, "{loss:?}");
+    assert_eq!((chosen[0], rejected[0], margins[0], accuracies[0]), (0.0, 0.0, 0.0, 0.0), "{lines:?}");
+    for s in 1..4 {
+        assert!((margins[s] - (chosen[s] - rejected[s])).abs() < 1e-5, "margins = chosen − rejected: {lines:?}");
+        assert!(margins[s] > margins[s - 1] && loss[s] < loss[s - 1], "step {}: {lines:?}", s + 1);
+    }
+    assert_eq!(accuracies[3], 1.0, "{lines:?}");
+    assert!(chosen[3] > 0.0 && rejected[3] < 0.0, "{lines:?}");
+    let state = dir.0.join("out/training_state.safetensors");
+    assert!(dir.0.join("out/adapter_model.safetensors").is_file() && state.is_file());
+    // ORPO's lines add its own terms; loss = nll_loss − β·log_odds_ratio (TRL's sign).
+    let out = train_pairs(&dir, &["--objective", "orpo", "--beta", "0.2", "--steps", "2"]);
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (loss, nll, ratio) = (column(&lines, "loss"), column(&lines, "nll_loss"), column(&lines, "log_odds_ratio"));
+    for key in ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "log_odds_chosen"] {
+        assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
+    }
+    for s in 0..2 {
+        assert!((loss[s] - (nll[s] - 0.2 * ratio[s])).abs() < 1e-4 * loss[s].abs(), "{lines:?}");
+    }
+}
+
+#[test]
+fn preference_options_and_lines_that_do_not_fit_are_refused() {
+    let dir = TempDir::new("dpo-bad");
+    let refused = |args: &[&str], data: Option<&str>| {
+        let out = match data {
+            Some(text) => {
+                let path = dir.join("bad_pairs.jsonl");
+                std::fs::write(&path, text).unwrap();
+                train(
+                    &path,
+                    &[args, &["--method", "lora", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("o")]].concat(),
+                )
+            }
+            None => train_pairs(&dir, &[args, &["--steps", "1"]].concat()),
+        };
+        let err = failure(&out);
+        let line = err.lines().rfind(|l| l.starts_with("error: ")).unwrap().to_string();
+        eprintln!("ROW | {args:?} | {line}");
+        assert!(!dir.0.join("o").exists() && !dir.0.join("out").exists(), "a refused run left its --out folder behind");
+        line
+    };
+    let missing =
+        "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n{\"prompt\": \"a\", \"chosen\": \" b\"}\n";
+    let line = refused(&["--objective", "dpo"], Some(missing));
+    assert!(line.ends_with("bad_pairs.jsonl, line 2: missing the `rejected` field of a preference pair"), "{line}");
+    let empty = "{\"prompt\": \"a\", \"chosen\": \"\", \"rejected\": \" c\"}\n";
+    let line = refused(&["--objective", "orpo"], Some(empty));
+    assert!(line.ends_with("bad_pairs.jsonl, line 1: `chosen` is empty: a preference needs two answers"), "{line}");
+    let line = refused(&["--objective", "dpo"], Some(TRAIN_JSONL));
+    assert!(line.ends_with("bad_pairs.jsonl, line 1: missing the `prompt` field of a preference pair"), "{line}");
+    for (args, want) in [
+        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo and orpo"),
+        (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo only"),
+        (
+            &["--objective", "dpo", "--label-smoothing", "0.7"],
+            "error: --label-smoothing: must be in [0, 0.5] (cDPO), got 0.7",
+        ),
+        (&["--objective", "dpo", "--beta", "0"], "error: --beta: must be a finite number > 0, got 0"),
+        (&["--objective", "dpo", "--packing"], "error: --packing: does not apply to dpo: a pair's rows stay whole"),
+    ] {
+        assert_eq!(refused(args, None), want);
+    }
+    let sft = write_data(&dir);
+    let line = refused(&["--objective", "dpo", "--eval-data", &sft], None);
+    assert_eq!(line, "error: --eval-data measures the SFT loss; it does not apply to --objective dpo");
+}

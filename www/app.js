@@ -1,7 +1,10 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
-// before/after generation. All library work happens in worker.js.
+// before/after generation; the preference mode's panel is preference.js.
+// All library work happens in worker.js.
+import { preferences, rewardTable } from "./preference.js";
+
 const $ = (id) => document.getElementById(id);
-const state = { losses: [], speeds: [], evals: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
+const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
 
 // One state decides which controls work (data-phase on <body> says which):
 //   starting → loading → idle;  idle → loading | training | generating;
@@ -20,15 +23,17 @@ function setPhase(phase) {
   $("generate").disabled = !idle || !state.loaded;
   $("download").disabled = !idle || !state.trained;
   $("resume-run").disabled = running || phase === "generating";
+  pref.controls(idle, state.loaded);
 }
 
 // Errors show next to what caused them, in the words of the form; the
 // library's own wording (file and function names) goes to the console.
 const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
-  generate: "try-error", download: "try-error" };
+  generate: "try-error", download: "try-error", pairs: "pref-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
-  batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate" };
+  batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
+  beta: "beta", label_smoothing: "label smoothing" };
 function inFormWords(message) {
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
   if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
@@ -52,9 +57,10 @@ function showError(context, message) {
   setPhase(state.phase === "starting" && context !== "load" ? "starting" : "idle");
 }
 function clearError() {
-  for (const id of ["error", "model-error", "train-error", "try-error"]) { $(id).hidden = true; $(id).textContent = ""; }
+  for (const id of ["error", "model-error", "train-error", "try-error", "pref-error"]) { $(id).hidden = true; $(id).textContent = ""; }
 }
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.
@@ -142,7 +148,12 @@ function onMessage(e) {
       $("train-progress").max = ev.totalSteps;
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
+        (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
         `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${ev.etaSeconds.toFixed(1)} s`;
+      if (ev.rewards) {
+        state.rewards.push({ step: ev.step, loss: ev.loss, ...ev.rewards });
+        rewardTable.add(ev);
+      }
       document.body.dataset.steps = ev.step;
       document.body.dataset.stepSeconds = ev.stepSeconds;
       drawChart();
@@ -169,6 +180,7 @@ function onMessage(e) {
       state.trained = true;
       if (m.summary.state === "done") clearAutosave().catch(() => {});
       document.body.dataset.losses = JSON.stringify(state.losses);
+      document.body.dataset.rewards = JSON.stringify(state.rewards);
       document.body.dataset.tokensPerSecond = JSON.stringify(state.speeds);
       document.body.dataset.trained = m.summary.state;
       $("train-status").textContent += ` — ${m.summary.state}`;
@@ -178,6 +190,7 @@ function onMessage(e) {
     case "resumed": setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
     case "generated":
+      if (pref.generated(m)) break;
       document.body.dataset[m.which] = "done";
       if (m.which === "before" && state.trained) worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
       else setPhase("idle");
@@ -243,7 +256,8 @@ function config() {
   const n = (k) => Number(f.get(k));
   const targets = f.get("targets") === "all-linear" ? "all-linear" : f.get("targets").split(",");
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
-    batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4 };
+    batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
+    objective: f.get("objective"), beta: n("beta") };
 }
 
 function load() {
@@ -272,15 +286,23 @@ $("train").onclick = () => {
   state.losses = [];
   state.speeds = [];
   state.evals = [];
+  state.rewards = [];
+  rewardTable.reset();
   drawChart();
-  const data = $("data").value;
+  const preference = config().objective !== "sft";
+  let data = $("data").value;
+  try {
+    if (preference) data = pref.data();
+  } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
   const src = source();
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
-  worker.postMessage({ type: "train", config: config(), data, evalData: $("eval-data").value.trim() || null });
+  // Held-out data measures the SFT loss: a preference run has none.
+  const evalData = preference ? null : $("eval-data").value.trim() || null;
+  worker.postMessage({ type: "train", config: config(), data, evalData });
 };
 
 // A run interrupted by a reload (or a crash) can go on from its last checkpoint.
@@ -297,7 +319,9 @@ readAutosave().then((saved) => {
       const el = document.querySelector(`#config [name=${k}]`);
       if (el) el.value = Array.isArray(v) ? v.join(",") : v;
     }
-    $("data").value = saved.data;
+    if ((c.objective ?? "sft") === "sft") $("data").value = saved.data;
+    else pref.restore(saved.data);
+    pref.showObjective(c.objective ?? "sft");
     $("quant").value = saved.quant;
     $("compute").value = saved.computeDtype ?? "f32";
     state.losses = saved.losses ?? [];
@@ -310,7 +334,7 @@ readAutosave().then((saved) => {
     state.loadNotes = [];
     const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
-      evalData: $("eval-data").value.trim() || null };
+      evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
     const send = () => { worker.postMessage(load); worker.postMessage(resume); };
     if (origin !== workerOrigin || !document.body.dataset.gpu) {
@@ -346,6 +370,9 @@ const METHOD_NOTES = {
   double_seq_bn: "Bottleneck adapters after attention and after each MLP (AdapterHub's double_seq_bn); AdapterHub's files.",
   par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",
 };
+const objectivePicker = $("config").elements.objective;
+objectivePicker.addEventListener("change", () => pref.showObjective(objectivePicker.value));
+pref.showObjective(objectivePicker.value);
 const methodPicker = $("config").elements.method;
 const showMethodNote = () => { $("method-note").textContent = METHOD_NOTES[methodPicker.value] ?? ""; };
 methodPicker.addEventListener("change", showMethodNote);

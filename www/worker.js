@@ -1,6 +1,6 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
-// generate, download. Messages out: ready, load-progress, loaded, step,
+// generate (which: before, after, or the preference mode's answer-a and answer-b), download. Messages out: ready, load-progress, loaded, step,
 // trained, token, generated, zip, error. Every failure becomes an `error`
 // message with readable text; nothing is sent anywhere but the page.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
@@ -63,8 +63,11 @@ async function drive(run, c, evalData) {
 }
 
 function trainOptions(c) {
+  // beta belongs to dpo and orpo; the library refuses it beside sft.
+  const objective = c.objective ?? "sft";
   return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
-    schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0 };
+    schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0, objective,
+    ...(objective === "sft" ? {} : { beta: c.beta }) };
 }
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
@@ -160,8 +163,10 @@ async function handle(msg) {
     case "cancel": control.cancelled = true; break;
     case "generate": {
       if (!model) throw new Error("load a model first");
-      const opts = { maxNewTokens: msg.maxNewTokens ?? 40, adapter: msg.which === "before" ? null : ADAPTER,
-        onToken: (text) => post({ type: "token", which: msg.which, text }) };
+      // "after" runs with the trained adapter; "before" and the preference mode's two answers with the base model
+      // (sampled with msg.sampling's temperature and seed; greedy without it).
+      const opts = { maxNewTokens: msg.maxNewTokens ?? 40, adapter: msg.which === "after" ? ADAPTER : null,
+        ...(msg.sampling ?? {}), onToken: (text) => post({ type: "token", which: msg.which, text }) };
       if (msg.which === "after" && !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
       const result = await model.generate(msg.prompt, opts);
       post({ type: "generated", which: msg.which, result });
@@ -183,10 +188,10 @@ let queue = Promise.resolve();
 self.onmessage = (e) => {
   const msg = e.data;
   if (["pause", "resume", "cancel"].includes(msg.type)) {
-    handle(msg).catch((err) => fail(msg.type, err));
+    handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }
-  queue = queue.then(() => handle(msg)).catch((err) => fail(msg.type, err));
+  queue = queue.then(() => handle(msg)).catch((err) => fail(msg.context ?? msg.type, err));
 };
 self.onerror = (e) => fail("worker", e.message ?? e);
 self.onunhandledrejection = (e) => fail("worker", e.reason);

@@ -73,7 +73,14 @@ export type TrainingRecord =
   | { text: string }
   | { prompt: string; completion: string }
   | { messages: { role: string; content: string }[] }
-  | { input_ids: number[]; labels?: number[] };
+  | { input_ids: number[]; labels?: number[] }
+  | PreferenceRecord;
+/** A preference pair for objective "dpo" or "orpo" (TRL's shape): three strings, or a prompt of messages
+ * ending with a user turn and the two answers as assistant messages. */
+export type PreferenceRecord =
+  | { prompt: string; chosen: string; rejected: string }
+  | { prompt: ChatMessage[]; chosen: ChatMessage[]; rejected: ChatMessage[] };
+export interface ChatMessage { role: string; content: string; }
 /** JSONL text (one record per line) or an array of records. */
 export type TrainingData = string | TrainingRecord[];
 /** Left out: one epoch, batchSize 1, seqLen 512 (capped at the model's context), gradAccum 1, warmup 0,

@@ -215,6 +215,82 @@ test("the controls follow one state: fresh, running, paused, finished and failed
   }
 });
 
+test("preference mode: two sampled answers marked 👍/👎 by keyboard and mouse, pairs listed and removable, DPO makes the adapter prefer the 👍 answers", async () => {
+  const browser = await launch();
+  try {
+    const { page, problems } = await open(browser, base);
+    await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 });
+    await page.selectOption("#config [name=objective]", "dpo");
+    assert.equal(await page.isVisible("#preference-panel"), true);
+    assert.equal(await page.isVisible("#data"), false, "the SFT data box gives way to the pairs");
+    await page.fill("#config [name=steps]", "4");
+    await page.fill("#config [name=batchSize]", "3");
+    await page.fill("#pref-tokens", "8");
+    const answers = async (round, prompt) => {
+      await page.fill("#pref-prompt", prompt);
+      await page.click("#pref-generate");
+      await page.waitForSelector(`body[data-answers='${round}']`, { timeout: 300_000 });
+      const [a, b] = [await page.textContent("#answer-a"), await page.textContent("#answer-b")];
+      assert.ok(a.length > 0 && b.length > 0 && a !== b, `two different answers: ${JSON.stringify([a, b])}`);
+      return [a, b];
+    };
+    const pairs = async () => JSON.parse(await page.getAttribute("body", "data-pairs"));
+    // Round 1, by keyboard: 👍 on A makes B the rejected one.
+    const [a1, b1] = await answers(1, "The little robot");
+    assert.equal(await page.isDisabled("#add-pair"), true, "nothing to add before a mark");
+    await page.focus("#mark-a-good");
+    await page.keyboard.press("Enter");
+    assert.equal(await page.getAttribute("#mark-a-good", "aria-pressed"), "true");
+    assert.equal(await page.getAttribute("#mark-b-bad", "aria-pressed"), "true");
+    await page.focus("#add-pair");
+    await page.keyboard.press("Enter");
+    // Round 2, by mouse: 👎 on A makes B the chosen one; removed, then added again.
+    const [a2, b2] = await answers(2, "Once upon a time");
+    await page.click("#mark-a-bad");
+    await page.click("#add-pair");
+    assert.equal(await page.textContent("#pair-count"), "2");
+    await page.click("#pairs li:nth-child(2) button[aria-label='Remove pair 2']");
+    assert.equal((await pairs()).length, 1);
+    await page.click("#mark-a-bad");
+    await page.click("#add-pair");
+    assert.deepEqual(await pairs(), [{ prompt: "The little robot", chosen: a1, rejected: b1 },
+      { prompt: "Once upon a time", chosen: b2, rejected: a2 }]);
+    assert.equal(await page.locator("#pairs li").count(), 2);
+    // A pasted TRL line joins them: three pairs, one batch of three every step.
+    await page.fill("#pref-data", '{"prompt": "A red ball", "chosen": " rolled down the hill.", "rejected": " ball ball ball"}');
+    // A refused beta shows under the Train button in the form's words.
+    await page.fill("#config [name=beta]", "0");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.equal(await page.textContent("#train-error"), "beta: must be a finite number > 0, got 0");
+    await page.waitForSelector("body[data-phase=idle]");
+    await page.fill("#config [name=beta]", "0.1");
+    await page.click("#train");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    const steps = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    timings.browserDpoSteps = steps;
+    assert.equal(steps.length, 4);
+    for (const s of steps) {
+      for (const k of ["loss", "chosen", "rejected", "accuracies", "margins"]) assert.ok(Number.isFinite(s[k]), `${k} in ${JSON.stringify(s)}`);
+    }
+    // Step 1 is measured before any update: the fresh LoRA (B = 0) is the base model, DPO's reference,
+    // so every reward is 0 and the loss log 2. Each update then widens the margin (chosen − rejected)
+    // on the same three pairs; trained the wrong way it would shrink below 0.
+    assert.ok(Math.abs(steps[0].loss - Math.LN2) < 1e-5 && Math.abs(steps[0].margins) < 1e-6, JSON.stringify(steps[0]));
+    assert.equal(steps[0].accuracies, 0);
+    for (let i = 1; i < 4; i++) {
+      assert.ok(steps[i].margins > steps[i - 1].margins && steps[i].loss < steps[i - 1].loss, `step ${i + 1}: ${JSON.stringify(steps)}`);
+    }
+    assert.equal(steps[3].accuracies, 1, JSON.stringify(steps));
+    assert.ok(steps[3].margins > 0.1, JSON.stringify(steps));
+    assert.equal(await page.locator("#rewards tbody tr").count(), 4, "one table row per step");
+    await page.screenshot({ path: path.join(out, "demo-preference.png"), fullPage: true });
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+  }
+});
+
 test("a reload mid-training offers to resume from the autosave, and the resumed adapter equals an uninterrupted run's within 1e-6", async () => {
   const uninterrupted = path.join(out, "webpeft-adapter.zip");
   assert.ok(fs.existsSync(uninterrupted), "the demo test ran first");
@@ -435,7 +511,7 @@ test("the page's Content-Security-Policy blocks requests to other origins, in th
   assert.match(csp, /script-src 'self' 'wasm-unsafe-eval';/, "no inline scripts, no eval (WebAssembly may compile)");
   const html = await page.text();
   assert.doesNotMatch(html, /<script(?![^>]*\bsrc=)[^>]*>/, "no inline <script>");
-  for (const f of ["app.js", "worker.js"]) {
+  for (const f of ["app.js", "preference.js", "worker.js"]) {
     assert.doesNotMatch(fs.readFileSync(path.join(root, "www", f), "utf8"), /\beval\(|new Function\(/, `${f} has no eval`);
   }
   const worker = (await fetch(`${base}worker.js`)).headers.get("content-security-policy");

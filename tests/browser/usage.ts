@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ComputeDtype, KernelFamily, GenerateResult, LoadProgress, MemoryPlan, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+import type { ComputeDtype, KernelFamily, GenerateResult, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -27,6 +27,11 @@ export async function example(data: string): Promise<void> {
   model.addPTuning("g", { numVirtualTokens: 10, encoderHiddenSize: 64, seed: 1 });
   model.addAdaLora("h", { initR: 12, targetR: 8, alpha: 16, targets: "all-linear", tinit: 2, tfinal: 2, deltaT: 1, orthRegWeight: 0.5, totalStep: 10, seed: 1 });
   const run: TrainRun = model.startTraining("a", data, { lr: 2e-4, steps: 10, schedule: "cosine", warmup: 2, loraplusLrRatio: 16 });
+  const pairs: PreferenceRecord[] = [{ prompt: "Hi", chosen: " Hello.", rejected: " Go away." },
+    { prompt: [{ role: "user", content: "Hi" }], chosen: [{ role: "assistant", content: "Hello." }], rejected: [{ role: "assistant", content: "No." }] }];
+  const dpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", beta: 0.1, labelSmoothing: 0.1 });
+  const margin: number | undefined = (await dpo.step())?.rewards?.margins;
+  console.log(margin);
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));
   const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });
