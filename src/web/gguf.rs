@@ -115,14 +115,15 @@ pub async fn export(
         detail: format!("{ty_name:?}: \"f16\" or \"q8_0\" (\"f32\" too for kind \"lora\")"),
     })?;
     let opts = GgufOptions { ty, name: o.name.unwrap_or_else(|| default_name(source)), tokenizer_pre: o.tokenizer_pre };
-    let adapter =
-        WebFiles::Memory(adapter.into_iter().map(|(n, b)| (n.clone(), MemorySource::new(n, b))).collect());
+    let adapter = WebFiles::Memory(adapter.into_iter().map(|(n, b)| (n.clone(), MemorySource::new(n, b))).collect());
     match o.kind.as_deref().unwrap_or("merged") {
         "merged" => export_model(model, Some(&adapter), &opts, out).await,
         "lora" => export_lora(model, &adapter, &opts, out).await,
         other => Err(Error::GgufExport {
             what: "kind".into(),
-            detail: format!("{other:?}: \"merged\" (the model with the adapter folded in) or \"lora\" (the adapter alone)"),
+            detail: format!(
+                "{other:?}: \"merged\" (the model with the adapter folded in) or \"lora\" (the adapter alone)"
+            ),
         }),
     }
 }

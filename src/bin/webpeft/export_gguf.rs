@@ -26,8 +26,8 @@ pub async fn export_gguf(
     tokenizer_pre: Option<String>,
     out: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let ty = GgmlType::from_outtype(ty)
-        .ok_or_else(|| format!("--type {ty:?}: f16 or q8_0 (f32 too with --lora-only)"))?;
+    let ty =
+        GgmlType::from_outtype(ty).ok_or_else(|| format!("--type {ty:?}: f16 or q8_0 (f32 too with --lora-only)"))?;
     if lora_only && adapter.is_none() {
         return Err("--lora-only needs --adapter".into());
     }
