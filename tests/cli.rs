@@ -1030,3 +1030,22 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     let line = refused(&["--objective", "dpo", "--eval-data", &sft], None);
     assert_eq!(line, "error: --eval-data measures the SFT loss; it does not apply to --objective dpo");
 }
+
+/// A failed `export-gguf` leaves no file behind (it had created the output
+/// before the export found the tokenizer it cannot name), and says why.
+#[test]
+fn export_gguf_failure_removes_its_partial_file() {
+    let dir = TempDir::new("gguf");
+    let out = dir.join("model.gguf");
+    let err = failure(&webpeft(&["export-gguf", "--model", &fixture("llama_gqa"), "--type", "f16", "--out", &out]));
+    assert!(err.contains("chkhsh 9441b621") && err.contains("--tokenizer-pre"), "{err}");
+    assert!(!std::path::Path::new(&out).exists(), "{out} was left behind");
+    // The same export with the pre-tokenizer named writes the file.
+    let args = ["export-gguf", "--model", &fixture("llama_gqa"), "--type", "f16", "--tokenizer-pre", "llama-bpe"];
+    ok(&webpeft(&[&args[..], &["--out", &out]].concat()));
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
+    // Failing over an existing file removes it too: its old bytes were already truncated.
+    let err = failure(&webpeft(&["export-gguf", "--model", &fixture("llama_gqa"), "--type", "q8_0", "--out", &out]));
+    assert!(err.contains("chkhsh"), "{err}");
+    assert!(!std::path::Path::new(&out).exists(), "{out} was left behind");
+}

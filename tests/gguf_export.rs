@@ -176,7 +176,9 @@ fn lora_adapter_matches_convert_lora_to_gguf() {
     }
 }
 
-fn gguf_error(e: Error) -> String {
+/// The error's `what: detail`, after printing the README bad-input row it shows.
+fn gguf_error(row: &str, e: Error) -> String {
+    eprintln!("ROW | {row} | {e}");
     match e {
         Error::GgufExport { what, detail } => format!("{what}: {detail}"),
         other => panic!("expected Error::GgufExport, got {other}"),
@@ -187,20 +189,23 @@ fn gguf_error(e: Error) -> String {
 fn what_llama_cpp_cannot_take_is_a_typed_error() {
     let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
     let opts = |ty| GgufOptions { ty, name: "x".into(), tokenizer_pre: None };
-    let lora_only = |dir: &str| {
+    let lora_only = |row: &str, dir: &str| {
         let adapter = DirFiles::new(fixtures().join(dir)).unwrap();
-        gguf_error(pollster::block_on(export_lora(&base, &adapter, &opts(GgmlType::F32), Vec::new())).unwrap_err())
+        let e = pollster::block_on(export_lora(&base, &adapter, &opts(GgmlType::F32), Vec::new())).unwrap_err();
+        gguf_error(row, e)
     };
     // DoRA: llama.cpp's adapters have no magnitude vector; (IA)^3 is not LoRA.
-    assert!(lora_only("dora/llama_gqa/final_adapter").contains("DoRA"));
-    assert!(lora_only("ia3/llama_gqa/final_adapter").contains("peft_type \"IA3\""));
+    assert!(lora_only("a DoRA adapter as GGUF", "dora/llama_gqa/final_adapter").contains("DoRA"));
+    assert!(lora_only("an (IA)³ adapter as GGUF", "ia3/llama_gqa/final_adapter").contains("peft_type \"IA3\""));
     // The fixture tokenizer's pre-tokenizer hash is not in llama.cpp's table: refused unless named.
     let e = gguf_error(
+        "a tokenizer llama.cpp's pre-tokenizer table lacks",
         pollster::block_on(export_model::<_, DirFiles, _>(&base, None, &opts(GgmlType::F16), Vec::new())).unwrap_err(),
     );
     assert!(e.contains("chkhsh 9441b621"), "{e}");
     // A model is f16 or q8_0.
     let e = gguf_error(
+        "a merged model as f32 GGUF",
         pollster::block_on(export_model::<_, DirFiles, _>(&base, None, &opts(GgmlType::F32), Vec::new())).unwrap_err(),
     );
     assert!(e.contains("f16 or q8_0"), "{e}");
@@ -220,6 +225,7 @@ fn what_llama_cpp_cannot_take_is_a_typed_error() {
     config["architectures"] = serde_json::json!(["LlamaForSequenceClassification"]);
     files.insert("config.json", serde_json::to_vec(&config).unwrap());
     let e = gguf_error(
+        "an architecture llama.cpp's converter does not map",
         pollster::block_on(export_model::<_, DirFiles, _>(&files, None, &opts(GgmlType::F16), Vec::new())).unwrap_err(),
     );
     assert!(e.contains("LlamaForSequenceClassification"), "{e}");

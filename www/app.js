@@ -7,8 +7,8 @@ const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
 
 // One state decides which controls work (data-phase on <body> says which):
-//   starting → loading → idle;  idle → loading | training | generating;
-//   training ⇄ paused;  training, paused → idle when the run ends;  generating → idle;
+//   starting → loading → idle;  idle → loading | training | generating | exporting (the .gguf);
+//   training ⇄ paused;  training, paused → idle when the run ends;  generating, exporting → idle;
 //   a resumed run: loading → training once the checkpoint is back;  any error → idle.
 function setPhase(phase) {
   state.phase = phase;
@@ -22,7 +22,13 @@ function setPhase(phase) {
   $("cancel").disabled = !running;
   $("generate").disabled = !idle || !state.loaded;
   $("download").disabled = !idle || !state.trained;
-  $("resume-run").disabled = running || phase === "generating";
+  // llama.cpp applies plain LoRA only; other methods' adapters have no GGUF form.
+  const lora = state.trainedMethod === "lora";
+  $("download-gguf").disabled = !idle || !state.trained || !lora;
+  $("gguf-kind").disabled = $("download-gguf").disabled;
+  $("gguf-note").textContent = state.trained && !lora ?
+    `llama.cpp takes plain LoRA adapters only: train with LoRA to download a .gguf (this one is ${state.trainedMethod}).` : "";
+  $("resume-run").disabled = running || phase === "generating" || phase === "exporting";
   pref.controls(idle, state.loaded);
 }
 
@@ -30,7 +36,7 @@ function setPhase(phase) {
 // library's own wording (file and function names) goes to the console.
 const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
-  generate: "try-error", download: "try-error", pairs: "pref-error" };
+  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing" };
@@ -195,20 +201,28 @@ function onMessage(e) {
       if (m.which === "before" && state.trained) worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
       else setPhase("idle");
       break;
-    case "zip": {
-      const blob = new Blob([m.bytes], { type: "application/zip" });
-      const a = document.createElement("a");
-      a.href = URL.createObjectURL(blob);
-      a.download = "webpeft-adapter.zip";
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
+    case "zip":
+      save(new Blob([m.bytes], { type: "application/zip" }), "webpeft-adapter.zip");
       break;
-    }
+    case "gguf":
+      save(m.blob, m.kind === "lora" ? `webpeft-adapter-${m.ggufType}.gguf` : `webpeft-merged-${m.ggufType}.gguf`);
+      setPhase("idle");
+      break;
     case "error":
       showError(m.context, m.message);
       break;
   }
+}
+
+/** Offers `blob` as a download named `name`. */
+function save(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 }
 
 function drawChart() {
@@ -298,6 +312,7 @@ $("train").onclick = () => {
   setPhase("training");
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
   const src = source();
+  state.trainedMethod = config().method;
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
   // Held-out data measures the SFT loss: a preference run has none.
@@ -328,6 +343,7 @@ readAutosave().then((saved) => {
     state.speeds = [];
     drawChart();
     state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
+    state.trainedMethod = c.method;
     state.resuming = true;
     state.loaded = false;
     setPhase("loading");
@@ -356,6 +372,15 @@ $("generate").onclick = () => {
   if (!state.trained) $("after").textContent = "(train an adapter first)";
 };
 $("download").onclick = () => worker.postMessage({ type: "download" });
+$("download-gguf").onclick = () => {
+  clearError();
+  const [kind, ggufType] = $("gguf-kind").value.split(":");
+  // The toy default model's tokenizer is byte-level BPE with GPT-2's split regex: llama.cpp's "gpt-2"
+  // pre-tokenizer (its hash is not in llama.cpp's table, so it is named).
+  const tokenizerPre = source().kind === "default" ? "gpt-2" : undefined;
+  setPhase("exporting");
+  worker.postMessage({ type: "download-gguf", kind, ggufType, tokenizerPre });
+};
 // What each method trains, in one line, where it is picked.
 const METHOD_NOTES = {
   lora: "LoRA: a low-rank update B·A beside each targeted weight (r, alpha, targets); PEFT's files.",

@@ -1,7 +1,7 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
-// generate (which: before, after, or the preference mode's answer-a and answer-b), download. Messages out: ready, load-progress, loaded, step,
-// trained, token, generated, zip, error. Every failure becomes an `error`
+// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf. Messages
+// out: ready, load-progress, loaded, step, trained, token, generated, zip, gguf, error. Every failure becomes an `error`
 // message with readable text; nothing is sent anywhere but the page.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
 
@@ -176,6 +176,16 @@ async function handle(msg) {
       if (!model || !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
       const zip = await model.exportAdapterZip(ADAPTER);
       post({ type: "zip", bytes: zip }, [zip.buffer]);
+      break;
+    }
+    case "download-gguf": {
+      if (!model || !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
+      // Each 4 MiB chunk becomes a Blob at once (the browser may keep it on disk): the file is never
+      // whole in this worker's memory, nor in wasm's, which holds one tensor at a time.
+      const parts = [];
+      const opts = { kind: msg.kind, type: msg.ggufType, tokenizerPre: msg.tokenizerPre };
+      await model.exportGguf(ADAPTER, opts, (chunk) => parts.push(new Blob([chunk])));
+      post({ type: "gguf", kind: msg.kind, ggufType: msg.ggufType, blob: new Blob(parts, { type: "application/octet-stream" }) });
       break;
     }
     default:

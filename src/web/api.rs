@@ -263,6 +263,9 @@ struct ModelState {
     model: Model,
     /// The base model's name or path, as exported adapters name it.
     source: Option<String>,
+    /// The files the model was loaded from (handles and a URL cost nothing to
+    /// keep; buffers are kept as given), re-read by the GGUF export.
+    files: WebFiles,
     tokenizer: Option<Tokenizer>,
     adapters: AdapterSet,
 }
@@ -321,7 +324,7 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
     if let Some(t) = &tokenizer {
         t.check_model(&model.config).map_err(err)?;
     }
-    let state = ModelState { gpu, model, source, tokenizer, adapters: AdapterSet::new() };
+    let state = ModelState { gpu, model, source, files, tokenizer, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
 }
 
@@ -552,6 +555,29 @@ impl WebModel {
             let a = st.adapters.get(&name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
             let zip = to_zip(&a.to_files(&st.gpu, &st.model.config).await.map_err(err)?).map_err(err)?;
             Ok(Uint8Array::from(zip.as_slice()).into())
+        })
+    }
+
+    /// The adapter `name` (plain LoRA) as a GGUF file for llama.cpp: merged into
+    /// the model (`kind: "merged"`, f16 or q8_0; the base weights re-read from
+    /// the files the model was loaded from, not the GPU's copy) or alone
+    /// (`kind: "lora"`). The file goes to `onChunk` in order, 4 MiB at a time
+    /// (`chunkBytes`); resolves to its length in bytes.
+    #[wasm_bindgen(js_name = exportGguf, unchecked_return_type = "Promise<number>")]
+    pub fn export_gguf(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "GgufOptions")] opts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "(chunk: Uint8Array) => void")] on_chunk: Function,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: super::gguf::GgufExportOptions = options(&opts)?;
+            let st = busy(state.try_borrow())?;
+            let a = st.adapters.get(&name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+            let adapter = a.to_files(&st.gpu, &st.model.config).await.map_err(err)?;
+            let len = super::gguf::export(&st.files, st.source.as_deref(), adapter, o, on_chunk).await.map_err(err)?;
+            Ok(JsValue::from_f64(len as f64))
         })
     }
 

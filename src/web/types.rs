@@ -128,6 +128,15 @@ export interface MemoryPlan {
   weightBytes: number; doubleQuantSavedBytes: number; adapterBytes: number; optimizerBytes: number; activationBytes: number; totalBytes: number;
   largestBufferBytes: number; bindingLimitBytes: number; fits: boolean;
 }
+/** `Model.exportGguf`: "merged" (the model with the LoRA folded in, W + scaling·B·A) or "lora" (the adapter
+ * alone, for llama.cpp's `--lora`). Left out: "merged", type "f16" ("f32" only for "lora"), name the model's
+ * folder or URL's last part; `tokenizerPre` names a pre-tokenizer llama.cpp's hash table lacks
+ * (`tokenizer.ggml.pre`, e.g. "llama-bpe", "gpt-2", "qwen2"). Plain LoRA only (no DoRA, no other method). */
+export interface GgufOptions {
+  kind?: "merged" | "lora"; type?: "f16" | "q8_0" | "f32"; name?: string; tokenizerPre?: string;
+  /** The size of each chunk given to the callback (the last is shorter). Left out: 4 MiB. */
+  chunkBytes?: number;
+}
 /** An adapter folder: file name → bytes. */
 export type AdapterFiles = Record<string, Uint8Array>;
 "#;

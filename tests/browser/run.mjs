@@ -71,6 +71,38 @@ function safetensors(buf) {
   return out;
 }
 
+/** A GGUF file's header: version, metadata (key → value, in order) and tensor infos. */
+function gguf(buf) {
+  assert.equal(buf.subarray(0, 4).toString("latin1"), "GGUF", "GGUF magic");
+  let i = 4;
+  const take = (n, read) => { const v = read(i); i += n; return v; };
+  const u32 = () => take(4, (o) => buf.readUInt32LE(o));
+  const u64 = () => take(8, (o) => Number(buf.readBigUInt64LE(o)));
+  const str = () => { const n = u64(); return take(n, (o) => buf.subarray(o, o + n).toString("utf8")); };
+  const scalar = [(o) => buf.readUInt8(o), (o) => buf.readInt8(o), (o) => buf.readUInt16LE(o), (o) => buf.readInt16LE(o),
+    (o) => buf.readUInt32LE(o), (o) => buf.readInt32LE(o), (o) => buf.readFloatLE(o), (o) => buf.readUInt8(o) !== 0];
+  const width = [1, 1, 2, 2, 4, 4, 4, 1];
+  const value = (t) => {
+    if (t < 8) return take(width[t], scalar[t]);
+    if (t === 8) return str();
+    if (t === 9) { const et = u32(); return Array.from({ length: u64() }, () => value(et)); }
+    if (t === 10 || t === 11) return take(8, (o) => Number(t === 10 ? buf.readBigUInt64LE(o) : buf.readBigInt64LE(o)));
+    if (t === 12) return take(8, (o) => buf.readDoubleLE(o));
+    throw new Error(`GGUF value type ${t} at byte ${i}`);
+  };
+  const version = u32();
+  const tensorCount = u64();
+  const kvCount = u64();
+  const kv = new Map();
+  for (let k = 0; k < kvCount; k++) { const key = str(); kv.set(key, value(u32())); }
+  const tensors = Array.from({ length: tensorCount }, () => {
+    const name = str();
+    const ne = Array.from({ length: u32() }, () => u64());
+    return { name, ne, type: u32(), offset: u64() };
+  });
+  return { version, tensorCount, kv, tensors };
+}
+
 const server = await serve(0);
 const base = `http://127.0.0.1:${server.address().port}/`;
 const timings = {};
@@ -121,6 +153,46 @@ test("the demo page loads the toy model, trains, generates and downloads an adap
     assert.match(await page.textContent("#gpu-info"), /software renderer/, "SwiftShader is named as one");
     const web = safetensors(files["adapter_model.safetensors"]);
     assert.equal(Object.keys(web).length, 28);
+
+    // The same adapter for llama.cpp: merged into the model (q8_0) and alone (f16), streamed out of the
+    // worker; each file equals the native `export-gguf` of the adapter folder the zip holds, byte for byte.
+    const adapterDir = path.join(out, "browser-adapter");
+    fs.mkdirSync(adapterDir, { recursive: true });
+    for (const [name, bytes] of Object.entries(files)) fs.writeFileSync(path.join(adapterDir, name), bytes);
+    const ggufStart = Date.now();
+    for (const [kind, type] of [["merged", "q8_0"], ["lora", "f16"]]) {
+      assert.equal(await page.isDisabled("#download-gguf"), false);
+      await page.selectOption("#gguf-kind", `${kind}:${type}`);
+      const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#download-gguf")]);
+      const file = path.join(out, dl.suggestedFilename());
+      await dl.saveAs(file);
+      const bytes = fs.readFileSync(file);
+      const g = gguf(bytes);
+      assert.equal(g.version, 3);
+      assert.equal(g.kv.get("general.architecture"), "llama");
+      assert.equal(g.kv.get("general.name"), "default-model");
+      if (kind === "merged") {
+        assert.equal(g.kv.get("general.type"), "model");
+        assert.equal(g.kv.get("general.file_type"), 7, "MOSTLY_Q8_0");
+        assert.equal(g.kv.get("tokenizer.ggml.pre"), "gpt-2");
+        assert.equal(g.kv.get("tokenizer.ggml.tokens").length, 384);
+        assert.equal(g.tensorCount, 21, "token_embd, 2 × 9 block tensors, output_norm, output");
+        const q = g.tensors.find((t) => t.name === "blk.0.attn_q.weight");
+        assert.deepEqual([q.ne, q.type], [[128, 128], 8], "blk.0.attn_q.weight: (in, out), Q8_0");
+      } else {
+        assert.equal(g.kv.get("general.type"), "adapter");
+        assert.equal(g.kv.get("adapter.type"), "lora");
+        assert.equal(g.kv.get("adapter.lora.alpha"), 16);
+        assert.equal(g.tensorCount, 28, "lora_a and lora_b for 2 layers × 7 Linears");
+        assert.ok(g.tensors.every((t) => /^blk\.[01]\.(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight\.lora_[ab]$/.test(t.name)));
+      }
+      const native = path.join(out, `native-${kind}-${type}.gguf`);
+      execFileSync(path.join(root, "target", "debug", "webpeft"), ["export-gguf", "--model", path.join(root, "www", "default-model"),
+        "--adapter", adapterDir, ...(kind === "lora" ? ["--lora-only"] : []), "--type", type, "--name", "default-model",
+        "--tokenizer-pre", "gpt-2", "--out", native], { env: { ...process.env, XDG_RUNTIME_DIR: "/tmp" }, stdio: ["ignore", "pipe", "pipe"] });
+      assert.ok(bytes.equals(fs.readFileSync(native)), `${kind} ${type}: the browser's .gguf equals the native export`);
+    }
+    timings.ggufSeconds = (Date.now() - ggufStart) / 1000;
 
     // The native library, same seed, data and config.
     const nativeOut = path.join(out, "native");
@@ -373,6 +445,16 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const base = JSON.parse(new TextDecoder().decode(files["adapter_config.json"])).base_model_name_or_path;
       if (!base.startsWith("http://127.0.0.1:") || !base.endsWith("/model")) throw new Error("base_model_name_or_path " + base);
       const g = await model.generate("The robot", { maxNewTokens: 4, adapter: "c" });
+      // The LoRA merged into the nf4-loaded model as an f16 GGUF, in 64 KiB chunks: the base is re-read from its
+      // files (an nf4 GPU copy could not give f16 weights), and every chunk but the last is full.
+      const chunks = [];
+      const ggufLen = await model.exportGguf("b", { kind: "merged", tokenizerPre: "gpt-2", chunkBytes: 65536 }, (c) => chunks.push(c));
+      const head = new TextDecoder().decode(chunks[0].subarray(0, 4));
+      if (head !== "GGUF" || chunks.length < 10 || chunks.slice(0, -1).some((c) => c.length !== 65536) ||
+        chunks.reduce((n, c) => n + c.length, 0) !== ggufLen) throw new Error("gguf chunks " + chunks.map((c) => c.length) + " of " + ggufLen);
+      // An unknown type is a typed error, not a file.
+      const notLora = await model.exportGguf("c", { kind: "lora", type: "bf16" }, () => {}).then(() => "no error", (e) => e.message);
+      if (!notLora.includes("\\"bf16\\"")) throw new Error("exportGguf with type bf16: " + notLora);
       // (IA)³ with PEFT's defaults: trained, exported as PEFT's files, imported again with the same loss.
       model.addIa3("i", {});
       const il = [];
@@ -383,6 +465,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       await model.importAdapter("i2", ifiles);
       const [li, li2] = [(await model.evaluate(data, { adapter: "i" })).loss, (await model.evaluate(data, { adapter: "i2" })).loss];
       if (il.length !== 2 || !Number.isFinite(il[1]) || li !== li2) throw new Error("ia3: losses " + il + ", eval " + li + " vs imported " + li2);
+      const ia3Gguf = await model.exportGguf("i", { kind: "lora" }, () => {}).then(() => "no error", (e) => e.message);
+      if (!ia3Gguf.includes("GGUF adapters are LoRA only")) throw new Error("exportGguf of (IA)³: " + ia3Gguf);
       // Prompt tuning from a text: trained, exported as PEFT's files, imported again; generation goes through the prompt.
       model.addPromptTuning("p", { numVirtualTokens: 4, init: "text", initText: "The robot" });
       const pl = [];

@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ComputeDtype, KernelFamily, GenerateResult, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+import type { ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -36,5 +36,9 @@ export async function example(data: string): Promise<void> {
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));
   const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });
   const zip: Uint8Array = await model.exportAdapterZip("a");
+  const gguf: GgufOptions = { kind: "merged", type: "q8_0", tokenizerPre: "llama-bpe" };
+  let streamed = 0;
+  const ggufBytes: number = await model.exportGguf("a", gguf, (chunk: Uint8Array) => { streamed += chunk.length; });
+  console.log(ggufBytes === streamed);
   console.log(fits, first?.step, summary.state, out.text, zip.length, (await model.evaluate([{ text: "x" }], {})).perplexity);
 }

@@ -15,7 +15,8 @@ fn folder_name(dir: &Path) -> String {
         .unwrap_or_else(|| "model".into())
 }
 
-/// Writes `out` tensor by tensor (never the whole file in memory).
+/// Writes `out` tensor by tensor (never the whole file in memory). A failed
+/// export removes what it had written: no truncated .gguf is left behind.
 pub async fn export_gguf(
     model: &Path,
     adapter: Option<&Path>,
@@ -25,23 +26,24 @@ pub async fn export_gguf(
     tokenizer_pre: Option<String>,
     out: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let ty = match ty {
-        "f32" => GgmlType::F32,
-        "f16" => GgmlType::F16,
-        "q8_0" => GgmlType::Q8_0,
-        other => return Err(format!("--type {other:?}: f16 or q8_0 (f32 too with --lora-only)").into()),
-    };
-    let files = DirFiles::new(model)?;
+    let ty =
+        GgmlType::from_outtype(ty).ok_or_else(|| format!("--type {ty:?}: f16 or q8_0 (f32 too with --lora-only)"))?;
+    if lora_only && adapter.is_none() {
+        return Err("--lora-only needs --adapter".into());
+    }
+    let name = name.unwrap_or_else(|| folder_name(adapter.filter(|_| lora_only).unwrap_or(model)));
+    let opts = GgufOptions { ty, name, tokenizer_pre };
     let file = std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let sink = BufWriter::new(file);
-    let len = if lora_only {
-        let adapter = adapter.ok_or("--lora-only needs --adapter")?;
-        let opts = GgufOptions { ty, name: name.unwrap_or_else(|| folder_name(adapter)), tokenizer_pre };
-        export_lora(&files, &DirFiles::new(adapter)?, &opts, sink).await?
-    } else {
-        let opts = GgufOptions { ty, name: name.unwrap_or_else(|| folder_name(model)), tokenizer_pre };
-        let adapter = adapter.map(DirFiles::new).transpose()?;
-        export_model(&files, adapter.as_ref(), &opts, sink).await?
+    let written = write(model, adapter, lora_only, &opts, BufWriter::new(file)).await;
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            // Only a file this call created or truncated; never a device such as /dev/full.
+            if std::fs::metadata(out).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::remove_file(out);
+            }
+            return Err(e);
+        }
     };
     let what = if lora_only {
         "LoRA adapter"
@@ -52,4 +54,19 @@ pub async fn export_gguf(
     };
     out!("{}: {what} for llama.cpp ({:.2} MiB)", out.display(), len as f64 / 1048576.0);
     Ok(())
+}
+
+async fn write(
+    model: &Path,
+    adapter: Option<&Path>,
+    lora_only: bool,
+    opts: &GgufOptions,
+    sink: BufWriter<std::fs::File>,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let files = DirFiles::new(model)?;
+    let adapter = adapter.map(DirFiles::new).transpose()?;
+    Ok(match (lora_only, &adapter) {
+        (true, Some(adapter)) => export_lora(&files, adapter, opts, sink).await?,
+        _ => export_model(&files, adapter.as_ref(), opts, sink).await?,
+    })
 }

@@ -84,6 +84,16 @@ impl GgmlType {
         }
     }
 
+    /// The type a front end names: "f32", "f16" or "q8_0" (the converters' `--outtype`).
+    pub fn from_outtype(name: &str) -> Option<GgmlType> {
+        match name {
+            "f32" => Some(GgmlType::F32),
+            "f16" => Some(GgmlType::F16),
+            "q8_0" => Some(GgmlType::Q8_0),
+            _ => None,
+        }
+    }
+
     /// Bytes of a tensor of `numel` values (Q8_0: 34 bytes per 32 values).
     pub fn bytes(self, numel: usize) -> u64 {
         match self {
