@@ -211,7 +211,7 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
     let vocab = model.config.vocab_size;
     let ids: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(vocab) as u32).collect()).collect();
     let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
-    let b = Batch { input_ids: ids, labels };
+    let b = Batch::new(ids, labels);
     gpu.reset_peak_memory();
     if setup.warmup {
         trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?; // pipelines compile
