@@ -126,8 +126,7 @@ fn reference_rows_equal_each_example_alone() {
     let lengths = [7, 11, 5];
     let x = inputs(s, 31);
     let starts = starts_of(&[lengths.to_vec()]);
-    let (out, _) =
-        cpu::attention_forward_segmented(&x.q, &x.k, &x.v, &starts, 1, s.seq, s.hq, s.hkv, s.d, s.scale());
+    let (out, _) = cpu::attention_forward_segmented(&x.q, &x.k, &x.v, &starts, 1, s.seq, s.hq, s.hkv, s.d, s.scale());
     let mut at = 0;
     for n in lengths {
         let cut = |a: &[f32], heads: usize| a[at * heads * s.d..(at + n) * heads * s.d].to_vec();

@@ -111,7 +111,10 @@ fn packed_lora_gradients_match_peft() {
             worst = worst.max(d);
             values.push(got);
         }
-        eprintln!("LoRA packed (checkpointing {checkpointing}): loss {} vs {want}, gradients worst {worst:e}", stats.loss);
+        eprintln!(
+            "LoRA packed (checkpointing {checkpointing}): loss {} vs {want}, gradients worst {worst:e}",
+            stats.loss
+        );
         grads_of.push(values);
     }
     assert_eq!(grads_of[0], grads_of[1], "gradient checkpointing changes packed gradients");

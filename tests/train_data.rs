@@ -383,10 +383,7 @@ fn packing_puts_whole_examples_in_rows_best_fit_decreasing() {
     let batches = data.epoch(0);
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(
-        b.input_ids,
-        vec![vec![13, 14, 15, 16, 17, 18], vec![4, 5, 6, 7, 11, 12], vec![1, 2, 3, 8, 9, 10]]
-    );
+    assert_eq!(b.input_ids, vec![vec![13, 14, 15, 16, 17, 18], vec![4, 5, 6, 7, 11, 12], vec![1, 2, 3, 8, 9, 10]]);
     assert_eq!(b.labels, vec![vec![M, 14, 15, 16, 17, 18], vec![M, M, 6, 7, M, 12], vec![M, 2, 3, M, 9, 10]]);
     let positions = vec![vec![0, 1, 2, 3, 4, 5], vec![0, 1, 2, 3, 0, 1], vec![0, 1, 2, 0, 1, 2]];
     assert_eq!(b.position_ids, Some(positions));

@@ -262,7 +262,10 @@ impl Trainer {
         for b in micro {
             if let Objective::Preference(loss) = self.objective {
                 if b.position_ids.is_some() {
-                    return Err(Error::invalid(OP, format!("step {number}: a preference batch's rows are whole pairs, never packed")));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("step {number}: a preference batch's rows are whole pairs, never packed"),
+                    ));
                 }
                 let rows = PairRows::new(b, model.config.vocab_size, virtual_tokens, loss)?;
                 tokens += rows.completion_tokens;
