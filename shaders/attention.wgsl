@@ -16,6 +16,14 @@
 // query rows (and writes their delta), attention_backward_dkv a tile of key
 // rows, looping over the query heads of its group and the queries that see them.
 //
+// Packed rows (SEGMENTS): several examples share a row and each query sees
+// only its own example's keys, block-diagonal causal: query i reads keys
+// starts[b, i] ..= i, where starts (batch, tq) holds the position at which
+// its example begins (non-decreasing along the row, ≤ i). The key loops begin
+// at the tile's first start, and dkv stops at the first query whose example
+// begins after the tile's keys. Without SEGMENTS every start is 0 and
+// nothing else changes.
+//
 // k and v have tkv rows per batch: the sequence itself in training (tkv = tq,
 // offset 0), or a KV cache (tkv = its capacity) when generating: the queries
 // are then positions offset .. offset + tq and read keys 0 ..= their position.
@@ -31,7 +39,8 @@
 // attention_subgroup.wgsl has native variants where 8 lanes share each row.
 //
 // Prelude constants: D4 (head_dim / 4), G (query heads per tile, dividing
-// hq / hkv), P (query positions per tile), PK (key rows per dkv tile), WG.
+// hq / hkv), P (query positions per tile), PK (key rows per dkv tile), WG,
+// SEGMENTS (packed rows: read starts).
 
 const LOWEST: f32 = -0x1.fffffep+127f;  // the lowest finite f32, exactly (Tint rejects an inexact decimal)
 const R: u32 = G * P;                    // query rows per tile, row r = head h0 + r / P at position i0 + r % P
@@ -63,6 +72,7 @@ struct Params {
 @group(0) @binding(13) var<storage, read_write> dv: array<vec4<f32>>;    // (batch, tkv, hkv, D)
 @group(0) @binding(14) var<storage, read> src: array<f32>;               // (batch, tq): attention_repad
 @group(0) @binding(15) var<storage, read_write> dst: array<f32>;         // (batch, tkv)
+@group(0) @binding(16) var<storage, read> starts: array<u32>;            // (batch, tq), SEGMENTS only
 
 // In vec4s.
 fn q_at(b: u32, i: u32, h: u32) -> u32 { return ((b * p.tq + i) * p.hq + h) * D4; }
@@ -100,6 +110,15 @@ fn tile_row(t: QueryTile, n: u32) -> TileRow {
 
 // The position register row r masks keys with: rows past tq take the last one.
 fn row_pos(t: QueryTile, r: u32) -> u32 { return p.offset + min(t.i0 + r % P, p.tq - 1u); }
+
+// The first key query i of batch row b sees: its example's first position.
+fn query_start(b: u32, i: u32) -> u32 {
+    if (!SEGMENTS) { return 0u; }
+    return starts[b * p.tq + i];
+}
+
+// The first key register row r sees (rows past tq: the last row's).
+fn row_start(t: QueryTile, r: u32) -> u32 { return query_start(t.b, min(t.i0 + r % P, p.tq - 1u)); }
 
 // Arrays declared inside a loop are initialised explicitly (`= array<…>()`):
 // WGSL zeroes them at every iteration, but Chromium's compiler on SwiftShader
@@ -141,7 +160,7 @@ fn online_softmax_step(
     l: ptr<function, array<f32, R>>,
 ) {
     for (var r = 0u; r < R; r++) {
-        let seen = j <= row_pos(t, r);
+        let seen = j <= row_pos(t, r) && j >= row_start(t, r);
         let sr = (*s)[r] * p.scale;
         let mx = select((*m)[r], max((*m)[r], sr), seen);
         (*c)[r] = exp((*m)[r] - mx);
@@ -222,7 +241,7 @@ fn dq_scores(
 ) {
     for (var r = 0u; r < R; r++) {
         let prob = exp((*s)[r] * p.scale - (*row_lse)[r]);
-        (*s)[r] = select(0.0, prob * ((*dp)[r] - (*row_delta)[r]) * p.scale, j <= row_pos(t, r));  // dS
+        (*s)[r] = select(0.0, prob * ((*dp)[r] - (*row_delta)[r]) * p.scale, j <= row_pos(t, r) && j >= row_start(t, r));  // dS
     }
 }
 
@@ -263,13 +282,15 @@ fn load_key_rows(
     }
 }
 
-// For query i (row `row` of lse and delta) against keys j0 + u, from the
-// scores s (q_i·k) and dp (dout_i·v): s becomes P (0 past position i) and dp
-// becomes dS, and they add P dout_i to dv and dS q_i to dk.
+// For query i (row `row` of lse and delta, first key `start`) against keys
+// j0 + u, from the scores s (q_i·k) and dp (dout_i·v): s becomes P (0 past
+// position i and before start) and dp becomes dS, and they add P dout_i to dv
+// and dS q_i to dk.
 fn dkv_accumulate(
     j0: u32,
     i: u32,
     row: u32,
+    start: u32,
     qi: ptr<function, array<vec4<f32>, D4>>,
     doi: ptr<function, array<vec4<f32>, D4>>,
     s: ptr<function, array<f32, PK>>,
@@ -280,7 +301,7 @@ fn dkv_accumulate(
     let row_lse = lse_in[row];
     let row_delta = delta_in[row];
     for (var u = 0u; u < PK; u++) {
-        let prob = select(0.0, exp((*s)[u] * p.scale - row_lse), j0 + u <= p.offset + i);
+        let prob = select(0.0, exp((*s)[u] * p.scale - row_lse), j0 + u <= p.offset + i && j0 + u >= start);
         (*s)[u] = prob;
         (*dp)[u] = prob * ((*dp)[u] - row_delta) * p.scale;  // dS
     }
@@ -328,7 +349,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     var m: array<f32, R>;               // running max of the scores
     var l: array<f32, R>;               // running Σ exp(s − m)
     for (var r = 0u; r < R; r++) { m[r] = LOWEST; }
-    for (var j = 0u; j <= t.last; j++) {
+    for (var j = row_start(t, 0u); j <= t.last; j++) {  // row 0 starts first
         let ka = kv_at(t.b, j, t.kvh);
         var s = array<f32, R>();
         for (var d = 0u; d < D4; d++) {
@@ -360,7 +381,7 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     var row_lse: array<f32, R>;
     load_dq_rows(t, &qr, &dor, &row_delta, &row_lse);
     var dqr: array<vec4<f32>, R * D4>;
-    for (var j = 0u; j <= t.last; j++) {
+    for (var j = row_start(t, 0u); j <= t.last; j++) {  // row 0 starts first
         let ka = kv_at(t.b, j, t.kvh);
         var kj = array<vec4<f32>, D4>();
         var s = array<f32, R>();
@@ -403,6 +424,8 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     for (var g = 0u; g < group; g++) {
         let h = kvh * group + g;
         for (var i = first; i < p.tq; i++) {
+            let start = query_start(b, i);
+            if (start >= j0 + nk) { break; }  // this query's example, and every later one, begins after the tile
             let qa = q_at(b, i, h);
             let row = row_at(b, h, i);
             var qi = array<vec4<f32>, D4>();
@@ -417,7 +440,7 @@ fn attention_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
                 doi[d] = dout[qa + d];
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }
             }
-            dkv_accumulate(j0, i, row, &qi, &doi, &s, &dp, &dkr, &dvr);
+            dkv_accumulate(j0, i, row, start, &qi, &doi, &s, &dp, &dkr, &dvr);
         }
     }
     store_key_rows(b, j0, nk, kvh, &dkr, &dvr);

@@ -70,7 +70,7 @@ fn attention_forward_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     var l: array<f32, R>;
     for (var r = 0u; r < R; r++) { m[r] = LOWEST; }
     let last = subgroup_last(index);
-    for (var j = 0u; j <= last; j++) {
+    for (var j = query_start(t.b, min(subgroup_i0(index), p.tq - 1u)); j <= last; j++) {  // lane 0's first row starts first
         let ka = kv_at(t.b, j, t.kvh);
         let kj = k_row_sg(ka, lane);
         var s = array<f32, R>();
@@ -99,7 +99,7 @@ fn attention_backward_dq_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_
     load_dq_rows(t, &qr, &dor, &row_delta, &row_lse);
     var dqr: array<vec4<f32>, R * D4>;
     let last = subgroup_last(index);
-    for (var j = 0u; j <= last; j++) {
+    for (var j = query_start(t.b, min(subgroup_i0(index), p.tq - 1u)); j <= last; j++) {  // lane 0's first row starts first
         let ka = kv_at(t.b, j, t.kvh);
         let kj = k_row_sg(ka, lane);
         var s = array<f32, R>();
@@ -138,6 +138,8 @@ fn attention_backward_dkv_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     for (var g = 0u; g < group; g++) {
         let h = kvh * group + g;
         for (var i = first; i < p.tq; i++) {
+            let start = query_start(b, i);
+            if (start >= s0 + 8u * PK) { break; }  // after every lane's keys: the same in every lane
             let qa = q_at(b, i, h);
             let row = row_at(b, h, i);
             var qi = q_row_sg(qa, lane);
@@ -150,7 +152,7 @@ fn attention_backward_dkv_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
             for (var d = 0u; d < D4; d++) {
                 for (var u = 0u; u < PK; u++) { dp[u] += dot(doi[d], vr[u * D4 + d]); }
             }
-            dkv_accumulate(j0, i, row, &qi, &doi, &s, &dp, &dkr, &dvr);
+            dkv_accumulate(j0, i, row, start, &qi, &doi, &s, &dp, &dkr, &dvr);
         }
     }
     store_key_rows(b, j0, nk, kvh, &dkr, &dvr);

@@ -375,7 +375,7 @@ fn labels_outside_the_vocabulary_in_a_batch() {
     let m = llama();
     let a = Adapter::new_lora(gpu, LoraConfig::new(2, 4.0, TargetModules::AllLinear).unwrap(), &m.config, 0).unwrap();
     let mut t = Trainer::new(gpu, a, OptimizerConfig::default(), 0).unwrap();
-    let b = Batch { input_ids: vec![vec![1, 2, 3]], labels: vec![vec![1, 2, 999]] };
+    let b = Batch::new(vec![vec![1, 2, 3]], vec![vec![1, 2, 999]]);
     let e = show("a label outside the vocabulary", block_on(t.step(gpu, &m, &[b], 1e-3)));
     assert!(e.to_string().contains("999"), "{e}");
 }

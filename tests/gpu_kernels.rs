@@ -58,7 +58,7 @@ fn lora_loss_gradients_and_steps_match_peft() {
     let adapter = || Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap());
     let ids = rows(&fx, "input_ids", |v| v as u32);
     let labels = rows(&fx, "labels", |v| v as i32);
-    let batch = Batch { input_ids: ids[0..2].to_vec(), labels: labels[0..2].to_vec() };
+    let batch = Batch::new(ids[0..2].to_vec(), labels[0..2].to_vec());
 
     // lr 0: the loss and every gradient at PEFT's initial adapter.
     let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
@@ -135,7 +135,7 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     let files = random_model_files(&llama_config(384, 256, 512, 2, 4, 2), 3).unwrap();
     let mut rng = webpeft::util::rng::Rng::new(5);
     let ids: Vec<Vec<u32>> = (0..2).map(|_| (0..96).map(|_| rng.below(384) as u32).collect()).collect();
-    let batch = Batch { labels: ids.iter().map(|r| r.iter().map(|&t| t as i32).collect()).collect(), input_ids: ids };
+    let batch = Batch::new(ids.clone(), ids.iter().map(|r| r.iter().map(|&t| t as i32).collect()).collect());
     let steps = |gpu: &Gpu| {
         let model = block_on(Model::load(gpu, &files, QuantFormat::Nf4)).unwrap();
         let lora = LoraConfig::new(16, 32.0, TargetModules::AllLinear).unwrap();

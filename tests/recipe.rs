@@ -287,3 +287,19 @@ mod cli {
         );
     }
 }
+
+#[test]
+fn packing_refuses_adapters_with_virtual_tokens() {
+    let packed = TrainRecipe { packing: true, ..TrainRecipe::default() };
+    for method in [Method::PromptTuning, Method::PrefixTuning, Method::PTuning] {
+        let before = AdapterRecipe::new(method).virtual_tokens();
+        match packed.check_positions_before(before) {
+            Err(Error::TrainOption { option: "packing", detail }) => {
+                assert!(detail.contains("virtual tokens"), "{detail}")
+            }
+            other => panic!("{method:?}: expected a packing TrainOption error, got {other:?}"),
+        }
+        TrainRecipe::default().check_positions_before(before).unwrap();
+    }
+    packed.check_positions_before(AdapterRecipe::new(Method::Lora).virtual_tokens()).unwrap();
+}

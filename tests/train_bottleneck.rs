@@ -32,10 +32,10 @@ fn adapter(gpu: &Gpu, model: &Model, kind: &str) -> Adapter {
 fn batch(fx: &Fixture) -> Batch {
     let t = fx.shape("input_ids")[1];
     let rows = |name: &str| fx.i64(name).chunks(t).map(|r| r.to_vec()).collect::<Vec<_>>();
-    Batch {
-        input_ids: rows("input_ids").into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect(),
-        labels: rows("labels").into_iter().map(|r| r.into_iter().map(|v| v as i32).collect()).collect(),
-    }
+    Batch::new(
+        rows("input_ids").into_iter().map(|r| r.into_iter().map(|v| v as u32).collect()).collect(),
+        rows("labels").into_iter().map(|r| r.into_iter().map(|v| v as i32).collect()).collect(),
+    )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -366,16 +366,40 @@ fn rows_that_predict_nothing_after_truncation_are_dropped() {
 }
 
 #[test]
-fn packing_concatenates_in_file_order() {
-    let examples =
-        vec![ex(&[1, 2, 3]), Example { input_ids: vec![4, 5, 6, 7], labels: vec![M, M, 6, 7] }, ex(&[8, 9, 10])];
-    let data = Dataset::new("d", examples, &DataOptions { packing: true, ..opts(4, 3) }, PAD).unwrap();
+fn packing_puts_whole_examples_in_rows_best_fit_decreasing() {
+    // Lengths 3, 4, 3, 2 and 6 (truncated from 7) into rows of 6, longest first:
+    // [4] fills row A, [1] opens row B, [0] opens row C, [2] fills C, [3] fills B.
+    let examples = vec![
+        ex(&[1, 2, 3]),
+        Example { input_ids: vec![4, 5, 6, 7], labels: vec![M, M, 6, 7] },
+        ex(&[8, 9, 10]),
+        ex(&[11, 12]),
+        ex(&[13, 14, 15, 16, 17, 18, 19]),
+    ];
+    let data = Dataset::new("d", examples, &DataOptions { packing: true, ..opts(6, 3) }, PAD).unwrap();
     assert_eq!(data.len(), 3);
-    assert_eq!(data.tokens(), 3 + 2 + 3);
+    // Each example's first label is −100: the example before it does not predict it.
+    assert_eq!(data.tokens(), 5 + 3 + 4);
     let batches = data.epoch(0);
     assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].input_ids, vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8], vec![9, 10, PAD, PAD]]);
-    assert_eq!(batches[0].labels, vec![vec![1, 2, 3, M], vec![M, 6, 7, 8], vec![9, 10, M, M]]);
+    let b = &batches[0];
+    assert_eq!(b.input_ids, vec![vec![13, 14, 15, 16, 17, 18], vec![4, 5, 6, 7, 11, 12], vec![1, 2, 3, 8, 9, 10]]);
+    assert_eq!(b.labels, vec![vec![M, 14, 15, 16, 17, 18], vec![M, M, 6, 7, M, 12], vec![M, 2, 3, M, 9, 10]]);
+    let positions = vec![vec![0, 1, 2, 3, 4, 5], vec![0, 1, 2, 3, 0, 1], vec![0, 1, 2, 0, 1, 2]];
+    assert_eq!(b.position_ids, Some(positions));
+}
+
+#[test]
+fn packed_padding_counts_as_one_more_example() {
+    let examples = vec![ex(&[1, 2, 3, 4]), ex(&[5, 6])];
+    let data = Dataset::new("d", examples, &DataOptions { packing: true, ..opts(4, 2) }, PAD).unwrap();
+    let b = &data.epoch(0)[0];
+    assert_eq!(b.input_ids, vec![vec![1, 2, 3, 4], vec![5, 6, PAD, PAD]]);
+    assert_eq!(b.labels, vec![vec![M, 2, 3, 4], vec![M, 6, M, M]]);
+    assert_eq!(b.position_ids, Some(vec![vec![0, 1, 2, 3], vec![0, 1, 0, 1]]));
+    // Unpacked batches carry no position ids.
+    let plain = Dataset::new("d", vec![ex(&[1, 2])], &opts(4, 1), PAD).unwrap();
+    assert_eq!(plain.epoch(0)[0].position_ids, None);
 }
 
 fn order(data: &Dataset, epoch: u64) -> Vec<u32> {

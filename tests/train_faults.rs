@@ -28,7 +28,7 @@ fn setup(gpu: &Gpu) -> (Model, Trainer) {
 
 fn batch() -> Batch {
     let ids = vec![(0..14).map(|i| (i * 37 + 5) % 380).collect::<Vec<u32>>()];
-    Batch { labels: ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect(), input_ids: ids }
+    Batch::new(ids.clone(), ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect())
 }
 
 fn snapshot(gpu: &Gpu, t: &Trainer) -> Vec<Vec<u32>> {

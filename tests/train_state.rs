@@ -33,7 +33,7 @@ fn batches() -> Vec<Batch> {
         .map(|k| {
             let ids = vec![row(k, 13), row(k + 7, 13)];
             let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
-            Batch { input_ids: ids, labels }
+            Batch::new(ids, labels)
         })
         .collect()
 }
@@ -265,7 +265,7 @@ fn evaluation_is_the_token_weighted_mean_loss_and_its_perplexity() {
     // Evaluation has no dropout: twice the same numbers.
     let again = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
     assert_eq!(e, again);
-    let empty = vec![Batch { input_ids: vec![vec![1, 2]], labels: vec![vec![-100, -100]] }];
+    let empty = vec![Batch::new(vec![vec![1, 2]], vec![vec![-100, -100]])];
     assert!(matches!(block_on(evaluate(gpu, &model, None, &empty)), Err(Error::InvalidArgument { .. })));
 }
 

@@ -36,12 +36,15 @@ pub struct TrainFigure {
     /// LoRA's rank (0 for a bottleneck adapter).
     pub r: usize,
     pub checkpointing: bool,
+    /// Examples packed in each row (1: one sequence a row).
+    pub examples_per_row: usize,
     pub adapter_parameters: usize,
     pub batch: usize,
     pub seq: usize,
     /// Median step time, ms.
     pub step_ms: f64,
-    /// Target tokens per second (B·(T−1) per step over the median step).
+    /// Target tokens per second (B·(T−k) per step over the median step, k
+    /// examples a row: an example's first token has no target).
     pub tokens_per_s: f64,
     /// Peak bytes of GPU buffers during the steps (weights and the pool
     /// included), from the library's own accounting.
@@ -134,6 +137,9 @@ pub struct StepSetup {
     pub batch: usize,
     pub seq: usize,
     pub checkpointing: bool,
+    /// Examples packed in each row: k ≥ 2 cuts every row into k examples
+    /// (the last takes the remainder) with their own positions and attention.
+    pub examples_per_row: usize,
     /// Timed steps; the figure is their median.
     pub steps: usize,
     /// One untimed step first (pipelines compile in it).
@@ -152,6 +158,7 @@ impl StepSetup {
             batch,
             seq,
             checkpointing: false,
+            examples_per_row: 1,
             steps: 3,
             warmup: true,
             profile: false,
@@ -212,7 +219,19 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
     let vocab = model.config.vocab_size;
     let ids: Vec<Vec<u32>> = (0..batch).map(|_| (0..seq).map(|_| rng.below(vocab) as u32).collect()).collect();
     let labels = ids.iter().map(|r| r.iter().map(|&v| v as i32).collect()).collect();
-    let b = Batch { input_ids: ids, labels };
+    let mut b = Batch::new(ids, labels);
+    let k = setup.examples_per_row.clamp(1, seq);
+    if k > 1 {
+        let positions: Vec<u32> = (0..seq).map(|t| (t - (t / (seq / k)).min(k - 1) * (seq / k)) as u32).collect();
+        for labels in &mut b.labels {
+            for (label, &p) in labels.iter_mut().zip(&positions) {
+                if p == 0 {
+                    *label = crate::model::llama::IGNORE_INDEX;
+                }
+            }
+        }
+        b.position_ids = Some(vec![positions; batch]);
+    }
     gpu.reset_peak_memory();
     if setup.warmup {
         trainer.step(gpu, model, std::slice::from_ref(&b), 1e-4).await?; // pipelines compile
@@ -245,11 +264,12 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
         method: setup.method.clone(),
         r: if matches!(setup.method.as_str(), "lora" | "dora") { r } else { 0 },
         checkpointing: setup.checkpointing,
+        examples_per_row: k,
         adapter_parameters,
         batch,
         seq,
         step_ms: step * 1e3,
-        tokens_per_s: (batch * (seq - 1)) as f64 / step,
+        tokens_per_s: (batch * (seq - k)) as f64 / step,
         peak_gpu_bytes: peak,
         weight_bytes: model.bytes(),
         kernels,

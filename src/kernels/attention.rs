@@ -9,6 +9,10 @@
 //! probabilities from q, k and lse; it also needs v, the forward's `out` and
 //! `dout`, and makes one (batch, n_heads, seq) scratch tensor.
 //!
+//! Packed rows: [`attention_forward_segmented`] and
+//! [`attention_backward_segmented`] keep each query inside its own example
+//! (block-diagonal causal), given where each query's example starts.
+//!
 //! Speed: each invocation holds a register tile of several query rows (or
 //! key rows, for dk and dv) and every k, v, q or dout row it loads, as vec4s,
 //! serves the whole tile; a head_dim that is not a multiple of 4 runs
@@ -133,6 +137,7 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
 #[derive(Clone, Copy)]
 struct Launch {
     variant: Variant, // Portable or Subgroup, as resolved for the device
+    segments: bool,   // packed rows: the kernels read starts (binding 16)
     d4: u32,
     g: u32,
     p: u32,
@@ -153,7 +158,14 @@ impl Launch {
         // Powers of two, so that generation's few sequence lengths share pipelines.
         let positions = (rows / g).min((p.tq as usize).next_power_of_two()).max(1);
         let pk = rows.min((p.tkv as usize).next_power_of_two());
-        Launch { variant: variant.on(gpu, p.tq), d4: d4 as u32, g: g as u32, p: positions as u32, pk: pk as u32 }
+        Launch {
+            variant: variant.on(gpu, p.tq),
+            segments: false,
+            d4: d4 as u32,
+            g: g as u32,
+            p: positions as u32,
+            pk: pk as u32,
+        }
     }
 
     fn key(&self, entry: &'static str) -> PipelineKey {
@@ -169,6 +181,7 @@ impl Launch {
             .with("G", Const::U32(self.g))
             .with("P", Const::U32(self.p))
             .with("PK", Const::U32(self.pk))
+            .with("SEGMENTS", Const::Bool(self.segments))
     }
 
     /// The grid of the forward and of attention_backward_dq.
@@ -205,37 +218,38 @@ fn repad(rec: &mut Recorder, launch: &Launch, x: &Tensor, to: usize) -> Result<T
     Ok(y)
 }
 
+/// The forward, packed rows when `starts` is given.
 fn forward(
     rec: &mut Recorder,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    starts: Option<&Tensor>,
     p: &Params,
     variant: Variant,
 ) -> Result<(Tensor, Tensor)> {
     let d = q.shape()[3];
-    let launch = Launch::new(rec.gpu(), variant, p, d);
+    let launch = Launch { segments: starts.is_some(), ..Launch::new(rec.gpu(), variant, p, d) };
     let padded = launch.d4 as usize * 4;
     if padded != d {
         let (qp, kp, vp) =
             (repad(rec, &launch, q, padded)?, repad(rec, &launch, k, padded)?, repad(rec, &launch, v, padded)?);
-        let (out, lse) = forward_vec4(rec, &launch, &qp, &kp, &vp, p)?;
+        let (out, lse) = forward_vec4(rec, &launch, [&qp, &kp, &vp], starts, p)?;
         return Ok((repad(rec, &launch, &out, d)?, lse));
     }
-    forward_vec4(rec, &launch, q, k, v, p)
+    forward_vec4(rec, &launch, [q, k, v], starts, p)
 }
 
 fn forward_vec4(
     rec: &mut Recorder,
     launch: &Launch,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    starts: Option<&Tensor>,
     p: &Params,
 ) -> Result<(Tensor, Tensor)> {
     let out = rec.alloc(q.shape(), DType::F32)?;
     let lse = rec.alloc(&[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
-    let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse)];
+    // The kernels name starts (binding 16) whether or not SEGMENTS reads it,
+    // so the layout has it: unpacked launches bind q there, never read.
+    let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse), (16, starts.unwrap_or(q))];
     rec.dispatch_bound(&launch.key("attention_forward"), p, &bound, launch.query_grid(p))?;
     Ok((out, lse))
 }
@@ -262,7 +276,43 @@ pub fn attention_forward(
     if p.tkv != p.tq {
         return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
     }
-    forward(rec, q, k, v, &p, variant)
+    forward(rec, [q, k, v], None, &p, variant)
+}
+
+/// [`attention_forward`] for packed rows, several examples to a row: query
+/// i of row b sees keys `starts[b, i] ..= i` only, its own example's
+/// (block-diagonal causal, as transformers' eager attention with the 4-D mask
+/// that blocks every other example).
+///
+/// - starts: (batch, seq) u32, the position at which each query's example
+///   begins: `starts[b, i] ≤ i` and non-decreasing along the row (a query
+///   starting after itself sees no key: its output is NaN)
+pub fn attention_forward_segmented(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    starts: &Tensor,
+    scale: f32,
+    variant: Variant,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "attention_forward_segmented";
+    let p = check(OP, q, k, v, 0, scale)?;
+    if p.tkv != p.tq {
+        return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
+    }
+    check_starts(OP, starts, &p)?;
+    forward(rec, [q, k, v], Some(starts), &p, variant)
+}
+
+/// starts must be (batch, seq) u32.
+fn check_starts(op: &'static str, starts: &Tensor, p: &Params) -> Result<()> {
+    starts.expect_dtype(op, "starts", DType::U32)?;
+    let want = [p.batch as usize, p.tq as usize];
+    if starts.shape() != want {
+        return Err(Error::shape(op, format!("starts {:?} must be {want:?} (batch, seq)", starts.shape())));
+    }
+    Ok(())
 }
 
 /// Returns `(dq, dk, dv)` for `dout`, given the forward's inputs, its `out`
@@ -283,41 +333,79 @@ pub fn attention_backward(
     scale: f32,
     variant: Variant,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    const OP: &str = "attention_backward";
-    let p = check(OP, q, k, v, 0, scale)?;
-    all_f32(OP, &[("dout", dout), ("out", out), ("lse", lse)])?;
-    same_shape(OP, ("q", q), ("dout", dout))?;
-    same_shape(OP, ("q", q), ("out", out))?;
+    backward(rec, [dout, q, k, v, out, lse], None, scale, variant)
+}
+
+/// [`attention_backward`] for packed rows: the gradients of
+/// [`attention_forward_segmented`] with the same `starts` (batch, seq).
+#[allow(clippy::too_many_arguments)] // the backward needs everything the forward had, and more
+pub fn attention_backward_segmented(
+    rec: &mut Recorder,
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    starts: &Tensor,
+    scale: f32,
+    variant: Variant,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    backward(rec, [dout, q, k, v, out, lse], Some(starts), scale, variant)
+}
+
+fn backward(
+    rec: &mut Recorder,
+    [dout, q, k, v, out, lse]: [&Tensor; 6],
+    starts: Option<&Tensor>,
+    scale: f32,
+    variant: Variant,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = if starts.is_some() { "attention_backward_segmented" } else { "attention_backward" };
+    let p = check(op, q, k, v, 0, scale)?;
+    all_f32(op, &[("dout", dout), ("out", out), ("lse", lse)])?;
+    same_shape(op, ("q", q), ("dout", dout))?;
+    same_shape(op, ("q", q), ("out", out))?;
     if p.tkv != p.tq {
-        return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
+        return Err(Error::shape(op, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
     }
     let lse_shape = [p.batch as usize, p.hq as usize, p.tq as usize];
     if lse.shape() != lse_shape {
-        return Err(Error::shape(OP, format!("lse {:?} must be {lse_shape:?} (batch, n_heads, seq)", lse.shape())));
+        return Err(Error::shape(op, format!("lse {:?} must be {lse_shape:?} (batch, n_heads, seq)", lse.shape())));
+    }
+    if let Some(starts) = starts {
+        check_starts(op, starts, &p)?;
     }
     let d = q.shape()[3];
-    let launch = Launch::new(rec.gpu(), variant, &p, d);
+    let launch = Launch { segments: starts.is_some(), ..Launch::new(rec.gpu(), variant, &p, d) };
     let padded = launch.d4 as usize * 4;
     if padded != d {
         let mut pad = |x: &Tensor| repad(rec, &launch, x, padded);
         let (dp, qp, kp, vp, op) = (pad(dout)?, pad(q)?, pad(k)?, pad(v)?, pad(out)?);
-        let [dq, dk, dv] = backward_vec4(rec, &launch, [&dp, &qp, &kp, &vp, &op, lse], &p)?;
+        let [dq, dk, dv] = backward_vec4(rec, &launch, [&dp, &qp, &kp, &vp, &op, lse], starts, &p)?;
         return Ok((repad(rec, &launch, &dq, d)?, repad(rec, &launch, &dk, d)?, repad(rec, &launch, &dv, d)?));
     }
-    let [dq, dk, dv] = backward_vec4(rec, &launch, [dout, q, k, v, out, lse], &p)?;
+    let [dq, dk, dv] = backward_vec4(rec, &launch, [dout, q, k, v, out, lse], starts, &p)?;
     Ok((dq, dk, dv))
 }
 
 /// `[dq, dk, dv]` from `[dout, q, k, v, out, lse]`, head_dim a multiple of 4.
-fn backward_vec4(rec: &mut Recorder, launch: &Launch, inputs: [&Tensor; 6], p: &Params) -> Result<[Tensor; 3]> {
+fn backward_vec4(
+    rec: &mut Recorder,
+    launch: &Launch,
+    inputs: [&Tensor; 6],
+    starts: Option<&Tensor>,
+    p: &Params,
+) -> Result<[Tensor; 3]> {
     let [dout, q, k, v, out, lse] = inputs;
     let dq = rec.alloc(q.shape(), DType::F32)?;
     let dk = rec.alloc(k.shape(), DType::F32)?;
     let dv = rec.alloc(v.shape(), DType::F32)?;
     let delta = rec.alloc(lse.shape(), DType::F32)?;
-    let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta)];
+    let starts = starts.unwrap_or(q); // see forward_vec4
+    let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta), (16, starts)];
     rec.dispatch_bound(&launch.key("attention_backward_dq"), p, &bound, launch.query_grid(p))?;
-    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv)];
+    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv), (16, starts)];
     rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &bound, launch.key_grid(p))?;
     Ok([dq, dk, dv])
 }
@@ -342,7 +430,7 @@ pub fn attention_forward_cached(
     variant: Variant,
 ) -> Result<Tensor> {
     let p = check("attention_forward_cached", q, k_cache, v_cache, offset, scale)?;
-    Ok(forward(rec, q, k_cache, v_cache, &p, variant)?.0)
+    Ok(forward(rec, [q, k_cache, v_cache], None, &p, variant)?.0)
 }
 
 /// Copies `new` (batch, seq, n_kv_heads, head_dim) into rows
@@ -386,6 +474,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
                         let launch = Launch::with_budget(gpu, variant, &p, head_dim, budget);
                         for entry in ["attention_forward", "attention_backward_dq", "attention_backward_dkv"] {
                             keys.push(launch.key(entry));
+                            keys.push(Launch { segments: true, ..launch }.key(entry));
                         }
                         if head_dim % 4 != 0 {
                             keys.push(Launch { variant: Variant::Portable, ..launch }.key("attention_repad"));

@@ -22,9 +22,10 @@
 //! Labels are not shifted: `labels[t]` is the id at `t` (or −100), and the
 //! model predicts `labels[t + 1]` from position `t`, as in transformers.
 //!
-//! A [`Dataset`] then truncates each example to `seq_len` (or packs all of
-//! them into rows of `seq_len`), drops rows in which no token is predicted,
-//! and cuts an epoch into batches, right-padded with the pad id and −100.
+//! A [`Dataset`] then truncates each example to `seq_len` (packing: and puts
+//! several whole examples in each row of at most `seq_len`, see [`pack`]),
+//! drops rows in which no token is predicted, and cuts an epoch into batches,
+//! right-padded with the pad id and −100.
 
 use std::rc::Rc;
 
@@ -64,6 +65,19 @@ pub struct Batch {
     pub input_ids: Vec<Vec<u32>>,
     /// (B, T), −100 on padding.
     pub labels: Vec<Vec<i32>>,
+    /// (B, T), packed rows only: each token's position in its own example
+    /// (0 where an example starts; the padding counts on as one more). The
+    /// model then keeps attention inside each example and ropes each token at
+    /// its position, as transformers does with `position_ids` for padding-free
+    /// batches. `None`: every row is one sequence at positions 0..T.
+    pub position_ids: Option<Vec<Vec<u32>>>,
+}
+
+impl Batch {
+    /// An unpacked batch: each row one sequence at positions 0..T.
+    pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
+        Batch { input_ids, labels, position_ids: None }
+    }
 }
 
 /// What [`parse_jsonl_counted`] read.
@@ -381,7 +395,8 @@ fn kind(value: &Value) -> &'static str {
 pub struct DataOptions {
     /// Tokens per row: longer examples are truncated (or, packing, split).
     pub seq_len: usize,
-    /// Concatenate every example (file order) and cut rows of exactly `seq_len`.
+    /// Put several whole examples in each row of at most `seq_len` tokens
+    /// (best fit decreasing, see [`pack`]); attention stays inside each example.
     pub packing: bool,
     /// Rows per batch.
     pub batch_size: usize,
@@ -402,6 +417,8 @@ impl Default for DataOptions {
 #[derive(Debug, Clone)]
 pub struct Dataset {
     rows: Vec<Example>,
+    /// Packing: each row's position ids (see [`Batch::position_ids`]); else empty.
+    positions: Vec<Vec<u32>>,
     batch_size: usize,
     shuffle: bool,
     seed: u64,
@@ -416,7 +433,7 @@ pub struct Dataset {
 
 impl Dataset {
     /// Rows of at most `opts.seq_len` tokens from `examples`: each truncated,
-    /// or (packing) all concatenated and cut, the last partial row kept. Rows in
+    /// and (packing) several of them in one row ([`pack`]). Rows in
     /// which the loss would see no label (every label after the first is −100)
     /// are dropped and counted ([`dropped_rows`](Self::dropped_rows)).
     /// `pad_id` pads the batches (the tokenizer's pad token, or its eos).
@@ -445,26 +462,20 @@ impl Dataset {
             return Err(empty("no examples".to_string()));
         }
 
-        let rows: Vec<Example> = if opts.packing {
-            let input_ids: Vec<u32> = examples.iter().flat_map(|e| e.input_ids.iter().copied()).collect();
-            let labels: Vec<i32> = examples.iter().flat_map(|e| e.labels.iter().copied()).collect();
-            input_ids
-                .chunks(opts.seq_len)
-                .zip(labels.chunks(opts.seq_len))
-                .map(|(ids, labels)| Example { input_ids: ids.to_vec(), labels: labels.to_vec() })
-                .collect()
+        let truncated = examples.into_iter().map(|mut e| {
+            e.input_ids.truncate(opts.seq_len);
+            e.labels.truncate(opts.seq_len);
+            e
+        });
+        let (rows, positions): (Vec<Example>, Vec<Vec<u32>>) = if opts.packing {
+            pack(truncated.filter(|e| !e.input_ids.is_empty()).collect(), opts.seq_len).into_iter().unzip()
         } else {
-            examples
-                .into_iter()
-                .map(|mut e| {
-                    e.input_ids.truncate(opts.seq_len);
-                    e.labels.truncate(opts.seq_len);
-                    e
-                })
-                .collect()
+            (truncated.collect(), Vec::new())
         };
         let total = rows.len();
-        let rows: Vec<Example> = rows.into_iter().filter(|row| row.predicts_any()).collect();
+        let keep: Vec<bool> = rows.iter().map(Example::predicts_any).collect();
+        let rows: Vec<Example> = rows.into_iter().zip(&keep).filter(|(_, &k)| k).map(|(r, _)| r).collect();
+        let positions: Vec<Vec<u32>> = positions.into_iter().zip(&keep).filter(|(_, &k)| k).map(|(p, _)| p).collect();
         let dropped = total - rows.len();
         if rows.is_empty() {
             return Err(empty(format!(
@@ -481,6 +492,7 @@ impl Dataset {
         }
         Ok(Dataset {
             rows,
+            positions,
             batch_size: opts.batch_size,
             shuffle: opts.shuffle,
             seed: opts.seed,
@@ -503,6 +515,7 @@ impl Dataset {
     ) -> Dataset {
         Dataset {
             rows: pairs.into_iter().flat_map(|(c, r)| [c, r]).collect(),
+            positions: Vec::new(),
             batch_size: opts.batch_size,
             shuffle: opts.shuffle,
             seed: opts.seed,
@@ -599,7 +612,7 @@ impl Dataset {
                     chunk.iter().map(|&i| &self.rows[i]).collect()
                 };
                 let width = rows.iter().map(|row| row.input_ids.len()).max().unwrap_or(0);
-                let mut batch = Batch { input_ids: Vec::with_capacity(rows.len()), labels: Vec::new() };
+                let mut batch = Batch::new(Vec::with_capacity(rows.len()), Vec::new());
                 for row in rows {
                     let mut ids = row.input_ids.clone();
                     ids.resize(width, self.pad_id);
@@ -608,8 +621,63 @@ impl Dataset {
                     batch.input_ids.push(ids);
                     batch.labels.push(labels);
                 }
+                if !self.positions.is_empty() {
+                    // The padding after a packed row's examples counts as one more.
+                    let padded = |&i: &usize| {
+                        let mut pos = self.positions[i].clone();
+                        pos.extend(0..(width - pos.len()) as u32);
+                        pos
+                    };
+                    batch.position_ids = Some(chunk.iter().map(padded).collect());
+                }
                 batch
             })
             .collect()
     }
+}
+
+/// Best-fit-decreasing packing, as TRL's `pack_dataset(strategy="bfd")`:
+/// examples longest first (file order among equal lengths), each into the row
+/// with the least room that still holds it (of equally full rows, the one
+/// that got that room first), or a new row of room `seq_len`. Rows come in
+/// the order they were opened, examples in each in the order they went in.
+///
+/// Returns each row and its position ids (0.. in each example). As TRL's
+/// padding-free collator (and transformers' `DataCollatorWithFlattening`), the
+/// label at each example's first token becomes −100: the previous example's
+/// last token does not predict it. Every example must fit (`len ≤ seq_len`).
+pub fn pack(examples: Vec<Example>, seq_len: usize) -> Vec<(Example, Vec<u32>)> {
+    struct Bin {
+        members: Vec<usize>,
+        room: usize,
+        since: usize, // when `room` took its value: ties go to the longest-waiting row
+    }
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].input_ids.len())); // stable
+    let mut bins: Vec<Bin> = Vec::new();
+    for (step, &i) in order.iter().enumerate() {
+        let len = examples[i].input_ids.len();
+        let best = (0..bins.len()).filter(|&b| bins[b].room >= len).min_by_key(|&b| (bins[b].room, bins[b].since));
+        let b = best.unwrap_or_else(|| {
+            bins.push(Bin { members: Vec::new(), room: seq_len, since: step });
+            bins.len() - 1
+        });
+        bins[b].members.push(i);
+        bins[b].room -= len;
+        bins[b].since = step;
+    }
+    bins.into_iter()
+        .map(|bin| {
+            let mut row = Example { input_ids: Vec::new(), labels: Vec::new() };
+            let mut positions = Vec::new();
+            for &i in &bin.members {
+                let e = &examples[i];
+                row.input_ids.extend_from_slice(&e.input_ids);
+                row.labels.push(IGNORE_INDEX);
+                row.labels.extend(e.labels.iter().skip(1));
+                positions.extend(0..e.input_ids.len() as u32);
+            }
+            (row, positions)
+        })
+        .collect()
 }

@@ -479,7 +479,8 @@ pub struct TrainRecipe {
     pub batch_size: usize,
     /// Tokens per row, capped at the model's `max_position_embeddings`.
     pub seq_len: usize,
-    /// Concatenate the examples and cut rows of exactly `seq_len` tokens.
+    /// Several whole examples per row of at most `seq_len` tokens, attention
+    /// kept inside each (`train::data::pack`).
     pub packing: bool,
     /// Shuffle the rows in every epoch.
     pub shuffle: bool,
@@ -568,6 +569,22 @@ impl TrainRecipe {
             if self.packing {
                 return Err(bad("packing", format!("does not apply to {}: a pair's rows stay whole", loss_name(loss))));
             }
+        }
+        Ok(())
+    }
+
+    /// Packing against an adapter that puts `before` positions (prompt, prefix
+    /// or p-tuning's virtual tokens) in front of every row: they would stand
+    /// before a row's first example only, so the two do not go together.
+    pub fn check_positions_before(&self, before: usize) -> Result<()> {
+        if self.packing && before > 0 {
+            return Err(bad(
+                "packing",
+                format!(
+                    "the adapter puts {before} virtual tokens before every row, which would precede only the \
+                     first of a packed row's examples: train prompt, prefix and p-tuning unpacked"
+                ),
+            ));
         }
         Ok(())
     }

@@ -261,6 +261,12 @@ impl Trainer {
         let virtual_tokens = self.adapter.virtual_tokens();
         for b in micro {
             if let Objective::Preference(loss) = self.objective {
+                if b.position_ids.is_some() {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("step {number}: a preference batch's rows are whole pairs, never packed"),
+                    ));
+                }
                 let rows = PairRows::new(b, model.config.vocab_size, virtual_tokens, loss)?;
                 tokens += rows.completion_tokens;
                 pairs.push(rows);
@@ -407,7 +413,8 @@ impl Trainer {
         let gpu = rec.gpu();
         let ids = model.input_ids(gpu, &batch.input_ids)?;
         let pass = self.adapter.pass(seed, Some(&self.grads))?; // dropout from `seed`, gradients into `grads`
-        let (xn, saved) = model.hidden_checkpointed(rec, &ids, pass.hooks(), self.gradient_checkpointing)?; // (B, T, D)
+        let positions = batch.position_ids.as_deref(); // packed rows: attention within each example
+        let (xn, saved) = model.hidden_packed(rec, &ids, positions, pass.hooks(), self.gradient_checkpointing)?; // (B, T, D)
         let d = model.config.hidden_size;
         if targets.len() * d != xn.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
@@ -444,7 +451,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, &b.input_ids)?;
         // The logits in row chunks, as in training: never (B·T, V) at once.
-        let (xn, _) = model.hidden_adapted(&mut rec, &ids, hooks_of(adapter))?; // (B, T, D)
+        let (xn, _) = model.hidden_packed(&mut rec, &ids, b.position_ids.as_deref(), hooks_of(adapter), false)?; // (B, T, D)
         let d = model.config.hidden_size;
         if targets.len() * d != xn.numel() {
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));

@@ -658,6 +658,7 @@ impl WebModel {
         let st = busy(self.state.try_borrow())?;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
         let before = trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len();
+        recipe.check_positions_before(before).map_err(err)?;
         let positions = st.model.config.max_position_embeddings.saturating_sub(before);
         let opts = recipe.data_options(positions);
         let dataset = dataset(&st, "training data", data, recipe, &opts)?;

@@ -88,10 +88,10 @@ impl Fixture {
 pub fn lora_batch() -> webpeft::train::data::Batch {
     let fx = Fixture::open("lora/reference.safetensors");
     let t = fx.shape("input_ids")[1];
-    webpeft::train::data::Batch {
-        input_ids: fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect(),
-        labels: fx.i64("labels").chunks(t).map(|r| r.iter().map(|&v| v as i32).collect()).collect(),
-    }
+    webpeft::train::data::Batch::new(
+        fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect(),
+        fx.i64("labels").chunks(t).map(|r| r.iter().map(|&v| v as i32).collect()).collect(),
+    )
 }
 
 /// The largest |a[i] − b[i]| (the slices must have one length).
@@ -104,10 +104,10 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn fixture_batch(fx: &Fixture, rows: std::ops::Range<usize>) -> webpeft::train::data::Batch {
     let t = fx.shape("input_ids")[1];
     let (ids, labels) = (fx.i64("input_ids"), fx.i64("labels"));
-    webpeft::train::data::Batch {
-        input_ids: rows.clone().map(|r| ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect()).collect(),
-        labels: rows.map(|r| labels[r * t..(r + 1) * t].iter().map(|&v| v as i32).collect()).collect(),
-    }
+    webpeft::train::data::Batch::new(
+        rows.clone().map(|r| ids[r * t..(r + 1) * t].iter().map(|&v| v as u32).collect()).collect(),
+        rows.map(|r| labels[r * t..(r + 1) * t].iter().map(|&v| v as i32).collect()).collect(),
+    )
 }
 
 /// The logits (B·T·V) of `ids` through `model`, with `adapter` when given.

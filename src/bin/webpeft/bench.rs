@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// Train with gradient checkpointing.
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// The packing figures: LoRA on rows of K examples each (--seq / K
+    /// tokens apiece), and on the same examples one to a row.
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    packing: usize,
     /// After each training figure, profile one more step with timestamp
     /// queries and print GPU time per kernel; after each generation
     /// figure, the same for one decoding step.
@@ -132,6 +136,8 @@ struct StepsBench {
     checkpointing: bool,
     profile: bool,
     repeats: usize,
+    /// Examples per packed row in the packing figures.
+    packing: usize,
 }
 
 /// Training steps (tokens/s and peak GPU bytes) and generation (tokens/s),
@@ -165,6 +171,29 @@ async fn bench_train(
         out!("autotuner: {tuned} shape classes of the blocked GEMM tuned ({pending} pending); --no-autotune for the fallback table");
     }
     Ok(out)
+}
+
+/// One row of the training table.
+fn print_train_row(f: &TrainFigure) {
+    let mut method = if f.r > 0 { format!("{} r{}", f.method, f.r) } else { f.method.clone() };
+    if f.examples_per_row > 1 {
+        method += &format!(", packed {} examples/row", f.examples_per_row);
+    }
+    out!(
+        "| {} | {:.1}M | {} | {} | {} | {}×{} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        f.model,
+        f.parameters as f64 / 1e6,
+        base_label(&f.quant, &f.compute_dtype),
+        method,
+        f.adapter_parameters,
+        f.batch,
+        f.seq,
+        if f.checkpointing { "yes" } else { "no" },
+        f.step_ms,
+        f.tokens_per_s,
+        f.peak_gpu_bytes as f64 / (1 << 20) as f64,
+        f.weight_bytes as f64 / (1 << 20) as f64
+    );
 }
 
 /// "nf4", or "nf4 (f16 compute)".
@@ -229,21 +258,24 @@ async fn bench_model<F: ModelFiles>(
                 print_kernel_times(&what, &f.model, &f.kernels);
             }
             if !json {
-                out!(
-                    "| {} | {:.1}M | {} | {} | {} | {}×{} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
-                    f.model,
-                    f.parameters as f64 / 1e6,
-                    base_label(&f.quant, &f.compute_dtype),
-                    if f.r > 0 { format!("{} r{}", f.method, f.r) } else { f.method.clone() },
-                    f.adapter_parameters,
-                    f.batch,
-                    f.seq,
-                    if f.checkpointing { "yes" } else { "no" },
-                    f.step_ms,
-                    f.tokens_per_s,
-                    f.peak_gpu_bytes as f64 / (1 << 20) as f64,
-                    f.weight_bytes as f64 / (1 << 20) as f64
-                );
+                print_train_row(&f);
+            }
+            train.push(f);
+        }
+        // The same examples of seq / k tokens: k to a row, and one to a row.
+        let seq = seq.min(model.config.max_position_embeddings);
+        let k = b.packing.clamp(1, seq / 2);
+        for (rows, len, examples_per_row) in [(batch * k, seq / k, 1), (batch, seq / k * k, k)] {
+            let setup = StepSetup {
+                checkpointing: b.checkpointing,
+                steps: b.repeats,
+                r: b.r,
+                examples_per_row,
+                ..StepSetup::new(quant, "lora", rows, len)
+            };
+            let f = train_figure_on(gpu, name, &model, &setup).await?;
+            if !json {
+                print_train_row(&f);
             }
             train.push(f);
         }
@@ -334,6 +366,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         seq,
         r,
         gradient_checkpointing,
+        packing,
         profile,
         llama_1b,
     } = args;
@@ -354,6 +387,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         checkpointing: gradient_checkpointing,
         profile,
         repeats: repeats.max(1),
+        packing,
     };
     if train {
         let (train, generate) = bench_train(&gpu, &steps, json).await?;

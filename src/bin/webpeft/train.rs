@@ -168,7 +168,8 @@ pub struct TrainArgs {
     /// Keep the file's row order in every epoch.
     #[arg(long)]
     pub no_shuffle: bool,
-    /// Concatenate the examples and cut rows of exactly --seq-len tokens.
+    /// Several whole examples per row of at most --seq-len tokens (best fit,
+    /// longest first); attention stays inside each example.
     #[arg(long)]
     pub packing: bool,
     /// What to minimise: sft (the data's trained tokens), or dpo or orpo on preference
@@ -628,6 +629,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     }
     let recipe = a.train_recipe().map_err(flag_error)?;
     recipe.validate().map_err(flag_error)?;
+    recipe.check_positions_before(virtual_tokens).map_err(flag_error)?;
     let data_path = a.data.clone().ok_or("--data is required")?;
     let files = DirFiles::new(&a.model)?;
     // config.json first: a folder that is no model at all says so, not that its tokenizer is missing.

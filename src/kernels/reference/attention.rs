@@ -31,6 +31,49 @@ pub fn attention_forward(
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     let shape = Shape::new("attention_forward", batch, seq, n_heads, n_kv_heads, head_dim);
+    forward_from(q, k, v, &shape, scale, |_, _| 0)
+}
+
+/// [`attention_forward`] for packed rows, block-diagonal causal: query `i` of
+/// row `b` sees keys `starts[b·seq + i] ..= i`, the positions of its own
+/// example (transformers' eager attention under a 4-D mask that is
+/// causal within each example and blocks every other). The backward is
+/// [`attention_backward`] on the probabilities this returns (0 at every
+/// masked key).
+///
+/// - starts: (batch, seq), `starts[b·seq + i] ≤ i`
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_segmented(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[u32],
+    batch: usize,
+    seq: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let shape = Shape::new("attention_forward_segmented", batch, seq, n_heads, n_kv_heads, head_dim);
+    assert_eq!(starts.len(), batch * seq, "attention_forward_segmented: starts must be (batch, seq)");
+    forward_from(q, k, v, &shape, scale, |b, i| {
+        let from = starts[b * seq + i] as usize;
+        assert!(from <= i, "attention_forward_segmented: query {i} of row {b} starts at {from}, after itself");
+        from
+    })
+}
+
+/// The forward with query i of row b seeing keys `first(b, i) ..= i`.
+fn forward_from(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: &Shape,
+    scale: f32,
+    first: impl Fn(usize, usize) -> usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (batch, seq, n_heads, head_dim) = (shape.batch, shape.seq, shape.n_heads, shape.head_dim);
     shape.check_qkv(q, k, v);
     let mut out = vec![0.0f32; q.len()];
     let mut probs = vec![0.0f32; batch * n_heads * seq * seq];
@@ -39,9 +82,10 @@ pub fn attention_forward(
         for h in 0..n_heads {
             let kvh = shape.kv_head(h);
             for i in 0..seq {
+                let from = first(b, i);
                 let qi = &q[shape.q_at(b, i, h)..][..head_dim];
                 let mut max = f32::NEG_INFINITY;
-                for (j, score) in scores.iter_mut().enumerate().take(i + 1) {
+                for (j, score) in scores.iter_mut().enumerate().take(i + 1).skip(from) {
                     let kj = &k[shape.kv_at(b, j, kvh)..][..head_dim];
                     let mut dot = 0.0f32;
                     for d in 0..head_dim {
@@ -52,15 +96,15 @@ pub fn attention_forward(
                 }
                 let p = &mut probs[shape.p_at(b, h, i)..][..seq];
                 let mut sum = 0.0f32;
-                for j in 0..=i {
+                for j in from..=i {
                     p[j] = (scores[j] - max).exp();
                     sum += p[j];
                 }
-                for pj in &mut p[..=i] {
+                for pj in &mut p[from..=i] {
                     *pj /= sum;
                 }
                 let o = &mut out[shape.q_at(b, i, h)..][..head_dim];
-                for (j, &pj) in p.iter().enumerate().take(i + 1) {
+                for (j, &pj) in p.iter().enumerate().take(i + 1).skip(from) {
                     let vj = &v[shape.kv_at(b, j, kvh)..][..head_dim];
                     for d in 0..head_dim {
                         o[d] += pj * vj[d];

@@ -22,12 +22,28 @@ use super::rope::RopeTables;
 use super::rows;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::kernels::attention::{attention_backward, attention_forward, Variant};
+use crate::kernels::attention::{
+    attention_backward, attention_backward_segmented, attention_forward, attention_forward_segmented, Variant,
+};
 use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_write, QWeight};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
+
+/// RoPE in place on x (B, T, heads, hd), or its backward: every row at
+/// positions `offset..`, or (packed rows) each token at its own position,
+/// whose cos and sin are the tables' row b·T + t.
+fn rope_inplace(rec: &mut Recorder, x: &Tensor, rope: &RopeTables, offset: usize, backward: bool) -> Result<()> {
+    let apply = if backward { rope_backward_inplace } else { rope_forward_inplace };
+    match rope.segment_starts {
+        None => apply(rec, x, &rope.cos, &rope.sin, offset),
+        Some(_) => {
+            let s = x.shape();
+            apply(rec, &x.reshape(&[1, s[0] * s[1], s[2], s[3]])?, &rope.cos, &rope.sin, 0)
+        }
+    }
+}
 use crate::kernels::swiglu::{swiglu_backward, swiglu_forward};
 
 /// `LlamaRMSNorm`: `y = weight · x / sqrt(mean(x²) + eps)`, in f32.
@@ -202,7 +218,9 @@ pub struct AttentionSaved {
 }
 
 impl Attention {
-    /// x (B, T, D), already normed → (B, T, D). Positions are 0..T.
+    /// x (B, T, D), already normed → (B, T, D). Positions are 0..T, or
+    /// (packed rows, `rope.segment_starts`) each token's in its example,
+    /// attending only within it.
     pub fn forward(
         &self,
         rec: &mut Recorder,
@@ -219,10 +237,13 @@ impl Attention {
         let k = k.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let v = v.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let p = hooks.hooks.prefix_len(); // the row's positions start after the prefix
-        rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, p)?;
-        rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, p)?;
+        rope_inplace(rec, &q, rope, p, false)?;
+        rope_inplace(rec, &k, rope, p, false)?;
         let (q, k, v) = if p > 0 { self.with_prefix(rec, hooks, (q, k, v), p)? } else { (q, k, v) };
-        let (out, lse) = attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?; // (B, P+T, H, hd), (B, H, P+T)
+        let (out, lse) = match &rope.segment_starts {
+            None => attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?, // (B, P+T, H, hd), (B, H, P+T)
+            Some(starts) => attention_forward_segmented(rec, &q, &k, &v, starts, self.scaling, Variant::Auto)?,
+        };
         let own = if p > 0 { rows::positions(rec, &out.reshape(&[b, p + t, h * hd])?, p, t)? } else { out.clone() };
         let (y, so) = self.o_proj.forward_hooked(rec, &own.reshape(&[b, t, h * hd])?, hooks, Proj::O)?;
         Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so], prefix: p }))
@@ -282,17 +303,13 @@ impl Attention {
         self.o_proj.backward(rec, dy, (hooks, Proj::O, &saved.hooks[3]), &dout, true)?;
         let dout = if p > 0 { rows::pad_front(rec, &dout.reshape(&[b, t, h * hd])?, p)? } else { dout };
         let dout = dout.reshape(&[b, p + t, h, hd])?;
-        let (dq, dk, dv) = attention_backward(
-            rec,
-            &dout,
-            &saved.q,
-            &saved.k,
-            &saved.v,
-            &saved.out,
-            &saved.lse,
-            self.scaling,
-            Variant::Auto,
-        )?;
+        let (q, k, v, out, lse) = (&saved.q, &saved.k, &saved.v, &saved.out, &saved.lse);
+        let (dq, dk, dv) = match &rope.segment_starts {
+            None => attention_backward(rec, &dout, q, k, v, out, lse, self.scaling, Variant::Auto)?,
+            Some(starts) => {
+                attention_backward_segmented(rec, &dout, q, k, v, out, lse, starts, self.scaling, Variant::Auto)?
+            }
+        };
         let (dq, dk, dv) = if p > 0 {
             // The row's own positions; the prefix's keys and values get theirs.
             let part = |rec: &mut Recorder, x: &Tensor, heads: usize, from: usize, n: usize| {
@@ -308,8 +325,8 @@ impl Attention {
         } else {
             (dq, dk, dv)
         };
-        rope_backward_inplace(rec, &dq, &rope.cos, &rope.sin, p)?;
-        rope_backward_inplace(rec, &dk, &rope.cos, &rope.sin, p)?;
+        rope_inplace(rec, &dq, rope, p, true)?;
+        rope_inplace(rec, &dk, rope, p, true)?;
         let (dq, dk, dv) = (dq.reshape(&[m, h * hd])?, dk.reshape(&[m, kv * hd])?, dv.reshape(&[m, kv * hd])?);
         let dx = rec.alloc(&[m, d], DType::F32)?;
         self.q_proj.backward(rec, &dq, (hooks, Proj::Q, &saved.hooks[0]), &dx, true)?;

@@ -350,6 +350,39 @@ impl Model {
         hooks: &dyn Hooks,
         checkpoint: bool,
     ) -> Result<(Tensor, ModelSaved)> {
+        self.hidden_packed(rec, input_ids, None, hooks, checkpoint)
+    }
+
+    /// [`Model::forward_adapted`] of packed rows: several examples in a row,
+    /// `position_ids` (B, T) counting 0, 1, … in each (see
+    /// [`Batch::position_ids`](crate::train::data::Batch::position_ids));
+    /// `None` is the plain forward.
+    pub fn forward_packed(
+        &self,
+        rec: &mut Recorder,
+        input_ids: &Tensor,
+        position_ids: Option<&[Vec<u32>]>,
+        hooks: &dyn Hooks,
+    ) -> Result<(Tensor, ModelSaved)> {
+        let Some(positions) = position_ids else { return self.forward_adapted(rec, input_ids, hooks) };
+        let (xn, saved) = self.hidden_packed(rec, input_ids, Some(positions), hooks, false)?; // no virtual tokens
+        Ok((qlinear(rec, &xn, &self.lm_head)?, saved))
+    }
+
+    /// [`Model::hidden_checkpointed`] of packed rows: with `position_ids`
+    /// (B, T), each token is roped at its position in its own example and
+    /// attends only within it, as transformers with `position_ids` and the
+    /// block-diagonal causal mask. Methods that put virtual tokens or prefix
+    /// keys before every row (prompt, prefix and p-tuning) would put them
+    /// before the first example only: refused.
+    pub fn hidden_packed(
+        &self,
+        rec: &mut Recorder,
+        input_ids: &Tensor,
+        position_ids: Option<&[Vec<u32>]>,
+        hooks: &dyn Hooks,
+        checkpoint: bool,
+    ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
         let &[b, t] = input_ids.shape() else {
             return Err(Error::shape(
@@ -363,7 +396,20 @@ impl Model {
         // Prompt tuning's virtual tokens and prefix tuning's keys take positions before the row's.
         let (v, p) = (hooks.virtual_tokens(), hooks.prefix_len());
         self.check_seq(p + v + t)?;
-        let rope = self.rope.tables(rec.gpu(), p + v + t)?;
+        let rope = match position_ids {
+            None => self.rope.tables(rec.gpu(), p + v + t)?,
+            Some(_) if v + p > 0 => {
+                return Err(Error::invalid(
+                    "Model::forward",
+                    format!(
+                        "packed rows with {} virtual tokens before every row: they would precede only each row's \
+                         first example (prompt, prefix and p-tuning train on unpacked rows)",
+                        v + p
+                    ),
+                ))
+            }
+            Some(positions) => self.rope.packed(rec.gpu(), positions, (b, t))?,
+        };
         let d = self.config.hidden_size;
 
         let table = f32_chunks(&self.embed_tokens)?;

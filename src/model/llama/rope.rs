@@ -23,11 +23,15 @@ use crate::model::Config;
 pub const INITIAL_ROWS: usize = 2048;
 
 /// cos and sin for positions `0..rows`, both (rows, head_dim); row `p` is
-/// position `p`.
+/// position `p`. Packed rows ([`RopeCache::packed`]) instead have one row
+/// per token, (B·T, head_dim), at that token's position in its example.
 #[derive(Clone, Debug)]
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// Packed rows: (B, T) u32, the index in its row at which each token's
+    /// example begins; attention keeps to it. `None`: one sequence per row.
+    pub segment_starts: Option<Tensor>,
 }
 
 impl RopeTables {
@@ -69,6 +73,42 @@ impl RopeCache {
         Ok(tables.clone())
     }
 
+    /// The tables of a packed batch from its position ids (B, T): cos and sin
+    /// (B·T, head_dim), one row per token at its position id, and where each
+    /// token's example begins (`t − position_ids[b][t]`). Each row's ids count
+    /// 0, 1, … within an example and restart at 0 where the next begins.
+    pub(crate) fn packed(&self, gpu: &Gpu, position_ids: &[Vec<u32>], (b, t): (usize, usize)) -> Result<RopeTables> {
+        const OP: &str = "Model::forward";
+        if position_ids.len() != b || position_ids.iter().any(|row| row.len() != t) {
+            return Err(Error::shape(OP, format!("position_ids must be (batch, seq) = ({b}, {t}), as the input ids")));
+        }
+        let mut starts = Vec::with_capacity(b * t);
+        for (r, row) in position_ids.iter().enumerate() {
+            for (i, &pos) in row.iter().enumerate() {
+                let follows = pos == 0 || (i > 0 && row[i - 1] + 1 == pos);
+                if !follows || pos as usize >= self.max_positions {
+                    return Err(Error::invalid(
+                        OP,
+                        format!(
+                            "position_ids[{r}][{i}] = {pos}: each example counts 0, 1, … below \
+                             max_position_embeddings {} and the next restarts at 0",
+                            self.max_positions
+                        ),
+                    ));
+                }
+                starts.push((i - pos as usize) as u32);
+            }
+        }
+        let flat: Vec<u32> = position_ids.concat();
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, &flat);
+        let head_dim = 2 * self.inv_freq.len();
+        Ok(RopeTables {
+            cos: Tensor::from_slice(gpu, &[b * t, head_dim], &cos)?,
+            sin: Tensor::from_slice(gpu, &[b * t, head_dim], &sin)?,
+            segment_starts: Some(Tensor::from_slice(gpu, &[b, t], &starts)?),
+        })
+    }
+
     /// The inverse frequencies, (head_dim / 2) (transformers' `rotary_emb.inv_freq`).
     pub(crate) fn inv_freq(&self) -> &[f32] {
         &self.inv_freq
@@ -82,6 +122,7 @@ fn upload(gpu: &Gpu, inv_freq: &[f32], rows: usize) -> Result<RopeTables> {
     Ok(RopeTables {
         cos: Tensor::from_slice(gpu, &[rows, head_dim], &cos)?,
         sin: Tensor::from_slice(gpu, &[rows, head_dim], &sin)?,
+        segment_starts: None,
     })
 }
 
