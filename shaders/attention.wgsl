@@ -16,12 +16,12 @@
 // query rows (and writes their delta), attention_backward_dkv a tile of key
 // rows, looping over the query heads of its group and the queries that see them.
 //
-// Packed rows (SEGMENTS): several examples share a row and each query sees
+// Packed rows (attention_segments.wgsl): several examples share a row and each query sees
 // only its own example's keys, block-diagonal causal: query i reads keys
 // starts[b, i] ..= i, where starts (batch, tq) holds the position at which
 // its example begins (non-decreasing along the row, ≤ i). The key loops begin
 // at the tile's first start, and dkv stops at the first query whose example
-// begins after the tile's keys. Without SEGMENTS every start is 0 and
+// begins after the tile's keys. Unpacked rows start every query at 0 and
 // nothing else changes.
 //
 // k and v have tkv rows per batch: the sequence itself in training (tkv = tq,
@@ -39,8 +39,10 @@
 // attention_subgroup.wgsl has native variants where 8 lanes share each row.
 //
 // Prelude constants: D4 (head_dim / 4), G (query heads per tile, dividing
-// hq / hkv), P (query positions per tile), PK (key rows per dkv tile), WG,
-// SEGMENTS (packed rows: read starts).
+// hq / hkv), P (query positions per tile), PK (key rows per dkv tile), WG.
+// `query_start` comes from attention_rows.wgsl (every start 0) or, for packed
+// rows, attention_segments.wgsl (which binds starts: a ninth storage buffer,
+// so unpacked launches stay within WebGPU's default of 8 per stage).
 
 const LOWEST: f32 = -0x1.fffffep+127f;  // the lowest finite f32, exactly (Tint rejects an inexact decimal)
 const R: u32 = G * P;                    // query rows per tile, row r = head h0 + r / P at position i0 + r % P
@@ -72,7 +74,6 @@ struct Params {
 @group(0) @binding(13) var<storage, read_write> dv: array<vec4<f32>>;    // (batch, tkv, hkv, D)
 @group(0) @binding(14) var<storage, read> src: array<f32>;               // (batch, tq): attention_repad
 @group(0) @binding(15) var<storage, read_write> dst: array<f32>;         // (batch, tkv)
-@group(0) @binding(16) var<storage, read> starts: array<u32>;            // (batch, tq), SEGMENTS only
 
 // In vec4s.
 fn q_at(b: u32, i: u32, h: u32) -> u32 { return ((b * p.tq + i) * p.hq + h) * D4; }
@@ -110,12 +111,6 @@ fn tile_row(t: QueryTile, n: u32) -> TileRow {
 
 // The position register row r masks keys with: rows past tq take the last one.
 fn row_pos(t: QueryTile, r: u32) -> u32 { return p.offset + min(t.i0 + r % P, p.tq - 1u); }
-
-// The first key query i of batch row b sees: its example's first position.
-fn query_start(b: u32, i: u32) -> u32 {
-    if (!SEGMENTS) { return 0u; }
-    return starts[b * p.tq + i];
-}
 
 // The first key register row r sees (rows past tq: the last row's).
 fn row_start(t: QueryTile, r: u32) -> u32 { return query_start(t.b, min(t.i0 + r % P, p.tq - 1u)); }

@@ -35,6 +35,10 @@ pub enum Kernel {
     Attention,
     /// attention.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     AttentionSubgroup,
+    /// Attention over packed rows: attention_segments.wgsl (block-diagonal causal, a starts binding).
+    AttentionSegmented,
+    /// The subgroup kernels over packed rows.
+    AttentionSubgroupSegmented,
     Embedding,
     Elementwise,
     CrossEntropy,
@@ -51,7 +55,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 26] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -68,6 +72,8 @@ impl Kernel {
         Kernel::Softmax,
         Kernel::Attention,
         Kernel::AttentionSubgroup,
+        Kernel::AttentionSegmented,
+        Kernel::AttentionSubgroupSegmented,
         Kernel::Embedding,
         Kernel::Elementwise,
         Kernel::CrossEntropy,
@@ -131,9 +137,22 @@ impl Kernel {
             Kernel::Softmax => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/softmax.wgsl"))
             }
-            Kernel::Attention => include_str!("../../shaders/attention.wgsl"),
+            Kernel::Attention => {
+                concat!(include_str!("../../shaders/attention_rows.wgsl"), include_str!("../../shaders/attention.wgsl"))
+            }
+            Kernel::AttentionSegmented => concat!(
+                include_str!("../../shaders/attention_segments.wgsl"),
+                include_str!("../../shaders/attention.wgsl")
+            ),
+            Kernel::AttentionSubgroupSegmented => concat!(
+                include_str!("../../shaders/attention_segments.wgsl"),
+                include_str!("../../shaders/attention.wgsl"),
+                include_str!("../../shaders/subgroup.wgsl"),
+                include_str!("../../shaders/attention_subgroup.wgsl")
+            ),
             Kernel::AttentionSubgroup => {
                 concat!(
+                    include_str!("../../shaders/attention_rows.wgsl"),
                     include_str!("../../shaders/attention.wgsl"),
                     include_str!("../../shaders/subgroup.wgsl"),
                     include_str!("../../shaders/attention_subgroup.wgsl")
@@ -180,6 +199,8 @@ impl Kernel {
             Kernel::Softmax => "softmax",
             Kernel::Attention => "attention",
             Kernel::AttentionSubgroup => "attention_subgroup",
+            Kernel::AttentionSegmented => "attention_segmented",
+            Kernel::AttentionSubgroupSegmented => "attention_subgroup_segmented",
             Kernel::Embedding => "embedding",
             Kernel::Elementwise => "elementwise",
             Kernel::CrossEntropy => "cross_entropy",

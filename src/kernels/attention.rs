@@ -169,11 +169,16 @@ impl Launch {
     }
 
     fn key(&self, entry: &'static str) -> PipelineKey {
+        let (subgroup, plain) = match self.segments {
+            false => (Kernel::AttentionSubgroup, Kernel::Attention),
+            true => (Kernel::AttentionSubgroupSegmented, Kernel::AttentionSegmented),
+        };
         let (kernel, entry) = match (self.variant, entry) {
-            (Variant::Subgroup, "attention_forward") => (Kernel::AttentionSubgroup, "attention_forward_sg"),
-            (Variant::Subgroup, "attention_backward_dq") => (Kernel::AttentionSubgroup, "attention_backward_dq_sg"),
-            (Variant::Subgroup, "attention_backward_dkv") => (Kernel::AttentionSubgroup, "attention_backward_dkv_sg"),
-            _ => (Kernel::Attention, entry),
+            (Variant::Subgroup, "attention_forward") => (subgroup, "attention_forward_sg"),
+            (Variant::Subgroup, "attention_backward_dq") => (subgroup, "attention_backward_dq_sg"),
+            (Variant::Subgroup, "attention_backward_dkv") => (subgroup, "attention_backward_dkv_sg"),
+            (_, "attention_repad") => (Kernel::Attention, entry),
+            _ => (plain, entry),
         };
         PipelineKey::new(kernel, entry)
             .with("WG", Const::U32(WG))
@@ -181,7 +186,6 @@ impl Launch {
             .with("G", Const::U32(self.g))
             .with("P", Const::U32(self.p))
             .with("PK", Const::U32(self.pk))
-            .with("SEGMENTS", Const::Bool(self.segments))
     }
 
     /// The grid of the forward and of attention_backward_dq.
@@ -247,9 +251,9 @@ fn forward_vec4(
 ) -> Result<(Tensor, Tensor)> {
     let out = rec.alloc(q.shape(), DType::F32)?;
     let lse = rec.alloc(&[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
-    // The kernels name starts (binding 16) whether or not SEGMENTS reads it,
-    // so the layout has it: unpacked launches bind q there, never read.
-    let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse), (16, starts.unwrap_or(q))];
+    // Only the packed rows' kernels bind starts (binding 16).
+    let bound = [(1, q), (2, k), (3, v), (4, &out), (5, &lse)];
+    let bound = with_starts(&bound, starts);
     rec.dispatch_bound(&launch.key("attention_forward"), p, &bound, launch.query_grid(p))?;
     Ok((out, lse))
 }
@@ -389,6 +393,11 @@ fn backward(
     Ok((dq, dk, dv))
 }
 
+/// `bound` and, for packed rows, their starts at binding 16.
+fn with_starts<'a>(bound: &[(u32, &'a Tensor)], starts: Option<&'a Tensor>) -> Vec<(u32, &'a Tensor)> {
+    bound.iter().copied().chain(starts.map(|s| (16, s))).collect()
+}
+
 /// `[dq, dk, dv]` from `[dout, q, k, v, out, lse]`, head_dim a multiple of 4.
 fn backward_vec4(
     rec: &mut Recorder,
@@ -402,11 +411,10 @@ fn backward_vec4(
     let dk = rec.alloc(k.shape(), DType::F32)?;
     let dv = rec.alloc(v.shape(), DType::F32)?;
     let delta = rec.alloc(lse.shape(), DType::F32)?;
-    let starts = starts.unwrap_or(q); // see forward_vec4
-    let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta), (16, starts)];
-    rec.dispatch_bound(&launch.key("attention_backward_dq"), p, &bound, launch.query_grid(p))?;
-    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv), (16, starts)];
-    rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &bound, launch.key_grid(p))?;
+    let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta)];
+    rec.dispatch_bound(&launch.key("attention_backward_dq"), p, &with_starts(&bound, starts), launch.query_grid(p))?;
+    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv)];
+    rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &with_starts(&bound, starts), launch.key_grid(p))?;
     Ok([dq, dk, dv])
 }
 
