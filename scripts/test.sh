@@ -24,6 +24,7 @@ cargo test --features cli --test rmsnorm --test rope --test softmax --test swigl
 cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
 cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
 cargo test --features cli --test attention -- tile_edges kv_cache
+cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel dequantizes chunks
 unset WEBPEFT_SHADER_CHECKS
 
 echo "== browser package (wasm32)"
