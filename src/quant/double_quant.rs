@@ -2,11 +2,14 @@
 //! block of 64 weights is itself stored in 8 bits, as bitsandbytes'
 //! `quantize_4bit(compress_statistics=True)` stores it.
 //!
-//! - offset = the mean of the absmaxes (f32);
+//! - offset = the mean of the absmaxes (f32, summed in torch's order: [`torch_mean`]);
 //! - the absmaxes minus the offset are cut into blocks of 256; each block keeps
-//!   its own f32 absmax (`nested_absmax`) and each value the index of the
-//!   nearest of the 256 levels of the signed dynamic map ([`dynamic_map`],
-//!   `nested_quant_map`) after dividing by that absmax;
+//!   its own f32 absmax (`nested_absmax`) and each value the code of one of the
+//!   256 levels of the signed dynamic map ([`dynamic_map`], `nested_quant_map`)
+//!   after multiplying by the block's f32 reciprocal, found as bitsandbytes'
+//!   CPU quantizer finds it: through a 65,536-entry table of the nearest level
+//!   to evenly spaced values in [-1, 1] ([`LevelTable`]), which is not always
+//!   the nearest level to the value itself;
 //! - dequantized: `map[code] · nested_absmax[block] + offset`, a product and a
 //!   sum rounded to f32 one after the other.
 //!
@@ -14,9 +17,10 @@
 //! instead of 0.5 bits of scale per weight.
 //!
 //! Loading a bitsandbytes checkpoint uses its stored bytes as they are.
-//! Quantizing here picks the nearest level (a tie takes the lower one) and
-//! computes the mean in f64; bitsandbytes' CPU quantizer agrees on most codes
-//! but not all (see tests/fixtures/README.md for the measured share).
+//! Quantizing here gives bitsandbytes' bytes bit for bit where torch's mean is
+//! itself deterministic: under 32,768 absmaxes torch sums on one thread; above,
+//! it splits the sum over however many threads the machine has, and the
+//! offset can then be an ulp apart (tests/bnb_checkpoint.rs).
 
 /// Absmaxes per second-level block (`nested_blocksize`).
 pub const NESTED_BLOCK: usize = 256;
@@ -75,18 +79,20 @@ impl DoubleQuant {
     /// Quantizes f32 absmaxes (module doc).
     pub fn quantize(absmax: &[f32]) -> DoubleQuant {
         let map = dynamic_map();
-        let offset = if absmax.is_empty() {
-            0.0
-        } else {
-            (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
-        };
+        let table = LevelTable::new(&map);
+        let offset = torch_mean(absmax);
         let mut codes = Vec::with_capacity(absmax.len());
         let mut nested_absmax = Vec::with_capacity(absmax.len().div_ceil(NESTED_BLOCK));
         for block in absmax.chunks(NESTED_BLOCK) {
             let centred: Vec<f32> = block.iter().map(|&a| a - offset).collect();
             let amax = centred.iter().fold(0.0f32, |m, &v| m.max(v.abs()));
             nested_absmax.push(amax);
-            codes.extend(centred.iter().map(|&v| nearest(&map, if amax == 0.0 { 0.0 } else { v / amax })));
+            if amax == 0.0 {
+                codes.extend(std::iter::repeat_n(0, block.len())); // as bitsandbytes: code 0
+                continue;
+            }
+            let inv = 1.0 / amax;
+            codes.extend(centred.iter().map(|&v| table.code(v * inv)));
         }
         DoubleQuant { codes, nested_absmax, map, offset, skew: 0 }
     }
@@ -114,15 +120,100 @@ impl DoubleQuant {
     }
 }
 
-/// The index of the level of the ascending `map` nearest to `x` (the lower on a tie).
-fn nearest(map: &[f32], x: f32) -> u8 {
-    let above = map.partition_point(|&m| m <= x).clamp(1, map.len());
-    let i = above - 1;
-    if i + 1 < map.len() && (x - map[i + 1]).abs() < (x - map[i]).abs() {
-        (i + 1) as u8
-    } else {
-        i as u8
+/// bitsandbytes' CPU quantizer for an ascending 256-level map: the code of
+/// each of 65,536 evenly spaced values in [-1, 1] (the number of f32 level
+/// midpoints strictly below it), looked up at the nearest of those values.
+pub struct LevelTable {
+    codes: Vec<u8>,
+}
+
+impl LevelTable {
+    const SIZE: usize = 65536;
+
+    pub fn new(map: &[f32]) -> LevelTable {
+        let mids: Vec<f32> = map.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        let mut code = 0;
+        let codes = (0..Self::SIZE)
+            .map(|i| {
+                let v = -1.0f32 + (2.0 * i as f32) / (Self::SIZE - 1) as f32;
+                while code < mids.len() && mids[code] < v {
+                    code += 1;
+                }
+                code as u8
+            })
+            .collect();
+        LevelTable { codes }
     }
+
+    /// The code of a value scaled into [-1, 1] (clamped there first).
+    pub fn code(&self, x: f32) -> u8 {
+        let x = x.clamp(-1.0, 1.0);
+        let index = ((x + 1.0) * 0.5 * (Self::SIZE - 1) as f32 + 0.5) as usize;
+        self.codes[index.min(Self::SIZE - 1)]
+    }
+}
+
+/// `torch.mean` of an f32 vector on the CPU, summed in torch's order on one
+/// thread: vectors of 8 lanes into 4 interleaved accumulators (with torch's
+/// cascade of 4 levels of 2^max(4, ⌈log2 n/32⌉/4) rows), the leftover vectors
+/// into the first, the four added in order, then the scalar tail and the 8
+/// lanes added one by one; the sum divided by n in f32.
+pub fn torch_mean(x: &[f32]) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    const LANES: usize = 8;
+    const ILP: usize = 4;
+    const LEVELS: usize = 4;
+    let add = |a: &mut [f32; LANES], b: &[f32]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    let vectors = x.len() / LANES;
+    let vector = |i: usize| &x[i * LANES..(i + 1) * LANES];
+    let rows = vectors / ILP;
+    let ceil_log2 = if rows <= 1 { 0 } else { (usize::BITS - (rows - 1).leading_zeros()) as usize };
+    let level_power = (ceil_log2 / LEVELS).max(4);
+    let step = 1usize << level_power;
+    let mut acc = [[[0.0f32; LANES]; ILP]; LEVELS];
+    let mut i = 0;
+    while i + step <= rows {
+        for _ in 0..step {
+            for k in 0..ILP {
+                add(&mut acc[0][k], vector(i * ILP + k));
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..ILP {
+                let lower = acc[j - 1][k];
+                add(&mut acc[j][k], &lower);
+                acc[j - 1][k] = [0.0; LANES];
+            }
+            if i & ((step - 1) << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    for r in i..rows {
+        for k in 0..ILP {
+            add(&mut acc[0][k], vector(r * ILP + k));
+        }
+    }
+    for j in 1..LEVELS {
+        for k in 0..ILP {
+            let upper = acc[j][k];
+            add(&mut acc[0][k], &upper);
+        }
+    }
+    let mut partial = acc[0];
+    for r in rows * ILP..vectors {
+        add(&mut partial[0], vector(r));
+    }
+    for k in 1..ILP {
+        let other = partial[k];
+        add(&mut partial[0], &other);
+    }
+    let mut sum = x[vectors * LANES..].iter().fold(0.0f32, |s, &v| s + v);
+    sum = partial[0].iter().fold(sum, |s, &v| s + v);
+    sum / x.len() as f32
 }
 
 #[cfg(test)]

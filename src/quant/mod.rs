@@ -16,7 +16,7 @@ mod f16;
 mod nf4;
 mod q8_0;
 
-pub use double_quant::{dynamic_map, DoubleQuant, NESTED_BLOCK};
+pub use double_quant::{dynamic_map, torch_mean, DoubleQuant, LevelTable, NESTED_BLOCK};
 pub use f16::{check_f16_range, to_f16};
 pub use nf4::{
     quantize_4bit, quantize_nf4, FourBit, FourBitOptions, Nf4, FP4_LEVELS, NF4_BLOCK, NF4_LEVELS, NF4_THRESHOLDS,
