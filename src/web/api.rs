@@ -441,6 +441,39 @@ impl WebModel {
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
     }
 
+    /// Adds a LoRA adapter whose init replaces the base weights, as PEFT's
+    /// `init_lora_weights` = "pissa", "pissa_niter_K", "olora" or "loftq" do:
+    /// the base becomes the residual (or LoftQ's quantized residual), recomputed
+    /// from the files the model was loaded from, and stays so until the model
+    /// is loaded again. Refused while the model holds other adapters, which
+    /// were made against the old base. Its exported files are a plain LoRA of
+    /// the original model (PEFT's `path_initial_model_for_weight_conversion`).
+    #[wasm_bindgen(js_name = initLora, unchecked_return_type = "Promise<void>")]
+    pub fn init_lora(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: LoraOptions = options(&opts)?;
+            let recipe = o.to_base_recipe().map_err(err)?;
+            let mut st = busy_mut(state.try_borrow_mut())?;
+            if let Some(other) = st.adapters.names().first() {
+                return Err(err(format!(
+                    "initLora replaces the base weights, which adapter {other:?} was made against: remove the model's adapters first"
+                )));
+            }
+            let ModelState { gpu, model, files, tokenizer, source, adapters } = &mut *st;
+            let adapter = recipe
+                .build_adjusting_base(&**gpu, model, Some(&*files), tokenizer.as_ref(), source.clone(), o.seed())
+                .await
+                .map_err(err)?;
+            adapters.insert(&name, adapter).map_err(err)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
     /// Adds a fresh AdaLoRA adapter (PEFT's `AdaLoraConfig` defaults on q_proj
     /// and v_proj: init_r 12, target_r 8); `totalStep`, the steps the run will
     /// take, is required, as in PEFT.

@@ -33,6 +33,8 @@ pub struct LoraOptions {
     pub rslora: Option<bool>,
     pub use_dora: Option<bool>,
     pub init: Option<String>,
+    /// LoftQ's alternating iterations (`loftq_config.loftq_iter`), with init "loftq".
+    pub loftq_iter: Option<usize>,
     pub layers_to_transform: Option<Vec<usize>>,
     pub seed: Option<u64>,
 }
@@ -241,8 +243,29 @@ fn lora_targets(v: Option<&Value>) -> Result<Option<TargetModules>> {
 }
 
 impl LoraOptions {
-    /// The LoRA recipe these options describe (the rest at its defaults).
+    /// The LoRA recipe these options describe (the rest at its defaults);
+    /// the inits that replace the base weights are `initLora`'s.
     pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        self.recipe(false)
+    }
+
+    /// The recipe of `initLora`: an init that replaces the base weights
+    /// (PiSSA, pissa_niter_K, OLoRA, LoftQ), which it requires.
+    pub fn to_base_recipe(&self) -> Result<AdapterRecipe> {
+        let recipe = self.recipe(true)?;
+        match &recipe {
+            AdapterRecipe::Lora(l) if l.init.adjusts_base() => Ok(recipe),
+            _ => Err(bad(
+                "init",
+                format!(
+                    "initLora is for inits that replace the base weights (pissa, pissa_niter_K, olora, loftq), got {:?}; use addLora",
+                    self.init.as_deref().unwrap_or("kaiming")
+                ),
+            )),
+        }
+    }
+
+    fn recipe(&self, adjusting: bool) -> Result<AdapterRecipe> {
         let mut l = LoraRecipe::default();
         l.r = self.r.unwrap_or(l.r);
         l.alpha = self.alpha.unwrap_or(l.alpha);
@@ -254,12 +277,16 @@ impl LoraOptions {
             None => l.init,
             Some("kaiming") => InitLoraWeights::Kaiming,
             Some("gaussian") => InitLoraWeights::Gaussian,
-            // Several adapters share the page's one base, which these replace.
+            // Several adapters share the page's one base, which these replace: initLora's.
             Some(other) if InitLoraWeights::from_name(other, 1).is_ok_and(InitLoraWeights::adjusts_base) => {
-                return Err(bad(
-                    "init",
-                    format!("{other:?} replaces the base weights, which the page's adapters share: not in the browser yet (the CLI's --init-lora-weights has it)"),
-                ))
+                if !adjusting {
+                    return Err(bad(
+                        "init",
+                        format!("{other:?} replaces the base weights, which the page's adapters share: use initLora"),
+                    ));
+                }
+                InitLoraWeights::from_name(other, self.loftq_iter.unwrap_or(1))
+                    .map_err(|e| bad("init", e.to_string()))?
             }
             Some(other) => return Err(bad("init", format!("must be \"kaiming\" or \"gaussian\", got {other:?}"))),
         };

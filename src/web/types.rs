@@ -46,7 +46,10 @@ export interface LoraOptions {
   r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
-  init?: "kaiming" | "gaussian"; layersToTransform?: number[]; seed?: number;
+  /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
+   * `pissa_niter_${K}`, OLoRA, LoftQ with `loftqIter` iterations, default 1). */
+  init?: "kaiming" | "gaussian" | "pissa" | `pissa_niter_${number}` | "olora" | "loftq"; loftqIter?: number;
+  layersToTransform?: number[]; seed?: number;
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
  * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */

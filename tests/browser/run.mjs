@@ -411,7 +411,7 @@ test("without WebGPU the page shows a readable error", async () => {
   }
 });
 
-test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, loads an f16 base and a bitsandbytes 4-bit folder", async () => {
+test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, loads an f16 base and a bitsandbytes 4-bit folder, initialises PiSSA", async () => {
   const scratch = path.join(out, "npm-scratch");
   fs.mkdirSync(scratch, { recursive: true });
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
@@ -540,6 +540,18 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [gg, gc] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: null })).tokenIds.join());
       if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc);
+      }
+      // PiSSA in the page (initLora): the base becomes the residual, so the untrained adapter keeps the
+      // model's loss; it trains, and its files are a plain LoRA of the original model (rank 2r, as PEFT converts).
+      const mp = await Model.fromUrl(gpu, url, { quant: "f32" });
+      await mp.initLora("pi", { r: 4, alpha: 8, init: "pissa", targets: "all-linear" });
+      const lpi = (await mp.evaluate(data, { adapter: "pi" })).loss;
+      await mp.startTraining("pi", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
+      const picfg = JSON.parse(new TextDecoder().decode((await mp.exportAdapter("pi"))["adapter_config.json"]));
+      let refusedInit = "";
+      try { await mc.initLora("z", { init: "olora" }); } catch (err) { refusedInit = err.message; }
+      if (!(Math.abs(lpi - l32) < 1e-4) || picfg.r !== 8 || picfg.init_lora_weights !== true || !refusedInit.includes("remove the model's adapters")) {
+        throw new Error("pissa: loss " + lpi + " vs " + l32 + ", config " + JSON.stringify(picfg) + ", refused " + refusedInit);
       }
       // A bitsandbytes -bnb-4bit folder (FP4, double-quantized absmaxes) loads as saved, and a DoRA step
       // through it lowers the loss; a float model quantized on load the same way trains too.
