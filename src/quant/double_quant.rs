@@ -165,55 +165,49 @@ pub fn torch_mean(x: &[f32]) -> f32 {
     const LANES: usize = 8;
     const ILP: usize = 4;
     const LEVELS: usize = 4;
-    let add = |a: &mut [f32; LANES], b: &[f32]| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    type Row = [[f32; LANES]; ILP];
+    fn add(a: &mut [f32; LANES], b: &[f32]) {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
+    fn add_rows(a: &mut Row, b: &Row) {
+        a.iter_mut().zip(b).for_each(|(a, b)| add(a, b));
+    }
     let vectors = x.len() / LANES;
     let vector = |i: usize| &x[i * LANES..(i + 1) * LANES];
+    // Row r: vectors 4r .. 4r + 4, one into each accumulator.
+    let add_row = |acc: &mut Row, r: usize| acc.iter_mut().enumerate().for_each(|(k, a)| add(a, vector(r * ILP + k)));
     let rows = vectors / ILP;
     let ceil_log2 = if rows <= 1 { 0 } else { (usize::BITS - (rows - 1).leading_zeros()) as usize };
     let level_power = (ceil_log2 / LEVELS).max(4);
     let step = 1usize << level_power;
-    let mut acc = [[[0.0f32; LANES]; ILP]; LEVELS];
+    let mut acc: [Row; LEVELS] = [[[0.0; LANES]; ILP]; LEVELS];
     let mut i = 0;
     while i + step <= rows {
         for _ in 0..step {
-            for k in 0..ILP {
-                add(&mut acc[0][k], vector(i * ILP + k));
-            }
+            add_row(&mut acc[0], i);
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; LANES];
-            }
+            let (lower, upper) = acc.split_at_mut(j);
+            add_rows(&mut upper[0], &lower[j - 1]);
+            lower[j - 1] = [[0.0; LANES]; ILP];
             if i & ((step - 1) << (j * level_power)) != 0 {
                 break;
             }
         }
     }
     for r in i..rows {
-        for k in 0..ILP {
-            add(&mut acc[0][k], vector(r * ILP + k));
-        }
+        add_row(&mut acc[0], r);
     }
-    for j in 1..LEVELS {
-        for k in 0..ILP {
-            let upper = acc[j][k];
-            add(&mut acc[0][k], &upper);
-        }
-    }
-    let mut partial = acc[0];
+    let (first, rest) = acc.split_at_mut(1);
+    rest.iter().for_each(|level| add_rows(&mut first[0], level));
+    let [mut partial, others @ ..] = first[0];
     for r in rows * ILP..vectors {
-        add(&mut partial[0], vector(r));
+        add(&mut partial, vector(r));
     }
-    for k in 1..ILP {
-        let other = partial[k];
-        add(&mut partial[0], &other);
-    }
-    let mut sum = x[vectors * LANES..].iter().fold(0.0f32, |s, &v| s + v);
-    sum = partial[0].iter().fold(sum, |s, &v| s + v);
-    sum / x.len() as f32
+    others.iter().for_each(|o| add(&mut partial, o));
+    let sum = x[vectors * LANES..].iter().fold(0.0f32, |s, &v| s + v);
+    partial.iter().fold(sum, |s, &v| s + v) / x.len() as f32
 }
 
 #[cfg(test)]

@@ -466,7 +466,7 @@ impl WebModel {
             }
             let ModelState { gpu, model, files, tokenizer, source, adapters } = &mut *st;
             let adapter = recipe
-                .build_adjusting_base(&**gpu, model, Some(&*files), tokenizer.as_ref(), source.clone(), o.seed())
+                .build_adjusting_base(gpu, model, Some(&*files), tokenizer.as_ref(), source.clone(), o.seed())
                 .await
                 .map_err(err)?;
             adapters.insert(&name, adapter).map_err(err)?;
