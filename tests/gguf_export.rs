@@ -160,6 +160,24 @@ fn models_match_convert_hf_to_gguf() {
     assert_eq!(checked, 7);
 }
 
+/// What llama.cpp itself computed from the merged files when the fixtures
+/// were made (the files the test above shows webpeft writes byte for byte):
+/// the same greedy token as transformers at every position, and logits
+/// within what its f16 KV cache and its f16 (Q8_0) activations allow.
+#[test]
+fn llama_cpp_runs_the_merged_files() {
+    let reference = reference();
+    for (ty, bound) in [("f16", 5e-3), ("q8_0", 0.15)] {
+        for kv in ["kv_f16", "kv_f32"] {
+            let r = &reference["llama_cpp"][ty][kv];
+            let diff = r["max_abs_logits_diff"].as_f64().unwrap();
+            eprintln!("llama.cpp {ty} ({kv}): max |dlogits| {diff:.2e} of logits up to {:.2}", r["max_abs_logit"]);
+            assert_eq!(r["greedy_equal"], Json::Bool(true), "{ty} {kv}: greedy tokens");
+            assert!(diff <= bound, "{ty} {kv}: {diff}");
+        }
+    }
+}
+
 #[test]
 fn lora_adapter_matches_convert_lora_to_gguf() {
     let reference = reference();
