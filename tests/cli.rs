@@ -43,6 +43,18 @@ fn info_describes_a_model_folder() {
 }
 
 #[test]
+fn info_names_a_bitsandbytes_folder() {
+    let out = webpeft(&["info", "--model", &fixture("bnb4/fp4_dq"), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["stored"], "bitsandbytes 4-bit fp4, double-quantized");
+    assert_eq!(v["parameters"], 135_488);
+    let plain: serde_json::Value =
+        serde_json::from_slice(&webpeft(&["info", "--model", &fixture("llama_gqa"), "--json"]).stdout).unwrap();
+    assert_eq!(plain["stored"], serde_json::Value::Null);
+}
+
+#[test]
 fn info_on_a_missing_folder_is_a_clear_error() {
     let out = webpeft(&["info", "--model", "/no/such/model"]);
     assert_eq!(out.status.code(), Some(1));

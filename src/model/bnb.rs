@@ -43,6 +43,16 @@ pub fn quant_state_name<S: ByteSource>(checkpoint: &Checkpoint<S>, name: &str) -
     checkpoint.names().find(|n| n.starts_with(&prefix)).map(str::to_string)
 }
 
+/// How a bitsandbytes 4-bit checkpoint stores its weights, for `info`: the
+/// 4-bit type of its first quantized weight and whether its absmaxes are
+/// double-quantized; None for other checkpoints.
+pub fn describe<S: ByteSource>(checkpoint: &Checkpoint<S>) -> Option<String> {
+    let state = checkpoint.names().find(|n| n.contains(&format!(".{QUANT_STATE}")))?;
+    let kind = state.rsplit("__").next().unwrap_or_default();
+    let double = checkpoint.names().any(|n| n.ends_with(".nested_absmax"));
+    Some(format!("bitsandbytes 4-bit {kind}{}", if double { ", double-quantized" } else { "" }))
+}
+
 /// The tensors weight `name` is stored in: itself and its `<name>.*` parts.
 pub fn stored_names<S: ByteSource>(checkpoint: &Checkpoint<S>, name: &str) -> Vec<String> {
     let prefix = format!("{name}.");

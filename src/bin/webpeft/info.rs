@@ -11,6 +11,10 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     let files = DirFiles::new(dir)?;
     let config = Config::load(&files).await?;
     let checkpoint = Checkpoint::open_for(&files, &config).await?;
+    // A pre-quantized folder: bitsandbytes' layout, or webpeft's.
+    let stored = webpeft::model::bnb::describe(&checkpoint).or_else(|| {
+        webpeft::model::quantized::stored_format(&checkpoint).ok().flatten().map(|f| format!("webpeft {f}"))
+    });
     let formats = [QuantFormat::F32, QuantFormat::Q8_0, QuantFormat::Nf4];
     let mut bytes: Vec<(&str, u64)> =
         formats.iter().map(|f| (f.name(), webpeft::train::plan::weight_bytes(&config, *f))).collect();
@@ -51,6 +55,7 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
             "weight_bytes": bytes.iter().map(|(n, b)| (n.to_string(), *b)).collect::<std::collections::BTreeMap<_, _>>(),
             "q8_0_linears_in_f16": q8_f16,
             "double_quant_saved_bytes_per_parameter": saved_per_param,
+            "stored": stored,
         });
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -72,6 +77,9 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     out!("vocabulary:   {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
     out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
     out!("parameters:   {} in {} tensors", config.parameter_count(), checkpoint.names().count());
+    if let Some(s) = &stored {
+        out!("stored:       {s} (loads with --quant nf4, its bytes as they are)");
+    }
     for (name, b) in bytes {
         let fallback = if name == QuantFormat::Q8_0.name() && q8_f16 > 0 {
             format!("; {q8_f16} with rows not a multiple of 32 in f16")
