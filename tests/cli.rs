@@ -26,11 +26,17 @@ fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `webpeft info --json` on a fixture folder.
+fn info_json(folder: &str) -> serde_json::Value {
+    let out = webpeft(&["info", "--model", &fixture(folder), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn info_describes_a_model_folder() {
-    let out = webpeft(&["info", "--model", &fixture("llama_gqa"), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = info_json("llama_gqa");
+    assert_eq!(v["stored"], serde_json::Value::Null);
     assert_eq!(v["model_type"], "llama");
     assert_eq!(v["parameters"], 135_488);
     assert_eq!(v["kv_heads"], 2);
@@ -44,14 +50,10 @@ fn info_describes_a_model_folder() {
 
 #[test]
 fn info_names_a_bitsandbytes_folder() {
-    let out = webpeft(&["info", "--model", &fixture("bnb4/fp4_dq"), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = info_json("bnb4/fp4_dq");
     assert_eq!(v["stored"], "bitsandbytes 4-bit fp4, double-quantized");
     assert_eq!(v["parameters"], 135_488);
-    let plain: serde_json::Value =
-        serde_json::from_slice(&webpeft(&["info", "--model", &fixture("llama_gqa"), "--json"]).stdout).unwrap();
-    assert_eq!(plain["stored"], serde_json::Value::Null);
+    assert_eq!(info_json("bnb4/nf4")["stored"], "bitsandbytes 4-bit nf4");
 }
 
 #[test]
