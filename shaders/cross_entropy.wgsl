@@ -83,6 +83,13 @@ fn cross_entropy_forward(
     }
 }
 
+// d(loss)/d(logit i) of a row: (softmax_i − onehot_i) · scale, 0 for an ignored row (column < 0).
+fn dlogit(logit: f32, i: u32, column: i32, row_lse: f32, scale: f32) -> f32 {
+    if (column < 0) { return 0.0; }
+    let onehot = select(0.0, 1.0, i == u32(column));
+    return (exp(logit - row_lse) - onehot) * scale;
+}
+
 @compute @workgroup_size(WG)
 fn cross_entropy_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -95,12 +102,7 @@ fn cross_entropy_backward(
     let column = target_column(row);
     let row_lse = lse_in[row];
     for (var i = lid; i < p.vocab; i += WG) {
-        var g = 0.0;
-        if (column >= 0) {
-            let onehot = select(0.0, 1.0, i == u32(column));
-            g = (exp(logits[base + i] - row_lse) - onehot) * p.scale;
-        }
-        dlogits[base + i] = g;
+        dlogits[base + i] = dlogit(logits[base + i], i, column, row_lse, p.scale);
     }
 }
 
@@ -116,12 +118,7 @@ fn cross_entropy_backward_inplace(
     let column = target_column(row);
     let row_lse = lse_in[row];
     for (var i = lid; i < p.vocab; i += WG) {
-        var g = 0.0;
-        if (column >= 0) {
-            let onehot = select(0.0, 1.0, i == u32(column));
-            g = (exp(logits_io[base + i] - row_lse) - onehot) * p.scale;
-        }
-        logits_io[base + i] = g;
+        logits_io[base + i] = dlogit(logits_io[base + i], i, column, row_lse, p.scale);
     }
 }
 
@@ -138,11 +135,6 @@ fn cross_entropy_backward_rows_inplace(
     let row_lse = lse_in[row];
     let scale = row_scale[row];
     for (var i = lid; i < p.vocab; i += WG) {
-        var g = 0.0;
-        if (column >= 0) {
-            let onehot = select(0.0, 1.0, i == u32(column));
-            g = (exp(logits_io[base + i] - row_lse) - onehot) * scale;
-        }
-        logits_io[base + i] = g;
+        logits_io[base + i] = dlogit(logits_io[base + i], i, column, row_lse, scale);
     }
 }

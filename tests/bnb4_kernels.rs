@@ -6,14 +6,13 @@
 //! nested block of 256.
 
 mod common;
-use common::{block_on, gpu, randn};
+use common::{block_on, check_weight_matmul, gpu, randn};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
-use webpeft::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
+use webpeft::kernels::qmatmul::{QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, Layout, Packed};
-use webpeft::kernels::reference::{assert_close, matmul as cpu};
 use webpeft::quant::{quantize_4bit, FourBit, Nf4};
-use webpeft::{DType, Gpu, GpuOptions, Tensor};
+use webpeft::{Gpu, GpuOptions};
 
 const KINDS: [(FourBit, bool); 4] =
     [(FourBit::Nf4, false), (FourBit::Fp4, false), (FourBit::Nf4, true), (FourBit::Fp4, true)];
@@ -28,26 +27,8 @@ fn weight(seed: u64, rows: usize, cols: usize) -> Vec<f32> {
 
 /// y = x·Wᵀ and dx = dy·W through `qw` against the CPU on `q.dequantize()`.
 fn check(gpu: &Gpu, q: &Nf4, qw: &QWeight, m: usize, variant: QVariant, seed: u64) {
-    let (rows, cols) = (qw.rows, qw.cols);
-    let deq = q.dequantize();
-    let x = randn(seed + 1, m * cols);
-    let dy = randn(seed + 2, m * rows);
-    let tx = Tensor::from_slice(gpu, &[m, cols], &x).unwrap();
-    let tdy = Tensor::from_slice(gpu, &[m, rows], &dy).unwrap();
-    let y = Tensor::zeros(gpu, &[m, rows], DType::F32).unwrap();
-    let dx = Tensor::zeros(gpu, &[m, cols], DType::F32).unwrap();
-    let mut rec = Recorder::new(gpu);
-    qgemm_with(&mut rec, &tx, qw, &y, false, variant).unwrap();
-    qgemm_with(&mut rec, &tdy, qw, &dx, true, variant).unwrap();
-    rec.submit().unwrap();
-    let mut want_y = vec![0.0; m * rows];
-    cpu::matmul(&x, &deq, &mut want_y, m, rows, cols, false, true, false);
-    let mut want_dx = vec![0.0; m * cols];
-    cpu::matmul(&dy, &deq, &mut want_dx, m, cols, rows, false, false, false);
-    let label = format!("{:?} dq={} {m}x{rows}x{cols} {variant:?}", q.kind, q.double.is_some());
-    let tol = 1e-4 * (cols.max(rows) as f32).sqrt();
-    assert_close(&format!("{label} forward"), &block_on(y.to_vec::<f32>(gpu)).unwrap(), &want_y, tol, 1e-4);
-    assert_close(&format!("{label} backward"), &block_on(dx.to_vec::<f32>(gpu)).unwrap(), &want_dx, tol, 1e-4);
+    let label = format!("{:?} dq={}", q.kind, q.double.is_some());
+    check_weight_matmul(gpu, qw, &q.dequantize(), m, variant, seed, &label);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! dequantized weight, including weights split across bindings.
 
 mod common;
-use common::{block_on, gpu, randn};
+use common::{block_on, check_weight_matmul, gpu, randn};
 use half::f16;
 use webpeft::gpu::Recorder;
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
@@ -166,27 +166,9 @@ fn q8_0_rejects_rows_that_are_not_whole_blocks() {
 /// y = x·Wᵀ and dx = dy·W through the quantized weight against the CPU
 /// reference on its dequantized values.
 fn check_qmatmul(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, variant: QVariant, seed: u64) {
-    let w = randn(seed, rows * cols);
-    let qw = QWeight::from_f32(gpu, &w, rows, cols, format).unwrap();
+    let qw = QWeight::from_f32(gpu, &randn(seed, rows * cols), rows, cols, format).unwrap();
     let deq = block_on(qw.to_f32(gpu)).unwrap();
-    let x = randn(seed + 1, m * cols);
-    let dy = randn(seed + 2, m * rows);
-    let tx = Tensor::from_slice(gpu, &[m, cols], &x).unwrap();
-    let tdy = Tensor::from_slice(gpu, &[m, rows], &dy).unwrap();
-    let y = Tensor::zeros(gpu, &[m, rows], DType::F32).unwrap();
-    let dx = Tensor::zeros(gpu, &[m, cols], DType::F32).unwrap();
-    let mut rec = Recorder::new(gpu);
-    qgemm_with(&mut rec, &tx, &qw, &y, false, variant).unwrap();
-    qgemm_with(&mut rec, &tdy, &qw, &dx, true, variant).unwrap();
-    rec.submit().unwrap();
-    let mut want_y = vec![0.0; m * rows];
-    cpu::matmul(&x, &deq, &mut want_y, m, rows, cols, false, true, false);
-    let mut want_dx = vec![0.0; m * cols];
-    cpu::matmul(&dy, &deq, &mut want_dx, m, cols, rows, false, false, false);
-    let label = format!("{} {m}x{rows}x{cols} {variant:?} chunks={}", format.name(), qw.chunks.len());
-    let tol = 1e-4 * (cols.max(rows) as f32).sqrt();
-    assert_close(&format!("{label} forward"), &block_on(y.to_vec::<f32>(gpu)).unwrap(), &want_y, tol, 1e-4);
-    assert_close(&format!("{label} backward"), &block_on(dx.to_vec::<f32>(gpu)).unwrap(), &want_dx, tol, 1e-4);
+    check_weight_matmul(gpu, &qw, &deq, m, variant, seed, format.name());
 }
 
 #[test]

@@ -275,12 +275,27 @@ pub fn attention_forward(
     scale: f32,
     variant: Variant,
 ) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "attention_forward";
-    let p = check(OP, q, k, v, 0, scale)?;
+    self_attention("attention_forward", rec, [q, k, v], None, scale, variant)
+}
+
+/// The forward over a sequence's own keys (tkv = tq), checked, with or
+/// without packed rows' starts.
+fn self_attention(
+    op: &'static str,
+    rec: &mut Recorder,
+    [q, k, v]: [&Tensor; 3],
+    starts: Option<&Tensor>,
+    scale: f32,
+    variant: Variant,
+) -> Result<(Tensor, Tensor)> {
+    let p = check(op, q, k, v, 0, scale)?;
     if p.tkv != p.tq {
-        return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
+        return Err(Error::shape(op, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
     }
-    forward(rec, [q, k, v], None, &p, variant)
+    if let Some(starts) = starts {
+        check_starts(op, starts, &p)?;
+    }
+    forward(rec, [q, k, v], starts, &p, variant)
 }
 
 /// [`attention_forward`] for packed rows, several examples to a row: query
@@ -300,13 +315,7 @@ pub fn attention_forward_segmented(
     scale: f32,
     variant: Variant,
 ) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "attention_forward_segmented";
-    let p = check(OP, q, k, v, 0, scale)?;
-    if p.tkv != p.tq {
-        return Err(Error::shape(OP, format!("q {:?} and k {:?} must have the same seq", q.shape(), k.shape())));
-    }
-    check_starts(OP, starts, &p)?;
-    forward(rec, [q, k, v], Some(starts), &p, variant)
+    self_attention("attention_forward_segmented", rec, [q, k, v], Some(starts), scale, variant)
 }
 
 /// starts must be (batch, seq) u32.

@@ -409,3 +409,37 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// y = x·Wᵀ and dx = dy·W through the frozen weight `qw` with `variant`,
+/// against the CPU reference on `deq`, its (rows, cols) values as the kernels
+/// must see them; x and dy are seeded normals.
+pub fn check_weight_matmul(
+    gpu: &Gpu,
+    qw: &webpeft::kernels::qmatmul::QWeight,
+    deq: &[f32],
+    m: usize,
+    variant: webpeft::kernels::qmatmul::QVariant,
+    seed: u64,
+    label: &str,
+) {
+    use webpeft::kernels::reference::{assert_close, matmul as cpu};
+    let (rows, cols) = (qw.rows, qw.cols);
+    let x = randn(seed + 1, m * cols);
+    let dy = randn(seed + 2, m * rows);
+    let tx = webpeft::Tensor::from_slice(gpu, &[m, cols], &x).unwrap();
+    let tdy = webpeft::Tensor::from_slice(gpu, &[m, rows], &dy).unwrap();
+    let y = webpeft::Tensor::zeros(gpu, &[m, rows], webpeft::DType::F32).unwrap();
+    let dx = webpeft::Tensor::zeros(gpu, &[m, cols], webpeft::DType::F32).unwrap();
+    let mut rec = webpeft::gpu::Recorder::new(gpu);
+    webpeft::kernels::qmatmul::qgemm_with(&mut rec, &tx, qw, &y, false, variant).unwrap();
+    webpeft::kernels::qmatmul::qgemm_with(&mut rec, &tdy, qw, &dx, true, variant).unwrap();
+    rec.submit().unwrap();
+    let mut want_y = vec![0.0; m * rows];
+    cpu::matmul(&x, deq, &mut want_y, m, rows, cols, false, true, false);
+    let mut want_dx = vec![0.0; m * cols];
+    cpu::matmul(&dy, deq, &mut want_dx, m, cols, rows, false, false, false);
+    let label = format!("{label} {m}x{rows}x{cols} {variant:?} chunks={}", qw.chunks.len());
+    let tol = 1e-4 * (cols.max(rows) as f32).sqrt();
+    assert_close(&format!("{label} forward"), &block_on(y.to_vec::<f32>(gpu)).unwrap(), &want_y, tol, 1e-4);
+    assert_close(&format!("{label} backward"), &block_on(dx.to_vec::<f32>(gpu)).unwrap(), &want_dx, tol, 1e-4);
+}
