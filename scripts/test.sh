@@ -31,4 +31,4 @@ echo "== browser package (wasm32)"
 scripts/build-web.sh
 
 echo "== browser tests (Chromium, WebGPU)"
-node --test --test-timeout=900000 tests/browser/run.mjs
+node --test --test-concurrency=1 --test-timeout=900000 tests/browser/run.mjs tests/browser/*.test.mjs
