@@ -3,17 +3,9 @@
 // quota the site uses (navigator.storage.estimate); and whether the browser
 // keeps that storage until the user deletes it (navigator.storage.persist,
 // asked once a download has put a model there).
-import { listCached, deleteCached } from "./model-cache.js";
+import { listCached, deleteCached, size } from "./model-cache.js";
 
 const $ = (id) => document.getElementById(id);
-
-/** Bytes in the unit that reads best. */
-export function size(bytes) {
-  const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
-  return i === 0 ? `${bytes} bytes` : `${bytes.toFixed(1)} ${units[i]}`;
-}
 
 /** The panel; `showError(context, message)` shows what fails. */
 export function cachePanel({ showError }) {

@@ -29,14 +29,20 @@ const STALLED_TRIES = 4; // connection drops in a row with no new byte before gi
 const FLUSH_EVERY = 16 * 2 ** 20;
 const PROGRESS_EVERY = 2 ** 20;
 
-const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+/** Bytes in the unit that reads best. */
+export function size(bytes) {
+  const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i++; }
+  return i === 0 ? `${bytes} bytes` : `${bytes.toFixed(1)} ${units[i]}`;
+}
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
-/** Not enough storage for a file: how much it needs, and how much this site may still use. */
+/** Not enough storage for a file: how much it needs (null: unknown), and how much this site may still use. */
 export class CacheQuotaError extends Error {
   constructor(file, neededBytes, freeBytes) {
-    super(`not enough storage to keep ${file}: it needs ${mib(neededBytes)} more, and this site may use only ` +
-      `${mib(freeBytes)} more; free disk space or delete cached models`);
+    super(`not enough storage to keep ${file}: ${neededBytes === null ? "" : `it needs ${size(neededBytes)} more, and `}` +
+      `this site may use only ${size(freeBytes)} more; free disk space or delete cached models`);
     this.name = "CacheQuotaError";
     this.neededBytes = neededBytes;
     this.freeBytes = freeBytes;
@@ -122,6 +128,11 @@ function rangeTotal(response, start) {
   return m && Number(m[1]) === start ? Number(m[2]) : null;
 }
 
+async function quotaError(file, needed) {
+  const { usage, quota } = await navigator.storage.estimate();
+  return new CacheQuotaError(file, needed, Math.max(0, quota - usage));
+}
+
 const validator = (response) => ({ etag: response.headers.get("ETag"), lastModified: response.headers.get("Last-Modified") });
 const sameFile = (known, v) => (known.etag || v.etag ? known.etag === v.etag : known.lastModified === v.lastModified);
 
@@ -153,13 +164,17 @@ class Download {
       try {
         return await this.transfer(name, have, optional);
       } catch (e) {
+        if (e.name === "QuotaExceededError") {
+          const total = this.manifest.files[name]?.size;
+          throw await quotaError(name, total == null ? null : total - have);
+        }
         if (!(e instanceof Dropped)) throw e;
         stalls = e.have > have ? 0 : stalls + 1;
         have = e.have;
         if (stalls >= STALLED_TRIES) {
-          const size = this.manifest.files[name]?.size;
-          throw new Error(`the connection dropped while downloading ${name} (${e.message}); ${mib(have)}` +
-            `${size ? ` of ${mib(size)}` : ""} is kept: load again to resume`);
+          const total = this.manifest.files[name]?.size;
+          throw new Error(`the connection dropped while downloading ${name} (${e.message}); ${size(have)}` +
+            `${total ? ` of ${size(total)}` : ""} is kept: load again to resume`);
         }
         await sleep(500 * stalls);
       }
@@ -201,7 +216,10 @@ class Download {
       await this.save();
     }
     const entry = this.manifest.files[name];
-    if (entry.size !== null) await this.checkQuota(name, entry.size - start);
+    if (entry.size !== null) {
+      const { usage, quota } = await navigator.storage.estimate();
+      if (quota - usage < entry.size - start) throw await quotaError(name, entry.size - start);
+    }
     const at = await this.write(name, response, start, entry.size);
     if (entry.size !== null && at < entry.size) throw new Dropped(at, "the server closed the connection early");
     // More than announced: a compressed response (Content-Length counts the encoded bytes); the body ended whole.
@@ -219,13 +237,8 @@ class Download {
     return this.transfer(name, 0, false);
   }
 
-  async checkQuota(name, needed) {
-    const { usage, quota } = await navigator.storage.estimate();
-    if (quota - usage < needed) throw new CacheQuotaError(name, needed, quota - usage);
-  }
-
   /** Streams `response`'s body into `name` from byte `start`; returns the size stored. */
-  async write(name, response, start, size) {
+  async write(name, response, start, total) {
     const sync = await openSync(this.dir, name);
     let at = start;
     try {
@@ -245,14 +258,13 @@ class Download {
           sync.write(chunk.value, { at });
         } catch (e) {
           if (e.name !== "QuotaExceededError") throw e;
-          const { usage, quota } = await navigator.storage.estimate();
-          throw new CacheQuotaError(name, (size ?? at + chunk.value.byteLength) - at, quota - usage);
+          throw await quotaError(name, (total ?? at + chunk.value.byteLength) - at);
         }
         at += chunk.value.byteLength;
         unflushed += chunk.value.byteLength;
         if (unflushed >= FLUSH_EVERY) { sync.flush(); unflushed = 0; }
-        if (at - reported >= PROGRESS_EVERY || at === size) {
-          this.onProgress?.({ tensor: `downloading ${name}`, loadedBytes: at, totalBytes: size ?? at });
+        if (at - reported >= PROGRESS_EVERY || at === total) {
+          this.onProgress?.({ tensor: `downloading ${name}`, loadedBytes: at, totalBytes: total ?? at });
           reported = at;
         }
       }

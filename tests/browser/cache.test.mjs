@@ -2,8 +2,9 @@
 // File System (www/model-cache.js), and loads it from there. A stand-in for the
 // Hugging Face Hub on another port (another origin, as the real Hub is) serves
 // model folders under <org>/<name>/resolve/main/ with ETags and Range support,
-// counts every request and byte, and can drop the connection part-way through
-// a file or stop honouring Range.
+// counts every request and byte, and can drop or stall the connection
+// part-way through a file, stop honouring Range, change a file's ETag, ask for
+// a token or answer an HTTP error.
 //
 //   node --test --test-timeout=900000 tests/browser/cache.test.mjs
 import http from "node:http";
@@ -17,10 +18,17 @@ import { root, outDir, launch, open } from "./common.mjs";
 
 const out = outDir("cache");
 const MODELS = { "org/toy": path.join(root, "www", "default-model"), "org/gqa": path.join(root, "tests", "fixtures", "llama_gqa") };
+// org/toy-<anything> is the toy model again, under a URL of its own (a fresh cache entry).
+const folderOf = (model) => MODELS[model] ?? (model?.startsWith("org/toy-") ? MODELS["org/toy"] : undefined);
 
-/** The stand-in Hub. `log` holds {model, file, range} per GET; `served[model/file]` the body bytes sent. */
+/**
+ * The stand-in Hub. `log` holds {model, file, range, auth} per GET; `served["model/file"]` the body bytes sent.
+ * Set `drops` ({key, after, stall, then}: cut, or with `stall` hold, the next response for key after `after`
+ * bytes, then call `then`), `ignoreRange`, `etagSalt` (changes every ETag), `tokens[model]` (the bearer token
+ * it needs) and `fail["model/file"]` (an HTTP status).
+ */
 function hub() {
-  const h = { log: [], served: {}, drops: [], ignoreRange: false, etagSalt: "" };
+  const h = { log: [], served: {}, drops: [], ignoreRange: false, etagSalt: "", tokens: {}, fail: {}, stalled: [] };
   h.server = http.createServer((req, res) => {
     const cors = { "Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag, Content-Range, Content-Length, Accept-Ranges" };
     if (req.method === "OPTIONS") {
@@ -28,8 +36,15 @@ function hub() {
       return res.end();
     }
     const m = /^\/([^/]+\/[^/]+)\/resolve\/main\/([^/]+)$/.exec(new URL(req.url, "http://hub").pathname);
-    const file = m && MODELS[m[1]] && path.join(MODELS[m[1]], m[2]);
+    const file = m && folderOf(m[1]) && path.join(folderOf(m[1]), m[2]);
     h.log.push({ model: m?.[1], file: m?.[2], range: req.headers.range ?? null, auth: req.headers.authorization ?? null });
+    const key = `${m?.[1]}/${m?.[2]}`;
+    const token = h.tokens[m?.[1]];
+    const status = token && req.headers.authorization !== `Bearer ${token}` ? 401 : h.fail[key];
+    if (status) {
+      res.writeHead(status, { ...cors, "Content-Type": "text/plain" });
+      return res.end(http.STATUS_CODES[status]);
+    }
     if (!file || !fs.existsSync(file)) {
       res.writeHead(404, { ...cors, "Content-Type": "text/plain" });
       return res.end("Entry not found");
@@ -50,13 +65,15 @@ function hub() {
     } else {
       res.writeHead(200, { ...headers, "Content-Length": bytes.length });
     }
-    const key = `${m[1]}/${m[2]}`;
     const drop = h.drops.findIndex((d) => d.key === key);
     if (drop >= 0) {
-      // A dropped connection: part of the body, then the socket goes away.
-      const { after } = h.drops.splice(drop, 1)[0];
+      // A dropped connection: part of the body, then the socket goes away (or, stalled, stays open and silent).
+      const { after, stall, then } = h.drops.splice(drop, 1)[0];
       h.served[key] = (h.served[key] ?? 0) + after;
-      res.write(body.subarray(0, after), () => setTimeout(() => res.socket.destroy(), 100));
+      res.write(body.subarray(0, after), () => {
+        if (stall) h.stalled.push(res);
+        else setTimeout(() => { res.socket.destroy(); then?.(); }, 100);
+      });
       return;
     }
     h.served[key] = (h.served[key] ?? 0) + body.length;
@@ -74,6 +91,7 @@ const theHub = await hub();
 const measured = {};
 test.after(() => {
   page.close();
+  for (const res of theHub.stalled) res.socket.destroy();
   theHub.server.close();
   fs.writeFileSync(path.join(out, "measured.json"), JSON.stringify(measured, null, 2));
   console.log("measured:", JSON.stringify(measured));
@@ -178,5 +196,116 @@ test("a URL model is downloaded once into OPFS: a dropped connection resumes by 
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
+  }
+});
+
+// The cache module alone, in a plain page's module worker (no model loaded): the ways a download goes wrong.
+const scratch = path.join(out, "scratch");
+fs.mkdirSync(scratch, { recursive: true });
+fs.writeFileSync(path.join(scratch, "index.html"), `<!doctype html><link rel="icon" href="data:,"><script type="module" src="main.js"></script>`);
+fs.writeFileSync(path.join(scratch, "main.js"), `
+  import { listCached } from "/www/model-cache.js";
+  const worker = new Worker("probe.js", { type: "module" });
+  const waiting = new Map();
+  worker.onmessage = (e) => { waiting.get(e.data.id)(e.data); waiting.delete(e.data.id); };
+  let next = 0;
+  window.cacheLoad = (url, token) => new Promise((ok) => { waiting.set(next, ok); worker.postMessage({ id: next++, url, token }); });
+  window.listCached = listCached;
+  document.body.dataset.ready = "yes";`);
+fs.writeFileSync(path.join(scratch, "probe.js"), `
+  import { CachedModel } from "/www/model-cache.js";
+  const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
+  self.onmessage = async ({ data: { id, url, token } }) => {
+    try {
+      const cached = await CachedModel.open({ url, token }, null);
+      await cached.config();
+      const files = {};
+      for (const f of await cached.files()) files[f.name] = hex(await crypto.subtle.digest("SHA-256", await f.arrayBuffer()));
+      self.postMessage({ id, files, requests: cached.requests });
+    } catch (e) {
+      self.postMessage({ id, error: e.message, name: e.name });
+    }
+  };`);
+
+/** name → sha-256 of every file a model folder serves. */
+const shas = (model) => Object.fromEntries(fs.readdirSync(folderOf(model)).filter((f) => f !== "README.md")
+  .map((f) => [f, crypto.createHash("sha256").update(fs.readFileSync(path.join(folderOf(model), f))).digest("hex")]));
+const ranges = (model, file) => theHub.log.filter((r) => r.model === model && r.file === file).map((r) => r.range);
+
+test("the cache resumes a closed tab's download, restarts cleanly on a server that ignores Range or a changed ETag, sends a token, and says what failed", async () => {
+  const probeServer = await serve(0, [["/www/", path.join(root, "www")], ["/", scratch]]);
+  const probeUrl = `http://127.0.0.1:${probeServer.address().port}/`;
+  const browser = await launch();
+  const context = await browser.newContext();
+  try {
+    let { page: p, problems } = await open(context, probeUrl);
+    await p.waitForSelector("body[data-ready]", { state: "attached" });
+    const load = (model, token) => p.evaluate(([url, t]) => window.cacheLoad(url, t), [`${theHub.base}${model}/resolve/main/`, token]);
+
+    // A sharded model: the index, both shards and the tokenizer files, byte for byte; the second time, no request.
+    const gqa = await load("org/gqa");
+    assert.deepEqual(gqa.files, shas("org/gqa"), gqa.error);
+    assert.deepEqual(ranges("org/gqa", "model-00001-of-00002.safetensors"), [null]);
+    assert.equal((await load("org/gqa")).requests, 0);
+
+    // A tab closed mid-download: the partial file stays, and the next page resumes it.
+    const toyBytes = shas("org/toy");
+    theHub.drops.push({ key: "org/toy-closed/model.safetensors", after: 700_000, stall: true });
+    p.evaluate((url) => { window.cacheLoad(url); }, `${theHub.base}org/toy-closed/resolve/main/`);
+    const stored = () => p.evaluate(async () => (await window.listCached()).find((m) => m.url.includes("toy-closed"))?.bytes ?? 0);
+    const want = fileSize("org/toy", "config.json") + 700_000; // config.json comes before the weights
+    for (let t = 0, have = 0; (have = await stored()) < want; t++) {
+      assert.ok(t < 200, `the first 700 000 bytes reach OPFS: ${have} bytes stored`);
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    await p.close();
+    ({ page: p, problems } = await open(context, probeUrl));
+    await p.waitForSelector("body[data-ready]", { state: "attached" });
+    const closed = await load("org/toy-closed");
+    assert.deepEqual(closed.files, toyBytes, closed.error);
+    assert.deepEqual(ranges("org/toy-closed", "model.safetensors"), [null, "bytes=700000-"]);
+
+    // A server that ignores Range (200 to the resume): the file starts over from that very response.
+    theHub.drops.push({ key: "org/toy-norange/model.safetensors", after: 500_000, then: () => { theHub.ignoreRange = true; } });
+    const norange = await load("org/toy-norange");
+    theHub.ignoreRange = false;
+    assert.deepEqual(norange.files, toyBytes, norange.error);
+    assert.deepEqual(ranges("org/toy-norange", "model.safetensors"), [null, "bytes=500000-"]);
+
+    // The file changed on the server (another ETag): the stored bytes are dropped and the file fetched whole.
+    theHub.drops.push({ key: "org/toy-changed/model.safetensors", after: 500_000, then: () => { theHub.etagSalt = "v2"; } });
+    const changed = await load("org/toy-changed");
+    theHub.etagSalt = "";
+    assert.deepEqual(changed.files, toyBytes, changed.error);
+    assert.deepEqual(ranges("org/toy-changed", "model.safetensors"), [null, "bytes=500000-", null]);
+
+    // A gated model: without the token, a readable 401; with it, every request carries it and nothing else does.
+    theHub.tokens["org/toy-gated"] = "secret";
+    const refused = await load("org/toy-gated");
+    assert.match(refused.error ?? "", /^config\.json: HTTP 401 from http:\/\/127\.0\.0\.1:\d+\/org\/toy-gated\/resolve\/main\/config\.json: .*access token/);
+    const before = theHub.log.length;
+    const gated = await load("org/toy-gated", "secret");
+    assert.deepEqual(gated.files, toyBytes, gated.error);
+    assert.deepEqual([...new Set(theHub.log.slice(before).map((r) => r.auth))], ["Bearer secret"]);
+    assert.ok(theHub.log.filter((r) => r.model !== "org/toy-gated").every((r) => r.auth === null));
+
+    // An HTTP error names the file and the status.
+    theHub.fail["org/toy-broken/tokenizer.json"] = 500;
+    const broken = await load("org/toy-broken");
+    assert.match(broken.error ?? "", /^tokenizer\.json: HTTP 500 from http:\/\/127\.0\.0\.1:\d+\/org\/toy-broken\/resolve\/main\/tokenizer\.json$/);
+
+    // Over the quota: a typed error saying how much the file needs and how much is free.
+    const cdp = await context.newCDPSession(p);
+    const { usage } = await p.evaluate(() => navigator.storage.estimate());
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: new URL(probeUrl).origin, quotaSize: usage + 500_000 });
+    const full = await load("org/toy-full");
+    await cdp.send("Storage.overrideQuotaForOrigin", { origin: new URL(probeUrl).origin });
+    assert.equal(full.name, "CacheQuotaError", full.error);
+    // (Which file hits the quota, and the figures, depend on when Chromium updates its usage count.)
+    assert.match(full.error, /^not enough storage to keep [\w.]+: (it needs [\d.]+ \w+ more, and )?this site may use only [\d.]+ \w+ more/);
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    probeServer.close();
   }
 });
