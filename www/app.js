@@ -2,6 +2,7 @@
 // before/after generation; the preference mode's panel is preference.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
+import { cachePanel } from "./cached-models.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -30,13 +31,14 @@ function setPhase(phase) {
     `llama.cpp takes plain LoRA adapters only: train with LoRA to download a .gguf (this one is ${state.trainedMethod}).` : "";
   $("resume-run").disabled = running || phase === "generating" || phase === "exporting";
   pref.controls(idle, state.loaded);
+  cache.controls(idle);
 }
 
 // Errors show next to what caused them, in the words of the form; the
 // library's own wording (file and function names) goes to the console.
 const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
-  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error" };
+  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing" };
@@ -67,6 +69,7 @@ function clearError() {
 }
 const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
+const cache = cachePanel({ showError });
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.
@@ -137,6 +140,7 @@ function onMessage(e) {
       if (p.note) state.loadNotes.push(`${p.tensor}: ${p.note}`);
       break;
     }
+    case "cached": cache.cached(m.requests > 0); break;
     case "loaded":
       state.loaded = true;
       $("load-status").textContent = `loaded: ${m.info.modelType}, ${(m.info.parameters / 1e6).toFixed(2)}M parameters, ` +
@@ -408,4 +412,5 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
 setPhase("starting");
+cache.refresh();
 startWorker(null);

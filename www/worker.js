@@ -1,14 +1,17 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
 // generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf. Messages
-// out: ready, load-progress, loaded, step, trained, token, generated, zip, gguf, error. Every failure becomes an `error`
-// message with readable text; nothing is sent anywhere but the page.
+// out: ready, load-progress, cached, loaded, step, trained, token, generated, zip, gguf, error. Every failure becomes an
+// `error` message with readable text; nothing is sent anywhere but the page. A URL model is downloaded once into
+// the browser's storage (model-cache.js) and loaded from there.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
+import { CachedModel } from "./model-cache.js";
 
 let gpu = null;
 let model = null;
 let run = null;
 const ADAPTER = "adapter";
+const DEFAULT_MODEL = new URL("default-model/", self.location.href).href; // ships with the page: read in place, not cached
 const AUTOSAVE_EVERY = 4; // steps between checkpoints sent to the page (it keeps them in IndexedDB)
 const control = { paused: false, cancelled: false };
 
@@ -89,15 +92,18 @@ async function handle(msg) {
       const onProgress = (p) => post({ type: "load-progress", progress: p });
       const start = performance.now();
       let configText;
-      if (msg.source.kind === "files") {
+      let cached = null;
+      if (msg.source.kind === "url") {
+        cached = await CachedModel.open(msg.source, onProgress);
+        configText = await cached.config();
+      } else if (msg.source.kind === "files") {
         const config = msg.source.files.find((f) => f.name === "config.json");
         if (!config) throw new Error("the chosen files have no config.json");
         configText = await config.text();
       } else {
-        const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
-        const r = await fetch(new URL("config.json", base.endsWith("/") ? base : base + "/"))
-          .catch((e) => { throw new Error(`could not reach ${base} for config.json (${e.message}): check the URL and your connection`); });
-        if (!r.ok) throw new Error(`config.json: HTTP ${r.status} from ${base}`);
+        const r = await fetch(new URL("config.json", DEFAULT_MODEL))
+          .catch((e) => { throw new Error(`could not reach ${DEFAULT_MODEL} for config.json (${e.message}): check the URL and your connection`); });
+        if (!r.ok) throw new Error(`config.json: HTTP ${r.status} from ${DEFAULT_MODEL}`);
         configText = await r.text();
       }
       // The memory plan, before any weight is read.
@@ -112,13 +118,12 @@ async function handle(msg) {
         throw new Error(`this setup needs a ${(plan.largestBufferBytes / 2 ** 20).toFixed(0)} MiB buffer, over this GPU's ` +
           `${(plan.bindingLimitBytes / 2 ** 20).toFixed(0)} MiB binding limit: lower the batch size or sequence length`);
       }
+      const files = cached ? await cached.files() : msg.source.files;
+      if (cached) post({ type: "cached", url: msg.source.url, requests: cached.requests });
       if (model) model.free();
       model = null;
-      if (msg.source.kind === "files") model = await Model.fromFiles(gpu, msg.source.files, { quant, computeDtype, onProgress });
-      else {
-        const base = msg.source.kind === "default" ? new URL("default-model/", self.location.href).href : msg.source.url;
-        model = await Model.fromUrl(gpu, base, { quant, computeDtype, onProgress });
-      }
+      if (files) model = await Model.fromFiles(gpu, files, { quant, computeDtype, onProgress, ...(cached ? { name: cached.name } : {}) });
+      else model = await Model.fromUrl(gpu, DEFAULT_MODEL, { quant, computeDtype, onProgress });
       post({ type: "loaded", info: model.info(), seconds: (performance.now() - start) / 1000 });
       break;
     }
