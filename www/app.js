@@ -2,6 +2,7 @@
 // before/after generation; the preference mode's panel is preference.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
+import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -65,7 +66,6 @@ function showError(context, message) {
 function clearError() {
   for (const id of ["error", "model-error", "train-error", "try-error", "pref-error"]) { $(id).hidden = true; $(id).textContent = ""; }
 }
-const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
@@ -119,6 +119,7 @@ function onMessage(e) {
         (m.info.deviceType === "Cpu" ? ". This is a software renderer (no GPU in use): expect training to be slow." : ".");
       if (!m.info.shaderF16) { $("compute").value = "f32"; $("compute").disabled = true; }
       document.body.dataset.gpu = "ready";
+      presets.then((p) => p.plan());
       if (pendingResume) { pendingResume(); pendingResume = null; }
       else if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; }
       else { state.phase = "idle"; load(); }
@@ -192,6 +193,7 @@ function onMessage(e) {
       $("train-status").textContent += ` — ${m.summary.state}`;
       setPhase("idle");
       break;
+    case "planned": presets.then((p) => p.planned(m)); break;
     case "paused": setPhase("paused"); break;
     case "resumed": setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
@@ -252,11 +254,7 @@ function drawChart() {
 
 function source() {
   const kind = document.querySelector("input[name=source]:checked").value;
-  if (kind === "url") {
-    const url = $("model-url").value.trim();
-    if (!url) throw new Error("enter the model's base URL (the folder holding config.json)");
-    return { kind, url };
-  }
+  if (kind === "url") return { kind, url: modelBaseUrl($("model-url").value) };
   if (kind === "files") {
     const files = [...$("model-files").files].filter((f) => !f.webkitRelativePath.split("/").slice(1, -1).length);
     if (files.length === 0) throw new Error("choose a model folder (config.json, *.safetensors, tokenizer.json)");
@@ -284,7 +282,7 @@ function load() {
     $("plan").textContent = "";
     setPhase("loading");
     state.loadNotes = [];
-    const msg = { type: "load", source: src, quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
+    const msg = { type: "load", source: withToken(src), quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
       batchSize: c.batchSize, seqLen: c.seqLen };
     const origin = src.kind === "url" ? new URL(src.url).origin : null;
     if (origin !== workerOrigin) {
@@ -294,7 +292,24 @@ function load() {
   } catch (e) { showError("load", e.message); }
 }
 
+/** A URL source with the access token, for the load message only: never in state.current (autosaved in IndexedDB). */
+const withToken = (src) => (src.kind === "url" && $("hf-token").value ? { ...src, token: $("hf-token").value } : src);
+
 $("load").onclick = load;
+$("model-url").addEventListener("input", () => { document.querySelector("input[name=source][value=url]").checked = true; });
+// The presets' verdicts follow the base format and the training settings.
+const presets = presetList({
+  root: $("presets"),
+  settings: () => { const c = config(); return { quant: $("quant").value, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen }; },
+  send: (msg) => worker.postMessage(msg),
+  choose: (p) => {
+    document.querySelector("input[name=source][value=url]").checked = true;
+    $("model-url").value = hubUrl(p.repo);
+    load();
+  },
+});
+presets.catch((e) => showError("presets", `could not read the model presets: ${e.message}`));
+for (const el of [$("quant"), $("config")]) el.addEventListener("change", () => presets.then((p) => p.plan()));
 $("train").onclick = () => {
   clearError();
   state.losses = [];
@@ -348,7 +363,7 @@ readAutosave().then((saved) => {
     state.loaded = false;
     setPhase("loading");
     state.loadNotes = [];
-    const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
+    const load = { type: "load", source: withToken(saved.source), quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
       evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
