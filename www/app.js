@@ -3,6 +3,7 @@
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
+import { stepClock } from "./eta.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -150,13 +151,14 @@ function onMessage(e) {
       break;
     case "step": {
       const ev = m.event;
+      const eta = clock.step(ev);
       state.losses.push(ev.loss);
       state.speeds.push(ev.tokensPerSecond);
       $("train-progress").max = ev.totalSteps;
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
-        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${ev.etaSeconds.toFixed(1)} s`;
+        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${eta.text}`;
       if (ev.rewards) {
         state.rewards.push({ step: ev.step, loss: ev.loss, ...ev.rewards });
         rewardTable.add(ev);
@@ -194,7 +196,7 @@ function onMessage(e) {
       setPhase("idle");
       break;
     case "planned": presets.then((p) => p.planned(m)); break;
-    case "paused": setPhase("paused"); break;
+    case "paused": clock.skip(); setPhase("paused"); break;
     case "resumed": setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
     case "generated":
@@ -297,6 +299,7 @@ const withToken = (src) => (src.kind === "url" && $("hf-token").value ? { ...src
 
 $("load").onclick = load;
 $("model-url").addEventListener("input", () => { document.querySelector("input[name=source][value=url]").checked = true; });
+const clock = stepClock();
 // The presets' verdicts follow the base format and the training settings.
 const presets = presetList({
   root: $("presets"),
@@ -325,6 +328,7 @@ $("train").onclick = () => {
   } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
+  clock.reset();
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
   const src = source();
   state.trainedMethod = config().method;
@@ -363,6 +367,7 @@ readAutosave().then((saved) => {
     state.loaded = false;
     setPhase("loading");
     state.loadNotes = [];
+    clock.reset();
     const load = { type: "load", source: withToken(saved.source), quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
       evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
