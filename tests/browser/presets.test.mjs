@@ -72,21 +72,35 @@ const planned = async (page, after = 0) => {
 const rows = (page) => page.$$eval("#presets li", (lis) => lis.map((li) => ({
   id: li.dataset.preset, text: li.textContent, totalBytes: Number(li.dataset.totalBytes), fits: li.dataset.fits })));
 
+/** All the page can store (its URL, cookies, localStorage, sessionStorage, every IndexedDB store) as text. */
+const storedText = (page) => page.evaluate(async () => {
+  const dump = [location.href, document.cookie, JSON.stringify({ ...localStorage }), JSON.stringify({ ...sessionStorage })];
+  for (const { name } of await indexedDB.databases()) {
+    const db = await new Promise((ok, ko) => { const r = indexedDB.open(name); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
+    for (const store of db.objectStoreNames) {
+      const all = await new Promise((ok) => { const r = db.transaction(store).objectStore(store).getAll(); r.onsuccess = () => ok(r.result); });
+      dump.push(JSON.stringify(all, (k, v) => (ArrayBuffer.isView(v) ? `<${v.byteLength} bytes>` : v)));
+    }
+    db.close();
+  }
+  return dump.join("\n");
+});
+
 test("URL shapes: the Hub's resolve folders pass; page, /tree/, /blob/ and file links get the resolve form suggested", () => {
   const resolve = "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/resolve/main/";
   assert.equal(modelBaseUrl(` ${resolve} `), resolve);
   assert.equal(modelBaseUrl(resolve.slice(0, -1)), resolve, "the trailing slash is added");
   assert.equal(modelBaseUrl("https://example.org/models/tiny"), "https://example.org/models/tiny/");
-  for (const [typed, suggestion] of [
-    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct", resolve],
-    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/tree/main", resolve],
-    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/blob/main/config.json", resolve],
-    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/resolve/main/model.safetensors", resolve],
-    ["https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/tree/v1.0", "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/resolve/v1.0/"],
-    ["https://example.org/models/tiny/config.json", "https://example.org/models/tiny/"],
+  for (const [typed, why, suggestion] of [
+    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct", "is the model's page on the Hub", resolve],
+    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/tree/main", "is a /tree/ link", resolve],
+    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/blob/main/config.json", "is a /blob/ link", resolve],
+    ["https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/resolve/main/model.safetensors", "is a file", resolve],
+    ["https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/tree/v1.0", "is a /tree/ link", "https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct/resolve/v1.0/"],
+    ["https://example.org/models/tiny/config.json", "is a file", "https://example.org/models/tiny/"],
   ]) {
-    assert.throws(() => modelBaseUrl(typed), (e) => e.message.includes(`use ${suggestion}`) || e.message.endsWith(suggestion),
-      `${typed} → ${suggestion}`);
+    assert.throws(() => modelBaseUrl(typed), (e) => e.message.startsWith(`${typed} ${why}`) && e.message.endsWith(suggestion),
+      `${typed} → ${why}, ${suggestion}`);
   }
   assert.throws(() => modelBaseUrl("huggingface.co/x/y"), /is not a URL/);
   assert.throws(() => modelBaseUrl("ftp://example.org/m/"), /https:\/\//);
@@ -136,7 +150,7 @@ test("presets: download size and this GPU's planner verdict per model, following
   assert.deepEqual(problems, []);
 });
 
-test("a preset's click fills its resolve URL and loads from huggingface.co with the token (config.json request); a /blob/ link gets the resolve form; the token is stored nowhere", async () => {
+test("a preset's click fills its resolve URL and loads from huggingface.co with the token (config.json request); a /blob/ link gets the resolve form; the token is stored nowhere, not in a run's autosave either", async () => {
   const TOKEN = "hf_presetsTestToken123";
   const hub = (route) => route.fulfill({ status: 401, contentType: "text/plain", body: "Access to model is restricted.",
     headers: { "access-control-allow-origin": "*" } });
@@ -167,6 +181,8 @@ test("a preset's click fills its resolve URL and loads from huggingface.co with 
   // The presets are planned again by the new worker.
   await page.waitForFunction(() => [...document.querySelectorAll("#presets li")].every((li) => li.dataset.totalBytes));
 
+  assert.equal((await storedText(page)).includes(TOKEN), false, "the token is stored nowhere");
+
   // Without a token, no Authorization header.
   await page.fill("#hf-token", "");
   const before = offsite.length;
@@ -177,20 +193,19 @@ test("a preset's click fills its resolve URL and loads from huggingface.co with 
   assert.equal(plain.headers.authorization, undefined);
   assert.ok(offsite.every((r) => new URL(r.url).hostname === "huggingface.co"), JSON.stringify(offsite.map((r) => r.url)));
 
-  // The token is in no storage the page can reach, nor in its URL.
-  const stored = await page.evaluate(async () => {
-    const dump = [location.href, document.cookie, JSON.stringify({ ...localStorage }), JSON.stringify({ ...sessionStorage })];
-    for (const { name } of await indexedDB.databases()) {
-      const db = await new Promise((ok, ko) => { const r = indexedDB.open(name); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
-      for (const store of db.objectStoreNames) {
-        const all = await new Promise((ok) => { const r = db.transaction(store).objectStore(store).getAll(); r.onsuccess = () => ok(r.result); });
-        dump.push(JSON.stringify(all, (k, v) => (ArrayBuffer.isView(v) ? `<${v.byteLength} bytes>` : v)));
-      }
-      db.close();
-    }
-    return dump.join("\n");
-  });
-  assert.equal(stored.includes(TOKEN), false);
+  // A run from a URL with a token (the toy model, served here): its autosave in IndexedDB keeps the URL, not the token.
+  await page.fill("#model-url", `${base}default-model/`);
+  await page.fill("#hf-token", TOKEN);
+  await page.click("#load");
+  await page.waitForFunction(() => document.querySelector("#load-status").textContent.startsWith("loaded"), null, { timeout: 120_000 });
+  await page.fill("#config [name=steps]", "50");
+  await page.click("#train");
+  await page.waitForSelector("body[data-autosaved='4']", { timeout: 300_000 });
+  await page.click("#cancel");
+  await page.waitForSelector("body[data-trained=cancelled]", { timeout: 300_000 });
+  const stored = await storedText(page);
+  assert.ok(stored.includes(`"url":"${base}default-model/"`), "the autosave holds the run's source");
+  assert.equal(stored.includes(TOKEN), false, "the token is stored nowhere");
   assert.deepEqual(problems.filter((p) => !/401|Failed to load resource/.test(p)), []);
 });
 
