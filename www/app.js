@@ -196,8 +196,8 @@ function onMessage(e) {
       setPhase("idle");
       break;
     case "planned": presets.then((p) => p.planned(m)); break;
-    case "paused": clock.skip(); setPhase("paused"); break;
-    case "resumed": setPhase("training"); break;
+    case "paused": setPhase("paused"); break;
+    case "resumed": clock.skip(); setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
     case "generated":
       if (pref.generated(m)) break;
@@ -279,6 +279,7 @@ function load() {
   try {
     const c = config();
     const src = source();
+    state.source = src; // what is loaded, whatever the form says later
     state.loaded = false;
     $("load-status").textContent = "loading…";
     $("plan").textContent = "";
@@ -330,7 +331,7 @@ $("train").onclick = () => {
   setPhase("training");
   clock.reset();
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
-  const src = source();
+  const src = state.source;
   state.trainedMethod = config().method;
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
@@ -361,6 +362,7 @@ readAutosave().then((saved) => {
     state.losses = saved.losses ?? [];
     state.speeds = [];
     drawChart();
+    state.source = saved.source;
     state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
     state.trainedMethod = c.method;
     state.resuming = true;
@@ -397,7 +399,7 @@ $("download-gguf").onclick = () => {
   const [kind, ggufType] = $("gguf-kind").value.split(":");
   // The toy default model's tokenizer is byte-level BPE with GPT-2's split regex: llama.cpp's "gpt-2"
   // pre-tokenizer (its hash is not in llama.cpp's table, so it is named).
-  const tokenizerPre = source().kind === "default" ? "gpt-2" : undefined;
+  const tokenizerPre = state.source.kind === "default" ? "gpt-2" : undefined;
   setPhase("exporting");
   worker.postMessage({ type: "download-gguf", kind, ggufType, tokenizerPre });
 };

@@ -1,7 +1,7 @@
 // The training progress's ETA, honest from the first step: step 1 compiles
 // the GPU programs (and the autotuner times its choices), so it says nothing
 // about the steps after it. The clock times the gaps between step events
-// after the first of a run (or of a resume, or after a pause), says
+// after the first of a run (or of a resume, or after a pause ends), says
 // "estimating…" until MIN_TIMED gaps are timed, then the median gap times
 // the steps left: one slow step (a held-out evaluation, a checkpoint) does
 // not swing it.
@@ -28,7 +28,7 @@ export function stepClock(now = () => performance.now()) {
   return {
     /** A new run (or a resumed one): its first step compiles again. */
     reset() { last = null; gaps.length = 0; },
-    /** A pause: the gap across it is not a step's time. */
+    /** Going on after a pause: the gap across it is not a step's time. */
     skip() { last = null; },
     /** The ETA after step event `ev`: {text, seconds?}. */
     step(ev) {
