@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { serve } from "../../www/serve.mjs";
 import { root, outDir, launch, open } from "./common.mjs";
 import { modelBaseUrl } from "../../www/presets.js";
+import { stepClock, duration } from "../../www/eta.js";
 
 const out = outDir("presets");
 const { presets } = JSON.parse(fs.readFileSync(path.join(root, "www", "presets.json"), "utf8"));
@@ -105,6 +106,21 @@ test("URL shapes: the Hub's resolve folders pass; page, /tree/, /blob/ and file 
   assert.throws(() => modelBaseUrl("huggingface.co/x/y"), /is not a URL/);
   assert.throws(() => modelBaseUrl("ftp://example.org/m/"), /https:\/\//);
   assert.throws(() => modelBaseUrl("https://huggingface.co/datasets/a/b"), /dataset, not a model/);
+});
+
+test("ETA: nothing from step 1's compile, 'estimating…' until two gaps are timed, then the median gap times the steps left", () => {
+  let t = 0;
+  const clock = stepClock(() => t * 1000);
+  const eta = (step, at) => { t = at; return clock.step({ step, totalSteps: 10 }).text; };
+  assert.equal(eta(1, 60), "estimating…", "step 1 took a minute (compiling): no figure from it");
+  assert.equal(eta(2, 62), "estimating…", "one gap is not enough");
+  assert.equal(eta(3, 64), "14 s", "7 steps left × 2 s");
+  assert.equal(eta(4, 76), "12 s", "a 12 s gap (an evaluation) does not swing the median: 6 × 2 s");
+  clock.skip(); // a pause ends
+  assert.equal(eta(5, 500), "10 s", "the gap across the pause is not timed");
+  clock.reset(); // a resumed run compiles again
+  assert.equal(eta(6, 600), "estimating…");
+  assert.deepEqual([duration(59.4), duration(200), duration(3 * 3600 + 600)], ["59 s", "3 min 20 s", "3 h 10 min"]);
 });
 
 test("presets: download size and this GPU's planner verdict per model, following the base format and the settings, with nothing fetched", async () => {
