@@ -3,6 +3,8 @@
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
 import { cachePanel } from "./cached-models.js";
+import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
+import { stepClock } from "./eta.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -67,7 +69,6 @@ function showError(context, message) {
 function clearError() {
   for (const id of ["error", "model-error", "train-error", "try-error", "pref-error"]) { $(id).hidden = true; $(id).textContent = ""; }
 }
-const mib = (b) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 const cache = cachePanel({ showError });
 
@@ -122,6 +123,7 @@ function onMessage(e) {
         (m.info.deviceType === "Cpu" ? ". This is a software renderer (no GPU in use): expect training to be slow." : ".");
       if (!m.info.shaderF16) { $("compute").value = "f32"; $("compute").disabled = true; }
       document.body.dataset.gpu = "ready";
+      presets.then((p) => p.plan());
       if (pendingResume) { pendingResume(); pendingResume = null; }
       else if (pendingLoad) { worker.postMessage(pendingLoad); pendingLoad = null; }
       else { state.phase = "idle"; load(); }
@@ -153,13 +155,14 @@ function onMessage(e) {
       break;
     case "step": {
       const ev = m.event;
+      const eta = clock.step(ev);
       state.losses.push(ev.loss);
       state.speeds.push(ev.tokensPerSecond);
       $("train-progress").max = ev.totalSteps;
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
-        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${ev.etaSeconds.toFixed(1)} s`;
+        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${eta.text}`;
       if (ev.rewards) {
         state.rewards.push({ step: ev.step, loss: ev.loss, ...ev.rewards });
         rewardTable.add(ev);
@@ -196,8 +199,9 @@ function onMessage(e) {
       $("train-status").textContent += ` — ${m.summary.state}`;
       setPhase("idle");
       break;
+    case "planned": presets.then((p) => p.planned(m)); break;
     case "paused": setPhase("paused"); break;
-    case "resumed": setPhase("training"); break;
+    case "resumed": clock.skip(); setPhase("training"); break;
     case "token": $(m.which).textContent += m.text; break;
     case "generated":
       if (pref.generated(m)) break;
@@ -256,11 +260,7 @@ function drawChart() {
 
 function source() {
   const kind = document.querySelector("input[name=source]:checked").value;
-  if (kind === "url") {
-    const url = $("model-url").value.trim();
-    if (!url) throw new Error("enter the model's base URL (the folder holding config.json)");
-    return { kind, url };
-  }
+  if (kind === "url") return { kind, url: modelBaseUrl($("model-url").value) };
   if (kind === "files") {
     const files = [...$("model-files").files].filter((f) => !f.webkitRelativePath.split("/").slice(1, -1).length);
     if (files.length === 0) throw new Error("choose a model folder (config.json, *.safetensors, tokenizer.json)");
@@ -283,12 +283,13 @@ function load() {
   try {
     const c = config();
     const src = source();
+    state.source = src; // what is loaded, whatever the form says later
     state.loaded = false;
     $("load-status").textContent = "loading…";
     $("plan").textContent = "";
     setPhase("loading");
     state.loadNotes = [];
-    const msg = { type: "load", source: src, quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
+    const msg = { type: "load", source: withToken(src), quant: $("quant").value, computeDtype: $("compute").value, method: c.method, r: c.r,
       batchSize: c.batchSize, seqLen: c.seqLen };
     const origin = src.kind === "url" ? new URL(src.url).origin : null;
     if (origin !== workerOrigin) {
@@ -298,7 +299,25 @@ function load() {
   } catch (e) { showError("load", e.message); }
 }
 
+/** A URL source with the access token, for the load message only: never in state.current (autosaved in IndexedDB). */
+const withToken = (src) => (src.kind === "url" && $("hf-token").value ? { ...src, token: $("hf-token").value } : src);
+
 $("load").onclick = load;
+$("model-url").addEventListener("input", () => { document.querySelector("input[name=source][value=url]").checked = true; });
+const clock = stepClock();
+// The presets' verdicts follow the base format and the training settings.
+const presets = presetList({
+  root: $("presets"),
+  settings: () => { const c = config(); return { quant: $("quant").value, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen }; },
+  send: (msg) => worker.postMessage(msg),
+  choose: (p) => {
+    document.querySelector("input[name=source][value=url]").checked = true;
+    $("model-url").value = hubUrl(p.repo);
+    load();
+  },
+});
+presets.catch((e) => showError("presets", `could not read the model presets: ${e.message}`));
+for (const el of [$("quant"), $("config")]) el.addEventListener("change", () => presets.then((p) => p.plan()));
 $("train").onclick = () => {
   clearError();
   state.losses = [];
@@ -314,8 +333,9 @@ $("train").onclick = () => {
   } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
+  clock.reset();
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
-  const src = source();
+  const src = state.source;
   state.trainedMethod = config().method;
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
@@ -346,13 +366,15 @@ readAutosave().then((saved) => {
     state.losses = saved.losses ?? [];
     state.speeds = [];
     drawChart();
+    state.source = saved.source;
     state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
     state.trainedMethod = c.method;
     state.resuming = true;
     state.loaded = false;
     setPhase("loading");
     state.loadNotes = [];
-    const load = { type: "load", source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
+    clock.reset();
+    const load = { type: "load", source: withToken(saved.source), quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
     const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
       evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
@@ -381,7 +403,7 @@ $("download-gguf").onclick = () => {
   const [kind, ggufType] = $("gguf-kind").value.split(":");
   // The toy default model's tokenizer is byte-level BPE with GPT-2's split regex: llama.cpp's "gpt-2"
   // pre-tokenizer (its hash is not in llama.cpp's table, so it is named).
-  const tokenizerPre = source().kind === "default" ? "gpt-2" : undefined;
+  const tokenizerPre = state.source.kind === "default" ? "gpt-2" : undefined;
   setPhase("exporting");
   worker.postMessage({ type: "download-gguf", kind, ggufType, tokenizerPre });
 };

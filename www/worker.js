@@ -1,9 +1,9 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
-// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf. Messages
-// out: ready, load-progress, cached, loaded, step, trained, token, generated, zip, gguf, error. Every failure becomes an
-// `error` message with readable text; nothing is sent anywhere but the page. A URL model is downloaded once into
-// the browser's storage (model-cache.js) and loaded from there.
+// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf, plan-configs.
+// Messages out: ready, load-progress, cached, loaded, step, trained, token, generated, zip, gguf, planned, error. Every
+// failure becomes an `error` message with readable text; nothing is sent anywhere but the page. A URL model is
+// downloaded once into the browser's storage (model-cache.js) and loaded from there.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
 import { CachedModel } from "./model-cache.js";
 
@@ -73,6 +73,16 @@ function trainOptions(c) {
     ...(objective === "sft" ? {} : { beta: c.beta }) };
 }
 
+/** planMemory's options for a load message's (or the presets' settings') quant, method, r, batch and seq len.
+ * The page's method names a few variants: prefix tuning through its MLP, LoRA with DoRA. */
+function planOptions(msg) {
+  const projection = msg.method === "prefix_projection";
+  const dora = msg.method === "dora";
+  const method = projection ? "prefix_tuning" : dora ? "lora" : msg.method ?? "lora";
+  return { quant: msg.quant ?? "f32", method, prefixProjection: projection, useDora: dora, r: msg.r ?? 8,
+    batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 };
+}
+
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
 
@@ -107,12 +117,7 @@ async function handle(msg) {
         configText = await r.text();
       }
       // The memory plan, before any weight is read.
-      // The picker's prefix_projection is prefix tuning through its MLP.
-      // The page's method names a few variants: prefix tuning through its MLP, LoRA with DoRA.
-      const projection = msg.method === "prefix_projection";
-      const dora = msg.method === "dora";
-      const method = projection ? "prefix_tuning" : dora ? "lora" : msg.method ?? "lora";
-      const plan = gpu.planMemory(configText, { quant, method, prefixProjection: projection, useDora: dora, r: msg.r ?? 8, batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 });
+      const plan = gpu.planMemory(configText, planOptions(msg));
       post({ type: "plan", plan });
       if (!plan.fits) {
         throw new Error(`this setup needs a ${(plan.largestBufferBytes / 2 ** 20).toFixed(0)} MiB buffer, over this GPU's ` +
@@ -163,6 +168,18 @@ async function handle(msg) {
       post({ type: "trained", summary: await drive(run, msg.config, msg.evalData) });
       break;
     }
+    case "plan-configs": {
+      // The presets' verdicts: each embedded config.json planned at its base format with the page's settings.
+      const plans = msg.items.map(({ key, quant, config }) => {
+        try {
+          return { key, quant, plan: gpu.planMemory(config, planOptions({ ...msg.settings, quant })) };
+        } catch (e) {
+          return { key, quant, error: String(e?.message ?? e) };
+        }
+      });
+      post({ type: "planned", id: msg.id, plans });
+      break;
+    }
     case "pause": control.paused = true; post({ type: "paused" }); break;
     case "resume": control.paused = false; post({ type: "resumed" }); break;
     case "cancel": control.cancelled = true; break;
@@ -202,7 +219,8 @@ async function handle(msg) {
 let queue = Promise.resolve();
 self.onmessage = (e) => {
   const msg = e.data;
-  if (["pause", "resume", "cancel"].includes(msg.type)) {
+  // Planning only reads the GPU's limits: it answers at once, even during a load or a run, once init is done.
+  if (["pause", "resume", "cancel"].includes(msg.type) || (msg.type === "plan-configs" && gpu)) {
     handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }
