@@ -2,8 +2,9 @@
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
 // generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf. Messages
 // out: ready, load-progress, loaded, step, trained, token, generated, zip, gguf, error. Every failure becomes an `error`
-// message with readable text; nothing is sent anywhere but the page.
+// message with readable text; nothing is sent anywhere but the page. The chat panel's messages are chat-worker.js's.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
+import { chatWorker } from "./chat-worker.js";
 
 let gpu = null;
 let model = null;
@@ -72,6 +73,7 @@ function trainOptions(c) {
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
+const chat = chatWorker({ model: () => model, trained: ADAPTER, post });
 
 async function handle(msg) {
   switch (msg.type) {
@@ -189,7 +191,7 @@ async function handle(msg) {
       break;
     }
     default:
-      throw new Error(`unknown message ${msg.type}`);
+      if (!(await chat.handle(msg))) throw new Error(`unknown message ${msg.type}`);
   }
 }
 
@@ -197,7 +199,7 @@ async function handle(msg) {
 let queue = Promise.resolve();
 self.onmessage = (e) => {
   const msg = e.data;
-  if (["pause", "resume", "cancel"].includes(msg.type)) {
+  if (["pause", "resume", "cancel", "chat-stop"].includes(msg.type)) {
     handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }
