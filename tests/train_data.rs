@@ -199,6 +199,51 @@ fn chat_rendering_matches_transformers() {
     }
 }
 
+#[test]
+fn generation_prompt_is_apply_chat_template_with_add_generation_prompt() {
+    // The multi-turn fixture (system, user, assistant, user) is what a chat's second turn sends.
+    let template = ChatTemplate::from_tokenizer(&tokenizer()).unwrap().unwrap();
+    let chats = encodings()["chats"].as_array().unwrap().clone();
+    let answered: Vec<&Value> = chats.iter().filter(|c| c["add_generation_prompt"] == true).collect();
+    assert!(answered.iter().any(|c| c["messages"].as_array().unwrap().len() >= 4));
+    for chat in answered {
+        let messages: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+        assert_eq!(template.generation_prompt(&messages).unwrap(), chat["rendered"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn generation_prompt_refuses_conversations_the_assistant_cannot_answer() {
+    let template = ChatTemplate::from_tokenizer(&tokenizer()).unwrap().unwrap();
+    let cases = [
+        (vec![], "the conversation is empty"),
+        (vec![Message::new("user", "Hi"), Message::new("bot", "Hello")], "message 1 has role \"bot\""),
+        (vec![Message::new("user", "Hi"), Message::new("assistant", "Hello")], "message 1 is the assistant's"),
+    ];
+    for (messages, needle) in cases {
+        match template.generation_prompt(&messages) {
+            Err(e @ Error::InvalidArgument { op: "generate", .. }) => assert!(e.to_string().contains(needle), "{e}"),
+            other => panic!("{messages:?}: expected an InvalidArgument error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn generation_config_eos_ids_are_read_when_the_file_exists() {
+    use webpeft::model::{Config, MemoryFiles};
+    let mut files = MemoryFiles::new();
+    assert_eq!(pollster::block_on(Config::generation_eos_ids(&files)).unwrap(), Vec::<u32>::new());
+    files.insert("generation_config.json", br#"{"bos_token_id": 1, "eos_token_id": [128001, 128009]}"#.to_vec());
+    assert_eq!(pollster::block_on(Config::generation_eos_ids(&files)).unwrap(), vec![128001, 128009]);
+    files.insert("generation_config.json", br#"{"eos_token_id": "x"}"#.to_vec());
+    match pollster::block_on(Config::generation_eos_ids(&files)) {
+        Err(Error::File { file, detail }) => {
+            assert_eq!((file.as_str(), detail.contains("eos_token_id")), ("generation_config.json", true))
+        }
+        other => panic!("expected a File error, got {other:?}"),
+    }
+}
+
 /// A ChatML template in the style of Zephyr/Mistral: alternation checked
 /// with `raise_exception`, contents `.strip()`ped, a system message optional.
 const CHATML: &str = "{% if messages[0]['role'] == 'system' %}\

@@ -1,10 +1,11 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
-// before/after generation; the preference mode's panel is preference.js.
+// before/after generation; the preference mode's panel is preference.js, the chat panel chat.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
 import { cachePanel } from "./cached-models.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 import { stepClock } from "./eta.js";
+import { chatPanel } from "./chat.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -34,13 +35,14 @@ function setPhase(phase) {
   $("resume-run").disabled = running || phase === "generating" || phase === "exporting";
   pref.controls(idle, state.loaded);
   cache.controls(idle);
+  chat.controls(phase);
 }
 
 // Errors show next to what caused them, in the words of the form; the
 // library's own wording (file and function names) goes to the console.
 const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
-  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error" };
+  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error", chat: "chat-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing" };
@@ -71,6 +73,7 @@ function clearError() {
 }
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 const cache = cachePanel({ showError });
+const chat = chatPanel({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.
@@ -116,6 +119,7 @@ function startWorker(origin) {
 
 function onMessage(e) {
   const m = e.data;
+  if (chat.message(m)) return;
   switch (m.type) {
     case "ready":
       $("gpu-info").textContent = `GPU: ${m.info.name || "WebGPU adapter"} (${m.info.backend}), ${mib(m.info.maxStorageBufferBindingSize)} per binding` +

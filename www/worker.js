@@ -3,9 +3,11 @@
 // generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf, plan-configs.
 // Messages out: ready, load-progress, cached, loaded, step, trained, token, generated, zip, gguf, planned, error. Every
 // failure becomes an `error` message with readable text; nothing is sent anywhere but the page. A URL model is
-// downloaded once into the browser's storage (model-cache.js) and loaded from there.
+// downloaded once into the browser's storage (model-cache.js) and loaded from there. The chat panel's messages are
+// chat-worker.js's.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
 import { CachedModel } from "./model-cache.js";
+import { chatWorker } from "./chat-worker.js";
 
 let gpu = null;
 let model = null;
@@ -85,6 +87,7 @@ function planOptions(msg) {
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
+const chat = chatWorker({ model: () => model, trained: ADAPTER, post });
 
 async function handle(msg) {
   switch (msg.type) {
@@ -211,7 +214,7 @@ async function handle(msg) {
       break;
     }
     default:
-      throw new Error(`unknown message ${msg.type}`);
+      if (!(await chat.handle(msg))) throw new Error(`unknown message ${msg.type}`);
   }
 }
 
@@ -220,7 +223,7 @@ let queue = Promise.resolve();
 self.onmessage = (e) => {
   const msg = e.data;
   // Planning only reads the GPU's limits: it answers at once, even during a load or a run, once init is done.
-  if (["pause", "resume", "cancel"].includes(msg.type) || (msg.type === "plan-configs" && gpu)) {
+  if (["pause", "resume", "cancel", "chat-stop"].includes(msg.type) || (msg.type === "plan-configs" && gpu)) {
     handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }

@@ -164,6 +164,22 @@ impl Config {
         Config::from_json(&bytes)
     }
 
+    /// The end-of-sequence ids of `generation_config.json` (none without the
+    /// file), which `generate()` stops at as well as `config.json`'s: a chat
+    /// model may end its turns with a token only this file names (Llama 3
+    /// Instruct's `<|eot_id|>`).
+    pub async fn generation_eos_ids<F: ModelFiles>(files: &F) -> Result<Vec<u32>> {
+        const FILE: &str = "generation_config.json";
+        fn field_error(field: &str, detail: String) -> Error {
+            Error::File { file: FILE.to_string(), detail: format!("{field}: {detail}") }
+        }
+        let Some(source) = files.try_open(FILE).await? else { return Ok(Vec::new()) };
+        let bytes = source.read_all().await?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| field_error("(file)", format!("not valid JSON: {e}")))?;
+        Fields::new(&value, "", "(file)", field_error)?.tokens("eos_token_id")
+    }
+
     /// Parses and validates a parsed `config.json`.
     pub fn from_value(value: &Value) -> Result<Config> {
         let f = Fields::new(value, "", "(file)", config_error)?;

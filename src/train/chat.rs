@@ -124,6 +124,41 @@ impl ChatTemplate {
     }
 }
 
+/// The roles a conversation given to generation may hold (transformers' and
+/// OpenAI's: a template may know fewer, and then raises).
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+impl ChatTemplate {
+    /// The prompt that continues `messages` with the assistant's turn:
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`,
+    /// after checking the conversation: at least one message, every role one of
+    /// [`ROLES`], and the last one not the assistant's (its answer is what
+    /// generation writes). A bad conversation is an [`Error::InvalidArgument`]
+    /// naming the message.
+    pub fn generation_prompt(&self, messages: &[Message]) -> Result<String> {
+        const OP: &str = "generate";
+        let Some(last) = messages.last() else {
+            return Err(Error::invalid(OP, "the conversation is empty: give at least one user message"));
+        };
+        if let Some((i, m)) = messages.iter().enumerate().find(|(_, m)| !ROLES.contains(&m.role.as_str())) {
+            return Err(Error::invalid(
+                OP,
+                format!("message {i} has role {:?}: expected one of {}", m.role, ROLES.join(", ")),
+            ));
+        }
+        if last.role == "assistant" {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "message {} is the assistant's: the conversation must end with a user (or system, tool) turn for the model to answer",
+                    messages.len() - 1
+                ),
+            ));
+        }
+        self.render(messages, true)
+    }
+}
+
 /// Template instructions one render may run (minijinja's fuel): far above
 /// what real chat templates use for long conversations, far below a hang.
 pub const TEMPLATE_FUEL: u64 = 20_000_000;

@@ -33,6 +33,7 @@ use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::adapter_set::AdapterSet;
 use crate::peft::archive::{from_zip, to_zip};
 use crate::quant::{ComputeDtype, FourBit, FourBitOptions, QuantFormat};
+use crate::train::chat::{ChatTemplate, Message};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
@@ -267,6 +268,8 @@ struct ModelState {
     /// keep; buffers are kept as given), re-read by the GGUF export.
     files: WebFiles,
     tokenizer: Option<Tokenizer>,
+    /// `generation_config.json`'s end-of-sequence ids, which generation stops at too.
+    generation_eos: Vec<u32>,
     adapters: AdapterSet,
 }
 
@@ -324,7 +327,8 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
     if let Some(t) = &tokenizer {
         t.check_model(&model.config).map_err(err)?;
     }
-    let state = ModelState { gpu, model, source, files, tokenizer, adapters: AdapterSet::new() };
+    let generation_eos = Config::generation_eos_ids(&files).await.map_err(err)?;
+    let state = ModelState { gpu, model, source, files, tokenizer, generation_eos, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
 }
 
@@ -464,7 +468,7 @@ impl WebModel {
                     "initLora replaces the base weights, which adapter {other:?} was made against: remove the model's adapters first"
                 )));
             }
-            let ModelState { gpu, model, files, tokenizer, source, adapters } = &mut *st;
+            let ModelState { gpu, model, files, tokenizer, source, adapters, .. } = &mut *st;
             let adapter = recipe
                 .build_adjusting_base(gpu, model, Some(&*files), tokenizer.as_ref(), source.clone(), o.seed())
                 .await
@@ -737,30 +741,35 @@ impl WebModel {
         })
     }
 
-    /// Generates a continuation of `prompt`, streaming text to `onToken`.
+    /// Generates a continuation of `prompt` (a string), or the assistant's next
+    /// turn of a conversation (an array of messages, rendered with the
+    /// tokenizer's chat template), streaming text to `onToken`. An aborted
+    /// `signal`, or `onToken` returning `false`, ends it after the token in
+    /// flight; the result then has the text so far and `stopReason` "stopped".
     #[wasm_bindgen(unchecked_return_type = "Promise<GenerateResult>")]
     pub fn generate(
         &self,
-        prompt: String,
+        #[wasm_bindgen(unchecked_param_type = "string | ChatMessage[]")] prompt: JsValue,
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] opts: JsValue,
     ) -> Promise {
         let state = self.state.clone();
         future_to_promise(async move {
             let o: GenerateOptions = options(&opts)?;
             let on_token = callback(&opts, "onToken");
+            let signal = if opts.is_object() { Reflect::get(&opts, &"signal".into())? } else { JsValue::UNDEFINED };
+            let aborted =
+                || signal.is_object() && Reflect::get(&signal, &"aborted".into()).is_ok_and(|a| a.is_truthy());
             let st = busy(state.try_borrow())?;
             let tok =
                 st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: generation needs one"))?;
             let adapter = chosen_adapter(&st, &opts)?;
-            let ids = if o.chat.unwrap_or(false) {
-                let template = crate::train::chat::ChatTemplate::from_tokenizer(tok)
-                    .map_err(err)?
-                    .ok_or_else(|| err("the tokenizer has no chat_template"))?;
-                let text =
-                    template.render(&[crate::train::chat::Message::new("user", prompt.clone())], true).map_err(err)?;
-                tok.encode(&text, false).map_err(err)?
-            } else {
-                tok.encode(&prompt, true).map_err(err)?
+            let ids = match prompt.as_string() {
+                Some(text) if o.chat.unwrap_or(false) => {
+                    tok.encode(&chat_prompt(tok, &[Message::new("user", text)])?, false).map_err(err)?
+                }
+                Some(text) => tok.encode(&text, true).map_err(err)?,
+                // The template writes the bos itself, as apply_chat_template(tokenize=True).
+                None => tok.encode(&chat_prompt(tok, &messages(&prompt)?)?, false).map_err(err)?,
             };
             let mut config = GenerationConfig {
                 max_new_tokens: o.max_new_tokens.unwrap_or(64),
@@ -772,27 +781,39 @@ impl WebModel {
                 greedy: o.greedy.unwrap_or(o.temperature.is_none()),
             };
             config.eos_token_ids.extend(tok.eos_ids());
+            config.eos_token_ids.extend(&st.generation_eos);
             let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
             let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len() + virtual_tokens);
             config.max_new_tokens = config.max_new_tokens.min(budget);
             let mut decoder = tok.stream_decoder(true);
             let mut text = String::new();
             let mut failed = None;
+            // Stopped: by onToken (after its token) or by the signal (before the token in hand, dropped).
+            let (mut stopped, mut dropped) = (aborted(), false);
+            if stopped {
+                config.max_new_tokens = 0;
+            }
             let start = now_seconds();
-            let out = st
+            let mut out = st
                 .model
-                .generate_adapted(&st.gpu, &ids, &config, hooks_of(adapter), |id| match decoder.step(id) {
-                    Ok(Some(piece)) => {
-                        if let Some(f) = &on_token {
-                            let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&piece));
-                        }
-                        text.push_str(&piece);
-                        true
+                .generate_adapted(&st.gpu, &ids, &config, hooks_of(adapter), |id| {
+                    if aborted() {
+                        (stopped, dropped) = (true, true);
+                        return false;
                     }
-                    Ok(None) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
+                    match decoder.step(id) {
+                        Ok(Some(piece)) => {
+                            text.push_str(&piece);
+                            let go_on =
+                                on_token.as_ref().map_or(Ok(JsValue::TRUE), |f| f.call1(&JsValue::NULL, &piece.into()));
+                            stopped = go_on.is_ok_and(|v| v == JsValue::FALSE);
+                            !stopped
+                        }
+                        Ok(None) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
                     }
                 })
                 .await
@@ -800,14 +821,66 @@ impl WebModel {
             if let Some(e) = failed {
                 return Err(err(e));
             }
+            if dropped {
+                out.pop();
+            }
             let tail = decoder.flush().map_err(err)?;
-            if let (Some(f), false) = (&on_token, tail.is_empty()) {
+            if let (Some(f), false, false) = (&on_token, tail.is_empty(), stopped) {
                 let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&tail));
             }
             text.push_str(&tail);
-            to_js(&GenerateResult { text, token_ids: out, seconds: now_seconds() - start })
+            let stop_reason = match out.last() {
+                _ if stopped => "stopped",
+                Some(id) if config.eos_token_ids.contains(id) => "eos",
+                _ => "maxTokens",
+            };
+            to_js(&GenerateResult {
+                text,
+                token_ids: out,
+                prompt_tokens: ids.len(),
+                stop_reason,
+                seconds: now_seconds() - start,
+            })
         })
     }
+
+    /// The conversation as the model sees it: transformers'
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`
+    /// (with `addGenerationPrompt` false, the turns alone, and any last role).
+    #[wasm_bindgen(js_name = applyChatTemplate)]
+    pub fn apply_chat_template(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
+        #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: Option<bool>,
+    ) -> JsResult<String> {
+        let st = busy(self.state.try_borrow())?;
+        let tok = st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: no chat template"))?;
+        let messages = self::messages(&messages)?;
+        match add_generation_prompt {
+            Some(false) => template(tok)?.render(&messages, false).map_err(err),
+            _ => chat_prompt(tok, &messages),
+        }
+    }
+}
+
+/// The tokenizer's chat template, or an error saying the model has none.
+fn template(tok: &Tokenizer) -> JsResult<ChatTemplate> {
+    ChatTemplate::from_tokenizer(tok).map_err(err)?.ok_or_else(|| {
+        err("this model's tokenizer has no chat_template (tokenizer_config.json): chat needs one; plain text prompts still work")
+    })
+}
+
+/// `messages` rendered to be answered by the assistant.
+fn chat_prompt(tok: &Tokenizer, messages: &[Message]) -> JsResult<String> {
+    template(tok)?.generation_prompt(messages).map_err(err)
+}
+
+/// A `ChatMessage[]` from JavaScript.
+fn messages(v: &JsValue) -> JsResult<Vec<Message>> {
+    if !Array::is_array(v) {
+        return Err(err("the prompt must be a string or an array of {role, content} messages"));
+    }
+    serde_wasm_bindgen::from_value(v.clone()).map_err(|e| err(format!("invalid messages: {e}")))
 }
 
 /// `opts.adapter`: absent → the active adapter, null → none, a name → that one.

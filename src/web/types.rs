@@ -110,15 +110,26 @@ export interface StepEvent {
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 export interface EvalResult { loss: number; perplexity: number; tokens: number; }
+/** `generate`'s options. Left out: 64 new tokens (fewer where the context ends), greedy unless a temperature is
+ * given (then sampled: temperature, topK 0 = off, topP 1 = off, seed 0). */
 export interface GenerateOptions {
   maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number; greedy?: boolean;
   /** The adapter to run with; null = the base model; absent = the active adapter. */
   adapter?: string | null;
-  /** Render the prompt as one user turn with the tokenizer's chat template. */
+  /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
   chat?: boolean;
-  onToken?: (text: string) => void;
+  /** Each piece of text as it is decoded; returning `false` stops the generation after this piece. */
+  onToken?: (text: string) => boolean | void;
+  /** Aborting it stops the generation after the token in flight (the result keeps the text so far). */
+  signal?: AbortSignal;
 }
-export interface GenerateResult { text: string; tokenIds: number[]; seconds: number; }
+/** Why a generation ended: an end-of-sequence token (config.json's, generation_config.json's or the
+ * tokenizer's eos, which for chat templates is usually the end of the turn), `maxNewTokens` (or the
+ * model's context) reached, or stopped by `signal` or `onToken`. */
+export type StopReason = "eos" | "maxTokens" | "stopped";
+/** `tokenIds`: the generated tokens (an ending eos included); `promptTokens`: the prompt's length in tokens
+ * (for a conversation, the whole rendered chat). */
+export interface GenerateResult { text: string; tokenIds: number[]; promptTokens: number; stopReason: StopReason; seconds: number; }
 export interface PlanOptions {
   quant?: Quant; doubleQuant?: boolean; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | BottleneckMethod;
   r?: number; targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
@@ -220,6 +231,8 @@ pub struct ModelInfo {
 pub struct GenerateResult {
     pub text: String,
     pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub stop_reason: &'static str,
     pub seconds: f64,
 }
 

@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, TrainSummary } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, StopReason, TrainSummary } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -38,6 +38,15 @@ export async function example(data: string): Promise<void> {
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));
   const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });
+  // A conversation, stopped by an AbortSignal or by onToken returning false.
+  const chat: ChatMessage[] = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
+  const rendered: string = model.applyChatTemplate(chat) + model.applyChatTemplate(chat, false);
+  const stop = new AbortController();
+  let pieces = 0;
+  const answer: GenerateResult = await model.generate(chat, { temperature: 0.7, topP: 0.9, seed: 1, adapter: "a", signal: stop.signal,
+    onToken: (t: string) => { if (t.includes("\n")) stop.abort(); return ++pieces < 50; } });
+  const why: StopReason = answer.stopReason;
+  console.log(rendered, why, answer.promptTokens, answer.tokenIds.length);
   const zip: Uint8Array = await model.exportAdapterZip("a");
   const gguf: GgufOptions = { kind: "merged", type: "q8_0", tokenizerPre: "llama-bpe" };
   let streamed = 0;
