@@ -117,7 +117,7 @@ async function writeJson(dir, name, value) {
 }
 
 function httpError(name, url, status) {
-  const hint = status === 401 || status === 403 ? ": a gated or private model needs an access token that may read it" :
+  const hint = status === 401 || status === 403 ? ": the repository is gated or private; accept its licence on its Hub page and paste an access token with read access" :
     status === 404 ? ": check the URL (the folder holding config.json)" : "";
   return new Error(`${name}: HTTP ${status} from ${url}${hint}`);
 }

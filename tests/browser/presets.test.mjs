@@ -189,7 +189,7 @@ test("a preset's click fills its resolve URL and loads from huggingface.co with 
   await page.click("#presets li[data-preset='llama-3.2-1b-instruct'] button");
   assert.equal(await page.inputValue("#model-url"), "https://huggingface.co/meta-llama/Llama-3.2-1B-Instruct/resolve/main/");
   await page.waitForSelector("#model-error:not([hidden])", { timeout: 120_000 });
-  assert.match(await page.textContent("#model-error"), /^config\.json: HTTP 401 from https:\/\/huggingface\.co\/meta-llama\/Llama-3\.2-1B-Instruct\/resolve\/main\/: the repository is gated or private; .*access token/);
+  assert.match(await page.textContent("#model-error"), /^config\.json: HTTP 401 from https:\/\/huggingface\.co\/meta-llama\/Llama-3\.2-1B-Instruct\/resolve\/main\/config\.json: the repository is gated or private; .*access token/);
   const configRequest = offsite.find((r) => r.url === "https://huggingface.co/meta-llama/Llama-3.2-1B-Instruct/resolve/main/config.json" && r.method === "GET");
   assert.ok(configRequest, `the config.json request: ${JSON.stringify(offsite.map((r) => r.url))}`);
   assert.equal(configRequest.headers.authorization, `Bearer ${TOKEN}`);
