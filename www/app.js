@@ -2,6 +2,7 @@
 // before/after generation; the preference mode's panel is preference.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
+import { lostNotice, recoveredNotice } from "./recovery.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -179,6 +180,10 @@ function onMessage(e) {
       break;
     case "resumed-checkpoint":
       state.resuming = false;
+      // Steps after the checkpoint (made before a reload or a lost GPU) are computed again.
+      state.losses.length = Math.min(state.losses.length, m.step);
+      state.speeds.length = Math.min(state.speeds.length, m.step);
+      state.evals = state.evals.filter(([s]) => s <= m.step);
       $("train-status").textContent = `resumed at step ${m.step}`;
       setPhase("training");
       break;
@@ -207,6 +212,19 @@ function onMessage(e) {
     case "gguf":
       save(m.blob, m.kind === "lora" ? `webpeft-adapter-${m.ggufType}.gguf` : `webpeft-merged-${m.ggufType}.gguf`);
       setPhase("idle");
+      break;
+    case "gpu-lost": // not an error: the worker gets a new device, reloads the model and goes on (recovery.js)
+      $("gpu-notice").hidden = false;
+      $("gpu-notice").textContent = lostNotice(m);
+      document.body.dataset.gpuLost = Number(document.body.dataset.gpuLost ?? 0) + 1;
+      state.resuming = m.training;
+      setPhase("loading");
+      break;
+    case "gpu-recovered":
+      $("gpu-notice").textContent = recoveredNotice(m);
+      document.body.dataset.gpuRecovered = Number(document.body.dataset.gpuRecovered ?? 0) + 1;
+      document.body.dataset.recoverySeconds = m.sinceLoss;
+      if (m.resumeAt === null) setPhase("idle");
       break;
     case "error":
       showError(m.context, m.message);
