@@ -2,6 +2,7 @@
 // before/after generation; the preference mode's panel is preference.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable } from "./preference.js";
+import { checkFeatures, showFeatures } from "./features.js";
 import { lostNotice, recoveredNotice } from "./recovery.js";
 
 const $ = (id) => document.getElementById(id);
@@ -426,4 +427,9 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
 setPhase("starting");
-startWorker(null);
+// What WebGPU offers is checked first: a missing piece is named before anything loads.
+checkFeatures().then((f) => {
+  if (f.error) return showError("start", f.error);
+  showFeatures(f, $("features"), $("compute"));
+  startWorker(null);
+}).catch((e) => showError("start", `could not check this browser's WebGPU: ${e.message}`));

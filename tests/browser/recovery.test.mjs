@@ -1,8 +1,10 @@
-// A lost GPU, in the real browser (Chromium headless, WebGPU on SwiftShader).
-// The device is lost on purpose with the worker's destroy-gpu message
-// (Gpu.destroy(), i.e. GPUDevice.destroy()); the page must say so, get a new
-// device, reload the model and finish the run from its last autosave with the
-// adapter an uninterrupted run makes.
+// A lost GPU and a thin WebGPU, in the real browser (Chromium headless,
+// WebGPU on SwiftShader). The device is lost on purpose with the worker's
+// destroy-gpu message (Gpu.destroy(), i.e. GPUDevice.destroy()); the page must
+// say so, get a new device, reload the model and finish the run from its last
+// autosave with the adapter an uninterrupted run makes. Thin WebGPU is faked in
+// the page (the worker keeps the real adapter): no adapter at all, or one
+// without shader-f16 and subgroups and with WebGPU's smallest buffer limits.
 // Outputs (zips, timings) go to tests/browser/out/recovery/.
 //
 //   node --test --test-timeout=900000 tests/browser/recovery.test.mjs
@@ -129,6 +131,53 @@ test("a GPU lost before the first autosave: the run starts again and ends with t
   assert.equal(JSON.parse(await page.getAttribute("body", "data-losses")).length, 12);
   const worst = maxAbsDiff(uninterrupted, await adapterOf(page, "restarted"));
   assert.ok(worst <= 1e-6, `restarted vs uninterrupted: max |diff| ${worst}`);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("no WebGPU adapter (requestAdapter() gives null): a readable error says what to do, and no worker starts", async () => {
+  const { page, problems } = await open(browser, base, {
+    initScript: () => { navigator.gpu.requestAdapter = async () => null; },
+  });
+  await page.waitForSelector("#error:not([hidden])", { timeout: 60_000 });
+  const text = await page.textContent("#error");
+  assert.match(text, /WebGPU is present, but the browser offered no GPU adapter/);
+  assert.match(text, /hardware acceleration/);
+  assert.match(text, /chrome:\/\/gpu/);
+  assert.equal(page.workers().length, 0, "no worker was started");
+  assert.equal(await page.isDisabled("#load"), true);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("an adapter without shader-f16 or subgroups and with WebGPU's smallest buffer limits: each is named, f16 compute is off with its reason", async () => {
+  const { page, problems } = await open(browser, base, {
+    initScript: () => {
+      const request = navigator.gpu.requestAdapter.bind(navigator.gpu);
+      navigator.gpu.requestAdapter = async (...args) => {
+        const adapter = await request(...args);
+        if (!adapter) return adapter;
+        const limits = {};
+        for (const k in adapter.limits) limits[k] = adapter.limits[k];
+        Object.assign(limits, { maxStorageBufferBindingSize: 128 * 2 ** 20, maxBufferSize: 256 * 2 ** 20 });
+        const features = new Set([...adapter.features].filter((f) => f !== "shader-f16" && f !== "subgroups"));
+        Object.defineProperty(adapter, "limits", { value: limits });
+        Object.defineProperty(adapter, "features", { value: features });
+        return adapter;
+      };
+    },
+  });
+  await page.waitForSelector("#features:not([hidden])", { timeout: 60_000 });
+  const note = async (id) => page.textContent(`#features [data-feature=${id}]`);
+  assert.match(await note("shader-f16"), /no shader-f16.*f16 compute option is off/);
+  assert.match(await note("limits"), /at most 128 MiB \(maxStorageBufferBindingSize 128 MiB, maxBufferSize 256 MiB/);
+  assert.match(await note("limits"), /SmolLM2-135M 21845, .*Llama-3.2-1B and 3B 4096, Llama-3.1-8B 2340 tokens/);
+  assert.match(await note("subgroups"), /do not need them/);
+  assert.equal(await page.isDisabled("#compute"), true);
+  assert.equal(await page.inputValue("#compute"), "f32");
+  assert.match(await page.getAttribute("#compute", "title"), /shader-f16/);
+  // The page goes on: the worker has the real adapter.
+  await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 });
   assert.deepEqual(problems, []);
   await page.close();
 });
