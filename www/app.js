@@ -6,6 +6,8 @@ import { cachePanel } from "./cached-models.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 import { stepClock } from "./eta.js";
 import { chatPanel } from "./chat.js";
+import { checkFeatures, showFeatures } from "./features.js";
+import { lostNotice, recoveredNotice } from "./recovery.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
@@ -190,6 +192,10 @@ function onMessage(e) {
       break;
     case "resumed-checkpoint":
       state.resuming = false;
+      // Steps after the checkpoint (made before a reload or a lost GPU) are computed again.
+      state.losses.length = Math.min(state.losses.length, m.step);
+      state.speeds.length = Math.min(state.speeds.length, m.step);
+      state.evals = state.evals.filter(([s]) => s <= m.step);
       $("train-status").textContent = `resumed at step ${m.step}`;
       setPhase("training");
       break;
@@ -219,6 +225,19 @@ function onMessage(e) {
     case "gguf":
       save(m.blob, m.kind === "lora" ? `webpeft-adapter-${m.ggufType}.gguf` : `webpeft-merged-${m.ggufType}.gguf`);
       setPhase("idle");
+      break;
+    case "gpu-lost": // not an error: the worker gets a new device, reloads the model and goes on (recovery.js)
+      $("gpu-notice").hidden = false;
+      $("gpu-notice").textContent = lostNotice(m);
+      document.body.dataset.gpuLost = Number(document.body.dataset.gpuLost ?? 0) + 1;
+      state.resuming = m.training;
+      setPhase("loading");
+      break;
+    case "gpu-recovered":
+      $("gpu-notice").textContent = recoveredNotice(m);
+      document.body.dataset.gpuRecovered = Number(document.body.dataset.gpuRecovered ?? 0) + 1;
+      document.body.dataset.recoverySeconds = m.sinceLoss;
+      if (m.resumeAt === null) setPhase("idle");
       break;
     case "error":
       showError(m.context, m.message);
@@ -438,5 +457,10 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
 setPhase("starting");
-cache.refresh();
-startWorker(null);
+// What WebGPU offers is checked first: a missing piece is named before anything loads.
+checkFeatures().then((f) => {
+  if (f.error) return showError("start", f.error);
+  showFeatures(f, $("features"), $("compute"));
+  cache.refresh();
+  startWorker(null);
+}).catch((e) => showError("start", `could not check this browser's WebGPU: ${e.message}`));

@@ -1,13 +1,15 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
-// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf, plan-configs.
-// Messages out: ready, load-progress, cached, loaded, step, trained, token, generated, zip, gguf, planned, error. Every
-// failure becomes an `error` message with readable text; nothing is sent anywhere but the page. A URL model is
-// downloaded once into the browser's storage (model-cache.js) and loaded from there. The chat panel's messages are
-// chat-worker.js's.
+// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf,
+// plan-configs, and destroy-gpu (a test hook: loses the device). Messages out: ready, load-progress, cached, loaded,
+// step, trained, token, generated, zip, gguf, planned, gpu-lost, gpu-recovered, error. Every failure becomes an
+// `error` message with readable text, except those of a lost GPU, which recovery.js handles; nothing is sent
+// anywhere but the page. A URL model is downloaded once into the browser's storage (model-cache.js) and loaded
+// from there. The chat panel's messages are chat-worker.js's.
 import init, { Gpu, Model } from "./pkg/webpeft.js";
 import { CachedModel } from "./model-cache.js";
 import { chatWorker } from "./chat-worker.js";
+import { recovery } from "./recovery.js";
 
 let gpu = null;
 let model = null;
@@ -51,6 +53,7 @@ async function drive(run, c, evalData) {
   control.cancelled = false;
   for (;;) {
     if (control.cancelled) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "cancelled" };
+    rec.check();
     if (control.paused) { await sleep(50); continue; }
     const event = await run.step();
     if (!event) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "done" };
@@ -62,6 +65,7 @@ async function drive(run, c, evalData) {
     if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
     if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
       const bytes = await run.saveCheckpoint();
+      rec.saved(event.step, bytes);
       post({ type: "checkpoint", step: event.step, totalSteps: event.totalSteps, bytes }, [bytes.buffer]);
     }
   }
@@ -86,6 +90,24 @@ function planOptions(msg) {
 }
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
+
+/** A new device, watched for its loss, with the autotuner's saved choices. */
+async function newGpu() {
+  gpu = await Gpu.create();
+  rec.watch(gpu);
+  await tuning.load().catch(() => {}); // best effort, as tuning.save
+}
+
+/** A run that ended leaves its adapter's files with the recovery, so a later loss does not take the adapter. */
+async function finish(summary) {
+  rec.finished(await model.exportAdapter(ADAPTER));
+  return summary;
+}
+
+const rec = recovery({
+  post, createGpu: newGpu, replay: handle, enqueue: (fn) => enqueue("gpu", fn),
+  importAdapter: async (files) => { await model.importAdapter(ADAPTER, files); model.setActiveAdapter(ADAPTER); },
+});
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
 const chat = chatWorker({ model: () => model, trained: ADAPTER, post });
 
@@ -93,13 +115,13 @@ async function handle(msg) {
   switch (msg.type) {
     case "init": {
       await init();
-      gpu = await Gpu.create();
-      await tuning.load().catch(() => {}); // best effort, as tuning.save
+      await newGpu();
       post({ type: "ready", info: gpu.info() });
       break;
     }
     case "load": {
       if (!gpu) throw new Error("the GPU is not ready");
+      rec.loading(msg);
       const quant = msg.quant ?? "f32";
       const computeDtype = msg.computeDtype ?? "f32";
       const onProgress = (p) => post({ type: "load-progress", progress: p });
@@ -159,7 +181,8 @@ async function handle(msg) {
       }
       model.setActiveAdapter(ADAPTER);
       run = model.startTraining(ADAPTER, msg.data, trainOptions(c));
-      post({ type: "trained", summary: await drive(run, c, msg.evalData) });
+      rec.training(msg, 0);
+      post({ type: "trained", summary: await finish(await drive(run, c, msg.evalData)) });
       break;
     }
     case "resume-checkpoint": {
@@ -167,8 +190,9 @@ async function handle(msg) {
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
       run = model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(msg.config));
       model.setActiveAdapter(ADAPTER);
+      rec.training(msg, run.currentStep());
       post({ type: "resumed-checkpoint", step: run.currentStep() });
-      post({ type: "trained", summary: await drive(run, msg.config, msg.evalData) });
+      post({ type: "trained", summary: await finish(await drive(run, msg.config, msg.evalData)) });
       break;
     }
     case "plan-configs": {
@@ -186,6 +210,7 @@ async function handle(msg) {
     case "pause": control.paused = true; post({ type: "paused" }); break;
     case "resume": control.paused = false; post({ type: "resumed" }); break;
     case "cancel": control.cancelled = true; break;
+    case "destroy-gpu": rec.destroy(); break;
     case "generate": {
       if (!model) throw new Error("load a model first");
       // "after" runs with the trained adapter; "before" and the preference mode's two answers with the base model
@@ -218,16 +243,19 @@ async function handle(msg) {
   }
 }
 
-// One message at a time, except the run controls, which act between steps.
+// One message at a time, except the run controls, which act between steps (and the device's destruction,
+// which acts at once). A call that failed because the GPU was lost is no error: the recovery redoes it.
 let queue = Promise.resolve();
+const settle = async (context, err) => { if (!(await rec.isLoss(err))) fail(context, err); };
+const enqueue = (context, fn) => { queue = queue.then(fn).catch((err) => settle(context, err)); };
 self.onmessage = (e) => {
   const msg = e.data;
   // Planning only reads the GPU's limits: it answers at once, even during a load or a run, once init is done.
-  if (["pause", "resume", "cancel", "chat-stop"].includes(msg.type) || (msg.type === "plan-configs" && gpu)) {
+  if (["pause", "resume", "cancel", "chat-stop", "destroy-gpu"].includes(msg.type) || (msg.type === "plan-configs" && gpu)) {
     handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }
-  queue = queue.then(() => handle(msg)).catch((err) => fail(msg.context ?? msg.type, err));
+  enqueue(msg.context ?? msg.type, () => handle(msg));
 };
 self.onerror = (e) => fail("worker", e.message ?? e);
 self.onunhandledrejection = (e) => fail("worker", e.reason);

@@ -114,6 +114,27 @@ pub struct GpuInfo {
     pub max_compute_workgroups_per_dimension: u32,
 }
 
+/// Whether the device was lost, and who waits to hear it: wgpu's
+/// device-lost callback, [`Gpu::destroy`] and the test hook mark it; the first
+/// reason is kept.
+#[derive(Default)]
+struct Lost {
+    reason: Mutex<Option<String>>,
+    waiters: Mutex<Vec<futures_channel::oneshot::Sender<String>>>,
+}
+
+impl Lost {
+    fn mark(&self, reason: String) {
+        let reason = {
+            let mut l = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            l.get_or_insert(reason).clone()
+        };
+        for w in self.waiters.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = w.send(reason.clone());
+        }
+    }
+}
+
 /// A device and queue with webpeft's shared state: the pipeline cache, the
 /// memory accounting and the errors the device reported.
 pub struct Gpu {
@@ -144,7 +165,7 @@ pub struct Gpu {
     /// backend has one).
     pub(crate) pipeline_cache: Option<(wgpu::PipelineCache, std::path::PathBuf)>,
     errors: Arc<Mutex<Vec<String>>>,
-    lost: Arc<Mutex<Option<String>>>,
+    lost: Arc<Lost>,
     /// Test hook: allocations left before one fails (`u64::MAX`: never).
     allocations_left: std::sync::atomic::AtomicU64,
 }
@@ -220,13 +241,9 @@ impl Gpu {
                 v.push(e.to_string());
             }
         }));
-        let lost = Arc::new(Mutex::new(None));
+        let lost = Arc::new(Lost::default());
         let lost_sink = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            if let Ok(mut l) = lost_sink.lock() {
-                *l = Some(format!("{reason:?}: {message}"));
-            }
-        });
+        device.set_device_lost_callback(move |reason, message| lost_sink.mark(format!("{reason:?}: {message}")));
 
         let max_binding = options
             .max_binding_bytes
@@ -421,7 +438,7 @@ impl Gpu {
 
     /// Return the first error the device reported since the last check, if any.
     pub fn check(&self, context: &str) -> Result<()> {
-        if let Some(reason) = self.lost.lock().ok().and_then(|l| l.clone()) {
+        if let Some(reason) = self.lost_reason() {
             return Err(Error::DeviceLost(reason));
         }
         let mut errors = self
@@ -445,20 +462,50 @@ impl Gpu {
         self.allocations_left.store(after, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Why the device was lost (the driver's words, or "Destroyed: …"), or
+    /// None while it works.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.reason.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Resolves with the reason once the device is lost (at once if it is
+    /// already), or None when the device is dropped first. The future holds
+    /// no reference to the device.
+    pub fn lost(&self) -> impl std::future::Future<Output = Option<String>> + 'static {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        match self.lost_reason() {
+            Some(reason) => {
+                let _ = sender.send(reason);
+            }
+            None => self.lost.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(sender),
+        }
+        // The callback may have run between the two locks: wake ourselves.
+        if let Some(reason) = self.lost_reason() {
+            self.lost.mark(reason);
+        }
+        async move { receiver.await.ok() }
+    }
+
+    /// Destroys the device (on the web, `GPUDevice.destroy()`): it is lost
+    /// from now on, and every later operation fails with
+    /// [`Error::DeviceLost`]. What a driver reset does, on purpose.
+    pub fn destroy(&self) {
+        self.lost.mark("Destroyed: Gpu::destroy was called".into());
+        self.device.destroy();
+    }
+
     /// Test hook: the device is reported lost from now on (as wgpu's
     /// device-lost callback would).
     #[doc(hidden)]
     pub fn inject_device_loss(&self, reason: &str) {
-        if let Ok(mut l) = self.lost.lock() {
-            *l = Some(format!("{reason} (injected)"));
-        }
+        self.lost.mark(format!("{reason} (injected)"));
     }
 
     /// Test hook: undoes the injected faults.
     #[doc(hidden)]
     pub fn clear_faults(&self) {
         self.allocations_left.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut l) = self.lost.lock() {
+        if let Ok(mut l) = self.lost.reason.lock() {
             *l = None;
         }
     }

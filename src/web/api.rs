@@ -44,8 +44,16 @@ use crate::train::trainer::{evaluate, Trainer};
 
 type JsResult<T> = std::result::Result<T, JsValue>;
 
-fn err(e: impl std::fmt::Display) -> JsValue {
-    js_sys::Error::new(&e.to_string()).into()
+/// The `name` of the `Error` a call rejects with once its device is lost
+/// (`Error::DeviceLost`); other failures are plain `Error`s.
+const DEVICE_LOST_ERROR: &str = "DeviceLostError";
+
+fn err<E: std::fmt::Display + 'static>(e: E) -> JsValue {
+    let js = js_sys::Error::new(&e.to_string());
+    if let Some(crate::Error::DeviceLost(_)) = (&e as &dyn std::any::Any).downcast_ref::<crate::Error>() {
+        js.set_name(DEVICE_LOST_ERROR);
+    }
+    js.into()
 }
 
 fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
@@ -203,6 +211,36 @@ impl WebGpu {
                 _ => "cpu",
             },
         }))
+    }
+
+    /// Destroys the device (`GPUDevice.destroy()`), as a driver reset would
+    /// lose it: `lost` resolves, and every later call on this `Gpu` or its
+    /// models rejects with an `Error` named "DeviceLostError". Create a new
+    /// `Gpu` to go on.
+    pub fn destroy(&self) {
+        self.gpu.destroy();
+    }
+
+    /// Whether the device is lost (destroyed, or reset by the driver or the
+    /// browser); calls that touch the GPU then reject with a "DeviceLostError".
+    #[wasm_bindgen(js_name = isLost)]
+    pub fn is_lost(&self) -> bool {
+        self.gpu.lost_reason().is_some()
+    }
+
+    /// Resolves with the reason ("Destroyed: …", "Unknown: …" and the
+    /// browser's message) when the device is lost, at once if it already is;
+    /// never while it works. Each read is a new Promise.
+    #[wasm_bindgen(getter, unchecked_return_type = "Promise<string>")]
+    pub fn lost(&self) -> Promise {
+        let lost = self.gpu.lost();
+        future_to_promise(async move {
+            match lost.await {
+                Some(reason) => Ok(JsValue::from_str(&reason)),
+                // The Gpu was freed without being lost: nothing to report, ever.
+                None => std::future::pending().await,
+            }
+        })
     }
 
     /// The autotuner's block choices for this adapter as JSON, to keep in the

@@ -70,7 +70,7 @@ async function say(page, text, turn) {
 test("chat: two turns side by side (base vs a kept adapter) as the library generates them, streamed, stoppable, switchable without a reload", async () => {
   const browser = await launch();
   try {
-    const { page, problems } = await open(browser, base, countLoads);
+    const { page, problems } = await open(browser, base, { initScript: countLoads });
     await page.waitForSelector("body[data-model=loaded][data-phase=idle]", { timeout: 120_000 });
     assert.equal(await page.isVisible("#chat-panel"), true, "the toy model has a chat template: the panel shows");
     assert.equal(await page.isVisible("#chat-unavailable"), false);

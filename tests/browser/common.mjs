@@ -26,11 +26,13 @@ export const launch = (webgpu = true) => chromium.launch({
   args: webgpu ? WEBGPU_ARGS : WEBGPU_ARGS.filter((a) => a !== "--enable-unsafe-webgpu"),
 });
 
-/** A page that fails the test on any console error or page error, and logs requests that leave localhost;
- * `init` (a function) runs in the page before its own scripts. */
-export async function open(browser, url, init) {
+/**
+ * A page that fails the test on any console error or page error, and logs requests that leave localhost;
+ * `initScript` (a function) runs in the page before its own scripts (not in its workers).
+ */
+export async function open(browser, url, { initScript } = {}) {
   const page = await browser.newPage({ acceptDownloads: true });
-  if (init) await page.addInitScript(init);
+  if (initScript) await page.addInitScript(initScript);
   const problems = [];
   const external = [];
   page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));

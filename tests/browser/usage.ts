@@ -11,6 +11,11 @@ export async function example(data: string): Promise<void> {
   console.log(family);
   const plan: MemoryPlan = gpu.planMemory("{}", { quant: "nf4", method: "lora", r: 8, batchSize: 4, seqLen: 128 });
   const fits: boolean = plan.fits;
+  // A lost device: `lost` resolves with the reason; calls then reject with an Error named "DeviceLostError".
+  const lost: Promise<string> = forced.lost;
+  forced.destroy();
+  const gone: boolean = forced.isLost();
+  console.log(gone, await lost);
   const model: Model = await Model.fromUrl(gpu, "https://example.invalid/m/", {
     quant: "q8",
     computeDtype: gpu.info().shaderF16 ? "f16" : "f32",
