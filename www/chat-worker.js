@@ -3,7 +3,8 @@
 // text so far, and adapters kept under names beside the one being trained, so
 // the chat can switch between them without loading the base again.
 // Messages in: chat, chat-stop (acted on at once, not queued), keep-adapter, remove-kept.
-// Messages out: chat-token, chat-done, kept (the kept names after a keep or a removal).
+// Messages out: chat-token, chat-done, kept (the kept names after a keep, a removal or a restore).
+// The kept adapters' files stay here too, so `restore()` can put them on a model loaded again after a lost GPU.
 
 /** A kept adapter's name in the model: apart from the trained one's. */
 const KEPT = "kept:";
@@ -15,6 +16,7 @@ const KEPT = "kept:";
 export function chatWorker({ model, trained, post }) {
   let stopping = null; // the AbortController of the generation in flight
   let stoppedTurn = null; // a stop that came before its turn's answer started (that one is queued) stops it too
+  const keptFiles = new Map(); // name → the kept adapter's files (PEFT's), for restore()
 
   /** "base", "trained" or "kept:<name>" → the adapter option of `generate`. */
   function adapterOf(m, choice) {
@@ -59,13 +61,16 @@ export function chatWorker({ model, trained, post }) {
         if (!name) throw new Error("give the adapter a name to keep it under");
         if (keptNames(m).includes(name)) throw new Error(`an adapter is already kept as ${name}: remove it or pick another name`);
         // A copy, not the trained adapter itself: the next training run replaces that one.
-        await m.importAdapter(KEPT + name, await m.exportAdapter(adapterOf(m, "trained")));
+        const files = await m.exportAdapter(adapterOf(m, "trained"));
+        await m.importAdapter(KEPT + name, files);
+        keptFiles.set(name, files);
         post({ type: "kept", names: keptNames(m), added: name });
         return true;
       }
       case "remove-kept": {
         const m = model();
         m.removeAdapter(KEPT + msg.name);
+        keptFiles.delete(msg.name);
         post({ type: "kept", names: keptNames(m) });
         return true;
       }
@@ -73,5 +78,15 @@ export function chatWorker({ model, trained, post }) {
         return false;
     }
   }
-  return { handle };
+  /** Puts the kept adapters back on `model()`, the same base loaded again after a lost GPU. */
+  async function restore() {
+    const m = model();
+    for (const [name, files] of keptFiles) await m.importAdapter(KEPT + name, files);
+    post({ type: "kept", names: keptNames(m) });
+  }
+
+  /** Another base was loaded: its adapters are its own. */
+  const forget = () => keptFiles.clear();
+
+  return { handle, restore, forget };
 }

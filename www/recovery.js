@@ -17,7 +17,8 @@ const MAX_LOSSES_PER_MINUTE = 3;
 /**
  * hooks: post(msg), createGpu() → the new Gpu (made current), replay(msg) → runs a worker message
  * (load, resume-checkpoint, train) as the page would send it, enqueue(fn) → runs fn after the message in
- * flight, importAdapter(files) → puts a finished run's adapter back on the new model.
+ * flight, importAdapter(files) → puts a finished run's adapter back on the new model, reloaded() → after the model
+ * is loaded again (the chat's kept adapters go back on it).
  */
 export function recovery(hooks) {
   let gpu = null;
@@ -37,7 +38,10 @@ export function recovery(hooks) {
       return;
     }
     await hooks.createGpu();
-    if (load) await hooks.replay(load);
+    if (load) {
+      await hooks.replay({ ...load, replayed: true });
+      await hooks.reloaded();
+    }
     const resumeAt = run ? checkpoint?.step ?? 0 : null;
     hooks.post({ type: "gpu-recovered", seconds: (performance.now() - start) / 1000, sinceLoss: (performance.now() - losses.at(-1)) / 1000,
       resumeAt, adapter: !run && Boolean(adapter && load) });

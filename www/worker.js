@@ -107,6 +107,7 @@ async function finish(summary) {
 const rec = recovery({
   post, createGpu: newGpu, replay: handle, enqueue: (fn) => enqueue("gpu", fn),
   importAdapter: async (files) => { await model.importAdapter(ADAPTER, files); model.setActiveAdapter(ADAPTER); },
+  reloaded: () => chat.restore(),
 });
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
 const chat = chatWorker({ model: () => model, trained: ADAPTER, post });
@@ -122,6 +123,7 @@ async function handle(msg) {
     case "load": {
       if (!gpu) throw new Error("the GPU is not ready");
       rec.loading(msg);
+      if (!msg.replayed) chat.forget(); // a new base: the kept adapters were the old one's
       const quant = msg.quant ?? "f32";
       const computeDtype = msg.computeDtype ?? "f32";
       const onProgress = (p) => post({ type: "load-progress", progress: p });

@@ -100,10 +100,13 @@ test("a GPU lost mid-training: the page says so, gets a new device, reloads the 
   assert.deepEqual(problems, []);
 });
 
-test("a GPU lost while idle: the model is reloaded, keeps the trained adapter and generates", async () => {
+test("a GPU lost while idle: the model is reloaded, keeps the trained adapter and the chat's kept one, and generates", async () => {
   assert.ok(lostPage, "the mid-training test ran first");
   const { page, problems } = lostPage;
   const before = await adapterOf(page, "before-idle-loss");
+  await page.fill("#keep-name", "kept-before-loss");
+  await page.click("#keep-adapter");
+  await page.waitForSelector(`body[data-kept='["kept-before-loss"]'][data-phase=idle]`);
   const start = Date.now();
   await destroyGpu(page);
   await page.waitForSelector("body[data-gpu-recovered='2'][data-phase=idle]", { timeout: 120_000 });
@@ -113,6 +116,14 @@ test("a GPU lost while idle: the model is reloaded, keeps the trained adapter an
   await page.waitForSelector("body[data-after=done]", { timeout: 300_000 });
   assert.ok((await page.textContent("#before")).length > 0 && (await page.textContent("#after")).length > 0, "both generations");
   assert.equal(maxAbsDiff(before, await adapterOf(page, "after-idle-loss")), 0, "the adapter survives the loss");
+  // The kept adapter is back on the new device's model: the chat answers with it.
+  assert.equal(await page.getAttribute("body", "data-kept"), '["kept-before-loss"]');
+  await page.selectOption("#chat-right-adapter", "kept:kept-before-loss");
+  await page.fill("#chat-max-tokens", "4");
+  await page.fill("#chat-input", "Describe the robot.");
+  await page.press("#chat-input", "Enter");
+  await page.waitForFunction(() => ["turn-1", "failed"].includes(document.body.dataset.chat), null, { timeout: 300_000 });
+  assert.equal(await page.getAttribute("body", "data-chat"), "turn-1", `chat error: ${await page.textContent("#chat-error")}`);
   assert.deepEqual(problems, []);
   await page.close();
 });
