@@ -21,6 +21,7 @@ test("the default run visibly learns: the adapter's continuation uses the traini
     await page.click("#train");
     await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
     const trainSeconds = (Date.now() - started) / 1000;
+    assert.equal(await page.isVisible("#rewards"), false, "the preference rewards table stays hidden in an SFT run");
     const prompt = await page.inputValue("#prompt");
     await page.click("#generate");
     await page.waitForSelector("body[data-after=done]", { timeout: 300_000 });
