@@ -196,6 +196,8 @@ function onMessage(e) {
       state.losses.length = Math.min(state.losses.length, m.step);
       state.speeds.length = Math.min(state.speeds.length, m.step);
       state.evals = state.evals.filter(([s]) => s <= m.step);
+      state.rewards = state.rewards.filter((r) => r.step <= m.step);
+      rewardTable.truncate(m.step);
       $("train-status").textContent = `resumed at step ${m.step}`;
       setPhase("training");
       break;

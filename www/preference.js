@@ -137,4 +137,8 @@ export const rewardTable = {
     for (const v of [ev.loss, r.chosen, r.rejected, r.accuracies, r.margins]) row.insertCell().textContent = v.toFixed(4);
     $("rewards").hidden = false;
   },
+  /** Drops the rows after `step` (a run resumed from its checkpoint computes them again). */
+  truncate(step) {
+    for (const row of [...$("rewards").tBodies[0].rows]) if (Number(row.cells[0].textContent) > step) row.remove();
+  },
 };

@@ -46,10 +46,10 @@ export function recovery(hooks) {
     hooks.post({ type: "gpu-recovered", seconds: (performance.now() - start) / 1000, sinceLoss: (performance.now() - losses.at(-1)) / 1000,
       resumeAt, adapter: !run && Boolean(adapter && load) });
     if (run && checkpoint) {
-      await hooks.replay({ type: "resume-checkpoint", bytes: checkpoint.bytes.slice(), ...run });
+      await hooks.replay({ type: "resume-checkpoint", bytes: checkpoint.bytes.slice(), ...run, replayed: true });
     } else if (run) {
       hooks.post({ type: "resumed-checkpoint", step: 0 }); // no autosave yet: the run starts again from its first step
-      await hooks.replay({ type: "train", ...run });
+      await hooks.replay({ type: "train", ...run, replayed: true });
     } else if (adapter && load) {
       await hooks.importAdapter(adapter);
     }

@@ -48,8 +48,10 @@ const tuning = {
 /** Steps `run` to the end (or a cancel), posting each step and a checkpoint every few steps. */
 // Trains `run` to its end (or a cancel), measuring `evalData` (JSONL, or null) every
 // `c.evalSteps` steps with the adapter as it then is.
-async function drive(run, c, evalData) {
-  control.paused = false;
+// A run replayed after a lost GPU (`replayed`) stays paused if it was.
+async function drive(run, c, evalData, replayed = false) {
+  if (!replayed) control.paused = false;
+  else if (control.paused) post({ type: "paused" });
   control.cancelled = false;
   for (;;) {
     if (control.cancelled) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "cancelled" };
@@ -184,7 +186,7 @@ async function handle(msg) {
       model.setActiveAdapter(ADAPTER);
       run = model.startTraining(ADAPTER, msg.data, trainOptions(c));
       rec.training(msg, 0);
-      post({ type: "trained", summary: await finish(await drive(run, c, msg.evalData)) });
+      post({ type: "trained", summary: await finish(await drive(run, c, msg.evalData, msg.replayed)) });
       break;
     }
     case "resume-checkpoint": {
@@ -194,7 +196,7 @@ async function handle(msg) {
       model.setActiveAdapter(ADAPTER);
       rec.training(msg, run.currentStep());
       post({ type: "resumed-checkpoint", step: run.currentStep() });
-      post({ type: "trained", summary: await finish(await drive(run, msg.config, msg.evalData)) });
+      post({ type: "trained", summary: await finish(await drive(run, msg.config, msg.evalData, msg.replayed)) });
       break;
     }
     case "plan-configs": {

@@ -128,6 +128,28 @@ test("a GPU lost while idle: the model is reloaded, keeps the trained adapter an
   await page.close();
 });
 
+test("a paused run that loses its GPU comes back paused, and resumed ends with the uninterrupted adapter", async () => {
+  assert.ok(uninterrupted, "the reference run ran first");
+  const { page, problems } = await open(browser, base);
+  await trainToEnd(page);
+  await page.waitForSelector("body[data-autosaved='4']", { timeout: 600_000 });
+  await page.click("#pause");
+  await page.waitForSelector("body[data-phase=paused]");
+  await destroyGpu(page);
+  await page.waitForSelector("body[data-gpu-recovered='1']", { timeout: 120_000 });
+  await page.waitForSelector("body[data-phase=paused]", { timeout: 60_000 });
+  const steps = Number(await page.getAttribute("body", "data-steps"));
+  await new Promise((ok) => setTimeout(ok, 1500));
+  assert.equal(Number(await page.getAttribute("body", "data-steps")), steps, "no step while paused");
+  assert.equal(await page.textContent("#pause"), "Resume");
+  await page.click("#pause");
+  await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+  const worst = maxAbsDiff(uninterrupted, await adapterOf(page, "paused-recovered"));
+  assert.ok(worst <= 1e-6, `paused, recovered and resumed vs uninterrupted: max |diff| ${worst}`);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a GPU lost before the first autosave: the run starts again and ends with the uninterrupted adapter", async () => {
   assert.ok(uninterrupted, "the reference run ran first");
   const { page, problems } = await open(browser, base);
