@@ -136,6 +136,55 @@ fn quantize_then_generate_from_the_packed_folder() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The count `generate` prints on stderr ("N tokens in …").
+fn generated_tokens(out: &std::process::Output) -> usize {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.contains(" tokens in ")).unwrap_or_else(|| panic!("no token count in {err}"));
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `generate --chat` answers one user turn through the tokenizer's chat template and ends at the turn's eos;
+/// generation also stops at generation_config.json's eos ids (a chat model's end of turn, such as Llama 3's
+/// `<|eot_id|>`), not only config.json's.
+#[test]
+fn generate_chat_and_generation_config_eos() {
+    let toy = format!("{}/www/default-model", env!("CARGO_MANIFEST_DIR"));
+    let chat = webpeft(&[
+        "generate",
+        "--model",
+        &toy,
+        "--chat",
+        "--prompt",
+        "Describe the brave fox.",
+        "--max-new-tokens",
+        "40",
+    ]);
+    let answer = String::from_utf8_lossy(&chat.stdout).to_string();
+    assert!(generated_tokens(&chat) < 40, "the answer ends at the template's eos: {answer:?}");
+    assert!(answer.trim_end().ends_with('.'), "the toy was pretrained on chats answered by one sentence: {answer:?}");
+
+    let dir = TempDir::new("generation-eos");
+    for f in std::fs::read_dir(&toy).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+    }
+    // "." (id 13 in the toy's tokenizer) as a second end of sequence, named in generation_config.json only.
+    std::fs::write(dir.0.join("generation_config.json"), r#"{"eos_token_id": [766, 13]}"#).unwrap();
+    let args = |model: &str| {
+        ["generate", "--model", model, "--prompt", "The little robot", "--max-new-tokens", "20"].map(str::to_string)
+    };
+    let plain = webpeft(&args(&toy).each_ref().map(String::as_str));
+    let stopped = webpeft(&args(dir.0.to_str().unwrap()).each_ref().map(String::as_str));
+    let (plain_text, stopped_text) = (String::from_utf8_lossy(&plain.stdout), String::from_utf8_lossy(&stopped.stdout));
+    assert_eq!(generated_tokens(&plain), 20, "{plain_text:?}");
+    assert!(generated_tokens(&stopped) < 20, "{stopped_text:?}");
+    assert!(
+        plain_text.starts_with(stopped_text.trim_end()),
+        "{stopped_text:?} is where {plain_text:?} meets its first '.'"
+    );
+}
+
 /// A fresh folder under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
 

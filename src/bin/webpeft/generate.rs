@@ -9,6 +9,7 @@ use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::quant::{ComputeDtype, QuantFormat};
+use webpeft::train::chat::{ChatTemplate, Message};
 
 use crate::{cli_gpu, load_adapter, load_model};
 
@@ -16,6 +17,7 @@ pub async fn generate(
     dir: &std::path::Path,
     base: (QuantFormat, ComputeDtype),
     prompt: &str,
+    chat: bool,
     mut config: GenerationConfig,
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,9 +30,20 @@ pub async fn generate(
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
         None => None,
     };
+    // Stop at config.json's, the tokenizer's and generation_config.json's eos ids (a chat model's end of turn).
     config.eos_token_ids = model.config.eos_token_ids.clone();
     config.eos_token_ids.extend(tokenizer.eos_ids());
-    let ids = tokenizer.encode(prompt, true)?;
+    config.eos_token_ids.extend(Config::generation_eos_ids(&files).await?);
+    let ids = if chat {
+        let template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
+            format!("--chat: {} has no chat_template (tokenizer_config.json); leave --chat out", dir.display())
+        })?;
+        // The template writes the bos itself.
+        let text = template.generation_prompt(&[Message { role: "user".into(), content: prompt.into() }])?;
+        tokenizer.encode(&text, false)?
+    } else {
+        tokenizer.encode(prompt, true)?
+    };
     let mut decoder = tokenizer.stream_decoder(true);
     let mut stdout = std::io::stdout();
     let mut failed = None;

@@ -73,6 +73,9 @@ enum Command {
         /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
         #[arg(long)]
         adapter: Option<PathBuf>,
+        /// Render the prompt as one user turn with the tokenizer's chat template (the assistant answers).
+        #[arg(long)]
+        chat: bool,
     },
     /// Write a pre-quantized copy of a model folder (webpeft's layout: see README), ~4-7x smaller.
     Quantize {
@@ -195,6 +198,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             top_p,
             seed,
             adapter,
+            chat,
         } => {
             let sampling = GenerationConfig {
                 max_new_tokens,
@@ -205,7 +209,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 eos_token_ids: Vec::new(),
                 greedy: temperature <= 0.0,
             };
-            generate::generate(&model, (quant, compute_dtype), &prompt, sampling, adapter.as_deref()).await?
+            generate::generate(&model, (quant, compute_dtype), &prompt, chat, sampling, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
         Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {
