@@ -2,6 +2,7 @@
 //! Each figure is the median of several repeats of one submission that holds
 //! enough launches to dwarf the per-submit overhead.
 
+pub mod attention;
 pub mod generate;
 pub mod gpu;
 pub mod train;
@@ -218,7 +219,7 @@ fn fill(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32 * 0.1).collect()
 }
 
-/// Every kernel figure the foundation asks for.
+/// Every kernel figure the foundation asks for, and attention's (`attention`).
 /// `report` sees each figure as soon as it is measured.
 pub async fn kernel_figures(
     gpu: &Gpu,
@@ -277,6 +278,7 @@ pub async fn kernel_figures(
             }
         }
     }
+    out.extend(attention::attention_figures(gpu, repeats, report).await?);
     Ok(out)
 }
 

@@ -1,8 +1,9 @@
 //! Causal GQA attention: forward (out and the saved logsumexp) and backward
 //! against the CPU reference, the backward against finite differences of the
 //! reference forward, and the KV-cache forward against the full-sequence one;
-//! each for both kernel variants (the subgroup one where the device has
-//! 8-lane subgroups), on shapes that cut the register tiles at every edge.
+//! each for every kernel variant (the subgroup one where the device has
+//! 8-lane subgroups; the flash one forced, as real GPUs get it), on shapes
+//! that cut the register tiles and the flash kernels' blocks at every edge.
 
 mod common;
 mod finite_diff;
@@ -63,7 +64,7 @@ fn inputs(s: Dims, seed: u64) -> Inputs {
     Inputs { q, k: randn(seed + 1, nkv), v: randn(seed + 2, nkv), dout: randn(seed + 3, nq) }
 }
 
-const VARIANTS: [Variant; 2] = [Variant::Portable, Variant::Subgroup];
+const VARIANTS: [Variant; 3] = [Variant::Portable, Variant::Subgroup, Variant::Flash];
 
 /// GPU out, lse, dq, dk, dv in one submit.
 fn run(s: Dims, x: &Inputs, variant: Variant) -> [Vec<f32>; 5] {
@@ -103,12 +104,16 @@ fn lse64(s: Dims, q: &[f32], k: &[f32]) -> Vec<f32> {
 }
 
 fn check_against_reference(s: Dims, seed: u64) {
+    check_variants(s, seed, &VARIANTS);
+}
+
+fn check_variants(s: Dims, seed: u64, variants: &[Variant]) {
     let x = inputs(s, seed);
     let (want_out, probs) = s.reference(&x.q, &x.k, &x.v);
     let (want_dq, want_dk, want_dv) =
         cpu::attention_backward(&x.dout, &x.q, &x.k, &x.v, &probs, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
     let want_lse = lse64(s, &x.q, &x.k);
-    for variant in VARIANTS {
+    for &variant in variants {
         let [out, lse, dq, dk, dv] = run(s, &x, variant);
         let name = format!("{variant:?} B{} T{} H{}/{} D{}", s.batch, s.seq, s.hq, s.hkv, s.d);
         assert_close(&format!("{name} out"), &out, &want_out, OUT_ABS, OUT_REL);
@@ -149,6 +154,25 @@ fn matches_reference_at_tile_edges() {
     }
 }
 
+/// The flash kernels alone (forced: `Auto` picks them on real GPUs) on
+/// shapes that cut their blocks (G heads × 64 / G positions a query block,
+/// tiles of 16 KiB / (8 · head_dim) ≤ 64 rows, 32 keys a dkv block) at every
+/// edge: seq 1, 7, 33, 70 and 45, head_dim 4 to 128 (12 and 20 repadded),
+/// kv groups of 1, 2, 3 (a block of 63 rows) and 4 heads, batch 1 and 3.
+#[test]
+fn flash_kernels_match_reference() {
+    for (s, seed) in [
+        (Dims { batch: 1, seq: 70, hq: 4, hkv: 1, d: 64 }, 40),
+        (Dims { batch: 3, seq: 33, hq: 4, hkv: 2, d: 12 }, 41),
+        (Dims { batch: 1, seq: 7, hq: 2, hkv: 2, d: 4 }, 42),
+        (Dims { batch: 3, seq: 1, hq: 2, hkv: 1, d: 8 }, 43),
+        (Dims { batch: 2, seq: 45, hq: 6, hkv: 2, d: 20 }, 44),
+        (Dims { batch: 1, seq: 37, hq: 2, hkv: 1, d: 128 }, 45),
+    ] {
+        check_variants(s, seed, &[Variant::Flash]);
+    }
+}
+
 #[test]
 fn backward_matches_finite_differences() {
     let s = Dims { batch: 2, seq: 7, hq: 6, hkv: 2, d: 6 };
@@ -168,9 +192,13 @@ fn backward_matches_finite_differences() {
 }
 
 /// Runs `full`'s queries in `segments` (prefill, chunks, single decoding
-/// steps) against a KV cache of `capacity` rows, for both variants, and
+/// steps) against a KV cache of `capacity` rows, for each variant, and
 /// compares each with the full-sequence reference.
 fn check_cached(full: Dims, capacity: usize, segments: &[(usize, usize)], seed: u64) {
+    check_cached_variants(full, capacity, segments, seed, &VARIANTS);
+}
+
+fn check_cached_variants(full: Dims, capacity: usize, segments: &[(usize, usize)], seed: u64, variants: &[Variant]) {
     let gpu = gpu();
     let x = inputs(full, seed);
     let (want, _) = full.reference(&x.q, &x.k, &x.v);
@@ -181,7 +209,7 @@ fn check_cached(full: Dims, capacity: usize, segments: &[(usize, usize)], seed: 
             .collect()
     };
     let cache_shape = [full.batch, capacity, full.hkv, full.d];
-    for variant in VARIANTS {
+    for &variant in variants {
         // Caches full of garbage: rows past the current position must never be read.
         let k_cache = Tensor::from_slice(gpu, &cache_shape, &randn(98, full.batch * capacity * kv_row)).unwrap();
         let v_cache = Tensor::from_slice(gpu, &cache_shape, &randn(99, full.batch * capacity * kv_row)).unwrap();
@@ -211,6 +239,17 @@ fn kv_cache_forward_matches_full_sequence() {
     let steps = [(0, 9), (9, 10), (10, 11), (11, 21)];
     check_cached(Dims { batch: 2, seq: 21, hq: 8, hkv: 2, d: 16 }, 24, &steps, 21);
     check_cached(Dims { batch: 1, seq: 6, hq: 4, hkv: 4, d: 64 }, 8, &[(0, 5), (5, 6)], 22);
+    // The flash kernels on a longer cache: a prefill of 17 (two query
+    // blocks), one step, then a chunk of 22 from offset 18 whose keys span
+    // three tiles.
+    let flash = [Variant::Flash];
+    check_cached_variants(
+        Dims { batch: 2, seq: 40, hq: 8, hkv: 2, d: 64 },
+        45,
+        &[(0, 17), (17, 18), (18, 40)],
+        23,
+        &flash,
+    );
 }
 
 /// The default entry points pick the subgroup kernels for training-sized

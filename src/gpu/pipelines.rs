@@ -39,6 +39,10 @@ pub enum Kernel {
     AttentionSegmented,
     /// The subgroup kernels over packed rows.
     AttentionSubgroupSegmented,
+    /// attention.wgsl with the workgroup-memory ("flash") kernels of attention_flash.wgsl appended (real GPUs).
+    AttentionFlash,
+    /// The flash kernels over packed rows.
+    AttentionFlashSegmented,
     Embedding,
     Elementwise,
     CrossEntropy,
@@ -55,7 +59,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 26] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -74,6 +78,8 @@ impl Kernel {
         Kernel::AttentionSubgroup,
         Kernel::AttentionSegmented,
         Kernel::AttentionSubgroupSegmented,
+        Kernel::AttentionFlash,
+        Kernel::AttentionFlashSegmented,
         Kernel::Embedding,
         Kernel::Elementwise,
         Kernel::CrossEntropy,
@@ -158,6 +164,16 @@ impl Kernel {
                     include_str!("../../shaders/attention_subgroup.wgsl")
                 )
             }
+            Kernel::AttentionFlash => concat!(
+                include_str!("../../shaders/attention_rows.wgsl"),
+                include_str!("../../shaders/attention.wgsl"),
+                include_str!("../../shaders/attention_flash.wgsl")
+            ),
+            Kernel::AttentionFlashSegmented => concat!(
+                include_str!("../../shaders/attention_segments.wgsl"),
+                include_str!("../../shaders/attention.wgsl"),
+                include_str!("../../shaders/attention_flash.wgsl")
+            ),
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Kernel::CrossEntropy => concat!(
@@ -201,6 +217,8 @@ impl Kernel {
             Kernel::AttentionSubgroup => "attention_subgroup",
             Kernel::AttentionSegmented => "attention_segmented",
             Kernel::AttentionSubgroupSegmented => "attention_subgroup_segmented",
+            Kernel::AttentionFlash => "attention_flash",
+            Kernel::AttentionFlashSegmented => "attention_flash_segmented",
             Kernel::Embedding => "embedding",
             Kernel::Elementwise => "elementwise",
             Kernel::CrossEntropy => "cross_entropy",

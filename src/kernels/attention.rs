@@ -19,6 +19,10 @@
 //! zero-padded. Where the device has 8-lane subgroups (lavapipe), the
 //! subgroup kernels also share each loaded row between the 8 lanes; they need
 //! a sequence that fills the lanes, so decoding keeps the portable kernels.
+//! On real GPUs (`kernels::blocked::is_real_gpu`) training and prefill run the
+//! flash kernels (`shaders/attention_flash.wgsl`): a workgroup stages tiles
+//! of k and v (q and dout, for dk and dv) in workgroup memory once for all
+//! its invocations, one query (key) row each; see [`FlashTiles`].
 
 use bytemuck::{Pod, Zeroable};
 
@@ -47,27 +51,89 @@ const TILE_VEC4S: usize = 64;
 /// yet timed on one.
 const GPU_TILE_VEC4S: usize = 16;
 
+/// The flash kernels' shapes (`shaders/attention_flash.wgsl`) for a head_dim
+/// and a kv group: one query row per invocation of a forward or dq
+/// workgroup (`g` query heads × `bp` positions of one kv group, `g · bp ≤
+/// WG`), one key row per invocation of a dkv workgroup (`kb` keys), and key
+/// (query) tiles of `bk` rows staged in workgroup memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlashTiles {
+    pub g: u32,
+    pub bp: u32,
+    pub bk: u32,
+    pub kb: u32,
+}
+
+impl FlashTiles {
+    /// Invocations of a forward or dq workgroup (the module's WG, which the
+    /// prelude gives every attention kernel): 64 query rows.
+    pub const WG: u32 = WG;
+    /// Key rows (invocations) of a dkv workgroup: 32, so that the Llama-1B
+    /// shape (512 keys × 8 kv heads) still makes 128 workgroups.
+    pub const KB: u32 = 32;
+    /// WebGPU's default `maxComputeWorkgroupStorageSize`: two tiles of `bk`
+    /// rows × head_dim f32 fit in it.
+    pub const WORKGROUP_BYTES: u32 = 16 << 10;
+    /// The widest head the flash kernels take: each invocation keeps two
+    /// (forward) to four (dkv) rows of head_dim in registers, 256 to 512
+    /// floats at 128 already. Wider heads (up to [`MAX_HEAD_DIM`]) run the
+    /// register-tiled kernels.
+    pub const MAX_HEAD_DIM: usize = 128;
+
+    /// Tiles for `head_dim` (padded to a multiple of 4) and `group` query
+    /// heads per kv head: as many heads of the group as divide it, up to 16,
+    /// so that a block spans few positions (its causal edge wastes little);
+    /// tiles of as many rows as fit 16 KiB (64 at head_dim ≤ 32, 32 at 64,
+    /// 16 at 128).
+    pub fn new(head_dim: usize, group: usize) -> FlashTiles {
+        let d4 = head_dim.div_ceil(4) as u32;
+        let g = (1..=group.min(16)).rev().find(|g| group % g == 0).unwrap_or(1) as u32;
+        let bk = (Self::WORKGROUP_BYTES / (2 * 16 * d4)).clamp(1, 64);
+        FlashTiles { g, bp: Self::WG / g, bk, kb: Self::KB }
+    }
+
+    /// Workgroup memory of either kernel: two tiles of `bk` rows of `d4` vec4s.
+    pub fn workgroup_bytes(self, d4: u32) -> u32 {
+        2 * 16 * self.bk * d4
+    }
+}
+
 /// Which attention kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// The subgroup kernels where they run and the queries fill a subgroup's
-    /// lanes (training, prefill); else the portable ones (decoding).
+    /// On real GPUs (`kernels::blocked::is_real_gpu`) the flash kernels for
+    /// sequences of at least [`FLASH_MIN_SEQ`] queries and head dims up to
+    /// [`FlashTiles::MAX_HEAD_DIM`]; elsewhere the subgroup kernels where
+    /// they run and the queries fill a subgroup's lanes (training, prefill);
+    /// else the portable ones (decoding).
     Auto,
     /// `shaders/attention.wgsl`: register tiles and vec4 loads; runs everywhere.
     Portable,
     /// `shaders/attention_subgroup.wgsl`: the 8 lanes of a subgroup share
     /// every row they load (native only, 8-lane subgroups: lavapipe).
     Subgroup,
+    /// `shaders/attention_flash.wgsl`: key and value tiles in workgroup
+    /// memory, one row per invocation (real GPUs; runs everywhere, head dims
+    /// up to [`FlashTiles::MAX_HEAD_DIM`], else the portable kernels).
+    Flash,
 }
 
+/// The fewest queries [`Variant::Auto`] gives the flash kernels: a block is
+/// 64 query rows (heads × positions), and decoding's few queries would leave
+/// most of its invocations idle.
+pub const FLASH_MIN_SEQ: u32 = 16;
+
 impl Variant {
-    /// The kernels that run for `tq` queries: `self`, or the portable ones
-    /// where subgroup ones cannot run.
-    fn on(self, gpu: &Gpu, tq: u32) -> Variant {
+    /// The kernels that run for `tq` queries of `head_dim`: `self`, or the
+    /// portable ones where the others cannot run.
+    pub fn resolve(self, gpu: &Gpu, tq: u32, head_dim: usize) -> Variant {
         let subgroups = subgroups_usable(gpu);
+        let flash = head_dim <= FlashTiles::MAX_HEAD_DIM;
         match self {
+            Variant::Auto if flash && super::blocked::is_real_gpu(gpu) && tq >= FLASH_MIN_SEQ => Variant::Flash,
             Variant::Auto if subgroups && tq >= SG_WIDTH => Variant::Subgroup,
             Variant::Subgroup if subgroups => Variant::Subgroup,
+            Variant::Flash if flash => Variant::Flash,
             _ => Variant::Portable,
         }
     }
@@ -133,15 +199,17 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
 /// A launch's kernels and register tiles (see `shaders/attention.wgsl`): G
 /// query heads of one kv group × P positions per forward or dq invocation, PK
 /// key rows per dkv invocation. Heads first: they share every key without a
-/// causal edge. The subgroup kernels give each of 8 lanes such a tile.
+/// causal edge. The subgroup kernels give each of 8 lanes such a tile; the
+/// flash kernels take `flash` instead (and P = PK = 1).
 #[derive(Clone, Copy)]
 struct Launch {
-    variant: Variant, // Portable or Subgroup, as resolved for the device
+    variant: Variant, // Portable, Subgroup or Flash, as resolved for the device
     segments: bool,   // packed rows: the kernels read starts (binding 16)
     d4: u32,
     g: u32,
     p: u32,
     pk: u32,
+    flash: Option<FlashTiles>,
 }
 
 impl Launch {
@@ -152,45 +220,53 @@ impl Launch {
 
     fn with_budget(gpu: &Gpu, variant: Variant, p: &Params, head_dim: usize, budget: usize) -> Launch {
         let d4 = head_dim.div_ceil(4);
-        let rows = (budget / d4).clamp(1, 8);
         let group = (p.hq / p.hkv) as usize;
+        let variant = variant.resolve(gpu, p.tq, head_dim);
+        if variant == Variant::Flash {
+            let t = FlashTiles::new(head_dim, group);
+            return Launch { variant, segments: false, d4: d4 as u32, g: t.g, p: 1, pk: 1, flash: Some(t) };
+        }
+        let rows = (budget / d4).clamp(1, 8);
         let g = (1..=rows.min(group)).rev().find(|g| group % g == 0).unwrap_or(1);
         // Powers of two, so that generation's few sequence lengths share pipelines.
         let positions = (rows / g).min((p.tq as usize).next_power_of_two()).max(1);
         let pk = rows.min((p.tkv as usize).next_power_of_two());
-        Launch {
-            variant: variant.on(gpu, p.tq),
-            segments: false,
-            d4: d4 as u32,
-            g: g as u32,
-            p: positions as u32,
-            pk: pk as u32,
-        }
+        Launch { variant, segments: false, d4: d4 as u32, g: g as u32, p: positions as u32, pk: pk as u32, flash: None }
     }
 
     fn key(&self, entry: &'static str) -> PipelineKey {
-        let (subgroup, plain) = match self.segments {
-            false => (Kernel::AttentionSubgroup, Kernel::Attention),
-            true => (Kernel::AttentionSubgroupSegmented, Kernel::AttentionSegmented),
+        let (subgroup, plain, flash) = match self.segments {
+            false => (Kernel::AttentionSubgroup, Kernel::Attention, Kernel::AttentionFlash),
+            true => (Kernel::AttentionSubgroupSegmented, Kernel::AttentionSegmented, Kernel::AttentionFlashSegmented),
         };
         let (kernel, entry) = match (self.variant, entry) {
+            (_, "attention_repad") => (Kernel::Attention, entry),
             (Variant::Subgroup, "attention_forward") => (subgroup, "attention_forward_sg"),
             (Variant::Subgroup, "attention_backward_dq") => (subgroup, "attention_backward_dq_sg"),
             (Variant::Subgroup, "attention_backward_dkv") => (subgroup, "attention_backward_dkv_sg"),
-            (_, "attention_repad") => (Kernel::Attention, entry),
+            (Variant::Flash, "attention_forward") => (flash, "attention_forward_flash"),
+            (Variant::Flash, "attention_backward_dq") => (flash, "attention_backward_dq_flash"),
+            (Variant::Flash, "attention_backward_dkv") => (flash, "attention_backward_dkv_flash"),
             _ => (plain, entry),
         };
-        PipelineKey::new(kernel, entry)
+        let key = PipelineKey::new(kernel, entry)
             .with("WG", Const::U32(WG))
             .with("D4", Const::U32(self.d4))
             .with("G", Const::U32(self.g))
             .with("P", Const::U32(self.p))
-            .with("PK", Const::U32(self.pk))
+            .with("PK", Const::U32(self.pk));
+        match self.flash.filter(|_| kernel == flash) {
+            Some(t) => key.with("BP", Const::U32(t.bp)).with("BK", Const::U32(t.bk)).with("KB", Const::U32(t.kb)),
+            None => key,
+        }
     }
 
     /// The grid of the forward and of attention_backward_dq.
     fn query_grid(&self, p: &Params) -> [u32; 3] {
         let chunks = (p.batch * (p.hq / self.g)) as usize;
+        if let Some(t) = self.flash {
+            return grid_1d(chunks * p.tq.div_ceil(t.bp) as usize);
+        }
         match self.variant {
             Variant::Subgroup => grid_1d(chunks * p.tq.div_ceil(SG_WIDTH * self.p) as usize),
             _ => grid_1d((chunks * p.tq.div_ceil(self.p) as usize).div_ceil(WG as usize)),
@@ -200,6 +276,9 @@ impl Launch {
     /// The grid of attention_backward_dkv.
     fn key_grid(&self, p: &Params) -> [u32; 3] {
         let heads = (p.batch * p.hkv) as usize;
+        if let Some(t) = self.flash {
+            return grid_1d(heads * p.tkv.div_ceil(t.kb) as usize);
+        }
         match self.variant {
             Variant::Subgroup => grid_1d(heads * p.tkv.div_ceil(SG_WIDTH * self.pk) as usize),
             _ => grid_1d((heads * p.tkv.div_ceil(self.pk) as usize).div_ceil(WG as usize)),
@@ -216,7 +295,7 @@ fn repad(rec: &mut Recorder, launch: &Launch, x: &Tensor, to: usize) -> Result<T
     shape[3] = to;
     let y = rec.alloc(&shape, DType::F32)?;
     let p = Params { batch: rows as u32, tq: from as u32, tkv: to as u32, ..Params::zeroed() };
-    let portable = Launch { variant: Variant::Portable, ..*launch };
+    let portable = Launch { variant: Variant::Portable, flash: None, ..*launch };
     let groups = grid_1d((rows * to).div_ceil(WG as usize));
     rec.dispatch_bound(&portable.key("attention_repad"), &p, &[(14, x), (15, &y)], groups)?;
     Ok(y)
@@ -479,7 +558,10 @@ pub fn write_kv_cache(rec: &mut Recorder, new: &Tensor, cache: &Tensor, offset: 
 /// [`Launch::new`] for both kernel families and both variants: each register
 /// budget's row counts from 8 down to 1 (head dims from 4 to
 /// [`MAX_HEAD_DIM`], padded ones among them), query heads per tile 1–4 and
-/// odd, and a decoding step, a short and a long sequence.
+/// odd, and a decoding step, a short and a long sequence. The flash
+/// kernels' constants follow from head_dim and the group alone: a sample of
+/// tile rows 64 to 16 and blocks of 1 and 3 heads (their compile is slow on
+/// lavapipe), packed rows for two of them.
 pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for budget in [TILE_VEC4S, GPU_TILE_VEC4S] {
@@ -499,6 +581,15 @@ pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
                     }
                 }
             }
+        }
+    }
+    let flash = [(4, 1), (20, 3), (64, 1), (64, 3), (128, 1), (128, 3)];
+    for (head_dim, group) in flash.into_iter().chain([(12, 4), (64, 4)]) {
+        let p = Params { batch: 1, tq: 64, tkv: 64, hq: group, hkv: 1, ..Params::zeroed() };
+        let launch = Launch::with_budget(gpu, Variant::Flash, &p, head_dim, GPU_TILE_VEC4S);
+        let segments = !flash.contains(&(head_dim, group));
+        for entry in ["attention_forward", "attention_backward_dq", "attention_backward_dkv"] {
+            keys.push(Launch { segments, ..launch }.key(entry));
         }
     }
     keys

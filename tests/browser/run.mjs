@@ -436,17 +436,20 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const want = gpu.info().shaderF16 ? "f16" : "f32";
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
-      // The kernels of real GPUs (workgroup-memory GEMM, decoding GEMV), compiled by the browser's own
-      // shader compiler: the same loss, training step and greedy tokens as the kernels SwiftShader gets.
+      // The kernels of real GPUs (workgroup-memory GEMM, decoding GEMV, flash attention), compiled by the
+      // browser's own shader compiler: the same loss, training step and greedy tokens as the kernels
+      // SwiftShader gets. A text of more than 16 tokens, so that attention runs its flash kernels (rows
+      // of 16 queries or more) forward and backward.
       const gk = await Gpu.create({ kernels: "gpu" });
       if (gk.info().kernels !== "gpu" || gpu.info().kernels !== "cpu") throw new Error("kernels " + gk.info().kernels);
       const [mg, mc] = [await Model.fromUrl(gk, url, { quant: "nf4" }), await Model.fromUrl(gpu, url, { quant: "nf4" })];
       const both = async (f) => [await f(mg), await f(mc)];
-      const [eg, ec] = await both(async (m) => (await m.evaluate(data)).loss);
+      const longer = [{ text: "The little robot watered the garden, and then the robot sang to the flowers." }, ...data];
+      const [eg, ec] = await both(async (m) => (await m.evaluate(longer)).loss);
       const [tg, tc] = await both(async (m) => {
         m.addLora("k", { r: 4, alpha: 8 });
         const losses = [];
-        await m.startTraining("k", data, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train((x) => losses.push(x.loss));
+        await m.startTraining("k", longer, { lr: 0.01, steps: 2, seqLen: 16, batchSize: 2 }).train((x) => losses.push(x.loss));
         return losses[1];
       });
       const [gg, gc] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: null })).tokenIds.join());

@@ -55,9 +55,13 @@ pub struct BenchArgs {
     /// all seven projections and seq_bn, on f32 and NF4 bases.
     #[arg(long)]
     train: bool,
-    /// Only time the matmul kernels (no training or generation).
+    /// Only time the matmul and attention kernels (no training or generation).
     #[arg(long, conflicts_with = "train")]
     kernels: bool,
+    /// Only time attention forward and backward, each variant, at the
+    /// Llama-3.2-1B shape (1×512, 32/8 heads of 64).
+    #[arg(long, conflicts_with_all = ["train", "kernels"])]
+    attention: bool,
     /// The model folder to train and generate with; without it, two random
     /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
     #[arg(long)]
@@ -360,6 +364,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         no_autotune,
         train,
         kernels,
+        attention,
         model,
         compute_dtype,
         batch,
@@ -398,6 +403,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             });
             out!("{}", serde_json::to_string_pretty(&out)?);
         }
+        return Ok(());
+    }
+    if attention {
+        print_header(&gpu);
+        webpeft::bench::attention::attention_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
         return Ok(());
     }
     if let Some(list) = sweep_blocks {

@@ -1,0 +1,70 @@
+//! Attention figures: the forward and the backward (dq, then dk and dv) of
+//! each kernel variant at the Llama-3.2-1B training shape (1×512, 32 query
+//! heads, 8 kv heads of 64), so that one adapter's run compares them.
+//! GFLOP/s counts the causal half of the products as FlashAttention does:
+//! q·kᵀ and P·v forward (2 · T² · D · H), and five such products backward
+//! (the kernels recompute some of them, which the figure does not count).
+
+use super::{calls_for, fill, time_calls, Figure};
+use crate::error::Result;
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::attention::{attention_backward, attention_forward, Variant};
+use crate::kernels::matmul::subgroups_usable;
+
+/// (batch, seq, query heads, kv heads, head_dim) of Llama-3.2-1B at 1×512.
+const SHAPE: (usize, usize, usize, usize, usize) = (1, 512, 32, 8, 64);
+
+/// The variants that run here (the subgroup one only with 8-lane
+/// subgroups), the one [`Variant::Auto`] picks marked.
+pub async fn attention_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figure)) -> Result<Vec<Figure>> {
+    let (batch, seq, hq, hkv, d) = SHAPE;
+    let q = Tensor::from_slice(gpu, &[batch, seq, hq, d], &fill(batch * seq * hq * d, 5))?;
+    let k = Tensor::from_slice(gpu, &[batch, seq, hkv, d], &fill(batch * seq * hkv * d, 6))?;
+    let v = Tensor::from_slice(gpu, &[batch, seq, hkv, d], &fill(batch * seq * hkv * d, 7))?;
+    let dout = Tensor::from_slice(gpu, &[batch, seq, hq, d], &fill(batch * seq * hq * d, 8))?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let causal = (batch * hq * d) as f64 * (seq * seq) as f64; // 2 · T² / 2 · D · H: one causal product
+    let auto = Variant::Auto.resolve(gpu, seq as u32, d);
+    let mut variants = vec![Variant::Portable, Variant::Flash];
+    if subgroups_usable(gpu) {
+        variants.insert(1, Variant::Subgroup);
+    }
+    let mut out = Vec::new();
+    for variant in variants {
+        let name = format!("{variant:?}{}", if variant == auto { " (auto)" } else { "" }).to_lowercase();
+        let flops = 2.0 * causal;
+        let secs = time_calls(gpu, calls_for(flops, false), repeats, |rec| {
+            attention_forward(rec, &q, &k, &v, scale, variant).map(|_| ())
+        })
+        .await?;
+        out.push(figure(format!("attention fwd {name}"), flops, secs));
+        report(&out[out.len() - 1]);
+        // The forward's out and lse once, outside the timing.
+        let mut rec = crate::gpu::Recorder::new(gpu);
+        let (o, lse) = attention_forward(&mut rec, &q, &k, &v, scale, variant)?;
+        rec.submit()?;
+        let flops = 5.0 * causal;
+        let secs = time_calls(gpu, calls_for(flops, false), repeats, |rec| {
+            attention_backward(rec, &dout, &q, &k, &v, &o, &lse, scale, variant).map(|_| ())
+        })
+        .await?;
+        out.push(figure(format!("attention bwd {name}"), flops, secs));
+        report(&out[out.len() - 1]);
+    }
+    Ok(out)
+}
+
+fn figure(kernel: String, flops: f64, secs: f64) -> Figure {
+    let (batch, seq, hq, hkv, d) = SHAPE;
+    Figure {
+        kernel,
+        shape: format!("1B attention {batch}×{seq}, {hq}/{hkv} heads of {d}"),
+        gflops: flops / secs / 1e9,
+        ms_per_call: secs * 1e3,
+        m: seq,
+        n: seq,
+        k: d,
+        op: "attention",
+        weight_gbps: None,
+    }
+}
