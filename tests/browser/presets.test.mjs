@@ -153,9 +153,13 @@ test("presets: download size and this GPU's planner verdict per model, following
   const nf4 = await check("nf4");
   for (const p of presets) assert.ok(nf4[p.id] < f32[p.id], `${p.id}: nf4 ${nf4[p.id]} < f32 ${f32[p.id]}`);
   // A setup over the binding limit: one step of 64 × 4096 tokens has an MLP activation over 1 GiB.
-  await page.fill("#config [name=batchSize]", "64");
-  await page.fill("#config [name=seqLen]", "4096");
-  await page.dispatchEvent("#config [name=seqLen]", "change");
+  // Both fields at once, then one change: filling one after the other would plan 64 × 32 in between (on the
+  // first field's blur), and the wait below could see that plan instead of this one.
+  await page.evaluate(() => {
+    document.querySelector("#config [name=batchSize]").value = "64";
+    document.querySelector("#config [name=seqLen]").value = "4096";
+    document.querySelector("#config [name=seqLen]").dispatchEvent(new Event("change", { bubbles: true }));
+  });
   n = await planned(page, n);
   const big = await rows(page);
   assert.ok(big.every((r) => r.fits === "false"), JSON.stringify(big.map((r) => r.fits)));
