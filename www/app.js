@@ -400,7 +400,7 @@ readAutosave().then((saved) => {
     state.loadNotes = [];
     clock.reset();
     const load = { type: "load", source: withToken(saved.source), quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
-    const resume = { type: "resume-checkpoint", bytes: saved.bytes, config: c, data: saved.data,
+    const resume = { type: "resume-checkpoint", bytes: saved.bytes, step: saved.step, config: c, data: saved.data,
       evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
     const send = () => { worker.postMessage(load); worker.postMessage(resume); };

@@ -26,6 +26,7 @@ export function recovery(hooks) {
   let run = null; // { config, data, evalData }: the run in progress
   let checkpoint = null; // { step, bytes }: its last autosave
   let adapter = null; // the files of the adapter the last finished run left
+  let pending = null; // a "train" or "resume-checkpoint" the loss stopped before its run began (it came with a load)
   let losses = []; // when the recent losses happened (performance.now())
 
   const lostNow = (e) => e?.name === "DeviceLostError" || Boolean(gpu?.isLost());
@@ -42,10 +43,14 @@ export function recovery(hooks) {
       await hooks.replay({ ...load, replayed: true });
       await hooks.reloaded();
     }
-    const resumeAt = run ? checkpoint?.step ?? 0 : null;
+    const startAgain = run ? null : pending;
+    pending = null;
+    const resumeAt = run ? checkpoint?.step ?? 0 : startAgain ? startAgain.step ?? 0 : null;
     hooks.post({ type: "gpu-recovered", seconds: (performance.now() - start) / 1000, sinceLoss: (performance.now() - losses.at(-1)) / 1000,
-      resumeAt, adapter: !run && Boolean(adapter && load) });
-    if (run && checkpoint) {
+      resumeAt, adapter: !run && !startAgain && Boolean(adapter && load) });
+    if (startAgain) {
+      await hooks.replay({ ...startAgain, replayed: true });
+    } else if (run && checkpoint) {
       await hooks.replay({ type: "resume-checkpoint", bytes: checkpoint.bytes.slice(), ...run, replayed: true });
     } else if (run) {
       hooks.post({ type: "resumed-checkpoint", step: 0 }); // no autosave yet: the run starts again from its first step
@@ -82,6 +87,10 @@ export function recovery(hooks) {
     /** Throws a "DeviceLostError" when the device is lost (a paused run checks, so it ends and can be resumed). */
     check() {
       if (gpu?.isLost()) throw Object.assign(new Error("the GPU device was lost"), { name: "DeviceLostError" });
+    },
+    /** A queued message that failed because of the loss: a run it would have started is started after the reload. */
+    interrupted(msg) {
+      if (!run && (msg?.type === "train" || msg?.type === "resume-checkpoint")) pending = msg;
     },
     /** An autosave: a copy is kept, since the original is handed to the page. */
     saved(step, bytes) { checkpoint = { step, bytes: bytes.slice() }; },

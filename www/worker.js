@@ -250,8 +250,11 @@ async function handle(msg) {
 // One message at a time, except the run controls, which act between steps (and the device's destruction,
 // which acts at once). A call that failed because the GPU was lost is no error: the recovery redoes it.
 let queue = Promise.resolve();
-const settle = async (context, err) => { if (!(await rec.isLoss(err))) fail(context, err); };
-const enqueue = (context, fn) => { queue = queue.then(fn).catch((err) => settle(context, err)); };
+const settle = async (context, err, msg) => {
+  if (await rec.isLoss(err)) rec.interrupted(msg);
+  else fail(context, err);
+};
+const enqueue = (context, fn, msg) => { queue = queue.then(fn).catch((err) => settle(context, err, msg)); };
 self.onmessage = (e) => {
   const msg = e.data;
   // Planning only reads the GPU's limits: it answers at once, even during a load or a run, once init is done.
@@ -259,7 +262,7 @@ self.onmessage = (e) => {
     handle(msg).catch((err) => fail(msg.context ?? msg.type, err));
     return;
   }
-  enqueue(msg.context ?? msg.type, () => handle(msg));
+  enqueue(msg.context ?? msg.type, () => handle(msg), msg);
 };
 self.onerror = (e) => fail("worker", e.message ?? e);
 self.onunhandledrejection = (e) => fail("worker", e.reason);

@@ -150,6 +150,25 @@ test("a paused run that loses its GPU comes back paused, and resumed ends with t
   await page.close();
 });
 
+test("a GPU lost while a reload's resume is loading the model: the resume goes on after the recovery, to the uninterrupted adapter", async () => {
+  assert.ok(uninterrupted, "the reference run ran first");
+  const { page, problems } = await open(browser, base);
+  await trainToEnd(page);
+  await page.waitForSelector("body[data-autosaved='4']", { timeout: 600_000 });
+  await page.reload();
+  await page.waitForSelector("body[data-model=loaded][data-phase=idle]", { timeout: 120_000 });
+  await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 60_000 });
+  await page.click("#resume-run"); // the worker loads the model again, then resumes from the checkpoint
+  await destroyGpu(page); // acts at once, while that load runs
+  await page.waitForSelector("body[data-gpu-recovered='1']", { timeout: 120_000 });
+  await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+  assert.equal(await page.textContent("#train-error"), "", "the lost load and resume are no errors");
+  const worst = maxAbsDiff(uninterrupted, await adapterOf(page, "resume-interrupted"));
+  assert.ok(worst <= 1e-6, `resume interrupted by a loss vs uninterrupted: max |diff| ${worst}`);
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
 test("a GPU lost before the first autosave: the run starts again and ends with the uninterrupted adapter", async () => {
   assert.ok(uninterrupted, "the reference run ran first");
   const { page, problems } = await open(browser, base);
