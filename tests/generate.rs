@@ -176,3 +176,43 @@ fn sampler_on_the_cpu() {
     };
     assert_eq!(draw(5), draw(5));
 }
+
+/// The demo's built-in model (www/default-model): its prompt and chat encodings, the prompt's logits and the
+/// greedy continuation and chat answer, each to its eos, are transformers' (`make_fixtures.py default_model`).
+#[test]
+fn default_model_matches_transformers() {
+    use webpeft::model::tokenizer::Tokenizer;
+    use webpeft::model::Config;
+    use webpeft::train::chat::{ChatTemplate, Message};
+
+    let gpu = gpu();
+    let folder = format!("{}/www/default-model", env!("CARGO_MANIFEST_DIR"));
+    let files = DirFiles::new(&folder).unwrap();
+    let model = block_on(Model::load(gpu, &files, QuantFormat::F32)).unwrap();
+    let tokenizer = block_on(Tokenizer::load(&files)).unwrap();
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("default_model/greedy.json")).unwrap()).unwrap();
+    let ids =
+        |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+
+    let text = tokenizer.encode("The little robot", true).unwrap();
+    assert_eq!(text, ids(&refs["text"]["prompt_ids"]), "the prompt's ids");
+    let template = ChatTemplate::from_tokenizer(&tokenizer).unwrap().expect("the toy has a chat template");
+    let rendered = template.generation_prompt(&[Message::new("user", "Describe the brave fox.")]).unwrap();
+    let chat = tokenizer.encode(&rendered, false).unwrap();
+    assert_eq!(chat, ids(&refs["chat"]["prompt_ids"]), "the chat's ids: {rendered:?}");
+
+    let (logits, _) = block_on(model.logits_and_loss(gpu, std::slice::from_ref(&text), None)).unwrap();
+    let expected = common::Fixture::open("default_model/reference.safetensors").f32("logits");
+    let d = max_abs_diff(&logits, &expected);
+    assert!(d <= 1e-4, "the prompt's logits differ from transformers' by {d}");
+
+    let mut config = GenerationConfig::greedy(48);
+    config.eos_token_ids = model.config.eos_token_ids.clone();
+    config.eos_token_ids.extend(tokenizer.eos_ids());
+    config.eos_token_ids.extend(block_on(Config::generation_eos_ids(&files)).unwrap());
+    for (name, prompt) in [("text", text), ("chat", chat)] {
+        let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
+        assert_eq!(got, ids(&refs[name]["new_ids"]), "{name}: greedy tokens differ from transformers'");
+    }
+}
