@@ -7,6 +7,7 @@
 
 mod common;
 mod finite_diff;
+use common::attention::{inputs, Dims, Inputs, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
 use common::{block_on, gpu, randn};
 use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
@@ -16,69 +17,11 @@ use webpeft::kernels::attention::{
 use webpeft::kernels::reference::{assert_close, attention as cpu};
 use webpeft::{DType, Error, Tensor};
 
-// Online softmax and un-normalised accumulation vs the reference's two-pass
-// softmax: a few ulp of O(1) outputs.
-const OUT_ABS: f32 = 2e-6;
-const OUT_REL: f32 = 1e-5;
-// Gradients sum over up to T·group terms, and P is recomputed from lse.
-const GRAD_ABS: f32 = 1e-5;
-const GRAD_REL: f32 = 1e-4;
 const FD_TOL: f32 = 3e-3;
 
-#[derive(Clone, Copy)]
-struct Dims {
-    batch: usize,
-    seq: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-}
-
-impl Dims {
-    fn q(&self) -> [usize; 4] {
-        [self.batch, self.seq, self.hq, self.d]
-    }
-    fn kv(&self) -> [usize; 4] {
-        [self.batch, self.seq, self.hkv, self.d]
-    }
-    fn scale(&self) -> f32 {
-        1.0 / (self.d as f32).sqrt()
-    }
-    fn reference(&self, q: &[f32], k: &[f32], v: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        cpu::attention_forward(q, k, v, self.batch, self.seq, self.hq, self.hkv, self.d, self.scale())
-    }
-}
-
-struct Inputs {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    dout: Vec<f32>,
-}
-
-fn inputs(s: Dims, seed: u64) -> Inputs {
-    let nq = s.batch * s.seq * s.hq * s.d;
-    let nkv = s.batch * s.seq * s.hkv * s.d;
-    // Spread scores enough that the softmax is not nearly uniform.
-    let q = randn(seed, nq).into_iter().map(|x| 1.5 * x).collect();
-    Inputs { q, k: randn(seed + 1, nkv), v: randn(seed + 2, nkv), dout: randn(seed + 3, nq) }
-}
-
-const VARIANTS: [Variant; 3] = [Variant::Portable, Variant::Subgroup, Variant::Flash];
-
-/// GPU out, lse, dq, dk, dv in one submit.
+/// GPU out, lse, dq, dk, dv of the plain kernels in one submit.
 fn run(s: Dims, x: &Inputs, variant: Variant) -> [Vec<f32>; 5] {
-    let gpu = gpu();
-    let tq = Tensor::from_slice(gpu, &s.q(), &x.q).unwrap();
-    let tk = Tensor::from_slice(gpu, &s.kv(), &x.k).unwrap();
-    let tv = Tensor::from_slice(gpu, &s.kv(), &x.v).unwrap();
-    let tdout = Tensor::from_slice(gpu, &s.q(), &x.dout).unwrap();
-    let mut rec = Recorder::new(gpu);
-    let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale(), variant).unwrap();
-    let (dq, dk, dv) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale(), variant).unwrap();
-    rec.submit().unwrap();
-    assert_eq!(lse.shape(), [s.batch, s.hq, s.seq]);
-    [&out, &lse, &dq, &dk, &dv].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap())
+    common::attention::run(s, x, None, variant)
 }
 
 /// logsumexp over keys 0..=i of each row of scaled scores, in f64: (batch, hq, seq).

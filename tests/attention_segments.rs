@@ -4,42 +4,12 @@
 //! example run alone, and all-zero starts against the plain kernels bit for bit.
 
 mod common;
-use common::{block_on, gpu, randn};
+use common::attention::{inputs, run, Dims, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
+use common::gpu;
 use webpeft::gpu::Recorder;
-use webpeft::kernels::attention::{
-    attention_backward, attention_backward_segmented, attention_forward, attention_forward_segmented, Variant,
-};
+use webpeft::kernels::attention::{attention_forward_segmented, Variant};
 use webpeft::kernels::reference::{assert_close, attention as cpu};
 use webpeft::{DType, Error, Tensor};
-
-// As tests/attention.rs: online vs two-pass softmax, gradients recomputed from lse.
-const OUT_ABS: f32 = 2e-6;
-const OUT_REL: f32 = 1e-5;
-const GRAD_ABS: f32 = 1e-5;
-const GRAD_REL: f32 = 1e-4;
-
-const VARIANTS: [Variant; 3] = [Variant::Portable, Variant::Subgroup, Variant::Flash];
-
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    batch: usize,
-    seq: usize,
-    hq: usize,
-    hkv: usize,
-    d: usize,
-}
-
-impl Dims {
-    fn q(&self) -> [usize; 4] {
-        [self.batch, self.seq, self.hq, self.d]
-    }
-    fn kv(&self) -> [usize; 4] {
-        [self.batch, self.seq, self.hkv, self.d]
-    }
-    fn scale(&self) -> f32 {
-        1.0 / (self.d as f32).sqrt()
-    }
-}
 
 /// Each row's starts (batch, seq) from its examples' lengths, which sum to seq.
 fn starts_of(lengths: &[Vec<usize>]) -> Vec<u32> {
@@ -52,47 +22,6 @@ fn starts_of(lengths: &[Vec<usize>]) -> Vec<u32> {
         }
     }
     starts
-}
-
-struct Inputs {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    dout: Vec<f32>,
-}
-
-fn inputs(s: Dims, seed: u64) -> Inputs {
-    let (nq, nkv) = (s.batch * s.seq * s.hq * s.d, s.batch * s.seq * s.hkv * s.d);
-    let q = randn(seed, nq).into_iter().map(|x| 1.5 * x).collect();
-    Inputs { q, k: randn(seed + 1, nkv), v: randn(seed + 2, nkv), dout: randn(seed + 3, nq) }
-}
-
-/// GPU out, lse, dq, dk, dv in one submit; `starts` None runs the plain kernels.
-fn run(s: Dims, x: &Inputs, starts: Option<&[u32]>, variant: Variant) -> [Vec<f32>; 5] {
-    let gpu = gpu();
-    let tq = Tensor::from_slice(gpu, &s.q(), &x.q).unwrap();
-    let tk = Tensor::from_slice(gpu, &s.kv(), &x.k).unwrap();
-    let tv = Tensor::from_slice(gpu, &s.kv(), &x.v).unwrap();
-    let tdout = Tensor::from_slice(gpu, &s.q(), &x.dout).unwrap();
-    let mut rec = Recorder::new(gpu);
-    let (out, lse, dq, dk, dv) = match starts {
-        Some(starts) => {
-            let ts = Tensor::from_slice(gpu, &[s.batch, s.seq], starts).unwrap();
-            let (out, lse) = attention_forward_segmented(&mut rec, &tq, &tk, &tv, &ts, s.scale(), variant).unwrap();
-            let (dq, dk, dv) =
-                attention_backward_segmented(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, &ts, s.scale(), variant)
-                    .unwrap();
-            (out, lse, dq, dk, dv)
-        }
-        None => {
-            let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale(), variant).unwrap();
-            let (dq, dk, dv) =
-                attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale(), variant).unwrap();
-            (out, lse, dq, dk, dv)
-        }
-    };
-    rec.submit().unwrap();
-    [&out, &lse, &dq, &dk, &dv].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap())
 }
 
 fn check(s: Dims, lengths: &[Vec<usize>], seed: u64) {

@@ -2,6 +2,8 @@
 //! and blocking on the async API (natively only).
 #![allow(dead_code)]
 
+pub mod attention;
+
 use std::sync::OnceLock;
 
 use webpeft::util::rng::Rng;
