@@ -183,6 +183,16 @@ fn generate_chat_and_generation_config_eos() {
         plain_text.starts_with(stopped_text.trim_end()),
         "{stopped_text:?} is where {plain_text:?} meets its first '.'"
     );
+
+    // --chat on a tokenizer without a chat template: a clear error, exit code 1, no panic.
+    let config_path = dir.0.join("tokenizer_config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let refused = webpeft(&["generate", "--model", dir.0.to_str().unwrap(), "--chat", "--prompt", "Hi"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("has no chat_template (tokenizer_config.json); leave --chat out"), "{err}");
 }
 
 /// A fresh folder under the system temp dir, removed when dropped.
