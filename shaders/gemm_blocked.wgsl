@@ -174,22 +174,26 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
 fn tile_row(m0: u32, tid: u32, i: u32) -> u32 { return m0 + (tid / GWX + (i / 4u) * GWY) * 4u + i % 4u; }
 fn tile_col(n0: u32, tid: u32, g: u32) -> u32 { return n0 + (tid % GWX + g * GWX) * 4u; }
 
-// C = alpha · op(A) · op(B) (+ C), one BM × BN block a workgroup.
-@compute @workgroup_size(GWX, GWY, 1)
-fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let acc = block_product(wid.z, m0, n0, 0u, p.k, tid);
+// Store an invocation's tile of the block at (m0, n0) of batch z into C.
+fn store_tile(z: u32, m0: u32, n0: u32, tid: u32, acc: array<array<vec4<f32>, TN / 4u>, TM>) {
     for (var i = 0u; i < TM; i++) {
         let m = tile_row(m0, tid, i);
         if (m >= p.m) { continue; }
         for (var g = 0u; g < TN / 4u; g++) {
             let nb = tile_col(n0, tid, g);
             for (var c4 = 0u; c4 < 4u; c4++) {
-                if (nb + c4 < p.n) { gemm_store(wid.z, m, nb + c4, acc[i][g][c4]); }
+                if (nb + c4 < p.n) { gemm_store(z, m, nb + c4, acc[i][g][c4]); }
             }
         }
     }
+}
+
+// C = alpha · op(A) · op(B) (+ C), one BM × BN block a workgroup.
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    store_tile(wid.z, m0, n0, tid, block_product(wid.z, m0, n0, 0u, p.k, tid));
 }
 
 // Split-K, for products with few blocks and a long K (LoRA's x·Aᵀ, dy·B,
@@ -199,15 +203,15 @@ fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // (WebGPU has none): a second pass.
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;  // (splits, batch, M, N)
 
-@compute @workgroup_size(GWX, GWY, 1)
-fn gemm_blocked_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    let m0 = wid.y * BM;
-    let n0 = wid.x * BN;
-    let z = wid.z % p.batch;
-    let split = wid.z / p.batch;
-    let k0 = split * p.k_split;
-    let acc = block_product(z, m0, n0, k0, min(p.k, k0 + p.k_split), tid);
-    let base = wid.z * p.m * p.n;
+// The batch, the first k and the end of k of split workgroup_id.z.
+fn split_range(wz: u32) -> vec3<u32> {
+    let k0 = (wz / p.batch) * p.k_split;
+    return vec3<u32>(wz % p.batch, k0, min(p.k, k0 + p.k_split));
+}
+
+// Store an invocation's tile of split workgroup_id.z into its slice of `partial`.
+fn store_partial(wz: u32, m0: u32, n0: u32, tid: u32, acc: array<array<vec4<f32>, TN / 4u>, TM>) {
+    let base = wz * p.m * p.n;
     for (var i = 0u; i < TM; i++) {
         let m = tile_row(m0, tid, i);
         if (m >= p.m) { continue; }
@@ -218,6 +222,14 @@ fn gemm_blocked_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             }
         }
     }
+}
+
+@compute @workgroup_size(GWX, GWY, 1)
+fn gemm_blocked_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    let r = split_range(wid.z);
+    store_partial(wid.z, m0, n0, tid, block_product(r.x, m0, n0, r.y, r.z, tid));
 }
 
 // C[z, m, n] = alpha · Σ_split partial[split, z, m, n] (+ C): one element an

@@ -174,7 +174,13 @@ pub async fn bench_qmatmul(
             // An f32 weight goes through `gemm`, which picks its own kernel.
             ComputeDtype::F32 if format == QuantFormat::F32 => "f32-weight gemm".into(),
             ComputeDtype::F32 => format!("{} {}", format.name(), qvariant_name(variant)),
-            ComputeDtype::F16 => format!("{} f16-compute tiled", format.name()),
+            // f16 compute: the blocked kernel, or qmatmul_f16.wgsl's tiles for any other variant.
+            ComputeDtype::F16 => match variant {
+                QVariant::Blocked(_) | QVariant::BlockedSplit(..) => {
+                    format!("{} f16-compute {}", format.name(), qvariant_name(variant))
+                }
+                _ => format!("{} f16-compute tiled", format.name()),
+            },
         },
         shape: name.into(),
         gflops: g.flops() / secs / 1e9,
@@ -255,11 +261,8 @@ pub async fn kernel_figures(
     for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
         for (name, g, backward) in qmatmul_shapes() {
             for &c in computes {
-                // f16 compute has one kernel whichever variant is asked for.
-                let tuned = match c {
-                    ComputeDtype::F32 => QVariant::tuned(gpu, format, &g, g.k % 4 == 0, backward),
-                    ComputeDtype::F16 => QVariant::Tiled,
-                };
+                // f16 compute: the blocked kernel on real GPUs, the tiled one elsewhere.
+                let tuned = QVariant::tuned(gpu, format, &g, g.k % 4 == 0, backward, c);
                 push(bench_qmatmul(gpu, &name, &g, backward, format, c, tuned, repeats).await?, &mut out);
                 if c == ComputeDtype::F16 {
                     continue;

@@ -11,7 +11,8 @@
 
 mod common;
 
-use common::{block_on, fixture, gpu, lora_batch, randn, uniform, Fixture};
+use common::{block_on, fixture, gpu, gpu_family, lora_batch, randn, uniform, Fixture};
+use webpeft::kernels::blocked::Blocks;
 use webpeft::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use webpeft::kernels::reference::matmul::matmul_f16_compute;
 use webpeft::model::{DirFiles, Model};
@@ -74,10 +75,11 @@ fn worst(label: &str, got: &[f32], want: &[f64], mag: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// y = x·Wᵀ and dx = dy·W through a weight computing in f16, against the
-/// reference of the f16 arithmetic and the exact product. (f32 compute is
-/// tests/quant.rs's; here it only stands in where the device has no f16.)
-fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, seed: u64) {
+/// y = x·Wᵀ and dx = dy·W through a weight computing in f16, by `variant`'s
+/// kernel, against the reference of the f16 arithmetic and the exact
+/// product. (f32 compute is tests/quant.rs's; here it only stands in where
+/// the device has no f16.)
+fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, seed: u64, variant: QVariant) {
     let w = randn(seed, rows * cols).iter().map(|v| v * 0.05).collect::<Vec<_>>();
     let mut qw = QWeight::from_f32(gpu, &w, rows, cols, format).unwrap();
     let deq = block_on(qw.to_f32(gpu)).unwrap();
@@ -90,12 +92,12 @@ fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, see
         let y = Tensor::zeros(gpu, &[m, rows], DType::F32).unwrap();
         let dx = Tensor::zeros(gpu, &[m, cols], DType::F32).unwrap();
         let mut rec = webpeft::gpu::Recorder::new(gpu);
-        qgemm_with(&mut rec, &tx, qw, &y, false, QVariant::Tiled).unwrap();
-        qgemm_with(&mut rec, &tdy, qw, &dx, true, QVariant::Tiled).unwrap();
+        qgemm_with(&mut rec, &tx, qw, &y, false, variant).unwrap();
+        qgemm_with(&mut rec, &tdy, qw, &dx, true, variant).unwrap();
         rec.submit().unwrap();
         (block_on(y.to_vec::<f32>(gpu)).unwrap(), block_on(dx.to_vec::<f32>(gpu)).unwrap())
     };
-    let label = format!("{} {m}x{rows}x{cols}", format.name());
+    let label = format!("{} {m}x{rows}x{cols} {variant:?}", format.name());
     if !gpu.info().shader_f16 {
         // No SHADER_F16: the weight computes in f32, and says so.
         let f32_results = run(&qw);
@@ -130,9 +132,49 @@ fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, see
 fn quantized_kernels_compute_in_f16() {
     let gpu = gpu();
     for (format, seed) in [(QuantFormat::Nf4, 10), (QuantFormat::Q8_0, 20), (QuantFormat::F16, 30)] {
-        check(gpu, 37, 68, 160, format, seed); // K 160 and 68: 5 runs, and 2 runs and a ragged one
-        check(gpu, 3, 100, 96, format, seed + 1); // decoding: the few-rows tiles
+        check(gpu, 37, 68, 160, format, seed, QVariant::Tiled); // K 160 and 68: 5 runs, and 2 runs and a ragged one
+        check(gpu, 3, 100, 96, format, seed + 1, QVariant::Tiled); // decoding: the few-rows tiles
     }
+}
+
+/// The blocked GEMM of real GPUs in f16 (`shaders/gemm_blocked_f16.wgsl`),
+/// forced on this adapter: big, medium and skinny blocks, slices of 8 and 16
+/// (4 and 2 a run), K split in 2 and 3 uneven parts, blocks cut at every
+/// edge, and dy rows of 67 (no vec4 staging: the scalar path).
+#[test]
+fn blocked_kernels_compute_in_f16() {
+    let gpu = gpu();
+    let b = |bm, bn, bk, tm, tn| Blocks { bm, bn, bk, tm, tn };
+    let variants = [
+        QVariant::Blocked(Blocks::MEDIUM),
+        QVariant::Blocked(Blocks::LARGE),
+        QVariant::Blocked(b(16, 256, 16, 4, 4)),
+        QVariant::Blocked(b(128, 32, 32, 4, 4)),
+        QVariant::BlockedSplit(Blocks::MEDIUM, 2),
+        QVariant::BlockedSplit(b(32, 64, 8, 4, 4), 3),
+    ];
+    for (i, v) in variants.into_iter().enumerate() {
+        let seed = 50 + 10 * i as u64;
+        check(gpu, 37, 68, 160, QuantFormat::Nf4, seed, v);
+        check(gpu, 21, 67, 128, QuantFormat::Q8_0, seed + 1, v);
+        check(gpu, 5, 40, 96, QuantFormat::F16, seed + 2, v);
+    }
+}
+
+/// A block whose slices do not divide the f16 run is refused by name.
+#[test]
+fn blocked_f16_refuses_slices_that_cut_a_run() {
+    let gpu = gpu();
+    let mut qw = QWeight::from_f32(gpu, &randn(60, 64 * 64), 64, 64, QuantFormat::Nf4).unwrap();
+    if qw.set_compute(gpu, ComputeDtype::F16).unwrap() != ComputeDtype::F16 {
+        return;
+    }
+    let x = Tensor::from_slice(gpu, &[4, 64], &randn(61, 256)).unwrap();
+    let y = Tensor::zeros(gpu, &[4, 64], DType::F32).unwrap();
+    let mut rec = webpeft::gpu::Recorder::new(gpu);
+    let bad = Blocks { bm: 32, bn: 32, bk: 12, tm: 4, tn: 4 };
+    let err = qgemm_with(&mut rec, &x, &qw, &y, false, QVariant::Blocked(bad)).unwrap_err();
+    assert!(err.to_string().contains("bk must divide 32"), "{err}");
 }
 
 /// Weights f16 sums could overflow are refused by name; f32 stays available;
@@ -172,8 +214,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A model computing in f16 against transformers' logits for the same
 /// weights (computed in f32): within f16's error, and not equal to ours in f32.
-fn check_model(model: &str, format: QuantFormat, fixture_file: &str, key: &str) {
-    let gpu = gpu();
+fn check_model(gpu: &Gpu, model: &str, format: QuantFormat, fixture_file: &str, key: &str) {
     let mut m = load(gpu, model, format);
     let fx = Fixture::open(fixture_file);
     let ids = ids(&fx);
@@ -203,13 +244,17 @@ fn check_model(model: &str, format: QuantFormat, fixture_file: &str, key: &str) 
 /// a `torch_dtype=float16` model would on a GPU.
 #[test]
 fn mistral_f16_computes_in_f16() {
-    check_model("mistral_f16", QuantFormat::F16, "refs/mistral_f16/reference.safetensors", "logits");
+    for gpu in [gpu(), gpu_family()] {
+        check_model(gpu, "mistral_f16", QuantFormat::F16, "refs/mistral_f16/reference.safetensors", "logits");
+    }
 }
 
 /// QLoRA's setting: NF4 weights with `bnb_4bit_compute_dtype=float16`.
 #[test]
 fn llama_gqa_nf4_computes_in_f16() {
-    check_model("llama_gqa", QuantFormat::Nf4, "quant/llama_gqa_quant_logits.safetensors", "logits_nf4");
+    for gpu in [gpu(), gpu_family()] {
+        check_model(gpu, "llama_gqa", QuantFormat::Nf4, "quant/llama_gqa_quant_logits.safetensors", "logits_nf4");
+    }
 }
 
 /// The loss and every LoRA gradient of one step (PEFT's initial adapter).
@@ -227,7 +272,12 @@ fn grads_at_start(gpu: &Gpu, model: &Model) -> (f32, Vec<Vec<f32>>) {
 /// agree with f32 compute's to f16's precision, tensor by tensor.
 #[test]
 fn qlora_gradients_in_f16() {
-    let gpu = gpu();
+    for gpu in [gpu(), gpu_family()] {
+        qlora_gradients_agree(gpu);
+    }
+}
+
+fn qlora_gradients_agree(gpu: &Gpu) {
     let mut model = load(gpu, "llama_gqa", QuantFormat::Nf4);
     let (loss32, grads32) = grads_at_start(gpu, &model);
     if model.set_compute_dtype(gpu, ComputeDtype::F16).unwrap() == ComputeDtype::F32 {

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use common::{block_on, fixture, Fixture};
 use webpeft::model::llama::GenerationConfig;
 use webpeft::model::{DirFiles, Model};
@@ -24,13 +22,7 @@ use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::{Gpu, GpuOptions, KernelFamily};
 
 fn gpu() -> &'static Gpu {
-    static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let options = GpuOptions { kernels: KernelFamily::Gpu, ..Default::default() };
-        let gpu = block_on(Gpu::with_options(options)).unwrap_or_else(|e| panic!("no GPU for the tests: {e}"));
-        eprintln!("webpeft tests on: {}, {:?} kernels", gpu.describe(), gpu.kernel_family());
-        gpu
-    })
+    common::gpu_family()
 }
 
 fn load(name: &str, format: QuantFormat) -> Model {

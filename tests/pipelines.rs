@@ -49,7 +49,7 @@ fn every_pipeline_variant_compiles() {
             Kernel::MatmulSubgroup | Kernel::QMatmulSubgroup | Kernel::AttentionSubgroup => {
                 webpeft::kernels::matmul::subgroups_usable(gpu)
             }
-            Kernel::QMatmulF16 => info.shader_f16,
+            k if k.needs_f16() => info.shader_f16,
             _ => true,
         };
         assert!(launched || !needs, "no pipeline of {} is listed in kernels::variants", kernel.name());
@@ -64,7 +64,7 @@ fn every_pipeline_variant_compiles() {
             if subgroup && !webpeft::kernels::matmul::subgroups_usable(gpu) {
                 continue;
             }
-            if path.ends_with("qmatmul_f16.wgsl") && !info.shader_f16 {
+            if source.contains("<f16>") && !info.shader_f16 {
                 continue;
             }
             assert!(entries.contains(entry.as_str()), "{}: entry {entry} is in no listed pipeline", path.display());

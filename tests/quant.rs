@@ -12,7 +12,7 @@ use webpeft::kernels::matmul::{subgroups_usable, SgTiles, Tiles};
 use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, quantize, Packed};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
-use webpeft::quant::{quantize_nf4, quantize_q8_0, to_f16, QuantError, QuantFormat};
+use webpeft::quant::{quantize_nf4, quantize_q8_0, to_f16, ComputeDtype, QuantError, QuantFormat};
 use webpeft::{DType, Error, Gpu, GpuOptions, Tensor};
 
 /// Values that stress the rounding: bf16-rounded normals (many land on
@@ -266,10 +266,13 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
 fn qlinear_uses_the_tuned_kernel() {
     let gpu = gpu();
     let g = |m| webpeft::kernels::matmul::Gemm::new(m, 64, 64, false, true);
-    let many = QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS + 1), true, false);
+    let many = QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS + 1), true, false, ComputeDtype::F32);
     assert_eq!(many == QVariant::subgroup(), subgroups_usable(gpu), "{many:?} on {}", gpu.describe());
-    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS), true, false), QVariant::Tiled);
-    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g(100), false, false), QVariant::Tiled);
+    assert_eq!(
+        QVariant::tuned(gpu, QuantFormat::Nf4, &g(Tiles::FEW_ROWS), true, false, ComputeDtype::F32),
+        QVariant::Tiled
+    );
+    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g(100), false, false, ComputeDtype::F32), QVariant::Tiled);
     let small =
         block_on(Gpu::with_options(GpuOptions { max_binding_bytes: Some(8192), ..Default::default() })).unwrap();
     for (g, format, m, rows, cols, seed) in [

@@ -125,17 +125,19 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
     }
     for (name, g, backward) in layer_shapes_on(gpu) {
         for format in [QuantFormat::Nf4, QuantFormat::F32] {
-            let v = QVariant::tuned(gpu, format, &g, true, backward);
+            let v = QVariant::tuned(gpu, format, &g, true, backward, ComputeDtype::F32);
             push(bench_qmatmul(gpu, &name, &g, backward, format, ComputeDtype::F32, v, repeats).await, &mut out);
         }
         if gpu.info().shader_f16 && !name.contains("lm_head") {
             let (f, c) = (QuantFormat::Nf4, ComputeDtype::F16);
-            push(bench_qmatmul(gpu, &name, &g, backward, f, c, QVariant::Tiled, repeats).await, &mut out);
+            for v in [QVariant::tuned(gpu, f, &g, true, backward, c), QVariant::Tiled] {
+                push(bench_qmatmul(gpu, &name, &g, backward, f, c, v, repeats).await, &mut out);
+            }
         }
     }
     for (name, g) in decode_shapes() {
         for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32] {
-            let tuned = QVariant::tuned(gpu, format, &g, true, false);
+            let tuned = QVariant::tuned(gpu, format, &g, true, false, ComputeDtype::F32);
             push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, tuned, repeats).await, &mut out);
             if format != QuantFormat::F32 {
                 let v = QVariant::Tiled;

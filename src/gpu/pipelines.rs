@@ -27,6 +27,9 @@ pub enum Kernel {
     QMatmulSubgroup,
     /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
     QMatmulF16,
+    /// qmatmul.wgsl with the blocked GEMM and its f16-compute form
+    /// (`shaders/gemm_blocked_f16.wgsl`) appended, behind `enable f16;`.
+    QMatmulBlockedF16,
     Quant,
     RmsNorm,
     Rope,
@@ -57,9 +60,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Whether the module computes in f16 (`enable f16;`, Features::SHADER_F16).
+    pub fn needs_f16(self) -> bool {
+        matches!(self, Kernel::QMatmulF16 | Kernel::QMatmulBlockedF16)
+    }
+
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 29] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -69,6 +77,7 @@ impl Kernel {
         Kernel::QMatmulGemv,
         Kernel::QMatmulSubgroup,
         Kernel::QMatmulF16,
+        Kernel::QMatmulBlockedF16,
         Kernel::Quant,
         Kernel::RmsNorm,
         Kernel::Rope,
@@ -131,6 +140,12 @@ impl Kernel {
                 include_str!("../../shaders/four_bit.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/qmatmul_f16.wgsl")
+            ),
+            Kernel::QMatmulBlockedF16 => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemm_blocked.wgsl"),
+                include_str!("../../shaders/gemm_blocked_f16.wgsl")
             ),
             Kernel::Quant => {
                 concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/quant.wgsl"))
@@ -208,6 +223,7 @@ impl Kernel {
             Kernel::QMatmulGemv => "qmatmul_gemv",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::QMatmulF16 => "qmatmul_f16",
+            Kernel::QMatmulBlockedF16 => "qmatmul_blocked_f16",
             Kernel::Quant => "quant",
             Kernel::RmsNorm => "rmsnorm",
             Kernel::Rope => "rope",
@@ -289,7 +305,7 @@ impl PipelineKey {
 
     fn prelude(&self) -> String {
         // Enable directives come before every declaration.
-        let enable = if self.kernel == Kernel::QMatmulF16 { "enable f16;\n" } else { "" };
+        let enable = if self.kernel.needs_f16() { "enable f16;\n" } else { "" };
         let consts: String = self.consts.iter().map(|(n, c)| c.wgsl(n)).collect();
         format!("{enable}{consts}")
     }

@@ -74,13 +74,37 @@ impl Blocks {
         (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
     }
 
-    /// Workgroup memory of one block: the padded A and B slices.
+    /// Workgroup memory of one block: the padded A and B slices, f32.
     pub fn workgroup_bytes(self) -> u32 {
         4 * self.bk * (self.bm + 4 + self.bn + 4)
     }
 
+    /// Workgroup memory of one block of the f16-compute kernel
+    /// (`shaders/gemm_blocked_f16.wgsl`): the slices in halves, rows padded by
+    /// 8 halves, and its row-scale pass's 64 words.
+    pub fn workgroup_bytes_f16(self) -> u32 {
+        (2 * self.bk * (self.bm + 8 + self.bn + 8)).max(4 * 64)
+    }
+
+    /// k per f16 partial sum in the f16-compute kernel: its slices must divide it.
+    pub const F16_RUN_K: u32 = 32;
+
+    /// Whether the f16-compute kernel can be built with these blocks on
+    /// `gpu`: as [`Blocks::check`], with BK dividing [`Blocks::F16_RUN_K`]
+    /// and the f16 slices in workgroup memory.
+    pub fn check_f16(self, gpu: &Gpu) -> Result<(), String> {
+        if self.bk == 0 || Self::F16_RUN_K % self.bk != 0 {
+            return Err(format!("block {self:?}: bk must divide {} for f16 compute", Self::F16_RUN_K));
+        }
+        self.check_with(gpu, self.workgroup_bytes_f16())
+    }
+
     /// Whether the kernel can be built with these blocks on `gpu`.
     pub fn check(self, gpu: &Gpu) -> Result<(), String> {
+        self.check_with(gpu, self.workgroup_bytes())
+    }
+
+    fn check_with(self, gpu: &Gpu, workgroup_bytes: u32) -> Result<(), String> {
         let info = gpu.info();
         let shaped = self.tm > 0
             && self.tn > 0
@@ -97,11 +121,10 @@ impl Blocks {
         if self.invocations() > info.max_compute_invocations_per_workgroup.min(256) {
             return Err(format!("block {self:?}: {} invocations, at most 256", self.invocations()));
         }
-        if self.workgroup_bytes() > info.max_compute_workgroup_storage_size {
+        if workgroup_bytes > info.max_compute_workgroup_storage_size {
             return Err(format!(
                 "block {self:?}: {} bytes of workgroup memory, the device has {}",
-                self.workgroup_bytes(),
-                info.max_compute_workgroup_storage_size
+                workgroup_bytes, info.max_compute_workgroup_storage_size
             ));
         }
         Ok(())
@@ -189,7 +212,8 @@ impl Blocks {
 /// entry point; `operands` binds A and B (and a host's extra tensors),
 /// `out` binds C; `params` is the host's launch parameters with `batch`,
 /// `m`, `n`, `k` as in the product, and `set_split` writes K per split into
-/// them. The scratch must fit one binding, else fewer splits are used.
+/// them; each split's K is a multiple of the block's `bk` and of `k_align`.
+/// The scratch must fit one binding, else fewer splits are used.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record<P: bytemuck::Pod>(
     rec: &mut crate::gpu::Recorder,
@@ -200,10 +224,11 @@ pub(crate) fn record<P: bytemuck::Pod>(
     out: (u32, &crate::gpu::Tensor),
     blocks: Blocks,
     (m, n, k, batch): (usize, usize, usize, usize),
-    splits: u32,
+    (splits, k_align): (u32, u32),
 ) -> crate::error::Result<()> {
     let max_splits = (rec.gpu().max_binding_bytes() / (4 * (m * n * batch).max(1) as u64)).max(1) as u32;
-    let k_split = k.div_ceil(splits.clamp(1, max_splits) as usize).next_multiple_of(blocks.bk as usize).max(1);
+    let align = blocks.bk.max(k_align).max(1) as usize;
+    let k_split = k.div_ceil(splits.clamp(1, max_splits) as usize).next_multiple_of(align).max(1);
     let splits = k.div_ceil(k_split).max(1);
     let mut bound: Vec<(u32, &crate::gpu::Tensor)> = operands.to_vec();
     bound.push(out);

@@ -432,7 +432,7 @@ fn record_blocked(
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
     let key = |entry| blocked_key(g, t, entry);
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
-    blocked::record(rec, key, params, set, &[(4, a), (5, b)], (6, c), t, (g.m, g.n, g.k, g.batch), splits)
+    blocked::record(rec, key, params, set, &[(4, a), (5, b)], (6, c), t, (g.m, g.n, g.k, g.batch), (splits, 1))
 }
 
 /// The one-output-per-invocation yardstick (16×16 workgroups; TM and TN

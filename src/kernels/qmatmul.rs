@@ -254,7 +254,8 @@ pub enum QVariant {
     /// block's rows must be a multiple of 8 here (32 for the f32 kernels).
     Subgroup(SgTiles),
     /// The workgroup-memory GEMM for real GPUs (`shaders/gemm_blocked.wgsl`),
-    /// dequantizing W as it stages it: any shape, both directions.
+    /// dequantizing W as it stages it: any shape, both directions. A weight
+    /// computing in f16 takes its f16 form (`shaders/gemm_blocked_f16.wgsl`).
     Blocked(Blocks),
     /// The same with K split in this many parts (1: no split).
     BlockedSplit(Blocks, u32),
@@ -273,17 +274,27 @@ impl QVariant {
     /// as the f32 ones (chosen on lavapipe; see the README's "Tuning decisions").
     pub const SG_TILES: SgTiles = SgTiles { sr: 32, tn: 16 };
 
-    /// The kernel the `qlinear*` functions use for `m` rows of x (or dy):
-    /// the subgroup kernel where it runs and the layout is `aligned` for vec4
-    /// loads, except for a few rows (a decoding step), where the tiled
-    /// kernel's few-rows tiles compute only the rows there are.
-    pub fn tuned(gpu: &Gpu, format: QuantFormat, g: &Gemm, aligned: bool, backward: bool) -> QVariant {
+    /// The kernel the `qlinear*` functions use for `m` rows of x (or dy),
+    /// computing in `compute`: on real GPUs the GEMV for a few rows going
+    /// forward, else the blocked GEMM (tuned per shape class); on CPU
+    /// rasterizers the subgroup kernel where it runs and the layout is
+    /// `aligned` for vec4 loads, except for a few rows (a decoding step),
+    /// where the tiled kernel's few-rows tiles compute only the rows there are.
+    pub fn tuned(
+        gpu: &Gpu,
+        format: QuantFormat,
+        g: &Gemm,
+        aligned: bool,
+        backward: bool,
+        compute: ComputeDtype,
+    ) -> QVariant {
         let m = g.m;
         if is_real_gpu(gpu) {
             return if !backward && aligned && m <= GemvTiles::MAX_M {
                 QVariant::Gemv(GemvTiles::DEFAULT)
             } else {
-                let product = super::tune::Product::Quant { format, backward, m, n: g.n, k: g.k };
+                let half = compute == ComputeDtype::F16 && gpu.info().shader_f16;
+                let product = super::tune::Product::Quant { format, backward, half, m, n: g.n, k: g.k };
                 QVariant::Blocked(super::tune::blocks_for(gpu, product, Blocks::for_shape(m, g.n, 1)))
             };
         }
@@ -353,6 +364,19 @@ fn blocked_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: 
         .with("FORWARD", Const::Bool(!backward))
 }
 
+/// The f16-compute blocked GEMM (`shaders/gemm_blocked_f16.wgsl`).
+fn blocked_f16_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
+    t.with_consts(PipelineKey::new(Kernel::QMatmulBlockedF16, entry), aligned)
+        .with("FORMAT", layout.constant())
+        .with("FORWARD", Const::Bool(!backward))
+}
+
+/// The row-scale pass of the f16 blocked GEMM: one pipeline whatever the
+/// block (it reads only x or dy; the block constants only size the module).
+fn row_scales_key(layout: Layout, backward: bool) -> PipelineKey {
+    blocked_f16_key(layout, backward, false, Blocks::MEDIUM, "f16_row_scales")
+}
+
 fn gemv_key(layout: Layout, t: GemvTiles, m: usize) -> PipelineKey {
     t.with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), m)
         .with("FORMAT", layout.constant())
@@ -402,7 +426,15 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
                     for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
                         keys.push(blocked_key(format, backward, aligned, b, entry));
                     }
+                    if gpu.info().shader_f16 && b.check_f16(gpu).is_ok() {
+                        for entry in ["gemm_blocked_f16", "gemm_blocked_split_f16"] {
+                            keys.push(blocked_f16_key(format, backward, aligned, b, entry));
+                        }
+                    }
                 }
+            }
+            if gpu.info().shader_f16 {
+                keys.push(row_scales_key(format, backward));
             }
         }
         keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, GemvTiles::DEFAULT, m)));
@@ -470,7 +502,8 @@ fn qgemm_acc(
             ChunkData::Quant(p) => {
                 // Chosen per chunk: a chunk's offset into dy decides the alignment.
                 let aligned = vec4_layout(&g, backward);
-                let v = variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), w.format, &g, aligned, backward));
+                let v =
+                    variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), w.format, &g, aligned, backward, w.compute));
                 let half = w.compute == ComputeDtype::F16 && rec.gpu().info().shader_f16;
                 record_quant(rec, &g, x, p, out, backward, v, half)?
             }
@@ -512,13 +545,6 @@ fn record_quant(
         k_split: 0,
     };
     let aligned = vec4_layout(g, backward);
-    if half && aligned && variant != QVariant::Naive {
-        // shaders/qmatmul_f16.wgsl, whichever variant was asked for (it has no
-        // subgroup form); odd layouts and the yardstick stay f32 below.
-        let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
-        let groups = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-        return rec.dispatch_bound(&f16_key(p.layout, backward, t), &params, &bind4_of(x, p, out), groups);
-    }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
         QVariant::Gemv(_) if backward || !aligned || g.m > GemvTiles::MAX_M => {
@@ -526,6 +552,24 @@ fn record_quant(
         }
         v => v,
     };
+    if half {
+        match variant {
+            QVariant::Blocked(t) => return record_blocked_f16(rec, g, x, p, out, backward, aligned, t, None, params),
+            QVariant::BlockedSplit(t, s) => {
+                return record_blocked_f16(rec, g, x, p, out, backward, aligned, t, Some(s), params)
+            }
+            // shaders/qmatmul_f16.wgsl for the other variants (it has no
+            // subgroup form); odd layouts and the yardstick stay f32 below.
+            QVariant::Naive => {}
+            _ if aligned => {
+                let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
+                let groups =
+                    [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
+                return rec.dispatch_bound(&f16_key(p.layout, backward, t), &params, &bind4_of(x, p, out), groups);
+            }
+            _ => {}
+        }
+    }
     let t = tiles(backward, g.m);
     let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
     let bind4 = bind4_of(x, p, out);
@@ -541,7 +585,7 @@ fn record_quant(
             let key = |entry| blocked_key(p.layout, backward, aligned, t, entry);
             let set = |p: &mut Params, k: u32| p.k_split = k;
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
-            blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
+            blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), (splits, 1))
         }
         QVariant::Gemv(t) => {
             t.check().map_err(|e| Error::shape(op, e))?;
@@ -570,6 +614,40 @@ fn record_quant(
             rec.dispatch_bound(&naive_key(p.layout, backward), &params, &bind1, groups)
         }
     }
+}
+
+/// The blocked GEMM in f16 arithmetic (`shaders/gemm_blocked_f16.wgsl`):
+/// x's (or dy's) row scales into a scratch tensor, then the blocks, K split
+/// in `splits` parts (None: as the f32 kernel would split it).
+#[allow(clippy::too_many_arguments)]
+fn record_blocked_f16(
+    rec: &mut Recorder,
+    g: &Gemm,
+    x: &Tensor,
+    p: &Packed,
+    out: &Tensor,
+    backward: bool,
+    aligned: bool,
+    blocks: Blocks,
+    splits: Option<u32>,
+    params: Params,
+) -> Result<()> {
+    let op = if backward { "linear_backward_input" } else { "linear" };
+    blocks.check_f16(rec.gpu()).map_err(|e| Error::shape(op, e))?;
+    // The f16 block entries; the sum of the splits is the f32 module's.
+    let key = |entry| match entry {
+        "gemm_blocked" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_f16"),
+        "gemm_blocked_split" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_split_f16"),
+        other => blocked_key(p.layout, backward, aligned, blocks, other),
+    };
+    let scales = rec.alloc(&[g.m], DType::F32)?; // f16_row_scales writes every row
+    rec.dispatch_bound(&row_scales_key(p.layout, backward), &params, &[(5, x), (6, &scales)], super::grid_1d(g.m))?;
+    let splits = splits.unwrap_or_else(|| blocked::auto_splits(blocks, g.m, g.n, g.k, 1));
+    let set = |p: &mut Params, k: u32| p.k_split = k;
+    let operands = [(5, x), (2, &p.codes), (3, &p.scales), (6, &scales)];
+    // Splits of whole f16 runs, so they sum the reference's runs.
+    let split = (splits, Blocks::F16_RUN_K);
+    blocked::record(rec, key, params, set, &operands, (4, out), blocks, (g.m, g.n, g.k, 1), split)
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).

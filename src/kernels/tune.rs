@@ -32,8 +32,9 @@ pub enum Product {
     /// An f32 product (contiguous operands of its shape are timed).
     F32(Gemm),
     /// Through a frozen weight: forward `x (m, k) · Wᵀ` with W (n, k), or
-    /// backward `dy (m, k) · W` with W (k, n).
-    Quant { format: QuantFormat, backward: bool, m: usize, n: usize, k: usize },
+    /// backward `dy (m, k) · W` with W (k, n); `half`: computing in f16
+    /// (`shaders/gemm_blocked_f16.wgsl`, its own class).
+    Quant { format: QuantFormat, backward: bool, half: bool, m: usize, n: usize, k: usize },
 }
 
 impl Product {
@@ -50,8 +51,13 @@ impl Product {
             Product::F32(g) => {
                 format!("f32 {}{}", if g.trans_a { "t" } else { "n" }, if g.trans_b { "t" } else { "n" })
             }
-            Product::Quant { format, backward, .. } => {
-                format!("{} {}", format.name(), if *backward { "bwd" } else { "fwd" })
+            Product::Quant { format, backward, half, .. } => {
+                format!(
+                    "{} {}{}",
+                    format.name(),
+                    if *backward { "bwd" } else { "fwd" },
+                    if *half { " f16" } else { "" }
+                )
             }
         };
         let (m, n, k, b) = self.dims();
@@ -327,9 +333,12 @@ impl Timer {
                 let c = Tensor::zeros(gpu, &[g.batch * g.m * g.n], DType::F32)?;
                 Timer { product: Product::F32(g), a, b: Some(b), w: None, c }
             }
-            Product::Quant { format, backward, m, n, k } => {
+            Product::Quant { format, backward, half, m, n, k } => {
                 let (rows, cols) = if backward { (k, n) } else { (n, k) };
-                let w = QWeight::from_f32(gpu, &fill(rows * cols, 3), rows, cols, format)?;
+                let mut w = QWeight::from_f32(gpu, &fill(rows * cols, 3), rows, cols, format)?;
+                if half {
+                    w.set_compute(gpu, crate::quant::ComputeDtype::F16)?;
+                }
                 let a = Tensor::from_slice(gpu, &[m, k], &fill(m * k, 4))?;
                 let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
                 Timer { product: *product, a, b: None, w: Some(w), c }

@@ -23,6 +23,20 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
+/// A second device that runs the real-GPU kernel family
+/// ([`webpeft::KernelFamily::Gpu`]: blocked GEMM, GEMV, flash attention)
+/// whatever the adapter is, so lavapipe checks those kernels too.
+pub fn gpu_family() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let options = webpeft::GpuOptions { kernels: webpeft::KernelFamily::Gpu, ..Default::default() };
+        let gpu = block_on(Gpu::with_options(options)).unwrap_or_else(|e| panic!("no GPU for the tests: {e}"));
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "webpeft tests on: {}, {:?} kernels", gpu.describe(), gpu.kernel_family());
+        gpu
+    })
+}
+
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     pollster::block_on(f)
 }
