@@ -187,45 +187,72 @@ fn attention_backward_dq_flash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(n
     for (var d = 0u; d < D4; d++) { dq[qa + d] = dqr[d]; }
 }
 
-// A workgroup owns keys j0 .. j0 + KB of one (batch, kv head), (batch, kv
-// head) fastest; invocation lid key j0 + lid (rows past tkv take the last
-// key and store nothing).
-@compute @workgroup_size(KB)
-fn attention_backward_dkv_flash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let index = flat_group(wid, nwg);
-    if (index >= p.batch * p.hkv * ((p.tkv + KB - 1u) / KB)) { return; }  // the whole workgroup
-    let kvh = index % p.hkv;
-    let b = (index / p.hkv) % p.batch;
+// A dkv workgroup's key block: keys j0 .. j0 + nk (nk ≤ KB) of (batch b, kv
+// head kvh).
+struct KeyBlock {
+    b: u32,
+    kvh: u32,
+    j0: u32,
+    nk: u32,
+}
+
+fn key_blocks() -> u32 { return p.batch * p.hkv * ((p.tkv + KB - 1u) / KB); }
+
+// Block `index`, (batch, kv head) fastest, the first keys (seen by the most
+// queries) first.
+fn key_block(index: u32) -> KeyBlock {
     let j0 = index / (p.hkv * p.batch) * KB;
-    let nk = min(KB, p.tkv - j0);
-    let j = j0 + min(lid, nk - 1u);
-    let ka = kv_at(b, j, kvh);
+    return KeyBlock((index / p.hkv) % p.batch, index % p.hkv, j0, min(KB, p.tkv - j0));
+}
+
+// The first query that sees the block's keys: position ≥ j0, i ≥ j0 − offset
+// (tq if none does).
+fn first_query(kb: KeyBlock) -> u32 { return min(select(0u, kb.j0 - p.offset, kb.j0 > p.offset), p.tq); }
+
+// Invocation lid's sums over a range of the block's work into dkr and dvr.
+// The work is (hq / hkv) · n units g · n + u: query q0 + u (u < n) of the
+// kv group's g-th query head; this runs units u0 .. u1. For each head it
+// walks its queries in tiles of BK, staging q and dout rows.
+fn dkv_sums(
+    kb: KeyBlock,
+    lid: u32,
+    q0: u32,
+    n: u32,
+    u0: u32,
+    u1: u32,
+    dkr: ptr<function, array<vec4<f32>, D4>>,  // (D) Σ dS q
+    dvr: ptr<function, array<vec4<f32>, D4>>,  // (D) Σ P dout
+) {
+    let j = kb.j0 + min(lid, kb.nk - 1u);  // rows past tkv take the last key
+    let ka = kv_at(kb.b, j, kb.kvh);
     var kr: array<vec4<f32>, D4>;   // (D) its k row
     var vr: array<vec4<f32>, D4>;   // (D) its v row
     for (var d = 0u; d < D4; d++) {
         kr[d] = k[ka + d];
         vr[d] = v[ka + d];
     }
-    var dkr: array<vec4<f32>, D4>;  // (D) Σ dS q
-    var dvr: array<vec4<f32>, D4>;  // (D) Σ P dout
     let group = p.hq / p.hkv;
-    // Queries at positions ≥ j0 see key j0: i ≥ j0 − offset.
-    let first = select(0u, j0 - p.offset, j0 > p.offset);
     for (var g = 0u; g < group; g++) {
-        let h = kvh * group + g;
-        for (var i0 = first; i0 < p.tq; i0 += BK) {
+        // Head g's units are g · n .. g · n + n; those in u0 .. u1 are its
+        // queries q0 + a − g · n .. q0 + z − g · n.
+        let a = max(u0, g * n);
+        let z = min(u1, g * n + n);
+        if (z <= a) { continue; }  // uniform: none of this head's queries
+        let h = kb.kvh * group + g;
+        let end = q0 + z - g * n;
+        for (var i0 = q0 + a - g * n; i0 < end; i0 += BK) {
             // This tile's first example, and every later one, begins after the block's keys.
-            if (query_start(b, i0) >= j0 + nk) { break; }
-            let n = min(BK, p.tq - i0);
+            if (query_start(kb.b, i0) >= kb.j0 + kb.nk) { break; }
+            let nt = min(BK, end - i0);
             workgroupBarrier();  // every invocation is done with the previous tiles
-            stage_queries(b, h, i0, n, lid, KB);
+            stage_queries(kb.b, h, i0, nt, lid, KB);
             workgroupBarrier();
             // No continue or break past here: the next barrier must stay uniform.
             // Queries i0 + t from the first at or after key j (position ≥ j) see it.
-            for (var t = select(0u, j - p.offset - i0, j > p.offset + i0); t < n; t++) {
+            for (var t = select(0u, j - p.offset - i0, j > p.offset + i0); t < nt; t++) {
                 let i = i0 + t;
-                if (j >= query_start(b, i)) {  // and from its example's start
-                    let row = row_at(b, h, i);
+                if (j >= query_start(kb.b, i)) {  // and from its example's start
+                    let row = row_at(kb.b, h, i);
                     var s = 0.0;   // q · k
                     var dp = 0.0;  // dout · v
                     for (var d = 0u; d < D4; d++) {
@@ -235,14 +262,30 @@ fn attention_backward_dkv_flash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
                     let prob = exp(s * p.scale - lse_in[row]);
                     let ds = prob * (dp - delta_in[row]) * p.scale;
                     for (var d = 0u; d < D4; d++) {
-                        dvr[d] += prob * tile_vdo[t * D4 + d];
-                        dkr[d] += ds * tile_kq[t * D4 + d];
+                        (*dvr)[d] += prob * tile_vdo[t * D4 + d];
+                        (*dkr)[d] += ds * tile_kq[t * D4 + d];
                     }
                 }
             }
         }
     }
-    if (lid >= nk) { return; }
+}
+
+// A workgroup owns the key block `index` (see key_block): invocation lid key
+// j0 + lid (rows past tkv take the last key and store nothing), all the work
+// of the block's keys, dk and dv stored directly.
+@compute @workgroup_size(KB)
+fn attention_backward_dkv_flash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let index = flat_group(wid, nwg);
+    if (index >= key_blocks()) { return; }  // the whole workgroup
+    let kb = key_block(index);
+    let q0 = first_query(kb);
+    let n = p.tq - q0;
+    var dkr: array<vec4<f32>, D4>;  // (D) Σ dS q
+    var dvr: array<vec4<f32>, D4>;  // (D) Σ P dout
+    dkv_sums(kb, lid, q0, n, 0u, p.hq / p.hkv * n, &dkr, &dvr);
+    if (lid >= kb.nk) { return; }
+    let ka = kv_at(kb.b, kb.j0 + lid, kb.kvh);
     for (var d = 0u; d < D4; d++) {
         dk[ka + d] = dkr[d];
         dv[ka + d] = dvr[d];
