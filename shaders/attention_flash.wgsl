@@ -20,16 +20,19 @@
 // (batch, kv head), one per invocation, k, v, dk and dv in registers. For
 // each query head of the group it walks the queries that see its keys in
 // tiles of BK, staging q and dout rows the same way. No float atomics: each
-// dk and dv row has one owner.
+// dk and dv row has one owner. Where those workgroups are too few to fill a
+// GPU, attention_backward_dkv_flash_split cuts each key block's work into
+// parts, one workgroup each, that store partial dk and dv, and
+// attention_dkv_sum adds them up (see there).
 //
 // Uniform control flow for every barrier (WGSL requires it, Chromium's
 // compiler checks it): the tile loops run from and to bounds of the whole
-// block (its first row's start, its last row's position), which depend only
-// on the uniform Params, the workgroup id and starts (read-only storage at
-// uniform indices). Within a tile each invocation loops over the keys
-// (queries) its own row sees, and rows past the block, tq or tkv take a
-// valid row, compute along and store nothing; no invocation leaves the tile
-// loop early.
+// block (its first row's start, its last row's position; a dkv part's range
+// of queries), which depend only on the uniform Params, the workgroup id and
+// starts (read-only storage at uniform indices). Within a tile each
+// invocation loops over the keys (queries) its own row sees, and rows past
+// the block, tq or tkv take a valid row, compute along and store nothing; no
+// invocation leaves the tile loop early.
 //
 // Workgroup memory: two tiles of BK × D4 vec4s, 32 · BK · D4 bytes, which the
 // launcher keeps within WebGPU's default 16 KiB (BK = 512 / D4, at most 64).
@@ -209,6 +212,19 @@ fn key_block(index: u32) -> KeyBlock {
 // (tq if none does).
 fn first_query(kb: KeyBlock) -> u32 { return min(select(0u, kb.j0 - p.offset, kb.j0 > p.offset), p.tq); }
 
+// The queries from q0 on that see any of the block's keys end at the
+// first whose example begins after them (tq for unpacked rows): a binary
+// search, as starts do not decrease along a row.
+fn queries_end(kb: KeyBlock, q0: u32) -> u32 {
+    var lo = q0;
+    var hi = p.tq;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (query_start(kb.b, mid) >= kb.j0 + kb.nk) { hi = mid; } else { lo = mid + 1u; }
+    }
+    return lo;
+}
+
 // Invocation lid's sums over a range of the block's work into dkr and dvr.
 // The work is (hq / hkv) · n units g · n + u: query q0 + u (u < n) of the
 // kv group's g-th query head; this runs units u0 .. u1. For each head it
@@ -290,4 +306,64 @@ fn attention_backward_dkv_flash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
         dk[ka + d] = dkr[d];
         dv[ka + d] = dvr[d];
     }
+}
+
+// Split dkv, to fill a large GPU when the key blocks are few: each block's
+// work (its query heads × the queries that see its keys, up to the end of
+// their examples) is cut into p.parts even ranges of units, one workgroup
+// each, which store their partial dk and dv into dkv_parts;
+// attention_dkv_sum adds the parts into dk and dv (no float atomics). With
+// the causal mask the last key blocks see few queries, so the cut is of the
+// needed range, not of tq. Binds q, k, v, dout, lse_in, delta_in and
+// dkv_parts (and starts, for packed rows): 8 storage buffers at most.
+@group(0) @binding(17) var<storage, read_write> dkv_parts: array<vec4<f32>>;  // (parts, 2, batch, tkv, hkv, D): each part's dk, then its dv
+
+// vec4s of one dk (or dv): (batch, tkv, hkv, D).
+fn kv_vec4s() -> u32 { return p.batch * p.tkv * p.hkv * D4; }
+
+// Where part `part` of `units` begins: the first units % parts parts take
+// one unit more (no product that could overflow).
+fn part_start(part: u32, units: u32) -> u32 { return part * (units / p.parts) + min(part, units % p.parts); }
+
+// Workgroup index: (batch, kv head) fastest, then the part, then the key
+// block (the first keys, the most work, first).
+@compute @workgroup_size(KB)
+fn attention_backward_dkv_flash_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let index = flat_group(wid, nwg);
+    if (index >= key_blocks() * p.parts) { return; }  // the whole workgroup
+    let heads = p.batch * p.hkv;
+    let part = index / heads % p.parts;
+    let kb = key_block(index / (heads * p.parts) * heads + index % heads);
+    let q0 = first_query(kb);
+    let n = queries_end(kb, q0) - q0;
+    let units = p.hq / p.hkv * n;
+    var dkr: array<vec4<f32>, D4>;  // (D) Σ dS q over the part's queries
+    var dvr: array<vec4<f32>, D4>;  // (D) Σ P dout
+    dkv_sums(kb, lid, q0, n, part_start(part, units), part_start(part + 1u, units), &dkr, &dvr);
+    if (lid >= kb.nk) { return; }
+    // Every part stores its rows, zeros if its range was empty: the scratch is not cleared.
+    let ka = kv_at(kb.b, kb.j0 + lid, kb.kvh);
+    let dka = 2u * part * kv_vec4s() + ka;
+    let dva = dka + kv_vec4s();
+    for (var d = 0u; d < D4; d++) {
+        dkv_parts[dka + d] = dkr[d];
+        dkv_parts[dva + d] = dvr[d];
+    }
+}
+
+// dk and dv = the sum of the parts' partials (part 0 first), one vec4 of
+// each an invocation.
+@compute @workgroup_size(WG)
+fn attention_dkv_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let x = flat_group(wid, nwg) * WG + lid;
+    let whole = kv_vec4s();
+    if (x >= whole) { return; }
+    var sk = vec4<f32>(0.0);
+    var sv = vec4<f32>(0.0);
+    for (var s = 0u; s < p.parts; s++) {
+        sk += dkv_parts[2u * s * whole + x];
+        sv += dkv_parts[(2u * s + 1u) * whole + x];
+    }
+    dk[x] = sk;
+    dv[x] = sv;
 }
