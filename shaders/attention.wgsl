@@ -55,7 +55,7 @@ struct Params {
     hkv: u32,     // kv heads
     offset: u32,  // position of query 0
     scale: f32,
-    _pad: u32,
+    parts: u32,   // parts of each key block's dk and dv work (attention_flash.wgsl's split dkv)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

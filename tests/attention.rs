@@ -7,12 +7,13 @@
 
 mod common;
 mod finite_diff;
-use common::attention::{inputs, Dims, Inputs, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
+use common::attention::{inputs, Dims, Inputs, FORCED_SPLITS, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
 use common::{block_on, gpu, randn};
 use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::attention::{
-    attention_backward, attention_forward, attention_forward_cached, write_kv_cache, Variant,
+    attention_backward, attention_forward, attention_forward_cached, write_kv_cache, FlashTiles, Variant,
+    DKV_FILL_INVOCATIONS, MAX_DKV_PARTS,
 };
 use webpeft::kernels::reference::{assert_close, attention as cpu};
 use webpeft::{DType, Error, Tensor};
@@ -101,9 +102,11 @@ fn matches_reference_at_tile_edges() {
 /// shapes that cut their blocks (G heads × 64 / G positions a query block,
 /// tiles of 16 KiB / (8 · head_dim) ≤ 64 rows, 32 keys a dkv block) at every
 /// edge: seq 1, 7, 33, 70 and 45, head_dim 4 to 128 (12 and 20 repadded),
-/// kv groups of 1, 2, 3 (a block of 63 rows) and 4 heads, batch 1 and 3.
+/// kv groups of 1, 2, 3 (a block of 63 rows) and 4 heads, batch 1 and 3;
+/// each with the dk and dv work unsplit, in 2 and 3 parts, and as chosen.
 #[test]
 fn flash_kernels_match_reference() {
+    let variants: Vec<Variant> = [Variant::Flash].into_iter().chain(FORCED_SPLITS).collect();
     for (s, seed) in [
         (Dims { batch: 1, seq: 70, hq: 4, hkv: 1, d: 64 }, 40),
         (Dims { batch: 3, seq: 33, hq: 4, hkv: 2, d: 12 }, 41),
@@ -112,8 +115,33 @@ fn flash_kernels_match_reference() {
         (Dims { batch: 2, seq: 45, hq: 6, hkv: 2, d: 20 }, 44),
         (Dims { batch: 1, seq: 37, hq: 2, hkv: 1, d: 128 }, 45),
     ] {
-        check_variants(s, seed, &[Variant::Flash]);
+        check_variants(s, seed, &variants);
     }
+}
+
+/// How many parts the flash dk and dv work is cut into: enough to bring the
+/// launch near [`DKV_FILL_INVOCATIONS`] (67,584) where the key blocks alone
+/// fall short, at most [`MAX_DKV_PARTS`], never more than the query tiles of
+/// the longest key block, and none where the launch is big enough.
+#[test]
+fn flash_dkv_parts_fill_a_large_gpu() {
+    // Llama-3.2-1B: 32 query heads, 8 kv heads of 64; key blocks of 32, query tiles of 32.
+    let t = FlashTiles::new(64, 4);
+    assert_eq!((t.kb, t.bk), (32, 32));
+    // 1×512: 16 key blocks × 8 kv heads, 128 workgroups of 32 (4,096 invocations).
+    assert_eq!(t.dkv_blocks(1, 512, 8), 128);
+    assert_eq!(t.dkv_parts(1, 512, 512, 32, 8), MAX_DKV_PARTS);
+    // 8×512: 32,768 invocations, 3 parts reach 67,584; 16×512: 65,536, 2 parts; 17×512: none.
+    assert_eq!(t.dkv_parts(8, 512, 512, 32, 8), 3);
+    assert_eq!(t.dkv_parts(16, 512, 512, 32, 8), 2);
+    assert_eq!(t.dkv_parts(17, 512, 512, 32, 8), 1);
+    // Few query tiles: 40 queries of one head per kv head are 2 tiles of 32, 7 are one.
+    let t = FlashTiles::new(64, 1);
+    assert_eq!(t.dkv_parts(1, 40, 40, 2, 2), 2);
+    assert_eq!(t.dkv_parts(3, 7, 7, 2, 2), 1);
+    // ... and 7 queries of each of 4 heads per kv head are 4.
+    assert_eq!(FlashTiles::new(64, 4).dkv_parts(1, 7, 7, 4, 1), 4);
+    assert_eq!(DKV_FILL_INVOCATIONS, 67_584);
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Block-diagonal causal attention for packed rows: the segmented kernels
-//! (every variant, the flash one forced) against the CPU reference on seeded random inputs with
+//! (every variant, the flash one forced, its dk and dv work split as chosen
+//! and in 1, 2 and 3 parts) against the CPU reference on seeded random inputs with
 //! odd shapes and several examples per row, the reference against each
 //! example run alone, and all-zero starts against the plain kernels bit for bit.
 
 mod common;
-use common::attention::{inputs, run, Dims, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
+use common::attention::{inputs, run, Dims, FORCED_SPLITS, GRAD_ABS, GRAD_REL, OUT_ABS, OUT_REL, VARIANTS};
 use common::gpu;
 use webpeft::gpu::Recorder;
 use webpeft::kernels::attention::{attention_forward_segmented, Variant};
@@ -31,7 +32,7 @@ fn check(s: Dims, lengths: &[Vec<usize>], seed: u64) {
         cpu::attention_forward_segmented(&x.q, &x.k, &x.v, &starts, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
     let (want_dq, want_dk, want_dv) =
         cpu::attention_backward(&x.dout, &x.q, &x.k, &x.v, &probs, s.batch, s.seq, s.hq, s.hkv, s.d, s.scale());
-    for variant in VARIANTS {
+    for variant in VARIANTS.into_iter().chain(FORCED_SPLITS) {
         let [out, _, dq, dk, dv] = run(s, &x, Some(&starts), variant);
         let name = format!("{variant:?} {s:?} {lengths:?}");
         assert_close(&format!("{name} out"), &out, &want_out, OUT_ABS, OUT_REL);
@@ -80,7 +81,7 @@ fn one_example_per_row_is_the_plain_kernel_bit_for_bit() {
     let s = Dims { batch: 2, seq: 29, hq: 4, hkv: 2, d: 16 };
     let x = inputs(s, 41);
     let zeros = vec![0u32; s.batch * s.seq];
-    for variant in VARIANTS {
+    for variant in VARIANTS.into_iter().chain([Variant::FlashSplit(3)]) {
         assert_eq!(run(s, &x, Some(&zeros), variant), run(s, &x, None, variant), "{variant:?}");
     }
 }

@@ -4,11 +4,14 @@
 //! GFLOP/s counts the causal half of the products as FlashAttention does:
 //! q·kᵀ and P·v forward (2 · T² · D · H), and five such products backward
 //! (the kernels recompute some of them, which the figure does not count).
+//! The flash kernels run twice: with their dk and dv work split as
+//! [`Variant::Flash`] chooses, and unsplit (`FlashSplit(1)`);
+//! [`dkv_launch_sizes`] says how big either launch is.
 
 use super::{calls_for, fill, time_calls, Figure};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::attention::{attention_backward, attention_forward, Variant};
+use crate::kernels::attention::{attention_backward, attention_forward, FlashTiles, Variant};
 use crate::kernels::matmul::subgroups_usable;
 
 /// (batch, seq, query heads, kv heads, head_dim) of Llama-3.2-1B at 1×512.
@@ -25,7 +28,7 @@ pub async fn attention_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut
     let scale = 1.0 / (d as f32).sqrt();
     let causal = (batch * hq * d) as f64 * (seq * seq) as f64; // 2 · T² / 2 · D · H: one causal product
     let auto = Variant::Auto.resolve(gpu, seq as u32, d);
-    let mut variants = vec![Variant::Portable, Variant::Flash];
+    let mut variants = vec![Variant::Portable, Variant::Flash, Variant::FlashSplit(1)];
     if subgroups_usable(gpu) {
         variants.insert(1, Variant::Subgroup);
     }
@@ -52,6 +55,31 @@ pub async fn attention_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut
         report(&out[out.len() - 1]);
     }
     Ok(out)
+}
+
+/// The flash dk and dv launch at the Llama-1B shape, unsplit (one workgroup
+/// per 32 keys of a kv head) and split as [`Variant::Flash`] splits it (then
+/// a sum pass, one vec4 of dk and of dv an invocation), as lines to print.
+pub fn dkv_launch_sizes() -> [String; 2] {
+    let (batch, seq, hq, hkv, d) = SHAPE;
+    let t = FlashTiles::new(d, hq / hkv);
+    let (blocks, kb) = (t.dkv_blocks(batch, seq, hkv), t.kb as usize);
+    let parts = t.dkv_parts(batch, seq, seq, hq, hkv) as usize;
+    let wg = FlashTiles::WG as usize;
+    let sum = (batch * seq * hkv * d / 4).div_ceil(wg);
+    [
+        format!(
+            "flash dkv launch, 1B attention {batch}×{seq}, {hq}/{hkv} heads of {d}: unsplit {blocks} workgroups × {kb} \
+             invocations = {}",
+            blocks * kb
+        ),
+        format!(
+            "  split in {parts} parts: {} workgroups × {kb} invocations = {}, then the sum: {sum} × {wg} = {}",
+            blocks * parts,
+            blocks * parts * kb,
+            sum * wg
+        ),
+    ]
 }
 
 fn figure(kernel: String, flops: f64, secs: f64) -> Figure {

@@ -7,7 +7,9 @@
 //! instead of the probabilities (`4·B·Hq·T²`, 32 MiB for the same shapes, and
 //! over the binding limit at T = 2048). The backward recomputes the
 //! probabilities from q, k and lse; it also needs v, the forward's `out` and
-//! `dout`, and makes one (batch, n_heads, seq) scratch tensor.
+//! `dout`, and makes one (batch, n_heads, seq) scratch tensor (and, where
+//! the flash kernels split the dk and dv work, one of its parts' partial
+//! sums: `2 · parts` times the size of k; 16 MiB at the Llama-1B shape).
 //!
 //! Packed rows: [`attention_forward_segmented`] and
 //! [`attention_backward_segmented`] keep each query inside its own example
@@ -22,10 +24,14 @@
 //! On real GPUs (`kernels::blocked::is_real_gpu`) training and prefill run the
 //! flash kernels (`shaders/attention_flash.wgsl`): a workgroup stages tiles
 //! of k and v (q and dout, for dk and dv) in workgroup memory once for all
-//! its invocations, one query (key) row each; see [`FlashTiles`].
+//! its invocations, one query (key) row each; see [`FlashTiles`]. Their dk
+//! and dv launch has one workgroup of 32 per 32 keys of a kv head (128 at
+//! the Llama-1B shape), too few for a large GPU, so each key block's work is
+//! cut into parts that a second pass sums ([`FlashTiles::dkv_parts`]).
 
 use bytemuck::{Pod, Zeroable};
 
+use super::blocked::Blocks;
 use super::checks::{all_f32, dims, same_shape, u32_count};
 use super::grid_1d;
 use super::matmul::subgroups_usable;
@@ -96,7 +102,44 @@ impl FlashTiles {
     pub fn workgroup_bytes(self, d4: u32) -> u32 {
         2 * 16 * self.bk * d4
     }
+
+    /// Workgroups of the unsplit dkv launch: one per `kb` keys of each
+    /// (batch, kv head).
+    pub fn dkv_blocks(self, batch: usize, tkv: usize, hkv: usize) -> usize {
+        batch * hkv * tkv.div_ceil(self.kb as usize)
+    }
+
+    /// The parts [`Variant::Flash`] cuts each dkv key block's work into
+    /// (`shaders/attention_flash.wgsl`'s split dkv), for `tq` queries of `hq`
+    /// heads against `tkv` keys of `hkv`: 1 where the unsplit launch has
+    /// [`DKV_FILL_INVOCATIONS`], else enough parts to reach it, at most
+    /// [`MAX_DKV_PARTS`] and never more than the query tiles of the longest
+    /// key block (`hq / hkv` heads × ⌈tq / bk⌉).
+    pub fn dkv_parts(self, batch: usize, tq: usize, tkv: usize, hq: usize, hkv: usize) -> u32 {
+        let invocations = (self.dkv_blocks(batch, tkv, hkv) * self.kb as usize).max(1);
+        if invocations >= DKV_FILL_INVOCATIONS {
+            return 1;
+        }
+        let tiles = (hq / hkv.max(1)) * tq.div_ceil(self.bk as usize);
+        DKV_FILL_INVOCATIONS.div_ceil(invocations).min(MAX_DKV_PARTS as usize).min(tiles).max(1) as u32
+    }
 }
+
+/// Invocations a flash dkv launch should have before its key blocks' work is
+/// split ([`FlashTiles::dkv_parts`]): as many as the blocked matmul's
+/// [`Blocks::FILL`] workgroups of 256, its measure of a launch that keeps a
+/// large GPU busy (67,584). An H200's 132 SMs hold up to 2,048 invocations
+/// each, but dkv workgroups of 32 take 16 KiB of workgroup memory each, so
+/// about 13 of them (416 invocations) fit an SM's 228 KiB: some 57k
+/// invocations on the whole GPU, just under this target. Chosen from how GPUs
+/// work, not yet timed on one.
+pub const DKV_FILL_INVOCATIONS: usize = Blocks::FILL * 256;
+
+/// Most parts a flash dkv key block's work is cut into: each part re-stages
+/// the q and dout tiles at its edges and writes a whole (batch, seq,
+/// n_kv_heads, head_dim) dk and dv of partial sums, which the sum pass reads
+/// back (at the Llama-1B shape, 2 MiB a part).
+pub const MAX_DKV_PARTS: u32 = 8;
 
 /// Which attention kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,8 +157,13 @@ pub enum Variant {
     Subgroup,
     /// `shaders/attention_flash.wgsl`: key and value tiles in workgroup
     /// memory, one row per invocation (real GPUs; runs everywhere, head dims
-    /// up to [`FlashTiles::MAX_HEAD_DIM`], else the portable kernels).
+    /// up to [`FlashTiles::MAX_HEAD_DIM`], else the portable kernels). The
+    /// dk and dv work of each key block is split where the key blocks alone
+    /// would leave a large GPU idle ([`FlashTiles::dkv_parts`]).
     Flash,
+    /// The same with each dkv key block's work cut into this many parts (1:
+    /// no split; a part left without queries of a block stores zeros).
+    FlashSplit(u32),
 }
 
 /// The fewest queries [`Variant::Auto`] gives the flash kernels: a block is
@@ -134,6 +182,7 @@ impl Variant {
             Variant::Auto if subgroups && tq >= SG_WIDTH => Variant::Subgroup,
             Variant::Subgroup if subgroups => Variant::Subgroup,
             Variant::Flash if flash => Variant::Flash,
+            Variant::FlashSplit(parts) if flash => Variant::FlashSplit(parts),
             _ => Variant::Portable,
         }
     }
@@ -149,7 +198,7 @@ struct Params {
     hkv: u32,
     offset: u32,
     scale: f32,
-    _pad: u32,
+    parts: u32, // the split dkv's parts (attention_backward_dkv_flash_split, attention_dkv_sum)
 }
 
 /// Checks q (B, Tq, Hq, D) against k and v (B, Tkv, Hkv, D) and returns the
@@ -192,7 +241,7 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
         hkv: hkv as u32,
         offset: offset as u32,
         scale,
-        _pad: 0,
+        parts: 1,
     })
 }
 
@@ -203,13 +252,14 @@ fn check(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, sc
 /// flash kernels take `flash` instead (and P = PK = 1).
 #[derive(Clone, Copy)]
 struct Launch {
-    variant: Variant, // Portable, Subgroup or Flash, as resolved for the device
+    variant: Variant, // Portable, Subgroup or Flash (FlashSplit too), as resolved for the device
     segments: bool,   // packed rows: the kernels read starts (binding 16)
     d4: u32,
     g: u32,
     p: u32,
     pk: u32,
     flash: Option<FlashTiles>,
+    dkv_parts: u32, // the flash dkv's parts (1: unsplit); 1 for the other variants
 }
 
 impl Launch {
@@ -222,16 +272,22 @@ impl Launch {
         let d4 = head_dim.div_ceil(4);
         let group = (p.hq / p.hkv) as usize;
         let variant = variant.resolve(gpu, p.tq, head_dim);
-        if variant == Variant::Flash {
+        if let Variant::Flash | Variant::FlashSplit(_) = variant {
             let t = FlashTiles::new(head_dim, group);
-            return Launch { variant, segments: false, d4: d4 as u32, g: t.g, p: 1, pk: 1, flash: Some(t) };
+            let dkv_parts = match variant {
+                Variant::FlashSplit(parts) => parts.max(1),
+                _ => t.dkv_parts(p.batch as usize, p.tq as usize, p.tkv as usize, p.hq as usize, p.hkv as usize),
+            };
+            let (variant, flash) = (Variant::Flash, Some(t));
+            return Launch { variant, segments: false, d4: d4 as u32, g: t.g, p: 1, pk: 1, flash, dkv_parts };
         }
         let rows = (budget / d4).clamp(1, 8);
         let g = (1..=rows.min(group)).rev().find(|g| group % g == 0).unwrap_or(1);
         // Powers of two, so that generation's few sequence lengths share pipelines.
         let positions = (rows / g).min((p.tq as usize).next_power_of_two()).max(1);
         let pk = rows.min((p.tkv as usize).next_power_of_two());
-        Launch { variant, segments: false, d4: d4 as u32, g: g as u32, p: positions as u32, pk: pk as u32, flash: None }
+        let (g, p, pk) = (g as u32, positions as u32, pk as u32);
+        Launch { variant, segments: false, d4: d4 as u32, g, p, pk, flash: None, dkv_parts: 1 }
     }
 
     fn key(&self, entry: &'static str) -> PipelineKey {
@@ -247,6 +303,8 @@ impl Launch {
             (Variant::Flash, "attention_forward") => (flash, "attention_forward_flash"),
             (Variant::Flash, "attention_backward_dq") => (flash, "attention_backward_dq_flash"),
             (Variant::Flash, "attention_backward_dkv") => (flash, "attention_backward_dkv_flash"),
+            (Variant::Flash, "attention_backward_dkv_split") => (flash, "attention_backward_dkv_flash_split"),
+            (Variant::Flash, "attention_dkv_sum") => (flash, "attention_dkv_sum"),
             _ => (plain, entry),
         };
         let key = PipelineKey::new(kernel, entry)
@@ -273,11 +331,12 @@ impl Launch {
         }
     }
 
-    /// The grid of attention_backward_dkv.
+    /// The grid of attention_backward_dkv (for the flash kernels, of its
+    /// split with `p.parts` parts).
     fn key_grid(&self, p: &Params) -> [u32; 3] {
         let heads = (p.batch * p.hkv) as usize;
         if let Some(t) = self.flash {
-            return grid_1d(heads * p.tkv.div_ceil(t.kb) as usize);
+            return grid_1d(t.dkv_blocks(p.batch as usize, p.tkv as usize, p.hkv as usize) * p.parts as usize);
         }
         match self.variant {
             Variant::Subgroup => grid_1d(heads * p.tkv.div_ceil(SG_WIDTH * self.pk) as usize),
@@ -501,8 +560,24 @@ fn backward_vec4(
     let delta = rec.alloc(lse.shape(), DType::F32)?;
     let bound = [(1, q), (2, k), (3, v), (6, out), (7, dout), (8, lse), (9, &dq), (10, &delta)];
     rec.dispatch_bound(&launch.key("attention_backward_dq"), p, &with_starts(&bound, starts), launch.query_grid(p))?;
-    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv)];
-    rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &with_starts(&bound, starts), launch.key_grid(p))?;
+    // The split dkv's scratch must fit one binding, else fewer parts.
+    let max_parts = (rec.gpu().max_binding_bytes() / (2 * dk.bytes()).max(1)).max(1);
+    let parts = launch.dkv_parts.min(u32::try_from(max_parts).unwrap_or(u32::MAX));
+    if parts == 1 {
+        let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (12, &dk), (13, &dv)];
+        rec.dispatch_bound(&launch.key("attention_backward_dkv"), p, &with_starts(&bound, starts), launch.key_grid(p))?;
+        return Ok([dq, dk, dv]);
+    }
+    let p = Params { parts, ..*p };
+    // (parts · 2, batch, seq, n_kv_heads, head_dim): each part's dk, then its dv; every element written.
+    let mut scratch = k.shape().to_vec();
+    scratch.insert(0, 2 * parts as usize);
+    let partial = rec.alloc(&scratch, DType::F32)?;
+    let bound = [(1, q), (2, k), (3, v), (7, dout), (8, lse), (11, &delta), (17, &partial)];
+    let key = launch.key("attention_backward_dkv_split");
+    rec.dispatch_bound(&key, &p, &with_starts(&bound, starts), launch.key_grid(&p))?;
+    let groups = grid_1d((k.numel() / 4).div_ceil(WG as usize));
+    rec.dispatch_bound(&launch.key("attention_dkv_sum"), &p, &[(12, &dk), (13, &dv), (17, &partial)], groups)?;
     Ok([dq, dk, dv])
 }
 
@@ -561,7 +636,7 @@ pub fn write_kv_cache(rec: &mut Recorder, new: &Tensor, cache: &Tensor, offset: 
 /// odd, and a decoding step, a short and a long sequence. The flash
 /// kernels' constants follow from head_dim and the group alone: a sample of
 /// tile rows 64 to 16 and blocks of 1 and 3 heads (their compile is slow on
-/// lavapipe), packed rows for two of them.
+/// lavapipe), packed rows for two of them, each with the split dkv and its sum.
 pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for budget in [TILE_VEC4S, GPU_TILE_VEC4S] {
@@ -588,7 +663,8 @@ pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         let p = Params { batch: 1, tq: 64, tkv: 64, hq: group, hkv: 1, ..Params::zeroed() };
         let launch = Launch::with_budget(gpu, Variant::Flash, &p, head_dim, GPU_TILE_VEC4S);
         let segments = !flash.contains(&(head_dim, group));
-        for entry in ["attention_forward", "attention_backward_dq", "attention_backward_dkv"] {
+        let entries = ["attention_forward", "attention_backward_dq", "attention_backward_dkv"];
+        for entry in entries.into_iter().chain(["attention_backward_dkv_split", "attention_dkv_sum"]) {
             keys.push(Launch { segments, ..launch }.key(entry));
         }
     }

@@ -21,6 +21,12 @@ pub const GRAD_REL: f32 = 1e-4;
 /// Every variant; the subgroup one runs the portable kernels where subgroups cannot, the flash one is forced.
 pub const VARIANTS: [Variant; 3] = [Variant::Portable, Variant::Subgroup, Variant::Flash];
 
+/// The flash kernels with their dk and dv work forced into 1 (the unsplit
+/// kernel), 2 and 3 parts (uneven: parts of one query more, and empty ones
+/// where a key block sees fewer queries than that). `Variant::Flash` chooses
+/// the parts itself: on the tests' small shapes, mostly several.
+pub const FORCED_SPLITS: [Variant; 3] = [Variant::FlashSplit(1), Variant::FlashSplit(2), Variant::FlashSplit(3)];
+
 /// A case: q (batch, seq, hq, d), k and v (batch, seq, hkv, d).
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {

@@ -58,8 +58,9 @@ pub struct BenchArgs {
     /// Only time the matmul and attention kernels (no training or generation).
     #[arg(long, conflicts_with = "train")]
     kernels: bool,
-    /// Only time attention forward and backward, each variant, at the
-    /// Llama-3.2-1B shape (1×512, 32/8 heads of 64).
+    /// Only time attention forward and backward, each variant (flash with
+    /// its dk and dv work split and unsplit), at the Llama-3.2-1B shape
+    /// (1×512, 32/8 heads of 64), after the sizes of the flash dk/dv launch.
     #[arg(long, conflicts_with_all = ["train", "kernels"])]
     attention: bool,
     /// The model folder to train and generate with; without it, two random
@@ -406,6 +407,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if attention {
+        webpeft::bench::attention::dkv_launch_sizes().iter().for_each(|line| out!("{line}"));
         print_header(&gpu);
         webpeft::bench::attention::attention_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
         return Ok(());
