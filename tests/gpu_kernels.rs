@@ -167,6 +167,10 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     assert_eq!(tuning_counts(&plain), (0, 0));
     // Entries that are no valid block here are skipped; garbage is an error.
     assert_eq!(import_tuning(&plain, r#"{"f32 nt m2^4 n2^4 k2^4 b2^0": [64, 64, 8, 3, 4]}"#), Ok(0));
+    // f16 compute's blocks walk K in slices that divide its 32-product runs.
+    let f16_class = |bk: u32| format!(r#"{{"nf4 fwd f16 m2^9 n2^11 k2^11 b2^0": [64, 64, {bk}, 4, 4]}}"#);
+    assert_eq!(import_tuning(&plain, &f16_class(12)), Ok(0));
+    assert_eq!(import_tuning(&plain, &f16_class(16)), Ok(1));
     assert!(import_tuning(&plain, "[1, 2]").is_err());
     let _ = std::fs::remove_file(&cache);
 

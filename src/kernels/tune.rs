@@ -116,13 +116,23 @@ impl Tuning {
         let mut taken = 0;
         for (class, [bm, bn, bk, tm, tn]) in map {
             let b = Blocks { bm, bn, bk, tm, tn };
-            if b.check(gpu).is_ok() {
+            if fits(&class, b, gpu) {
                 self.pending.remove(&class);
                 self.choices.insert(class, b);
                 taken += 1;
             }
         }
         Ok(taken)
+    }
+}
+
+/// Whether `b` builds on `gpu` for products of `class`: an f16-compute
+/// class ([`Product::class`] "… fwd f16 …") needs [`Blocks::check_f16`].
+fn fits(class: &str, b: Blocks, gpu: &Gpu) -> bool {
+    if class.contains(" f16 m") {
+        b.check_f16(gpu).is_ok()
+    } else {
+        b.check(gpu).is_ok()
     }
 }
 
@@ -286,7 +296,7 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
     let mut report = Vec::new();
     for (class, product) in pending {
         let (m, n, _, batch) = product.dims();
-        let cands: Vec<Blocks> = candidates(m, n, batch).into_iter().filter(|b| b.check(gpu).is_ok()).collect();
+        let cands: Vec<Blocks> = candidates(m, n, batch).into_iter().filter(|&b| fits(&class, b, gpu)).collect();
         let mut times = Vec::with_capacity(cands.len());
         let timer = Timer::new(gpu, &product)?;
         for &b in &cands {
