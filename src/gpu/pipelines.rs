@@ -16,13 +16,19 @@ pub enum Kernel {
     MatmulSubgroup,
     /// matmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
     MatmulBlocked,
-    /// matmul.wgsl with the decoding GEMV core appended (real GPUs).
+    /// matmul.wgsl with the decoding GEMV appended: f32 sums, the portable
+    /// reduction (real GPUs).
     MatmulGemv,
+    /// The same with the subgroup reduction (needs Features::SUBGROUP).
+    MatmulGemvSubgroup,
     QMatmul,
     /// qmatmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
     QMatmulBlocked,
-    /// qmatmul.wgsl with the decoding GEMV core appended (real GPUs).
+    /// qmatmul.wgsl with the decoding GEMV appended: f32 sums, the portable
+    /// reduction (real GPUs).
     QMatmulGemv,
+    /// The same with the subgroup reduction (needs Features::SUBGROUP).
+    QMatmulGemvSubgroup,
     /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     QMatmulSubgroup,
     /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
@@ -59,14 +65,16 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
         Kernel::MatmulGemv,
+        Kernel::MatmulGemvSubgroup,
         Kernel::QMatmul,
         Kernel::QMatmulBlocked,
         Kernel::QMatmulGemv,
+        Kernel::QMatmulGemvSubgroup,
         Kernel::QMatmulSubgroup,
         Kernel::QMatmulF16,
         Kernel::Quant,
@@ -103,9 +111,16 @@ impl Kernel {
             Kernel::MatmulBlocked => {
                 concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemm_blocked.wgsl"))
             }
-            Kernel::MatmulGemv => {
-                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
-            }
+            Kernel::MatmulGemv => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::MatmulGemvSubgroup => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
+            ),
             Kernel::QMatmul => {
                 concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/qmatmul.wgsl"))
             }
@@ -117,7 +132,14 @@ impl Kernel {
             Kernel::QMatmulGemv => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
                 include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::QMatmulGemvSubgroup => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
             ),
             Kernel::QMatmulSubgroup => {
                 concat!(
@@ -203,9 +225,11 @@ impl Kernel {
             Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::MatmulBlocked => "matmul_blocked",
             Kernel::MatmulGemv => "matmul_gemv",
+            Kernel::MatmulGemvSubgroup => "matmul_gemv_subgroup",
             Kernel::QMatmul => "qmatmul",
             Kernel::QMatmulBlocked => "qmatmul_blocked",
             Kernel::QMatmulGemv => "qmatmul_gemv",
+            Kernel::QMatmulGemvSubgroup => "qmatmul_gemv_subgroup",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::QMatmulF16 => "qmatmul_f16",
             Kernel::Quant => "quant",

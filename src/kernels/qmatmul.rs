@@ -258,7 +258,8 @@ pub enum QVariant {
     Blocked(Blocks),
     /// The same with K split in this many parts (1: no split).
     BlockedSplit(Blocks, u32),
-    /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
+    /// The decoding GEMV (`shaders/gemv.wgsl`, its subgroup reduction in
+    /// `shaders/gemv_subgroup.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows and vec4-aligned rows; `Blocked` otherwise.
     Gemv(GemvTiles),
 }
@@ -281,7 +282,7 @@ impl QVariant {
         let m = g.m;
         if is_real_gpu(gpu) {
             return if !backward && aligned && m <= GemvTiles::MAX_M {
-                QVariant::Gemv(GemvTiles::DEFAULT)
+                QVariant::Gemv(GemvTiles::for_gpu(gpu))
             } else {
                 let product = super::tune::Product::Quant { format, backward, m, n: g.n, k: g.k };
                 QVariant::Blocked(super::tune::blocks_for(gpu, product, Blocks::for_shape(m, g.n, 1)))
@@ -353,8 +354,10 @@ fn blocked_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: 
         .with("FORWARD", Const::Bool(!backward))
 }
 
+/// The GEMV's module for its reduction.
 fn gemv_key(layout: Layout, t: GemvTiles, m: usize) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), m)
+    let kernel = if t.subgroup { Kernel::QMatmulGemvSubgroup } else { Kernel::QMatmulGemv };
+    t.with_consts(PipelineKey::new(kernel, t.entry()), m)
         .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(true))
 }
@@ -379,7 +382,8 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// tuned ones) through the vec4 and the scalar entries, the yardstick, the
 /// subgroup block and the f16-compute kernels where the device runs them, the
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
-/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows.
+/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows (its subgroup
+/// reduction too where the device has subgroups).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for format in Layout::ALL {
@@ -405,7 +409,9 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
                 }
             }
         }
-        keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, GemvTiles::DEFAULT, m)));
+        for t in [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)] {
+            keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m)));
+        }
     }
     keys
 }
@@ -543,10 +549,7 @@ fn record_quant(
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
         }
-        QVariant::Gemv(t) => {
-            t.check().map_err(|e| Error::shape(op, e))?;
-            rec.dispatch_bound(&gemv_key(p.layout, t, g.m), &params, &bind4, t.grid(g.n))
-        }
+        QVariant::Gemv(t) => record_gemv(rec, g, params, x, p, out, t),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -570,6 +573,21 @@ fn record_quant(
             rec.dispatch_bound(&naive_key(p.layout, backward), &params, &bind1, groups)
         }
     }
+}
+
+/// The decoding GEMV forward.
+fn record_gemv(
+    rec: &mut Recorder,
+    g: &Gemm,
+    params: Params,
+    x: &Tensor,
+    p: &Packed,
+    out: &Tensor,
+    t: GemvTiles,
+) -> Result<()> {
+    let t = t.on(rec.gpu());
+    t.check().map_err(|e| Error::shape("linear", e))?;
+    rec.dispatch_bound(&gemv_key(p.layout, t, g.m), &params, &bind4_of(x, p, out), t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).
