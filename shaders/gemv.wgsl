@@ -16,7 +16,8 @@
 //                 gemv_x4(m, k) -> vec4<f32>    x[m, k..k+4]          (k % 4 == 0)
 //                 gemv_w4(n, k) -> vec4<f32>    W[n, k..k+4], decoded (k % 4 == 0)
 //                 gemv_store(m, n, value)       y[m, n] = (or +=) alpha · value
-//   arithmetic  gemv_f32.wgsl (f32 sums), which supplies
+//   arithmetic  gemv_f32.wgsl (f32 sums) or gemv_f16.wgsl (f16 compute), which
+//               supplies
 //                 GV_PASS                        vec4 steps a lane takes per pass
 //                 gemv_setup(index, count)       per-workgroup preparation (all
 //                                                invocations, uniform control flow)

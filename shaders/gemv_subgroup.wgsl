@@ -43,7 +43,7 @@
 const GV_WG: u32 = GV_LANES * GV_ROWS;
 
 // Vec4 steps of K per chunk where subgroups share a row: whole passes of
-// GV_LANES lanes.
+// GV_LANES lanes (so whole f16 runs).
 const GV_CHUNK: u32 = GV_LANES * GV_PASS;
 
 var<workgroup> gv_part: array<f32, GV_M * GV_WG>;  // (GV_M, subgroups) each subgroup's total of its row

@@ -12,6 +12,7 @@
 mod common;
 
 use common::{block_on, fixture, gpu, lora_batch, randn, uniform, Fixture};
+use webpeft::kernels::blocked::GemvTiles;
 use webpeft::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use webpeft::kernels::reference::matmul::matmul_f16_compute;
 use webpeft::model::{DirFiles, Model};
@@ -74,10 +75,11 @@ fn worst(label: &str, got: &[f32], want: &[f64], mag: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// y = x·Wᵀ and dx = dy·W through a weight computing in f16, against the
-/// reference of the f16 arithmetic and the exact product. (f32 compute is
-/// tests/quant.rs's; here it only stands in where the device has no f16.)
-fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, seed: u64) {
+/// y = x·Wᵀ and dx = dy·W through a weight computing in f16 with `variant`,
+/// against the reference of the f16 arithmetic and the exact product. (f32
+/// compute is tests/quant.rs's; here it only stands in where the device has
+/// no f16.)
+fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, seed: u64, variant: QVariant) {
     let w = randn(seed, rows * cols).iter().map(|v| v * 0.05).collect::<Vec<_>>();
     let mut qw = QWeight::from_f32(gpu, &w, rows, cols, format).unwrap();
     let deq = block_on(qw.to_f32(gpu)).unwrap();
@@ -90,12 +92,12 @@ fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, see
         let y = Tensor::zeros(gpu, &[m, rows], DType::F32).unwrap();
         let dx = Tensor::zeros(gpu, &[m, cols], DType::F32).unwrap();
         let mut rec = webpeft::gpu::Recorder::new(gpu);
-        qgemm_with(&mut rec, &tx, qw, &y, false, QVariant::Tiled).unwrap();
-        qgemm_with(&mut rec, &tdy, qw, &dx, true, QVariant::Tiled).unwrap();
+        qgemm_with(&mut rec, &tx, qw, &y, false, variant).unwrap();
+        qgemm_with(&mut rec, &tdy, qw, &dx, true, variant).unwrap();
         rec.submit().unwrap();
         (block_on(y.to_vec::<f32>(gpu)).unwrap(), block_on(dx.to_vec::<f32>(gpu)).unwrap())
     };
-    let label = format!("{} {m}x{rows}x{cols}", format.name());
+    let label = format!("{} {m}x{rows}x{cols} {variant:?}", format.name());
     if !gpu.info().shader_f16 {
         // No SHADER_F16: the weight computes in f32, and says so.
         let f32_results = run(&qw);
@@ -130,8 +132,32 @@ fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, see
 fn quantized_kernels_compute_in_f16() {
     let gpu = gpu();
     for (format, seed) in [(QuantFormat::Nf4, 10), (QuantFormat::Q8_0, 20), (QuantFormat::F16, 30)] {
-        check(gpu, 37, 68, 160, format, seed); // K 160 and 68: 5 runs, and 2 runs and a ragged one
-        check(gpu, 3, 100, 96, format, seed + 1); // decoding: the few-rows tiles
+        check(gpu, 37, 68, 160, format, seed, QVariant::Tiled); // K 160 and 68: 5 runs, and 2 runs and a ragged one
+        check(gpu, 3, 100, 96, format, seed + 1, QVariant::Tiled); // decoding: the few-rows tiles
+    }
+}
+
+/// Decoding's GEMV computing in f16 (shaders/gemv_f16.wgsl) with the
+/// portable and the subgroup reduction in layouts like tests/gemv.rs's (on
+/// lavapipe's 8-lane subgroups: 4 and 2 subgroups a row, one subgroup taking
+/// 2 rows, a subgroup of one lane): 1, 2, 3 and 8 rows of x, N = 44 cutting
+/// the last workgroup of 8 and of 3 rows (and a multiple of 4, so the
+/// backward, which the GEMV does not take, runs the f16 tiles), K of 34 runs
+/// and a ragged one (1100; Q8_0 rows hold whole 32-value blocks: 1056, 33
+/// runs), neither a multiple of a pass of the lanes.
+#[test]
+fn decoding_gemv_computes_in_f16() {
+    let gpu = gpu();
+    let sg = |lanes, rows| GemvTiles { lanes, rows, subgroup: true };
+    let forms = [GemvTiles::DEFAULT, GemvTiles::SUBGROUP, sg(16, 3), sg(4, 8), sg(3, 3)];
+    for (f, (format, k)) in
+        [(QuantFormat::Nf4, 1100), (QuantFormat::Q8_0, 1056), (QuantFormat::F16, 1100)].into_iter().enumerate()
+    {
+        for (i, t) in forms.into_iter().enumerate() {
+            for (j, m) in [1, 2, 3, 8].into_iter().enumerate() {
+                check(gpu, m, 44, k, format, 100 + 100 * f as u64 + 10 * i as u64 + j as u64, QVariant::Gemv(t));
+            }
+        }
     }
 }
 

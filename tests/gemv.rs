@@ -3,7 +3,9 @@
 //! (`shaders/gemv_subgroup.wgsl`), forced here on lavapipe, against the CPU
 //! reference with seeded inputs: 1, 2, 3 and 8 rows of x, N cutting the last
 //! workgroup, K not a multiple of the lanes' pass, f32 and NF4, Q8_0 and f16
-//! weights, accumulation and alpha. And which GEMV each kernel family picks.
+//! weights, accumulation and alpha. Its f16 compute is checked against the
+//! reference of the f16 arithmetic in tests/f16_compute.rs. And which GEMV
+//! each kernel family picks.
 
 mod common;
 
@@ -13,7 +15,7 @@ use webpeft::kernels::blocked::GemvTiles;
 use webpeft::kernels::matmul::{gemm_with, linear, Gemm, Tiles, Variant};
 use webpeft::kernels::qmatmul::{qlinear, qlinear_accumulate, QVariant, QWeight};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
-use webpeft::quant::QuantFormat;
+use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::{Gpu, GpuOptions, Tensor};
 
 /// Each GEMV form, and what it exercises on lavapipe's 8-lane subgroups.
@@ -103,9 +105,10 @@ fn quantized_weights_every_form() {
 
 /// On the real-GPU kernel family (forced on lavapipe, as `--kernel-family
 /// gpu` does) a decoding step's products take the GEMV, with the subgroup
-/// reduction where the device has subgroups (the kernels that ran are read
-/// from the profile), and the results hold: y = x·Wᵀ, then += x·Wᵀ.
-/// lavapipe's own family keeps its few-rows tiles.
+/// reduction where the device has subgroups and in f16 for a weight
+/// computing in f16 (the kernels that ran are read from the profile), and
+/// the results hold: y = x·Wᵀ in f32, then += x·Wᵀ in f16. lavapipe's own
+/// family keeps its few-rows tiles.
 #[test]
 fn decoding_picks_the_gemv_on_the_gpu_family() {
     let (m, n, k) = (2, 45, 1056);
@@ -125,13 +128,14 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
     let x = randn(3001, m * k);
     let tx = Tensor::from_slice(gpu, &[m, k], &x).unwrap();
     let tw = Tensor::from_slice(gpu, &[n, k], &w).unwrap();
-    let qw = QWeight::from_f32(gpu, &w, n, k, QuantFormat::Nf4).unwrap();
+    let mut qw = QWeight::from_f32(gpu, &w, n, k, QuantFormat::Nf4).unwrap();
     let deq = block_on(qw.to_f32(gpu)).unwrap();
     gpu.set_profiling(true).unwrap();
     let mut rec = Recorder::new(gpu);
     let y32 = linear(&mut rec, &tx, &tw).unwrap();
     let y = qlinear(&mut rec, &tx, &qw).unwrap();
     rec.submit().unwrap();
+    let half = qw.set_compute(gpu, ComputeDtype::F16).unwrap() == ComputeDtype::F16;
     let mut rec = Recorder::new(gpu);
     qlinear_accumulate(&mut rec, &tx, &qw, &y, false).unwrap();
     rec.submit().unwrap();
@@ -140,6 +144,9 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
     let mut ran: Vec<String> = block_on(gpu.take_profile()).unwrap().into_iter().map(|t| t.kernel).collect();
     let (sg, entry) = if gemv.subgroup { ("_subgroup", "gemv_nt_sg") } else { ("", "gemv_nt") };
     let mut want = vec![format!("matmul_gemv{sg}/{entry}"), format!("qmatmul_gemv{sg}/{entry}")];
+    if half {
+        want.push(format!("qmatmul_gemv_f16{sg}/{entry}"));
+    }
     ran.sort();
     want.sort();
     assert_eq!(ran, want, "kernels that ran on {}", gpu.describe());
@@ -147,7 +154,7 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
     let mut want_y32 = vec![0.0; m * n];
     cpu::matmul(&x, &w, &mut want_y32, m, n, k, false, true, false);
     assert_close("f32 weight", &block_on(y32.to_vec::<f32>(gpu)).unwrap(), &want_y32, ABS, REL * (k as f32).sqrt());
-    // y = x·Wᵀ twice.
+    // y = x·Wᵀ twice, once in f16: within f16's 2^-8 of Σ|x||W| of the exact sum.
     let got = block_on(y.to_vec::<f32>(gpu)).unwrap();
     for i in 0..m {
         for j in 0..n {
@@ -155,7 +162,7 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
             let exact: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
             let mag: f64 = xr.iter().zip(wr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
             let err = (got[i * n + j] as f64 - 2.0 * exact).abs();
-            let bound = 1e-5 * mag;
+            let bound = if half { mag / 256.0 } else { 1e-5 * mag };
             assert!(err <= bound, "y[{i}, {j}] = {}, want {}: off by {err:e} > {bound:e}", got[i * n + j], 2.0 * exact);
         }
     }

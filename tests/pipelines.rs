@@ -50,7 +50,8 @@ fn every_pipeline_variant_compiles() {
                 webpeft::kernels::matmul::subgroups_usable(gpu)
             }
             Kernel::MatmulGemvSubgroup | Kernel::QMatmulGemvSubgroup => info.subgroups,
-            Kernel::QMatmulF16 => info.shader_f16,
+            Kernel::QMatmulF16 | Kernel::QMatmulGemvF16 => info.shader_f16,
+            Kernel::QMatmulGemvF16Subgroup => info.shader_f16 && info.subgroups,
             _ => true,
         };
         assert!(launched || !needs, "no pipeline of {} is listed in kernels::variants", kernel.name());

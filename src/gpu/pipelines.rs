@@ -29,6 +29,10 @@ pub enum Kernel {
     QMatmulGemv,
     /// The same with the subgroup reduction (needs Features::SUBGROUP).
     QMatmulGemvSubgroup,
+    /// The GEMV computing in f16, portable reduction, behind `enable f16;` (needs SHADER_F16).
+    QMatmulGemvF16,
+    /// The GEMV computing in f16 with the subgroup reduction (needs SHADER_F16 and SUBGROUP).
+    QMatmulGemvF16Subgroup,
     /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     QMatmulSubgroup,
     /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
@@ -65,7 +69,7 @@ pub enum Kernel {
 impl Kernel {
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 30] = [
+    pub const ALL: [Kernel; 32] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -75,6 +79,8 @@ impl Kernel {
         Kernel::QMatmulBlocked,
         Kernel::QMatmulGemv,
         Kernel::QMatmulGemvSubgroup,
+        Kernel::QMatmulGemvF16,
+        Kernel::QMatmulGemvF16Subgroup,
         Kernel::QMatmulSubgroup,
         Kernel::QMatmulF16,
         Kernel::Quant,
@@ -139,6 +145,18 @@ impl Kernel {
                 include_str!("../../shaders/four_bit.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
+            ),
+            Kernel::QMatmulGemvF16 => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f16.wgsl"),
+                include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::QMatmulGemvF16Subgroup => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f16.wgsl"),
                 include_str!("../../shaders/gemv_subgroup.wgsl")
             ),
             Kernel::QMatmulSubgroup => {
@@ -230,6 +248,8 @@ impl Kernel {
             Kernel::QMatmulBlocked => "qmatmul_blocked",
             Kernel::QMatmulGemv => "qmatmul_gemv",
             Kernel::QMatmulGemvSubgroup => "qmatmul_gemv_subgroup",
+            Kernel::QMatmulGemvF16 => "qmatmul_gemv_f16",
+            Kernel::QMatmulGemvF16Subgroup => "qmatmul_gemv_f16_subgroup",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::QMatmulF16 => "qmatmul_f16",
             Kernel::Quant => "quant",
@@ -313,7 +333,8 @@ impl PipelineKey {
 
     fn prelude(&self) -> String {
         // Enable directives come before every declaration.
-        let enable = if self.kernel == Kernel::QMatmulF16 { "enable f16;\n" } else { "" };
+        let f16 = matches!(self.kernel, Kernel::QMatmulF16 | Kernel::QMatmulGemvF16 | Kernel::QMatmulGemvF16Subgroup);
+        let enable = if f16 { "enable f16;\n" } else { "" };
         let consts: String = self.consts.iter().map(|(n, c)| c.wgsl(n)).collect();
         format!("{enable}{consts}")
     }

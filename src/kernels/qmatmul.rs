@@ -261,6 +261,7 @@ pub enum QVariant {
     /// The decoding GEMV (`shaders/gemv.wgsl`, its subgroup reduction in
     /// `shaders/gemv_subgroup.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows and vec4-aligned rows; `Blocked` otherwise.
+    /// A weight computing in f16 runs its f16 form (`shaders/gemv_f16.wgsl`).
     Gemv(GemvTiles),
 }
 
@@ -354,9 +355,14 @@ fn blocked_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: 
         .with("FORWARD", Const::Bool(!backward))
 }
 
-/// The GEMV's module for its reduction.
-fn gemv_key(layout: Layout, t: GemvTiles, m: usize) -> PipelineKey {
-    let kernel = if t.subgroup { Kernel::QMatmulGemvSubgroup } else { Kernel::QMatmulGemv };
+/// The GEMV's module for its reduction and, with `half`, f16 compute.
+fn gemv_key(layout: Layout, t: GemvTiles, m: usize, half: bool) -> PipelineKey {
+    let kernel = match (half, t.subgroup) {
+        (false, false) => Kernel::QMatmulGemv,
+        (false, true) => Kernel::QMatmulGemvSubgroup,
+        (true, false) => Kernel::QMatmulGemvF16,
+        (true, true) => Kernel::QMatmulGemvF16Subgroup,
+    };
     t.with_consts(PipelineKey::new(kernel, t.entry()), m)
         .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(true))
@@ -383,7 +389,7 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// subgroup block and the f16-compute kernels where the device runs them, the
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
 /// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows (its subgroup
-/// reduction too where the device has subgroups).
+/// reduction and f16 compute where the device has them).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for format in Layout::ALL {
@@ -409,8 +415,11 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
                 }
             }
         }
-        for t in [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)] {
-            keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m)));
+        let halves: &[bool] = if gpu.info().shader_f16 { &[false, true] } else { &[false] };
+        for &half in halves {
+            for t in [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)] {
+                keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m, half)));
+            }
         }
     }
     keys
@@ -518,6 +527,10 @@ fn record_quant(
         k_split: 0,
     };
     let aligned = vec4_layout(g, backward);
+    // Decoding in f16: the GEMV's f16 form; other variants take qmatmul_f16.wgsl below.
+    if let (QVariant::Gemv(t), true) = (variant, half && !backward && aligned && g.m <= GemvTiles::MAX_M) {
+        return record_gemv(rec, g, params, x, p, out, t, true);
+    }
     if half && aligned && variant != QVariant::Naive {
         // shaders/qmatmul_f16.wgsl, whichever variant was asked for (it has no
         // subgroup form); odd layouts and the yardstick stay f32 below.
@@ -549,7 +562,7 @@ fn record_quant(
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), splits)
         }
-        QVariant::Gemv(t) => record_gemv(rec, g, params, x, p, out, t),
+        QVariant::Gemv(t) => record_gemv(rec, g, params, x, p, out, t, false),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -575,7 +588,9 @@ fn record_quant(
     }
 }
 
-/// The decoding GEMV forward.
+/// The decoding GEMV forward, in f16 with `half` (`shaders/gemv_f16.wgsl`,
+/// the arithmetic of `shaders/qmatmul_f16.wgsl`), else in f32.
+#[allow(clippy::too_many_arguments)]
 fn record_gemv(
     rec: &mut Recorder,
     g: &Gemm,
@@ -584,10 +599,11 @@ fn record_gemv(
     p: &Packed,
     out: &Tensor,
     t: GemvTiles,
+    half: bool,
 ) -> Result<()> {
     let t = t.on(rec.gpu());
     t.check().map_err(|e| Error::shape("linear", e))?;
-    rec.dispatch_bound(&gemv_key(p.layout, t, g.m), &params, &bind4_of(x, p, out), t.grid(g.n))
+    rec.dispatch_bound(&gemv_key(p.layout, t, g.m, half), &params, &bind4_of(x, p, out), t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).
