@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::blocked::Blocks;
+use crate::kernels::blocked::{Blocks, GemvTiles};
 use crate::kernels::matmul::{gemm_with, subgroups_usable, Gemm, SgTiles, Tiles, Variant};
 use crate::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use crate::quant::{ComputeDtype, QuantFormat};
@@ -142,7 +142,8 @@ pub async fn bench_matmul(gpu: &Gpu, name: &str, g: &Gemm, variant: Variant, rep
         n: g.n,
         k: g.k,
         op: op_name(g.trans_a, g.trans_b),
-        weight_gbps: None,
+        // The GEMV's B is a Linear weight W (n, k), read once.
+        weight_gbps: matches!(variant, Variant::Gemv(_)).then(|| (4 * g.n * g.k) as f64 / secs / 1e9),
     })
 }
 
@@ -174,8 +175,11 @@ pub async fn bench_qmatmul(
             // An f32 weight goes through `gemm`, which picks its own kernel.
             ComputeDtype::F32 if format == QuantFormat::F32 => "f32-weight gemm".into(),
             ComputeDtype::F32 => format!("{} {}", format.name(), qvariant_name(variant)),
-            // f16 compute: the blocked kernel, or qmatmul_f16.wgsl's tiles for any other variant.
+            // f16 compute: the GEMV's and the blocked kernel's f16 forms, else qmatmul_f16.wgsl's tiles.
             ComputeDtype::F16 => match variant {
+                QVariant::Gemv(t) if !backward && g.m <= GemvTiles::MAX_M && g.k % 4 == 0 => {
+                    format!("{} f16-compute {}", format.name(), gemv_name(t))
+                }
                 QVariant::Blocked(_) | QVariant::BlockedSplit(..) => {
                     format!("{} f16-compute {}", format.name(), qvariant_name(variant))
                 }
@@ -201,8 +205,12 @@ fn variant_name(v: Variant) -> String {
         Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         Variant::Blocked(b) => blocks_name(b),
         Variant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
-        Variant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
+        Variant::Gemv(t) => gemv_name(t),
     }
+}
+
+fn gemv_name(t: GemvTiles) -> String {
+    format!("gemv {}x{}{}", t.lanes, t.rows, if t.subgroup { " subgroup" } else { "" })
 }
 
 fn blocks_name(b: Blocks) -> String {
@@ -216,7 +224,7 @@ fn qvariant_name(v: QVariant) -> String {
         QVariant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         QVariant::Blocked(b) => blocks_name(b),
         QVariant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
-        QVariant::Gemv(t) => format!("gemv {}x{}", t.lanes, t.rows),
+        QVariant::Gemv(t) => gemv_name(t),
     }
 }
 

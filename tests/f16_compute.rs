@@ -12,7 +12,7 @@
 mod common;
 
 use common::{block_on, fixture, gpu, gpu_family, lora_batch, randn, uniform, Fixture};
-use webpeft::kernels::blocked::Blocks;
+use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
 use webpeft::kernels::reference::matmul::matmul_f16_compute;
 use webpeft::model::{DirFiles, Model};
@@ -134,6 +134,30 @@ fn quantized_kernels_compute_in_f16() {
     for (format, seed) in [(QuantFormat::Nf4, 10), (QuantFormat::Q8_0, 20), (QuantFormat::F16, 30)] {
         check(gpu, 37, 68, 160, format, seed, QVariant::Tiled); // K 160 and 68: 5 runs, and 2 runs and a ragged one
         check(gpu, 3, 100, 96, format, seed + 1, QVariant::Tiled); // decoding: the few-rows tiles
+    }
+}
+
+/// Decoding's GEMV computing in f16 (shaders/gemv_f16.wgsl) with the
+/// portable and the subgroup reduction in layouts like tests/gemv.rs's (on
+/// lavapipe's 8-lane subgroups: 4 and 2 subgroups a row, one subgroup taking
+/// 2 rows, a subgroup of one lane): 1, 2, 3 and 8 rows of x, N = 44 cutting
+/// the last workgroup of 8 and of 3 rows (and a multiple of 4, so the
+/// backward, which the GEMV does not take, runs the blocked f16 GEMM), K of 34 runs
+/// and a ragged one (1100; Q8_0 rows hold whole 32-value blocks: 1056, 33
+/// runs), neither a multiple of a pass of the lanes.
+#[test]
+fn decoding_gemv_computes_in_f16() {
+    let gpu = gpu();
+    let sg = |lanes, rows| GemvTiles { lanes, rows, subgroup: true };
+    let forms = [GemvTiles::DEFAULT, GemvTiles::SUBGROUP, sg(16, 3), sg(4, 8), sg(3, 3)];
+    for (f, (format, k)) in
+        [(QuantFormat::Nf4, 1100), (QuantFormat::Q8_0, 1056), (QuantFormat::F16, 1100)].into_iter().enumerate()
+    {
+        for (i, t) in forms.into_iter().enumerate() {
+            for (j, m) in [1, 2, 3, 8].into_iter().enumerate() {
+                check(gpu, m, 44, k, format, 100 + 100 * f as u64 + 10 * i as u64 + j as u64, QVariant::Gemv(t));
+            }
+        }
     }
 }
 

@@ -49,6 +49,8 @@ fn every_pipeline_variant_compiles() {
             Kernel::MatmulSubgroup | Kernel::QMatmulSubgroup | Kernel::AttentionSubgroup => {
                 webpeft::kernels::matmul::subgroups_usable(gpu)
             }
+            Kernel::MatmulGemvSubgroup | Kernel::QMatmulGemvSubgroup => info.subgroups,
+            Kernel::QMatmulGemvF16Subgroup => info.shader_f16 && info.subgroups,
             k if k.needs_f16() => info.shader_f16,
             _ => true,
         };
@@ -62,6 +64,10 @@ fn every_pipeline_variant_compiles() {
         for entry in entry_points(&source) {
             let subgroup = source.contains("subgroupBroadcast") || source.contains("subgroup_invocation_id");
             if subgroup && !webpeft::kernels::matmul::subgroups_usable(gpu) {
+                continue;
+            }
+            // The GEMV's subgroup reduction takes any width.
+            if path.ends_with("gemv_subgroup.wgsl") && !info.subgroups {
                 continue;
             }
             if source.contains("<f16>") && !info.shader_f16 {

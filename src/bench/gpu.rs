@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{bench_matmul, bench_qmatmul, median, Figure};
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::blocked::Blocks;
+use crate::kernels::blocked::{Blocks, GemvTiles};
 use crate::kernels::matmul::{Gemm, Tiles, Variant};
 use crate::kernels::qmatmul::QVariant;
 use crate::quant::{ComputeDtype, QuantFormat};
@@ -135,14 +135,40 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
             }
         }
     }
+    // Decoding: the kernel webpeft picks (the GEMV, with the subgroup
+    // reduction where the device has subgroups), the GEMV's other reduction,
+    // the GEMV computing in f16, and the tiled kernel of CPUs.
+    let mut gemvs = vec![GemvTiles::for_gpu(gpu)];
+    if gemvs[0] != GemvTiles::DEFAULT {
+        gemvs.push(GemvTiles::DEFAULT);
+    }
     for (name, g) in decode_shapes() {
         for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32] {
             let tuned = QVariant::tuned(gpu, format, &g, true, false, ComputeDtype::F32);
             push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, tuned, repeats).await, &mut out);
-            if format != QuantFormat::F32 {
-                let v = QVariant::Tiled;
-                push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, v, repeats).await, &mut out);
+            if format == QuantFormat::F32 {
+                // An f32 weight that fits one binding: the GEMV's other reduction.
+                if 4 * (g.n * g.k) as u64 <= gpu.max_binding_bytes() {
+                    for &t in &gemvs[1..] {
+                        push(bench_matmul(gpu, &name, &g, Variant::Gemv(t), repeats).await, &mut out);
+                    }
+                }
+                continue;
             }
+            let mut computes = vec![ComputeDtype::F32];
+            if gpu.info().shader_f16 {
+                computes.push(ComputeDtype::F16);
+            }
+            for &c in &computes {
+                for &t in &gemvs {
+                    let v = QVariant::Gemv(t);
+                    if c == ComputeDtype::F16 || v != tuned {
+                        push(bench_qmatmul(gpu, &name, &g, false, format, c, v, repeats).await, &mut out);
+                    }
+                }
+            }
+            let v = QVariant::Tiled;
+            push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, v, repeats).await, &mut out);
         }
     }
     Ok(out)

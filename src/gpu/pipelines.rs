@@ -16,13 +16,23 @@ pub enum Kernel {
     MatmulSubgroup,
     /// matmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
     MatmulBlocked,
-    /// matmul.wgsl with the decoding GEMV core appended (real GPUs).
+    /// matmul.wgsl with the decoding GEMV appended: f32 sums, the portable
+    /// reduction (real GPUs).
     MatmulGemv,
+    /// The same with the subgroup reduction (needs Features::SUBGROUP).
+    MatmulGemvSubgroup,
     QMatmul,
     /// qmatmul.wgsl with the workgroup-memory GEMM core appended (real GPUs).
     QMatmulBlocked,
-    /// qmatmul.wgsl with the decoding GEMV core appended (real GPUs).
+    /// qmatmul.wgsl with the decoding GEMV appended: f32 sums, the portable
+    /// reduction (real GPUs).
     QMatmulGemv,
+    /// The same with the subgroup reduction (needs Features::SUBGROUP).
+    QMatmulGemvSubgroup,
+    /// The GEMV computing in f16, portable reduction, behind `enable f16;` (needs SHADER_F16).
+    QMatmulGemvF16,
+    /// The GEMV computing in f16 with the subgroup reduction (needs SHADER_F16 and SUBGROUP).
+    QMatmulGemvF16Subgroup,
     /// qmatmul.wgsl with subgroup.wgsl and the subgroup kernels appended (needs Features::SUBGROUP).
     QMatmulSubgroup,
     /// qmatmul.wgsl with the f16-compute kernels appended, behind `enable f16;` (needs SHADER_F16).
@@ -62,19 +72,26 @@ pub enum Kernel {
 impl Kernel {
     /// Whether the module computes in f16 (`enable f16;`, Features::SHADER_F16).
     pub fn needs_f16(self) -> bool {
-        matches!(self, Kernel::QMatmulF16 | Kernel::QMatmulBlockedF16)
+        matches!(
+            self,
+            Kernel::QMatmulF16 | Kernel::QMatmulGemvF16 | Kernel::QMatmulGemvF16Subgroup | Kernel::QMatmulBlockedF16
+        )
     }
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 29] = [
+    pub const ALL: [Kernel; 33] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
         Kernel::MatmulGemv,
+        Kernel::MatmulGemvSubgroup,
         Kernel::QMatmul,
         Kernel::QMatmulBlocked,
         Kernel::QMatmulGemv,
+        Kernel::QMatmulGemvSubgroup,
+        Kernel::QMatmulGemvF16,
+        Kernel::QMatmulGemvF16Subgroup,
         Kernel::QMatmulSubgroup,
         Kernel::QMatmulF16,
         Kernel::QMatmulBlockedF16,
@@ -112,9 +129,16 @@ impl Kernel {
             Kernel::MatmulBlocked => {
                 concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemm_blocked.wgsl"))
             }
-            Kernel::MatmulGemv => {
-                concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/gemv.wgsl"))
-            }
+            Kernel::MatmulGemv => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::MatmulGemvSubgroup => concat!(
+                include_str!("../../shaders/matmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
+            ),
             Kernel::QMatmul => {
                 concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/qmatmul.wgsl"))
             }
@@ -126,7 +150,26 @@ impl Kernel {
             Kernel::QMatmulGemv => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
                 include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::QMatmulGemvSubgroup => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f32.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
+            ),
+            Kernel::QMatmulGemvF16 => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f16.wgsl"),
+                include_str!("../../shaders/gemv.wgsl")
+            ),
+            Kernel::QMatmulGemvF16Subgroup => concat!(
+                include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl"),
+                include_str!("../../shaders/gemv_f16.wgsl"),
+                include_str!("../../shaders/gemv_subgroup.wgsl")
             ),
             Kernel::QMatmulSubgroup => {
                 concat!(
@@ -218,9 +261,13 @@ impl Kernel {
             Kernel::MatmulSubgroup => "matmul_subgroup",
             Kernel::MatmulBlocked => "matmul_blocked",
             Kernel::MatmulGemv => "matmul_gemv",
+            Kernel::MatmulGemvSubgroup => "matmul_gemv_subgroup",
             Kernel::QMatmul => "qmatmul",
             Kernel::QMatmulBlocked => "qmatmul_blocked",
             Kernel::QMatmulGemv => "qmatmul_gemv",
+            Kernel::QMatmulGemvSubgroup => "qmatmul_gemv_subgroup",
+            Kernel::QMatmulGemvF16 => "qmatmul_gemv_f16",
+            Kernel::QMatmulGemvF16Subgroup => "qmatmul_gemv_f16_subgroup",
             Kernel::QMatmulSubgroup => "qmatmul_subgroup",
             Kernel::QMatmulF16 => "qmatmul_f16",
             Kernel::QMatmulBlockedF16 => "qmatmul_blocked_f16",

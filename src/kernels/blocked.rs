@@ -150,25 +150,64 @@ impl Blocks {
     }
 }
 
-/// The decoding GEMV: `rows` rows of W a workgroup, `lanes` invocations a row.
+/// The decoding GEMV (`shaders/gemv.wgsl`): `rows` rows of W a workgroup,
+/// `lanes` invocations a row, whose partial sums meet either in a tree in
+/// workgroup memory (portable) or through subgroup operations
+/// (`shaders/gemv_subgroup.wgsl`, needs Features::SUBGROUP; any subgroup
+/// width: the workgroup is sized for `lanes` a row, and a row takes one
+/// subgroup or several, whatever width the device runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemvTiles {
     pub lanes: u32,
     pub rows: u32,
+    pub subgroup: bool,
 }
 
 impl GemvTiles {
-    /// 32 lanes (one NVIDIA/Apple subgroup) on each of 8 rows: 256 invocations.
-    pub const DEFAULT: GemvTiles = GemvTiles { lanes: 32, rows: 8 };
+    /// 32 lanes (one NVIDIA/Apple subgroup) on each of 8 rows: 256
+    /// invocations, the portable reduction.
+    pub const DEFAULT: GemvTiles = GemvTiles { lanes: 32, rows: 8, subgroup: false };
+
+    /// The same shape with the subgroup reduction.
+    pub const SUBGROUP: GemvTiles = GemvTiles { subgroup: true, ..Self::DEFAULT };
 
     /// Up to this many rows of x (decoding a batch of prompts).
     pub const MAX_M: usize = 8;
 
+    /// The GEMV for `gpu`: the subgroup reduction where the device has
+    /// subgroups (a subgroup sum in place of the tree's log2(lanes) barrier
+    /// steps; W is read the same way), else the portable one. A rule, not a
+    /// timing: the autotuner (`kernels::tune`) tunes only the blocked GEMM.
+    pub fn for_gpu(gpu: &Gpu) -> GemvTiles {
+        if gpu.features().contains(wgpu::Features::SUBGROUP) {
+            Self::SUBGROUP
+        } else {
+            Self::DEFAULT
+        }
+    }
+
+    /// These tiles as `gpu` can run them: without subgroups, the portable reduction.
+    pub(crate) fn on(self, gpu: &Gpu) -> GemvTiles {
+        GemvTiles { subgroup: self.subgroup && gpu.features().contains(wgpu::Features::SUBGROUP), ..self }
+    }
+
     pub fn check(self) -> Result<(), String> {
-        if !self.lanes.is_power_of_two() || self.rows == 0 || self.lanes * self.rows > 256 {
-            return Err(format!("GEMV {self:?}: lanes a power of two, at most 256 invocations"));
+        let lanes_ok = if self.subgroup { self.lanes > 0 } else { self.lanes.is_power_of_two() };
+        if !lanes_ok || self.rows == 0 || self.lanes * self.rows > 256 {
+            return Err(format!(
+                "GEMV {self:?}: lanes a power of two (any count with subgroups), at most 256 invocations"
+            ));
         }
         Ok(())
+    }
+
+    /// The entry point (the reduction) in a GEMV module.
+    pub(crate) fn entry(self) -> &'static str {
+        if self.subgroup {
+            "gemv_nt_sg"
+        } else {
+            "gemv_nt"
+        }
     }
 
     pub(crate) fn with_consts(self, key: PipelineKey, m: usize) -> PipelineKey {

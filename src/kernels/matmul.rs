@@ -267,9 +267,11 @@ pub enum Variant {
     Blocked(Blocks),
     /// The same with K split in this many parts (1: no split).
     BlockedSplit(Blocks, u32),
-    /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
+    /// The decoding GEMV (`shaders/gemv.wgsl`, its subgroup reduction in
+    /// `shaders/gemv_subgroup.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows, one batch and a vec4 layout; `Blocked`
-    /// otherwise.
+    /// otherwise. The subgroup reduction falls back to the portable one on
+    /// a device without subgroups.
     Gemv(GemvTiles),
 }
 
@@ -352,7 +354,7 @@ impl Variant {
     pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
         if is_real_gpu(gpu) {
             return if g.gemv_ok() {
-                Variant::Gemv(GemvTiles::DEFAULT)
+                Variant::Gemv(GemvTiles::for_gpu(gpu))
             } else {
                 Variant::Blocked(super::tune::blocks_for(gpu, super::tune::Product::F32(*g), Blocks::for_gemm(g)))
             };
@@ -389,6 +391,7 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
         }
         Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, c, t, splits),
         Variant::Gemv(t) => {
+            let t = t.on(rec.gpu());
             t.check().map_err(|e| Error::shape("matmul", e))?;
             rec.dispatch_bound(&gemv_key(t, g.m), &params, &[(1, a), (2, b), (3, c)], t.grid(g.n))
         }
@@ -465,7 +468,8 @@ fn blocked_key(g: &Gemm, t: Blocks, entry: &'static str) -> PipelineKey {
 }
 
 fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::MatmulGemv, "gemv_nt"), m)
+    let kernel = if t.subgroup { Kernel::MatmulGemvSubgroup } else { Kernel::MatmulGemv };
+    t.with_consts(PipelineKey::new(kernel, t.entry()), m)
         .with("TRANS_A", Const::Bool(false))
         .with("TRANS_B", Const::Bool(true))
 }
@@ -476,7 +480,8 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// tuned) through the vec4 entry where the orientation has one and the scalar
 /// one for other layouts, the yardstick, the subgroup blocks where the device
 /// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
-/// 1..=`GemvTiles::MAX_M` rows.
+/// 1..=`GemvTiles::MAX_M` rows, with the subgroup reduction too where the
+/// device has subgroups.
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -503,7 +508,8 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
             }
         }
     }
-    keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(GemvTiles::DEFAULT, m)));
+    let gemvs = [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)];
+    keys.extend(gemvs.iter().flat_map(|&t| (1..=GemvTiles::MAX_M).map(move |m| gemv_key(t, m))));
     keys
 }
 

@@ -259,8 +259,10 @@ pub enum QVariant {
     Blocked(Blocks),
     /// The same with K split in this many parts (1: no split).
     BlockedSplit(Blocks, u32),
-    /// The decoding GEMV (`shaders/gemv.wgsl`) for y = x·Wᵀ with at most
+    /// The decoding GEMV (`shaders/gemv.wgsl`, its subgroup reduction in
+    /// `shaders/gemv_subgroup.wgsl`) for y = x·Wᵀ with at most
     /// [`GemvTiles::MAX_M`] rows and vec4-aligned rows; `Blocked` otherwise.
+    /// A weight computing in f16 runs its f16 form (`shaders/gemv_f16.wgsl`).
     Gemv(GemvTiles),
 }
 
@@ -291,7 +293,7 @@ impl QVariant {
         let m = g.m;
         if is_real_gpu(gpu) {
             return if !backward && aligned && m <= GemvTiles::MAX_M {
-                QVariant::Gemv(GemvTiles::DEFAULT)
+                QVariant::Gemv(GemvTiles::for_gpu(gpu))
             } else {
                 let half = compute == ComputeDtype::F16 && gpu.info().shader_f16;
                 let product = super::tune::Product::Quant { format, backward, half, m, n: g.n, k: g.k };
@@ -377,8 +379,15 @@ fn row_scales_key(layout: Layout, backward: bool) -> PipelineKey {
     blocked_f16_key(layout, backward, false, Blocks::MEDIUM, "f16_row_scales")
 }
 
-fn gemv_key(layout: Layout, t: GemvTiles, m: usize) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::QMatmulGemv, "gemv_nt"), m)
+/// The GEMV's module for its reduction and, with `half`, f16 compute.
+fn gemv_key(layout: Layout, t: GemvTiles, m: usize, half: bool) -> PipelineKey {
+    let kernel = match (half, t.subgroup) {
+        (false, false) => Kernel::QMatmulGemv,
+        (false, true) => Kernel::QMatmulGemvSubgroup,
+        (true, false) => Kernel::QMatmulGemvF16,
+        (true, true) => Kernel::QMatmulGemvF16Subgroup,
+    };
+    t.with_consts(PipelineKey::new(kernel, t.entry()), m)
         .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(true))
 }
@@ -403,7 +412,8 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// tuned ones) through the vec4 and the scalar entries, the yardstick, the
 /// subgroup block and the f16-compute kernels where the device runs them, the
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
-/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows.
+/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows (its subgroup
+/// reduction and f16 compute where the device has them).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for format in Layout::ALL {
@@ -437,7 +447,12 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
                 keys.push(row_scales_key(format, backward));
             }
         }
-        keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, GemvTiles::DEFAULT, m)));
+        let halves: &[bool] = if gpu.info().shader_f16 { &[false, true] } else { &[false] };
+        for &half in halves {
+            for t in [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)] {
+                keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m, half)));
+            }
+        }
     }
     keys
 }
@@ -545,6 +560,10 @@ fn record_quant(
         k_split: 0,
     };
     let aligned = vec4_layout(g, backward);
+    // Decoding in f16: the GEMV's f16 form (the blocked one and qmatmul_f16.wgsl's tiles below).
+    if let (QVariant::Gemv(t), true) = (variant, half && !backward && aligned && g.m <= GemvTiles::MAX_M) {
+        return record_gemv(rec, g, params, x, p, out, t, true);
+    }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
         QVariant::Gemv(_) if backward || !aligned || g.m > GemvTiles::MAX_M => {
@@ -587,10 +606,7 @@ fn record_quant(
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), (splits, 1))
         }
-        QVariant::Gemv(t) => {
-            t.check().map_err(|e| Error::shape(op, e))?;
-            rec.dispatch_bound(&gemv_key(p.layout, t, g.m), &params, &bind4, t.grid(g.n))
-        }
+        QVariant::Gemv(t) => record_gemv(rec, g, params, x, p, out, t, false),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -648,6 +664,24 @@ fn record_blocked_f16(
     // Splits of whole f16 runs, so they sum the reference's runs.
     let split = (splits, Blocks::F16_RUN_K);
     blocked::record(rec, key, params, set, &operands, (4, out), blocks, (g.m, g.n, g.k, 1), split)
+}
+
+/// The decoding GEMV forward, in f16 with `half` (`shaders/gemv_f16.wgsl`,
+/// the arithmetic of `shaders/qmatmul_f16.wgsl`), else in f32.
+#[allow(clippy::too_many_arguments)]
+fn record_gemv(
+    rec: &mut Recorder,
+    g: &Gemm,
+    params: Params,
+    x: &Tensor,
+    p: &Packed,
+    out: &Tensor,
+    t: GemvTiles,
+    half: bool,
+) -> Result<()> {
+    let t = t.on(rec.gpu());
+    t.check().map_err(|e| Error::shape("linear", e))?;
+    rec.dispatch_bound(&gemv_key(p.layout, t, g.m, half), &params, &bind4_of(x, p, out), t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).

@@ -1,0 +1,33 @@
+// The decoding GEMV's f32 arithmetic (see shaders/gemv.wgsl for the parts a
+// GEMV module is built from): a lane reads consecutive lanes' neighbouring
+// 4-value groups of W (coalesced), GV_UNROLL of them in flight at once, and
+// sums their products with x in f32. x is small and stays in cache.
+
+const GV_UNROLL: u32 = 4u;
+
+// Vec4 steps a lane takes per pass over its row.
+const GV_PASS: u32 = GV_UNROLL;
+
+fn gemv_setup(index: u32, count: u32) {}
+
+// Steps begin + lane, begin + lane + lanes, … below end.
+fn gemv_lane(row: u32, begin: u32, end: u32, lane: u32, lanes: u32) -> array<f32, GV_M> {
+    var acc: array<f32, GV_M>;
+    for (var base = begin; base < end; base += lanes * GV_UNROLL) {
+        var w: array<vec4<f32>, GV_UNROLL>;
+        for (var u = 0u; u < GV_UNROLL; u++) {
+            let q = base + u * lanes + lane;
+            w[u] = vec4<f32>(0.0);
+            if (q < end) { w[u] = gemv_w4(row, q * 4u); }
+        }
+        for (var u = 0u; u < GV_UNROLL; u++) {
+            let q = base + u * lanes + lane;
+            if (q < end) {
+                for (var m = 0u; m < GV_M; m++) { acc[m] += dot(gemv_x4(m, q * 4u), w[u]); }
+            }
+        }
+    }
+    return acc;
+}
+
+fn gemv_finish(m: u32, n: u32, sum: f32) { gemv_store(m, n, sum); }
