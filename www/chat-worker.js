@@ -2,9 +2,9 @@
 // generation with the tokenizer's chat template, a stop that ends it with the
 // text so far, and adapters kept under names beside the one being trained, so
 // the chat can switch between them without loading the base again.
-// Messages in: chat, chat-stop (acted on at once, not queued), keep-adapter, remove-kept.
+// Messages in: chat, chat-stop (acted on at once, not queued), keep-adapter, remove-kept, download-kept.
 // Messages out: chat-token, chat-done, kept (the kept names after a keep, a removal or a restore, with the saved
-// ones that did not load; a restore's says `restored` and what went wrong).
+// ones that did not load; a restore's says `restored` and what went wrong), kept-zip.
 // Kept adapters are saved in IndexedDB under their base (kept-store.js): `loaded()` imports the ones saved for
 // the base just loaded. Their files also stay here, so a model loaded again after a lost GPU gets them back,
 // those the storage refused included.
@@ -103,6 +103,11 @@ export function chatWorker({ model, trained, post, isLoss }) {
         broken.delete(msg.name);
         postKept(m);
         await deleteKept(base, msg.name);
+        return true;
+      }
+      case "download-kept": {
+        const zip = await model().exportAdapterZip(KEPT + msg.name);
+        post({ type: "kept-zip", name: msg.name, bytes: zip }, [zip.buffer]);
         return true;
       }
       default:

@@ -4,13 +4,13 @@
 // under a name) and its own history of the same user turns. Tokens stream into
 // the answer as they come; Stop ends the answer in flight with its text so far
 // (and skips the other column's). Kept adapters are saved in this browser
-// and come back with their base model.
+// and come back with their base model; each can be downloaded or removed.
 // The worker's side is chat-worker.js.
 const $ = (id) => document.getElementById(id);
 const SIDES = ["left", "right"];
 
-/** Wires the panel; `send` posts to the worker, `setPhase` and `showError` are app.js's. */
-export function chatPanel({ send, setPhase, showError }) {
+/** Wires the panel; `send` posts to the worker, `setPhase`, `showError` and `save(blob, name)` are app.js's. */
+export function chatPanel({ send, setPhase, showError, save }) {
   const st = {
     hasTemplate: false, loaded: false, trained: false, phase: "starting", kept: [],
     broken: [], // [{ name, reason }]: saved for this base, but they did not import
@@ -45,7 +45,7 @@ export function chatPanel({ send, setPhase, showError }) {
         li.className = "broken";
         li.append(`${name} (saved, but does not load on this model: ${broken.reason}) `, remove);
       } else {
-        li.append(`${name} `, remove);
+        li.append(`${name} `, button("Download", name, () => { hideError(); send({ type: "download-kept", context: "chat", name }); }), " ", remove);
       }
       return li;
     };
@@ -193,6 +193,9 @@ export function chatPanel({ send, setPhase, showError }) {
           $("chat-error").textContent = m.problems.join("\n");
         }
         if (m.restored) document.body.dataset.keptRestored = "true";
+        return true;
+      case "kept-zip":
+        save(new Blob([m.bytes], { type: "application/zip" }), `webpeft-kept-${m.name.replace(/[^\w.-]+/g, "_")}.zip`);
         return true;
       case "loaded":
         // A new base: no trained adapter, a new conversation; its saved kept adapters come next ("kept").

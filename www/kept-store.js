@@ -15,8 +15,8 @@ const DB = { name: "webpeft-kept", store: "adapters", version: 1 };
 export class KeptQuotaError extends Error {
   constructor(name, bytes, freeBytes) {
     super(`not enough storage to save the kept adapter ${name} (${size(bytes)}): this site may use only ${size(freeBytes)} ` +
-      "more. It stays kept until the page is closed or another model is loaded: delete cached models to make room, " +
-      "then remove it and keep the adapter again");
+      "more. It stays kept until the page is closed or another model is loaded: download it, or delete cached models " +
+      "to make room, then remove it and keep the adapter again");
     this.name = "KeptQuotaError";
     this.adapter = name;
     this.bytes = bytes;
@@ -87,7 +87,7 @@ export async function saveKept(base, name, files) {
       throw new KeptQuotaError(name, bytes, Math.max(0, quota - usage));
     }
     throw new KeptStorageError(`save the kept adapter ${name}`, e,
-      "It stays kept until the page is closed or another model is loaded");
+      "It stays kept until the page is closed or another model is loaded: download it to keep its files");
   }
 }
 
