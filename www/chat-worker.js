@@ -23,7 +23,7 @@ export function chatWorker({ model, trained, post, isLoss }) {
   let stoppedTurn = null; // a stop that came before its turn's answer started (that one is queued) stops it too
   let base = null; // the loaded base, as kept-store.js keys it
   let read = false; // whether the adapters saved for `base` are in keptFiles
-  const keptFiles = new Map(); // name → the kept adapter's files (PEFT's), for restore()
+  const keptFiles = new Map(); // name → the kept adapter's files (PEFT's), for a reload after a lost GPU
   const broken = new Map(); // name → why: saved for this base, but does not import on it
 
   /** "base", "trained" or "kept:<name>" → the adapter option of `generate`. */
@@ -114,6 +114,7 @@ export function chatWorker({ model, trained, post, isLoss }) {
         return false;
     }
   }
+
   /** A base is being loaded (not the recovery's reload of the same one): the old base's kept adapters go. */
   function loading(key) {
     base = key;
