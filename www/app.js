@@ -75,7 +75,7 @@ function clearError() {
 }
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 const cache = cachePanel({ showError });
-const chat = chatPanel({ send: (msg) => worker.postMessage(msg), setPhase, showError });
+const chat = chatPanel({ send: (msg) => worker.postMessage(msg), setPhase, showError, save });
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.

@@ -3,14 +3,17 @@
 // own choice of adapter (the base model, the adapter just trained, or one kept
 // under a name) and its own history of the same user turns. Tokens stream into
 // the answer as they come; Stop ends the answer in flight with its text so far
-// (and skips the other column's). The worker's side is chat-worker.js.
+// (and skips the other column's). Kept adapters are saved in this browser
+// and come back with their base model; each can be downloaded or removed.
+// The worker's side is chat-worker.js.
 const $ = (id) => document.getElementById(id);
 const SIDES = ["left", "right"];
 
-/** Wires the panel; `send` posts to the worker, `setPhase` and `showError` are app.js's. */
-export function chatPanel({ send, setPhase, showError }) {
+/** Wires the panel; `send` posts to the worker, `setPhase`, `showError` and `save(blob, name)` are app.js's. */
+export function chatPanel({ send, setPhase, showError, save }) {
   const st = {
     hasTemplate: false, loaded: false, trained: false, phase: "starting", kept: [],
+    broken: [], // [{ name, reason }]: saved for this base, but they did not import
     history: { left: [], right: [] }, // each column's messages, the same user turns in both
     running: null, // the turn in flight: { user, queue: sides still to answer, side, bubble, stop }
     turns: 0,
@@ -29,15 +32,24 @@ export function chatPanel({ send, setPhase, showError }) {
       const still = [...select.options].some((o) => o.value === was && !o.disabled);
       select.value = still ? was : "base";
     }
-    $("kept-list").replaceChildren(...st.kept.map((name) => {
+    const button = (label, name, onclick) => {
+      const b = Object.assign(document.createElement("button"), { type: "button", textContent: label, onclick });
+      b.setAttribute("aria-label", `${label} kept adapter ${name}`);
+      return b;
+    };
+    const item = (name, broken) => {
       const li = document.createElement("li");
-      const remove = Object.assign(document.createElement("button"), { type: "button", textContent: "Remove" });
-      remove.setAttribute("aria-label", `Remove kept adapter ${name}`);
+      const remove = button("Remove", name, () => { hideError(); send({ type: "remove-kept", context: "chat", name }); });
       remove.className = "remove-kept";
-      remove.onclick = () => { hideError(); send({ type: "remove-kept", context: "chat", name }); };
-      li.append(`${name} `, remove);
+      if (broken) {
+        li.className = "broken";
+        li.append(`${name} (saved, but does not load on this model: ${broken.reason}) `, remove);
+      } else {
+        li.append(`${name} `, button("Download", name, () => { hideError(); send({ type: "download-kept", context: "chat", name }); }), " ", remove);
+      }
       return li;
-    }));
+    };
+    $("kept-list").replaceChildren(...st.kept.map((name) => item(name, null)), ...st.broken.map((b) => item(b.name, b)));
     document.body.dataset.kept = JSON.stringify(st.kept);
     controls(st.phase);
   }
@@ -154,7 +166,7 @@ export function chatPanel({ send, setPhase, showError }) {
     hideError();
     const name = $("keep-name").value.trim();
     if (!name) return error("give the adapter a name to keep it under");
-    if (st.kept.includes(name)) return error(`an adapter is already kept as ${name}: remove it or pick another name`);
+    if (st.kept.includes(name) || st.broken.some((b) => b.name === name)) return error(`an adapter is already kept as ${name}: remove it or pick another name`);
     setPhase("exporting");
     send({ type: "keep-adapter", context: "chat", name });
   };
@@ -172,15 +184,28 @@ export function chatPanel({ send, setPhase, showError }) {
         return true;
       case "kept":
         st.kept = m.names;
+        st.broken = m.broken;
         if (m.added) { $("keep-name").value = ""; setPhase("idle"); }
         renderChoices();
+        // What went wrong bringing saved adapters back is said, without ending anything: the chat goes on without them.
+        if (m.problems?.length) {
+          $("chat-error").hidden = false;
+          $("chat-error").textContent = m.problems.join("\n");
+        }
+        if (m.restored) document.body.dataset.keptRestored = "true";
+        return true;
+      case "kept-zip":
+        save(new Blob([m.bytes], { type: "application/zip" }), `webpeft-kept-${m.name.replace(/[^\w.-]+/g, "_")}.zip`);
         return true;
       case "loaded":
-        // A new base: no kept adapters, no trained one, a new conversation.
+        // A new base: no trained adapter, a new conversation; its saved kept adapters come next ("kept").
         st.loaded = true;
         st.hasTemplate = m.info.hasChatTemplate;
         st.trained = false;
         st.kept = [];
+        st.broken = [];
+        delete document.body.dataset.keptRestored;
+        hideError();
         clearChat();
         $("chat-panel").hidden = !st.hasTemplate;
         $("chat-unavailable").hidden = st.hasTemplate;

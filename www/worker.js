@@ -106,13 +106,27 @@ async function finish(summary) {
   return summary;
 }
 
+/**
+ * The base model as the chat's saved kept adapters name it (kept-store.js): the built-in model, a URL's model by its
+ * base URL (as model-cache.js keeps it), a picked folder by its name and its weights' size.
+ */
+function baseKey(source) {
+  if (source.kind === "url") return `url:${source.url}`;
+  if (source.kind === "files") {
+    const folder = source.files[0]?.webkitRelativePath?.split("/")[0] ?? "";
+    const weights = source.files.filter((f) => f.name.endsWith(".safetensors")).reduce((n, f) => n + f.size, 0);
+    return `files:${folder}/${weights}`;
+  }
+  return "default";
+}
+
 const rec = recovery({
   post, createGpu: newGpu, replay: handle, enqueue: (fn) => enqueue("gpu", fn),
   importAdapter: async (files) => { await model.importAdapter(ADAPTER, files); model.setActiveAdapter(ADAPTER); },
-  reloaded: () => chat.restore(),
+  reloaded: () => chat.loaded(),
 });
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
-const chat = chatWorker({ model: () => model, trained: ADAPTER, post });
+const chat = chatWorker({ model: () => model, trained: ADAPTER, post, isLoss: (e) => rec.isLoss(e) });
 
 async function handle(msg) {
   switch (msg.type) {
@@ -125,7 +139,7 @@ async function handle(msg) {
     case "load": {
       if (!gpu) throw new Error("the GPU is not ready");
       rec.loading(msg);
-      if (!msg.replayed) chat.forget(); // a new base: the kept adapters were the old one's
+      if (!msg.replayed) chat.loading(baseKey(msg.source)); // a new base: the kept adapters were the old one's
       const quant = msg.quant ?? "f32";
       const computeDtype = msg.computeDtype ?? "f32";
       const onProgress = (p) => post({ type: "load-progress", progress: p });
@@ -159,6 +173,8 @@ async function handle(msg) {
       if (files) model = await Model.fromFiles(gpu, files, { quant, computeDtype, onProgress, ...(cached ? { name: cached.name } : {}) });
       else model = await Model.fromUrl(gpu, DEFAULT_MODEL, { quant, computeDtype, onProgress });
       post({ type: "loaded", info: model.info(), seconds: (performance.now() - start) / 1000 });
+      // The chat's kept adapters saved for this base come back (after a lost GPU, the recovery puts them back).
+      if (!msg.replayed) await chat.loaded();
       break;
     }
     case "train": {
