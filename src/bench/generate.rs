@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::gpu::{Gpu, KernelTime, Recorder, Tensor};
-use crate::model::llama::{GenerationConfig, KvCache, NoHooks};
+use crate::model::llama::{GenerationConfig, Hooks, KvCache, NoHooks};
 use crate::model::Model;
 use crate::util::rng::Rng;
 
@@ -18,6 +18,10 @@ pub struct GenerateFigure {
     pub quant: String,
     /// The frozen Linears' arithmetic: "f32", or "f16" (SHADER_F16).
     pub compute_dtype: String,
+    /// The adapter generating through its hooks ("LoRA r16 all-linear"), or
+    /// None for the base model alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     /// Prompt (prefill) and first token, ms.
@@ -31,26 +35,29 @@ pub struct GenerateFigure {
 }
 
 /// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`
-/// (one warm-up run first, so pipelines are compiled); with `profile`, then
-/// one decoding step with timestamp queries (where the device has them).
+/// (one warm-up run first, so pipelines are compiled), through `adapter`'s
+/// hooks (a label and the adapter) or the base model alone; with `profile`,
+/// then one decoding step with timestamp queries (where the device has them).
 pub async fn generate_figure(
     gpu: &Gpu,
     name: &str,
     model: &Model,
     (prompt_tokens, new_tokens): (usize, usize),
+    adapter: Option<(&str, &dyn Hooks)>,
     profile: bool,
 ) -> Result<GenerateFigure> {
+    let hooks = adapter.map_or(&NoHooks as &dyn Hooks, |(_, h)| h);
     let mut rng = Rng::new(11);
     let vocab = model.config.vocab_size;
     let prompt: Vec<u32> = (0..prompt_tokens.max(1)).map(|_| rng.below(vocab) as u32).collect();
     let config = GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() };
     model
-        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, &NoHooks, |_| true)
+        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, hooks, |_| true)
         .await?;
     let start = Instant::now();
     let mut first = None;
     let out = model
-        .generate_adapted(gpu, &prompt, &config, &NoHooks, |_| {
+        .generate_adapted(gpu, &prompt, &config, hooks, |_| {
             first.get_or_insert_with(|| start.elapsed().as_secs_f64());
             true
         })
@@ -58,7 +65,7 @@ pub async fn generate_figure(
     let total = start.elapsed().as_secs_f64();
     let first = first.unwrap_or(total);
     let kernels = match profile && gpu.info().timestamp_query {
-        true => profile_decode_step(gpu, model, &prompt).await?,
+        true => profile_decode_step(gpu, model, &prompt, hooks).await?,
         false => Vec::new(),
     };
     gpu.trim_memory();
@@ -66,6 +73,7 @@ pub async fn generate_figure(
         model: name.to_string(),
         quant: model.format.name().to_string(),
         compute_dtype: model.compute_dtype().name().to_string(),
+        adapter: adapter.map(|(label, _)| label.to_string()),
         prompt_tokens: prompt.len(),
         new_tokens: out.len(),
         first_token_ms: first * 1e3,
@@ -75,16 +83,16 @@ pub async fn generate_figure(
 }
 
 /// GPU time per kernel of the step that decodes one token after `prompt`.
-async fn profile_decode_step(gpu: &Gpu, model: &Model, prompt: &[u32]) -> Result<Vec<KernelTime>> {
+async fn profile_decode_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<Vec<KernelTime>> {
     let cache = KvCache::new(gpu, model, 1, prompt.len() + 1)?;
     let mut rec = Recorder::new(gpu);
-    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, &NoHooks)?;
+    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, hooks)?;
     rec.submit()?;
     gpu.synchronize().await?;
     let token = Tensor::from_slice(gpu, &[1, 1], &prompt[..1])?;
     gpu.set_profiling(true)?;
     let mut rec = Recorder::new(gpu);
-    let stepped = model.forward_cached(&mut rec, &token, &cache, prompt.len(), &NoHooks).and_then(|_| rec.submit());
+    let stepped = model.forward_cached(&mut rec, &token, &cache, prompt.len(), hooks).and_then(|_| rec.submit());
     gpu.set_profiling(false)?;
     stepped?;
     gpu.take_profile().await

@@ -284,24 +284,50 @@ async fn bench_model<F: ModelFiles>(
             }
             train.push(f);
         }
-        let g = generate_figure(gpu, name, &model, (16, 32), b.profile).await?;
-        if !json && !g.kernels.is_empty() {
-            let what = format!("{} decoding step", base_label(&g.quant, &g.compute_dtype));
-            print_kernel_times(&what, &g.model, &g.kernels);
+        for g in generate_figures(gpu, name, &model, b.r, b.profile).await? {
+            if !json {
+                print_generate(&g);
+            }
+            generate.push(g);
         }
-        if !json {
-            out!(
-                "generate {} {}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
-                g.model,
-                base_label(&g.quant, &g.compute_dtype),
-                g.prompt_tokens,
-                g.first_token_ms,
-                g.decode_tokens_per_s
-            );
-        }
-        generate.push(g);
     }
     Ok(())
+}
+
+/// Generation after a 16-token prompt, 32 new tokens: the base model, and
+/// through a LoRA of rank `r` on all seven projections (its B is PEFT's
+/// zeros: the cost of the adapter's path, not its effect).
+async fn generate_figures(
+    gpu: &Gpu,
+    name: &str,
+    model: &Model,
+    r: usize,
+    profile: bool,
+) -> Result<Vec<GenerateFigure>, Box<dyn std::error::Error>> {
+    use webpeft::peft::adapter::Adapter;
+    use webpeft::peft::{LoraConfig, TargetModules};
+    let lora = Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?;
+    let label = format!("LoRA r{r} all-linear");
+    Ok(vec![
+        generate_figure(gpu, name, model, (16, 32), None, profile).await?,
+        generate_figure(gpu, name, model, (16, 32), Some((&label, &lora)), profile).await?,
+    ])
+}
+
+fn print_generate(g: &GenerateFigure) {
+    let with = g.adapter.as_ref().map(|a| format!(" with {a}")).unwrap_or_default();
+    if !g.kernels.is_empty() {
+        let what = format!("{} decoding step{with}", base_label(&g.quant, &g.compute_dtype));
+        print_kernel_times(&what, &g.model, &g.kernels);
+    }
+    out!(
+        "generate {} {}{with}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
+        g.model,
+        base_label(&g.quant, &g.compute_dtype),
+        g.prompt_tokens,
+        g.first_token_ms,
+        g.decode_tokens_per_s
+    );
 }
 
 /// `webpeft bench --llama-1b`: the memory plan of one NF4 LoRA r 16 step of a
@@ -332,9 +358,13 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
     let real = webpeft::kernels::blocked::is_real_gpu(gpu);
     let (steps, warmup) = if real { (3, true) } else { (1, false) };
     let setup = StepSetup { checkpointing: true, steps, warmup, ..StepSetup::new(QuantFormat::Nf4, "lora", 1, 512) };
-    let f = train_figure_on(gpu, "Llama-3.2-1B shape (random)", &model, &setup).await?;
+    let name = "Llama-3.2-1B shape (random)";
+    let f = train_figure_on(gpu, name, &model, &setup).await?;
+    // Decoding: the base and through a LoRA r16, each with its per-kernel profile.
+    let generate = generate_figures(gpu, name, &model, 16, true).await?;
     let out = serde_json::json!({
-        "adapter": gpu.info(), "plan": plan, "train": f, "host_peak_rss_bytes": host_peak_rss_bytes(),
+        "adapter": gpu.info(), "plan": plan, "train": f, "generate": generate,
+        "host_peak_rss_bytes": host_peak_rss_bytes(),
         "plan_over_measured": plan.total_bytes as f64 / f.peak_gpu_bytes as f64,
     });
     if json {
@@ -347,6 +377,7 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
             f.step_ms / 1e3,
             f.tokens_per_s
         );
+        generate.iter().for_each(print_generate);
     }
     Ok(())
 }
