@@ -28,6 +28,9 @@ pub struct GenerateFigure {
     pub first_token_ms: f64,
     /// New tokens after the first, per second (the decode rate).
     pub decode_tokens_per_s: f64,
+    /// CPU time to record and submit one decoding step, ms (the GPU idles
+    /// through it: each token waits for the last one's sample).
+    pub host_ms_per_token: f64,
     /// GPU time per kernel of one profiled decoding step (one new token after
     /// the prompt), slowest first (empty unless asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +67,7 @@ pub async fn generate_figure(
         .await?;
     let total = start.elapsed().as_secs_f64();
     let first = first.unwrap_or(total);
+    let host_ms_per_token = host_ms_per_step(gpu, model, &prompt, hooks).await?;
     let kernels = match profile && gpu.info().timestamp_query {
         true => profile_decode_step(gpu, model, &prompt, hooks).await?,
         false => Vec::new(),
@@ -78,8 +82,32 @@ pub async fn generate_figure(
         new_tokens: out.len(),
         first_token_ms: first * 1e3,
         decode_tokens_per_s: (out.len().saturating_sub(1)) as f64 / (total - first).max(1e-9),
+        host_ms_per_token,
         kernels,
     })
+}
+
+/// The CPU time of recording and submitting a decoding step after `prompt`:
+/// the mean of 8 steps, each waited for after its timing (so a CPU
+/// rasterizer's own work, which shares the cores, is not counted).
+async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<f64> {
+    const STEPS: usize = 8;
+    let cache = KvCache::new(gpu, model, 1, prompt.len() + STEPS)?;
+    let mut rec = Recorder::new(gpu);
+    model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, hooks)?;
+    rec.submit()?;
+    gpu.synchronize().await?;
+    let token = Tensor::from_slice(gpu, &[1, 1], &prompt[..1])?;
+    let mut host = 0.0;
+    for i in 0..STEPS {
+        let start = Instant::now();
+        let mut rec = Recorder::new(gpu);
+        model.forward_cached(&mut rec, &token, &cache, prompt.len() + i, hooks)?;
+        rec.submit()?;
+        host += start.elapsed().as_secs_f64();
+        gpu.synchronize().await?;
+    }
+    Ok(host / STEPS as f64 * 1e3)
 }
 
 /// GPU time per kernel of the step that decodes one token after `prompt`.

@@ -321,12 +321,13 @@ fn print_generate(g: &GenerateFigure) {
         print_kernel_times(&what, &g.model, &g.kernels);
     }
     out!(
-        "generate {} {}{with}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it",
+        "generate {} {}{with}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it, {:.2} ms a token on the CPU (recording and submitting)",
         g.model,
         base_label(&g.quant, &g.compute_dtype),
         g.prompt_tokens,
         g.first_token_ms,
-        g.decode_tokens_per_s
+        g.decode_tokens_per_s,
+        g.host_ms_per_token
     );
 }
 
