@@ -143,6 +143,8 @@ pub struct Gpu {
     pub(crate) pipelines: PipelineCache,
     pub(crate) memory: Arc<MemoryTracker>,
     pub(crate) pool: Arc<Pool>,
+    /// Bind groups kept between submissions, and the uniform buffer they bind.
+    pub(crate) bind_groups: super::bind_groups::BindGroups,
     pub(crate) profiler: Profiler,
     /// Vectors of ones by length (sums over rows are k = 1 or n = 1 matmuls).
     ones: Mutex<std::collections::HashMap<usize, super::Tensor>>,
@@ -297,6 +299,7 @@ impl Gpu {
             pipelines: PipelineCache::default(),
             memory: Arc::new(MemoryTracker::default()),
             pool: Arc::new(Pool::default()),
+            bind_groups: Default::default(),
             profiler: Profiler::default(),
             ones: Mutex::default(),
             device,
@@ -405,10 +408,17 @@ impl Gpu {
         Ok(super::profile::summarise(&runs, period))
     }
 
-    /// Release the freed op outputs the pool keeps for reuse, and the cached
-    /// vectors of ones.
+    /// Bind groups kept for later submissions (`bind_groups.rs`): a
+    /// diagnostic, and what the tests of that cache count.
+    pub fn kept_bind_groups(&self) -> usize {
+        self.bind_groups.lock().len()
+    }
+
+    /// Release the freed op outputs the pool keeps for reuse, the cached
+    /// vectors of ones and the kept bind groups (which hold their buffers).
     pub fn trim_memory(&self) {
         self.pool.trim();
+        self.bind_groups.clear();
         self.ones.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 

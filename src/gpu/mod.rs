@@ -5,6 +5,7 @@
 //! code runs natively (Vulkan/Metal/DX12, GL as a fallback) and in the browser
 //! (WebGPU).
 
+mod bind_groups;
 mod device;
 mod memory;
 mod pipelines;

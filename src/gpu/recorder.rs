@@ -1,7 +1,8 @@
 //! Ops record work; a step is encoded and submitted once. A [`Recorder`]
 //! collects dispatches (and copies) with their parameters, then `submit`
-//! writes every parameter block into one uniform buffer, builds the bind
-//! groups and encodes everything in one command buffer.
+//! writes every parameter block into the device's uniform buffer, takes the
+//! bind groups (kept ones where they exist: `bind_groups.rs`) and encodes
+//! everything in one command buffer.
 
 use std::sync::Arc;
 
@@ -180,13 +181,10 @@ impl<'g> Recorder<'g> {
             return Ok(());
         }
         let device = &gpu.device;
-        let params = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: (self.params.len().max(16)) as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        gpu.queue.write_buffer(&params, 0, &self.params);
+        // Held until the submit: the parameters written are this submission's.
+        let mut bind = gpu.bind_groups.lock();
+        bind.forget_released();
+        let params = bind.params(device, &gpu.queue, &self.params);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         // With profiling on: one pass per dispatch, timestamps at both ends.
         let profiling = gpu.profiler.is_on();
@@ -236,26 +234,7 @@ impl<'g> Recorder<'g> {
                             }
                             labels.push(pipeline.label.clone());
                         }
-                        let mut entries = Vec::with_capacity(buffers.len() + 1);
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &params,
-                                offset: *params_offset,
-                                size: wgpu::BufferSize::new(*params_size),
-                            }),
-                        });
-                        for (binding, b) in buffers {
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: *binding,
-                                resource: b.buffer.as_entire_binding(),
-                            });
-                        }
-                        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some(&pipeline.label),
-                            layout: &pipeline.layout,
-                            entries: &entries,
-                        });
+                        let bind_group = bind.group(device, pipeline, &params, (*params_offset, *params_size), buffers);
                         pass.set_pipeline(&pipeline.pipeline);
                         pass.set_bind_group(0, &bind_group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -281,6 +260,7 @@ impl<'g> Recorder<'g> {
             gpu.profiler.push(PendingTimes { buffer: resolved, labels });
         }
         gpu.queue.submit([encoder.finish()]);
+        drop(bind);
         gpu.pool.submitted();
         gpu.check("submit")
     }
