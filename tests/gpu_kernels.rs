@@ -113,7 +113,8 @@ fn greedy_decoding_matches_transformers() {
 /// candidates, the next steps use the choices and match a device that keeps
 /// the fallback table's blocks; the choices are written to the cache file and
 /// read back by a new device on the same adapter; candidates always include
-/// the fallback table's block; invalid entries are skipped.
+/// the fallback table's block; invalid entries are skipped; the decoding
+/// GEMV's layouts are tuned the same way (`gemv_tuning`).
 #[test]
 fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     use webpeft::bench::train::{llama_config, random_model_files};
@@ -172,11 +173,61 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     assert_eq!(import_tuning(&plain, &f16_class(12)), Ok(0));
     assert_eq!(import_tuning(&plain, &f16_class(16)), Ok(1));
     assert!(import_tuning(&plain, "[1, 2]").is_err());
+    // A GEMV entry: lanes and rows the kernel takes, and a 0/1 reduction.
+    let gemv = |v: &str| import_tuning(&plain, &format!(r#"{{"gemv nf4 m2^0 n2^11 k2^11 b2^0": {v}}}"#));
+    assert_eq!((gemv("[0, 8, 0]"), gemv("[32, 8, 2]"), gemv("[64, 4, 1]")), (Ok(0), Ok(0), Ok(1)));
     let _ = std::fs::remove_file(&cache);
 
+    gemv_tuning(&gpu);
+    let _ = std::fs::remove_file(&cache);
     for (m, n) in [(512, 16), (16, 2048), (512, 2048), (4096, 4096)] {
         let c = candidates(m, n, 1);
         assert_eq!(c[0], Blocks::for_shape(m, n, 1), "the fallback is a candidate");
         assert!(c.len() >= 3 && c.iter().all(|b| b.check(&gpu).is_ok()), "{m}x{n}: {c:?}");
+    }
+}
+
+/// The decoding GEMV's layouts are tuned too: a one-row product through a
+/// weight of at least `MIN_GEMV_WEIGHTS` values is noted, `autotune_pending`
+/// times every candidate (the rule's choice first), keeps the fastest for
+/// the class, and the tuned layout computes the rule's sums; a small weight
+/// (LoRA's factors) is not noted.
+fn gemv_tuning(gpu: &Gpu) {
+    use webpeft::kernels::blocked::GemvTiles;
+    use webpeft::kernels::matmul::Gemm;
+    use webpeft::kernels::qmatmul::{qgemm_with, QVariant, QWeight};
+    use webpeft::kernels::tune::{autotune_pending, gemv_candidates, tuning_counts, tuning_json};
+    use webpeft::quant::ComputeDtype;
+    use webpeft::Tensor;
+    let (n, k) = (1024, 1024);
+    let w = QWeight::from_f32(gpu, &common::randn(8, n * k), n, k, QuantFormat::Nf4).unwrap();
+    let x = Tensor::from_slice(gpu, &[1, k], &common::randn(9, k)).unwrap();
+    let run = |v: QVariant| {
+        let y = Tensor::zeros(gpu, &[1, n], webpeft::DType::F32).unwrap();
+        let mut rec = webpeft::gpu::Recorder::new(gpu);
+        qgemm_with(&mut rec, &x, &w, &y, false, v).unwrap();
+        rec.submit().unwrap();
+        block_on(y.to_vec::<f32>(gpu)).unwrap()
+    };
+    let before = tuning_counts(gpu);
+    let rule = QVariant::tuned(gpu, QuantFormat::Nf4, &Gemm::new(1, n, k, false, true), true, false, ComputeDtype::F32);
+    assert_eq!(rule, QVariant::Gemv(GemvTiles::for_gpu(gpu)), "untuned: the rule's layout");
+    assert_eq!(tuning_counts(gpu), (before.0, before.1 + 1), "noted for tuning");
+    let small = Gemm::new(1, 16, 1024, false, true); // a LoRA factor's product: too small to tune
+    QVariant::tuned(gpu, QuantFormat::Nf4, &small, true, false, ComputeDtype::F32);
+    assert_eq!(tuning_counts(gpu).1, before.1 + 1);
+    let report = block_on(autotune_pending(gpu)).unwrap();
+    eprintln!("GEMV tuning: {report:?}");
+    let gemv = report.iter().find(|t| t.class.starts_with("gemv nf4")).expect("the GEMV class was tuned");
+    assert_eq!(gemv.candidates, gemv_candidates(gpu).len());
+    assert!(tuning_json(gpu).contains("\"gemv nf4 m2^0 n2^10 k2^10 b2^0\""), "{}", tuning_json(gpu));
+    let tuned =
+        QVariant::tuned(gpu, QuantFormat::Nf4, &Gemm::new(1, n, k, false, true), true, false, ComputeDtype::F32);
+    let QVariant::Gemv(t) = tuned else { panic!("{tuned:?}") };
+    let name = format!("gemv {}x{}{}", t.lanes, t.rows, if t.subgroup { " subgroup" } else { "" });
+    assert_eq!(name, gemv.choice, "the tuned layout is the one used");
+    let want = run(rule);
+    for (a, b) in run(tuned).iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "tuned {tuned:?} vs the rule's layout: {a} vs {b}");
     }
 }

@@ -16,9 +16,10 @@ const KEPT = "kept:";
 /**
  * The chat handlers over the worker's model: `model()` is the loaded model (or null), `trained` the name the
  * training adapter has there, `post` worker.js's, `isLoss(e)` whether a failed call came from a lost GPU (the
- * recovery redoes it). `handle(msg)` returns false for messages that are not the chat's.
+ * recovery redoes it), `generated()` runs after each answer (worker.js keeps the autotuner's choices then).
+ * `handle(msg)` returns false for messages that are not the chat's.
  */
-export function chatWorker({ model, trained, post, isLoss }) {
+export function chatWorker({ model, trained, post, isLoss, generated = () => {} }) {
   let stopping = null; // the AbortController of the generation in flight
   let stoppedTurn = null; // a stop that came before its turn's answer started (that one is queued) stops it too
   let base = null; // the loaded base, as kept-store.js keys it
@@ -70,6 +71,7 @@ export function chatWorker({ model, trained, post, isLoss }) {
             ...sampling, maxNewTokens: msg.maxNewTokens, adapter: adapterOf(m, msg.adapter), signal: stopping.signal,
             onToken: (text) => post({ type: "chat-token", side: msg.side, text, events: ++events }),
           });
+          generated(); // e.g. keep what the autotuner timed during the answer
           post({ type: "chat-done", side: msg.side, result, events });
         } finally {
           stopping = null;

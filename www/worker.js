@@ -126,7 +126,8 @@ const rec = recovery({
   reloaded: () => chat.loaded(),
 });
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
-const chat = chatWorker({ model: () => model, trained: ADAPTER, post, isLoss: (e) => rec.isLoss(e) });
+const chat = chatWorker({ model: () => model, trained: ADAPTER, post, isLoss: (e) => rec.isLoss(e),
+  generated: () => tuning.save().catch(() => {}) });
 
 async function handle(msg) {
   switch (msg.type) {
@@ -239,6 +240,7 @@ async function handle(msg) {
         ...(msg.sampling ?? {}), onToken: (text) => post({ type: "token", which: msg.which, text }) };
       if (msg.which === "after" && !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");
       const result = await model.generate(msg.prompt, opts);
+      tuning.save().catch(() => {}); // a first generation tunes the decoding GEMV on a real GPU; best effort
       post({ type: "generated", which: msg.which, result });
       break;
     }

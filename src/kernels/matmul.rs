@@ -354,7 +354,14 @@ impl Variant {
     pub fn tuned(gpu: &Gpu, g: &Gemm) -> Variant {
         if is_real_gpu(gpu) {
             return if g.gemv_ok() {
-                Variant::Gemv(GemvTiles::for_gpu(gpu))
+                let product = super::tune::Product::Gemv {
+                    format: crate::quant::QuantFormat::F32,
+                    half: false,
+                    m: g.m,
+                    n: g.n,
+                    k: g.k,
+                };
+                Variant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_gpu(gpu)))
             } else {
                 Variant::Blocked(super::tune::blocks_for(gpu, super::tune::Product::F32(*g), Blocks::for_gemm(g)))
             };
@@ -480,8 +487,8 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// tuned) through the vec4 entry where the orientation has one and the scalar
 /// one for other layouts, the yardstick, the subgroup blocks where the device
 /// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
-/// 1..=`GemvTiles::MAX_M` rows, with the subgroup reduction too where the
-/// device has subgroups.
+/// 1..=`GemvTiles::MAX_M` rows in every layout the autotuner times
+/// (`tune::gemv_candidates`).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -508,7 +515,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
             }
         }
     }
-    let gemvs = [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)];
+    let gemvs = super::tune::gemv_candidates(gpu);
     keys.extend(gemvs.iter().flat_map(|&t| (1..=GemvTiles::MAX_M).map(move |m| gemv_key(t, m))));
     keys
 }

@@ -292,10 +292,11 @@ impl QVariant {
     ) -> QVariant {
         let m = g.m;
         if is_real_gpu(gpu) {
+            let half = compute == ComputeDtype::F16 && gpu.info().shader_f16;
             return if !backward && aligned && m <= GemvTiles::MAX_M {
-                QVariant::Gemv(GemvTiles::for_gpu(gpu))
+                let product = super::tune::Product::Gemv { format, half, m, n: g.n, k: g.k };
+                QVariant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_gpu(gpu)))
             } else {
-                let half = compute == ComputeDtype::F16 && gpu.info().shader_f16;
                 let product = super::tune::Product::Quant { format, backward, half, m, n: g.n, k: g.k };
                 QVariant::Blocked(super::tune::blocks_for(gpu, product, Blocks::for_shape(m, g.n, 1)))
             };
@@ -412,8 +413,9 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// tuned ones) through the vec4 and the scalar entries, the yardstick, the
 /// subgroup block and the f16-compute kernels where the device runs them, the
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
-/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows (its subgroup
-/// reduction and f16 compute where the device has them).
+/// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows in every layout the
+/// autotuner times (`tune::gemv_candidates`: the subgroup reduction where the
+/// device has subgroups), and in f16 where the device has shader-f16.
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for format in Layout::ALL {
@@ -449,7 +451,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
         }
         let halves: &[bool] = if gpu.info().shader_f16 { &[false, true] } else { &[false] };
         for &half in halves {
-            for t in [GemvTiles::DEFAULT, GemvTiles::SUBGROUP.on(gpu)] {
+            for t in super::tune::gemv_candidates(gpu) {
                 keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m, half)));
             }
         }

@@ -1,24 +1,27 @@
-//! The autotuner of the blocked GEMM: on a real GPU each product's block
-//! shape is timed once per (adapter, shape class) and the fastest kept.
+//! The autotuner of the blocked GEMM and the decoding GEMV: on a real GPU
+//! each product's block shape (or GEMV layout and reduction) is timed once
+//! per (adapter, shape class) and the fastest kept.
 //!
 //! How it runs: when `gemm` or `qlinear` meets a shape class it has no choice
 //! for, it uses the fallback table ([`Blocks::for_shape`]) and notes the
 //! product as pending. [`autotune_pending`] (the trainer calls it after its
-//! first step, the CLI's bench before timing) times every candidate block on
-//! random operands of each pending product's shape and keeps the fastest, so
+//! first step, generation after its first token, the CLI's bench before
+//! timing) times every candidate on random operands of each pending
+//! product's shape and keeps the fastest, so
 //! exactly the products a run makes are tuned, and later steps use the
 //! choices. [`Tuning::to_json`] and [`Tuning::merge_json`] carry the choices
 //! across runs: natively a file in the user's cache folder
 //! (`GpuOptions::tuning_cache`), in the browser whatever storage the page
 //! uses (`gpu.exportTuning()` / `gpu.importTuning()`).
 //!
-//! A shape class is the product's kind (f32 in an orientation, or through a
-//! quantized weight forward or backward) with M, N, K and the batch rounded
-//! up to powers of two: shapes of a class are close enough to share a block.
+//! A shape class is the product's kind (f32 in an orientation, through a
+//! quantized weight forward or backward, or a GEMV through a weight) with M,
+//! N, K and the batch rounded up to powers of two: shapes of a class are
+//! close enough to share a block.
 
 use std::collections::BTreeMap;
 
-use super::blocked::Blocks;
+use super::blocked::{Blocks, GemvTiles};
 use super::matmul::{gemm_with, Gemm, Variant};
 use super::qmatmul::{qgemm_with, QVariant, QWeight};
 use crate::error::Result;
@@ -35,13 +38,17 @@ pub enum Product {
     /// backward `dy (m, k) · W` with W (k, n); `half`: computing in f16
     /// (`shaders/gemm_blocked_f16.wgsl`, its own class).
     Quant { format: QuantFormat, backward: bool, half: bool, m: usize, n: usize, k: usize },
+    /// Decoding's GEMV `x (m, k) · Wᵀ` (m ≤ 8) through W (n, k): an f32
+    /// weight (`QuantFormat::F32`, through `gemm`) or a frozen quantized one,
+    /// computing in f16 with `half`.
+    Gemv { format: QuantFormat, half: bool, m: usize, n: usize, k: usize },
 }
 
 impl Product {
     fn dims(&self) -> (usize, usize, usize, usize) {
         match *self {
             Product::F32(g) => (g.m, g.n, g.k, g.batch),
-            Product::Quant { m, n, k, .. } => (m, n, k, 1),
+            Product::Quant { m, n, k, .. } | Product::Gemv { m, n, k, .. } => (m, n, k, 1),
         }
     }
 
@@ -59,6 +66,7 @@ impl Product {
                     if *half { " f16" } else { "" }
                 )
             }
+            Product::Gemv { format, half, .. } => format!("gemv {}{}", format.name(), if *half { " f16" } else { "" }),
         };
         let (m, n, k, b) = self.dims();
         let l = |v: usize| v.max(1).next_power_of_two().trailing_zeros();
@@ -82,6 +90,8 @@ impl Product {
 #[derive(Debug, Default)]
 pub struct Tuning {
     choices: BTreeMap<String, Blocks>,
+    /// The GEMV classes' choices ("gemv nf4 m2^0 …").
+    gemv: BTreeMap<String, GemvTiles>,
     pending: BTreeMap<String, Product>,
     /// The cache file's choices have been read (natively, the first time the
     /// device's tuning is used).
@@ -90,36 +100,51 @@ pub struct Tuning {
 
 impl Tuning {
     pub fn len(&self) -> usize {
-        self.choices.len()
+        self.choices.len() + self.gemv.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.choices.is_empty()
+        self.len() == 0
     }
 
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
 
-    /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn], …}`.
+    /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn], …,
+    /// "gemv nf4 m2^0 …": [lanes, rows, subgroup (0 or 1)], …}`.
     pub fn to_json(&self) -> String {
-        let map: BTreeMap<&String, [u32; 5]> =
-            self.choices.iter().map(|(k, b)| (k, [b.bm, b.bn, b.bk, b.tm, b.tn])).collect();
+        let blocks = self.choices.iter().map(|(k, b)| (k, vec![b.bm, b.bn, b.bk, b.tm, b.tn]));
+        let gemv = self.gemv.iter().map(|(k, t)| (k, vec![t.lanes, t.rows, t.subgroup as u32]));
+        let map: BTreeMap<&String, Vec<u32>> = blocks.chain(gemv).collect();
         serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
     }
 
     /// Add the choices of [`Tuning::to_json`]'s output; entries that are not
     /// valid blocks on `gpu` are skipped. Returns how many were taken.
     pub fn merge_json(&mut self, gpu: &Gpu, json: &str) -> std::result::Result<usize, String> {
-        let map: BTreeMap<String, [u32; 5]> =
+        let map: BTreeMap<String, Vec<u32>> =
             serde_json::from_str(json).map_err(|e| format!("tuning: not a map of block shapes: {e}"))?;
         let mut taken = 0;
-        for (class, [bm, bn, bk, tm, tn]) in map {
-            let b = Blocks { bm, bn, bk, tm, tn };
-            if fits(&class, b, gpu) {
-                self.pending.remove(&class);
-                self.choices.insert(class, b);
-                taken += 1;
+        for (class, v) in map {
+            match (class.starts_with("gemv "), v.as_slice()) {
+                (true, &[lanes, rows, subgroup]) => {
+                    let t = GemvTiles { lanes, rows, subgroup: subgroup == 1 };
+                    if subgroup <= 1 && t.check().is_ok() && t.on(gpu) == t {
+                        self.pending.remove(&class);
+                        self.gemv.insert(class, t);
+                        taken += 1;
+                    }
+                }
+                (false, &[bm, bn, bk, tm, tn]) => {
+                    let b = Blocks { bm, bn, bk, tm, tn };
+                    if fits(&class, b, gpu) {
+                        self.pending.remove(&class);
+                        self.choices.insert(class, b);
+                        taken += 1;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(taken)
@@ -213,6 +238,43 @@ pub fn blocks_for(gpu: &Gpu, product: Product, fallback: Blocks) -> Blocks {
     })
 }
 
+/// The GEMV layout for `product` (a [`Product::Gemv`]): the tuned choice for
+/// its class, else `fallback` (and, where the device autotunes and W has at
+/// least [`MIN_GEMV_WEIGHTS`] values, the product is noted for tuning).
+pub fn gemv_for(gpu: &Gpu, product: Product, fallback: GemvTiles) -> GemvTiles {
+    let class = product.class();
+    let (_, n, k, _) = product.dims();
+    with_tuning(gpu, |t| {
+        if let Some(g) = t.gemv.get(&class) {
+            return *g;
+        }
+        if gpu.autotune && n * k >= MIN_GEMV_WEIGHTS && product.bytes() <= MAX_TUNE_BYTES {
+            t.pending.entry(class).or_insert(product);
+        }
+        fallback
+    })
+}
+
+/// Weights under this many values keep the GEMV's rule (LoRA's r-wide
+/// factors, small heads): their products are launch-bound whatever the layout.
+pub const MIN_GEMV_WEIGHTS: usize = 1 << 20;
+
+/// The GEMV layouts timed on `gpu`: the rule's choice ([`GemvTiles::for_gpu`])
+/// first, then 32, 64 and 16 lanes a row with the workgroup's tree and, where
+/// the device has subgroups, with subgroup sums.
+pub fn gemv_candidates(gpu: &Gpu) -> Vec<GemvTiles> {
+    let mut out = vec![GemvTiles::for_gpu(gpu)];
+    for subgroup in [false, true] {
+        for (lanes, rows) in [(32, 8), (64, 4), (16, 16)] {
+            let t = GemvTiles { lanes, rows, subgroup }.on(gpu);
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
 /// Products under this many FLOPs are not tuned: launch overhead dominates
 /// them whatever the block (row sums against a ones vector, tiny batches).
 pub const MIN_TUNE_FLOPS: f64 = 1e7;
@@ -282,7 +344,8 @@ pub(crate) fn all_candidates(gpu: &Gpu) -> Vec<Blocks> {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Tuned {
     pub class: String,
-    pub blocks: [u32; 5],
+    /// The block chosen ("128x128x8/8x8") or the GEMV layout ("gemv 32x8 subgroup").
+    pub choice: String,
     pub ms: f64,
     pub fallback_ms: f64,
     pub candidates: usize,
@@ -296,18 +359,29 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
     let mut report = Vec::new();
     for (class, product) in pending {
         let (m, n, _, batch) = product.dims();
-        let cands: Vec<Blocks> = candidates(m, n, batch).into_iter().filter(|&b| fits(&class, b, gpu)).collect();
+        let cands: Vec<Candidate> = match product {
+            Product::Gemv { .. } => gemv_candidates(gpu).into_iter().map(Candidate::Gemv).collect(),
+            _ => candidates(m, n, batch).into_iter().filter(|&b| fits(&class, b, gpu)).map(Candidate::Blocks).collect(),
+        };
         let mut times = Vec::with_capacity(cands.len());
         let timer = Timer::new(gpu, &product)?;
-        for &b in &cands {
-            times.push(timer.time(gpu, b).await?);
+        for &c in &cands {
+            times.push(timer.time(gpu, c).await?);
         }
         let Some(best) = (0..cands.len()).min_by(|&i, &j| times[i].total_cmp(&times[j])) else { continue };
-        with_tuning(gpu, |t| t.choices.insert(class.clone(), cands[best]));
-        let c = cands[best];
+        let choice = match cands[best] {
+            Candidate::Blocks(b) => {
+                with_tuning(gpu, |t| t.choices.insert(class.clone(), b));
+                format!("{}x{}x{}/{}x{}", b.bm, b.bn, b.bk, b.tm, b.tn)
+            }
+            Candidate::Gemv(g) => {
+                with_tuning(gpu, |t| t.gemv.insert(class.clone(), g));
+                format!("gemv {}x{}{}", g.lanes, g.rows, if g.subgroup { " subgroup" } else { "" })
+            }
+        };
         report.push(Tuned {
             class,
-            blocks: [c.bm, c.bn, c.bk, c.tm, c.tn],
+            choice,
             ms: times[best] * 1e3,
             fallback_ms: times[0] * 1e3,
             candidates: cands.len(),
@@ -318,6 +392,13 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
         save_cache(gpu);
     }
     Ok(report)
+}
+
+/// What the tuner times: a block of the blocked GEMM, or a GEMV layout.
+#[derive(Clone, Copy, Debug)]
+enum Candidate {
+    Blocks(Blocks),
+    Gemv(GemvTiles),
 }
 
 /// Random operands of one product, and the calls that time a block on them.
@@ -353,27 +434,48 @@ impl Timer {
                 let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
                 Timer { product: *product, a, b: None, w: Some(w), c }
             }
+            Product::Gemv { format, half, m, n, k } => {
+                let a = Tensor::from_slice(gpu, &[m, k], &fill(m * k, 5))?;
+                let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
+                if format == QuantFormat::F32 {
+                    let b = Tensor::from_slice(gpu, &[n, k], &fill(n * k, 6))?;
+                    return Ok(Timer { product: *product, a, b: Some(b), w: None, c });
+                }
+                let mut w = QWeight::from_f32(gpu, &fill(n * k, 6), n, k, format)?;
+                if half {
+                    w.set_compute(gpu, crate::quant::ComputeDtype::F16)?;
+                }
+                Timer { product: *product, a, b: None, w: Some(w), c }
+            }
         })
     }
 
-    fn record(&self, rec: &mut Recorder, blocks: Blocks) -> Result<()> {
-        match (&self.product, &self.b, &self.w) {
-            (Product::F32(g), Some(b), _) => gemm_with(rec, g, &self.a, b, &self.c, Variant::Blocked(blocks)),
-            (Product::Quant { backward, .. }, _, Some(w)) => {
-                qgemm_with(rec, &self.a, w, &self.c, *backward, QVariant::Blocked(blocks))
+    fn record(&self, rec: &mut Recorder, candidate: Candidate) -> Result<()> {
+        match (&self.product, &self.b, &self.w, candidate) {
+            (Product::F32(g), Some(b), _, Candidate::Blocks(t)) => {
+                gemm_with(rec, g, &self.a, b, &self.c, Variant::Blocked(t))
+            }
+            (Product::Quant { backward, .. }, _, Some(w), Candidate::Blocks(t)) => {
+                qgemm_with(rec, &self.a, w, &self.c, *backward, QVariant::Blocked(t))
+            }
+            (&Product::Gemv { m, n, k, .. }, Some(b), _, Candidate::Gemv(t)) => {
+                gemm_with(rec, &Gemm::new(m, n, k, false, true), &self.a, b, &self.c, Variant::Gemv(t))
+            }
+            (Product::Gemv { .. }, _, Some(w), Candidate::Gemv(t)) => {
+                qgemm_with(rec, &self.a, w, &self.c, false, QVariant::Gemv(t))
             }
             _ => Ok(()),
         }
     }
 
-    /// Seconds per call with `blocks`: one call to build the pipeline, one
+    /// Seconds per call of `candidate`: one call to build the pipeline, one
     /// to estimate, then the median of three submissions of enough calls to
     /// take about 2 ms.
-    async fn time(&self, gpu: &Gpu, blocks: Blocks) -> Result<f64> {
+    async fn time(&self, gpu: &Gpu, candidate: Candidate) -> Result<f64> {
         let run = async |calls: usize| -> Result<f64> {
             let mut rec = Recorder::new(gpu);
             for _ in 0..calls {
-                self.record(&mut rec, blocks)?;
+                self.record(&mut rec, candidate)?;
             }
             let start = clock::seconds();
             rec.submit()?;

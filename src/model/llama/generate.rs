@@ -293,6 +293,13 @@ impl Model {
             if !go_on || config.eos_token_ids.contains(&token) || out.len() >= config.max_new_tokens {
                 return Ok(out);
             }
+            // The prompt's pass and the first one-token step have met every
+            // product a token makes: on a real GPU, the shape classes with no
+            // tuned choice yet are timed now, once (kernels::tune); a failed
+            // tuning keeps the rule's choices, which compute the same sums.
+            if out.len() == 2 && crate::kernels::tune::tuning_counts(gpu).1 > 0 {
+                let _ = crate::kernels::tune::autotune_pending(gpu).await;
+            }
             ids = Tensor::from_slice(gpu, &[1, 1], &[token])?;
         }
     }
