@@ -38,7 +38,7 @@ pub struct GenerateFigure {
 }
 
 /// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`
-/// (one warm-up run first, so pipelines are compiled), through `adapter`'s
+/// (one warm-up run first, so pipelines are compiled and tuned), through `adapter`'s
 /// hooks (a label and the adapter) or the base model alone; with `profile`,
 /// then one decoding step with timestamp queries (where the device has them).
 pub async fn generate_figure(
@@ -54,8 +54,10 @@ pub async fn generate_figure(
     let vocab = model.config.vocab_size;
     let prompt: Vec<u32> = (0..prompt_tokens.max(1)).map(|_| rng.below(vocab) as u32).collect();
     let config = GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() };
+    // The warm-up compiles the pipelines and, on a real GPU, tunes after its
+    // first one-token step (the third token), so the timed run does neither.
     model
-        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 2, ..config.clone() }, hooks, |_| true)
+        .generate_adapted(gpu, &prompt, &GenerationConfig { max_new_tokens: 3, ..config.clone() }, hooks, |_| true)
         .await?;
     let start = Instant::now();
     let mut first = None;
