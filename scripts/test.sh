@@ -23,6 +23,7 @@ cargo test --features cli --test rmsnorm --test rope --test softmax --test swigl
     --test adamw --test embedding --test reduce --test elementwise --test adalora_kernels
 cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
 cargo test --features cli --test gemv -- every_form
+cargo test --features cli --test low_rank -- every_kernel f16_compute chunked
 cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
 cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
 cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel dequantizes chunks

@@ -25,8 +25,11 @@
 //                     the partial sums of lane `lane` of `lanes` over the
 //                     vec4 steps [begin, end) of W row `row` (begin a multiple
 //                     of GV_PASS; the loop's trip count is the same for all lanes)
+//                 gemv_units(m, value) -> f32    value in the units of those sums
 //                 gemv_finish(m, n, sum)         stores a row's total
 //   reduction   this file (gemv_nt), or gemv_subgroup.wgsl (gemv_nt_sg).
+//   epilogue    shaders/low_rank.wgsl or low_rank_none.wgsl: a fused LoRA term,
+//               whose r products the row's lanes share before their sums meet.
 //
 // Prelude constants: GV_M (rows of x, 1-8), GV_LANES, GV_ROWS, with
 // GV_LANES · GV_ROWS ≤ 256; here GV_LANES is a power of two.
@@ -43,7 +46,10 @@ fn gemv_nt(
     let lane = lid.x;
     let n = wid.x * GV_ROWS + lid.y;
     let row = min(n, p.n - 1u);  // past the edge: a clamped row, never stored
-    let acc = gemv_lane(row, 0u, p.k / 4u, lane, GV_LANES);
+    var acc = gemv_lane(row, 0u, p.k / 4u, lane, GV_LANES);
+    if (LOW_RANK) {  // the lanes' shares of a fused low-rank term (shaders/low_rank.wgsl)
+        for (var m = 0u; m < GV_M; m++) { acc[m] += gemv_units(m, low_rank_share(m, row, lane, GV_LANES)); }
+    }
     let slot = lid.y * GV_LANES + lane;
     for (var m = 0u; m < GV_M; m++) { gv_sum[m * GV_LANES * GV_ROWS + slot] = acc[m]; }
     for (var s = GV_LANES / 2u; s > 0u; s /= 2u) {

@@ -66,4 +66,8 @@ fn gemv_lane(row: u32, begin: u32, end: u32, lane: u32, lanes: u32) -> array<f32
     return acc;
 }
 
+// A value in the units of gemv_lane's sums: times the row's scale, which
+// gemv_finish divides back out (a power of two: exact either way).
+fn gemv_units(m: u32, value: f32) -> f32 { return value * gv_scale[m]; }
+
 fn gemv_finish(m: u32, n: u32, sum: f32) { gemv_store(m, n, sum / gv_scale[m]); }

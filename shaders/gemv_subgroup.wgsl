@@ -87,6 +87,9 @@ fn gemv_nt_sg(
                 for (var m = 0u; m < GV_M; m++) { acc[m] += chunk[m]; }
             }
         }
+        if (LOW_RANK && part == 0u) {  // a fused low-rank term, once a row
+            for (var m = 0u; m < GV_M; m++) { acc[m] += gemv_units(m, low_rank_share(m, row, lane, lanes)); }
+        }
         for (var m = 0u; m < GV_M; m++) {
             let total = subgroupAdd(acc[m]);
             if (per_row == 1u) {

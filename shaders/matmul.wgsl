@@ -18,6 +18,8 @@
 // Prelude constants: TM, TN (outputs per invocation; multiples of 4, except
 // TM of 1-3 for a few rows in matmul_nt, matmul_nn and the scalar kernel), WX,
 // WY (workgroup size), and for the scalar kernels TRANS_A, TRANS_B.
+// Appended to every module: shaders/low_rank.wgsl (a Linear's forward that
+// adds LoRA's term as it stores y) or shaders/low_rank_none.wgsl.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -29,6 +31,10 @@ struct Params {
     alpha: f32,
     stride_a: u32, stride_b: u32, stride_c: u32,  // element strides between batches
     k_split: u32,       // K per split of gemm_blocked_split (shaders/gemm_blocked.wgsl)
+    lr_rank: u32,       // r of the low-rank term (shaders/low_rank.wgsl)
+    lr_scale: f32,      // its scale
+    lr_row: u32,        // B's row of this launch's first output column
+    lr_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,12 +45,19 @@ struct Params {
 @group(0) @binding(5) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read_write> cs: array<f32>;
 
-fn store_c(base: u32, m: u32, n: u32, value: f32) {
+// C[base + m·ldc + n] = alpha · value (+ C), plus the low-rank term where the
+// module has one (shaders/low_rank.wgsl: a Linear's forward, batch 1; the
+// GEMV stores with `term` off, having added it in its lanes).
+fn store_c(base: u32, m: u32, n: u32, value: f32) { store_c_with(base, m, n, value, LOW_RANK); }
+
+fn store_c_with(base: u32, m: u32, n: u32, value: f32, term: bool) {
     let i = base + m * p.ldc + n;
+    var v = p.alpha * value;
+    if (term) { v += low_rank_term(m, n); }
     if (p.accumulate != 0u) {
-        c[i] = c[i] + p.alpha * value;
+        c[i] = c[i] + v;
     } else {
-        c[i] = p.alpha * value;
+        c[i] = v;
     }
 }
 
@@ -168,12 +181,15 @@ fn b_at(base: u32, k: u32, n: u32) -> f32 {
     return b[base + k * p.ldb + n];
 }
 
+// store_c for the kernels that bind C as `cs`.
 fn store_cs(base: u32, m: u32, n: u32, value: f32) {
     let i = base + m * p.ldc + n;
+    var v = p.alpha * value;
+    if (LOW_RANK) { v += low_rank_term(m, n); }
     if (p.accumulate != 0u) {
-        cs[i] = cs[i] + p.alpha * value;
+        cs[i] = cs[i] + v;
     } else {
-        cs[i] = p.alpha * value;
+        cs[i] = v;
     }
 }
 
@@ -228,7 +244,7 @@ fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 
 
 fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return b4[(p.b_off + n * p.ldb + k) / 4u]; }
 
-fn gemv_store(m: u32, n: u32, value: f32) { store_c(p.c_off, m, n, value); }
+fn gemv_store(m: u32, n: u32, value: f32) { store_c_with(p.c_off, m, n, value, false); }
 
 // One output per invocation: the yardstick the benchmark prints beside the tiled kernels.
 @compute @workgroup_size(WX, WY, 1)

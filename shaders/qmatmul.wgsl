@@ -15,6 +15,8 @@
 // the x rows aligned to 4 (real models always are); `qmatmul_scalar` takes any
 // shape, and `qmatmul_naive` is the benchmark's yardstick.
 // Prelude constants: FORMAT, TM, TN, WX, WY, and for the scalar kernels FORWARD.
+// Appended to every module: shaders/low_rank.wgsl (a launch that adds LoRA's
+// term as it stores y) or shaders/low_rank_none.wgsl.
 
 const Q8_0: u32 = 1u;
 const F16: u32 = 2u;
@@ -29,6 +31,10 @@ struct Params {
     alpha: f32,
     stride_a: u32, stride_b: u32, stride_c: u32,
     k_split: u32,       // K per split of gemm_blocked_split (shaders/gemm_blocked.wgsl)
+    lr_rank: u32,       // r of the low-rank term (shaders/low_rank.wgsl)
+    lr_scale: f32,      // its scale
+    lr_row: u32,        // B's row of this launch's first output column
+    lr_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -74,12 +80,19 @@ fn w1(e: u32) -> f32 {
     return level(code) * block_absmax(e >> 6u);
 }
 
-fn store(m: u32, n: u32, value: f32) {
+// y[m, n] = alpha · value (+ y[m, n]), plus the low-rank term where the
+// module has one (shaders/low_rank.wgsl; every kernel stores through here,
+// the GEMV with `term` off: it added the term in its lanes).
+fn store(m: u32, n: u32, value: f32) { store_with(m, n, value, LOW_RANK); }
+
+fn store_with(m: u32, n: u32, value: f32, term: bool) {
     let i = p.c_off + m * p.ldc + n;
+    var v = p.alpha * value;
+    if (term) { v += low_rank_term(m, n); }
     if (p.accumulate != 0u) {
-        c[i] = c[i] + p.alpha * value;
+        c[i] = c[i] + v;
     } else {
-        c[i] = p.alpha * value;
+        c[i] = v;
     }
 }
 
@@ -171,7 +184,7 @@ fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 
 
 fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return w4(n * p.k + k); }
 
-fn gemv_store(m: u32, n: u32, value: f32) { store(m, n, value); }
+fn gemv_store(m: u32, n: u32, value: f32) { store_with(m, n, value, false); }
 
 // Any shape: the same register tile with scalar loads.
 @compute @workgroup_size(WX, WY, 1)

@@ -255,6 +255,35 @@ impl Kernel {
         }
     }
 
+    /// The store epilogue appended to a module of the matmul.wgsl and
+    /// qmatmul.wgsl families: the low-rank term (`shaders/low_rank.wgsl`)
+    /// for a key made [`PipelineKey::low_rank`], else its absence
+    /// (`shaders/low_rank_none.wgsl`); nothing for other families.
+    fn epilogue(self, low_rank: bool) -> &'static str {
+        let stores_linears = matches!(
+            self,
+            Kernel::Matmul
+                | Kernel::MatmulSubgroup
+                | Kernel::MatmulBlocked
+                | Kernel::MatmulGemv
+                | Kernel::MatmulGemvSubgroup
+                | Kernel::QMatmul
+                | Kernel::QMatmulBlocked
+                | Kernel::QMatmulGemv
+                | Kernel::QMatmulGemvSubgroup
+                | Kernel::QMatmulGemvF16
+                | Kernel::QMatmulGemvF16Subgroup
+                | Kernel::QMatmulSubgroup
+                | Kernel::QMatmulF16
+                | Kernel::QMatmulBlockedF16
+        );
+        match (stores_linears, low_rank) {
+            (false, _) => "",
+            (true, true) => include_str!("../../shaders/low_rank.wgsl"),
+            (true, false) => include_str!("../../shaders/low_rank_none.wgsl"),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Matmul => "matmul",
@@ -329,11 +358,20 @@ pub struct PipelineKey {
     pub kernel: Kernel,
     pub entry: &'static str,
     pub consts: Vec<(&'static str, Const)>,
+    /// A matmul.wgsl or qmatmul.wgsl module whose store adds a low-rank term (see [`PipelineKey::low_rank`]).
+    pub low_rank: bool,
 }
 
 impl PipelineKey {
     pub fn new(kernel: Kernel, entry: &'static str) -> Self {
-        Self { kernel, entry, consts: Vec::new() }
+        Self { kernel, entry, consts: Vec::new(), low_rank: false }
+    }
+
+    /// The same pipeline with LoRA's term fused into its store
+    /// (`shaders/low_rank.wgsl`, bindings 8 and 9), when `on`.
+    pub fn low_rank(mut self, on: bool) -> Self {
+        self.low_rank = on;
+        self
     }
 
     pub fn with(mut self, name: &'static str, value: Const) -> Self {
@@ -341,8 +379,9 @@ impl PipelineKey {
         self
     }
 
-    fn hash_key(&self) -> (Kernel, &'static str, Vec<(&'static str, u64)>) {
-        (self.kernel, self.entry, self.consts.iter().map(|(n, c)| (*n, c.bits())).collect())
+    fn hash_key(&self) -> PipeKey {
+        let consts = self.consts.iter().map(|(n, c)| (*n, c.bits())).collect();
+        (self.kernel, self.entry, consts, self.low_rank)
     }
 
     /// What tells pipelines apart: equal ids share one pipeline.
@@ -357,9 +396,11 @@ impl PipelineKey {
         format!("{enable}{consts}")
     }
 
-    /// A short name for timing tables: `matmul/matmul_tiled`.
+    /// A short name for timing tables: `matmul/matmul_tiled`
+    /// (`qmatmul/qmatmul_nt+low_rank` where the store adds LoRA's term).
     pub fn label(&self) -> String {
-        format!("{}/{}", self.kernel.name(), self.entry)
+        let fused = if self.low_rank { "+low_rank" } else { "" };
+        format!("{}/{}{fused}", self.kernel.name(), self.entry)
     }
 }
 
@@ -369,8 +410,8 @@ pub(crate) struct CachedPipeline {
     pub(crate) label: String,
 }
 
-type ModuleKey = (Kernel, Vec<(&'static str, u64)>);
-type PipeKey = (Kernel, &'static str, Vec<(&'static str, u64)>);
+type ModuleKey = (Kernel, Vec<(&'static str, u64)>, bool);
+type PipeKey = (Kernel, &'static str, Vec<(&'static str, u64)>, bool);
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
@@ -384,13 +425,14 @@ impl PipelineCache {
         if let Some(p) = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&hash_key) {
             return p.clone();
         }
-        let module_key = (key.kernel, hash_key.2.clone());
+        let module_key = (key.kernel, hash_key.2.clone(), key.low_rank);
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             modules
                 .entry(module_key)
                 .or_insert_with(|| {
-                    let source = format!("{}{}{}", key.prelude(), COMMON, key.kernel.source());
+                    let (kernel, epilogue) = (key.kernel.source(), key.kernel.epilogue(key.low_rank));
+                    let source = format!("{}{COMMON}{kernel}{epilogue}", key.prelude());
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(key.kernel.name()),
                         source: wgpu::ShaderSource::Wgsl(source.into()),

@@ -245,11 +245,18 @@ impl Blocks {
     pub const MAX_SPLITS: usize = 32;
 }
 
+/// Whether a blocked entry point stores into C through the host's store
+/// (the split ones write partial sums).
+pub(crate) fn stores_y(entry: &str) -> bool {
+    !entry.starts_with("gemm_blocked_split")
+}
+
 /// Record the blocked GEMM: one launch of `gemm_blocked`, or with `splits`
 /// above 1 `gemm_blocked_split` into a scratch tensor of partial sums and
 /// `gemm_split_sum` into C. `key` names the host module's pipeline for an
 /// entry point; `operands` binds A and B (and a host's extra tensors),
-/// `out` binds C; `params` is the host's launch parameters with `batch`,
+/// `stores` binds C first, then what the host's store reads besides (a
+/// low-rank term's factors); `params` is the host's launch parameters with `batch`,
 /// `m`, `n`, `k` as in the product, and `set_split` writes K per split into
 /// them; each split's K is a multiple of the block's `bk` and of `k_align`.
 /// The scratch must fit one binding, else fewer splits are used.
@@ -260,7 +267,7 @@ pub(crate) fn record<P: bytemuck::Pod>(
     mut params: P,
     set_split: impl Fn(&mut P, u32),
     operands: &[(u32, &crate::gpu::Tensor)],
-    out: (u32, &crate::gpu::Tensor),
+    stores: &[(u32, &crate::gpu::Tensor)],
     blocks: Blocks,
     (m, n, k, batch): (usize, usize, usize, usize),
     (splits, k_align): (u32, u32),
@@ -269,16 +276,14 @@ pub(crate) fn record<P: bytemuck::Pod>(
     let align = blocks.bk.max(k_align).max(1) as usize;
     let k_split = k.div_ceil(splits.clamp(1, max_splits) as usize).next_multiple_of(align).max(1);
     let splits = k.div_ceil(k_split).max(1);
-    let mut bound: Vec<(u32, &crate::gpu::Tensor)> = operands.to_vec();
-    bound.push(out);
     if splits == 1 {
+        let bound = [operands, stores].concat();
         return rec.dispatch_bound(&key("gemm_blocked"), &params, &bound, blocks.grid(m, n, batch));
     }
     set_split(&mut params, k_split as u32);
     let partial = rec.alloc(&[splits * batch * m * n], crate::gpu::DType::F32)?; // every element written
-    bound.pop();
-    bound.push((7, &partial));
+    let bound = [operands, &[(7, &partial)]].concat();
     rec.dispatch_bound(&key("gemm_blocked_split"), &params, &bound, blocks.grid(m, n, batch * splits))?;
     let groups = super::grid_1d((batch * m * n).div_ceil(256));
-    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[out, (7, &partial)], groups)
+    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[stores, &[(7, &partial)]].concat(), groups)
 }

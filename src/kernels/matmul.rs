@@ -3,6 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
+use super::low_rank::{self, Fused, LowRank, LowRankParams};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
@@ -160,6 +161,7 @@ impl Gemm {
             stride_b: self.stride_b as u32,
             stride_c: self.stride_c as u32,
             k_split: 0,
+            lr: LowRankParams::default(),
         }
     }
 }
@@ -183,6 +185,7 @@ struct MatmulParams {
     stride_b: u32,
     stride_c: u32,
     k_split: u32,
+    lr: LowRankParams,
 }
 
 /// Outputs per invocation (tm × tn) and workgroup shape (wx × wy).
@@ -379,11 +382,75 @@ impl Variant {
 
 /// Record a multiply with a chosen kernel (the benchmark compares them).
 pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant) -> Result<()> {
+    record(rec, g, a, b, c, variant, None)
+}
+
+/// A Linear's forward `C = alpha·A·Bᵀ (+ C)` through `variant` with
+/// `scale·h·B_termᵀ` added as it stores C (`shaders/low_rank.wgsl`),
+/// whatever the rows (the tests' and the benchmark's way in;
+/// `qmatmul::qlinear_low_rank` decides when to fuse).
+pub fn gemm_low_rank_with(
+    rec: &mut Recorder,
+    g: &Gemm,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    term: &LowRank,
+    variant: Variant,
+) -> Result<()> {
+    record(rec, g, a, b, c, variant, Some((term, 0)))
+}
+
+/// [`gemm`] with a fused term: B's row `row` is the one of C's column 0.
+pub(crate) fn gemm_fused(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, term: Fused) -> Result<()> {
+    record(rec, g, a, b, c, Variant::tuned(rec.gpu(), g), term)
+}
+
+/// Checks that a term fits a Linear's forward `g` (one batch, A·Bᵀ, alpha
+/// 1: the GEMV adds the term before alpha): h has C's M rows and B the rows
+/// `row..row + N`, both r wide.
+fn check_term(g: &Gemm, (t, row): (&LowRank, usize)) -> Result<()> {
+    let fits = match (t.h.shape(), t.b.shape()) {
+        ([hm, r], [bo, br]) => *hm == g.m && br == r && row + g.n <= *bo,
+        _ => false,
+    };
+    if g.batch != 1 || g.trans_a || !g.trans_b || g.alpha != 1.0 || !fits {
+        return Err(Error::shape(
+            LowRank::OP,
+            format!(
+                "h {:?} and B {:?} (from row {row}) do not fit a {}x{}x{} Linear forward (batch {}, A·Bᵀ, alpha 1)",
+                t.h.shape(),
+                t.b.shape(),
+                g.m,
+                g.n,
+                g.k,
+                g.batch
+            ),
+        ));
+    }
+    t.h.expect_dtype(LowRank::OP, "h", DType::F32)?;
+    t.b.expect_dtype(LowRank::OP, "lora_B", DType::F32)
+}
+
+fn record<'a>(
+    rec: &mut Recorder,
+    g: &Gemm,
+    a: &'a Tensor,
+    b: &'a Tensor,
+    c: &'a Tensor,
+    variant: Variant,
+    term: Fused<'a>,
+) -> Result<()> {
     g.check(a, b, c)?;
+    if let Some(t) = term {
+        check_term(g, t)?;
+    }
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let params = g.params();
+    let params = MatmulParams { lr: low_rank::params(term), ..g.params() };
+    let fused = term.is_some();
+    let bind = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term);
     let variant = match variant {
         Variant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && g.vec4_entry().is_some()) => {
             Variant::Tiled(Tiles::for_gemm(g))
@@ -394,13 +461,14 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
     match variant {
         Variant::Blocked(t) => {
             let splits = blocked::auto_splits(t, g.m, g.n, g.k, g.batch);
-            record_blocked(rec, g, params, a, b, c, t, splits)
+            record_blocked(rec, g, params, a, b, &bind(&[(6, c)]), t, splits)
         }
-        Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, c, t, splits),
+        Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, &bind(&[(6, c)]), t, splits),
         Variant::Gemv(t) => {
             let t = t.on(rec.gpu());
             t.check().map_err(|e| Error::shape("matmul", e))?;
-            rec.dispatch_bound(&gemv_key(t, g.m), &params, &[(1, a), (2, b), (3, c)], t.grid(g.n))
+            let key = gemv_key(t, g.m).low_rank(fused);
+            rec.dispatch_bound(&key, &params, &bind(&[(1, a), (2, b), (3, c)]), t.grid(g.n))
         }
         Variant::Subgroup(t) => {
             if !t.valid() {
@@ -410,24 +478,27 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
                 ));
             }
             let groups = [div(g.n, SG_WIDTH * t.tn), div(g.m, t.sr), g.batch as u32];
-            rec.dispatch_bound(&subgroup_key(g, t), &params, &[(1, a), (2, b), (3, c)], groups)
+            let key = subgroup_key(g, t).low_rank(fused);
+            rec.dispatch_bound(&key, &params, &bind(&[(1, a), (2, b), (3, c)]), groups)
         }
         Variant::Tiled(t) if g.vec4_entry().is_some() => {
             let entry = g.vec4_entry().unwrap_or("matmul_nt");
             let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
-            rec.dispatch_bound(&key(entry, g, t), &params, &[(1, a), (2, b), (3, c)], groups)
+            rec.dispatch_bound(&key(entry, g, t).low_rank(fused), &params, &bind(&[(1, a), (2, b), (3, c)]), groups)
         }
         Variant::Tiled(t) | Variant::Scalar(t) => {
             let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
-            rec.dispatch_bound(&key("matmul_scalar", g, t), &params, &[(4, a), (5, b), (6, c)], groups)
+            let key = key("matmul_scalar", g, t).low_rank(fused);
+            rec.dispatch_bound(&key, &params, &bind(&[(4, a), (5, b), (6, c)]), groups)
         }
         Variant::Naive => {
             let groups = [div(g.n, 16), div(g.m, 16), g.batch as u32];
-            rec.dispatch_bound(&naive_key(g), &params, &[(4, a), (5, b), (6, c)], groups)
+            rec.dispatch_bound(&naive_key(g).low_rank(fused), &params, &bind(&[(4, a), (5, b), (6, c)]), groups)
         }
     }
 }
 
+/// The blocked GEMM; `stores` binds C and a fused term's factors.
 #[allow(clippy::too_many_arguments)]
 fn record_blocked(
     rec: &mut Recorder,
@@ -435,14 +506,15 @@ fn record_blocked(
     params: MatmulParams,
     a: &Tensor,
     b: &Tensor,
-    c: &Tensor,
+    stores: &[(u32, &Tensor)],
     t: Blocks,
     splits: u32,
 ) -> Result<()> {
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
-    let key = |entry| blocked_key(g, t, entry);
+    let fused = stores.len() > 1;
+    let key = |entry| blocked_key(g, t, entry).low_rank(fused && blocked::stores_y(entry));
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
-    blocked::record(rec, key, params, set, &[(4, a), (5, b)], (6, c), t, (g.m, g.n, g.k, g.batch), (splits, 1))
+    blocked::record(rec, key, params, set, &[(4, a), (5, b)], stores, t, (g.m, g.n, g.k, g.batch), (splits, 1))
 }
 
 /// The one-output-per-invocation yardstick (16×16 workgroups; TM and TN
@@ -488,10 +560,19 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// one for other layouts, the yardstick, the subgroup blocks where the device
 /// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
 /// 1..=`GemvTiles::MAX_M` rows in every layout the autotuner times
-/// (`tune::gemv_candidates`).
+/// (`tune::gemv_candidates`); and for a Linear's forward (A·Bᵀ) each of
+/// them with a low-rank term in its store ([`gemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
+    // A key, and its low-rank form where a Linear's forward can ask for it.
+    let mut push = |key: PipelineKey, fusable: bool| {
+        if fusable {
+            keys.push(key.clone().low_rank(true));
+        }
+        keys.push(key);
+    };
     for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+        let linear = !trans_a && trans_b;
         // Aligned shapes: (m, n, k) that take the vec4 entry where there is one.
         let g = |m, n, k| Gemm::new(m, n, k, trans_a, trans_b);
         let big = g(256, 256, 256);
@@ -499,24 +580,27 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
         tiles.extend((0..=Tiles::FEW_ROWS).filter_map(|m| Tiles::few_rows(m, trans_a)));
         for t in tiles {
             if let Some(entry) = big.vec4_entry() {
-                keys.push(key(entry, &big, t));
+                push(key(entry, &big, t), linear);
             }
-            keys.push(key("matmul_scalar", &big, t));
+            push(key("matmul_scalar", &big, t), linear);
         }
-        keys.push(naive_key(&big));
+        push(naive_key(&big), linear);
         if subgroups_usable(gpu) && big.vec4_entry().is_some() {
             for shape in [g(256, 16, 256), g(256, 256, 16), big] {
-                keys.push(subgroup_key(&big, SgTiles::for_gemm(&shape)));
+                push(subgroup_key(&big, SgTiles::for_gemm(&shape)), linear);
             }
         }
         for &b in blocks {
             for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                keys.push(blocked_key(&big, b, entry));
+                push(blocked_key(&big, b, entry), linear && blocked::stores_y(entry));
             }
         }
     }
-    let gemvs = super::tune::gemv_candidates(gpu);
-    keys.extend(gemvs.iter().flat_map(|&t| (1..=GemvTiles::MAX_M).map(move |m| gemv_key(t, m))));
+    for t in super::tune::gemv_candidates(gpu) {
+        for m in 1..=GemvTiles::MAX_M {
+            push(gemv_key(t, m), true);
+        }
+    }
     keys
 }
 

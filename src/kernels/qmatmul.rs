@@ -13,7 +13,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
-use super::matmul::{gemm, subgroups_usable, Gemm, SgTiles, Tiles};
+use super::low_rank::{self, Fused, LowRank, LowRankParams};
+use super::matmul::{gemm, gemm_fused, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Layout, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
@@ -46,6 +47,13 @@ pub struct QWeight {
     pub max_abs: f32,
     /// The arithmetic of its quantized kernels; see [`QWeight::set_compute`].
     compute: ComputeDtype,
+}
+
+impl QWeight {
+    /// Whether every chunk is stored quantized (f16 included), not f32.
+    fn quantized(&self) -> bool {
+        self.chunks.iter().all(|c| matches!(c.data, ChunkData::Quant(_)))
+    }
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -241,6 +249,7 @@ struct Params {
     stride_b: u32,
     stride_c: u32,
     k_split: u32,
+    lr: LowRankParams,
 }
 
 /// Which quantized kernel: the register-tiled one, the 8-lane subgroup one,
@@ -415,44 +424,59 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
 /// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows in every layout the
 /// autotuner times (`tune::gemv_candidates`: the subgroup reduction where the
-/// device has subgroups), and in f16 where the device has shader-f16.
+/// device has subgroups), and in f16 where the device has shader-f16; and
+/// each forward one with a low-rank term in its store (`qlinear_low_rank`
+/// for at most [`LowRank::FUSED_ROWS`] rows, [`qgemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
+    // A key, and its low-rank form where a forward product of few rows can ask for it.
+    let mut push = |key: PipelineKey, fusable: bool| {
+        if fusable {
+            keys.push(key.clone().low_rank(true));
+        }
+        keys.push(key);
+    };
     for format in Layout::ALL {
         for backward in [false, true] {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
             for m in [1, 2, 3, 4, 8, Tiles::FEW_ROWS + 1] {
                 let t = tiles(backward, m);
-                keys.push(qkey(entry, format, !backward, t));
-                keys.push(qkey("qmatmul_scalar", format, !backward, t));
+                let few = !backward && m <= LowRank::FUSED_ROWS;
+                push(qkey(entry, format, !backward, t), few);
+                push(qkey("qmatmul_scalar", format, !backward, t), few);
                 if gpu.info().shader_f16 {
-                    keys.push(f16_key(format, backward, Tiles::few_rows(m, false).unwrap_or(F16_TILES)));
+                    push(f16_key(format, backward, Tiles::few_rows(m, false).unwrap_or(F16_TILES)), few);
                 }
             }
-            keys.push(naive_key(format, backward));
+            push(naive_key(format, backward), !backward);
             if subgroups_usable(gpu) {
-                keys.push(subgroup_key(format, backward, QVariant::SG_TILES));
+                push(subgroup_key(format, backward, QVariant::SG_TILES), !backward);
             }
             for &b in blocks {
                 for aligned in [false, true] {
                     for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                        keys.push(blocked_key(format, backward, aligned, b, entry));
+                        push(blocked_key(format, backward, aligned, b, entry), !backward && blocked::stores_y(entry));
                     }
                     if gpu.info().shader_f16 && b.check_f16(gpu).is_ok() {
                         for entry in ["gemm_blocked_f16", "gemm_blocked_split_f16"] {
-                            keys.push(blocked_f16_key(format, backward, aligned, b, entry));
+                            push(
+                                blocked_f16_key(format, backward, aligned, b, entry),
+                                !backward && blocked::stores_y(entry),
+                            );
                         }
                     }
                 }
             }
             if gpu.info().shader_f16 {
-                keys.push(row_scales_key(format, backward));
+                push(row_scales_key(format, backward), false);
             }
         }
         let halves: &[bool] = if gpu.info().shader_f16 { &[false, true] } else { &[false] };
         for &half in halves {
             for t in super::tune::gemv_candidates(gpu) {
-                keys.extend((1..=GemvTiles::MAX_M).map(|m| gemv_key(format, t, m, half)));
+                for m in 1..=GemvTiles::MAX_M {
+                    push(gemv_key(format, t, m, half), true);
+                }
             }
         }
     }
@@ -469,11 +493,31 @@ pub fn qgemm_with(
     backward: bool,
     variant: QVariant,
 ) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, Some(variant))
+    qgemm_acc(rec, x, w, out, backward, false, Some(variant), None)
+}
+
+/// Forward `out = x·Wᵀ + scale·h·Bᵀ` through `variant` with the term fused
+/// into its store whatever the rows (the tests' and the benchmark's way in;
+/// [`qlinear_low_rank`] decides when to fuse).
+pub fn qgemm_low_rank_with(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    term: &LowRank,
+    variant: QVariant,
+) -> Result<()> {
+    if !w.quantized() {
+        return Err(Error::invalid(LowRank::OP, "this is the quantized kernels' way in: W is f32 (see matmul)"));
+    }
+    term.check(x, w.rows, w.cols)?;
+    qgemm_acc(rec, x, w, out, false, false, Some(variant), Some(term))
 }
 
 /// [`qgemm_with`] with `accumulate`, and with `variant` None the kernel
-/// [`QVariant::tuned`] picks for each chunk.
+/// [`QVariant::tuned`] picks for each chunk; a quantized chunk's store adds
+/// `term` (going forward).
+#[allow(clippy::too_many_arguments)]
 fn qgemm_acc(
     rec: &mut Recorder,
     x: &Tensor,
@@ -482,6 +526,7 @@ fn qgemm_acc(
     backward: bool,
     accumulate: bool,
     variant: Option<QVariant>,
+    term: Option<&LowRank>,
 ) -> Result<()> {
     let op = if backward { "linear_backward_input" } else { "linear" };
     x.expect_dtype(op, "x", DType::F32)?;
@@ -514,31 +559,36 @@ fn qgemm_acc(
             g
         };
         g.accumulate = acc;
+        // The term of this chunk's columns, going forward.
+        let term = term.filter(|_| !backward).map(|t| (t, chunk.row_start));
         match &chunk.data {
-            ChunkData::F32(t) => gemm(rec, &g, x, t, out)?,
+            ChunkData::F32(t) => gemm_fused(rec, &g, x, t, out, term)?,
             ChunkData::Quant(p) => {
                 // Chosen per chunk: a chunk's offset into dy decides the alignment.
                 let aligned = vec4_layout(&g, backward);
                 let v =
                     variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), w.format, &g, aligned, backward, w.compute));
                 let half = w.compute == ComputeDtype::F16 && rec.gpu().info().shader_f16;
-                record_quant(rec, &g, x, p, out, backward, v, half)?
+                record_quant(rec, &g, x, p, out, backward, v, half, term)?
             }
         }
     }
     Ok(())
 }
 
+/// Record one chunk's product with `variant`; `term` (with B's row of the
+/// chunk's first output) is added by the store of whichever kernel runs.
 #[allow(clippy::too_many_arguments)]
-fn record_quant(
+fn record_quant<'a>(
     rec: &mut Recorder,
     g: &Gemm,
-    x: &Tensor,
-    p: &Packed,
-    out: &Tensor,
+    x: &'a Tensor,
+    p: &'a Packed,
+    out: &'a Tensor,
     backward: bool,
     variant: QVariant,
     half: bool,
+    term: Fused<'a>,
 ) -> Result<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
@@ -560,11 +610,15 @@ fn record_quant(
         stride_b: 0,
         stride_c: 0,
         k_split: 0,
+        lr: low_rank::params(term),
     };
+    let fused = term.is_some();
+    let with_terms = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term);
+    let bind4 = with_terms(&bind4_of(x, p, out));
     let aligned = vec4_layout(g, backward);
     // Decoding in f16: the GEMV's f16 form (the blocked one and qmatmul_f16.wgsl's tiles below).
     if let (QVariant::Gemv(t), true) = (variant, half && !backward && aligned && g.m <= GemvTiles::MAX_M) {
-        return record_gemv(rec, g, params, x, p, out, t, true);
+        return record_gemv(rec, g, params, &bind4, p.layout, t, true, fused);
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
@@ -575,9 +629,12 @@ fn record_quant(
     };
     if half {
         match variant {
-            QVariant::Blocked(t) => return record_blocked_f16(rec, g, x, p, out, backward, aligned, t, None, params),
+            QVariant::Blocked(t) => {
+                return record_blocked_f16(rec, g, x, p, &with_terms(&[(4, out)]), backward, aligned, t, None, params)
+            }
             QVariant::BlockedSplit(t, s) => {
-                return record_blocked_f16(rec, g, x, p, out, backward, aligned, t, Some(s), params)
+                let stores = with_terms(&[(4, out)]);
+                return record_blocked_f16(rec, g, x, p, &stores, backward, aligned, t, Some(s), params);
             }
             // shaders/qmatmul_f16.wgsl for the other variants (it has no
             // subgroup form); odd layouts and the yardstick stay f32 below.
@@ -586,15 +643,14 @@ fn record_quant(
                 let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
                 let groups =
                     [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-                return rec.dispatch_bound(&f16_key(p.layout, backward, t), &params, &bind4_of(x, p, out), groups);
+                return rec.dispatch_bound(&f16_key(p.layout, backward, t).low_rank(fused), &params, &bind4, groups);
             }
             _ => {}
         }
     }
     let t = tiles(backward, g.m);
     let tiled = [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-    let bind4 = bind4_of(x, p, out);
-    let bind1 = [(5, x), (2, &p.codes), (3, &p.scales), (4, out)];
+    let bind1 = with_terms(&[(5, x), (2, &p.codes), (3, &p.scales), (4, out)]);
     let op = if backward { "linear_backward_input" } else { "linear" };
     match variant {
         QVariant::Blocked(t) | QVariant::BlockedSplit(t, _) => {
@@ -603,12 +659,14 @@ fn record_quant(
                 QVariant::BlockedSplit(_, s) => s,
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
-            let key = |entry| blocked_key(p.layout, backward, aligned, t, entry);
+            let key =
+                |entry| blocked_key(p.layout, backward, aligned, t, entry).low_rank(fused && blocked::stores_y(entry));
             let set = |p: &mut Params, k: u32| p.k_split = k;
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
-            blocked::record(rec, key, params, set, &operands, (4, out), t, (g.m, g.n, g.k, 1), (splits, 1))
+            let stores = with_terms(&[(4, out)]);
+            blocked::record(rec, key, params, set, &operands, &stores, t, (g.m, g.n, g.k, 1), (splits, 1))
         }
-        QVariant::Gemv(t) => record_gemv(rec, g, params, x, p, out, t, false),
+        QVariant::Gemv(t) => record_gemv(rec, g, params, &bind4, p.layout, t, false, fused),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -620,30 +678,34 @@ fn record_quant(
                 ));
             }
             let groups = [g.n.div_ceil((SG_LANES * sg.tn) as usize) as u32, g.m.div_ceil(sg.sr as usize) as u32, 1];
-            rec.dispatch_bound(&subgroup_key(p.layout, backward, sg), &params, &bind4, groups)
+            rec.dispatch_bound(&subgroup_key(p.layout, backward, sg).low_rank(fused), &params, &bind4, groups)
         }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
-            rec.dispatch_bound(&qkey(entry, p.layout, !backward, t), &params, &bind4, tiled)
+            rec.dispatch_bound(&qkey(entry, p.layout, !backward, t).low_rank(fused), &params, &bind4, tiled)
         }
-        QVariant::Tiled => rec.dispatch_bound(&qkey("qmatmul_scalar", p.layout, !backward, t), &params, &bind1, tiled),
+        QVariant::Tiled => {
+            let key = qkey("qmatmul_scalar", p.layout, !backward, t).low_rank(fused);
+            rec.dispatch_bound(&key, &params, &bind1, tiled)
+        }
         QVariant::Naive => {
             let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
-            rec.dispatch_bound(&naive_key(p.layout, backward), &params, &bind1, groups)
+            rec.dispatch_bound(&naive_key(p.layout, backward).low_rank(fused), &params, &bind1, groups)
         }
     }
 }
 
 /// The blocked GEMM in f16 arithmetic (`shaders/gemm_blocked_f16.wgsl`):
 /// x's (or dy's) row scales into a scratch tensor, then the blocks, K split
-/// in `splits` parts (None: as the f32 kernel would split it).
+/// in `splits` parts (None: as the f32 kernel would split it); `stores`
+/// binds the output and a low-rank term's factors.
 #[allow(clippy::too_many_arguments)]
 fn record_blocked_f16(
     rec: &mut Recorder,
     g: &Gemm,
     x: &Tensor,
     p: &Packed,
-    out: &Tensor,
+    stores: &[(u32, &Tensor)],
     backward: bool,
     aligned: bool,
     blocks: Blocks,
@@ -653,10 +715,14 @@ fn record_blocked_f16(
     let op = if backward { "linear_backward_input" } else { "linear" };
     blocks.check_f16(rec.gpu()).map_err(|e| Error::shape(op, e))?;
     // The f16 block entries; the sum of the splits is the f32 module's.
-    let key = |entry| match entry {
-        "gemm_blocked" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_f16"),
-        "gemm_blocked_split" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_split_f16"),
-        other => blocked_key(p.layout, backward, aligned, blocks, other),
+    let fused = stores.len() > 1;
+    let key = |entry| {
+        match entry {
+            "gemm_blocked" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_f16"),
+            "gemm_blocked_split" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_split_f16"),
+            other => blocked_key(p.layout, backward, aligned, blocks, other),
+        }
+        .low_rank(fused && blocked::stores_y(entry))
     };
     let scales = rec.alloc(&[g.m], DType::F32)?; // f16_row_scales writes every row
     rec.dispatch_bound(&row_scales_key(p.layout, backward), &params, &[(5, x), (6, &scales)], super::grid_1d(g.m))?;
@@ -665,25 +731,27 @@ fn record_blocked_f16(
     let operands = [(5, x), (2, &p.codes), (3, &p.scales), (6, &scales)];
     // Splits of whole f16 runs, so they sum the reference's runs.
     let split = (splits, Blocks::F16_RUN_K);
-    blocked::record(rec, key, params, set, &operands, (4, out), blocks, (g.m, g.n, g.k, 1), split)
+    blocked::record(rec, key, params, set, &operands, stores, blocks, (g.m, g.n, g.k, 1), split)
 }
 
 /// The decoding GEMV forward, in f16 with `half` (`shaders/gemv_f16.wgsl`,
-/// the arithmetic of `shaders/qmatmul_f16.wgsl`), else in f32.
+/// the arithmetic of `shaders/qmatmul_f16.wgsl`), else in f32; `bind4`
+/// binds x, the weight's codes and scales, y and, when `fused`, the
+/// low-rank term's factors.
 #[allow(clippy::too_many_arguments)]
 fn record_gemv(
     rec: &mut Recorder,
     g: &Gemm,
     params: Params,
-    x: &Tensor,
-    p: &Packed,
-    out: &Tensor,
+    bind4: &[(u32, &Tensor)],
+    layout: Layout,
     t: GemvTiles,
     half: bool,
+    fused: bool,
 ) -> Result<()> {
     let t = t.on(rec.gpu());
     t.check().map_err(|e| Error::shape("linear", e))?;
-    rec.dispatch_bound(&gemv_key(p.layout, t, g.m, half), &params, &bind4_of(x, p, out), t.grid(g.n))
+    rec.dispatch_bound(&gemv_key(layout, t, g.m, half).low_rank(fused), &params, bind4, t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).
@@ -693,7 +761,29 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
         *last = w.rows;
     }
     let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-    qgemm_acc(rec, x, w, &y, false, false, None)?;
+    qgemm_acc(rec, x, w, &y, false, false, None, None)?;
+    Ok(y)
+}
+
+/// y = x·Wᵀ + scale·h·Bᵀ for x (…, in), a LoRA-adapted frozen Linear's
+/// output (…, out). A product of at most [`LowRank::FUSED_ROWS`] rows
+/// adds the term as it stores y (`shaders/low_rank.wgsl`), whichever
+/// kernel runs it, f32 or quantized; longer ones add it with one more
+/// product (the same sum in another order).
+pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowRank) -> Result<Tensor> {
+    let (m, r) = term.check(x, w.rows, w.cols)?;
+    if m <= LowRank::FUSED_ROWS {
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = w.rows;
+        }
+        let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
+        qgemm_acc(rec, x, w, &y, false, false, None, Some(term))?;
+        return Ok(y);
+    }
+    let y = qlinear(rec, x, w)?;
+    let g = Gemm::new(m, w.rows, r, false, true).alpha(term.scale).accumulate(true);
+    gemm(rec, &g, &term.h, &term.b, &y)?;
     Ok(y)
 }
 
@@ -704,18 +794,18 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
         *last = w.cols;
     }
     let dx = rec.alloc(&shape, DType::F32)?; // chunk 0 writes, the rest add
-    qgemm_acc(rec, dy, w, &dx, true, false, None)?;
+    qgemm_acc(rec, dy, w, &dx, true, false, None, None)?;
     Ok(dx)
 }
 
 /// out += x·Wᵀ (or dy·W with `backward`): for adding a frozen path into a
 /// tensor that already holds another term.
 pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, true, None)
+    qgemm_acc(rec, x, w, out, backward, true, None, None)
 }
 
 /// out = x·Wᵀ (or dy·W with `backward`) into an existing tensor, its old
 /// contents ignored (so it needs no clearing first).
 pub fn qlinear_write(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, None)
+    qgemm_acc(rec, x, w, out, backward, false, None, None)
 }

@@ -27,7 +27,7 @@ use crate::kernels::attention::{
 };
 use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_write, QWeight};
+use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_low_rank, qlinear_write, QWeight};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
 
@@ -119,6 +119,13 @@ impl Linear {
             Some((x2, saved)) => (x2.reshape(x.shape())?, Some(saved)),
             None => (x.clone(), None),
         };
+        if let Some((term, output)) = hooks.hooks.linear_low_rank(rec, hooks.layer, proj, &rows2d(&x)?)? {
+            let y = qlinear_low_rank(rec, &x, &self.weight, &term)?;
+            if let Some(bias) = &self.bias {
+                add_bias(rec, &y, bias)?;
+            }
+            return Ok((y, LinearSaved { input, output: Some(output) }));
+        }
         let y = self.forward(rec, &x)?;
         let output = hooks.hooks.linear_forward(rec, hooks.layer, proj, self, &rows2d(&x)?, &rows2d(&y)?)?;
         Ok((y, LinearSaved { input, output }))

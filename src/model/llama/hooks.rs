@@ -7,7 +7,8 @@
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
-//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | LoRA (`+ s·B·A·x`), DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
+//! | [`Hooks::linear_low_rank`] | before a Linear's product: a low-rank term `s·h·Bᵀ` for the frozen product to add as it stores y (fused into decoding's kernels) | LoRA (`h = drop(x)·Aᵀ`), AdaLoRA |
+//! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
@@ -16,6 +17,9 @@
 //! where there was a forward. The same `Hooks` value runs a layer's forward
 //! and its backward: it carries the pass's dropout seed and, when training,
 //! where the gradients go.
+//!
+//! A hook gives a Linear a low-rank term or a `linear_forward`, not both:
+//! either one's saved state goes to [`Hooks::linear_backward`].
 //!
 //! A Linear's backward runs, in order: [`Hooks::linear_backward_dy`] (the
 //! output gradient W sees, for a hook that changed y), dx = dy·W (through
@@ -29,6 +33,7 @@
 use super::block::Linear;
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor};
+use crate::kernels::low_rank::LowRank;
 
 /// One of a layer's seven Linears, in PEFT's `LORA_MODULES` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,6 +151,21 @@ pub trait Hooks {
         _saved: &Saved,
     ) -> Result<Tensor> {
         Err(unexpected("linear_input_backward", proj.name()))
+    }
+
+    /// Linear `proj` of layer `layer` is about to compute y = x·Wᵀ (M, out)
+    /// from x (M, in): the hook may give a low-rank term `scale·h·Bᵀ`, h (M,
+    /// r) and B (out, r), for the frozen product to add (before its bias).
+    /// Its backward is [`Hooks::linear_backward`], as for a term
+    /// [`Hooks::linear_forward`] adds.
+    fn linear_low_rank(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _proj: Proj,
+        _x: &Tensor,
+    ) -> Result<Option<(LowRank, Saved)>> {
+        Ok(None)
     }
 
     /// Linear `proj` of layer `layer` (`base`, frozen) has computed y (M,
@@ -307,6 +327,17 @@ macro_rules! forward_hooks {
             ) -> $crate::Result<$crate::gpu::Tensor> {
                 let $s = self;
                 $hooks.linear_input_backward(rec, layer, proj, dx_input, saved)
+            }
+
+            fn linear_low_rank(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                x: &$crate::gpu::Tensor,
+            ) -> $crate::Result<Option<($crate::kernels::low_rank::LowRank, $crate::model::llama::hooks::Saved)>> {
+                let $s = self;
+                $hooks.linear_low_rank(rec, layer, proj, x)
             }
 
             fn linear_forward(

@@ -1,5 +1,5 @@
-//! Where AdaLoRA meets the model: the `linear` hook point, adding
-//! `scaling·(drop(x)·(A∘E)ᵀ)·Bᵀ` to every adapted Linear's output
+//! Where AdaLoRA meets the model: the `linear_low_rank` hook point, giving
+//! every adapted Linear the term `scaling·(drop(x)·(A∘E)ᵀ)·Bᵀ` to add
 //! (PEFT's `SVDLinear.forward`, scaling = lora_alpha / (ranknum + 1e-5)).
 //! It is LoRA's term with A' = A∘E (row i of A times E[i]); the backward
 //! takes LoRA's gradient of A' back to A and E.
@@ -8,28 +8,27 @@ use super::adapter::AdaLoraAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::adalora::{scale_rows, scale_rows_backward};
+use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
 use crate::peft::lora::hooks::lora_dropout;
-use crate::peft::lora::layer::{lora_backward, lora_forward, LoraFactors, LoraSaved};
+use crate::peft::lora::layer::{lora_backward, lora_term, LoraFactors, LoraSaved};
 use crate::peft::pass::{mismatch, Pass};
 
 impl Hooks for Pass<'_, AdaLoraAdapter> {
-    fn linear_forward(
+    fn linear_low_rank(
         &self,
         rec: &mut Recorder,
         layer: usize,
         proj: Proj,
-        _base: &Linear,
         x: &Tensor,
-        y: &Tensor,
-    ) -> Result<Option<Saved>> {
+    ) -> Result<Option<(LowRank, Saved)>> {
         let Some(f) = self.params.factors(layer, proj.index()) else { return Ok(None) };
         let scaled = scale_rows(rec, &f.a, &f.e)?; // A∘E (r, in)
         let factors = LoraFactors::new(scaled.clone(), f.b.clone());
         let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
-        let LoraSaved { x, xa } = lora_forward(rec, x, &factors, self.params.scaling(), drop, y)?;
-        Ok(Some(Saved(vec![x, xa, scaled])))
+        let (term, LoraSaved { x, xa }) = lora_term(rec, x, &factors, self.params.scaling(), drop)?;
+        Ok(Some((term, Saved(vec![x, xa, scaled]))))
     }
 
     fn linear_backward(

@@ -1,13 +1,14 @@
-//! Where LoRA meets the model: the `linear` hook point, adding
-//! `scaling·(drop(x)·Aᵀ)·Bᵀ` to every adapted Linear's output, or, for a
-//! DoRA layer (one with a magnitude), its variant in [`super::dora`] (as
-//! PEFT's `LoraVariant`).
+//! Where LoRA meets the model: the `linear_low_rank` hook point, giving
+//! every adapted Linear the term `scaling·(drop(x)·Aᵀ)·Bᵀ` to add to its
+//! output, or, for a DoRA layer (one with a magnitude), the `linear` point
+//! and its variant in [`super::dora`] (as PEFT's `LoraVariant`).
 
 use super::adapter::LoraAdapter;
 use super::dora::{dora_backward, dora_backward_dy, dora_forward, DoraSaved};
-use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
+use super::layer::{lora_backward, lora_term, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
+use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
 use crate::peft::pass::{mismatch, Pass};
@@ -43,6 +44,19 @@ impl Pass<'_, LoraAdapter> {
 }
 
 impl Hooks for Pass<'_, LoraAdapter> {
+    fn linear_low_rank(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        x: &Tensor,
+    ) -> Result<Option<(LowRank, Saved)>> {
+        // DoRA's term rescales W's output too: it stays in `linear_forward`.
+        let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_none()) else { return Ok(None) };
+        let (term, LoraSaved { x, xa }) = lora_term(rec, x, f, self.params.scaling(), self.dropout(layer, proj))?;
+        Ok(Some((term, Saved(vec![x, xa]))))
+    }
+
     fn linear_forward(
         &self,
         rec: &mut Recorder,
@@ -52,13 +66,10 @@ impl Hooks for Pass<'_, LoraAdapter> {
         x: &Tensor,
         y: &Tensor,
     ) -> Result<Option<Saved>> {
-        let Some(f) = self.params.factors(layer, proj) else { return Ok(None) };
-        if f.m.is_some() {
-            let saved = dora_forward(rec, base, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
-            return Ok(Some(Saved(saved.into_vec())));
-        }
-        let LoraSaved { x, xa } = lora_forward(rec, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
-        Ok(Some(Saved(vec![x, xa])))
+        // Plain LoRA's term went in through `linear_low_rank`.
+        let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_some()) else { return Ok(None) };
+        let saved = dora_forward(rec, base, x, f, self.params.scaling(), self.dropout(layer, proj), y)?;
+        Ok(Some(Saved(saved.into_vec())))
     }
 
     fn linear_backward(

@@ -11,8 +11,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::elementwise::{add_scaled, dropout};
+use crate::kernels::low_rank::LowRank;
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, QWeight};
+use crate::kernels::qmatmul::{qlinear_backward_input, qlinear_low_rank, QWeight};
 
 /// One module's LoRA factors (or their gradients, or their AdamW moments:
 /// the same shapes).
@@ -85,6 +86,28 @@ fn rows(op: &'static str, arg: &'static str, t: &Tensor, cols: usize) -> Result<
     }
 }
 
+/// The LoRA term of x (M, in) as a [`LowRank`] for the frozen product to
+/// add (`h = drop(x)·Aᵀ`, B, scaling: see `qlinear_low_rank`), and what the
+/// backward needs.
+pub fn lora_term(
+    rec: &mut Recorder,
+    x: &Tensor,
+    f: &LoraFactors,
+    scaling: f32,
+    drop: Option<LoraDropout>,
+) -> Result<(LowRank, LoraSaved)> {
+    const OP: &str = "lora_forward";
+    let (r, inp, _) = f.dims(OP)?;
+    let m = rows(OP, "x", x, inp)?;
+    let x = match drop {
+        Some(d) if d.p > 0.0 => dropout(rec, x, d.p, d.seed)?,
+        _ => x.clone(),
+    };
+    let xa = rec.alloc(&[m, r], DType::F32)?;
+    gemm(rec, &Gemm::new(m, r, inp, false, true), &x, &f.a, &xa)?;
+    Ok((LowRank { h: xa.clone(), b: f.b.clone(), scale: scaling }, LoraSaved { x, xa }))
+}
+
 /// y (M, out) += scaling·(drop(x)·Aᵀ)·Bᵀ for x (M, in); returns what the
 /// backward needs.
 pub fn lora_forward(
@@ -96,19 +119,14 @@ pub fn lora_forward(
     y: &Tensor,
 ) -> Result<LoraSaved> {
     const OP: &str = "lora_forward";
-    let (r, inp, out) = f.dims(OP)?;
+    let (_, inp, out) = f.dims(OP)?;
     let m = rows(OP, "x", x, inp)?;
     if rows(OP, "y", y, out)? != m {
         return Err(Error::shape(OP, format!("y {:?} does not have the {m} rows of x", y.shape())));
     }
-    let x = match drop {
-        Some(d) if d.p > 0.0 => dropout(rec, x, d.p, d.seed)?,
-        _ => x.clone(),
-    };
-    let xa = rec.alloc(&[m, r], DType::F32)?;
-    gemm(rec, &Gemm::new(m, r, inp, false, true), &x, &f.a, &xa)?;
-    gemm(rec, &Gemm::new(m, out, r, false, true).alpha(scaling).accumulate(true), &xa, &f.b, y)?;
-    Ok(LoraSaved { x, xa })
+    let (term, saved) = lora_term(rec, x, f, scaling, drop)?;
+    gemm(rec, &Gemm::new(m, out, term.h.shape()[1], false, true).alpha(scaling).accumulate(true), &term.h, &term.b, y)?;
+    Ok(saved)
 }
 
 /// The LoRA term's backward for dy (M, out): dA and dB are added into
@@ -204,8 +222,8 @@ impl<'w> LoraLinear<'w> {
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<(Tensor, Tensor)> {
         self.check()?;
         rows("lora_linear", "x", x, self.base.cols)?;
-        let y = qlinear(rec, x, self.base)?;
-        let saved = lora_forward(rec, x, &self.factors(), self.scaling, None, &y)?;
+        let (term, saved) = lora_term(rec, x, &self.factors(), self.scaling, None)?;
+        let y = qlinear_low_rank(rec, x, self.base, &term)?;
         Ok((y, saved.xa))
     }
 

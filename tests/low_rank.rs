@@ -1,0 +1,315 @@
+//! LoRA's term `scale·h·Bᵀ` fused into the frozen product's store
+//! (`shaders/low_rank.wgsl`): in every kernel, f32 and quantized (the
+//! register tiles, the scalar and yardstick entries, the subgroup block, the
+//! blocked GEMM with and without split-K, the GEMV's forms, where the row's
+//! lanes share the term's products, and the f16 arithmetic), each at 1, 3
+//! or 8 rows, ranks 1 and 5, f32, NF4, Q8_0 and f16 weights, N cutting the
+//! last tile and K both aligned and not. Each fused
+//! output is checked against the same kernel's product without the term
+//! plus the term computed on the CPU, so the check holds the epilogue to
+//! f32 rounding whatever the kernel's own arithmetic; `qlinear_low_rank` is
+//! checked against the CPU whole. Also: which products fuse (decoding's few
+//! rows) and which add the term with a product of their own, weights split
+//! into chunks (each chunk reads its own rows of B), bad terms as typed
+//! errors, and f32 and NF4 models decoding through a trained LoRA adapter
+//! token by token (fused) against their full forward (not fused).
+
+mod common;
+
+use common::{block_on, fixture, gpu, randn};
+use webpeft::gpu::{KernelTime, Recorder};
+use webpeft::kernels::blocked::{Blocks, GemvTiles};
+use webpeft::kernels::low_rank::LowRank;
+use webpeft::kernels::matmul::{gemm_low_rank_with, gemm_with, Gemm, SgTiles, Tiles, Variant};
+use webpeft::kernels::qmatmul::{qgemm_low_rank_with, qgemm_with, qlinear_low_rank, QVariant, QWeight};
+use webpeft::kernels::reference::{assert_close, matmul as cpu};
+use webpeft::model::llama::KvCache;
+use webpeft::model::{DirFiles, Model};
+use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::LoraAdapter;
+use webpeft::quant::{ComputeDtype, QuantFormat};
+use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
+
+const SCALE: f32 = 0.75;
+
+/// h (m, r) and B (n, r) from seeded values, on the GPU and as f32s.
+fn term(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32>, Vec<f32>) {
+    let h = randn(seed, m * r);
+    let b: Vec<f32> = randn(seed + 1, n * r).iter().map(|v| v * 0.5).collect();
+    let t = LowRank {
+        h: Tensor::from_slice(gpu, &[m, r], &h).unwrap(),
+        b: Tensor::from_slice(gpu, &[n, r], &b).unwrap(),
+        scale: SCALE,
+    };
+    (t, h, b)
+}
+
+/// `base + scale·h·Bᵀ`, the term summed in f64.
+fn plus_term(base: &[f32], h: &[f32], b: &[f32], m: usize, n: usize, r: usize) -> Vec<f32> {
+    let mut out = base.to_vec();
+    for i in 0..m {
+        for j in 0..n {
+            let t: f64 = (0..r).map(|k| h[i * r + k] as f64 * b[j * r + k] as f64).sum();
+            out[i * n + j] += (SCALE as f64 * t) as f32;
+        }
+    }
+    out
+}
+
+fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
+    block_on(t.to_vec::<f32>(gpu)).unwrap()
+}
+
+/// `variant` with the term fused against the same variant without it plus
+/// the term: the epilogue's own error is a few f32 roundings.
+fn check_fused(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, variant: QVariant, seed: u64) {
+    let (n, k) = (qw.rows, qw.cols);
+    let x = Tensor::from_slice(gpu, &[m, k], &randn(seed, m * k)).unwrap();
+    let (t, h, b) = term(gpu, m, n, r, seed + 2);
+    let plain = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
+    let fused = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    qgemm_with(&mut rec, &x, qw, &plain, false, variant).unwrap();
+    qgemm_low_rank_with(&mut rec, &x, qw, &fused, &t, variant).unwrap();
+    rec.submit().unwrap();
+    let want = plus_term(&read(gpu, &plain), &h, &b, m, n, r);
+    let label = format!("{} {:?} {m}x{n}x{k} r {r} {variant:?}", qw.format.name(), qw.compute());
+    assert_close(&label, &read(gpu, &fused), &want, 1e-5, 1e-5);
+}
+
+/// The variants a product of few rows can run, each reaching its own store.
+fn variants(m: usize) -> Vec<QVariant> {
+    vec![
+        QVariant::Tiled,
+        QVariant::Naive,
+        QVariant::subgroup(),
+        QVariant::Blocked(Blocks::for_shape(m, 45, 1)),
+        QVariant::BlockedSplit(Blocks::MEDIUM, 3),
+        QVariant::Gemv(GemvTiles::DEFAULT),
+        QVariant::Gemv(GemvTiles::SUBGROUP),
+    ]
+}
+
+#[test]
+fn every_kernel_adds_the_term_as_it_stores() {
+    let gpu = gpu();
+    for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
+        // K = 288: vec4 entries; K = 66 (not for Q8_0's blocks of 32): the
+        // scalar entries and the blocked GEMM.
+        let ks: &[usize] = if format == QuantFormat::Q8_0 { &[288] } else { &[288, 66] };
+        for &k in ks {
+            let seed = 100 * f as u64 + k as u64;
+            let qw = QWeight::from_f32(gpu, &randn(seed, 45 * k), 45, k, format).unwrap();
+            // Each kernel at one of the row counts, in turn.
+            for j in 0..variants(1).len() {
+                let m = [1, 3, 8][(j + f) % 3];
+                let r = if j % 2 == 0 { 5 } else { 1 };
+                check_fused(gpu, &qw, m, r, variants(m)[j], seed + 10 * j as u64);
+            }
+        }
+    }
+}
+
+/// f32 weights through matmul.wgsl's kernels (`gemm_low_rank_with`), the
+/// same check.
+#[test]
+fn every_f32_kernel_adds_the_term_as_it_stores() {
+    let gpu = gpu();
+    for (f, k) in [288, 66].into_iter().enumerate() {
+        let w = Tensor::from_slice(gpu, &[45, k], &randn(900 + k as u64, 45 * k)).unwrap();
+        let few = |m| Tiles::few_rows(m, false).unwrap();
+        let forms: [&dyn Fn(usize) -> Variant; 8] = [
+            &|m| Variant::Tiled(few(m)),
+            &|m| Variant::Scalar(few(m)),
+            &|_| Variant::Naive,
+            &|m| Variant::Subgroup(SgTiles::for_gemm(&Gemm::new(m, 45, k, false, true))),
+            &|m| Variant::Blocked(Blocks::for_shape(m, 45, 1)),
+            &|_| Variant::BlockedSplit(Blocks::MEDIUM, 3),
+            &|_| Variant::Gemv(GemvTiles::DEFAULT),
+            &|_| Variant::Gemv(GemvTiles::SUBGROUP),
+        ];
+        for (j, form) in forms.iter().enumerate() {
+            let m = [1, 3, 8][(j + f) % 3];
+            let r = if j % 2 == 0 { 5 } else { 1 };
+            let seed = 1000 + 10 * j as u64 + k as u64;
+            let x = Tensor::from_slice(gpu, &[m, k], &randn(seed, m * k)).unwrap();
+            let (t, h, b) = term(gpu, m, 45, r, seed + 2);
+            let g = Gemm::new(m, 45, k, false, true);
+            let (plain, fused) =
+                (Tensor::zeros(gpu, &[m, 45], DType::F32).unwrap(), Tensor::zeros(gpu, &[m, 45], DType::F32).unwrap());
+            let mut rec = Recorder::new(gpu);
+            gemm_with(&mut rec, &g, &x, &w, &plain, form(m)).unwrap();
+            gemm_low_rank_with(&mut rec, &g, &x, &w, &fused, &t, form(m)).unwrap();
+            rec.submit().unwrap();
+            let want = plus_term(&read(gpu, &plain), &h, &b, m, 45, r);
+            assert_close(&format!("f32 {m}x45x{k} r {r} {:?}", form(m)), &read(gpu, &fused), &want, 1e-5, 1e-5);
+        }
+    }
+}
+
+/// f16 arithmetic (where the device has shader-f16): the f16 tiles, GEMV
+/// and blocked GEMM divide the row scale out before the store adds the term.
+#[test]
+fn f16_compute_adds_the_term_in_f32() {
+    let gpu = gpu();
+    let mut qw = QWeight::from_f32(gpu, &randn(7, 45 * 264), 45, 264, QuantFormat::Nf4).unwrap();
+    if qw.set_compute(gpu, ComputeDtype::F16).unwrap() != ComputeDtype::F16 {
+        eprintln!("no shader-f16 on {}: the f32 kernels were checked above", gpu.describe());
+        return;
+    }
+    for (i, m) in [1, 3, 8].into_iter().enumerate() {
+        for (j, v) in
+            [QVariant::Tiled, QVariant::Blocked(Blocks::for_shape(m, 45, 1)), QVariant::Gemv(GemvTiles::DEFAULT)]
+                .into_iter()
+                .enumerate()
+        {
+            check_fused(gpu, &qw, m, 4, v, 500 + 10 * i as u64 + j as u64);
+        }
+    }
+}
+
+/// A device of its own for each kernel family: the profile counts every
+/// launch on a device, and the tests of a file run at once.
+fn own_devices() -> [Gpu; 2] {
+    [KernelFamily::Auto, KernelFamily::Gpu]
+        .map(|kernels| block_on(Gpu::with_options(GpuOptions { kernels, ..Default::default() })).unwrap())
+}
+
+/// Launches in a profile, of the kernels that are fused or not.
+fn launches(ran: &[KernelTime], fused: bool) -> u64 {
+    ran.iter().filter(|k| k.kernel.ends_with("+low_rank") == fused).map(|k| k.calls).sum()
+}
+
+/// `qlinear_low_rank` against the CPU: x·Wᵀ on the dequantized W plus the
+/// term; returns the launches that ran, (fused, not fused).
+fn check_linear(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64, u64) {
+    let (n, k) = (qw.rows, qw.cols);
+    let xs = randn(seed, m * k);
+    let x = Tensor::from_slice(gpu, &[m, k], &xs).unwrap();
+    let (t, h, b) = term(gpu, m, n, r, seed + 2);
+    gpu.set_profiling(true).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let y = qlinear_low_rank(&mut rec, &x, qw, &t).unwrap();
+    rec.submit().unwrap();
+    gpu.set_profiling(false).unwrap();
+    let ran = block_on(gpu.take_profile()).unwrap();
+    let deq = block_on(qw.to_f32(gpu)).unwrap();
+    let mut base = vec![0.0; m * n];
+    cpu::matmul(&xs, &deq, &mut base, m, n, k, false, true, false);
+    let want = plus_term(&base, &h, &b, m, n, r);
+    let label = format!("{} {m}x{n}x{k} chunks {}", qw.format.name(), qw.chunks.len());
+    assert_close(&label, &read(gpu, &y), &want, 1e-4 * (k as f32).sqrt(), 1e-4);
+    (launches(&ran, true), launches(&ran, false))
+}
+
+/// Decoding's products (at most `LowRank::FUSED_ROWS` rows) run one kernel
+/// with the term in its store, on lavapipe's kernels and on the real-GPU
+/// family (the GEMV), through quantized and f32 weights; longer ones add it
+/// with a product of their own.
+#[test]
+fn decoding_fuses_and_longer_products_add_the_term_after() {
+    for gpu in &own_devices() {
+        let qw = QWeight::from_f32(gpu, &randn(1, 45 * 264), 45, 264, QuantFormat::Nf4).unwrap();
+        for m in [1, LowRank::FUSED_ROWS] {
+            assert_eq!(check_linear(gpu, &qw, m, 5, 10 + m as u64), (1, 0), "{m} rows on {}", gpu.describe());
+        }
+        assert_eq!(check_linear(gpu, &qw, LowRank::FUSED_ROWS + 1, 5, 30), (0, 2));
+        let f32w = QWeight::from_f32(gpu, &randn(2, 45 * 264), 45, 264, QuantFormat::F32).unwrap();
+        assert_eq!(check_linear(gpu, &f32w, 1, 5, 40), (1, 0));
+        assert_eq!(check_linear(gpu, &f32w, LowRank::FUSED_ROWS + 1, 5, 50), (0, 2));
+    }
+}
+
+/// A weight split into row chunks (an 8 KiB binding limit): each chunk's
+/// launch adds the term with its own rows of B.
+#[test]
+fn chunked_weights_read_their_own_rows_of_b() {
+    let options = GpuOptions { max_binding_bytes: Some(8192), ..Default::default() };
+    let gpu = &block_on(Gpu::with_options(options)).unwrap();
+    for (i, format) in [QuantFormat::Nf4, QuantFormat::Q8_0].into_iter().enumerate() {
+        let qw = QWeight::from_f32(gpu, &randn(60 + i as u64, 150 * 256), 150, 256, format).unwrap();
+        assert!(qw.chunks.len() > 1, "{} chunks", qw.chunks.len());
+        assert_eq!(check_linear(gpu, &qw, 2, 3, 70 + i as u64), (qw.chunks.len() as u64, 0));
+    }
+}
+
+#[test]
+fn bad_terms_are_typed_errors() {
+    let gpu = gpu();
+    let qw = QWeight::from_f32(gpu, &randn(3, 45 * 264), 45, 264, QuantFormat::Nf4).unwrap();
+    let x = Tensor::zeros(gpu, &[2, 264], DType::F32).unwrap();
+    let zeros = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32).unwrap();
+    let cases = [
+        ("h with other rows than x", zeros(&[3, 4]), zeros(&[45, 4])),
+        ("B with other rows than W", zeros(&[2, 4]), zeros(&[44, 4])),
+        ("ranks that differ", zeros(&[2, 4]), zeros(&[45, 5])),
+        ("a 1-D h", zeros(&[8]), zeros(&[45, 4])),
+    ];
+    for (what, h, b) in cases {
+        let t = LowRank { h, b, scale: 1.0 };
+        let mut rec = Recorder::new(gpu);
+        let err = qlinear_low_rank(&mut rec, &x, &qw, &t).unwrap_err();
+        assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{what}: {err}");
+        eprintln!("{what}: {err}");
+    }
+    let (t, _, _) = term(gpu, 2, 45, 4, 9);
+    let mut rec = Recorder::new(gpu);
+    let err = qlinear_low_rank(&mut rec, &zeros(&[2, 263]), &qw, &t).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    let f32w = QWeight::from_f32(gpu, &randn(4, 45 * 264), 45, 264, QuantFormat::F32).unwrap();
+    let y = zeros(&[2, 45]);
+    let err = qgemm_low_rank_with(&mut rec, &x, &f32w, &y, &t, QVariant::Tiled).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "linear_low_rank", .. }), "{err}");
+    // matmul's way in: a Linear's forward only (A·Bᵀ, one batch, alpha 1).
+    let w = zeros(&[45, 264]);
+    for g in [Gemm::new(2, 45, 264, false, true).alpha(0.5), Gemm::new(2, 45, 264, false, false)] {
+        let err = gemm_low_rank_with(&mut rec, &g, &x, &w, &y, &t, Variant::Naive).unwrap_err();
+        assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{g:?}: {err}");
+    }
+}
+
+/// llama_gqa in NF4 and in f32 with PEFT's trained LoRA adapter (tests/fixtures/lora):
+/// a prefill of 4 tokens and then one token at a time, every adapted Linear
+/// fused, against the full forward of the 14 tokens, where no product fuses
+/// (the kernels that ran are read from the profile); and the adapter changes
+/// the logits, so the term is there to check.
+#[test]
+fn adapted_decoding_matches_the_full_forward() {
+    for (gpu, format) in own_devices().iter().flat_map(|g| [(g, QuantFormat::Nf4), (g, QuantFormat::F32)]) {
+        let files = DirFiles::new(fixture("llama_gqa")).unwrap();
+        let model = block_on(Model::load(gpu, &files, format)).unwrap();
+        let adapter_files = DirFiles::new(fixture("lora/final_adapter")).unwrap();
+        let adapter = Adapter::Lora(block_on(LoraAdapter::load(gpu, &adapter_files, &model.config)).unwrap());
+        let v = model.config.vocab_size;
+        let ids: Vec<u32> = (0..14).map(|i| ((i * 37 + 11) % v) as u32).collect();
+        let t = ids.len();
+        let logits = |hooks: &dyn webpeft::model::llama::Hooks, from: usize, to: usize, cache: &KvCache| {
+            let mut rec = Recorder::new(gpu);
+            let input = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
+            let out = model.forward_cached_all(&mut rec, &input, cache, from, hooks).unwrap();
+            rec.submit().unwrap();
+            read(gpu, &out)
+        };
+        gpu.set_profiling(true).unwrap();
+        let full = logits(&adapter, 0, t, &KvCache::new(gpu, &model, 1, t).unwrap());
+        let ran_full = block_on(gpu.take_profile()).unwrap();
+        let cache = KvCache::new(gpu, &model, 1, t).unwrap();
+        let mut steps = logits(&adapter, 0, 4, &cache);
+        for i in 4..t {
+            steps.extend(logits(&adapter, i, i + 1, &cache));
+        }
+        let ran_steps = block_on(gpu.take_profile()).unwrap();
+        gpu.set_profiling(false).unwrap();
+        assert_eq!(launches(&ran_full, true), 0, "the full forward fused a product");
+        // 14 adapted Linears (2 layers × 7) in each of the 11 forwards.
+        assert_eq!(launches(&ran_steps, true), 14 * (1 + t - 4) as u64, "fused launches");
+        let d = steps.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let base = logits(&webpeft::model::llama::NoHooks, 0, t, &KvCache::new(gpu, &model, 1, t).unwrap());
+        let effect = base.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let on = format!("{} {:?}", format.name(), gpu.kernel_family());
+        eprintln!("{on}: token-by-token vs full {d:.2e}; the adapter moves logits by {effect:.2e}");
+        assert!(effect > 1e-2, "the adapter changes the logits by only {effect}");
+        assert!(d <= 1e-4, "decoding through the fused term differs from the full forward by {d}");
+        assert_eq!(steps.len(), t * v);
+    }
+}
