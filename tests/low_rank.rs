@@ -158,10 +158,14 @@ fn f16_compute_adds_the_term_in_f32() {
         return;
     }
     for (i, m) in [1, 3, 8].into_iter().enumerate() {
-        for (j, v) in
-            [QVariant::Tiled, QVariant::Blocked(Blocks::for_shape(m, 45, 1)), QVariant::Gemv(GemvTiles::DEFAULT)]
-                .into_iter()
-                .enumerate()
+        for (j, v) in [
+            QVariant::Tiled,
+            QVariant::Blocked(Blocks::for_shape(m, 45, 1)),
+            QVariant::Gemv(GemvTiles::DEFAULT),
+            QVariant::Gemv(GemvTiles::SUBGROUP),
+        ]
+        .into_iter()
+        .enumerate()
         {
             check_fused(gpu, &qw, m, 4, v, 500 + 10 * i as u64 + j as u64);
         }
