@@ -19,7 +19,7 @@ mod common;
 use common::{block_on, fixture, gpu, randn};
 use webpeft::gpu::{KernelTime, Recorder};
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
-use webpeft::kernels::low_rank::LowRank;
+use webpeft::kernels::low_rank::{self, LowRank};
 use webpeft::kernels::matmul::{gemm_low_rank_with, gemm_with, Gemm, SgTiles, Tiles, Variant};
 use webpeft::kernels::qmatmul::{qgemm_low_rank_with, qgemm_with, qlinear_low_rank, QVariant, QWeight};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
@@ -209,7 +209,7 @@ fn check_linear(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64,
 /// Decoding's products (at most `LowRank::FUSED_ROWS` rows) run one kernel
 /// with the term in its store, on lavapipe's kernels and on the real-GPU
 /// family (the GEMV), through quantized and f32 weights; longer ones add it
-/// with a product of their own.
+/// with a product of their own, as every product does with the fusion off.
 #[test]
 fn decoding_fuses_and_longer_products_add_the_term_after() {
     for gpu in &own_devices() {
@@ -221,6 +221,11 @@ fn decoding_fuses_and_longer_products_add_the_term_after() {
         let f32w = QWeight::from_f32(gpu, &randn(2, 45 * 264), 45, 264, QuantFormat::F32).unwrap();
         assert_eq!(check_linear(gpu, &f32w, 1, 5, 40), (1, 0));
         assert_eq!(check_linear(gpu, &f32w, LowRank::FUSED_ROWS + 1, 5, 50), (0, 2));
+        // Turned off (the benchmark's comparison), every product adds it after.
+        low_rank::set_fused(gpu, false);
+        assert_eq!(check_linear(gpu, &qw, 1, 5, 60), (0, 2));
+        low_rank::set_fused(gpu, true);
+        assert_eq!(check_linear(gpu, &qw, 1, 5, 70), (1, 0));
     }
 }
 

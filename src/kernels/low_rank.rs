@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::blocked::GemvTiles;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Tensor};
+use crate::gpu::{DType, Gpu, Tensor};
 
 /// A low-rank term `scale·h·Bᵀ` to add to y = x·Wᵀ: LoRA's
 /// `scaling·(drop(x)·Aᵀ)·Bᵀ` with h = drop(x)·Aᵀ. See
@@ -81,4 +81,21 @@ pub(crate) fn with_bindings<'a>(bound: &[(u32, &'a Tensor)], term: Fused<'a>) ->
         all.extend([(8, &t.h), (9, &t.b)]);
     }
     all
+}
+
+/// A device's switch for the fusion: off, every term is added by a product
+/// of its own (the benchmark times decoding both ways).
+#[derive(Default)]
+struct Unfused(bool);
+
+/// Whether products of at most [`LowRank::FUSED_ROWS`] rows on `gpu` add a
+/// term as they store y (on unless [`set_fused`] turned it off).
+pub fn fused(gpu: &Gpu) -> bool {
+    !gpu.with_state(|u: &mut Unfused| u.0)
+}
+
+/// Turns the fusion on or off for later launches on `gpu` (on by default;
+/// `webpeft bench` times decoding through a LoRA both ways).
+pub fn set_fused(gpu: &Gpu, on: bool) {
+    gpu.with_state(|u: &mut Unfused| u.0 = !on);
 }

@@ -768,11 +768,12 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
 /// y = x·Wᵀ + scale·h·Bᵀ for x (…, in), a LoRA-adapted frozen Linear's
 /// output (…, out). A product of at most [`LowRank::FUSED_ROWS`] rows
 /// adds the term as it stores y (`shaders/low_rank.wgsl`), whichever
-/// kernel runs it, f32 or quantized; longer ones add it with one more
-/// product (the same sum in another order).
+/// kernel runs it, f32 or quantized, unless `low_rank::set_fused` turned
+/// that off; longer ones add it with one more product (the same sum in
+/// another order).
 pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowRank) -> Result<Tensor> {
     let (m, r) = term.check(x, w.rows, w.cols)?;
-    if m <= LowRank::FUSED_ROWS {
+    if m <= LowRank::FUSED_ROWS && low_rank::fused(rec.gpu()) {
         let mut shape = x.shape().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = w.rows;

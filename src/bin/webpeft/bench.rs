@@ -8,6 +8,7 @@ use webpeft::bench::generate::{generate_figure, host_peak_rss_bytes, GenerateFig
 use webpeft::bench::train::{train_figure_on, StepSetup, TrainFigure};
 use webpeft::bench::{kernel_figures, Figure};
 use webpeft::kernels::blocked::{is_real_gpu, Blocks};
+use webpeft::kernels::low_rank;
 use webpeft::kernels::matmul::{SgTiles, Tiles};
 use webpeft::model::config::Config;
 use webpeft::model::source::{DirFiles, ModelFiles};
@@ -296,7 +297,9 @@ async fn bench_model<F: ModelFiles>(
 
 /// Generation after a 16-token prompt, 32 new tokens: the base model, and
 /// through a LoRA of rank `r` on all seven projections (its B is PEFT's
-/// zeros: the cost of the adapter's path, not its effect).
+/// zeros: the cost of the adapter's path, not its effect), with its term
+/// fused into the Linears' kernels (the default) and added by products of
+/// its own.
 async fn generate_figures(
     gpu: &Gpu,
     name: &str,
@@ -308,10 +311,16 @@ async fn generate_figures(
     use webpeft::peft::{LoraConfig, TargetModules};
     let lora = Adapter::new_lora(gpu, LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)?, &model.config, 1)?;
     let label = format!("LoRA r{r} all-linear");
-    Ok(vec![
+    let unfused = format!("{label}, term not fused");
+    let mut figures = vec![
         generate_figure(gpu, name, model, (16, 32), None, profile).await?,
         generate_figure(gpu, name, model, (16, 32), Some((&label, &lora)), profile).await?,
-    ])
+    ];
+    low_rank::set_fused(gpu, false);
+    let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), profile).await;
+    low_rank::set_fused(gpu, true);
+    figures.push(plain?);
+    Ok(figures)
 }
 
 fn print_generate(g: &GenerateFigure) {
