@@ -107,7 +107,8 @@ impl Linear {
     }
 
     /// [`Linear::forward`] between the `linear_input` and `linear` hook
-    /// points of `proj`.
+    /// points of `proj`, or with the low-rank term the `linear_low_rank`
+    /// point gives added by the product itself (`qlinear_low_rank`).
     pub fn forward_hooked(
         &self,
         rec: &mut Recorder,

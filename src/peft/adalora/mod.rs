@@ -6,7 +6,7 @@
 //! - [`config`]: `adapter_config.json` ([`AdaLoraConfig`]);
 //! - [`file`](mod@file): `adapter_model.safetensors` (A, E, B per module; resized by `rank_pattern`);
 //! - [`adapter`]: every module's triplet on the GPU ([`AdaLoraAdapter`]);
-//! - [`hooks`]: where it meets the model (the `linear` hook point);
+//! - [`hooks`]: where it meets the model (the `linear_low_rank` hook point);
 //! - [`allocator`]: the regulariser and the rank allocator, around the optimizer step;
 //! - [`merge`]: folding B·(A∘E) into W and back.
 

@@ -10,7 +10,7 @@
 //! - [`layer`]: one adapted Linear's forward and backward on the GPU;
 //! - [`adapter`]: every layer's factors on the GPU ([`LoraAdapter`]);
 //! - [`dora`]: DoRA's variant of the layer (`use_dora`, a magnitude per Linear);
-//! - [`hooks`]: where it meets the model (the `linear` hook point);
+//! - [`hooks`]: where it meets the model (the `linear_low_rank` hook point, and `linear` for DoRA);
 //! - [`merge`]: folding B·A into W and back.
 
 pub mod adapter;
