@@ -437,8 +437,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
       // The kernels of real GPUs (workgroup-memory GEMM, decoding GEMV, flash attention), compiled by the
-      // browser's own shader compiler: the same loss, training step and greedy tokens as the kernels
-      // SwiftShader gets. A text of more than 16 tokens, so that attention runs its flash kernels (rows
+      // browser's own shader compiler: the same loss, training step and greedy tokens (with and without
+      // the LoRA) as the kernels SwiftShader gets. A text of more than 16 tokens, so that attention runs its flash kernels (rows
       // of 16 queries or more) forward and backward.
       const gk = await Gpu.create({ kernels: "gpu" });
       if (gk.info().kernels !== "gpu" || gpu.info().kernels !== "cpu") throw new Error("kernels " + gk.info().kernels);
@@ -453,8 +453,11 @@ test("the npm package, installed from its tarball into a plain page, trains, che
         return losses[1];
       });
       const [gg, gc] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: null })).tokenIds.join());
-      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc) {
-        throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc);
+      // Through the trained LoRA: decoding's GEMV adds its term as it stores y (shaders/low_rank.wgsl).
+      const [ga, ca] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: "k" })).tokenIds.join());
+      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca) {
+        throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc +
+          ", through the LoRA " + ga + " vs " + ca);
       }
       // PiSSA in the page (initLora): the base becomes the residual, so the untrained adapter keeps the
       // model's loss; it trains, and its files are a plain LoRA of the original model (rank 2r, as PEFT converts).
