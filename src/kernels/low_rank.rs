@@ -6,8 +6,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::blocked::GemvTiles;
+use super::matmul::{gemm, Gemm};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
 
 /// A low-rank term `scale·h·Bᵀ` to add to y = x·Wᵀ: LoRA's
 /// `scaling·(drop(x)·Aᵀ)·Bᵀ` with h = drop(x)·Aᵀ. See
@@ -40,6 +41,16 @@ impl LowRank {
     pub const FUSED_ROWS: usize = GemvTiles::MAX_M;
 
     pub(crate) const OP: &'static str = "linear_low_rank";
+
+    /// y (M, out) += scale·h·Bᵀ with a product of its own: the term of a
+    /// product that does not fuse it.
+    pub fn add_to(&self, rec: &mut Recorder, y: &Tensor) -> Result<()> {
+        let (m, r, out) = match (self.h.shape(), self.b.shape()) {
+            ([m, r], [out, _]) => (*m, *r, *out),
+            (h, b) => return Err(Error::shape(Self::OP, format!("h {h:?} and B {b:?} are not (M, r) and (out, r)"))),
+        };
+        gemm(rec, &Gemm::new(m, out, r, false, true).alpha(self.scale).accumulate(true), &self.h, &self.b, y)
+    }
 
     /// (M, r) for x (M, in) through a weight (out, in), checking h is (M, r)
     /// and B (out, r), both f32.

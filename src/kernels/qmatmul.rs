@@ -14,7 +14,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
 use super::low_rank::{self, Fused, LowRank, LowRankParams};
-use super::matmul::{gemm, gemm_fused, subgroups_usable, Gemm, SgTiles, Tiles};
+use super::matmul::{gemm_fused, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Layout, Packed};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
@@ -772,7 +772,7 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
 /// that off; longer ones add it with one more product (the same sum in
 /// another order).
 pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowRank) -> Result<Tensor> {
-    let (m, r) = term.check(x, w.rows, w.cols)?;
+    let (m, _) = term.check(x, w.rows, w.cols)?;
     if m <= LowRank::FUSED_ROWS && low_rank::fused(rec.gpu()) {
         let mut shape = x.shape().to_vec();
         if let Some(last) = shape.last_mut() {
@@ -783,8 +783,7 @@ pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowR
         return Ok(y);
     }
     let y = qlinear(rec, x, w)?;
-    let g = Gemm::new(m, w.rows, r, false, true).alpha(term.scale).accumulate(true);
-    gemm(rec, &g, &term.h, &term.b, &y)?;
+    term.add_to(rec, &y)?;
     Ok(y)
 }
 

@@ -125,7 +125,7 @@ pub fn lora_forward(
         return Err(Error::shape(OP, format!("y {:?} does not have the {m} rows of x", y.shape())));
     }
     let (term, saved) = lora_term(rec, x, f, scaling, drop)?;
-    gemm(rec, &Gemm::new(m, out, term.h.shape()[1], false, true).alpha(scaling).accumulate(true), &term.h, &term.b, y)?;
+    term.add_to(rec, y)?;
     Ok(saved)
 }
 
