@@ -4,7 +4,9 @@
 // qmatmul.wgsl for frozen quantized weights) that supplies the operands as
 //   gemm_a(z, m, k) -> f32        op(A)[z, m, k], only called in range
 //   gemm_b(z, k, n) -> f32        op(B)[z, k, n], only called in range
-//   gemm_store(z, m, n, value)    C[z, m, n] = (or +=) alpha · value
+//   gemm_store(z, m, n, value)    C[z, m, n] = (or +=) alpha · value (a
+//                                 fused low-rank term, shaders/low_rank.wgsl,
+//                                 is the core's to add: see add_low_rank)
 // and which dimension of each is contiguous in memory:
 //   GEMM_A_ALONG_K (A stored (M, K)), GEMM_B_ALONG_N (B stored (K, N)),
 // and, for B_VEC4 launches, gemm_b4(z, k, n) -> vec4<f32>: four consecutive
@@ -174,8 +176,32 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
 fn tile_row(m0: u32, tid: u32, i: u32) -> u32 { return m0 + (tid / GWX + (i / 4u) * GWY) * 4u + i % 4u; }
 fn tile_col(n0: u32, tid: u32, g: u32) -> u32 { return n0 + (tid % GWX + g * GWX) * 4u; }
 
-// Store an invocation's tile of the block at (m0, n0) of batch z into C.
-fn store_tile(z: u32, m0: u32, n0: u32, tid: u32, acc: array<array<vec4<f32>, TN / 4u>, TM>) {
+// A fused low-rank term (shaders/low_rank.wgsl; batch 1, alpha 1) added to
+// an invocation's tile as r outer products of its TM values of h and TN of B:
+// TM + TN loads a rank instead of the 2·TM·TN of a term summed per output.
+// Rows past M and columns past N read row M − 1 and column N − 1 (never stored).
+fn add_low_rank(m0: u32, n0: u32, tid: u32, tile: array<array<vec4<f32>, TN / 4u>, TM>) -> array<array<vec4<f32>, TN / 4u>, TM> {
+    var acc = tile;
+    for (var j = 0u; j < p.lr_rank; j++) {
+        var hv: array<f32, TM>;
+        for (var i = 0u; i < TM; i++) { hv[i] = p.lr_scale * low_rank_h(min(tile_row(m0, tid, i), p.m - 1u), j); }
+        var bv: array<vec4<f32>, TN / 4u>;
+        for (var g = 0u; g < TN / 4u; g++) {
+            let nb = tile_col(n0, tid, g);
+            for (var c4 = 0u; c4 < 4u; c4++) { bv[g][c4] = low_rank_b(min(nb + c4, p.n - 1u), j); }
+        }
+        for (var i = 0u; i < TM; i++) {
+            for (var g = 0u; g < TN / 4u; g++) { acc[i][g] = fma(vec4<f32>(hv[i]), bv[g], acc[i][g]); }
+        }
+    }
+    return acc;
+}
+
+// Store an invocation's tile of the block at (m0, n0) of batch z into C,
+// with a fused low-rank term where the module has one.
+fn store_tile(z: u32, m0: u32, n0: u32, tid: u32, tile: array<array<vec4<f32>, TN / 4u>, TM>) {
+    var acc = tile;
+    if (LOW_RANK) { acc = add_low_rank(m0, n0, tid, tile); }
     for (var i = 0u; i < TM; i++) {
         let m = tile_row(m0, tid, i);
         if (m >= p.m) { continue; }
@@ -200,7 +226,9 @@ fn gemm_blocked(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 // dA and dB, where M or N is the rank): workgroup_id.z = split · batch + z
 // sums k in [split · k_split, (split + 1) · k_split) into its own slice of
 // `partial`, and gemm_split_sum adds the slices into C. No float atomics
-// (WebGPU has none): a second pass.
+// (WebGPU has none): a second pass. A fused low-rank term goes into split
+// 0's partial sums, as outer products like the unsplit kernel's, not into
+// the sum pass, where each output would sum its r products alone.
 @group(0) @binding(7) var<storage, read_write> partial: array<f32>;  // (splits, batch, M, N)
 
 // The batch, the first k and the end of k of split workgroup_id.z.
@@ -229,7 +257,14 @@ fn gemm_blocked_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
     let r = split_range(wid.z);
-    store_partial(wid.z, m0, n0, tid, block_product(r.x, m0, n0, r.y, r.z, tid));
+    store_partial(wid.z, m0, n0, tid, with_term(wid.z, m0, n0, tid, block_product(r.x, m0, n0, r.y, r.z, tid)));
+}
+
+// A split's tile, with a fused low-rank term added by the first split (batch
+// 1): gemm_split_sum then adds the splits up without it.
+fn with_term(wz: u32, m0: u32, n0: u32, tid: u32, acc: array<array<vec4<f32>, TN / 4u>, TM>) -> array<array<vec4<f32>, TN / 4u>, TM> {
+    if (LOW_RANK && wz == 0u) { return add_low_rank(m0, n0, tid, acc); }
+    return acc;
 }
 
 // C[z, m, n] = alpha · Σ_split partial[split, z, m, n] (+ C): one element an

@@ -166,5 +166,5 @@ fn gemm_blocked_split_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_
     let m0 = wid.y * BM;
     let n0 = wid.x * BN;
     let r = split_range(wid.z);
-    store_partial(wid.z, m0, n0, tid, block_product_f16(r.x, m0, n0, r.y, r.z, tid));
+    store_partial(wid.z, m0, n0, tid, with_term(wid.z, m0, n0, tid, block_product_f16(r.x, m0, n0, r.y, r.z, tid)));
 }

@@ -4,6 +4,10 @@
 
 const LOW_RANK: bool = false;
 
+fn low_rank_h(m: u32, j: u32) -> f32 { return 0.0; }
+
+fn low_rank_b(n: u32, j: u32) -> f32 { return 0.0; }
+
 fn low_rank_share(m: u32, n: u32, lane: u32, lanes: u32) -> f32 { return 0.0; }
 
 fn low_rank_term(m: u32, n: u32) -> f32 { return 0.0; }

@@ -34,7 +34,7 @@ struct Params {
     lr_rank: u32,       // r of the low-rank term (shaders/low_rank.wgsl)
     lr_scale: f32,      // its scale
     lr_row: u32,        // B's row of this launch's first output column
-    lr_pad: u32,
+    lr_ld: u32,         // 0: B stored (out, r); else Bᵀ stored (r, lr_ld)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -182,10 +182,12 @@ fn b_at(base: u32, k: u32, n: u32) -> f32 {
 }
 
 // store_c for the kernels that bind C as `cs`.
-fn store_cs(base: u32, m: u32, n: u32, value: f32) {
+fn store_cs(base: u32, m: u32, n: u32, value: f32) { store_cs_with(base, m, n, value, LOW_RANK); }
+
+fn store_cs_with(base: u32, m: u32, n: u32, value: f32, term: bool) {
     let i = base + m * p.ldc + n;
     var v = p.alpha * value;
-    if (LOW_RANK) { v += low_rank_term(m, n); }
+    if (term) { v += low_rank_term(m, n); }
     if (p.accumulate != 0u) {
         cs[i] = cs[i] + v;
     } else {
@@ -238,7 +240,8 @@ fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
     return vec4<f32>(gemm_b(z, k, n), gemm_b(z, k + 1u, n), gemm_b(z, k + 2u, n), gemm_b(z, k + 3u, n));
 }
 
-fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_cs(p.c_off + z * p.stride_c, m, n, value); }
+// Without the term: the blocked core adds a fused term to its tiles itself.
+fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_cs_with(p.c_off + z * p.stride_c, m, n, value, false); }
 
 fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
 

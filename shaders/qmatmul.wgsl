@@ -34,7 +34,7 @@ struct Params {
     lr_rank: u32,       // r of the low-rank term (shaders/low_rank.wgsl)
     lr_scale: f32,      // its scale
     lr_row: u32,        // B's row of this launch's first output column
-    lr_pad: u32,
+    lr_ld: u32,         // 0: B stored (out, r); else Bᵀ stored (r, lr_ld)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -178,7 +178,8 @@ fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
     return w4(k * p.n + n);
 }
 
-fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store(m, n, value); }
+// Without the term: the blocked core adds a fused term to its tiles itself.
+fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_with(m, n, value, false); }
 
 fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
 

@@ -8,11 +8,15 @@
 //! output is checked against the same kernel's product without the term
 //! plus the term computed on the CPU, so the check holds the epilogue to
 //! f32 rounding whatever the kernel's own arithmetic; `qlinear_low_rank` is
-//! checked against the CPU whole. Also: which products fuse (decoding's few
-//! rows) and which add the term with a product of their own, weights split
-//! into chunks (each chunk reads its own rows of B), bad terms as typed
-//! errors, and f32 and NF4 models decoding through a trained LoRA adapter
-//! token by token (fused) against their full forward (not fused).
+//! checked against the CPU whole. The blocked GEMM (real GPUs' training and
+//! prefill) at any rows, forward and backward, where the term is LoRA's share
+//! of dx = dy·W (B given transposed as lora_A). Also: which products fuse
+//! (decoding's few rows everywhere, any rows with the real-GPU kernels) and
+//! which add the term with a product of their own, weights split into
+//! chunks (each chunk reads its own rows of B), bad terms as typed errors,
+//! f32 and NF4 models decoding through a trained LoRA adapter token by
+//! token (fused) against their full forward (not fused), and a LoRA and an
+//! AdaLoRA training step fused both ways against the same step not fused.
 
 mod common;
 
@@ -21,7 +25,9 @@ use webpeft::gpu::{KernelTime, Recorder};
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::low_rank::{self, LowRank};
 use webpeft::kernels::matmul::{gemm_low_rank_with, gemm_with, Gemm, SgTiles, Tiles, Variant};
-use webpeft::kernels::qmatmul::{qgemm_low_rank_with, qgemm_with, qlinear_low_rank, QVariant, QWeight};
+use webpeft::kernels::qmatmul::{
+    qgemm_low_rank_with, qgemm_with, qlinear_backward_low_rank, qlinear_low_rank, QVariant, QWeight,
+};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
 use webpeft::model::llama::KvCache;
 use webpeft::model::{DirFiles, Model};
@@ -36,12 +42,20 @@ const SCALE: f32 = 0.75;
 fn term(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32>, Vec<f32>) {
     let h = randn(seed, m * r);
     let b: Vec<f32> = randn(seed + 1, n * r).iter().map(|v| v * 0.5).collect();
-    let t = LowRank {
-        h: Tensor::from_slice(gpu, &[m, r], &h).unwrap(),
-        b: Tensor::from_slice(gpu, &[n, r], &b).unwrap(),
-        scale: SCALE,
-    };
+    let t = LowRank::new(
+        Tensor::from_slice(gpu, &[m, r], &h).unwrap(),
+        Tensor::from_slice(gpu, &[n, r], &b).unwrap(),
+        SCALE,
+    );
     (t, h, b)
+}
+
+/// [`term`] with B stored transposed, (r, n), as the backward's lora_A; the
+/// values returned are B's, (n, r), as [`plus_term`] takes them.
+fn term_transposed(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32>, Vec<f32>) {
+    let (t, h, b) = term(gpu, m, n, r, seed);
+    let bt: Vec<f32> = (0..r * n).map(|i| b[(i % n) * r + i / n]).collect();
+    (LowRank::new_transposed(t.h, Tensor::from_slice(gpu, &[r, n], &bt).unwrap(), SCALE), h, b)
 }
 
 /// `base + scale·h·Bᵀ`, the term summed in f64.
@@ -61,20 +75,27 @@ fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
 }
 
 /// `variant` with the term fused against the same variant without it plus
-/// the term: the epilogue's own error is a few f32 roundings.
-fn check_fused(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, variant: QVariant, seed: u64) {
-    let (n, k) = (qw.rows, qw.cols);
+/// the term: the epilogue's own error is a few f32 roundings. Forward: x (m,
+/// in) → y (m, out) with B (out, r); `backward`: dy (m, out) → dx (m, in)
+/// with B given transposed (r, in), as LoRA's dx term.
+fn check_fused_dir(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, backward: bool, variant: QVariant, seed: u64) {
+    let (k, n) = if backward { (qw.rows, qw.cols) } else { (qw.cols, qw.rows) };
     let x = Tensor::from_slice(gpu, &[m, k], &randn(seed, m * k)).unwrap();
-    let (t, h, b) = term(gpu, m, n, r, seed + 2);
+    let (t, h, b) = if backward { term_transposed(gpu, m, n, r, seed + 2) } else { term(gpu, m, n, r, seed + 2) };
     let plain = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
     let fused = Tensor::zeros(gpu, &[m, n], DType::F32).unwrap();
     let mut rec = Recorder::new(gpu);
-    qgemm_with(&mut rec, &x, qw, &plain, false, variant).unwrap();
-    qgemm_low_rank_with(&mut rec, &x, qw, &fused, &t, variant).unwrap();
+    qgemm_with(&mut rec, &x, qw, &plain, backward, variant).unwrap();
+    qgemm_low_rank_with(&mut rec, &x, qw, &fused, backward, &t, variant).unwrap();
     rec.submit().unwrap();
     let want = plus_term(&read(gpu, &plain), &h, &b, m, n, r);
-    let label = format!("{} {:?} {m}x{n}x{k} r {r} {variant:?}", qw.format.name(), qw.compute());
+    let dir = if backward { "dy·W" } else { "x·Wᵀ" };
+    let label = format!("{} {:?} {dir} {m}x{n}x{k} r {r} {variant:?}", qw.format.name(), qw.compute());
     assert_close(&label, &read(gpu, &fused), &want, 1e-5, 1e-5);
+}
+
+fn check_fused(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, variant: QVariant, seed: u64) {
+    check_fused_dir(gpu, qw, m, r, false, variant, seed)
 }
 
 /// The variants a product of few rows can run, each reaching its own store.
@@ -147,6 +168,65 @@ fn every_f32_kernel_adds_the_term_as_it_stores() {
     }
 }
 
+/// Products of any rows through the blocked GEMM (the real-GPU kernels'
+/// training and prefill), which adds the term as outer products of its
+/// tile's rows of h and B: forward with B (out, r) and backward (dx = dy·W)
+/// with B given transposed (r, in) as LoRA's dx term, through NF4, Q8_0 and
+/// f16 weights, blocks that cut M and N (37 and 130 rows), split-K (whose
+/// sum pass adds the term per output); and the backward through the
+/// register tiles of few rows (lavapipe's kernels).
+#[test]
+fn the_blocked_gemm_adds_the_term_at_any_rows_both_ways() {
+    let gpu = gpu();
+    for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
+        let qw = QWeight::from_f32(gpu, &randn(40 + f as u64, 45 * 288), 45, 288, format).unwrap();
+        for (i, backward) in [false, true].into_iter().enumerate() {
+            let n = if backward { 288 } else { 45 };
+            let forms = [
+                (37, QVariant::Blocked(Blocks::for_shape(37, n, 1))),
+                (130, QVariant::Blocked(Blocks::LARGE)),
+                (130, QVariant::Blocked(Blocks::MEDIUM)),
+                (37, QVariant::BlockedSplit(Blocks::MEDIUM, 3)),
+                (3, QVariant::Tiled),
+            ];
+            for (j, (m, v)) in forms.into_iter().enumerate() {
+                let r = [5, 1, 16][(i + j + f) % 3];
+                check_fused_dir(gpu, &qw, m, r, backward, v, 2000 + 100 * f as u64 + 10 * j as u64 + i as u64);
+            }
+        }
+    }
+    // f32 weights through matmul.wgsl's blocked kernel: y = x·Wᵀ and dx = dy·W.
+    let w = randn(77, 45 * 288);
+    let wt = Tensor::from_slice(gpu, &[45, 288], &w).unwrap();
+    for (i, backward) in [false, true].into_iter().enumerate() {
+        let (k, n) = if backward { (45, 288) } else { (288, 45) };
+        for (j, (m, v)) in [
+            (37, Variant::Blocked(Blocks::for_shape(37, n, 1))),
+            (130, Variant::Blocked(Blocks::LARGE)),
+            (37, Variant::BlockedSplit(Blocks::MEDIUM, 3)),
+            (3, Variant::Tiled(Tiles::few_rows(3, false).unwrap())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = [5, 16][(i + j) % 2];
+            let seed = 3000 + 10 * j as u64 + i as u64;
+            let x = Tensor::from_slice(gpu, &[m, k], &randn(seed, m * k)).unwrap();
+            let (t, h, b) =
+                if backward { term_transposed(gpu, m, n, r, seed + 2) } else { term(gpu, m, n, r, seed + 2) };
+            let g = Gemm::new(m, n, k, false, !backward);
+            let (plain, fused) =
+                (Tensor::zeros(gpu, &[m, n], DType::F32).unwrap(), Tensor::zeros(gpu, &[m, n], DType::F32).unwrap());
+            let mut rec = Recorder::new(gpu);
+            gemm_with(&mut rec, &g, &x, &wt, &plain, v).unwrap();
+            gemm_low_rank_with(&mut rec, &g, &x, &wt, &fused, &t, v).unwrap();
+            rec.submit().unwrap();
+            let want = plus_term(&read(gpu, &plain), &h, &b, m, n, r);
+            assert_close(&format!("f32 {g:?} r {r} {v:?}"), &read(gpu, &fused), &want, 1e-5, 1e-5);
+        }
+    }
+}
+
 /// f16 arithmetic (where the device has shader-f16): the f16 tiles, GEMV
 /// and blocked GEMM divide the row scale out before the store adds the term.
 #[test]
@@ -168,6 +248,21 @@ fn f16_compute_adds_the_term_in_f32() {
         .enumerate()
         {
             check_fused(gpu, &qw, m, 4, v, 500 + 10 * i as u64 + j as u64);
+        }
+    }
+    // The blocked f16 kernel at many rows, both ways, and split in 3 (split
+    // 0 adds the term).
+    for (i, backward) in [false, true].into_iter().enumerate() {
+        let n = if backward { 264 } else { 45 };
+        for (j, (m, v)) in [
+            (37, QVariant::Blocked(Blocks::for_shape(37, n, 1))),
+            (130, QVariant::Blocked(Blocks::for_shape(130, n, 1))),
+            (37, QVariant::BlockedSplit(Blocks::MEDIUM, 3)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check_fused_dir(gpu, &qw, m, 16, backward, v, 600 + 10 * i as u64 + j as u64);
         }
     }
 }
@@ -208,19 +303,23 @@ fn check_linear(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64,
 
 /// Decoding's products (at most `LowRank::FUSED_ROWS` rows) run one kernel
 /// with the term in its store, on lavapipe's kernels and on the real-GPU
-/// family (the GEMV), through quantized and f32 weights; longer ones add it
-/// with a product of their own, as every product does with the fusion off.
+/// family (the GEMV), through quantized and f32 weights; longer ones fuse it
+/// too with the real-GPU family (the blocked GEMM), and on lavapipe's
+/// kernels add it with a product of their own, as every product does with
+/// the fusion off.
 #[test]
 fn decoding_fuses_and_longer_products_add_the_term_after() {
     for gpu in &own_devices() {
+        let long = if gpu.kernel_family() == KernelFamily::Gpu { (1, 0) } else { (0, 2) };
         let qw = QWeight::from_f32(gpu, &randn(1, 45 * 264), 45, 264, QuantFormat::Nf4).unwrap();
         for m in [1, LowRank::FUSED_ROWS] {
             assert_eq!(check_linear(gpu, &qw, m, 5, 10 + m as u64), (1, 0), "{m} rows on {}", gpu.describe());
         }
-        assert_eq!(check_linear(gpu, &qw, LowRank::FUSED_ROWS + 1, 5, 30), (0, 2));
+        assert_eq!(check_linear(gpu, &qw, LowRank::FUSED_ROWS + 1, 5, 30), long);
+        assert_eq!(check_linear(gpu, &qw, 70, 5, 35), long);
         let f32w = QWeight::from_f32(gpu, &randn(2, 45 * 264), 45, 264, QuantFormat::F32).unwrap();
         assert_eq!(check_linear(gpu, &f32w, 1, 5, 40), (1, 0));
-        assert_eq!(check_linear(gpu, &f32w, LowRank::FUSED_ROWS + 1, 5, 50), (0, 2));
+        assert_eq!(check_linear(gpu, &f32w, LowRank::FUSED_ROWS + 1, 5, 50), long);
         // Turned off (the benchmark's comparison), every product adds it after.
         low_rank::set_fused(gpu, false);
         assert_eq!(check_linear(gpu, &qw, 1, 5, 60), (0, 2));
@@ -255,7 +354,7 @@ fn bad_terms_are_typed_errors() {
         ("a 1-D h", zeros(&[8]), zeros(&[45, 4])),
     ];
     for (what, h, b) in cases {
-        let t = LowRank { h, b, scale: 1.0 };
+        let t = LowRank::new(h, b, 1.0);
         let mut rec = Recorder::new(gpu);
         let err = qlinear_low_rank(&mut rec, &x, &qw, &t).unwrap_err();
         assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{what}: {err}");
@@ -267,11 +366,27 @@ fn bad_terms_are_typed_errors() {
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     let f32w = QWeight::from_f32(gpu, &randn(4, 45 * 264), 45, 264, QuantFormat::F32).unwrap();
     let y = zeros(&[2, 45]);
-    let err = qgemm_low_rank_with(&mut rec, &x, &f32w, &y, &t, QVariant::Tiled).unwrap_err();
+    let err = qgemm_low_rank_with(&mut rec, &x, &f32w, &y, false, &t, QVariant::Tiled).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { op: "linear_low_rank", .. }), "{err}");
-    // matmul's way in: a Linear's forward only (A·Bᵀ, one batch, alpha 1).
-    let w = zeros(&[45, 264]);
-    for g in [Gemm::new(2, 45, 264, false, true).alpha(0.5), Gemm::new(2, 45, 264, false, false)] {
+    // The backward's term: Bᵀ must be (r, in), and dy (M, out).
+    let dy = zeros(&[2, 45]);
+    let dx = zeros(&[2, 264]);
+    for (what, h, bt) in [
+        ("Bᵀ (in, r), not transposed", zeros(&[2, 4]), zeros(&[264, 4])),
+        ("Bᵀ with other columns than W", zeros(&[2, 4]), zeros(&[4, 263])),
+    ] {
+        let t = LowRank::new_transposed(h, bt, 1.0);
+        let err = qlinear_backward_low_rank(&mut rec, &dy, &qw, &dx, false, &t).unwrap_err();
+        assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{what}: {err}");
+        eprintln!("{what}: {err}");
+    }
+    let (bt, _, _) = term_transposed(gpu, 2, 264, 4, 11);
+    let err = qlinear_backward_low_rank(&mut rec, &x, &qw, &dx, false, &bt).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "dy as wide as x: {err}");
+    // matmul's way in: one batch, alpha 1.
+    for batch in [1, 2] {
+        let g = Gemm::new(2, 45, 264, false, true).batched(batch).alpha(if batch == 1 { 0.5 } else { 1.0 });
+        let (x, w, y) = (zeros(&[2 * batch, 264]), zeros(&[45 * batch, 264]), zeros(&[2 * batch, 45]));
         let err = gemm_low_rank_with(&mut rec, &g, &x, &w, &y, &t, Variant::Naive).unwrap_err();
         assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{g:?}: {err}");
     }
@@ -279,8 +394,8 @@ fn bad_terms_are_typed_errors() {
 
 /// llama_gqa in NF4 and in f32 with PEFT's trained LoRA adapter (tests/fixtures/lora):
 /// a prefill of 4 tokens and then one token at a time, every adapted Linear
-/// fused, against the full forward of the 14 tokens, where no product fuses
-/// (the kernels that ran are read from the profile); and the adapter changes
+/// fused, against the full forward of the 14 tokens with fusing off (the
+/// kernels that ran are read from the profile); and the adapter changes
 /// the logits, so the term is there to check.
 #[test]
 fn adapted_decoding_matches_the_full_forward() {
@@ -299,9 +414,12 @@ fn adapted_decoding_matches_the_full_forward() {
             rec.submit().unwrap();
             read(gpu, &out)
         };
+        // The full forward with fusing off (the real-GPU kernels fuse any rows).
+        low_rank::set_fused(gpu, false);
         gpu.set_profiling(true).unwrap();
         let full = logits(&adapter, 0, t, &KvCache::new(gpu, &model, 1, t).unwrap());
         let ran_full = block_on(gpu.take_profile()).unwrap();
+        low_rank::set_fused(gpu, true);
         let cache = KvCache::new(gpu, &model, 1, t).unwrap();
         let mut steps = logits(&adapter, 0, 4, &cache);
         for i in 4..t {
@@ -320,5 +438,60 @@ fn adapted_decoding_matches_the_full_forward() {
         assert!(effect > 1e-2, "the adapter changes the logits by only {effect}");
         assert!(d <= 1e-4, "decoding through the fused term differs from the full forward by {d}");
         assert_eq!(steps.len(), t * v);
+    }
+}
+
+/// One training step (lr 0) of llama_gqa, f32 and NF4, through PEFT's
+/// trained LoRA adapter and AdaLoRA's (both factors non-zero, so the term's
+/// share of dx is there): the loss and every gradient with the term fused
+/// into the frozen products, forward (y) and backward (dx), against the same
+/// step with fusing off. On lavapipe's kernels with 6 rows (the register
+/// tiles of few rows fuse both ways), on the real-GPU family with 18 (the
+/// blocked GEMM). The fused launches are counted in the profile: every
+/// adapted Linear, once forward and once backward.
+#[test]
+fn training_fuses_the_term_both_ways() {
+    use common::{adapter_values, fixture_adapter, fixture_batch, Fixture};
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let fx = Fixture::open("lora/reference.safetensors");
+    for gpu in &own_devices() {
+        let batch = match gpu.kernel_family() {
+            KernelFamily::Gpu => fixture_batch(&fx, 0..2),
+            _ => {
+                let b = fixture_batch(&fx, 0..1);
+                webpeft::train::data::Batch::new(vec![b.input_ids[0][..6].to_vec()], vec![b.labels[0][..6].to_vec()])
+            }
+        };
+        let rows = batch.input_ids.iter().map(Vec::len).sum::<usize>();
+        for format in [QuantFormat::F32, QuantFormat::Nf4] {
+            let model = block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), format)).unwrap();
+            for (dir, method) in [("lora/final_adapter", "lora"), ("adalora/llama_gqa/final_adapter", "adalora")] {
+                let step = |fused: bool| {
+                    low_rank::set_fused(gpu, fused);
+                    let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+                    let mut trainer = Trainer::new(gpu, fixture_adapter(gpu, &model, dir, method), opt, 0).unwrap();
+                    gpu.set_profiling(true).unwrap();
+                    let stats = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 0.0)).unwrap();
+                    gpu.set_profiling(false).unwrap();
+                    let ran = block_on(gpu.take_profile()).unwrap();
+                    low_rank::set_fused(gpu, true);
+                    (stats.loss, adapter_values(gpu, trainer.gradients()), launches(&ran, true))
+                };
+                let (loss, grads, fused) = step(true);
+                let (loss_plain, grads_plain, none) = step(false);
+                let on = format!("{} {method} {:?} {rows} rows", format.name(), gpu.kernel_family());
+                assert_eq!(none, 0, "{on}: fused with fusing off");
+                // Two of AdaLoRA's 14 modules kept no rank: 12 are adapted.
+                let adapted = if method == "lora" { 14 } else { 12 };
+                assert_eq!(fused, 2 * adapted, "{on}: fused launches");
+                assert!((loss - loss_plain).abs() <= 1e-5, "{on}: loss {loss} vs {loss_plain}");
+                let mut worst = 0f32;
+                for ((key, got), (_, want)) in grads.iter().zip(&grads_plain) {
+                    assert_close(&format!("{on} {key}"), got, want, 2e-5, 1e-4);
+                    worst = worst.max(got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+                }
+                eprintln!("{on}: {} gradients, fused vs not max |diff| {worst:.2e}", grads.len());
+            }
+        }
     }
 }

@@ -245,18 +245,19 @@ impl Blocks {
     pub const MAX_SPLITS: usize = 32;
 }
 
-/// Whether a blocked entry point stores into C through the host's store
-/// (the split ones write partial sums).
-pub(crate) fn stores_y(entry: &str) -> bool {
-    !entry.starts_with("gemm_blocked_split")
+/// Whether a blocked entry point adds a fused low-rank term (its pipeline
+/// is the module's low-rank form): the block kernels do, to their tiles
+/// (split 0 of split-K to its partial sums); the sum of the splits does not.
+pub(crate) fn adds_term(entry: &str) -> bool {
+    entry != "gemm_split_sum"
 }
 
 /// Record the blocked GEMM: one launch of `gemm_blocked`, or with `splits`
 /// above 1 `gemm_blocked_split` into a scratch tensor of partial sums and
 /// `gemm_split_sum` into C. `key` names the host module's pipeline for an
 /// entry point; `operands` binds A and B (and a host's extra tensors),
-/// `stores` binds C first, then what the host's store reads besides (a
-/// low-rank term's factors); `params` is the host's launch parameters with `batch`,
+/// `stores` binds C first, then a fused low-rank term's factors (which the
+/// block launch binds); `params` is the host's launch parameters with `batch`,
 /// `m`, `n`, `k` as in the product, and `set_split` writes K per split into
 /// them; each split's K is a multiple of the block's `bk` and of `k_align`.
 /// The scratch must fit one binding, else fewer splits are used.
@@ -281,9 +282,10 @@ pub(crate) fn record<P: bytemuck::Pod>(
         return rec.dispatch_bound(&key("gemm_blocked"), &params, &bound, blocks.grid(m, n, batch));
     }
     set_split(&mut params, k_split as u32);
+    let (c, term) = stores.split_at(stores.len().min(1));
     let partial = rec.alloc(&[splits * batch * m * n], crate::gpu::DType::F32)?; // every element written
-    let bound = [operands, &[(7, &partial)]].concat();
+    let bound = [operands, term, &[(7, &partial)]].concat();
     rec.dispatch_bound(&key("gemm_blocked_split"), &params, &bound, blocks.grid(m, n, batch * splits))?;
     let groups = super::grid_1d((batch * m * n).div_ceil(256));
-    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[stores, &[(7, &partial)]].concat(), groups)
+    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[c, &[(7, &partial)]].concat(), groups)
 }

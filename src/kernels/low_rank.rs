@@ -5,68 +5,104 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::blocked::GemvTiles;
+use super::blocked::{is_real_gpu, GemvTiles};
 use super::matmul::{gemm, Gemm};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 
-/// A low-rank term `scale·h·Bᵀ` to add to y = x·Wᵀ: LoRA's
-/// `scaling·(drop(x)·Aᵀ)·Bᵀ` with h = drop(x)·Aᵀ. See
-/// [`super::qmatmul::qlinear_low_rank`].
+/// A low-rank term `scale·h·Bᵀ` to add to a product's output: LoRA's
+/// `scaling·(drop(x)·Aᵀ)·Bᵀ` to y = x·Wᵀ, with h = drop(x)·Aᵀ and B =
+/// lora_B (out, r); or, going backward, the LoRA path's `d(xa)·A` to dx =
+/// dy·W, with h = d(xa) and B given transposed as lora_A (r, in). See
+/// [`super::qmatmul::qlinear_low_rank`] and
+/// [`super::qmatmul::qlinear_backward_low_rank`].
 #[derive(Clone, Debug)]
 pub struct LowRank {
     /// (M, r)
     pub h: Tensor,
-    /// (out, r): lora_B
+    /// (out, r), or with `transposed` Bᵀ (r, out)
     pub b: Tensor,
     pub scale: f32,
+    /// `b` holds Bᵀ (r, out).
+    pub transposed: bool,
 }
 
 /// The launch parameters' last four words (`lr_rank`, `lr_scale`, `lr_row`,
-/// and padding), in both hosts' `Params`.
+/// `lr_ld`), in both hosts' `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
 pub(crate) struct LowRankParams {
     rank: u32,
     scale: f32,
     row: u32,
-    pad: u32,
+    /// 0: B stored (out, r); else Bᵀ stored (r, ld).
+    ld: u32,
 }
 
 impl LowRank {
-    /// Products of at most this many rows add the term as they store y:
-    /// decoding's, where launches and passes over y are what a token costs.
-    /// Longer ones add it with a product of their own, whose tiles suit a
-    /// long M better than one serial sum per output.
+    /// The term `scale·h·Bᵀ` with h (M, r) and B (out, r).
+    pub fn new(h: Tensor, b: Tensor, scale: f32) -> LowRank {
+        LowRank { h, b, scale, transposed: false }
+    }
+
+    /// The term `scale·h·Bᵀ` with h (M, r) and B given as Bᵀ (r, out): the
+    /// backward's `d(xa)·A` with `bt` = lora_A (r, in).
+    pub fn new_transposed(h: Tensor, bt: Tensor, scale: f32) -> LowRank {
+        LowRank { h, b: bt, scale, transposed: true }
+    }
+
+    /// Products of at most this many rows add the term as they store their
+    /// output on every adapter: decoding's, where launches and passes over y
+    /// are what a token costs. On real GPUs longer ones fuse it too (the
+    /// blocked GEMM adds it as outer products of its tile's rows of h and
+    /// B); on CPU rasterizers they add it with a product of their own, which
+    /// there beats one serial sum per output (see [`fuses`]).
     pub const FUSED_ROWS: usize = GemvTiles::MAX_M;
 
     pub(crate) const OP: &'static str = "linear_low_rank";
 
-    /// y (M, out) += scale·h·Bᵀ with a product of its own: the term of a
-    /// product that does not fuse it.
-    pub fn add_to(&self, rec: &mut Recorder, y: &Tensor) -> Result<()> {
-        let (m, r, out) = match (self.h.shape(), self.b.shape()) {
-            ([m, r], [out, _]) => (*m, *r, *out),
-            (h, b) => return Err(Error::shape(Self::OP, format!("h {h:?} and B {b:?} are not (M, r) and (out, r)"))),
-        };
-        gemm(rec, &Gemm::new(m, out, r, false, true).alpha(self.scale).accumulate(true), &self.h, &self.b, y)
+    /// (out, r) of B, whichever way it is stored; None unless 2-D.
+    pub(crate) fn b_dims(&self) -> Option<(usize, usize)> {
+        match (self.b.shape(), self.transposed) {
+            ([out, r], false) | ([r, out], true) => Some((*out, *r)),
+            _ => None,
+        }
     }
 
-    /// (M, r) for x (M, in) through a weight (out, in), checking h is (M, r)
-    /// and B (out, r), both f32.
+    /// out (M, cols) += scale·h·Bᵀ with a product of its own: the term of
+    /// a product that does not fuse it.
+    pub fn add_to(&self, rec: &mut Recorder, out: &Tensor) -> Result<()> {
+        let (m, r, cols) = match (self.h.shape(), self.b_dims()) {
+            ([m, r], Some((cols, _))) => (*m, *r, cols),
+            (h, _) => {
+                let b = self.b.shape();
+                return Err(Error::shape(Self::OP, format!("h {h:?} and B {b:?} are not (M, r) and (out, r)")));
+            }
+        };
+        let g = Gemm::new(m, cols, r, false, !self.transposed).alpha(self.scale).accumulate(true);
+        gemm(rec, &g, &self.h, &self.b, out)
+    }
+
+    /// (M, r) for x (M, in) through a product to `out` columns, checking h is
+    /// (M, r) and B (out, r) (or Bᵀ (r, out)), both f32.
     pub(crate) fn check(&self, x: &Tensor, out: usize, inp: usize) -> Result<(usize, usize)> {
         if x.shape().last() != Some(&inp) {
-            let detail = format!("input {:?} does not match a ({out}, {inp}) weight", x.shape());
+            let detail = format!("input {:?} does not match a product of {inp} to {out} columns", x.shape());
             return Err(Error::shape(Self::OP, detail));
         }
         let m = x.numel() / inp.max(1);
         self.h.expect_dtype(Self::OP, "h", DType::F32)?;
-        self.b.expect_dtype(Self::OP, "lora_B", DType::F32)?;
-        match (self.h.shape(), self.b.shape()) {
-            ([hm, r], [bo, br]) if *hm == m && *bo == out && br == r => Ok((m, *r)),
-            (h, b) => Err(Error::shape(
+        self.b.expect_dtype(Self::OP, "B", DType::F32)?;
+        match (self.h.shape(), self.b_dims()) {
+            ([hm, r], Some((bo, br))) if *hm == m && bo == out && br == *r => Ok((m, *r)),
+            (h, _) => Err(Error::shape(
                 Self::OP,
-                format!("low-rank term h {h:?} and B {b:?} do not fit ({m}, r) and ({out}, r) for this Linear"),
+                format!(
+                    "low-rank term h {h:?} and {} {:?} do not fit ({m}, r) and {} for this product",
+                    if self.transposed { "Bᵀ" } else { "B" },
+                    self.b.shape(),
+                    if self.transposed { format!("(r, {out})") } else { format!("({out}, r)") }
+                ),
             )),
         }
     }
@@ -81,7 +117,7 @@ pub(crate) fn params(term: Fused) -> LowRankParams {
         rank: t.h.shape().get(1).copied().unwrap_or(0) as u32,
         scale: t.scale,
         row: row as u32,
-        pad: 0,
+        ld: if t.transposed { t.b_dims().map_or(0, |(out, _)| out as u32) } else { 0 },
     })
 }
 
@@ -99,10 +135,16 @@ pub(crate) fn with_bindings<'a>(bound: &[(u32, &'a Tensor)], term: Fused<'a>) ->
 #[derive(Default)]
 struct Unfused(bool);
 
-/// Whether products of at most [`LowRank::FUSED_ROWS`] rows on `gpu` add a
-/// term as they store y (on unless [`set_fused`] turned it off).
+/// Whether fusing is on for `gpu` (unless [`set_fused`] turned it off).
 pub fn fused(gpu: &Gpu) -> bool {
     !gpu.with_state(|u: &mut Unfused| u.0)
+}
+
+/// Whether a product of `m` rows on `gpu` adds a term as it stores its
+/// output: with fusing on, at most [`LowRank::FUSED_ROWS`] rows on every
+/// adapter, and any rows with the kernels of real GPUs.
+pub fn fuses(gpu: &Gpu, m: usize) -> bool {
+    fused(gpu) && (m <= LowRank::FUSED_ROWS || is_real_gpu(gpu))
 }
 
 /// Turns the fusion on or off for later launches on `gpu` (on by default;

@@ -385,10 +385,11 @@ pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tenso
     record(rec, g, a, b, c, variant, None)
 }
 
-/// A Linear's forward `C = alpha·A·Bᵀ (+ C)` through `variant` with
+/// `C = op(A)·op(B) (+ C)` (one batch, alpha 1) through `variant` with
 /// `scale·h·B_termᵀ` added as it stores C (`shaders/low_rank.wgsl`),
 /// whatever the rows (the tests' and the benchmark's way in;
-/// `qmatmul::qlinear_low_rank` decides when to fuse).
+/// `qmatmul::qlinear_low_rank` and `qlinear_backward_low_rank` decide when
+/// to fuse).
 pub fn gemm_low_rank_with(
     rec: &mut Recorder,
     g: &Gemm,
@@ -406,30 +407,32 @@ pub(crate) fn gemm_fused(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c
     record(rec, g, a, b, c, Variant::tuned(rec.gpu(), g), term)
 }
 
-/// Checks that a term fits a Linear's forward `g` (one batch, A·Bᵀ, alpha
-/// 1: the GEMV adds the term before alpha): h has C's M rows and B the rows
-/// `row..row + N`, both r wide.
+/// Checks that a term fits the product `g` (one batch, alpha 1: the GEMV
+/// and the blocked GEMM add the term before alpha): h has C's M rows and B
+/// the rows `row..row + N`, both r wide.
 fn check_term(g: &Gemm, (t, row): (&LowRank, usize)) -> Result<()> {
-    let fits = match (t.h.shape(), t.b.shape()) {
-        ([hm, r], [bo, br]) => *hm == g.m && br == r && row + g.n <= *bo,
+    let fits = match (t.h.shape(), t.b_dims()) {
+        ([hm, r], Some((bo, br))) => *hm == g.m && br == *r && row + g.n <= bo,
         _ => false,
     };
-    if g.batch != 1 || g.trans_a || !g.trans_b || g.alpha != 1.0 || !fits {
+    if g.batch != 1 || g.alpha != 1.0 || !fits {
         return Err(Error::shape(
             LowRank::OP,
             format!(
-                "h {:?} and B {:?} (from row {row}) do not fit a {}x{}x{} Linear forward (batch {}, A·Bᵀ, alpha 1)",
+                "h {:?} and {} {:?} (from row {row}) do not fit a {}x{}x{} product (batch {}, alpha {})",
                 t.h.shape(),
+                if t.transposed { "Bᵀ" } else { "B" },
                 t.b.shape(),
                 g.m,
                 g.n,
                 g.k,
-                g.batch
+                g.batch,
+                g.alpha
             ),
         ));
     }
     t.h.expect_dtype(LowRank::OP, "h", DType::F32)?;
-    t.b.expect_dtype(LowRank::OP, "lora_B", DType::F32)
+    t.b.expect_dtype(LowRank::OP, "B", DType::F32)
 }
 
 fn record<'a>(
@@ -512,7 +515,7 @@ fn record_blocked(
 ) -> Result<()> {
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
     let fused = stores.len() > 1;
-    let key = |entry| blocked_key(g, t, entry).low_rank(fused && blocked::stores_y(entry));
+    let key = |entry| blocked_key(g, t, entry).low_rank(fused && blocked::adds_term(entry));
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
     blocked::record(rec, key, params, set, &[(4, a), (5, b)], stores, t, (g.m, g.n, g.k, g.batch), (splits, 1))
 }
@@ -560,11 +563,12 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// one for other layouts, the yardstick, the subgroup blocks where the device
 /// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
 /// 1..=`GemvTiles::MAX_M` rows in every layout the autotuner times
-/// (`tune::gemv_candidates`); and for a Linear's forward (A·Bᵀ) each of
-/// them with a low-rank term in its store ([`gemm_low_rank_with`]).
+/// (`tune::gemv_candidates`); and for a Linear's forward (A·Bᵀ) and its
+/// dx (A·B) each of them with a low-rank term in its store
+/// ([`gemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    // A key, and its low-rank form where a Linear's forward can ask for it.
+    // A key, and its low-rank form where a Linear's product can ask for it.
     let mut push = |key: PipelineKey, fusable: bool| {
         if fusable {
             keys.push(key.clone().low_rank(true));
@@ -572,7 +576,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
         keys.push(key);
     };
     for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
-        let linear = !trans_a && trans_b;
+        let linear = !trans_a;
         // Aligned shapes: (m, n, k) that take the vec4 entry where there is one.
         let g = |m, n, k| Gemm::new(m, n, k, trans_a, trans_b);
         let big = g(256, 256, 256);
@@ -592,7 +596,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
         }
         for &b in blocks {
             for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                push(blocked_key(&big, b, entry), linear && blocked::stores_y(entry));
+                push(blocked_key(&big, b, entry), linear && blocked::adds_term(entry));
             }
         }
     }

@@ -425,11 +425,13 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows in every layout the
 /// autotuner times (`tune::gemv_candidates`: the subgroup reduction where the
 /// device has subgroups), and in f16 where the device has shader-f16; and
-/// each forward one with a low-rank term in its store (`qlinear_low_rank`
-/// for at most [`LowRank::FUSED_ROWS`] rows, [`qgemm_low_rank_with`]).
+/// each one a fused low-rank term can ask for with the term in its store
+/// (`low_rank::fuses`: the tiles of at most [`LowRank::FUSED_ROWS`] rows, the
+/// blocked GEMM, the GEMV, either direction; the yardstick and the subgroup
+/// block forward, through [`qgemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    // A key, and its low-rank form where a forward product of few rows can ask for it.
+    // A key, and its low-rank form where a product can ask for it.
     let mut push = |key: PipelineKey, fusable: bool| {
         if fusable {
             keys.push(key.clone().low_rank(true));
@@ -441,7 +443,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
             for m in [1, 2, 3, 4, 8, Tiles::FEW_ROWS + 1] {
                 let t = tiles(backward, m);
-                let few = !backward && m <= LowRank::FUSED_ROWS;
+                let few = m <= LowRank::FUSED_ROWS;
                 push(qkey(entry, format, !backward, t), few);
                 push(qkey("qmatmul_scalar", format, !backward, t), few);
                 if gpu.info().shader_f16 {
@@ -455,14 +457,11 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
             for &b in blocks {
                 for aligned in [false, true] {
                     for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                        push(blocked_key(format, backward, aligned, b, entry), !backward && blocked::stores_y(entry));
+                        push(blocked_key(format, backward, aligned, b, entry), blocked::adds_term(entry));
                     }
                     if gpu.info().shader_f16 && b.check_f16(gpu).is_ok() {
                         for entry in ["gemm_blocked_f16", "gemm_blocked_split_f16"] {
-                            push(
-                                blocked_f16_key(format, backward, aligned, b, entry),
-                                !backward && blocked::stores_y(entry),
-                            );
+                            push(blocked_f16_key(format, backward, aligned, b, entry), blocked::adds_term(entry));
                         }
                     }
                 }
@@ -496,22 +495,25 @@ pub fn qgemm_with(
     qgemm_acc(rec, x, w, out, backward, false, Some(variant), None)
 }
 
-/// Forward `out = x·Wᵀ + scale·h·Bᵀ` through `variant` with the term fused
-/// into its store whatever the rows (the tests' and the benchmark's way in;
-/// [`qlinear_low_rank`] decides when to fuse).
+/// Forward `out = x·Wᵀ + scale·h·Bᵀ` (or with `backward`, `out = dy·W +
+/// scale·h·Bᵀ`) through `variant` with the term fused into its store
+/// whatever the rows (the tests' and the benchmark's way in;
+/// [`qlinear_low_rank`] and [`qlinear_backward_low_rank`] decide when to fuse).
 pub fn qgemm_low_rank_with(
     rec: &mut Recorder,
     x: &Tensor,
     w: &QWeight,
     out: &Tensor,
+    backward: bool,
     term: &LowRank,
     variant: QVariant,
 ) -> Result<()> {
     if !w.quantized() {
         return Err(Error::invalid(LowRank::OP, "this is the quantized kernels' way in: W is f32 (see matmul)"));
     }
-    term.check(x, w.rows, w.cols)?;
-    qgemm_acc(rec, x, w, out, false, false, Some(variant), Some(term))
+    let (inp, cols) = if backward { (w.rows, w.cols) } else { (w.cols, w.rows) };
+    term.check(x, cols, inp)?;
+    qgemm_acc(rec, x, w, out, backward, false, Some(variant), Some(term))
 }
 
 /// [`qgemm_with`] with `accumulate`, and with `variant` None the kernel
@@ -559,8 +561,12 @@ fn qgemm_acc(
             g
         };
         g.accumulate = acc;
-        // The term of this chunk's columns, going forward.
-        let term = term.filter(|_| !backward).map(|t| (t, chunk.row_start));
+        // The term of this chunk's columns going forward; going backward
+        // every chunk adds into all of dx's columns, and the first adds the term.
+        let term = match backward {
+            false => term.map(|t| (t, chunk.row_start)),
+            true => term.filter(|_| i == 0).map(|t| (t, 0)),
+        };
         match &chunk.data {
             ChunkData::F32(t) => gemm_fused(rec, &g, x, t, out, term)?,
             ChunkData::Quant(p) => {
@@ -660,7 +666,7 @@ fn record_quant<'a>(
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
             let key =
-                |entry| blocked_key(p.layout, backward, aligned, t, entry).low_rank(fused && blocked::stores_y(entry));
+                |entry| blocked_key(p.layout, backward, aligned, t, entry).low_rank(fused && blocked::adds_term(entry));
             let set = |p: &mut Params, k: u32| p.k_split = k;
             let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
             let stores = with_terms(&[(4, out)]);
@@ -722,7 +728,7 @@ fn record_blocked_f16(
             "gemm_blocked_split" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_split_f16"),
             other => blocked_key(p.layout, backward, aligned, blocks, other),
         }
-        .low_rank(fused && blocked::stores_y(entry))
+        .low_rank(fused && blocked::adds_term(entry))
     };
     let scales = rec.alloc(&[g.m], DType::F32)?; // f16_row_scales writes every row
     rec.dispatch_bound(&row_scales_key(p.layout, backward), &params, &[(5, x), (6, &scales)], super::grid_1d(g.m))?;
@@ -766,14 +772,15 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
 }
 
 /// y = x·Wᵀ + scale·h·Bᵀ for x (…, in), a LoRA-adapted frozen Linear's
-/// output (…, out). A product of at most [`LowRank::FUSED_ROWS`] rows
-/// adds the term as it stores y (`shaders/low_rank.wgsl`), whichever
-/// kernel runs it, f32 or quantized, unless `low_rank::set_fused` turned
-/// that off; longer ones add it with one more product (the same sum in
-/// another order).
+/// output (…, out). Where [`low_rank::fuses`] (at most
+/// [`LowRank::FUSED_ROWS`] rows, or any with the kernels of real GPUs,
+/// unless `low_rank::set_fused` turned fusing off) the product adds the
+/// term as it stores y (`shaders/low_rank.wgsl`), whichever kernel runs it,
+/// f32 or quantized; else one more product adds it (the same sum in another
+/// order).
 pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowRank) -> Result<Tensor> {
     let (m, _) = term.check(x, w.rows, w.cols)?;
-    if m <= LowRank::FUSED_ROWS && low_rank::fused(rec.gpu()) {
+    if low_rank::fuses(rec.gpu(), m) {
         let mut shape = x.shape().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = w.rows;
@@ -785,6 +792,27 @@ pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowR
     let y = qlinear(rec, x, w)?;
     term.add_to(rec, &y)?;
     Ok(y)
+}
+
+/// dx = dy·W + scale·h·Bᵀ (+ dx with `accumulate`) for dy (…, out) into dx
+/// (…, in): the frozen path's dx and a LoRA-adapted Linear's own share,
+/// `term` = d(xa)·A (h = d(xa) (M, r), Bᵀ = lora_A (r, in), see
+/// [`LowRank::new_transposed`]), added as the product stores dx where
+/// [`low_rank::fuses`], else by one more product.
+pub fn qlinear_backward_low_rank(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    w: &QWeight,
+    dx: &Tensor,
+    accumulate: bool,
+    term: &LowRank,
+) -> Result<()> {
+    let (m, _) = term.check(dy, w.cols, w.rows)?;
+    if low_rank::fuses(rec.gpu(), m) {
+        return qgemm_acc(rec, dy, w, dx, true, accumulate, None, Some(term));
+    }
+    qgemm_acc(rec, dy, w, dx, true, accumulate, None, None)?;
+    term.add_to(rec, dx)
 }
 
 /// dx = dy·W for dy (…, out): dx (…, in). The weight is frozen: no dW.

@@ -27,7 +27,9 @@ use crate::kernels::attention::{
 };
 use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_low_rank, qlinear_write, QWeight};
+use crate::kernels::qmatmul::{
+    qlinear, qlinear_accumulate, qlinear_backward_low_rank, qlinear_low_rank, qlinear_write, QWeight,
+};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
 
@@ -150,11 +152,18 @@ impl Linear {
             Some(s) => h.linear_backward_dy(rec, layer, proj, &dy, s)?,
             None => None,
         };
+        // A low-rank term's backward that gives its share of dx as a term for
+        // dx = dy·W to add (its gradients taken, `linear_backward` not called).
+        let term = match (&saved.output, &saved.input, &dy_w) {
+            (Some(s), None, None) => h.linear_backward_low_rank(rec, layer, proj, &dy, s)?,
+            _ => None,
+        };
         let dy_w = dy_w.as_ref().unwrap_or(&dy);
-        match &saved.input {
-            None if first => qlinear_write(rec, dy_w, &self.weight, dx, true)?,
-            None => qlinear_accumulate(rec, dy_w, &self.weight, dx, true)?,
-            Some(s) => {
+        match (&saved.input, &term) {
+            (None, Some(t)) => qlinear_backward_low_rank(rec, dy_w, &self.weight, dx, !first, t)?,
+            (None, None) if first => qlinear_write(rec, dy_w, &self.weight, dx, true)?,
+            (None, None) => qlinear_accumulate(rec, dy_w, &self.weight, dx, true)?,
+            (Some(s), _) => {
                 let dx_input = rec.alloc(dx.shape(), DType::F32)?;
                 qlinear_write(rec, dy_w, &self.weight, &dx_input, true)?;
                 let dx_hook = h.linear_input_backward(rec, layer, proj, &dx_input, s)?;
@@ -165,10 +174,10 @@ impl Linear {
                 }
             }
         }
-        if let Some(s) = &saved.output {
-            h.linear_backward(rec, layer, proj, self, &dy, s, dx)?;
+        match &saved.output {
+            Some(s) if term.is_none() => h.linear_backward(rec, layer, proj, self, &dy, s, dx),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

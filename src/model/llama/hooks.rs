@@ -7,7 +7,7 @@
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
-//! | [`Hooks::linear_low_rank`] | before a Linear's product: a low-rank term `s·h·Bᵀ` for the frozen product to add as it stores y (fused into decoding's kernels) | LoRA (`h = drop(x)·Aᵀ`), AdaLoRA |
+//! | [`Hooks::linear_low_rank`] | before a Linear's product: a low-rank term `s·h·Bᵀ` for the frozen product to add as it stores y (fused into decoding's kernels, and into every product on real GPUs); its backward point may give the term's share of dx the same way | LoRA (`h = drop(x)·Aᵀ`; dx's share `d(xa)·A` without dropout), AdaLoRA |
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //!
@@ -22,8 +22,11 @@
 //! either one's saved state goes to [`Hooks::linear_backward`].
 //!
 //! A Linear's backward runs, in order: [`Hooks::linear_backward_dy`] (the
-//! output gradient W sees, for a hook that changed y), dx = dy·W (through
-//! [`Hooks::linear_input_backward`] when the input was replaced), then
+//! output gradient W sees, for a hook that changed y), then for a low-rank
+//! term [`Hooks::linear_backward_low_rank`] (its gradients, and its share
+//! of dx as a term the product adds as it stores dx), dx = dy·W (through
+//! [`Hooks::linear_input_backward`] when the input was replaced), then,
+//! unless the term's share went into dx's product,
 //! [`Hooks::linear_backward`] (a term added to y adds its own share to dx).
 //!
 //! Methods that need other points (keys and values prepended in attention
@@ -197,6 +200,24 @@ pub trait Hooks {
         Ok(None)
     }
 
+    /// The backward of a term [`Hooks::linear_low_rank`] gave, where it can
+    /// be fused: the hook adds its parameters' gradients into its
+    /// accumulators and returns the term's share of ∂/∂x for dy (M, out) as
+    /// a low-rank term (h (M, r), B (in, r) or Bᵀ (r, in)) for the frozen dx
+    /// = dy·W to add as it stores dx; [`Hooks::linear_backward`] is then not
+    /// called. `None` (the default): nothing was done, and
+    /// [`Hooks::linear_backward`] does the whole backward after dx = dy·W.
+    fn linear_backward_low_rank(
+        &self,
+        _rec: &mut Recorder,
+        _layer: usize,
+        _proj: Proj,
+        _dy: &Tensor,
+        _saved: &Saved,
+    ) -> Result<Option<LowRank>> {
+        Ok(None)
+    }
+
     /// The second half, for a hook that added a term to y: adds the term's
     /// share of ∂/∂x into dx (M, in), which already holds W's, and its
     /// parameters' gradients into its accumulators; dy is the gradient at
@@ -363,6 +384,18 @@ macro_rules! forward_hooks {
             ) -> $crate::Result<Option<$crate::gpu::Tensor>> {
                 let $s = self;
                 $hooks.linear_backward_dy(rec, layer, proj, dy, saved)
+            }
+
+            fn linear_backward_low_rank(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                layer: usize,
+                proj: $crate::model::llama::hooks::Proj,
+                dy: &$crate::gpu::Tensor,
+                saved: &$crate::model::llama::hooks::Saved,
+            ) -> $crate::Result<Option<$crate::kernels::low_rank::LowRank>> {
+                let $s = self;
+                $hooks.linear_backward_low_rank(rec, layer, proj, dy, saved)
             }
 
             fn linear_backward(

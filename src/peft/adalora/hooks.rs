@@ -4,7 +4,7 @@
 //! It is LoRA's term with A' = A∘E (row i of A times E[i]); the backward
 //! takes LoRA's gradient of A' back to A and E.
 
-use super::adapter::AdaLoraAdapter;
+use super::adapter::{AdaLoraAdapter, SvdFactors};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::adalora::{scale_rows, scale_rows_backward};
@@ -12,7 +12,7 @@ use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved};
 use crate::peft::lora::hooks::lora_dropout;
-use crate::peft::lora::layer::{lora_backward, lora_term, LoraFactors, LoraSaved};
+use crate::peft::lora::layer::{lora_backward, lora_backward_term, lora_term, LoraFactors, LoraSaved};
 use crate::peft::pass::{mismatch, Pass};
 
 impl Hooks for Pass<'_, AdaLoraAdapter> {
@@ -31,6 +31,29 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         Ok(Some((term, Saved(vec![x, xa, scaled]))))
     }
 
+    fn linear_backward_low_rank(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+    ) -> Result<Option<LowRank>> {
+        const OP: &str = "adalora_backward";
+        // Dropout's mask on dx's share stays in `linear_backward`.
+        if lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj).is_some_and(|d| d.p > 0.0) {
+            return Ok(None);
+        }
+        let (f, g, scaled) = self.backward_parts(OP, layer, proj, saved)?;
+        let d_scaled = rec.zeros(scaled.shape(), DType::F32)?; // d(A∘E) (r, in)
+        let lora_saved = LoraSaved::from_saved(OP, saved)?;
+        let factors = LoraFactors::new(scaled.clone(), f.b.clone());
+        let grads = LoraFactors::new(d_scaled.clone(), g.b.clone());
+        let term = lora_backward_term(rec, dy, &lora_saved, &factors, self.params.scaling(), &grads)?;
+        scale_rows_backward(rec, &d_scaled, &f.a, &f.e, &g.a, &g.e)?;
+        Ok(Some(term))
+    }
+
     fn linear_backward(
         &self,
         rec: &mut Recorder,
@@ -42,16 +65,30 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         dx: &Tensor,
     ) -> Result<()> {
         const OP: &str = "adalora_backward";
-        let at = || mismatch(OP, format!("layer {layer} {}", proj.name()));
-        let f = self.params.factors(layer, proj.index()).ok_or_else(at)?;
-        let g = self.grads(OP)?.factors(layer, proj.index()).ok_or_else(at)?;
-        let scaled = saved.get(OP, 2)?;
+        let (f, g, scaled) = self.backward_parts(OP, layer, proj, saved)?;
         let d_scaled = rec.zeros(scaled.shape(), DType::F32)?; // d(A∘E) (r, in)
-        let lora_saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
+        let lora_saved = LoraSaved::from_saved(OP, saved)?;
         let factors = LoraFactors::new(scaled.clone(), f.b.clone());
         let grads = LoraFactors::new(d_scaled.clone(), g.b.clone());
         let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);
         lora_backward(rec, dy, &lora_saved, &factors, self.params.scaling(), drop, &grads, dx)?;
         scale_rows_backward(rec, &d_scaled, &f.a, &f.e, &g.a, &g.e)
+    }
+}
+
+impl Pass<'_, AdaLoraAdapter> {
+    /// Layer `layer`'s factors on `proj`, their gradient accumulators, and
+    /// the forward's A∘E.
+    fn backward_parts<'s>(
+        &'s self,
+        op: &'static str,
+        layer: usize,
+        proj: Proj,
+        saved: &'s Saved,
+    ) -> Result<(&'s SvdFactors, &'s SvdFactors, &'s Tensor)> {
+        let at = || mismatch(op, format!("layer {layer} {}", proj.name()));
+        let f = self.params.factors(layer, proj.index()).ok_or_else(at)?;
+        let g = self.grads(op)?.factors(layer, proj.index()).ok_or_else(at)?;
+        Ok((f, g, saved.get(op, 2)?))
     }
 }

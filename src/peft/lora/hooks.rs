@@ -5,7 +5,7 @@
 
 use super::adapter::LoraAdapter;
 use super::dora::{dora_backward, dora_backward_dy, dora_forward, DoraSaved};
-use super::layer::{lora_backward, lora_term, LoraDropout, LoraFactors, LoraSaved};
+use super::layer::{lora_backward, lora_backward_term, lora_term, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
 use crate::kernels::low_rank::LowRank;
@@ -27,6 +27,14 @@ pub(crate) fn lora_dropout<M>(pass: &Pass<'_, M>, p: f64, layer: usize, proj: Pr
     let p = p as f32;
     let seed = pass.layer_seed(layer).filter(|_| p > 0.0)?;
     Some(LoraDropout { p, seed: pcg_hash(seed ^ (proj.index() as u32).wrapping_mul(0x9E37_79B9)) })
+}
+
+impl LoraSaved {
+    /// What a `linear_low_rank` hook saved with [`lora_term`]'s tensors first
+    /// (x, xa).
+    pub(crate) fn from_saved(op: &'static str, saved: &Saved) -> Result<LoraSaved> {
+        Ok(LoraSaved { x: saved.get(op, 0)?.clone(), xa: saved.get(op, 1)?.clone() })
+    }
 }
 
 impl Pass<'_, LoraAdapter> {
@@ -72,6 +80,25 @@ impl Hooks for Pass<'_, LoraAdapter> {
         Ok(Some(Saved(saved.into_vec())))
     }
 
+    fn linear_backward_low_rank(
+        &self,
+        rec: &mut Recorder,
+        layer: usize,
+        proj: Proj,
+        dy: &Tensor,
+        saved: &Saved,
+    ) -> Result<Option<LowRank>> {
+        const OP: &str = "lora_backward";
+        // DoRA and dropout's mask on dx's share stay in `linear_backward`.
+        let plain = self.params.factors(layer, proj).is_some_and(|f| f.m.is_none());
+        if !plain || self.dropout(layer, proj).is_some_and(|d| d.p > 0.0) {
+            return Ok(None);
+        }
+        let (f, g) = self.with_grads(OP, layer, proj)?;
+        let saved = LoraSaved::from_saved(OP, saved)?;
+        lora_backward_term(rec, dy, &saved, f, self.params.scaling(), g).map(Some)
+    }
+
     fn linear_backward(
         &self,
         rec: &mut Recorder,
@@ -88,7 +115,7 @@ impl Hooks for Pass<'_, LoraAdapter> {
         if f.m.is_some() {
             return dora_backward(rec, base, dy, &DoraSaved::from_slice(OP, &saved.0)?, f, s, drop, g, dx);
         }
-        let saved = LoraSaved { x: saved.get(OP, 0)?.clone(), xa: saved.get(OP, 1)?.clone() };
+        let saved = LoraSaved::from_saved(OP, saved)?;
         lora_backward(rec, dy, &saved, f, s, drop, g, dx)
     }
 

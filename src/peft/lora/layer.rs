@@ -105,7 +105,7 @@ pub fn lora_term(
     };
     let xa = rec.alloc(&[m, r], DType::F32)?;
     gemm(rec, &Gemm::new(m, r, inp, false, true), &x, &f.a, &xa)?;
-    Ok((LowRank { h: xa.clone(), b: f.b.clone(), scale: scaling }, LoraSaved { x, xa }))
+    Ok((LowRank::new(xa.clone(), f.b.clone(), scaling), LoraSaved { x, xa }))
 }
 
 /// y (M, out) += scaling·(drop(x)·Aᵀ)·Bᵀ for x (M, in); returns what the
@@ -145,11 +145,43 @@ pub fn lora_backward(
 ) -> Result<()> {
     const OP: &str = "lora_backward";
     let (r, inp, out) = f.dims(OP)?;
+    let m = rows(OP, "dy", dy, out)?;
+    if rows(OP, "dx", dx, inp)? != m {
+        return Err(Error::shape(OP, format!("`dx` {:?} does not have the {m} rows of dy", dx.shape())));
+    }
+    let term = lora_backward_term(rec, dy, saved, f, scaling, grads)?;
+    // dx (M, in) += drop⁻¹(d(xa)·A): the same mask and scale as the forward.
+    match drop {
+        Some(d) if d.p > 0.0 => {
+            let dxd = rec.alloc(&[m, inp], DType::F32)?;
+            gemm(rec, &Gemm::new(m, inp, r, false, false), &term.h, &f.a, &dxd)?;
+            let dxl = dropout(rec, &dxd, d.p, d.seed)?;
+            add_scaled(rec, dx, &dxl, 1.0)
+        }
+        _ => term.add_to(rec, dx),
+    }
+}
+
+/// The LoRA term's backward without dropout's mask on dx, for dy (M, out):
+/// dB += scaling·dyᵀ·xa and dA += d(xa)ᵀ·drop(x) into `grads`, and the
+/// LoRA path's dx, d(xa)·A with d(xa) = scaling·dy·B, returned as a
+/// low-rank term (h = d(xa) (M, r), Bᵀ = A (r, in)) for the frozen path's
+/// dx = dy·W to add (`qlinear_backward_low_rank`).
+pub fn lora_backward_term(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    saved: &LoraSaved,
+    f: &LoraFactors,
+    scaling: f32,
+    grads: &LoraFactors,
+) -> Result<LowRank> {
+    const OP: &str = "lora_backward";
+    let (r, inp, out) = f.dims(OP)?;
     if grads.dims(OP)? != (r, inp, out) {
         return Err(Error::shape(OP, "the gradient tensors do not have the factors' shapes"));
     }
     let m = rows(OP, "dy", dy, out)?;
-    for (arg, t, cols) in [("x", &saved.x, inp), ("xa", &saved.xa, r), ("dx", dx, inp)] {
+    for (arg, t, cols) in [("x", &saved.x, inp), ("xa", &saved.xa, r)] {
         if rows(OP, arg, t, cols)? != m {
             return Err(Error::shape(OP, format!("`{arg}` {:?} does not have the {m} rows of dy", t.shape())));
         }
@@ -161,16 +193,7 @@ pub fn lora_backward(
     gemm(rec, &Gemm::new(m, r, out, false, false).alpha(scaling), dy, &f.b, &dxa)?;
     // dA (r, in) += d(xa)ᵀ·drop(x)
     gemm(rec, &Gemm::new(r, inp, m, true, false).accumulate(true), &dxa, &saved.x, &grads.a)?;
-    // dx (M, in) += drop⁻¹(d(xa)·A): the same mask and scale as the forward.
-    match drop {
-        Some(d) if d.p > 0.0 => {
-            let dxd = rec.alloc(&[m, inp], DType::F32)?;
-            gemm(rec, &Gemm::new(m, inp, r, false, false), &dxa, &f.a, &dxd)?;
-            let dxl = dropout(rec, &dxd, d.p, d.seed)?;
-            add_scaled(rec, dx, &dxl, 1.0)
-        }
-        _ => gemm(rec, &Gemm::new(m, inp, r, false, false).accumulate(true), &dxa, &f.a, dx),
-    }
+    Ok(LowRank::new_transposed(dxa, f.a.clone(), 1.0))
 }
 
 /// A frozen base weight (out, in) with a LoRA pair A (r, in), B (out, r).
