@@ -83,11 +83,14 @@ model=/tmp/webpeft-bench-29m
 from pathlib import Path; from peft_compare import make_model; make_model(Path('$model'))" || true
 if [ -f "$model/config.json" ]; then
     step train "$BIN" bench --train --model "$model" --profile --repeats "$repeats"
-    step train-8x512 "$BIN" bench --train --model "$model" --batch 8 --seq 512 --repeats 3
+    step train-8x512 "$BIN" bench --train --model "$model" --batch 8 --seq 512 --repeats 3 --methods lora,seq_bn
     if ! skip peft; then
-        "$BIN" bench --train --model "$model" --json --repeats "$repeats" > "$WORK/train.json" 2> /dev/null
+        # The methods benches/peft_compare.py compares.
+        compared=(--methods lora,seq_bn)
+        "$BIN" bench --train --model "$model" --json --repeats "$repeats" "${compared[@]}" > "$WORK/train.json" 2> /dev/null
         step peft python3 benches/peft_compare.py "$model" --device "$device" --steps "$repeats" --webpeft-json "$WORK/train.json"
-        "$BIN" bench --train --model "$model" --json --batch 8 --seq 512 --repeats 3 > "$WORK/train-8x512.json" 2> /dev/null
+        "$BIN" bench --train --model "$model" --json --batch 8 --seq 512 --repeats 3 "${compared[@]}" \
+            > "$WORK/train-8x512.json" 2> /dev/null
         step peft-8x512 python3 benches/peft_compare.py "$model" --device "$device" --steps 3 --batch 8 --seq 512 \
             --webpeft-json "$WORK/train-8x512.json"
     fi

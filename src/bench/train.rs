@@ -38,6 +38,9 @@ pub struct TrainFigure {
     pub checkpointing: bool,
     /// Examples packed in each row (1: one sequence a row).
     pub examples_per_row: usize,
+    /// Whether a low-rank term (LoRA's, AdaLoRA's) was fused into the frozen
+    /// products where `kernels::low_rank::fuses` (off: `set_fused(false)`).
+    pub term_fused: bool,
     pub adapter_parameters: usize,
     pub batch: usize,
     pub seq: usize,
@@ -265,6 +268,7 @@ pub async fn train_figure_on(gpu: &Gpu, name: &str, model: &Model, setup: &StepS
         r: if matches!(setup.method.as_str(), "lora" | "dora") { r } else { 0 },
         checkpointing: setup.checkpointing,
         examples_per_row: k,
+        term_fused: crate::kernels::low_rank::fused(gpu),
         adapter_parameters,
         batch,
         seq,

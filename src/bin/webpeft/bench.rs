@@ -68,6 +68,14 @@ pub struct BenchArgs {
     /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Without --model, which random model to train: tiny, 29m, or both.
+    #[arg(long, default_value = "both", value_parser = ["tiny", "29m", "both"], conflicts_with = "model")]
+    random_model: String,
+    /// The methods of the training figures, comma-separated (default: all
+    /// of them): lora, dora, adalora, ia3, prompt_tuning, prefix_tuning,
+    /// prefix_projection, p_tuning, seq_bn. The packing figures come with lora.
+    #[arg(long, value_delimiter = ',', value_parser = METHODS)]
+    methods: Vec<String>,
     /// Arithmetic of the NF4 base's Linears in the training and generation
     /// figures: f32, or f16 where the GPU has shader-f16 (then only the NF4
     /// base is timed: an f32 base computes in f32 either way).
@@ -100,6 +108,10 @@ pub struct BenchArgs {
     #[arg(long)]
     llama_1b: bool,
 }
+
+/// The methods a training figure can time, in the table's order.
+const METHODS: [&str; 9] =
+    ["lora", "dora", "adalora", "ia3", "prompt_tuning", "prefix_tuning", "prefix_projection", "p_tuning", "seq_bn"];
 
 fn parse_tiles(s: &str) -> Result<Tiles, String> {
     let bad = || format!("--tiles wants TMxTN/WXxWY such as 8x8/8x8, got {s:?}");
@@ -135,6 +147,10 @@ fn parse_blocks(s: &str) -> Result<Blocks, String> {
 /// What `bench` trains on, and how.
 struct StepsBench {
     model: Option<PathBuf>,
+    /// Without a model folder: "tiny", "29m" or "both".
+    random_model: String,
+    /// The training figures' methods, in [`METHODS`]' order.
+    methods: Vec<&'static str>,
     compute: ComputeDtype,
     batch: usize,
     seq: usize,
@@ -166,10 +182,14 @@ async fn bench_train(
             bench_model(gpu, &name, &DirFiles::new(dir)?, (b.batch, b.seq), b, json, &mut out).await?;
         }
         None => {
-            let tiny = random_model_files(&llama_config(384, 64, 128, 2, 4, 2), 1)?;
-            bench_model(gpu, "tiny (V 384, D 64, 2 layers)", &tiny, (4, 64), b, json, &mut out).await?;
-            let m29 = random_model_files(&llama_config(8192, 512, 1376, 7, 8, 4), 1)?;
-            bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, (b.batch, b.seq), b, json, &mut out).await?;
+            if b.random_model != "29m" {
+                let tiny = random_model_files(&llama_config(384, 64, 128, 2, 4, 2), 1)?;
+                bench_model(gpu, "tiny (V 384, D 64, 2 layers)", &tiny, (4, 64), b, json, &mut out).await?;
+            }
+            if b.random_model != "tiny" {
+                let m29 = random_model_files(&llama_config(8192, 512, 1376, 7, 8, 4), 1)?;
+                bench_model(gpu, "29M (V 8192, D 512, 7 layers)", &m29, (b.batch, b.seq), b, json, &mut out).await?;
+            }
         }
     }
     if !json && webpeft::kernels::blocked::is_real_gpu(gpu) {
@@ -184,6 +204,9 @@ fn print_train_row(f: &TrainFigure) {
     let mut method = if f.r > 0 { format!("{} r{}", f.method, f.r) } else { f.method.clone() };
     if f.examples_per_row > 1 {
         method += &format!(", packed {} examples/row", f.examples_per_row);
+    }
+    if !f.term_fused {
+        method += ", term not fused";
     }
     out!(
         "| {} | {:.1}M | {} | {} | {} | {}×{} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
@@ -240,17 +263,7 @@ async fn bench_model<F: ModelFiles>(
     for &quant in bases {
         let mut model = Model::load(gpu, files, quant).await?;
         model.set_compute_dtype(gpu, b.compute)?;
-        for method in [
-            "lora",
-            "dora",
-            "adalora",
-            "ia3",
-            "prompt_tuning",
-            "prefix_tuning",
-            "prefix_projection",
-            "p_tuning",
-            "seq_bn",
-        ] {
+        for &method in &b.methods {
             let setup = StepSetup {
                 checkpointing: b.checkpointing,
                 steps: b.repeats,
@@ -258,20 +271,33 @@ async fn bench_model<F: ModelFiles>(
                 r: b.r,
                 ..StepSetup::new(quant, method, batch, seq.min(model.config.max_position_embeddings))
             };
-            let f = train_figure_on(gpu, name, &model, &setup).await?;
-            if !json && !f.kernels.is_empty() {
-                let what = format!("{} {} step", base_label(&f.quant, &f.compute_dtype), f.method);
-                print_kernel_times(&what, &f.model, &f.kernels);
+            // On real GPUs' kernels a LoRA's term is fused into every frozen
+            // product, both ways: the same step is also timed without.
+            let fuses = is_real_gpu(gpu) && matches!(method, "lora" | "adalora");
+            for fused in if fuses { &[true, false][..] } else { &[true][..] } {
+                low_rank::set_fused(gpu, *fused);
+                let f = train_figure_on(gpu, name, &model, &setup).await;
+                low_rank::set_fused(gpu, true);
+                let f = f?;
+                if !json && !f.kernels.is_empty() {
+                    let what = format!("{} {} step", base_label(&f.quant, &f.compute_dtype), f.method);
+                    print_kernel_times(&what, &f.model, &f.kernels);
+                }
+                if !json {
+                    print_train_row(&f);
+                }
+                train.push(f);
             }
-            if !json {
-                print_train_row(&f);
-            }
-            train.push(f);
         }
         // The same examples of seq / k tokens: k to a row, and one to a row.
         let seq = seq.min(model.config.max_position_embeddings);
         let k = b.packing.clamp(1, seq / 2);
-        for (rows, len, examples_per_row) in [(batch * k, seq / k, 1), (batch, seq / k * k, k)] {
+        let packing = if b.methods.contains(&"lora") {
+            [(batch * k, seq / k, 1), (batch, seq / k * k, k)].to_vec()
+        } else {
+            vec![]
+        };
+        for (rows, len, examples_per_row) in packing {
             let setup = StepSetup {
                 checkpointing: b.checkpointing,
                 steps: b.repeats,
@@ -370,10 +396,20 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
     let setup = StepSetup { checkpointing: true, steps, warmup, ..StepSetup::new(QuantFormat::Nf4, "lora", 1, 512) };
     let name = "Llama-3.2-1B shape (random)";
     let f = train_figure_on(gpu, name, &model, &setup).await?;
+    // On a real GPU the same step with the LoRA's term not fused into the
+    // frozen products (the default fuses it, both ways).
+    let unfused = if real {
+        low_rank::set_fused(gpu, false);
+        let f = train_figure_on(gpu, name, &model, &setup).await;
+        low_rank::set_fused(gpu, true);
+        Some(f?)
+    } else {
+        None
+    };
     // Decoding: the base and through a LoRA r16, each with its per-kernel profile.
     let generate = generate_figures(gpu, name, &model, 16, true).await?;
     let out = serde_json::json!({
-        "adapter": gpu.info(), "plan": plan, "train": f, "generate": generate,
+        "adapter": gpu.info(), "plan": plan, "train": f, "train_term_not_fused": unfused, "generate": generate,
         "host_peak_rss_bytes": host_peak_rss_bytes(),
         "plan_over_measured": plan.total_bytes as f64 / f.peak_gpu_bytes as f64,
     });
@@ -387,6 +423,9 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
             f.step_ms / 1e3,
             f.tokens_per_s
         );
+        if let Some(u) = &unfused {
+            out!("the same step with the term not fused: {:.2} s ({:.1} tokens/s)", u.step_ms / 1e3, u.tokens_per_s);
+        }
         generate.iter().for_each(print_generate);
     }
     Ok(())
@@ -408,6 +447,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         kernels,
         attention,
         model,
+        random_model,
+        methods,
         compute_dtype,
         batch,
         seq,
@@ -427,6 +468,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let steps = StepsBench {
         model,
+        random_model,
+        methods: METHODS.into_iter().filter(|m| methods.is_empty() || methods.iter().any(|x| x == m)).collect(),
         compute: compute_dtype,
         batch,
         seq,
