@@ -31,11 +31,14 @@
 // Elements past M, N or K are staged as zeros (never clamped: a repeated k
 // would be summed twice); stores past M or N are skipped. Any shape, stride
 // and offset works; there is no early return because every invocation takes
-// part in the barriers.
+// part in the barriers. With BUFFERS = 2 the slices alternate between two
+// copies of the staging memory (double buffering): a slice is stored while
+// slower invocations may still read the previous one from the other copy,
+// so only the barrier after the store remains, one a slice.
 //
 // Prelude constants: BM, BN, BK, TM, TN (TM and TN multiples of 4,
 // BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default), B_VEC4
-// (BK a multiple of 4 then).
+// (BK a multiple of 4 then), BUFFERS (1 or 2).
 
 const GWX: u32 = BN / TN;           // invocations along N
 const GWY: u32 = BM / TM;           // invocations along M
@@ -46,8 +49,11 @@ const A_LOADS: u32 = (BM * BK + GTHREADS - 1u) / GTHREADS;  // elements each inv
 const B_LOADS: u32 = (BK * BN + GTHREADS - 1u) / GTHREADS;
 const B_LOADS4: u32 = (BK * BN / 4u + GTHREADS - 1u) / GTHREADS;  // vec4s, with B_VEC4
 
-var<workgroup> tile_a: array<vec4<f32>, BK * AS_STRIDE / 4u>;  // (BK, BM + 4): A slice, k-major
-var<workgroup> tile_b: array<vec4<f32>, BK * BS_STRIDE / 4u>;  // (BK, BN + 4): B slice, k-major
+const A_TILE: u32 = BK * AS_STRIDE / 4u;  // vec4s of one staged A slice
+const B_TILE: u32 = BK * BS_STRIDE / 4u;
+
+var<workgroup> tile_a: array<vec4<f32>, BUFFERS * A_TILE>;  // BUFFERS × (BK, BM + 4): A slices, k-major
+var<workgroup> tile_b: array<vec4<f32>, BUFFERS * B_TILE>;  // BUFFERS × (BK, BN + 4): B slices, k-major
 
 // The (m, k) within the block of A's staging slot e, consecutive e along the
 // contiguous dimension.
@@ -110,14 +116,18 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
     // those loads are in flight. t is the same in every invocation, so the
     // barriers are in uniform control flow.
     for (var t = 0u; t <= slices; t++) {
+        // The staging copy of slice t − 1 (always 0 with one buffer).
+        let ao = ((t + BUFFERS - 1u) % BUFFERS) * A_TILE;
+        let bo = ((t + BUFFERS - 1u) % BUFFERS) * B_TILE;
         if (t > 0u) {
-            workgroupBarrier();  // everyone is done reading the previous slice
+            // One buffer: everyone must be done reading the previous slice.
+            if (BUFFERS == 1u) { workgroupBarrier(); }
             for (var i = 0u; i < A_LOADS; i++) {
                 let e = i * GTHREADS + tid;
                 if (e < BM * BK) {
                     let s = a_slot(e);
                     let f = s.y * AS_STRIDE + s.x;
-                    tile_a[f / 4u][f % 4u] = ra[i];
+                    tile_a[ao + f / 4u][f % 4u] = ra[i];
                 }
             }
             if (B_VEC4) {
@@ -126,11 +136,11 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
                     if (e < BK * BN / 4u) {
                         let s = b_slot4(e);
                         if (GEMM_B_ALONG_N) {
-                            tile_b[(s.x * BS_STRIDE + s.y) / 4u] = rb4[i];
+                            tile_b[bo + (s.x * BS_STRIDE + s.y) / 4u] = rb4[i];
                         } else {
                             for (var c = 0u; c < 4u; c++) {
                                 let f = (s.x + c) * BS_STRIDE + s.y;
-                                tile_b[f / 4u][f % 4u] = rb4[i][c];
+                                tile_b[bo + f / 4u][f % 4u] = rb4[i][c];
                             }
                         }
                     }
@@ -141,7 +151,7 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
                     if (e < BK * BN) {
                         let s = b_slot(e);
                         let f = s.x * BS_STRIDE + s.y;
-                        tile_b[f / 4u][f % 4u] = rb[i];
+                        tile_b[bo + f / 4u][f % 4u] = rb[i];
                     }
                 }
             }
@@ -159,9 +169,9 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
         if (t == 0u) { continue; }
         for (var kk = 0u; kk < BK; kk++) {
             var av: array<vec4<f32>, TM / 4u>;
-            for (var g = 0u; g < TM / 4u; g++) { av[g] = tile_a[kk * (AS_STRIDE / 4u) + ty + g * GWY]; }
+            for (var g = 0u; g < TM / 4u; g++) { av[g] = tile_a[ao + kk * (AS_STRIDE / 4u) + ty + g * GWY]; }
             var bv: array<vec4<f32>, TN / 4u>;
-            for (var g = 0u; g < TN / 4u; g++) { bv[g] = tile_b[kk * (BS_STRIDE / 4u) + tx + g * GWX]; }
+            for (var g = 0u; g < TN / 4u; g++) { bv[g] = tile_b[bo + kk * (BS_STRIDE / 4u) + tx + g * GWX]; }
             for (var i = 0u; i < TM; i++) {
                 let a = av[i / 4u][i % 4u];
                 for (var g = 0u; g < TN / 4u; g++) { acc[i][g] = fma(vec4<f32>(a), bv[g], acc[i][g]); }

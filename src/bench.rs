@@ -214,7 +214,8 @@ fn gemv_name(t: GemvTiles) -> String {
 }
 
 fn blocks_name(b: Blocks) -> String {
-    format!("blocked {}x{}x{} {}x{}", b.bm, b.bn, b.bk, b.tm, b.tn)
+    let buffers = if b.buffers == 2 { " double-buffered" } else { "" };
+    format!("blocked {}x{}x{} {}x{}{buffers}", b.bm, b.bn, b.bk, b.tm, b.tn)
 }
 
 fn qvariant_name(v: QVariant) -> String {

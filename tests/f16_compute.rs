@@ -168,7 +168,7 @@ fn decoding_gemv_computes_in_f16() {
 #[test]
 fn blocked_kernels_compute_in_f16() {
     let gpu = gpu();
-    let b = |bm, bn, bk, tm, tn| Blocks { bm, bn, bk, tm, tn };
+    let b = Blocks::new;
     let variants = [
         QVariant::Blocked(Blocks::MEDIUM),
         QVariant::Blocked(Blocks::LARGE),
@@ -196,7 +196,7 @@ fn blocked_f16_refuses_slices_that_cut_a_run() {
     let x = Tensor::from_slice(gpu, &[4, 64], &randn(61, 256)).unwrap();
     let y = Tensor::zeros(gpu, &[4, 64], DType::F32).unwrap();
     let mut rec = webpeft::gpu::Recorder::new(gpu);
-    let bad = Blocks { bm: 32, bn: 32, bk: 12, tm: 4, tn: 4 };
+    let bad = Blocks::new(32, 32, 12, 4, 4);
     let err = qgemm_with(&mut rec, &x, &qw, &y, false, QVariant::Blocked(bad)).unwrap_err();
     assert!(err.to_string().contains("bk must divide 32"), "{err}");
 }

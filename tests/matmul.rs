@@ -255,7 +255,8 @@ fn column_slices_at_offsets(ta: bool, tb: bool, variant: Variant) {
 }
 
 /// The workgroup-memory kernel of real GPUs, every block shape it picks (and
-/// a small one with a K slice of 4) in every orientation: edges ragged in M,
+/// a small one with a K slice of 4), with one staging buffer and two, in
+/// every orientation: edges ragged in M,
 /// N and K (K not a multiple of the slice), a product smaller than one
 /// block, batches with accumulation and alpha, offsets and row strides.
 #[test]
@@ -267,7 +268,10 @@ fn blocked_kernel_every_orientation_and_block() {
         Blocks::for_shape(100, 32, 1),
         Blocks::for_shape(16, 100, 1),
         Blocks::for_shape(32, 100, 1),
-        Blocks { bm: 32, bn: 64, bk: 4, tm: 4, tn: 8 },
+        Blocks::new(32, 64, 4, 4, 8),
+        Blocks::LARGE.double_buffered(),
+        Blocks::MEDIUM.double_buffered(),
+        Blocks::new(32, 64, 4, 4, 8).double_buffered(),
     ];
     for (bi, b) in blocks.into_iter().enumerate() {
         let v = Variant::Blocked(b);
@@ -312,10 +316,11 @@ fn blocked_block_shapes_are_checked() {
     let a = Tensor::zeros(gpu, &[64, 64], DType::F32).unwrap();
     let g = Gemm::new(64, 64, 64, false, true);
     for bad in [
-        Blocks { bm: 64, bn: 64, bk: 8, tm: 2, tn: 4 },   // tm not a multiple of 4
-        Blocks { bm: 64, bn: 60, bk: 8, tm: 4, tn: 8 },   // tn does not divide bn
-        Blocks { bm: 128, bn: 128, bk: 8, tm: 4, tn: 4 }, // 1024 invocations
-        Blocks { bm: 128, bn: 128, bk: 0, tm: 8, tn: 8 },
+        Blocks::new(64, 64, 8, 2, 4),   // tm not a multiple of 4
+        Blocks::new(64, 60, 8, 4, 8),   // tn does not divide bn
+        Blocks::new(128, 128, 8, 4, 4), // 1024 invocations
+        Blocks::new(128, 128, 0, 8, 8),
+        Blocks { buffers: 3, ..Blocks::MEDIUM },
     ] {
         let mut rec = Recorder::new(gpu);
         let err = gemm_with(&mut rec, &g, &a, &a, &a, Variant::Blocked(bad));

@@ -236,7 +236,7 @@ fn subgroup_matmul_forward_and_backward() {
 }
 
 /// The kernels of real GPUs: the blocked GEMM (dequantizing as it stages W)
-/// in both directions with every block shape it picks, NF4 blocks spanning
+/// in both directions with every block shape it picks (and double-buffered), NF4 blocks spanning
 /// rows (no vec4 layout), and the decoding GEMV for 1-8 rows (its backward
 /// falls back to the blocked kernel).
 #[test]
@@ -244,7 +244,8 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
     let gpu = gpu();
     for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
         let seed = 80 + 10 * f as u64;
-        for b in [Blocks::LARGE, Blocks::MEDIUM, Blocks::for_shape(100, 16, 1), Blocks::for_shape(16, 100, 1)] {
+        let double = Blocks::MEDIUM.double_buffered();
+        for b in [Blocks::LARGE, Blocks::MEDIUM, Blocks::for_shape(100, 16, 1), Blocks::for_shape(16, 100, 1), double] {
             check_qmatmul(gpu, 37, 68, 96, format, QVariant::Blocked(b), seed);
             check_qmatmul(gpu, 70, 150, 160, format, QVariant::Blocked(b), seed + 1);
         }
@@ -255,6 +256,7 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
     check_qmatmul(gpu, 13, 21, 50, QuantFormat::Nf4, QVariant::Blocked(Blocks::MEDIUM), 111);
     // Split-K in both directions (K = 1056 forward, 68 backward: 3 uneven splits of each).
     check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Nf4, QVariant::BlockedSplit(Blocks::MEDIUM, 3), 113);
+    check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Nf4, QVariant::BlockedSplit(Blocks::LARGE.double_buffered(), 3), 115);
     check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Q8_0, QVariant::BlockedSplit(Blocks::for_shape(5, 68, 1), 4), 114);
     check_qmatmul(gpu, 2, 21, 50, QuantFormat::F16, QVariant::Gemv(GemvTiles::DEFAULT), 112);
 }

@@ -21,7 +21,8 @@ pub fn is_real_gpu(gpu: &Gpu) -> bool {
 }
 
 /// One workgroup of the blocked GEMM computes a `bm × bn` block of C, walking
-/// K in slices of `bk`, each invocation a `tm × tn` register tile.
+/// K in slices of `bk`, each invocation a `tm × tn` register tile; the slices
+/// are staged in `buffers` (1 or 2) copies of workgroup memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Blocks {
     pub bm: u32,
@@ -29,16 +30,31 @@ pub struct Blocks {
     pub bk: u32,
     pub tm: u32,
     pub tn: u32,
+    /// 1: one staging buffer, two barriers a slice (the next slice waits in
+    /// registers until everyone has read the last); 2: double-buffered, one
+    /// barrier a slice (each slice is staged while the other buffer is read),
+    /// for twice the workgroup memory. The f16 kernel takes 1.
+    pub buffers: u32,
 }
 
 impl Blocks {
+    /// A block with one staging buffer.
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Blocks {
+        Blocks { bm, bn, bk, tm, tn, buffers: 1 }
+    }
+
+    /// The same block double-buffered.
+    pub const fn double_buffered(self) -> Blocks {
+        Blocks { buffers: 2, ..self }
+    }
+
     /// 128×128 blocks of 8×8 per invocation (256 invocations, 64 outputs
     /// each), K in slices of 8: the classic shape for f32 GEMM on NVIDIA and
     /// AMD cards, for products big enough to give every SM several blocks.
-    pub const LARGE: Blocks = Blocks { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
+    pub const LARGE: Blocks = Blocks::new(128, 128, 8, 8, 8);
     /// 64×64 blocks of 4×4 (256 invocations): four times the blocks of
     /// [`Blocks::LARGE`], for mid-sized products (1024³ is 256 blocks).
-    pub const MEDIUM: Blocks = Blocks { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+    pub const MEDIUM: Blocks = Blocks::new(64, 64, 16, 4, 4);
 
     /// Blocks in a launch of `m × n` outputs, `batch` times.
     fn count(self, m: usize, n: usize, batch: usize) -> usize {
@@ -52,13 +68,13 @@ impl Blocks {
     /// [`Blocks::MEDIUM`].
     pub fn for_shape(m: usize, n: usize, batch: usize) -> Blocks {
         if n <= 16 {
-            Blocks { bm: 128, bn: 16, bk: 16, tm: 4, tn: 4 }
+            Blocks::new(128, 16, 16, 4, 4)
         } else if n <= 32 {
-            Blocks { bm: 128, bn: 32, bk: 16, tm: 4, tn: 4 }
+            Blocks::new(128, 32, 16, 4, 4)
         } else if m <= 16 {
-            Blocks { bm: 16, bn: 256, bk: 16, tm: 4, tn: 4 }
+            Blocks::new(16, 256, 16, 4, 4)
         } else if m <= 32 {
-            Blocks { bm: 32, bn: 128, bk: 16, tm: 4, tn: 4 }
+            Blocks::new(32, 128, 16, 4, 4)
         } else if Self::LARGE.count(m, n, batch) >= Self::FILL {
             Self::LARGE
         } else {
@@ -74,9 +90,10 @@ impl Blocks {
         (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
     }
 
-    /// Workgroup memory of one block: the padded A and B slices, f32.
+    /// Workgroup memory of one block: the padded A and B slices, f32, in
+    /// each staging buffer.
     pub fn workgroup_bytes(self) -> u32 {
-        4 * self.bk * (self.bm + 4 + self.bn + 4)
+        4 * self.bk * (self.bm + 4 + self.bn + 4) * self.buffers
     }
 
     /// Workgroup memory of one block of the f16-compute kernel
@@ -93,8 +110,8 @@ impl Blocks {
     /// `gpu`: as [`Blocks::check`], with BK dividing [`Blocks::F16_RUN_K`]
     /// and the f16 slices in workgroup memory.
     pub fn check_f16(self, gpu: &Gpu) -> Result<(), String> {
-        if self.bk == 0 || Self::F16_RUN_K % self.bk != 0 {
-            return Err(format!("block {self:?}: bk must divide {} for f16 compute", Self::F16_RUN_K));
+        if self.bk == 0 || Self::F16_RUN_K % self.bk != 0 || self.buffers != 1 {
+            return Err(format!("block {self:?}: bk must divide {} and one buffer for f16 compute", Self::F16_RUN_K));
         }
         self.check_with(gpu, self.workgroup_bytes_f16())
     }
@@ -117,6 +134,9 @@ impl Blocks {
             && self.bn >= self.tn;
         if !shaped {
             return Err(format!("block {self:?}: tm and tn must be multiples of 4 that divide bm and bn"));
+        }
+        if !matches!(self.buffers, 1 | 2) {
+            return Err(format!("block {self:?}: 1 or 2 staging buffers"));
         }
         if self.invocations() > info.max_compute_invocations_per_workgroup.min(256) {
             return Err(format!("block {self:?}: {} invocations, at most 256", self.invocations()));
@@ -142,11 +162,23 @@ impl Blocks {
             .with("BM", Const::U32(self.bm))
             .with("BN", Const::U32(self.bn))
             .with("BK", Const::U32(self.bk))
+            .with("BUFFERS", Const::U32(self.buffers))
     }
 
     /// Workgroups for `m × n` outputs, `batch` times.
     pub(crate) fn grid(self, m: usize, n: usize, batch: usize) -> [u32; 3] {
         [n.div_ceil(self.bn as usize) as u32, m.div_ceil(self.bm as usize) as u32, batch as u32]
+    }
+}
+
+/// "128x128x8/8x8" (`bench --sweep-blocks`' form), "…/2" double-buffered.
+impl std::fmt::Display for Blocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)?;
+        if self.buffers != 1 {
+            write!(f, "/{}", self.buffers)?;
+        }
+        Ok(())
     }
 }
 

@@ -111,10 +111,10 @@ impl Tuning {
         self.pending.len()
     }
 
-    /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn], …,
+    /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn, buffers], …,
     /// "gemv nf4 m2^0 …": [lanes, rows, subgroup (0 or 1)], …}`.
     pub fn to_json(&self) -> String {
-        let blocks = self.choices.iter().map(|(k, b)| (k, vec![b.bm, b.bn, b.bk, b.tm, b.tn]));
+        let blocks = self.choices.iter().map(|(k, b)| (k, vec![b.bm, b.bn, b.bk, b.tm, b.tn, b.buffers]));
         let gemv = self.gemv.iter().map(|(k, t)| (k, vec![t.lanes, t.rows, t.subgroup as u32]));
         let map: BTreeMap<&String, Vec<u32>> = blocks.chain(gemv).collect();
         serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
@@ -136,8 +136,10 @@ impl Tuning {
                         taken += 1;
                     }
                 }
-                (false, &[bm, bn, bk, tm, tn]) => {
-                    let b = Blocks { bm, bn, bk, tm, tn };
+                // Files written before double buffering have no `buffers`: one.
+                (false, &[bm, bn, bk, tm, tn]) | (false, &[bm, bn, bk, tm, tn, _]) => {
+                    let buffers = v.get(5).copied().unwrap_or(1);
+                    let b = Blocks { bm, bn, bk, tm, tn, buffers };
                     if fits(&class, b, gpu) {
                         self.pending.remove(&class);
                         self.choices.insert(class, b);
@@ -288,7 +290,7 @@ pub const MAX_TUNE_BYTES: usize = 256 << 20;
 /// else the common shapes of 64–256 invocations with 4×4 to 8×8 per
 /// invocation. The fallback table's choice is always among them.
 pub fn candidates(m: usize, n: usize, batch: usize) -> Vec<Blocks> {
-    let b = |bm, bn, bk, tm, tn| Blocks { bm, bn, bk, tm, tn };
+    let b = Blocks::new;
     let mut out = vec![Blocks::for_shape(m, n, batch)];
     let skinny = |side: usize| if side <= 16 { vec![16] } else { vec![16, 32] };
     if n <= 32 {
@@ -312,6 +314,8 @@ pub fn candidates(m: usize, n: usize, batch: usize) -> Vec<Blocks> {
             b(64, 64, 8, 4, 4),
             b(128, 128, 16, 8, 8),
             b(64, 64, 16, 8, 8),
+            Blocks::LARGE.double_buffered(),
+            Blocks::MEDIUM.double_buffered(),
         ]);
     }
     let mut seen = Vec::new();
@@ -372,7 +376,7 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
         let choice = match cands[best] {
             Candidate::Blocks(b) => {
                 with_tuning(gpu, |t| t.choices.insert(class.clone(), b));
-                format!("{}x{}x{}/{}x{}", b.bm, b.bn, b.bk, b.tm, b.tn)
+                b.to_string()
             }
             Candidate::Gemv(g) => {
                 with_tuning(gpu, |t| t.gemv.insert(class.clone(), g));

@@ -133,13 +133,18 @@ fn print_row(f: &Figure) {
 }
 
 fn parse_blocks(s: &str) -> Result<Blocks, String> {
-    let bad = || format!("--sweep-blocks wants BMxBNxBK/TMxTN such as 128x128x8/8x8, got {s:?}");
-    let (b, t) = s.split_once('/').ok_or_else(bad)?;
+    let bad =
+        || format!("--sweep-blocks wants BMxBNxBK/TMxTN[/2] such as 128x128x8/8x8 (/2: double-buffered), got {s:?}");
+    let parts: Vec<&str> = s.split('/').collect();
     let n = |v: &str| v.parse::<u32>().map_err(|_| bad());
-    let b: Vec<u32> = b.split('x').map(n).collect::<Result<_, _>>()?;
-    let t: Vec<u32> = t.split('x').map(n).collect::<Result<_, _>>()?;
+    let dims = |p: &str| p.split('x').map(n).collect::<Result<Vec<u32>, _>>();
+    let (b, t) = match parts.as_slice() {
+        [b, t] | [b, t, _] => (dims(b)?, dims(t)?),
+        _ => return Err(bad()),
+    };
+    let buffers = parts.get(2).map(|v| n(v)).transpose()?.unwrap_or(1);
     match (b.as_slice(), t.as_slice()) {
-        ([bm, bn, bk], [tm, tn]) => Ok(Blocks { bm: *bm, bn: *bn, bk: *bk, tm: *tm, tn: *tn }),
+        ([bm, bn, bk], [tm, tn]) => Ok(Blocks { buffers, ..Blocks::new(*bm, *bn, *bk, *tm, *tn) }),
         _ => Err(bad()),
     }
 }
