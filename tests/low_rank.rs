@@ -329,7 +329,8 @@ fn decoding_fuses_and_longer_products_add_the_term_after() {
 }
 
 /// A weight split into row chunks (an 8 KiB binding limit): each chunk's
-/// launch adds the term with its own rows of B.
+/// launch adds the term with its own rows of B; going backward, only the
+/// first chunk's launch adds it.
 #[test]
 fn chunked_weights_read_their_own_rows_of_b() {
     let options = GpuOptions { max_binding_bytes: Some(8192), ..Default::default() };
@@ -338,7 +339,34 @@ fn chunked_weights_read_their_own_rows_of_b() {
         let qw = QWeight::from_f32(gpu, &randn(60 + i as u64, 150 * 256), 150, 256, format).unwrap();
         assert!(qw.chunks.len() > 1, "{} chunks", qw.chunks.len());
         assert_eq!(check_linear(gpu, &qw, 2, 3, 70 + i as u64), (qw.chunks.len() as u64, 0));
+        // Backward, dx = dy·W + s·h·Bᵀ: every chunk adds into all of dx, the first adds the term.
+        let chunks = qw.chunks.len() as u64;
+        assert_eq!(check_backward(gpu, &qw, 2, 3, 80 + i as u64), (1, chunks - 1), "{}", format.name());
     }
+}
+
+/// `qlinear_backward_low_rank` against the CPU: dy·W on the dequantized W
+/// plus the term with B given transposed (r, in), into a dx holding ones
+/// (it is overwritten); returns the launches that ran, (fused, not fused).
+fn check_backward(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64, u64) {
+    let (n, k) = (qw.rows, qw.cols);
+    let dys = randn(seed, m * n);
+    let dy = Tensor::from_slice(gpu, &[m, n], &dys).unwrap();
+    let (t, h, b) = term_transposed(gpu, m, k, r, seed + 2);
+    let dx = Tensor::from_slice(gpu, &[m, k], &vec![1.0; m * k]).unwrap();
+    gpu.set_profiling(true).unwrap();
+    let mut rec = Recorder::new(gpu);
+    qlinear_backward_low_rank(&mut rec, &dy, qw, &dx, false, &t).unwrap();
+    rec.submit().unwrap();
+    gpu.set_profiling(false).unwrap();
+    let ran = block_on(gpu.take_profile()).unwrap();
+    let deq = block_on(qw.to_f32(gpu)).unwrap();
+    let mut base = vec![0.0; m * k];
+    cpu::matmul(&dys, &deq, &mut base, m, k, n, false, false, false);
+    let want = plus_term(&base, &h, &b, m, k, r);
+    let label = format!("{} dy·W {m}x{k}x{n} chunks {}", qw.format.name(), qw.chunks.len());
+    assert_close(&label, &read(gpu, &dx), &want, 1e-4 * (n as f32).sqrt(), 1e-4);
+    (launches(&ran, true), launches(&ran, false))
 }
 
 #[test]
