@@ -282,21 +282,39 @@ fn launches(ran: &[KernelTime], fused: bool) -> u64 {
 /// `qlinear_low_rank` against the CPU: x·Wᵀ on the dequantized W plus the
 /// term; returns the launches that ran, (fused, not fused).
 fn check_linear(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64, u64) {
-    let (n, k) = (qw.rows, qw.cols);
+    check_qlinear(gpu, qw, m, r, false, seed)
+}
+
+/// `qlinear_backward_low_rank` against the CPU: dy·W on the dequantized W
+/// plus the term with B given transposed (r, in), into a dx holding ones
+/// (it is overwritten).
+fn check_backward(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64, u64) {
+    check_qlinear(gpu, qw, m, r, true, seed)
+}
+
+/// [`check_linear`] forward or, with `backward`, [`check_backward`].
+fn check_qlinear(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, backward: bool, seed: u64) -> (u64, u64) {
+    let (k, n) = if backward { (qw.rows, qw.cols) } else { (qw.cols, qw.rows) };
     let xs = randn(seed, m * k);
     let x = Tensor::from_slice(gpu, &[m, k], &xs).unwrap();
-    let (t, h, b) = term(gpu, m, n, r, seed + 2);
+    let (t, h, b) = if backward { term_transposed(gpu, m, n, r, seed + 2) } else { term(gpu, m, n, r, seed + 2) };
+    let out = Tensor::from_slice(gpu, &[m, n], &vec![1.0; m * n]).unwrap();
     gpu.set_profiling(true).unwrap();
     let mut rec = Recorder::new(gpu);
-    let y = qlinear_low_rank(&mut rec, &x, qw, &t).unwrap();
+    let y = match backward {
+        true => qlinear_backward_low_rank(&mut rec, &x, qw, &out, false, &t).map(|()| out),
+        false => qlinear_low_rank(&mut rec, &x, qw, &t),
+    }
+    .unwrap();
     rec.submit().unwrap();
     gpu.set_profiling(false).unwrap();
     let ran = block_on(gpu.take_profile()).unwrap();
     let deq = block_on(qw.to_f32(gpu)).unwrap();
     let mut base = vec![0.0; m * n];
-    cpu::matmul(&xs, &deq, &mut base, m, n, k, false, true, false);
+    cpu::matmul(&xs, &deq, &mut base, m, n, k, false, !backward, false);
     let want = plus_term(&base, &h, &b, m, n, r);
-    let label = format!("{} {m}x{n}x{k} chunks {}", qw.format.name(), qw.chunks.len());
+    let dir = if backward { "dy·W" } else { "x·Wᵀ" };
+    let label = format!("{} {dir} {m}x{n}x{k} chunks {}", qw.format.name(), qw.chunks.len());
     assert_close(&label, &read(gpu, &y), &want, 1e-4 * (k as f32).sqrt(), 1e-4);
     (launches(&ran, true), launches(&ran, false))
 }
@@ -343,30 +361,6 @@ fn chunked_weights_read_their_own_rows_of_b() {
         let chunks = qw.chunks.len() as u64;
         assert_eq!(check_backward(gpu, &qw, 2, 3, 80 + i as u64), (1, chunks - 1), "{}", format.name());
     }
-}
-
-/// `qlinear_backward_low_rank` against the CPU: dy·W on the dequantized W
-/// plus the term with B given transposed (r, in), into a dx holding ones
-/// (it is overwritten); returns the launches that ran, (fused, not fused).
-fn check_backward(gpu: &Gpu, qw: &QWeight, m: usize, r: usize, seed: u64) -> (u64, u64) {
-    let (n, k) = (qw.rows, qw.cols);
-    let dys = randn(seed, m * n);
-    let dy = Tensor::from_slice(gpu, &[m, n], &dys).unwrap();
-    let (t, h, b) = term_transposed(gpu, m, k, r, seed + 2);
-    let dx = Tensor::from_slice(gpu, &[m, k], &vec![1.0; m * k]).unwrap();
-    gpu.set_profiling(true).unwrap();
-    let mut rec = Recorder::new(gpu);
-    qlinear_backward_low_rank(&mut rec, &dy, qw, &dx, false, &t).unwrap();
-    rec.submit().unwrap();
-    gpu.set_profiling(false).unwrap();
-    let ran = block_on(gpu.take_profile()).unwrap();
-    let deq = block_on(qw.to_f32(gpu)).unwrap();
-    let mut base = vec![0.0; m * k];
-    cpu::matmul(&dys, &deq, &mut base, m, k, n, false, false, false);
-    let want = plus_term(&base, &h, &b, m, k, r);
-    let label = format!("{} dy·W {m}x{k}x{n} chunks {}", qw.format.name(), qw.chunks.len());
-    assert_close(&label, &read(gpu, &dx), &want, 1e-4 * (n as f32).sqrt(), 1e-4);
-    (launches(&ran, true), launches(&ran, false))
 }
 
 #[test]
