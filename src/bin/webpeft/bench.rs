@@ -280,10 +280,7 @@ async fn bench_model<F: ModelFiles>(
             // product, both ways: the same step is also timed without.
             let fuses = is_real_gpu(gpu) && matches!(method, "lora" | "adalora");
             for fused in if fuses { &[true, false][..] } else { &[true][..] } {
-                low_rank::set_fused(gpu, *fused);
-                let f = train_figure_on(gpu, name, &model, &setup).await;
-                low_rank::set_fused(gpu, true);
-                let f = f?;
+                let f = with_fusion(gpu, *fused, train_figure_on(gpu, name, &model, &setup)).await?;
                 if !json && !f.kernels.is_empty() {
                     let what = format!("{} {} step", base_label(&f.quant, &f.compute_dtype), f.method);
                     print_kernel_times(&what, &f.model, &f.kernels);
@@ -347,11 +344,18 @@ async fn generate_figures(
         generate_figure(gpu, name, model, (16, 32), None, profile).await?,
         generate_figure(gpu, name, model, (16, 32), Some((&label, &lora)), profile).await?,
     ];
-    low_rank::set_fused(gpu, false);
-    let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), profile).await;
-    low_rank::set_fused(gpu, true);
-    figures.push(plain?);
+    let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), profile);
+    figures.push(with_fusion(gpu, false, plain).await?);
     Ok(figures)
+}
+
+/// `run` awaited with LoRA's term fused or not (`low_rank::set_fused`); fusing
+/// is on again afterwards, whatever `run` returned.
+async fn with_fusion<T>(gpu: &Gpu, fused: bool, run: impl std::future::Future<Output = T>) -> T {
+    low_rank::set_fused(gpu, fused);
+    let out = run.await;
+    low_rank::set_fused(gpu, true);
+    out
 }
 
 fn print_generate(g: &GenerateFigure) {
@@ -403,13 +407,9 @@ async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error:
     let f = train_figure_on(gpu, name, &model, &setup).await?;
     // On a real GPU the same step with the LoRA's term not fused into the
     // frozen products (the default fuses it, both ways).
-    let unfused = if real {
-        low_rank::set_fused(gpu, false);
-        let f = train_figure_on(gpu, name, &model, &setup).await;
-        low_rank::set_fused(gpu, true);
-        Some(f?)
-    } else {
-        None
+    let unfused = match real {
+        true => Some(with_fusion(gpu, false, train_figure_on(gpu, name, &model, &setup)).await?),
+        false => None,
     };
     // Decoding: the base and through a LoRA r16, each with its per-kernel profile.
     let generate = generate_figures(gpu, name, &model, 16, true).await?;
