@@ -9,11 +9,15 @@
 //                                 is the core's to add: see add_low_rank)
 // and which dimension of each is contiguous in memory:
 //   GEMM_A_ALONG_K (A stored (M, K)), GEMM_B_ALONG_N (B stored (K, N)),
-// and, for B_VEC4 launches, gemm_b4(z, k, n) -> vec4<f32>: four consecutive
-// values along B's contiguous dimension from (k, n), so a quantized weight
-// decodes one word for four values (the launcher sets B_VEC4 where that
-// dimension and every block edge along it are multiples of 4),
-// so consecutive invocations load consecutive addresses (coalesced) and the
+// so consecutive invocations load consecutive addresses (coalesced), and
+// for vec4 loads
+//   gemm_a4(z, m, k) -> vec4<f32> four consecutive values along A's contiguous
+//                                 dimension from (m, k) (A_VEC4 launches)
+//   gemm_b4(z, k, n) -> vec4<f32> the same along B's (B_VEC4 launches), so a
+//                                 quantized weight decodes one word for four
+// (the launcher sets A_VEC4 or B_VEC4 where that operand's contiguous extent,
+// row stride, offset and batch stride are multiples of 4, so every vec4 is
+// whole and aligned, and BK is a multiple of 4, so every split's K is). The
 // quantized host dequantizes while it stages B, never writing f32 weights out.
 //
 // One workgroup computes a BM × BN block of C for batch z = workgroup_id.z,
@@ -37,8 +41,8 @@
 // so only the barrier after the store remains, one a slice.
 //
 // Prelude constants: BM, BN, BK, TM, TN (TM and TN multiples of 4,
-// BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default), B_VEC4
-// (BK a multiple of 4 then), BUFFERS (1 or 2).
+// BM % TM == BN % TN == 0, at most 256 invocations: WebGPU's default), A_VEC4
+// and B_VEC4 (BK a multiple of 4 then), BUFFERS (1 or 2).
 
 const GWX: u32 = BN / TN;           // invocations along N
 const GWY: u32 = BM / TM;           // invocations along M
@@ -47,6 +51,7 @@ const AS_STRIDE: u32 = BM + 4u;     // floats per staged k-row of A (padded)
 const BS_STRIDE: u32 = BN + 4u;     // floats per staged k-row of B (padded)
 const A_LOADS: u32 = (BM * BK + GTHREADS - 1u) / GTHREADS;  // elements each invocation stages
 const B_LOADS: u32 = (BK * BN + GTHREADS - 1u) / GTHREADS;
+const A_LOADS4: u32 = (BM * BK / 4u + GTHREADS - 1u) / GTHREADS;  // vec4s, with A_VEC4
 const B_LOADS4: u32 = (BK * BN / 4u + GTHREADS - 1u) / GTHREADS;  // vec4s, with B_VEC4
 
 const A_TILE: u32 = BK * AS_STRIDE / 4u;  // vec4s of one staged A slice
@@ -68,16 +73,29 @@ fn b_slot(e: u32) -> vec2<u32> {
     return vec2<u32>(e % BK, e / BK);
 }
 
-// Staging slot e of the A slice at k0, zero past M and past k_end.
-// The (k, n) within the block of B's vec4 staging slot e (B_VEC4): the first
+// The (m, k) within the block of A's vec4 staging slot e (A_VEC4): the first
 // of four consecutive values along the contiguous dimension.
+fn a_slot4(e: u32) -> vec2<u32> {
+    if (GEMM_A_ALONG_K) { return vec2<u32>(e / (BK / 4u), (e % (BK / 4u)) * 4u); }
+    return vec2<u32>((e % (BM / 4u)) * 4u, e / (BM / 4u));
+}
+
+// The (k, n) within the block of B's vec4 staging slot e (B_VEC4).
 fn b_slot4(e: u32) -> vec2<u32> {
     if (GEMM_B_ALONG_N) { return vec2<u32>(e / (BN / 4u), (e % (BN / 4u)) * 4u); }
     return vec2<u32>((e % (BK / 4u)) * 4u, e / (BK / 4u));
 }
 
-// Vec4 staging slot e of the B slice at k0, zero past N and past k_end (whole
-// vec4s: the launcher made N, K and k_end multiples of 4 along the vec4).
+// Vec4 staging slot e of the A slice at k0, zero past M and past k_end (whole
+// vec4s: the launcher made the contiguous extent and k_end multiples of 4).
+fn fetch_a4(z: u32, m0: u32, k0: u32, k_end: u32, e: u32) -> vec4<f32> {
+    let s = a_slot4(e);
+    var v = vec4<f32>(0.0);
+    if (e < BM * BK / 4u && m0 + s.x < p.m && k0 + s.y < k_end) { v = gemm_a4(z, m0 + s.x, k0 + s.y); }
+    return v;
+}
+
+// Vec4 staging slot e of the B slice at k0, zero past N and past k_end.
 fn fetch_b4(z: u32, n0: u32, k0: u32, k_end: u32, e: u32) -> vec4<f32> {
     let s = b_slot4(e);
     var v = vec4<f32>(0.0);
@@ -85,6 +103,7 @@ fn fetch_b4(z: u32, n0: u32, k0: u32, k_end: u32, e: u32) -> vec4<f32> {
     return v;
 }
 
+// Staging slot e of the A slice at k0, zero past M and past k_end.
 fn fetch_a(z: u32, m0: u32, k0: u32, k_end: u32, e: u32) -> f32 {
     let s = a_slot(e);
     var v = 0.0;
@@ -108,6 +127,7 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
     let ty = tid / GWX;
     var acc: array<array<vec4<f32>, TN / 4u>, TM>;  // (TM, TN) block of C
     var ra: array<f32, A_LOADS>;                     // the next A slice, this invocation's share
+    var ra4: array<vec4<f32>, A_LOADS4>;             // (or its vec4s)
     var rb: array<f32, B_LOADS>;
     var rb4: array<vec4<f32>, B_LOADS4>;
     let slices = (k_end - k0 + BK - 1u) / BK;
@@ -122,12 +142,29 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
         if (t > 0u) {
             // One buffer: everyone must be done reading the previous slice.
             if (BUFFERS == 1u) { workgroupBarrier(); }
-            for (var i = 0u; i < A_LOADS; i++) {
-                let e = i * GTHREADS + tid;
-                if (e < BM * BK) {
-                    let s = a_slot(e);
-                    let f = s.y * AS_STRIDE + s.x;
-                    tile_a[ao + f / 4u][f % 4u] = ra[i];
+            if (A_VEC4) {
+                for (var i = 0u; i < A_LOADS4; i++) {
+                    let e = i * GTHREADS + tid;
+                    if (e < BM * BK / 4u) {
+                        let s = a_slot4(e);
+                        if (GEMM_A_ALONG_K) {
+                            for (var c = 0u; c < 4u; c++) {
+                                let f = (s.y + c) * AS_STRIDE + s.x;
+                                tile_a[ao + f / 4u][f % 4u] = ra4[i][c];
+                            }
+                        } else {
+                            tile_a[ao + (s.y * AS_STRIDE + s.x) / 4u] = ra4[i];
+                        }
+                    }
+                }
+            } else {
+                for (var i = 0u; i < A_LOADS; i++) {
+                    let e = i * GTHREADS + tid;
+                    if (e < BM * BK) {
+                        let s = a_slot(e);
+                        let f = s.y * AS_STRIDE + s.x;
+                        tile_a[ao + f / 4u][f % 4u] = ra[i];
+                    }
                 }
             }
             if (B_VEC4) {
@@ -159,7 +196,11 @@ fn block_product(z: u32, m0: u32, n0: u32, k0: u32, k_end: u32, tid: u32) -> arr
         }
         if (t < slices) {
             let next = k0 + t * BK;
-            for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, next, k_end, i * GTHREADS + tid); }
+            if (A_VEC4) {
+                for (var i = 0u; i < A_LOADS4; i++) { ra4[i] = fetch_a4(z, m0, next, k_end, i * GTHREADS + tid); }
+            } else {
+                for (var i = 0u; i < A_LOADS; i++) { ra[i] = fetch_a(z, m0, next, k_end, i * GTHREADS + tid); }
+            }
             if (B_VEC4) {
                 for (var i = 0u; i < B_LOADS4; i++) { rb4[i] = fetch_b4(z, n0, next, k_end, i * GTHREADS + tid); }
             } else {

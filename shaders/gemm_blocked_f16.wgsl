@@ -23,6 +23,10 @@
 // (WGSL has no generics, and an f32 core carrying an f16 run would double the
 // f32 kernel's accumulators).
 //
+// A is staged by scalars whatever A_VEC4 says: x's vec4 view would be the
+// ninth storage binding of a split launch with a fused term (scales and the
+// term's factors take three), past WebGPU's default of eight.
+//
 // Prelude constants: as gemm_blocked.wgsl, with BK dividing RUN_K.
 
 const RUN_K: u32 = 32u;                // k per f16 partial sum (the reference's F16_RUN)

@@ -234,10 +234,18 @@ fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a_at(p.a_off + z * p.stride_a,
 
 fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return b_at(p.b_off + z * p.stride_b, k, n); }
 
-// The f32 launches stage B by scalars (B_VEC4 off); this completes the core's interface.
+// Four values along the contiguous dimension, through the vec4 views (A_VEC4
+// and B_VEC4 launches, whose layouts keep every vec4 aligned).
+fn gemm_a4(z: u32, m: u32, k: u32) -> vec4<f32> {
+    let base = p.a_off + z * p.stride_a;
+    if (TRANS_A) { return a4[(base + k * p.lda + m) / 4u]; }
+    return a4[(base + m * p.lda + k) / 4u];
+}
+
 fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
-    if (GEMM_B_ALONG_N) { return vec4<f32>(gemm_b(z, k, n), gemm_b(z, k, n + 1u), gemm_b(z, k, n + 2u), gemm_b(z, k, n + 3u)); }
-    return vec4<f32>(gemm_b(z, k, n), gemm_b(z, k + 1u, n), gemm_b(z, k + 2u, n), gemm_b(z, k + 3u, n));
+    let base = p.b_off + z * p.stride_b;
+    if (TRANS_B) { return b4[(base + n * p.ldb + k) / 4u]; }
+    return b4[(base + k * p.ldb + n) / 4u];
 }
 
 // Without the term: the blocked core adds a fused term to its tiles itself.

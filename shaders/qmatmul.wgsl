@@ -172,6 +172,9 @@ fn gemm_a(z: u32, m: u32, k: u32) -> f32 { return a[p.a_off + m * p.lda + k]; }
 
 fn gemm_b(z: u32, k: u32, n: u32) -> f32 { return w_at(k, n); }
 
+// Four values of x (or dy) along its row from (m, k) (A_VEC4 launches).
+fn gemm_a4(z: u32, m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
+
 // Four weights along W's rows from (k, n): one decoded word (B_VEC4 launches).
 fn gemm_b4(z: u32, k: u32, n: u32) -> vec4<f32> {
     if (FORWARD) { return w4(n * p.k + k); }

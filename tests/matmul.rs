@@ -256,9 +256,10 @@ fn column_slices_at_offsets(ta: bool, tb: bool, variant: Variant) {
 
 /// The workgroup-memory kernel of real GPUs, every block shape it picks (and
 /// a small one with a K slice of 4), with one staging buffer and two, in
-/// every orientation: edges ragged in M,
-/// N and K (K not a multiple of the slice), a product smaller than one
-/// block, batches with accumulation and alpha, offsets and row strides.
+/// every orientation: edges ragged in M, N and K (K not a multiple of the
+/// slice), a product smaller than one block, batches with accumulation and
+/// alpha, offsets and row strides; A and B staged by scalars, as vec4s, or
+/// one of each (the layouts decide).
 #[test]
 fn blocked_kernel_every_orientation_and_block() {
     let blocks = [
@@ -280,6 +281,10 @@ fn blocked_kernel_every_orientation_and_block() {
             run(Gemm::new(37, 53, 29, ta, tb), v, seed);
             run(Gemm::new(3, 5, 2, ta, tb), v, seed + 100);
             run(Gemm::new(133, 150, 19, ta, tb).batched(2).accumulate(true).alpha(-0.5), v, seed + 200);
+            // Vec4 loads: both operands aligned (batched), or one of them.
+            run(Gemm::new(132, 148, 20, ta, tb).batched(2).accumulate(true).alpha(-0.5), v, seed + 300);
+            run(Gemm::new(36, 53, 28, ta, tb), v, seed + 400);
+            run(Gemm::new(37, 52, 29, ta, tb), v, seed + 500);
         }
     }
     for (ta, tb) in ORIENTATIONS {
@@ -299,6 +304,10 @@ fn blocked_split_k() {
             run(Gemm::new(16, 37, 301, ta, tb), Variant::BlockedSplit(b, splits), seed);
             let g = Gemm::new(45, 20, 150, ta, tb).batched(3).accumulate(true).alpha(0.25);
             run(g, Variant::BlockedSplit(Blocks::MEDIUM, splits), seed + 100);
+            // Aligned for vec4 loads: each split's K stays a multiple of 4.
+            run(Gemm::new(16, 36, 300, ta, tb), Variant::BlockedSplit(b, splits), seed + 200);
+            let g = Gemm::new(44, 20, 152, ta, tb).batched(3).accumulate(true).alpha(0.25);
+            run(g, Variant::BlockedSplit(Blocks::MEDIUM, splits), seed + 300);
         }
         column_slices_at_offsets(ta, tb, Variant::BlockedSplit(Blocks::MEDIUM, 3));
     }

@@ -131,7 +131,7 @@ fn f16_quantize_is_bit_exact_with_the_cpu_format() {
         let packed = quantize(&mut rec, &t, QuantFormat::F16).unwrap();
         let y = dequantize(&mut rec, &packed).unwrap();
         rec.submit().unwrap();
-        assert_eq!(packed.bytes(), QuantFormat::F16.bytes_for(1, n).next_multiple_of(4) as u64);
+        assert_eq!(packed.bytes(), QuantFormat::F16.bytes_for(1, n).next_multiple_of(16) as u64, "2 bytes a value");
         let got: Vec<f16> = block_on(packed.codes.to_vec(gpu)).unwrap();
         assert_eq!(
             got.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
@@ -201,7 +201,7 @@ fn f16_matmul_forward_and_backward() {
     let qw = QWeight::from_f32(gpu, &w, 5, 12, QuantFormat::F16).unwrap();
     let want: Vec<f32> = to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect();
     assert_eq!(block_on(qw.to_f32(gpu)).unwrap(), want);
-    assert_eq!(qw.bytes(), 5 * 12 * 2);
+    assert_eq!(qw.bytes(), (5 * 12 * 2usize).next_multiple_of(16) as u64, "2 bytes a weight, in whole 16-byte units");
 }
 
 /// The subgroup kernels (8-lane subgroups: lavapipe). On other devices the

@@ -110,8 +110,11 @@ impl std::fmt::Debug for Tensor {
 }
 
 fn padded(bytes: u64) -> u64 {
-    // Bindings and copies work in whole 32-bit words, and never on zero bytes.
-    bytes.div_ceil(4).max(1) * 4
+    // Bindings and copies work in whole 32-bit words, never on zero bytes,
+    // and a kernel may bind any tensor through a vec4 view as well as a
+    // scalar one (the blocked GEMM binds both whichever it loads through),
+    // whose binding must hold at least one whole vec4: whole 16-byte units.
+    bytes.div_ceil(16).max(1) * 16
 }
 
 impl Tensor {
@@ -258,7 +261,7 @@ impl Tensor {
         self.shape.iter().product()
     }
 
-    /// Bytes of the buffer (the data rounded up to whole words).
+    /// Bytes of the buffer (the data rounded up to whole 16-byte units).
     pub fn bytes(&self) -> u64 {
         self.handle.storage.bytes
     }

@@ -152,9 +152,13 @@ impl Blocks {
 
     /// The prelude constants of the core (TM and TN are shared with the host
     /// module's own register-tiled entries, which these modules never launch);
-    /// `b_vec4`: B is staged four values at a time (see gemm_blocked.wgsl).
-    pub(crate) fn with_consts(self, key: PipelineKey, b_vec4: bool) -> PipelineKey {
-        key.with("B_VEC4", Const::Bool(b_vec4 && self.bk % 4 == 0))
+    /// `loads`: the operands staged four values at a time (with BK a multiple
+    /// of 4; the sum of split-K's partials reads neither, so one sum pipeline
+    /// serves every layout).
+    pub(crate) fn with_consts(self, key: PipelineKey, loads: Vec4Loads) -> PipelineKey {
+        let whole = self.bk % 4 == 0 && key.entry != "gemm_split_sum";
+        key.with("A_VEC4", Const::Bool(loads.a && whole))
+            .with("B_VEC4", Const::Bool(loads.b && whole))
             .with("TM", Const::U32(self.tm))
             .with("TN", Const::U32(self.tn))
             .with("WX", Const::U32(self.bn / self.tn))
@@ -168,6 +172,24 @@ impl Blocks {
     /// Workgroups for `m × n` outputs, `batch` times.
     pub(crate) fn grid(self, m: usize, n: usize, batch: usize) -> [u32; 3] {
         [n.div_ceil(self.bn as usize) as u32, m.div_ceil(self.bm as usize) as u32, batch as u32]
+    }
+}
+
+/// Which operands of a blocked GEMM are loaded as vec4s along their contiguous
+/// dimension (`A_VEC4`, `B_VEC4` in gemm_blocked.wgsl): one load instruction
+/// for four values (and, for a quantized weight, one decoded word). Only
+/// where the layout keeps every vec4 whole and aligned: the contiguous
+/// extent, the row stride, the offset and the batch stride multiples of 4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Vec4Loads {
+    pub a: bool,
+    pub b: bool,
+}
+
+impl Vec4Loads {
+    /// Both operands, or neither.
+    pub const fn both(on: bool) -> Vec4Loads {
+        Vec4Loads { a: on, b: on }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
+use super::blocked::{self, is_real_gpu, Blocks, GemvTiles, Vec4Loads};
 use super::low_rank::{self, Fused, LowRank, LowRankParams};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
@@ -80,6 +80,18 @@ impl Gemm {
     /// vec4-aligned rows.
     pub fn gemv_ok(&self) -> bool {
         self.m <= GemvTiles::MAX_M && self.batch == 1 && self.vec4_entry() == Some("matmul_nt")
+    }
+
+    /// The operands the blocked GEMM can load as vec4s: each whose contiguous
+    /// extent, row stride, offset and batch stride are multiples of 4.
+    fn vec4_loads(&self) -> Vec4Loads {
+        let aligned = |ld: usize, off: usize, stride: usize, along: usize| {
+            ld % 4 == 0 && off % 4 == 0 && (self.batch == 1 || stride % 4 == 0) && along % 4 == 0
+        };
+        Vec4Loads {
+            a: aligned(self.lda, self.a_off, self.stride_a, if self.trans_a { self.m } else { self.k }),
+            b: aligned(self.ldb, self.b_off, self.stride_b, if self.trans_b { self.k } else { self.n }),
+        }
     }
 
     /// The entry point of the vec4 fast path, when the layout allows it.
@@ -517,7 +529,9 @@ fn record_blocked(
     let fused = stores.len() > 1;
     let key = |entry| blocked_key(g, t, entry).low_rank(fused && blocked::adds_term(entry));
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
-    blocked::record(rec, key, params, set, &[(4, a), (5, b)], stores, t, (g.m, g.n, g.k, g.batch), (splits, 1))
+    // The vec4 views (1, 2) and the scalar ones (4, 5): the block entries use both.
+    let operands = [(1, a), (2, b), (4, a), (5, b)];
+    blocked::record(rec, key, params, set, &operands, stores, t, (g.m, g.n, g.k, g.batch), (splits, 1))
 }
 
 /// The one-output-per-invocation yardstick (16×16 workgroups; TM and TN
@@ -544,7 +558,7 @@ fn subgroup_key(g: &Gemm, t: SgTiles) -> PipelineKey {
 }
 
 fn blocked_key(g: &Gemm, t: Blocks, entry: &'static str) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry), false)
+    t.with_consts(PipelineKey::new(Kernel::MatmulBlocked, entry), g.vec4_loads())
         .with("TRANS_A", Const::Bool(g.trans_a))
         .with("TRANS_B", Const::Bool(g.trans_b))
 }
@@ -561,11 +575,11 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// orientation, the register tiles [`Variant::tuned`] picks (few rows, skinny,
 /// tuned) through the vec4 entry where the orientation has one and the scalar
 /// one for other layouts, the yardstick, the subgroup blocks where the device
-/// runs them; the blocked GEMM with every block `blocks` lists; the GEMV for
-/// 1..=`GemvTiles::MAX_M` rows in every layout the autotuner times
-/// (`tune::gemv_candidates`); and for a Linear's forward (A·Bᵀ) and its
-/// dx (A·B) each of them with a low-rank term in its store
-/// ([`gemm_low_rank_with`]).
+/// runs them; the blocked GEMM with every block `blocks` lists, A and B each
+/// loaded as vec4s or not; the GEMV for 1..=`GemvTiles::MAX_M` rows in every
+/// layout the autotuner times (`tune::gemv_candidates`); and for a Linear's
+/// forward (A·Bᵀ) and its dx (A·B) each of them with a low-rank term in its
+/// store ([`gemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     // A key, and its low-rank form where a Linear's product can ask for it.
@@ -594,9 +608,13 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
                 push(subgroup_key(&big, SgTiles::for_gemm(&shape)), linear);
             }
         }
+        // Each operand loaded as vec4s or not (an odd offset turns one off).
+        let layouts = [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(a_off, b_off)| Gemm { a_off, b_off, ..big });
         for &b in blocks {
-            for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                push(blocked_key(&big, b, entry), linear && blocked::adds_term(entry));
+            for layout in &layouts {
+                for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
+                    push(blocked_key(layout, b, entry), linear && blocked::adds_term(entry));
+                }
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::blocked::{self, is_real_gpu, Blocks, GemvTiles};
+use super::blocked::{self, is_real_gpu, Blocks, GemvTiles, Vec4Loads};
 use super::low_rank::{self, Fused, LowRank, LowRankParams};
 use super::matmul::{gemm_fused, subgroups_usable, Gemm, SgTiles, Tiles};
 use super::quant::{dequantize, quantize, Layout, Packed};
@@ -371,14 +371,14 @@ fn naive_key(layout: Layout, backward: bool) -> PipelineKey {
 }
 
 fn blocked_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), aligned)
+    t.with_consts(PipelineKey::new(Kernel::QMatmulBlocked, entry), Vec4Loads::both(aligned))
         .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(!backward))
 }
 
 /// The f16-compute blocked GEMM (`shaders/gemm_blocked_f16.wgsl`).
 fn blocked_f16_key(layout: Layout, backward: bool, aligned: bool, t: Blocks, entry: &'static str) -> PipelineKey {
-    t.with_consts(PipelineKey::new(Kernel::QMatmulBlockedF16, entry), aligned)
+    t.with_consts(PipelineKey::new(Kernel::QMatmulBlockedF16, entry), Vec4Loads::both(aligned))
         .with("FORMAT", layout.constant())
         .with("FORWARD", Const::Bool(!backward))
 }
@@ -421,7 +421,7 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// and direction: the register tiles (few rows or the
 /// tuned ones) through the vec4 and the scalar entries, the yardstick, the
 /// subgroup block and the f16-compute kernels where the device runs them, the
-/// blocked GEMM with every block `blocks` lists (B staged as vec4s or not),
+/// blocked GEMM with every block `blocks` lists (x and W staged as vec4s or not),
 /// and the forward GEMV for 1..=`GemvTiles::MAX_M` rows in every layout the
 /// autotuner times (`tune::gemv_candidates`: the subgroup reduction where the
 /// device has subgroups), and in f16 where the device has shader-f16; and
@@ -668,7 +668,8 @@ fn record_quant<'a>(
             let key =
                 |entry| blocked_key(p.layout, backward, aligned, t, entry).low_rank(fused && blocked::adds_term(entry));
             let set = |p: &mut Params, k: u32| p.k_split = k;
-            let operands = [(5, x), (2, &p.codes), (3, &p.scales)];
+            // x by vec4s (binding 1) where aligned, else by scalars (5): both bound.
+            let operands = [(1, x), (5, x), (2, &p.codes), (3, &p.scales)];
             let stores = with_terms(&[(4, out)]);
             blocked::record(rec, key, params, set, &operands, &stores, t, (g.m, g.n, g.k, 1), (splits, 1))
         }
