@@ -30,8 +30,12 @@ var<private> FP4_LEVELS: array<f32, 16> = array<f32, 16>(
     0.0, 0.0625 / 12.0, 8.0 / 12.0, 1.0, 4.0 / 12.0, 0.5, 2.0 / 12.0, 0.25,
     0.0, -0.0625 / 12.0, -8.0 / 12.0, -1.0, -4.0 / 12.0, -0.5, -2.0 / 12.0, -0.25);
 
-// The level of a 4-bit code.
-fn level(code: u32) -> f32 {
+// The level of a 4-bit code, from the tables above. Kernels read levels
+// through `level(code)`, which one of two files supplies with
+// `stage_levels(index, count)`: four_bit_levels.wgsl reads these tables,
+// four_bit_staged.wgsl (the decoding GEMV) a copy in workgroup memory for
+// its wide spans.
+fn table_level(code: u32) -> f32 {
     if (FOUR_BIT_FP4) { return FP4_LEVELS[code]; }
     return NF4_LEVELS[code];
 }

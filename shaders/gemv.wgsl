@@ -15,6 +15,12 @@
 //               which supplies, for K a multiple of 4,
 //                 gemv_x4(m, k) -> vec4<f32>    x[m, k..k+4]          (k % 4 == 0)
 //                 gemv_w4(n, k) -> vec4<f32>    W[n, k..k+4], decoded (k % 4 == 0)
+//                 gemv_w32(n, k) -> array<vec4<f32>, 8>
+//                                               W[n, k..k+32], decoded from one
+//                                               wide load where the format allows
+//                                               (GV_WIDE; k % 32 == 0, K % 32 == 0)
+//                 host_setup(index, count)      per-workgroup preparation (all
+//                                               invocations; a barrier follows)
 //                 gemv_store(m, n, value)       y[m, n] = (or +=) alpha · value
 //   arithmetic  gemv_f32.wgsl (f32 sums) or gemv_f16.wgsl (f16 compute), which
 //               supplies
@@ -32,7 +38,8 @@
 //               whose r products the row's lanes share before their sums meet.
 //
 // Prelude constants: GV_M (rows of x, 1-8), GV_LANES, GV_ROWS, with
-// GV_LANES · GV_ROWS ≤ 256; here GV_LANES is a power of two.
+// GV_LANES · GV_ROWS ≤ 256 (here GV_LANES is a power of two), and GV_WIDE
+// (lanes take spans of 32 weights, each one wide load: see GemvTiles::wide).
 
 var<workgroup> gv_sum: array<f32, GV_M * GV_LANES * GV_ROWS>;  // (GV_M, GV_ROWS, GV_LANES) partial sums
 
@@ -42,6 +49,8 @@ fn gemv_nt(
     @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) index: u32,
 ) {
+    host_setup(index, GV_LANES * GV_ROWS);
+    workgroupBarrier();
     gemv_setup(index, GV_LANES * GV_ROWS);
     let lane = lid.x;
     let n = wid.x * GV_ROWS + lid.y;

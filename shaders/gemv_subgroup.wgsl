@@ -55,6 +55,7 @@ fn gemv_nt_sg(
     @builtin(local_invocation_index) index: u32,
 ) {
     if (index < (GV_WG + 31u) / 32u) { atomicStore(&gv_firsts[index], 0u); }
+    host_setup(index, GV_WG);  // before the numbering's barriers, which cover it too
     workgroupBarrier();
     let lanes = subgroupAdd(1u);
     let lane = subgroupExclusiveAdd(1u);

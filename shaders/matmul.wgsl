@@ -255,6 +255,16 @@ fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 
 
 fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return b4[(p.b_off + n * p.ldb + k) / 4u]; }
 
+fn gemv_w32(n: u32, k: u32) -> array<vec4<f32>, 8> {
+    let q = (p.b_off + n * p.ldb + k) / 4u;
+    var w: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) { w[i] = b4[q + i]; }
+    return w;
+}
+
+// Nothing to prepare for f32 weights (qmatmul.wgsl stages its 4-bit levels).
+fn host_setup(index: u32, count: u32) {}
+
 fn gemv_store(m: u32, n: u32, value: f32) { store_c_with(p.c_off, m, n, value, false); }
 
 // One output per invocation: the yardstick the benchmark prints beside the tiled kernels.

@@ -43,6 +43,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> ws: array<u32>;        // 4-bit absmaxes (four_bit.wgsl) | Q8_0 f16 scale pairs | f16: wq again
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;   // y (M, ldc) or dx (M, ldc)
 @group(0) @binding(5) var<storage, read> a: array<f32>;         // scalar view of x / dy
+@group(0) @binding(10) var<storage, read> wq4: array<vec4<u32>>; // the codes in 16-byte units (the GEMV's wide spans)
 
 // Four consecutive weights starting at flattened element e (e % 4 == 0).
 fn w4(e: u32) -> vec4<f32> {
@@ -63,6 +64,45 @@ fn w4(e: u32) -> vec4<f32> {
     let absmax = block_absmax(e >> 6u);
     return vec4<f32>(level((v >> 4u) & 15u), level(v & 15u),
                      level((v >> 12u) & 15u), level((v >> 8u) & 15u)) * absmax;
+}
+
+// Thirty-two weights from flattened element e (e % 32 == 0), one block's
+// worth: one 16-byte load of 4-bit codes, two of Q8_0, four of f16 (the
+// decoding GEMV's wide spans; the same values as eight w4 calls).
+fn w32(e: u32) -> array<vec4<f32>, 8> {
+    var w: array<vec4<f32>, 8>;
+    if (FORMAT == F16) {
+        for (var j = 0u; j < 4u; j++) {
+            let v = wq4[e / 8u + j];
+            w[2u * j] = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+            w[2u * j + 1u] = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+        }
+        return w;
+    }
+    if (FORMAT == Q8_0) {
+        let block = e >> 5u;
+        let d = unpack2x16float(ws[block >> 1u])[block & 1u];
+        for (var j = 0u; j < 2u; j++) {
+            let v = wq4[e / 16u + j];
+            for (var c = 0u; c < 4u; c++) {
+                let word = bitcast<i32>(v[c]);
+                w[4u * j + c] = vec4<f32>(f32(extractBits(word, 0u, 8u)), f32(extractBits(word, 8u, 8u)),
+                                          f32(extractBits(word, 16u, 8u)), f32(extractBits(word, 24u, 8u))) * d;
+            }
+        }
+        return w;
+    }
+    // NF4 or FP4: word c holds elements 8c..8c+8, the even one of each byte high.
+    let v = wq4[e / 32u];
+    let absmax = block_absmax(e >> 6u);
+    for (var c = 0u; c < 4u; c++) {
+        for (var h = 0u; h < 2u; h++) {
+            let b = v[c] >> (16u * h);
+            w[2u * c + h] = vec4<f32>(level((b >> 4u) & 15u), level(b & 15u),
+                                      level((b >> 12u) & 15u), level((b >> 8u) & 15u)) * absmax;
+        }
+    }
+    return w;
 }
 
 // One weight at flattened element e.
@@ -187,6 +227,14 @@ fn gemm_store(z: u32, m: u32, n: u32, value: f32) { store_with(m, n, value, fals
 fn gemv_x4(m: u32, k: u32) -> vec4<f32> { return a4[(p.a_off + m * p.lda + k) / 4u]; }
 
 fn gemv_w4(n: u32, k: u32) -> vec4<f32> { return w4(n * p.k + k); }
+
+fn gemv_w32(n: u32, k: u32) -> array<vec4<f32>, 8> { return w32(n * p.k + k); }
+
+// Per-workgroup preparation before the GEMV's first decode (every invocation,
+// local index `index` of `count`, uniform control flow; a barrier follows):
+// the 4-bit levels into workgroup memory for wide spans
+// (shaders/four_bit_staged.wgsl; four_bit_levels.wgsl has nothing to stage).
+fn host_setup(index: u32, count: u32) { stage_levels(index, count); }
 
 fn gemv_store(m: u32, n: u32, value: f32) { store_with(m, n, value, false); }
 

@@ -178,7 +178,7 @@ pub async fn bench_qmatmul(
             // f16 compute: the GEMV's and the blocked kernel's f16 forms, else qmatmul_f16.wgsl's tiles.
             ComputeDtype::F16 => match variant {
                 QVariant::Gemv(t) if !backward && g.m <= GemvTiles::MAX_M && g.k % 4 == 0 => {
-                    format!("{} f16-compute {}", format.name(), gemv_name(t))
+                    format!("{} f16-compute {t}", format.name())
                 }
                 QVariant::Blocked(_) | QVariant::BlockedSplit(..) => {
                     format!("{} f16-compute {}", format.name(), qvariant_name(variant))
@@ -205,12 +205,8 @@ fn variant_name(v: Variant) -> String {
         Variant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         Variant::Blocked(b) => blocks_name(b),
         Variant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
-        Variant::Gemv(t) => gemv_name(t),
+        Variant::Gemv(t) => t.to_string(),
     }
-}
-
-fn gemv_name(t: GemvTiles) -> String {
-    format!("gemv {}x{}{}", t.lanes, t.rows, if t.subgroup { " subgroup" } else { "" })
 }
 
 fn blocks_name(b: Blocks) -> String {
@@ -225,7 +221,7 @@ fn qvariant_name(v: QVariant) -> String {
         QVariant::Subgroup(t) => format!("subgroup {}x{}/lane", t.sr, t.tn),
         QVariant::Blocked(b) => blocks_name(b),
         QVariant::BlockedSplit(b, s) => format!("{} split {s}", blocks_name(b)),
-        QVariant::Gemv(t) => gemv_name(t),
+        QVariant::Gemv(t) => t.to_string(),
     }
 }
 

@@ -148,7 +148,7 @@ fn quantized_kernels_compute_in_f16() {
 #[test]
 fn decoding_gemv_computes_in_f16() {
     let gpu = gpu();
-    let sg = |lanes, rows| GemvTiles { lanes, rows, subgroup: true };
+    let sg = |lanes, rows| GemvTiles { lanes, rows, ..GemvTiles::SUBGROUP };
     let forms = [GemvTiles::DEFAULT, GemvTiles::SUBGROUP, sg(16, 3), sg(4, 8), sg(3, 3)];
     for (f, (format, k)) in
         [(QuantFormat::Nf4, 1100), (QuantFormat::Q8_0, 1056), (QuantFormat::F16, 1100)].into_iter().enumerate()

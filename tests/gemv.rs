@@ -20,10 +20,14 @@ use webpeft::{Gpu, GpuOptions, Tensor};
 
 /// Each GEMV form, and what it exercises on lavapipe's 8-lane subgroups.
 fn forms() -> Vec<(GemvTiles, &'static str)> {
-    let sg = |lanes, rows| GemvTiles { lanes, rows, subgroup: true };
+    let sg = |lanes, rows| GemvTiles { lanes, rows, ..GemvTiles::SUBGROUP };
+    let wide = |t: GemvTiles| GemvTiles { wide: true, ..t };
     vec![
         (GemvTiles::DEFAULT, "portable 32x8: a 5-step tree in workgroup memory"),
-        (GemvTiles { lanes: 8, rows: 4, subgroup: false }, "portable 8x4"),
+        (GemvTiles { lanes: 8, rows: 4, ..GemvTiles::DEFAULT }, "portable 8x4"),
+        (wide(GemvTiles::DEFAULT), "portable 32x8, wide spans"),
+        (wide(GemvTiles::SUBGROUP), "subgroup 32x8, wide spans: spans of a chunk dealt to 4 subgroups"),
+        (wide(sg(3, 4)), "subgroup 3x4, wide spans: 12 invocations stage the 16 levels"),
         (GemvTiles::SUBGROUP, "subgroup 32x8: 4 subgroups a row meet in workgroup memory"),
         (sg(16, 3), "subgroup 16x3: 48 invocations, 2 subgroups a row"),
         (sg(8, 4), "subgroup 8x4: one subgroup a row"),
@@ -67,7 +71,8 @@ fn run(gpu: &Gpu, g: Gemm, t: GemvTiles, seed: u64) {
 
 /// f32 weights: N = 45 and 13 cut the last workgroup; K = 1100 (275 vec4
 /// steps) and 132 (33) are not multiples of any form's pass of lanes × 4
-/// steps, and 132 leaves most lanes of the wide forms without a step.
+/// steps, and 132 leaves most lanes of the wide forms without a step; K =
+/// 1088, a multiple of 32, takes the wide spans' loads where the form has them.
 #[test]
 fn f32_weights_every_form() {
     let gpu = gpu();
@@ -79,6 +84,7 @@ fn f32_weights_every_form() {
             run(gpu, Gemm::new(m, 45, 1100, false, true), t, seed);
             run(gpu, Gemm::new(m, 13, 132, false, true).accumulate(true).alpha(-0.75), t, seed + 3);
             run(gpu, Gemm::new(m, 19, 260, false, true).alpha(2.0), t, seed + 6);
+            run(gpu, Gemm::new(m, 21, 1088, false, true), t, seed + 9);
         }
     }
 }

@@ -349,7 +349,7 @@ fn gemv_for_decoding() {
         run(Gemm::new(m, 9, 1100, false, true), Variant::Gemv(GemvTiles::DEFAULT), seed + 1);
         run(
             Gemm::new(m, 33, 68, false, true).accumulate(true).alpha(2.0),
-            Variant::Gemv(GemvTiles { lanes: 8, rows: 4, subgroup: false }),
+            Variant::Gemv(GemvTiles { lanes: 8, rows: 4, ..GemvTiles::DEFAULT }),
             seed + 2,
         );
     }

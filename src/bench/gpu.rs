@@ -137,11 +137,13 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
     }
     // Decoding: the kernel webpeft picks (the GEMV, with the subgroup
     // reduction where the device has subgroups), the GEMV's other reduction,
-    // the GEMV computing in f16, and the tiled kernel of CPUs.
+    // each with wide spans too, the GEMV computing in f16, and the tiled
+    // kernel of CPUs.
     let mut gemvs = vec![GemvTiles::for_gpu(gpu)];
     if gemvs[0] != GemvTiles::DEFAULT {
         gemvs.push(GemvTiles::DEFAULT);
     }
+    gemvs.extend(gemvs.clone().into_iter().map(|t| GemvTiles { wide: true, ..t }));
     for (name, g) in decode_shapes() {
         for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32] {
             let tuned = QVariant::tuned(gpu, format, &g, true, false, ComputeDtype::F32);

@@ -140,33 +140,42 @@ impl Kernel {
                 include_str!("../../shaders/gemv_subgroup.wgsl")
             ),
             Kernel::QMatmul => {
-                concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/qmatmul.wgsl"))
+                concat!(
+                    include_str!("../../shaders/four_bit.wgsl"),
+                    include_str!("../../shaders/four_bit_levels.wgsl"),
+                    include_str!("../../shaders/qmatmul.wgsl")
+                )
             }
             Kernel::QMatmulBlocked => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_levels.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemm_blocked.wgsl")
             ),
             Kernel::QMatmulGemv => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_staged.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemv_f32.wgsl"),
                 include_str!("../../shaders/gemv.wgsl")
             ),
             Kernel::QMatmulGemvSubgroup => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_staged.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemv_f32.wgsl"),
                 include_str!("../../shaders/gemv_subgroup.wgsl")
             ),
             Kernel::QMatmulGemvF16 => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_staged.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemv_f16.wgsl"),
                 include_str!("../../shaders/gemv.wgsl")
             ),
             Kernel::QMatmulGemvF16Subgroup => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_staged.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemv_f16.wgsl"),
                 include_str!("../../shaders/gemv_subgroup.wgsl")
@@ -174,6 +183,7 @@ impl Kernel {
             Kernel::QMatmulSubgroup => {
                 concat!(
                     include_str!("../../shaders/four_bit.wgsl"),
+                    include_str!("../../shaders/four_bit_levels.wgsl"),
                     include_str!("../../shaders/qmatmul.wgsl"),
                     include_str!("../../shaders/subgroup.wgsl"),
                     include_str!("../../shaders/qmatmul_subgroup.wgsl")
@@ -181,17 +191,23 @@ impl Kernel {
             }
             Kernel::QMatmulF16 => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_levels.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/qmatmul_f16.wgsl")
             ),
             Kernel::QMatmulBlockedF16 => concat!(
                 include_str!("../../shaders/four_bit.wgsl"),
+                include_str!("../../shaders/four_bit_levels.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl"),
                 include_str!("../../shaders/gemm_blocked.wgsl"),
                 include_str!("../../shaders/gemm_blocked_f16.wgsl")
             ),
             Kernel::Quant => {
-                concat!(include_str!("../../shaders/four_bit.wgsl"), include_str!("../../shaders/quant.wgsl"))
+                concat!(
+                    include_str!("../../shaders/four_bit.wgsl"),
+                    include_str!("../../shaders/four_bit_levels.wgsl"),
+                    include_str!("../../shaders/quant.wgsl")
+                )
             }
             Kernel::RmsNorm => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/rmsnorm.wgsl"))

@@ -215,12 +215,22 @@ pub struct GemvTiles {
     pub lanes: u32,
     pub rows: u32,
     pub subgroup: bool,
+    /// bitsandbytes' way of decoding (`GV_WIDE`): each lane takes spans of 32
+    /// consecutive weights, one 16-byte load of 4-bit codes (two of Q8_0,
+    /// four of f16, eight vec4s of f32) where K is a multiple of 32, and the
+    /// 4-bit levels come from a copy in workgroup memory. Off: lanes take
+    /// consecutive 4-weight groups in turn, half a 4-bit word a load, and
+    /// the levels come from a private table. An autotuner candidate: on
+    /// lavapipe it is slower (a K of 512 is 16 spans for 32 lanes; arrays of
+    /// vec4s and workgroup memory cost a CPU more than a table lookup); on a
+    /// GPU the tuner's timing decides.
+    pub wide: bool,
 }
 
 impl GemvTiles {
     /// 32 lanes (one NVIDIA/Apple subgroup) on each of 8 rows: 256
     /// invocations, the portable reduction.
-    pub const DEFAULT: GemvTiles = GemvTiles { lanes: 32, rows: 8, subgroup: false };
+    pub const DEFAULT: GemvTiles = GemvTiles { lanes: 32, rows: 8, subgroup: false, wide: false };
 
     /// The same shape with the subgroup reduction.
     pub const SUBGROUP: GemvTiles = GemvTiles { subgroup: true, ..Self::DEFAULT };
@@ -272,10 +282,25 @@ impl GemvTiles {
             .with("GV_M", Const::U32(m as u32))
             .with("GV_LANES", Const::U32(self.lanes))
             .with("GV_ROWS", Const::U32(self.rows))
+            .with("GV_WIDE", Const::Bool(self.wide))
     }
 
     pub(crate) fn grid(self, n: usize) -> [u32; 3] {
         [n.div_ceil(self.rows as usize) as u32, 1, 1]
+    }
+}
+
+/// "gemv 32x8", "gemv 32x8 subgroup wide" (`bench`'s and the tuner's form).
+impl std::fmt::Display for GemvTiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gemv {}x{}", self.lanes, self.rows)?;
+        if self.subgroup {
+            write!(f, " subgroup")?;
+        }
+        if self.wide {
+            write!(f, " wide")?;
+        }
+        Ok(())
     }
 }
 

@@ -624,7 +624,7 @@ fn record_quant<'a>(
     let aligned = vec4_layout(g, backward);
     // Decoding in f16: the GEMV's f16 form (the blocked one and qmatmul_f16.wgsl's tiles below).
     if let (QVariant::Gemv(t), true) = (variant, half && !backward && aligned && g.m <= GemvTiles::MAX_M) {
-        return record_gemv(rec, g, params, &bind4, p.layout, t, true, fused);
+        return record_gemv(rec, g, params, &bind4, p, t, true, fused);
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
@@ -673,7 +673,7 @@ fn record_quant<'a>(
             let stores = with_terms(&[(4, out)]);
             blocked::record(rec, key, params, set, &operands, &stores, t, (g.m, g.n, g.k, 1), (splits, 1))
         }
-        QVariant::Gemv(t) => record_gemv(rec, g, params, &bind4, p.layout, t, false, fused),
+        QVariant::Gemv(t) => record_gemv(rec, g, params, &bind4, p, t, false, fused),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -751,14 +751,16 @@ fn record_gemv(
     g: &Gemm,
     params: Params,
     bind4: &[(u32, &Tensor)],
-    layout: Layout,
+    p: &Packed,
     t: GemvTiles,
     half: bool,
     fused: bool,
 ) -> Result<()> {
     let t = t.on(rec.gpu());
     t.check().map_err(|e| Error::shape("linear", e))?;
-    rec.dispatch_bound(&gemv_key(layout, t, g.m, half).low_rank(fused), &params, bind4, t.grid(g.n))
+    // The codes once more as 16-byte units, for wide spans (binding 10).
+    let bound = [bind4, &[(10, &p.codes)]].concat();
+    rec.dispatch_bound(&gemv_key(p.layout, t, g.m, half).low_rank(fused), &params, &bound, t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).

@@ -112,10 +112,10 @@ impl Tuning {
     }
 
     /// The choices as JSON: `{"f32 nt m2^9 …": [bm, bn, bk, tm, tn, buffers], …,
-    /// "gemv nf4 m2^0 …": [lanes, rows, subgroup (0 or 1)], …}`.
+    /// "gemv nf4 m2^0 …": [lanes, rows, subgroup (0 or 1), wide (0 or 1)], …}`.
     pub fn to_json(&self) -> String {
         let blocks = self.choices.iter().map(|(k, b)| (k, vec![b.bm, b.bn, b.bk, b.tm, b.tn, b.buffers]));
-        let gemv = self.gemv.iter().map(|(k, t)| (k, vec![t.lanes, t.rows, t.subgroup as u32]));
+        let gemv = self.gemv.iter().map(|(k, t)| (k, vec![t.lanes, t.rows, t.subgroup as u32, t.wide as u32]));
         let map: BTreeMap<&String, Vec<u32>> = blocks.chain(gemv).collect();
         serde_json::to_string(&map).unwrap_or_else(|_| "{}".into())
     }
@@ -128,9 +128,11 @@ impl Tuning {
         let mut taken = 0;
         for (class, v) in map {
             match (class.starts_with("gemv "), v.as_slice()) {
-                (true, &[lanes, rows, subgroup]) => {
-                    let t = GemvTiles { lanes, rows, subgroup: subgroup == 1 };
-                    if subgroup <= 1 && t.check().is_ok() && t.on(gpu) == t {
+                // Files written before wide spans have no `wide`: off.
+                (true, &[lanes, rows, subgroup]) | (true, &[lanes, rows, subgroup, _]) => {
+                    let wide = v.get(3).copied().unwrap_or(0);
+                    let t = GemvTiles { lanes, rows, subgroup: subgroup == 1, wide: wide == 1 };
+                    if subgroup <= 1 && wide <= 1 && t.check().is_ok() && t.on(gpu) == t {
                         self.pending.remove(&class);
                         self.gemv.insert(class, t);
                         taken += 1;
@@ -263,14 +265,17 @@ pub const MIN_GEMV_WEIGHTS: usize = 1 << 20;
 
 /// The GEMV layouts timed on `gpu`: the rule's choice ([`GemvTiles::for_gpu`])
 /// first, then 32, 64 and 16 lanes a row with the workgroup's tree and, where
-/// the device has subgroups, with subgroup sums.
+/// the device has subgroups, with subgroup sums, each with and without wide
+/// spans ([`GemvTiles::wide`]).
 pub fn gemv_candidates(gpu: &Gpu) -> Vec<GemvTiles> {
     let mut out = vec![GemvTiles::for_gpu(gpu)];
-    for subgroup in [false, true] {
-        for (lanes, rows) in [(32, 8), (64, 4), (16, 16)] {
-            let t = GemvTiles { lanes, rows, subgroup }.on(gpu);
-            if !out.contains(&t) {
-                out.push(t);
+    for wide in [false, true] {
+        for subgroup in [false, true] {
+            for (lanes, rows) in [(32, 8), (64, 4), (16, 16)] {
+                let t = GemvTiles { lanes, rows, subgroup, wide }.on(gpu);
+                if !out.contains(&t) {
+                    out.push(t);
+                }
             }
         }
     }
@@ -380,7 +385,7 @@ pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
             }
             Candidate::Gemv(g) => {
                 with_tuning(gpu, |t| t.gemv.insert(class.clone(), g));
-                format!("gemv {}x{}{}", g.lanes, g.rows, if g.subgroup { " subgroup" } else { "" })
+                g.to_string()
             }
         };
         report.push(Tuned {
