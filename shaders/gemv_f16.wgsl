@@ -54,14 +54,19 @@ fn gemv_lane(row: u32, begin: u32, end: u32, lane: u32, lanes: u32) -> array<f32
     let wide = GV_WIDE && p.k % 32u == 0u;
     for (var base = begin; base < end; base += lanes * GV_RUN) {
         let first = base + lane * GV_RUN;
-        var run: array<vec4<f32>, GV_RUN>;  // W[row, 4·first .. 4·first + 32] (wide)
-        if (wide && first < end) { run = gemv_w32(row, first * 4u); }
+        var run: array<vec4<f32>, GV_RUN>;  // W[row, 4·first .. 4·first + 32], zero past end
+        if (wide && first < end) {
+            run = gemv_w32(row, first * 4u);
+        } else {
+            for (var i = 0u; i < GV_RUN; i++) {
+                if (first + i < end) { run[i] = gemv_w4(row, (first + i) * 4u); }
+            }
+        }
         var part: array<f16, GV_M>;
         for (var i = 0u; i < GV_RUN; i++) {
             let q = first + i;
             if (q < end) {
-                var w = vec4<f16>(run[i]);
-                if (!wide) { w = vec4<f16>(gemv_w4(row, q * 4u)); }  // W[row, 4q..4q+4]
+                let w = vec4<f16>(run[i]);
                 for (var m = 0u; m < GV_M; m++) {
                     part[m] += dot(vec4<f16>(gemv_x4(m, q * 4u) * gv_scale[m]), w);
                 }
