@@ -173,9 +173,11 @@ fn autotuner_tunes_the_products_a_step_runs_and_caches_them() {
     assert_eq!(import_tuning(&plain, &f16_class(12)), Ok(0));
     assert_eq!(import_tuning(&plain, &f16_class(16)), Ok(1));
     assert!(import_tuning(&plain, "[1, 2]").is_err());
-    // A GEMV entry: lanes and rows the kernel takes, and a 0/1 reduction.
+    // A GEMV entry: lanes and rows the kernel takes, a 0/1 reduction and,
+    // in files written since wide spans, a 0/1 `wide`.
     let gemv = |v: &str| import_tuning(&plain, &format!(r#"{{"gemv nf4 m2^0 n2^11 k2^11 b2^0": {v}}}"#));
     assert_eq!((gemv("[0, 8, 0]"), gemv("[32, 8, 2]"), gemv("[64, 4, 1]")), (Ok(0), Ok(0), Ok(1)));
+    assert_eq!((gemv("[64, 4, 1, 1]"), gemv("[64, 4, 1, 2]"), gemv("[64, 4, 1, 0, 0]")), (Ok(1), Ok(0), Ok(0)));
     let _ = std::fs::remove_file(&cache);
 
     gemv_tuning(&gpu);
@@ -224,8 +226,7 @@ fn gemv_tuning(gpu: &Gpu) {
     let tuned =
         QVariant::tuned(gpu, QuantFormat::Nf4, &Gemm::new(1, n, k, false, true), true, false, ComputeDtype::F32);
     let QVariant::Gemv(t) = tuned else { panic!("{tuned:?}") };
-    let name = format!("gemv {}x{}{}", t.lanes, t.rows, if t.subgroup { " subgroup" } else { "" });
-    assert_eq!(name, gemv.choice, "the tuned layout is the one used");
+    assert_eq!(t.to_string(), gemv.choice, "the tuned layout is the one used");
     let want = run(rule);
     for (a, b) in run(tuned).iter().zip(&want) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "tuned {tuned:?} vs the rule's layout: {a} vs {b}");
