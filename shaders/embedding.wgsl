@@ -7,7 +7,11 @@
 // ids outside the whole table (≥ vocab) are never read and stay zero in a
 // freshly allocated `out`.
 //
-// One invocation per output value. Prelude constant: WG.
+// The table is f32 (`embedding_forward`), or f16 or bf16 as the checkpoint
+// stored it (`embedding_forward_16`, BF16 telling which): 16-bit values widen
+// to f32 exactly, so the rows equal the f32 table's.
+//
+// One invocation per output value. Prelude constants: WG, BF16.
 
 struct Params {
     n: u32,          // tokens
@@ -20,6 +24,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> table: array<f32>;     // (rows, dim), table rows row_start..
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // (n)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n, dim)
+@group(0) @binding(4) var<storage, read> table16: array<u32>;   // (rows, dim) f16 or bf16, two a word (low half first)
+
+// Value e of the 16-bit table.
+fn table_value16(e: u32) -> f32 {
+    let word = table16[e >> 1u];
+    if (BF16) { return bitcast<f32>((word >> ((e & 1u) * 16u)) << 16u); }
+    return unpack2x16float(word)[e & 1u];
+}
 
 @compute @workgroup_size(WG)
 fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -32,5 +44,16 @@ fn embedding_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let local = id - p.row_start;
     if (id >= p.row_start && local < p.rows) {
         out[i] = table[local * p.dim + d];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn embedding_forward_16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * WG + lid;
+    if (i >= p.n * p.dim) { return; }
+    let id = ids[i / p.dim];
+    let local = id - p.row_start;
+    if (id >= p.row_start && local < p.rows) {
+        out[i] = table_value16(local * p.dim + i % p.dim);
     }
 }

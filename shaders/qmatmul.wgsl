@@ -4,12 +4,13 @@
 //   qmatmul_nt   y  = x · Wᵀ     x (M, K), W (N, K) → y (M, N)     forward
 //   qmatmul_nn   dx = dy · W     dy (M, N), W (N, K) → dx (M, K)   backward to the input
 //
-// W is NF4 or FP4 (shaders/four_bit.wgsl), Q8_0 or f16 (FORMAT), laid out as
-// shaders/quant.wgsl describes.
+// W is NF4 or FP4 (shaders/four_bit.wgsl), Q8_0, f16 or bf16 (FORMAT), laid
+// out as shaders/quant.wgsl describes.
 // Dequantised values are exactly level·absmax (NF4), q·d (Q8_0) and the f16
-// value itself, the same values quant.wgsl's dequantize entries write.
-// f16 weights are widened with unpack2x16float, which every WebGPU device has;
-// products and sums are f32 in every format.
+// or bf16 value itself, the same values quant.wgsl's dequantize entries write.
+// f16 weights are widened with unpack2x16float, which every WebGPU device has,
+// bf16 ones by shifting their bits into an f32's top half; products and sums
+// are f32 in every format.
 // Register tiling as in matmul.wgsl: each invocation owns a TM×TN block and
 // decodes 4 consecutive weights per 32-bit load. The vec4 entries need K and
 // the x rows aligned to 4 (real models always are); `qmatmul_scalar` takes any
@@ -20,6 +21,16 @@
 
 const Q8_0: u32 = 1u;
 const F16: u32 = 2u;
+const BF16: u32 = 6u;
+
+const HALVES: bool = FORMAT == F16 || FORMAT == BF16;  // two 16-bit floats a word, no scales
+
+// The two 16-bit values of a word (the low half first), widened exactly:
+// bf16 by putting its bits in an f32's top half.
+fn half_pair(word: u32) -> vec2<f32> {
+    if (FORMAT == BF16) { return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u)); }
+    return unpack2x16float(word);
+}
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -39,16 +50,16 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;  // x (M, K) or dy (M, N), vec4 along rows
-@group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8 | f16 pairs, (N, K) flattened
-@group(0) @binding(3) var<storage, read> ws: array<u32>;        // 4-bit absmaxes (four_bit.wgsl) | Q8_0 f16 scale pairs | f16: wq again
+@group(0) @binding(2) var<storage, read> wq: array<u32>;        // codes: NF4 nibbles | Q8_0 int8 | f16, bf16 pairs, (N, K) flattened
+@group(0) @binding(3) var<storage, read> ws: array<u32>;        // 4-bit absmaxes (four_bit.wgsl) | Q8_0 f16 scale pairs | f16, bf16: wq again
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;   // y (M, ldc) or dx (M, ldc)
 @group(0) @binding(5) var<storage, read> a: array<f32>;         // scalar view of x / dy
 @group(0) @binding(10) var<storage, read> wq4: array<vec4<u32>>; // the codes in 16-byte units (the GEMV's wide spans)
 
 // Four consecutive weights starting at flattened element e (e % 4 == 0).
 fn w4(e: u32) -> vec4<f32> {
-    if (FORMAT == F16) {
-        return vec4<f32>(unpack2x16float(wq[e >> 1u]), unpack2x16float(wq[(e >> 1u) + 1u]));
+    if (HALVES) {
+        return vec4<f32>(half_pair(wq[e >> 1u]), half_pair(wq[(e >> 1u) + 1u]));
     }
     if (FORMAT == Q8_0) {
         let word = bitcast<i32>(wq[e >> 2u]);
@@ -71,11 +82,11 @@ fn w4(e: u32) -> vec4<f32> {
 // decoding GEMV's wide spans; the same values as eight w4 calls).
 fn w32(e: u32) -> array<vec4<f32>, 8> {
     var w: array<vec4<f32>, 8>;
-    if (FORMAT == F16) {
+    if (HALVES) {
         for (var j = 0u; j < 4u; j++) {
             let v = wq4[e / 8u + j];
-            w[2u * j] = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
-            w[2u * j + 1u] = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
+            w[2u * j] = vec4<f32>(half_pair(v.x), half_pair(v.y));
+            w[2u * j + 1u] = vec4<f32>(half_pair(v.z), half_pair(v.w));
         }
         return w;
     }
@@ -107,8 +118,8 @@ fn w32(e: u32) -> array<vec4<f32>, 8> {
 
 // One weight at flattened element e.
 fn w1(e: u32) -> f32 {
-    if (FORMAT == F16) {
-        return unpack2x16float(wq[e >> 1u])[e & 1u];
+    if (HALVES) {
+        return half_pair(wq[e >> 1u])[e & 1u];
     }
     if (FORMAT == Q8_0) {
         let q = extractBits(bitcast<i32>(wq[e >> 2u]), (e & 3u) * 8u, 8u);

@@ -1,6 +1,6 @@
-// NF4, Q8_0 and f16: quantize and dequantize, bit-exact with bitsandbytes
-// (NF4), ggml (Q8_0) and IEEE round-to-nearest-even (f16, as torch's .half())
-// as docs/formats.md states them.
+// NF4, Q8_0, f16 and bf16: quantize and dequantize, bit-exact with
+// bitsandbytes (NF4), ggml (Q8_0) and round-to-nearest-even (f16 and bf16, as
+// torch's .half() and .bfloat16()) as docs/formats.md states them.
 //
 // GPU layouts (the CPU formats in src/quant/ split the same way):
 //   NF4   codes  array<u32>: byte i of the packed codes is byte i%4 of word i/4;
@@ -10,7 +10,7 @@
 //         scales array<u32>: the f16 scale of block b (32 elements) is half b%2
 //                           (low half first) of word b/2.
 //   f16   codes  array<u32>: element e is half e%2 (low half first) of word e/2;
-//                           no scales.
+//   bf16                    no scales.
 //
 // WGSL only promises correctly rounded +, − and ×; its division may be off by
 // 2.5 ulp and its f32→f16 conversion may round either way. Both formats depend
@@ -26,7 +26,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;               // (len)
-@group(0) @binding(2) var<storage, read_write> codes: array<u32>;     // NF4 (ceil(len/8)) | Q8_0 (ceil(len/4)) | f16 (ceil(len/2))
+@group(0) @binding(2) var<storage, read_write> codes: array<u32>;     // NF4 (ceil(len/8)) | Q8_0 (ceil(len/4)) | f16, bf16 (ceil(len/2))
 @group(0) @binding(3) var<storage, read_write> scales: array<u32>;    // NF4 absmax bits (ceil(len/64)) | Q8_0 f16 pairs (ceil(len/64))
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;         // (len) dequantized
 @group(0) @binding(5) var<storage, read> codes_in: array<u32>;
@@ -178,19 +178,40 @@ fn q8_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     y[e] = f32(q) * d;
 }
 
-// Word i of the f16 codes: elements 2i and 2i + 1 (0 past len).
+// The bf16 bits of x rounded to nearest even, as torch's f32 → bfloat16: the
+// top half of x's bits after adding half an ulp (less one where the kept half
+// is even). A NaN stays a NaN, its quiet bit set.
+fn bf16_bits(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    if ((b & 0x7fffffffu) > 0x7f800000u) { return (b >> 16u) | 0x40u; }
+    return (b + 0x7fffu + ((b >> 16u) & 1u)) >> 16u;
+}
+
+// The 16-bit code of x: bf16 (FORMAT 6) or f16.
+fn half_bits(x: f32) -> u32 {
+    if (FORMAT == 6u) { return bf16_bits(x); }
+    return f16_bits(x);
+}
+
+// Word i of the f16 or bf16 codes: elements 2i and 2i + 1 (0 past len).
 @compute @workgroup_size(256, 1, 1)
-fn f16_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn half_quantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = flat_group(wid, nwg) * 256u + li;
     if (i >= (p.len + 1u) / 2u) { return; }
     var high = 0u;
-    if (2u * i + 1u < p.len) { high = f16_bits(x[2u * i + 1u]); }
-    codes[i] = f16_bits(x[2u * i]) | (high << 16u);
+    if (2u * i + 1u < p.len) { high = half_bits(x[2u * i + 1u]); }
+    codes[i] = half_bits(x[2u * i]) | (high << 16u);
 }
 
+// f16 and bf16 widen to f32 exactly (bf16's bits are the f32's top half).
 @compute @workgroup_size(256, 1, 1)
-fn f16_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn half_dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let e = flat_group(wid, nwg) * 256u + li;
     if (e >= p.len) { return; }
-    y[e] = unpack2x16float(codes_in[e >> 1u])[e & 1u];
+    let word = codes_in[e >> 1u];
+    if (FORMAT == 6u) {
+        y[e] = bitcast<f32>((word >> ((e & 1u) * 16u)) << 16u);
+    } else {
+        y[e] = unpack2x16float(word)[e & 1u];
+    }
 }

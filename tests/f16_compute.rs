@@ -131,7 +131,9 @@ fn check(gpu: &Gpu, m: usize, rows: usize, cols: usize, format: QuantFormat, see
 #[test]
 fn quantized_kernels_compute_in_f16() {
     let gpu = gpu();
-    for (format, seed) in [(QuantFormat::Nf4, 10), (QuantFormat::Q8_0, 20), (QuantFormat::F16, 30)] {
+    for (format, seed) in
+        [(QuantFormat::Nf4, 10), (QuantFormat::Q8_0, 20), (QuantFormat::F16, 30), (QuantFormat::Bf16, 40)]
+    {
         check(gpu, 37, 68, 160, format, seed, QVariant::Tiled); // K 160 and 68: 5 runs, and 2 runs and a ragged one
         check(gpu, 3, 100, 96, format, seed + 1, QVariant::Tiled); // decoding: the few-rows tiles
     }
@@ -182,6 +184,7 @@ fn blocked_kernels_compute_in_f16() {
         check(gpu, 37, 68, 160, QuantFormat::Nf4, seed, v);
         check(gpu, 21, 67, 128, QuantFormat::Q8_0, seed + 1, v);
         check(gpu, 5, 40, 96, QuantFormat::F16, seed + 2, v);
+        check(gpu, 5, 40, 96, QuantFormat::Bf16, seed + 3, v);
     }
 }
 

@@ -98,7 +98,8 @@ fn f32_weights_every_form() {
 fn quantized_weights_every_form() {
     let gpu = gpu();
     note_subgroups(gpu);
-    for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
+    let formats = [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16, QuantFormat::Bf16];
+    for (f, format) in formats.into_iter().enumerate() {
         let shapes: &[(usize, usize)] =
             if format == QuantFormat::Q8_0 { &[(45, 1056)] } else { &[(45, 1056), (13, 132)] };
         for (w, &(n, k)) in shapes.iter().enumerate() {

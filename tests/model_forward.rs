@@ -1,7 +1,7 @@
 //! The model on the GPU against transformers: logits and causal-LM loss of the
 //! three fixture models (tests/fixtures/refs/<model>/reference.safetensors),
 //! llama_gqa with Q8_0 and NF4 bases (tests/fixtures/quant), mistral_f16 with an
-//! f16 base (exactly its stored weights), weights split
+//! f16 base and qwen2_tied with a bf16 one (exactly their stored weights), weights split
 //! into many chunks by a tiny binding limit, and bad input as typed errors.
 //!
 //! Tolerances: logits 1e-4 abs and losses 1e-5 abs, for every format (the
@@ -109,6 +109,48 @@ fn mistral_f16_with_an_f16_base() {
         (load(gpu, "mistral_f16", QuantFormat::F32), load(gpu, "mistral_f16", QuantFormat::F16));
     let linears = |m: &Model| -> u64 { m.layers.iter().map(|l| l.self_attn.q_proj.weight.bytes()).sum() };
     assert_eq!(linears(&f16_model) * 2, linears(&f32_model));
+}
+
+/// qwen2_tied is stored in bf16, so a bf16 base holds exactly its weights
+/// (the Linears, and the tied embedding and head gathered and multiplied from
+/// bf16) and must give transformers' logits at the f32 tolerance.
+#[test]
+fn qwen2_tied_with_a_bf16_base() {
+    check_format("qwen2_tied", QuantFormat::Bf16);
+    let gpu = gpu();
+    let model = load(gpu, "qwen2_tied", QuantFormat::Bf16);
+    let (v, d) = (model.config.vocab_size, model.config.hidden_size);
+    assert_eq!(model.embed_tokens.format, QuantFormat::Bf16);
+    assert!(model.lm_head_is_tied(), "the bf16 head still shares the embedding's buffers");
+    assert_eq!(model.embed_tokens.bytes(), (v * d * 2).next_multiple_of(16) as u64);
+}
+
+/// Under a quantized base the embedding and the head stay in the
+/// checkpoint's 16-bit dtype (bf16 widens to f32 exactly), in half f32's
+/// bytes; an f32 base keeps them f32, and so does an f32 checkpoint.
+#[test]
+fn quantized_bases_keep_16_bit_tables_as_stored() {
+    let gpu = gpu();
+    for (name, base, want) in [
+        ("qwen2_tied", QuantFormat::Nf4, QuantFormat::Bf16),
+        ("qwen2_tied", QuantFormat::Q8_0, QuantFormat::Bf16),
+        ("qwen2_tied", QuantFormat::F32, QuantFormat::F32),
+        ("mistral_f16", QuantFormat::Nf4, QuantFormat::F16),
+        ("llama_gqa", QuantFormat::Nf4, QuantFormat::F32),
+    ] {
+        let model = load(gpu, name, base);
+        assert_eq!(model.embed_tokens.format, want, "{name} {base}: the embedding");
+        assert_eq!(model.lm_head.format, want, "{name} {base}: the head");
+        let plan = webpeft::train::plan::weight_bytes(&model.config, base);
+        let (got, planned) = (model.bytes() as f64, plan as f64);
+        assert!((got - planned).abs() / planned < 0.05, "{name} {base}: {got} bytes held, {planned} planned");
+    }
+    // The NF4 model's tables equal the f32 model's, value for value.
+    let (f32_model, nf4_model) = (load(gpu, "qwen2_tied", QuantFormat::F32), load(gpu, "qwen2_tied", QuantFormat::Nf4));
+    assert_eq!(
+        block_on(nf4_model.embed_tokens.to_f32(gpu)).unwrap(),
+        block_on(f32_model.embed_tokens.to_f32(gpu)).unwrap()
+    );
 }
 
 #[test]

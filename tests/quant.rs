@@ -1,18 +1,18 @@
-//! NF4, Q8_0 and f16 on the GPU: quantize bit-exact with the CPU formats (which
+//! NF4, Q8_0, f16 and bf16 on the GPU: quantize bit-exact with the CPU formats (which
 //! match bitsandbytes, ggml and IEEE rounding, see tests/fixtures), dequantize, and the
 //! quantized matmul forward and backward against the CPU reference on the
 //! dequantized weight, including weights split across bindings.
 
 mod common;
 use common::{block_on, check_weight_matmul, gpu, randn};
-use half::f16;
+use half::{bf16, f16};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::matmul::{subgroups_usable, SgTiles, Tiles};
 use webpeft::kernels::qmatmul::{qgemm_with, qlinear, qlinear_backward_input, QVariant, QWeight};
 use webpeft::kernels::quant::{dequantize, quantize, Packed};
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
-use webpeft::quant::{quantize_nf4, quantize_q8_0, to_f16, ComputeDtype, QuantError, QuantFormat};
+use webpeft::quant::{quantize_nf4, quantize_q8_0, to_bf16, to_f16, ComputeDtype, QuantError, QuantFormat};
 use webpeft::{DType, Error, Gpu, GpuOptions, Tensor};
 
 /// Values that stress the rounding: bf16-rounded normals (many land on
@@ -101,12 +101,48 @@ fn q8_0_quantize_is_bit_exact_with_the_cpu_format() {
     }
 }
 
+/// Quantizes `base` with `special` written over its first values into a
+/// 16-bit `format` on the GPU, at odd lengths (the last word half empty):
+/// the codes must be `round`'s bits and dequantizing must widen them exactly.
+fn check_16_bit(format: QuantFormat, base: fn(u64, usize) -> Vec<f32>, special: &[f32], round: fn(&[f32]) -> Vec<u16>) {
+    let gpu = gpu();
+    for (n, seed) in [(1001, 1), (10, 2), (7, 3), (4096 + 33, 4)] {
+        let mut x = base(seed, n);
+        for (v, s) in x.iter_mut().zip(special) {
+            *v = *s;
+        }
+        let want = round(&x);
+        let t = Tensor::from_slice(gpu, &[n], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let packed = quantize(&mut rec, &t, format).unwrap();
+        let y = dequantize(&mut rec, &packed).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(packed.bytes(), format.bytes_for(1, n).next_multiple_of(16) as u64, "2 bytes a value");
+        let got: Vec<u16> = match format {
+            QuantFormat::F16 => {
+                block_on(packed.codes.to_vec::<f16>(gpu)).unwrap().iter().map(|h| h.to_bits()).collect()
+            }
+            _ => block_on(packed.codes.to_vec::<bf16>(gpu)).unwrap().iter().map(|h| h.to_bits()).collect(),
+        };
+        assert_eq!(got, want, "{format} codes n={n}");
+        let back: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
+        let widened: Vec<f32> = match format {
+            QuantFormat::F16 => want.iter().map(|&h| f16::from_bits(h).to_f32()).collect(),
+            _ => want.iter().map(|&h| bf16::from_bits(h).to_f32()).collect(),
+        };
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            widened.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{format} dequantize n={n}"
+        );
+    }
+}
+
 /// f16 round-to-nearest-even, as `tensor.half()`: exact ties both ways,
 /// subnormals, values that round to the smallest subnormal or to zero, and
-/// f16::MAX, at odd lengths (the last word half empty).
+/// f16::MAX.
 #[test]
 fn f16_quantize_is_bit_exact_with_the_cpu_format() {
-    let gpu = gpu();
     let ulp = 2f32.powi(-10);
     let special = [
         1.0 + ulp / 2.0,           // tie: down to the even 1
@@ -120,36 +156,38 @@ fn f16_quantize_is_bit_exact_with_the_cpu_format() {
         0.0,
         -0.0,
     ];
-    for (n, seed) in [(1001, 1), (10, 2), (7, 3), (4096 + 33, 4)] {
-        let mut x = tricky(n, seed);
-        for (v, s) in x.iter_mut().zip(special) {
-            *v = s;
-        }
-        let want = to_f16(&x).unwrap();
-        let t = Tensor::from_slice(gpu, &[n], &x).unwrap();
-        let mut rec = Recorder::new(gpu);
-        let packed = quantize(&mut rec, &t, QuantFormat::F16).unwrap();
-        let y = dequantize(&mut rec, &packed).unwrap();
-        rec.submit().unwrap();
-        assert_eq!(packed.bytes(), QuantFormat::F16.bytes_for(1, n).next_multiple_of(16) as u64, "2 bytes a value");
-        let got: Vec<f16> = block_on(packed.codes.to_vec(gpu)).unwrap();
-        assert_eq!(
-            got.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|h| h.to_bits()).collect::<Vec<_>>(),
-            "f16 codes n={n}"
-        );
-        let back: Vec<f32> = block_on(y.to_vec(gpu)).unwrap();
-        assert_eq!(
-            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            want.iter().map(|h| h.to_f32().to_bits()).collect::<Vec<_>>(),
-            "f16 dequantize n={n}"
-        );
-    }
+    check_16_bit(
+        QuantFormat::F16,
+        |seed, n| tricky(n, seed),
+        &special,
+        |x| to_f16(x).unwrap().iter().map(|h| h.to_bits()).collect(),
+    );
     // A weight past f16's range is refused, naming the value and where it is.
     let mut w = randn(5, 4 * 8);
     w[13] = 1e5;
-    let err = QWeight::from_f32(gpu, &w, 4, 8, QuantFormat::F16).unwrap_err();
+    let err = QWeight::from_f32(gpu(), &w, 4, 8, QuantFormat::F16).unwrap_err();
     assert!(matches!(err, Error::Quant(QuantError::F16Range { index: 13, .. })), "{err}");
+}
+
+/// bf16 round-to-nearest-even, as `tensor.to(torch.bfloat16)`: exact ties
+/// both ways, values that round up into the next binade and past f32::MAX to
+/// infinity, f32 subnormals, and values already in bf16 (kept).
+#[test]
+fn bf16_quantize_is_bit_exact_with_the_cpu_format() {
+    let ulp = 2f32.powi(-7);
+    let special = [
+        1.0 + ulp / 2.0,                     // tie: down to the even 1
+        1.0 + 3.0 * ulp / 2.0,               // tie: up to the even 1 + 2 ulp
+        -(1.0 + ulp / 2.0 + 2f32.powi(-20)), // just past the tie: away
+        f32::from_bits(0x3fff_ffff),         // up into the next binade: 2
+        f32::MAX,                            // past bf16's largest: infinity
+        f32::from_bits(0x0000_8001),         // an f32 subnormal, rounded
+        f32::from_bits(0x8012_0000),         // a bf16 subnormal, kept
+        -1.5,
+        0.0,
+        -0.0,
+    ];
+    check_16_bit(QuantFormat::Bf16, randn, &special, |x| to_bf16(x).iter().map(|h| h.to_bits()).collect());
 }
 
 #[test]
@@ -189,19 +227,31 @@ fn q8_0_matmul_forward_and_backward() {
     check_qmatmul(gpu, 9, 20, 32, QuantFormat::Q8_0, QVariant::Naive, 22);
 }
 
+/// f16 and bf16 weights: every kernel path, and the weights the kernels
+/// multiply are exactly the CPU's rounding, 2 bytes each.
 #[test]
-fn f16_matmul_forward_and_backward() {
+fn sixteen_bit_matmul_forward_and_backward() {
     let gpu = gpu();
-    check_qmatmul(gpu, 37, 68, 128, QuantFormat::F16, QVariant::Tiled, 30); // vec4 path, ragged M and N
-    check_qmatmul(gpu, 13, 21, 50, QuantFormat::F16, QVariant::Tiled, 31); // K not a multiple of 4: scalar path
-    check_qmatmul(gpu, 9, 20, 36, QuantFormat::F16, QVariant::Naive, 32);
-    check_qmatmul(gpu, 1, 68, 128, QuantFormat::F16, QVariant::Tiled, 33); // decoding: the few-rows tiles
-                                                                           // The weights the kernels multiply are exactly the CPU's f16 rounding.
-    let w = randn(34, 5 * 12);
-    let qw = QWeight::from_f32(gpu, &w, 5, 12, QuantFormat::F16).unwrap();
-    let want: Vec<f32> = to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect();
-    assert_eq!(block_on(qw.to_f32(gpu)).unwrap(), want);
-    assert_eq!(qw.bytes(), (5 * 12 * 2usize).next_multiple_of(16) as u64, "2 bytes a weight, in whole 16-byte units");
+    for (format, seed) in [(QuantFormat::F16, 30), (QuantFormat::Bf16, 40)] {
+        check_qmatmul(gpu, 37, 68, 128, format, QVariant::Tiled, seed); // vec4 path, ragged M and N
+        check_qmatmul(gpu, 13, 21, 50, format, QVariant::Tiled, seed + 1); // K not a multiple of 4: scalar path
+        check_qmatmul(gpu, 9, 20, 36, format, QVariant::Naive, seed + 2);
+        check_qmatmul(gpu, 1, 68, 128, format, QVariant::Tiled, seed + 3); // decoding: the few-rows tiles
+        let w = randn(seed + 4, 5 * 12);
+        let qw = QWeight::from_f32(gpu, &w, 5, 12, format).unwrap();
+        let want: Vec<f32> = match format {
+            QuantFormat::F16 => to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect(),
+            _ => to_bf16(&w).iter().map(|h| h.to_f32()).collect(),
+        };
+        assert_eq!(block_on(qw.to_f32(gpu)).unwrap(), want, "{format}");
+        let bytes = (5 * 12 * 2usize).next_multiple_of(16) as u64;
+        assert_eq!(qw.bytes(), bytes, "{format}: 2 bytes a weight, in whole 16-byte units");
+    }
+    // Past f16's range is fine for bf16: it has f32's exponents.
+    let mut big = randn(45, 4 * 8);
+    big[13] = 1e30;
+    let qw = QWeight::from_f32(gpu, &big, 4, 8, QuantFormat::Bf16).unwrap();
+    assert_eq!(block_on(qw.to_f32(gpu)).unwrap()[13], bf16::from_f32(1e30).to_f32());
 }
 
 /// The subgroup kernels (8-lane subgroups: lavapipe). On other devices the
@@ -210,7 +260,7 @@ fn f16_matmul_forward_and_backward() {
 fn subgroup_matmul_forward_and_backward() {
     let gpu = gpu();
     let sg = QVariant::subgroup();
-    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16] {
+    for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16, QuantFormat::Bf16] {
         // Ragged M and N: neither a multiple of the 32-row block nor of the
         // 8·16 columns a subgroup covers (forward N = 68, backward N = 96).
         check_qmatmul(gpu, 37, 68, 96, format, sg, 60);
@@ -242,7 +292,8 @@ fn subgroup_matmul_forward_and_backward() {
 #[test]
 fn blocked_and_gemv_matmul_forward_and_backward() {
     let gpu = gpu();
-    for (f, format) in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16].into_iter().enumerate() {
+    let formats = [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F16, QuantFormat::Bf16];
+    for (f, format) in formats.into_iter().enumerate() {
         let seed = 80 + 10 * f as u64;
         let double = Blocks::MEDIUM.double_buffered();
         for b in [Blocks::LARGE, Blocks::MEDIUM, Blocks::for_shape(100, 16, 1), Blocks::for_shape(16, 100, 1), double] {
@@ -259,6 +310,7 @@ fn blocked_and_gemv_matmul_forward_and_backward() {
     check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Nf4, QVariant::BlockedSplit(Blocks::LARGE.double_buffered(), 3), 115);
     check_qmatmul(gpu, 5, 68, 1056, QuantFormat::Q8_0, QVariant::BlockedSplit(Blocks::for_shape(5, 68, 1), 4), 114);
     check_qmatmul(gpu, 2, 21, 50, QuantFormat::F16, QVariant::Gemv(GemvTiles::DEFAULT), 112);
+    check_qmatmul(gpu, 2, 21, 50, QuantFormat::Bf16, QVariant::Gemv(GemvTiles::DEFAULT), 116);
 }
 
 /// `qlinear` and `qlinear_backward_input` pick the subgroup kernel for many
@@ -339,6 +391,7 @@ fn weights_split_across_bindings_under_a_tiny_limit() {
         (QuantFormat::Q8_0, 512, 52),
         (QuantFormat::Nf4, 72, 53),
         (QuantFormat::F16, 96, 54),
+        (QuantFormat::Bf16, 96, 55),
     ] {
         let rows = 90;
         let w = randn(seed, rows * cols);
@@ -350,6 +403,7 @@ fn weights_split_across_bindings_under_a_tiny_limit() {
             QuantFormat::Nf4 => quantize_nf4(&w).dequantize(),
             QuantFormat::Q8_0 => quantize_q8_0(&w, rows, cols).unwrap().dequantize(),
             QuantFormat::F16 => to_f16(&w).unwrap().iter().map(|h| h.to_f32()).collect(),
+            QuantFormat::Bf16 => to_bf16(&w).iter().map(|h| h.to_f32()).collect(),
         };
         assert_eq!(block_on(qw.to_f32(&small)).unwrap(), whole, "{} chunks", format.name());
         let m = 3;

@@ -4,7 +4,7 @@
 // and the check of a typed model URL. The worker plans (it holds the GPU):
 // this module asks with a `plan-configs` message and shows the `planned` reply.
 
-export const FORMATS = ["f32", "f16", "q8", "nf4"];
+export const FORMATS = ["f32", "f16", "bf16", "q8", "nf4"];
 const EXAMPLE = "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct/resolve/main/";
 
 /** The base URL the library loads a Hub repo from. */

@@ -124,7 +124,12 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
         }
     }
     for (name, g, backward) in layer_shapes_on(gpu) {
-        for format in [QuantFormat::Nf4, QuantFormat::F32] {
+        // The head is f32, or bf16 as a bf16 checkpoint stores it under a quantized base.
+        let formats: &[QuantFormat] = match name.contains("lm_head") {
+            true => &[QuantFormat::Nf4, QuantFormat::F32, QuantFormat::Bf16],
+            false => &[QuantFormat::Nf4, QuantFormat::F32],
+        };
+        for &format in formats {
             let v = QVariant::tuned(gpu, format, &g, true, backward, ComputeDtype::F32);
             push(bench_qmatmul(gpu, &name, &g, backward, format, ComputeDtype::F32, v, repeats).await, &mut out);
         }
@@ -145,9 +150,17 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
     }
     gemvs.extend(gemvs.clone().into_iter().map(|t| GemvTiles { wide: true, ..t }));
     for (name, g) in decode_shapes() {
-        for format in [QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32] {
+        let head = name.contains("lm_head");
+        let formats: &[QuantFormat] = match head {
+            true => &[QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32, QuantFormat::Bf16],
+            false => &[QuantFormat::Nf4, QuantFormat::Q8_0, QuantFormat::F32],
+        };
+        for &format in formats {
             let tuned = QVariant::tuned(gpu, format, &g, true, false, ComputeDtype::F32);
             push(bench_qmatmul(gpu, &name, &g, false, format, ComputeDtype::F32, tuned, repeats).await, &mut out);
+            if format == QuantFormat::Bf16 {
+                continue; // the bf16 head: the picked kernel only, beside the f32 head's
+            }
             if format == QuantFormat::F32 {
                 // An f32 weight that fits one binding: the GEMV's other reduction.
                 if 4 * (g.n * g.k) as u64 <= gpu.max_binding_bytes() {

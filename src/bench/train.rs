@@ -73,9 +73,12 @@ pub fn llama_config(vocab: usize, d: usize, inter: usize, layers: usize, heads: 
 }
 
 /// Llama-3.2-1B's shape (V 128,256, D 2048, I 8192, 16 layers, 32 heads, 8
-/// KV heads, the lm_head tied to the embedding), as a `config.json`.
+/// KV heads, the lm_head tied to the embedding), as a `config.json`, stored
+/// in bf16 as the real checkpoint is.
 pub fn llama_1b_config() -> String {
-    llama_config(128256, 2048, 8192, 16, 32, 8).replace("\"tie_word_embeddings\":false", "\"tie_word_embeddings\":true")
+    llama_config(128256, 2048, 8192, 16, 32, 8)
+        .replace("\"tie_word_embeddings\":false", "\"tie_word_embeddings\":true")
+        .replace("\"torch_dtype\":\"float32\"", "\"torch_dtype\":\"bfloat16\"")
 }
 
 /// The big-model target: NF4, LoRA r 16 on all seven projections,
@@ -98,23 +101,31 @@ pub fn llama_1b_plan_input() -> PlanInput {
     }
 }
 
-/// A random f32 checkpoint for `config_json`, as model files in memory.
+/// A random checkpoint for `config_json`, as model files in memory: bf16
+/// where the config's `torch_dtype` says bfloat16, else f32.
 pub fn random_model_files(config_json: &str, seed: u64) -> Result<MemoryFiles> {
     let config = Config::from_json(config_json.as_bytes())?;
     let mut rng = Rng::new(seed);
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = config
+    let bf16 = config.torch_dtype == Some(safetensors::Dtype::BF16);
+    let dtype = if bf16 { safetensors::Dtype::BF16 } else { safetensors::Dtype::F32 };
+    // Each tensor's bytes in the checkpoint's dtype (one f32 copy at a time).
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = config
         .tensor_names()
         .into_iter()
         .map(|t| {
             let n = t.shape.iter().product();
             let values = if t.name.ends_with("norm.weight") { vec![1.0; n] } else { rng.uniform_vec(n, -0.05, 0.05) };
-            (t.name, t.shape, values)
+            let bytes = match bf16 {
+                true => bytemuck::cast_slice(&crate::quant::to_bf16(&values)).to_vec(),
+                false => bytemuck::cast_slice(&values).to_vec(),
+            };
+            (t.name, t.shape, bytes)
         })
         .collect();
     let views = tensors
         .iter()
-        .map(|(n, s, v)| {
-            TensorView::new(safetensors::Dtype::F32, s.clone(), bytemuck::cast_slice(v))
+        .map(|(n, s, b)| {
+            TensorView::new(dtype, s.clone(), b)
                 .map(|t| (n.clone(), t))
                 .map_err(|e| Error::invalid("random_model_files", e.to_string()))
         })

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 pub enum DType {
     F32,
     F16,
+    /// bfloat16 (the top half of an f32): frozen weights as bf16 checkpoints hold them.
+    BF16,
     U32,
     I32,
     U8,
@@ -25,7 +27,7 @@ impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::U32 | DType::I32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             DType::U8 => 1,
         }
     }
@@ -34,6 +36,7 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::I32 => "i32",
             DType::U8 => "u8",
@@ -56,6 +59,9 @@ impl Element for i32 {
 }
 impl Element for u8 {
     const DTYPE: DType = DType::U8;
+}
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::BF16;
 }
 impl Element for half::f16 {
     const DTYPE: DType = DType::F16;

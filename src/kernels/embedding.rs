@@ -8,13 +8,17 @@
 //! them: an id ≥ vocab reads nothing and its output row stays zero (the
 //! caller, which has the ids on the CPU, should reject them before upload).
 //! There is no backward: the embedding is frozen under LoRA and adapters.
+//! A model's table is a [`QWeight`]: f32, or f16 or bf16 as the checkpoint
+//! stored it ([`embedding_weight`]), each row widened to f32 exactly.
 
 use bytemuck::{Pod, Zeroable};
 
 use super::checks::{all_f32, dims, u32_count};
 use super::grid_1d;
+use super::qmatmul::{ChunkData, QWeight};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+use crate::quant::QuantFormat;
 
 const WG: u32 = 256;
 
@@ -103,11 +107,67 @@ pub fn embedding_gather_chunk(
     rec.dispatch_bound(&key(), &p, &[(1, chunk), (2, ids), (3, out)], grid_1d((n * dim).div_ceil(WG as usize)))
 }
 
+/// out (n, dim) = w[ids] for a frozen table w (vocab, dim) stored in f32,
+/// f16 or bf16 (`model.embed_tokens`), in its row chunks. ids: (n) u32.
+pub fn embedding_weight(rec: &mut Recorder, w: &QWeight, ids: &Tensor) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    ids.expect_dtype(OP, "ids", DType::U32)?;
+    if ids.shape().len() != 1 {
+        return Err(Error::shape(OP, format!("ids {:?} must be (n)", ids.shape())));
+    }
+    u32_count(OP, "the vocabulary", w.rows)?;
+    // Check every chunk before recording any, so an error records nothing.
+    for chunk in &w.chunks {
+        match &chunk.data {
+            ChunkData::F32(t) if t.shape() != [chunk.rows, w.cols] => {
+                return Err(Error::shape(
+                    OP,
+                    format!("table chunk {:?} is not ({}, {}) as its weight says", t.shape(), chunk.rows, w.cols),
+                ))
+            }
+            ChunkData::Quant(p) if !matches!(p.format, QuantFormat::F16 | QuantFormat::Bf16) => {
+                return Err(Error::invalid(
+                    OP,
+                    format!("the table is stored as {}: embeddings are gathered from f32, f16 or bf16", p.format),
+                ))
+            }
+            _ => {}
+        }
+    }
+    let (n, dim) = (ids.numel(), w.cols);
+    u32_count(OP, "out's element count", n * dim)?;
+    let out = rec.zeros(&[n, dim], DType::F32)?;
+    for chunk in &w.chunks {
+        match &chunk.data {
+            ChunkData::F32(t) => embedding_gather_chunk(rec, t, chunk.row_start, ids, &out)?,
+            ChunkData::Quant(packed) => {
+                let p = Params {
+                    n: n as u32,
+                    dim: dim as u32,
+                    row_start: u32_count(OP, "row_start", chunk.row_start)?,
+                    rows: u32_count(OP, "table rows", chunk.rows)?,
+                };
+                let key = key_16(packed.format == QuantFormat::Bf16);
+                let grid = grid_1d((n * dim).div_ceil(WG as usize));
+                rec.dispatch_bound(&key, &p, &[(4, &packed.codes), (2, ids), (3, &out)], grid)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn key() -> PipelineKey {
-    PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG))
+    PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG)).with("BF16", Const::Bool(false))
+}
+
+/// The gather from a 16-bit table: bf16, or f16.
+fn key_16(bf16: bool) -> PipelineKey {
+    PipelineKey::new(Kernel::Embedding, "embedding_forward_16")
+        .with("WG", Const::U32(WG))
+        .with("BF16", Const::Bool(bf16))
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    vec![key()]
+    vec![key(), key_16(false), key_16(true)]
 }

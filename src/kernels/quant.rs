@@ -1,4 +1,4 @@
-//! NF4, Q8_0 and f16 quantize / dequantize on the GPU (`shaders/quant.wgsl`),
+//! NF4, Q8_0, f16 and bf16 quantize / dequantize on the GPU (`shaders/quant.wgsl`),
 //! bit-exact with the CPU formats in `crate::quant`, and the dequantization of
 //! bitsandbytes' other 4-bit layouts (FP4, double-quantized absmaxes) that
 //! loading a `-bnb-4bit` checkpoint or quantizing on the CPU produces.
@@ -28,6 +28,8 @@ pub enum Layout {
     Nf4Double,
     /// FP4 codes with double-quantized absmaxes.
     Fp4Double,
+    /// bf16 values, no scales.
+    Bf16,
 }
 
 impl Layout {
@@ -40,6 +42,7 @@ impl Layout {
             Layout::Fp4 => 3,
             Layout::Nf4Double => 4,
             Layout::Fp4Double => 5,
+            Layout::Bf16 => 6,
         })
     }
 
@@ -48,6 +51,7 @@ impl Layout {
         match format {
             QuantFormat::Q8_0 => Layout::Q8_0,
             QuantFormat::F16 => Layout::F16,
+            QuantFormat::Bf16 => Layout::Bf16,
             _ => Layout::Nf4,
         }
     }
@@ -63,8 +67,8 @@ impl Layout {
     }
 
     /// Every layout, for listing pipelines.
-    pub const ALL: [Layout; 6] =
-        [Layout::Nf4, Layout::Q8_0, Layout::F16, Layout::Fp4, Layout::Nf4Double, Layout::Fp4Double];
+    pub const ALL: [Layout; 7] =
+        [Layout::Nf4, Layout::Q8_0, Layout::F16, Layout::Fp4, Layout::Nf4Double, Layout::Fp4Double, Layout::Bf16];
 }
 
 /// Words of the header of a double-quantized scales buffer
@@ -85,12 +89,12 @@ pub struct Packed {
     /// How `codes` and `scales` are laid out.
     pub layout: Layout,
     pub len: usize,
-    /// NF4: (ceil(len/2)) bytes of nibbles. Q8_0: (len) int8 values. f16: (len) halves.
+    /// NF4: (ceil(len/2)) bytes of nibbles. Q8_0: (len) int8 values. f16, bf16: (len) halves.
     pub codes: Tensor,
     /// NF4: (ceil(len/64)) f32 absmax, or double-quantized as
     /// `shaders/four_bit.wgsl` lays them out. Q8_0: (len/32) f16 scales. f16
-    /// has no scales: this is `codes` again (the kernels bind both slots),
-    /// counted once.
+    /// and bf16 have no scales: this is `codes` again (the kernels bind both
+    /// slots), counted once.
     pub scales: Tensor,
 }
 
@@ -137,11 +141,13 @@ pub fn quantize(rec: &mut Recorder, x: &Tensor, format: QuantFormat) -> Result<P
             )?;
             Ok(Packed { format, layout: Layout::of(format), len, codes, scales })
         }
-        QuantFormat::F16 => {
-            let codes = Tensor::zeros(gpu, &[len], DType::F16)?;
+        QuantFormat::F16 | QuantFormat::Bf16 => {
+            let dtype = if format == QuantFormat::F16 { DType::F16 } else { DType::BF16 };
+            let codes = Tensor::zeros(gpu, &[len], dtype)?;
             let words = len.div_ceil(2);
-            rec.dispatch_bound(&key("f16_quantize"), &params, &[(1, x), (2, &codes)], grid_1d(words.div_ceil(256)))?;
-            Ok(Packed { format, layout: Layout::F16, len, scales: codes.clone(), codes })
+            let key = key_for("half_quantize", Layout::of(format));
+            rec.dispatch_bound(&key, &params, &[(1, x), (2, &codes)], grid_1d(words.div_ceil(256)))?;
+            Ok(Packed { format, layout: Layout::of(format), len, scales: codes.clone(), codes })
         }
         QuantFormat::F32 => Err(Error::invalid("quantize", "f32 is not a quantized format")),
     }
@@ -157,11 +163,11 @@ pub fn dequantize(rec: &mut Recorder, packed: &Packed) -> Result<Tensor> {
     let entry = match packed.format {
         QuantFormat::Nf4 => "nf4_dequantize",
         QuantFormat::Q8_0 => "q8_dequantize",
-        QuantFormat::F16 => "f16_dequantize",
+        QuantFormat::F16 | QuantFormat::Bf16 => "half_dequantize",
         QuantFormat::F32 => return Err(Error::invalid("dequantize", "f32 is not a quantized format")),
     };
     let bound = [(4, &y), (5, &packed.codes), (6, &packed.scales)];
-    let bound = if packed.format == QuantFormat::F16 { &bound[..2] } else { &bound[..] };
+    let bound = if packed.has_scales() { &bound[..] } else { &bound[..2] };
     rec.dispatch_bound(&key_for(entry, packed.layout), &params, bound, grid_1d(len.div_ceil(256)))?;
     Ok(y)
 }
@@ -209,19 +215,34 @@ impl Packed {
         Ok(Packed { format: QuantFormat::F16, layout: Layout::F16, len: h.len(), scales: codes.clone(), codes })
     }
 
+    /// Upload CPU-rounded bf16 (see [`crate::quant::to_bf16`]).
+    pub fn from_bf16(gpu: &crate::Gpu, h: &[half::bf16]) -> Result<Packed> {
+        let codes = Tensor::from_slice(gpu, &[h.len()], h)?;
+        Ok(Packed { format: QuantFormat::Bf16, layout: Layout::Bf16, len: h.len(), scales: codes.clone(), codes })
+    }
+
+    /// Whether `scales` is a buffer of its own (not `codes` again, as for
+    /// the 16-bit floats).
+    pub fn has_scales(&self) -> bool {
+        !matches!(self.format, QuantFormat::F16 | QuantFormat::Bf16)
+    }
+
     /// GPU bytes of the packed form.
     pub fn bytes(&self) -> u64 {
-        match self.format {
-            QuantFormat::F16 => self.codes.bytes(),
-            _ => self.codes.bytes() + self.scales.bytes(),
+        match self.has_scales() {
+            true => self.codes.bytes() + self.scales.bytes(),
+            false => self.codes.bytes(),
         }
     }
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    let mut keys: Vec<PipelineKey> = ["nf4_quantize", "q8_quantize", "f16_quantize"].map(key).to_vec();
-    keys.extend([(Layout::Q8_0, "q8_dequantize"), (Layout::F16, "f16_dequantize")].map(|(l, e)| key_for(e, l)));
+    let mut keys: Vec<PipelineKey> = ["nf4_quantize", "q8_quantize"].map(key).to_vec();
+    for layout in [Layout::F16, Layout::Bf16] {
+        keys.extend(["half_quantize", "half_dequantize"].map(|e| key_for(e, layout)));
+    }
+    keys.push(key_for("q8_dequantize", Layout::Q8_0));
     let four_bit = [Layout::Nf4, Layout::Fp4, Layout::Nf4Double, Layout::Fp4Double];
     keys.extend(four_bit.map(|l| key_for("nf4_dequantize", l)));
     keys

@@ -52,6 +52,7 @@ pub fn packed_tensors(name: &str, out: usize, inp: usize, format: QuantFormat) -
         QuantFormat::Q8_0 => vec![(format!("{name}.q8_0"), Dtype::U8, vec![out, inp / 32 * 34])],
         QuantFormat::F32 => vec![(name.to_string(), Dtype::F32, vec![out, inp])],
         QuantFormat::F16 => vec![(name.to_string(), Dtype::F16, vec![out, inp])],
+        QuantFormat::Bf16 => vec![(name.to_string(), Dtype::BF16, vec![out, inp])],
     }
 }
 
@@ -84,7 +85,9 @@ pub fn stored_format<S: ByteSource>(checkpoint: &Checkpoint<S>) -> Result<Option
         let format: QuantFormat = quant
             .parse()
             .map_err(|e| Error::File { file: shard.name().to_string(), detail: format!("`{QUANT_KEY}`: {e}") })?;
-        if matches!(format, QuantFormat::F32 | QuantFormat::F16) || found.is_some_and(|f| f != format) {
+        if matches!(format, QuantFormat::F32 | QuantFormat::F16 | QuantFormat::Bf16)
+            || found.is_some_and(|f| f != format)
+        {
             return Err(Error::File {
                 file: shard.name().to_string(),
                 detail: format!("`{QUANT_KEY}` {quant:?} is not usable here"),
@@ -138,7 +141,7 @@ pub async fn read_packed<S: ByteSource>(
             let blocks = checkpoint.read_bytes(&format!("{name}.q8_0")).await?;
             Ok(Packed::Q8_0(Q8_0::from_gguf_blocks(&blocks, out, inp).map_err(|e| err(e.to_string()))?))
         }
-        QuantFormat::F32 | QuantFormat::F16 => Err(err(format!("{format} is not a packed format"))),
+        QuantFormat::F32 | QuantFormat::F16 | QuantFormat::Bf16 => Err(err(format!("{format} is not a packed format"))),
     }
 }
 
@@ -150,11 +153,11 @@ pub async fn quantize_checkpoint<S: ByteSource>(
     config: &Config,
     format: QuantFormat,
 ) -> Result<Vec<u8>> {
-    if matches!(format, QuantFormat::F32 | QuantFormat::F16) {
+    if matches!(format, QuantFormat::F32 | QuantFormat::F16 | QuantFormat::Bf16) {
         return Err(Error::invalid(
             "quantize",
             format!(
-                "choose q8_0 or nf4: {format} is not a packed format (an f16 base loads from the checkpoint itself)"
+                "choose q8_0 or nf4: {format} is not a packed format (an {format} base loads from the checkpoint itself)"
             ),
         ));
     }

@@ -6,16 +6,20 @@
 //!   scale per block.
 //! - f16: IEEE half precision, as `torch.float16` (round to nearest even);
 //!   [`to_f16`] refuses values past its range rather than storing infinities.
+//! - bf16: bfloat16, as `torch.bfloat16` ([`to_bf16`]): the top half of an
+//!   f32, so a bf16 checkpoint's weights are held exactly.
 //!
 //! Both are bit-exact with their reference libraries (see `docs/formats.md`): the
 //! GPU dequantisation kernels are tested against [`Nf4::dequantize`] and
 //! [`Q8_0::dequantize`].
 
+mod bf16;
 mod double_quant;
 mod f16;
 mod nf4;
 mod q8_0;
 
+pub use bf16::to_bf16;
 pub use double_quant::{dynamic_map, torch_mean, DoubleQuant, LevelTable, NESTED_BLOCK};
 pub use f16::{check_f16_range, to_f16};
 pub use nf4::{
@@ -38,7 +42,7 @@ pub enum QuantError {
     #[error("Q8_0: expected {expected} bytes of {Q8_0_BLOCK_BYTES}-byte blocks for a {rows}x{cols} matrix, got {got}")]
     Q8Bytes { rows: usize, cols: usize, expected: usize, got: usize },
 
-    #[error("unknown weight format {0:?} (expected \"f32\", \"f16\", \"q8\", \"q8_0\" or \"nf4\")")]
+    #[error("unknown weight format {0:?} (expected \"f32\", \"f16\", \"bf16\", \"q8\", \"q8_0\" or \"nf4\")")]
     UnknownFormat(String),
 
     #[error("value {value} at index {index} is beyond half precision's range (±65504); keep this weight in f32, q8_0 or nf4")]
@@ -104,6 +108,10 @@ pub enum QuantFormat {
     /// `torch_dtype=float16` checkpoint holds them. The matmuls read them as
     /// f16 and multiply and sum in f32.
     F16,
+    /// bfloat16, 2 bytes a value: the weights exactly as a `torch_dtype=bfloat16`
+    /// checkpoint (most Llama 3, Qwen2.5 and SmolLM2 ones) holds them. Widened
+    /// to f32 exactly, so the products are f32's.
+    Bf16,
     /// GGUF Q8_0: 34 bytes per 32 values.
     Q8_0,
     /// NF4: half a byte a value plus one f32 absmax per 64 values (no double
@@ -112,11 +120,12 @@ pub enum QuantFormat {
 }
 
 impl QuantFormat {
-    /// The canonical name, as accepted by `from_str`: "f32", "f16", "q8_0" or "nf4".
+    /// The canonical name, as accepted by `from_str`: "f32", "f16", "bf16", "q8_0" or "nf4".
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
+            Self::Bf16 => "bf16",
             Self::Q8_0 => "q8_0",
             Self::Nf4 => "nf4",
         }
@@ -141,7 +150,7 @@ impl QuantFormat {
         let n = rows * cols;
         match self {
             Self::F32 => n * 4,
-            Self::F16 => n * 2,
+            Self::F16 | Self::Bf16 => n * 2,
             Self::Q8_0 => rows * cols.div_ceil(Q8_0_BLOCK) * Q8_0_BLOCK_BYTES,
             Self::Nf4 => n.div_ceil(2) + n.div_ceil(NF4_BLOCK) * 4,
         }
@@ -157,11 +166,13 @@ impl fmt::Display for QuantFormat {
 impl FromStr for QuantFormat {
     type Err = QuantError;
 
-    /// "f32", "f16" (or "fp16", "float16"), "q8" or "q8_0", "nf4" (case-insensitive).
+    /// "f32", "f16" (or "fp16", "float16"), "bf16" (or "bfloat16"), "q8" or
+    /// "q8_0", "nf4" (case-insensitive).
     fn from_str(s: &str) -> Result<Self, QuantError> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" | "fp16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
             "q8" | "q8_0" => Ok(Self::Q8_0),
             "nf4" => Ok(Self::Nf4),
             _ => Err(QuantError::UnknownFormat(s.to_string())),
@@ -175,7 +186,7 @@ mod tests {
 
     #[test]
     fn format_names_parse_and_sizes() {
-        for f in [QuantFormat::F32, QuantFormat::F16, QuantFormat::Q8_0, QuantFormat::Nf4] {
+        for f in [QuantFormat::F32, QuantFormat::F16, QuantFormat::Bf16, QuantFormat::Q8_0, QuantFormat::Nf4] {
             assert_eq!(f.name().parse::<QuantFormat>(), Ok(f));
         }
         assert_eq!("q8".parse::<QuantFormat>(), Ok(QuantFormat::Q8_0));
@@ -188,6 +199,8 @@ mod tests {
         assert!(matches!("bf16".parse::<ComputeDtype>(), Err(QuantError::UnknownComputeDtype(_))));
         assert_eq!(QuantFormat::F32.bytes_for(3, 5), 60);
         assert_eq!(QuantFormat::F16.bytes_for(3, 5), 30);
+        assert_eq!(QuantFormat::Bf16.bytes_for(3, 5), 30);
+        assert_eq!("BFloat16".parse::<QuantFormat>(), Ok(QuantFormat::Bf16));
         // 4096 x 4096: 524288 blocks of 34 bytes; 8 Mi nibbles + 262144 absmaxes.
         assert_eq!(QuantFormat::Q8_0.bytes_for(4096, 4096), 524_288 * 34);
         assert_eq!(QuantFormat::Nf4.bytes_for(4096, 4096), 8_388_608 + 262_144 * 4);

@@ -16,6 +16,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
+use ::safetensors::Dtype;
+
 use crate::model::Config;
 use crate::quant::{FourBitOptions, QuantFormat};
 
@@ -109,7 +111,9 @@ fn ia3_len(config: &Config, name: &str, feedforward: bool) -> u64 {
 }
 
 /// Frozen weights: the blocks' Linears in `quant` (Q8_0 rows that are not a
-/// multiple of 32 in f16), everything else f32.
+/// multiple of 32 in f16); under any base but f32 the embedding and the head
+/// in the checkpoint's dtype where that is bf16 or f16 (as `Model::load`
+/// keeps them); everything else f32.
 pub fn weight_bytes(config: &Config, quant: QuantFormat) -> u64 {
     weight_bytes_with(config, quant, FourBitOptions::default())
 }
@@ -127,7 +131,16 @@ pub fn weight_bytes_with(config: &Config, quant: QuantFormat, four_bit: FourBitO
                 [r, c] => (*r, *c),
                 s => (1, s.iter().product()),
             };
-            let fmt = if quantized { quant.storage_for(cols) } else { QuantFormat::F32 };
+            let table = t.name == "model.embed_tokens.weight" || t.name == "lm_head.weight";
+            let fmt = match (quantized, config.torch_dtype) {
+                (true, _) => quant.storage_for(cols),
+                (false, Some(dtype)) if table && quant != QuantFormat::F32 => match dtype {
+                    Dtype::BF16 => QuantFormat::Bf16,
+                    Dtype::F16 => QuantFormat::F16,
+                    _ => QuantFormat::F32,
+                },
+                _ => QuantFormat::F32,
+            };
             match fmt {
                 QuantFormat::Nf4 => four_bit.bytes_for(rows, cols) as u64,
                 _ => fmt.bytes_for(rows, cols) as u64,

@@ -447,6 +447,7 @@ impl WebModel {
             quant: match st.model.format {
                 QuantFormat::F32 => "f32",
                 QuantFormat::F16 => "f16",
+                QuantFormat::Bf16 => "bf16",
                 QuantFormat::Q8_0 => "q8",
                 QuantFormat::Nf4 => "nf4",
             },

@@ -21,7 +21,7 @@ export type KernelFamily = "auto" | "cpu" | "gpu";
 export interface GpuOptions { kernels?: KernelFamily; }
 /** Live and peak bytes of webpeft's GPU buffers. */
 export interface MemoryStats { liveBytes: number; peakBytes: number; liveBuffers: number; }
-export type Quant = "f32" | "f16" | "q8" | "nf4";
+export type Quant = "f32" | "f16" | "bf16" | "q8" | "nf4";
 /** The arithmetic of the frozen Linears (bitsandbytes' `bnb_4bit_compute_dtype`): "f16" applies to
  * quantized and f16 bases where the GPU has shader-f16, and is "f32" elsewhere. */
 export type ComputeDtype = "f32" | "f16";

@@ -323,7 +323,7 @@ test("without WebGPU the page shows a readable error", async () => {
   }
 });
 
-test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, loads an f16 base and a bitsandbytes 4-bit folder, initialises PiSSA", async () => {
+test("the npm package, installed from its tarball into a plain page, trains, checkpoints, resumes, exports and imports, loads f16 and bf16 bases and a bitsandbytes 4-bit folder, initialises PiSSA", async () => {
   const scratch = path.join(out, "npm-scratch");
   fs.mkdirSync(scratch, { recursive: true });
   const tarball = execFileSync("npm", ["pack", "--silent", "--pack-destination", out], { cwd: path.join(root, "pkg") }).toString().trim();
@@ -430,6 +430,12 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [m32, m16] = [await Model.fromUrl(gpu, url, { quant: "f32" }), await Model.fromUrl(gpu, url, { quant: "f16" })];
       const [l32, l16] = [(await m32.evaluate(data)).loss, (await m16.evaluate(data)).loss];
       if (m16.info().quant !== "f16" || !(Math.abs(l32 - l16) < 2e-4)) throw new Error("f16 base: loss " + l16 + " vs f32 " + l32);
+      // A bf16 base: the f32 weights rounded to bf16 (8 significant bits) on the GPU, widened back in the kernels.
+      const mb = await Model.fromUrl(gpu, url, { quant: "bf16" });
+      const lb = (await mb.evaluate(data)).loss;
+      if (mb.info().quant !== "bf16" || !(mb.info().weightBytes < m32.info().weightBytes) || !(Math.abs(l32 - lb) < 2e-2) || lb === l32) {
+        throw new Error("bf16 base: loss " + lb + " vs f32 " + l32 + ", " + mb.info().weightBytes + " bytes");
+      }
       // f16 compute where the GPU has shader-f16, f32 (the same numbers) where it has not (SwiftShader).
       const mh = await Model.fromUrl(gpu, url, { quant: "f16", computeDtype: "f16" });
       const lh = (await mh.evaluate(data)).loss;

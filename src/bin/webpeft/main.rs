@@ -48,7 +48,7 @@ enum Command {
         /// The model folder (config.json, safetensors, tokenizer.json).
         #[arg(long)]
         model: std::path::PathBuf,
-        /// f32, f16, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
+        /// f32, f16, bf16, q8 (Q8_0) or nf4 (a pre-quantized folder loads in its own format).
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
         /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
@@ -94,7 +94,7 @@ enum Command {
         /// The model folder (config.json and safetensors).
         #[arg(long)]
         model: std::path::PathBuf,
-        /// How the blocks' Linear weights are stored on the GPU: f32, f16, q8 (Q8_0) or nf4.
+        /// How the blocks' Linear weights are stored on the GPU: f32, f16, bf16, q8 (Q8_0) or nf4.
         #[arg(long, default_value = "f32")]
         quant: QuantFormat,
         /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16

@@ -110,7 +110,7 @@ pub struct TrainArgs {
     /// Bottleneck activation: relu, silu, gelu or tanh [default: AdapterHub's preset].
     #[arg(long, value_parser = parse_activation)]
     pub non_linearity: Option<Activation>,
-    /// How the frozen blocks' Linear weights are stored: f32, f16, q8 (Q8_0) or nf4.
+    /// How the frozen blocks' Linear weights are stored: f32, f16, bf16, q8 (Q8_0) or nf4.
     #[arg(long, default_value = "f32")]
     pub quant: QuantFormat,
     /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16

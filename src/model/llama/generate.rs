@@ -16,11 +16,11 @@
 use super::block::{Attention, Block};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::{f32_chunks, rows, Model};
+use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
-use crate::kernels::embedding::embedding_chunked;
+use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::rope::rope_forward_inplace;
 use crate::util::rng::Rng;
@@ -163,8 +163,7 @@ impl Model {
         self.check_seq(end)?;
         let rope = self.rope.tables(rec.gpu(), end)?;
         let d = self.config.hidden_size;
-        let table = f32_chunks(&self.embed_tokens)?;
-        let mut x = embedding_chunked(rec, &table, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
+        let mut x = embedding_weight(rec, &self.embed_tokens, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
         if front > 0 {
             let prompt = self.prompt(rec, hooks, b, front)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)

@@ -37,8 +37,8 @@ use self::rope::RopeCache;
 use self::weights::Loader;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::embedding::embedding_chunked;
-use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, ChunkData, QWeight};
+use crate::kernels::embedding::embedding_weight;
+use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, Chunk, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
 use crate::quant::{ComputeDtype, FourBitOptions, QuantFormat};
@@ -158,7 +158,8 @@ impl Model {
             stored,
             four_bit,
         };
-        let embed_tokens = loader.qweight("model.embed_tokens.weight", QuantFormat::F32).await?;
+        const EMBED: &str = "model.embed_tokens.weight";
+        let embed_tokens = loader.qweight(EMBED, loader.float_format(EMBED)).await?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             layers.push(loader.block(i).await?);
@@ -166,7 +167,7 @@ impl Model {
         let norm = loader.norm("model.norm").await?;
         let lm_head = match config.tie_word_embeddings {
             true => embed_tokens.clone(), // shares the buffers
-            false => loader.qweight("lm_head.weight", QuantFormat::F32).await?,
+            false => loader.qweight("lm_head.weight", loader.float_format("lm_head.weight")).await?,
         };
         let rope = RopeCache::new(gpu, &config)?;
         gpu.check("Model::load")?;
@@ -246,12 +247,12 @@ impl Model {
 
     /// Whether `lm_head` shares `embed_tokens`' buffers.
     pub fn lm_head_is_tied(&self) -> bool {
-        match (f32_chunks(&self.lm_head), f32_chunks(&self.embed_tokens)) {
-            (Ok(head), Ok(table)) => {
-                head.len() == table.len() && head.iter().zip(&table).all(|(a, b)| a.same_buffer(b))
-            }
-            _ => false,
-        }
+        let buffer = |c: &Chunk| match &c.data {
+            ChunkData::F32(t) => t.clone(),
+            ChunkData::Quant(p) => p.codes.clone(),
+        };
+        let (head, table) = (&self.lm_head.chunks, &self.embed_tokens.chunks);
+        head.len() == table.len() && head.iter().zip(table).all(|(a, b)| buffer(a).same_buffer(&buffer(b)))
     }
 
     /// transformers' `rotary_emb.inv_freq`, (head_dim / 2).
@@ -412,8 +413,7 @@ impl Model {
         };
         let d = self.config.hidden_size;
 
-        let table = f32_chunks(&self.embed_tokens)?;
-        let mut x = embedding_chunked(rec, &table, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
+        let mut x = embedding_weight(rec, &self.embed_tokens, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
         if v > 0 {
             let prompt = self.prompt(rec, hooks, b, v)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
@@ -435,7 +435,7 @@ impl Model {
 
     /// Rows of `model.embed_tokens` for token ids (N) u32: (N, D), copied.
     pub fn embed(&self, rec: &mut Recorder, ids: &Tensor) -> Result<Tensor> {
-        embedding_chunked(rec, &f32_chunks(&self.embed_tokens)?, ids)
+        embedding_weight(rec, &self.embed_tokens, ids)
     }
 
     /// The `prepend` hook's embeddings for a batch of `b` rows, (B, V, D).
@@ -530,17 +530,4 @@ impl Model {
         let loss = all.pop().unwrap_or(f32::NAN);
         Ok((all, loss))
     }
-}
-
-/// The chunk tensors of an f32 weight, (rows_i, cols) each, in row order.
-fn f32_chunks(w: &QWeight) -> Result<Vec<&Tensor>> {
-    w.chunks
-        .iter()
-        .map(|c| match &c.data {
-            ChunkData::F32(t) => Ok(t),
-            ChunkData::Quant(_) => {
-                Err(Error::invalid("embedding", format!("the table is stored as {}, not f32", w.format.name())))
-            }
-        })
-        .collect()
 }

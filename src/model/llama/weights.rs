@@ -10,6 +10,7 @@ use crate::kernels::qmatmul::QWeight;
 use crate::model::source::ByteSource;
 use crate::model::{quantized, Checkpoint, Config};
 use crate::quant::{quantize_4bit, FourBitOptions, QuantFormat};
+use ::safetensors::Dtype;
 
 /// How far loading is: after each tensor, its name and the bytes read so far
 /// out of the checkpoint's total.
@@ -148,6 +149,23 @@ impl<S: ByteSource> Loader<'_, S> {
         });
         self.report_with(name, note);
         Ok(w)
+    }
+
+    /// How a frozen float weight outside the blocks (the embedding, the head)
+    /// is kept: f32 under an f32 base; under any other base in the
+    /// checkpoint's own 16-bit dtype when it has one. bf16 and f16 widen to
+    /// f32 exactly, so no value changes, in half the memory and half the
+    /// bytes a decoding step reads (a QLoRA model keeps its head in its torch
+    /// dtype too).
+    pub fn float_format(&self, name: &str) -> QuantFormat {
+        if self.format == QuantFormat::F32 {
+            return QuantFormat::F32;
+        }
+        match self.checkpoint.get(name).map(|info| info.dtype) {
+            Some(Dtype::BF16) => QuantFormat::Bf16,
+            Some(Dtype::F16) => QuantFormat::F16,
+            _ => QuantFormat::F32,
+        }
     }
 
     /// `{prefix}.weight` in the model's format, and `{prefix}.bias` if `bias`.
