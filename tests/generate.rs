@@ -1,6 +1,7 @@
 //! Generation: greedy tokens against transformers (refs/<model>/greedy.json),
-//! the cached forward against the uncached one, seeded sampling, and the
-//! length limit as a typed error.
+//! the cached forward against the uncached one, seeded sampling, the length
+//! limit as a typed error, and reading a step's result after the next step
+//! is submitted (greedy decoding's pipelining).
 
 mod common;
 
@@ -10,7 +11,7 @@ use webpeft::model::llama::{argmax, sample, GenerationConfig, KvCache, NoHooks};
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::util::rng::Rng;
-use webpeft::{Error, Gpu};
+use webpeft::{DType, Error, Gpu, Tensor};
 
 const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
 
@@ -215,4 +216,32 @@ fn default_model_matches_transformers() {
         let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
         assert_eq!(got, ids(&refs[name]["new_ids"]), "{name}: greedy tokens differ from transformers'");
     }
+}
+
+/// A read taken with `read_after` returns the tensor as its own submission
+/// left it, though a later submission (the next decoding step) has already
+/// overwritten it; reading before submitting is a typed error.
+#[test]
+fn read_after_returns_its_submissions_value() {
+    let gpu = gpu();
+    let (ones, twos) = (vec![1.0f32; 37], vec![2.0f32; 37]);
+    let (src1, src2) = (Tensor::from_slice(gpu, &[37], &ones).unwrap(), Tensor::from_slice(gpu, &[37], &twos).unwrap());
+    let t = Tensor::zeros(gpu, &[37], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    rec.copy(&src1, 0, &t, 0, 37 * 4).unwrap();
+    let first = rec.read_after(&t).unwrap();
+    rec.submit().unwrap();
+    let mut rec = Recorder::new(gpu);
+    rec.copy(&src2, 0, &t, 0, 37 * 4).unwrap();
+    let second = rec.read_after(&t).unwrap();
+    rec.submit().unwrap();
+    let values = |b: Vec<u8>| bytemuck::pod_collect_to_vec::<u8, f32>(&b);
+    assert_eq!(values(block_on(first.read(gpu)).unwrap()), ones);
+    assert_eq!(values(block_on(second.read(gpu)).unwrap()), twos);
+
+    let mut rec = Recorder::new(gpu);
+    let early = rec.read_after(&t).unwrap();
+    let err = block_on(early.read(gpu)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("never submitted"), "{err}");
+    drop(rec);
 }

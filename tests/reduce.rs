@@ -1,10 +1,11 @@
 //! Sums of squares (one tensor, several tensors, a large one) against the
-//! CPU reference, and the clipping coefficient against torch's formula.
+//! CPU reference, the clipping coefficient against torch's formula, and each
+//! row's argmax (greedy decoding's token).
 
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reduce::{clip_coefficient, sum_squares, sum_squares_many};
+use webpeft::kernels::reduce::{argmax_rows, clip_coefficient, sum_squares, sum_squares_many, NO_INDEX};
 use webpeft::kernels::reference::{assert_close, reduce as cpu};
 use webpeft::{DType, Error, Tensor};
 
@@ -73,5 +74,54 @@ fn bad_arguments_are_typed_errors() {
     let one = Tensor::zeros(gpu, &[1], DType::F32).unwrap();
     let err = clip_coefficient(&mut rec, &one, -1.0).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { op: "clip_coefficient", .. }), "{err}");
+    assert!(rec.is_empty());
+}
+
+/// Greedy decoding's argmax on the GPU against the CPU reference: odd row
+/// lengths (one value, less than a workgroup, several strides of it), ties
+/// (the lowest index wins, -0 and +0 tie), NaN skipped, infinities, a row of
+/// only NaN (nothing to pick) and a row of only -inf (index 0).
+#[test]
+fn argmax_rows_matches_reference() {
+    let gpu = gpu();
+    for (rows, n, seed) in [(1, 1, 1), (3, 7, 2), (5, 300, 3), (4, 1000, 4), (2, 4099, 5)] {
+        let mut x = randn(seed, rows * n);
+        if n >= 7 {
+            let r0 = &mut x[..n];
+            r0[2] = 9.0;
+            r0[n - 1] = 9.0; // a tie: index 2
+            r0[0] = f32::NAN;
+            let r1 = &mut x[n..2 * n];
+            r1.fill(-1.0);
+            r1[3] = -0.0;
+            r1[5] = 0.0; // -0 ties +0: index 3
+            r1[6] = f32::NAN;
+        }
+        if rows >= 4 {
+            x[2 * n..3 * n].fill(f32::NAN);
+            x[3 * n..4 * n].fill(f32::NEG_INFINITY);
+        }
+        if rows == 5 {
+            x[4 * n + 17] = f32::INFINITY;
+        }
+        let t = Tensor::from_slice(gpu, &[rows, n], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let ids = argmax_rows(&mut rec, &t).unwrap();
+        rec.submit().unwrap();
+        let got: Vec<u32> = block_on(ids.to_vec(gpu)).unwrap();
+        let want = cpu::argmax_rows(&x, rows, n);
+        assert_eq!(got, want, "{rows}x{n}");
+        if n >= 7 {
+            assert_eq!(&got[..2], &[2, 3], "{rows}x{n}: ties go to the lowest index");
+        }
+        if rows >= 4 {
+            assert_eq!(&got[2..4], &[NO_INDEX, 0], "{rows}x{n}: all NaN, all -inf");
+        }
+    }
+    let mut rec = Recorder::new(gpu);
+    let err = argmax_rows(&mut rec, &Tensor::zeros(gpu, &[6], DType::F32).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "argmax_rows", .. }), "{err}");
+    let err = argmax_rows(&mut rec, &Tensor::zeros(gpu, &[2, 3], DType::U32).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::DType { .. }), "{err}");
     assert!(rec.is_empty());
 }

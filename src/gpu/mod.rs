@@ -19,6 +19,7 @@ pub use device::{Gpu, GpuInfo, GpuOptions, KernelFamily};
 pub use memory::MemoryStats;
 pub use pipelines::{Const, Kernel, PipelineKey};
 pub use profile::KernelTime;
+pub use readback::PendingRead;
 pub use recorder::Recorder;
 pub use tensor::{DType, Tensor};
 

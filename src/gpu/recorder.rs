@@ -4,10 +4,11 @@
 //! bind groups (kept ones where they exist: `bind_groups.rs`) and encodes
 //! everything in one command buffer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::pipelines::{CachedPipeline, PipelineKey};
 use super::profile::{PendingTimes, QUERIES_PER_SET};
+use super::readback::PendingRead;
 use super::tensor::{DType, Storage, Tensor};
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -29,6 +30,13 @@ enum Op {
         dst: Arc<Storage>,
         dst_offset: u64,
         bytes: u64,
+    },
+    /// A copy into a mappable buffer at the end of the submission.
+    Readback {
+        src: Arc<Storage>,
+        staging: wgpu::Buffer,
+        bytes: u64,
+        submitted: Arc<OnceLock<wgpu::SubmissionIndex>>,
     },
 }
 
@@ -173,6 +181,29 @@ impl<'g> Recorder<'g> {
         Ok(())
     }
 
+    /// Copy `t` out at the end of this submission, to be read with
+    /// [`PendingRead::read`] once the submission is done, while later ones
+    /// (recorded meanwhile) run: what lets decoding submit token n + 1
+    /// before it reads token n.
+    pub fn read_after(&mut self, t: &Tensor) -> Result<PendingRead> {
+        // The whole buffer is copied (whole words); the read keeps the tensor's own bytes.
+        let bytes = t.bytes();
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read after"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let submitted = Arc::new(OnceLock::new());
+        self.ops.push(Op::Readback {
+            src: t.handle.storage.clone(),
+            staging: staging.clone(),
+            bytes,
+            submitted: submitted.clone(),
+        });
+        Ok(PendingRead::new(staging, (t.numel() * t.dtype().size()) as u64, submitted))
+    }
+
     /// Encode everything recorded into one command buffer and submit it.
     pub fn submit(self) -> Result<()> {
         let gpu = self.gpu;
@@ -213,6 +244,10 @@ impl<'g> Recorder<'g> {
                 }
                 Op::Copy { src, src_offset, dst, dst_offset, bytes } => {
                     encoder.copy_buffer_to_buffer(&src.buffer, *src_offset, &dst.buffer, *dst_offset, *bytes);
+                    i += 1;
+                }
+                Op::Readback { src, staging, bytes, .. } => {
+                    encoder.copy_buffer_to_buffer(&src.buffer, 0, staging, 0, *bytes);
                     i += 1;
                 }
                 Op::Dispatch { .. } => {
@@ -259,7 +294,12 @@ impl<'g> Recorder<'g> {
             }
             gpu.profiler.push(PendingTimes { buffer: resolved, labels });
         }
-        gpu.queue.submit([encoder.finish()]);
+        let index = gpu.queue.submit([encoder.finish()]);
+        for op in &self.ops {
+            if let Op::Readback { submitted, .. } = op {
+                let _ = submitted.set(index.clone());
+            }
+        }
         drop(bind);
         gpu.pool.submitted();
         gpu.check("submit")

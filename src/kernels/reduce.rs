@@ -1,4 +1,5 @@
-//! Sums of squares for global gradient-norm clipping (`shaders/reduce.wgsl`).
+//! Sums of squares for global gradient-norm clipping (`shaders/reduce.wgsl`),
+//! and each row's argmax (greedy decoding's token, picked on the GPU).
 //!
 //! Two passes of workgroup reductions, no float atomics: each tensor is
 //! reduced by up to [`MAX_GROUPS`] workgroups into its slots of one partials
@@ -100,7 +101,33 @@ pub fn clip_coefficient(rec: &mut Recorder, sumsq: &Tensor, max_norm: f32) -> Re
     Ok(clip)
 }
 
+/// The index of each row's largest value, x (rows, n) f32 → (rows) u32:
+/// NaN skipped, ties to the lowest index, [`NO_INDEX`] for a row of only NaN
+/// (or n = 0). The same rule as `model::llama::argmax` on the CPU, compared
+/// as integers on the GPU so no float shortcut can change it.
+pub fn argmax_rows(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "argmax_rows";
+    all_f32(OP, &[("x", x)])?;
+    let &[rows, n] = x.shape() else {
+        return Err(Error::shape(OP, format!("x {:?} must be (rows, n)", x.shape())));
+    };
+    u32_count(OP, "element count", rows * n)?;
+    let groups = u32_count(OP, "rows", rows)?;
+    if groups > rec.gpu().limits().max_compute_workgroups_per_dimension {
+        return Err(Error::shape(OP, format!("{rows} rows are more workgroups than one dispatch holds")));
+    }
+    let ids = rec.alloc(&[rows], DType::U32)?;
+    let p = Params { n: n as u32, groups: 0, offset: 0, count: groups, max_norm: 0.0, _pad: [0; 3] };
+    if rows > 0 {
+        rec.dispatch_bound(&key("argmax_rows"), &p, &[(1, x), (7, &ids)], [groups, 1, 1])?;
+    }
+    Ok(ids)
+}
+
+/// What [`argmax_rows`] writes for a row with nothing to pick.
+pub const NO_INDEX: u32 = u32::MAX;
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sum_squares_partial", "sum_partials", "clip_coef"].map(key).to_vec()
+    ["sum_squares_partial", "sum_partials", "clip_coef", "argmax_rows"].map(key).to_vec()
 }

@@ -1,5 +1,5 @@
 //! Reductions and elementwise arithmetic, the reference for `shaders/reduce.wgsl`
-//! (gradient norms for clipping, gradient accumulation, scaling).
+//! (gradient norms for clipping, greedy decoding's argmax, gradient accumulation, scaling).
 
 /// `Σ x²`, accumulated in f64 and rounded once to f32 (for the global gradient
 /// norm, where an f32 running sum over millions of values would drift).
@@ -7,6 +7,25 @@
 /// - x: (n)
 pub fn sum_squares(x: &[f32]) -> f32 {
     x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32
+}
+
+/// The index of each row's largest value: NaN skipped, ties (-0 and +0
+/// among them) to the lowest index, `u32::MAX` for a row with nothing to pick.
+///
+/// - x: (rows, n)
+pub fn argmax_rows(x: &[f32], rows: usize, n: usize) -> Vec<u32> {
+    assert_eq!(x.len(), rows * n, "argmax_rows: x must be (rows, n)");
+    (0..rows)
+        .map(|r| {
+            let mut best: Option<(usize, f32)> = None;
+            for (i, &v) in x[r * n..(r + 1) * n].iter().enumerate() {
+                if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+                    best = Some((i, v));
+                }
+            }
+            best.map_or(u32::MAX, |(i, _)| i as u32)
+        })
+        .collect()
 }
 
 /// `a + b`, elementwise. a, b: (n).

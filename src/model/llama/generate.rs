@@ -6,6 +6,9 @@
 //! step:     logits = forward_cached([last token], cache, offset n)  one submit, one readback (V)
 //! ```
 //!
+//! Greedy decoding picks the token on the GPU instead and reads back one
+//! u32, with the next step already submitted ([`Model::generate`]).
+//!
 //! Each layer writes its new keys and values (after RoPE) into its cache rows
 //! `offset..offset + T` and attends the new queries against rows
 //! `0..offset + T` ([`attention_forward_cached`]). Only the last position goes
@@ -18,10 +21,11 @@ use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{rows, Model};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
+use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_forward_inplace;
 use crate::util::rng::Rng;
 
@@ -277,8 +281,12 @@ impl Model {
             return Ok(out);
         }
         let cache = KvCache::new(gpu, self, 1, total)?;
+        let ids = self.input_ids(gpu, &[prompt_ids.to_vec()])?;
+        if config.greedy {
+            return self.generate_greedy(gpu, ids, &cache, config, hooks, on_token).await;
+        }
+        let mut ids = ids;
         let mut rng = Rng::new(config.seed);
-        let mut ids = self.input_ids(gpu, &[prompt_ids.to_vec()])?;
         let mut offset = 0;
         loop {
             let mut rec = Recorder::new(gpu);
@@ -292,15 +300,67 @@ impl Model {
             if !go_on || config.eos_token_ids.contains(&token) || out.len() >= config.max_new_tokens {
                 return Ok(out);
             }
-            // The prompt's pass and the first one-token step have met every
-            // product a token makes: on a real GPU, the shape classes with no
-            // tuned choice yet are timed now, once (kernels::tune); a failed
-            // tuning keeps the rule's choices, which compute the same sums.
-            if out.len() == 2 && crate::kernels::tune::tuning_counts(gpu).1 > 0 {
-                let _ = crate::kernels::tune::autotune_pending(gpu).await;
-            }
+            autotune_after(gpu, out.len()).await;
             ids = Tensor::from_slice(gpu, &[1, 1], &[token])?;
         }
+    }
+
+    /// Greedy decoding with the token picked on the GPU ([`argmax_rows`]):
+    /// each step reads back one u32, not V logits, and the next step, whose
+    /// embedding reads that token where the argmax wrote it, is recorded and
+    /// submitted before this one's token is read. The GPU then never waits
+    /// for the CPU to record a step or for a readback's round trip (most of
+    /// a small model's token on a real GPU, and a browser's `mapAsync`
+    /// latency). After the last token (an eos, `on_token` saying stop) one
+    /// submitted step goes unread; its cache rows are past every read one.
+    async fn generate_greedy(
+        &self,
+        gpu: &Gpu,
+        prompt: Tensor,
+        cache: &KvCache,
+        config: &GenerationConfig,
+        hooks: &dyn Hooks,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        // Submits the step at `offset` for ids (1, T): its token (1, 1) and the read of it.
+        let step = |ids: &Tensor, offset: usize| -> Result<(Tensor, PendingRead)> {
+            let mut rec = Recorder::new(gpu);
+            let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
+            let token = argmax_rows(&mut rec, &logits)?.reshape(&[1, 1])?;
+            let read = rec.read_after(&token)?;
+            rec.submit()?;
+            Ok((token, read))
+        };
+        let mut out = Vec::with_capacity(config.max_new_tokens);
+        let mut offset = prompt.shape()[1];
+        let (mut token, mut read) = step(&prompt, 0)?;
+        loop {
+            // The next step, if one may follow, goes in before this one is read.
+            let next = if out.len() + 1 < config.max_new_tokens { Some(step(&token, offset)?) } else { None };
+            let bytes = read.read(gpu).await?;
+            let id = bytemuck::pod_read_unaligned::<u32>(&bytes[..4]);
+            if id == NO_INDEX {
+                return Err(Error::invalid("sample", "the logits row is empty or all NaN"));
+            }
+            out.push(id);
+            let go_on = on_token(id);
+            let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)) else {
+                return Ok(out);
+            };
+            offset += 1;
+            autotune_after(gpu, out.len()).await;
+            (token, read) = next;
+        }
+    }
+}
+
+/// After the second token, the prompt's pass and a one-token step have met
+/// every product a token makes: on a real GPU, the shape classes with no tuned
+/// choice yet are timed now, once (kernels::tune); a failed tuning keeps the
+/// rule's choices, which compute the same sums.
+async fn autotune_after(gpu: &Gpu, tokens: usize) {
+    if tokens == 2 && crate::kernels::tune::tuning_counts(gpu).1 > 0 {
+        let _ = crate::kernels::tune::autotune_pending(gpu).await;
     }
 }
 
