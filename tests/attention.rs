@@ -223,6 +223,37 @@ fn kv_cache_forward_matches_full_sequence() {
     );
 }
 
+/// The split-KV forward (forced: `Auto` picks it on real GPUs for fewer than
+/// 16 queries): out and lse of whole sequences whose rows (heads × positions)
+/// fill one, two and three blocks of 32 and keys several blocks of 64
+/// (its backward is the portable one); then decoding steps against long
+/// caches, where the keys are cut into splits (the last one partial, and
+/// splits with keys some rows do not see), head dims 4 to 128 (20 repadded)
+/// and kv groups of 1, 3 and 4 heads.
+#[test]
+fn split_kv_forward_matches_reference() {
+    let split = [Variant::SplitKv];
+    for (s, seed) in [
+        (Dims { batch: 2, seq: 13, hq: 6, hkv: 2, d: 20 }, 30),
+        (Dims { batch: 1, seq: 70, hq: 4, hkv: 4, d: 8 }, 31),
+        (Dims { batch: 2, seq: 19, hq: 8, hkv: 2, d: 64 }, 32),
+        (Dims { batch: 3, seq: 1, hq: 3, hkv: 1, d: 4 }, 33),
+    ] {
+        check_variants(s, seed, &split);
+    }
+    // A prefill, a chunk, then single steps far into the cache.
+    let steps = [(0, 150), (150, 161), (161, 162), (162, 163), (163, 200), (200, 201)];
+    check_cached_variants(Dims { batch: 2, seq: 201, hq: 8, hkv: 2, d: 64 }, 230, &steps, 34, &split);
+    check_cached_variants(Dims { batch: 1, seq: 131, hq: 3, hkv: 1, d: 128 }, 140, &[(0, 130), (130, 131)], 35, &split);
+    check_cached_variants(
+        Dims { batch: 1, seq: 70, hq: 4, hkv: 4, d: 20 },
+        90,
+        &[(0, 5), (5, 69), (69, 70)],
+        36,
+        &split,
+    );
+}
+
 /// The default entry points pick the subgroup kernels for training-sized
 /// sequences where they run, the portable ones for decoding; both agree.
 #[test]

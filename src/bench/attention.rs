@@ -6,12 +6,14 @@
 //! (the kernels recompute some of them, which the figure does not count).
 //! The flash kernels run twice: with their dk and dv work split as
 //! [`Variant::Flash`] chooses, and unsplit (`FlashSplit(1)`);
-//! [`dkv_launch_sizes`] says how big either launch is.
+//! [`dkv_launch_sizes`] says how big either launch is. Then a decoding
+//! step's attention (one query position against 512 and 4096 cached keys),
+//! portable against split-KV.
 
 use super::{calls_for, fill, time_calls, Figure};
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::attention::{attention_backward, attention_forward, FlashTiles, Variant};
+use crate::kernels::attention::{attention_backward, attention_forward, attention_forward_cached, FlashTiles, Variant};
 use crate::kernels::matmul::subgroups_usable;
 
 /// (batch, seq, query heads, kv heads, head_dim) of Llama-3.2-1B at 1×512.
@@ -53,6 +55,36 @@ pub async fn attention_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut
         .await?;
         out.push(figure(format!("attention bwd {name}"), flops, secs));
         report(&out[out.len() - 1]);
+    }
+    // Decoding: one query position against a cache of `context` keys, the
+    // portable kernel (a few invocations, every key in turn) against the
+    // split-KV one; GB/s counts the cache's k and v rows read once.
+    for context in [512, 4096] {
+        let cache = |seed| Tensor::from_slice(gpu, &[batch, context, hkv, d], &fill(batch * context * hkv * d, seed));
+        let (kc, vc) = (cache(9)?, cache(10)?);
+        let q1 = Tensor::from_slice(gpu, &[batch, 1, hq, d], &fill(batch * hq * d, 11))?;
+        let auto = Variant::Auto.resolve(gpu, 1, d);
+        for variant in [Variant::Portable, Variant::SplitKv] {
+            let name = format!("{variant:?}{}", if variant == auto { " (auto)" } else { "" }).to_lowercase();
+            let flops = 4.0 * (batch * hq * d * context) as f64;
+            let secs = time_calls(gpu, calls_for(flops, false).max(8), repeats, |rec| {
+                attention_forward_cached(rec, &q1, &kc, &vc, context - 1, scale, variant).map(|_| ())
+            })
+            .await?;
+            let bytes = (2 * batch * context * hkv * d * 4) as f64;
+            out.push(Figure {
+                kernel: format!("attention decode {name}"),
+                shape: format!("1B decoding step, {context} keys, {hq}/{hkv} heads of {d}"),
+                gflops: flops / secs / 1e9,
+                ms_per_call: secs * 1e3,
+                m: 1,
+                n: context,
+                k: d,
+                op: "attention",
+                weight_gbps: Some(bytes / secs / 1e9),
+            });
+            report(&out[out.len() - 1]);
+        }
     }
     Ok(out)
 }

@@ -56,6 +56,9 @@ pub enum Kernel {
     AttentionFlash,
     /// The flash kernels over packed rows.
     AttentionFlashSegmented,
+    /// attention.wgsl with the split-KV forward of attention_split_kv.wgsl
+    /// appended: decoding's few queries against many keys (real GPUs).
+    AttentionSplitKv,
     Embedding,
     Elementwise,
     CrossEntropy,
@@ -80,7 +83,7 @@ impl Kernel {
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 33] = [
+    pub const ALL: [Kernel; 34] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -106,6 +109,7 @@ impl Kernel {
         Kernel::AttentionSubgroupSegmented,
         Kernel::AttentionFlash,
         Kernel::AttentionFlashSegmented,
+        Kernel::AttentionSplitKv,
         Kernel::Embedding,
         Kernel::Elementwise,
         Kernel::CrossEntropy,
@@ -248,6 +252,11 @@ impl Kernel {
                 include_str!("../../shaders/attention.wgsl"),
                 include_str!("../../shaders/attention_flash.wgsl")
             ),
+            Kernel::AttentionSplitKv => concat!(
+                include_str!("../../shaders/attention_rows.wgsl"),
+                include_str!("../../shaders/attention.wgsl"),
+                include_str!("../../shaders/attention_split_kv.wgsl")
+            ),
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Kernel::CrossEntropy => concat!(
@@ -327,6 +336,7 @@ impl Kernel {
             Kernel::AttentionSubgroupSegmented => "attention_subgroup_segmented",
             Kernel::AttentionFlash => "attention_flash",
             Kernel::AttentionFlashSegmented => "attention_flash_segmented",
+            Kernel::AttentionSplitKv => "attention_split_kv",
             Kernel::Embedding => "embedding",
             Kernel::Elementwise => "elementwise",
             Kernel::CrossEntropy => "cross_entropy",

@@ -164,7 +164,29 @@ pub enum Variant {
     /// The same with each dkv key block's work cut into this many parts (1:
     /// no split; a part left without queries of a block stores zeros).
     FlashSplit(u32),
+    /// `shaders/attention_split_kv.wgsl`, the forward of a few queries
+    /// against many keys (decoding): the keys cut into splits, a workgroup
+    /// each, then their partial sums combined. Real GPUs get it for fewer
+    /// than [`FLASH_MIN_SEQ`] queries; runs everywhere. Forward only: the
+    /// backward (and packed rows) take the portable kernels.
+    SplitKv,
 }
+
+/// The split-KV forward's shape (`shaders/attention_split_kv.wgsl`): at most
+/// this many query rows a workgroup, keys a block.
+const SPLIT_RB: u32 = 32;
+const SPLIT_KB: u32 = 64;
+
+/// The split-KV forward's rows a workgroup for `rows` rows of a kv head (a
+/// power of two, so few pipelines) and its invocations: a key each, one or
+/// two row lanes.
+fn split_kv_shape(rows: usize) -> (u32, u32) {
+    let rb = (rows.next_power_of_two() as u32).min(SPLIT_RB);
+    (rb, if rb >= 8 { 2 * SPLIT_KB } else { SPLIT_KB })
+}
+/// Workgroups the split-KV forward aims for (all its splits together): a
+/// few per SM of a large GPU.
+const SPLIT_TARGET_WORKGROUPS: usize = 512;
 
 /// The fewest queries [`Variant::Auto`] gives the flash kernels: a block is
 /// 64 query rows (heads × positions), and decoding's few queries would leave
@@ -177,8 +199,11 @@ impl Variant {
     pub fn resolve(self, gpu: &Gpu, tq: u32, head_dim: usize) -> Variant {
         let subgroups = subgroups_usable(gpu);
         let flash = head_dim <= FlashTiles::MAX_HEAD_DIM;
+        let real_gpu = super::blocked::is_real_gpu(gpu);
         match self {
-            Variant::Auto if flash && super::blocked::is_real_gpu(gpu) && tq >= FLASH_MIN_SEQ => Variant::Flash,
+            Variant::Auto if flash && real_gpu && tq >= FLASH_MIN_SEQ => Variant::Flash,
+            Variant::Auto if real_gpu && tq < FLASH_MIN_SEQ => Variant::SplitKv,
+            Variant::SplitKv => Variant::SplitKv,
             Variant::Auto if subgroups && tq >= SG_WIDTH => Variant::Subgroup,
             Variant::Subgroup if subgroups => Variant::Subgroup,
             Variant::Flash if flash => Variant::Flash,
@@ -369,6 +394,10 @@ fn forward(
     variant: Variant,
 ) -> Result<(Tensor, Tensor)> {
     let d = q.shape()[3];
+    let variant = match variant.resolve(rec.gpu(), p.tq, d) {
+        Variant::SplitKv if starts.is_some() => Variant::Portable,
+        v => v,
+    };
     let launch = Launch { segments: starts.is_some(), ..Launch::new(rec.gpu(), variant, p, d) };
     let padded = launch.d4 as usize * 4;
     if padded != d {
@@ -387,6 +416,9 @@ fn forward_vec4(
     starts: Option<&Tensor>,
     p: &Params,
 ) -> Result<(Tensor, Tensor)> {
+    if launch.variant == Variant::SplitKv {
+        return forward_split_kv(rec, launch.d4, [q, k, v], p);
+    }
     let out = rec.alloc(q.shape(), DType::F32)?;
     let lse = rec.alloc(&[p.batch as usize, p.hq as usize, p.tq as usize], DType::F32)?;
     // Only the packed rows' kernels bind starts (binding 16).
@@ -394,6 +426,42 @@ fn forward_vec4(
     let bound = with_starts(&bound, starts);
     rec.dispatch_bound(&launch.key("attention_forward"), p, &bound, launch.query_grid(p))?;
     Ok((out, lse))
+}
+
+/// The split-KV forward (`shaders/attention_split_kv.wgsl`): as many key
+/// splits as bring the workgroups near [`SPLIT_TARGET_WORKGROUPS`], whole
+/// blocks of keys each; then one pass combines them into out and lse.
+fn forward_split_kv(rec: &mut Recorder, d4: u32, [q, k, v]: [&Tensor; 3], p: &Params) -> Result<(Tensor, Tensor)> {
+    let (batch, tq, hq, hkv) = (p.batch as usize, p.tq as usize, p.hq as usize, p.hkv as usize);
+    let (rb, wg) = split_kv_shape(hq / hkv * tq);
+    let row_blocks = (hq / hkv * tq).div_ceil(rb as usize);
+    let units = batch * hkv * row_blocks;
+    let key_blocks = (p.offset as usize + tq).div_ceil(SPLIT_KB as usize);
+    let parts = SPLIT_TARGET_WORKGROUPS.div_ceil(units).clamp(1, key_blocks.max(1));
+    let params = Params { parts: parts as u32, ..*p };
+    let rows = batch * hq * tq;
+    let part_o = rec.alloc(&[parts * rows * d4 as usize * 4], DType::F32)?;
+    let part_ml = rec.alloc(&[parts * rows * 2], DType::F32)?;
+    let out = rec.alloc(q.shape(), DType::F32)?;
+    let lse = rec.alloc(&[batch, hq, tq], DType::F32)?;
+    let key = |entry| split_kv_key(entry, d4, rb, wg);
+    let split = [(1, q), (2, k), (3, v), (17, &part_o), (18, &part_ml)];
+    rec.dispatch_bound(&key("attention_forward_split"), &params, &split, grid_1d(units * parts))?;
+    let combine = [(19, &part_o), (20, &part_ml), (4, &out), (5, &lse)];
+    let groups = grid_1d((rows * d4 as usize).div_ceil(wg as usize));
+    rec.dispatch_bound(&key("attention_combine_splits"), &params, &combine, groups)?;
+    Ok((out, lse))
+}
+
+fn split_kv_key(entry: &'static str, d4: u32, rb: u32, wg: u32) -> PipelineKey {
+    PipelineKey::new(Kernel::AttentionSplitKv, entry)
+        .with("WG", Const::U32(wg))
+        .with("D4", Const::U32(d4))
+        .with("G", Const::U32(1))
+        .with("P", Const::U32(1))
+        .with("PK", Const::U32(1))
+        .with("RB", Const::U32(rb))
+        .with("KB", Const::U32(SPLIT_KB))
 }
 
 /// Returns `(out, lse)`.
@@ -667,6 +735,12 @@ pub(crate) fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         for entry in entries.into_iter().chain(["attention_backward_dkv_split", "attention_dkv_sum"]) {
             keys.push(Launch { segments, ..launch }.key(entry));
         }
+    }
+    // The split-KV forward: its constants follow from head_dim and the rows
+    // of a kv head (heads a group × queries).
+    for (d4, rows) in [(1, 3), (5, 1), (16, 4), (16, 39), (32, 2), (32, 8), (MAX_HEAD_DIM as u32 / 4, 16)] {
+        let (rb, wg) = split_kv_shape(rows);
+        keys.extend(["attention_forward_split", "attention_combine_splits"].map(|e| split_kv_key(e, d4, rb, wg)));
     }
     keys
 }
