@@ -7,7 +7,7 @@ mod common;
 
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::model::llama::{argmax, sample, GenerationConfig, KvCache, NoHooks};
+use webpeft::model::llama::{argmax, sample, GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::util::rng::Rng;
@@ -244,4 +244,51 @@ fn read_after_returns_its_submissions_value() {
     let err = block_on(early.read(gpu)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("never submitted"), "{err}");
     drop(rec);
+}
+
+/// Hooks that fail the `fail_at`-th Linear a forward records (counting from
+/// 0 over the whole generation): a step that cannot be recorded.
+struct FailAt {
+    calls: std::cell::Cell<usize>,
+    fail_at: usize,
+}
+
+impl Hooks for FailAt {
+    fn linear_input(
+        &self,
+        _: &mut Recorder,
+        _: usize,
+        _: Proj,
+        _: &Tensor,
+    ) -> webpeft::Result<Option<(Tensor, Saved)>> {
+        let n = self.calls.get();
+        self.calls.set(n + 1);
+        match n == self.fail_at {
+            true => Err(Error::InvalidArgument { op: "FailAt", detail: format!("Linear {n}") }),
+            false => Ok(None),
+        }
+    }
+}
+
+/// Greedy decoding records step n + 1 before it reads token n: when that
+/// recording fails, token n (computed) still reaches the callback before the
+/// error comes back, so nothing computed is lost. llama_gqa records 14
+/// Linears a step (2 layers of 7): failing Linear 14·s + 5 fails step s.
+#[test]
+fn a_step_that_cannot_be_recorded_keeps_the_token_before_it() {
+    let gpu = gpu();
+    let model = load(gpu, "llama_gqa");
+    let (prompt, expected) = greedy_ref("llama_gqa");
+    for step in [1, 2, 5] {
+        let hooks = FailAt { calls: std::cell::Cell::new(0), fail_at: 14 * step + 5 };
+        let mut streamed = Vec::new();
+        let cfg = GenerationConfig::greedy(expected.len());
+        let err = block_on(model.generate_adapted(gpu, &prompt, &cfg, &hooks, |t| {
+            streamed.push(t);
+            true
+        }))
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { op: "FailAt", .. }), "{err}");
+        assert_eq!(streamed, expected[..step], "step {step} failed: tokens 0..{step} were computed");
+    }
 }

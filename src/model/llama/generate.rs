@@ -335,8 +335,10 @@ impl Model {
         let mut offset = prompt.shape()[1];
         let (mut token, mut read) = step(&prompt, 0)?;
         loop {
-            // The next step, if one may follow, goes in before this one is read.
-            let next = if out.len() + 1 < config.max_new_tokens { Some(step(&token, offset)?) } else { None };
+            // The next step, if one may follow, goes in before this one is
+            // read; if it cannot be recorded, this token still reaches
+            // `on_token` before the error is returned.
+            let next = (out.len() + 1 < config.max_new_tokens).then(|| step(&token, offset));
             let bytes = read.read(gpu).await?;
             let id = bytemuck::pod_read_unaligned::<u32>(&bytes[..4]);
             if id == NO_INDEX {
@@ -344,7 +346,7 @@ impl Model {
             }
             out.push(id);
             let go_on = on_token(id);
-            let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)) else {
+            let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)).transpose()? else {
                 return Ok(out);
             };
             offset += 1;
