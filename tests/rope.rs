@@ -9,7 +9,7 @@ use finite_diff::{dot64, gather, numeric_grad, sample};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::reference::assert_close;
 use webpeft::kernels::reference::rope as cpu;
-use webpeft::kernels::rope::{rope_backward, rope_backward_inplace, rope_forward, rope_forward_inplace};
+use webpeft::kernels::rope::{rope_backward, rope_backward_inplace, rope_cached, rope_forward, rope_forward_inplace};
 use webpeft::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
 use webpeft::{DType, Error, Tensor};
 
@@ -112,5 +112,65 @@ fn bad_arguments_are_typed_errors() {
     let utable = Tensor::zeros(gpu, &[6, 8], DType::U32).unwrap();
     let err = rope_backward_inplace(&mut rec, &x, &table, &utable, 0).unwrap_err();
     assert!(matches!(err, Error::DType { arg: "sin", expected: "f32", got: "u32", .. }), "{err}");
+    assert!(rec.is_empty());
+}
+
+/// A decoding step's RoPE and cache write in one launch (`rope_cached`)
+/// against the reference: q rotated in place, k rotated into the cache rows
+/// at the offset, v copied there exactly, every other cache row untouched
+/// (caches full of garbage), k itself left as it was; GQA heads, a head_dim
+/// that is no multiple of 4, batch 2, one step and a chunk.
+#[test]
+fn rope_cached_rotates_q_and_writes_the_caches() {
+    let gpu = gpu();
+    let (batch, heads, kv, hd, capacity) = (2, 6, 2, 10, 9);
+    for (offset, seq) in [(4, 1), (2, 5)] {
+        let ((cos, sin), (cs, sn)) = tables(16, hd, offset, seq);
+        let q = randn(1, batch * seq * heads * hd);
+        let k = randn(2, batch * seq * kv * hd);
+        let v = randn(3, batch * seq * kv * hd);
+        let (kc0, vc0) = (randn(4, batch * capacity * kv * hd), randn(5, batch * capacity * kv * hd));
+        let t = |shape: &[usize], data: &[f32]| Tensor::from_slice(gpu, shape, data).unwrap();
+        let (tq, tk, tv) =
+            (t(&[batch, seq, heads, hd], &q), t(&[batch, seq, kv, hd], &k), t(&[batch, seq, kv, hd], &v));
+        let (tkc, tvc) = (t(&[batch, capacity, kv, hd], &kc0), t(&[batch, capacity, kv, hd], &vc0));
+        let (tcos, tsin) = (t(&[16, hd], &cos), t(&[16, hd], &sin));
+        let mut rec = Recorder::new(gpu);
+        rope_cached(&mut rec, &tq, &tk, &tv, &tcos, &tsin, &tkc, &tvc, offset).unwrap();
+        rec.submit().unwrap();
+        let read = |x: &Tensor| block_on(x.to_vec::<f32>(gpu)).unwrap();
+
+        let mut want_q = q.clone();
+        cpu::rope_forward(&mut want_q, &cs, &sn, batch, seq, heads, hd);
+        assert_close("rope_cached q", &read(&tq), &want_q, ABS, REL);
+        let mut rotated_k = k.clone();
+        cpu::rope_forward(&mut rotated_k, &cs, &sn, batch, seq, kv, hd);
+        let (mut want_kc, mut want_vc) = (kc0.clone(), vc0.clone());
+        let row = kv * hd;
+        for b in 0..batch {
+            let (from, to) = ((b * seq) * row, (b * capacity + offset) * row);
+            want_kc[to..to + seq * row].copy_from_slice(&rotated_k[from..from + seq * row]);
+            want_vc[to..to + seq * row].copy_from_slice(&v[from..from + seq * row]);
+        }
+        assert_close("rope_cached k cache", &read(&tkc), &want_kc, ABS, REL);
+        assert_eq!(read(&tvc), want_vc, "v copied exactly, other rows untouched");
+        let kc = read(&tkc);
+        for (i, (got, old)) in kc.iter().zip(&kc0).enumerate() {
+            let r = (i / row) % capacity;
+            if r < offset || r >= offset + seq {
+                assert_eq!(got.to_bits(), old.to_bits(), "k cache row {r} must be untouched");
+            }
+        }
+        assert_eq!(read(&tk), k, "k is left as it was");
+    }
+    // Caches too short for the rows, and k and v that do not match q, are refused.
+    let z = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32).unwrap();
+    let (tab, q, k) = (z(&[16, 10]), z(&[1, 2, 6, 10]), z(&[1, 2, 2, 10]));
+    let mut rec = Recorder::new(gpu);
+    let err = rope_cached(&mut rec, &q, &k, &k, &tab, &tab, &z(&[1, 5, 2, 10]), &z(&[1, 5, 2, 10]), 4).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "rope_cached", .. }), "{err}");
+    let err = rope_cached(&mut rec, &q, &z(&[1, 3, 2, 10]), &k, &tab, &tab, &z(&[1, 9, 2, 10]), &z(&[1, 9, 2, 10]), 0)
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
     assert!(rec.is_empty());
 }

@@ -24,7 +24,9 @@ struct Params {
     heads: u32,
     head_dim: u32,
     row_offset: u32,
-    _pad: [u32; 3],
+    kv_heads: u32,
+    capacity: u32,
+    _pad: u32,
 }
 
 fn check(op: &'static str, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: usize) -> Result<Params> {
@@ -56,7 +58,9 @@ fn check(op: &'static str, x: &Tensor, cos: &Tensor, sin: &Tensor, row_offset: u
         heads: heads as u32,
         head_dim: head_dim as u32,
         row_offset: row_offset as u32,
-        _pad: [0; 3],
+        kv_heads: 0,
+        capacity: 0,
+        _pad: 0,
     })
 }
 
@@ -108,11 +112,65 @@ pub fn rope_backward_inplace(
     launch(rec, "rope_backward_inplace", &p, &[(5, dy), (2, cos), (3, sin)])
 }
 
+/// A decoding step's RoPE and KV-cache write in one launch: q rotated in
+/// place, k rotated into rows `row_offset..row_offset + seq` of `k_cache` and
+/// v copied into the same rows of `v_cache`; bit for bit
+/// [`rope_forward_inplace`] on q and k and a copy of each into its cache
+/// (`attention::write_kv_cache`), one launch instead of two and two copies.
+/// k itself is left as it was.
+///
+/// - q: (batch, seq, heads, head_dim); k, v: (batch, seq, kv_heads, head_dim)
+/// - cos, sin: (table_rows, head_dim), table_rows ≥ row_offset + seq
+/// - k_cache, v_cache: (batch, capacity, kv_heads, head_dim), capacity ≥ row_offset + seq
+#[allow(clippy::too_many_arguments)]
+pub fn rope_cached(
+    rec: &mut Recorder,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    row_offset: usize,
+) -> Result<()> {
+    const OP: &str = "rope_cached";
+    let mut p = check(OP, q, cos, sin, row_offset)?;
+    check(OP, k, cos, sin, row_offset)?;
+    all_f32(OP, &[("v", v), ("k_cache", k_cache), ("v_cache", v_cache)])?;
+    let [batch, seq, _, head_dim] = dims(OP, "q", "(batch, seq, heads, head_dim)", q)?;
+    let [kb, ks, kv_heads, kd] = dims(OP, "k", "(batch, seq, kv_heads, head_dim)", k)?;
+    if (kb, ks, kd) != (batch, seq, head_dim) || v.shape() != k.shape() {
+        return Err(Error::shape(
+            OP,
+            format!("k {:?} and v {:?} must be q {:?}'s rows", k.shape(), v.shape(), q.shape()),
+        ));
+    }
+    let [cb, capacity, ch, cd] = dims(OP, "k_cache", "(batch, capacity, kv_heads, head_dim)", k_cache)?;
+    if (cb, ch, cd) != (batch, kv_heads, head_dim) || v_cache.shape() != k_cache.shape() || row_offset + seq > capacity
+    {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "rows {row_offset}..{} of k {:?} do not fit caches {:?}",
+                row_offset + seq,
+                k.shape(),
+                k_cache.shape()
+            ),
+        ));
+    }
+    u32_count(OP, "the cache's element count", k_cache.numel())?;
+    (p.kv_heads, p.capacity) = (kv_heads as u32, capacity as u32);
+    let invocations = p.pairs as usize + k.numel();
+    let bound = [(5, q), (1, k), (6, v), (2, cos), (3, sin), (7, k_cache), (8, v_cache)];
+    rec.dispatch_bound(&key("rope_cached"), &p, &bound, grid_1d(invocations.div_ceil(WG as usize)))
+}
+
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::Rope, entry).with("WG", Const::U32(WG))
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["rope_forward", "rope_forward_inplace", "rope_backward", "rope_backward_inplace"].map(key).to_vec()
+    ["rope_forward", "rope_forward_inplace", "rope_backward", "rope_backward_inplace", "rope_cached"].map(key).to_vec()
 }

@@ -26,7 +26,7 @@ use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Varian
 use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
-use crate::kernels::rope::rope_forward_inplace;
+use crate::kernels::rope::rope_cached;
 use crate::util::rng::Rng;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
@@ -92,10 +92,7 @@ impl Attention {
         let q = self.q_proj.forward_hooked(rec, x, hooks, Proj::Q)?.0.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
         let k = self.k_proj.forward_hooked(rec, x, hooks, Proj::K)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
-        rope_forward_inplace(rec, &q, &rope.cos, &rope.sin, offset)?;
-        rope_forward_inplace(rec, &k, &rope.cos, &rope.sin, offset)?;
-        write_kv_cache(rec, &k, k_cache, offset)?;
-        write_kv_cache(rec, &v, v_cache, offset)?;
+        rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?; // q rotated; k, v into the cache
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
         Ok(self.o_proj.forward_hooked(rec, &out.reshape(&[b, t, h * hd])?, hooks, Proj::O)?.0)
     }
