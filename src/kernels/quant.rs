@@ -215,12 +215,6 @@ impl Packed {
         Ok(Packed { format: QuantFormat::F16, layout: Layout::F16, len: h.len(), scales: codes.clone(), codes })
     }
 
-    /// Upload CPU-rounded bf16 (see [`crate::quant::to_bf16`]).
-    pub fn from_bf16(gpu: &crate::Gpu, h: &[half::bf16]) -> Result<Packed> {
-        let codes = Tensor::from_slice(gpu, &[h.len()], h)?;
-        Ok(Packed { format: QuantFormat::Bf16, layout: Layout::Bf16, len: h.len(), scales: codes.clone(), codes })
-    }
-
     /// Whether `scales` is a buffer of its own (not `codes` again, as for
     /// the 16-bit floats).
     pub fn has_scales(&self) -> bool {

@@ -114,9 +114,10 @@ pub fn rope_backward_inplace(
 
 /// A decoding step's RoPE and KV-cache write in one launch: q rotated in
 /// place, k rotated into rows `row_offset..row_offset + seq` of `k_cache` and
-/// v copied into the same rows of `v_cache`; bit for bit
-/// [`rope_forward_inplace`] on q and k and a copy of each into its cache
-/// (`attention::write_kv_cache`), one launch instead of two and two copies.
+/// v copied into the same rows of `v_cache`: the rotation of
+/// [`rope_forward_inplace`] (the same shader function) on q and k and a copy
+/// of each into its cache (`attention::write_kv_cache`), one launch instead
+/// of two and two copies.
 /// k itself is left as it was.
 ///
 /// - q: (batch, seq, heads, head_dim); k, v: (batch, seq, kv_heads, head_dim)

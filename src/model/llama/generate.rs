@@ -339,7 +339,7 @@ impl Model {
             let bytes = read.read(gpu).await?;
             let id = bytemuck::pod_read_unaligned::<u32>(&bytes[..4]);
             if id == NO_INDEX {
-                return Err(Error::invalid("sample", "the logits row is empty or all NaN"));
+                return Err(no_token());
             }
             out.push(id);
             let go_on = on_token(id);
@@ -440,13 +440,16 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// A row of logits with no token to pick, on the CPU or on the GPU.
+fn no_token() -> Error {
+    Error::invalid("sample", "the logits row is empty or all NaN")
+}
+
 /// Picks the next token from one row of logits (V): [`argmax`] when greedy,
 /// else transformers' order: logits / temperature, then top-k, then top-p,
 /// then a draw from the softmax of what is left.
 pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Result<u32> {
-    const OP: &str = "sample";
-    let pick =
-        |i: Option<usize>| i.map(|i| i as u32).ok_or_else(|| Error::invalid(OP, "the logits row is empty or all NaN"));
+    let pick = |i: Option<usize>| i.map(|i| i as u32).ok_or_else(no_token);
     if config.greedy {
         return pick(argmax(logits));
     }
