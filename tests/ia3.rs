@@ -11,7 +11,7 @@ mod common;
 
 use common::{
     adapted_logits, adapter_values, block_on, cached_vs_full, check_peft_training, fixture, fixture_adapter,
-    fixture_batch, fixture_model, gpu, max_abs_diff, Fixture,
+    fixture_batch, fixture_model, gpu, max_abs_diff, uniform, Fixture,
 };
 use webpeft::model::{Config, MemoryFiles, Model, ModelType};
 use webpeft::peft::adapter::Adapter;
@@ -111,6 +111,30 @@ fn the_kv_cache_forward_matches_the_full_forward() {
         let d = cached_vs_full(gpu, &model, &ad, &ids, 5, 0);
         assert!(d <= 1e-4, "{name}: cached vs full logits {d:e}");
     }
+}
+
+/// (IA)³ scaling the outputs of o_proj and down_proj (neither a feed-forward
+/// module) changes the Linears whose products decoding adds straight into
+/// the residual stream where a method leaves that join plain
+/// (`Hooks::plain_residual`): here it must not, and the cache still matches.
+#[test]
+fn output_scaling_of_the_residual_linears_through_the_kv_cache() {
+    let gpu = gpu();
+    let model = model(gpu, "llama_gqa");
+    let config = std::fs::read(fixture("ia3/llama_gqa/initial_adapter/adapter_config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    config["target_modules"] = serde_json::json!(["o_proj", "down_proj"]);
+    config["feedforward_modules"] = serde_json::json!([]);
+    let ad = Adapter::new_ia3(gpu, Ia3Config::from_value(&config).unwrap(), &model.config, 3).unwrap();
+    for (i, (_, t)) in ad.tensors().into_iter().enumerate() {
+        t.write(gpu, &uniform(40 + i as u64, t.numel(), 0.3, 1.7)).unwrap();
+    }
+    let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
+    let base = adapted_logits(gpu, &model, None, std::slice::from_ref(&ids));
+    let scaled = adapted_logits(gpu, &model, Some(&ad), std::slice::from_ref(&ids));
+    assert!(max_abs_diff(&base, &scaled) > 1e-2, "the vectors change the logits");
+    let d = cached_vs_full(gpu, &model, &ad, &ids, 5, 0);
+    assert!(d <= 1e-4, "cached vs full logits {d:e}");
 }
 
 #[test]

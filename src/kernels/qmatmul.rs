@@ -782,19 +782,44 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
 /// f32 or quantized; else one more product adds it (the same sum in another
 /// order).
 pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowRank) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = w.rows;
+    }
+    let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
+    low_rank_product(rec, x, w, &y, false, term)?;
+    Ok(y)
+}
+
+/// out += x·Wᵀ + scale·h·Bᵀ: [`qlinear_low_rank`] added into a tensor that
+/// already holds another sum (decoding's residual stream), the term fused
+/// into the same stores where it is there.
+pub fn qlinear_low_rank_accumulate(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    term: &LowRank,
+) -> Result<()> {
+    low_rank_product(rec, x, w, out, true, term)
+}
+
+/// x·Wᵀ + scale·h·Bᵀ into `out` (added to it with `accumulate`): fused
+/// where [`low_rank::fuses`], else one more product adds the term.
+fn low_rank_product(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    accumulate: bool,
+    term: &LowRank,
+) -> Result<()> {
     let (m, _) = term.check(x, w.rows, w.cols)?;
     if low_rank::fuses(rec.gpu(), m) {
-        let mut shape = x.shape().to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = w.rows;
-        }
-        let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-        qgemm_acc(rec, x, w, &y, false, false, None, Some(term))?;
-        return Ok(y);
+        return qgemm_acc(rec, x, w, out, false, accumulate, None, Some(term));
     }
-    let y = qlinear(rec, x, w)?;
-    term.add_to(rec, &y)?;
-    Ok(y)
+    qgemm_acc(rec, x, w, out, false, accumulate, None, None)?;
+    term.add_to(rec, out)
 }
 
 /// dx = dy·W + scale·h·Bᵀ (+ dx with `accumulate`) for dy (…, out) into dx

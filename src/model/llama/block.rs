@@ -83,7 +83,7 @@ pub struct Linear {
 }
 
 /// x as (M, cols).
-fn rows2d(x: &Tensor) -> Result<Tensor> {
+pub(super) fn rows2d(x: &Tensor) -> Result<Tensor> {
     let cols = x.shape().last().copied().unwrap_or(0);
     x.reshape(&[x.numel() / cols.max(1), cols])
 }

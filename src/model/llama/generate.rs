@@ -15,8 +15,14 @@
 //! through the final norm and `lm_head`, so a step reads back one row of
 //! logits, which is sampled on the CPU ([`sample`]): greedy, or transformers'
 //! temperature → top-k → top-p, drawn with [`Rng`].
+//!
+//! Nothing is kept for a backward, so the residual stream is one tensor a
+//! step: where the hooks leave a join plain ([`Hooks::plain_residual`]),
+//! o_proj and down_proj add their products into it as they store them
+//! (`h = x + o_proj(…)` in x's own buffer), two launches and two passes over
+//! it fewer a layer.
 
-use super::block::{Attention, Block};
+use super::block::{add_bias, rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{rows, Model};
@@ -24,9 +30,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::embedding::embedding_weight;
-use crate::kernels::qmatmul::qlinear;
+use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_low_rank_accumulate};
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
+use crate::kernels::swiglu::swiglu_forward;
 use crate::util::rng::Rng;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
@@ -76,12 +83,15 @@ impl KvCache {
 }
 
 impl Attention {
-    /// x (B, T, D), already normed, at positions `offset..offset + T` →
-    /// (B, T, D); writes this step's k and v into the cache first.
+    /// `residual + self_attn(x)` for x (B, T, D), already normed, at
+    /// positions `offset..offset + T`, and `residual` (B, T, D) the stream
+    /// it joins (updated in place where the hooks allow, see
+    /// [`Linear::forward_residual`]); writes this step's k and v into the
+    /// cache first.
     pub fn forward_cached(
         &self,
         rec: &mut Recorder,
-        x: &Tensor,
+        (x, residual): (&Tensor, &Tensor),
         rope: &RopeTables,
         (k_cache, v_cache): &(Tensor, Tensor),
         offset: usize,
@@ -94,12 +104,59 @@ impl Attention {
         let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?; // q rotated; k, v into the cache
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
-        Ok(self.o_proj.forward_hooked(rec, &out.reshape(&[b, t, h * hd])?, hooks, Proj::O)?.0)
+        self.o_proj.forward_residual(rec, &out.reshape(&[b, t, h * hd])?, hooks, Sublayer::Attention, residual)
+    }
+}
+
+impl Mlp {
+    /// `residual + mlp(x)` for x (…, D), already normed, and `residual` (…, D)
+    /// the stream it joins (updated in place where the hooks allow).
+    fn forward_cached(&self, rec: &mut Recorder, x: &Tensor, hooks: LayerHooks, residual: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward_hooked(rec, x, hooks, Proj::Gate)?.0; // (…, I)
+        let up = self.up_proj.forward_hooked(rec, x, hooks, Proj::Up)?.0; // (…, I)
+        let hidden = swiglu_forward(rec, &gate, &up)?; // (…, I)
+        self.down_proj.forward_residual(rec, &hidden, hooks, Sublayer::Mlp, residual)
+    }
+}
+
+impl Linear {
+    /// `r + self(x)` (…, out) through the hooks of `site`'s last Linear (this
+    /// one), joining the residual stream r at `site`. Where the hooks leave
+    /// that join plain ([`Hooks::plain_residual`]) the product (with its
+    /// low-rank term and bias) adds itself into r as it stores, and r,
+    /// updated in place, is returned; else a new tensor, as
+    /// [`Block::forward`] makes it.
+    fn forward_residual(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        hooks: LayerHooks,
+        site: Sublayer,
+        r: &Tensor,
+    ) -> Result<Tensor> {
+        let (layer, proj) = (hooks.layer, site.output_proj());
+        if !hooks.hooks.plain_residual(layer, site) {
+            let (y, _) = self.forward_hooked(rec, x, hooks, proj)?;
+            return Ok(Block::residual(rec, r, &y, hooks, site)?.0);
+        }
+        let x = rows2d(x)?;
+        let x = hooks.hooks.linear_input(rec, layer, proj, &x)?.map_or(x, |(x, _)| x);
+        let stream = rows2d(r)?;
+        match hooks.hooks.linear_low_rank(rec, layer, proj, &x)? {
+            Some((term, _)) => qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?,
+            None => qlinear_accumulate(rec, &x, &self.weight, &stream, false)?,
+        }
+        if let Some(bias) = &self.bias {
+            add_bias(rec, &stream, bias)?;
+        }
+        Ok(r.clone())
     }
 }
 
 impl Block {
-    /// [`Block::forward`] at positions `offset..offset + T`, through the cache.
+    /// [`Block::forward`] at positions `offset..offset + T`, through the
+    /// cache. x, the residual stream, may be updated in place: the layer's
+    /// output is then x itself.
     pub fn forward_cached(
         &self,
         rec: &mut Recorder,
@@ -110,11 +167,9 @@ impl Block {
         hooks: LayerHooks,
     ) -> Result<Tensor> {
         let attn = self.input_layernorm.forward(rec, x)?;
-        let attn = self.self_attn.forward_cached(rec, &attn, rope, kv, offset, hooks)?;
-        let (h, _) = Block::residual(rec, x, &attn, hooks, Sublayer::Attention)?;
+        let h = self.self_attn.forward_cached(rec, (&attn, x), rope, kv, offset, hooks)?; // x + self_attn(…)
         let mlp = self.post_attention_layernorm.forward(rec, &h)?;
-        let (mlp, _) = self.mlp.forward(rec, &mlp, hooks)?;
-        Ok(Block::residual(rec, &h, &mlp, hooks, Sublayer::Mlp)?.0)
+        self.mlp.forward_cached(rec, &mlp, hooks, &h) // h + mlp(…)
     }
 }
 

@@ -10,6 +10,7 @@
 //! | [`Hooks::linear_low_rank`] | before a Linear's product: a low-rank term `s·h·Bᵀ` for the frozen product to add as it stores y (fused into decoding's kernels, and into every product on real GPUs); its backward point may give the term's share of dx the same way | LoRA (`h = drop(x)·Aᵀ`; dx's share `d(xa)·A` without dropout), AdaLoRA |
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
+//! | [`Hooks::plain_residual`] | a question, not a point: whether a sub-layer's last Linear and its join to the residual stream are left alone, so that decoding may add the product straight into r as it stores it | every method, for the sites it leaves alone |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
 //! torch's `ctx.save_for_backward`), or `None` when the method does nothing
@@ -72,6 +73,16 @@ pub enum Sublayer {
     Attention,
     /// `out = h + mlp(post_attention_layernorm(h))`
     Mlp,
+}
+
+impl Sublayer {
+    /// The Linear whose output is the sub-layer's: o_proj, down_proj.
+    pub fn output_proj(self) -> Proj {
+        match self {
+            Sublayer::Attention => Proj::O,
+            Sublayer::Mlp => Proj::Down,
+        }
+    }
 }
 
 /// The tensors a hook's forward keeps for its backward.
@@ -251,6 +262,18 @@ pub trait Hooks {
         Ok(None)
     }
 
+    /// Whether the hooks leave `site`'s join to the residual stream plain in
+    /// layer `layer`: no [`Hooks::linear_forward`] on the sub-layer's last
+    /// Linear ([`Sublayer::output_proj`]) and no [`Hooks::residual_forward`]
+    /// at `site` (a `linear_input` or a low-rank term there is fine). Then a
+    /// forward that keeps nothing for a backward (decoding) adds that
+    /// Linear's product into the residual stream as the product stores it,
+    /// and calls neither point. A method that uses either point at `site`
+    /// must answer false; false, the default, is always right.
+    fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        false
+    }
+
     /// The backward of [`Hooks::residual_forward`] for dout (B, T, D): returns
     /// (∂/∂s, ∂/∂r), each dout plus the hook's share, and adds its
     /// parameters' gradients into its own accumulators.
@@ -425,6 +448,11 @@ macro_rules! forward_hooks {
                 $hooks.residual_forward(rec, layer, site, r, s, out)
             }
 
+            fn plain_residual(&self, layer: usize, site: $crate::model::llama::hooks::Sublayer) -> bool {
+                let $s = self;
+                $hooks.plain_residual(layer, site)
+            }
+
             fn residual_backward(
                 &self,
                 rec: &mut $crate::gpu::Recorder,
@@ -444,7 +472,11 @@ macro_rules! forward_hooks {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHooks;
 
-impl Hooks for NoHooks {}
+impl Hooks for NoHooks {
+    fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+}
 
 /// The hooks as one layer sees them.
 #[derive(Clone, Copy)]

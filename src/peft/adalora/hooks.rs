@@ -10,12 +10,16 @@ use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::adalora::{scale_rows, scale_rows_backward};
 use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
-use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::lora::hooks::lora_dropout;
 use crate::peft::lora::layer::{lora_backward, lora_backward_term, lora_term, LoraFactors, LoraSaved};
 use crate::peft::pass::{mismatch, Pass};
 
 impl Hooks for Pass<'_, AdaLoraAdapter> {
+    fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true // a low-rank term only
+    }
+
     fn linear_low_rank(
         &self,
         rec: &mut Recorder,

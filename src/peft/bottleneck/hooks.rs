@@ -43,6 +43,10 @@ impl Pass<'_, BottleneckAdapter> {
 }
 
 impl Hooks for Pass<'_, BottleneckAdapter> {
+    fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {
+        self.params.unit(layer, site).is_none()
+    }
+
     fn residual_forward(
         &self,
         rec: &mut Recorder,

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
 use crate::kernels::elementwise::copy;
 use crate::model::llama::block::Linear;
-use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::columns::{add_column_sums, scale_columns};
 use crate::peft::pass::{mismatch, Pass};
 
@@ -29,6 +29,11 @@ impl Pass<'_, Ia3Adapter> {
 }
 
 impl Hooks for Pass<'_, Ia3Adapter> {
+    fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {
+        // A vector on the output of the sub-layer's last Linear scales y.
+        self.params.vector(layer, site.output_proj()).is_none_or(|v| v.module.feedforward)
+    }
+
     fn linear_input(
         &self,
         rec: &mut Recorder,

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
 use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
-use crate::model::llama::hooks::{Hooks, Proj, Saved};
+use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::pass::{mismatch, Pass};
 use crate::util::rng::pcg_hash;
 
@@ -52,6 +52,11 @@ impl Pass<'_, LoraAdapter> {
 }
 
 impl Hooks for Pass<'_, LoraAdapter> {
+    fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {
+        // A DoRA layer rescales its Linear's output in `linear_forward`.
+        self.params.factors(layer, site.output_proj()).is_none_or(|f| f.m.is_none())
+    }
+
     fn linear_low_rank(
         &self,
         rec: &mut Recorder,

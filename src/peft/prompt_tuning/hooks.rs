@@ -7,10 +7,14 @@ use super::adapter::PromptTuningAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::model::llama::hooks::Hooks;
+use crate::model::llama::hooks::{Hooks, Sublayer};
 use crate::peft::pass::Pass;
 
 impl Hooks for Pass<'_, PromptTuningAdapter> {
+    fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+
     fn virtual_tokens(&self) -> usize {
         self.params.config.num_virtual_tokens
     }
