@@ -178,6 +178,80 @@ fn sampler_on_the_cpu() {
     assert_eq!(draw(5), draw(5));
 }
 
+/// The sampler as a full sort writes it: every candidate ordered by score
+/// (lower index first on ties), top-k kept by value, weights and sums in
+/// that order. `sample` must pick the same token from the same draw.
+fn sample_by_full_sort(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Option<u32> {
+    let top = argmax(logits)?;
+    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
+    if config.top_k > 0 && config.top_k < order.len() {
+        let kth = scores[order[config.top_k - 1]];
+        order.retain(|&i| scores[i] >= kth);
+    }
+    let max = scores[order[0]];
+    if !max.is_finite() {
+        return Some(top as u32);
+    }
+    let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+    let sum: f64 = weights.iter().sum();
+    let mut keep = weights.len();
+    let mut cum = 0.0;
+    for (n, w) in weights.iter().enumerate() {
+        cum += w / sum;
+        if config.top_p < 1.0 && cum >= config.top_p as f64 {
+            keep = n + 1;
+            break;
+        }
+    }
+    let total: f64 = weights[..keep].iter().sum();
+    let u = rng.uniform() * total;
+    let mut acc = 0.0;
+    for (n, w) in weights[..keep].iter().enumerate() {
+        acc += w;
+        if u < acc {
+            return Some(order[n] as u32);
+        }
+    }
+    Some(order[keep - 1] as u32)
+}
+
+/// `sample` ranks candidates by integer keys and finds top-k's k-th score
+/// without sorting them all: on random rows with ties, NaNs, ±∞ and ±0, at
+/// odd sizes and every kind of setting, it picks what a full sort picks.
+#[test]
+fn the_sampler_picks_what_a_full_sort_picks() {
+    let mut gen = Rng::new(77);
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.5, -1.5];
+    // −0 and 0 tie: rows of them only, where every draw lands on one.
+    let zeros = [vec![-0.0f32, 0.0, -0.0, 0.0, f32::NAN], vec![0.0, -0.0, -1.0, -0.0]];
+    for case in 0..400 {
+        let v = 1 + gen.below(300);
+        let logits: Vec<f32> = match zeros.get(case as usize) {
+            Some(row) => row.clone(),
+            None => (0..v)
+                .map(|_| match gen.below(10) {
+                    0 => specials[gen.below(specials.len())],
+                    1..=3 => (gen.below(5) as f32 - 2.0) * 0.5, // ties
+                    _ => (gen.uniform() as f32 - 0.5) * 12.0,
+                })
+                .collect(),
+        };
+        let v = logits.len();
+        let top_k = [0, 1, 2, 7, 50, v, v + 3][gen.below(7)];
+        let top_p = [1.0, 0.9, 0.5, 0.05][gen.below(4)];
+        let temperature = [1.0, 0.7, 1.9][gen.below(3)];
+        let config = GenerationConfig::sampling(1, temperature, top_k, top_p, 0);
+        let (mut a, mut b) = (Rng::new(case), Rng::new(case));
+        for draw in 0..20 {
+            let want = sample_by_full_sort(&logits, &config, &mut a);
+            let got = sample(&logits, &config, &mut b).ok();
+            assert_eq!(got, want, "case {case} draw {draw}: V {v}, top_k {top_k}, top_p {top_p}, T {temperature}");
+        }
+    }
+}
+
 /// The demo's built-in model (www/default-model): its prompt and chat encodings, the prompt's logits and the
 /// greedy continuation and chat answer, each to its eos, are transformers' (`make_fixtures.py default_model`).
 #[test]

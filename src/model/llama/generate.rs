@@ -495,6 +495,15 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// The sort key of token `index`'s score (not NaN): ascending keys are
+/// descending scores, ties (−0 and 0 too, as `partial_cmp` has them) by
+/// ascending index, which is the low 32 bits.
+fn rank_key(score: f32, index: usize) -> u64 {
+    let bits = (score + 0.0).to_bits(); // −0 + 0 = +0
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    (u64::from(!ascending) << 32) | index as u64
+}
+
 /// A row of logits with no token to pick, on the CPU or on the GPU.
 fn no_token() -> Error {
     Error::invalid("sample", "the logits row is empty or all NaN")
@@ -511,14 +520,17 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Resul
     config.validate()?;
     let top = pick(argmax(logits))? as usize;
     let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
-    // Candidates, most likely first (stable: lower index first on ties).
-    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
-    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
-    // top-k: keep scores ≥ the k-th largest.
-    if config.top_k > 0 && config.top_k < order.len() {
-        let kth = scores[order[config.top_k - 1]];
-        order.retain(|&i| scores[i] >= kth);
+    // Candidates, most likely first (lower index first on ties), as integer
+    // keys: a vocabulary of 128k is sorted in a few ms this way, not 15.
+    let mut keys: Vec<u64> =
+        scores.iter().enumerate().filter(|(_, s)| !s.is_nan()).map(|(i, &s)| rank_key(s, i)).collect();
+    // top-k: keep scores ≥ the k-th largest, found without sorting them all.
+    if config.top_k > 0 && config.top_k < keys.len() {
+        let kth = *keys.select_nth_unstable(config.top_k - 1).1 >> 32;
+        keys.retain(|&k| k >> 32 <= kth);
     }
+    keys.sort_unstable();
+    let order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
     let max = scores[order[0]];
     if !max.is_finite() {
         return Ok(top as u32);
