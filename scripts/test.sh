@@ -29,6 +29,15 @@ cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
 cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel dequantizes chunks
 unset WEBPEFT_SHADER_CHECKS
 
+# lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
+# bits, 4 at 128 and 16 at 512 (LLVM splits what the CPU lacks). Real GPUs
+# have 16 to 64; the kernels that sum over subgroups of any width run again
+# at 4 and 16 lanes (about 25 s).
+echo "== subgroup kernels at 4 and 16 lanes (LP_NATIVE_VECTOR_WIDTH)"
+for bits in 128 512; do
+    LP_NATIVE_VECTOR_WIDTH=$bits cargo test --features cli --test gemv --test reduce --test low_rank
+done
+
 echo "== browser package (wasm32)"
 scripts/build-web.sh
 

@@ -363,9 +363,15 @@ impl Gpu {
         &self.info
     }
 
-    /// "llvmpipe (LLVM 15.0.6, 256 bits) on vulkan (Cpu)": what tests print.
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) on vulkan (Cpu), subgroups of 8": what tests print.
     pub fn describe(&self) -> String {
-        format!("{} on {} ({})", self.info.name, self.info.backend, self.info.device_type)
+        let i = &self.info;
+        let subgroups = match (i.subgroups, i.subgroup_min_size, i.subgroup_max_size) {
+            (false, ..) => String::new(),
+            (true, lo, hi) if lo == hi => format!(", subgroups of {lo}"),
+            (true, lo, hi) => format!(", subgroups of {lo}–{hi}"),
+        };
+        format!("{} on {} ({}){subgroups}", i.name, i.backend, i.device_type)
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
