@@ -416,9 +416,10 @@ fn bad_terms_are_typed_errors() {
 
 /// llama_gqa in NF4 and in f32 with PEFT's trained LoRA adapter (tests/fixtures/lora):
 /// a prefill of 4 tokens and then one token at a time, every adapted Linear
-/// fused, against the full forward of the 14 tokens with fusing off (the
-/// kernels that ran are read from the profile); and the adapter changes
-/// the logits, so the term is there to check.
+/// fused (o_proj and down_proj adding into the residual stream too), against
+/// the training forward of the 14 tokens with fusing off (the kernels that
+/// ran are read from the profile); and the adapter changes the logits, so
+/// the term is there to check.
 #[test]
 fn adapted_decoding_matches_the_full_forward() {
     for (gpu, format) in own_devices().iter().flat_map(|g| [(g, QuantFormat::Nf4), (g, QuantFormat::F32)]) {
@@ -436,10 +437,15 @@ fn adapted_decoding_matches_the_full_forward() {
             rec.submit().unwrap();
             read(gpu, &out)
         };
-        // The full forward with fusing off (the real-GPU kernels fuse any rows).
+        // The training forward with fusing off (the real-GPU kernels fuse any rows).
         low_rank::set_fused(gpu, false);
         gpu.set_profiling(true).unwrap();
-        let full = logits(&adapter, 0, t, &KvCache::new(gpu, &model, 1, t).unwrap());
+        let mut rec = Recorder::new(gpu);
+        let (full, _) = model
+            .forward_adapted(&mut rec, &model.input_ids(gpu, std::slice::from_ref(&ids)).unwrap(), &adapter)
+            .unwrap();
+        rec.submit().unwrap();
+        let full = read(gpu, &full);
         let ran_full = block_on(gpu.take_profile()).unwrap();
         low_rank::set_fused(gpu, true);
         let cache = KvCache::new(gpu, &model, 1, t).unwrap();
