@@ -178,6 +178,49 @@ fn sampler_on_the_cpu() {
     assert_eq!(draw(5), draw(5));
 }
 
+/// A decoding step of qwen2_tied (q, k and v with biases) makes one launch a
+/// Linear, in both kernel families: the biases go in with the products as
+/// they store y (a rank-1 term, not a k = 1 product of its own), and o_proj
+/// and down_proj add themselves into the residual stream (no add); with the
+/// two norms, RoPE, the attention and SwiGLU, 12 a layer
+/// (13 where the attention is split over the keys), and the embedding, the
+/// final norm and the head.
+#[test]
+fn a_decoding_step_makes_one_launch_a_linear() {
+    for gpu in [gpu(), common::gpu_family()] {
+        let model = load(gpu, "qwen2_tied");
+        let layers = model.layers.len() as u64;
+        let prompt: Vec<u32> = vec![5, 17, 99, 200];
+        let cache = KvCache::new(gpu, &model, 1, prompt.len() + 1).unwrap();
+        let mut rec = Recorder::new(gpu);
+        model
+            .forward_cached(
+                &mut rec,
+                &model.input_ids(gpu, std::slice::from_ref(&prompt)).unwrap(),
+                &cache,
+                0,
+                &NoHooks,
+            )
+            .unwrap();
+        rec.submit().unwrap();
+        gpu.set_profiling(true).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let token = Tensor::from_slice(gpu, &[1, 1], &[7u32]).unwrap();
+        model.forward_cached(&mut rec, &token, &cache, prompt.len(), &NoHooks).unwrap();
+        rec.submit().unwrap();
+        gpu.set_profiling(false).unwrap();
+        let ran = block_on(gpu.take_profile()).unwrap();
+        let count = |f: &dyn Fn(&str) -> bool| ran.iter().filter(|k| f(&k.kernel)).map(|k| k.calls).sum::<u64>();
+        let all = count(&|_| true);
+        let products = count(&|k| k.contains("matmul"));
+        let attention = count(&|k| k.starts_with("attention"));
+        eprintln!("{:?} kernels: {ran:?}", gpu.kernel_family());
+        assert_eq!(count(&|k| k.starts_with("elementwise/")), 0, "no adds: {ran:?}");
+        assert_eq!(products, 7 * layers + 1, "one launch a Linear and the head: {ran:?}");
+        assert_eq!(all - attention, 11 * layers + 3, "{ran:?}");
+    }
+}
+
 /// The sampler as a full sort writes it: every candidate ordered by score
 /// (lower index first on ties), top-k kept by value, weights and sums in
 /// that order. `sample` must pick the same token from the same draw.

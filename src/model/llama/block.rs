@@ -26,6 +26,7 @@ use crate::kernels::attention::{
     attention_backward, attention_backward_segmented, attention_forward, attention_forward_segmented, Variant,
 };
 use crate::kernels::elementwise::{add, add_scaled, copy};
+use crate::kernels::low_rank::LowRank;
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{
     qlinear, qlinear_accumulate, qlinear_backward_low_rank, qlinear_low_rank, qlinear_write, QWeight,
@@ -99,13 +100,15 @@ pub struct LinearSaved {
 }
 
 impl Linear {
-    /// x (…, in) → (…, out).
+    /// x (…, in) → (…, out); a bias goes in as [`bias_term`].
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
-        let y = qlinear(rec, x, &self.weight)?;
-        if let Some(bias) = &self.bias {
-            add_bias(rec, &y, bias)?;
+        match &self.bias {
+            Some(bias) => {
+                let term = bias_term(rec, x, bias)?;
+                qlinear_low_rank(rec, x, &self.weight, &term)
+            }
+            None => qlinear(rec, x, &self.weight),
         }
-        Ok(y)
     }
 
     /// [`Linear::forward`] between the `linear_input` and `linear` hook
@@ -179,6 +182,22 @@ impl Linear {
             _ => Ok(()),
         }
     }
+}
+
+/// A Linear's bias (N) for x (…, in) as the rank-1 term `1·biasᵀ` (h = ones
+/// (M, 1), B = bias (N, 1)), which the product adds as it stores y (where
+/// it fuses a LoRA term: decoding's rows, and any rows on real GPUs) instead
+/// of a launch of its own; Qwen2's q, k and v have one each. The sum is
+/// y + bias either way. A Linear that also gets a LoRA term adds its bias
+/// with [`add_bias`] after.
+pub fn bias_term(rec: &mut Recorder, x: &Tensor, bias: &Tensor) -> Result<LowRank> {
+    let n = bias.numel();
+    let cols = x.shape().last().copied().unwrap_or(0);
+    let m = x.numel() / cols.max(1);
+    if n == 0 || bias.shape().len() != 1 {
+        return Err(Error::shape("Linear::forward", format!("bias {:?} is not a vector", bias.shape())));
+    }
+    Ok(LowRank::new(rec.gpu().ones(m)?.reshape(&[m, 1])?, bias.reshape(&[n, 1])?, 1.0))
 }
 
 /// y (M, N) += 1 (M, 1) · bias (1, N): the bias broadcast over rows, recorded

@@ -22,7 +22,7 @@
 //! (`h = x + o_proj(…)` in x's own buffer), two launches and two passes over
 //! it fewer a layer.
 
-use super::block::{add_bias, rows2d, Attention, Block, Linear, Mlp};
+use super::block::{add_bias, bias_term, rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{rows, Model};
@@ -142,12 +142,18 @@ impl Linear {
         let x = rows2d(x)?;
         let x = hooks.hooks.linear_input(rec, layer, proj, &x)?.map_or(x, |(x, _)| x);
         let stream = rows2d(r)?;
-        match hooks.hooks.linear_low_rank(rec, layer, proj, &x)? {
-            Some((term, _)) => qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?,
-            None => qlinear_accumulate(rec, &x, &self.weight, &stream, false)?,
-        }
-        if let Some(bias) = &self.bias {
-            add_bias(rec, &stream, bias)?;
+        match (hooks.hooks.linear_low_rank(rec, layer, proj, &x)?, &self.bias) {
+            (Some((term, _)), bias) => {
+                qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?;
+                if let Some(bias) = bias {
+                    add_bias(rec, &stream, bias)?;
+                }
+            }
+            (None, Some(bias)) => {
+                let term = bias_term(rec, &x, bias)?;
+                qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?
+            }
+            (None, None) => qlinear_accumulate(rec, &x, &self.weight, &stream, false)?,
         }
         Ok(r.clone())
     }
