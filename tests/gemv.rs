@@ -119,7 +119,8 @@ fn quantized_weights_every_form() {
 /// On the real-GPU kernel family (forced on lavapipe, as `--kernel-family
 /// gpu` does) a decoding step's products take the GEMV, with the subgroup
 /// reduction where the device has subgroups and in f16 for a weight
-/// computing in f16 (the kernels that ran are read from the profile), and
+/// computing in f16 (the kernels that ran are read from the profile), with
+/// wide spans for 4-bit codes untuned (`GemvTiles::for_weight`), and
 /// the results hold: y = x·Wᵀ in f32, then += x·Wᵀ in f16. lavapipe's own
 /// family keeps its few-rows tiles.
 #[test]
@@ -135,7 +136,9 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
     let gemv = GemvTiles::for_gpu(gpu);
     assert_eq!(gemv.subgroup, gpu.info().subgroups, "{}", gpu.describe());
     assert_eq!(Variant::tuned(gpu, &g), Variant::Gemv(gemv));
-    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g, true, false, ComputeDtype::F32), QVariant::Gemv(gemv));
+    let nf4 = GemvTiles::for_weight(gpu, QuantFormat::Nf4);
+    assert!(nf4.wide && !GemvTiles::for_weight(gpu, QuantFormat::Q8_0).wide && !gemv.wide);
+    assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g, true, false, ComputeDtype::F32), QVariant::Gemv(nf4));
 
     let w = randn(3000, n * k).iter().map(|v| v * 0.05).collect::<Vec<_>>();
     let x = randn(3001, m * k);

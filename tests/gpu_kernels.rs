@@ -213,7 +213,7 @@ fn gemv_tuning(gpu: &Gpu) {
     };
     let before = tuning_counts(gpu);
     let rule = QVariant::tuned(gpu, QuantFormat::Nf4, &Gemm::new(1, n, k, false, true), true, false, ComputeDtype::F32);
-    assert_eq!(rule, QVariant::Gemv(GemvTiles::for_gpu(gpu)), "untuned: the rule's layout");
+    assert_eq!(rule, QVariant::Gemv(GemvTiles::for_weight(gpu, QuantFormat::Nf4)), "untuned: the rule's layout");
     assert_eq!(tuning_counts(gpu), (before.0, before.1 + 1), "noted for tuning");
     let small = Gemm::new(1, 16, 1024, false, true); // a LoRA factor's product: too small to tune
     QVariant::tuned(gpu, QuantFormat::Nf4, &small, true, false, ComputeDtype::F32);
@@ -222,6 +222,7 @@ fn gemv_tuning(gpu: &Gpu) {
     eprintln!("GEMV tuning: {report:?}");
     let gemv = report.iter().find(|t| t.class.starts_with("gemv nf4")).expect("the GEMV class was tuned");
     assert_eq!(gemv.candidates, gemv_candidates(gpu).len());
+    assert!(gemv_candidates(gpu).contains(&GemvTiles::for_weight(gpu, QuantFormat::Nf4)), "the rule is a candidate");
     assert!(tuning_json(gpu).contains("\"gemv nf4 m2^0 n2^10 k2^10 b2^0\""), "{}", tuning_json(gpu));
     let tuned =
         QVariant::tuned(gpu, QuantFormat::Nf4, &Gemm::new(1, n, k, false, true), true, false, ComputeDtype::F32);

@@ -241,13 +241,25 @@ impl GemvTiles {
     /// The GEMV for `gpu`: the subgroup reduction where the device has
     /// subgroups (a subgroup sum in place of the tree's log2(lanes) barrier
     /// steps; W is read the same way), else the portable one. A rule, not a
-    /// timing: the autotuner (`kernels::tune`) tunes only the blocked GEMM.
+    /// timing: the autotuner (`kernels::tune`) times the others.
     pub fn for_gpu(gpu: &Gpu) -> GemvTiles {
         if gpu.features().contains(wgpu::Features::SUBGROUP) {
             Self::SUBGROUP
         } else {
             Self::DEFAULT
         }
+    }
+
+    /// [`GemvTiles::for_gpu`] through a weight of `format`, untuned: with
+    /// wide spans for 4-bit codes, bitsandbytes' and llama.cpp's way, where
+    /// a lane's load is 16 whole bytes (32 codes) and consecutive lanes read
+    /// consecutive bytes, and the levels come from workgroup memory (the
+    /// 4-value loads read 2 bytes of a word two lanes share, and look the
+    /// levels up in a private table, which a GPU keeps in local memory).
+    /// Wider formats keep 4-value groups: a span of them is 32 or more bytes
+    /// a lane, which consecutive lanes no longer read together.
+    pub fn for_weight(gpu: &Gpu, format: crate::quant::QuantFormat) -> GemvTiles {
+        GemvTiles { wide: format == crate::quant::QuantFormat::Nf4, ..Self::for_gpu(gpu) }
     }
 
     /// These tiles as `gpu` can run them: without subgroups, the portable reduction.

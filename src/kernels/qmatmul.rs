@@ -304,7 +304,7 @@ impl QVariant {
             let half = compute == ComputeDtype::F16 && gpu.info().shader_f16;
             return if !backward && aligned && m <= GemvTiles::MAX_M {
                 let product = super::tune::Product::Gemv { format, half, m, n: g.n, k: g.k };
-                QVariant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_gpu(gpu)))
+                QVariant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_weight(gpu, format)))
             } else {
                 let product = super::tune::Product::Quant { format, backward, half, m, n: g.n, k: g.k };
                 QVariant::Blocked(super::tune::blocks_for(gpu, product, Blocks::for_shape(m, g.n, 1)))

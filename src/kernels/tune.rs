@@ -263,10 +263,11 @@ pub fn gemv_for(gpu: &Gpu, product: Product, fallback: GemvTiles) -> GemvTiles {
 /// factors, small heads): their products are launch-bound whatever the layout.
 pub const MIN_GEMV_WEIGHTS: usize = 1 << 20;
 
-/// The GEMV layouts timed on `gpu`: the rule's choice ([`GemvTiles::for_gpu`])
-/// first, then 32, 64 and 16 lanes a row with the workgroup's tree and, where
-/// the device has subgroups, with subgroup sums, each with and without wide
-/// spans ([`GemvTiles::wide`]).
+/// The GEMV layouts timed on `gpu`: [`GemvTiles::for_gpu`] first, then 32,
+/// 64 and 16 lanes a row with the workgroup's tree and, where the device has
+/// subgroups, with subgroup sums, each with and without wide spans
+/// ([`GemvTiles::wide`]); the untuned rule of every format
+/// ([`GemvTiles::for_weight`]) is among them.
 pub fn gemv_candidates(gpu: &Gpu) -> Vec<GemvTiles> {
     let mut out = vec![GemvTiles::for_gpu(gpu)];
     for wide in [false, true] {
