@@ -534,8 +534,11 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Resul
     if config.top_k > 0 && config.top_k < keys.len() {
         let kth = *keys.select_nth_unstable(config.top_k - 1).1 >> 32;
         keys.retain(|&k| k >> 32 <= kth);
+        keys.sort_unstable();
+    } else {
+        // Still in index order: a stable sort by the score's half keeps ties so.
+        radsort::sort_by_key(&mut keys, |&k| (k >> 32) as u32);
     }
-    keys.sort_unstable();
     let order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
     let max = scores[order[0]];
     if !max.is_finite() {
