@@ -141,8 +141,9 @@ pub async fn gpu_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figu
         }
     }
     // Decoding: the kernel webpeft picks (the GEMV, with the subgroup
-    // reduction where the device has subgroups), the GEMV's other reduction,
-    // each with wide spans too, the GEMV computing in f16, and the tiled
+    // reduction where the device has subgroups and wide spans for NF4, or
+    // the tuned layout), the GEMV's other layouts (the other reduction, each
+    // with wide spans and without), the GEMV computing in f16, and the tiled
     // kernel of CPUs.
     let mut gemvs = vec![GemvTiles::for_gpu(gpu)];
     if gemvs[0] != GemvTiles::DEFAULT {
