@@ -33,6 +33,8 @@ fn forms() -> Vec<(GemvTiles, &'static str)> {
         (sg(8, 4), "subgroup 8x4: one subgroup a row"),
         (sg(4, 8), "subgroup 4x8: one subgroup takes 2 rows, 8 lanes each"),
         (sg(3, 4), "subgroup 3x4: 12 invocations, a full and a partial subgroup of 4"),
+        (GemvTiles::SKINNY, "portable 256x1 (skinny products): an 8-step tree"),
+        (GemvTiles { subgroup: true, ..GemvTiles::SKINNY }, "subgroup 256x1: 32 subgroups a row"),
     ]
 }
 
@@ -135,7 +137,10 @@ fn decoding_picks_the_gemv_on_the_gpu_family() {
     let gpu = &block_on(Gpu::with_options(options)).unwrap();
     let gemv = GemvTiles::for_gpu(gpu);
     assert_eq!(gemv.subgroup, gpu.info().subgroups, "{}", gpu.describe());
-    assert_eq!(Variant::tuned(gpu, &g), Variant::Gemv(gemv));
+    // 45 rows of an f32 W: a skinny product (LoRA's x·Aᵀ has r), 256 lanes a row.
+    let skinny = GemvTiles { subgroup: gemv.subgroup, ..GemvTiles::SKINNY };
+    assert_eq!(Variant::tuned(gpu, &g), Variant::Gemv(skinny));
+    assert_eq!(Variant::tuned(gpu, &Gemm::new(m, 64, k, false, true)), Variant::Gemv(gemv));
     let nf4 = GemvTiles::for_weight(gpu, QuantFormat::Nf4);
     assert!(nf4.wide && !GemvTiles::for_weight(gpu, QuantFormat::Q8_0).wide && !gemv.wide);
     assert_eq!(QVariant::tuned(gpu, QuantFormat::Nf4, &g, true, false, ComputeDtype::F32), QVariant::Gemv(nf4));

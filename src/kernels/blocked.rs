@@ -235,6 +235,13 @@ impl GemvTiles {
     /// The same shape with the subgroup reduction.
     pub const SUBGROUP: GemvTiles = GemvTiles { subgroup: true, ..Self::DEFAULT };
 
+    /// A product through fewer rows of W than this is skinny
+    /// ([`GemvTiles::for_f32`]): LoRA's x·Aᵀ through its r rows.
+    pub const SKINNY_ROWS: usize = 64;
+
+    /// The skinny products' layout: 256 lanes on one row a workgroup.
+    pub const SKINNY: GemvTiles = GemvTiles { lanes: 256, rows: 1, subgroup: false, wide: false };
+
     /// Up to this many rows of x (decoding a batch of prompts).
     pub const MAX_M: usize = 8;
 
@@ -260,6 +267,22 @@ impl GemvTiles {
     /// a lane, which consecutive lanes no longer read together.
     pub fn for_weight(gpu: &Gpu, format: crate::quant::QuantFormat) -> GemvTiles {
         GemvTiles { wide: format == crate::quant::QuantFormat::Nf4, ..Self::for_gpu(gpu) }
+    }
+
+    /// The untuned GEMV through an f32 W of `n` rows: [`GemvTiles::for_gpu`],
+    /// or for fewer than [`GemvTiles::SKINNY_ROWS`] rows [`GemvTiles::SKINNY`]
+    /// with the device's reduction. Decoding through a LoRA makes one such
+    /// product an adapted Linear (x·Aᵀ, r rows of K = in): 32 lanes on each
+    /// of 8 rows would give it r / 8 workgroups whose lanes each walk 16
+    /// vec4 steps of K = 2048 (64 of 8192), a chain of dependent loads on an
+    /// otherwise idle GPU; 256 lanes a row take 2 (8) steps each, in one
+    /// (two) unrolled passes. Too few weights to tune (`tune::MIN_GEMV_WEIGHTS`):
+    /// the rule is the layout.
+    pub fn for_f32(gpu: &Gpu, n: usize) -> GemvTiles {
+        match n < Self::SKINNY_ROWS {
+            true => GemvTiles { subgroup: Self::for_gpu(gpu).subgroup, ..Self::SKINNY },
+            false => Self::for_gpu(gpu),
+        }
     }
 
     /// These tiles as `gpu` can run them: without subgroups, the portable reduction.

@@ -376,7 +376,7 @@ impl Variant {
                     n: g.n,
                     k: g.k,
                 };
-                Variant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_gpu(gpu)))
+                Variant::Gemv(super::tune::gemv_for(gpu, product, GemvTiles::for_f32(gpu, g.n)))
             } else {
                 Variant::Blocked(super::tune::blocks_for(gpu, super::tune::Product::F32(*g), Blocks::for_gemm(g)))
             };
@@ -577,7 +577,8 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// one for other layouts, the yardstick, the subgroup blocks where the device
 /// runs them; the blocked GEMM with every block `blocks` lists, A and B each
 /// loaded as vec4s or not; the GEMV for 1..=`GemvTiles::MAX_M` rows in every
-/// layout the autotuner times (`tune::gemv_candidates`); and for a Linear's
+/// layout the autotuner times (`tune::gemv_candidates`) and the skinny
+/// products' ([`GemvTiles::for_f32`]); and for a Linear's
 /// forward (A·Bᵀ) and its dx (A·B) each of them with a low-rank term in its
 /// store ([`gemm_low_rank_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
@@ -618,7 +619,9 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
             }
         }
     }
-    for t in super::tune::gemv_candidates(gpu) {
+    let mut gemvs = super::tune::gemv_candidates(gpu);
+    gemvs.push(GemvTiles::for_f32(gpu, 1)); // the skinny products' rule
+    for t in gemvs {
         for m in 1..=GemvTiles::MAX_M {
             push(gemv_key(t, m), true);
         }
