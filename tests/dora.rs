@@ -158,6 +158,59 @@ fn the_kv_cache_forward_matches_the_full_forward() {
     }
 }
 
+/// A generation computes DoRA's weight norms once (`Hooks::frozen`, what
+/// `generate` runs through): a prefill and three steps through the frozen
+/// hooks give the logits of the adapter's own pass bit for bit, the steps
+/// launch no norm (the prefill's are kept), and greedy generation picks the
+/// tokens of the full forward's argmax.
+#[test]
+fn generation_computes_dora_s_norms_once() {
+    use webpeft::model::llama::{argmax, GenerationConfig, Hooks, KvCache};
+    // A device of its own: profiling is the device's, and other tests run meanwhile.
+    let gpu = &block_on(webpeft::Gpu::new()).unwrap();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        let ad = adapter(gpu, &model, &format!("dora/{name}/final_adapter"));
+        let frozen = ad.frozen().expect("a DoRA adapter keeps its norms");
+        let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
+        let run = |hooks: &dyn Hooks| {
+            let cache = KvCache::new(gpu, &model, 1, ids.len()).unwrap();
+            let mut out = Vec::new();
+            let mut steps = Vec::new();
+            for (from, to) in [(0, 5), (5, 6), (6, 7), (7, 8)] {
+                gpu.set_profiling(from > 0).unwrap();
+                let mut rec = Recorder::new(gpu);
+                let input = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
+                let logits = model.forward_cached_all(&mut rec, &input, &cache, from, hooks).unwrap();
+                rec.submit().unwrap();
+                out.extend(block_on(logits.to_vec::<f32>(gpu)).unwrap());
+                gpu.set_profiling(false).unwrap();
+                steps.extend(block_on(gpu.take_profile()).unwrap());
+            }
+            (out, steps.iter().filter(|k| k.kernel.contains("magnitude")).map(|k| k.calls).sum::<u64>())
+        };
+        let (own, own_norms) = run(&ad);
+        let (kept, kept_norms) = run(frozen.as_ref());
+        assert_eq!(kept, own, "{name}: the frozen hooks' logits");
+        assert!(
+            own_norms > 0 && kept_norms == 0,
+            "{name}: norms launched by the steps: {own_norms}, frozen {kept_norms}"
+        );
+        let v = model.config.vocab_size;
+        let mut want = Vec::new();
+        let mut seq = ids[..5].to_vec();
+        for _ in 0..4 {
+            let logits = adapted_logits(gpu, &model, Some(&ad), &[seq.clone()]);
+            let next = argmax(&logits[(seq.len() - 1) * v..]).unwrap() as u32;
+            want.push(next);
+            seq.push(next);
+        }
+        let got =
+            block_on(model.generate_adapted(gpu, &ids[..5], &GenerationConfig::greedy(4), &ad, |_| true)).unwrap();
+        assert_eq!(got, want, "{name}: greedy tokens");
+    }
+}
+
 #[test]
 fn a_fresh_dora_adapter_starts_as_the_base_model_with_peft_s_magnitude() {
     let gpu = gpu();
@@ -326,8 +379,9 @@ fn the_layer_s_backward_matches_finite_differences_with_and_without_dropout() {
         let xt = t(&[m, inp], &x);
         let y = qlinear(&mut rec, &xt, &base.weight).unwrap();
         webpeft::model::llama::block::add_bias(&mut rec, &y, base.bias.as_ref().unwrap()).unwrap();
-        let saved = dora_forward(&mut rec, &base, &xt, &f, s, drop, &y).unwrap();
-        let n = magnitude_scales(&mut rec, &base.weight, &f, s).unwrap().n;
+        let scales = magnitude_scales(&mut rec, &base.weight, &f, s).unwrap();
+        let n = scales.n.clone();
+        let saved = dora_forward(&mut rec, &base, &xt, &f, s, drop, &y, scales).unwrap();
         let dyt = t(&[m, out], &dy);
         let dropped = drop.is_some();
         let dy_w = dora_backward_dy(&mut rec, &dyt, &saved, dropped).unwrap().unwrap_or(dyt.clone());

@@ -11,7 +11,7 @@ use webpeft::model::llama::{argmax, sample, GenerationConfig, Hooks, KvCache, No
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::util::rng::Rng;
-use webpeft::{DType, Error, Gpu, Tensor};
+use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
 
 const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
 
@@ -187,7 +187,10 @@ fn sampler_on_the_cpu() {
 /// final norm and the head.
 #[test]
 fn a_decoding_step_makes_one_launch_a_linear() {
-    for gpu in [gpu(), common::gpu_family()] {
+    // Devices of its own: profiling is the device's, and other tests run meanwhile.
+    let family = |kernels| GpuOptions { kernels, ..Default::default() };
+    let own = [KernelFamily::Auto, KernelFamily::Gpu].map(|k| block_on(Gpu::with_options(family(k))).unwrap());
+    for gpu in &own {
         let model = load(gpu, "qwen2_tied");
         let layers = model.layers.len() as u64;
         let prompt: Vec<u32> = vec![5, 17, 99, 200];

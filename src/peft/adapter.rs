@@ -7,7 +7,7 @@ use super::bottleneck::{BottleneckAdapter, BottleneckConfig, BottleneckWeights, 
 use super::ia3::{Ia3Adapter, Ia3Config, Ia3Weights};
 use super::lora::{init_lora, LoraAdapter, LoraConfig, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use super::p_tuning::{PTuningAdapter, PTuningConfig};
-use super::pass::Pass;
+use super::pass::{Memo, Pass};
 use super::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
 use crate::error::{Error, Result};
@@ -116,37 +116,43 @@ impl Adapter {
     /// gradients. The same pass runs the forward and the backward.
     pub fn pass<'a>(&'a self, dropout_seed: Option<u32>, grads: Option<&'a Adapter>) -> Result<AdapterPass<'a>> {
         Ok(match (self, grads) {
-            (Adapter::Lora(params), None) => AdapterPass::Lora(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Lora(params), None) => AdapterPass::Lora(Pass { params, grads: None, dropout_seed, memo: None }),
             (Adapter::Lora(params), Some(Adapter::Lora(g))) => {
-                AdapterPass::Lora(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::Lora(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
-            (Adapter::Bottleneck(params), None) => AdapterPass::Bottleneck(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Bottleneck(params), None) => {
+                AdapterPass::Bottleneck(Pass { params, grads: None, dropout_seed, memo: None })
+            }
             (Adapter::Bottleneck(params), Some(Adapter::Bottleneck(g))) => {
-                AdapterPass::Bottleneck(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::Bottleneck(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
-            (Adapter::Ia3(params), None) => AdapterPass::Ia3(Pass { params, grads: None, dropout_seed }),
+            (Adapter::Ia3(params), None) => AdapterPass::Ia3(Pass { params, grads: None, dropout_seed, memo: None }),
             (Adapter::Ia3(params), Some(Adapter::Ia3(g))) => {
-                AdapterPass::Ia3(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::Ia3(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
             (Adapter::PromptTuning(params), None) => {
-                AdapterPass::PromptTuning(Pass { params, grads: None, dropout_seed })
+                AdapterPass::PromptTuning(Pass { params, grads: None, dropout_seed, memo: None })
             }
             (Adapter::PromptTuning(params), Some(Adapter::PromptTuning(g))) => {
-                AdapterPass::PromptTuning(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::PromptTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
             (Adapter::PrefixTuning(params), None) => {
-                AdapterPass::PrefixTuning(Pass { params, grads: None, dropout_seed })
+                AdapterPass::PrefixTuning(Pass { params, grads: None, dropout_seed, memo: None })
             }
             (Adapter::PrefixTuning(params), Some(Adapter::PrefixTuning(g))) => {
-                AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
-            (Adapter::AdaLora(params), None) => AdapterPass::AdaLora(Pass { params, grads: None, dropout_seed }),
+            (Adapter::AdaLora(params), None) => {
+                AdapterPass::AdaLora(Pass { params, grads: None, dropout_seed, memo: None })
+            }
             (Adapter::AdaLora(params), Some(Adapter::AdaLora(g))) => {
-                AdapterPass::AdaLora(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::AdaLora(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
-            (Adapter::PTuning(params), None) => AdapterPass::PTuning(Pass { params, grads: None, dropout_seed }),
+            (Adapter::PTuning(params), None) => {
+                AdapterPass::PTuning(Pass { params, grads: None, dropout_seed, memo: None })
+            }
             (Adapter::PTuning(params), Some(Adapter::PTuning(g))) => {
-                AdapterPass::PTuning(Pass { params, grads: Some(g), dropout_seed })
+                AdapterPass::PTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
             }
             (_, Some(g)) => {
                 return Err(Error::invalid(
@@ -179,8 +185,45 @@ pub fn hooks_of(adapter: Option<&Adapter>) -> &dyn Hooks {
     }
 }
 
-// An adapter by itself is its evaluation pass (`model.forward_adapted(rec, ids, &adapter)`).
-crate::forward_hooks!(Adapter, |a| a.eval().hooks());
+// An adapter by itself is its evaluation pass (`model.forward_adapted(rec, ids, &adapter)`);
+// for a generation, the same with a memo where a forward would recompute something.
+crate::forward_hooks!(Adapter, |a| a.eval().hooks(), frozen: |a| a.frozen_eval());
+
+/// An adapter's evaluation pass for one generation: what its forwards would
+/// each recompute from the unchanging parameters is kept in `memo`
+/// ([`Adapter::frozen_eval`]).
+pub struct FrozenAdapter<'a> {
+    adapter: &'a Adapter,
+    memo: Memo,
+}
+
+crate::forward_hooks!(FrozenAdapter<'_>, |f| f.adapter.memo_pass(&f.memo).hooks());
+
+impl Adapter {
+    /// [`Hooks::frozen`]: an adapter with DoRA layers keeps their weight
+    /// norms across a generation's forwards (each forward of an unfrozen
+    /// pass rebuilds W + s·B·A, dequantized, to take them, as PEFT does);
+    /// the other methods have nothing to keep.
+    fn frozen_eval(&self) -> Option<Box<dyn Hooks + '_>> {
+        let dora = matches!(self, Adapter::Lora(l) if l.layers.iter().flatten().flatten().any(|f| f.m.is_some()));
+        dora.then(|| Box::new(FrozenAdapter { adapter: self, memo: Memo::default() }) as Box<dyn Hooks>)
+    }
+
+    /// The evaluation pass that keeps what its forwards recompute in `memo`.
+    fn memo_pass<'a>(&'a self, memo: &'a Memo) -> AdapterPass<'a> {
+        let mut pass = self.eval();
+        match &mut pass {
+            AdapterPass::Lora(p) => p.memo = Some(memo),
+            AdapterPass::Bottleneck(p) => p.memo = Some(memo),
+            AdapterPass::Ia3(p) => p.memo = Some(memo),
+            AdapterPass::PromptTuning(p) => p.memo = Some(memo),
+            AdapterPass::PrefixTuning(p) => p.memo = Some(memo),
+            AdapterPass::AdaLora(p) => p.memo = Some(memo),
+            AdapterPass::PTuning(p) => p.memo = Some(memo),
+        }
+        pass
+    }
+}
 
 impl Adapter {
     /// Zeros of the same shapes.

@@ -3,7 +3,12 @@
 //! adds into. Each method implements the model's hook points
 //! ([`crate::model::llama::hooks`]) on `Pass<'_, ItsAdapter>`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::model::llama::hooks::Proj;
 use crate::util::rng::pcg_hash;
 
 #[derive(Debug)]
@@ -15,12 +20,15 @@ pub struct Pass<'a, M> {
     /// The seed of this forward's dropout masks; `None` runs without dropout
     /// (evaluation and generation).
     pub dropout_seed: Option<u32>,
+    /// Where an evaluation pass that runs many forwards with unchanging
+    /// parameters (one generation) keeps what each would recompute.
+    pub memo: Option<&'a Memo>,
 }
 
 impl<'a, M> Pass<'a, M> {
     /// An evaluation pass: no dropout, no gradients.
     pub fn eval(params: &'a M) -> Self {
-        Pass { params, grads: None, dropout_seed: None }
+        Pass { params, grads: None, dropout_seed: None, memo: None }
     }
 
     /// The gradient accumulators, or a typed error naming `op` when this pass
@@ -43,4 +51,24 @@ pub(crate) fn mismatch(op: &'static str, at: String) -> Error {
         op,
         format!("{at}: the adapter, its saved activations and its gradients do not match (forward and backward with different adapters?)"),
     )
+}
+
+/// Tensors an evaluation pass computes once for many forwards whose
+/// parameters do not change (a generation's prefill and steps): DoRA's
+/// weight norms, by (layer, Linear). A memo lives as long as the
+/// generation (`Hooks::frozen`), never across a change of the adapter.
+#[derive(Debug, Default)]
+pub struct Memo(Mutex<HashMap<(usize, Proj), Vec<Tensor>>>);
+
+impl Memo {
+    /// The tensors kept for `key`, made by `make` the first time.
+    pub fn get_or_make(&self, key: (usize, Proj), make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = kept.get(&key) {
+            return Ok(t.clone());
+        }
+        let made = make()?;
+        kept.insert(key, made.clone());
+        Ok(made)
+    }
 }

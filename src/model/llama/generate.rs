@@ -340,6 +340,10 @@ impl Model {
         }
         let cache = KvCache::new(gpu, self, 1, total)?;
         let ids = self.input_ids(gpu, &[prompt_ids.to_vec()])?;
+        // The adapter does not change during the call: what each forward would
+        // recompute from it (DoRA's weight norms) is computed once.
+        let frozen = hooks.frozen();
+        let hooks = frozen.as_deref().unwrap_or(hooks);
         if config.greedy {
             return self.generate_greedy(gpu, ids, &cache, config, hooks, on_token).await;
         }

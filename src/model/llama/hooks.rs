@@ -11,6 +11,7 @@
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //! | [`Hooks::plain_residual`] | a question, not a point: whether a sub-layer's last Linear and its join to the residual stream are left alone, so that decoding may add the product straight into r as it stores it | every method, for the sites it leaves alone |
+//! | [`Hooks::frozen`] | not a point either: hooks for one generation's forwards, keeping what each would recompute from the unchanging parameters | DoRA (its weight norms) |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
 //! torch's `ctx.save_for_backward`), or `None` when the method does nothing
@@ -274,6 +275,15 @@ pub trait Hooks {
         false
     }
 
+    /// For many forwards with unchanging parameters and no backward (one
+    /// generation: its prefill and every step), hooks that compute once
+    /// what each such forward would recompute (DoRA's weight norms) and give
+    /// the same outputs; `None` where nothing is worth keeping. They borrow
+    /// these hooks and live no longer than the generation.
+    fn frozen(&self) -> Option<Box<dyn Hooks + '_>> {
+        None
+    }
+
     /// The backward of [`Hooks::residual_forward`] for dout (B, T, D): returns
     /// (∂/∂s, ∂/∂r), each dout plus the hook's share, and adds its
     /// parameters' gradients into its own accumulators.
@@ -300,11 +310,21 @@ fn unexpected(op: &'static str, at: &str) -> Error {
 /// expression of `self` gives (`forward_hooks!(Adapter, |a| a.eval().hooks())`).
 /// It lives beside the trait so that a new point is forwarded too: a
 /// forwarding impl written out by hand would silently keep the new point's
-/// do-nothing default.
+/// do-nothing default. [`Hooks::frozen`] borrows `self`, not the hooks the
+/// expression makes, so it is given on its own (`frozen: |a| …`); without
+/// it the type keeps the default, which keeps nothing.
 #[macro_export]
 macro_rules! forward_hooks {
     ($ty:ty, |$s:ident| $hooks:expr) => {
+        $crate::forward_hooks!($ty, |$s| $hooks, frozen: |_unused| None);
+    };
+    ($ty:ty, |$s:ident| $hooks:expr, frozen: |$f:ident| $frozen:expr) => {
         impl $crate::model::llama::hooks::Hooks for $ty {
+            fn frozen(&self) -> Option<Box<dyn $crate::model::llama::hooks::Hooks + '_>> {
+                let $f = self;
+                $frozen
+            }
+
             fn virtual_tokens(&self) -> usize {
                 let $s = self;
                 $hooks.virtual_tokens()

@@ -118,7 +118,9 @@ pub fn init_magnitude(rec: &mut Recorder, w: &QWeight, f: &LoraFactors, scaling:
 }
 
 /// y (M, out), which holds `base`'s x·Wᵀ + b for x (M, in), becomes the DoRA
-/// Linear's output; returns what the backward needs.
+/// Linear's output, given its [`magnitude_scales`]; returns what the
+/// backward needs.
+#[allow(clippy::too_many_arguments)] // the Linear, its input and output, the factors and how they apply
 pub fn dora_forward(
     rec: &mut Recorder,
     base: &Linear,
@@ -127,8 +129,9 @@ pub fn dora_forward(
     scaling: f32,
     drop: Option<LoraDropout>,
     y: &Tensor,
+    scales: Scales,
 ) -> Result<DoraSaved> {
-    let Scales { g, inv_n, .. } = magnitude_scales(rec, &base.weight, f, scaling)?;
+    let Scales { g, inv_n, .. } = scales;
     let (m, out) = (y.shape()[0], y.shape()[1]);
     // t = z₀ first.
     let t = rec.alloc(&[m, out], DType::F32)?;
