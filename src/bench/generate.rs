@@ -94,6 +94,8 @@ pub async fn generate_figure(
 /// rasterizer's own work, which shares the cores, is not counted).
 async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<f64> {
     const STEPS: usize = 8;
+    let frozen = hooks.frozen(); // as `generate` runs them
+    let hooks = frozen.as_deref().unwrap_or(hooks);
     let cache = KvCache::new(gpu, model, 1, prompt.len() + STEPS)?;
     let mut rec = Recorder::new(gpu);
     model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, hooks)?;
@@ -114,6 +116,8 @@ async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn 
 
 /// GPU time per kernel of the step that decodes one token after `prompt`.
 async fn profile_decode_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<Vec<KernelTime>> {
+    let frozen = hooks.frozen(); // as `generate` runs them
+    let hooks = frozen.as_deref().unwrap_or(hooks);
     let cache = KvCache::new(gpu, model, 1, prompt.len() + 1)?;
     let mut rec = Recorder::new(gpu);
     model.forward_cached(&mut rec, &model.input_ids(gpu, &[prompt.to_vec()])?, &cache, 0, hooks)?;

@@ -327,7 +327,8 @@ async fn bench_model<F: ModelFiles>(
 /// through a LoRA of rank `r` on all seven projections (its B is PEFT's
 /// zeros: the cost of the adapter's path, not its effect), with its term
 /// fused into the Linears' kernels (the default) and added by products of
-/// its own.
+/// its own, and through the same LoRA as DoRA (its weight norms kept across
+/// the generation's forwards).
 async fn generate_figures(
     gpu: &Gpu,
     name: &str,
@@ -346,6 +347,10 @@ async fn generate_figures(
     ];
     let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), profile);
     figures.push(with_fusion(gpu, false, plain).await?);
+    let config = LoraConfig { use_dora: true, ..LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)? };
+    let dora = Adapter::new_for_model(gpu, webpeft::peft::adapter::AdapterConfig::Lora(config), model, None, 1)?;
+    let label = format!("DoRA r{r} all-linear");
+    figures.push(generate_figure(gpu, name, model, (16, 32), Some((&label, &dora)), profile).await?);
     Ok(figures)
 }
 
