@@ -159,10 +159,12 @@ fn the_kv_cache_forward_matches_the_full_forward() {
 }
 
 /// A generation computes DoRA's weight norms once (`Hooks::frozen`, what
-/// `generate` runs through): a prefill and three steps through the frozen
-/// hooks give the logits of the adapter's own pass bit for bit, the steps
-/// launch no norm (the prefill's are kept), and greedy generation picks the
-/// tokens of the full forward's argmax.
+/// `generate` runs through) and applies them as g ⊙ (x·Wᵀ + b + s·x·Aᵀ·Bᵀ) +
+/// (1 − g) ⊙ b: a prefill and three steps through the frozen hooks give the
+/// logits of the adapter's own pass (PEFT's order of the same sum) within
+/// f32 rounding, the steps launch no norm (the prefill's are kept), and
+/// greedy generation picks the tokens of the full forward's argmax. Qwen2's
+/// q, k and v have biases.
 #[test]
 fn generation_computes_dora_s_norms_once() {
     use webpeft::model::llama::{argmax, GenerationConfig, Hooks, KvCache};
@@ -191,7 +193,9 @@ fn generation_computes_dora_s_norms_once() {
         };
         let (own, own_norms) = run(&ad);
         let (kept, kept_norms) = run(frozen.as_ref());
-        assert_eq!(kept, own, "{name}: the frozen hooks' logits");
+        let d = max_abs_diff(&kept, &own);
+        eprintln!("{name}: the frozen hooks' logits against the pass's own: {d:e}");
+        assert!(d <= 1e-5, "{name}: the frozen hooks' logits differ by {d}");
         assert!(
             own_norms > 0 && kept_norms == 0,
             "{name}: norms launched by the steps: {own_norms}, frozen {kept_norms}"

@@ -11,6 +11,9 @@ use crate::kernels::matmul::{gemm, Gemm};
 /// x (M, N) ⊙ l (N), broadcast over rows.
 pub(crate) fn scale_columns(rec: &mut Recorder, x: &Tensor, l: &Tensor) -> Result<Tensor> {
     let (m, n) = (x.shape()[0], x.shape()[1]);
+    if m == 1 {
+        return mul(rec, x, &l.reshape(&[1, n])?); // a decoding step's row: l is the row
+    }
     let ones = rec.gpu().ones(m)?.reshape(&[m, 1])?;
     let spread = rec.alloc(&[m, n], crate::gpu::DType::F32)?;
     gemm(rec, &Gemm::new(m, n, 1, false, false), &ones, &l.reshape(&[1, n])?, &spread)?; // (M, N), every row l

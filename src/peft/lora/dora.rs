@@ -15,15 +15,15 @@
 //! takes g ⊙ dy without dropout (y = g·x·Wᵀ + …), and with it dy through x·Wᵀ
 //! plus (g − 1) ⊙ dy through d·Wᵀ, back through the dropout mask.
 
-use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
+use super::layer::{lora_backward, lora_forward, lora_term, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::dora::{magnitude_scale, Scales};
-use crate::kernels::elementwise::{add_scaled, copy, dropout};
+use crate::kernels::elementwise::{add_scaled, copy, dropout, mul};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear_write, ChunkData, QWeight};
 use crate::kernels::quant::dequantize;
-use crate::model::llama::block::Linear;
+use crate::model::llama::block::{add_bias, Linear};
 use crate::peft::columns::{add_column_sums, scale_columns};
 
 /// What [`dora_forward`] saves for the backward.
@@ -156,6 +156,48 @@ pub fn dora_forward(
     let gt = scale_columns(rec, &t, &g)?;
     add_scaled(rec, y, &gt, 1.0)?; // y = x·Wᵀ + b + (g − 1)·z₀ + g·s·lora
     Ok(DoraSaved { lora, t, g, inv_n })
+}
+
+/// What a generation keeps of a DoRA Linear for [`dora_generate`]: g = m / n
+/// (out), and with a bias (1 − g) ⊙ b (out).
+pub fn dora_generation_scales(rec: &mut Recorder, base: &Linear, f: &LoraFactors, scaling: f32) -> Result<Vec<Tensor>> {
+    let Scales { g, .. } = magnitude_scales(rec, &base.weight, f, scaling)?;
+    let mut kept = vec![g.clone()];
+    if let Some(b) = &base.bias {
+        let shift = rec.alloc(b.shape(), DType::F32)?;
+        copy(rec, b, &shift)?;
+        let gb = mul(rec, &g, b)?;
+        add_scaled(rec, &shift, &gb, -1.0)?; // b − g ⊙ b
+        kept.push(shift);
+    }
+    Ok(kept)
+}
+
+/// [`dora_forward`] in a generation (no dropout, no backward), given
+/// [`dora_generation_scales`]' `kept`: y (M, out), which holds x·Wᵀ + b,
+/// becomes `x·Wᵀ + b + (g − 1)·x·Wᵀ + g·s·(x·Aᵀ)·Bᵀ` as
+/// `g ⊙ (x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ) + (1 − g) ⊙ b`: PEFT's sum in another
+/// order, in four launches (x·Aᵀ, its term, the scale and its copy back)
+/// where the forward takes seven.
+pub fn dora_generate(
+    rec: &mut Recorder,
+    x: &Tensor,
+    f: &LoraFactors,
+    scaling: f32,
+    y: &Tensor,
+    kept: &[Tensor],
+) -> Result<()> {
+    let [g, rest @ ..] = kept else {
+        return Err(Error::invalid("dora_generate", "the generation's DoRA scales are missing"));
+    };
+    let (term, _) = lora_term(rec, x, f, scaling, None)?;
+    term.add_to(rec, y)?; // y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ
+    let scaled = scale_columns(rec, y, g)?;
+    copy(rec, &scaled, y)?;
+    if let Some(shift) = rest.first() {
+        add_bias(rec, y, shift)?;
+    }
+    Ok(())
 }
 
 /// The gradient at W's output for dy (M, out): g ⊙ dy without dropout

@@ -4,11 +4,12 @@
 //! and its variant in [`super::dora`] (as PEFT's `LoraVariant`).
 
 use super::adapter::LoraAdapter;
-use super::dora::{dora_backward, dora_backward_dy, dora_forward, magnitude_scales, DoraSaved};
+use super::dora::{
+    dora_backward, dora_backward_dy, dora_forward, dora_generate, dora_generation_scales, magnitude_scales, DoraSaved,
+};
 use super::layer::{lora_backward, lora_backward_term, lora_term, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
-use crate::kernels::dora::Scales;
 use crate::kernels::low_rank::LowRank;
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
@@ -83,26 +84,15 @@ impl Hooks for Pass<'_, LoraAdapter> {
         // Plain LoRA's term went in through `linear_low_rank`.
         let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_some()) else { return Ok(None) };
         let s = self.params.scaling();
-        // ‖W + s·B·A‖ per row: once a generation where the pass keeps a memo.
-        let scales = match self.memo {
-            Some(memo) => {
-                let kept = memo.get_or_make((layer, proj), || {
-                    magnitude_scales(rec, &base.weight, f, s).map(|s| vec![s.n, s.g, s.inv_n])
-                })?;
-                match kept.as_slice() {
-                    [n, g, inv_n] => Scales { n: n.clone(), g: g.clone(), inv_n: inv_n.clone() },
-                    _ => {
-                        return Err(mismatch(
-                            "dora_forward",
-                            format!("layer {layer} {}: a memo of DoRA's norms", proj.name()),
-                        ))
-                    }
-                }
-            }
-            None => magnitude_scales(rec, &base.weight, f, s)?,
+        let Some(memo) = self.memo else {
+            let scales = magnitude_scales(rec, &base.weight, f, s)?;
+            let saved = dora_forward(rec, base, x, f, s, self.dropout(layer, proj), y, scales)?;
+            return Ok(Some(Saved(saved.into_vec())));
         };
-        let saved = dora_forward(rec, base, x, f, s, self.dropout(layer, proj), y, scales)?;
-        Ok(Some(Saved(saved.into_vec())))
+        // A generation: g and (1 − g) ⊙ b once, from its first forward.
+        let kept = memo.get_or_make((layer, proj), || dora_generation_scales(rec, base, f, s))?;
+        dora_generate(rec, x, f, s, y, &kept)?;
+        Ok(Some(Saved(Vec::new()))) // a memo pass has no backward
     }
 
     fn linear_backward_low_rank(
