@@ -787,26 +787,14 @@ pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowR
         *last = w.rows;
     }
     let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-    low_rank_product(rec, x, w, &y, false, term)?;
+    qlinear_low_rank_into(rec, x, w, &y, false, term)?;
     Ok(y)
 }
 
-/// out += x·Wᵀ + scale·h·Bᵀ: [`qlinear_low_rank`] added into a tensor that
-/// already holds another sum (decoding's residual stream), the term fused
-/// into the same stores where it is there.
-pub fn qlinear_low_rank_accumulate(
-    rec: &mut Recorder,
-    x: &Tensor,
-    w: &QWeight,
-    out: &Tensor,
-    term: &LowRank,
-) -> Result<()> {
-    low_rank_product(rec, x, w, out, true, term)
-}
-
-/// x·Wᵀ + scale·h·Bᵀ into `out` (added to it with `accumulate`): fused
-/// where [`low_rank::fuses`], else one more product adds the term.
-fn low_rank_product(
+/// [`qlinear_low_rank`] into `out` (…, out) (added to what it holds with
+/// `accumulate`, as decoding adds into the residual stream): fused where
+/// [`low_rank::fuses`], else one more product adds the term.
+pub fn qlinear_low_rank_into(
     rec: &mut Recorder,
     x: &Tensor,
     w: &QWeight,

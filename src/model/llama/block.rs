@@ -29,7 +29,7 @@ use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::low_rank::LowRank;
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{
-    qlinear, qlinear_accumulate, qlinear_backward_low_rank, qlinear_low_rank, qlinear_write, QWeight,
+    qlinear_accumulate, qlinear_backward_low_rank, qlinear_low_rank_into, qlinear_write, QWeight,
 };
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
@@ -102,18 +102,51 @@ pub struct LinearSaved {
 impl Linear {
     /// x (…, in) → (…, out); a bias goes in as [`bias_term`].
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(bias) => {
-                let term = bias_term(rec, x, bias)?;
-                qlinear_low_rank(rec, x, &self.weight, &term)
+        let y = self.output(rec, x)?;
+        self.product_into(rec, x, None, &y, false)?;
+        Ok(y)
+    }
+
+    /// An output for x (…, in): (…, out), its contents undefined.
+    fn output(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+        let mut shape = x.shape().to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.weight.rows;
+        }
+        rec.alloc(&shape, DType::F32)
+    }
+
+    /// x·Wᵀ + b, with a hook's low-rank `term` where there is one, into `out`
+    /// (…, out) (added to what it holds with `accumulate`, as decoding adds
+    /// into the residual stream). The term, or else the bias as
+    /// [`bias_term`], goes in as the product stores `out` where it fuses; a
+    /// bias beside a term is a launch of its own.
+    pub(super) fn product_into(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        term: Option<&LowRank>,
+        out: &Tensor,
+        accumulate: bool,
+    ) -> Result<()> {
+        let w = &self.weight;
+        match (term, &self.bias) {
+            (Some(term), bias) => {
+                qlinear_low_rank_into(rec, x, w, out, accumulate, term)?;
+                bias.as_ref().map_or(Ok(()), |bias| add_bias(rec, out, bias))
             }
-            None => qlinear(rec, x, &self.weight),
+            (None, Some(bias)) => {
+                let term = bias_term(rec, x, bias)?;
+                qlinear_low_rank_into(rec, x, w, out, accumulate, &term)
+            }
+            (None, None) if accumulate => qlinear_accumulate(rec, x, w, out, false),
+            (None, None) => qlinear_write(rec, x, w, out, false),
         }
     }
 
     /// [`Linear::forward`] between the `linear_input` and `linear` hook
     /// points of `proj`, or with the low-rank term the `linear_low_rank`
-    /// point gives added by the product itself (`qlinear_low_rank`).
+    /// point gives added by the product itself ([`Linear::product_into`]).
     pub fn forward_hooked(
         &self,
         rec: &mut Recorder,
@@ -126,10 +159,8 @@ impl Linear {
             None => (x.clone(), None),
         };
         if let Some((term, output)) = hooks.hooks.linear_low_rank(rec, hooks.layer, proj, &rows2d(&x)?)? {
-            let y = qlinear_low_rank(rec, &x, &self.weight, &term)?;
-            if let Some(bias) = &self.bias {
-                add_bias(rec, &y, bias)?;
-            }
+            let y = self.output(rec, &x)?;
+            self.product_into(rec, &x, Some(&term), &y, false)?;
             return Ok((y, LinearSaved { input, output: Some(output) }));
         }
         let y = self.forward(rec, &x)?;

@@ -22,7 +22,7 @@
 //! (`h = x + o_proj(…)` in x's own buffer), two launches and two passes over
 //! it fewer a layer.
 
-use super::block::{add_bias, bias_term, rows2d, Attention, Block, Linear, Mlp};
+use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{rows, Model};
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::embedding::embedding_weight;
-use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, qlinear_low_rank_accumulate};
+use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
 use crate::kernels::swiglu::swiglu_forward;
@@ -141,20 +141,8 @@ impl Linear {
         }
         let x = rows2d(x)?;
         let x = hooks.hooks.linear_input(rec, layer, proj, &x)?.map_or(x, |(x, _)| x);
-        let stream = rows2d(r)?;
-        match (hooks.hooks.linear_low_rank(rec, layer, proj, &x)?, &self.bias) {
-            (Some((term, _)), bias) => {
-                qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?;
-                if let Some(bias) = bias {
-                    add_bias(rec, &stream, bias)?;
-                }
-            }
-            (None, Some(bias)) => {
-                let term = bias_term(rec, &x, bias)?;
-                qlinear_low_rank_accumulate(rec, &x, &self.weight, &stream, &term)?
-            }
-            (None, None) => qlinear_accumulate(rec, &x, &self.weight, &stream, false)?,
-        }
+        let term = hooks.hooks.linear_low_rank(rec, layer, proj, &x)?.map(|(term, _)| term);
+        self.product_into(rec, &x, term.as_ref(), &rows2d(r)?, true)?;
         Ok(r.clone())
     }
 }
