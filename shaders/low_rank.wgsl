@@ -3,9 +3,10 @@
 // going backward, the LoRA path's share of dx, d(xa) · A, fused into the
 // frozen dx = dy · W (one launch and one pass over the output fewer each).
 //
-//   out[m, n] = alpha · (product)[m, n] + lr_scale · Σ_j h[m, j] · B[lr_row + n, j]
+//   out[m, n] = alpha · (product)[m, n] + lr_scale · Σ_j h[m, lr_h_col + j] · B[lr_row + n, j]
 //
-// h (M, r) is computed before the product. B is stored (out, r) (lora_B;
+// h (M, lr_h_ld) is computed before the product; the term reads its r
+// columns from lr_h_col (several Linears on one input share one h). B is stored (out, r) (lora_B;
 // lr_ld = 0), or transposed, Bᵀ (r, lr_ld) (lora_A (r, in) for dx; lr_ld =
 // in); rows lr_row.. of B are this launch's chunk of the output's columns.
 // Where a register-tiled kernel's store adds the term, the invocation that
@@ -24,10 +25,10 @@
 
 const LOW_RANK: bool = true;
 
-@group(0) @binding(8) var<storage, read> lr_h: array<f32>;  // h (M, r)
+@group(0) @binding(8) var<storage, read> lr_h: array<f32>;  // h (M, lr_h_ld), the term's columns from lr_h_col
 @group(0) @binding(9) var<storage, read> lr_b: array<f32>;  // B (out, r), or Bᵀ (r, lr_ld)
 
-fn low_rank_h(m: u32, j: u32) -> f32 { return lr_h[m * p.lr_rank + j]; }
+fn low_rank_h(m: u32, j: u32) -> f32 { return lr_h[m * p.lr_h_ld + p.lr_h_col + j]; }
 
 // B[lr_row + n, j] in either layout.
 fn low_rank_b(n: u32, j: u32) -> f32 {

@@ -46,6 +46,9 @@ struct Params {
     lr_scale: f32,      // its scale
     lr_row: u32,        // B's row of this launch's first output column
     lr_ld: u32,         // 0: B stored (out, r); else Bᵀ stored (r, lr_ld)
+    lr_h_ld: u32,       // h's row stride
+    lr_h_col: u32,      // the first of h's columns the term reads
+    lr_pad0: u32, lr_pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

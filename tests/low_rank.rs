@@ -29,7 +29,7 @@ use webpeft::kernels::qmatmul::{
     qgemm_low_rank_with, qgemm_with, qlinear_backward_low_rank, qlinear_low_rank, QVariant, QWeight,
 };
 use webpeft::kernels::reference::{assert_close, matmul as cpu};
-use webpeft::model::llama::KvCache;
+use webpeft::model::llama::{Hooks, KvCache};
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::LoraAdapter;
@@ -38,15 +38,24 @@ use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
 
 const SCALE: f32 = 0.75;
 
-/// h (m, r) and B (n, r) from seeded values, on the GPU and as f32s.
+/// h (m, r) and B (n, r) from seeded values, on the GPU and as f32s. For
+/// half the seeds (seed % 4 ≥ 2) the term's h is columns 2..2 + r of a wider one (m, r + 3),
+/// as Linears sharing an input read theirs.
 fn term(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32>, Vec<f32>) {
     let h = randn(seed, m * r);
     let b: Vec<f32> = randn(seed + 1, n * r).iter().map(|v| v * 0.5).collect();
-    let t = LowRank::new(
-        Tensor::from_slice(gpu, &[m, r], &h).unwrap(),
-        Tensor::from_slice(gpu, &[n, r], &b).unwrap(),
-        SCALE,
-    );
+    let b_t = Tensor::from_slice(gpu, &[n, r], &b).unwrap();
+    let t = match seed % 4 / 2 {
+        0 => LowRank::new(Tensor::from_slice(gpu, &[m, r], &h).unwrap(), b_t, SCALE),
+        _ => {
+            let ld = r + 3;
+            let mut wide = randn(seed + 7, m * ld);
+            for i in 0..m {
+                wide[i * ld + 2..i * ld + 2 + r].copy_from_slice(&h[i * r..(i + 1) * r]);
+            }
+            LowRank::columns(Tensor::from_slice(gpu, &[m, ld], &wide).unwrap(), 2, b_t, SCALE)
+        }
+    };
     (t, h, b)
 }
 
@@ -55,7 +64,8 @@ fn term(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32
 fn term_transposed(gpu: &Gpu, m: usize, n: usize, r: usize, seed: u64) -> (LowRank, Vec<f32>, Vec<f32>) {
     let (t, h, b) = term(gpu, m, n, r, seed);
     let bt: Vec<f32> = (0..r * n).map(|i| b[(i % n) * r + i / n]).collect();
-    (LowRank::new_transposed(t.h, Tensor::from_slice(gpu, &[r, n], &bt).unwrap(), SCALE), h, b)
+    let t = LowRank { b: Tensor::from_slice(gpu, &[r, n], &bt).unwrap(), transposed: true, ..t };
+    (t, h, b)
 }
 
 /// `base + scale·h·Bᵀ`, the term summed in f64.
@@ -274,6 +284,11 @@ fn own_devices() -> [Gpu; 2] {
         .map(|kernels| block_on(Gpu::with_options(GpuOptions { kernels, ..Default::default() })).unwrap())
 }
 
+/// Launches of f32 products with no term fused (matmul.wgsl's kernels).
+fn plain_products(ran: &[KernelTime]) -> u64 {
+    ran.iter().filter(|k| k.kernel.starts_with("matmul") && !k.kernel.ends_with("+low_rank")).map(|k| k.calls).sum()
+}
+
 /// Launches in a profile, of the kernels that are fused or not.
 fn launches(ran: &[KernelTime], fused: bool) -> u64 {
     ran.iter().filter(|k| k.kernel.ends_with("+low_rank") == fused).map(|k| k.calls).sum()
@@ -382,6 +397,11 @@ fn bad_terms_are_typed_errors() {
         assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "{what}: {err}");
         eprintln!("{what}: {err}");
     }
+    // A shared h must hold the term's columns.
+    let t = LowRank::columns(zeros(&[2, 6]), 3, zeros(&[45, 4]), 1.0);
+    let err = qlinear_low_rank(&mut Recorder::new(gpu), &x, &qw, &t).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "linear_low_rank", .. }), "columns past h: {err}");
+    eprintln!("columns past h: {err}");
     let (t, _, _) = term(gpu, 2, 45, 4, 9);
     let mut rec = Recorder::new(gpu);
     let err = qlinear_low_rank(&mut rec, &zeros(&[2, 263]), &qw, &t).unwrap_err();
@@ -430,7 +450,7 @@ fn adapted_decoding_matches_the_full_forward() {
         let v = model.config.vocab_size;
         let ids: Vec<u32> = (0..14).map(|i| ((i * 37 + 11) % v) as u32).collect();
         let t = ids.len();
-        let logits = |hooks: &dyn webpeft::model::llama::Hooks, from: usize, to: usize, cache: &KvCache| {
+        let logits = |hooks: &dyn Hooks, from: usize, to: usize, cache: &KvCache| {
             let mut rec = Recorder::new(gpu);
             let input = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
             let out = model.forward_cached_all(&mut rec, &input, cache, from, hooks).unwrap();
@@ -454,15 +474,32 @@ fn adapted_decoding_matches_the_full_forward() {
             steps.extend(logits(&adapter, i, i + 1, &cache));
         }
         let ran_steps = block_on(gpu.take_profile()).unwrap();
+        // As a generation runs them: the frozen hooks stack the A's of
+        // q, k, v and of gate, up, and each forward takes their x·Aᵀ at once.
+        let frozen = Hooks::frozen(&adapter).expect("a LoRA on q, k, v keeps stacked A's");
+        let cache = KvCache::new(gpu, &model, 1, t).unwrap();
+        let mut generated = logits(frozen.as_ref(), 0, 4, &cache);
+        for i in 4..t {
+            generated.extend(logits(frozen.as_ref(), i, i + 1, &cache));
+        }
+        let ran_generated = block_on(gpu.take_profile()).unwrap();
         gpu.set_profiling(false).unwrap();
         assert_eq!(launches(&ran_full, true), 0, "the full forward fused a product");
         // 14 adapted Linears (2 layers × 7) in each of the 11 forwards.
-        assert_eq!(launches(&ran_steps, true), 14 * (1 + t - 4) as u64, "fused launches");
+        let forwards = (1 + t - 4) as u64;
+        assert_eq!(launches(&ran_steps, true), 14 * forwards, "fused launches");
+        assert_eq!(launches(&ran_generated, true), 14 * forwards, "fused launches, frozen");
+        // The other f32 products: the lm_head and the x·Aᵀ, 7 a layer alone
+        // and 4 with the A's stacked (q, k, v; o; gate, up; down).
+        assert_eq!(plain_products(&ran_steps), (1 + 2 * 7) * forwards, "x·Aᵀ launches");
+        assert_eq!(plain_products(&ran_generated), (1 + 2 * 4) * forwards, "x·Aᵀ launches, frozen");
+        let dg = generated.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(dg <= 1e-4, "decoding through the stacked A's differs from the full forward by {dg}");
         let d = steps.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         let base = logits(&webpeft::model::llama::NoHooks, 0, t, &KvCache::new(gpu, &model, 1, t).unwrap());
         let effect = base.iter().zip(&full).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         let on = format!("{} {:?}", format.name(), gpu.kernel_family());
-        eprintln!("{on}: token-by-token vs full {d:.2e}; the adapter moves logits by {effect:.2e}");
+        eprintln!("{on}: token-by-token vs full {d:.2e} ({dg:.2e} frozen); the adapter moves logits by {effect:.2e}");
         assert!(effect > 1e-2, "the adapter changes the logits by only {effect}");
         assert!(d <= 1e-4, "decoding through the fused term differs from the full forward by {d}");
         assert_eq!(steps.len(), t * v);

@@ -18,8 +18,13 @@ use crate::gpu::{DType, Gpu, Recorder, Tensor};
 /// [`super::qmatmul::qlinear_backward_low_rank`].
 #[derive(Clone, Debug)]
 pub struct LowRank {
-    /// (M, r)
+    /// (M, r), or a wider (M, ld) whose columns `h_col..h_col + r` are
+    /// this term's: several Linears on one input (q, k and v) sharing one
+    /// product x·[A_q; A_k; A_v]ᵀ, each reading its own columns.
     pub h: Tensor,
+    /// The first of h's columns that are this term's, where h is shared
+    /// ([`LowRank::columns`]); `None`: h is exactly (M, r).
+    pub h_col: Option<usize>,
     /// (out, r), or with `transposed` Bᵀ (r, out)
     pub b: Tensor,
     pub scale: f32,
@@ -27,8 +32,9 @@ pub struct LowRank {
     pub transposed: bool,
 }
 
-/// The launch parameters' last four words (`lr_rank`, `lr_scale`, `lr_row`,
-/// `lr_ld`), in both hosts' `Params`.
+/// The launch parameters' last eight words (`lr_rank`, `lr_scale`,
+/// `lr_row`, `lr_ld`, `lr_h_ld`, `lr_h_col` and two of padding), in both
+/// hosts' `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
 pub(crate) struct LowRankParams {
@@ -37,18 +43,46 @@ pub(crate) struct LowRankParams {
     row: u32,
     /// 0: B stored (out, r); else Bᵀ stored (r, ld).
     ld: u32,
+    /// h's row stride and the first of its columns the term reads.
+    h_ld: u32,
+    h_col: u32,
+    pad: [u32; 2],
 }
 
 impl LowRank {
     /// The term `scale·h·Bᵀ` with h (M, r) and B (out, r).
     pub fn new(h: Tensor, b: Tensor, scale: f32) -> LowRank {
-        LowRank { h, b, scale, transposed: false }
+        LowRank { h, h_col: None, b, scale, transposed: false }
     }
 
     /// The term `scale·h·Bᵀ` with h (M, r) and B given as Bᵀ (r, out): the
     /// backward's `d(xa)·A` with `bt` = lora_A (r, in).
     pub fn new_transposed(h: Tensor, bt: Tensor, scale: f32) -> LowRank {
-        LowRank { h, b: bt, scale, transposed: true }
+        LowRank { h, h_col: None, b: bt, scale, transposed: true }
+    }
+
+    /// The term `scale·h[:, col..col + r]·Bᵀ` with B (out, r): one Linear's
+    /// share of an h (M, ld) that several compute together.
+    pub fn columns(h: Tensor, col: usize, b: Tensor, scale: f32) -> LowRank {
+        LowRank { h, h_col: Some(col), b, scale, transposed: false }
+    }
+
+    /// (M, r, ld): h's rows, the term's rank and h's row stride, where h
+    /// (M, ld) holds the term's r columns from `h_col` and B is 2-D.
+    pub(crate) fn h_dims(&self) -> Option<(usize, usize, usize)> {
+        match (self.h.shape(), self.b_dims(), self.h_col) {
+            ([m, ld], Some((_, r)), None) if r == *ld => Some((*m, r, *ld)),
+            ([m, ld], Some((_, r)), Some(col)) if col + r <= *ld => Some((*m, r, *ld)),
+            _ => None,
+        }
+    }
+
+    /// What h is, for errors: its shape and the columns read.
+    pub(crate) fn h_label(&self) -> String {
+        match self.h_col {
+            None => format!("h {:?}", self.h.shape()),
+            Some(col) => format!("h {:?} (from column {col})", self.h.shape()),
+        }
     }
 
     /// Products of at most this many rows add the term as they store their
@@ -72,15 +106,15 @@ impl LowRank {
     /// out (M, cols) += scale·h·Bᵀ with a product of its own: the term of
     /// a product that does not fuse it.
     pub fn add_to(&self, rec: &mut Recorder, out: &Tensor) -> Result<()> {
-        let (m, r, cols) = match (self.h.shape(), self.b_dims()) {
-            ([m, r], Some((cols, _))) => (*m, *r, cols),
-            (h, _) => {
-                let b = self.b.shape();
-                return Err(Error::shape(Self::OP, format!("h {h:?} and B {b:?} are not (M, r) and (out, r)")));
+        let ((m, r, ld), (cols, _)) = match (self.h_dims(), self.b_dims()) {
+            (Some(h), Some(b)) => (h, b),
+            _ => {
+                let (h, b) = (self.h_label(), self.b.shape());
+                return Err(Error::shape(Self::OP, format!("{h} and B {b:?} are not (M, r) and (out, r)")));
             }
         };
-        let g = Gemm::new(m, cols, r, false, !self.transposed).alpha(self.scale).accumulate(true);
-        gemm(rec, &g, &self.h, &self.b, out)
+        let g = Gemm { lda: ld, a_off: self.h_col.unwrap_or(0), ..Gemm::new(m, cols, r, false, !self.transposed) };
+        gemm(rec, &g.alpha(self.scale).accumulate(true), &self.h, &self.b, out)
     }
 
     /// (M, r) for x (M, in) through a product to `out` columns, checking h is
@@ -93,12 +127,13 @@ impl LowRank {
         let m = x.numel() / inp.max(1);
         self.h.expect_dtype(Self::OP, "h", DType::F32)?;
         self.b.expect_dtype(Self::OP, "B", DType::F32)?;
-        match (self.h.shape(), self.b_dims()) {
-            ([hm, r], Some((bo, br))) if *hm == m && bo == out && br == *r => Ok((m, *r)),
-            (h, _) => Err(Error::shape(
+        match (self.h_dims(), self.b_dims()) {
+            (Some((hm, r, _)), Some((bo, _))) if hm == m && bo == out => Ok((m, r)),
+            _ => Err(Error::shape(
                 Self::OP,
                 format!(
-                    "low-rank term h {h:?} and {} {:?} do not fit ({m}, r) and {} for this product",
+                    "low-rank term {} and {} {:?} do not fit ({m}, r) and {} for this product",
+                    self.h_label(),
                     if self.transposed { "Bᵀ" } else { "B" },
                     self.b.shape(),
                     if self.transposed { format!("(r, {out})") } else { format!("({out}, r)") }
@@ -113,11 +148,17 @@ pub(crate) type Fused<'a> = Option<(&'a LowRank, usize)>;
 
 /// The launch parameters of `term` (zeros without one).
 pub(crate) fn params(term: Fused) -> LowRankParams {
-    term.map_or(LowRankParams::default(), |(t, row)| LowRankParams {
-        rank: t.h.shape().get(1).copied().unwrap_or(0) as u32,
-        scale: t.scale,
-        row: row as u32,
-        ld: if t.transposed { t.b_dims().map_or(0, |(out, _)| out as u32) } else { 0 },
+    term.map_or(LowRankParams::default(), |(t, row)| {
+        let (_, rank, h_ld) = t.h_dims().unwrap_or_default();
+        LowRankParams {
+            rank: rank as u32,
+            scale: t.scale,
+            row: row as u32,
+            ld: if t.transposed { t.b_dims().map_or(0, |(out, _)| out as u32) } else { 0 },
+            h_ld: h_ld as u32,
+            h_col: t.h_col.unwrap_or(0) as u32,
+            pad: [0; 2],
+        }
     })
 }
 

@@ -423,16 +423,16 @@ pub(crate) fn gemm_fused(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c
 /// and the blocked GEMM add the term before alpha): h has C's M rows and B
 /// the rows `row..row + N`, both r wide.
 fn check_term(g: &Gemm, (t, row): (&LowRank, usize)) -> Result<()> {
-    let fits = match (t.h.shape(), t.b_dims()) {
-        ([hm, r], Some((bo, br))) => *hm == g.m && br == *r && row + g.n <= bo,
+    let fits = match (t.h_dims(), t.b_dims()) {
+        (Some((hm, _, _)), Some((bo, _))) => hm == g.m && row + g.n <= bo,
         _ => false,
     };
     if g.batch != 1 || g.alpha != 1.0 || !fits {
         return Err(Error::shape(
             LowRank::OP,
             format!(
-                "h {:?} and {} {:?} (from row {row}) do not fit a {}x{}x{} product (batch {}, alpha {})",
-                t.h.shape(),
+                "{} and {} {:?} (from row {row}) do not fit a {}x{}x{} product (batch {}, alpha {})",
+                t.h_label(),
                 if t.transposed { "Bᵀ" } else { "B" },
                 t.b.shape(),
                 g.m,

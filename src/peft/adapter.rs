@@ -200,13 +200,15 @@ pub struct FrozenAdapter<'a> {
 crate::forward_hooks!(FrozenAdapter<'_>, |f| f.adapter.memo_pass(&f.memo).hooks());
 
 impl Adapter {
-    /// [`Hooks::frozen`]: an adapter with DoRA layers keeps their weight
-    /// norms across a generation's forwards (each forward of an unfrozen
-    /// pass rebuilds W + s·B·A, dequantized, to take them, as PEFT does);
-    /// the other methods have nothing to keep.
+    /// [`Hooks::frozen`]: a LoRA adapter keeps across a generation's
+    /// forwards its DoRA layers' weight norms (each forward of an unfrozen
+    /// pass rebuilds W + s·B·A, dequantized, to take them, as PEFT does)
+    /// and, where Linears on one input (q, k, v; gate, up) are adapted, their
+    /// A's stacked, so each forward computes their x·Aᵀ in one product; the
+    /// other methods have nothing to keep.
     fn frozen_eval(&self) -> Option<Box<dyn Hooks + '_>> {
-        let dora = matches!(self, Adapter::Lora(l) if l.layers.iter().flatten().flatten().any(|f| f.m.is_some()));
-        dora.then(|| Box::new(FrozenAdapter { adapter: self, memo: Memo::default() }) as Box<dyn Hooks>)
+        let keeps = matches!(self, Adapter::Lora(l) if l.keeps_across_forwards());
+        keeps.then(|| Box::new(FrozenAdapter { adapter: self, memo: Memo::default() }) as Box<dyn Hooks>)
     }
 
     /// The evaluation pass that keeps what its forwards recompute in `memo`.

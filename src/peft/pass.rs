@@ -54,21 +54,59 @@ pub(crate) fn mismatch(op: &'static str, at: String) -> Error {
 }
 
 /// Tensors an evaluation pass computes once for many forwards whose
-/// parameters do not change (a generation's prefill and steps): DoRA's
-/// weight norms, by (layer, Linear). A memo lives as long as the
-/// generation (`Hooks::frozen`), never across a change of the adapter.
+/// parameters do not change (a generation's prefill and steps), by (layer,
+/// Linear, what): DoRA's weight norms, LoRA's stacked A's. A memo lives as
+/// long as the generation (`Hooks::frozen`), never across a change of the
+/// adapter. It also holds the last product that Linears on one input share
+/// ([`Memo::share`]).
 #[derive(Debug, Default)]
-pub struct Memo(Mutex<HashMap<(usize, Proj), Vec<Tensor>>>);
+pub struct Memo {
+    kept: Mutex<HashMap<MemoKey, Vec<Tensor>>>,
+    shared: Mutex<Option<Shared>>,
+}
+
+/// (layer, Linear, what is kept).
+pub type MemoKey = (usize, Proj, &'static str);
+
+/// A product of one input that several Linears of a layer read their
+/// columns of: LoRA's h = x·[A_q; A_k; A_v]ᵀ.
+#[derive(Debug)]
+struct Shared {
+    layer: usize,
+    /// The input, kept alive, so no later tensor can take its buffer.
+    x: Tensor,
+    h: Tensor,
+    /// Each Linear's first column of h.
+    columns: Vec<(Proj, usize)>,
+}
 
 impl Memo {
     /// The tensors kept for `key`, made by `make` the first time.
-    pub fn get_or_make(&self, key: (usize, Proj), make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn get_or_make(&self, key: MemoKey, make: impl FnOnce() -> Result<Vec<Tensor>>) -> Result<Vec<Tensor>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = kept.get(&key) {
             return Ok(t.clone());
         }
         let made = make()?;
         kept.insert(key, made.clone());
         Ok(made)
+    }
+
+    /// Keeps h, computed from x for the Linears `columns` names of layer
+    /// `layer` (each with its first column of h), in place of the last.
+    pub fn share(&self, layer: usize, x: &Tensor, h: &Tensor, columns: Vec<(Proj, usize)>) {
+        let shared = Shared { layer, x: x.clone(), h: h.clone(), columns };
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared);
+    }
+
+    /// h and `proj`'s first column of it, where the last shared product is
+    /// layer `layer`'s, covers `proj`, and was computed from x itself (the
+    /// same buffer and shape: the forward does not write a Linear's input
+    /// between its Linears).
+    pub fn shared(&self, layer: usize, proj: Proj, x: &Tensor) -> Option<(Tensor, usize)> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let s = shared.as_ref().filter(|s| s.layer == layer && s.x.same_buffer(x) && s.x.shape() == x.shape())?;
+        let col = s.columns.iter().find(|(p, _)| *p == proj)?.1;
+        Some((s.h.clone(), col))
     }
 }
