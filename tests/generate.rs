@@ -263,6 +263,47 @@ fn sample_by_full_sort(logits: &[f32], config: &GenerationConfig, rng: &mut Rng)
     Some(order[keep - 1] as u32)
 }
 
+/// Sampled decoding (on a real GPU: the real-GPU family's device) encodes
+/// step n + 1 before it draws token n and writes the draw into that step's
+/// input just before submitting it; on a CPU rasterizer it records step n + 1
+/// after the draw. Either way the tokens are those of a plain loop that runs
+/// one step, reads its logits, draws with the reference sampler and only
+/// then records the next step (same seed).
+#[test]
+fn sampled_decoding_feeds_each_draw_to_the_next_step() {
+    let (prompt, _) = greedy_ref("llama_gqa");
+    let settings = [GenerationConfig::sampling(10, 1.3, 0, 1.0, 5), GenerationConfig::sampling(9, 0.8, 12, 0.9, 9)];
+    for (gpu, config) in
+        [common::gpu(), common::gpu_family()].into_iter().flat_map(|g| settings.iter().map(move |c| (g, c)))
+    {
+        let model = load(gpu, "llama_gqa");
+        let v = model.config.vocab_size;
+        let got = block_on(model.generate(gpu, &prompt, config, |_| true)).unwrap();
+        let cache = KvCache::new(gpu, &model, 1, prompt.len() + config.max_new_tokens).unwrap();
+        let mut rng = Rng::new(config.seed);
+        let (mut ids, mut offset, mut want) = (prompt.clone(), 0, Vec::new());
+        while want.len() < config.max_new_tokens {
+            let mut rec = Recorder::new(gpu);
+            let logits = model.forward_cached(
+                &mut rec,
+                &model.input_ids(gpu, &[ids.clone()]).unwrap(),
+                &cache,
+                offset,
+                &NoHooks,
+            );
+            let logits = logits.unwrap();
+            rec.submit().unwrap();
+            let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
+            assert_eq!(row.len(), v);
+            offset += ids.len();
+            let token = sample_by_full_sort(&row, config, &mut rng).unwrap();
+            want.push(token);
+            ids = vec![token];
+        }
+        assert_eq!(got, want, "{:?} kernels, {config:?}", gpu.kernel_family());
+    }
+}
+
 /// `sample` ranks candidates by integer keys and finds top-k's k-th score
 /// without sorting them all: on random rows with ties, NaNs, ±∞ and ±0, at
 /// odd sizes and every kind of setting, it picks what a full sort picks.
@@ -390,25 +431,29 @@ impl Hooks for FailAt {
     }
 }
 
-/// Greedy decoding records step n + 1 before it reads token n: when that
+/// Decoding records step n + 1 before it reads token n: when that
 /// recording fails, token n (computed) still reaches the callback before the
 /// error comes back, so nothing computed is lost. llama_gqa records 14
 /// Linears a step (2 layers of 7): failing Linear 14·s + 5 fails step s.
 #[test]
 fn a_step_that_cannot_be_recorded_keeps_the_token_before_it() {
-    let gpu = gpu();
-    let model = load(gpu, "llama_gqa");
     let (prompt, expected) = greedy_ref("llama_gqa");
-    for step in [1, 2, 5] {
-        let hooks = FailAt { calls: std::cell::Cell::new(0), fail_at: 14 * step + 5 };
-        let mut streamed = Vec::new();
-        let cfg = GenerationConfig::greedy(expected.len());
-        let err = block_on(model.generate_adapted(gpu, &prompt, &cfg, &hooks, |t| {
-            streamed.push(t);
-            true
-        }))
-        .unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { op: "FailAt", .. }), "{err}");
-        assert_eq!(streamed, expected[..step], "step {step} failed: tokens 0..{step} were computed");
+    // Greedy, and sampling with top-k 1 (the same tokens, drawn on the CPU),
+    // which on the real-GPU family's device encodes each step ahead too.
+    let sampled = GenerationConfig { greedy: false, top_k: 1, ..GenerationConfig::greedy(expected.len()) };
+    let greedy = GenerationConfig::greedy(expected.len());
+    for gpu in [gpu(), common::gpu_family()] {
+        let model = load(gpu, "llama_gqa");
+        for (step, cfg) in [1, 2, 5].into_iter().flat_map(|s| [(s, greedy.clone()), (s, sampled.clone())]) {
+            let hooks = FailAt { calls: std::cell::Cell::new(0), fail_at: 14 * step + 5 };
+            let mut streamed = Vec::new();
+            let err = block_on(model.generate_adapted(gpu, &prompt, &cfg, &hooks, |t| {
+                streamed.push(t);
+                true
+            }))
+            .unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { op: "FailAt", .. }), "{err}");
+            assert_eq!(streamed, expected[..step], "step {step} failed: tokens 0..{step} were computed ({cfg:?})");
+        }
     }
 }

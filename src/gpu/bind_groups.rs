@@ -77,11 +77,12 @@ impl Inner {
         self.kept.len()
     }
 
-    /// The uniform buffer, at least `bytes` long, with `data` written at its
-    /// start (ordered after every earlier submission).
-    pub(crate) fn params(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, data: &[u8]) -> wgpu::Buffer {
-        let bytes = (data.len() as u64).max(16);
-        let buffer = match &self.params {
+    /// The uniform buffer, at least `bytes` long (a new one drops every kept
+    /// group); a submission writes its blocks at its start just before it
+    /// submits (`Encoded::submit`), ordered after every earlier submission.
+    pub(crate) fn params_buffer(&mut self, device: &wgpu::Device, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.max(16);
+        match &self.params {
             Some(b) if b.size() >= bytes => b.clone(),
             _ => {
                 self.kept.clear();
@@ -94,11 +95,7 @@ impl Inner {
                 self.params = Some(b.clone());
                 b
             }
-        };
-        if !data.is_empty() {
-            queue.write_buffer(&buffer, 0, data);
         }
-        buffer
     }
 
     /// Drop the kept groups whose buffers were released; start again when

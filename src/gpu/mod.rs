@@ -20,7 +20,7 @@ pub use memory::MemoryStats;
 pub use pipelines::{Const, Kernel, PipelineKey};
 pub use profile::KernelTime;
 pub use readback::PendingRead;
-pub use recorder::Recorder;
+pub use recorder::{Encoded, Recorder};
 pub use tensor::{DType, Tensor};
 
 /// Re-exported so users can name adapter types without depending on wgpu.

@@ -45,12 +45,14 @@ pub struct Recorder<'g> {
     gpu: &'g Gpu,
     ops: Vec<Op>,
     params: Vec<u8>,
+    /// Counts this recorder open in the pool until it is submitted or dropped.
+    open: OpenRecorder<'g>,
 }
 
 impl<'g> Recorder<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
         gpu.pool.recorder_opened();
-        Self { gpu, ops: Vec::new(), params: Vec::new() }
+        Self { gpu, ops: Vec::new(), params: Vec::new(), open: OpenRecorder(gpu) }
     }
 
     /// An op's output: a pooled buffer whose contents are undefined (a freed
@@ -206,20 +208,29 @@ impl<'g> Recorder<'g> {
 
     /// Encode everything recorded into one command buffer and submit it.
     pub fn submit(self) -> Result<()> {
-        let gpu = self.gpu;
+        self.encode()?.submit()
+    }
+
+    /// Encode everything recorded into one command buffer, to submit later
+    /// ([`Encoded::submit`]): what lets a step be recorded and encoded while
+    /// the GPU runs the last one, before an input it reads is known (a
+    /// sampled token, written with [`Tensor::write`] just before the submit).
+    /// The parameter blocks are written when it is submitted. Until then it
+    /// counts as an open recorder (`gpu::pool`'s rule).
+    pub fn encode(self) -> Result<Encoded<'g>> {
+        let Recorder { gpu, ops, params: params_bytes, open } = self;
         gpu.check("before submit")?;
-        if self.ops.is_empty() {
-            return Ok(());
+        if ops.is_empty() {
+            return Ok(Encoded { gpu, work: None, _open: open });
         }
         let device = &gpu.device;
-        // Held until the submit: the parameters written are this submission's.
         let mut bind = gpu.bind_groups.lock();
         bind.forget_released();
-        let params = bind.params(device, &gpu.queue, &self.params);
+        let params = bind.params_buffer(device, params_bytes.len() as u64);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         // With profiling on: one pass per dispatch, timestamps at both ends.
         let profiling = gpu.profiler.is_on();
-        let dispatches = self.ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count() as u32;
+        let dispatches = ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count() as u32;
         let per_set = QUERIES_PER_SET / 2;
         let query_sets: Vec<wgpu::QuerySet> = if profiling {
             (0..dispatches.div_ceil(per_set))
@@ -235,9 +246,10 @@ impl<'g> Recorder<'g> {
             Vec::new()
         };
         let mut labels = Vec::new();
+        let mut times = None;
         let mut i = 0;
-        while i < self.ops.len() {
-            match &self.ops[i] {
+        while i < ops.len() {
+            match &ops[i] {
                 Op::Clear { dst } => {
                     encoder.clear_buffer(&dst.buffer, 0, None);
                     i += 1;
@@ -260,8 +272,7 @@ impl<'g> Recorder<'g> {
                         });
                     let mut pass =
                         encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
-                    while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) =
-                        self.ops.get(i)
+                    while let Some(Op::Dispatch { pipeline, buffers, params_offset, params_size, groups }) = ops.get(i)
                     {
                         if profiling {
                             if labels.len() as u32 > n {
@@ -292,22 +303,69 @@ impl<'g> Recorder<'g> {
                 let offset = first as u64 * 16; // 4096 queries · 8 bytes: a multiple of 256
                 encoder.resolve_query_set(set, 0..2 * count, &resolved, offset);
             }
-            gpu.profiler.push(PendingTimes { buffer: resolved, labels });
+            times = Some(PendingTimes { buffer: resolved, labels });
         }
-        let index = gpu.queue.submit([encoder.finish()]);
-        for op in &self.ops {
-            if let Op::Readback { submitted, .. } = op {
-                let _ = submitted.set(index.clone());
-            }
+        drop(bind);
+        let readbacks = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Readback { submitted, .. } => Some(submitted.clone()),
+                _ => None,
+            })
+            .collect();
+        let work = Work { commands: encoder.finish(), params, params_bytes, readbacks, times };
+        Ok(Encoded { gpu, work: Some(work), _open: open })
+    }
+}
+
+/// A recorder counted open in the pool until dropped.
+struct OpenRecorder<'g>(&'g Gpu);
+
+impl Drop for OpenRecorder<'_> {
+    fn drop(&mut self) {
+        self.0.pool.recorder_closed();
+    }
+}
+
+/// A step encoded by [`Recorder::encode`], not yet submitted. Dropped
+/// unsubmitted, its work never runs.
+pub struct Encoded<'g> {
+    gpu: &'g Gpu,
+    work: Option<Work>,
+    _open: OpenRecorder<'g>,
+}
+
+struct Work {
+    commands: wgpu::CommandBuffer,
+    /// The uniform buffer its bind groups bind, and what goes into it.
+    params: wgpu::Buffer,
+    params_bytes: Vec<u8>,
+    readbacks: Vec<Arc<OnceLock<wgpu::SubmissionIndex>>>,
+    /// With profiling on: the timestamps to resolve, kept once submitted.
+    times: Option<PendingTimes>,
+}
+
+impl Encoded<'_> {
+    /// Write the parameter blocks and submit. The write goes into the
+    /// uniform buffer the bind groups were made with (even if a later
+    /// submission grew the device's), ordered after every earlier
+    /// submission, so work in flight keeps reading its own parameters.
+    pub fn submit(self) -> Result<()> {
+        let gpu = self.gpu;
+        let Some(work) = self.work else { return Ok(()) };
+        let bind = gpu.bind_groups.lock(); // one write-and-submit at a time
+        if !work.params_bytes.is_empty() {
+            gpu.queue.write_buffer(&work.params, 0, &work.params_bytes);
+        }
+        let index = gpu.queue.submit([work.commands]);
+        for submitted in &work.readbacks {
+            let _ = submitted.set(index.clone());
+        }
+        if let Some(times) = work.times {
+            gpu.profiler.push(times);
         }
         drop(bind);
         gpu.pool.submitted();
         gpu.check("submit")
-    }
-}
-
-impl Drop for Recorder<'_> {
-    fn drop(&mut self) {
-        self.gpu.pool.recorder_closed();
     }
 }

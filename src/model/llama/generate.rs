@@ -27,8 +27,9 @@ use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
 use super::{rows, Model};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
+use crate::gpu::{DType, Encoded, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
+use crate::kernels::blocked::is_real_gpu;
 use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
@@ -301,7 +302,7 @@ impl Model {
         prompt_ids: &[u32],
         config: &GenerationConfig,
         hooks: &dyn Hooks,
-        mut on_token: impl FnMut(u32) -> bool,
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         const OP: &str = "Model::generate";
         config.validate()?;
@@ -322,36 +323,19 @@ impl Model {
                 ),
             ));
         }
-        let mut out = Vec::with_capacity(config.max_new_tokens);
         if config.max_new_tokens == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let cache = KvCache::new(gpu, self, 1, total)?;
         let ids = self.input_ids(gpu, &[prompt_ids.to_vec()])?;
         // The adapter does not change during the call: what each forward would
-        // recompute from it (DoRA's weight norms) is computed once.
+        // recompute from it (DoRA's weight norms, LoRA's stacked A's) is computed once.
         let frozen = hooks.frozen();
         let hooks = frozen.as_deref().unwrap_or(hooks);
-        if config.greedy {
-            return self.generate_greedy(gpu, ids, &cache, config, hooks, on_token).await;
-        }
-        let mut ids = ids;
-        let mut rng = Rng::new(config.seed);
-        let mut offset = 0;
-        loop {
-            let mut rec = Recorder::new(gpu);
-            let logits = self.forward_cached(&mut rec, &ids, &cache, offset, hooks)?; // (1, V)
-            rec.submit()?;
-            let row = logits.to_vec::<f32>(gpu).await?;
-            offset += ids.shape()[1];
-            let token = sample(&row, config, &mut rng)?;
-            out.push(token);
-            let go_on = on_token(token);
-            if !go_on || config.eos_token_ids.contains(&token) || out.len() >= config.max_new_tokens {
-                return Ok(out);
-            }
-            autotune_after(gpu, out.len()).await;
-            ids = Tensor::from_slice(gpu, &[1, 1], &[token])?;
+        let decoding = Decoding { gpu, cache: &cache, config, hooks };
+        match config.greedy {
+            true => self.generate_greedy(decoding, ids, on_token).await,
+            false => self.generate_sampled(decoding, ids, on_token).await,
         }
     }
 
@@ -365,11 +349,8 @@ impl Model {
     /// submitted step goes unread; its cache rows are past every read one.
     async fn generate_greedy(
         &self,
-        gpu: &Gpu,
+        Decoding { gpu, cache, config, hooks }: Decoding<'_>,
         prompt: Tensor,
-        cache: &KvCache,
-        config: &GenerationConfig,
-        hooks: &dyn Hooks,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         // Submits the step at `offset` for ids (1, T): its token (1, 1) and the read of it.
@@ -404,6 +385,69 @@ impl Model {
             (token, read) = next;
         }
     }
+
+    /// Sampled decoding: each step's V logits are read back and drawn from
+    /// on the CPU. On a real GPU the next step is recorded and encoded
+    /// before this one's logits are read, on a token tensor of its own that
+    /// the draw then writes (`Tensor::write`, ordered before the step's
+    /// submit), so the GPU waits for the draw and the submit only, not for
+    /// the CPU to record and encode a step; after the last token one encoded
+    /// step is dropped, never submitted. A CPU rasterizer runs the steps on
+    /// the cores that would record the next one, so there the next step is
+    /// recorded after the draw.
+    async fn generate_sampled(
+        &self,
+        Decoding { gpu, cache, config, hooks }: Decoding<'_>,
+        prompt: Tensor,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        // Encodes the step at `offset` for ids (1, T): the step and the read of its logits.
+        let step = |ids: &Tensor, offset: usize| -> Result<(Encoded<'_>, PendingRead)> {
+            let mut rec = Recorder::new(gpu);
+            let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
+            let read = rec.read_after(&logits)?;
+            Ok((rec.encode()?, read))
+        };
+        let ahead = is_real_gpu(gpu);
+        let mut rng = Rng::new(config.seed);
+        let mut out = Vec::with_capacity(config.max_new_tokens);
+        let mut offset = prompt.shape()[1];
+        let (first, mut read) = step(&prompt, 0)?;
+        first.submit()?;
+        loop {
+            // The next step, if one may follow, is encoded before this one
+            // is read; if it cannot be, this token still reaches `on_token`
+            // before the error is returned.
+            let token = Tensor::zeros(gpu, &[1, 1], DType::U32)?; // written by the draw, never pooled
+            let more = out.len() + 1 < config.max_new_tokens;
+            let early = (ahead && more).then(|| step(&token, offset));
+            let bytes = read.read(gpu).await?;
+            let row: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let id = sample(&row, config, &mut rng)?;
+            out.push(id);
+            if !on_token(id) || config.eos_token_ids.contains(&id) || !more {
+                return Ok(out);
+            }
+            let (next, next_read) = match early {
+                Some(encoded) => encoded?,
+                None => step(&token, offset)?,
+            };
+            token.write(gpu, &[id])?;
+            next.submit()?;
+            offset += 1;
+            autotune_after(gpu, out.len()).await;
+            read = next_read;
+        }
+    }
+}
+
+/// What a generation's steps share: the device, the cache, the settings and
+/// the hooks.
+struct Decoding<'a> {
+    gpu: &'a Gpu,
+    cache: &'a KvCache,
+    config: &'a GenerationConfig,
+    hooks: &'a dyn Hooks,
 }
 
 /// After the second token, the prompt's pass and a one-token step have met
