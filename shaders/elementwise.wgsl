@@ -8,6 +8,8 @@
 //   add_scaled    acc = acc + s · b      (in place: gradient accumulation, residuals)
 //   scale_inplace acc = s · acc          (in place: gradient clipping)
 //   fill          acc = s
+//   scale_columns acc[r, c] = acc[r, c] · a[c]           (in place, rows of p.cols: DoRA's g in a generation)
+//   affine_columns acc[r, c] = acc[r, c] · a[c] + b[c]   (the same with a shift)
 //   dropout       out = a · keep(i) · s, keep(i) = hash(seed, i) ≥ threshold (inverted dropout;
 //                 the backward is the same call on dy with the same seed)
 //
@@ -18,6 +20,7 @@ struct Params {
     s: f32,
     seed: u32,       // dropout only
     threshold: u32,  // dropout only: drop when the hash's top 24 bits are below it
+    cols: u32,       // the column entries only: the row length
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -64,6 +67,18 @@ fn scale_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i < p.n) { acc[i] = p.s; }
+}
+
+@compute @workgroup_size(WG)
+fn scale_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) { acc[i] = acc[i] * a[i % p.cols]; }
+}
+
+@compute @workgroup_size(WG)
+fn affine_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) { acc[i] = acc[i] * a[i % p.cols] + b[i % p.cols]; }
 }
 
 // PCG-style 32-bit hash (Jarzynski and Olano, "Hash Functions for GPU

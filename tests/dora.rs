@@ -160,7 +160,8 @@ fn the_kv_cache_forward_matches_the_full_forward() {
 
 /// A generation computes DoRA's weight norms once (`Hooks::frozen`, what
 /// `generate` runs through) and applies them as g ⊙ (x·Wᵀ + b + s·x·Aᵀ·Bᵀ) +
-/// (1 − g) ⊙ b: a prefill and three steps through the frozen hooks give the
+/// (1 − g) ⊙ b, the term fused into the frozen product and the rest one
+/// launch in place: a prefill and three steps through the frozen hooks give the
 /// logits of the adapter's own pass (PEFT's order of the same sum) within
 /// f32 rounding, the steps launch no norm (the prefill's are kept), and
 /// greedy generation picks the tokens of the full forward's argmax. Qwen2's
@@ -189,10 +190,27 @@ fn generation_computes_dora_s_norms_once() {
                 gpu.set_profiling(false).unwrap();
                 steps.extend(block_on(gpu.take_profile()).unwrap());
             }
-            (out, steps.iter().filter(|k| k.kernel.contains("magnitude")).map(|k| k.calls).sum::<u64>())
+            (out, steps)
         };
-        let (own, own_norms) = run(&ad);
-        let (kept, kept_norms) = run(frozen.as_ref());
+        let calls = |steps: &[webpeft::gpu::KernelTime], part: &str| -> u64 {
+            steps.iter().filter(|k| k.kernel.contains(part)).map(|k| k.calls).sum()
+        };
+        let (own, own_steps) = run(&ad);
+        let (kept, kept_steps) = run(frozen.as_ref());
+        let (own_norms, kept_norms) = (calls(&own_steps, "magnitude"), calls(&kept_steps, "magnitude"));
+        // Each of the 3 steps' 14 DoRA Linears: its product with the term
+        // fused and one in-place rescale, no other elementwise pass.
+        let rescales = calls(&kept_steps, "_columns");
+        assert_eq!(rescales, 3 * 14, "{name}: rescales in the frozen steps");
+        // Besides them, the residual joins' adds (DoRA rescales o_proj's and
+        // down_proj's outputs, so they do not add into the stream): 2 a layer.
+        let other: Vec<_> = kept_steps
+            .iter()
+            .filter(|k| k.kernel.starts_with("elementwise/") && !k.kernel.contains("_columns"))
+            .filter(|k| k.kernel != "elementwise/add")
+            .collect();
+        assert!(other.is_empty(), "{name}: other elementwise launches {other:?}");
+        assert_eq!(calls(&kept_steps, "elementwise/add"), 3 * 2 * 2, "{name}: residual adds");
         let d = max_abs_diff(&kept, &own);
         eprintln!("{name}: the frozen hooks' logits against the pass's own: {d:e}");
         assert!(d <= 1e-5, "{name}: the frozen hooks' logits differ by {d}");

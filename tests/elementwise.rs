@@ -4,7 +4,7 @@
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::elementwise::{add, add_scaled, copy, fill, mul, scale, scale_inplace};
+use webpeft::kernels::elementwise::{add, add_scaled, copy, fill, mul, scale, scale_columns_inplace, scale_inplace};
 use webpeft::kernels::reference::{assert_close, reduce as cpu};
 use webpeft::{DType, Error, Tensor};
 
@@ -47,6 +47,37 @@ fn matches_reference_on_odd_shapes() {
     assert_close("scale_inplace", &read(&scaled), &cpu::scale(&a, 1.7), 0.0, 0.0);
     assert_close("fill", &read(&filled), &vec![-2.5; n], 0.0, 0.0);
     assert_close("copy", &read(&copied), &b, 0.0, 0.0);
+}
+
+/// Rows scaled by a column vector in place, with and without a shift, at
+/// odd shapes and one row (a decoding step's).
+#[test]
+fn column_scales_match_reference() {
+    let gpu = gpu();
+    for (i, (rows, cols)) in [(37, 83), (1, 45), (5, 1)].into_iter().enumerate() {
+        let n = rows * cols;
+        let (x, g, b) = (randn(10 + i as u64, n), randn(20 + i as u64, cols), randn(30 + i as u64, cols));
+        let scaled = Tensor::from_slice(gpu, &[rows, cols], &x).unwrap();
+        let shifted = Tensor::from_slice(gpu, &[rows, cols], &x).unwrap();
+        let (tg, tb) = (Tensor::from_slice(gpu, &[cols], &g).unwrap(), Tensor::from_slice(gpu, &[cols], &b).unwrap());
+        let mut rec = Recorder::new(gpu);
+        scale_columns_inplace(&mut rec, &scaled, &tg, None).unwrap();
+        scale_columns_inplace(&mut rec, &shifted, &tg, Some(&tb)).unwrap();
+        rec.submit().unwrap();
+        let label = format!("{rows}x{cols}");
+        assert_close(&label, &read(&scaled), &cpu::affine_columns(&x, &g, None), 0.0, 0.0);
+        let want = cpu::affine_columns(&x, &g, Some(&b));
+        assert_close(&format!("{label} shifted"), &read(&shifted), &want, FMA_ABS, FMA_REL);
+    }
+    // g must hold one value a column, and not be the updated tensor.
+    let acc = Tensor::zeros(gpu, &[3, 8], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let err = scale_columns_inplace(&mut rec, &acc, &Tensor::zeros(gpu, &[3], DType::F32).unwrap(), None).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "scale_columns_inplace", .. }), "{err}");
+    let row = acc.reshape(&[24]).unwrap();
+    let err = scale_columns_inplace(&mut rec, &acc.reshape(&[1, 24]).unwrap(), &row, None).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "scale_columns_inplace", .. }), "{err}");
+    assert!(rec.is_empty());
 }
 
 #[test]

@@ -20,6 +20,8 @@ struct Params {
     s: f32,
     seed: u32,
     threshold: u32,
+    /// The column entries' row length.
+    cols: u32,
 }
 
 fn launch(rec: &mut Recorder, op: &'static str, entry: &'static str, s: f32, bound: &[(u32, &Tensor)]) -> Result<()> {
@@ -35,7 +37,7 @@ fn launch_seeded(
     bound: &[(u32, &Tensor)],
 ) -> Result<()> {
     let n = bound[0].1.numel();
-    let p = Params { n: u32_count(op, "element count", n)?, s, seed, threshold };
+    let p = Params { n: u32_count(op, "element count", n)?, s, seed, threshold, cols: 1 };
     rec.dispatch_bound(&key(entry), &p, bound, grid_1d(n.div_ceil(WG as usize)))
 }
 
@@ -62,6 +64,35 @@ pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = rec.alloc(a.shape(), DType::F32)?;
     launch(rec, "mul", "mul", 0.0, &[(1, a), (2, b), (3, &out)])?;
     Ok(out)
+}
+
+/// acc (…, C) = acc ⊙ g (C) (+ shift (C)), every row scaled by g (and
+/// shifted) in place: DoRA's `g ⊙ y + (1 − g) ⊙ b` in a generation. acc
+/// shares no buffer with g or shift.
+pub fn scale_columns_inplace(rec: &mut Recorder, acc: &Tensor, g: &Tensor, shift: Option<&Tensor>) -> Result<()> {
+    const OP: &str = "scale_columns_inplace";
+    let cols = acc.shape().last().copied().unwrap_or(0);
+    all_f32(OP, &[("acc", acc), ("g", g)])?;
+    let mut operands = vec![("g", g)];
+    operands.extend(shift.map(|s| ("shift", s)));
+    for (name, t) in &operands {
+        all_f32(OP, &[(name, t)])?;
+        if t.numel() != cols {
+            let detail = format!("{name} {:?} does not hold one value a column of acc {:?}", t.shape(), acc.shape());
+            return Err(Error::shape(OP, detail));
+        }
+        not_aliased(OP, acc, t)?;
+    }
+    let n = acc.numel();
+    let p = Params { n: u32_count(OP, "element count", n)?, s: 0.0, seed: 0, threshold: 0, cols: cols as u32 };
+    let (entry, bound) = match shift {
+        Some(b) => ("affine_columns", vec![(4, acc), (1, g), (2, b)]),
+        None => ("scale_columns", vec![(4, acc), (1, g)]),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    rec.dispatch_bound(&key(entry), &p, &bound, grid_1d(n.div_ceil(WG as usize)))
 }
 
 /// out = s · x. x, out: same shape.
@@ -148,5 +179,7 @@ fn key(entry: &'static str) -> PipelineKey {
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["add", "mul", "scale", "add_scaled", "scale_inplace", "fill", "dropout"].map(key).to_vec()
+    ["add", "mul", "scale", "add_scaled", "scale_inplace", "fill", "dropout", "scale_columns", "affine_columns"]
+        .map(key)
+        .to_vec()
 }

@@ -45,6 +45,20 @@ pub fn add_scaled(a: &[f32], b: &[f32], s: f32) -> Vec<f32> {
     a.iter().zip(b).map(|(&x, &y)| x + s * y).collect()
 }
 
+/// x (rows, cols) with each row scaled by g (cols), then shifted by `shift`
+/// (cols) where given: `x·g + shift`, the product rounded before the add.
+pub fn affine_columns(x: &[f32], g: &[f32], shift: Option<&[f32]>) -> Vec<f32> {
+    let cols = g.len();
+    assert!(cols > 0 && x.len() % cols == 0, "affine_columns: x must be whole rows of g's length");
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let scaled = v * g[i % cols];
+            shift.map_or(scaled, |s| scaled + s[i % cols])
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

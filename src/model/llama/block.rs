@@ -161,6 +161,13 @@ impl Linear {
         if let Some((term, output)) = hooks.hooks.linear_low_rank(rec, hooks.layer, proj, &rows2d(&x)?)? {
             let y = self.output(rec, &x)?;
             self.product_into(rec, &x, Some(&term), &y, false)?;
+            // A term's Linear may still change y where the pass keeps nothing
+            // for a backward (DoRA in a generation rescales it).
+            let after = hooks.hooks.linear_forward(rec, hooks.layer, proj, self, &rows2d(&x)?, &rows2d(&y)?)?;
+            if after.is_some_and(|s| !s.0.is_empty()) {
+                let detail = format!("layer {}: a hook gave both a term and a changed output to save", hooks.layer);
+                return Err(Error::invalid(proj.name(), detail));
+            }
             return Ok((y, LinearSaved { input, output: Some(output) }));
         }
         let y = self.forward(rec, &x)?;

@@ -185,6 +185,9 @@ pub trait Hooks {
 
     /// Linear `proj` of layer `layer` (`base`, frozen) has computed y (M,
     /// out) from x (M, in); the hook may add to y, or change it, in place.
+    /// After a [`Hooks::linear_low_rank`] term, y holds the term too, and a
+    /// hook may change it only in a pass that keeps nothing for a backward
+    /// (it returns no state: DoRA in a generation rescales y).
     fn linear_forward(
         &self,
         _rec: &mut Recorder,

@@ -15,15 +15,15 @@
 //! takes g ⊙ dy without dropout (y = g·x·Wᵀ + …), and with it dy through x·Wᵀ
 //! plus (g − 1) ⊙ dy through d·Wᵀ, back through the dropout mask.
 
-use super::layer::{lora_backward, lora_forward, lora_term, LoraDropout, LoraFactors, LoraSaved};
+use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::dora::{magnitude_scale, Scales};
-use crate::kernels::elementwise::{add_scaled, copy, dropout, mul};
+use crate::kernels::elementwise::{add_scaled, copy, dropout, mul, scale_columns_inplace};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear_write, ChunkData, QWeight};
 use crate::kernels::quant::dequantize;
-use crate::model::llama::block::{add_bias, Linear};
+use crate::model::llama::block::Linear;
 use crate::peft::columns::{add_column_sums, scale_columns};
 
 /// What [`dora_forward`] saves for the backward.
@@ -174,30 +174,16 @@ pub fn dora_generation_scales(rec: &mut Recorder, base: &Linear, f: &LoraFactors
 }
 
 /// [`dora_forward`] in a generation (no dropout, no backward), given
-/// [`dora_generation_scales`]' `kept`: y (M, out), which holds x·Wᵀ + b,
-/// becomes `x·Wᵀ + b + (g − 1)·x·Wᵀ + g·s·(x·Aᵀ)·Bᵀ` as
-/// `g ⊙ (x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ) + (1 − g) ⊙ b`: PEFT's sum in another
-/// order, in four launches (x·Aᵀ, its term, the scale and its copy back)
-/// where the forward takes seven.
-pub fn dora_generate(
-    rec: &mut Recorder,
-    x: &Tensor,
-    f: &LoraFactors,
-    scaling: f32,
-    y: &Tensor,
-    kept: &[Tensor],
-) -> Result<()> {
+/// [`dora_generation_scales`]' `kept`: y (M, out), which holds x·Wᵀ + b +
+/// s·(x·Aᵀ)·Bᵀ (the LoRA term went in as the frozen product stored y, as a
+/// plain LoRA's does), becomes `g ⊙ (x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ) + (1 − g) ⊙ b`
+/// in place: PEFT's sum `x·Wᵀ + b + (g − 1)·x·Wᵀ + g·s·(x·Aᵀ)·Bᵀ` in another
+/// order, one launch after the product where the forward takes six.
+pub fn dora_generate(rec: &mut Recorder, y: &Tensor, kept: &[Tensor]) -> Result<()> {
     let [g, rest @ ..] = kept else {
         return Err(Error::invalid("dora_generate", "the generation's DoRA scales are missing"));
     };
-    let (term, _) = lora_term(rec, x, f, scaling, None)?;
-    term.add_to(rec, y)?; // y = x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ
-    let scaled = scale_columns(rec, y, g)?;
-    copy(rec, &scaled, y)?;
-    if let Some(shift) = rest.first() {
-        add_bias(rec, y, shift)?;
-    }
-    Ok(())
+    scale_columns_inplace(rec, y, g, rest.first())
 }
 
 /// The gradient at W's output for dy (M, out): g ⊙ dy without dropout

@@ -57,12 +57,12 @@ impl Pass<'_, LoraAdapter> {
 impl LoraAdapter {
     /// Whether a generation keeps something across its forwards: DoRA's
     /// weight norms, or stacked A's where two Linears on one input carry
-    /// plain LoRA ([`Hooks::frozen`]).
+    /// LoRA ([`Hooks::frozen`]).
     pub(crate) fn keeps_across_forwards(&self) -> bool {
         self.layers.iter().any(|l| {
-            let plain = |p: &Proj| l[p.index()].as_ref().is_some_and(|f| f.m.is_none());
+            let adapted = |p: &Proj| l[p.index()].is_some();
             l.iter().flatten().any(|f| f.m.is_some())
-                || SHARED_INPUTS.iter().any(|g| g.iter().filter(|p| plain(p)).count() > 1)
+                || SHARED_INPUTS.iter().any(|g| g.iter().filter(|p| adapted(p)).count() > 1)
         })
     }
 }
@@ -73,7 +73,7 @@ const SHARED_INPUTS: [&[Proj]; 2] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::Gate,
 
 impl Pass<'_, LoraAdapter> {
     /// In a generation (a memo pass, no dropout), the term of `proj` where
-    /// other Linears on its input carry plain LoRA too: the first of them
+    /// other Linears on its input carry LoRA (or DoRA) too: the first of them
     /// computes h = x·[A_1; A_2; …]ᵀ for all of them in one product (the
     /// A's stacked once per generation), and each reads its own columns of
     /// h. `None`: `proj` computes its own.
@@ -92,10 +92,9 @@ impl Pass<'_, LoraAdapter> {
             return Ok(Some(LowRank::columns(h, col, f.b.clone(), s)));
         }
         let Some(group) = SHARED_INPUTS.iter().find(|g| g.contains(&proj)) else { return Ok(None) };
-        let members: Vec<(Proj, &LoraFactors)> = group
-            .iter()
-            .filter_map(|&p| self.params.factors(layer, p).filter(|f| f.m.is_none()).map(|f| (p, f)))
-            .collect();
+        // DoRA layers too: a generation adds their term as plain LoRA's.
+        let members: Vec<(Proj, &LoraFactors)> =
+            group.iter().filter_map(|&p| self.params.factors(layer, p).map(|f| (p, f))).collect();
         if members.len() < 2 || self.dropout(layer, proj).is_some_and(|d| d.p > 0.0) {
             return Ok(None);
         }
@@ -144,8 +143,11 @@ impl Hooks for Pass<'_, LoraAdapter> {
         proj: Proj,
         x: &Tensor,
     ) -> Result<Option<(LowRank, Saved)>> {
-        // DoRA's term rescales W's output too: it stays in `linear_forward`.
-        let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_none()) else { return Ok(None) };
+        // DoRA's term rescales W's output too: it stays in `linear_forward`,
+        // but for a generation's (`dora_generate`, which then only rescales).
+        let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_none() || self.memo.is_some()) else {
+            return Ok(None);
+        };
         if let Some(memo) = self.memo {
             if let Some(term) = self.shared_term(rec, memo, layer, proj, x, f)? {
                 return Ok(Some((term, Saved(Vec::new())))); // a memo pass has no backward
@@ -172,9 +174,10 @@ impl Hooks for Pass<'_, LoraAdapter> {
             let saved = dora_forward(rec, base, x, f, s, self.dropout(layer, proj), y, scales)?;
             return Ok(Some(Saved(saved.into_vec())));
         };
-        // A generation: g and (1 − g) ⊙ b once, from its first forward.
+        // A generation: g and (1 − g) ⊙ b once, from its first forward; the
+        // term went in through `linear_low_rank`.
         let kept = memo.get_or_make((layer, proj, "dora scales"), || dora_generation_scales(rec, base, f, s))?;
-        dora_generate(rec, x, f, s, y, &kept)?;
+        dora_generate(rec, y, &kept)?;
         Ok(Some(Saved(Vec::new()))) // a memo pass has no backward
     }
 
