@@ -199,6 +199,44 @@ fn a_checkpoint_resumes_the_allocator_exactly() {
     assert_eq!(allocation(gpu, &resumed.adapter), allocation(gpu, &whole.adapter));
 }
 
+/// A generation (`Hooks::frozen`, what `generate` runs through) keeps each
+/// A∘E and computes q, k, v's (and gate, up's) x·(A∘E)ᵀ in one product: a
+/// prefill and three steps give the logits of the adapter's own pass, and
+/// the steps rebuild no A∘E and make one x·Aᵀ for each group of Linears on
+/// one input where the pass makes one a Linear.
+#[test]
+fn generation_keeps_a_e_and_shares_x_a() {
+    use webpeft::gpu::KernelTime;
+    use webpeft::model::llama::Hooks;
+    // A device of its own: profiling is the device's, and other tests run meanwhile.
+    let gpu = &block_on(Gpu::new()).unwrap();
+    for name in MODELS {
+        let model = fixture_model(gpu, name);
+        let ad = adapter(gpu, &model, &format!("adalora/{name}/final_adapter"));
+        let frozen = ad.frozen().expect("an AdaLoRA adapter keeps A∘E");
+        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks);
+        let calls = |steps: &[KernelTime], f: &dyn Fn(&str) -> bool| -> u64 {
+            steps.iter().filter(|k| f(&k.kernel)).map(|k| k.calls).sum()
+        };
+        let (own, own_steps) = run(&ad);
+        let (kept, kept_steps) = run(frozen.as_ref());
+        let d = max_abs_diff(&kept, &own);
+        eprintln!("{name}: the frozen hooks' logits against the pass's own: {d:e}");
+        assert!(d <= 1e-5, "{name}: the frozen hooks' logits differ by {d}");
+        let rebuilds = |steps: &[KernelTime]| calls(steps, &|k| k.contains("scale_rows"));
+        assert_eq!((rebuilds(&own_steps) > 0, rebuilds(&kept_steps)), (true, 0), "{name}: A∘E rebuilt by the steps");
+        if name == "llama_gqa" {
+            let plain = |steps: &[KernelTime]| calls(steps, &|k| k.starts_with("matmul") && !k.ends_with("+low_rank"));
+            // PEFT's resize left 12 of the 14 Linears adapted (layer 1's k_proj
+            // and down_proj kept rank 0): the other f32 products are the
+            // lm_head, those two frozen Linears and the x·Aᵀ, 12 alone and 7
+            // shared (layer 0: q k v, o, gate up, down; layer 1: q v, o, gate up).
+            let want = (3 * (1 + 2 + 12), 3 * (1 + 2 + 7));
+            assert_eq!((plain(&own_steps), plain(&kept_steps)), want, "{name}: x·Aᵀ launches");
+        }
+    }
+}
+
 #[test]
 fn merging_into_the_base_gives_the_adapted_model() {
     use webpeft::peft::adalora::merge::{merge_adalora, unmerge_adalora};

@@ -168,7 +168,7 @@ fn the_kv_cache_forward_matches_the_full_forward() {
 /// q, k and v have biases.
 #[test]
 fn generation_computes_dora_s_norms_once() {
-    use webpeft::model::llama::{argmax, GenerationConfig, Hooks, KvCache};
+    use webpeft::model::llama::{argmax, GenerationConfig, Hooks};
     // A device of its own: profiling is the device's, and other tests run meanwhile.
     let gpu = &block_on(webpeft::Gpu::new()).unwrap();
     for name in MODELS {
@@ -176,22 +176,7 @@ fn generation_computes_dora_s_norms_once() {
         let ad = adapter(gpu, &model, &format!("dora/{name}/final_adapter"));
         let frozen = ad.frozen().expect("a DoRA adapter keeps its norms");
         let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
-        let run = |hooks: &dyn Hooks| {
-            let cache = KvCache::new(gpu, &model, 1, ids.len()).unwrap();
-            let mut out = Vec::new();
-            let mut steps = Vec::new();
-            for (from, to) in [(0, 5), (5, 6), (6, 7), (7, 8)] {
-                gpu.set_profiling(from > 0).unwrap();
-                let mut rec = Recorder::new(gpu);
-                let input = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
-                let logits = model.forward_cached_all(&mut rec, &input, &cache, from, hooks).unwrap();
-                rec.submit().unwrap();
-                out.extend(block_on(logits.to_vec::<f32>(gpu)).unwrap());
-                gpu.set_profiling(false).unwrap();
-                steps.extend(block_on(gpu.take_profile()).unwrap());
-            }
-            (out, steps)
-        };
+        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks);
         let calls = |steps: &[webpeft::gpu::KernelTime], part: &str| -> u64 {
             steps.iter().filter(|k| k.kernel.contains(part)).map(|k| k.calls).sum()
         };

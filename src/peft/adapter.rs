@@ -204,10 +204,15 @@ impl Adapter {
     /// forwards its DoRA layers' weight norms (each forward of an unfrozen
     /// pass rebuilds W + s·B·A, dequantized, to take them, as PEFT does)
     /// and, where Linears on one input (q, k, v; gate, up) are adapted, their
-    /// A's stacked, so each forward computes their x·Aᵀ in one product; the
-    /// other methods have nothing to keep.
+    /// A's stacked, so each forward computes their x·Aᵀ in one product; an
+    /// AdaLoRA adapter keeps each A∘E (and stacks them so); the other
+    /// methods have nothing to keep.
     fn frozen_eval(&self) -> Option<Box<dyn Hooks + '_>> {
-        let keeps = matches!(self, Adapter::Lora(l) if l.keeps_across_forwards());
+        let keeps = match self {
+            Adapter::Lora(l) => l.keeps_across_forwards(),
+            Adapter::AdaLora(_) => true, // A∘E, stacked where Linears share an input
+            _ => false,
+        };
         keeps.then(|| Box::new(FrozenAdapter { adapter: self, memo: Memo::default() }) as Box<dyn Hooks>)
     }
 

@@ -33,6 +33,7 @@ pub mod pass;
 pub(crate) mod peft_config;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
+pub mod shared_input;
 pub mod step;
 pub mod torch_init;
 

@@ -14,6 +14,7 @@ use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::lora::hooks::lora_dropout;
 use crate::peft::lora::layer::{lora_backward, lora_backward_term, lora_term, LoraFactors, LoraSaved};
 use crate::peft::pass::{mismatch, Pass};
+use crate::peft::shared_input::shared_term;
 
 impl Hooks for Pass<'_, AdaLoraAdapter> {
     fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
@@ -28,6 +29,22 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         x: &Tensor,
     ) -> Result<Option<(LowRank, Saved)>> {
         let Some(f) = self.params.factors(layer, proj.index()) else { return Ok(None) };
+        if let Some(memo) = self.memo {
+            // A generation: A∘E once, and q, k, v's (gate, up's) x·(A∘E)ᵀ in one product.
+            let mut factors = |rec: &mut Recorder, p: Proj| -> Result<Option<LoraFactors>> {
+                let Some(f) = self.params.factors(layer, p.index()) else { return Ok(None) };
+                let scaled = memo.get_or_make((layer, p, "A∘E"), || Ok(vec![scale_rows(rec, &f.a, &f.e)?]))?;
+                Ok(Some(LoraFactors::new(scaled[0].clone(), f.b.clone())))
+            };
+            let s = self.params.scaling();
+            let own = factors(rec, proj)?;
+            let term = match (shared_term(rec, memo, (layer, proj), x, s, &mut factors)?, own) {
+                (Some(term), _) => term,
+                (None, Some(own)) => lora_term(rec, x, &own, s, None)?.0,
+                (None, None) => return Ok(None),
+            };
+            return Ok(Some((term, Saved(Vec::new())))); // a memo pass has no backward
+        }
         let scaled = scale_rows(rec, &f.a, &f.e)?; // A∘E (r, in)
         let factors = LoraFactors::new(scaled.clone(), f.b.clone());
         let drop = lora_dropout(self, self.params.config.lora.lora_dropout, layer, proj);

@@ -9,12 +9,12 @@ use super::dora::{
 };
 use super::layer::{lora_backward, lora_backward_term, lora_term, LoraDropout, LoraFactors, LoraSaved};
 use crate::error::Result;
-use crate::gpu::{DType, Recorder, Tensor};
+use crate::gpu::{Recorder, Tensor};
 use crate::kernels::low_rank::LowRank;
-use crate::kernels::matmul::{gemm, Gemm};
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
-use crate::peft::pass::{mismatch, Memo, Pass};
+use crate::peft::pass::{mismatch, Pass};
+use crate::peft::shared_input::{any_shared, shared_term};
 use crate::util::rng::pcg_hash;
 
 impl LoraAdapter {
@@ -59,74 +59,7 @@ impl LoraAdapter {
     /// weight norms, or stacked A's where two Linears on one input carry
     /// LoRA ([`Hooks::frozen`]).
     pub(crate) fn keeps_across_forwards(&self) -> bool {
-        self.layers.iter().any(|l| {
-            let adapted = |p: &Proj| l[p.index()].is_some();
-            l.iter().flatten().any(|f| f.m.is_some())
-                || SHARED_INPUTS.iter().any(|g| g.iter().filter(|p| adapted(p)).count() > 1)
-        })
-    }
-}
-
-/// The Linears of a layer that read one input: q, k and v (the normed
-/// residual stream), gate and up (the normed stream after attention).
-const SHARED_INPUTS: [&[Proj]; 2] = [&[Proj::Q, Proj::K, Proj::V], &[Proj::Gate, Proj::Up]];
-
-impl Pass<'_, LoraAdapter> {
-    /// In a generation (a memo pass, no dropout), the term of `proj` where
-    /// other Linears on its input carry LoRA (or DoRA) too: the first of them
-    /// computes h = x·[A_1; A_2; …]ᵀ for all of them in one product (the
-    /// A's stacked once per generation), and each reads its own columns of
-    /// h. `None`: `proj` computes its own.
-    fn shared_term(
-        &self,
-        rec: &mut Recorder,
-        memo: &Memo,
-        layer: usize,
-        proj: Proj,
-        x: &Tensor,
-        f: &LoraFactors,
-    ) -> Result<Option<LowRank>> {
-        const OP: &str = "lora_forward";
-        let s = self.params.scaling();
-        if let Some((h, col)) = memo.shared(layer, proj, x) {
-            return Ok(Some(LowRank::columns(h, col, f.b.clone(), s)));
-        }
-        let Some(group) = SHARED_INPUTS.iter().find(|g| g.contains(&proj)) else { return Ok(None) };
-        // DoRA layers too: a generation adds their term as plain LoRA's.
-        let members: Vec<(Proj, &LoraFactors)> =
-            group.iter().filter_map(|&p| self.params.factors(layer, p).map(|f| (p, f))).collect();
-        if members.len() < 2 || self.dropout(layer, proj).is_some_and(|d| d.p > 0.0) {
-            return Ok(None);
-        }
-        let (_, inp, _) = f.dims(OP)?;
-        if x.shape().last() != Some(&inp) {
-            return Ok(None); // the term's own product says what is wrong
-        }
-        let mut columns = Vec::with_capacity(members.len());
-        let mut r = 0;
-        for (p, f) in &members {
-            let (rp, ip, _) = f.dims(OP)?;
-            if ip != inp {
-                return Ok(None);
-            }
-            columns.push((*p, r));
-            r += rp;
-        }
-        let stacked = memo.get_or_make((layer, proj, "stacked lora_A"), || {
-            let a = rec.alloc(&[r, inp], DType::F32)?; // (Σ r, in): the A's one after another
-            let mut at = 0;
-            for (_, f) in &members {
-                let bytes = (f.a.numel() * 4) as u64;
-                rec.copy(&f.a, 0, &a, at, bytes)?;
-                at += bytes;
-            }
-            Ok(vec![a])
-        })?;
-        let m = x.numel() / inp.max(1);
-        let h = rec.alloc(&[m, r], DType::F32)?; // (M, Σ r)
-        gemm(rec, &Gemm::new(m, r, inp, false, true), x, &stacked[0], &h)?;
-        memo.share(layer, x, &h, columns);
-        Ok(memo.shared(layer, proj, x).map(|(h, col)| LowRank::columns(h, col, f.b.clone(), s)))
+        self.layers.iter().any(|l| l.iter().flatten().any(|f| f.m.is_some()) || any_shared(|p| l[p.index()].is_some()))
     }
 }
 
@@ -148,8 +81,12 @@ impl Hooks for Pass<'_, LoraAdapter> {
         let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_none() || self.memo.is_some()) else {
             return Ok(None);
         };
-        if let Some(memo) = self.memo {
-            if let Some(term) = self.shared_term(rec, memo, layer, proj, x, f)? {
+        if let Some(memo) = self.memo.filter(|_| self.dropout(layer, proj).is_none_or(|d| d.p == 0.0)) {
+            // A generation: DoRA layers too add their term as plain LoRA's.
+            let factors = |_: &mut Recorder, p| {
+                Ok(self.params.factors(layer, p).map(|f| LoraFactors::new(f.a.clone(), f.b.clone())))
+            };
+            if let Some(term) = shared_term(rec, memo, (layer, proj), x, self.params.scaling(), factors)? {
                 return Ok(Some((term, Saved(Vec::new())))); // a memo pass has no backward
             }
         }
