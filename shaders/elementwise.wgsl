@@ -8,6 +8,7 @@
 //   add_scaled    acc = acc + s · b      (in place: gradient accumulation, residuals)
 //   scale_inplace acc = s · acc          (in place: gradient clipping)
 //   fill          acc = s
+//   mul_columns   out[r, c] = a[r, c] · b[c]             (rows of p.cols: (IA)³'s and DoRA's vectors)
 //   scale_columns acc[r, c] = acc[r, c] · a[c]           (in place, rows of p.cols: DoRA's g in a generation)
 //   affine_columns acc[r, c] = acc[r, c] · a[c] + b[c]   (the same with a shift)
 //   dropout       out = a · keep(i) · s, keep(i) = hash(seed, i) ≥ threshold (inverted dropout;
@@ -67,6 +68,12 @@ fn scale_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
     if (i < p.n) { acc[i] = p.s; }
+}
+
+@compute @workgroup_size(WG)
+fn mul_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) { out[i] = a[i] * b[i % p.cols]; }
 }
 
 @compute @workgroup_size(WG)

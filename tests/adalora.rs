@@ -214,7 +214,7 @@ fn generation_keeps_a_e_and_shares_x_a() {
         let model = fixture_model(gpu, name);
         let ad = adapter(gpu, &model, &format!("adalora/{name}/final_adapter"));
         let frozen = ad.frozen().expect("an AdaLoRA adapter keeps A∘E");
-        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks);
+        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks, true);
         let calls = |steps: &[KernelTime], f: &dyn Fn(&str) -> bool| -> u64 {
             steps.iter().filter(|k| f(&k.kernel)).map(|k| k.calls).sum()
         };

@@ -176,7 +176,7 @@ fn generation_computes_dora_s_norms_once() {
         let ad = adapter(gpu, &model, &format!("dora/{name}/final_adapter"));
         let frozen = ad.frozen().expect("a DoRA adapter keeps its norms");
         let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
-        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks);
+        let run = |hooks: &dyn Hooks| common::prefill_and_steps(gpu, &model, hooks, true);
         let calls = |steps: &[webpeft::gpu::KernelTime], part: &str| -> u64 {
             steps.iter().filter(|k| k.kernel.contains(part)).map(|k| k.calls).sum()
         };

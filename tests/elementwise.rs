@@ -4,7 +4,9 @@
 mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::elementwise::{add, add_scaled, copy, fill, mul, scale, scale_columns_inplace, scale_inplace};
+use webpeft::kernels::elementwise::{
+    add, add_scaled, copy, fill, mul, mul_columns, scale, scale_columns_inplace, scale_inplace,
+};
 use webpeft::kernels::reference::{assert_close, reduce as cpu};
 use webpeft::{DType, Error, Tensor};
 
@@ -49,8 +51,8 @@ fn matches_reference_on_odd_shapes() {
     assert_close("copy", &read(&copied), &b, 0.0, 0.0);
 }
 
-/// Rows scaled by a column vector in place, with and without a shift, at
-/// odd shapes and one row (a decoding step's).
+/// Rows scaled by a column vector, into a new tensor and in place, with and
+/// without a shift, at odd shapes and one row (a decoding step's).
 #[test]
 fn column_scales_match_reference() {
     let gpu = gpu();
@@ -61,10 +63,12 @@ fn column_scales_match_reference() {
         let shifted = Tensor::from_slice(gpu, &[rows, cols], &x).unwrap();
         let (tg, tb) = (Tensor::from_slice(gpu, &[cols], &g).unwrap(), Tensor::from_slice(gpu, &[cols], &b).unwrap());
         let mut rec = Recorder::new(gpu);
+        let product = mul_columns(&mut rec, &Tensor::from_slice(gpu, &[rows, cols], &x).unwrap(), &tg).unwrap();
         scale_columns_inplace(&mut rec, &scaled, &tg, None).unwrap();
         scale_columns_inplace(&mut rec, &shifted, &tg, Some(&tb)).unwrap();
         rec.submit().unwrap();
         let label = format!("{rows}x{cols}");
+        assert_close(&format!("{label} mul_columns"), &read(&product), &cpu::affine_columns(&x, &g, None), 0.0, 0.0);
         assert_close(&label, &read(&scaled), &cpu::affine_columns(&x, &g, None), 0.0, 0.0);
         let want = cpu::affine_columns(&x, &g, Some(&b));
         assert_close(&format!("{label} shifted"), &read(&shifted), &want, FMA_ABS, FMA_REL);
@@ -74,6 +78,8 @@ fn column_scales_match_reference() {
     let mut rec = Recorder::new(gpu);
     let err = scale_columns_inplace(&mut rec, &acc, &Tensor::zeros(gpu, &[3], DType::F32).unwrap(), None).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "scale_columns_inplace", .. }), "{err}");
+    let err = mul_columns(&mut rec, &acc, &Tensor::zeros(gpu, &[9], DType::F32).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::Shape { op: "mul_columns", .. }), "{err}");
     let row = acc.reshape(&[24]).unwrap();
     let err = scale_columns_inplace(&mut rec, &acc.reshape(&[1, 24]).unwrap(), &row, None).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { op: "scale_columns_inplace", .. }), "{err}");

@@ -135,6 +135,11 @@ fn output_scaling_of_the_residual_linears_through_the_kv_cache() {
     assert!(max_abs_diff(&base, &scaled) > 1e-2, "the vectors change the logits");
     let d = cached_vs_full(gpu, &model, &ad, &ids, 5, 0);
     assert!(d <= 1e-4, "cached vs full logits {d:e}");
+    // A generation's hooks scale the outputs in place and save nothing: the same logits.
+    let frozen = webpeft::model::llama::Hooks::frozen(&ad).expect("(IA)³ generates through its frozen hooks");
+    let (own, _) = common::prefill_and_steps(gpu, &model, &ad, false);
+    let (kept, _) = common::prefill_and_steps(gpu, &model, frozen.as_ref(), false);
+    assert_eq!(own, kept, "the frozen hooks' logits");
 }
 
 #[test]

@@ -66,33 +66,62 @@ pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// out (…, C) = x ⊙ l (C), every row of x scaled by l. x and out: same
+/// shape.
+pub fn mul_columns(rec: &mut Recorder, x: &Tensor, l: &Tensor) -> Result<Tensor> {
+    const OP: &str = "mul_columns";
+    all_f32(OP, &[("x", x), ("l", l)])?;
+    let cols = column_count(OP, x, &[("l", l)])?;
+    let out = rec.alloc(x.shape(), DType::F32)?;
+    launch_columns(rec, OP, "mul_columns", cols, &[(1, x), (2, l), (3, &out)])?;
+    Ok(out)
+}
+
+/// The row length of x (…, C), checking each vector holds one value a column.
+fn column_count(op: &'static str, x: &Tensor, vectors: &[(&str, &Tensor)]) -> Result<usize> {
+    let cols = x.shape().last().copied().unwrap_or(0);
+    for (name, t) in vectors {
+        if t.numel() != cols {
+            let detail = format!("{name} {:?} does not hold one value a column of {:?}", t.shape(), x.shape());
+            return Err(Error::shape(op, detail));
+        }
+    }
+    Ok(cols)
+}
+
+/// A column entry over `bound[0]`'s elements, rows of `cols`.
+fn launch_columns(
+    rec: &mut Recorder,
+    op: &'static str,
+    entry: &'static str,
+    cols: usize,
+    bound: &[(u32, &Tensor)],
+) -> Result<()> {
+    let n = bound[0].1.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let p = Params { n: u32_count(op, "element count", n)?, s: 0.0, seed: 0, threshold: 0, cols: cols as u32 };
+    rec.dispatch_bound(&key(entry), &p, bound, grid_1d(n.div_ceil(WG as usize)))
+}
+
 /// acc (…, C) = acc ⊙ g (C) (+ shift (C)), every row scaled by g (and
 /// shifted) in place: DoRA's `g ⊙ y + (1 − g) ⊙ b` in a generation. acc
 /// shares no buffer with g or shift.
 pub fn scale_columns_inplace(rec: &mut Recorder, acc: &Tensor, g: &Tensor, shift: Option<&Tensor>) -> Result<()> {
     const OP: &str = "scale_columns_inplace";
-    let cols = acc.shape().last().copied().unwrap_or(0);
-    all_f32(OP, &[("acc", acc), ("g", g)])?;
-    let mut operands = vec![("g", g)];
-    operands.extend(shift.map(|s| ("shift", s)));
-    for (name, t) in &operands {
-        all_f32(OP, &[(name, t)])?;
-        if t.numel() != cols {
-            let detail = format!("{name} {:?} does not hold one value a column of acc {:?}", t.shape(), acc.shape());
-            return Err(Error::shape(OP, detail));
-        }
+    let mut vectors = vec![("g", g)];
+    vectors.extend(shift.map(|s| ("shift", s)));
+    all_f32(OP, &[("acc", acc)])?;
+    all_f32(OP, &vectors)?;
+    let cols = column_count(OP, acc, &vectors)?;
+    for (_, t) in &vectors {
         not_aliased(OP, acc, t)?;
     }
-    let n = acc.numel();
-    let p = Params { n: u32_count(OP, "element count", n)?, s: 0.0, seed: 0, threshold: 0, cols: cols as u32 };
-    let (entry, bound) = match shift {
-        Some(b) => ("affine_columns", vec![(4, acc), (1, g), (2, b)]),
-        None => ("scale_columns", vec![(4, acc), (1, g)]),
-    };
-    if n == 0 {
-        return Ok(());
+    match shift {
+        Some(b) => launch_columns(rec, OP, "affine_columns", cols, &[(4, acc), (1, g), (2, b)]),
+        None => launch_columns(rec, OP, "scale_columns", cols, &[(4, acc), (1, g)]),
     }
-    rec.dispatch_bound(&key(entry), &p, &bound, grid_1d(n.div_ceil(WG as usize)))
 }
 
 /// out = s · x. x, out: same shape.
@@ -179,7 +208,18 @@ fn key(entry: &'static str) -> PipelineKey {
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["add", "mul", "scale", "add_scaled", "scale_inplace", "fill", "dropout", "scale_columns", "affine_columns"]
-        .map(key)
-        .to_vec()
+    [
+        "add",
+        "mul",
+        "scale",
+        "add_scaled",
+        "scale_inplace",
+        "fill",
+        "dropout",
+        "mul_columns",
+        "scale_columns",
+        "affine_columns",
+    ]
+    .map(key)
+    .to_vec()
 }

@@ -205,12 +205,14 @@ impl Adapter {
     /// pass rebuilds W + s·B·A, dequantized, to take them, as PEFT does)
     /// and, where Linears on one input (q, k, v; gate, up) are adapted, their
     /// A's stacked, so each forward computes their x·Aᵀ in one product; an
-    /// AdaLoRA adapter keeps each A∘E (and stacks them so); the other
-    /// methods have nothing to keep.
+    /// AdaLoRA adapter keeps each A∘E (and stacks them so); (IA)³ keeps
+    /// nothing but scales its outputs in place, saving nothing for a
+    /// backward; the other methods have nothing to change.
     fn frozen_eval(&self) -> Option<Box<dyn Hooks + '_>> {
         let keeps = match self {
             Adapter::Lora(l) => l.keeps_across_forwards(),
             Adapter::AdaLora(_) => true, // A∘E, stacked where Linears share an input
+            Adapter::Ia3(_) => true,     // nothing kept: outputs scaled in place, nothing saved
             _ => false,
         };
         keeps.then(|| Box::new(FrozenAdapter { adapter: self, memo: Memo::default() }) as Box<dyn Hooks>)

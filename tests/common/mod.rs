@@ -461,26 +461,29 @@ pub fn check_weight_matmul(
 }
 
 /// Ids [7, 300, 12, 45, 99, 3, 150, 8] through `hooks` with the KV cache: a
-/// prefill of 5, then 3 one-token steps, profiled (`gpu` must be a device of
-/// the test's own: profiling is the device's). Returns every position's
-/// logits and the steps' kernels.
+/// prefill of 5, then 3 one-token steps, with `profile` profiled (then `gpu`
+/// must be a device of the test's own: profiling is the device's). Returns
+/// every position's logits and the steps' kernels.
 pub fn prefill_and_steps(
     gpu: &Gpu,
     model: &webpeft::model::Model,
     hooks: &dyn webpeft::model::llama::Hooks,
+    profile: bool,
 ) -> (Vec<f32>, Vec<webpeft::gpu::KernelTime>) {
     let ids: Vec<u32> = vec![7, 300, 12, 45, 99, 3, 150, 8];
     let cache = webpeft::model::llama::KvCache::new(gpu, model, 1, ids.len()).unwrap();
     let (mut out, mut steps) = (Vec::new(), Vec::new());
     for (from, to) in [(0, 5), (5, 6), (6, 7), (7, 8)] {
-        gpu.set_profiling(from > 0).unwrap();
+        gpu.set_profiling(profile && from > 0).unwrap();
         let mut rec = webpeft::gpu::Recorder::new(gpu);
         let input = model.input_ids(gpu, &[ids[from..to].to_vec()]).unwrap();
         let logits = model.forward_cached_all(&mut rec, &input, &cache, from, hooks).unwrap();
         rec.submit().unwrap();
         out.extend(block_on(logits.to_vec::<f32>(gpu)).unwrap());
-        gpu.set_profiling(false).unwrap();
-        steps.extend(block_on(gpu.take_profile()).unwrap());
+        if profile {
+            gpu.set_profiling(false).unwrap();
+            steps.extend(block_on(gpu.take_profile()).unwrap());
+        }
     }
     (out, steps)
 }

@@ -12,7 +12,7 @@
 use super::adapter::Ia3Adapter;
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
-use crate::kernels::elementwise::copy;
+use crate::kernels::elementwise::{copy, scale_columns_inplace};
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::columns::{add_column_sums, scale_columns};
@@ -71,11 +71,15 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         y: &Tensor,
     ) -> Result<Option<Saved>> {
         match self.params.vector(layer, proj) {
+            // A generation keeps nothing for a backward: y ⊙ l in place.
+            Some(v) if !v.module.feedforward && self.memo.is_some() => {
+                scale_columns_inplace(rec, y, &v.l, None)?;
+                Ok(Some(Saved(Vec::new())))
+            }
             Some(v) if !v.module.feedforward => {
                 let own = rec.alloc(y.shape(), crate::gpu::DType::F32)?; // y₀, the Linear's own output
                 copy(rec, y, &own)?;
-                let scaled = scale_columns(rec, &own, &v.l)?;
-                copy(rec, &scaled, y)?;
+                scale_columns_inplace(rec, y, &v.l, None)?;
                 Ok(Some(Saved(vec![own])))
             }
             _ => Ok(None),
