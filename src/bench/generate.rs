@@ -31,6 +31,8 @@ pub struct GenerateFigure {
     /// CPU time to record and submit one decoding step, ms (the GPU idles
     /// through it: each token waits for the last one's sample).
     pub host_ms_per_token: f64,
+    /// Kernel launches in one decoding step (after the prompt).
+    pub launches_per_token: usize,
     /// GPU time per kernel of one profiled decoding step (one new token after
     /// the prompt), slowest first (empty unless asked for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -69,7 +71,7 @@ pub async fn generate_figure(
         .await?;
     let total = start.elapsed().as_secs_f64();
     let first = first.unwrap_or(total);
-    let host_ms_per_token = host_ms_per_step(gpu, model, &prompt, hooks).await?;
+    let (host_ms_per_token, launches_per_token) = host_ms_per_step(gpu, model, &prompt, hooks).await?;
     let kernels = match profile && gpu.info().timestamp_query {
         true => profile_decode_step(gpu, model, &prompt, hooks).await?,
         false => Vec::new(),
@@ -85,14 +87,16 @@ pub async fn generate_figure(
         first_token_ms: first * 1e3,
         decode_tokens_per_s: (out.len().saturating_sub(1)) as f64 / (total - first).max(1e-9),
         host_ms_per_token,
+        launches_per_token,
         kernels,
     })
 }
 
 /// The CPU time of recording and submitting a decoding step after `prompt`:
 /// the mean of 8 steps, each waited for after its timing (so a CPU
-/// rasterizer's own work, which shares the cores, is not counted).
-async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<f64> {
+/// rasterizer's own work, which shares the cores, is not counted); and the
+/// kernel launches a step makes.
+async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn Hooks) -> Result<(f64, usize)> {
     const STEPS: usize = 8;
     let frozen = hooks.frozen(); // as `generate` runs them
     let hooks = frozen.as_deref().unwrap_or(hooks);
@@ -102,16 +106,17 @@ async fn host_ms_per_step(gpu: &Gpu, model: &Model, prompt: &[u32], hooks: &dyn 
     rec.submit()?;
     gpu.synchronize().await?;
     let token = Tensor::from_slice(gpu, &[1, 1], &prompt[..1])?;
-    let mut host = 0.0;
+    let (mut host, mut launches) = (0.0, 0);
     for i in 0..STEPS {
         let start = Instant::now();
         let mut rec = Recorder::new(gpu);
         model.forward_cached(&mut rec, &token, &cache, prompt.len() + i, hooks)?;
+        launches = rec.dispatches();
         rec.submit()?;
         host += start.elapsed().as_secs_f64();
         gpu.synchronize().await?;
     }
-    Ok(host / STEPS as f64 * 1e3)
+    Ok((host / STEPS as f64 * 1e3, launches))
 }
 
 /// GPU time per kernel of the step that decodes one token after `prompt`.

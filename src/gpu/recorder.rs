@@ -80,6 +80,11 @@ impl<'g> Recorder<'g> {
         self.ops.len()
     }
 
+    /// Number of recorded kernel launches (copies and clears not counted).
+    pub fn dispatches(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }

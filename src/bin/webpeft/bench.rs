@@ -370,12 +370,13 @@ fn print_generate(g: &GenerateFigure) {
         print_kernel_times(&what, &g.model, &g.kernels);
     }
     out!(
-        "generate {} {}{with}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it, {:.2} ms a token on the CPU (recording and submitting)",
+        "generate {} {}{with}: prompt {} tokens, first token {:.0} ms, {:.1} tokens/s after it, {} launches and {:.2} ms on the CPU (recording and submitting) a token",
         g.model,
         base_label(&g.quant, &g.compute_dtype),
         g.prompt_tokens,
         g.first_token_ms,
         g.decode_tokens_per_s,
+        g.launches_per_token,
         g.host_ms_per_token
     );
 }
