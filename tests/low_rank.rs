@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{block_on, fixture, gpu, randn};
+use common::{block_on, fixture, gpu, max_abs_diff, randn};
 use webpeft::gpu::{KernelTime, Recorder};
 use webpeft::kernels::blocked::{Blocks, GemvTiles};
 use webpeft::kernels::low_rank::{self, LowRank};
@@ -503,6 +503,34 @@ fn adapted_decoding_matches_the_full_forward() {
         assert!(effect > 1e-2, "the adapter changes the logits by only {effect}");
         assert!(d <= 1e-4, "decoding through the fused term differs from the full forward by {d}");
         assert_eq!(steps.len(), t * v);
+    }
+}
+
+/// A prompt longer than the fused kernels' rows (12 tokens: lavapipe's own
+/// kernels add the term with a product of its own, reading h's columns
+/// through the product's stride and offset) through the frozen hooks gives
+/// the adapter's own logits, on both kernel families.
+#[test]
+fn a_long_prompt_reads_the_shared_h_too() {
+    for gpu in [common::gpu(), common::gpu_family()] {
+        let files = DirFiles::new(fixture("llama_gqa")).unwrap();
+        let model = block_on(Model::load(gpu, &files, QuantFormat::Nf4)).unwrap();
+        let adapter_files = DirFiles::new(fixture("lora/final_adapter")).unwrap();
+        let adapter = Adapter::Lora(block_on(LoraAdapter::load(gpu, &adapter_files, &model.config)).unwrap());
+        let frozen = Hooks::frozen(&adapter).expect("a LoRA on q, k, v keeps stacked A's");
+        let v = model.config.vocab_size;
+        let ids: Vec<u32> = (0..12).map(|i| ((i * 53 + 5) % v) as u32).collect();
+        let logits = |hooks: &dyn Hooks| {
+            let cache = KvCache::new(gpu, &model, 1, ids.len()).unwrap();
+            let mut rec = Recorder::new(gpu);
+            let out =
+                model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids.clone()]).unwrap(), &cache, 0, hooks);
+            let out = out.unwrap();
+            rec.submit().unwrap();
+            read(gpu, &out)
+        };
+        let d = max_abs_diff(&logits(frozen.as_ref()), &logits(&adapter));
+        assert!(d <= 1e-5, "{:?} kernels: a 12-token prompt through the shared h differs by {d}", gpu.kernel_family());
     }
 }
 
