@@ -523,8 +523,13 @@ fn a_long_prompt_reads_the_shared_h_too() {
         let logits = |hooks: &dyn Hooks| {
             let cache = KvCache::new(gpu, &model, 1, ids.len()).unwrap();
             let mut rec = Recorder::new(gpu);
-            let out =
-                model.forward_cached_all(&mut rec, &model.input_ids(gpu, &[ids.clone()]).unwrap(), &cache, 0, hooks);
+            let out = model.forward_cached_all(
+                &mut rec,
+                &model.input_ids(gpu, std::slice::from_ref(&ids)).unwrap(),
+                &cache,
+                0,
+                hooks,
+            );
             let out = out.unwrap();
             rec.submit().unwrap();
             read(gpu, &out)
