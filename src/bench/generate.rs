@@ -26,6 +26,9 @@ pub struct GenerateFigure {
     pub new_tokens: usize,
     /// Prompt (prefill) and first token, ms.
     pub first_token_ms: f64,
+    /// Sampled ([`SAMPLED`]) rather than greedy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
     /// New tokens after the first, per second (the decode rate).
     pub decode_tokens_per_s: f64,
     /// CPU time to record and submit one decoding step, ms (the GPU idles
@@ -39,23 +42,31 @@ pub struct GenerateFigure {
     pub kernels: Vec<KernelTime>,
 }
 
-/// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`
-/// (one warm-up run first, so pipelines are compiled and tuned), through `adapter`'s
-/// hooks (a label and the adapter) or the base model alone; with `profile`,
-/// then one decoding step with timestamp queries (where the device has them).
+/// The sampling of [`generate_figure`]'s sampled figures: temperature 0.7,
+/// top-p 0.9 (the logits read back and drawn from on the CPU).
+pub const SAMPLED: (f32, f32) = (0.7, 0.9);
+
+/// Generation of `new_tokens` after a random prompt of `prompt_tokens` (one
+/// warm-up run first, so pipelines are compiled and tuned), greedy or with
+/// `sampled` as [`SAMPLED`] says, through `adapter`'s hooks (a label and the
+/// adapter) or the base model alone; with `profile`, then one decoding step
+/// with timestamp queries (where the device has them).
 pub async fn generate_figure(
     gpu: &Gpu,
     name: &str,
     model: &Model,
     (prompt_tokens, new_tokens): (usize, usize),
     adapter: Option<(&str, &dyn Hooks)>,
-    profile: bool,
+    (sampled, profile): (bool, bool),
 ) -> Result<GenerateFigure> {
     let hooks = adapter.map_or(&NoHooks as &dyn Hooks, |(_, h)| h);
     let mut rng = Rng::new(11);
     let vocab = model.config.vocab_size;
     let prompt: Vec<u32> = (0..prompt_tokens.max(1)).map(|_| rng.below(vocab) as u32).collect();
-    let config = GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() };
+    let config = match sampled {
+        true => GenerationConfig::sampling(new_tokens.max(2), SAMPLED.0, 0, SAMPLED.1, 11),
+        false => GenerationConfig { max_new_tokens: new_tokens.max(2), greedy: true, ..GenerationConfig::default() },
+    };
     // The warm-up compiles the pipelines and, on a real GPU, tunes after its
     // first one-token step (the third token), so the timed run does neither.
     model
@@ -82,6 +93,7 @@ pub async fn generate_figure(
         quant: model.format.name().to_string(),
         compute_dtype: model.compute_dtype().name().to_string(),
         adapter: adapter.map(|(label, _)| label.to_string()),
+        sampled,
         prompt_tokens: prompt.len(),
         new_tokens: out.len(),
         first_token_ms: first * 1e3,

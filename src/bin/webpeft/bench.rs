@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use webpeft::bench::generate::{generate_figure, host_peak_rss_bytes, GenerateFigure};
+use webpeft::bench::generate::{generate_figure, host_peak_rss_bytes, GenerateFigure, SAMPLED};
 use webpeft::bench::train::{train_figure_on, StepSetup, TrainFigure};
 use webpeft::bench::{kernel_figures, Figure};
 use webpeft::kernels::blocked::{is_real_gpu, Blocks};
@@ -342,15 +342,16 @@ async fn generate_figures(
     let label = format!("LoRA r{r} all-linear");
     let unfused = format!("{label}, term not fused");
     let mut figures = vec![
-        generate_figure(gpu, name, model, (16, 32), None, profile).await?,
-        generate_figure(gpu, name, model, (16, 32), Some((&label, &lora)), profile).await?,
+        generate_figure(gpu, name, model, (16, 32), None, (false, profile)).await?,
+        generate_figure(gpu, name, model, (16, 32), None, (true, false)).await?,
+        generate_figure(gpu, name, model, (16, 32), Some((&label, &lora)), (false, profile)).await?,
     ];
-    let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), profile);
+    let plain = generate_figure(gpu, name, model, (16, 32), Some((&unfused, &lora)), (false, profile));
     figures.push(with_fusion(gpu, false, plain).await?);
     let config = LoraConfig { use_dora: true, ..LoraConfig::new(r, 2.0 * r as f64, TargetModules::AllLinear)? };
     let dora = Adapter::new_for_model(gpu, webpeft::peft::adapter::AdapterConfig::Lora(config), model, None, 1)?;
     let label = format!("DoRA r{r} all-linear");
-    figures.push(generate_figure(gpu, name, model, (16, 32), Some((&label, &dora)), profile).await?);
+    figures.push(generate_figure(gpu, name, model, (16, 32), Some((&label, &dora)), (false, profile)).await?);
     Ok(figures)
 }
 
@@ -364,7 +365,10 @@ async fn with_fusion<T>(gpu: &Gpu, fused: bool, run: impl std::future::Future<Ou
 }
 
 fn print_generate(g: &GenerateFigure) {
-    let with = g.adapter.as_ref().map(|a| format!(" with {a}")).unwrap_or_default();
+    let mut with = g.adapter.as_ref().map(|a| format!(" with {a}")).unwrap_or_default();
+    if g.sampled {
+        with += &format!(", sampled (temperature {}, top-p {})", SAMPLED.0, SAMPLED.1);
+    }
     if !g.kernels.is_empty() {
         let what = format!("{} decoding step{with}", base_label(&g.quant, &g.compute_dtype));
         print_kernel_times(&what, &g.model, &g.kernels);
