@@ -116,43 +116,31 @@ impl Adapter {
     /// gradients. The same pass runs the forward and the backward.
     pub fn pass<'a>(&'a self, dropout_seed: Option<u32>, grads: Option<&'a Adapter>) -> Result<AdapterPass<'a>> {
         Ok(match (self, grads) {
-            (Adapter::Lora(params), None) => AdapterPass::Lora(Pass { params, grads: None, dropout_seed, memo: None }),
+            (Adapter::Lora(params), None) => AdapterPass::Lora(Pass::new(params, None, dropout_seed)),
             (Adapter::Lora(params), Some(Adapter::Lora(g))) => {
-                AdapterPass::Lora(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::Lora(Pass::new(params, Some(g), dropout_seed))
             }
-            (Adapter::Bottleneck(params), None) => {
-                AdapterPass::Bottleneck(Pass { params, grads: None, dropout_seed, memo: None })
-            }
+            (Adapter::Bottleneck(params), None) => AdapterPass::Bottleneck(Pass::new(params, None, dropout_seed)),
             (Adapter::Bottleneck(params), Some(Adapter::Bottleneck(g))) => {
-                AdapterPass::Bottleneck(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::Bottleneck(Pass::new(params, Some(g), dropout_seed))
             }
-            (Adapter::Ia3(params), None) => AdapterPass::Ia3(Pass { params, grads: None, dropout_seed, memo: None }),
-            (Adapter::Ia3(params), Some(Adapter::Ia3(g))) => {
-                AdapterPass::Ia3(Pass { params, grads: Some(g), dropout_seed, memo: None })
-            }
-            (Adapter::PromptTuning(params), None) => {
-                AdapterPass::PromptTuning(Pass { params, grads: None, dropout_seed, memo: None })
-            }
+            (Adapter::Ia3(params), None) => AdapterPass::Ia3(Pass::new(params, None, dropout_seed)),
+            (Adapter::Ia3(params), Some(Adapter::Ia3(g))) => AdapterPass::Ia3(Pass::new(params, Some(g), dropout_seed)),
+            (Adapter::PromptTuning(params), None) => AdapterPass::PromptTuning(Pass::new(params, None, dropout_seed)),
             (Adapter::PromptTuning(params), Some(Adapter::PromptTuning(g))) => {
-                AdapterPass::PromptTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::PromptTuning(Pass::new(params, Some(g), dropout_seed))
             }
-            (Adapter::PrefixTuning(params), None) => {
-                AdapterPass::PrefixTuning(Pass { params, grads: None, dropout_seed, memo: None })
-            }
+            (Adapter::PrefixTuning(params), None) => AdapterPass::PrefixTuning(Pass::new(params, None, dropout_seed)),
             (Adapter::PrefixTuning(params), Some(Adapter::PrefixTuning(g))) => {
-                AdapterPass::PrefixTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::PrefixTuning(Pass::new(params, Some(g), dropout_seed))
             }
-            (Adapter::AdaLora(params), None) => {
-                AdapterPass::AdaLora(Pass { params, grads: None, dropout_seed, memo: None })
-            }
+            (Adapter::AdaLora(params), None) => AdapterPass::AdaLora(Pass::new(params, None, dropout_seed)),
             (Adapter::AdaLora(params), Some(Adapter::AdaLora(g))) => {
-                AdapterPass::AdaLora(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::AdaLora(Pass::new(params, Some(g), dropout_seed))
             }
-            (Adapter::PTuning(params), None) => {
-                AdapterPass::PTuning(Pass { params, grads: None, dropout_seed, memo: None })
-            }
+            (Adapter::PTuning(params), None) => AdapterPass::PTuning(Pass::new(params, None, dropout_seed)),
             (Adapter::PTuning(params), Some(Adapter::PTuning(g))) => {
-                AdapterPass::PTuning(Pass { params, grads: Some(g), dropout_seed, memo: None })
+                AdapterPass::PTuning(Pass::new(params, Some(g), dropout_seed))
             }
             (_, Some(g)) => {
                 return Err(Error::invalid(

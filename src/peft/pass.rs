@@ -26,9 +26,15 @@ pub struct Pass<'a, M> {
 }
 
 impl<'a, M> Pass<'a, M> {
+    /// A pass with these gradient accumulators (a backward) and dropout seed,
+    /// keeping nothing across forwards.
+    pub fn new(params: &'a M, grads: Option<&'a M>, dropout_seed: Option<u32>) -> Self {
+        Pass { params, grads, dropout_seed, memo: None }
+    }
+
     /// An evaluation pass: no dropout, no gradients.
     pub fn eval(params: &'a M) -> Self {
-        Pass { params, grads: None, dropout_seed: None, memo: None }
+        Self::new(params, None, None)
     }
 
     /// The gradient accumulators, or a typed error naming `op` when this pass

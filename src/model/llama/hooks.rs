@@ -11,7 +11,7 @@
 //! | [`Hooks::linear_forward`] | after a Linear's `y = x·Wᵀ + b`: may add to y or change it in place (it sees the frozen Linear) | DoRA (a per-row rescale of W + s·B·A), (IA)³ (`y ⊙ l`) |
 //! | [`Hooks::residual_forward`] | where a sub-layer's output s joins the residual stream r: `out = r + s`, to which the hook may add a term of r and s | bottleneck adapters |
 //! | [`Hooks::plain_residual`] | a question, not a point: whether a sub-layer's last Linear and its join to the residual stream are left alone, so that decoding may add the product straight into r as it stores it | every method, for the sites it leaves alone |
-//! | [`Hooks::frozen`] | not a point either: hooks for one generation's forwards, keeping what each would recompute from the unchanging parameters | DoRA (its weight norms) |
+//! | [`Hooks::frozen`] | not a point either: hooks for one generation's forwards, keeping what each would recompute from the unchanging parameters | DoRA (its weight norms), LoRA and AdaLoRA (A's stacked for Linears on one input; A∘E), (IA)³ (outputs scaled in place) |
 //!
 //! Each forward point returns the tensors its backward needs ([`Saved`], as
 //! torch's `ctx.save_for_backward`), or `None` when the method does nothing
@@ -280,8 +280,8 @@ pub trait Hooks {
 
     /// For many forwards with unchanging parameters and no backward (one
     /// generation: its prefill and every step), hooks that compute once
-    /// what each such forward would recompute (DoRA's weight norms) and give
-    /// the same outputs; `None` where nothing is worth keeping. They borrow
+    /// what each such forward would recompute (DoRA's weight norms, LoRA's
+    /// and AdaLoRA's stacked A's) and give the same outputs; `None` where nothing is worth keeping. They borrow
     /// these hooks and live no longer than the generation.
     fn frozen(&self) -> Option<Box<dyn Hooks + '_>> {
         None

@@ -12,10 +12,10 @@
 use super::adapter::Ia3Adapter;
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
-use crate::kernels::elementwise::{copy, scale_columns_inplace};
+use crate::kernels::elementwise::{copy, mul_columns, scale_columns_inplace};
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
-use crate::peft::columns::{add_column_sums, scale_columns};
+use crate::peft::columns::add_column_sums;
 use crate::peft::pass::{mismatch, Pass};
 
 impl Pass<'_, Ia3Adapter> {
@@ -42,7 +42,7 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         x: &Tensor,
     ) -> Result<Option<(Tensor, Saved)>> {
         match self.params.vector(layer, proj) {
-            Some(v) if v.module.feedforward => Ok(Some((scale_columns(rec, x, &v.l)?, Saved(vec![x.clone()])))),
+            Some(v) if v.module.feedforward => Ok(Some((mul_columns(rec, x, &v.l)?, Saved(vec![x.clone()])))),
             _ => Ok(None),
         }
     }
@@ -58,7 +58,7 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         const OP: &str = "ia3_input_backward";
         let (l, g) = self.with_grad(OP, layer, proj)?;
         add_column_sums(rec, dx_input, saved.get(OP, 0)?, g)?;
-        scale_columns(rec, dx_input, l)
+        mul_columns(rec, dx_input, l)
     }
 
     fn linear_forward(
@@ -97,6 +97,6 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         const OP: &str = "ia3_backward";
         let (l, g) = self.with_grad(OP, layer, proj)?;
         add_column_sums(rec, dy, saved.get(OP, 0)?, g)?;
-        Ok(Some(scale_columns(rec, dy, l)?))
+        Ok(Some(mul_columns(rec, dy, l)?))
     }
 }

@@ -19,12 +19,12 @@ use super::layer::{lora_backward, lora_forward, LoraDropout, LoraFactors, LoraSa
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::dora::{magnitude_scale, Scales};
-use crate::kernels::elementwise::{add_scaled, copy, dropout, mul, scale_columns_inplace};
+use crate::kernels::elementwise::{add_scaled, copy, dropout, mul, mul_columns, scale_columns_inplace};
 use crate::kernels::matmul::{gemm, Gemm};
 use crate::kernels::qmatmul::{qlinear_write, ChunkData, QWeight};
 use crate::kernels::quant::dequantize;
 use crate::model::llama::block::Linear;
-use crate::peft::columns::{add_column_sums, scale_columns};
+use crate::peft::columns::add_column_sums;
 
 /// What [`dora_forward`] saves for the backward.
 #[derive(Clone, Debug)]
@@ -153,7 +153,7 @@ pub fn dora_forward(
     };
     add_scaled(rec, y, &t, -1.0)?; // y = x·Wᵀ + b − z₀
     let lora = lora_forward(rec, &d, f, scaling, None, &t)?; // t = z₀ + s·lora
-    let gt = scale_columns(rec, &t, &g)?;
+    let gt = mul_columns(rec, &t, &g)?;
     add_scaled(rec, y, &gt, 1.0)?; // y = x·Wᵀ + b + (g − 1)·z₀ + g·s·lora
     Ok(DoraSaved { lora, t, g, inv_n })
 }
@@ -193,7 +193,7 @@ pub fn dora_backward_dy(rec: &mut Recorder, dy: &Tensor, saved: &DoraSaved, drop
     if dropped {
         return Ok(None);
     }
-    Ok(Some(scale_columns(rec, dy, &saved.g)?))
+    Ok(Some(mul_columns(rec, dy, &saved.g)?))
 }
 
 /// The rest of the backward for dy (M, out): dm, dA, dB into `grads` and the
@@ -218,7 +218,7 @@ pub fn dora_backward(
     add_column_sums(rec, dy, &saved.t, &sums)?;
     let per_m = crate::kernels::elementwise::mul(rec, &sums, &saved.inv_n)?;
     add_scaled(rec, dm, &per_m, 1.0)?;
-    let dyg = scale_columns(rec, dy, &saved.g)?; // the LoRA term is g·s·lora
+    let dyg = mul_columns(rec, dy, &saved.g)?; // the LoRA term is g·s·lora
     match drop {
         Some(d) if d.p > 0.0 => {
             // dd = ((g − 1) ⊙ dy)·W + the LoRA term's; dx += drop⁻¹(dd)
