@@ -20,7 +20,7 @@ cargo test --all-targets --features cli
 echo "== kernel tests with shader runtime checks (WEBPEFT_SHADER_CHECKS=1)"
 export WEBPEFT_SHADER_CHECKS=1
 cargo test --features cli --test rmsnorm --test rope --test softmax --test swiglu --test cross_entropy \
-    --test adamw --test embedding --test reduce --test elementwise --test adalora_kernels
+    --test adamw --test embedding --test reduce --test sample --test elementwise --test adalora_kernels
 cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
 cargo test --features cli --test gemv -- every_form
 cargo test --features cli --test low_rank -- every_kernel f16_compute chunked

@@ -9,7 +9,8 @@
 //                        largest value, greedy decoding's token picked on the GPU
 //
 // Prelude constant: WG, invocations per workgroup (a power of two).
-// workgroup_sum is in workgroup_reduce.wgsl, compiled before this file.
+// workgroup_sum is in workgroup_reduce.wgsl and order_key in order_key.wgsl,
+// both compiled before this file.
 
 struct Params {
     n: u32,          // elements of x
@@ -57,59 +58,27 @@ fn clip_coef() {
     clip[1] = min(p.max_norm / (norm + 1e-6), 1.0);
 }
 
-// argmax_rows compares values as integers, so no float rule (a compiler may
-// assume there are no NaNs or infinities) can change the answer: the f32's
-// bits, mapped to an order-preserving u32 (negatives reversed below the
-// positives; -0 as +0). NaN is skipped; ties keep the lowest index; a row of
-// only NaN gives NO_INDEX. `crate::model::llama::argmax` on the CPU is the same rule.
+// argmax_rows compares values as integers (order_key.wgsl), so no float
+// rule (a compiler may assume there are no NaNs or infinities) can change the
+// answer. NaN is skipped; ties keep the lowest index; a row of only NaN gives
+// NO_INDEX. `crate::model::llama::argmax` on the CPU is the same rule.
 const NO_INDEX: u32 = 0xffffffffu;
-
-var<workgroup> best_key: array<u32, WG>;
-var<workgroup> best_index: array<u32, WG>;
-
-fn order_key(v: f32) -> u32 {
-    var bits = bitcast<u32>(v);
-    if (bits == 0x80000000u) { bits = 0u; }
-    if ((bits & 0x80000000u) != 0u) { return ~bits; }
-    return bits | 0x80000000u;
-}
-
-fn is_nan_bits(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
-
-// Whether (key b, index b) beats (key a, index a).
-fn beats(ka: u32, ia: u32, kb: u32, ib: u32) -> bool {
-    if (ib == NO_INDEX) { return false; }
-    if (ia == NO_INDEX) { return true; }
-    return kb > ka || (kb == ka && ib < ia);
-}
 
 @compute @workgroup_size(WG)
 fn argmax_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x;  // one row a workgroup: every invocation reaches the barriers
-    var k = 0u;
-    var index = NO_INDEX;
+    var k = 0u;       // no value yet
+    var index = 0u;
     if (row < p.count) {
         // This invocation's values rise in index, so a strict > keeps the first.
         for (var i = lid; i < p.n; i += WG) {
             let v = x[row * p.n + i];
-            if (!is_nan_bits(v)) {
-                let kv = order_key(v);
-                if (index == NO_INDEX || kv > k) {
-                    k = kv;
-                    index = i;
-                }
+            if (!is_nan_bits(v) && order_key(v) > k) {
+                k = order_key(v);
+                index = i;
             }
         }
     }
-    best_key[lid] = k;
-    best_index[lid] = index;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if (lid < half && beats(best_key[lid], best_index[lid], best_key[lid + half], best_index[lid + half])) {
-            best_key[lid] = best_key[lid + half];
-            best_index[lid] = best_index[lid + half];
-        }
-        workgroupBarrier();
-    }
-    if (lid == 0u && row < p.count) { ids[row] = best_index[0]; }
+    let best = workgroup_best(lid, k, index);
+    if (lid == 0u && row < p.count) { ids[row] = select(best.y, NO_INDEX, best.x == 0u); }
 }

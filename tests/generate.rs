@@ -7,10 +7,11 @@ mod common;
 
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::model::llama::{argmax, sample, GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
+use webpeft::kernels::reference::sample::sample_row;
+use webpeft::kernels::sample::CANDIDATES;
+use webpeft::model::llama::{GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
-use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
 
 const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
@@ -140,44 +141,6 @@ fn too_long_is_a_typed_error() {
     assert!(matches!(block_on(model.generate(gpu, &prompt, &bad, |_| true)), Err(Error::InvalidArgument { .. })));
 }
 
-#[test]
-fn sampler_on_the_cpu() {
-    assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), Some(1));
-    assert_eq!(argmax(&[]), None);
-    let logits = [0.0f32, 2.0, 1.0, 2.0, -1.0];
-    let mut rng = Rng::new(1);
-    // top_k = 2 keeps the two tied maxima (1 and 3), never anything else.
-    let cfg = GenerationConfig::sampling(1, 1.0, 2, 1.0, 0);
-    let mut seen = [0usize; 5];
-    for _ in 0..400 {
-        seen[sample(&logits, &cfg, &mut rng).unwrap() as usize] += 1;
-    }
-    assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
-    assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
-    // top_p small keeps only the most likely (lowest index among ties first).
-    let cfg = GenerationConfig::sampling(1, 1.0, 0, 0.01, 0);
-    for _ in 0..50 {
-        assert_eq!(sample(&logits, &cfg, &mut rng).unwrap(), 1);
-    }
-    // top_p = 0.9 on probs (0.5, 0.3, 0.15, 0.05): keeps the first three.
-    let p = [0.5f32, 0.3, 0.15, 0.05];
-    let l: Vec<f32> = p.iter().map(|x| x.ln()).collect();
-    let cfg = GenerationConfig::sampling(1, 1.0, 0, 0.9, 0);
-    let mut seen = [0usize; 4];
-    for _ in 0..2000 {
-        seen[sample(&l, &cfg, &mut rng).unwrap() as usize] += 1;
-    }
-    assert_eq!(seen[3], 0, "{seen:?}");
-    assert!(seen[2] > 100, "{seen:?}");
-    // Seeded: the same draws from the same seed.
-    let cfg = GenerationConfig::sampling(1, 2.0, 0, 1.0, 0);
-    let draw = |seed| {
-        let mut r = Rng::new(seed);
-        (0..30).map(|_| sample(&logits, &cfg, &mut r).unwrap()).collect::<Vec<_>>()
-    };
-    assert_eq!(draw(5), draw(5));
-}
-
 /// A decoding step of qwen2_tied (q, k and v with biases) makes one launch a
 /// Linear, in both kernel families: the biases go in with the products as
 /// they store y (a rank-1 term, not a k = 1 product of its own), and o_proj
@@ -224,55 +187,23 @@ fn a_decoding_step_makes_one_launch_a_linear() {
     }
 }
 
-/// The sampler as a full sort writes it: every candidate ordered by score
-/// (lower index first on ties), top-k kept by value, weights and sums in
-/// that order. `sample` must pick the same token from the same draw.
-fn sample_by_full_sort(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Option<u32> {
-    let top = argmax(logits)?;
-    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
-    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
-    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
-    if config.top_k > 0 && config.top_k < order.len() {
-        let kth = scores[order[config.top_k - 1]];
-        order.retain(|&i| scores[i] >= kth);
-    }
-    let max = scores[order[0]];
-    if !max.is_finite() {
-        return Some(top as u32);
-    }
-    let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
-    let sum: f64 = weights.iter().sum();
-    let mut keep = weights.len();
-    let mut cum = 0.0;
-    for (n, w) in weights.iter().enumerate() {
-        cum += w / sum;
-        if config.top_p < 1.0 && cum >= config.top_p as f64 {
-            keep = n + 1;
-            break;
-        }
-    }
-    let total: f64 = weights[..keep].iter().sum();
-    let u = rng.uniform() * total;
-    let mut acc = 0.0;
-    for (n, w) in weights[..keep].iter().enumerate() {
-        acc += w;
-        if u < acc {
-            return Some(order[n] as u32);
-        }
-    }
-    Some(order[keep - 1] as u32)
-}
-
-/// Sampled decoding (on a real GPU: the real-GPU family's device) encodes
-/// step n + 1 before it draws token n and writes the draw into that step's
-/// input just before submitting it; on a CPU rasterizer it records step n + 1
-/// after the draw. Either way the tokens are those of a plain loop that runs
-/// one step, reads its logits, draws with the reference sampler and only
-/// then records the next step (same seed).
+/// Sampled decoding on the real-GPU family's device submits step n + 1
+/// before it reads token n: the GPU's draw feeds it. Where the GPU cannot
+/// decide (a nucleus wider than its candidates: temperature 4 and top-p 0.99
+/// over 384 tokens) the CPU draws and step n + 1 is recorded again; a top-k
+/// of 200 draws every token on the CPU (encoding the next step ahead), as
+/// every draw on a CPU rasterizer's kernel family is. Every way, the tokens
+/// are those of a plain loop that runs one step, reads its logits, draws with
+/// the reference sampler and only then records the next step (same seed).
 #[test]
 fn sampled_decoding_feeds_each_draw_to_the_next_step() {
     let (prompt, _) = greedy_ref("llama_gqa");
-    let settings = [GenerationConfig::sampling(10, 1.3, 0, 1.0, 5), GenerationConfig::sampling(9, 0.8, 12, 0.9, 9)];
+    let settings = [
+        GenerationConfig::sampling(10, 1.3, 0, 1.0, 5),
+        GenerationConfig::sampling(9, 0.8, 12, 0.9, 9),
+        GenerationConfig::sampling(8, 4.0, 0, 0.99, 11),
+        GenerationConfig::sampling(6, 1.0, 200, 0.95, 13),
+    ];
     for (gpu, config) in
         [common::gpu(), common::gpu_family()].into_iter().flat_map(|g| settings.iter().map(move |c| (g, c)))
     {
@@ -280,8 +211,7 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
         let v = model.config.vocab_size;
         let got = block_on(model.generate(gpu, &prompt, config, |_| true)).unwrap();
         let cache = KvCache::new(gpu, &model, 1, prompt.len() + config.max_new_tokens).unwrap();
-        let mut rng = Rng::new(config.seed);
-        let (mut ids, mut offset, mut want) = (prompt.clone(), 0, Vec::new());
+        let (mut ids, mut offset, mut want, mut widest) = (prompt.clone(), 0, Vec::new(), 0);
         while want.len() < config.max_new_tokens {
             let mut rec = Recorder::new(gpu);
             let logits = model.forward_cached(
@@ -296,45 +226,15 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
             let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
             assert_eq!(row.len(), v);
             offset += ids.len();
-            let token = sample_by_full_sort(&row, config, &mut rng).unwrap();
+            let draw = sample_row(&row, &config.draw_settings(want.len() as u32));
+            widest = widest.max(draw.kept.len());
+            let token = draw.token.unwrap();
             want.push(token);
             ids = vec![token];
         }
         assert_eq!(got, want, "{:?} kernels, {config:?}", gpu.kernel_family());
-    }
-}
-
-/// `sample` ranks candidates by integer keys and finds top-k's k-th score
-/// without sorting them all: on random rows with ties, NaNs, ±∞ and ±0, at
-/// odd sizes and every kind of setting, it picks what a full sort picks.
-#[test]
-fn the_sampler_picks_what_a_full_sort_picks() {
-    let mut gen = Rng::new(77);
-    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.5, -1.5];
-    // −0 and 0 tie: rows of them only, where every draw lands on one.
-    let zeros = [vec![-0.0f32, 0.0, -0.0, 0.0, f32::NAN], vec![0.0, -0.0, -1.0, -0.0]];
-    for case in 0..400 {
-        let v = 1 + gen.below(300);
-        let logits: Vec<f32> = match zeros.get(case as usize) {
-            Some(row) => row.clone(),
-            None => (0..v)
-                .map(|_| match gen.below(10) {
-                    0 => specials[gen.below(specials.len())],
-                    1..=3 => (gen.below(5) as f32 - 2.0) * 0.5, // ties
-                    _ => (gen.uniform() as f32 - 0.5) * 12.0,
-                })
-                .collect(),
-        };
-        let v = logits.len();
-        let top_k = [0, 1, 2, 7, 50, v, v + 3][gen.below(7)];
-        let top_p = [1.0, 0.9, 0.5, 0.05][gen.below(4)];
-        let temperature = [1.0, 0.7, 1.9][gen.below(3)];
-        let config = GenerationConfig::sampling(1, temperature, top_k, top_p, 0);
-        let (mut a, mut b) = (Rng::new(case), Rng::new(case));
-        for draw in 0..20 {
-            let want = sample_by_full_sort(&logits, &config, &mut a);
-            let got = sample(&logits, &config, &mut b).ok();
-            assert_eq!(got, want, "case {case} draw {draw}: V {v}, top_k {top_k}, top_p {top_p}, T {temperature}");
+        if config.temperature == 4.0 {
+            assert!(widest > CANDIDATES, "a nucleus of {widest} tokens never needed the CPU's draw");
         }
     }
 }
@@ -438,13 +338,17 @@ impl Hooks for FailAt {
 #[test]
 fn a_step_that_cannot_be_recorded_keeps_the_token_before_it() {
     let (prompt, expected) = greedy_ref("llama_gqa");
-    // Greedy, and sampling with top-k 1 (the same tokens, drawn on the CPU),
-    // which on the real-GPU family's device encodes each step ahead too.
-    let sampled = GenerationConfig { greedy: false, top_k: 1, ..GenerationConfig::greedy(expected.len()) };
+    // Greedy, and two samplings that keep only the argmax: top-k 1 (drawn on
+    // the real-GPU family's GPU, on the CPU elsewhere), and top-k 128 with
+    // top-p 1e-4 (on the CPU everywhere, encoding each step ahead on the
+    // real-GPU family's device).
     let greedy = GenerationConfig::greedy(expected.len());
+    let top_1 = GenerationConfig { greedy: false, top_k: 1, ..greedy.clone() };
+    let on_cpu = GenerationConfig { greedy: false, top_k: CANDIDATES, top_p: 1e-4, ..greedy.clone() };
     for gpu in [gpu(), common::gpu_family()] {
         let model = load(gpu, "llama_gqa");
-        for (step, cfg) in [1, 2, 5].into_iter().flat_map(|s| [(s, greedy.clone()), (s, sampled.clone())]) {
+        let configs = [greedy.clone(), top_1.clone(), on_cpu.clone()];
+        for (step, cfg) in [1, 2, 5].into_iter().flat_map(|s| configs.clone().map(|c| (s, c))) {
             let hooks = FailAt { calls: std::cell::Cell::new(0), fail_at: 14 * step + 5 };
             let mut streamed = Vec::new();
             let err = block_on(model.generate_adapted(gpu, &prompt, &cfg, &hooks, |t| {

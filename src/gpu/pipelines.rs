@@ -70,6 +70,8 @@ pub enum Kernel {
     Dora,
     /// The DPO and ORPO losses on per-sequence log-probabilities.
     Preference,
+    /// Sampling a token from each row of logits.
+    Sample,
 }
 
 impl Kernel {
@@ -83,7 +85,7 @@ impl Kernel {
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 34] = [
+    pub const ALL: [Kernel; 35] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -118,6 +120,7 @@ impl Kernel {
         Kernel::Adalora,
         Kernel::Dora,
         Kernel::Preference,
+        Kernel::Sample,
     ];
 
     pub fn source(self) -> &'static str {
@@ -263,9 +266,16 @@ impl Kernel {
                 include_str!("../../shaders/workgroup_reduce.wgsl"),
                 include_str!("../../shaders/cross_entropy.wgsl")
             ),
-            Kernel::Reduce => {
-                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/reduce.wgsl"))
-            }
+            Kernel::Reduce => concat!(
+                include_str!("../../shaders/workgroup_reduce.wgsl"),
+                include_str!("../../shaders/order_key.wgsl"),
+                include_str!("../../shaders/reduce.wgsl")
+            ),
+            Kernel::Sample => concat!(
+                include_str!("../../shaders/workgroup_reduce.wgsl"),
+                include_str!("../../shaders/order_key.wgsl"),
+                include_str!("../../shaders/sample.wgsl")
+            ),
             Kernel::AdamW => include_str!("../../shaders/adamw.wgsl"),
             Kernel::Adalora => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/adalora.wgsl"))
@@ -345,6 +355,7 @@ impl Kernel {
             Kernel::Adalora => "adalora",
             Kernel::Dora => "dora",
             Kernel::Preference => "preference",
+            Kernel::Sample => "sample",
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod reduce;
 pub mod reference;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 pub mod swiglu;
 pub mod tune;

@@ -4,7 +4,7 @@
 //! launcher lists its own keys beside the code that builds them.
 
 use super::{adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, matmul, preference, qmatmul};
-use super::{quant, reduce};
+use super::{quant, reduce, sample};
 use super::{rmsnorm, rope, softmax, swiglu, tune};
 use crate::gpu::{Gpu, PipelineKey};
 
@@ -32,6 +32,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         adalora::pipeline_keys(),
         dora::pipeline_keys(),
         preference::pipeline_keys(),
+        sample::pipeline_keys(),
     ];
     let mut seen = std::collections::HashSet::new();
     all.into_iter().flatten().filter(|k| seen.insert(k.id())).collect()

@@ -461,9 +461,13 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [gg, gc] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: null })).tokenIds.join());
       // Through the trained LoRA: decoding's GEMV adds its term as it stores y (shaders/low_rank.wgsl).
       const [ga, ca] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 6, adapter: "k" })).tokenIds.join());
-      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca) {
+      // Sampled: drawn on the GPU (shaders/sample.wgsl) with the real-GPU kernels, on the CPU with SwiftShader's,
+      // by one rule: the same tokens from the same seed.
+      const sampling = { maxNewTokens: 8, adapter: "k", temperature: 0.8, topP: 0.9, seed: 3 };
+      const [gs, cs] = await both(async (m) => (await m.generate("The robot", sampling)).tokenIds.join());
+      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca || gs !== cs) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc +
-          ", through the LoRA " + ga + " vs " + ca);
+          ", through the LoRA " + ga + " vs " + ca + ", sampled " + gs + " vs " + cs);
       }
       // PiSSA in the page (initLora): the base becomes the residual, so the untrained adapter keeps the
       // model's loss; it trains, and its files are a plain LoRA of the original model (rank 2r, as PEFT converts).

@@ -23,6 +23,7 @@ pub mod preference;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 pub mod swiglu;
 

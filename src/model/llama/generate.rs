@@ -1,20 +1,20 @@
-//! Generation: a KV cache, the incremental forward, CPU sampling and the
-//! generate loop.
+//! Generation: a KV cache, the incremental forward and the generate loops.
 //!
 //! ```text
-//! prefill:  logits = forward_cached(prompt, cache, offset 0)       one submit, one readback (V)
-//! step:     logits = forward_cached([last token], cache, offset n)  one submit, one readback (V)
+//! prefill:  logits = forward_cached(prompt, cache, offset 0)       one submit
+//! step:     logits = forward_cached([last token], cache, offset n)  one submit
 //! ```
 //!
-//! Greedy decoding picks the token on the GPU instead and reads back one
-//! u32, with the next step already submitted ([`Model::generate`]).
+//! The token is picked on the GPU (greedy's argmax, or `kernels::sample`'s
+//! draw) and read back as one u32 while the next step, which reads it there,
+//! is already submitted ([`Model::generate`]).
 //!
 //! Each layer writes its new keys and values (after RoPE) into its cache rows
 //! `offset..offset + T` and attends the new queries against rows
 //! `0..offset + T` ([`attention_forward_cached`]). Only the last position goes
-//! through the final norm and `lm_head`, so a step reads back one row of
-//! logits, which is sampled on the CPU ([`sample`]): greedy, or transformers'
-//! temperature → top-k → top-p, drawn with [`Rng`].
+//! through the final norm and `lm_head`. Where the GPU's draw cannot decide
+//! (a top-k of [`CANDIDATES`](crate::kernels::sample::CANDIDATES) or more, a nucleus wider than them), the row of
+//! logits is read back and drawn from on the CPU ([`sample`]), by the same rule.
 //!
 //! Nothing is kept for a backward, so the residual stream is one tensor a
 //! step: where the hooks leave a join plain ([`Hooks::plain_residual`]),
@@ -25,6 +25,7 @@
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
+use super::sample::{no_token, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Encoded, Gpu, PendingRead, Recorder, Tensor};
@@ -34,8 +35,8 @@ use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
+use crate::kernels::sample::{sample_rows, Sampling, DECIDED, NO_TOKEN};
 use crate::kernels::swiglu::swiglu_forward;
-use crate::util::rng::Rng;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
 /// f32 each, on the GPU. Rows past what has been written are never read.
@@ -386,16 +387,84 @@ impl Model {
         }
     }
 
-    /// Sampled decoding: each step's V logits are read back and drawn from
-    /// on the CPU. On a real GPU the next step is recorded and encoded
-    /// before this one's logits are read, on a token tensor of its own that
-    /// the draw then writes (`Tensor::write`, ordered before the step's
-    /// submit), so the GPU waits for the draw and the submit only, not for
-    /// the CPU to record and encode a step; after the last token one encoded
-    /// step is dropped, never submitted. A CPU rasterizer runs the steps on
-    /// the cores that would record the next one, so there the next step is
-    /// recorded after the draw.
+    /// Sampled decoding with the draw on a real GPU ([`sample_rows`]): as
+    /// greedy decoding, each step reads back its token (and a flag), and the
+    /// next step, which reads the token where the draw wrote it, is
+    /// submitted before this one is read. Where the GPU could not decide (a
+    /// nucleus wider than its [`CANDIDATES`](crate::kernels::sample::CANDIDATES)),
+    /// the step's logits are read back and drawn from on the CPU by the same
+    /// rule ([`sample`]), and the step after, already submitted with the
+    /// wrong token, is recorded again with the right one: it writes the same
+    /// cache rows. A CPU rasterizer, and a top-k of
+    /// [`CANDIDATES`](crate::kernels::sample::CANDIDATES) or more, draw every
+    /// token on the CPU ([`Self::generate_on_cpu`]): on a rasterizer the
+    /// GPU's selection passes are slower than the CPU's sort.
     async fn generate_sampled(
+        &self,
+        decoding: Decoding<'_>,
+        prompt: Tensor,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        if !(is_real_gpu(decoding.gpu) && decoding.config.draw_settings(0).fits_gpu()) {
+            return self.generate_on_cpu(decoding, prompt, on_token).await;
+        }
+        let Decoding { gpu, cache, config, hooks } = decoding;
+        // Submits the step at `offset` for ids (1, T), drawing token `draw`.
+        let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<DrawStep> {
+            let mut rec = Recorder::new(gpu);
+            let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
+            let picked = sample_rows(&mut rec, &logits, &config.draw_settings(draw as u32))?; // (2): token, flag
+            let read = rec.read_after(&picked)?;
+            rec.submit()?;
+            Ok(DrawStep { token: picked.reshape_prefix(&[1, 1])?, read, logits })
+        };
+        let mut out = Vec::with_capacity(config.max_new_tokens);
+        let mut offset = prompt.shape()[1];
+        let mut current = step(&prompt, 0, 0)?;
+        loop {
+            // The next step, if one may follow, goes in before this one is
+            // read; if it cannot be recorded, this token still reaches
+            // `on_token` before the error is returned.
+            let more = out.len() + 1 < config.max_new_tokens;
+            let mut next = more.then(|| step(&current.token, offset, out.len() + 1));
+            let bytes = current.read.read(gpu).await?;
+            let word = |i: usize| bytemuck::pod_read_unaligned::<u32>(&bytes[4 * i..4 * i + 4]);
+            let id = match word(1) {
+                DECIDED => word(0),
+                NO_TOKEN => return Err(no_token()),
+                _ => {
+                    next = None; // drawn from the wrong token: recorded again below
+                    let mut rec = Recorder::new(gpu);
+                    let read = rec.read_after(&current.logits)?;
+                    rec.submit()?;
+                    let bytes = read.read(gpu).await?;
+                    let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+                    sample(&row, config, out.len() as u32)?
+                }
+            };
+            out.push(id);
+            if !on_token(id) || config.eos_token_ids.contains(&id) || !more {
+                return Ok(out);
+            }
+            current = match next {
+                Some(next) => next?,
+                None => step(&Tensor::from_slice(gpu, &[1, 1], &[id])?, offset, out.len())?,
+            };
+            offset += 1;
+            autotune_after(gpu, out.len()).await;
+        }
+    }
+
+    /// Sampled decoding with every draw on the CPU ([`sample`]), for a top-k
+    /// past the GPU's candidates: each step's V logits are read back. On a
+    /// real GPU the next step is recorded and encoded before this one's
+    /// logits are read, on a token tensor of its own that the draw then
+    /// writes (`Tensor::write`, ordered before the step's submit), so the GPU
+    /// waits for the draw and the submit only; after the last token one
+    /// encoded step is dropped, never submitted. A CPU rasterizer runs the
+    /// steps on the cores that would record the next one, so there the next
+    /// step is recorded after the draw.
+    async fn generate_on_cpu(
         &self,
         Decoding { gpu, cache, config, hooks }: Decoding<'_>,
         prompt: Tensor,
@@ -409,7 +478,6 @@ impl Model {
             Ok((rec.encode()?, read))
         };
         let ahead = is_real_gpu(gpu);
-        let mut rng = Rng::new(config.seed);
         let mut out = Vec::with_capacity(config.max_new_tokens);
         let mut offset = prompt.shape()[1];
         let (first, mut read) = step(&prompt, 0)?;
@@ -422,8 +490,8 @@ impl Model {
             let more = out.len() + 1 < config.max_new_tokens;
             let early = (ahead && more).then(|| step(&token, offset));
             let bytes = read.read(gpu).await?;
-            let row: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            let id = sample(&row, config, &mut rng)?;
+            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            let id = sample(&row, config, out.len() as u32)?;
             out.push(id);
             if !on_token(id) || config.eos_token_ids.contains(&id) || !more {
                 return Ok(out);
@@ -439,6 +507,14 @@ impl Model {
             read = next_read;
         }
     }
+}
+
+/// A submitted sampled step: its token on the GPU (1, 1), the read of the
+/// token and its flag, and its logits (1, V) for a draw on the CPU.
+struct DrawStep {
+    token: Tensor,
+    read: PendingRead,
+    logits: Tensor,
 }
 
 /// What a generation's steps share: the device, the cache, the settings and
@@ -472,7 +548,7 @@ pub struct GenerationConfig {
     /// Keep the smallest set of most likely tokens whose probability sums to
     /// ≥ top_p (at least one), in (0, 1]; 1 = off.
     pub top_p: f32,
-    /// Seeds the sampler's [`Rng`].
+    /// Seeds the draws: token n of a generation draws with (seed, n).
     pub seed: u64,
     /// Generation stops after any of these.
     pub eos_token_ids: Vec<u32>,
@@ -507,102 +583,15 @@ impl GenerationConfig {
 
     /// Checks temperature and top_p when sampling.
     pub fn validate(&self) -> Result<()> {
-        const OP: &str = "GenerationConfig";
-        if self.greedy {
-            return Ok(());
+        match self.greedy {
+            true => Ok(()),
+            false => self.draw_settings(0).validate("GenerationConfig"),
         }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(Error::invalid(OP, format!("temperature must be finite and > 0, got {}", self.temperature)));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid(OP, format!("top_p must be in (0, 1], got {}", self.top_p)));
-        }
-        Ok(())
     }
-}
 
-/// The index of the largest logit, the lowest on ties (as `torch.argmax`);
-/// NaNs are skipped. None for an empty row or one of NaNs only.
-pub fn argmax(logits: &[f32]) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &v) in logits.iter().enumerate() {
-        if v.is_nan() {
-            continue;
-        }
-        match best {
-            Some((_, b)) if v <= b => {}
-            _ => best = Some((i, v)),
-        }
+    /// The settings of token `draw`'s draw.
+    pub fn draw_settings(&self, draw: u32) -> Sampling {
+        let GenerationConfig { temperature, top_k, top_p, seed, .. } = *self;
+        Sampling { temperature, top_k, top_p, seed, draw }
     }
-    best.map(|(i, _)| i)
-}
-
-/// The sort key of token `index`'s score (not NaN): ascending keys are
-/// descending scores, ties (−0 and 0 too, as `partial_cmp` has them) by
-/// ascending index, which is the low 32 bits.
-fn rank_key(score: f32, index: usize) -> u64 {
-    let bits = (score + 0.0).to_bits(); // −0 + 0 = +0
-    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
-    (u64::from(!ascending) << 32) | index as u64
-}
-
-/// A row of logits with no token to pick, on the CPU or on the GPU.
-fn no_token() -> Error {
-    Error::invalid("sample", "the logits row is empty or all NaN")
-}
-
-/// Picks the next token from one row of logits (V): [`argmax`] when greedy,
-/// else transformers' order: logits / temperature, then top-k, then top-p,
-/// then a draw from the softmax of what is left.
-pub fn sample(logits: &[f32], config: &GenerationConfig, rng: &mut Rng) -> Result<u32> {
-    let pick = |i: Option<usize>| i.map(|i| i as u32).ok_or_else(no_token);
-    if config.greedy {
-        return pick(argmax(logits));
-    }
-    config.validate()?;
-    let top = pick(argmax(logits))? as usize;
-    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
-    // Candidates, most likely first (lower index first on ties), as integer
-    // keys: a vocabulary of 128k is sorted in a few ms this way, not 15.
-    let mut keys: Vec<u64> =
-        scores.iter().enumerate().filter(|(_, s)| !s.is_nan()).map(|(i, &s)| rank_key(s, i)).collect();
-    // top-k: keep scores ≥ the k-th largest, found without sorting them all.
-    if config.top_k > 0 && config.top_k < keys.len() {
-        let kth = *keys.select_nth_unstable(config.top_k - 1).1 >> 32;
-        keys.retain(|&k| k >> 32 <= kth);
-        keys.sort_unstable();
-    } else {
-        // Still in index order: a stable sort by the score's half keeps ties so.
-        radsort::sort_by_key(&mut keys, |&k| (k >> 32) as u32);
-    }
-    let order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
-    let max = scores[order[0]];
-    if !max.is_finite() {
-        return Ok(top as u32);
-    }
-    let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
-    let sum: f64 = weights.iter().sum();
-    // top-p: the smallest prefix whose probability reaches top_p, at least one.
-    let mut keep = weights.len();
-    if config.top_p < 1.0 {
-        let mut cum = 0.0;
-        for (n, w) in weights.iter().enumerate() {
-            cum += w / sum;
-            if cum >= config.top_p as f64 {
-                keep = n + 1;
-                break;
-            }
-        }
-    }
-    let kept = &weights[..keep];
-    let total: f64 = kept.iter().sum();
-    let u = rng.uniform() * total;
-    let mut acc = 0.0;
-    for (n, w) in kept.iter().enumerate() {
-        acc += w;
-        if u < acc {
-            return Ok(order[n] as u32);
-        }
-    }
-    Ok(order[keep - 1] as u32)
 }

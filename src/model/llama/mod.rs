@@ -23,15 +23,17 @@ pub mod hooks;
 pub mod loss;
 pub mod rope;
 pub(crate) mod rows;
+pub mod sample;
 mod weights;
 
 pub use weights::LoadProgress;
 
 pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
-pub use generate::{argmax, sample, GenerationConfig, KvCache};
+pub use generate::{GenerationConfig, KvCache};
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
 pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
+pub use sample::{argmax, sample};
 
 use self::rope::RopeCache;
 use self::weights::Loader;

@@ -1,0 +1,382 @@
+// Sampling on the GPU: one token a row of logits, drawn by transformers'
+// rule (logits / temperature, then top-k, then top-p, then a draw from the
+// softmax of what is kept), so sampled decoding reads back a token, not V
+// logits, and submits the next step before it reads this one's (as greedy
+// decoding does with argmax_rows).
+//
+// The draw is the Gumbel-max race: token = argmax over the kept i of
+// s_i − ln E_i, with s = logits / temperature and E_i a standard exponential
+// from a hash of (seed, draw, i). That is a draw from softmax(s) over the
+// kept set, with no prefix sums and no order to agree on. Ties keep the lower
+// index. `model::llama::sample` is the same rule on the CPU.
+//
+//   sample_slices  workgroup (slice, row): the slice's SLICE values. Writes the
+//                  slice's CANDIDATES most likely (key, index) pairs, unordered
+//                  (fewer where it has fewer values; the rest key 0), and the
+//                  slice's statistics (stats below).
+//   sample_pick    workgroup row: merges the statistics, selects the row's
+//                  CANDIDATES most likely of the slices' candidates, sorts them,
+//                  and applies top-k, top-p and the draw. Where the kept set
+//                  does not lie within the candidates (a top-k past them, or a
+//                  nucleus wider than them), it writes the flag UNDECIDED and
+//                  the host draws from the row (`kernels::sample`).
+//
+// "Most likely" is the order of (score, then lower index): each value is the
+// composite (order_key(s), ~index), unique per row, and the CANDIDATES largest
+// are found by a radix select, eight 8-bit digits from the top, each a
+// workgroup histogram (integer atomics) and a suffix scan.
+//
+// Prelude constants: WG (256, one invocation a histogram bin), CANDIDATES
+// (at most WG). order_key.wgsl and workgroup_reduce.wgsl come before this file.
+
+const SLICE: u32 = WG * 8u;  // values a sample_slices workgroup covers
+const STATS: u32 = 8u;       // words of statistics a slice
+const DECIDED: u32 = 0u;     // flags
+const UNDECIDED: u32 = 1u;
+const NO_TOKEN: u32 = 2u;
+
+struct Params {
+    n: u32,            // values a row (the vocabulary)
+    rows: u32,
+    slices: u32,       // ceil(n / SLICE)
+    top_k: u32,        // 0 = off
+    top_p: f32,        // 1 = off
+    temperature: f32,  // > 0
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,         // row r draws with draw + r
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;             // (rows, n)
+@group(0) @binding(2) var<storage, read_write> cand: array<vec2<u32>>;   // (rows, slices, CANDIDATES): (key, index)
+// (rows, slices, STATS): the slice's largest score key (0: no value), Σ exp(s −
+// its largest) (f32 bits; 0 unless that is finite), the largest logit's key
+// and index, the count of values (not NaN), the largest s − ln E's key and index.
+@group(0) @binding(3) var<storage, read_write> stats: array<u32>;
+@group(0) @binding(4) var<storage, read_write> tokens: array<u32>;       // (2 · rows): the tokens, then their flags
+
+var<workgroup> hist: array<atomic<u32>, WG>;
+var<workgroup> suffix: array<u32, WG>;
+var<workgroup> picked: vec4<u32>;         // a digit's bin, the count above it and in it
+var<workgroup> fill: atomic<u32>;
+var<workgroup> slice_max: atomic<u32>;
+var<workgroup> slice_count: atomic<u32>;
+var<workgroup> shared_word: u32;          // a count every invocation needs (workgroupUniformLoad)
+var<workgroup> merged: array<u32, STATS>;  // sample_pick: the row's statistics; [7] the candidates present
+var<workgroup> top_key: array<u32, CANDIDATES>;
+var<workgroup> top_index: array<u32, CANDIDATES>;
+var<workgroup> sorted_key: array<u32, CANDIDATES>;
+var<workgroup> sorted_index: array<u32, CANDIDATES>;
+
+// The PCG hash (Jarzynski and Olano, 2020), `kernels::sample::pcg` on the CPU.
+fn pcg(v: u32) -> u32 {
+    let s = v * 747796405u + 2891336453u;
+    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+    return (w >> 22u) ^ w;
+}
+
+// The hash every value of row `row` mixes its index into.
+fn draw_base(row: u32) -> u32 { return pcg(pcg(pcg(p.seed_lo) ^ p.seed_hi) ^ (p.draw + row)); }
+
+// −ln U for U = (k + ½) / 2²³, k the hash's top 23 bits: a standard
+// exponential. Near U = 1 (E small, the likeliest winners) a series in
+// 1 − U, which is exact there, instead of log's absolute error.
+fn exponential(bits: u32) -> f32 {
+    let k = f32(bits >> 9u);
+    let d = (8388607.5 - k) * (1.0 / 8388608.0);  // 1 − U
+    if (d < 0.125) {
+        return d * (1.0 + d * (0.5 + d * (0.33333334 + d * (0.25 + d * (0.2 + d * (0.16666667 + d * (0.14285715 + d * 0.125)))))));
+    }
+    return -log((k + 0.5) * (1.0 / 8388608.0));
+}
+
+// s − ln E for value i of a row with hash base `base`.
+fn gumbel(s: f32, base: u32, i: u32) -> f32 { return s - log(exponential(pcg(base ^ i))); }
+
+// Whether an order key is a finite value's (integers: no float rule applies).
+fn finite_key(k: u32) -> bool { return k > 0x007fffffu && k < 0xff800000u; }
+
+// Item e of the selection as the composite (key, ~index), key 0 when absent:
+// in sample_slices (slices) value e of the slice, else candidate e of the row.
+fn item(slices: bool, row: u32, slice: u32, e: u32) -> vec2<u32> {
+    if (slices) {
+        let i = slice * SLICE + e;
+        if (e >= SLICE || i >= p.n) { return vec2<u32>(0u); }
+        let v = logits[row * p.n + i];
+        if (is_nan_bits(v)) { return vec2<u32>(0u); }
+        return vec2<u32>(order_key(v / p.temperature), ~i);
+    }
+    if (e >= p.slices * CANDIDATES) { return vec2<u32>(0u); }
+    let c = cand[row * p.slices * CANDIDATES + e];
+    return vec2<u32>(c.x, ~c.y);
+}
+
+// Whether composite c agrees with `prefix` on the digits before digit d
+// (digit 0 is the key's top byte, digit 7 the index's lowest).
+fn agrees(c: vec2<u32>, prefix: vec2<u32>, d: u32) -> bool {
+    if (d < 4u) {
+        if (d == 0u) { return true; }
+        let mask = ~0u << (32u - 8u * d);
+        return (c.x & mask) == prefix.x;
+    }
+    if (c.x != prefix.x) { return false; }
+    if (d == 4u) { return true; }
+    let mask = ~0u << (32u - 8u * (d - 4u));
+    return (c.y & mask) == prefix.y;
+}
+
+fn digit(c: vec2<u32>, d: u32) -> u32 {
+    if (d < 4u) { return (c.x >> (24u - 8u * d)) & 0xffu; }
+    return (c.y >> (24u - 8u * (d - 4u))) & 0xffu;
+}
+
+// The `need`-th largest composite of the `count` items (1 ≤ need ≤ the items
+// present), so exactly `need` items are ≥ it. Called from uniform control
+// flow by every invocation.
+fn select_nth(slices: bool, row: u32, slice: u32, count: u32, need: u32, lid: u32) -> vec2<u32> {
+    var prefix = vec2<u32>(0u);
+    var remaining = need;
+    for (var d = 0u; d < 8u; d++) {
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var e = lid; e < count; e += WG) {
+            let c = item(slices, row, slice, e);
+            if (c.x != 0u && agrees(c, prefix, d)) { atomicAdd(&hist[digit(c, d)], 1u); }
+        }
+        workgroupBarrier();
+        let own = atomicLoad(&hist[lid]);
+        suffix[lid] = own;
+        workgroupBarrier();
+        // suffix[b] = Σ hist[b'] over b' ≥ b (Hillis–Steele).
+        for (var off = 1u; off < WG; off *= 2u) {
+            var v = suffix[lid];
+            if (lid + off < WG) { v += suffix[lid + off]; }
+            workgroupBarrier();
+            suffix[lid] = v;
+            workgroupBarrier();
+        }
+        let above = suffix[lid] - own;
+        if (above < remaining && suffix[lid] >= remaining) { picked = vec4<u32>(lid, above, own, 0u); }
+        let pick = workgroupUniformLoad(&picked);
+        if (d < 4u) {
+            prefix.x |= pick.x << (24u - 8u * d);
+        } else {
+            prefix.y |= pick.x << (24u - 8u * (d - 4u));
+        }
+        remaining -= pick.y;
+        // Every item of the bin is wanted: the prefix, lower digits 0, is the threshold.
+        if (pick.z == remaining) { break; }
+    }
+    return prefix;
+}
+
+// Composite a ≥ composite b.
+fn at_least(a: vec2<u32>, b: vec2<u32>) -> bool { return a.x > b.x || (a.x == b.x && a.y >= b.y); }
+
+@compute @workgroup_size(WG)
+fn sample_slices(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let slice = wid.x;
+    let row = wid.y;
+    if (lid == 0u) {
+        atomicStore(&fill, 0u);
+        atomicStore(&slice_max, 0u);
+        atomicStore(&slice_count, 0u);
+    }
+    workgroupBarrier();
+    // The largest score, the count, and the largest logit.
+    var raw_key = 0u;
+    var raw_index = 0u;
+    var count = 0u;
+    var top = 0u;
+    for (var e = lid; e < SLICE; e += WG) {
+        let i = slice * SLICE + e;
+        if (i < p.n) {
+            let v = logits[row * p.n + i];
+            if (!is_nan_bits(v)) {
+                count += 1u;
+                top = max(top, order_key(v / p.temperature));
+                let kv = order_key(v);
+                if (kv > raw_key) {  // this invocation's values rise in index
+                    raw_key = kv;
+                    raw_index = i;
+                }
+            }
+        }
+    }
+    atomicMax(&slice_max, top);
+    atomicAdd(&slice_count, count);
+    let raw = workgroup_best(lid, raw_key, raw_index);
+    let largest = atomicLoad(&slice_max);
+    if (lid == 0u) { shared_word = atomicLoad(&slice_count); }
+    let values = workgroupUniformLoad(&shared_word);
+    let m = key_value(largest);
+    // Σ exp(s − m) and the race over every value.
+    let base = draw_base(row);
+    var sum = 0.0;
+    var g_key = 0u;
+    var g_index = 0u;
+    for (var e = lid; e < SLICE; e += WG) {
+        let c = item(true, row, slice, e);
+        if (c.x != 0u) {
+            let s = key_value(c.x);
+            let i = ~c.y;
+            if (finite_key(largest)) { sum += exp(s - m); }
+            let kg = order_key(gumbel(s, base, i));
+            if (beats(g_key, g_index, kg, i)) {
+                g_key = kg;
+                g_index = i;
+            }
+        }
+    }
+    let total = workgroup_sum(lid, sum);
+    let race = workgroup_best(lid, g_key, g_index);
+    let at = (row * p.slices + slice) * STATS;
+    if (lid == 0u) {
+        stats[at] = largest;
+        stats[at + 1u] = bitcast<u32>(total);
+        stats[at + 2u] = raw.x;
+        stats[at + 3u] = raw.y;
+        stats[at + 4u] = values;
+        stats[at + 5u] = race.x;
+        stats[at + 6u] = race.y;
+        stats[at + 7u] = 0u;
+    }
+    // The slice's candidates.
+    let need = min(values, CANDIDATES);
+    let out = (row * p.slices + slice) * CANDIDATES;
+    if (need > 0u) {
+        let threshold = select_nth(true, row, slice, SLICE, need, lid);
+        for (var e = lid; e < SLICE; e += WG) {
+            let c = item(true, row, slice, e);
+            if (c.x != 0u && at_least(c, threshold)) { cand[out + atomicAdd(&fill, 1u)] = vec2<u32>(c.x, ~c.y); }
+        }
+    }
+    for (var j = need + lid; j < CANDIDATES; j += WG) { cand[out + j] = vec2<u32>(0u); }
+}
+
+// Thread 0 of sample_pick: the row's statistics from its slices' into
+// `merged` (largest score key, Σ exp(s − largest) as f32 bits, largest logit's
+// key and index, values, race winner's key and index, candidates present).
+fn merge_slices(row: u32) {
+    var largest = 0u;
+    for (var s = 0u; s < p.slices; s++) { largest = max(largest, stats[(row * p.slices + s) * STATS]); }
+    let m = key_value(largest);
+    let finite = finite_key(largest);
+    var sum = 0.0;
+    var raw = vec2<u32>(0u);
+    var race = vec2<u32>(0u);
+    var values = 0u;
+    var present = 0u;
+    for (var s = 0u; s < p.slices; s++) {
+        let at = (row * p.slices + s) * STATS;
+        let sm = stats[at];
+        if (finite && sm != 0u) { sum += bitcast<f32>(stats[at + 1u]) * exp(key_value(sm) - m); }
+        if (beats(raw.x, raw.y, stats[at + 2u], stats[at + 3u])) { raw = vec2<u32>(stats[at + 2u], stats[at + 3u]); }
+        if (beats(race.x, race.y, stats[at + 5u], stats[at + 6u])) { race = vec2<u32>(stats[at + 5u], stats[at + 6u]); }
+        values += stats[at + 4u];
+        present += min(stats[at + 4u], CANDIDATES);
+    }
+    merged[0] = largest;
+    merged[1] = bitcast<u32>(sum);
+    merged[2] = raw.x;
+    merged[3] = raw.y;
+    merged[4] = values;
+    merged[5] = race.x;
+    merged[6] = race.y;
+    merged[7] = present;
+}
+
+// Thread 0 of sample_pick: the token of a row whose `need` most likely values
+// are in sorted_key / sorted_index, largest first, as (token, flag).
+fn decide(row: u32, need: u32) -> vec2<u32> {
+    let values = merged[4];
+    if (values == 0u) { return vec2<u32>(0u, NO_TOKEN); }
+    if (!finite_key(merged[0])) { return vec2<u32>(merged[3], DECIDED); }  // as the CPU: the largest logit
+    let m = key_value(merged[0]);
+    // The kept set so far: the first `kept` candidates, complete when no
+    // value outside them is kept; `total` their Σ exp(s − m) (all values' while
+    // top-k is off).
+    var kept = need;
+    var complete = values <= CANDIDATES;
+    var total = bitcast<f32>(merged[1]);
+    if (p.top_k > 0u && p.top_k < values) {
+        if (p.top_k > need) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        let kth = sorted_key[p.top_k - 1u];
+        kept = p.top_k;
+        while (kept < need && sorted_key[kept] == kth) { kept++; }
+        // Ties at the k-th past the candidates: the kept set is not known.
+        if (kept == need && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        complete = true;
+        total = 0.0;
+        for (var j = 0u; j < kept; j++) { total += exp(key_value(sorted_key[j]) - m); }
+    }
+    if (p.top_p < 1.0) {
+        var cum = 0.0;
+        var found = false;
+        for (var j = 0u; j < kept; j++) {
+            cum += exp(key_value(sorted_key[j]) - m) / total;
+            if (cum >= p.top_p) {
+                kept = j + 1u;
+                found = true;
+                break;
+            }
+        }
+        if (!found && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        complete = true;
+    }
+    // Nothing cut: the race over every value, which sample_slices ran.
+    if (!complete) { return vec2<u32>(merged[6], DECIDED); }
+    let base = draw_base(row);
+    var best = vec2<u32>(0u);
+    for (var j = 0u; j < kept; j++) {
+        let i = sorted_index[j];
+        let kg = order_key(gumbel(key_value(sorted_key[j]), base, i));
+        if (beats(best.x, best.y, kg, i)) { best = vec2<u32>(kg, i); }
+    }
+    return vec2<u32>(best.y, DECIDED);
+}
+
+@compute @workgroup_size(WG)
+fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x;
+    if (lid == 0u) {
+        merge_slices(row);
+        atomicStore(&fill, 0u);
+        shared_word = merged[7];
+    }
+    let present = workgroupUniformLoad(&shared_word);
+    let need = min(present, CANDIDATES);
+    let count = p.slices * CANDIDATES;
+    if (need > 0u) {
+        let threshold = select_nth(false, row, 0u, count, need, lid);
+        for (var e = lid; e < count; e += WG) {
+            let c = item(false, row, 0u, e);
+            if (c.x != 0u && at_least(c, threshold)) {
+                let slot = atomicAdd(&fill, 1u);
+                top_key[slot] = c.x;
+                top_index[slot] = ~c.y;
+            }
+        }
+    }
+    workgroupBarrier();
+    // Sort by rank: each candidate counts those more likely.
+    if (lid < need) {
+        let mine = vec2<u32>(top_key[lid], ~top_index[lid]);
+        var rank = 0u;
+        for (var j = 0u; j < need; j++) {
+            if (j != lid && at_least(vec2<u32>(top_key[j], ~top_index[j]), mine)) { rank++; }
+        }
+        sorted_key[rank] = top_key[lid];
+        sorted_index[rank] = top_index[lid];
+    }
+    workgroupBarrier();
+    if (lid == 0u) {
+        let pick = decide(row, need);
+        tokens[row] = pick.x;
+        tokens[p.rows + row] = pick.y;
+    }
+}

@@ -1,0 +1,68 @@
+//! CPU reference for `shaders/sample.wgsl` (and `model::llama::sample`):
+//! transformers' sampling rule written as plainly as possible. Every value
+//! is sorted by (score descending, index ascending) with a comparator, top-k
+//! keeps the scores ≥ the k-th, top-p the shortest prefix whose probability
+//! (f64) reaches top_p, and the race picks the kept token with the largest
+//! score − ln E (`kernels::sample::race_noise`), the lower index on ties.
+
+use crate::kernels::sample::{draw_base, race_noise, Sampling};
+
+/// What the rule makes of one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draw {
+    /// The token (None for a row of NaNs only, or an empty one).
+    pub token: Option<u32>,
+    /// The kept tokens, most likely first (empty where the largest score is
+    /// not finite: then the token is the largest logit's).
+    pub kept: Vec<usize>,
+    /// Each kept token's race value, in `kept`'s order.
+    pub race: Vec<f64>,
+    /// Values that are not NaN.
+    pub values: usize,
+}
+
+/// The draw from `logits` (V) with `sampling` (row 0: draw `sampling.draw`).
+pub fn sample_row(logits: &[f32], sampling: &Sampling) -> Draw {
+    let scores: Vec<f32> = logits.iter().map(|&l| l / sampling.temperature).collect();
+    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !scores[i].is_nan()).collect();
+    let values = order.len();
+    let none = Draw { token: None, kept: Vec::new(), race: Vec::new(), values };
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
+    let Some(&first) = order.first() else { return none };
+    let max = scores[first];
+    if !max.is_finite() {
+        let mut top = first;
+        for &i in &order {
+            if logits[i] > logits[top] || (logits[i] == logits[top] && i < top) {
+                top = i;
+            }
+        }
+        return Draw { token: Some(top as u32), ..none };
+    }
+    let mut kept = order;
+    if sampling.top_k > 0 && sampling.top_k < values {
+        let kth = scores[kept[sampling.top_k - 1]];
+        kept.retain(|&i| scores[i] >= kth);
+    }
+    if sampling.top_p < 1.0 {
+        let weights: Vec<f64> = kept.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut cum = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            cum += w / sum;
+            if cum >= sampling.top_p as f64 {
+                kept.truncate(n + 1);
+                break;
+            }
+        }
+    }
+    let base = draw_base(sampling.seed, sampling.draw);
+    let race: Vec<f64> = kept.iter().map(|&i| scores[i] as f64 - race_noise(base, i as u32)).collect();
+    let mut best = 0;
+    for n in 1..kept.len() {
+        if race[n] > race[best] || (race[n] == race[best] && kept[n] < kept[best]) {
+            best = n;
+        }
+    }
+    Draw { token: Some(kept[best] as u32), kept, race, values }
+}

@@ -1,0 +1,169 @@
+//! Sampling a token from each row of logits on the GPU (`shaders/sample.wgsl`),
+//! so sampled decoding reads back a token, not V logits, and submits the next
+//! step before the draw is read, as greedy decoding does.
+//!
+//! The rule is transformers': scores = logits / temperature, then top-k (ties
+//! at the k-th kept), then top-p (the smallest most-likely prefix reaching
+//! top_p), then a draw from the softmax of what is kept. The draw is the
+//! Gumbel-max race: the kept token with the largest s − ln E, E a standard
+//! exponential from [`pcg`] of (seed, draw, index) ([`race_noise`]). That is a
+//! draw from softmax(s) over the kept set, needing no prefix sums, and the
+//! CPU ([`crate::model::llama::sample`]) draws the same token from the same
+//! (seed, draw) up to float rounding.
+//!
+//! Two launches: `sample_slices` (one workgroup per 2048 values of a row)
+//! keeps each slice's [`CANDIDATES`] most likely values and its statistics;
+//! `sample_pick` (one workgroup a row) sorts the row's [`CANDIDATES`] most
+//! likely and decides. Where the kept set does not lie within them (top-k ≥
+//! [`CANDIDATES`], ties at the k-th past them, or a nucleus wider than them),
+//! the row's flag is [`UNDECIDED`] and the caller draws from the row on the
+//! CPU. With neither top-k nor top-p the race runs over the whole row and
+//! always decides.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, u32_count};
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+const WG: u32 = 256;
+/// Values a `sample_slices` workgroup covers (WG · 8).
+const SLICE: usize = 2048;
+/// The most likely values `sample_pick` sorts: top-k below this decides on the GPU.
+pub const CANDIDATES: usize = 128;
+/// Words of statistics a slice.
+const STATS: usize = 8;
+
+/// A row's flag: its token was drawn.
+pub const DECIDED: u32 = 0;
+/// A row's flag: the kept set reaches past the candidates; draw on the CPU.
+pub const UNDECIDED: u32 = 1;
+/// A row's flag: every value is NaN (or the row is empty).
+pub const NO_TOKEN: u32 = 2;
+
+/// The settings of one draw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Scores are logits / temperature (finite, > 0).
+    pub temperature: f32,
+    /// Keep the k most likely (ties at the k-th too); 0 = off.
+    pub top_k: usize,
+    /// Keep the smallest most-likely set reaching this probability, in (0, 1]; 1 = off.
+    pub top_p: f32,
+    /// With `draw`, what the race's noise is hashed from.
+    pub seed: u64,
+    /// Which draw of the seed this is (a generation's token number); row r
+    /// of a launch draws with `draw + r`.
+    pub draw: u32,
+}
+
+impl Sampling {
+    /// Checks temperature and top_p, naming `op` in the error.
+    pub fn validate(&self, op: &'static str) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::invalid(op, format!("temperature must be finite and > 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::invalid(op, format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+
+    /// Whether the GPU can decide every row: top-k off or below [`CANDIDATES`]
+    /// (a row may still come back [`UNDECIDED`] where its nucleus is wider).
+    pub fn fits_gpu(&self) -> bool {
+        self.top_k < CANDIDATES
+    }
+}
+
+/// The PCG hash (Jarzynski and Olano, "Hash Functions for GPU Rendering", 2020).
+pub fn pcg(v: u32) -> u32 {
+    let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
+    (w >> 22) ^ w
+}
+
+/// The hash a draw mixes each index into.
+pub fn draw_base(seed: u64, draw: u32) -> u32 {
+    pcg(pcg(pcg(seed as u32) ^ (seed >> 32) as u32) ^ draw)
+}
+
+/// ln E for the token at `index`: E = −ln U, U = (k + ½) / 2²³ from the top
+/// 23 bits of `pcg(base ^ index)`, a standard exponential. The race's value
+/// of a token is its score minus this.
+pub fn race_noise(base: u32, index: u32) -> f64 {
+    let k = (pcg(base ^ index) >> 9) as f64;
+    let u = (k + 0.5) / 8_388_608.0;
+    (-u.ln()).ln()
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    rows: u32,
+    slices: u32,
+    top_k: u32,
+    top_p: f32,
+    temperature: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    _pad: [u32; 3],
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Sample, entry).with("WG", Const::U32(WG)).with("CANDIDATES", Const::U32(CANDIDATES as u32))
+}
+
+/// One token from each row of `logits` (rows, V) f32: a (2 · rows) u32
+/// tensor, the tokens then their flags ([`DECIDED`], [`UNDECIDED`] with the
+/// most likely token in its place, or [`NO_TOKEN`] with 0). `reshape_prefix(&[rows])`
+/// views the tokens alone.
+pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> Result<Tensor> {
+    const OP: &str = "sample_rows";
+    all_f32(OP, &[("logits", logits)])?;
+    let &[rows, n] = logits.shape() else {
+        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
+    };
+    sampling.validate(OP)?;
+    u32_count(OP, "element count", rows * n)?;
+    let slices = n.div_ceil(SLICE);
+    let limit = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    if rows > limit || slices > limit {
+        return Err(Error::shape(
+            OP,
+            format!("logits {:?} need more workgroups than one dispatch holds", logits.shape()),
+        ));
+    }
+    let tokens = rec.alloc(&[2 * rows], DType::U32)?;
+    if rows == 0 {
+        return Ok(tokens);
+    }
+    let cand = rec.alloc(&[(rows * slices * CANDIDATES).max(1), 2], DType::U32)?;
+    let stats = rec.alloc(&[(rows * slices * STATS).max(1)], DType::U32)?;
+    let p = Params {
+        n: n as u32,
+        rows: rows as u32,
+        slices: slices as u32,
+        top_k: u32::try_from(sampling.top_k).unwrap_or(u32::MAX),
+        top_p: sampling.top_p,
+        temperature: sampling.temperature,
+        seed_lo: sampling.seed as u32,
+        seed_hi: (sampling.seed >> 32) as u32,
+        draw: sampling.draw,
+        _pad: [0; 3],
+    };
+    if slices > 0 {
+        let bound = [(1, logits), (2, &cand), (3, &stats)];
+        rec.dispatch_bound(&key("sample_slices"), &p, &bound, [slices as u32, rows as u32, 1])?;
+    }
+    let bound = [(1, logits), (2, &cand), (3, &stats), (4, &tokens)];
+    rec.dispatch_bound(&key("sample_pick"), &p, &bound, [rows as u32, 1, 1])?;
+    Ok(tokens)
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    ["sample_slices", "sample_pick"].map(key).to_vec()
+}

@@ -1,0 +1,121 @@
+//! The CPU's token pick from a row of logits: greedy's argmax, and sampling
+//! by transformers' rule (temperature → top-k → top-p → a draw from the
+//! softmax of what is kept). The draw is the race of `kernels::sample`: the
+//! kept token with the largest score − ln E, E hashed from (seed, draw,
+//! index), so the GPU's `sample_rows` picks the same token up to float
+//! rounding. Decoding draws on the GPU; this is its fallback where the GPU's
+//! candidates do not hold the kept set, and a pick for rows already on the CPU.
+
+use super::GenerationConfig;
+use crate::error::{Error, Result};
+use crate::kernels::sample::{draw_base, race_noise};
+
+/// The index of the largest logit, the lowest on ties (as `torch.argmax`);
+/// NaNs are skipped. None for an empty row or one of NaNs only.
+pub fn argmax(logits: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        match best {
+            Some((_, b)) if v <= b => {}
+            _ => best = Some((i, v)),
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// The sort key of token `index`'s score (not NaN): ascending keys are
+/// descending scores, ties (−0 and 0 too, as `partial_cmp` has them) by
+/// ascending index, which is the low 32 bits.
+fn rank_key(score: f32, index: usize) -> u64 {
+    let bits = (score + 0.0).to_bits(); // −0 + 0 = +0
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    (u64::from(!ascending) << 32) | index as u64
+}
+
+/// A row of logits with no token to pick, on the CPU or on the GPU.
+pub(crate) fn no_token() -> Error {
+    Error::invalid("sample", "the logits row is empty or all NaN")
+}
+
+/// Picks token number `draw` of a generation from one row of logits (V):
+/// [`argmax`] when greedy, else transformers' order: logits / temperature,
+/// then top-k, then top-p, then the race over what is left (the kept token
+/// with the largest score − ln E, E from `config.seed` and `draw`; lowest
+/// index on ties). A row whose largest score is not finite gives its argmax.
+pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u32> {
+    let pick = |i: Option<usize>| i.map(|i| i as u32).ok_or_else(no_token);
+    if config.greedy {
+        return pick(argmax(logits));
+    }
+    config.validate()?;
+    let top = pick(argmax(logits))? as usize;
+    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
+    let base = draw_base(config.seed, draw);
+    if (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 {
+        // Nothing is cut: the race runs over every value, in index order, unsorted.
+        let max = scores.iter().filter(|s| !s.is_nan()).fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if !max.is_finite() {
+            return Ok(top as u32);
+        }
+        return pick(race(&scores, (0..scores.len()).filter(|&i| !scores[i].is_nan()), base));
+    }
+    // Candidates, most likely first (lower index first on ties), as integer
+    // keys: a vocabulary of 128k is sorted in a few ms this way, not 15.
+    let mut keys: Vec<u64> =
+        scores.iter().enumerate().filter(|(_, s)| !s.is_nan()).map(|(i, &s)| rank_key(s, i)).collect();
+    // top-k: keep scores ≥ the k-th largest, found without sorting them all.
+    if config.top_k > 0 && config.top_k < keys.len() {
+        let kth = *keys.select_nth_unstable(config.top_k - 1).1 >> 32;
+        keys.retain(|&k| k >> 32 <= kth);
+        keys.sort_unstable();
+    } else {
+        // Still in index order: a stable sort by the score's half keeps ties so.
+        radsort::sort_by_key(&mut keys, |&k| (k >> 32) as u32);
+    }
+    let order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
+    let max = scores[order[0]];
+    if !max.is_finite() {
+        return Ok(top as u32);
+    }
+    // top-p: the smallest prefix whose probability reaches top_p, at least one.
+    let mut keep = order.len();
+    if config.top_p < 1.0 {
+        let weights: Vec<f64> = order.iter().map(|&i| ((scores[i] - max) as f64).exp()).collect();
+        let sum: f64 = weights.iter().sum();
+        let mut cum = 0.0;
+        for (n, w) in weights.iter().enumerate() {
+            cum += w / sum;
+            if cum >= config.top_p as f64 {
+                keep = n + 1;
+                break;
+            }
+        }
+    }
+    pick(race(&scores, order[..keep].iter().copied(), base))
+}
+
+/// The most a token's race value exceeds its score: −ln E ≤ −ln(−ln(1 − 2⁻²⁴)).
+const MOST_NOISE: f64 = 16.64;
+
+/// The race's winner among `kept`: the largest score − ln E (`race_noise`),
+/// the lower index on ties. Where `kept` comes most likely first, it stops
+/// at the first token whose score is too low to win with any noise.
+fn race(scores: &[f32], kept: impl Iterator<Item = usize>, base: u32) -> Option<usize> {
+    let mut best: Option<(f64, usize)> = None;
+    for i in kept {
+        let score = scores[i] as f64;
+        if let Some((b, _)) = best {
+            if score + MOST_NOISE < b {
+                continue;
+            }
+        }
+        let value = score - race_noise(base, i as u32);
+        if best.is_none_or(|(b, bi)| value > b || (value == b && i < bi)) {
+            best = Some((value, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}

@@ -1,0 +1,222 @@
+//! Sampling: the GPU's draw (`sample_rows`) and the CPU's (`sample`) against
+//! the reference's full sort, on seeded random rows at odd sizes with ties,
+//! NaN, ±∞ and ±0, under every kind of setting; the draw's frequencies
+//! against the kept softmax; and bad settings as typed errors.
+
+mod common;
+use common::{block_on, gpu};
+use webpeft::gpu::Recorder;
+use webpeft::kernels::reference::sample::{sample_row, Draw};
+use webpeft::kernels::sample::{sample_rows, Sampling, CANDIDATES, DECIDED, NO_TOKEN, UNDECIDED};
+use webpeft::model::llama::{argmax, sample, GenerationConfig};
+use webpeft::util::rng::Rng;
+use webpeft::{DType, Error, Tensor};
+
+/// A random row of `v` logits: mostly spread values at `scale`, some ties,
+/// and where `special`, some NaN, ±∞ and ±0.
+fn row(gen: &mut Rng, v: usize, scale: f32, special: bool) -> Vec<f32> {
+    let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.5, -1.5];
+    (0..v)
+        .map(|_| match gen.below(20) {
+            0 if special => specials[gen.below(specials.len())],
+            1..=3 => (gen.below(5) as f32 - 2.0) * 0.5, // ties
+            _ => (gen.uniform() as f32 - 0.5) * scale,
+        })
+        .collect()
+}
+
+/// (token, flag) of each row, drawn on the GPU.
+fn gpu_draw(rows: &[Vec<f32>], sampling: &Sampling) -> Vec<(u32, u32)> {
+    let gpu = gpu();
+    let v = rows[0].len();
+    let t = Tensor::from_slice(gpu, &[rows.len(), v], &rows.concat()).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let picked = sample_rows(&mut rec, &t, sampling).unwrap();
+    rec.submit().unwrap();
+    let words: Vec<u32> = block_on(picked.to_vec(gpu)).unwrap();
+    (0..rows.len()).map(|r| (words[r], words[rows.len() + r])).collect()
+}
+
+/// Whether the GPU's decided `token` is the reference's, or differs only by
+/// float rounding: the same token under top_p ± 1e-5, or a kept token whose
+/// race value is within 1e-4 of the winner's.
+fn agrees(token: u32, want: &Draw, logits: &[f32], sampling: &Sampling) -> bool {
+    if want.token == Some(token) {
+        return true;
+    }
+    let nudged = |dp: f32| sample_row(logits, &Sampling { top_p: (sampling.top_p + dp).min(1.0), ..*sampling }).token;
+    if nudged(1e-5) == Some(token) || nudged(-1e-5) == Some(token) {
+        return true;
+    }
+    let best = want.race.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    want.kept.iter().zip(&want.race).any(|(&i, &r)| i as u32 == token && r >= best - 1e-4)
+}
+
+#[test]
+fn gpu_draws_match_the_reference() {
+    let mut gen = Rng::new(2026);
+    let sizes = [1, 5, 127, 128, 129, 300, 2047, 2049, 5003, 40_000];
+    let settings = [
+        (1.0, 0, 1.0),
+        (0.7, 0, 0.9),
+        (1.3, 50, 1.0),
+        (0.8, 20, 0.95),
+        (2.0, 0, 0.5),
+        (1.0, 127, 1.0),
+        (1.0, 1, 1.0),
+        (3.0, 0, 0.99),
+        (0.5, 100, 0.8),
+    ];
+    let (mut rows_seen, mut rounding, mut undecided) = (0, 0, 0);
+    for (case, &v) in sizes.iter().enumerate() {
+        for (s, &(temperature, top_k, top_p)) in settings.iter().enumerate() {
+            let scale = [2.0, 8.0, 30.0][(case + s) % 3];
+            let rows: Vec<Vec<f32>> = (0..3).map(|r| row(&mut gen, v, scale, r == 1)).collect();
+            let sampling = Sampling { temperature, top_k, top_p, seed: 1000 + case as u64, draw: 7 * s as u32 };
+            for (r, &(token, flag)) in gpu_draw(&rows, &sampling).iter().enumerate() {
+                let own = Sampling { draw: sampling.draw + r as u32, ..sampling };
+                let want = sample_row(&rows[r], &own);
+                let what = format!("V {v}, row {r}, {own:?}: GPU ({token}, flag {flag}), reference {want:?}");
+                rows_seen += 1;
+                match flag {
+                    NO_TOKEN => assert_eq!(want.token, None, "{what}"),
+                    UNDECIDED => {
+                        // Only where the kept set reaches past the candidates.
+                        assert!(want.kept.len() + 1 >= CANDIDATES && want.values > CANDIDATES, "{what}");
+                        undecided += 1;
+                    }
+                    DECIDED => {
+                        let cut = top_k > 0 && top_k < want.values || top_p < 1.0;
+                        assert!(!(cut && want.kept.len() > CANDIDATES + 1), "decided past the candidates: {what}");
+                        assert!(agrees(token, &want, &rows[r], &own), "{what}");
+                        if want.token != Some(token) {
+                            eprintln!("rounding: {what}");
+                            rounding += 1;
+                        }
+                    }
+                    _ => panic!("flag {flag}: {what}"),
+                }
+            }
+        }
+    }
+    eprintln!("{rows_seen} rows, {undecided} undecided, {rounding} within rounding");
+    assert!(undecided > 0, "no row reached past the candidates");
+    assert!(rounding * 100 <= rows_seen, "{rounding} of {rows_seen} rows differ by rounding");
+}
+
+/// Many rows of the same logits draw independently (row r draws with draw
+/// + r): their frequencies follow the softmax of the kept set.
+#[test]
+fn gpu_draws_follow_the_kept_softmax() {
+    let logits = [0.3f32, -1.0, 2.0, 1.1, 0.0, 2.0, -0.5, 0.9, -3.0, 1.6];
+    let n = 4000;
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.5, 0, 0.8)] {
+        let sampling = Sampling { temperature, top_k, top_p, seed: 5, draw: 0 };
+        let draws = gpu_draw(&vec![logits.to_vec(); n], &sampling);
+        let kept = sample_row(&logits, &sampling).kept;
+        let max = kept.iter().map(|&i| logits[i] / temperature).fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = kept.iter().map(|&i| ((logits[i] / temperature - max) as f64).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut seen = vec![0usize; logits.len()];
+        for &(token, flag) in &draws {
+            assert_eq!(flag, DECIDED);
+            seen[token as usize] += 1;
+        }
+        let mut chi2 = 0.0;
+        for (i, &count) in seen.iter().enumerate() {
+            match kept.iter().position(|&k| k == i) {
+                Some(at) => {
+                    let expect = n as f64 * w[at] / total;
+                    chi2 += (count as f64 - expect).powi(2) / expect;
+                }
+                None => assert_eq!(count, 0, "token {i} is not kept: {seen:?}"),
+            }
+        }
+        // χ² with at most 9 degrees of freedom: 27.9 is its 0.1% tail.
+        assert!(chi2 < 27.9, "T {temperature}, top-k {top_k}, top-p {top_p}: χ² {chi2:.1}, {seen:?} over {kept:?}");
+    }
+}
+
+/// `sample` ranks candidates by integer keys and finds top-k's k-th score
+/// without sorting them all: on random rows with ties, NaNs, ±∞ and ±0, at
+/// odd sizes and every kind of setting, it picks the reference's token.
+#[test]
+fn cpu_draws_match_the_reference() {
+    let mut gen = Rng::new(77);
+    // −0 and 0 tie: rows of them only.
+    let zeros = [vec![-0.0f32, 0.0, -0.0, 0.0, f32::NAN], vec![0.0, -0.0, -1.0, -0.0]];
+    for case in 0..400 {
+        let v = 1 + gen.below(300);
+        let logits = zeros.get(case as usize).cloned().unwrap_or_else(|| row(&mut gen, v, 12.0, true));
+        let v = logits.len();
+        let top_k = [0, 1, 2, 7, 50, v, v + 3][gen.below(7)];
+        let top_p = [1.0, 0.9, 0.5, 0.05][gen.below(4)];
+        let temperature = [1.0, 0.7, 1.9][gen.below(3)];
+        let config = GenerationConfig::sampling(1, temperature, top_k, top_p, case);
+        for draw in 0..20 {
+            let want = sample_row(&logits, &config.draw_settings(draw)).token;
+            let got = sample(&logits, &config, draw).ok();
+            assert_eq!(got, want, "case {case} draw {draw}: V {v}, top_k {top_k}, top_p {top_p}, T {temperature}");
+        }
+    }
+}
+
+#[test]
+fn cpu_sampler_keeps_what_the_settings_keep() {
+    assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), Some(1));
+    assert_eq!(argmax(&[]), None);
+    let logits = [0.0f32, 2.0, 1.0, 2.0, -1.0];
+    let draws = |config: &GenerationConfig, l: &[f32], n: u32| -> Vec<usize> {
+        let mut seen = vec![0; l.len()];
+        for draw in 0..n {
+            seen[sample(l, config, draw).unwrap() as usize] += 1;
+        }
+        seen
+    };
+    // top_k = 2 keeps the two tied maxima (1 and 3), never anything else.
+    let seen = draws(&GenerationConfig::sampling(1, 1.0, 2, 1.0, 1), &logits, 400);
+    assert_eq!(seen[0] + seen[2] + seen[4], 0, "{seen:?}");
+    assert!(seen[1] > 100 && seen[3] > 100, "{seen:?}");
+    // top_p small keeps only the most likely (lowest index among ties first).
+    assert_eq!(draws(&GenerationConfig::sampling(1, 1.0, 0, 0.01, 1), &logits, 50)[1], 50);
+    // top_p = 0.9 on probs (0.5, 0.3, 0.15, 0.05): keeps the first three.
+    let l: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|x| x.ln()).collect();
+    let seen = draws(&GenerationConfig::sampling(1, 1.0, 0, 0.9, 1), &l, 2000);
+    assert_eq!(seen[3], 0, "{seen:?}");
+    assert!(seen[2] > 200, "{seen:?}");
+    // Seeded: the same draws from the same seed, others from another.
+    let config = GenerationConfig::sampling(1, 2.0, 0, 1.0, 5);
+    let run = |c: &GenerationConfig| (0..30).map(|d| sample(&logits, c, d).unwrap()).collect::<Vec<_>>();
+    assert_eq!(run(&config), run(&config));
+    assert_ne!(run(&config), run(&GenerationConfig { seed: 6, ..config.clone() }));
+}
+
+#[test]
+fn bad_settings_are_typed_errors() {
+    let gpu = gpu();
+    let logits = Tensor::from_slice(gpu, &[2, 3], &[0.0f32; 6]).unwrap();
+    let ok = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
+    let bad = [
+        (Sampling { temperature: 0.0, ..ok }, &logits, "temperature"),
+        (Sampling { temperature: f32::NAN, ..ok }, &logits, "temperature"),
+        (Sampling { top_p: 0.0, ..ok }, &logits, "top_p"),
+        (Sampling { top_p: 1.5, ..ok }, &logits, "top_p"),
+    ];
+    for (sampling, t, what) in bad {
+        let mut rec = Recorder::new(gpu);
+        let err = sample_rows(&mut rec, t, &sampling).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains(what), "{err}");
+    }
+    let flat = Tensor::from_slice(gpu, &[6], &[0.0f32; 6]).unwrap();
+    let ids = Tensor::zeros(gpu, &[2, 3], DType::U32).unwrap();
+    for t in [&flat, &ids] {
+        let mut rec = Recorder::new(gpu);
+        assert!(sample_rows(&mut rec, t, &ok).is_err(), "{:?} {:?}", t.shape(), t.dtype());
+    }
+    // An empty row has no token.
+    let empty = Tensor::zeros(gpu, &[1, 0], DType::F32).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let picked = sample_rows(&mut rec, &empty, &ok).unwrap();
+    rec.submit().unwrap();
+    assert_eq!(block_on(picked.to_vec::<u32>(gpu)).unwrap(), [0, NO_TOKEN]);
+}
