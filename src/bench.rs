@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod generate;
 pub mod gpu;
+pub mod sample;
 pub mod train;
 
 use std::time::Instant;
@@ -287,6 +288,7 @@ pub async fn kernel_figures(
         }
     }
     out.extend(attention::attention_figures(gpu, repeats, report).await?);
+    out.extend(sample::sample_figures(gpu, repeats, report).await?);
     Ok(out)
 }
 

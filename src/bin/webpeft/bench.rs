@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// (1×512, 32/8 heads of 64), after the sizes of the flash dk/dv launch.
     #[arg(long, conflicts_with_all = ["train", "kernels"])]
     attention: bool,
+    /// Only time drawing a token from a row of 128,256 logits (Zipf-shaped),
+    /// on the GPU and on the CPU, each with its readback.
+    #[arg(long, conflicts_with_all = ["train", "kernels", "attention"])]
+    sampling: bool,
     /// The model folder to train and generate with; without it, two random
     /// models: a tiny one (the fixtures' shape) and a ~29M-parameter one.
     #[arg(long)]
@@ -461,6 +465,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         train,
         kernels,
         attention,
+        sampling,
         model,
         random_model,
         methods,
@@ -509,6 +514,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         webpeft::bench::attention::dkv_launch_sizes().iter().for_each(|line| out!("{line}"));
         print_header(&gpu);
         webpeft::bench::attention::attention_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
+        return Ok(());
+    }
+    if sampling {
+        print_header(&gpu);
+        webpeft::bench::sample::sample_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
         return Ok(());
     }
     if let Some(list) = sweep_blocks {

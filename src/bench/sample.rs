@@ -1,0 +1,81 @@
+//! Sampling figures: one token drawn from a row of Llama 3's 128,256 logits,
+//! as a decoding step pays for it from logits on the GPU to the token on the
+//! CPU. On the GPU (`sample_rows`, reading back the token) against on the
+//! CPU (reading back the row, then `model::llama::sample`). The row is shaped
+//! like a language model's: token of rank r has logit −1.1 · ln r (a Zipf
+//! law), in a shuffled order; `shape` names how many tokens top-p keeps.
+
+use std::time::Instant;
+
+use super::{median, Figure};
+use crate::error::Result;
+use crate::gpu::{Gpu, Recorder, Tensor};
+use crate::kernels::reference::sample::sample_row;
+use crate::kernels::sample::{sample_rows, UNDECIDED};
+use crate::model::llama::{sample, GenerationConfig};
+use crate::util::rng::Rng;
+
+/// Llama 3's vocabulary.
+const VOCAB: usize = 128_256;
+
+/// Per draw, median of `repeats` rounds of 20 draws: (temperature 0.7,
+/// top-p 0.9), (top-k 50) and (temperature 1) each on the GPU and the CPU.
+pub async fn sample_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut(&Figure)) -> Result<Vec<Figure>> {
+    let mut rng = Rng::new(3);
+    let mut logits: Vec<f32> = (1..=VOCAB).map(|rank| -1.1 * (rank as f32).ln()).collect();
+    for i in (1..VOCAB).rev() {
+        logits.swap(i, rng.below(i + 1));
+    }
+    let row = Tensor::from_slice(gpu, &[1, VOCAB], &logits)?;
+    let mut out = Vec::new();
+    for (name, config) in [
+        ("T 0.7, top-p 0.9", GenerationConfig::sampling(1, 0.7, 0, 0.9, 1)),
+        ("top-k 50", GenerationConfig::sampling(1, 1.0, 50, 1.0, 1)),
+        ("T 1", GenerationConfig::sampling(1, 1.0, 0, 1.0, 1)),
+    ] {
+        let kept = sample_row(&logits, &config.draw_settings(0)).kept.len();
+        let shape = format!("{VOCAB} logits, {name} ({kept} kept)");
+        let mut on_gpu = Vec::new();
+        let mut on_cpu = Vec::new();
+        let mut undecided = 0;
+        for _ in 0..repeats + 1 {
+            let start = Instant::now();
+            for draw in 0..20 {
+                let mut rec = Recorder::new(gpu);
+                let picked = sample_rows(&mut rec, &row, &config.draw_settings(draw))?;
+                let read = rec.read_after(&picked)?;
+                rec.submit()?;
+                let bytes = read.read(gpu).await?;
+                undecided += usize::from(bytemuck::pod_read_unaligned::<u32>(&bytes[4..8]) == UNDECIDED);
+            }
+            on_gpu.push(start.elapsed().as_secs_f64() / 20.0);
+            let start = Instant::now();
+            for draw in 0..20 {
+                let mut rec = Recorder::new(gpu);
+                let read = rec.read_after(&row)?;
+                rec.submit()?;
+                let values: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
+                sample(&values, &config, draw)?;
+            }
+            on_cpu.push(start.elapsed().as_secs_f64() / 20.0);
+        }
+        // The first round builds the pipelines: left out.
+        for (kernel, times) in
+            [(format!("sample on the GPU ({undecided} undecided)"), on_gpu), ("sample on the CPU".into(), on_cpu)]
+        {
+            out.push(Figure {
+                kernel,
+                shape: shape.clone(),
+                gflops: 0.0,
+                ms_per_call: median(times[1..].to_vec()) * 1e3,
+                m: 1,
+                n: VOCAB,
+                k: 0,
+                op: "sample",
+                weight_gbps: None,
+            });
+            report(&out[out.len() - 1]);
+        }
+    }
+    Ok(out)
+}
