@@ -258,93 +258,128 @@ fn sample_slices(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     for (var j = need + lid; j < CANDIDATES; j += WG) { cand[out + j] = vec2<u32>(0u); }
 }
 
-// Thread 0 of sample_pick: the row's statistics from its slices' into
-// `merged` (largest score key, Σ exp(s − largest) as f32 bits, largest logit's
-// key and index, values, race winner's key and index, candidates present).
-fn merge_slices(row: u32) {
+// The row's statistics from its slices', every invocation a share of the
+// slices, into `merged`: largest score key, Σ exp(s − largest) (f32 bits),
+// largest logit's key and index, values, race winner's key and index,
+// candidates present. From uniform control flow.
+fn merge_slices(row: u32, lid: u32) {
+    if (lid == 0u) {
+        atomicStore(&slice_max, 0u);
+        atomicStore(&slice_count, 0u);
+        atomicStore(&fill, 0u);
+    }
+    workgroupBarrier();
     var largest = 0u;
-    for (var s = 0u; s < p.slices; s++) { largest = max(largest, stats[(row * p.slices + s) * STATS]); }
-    let m = key_value(largest);
-    let finite = finite_key(largest);
-    var sum = 0.0;
-    var raw = vec2<u32>(0u);
-    var race = vec2<u32>(0u);
     var values = 0u;
     var present = 0u;
-    for (var s = 0u; s < p.slices; s++) {
+    var raw = vec2<u32>(0u);
+    var race = vec2<u32>(0u);
+    for (var s = lid; s < p.slices; s += WG) {
         let at = (row * p.slices + s) * STATS;
-        let sm = stats[at];
-        if (finite && sm != 0u) { sum += bitcast<f32>(stats[at + 1u]) * exp(key_value(sm) - m); }
-        if (beats(raw.x, raw.y, stats[at + 2u], stats[at + 3u])) { raw = vec2<u32>(stats[at + 2u], stats[at + 3u]); }
-        if (beats(race.x, race.y, stats[at + 5u], stats[at + 6u])) { race = vec2<u32>(stats[at + 5u], stats[at + 6u]); }
+        largest = max(largest, stats[at]);
         values += stats[at + 4u];
         present += min(stats[at + 4u], CANDIDATES);
+        if (beats(raw.x, raw.y, stats[at + 2u], stats[at + 3u])) { raw = vec2<u32>(stats[at + 2u], stats[at + 3u]); }
+        if (beats(race.x, race.y, stats[at + 5u], stats[at + 6u])) { race = vec2<u32>(stats[at + 5u], stats[at + 6u]); }
     }
-    merged[0] = largest;
-    merged[1] = bitcast<u32>(sum);
-    merged[2] = raw.x;
-    merged[3] = raw.y;
-    merged[4] = values;
-    merged[5] = race.x;
-    merged[6] = race.y;
-    merged[7] = present;
+    atomicMax(&slice_max, largest);
+    atomicAdd(&slice_count, values);
+    atomicAdd(&fill, present);
+    let raw_best = workgroup_best(lid, raw.x, raw.y);
+    let race_best = workgroup_best(lid, race.x, race.y);
+    let m_key = atomicLoad(&slice_max);
+    let m = key_value(m_key);
+    var sum = 0.0;
+    for (var s = lid; s < p.slices; s += WG) {
+        let at = (row * p.slices + s) * STATS;
+        if (finite_key(m_key) && stats[at] != 0u) { sum += bitcast<f32>(stats[at + 1u]) * exp(key_value(stats[at]) - m); }
+    }
+    let total = workgroup_sum(lid, sum);
+    if (lid == 0u) {
+        merged[0] = m_key;
+        merged[1] = bitcast<u32>(total);
+        merged[2] = raw_best.x;
+        merged[3] = raw_best.y;
+        merged[4] = atomicLoad(&slice_count);
+        merged[5] = race_best.x;
+        merged[6] = race_best.y;
+        merged[7] = atomicLoad(&fill);
+    }
+    workgroupBarrier();
 }
 
-// Thread 0 of sample_pick: the token of a row whose `need` most likely values
-// are in sorted_key / sorted_index, largest first, as (token, flag).
-fn decide(row: u32, need: u32) -> vec2<u32> {
+var<workgroup> weights: array<f32, WG>;  // sample_pick: exp(s − largest) of the sorted candidates, then their prefix sums
+var<workgroup> cut: atomic<u32>;         // sample_pick: where top-k, then top-p, cuts the sorted candidates
+const NONE: u32 = 0xffffffffu;
+
+// The kept set's end among the `need` sorted candidates and the race over
+// them, every invocation one candidate, and thread 0's decision: (token, flag).
+// From uniform control flow; the result is thread 0's.
+fn decide(row: u32, need: u32, lid: u32) -> vec2<u32> {
+    let m_key = merged[0];
+    let m = key_value(m_key);
     let values = merged[4];
+    var w = 0.0;
+    if (lid < need && finite_key(m_key)) { w = exp(key_value(sorted_key[lid]) - m); }
+    // top-k: the first candidate past the k-th below its score.
+    let k = p.top_k;
+    let k_on = k > 0u && k < values;
+    if (lid == 0u) { atomicStore(&cut, need); }
+    workgroupBarrier();
+    if (k_on && k <= need && lid >= k && lid < need && sorted_key[lid] != sorted_key[k - 1u]) { atomicMin(&cut, lid); }
+    workgroupBarrier();
+    let kept_k = atomicLoad(&cut);
+    let total_k = workgroup_sum(lid, select(0.0, w, lid < kept_k));
+    var total = bitcast<f32>(merged[1]);  // top-k off: every value's
+    if (k_on) { total = total_k; }
+    // top-p: the first candidate whose prefix sum reaches top_p · total (Hillis–Steele).
+    weights[lid] = select(0.0, w, lid < kept_k);
+    workgroupBarrier();
+    for (var off = 1u; off < WG; off *= 2u) {
+        var v = weights[lid];
+        if (lid >= off) { v += weights[lid - off]; }
+        workgroupBarrier();
+        weights[lid] = v;
+        workgroupBarrier();
+    }
+    if (lid == 0u) { atomicStore(&cut, NONE); }
+    workgroupBarrier();
+    if (p.top_p < 1.0 && lid < kept_k && weights[lid] / total >= p.top_p) { atomicMin(&cut, lid); }
+    workgroupBarrier();
+    let reached = atomicLoad(&cut);
+    var kept = kept_k;
+    if (reached != NONE) { kept = reached + 1u; }
+    // The race over the kept candidates.
+    var kg = 0u;
+    var i = 0u;
+    if (lid < kept) {
+        i = sorted_index[lid];
+        kg = order_key(gumbel(key_value(sorted_key[lid]), draw_base(row), i));
+    }
+    let winner = workgroup_best(lid, kg, i);
+    // Whether the kept set lies within the candidates.
     if (values == 0u) { return vec2<u32>(0u, NO_TOKEN); }
-    if (!finite_key(merged[0])) { return vec2<u32>(merged[3], DECIDED); }  // as the CPU: the largest logit
-    let m = key_value(merged[0]);
-    // The kept set so far: the first `kept` candidates, complete when no
-    // value outside them is kept; `total` their Σ exp(s − m) (all values' while
-    // top-k is off).
-    var kept = need;
+    if (!finite_key(m_key)) { return vec2<u32>(merged[3], DECIDED); }  // as the CPU: the largest logit
     var complete = values <= CANDIDATES;
-    var total = bitcast<f32>(merged[1]);
-    if (p.top_k > 0u && p.top_k < values) {
-        if (p.top_k > need) { return vec2<u32>(sorted_index[0], UNDECIDED); }
-        let kth = sorted_key[p.top_k - 1u];
-        kept = p.top_k;
-        while (kept < need && sorted_key[kept] == kth) { kept++; }
-        // Ties at the k-th past the candidates: the kept set is not known.
-        if (kept == need && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+    if (k_on) {
+        // Past the candidates, or ties at the k-th that may go on past them.
+        if (k > need || (kept_k == need && !complete)) { return vec2<u32>(sorted_index[0], UNDECIDED); }
         complete = true;
-        total = 0.0;
-        for (var j = 0u; j < kept; j++) { total += exp(key_value(sorted_key[j]) - m); }
     }
     if (p.top_p < 1.0) {
-        var cum = 0.0;
-        var found = false;
-        for (var j = 0u; j < kept; j++) {
-            cum += exp(key_value(sorted_key[j]) - m) / total;
-            if (cum >= p.top_p) {
-                kept = j + 1u;
-                found = true;
-                break;
-            }
-        }
-        if (!found && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        if (reached == NONE && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
         complete = true;
     }
     // Nothing cut: the race over every value, which sample_slices ran.
     if (!complete) { return vec2<u32>(merged[6], DECIDED); }
-    let base = draw_base(row);
-    var best = vec2<u32>(0u);
-    for (var j = 0u; j < kept; j++) {
-        let i = sorted_index[j];
-        let kg = order_key(gumbel(key_value(sorted_key[j]), base, i));
-        if (beats(best.x, best.y, kg, i)) { best = vec2<u32>(kg, i); }
-    }
-    return vec2<u32>(best.y, DECIDED);
+    return vec2<u32>(winner.y, DECIDED);
 }
 
 @compute @workgroup_size(WG)
 fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wid.x;
+    merge_slices(row, lid);
     if (lid == 0u) {
-        merge_slices(row);
         atomicStore(&fill, 0u);
         shared_word = merged[7];
     }
@@ -374,8 +409,8 @@ fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         sorted_index[rank] = top_index[lid];
     }
     workgroupBarrier();
+    let pick = decide(row, need, lid);
     if (lid == 0u) {
-        let pick = decide(row, need);
         tokens[row] = pick.x;
         tokens[p.rows + row] = pick.y;
     }

@@ -110,7 +110,7 @@ fn gpu_draws_match_the_reference() {
 fn gpu_draws_follow_the_kept_softmax() {
     let logits = [0.3f32, -1.0, 2.0, 1.1, 0.0, 2.0, -0.5, 0.9, -3.0, 1.6];
     let n = 4000;
-    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.5, 0, 0.8)] {
+    for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.7, 4, 1.0), (1.5, 0, 0.8), (1.0, 6, 0.7)] {
         let sampling = Sampling { temperature, top_k, top_p, seed: 5, draw: 0 };
         let draws = gpu_draw(&vec![logits.to_vec(); n], &sampling);
         let kept = sample_row(&logits, &sampling).kept;
