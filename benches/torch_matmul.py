@@ -107,6 +107,12 @@ def main() -> None:
             ratio = f"{fig['gflops'] / base:.2f}" if base else "-"
             print(f"{shape:<46} {fig['kernel']:<32} {fig['gflops']:>9.0f} {ratio:>7} {fig['weight_gbps']:>11.1f}")
 
+    samples = [f for f in figures if f["op"] == "sample"]
+    if samples:
+        print("\none token drawn from a row of logits, ms a draw with its readback (GPU: the token; CPU: the row)")
+        for fig in samples:
+            print(f"{fig['shape']:<46} {fig['kernel']:<32} {fig['ms_per_call']:>9.3f}")
+
     copy = data.get("copy_gbps")
     if copy:
         theirs = torch_copy_gbps(args.device) if args.device != "cpu" else None

@@ -29,6 +29,17 @@ cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
 cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel dequantizes chunks
 unset WEBPEFT_SHADER_CHECKS
 
+# Users' GPUs run the other kernel family (blocked GEMM, GEMV, flash
+# attention, the GPU's draw). Every file that checks a PEFT method, a model
+# or generation against the reference stack runs again with it as the test
+# device's family (about a minute; the files that assert which kernel the
+# CPU family picks, or plan its memory, stay out).
+echo "== PEFT methods, models and generation through the real-GPU kernels (WEBPEFT_TEST_KERNELS=gpu)"
+WEBPEFT_TEST_KERNELS=gpu cargo test --features cli --test train_lora --test train_qlora --test lora_inits \
+    --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
+    --test train_bottleneck --test train_dpo --test packing --test model_forward --test generate \
+    --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint
+
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
 # bits, 4 at 128 and 16 at 512 (LLVM splits what the CPU lacks). Real GPUs
 # have 16 to 64; the kernels that sum over subgroups of any width run again

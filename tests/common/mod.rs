@@ -11,14 +11,22 @@ use webpeft::Gpu;
 
 /// The test device, created once per test binary. Tests fail (never skip)
 /// when no adapter exists, and print which adapter and backend they ran on.
+/// `WEBPEFT_TEST_KERNELS=gpu` gives it the real-GPU kernel family, so a
+/// whole test file checks those kernels against its fixtures too.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
-        let gpu = pollster::block_on(Gpu::new()).unwrap_or_else(|e| panic!("no GPU for the tests: {e}"));
+        let kernels = match std::env::var("WEBPEFT_TEST_KERNELS").as_deref() {
+            Ok("gpu") => webpeft::KernelFamily::Gpu,
+            Ok("cpu") => webpeft::KernelFamily::Cpu,
+            _ => webpeft::KernelFamily::Auto,
+        };
+        let options = webpeft::GpuOptions { kernels, ..Default::default() };
+        let gpu = block_on(Gpu::with_options(options)).unwrap_or_else(|e| panic!("no GPU for the tests: {e}"));
         // Straight to stderr, past the test harness's capture, so every run
         // shows which adapter and backend it used.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "webpeft tests on: {}", gpu.describe());
+        let _ = writeln!(std::io::stderr(), "webpeft tests on: {}, {:?} kernels", gpu.describe(), gpu.kernel_family());
         gpu
     })
 }

@@ -37,11 +37,12 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
                 Ok(Some(LoraFactors::new(scaled[0].clone(), f.b.clone())))
             };
             let s = self.params.scaling();
-            let own = factors(rec, proj)?;
-            let term = match (shared_term(rec, memo, (layer, proj), x, s, &mut factors)?, own) {
-                (Some(term), _) => term,
-                (None, Some(own)) => lora_term(rec, x, &own, s, None)?.0,
-                (None, None) => return Ok(None),
+            let term = match shared_term(rec, memo, (layer, proj), x, s, &mut factors)? {
+                Some(term) => term,
+                None => match factors(rec, proj)? {
+                    Some(own) => lora_term(rec, x, &own, s, None)?.0,
+                    None => return Ok(None),
+                },
             };
             return Ok(Some((term, Saved(Vec::new())))); // a memo pass has no backward
         }
