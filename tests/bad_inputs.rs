@@ -400,6 +400,7 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
             seq: 2048,
             grad_accum: 1,
             checkpointing: false,
+            kernels: gpu().kernel_family(),
         },
         Gpu::max_binding_bytes(gpu()),
     );

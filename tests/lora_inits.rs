@@ -404,6 +404,7 @@ fn the_memory_plan_counts_the_init_s_transient_copies() {
         seq: 8,
         grad_accum: 1,
         checkpointing: false,
+        kernels: gpu().kernel_family(),
     };
     let (plain, pissa) =
         (plan_memory(&model.config, &input(false), 1 << 27), plan_memory(&model.config, &input(true), 1 << 27));

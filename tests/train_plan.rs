@@ -13,11 +13,11 @@ use webpeft::model::Config;
 use webpeft::quant::QuantFormat;
 use webpeft::train::plan::{plan_memory, PlanAdapter, PlanInput};
 use webpeft::train::recipe::{AdapterRecipe, Method};
+use webpeft::Gpu;
 
-/// `bf16`: the checkpoint is stored in bf16, so under a quantized base the
+/// A model (V, D, I, layers) at (batch, seq) on `gpu`. `bf16`: the checkpoint is stored in bf16, so under a quantized base the
 /// embedding and the head stay bf16 (and must be planned so).
-fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq: usize, bf16: bool) {
-    let gpu = gpu();
+fn check(gpu: &Gpu, (vocab, d, inter, layers): (usize, usize, usize, usize), (batch, seq): (usize, usize), bf16: bool) {
     let mut json = llama_config(vocab, d, inter, layers, 4, 2);
     if bf16 {
         json = json.replace("\"torch_dtype\":\"float32\"", "\"torch_dtype\":\"bfloat16\"");
@@ -58,14 +58,14 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
             ),
             (QuantFormat::Nf4, "p_tuning", PlanAdapter::PTuning { virtual_tokens: 20, encoder_hidden: d }),
         ] {
-            let input =
-                PlanInput { quant, four_bit: Default::default(), adapter, batch, seq, grad_accum: 1, checkpointing };
+            let (four_bit, kernels) = (Default::default(), gpu.kernel_family());
+            let input = PlanInput { quant, four_bit, adapter, batch, seq, grad_accum: 1, checkpointing, kernels };
             let plan = plan_memory(&config, &input, 128 << 20);
             let setup = StepSetup { checkpointing, steps: 1, ..StepSetup::new(quant, method, batch, seq) };
             let f = block_on(train_figure(gpu, "plan", &files, &setup)).unwrap();
             let ratio = plan.total_bytes as f64 / f.peak_gpu_bytes as f64;
             eprintln!(
-                "V {vocab} D {d} I {inter} L {layers} bf16 {bf16} {batch}×{seq} {} {method} ckpt {checkpointing}: planned {} B \
+                "{kernels:?} kernels, V {vocab} D {d} I {inter} L {layers} bf16 {bf16} {batch}×{seq} {} {method} ckpt {checkpointing}: planned {} B \
                  (weights {}, activations {}), measured peak {} B: plan/measured {ratio:.3}",
                 quant.name(),
                 plan.total_bytes,
@@ -87,13 +87,15 @@ fn check(vocab: usize, d: usize, inter: usize, layers: usize, batch: usize, seq:
     }
 }
 
-// One test: the peak counter belongs to the shared device, so the
-// measurements must not overlap.
+// One test a device: the peak counter belongs to the device, so the
+// measurements on it must not overlap.
 #[test]
 fn plan_matches_the_measured_peak() {
-    check(384, 64, 128, 2, 4, 32, false);
-    check(1000, 128, 352, 2, 2, 48, false);
-    check(512, 96, 256, 4, 2, 64, true);
+    for gpu in [gpu(), common::gpu_family()] {
+        check(gpu, (384, 64, 128, 2), (4, 32), false);
+        check(gpu, (1000, 128, 352, 2), (2, 48), false);
+        check(gpu, (512, 96, 256, 4), (2, 64), true);
+    }
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub fn llama_1b_config() -> String {
 }
 
 /// The big-model target: NF4, LoRA r 16 on all seven projections,
-/// batch 1 × 512, gradient checkpointing.
+/// batch 1 × 512, gradient checkpointing, on a real GPU's kernels.
 pub fn llama_1b_plan_input() -> PlanInput {
     PlanInput {
         quant: QuantFormat::Nf4,
@@ -98,6 +98,7 @@ pub fn llama_1b_plan_input() -> PlanInput {
         seq: 512,
         grad_accum: 1,
         checkpointing: true,
+        kernels: crate::gpu::KernelFamily::Gpu,
     }
 }
 

@@ -141,6 +141,31 @@ pub const DKV_FILL_INVOCATIONS: usize = Blocks::FILL * 256;
 /// back (at the Llama-1B shape, 2 MiB a part).
 pub const MAX_DKV_PARTS: u32 = 8;
 
+/// Floats of the scratch a training backward's attention allocates on the
+/// real-GPU kernel family: the flash kernels' split dkv writes every part's dk
+/// and dv, `(2 · parts, batch, tkv, hkv, head_dim)` (head_dim padded to 4),
+/// where it splits ([`FlashTiles::dkv_parts`], fewer parts where the scratch
+/// would pass `binding_limit` bytes). 0 where the flash kernels do not run
+/// (fewer than [`FLASH_MIN_SEQ`] queries, heads wider than
+/// [`FlashTiles::MAX_HEAD_DIM`]) or do not split. For the memory plan.
+pub fn flash_backward_scratch(
+    (batch, tq, tkv): (usize, usize, usize),
+    (hq, hkv, head_dim): (usize, usize, usize),
+    binding_limit: u64,
+) -> usize {
+    if head_dim > FlashTiles::MAX_HEAD_DIM || tq < FLASH_MIN_SEQ as usize || hkv == 0 {
+        return 0;
+    }
+    let dk = batch * tkv * hkv * head_dim.next_multiple_of(4);
+    let max_parts = (binding_limit / (8 * dk as u64).max(1)).max(1) as usize;
+    let parts = (FlashTiles::new(head_dim, hq / hkv).dkv_parts(batch, tq, tkv, hq, hkv) as usize).min(max_parts);
+    if parts > 1 {
+        2 * parts * dk
+    } else {
+        0
+    }
+}
+
 /// Which attention kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {

@@ -366,6 +366,11 @@ pub struct Tuned {
 /// pending.
 pub async fn autotune_pending(gpu: &Gpu) -> Result<Vec<Tuned>> {
     let pending: Vec<(String, Product)> = with_tuning(gpu, |t| std::mem::take(&mut t.pending).into_iter().collect());
+    if !pending.is_empty() {
+        // The step's freed buffers go first, so the operands made to time
+        // with take their place instead of adding to them.
+        gpu.trim_memory();
+    }
     let mut report = Vec::new();
     for (class, product) in pending {
         let (m, n, _, batch) = product.dims();

@@ -18,6 +18,9 @@ use serde::Serialize;
 
 use ::safetensors::Dtype;
 
+use crate::gpu::KernelFamily;
+use crate::kernels::attention::flash_backward_scratch;
+use crate::kernels::blocked::{auto_splits, Blocks};
 use crate::model::Config;
 use crate::quant::{FourBitOptions, QuantFormat};
 
@@ -36,6 +39,10 @@ pub struct PlanInput {
     pub grad_accum: usize,
     /// Gradient checkpointing: recompute each layer's activations in the backward.
     pub checkpointing: bool,
+    /// The kernels the device runs (`Gpu::kernel_family`): the real-GPU
+    /// family's attention backward allocates scratch the CPU family's does
+    /// not. `Auto` plans as a real GPU, the users' case.
+    pub kernels: KernelFamily,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -253,12 +260,11 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         }
         PlanAdapter::Ia3 { modules } => {
             // Each scaled Linear keeps its own output (or, feed-forward, its
-            // unscaled input); the backward's scalings need the vector spread
-            // over the rows, a product, and (feed-forward) W's gradient
-            // before the scaling.
+            // unscaled input); the backward's scaling makes the product
+            // whose column sums are l's gradient, and the scaled gradient.
             let widest = modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).max().unwrap_or(0);
             saved += modules.iter().map(|(t, ff)| m * ia3_len(config, t, *ff)).sum::<u64>();
-            work += 3 * m * widest;
+            work += 2 * m * widest;
         }
         // The rows with the prompt before them, and in the backward their
         // gradient padded back to every position.
@@ -270,6 +276,17 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             saved += 2 * mp * q + 2 * mp * kv + heads * mp;
             work += 2 * (m + mp) * q + 2 * (m + mp) * kv;
         }
+    }
+    if input.kernels != KernelFamily::Cpu {
+        // The flash backward's split dkv scratch, one buffer for every layer.
+        let prefix = match input.adapter {
+            PlanAdapter::PrefixTuning { virtual_tokens, .. } => virtual_tokens,
+            _ => 0,
+        };
+        let tq = input.seq + virtual_tokens;
+        let shape = (input.batch, tq, tq + prefix);
+        let heads = (config.num_attention_heads, config.num_key_value_heads, config.head_dim);
+        work += flash_backward_scratch(shape, heads, binding_limit) as u64;
     }
     let checkpointing = input.checkpointing;
     let kept = if checkpointing {
@@ -284,7 +301,14 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     let logits = chunk_rows * v;
     // The last layer's output, model.norm's output and rstd, dxn, and the
     // chunk buffers: rows of xn and dxn, the logits, per-row loss and targets.
-    let head = 3 * m_head * d + m_head + logits + chunk_rows * (2 * d + 3) + m_head;
+    let mut head = 3 * m_head * d + m_head + logits + chunk_rows * (2 * d + 3) + m_head;
+    if input.kernels != KernelFamily::Cpu {
+        // dxn = dlogits·W (rows, V)·(V, D) has a long K: the blocked GEMM
+        // may split it, into partial sums of its own.
+        let (rows, d, v) = (chunk_rows as usize, d as usize, v as usize);
+        let splits = auto_splits(Blocks::for_shape(rows, d, 1), rows, d, v, 1) as u64;
+        head += if splits > 1 { splits * chunk_rows * d as u64 } else { 0 };
+    }
     let activation_bytes = (kept + work + head) * 4;
 
     let weight = weight_bytes_with(config, input.quant, input.four_bit);

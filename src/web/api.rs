@@ -285,6 +285,7 @@ impl WebGpu {
             seq: run.seq_len,
             grad_accum: run.grad_accum,
             checkpointing: run.gradient_checkpointing,
+            kernels: self.gpu.kernel_family(),
         };
         let plan = plan_memory(&config, &input, self.gpu.max_binding_bytes());
         to_js(&serde_json::json!({

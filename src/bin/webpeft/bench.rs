@@ -394,10 +394,10 @@ fn print_generate(g: &GenerateFigure) {
 /// measured peak of really running it (random weights built in memory).
 async fn bench_llama_1b(gpu: &Gpu, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     use webpeft::bench::train::{llama_1b_config, llama_1b_plan_input, random_model_files};
-    use webpeft::train::plan::plan_memory;
+    use webpeft::train::plan::{plan_memory, PlanInput};
     let config_json = llama_1b_config();
     let config = Config::from_json(config_json.as_bytes())?;
-    let input = llama_1b_plan_input();
+    let input = PlanInput { kernels: gpu.kernel_family(), ..llama_1b_plan_input() };
     let plan = plan_memory(&config, &input, gpu.max_binding_bytes());
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     eprintln!(
