@@ -30,7 +30,7 @@ const WG: u32 = 256;
 /// Values a `sample_slices` workgroup covers (WG · 8).
 const SLICE: usize = 2048;
 /// The most likely values `sample_pick` sorts: top-k below this decides on the GPU.
-pub const CANDIDATES: usize = 128;
+pub const CANDIDATES: usize = 256;
 /// Words of statistics a slice.
 const STATS: usize = 8;
 
