@@ -199,6 +199,25 @@ fn q8_0_rejects_rows_that_are_not_whole_blocks() {
     assert!(matches!(err, Error::Quant(_)), "{err}");
     let err = QWeight::from_f32(gpu, &[0.0; 40], 2, 20, QuantFormat::Q8_0).unwrap_err();
     assert!(err.to_string().contains("multiple of 32"), "{err}");
+    let err = QWeight::zeros(gpu, 2, 20, QuantFormat::Q8_0).unwrap_err();
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+}
+
+/// The autotuner's operands: a weight of zeros made on the GPU, in every
+/// format, reads back as zeros of its shape and multiplies to zeros.
+#[test]
+fn a_weight_of_zeros_is_made_on_the_gpu() {
+    let gpu = gpu();
+    for format in [QuantFormat::F32, QuantFormat::F16, QuantFormat::Bf16, QuantFormat::Q8_0, QuantFormat::Nf4] {
+        let (rows, cols) = (5, 64);
+        let w = QWeight::zeros(gpu, rows, cols, format).unwrap();
+        assert_eq!(block_on(w.to_f32(gpu)).unwrap(), vec![0.0; rows * cols], "{format:?}");
+        let x = Tensor::from_slice(gpu, &[3, cols], &randn(7, 3 * cols)).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let y = qlinear(&mut rec, &x, &w).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(block_on(y.to_vec::<f32>(gpu)).unwrap(), vec![0.0; 3 * rows], "{format:?}");
+    }
 }
 
 /// y = x·Wᵀ and dx = dy·W through the quantized weight against the CPU

@@ -105,13 +105,37 @@ impl QWeight {
         if format == QuantFormat::F16 {
             crate::quant::check_f16_range(data)?;
         }
+        let max_abs = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        Self::from_chunks(gpu, (rows, cols), format, max_abs, |start, n| {
+            Tensor::from_slice(gpu, &[n, cols], &data[start * cols..(start + n) * cols])
+        })
+    }
+
+    /// A (rows, cols) weight of zeros in `format`, made on the GPU with no
+    /// data from the CPU: the autotuner's operands (a product's speed does
+    /// not depend on its values).
+    pub fn zeros(gpu: &Gpu, rows: usize, cols: usize, format: QuantFormat) -> Result<QWeight> {
+        if format == QuantFormat::Q8_0 && cols % crate::quant::Q8_0_BLOCK != 0 {
+            return Err(crate::quant::QuantError::Q8RowLength { cols }.into());
+        }
+        Self::from_chunks(gpu, (rows, cols), format, 0.0, |_, n| Tensor::zeros(gpu, &[n, cols], DType::F32))
+    }
+
+    /// The weight whose rows `start..start + n` `chunk(start, n)` gives as
+    /// f32 (n, cols) on the GPU, one chunk at a time, stored in `format`.
+    fn from_chunks(
+        gpu: &Gpu,
+        (rows, cols): (usize, usize),
+        format: QuantFormat,
+        max_abs: f32,
+        mut chunk: impl FnMut(usize, usize) -> Result<Tensor>,
+    ) -> Result<QWeight> {
         let per = rows_per_chunk(gpu, "weight", rows, cols, cols as u64 * 4, format)?;
         let mut chunks = Vec::new();
         let mut start = 0;
         while start < rows || (rows == 0 && chunks.is_empty()) {
             let n = per.min(rows - start);
-            let slice = &data[start * cols..(start + n) * cols];
-            let f32_chunk = Tensor::from_slice(gpu, &[n, cols], slice)?;
+            let f32_chunk = chunk(start, n)?;
             let data = match format {
                 QuantFormat::F32 => ChunkData::F32(f32_chunk),
                 _ => {
@@ -128,7 +152,6 @@ impl QWeight {
                 break;
             }
         }
-        let max_abs = data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         Ok(QWeight { format, rows, cols, chunks, max_abs, compute: ComputeDtype::F32 })
     }
 

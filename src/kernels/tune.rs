@@ -426,37 +426,32 @@ struct Timer {
 }
 
 impl Timer {
+    /// Operands of zeros, made on the GPU (a product's speed does not
+    /// depend on its values): nothing is drawn or uploaded from the CPU,
+    /// which in a browser would grow the page's memory by the operands.
     fn new(gpu: &Gpu, product: &Product) -> Result<Timer> {
-        let fill = |n: usize, seed: u64| {
-            let mut rng = crate::util::rng::Rng::new(seed);
-            (0..n).map(|_| rng.normal() as f32 * 0.1).collect::<Vec<f32>>()
-        };
+        let zeros = |shape: &[usize]| Tensor::zeros(gpu, shape, DType::F32);
         Ok(match *product {
             Product::F32(g) => {
                 let g = Gemm::new(g.m, g.n, g.k, g.trans_a, g.trans_b).batched(g.batch);
-                let a = Tensor::from_slice(gpu, &[g.batch * g.m * g.k], &fill(g.batch * g.m * g.k, 1))?;
-                let b = Tensor::from_slice(gpu, &[g.batch * g.k * g.n], &fill(g.batch * g.k * g.n, 2))?;
-                let c = Tensor::zeros(gpu, &[g.batch * g.m * g.n], DType::F32)?;
+                let (a, b, c) =
+                    (zeros(&[g.batch * g.m * g.k])?, zeros(&[g.batch * g.k * g.n])?, zeros(&[g.batch * g.m * g.n])?);
                 Timer { product: Product::F32(g), a, b: Some(b), w: None, c }
             }
             Product::Quant { format, backward, half, m, n, k } => {
                 let (rows, cols) = if backward { (k, n) } else { (n, k) };
-                let mut w = QWeight::from_f32(gpu, &fill(rows * cols, 3), rows, cols, format)?;
+                let mut w = QWeight::zeros(gpu, rows, cols, format)?;
                 if half {
                     w.set_compute(gpu, crate::quant::ComputeDtype::F16)?;
                 }
-                let a = Tensor::from_slice(gpu, &[m, k], &fill(m * k, 4))?;
-                let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
-                Timer { product: *product, a, b: None, w: Some(w), c }
+                Timer { product: *product, a: zeros(&[m, k])?, b: None, w: Some(w), c: zeros(&[m, n])? }
             }
             Product::Gemv { format, half, m, n, k } => {
-                let a = Tensor::from_slice(gpu, &[m, k], &fill(m * k, 5))?;
-                let c = Tensor::zeros(gpu, &[m, n], DType::F32)?;
+                let (a, c) = (zeros(&[m, k])?, zeros(&[m, n])?);
                 if format == QuantFormat::F32 {
-                    let b = Tensor::from_slice(gpu, &[n, k], &fill(n * k, 6))?;
-                    return Ok(Timer { product: *product, a, b: Some(b), w: None, c });
+                    return Ok(Timer { product: *product, a, b: Some(zeros(&[n, k])?), w: None, c });
                 }
-                let mut w = QWeight::from_f32(gpu, &fill(n * k, 6), n, k, format)?;
+                let mut w = QWeight::zeros(gpu, n, k, format)?;
                 if half {
                     w.set_compute(gpu, crate::quant::ComputeDtype::F16)?;
                 }
