@@ -31,6 +31,8 @@ const WG: u32 = 256;
 const SLICE: usize = 2048;
 /// The most likely values `sample_pick` sorts: top-k below this decides on the GPU.
 pub const CANDIDATES: usize = 256;
+// sample_pick gives each candidate one invocation of its workgroup.
+const _: () = assert!(CANDIDATES <= WG as usize);
 /// Words of statistics a slice.
 const STATS: usize = 8;
 
