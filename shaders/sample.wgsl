@@ -415,3 +415,115 @@ fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         tokens[p.rows + row] = pick.y;
     }
 }
+
+// ---- sample_wide: the rows sample_pick left UNDECIDED ----------------------
+//
+// One workgroup a row, every pass over the whole row: the kept set is found
+// by bisection on the order keys (32 halvings of the u32 range, each a pass
+// and a workgroup sum), so no candidate list bounds it. top-k: the largest
+// key with at least k values at or above it. top-p: the largest key whose
+// values at or above it hold top_p of the kept mass; of the values tied at
+// it, as many as the CPU's running sum takes, the lowest indices first. Then
+// the race over the kept. A decided row costs one launch that reads its flag.
+
+// `v` from invocation 0 to all, as a value uniform control flow may use.
+fn uniform_u32(lid: u32, v: u32) -> u32 {
+    if (lid == 0u) { shared_word = v; }
+    let r = workgroupUniformLoad(&shared_word);
+    workgroupBarrier();  // read by all before the next write
+    return r;
+}
+
+fn uniform_f32(lid: u32, v: f32) -> f32 { return bitcast<f32>(uniform_u32(lid, bitcast<u32>(v))); }
+
+// Σ over the row's values with key ≥ at (key == at with `equal`; index ≤
+// last): exp(s − m) with `weighted`, else 1.
+fn row_sum(row: u32, lid: u32, at: u32, equal: bool, last: u32, weighted: bool, m: f32) -> f32 {
+    var sum = 0.0;
+    for (var i = lid; i < p.n; i += WG) {
+        let v = logits[row * p.n + i];
+        if (!is_nan_bits(v)) {
+            let k = order_key(v / p.temperature);
+            let hit = select(k >= at, k == at, equal) && i <= last;
+            if (hit) { sum += select(1.0, exp(key_value(k) - m), weighted); }
+        }
+    }
+    return uniform_f32(lid, workgroup_sum(lid, sum));
+}
+
+// The largest key τ in [lo, hi] with row_sum(≥ τ) ≥ goal (row_sum(≥ lo) is).
+fn bisect(row: u32, lid: u32, lo_in: u32, hi: u32, goal: f32, weighted: bool, m: f32) -> u32 {
+    var lo = lo_in;
+    var top = hi;
+    for (var step = 0u; step < 32u; step++) {
+        let mid = lo + (top - lo) / 2u + ((top - lo) & 1u);
+        let ok = row_sum(row, lid, mid, false, NONE, weighted, m) >= goal;
+        lo = select(lo, mid, ok);
+        top = select(mid - 1u, top, ok || mid == lo);
+    }
+    return lo;
+}
+
+@compute @workgroup_size(WG)
+fn sample_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x;
+    if (uniform_u32(lid, tokens[p.rows + row]) != UNDECIDED) { return; }
+    if (lid == 0u) { atomicStore(&slice_max, 0u); }
+    workgroupBarrier();
+    var top = 0u;
+    for (var i = lid; i < p.n; i += WG) {
+        let v = logits[row * p.n + i];
+        if (!is_nan_bits(v)) { top = max(top, order_key(v / p.temperature)); }
+    }
+    atomicMax(&slice_max, top);
+    let values = u32(row_sum(row, lid, 1u, false, NONE, false, 0.0));  // every value's key is ≥ 1
+    let m_key = uniform_u32(lid, atomicLoad(&slice_max));
+    let m = key_value(m_key);
+    // top-k: the k-th largest key; its ties are kept.
+    var tau = 1u;
+    if (p.top_k > 0u && p.top_k < values) { tau = bisect(row, lid, 1u, m_key, f32(p.top_k), false, m); }
+    var last = NONE;  // the last index kept among the values tied at tau
+    if (p.top_p < 1.0) {
+        let goal = p.top_p * row_sum(row, lid, tau, false, NONE, true, m);
+        tau = bisect(row, lid, tau, m_key, goal, true, m);
+        let at = row_sum(row, lid, tau, true, NONE, true, m);
+        let above = row_sum(row, lid, tau, false, NONE, true, m) - at;
+        let ties = u32(row_sum(row, lid, tau, true, NONE, false, m));
+        let w = exp(key_value(tau) - m);
+        let need = uniform_u32(lid, clamp(u32(ceil((goal - above) / w)), 1u, ties));
+        if (need < ties) {
+            // The need-th lowest index among the ties.
+            var lo = 0u;
+            var hi = p.n - 1u;
+            for (var step = 0u; step < 32u; step++) {
+                let mid = lo + (hi - lo) / 2u;
+                let ok = u32(row_sum(row, lid, tau, true, mid, false, m)) >= need;
+                hi = select(hi, mid, ok);
+                lo = select(mid + 1u, lo, ok || lo == hi);
+            }
+            last = lo;
+        }
+    }
+    // The race over the kept values.
+    let base = draw_base(row);
+    var g_key = 0u;
+    var g_index = 0u;
+    for (var i = lid; i < p.n; i += WG) {
+        let v = logits[row * p.n + i];
+        if (!is_nan_bits(v)) {
+            let k = order_key(v / p.temperature);
+            if (k > tau || (k == tau && i <= last)) {
+                let kg = order_key(gumbel(key_value(k), base, i));
+                if (beats(g_key, g_index, kg, i)) {
+                    g_key = kg;
+                    g_index = i;
+                }
+            }
+        }
+    }
+    let winner = workgroup_best(lid, g_key, g_index);
+    if (lid == 0u) {
+        tokens[row] = winner.y;
+        tokens[p.rows + row] = DECIDED;
+    }
+}

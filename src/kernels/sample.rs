@@ -11,14 +11,15 @@
 //! CPU ([`crate::model::llama::sample`]) draws the same token from the same
 //! (seed, draw) up to float rounding.
 //!
-//! Two launches: `sample_slices` (one workgroup per 2048 values of a row)
-//! keeps each slice's [`CANDIDATES`] most likely values and its statistics;
-//! `sample_pick` (one workgroup a row) sorts the row's [`CANDIDATES`] most
-//! likely and decides. Where the kept set does not lie within them (top-k ≥
-//! [`CANDIDATES`], ties at the k-th past them, or a nucleus wider than them),
-//! the row's flag is [`UNDECIDED`] and the caller draws from the row on the
-//! CPU. With neither top-k nor top-p the race runs over the whole row and
-//! always decides.
+//! Three launches: `sample_slices` (one workgroup per 2048 values of a
+//! row) keeps each slice's [`CANDIDATES`] most likely values and its
+//! statistics; `sample_pick` (one workgroup a row) sorts the row's
+//! [`CANDIDATES`] most likely and decides where the kept set lies within
+//! them; `sample_wide` (one workgroup a row) decides the other rows (a
+//! top-k of [`CANDIDATES`] or more, ties at the k-th past them, a nucleus
+//! wider than them) by bisection over the whole row, and returns at once
+//! for a decided one. With neither top-k nor top-p the race runs over the
+//! whole row in `sample_slices`.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -38,8 +39,6 @@ const STATS: usize = 8;
 
 /// A row's flag: its token was drawn.
 pub const DECIDED: u32 = 0;
-/// A row's flag: the kept set reaches past the candidates; draw on the CPU.
-pub const UNDECIDED: u32 = 1;
 /// A row's flag: every value is NaN (or the row is empty).
 pub const NO_TOKEN: u32 = 2;
 
@@ -69,12 +68,6 @@ impl Sampling {
             return Err(Error::invalid(op, format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
         Ok(())
-    }
-
-    /// Whether the GPU can decide every row: top-k off or below [`CANDIDATES`]
-    /// (a row may still come back [`UNDECIDED`] where its nucleus is wider).
-    pub fn fits_gpu(&self) -> bool {
-        self.top_k < CANDIDATES
     }
 }
 
@@ -119,9 +112,8 @@ fn key(entry: &'static str) -> PipelineKey {
 }
 
 /// One token from each row of `logits` (rows, V) f32: a (2 · rows) u32
-/// tensor, the tokens then their flags ([`DECIDED`], [`UNDECIDED`] with the
-/// most likely token in its place, or [`NO_TOKEN`] with 0). `reshape_prefix(&[rows])`
-/// views the tokens alone.
+/// tensor, the tokens then their flags ([`DECIDED`], or [`NO_TOKEN`] with 0
+/// for a row of NaNs). `reshape_prefix(&[rows])` views the tokens alone.
 pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> Result<Tensor> {
     const OP: &str = "sample_rows";
     all_f32(OP, &[("logits", logits)])?;
@@ -162,10 +154,11 @@ pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> 
     }
     let bound = [(1, logits), (2, &cand), (3, &stats), (4, &tokens)];
     rec.dispatch_bound(&key("sample_pick"), &p, &bound, [rows as u32, 1, 1])?;
+    rec.dispatch_bound(&key("sample_wide"), &p, &[(1, logits), (4, &tokens)], [rows as u32, 1, 1])?;
     Ok(tokens)
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sample_slices", "sample_pick"].map(key).to_vec()
+    ["sample_slices", "sample_pick", "sample_wide"].map(key).to_vec()
 }

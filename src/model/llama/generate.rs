@@ -12,9 +12,9 @@
 //! Each layer writes its new keys and values (after RoPE) into its cache rows
 //! `offset..offset + T` and attends the new queries against rows
 //! `0..offset + T` ([`attention_forward_cached`]). Only the last position goes
-//! through the final norm and `lm_head`. Where the GPU's draw cannot decide
-//! (a top-k of [`CANDIDATES`](crate::kernels::sample::CANDIDATES) or more, a nucleus wider than them), the row of
-//! logits is read back and drawn from on the CPU ([`sample`]), by the same rule.
+//! through the final norm and `lm_head`. On a CPU rasterizer a sampled step's
+//! row of logits is read back and drawn from on the CPU ([`sample`]), by the
+//! same rule as the GPU's draw.
 //!
 //! Nothing is kept for a backward, so the residual stream is one tensor a
 //! step: where the hooks leave a join plain ([`Hooks::plain_residual`]),
@@ -28,7 +28,7 @@ use super::rope::RopeTables;
 use super::sample::{no_token, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Encoded, Gpu, PendingRead, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::blocked::is_real_gpu;
 use crate::kernels::embedding::embedding_weight;
@@ -390,131 +390,94 @@ impl Model {
     /// Sampled decoding with the draw on a real GPU ([`sample_rows`]): as
     /// greedy decoding, each step reads back its token (and a flag), and the
     /// next step, which reads the token where the draw wrote it, is
-    /// submitted before this one is read. Where the GPU could not decide (a
-    /// nucleus wider than its [`CANDIDATES`](crate::kernels::sample::CANDIDATES)),
-    /// the step's logits are read back and drawn from on the CPU by the same
-    /// rule ([`sample`]), and the step after, already submitted with the
-    /// wrong token, is recorded again with the right one: it writes the same
-    /// cache rows. A CPU rasterizer, and a top-k of
-    /// [`CANDIDATES`](crate::kernels::sample::CANDIDATES) or more, draw every
-    /// token on the CPU ([`Self::generate_on_cpu`]): on a rasterizer the
-    /// GPU's selection passes are slower than the CPU's sort.
+    /// submitted before this one is read. A CPU rasterizer draws on the CPU
+    /// ([`Self::generate_on_cpu`]): there the GPU's selection passes cost
+    /// more than the CPU's sort.
     async fn generate_sampled(
         &self,
         decoding: Decoding<'_>,
         prompt: Tensor,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        if !(is_real_gpu(decoding.gpu) && decoding.config.draw_settings(0).fits_gpu()) {
+        if !is_real_gpu(decoding.gpu) {
             return self.generate_on_cpu(decoding, prompt, on_token).await;
         }
         let Decoding { gpu, cache, config, hooks } = decoding;
-        // Submits the step at `offset` for ids (1, T), drawing token `draw`.
-        let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<DrawStep> {
+        // Submits the step at `offset` for ids (1, T), drawing token `draw`:
+        // its token (1, 1) and the read of the token and its flag.
+        let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<(Tensor, PendingRead)> {
             let mut rec = Recorder::new(gpu);
             let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
             let picked = sample_rows(&mut rec, &logits, &config.draw_settings(draw as u32))?; // (2): token, flag
             let read = rec.read_after(&picked)?;
             rec.submit()?;
-            Ok(DrawStep { token: picked.reshape_prefix(&[1, 1])?, read, logits })
+            Ok((picked.reshape_prefix(&[1, 1])?, read))
         };
         let mut out = Vec::with_capacity(config.max_new_tokens);
         let mut offset = prompt.shape()[1];
-        let mut current = step(&prompt, 0, 0)?;
+        let (mut token, mut read) = step(&prompt, 0, 0)?;
         loop {
             // The next step, if one may follow, goes in before this one is
             // read; if it cannot be recorded, this token still reaches
             // `on_token` before the error is returned.
             let more = out.len() + 1 < config.max_new_tokens;
-            let mut next = more.then(|| step(&current.token, offset, out.len() + 1));
-            let bytes = current.read.read(gpu).await?;
+            let next = more.then(|| step(&token, offset, out.len() + 1));
+            let bytes = read.read(gpu).await?;
             let word = |i: usize| bytemuck::pod_read_unaligned::<u32>(&bytes[4 * i..4 * i + 4]);
             let id = match word(1) {
                 DECIDED => word(0),
                 NO_TOKEN => return Err(no_token()),
-                _ => {
-                    next = None; // drawn from the wrong token: recorded again below
-                    let mut rec = Recorder::new(gpu);
-                    let read = rec.read_after(&current.logits)?;
-                    rec.submit()?;
-                    let bytes = read.read(gpu).await?;
-                    let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-                    sample(&row, config, out.len() as u32)?
+                flag => {
+                    return Err(Error::Gpu {
+                        context: "sample_rows".into(),
+                        message: format!("a row came back with flag {flag}"),
+                    })
                 }
             };
             out.push(id);
-            if !on_token(id) || config.eos_token_ids.contains(&id) || !more {
+            let go_on = on_token(id);
+            let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)).transpose()? else {
                 return Ok(out);
-            }
-            current = match next {
-                Some(next) => next?,
-                None => step(&Tensor::from_slice(gpu, &[1, 1], &[id])?, offset, out.len())?,
             };
             offset += 1;
             autotune_after(gpu, out.len()).await;
+            (token, read) = next;
         }
     }
 
-    /// Sampled decoding with every draw on the CPU ([`sample`]), for a top-k
-    /// past the GPU's candidates: each step's V logits are read back. On a
-    /// real GPU the next step is recorded and encoded before this one's
-    /// logits are read, on a token tensor of its own that the draw then
-    /// writes (`Tensor::write`, ordered before the step's submit), so the GPU
-    /// waits for the draw and the submit only; after the last token one
-    /// encoded step is dropped, never submitted. A CPU rasterizer runs the
-    /// steps on the cores that would record the next one, so there the next
-    /// step is recorded after the draw.
+    /// Sampled decoding with every draw on the CPU ([`sample`]), for CPU
+    /// rasterizers: each step's V logits are read back and drawn from, then
+    /// the next step is recorded (the rasterizer runs steps on the cores
+    /// that would record the next one).
     async fn generate_on_cpu(
         &self,
         Decoding { gpu, cache, config, hooks }: Decoding<'_>,
         prompt: Tensor,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        // Encodes the step at `offset` for ids (1, T): the step and the read of its logits.
-        let step = |ids: &Tensor, offset: usize| -> Result<(Encoded<'_>, PendingRead)> {
+        // Submits the step at `offset` for ids (1, T): the read of its logits.
+        let step = |ids: &Tensor, offset: usize| -> Result<PendingRead> {
             let mut rec = Recorder::new(gpu);
             let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
             let read = rec.read_after(&logits)?;
-            Ok((rec.encode()?, read))
+            rec.submit()?;
+            Ok(read)
         };
-        let ahead = is_real_gpu(gpu);
         let mut out = Vec::with_capacity(config.max_new_tokens);
         let mut offset = prompt.shape()[1];
-        let (first, mut read) = step(&prompt, 0)?;
-        first.submit()?;
+        let mut read = step(&prompt, 0)?;
         loop {
-            // The next step, if one may follow, is encoded before this one
-            // is read; if it cannot be, this token still reaches `on_token`
-            // before the error is returned.
-            let token = Tensor::zeros(gpu, &[1, 1], DType::U32)?; // written by the draw, never pooled
-            let more = out.len() + 1 < config.max_new_tokens;
-            let early = (ahead && more).then(|| step(&token, offset));
-            let bytes = read.read(gpu).await?;
-            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
             let id = sample(&row, config, out.len() as u32)?;
             out.push(id);
-            if !on_token(id) || config.eos_token_ids.contains(&id) || !more {
+            if !on_token(id) || config.eos_token_ids.contains(&id) || out.len() == config.max_new_tokens {
                 return Ok(out);
             }
-            let (next, next_read) = match early {
-                Some(encoded) => encoded?,
-                None => step(&token, offset)?,
-            };
-            token.write(gpu, &[id])?;
-            next.submit()?;
+            read = step(&Tensor::from_slice(gpu, &[1, 1], &[id])?, offset)?;
             offset += 1;
             autotune_after(gpu, out.len()).await;
-            read = next_read;
         }
     }
-}
-
-/// A submitted sampled step: its token on the GPU (1, 1), the read of the
-/// token and its flag, and its logits (1, V) for a draw on the CPU.
-struct DrawStep {
-    token: Tensor,
-    read: PendingRead,
-    logits: Tensor,
 }
 
 /// What a generation's steps share: the device, the cache, the settings and
