@@ -5,6 +5,8 @@
 //! (f64) reaches top_p, and the race picks the kept token with the largest
 //! score − ln E (`kernels::sample::race_noise`), the lower index on ties.
 
+use std::cmp::Ordering;
+
 use crate::kernels::sample::{draw_base, race_noise, Sampling};
 
 /// What the rule makes of one row.
@@ -27,7 +29,8 @@ pub fn sample_row(logits: &[f32], sampling: &Sampling) -> Draw {
     let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !scores[i].is_nan()).collect();
     let values = order.len();
     let none = Draw { token: None, kept: Vec::new(), race: Vec::new(), values };
-    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
+    // No NaN is left, so every pair compares (−0 and 0 as equal).
+    order.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap_or(Ordering::Equal).then(a.cmp(&b)));
     let Some(&first) = order.first() else { return none };
     let max = scores[first];
     if !max.is_finite() {

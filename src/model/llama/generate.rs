@@ -35,7 +35,7 @@ use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
-use crate::kernels::sample::{sample_rows, Sampling, DECIDED, NO_TOKEN};
+use crate::kernels::sample::{sample_rows, Sampling, DECIDED};
 use crate::kernels::swiglu::swiglu_forward;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
@@ -335,80 +335,38 @@ impl Model {
         let hooks = frozen.as_deref().unwrap_or(hooks);
         let decoding = Decoding { gpu, cache: &cache, config, hooks };
         match config.greedy {
-            true => self.generate_greedy(decoding, ids, on_token).await,
-            false => self.generate_sampled(decoding, ids, on_token).await,
+            // A CPU rasterizer draws on the CPU: there the GPU's selection
+            // passes cost more than the CPU's sort.
+            false if !is_real_gpu(gpu) => self.generate_on_cpu(decoding, ids, on_token).await,
+            _ => self.generate_on_gpu(decoding, ids, on_token).await,
         }
     }
 
-    /// Greedy decoding with the token picked on the GPU ([`argmax_rows`]):
-    /// each step reads back one u32, not V logits, and the next step, whose
-    /// embedding reads that token where the argmax wrote it, is recorded and
-    /// submitted before this one's token is read. The GPU then never waits
-    /// for the CPU to record a step or for a readback's round trip (most of
-    /// a small model's token on a real GPU, and a browser's `mapAsync`
-    /// latency). After the last token (an eos, `on_token` saying stop) one
-    /// submitted step goes unread; its cache rows are past every read one.
-    async fn generate_greedy(
+    /// Decoding with the token picked on the GPU: greedy's [`argmax_rows`],
+    /// or on a real GPU the sampled draw ([`sample_rows`]). Each step reads
+    /// back its token (a flag with a draw), not V logits, and the next step,
+    /// whose embedding reads that token where the pick wrote it, is recorded
+    /// and submitted before this one's token is read. The GPU then never
+    /// waits for the CPU to record a step or for a readback's round trip
+    /// (most of a small model's token on a real GPU, and a browser's
+    /// `mapAsync` latency). After the last token (an eos, `on_token` saying
+    /// stop) one submitted step goes unread; its cache rows are past every
+    /// read one.
+    async fn generate_on_gpu(
         &self,
         Decoding { gpu, cache, config, hooks }: Decoding<'_>,
         prompt: Tensor,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        // Submits the step at `offset` for ids (1, T): its token (1, 1) and the read of it.
-        let step = |ids: &Tensor, offset: usize| -> Result<(Tensor, PendingRead)> {
-            let mut rec = Recorder::new(gpu);
-            let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
-            let token = argmax_rows(&mut rec, &logits)?.reshape(&[1, 1])?;
-            let read = rec.read_after(&token)?;
-            rec.submit()?;
-            Ok((token, read))
-        };
-        let mut out = Vec::with_capacity(config.max_new_tokens);
-        let mut offset = prompt.shape()[1];
-        let (mut token, mut read) = step(&prompt, 0)?;
-        loop {
-            // The next step, if one may follow, goes in before this one is
-            // read; if it cannot be recorded, this token still reaches
-            // `on_token` before the error is returned.
-            let next = (out.len() + 1 < config.max_new_tokens).then(|| step(&token, offset));
-            let bytes = read.read(gpu).await?;
-            let id = bytemuck::pod_read_unaligned::<u32>(&bytes[..4]);
-            if id == NO_INDEX {
-                return Err(no_token());
-            }
-            out.push(id);
-            let go_on = on_token(id);
-            let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)).transpose()? else {
-                return Ok(out);
-            };
-            offset += 1;
-            autotune_after(gpu, out.len()).await;
-            (token, read) = next;
-        }
-    }
-
-    /// Sampled decoding with the draw on a real GPU ([`sample_rows`]): as
-    /// greedy decoding, each step reads back its token (and a flag), and the
-    /// next step, which reads the token where the draw wrote it, is
-    /// submitted before this one is read. A CPU rasterizer draws on the CPU
-    /// ([`Self::generate_on_cpu`]): there the GPU's selection passes cost
-    /// more than the CPU's sort.
-    async fn generate_sampled(
-        &self,
-        decoding: Decoding<'_>,
-        prompt: Tensor,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
-        if !is_real_gpu(decoding.gpu) {
-            return self.generate_on_cpu(decoding, prompt, on_token).await;
-        }
-        let Decoding { gpu, cache, config, hooks } = decoding;
-        // Submits the step at `offset` for ids (1, T), drawing token `draw`:
-        // its token (1, 1) and the read of the token and its flag.
+        // Submits the step at `offset` for ids (1, T), picking token `draw`:
+        // its token (1, 1) and the read of it (and of the draw's flag).
         let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<(Tensor, PendingRead)> {
             let mut rec = Recorder::new(gpu);
             let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
-            let picked = sample_rows(&mut rec, &logits, &config.draw_settings(draw as u32))?; // (2): token, flag
+            let picked = match config.greedy {
+                true => argmax_rows(&mut rec, &logits)?, // (1)
+                false => sample_rows(&mut rec, &logits, &config.draw_settings(draw as u32))?, // (2): token, flag
+            };
             let read = rec.read_after(&picked)?;
             rec.submit()?;
             Ok((picked.reshape_prefix(&[1, 1])?, read))
@@ -420,20 +378,17 @@ impl Model {
             // The next step, if one may follow, goes in before this one is
             // read; if it cannot be recorded, this token still reaches
             // `on_token` before the error is returned.
-            let more = out.len() + 1 < config.max_new_tokens;
-            let next = more.then(|| step(&token, offset, out.len() + 1));
+            let next = (out.len() + 1 < config.max_new_tokens).then(|| step(&token, offset, out.len() + 1));
             let bytes = read.read(gpu).await?;
             let word = |i: usize| bytemuck::pod_read_unaligned::<u32>(&bytes[4 * i..4 * i + 4]);
-            let id = match word(1) {
-                DECIDED => word(0),
-                NO_TOKEN => return Err(no_token()),
-                flag => {
-                    return Err(Error::Gpu {
-                        context: "sample_rows".into(),
-                        message: format!("a row came back with flag {flag}"),
-                    })
-                }
+            let picked = match config.greedy {
+                true => word(0) != NO_INDEX,
+                false => word(1) == DECIDED, // else NO_TOKEN
             };
+            if !picked {
+                return Err(no_token());
+            }
+            let id = word(0);
             out.push(id);
             let go_on = on_token(id);
             let Some(next) = next.filter(|_| go_on && !config.eos_token_ids.contains(&id)).transpose()? else {
