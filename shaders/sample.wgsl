@@ -14,6 +14,13 @@
 //                  slice's CANDIDATES most likely (key, index) pairs, unordered
 //                  (fewer where it has fewer values; the rest key 0), and the
 //                  slice's statistics (stats below).
+//   repetition_penalty  invocation (index, row), before the others where the
+//                  generation has a penalty θ ≠ 1 (transformers'
+//                  RepetitionPenaltyLogitsProcessor): every token already in
+//                  the row's sequence has its logit divided by θ where it is
+//                  ≥ 0 and multiplied by θ where it is negative, in place. The
+//                  sequence is a bitmask of token ids; the previous step's
+//                  token (`last`, where `mark`) joins it here.
 //   sample_pick    workgroup row: merges the statistics, selects the row's
 //                  CANDIDATES most likely of the slices' candidates, sorts them,
 //                  and applies top-k, top-p and the draw. Where the kept set
@@ -45,9 +52,9 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     draw: u32,         // row r draws with draw + r
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    penalty: f32,      // repetition_penalty: θ > 0
+    mark: u32,         // repetition_penalty: 1 = add last[row] to the row's tokens first
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,6 +65,10 @@ struct Params {
 // and index, the count of values (not NaN), the largest s − ln E's key and index.
 @group(0) @binding(3) var<storage, read_write> stats: array<u32>;
 @group(0) @binding(4) var<storage, read_write> tokens: array<u32>;       // (2 · rows): the tokens, then their flags
+// repetition_penalty's: the logits it changes, the tokens seen so far and the previous step's.
+@group(0) @binding(5) var<storage, read_write> penalized: array<f32>;    // (rows, n)
+@group(0) @binding(6) var<storage, read_write> seen: array<atomic<u32>>; // (rows, ceil(n / 32)): bit i of a row: token i
+@group(0) @binding(7) var<storage, read> last: array<u32>;               // (rows): each row's previous token
 
 var<workgroup> hist: array<atomic<u32>, WG>;
 var<workgroup> suffix: array<u32, WG>;
@@ -525,5 +536,22 @@ fn sample_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (lid == 0u) {
         tokens[row] = winner.y;
         tokens[p.rows + row] = DECIDED;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn repetition_penalty(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    let row = gid.y;
+    if (i >= p.n) { return; }
+    let word = row * ((p.n + 31u) / 32u) + i / 32u;
+    let bit = 1u << (i % 32u);
+    // The one invocation of the previous token sets its bit; the others read
+    // only their own bits of the word.
+    let fresh = p.mark != 0u && last[row] == i;
+    if (fresh) { atomicOr(&seen[word], bit); }
+    if (fresh || (atomicLoad(&seen[word]) & bit) != 0u) {
+        let l = penalized[row * p.n + i];
+        penalized[row * p.n + i] = select(l / p.penalty, l * p.penalty, l < 0.0);
     }
 }

@@ -195,6 +195,53 @@ fn generate_chat_and_generation_config_eos() {
     assert!(err.contains("has no chat_template (tokenizer_config.json); leave --chat out"), "{err}");
 }
 
+/// `generate --repetition-penalty` gives transformers' greedy text with that penalty (to its eos), and a
+/// model whose generation_config.json names a penalty gets it without the flag (transformers' defaults from
+/// the file), while `--repetition-penalty 1` turns it off again.
+#[test]
+fn generate_with_the_models_repetition_penalty() {
+    use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
+    let model = fixture("llama_gqa");
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("generation/repetition_penalty.json")).unwrap()).unwrap();
+    let run = &refs["runs"][0];
+    assert_eq!((run["model"].as_str(), run["repetition_penalty"].as_f64()), (Some("llama_gqa"), Some(1.3)));
+    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    if let Some(eos) = want.iter().position(|&t| t == 382) {
+        want.truncate(eos + 1); // the CLI stops at the eos
+    }
+    let tokenizer = pollster::block_on(Tokenizer::load(&DirFiles::new(&model).unwrap())).unwrap();
+    let want_text = tokenizer.decode(&want, true).unwrap();
+    let args = |model: &str, extra: &[&str]| {
+        let mut a = vec!["generate", "--model", model, "--prompt", "In the spring the river", "--max-new-tokens", "20"];
+        a.extend(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let text = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+    };
+    let run = |a: Vec<String>| webpeft(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let flagged = run(args(&model, &["--repetition-penalty", "1.3"]));
+    assert_eq!(text(&flagged), want_text);
+    assert_eq!(generated_tokens(&flagged), want.len());
+
+    let dir = TempDir::new("repetition-penalty");
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.0.join("generation_config.json"), r#"{"eos_token_id": 382, "repetition_penalty": 1.3}"#)
+        .unwrap();
+    let folder = dir.0.to_str().unwrap();
+    assert_eq!(text(&run(args(folder, &[]))), want_text, "the file's penalty is the default");
+    let off = text(&run(args(folder, &["--repetition-penalty", "1"])));
+    assert_eq!(off, text(&run(args(&model, &[]))), "--repetition-penalty 1 is plain greedy");
+    assert_ne!(off, want_text);
+}
+
 /// A fresh folder under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
 

@@ -7,9 +7,9 @@ mod common;
 
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reference::sample::sample_row;
+use webpeft::kernels::reference::sample::{repetition_penalty, sample_row};
 use webpeft::kernels::sample::CANDIDATES;
-use webpeft::model::llama::{GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
+use webpeft::model::llama::{GenerationChoices, GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
@@ -197,11 +197,14 @@ fn a_decoding_step_makes_one_launch_a_linear() {
 #[test]
 fn sampled_decoding_feeds_each_draw_to_the_next_step() {
     let (prompt, _) = greedy_ref("llama_gqa");
+    let penalized = |c: GenerationConfig, repetition_penalty| GenerationConfig { repetition_penalty, ..c };
     let settings = [
         GenerationConfig::sampling(10, 1.3, 0, 1.0, 5),
         GenerationConfig::sampling(9, 0.8, 12, 0.9, 9),
         GenerationConfig::sampling(8, 4.0, 0, 0.99, 11),
         GenerationConfig::sampling(6, 1.0, 300, 1.0, 13),
+        penalized(GenerationConfig::sampling(10, 0.7, 50, 0.95, 17), 1.8),
+        penalized(GenerationConfig::sampling(8, 1.0, 0, 1.0, 19), 0.6),
     ];
     for (gpu, config) in
         [common::gpu(), common::gpu_family()].into_iter().flat_map(|g| settings.iter().map(move |c| (g, c)))
@@ -222,8 +225,11 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
             );
             let logits = logits.unwrap();
             rec.submit().unwrap();
-            let row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
+            let mut row = block_on(logits.to_vec::<f32>(gpu)).unwrap();
             assert_eq!(row.len(), v);
+            if config.repetition_penalty != 1.0 {
+                row = repetition_penalty(&row, &[prompt.as_slice(), &want].concat(), config.repetition_penalty);
+            }
             offset += ids.len();
             let draw = sample_row(&row, &config.draw_settings(want.len() as u32));
             widest = widest.max(draw.kept.len());
@@ -236,6 +242,106 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
             assert!(widest > CANDIDATES, "a kept set of {widest} tokens never passed the candidates");
         }
     }
+}
+
+/// Greedy decoding with a repetition penalty (1.3 on the three models, 0.8
+/// on llama_gqa) gives transformers' 20 tokens (`make_fixtures.py
+/// generation`: every id of the sequence, prompt included, penalized before
+/// the argmax), through both kernel families.
+#[test]
+fn repetition_penalty_matches_transformers() {
+    let path = fixture("generation/repetition_penalty.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let ids =
+        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for gpu in [common::gpu(), common::gpu_family()] {
+        for run in runs {
+            let (name, penalty) = (run["model"].as_str().unwrap(), run["repetition_penalty"].as_f64().unwrap() as f32);
+            let model = load(gpu, name);
+            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
+            let config = GenerationConfig { repetition_penalty: penalty, ..GenerationConfig::greedy(want.len()) };
+            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
+            assert_eq!(got, want, "{name} θ {penalty}, {:?} kernels", gpu.kernel_family());
+            let plain =
+                block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(want.len()), |_| true)).unwrap();
+            assert_ne!(plain, want, "{name}: the penalty changes the tokens");
+        }
+    }
+}
+
+/// A model's generation_config.json gives transformers' settings
+/// (`GenerationConfig.from_pretrained`, `make_fixtures.py generation`):
+/// Llama 3.2 Instruct's and Qwen2.5 Instruct's files, the fixtures' plain
+/// one (transformers' defaults: greedy, top-k 50), top_k null and 0, and
+/// warpers beside do_sample false; values generation would refuse are typed
+/// errors naming the file and field.
+#[test]
+fn generation_config_defaults_are_transformers() {
+    use webpeft::model::config::GenerationDefaults;
+    let path = fixture("generation/generation_configs.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let cases = v.as_object().unwrap();
+    assert_eq!(cases.len(), 6);
+    for (name, case) in cases {
+        let got = GenerationDefaults::from_json(case["file"].to_string().as_bytes()).unwrap();
+        let num = |k: &str| case[k].as_f64().unwrap() as f32;
+        assert_eq!(got.do_sample, case["do_sample"].as_bool().unwrap(), "{name}");
+        assert_eq!(
+            (got.temperature, got.top_p, got.repetition_penalty),
+            (num("temperature"), num("top_p"), num("repetition_penalty")),
+            "{name}"
+        );
+        assert_eq!(got.top_k, case["top_k"].as_u64().unwrap_or(0) as usize, "{name}");
+        let eos = &case["file"]["eos_token_id"];
+        let want_eos: Vec<u32> = match eos {
+            serde_json::Value::Array(a) => a.iter().map(|i| i.as_u64().unwrap() as u32).collect(),
+            serde_json::Value::Null => Vec::new(),
+            one => vec![one.as_u64().unwrap() as u32],
+        };
+        assert_eq!(got.eos_token_ids, want_eos, "{name}");
+        let config = GenerationConfig::from_defaults(&got, 7);
+        assert_eq!((config.greedy, config.max_new_tokens, config.seed), (!got.do_sample, 7, 0), "{name}");
+        config.validate().unwrap();
+    }
+    assert_eq!(GenerationDefaults::default(), GenerationDefaults::from_json(b"{}").unwrap());
+    // A caller's choices over the model's settings (the CLI's flags, the browser's options).
+    let qwen = GenerationDefaults::from_json(cases["qwen25_instruct"]["file"].to_string().as_bytes()).unwrap();
+    let own = GenerationConfig::from_defaults(&qwen, 5);
+    assert_eq!(own.clone().with_choices(&GenerationChoices::default()), own);
+    let hotter = own.clone().with_choices(&GenerationChoices { temperature: Some(0.9), ..Default::default() });
+    assert_eq!((hotter.greedy, hotter.temperature, hotter.top_k, hotter.top_p), (false, 0.9, 20, 0.8));
+    let greedy = GenerationChoices { greedy: Some(true), temperature: Some(0.5), seed: Some(4), ..Default::default() };
+    let greedy = own.clone().with_choices(&greedy);
+    assert_eq!((greedy.greedy, greedy.repetition_penalty, greedy.seed), (true, 1.05, 4));
+    // Without a file, a temperature samples with transformers' top-k of 50.
+    let plain = GenerationConfig::from_defaults(&GenerationDefaults::default(), 5).with_choices(&GenerationChoices {
+        temperature: Some(0.7),
+        top_p: Some(0.9),
+        ..Default::default()
+    });
+    assert_eq!((plain.greedy, plain.temperature, plain.top_k, plain.top_p), (false, 0.7, 50, 0.9));
+    for (file, field) in [
+        (r#"{"do_sample": true, "temperature": 0}"#, "temperature"),
+        (r#"{"top_p": 1.5}"#, "top_p"),
+        (r#"{"top_p": 0}"#, "top_p"),
+        (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
+        (r#"{"top_k": -1}"#, "top_k"),
+        (r#"{"do_sample": "yes"}"#, "do_sample"),
+        (r#"[1]"#, "(file)"),
+    ] {
+        match GenerationDefaults::from_json(file.as_bytes()) {
+            Err(Error::File { file: f, detail }) => {
+                assert!(f == "generation_config.json" && detail.starts_with(field), "{file}: {f}: {detail}")
+            }
+            other => panic!("{file}: {other:?}"),
+        }
+    }
+    // do_sample false: the warpers' values are not checked (transformers ignores them).
+    GenerationDefaults::from_json(br#"{"do_sample": false, "temperature": 0.0}"#).unwrap();
+    let bad = GenerationConfig { repetition_penalty: 0.0, ..GenerationConfig::greedy(3) };
+    assert!(matches!(bad.validate(), Err(Error::InvalidArgument { .. })));
 }
 
 /// The demo's built-in model (www/default-model): its prompt and chat encodings, the prompt's logits and the

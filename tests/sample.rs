@@ -1,14 +1,17 @@
 //! Sampling: the GPU's draw (`sample_rows`) and the CPU's (`sample`) against
 //! the reference's full sort, on seeded random rows at odd sizes with ties,
 //! NaN, ±∞ and ±0, under every kind of setting; the draw's frequencies
-//! against the kept softmax; and bad settings as typed errors.
+//! against the kept softmax; transformers' repetition penalty on both; and
+//! bad settings as typed errors.
 
 mod common;
 use common::{block_on, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reference::sample::{sample_row, Draw};
-use webpeft::kernels::sample::{sample_rows, Sampling, CANDIDATES, DECIDED, NO_TOKEN};
-use webpeft::model::llama::{argmax, sample, GenerationConfig};
+use webpeft::kernels::reference::sample::{repetition_penalty as penalty_reference, sample_row, Draw};
+use webpeft::kernels::sample::{
+    repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, CANDIDATES, DECIDED, NO_TOKEN,
+};
+use webpeft::model::llama::{argmax, penalize_seen, sample, GenerationConfig};
 use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Tensor};
 
@@ -255,4 +258,84 @@ fn bad_settings_are_typed_errors() {
     let picked = sample_rows(&mut rec, &empty, &ok).unwrap();
     rec.submit().unwrap();
     assert_eq!(block_on(picked.to_vec::<u32>(gpu)).unwrap(), [0, NO_TOKEN]);
+}
+
+/// Bit-exact equality of two rows (NaN equal to NaN, −0 apart from +0).
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+}
+
+/// transformers' repetition penalty on the GPU (`repetition_penalty`) and
+/// on the CPU (`penalize_seen`) against the reference, bit for bit: rows of
+/// odd sizes with NaN, ±∞ and ±0, token sets with repeats, each step's
+/// previous token joining the set on the GPU (already in it or not).
+#[test]
+fn repetition_penalty_matches_the_reference() {
+    let gpu = gpu();
+    let mut gen = Rng::new(41);
+    let mut cases = 0;
+    for (v, rows) in [(1, 1), (31, 2), (32, 1), (33, 3), (1000, 2), (40_001, 1)] {
+        for penalty in [1.3f32, 0.7, 2.5] {
+            let logits: Vec<Vec<f32>> = (0..rows).map(|_| row(&mut gen, v, 8.0, true)).collect();
+            let ids: Vec<Vec<u32>> =
+                (0..rows).map(|_| (0..gen.below(2 * v.min(50) + 1)).map(|_| gen.below(v) as u32).collect()).collect();
+            // Even rows: a random previous token; odd ones: one already in the set.
+            let last: Vec<u32> = (0..rows)
+                .map(|r| if r % 2 == 0 { gen.below(v) as u32 } else { ids[r].first().copied().unwrap_or(0) })
+                .collect();
+            let id_rows: Vec<&[u32]> = ids.iter().map(|r| r.as_slice()).collect();
+            let seen = seen_tokens(&id_rows, v).unwrap();
+            for with_last in [false, true] {
+                let t = Tensor::from_slice(gpu, &[rows, v], &logits.concat()).unwrap();
+                let s = Tensor::from_slice(gpu, &[rows, seen_words(v)], &seen).unwrap();
+                let l = Tensor::from_slice(gpu, &[rows], &last).unwrap();
+                let mut rec = Recorder::new(gpu);
+                repetition_penalty(&mut rec, &t, &s, with_last.then_some(&l), penalty).unwrap();
+                rec.submit().unwrap();
+                let got: Vec<f32> = block_on(t.to_vec(gpu)).unwrap();
+                let got_seen: Vec<u32> = block_on(s.to_vec(gpu)).unwrap();
+                for r in 0..rows {
+                    let mut all = ids[r].clone();
+                    if with_last {
+                        all.push(last[r]);
+                    }
+                    let want = penalty_reference(&logits[r], &all, penalty);
+                    assert!(same_bits(&got[r * v..(r + 1) * v], &want), "V {v} row {r} θ {penalty} last {with_last}");
+                    let mut cpu = logits[r].clone();
+                    let words = seen_words(v);
+                    penalize_seen(&mut cpu, &seen[r * words..(r + 1) * words], penalty);
+                    let want_cpu = penalty_reference(&logits[r], &ids[r], penalty);
+                    assert!(same_bits(&cpu, &want_cpu), "CPU: V {v} row {r} θ {penalty}");
+                    let want_seen = seen_tokens(&[&all], v).unwrap();
+                    assert_eq!(got_seen[r * words..(r + 1) * words], want_seen[..], "the set after the step, V {v}");
+                }
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 36);
+}
+
+/// Bad arguments of the penalty are typed errors, checked before a launch.
+#[test]
+fn repetition_penalty_refuses_bad_arguments() {
+    let gpu = gpu();
+    let t = Tensor::from_slice(gpu, &[2, 40], &[0.5f32; 80]).unwrap();
+    let seen = Tensor::from_slice(gpu, &[2, 2], &[0u32; 4]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    for penalty in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let e = repetition_penalty(&mut rec, &t, &seen, None, penalty).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument { .. }) && e.to_string().contains("repetition_penalty"), "{e}");
+    }
+    let short = Tensor::from_slice(gpu, &[2, 1], &[0u32; 2]).unwrap();
+    let e = repetition_penalty(&mut rec, &t, &short, None, 1.2).unwrap_err();
+    assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains("seen"), "{e}");
+    let floats = Tensor::from_slice(gpu, &[2], &[1.0f32; 2]).unwrap();
+    let e = repetition_penalty(&mut rec, &t, &seen, Some(&floats), 1.2).unwrap_err();
+    assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains("last"), "{e}");
+    let e = seen_tokens(&[&[3, 40]], 40).unwrap_err();
+    assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains("token 40"), "{e}");
+    let flat = Tensor::from_slice(gpu, &[80], &[0.5f32; 80]).unwrap();
+    assert!(matches!(repetition_penalty(&mut rec, &flat, &seen, None, 1.2), Err(Error::Shape { .. })));
+    assert_eq!(rec.dispatches(), 0);
 }

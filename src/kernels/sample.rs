@@ -104,7 +104,9 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     draw: u32,
-    _pad: [u32; 3],
+    penalty: f32,
+    mark: u32,
+    _pad: u32,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -146,7 +148,7 @@ pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> 
         seed_lo: sampling.seed as u32,
         seed_hi: (sampling.seed >> 32) as u32,
         draw: sampling.draw,
-        _pad: [0; 3],
+        ..Params::zeroed()
     };
     if slices > 0 {
         let bound = [(1, logits), (2, &cand), (3, &stats)];
@@ -158,7 +160,95 @@ pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> 
     Ok(tokens)
 }
 
+/// Words of a row's set of seen tokens for a vocabulary of `v`: bit i of
+/// word i / 32 is token i.
+pub fn seen_words(v: usize) -> usize {
+    v.div_ceil(32)
+}
+
+/// The set of seen tokens of each row of `ids` (one row a sequence) for a
+/// vocabulary of `v`, as [`repetition_penalty`] reads it: (rows,
+/// [`seen_words`]`(v)`) u32. Ids of `v` or more are refused.
+pub fn seen_tokens(ids: &[&[u32]], v: usize) -> Result<Vec<u32>> {
+    let words = seen_words(v);
+    let mut seen = vec![0u32; ids.len() * words];
+    for (row, row_ids) in ids.iter().enumerate() {
+        for &id in *row_ids {
+            if id as usize >= v {
+                return Err(Error::shape("repetition_penalty", format!("token {id} of row {row} is not below V {v}")));
+            }
+            seen[row * words + id as usize / 32] |= 1 << (id % 32);
+        }
+    }
+    Ok(seen)
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor` in place on `logits`
+/// (rows, V) f32: each token in its row's set `seen` (rows,
+/// [`seen_words`]`(V)`) u32 ([`seen_tokens`]) has its logit divided by
+/// `penalty` where ≥ 0 and multiplied by it where negative. With `last`
+/// (rows) u32, each row's previous token joins its set first (a decoding
+/// step's, which the GPU picked). One launch; `penalty` must be finite and > 0.
+pub fn repetition_penalty(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    seen: &Tensor,
+    last: Option<&Tensor>,
+    penalty: f32,
+) -> Result<()> {
+    const OP: &str = "repetition_penalty";
+    all_f32(OP, &[("logits", logits)])?;
+    let &[rows, n] = logits.shape() else {
+        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
+    };
+    if !(penalty.is_finite() && penalty > 0.0) {
+        return Err(Error::invalid(OP, format!("repetition_penalty must be finite and > 0, got {penalty}")));
+    }
+    let words = seen_words(n);
+    if seen.dtype() != DType::U32 || seen.numel() != rows * words {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "seen {:?} {} must be ({rows}, {words}) u32 for logits {:?}",
+                seen.shape(),
+                seen.dtype().name(),
+                logits.shape()
+            ),
+        ));
+    }
+    if let Some(last) = last {
+        if last.dtype() != DType::U32 || last.numel() < rows {
+            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
+            return Err(Error::shape(OP, detail));
+        }
+    }
+    u32_count(OP, "element count", rows * n)?;
+    let groups = n.div_ceil(WG as usize);
+    let limit = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    if groups > limit || rows > limit {
+        return Err(Error::shape(
+            OP,
+            format!("logits {:?} need more workgroups than one dispatch holds", logits.shape()),
+        ));
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let p = Params { n: n as u32, rows: rows as u32, penalty, mark: last.is_some() as u32, ..Params::zeroed() };
+    // Without a previous token, `last` binds a word that is never read (mark is 0).
+    let unread;
+    let last = match last {
+        Some(t) => t,
+        None => {
+            unread = rec.alloc(&[1], DType::U32)?;
+            &unread
+        }
+    };
+    let bound = [(5, logits), (6, seen), (7, last)];
+    rec.dispatch_bound(&key(OP), &p, &bound, [groups as u32, rows as u32, 1])
+}
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sample_slices", "sample_pick", "sample_wide"].map(key).to_vec()
+    ["sample_slices", "sample_pick", "sample_wide", "repetition_penalty"].map(key).to_vec()
 }

@@ -167,17 +167,19 @@ impl Config {
     /// The end-of-sequence ids of `generation_config.json` (none without the
     /// file), which `generate()` stops at as well as `config.json`'s: a chat
     /// model may end its turns with a token only this file names (Llama 3
-    /// Instruct's `<|eot_id|>`).
+    /// Instruct's `<|eot_id|>`). See [`Config::generation_defaults`].
     pub async fn generation_eos_ids<F: ModelFiles>(files: &F) -> Result<Vec<u32>> {
-        const FILE: &str = "generation_config.json";
-        fn field_error(field: &str, detail: String) -> Error {
-            Error::File { file: FILE.to_string(), detail: format!("{field}: {detail}") }
-        }
-        let Some(source) = files.try_open(FILE).await? else { return Ok(Vec::new()) };
-        let bytes = source.read_all().await?;
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| field_error("(file)", format!("not valid JSON: {e}")))?;
-        Fields::new(&value, "", "(file)", field_error)?.tokens("eos_token_id")
+        Ok(Config::generation_defaults(files).await?.eos_token_ids)
+    }
+
+    /// What `generation_config.json` sets for `generate()`, as transformers'
+    /// `GenerationConfig.from_pretrained` resolves it: its fields, and
+    /// transformers' defaults where the file is silent (or absent).
+    pub async fn generation_defaults<F: ModelFiles>(files: &F) -> Result<GenerationDefaults> {
+        let Some(source) = files.try_open(GenerationDefaults::FILE).await? else {
+            return Ok(GenerationDefaults::default());
+        };
+        GenerationDefaults::from_json(&source.read_all().await?)
     }
 
     /// Parses and validates a parsed `config.json`.
@@ -498,4 +500,78 @@ fn layer_types(f: &Fields, types: &Value) -> Result<usize> {
         }
     }
     Ok(sliding)
+}
+
+/// The generation settings of a model's `generation_config.json`, resolved
+/// as transformers resolves them: a field the file leaves out (or the file
+/// itself) takes `GenerationConfig`'s default. `top_k: null` is no top-k (0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationDefaults {
+    /// `eos_token_id`: an id or a list; empty when absent.
+    pub eos_token_ids: Vec<u32>,
+    /// `do_sample` (false): sample, or pick the argmax.
+    pub do_sample: bool,
+    /// `temperature` (1.0).
+    pub temperature: f32,
+    /// `top_k` (50; 0 or null: off).
+    pub top_k: usize,
+    /// `top_p` (1.0: off).
+    pub top_p: f32,
+    /// `repetition_penalty` (1.0: off).
+    pub repetition_penalty: f32,
+}
+
+impl Default for GenerationDefaults {
+    fn default() -> Self {
+        GenerationDefaults {
+            eos_token_ids: Vec::new(),
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+impl GenerationDefaults {
+    pub const FILE: &'static str = "generation_config.json";
+
+    /// Parses a `generation_config.json`. A value generation would refuse is
+    /// a typed error naming the file and the field: a temperature that is
+    /// not > 0 where `do_sample` is true, a top_p outside (0, 1], a
+    /// repetition_penalty that is not > 0.
+    pub fn from_json(bytes: &[u8]) -> Result<GenerationDefaults> {
+        fn field_error(field: &str, detail: String) -> Error {
+            Error::File { file: GenerationDefaults::FILE.to_string(), detail: format!("{field}: {detail}") }
+        }
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| field_error("(file)", format!("not valid JSON: {e}")))?;
+        let f = Fields::new(&value, "", "(file)", field_error)?;
+        let d = GenerationDefaults::default();
+        let number = |key: &str, default: f32| -> Result<f32> { Ok(f.opt_f64(key)?.map_or(default, |x| x as f32)) };
+        // `top_k: null` is None in transformers (no top-k), unlike a missing field (50).
+        let top_k = match f.contains_key("top_k") && !f.contains("top_k") {
+            true => 0,
+            false => f.opt_usize("top_k")?.unwrap_or(d.top_k),
+        };
+        let out = GenerationDefaults {
+            eos_token_ids: f.tokens("eos_token_id")?,
+            do_sample: f.opt_bool("do_sample")?.unwrap_or(d.do_sample),
+            temperature: number("temperature", d.temperature)?,
+            top_k,
+            top_p: number("top_p", d.top_p)?,
+            repetition_penalty: number("repetition_penalty", d.repetition_penalty)?,
+        };
+        if out.do_sample && out.temperature <= 0.0 {
+            return Err(f.error("temperature", format!("must be > 0 where do_sample is true, got {}", out.temperature)));
+        }
+        if !(out.top_p > 0.0 && out.top_p <= 1.0) {
+            return Err(f.error("top_p", format!("must be in (0, 1], got {}", out.top_p)));
+        }
+        if out.repetition_penalty <= 0.0 {
+            return Err(f.error("repetition_penalty", format!("must be > 0, got {}", out.repetition_penalty)));
+        }
+        Ok(out)
+    }
 }

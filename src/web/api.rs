@@ -25,7 +25,8 @@ use super::options::{
 };
 use super::types::*;
 use crate::gpu::Gpu;
-use crate::model::llama::{GenerationConfig, Hooks};
+use crate::model::config::GenerationDefaults;
+use crate::model::llama::{GenerationChoices, GenerationConfig, Hooks};
 use crate::model::source::MemorySource;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Config, Model};
@@ -307,8 +308,10 @@ struct ModelState {
     /// keep; buffers are kept as given), re-read by the GGUF export.
     files: WebFiles,
     tokenizer: Option<Tokenizer>,
-    /// `generation_config.json`'s end-of-sequence ids, which generation stops at too.
-    generation_eos: Vec<u32>,
+    /// `generation_config.json`'s settings (transformers' defaults without
+    /// it): what `generate` does where its options are silent, and the
+    /// end-of-sequence ids it stops at too.
+    generation: GenerationDefaults,
     adapters: AdapterSet,
 }
 
@@ -366,8 +369,8 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
     if let Some(t) = &tokenizer {
         t.check_model(&model.config).map_err(err)?;
     }
-    let generation_eos = Config::generation_eos_ids(&files).await.map_err(err)?;
-    let state = ModelState { gpu, model, source, files, tokenizer, generation_eos, adapters: AdapterSet::new() };
+    let generation = Config::generation_defaults(&files).await.map_err(err)?;
+    let state = ModelState { gpu, model, source, files, tokenizer, generation, adapters: AdapterSet::new() };
     Ok(JsValue::from(WebModel { state: Rc::new(RefCell::new(state)) }))
 }
 
@@ -811,17 +814,19 @@ impl WebModel {
                 // The template writes the bos itself, as apply_chat_template(tokenize=True).
                 None => tok.encode(&chat_prompt(tok, &messages(&prompt)?)?, false).map_err(err)?,
             };
-            let mut config = GenerationConfig {
-                max_new_tokens: o.max_new_tokens.unwrap_or(64),
-                temperature: o.temperature.unwrap_or(1.0),
-                top_k: o.top_k.unwrap_or(0),
-                top_p: o.top_p.unwrap_or(1.0),
-                seed: o.seed.unwrap_or(0),
-                eos_token_ids: st.model.config.eos_token_ids.clone(),
-                greedy: o.greedy.unwrap_or(o.temperature.is_none()),
+            // The options, else the model's own settings (generation_config.json).
+            let choices = GenerationChoices {
+                greedy: o.greedy,
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                repetition_penalty: o.repetition_penalty,
+                seed: o.seed,
             };
+            let mut config =
+                GenerationConfig::from_defaults(&st.generation, o.max_new_tokens.unwrap_or(64)).with_choices(&choices);
+            config.eos_token_ids.extend(&st.model.config.eos_token_ids);
             config.eos_token_ids.extend(tok.eos_ids());
-            config.eos_token_ids.extend(&st.generation_eos);
             let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
             let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len() + virtual_tokens);
             config.max_new_tokens = config.max_new_tokens.min(budget);

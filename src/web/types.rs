@@ -110,10 +110,14 @@ export interface StepEvent {
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 export interface EvalResult { loss: number; perplexity: number; tokens: number; }
-/** `generate`'s options. Left out: 64 new tokens (fewer where the context ends), greedy unless a temperature is
- * given (then sampled: temperature, topK 0 = off, topP 1 = off, seed 0). */
+/** `generate`'s options. Left out: 64 new tokens (fewer where the context ends), seed 0, and the model's own
+ * settings, its generation_config.json as transformers reads it (without the file: greedy, topK 50, topP 1,
+ * repetitionPenalty 1). A temperature samples at it unless `greedy` is true. topK 0 and topP 1 are off;
+ * repetitionPenalty (greedy or sampled) divides the logits of tokens already in the text (multiplies the
+ * negative ones), 1 = off. */
 export interface GenerateOptions {
   maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number; greedy?: boolean;
+  repetitionPenalty?: number;
   /** The adapter to run with; null = the base model; absent = the active adapter. */
   adapter?: string | null;
   /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
@@ -172,6 +176,7 @@ pub struct GenerateOptions {
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
     pub chat: Option<bool>,

@@ -465,9 +465,14 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // by one rule: the same tokens from the same seed.
       const sampling = { maxNewTokens: 8, adapter: "k", temperature: 0.8, topP: 0.9, seed: 3 };
       const [gs, cs] = await both(async (m) => (await m.generate("The robot", sampling)).tokenIds.join());
-      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca || gs !== cs) {
+      // transformers' repetition penalty: on the GPU before either pick (greedy, and the real-GPU kernels' draw),
+      // on the CPU before SwiftShader's draw.
+      const [gr, cr] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 8, adapter: "k", repetitionPenalty: 1.5 })).tokenIds.join());
+      const [gq, cq] = await both(async (m) => (await m.generate("The robot", { ...sampling, repetitionPenalty: 1.5 })).tokenIds.join());
+      if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca || gs !== cs || gr !== cr || gq !== cq) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc +
-          ", through the LoRA " + ga + " vs " + ca + ", sampled " + gs + " vs " + cs);
+          ", through the LoRA " + ga + " vs " + ca + ", sampled " + gs + " vs " + cs + ", penalized " + gr + " vs " + cr +
+          ", penalized and sampled " + gq + " vs " + cq);
       }
       // PiSSA in the page (initLora): the base becomes the residual, so the untrained adapter keeps the
       // model's loss; it trains, and its files are a plain LoRA of the original model (rank 2r, as PEFT converts).

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use webpeft::model::config::Config;
-use webpeft::model::llama::GenerationConfig;
+use webpeft::model::llama::{GenerationChoices, GenerationConfig};
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
@@ -18,7 +18,7 @@ pub async fn generate(
     base: (QuantFormat, ComputeDtype),
     prompt: &str,
     chat: bool,
-    mut config: GenerationConfig,
+    (max_new_tokens, choices): (usize, GenerationChoices),
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
@@ -30,10 +30,12 @@ pub async fn generate(
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
         None => None,
     };
+    // The model's own settings (generation_config.json), then the command line's.
+    let defaults = Config::generation_defaults(&files).await?;
+    let mut config = GenerationConfig::from_defaults(&defaults, max_new_tokens).with_choices(&choices);
     // Stop at config.json's, the tokenizer's and generation_config.json's eos ids (a chat model's end of turn).
-    config.eos_token_ids = model.config.eos_token_ids.clone();
+    config.eos_token_ids.extend(&model.config.eos_token_ids);
     config.eos_token_ids.extend(tokenizer.eos_ids());
-    config.eos_token_ids.extend(Config::generation_eos_ids(&files).await?);
     let ids = if chat {
         let template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
             format!("--chat: {} has no chat_template (tokenizer_config.json); leave --chat out", dir.display())

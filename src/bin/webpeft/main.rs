@@ -27,7 +27,7 @@ mod quantize;
 mod resume;
 mod train;
 
-use webpeft::model::llama::GenerationConfig;
+use webpeft::model::llama::GenerationChoices;
 use webpeft::model::source::{DirFiles, ModelFiles};
 use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
@@ -43,7 +43,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate text from a prompt, streaming tokens as they come (greedy unless --temperature > 0).
+    /// Generate text from a prompt, streaming tokens as they come, with the model's own settings
+    /// (generation_config.json, as transformers reads it: greedy without one) unless told otherwise.
     Generate {
         /// The model folder (config.json, safetensors, tokenizer.json).
         #[arg(long)]
@@ -59,15 +60,19 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
-        /// 0 = greedy; otherwise sample at this temperature.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f32,
-        /// Keep the k most likely tokens when sampling (0 = off).
-        #[arg(long, default_value_t = 0)]
-        top_k: usize,
-        /// Nucleus sampling threshold (1 = off).
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f32,
+        /// Sample at this temperature; 0 = greedy [default: the model's]
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Keep the k most likely tokens when sampling; 0 = off [default: the model's, else 50]
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Nucleus sampling threshold; 1 = off [default: the model's]
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Divide the logits of tokens already in the text by this (multiply where negative),
+        /// greedy or sampled; 1 = off [default: the model's]
+        #[arg(long)]
+        repetition_penalty: Option<f32>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
@@ -196,20 +201,22 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             temperature,
             top_k,
             top_p,
+            repetition_penalty,
             seed,
             adapter,
             chat,
         } => {
-            let sampling = GenerationConfig {
-                max_new_tokens,
-                temperature: if temperature > 0.0 { temperature } else { 1.0 },
+            // --temperature 0: greedy.
+            let choices = GenerationChoices {
+                greedy: temperature.map(|t| t == 0.0).filter(|&g| g),
+                temperature: temperature.filter(|&t| t != 0.0),
                 top_k,
                 top_p,
-                seed,
-                eos_token_ids: Vec::new(),
-                greedy: temperature <= 0.0,
+                repetition_penalty,
+                seed: Some(seed),
             };
-            generate::generate(&model, (quant, compute_dtype), &prompt, chat, sampling, adapter.as_deref()).await?
+            let settings = (max_new_tokens, choices);
+            generate::generate(&model, (quant, compute_dtype), &prompt, chat, settings, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
         Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {

@@ -69,3 +69,16 @@ pub fn sample_row(logits: &[f32], sampling: &Sampling) -> Draw {
     }
     Draw { token: Some(kept[best] as u32), kept, race, values }
 }
+
+/// transformers' `RepetitionPenaltyLogitsProcessor` on one row: each token of
+/// `ids` (repeats and all) has its logit divided by `penalty` where ≥ 0 and
+/// multiplied by it where negative, once.
+pub fn repetition_penalty(logits: &[f32], ids: &[u32], penalty: f32) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    for (i, value) in out.iter_mut().enumerate() {
+        if ids.contains(&(i as u32)) {
+            *value = if *value < 0.0 { *value * penalty } else { *value / penalty };
+        }
+    }
+    out
+}

@@ -25,7 +25,7 @@
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::sample::{no_token, sample};
+use super::sample::{no_token, penalize_seen, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
@@ -35,8 +35,9 @@ use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::qlinear;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
-use crate::kernels::sample::{sample_rows, Sampling, DECIDED};
+use crate::kernels::sample::{repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, DECIDED};
 use crate::kernels::swiglu::swiglu_forward;
+use crate::model::config::GenerationDefaults;
 
 /// Keys and values of every layer, (batch, capacity, n_kv_heads, head_dim)
 /// f32 each, on the GPU. Rows past what has been written are never read.
@@ -333,7 +334,7 @@ impl Model {
         // recompute from it (DoRA's weight norms, LoRA's stacked A's) is computed once.
         let frozen = hooks.frozen();
         let hooks = frozen.as_deref().unwrap_or(hooks);
-        let decoding = Decoding { gpu, cache: &cache, config, hooks };
+        let decoding = Decoding { gpu, cache: &cache, config, hooks, prompt_ids };
         match config.greedy {
             // A CPU rasterizer draws on the CPU: there the GPU's selection
             // passes cost more than the CPU's sort.
@@ -354,15 +355,29 @@ impl Model {
     /// read one.
     async fn generate_on_gpu(
         &self,
-        Decoding { gpu, cache, config, hooks }: Decoding<'_>,
+        Decoding { gpu, cache, config, hooks, prompt_ids }: Decoding<'_>,
         prompt: Tensor,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
+        // With a repetition penalty, the sequence's tokens as a set on the
+        // GPU: the prompt's now, each picked token as the next step starts.
+        let seen = match config.repetition_penalty != 1.0 {
+            true => {
+                let v = self.config.vocab_size;
+                Some(Tensor::from_slice(gpu, &[1, seen_words(v)], &seen_tokens(&[prompt_ids], v)?)?)
+            }
+            false => None,
+        };
         // Submits the step at `offset` for ids (1, T), picking token `draw`:
         // its token (1, 1) and the read of it (and of the draw's flag).
         let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<(Tensor, PendingRead)> {
             let mut rec = Recorder::new(gpu);
             let logits = self.forward_cached(&mut rec, ids, cache, offset, hooks)?; // (1, V)
+            if let Some(seen) = &seen {
+                // After the prompt's step, ids is the token the last step picked.
+                let last = (draw > 0).then_some(ids);
+                repetition_penalty(&mut rec, &logits, seen, last, config.repetition_penalty)?;
+            }
             let picked = match config.greedy {
                 true => argmax_rows(&mut rec, &logits)?, // (1)
                 false => sample_rows(&mut rec, &logits, &config.draw_settings(draw as u32))?, // (2): token, flag
@@ -406,7 +421,7 @@ impl Model {
     /// that would record the next one).
     async fn generate_on_cpu(
         &self,
-        Decoding { gpu, cache, config, hooks }: Decoding<'_>,
+        Decoding { gpu, cache, config, hooks, prompt_ids }: Decoding<'_>,
         prompt: Tensor,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
@@ -421,10 +436,21 @@ impl Model {
         let mut out = Vec::with_capacity(config.max_new_tokens);
         let mut offset = prompt.shape()[1];
         let mut read = step(&prompt, 0)?;
+        let v = self.config.vocab_size;
+        let mut seen = match config.repetition_penalty != 1.0 {
+            true => seen_tokens(&[prompt_ids], v)?,
+            false => Vec::new(),
+        };
         loop {
-            let row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
+            let mut row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
+            if !seen.is_empty() {
+                penalize_seen(&mut row, &seen, config.repetition_penalty);
+            }
             let id = sample(&row, config, out.len() as u32)?;
             out.push(id);
+            if !seen.is_empty() && (id as usize) < v {
+                seen[id as usize / 32] |= 1 << (id % 32);
+            }
             if !on_token(id) || config.eos_token_ids.contains(&id) || out.len() == config.max_new_tokens {
                 return Ok(out);
             }
@@ -435,13 +461,14 @@ impl Model {
     }
 }
 
-/// What a generation's steps share: the device, the cache, the settings and
-/// the hooks.
+/// What a generation's steps share: the device, the cache, the settings,
+/// the hooks and the prompt (the first tokens a repetition penalty counts).
 struct Decoding<'a> {
     gpu: &'a Gpu,
     cache: &'a KvCache,
     config: &'a GenerationConfig,
     hooks: &'a dyn Hooks,
+    prompt_ids: &'a [u32],
 }
 
 /// After the second token, the prompt's pass and a one-token step have met
@@ -452,6 +479,20 @@ async fn autotune_after(gpu: &Gpu, tokens: usize) {
     if tokens == 2 && crate::kernels::tune::tuning_counts(gpu).1 > 0 {
         let _ = crate::kernels::tune::autotune_pending(gpu).await;
     }
+}
+
+/// What a caller (the CLI's flags, the browser's `generate` options) chose
+/// of a generation's settings; `None` keeps the model's own
+/// ([`GenerationConfig::from_defaults`], [`GenerationConfig::with_choices`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationChoices {
+    pub greedy: Option<bool>,
+    /// Samples at this temperature (unless `greedy` is `Some(true)`).
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
 }
 
 /// How [`Model::generate`] picks tokens and when it stops.
@@ -472,6 +513,11 @@ pub struct GenerationConfig {
     pub eos_token_ids: Vec<u32>,
     /// Argmax (lowest index on ties) instead of sampling.
     pub greedy: bool,
+    /// transformers' `repetition_penalty` (> 0; 1 = off), greedy or sampled:
+    /// before the pick, each token already in the sequence (prompt
+    /// included) has its logit divided by this where ≥ 0 and multiplied by
+    /// it where negative.
+    pub repetition_penalty: f32,
 }
 
 impl Default for GenerationConfig {
@@ -484,6 +530,7 @@ impl Default for GenerationConfig {
             seed: 0,
             eos_token_ids: Vec::new(),
             greedy: true,
+            repetition_penalty: 1.0,
         }
     }
 }
@@ -496,11 +543,49 @@ impl GenerationConfig {
 
     /// Sampling with the given temperature, top-k, top-p and seed, no eos.
     pub fn sampling(max_new_tokens: usize, temperature: f32, top_k: usize, top_p: f32, seed: u64) -> Self {
-        GenerationConfig { max_new_tokens, temperature, top_k, top_p, seed, eos_token_ids: Vec::new(), greedy: false }
+        GenerationConfig { max_new_tokens, temperature, top_k, top_p, seed, greedy: false, ..Default::default() }
     }
 
-    /// Checks temperature and top_p when sampling.
+    /// A model's own settings (its `generation_config.json`, as transformers
+    /// resolves it) for up to `max_new_tokens`: sampled where `do_sample`,
+    /// stopping at the file's eos ids; seed 0.
+    pub fn from_defaults(defaults: &GenerationDefaults, max_new_tokens: usize) -> Self {
+        let d = defaults;
+        GenerationConfig {
+            max_new_tokens,
+            temperature: d.temperature,
+            top_k: d.top_k,
+            top_p: d.top_p,
+            seed: 0,
+            eos_token_ids: d.eos_token_ids.clone(),
+            greedy: !d.do_sample,
+            repetition_penalty: d.repetition_penalty,
+        }
+    }
+
+    /// These settings with a caller's `choices` over them: a temperature
+    /// samples at it, unless `greedy` says otherwise; each other choice
+    /// given replaces the setting.
+    pub fn with_choices(mut self, choices: &GenerationChoices) -> Self {
+        let c = choices;
+        if let Some(t) = c.temperature {
+            (self.temperature, self.greedy) = (t, false);
+        }
+        self.greedy = c.greedy.unwrap_or(self.greedy);
+        self.top_k = c.top_k.unwrap_or(self.top_k);
+        self.top_p = c.top_p.unwrap_or(self.top_p);
+        self.repetition_penalty = c.repetition_penalty.unwrap_or(self.repetition_penalty);
+        self.seed = c.seed.unwrap_or(self.seed);
+        self
+    }
+
+    /// Checks the repetition penalty, and temperature and top_p when sampling.
     pub fn validate(&self) -> Result<()> {
+        let penalty = self.repetition_penalty;
+        if !(penalty.is_finite() && penalty > 0.0) {
+            let detail = format!("repetition_penalty must be finite and > 0, got {penalty}");
+            return Err(Error::invalid("GenerationConfig", detail));
+        }
         match self.greedy {
             true => Ok(()),
             false => self.draw_settings(0).validate("GenerationConfig"),

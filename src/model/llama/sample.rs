@@ -35,6 +35,23 @@ fn rank_key(score: f32, index: usize) -> u64 {
     (u64::from(!ascending) << 32) | index as u64
 }
 
+/// transformers' repetition penalty on one row of logits (V), in place: each
+/// token in `seen` (bit i of word i / 32: token i, as
+/// `kernels::sample::seen_tokens` makes it) has its logit divided by
+/// `penalty` where ≥ 0 and multiplied by it where negative, as the GPU's
+/// `repetition_penalty` does.
+pub fn penalize_seen(logits: &mut [f32], seen: &[u32], penalty: f32) {
+    for (w, &bits) in seen.iter().enumerate().filter(|(_, &b)| b != 0) {
+        for b in 0..32 {
+            if bits >> b & 1 == 1 {
+                if let Some(l) = logits.get_mut(w * 32 + b) {
+                    *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
+                }
+            }
+        }
+    }
+}
+
 /// A row of logits with no token to pick, on the CPU or on the GPU.
 pub(crate) fn no_token() -> Error {
     Error::invalid("sample", "the logits row is empty or all NaN")
