@@ -235,7 +235,8 @@ async function handle(msg) {
     case "generate": {
       if (!model) throw new Error("load a model first");
       // "after" runs with the trained adapter; "before" and the preference mode's two answers with the base model
-      // (sampled with msg.sampling's temperature and seed; greedy without it).
+      // (sampled with msg.sampling's temperature and seed; without it, the model's own settings from its
+      // generation_config.json, greedy for the built-in model).
       const opts = { maxNewTokens: msg.maxNewTokens ?? 40, adapter: msg.which === "after" ? ADAPTER : null,
         ...(msg.sampling ?? {}), onToken: (text) => post({ type: "token", which: msg.which, text }) };
       if (msg.which === "after" && !model.adapterNames().includes(ADAPTER)) throw new Error("train an adapter first");

@@ -460,6 +460,13 @@ impl WebModel {
             max_position_embeddings: c.max_position_embeddings,
             has_tokenizer: st.tokenizer.is_some(),
             has_chat_template: st.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some()),
+            generation: GenerationInfo {
+                do_sample: st.generation.do_sample,
+                temperature: st.generation.temperature,
+                top_k: st.generation.top_k,
+                top_p: st.generation.top_p,
+                repetition_penalty: st.generation.repetition_penalty,
+            },
         })
     }
 

@@ -39,6 +39,9 @@ export interface LoadOptions {
 export interface ModelInfo {
   modelType: string; vocabSize: number; hiddenSize: number; layers: number; parameters: number;
   quant: Quant; computeDtype: ComputeDtype; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
+  /** The model's own generation settings (generation_config.json as transformers reads it; its defaults without the
+   * file): what `generate` does where its options are silent. */
+  generation: { doSample: boolean; temperature: number; topK: number; topP: number; repetitionPenalty: number };
 }
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
@@ -229,6 +232,18 @@ pub struct ModelInfo {
     pub max_position_embeddings: usize,
     pub has_tokenizer: bool,
     pub has_chat_template: bool,
+    pub generation: GenerationInfo,
+}
+
+/// `ModelInfo.generation`: the model's generation_config.json settings.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationInfo {
+    pub do_sample: bool,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
 }
 
 #[derive(Serialize)]

@@ -121,12 +121,13 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
       const model = await Model.fromUrl(await Gpu.create(), new URL("/model/", location.href).href);
       const full = await model.generate(conversation, { adapter: null, greedy: true, maxNewTokens: max });
       const last = await model.generate(conversation.slice(2), { adapter: null, greedy: true, maxNewTokens: max });
+      const penalized = await model.generate(conversation.slice(0, 1), { adapter: null, greedy: true, maxNewTokens: max, repetitionPenalty: 1.5 });
       // A generation stopped by its signal after a few pieces ends cleanly with them.
       const stop = new AbortController();
       let pieces = 0;
       const stopped = await model.generate(conversation, { adapter: null, greedy: true, maxNewTokens: 100, signal: stop.signal,
         onToken: () => { if (++pieces === 3) stop.abort(); } });
-      return { full, lastOnly: last.promptTokens, stopped, pieces };
+      return { full, lastOnly: last.promptTokens, stopped, pieces, penalized };
     }, { conversation, max: MAX });
     assert.equal(two.left[1].text, expected.full.text, "left = the library's base greedy answer to the whole conversation");
     assert.equal(Number(two.left[1].promptTokens), expected.full.promptTokens);
@@ -136,6 +137,15 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
     assert.ok(expected.stopped.tokenIds.length >= 3 && expected.stopped.tokenIds.length < 100, `stopped after the third piece: ${JSON.stringify(expected.stopped)}`);
     assert.equal(expected.pieces, 3);
     await ref.close();
+
+    // The repetition penalty field (the model's own, 1, after the load) goes with each turn, greedy too.
+    assert.equal(await page.inputValue("#chat-repetition-penalty"), "1");
+    await page.click("#chat-clear");
+    await page.fill("#chat-repetition-penalty", "1.5");
+    await say(page, USER[0], 1);
+    assert.equal((await answers(page)).left[0].text, expected.penalized.text, "left = the library's answer with repetitionPenalty 1.5");
+    assert.notEqual(expected.penalized.text, two.left[0].text, "the penalty changes the toy's answer");
+    await page.fill("#chat-repetition-penalty", "1");
 
     // Stop: a long answer ends early with its text so far; the right column's answer is skipped.
     await page.click("#chat-clear");

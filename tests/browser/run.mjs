@@ -439,6 +439,10 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // f16 compute where the GPU has shader-f16, f32 (the same numbers) where it has not (SwiftShader).
       const mh = await Model.fromUrl(gpu, url, { quant: "f16", computeDtype: "f16" });
       const lh = (await mh.evaluate(data)).loss;
+      // The model's own generation settings: the built-in model's generation_config.json names none, so transformers'
+      // defaults (greedy, top-k 50), which generate uses where its options are silent.
+      const gen = JSON.stringify(m32.info().generation);
+      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, repetitionPenalty: 1 })) throw new Error("generation " + gen);
       const want = gpu.info().shaderF16 ? "f16" : "f32";
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);

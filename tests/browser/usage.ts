@@ -48,7 +48,8 @@ export async function example(data: string): Promise<void> {
   const rendered: string = model.applyChatTemplate(chat) + model.applyChatTemplate(chat, false);
   const stop = new AbortController();
   let pieces = 0;
-  const answer: GenerateResult = await model.generate(chat, { temperature: 0.7, topP: 0.9, seed: 1, adapter: "a", signal: stop.signal,
+  const own: boolean = model.info().generation.doSample;
+  const answer: GenerateResult = await model.generate(chat, { temperature: 0.7, topP: 0.9, repetitionPenalty: own ? 1 : 1.1, seed: 1, adapter: "a", signal: stop.signal,
     onToken: (t: string) => { if (t.includes("\n")) stop.abort(); return ++pieces < 50; } });
   const why: StopReason = answer.stopReason;
   console.log(rendered, why, answer.promptTokens, answer.tokenIds.length);
