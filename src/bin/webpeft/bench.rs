@@ -510,16 +510,31 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    // The focused figures: a table, or with --json the kernels' JSON shape ("matmul": the figures).
+    let focused_json = |figures: Vec<Figure>| -> Result<(), Box<dyn std::error::Error>> {
+        let out = serde_json::json!({ "adapter": gpu.info(), "matmul": figures });
+        out!("{}", serde_json::to_string_pretty(&out)?);
+        Ok(())
+    };
+    let mut row = |f: &Figure| {
+        if !json {
+            print_row(f);
+        }
+    };
     if attention {
-        webpeft::bench::attention::dkv_launch_sizes().iter().for_each(|line| out!("{line}"));
-        print_header(&gpu);
-        webpeft::bench::attention::attention_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
-        return Ok(());
+        if !json {
+            webpeft::bench::attention::dkv_launch_sizes().iter().for_each(|line| out!("{line}"));
+            print_header(&gpu);
+        }
+        let figures = webpeft::bench::attention::attention_figures(&gpu, repeats.max(1), &mut row).await?;
+        return if json { focused_json(figures) } else { Ok(()) };
     }
     if sampling {
-        print_header(&gpu);
-        webpeft::bench::sample::sample_figures(&gpu, repeats.max(1), &mut |f| print_row(f)).await?;
-        return Ok(());
+        if !json {
+            print_header(&gpu);
+        }
+        let figures = webpeft::bench::sample::sample_figures(&gpu, repeats.max(1), &mut row).await?;
+        return if json { focused_json(figures) } else { Ok(()) };
     }
     if let Some(list) = sweep_blocks {
         let blocks = list.split(',').map(parse_blocks).collect::<Result<Vec<_>, _>>()?;
@@ -550,11 +565,6 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !json {
         print_header(&gpu);
     }
-    let mut row = |f: &Figure| {
-        if !json {
-            print_row(f);
-        }
-    };
     let mut figures = kernel_figures(&gpu, repeats.max(1), tiles, !no_naive, &mut row).await?;
     // The big shapes and the bandwidth-bound ones, where a GPU can run them.
     let copy_gbps = if is_real_gpu(&gpu) {
