@@ -436,20 +436,20 @@ impl Model {
         let mut out = Vec::with_capacity(config.max_new_tokens);
         let mut offset = prompt.shape()[1];
         let mut read = step(&prompt, 0)?;
-        let v = self.config.vocab_size;
+        // With a repetition penalty, the sequence's tokens as a set (the GPU's layout).
         let mut seen = match config.repetition_penalty != 1.0 {
-            true => seen_tokens(&[prompt_ids], v)?,
-            false => Vec::new(),
+            true => Some(seen_tokens(&[prompt_ids], self.config.vocab_size)?),
+            false => None,
         };
         loop {
             let mut row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
-            if !seen.is_empty() {
-                penalize_seen(&mut row, &seen, config.repetition_penalty);
+            if let Some(seen) = &seen {
+                penalize_seen(&mut row, seen, config.repetition_penalty);
             }
             let id = sample(&row, config, out.len() as u32)?;
             out.push(id);
-            if !seen.is_empty() && (id as usize) < v {
-                seen[id as usize / 32] |= 1 << (id % 32);
+            if let Some(word) = seen.as_mut().and_then(|s| s.get_mut(id as usize / 32)) {
+                *word |= 1 << (id % 32);
             }
             if !on_token(id) || config.eos_token_ids.contains(&id) || out.len() == config.max_new_tokens {
                 return Ok(out);
