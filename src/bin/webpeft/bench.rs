@@ -387,6 +387,18 @@ fn print_generate(g: &GenerateFigure) {
         g.launches_per_token,
         g.host_ms_per_token
     );
+    // What a token costs beyond its kernels: the launches' gaps (and the
+    // readback's), on a GPU the first thing launch merges would win back.
+    if !g.kernels.is_empty() && g.decode_tokens_per_s > 0.0 {
+        let (token_ms, kernel_ms) = (1e3 / g.decode_tokens_per_s, g.kernels.iter().map(|k| k.total_ms).sum::<f64>());
+        let gap_us = 1e3 * (token_ms - kernel_ms) / g.launches_per_token.max(1) as f64;
+        match gap_us >= 0.0 {
+            true => out!("  a token: {token_ms:.2} ms, {kernel_ms:.2} ms of it in kernels; {gap_us:.1} µs a launch outside them"),
+            false => out!(
+                "  a token: {token_ms:.2} ms, less than its kernels' {kernel_ms:.2} ms under the profile (here the timestamps cost more than the gaps between launches)"
+            ),
+        }
+    }
 }
 
 /// `webpeft bench --llama-1b`: the memory plan of one NF4 LoRA r 16 step of a
