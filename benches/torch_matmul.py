@@ -110,8 +110,9 @@ def main() -> None:
     samples = [f for f in figures if f["op"] == "sample"]
     if samples:
         print("\none token drawn from a row of logits, ms a draw with its readback (GPU: the token; CPU: the row)")
+        width = max(len(f["shape"]) for f in samples)
         for fig in samples:
-            print(f"{fig['shape']:<46} {fig['kernel']:<32} {fig['ms_per_call']:>9.3f}")
+            print(f"{fig['shape']:<{width}} {fig['kernel']:<32} {fig['ms_per_call']:>9.3f}")
 
     copy = data.get("copy_gbps")
     if copy:
