@@ -285,7 +285,10 @@ impl Model {
     /// sequence), calling `on_token` with each as it comes; stops after an
     /// eos token (which is returned and passed on) or when `on_token` returns
     /// false. Returns the new tokens. The prompt goes through in one forward,
-    /// then one token per step: one submit and one readback of V logits each.
+    /// then one token per step: one submit each, and a readback of the token
+    /// the GPU picked (greedy, or sampled on a real GPU), or of the V logits
+    /// a CPU rasterizer draws from. A repetition penalty is applied before
+    /// either pick.
     pub async fn generate(
         &self,
         gpu: &Gpu,
