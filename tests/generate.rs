@@ -377,7 +377,7 @@ fn default_model_matches_transformers() {
     let mut config = GenerationConfig::greedy(48);
     config.eos_token_ids = model.config.eos_token_ids.clone();
     config.eos_token_ids.extend(tokenizer.eos_ids());
-    config.eos_token_ids.extend(block_on(Config::generation_eos_ids(&files)).unwrap());
+    config.eos_token_ids.extend(block_on(Config::generation_defaults(&files)).unwrap().eos_token_ids);
     for (name, prompt) in [("text", text), ("chat", chat)] {
         let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
         assert_eq!(got, ids(&refs[name]["new_ids"]), "{name}: greedy tokens differ from transformers'");

@@ -232,11 +232,11 @@ fn generation_prompt_refuses_conversations_the_assistant_cannot_answer() {
 fn generation_config_eos_ids_are_read_when_the_file_exists() {
     use webpeft::model::{Config, MemoryFiles};
     let mut files = MemoryFiles::new();
-    assert_eq!(pollster::block_on(Config::generation_eos_ids(&files)).unwrap(), Vec::<u32>::new());
+    assert_eq!(pollster::block_on(Config::generation_defaults(&files)).unwrap().eos_token_ids, Vec::<u32>::new());
     files.insert("generation_config.json", br#"{"bos_token_id": 1, "eos_token_id": [128001, 128009]}"#.to_vec());
-    assert_eq!(pollster::block_on(Config::generation_eos_ids(&files)).unwrap(), vec![128001, 128009]);
+    assert_eq!(pollster::block_on(Config::generation_defaults(&files)).unwrap().eos_token_ids, vec![128001, 128009]);
     files.insert("generation_config.json", br#"{"eos_token_id": "x"}"#.to_vec());
-    match pollster::block_on(Config::generation_eos_ids(&files)) {
+    match pollster::block_on(Config::generation_defaults(&files)) {
         Err(Error::File { file, detail }) => {
             assert_eq!((file.as_str(), detail.contains("eos_token_id")), ("generation_config.json", true))
         }

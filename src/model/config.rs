@@ -164,17 +164,12 @@ impl Config {
         Config::from_json(&bytes)
     }
 
-    /// The end-of-sequence ids of `generation_config.json` (none without the
-    /// file), which `generate()` stops at as well as `config.json`'s: a chat
-    /// model may end its turns with a token only this file names (Llama 3
-    /// Instruct's `<|eot_id|>`). See [`Config::generation_defaults`].
-    pub async fn generation_eos_ids<F: ModelFiles>(files: &F) -> Result<Vec<u32>> {
-        Ok(Config::generation_defaults(files).await?.eos_token_ids)
-    }
-
     /// What `generation_config.json` sets for `generate()`, as transformers'
     /// `GenerationConfig.from_pretrained` resolves it: its fields, and
-    /// transformers' defaults where the file is silent (or absent).
+    /// transformers' defaults where the file is silent (or absent). Its eos
+    /// ids are ones generation stops at as well as `config.json`'s: a chat
+    /// model may end its turns with a token only this file names (Llama 3
+    /// Instruct's `<|eot_id|>`).
     pub async fn generation_defaults<F: ModelFiles>(files: &F) -> Result<GenerationDefaults> {
         let Some(source) = files.try_open(GenerationDefaults::FILE).await? else {
             return Ok(GenerationDefaults::default());

@@ -208,7 +208,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             // --temperature 0: greedy.
             let choices = GenerationChoices {
-                greedy: temperature.map(|t| t == 0.0).filter(|&g| g),
+                greedy: (temperature == Some(0.0)).then_some(true),
                 temperature: temperature.filter(|&t| t != 0.0),
                 top_k,
                 top_p,
