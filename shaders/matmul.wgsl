@@ -19,7 +19,8 @@
 // TM of 1-3 for a few rows in matmul_nt, matmul_nn and the scalar kernel), WX,
 // WY (workgroup size), and for the scalar kernels TRANS_A, TRANS_B.
 // Appended to every module: shaders/low_rank.wgsl (a Linear's forward that
-// adds LoRA's term as it stores y) or shaders/low_rank_none.wgsl.
+// adds LoRA's term as it stores y) or shaders/low_rank_none.wgsl, then
+// shaders/output_op.wgsl (its bias, or SwiGLU's gate) or output_op_none.wgsl.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -37,7 +38,8 @@ struct Params {
     lr_ld: u32,         // 0: B stored (out, r); else Bᵀ stored (r, lr_ld)
     lr_h_ld: u32,       // h's row stride
     lr_h_col: u32,      // the first of h's columns the term reads
-    lr_pad0: u32, lr_pad1: u32,
+    op_col: u32,        // the output op's first column (shaders/output_op.wgsl)
+    op_ld: u32,         // its gate's row stride
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -50,13 +52,15 @@ struct Params {
 
 // C[base + m·ldc + n] = alpha · value (+ C), plus the low-rank term where the
 // module has one (shaders/low_rank.wgsl: a Linear's forward, batch 1; the
-// GEMV stores with `term` off, having added it in its lanes).
+// GEMV stores with `term` off, having added it in its lanes), through the
+// output op (shaders/output_op.wgsl; batch 1 too).
 fn store_c(base: u32, m: u32, n: u32, value: f32) { store_c_with(base, m, n, value, LOW_RANK); }
 
 fn store_c_with(base: u32, m: u32, n: u32, value: f32, term: bool) {
     let i = base + m * p.ldc + n;
     var v = p.alpha * value;
     if (term) { v += low_rank_term(m, n); }
+    v = output_op(m, n, v);
     if (p.accumulate != 0u) {
         c[i] = c[i] + v;
     } else {
@@ -191,6 +195,7 @@ fn store_cs_with(base: u32, m: u32, n: u32, value: f32, term: bool) {
     let i = base + m * p.ldc + n;
     var v = p.alpha * value;
     if (term) { v += low_rank_term(m, n); }
+    v = output_op(m, n, v);
     if (p.accumulate != 0u) {
         cs[i] = cs[i] + v;
     } else {

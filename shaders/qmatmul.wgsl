@@ -17,7 +17,9 @@
 // shape, and `qmatmul_naive` is the benchmark's yardstick.
 // Prelude constants: FORMAT, TM, TN, WX, WY, and for the scalar kernels FORWARD.
 // Appended to every module: shaders/low_rank.wgsl (a launch that adds LoRA's
-// term as it stores y) or shaders/low_rank_none.wgsl.
+// term as it stores y) or shaders/low_rank_none.wgsl, then
+// shaders/output_op.wgsl (the Linear's bias, or SwiGLU's gate) or
+// output_op_none.wgsl.
 
 const Q8_0: u32 = 1u;
 const F16: u32 = 2u;
@@ -48,7 +50,8 @@ struct Params {
     lr_ld: u32,         // 0: B stored (out, r); else Bᵀ stored (r, lr_ld)
     lr_h_ld: u32,       // h's row stride
     lr_h_col: u32,      // the first of h's columns the term reads
-    lr_pad0: u32, lr_pad1: u32,
+    op_col: u32,        // the output op's first column (shaders/output_op.wgsl)
+    op_ld: u32,         // its gate's row stride
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -136,13 +139,15 @@ fn w1(e: u32) -> f32 {
 
 // y[m, n] = alpha · value (+ y[m, n]), plus the low-rank term where the
 // module has one (shaders/low_rank.wgsl; every kernel stores through here,
-// the GEMV with `term` off: it added the term in its lanes).
+// the GEMV with `term` off: it added the term in its lanes), through the
+// output op (shaders/output_op.wgsl).
 fn store(m: u32, n: u32, value: f32) { store_with(m, n, value, LOW_RANK); }
 
 fn store_with(m: u32, n: u32, value: f32, term: bool) {
     let i = p.c_off + m * p.ldc + n;
     var v = p.alpha * value;
     if (term) { v += low_rank_term(m, n); }
+    v = output_op(m, n, v);
     if (p.accumulate != 0u) {
         c[i] = c[i] + v;
     } else {

@@ -385,7 +385,7 @@ fn the_layer_s_backward_matches_finite_differences_with_and_without_dropout() {
         let mut rec = Recorder::new(gpu);
         let xt = t(&[m, inp], &x);
         let y = qlinear(&mut rec, &xt, &base.weight).unwrap();
-        webpeft::model::llama::block::add_bias(&mut rec, &y, base.bias.as_ref().unwrap()).unwrap();
+        webpeft::kernels::output_op::add_bias(&mut rec, &y, base.bias.as_ref().unwrap()).unwrap();
         let scales = magnitude_scales(&mut rec, &base.weight, &f, s).unwrap();
         let n = scales.n.clone();
         let saved = dora_forward(&mut rec, &base, &xt, &f, s, drop, &y, scales).unwrap();

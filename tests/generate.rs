@@ -143,11 +143,11 @@ fn too_long_is_a_typed_error() {
 
 /// A decoding step of qwen2_tied (q, k and v with biases) makes one launch a
 /// Linear, in both kernel families: the biases go in with the products as
-/// they store y (a rank-1 term, not a k = 1 product of its own), and o_proj
+/// they store y (the output op, not a k = 1 product of its own), up_proj's
+/// product gates itself with SwiGLU (no launch of SwiGLU's own), and o_proj
 /// and down_proj add themselves into the residual stream (no add); with the
-/// two norms, RoPE, the attention and SwiGLU, 12 a layer
-/// (13 where the attention is split over the keys), and the embedding, the
-/// final norm and the head.
+/// two norms, RoPE and the attention, 11 a layer (12 where the attention is
+/// split over the keys), and the embedding, the final norm and the head.
 #[test]
 fn a_decoding_step_makes_one_launch_a_linear() {
     // Devices of its own: profiling is the device's, and other tests run meanwhile.
@@ -182,8 +182,11 @@ fn a_decoding_step_makes_one_launch_a_linear() {
         let attention = count(&|k| k.starts_with("attention"));
         eprintln!("{:?} kernels: {ran:?}", gpu.kernel_family());
         assert_eq!(count(&|k| k.starts_with("elementwise/")), 0, "no adds: {ran:?}");
+        assert_eq!(count(&|k| k.starts_with("swiglu/")), 0, "no SwiGLU of its own: {ran:?}");
         assert_eq!(products, 7 * layers + 1, "one launch a Linear and the head: {ran:?}");
-        assert_eq!(all - attention, 11 * layers + 3, "{ran:?}");
+        assert_eq!(count(&|k| k.ends_with("+bias")), 3 * layers, "q, k, v add their biases: {ran:?}");
+        assert_eq!(count(&|k| k.ends_with("+gate")), layers, "up_proj gates: {ran:?}");
+        assert_eq!(all - attention, 10 * layers + 3, "{ran:?}");
     }
 }
 

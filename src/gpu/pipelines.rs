@@ -293,8 +293,11 @@ impl Kernel {
     /// The store epilogue appended to a module of the matmul.wgsl and
     /// qmatmul.wgsl families: the low-rank term (`shaders/low_rank.wgsl`)
     /// for a key made [`PipelineKey::low_rank`], else its absence
-    /// (`shaders/low_rank_none.wgsl`); nothing for other families.
-    fn epilogue(self, low_rank: bool) -> &'static str {
+    /// (`shaders/low_rank_none.wgsl`), then the output op
+    /// (`shaders/output_op.wgsl`) for a key with
+    /// [`PipelineKey::output_op`], else `shaders/output_op_none.wgsl`;
+    /// nothing for other families.
+    fn epilogue(self, low_rank: bool, output_op: u32) -> String {
         let stores_linears = matches!(
             self,
             Kernel::Matmul
@@ -312,11 +315,18 @@ impl Kernel {
                 | Kernel::QMatmulF16
                 | Kernel::QMatmulBlockedF16
         );
-        match (stores_linears, low_rank) {
-            (false, _) => "",
-            (true, true) => include_str!("../../shaders/low_rank.wgsl"),
-            (true, false) => include_str!("../../shaders/low_rank_none.wgsl"),
+        if !stores_linears {
+            return String::new();
         }
+        let term = match low_rank {
+            true => include_str!("../../shaders/low_rank.wgsl"),
+            false => include_str!("../../shaders/low_rank_none.wgsl"),
+        };
+        let op = match output_op {
+            0 => include_str!("../../shaders/output_op_none.wgsl"),
+            _ => include_str!("../../shaders/output_op.wgsl"),
+        };
+        format!("{term}{op}")
     }
 
     pub fn name(self) -> &'static str {
@@ -397,17 +407,27 @@ pub struct PipelineKey {
     pub consts: Vec<(&'static str, Const)>,
     /// A matmul.wgsl or qmatmul.wgsl module whose store adds a low-rank term (see [`PipelineKey::low_rank`]).
     pub low_rank: bool,
+    /// Its output op: 0 none, 1 a bias, 2 SwiGLU's gate (see [`PipelineKey::output_op`]).
+    pub output_op: u32,
 }
 
 impl PipelineKey {
     pub fn new(kernel: Kernel, entry: &'static str) -> Self {
-        Self { kernel, entry, consts: Vec::new(), low_rank: false }
+        Self { kernel, entry, consts: Vec::new(), low_rank: false, output_op: 0 }
     }
 
     /// The same pipeline with LoRA's term fused into its store
     /// (`shaders/low_rank.wgsl`, bindings 8 and 9), when `on`.
     pub fn low_rank(mut self, on: bool) -> Self {
         self.low_rank = on;
+        self
+    }
+
+    /// The same pipeline with an output op in its store
+    /// (`shaders/output_op.wgsl`, binding 11): `op` 1 adds a bias, 2 gates
+    /// with SwiGLU; 0 none.
+    pub fn output_op(mut self, op: u32) -> Self {
+        self.output_op = op;
         self
     }
 
@@ -418,7 +438,7 @@ impl PipelineKey {
 
     fn hash_key(&self) -> PipeKey {
         let consts = self.consts.iter().map(|(n, c)| (*n, c.bits())).collect();
-        (self.kernel, self.entry, consts, self.low_rank)
+        (self.kernel, self.entry, consts, self.low_rank, self.output_op)
     }
 
     /// What tells pipelines apart: equal ids share one pipeline.
@@ -429,15 +449,20 @@ impl PipelineKey {
     fn prelude(&self) -> String {
         // Enable directives come before every declaration.
         let enable = if self.kernel.needs_f16() { "enable f16;\n" } else { "" };
-        let consts: String = self.consts.iter().map(|(n, c)| c.wgsl(n)).collect();
+        let mut consts: String = self.consts.iter().map(|(n, c)| c.wgsl(n)).collect();
+        if self.output_op != 0 {
+            consts += &Const::U32(self.output_op).wgsl("OUTPUT_OP");
+        }
         format!("{enable}{consts}")
     }
 
     /// A short name for timing tables: `matmul/matmul_tiled`
-    /// (`qmatmul/qmatmul_nt+low_rank` where the store adds LoRA's term).
+    /// (`qmatmul/qmatmul_nt+low_rank` where the store adds LoRA's term,
+    /// `+bias` or `+gate` where it has an output op).
     pub fn label(&self) -> String {
         let fused = if self.low_rank { "+low_rank" } else { "" };
-        format!("{}/{}{fused}", self.kernel.name(), self.entry)
+        let op = ["", "+bias", "+gate"].get(self.output_op as usize).unwrap_or(&"+op");
+        format!("{}/{}{fused}{op}", self.kernel.name(), self.entry)
     }
 }
 
@@ -447,8 +472,8 @@ pub(crate) struct CachedPipeline {
     pub(crate) label: String,
 }
 
-type ModuleKey = (Kernel, Vec<(&'static str, u64)>, bool);
-type PipeKey = (Kernel, &'static str, Vec<(&'static str, u64)>, bool);
+type ModuleKey = (Kernel, Vec<(&'static str, u64)>, bool, u32);
+type PipeKey = (Kernel, &'static str, Vec<(&'static str, u64)>, bool, u32);
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
@@ -462,13 +487,13 @@ impl PipelineCache {
         if let Some(p) = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&hash_key) {
             return p.clone();
         }
-        let module_key = (key.kernel, hash_key.2.clone(), key.low_rank);
+        let module_key = (key.kernel, hash_key.2.clone(), key.low_rank, key.output_op);
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             modules
                 .entry(module_key)
                 .or_insert_with(|| {
-                    let (kernel, epilogue) = (key.kernel.source(), key.kernel.epilogue(key.low_rank));
+                    let (kernel, epilogue) = (key.kernel.source(), key.kernel.epilogue(key.low_rank, key.output_op));
                     let source = format!("{}{COMMON}{kernel}{epilogue}", key.prelude());
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(key.kernel.name()),

@@ -366,12 +366,20 @@ pub(crate) fn adds_term(entry: &str) -> bool {
     entry != "gemm_split_sum"
 }
 
+/// Whether `entry` makes the final store of C, where an output op
+/// (`shaders/output_op.wgsl`) applies: not the split-K pass, whose sums go
+/// to the partial slices.
+pub(crate) fn stores_output(entry: &str) -> bool {
+    entry != "gemm_blocked_split"
+}
+
 /// Record the blocked GEMM: one launch of `gemm_blocked`, or with `splits`
 /// above 1 `gemm_blocked_split` into a scratch tensor of partial sums and
 /// `gemm_split_sum` into C. `key` names the host module's pipeline for an
 /// entry point; `operands` binds A and B (and a host's extra tensors),
-/// `stores` binds C first, then a fused low-rank term's factors (which the
-/// block launch binds); `params` is the host's launch parameters with `batch`,
+/// `stores` binds C, a fused low-rank term's factors (bindings 8 and 9,
+/// which the block launch binds) and an output op's operand (binding 11,
+/// which the launch making the final store binds); `params` is the host's launch parameters with `batch`,
 /// `m`, `n`, `k` as in the product, and `set_split` writes K per split into
 /// them; each split's K is a multiple of the block's `bk` and of `k_align`.
 /// The scratch must fit one binding, else fewer splits are used.
@@ -396,10 +404,10 @@ pub(crate) fn record<P: bytemuck::Pod>(
         return rec.dispatch_bound(&key("gemm_blocked"), &params, &bound, blocks.grid(m, n, batch));
     }
     set_split(&mut params, k_split as u32);
-    let (c, term) = stores.split_at(stores.len().min(1));
+    let (term, finals): (Vec<_>, Vec<_>) = stores.iter().partition(|(binding, _)| matches!(binding, 8 | 9));
     let partial = rec.alloc(&[splits * batch * m * n], crate::gpu::DType::F32)?; // every element written
-    let bound = [operands, term, &[(7, &partial)]].concat();
+    let bound = [operands, &term, &[(7, &partial)]].concat();
     rec.dispatch_bound(&key("gemm_blocked_split"), &params, &bound, blocks.grid(m, n, batch * splits))?;
     let groups = super::grid_1d((batch * m * n).div_ceil(256));
-    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[c, &[(7, &partial)]].concat(), groups)
+    rec.dispatch_bound(&key("gemm_split_sum"), &params, &[&finals[..], &[(7, &partial)]].concat(), groups)
 }

@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{is_real_gpu, GemvTiles};
 use super::matmul::{gemm, Gemm};
+use super::output_op::FusedOp;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 
@@ -32,12 +33,12 @@ pub struct LowRank {
     pub transposed: bool,
 }
 
-/// The launch parameters' last eight words (`lr_rank`, `lr_scale`,
-/// `lr_row`, `lr_ld`, `lr_h_ld`, `lr_h_col` and two of padding), in both
-/// hosts' `Params`.
+/// The launch parameters' last eight words, what the store adds and does
+/// (`lr_rank`, `lr_scale`, `lr_row`, `lr_ld`, `lr_h_ld`, `lr_h_col`, then
+/// the output op's `op_col` and `op_ld`), in both hosts' `Params`.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Pod, Zeroable)]
-pub(crate) struct LowRankParams {
+pub(crate) struct StoreParams {
     rank: u32,
     scale: f32,
     row: u32,
@@ -46,7 +47,10 @@ pub(crate) struct LowRankParams {
     /// h's row stride and the first of its columns the term reads.
     h_ld: u32,
     h_col: u32,
-    pad: [u32; 2],
+    /// The output op's first column and its gate's row stride
+    /// (`shaders/output_op.wgsl`).
+    op_col: u32,
+    op_ld: u32,
 }
 
 impl LowRank {
@@ -146,29 +150,46 @@ impl LowRank {
 /// The term of one launch: the term and B's row of the launch's first output column.
 pub(crate) type Fused<'a> = Option<(&'a LowRank, usize)>;
 
-/// The launch parameters of `term` (zeros without one).
-pub(crate) fn params(term: Fused) -> LowRankParams {
-    term.map_or(LowRankParams::default(), |(t, row)| {
+/// The launch parameters of `term` and `op` (zeros without them).
+pub(crate) fn store_params(term: Fused, op: FusedOp) -> StoreParams {
+    let mut p = term.map_or(StoreParams::default(), |(t, row)| {
         let (_, rank, h_ld) = t.h_dims().unwrap_or_default();
-        LowRankParams {
+        StoreParams {
             rank: rank as u32,
             scale: t.scale,
             row: row as u32,
             ld: if t.transposed { t.b_dims().map_or(0, |(out, _)| out as u32) } else { 0 },
             h_ld: h_ld as u32,
             h_col: t.h_col.unwrap_or(0) as u32,
-            pad: [0; 2],
+            ..StoreParams::default()
         }
-    })
+    });
+    if let Some((op, col)) = op {
+        (p.op_col, p.op_ld) = (col as u32, op.ld() as u32);
+    }
+    p
 }
 
-/// `bound` and, with a term, h and B at bindings 8 and 9.
-pub(crate) fn with_bindings<'a>(bound: &[(u32, &'a Tensor)], term: Fused<'a>) -> Vec<(u32, &'a Tensor)> {
+/// `bound` and, with a term, h and B at bindings 8 and 9, and with an
+/// output op its operand at binding 11.
+pub(crate) fn with_bindings<'a>(
+    bound: &[(u32, &'a Tensor)],
+    term: Fused<'a>,
+    op: FusedOp<'a>,
+) -> Vec<(u32, &'a Tensor)> {
     let mut all = bound.to_vec();
     if let Some((t, _)) = term {
         all.extend([(8, &t.h), (9, &t.b)]);
     }
+    if let Some((op, _)) = op {
+        all.push((11, op.operand()));
+    }
     all
+}
+
+/// The shader's OUTPUT_OP of `op` (0: none).
+pub(crate) fn op_code(op: FusedOp) -> u32 {
+    op.map_or(0, |(op, _)| op.code())
 }
 
 /// A device's switch for the fusion: off, every term is added by a product

@@ -3,7 +3,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles, Vec4Loads};
-use super::low_rank::{self, Fused, LowRank, LowRankParams};
+use super::low_rank::{self, Fused, LowRank, StoreParams};
+use super::output_op::{FusedOp, OutputOp};
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
@@ -173,7 +174,7 @@ impl Gemm {
             stride_b: self.stride_b as u32,
             stride_c: self.stride_c as u32,
             k_split: 0,
-            lr: LowRankParams::default(),
+            lr: StoreParams::default(),
         }
     }
 }
@@ -197,7 +198,7 @@ struct MatmulParams {
     stride_b: u32,
     stride_c: u32,
     k_split: u32,
-    lr: LowRankParams,
+    lr: StoreParams,
 }
 
 /// Outputs per invocation (tm × tn) and workgroup shape (wx × wy).
@@ -394,7 +395,7 @@ impl Variant {
 
 /// Record a multiply with a chosen kernel (the benchmark compares them).
 pub fn gemm_with(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, variant: Variant) -> Result<()> {
-    record(rec, g, a, b, c, variant, None)
+    record(rec, g, a, b, c, variant, None, None)
 }
 
 /// `C = op(A)·op(B) (+ C)` (one batch, alpha 1) through `variant` with
@@ -411,12 +412,35 @@ pub fn gemm_low_rank_with(
     term: &LowRank,
     variant: Variant,
 ) -> Result<()> {
-    record(rec, g, a, b, c, variant, Some((term, 0)))
+    record(rec, g, a, b, c, variant, Some((term, 0)), None)
 }
 
-/// [`gemm`] with a fused term: B's row `row` is the one of C's column 0.
-pub(crate) fn gemm_fused(rec: &mut Recorder, g: &Gemm, a: &Tensor, b: &Tensor, c: &Tensor, term: Fused) -> Result<()> {
-    record(rec, g, a, b, c, Variant::tuned(rec.gpu(), g), term)
+/// [`gemm_low_rank_with`] with an output op after the term (or without a
+/// term), the op's column 0 C's (the tests' way in).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_op_with(
+    rec: &mut Recorder,
+    g: &Gemm,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    term: Option<&LowRank>,
+    op: OutputOp,
+    variant: Variant,
+) -> Result<()> {
+    record(rec, g, a, b, c, variant, term.map(|t| (t, 0)), Some((op, 0)))
+}
+
+/// [`gemm`] with a fused term (B's row `row` is the one of C's column 0)
+/// and output op (its column `col` C's column 0).
+pub(crate) fn gemm_fused(
+    rec: &mut Recorder,
+    g: &Gemm,
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    term: Fused,
+    op: FusedOp,
+) -> Result<()> {
+    record(rec, g, a, b, c, Variant::tuned(rec.gpu(), g), term, op)
 }
 
 /// Checks that a term fits the product `g` (one batch, alpha 1: the GEMV
@@ -447,6 +471,7 @@ fn check_term(g: &Gemm, (t, row): (&LowRank, usize)) -> Result<()> {
     t.b.expect_dtype(LowRank::OP, "B", DType::F32)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record<'a>(
     rec: &mut Recorder,
     g: &Gemm,
@@ -455,17 +480,28 @@ fn record<'a>(
     c: &'a Tensor,
     variant: Variant,
     term: Fused<'a>,
+    op: FusedOp<'a>,
 ) -> Result<()> {
     g.check(a, b, c)?;
     if let Some(t) = term {
         check_term(g, t)?;
     }
+    if let Some((o, col)) = op {
+        if g.batch != 1 {
+            return Err(Error::shape(
+                OutputOp::OP,
+                format!("an output op on a batch of {}: one product only", g.batch),
+            ));
+        }
+        o.check(g.m, (col, g.n), g.accumulate)?;
+    }
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
     }
-    let params = MatmulParams { lr: low_rank::params(term), ..g.params() };
+    let params = MatmulParams { lr: low_rank::store_params(term, op), ..g.params() };
     let fused = term.is_some();
-    let bind = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term);
+    let op_code = low_rank::op_code(op);
+    let bind = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term, op);
     let variant = match variant {
         Variant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && g.vec4_entry().is_some()) => {
             Variant::Tiled(Tiles::for_gemm(g))
@@ -476,13 +512,15 @@ fn record<'a>(
     match variant {
         Variant::Blocked(t) => {
             let splits = blocked::auto_splits(t, g.m, g.n, g.k, g.batch);
-            record_blocked(rec, g, params, a, b, &bind(&[(6, c)]), t, splits)
+            record_blocked(rec, g, params, (a, b), &bind(&[(6, c)]), (t, splits), op_code)
         }
-        Variant::BlockedSplit(t, splits) => record_blocked(rec, g, params, a, b, &bind(&[(6, c)]), t, splits),
+        Variant::BlockedSplit(t, splits) => {
+            record_blocked(rec, g, params, (a, b), &bind(&[(6, c)]), (t, splits), op_code)
+        }
         Variant::Gemv(t) => {
             let t = t.on(rec.gpu());
             t.check().map_err(|e| Error::shape("matmul", e))?;
-            let key = gemv_key(t, g.m).low_rank(fused);
+            let key = gemv_key(t, g.m).low_rank(fused).output_op(op_code);
             rec.dispatch_bound(&key, &params, &bind(&[(1, a), (2, b), (3, c)]), t.grid(g.n))
         }
         Variant::Subgroup(t) => {
@@ -493,41 +531,53 @@ fn record<'a>(
                 ));
             }
             let groups = [div(g.n, SG_WIDTH * t.tn), div(g.m, t.sr), g.batch as u32];
-            let key = subgroup_key(g, t).low_rank(fused);
+            let key = subgroup_key(g, t).low_rank(fused).output_op(op_code);
             rec.dispatch_bound(&key, &params, &bind(&[(1, a), (2, b), (3, c)]), groups)
         }
         Variant::Tiled(t) if g.vec4_entry().is_some() => {
             let entry = g.vec4_entry().unwrap_or("matmul_nt");
             let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
-            rec.dispatch_bound(&key(entry, g, t).low_rank(fused), &params, &bind(&[(1, a), (2, b), (3, c)]), groups)
+            rec.dispatch_bound(
+                &key(entry, g, t).low_rank(fused).output_op(op_code),
+                &params,
+                &bind(&[(1, a), (2, b), (3, c)]),
+                groups,
+            )
         }
         Variant::Tiled(t) | Variant::Scalar(t) => {
             let groups = [div(g.n, t.wx * t.tn), div(g.m, t.wy * t.tm), g.batch as u32];
-            let key = key("matmul_scalar", g, t).low_rank(fused);
+            let key = key("matmul_scalar", g, t).low_rank(fused).output_op(op_code);
             rec.dispatch_bound(&key, &params, &bind(&[(4, a), (5, b), (6, c)]), groups)
         }
         Variant::Naive => {
             let groups = [div(g.n, 16), div(g.m, 16), g.batch as u32];
-            rec.dispatch_bound(&naive_key(g).low_rank(fused), &params, &bind(&[(4, a), (5, b), (6, c)]), groups)
+            rec.dispatch_bound(
+                &naive_key(g).low_rank(fused).output_op(op_code),
+                &params,
+                &bind(&[(4, a), (5, b), (6, c)]),
+                groups,
+            )
         }
     }
 }
 
-/// The blocked GEMM; `stores` binds C and a fused term's factors.
-#[allow(clippy::too_many_arguments)]
+/// The blocked GEMM; `stores` binds C, a fused term's factors and an
+/// output op's operand (OUTPUT_OP `op_code`).
 fn record_blocked(
     rec: &mut Recorder,
     g: &Gemm,
     params: MatmulParams,
-    a: &Tensor,
-    b: &Tensor,
+    (a, b): (&Tensor, &Tensor),
     stores: &[(u32, &Tensor)],
-    t: Blocks,
-    splits: u32,
+    (t, splits): (Blocks, u32),
+    op_code: u32,
 ) -> Result<()> {
     t.check(rec.gpu()).map_err(|e| Error::shape("matmul", e))?;
-    let fused = stores.len() > 1;
-    let key = |entry| blocked_key(g, t, entry).low_rank(fused && blocked::adds_term(entry));
+    let fused = stores.iter().any(|(binding, _)| *binding == 8);
+    let key = |entry| {
+        let op = if blocked::stores_output(entry) { op_code } else { 0 };
+        blocked_key(g, t, entry).low_rank(fused && blocked::adds_term(entry)).output_op(op)
+    };
     let set = |p: &mut MatmulParams, k: u32| p.k_split = k;
     // The vec4 views (1, 2) and the scalar ones (4, 5): the block entries use both.
     let operands = [(1, a), (2, b), (4, a), (5, b)];
@@ -580,11 +630,19 @@ fn gemv_key(t: GemvTiles, m: usize) -> PipelineKey {
 /// layout the autotuner times (`tune::gemv_candidates`) and the skinny
 /// products' ([`GemvTiles::for_f32`]); and for a Linear's
 /// forward (A·Bᵀ) and its dx (A·B) each of them with a low-rank term in its
-/// store ([`gemm_low_rank_with`]).
+/// store ([`gemm_low_rank_with`]), and for the forward each kernel that
+/// makes the final store with an output op after its term (SwiGLU's gate,
+/// the op that binds the most; the GEMV at 1 and `GemvTiles::MAX_M` rows,
+/// the first block; [`gemm_op_with`]).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    // A key, and its low-rank form where a Linear's product can ask for it.
-    let mut push = |key: PipelineKey, fusable: bool| {
+    // A key, its low-rank form where a Linear's product can ask for it, and
+    // where a Linear's forward makes the final store that key (with its term
+    // where it takes one) with the output op that binds the most (SwiGLU's gate).
+    let mut push = |key: PipelineKey, fusable: bool, op: bool| {
+        if op {
+            keys.push(key.clone().low_rank(fusable).output_op(2));
+        }
         if fusable {
             keys.push(key.clone().low_rank(true));
         }
@@ -592,6 +650,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     };
     for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
         let linear = !trans_a;
+        let forward = !trans_a && trans_b;
         // Aligned shapes: (m, n, k) that take the vec4 entry where there is one.
         let g = |m, n, k| Gemm::new(m, n, k, trans_a, trans_b);
         let big = g(256, 256, 256);
@@ -599,22 +658,23 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
         tiles.extend((0..=Tiles::FEW_ROWS).filter_map(|m| Tiles::few_rows(m, trans_a)));
         for t in tiles {
             if let Some(entry) = big.vec4_entry() {
-                push(key(entry, &big, t), linear);
+                push(key(entry, &big, t), linear, forward);
             }
-            push(key("matmul_scalar", &big, t), linear);
+            push(key("matmul_scalar", &big, t), linear, forward);
         }
-        push(naive_key(&big), linear);
+        push(naive_key(&big), linear, forward);
         if subgroups_usable(gpu) && big.vec4_entry().is_some() {
             for shape in [g(256, 16, 256), g(256, 256, 16), big] {
-                push(subgroup_key(&big, SgTiles::for_gemm(&shape)), linear);
+                push(subgroup_key(&big, SgTiles::for_gemm(&shape)), linear, forward);
             }
         }
         // Each operand loaded as vec4s or not (an odd offset turns one off).
         let layouts = [(0, 0), (1, 0), (0, 1), (1, 1)].map(|(a_off, b_off)| Gemm { a_off, b_off, ..big });
-        for &b in blocks {
+        for (i, &b) in blocks.iter().enumerate() {
             for layout in &layouts {
                 for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                    push(blocked_key(layout, b, entry), linear && blocked::adds_term(entry));
+                    let op = forward && i == 0 && blocked::stores_output(entry);
+                    push(blocked_key(layout, b, entry), linear && blocked::adds_term(entry), op);
                 }
             }
         }
@@ -623,7 +683,7 @@ pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     gemvs.push(GemvTiles::for_f32(gpu, 1)); // the skinny products' rule
     for t in gemvs {
         for m in 1..=GemvTiles::MAX_M {
-            push(gemv_key(t, m), true);
+            push(gemv_key(t, m), true, m == 1 || m == GemvTiles::MAX_M);
         }
     }
     keys

@@ -14,6 +14,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod low_rank;
 pub mod matmul;
+pub mod output_op;
 pub mod preference;
 pub mod qmatmul;
 pub mod quant;

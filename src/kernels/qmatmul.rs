@@ -13,9 +13,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::blocked::{self, is_real_gpu, Blocks, GemvTiles, Vec4Loads};
-use super::low_rank::{self, Fused, LowRank, LowRankParams};
+use super::low_rank::{self, Fused, LowRank, StoreParams};
 use super::matmul::{gemm_fused, subgroups_usable, Gemm, SgTiles, Tiles};
+use super::output_op::{add_bias, FusedOp, OutputOp};
 use super::quant::{dequantize, quantize, Layout, Packed};
+use super::swiglu::swiglu_forward;
 use crate::error::{Error, Result};
 use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 use crate::quant::{ComputeDtype, QuantError, QuantFormat, F16_COMPUTE_MAX_ABS};
@@ -272,7 +274,7 @@ struct Params {
     stride_b: u32,
     stride_c: u32,
     k_split: u32,
-    lr: LowRankParams,
+    lr: StoreParams,
 }
 
 /// Which quantized kernel: the register-tiled one, the 8-lane subgroup one,
@@ -451,53 +453,69 @@ fn subgroup_key(layout: Layout, backward: bool, sg: SgTiles) -> PipelineKey {
 /// each one a fused low-rank term can ask for with the term in its store
 /// (`low_rank::fuses`: the tiles of at most [`LowRank::FUSED_ROWS`] rows, the
 /// blocked GEMM, the GEMV, either direction; the yardstick and the subgroup
-/// block forward, through [`qgemm_low_rank_with`]).
+/// block forward, through [`qgemm_low_rank_with`]); and for NF4 each
+/// forward kernel that makes the final store with an output op after its
+/// term (SwiGLU's gate, the op that binds the most; the GEMV at 1 and
+/// `GemvTiles::MAX_M` rows, the first block).
 pub(crate) fn pipeline_keys(gpu: &Gpu, blocks: &[Blocks]) -> Vec<PipelineKey> {
     let mut keys = Vec::new();
-    // A key, and its low-rank form where a product can ask for it.
-    let mut push = |key: PipelineKey, fusable: bool| {
+    // A key, its low-rank form where a product can ask for it, and where a
+    // Linear's forward makes the final store that key (with its term where
+    // it takes one) with the output op that binds the most (SwiGLU's gate),
+    // for one format (the op's code is the same in every format's module).
+    let mut push = |key: PipelineKey, fusable: bool, op: bool| {
+        if op {
+            keys.push(key.clone().low_rank(fusable).output_op(2));
+        }
         if fusable {
             keys.push(key.clone().low_rank(true));
         }
         keys.push(key);
     };
     for format in Layout::ALL {
+        let ops = format == Layout::Nf4;
         for backward in [false, true] {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
             for m in [1, 2, 3, 4, 8, Tiles::FEW_ROWS + 1] {
                 let t = tiles(backward, m);
                 let few = m <= LowRank::FUSED_ROWS;
-                push(qkey(entry, format, !backward, t), few);
-                push(qkey("qmatmul_scalar", format, !backward, t), few);
+                push(qkey(entry, format, !backward, t), few, ops && !backward);
+                push(qkey("qmatmul_scalar", format, !backward, t), few, ops && !backward);
                 if gpu.info().shader_f16 {
-                    push(f16_key(format, backward, Tiles::few_rows(m, false).unwrap_or(F16_TILES)), few);
+                    push(
+                        f16_key(format, backward, Tiles::few_rows(m, false).unwrap_or(F16_TILES)),
+                        few,
+                        ops && !backward,
+                    );
                 }
             }
-            push(naive_key(format, backward), !backward);
+            push(naive_key(format, backward), !backward, ops && !backward);
             if subgroups_usable(gpu) {
-                push(subgroup_key(format, backward, QVariant::SG_TILES), !backward);
+                push(subgroup_key(format, backward, QVariant::SG_TILES), !backward, ops && !backward);
             }
-            for &b in blocks {
+            for (i, &b) in blocks.iter().enumerate() {
                 for aligned in [false, true] {
                     for entry in ["gemm_blocked", "gemm_blocked_split", "gemm_split_sum"] {
-                        push(blocked_key(format, backward, aligned, b, entry), blocked::adds_term(entry));
+                        let op = ops && !backward && i == 0 && blocked::stores_output(entry);
+                        push(blocked_key(format, backward, aligned, b, entry), blocked::adds_term(entry), op);
                     }
                     if gpu.info().shader_f16 && b.check_f16(gpu).is_ok() {
                         for entry in ["gemm_blocked_f16", "gemm_blocked_split_f16"] {
-                            push(blocked_f16_key(format, backward, aligned, b, entry), blocked::adds_term(entry));
+                            let op = ops && !backward && i == 0 && entry == "gemm_blocked_f16";
+                            push(blocked_f16_key(format, backward, aligned, b, entry), blocked::adds_term(entry), op);
                         }
                     }
                 }
             }
             if gpu.info().shader_f16 {
-                push(row_scales_key(format, backward), false);
+                push(row_scales_key(format, backward), false, false);
             }
         }
         let halves: &[bool] = if gpu.info().shader_f16 { &[false, true] } else { &[false] };
         for &half in halves {
             for t in super::tune::gemv_candidates(gpu) {
                 for m in 1..=GemvTiles::MAX_M {
-                    push(gemv_key(format, t, m, half), true);
+                    push(gemv_key(format, t, m, half), true, ops && (m == 1 || m == GemvTiles::MAX_M));
                 }
             }
         }
@@ -515,7 +533,7 @@ pub fn qgemm_with(
     backward: bool,
     variant: QVariant,
 ) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, Some(variant), None)
+    qgemm_acc(rec, x, w, out, backward, false, Some(variant), (None, None))
 }
 
 /// Forward `out = x·Wᵀ + scale·h·Bᵀ` (or with `backward`, `out = dy·W +
@@ -536,12 +554,13 @@ pub fn qgemm_low_rank_with(
     }
     let (inp, cols) = if backward { (w.rows, w.cols) } else { (w.cols, w.rows) };
     term.check(x, cols, inp)?;
-    qgemm_acc(rec, x, w, out, backward, false, Some(variant), Some(term))
+    qgemm_acc(rec, x, w, out, backward, false, Some(variant), (Some(term), None))
 }
 
 /// [`qgemm_with`] with `accumulate`, and with `variant` None the kernel
-/// [`QVariant::tuned`] picks for each chunk; a quantized chunk's store adds
-/// `term` (going forward).
+/// [`QVariant::tuned`] picks for each chunk; each chunk's store adds
+/// `term` (going forward; going backward the first chunk's) and then does
+/// `op` (forward only).
 #[allow(clippy::too_many_arguments)]
 fn qgemm_acc(
     rec: &mut Recorder,
@@ -551,7 +570,7 @@ fn qgemm_acc(
     backward: bool,
     accumulate: bool,
     variant: Option<QVariant>,
-    term: Option<&LowRank>,
+    (term, output_op): (Option<&LowRank>, Option<OutputOp>),
 ) -> Result<()> {
     let op = if backward { "linear_backward_input" } else { "linear" };
     x.expect_dtype(op, "x", DType::F32)?;
@@ -567,6 +586,12 @@ fn qgemm_acc(
     let m = x.numel() / in_dim.max(1);
     if out.numel() != m * out_dim {
         return Err(Error::shape(op, format!("output {:?} should hold {m}x{out_dim}", out.shape())));
+    }
+    if let Some(o) = output_op {
+        if backward {
+            return Err(Error::invalid(OutputOp::OP, "an output op belongs to a Linear's forward, not to dx"));
+        }
+        o.check(m, (0, out_dim), accumulate)?;
     }
     for (i, chunk) in w.chunks.iter().enumerate() {
         let acc = accumulate || (backward && i > 0);
@@ -590,15 +615,16 @@ fn qgemm_acc(
             false => term.map(|t| (t, chunk.row_start)),
             true => term.filter(|_| i == 0).map(|t| (t, 0)),
         };
+        let op = output_op.map(|o| (o, chunk.row_start));
         match &chunk.data {
-            ChunkData::F32(t) => gemm_fused(rec, &g, x, t, out, term)?,
+            ChunkData::F32(t) => gemm_fused(rec, &g, (x, t, out), term, op)?,
             ChunkData::Quant(p) => {
                 // Chosen per chunk: a chunk's offset into dy decides the alignment.
                 let aligned = vec4_layout(&g, backward);
                 let v =
                     variant.unwrap_or_else(|| QVariant::tuned(rec.gpu(), w.format, &g, aligned, backward, w.compute));
                 let half = w.compute == ComputeDtype::F16 && rec.gpu().info().shader_f16;
-                record_quant(rec, &g, x, p, out, backward, v, half, term)?
+                record_quant(rec, &g, x, p, out, backward, v, half, (term, op))?
             }
         }
     }
@@ -617,7 +643,7 @@ fn record_quant<'a>(
     backward: bool,
     variant: QVariant,
     half: bool,
-    term: Fused<'a>,
+    (term, op): (Fused<'a>, FusedOp<'a>),
 ) -> Result<()> {
     if g.m == 0 || g.n == 0 {
         return Ok(());
@@ -639,15 +665,16 @@ fn record_quant<'a>(
         stride_b: 0,
         stride_c: 0,
         k_split: 0,
-        lr: low_rank::params(term),
+        lr: low_rank::store_params(term, op),
     };
     let fused = term.is_some();
-    let with_terms = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term);
+    let op_code = low_rank::op_code(op);
+    let with_terms = |bound: &[(u32, &'a Tensor)]| low_rank::with_bindings(bound, term, op);
     let bind4 = with_terms(&bind4_of(x, p, out));
     let aligned = vec4_layout(g, backward);
     // Decoding in f16: the GEMV's f16 form (the blocked one and qmatmul_f16.wgsl's tiles below).
     if let (QVariant::Gemv(t), true) = (variant, half && !backward && aligned && g.m <= GemvTiles::MAX_M) {
-        return record_gemv(rec, g, params, &bind4, p, t, true, fused);
+        return record_gemv(rec, g, params, &bind4, p, t, true, (fused, op_code));
     }
     let variant = match variant {
         QVariant::Subgroup(_) if !(subgroups_usable(rec.gpu()) && aligned) => QVariant::Tiled,
@@ -659,11 +686,21 @@ fn record_quant<'a>(
     if half {
         match variant {
             QVariant::Blocked(t) => {
-                return record_blocked_f16(rec, g, x, p, &with_terms(&[(4, out)]), backward, aligned, t, None, params)
+                return record_blocked_f16(
+                    rec,
+                    g,
+                    x,
+                    p,
+                    &with_terms(&[(4, out)]),
+                    backward,
+                    aligned,
+                    (t, None),
+                    (params, op_code),
+                )
             }
             QVariant::BlockedSplit(t, s) => {
                 let stores = with_terms(&[(4, out)]);
-                return record_blocked_f16(rec, g, x, p, &stores, backward, aligned, t, Some(s), params);
+                return record_blocked_f16(rec, g, x, p, &stores, backward, aligned, (t, Some(s)), (params, op_code));
             }
             // shaders/qmatmul_f16.wgsl for the other variants (it has no
             // subgroup form); odd layouts and the yardstick stay f32 below.
@@ -672,7 +709,12 @@ fn record_quant<'a>(
                 let t = Tiles::few_rows(g.m, false).unwrap_or(F16_TILES);
                 let groups =
                     [g.n.div_ceil((t.wx * t.tn) as usize) as u32, g.m.div_ceil((t.wy * t.tm) as usize) as u32, 1];
-                return rec.dispatch_bound(&f16_key(p.layout, backward, t).low_rank(fused), &params, &bind4, groups);
+                return rec.dispatch_bound(
+                    &f16_key(p.layout, backward, t).low_rank(fused).output_op(op_code),
+                    &params,
+                    &bind4,
+                    groups,
+                );
             }
             _ => {}
         }
@@ -688,15 +730,19 @@ fn record_quant<'a>(
                 QVariant::BlockedSplit(_, s) => s,
                 _ => blocked::auto_splits(t, g.m, g.n, g.k, 1),
             };
-            let key =
-                |entry| blocked_key(p.layout, backward, aligned, t, entry).low_rank(fused && blocked::adds_term(entry));
+            let key = |entry| {
+                let op = if blocked::stores_output(entry) { op_code } else { 0 };
+                blocked_key(p.layout, backward, aligned, t, entry)
+                    .low_rank(fused && blocked::adds_term(entry))
+                    .output_op(op)
+            };
             let set = |p: &mut Params, k: u32| p.k_split = k;
             // x by vec4s (binding 1) where aligned, else by scalars (5): both bound.
             let operands = [(1, x), (5, x), (2, &p.codes), (3, &p.scales)];
             let stores = with_terms(&[(4, out)]);
             blocked::record(rec, key, params, set, &operands, &stores, t, (g.m, g.n, g.k, 1), (splits, 1))
         }
-        QVariant::Gemv(t) => record_gemv(rec, g, params, &bind4, p, t, false, fused),
+        QVariant::Gemv(t) => record_gemv(rec, g, params, &bind4, p, t, false, (fused, op_code)),
         QVariant::Subgroup(sg) => {
             if !(sg.sr > 0 && sg.sr % 8 == 0 && sg.tn > 0 && sg.tn % 4 == 0 && sg.sr * sg.tn <= SgTiles::MAX_OUTPUTS) {
                 return Err(Error::shape(
@@ -708,19 +754,34 @@ fn record_quant<'a>(
                 ));
             }
             let groups = [g.n.div_ceil((SG_LANES * sg.tn) as usize) as u32, g.m.div_ceil(sg.sr as usize) as u32, 1];
-            rec.dispatch_bound(&subgroup_key(p.layout, backward, sg).low_rank(fused), &params, &bind4, groups)
+            rec.dispatch_bound(
+                &subgroup_key(p.layout, backward, sg).low_rank(fused).output_op(op_code),
+                &params,
+                &bind4,
+                groups,
+            )
         }
         QVariant::Tiled if aligned => {
             let entry = if backward { "qmatmul_nn" } else { "qmatmul_nt" };
-            rec.dispatch_bound(&qkey(entry, p.layout, !backward, t).low_rank(fused), &params, &bind4, tiled)
+            rec.dispatch_bound(
+                &qkey(entry, p.layout, !backward, t).low_rank(fused).output_op(op_code),
+                &params,
+                &bind4,
+                tiled,
+            )
         }
         QVariant::Tiled => {
-            let key = qkey("qmatmul_scalar", p.layout, !backward, t).low_rank(fused);
+            let key = qkey("qmatmul_scalar", p.layout, !backward, t).low_rank(fused).output_op(op_code);
             rec.dispatch_bound(&key, &params, &bind1, tiled)
         }
         QVariant::Naive => {
             let groups = [g.n.div_ceil(16) as u32, g.m.div_ceil(16) as u32, 1];
-            rec.dispatch_bound(&naive_key(p.layout, backward).low_rank(fused), &params, &bind1, groups)
+            rec.dispatch_bound(
+                &naive_key(p.layout, backward).low_rank(fused).output_op(op_code),
+                &params,
+                &bind1,
+                groups,
+            )
         }
     }
 }
@@ -738,14 +799,13 @@ fn record_blocked_f16(
     stores: &[(u32, &Tensor)],
     backward: bool,
     aligned: bool,
-    blocks: Blocks,
-    splits: Option<u32>,
-    params: Params,
+    (blocks, splits): (Blocks, Option<u32>),
+    (params, op_code): (Params, u32),
 ) -> Result<()> {
     let op = if backward { "linear_backward_input" } else { "linear" };
     blocks.check_f16(rec.gpu()).map_err(|e| Error::shape(op, e))?;
     // The f16 block entries; the sum of the splits is the f32 module's.
-    let fused = stores.len() > 1;
+    let fused = stores.iter().any(|(binding, _)| *binding == 8);
     let key = |entry| {
         match entry {
             "gemm_blocked" => blocked_f16_key(p.layout, backward, aligned, blocks, "gemm_blocked_f16"),
@@ -753,6 +813,7 @@ fn record_blocked_f16(
             other => blocked_key(p.layout, backward, aligned, blocks, other),
         }
         .low_rank(fused && blocked::adds_term(entry))
+        .output_op(if blocked::stores_output(entry) { op_code } else { 0 })
     };
     let scales = rec.alloc(&[g.m], DType::F32)?; // f16_row_scales writes every row
     rec.dispatch_bound(&row_scales_key(p.layout, backward), &params, &[(5, x), (6, &scales)], super::grid_1d(g.m))?;
@@ -777,13 +838,14 @@ fn record_gemv(
     p: &Packed,
     t: GemvTiles,
     half: bool,
-    fused: bool,
+    (fused, op_code): (bool, u32),
 ) -> Result<()> {
     let t = t.on(rec.gpu());
     t.check().map_err(|e| Error::shape("linear", e))?;
     // The codes once more as 16-byte units, for wide spans (binding 10).
     let bound = [bind4, &[(10, &p.codes)]].concat();
-    rec.dispatch_bound(&gemv_key(p.layout, t, g.m, half).low_rank(fused), &params, &bound, t.grid(g.n))
+    let key = gemv_key(p.layout, t, g.m, half).low_rank(fused).output_op(op_code);
+    rec.dispatch_bound(&key, &params, &bound, t.grid(g.n))
 }
 
 /// y = x·Wᵀ for x (…, in): y (…, out).
@@ -793,7 +855,7 @@ pub fn qlinear(rec: &mut Recorder, x: &Tensor, w: &QWeight) -> Result<Tensor> {
         *last = w.rows;
     }
     let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-    qgemm_acc(rec, x, w, &y, false, false, None, None)?;
+    qgemm_acc(rec, x, w, &y, false, false, None, (None, None))?;
     Ok(y)
 }
 
@@ -810,27 +872,78 @@ pub fn qlinear_low_rank(rec: &mut Recorder, x: &Tensor, w: &QWeight, term: &LowR
         *last = w.rows;
     }
     let y = rec.alloc(&shape, DType::F32)?; // each chunk writes its columns
-    qlinear_low_rank_into(rec, x, w, &y, false, term)?;
+    qlinear_into(rec, x, w, &y, false, (Some(term), None))?;
     Ok(y)
 }
 
-/// [`qlinear_low_rank`] into `out` (…, out) (added to what it holds with
-/// `accumulate`, as decoding adds into the residual stream): fused where
-/// [`low_rank::fuses`], else one more product adds the term.
-pub fn qlinear_low_rank_into(
+/// A frozen Linear's forward into `out` (…, out) for x (…, in): x·Wᵀ, plus
+/// a low-rank term, plus the Linear's bias (N), each where there is one,
+/// written or with `accumulate` added to what `out` holds (as decoding adds
+/// into the residual stream). The product's store adds the term where
+/// [`low_rank::fuses`] and then the bias (`shaders/output_op.wgsl`); a term
+/// that does not fuse is one more product, and the bias a launch after it.
+pub fn qlinear_into(
     rec: &mut Recorder,
     x: &Tensor,
     w: &QWeight,
     out: &Tensor,
     accumulate: bool,
-    term: &LowRank,
+    (term, bias): (Option<&LowRank>, Option<&Tensor>),
 ) -> Result<()> {
+    let op = bias.map(OutputOp::Bias);
+    let Some(term) = term else { return qgemm_acc(rec, x, w, out, false, accumulate, None, (None, op)) };
     let (m, _) = term.check(x, w.rows, w.cols)?;
     if low_rank::fuses(rec.gpu(), m) {
-        return qgemm_acc(rec, x, w, out, false, accumulate, None, Some(term));
+        return qgemm_acc(rec, x, w, out, false, accumulate, None, (Some(term), op));
     }
-    qgemm_acc(rec, x, w, out, false, accumulate, None, None)?;
-    term.add_to(rec, out)
+    qgemm_acc(rec, x, w, out, false, accumulate, None, (None, None))?;
+    term.add_to(rec, out)?;
+    bias.map_or(Ok(()), |bias| add_bias(rec, out, bias))
+}
+
+/// SwiGLU through up_proj's product: h = silu(gate)·(x·Wᵀ + term) (…, out)
+/// for x (…, in) and gate (…, out), gate_proj's output, with the gate
+/// applied as the product stores (`shaders/output_op.wgsl`), so up's output
+/// is never stored and SwiGLU is no launch of its own; where a term does
+/// not fuse, up is computed whole and SwiGLU's own kernel gates it.
+pub fn qlinear_gated(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    term: Option<&LowRank>,
+    gate: &Tensor,
+) -> Result<Tensor> {
+    let h = rec.alloc(gate.shape(), DType::F32)?; // each chunk writes its columns
+    if gate.shape().last() != Some(&w.rows) {
+        let detail = format!("gate {:?} does not match a ({}, {}) weight's outputs", gate.shape(), w.rows, w.cols);
+        return Err(Error::shape(OutputOp::OP, detail));
+    }
+    let gate2 = gate.reshape(&[gate.numel() / w.rows.max(1), w.rows])?;
+    let fuses = term.is_none_or(|t| t.check(x, w.rows, w.cols).is_ok_and(|(m, _)| low_rank::fuses(rec.gpu(), m)));
+    if fuses {
+        qgemm_acc(rec, x, w, &h, false, false, None, (term, Some(OutputOp::Gate(&gate2))))?;
+        return Ok(h);
+    }
+    qlinear_into(rec, x, w, &h, false, (term, None))?;
+    swiglu_forward(rec, gate, &h)
+}
+
+/// Forward `out = x·Wᵀ (+ scale·h·Bᵀ)` through `variant` with `op` done by
+/// its store after the term (the tests' way in; [`qlinear_into`] and
+/// [`qlinear_gated`] decide when to fuse).
+pub fn qgemm_op_with(
+    rec: &mut Recorder,
+    x: &Tensor,
+    w: &QWeight,
+    out: &Tensor,
+    term: Option<&LowRank>,
+    op: OutputOp,
+    variant: QVariant,
+) -> Result<()> {
+    if let Some(term) = term {
+        term.check(x, w.rows, w.cols)?;
+    }
+    qgemm_acc(rec, x, w, out, false, false, Some(variant), (term, Some(op)))
 }
 
 /// dx = dy·W + scale·h·Bᵀ (+ dx with `accumulate`) for dy (…, out) into dx
@@ -848,9 +961,9 @@ pub fn qlinear_backward_low_rank(
 ) -> Result<()> {
     let (m, _) = term.check(dy, w.cols, w.rows)?;
     if low_rank::fuses(rec.gpu(), m) {
-        return qgemm_acc(rec, dy, w, dx, true, accumulate, None, Some(term));
+        return qgemm_acc(rec, dy, w, dx, true, accumulate, None, (Some(term), None));
     }
-    qgemm_acc(rec, dy, w, dx, true, accumulate, None, None)?;
+    qgemm_acc(rec, dy, w, dx, true, accumulate, None, (None, None))?;
     term.add_to(rec, dx)
 }
 
@@ -861,18 +974,18 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
         *last = w.cols;
     }
     let dx = rec.alloc(&shape, DType::F32)?; // chunk 0 writes, the rest add
-    qgemm_acc(rec, dy, w, &dx, true, false, None, None)?;
+    qgemm_acc(rec, dy, w, &dx, true, false, None, (None, None))?;
     Ok(dx)
 }
 
 /// out += x·Wᵀ (or dy·W with `backward`): for adding a frozen path into a
 /// tensor that already holds another term.
 pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, true, None, None)
+    qgemm_acc(rec, x, w, out, backward, true, None, (None, None))
 }
 
 /// out = x·Wᵀ (or dy·W with `backward`) into an existing tensor, its old
 /// contents ignored (so it needs no clearing first).
 pub fn qlinear_write(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
-    qgemm_acc(rec, x, w, out, backward, false, None, None)
+    qgemm_acc(rec, x, w, out, backward, false, None, (None, None))
 }

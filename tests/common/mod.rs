@@ -495,3 +495,19 @@ pub fn prefill_and_steps(
     }
     (out, steps)
 }
+
+/// The quantized kernels a product of `m` rows to `n` outputs can run, each
+/// reaching its own store (the fused term's and the output op's tests).
+pub fn store_variants(m: usize, n: usize) -> Vec<webpeft::kernels::qmatmul::QVariant> {
+    use webpeft::kernels::blocked::{Blocks, GemvTiles};
+    use webpeft::kernels::qmatmul::QVariant;
+    vec![
+        QVariant::Tiled,
+        QVariant::Naive,
+        QVariant::subgroup(),
+        QVariant::Blocked(Blocks::for_shape(m, n, 1)),
+        QVariant::BlockedSplit(Blocks::MEDIUM, 3),
+        QVariant::Gemv(GemvTiles::DEFAULT),
+        QVariant::Gemv(GemvTiles::SUBGROUP),
+    ]
+}

@@ -27,10 +27,7 @@ use crate::kernels::attention::{
 };
 use crate::kernels::elementwise::{add, add_scaled, copy};
 use crate::kernels::low_rank::LowRank;
-use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{
-    qlinear_accumulate, qlinear_backward_low_rank, qlinear_low_rank_into, qlinear_write, QWeight,
-};
+use crate::kernels::qmatmul::{qlinear_accumulate, qlinear_backward_low_rank, qlinear_into, qlinear_write, QWeight};
 use crate::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{rope_backward_inplace, rope_forward_inplace};
 
@@ -100,7 +97,7 @@ pub struct LinearSaved {
 }
 
 impl Linear {
-    /// x (…, in) → (…, out); a bias goes in as [`bias_term`].
+    /// x (…, in) → (…, out).
     pub fn forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
         let y = self.output(rec, x)?;
         self.product_into(rec, x, None, &y, false)?;
@@ -118,9 +115,8 @@ impl Linear {
 
     /// x·Wᵀ + b, with a hook's low-rank `term` where there is one, into `out`
     /// (…, out) (added to what it holds with `accumulate`, as decoding adds
-    /// into the residual stream). The term, or else the bias as
-    /// [`bias_term`], goes in as the product stores `out` where it fuses; a
-    /// bias beside a term is a launch of its own.
+    /// into the residual stream): the product adds the term and the bias as
+    /// it stores `out` where it fuses the term ([`qlinear_into`]).
     pub(super) fn product_into(
         &self,
         rec: &mut Recorder,
@@ -129,19 +125,7 @@ impl Linear {
         out: &Tensor,
         accumulate: bool,
     ) -> Result<()> {
-        let w = &self.weight;
-        match (term, &self.bias) {
-            (Some(term), bias) => {
-                qlinear_low_rank_into(rec, x, w, out, accumulate, term)?;
-                bias.as_ref().map_or(Ok(()), |bias| add_bias(rec, out, bias))
-            }
-            (None, Some(bias)) => {
-                let term = bias_term(rec, x, bias)?;
-                qlinear_low_rank_into(rec, x, w, out, accumulate, &term)
-            }
-            (None, None) if accumulate => qlinear_accumulate(rec, x, w, out, false),
-            (None, None) => qlinear_write(rec, x, w, out, false),
-        }
+        qlinear_into(rec, x, &self.weight, out, accumulate, (term, self.bias.as_ref()))
     }
 
     /// [`Linear::forward`] between the `linear_input` and `linear` hook
@@ -220,38 +204,6 @@ impl Linear {
             _ => Ok(()),
         }
     }
-}
-
-/// A Linear's bias (N) for x (…, in) as the rank-1 term `1·biasᵀ` (h = ones
-/// (M, 1), B = bias (N, 1)), which the product adds as it stores y (where
-/// it fuses a LoRA term: decoding's rows, and any rows on real GPUs) instead
-/// of a launch of its own; Qwen2's q, k and v have one each. The sum is
-/// y + bias either way. A Linear that also gets a LoRA term adds its bias
-/// with [`add_bias`] after.
-pub fn bias_term(rec: &mut Recorder, x: &Tensor, bias: &Tensor) -> Result<LowRank> {
-    let n = bias.numel();
-    let cols = x.shape().last().copied().unwrap_or(0);
-    let m = x.numel() / cols.max(1);
-    if n == 0 || bias.shape().len() != 1 {
-        return Err(Error::shape("Linear::forward", format!("bias {:?} is not a vector", bias.shape())));
-    }
-    Ok(LowRank::new(rec.gpu().ones(m)?.reshape(&[m, 1])?, bias.reshape(&[n, 1])?, 1.0))
-}
-
-/// y (M, N) += 1 (M, 1) · bias (1, N): the bias broadcast over rows, recorded
-/// as a k = 1 matmul (one exact product per element, then one add), so no
-/// broadcast kernel is needed.
-pub fn add_bias(rec: &mut Recorder, y: &Tensor, bias: &Tensor) -> Result<()> {
-    let n = bias.numel();
-    if n == 0 || y.numel() % n != 0 || y.shape().last() != Some(&n) {
-        return Err(Error::shape(
-            "Linear::forward",
-            format!("bias {:?} does not match output {:?}", bias.shape(), y.shape()),
-        ));
-    }
-    let m = y.numel() / n;
-    let ones = rec.gpu().ones(m)?.reshape(&[m, 1])?;
-    gemm(rec, &Gemm::new(m, n, 1, false, false).accumulate(true), &ones, bias, y)
 }
 
 /// `LlamaAttention` (eager): causal softmax attention with grouped-query heads

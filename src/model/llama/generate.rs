@@ -20,7 +20,9 @@
 //! step: where the hooks leave a join plain ([`Hooks::plain_residual`]),
 //! o_proj and down_proj add their products into it as they store them
 //! (`h = x + o_proj(…)` in x's own buffer), two launches and two passes over
-//! it fewer a layer.
+//! it fewer a layer. Where they leave up_proj's output plain
+//! ([`Hooks::plain_output`]), up_proj's product gates itself with SwiGLU as
+//! it stores (`h = silu(gate)·up`, up never stored): one launch fewer again.
 
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
@@ -32,7 +34,7 @@ use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::blocked::is_real_gpu;
 use crate::kernels::embedding::embedding_weight;
-use crate::kernels::qmatmul::qlinear;
+use crate::kernels::qmatmul::{qlinear, qlinear_gated};
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
 use crate::kernels::sample::{repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, DECIDED};
@@ -116,8 +118,12 @@ impl Mlp {
     /// the stream it joins (updated in place where the hooks allow).
     fn forward_cached(&self, rec: &mut Recorder, x: &Tensor, hooks: LayerHooks, residual: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward_hooked(rec, x, hooks, Proj::Gate)?.0; // (…, I)
-        let up = self.up_proj.forward_hooked(rec, x, hooks, Proj::Up)?.0; // (…, I)
-        let hidden = swiglu_forward(rec, &gate, &up)?; // (…, I)
+        let hidden = if self.up_proj.bias.is_none() && hooks.hooks.plain_output(hooks.layer, Proj::Up) {
+            self.up_proj.forward_gated(rec, x, hooks, &gate)? // silu(gate) · up_proj(x), (…, I)
+        } else {
+            let up = self.up_proj.forward_hooked(rec, x, hooks, Proj::Up)?.0; // (…, I)
+            swiglu_forward(rec, &gate, &up)? // (…, I)
+        };
         self.down_proj.forward_residual(rec, &hidden, hooks, Sublayer::Mlp, residual)
     }
 }
@@ -147,6 +153,20 @@ impl Linear {
         let term = hooks.hooks.linear_low_rank(rec, layer, proj, &x)?.map(|(term, _)| term);
         self.product_into(rec, &x, term.as_ref(), &rows2d(r)?, true)?;
         Ok(r.clone())
+    }
+}
+
+impl Linear {
+    /// `silu(gate)·self(x)` for x (…, in) and gate (…, out), up_proj's
+    /// part of SwiGLU, through the hooks of up_proj where they leave its
+    /// output plain ([`Hooks::plain_output`]; this Linear has no bias): the
+    /// product (with its low-rank term) applies the gate as it stores.
+    fn forward_gated(&self, rec: &mut Recorder, x: &Tensor, hooks: LayerHooks, gate: &Tensor) -> Result<Tensor> {
+        let (layer, proj) = (hooks.layer, Proj::Up);
+        let x = rows2d(x)?;
+        let x = hooks.hooks.linear_input(rec, layer, proj, &x)?.map_or(x, |(x, _)| x);
+        let term = hooks.hooks.linear_low_rank(rec, layer, proj, &x)?.map(|(term, _)| term);
+        qlinear_gated(rec, &x, &self.weight, term.as_ref(), &rows2d(gate)?)?.reshape(gate.shape())
     }
 }
 

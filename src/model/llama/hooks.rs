@@ -278,6 +278,17 @@ pub trait Hooks {
         false
     }
 
+    /// Whether the hooks leave Linear `proj`'s output plain in layer
+    /// `layer`: no [`Hooks::linear_forward`] there (a `linear_input` or a
+    /// low-rank term is fine). Then a forward that keeps nothing for a
+    /// backward (decoding) may have the product's store do what comes next
+    /// (up_proj's: SwiGLU's gate) and not call that point. A method that
+    /// uses `linear_forward` at `proj` must answer false; false, the
+    /// default, is always right.
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
+        false
+    }
+
     /// For many forwards with unchanging parameters and no backward (one
     /// generation: its prefill and every step), hooks that compute once
     /// what each such forward would recompute (DoRA's weight norms, LoRA's
@@ -476,6 +487,11 @@ macro_rules! forward_hooks {
                 $hooks.plain_residual(layer, site)
             }
 
+            fn plain_output(&self, layer: usize, proj: $crate::model::llama::hooks::Proj) -> bool {
+                let $s = self;
+                $hooks.plain_output(layer, proj)
+            }
+
             fn residual_backward(
                 &self,
                 rec: &mut $crate::gpu::Recorder,
@@ -497,6 +513,10 @@ pub struct NoHooks;
 
 impl Hooks for NoHooks {
     fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
         true
     }
 }

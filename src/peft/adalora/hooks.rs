@@ -21,6 +21,10 @@ impl Hooks for Pass<'_, AdaLoraAdapter> {
         true // a low-rank term only
     }
 
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
+        true
+    }
+
     fn linear_low_rank(
         &self,
         rec: &mut Recorder,

@@ -13,7 +13,7 @@ use super::layer::{bn_backward, bn_forward, BnCall, BnSaved, BnUnit};
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::elementwise::{add, copy};
-use crate::model::llama::hooks::{Hooks, Saved, Sublayer};
+use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::pass::{mismatch, Pass};
 use crate::util::rng::pcg_hash;
 
@@ -45,6 +45,10 @@ impl Pass<'_, BottleneckAdapter> {
 impl Hooks for Pass<'_, BottleneckAdapter> {
     fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {
         self.params.unit(layer, site).is_none()
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
+        true // the adapters join the residual stream, never a Linear's output
     }
 
     fn residual_forward(

@@ -34,6 +34,11 @@ impl Hooks for Pass<'_, Ia3Adapter> {
         self.params.vector(layer, site.output_proj()).is_none_or(|v| v.module.feedforward)
     }
 
+    fn plain_output(&self, layer: usize, proj: Proj) -> bool {
+        // A vector on a Linear's output scales y; a feedforward one scales x.
+        self.params.vector(layer, proj).is_none_or(|v| v.module.feedforward)
+    }
+
     fn linear_input(
         &self,
         rec: &mut Recorder,

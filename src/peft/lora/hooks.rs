@@ -69,6 +69,10 @@ impl Hooks for Pass<'_, LoraAdapter> {
         self.params.factors(layer, site.output_proj()).is_none_or(|f| f.m.is_none())
     }
 
+    fn plain_output(&self, layer: usize, proj: Proj) -> bool {
+        self.params.factors(layer, proj).is_none_or(|f| f.m.is_none())
+    }
+
     fn linear_low_rank(
         &self,
         rec: &mut Recorder,

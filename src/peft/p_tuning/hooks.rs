@@ -6,12 +6,16 @@
 use super::adapter::PTuningAdapter;
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
-use crate::model::llama::hooks::{Hooks, Sublayer};
+use crate::model::llama::hooks::{Hooks, Proj, Sublayer};
 use crate::peft::pass::Pass;
 use crate::peft::prompt_tuning::hooks::{add_batch_sum, prepend};
 
 impl Hooks for Pass<'_, PTuningAdapter> {
     fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
         true
     }
 

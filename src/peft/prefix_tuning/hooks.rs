@@ -6,7 +6,7 @@
 use super::adapter::PrefixTuningAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::model::llama::hooks::{Hooks, Sublayer};
+use crate::model::llama::hooks::{Hooks, Proj, Sublayer};
 use crate::peft::pass::Pass;
 use crate::peft::prompt_tuning::hooks::add_batch_sum;
 
@@ -25,6 +25,10 @@ impl Pass<'_, PrefixTuningAdapter> {
 
 impl Hooks for Pass<'_, PrefixTuningAdapter> {
     fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
         true
     }
 

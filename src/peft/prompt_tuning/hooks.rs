@@ -7,11 +7,15 @@ use super::adapter::PromptTuningAdapter;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::model::llama::hooks::{Hooks, Sublayer};
+use crate::model::llama::hooks::{Hooks, Proj, Sublayer};
 use crate::peft::pass::Pass;
 
 impl Hooks for Pass<'_, PromptTuningAdapter> {
     fn plain_residual(&self, _layer: usize, _site: Sublayer) -> bool {
+        true
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: Proj) -> bool {
         true
     }
 
