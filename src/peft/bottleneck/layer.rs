@@ -11,9 +11,9 @@ use super::file::{BnPart, BottleneckUnit};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::elementwise::{add_scaled, dropout, scale};
-use crate::kernels::matmul::{gemm, Gemm};
+use crate::kernels::matmul::{gemm, gemm_fused, Gemm};
+use crate::kernels::output_op::OutputOp;
 use crate::kernels::swiglu::{activation_backward, activation_forward, Activation};
-use crate::model::llama::block::add_bias;
 
 /// One unit's tensors (or their gradients, or moments).
 #[derive(Clone, Debug)]
@@ -102,13 +102,13 @@ pub fn bn_forward(rec: &mut Recorder, s: &Tensor, unit: &BnUnit, call: BnCall, y
         return Err(Error::shape("bn_forward", format!("s {:?} and y {:?} must be (M, {d})", s.shape(), y.shape())));
     }
     let s = s.reshape(&[rows, d])?;
+    // Each bias added by its product's store (`shaders/output_op.wgsl`).
+    let bias = |b| Some((OutputOp::Bias(b), 0));
     let a = rec.alloc(&[rows, m], DType::F32)?;
-    gemm(rec, &Gemm::new(rows, m, d, false, true), &s, &unit.down_w, &a)?; // s·W_downᵀ
-    add_bias(rec, &a, &unit.down_b)?;
+    gemm_fused(rec, &Gemm::new(rows, m, d, false, true), (&s, &unit.down_w, &a), None, bias(&unit.down_b))?; // s·W_downᵀ + b_down
     let z = activation_forward(rec, &a, call.act)?;
     let up = rec.alloc(&[rows, d], DType::F32)?;
-    gemm(rec, &Gemm::new(rows, d, m, false, true), &z, &unit.up_w, &up)?; // z·W_upᵀ
-    add_bias(rec, &up, &unit.up_b)?;
+    gemm_fused(rec, &Gemm::new(rows, d, m, false, true), (&z, &unit.up_w, &up), None, bias(&unit.up_b))?; // z·W_upᵀ + b_up
     let y2 = y.reshape(&[rows, d])?;
     match call.dropout {
         Some((p, seed)) if p > 0.0 => {
