@@ -56,6 +56,8 @@ for bits in 1024 2048; do
     LP_NATIVE_VECTOR_WIDTH=$bits cargo test --features cli --test gemv --test reduce --test low_rank --test matmul \
         --test quant --test attention --test attention_segments --test bnb4_kernels --test f16_compute
 done
+# The output ops in the GEMV's store at NVIDIA's and Apple's width (whole-row subgroups).
+LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test output_op -- the_gemv_does_the_op
 
 echo "== browser package (wasm32)"
 scripts/build-web.sh
