@@ -1,6 +1,6 @@
 // Sampling on the GPU: one token a row of logits, drawn by transformers'
-// rule (logits / temperature, then top-k, then top-p, then a draw from the
-// softmax of what is kept), so sampled decoding reads back a token, not V
+// rule (logits / temperature, then top-k, then top-p, then min-p, then a draw
+// from the softmax of what is kept), so sampled decoding reads back a token, not V
 // logits, and submits the next step before it reads this one's (as greedy
 // decoding does with argmax_rows).
 //
@@ -23,10 +23,15 @@
 //                  token (`last`, where `mark`) joins it here.
 //   sample_pick    workgroup row: merges the statistics, selects the row's
 //                  CANDIDATES most likely of the slices' candidates, sorts them,
-//                  and applies top-k, top-p and the draw. Where the kept set
-//                  does not lie within the candidates (a top-k past them, or a
-//                  nucleus wider than them), it writes the flag UNDECIDED and
-//                  the host draws from the row (`kernels::sample`).
+//                  and applies top-k, top-p, min-p and the draw. Where the kept
+//                  set does not lie within the candidates (a top-k past them,
+//                  or a nucleus or min-p set wider than them), it writes the
+//                  flag UNDECIDED and sample_wide draws from the whole row.
+//
+// min-p keeps the tokens whose probability is at least min_p times the most
+// likely's: exp(s − max) ≥ min_p, which the normalizing sum leaves alone (and
+// so top-k and top-p before it too). It is monotone in s, so like the others
+// its kept set is a most-likely prefix, and the kept set is the shortest.
 //
 // "Most likely" is the order of (score, then lower index): each value is the
 // composite (order_key(s), ~index), unique per row, and the CANDIDATES largest
@@ -54,7 +59,7 @@ struct Params {
     draw: u32,         // row r draws with draw + r
     penalty: f32,      // repetition_penalty: θ > 0
     mark: u32,         // repetition_penalty: 1 = add last[row] to the row's tokens first
-    _pad: u32,
+    min_p: f32,        // 0 = off
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -320,7 +325,7 @@ fn merge_slices(row: u32, lid: u32) {
 }
 
 var<workgroup> weights: array<f32, WG>;  // sample_pick: exp(s − largest) of the sorted candidates, then their prefix sums
-var<workgroup> cut: atomic<u32>;         // sample_pick: where top-k, then top-p, cuts the sorted candidates
+var<workgroup> cut: atomic<u32>;         // sample_pick: where top-k, then top-p, then min-p cuts the sorted candidates
 const NONE: u32 = 0xffffffffu;
 
 // The kept set's end among the `need` sorted candidates and the race over
@@ -360,6 +365,16 @@ fn decide(row: u32, need: u32, lid: u32) -> vec2<u32> {
     let reached = atomicLoad(&cut);
     var kept = kept_k;
     if (reached != NONE) { kept = reached + 1u; }
+    // min-p: the first candidate less likely than min_p times the first (never
+    // the first itself: its weight is 1).
+    workgroupBarrier();
+    if (lid == 0u) { atomicStore(&cut, NONE); }
+    workgroupBarrier();
+    if (p.min_p > 0.0 && lid < need && w < p.min_p) { atomicMin(&cut, lid); }
+    workgroupBarrier();
+    let below = atomicLoad(&cut);
+    let min_cut = below != NONE;  // min-p's set ends within the candidates
+    kept = min(kept, below);
     // The race over the kept candidates.
     var kg = 0u;
     var i = 0u;
@@ -371,14 +386,22 @@ fn decide(row: u32, need: u32, lid: u32) -> vec2<u32> {
     // Whether the kept set lies within the candidates.
     if (values == 0u) { return vec2<u32>(0u, NO_TOKEN); }
     if (!finite_key(m_key)) { return vec2<u32>(merged[3], DECIDED); }  // as the CPU: the largest logit
+    // A cut past the candidates leaves the kept set to a shorter cut within
+    // them, where there is one that does not depend on it.
     var complete = values <= CANDIDATES;
     if (k_on) {
-        // Past the candidates, or ties at the k-th that may go on past them.
-        if (k > need || (kept_k == need && !complete)) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        // Past the candidates, or ties at the k-th that may go on past them:
+        // then top-p's total is unknown, but min-p's cut needs none.
+        let past = k > need || (kept_k == need && !complete);
+        if (past && !(min_cut && p.top_p >= 1.0)) { return vec2<u32>(sorted_index[0], UNDECIDED); }
         complete = true;
     }
     if (p.top_p < 1.0) {
-        if (reached == NONE && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        if (reached == NONE && !complete && !min_cut) { return vec2<u32>(sorted_index[0], UNDECIDED); }
+        complete = true;
+    }
+    if (p.min_p > 0.0) {
+        if (!min_cut && !complete) { return vec2<u32>(sorted_index[0], UNDECIDED); }
         complete = true;
     }
     // Nothing cut: the race over every value, which sample_slices ran.
@@ -434,8 +457,9 @@ fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // and a workgroup sum), so no candidate list bounds it. top-k: the largest
 // key with at least k values at or above it. top-p: the largest key whose
 // values at or above it hold top_p of the kept mass; of the values tied at
-// it, as many as the CPU's running sum takes, the lowest indices first. Then
-// the race over the kept. A decided row costs one launch that reads its flag.
+// it, as many as the CPU's running sum takes, the lowest indices first.
+// min-p: the smallest key whose exp(s − max) reaches min_p, found by
+// bisection on the keys alone (no pass). Then the race over the kept. A decided row costs one launch that reads its flag.
 
 // `v` from invocation 0 to all, as a value uniform control flow may use.
 fn uniform_u32(lid: u32, v: u32) -> u32 {
@@ -513,6 +537,22 @@ fn sample_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 lo = select(mid + 1u, lo, ok || lo == hi);
             }
             last = lo;
+        }
+    }
+    if (p.min_p > 0.0) {
+        // The smallest finite key at or above tau that min-p keeps (the
+        // largest, m's, always is); all of its ties are kept.
+        var lo = max(tau, 0x00800000u);
+        var hi = m_key;
+        for (var step = 0u; step < 32u; step++) {
+            let mid = lo + (hi - lo) / 2u;
+            let keeps = exp(key_value(mid) - m) >= p.min_p;
+            hi = select(hi, mid, keeps);
+            lo = select(mid + 1u, lo, keeps || lo == hi);
+        }
+        if (hi > tau) {
+            tau = hi;
+            last = NONE;
         }
     }
     // The race over the kept values.

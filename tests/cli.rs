@@ -197,7 +197,7 @@ fn generate_chat_and_generation_config_eos() {
 
 /// `generate --repetition-penalty` gives transformers' greedy text with that penalty (to its eos), and a
 /// model whose generation_config.json names a penalty gets it without the flag (transformers' defaults from
-/// the file), while `--repetition-penalty 1` turns it off again.
+/// the file), while `--repetition-penalty 1` turns it off again; the file's length applies the same way.
 #[test]
 fn generate_with_the_models_repetition_penalty() {
     use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
@@ -240,6 +240,21 @@ fn generate_with_the_models_repetition_penalty() {
     let off = text(&run(args(folder, &["--repetition-penalty", "1"])));
     assert_eq!(off, text(&run(args(&model, &[]))), "--repetition-penalty 1 is plain greedy");
     assert_ne!(off, want_text);
+
+    // Without --max-new-tokens, the file's length: max_new_tokens, else max_length less the prompt.
+    let prompt = "In the spring the river";
+    let prompt_len = tokenizer.encode(prompt, true).unwrap().len();
+    assert!(want.len() > 4, "the reference ends at its eos within 4 tokens: {want:?}");
+    let lengths = [
+        (r#""max_new_tokens": 4, "max_length": 2"#.to_string(), 4),
+        (format!(r#""max_length": {}"#, prompt_len + 3), 3),
+    ];
+    for (length, n) in lengths {
+        let file = format!(r#"{{"eos_token_id": 382, "repetition_penalty": 1.3, {length}}}"#);
+        std::fs::write(dir.0.join("generation_config.json"), &file).unwrap();
+        let out = webpeft(&["generate", "--model", folder, "--prompt", prompt]);
+        assert_eq!((text(&out), generated_tokens(&out)), (tokenizer.decode(&want[..n], true).unwrap(), n), "{file}");
+    }
 }
 
 /// A fresh folder under the system temp dir, removed when dropped.

@@ -208,6 +208,7 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
         GenerationConfig::sampling(6, 1.0, 300, 1.0, 13),
         penalized(GenerationConfig::sampling(10, 0.7, 50, 0.95, 17), 1.8),
         penalized(GenerationConfig::sampling(8, 1.0, 0, 1.0, 19), 0.6),
+        GenerationConfig { min_p: 0.05, ..GenerationConfig::sampling(8, 1.5, 0, 1.0, 23) },
     ];
     for (gpu, config) in
         [common::gpu(), common::gpu_family()].into_iter().flat_map(|g| settings.iter().map(move |c| (g, c)))
@@ -277,16 +278,16 @@ fn repetition_penalty_matches_transformers() {
 /// A model's generation_config.json gives transformers' settings
 /// (`GenerationConfig.from_pretrained`, `make_fixtures.py generation`):
 /// Llama 3.2 Instruct's and Qwen2.5 Instruct's files, the fixtures' plain
-/// one (transformers' defaults: greedy, top-k 50), top_k null and 0, and
-/// warpers beside do_sample false; values generation would refuse are typed
-/// errors naming the file and field.
+/// one (transformers' defaults: greedy, top-k 50), top_k null and 0,
+/// warpers beside do_sample false, min_p and the lengths; values generation
+/// would refuse are typed errors naming the file and field.
 #[test]
 fn generation_config_defaults_are_transformers() {
     use webpeft::model::config::GenerationDefaults;
     let path = fixture("generation/generation_configs.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let cases = v.as_object().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 8);
     for (name, case) in cases {
         let got = GenerationDefaults::from_json(case["file"].to_string().as_bytes()).unwrap();
         let num = |k: &str| case[k].as_f64().unwrap() as f32;
@@ -297,6 +298,13 @@ fn generation_config_defaults_are_transformers() {
             "{name}"
         );
         assert_eq!(got.top_k, case["top_k"].as_u64().unwrap_or(0) as usize, "{name}");
+        // min_p null is off (0); the lengths are the file's, where transformers' max_length falls back to 20.
+        assert_eq!(got.min_p, case["min_p"].as_f64().unwrap_or(0.0) as f32, "{name}");
+        assert_eq!(got.max_new_tokens, case["max_new_tokens"].as_u64().map(|n| n as usize), "{name}");
+        let file_length = case["file"].get("max_length").is_some();
+        let length = case["max_length"].as_u64().map(|n| n as usize);
+        assert_eq!(got.max_length, if file_length { length } else { None }, "{name}");
+        assert!(file_length || length == Some(20), "{name}: transformers' default max_length {length:?}");
         let eos = &case["file"]["eos_token_id"];
         let want_eos: Vec<u32> = match eos {
             serde_json::Value::Array(a) => a.iter().map(|i| i.as_u64().unwrap() as u32).collect(),
@@ -325,11 +333,26 @@ fn generation_config_defaults_are_transformers() {
         ..Default::default()
     });
     assert_eq!((plain.greedy, plain.temperature, plain.top_k, plain.top_p), (false, 0.7, 50, 0.9));
+    // min_p from the file, or the caller's over it.
+    let min_p = GenerationDefaults::from_json(cases["min_p_and_length"]["file"].to_string().as_bytes()).unwrap();
+    let own = GenerationConfig::from_defaults(&min_p, 5);
+    assert_eq!((own.min_p, own.top_k, own.draw_settings(0).min_p), (0.05, 0, 0.05));
+    assert_eq!(own.with_choices(&GenerationChoices { min_p: Some(0.2), ..Default::default() }).min_p, 0.2);
+    // The new tokens, as transformers counts them: max_new_tokens over max_length; max_length less the
+    // prompt, at least one; the caller's own length where the file gives neither.
+    assert_eq!((min_p.new_tokens(10), min_p.new_tokens(70)), (Some(128), Some(128)));
+    let long = GenerationDefaults::from_json(cases["max_length_only"]["file"].to_string().as_bytes()).unwrap();
+    assert_eq!((long.new_tokens(96), long.new_tokens(4096), long.new_tokens(5000)), (Some(4000), Some(1), Some(1)));
+    assert_eq!((qwen.new_tokens(10), GenerationDefaults::default().new_tokens(10)), (None, None));
     for (file, field) in [
         (r#"{"do_sample": true, "temperature": 0}"#, "temperature"),
         (r#"{"top_p": 1.5}"#, "top_p"),
         (r#"{"top_p": 0}"#, "top_p"),
         (r#"{"repetition_penalty": 0}"#, "repetition_penalty"),
+        (r#"{"min_p": 1.5}"#, "min_p"),
+        (r#"{"min_p": -0.1}"#, "min_p"),
+        (r#"{"max_new_tokens": -5}"#, "max_new_tokens"),
+        (r#"{"max_length": "long"}"#, "max_length"),
         (r#"{"top_k": -1}"#, "top_k"),
         (r#"{"do_sample": "yes"}"#, "do_sample"),
         (r#"[1]"#, "(file)"),

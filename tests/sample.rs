@@ -1,8 +1,8 @@
 //! Sampling: the GPU's draw (`sample_rows`) and the CPU's (`sample`) against
 //! the reference's full sort, on seeded random rows at odd sizes with ties,
-//! NaN, ±∞ and ±0, under every kind of setting; the draw's frequencies
-//! against the kept softmax; transformers' repetition penalty on both; and
-//! bad settings as typed errors.
+//! NaN, ±∞ and ±0, under every kind of setting; the kept sets against
+//! transformers' warpers; the draw's frequencies against the kept softmax;
+//! transformers' repetition penalty on both; and bad settings as typed errors.
 
 mod common;
 use common::{block_on, gpu};
@@ -41,14 +41,17 @@ fn gpu_draw(rows: &[Vec<f32>], sampling: &Sampling) -> Vec<(u32, u32)> {
 }
 
 /// Whether the GPU's decided `token` is the reference's, or differs only by
-/// float rounding: the same token under top_p ± 1e-5, or a kept token whose
-/// race value is within 1e-4 of the winner's.
+/// float rounding: the same token under top_p ± 1e-5 or min_p · (1 ± 1e-5),
+/// or a kept token whose race value is within 1e-4 of the winner's.
 fn agrees(token: u32, want: &Draw, logits: &[f32], sampling: &Sampling) -> bool {
     if want.token == Some(token) {
         return true;
     }
-    let nudged = |dp: f32| sample_row(logits, &Sampling { top_p: (sampling.top_p + dp).min(1.0), ..*sampling }).token;
-    if nudged(1e-5) == Some(token) || nudged(-1e-5) == Some(token) {
+    let nudged = |dp: f32| {
+        let (top_p, min_p) = ((sampling.top_p + dp).min(1.0), (sampling.min_p * (1.0 + dp)).min(1.0));
+        [Sampling { top_p, ..*sampling }, Sampling { min_p, ..*sampling }].map(|s| sample_row(logits, &s).token)
+    };
+    if nudged(1e-5).contains(&Some(token)) || nudged(-1e-5).contains(&Some(token)) {
         return true;
     }
     let best = want.race.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -59,32 +62,39 @@ fn agrees(token: u32, want: &Draw, logits: &[f32], sampling: &Sampling) -> bool 
 fn gpu_draws_match_the_reference() {
     let mut gen = Rng::new(2026);
     let sizes = [1, 5, 127, 128, 129, 300, 2047, 2049, 5003, 40_000];
+    // (temperature, top-k, top-p, min-p): min-p alone, cutting before or
+    // after the others, and small enough to keep more than the candidates.
     let settings = [
-        (1.0, 0, 1.0),
-        (0.7, 0, 0.9),
-        (1.3, 50, 1.0),
-        (0.8, 20, 0.95),
-        (2.0, 0, 0.5),
-        (1.0, 255, 1.0),
-        (1.0, 1, 1.0),
-        (3.0, 0, 0.99),
-        (0.5, 100, 0.8),
-        (1.0, 300, 0.9),
-        (1.5, 1000, 1.0),
+        (1.0, 0, 1.0, 0.0),
+        (0.7, 0, 0.9, 0.0),
+        (1.3, 50, 1.0, 0.0),
+        (0.8, 20, 0.95, 0.0),
+        (2.0, 0, 0.5, 0.0),
+        (1.0, 255, 1.0, 0.0),
+        (1.0, 1, 1.0, 0.0),
+        (3.0, 0, 0.99, 0.0),
+        (0.5, 100, 0.8, 0.0),
+        (1.0, 300, 0.9, 0.0),
+        (1.5, 1000, 1.0, 0.0),
+        (1.0, 0, 1.0, 0.05),
+        (0.7, 1000, 1.0, 0.1),
+        (1.2, 0, 0.95, 0.02),
+        (2.0, 0, 1.0, 1e-4),
+        (1.0, 300, 0.9, 1e-3),
     ];
     let (mut rows_seen, mut rounding, mut wide) = (0, 0, 0);
     for (case, &v) in sizes.iter().enumerate() {
-        for (s, &(temperature, top_k, top_p)) in settings.iter().enumerate() {
+        for (s, &(temperature, top_k, top_p, min_p)) in settings.iter().enumerate() {
             let scale = [2.0, 8.0, 30.0][(case + s) % 3];
             let rows: Vec<Vec<f32>> = (0..3).map(|r| row(&mut gen, v, scale, r == 1)).collect();
-            let sampling = Sampling { temperature, top_k, top_p, seed: 1000 + case as u64, draw: 7 * s as u32 };
+            let sampling = Sampling { temperature, top_k, top_p, min_p, seed: 1000 + case as u64, draw: 7 * s as u32 };
             for (r, &(token, flag)) in gpu_draw(&rows, &sampling).iter().enumerate() {
                 let own = Sampling { draw: sampling.draw + r as u32, ..sampling };
                 let want = sample_row(&rows[r], &own);
                 let what = format!("V {v}, row {r}, {own:?}: GPU ({token}, flag {flag}), reference {want:?}");
                 rows_seen += 1;
                 // Kept sets past the candidates are sample_wide's.
-                let cut = top_k > 0 && top_k < want.values || top_p < 1.0;
+                let cut = top_k > 0 && top_k < want.values || top_p < 1.0 || min_p > 0.0;
                 wide += usize::from(cut && want.kept.len() >= CANDIDATES);
                 match flag {
                     NO_TOKEN => assert_eq!(want.token, None, "{what}"),
@@ -108,9 +118,10 @@ fn gpu_draws_match_the_reference() {
 /// Many rows of the same logits draw independently (row r takes draw number
 /// r): their frequencies follow the softmax of the kept set. The last
 /// cases keep more than the 256 candidates (sample_wide's bisections): a
-/// flat row under top-k 280, two levels of logits under top-p 0.9, and 600
+/// flat row under top-k 280, two levels of logits under top-p 0.9, 600
 /// equal logits under top-p 0.4975, which keeps the 299 lowest indices, as
-/// the CPU's running sum does.
+/// the CPU's running sum does, and 300 of 400 tokens under min-p; and a
+/// top-k whose ties go past the candidates, which min-p cuts within them.
 #[test]
 fn gpu_draws_follow_the_kept_softmax() {
     let small = vec![0.3f32, -1.0, 2.0, 1.1, 0.0, 2.0, -0.5, 0.9, -3.0, 1.6];
@@ -118,17 +129,23 @@ fn gpu_draws_follow_the_kept_softmax() {
     // 200 tokens at 1 and 200 at 0: top-p 0.9 keeps the 200 and the 126 lowest-index of the rest.
     let two_levels: Vec<f32> = (0..400).map(|i| if i % 2 == 0 { 1.0 } else { 0.0 }).collect();
     let equal = vec![0.5f32; 600];
+    // 300 tokens at 1 and 100 at 0: min-p 0.5 keeps the 300 (e⁻¹ < 0.5).
+    let three_to_one: Vec<f32> = (0..400).map(|i| if i % 4 == 0 { 0.0 } else { 1.0 }).collect();
     let cases = [
-        (&small, (1.0, 0, 1.0), 4000),
-        (&small, (0.7, 4, 1.0), 4000),
-        (&small, (1.5, 0, 0.8), 4000),
-        (&small, (1.0, 6, 0.7), 4000),
-        (&flat, (1.0, 280, 1.0), 3000),
-        (&two_levels, (1.0, 0, 0.9), 4500),
-        (&equal, (1.0, 0, 0.4975), 4500),
+        (&small, (1.0, 0, 1.0, 0.0), 4000),
+        (&small, (0.7, 4, 1.0, 0.0), 4000),
+        (&small, (1.5, 0, 0.8, 0.0), 4000),
+        (&small, (1.0, 6, 0.7, 0.0), 4000),
+        (&small, (1.0, 0, 1.0, 0.2), 4000),
+        (&small, (0.5, 8, 0.95, 0.05), 4000),
+        (&flat, (1.0, 280, 1.0, 0.0), 3000),
+        (&two_levels, (1.0, 0, 0.9, 0.0), 4500),
+        (&equal, (1.0, 0, 0.4975, 0.0), 4500),
+        (&three_to_one, (1.0, 0, 1.0, 0.5), 4500),
+        (&two_levels, (1.0, 250, 1.0, 0.5), 3000),
     ];
-    for (logits, (temperature, top_k, top_p), n) in cases {
-        let sampling = Sampling { temperature, top_k, top_p, seed: 5, draw: 0 };
+    for (logits, (temperature, top_k, top_p, min_p), n) in cases {
+        let sampling = Sampling { temperature, top_k, top_p, min_p, seed: 5, draw: 0 };
         let draws = gpu_draw(&vec![logits.to_vec(); n], &sampling);
         let kept = sample_row(logits, &sampling).kept;
         let max = kept.iter().map(|&i| logits[i] / temperature).fold(f32::NEG_INFINITY, f32::max);
@@ -139,7 +156,11 @@ fn gpu_draws_follow_the_kept_softmax() {
             assert_eq!(flag, DECIDED);
             seen[token as usize] += 1;
         }
-        let what = format!("V {}, T {temperature}, top-k {top_k}, top-p {top_p}, {} kept", logits.len(), kept.len());
+        let what = format!(
+            "V {}, T {temperature}, top-k {top_k}, top-p {top_p}, min-p {min_p}, {} kept",
+            logits.len(),
+            kept.len()
+        );
         let mut chi2 = 0.0;
         for (i, &count) in seen.iter().enumerate() {
             match kept.iter().position(|&k| k == i) {
@@ -170,10 +191,13 @@ fn gpu_draws_follow_the_kept_softmax() {
             "{what}: the last tenth drawn {got} times, not {want:.0}"
         );
     }
-    let kept = sample_row(&equal, &Sampling { temperature: 1.0, top_k: 0, top_p: 0.4975, seed: 5, draw: 0 }).kept;
+    let plain = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 5, draw: 0 };
+    let kept = sample_row(&equal, &Sampling { top_p: 0.4975, ..plain }).kept;
     assert_eq!(kept, (0..299).collect::<Vec<_>>(), "ties are kept lowest index first");
-    let kept = sample_row(&two_levels, &Sampling { temperature: 1.0, top_k: 0, top_p: 0.9, seed: 5, draw: 0 }).kept;
+    let kept = sample_row(&two_levels, &Sampling { top_p: 0.9, ..plain }).kept;
     assert_eq!(kept.len(), 326, "{kept:?}");
+    assert_eq!(sample_row(&three_to_one, &Sampling { min_p: 0.5, ..plain }).kept.len(), 300);
+    assert_eq!(sample_row(&two_levels, &Sampling { top_k: 250, min_p: 0.5, ..plain }).kept.len(), 200);
 }
 
 /// `sample` ranks candidates by integer keys and finds top-k's k-th score
@@ -190,12 +214,14 @@ fn cpu_draws_match_the_reference() {
         let v = logits.len();
         let top_k = [0, 1, 2, 7, 50, v, v + 3][gen.below(7)];
         let top_p = [1.0, 0.9, 0.5, 0.05][gen.below(4)];
+        let min_p = [0.0, 0.0, 0.01, 0.2][gen.below(4)];
         let temperature = [1.0, 0.7, 1.9][gen.below(3)];
-        let config = GenerationConfig::sampling(1, temperature, top_k, top_p, case);
+        let config = GenerationConfig { min_p, ..GenerationConfig::sampling(1, temperature, top_k, top_p, case) };
         for draw in 0..20 {
             let want = sample_row(&logits, &config.draw_settings(draw)).token;
             let got = sample(&logits, &config, draw).ok();
-            assert_eq!(got, want, "case {case} draw {draw}: V {v}, top_k {top_k}, top_p {top_p}, T {temperature}");
+            let what = format!("V {v}, top_k {top_k}, top_p {top_p}, min_p {min_p}, T {temperature}");
+            assert_eq!(got, want, "case {case} draw {draw}: {what}");
         }
     }
 }
@@ -230,16 +256,66 @@ fn cpu_sampler_keeps_what_the_settings_keep() {
     assert_ne!(run(&config), run(&GenerationConfig { seed: 6, ..config.clone() }));
 }
 
+/// transformers' warpers keep these tokens (`make_fixtures.py generation`:
+/// the LogitsProcessorList `generate` builds for temperature, top-k, top-p
+/// and min-p, on seeded rows from peaked to flat): the reference keeps the
+/// same set, and every token the GPU and the CPU draw from it is in it.
+#[test]
+fn kept_sets_are_transformers() {
+    let text = std::fs::read(common::fixture("generation/warpers.json")).unwrap();
+    let fx: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let rows: Vec<Vec<f32>> = fx["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 10);
+    let draws = 64;
+    for (c, case) in cases.iter().enumerate() {
+        let num = |k: &str| case[k].as_f64().map(|x| x as f32);
+        let config = GenerationConfig {
+            min_p: num("min_p").unwrap_or(0.0),
+            ..GenerationConfig::sampling(
+                1,
+                num("temperature").unwrap(),
+                case["top_k"].as_u64().unwrap() as usize,
+                num("top_p").unwrap(),
+                40 + c as u64,
+            )
+        };
+        for (r, logits) in rows.iter().enumerate() {
+            let want: Vec<usize> =
+                case["kept"][r].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+            let what = format!("case {c} {}, row {r}", case["processors"]);
+            let mut kept = sample_row(logits, &config.draw_settings(0)).kept;
+            kept.sort_unstable();
+            assert_eq!(kept, want, "{what}");
+            let gpu_tokens = gpu_draw(&vec![logits.clone(); draws], &config.draw_settings(0));
+            for (d, &(token, flag)) in gpu_tokens.iter().enumerate() {
+                assert_eq!(flag, DECIDED, "{what}");
+                assert!(want.contains(&(token as usize)), "{what}: the GPU's draw {d} is {token}");
+                let cpu = sample(logits, &config, d as u32).unwrap();
+                assert!(want.contains(&(cpu as usize)), "{what}: the CPU's draw {d} is {cpu}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_settings_are_typed_errors() {
     let gpu = gpu();
     let logits = Tensor::from_slice(gpu, &[2, 3], &[0.0f32; 6]).unwrap();
-    let ok = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, draw: 0 };
+    let ok = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 0, draw: 0 };
     let bad = [
         (Sampling { temperature: 0.0, ..ok }, &logits, "temperature"),
         (Sampling { temperature: f32::NAN, ..ok }, &logits, "temperature"),
         (Sampling { top_p: 0.0, ..ok }, &logits, "top_p"),
         (Sampling { top_p: 1.5, ..ok }, &logits, "top_p"),
+        (Sampling { min_p: -0.1, ..ok }, &logits, "min_p"),
+        (Sampling { min_p: 1.5, ..ok }, &logits, "min_p"),
+        (Sampling { min_p: f32::NAN, ..ok }, &logits, "min_p"),
     ];
     for (sampling, t, what) in bad {
         let mut rec = Recorder::new(gpu);

@@ -61,9 +61,9 @@ export function chatWorker({ model, trained, post, isLoss, generated = () => {} 
       case "chat": {
         const m = model();
         if (!m) throw new Error("load a model first");
-        // Temperature 0 is greedy decoding; otherwise sampled with the page's temperature, top-p and seed (top-k is
-        // the model's own). The repetition penalty applies to both.
-        const sampling = msg.temperature > 0 ? { temperature: msg.temperature, topP: msg.topP, seed: msg.seed } : { greedy: true };
+        // Temperature 0 is greedy decoding; otherwise sampled with the page's temperature, top-p, min-p and seed
+        // (top-k is the model's own). The repetition penalty applies to both.
+        const sampling = msg.temperature > 0 ? { temperature: msg.temperature, topP: msg.topP, minP: msg.minP, seed: msg.seed } : { greedy: true };
         sampling.repetitionPenalty = msg.repetitionPenalty;
         stopping = new AbortController();
         if (msg.turn === stoppedTurn) stopping.abort();

@@ -4,7 +4,8 @@
 //!
 //! The rule is transformers': scores = logits / temperature, then top-k (ties
 //! at the k-th kept), then top-p (the smallest most-likely prefix reaching
-//! top_p), then a draw from the softmax of what is kept. The draw is the
+//! top_p), then min-p (the tokens at least min_p times as likely as the most
+//! likely), then a draw from the softmax of what is kept. The draw is the
 //! Gumbel-max race: the kept token with the largest s − ln E, E a standard
 //! exponential from [`pcg`] of (seed, draw, index) ([`race_noise`]). That is a
 //! draw from softmax(s) over the kept set, needing no prefix sums, and the
@@ -17,7 +18,7 @@
 //! [`CANDIDATES`] most likely and decides where the kept set lies within
 //! them; `sample_wide` (one workgroup a row) decides the other rows (a
 //! top-k of [`CANDIDATES`] or more, ties at the k-th past them, a nucleus
-//! wider than them) by bisection over the whole row, and returns at once
+//! or a min-p set wider than them) by bisection over the whole row, and returns at once
 //! for a decided one. With neither top-k nor top-p the race runs over the
 //! whole row in `sample_slices`.
 
@@ -51,6 +52,10 @@ pub struct Sampling {
     pub top_k: usize,
     /// Keep the smallest most-likely set reaching this probability, in (0, 1]; 1 = off.
     pub top_p: f32,
+    /// Keep the tokens whose probability is at least this times the most
+    /// likely's (transformers' `MinPLogitsWarper`: exp(s − max) ≥ min_p), in
+    /// [0, 1]; 0 = off.
+    pub min_p: f32,
     /// With `draw`, what the race's noise is hashed from.
     pub seed: u64,
     /// Which draw of the seed this is (a generation's token number); row r
@@ -59,13 +64,16 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// Checks temperature and top_p, naming `op` in the error.
+    /// Checks temperature, top_p and min_p, naming `op` in the error.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(Error::invalid(op, format!("temperature must be finite and > 0, got {}", self.temperature)));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::invalid(op, format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(Error::invalid(op, format!("min_p must be in [0, 1], got {}", self.min_p)));
         }
         Ok(())
     }
@@ -106,7 +114,7 @@ struct Params {
     draw: u32,
     penalty: f32,
     mark: u32,
-    _pad: u32,
+    min_p: f32,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -144,6 +152,7 @@ pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> 
         slices: slices as u32,
         top_k: u32::try_from(sampling.top_k).unwrap_or(u32::MAX),
         top_p: sampling.top_p,
+        min_p: sampling.min_p,
         temperature: sampling.temperature,
         seed_lo: sampling.seed as u32,
         seed_hi: (sampling.seed >> 32) as u32,

@@ -512,8 +512,16 @@ pub struct GenerationDefaults {
     pub top_k: usize,
     /// `top_p` (1.0: off).
     pub top_p: f32,
+    /// `min_p` (null: off, 0).
+    pub min_p: f32,
     /// `repetition_penalty` (1.0: off).
     pub repetition_penalty: f32,
+    /// `max_new_tokens`, where the file gives it.
+    pub max_new_tokens: Option<usize>,
+    /// `max_length` (prompt and new tokens together), where the file gives
+    /// it: transformers' default of 20 is not taken, so a file silent on
+    /// both leaves the length to the caller.
+    pub max_length: Option<usize>,
 }
 
 impl Default for GenerationDefaults {
@@ -524,7 +532,10 @@ impl Default for GenerationDefaults {
             temperature: 1.0,
             top_k: 50,
             top_p: 1.0,
+            min_p: 0.0,
             repetition_penalty: 1.0,
+            max_new_tokens: None,
+            max_length: None,
         }
     }
 }
@@ -534,8 +545,8 @@ impl GenerationDefaults {
 
     /// Parses a `generation_config.json`. A value generation would refuse is
     /// a typed error naming the file and the field: a temperature that is
-    /// not > 0 where `do_sample` is true, a top_p outside (0, 1], a
-    /// repetition_penalty that is not > 0.
+    /// not > 0 where `do_sample` is true, a top_p outside (0, 1], a min_p
+    /// outside [0, 1], a repetition_penalty that is not > 0.
     pub fn from_json(bytes: &[u8]) -> Result<GenerationDefaults> {
         fn field_error(field: &str, detail: String) -> Error {
             Error::File { file: GenerationDefaults::FILE.to_string(), detail: format!("{field}: {detail}") }
@@ -556,7 +567,10 @@ impl GenerationDefaults {
             temperature: number("temperature", d.temperature)?,
             top_k,
             top_p: number("top_p", d.top_p)?,
+            min_p: number("min_p", d.min_p)?,
             repetition_penalty: number("repetition_penalty", d.repetition_penalty)?,
+            max_new_tokens: f.opt_usize("max_new_tokens")?,
+            max_length: f.opt_usize("max_length")?,
         };
         if out.do_sample && out.temperature <= 0.0 {
             return Err(f.error("temperature", format!("must be > 0 where do_sample is true, got {}", out.temperature)));
@@ -564,9 +578,20 @@ impl GenerationDefaults {
         if !(out.top_p > 0.0 && out.top_p <= 1.0) {
             return Err(f.error("top_p", format!("must be in (0, 1], got {}", out.top_p)));
         }
+        if !(0.0..=1.0).contains(&out.min_p) {
+            return Err(f.error("min_p", format!("must be in [0, 1], got {}", out.min_p)));
+        }
         if out.repetition_penalty <= 0.0 {
             return Err(f.error("repetition_penalty", format!("must be > 0, got {}", out.repetition_penalty)));
         }
         Ok(out)
+    }
+
+    /// The new tokens to generate after a prompt of `prompt_len` tokens, as
+    /// transformers counts them: `max_new_tokens`, else `max_length` less the
+    /// prompt (at least one: generation stops after a token, not before the
+    /// first); None where the file gives neither.
+    pub fn new_tokens(&self, prompt_len: usize) -> Option<usize> {
+        self.max_new_tokens.or_else(|| self.max_length.map(|l| l.saturating_sub(prompt_len).max(1)))
     }
 }

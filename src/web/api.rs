@@ -465,7 +465,10 @@ impl WebModel {
                 temperature: st.generation.temperature,
                 top_k: st.generation.top_k,
                 top_p: st.generation.top_p,
+                min_p: st.generation.min_p,
                 repetition_penalty: st.generation.repetition_penalty,
+                max_new_tokens: st.generation.max_new_tokens,
+                max_length: st.generation.max_length,
             },
         })
     }
@@ -827,11 +830,12 @@ impl WebModel {
                 temperature: o.temperature,
                 top_k: o.top_k,
                 top_p: o.top_p,
+                min_p: o.min_p,
                 repetition_penalty: o.repetition_penalty,
                 seed: o.seed,
             };
-            let mut config =
-                GenerationConfig::from_defaults(&st.generation, o.max_new_tokens.unwrap_or(64)).with_choices(&choices);
+            let new_tokens = o.max_new_tokens.or_else(|| st.generation.new_tokens(ids.len())).unwrap_or(64);
+            let mut config = GenerationConfig::from_defaults(&st.generation, new_tokens).with_choices(&choices);
             config.eos_token_ids.extend(&st.model.config.eos_token_ids);
             config.eos_token_ids.extend(tok.eos_ids());
             let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());

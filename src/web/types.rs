@@ -41,7 +41,11 @@ export interface ModelInfo {
   quant: Quant; computeDtype: ComputeDtype; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
   /** The model's own generation settings (generation_config.json as transformers reads it; its defaults without the
    * file): what `generate` does where its options are silent. */
-  generation: { doSample: boolean; temperature: number; topK: number; topP: number; repetitionPenalty: number };
+  generation: {
+    doSample: boolean; temperature: number; topK: number; topP: number; minP: number; repetitionPenalty: number;
+    /** Where the file gives them: new tokens, or the length of prompt and answer together (transformers' order). */
+    maxNewTokens?: number; maxLength?: number;
+  };
 }
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
@@ -113,14 +117,15 @@ export interface StepEvent {
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 export interface EvalResult { loss: number; perplexity: number; tokens: number; }
-/** `generate`'s options. Left out: 64 new tokens (fewer where the context ends), seed 0, and the model's own
- * settings, its generation_config.json as transformers reads it (without the file: greedy, topK 50, topP 1,
- * repetitionPenalty 1). A temperature samples at it unless `greedy` is true. topK 0 and topP 1 are off;
- * repetitionPenalty (greedy or sampled) divides the logits of tokens already in the text (multiplies the
+/** `generate`'s options. Left out: the model's own settings, its generation_config.json as transformers reads it
+ * (without the file: greedy, topK 50, topP 1, minP 0, repetitionPenalty 1; its maxNewTokens, else its maxLength
+ * less the prompt, else 64 new tokens, fewer where the context ends), and seed 0. A temperature samples at it
+ * unless `greedy` is true. topK 0, topP 1 and minP 0 are off; minP keeps the tokens at least minP times as
+ * likely as the most likely one; repetitionPenalty (greedy or sampled) divides the logits of tokens already in the text (multiplies the
  * negative ones), 1 = off. */
 export interface GenerateOptions {
-  maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; seed?: number; greedy?: boolean;
-  repetitionPenalty?: number;
+  maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; minP?: number; seed?: number;
+  greedy?: boolean; repetitionPenalty?: number;
   /** The adapter to run with; null = the base model; absent = the active adapter. */
   adapter?: string | null;
   /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
@@ -179,6 +184,7 @@ pub struct GenerateOptions {
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
@@ -243,7 +249,12 @@ pub struct GenerationInfo {
     pub temperature: f32,
     pub top_k: usize,
     pub top_p: f32,
+    pub min_p: f32,
     pub repetition_penalty: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
 }
 
 #[derive(Serialize)]

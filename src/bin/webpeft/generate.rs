@@ -18,7 +18,7 @@ pub async fn generate(
     base: (QuantFormat, ComputeDtype),
     prompt: &str,
     chat: bool,
-    (max_new_tokens, choices): (usize, GenerationChoices),
+    (max_new_tokens, choices): (Option<usize>, GenerationChoices),
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
@@ -30,12 +30,6 @@ pub async fn generate(
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
         None => None,
     };
-    // The model's own settings (generation_config.json), then the command line's.
-    let defaults = Config::generation_defaults(&files).await?;
-    let mut config = GenerationConfig::from_defaults(&defaults, max_new_tokens).with_choices(&choices);
-    // Stop at config.json's, the tokenizer's and generation_config.json's eos ids (a chat model's end of turn).
-    config.eos_token_ids.extend(&model.config.eos_token_ids);
-    config.eos_token_ids.extend(tokenizer.eos_ids());
     let ids = if chat {
         let template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
             format!("--chat: {} has no chat_template (tokenizer_config.json); leave --chat out", dir.display())
@@ -46,12 +40,23 @@ pub async fn generate(
     } else {
         tokenizer.encode(prompt, true)?
     };
+    // The model's own settings (generation_config.json), then the command line's.
+    let defaults = Config::generation_defaults(&files).await?;
+    // The command line's length as given (too long: a typed error); the model's up to where its context ends.
+    let hooks = hooks_of(adapter.as_ref());
+    let context =
+        model.config.max_position_embeddings.saturating_sub(ids.len() + hooks.virtual_tokens() + hooks.prefix_len());
+    let new_tokens = max_new_tokens.or_else(|| defaults.new_tokens(ids.len()).map(|n| n.min(context))).unwrap_or(64);
+    let mut config = GenerationConfig::from_defaults(&defaults, new_tokens).with_choices(&choices);
+    // Stop at config.json's, the tokenizer's and generation_config.json's eos ids (a chat model's end of turn).
+    config.eos_token_ids.extend(&model.config.eos_token_ids);
+    config.eos_token_ids.extend(tokenizer.eos_ids());
     let mut decoder = tokenizer.stream_decoder(true);
     let mut stdout = std::io::stdout();
     let mut failed = None;
     let start = std::time::Instant::now();
     let out = model
-        .generate_adapted(&gpu, &ids, &config, hooks_of(adapter.as_ref()), |id| match decoder.step(id) {
+        .generate_adapted(&gpu, &ids, &config, hooks, |id| match decoder.step(id) {
             Ok(Some(piece)) => {
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();

@@ -58,8 +58,10 @@ enum Command {
         compute_dtype: ComputeDtype,
         #[arg(long)]
         prompt: String,
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
+        /// At most this many new tokens [default: the model's max_new_tokens, else its max_length less
+        /// the prompt, else 64]
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
         /// Sample at this temperature; 0 = greedy [default: the model's]
         #[arg(long)]
         temperature: Option<f32>,
@@ -69,6 +71,10 @@ enum Command {
         /// Nucleus sampling threshold; 1 = off [default: the model's]
         #[arg(long)]
         top_p: Option<f32>,
+        /// Keep the tokens at least this times as likely as the most likely one when sampling; 0 = off
+        /// [default: the model's]
+        #[arg(long)]
+        min_p: Option<f32>,
         /// Divide the logits of tokens already in the text by this (multiply where negative),
         /// greedy or sampled; 1 = off [default: the model's]
         #[arg(long)]
@@ -201,6 +207,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             temperature,
             top_k,
             top_p,
+            min_p,
             repetition_penalty,
             seed,
             adapter,
@@ -212,6 +219,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 temperature: temperature.filter(|&t| t != 0.0),
                 top_k,
                 top_p,
+                min_p,
                 repetition_penalty,
                 seed: Some(seed),
             };

@@ -2,7 +2,8 @@
 //! transformers' sampling rule written as plainly as possible. Every value
 //! is sorted by (score descending, index ascending) with a comparator, top-k
 //! keeps the scores ≥ the k-th, top-p the shortest prefix whose probability
-//! (f64) reaches top_p, and the race picks the kept token with the largest
+//! (f64) reaches top_p, min-p the scores whose exp(s − max) (f32) reaches
+//! min_p, and the race picks the kept token with the largest
 //! score − ln E (`kernels::sample::race_noise`), the lower index on ties.
 
 use std::cmp::Ordering;
@@ -58,6 +59,9 @@ pub fn sample_row(logits: &[f32], sampling: &Sampling) -> Draw {
                 break;
             }
         }
+    }
+    if sampling.min_p > 0.0 {
+        kept.retain(|&i| (scores[i] - max).exp() >= sampling.min_p);
     }
     let base = draw_base(sampling.seed, sampling.draw);
     let race: Vec<f64> = kept.iter().map(|&i| scores[i] as f64 - race_noise(base, i as u32)).collect();

@@ -514,6 +514,7 @@ pub struct GenerationChoices {
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub seed: Option<u64>,
 }
@@ -523,13 +524,16 @@ pub struct GenerationChoices {
 pub struct GenerationConfig {
     /// The most tokens to generate.
     pub max_new_tokens: usize,
-    /// Logits are divided by this before top-k and top-p (> 0); ignored when greedy.
+    /// Logits are divided by this before top-k, top-p and min-p (> 0); ignored when greedy.
     pub temperature: f32,
     /// Keep the k most likely tokens (ties at the k-th kept, as transformers); 0 = off.
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability sums to
     /// ≥ top_p (at least one), in (0, 1]; 1 = off.
     pub top_p: f32,
+    /// Keep the tokens at least min_p times as likely as the most likely one
+    /// (transformers' `min_p`), in [0, 1]; 0 = off.
+    pub min_p: f32,
     /// Seeds the draws: token n of a generation draws with (seed, n).
     pub seed: u64,
     /// Generation stops after any of these.
@@ -550,6 +554,7 @@ impl Default for GenerationConfig {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            min_p: 0.0,
             seed: 0,
             eos_token_ids: Vec::new(),
             greedy: true,
@@ -579,6 +584,7 @@ impl GenerationConfig {
             temperature: d.temperature,
             top_k: d.top_k,
             top_p: d.top_p,
+            min_p: d.min_p,
             seed: 0,
             eos_token_ids: d.eos_token_ids.clone(),
             greedy: !d.do_sample,
@@ -597,12 +603,13 @@ impl GenerationConfig {
         self.greedy = c.greedy.unwrap_or(self.greedy);
         self.top_k = c.top_k.unwrap_or(self.top_k);
         self.top_p = c.top_p.unwrap_or(self.top_p);
+        self.min_p = c.min_p.unwrap_or(self.min_p);
         self.repetition_penalty = c.repetition_penalty.unwrap_or(self.repetition_penalty);
         self.seed = c.seed.unwrap_or(self.seed);
         self
     }
 
-    /// Checks the repetition penalty, and temperature and top_p when sampling.
+    /// Checks the repetition penalty, and temperature, top_p and min_p when sampling.
     pub fn validate(&self) -> Result<()> {
         let penalty = self.repetition_penalty;
         if !(penalty.is_finite() && penalty > 0.0) {
@@ -617,7 +624,7 @@ impl GenerationConfig {
 
     /// The settings of token `draw`'s draw.
     pub fn draw_settings(&self, draw: u32) -> Sampling {
-        let GenerationConfig { temperature, top_k, top_p, seed, .. } = *self;
-        Sampling { temperature, top_k, top_p, seed, draw }
+        let GenerationConfig { temperature, top_k, top_p, min_p, seed, .. } = *self;
+        Sampling { temperature, top_k, top_p, min_p, seed, draw }
     }
 }

@@ -1,6 +1,6 @@
 //! The CPU's token pick from a row of logits: greedy's argmax, and sampling
-//! by transformers' rule (temperature → top-k → top-p → a draw from the
-//! softmax of what is kept). The draw is the race of `kernels::sample`: the
+//! by transformers' rule (temperature → top-k → top-p → min-p → a draw from
+//! the softmax of what is kept). The draw is the race of `kernels::sample`: the
 //! kept token with the largest score − ln E, E hashed from (seed, draw,
 //! index), so the GPU's `sample_rows` picks the same token up to float
 //! rounding. Decoding draws on the GPU; this is its fallback where the GPU's
@@ -59,7 +59,7 @@ pub(crate) fn no_token() -> Error {
 
 /// Picks token number `draw` of a generation from one row of logits (V):
 /// [`argmax`] when greedy, else transformers' order: logits / temperature,
-/// then top-k, then top-p, then the race over what is left (the kept token
+/// then top-k, then top-p, then min-p, then the race over what is left (the kept token
 /// with the largest score − ln E, E from `config.seed` and `draw`; lowest
 /// index on ties). A row whose largest score is not finite gives its argmax.
 pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u32> {
@@ -71,7 +71,7 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
     let top = pick(argmax(logits))? as usize;
     let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
     let base = draw_base(config.seed, draw);
-    if (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 {
+    if (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 && config.min_p <= 0.0 {
         // Nothing is cut: the race runs over every value, in index order, unsorted.
         let max = scores.iter().filter(|s| !s.is_nan()).fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if !max.is_finite() {
@@ -110,6 +110,10 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
                 break;
             }
         }
+    }
+    // min-p: the most likely tokens whose exp(s − max) reaches min_p (the first's is 1).
+    if config.min_p > 0.0 {
+        keep = order[..keep].partition_point(|&i| (scores[i] - max).exp() >= config.min_p);
     }
     pick(race(&scores, order[..keep].iter().copied(), base))
 }
