@@ -21,6 +21,13 @@
 //                  ≥ 0 and multiplied by θ where it is negative, in place. The
 //                  sequence is a bitmask of token ids; the previous step's
 //                  token (`last`, where `mark`) joins it here.
+//   ban_ngrams     invocation (start, row), before the picks where the generation
+//                  has a no_repeat_ngram_size n (transformers'
+//                  NoRepeatNGramLogitsProcessor): every n-gram of the row's
+//                  sequence whose first n − 1 tokens are the sequence's last
+//                  n − 1 bans its last token (logit −∞), in place. The sequence
+//                  is kept as token ids; the previous step's token (`last`,
+//                  where `mark`) is appended by the launch.
 //   sample_pick    workgroup row: merges the statistics, selects the row's
 //                  CANDIDATES most likely of the slices' candidates, sorts them,
 //                  and applies top-k, top-p, min-p and the draw. Where the kept
@@ -58,8 +65,12 @@ struct Params {
     seed_hi: u32,
     draw: u32,         // row r draws with draw + r
     penalty: f32,      // repetition_penalty: θ > 0
-    mark: u32,         // repetition_penalty: 1 = add last[row] to the row's tokens first
+    mark: u32,         // repetition_penalty, ban_ngrams: 1 = add last[row] to the row's tokens first
     min_p: f32,        // 0 = off
+    ngram: u32,        // ban_ngrams: n ≥ 1
+    len: u32,          // ban_ngrams: tokens in each row's sequence (last[row] included where mark)
+    cap: u32,          // ban_ngrams: history's row stride
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -74,6 +85,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> penalized: array<f32>;    // (rows, n)
 @group(0) @binding(6) var<storage, read_write> seen: array<atomic<u32>>; // (rows, ceil(n / 32)): bit i of a row: token i
 @group(0) @binding(7) var<storage, read> last: array<u32>;               // (rows): each row's previous token
+@group(0) @binding(8) var<storage, read_write> history: array<u32>;     // ban_ngrams: (rows, cap): each row's tokens so far
 
 var<workgroup> hist: array<atomic<u32>, WG>;
 var<workgroup> suffix: array<u32, WG>;
@@ -594,4 +606,28 @@ fn repetition_penalty(@builtin(global_invocation_id) gid: vec3<u32>) {
         let l = penalized[row * p.n + i];
         penalized[row * p.n + i] = select(l / p.penalty, l * p.penalty, l < 0.0);
     }
+}
+
+// Token i of row `row`'s sequence: the previous step's, not yet in history,
+// where the launch appends it.
+fn sequence_token(row: u32, i: u32) -> u32 {
+    if (p.mark != 0u && i + 1u == p.len) { return last[row]; }
+    return history[row * p.cap + i];
+}
+
+@compute @workgroup_size(WG)
+fn ban_ngrams(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let start = gid.x;
+    let row = gid.y;
+    if (p.mark != 0u && start == 0u) { history[row * p.cap + p.len - 1u] = last[row]; }
+    // The n-grams start at 0..=len − n; the last n − 1 tokens start at len − n + 1.
+    if (p.ngram > p.len || start > p.len - p.ngram) { return; }
+    let tail = p.len - p.ngram + 1u;
+    for (var j = 0u; j + 1u < p.ngram; j++) {
+        if (sequence_token(row, start + j) != sequence_token(row, tail + j)) { return; }
+    }
+    let banned = sequence_token(row, start + p.ngram - 1u);
+    // Every invocation that bans a token writes the same −∞ (built from a
+    // runtime value: Tint rejects a constant infinity).
+    if (banned < p.n) { penalized[row * p.n + banned] = bitcast<f32>(0xff800000u | (banned & 0u)); }
 }

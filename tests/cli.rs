@@ -257,6 +257,37 @@ fn generate_with_the_models_repetition_penalty() {
     }
 }
 
+/// `generate --no-repeat-ngram-size 2` gives transformers' greedy text with that setting (to its eos).
+#[test]
+fn generate_with_no_repeat_ngram_size() {
+    use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
+    let model = fixture("llama_gqa");
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("generation/no_repeat_ngram.json")).unwrap()).unwrap();
+    let run = &refs["runs"][0];
+    assert_eq!((run["model"].as_str(), run["no_repeat_ngram_size"].as_u64()), (Some("llama_gqa"), Some(2)));
+    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    if let Some(eos) = want.iter().position(|&t| t == 382) {
+        want.truncate(eos + 1); // the CLI stops at the eos
+    }
+    let tokenizer = pollster::block_on(Tokenizer::load(&DirFiles::new(&model).unwrap())).unwrap();
+    let prompt = "In the spring the river";
+    let out = webpeft(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "20",
+        "--no-repeat-ngram-size",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
+    assert_eq!((text, generated_tokens(&out)), (tokenizer.decode(&want, true).unwrap(), want.len()));
+}
+
 /// A fresh folder under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
 

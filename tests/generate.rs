@@ -7,7 +7,7 @@ mod common;
 
 use common::{block_on, fixture, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reference::sample::{repetition_penalty, sample_row};
+use webpeft::kernels::reference::sample::{no_repeat_ngram, repetition_penalty, sample_row};
 use webpeft::kernels::sample::CANDIDATES;
 use webpeft::model::llama::{GenerationChoices, GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
 use webpeft::model::{DirFiles, Model};
@@ -209,6 +209,18 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
         penalized(GenerationConfig::sampling(10, 0.7, 50, 0.95, 17), 1.8),
         penalized(GenerationConfig::sampling(8, 1.0, 0, 1.0, 19), 0.6),
         GenerationConfig { min_p: 0.05, ..GenerationConfig::sampling(8, 1.5, 0, 1.0, 23) },
+        GenerationConfig { no_repeat_ngram_size: 2, ..GenerationConfig::sampling(10, 0.5, 0, 1.0, 29) },
+        GenerationConfig {
+            no_repeat_ngram_size: 1,
+            repetition_penalty: 1.5,
+            ..GenerationConfig::sampling(10, 0.7, 40, 0.95, 31)
+        },
+        // Half the vocabulary ends the generation, but not in its first 4 tokens.
+        GenerationConfig {
+            eos_token_ids: (0..192).collect(),
+            min_new_tokens: 4,
+            ..GenerationConfig::sampling(10, 1.0, 0, 1.0, 37)
+        },
     ];
     for (gpu, config) in
         [common::gpu(), common::gpu_family()].into_iter().flat_map(|g| settings.iter().map(move |c| (g, c)))
@@ -234,12 +246,21 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
             if config.repetition_penalty != 1.0 {
                 row = repetition_penalty(&row, &[prompt.as_slice(), &want].concat(), config.repetition_penalty);
             }
+            row = no_repeat_ngram(&row, &[prompt.as_slice(), &want].concat(), config.no_repeat_ngram_size);
+            if want.len() < config.min_new_tokens {
+                for &eos in &config.eos_token_ids {
+                    row[eos as usize] = f32::NEG_INFINITY;
+                }
+            }
             offset += ids.len();
             let draw = sample_row(&row, &config.draw_settings(want.len() as u32));
             widest = widest.max(draw.kept.len());
             let token = draw.token.unwrap();
             want.push(token);
             ids = vec![token];
+            if config.eos_token_ids.contains(&token) {
+                break;
+            }
         }
         assert_eq!(got, want, "{:?} kernels, {config:?}", gpu.kernel_family());
         if config.temperature == 4.0 || config.top_k > CANDIDATES {
@@ -275,6 +296,81 @@ fn repetition_penalty_matches_transformers() {
     }
 }
 
+/// Greedy decoding with no_repeat_ngram_size (2 and 3 on llama_gqa, 2
+/// after a repetition penalty of 1.3, 2 on Qwen2, 1 on Mistral) gives
+/// transformers' 20 tokens (`make_fixtures.py generation`: no token may
+/// complete an n-gram the sequence, prompt included, already holds),
+/// through both kernel families.
+#[test]
+fn no_repeat_ngram_size_matches_transformers() {
+    let path = fixture("generation/no_repeat_ngram.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let ids =
+        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 5);
+    for gpu in [common::gpu(), common::gpu_family()] {
+        for run in runs {
+            let name = run["model"].as_str().unwrap();
+            let ngram = run["no_repeat_ngram_size"].as_u64().unwrap() as usize;
+            let penalty = run["repetition_penalty"].as_f64().unwrap() as f32;
+            let model = load(gpu, name);
+            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
+            let config = GenerationConfig {
+                no_repeat_ngram_size: ngram,
+                repetition_penalty: penalty,
+                ..GenerationConfig::greedy(want.len())
+            };
+            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
+            assert_eq!(got, want, "{name} n {ngram} θ {penalty}, {:?} kernels", gpu.kernel_family());
+            // No generated token completes an n-gram that came before it.
+            let sequence = [prompt.as_slice(), &got].concat();
+            for end in prompt.len().max(ngram - 1)..sequence.len() {
+                let gram = &sequence[end + 1 - ngram..=end];
+                let before = sequence[..end].windows(ngram).any(|g| g == gram);
+                assert!(!before, "{name} n {ngram}: {gram:?} at {end} repeats in {sequence:?}");
+            }
+        }
+    }
+}
+
+/// Greedy decoding with min_new_tokens or min_length, a token of the plain
+/// continuation made the eos, gives transformers' tokens (`make_fixtures.py
+/// generation`: the eos banned until the bound, then the stop at it),
+/// through both kernel families.
+#[test]
+fn min_new_tokens_matches_transformers() {
+    let path = fixture("generation/min_new_tokens.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let ids =
+        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for gpu in [common::gpu(), common::gpu_family()] {
+        for run in runs {
+            let name = run["model"].as_str().unwrap();
+            let model = load(gpu, name);
+            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
+            let eos = run["eos_token_id"].as_u64().unwrap() as u32;
+            let bound = |k: &str| run.get(k).map_or(0, |n| n.as_u64().unwrap() as usize);
+            let config = GenerationConfig {
+                eos_token_ids: vec![eos],
+                min_new_tokens: bound("min_new_tokens"),
+                min_length: bound("min_length"),
+                ..GenerationConfig::greedy(20)
+            };
+            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
+            assert_eq!(got, want, "{name} eos {eos}, {:?} kernels", gpu.kernel_family());
+            let free = GenerationConfig { min_new_tokens: 0, min_length: 0, ..config.clone() };
+            let early = block_on(model.generate(gpu, &prompt, &free, |_| true)).unwrap();
+            assert!(
+                early.len() < want.len() && early.last() == Some(&eos),
+                "{name}: the bound defers the eos {early:?}"
+            );
+        }
+    }
+}
+
 /// A model's generation_config.json gives transformers' settings
 /// (`GenerationConfig.from_pretrained`, `make_fixtures.py generation`):
 /// Llama 3.2 Instruct's and Qwen2.5 Instruct's files, the fixtures' plain
@@ -300,6 +396,9 @@ fn generation_config_defaults_are_transformers() {
         assert_eq!(got.top_k, case["top_k"].as_u64().unwrap_or(0) as usize, "{name}");
         // min_p null is off (0); the lengths are the file's, where transformers' max_length falls back to 20.
         assert_eq!(got.min_p, case["min_p"].as_f64().unwrap_or(0.0) as f32, "{name}");
+        assert_eq!(got.no_repeat_ngram_size as u64, case["no_repeat_ngram_size"].as_u64().unwrap(), "{name}");
+        let min_new = case["min_new_tokens"].as_u64().unwrap_or(0);
+        assert_eq!((got.min_new_tokens as u64, got.min_length as u64), (min_new, case["min_length"].as_u64().unwrap()));
         assert_eq!(got.max_new_tokens, case["max_new_tokens"].as_u64().map(|n| n as usize), "{name}");
         let file_length = case["file"].get("max_length").is_some();
         let length = case["max_length"].as_u64().map(|n| n as usize);
@@ -336,7 +435,8 @@ fn generation_config_defaults_are_transformers() {
     // min_p from the file, or the caller's over it.
     let min_p = GenerationDefaults::from_json(cases["min_p_and_length"]["file"].to_string().as_bytes()).unwrap();
     let own = GenerationConfig::from_defaults(&min_p, 5);
-    assert_eq!((own.min_p, own.top_k, own.draw_settings(0).min_p), (0.05, 0, 0.05));
+    assert_eq!((own.min_p, own.top_k, own.draw_settings(0).min_p, own.no_repeat_ngram_size), (0.05, 0, 0.05, 3));
+    assert_eq!((own.min_new_tokens, own.min_length), (2, 5));
     assert_eq!(own.with_choices(&GenerationChoices { min_p: Some(0.2), ..Default::default() }).min_p, 0.2);
     // The new tokens, as transformers counts them: max_new_tokens over max_length; max_length less the
     // prompt, at least one; the caller's own length where the file gives neither.
@@ -352,6 +452,7 @@ fn generation_config_defaults_are_transformers() {
         (r#"{"min_p": 1.5}"#, "min_p"),
         (r#"{"min_p": -0.1}"#, "min_p"),
         (r#"{"max_new_tokens": -5}"#, "max_new_tokens"),
+        (r#"{"no_repeat_ngram_size": 1.5}"#, "no_repeat_ngram_size"),
         (r#"{"max_length": "long"}"#, "max_length"),
         (r#"{"top_k": -1}"#, "top_k"),
         (r#"{"do_sample": "yes"}"#, "do_sample"),

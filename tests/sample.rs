@@ -2,16 +2,18 @@
 //! the reference's full sort, on seeded random rows at odd sizes with ties,
 //! NaN, ±∞ and ±0, under every kind of setting; the kept sets against
 //! transformers' warpers; the draw's frequencies against the kept softmax;
-//! transformers' repetition penalty on both; and bad settings as typed errors.
+//! transformers' repetition penalty and no_repeat_ngram_size on both; and bad
+//! settings as typed errors.
 
 mod common;
 use common::{block_on, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reference::sample::{repetition_penalty as penalty_reference, sample_row, Draw};
+use webpeft::kernels::reference::sample::{no_repeat_ngram, repetition_penalty as penalty_reference, sample_row, Draw};
 use webpeft::kernels::sample::{
-    repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, CANDIDATES, DECIDED, NO_TOKEN,
+    ban_repeated_ngrams, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, CANDIDATES, DECIDED,
+    NO_TOKEN,
 };
-use webpeft::model::llama::{argmax, penalize_seen, sample, GenerationConfig};
+use webpeft::model::llama::{argmax, ban_seen_ngrams, penalize_seen, sample, GenerationConfig};
 use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Tensor};
 
@@ -413,5 +415,87 @@ fn repetition_penalty_refuses_bad_arguments() {
     assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains("token 40"), "{e}");
     let flat = Tensor::from_slice(gpu, &[80], &[0.5f32; 80]).unwrap();
     assert!(matches!(repetition_penalty(&mut rec, &flat, &seen, None, 1.2), Err(Error::Shape { .. })));
+    assert_eq!(rec.dispatches(), 0);
+}
+
+/// transformers' no_repeat_ngram_size on the GPU (`ban_repeated_ngrams`)
+/// against the reference, bit for bit: seeded sequences over a few token ids
+/// (so n-grams repeat) at odd vocabularies, n from 1 to 4, sequences shorter
+/// than n − 1 to longer than a workgroup, one row and three, with the
+/// previous token appended by the launch or already in the history.
+#[test]
+fn ngram_bans_match_the_reference() {
+    let gpu = gpu();
+    let mut gen = Rng::new(4242);
+    let mut banned = 0;
+    for (case, &(v, rows, len, ngram, with_last)) in [
+        (37, 1, 1, 1, false),
+        (37, 1, 1, 2, true),
+        (37, 3, 2, 4, false),
+        (37, 3, 3, 4, true),
+        (301, 1, 9, 1, true),
+        (301, 3, 40, 2, true),
+        (301, 3, 40, 3, false),
+        (129, 2, 300, 2, true),
+        (129, 2, 700, 4, true),
+        (5, 1, 30, 3, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let cap = len + 5;
+        let symbols = [2, 3, 5, 8][case % 4].min(v);
+        let seqs: Vec<Vec<u32>> =
+            (0..rows).map(|_| (0..len).map(|_| (gen.below(symbols) * (v / symbols)) as u32).collect()).collect();
+        let logits: Vec<Vec<f32>> = (0..rows).map(|_| row(&mut gen, v, 4.0, false)).collect();
+        // The history holds each sequence, less its last token where the launch appends it.
+        let held = if with_last { len - 1 } else { len };
+        let history: Vec<u32> = seqs.iter().flat_map(|s| [&s[..held], &vec![7; cap - held][..]].concat()).collect();
+        let last: Vec<u32> = seqs.iter().map(|s| s[len - 1]).collect();
+        let t = Tensor::from_slice(gpu, &[rows, v], &logits.concat()).unwrap();
+        let h = Tensor::from_slice(gpu, &[rows, cap], &history).unwrap();
+        let l = Tensor::from_slice(gpu, &[rows], &last).unwrap();
+        let mut rec = Recorder::new(gpu);
+        ban_repeated_ngrams(&mut rec, &t, &h, with_last.then_some(&l), (len, ngram)).unwrap();
+        rec.submit().unwrap();
+        let got: Vec<f32> = block_on(t.to_vec(gpu)).unwrap();
+        let got_history: Vec<u32> = block_on(h.to_vec(gpu)).unwrap();
+        for r in 0..rows {
+            let what = format!("case {case}: V {v}, row {r} of {rows}, len {len}, n {ngram}, last {with_last}");
+            let want = no_repeat_ngram(&logits[r], &seqs[r], ngram);
+            assert!(same_bits(&got[r * v..(r + 1) * v], &want), "{what}");
+            let mut cpu = logits[r].clone();
+            ban_seen_ngrams(&mut cpu, &seqs[r], ngram);
+            assert!(same_bits(&cpu, &want), "{what}: the CPU's bans");
+            assert_eq!(got_history[r * cap..r * cap + len], seqs[r][..], "{what}: the history holds the sequence");
+            banned += want.iter().filter(|x| **x == f32::NEG_INFINITY).count();
+        }
+    }
+    assert!(banned > 20, "only {banned} tokens banned in all");
+}
+
+#[test]
+fn ngram_bans_refuse_bad_arguments() {
+    let gpu = gpu();
+    let t = Tensor::from_slice(gpu, &[2, 40], &[0.5f32; 80]).unwrap();
+    let h = Tensor::from_slice(gpu, &[2, 6], &[1u32; 12]).unwrap();
+    let last = Tensor::from_slice(gpu, &[2], &[3u32; 2]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let e = ban_repeated_ngrams(&mut rec, &t, &h, None, (4, 0)).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument { .. }) && e.to_string().contains("n-gram"), "{e}");
+    let floats = Tensor::from_slice(gpu, &[2, 6], &[1.0f32; 12]).unwrap();
+    let one_row = Tensor::from_slice(gpu, &[1, 6], &[1u32; 6]).unwrap();
+    for (history, last, len, what) in [
+        (&h, None, 7, "history"),
+        (&floats, None, 4, "history"),
+        (&one_row, None, 4, "history"),
+        (&h, Some(&last), 0, "history"),
+        (&h, Some(&t), 4, "last"),
+    ] {
+        let e = ban_repeated_ngrams(&mut rec, &t, history, last, (len, 2)).unwrap_err();
+        assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
+    let flat = Tensor::from_slice(gpu, &[80], &[0.5f32; 80]).unwrap();
+    assert!(matches!(ban_repeated_ngrams(&mut rec, &flat, &h, None, (4, 2)), Err(Error::Shape { .. })));
     assert_eq!(rec.dispatches(), 0);
 }

@@ -115,6 +115,10 @@ struct Params {
     penalty: f32,
     mark: u32,
     min_p: f32,
+    ngram: u32,
+    len: u32,
+    cap: u32,
+    _pad: u32,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -257,7 +261,93 @@ pub fn repetition_penalty(
     rec.dispatch_bound(&key(OP), &p, &bound, [groups as u32, rows as u32, 1])
 }
 
+/// transformers' `NoRepeatNGramLogitsProcessor` in place on `logits` (rows,
+/// V) f32: in each row's sequence of `len` tokens, every n-gram (`ngram` =
+/// n ≥ 1 tokens) whose first n − 1 tokens are the sequence's last n − 1
+/// bans its last token (logit −∞); none while the sequence is shorter than
+/// n − 1. `history` (rows, cap) u32 holds each row's first `len` tokens, or
+/// with `last` (rows) u32 its first `len` − 1, `last` being token `len` − 1
+/// (a decoding step's, which the GPU picked): the launch appends it to
+/// `history`. One launch.
+pub fn ban_repeated_ngrams(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    history: &Tensor,
+    last: Option<&Tensor>,
+    (len, ngram): (usize, usize),
+) -> Result<()> {
+    const OP: &str = "no_repeat_ngram_size";
+    all_f32(OP, &[("logits", logits)])?;
+    let &[rows, n] = logits.shape() else {
+        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
+    };
+    if ngram == 0 {
+        return Err(Error::invalid(OP, "the n-gram size must be at least 1 (0 is off: no launch)"));
+    }
+    let &[h_rows, cap] = history.shape() else {
+        return Err(Error::shape(OP, format!("history {:?} must be (rows, capacity)", history.shape())));
+    };
+    if history.dtype() != DType::U32 || h_rows != rows || len > cap || len == 0 && last.is_some() {
+        let detail = format!(
+            "history {:?} {} must be ({rows}, ≥ {len}) u32 for logits {:?}{}",
+            history.shape(),
+            history.dtype().name(),
+            logits.shape(),
+            if last.is_some() { ", with the last token its own" } else { "" }
+        );
+        return Err(Error::shape(OP, detail));
+    }
+    if let Some(last) = last {
+        if last.dtype() != DType::U32 || last.numel() < rows {
+            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
+            return Err(Error::shape(OP, detail));
+        }
+    }
+    u32_count(OP, "element count", rows * n)?;
+    u32_count(OP, "history", rows * cap)?;
+    let starts = (len + 1).saturating_sub(ngram).max(1); // invocation 0 appends `last` even with no n-gram
+    let groups = starts.div_ceil(WG as usize);
+    let limit = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    if groups > limit || rows > limit {
+        return Err(Error::shape(
+            OP,
+            format!("{rows} rows of {len} tokens need more workgroups than one dispatch holds"),
+        ));
+    }
+    if rows == 0 || n == 0 || len == 0 {
+        return Ok(());
+    }
+    let p = Params {
+        n: n as u32,
+        rows: rows as u32,
+        mark: last.is_some() as u32,
+        ngram: u32::try_from(ngram).unwrap_or(u32::MAX),
+        len: len as u32,
+        cap: cap as u32,
+        ..Params::zeroed()
+    };
+    // Without a previous token, `last` binds a word that is never read (mark is 0).
+    let unread;
+    let last = match last {
+        Some(t) => t,
+        None => {
+            unread = rec.alloc(&[1], DType::U32)?;
+            &unread
+        }
+    };
+    let bound = [(5, logits), (7, last), (8, history)];
+    rec.dispatch_bound(&key("ban_ngrams"), &p, &bound, [groups as u32, rows as u32, 1])
+}
+
+/// Each row's tokens in `ids` (rows, count) u32 get the logit −∞ in `logits`
+/// (rows, V) f32, in place (an eos before `min_new_tokens`): the n-gram
+/// launch with n = 1, which bans every token of its sequence.
+pub fn ban_tokens(rec: &mut Recorder, logits: &Tensor, ids: &Tensor) -> Result<()> {
+    let count = ids.shape().last().copied().unwrap_or(0);
+    ban_repeated_ngrams(rec, logits, ids, None, (count, 1))
+}
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sample_slices", "sample_pick", "sample_wide", "repetition_penalty"].map(key).to_vec()
+    ["sample_slices", "sample_pick", "sample_wide", "repetition_penalty", "ban_ngrams"].map(key).to_vec()
 }

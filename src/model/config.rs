@@ -516,6 +516,11 @@ pub struct GenerationDefaults {
     pub min_p: f32,
     /// `repetition_penalty` (1.0: off).
     pub repetition_penalty: f32,
+    /// `no_repeat_ngram_size` (0 or null: off).
+    pub no_repeat_ngram_size: usize,
+    /// `min_new_tokens` (0 or null: off) and `min_length` (0: off).
+    pub min_new_tokens: usize,
+    pub min_length: usize,
     /// `max_new_tokens`, where the file gives it.
     pub max_new_tokens: Option<usize>,
     /// `max_length` (prompt and new tokens together), where the file gives
@@ -534,6 +539,9 @@ impl Default for GenerationDefaults {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            min_new_tokens: 0,
+            min_length: 0,
             max_new_tokens: None,
             max_length: None,
         }
@@ -569,6 +577,9 @@ impl GenerationDefaults {
             top_p: number("top_p", d.top_p)?,
             min_p: number("min_p", d.min_p)?,
             repetition_penalty: number("repetition_penalty", d.repetition_penalty)?,
+            no_repeat_ngram_size: f.opt_usize("no_repeat_ngram_size")?.unwrap_or(0),
+            min_new_tokens: f.opt_usize("min_new_tokens")?.unwrap_or(0),
+            min_length: f.opt_usize("min_length")?.unwrap_or(0),
             max_new_tokens: f.opt_usize("max_new_tokens")?,
             max_length: f.opt_usize("max_length")?,
         };

@@ -467,6 +467,9 @@ impl WebModel {
                 top_p: st.generation.top_p,
                 min_p: st.generation.min_p,
                 repetition_penalty: st.generation.repetition_penalty,
+                no_repeat_ngram_size: st.generation.no_repeat_ngram_size,
+                min_new_tokens: st.generation.min_new_tokens,
+                min_length: st.generation.min_length,
                 max_new_tokens: st.generation.max_new_tokens,
                 max_length: st.generation.max_length,
             },
@@ -832,6 +835,8 @@ impl WebModel {
                 top_p: o.top_p,
                 min_p: o.min_p,
                 repetition_penalty: o.repetition_penalty,
+                no_repeat_ngram_size: o.no_repeat_ngram_size,
+                min_new_tokens: o.min_new_tokens,
                 seed: o.seed,
             };
             let new_tokens = o.max_new_tokens.or_else(|| st.generation.new_tokens(ids.len())).unwrap_or(64);

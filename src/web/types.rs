@@ -43,6 +43,7 @@ export interface ModelInfo {
    * file): what `generate` does where its options are silent. */
   generation: {
     doSample: boolean; temperature: number; topK: number; topP: number; minP: number; repetitionPenalty: number;
+    noRepeatNgramSize: number; minNewTokens: number; minLength: number;
     /** Where the file gives them: new tokens, or the length of prompt and answer together (transformers' order). */
     maxNewTokens?: number; maxLength?: number;
   };
@@ -126,6 +127,10 @@ export interface EvalResult { loss: number; perplexity: number; tokens: number; 
 export interface GenerateOptions {
   maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; minP?: number; seed?: number;
   greedy?: boolean; repetitionPenalty?: number;
+  /** No token may complete an n-gram of this size that the text (prompt included) already holds; 0 = off. */
+  noRepeatNgramSize?: number;
+  /** The eos may not end the answer before this many new tokens. */
+  minNewTokens?: number;
   /** The adapter to run with; null = the base model; absent = the active adapter. */
   adapter?: string | null;
   /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
@@ -186,6 +191,8 @@ pub struct GenerateOptions {
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub no_repeat_ngram_size: Option<usize>,
+    pub min_new_tokens: Option<usize>,
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
     pub chat: Option<bool>,
@@ -251,6 +258,9 @@ pub struct GenerationInfo {
     pub top_p: f32,
     pub min_p: f32,
     pub repetition_penalty: f32,
+    pub no_repeat_ngram_size: usize,
+    pub min_new_tokens: usize,
+    pub min_length: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]

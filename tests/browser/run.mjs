@@ -442,7 +442,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // The model's own generation settings: the built-in model's generation_config.json names none, so transformers'
       // defaults (greedy, top-k 50), which generate uses where its options are silent.
       const gen = JSON.stringify(m32.info().generation);
-      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, repetitionPenalty: 1 })) throw new Error("generation " + gen);
+      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, repetitionPenalty: 1, noRepeatNgramSize: 0, minNewTokens: 0, minLength: 0 })) throw new Error("generation " + gen);
       const want = gpu.info().shaderF16 ? "f16" : "f32";
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
@@ -477,11 +477,14 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const hot = { ...sampling, temperature: 1.5, topP: 1, minP: 0.1 };
       const [gm, cm] = await both(async (m) => (await m.generate("The robot", hot)).tokenIds.join());
       const [g1, c1] = await both(async (m) => (await m.generate("The robot", { ...hot, maxNewTokens: 6, minP: 1 })).tokenIds.join());
+      // no_repeat_ngram_size 1: greedy, and no token twice.
+      const [gn, cn] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 8, adapter: "k", noRepeatNgramSize: 1 })).tokenIds.join());
       if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca || gs !== cs || gr !== cr || gq !== cq ||
-          gm !== cm || g1 !== ga || c1 !== ca) {
+          gm !== cm || g1 !== ga || c1 !== ca || gn !== cn || new Set(gn.split(",")).size !== gn.split(",").length) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc +
           ", through the LoRA " + ga + " vs " + ca + ", sampled " + gs + " vs " + cs + ", penalized " + gr + " vs " + cr +
-          ", penalized and sampled " + gq + " vs " + cq + ", min-p 0.1 " + gm + " vs " + cm + ", min-p 1 " + g1 + " and " + c1);
+          ", penalized and sampled " + gq + " vs " + cq + ", min-p 0.1 " + gm + " vs " + cm + ", min-p 1 " + g1 + " and " + c1 +
+          ", no repeated token " + gn + " vs " + cn);
       }
       // PiSSA in the page (initLora): the base becomes the residual, so the untrained adapter keeps the
       // model's loss; it trains, and its files are a plain LoRA of the original model (rank 2r, as PEFT converts).

@@ -79,6 +79,14 @@ enum Command {
         /// greedy or sampled; 1 = off [default: the model's]
         #[arg(long)]
         repetition_penalty: Option<f32>,
+        /// No token may complete an n-gram of this size that the text already holds, greedy or
+        /// sampled; 0 = off [default: the model's]
+        #[arg(long)]
+        no_repeat_ngram_size: Option<usize>,
+        /// No eos before this many new tokens [default: the model's min_new_tokens, or its
+        /// min_length less the prompt]
+        #[arg(long)]
+        min_new_tokens: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
@@ -209,6 +217,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             top_p,
             min_p,
             repetition_penalty,
+            no_repeat_ngram_size,
+            min_new_tokens,
             seed,
             adapter,
             chat,
@@ -221,6 +231,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 top_p,
                 min_p,
                 repetition_penalty,
+                no_repeat_ngram_size,
+                min_new_tokens,
                 seed: Some(seed),
             };
             let settings = (max_new_tokens, choices);

@@ -86,3 +86,24 @@ pub fn repetition_penalty(logits: &[f32], ids: &[u32], penalty: f32) -> Vec<f32>
     }
     out
 }
+
+/// transformers' `NoRepeatNGramLogitsProcessor` on one row: the n-grams of
+/// `ids` (each `ngram` consecutive tokens) grouped by their first n − 1
+/// tokens, and the last tokens of those whose first n − 1 are the last n − 1
+/// of `ids` get the logit −∞; nothing while `ids` is shorter than n − 1.
+pub fn no_repeat_ngram(logits: &[f32], ids: &[u32], ngram: usize) -> Vec<f32> {
+    let mut out = logits.to_vec();
+    if ngram == 0 || ids.len() + 1 < ngram {
+        return out;
+    }
+    let mut next: std::collections::HashMap<&[u32], Vec<u32>> = std::collections::HashMap::new();
+    for gram in ids.windows(ngram) {
+        next.entry(&gram[..ngram - 1]).or_default().push(gram[ngram - 1]);
+    }
+    for &banned in next.get(&ids[ids.len() + 1 - ngram..]).map_or(&[][..], Vec::as_slice) {
+        if let Some(l) = out.get_mut(banned as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+    out
+}

@@ -27,7 +27,7 @@
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::sample::{no_token, penalize_seen, sample};
+use super::sample::{ban_seen_ngrams, no_token, penalize_seen, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
@@ -37,7 +37,9 @@ use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::{qlinear, qlinear_gated};
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
-use crate::kernels::sample::{repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, DECIDED};
+use crate::kernels::sample::{
+    ban_repeated_ngrams, ban_tokens, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, DECIDED,
+};
 use crate::kernels::swiglu::swiglu_forward;
 use crate::model::config::GenerationDefaults;
 
@@ -307,8 +309,9 @@ impl Model {
     /// false. Returns the new tokens. The prompt goes through in one forward,
     /// then one token per step: one submit each, and a readback of the token
     /// the GPU picked (greedy, or sampled on a real GPU), or of the V logits
-    /// a CPU rasterizer draws from. A repetition penalty is applied before
-    /// either pick.
+    /// a CPU rasterizer draws from. A repetition penalty, then
+    /// no_repeat_ngram_size's bans, then the eos ban before min_new_tokens
+    /// and min_length, apply before either pick.
     pub async fn generate(
         &self,
         gpu: &Gpu,
@@ -391,6 +394,22 @@ impl Model {
             }
             false => None,
         };
+        // With no_repeat_ngram_size, the sequence's tokens on the GPU: the
+        // prompt's now, each picked token appended as the next step starts.
+        let history = match config.no_repeat_ngram_size {
+            0 => None,
+            _ => {
+                let mut h = prompt_ids.to_vec();
+                h.resize(prompt_ids.len() + config.max_new_tokens, 0);
+                Some(Tensor::from_slice(gpu, &[1, h.len()], &h)?)
+            }
+        };
+        // Before min_new_tokens (or min_length), the eos ids to ban.
+        let eos = match min_new_tokens(config, prompt_ids.len()) {
+            0 => None,
+            _ if config.eos_token_ids.is_empty() => None,
+            _ => Some(Tensor::from_slice(gpu, &[1, config.eos_token_ids.len()], &config.eos_token_ids)?),
+        };
         // Submits the step at `offset` for ids (1, T), picking token `draw`:
         // its token (1, 1) and the read of it (and of the draw's flag).
         let step = |ids: &Tensor, offset: usize, draw: usize| -> Result<(Tensor, PendingRead)> {
@@ -400,6 +419,13 @@ impl Model {
                 // After the prompt's step, ids is the token the last step picked.
                 let last = (draw > 0).then_some(ids);
                 repetition_penalty(&mut rec, &logits, seen, last, config.repetition_penalty)?;
+            }
+            if let Some(history) = &history {
+                let (last, len) = ((draw > 0).then_some(ids), prompt_ids.len() + draw);
+                ban_repeated_ngrams(&mut rec, &logits, history, last, (len, config.no_repeat_ngram_size))?;
+            }
+            if let Some(eos) = eos.as_ref().filter(|_| draw < min_new_tokens(config, prompt_ids.len())) {
+                ban_tokens(&mut rec, &logits, eos)?;
             }
             let picked = match config.greedy {
                 true => argmax_rows(&mut rec, &logits)?, // (1)
@@ -464,13 +490,24 @@ impl Model {
             true => Some(seen_tokens(&[prompt_ids], self.config.vocab_size)?),
             false => None,
         };
+        // With no_repeat_ngram_size, the sequence so far.
+        let mut sequence = prompt_ids.to_vec();
         loop {
             let mut row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
             if let Some(seen) = &seen {
                 penalize_seen(&mut row, seen, config.repetition_penalty);
             }
+            ban_seen_ngrams(&mut row, &sequence, config.no_repeat_ngram_size);
+            if out.len() < min_new_tokens(config, prompt_ids.len()) {
+                for &id in &config.eos_token_ids {
+                    if let Some(l) = row.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let id = sample(&row, config, out.len() as u32)?;
             out.push(id);
+            sequence.push(id);
             if let Some(word) = seen.as_mut().and_then(|s| s.get_mut(id as usize / 32)) {
                 *word |= 1 << (id % 32);
             }
@@ -482,6 +519,13 @@ impl Model {
             autotune_after(gpu, out.len()).await;
         }
     }
+}
+
+/// The new tokens before which the eos ids are banned: `min_new_tokens`, or
+/// `min_length` less the prompt, whichever is more (transformers applies
+/// both processors).
+fn min_new_tokens(config: &GenerationConfig, prompt_len: usize) -> usize {
+    config.min_new_tokens.max(config.min_length.saturating_sub(prompt_len))
 }
 
 /// What a generation's steps share: the device, the cache, the settings,
@@ -516,6 +560,8 @@ pub struct GenerationChoices {
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub no_repeat_ngram_size: Option<usize>,
+    pub min_new_tokens: Option<usize>,
     pub seed: Option<u64>,
 }
 
@@ -545,6 +591,15 @@ pub struct GenerationConfig {
     /// included) has its logit divided by this where ≥ 0 and multiplied by
     /// it where negative.
     pub repetition_penalty: f32,
+    /// transformers' `no_repeat_ngram_size` (0 = off), greedy or sampled:
+    /// before the pick, no token may complete an n-gram the sequence
+    /// (prompt included) already holds.
+    pub no_repeat_ngram_size: usize,
+    /// transformers' `min_new_tokens` and `min_length` (prompt included; 0
+    /// = off): the eos ids are banned (logit −∞) until the generation has
+    /// this many new tokens, or the sequence this many tokens.
+    pub min_new_tokens: usize,
+    pub min_length: usize,
 }
 
 impl Default for GenerationConfig {
@@ -559,6 +614,9 @@ impl Default for GenerationConfig {
             eos_token_ids: Vec::new(),
             greedy: true,
             repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            min_new_tokens: 0,
+            min_length: 0,
         }
     }
 }
@@ -589,6 +647,9 @@ impl GenerationConfig {
             eos_token_ids: d.eos_token_ids.clone(),
             greedy: !d.do_sample,
             repetition_penalty: d.repetition_penalty,
+            no_repeat_ngram_size: d.no_repeat_ngram_size,
+            min_new_tokens: d.min_new_tokens,
+            min_length: d.min_length,
         }
     }
 
@@ -605,6 +666,8 @@ impl GenerationConfig {
         self.top_p = c.top_p.unwrap_or(self.top_p);
         self.min_p = c.min_p.unwrap_or(self.min_p);
         self.repetition_penalty = c.repetition_penalty.unwrap_or(self.repetition_penalty);
+        self.no_repeat_ngram_size = c.no_repeat_ngram_size.unwrap_or(self.no_repeat_ngram_size);
+        self.min_new_tokens = c.min_new_tokens.unwrap_or(self.min_new_tokens);
         self.seed = c.seed.unwrap_or(self.seed);
         self
     }

@@ -52,6 +52,22 @@ pub fn penalize_seen(logits: &mut [f32], seen: &[u32], penalty: f32) {
     }
 }
 
+/// transformers' `no_repeat_ngram_size` on one row of logits (V), in place:
+/// every n-gram of `ids` (the sequence so far) whose first n − 1 tokens are
+/// its last n − 1 bans its last token (logit −∞), as the GPU's
+/// `ban_repeated_ngrams` does.
+pub fn ban_seen_ngrams(logits: &mut [f32], ids: &[u32], ngram: usize) {
+    if ngram == 0 || ngram > ids.len() {
+        return;
+    }
+    let tail = &ids[ids.len() + 1 - ngram..];
+    for gram in ids.windows(ngram).filter(|g| g[..ngram - 1] == *tail) {
+        if let Some(l) = logits.get_mut(gram[ngram - 1] as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// A row of logits with no token to pick, on the CPU or on the GPU.
 pub(crate) fn no_token() -> Error {
     Error::invalid("sample", "the logits row is empty or all NaN")
