@@ -195,22 +195,29 @@ fn generate_chat_and_generation_config_eos() {
     assert!(err.contains("has no chat_template (tokenizer_config.json); leave --chat out"), "{err}");
 }
 
+/// The first run of a `generation/` fixture (llama_gqa's greedy tokens with a setting): the run, its tokens up
+/// to the eos (the CLI stops there) and llama_gqa's tokenizer.
+fn greedy_fixture(file: &str) -> (serde_json::Value, Vec<u32>, webpeft::model::tokenizer::Tokenizer) {
+    use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("generation/{file}"))).unwrap()).unwrap();
+    let run = refs["runs"][0].clone();
+    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    if let Some(eos) = want.iter().position(|&t| t == 382) {
+        want.truncate(eos + 1);
+    }
+    let tokenizer = pollster::block_on(Tokenizer::load(&DirFiles::new(fixture("llama_gqa")).unwrap())).unwrap();
+    (run, want, tokenizer)
+}
+
 /// `generate --repetition-penalty` gives transformers' greedy text with that penalty (to its eos), and a
 /// model whose generation_config.json names a penalty gets it without the flag (transformers' defaults from
 /// the file), while `--repetition-penalty 1` turns it off again; the file's length applies the same way.
 #[test]
 fn generate_with_the_models_repetition_penalty() {
-    use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
     let model = fixture("llama_gqa");
-    let refs: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("generation/repetition_penalty.json")).unwrap()).unwrap();
-    let run = &refs["runs"][0];
+    let (run, want, tokenizer) = greedy_fixture("repetition_penalty.json");
     assert_eq!((run["model"].as_str(), run["repetition_penalty"].as_f64()), (Some("llama_gqa"), Some(1.3)));
-    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
-    if let Some(eos) = want.iter().position(|&t| t == 382) {
-        want.truncate(eos + 1); // the CLI stops at the eos
-    }
-    let tokenizer = pollster::block_on(Tokenizer::load(&DirFiles::new(&model).unwrap())).unwrap();
     let want_text = tokenizer.decode(&want, true).unwrap();
     let args = |model: &str, extra: &[&str]| {
         let mut a = vec!["generate", "--model", model, "--prompt", "In the spring the river", "--max-new-tokens", "20"];
@@ -260,17 +267,9 @@ fn generate_with_the_models_repetition_penalty() {
 /// `generate --no-repeat-ngram-size 2` gives transformers' greedy text with that setting (to its eos).
 #[test]
 fn generate_with_no_repeat_ngram_size() {
-    use webpeft::model::{source::DirFiles, tokenizer::Tokenizer};
     let model = fixture("llama_gqa");
-    let refs: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("generation/no_repeat_ngram.json")).unwrap()).unwrap();
-    let run = &refs["runs"][0];
+    let (run, want, tokenizer) = greedy_fixture("no_repeat_ngram.json");
     assert_eq!((run["model"].as_str(), run["no_repeat_ngram_size"].as_u64()), (Some("llama_gqa"), Some(2)));
-    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
-    if let Some(eos) = want.iter().position(|&t| t == 382) {
-        want.truncate(eos + 1); // the CLI stops at the eos
-    }
-    let tokenizer = pollster::block_on(Tokenizer::load(&DirFiles::new(&model).unwrap())).unwrap();
     let prompt = "In the spring the river";
     let out = webpeft(&[
         "generate",

@@ -269,29 +269,32 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
     }
 }
 
+/// The runs of a `generation/` fixture: each run's record, prompt and new tokens.
+fn generation_runs(file: &str) -> Vec<(serde_json::Value, Vec<u32>, Vec<u32>)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("generation/{file}"))).unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    let runs = v["runs"].as_array().unwrap();
+    runs.iter().map(|run| (run.clone(), ids(&run["prompt_ids"]), ids(&run["new_ids"]))).collect()
+}
+
 /// Greedy decoding with a repetition penalty (1.3 on the three models, 0.8
 /// on llama_gqa) gives transformers' 20 tokens (`make_fixtures.py
 /// generation`: every id of the sequence, prompt included, penalized before
 /// the argmax), through both kernel families.
 #[test]
 fn repetition_penalty_matches_transformers() {
-    let path = fixture("generation/repetition_penalty.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let ids =
-        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let runs = v["runs"].as_array().unwrap();
+    let runs = generation_runs("repetition_penalty.json");
     assert_eq!(runs.len(), 4);
     for gpu in [common::gpu(), common::gpu_family()] {
-        for run in runs {
+        for (run, prompt, want) in &runs {
             let (name, penalty) = (run["model"].as_str().unwrap(), run["repetition_penalty"].as_f64().unwrap() as f32);
             let model = load(gpu, name);
-            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
             let config = GenerationConfig { repetition_penalty: penalty, ..GenerationConfig::greedy(want.len()) };
-            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
-            assert_eq!(got, want, "{name} θ {penalty}, {:?} kernels", gpu.kernel_family());
-            let plain =
-                block_on(model.generate(gpu, &prompt, &GenerationConfig::greedy(want.len()), |_| true)).unwrap();
-            assert_ne!(plain, want, "{name}: the penalty changes the tokens");
+            let got = block_on(model.generate(gpu, prompt, &config, |_| true)).unwrap();
+            assert_eq!(&got, want, "{name} θ {penalty}, {:?} kernels", gpu.kernel_family());
+            let plain = block_on(model.generate(gpu, prompt, &GenerationConfig::greedy(want.len()), |_| true)).unwrap();
+            assert_ne!(&plain, want, "{name}: the penalty changes the tokens");
         }
     }
 }
@@ -303,26 +306,21 @@ fn repetition_penalty_matches_transformers() {
 /// through both kernel families.
 #[test]
 fn no_repeat_ngram_size_matches_transformers() {
-    let path = fixture("generation/no_repeat_ngram.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let ids =
-        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let runs = v["runs"].as_array().unwrap();
+    let runs = generation_runs("no_repeat_ngram.json");
     assert_eq!(runs.len(), 5);
     for gpu in [common::gpu(), common::gpu_family()] {
-        for run in runs {
+        for (run, prompt, want) in &runs {
             let name = run["model"].as_str().unwrap();
             let ngram = run["no_repeat_ngram_size"].as_u64().unwrap() as usize;
             let penalty = run["repetition_penalty"].as_f64().unwrap() as f32;
             let model = load(gpu, name);
-            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
             let config = GenerationConfig {
                 no_repeat_ngram_size: ngram,
                 repetition_penalty: penalty,
                 ..GenerationConfig::greedy(want.len())
             };
-            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
-            assert_eq!(got, want, "{name} n {ngram} θ {penalty}, {:?} kernels", gpu.kernel_family());
+            let got = block_on(model.generate(gpu, prompt, &config, |_| true)).unwrap();
+            assert_eq!(&got, want, "{name} n {ngram} θ {penalty}, {:?} kernels", gpu.kernel_family());
             // No generated token completes an n-gram that came before it.
             let sequence = [prompt.as_slice(), &got].concat();
             for end in prompt.len().max(ngram - 1)..sequence.len() {
@@ -340,17 +338,12 @@ fn no_repeat_ngram_size_matches_transformers() {
 /// through both kernel families.
 #[test]
 fn min_new_tokens_matches_transformers() {
-    let path = fixture("generation/min_new_tokens.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let ids =
-        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
-    let runs = v["runs"].as_array().unwrap();
+    let runs = generation_runs("min_new_tokens.json");
     assert_eq!(runs.len(), 3);
     for gpu in [common::gpu(), common::gpu_family()] {
-        for run in runs {
+        for (run, prompt, want) in &runs {
             let name = run["model"].as_str().unwrap();
             let model = load(gpu, name);
-            let (prompt, want) = (ids(&run["prompt_ids"]), ids(&run["new_ids"]));
             let eos = run["eos_token_id"].as_u64().unwrap() as u32;
             let bound = |k: &str| run.get(k).map_or(0, |n| n.as_u64().unwrap() as usize);
             let config = GenerationConfig {
@@ -359,10 +352,10 @@ fn min_new_tokens_matches_transformers() {
                 min_length: bound("min_length"),
                 ..GenerationConfig::greedy(20)
             };
-            let got = block_on(model.generate(gpu, &prompt, &config, |_| true)).unwrap();
-            assert_eq!(got, want, "{name} eos {eos}, {:?} kernels", gpu.kernel_family());
+            let got = block_on(model.generate(gpu, prompt, &config, |_| true)).unwrap();
+            assert_eq!(&got, want, "{name} eos {eos}, {:?} kernels", gpu.kernel_family());
             let free = GenerationConfig { min_new_tokens: 0, min_length: 0, ..config.clone() };
-            let early = block_on(model.generate(gpu, &prompt, &free, |_| true)).unwrap();
+            let early = block_on(model.generate(gpu, prompt, &free, |_| true)).unwrap();
             assert!(
                 early.len() < want.len() && early.last() == Some(&eos),
                 "{name}: the bound defers the eos {early:?}"

@@ -173,6 +173,15 @@ pub fn sample_rows(rec: &mut Recorder, logits: &Tensor, sampling: &Sampling) -> 
     Ok(tokens)
 }
 
+/// What binds as `last`: the previous tokens, or without them a word that is
+/// never read (`mark` is 0).
+fn bound_last(rec: &mut Recorder, last: Option<&Tensor>) -> Result<Tensor> {
+    match last {
+        Some(t) => Ok(t.clone()),
+        None => rec.alloc(&[1], DType::U32),
+    }
+}
+
 /// Words of a row's set of seen tokens for a vocabulary of `v`: bit i of
 /// word i / 32 is token i.
 pub fn seen_words(v: usize) -> usize {
@@ -248,16 +257,8 @@ pub fn repetition_penalty(
         return Ok(());
     }
     let p = Params { n: n as u32, rows: rows as u32, penalty, mark: last.is_some() as u32, ..Params::zeroed() };
-    // Without a previous token, `last` binds a word that is never read (mark is 0).
-    let unread;
-    let last = match last {
-        Some(t) => t,
-        None => {
-            unread = rec.alloc(&[1], DType::U32)?;
-            &unread
-        }
-    };
-    let bound = [(5, logits), (6, seen), (7, last)];
+    let last = bound_last(rec, last)?;
+    let bound = [(5, logits), (6, seen), (7, &last)];
     rec.dispatch_bound(&key(OP), &p, &bound, [groups as u32, rows as u32, 1])
 }
 
@@ -326,16 +327,8 @@ pub fn ban_repeated_ngrams(
         cap: cap as u32,
         ..Params::zeroed()
     };
-    // Without a previous token, `last` binds a word that is never read (mark is 0).
-    let unread;
-    let last = match last {
-        Some(t) => t,
-        None => {
-            unread = rec.alloc(&[1], DType::U32)?;
-            &unread
-        }
-    };
-    let bound = [(5, logits), (7, last), (8, history)];
+    let last = bound_last(rec, last)?;
+    let bound = [(5, logits), (7, &last), (8, history)];
     rec.dispatch_bound(&key("ban_ngrams"), &p, &bound, [groups as u32, rows as u32, 1])
 }
 
