@@ -264,9 +264,11 @@ fn generate_with_the_models_repetition_penalty() {
     }
 }
 
-/// `generate --no-repeat-ngram-size 2` gives transformers' greedy text with that setting (to its eos).
+/// `generate --no-repeat-ngram-size 2` gives transformers' greedy text with that setting (to its eos),
+/// `--min-new-tokens 3` defers an eos as transformers' `min_new_tokens` does, and sampling with `--min-p 1`
+/// keeps only the most likely token: greedy's text.
 #[test]
-fn generate_with_no_repeat_ngram_size() {
+fn generate_with_ngram_bans_min_new_tokens_and_min_p() {
     let model = fixture("llama_gqa");
     let (run, want, tokenizer) = greedy_fixture("no_repeat_ngram.json");
     assert_eq!((run["model"].as_str(), run["no_repeat_ngram_size"].as_u64()), (Some("llama_gqa"), Some(2)));
@@ -282,9 +284,36 @@ fn generate_with_no_repeat_ngram_size() {
         "--no-repeat-ngram-size",
         "2",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
-    assert_eq!((text, generated_tokens(&out)), (tokenizer.decode(&want, true).unwrap(), want.len()));
+    let text = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+    };
+    assert_eq!((text(&out), generated_tokens(&out)), (tokenizer.decode(&want, true).unwrap(), want.len()));
+
+    // The eos of min_new_tokens.json's first run (the first greedy token), named in generation_config.json.
+    let (run, want, _) = greedy_fixture("min_new_tokens.json");
+    assert_eq!((run["model"].as_str(), run["min_new_tokens"].as_u64()), (Some("llama_gqa"), Some(3)));
+    let dir = TempDir::new("min-new-tokens");
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::write(dir.0.join("generation_config.json"), format!(r#"{{"eos_token_id": {}}}"#, run["eos_token_id"]))
+        .unwrap();
+    let folder = dir.0.to_str().unwrap();
+    let args = |extra: &[&'static str]| [&["generate", "--model", folder, "--prompt", prompt][..], extra].concat();
+    assert_eq!(generated_tokens(&webpeft(&args(&[]))), 1, "without the bound: the eos first");
+    let deferred = webpeft(&args(&["--min-new-tokens", "3"]));
+    assert_eq!((text(&deferred), generated_tokens(&deferred)), (tokenizer.decode(&want, true).unwrap(), want.len()));
+
+    let greedy = text(&webpeft(&["generate", "--model", &model, "--prompt", prompt, "--max-new-tokens", "8"]));
+    let sampled = ["--max-new-tokens", "8", "--temperature", "1.5", "--top-k", "0", "--min-p", "1", "--seed", "3"];
+    let min_p_1 = webpeft(&[&["generate", "--model", &model, "--prompt", prompt][..], &sampled[..]].concat());
+    assert_eq!(text(&min_p_1), greedy, "min-p 1 keeps only the most likely token");
+    let hot = webpeft(&[&["generate", "--model", &model, "--prompt", prompt][..], &sampled[..6]].concat());
+    assert_ne!(text(&hot), greedy, "the same draws without min-p leave greedy's tokens");
 }
 
 /// A fresh folder under the system temp dir, removed when dropped.
