@@ -12,8 +12,8 @@
 #   beside webpeft), llama1b.json + llama1b-vs-peft.txt (the 1B step, PyTorch fp32/bf16 beside),
 #   sweep.txt (block shapes of the blocked kernel) and train-f16.txt.
 # Anywhere else it runs the same steps on the local adapter (OUT defaults to out/gpu-bench);
-# QUICK=1 times one repeat of each and skips the sweep, 8×512 and the 1B model (a check of this
-# script); SKIP="sweep llama1b …" leaves out the named steps.
+# QUICK=1 times one repeat of each and skips the sweep, 8×512 (webpeft's and PEFT's) and the 1B
+# model (a check of this script); SKIP="sweep llama1b …" leaves out the named steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,10 +89,12 @@ if [ -f "$model/config.json" ]; then
         compared=(--methods lora,seq_bn)
         "$BIN" bench --train --model "$model" --json --repeats "$repeats" "${compared[@]}" > "$WORK/train.json" 2> /dev/null
         step peft python3 benches/peft_compare.py "$model" --device "$device" --steps "$repeats" --webpeft-json "$WORK/train.json"
-        "$BIN" bench --train --model "$model" --json --batch 8 --seq 512 --repeats 3 "${compared[@]}" \
-            > "$WORK/train-8x512.json" 2> /dev/null
-        step peft-8x512 python3 benches/peft_compare.py "$model" --device "$device" --steps 3 --batch 8 --seq 512 \
-            --webpeft-json "$WORK/train-8x512.json"
+        if ! skip train-8x512; then
+            "$BIN" bench --train --model "$model" --json --batch 8 --seq 512 --repeats 3 "${compared[@]}" \
+                > "$WORK/train-8x512.json" 2> /dev/null
+            step peft-8x512 python3 benches/peft_compare.py "$model" --device "$device" --steps 3 --batch 8 --seq 512 \
+                --webpeft-json "$WORK/train-8x512.json"
+        fi
     fi
 else
     step train "$BIN" bench --train --profile --repeats "$repeats"
