@@ -1,8 +1,8 @@
 // Sampling on the GPU: one token a row of logits, drawn by transformers'
 // rule (logits / temperature, then top-k, then top-p, then min-p, then a draw
-// from the softmax of what is kept), so sampled decoding reads back a token, not V
-// logits, and submits the next step before it reads this one's (as greedy
-// decoding does with argmax_rows).
+// from the softmax of what is kept), so sampled decoding reads back a token,
+// not V logits, and submits the next step before it reads this one's (as
+// greedy decoding does with argmax_rows).
 //
 // The draw is the Gumbel-max race: token = argmax over the kept i of
 // s_i − ln E_i, with s = logits / temperature and E_i a standard exponential
@@ -471,7 +471,8 @@ fn sample_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // values at or above it hold top_p of the kept mass; of the values tied at
 // it, as many as the CPU's running sum takes, the lowest indices first.
 // min-p: the smallest key whose exp(s − max) reaches min_p, found by
-// bisection on the keys alone (no pass). Then the race over the kept. A decided row costs one launch that reads its flag.
+// bisection on the keys alone (no pass). Then the race over the kept. A
+// decided row costs one launch that reads its flag.
 
 // `v` from invocation 0 to all, as a value uniform control flow may use.
 fn uniform_u32(lid: u32, v: u32) -> u32 {
