@@ -378,13 +378,16 @@ fn decide(row: u32, need: u32, lid: u32) -> vec2<u32> {
     var kept = kept_k;
     if (reached != NONE) { kept = reached + 1u; }
     // min-p: the first candidate less likely than min_p times the first (never
-    // the first itself: its weight is 1).
-    workgroupBarrier();
-    if (lid == 0u) { atomicStore(&cut, NONE); }
-    workgroupBarrier();
-    if (p.min_p > 0.0 && lid < need && w < p.min_p) { atomicMin(&cut, lid); }
-    workgroupBarrier();
-    let below = atomicLoad(&cut);
+    // the first itself: its weight is 1). Without min-p, no barrier more.
+    var below = NONE;
+    if (p.min_p > 0.0) {
+        workgroupBarrier();
+        if (lid == 0u) { atomicStore(&cut, NONE); }
+        workgroupBarrier();
+        if (lid < need && w < p.min_p) { atomicMin(&cut, lid); }
+        workgroupBarrier();
+        below = atomicLoad(&cut);
+    }
     let min_cut = below != NONE;  // min-p's set ends within the candidates
     kept = min(kept, below);
     // The race over the kept candidates.
