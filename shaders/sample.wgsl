@@ -28,6 +28,13 @@
 //                  n − 1 bans its last token (logit −∞), in place. The sequence
 //                  is kept as token ids; the previous step's token (`last`,
 //                  where `mark`) is appended by the launch.
+//   ban_words      invocation (word, row), before the picks where the generation
+//                  has bad_words_ids of more than one token (transformers'
+//                  NoBadWordsLogitsProcessor): a word of L tokens whose first
+//                  L − 1 are the row's last L − 1 bans its last token (a word
+//                  of one token: always; a word longer than the sequence:
+//                  never), in place. The sequence is read, and `last`
+//                  appended, as ban_ngrams does.
 //   sample_pick    workgroup row: merges the statistics, selects the row's
 //                  CANDIDATES most likely of the slices' candidates, sorts them,
 //                  and applies top-k, top-p, min-p and the draw. Where the kept
@@ -68,9 +75,9 @@ struct Params {
     mark: u32,         // repetition_penalty, ban_ngrams: 1 = add last[row] to the row's tokens first
     min_p: f32,        // 0 = off
     ngram: u32,        // ban_ngrams: n ≥ 1
-    len: u32,          // ban_ngrams: tokens in each row's sequence (last[row] included where mark)
-    cap: u32,          // ban_ngrams: history's row stride
-    _pad: u32,
+    len: u32,          // ban_ngrams, ban_words: tokens in each row's sequence (last[row] included where mark)
+    cap: u32,          // ban_ngrams, ban_words: history's row stride
+    words: u32,        // ban_words: how many
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -86,6 +93,8 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> seen: array<atomic<u32>>; // (rows, ceil(n / 32)): bit i of a row: token i
 @group(0) @binding(7) var<storage, read> last: array<u32>;               // (rows): each row's previous token
 @group(0) @binding(8) var<storage, read_write> history: array<u32>;     // ban_ngrams: (rows, cap): each row's tokens so far
+// ban_words: (words + 1) offsets of each word's first token past them, then the words' tokens, one after another.
+@group(0) @binding(9) var<storage, read> word_table: array<u32>;
 
 var<workgroup> hist: array<atomic<u32>, WG>;
 var<workgroup> suffix: array<u32, WG>;
@@ -633,5 +642,23 @@ fn ban_ngrams(@builtin(global_invocation_id) gid: vec3<u32>) {
     let banned = sequence_token(row, start + p.ngram - 1u);
     // Every invocation that bans a token writes the same −∞ (built from a
     // runtime value: Tint rejects a constant infinity).
+    if (banned < p.n) { penalized[row * p.n + banned] = bitcast<f32>(0xff800000u | (banned & 0u)); }
+}
+
+@compute @workgroup_size(WG)
+fn ban_words(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let word = gid.x;
+    let row = gid.y;
+    if (p.mark != 0u && word == 0u) { history[row * p.cap + p.len - 1u] = last[row]; }
+    if (word >= p.words) { return; }
+    let first = p.words + 1u + word_table[word];
+    let length = word_table[word + 1u] - word_table[word];
+    if (length == 0u || length > p.len) { return; }
+    // The word's first L − 1 tokens against the sequence's last L − 1.
+    let tail = p.len - (length - 1u);
+    for (var j = 0u; j + 1u < length; j++) {
+        if (sequence_token(row, tail + j) != word_table[first + j]) { return; }
+    }
+    let banned = word_table[first + length - 1u];
     if (banned < p.n) { penalized[row * p.n + banned] = bitcast<f32>(0xff800000u | (banned & 0u)); }
 }

@@ -316,6 +316,69 @@ fn generate_with_ngram_bans_min_new_tokens_and_min_p() {
     assert_ne!(text(&hot), greedy, "the same draws without min-p leave greedy's tokens");
 }
 
+/// `generate --stop` ends after the token that completes the text, where transformers' stop_strings does
+/// (`make_fixtures.py stop_strings`), the text keeping it; generation_config.json's stop_strings (a list here)
+/// apply without the flag.
+#[test]
+fn generate_stops_at_stop_strings() {
+    let model = fixture("llama_gqa");
+    let runs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("stop_strings/runs.json")).unwrap()).unwrap();
+    let run = &runs["runs"][0];
+    let stop = run["stop_strings"][0].as_str().unwrap();
+    assert_eq!((run["model"].as_str(), run["stop_strings"].as_array().unwrap().len()), (Some("llama_gqa"), 1));
+    let want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    assert!(want.len() < 20);
+    let tokenizer = greedy_fixture("no_repeat_ngram.json").2;
+    let want_text = tokenizer.decode(&want, true).unwrap();
+    assert!(want_text.contains(stop), "{want_text:?} holds {stop:?}");
+    let prompt = "In the spring the river";
+    let text = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string()
+    };
+    let flagged =
+        webpeft(&["generate", "--model", &model, "--prompt", prompt, "--max-new-tokens", "20", "--stop", stop]);
+    assert_eq!((text(&flagged), generated_tokens(&flagged)), (want_text.clone(), want.len()));
+
+    let dir = TempDir::new("stop-strings");
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_file() {
+            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    // Beside a setting webpeft does not apply, which it names.
+    let config = serde_json::json!({"stop_strings": ["never in this text", stop], "num_beams": 4});
+    std::fs::write(dir.0.join("generation_config.json"), config.to_string()).unwrap();
+    let folder = dir.0.to_str().unwrap();
+    let from_file = webpeft(&["generate", "--model", folder, "--prompt", prompt, "--max-new-tokens", "20"]);
+    assert_eq!((text(&from_file), generated_tokens(&from_file)), (want_text, want.len()));
+    let err = String::from_utf8_lossy(&from_file.stderr);
+    assert!(err.contains("note: generation_config.json sets num_beams 4, which webpeft does not apply"), "{err}");
+}
+
+/// `generate --bad-word` bans the text's tokens as transformers' bad_words_ids does (`make_fixtures.py
+/// bad_words`: token 20, "5", banned on llama_gqa), to the eos the CLI stops at.
+#[test]
+fn generate_with_bad_words() {
+    let model = fixture("llama_gqa");
+    let runs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("bad_words/runs.json")).unwrap()).unwrap();
+    let run = &runs["runs"][0];
+    assert_eq!((run["model"].as_str(), run["bad_words_ids"].to_string().as_str()), (Some("llama_gqa"), "[[20]]"));
+    let mut want: Vec<u32> = run["new_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
+    if let Some(eos) = want.iter().position(|&t| t == 382) {
+        want.truncate(eos + 1);
+    }
+    let tokenizer = greedy_fixture("no_repeat_ngram.json").2;
+    assert_eq!(tokenizer.encode("5", false).unwrap(), [20]);
+    let out = webpeft(&["generate", "--model", &model, "--prompt", "In the spring the river", "--bad-word", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').to_string();
+    assert_eq!((text, generated_tokens(&out)), (tokenizer.decode(&want, true).unwrap(), want.len()));
+}
+
 /// A fresh folder under the system temp dir, removed when dropped.
 struct TempDir(std::path::PathBuf);
 

@@ -10,6 +10,7 @@ use webpeft::gpu::Recorder;
 use webpeft::kernels::reference::sample::{no_repeat_ngram, repetition_penalty, sample_row};
 use webpeft::kernels::sample::CANDIDATES;
 use webpeft::model::llama::{GenerationChoices, GenerationConfig, Hooks, KvCache, NoHooks, Proj, Saved};
+use webpeft::model::stop_strings::StopStrings;
 use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
@@ -271,8 +272,8 @@ fn sampled_decoding_feeds_each_draw_to_the_next_step() {
 
 /// The runs of a `generation/` fixture: each run's record, prompt and new tokens.
 fn generation_runs(file: &str) -> Vec<(serde_json::Value, Vec<u32>, Vec<u32>)> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture(&format!("generation/{file}"))).unwrap()).unwrap();
+    let path = if file.contains('/') { fixture(file) } else { fixture(&format!("generation/{file}")) };
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let ids = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
     let runs = v["runs"].as_array().unwrap();
     runs.iter().map(|run| (run.clone(), ids(&run["prompt_ids"]), ids(&run["new_ids"]))).collect()
@@ -332,6 +333,88 @@ fn no_repeat_ngram_size_matches_transformers() {
     }
 }
 
+/// Greedy decoding with stop_strings gives transformers' tokens
+/// (`make_fixtures.py stop_strings`: strings cut from the plain
+/// continuation's text, across two tokens, inside one, from the prompt into
+/// the first new token, and in the prompt only), the watcher stopping the
+/// pipelined loop through `on_token`.
+#[test]
+fn stop_strings_match_transformers() {
+    let runs = generation_runs("stop_strings/runs.json");
+    assert_eq!(runs.len(), 8);
+    let gpu = gpu();
+    let files = DirFiles::new(fixture("llama_gqa")).unwrap();
+    let tokenizer = block_on(webpeft::model::tokenizer::Tokenizer::load(&files)).unwrap();
+    for (run, prompt, want) in &runs {
+        let name = run["model"].as_str().unwrap();
+        let strings: Vec<String> =
+            run["stop_strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        let model = load(gpu, name);
+        let mut stop = StopStrings::new(&tokenizer, &strings, prompt).unwrap();
+        let got =
+            block_on(model.generate(gpu, prompt, &GenerationConfig::greedy(20), |id| !stop.push(id).unwrap())).unwrap();
+        assert_eq!(&got, want, "{name} {strings:?}");
+    }
+    let lengths: std::collections::BTreeSet<usize> = runs.iter().map(|r| r.2.len()).collect();
+    assert!(lengths.len() > 2 && lengths.contains(&20), "{lengths:?}: some stop early, at different tokens, some not");
+}
+
+/// Greedy decoding with bad_words_ids (one token, two, three from the
+/// prompt's last token on, an eos alone beside another word),
+/// suppress_tokens and begin_suppress_tokens gives transformers' tokens
+/// (`make_fixtures.py bad_words`), through both kernel families; sampled
+/// decoding (drawn on the CPU here) never completes a bad word either.
+#[test]
+fn bad_words_match_transformers() {
+    let runs = generation_runs("bad_words/runs.json");
+    assert_eq!(runs.len(), 12);
+    let list = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().map_or(Vec::new(), |a| a.iter().map(|i| i.as_u64().unwrap() as u32).collect())
+    };
+    for gpu in [common::gpu(), common::gpu_family()] {
+        for (run, prompt, want) in &runs {
+            let name = run["model"].as_str().unwrap();
+            let bad_words_ids: Vec<Vec<u32>> =
+                run["bad_words_ids"].as_array().map_or(Vec::new(), |w| w.iter().map(list).collect());
+            let config = GenerationConfig {
+                bad_words_ids,
+                suppress_tokens: list(&run["suppress_tokens"]),
+                begin_suppress_tokens: list(&run["begin_suppress_tokens"]),
+                eos_token_ids: run["eos_token_id"].as_u64().map(|e| vec![e as u32]).unwrap_or_default(),
+                ..GenerationConfig::greedy(20)
+            };
+            let model = load(gpu, name);
+            let got = block_on(model.generate(gpu, prompt, &config, |_| true)).unwrap();
+            assert_eq!(&got, want, "{name} {config:?}, {:?} kernels", gpu.kernel_family());
+        }
+    }
+    let gpu = gpu();
+    let model = load(gpu, "llama_gqa");
+    let prompt = &runs[0].1;
+    let plain =
+        block_on(model.generate(gpu, prompt, &GenerationConfig::sampling(20, 1.5, 0, 1.0, 9), |_| true)).unwrap();
+    let words = vec![vec![plain[3]], plain[6..8].to_vec(), [&prompt[prompt.len() - 1..], &plain[..2]].concat()];
+    let config = GenerationConfig { bad_words_ids: words.clone(), ..GenerationConfig::sampling(20, 1.5, 0, 1.0, 9) };
+    let got = block_on(model.generate(gpu, prompt, &config, |_| true)).unwrap();
+    assert_ne!(got, plain);
+    let sequence = [prompt.as_slice(), &got].concat();
+    for w in &words {
+        let found = sequence.windows(w.len()).enumerate().any(|(i, g)| g == w && i + w.len() > prompt.len());
+        assert!(!found, "{w:?} in {got:?}");
+    }
+    let too_big = GenerationConfig { bad_words_ids: vec![vec![1], vec![2, 384]], ..GenerationConfig::greedy(3) };
+    let e = block_on(model.generate(gpu, prompt, &too_big, |_| true)).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("bad_words_ids[1] holds token 384"),
+        "{e}"
+    );
+    let empty = GenerationConfig { bad_words_ids: vec![vec![]], ..GenerationConfig::greedy(3) };
+    assert!(block_on(model.generate(gpu, prompt, &empty, |_| true))
+        .unwrap_err()
+        .to_string()
+        .contains("bad_words_ids[0] is empty"));
+}
+
 /// Greedy decoding with min_new_tokens or min_length, a token of the plain
 /// continuation made the eos, gives transformers' tokens (`make_fixtures.py
 /// generation`: the eos banned until the bound, then the stop at it),
@@ -368,7 +451,8 @@ fn min_new_tokens_matches_transformers() {
 /// (`GenerationConfig.from_pretrained`, `make_fixtures.py generation`):
 /// Llama 3.2 Instruct's and Qwen2.5 Instruct's files, the fixtures' plain
 /// one (transformers' defaults: greedy, top-k 50), top_k null and 0,
-/// warpers beside do_sample false, min_p and the lengths; values generation
+/// warpers beside do_sample false, min_p and the lengths, the bans and stop
+/// strings (and the settings webpeft does not apply, named); values generation
 /// would refuse are typed errors naming the file and field.
 #[test]
 fn generation_config_defaults_are_transformers() {
@@ -376,7 +460,7 @@ fn generation_config_defaults_are_transformers() {
     let path = fixture("generation/generation_configs.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let cases = v.as_object().unwrap();
-    assert_eq!(cases.len(), 8);
+    assert_eq!(cases.len(), 9);
     for (name, case) in cases {
         let got = GenerationDefaults::from_json(case["file"].to_string().as_bytes()).unwrap();
         let num = |k: &str| case[k].as_f64().unwrap() as f32;
@@ -404,6 +488,31 @@ fn generation_config_defaults_are_transformers() {
             one => vec![one.as_u64().unwrap() as u32],
         };
         assert_eq!(got.eos_token_ids, want_eos, "{name}");
+        // The bans and stop strings as transformers reads them (null: none).
+        let lists = |k: &str| -> Vec<Vec<u32>> {
+            case[k].as_array().map_or(Vec::new(), |a| {
+                a.iter().map(|w| w.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()).collect()
+            })
+        };
+        let ids = |k: &str| -> Vec<u32> {
+            case[k].as_array().map_or(Vec::new(), |a| a.iter().map(|i| i.as_u64().unwrap() as u32).collect())
+        };
+        assert_eq!(got.bad_words_ids, lists("bad_words_ids"), "{name}");
+        assert_eq!(
+            (&got.suppress_tokens, &got.begin_suppress_tokens),
+            (&ids("suppress_tokens"), &ids("begin_suppress_tokens"))
+        );
+        let stops: Vec<String> = case["stop_strings"]
+            .as_array()
+            .map_or(Vec::new(), |a| a.iter().map(|s| s.as_str().unwrap().into()).collect());
+        assert_eq!(got.stop_strings, stops, "{name}");
+        // What transformers would do and webpeft does not is named.
+        let beams = case["num_beams"].as_u64().unwrap();
+        let unsupported = match beams {
+            1 => Vec::<String>::new(),
+            _ => vec![format!("num_beams {beams}"), "typical_p 0.9".into(), "forced_eos_token_id 382".into()],
+        };
+        assert_eq!(got.unsupported, unsupported, "{name}");
         let config = GenerationConfig::from_defaults(&got, 7);
         assert_eq!((config.greedy, config.max_new_tokens, config.seed), (!got.do_sample, 7, 0), "{name}");
         config.validate().unwrap();
@@ -449,6 +558,12 @@ fn generation_config_defaults_are_transformers() {
         (r#"{"max_length": "long"}"#, "max_length"),
         (r#"{"top_k": -1}"#, "top_k"),
         (r#"{"do_sample": "yes"}"#, "do_sample"),
+        (r#"{"bad_words_ids": [5, 6]}"#, "bad_words_ids[0]"),
+        (r#"{"bad_words_ids": [[5], []]}"#, "bad_words_ids[1]"),
+        (r#"{"bad_words_ids": [[5, -6]]}"#, "bad_words_ids[0][1]"),
+        (r#"{"suppress_tokens": ["a"]}"#, "suppress_tokens[0]"),
+        (r#"{"stop_strings": 5}"#, "stop_strings"),
+        (r#"{"stop_strings": ["ok", ""]}"#, "stop_strings[1]"),
         (r#"[1]"#, "(file)"),
     ] {
         match GenerationDefaults::from_json(file.as_bytes()) {

@@ -8,12 +8,14 @@
 mod common;
 use common::{block_on, gpu};
 use webpeft::gpu::Recorder;
-use webpeft::kernels::reference::sample::{no_repeat_ngram, repetition_penalty as penalty_reference, sample_row, Draw};
-use webpeft::kernels::sample::{
-    ban_repeated_ngrams, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, CANDIDATES, DECIDED,
-    NO_TOKEN,
+use webpeft::kernels::reference::sample::{
+    bad_words, no_repeat_ngram, repetition_penalty as penalty_reference, sample_row, Draw,
 };
-use webpeft::model::llama::{argmax, ban_seen_ngrams, penalize_seen, sample, GenerationConfig};
+use webpeft::kernels::sample::{
+    ban_repeated_ngrams, ban_words, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, WordTable,
+    CANDIDATES, DECIDED, NO_TOKEN,
+};
+use webpeft::model::llama::{argmax, ban_bad_words, ban_seen_ngrams, penalize_seen, sample, GenerationConfig};
 use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Tensor};
 
@@ -418,6 +420,60 @@ fn repetition_penalty_refuses_bad_arguments() {
     assert_eq!(rec.dispatches(), 0);
 }
 
+/// Seeded sequences and logits for a ban launch: `rows` sequences of `len`
+/// tokens over `symbols` ids spread across V (so n-grams and words repeat),
+/// a row of logits each, and on the GPU the logits, the history (each
+/// sequence, less its last token where the launch appends it) and the last
+/// tokens.
+struct BanCase {
+    v: usize,
+    cap: usize,
+    seqs: Vec<Vec<u32>>,
+    logits: Vec<Vec<f32>>,
+    t: Tensor,
+    h: Tensor,
+    l: Tensor,
+}
+
+impl BanCase {
+    fn new(gen: &mut Rng, (v, rows, len, symbols): (usize, usize, usize, usize), with_last: bool) -> BanCase {
+        let gpu = gpu();
+        let cap = len + 5;
+        let seqs: Vec<Vec<u32>> =
+            (0..rows).map(|_| (0..len).map(|_| (gen.below(symbols) * (v / symbols)) as u32).collect()).collect();
+        let logits: Vec<Vec<f32>> = (0..rows).map(|_| row(gen, v, 4.0, false)).collect();
+        let held = if with_last { len - 1 } else { len };
+        let history: Vec<u32> = seqs.iter().flat_map(|s| [&s[..held], &vec![7; cap - held][..]].concat()).collect();
+        let last: Vec<u32> = seqs.iter().map(|s| s[len - 1]).collect();
+        let t = Tensor::from_slice(gpu, &[rows, v], &logits.concat()).unwrap();
+        let h = Tensor::from_slice(gpu, &[rows, cap], &history).unwrap();
+        let l = Tensor::from_slice(gpu, &[rows], &last).unwrap();
+        BanCase { v, cap, seqs, logits, t, h, l }
+    }
+
+    /// After the launch: each row's logits are `want(its logits, its
+    /// sequence)` bit for bit, and the history holds the sequence; the count
+    /// of banned tokens.
+    fn check(&self, want: impl Fn(&[f32], &[u32]) -> Vec<f32>, what: &str) -> usize {
+        let gpu = gpu();
+        let (v, cap) = (self.v, self.cap);
+        let got: Vec<f32> = block_on(self.t.to_vec(gpu)).unwrap();
+        let got_history: Vec<u32> = block_on(self.h.to_vec(gpu)).unwrap();
+        let mut banned = 0;
+        for (r, seq) in self.seqs.iter().enumerate() {
+            let want = want(&self.logits[r], seq);
+            assert!(same_bits(&got[r * v..(r + 1) * v], &want), "{what}, row {r}");
+            assert_eq!(
+                got_history[r * cap..r * cap + seq.len()],
+                seq[..],
+                "{what}, row {r}: the history holds the sequence"
+            );
+            banned += want.iter().filter(|x| **x == f32::NEG_INFINITY).count();
+        }
+        banned
+    }
+}
+
 /// transformers' no_repeat_ngram_size on the GPU (`ban_repeated_ngrams`)
 /// against the reference, bit for bit: seeded sequences over a few token ids
 /// (so n-grams repeat) at odd vocabularies, n from 1 to 4, sequences shorter
@@ -443,32 +499,17 @@ fn ngram_bans_match_the_reference() {
     .iter()
     .enumerate()
     {
-        let cap = len + 5;
         let symbols = [2, 3, 5, 8][case % 4].min(v);
-        let seqs: Vec<Vec<u32>> =
-            (0..rows).map(|_| (0..len).map(|_| (gen.below(symbols) * (v / symbols)) as u32).collect()).collect();
-        let logits: Vec<Vec<f32>> = (0..rows).map(|_| row(&mut gen, v, 4.0, false)).collect();
-        // The history holds each sequence, less its last token where the launch appends it.
-        let held = if with_last { len - 1 } else { len };
-        let history: Vec<u32> = seqs.iter().flat_map(|s| [&s[..held], &vec![7; cap - held][..]].concat()).collect();
-        let last: Vec<u32> = seqs.iter().map(|s| s[len - 1]).collect();
-        let t = Tensor::from_slice(gpu, &[rows, v], &logits.concat()).unwrap();
-        let h = Tensor::from_slice(gpu, &[rows, cap], &history).unwrap();
-        let l = Tensor::from_slice(gpu, &[rows], &last).unwrap();
+        let c = BanCase::new(&mut gen, (v, rows, len, symbols), with_last);
         let mut rec = Recorder::new(gpu);
-        ban_repeated_ngrams(&mut rec, &t, &h, with_last.then_some(&l), (len, ngram)).unwrap();
+        ban_repeated_ngrams(&mut rec, &c.t, &c.h, with_last.then_some(&c.l), (len, ngram)).unwrap();
         rec.submit().unwrap();
-        let got: Vec<f32> = block_on(t.to_vec(gpu)).unwrap();
-        let got_history: Vec<u32> = block_on(h.to_vec(gpu)).unwrap();
-        for r in 0..rows {
-            let what = format!("case {case}: V {v}, row {r} of {rows}, len {len}, n {ngram}, last {with_last}");
-            let want = no_repeat_ngram(&logits[r], &seqs[r], ngram);
-            assert!(same_bits(&got[r * v..(r + 1) * v], &want), "{what}");
-            let mut cpu = logits[r].clone();
-            ban_seen_ngrams(&mut cpu, &seqs[r], ngram);
-            assert!(same_bits(&cpu, &want), "{what}: the CPU's bans");
-            assert_eq!(got_history[r * cap..r * cap + len], seqs[r][..], "{what}: the history holds the sequence");
-            banned += want.iter().filter(|x| **x == f32::NEG_INFINITY).count();
+        let what = format!("case {case}: V {v}, {rows} rows, len {len}, n {ngram}, last {with_last}");
+        banned += c.check(|logits, seq| no_repeat_ngram(logits, seq, ngram), &what);
+        for (r, seq) in c.seqs.iter().enumerate() {
+            let mut cpu = c.logits[r].clone();
+            ban_seen_ngrams(&mut cpu, seq, ngram);
+            assert!(same_bits(&cpu, &no_repeat_ngram(&c.logits[r], seq, ngram)), "{what}, row {r}: the CPU's bans");
         }
     }
     assert!(banned > 20, "only {banned} tokens banned in all");
@@ -497,5 +538,104 @@ fn ngram_bans_refuse_bad_arguments() {
     }
     let flat = Tensor::from_slice(gpu, &[80], &[0.5f32; 80]).unwrap();
     assert!(matches!(ban_repeated_ngrams(&mut rec, &flat, &h, None, (4, 2)), Err(Error::Shape { .. })));
+    assert_eq!(rec.dispatches(), 0);
+}
+
+/// The reference's bad-word bans are transformers' `NoBadWordsLogitsProcessor`'s
+/// (`make_fixtures.py bad_words`: 60 seeded sequences and word lists, words
+/// ending the sequence but for their last token, longer than it, and an eos
+/// alone, which transformers drops), and so are the CPU's.
+#[test]
+fn bad_word_bans_are_transformers() {
+    let path = common::fixture("bad_words/cases.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let vocab = v["vocab_size"].as_u64().unwrap() as usize;
+    let ids =
+        |x: &serde_json::Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let mut banning = 0;
+    for (i, case) in v["cases"].as_array().unwrap().iter().enumerate() {
+        let seq = ids(&case["ids"]);
+        let eos = case["eos_token_id"].as_u64().map(|e| e as u32);
+        // transformers drops a word that is just an eos; generation does too before either ban.
+        let words: Vec<Vec<u32>> = case["bad_words_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .filter(|w| !(w.len() == 1 && eos == Some(w[0])))
+            .collect();
+        let want = ids(&case["banned"]);
+        let zeros = vec![0.0f32; vocab];
+        let banned =
+            |row: &[f32]| (0..vocab as u32).filter(|&t| row[t as usize] == f32::NEG_INFINITY).collect::<Vec<_>>();
+        assert_eq!(banned(&bad_words(&zeros, &seq, &words)), want, "case {i}: reference");
+        let mut cpu = zeros.clone();
+        ban_bad_words(&mut cpu, &seq, &words);
+        assert_eq!(banned(&cpu), want, "case {i}: CPU");
+        banning += !want.is_empty() as usize;
+    }
+    assert!(banning > 30, "{banning} cases ban something");
+}
+
+/// `ban_words` (transformers' `bad_words_ids` on the GPU) against the
+/// reference, bit for bit: seeded sequences over a few token ids at odd
+/// vocabularies, words of one to four tokens (some ending the sequence but
+/// for their last token, some longer than the sequence), one row and three,
+/// the previous token appended by the launch or already in the history,
+/// more words than a workgroup.
+#[test]
+fn bad_word_bans_match_the_reference() {
+    let gpu = gpu();
+    let mut gen = Rng::new(977);
+    let mut banned = 0;
+    for (case, &(v, rows, len, count, with_last)) in [
+        (37, 1, 1, 3, false),
+        (37, 1, 2, 5, true),
+        (37, 3, 5, 9, true),
+        (301, 3, 12, 40, false),
+        (129, 2, 60, 300, true),
+        (5, 1, 9, 4, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let symbols = [2, 3, 5][case % 3].min(v);
+        let c = BanCase::new(&mut gen, (v, rows, len, symbols), with_last);
+        let words: Vec<Vec<u32>> = (0..count)
+            .map(|_| {
+                let length = 1 + gen.below(4);
+                let s = &c.seqs[gen.below(rows)];
+                match gen.below(2) == 0 && length <= s.len() {
+                    true => [&s[s.len() + 1 - length..], &[gen.below(v) as u32]].concat(),
+                    false => (0..length).map(|_| (gen.below(symbols) * (v / symbols)) as u32).collect(),
+                }
+            })
+            .collect();
+        let table = WordTable::new(gpu, &words).unwrap();
+        let mut rec = Recorder::new(gpu);
+        ban_words(&mut rec, &c.t, &table, &c.h, with_last.then_some(&c.l), len).unwrap();
+        rec.submit().unwrap();
+        let what = format!("case {case}: V {v}, {rows} rows, len {len}, {count} words, last {with_last}");
+        banned += c.check(|logits, seq| bad_words(logits, seq, &words), &what);
+    }
+    assert!(banned > 20, "only {banned} tokens banned in all");
+}
+
+#[test]
+fn bad_word_bans_refuse_bad_arguments() {
+    let gpu = gpu();
+    let e = WordTable::new(gpu, &[vec![1], vec![]]).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument { .. }) && e.to_string().contains("word 1 is empty"), "{e}");
+    let table = WordTable::new(gpu, &[vec![1, 2]]).unwrap();
+    let t = Tensor::from_slice(gpu, &[2, 40], &[0.5f32; 80]).unwrap();
+    let h = Tensor::from_slice(gpu, &[2, 6], &[1u32; 12]).unwrap();
+    let floats = Tensor::from_slice(gpu, &[2, 6], &[1.0f32; 12]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    for (history, last, len, what) in
+        [(&h, None, 7, "history"), (&floats, None, 4, "history"), (&h, None, 0, "history"), (&h, Some(&t), 4, "last")]
+    {
+        let e = ban_words(&mut rec, &t, &table, history, last, len).unwrap_err();
+        assert!(matches!(&e, Error::Shape { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
     assert_eq!(rec.dispatches(), 0);
 }

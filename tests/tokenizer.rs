@@ -8,6 +8,7 @@ mod common;
 
 use common::{block_on, fixture};
 use serde_json::{json, Value};
+use webpeft::model::stop_strings::StopStrings;
 use webpeft::model::tokenizer::{clean_up_tokenization, StreamDecoder, Tokenizer};
 use webpeft::model::{DirFiles, MemoryFiles};
 use webpeft::util::rng::Rng;
@@ -415,4 +416,80 @@ fn a_template_with_an_untrusted_type_is_checked_too() {
     let err = webpeft::model::tokenizer::Tokenizer::from_bytes(&bytes[..i], config).unwrap_err();
     assert!(matches!(err, webpeft::Error::Tokenizer { .. }), "{err}");
     assert!(err.to_string().contains("does not define"), "{err}");
+}
+
+/// The tokenizer of `make_fixtures.py stop_strings`' cases: llama_gqa's (the byte-level fixture one) or
+/// spm_tokenizer (SentencePiece-style: "▁" spaces, byte fallback, a decoder that strips a first space).
+fn stop_tokenizer(name: &str) -> Tokenizer {
+    let dir = match name {
+        "llama_gqa" => fixture("llama_gqa"),
+        _ => fixture("stop_strings").join(name),
+    };
+    block_on(Tokenizer::load(&DirFiles::new(dir).unwrap())).unwrap()
+}
+
+fn stop_fixture(file: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture("stop_strings").join(file)).unwrap()).unwrap()
+}
+
+/// Every token's text is what transformers' `StopStringCriteria.clean_tokenizer_vocab` makes of it, in both
+/// vocabularies (the SentencePiece one keeps the space its decoder strips at the start of a text).
+#[test]
+fn stop_string_token_texts_are_transformers() {
+    let want = stop_fixture("token_texts.json");
+    for name in ["llama_gqa", "spm_tokenizer"] {
+        let tok = stop_tokenizer(name);
+        let mut stop = StopStrings::new(&tok, &["x".to_string()], &[]).unwrap();
+        let texts = want[name].as_object().unwrap();
+        assert_eq!(texts.len(), tok.vocab_size(), "{name}");
+        for (id, text) in texts {
+            let id: u32 = id.parse().unwrap();
+            assert_eq!(stop.token_text(id).unwrap(), Some(text.as_str().unwrap()), "{name} id {id}");
+        }
+        assert_eq!(stop.token_text(tok.vocab_size() as u32).unwrap(), None, "{name}: past the vocabulary");
+    }
+    let spm = stop_tokenizer("spm_tokenizer");
+    let the = spm.encode("the river", false).unwrap();
+    assert!(StopStrings::new(&spm, &["x".into()], &[]).unwrap().token_text(the[0]).unwrap().unwrap().starts_with(' '));
+}
+
+/// For seeded sequences of both tokenizers and stop strings cut around their ends (across tokens, inside the
+/// last one, ending a token early, unrelated), the watcher stops after the last token exactly where
+/// transformers' StopStringCriteria does, fed the sequence as a prompt and its last token or one token at a
+/// time from the start.
+#[test]
+fn stop_strings_stop_where_transformers_does() {
+    let cases = stop_fixture("cases.json");
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() > 100);
+    let toks = [("llama_gqa", stop_tokenizer("llama_gqa")), ("spm_tokenizer", stop_tokenizer("spm_tokenizer"))];
+    let mut stops = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let tok = &toks.iter().find(|(n, _)| *n == case["tokenizer"].as_str().unwrap()).unwrap().1;
+        let seq = ids(&case["ids"]);
+        let strings: Vec<String> =
+            case["stop_strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        let want = case["stops"].as_bool().unwrap();
+        let (last, prompt) = seq.split_last().unwrap();
+        let mut stop = StopStrings::new(tok, &strings, prompt).unwrap();
+        assert_eq!(stop.push(*last).unwrap(), want, "case {i}: {strings:?} after {seq:?}");
+        let mut streamed = StopStrings::new(tok, &strings, &[]).unwrap();
+        let hits: Vec<bool> = seq.iter().map(|&t| streamed.push(t).unwrap()).collect();
+        assert_eq!(hits.last(), Some(&want), "case {i}, one token at a time");
+        stops += want as usize;
+    }
+    assert!(stops > 20 && stops < cases.len() - 20, "{stops} of {} cases stop", cases.len());
+}
+
+/// An empty stop string would stop everything: a typed error naming which. No strings watch nothing.
+#[test]
+fn empty_stop_strings_are_refused() {
+    let tok = tokenizer();
+    let err = StopStrings::new(&tok, &["ok".into(), String::new()], &[]).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("stop string 1 is empty"),
+        "{err}"
+    );
+    let mut none = StopStrings::new(&tok, &[], &[1, 2]).unwrap();
+    assert!(none.is_empty() && !none.push(3).unwrap());
 }

@@ -62,9 +62,12 @@ export function chatWorker({ model, trained, post, isLoss, generated = () => {} 
         const m = model();
         if (!m) throw new Error("load a model first");
         // Temperature 0 is greedy decoding; otherwise sampled with the page's temperature, top-p, min-p and seed
-        // (top-k is the model's own). The repetition penalty applies to both.
+        // (top-k is the model's own). The repetition penalty, the n-gram bans and the stop text apply to both.
         const sampling = msg.temperature > 0 ? { temperature: msg.temperature, topP: msg.topP, minP: msg.minP, seed: msg.seed } : { greedy: true };
         sampling.repetitionPenalty = msg.repetitionPenalty;
+        sampling.noRepeatNgramSize = msg.noRepeatNgramSize;
+        // A stop text of the page's, else the model's own stop_strings.
+        if (msg.stopAt) sampling.stopStrings = [msg.stopAt];
         stopping = new AbortController();
         if (msg.turn === stoppedTurn) stopping.abort();
         try {

@@ -81,16 +81,19 @@ export function chatPanel({ send, setPhase, showError, save }) {
     const minP = number("chat-min-p");
     const repetitionPenalty = number("chat-repetition-penalty");
     const maxNewTokens = number("chat-max-tokens");
+    const noRepeatNgramSize = number("chat-ngram");
+    const stopAt = $("chat-stop-at").value;
     if (!(temperature >= 0 && temperature <= 2)) return error("temperature: between 0 (greedy) and 2");
     if (!(topP > 0 && topP <= 1)) return error("top-p: above 0, at most 1 (1 keeps every token)");
     if (!(minP >= 0 && minP <= 1)) return error("min-p: from 0 (keeps every token) to 1 (only the most likely)");
     if (!(repetitionPenalty > 0 && repetitionPenalty <= 2)) return error("repetition penalty: above 0, at most 2 (1 = off)");
     if (!(Number.isInteger(maxNewTokens) && maxNewTokens >= 1 && maxNewTokens <= 256)) return error("max new tokens: a whole number from 1 to 256");
+    if (!(Number.isInteger(noRepeatNgramSize) && noRepeatNgramSize >= 0 && noRepeatNgramSize <= 16)) return error("no repeated n-grams: a whole number from 0 (off) to 16");
     $("chat-input").value = "";
     st.turns += 1;
     st.asked += 1;
     // One seed per turn, the same in both columns: a sampled chat is repeatable.
-    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, maxNewTokens, seed: st.turns }, stop: false };
+    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, noRepeatNgramSize, stopAt, maxNewTokens, seed: st.turns }, stop: false };
     for (const side of SIDES) bubble(side, "user", user);
     document.body.dataset.chat = "running";
     setPhase("generating");
@@ -148,7 +151,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     }
     const ready = phase === "idle" && st.loaded && st.hasTemplate;
     for (const id of ["chat-input", "chat-send", "chat-clear", "chat-left-adapter", "chat-right-adapter", "chat-temperature",
-      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "keep-name"]) $(id).disabled = !ready;
+      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "chat-ngram", "chat-stop-at", "keep-name"]) $(id).disabled = !ready;
     $("keep-adapter").disabled = !ready || !st.trained;
     for (const b of document.querySelectorAll("#kept-list button")) b.disabled = !ready;
     $("chat-stop").disabled = !st.running || st.running.stop;
@@ -161,6 +164,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     if (g.doSample) $("chat-top-p").value = g.topP;
     if (g.doSample) $("chat-min-p").value = g.minP;
     $("chat-repetition-penalty").value = g.repetitionPenalty;
+    $("chat-ngram").value = g.noRepeatNgramSize;
   }
 
   const error = (message) => showError("chat", message);

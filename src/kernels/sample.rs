@@ -26,7 +26,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::checks::{all_f32, u32_count};
 use crate::error::{Error, Result};
-use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+use crate::gpu::{Const, DType, Gpu, Kernel, PipelineKey, Recorder, Tensor};
 
 const WG: u32 = 256;
 /// Values a `sample_slices` workgroup covers (WG · 8).
@@ -118,7 +118,7 @@ struct Params {
     ngram: u32,
     len: u32,
     cap: u32,
-    _pad: u32,
+    words: u32,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -340,7 +340,102 @@ pub fn ban_tokens(rec: &mut Recorder, logits: &Tensor, ids: &Tensor) -> Result<(
     ban_repeated_ngrams(rec, logits, ids, None, (count, 1))
 }
 
+/// Words to ban, as [`ban_words`] reads them: (count + 1) offsets, then the
+/// words' tokens one after another, in one u32 tensor.
+#[derive(Clone, Debug)]
+pub struct WordTable {
+    pub table: Tensor,
+    pub count: usize,
+}
+
+impl WordTable {
+    /// Uploads `words` (each at least one token).
+    pub fn new(gpu: &Gpu, words: &[Vec<u32>]) -> Result<WordTable> {
+        const OP: &str = "bad_words_ids";
+        if let Some(i) = words.iter().position(Vec::is_empty) {
+            return Err(Error::invalid(OP, format!("word {i} is empty: each needs at least one token")));
+        }
+        let mut table = Vec::with_capacity(words.len() + 1 + words.iter().map(Vec::len).sum::<usize>());
+        let mut at = 0usize;
+        table.push(0);
+        for w in words {
+            at += w.len();
+            table.push(u32::try_from(at).map_err(|_| Error::invalid(OP, "the words hold more than 2³² tokens"))?);
+        }
+        words.iter().for_each(|w| table.extend_from_slice(w));
+        Ok(WordTable { table: Tensor::from_slice(gpu, &[table.len()], &table)?, count: words.len() })
+    }
+}
+
+/// transformers' `NoBadWordsLogitsProcessor` in place on `logits` (rows, V)
+/// f32: a word of L tokens whose first L − 1 are the last L − 1 of a row's
+/// sequence of `len` tokens bans its last token (logit −∞) in that row; a
+/// word of one token always, a word longer than the sequence never. The
+/// sequence is read from `history` and `last`, and `last` appended to
+/// `history`, as [`ban_repeated_ngrams`] does. One launch.
+pub fn ban_words(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    words: &WordTable,
+    history: &Tensor,
+    last: Option<&Tensor>,
+    len: usize,
+) -> Result<()> {
+    const OP: &str = "bad_words_ids";
+    all_f32(OP, &[("logits", logits)])?;
+    let &[rows, n] = logits.shape() else {
+        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
+    };
+    let &[h_rows, cap] = history.shape() else {
+        return Err(Error::shape(OP, format!("history {:?} must be (rows, capacity)", history.shape())));
+    };
+    if history.dtype() != DType::U32 || h_rows != rows || len > cap || len == 0 {
+        let detail = format!(
+            "history {:?} {} must be ({rows}, ≥ {len}) u32 for logits {:?}, and the sequence at least one token",
+            history.shape(),
+            history.dtype().name(),
+            logits.shape()
+        );
+        return Err(Error::shape(OP, detail));
+    }
+    if let Some(last) = last {
+        if last.dtype() != DType::U32 || last.numel() < rows {
+            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
+            return Err(Error::shape(OP, detail));
+        }
+    }
+    if words.table.dtype() != DType::U32 || words.table.numel() < words.count + 1 {
+        let detail = format!("the word table {:?} must hold {} offsets", words.table.shape(), words.count + 1);
+        return Err(Error::shape(OP, detail));
+    }
+    u32_count(OP, "element count", rows * n)?;
+    u32_count(OP, "history", rows * cap)?;
+    let groups = words.count.max(1).div_ceil(WG as usize);
+    let limit = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
+    if groups > limit || rows > limit {
+        return Err(Error::shape(
+            OP,
+            format!("{rows} rows of {} words need more workgroups than one dispatch holds", words.count),
+        ));
+    }
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let p = Params {
+        n: n as u32,
+        rows: rows as u32,
+        mark: last.is_some() as u32,
+        len: len as u32,
+        cap: cap as u32,
+        words: words.count as u32,
+        ..Params::zeroed()
+    };
+    let last = bound_last(rec, last)?;
+    let bound = [(5, logits), (7, &last), (8, history), (9, &words.table)];
+    rec.dispatch_bound(&key("ban_words"), &p, &bound, [groups as u32, rows as u32, 1])
+}
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sample_slices", "sample_pick", "sample_wide", "repetition_penalty", "ban_ngrams"].map(key).to_vec()
+    ["sample_slices", "sample_pick", "sample_wide", "repetition_penalty", "ban_ngrams", "ban_words"].map(key).to_vec()
 }

@@ -521,6 +521,18 @@ pub struct GenerationDefaults {
     /// `min_new_tokens` (0 or null: off) and `min_length` (0: off).
     pub min_new_tokens: usize,
     pub min_length: usize,
+    /// `bad_words_ids` (lists of token ids), `suppress_tokens` and
+    /// `begin_suppress_tokens` (token ids); empty when absent.
+    pub bad_words_ids: Vec<Vec<u32>>,
+    pub suppress_tokens: Vec<u32>,
+    pub begin_suppress_tokens: Vec<u32>,
+    /// Settings the file gives that change transformers' output and that
+    /// webpeft does not apply ("num_beams 4", "typical_p 0.9"): callers say
+    /// so where they generate.
+    pub unsupported: Vec<String>,
+    /// `stop_strings` (a string or a list; empty: none): see
+    /// [`StopStrings`](crate::model::stop_strings::StopStrings).
+    pub stop_strings: Vec<String>,
     /// `max_new_tokens`, where the file gives it.
     pub max_new_tokens: Option<usize>,
     /// `max_length` (prompt and new tokens together), where the file gives
@@ -542,10 +554,52 @@ impl Default for GenerationDefaults {
             no_repeat_ngram_size: 0,
             min_new_tokens: 0,
             min_length: 0,
+            bad_words_ids: Vec::new(),
+            suppress_tokens: Vec::new(),
+            begin_suppress_tokens: Vec::new(),
+            unsupported: Vec::new(),
+            stop_strings: Vec::new(),
             max_new_tokens: None,
             max_length: None,
         }
     }
+}
+
+/// The settings of a `generation_config.json` that transformers' `generate`
+/// would act on and webpeft does not, each as "name value": beam search
+/// and its relatives, contrastive search, the typical, epsilon and eta
+/// samplers (where sampling), forced tokens, sequence biases, a length
+/// penalty's decay, classifier-free guidance, watermarking and a time limit.
+fn unsupported(value: &Value) -> Vec<String> {
+    let sampling = value.get("do_sample").and_then(Value::as_bool).unwrap_or(false);
+    let number = |k: &str| value.get(k).and_then(Value::as_f64);
+    let mut out = Vec::new();
+    let mut note = |k: &str, v: &Value| out.push(format!("{k} {v}"));
+    for (key, active) in [
+        ("num_beams", number("num_beams").is_some_and(|n| n > 1.0)),
+        ("num_beam_groups", number("num_beam_groups").is_some_and(|n| n > 1.0)),
+        ("penalty_alpha", number("penalty_alpha").is_some_and(|a| a > 0.0)),
+        ("dola_layers", value.get("dola_layers").is_some_and(|v| !v.is_null())),
+        ("typical_p", sampling && number("typical_p").is_some_and(|p| p < 1.0)),
+        ("epsilon_cutoff", sampling && number("epsilon_cutoff").is_some_and(|e| e > 0.0 && e < 1.0)),
+        ("eta_cutoff", sampling && number("eta_cutoff").is_some_and(|e| e > 0.0 && e < 1.0)),
+        ("force_words_ids", value.get("force_words_ids").is_some_and(|v| !v.is_null())),
+        ("forced_bos_token_id", value.get("forced_bos_token_id").is_some_and(|v| !v.is_null())),
+        ("forced_eos_token_id", value.get("forced_eos_token_id").is_some_and(|v| !v.is_null())),
+        ("sequence_bias", value.get("sequence_bias").is_some_and(|v| !v.is_null())),
+        (
+            "exponential_decay_length_penalty",
+            value.get("exponential_decay_length_penalty").is_some_and(|v| !v.is_null()),
+        ),
+        ("guidance_scale", number("guidance_scale").is_some_and(|g| g != 1.0)),
+        ("watermarking_config", value.get("watermarking_config").is_some_and(|v| !v.is_null())),
+        ("max_time", value.get("max_time").is_some_and(|v| !v.is_null())),
+    ] {
+        if active {
+            note(key, &value[key]);
+        }
+    }
+    out
 }
 
 impl GenerationDefaults {
@@ -580,6 +634,11 @@ impl GenerationDefaults {
             no_repeat_ngram_size: f.opt_usize("no_repeat_ngram_size")?.unwrap_or(0),
             min_new_tokens: f.opt_usize("min_new_tokens")?.unwrap_or(0),
             min_length: f.opt_usize("min_length")?.unwrap_or(0),
+            bad_words_ids: f.token_lists("bad_words_ids")?,
+            suppress_tokens: f.tokens("suppress_tokens")?,
+            begin_suppress_tokens: f.tokens("begin_suppress_tokens")?,
+            unsupported: unsupported(&value),
+            stop_strings: f.strings("stop_strings")?,
             max_new_tokens: f.opt_usize("max_new_tokens")?,
             max_length: f.opt_usize("max_length")?,
         };
@@ -594,6 +653,12 @@ impl GenerationDefaults {
         }
         if out.repetition_penalty <= 0.0 {
             return Err(f.error("repetition_penalty", format!("must be > 0, got {}", out.repetition_penalty)));
+        }
+        if let Some(i) = out.bad_words_ids.iter().position(Vec::is_empty) {
+            return Err(f.error(&format!("bad_words_ids[{i}]"), "is empty: a word needs at least one token"));
+        }
+        if let Some(i) = out.stop_strings.iter().position(String::is_empty) {
+            return Err(f.error(&format!("stop_strings[{i}]"), "is empty: a stop string needs at least one character"));
         }
         Ok(out)
     }

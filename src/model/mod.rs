@@ -32,6 +32,7 @@ pub mod llama;
 pub mod quantized;
 pub mod safetensors;
 pub mod source;
+pub mod stop_strings;
 pub mod tokenizer;
 
 pub use self::safetensors::{SafetensorsFile, TensorInfo};

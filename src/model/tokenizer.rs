@@ -204,6 +204,19 @@ impl Tokenizer {
             .map_err(|e| error(TOKENIZER_FILE, format!("decoding {} ids: {e}", ids.len())))
     }
 
+    /// `tokenizer.json`'s decoder run on token strings (transformers'
+    /// `convert_tokens_to_string`); without a decoder, the tokens joined by
+    /// spaces, as transformers joins them.
+    pub fn decode_tokens(&self, tokens: Vec<String>) -> Result<String> {
+        use tokenizers::Decoder;
+        match self.inner.get_decoder() {
+            Some(decoder) => {
+                decoder.decode(tokens).map_err(|e| error(TOKENIZER_FILE, format!("decoding token strings: {e}")))
+            }
+            None => Ok(tokens.join(" ")),
+        }
+    }
+
     /// A decoder fed one generated id at a time; see [`StreamDecoder`].
     pub fn stream_decoder(&self, skip_special_tokens: bool) -> StreamDecoder {
         StreamDecoder::new(self.clone(), skip_special_tokens)

@@ -115,6 +115,39 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A list of lists of token ids (`bad_words_ids`); empty when absent.
+    pub fn token_lists(&self, key: &str) -> Result<Vec<Vec<u32>>> {
+        let Some(v) = self.get(key) else { return Ok(Vec::new()) };
+        let items = v.as_array().ok_or_else(|| self.wrong(key, "a list of lists of token ids", v))?;
+        let list = |(i, v): (usize, &Value)| -> Result<Vec<u32>> {
+            let field = format!("{}[{i}]", self.field(key));
+            let ids = v
+                .as_array()
+                .ok_or_else(|| (self.error)(&field, format!("expected a list of token ids, got {}", brief(v))))?;
+            ids.iter().enumerate().map(|(j, t)| self.token_id(&format!("{field}[{j}]"), t)).collect()
+        };
+        items.iter().enumerate().map(list).collect()
+    }
+
+    /// A string or a list of strings (`stop_strings`); empty when absent.
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let field = format!("{}[{i}]", self.field(key));
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| (self.error)(&field, format!("expected a string, got {}", brief(v))))
+                })
+                .collect(),
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            Some(v) => Err(self.wrong(key, "a string or a list of strings", v)),
+        }
+    }
+
     /// Absent, null, `{}`, `[]` or `""`.
     pub fn is_empty(&self, key: &str) -> bool {
         match self.get(key) {

@@ -28,6 +28,7 @@ use crate::gpu::Gpu;
 use crate::model::config::GenerationDefaults;
 use crate::model::llama::{GenerationChoices, GenerationConfig, Hooks};
 use crate::model::source::MemorySource;
+use crate::model::stop_strings::StopStrings;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{Config, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
@@ -470,6 +471,11 @@ impl WebModel {
                 no_repeat_ngram_size: st.generation.no_repeat_ngram_size,
                 min_new_tokens: st.generation.min_new_tokens,
                 min_length: st.generation.min_length,
+                stop_strings: st.generation.stop_strings.clone(),
+                bad_words_ids: st.generation.bad_words_ids.clone(),
+                suppress_tokens: st.generation.suppress_tokens.clone(),
+                begin_suppress_tokens: st.generation.begin_suppress_tokens.clone(),
+                unsupported: st.generation.unsupported.clone(),
                 max_new_tokens: st.generation.max_new_tokens,
                 max_length: st.generation.max_length,
             },
@@ -837,6 +843,8 @@ impl WebModel {
                 repetition_penalty: o.repetition_penalty,
                 no_repeat_ngram_size: o.no_repeat_ngram_size,
                 min_new_tokens: o.min_new_tokens,
+                bad_words_ids: o.bad_words_ids,
+                suppress_tokens: o.suppress_tokens,
                 seed: o.seed,
             };
             let new_tokens = o.max_new_tokens.or_else(|| st.generation.new_tokens(ids.len())).unwrap_or(64);
@@ -846,6 +854,10 @@ impl WebModel {
             let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
             let budget = st.model.config.max_position_embeddings.saturating_sub(ids.len() + virtual_tokens);
             config.max_new_tokens = config.max_new_tokens.min(budget);
+            // The options' stop strings, else the model's.
+            let stop_strings = o.stop_strings.map_or_else(|| st.generation.stop_strings.clone(), OneOrMany::into_vec);
+            let mut stop = StopStrings::new(tok, &stop_strings, &ids).map_err(err)?;
+            let mut stop_string = false;
             let mut decoder = tok.stream_decoder(true);
             let mut text = String::new();
             let mut failed = None;
@@ -868,14 +880,18 @@ impl WebModel {
                             let go_on =
                                 on_token.as_ref().map_or(Ok(JsValue::TRUE), |f| f.call1(&JsValue::NULL, &piece.into()));
                             stopped = go_on.is_ok_and(|v| v == JsValue::FALSE);
-                            !stopped
                         }
-                        Ok(None) => true,
+                        Ok(None) => {}
                         Err(e) => {
                             failed = Some(e);
-                            false
+                            return false;
                         }
                     }
+                    match stop.push(id) {
+                        Ok(hit) => stop_string = hit,
+                        Err(e) => failed = Some(e),
+                    }
+                    !stopped && !stop_string && failed.is_none()
                 })
                 .await
                 .map_err(err)?;
@@ -892,6 +908,7 @@ impl WebModel {
             text.push_str(&tail);
             let stop_reason = match out.last() {
                 _ if stopped => "stopped",
+                _ if stop_string => "stopString",
                 Some(id) if config.eos_token_ids.contains(id) => "eos",
                 _ => "maxTokens",
             };

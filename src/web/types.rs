@@ -44,6 +44,12 @@ export interface ModelInfo {
   generation: {
     doSample: boolean; temperature: number; topK: number; topP: number; minP: number; repetitionPenalty: number;
     noRepeatNgramSize: number; minNewTokens: number; minLength: number;
+    /** Generation ends after the token that completes one of these (none: []). */
+    stopStrings: string[];
+    /** Token sequences never generated, tokens banned at every step and at the first new token (none: []). */
+    badWordsIds: number[][]; suppressTokens: number[]; beginSuppressTokens: number[];
+    /** Settings the file gives that transformers would act on and webpeft does not ("num_beams 4"); none: []. */
+    unsupported: string[];
     /** Where the file gives them: new tokens, or the length of prompt and answer together (transformers' order). */
     maxNewTokens?: number; maxLength?: number;
   };
@@ -131,6 +137,14 @@ export interface GenerateOptions {
   noRepeatNgramSize?: number;
   /** The eos may not end the answer before this many new tokens. */
   minNewTokens?: number;
+  /** Generation ends after the token that completes one of these texts (kept in the text), as transformers'
+   * `stop_strings`: one that ends inside the newest token, its start anywhere before. [] = none. */
+  stopStrings?: string | string[];
+  /** transformers' `bad_words_ids`: no answer holds one of these token sequences (the last token of one is banned
+   * where the others end the text; a one-token word everywhere). [] = none. */
+  badWordsIds?: number[][];
+  /** transformers' `suppress_tokens`: tokens never generated. [] = none. */
+  suppressTokens?: number[];
   /** The adapter to run with; null = the base model; absent = the active adapter. */
   adapter?: string | null;
   /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
@@ -141,9 +155,9 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 /** Why a generation ended: an end-of-sequence token (config.json's, generation_config.json's or the
- * tokenizer's eos, which for chat templates is usually the end of the turn), `maxNewTokens` (or the
- * model's context) reached, or stopped by `signal` or `onToken`. */
-export type StopReason = "eos" | "maxTokens" | "stopped";
+ * tokenizer's eos, which for chat templates is usually the end of the turn), a stop string completed,
+ * `maxNewTokens` (or the model's context) reached, or stopped by `signal` or `onToken`. */
+export type StopReason = "eos" | "stopString" | "maxTokens" | "stopped";
 /** `tokenIds`: the generated tokens (an ending eos included); `promptTokens`: the prompt's length in tokens
  * (for a conversation, the whole rendered chat). */
 export interface GenerateResult { text: string; tokenIds: number[]; promptTokens: number; stopReason: StopReason; seconds: number; }
@@ -193,9 +207,29 @@ pub struct GenerateOptions {
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
     pub min_new_tokens: Option<usize>,
+    pub stop_strings: Option<OneOrMany>,
+    pub bad_words_ids: Option<Vec<Vec<u32>>>,
+    pub suppress_tokens: Option<Vec<u32>>,
     pub seed: Option<u64>,
     pub greedy: Option<bool>,
     pub chat: Option<bool>,
+}
+
+/// A string, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -261,6 +295,11 @@ pub struct GenerationInfo {
     pub no_repeat_ngram_size: usize,
     pub min_new_tokens: usize,
     pub min_length: usize,
+    pub stop_strings: Vec<String>,
+    pub bad_words_ids: Vec<Vec<u32>>,
+    pub suppress_tokens: Vec<u32>,
+    pub begin_suppress_tokens: Vec<u32>,
+    pub unsupported: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -127,7 +127,11 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
       let pieces = 0;
       const stopped = await model.generate(conversation, { adapter: null, greedy: true, maxNewTokens: 100, signal: stop.signal,
         onToken: () => { if (++pieces === 3) stop.abort(); } });
-      return { full, lastOnly: last.promptTokens, stopped, pieces, penalized };
+      // No repeated 2-grams, and then also a stop text cut from that answer.
+      const ngram = await model.generate(conversation.slice(0, 1), { adapter: null, greedy: true, maxNewTokens: max, noRepeatNgramSize: 2 });
+      const stopAt = ngram.text.slice(3, 6);
+      const ngramStop = await model.generate(conversation.slice(0, 1), { adapter: null, greedy: true, maxNewTokens: max, noRepeatNgramSize: 2, stopStrings: [stopAt] });
+      return { full, lastOnly: last.promptTokens, stopped, pieces, penalized, ngram, stopAt, ngramStop };
     }, { conversation, max: MAX });
     assert.equal(two.left[1].text, expected.full.text, "left = the library's base greedy answer to the whole conversation");
     assert.equal(Number(two.left[1].promptTokens), expected.full.promptTokens);
@@ -146,6 +150,21 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
     assert.equal((await answers(page)).left[0].text, expected.penalized.text, "left = the library's answer with repetitionPenalty 1.5");
     assert.notEqual(expected.penalized.text, two.left[0].text, "the penalty changes the toy's answer");
     await page.fill("#chat-repetition-penalty", "1");
+
+    // The n-gram field (the model's own, 0, after the load) and the stop text go with each turn.
+    assert.equal(await page.inputValue("#chat-ngram"), "0");
+    assert.equal(expected.stopAt.length, 3, JSON.stringify(expected.ngram));
+    assert.equal(expected.ngramStop.stopReason, "stopString");
+    assert.ok(expected.ngram.text.startsWith(expected.ngramStop.text) && expected.ngramStop.text.includes(expected.stopAt), JSON.stringify(expected));
+    await page.click("#chat-clear");
+    await page.fill("#chat-ngram", "2");
+    await page.fill("#chat-stop-at", expected.stopAt);
+    await say(page, USER[0], 1);
+    const cut = (await answers(page)).left[0];
+    assert.equal(cut.text, expected.ngramStop.text, "left = the library's answer with noRepeatNgramSize 2 and the stop text");
+    assert.equal(cut.stopReason, "stopString", JSON.stringify(cut));
+    await page.fill("#chat-ngram", "0");
+    await page.fill("#chat-stop-at", "");
 
     // Stop: a long answer ends early with its text so far; the right column's answer is skipped.
     await page.click("#chat-clear");

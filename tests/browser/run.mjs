@@ -442,7 +442,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // The model's own generation settings: the built-in model's generation_config.json names none, so transformers'
       // defaults (greedy, top-k 50), which generate uses where its options are silent.
       const gen = JSON.stringify(m32.info().generation);
-      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, repetitionPenalty: 1, noRepeatNgramSize: 0, minNewTokens: 0, minLength: 0 })) throw new Error("generation " + gen);
+      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, repetitionPenalty: 1, noRepeatNgramSize: 0, minNewTokens: 0, minLength: 0, stopStrings: [], badWordsIds: [], suppressTokens: [], beginSuppressTokens: [], unsupported: [] })) throw new Error("generation " + gen);
       const want = gpu.info().shaderF16 ? "f16" : "f32";
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
@@ -479,6 +479,23 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [g1, c1] = await both(async (m) => (await m.generate("The robot", { ...hot, maxNewTokens: 6, minP: 1 })).tokenIds.join());
       // no_repeat_ngram_size 1: greedy, and no token twice.
       const [gn, cn] = await both(async (m) => (await m.generate("The robot", { maxNewTokens: 8, adapter: "k", noRepeatNgramSize: 1 })).tokenIds.join());
+      // stopStrings: generation ends after the token that completes one (kept in the text); an empty one is refused.
+      const full = await mc.generate("The robot", { maxNewTokens: 6, adapter: null });
+      const stop = full.text.slice(1, 4);
+      const cut = await mc.generate("The robot", { maxNewTokens: 6, adapter: null, stopStrings: ["never here", stop] });
+      // badWordsIds and suppressTokens: the greedy answer's second token never follows its first, its first never comes.
+      const ids = full.tokenIds;
+      const banned = await mc.generate("The robot", { maxNewTokens: 6, adapter: null, badWordsIds: [[ids[0], ids[1]]] });
+      const suppressed = await mc.generate("The robot", { maxNewTokens: 6, adapter: null, suppressTokens: [ids[0]] });
+      if (banned.tokenIds[0] !== ids[0] || banned.tokenIds[1] === ids[1] || suppressed.tokenIds.includes(ids[0])) {
+        throw new Error("bad words: " + JSON.stringify([ids, banned.tokenIds, suppressed.tokenIds]));
+      }
+      let refusedStop = "";
+      try { await mc.generate("The robot", { maxNewTokens: 2, stopStrings: "" }); } catch (err) { refusedStop = err.message; }
+      if (stop.length !== 3 || cut.stopReason !== "stopString" || !cut.text.includes(stop) || !full.text.startsWith(cut.text) ||
+          !full.tokenIds.join().startsWith(cut.tokenIds.join()) || !(cut.tokenIds.length < 6) || !refusedStop.includes("empty")) {
+        throw new Error("stop strings: " + JSON.stringify([full.text, stop, cut, refusedStop]));
+      }
       if (!(Math.abs(eg - ec) < 1e-4 && Math.abs(tg - tc) < 1e-4) || gg !== gc || ga !== ca || gs !== cs || gr !== cr || gq !== cq ||
           gm !== cm || g1 !== ga || c1 !== ca || gn !== cn || new Set(gn.split(",")).size !== gn.split(",").length) {
         throw new Error("gpu kernels: loss " + eg + " vs " + ec + ", trained " + tg + " vs " + tc + ", tokens " + gg + " vs " + gc +

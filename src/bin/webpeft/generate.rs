@@ -6,6 +6,7 @@ use std::path::Path;
 use webpeft::model::config::Config;
 use webpeft::model::llama::{GenerationChoices, GenerationConfig};
 use webpeft::model::source::DirFiles;
+use webpeft::model::stop_strings::StopStrings;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::quant::{ComputeDtype, QuantFormat};
@@ -13,12 +14,20 @@ use webpeft::train::chat::{ChatTemplate, Message};
 
 use crate::{cli_gpu, load_adapter, load_model};
 
+/// The command line's generation settings.
+pub struct Settings {
+    pub max_new_tokens: Option<usize>,
+    pub choices: GenerationChoices,
+    pub stop_strings: Vec<String>,
+    pub bad_words: Vec<String>,
+}
+
 pub async fn generate(
     dir: &std::path::Path,
     base: (QuantFormat, ComputeDtype),
     prompt: &str,
     chat: bool,
-    (max_new_tokens, choices): (Option<usize>, GenerationChoices),
+    Settings { max_new_tokens, mut choices, stop_strings, bad_words }: Settings,
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
@@ -42,6 +51,19 @@ pub async fn generate(
     };
     // The model's own settings (generation_config.json), then the command line's.
     let defaults = Config::generation_defaults(&files).await?;
+    if !defaults.unsupported.is_empty() {
+        eprintln!(
+            "note: generation_config.json sets {}, which webpeft does not apply (transformers would)",
+            defaults.unsupported.join(", ")
+        );
+    }
+    if !bad_words.is_empty() {
+        let words = bad_words.iter().map(|w| tokenizer.encode(w, false)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = words.iter().position(Vec::is_empty) {
+            return Err(format!("--bad-word {:?} has no tokens", bad_words[i]).into());
+        }
+        choices.bad_words_ids = Some(words);
+    }
     // The command line's length as given (too long: a typed error); the model's up to where its context ends.
     let hooks = hooks_of(adapter.as_ref());
     let context =
@@ -51,21 +73,28 @@ pub async fn generate(
     // Stop at config.json's, the tokenizer's and generation_config.json's eos ids (a chat model's end of turn).
     config.eos_token_ids.extend(&model.config.eos_token_ids);
     config.eos_token_ids.extend(tokenizer.eos_ids());
+    // The command line's stop strings, else the model's.
+    let stop_strings = if stop_strings.is_empty() { defaults.stop_strings.clone() } else { stop_strings };
+    let mut stop = StopStrings::new(&tokenizer, &stop_strings, &ids)?;
     let mut decoder = tokenizer.stream_decoder(true);
     let mut stdout = std::io::stdout();
     let mut failed = None;
     let start = std::time::Instant::now();
     let out = model
-        .generate_adapted(&gpu, &ids, &config, hooks, |id| match decoder.step(id) {
-            Ok(Some(piece)) => {
-                let _ = write!(stdout, "{piece}");
-                let _ = stdout.flush();
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                failed = Some(e);
-                false
+        .generate_adapted(&gpu, &ids, &config, hooks, |id| {
+            let stopped = decoder.step(id).and_then(|piece| {
+                if let Some(piece) = piece {
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+                stop.push(id)
+            });
+            match stopped {
+                Ok(stopped) => !stopped,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
             }
         })
         .await?;

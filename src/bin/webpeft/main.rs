@@ -87,6 +87,15 @@ enum Command {
         /// min_length less the prompt]
         #[arg(long)]
         min_new_tokens: Option<usize>,
+        /// Stop after the token that completes this text, as transformers' stop_strings (repeat
+        /// for several; the text keeps it) [default: the model's stop_strings]
+        #[arg(long = "stop", value_name = "TEXT")]
+        stop_strings: Vec<String>,
+        /// Never generate this text's tokens in a row (its tokenization without special tokens, as
+        /// transformers' bad_words_ids; a word inside a sentence usually starts with a space; repeat
+        /// for several) [default: the model's bad_words_ids]
+        #[arg(long = "bad-word", value_name = "TEXT")]
+        bad_words: Vec<String>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// An adapter folder to apply (PEFT LoRA or AdapterHub bottleneck).
@@ -219,6 +228,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             repetition_penalty,
             no_repeat_ngram_size,
             min_new_tokens,
+            stop_strings,
+            bad_words,
             seed,
             adapter,
             chat,
@@ -234,8 +245,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 no_repeat_ngram_size,
                 min_new_tokens,
                 seed: Some(seed),
+                ..Default::default()
             };
-            let settings = (max_new_tokens, choices);
+            let settings = generate::Settings { max_new_tokens, choices, stop_strings, bad_words };
             generate::generate(&model, (quant, compute_dtype), &prompt, chat, settings, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,

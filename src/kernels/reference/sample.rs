@@ -87,6 +87,25 @@ pub fn repetition_penalty(logits: &[f32], ids: &[u32], penalty: f32) -> Vec<f32>
     out
 }
 
+/// transformers' `NoBadWordsLogitsProcessor` (a `SequenceBiasLogitsProcessor`
+/// of −∞) on one row: the one-token words always get the logit −∞; a longer
+/// word, unless it is longer than `ids`, bans its last token where its other
+/// tokens are the last of `ids`. (transformers drops a word that is just an
+/// eos before this; so do its callers.)
+pub fn bad_words(logits: &[f32], ids: &[u32], words: &[Vec<u32>]) -> Vec<f32> {
+    let mut bias = vec![0.0f32; logits.len()];
+    for w in words.iter().filter(|w| w.len() == 1) {
+        bias[w[0] as usize] = f32::NEG_INFINITY;
+    }
+    for w in words.iter().filter(|w| w.len() > 1 && w.len() <= ids.len()) {
+        let (last, prefix) = w.split_last().unwrap();
+        if ids[ids.len() - prefix.len()..] == *prefix {
+            bias[*last as usize] += f32::NEG_INFINITY;
+        }
+    }
+    logits.iter().zip(&bias).map(|(l, b)| l + b).collect()
+}
+
 /// transformers' `NoRepeatNGramLogitsProcessor` on one row: the n-grams of
 /// `ids` (each `ngram` consecutive tokens) grouped by their first n − 1
 /// tokens, and the last tokens of those whose first n − 1 are the last n − 1

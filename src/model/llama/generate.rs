@@ -27,7 +27,7 @@
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::sample::{ban_seen_ngrams, no_token, penalize_seen, sample};
+use super::sample::{ban_bad_words, ban_seen_ngrams, no_token, penalize_seen, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
@@ -38,7 +38,8 @@ use crate::kernels::qmatmul::{qlinear, qlinear_gated};
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
 use crate::kernels::sample::{
-    ban_repeated_ngrams, ban_tokens, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling, DECIDED,
+    ban_repeated_ngrams, ban_tokens, ban_words, repetition_penalty, sample_rows, seen_tokens, seen_words, Sampling,
+    WordTable, DECIDED,
 };
 use crate::kernels::swiglu::swiglu_forward;
 use crate::model::config::GenerationDefaults;
@@ -351,6 +352,13 @@ impl Model {
                 ),
             ));
         }
+        let vocab = self.config.vocab_size;
+        for (i, w) in config.bad_words_ids.iter().enumerate() {
+            if let Some(t) = w.iter().find(|&&t| t as usize >= vocab) {
+                let detail = format!("bad_words_ids[{i}] holds token {t}, past the vocabulary ({vocab} tokens)");
+                return Err(Error::invalid(OP, detail));
+            }
+        }
         if config.max_new_tokens == 0 {
             return Ok(Vec::new());
         }
@@ -394,11 +402,23 @@ impl Model {
             }
             false => None,
         };
-        // With no_repeat_ngram_size, the sequence's tokens on the GPU: the
-        // prompt's now, each picked token appended as the next step starts.
-        let history = match config.no_repeat_ngram_size {
-            0 => None,
-            _ => {
+        // The bad words and suppressed tokens: words of one token each
+        // banned by one launch a step; any longer one, all by the word launch.
+        let words = banned_words(config);
+        let multi = words.iter().any(|w| w.len() > 1);
+        let singles = match multi || words.is_empty() {
+            true => None,
+            false => Some(Tensor::from_slice(gpu, &[1, words.len()], &words.concat())?),
+        };
+        let table = multi.then(|| WordTable::new(gpu, &words)).transpose()?;
+        let begin = &config.begin_suppress_tokens;
+        let begin = (!begin.is_empty()).then(|| Tensor::from_slice(gpu, &[1, begin.len()], begin)).transpose()?;
+        // With no_repeat_ngram_size or a word of several tokens, the
+        // sequence's tokens on the GPU: the prompt's now, each picked token
+        // appended as the next step starts.
+        let history = match config.no_repeat_ngram_size == 0 && !multi {
+            true => None,
+            false => {
                 let mut h = prompt_ids.to_vec();
                 h.resize(prompt_ids.len() + config.max_new_tokens, 0);
                 Some(Tensor::from_slice(gpu, &[1, h.len()], &h)?)
@@ -421,8 +441,20 @@ impl Model {
                 repetition_penalty(&mut rec, &logits, seen, last, config.repetition_penalty)?;
             }
             if let Some(history) = &history {
+                // Each launch appends the last token alike (the same value in the same place).
                 let (last, len) = ((draw > 0).then_some(ids), prompt_ids.len() + draw);
-                ban_repeated_ngrams(&mut rec, &logits, history, last, (len, config.no_repeat_ngram_size))?;
+                if config.no_repeat_ngram_size > 0 {
+                    ban_repeated_ngrams(&mut rec, &logits, history, last, (len, config.no_repeat_ngram_size))?;
+                }
+                if let Some(table) = &table {
+                    ban_words(&mut rec, &logits, table, history, last, len)?;
+                }
+            }
+            if let Some(singles) = &singles {
+                ban_tokens(&mut rec, &logits, singles)?;
+            }
+            if let Some(begin) = begin.as_ref().filter(|_| draw == 0) {
+                ban_tokens(&mut rec, &logits, begin)?;
             }
             if let Some(eos) = eos.as_ref().filter(|_| draw < min_new_tokens(config, prompt_ids.len())) {
                 ban_tokens(&mut rec, &logits, eos)?;
@@ -490,14 +522,23 @@ impl Model {
             true => Some(seen_tokens(&[prompt_ids], self.config.vocab_size)?),
             false => None,
         };
-        // With no_repeat_ngram_size, the sequence so far.
+        // With no_repeat_ngram_size or bad words, the sequence so far.
         let mut sequence = prompt_ids.to_vec();
+        let words = banned_words(config);
         loop {
             let mut row: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
             if let Some(seen) = &seen {
                 penalize_seen(&mut row, seen, config.repetition_penalty);
             }
             ban_seen_ngrams(&mut row, &sequence, config.no_repeat_ngram_size);
+            ban_bad_words(&mut row, &sequence, &words);
+            if out.is_empty() {
+                ban_bad_words(
+                    &mut row,
+                    &sequence,
+                    &config.begin_suppress_tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>(),
+                );
+            }
             if out.len() < min_new_tokens(config, prompt_ids.len()) {
                 for &id in &config.eos_token_ids {
                     if let Some(l) = row.get_mut(id as usize) {
@@ -519,6 +560,15 @@ impl Model {
             autotune_after(gpu, out.len()).await;
         }
     }
+}
+
+/// The words banned before each pick: `bad_words_ids` less the words that
+/// are just an eos id (transformers drops them), then `suppress_tokens` as
+/// words of one token.
+fn banned_words(config: &GenerationConfig) -> Vec<Vec<u32>> {
+    let eos_alone = |w: &&Vec<u32>| w.len() == 1 && config.eos_token_ids.contains(&w[0]);
+    let bad = config.bad_words_ids.iter().filter(|w| !eos_alone(w)).cloned();
+    bad.chain(config.suppress_tokens.iter().map(|&t| vec![t])).collect()
 }
 
 /// The new tokens before which the eos ids are banned: `min_new_tokens`, or
@@ -562,6 +612,8 @@ pub struct GenerationChoices {
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
     pub min_new_tokens: Option<usize>,
+    pub bad_words_ids: Option<Vec<Vec<u32>>>,
+    pub suppress_tokens: Option<Vec<u32>>,
     pub seed: Option<u64>,
 }
 
@@ -600,6 +652,15 @@ pub struct GenerationConfig {
     /// this many new tokens, or the sequence this many tokens.
     pub min_new_tokens: usize,
     pub min_length: usize,
+    /// transformers' `bad_words_ids`, greedy or sampled: before the pick, a
+    /// word whose tokens but the last are the sequence's last bans its last
+    /// token (logit −∞); a one-token word is banned always, except one that
+    /// is just an eos id (transformers drops those, so the eos still stops).
+    pub bad_words_ids: Vec<Vec<u32>>,
+    /// transformers' `suppress_tokens`: banned before every pick.
+    pub suppress_tokens: Vec<u32>,
+    /// transformers' `begin_suppress_tokens`: banned before the first new token's pick.
+    pub begin_suppress_tokens: Vec<u32>,
 }
 
 impl Default for GenerationConfig {
@@ -617,6 +678,9 @@ impl Default for GenerationConfig {
             no_repeat_ngram_size: 0,
             min_new_tokens: 0,
             min_length: 0,
+            bad_words_ids: Vec::new(),
+            suppress_tokens: Vec::new(),
+            begin_suppress_tokens: Vec::new(),
         }
     }
 }
@@ -650,6 +714,9 @@ impl GenerationConfig {
             no_repeat_ngram_size: d.no_repeat_ngram_size,
             min_new_tokens: d.min_new_tokens,
             min_length: d.min_length,
+            bad_words_ids: d.bad_words_ids.clone(),
+            suppress_tokens: d.suppress_tokens.clone(),
+            begin_suppress_tokens: d.begin_suppress_tokens.clone(),
         }
     }
 
@@ -668,15 +735,26 @@ impl GenerationConfig {
         self.repetition_penalty = c.repetition_penalty.unwrap_or(self.repetition_penalty);
         self.no_repeat_ngram_size = c.no_repeat_ngram_size.unwrap_or(self.no_repeat_ngram_size);
         self.min_new_tokens = c.min_new_tokens.unwrap_or(self.min_new_tokens);
+        if let Some(words) = &c.bad_words_ids {
+            self.bad_words_ids = words.clone();
+        }
+        if let Some(ids) = &c.suppress_tokens {
+            self.suppress_tokens = ids.clone();
+        }
         self.seed = c.seed.unwrap_or(self.seed);
         self
     }
 
-    /// Checks the repetition penalty, and temperature, top_p and min_p when sampling.
+    /// Checks the repetition penalty, the bad words (none empty), and
+    /// temperature, top_p and min_p when sampling.
     pub fn validate(&self) -> Result<()> {
         let penalty = self.repetition_penalty;
         if !(penalty.is_finite() && penalty > 0.0) {
             let detail = format!("repetition_penalty must be finite and > 0, got {penalty}");
+            return Err(Error::invalid("GenerationConfig", detail));
+        }
+        if let Some(i) = self.bad_words_ids.iter().position(Vec::is_empty) {
+            let detail = format!("bad_words_ids[{i}] is empty: each word needs at least one token");
             return Err(Error::invalid("GenerationConfig", detail));
         }
         match self.greedy {

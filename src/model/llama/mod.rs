@@ -33,7 +33,7 @@ pub use generate::{GenerationChoices, GenerationConfig, KvCache};
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
 pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
-pub use sample::{argmax, ban_seen_ngrams, penalize_seen, sample};
+pub use sample::{argmax, ban_bad_words, ban_seen_ngrams, penalize_seen, sample};
 
 use self::rope::RopeCache;
 use self::weights::Loader;

@@ -68,6 +68,21 @@ pub fn ban_seen_ngrams(logits: &mut [f32], ids: &[u32], ngram: usize) {
     }
 }
 
+/// transformers' `bad_words_ids` on one row of logits (V), in place: a word
+/// whose tokens but the last are the last of `ids` (the sequence so far;
+/// a one-token word always) bans its last token (logit −∞), as the GPU's
+/// `ban_words` does; a word longer than `ids` bans nothing.
+pub fn ban_bad_words(logits: &mut [f32], ids: &[u32], words: &[Vec<u32>]) {
+    for w in words {
+        let Some((&last, prefix)) = w.split_last() else { continue };
+        if w.len() <= ids.len() && ids.ends_with(prefix) {
+            if let Some(l) = logits.get_mut(last as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// A row of logits with no token to pick, on the CPU or on the GPU.
 pub(crate) fn no_token() -> Error {
     Error::invalid("sample", "the logits row is empty or all NaN")
