@@ -153,7 +153,9 @@ function onMessage(e) {
       state.loaded = true;
       $("load-status").textContent = `loaded: ${m.info.modelType}, ${(m.info.parameters / 1e6).toFixed(2)}M parameters, ` +
         `${m.info.quant} base (${mib(m.info.weightBytes)}, ${m.info.computeDtype} compute) in ${m.seconds.toFixed(2)} s` +
-        (state.loadNotes.length ? `; ${state.loadNotes.length} weights kept in another format (${state.loadNotes[0]})` : "");
+        (state.loadNotes.length ? `; ${state.loadNotes.length} weights kept in another format (${state.loadNotes[0]})` : "") +
+        (m.info.generation.unsupported.length ? `; its generation_config.json also sets ${m.info.generation.unsupported.join(", ")}, ` +
+          "which generation here does not apply (transformers would)" : "");
       $("load-progress").value = $("load-progress").max;
       document.body.dataset.loadSeconds = m.seconds;
       document.body.dataset.model = "loaded";
