@@ -15,7 +15,7 @@ use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
 
-const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
+const MODELS: [&str; 4] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny"];
 
 fn load(gpu: &Gpu, model: &str) -> Model {
     let files = DirFiles::new(fixture(model)).unwrap();

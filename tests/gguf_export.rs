@@ -136,28 +136,47 @@ fn models_match_convert_hf_to_gguf() {
     let cases = reference["cases"].as_object().unwrap();
     let mut checked = 0;
     for (name, case) in cases.iter().filter(|(_, c)| c.get("pre").is_some()) {
-        let model = case["model"].as_str().unwrap();
-        let files = DirFiles::new(fixtures().join(model)).unwrap();
-        let adapter =
-            name.contains("lora_merged").then(|| DirFiles::new(fixtures().join("lora/final_adapter")).unwrap());
-        let tokenizer = pollster::block_on(Tokenizer::load(&files)).unwrap();
-        assert_eq!(
-            pollster::block_on(async { pre_tokenizer_hash(&tokenizer) }).unwrap(),
-            case["chkhsh"].as_str().unwrap(),
-            "{name}: chkhsh"
-        );
-        let opts = GgufOptions {
-            ty: ty(case),
-            name: model.to_string(),
-            tokenizer_pre: Some(case["pre"].as_str().unwrap().to_string()),
-        };
-        let mut out = Vec::new();
-        let len = pollster::block_on(export_model(&files, adapter.as_ref(), &opts, &mut out)).unwrap();
-        assert_eq!(len as usize, out.len());
-        compare(name, &out, case);
+        check_model_case(name, case);
         checked += 1;
     }
     assert_eq!(checked, 7);
+}
+
+/// Qwen3 (arch qwen3: attn_q_norm and attn_k_norm beside qwen2's tensors),
+/// against `make_fixtures.py qwen3`'s run of the same converter.
+#[test]
+fn qwen3_matches_convert_hf_to_gguf() {
+    let reference: Json = serde_json::from_slice(&std::fs::read(fixtures().join("qwen3/gguf.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 2);
+    for (name, case) in cases {
+        let names: Vec<&str> = case["tensors"].as_array().unwrap().iter().map(|t| t[0].as_str().unwrap()).collect();
+        assert!(names.contains(&"blk.1.attn_k_norm.weight"), "{name}: {names:?}");
+        check_model_case(name, case);
+    }
+}
+
+/// webpeft's export of a case's model (with lora/final_adapter merged for
+/// the lora_merged cases) is the converter's file, byte for byte.
+fn check_model_case(name: &str, case: &Json) {
+    let model = case["model"].as_str().unwrap();
+    let files = DirFiles::new(fixtures().join(model)).unwrap();
+    let adapter = name.contains("lora_merged").then(|| DirFiles::new(fixtures().join("lora/final_adapter")).unwrap());
+    let tokenizer = pollster::block_on(Tokenizer::load(&files)).unwrap();
+    assert_eq!(
+        pollster::block_on(async { pre_tokenizer_hash(&tokenizer) }).unwrap(),
+        case["chkhsh"].as_str().unwrap(),
+        "{name}: chkhsh"
+    );
+    let opts = GgufOptions {
+        ty: ty(case),
+        name: model.to_string(),
+        tokenizer_pre: Some(case["pre"].as_str().unwrap().to_string()),
+    };
+    let mut out = Vec::new();
+    let len = pollster::block_on(export_model(&files, adapter.as_ref(), &opts, &mut out)).unwrap();
+    assert_eq!(len as usize, out.len());
+    compare(name, &out, case);
 }
 
 /// What llama.cpp itself computed from the merged files when the fixtures

@@ -28,16 +28,27 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load(gpu: &Gpu, format: QuantFormat) -> (Model, LoraAdapter) {
-    let model = block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), format)).unwrap();
-    let files = DirFiles::new(fixture("lora/initial_adapter")).unwrap();
+    load_pair(gpu, format, "llama_gqa", "lora/initial_adapter")
+}
+
+fn load_pair(gpu: &Gpu, format: QuantFormat, model: &str, adapter: &str) -> (Model, LoraAdapter) {
+    let model = block_on(Model::load(gpu, &DirFiles::new(fixture(model)).unwrap(), format)).unwrap();
+    let files = DirFiles::new(fixture(adapter)).unwrap();
     let lora = block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap();
     (model, lora)
 }
 
+/// On llama_gqa, and on Qwen3 (whose export must carry q_norm and k_norm).
 #[test]
 fn merged_logits_equal_adapted_ones_and_unmerge_restores_the_base() {
     let gpu = gpu();
-    let (mut model, lora) = load(gpu, QuantFormat::F32);
+    for (name, adapter) in [("llama_gqa", "lora/initial_adapter"), ("qwen3_tiny", "qwen3/lora/initial_adapter")] {
+        merge_export_unmerge(gpu, name, adapter);
+    }
+}
+
+fn merge_export_unmerge(gpu: &Gpu, name: &str, adapter_dir: &str) {
+    let (mut model, lora) = load_pair(gpu, QuantFormat::F32, name, adapter_dir);
     let adapter = Adapter::Lora(lora.clone());
     let base = logits(gpu, &model, None);
     let adapted = logits(gpu, &model, Some(&adapter));
@@ -51,7 +62,7 @@ fn merged_logits_equal_adapted_ones_and_unmerge_restores_the_base() {
     // The exported merged checkpoint loads as a plain model with the same logits.
     let bytes = block_on(export_safetensors(gpu, &model)).unwrap();
     let mut files = MemoryFiles::new();
-    files.insert("config.json", std::fs::read(fixture("llama_gqa/config.json")).unwrap());
+    files.insert("config.json", std::fs::read(fixture(&format!("{name}/config.json"))).unwrap());
     files.insert("model.safetensors", bytes);
     let exported = block_on(Model::load(gpu, &files, QuantFormat::F32)).unwrap();
     assert_eq!(logits(gpu, &exported, None), merged);

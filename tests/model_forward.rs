@@ -94,6 +94,13 @@ fn qwen2_tied_bf16_with_biases() {
     check_f32("qwen2_tied");
 }
 
+/// Qwen3: q_norm and k_norm on each head before RoPE, head_dim 32 (≠ 64/4),
+/// tied embeddings, no biases.
+#[test]
+fn qwen3_tiny_with_q_and_k_norms() {
+    check_f32("qwen3_tiny");
+}
+
 #[test]
 fn mistral_f16_one_kv_head() {
     check_f32("mistral_f16");

@@ -13,7 +13,7 @@ use webpeft::model::llama::rope::rope_inv_freq;
 use webpeft::model::{ByteSource, Checkpoint, Config, DirFiles, MemoryFiles, MemorySource, ModelType, SafetensorsFile};
 use webpeft::Error;
 
-const MODELS: [&str; 3] = ["llama_gqa", "qwen2_tied", "mistral_f16"];
+const MODELS: [&str; 4] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny"];
 
 fn dir(model: &str) -> DirFiles {
     DirFiles::new(fixture(model)).unwrap()
@@ -321,6 +321,30 @@ fn config_sliding_window() {
     assert_config_error(Config::from_value(&q), "sliding_window", "16 tokens");
     q["layer_types"] = json!(["full_attention"]);
     assert_config_error(Config::from_value(&q), "layer_types", "1 entries for 2 layers");
+}
+
+/// Qwen3 as transformers' Qwen3Config builds it: head_dim 128 where the file
+/// gives none, every projection's bias from attention_bias, q_norm and k_norm
+/// (hd) in each layer, and the sliding window as Qwen2's.
+#[test]
+fn config_qwen3_defaults() {
+    let mut q = config_json("qwen3_tiny");
+    let c = Config::from_value(&q).unwrap();
+    assert_eq!((c.model_type.name(), c.head_dim, c.qk_norm, c.qkv_bias, c.o_bias), ("qwen3", 32, true, false, false));
+    for norm in ["q_norm", "k_norm"] {
+        let name = format!("model.layers.1.self_attn.{norm}.weight");
+        assert!(c.tensor_names().iter().any(|t| t.name == name && t.shape == [32]), "{name}");
+    }
+    q.as_object_mut().unwrap().remove("head_dim");
+    q["attention_bias"] = json!(true);
+    let c = Config::from_value(&q).unwrap();
+    assert_eq!((c.head_dim, c.qkv_bias, c.o_bias), (128, true, true));
+    q["use_sliding_window"] = json!(true);
+    q["sliding_window"] = json!(16);
+    q["layer_types"] = json!(["full_attention", "sliding_attention"]);
+    assert_config_error(Config::from_value(&q), "sliding_window", "16 tokens");
+    let llama = Config::from_value(&config_json("llama_gqa")).unwrap();
+    assert!(!llama.qk_norm && !llama.tensor_names().iter().any(|t| t.name.contains("q_norm")));
 }
 
 // ---------------------------------------------------------------------------

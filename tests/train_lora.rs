@@ -167,3 +167,23 @@ fn loraplus_matches_peft_create_loraplus_optimizer() {
     let last = last.last().unwrap();
     assert!((last - fx.f32("losses")[9]).abs() > 1e-2, "LoRA+ changed nothing: {last}");
 }
+
+/// Qwen3 (q_norm and k_norm before RoPE, `make_fixtures.py qwen3`): logits
+/// with PEFT's LoRA on all seven projections, the loss and every gradient
+/// (through the norms' backward; with and without gradient checkpointing),
+/// 10 AdamW steps, and PEFT's greedy tokens through the adapter, with the KV
+/// cache giving the full forward's logits.
+#[test]
+fn qwen3_lora_matches_peft() {
+    let gpu = gpu();
+    let model = common::fixture_model(gpu, "qwen3_tiny");
+    assert!(model.config.qk_norm && model.layers.iter().all(|l| l.self_attn.q_norm.is_some()));
+    let fx = Fixture::open("qwen3/lora/reference.safetensors");
+    let initial = || adapter(gpu, &model, "qwen3/lora/initial_adapter");
+    let t = fx.shape("input_ids")[1];
+    let ids: Vec<Vec<u32>> = fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
+    let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&initial()), &ids), &fx.f32("logits"));
+    assert!(d <= 1e-4, "logits max |diff| {d:e}");
+    common::check_peft_training(gpu, &model, &initial, &fx, &|ad| common::adapter_values(gpu, ad));
+    common::check_greedy_and_cache(gpu, &model, &initial(), &fx, 0);
+}

@@ -96,6 +96,7 @@ fn plan_matches_the_measured_peak() {
         check(gpu, (1000, 128, 352, 2), (2, 48), false);
         check(gpu, (512, 96, 256, 4), (2, 64), true);
     }
+    check_qwen3(gpu());
 }
 
 #[test]
@@ -118,4 +119,42 @@ fn activations_over_the_binding_limit_do_not_fit_and_logits_are_chunked() {
     let big = plan_memory(&config, &PlanInput { batch: 8, seq: 2048, ..input }, 128 << 20);
     assert!(!big.fits, "(16384, 8192) f32 MLP activations are 512 MiB: {big:?}");
     assert!(big.largest_buffer_bytes > big.binding_limit_bytes);
+}
+
+/// Qwen3 (q_norm and k_norm keep q and k before them for the backward): the
+/// plan of LoRA on all seven projections against the measured peak, with and
+/// without checkpointing.
+fn check_qwen3(gpu: &Gpu) {
+    let json = llama_config(384, 64, 128, 2, 4, 2)
+        .replace("\"model_type\":\"llama\"", "\"model_type\":\"qwen3\",\"head_dim\":32")
+        .replace("LlamaForCausalLM", "Qwen3ForCausalLM");
+    let config = Config::from_json(json.as_bytes()).unwrap();
+    assert!(config.qk_norm && config.head_dim == 32);
+    let files = random_model_files(&json, 5).unwrap();
+    let all: Vec<String> = webpeft::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect();
+    for checkpointing in [false, true] {
+        let adapter =
+            PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false, adjusts_base: false };
+        let (quant, kernels) = (QuantFormat::F32, gpu.kernel_family());
+        let input = PlanInput {
+            quant,
+            four_bit: Default::default(),
+            adapter,
+            batch: 4,
+            seq: 32,
+            grad_accum: 1,
+            checkpointing,
+            kernels,
+        };
+        let plan = plan_memory(&config, &input, 128 << 20);
+        let setup = StepSetup { checkpointing, steps: 1, ..StepSetup::new(quant, "lora", 4, 32) };
+        let f = block_on(train_figure(gpu, "plan", &files, &setup)).unwrap();
+        let ratio = plan.total_bytes as f64 / f.peak_gpu_bytes as f64;
+        eprintln!(
+            "qwen3 lora ckpt {checkpointing}: planned {} B, measured {} B: {ratio:.3}",
+            plan.total_bytes, f.peak_gpu_bytes
+        );
+        assert_eq!(plan.weight_bytes, f.weight_bytes, "weights are counted exactly");
+        assert!((0.9..=1.1).contains(&ratio), "plan off by {ratio}: more than 10%");
+    }
 }

@@ -39,6 +39,10 @@ pub enum ModelType {
     /// Mistral: no biases; sliding-window attention (unsupported unless the
     /// window covers `max_position_embeddings`).
     Mistral,
+    /// Qwen3: Qwen2 without the q/k/v biases (all four projections follow
+    /// `attention_bias`), and `q_norm`/`k_norm`, RMSNorms over each head's
+    /// head_dim values of q and k before RoPE; head_dim 128 by default.
+    Qwen3,
 }
 
 impl ModelType {
@@ -47,6 +51,7 @@ impl ModelType {
             ModelType::Llama => "llama",
             ModelType::Qwen2 => "qwen2",
             ModelType::Mistral => "mistral",
+            ModelType::Qwen3 => "qwen3",
         }
     }
 
@@ -55,9 +60,10 @@ impl ModelType {
             "llama" => Ok(ModelType::Llama),
             "qwen2" => Ok(ModelType::Qwen2),
             "mistral" => Ok(ModelType::Mistral),
+            "qwen3" => Ok(ModelType::Qwen3),
             other => Err(config_error(
                 "model_type",
-                format!("unsupported model_type \"{other}\" (supported: llama, qwen2, mistral)"),
+                format!("unsupported model_type \"{other}\" (supported: llama, qwen2, qwen3, mistral)"),
             )),
         }
     }
@@ -66,7 +72,7 @@ impl ModelType {
     fn default_max_positions(self) -> usize {
         match self {
             ModelType::Llama => 2048,
-            ModelType::Qwen2 => 32768,
+            ModelType::Qwen2 | ModelType::Qwen3 => 32768,
             ModelType::Mistral => 4096 * 32,
         }
     }
@@ -119,8 +125,10 @@ pub struct Config {
     pub tie_word_embeddings: bool,
     /// q/k/v_proj have biases (Qwen2 always; Llama with `attention_bias`).
     pub qkv_bias: bool,
-    /// o_proj has a bias (Llama with `attention_bias`; never Qwen2/Mistral).
+    /// o_proj has a bias (Llama and Qwen3 with `attention_bias`; never Qwen2/Mistral).
     pub o_bias: bool,
+    /// Each attention has `q_norm` and `k_norm` (hd) (Qwen3).
+    pub qk_norm: bool,
     /// On-disk dtype the config declares (`dtype`, or `torch_dtype` before
     /// transformers 4.56): F32, F16 or BF16. Informational: every tensor's
     /// header says its own dtype.
@@ -191,6 +199,7 @@ impl Config {
         };
         let head_dim = match f.opt_usize("head_dim")? {
             Some(n) => positive("head_dim", n)?,
+            None if model_type == ModelType::Qwen3 => 128,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
             None => {
                 return Err(config_error(
@@ -226,6 +235,7 @@ impl Config {
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
+            qk_norm: model_type == ModelType::Qwen3,
             torch_dtype: torch_dtype(&f)?,
             bos_token_id: f.opt_token("bos_token_id")?,
             eos_token_ids: f.tokens("eos_token_id")?,
@@ -330,6 +340,10 @@ impl Config {
             if self.o_bias {
                 t.push(TensorSpec::new(format!("{p}.self_attn.o_proj.bias"), &[d]));
             }
+            if self.qk_norm {
+                t.push(TensorSpec::new(format!("{p}.self_attn.q_norm.weight"), &[self.head_dim]));
+                t.push(TensorSpec::new(format!("{p}.self_attn.k_norm.weight"), &[self.head_dim]));
+            }
             t.push(TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), &[d]));
             t.push(TensorSpec::new(format!("{p}.mlp.gate_proj.weight"), &[i, d]));
             t.push(TensorSpec::new(format!("{p}.mlp.up_proj.weight"), &[i, d]));
@@ -371,6 +385,11 @@ fn biases(model_type: ModelType, f: &Fields) -> Result<(bool, bool)> {
         ModelType::Qwen2 => Ok((true, false)),
         // MistralAttention: no biases at all.
         ModelType::Mistral => Ok((false, false)),
+        // Qwen3Attention: every projection's bias is attention_bias; the MLP has none.
+        ModelType::Qwen3 => {
+            let b = f.opt_bool("attention_bias")?.unwrap_or(false);
+            Ok((b, b))
+        }
     }
 }
 
@@ -434,7 +453,7 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
 /// Rejects a sliding window that can change attention: one shorter than
 /// `max_position_embeddings` on a layer that uses it. transformers: Mistral
 /// slides on every layer (default window 4096 when the key is absent); Qwen2
-/// only when `use_sliding_window`, on layers whose `layer_types` entry is
+/// and Qwen3 only when `use_sliding_window`, on layers whose `layer_types` entry is
 /// "sliding_attention" (by default those from `max_window_layers` on); Llama
 /// never.
 fn check_sliding_window(model_type: ModelType, f: &Fields, max_positions: usize) -> Result<()> {
@@ -448,12 +467,12 @@ fn check_sliding_window(model_type: ModelType, f: &Fields, max_positions: usize)
     let window = match model_type {
         ModelType::Llama => None,
         ModelType::Mistral => window()?,
-        ModelType::Qwen2 if f.opt_bool("use_sliding_window")?.unwrap_or(false) => window()?,
-        ModelType::Qwen2 => None,
+        ModelType::Qwen2 | ModelType::Qwen3 if f.opt_bool("use_sliding_window")?.unwrap_or(false) => window()?,
+        ModelType::Qwen2 | ModelType::Qwen3 => None,
     };
     let sliding_layers = match (model_type, f.get("layer_types")) {
-        (ModelType::Qwen2, Some(types)) => layer_types(f, types)?,
-        (ModelType::Qwen2, None) => {
+        (ModelType::Qwen2 | ModelType::Qwen3, Some(types)) => layer_types(f, types)?,
+        (ModelType::Qwen2 | ModelType::Qwen3, None) => {
             let layers = f.opt_usize("num_hidden_layers")?.unwrap_or(0);
             layers.saturating_sub(f.opt_usize("max_window_layers")?.unwrap_or(28).min(layers))
         }

@@ -212,6 +212,10 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
     // Floats one layer's forward keeps for its backward: x and h, the norms'
     // rstd, roped q and k, v, the attention output and logsumexp, gate and up.
     let mut saved = 2 * m * d + 2 * m + 2 * m * q + 2 * m * kv + heads * m + 2 * m * i;
+    // Qwen3's q_norm and k_norm keep q and k before them and their 1/rms.
+    if config.qk_norm {
+        saved += m * (q + kv) + m * (config.num_attention_heads + config.num_key_value_heads) as u64;
+    }
     // Floats of the transient tensors alive at once in one layer's backward
     // (the pool hands the same buffers to every layer): SwiGLU's three
     // (M, I) gradients, the residual stream's (M, D) gradients, and the

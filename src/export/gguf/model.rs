@@ -37,10 +37,11 @@ pub(crate) fn architecture(config: &Json) -> Result<(&'static str, bool)> {
     match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" => Ok(("llama", true)),
         "Qwen2ForCausalLM" => Ok(("qwen2", false)),
+        "Qwen3ForCausalLM" => Ok(("qwen3", false)),
         _ => Err(unsupported(
             "config.json",
             format!(
-                "architecture {arch:?}: the export knows LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM"
+                "architecture {arch:?}: the export knows LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
             ),
         )),
     }

@@ -1,5 +1,5 @@
 //! llama.cpp's names for Hugging Face Llama-family tensors (gguf-py's
-//! `TensorNameMap` for the `llama` and `qwen2` architectures), the Q/K row
+//! `TensorNameMap` for the `llama`, `qwen2` and `qwen3` architectures), the Q/K row
 //! order its converter uses for `llama`, and the llama3 RoPE factors it
 //! stores as a tensor.
 
@@ -26,6 +26,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",

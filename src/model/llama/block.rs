@@ -207,7 +207,8 @@ impl Linear {
 }
 
 /// `LlamaAttention` (eager): causal softmax attention with grouped-query heads
-/// and rotate-half RoPE on q and k.
+/// and rotate-half RoPE on q and k; `Qwen3Attention` normalizes each head of
+/// q and k first (`q_norm`, `k_norm`).
 #[derive(Clone, Debug)]
 pub struct Attention {
     /// (H·hd, D)
@@ -218,6 +219,9 @@ pub struct Attention {
     pub v_proj: Linear,
     /// (D, H·hd)
     pub o_proj: Linear,
+    /// (hd) each: Qwen3's RMSNorms over each head's values of q and of k, before RoPE.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
     pub num_key_value_heads: usize,
     pub head_dim: usize,
@@ -238,6 +242,9 @@ pub struct AttentionSaved {
     lse: Tensor,
     /// The hooks' state at q, k, v, o.
     hooks: [LinearSaved; 4],
+    /// With q_norm and k_norm: q (B, T, H, hd) and k (B, T, KV, hd) before
+    /// them, and their 1/rms (B·T·H), (B·T·KV).
+    normed: Option<[(Tensor, Tensor); 2]>,
     /// P prefix keys and values before the row's (prefix tuning): then q, k,
     /// v, out and lse span P+T positions, q and out zero-padded in front.
     prefix: usize,
@@ -262,6 +269,7 @@ impl Attention {
         let q = q.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
         let k = k.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let v = v.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let (q, k, normed) = self.qk_norm(rec, q, k)?;
         let p = hooks.hooks.prefix_len(); // the row's positions start after the prefix
         rope_inplace(rec, &q, rope, p, false)?;
         rope_inplace(rec, &k, rope, p, false)?;
@@ -272,7 +280,27 @@ impl Attention {
         };
         let own = if p > 0 { rows::positions(rec, &out.reshape(&[b, p + t, h * hd])?, p, t)? } else { out.clone() };
         let (y, so) = self.o_proj.forward_hooked(rec, &own.reshape(&[b, t, h * hd])?, hooks, Proj::O)?;
-        Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so], prefix: p }))
+        Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so], normed, prefix: p }))
+    }
+
+    /// Qwen3's `q_norm(q)` and `k_norm(k)` for q (B, T, H, hd) and k (B, T,
+    /// KV, hd), with q, k and their 1/rms for the backward; q and k as they
+    /// are without the norms.
+    #[allow(clippy::type_complexity)] // (q, k, what the backward needs): destructured at once.
+    fn qk_norm(
+        &self,
+        rec: &mut Recorder,
+        q: Tensor,
+        k: Tensor,
+    ) -> Result<(Tensor, Tensor, Option<[(Tensor, Tensor); 2]>)> {
+        match (&self.q_norm, &self.k_norm) {
+            (Some(q_norm), Some(k_norm)) => {
+                let (qn, q_rstd) = q_norm.forward_saving(rec, &q)?;
+                let (kn, k_rstd) = k_norm.forward_saving(rec, &k)?;
+                Ok((qn, kn, Some([(q, q_rstd), (k, k_rstd)])))
+            }
+            _ => Ok((q, k, None)),
+        }
     }
 
     /// Prefix tuning: the layer's P prefix keys and values before the row's,
@@ -353,6 +381,12 @@ impl Attention {
         };
         rope_inplace(rec, &dq, rope, p, true)?;
         rope_inplace(rec, &dk, rope, p, true)?;
+        let (dq, dk) = match (&saved.normed, &self.q_norm, &self.k_norm) {
+            (Some([(q, q_rstd), (k, k_rstd)]), Some(q_norm), Some(k_norm)) => {
+                (q_norm.backward(rec, &dq, q, q_rstd)?, k_norm.backward(rec, &dk, k, k_rstd)?)
+            }
+            _ => (dq, dk),
+        };
         let (dq, dk, dv) = (dq.reshape(&[m, h * hd])?, dk.reshape(&[m, kv * hd])?, dv.reshape(&[m, kv * hd])?);
         let dx = rec.alloc(&[m, d], DType::F32)?;
         self.q_proj.backward(rec, &dq, (hooks, Proj::Q, &saved.hooks[0]), &dx, true)?;

@@ -109,6 +109,10 @@ impl Attention {
         let (h, kv, hd) = (self.num_heads, self.num_key_value_heads, self.head_dim);
         let q = self.q_proj.forward_hooked(rec, x, hooks, Proj::Q)?.0.reshape(&[b, t, h, hd])?; // (B, T, H, hd)
         let k = self.k_proj.forward_hooked(rec, x, hooks, Proj::K)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(q_norm), Some(k_norm)) => (q_norm.forward(rec, &q)?, k_norm.forward(rec, &k)?), // Qwen3
+            _ => (q, k),
+        };
         let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?; // q rotated; k, v into the cache
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)

@@ -1,4 +1,4 @@
-//! A Llama-family causal LM (Llama, Qwen2, Mistral, SmolLM) on the GPU:
+//! A Llama-family causal LM (Llama, Qwen2, Qwen3, Mistral, SmolLM) on the GPU:
 //!
 //! ```text
 //! x      = model.embed_tokens[input_ids]                       (B, T, D)
@@ -238,7 +238,9 @@ impl Model {
             .layers
             .iter()
             .map(|l| {
-                let norms = l.input_layernorm.weight.bytes() + l.post_attention_layernorm.weight.bytes();
+                let qk = [&l.self_attn.q_norm, &l.self_attn.k_norm].map(|n| n.as_ref().map_or(0, |n| n.weight.bytes()));
+                let norms =
+                    l.input_layernorm.weight.bytes() + l.post_attention_layernorm.weight.bytes() + qk[0] + qk[1];
                 let linears = l.linears().map(|(_, p)| p.weight.bytes() + p.bias.as_ref().map_or(0, Tensor::bytes));
                 norms + linears.iter().sum::<u64>()
             })

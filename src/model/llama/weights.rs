@@ -178,7 +178,7 @@ impl<S: ByteSource> Loader<'_, S> {
         Ok(Linear { weight, bias })
     }
 
-    /// An RMSNorm's `{prefix}.weight` (D).
+    /// An RMSNorm's `{prefix}.weight` (D, or hd for q_norm and k_norm).
     pub async fn norm(&self, prefix: &str) -> Result<RmsNorm> {
         Ok(RmsNorm { weight: self.tensor(&format!("{prefix}.weight")).await?, eps: self.config.rms_norm_eps as f32 })
     }
@@ -193,6 +193,14 @@ impl<S: ByteSource> Loader<'_, S> {
             k_proj: self.linear(&format!("{p}.self_attn.k_proj"), c.qkv_bias).await?,
             v_proj: self.linear(&format!("{p}.self_attn.v_proj"), c.qkv_bias).await?,
             o_proj: self.linear(&format!("{p}.self_attn.o_proj"), c.o_bias).await?,
+            q_norm: match c.qk_norm {
+                true => Some(self.norm(&format!("{p}.self_attn.q_norm")).await?),
+                false => None,
+            },
+            k_norm: match c.qk_norm {
+                true => Some(self.norm(&format!("{p}.self_attn.k_norm")).await?),
+                false => None,
+            },
             num_heads: c.num_attention_heads,
             num_key_value_heads: c.num_key_value_heads,
             head_dim: c.head_dim,

@@ -209,6 +209,7 @@ pub fn model_class(model_type: ModelType) -> &'static str {
         ModelType::Llama => "LlamaForCausalLM",
         ModelType::Qwen2 => "Qwen2ForCausalLM",
         ModelType::Mistral => "MistralForCausalLM",
+        ModelType::Qwen3 => "Qwen3ForCausalLM",
     }
 }
 

@@ -5,7 +5,7 @@
 //! (IA)³ learns one vector per targeted Linear: a feed-forward module's input
 //! is scaled by it (`x ⊙ l`, l of shape (1, in)), any other module's output
 //! (`(x·Wᵀ + b) ⊙ l`, l of shape (out, 1)). PEFT's defaults for the models
-//! webpeft loads: Llama and Mistral k_proj, v_proj, down_proj; Qwen2 q_proj,
+//! webpeft loads: Llama and Mistral k_proj, v_proj, down_proj; Qwen2 and Qwen3 q_proj,
 //! v_proj, down_proj; down_proj feed-forward.
 
 use serde_json::{json, Value};
@@ -83,7 +83,7 @@ impl Ia3Config {
     /// a model of `model_type`.
     pub fn default_for(model_type: ModelType) -> Ia3Config {
         let targets: &[&str] = match model_type {
-            ModelType::Qwen2 => &["q_proj", "v_proj", "down_proj"],
+            ModelType::Qwen2 | ModelType::Qwen3 => &["q_proj", "v_proj", "down_proj"],
             ModelType::Llama | ModelType::Mistral => &["k_proj", "v_proj", "down_proj"],
         };
         Ia3Config {

@@ -175,6 +175,11 @@ pub async fn export_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> {
         );
         let pn = &l.post_attention_layernorm.weight;
         push(format!("{p}.post_attention_layernorm.weight"), pn.shape().to_vec(), pn.to_vec(gpu).await?);
+        for (name, norm) in [("q_norm", &l.self_attn.q_norm), ("k_norm", &l.self_attn.k_norm)] {
+            if let Some(n) = norm {
+                push(format!("{p}.self_attn.{name}.weight"), n.weight.shape().to_vec(), n.weight.to_vec(gpu).await?);
+            }
+        }
         for (name, lin) in l.linears() {
             let (shape, w) = q(&lin.weight);
             push(format!("{p}.{name}.weight"), shape, w.to_f32(gpu).await?);
