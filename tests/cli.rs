@@ -163,6 +163,25 @@ fn generate_chat_and_generation_config_eos() {
     let answer = String::from_utf8_lossy(&chat.stdout).to_string();
     assert!(generated_tokens(&chat) < 40, "the answer ends at the template's eos: {answer:?}");
     assert!(answer.trim_end().ends_with('.'), "the toy was pretrained on chats answered by one sentence: {answer:?}");
+    // The template's own variables: a variable the toy's template does not read changes nothing; bad ones are refused.
+    let with = |kwargs: &str, chat: bool| {
+        let mut a = vec!["generate", "--model", &toy, "--prompt", "Describe the brave fox.", "--max-new-tokens", "40"];
+        if chat {
+            a.push("--chat");
+        }
+        a.extend(["--chat-template-kwargs", kwargs]);
+        webpeft(&a)
+    };
+    assert_eq!(String::from_utf8_lossy(&with(r#"{"enable_thinking": false}"#, true).stdout), answer);
+    for (kwargs, chat, says) in [
+        (r#"{"enable_thinking": false}"#, false, "add --chat"),
+        ("[1]", true, "not a JSON object"),
+        (r#"{"bos_token": "x"}"#, true, "\"bos_token\" is one the render sets itself"),
+    ] {
+        let out = with(kwargs, chat);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{kwargs}: {err}");
+    }
 
     let dir = TempDir::new("generation-eos");
     for f in std::fs::read_dir(&toy).unwrap() {

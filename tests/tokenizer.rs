@@ -493,3 +493,31 @@ fn empty_stop_strings_are_refused() {
     let mut none = StopStrings::new(&tok, &[], &[1, 2]).unwrap();
     assert!(none.is_empty() && !none.push(3).unwrap());
 }
+
+/// A template's own variables (Qwen3's `enable_thinking`) pass through as `apply_chat_template(…, **kwargs)`
+/// passes them (`make_fixtures.py qwen3`: a template switched by enable_thinking and by one more variable,
+/// rendered by transformers with none, False, True, and False beside the other); the names the render sets
+/// itself are refused.
+#[test]
+fn chat_template_kwargs_render_as_transformers() {
+    use webpeft::train::chat::{ChatTemplate, Message};
+    let v: Value = serde_json::from_slice(&std::fs::read(fixture("qwen3/chat.json")).unwrap()).unwrap();
+    let source = v["template"].as_str().unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 16);
+    for (i, case) in cases.iter().enumerate() {
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        let template = ChatTemplate::new(source, Some("<|begin_of_text|>"), Some("<|end_of_text|>")).unwrap();
+        let template = template.with_kwargs(case["kwargs"].as_object().unwrap()).unwrap();
+        let got = template.render(&messages, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(got, case["rendered"].as_str().unwrap(), "case {i}: {}", case["kwargs"]);
+    }
+    let template = ChatTemplate::new(source, None, None).unwrap();
+    let e = template.with_kwargs(json!({"messages": []}).as_object().unwrap()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("\"messages\""), "{e}");
+}

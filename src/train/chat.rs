@@ -47,6 +47,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Extra variables of every render ([`ChatTemplate::with_kwargs`]).
+    kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for ChatTemplate {
         f.debug_struct("ChatTemplate")
             .field("bos_token", &self.bos_token)
             .field("eos_token", &self.eos_token)
+            .field("kwargs", &self.kwargs)
             .finish_non_exhaustive()
     }
 }
@@ -81,7 +84,23 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
+            kwargs: serde_json::Map::new(),
         })
+    }
+
+    /// The template with extra variables for every render, as
+    /// `apply_chat_template(…, **kwargs)` passes them (Qwen3's
+    /// `enable_thinking`). The names the render sets itself (`messages`,
+    /// `add_generation_prompt`, `bos_token`, `eos_token`) are refused, as
+    /// Python refuses a keyword given twice.
+    pub fn with_kwargs(mut self, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        const OWN: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
+        if let Some(k) = kwargs.keys().find(|k| OWN.contains(&k.as_str())) {
+            let detail = format!("chat template kwarg {k:?} is one the render sets itself ({})", OWN.join(", "));
+            return Err(Error::invalid("apply_chat_template", detail));
+        }
+        self.kwargs = kwargs.clone();
+        Ok(self)
     }
 
     /// The tokenizer's template with its bos and eos tokens; `None` when the
@@ -104,6 +123,7 @@ impl ChatTemplate {
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            ..minijinja::Value::from_serialize(&self.kwargs)
         };
         let out = template.render(ctx).map_err(|e| {
             let detail = match e.detail() {

@@ -827,11 +827,15 @@ impl WebModel {
             let adapter = chosen_adapter(&st, &opts)?;
             let ids = match prompt.as_string() {
                 Some(text) if o.chat.unwrap_or(false) => {
-                    tok.encode(&chat_prompt(tok, &[Message::new("user", text)])?, false).map_err(err)?
+                    let chat = chat_prompt(tok, &[Message::new("user", text)], o.chat_template_kwargs.as_ref())?;
+                    tok.encode(&chat, false).map_err(err)?
                 }
                 Some(text) => tok.encode(&text, true).map_err(err)?,
                 // The template writes the bos itself, as apply_chat_template(tokenize=True).
-                None => tok.encode(&chat_prompt(tok, &messages(&prompt)?)?, false).map_err(err)?,
+                None => {
+                    let chat = chat_prompt(tok, &messages(&prompt)?, o.chat_template_kwargs.as_ref())?;
+                    tok.encode(&chat, false).map_err(err)?
+                }
             };
             // The options, else the model's own settings (generation_config.json).
             let choices = GenerationChoices {
@@ -923,34 +927,48 @@ impl WebModel {
     }
 
     /// The conversation as the model sees it: transformers'
-    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`
-    /// (with `addGenerationPrompt` false, the turns alone, and any last role).
+    /// `apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)`
+    /// (with `addGenerationPrompt` false, the turns alone, and any last role;
+    /// `kwargs`: the template's own variables, such as Qwen3's `enable_thinking`).
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
         #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: Option<bool>,
+        kwargs: Option<Object>,
     ) -> JsResult<String> {
         let st = busy(self.state.try_borrow())?;
         let tok = st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: no chat template"))?;
         let messages = self::messages(&messages)?;
+        let kwargs: Option<serde_json::Map<String, serde_json::Value>> = kwargs
+            .map(|k| serde_wasm_bindgen::from_value(k.into()).map_err(|e| err(format!("kwargs: {e}"))))
+            .transpose()?;
         match add_generation_prompt {
-            Some(false) => template(tok)?.render(&messages, false).map_err(err),
-            _ => chat_prompt(tok, &messages),
+            Some(false) => template(tok, kwargs.as_ref())?.render(&messages, false).map_err(err),
+            _ => chat_prompt(tok, &messages, kwargs.as_ref()),
         }
     }
 }
 
-/// The tokenizer's chat template, or an error saying the model has none.
-fn template(tok: &Tokenizer) -> JsResult<ChatTemplate> {
-    ChatTemplate::from_tokenizer(tok).map_err(err)?.ok_or_else(|| {
+/// The tokenizer's chat template with the caller's `kwargs`, or an error
+/// saying the model has none.
+fn template(tok: &Tokenizer, kwargs: Option<&serde_json::Map<String, serde_json::Value>>) -> JsResult<ChatTemplate> {
+    let t = ChatTemplate::from_tokenizer(tok).map_err(err)?.ok_or_else(|| {
         err("this model's tokenizer has no chat_template (tokenizer_config.json): chat needs one; plain text prompts still work")
-    })
+    })?;
+    match kwargs {
+        Some(k) => t.with_kwargs(k).map_err(err),
+        None => Ok(t),
+    }
 }
 
 /// `messages` rendered to be answered by the assistant.
-fn chat_prompt(tok: &Tokenizer, messages: &[Message]) -> JsResult<String> {
-    template(tok)?.generation_prompt(messages).map_err(err)
+fn chat_prompt(
+    tok: &Tokenizer,
+    messages: &[Message],
+    kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> JsResult<String> {
+    template(tok, kwargs)?.generation_prompt(messages).map_err(err)
 }
 
 /// A `ChatMessage[]` from JavaScript.

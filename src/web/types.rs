@@ -149,6 +149,9 @@ export interface GenerateOptions {
   adapter?: string | null;
   /** With a string prompt: render it as one user turn with the tokenizer's chat template. */
   chat?: boolean;
+  /** The chat template's own variables, as `apply_chat_template(…, **kwargs)` passes them: Qwen3's
+   * `{ enable_thinking: false }` answers without a reasoning block. */
+  chatTemplateKwargs?: Record<string, unknown>;
   /** Each piece of text as it is decoded; returning `false` stops the generation after this piece. */
   onToken?: (text: string) => boolean | void;
   /** Aborting it stops the generation after the token in flight (the result keeps the text so far). */
@@ -208,6 +211,7 @@ pub struct GenerateOptions {
     pub no_repeat_ngram_size: Option<usize>,
     pub min_new_tokens: Option<usize>,
     pub stop_strings: Option<OneOrMany>,
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     pub bad_words_ids: Option<Vec<Vec<u32>>>,
     pub suppress_tokens: Option<Vec<u32>>,
     pub seed: Option<u64>,

@@ -490,6 +490,13 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       if (banned.tokenIds[0] !== ids[0] || banned.tokenIds[1] === ids[1] || suppressed.tokenIds.includes(ids[0])) {
         throw new Error("bad words: " + JSON.stringify([ids, banned.tokenIds, suppressed.tokenIds]));
       }
+      // chatTemplateKwargs reach the template (the toy's ignores enable_thinking; a name the render sets is refused).
+      const turn = [{ role: "user", content: "Hi" }];
+      let refusedKwarg = "";
+      try { mc.applyChatTemplate(turn, true, { messages: [] }); } catch (err) { refusedKwarg = err.message; }
+      if (mc.applyChatTemplate(turn, true, { enable_thinking: false }) !== mc.applyChatTemplate(turn) || !refusedKwarg.includes('"messages"')) {
+        throw new Error("chat template kwargs: " + refusedKwarg);
+      }
       let refusedStop = "";
       try { await mc.generate("The robot", { maxNewTokens: 2, stopStrings: "" }); } catch (err) { refusedStop = err.message; }
       if (stop.length !== 3 || cut.stopReason !== "stopString" || !cut.text.includes(stop) || !full.text.startsWith(cut.text) ||

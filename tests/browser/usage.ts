@@ -45,11 +45,13 @@ export async function example(data: string): Promise<void> {
   const out: GenerateResult = await model.generate("Hi", { maxNewTokens: 8, adapter: null, onToken: (t: string) => console.log(t) });
   // A conversation, stopped by an AbortSignal or by onToken returning false.
   const chat: ChatMessage[] = [{ role: "system", content: "Be brief." }, { role: "user", content: "Hi" }];
-  const rendered: string = model.applyChatTemplate(chat) + model.applyChatTemplate(chat, false);
+  const rendered: string = model.applyChatTemplate(chat) + model.applyChatTemplate(chat, false) +
+    model.applyChatTemplate(chat, true, { enable_thinking: false });
   const stop = new AbortController();
   let pieces = 0;
   const own: boolean = model.info().generation.doSample;
   const answer: GenerateResult = await model.generate(chat, { temperature: 0.7, topP: 0.9, repetitionPenalty: own ? 1 : 1.1, seed: 1, adapter: "a", signal: stop.signal,
+    chatTemplateKwargs: { enable_thinking: false }, stopStrings: ["\n\n"], badWordsIds: [[5, 6]], suppressTokens: [7],
     onToken: (t: string) => { if (t.includes("\n")) stop.abort(); return ++pieces < 50; } });
   const why: StopReason = answer.stopReason;
   console.log(rendered, why, answer.promptTokens, answer.tokenIds.length);

@@ -20,6 +20,8 @@ pub struct Settings {
     pub choices: GenerationChoices,
     pub stop_strings: Vec<String>,
     pub bad_words: Vec<String>,
+    /// `--chat-template-kwargs`, as given.
+    pub chat_template_kwargs: Option<String>,
 }
 
 pub async fn generate(
@@ -27,9 +29,12 @@ pub async fn generate(
     base: (QuantFormat, ComputeDtype),
     prompt: &str,
     chat: bool,
-    Settings { max_new_tokens, mut choices, stop_strings, bad_words }: Settings,
+    Settings { max_new_tokens, mut choices, stop_strings, bad_words, chat_template_kwargs }: Settings,
     adapter: Option<&Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    if chat_template_kwargs.is_some() && !chat {
+        return Err("--chat-template-kwargs applies to --chat's template: add --chat".into());
+    }
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let tokenizer = Tokenizer::load(&files).await?;
@@ -40,9 +45,14 @@ pub async fn generate(
         None => None,
     };
     let ids = if chat {
-        let template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
+        let mut template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
             format!("--chat: {} has no chat_template (tokenizer_config.json); leave --chat out", dir.display())
         })?;
+        if let Some(json) = &chat_template_kwargs {
+            let kwargs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)
+                .map_err(|e| format!("--chat-template-kwargs {json:?}: not a JSON object: {e}"))?;
+            template = template.with_kwargs(&kwargs)?;
+        }
         // The template writes the bos itself.
         let text = template.generation_prompt(&[Message { role: "user".into(), content: prompt.into() }])?;
         tokenizer.encode(&text, false)?

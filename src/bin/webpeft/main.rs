@@ -104,6 +104,10 @@ enum Command {
         /// Render the prompt as one user turn with the tokenizer's chat template (the assistant answers).
         #[arg(long)]
         chat: bool,
+        /// With --chat: the template's own variables as a JSON object, as apply_chat_template(**kwargs)
+        /// passes them, e.g. '{"enable_thinking": false}' for Qwen3
+        #[arg(long, value_name = "JSON")]
+        chat_template_kwargs: Option<String>,
     },
     /// Write a pre-quantized copy of a model folder (webpeft's layout: see README), ~4-7x smaller.
     Quantize {
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             seed,
             adapter,
             chat,
+            chat_template_kwargs,
         } => {
             // --temperature 0: greedy.
             let choices = GenerationChoices {
@@ -247,7 +252,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 seed: Some(seed),
                 ..Default::default()
             };
-            let settings = generate::Settings { max_new_tokens, choices, stop_strings, bad_words };
+            let settings =
+                generate::Settings { max_new_tokens, choices, stop_strings, bad_words, chat_template_kwargs };
             generate::generate(&model, (quant, compute_dtype), &prompt, chat, settings, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
