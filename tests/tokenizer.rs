@@ -518,6 +518,9 @@ fn chat_template_kwargs_render_as_transformers() {
         assert_eq!(got, case["rendered"].as_str().unwrap(), "case {i}: {}", case["kwargs"]);
     }
     let template = ChatTemplate::new(source, None, None).unwrap();
+    // Its own variables, which kwargs may set; a template that reads only what the render sets has none.
+    assert_eq!(template.variables(), ["enable_thinking", "style"]);
+    assert!(ChatTemplate::from_tokenizer(&tokenizer()).unwrap().unwrap().variables().is_empty());
     let e = template.with_kwargs(json!({"messages": []}).as_object().unwrap()).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("\"messages\""), "{e}");
 }

@@ -68,6 +68,7 @@ export function chatWorker({ model, trained, post, isLoss, generated = () => {} 
         sampling.noRepeatNgramSize = msg.noRepeatNgramSize;
         // A stop text of the page's, else the model's own stop_strings.
         if (msg.stopAt) sampling.stopStrings = [msg.stopAt];
+        if (msg.chatTemplateKwargs) sampling.chatTemplateKwargs = msg.chatTemplateKwargs;
         stopping = new AbortController();
         if (msg.turn === stoppedTurn) stopping.abort();
         try {

@@ -83,6 +83,8 @@ export function chatPanel({ send, setPhase, showError, save }) {
     const maxNewTokens = number("chat-max-tokens");
     const noRepeatNgramSize = number("chat-ngram");
     const stopAt = $("chat-stop-at").value;
+    // A template with its own enable_thinking (Qwen3's): off, each turn renders with enable_thinking false.
+    const chatTemplateKwargs = st.thinkingSwitch && !$("chat-thinking").checked ? { enable_thinking: false } : undefined;
     if (!(temperature >= 0 && temperature <= 2)) return error("temperature: between 0 (greedy) and 2");
     if (!(topP > 0 && topP <= 1)) return error("top-p: above 0, at most 1 (1 keeps every token)");
     if (!(minP >= 0 && minP <= 1)) return error("min-p: from 0 (keeps every token) to 1 (only the most likely)");
@@ -93,7 +95,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     st.turns += 1;
     st.asked += 1;
     // One seed per turn, the same in both columns: a sampled chat is repeatable.
-    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, noRepeatNgramSize, stopAt, maxNewTokens, seed: st.turns }, stop: false };
+    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, noRepeatNgramSize, stopAt, chatTemplateKwargs, maxNewTokens, seed: st.turns }, stop: false };
     for (const side of SIDES) bubble(side, "user", user);
     document.body.dataset.chat = "running";
     setPhase("generating");
@@ -151,7 +153,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     }
     const ready = phase === "idle" && st.loaded && st.hasTemplate;
     for (const id of ["chat-input", "chat-send", "chat-clear", "chat-left-adapter", "chat-right-adapter", "chat-temperature",
-      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "chat-ngram", "chat-stop-at", "keep-name"]) $(id).disabled = !ready;
+      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "chat-ngram", "chat-stop-at", "chat-thinking", "keep-name"]) $(id).disabled = !ready;
     $("keep-adapter").disabled = !ready || !st.trained;
     for (const b of document.querySelectorAll("#kept-list button")) b.disabled = !ready;
     $("chat-stop").disabled = !st.running || st.running.stop;
@@ -217,6 +219,9 @@ export function chatPanel({ send, setPhase, showError, save }) {
         // A new base: no trained adapter, a new conversation; its saved kept adapters come next ("kept").
         st.loaded = true;
         st.hasTemplate = m.info.hasChatTemplate;
+        st.thinkingSwitch = m.info.chatTemplateVariables.includes("enable_thinking");
+        $("chat-thinking-row").hidden = !st.thinkingSwitch;
+        $("chat-thinking").checked = true;
         st.trained = false;
         st.kept = [];
         st.broken = [];

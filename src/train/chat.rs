@@ -42,6 +42,9 @@ impl Message {
     }
 }
 
+/// The variables every render sets itself.
+const OWN: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
+
 /// A chat template compiled once, with the special tokens it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -94,13 +97,32 @@ impl ChatTemplate {
     /// `add_generation_prompt`, `bos_token`, `eos_token`) are refused, as
     /// Python refuses a keyword given twice.
     pub fn with_kwargs(mut self, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
-        const OWN: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
         if let Some(k) = kwargs.keys().find(|k| OWN.contains(&k.as_str())) {
             let detail = format!("chat template kwarg {k:?} is one the render sets itself ({})", OWN.join(", "));
             return Err(Error::invalid("apply_chat_template", detail));
         }
         self.kwargs = kwargs.clone();
         Ok(self)
+    }
+
+    /// The variables the template reads that a render does not set (nor the
+    /// environment's functions): what kwargs may set, such as Qwen3's
+    /// `enable_thinking` (and `tools`), sorted.
+    pub fn variables(&self) -> Vec<String> {
+        let Ok(template) = self.env.get_template(NAME) else { return Vec::new() };
+        let globals: std::collections::HashSet<&str> = self.env.globals().map(|(name, _)| name).collect();
+        // minijinja's analysis counts a name set in both branches of an `if`
+        // (Qwen3's `content`) as read before it is set: a name the template
+        // sets is its own, not the caller's.
+        let source = template.source();
+        let set_here = |v: &str| source.contains(&format!("set {v} ")) || source.contains(&format!("set {v}="));
+        let mut out: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !OWN.contains(&v.as_str()) && !globals.contains(v.as_str()) && !set_here(v))
+            .collect();
+        out.sort();
+        out
     }
 
     /// The tokenizer's template with its bos and eos tokens; `None` when the

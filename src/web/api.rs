@@ -461,6 +461,11 @@ impl WebModel {
             max_position_embeddings: c.max_position_embeddings,
             has_tokenizer: st.tokenizer.is_some(),
             has_chat_template: st.tokenizer.as_ref().is_some_and(|t| t.chat_template().is_some()),
+            chat_template_variables: st
+                .tokenizer
+                .as_ref()
+                .and_then(|t| ChatTemplate::from_tokenizer(t).ok().flatten())
+                .map_or_else(Vec::new, |t| t.variables()),
             generation: GenerationInfo {
                 do_sample: st.generation.do_sample,
                 temperature: st.generation.temperature,

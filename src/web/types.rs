@@ -39,6 +39,8 @@ export interface LoadOptions {
 export interface ModelInfo {
   modelType: string; vocabSize: number; hiddenSize: number; layers: number; parameters: number;
   quant: Quant; computeDtype: ComputeDtype; weightBytes: number; maxPositionEmbeddings: number; hasTokenizer: boolean; hasChatTemplate: boolean;
+  /** The chat template's own variables, which `chatTemplateKwargs` can set (Qwen3's `enable_thinking`); sorted. */
+  chatTemplateVariables: string[];
   /** The model's own generation settings (generation_config.json as transformers reads it; its defaults without the
    * file): what `generate` does where its options are silent. */
   generation: {
@@ -283,6 +285,7 @@ pub struct ModelInfo {
     pub max_position_embeddings: usize,
     pub has_tokenizer: bool,
     pub has_chat_template: bool,
+    pub chat_template_variables: Vec<String>,
     pub generation: GenerationInfo,
 }
 

@@ -18,11 +18,22 @@ fs.cpSync(path.join(root, "www", "default-model"), noTemplate, { recursive: true
 const tokenizerConfig = JSON.parse(fs.readFileSync(path.join(noTemplate, "tokenizer_config.json"), "utf8"));
 delete tokenizerConfig.chat_template;
 fs.writeFileSync(path.join(noTemplate, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
-const server = await serve(0, [["/pkg/", path.join(root, "pkg")], ["/no-template/", noTemplate], ["/", path.join(root, "www")]]);
+// The toy model with a template switched by a variable of its own, as Qwen3's by enable_thinking: off, the
+// generation prompt gains a word.
+const thinking = path.join(out, "thinking");
+fs.cpSync(path.join(root, "www", "default-model"), thinking, { recursive: true });
+const thinkingConfig = JSON.parse(fs.readFileSync(path.join(thinking, "tokenizer_config.json"), "utf8"));
+thinkingConfig.chat_template = thinkingConfig.chat_template.replace("{{ '<|assistant|>\\n' }}",
+  "{{ '<|assistant|>\\n' }}{% if enable_thinking is defined and enable_thinking is false %}{{ 'Briefly,' }}{% endif %}");
+assert.ok(thinkingConfig.chat_template.includes("enable_thinking"));
+fs.writeFileSync(path.join(thinking, "tokenizer_config.json"), JSON.stringify(thinkingConfig));
+const server = await serve(0, [["/pkg/", path.join(root, "pkg")], ["/no-template/", noTemplate], ["/thinking/", thinking],
+  ["/", path.join(root, "www")]]);
 const base = `http://127.0.0.1:${server.address().port}/`;
 // A plain page with the package, for reference generations (the demo page's CSP keeps wasm to its worker).
 fs.writeFileSync(path.join(out, "index.html"), `<!doctype html><link rel="icon" href="data:,"><title>reference</title>`);
-const plain = await serve(0, [["/pkg/", path.join(root, "pkg")], ["/model/", path.join(root, "www", "default-model")], ["/", out]]);
+const plain = await serve(0, [["/pkg/", path.join(root, "pkg")], ["/model/", path.join(root, "www", "default-model")],
+  ["/thinking/", thinking], ["/", out]]);
 test.after(() => { server.close(); plain.close(); });
 
 const USER = ["Hello, who are you?", "Tell me about the garden."];
@@ -208,7 +219,7 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
   }
 });
 
-test("chat: a model without a chat template gets a note saying why instead of the panel; Try it still continues text", async () => {
+test("chat: a model without a chat template gets a note saying why instead of the panel; Try it still continues text; a template's own enable_thinking gets a switch", async () => {
   const browser = await launch();
   try {
     const { page, problems } = await open(browser, base);
@@ -223,6 +234,35 @@ test("chat: a model without a chat template gets a note saying why instead of th
     await page.click("#generate");
     await page.waitForSelector("body[data-before=done]", { timeout: 120_000 });
     assert.ok((await page.textContent("#before")).length > 0, "plain continuation still works");
+
+    // A template with its own enable_thinking gets a switch for it (checked: the template's default); off, each
+    // turn renders with enable_thinking false, as the library's chatTemplateKwargs does.
+    assert.equal(await page.isVisible("#chat-thinking"), false, "no switch for a template without the variable");
+    await page.fill("#model-url", `${base}thinking/`);
+    await page.click("#load");
+    await page.waitForSelector("#chat-panel:not([hidden])", { timeout: 120_000 });
+    await page.waitForSelector("body[data-phase=idle]");
+    assert.equal(await page.isChecked("#chat-thinking"), true);
+    await page.fill("#chat-temperature", "0");
+    await page.fill("#chat-max-tokens", String(MAX));
+    await page.uncheck("#chat-thinking");
+    await say(page, USER[0], 1);
+    const off = (await answers(page)).left[0];
+    const ref = await browser.newPage();
+    await ref.goto(`http://127.0.0.1:${plain.address().port}/index.html`);
+    const want = await ref.evaluate(async ({ user, max }) => {
+      const { default: init, Gpu, Model } = await import("/pkg/webpeft.js");
+      await init();
+      const model = await Model.fromUrl(await Gpu.create(), new URL("/thinking/", location.href).href);
+      const chat = [{ role: "user", content: user }];
+      const generate = (kwargs) => model.generate(chat, { adapter: null, greedy: true, maxNewTokens: max, chatTemplateKwargs: kwargs });
+      return { variables: model.info().chatTemplateVariables, off: (await generate({ enable_thinking: false })).text,
+        on: (await generate(undefined)).text };
+    }, { user: USER[0], max: MAX });
+    await ref.close();
+    assert.deepEqual(want.variables, ["enable_thinking"]);
+    assert.equal(off.text, want.off, "the page's answer with the switch off is the library's with enable_thinking false");
+    assert.notEqual(want.off, want.on, "the variable changes the answer");
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();

@@ -27,7 +27,7 @@
 use super::block::{rows2d, Attention, Block, Linear, Mlp};
 use super::hooks::{Hooks, LayerHooks, NoHooks, Proj, Sublayer};
 use super::rope::RopeTables;
-use super::sample::{ban_bad_words, ban_seen_ngrams, no_token, penalize_seen, sample};
+use super::sample::{ban_bad_words, ban_ids, ban_seen_ngrams, no_token, penalize_seen, sample};
 use super::{rows, Model};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
@@ -537,18 +537,10 @@ impl Model {
             ban_seen_ngrams(&mut row, &sequence, config.no_repeat_ngram_size);
             ban_bad_words(&mut row, &sequence, &words);
             if out.is_empty() {
-                ban_bad_words(
-                    &mut row,
-                    &sequence,
-                    &config.begin_suppress_tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>(),
-                );
+                ban_ids(&mut row, &config.begin_suppress_tokens);
             }
             if out.len() < min_new_tokens(config, prompt_ids.len()) {
-                for &id in &config.eos_token_ids {
-                    if let Some(l) = row.get_mut(id as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
+                ban_ids(&mut row, &config.eos_token_ids);
             }
             let id = sample(&row, config, out.len() as u32)?;
             out.push(id);

@@ -68,6 +68,16 @@ pub fn ban_seen_ngrams(logits: &mut [f32], ids: &[u32], ngram: usize) {
     }
 }
 
+/// `ids` get the logit −∞ in one row of logits (V), in place (an eos before
+/// `min_new_tokens`, `begin_suppress_tokens`); ids past the row are none of its.
+pub fn ban_ids(logits: &mut [f32], ids: &[u32]) {
+    for &id in ids {
+        if let Some(l) = logits.get_mut(id as usize) {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// transformers' `bad_words_ids` on one row of logits (V), in place: a word
 /// whose tokens but the last are the last of `ids` (the sequence so far;
 /// a one-token word always) bans its last token (logit −∞), as the GPU's
