@@ -172,10 +172,15 @@ fn loraplus_matches_peft_create_loraplus_optimizer() {
 /// with PEFT's LoRA on all seven projections, the loss and every gradient
 /// (through the norms' backward; with and without gradient checkpointing),
 /// 10 AdamW steps, and PEFT's greedy tokens through the adapter, with the KV
-/// cache giving the full forward's logits.
+/// cache giving the full forward's logits; on both kernel families.
 #[test]
 fn qwen3_lora_matches_peft() {
-    let gpu = gpu();
+    for gpu in [gpu(), common::gpu_family()] {
+        qwen3_lora_on(gpu);
+    }
+}
+
+fn qwen3_lora_on(gpu: &Gpu) {
     let model = common::fixture_model(gpu, "qwen3_tiny");
     assert!(model.config.qk_norm && model.layers.iter().all(|l| l.self_attn.q_norm.is_some()));
     let fx = Fixture::open("qwen3/lora/reference.safetensors");
