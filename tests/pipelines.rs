@@ -77,20 +77,30 @@ fn every_pipeline_variant_compiles() {
         }
     }
 
-    // Compile each, collecting every failure.
+    // Compile each, collecting every failure, on every core (a CPU
+    // rasterizer compiles one pipeline on one core).
     let start = Instant::now();
-    let mut failures = Vec::new();
+    let failures = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // A device per thousand pipelines: lavapipe keeps every pipeline's
     // compiled code as long as its device lives, over 20 GiB for them all.
     for chunk in keys.chunks(1000) {
         let device = block_on(webpeft::Gpu::new()).unwrap();
-        for key in chunk {
-            if let Err(e) = block_on(device.compile_pipeline(key)) {
-                failures.push(e.to_string());
+        std::thread::scope(|s| {
+            for part in chunk.chunks(chunk.len().div_ceil(threads)) {
+                let (device, failures) = (&device, &failures);
+                s.spawn(move || {
+                    for key in part {
+                        if let Err(e) = block_on(device.compile_pipeline(key)) {
+                            failures.lock().unwrap().push(e.to_string());
+                        }
+                    }
+                });
             }
-        }
+        });
         device.check("compiling pipelines").unwrap();
     }
+    let failures = failures.into_inner().unwrap();
     let mut per_kernel = std::collections::BTreeMap::new();
     for key in &keys {
         *per_kernel.entry(key.kernel.name()).or_insert(0) += 1;
