@@ -95,10 +95,14 @@ pub fn checkpoint(data: &[u8]) {
     });
 }
 
-/// `config.json`, and the tensor list it implies.
+/// `config.json`, and the tensor list it implies; the same bytes as a
+/// `generation_config.json`, and the lengths it implies.
 pub fn config_json(data: &[u8]) {
     if let Ok(c) = Config::from_json(data) {
         let _ = c.tensor_names();
+    }
+    if let Ok(g) = crate::model::config::GenerationDefaults::from_json(data) {
+        let _ = g.new_tokens(7);
     }
 }
 
@@ -120,12 +124,18 @@ pub fn tokenizer(data: &[u8]) {
     }
 }
 
-/// A chat template from a file, rendered on a short chat (bounded work and output).
+/// A chat template from a file, rendered on a short chat (bounded work and
+/// output), its variables listed, and rendered again with kwargs.
 pub fn chat_template(data: &[u8]) {
     let Ok(source) = std::str::from_utf8(data) else { return };
     if let Ok(t) = ChatTemplate::new(source, Some("<s>"), Some("</s>")) {
         let chat = [Message::new("system", "be brief"), Message::new("user", "hi"), Message::new("assistant", "hello")];
         let _ = t.render(&chat, true);
+        let _ = t.variables();
+        let kwargs = serde_json::json!({"enable_thinking": false, "tools": []});
+        if let Ok(t) = t.with_kwargs(kwargs.as_object().expect("an object")) {
+            let _ = t.render(&chat, true);
+        }
     }
 }
 
