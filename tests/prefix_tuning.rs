@@ -40,14 +40,22 @@ fn embedding(gpu: &Gpu, ad: &Adapter) -> Vec<f32> {
     block_on(p.embedding(gpu)).unwrap()
 }
 
+/// The training references' folders with their models: Qwen3's (`make_fixtures.py qwen3`) too, whose prefix
+/// joins after q_norm, k_norm and RoPE.
+const REFERENCES: [(&str, &str); 3] = [
+    ("prefix_tuning/llama_gqa", "llama_gqa"),
+    ("prefix_tuning/qwen2_tied", "qwen2_tied"),
+    ("qwen3/prefix_tuning", "qwen3_tiny"),
+];
+
 #[test]
 fn logits_loss_gradient_and_ten_adamw_steps_match_peft() {
     let gpu = gpu();
-    for name in MODELS {
+    for (dir, name) in REFERENCES {
         let model = model(gpu, name);
-        let fx = Fixture::open(&format!("prefix_tuning/{name}/reference.safetensors"));
+        let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
         let batch = fixture_batch(&fx, 0..2);
-        let initial = format!("prefix_tuning/{name}/initial_adapter");
+        let initial = format!("{dir}/initial_adapter");
         let ad = adapter(gpu, &model, &initial);
         let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&ad), &batch.input_ids), &fx.f32("logits"));
         eprintln!("{name}: logits max |diff| {d:e}");
@@ -60,10 +68,10 @@ fn logits_loss_gradient_and_ten_adamw_steps_match_peft() {
 #[test]
 fn greedy_generation_equals_peft_and_the_cache_equals_the_full_forward() {
     let gpu = gpu();
-    for name in MODELS {
+    for (dir, name) in REFERENCES {
         let model = model(gpu, name);
-        let fx = Fixture::open(&format!("prefix_tuning/{name}/reference.safetensors"));
-        let ad = adapter(gpu, &model, &format!("prefix_tuning/{name}/initial_adapter"));
+        let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+        let ad = adapter(gpu, &model, &format!("{dir}/initial_adapter"));
         check_greedy_and_cache(gpu, &model, &ad, &fx, 3);
     }
 }
