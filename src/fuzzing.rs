@@ -132,8 +132,10 @@ pub fn chat_template(data: &[u8]) {
         let chat = [Message::new("system", "be brief"), Message::new("user", "hi"), Message::new("assistant", "hello")];
         let _ = t.render(&chat, true);
         let _ = t.variables();
-        let kwargs = serde_json::json!({"enable_thinking": false, "tools": []});
-        if let Ok(t) = t.with_kwargs(kwargs.as_object().expect("an object")) {
+        let mut kwargs = serde_json::Map::new();
+        kwargs.insert("enable_thinking".into(), false.into());
+        kwargs.insert("tools".into(), serde_json::Value::Array(Vec::new()));
+        if let Ok(t) = t.with_kwargs(&kwargs) {
             let _ = t.render(&chat, true);
         }
     }

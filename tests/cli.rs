@@ -252,13 +252,7 @@ fn generate_with_the_models_repetition_penalty() {
     assert_eq!(text(&flagged), want_text);
     assert_eq!(generated_tokens(&flagged), want.len());
 
-    let dir = TempDir::new("repetition-penalty");
-    for f in std::fs::read_dir(&model).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = TempDir::copy_of(&model, "repetition-penalty");
     std::fs::write(dir.0.join("generation_config.json"), r#"{"eos_token_id": 382, "repetition_penalty": 1.3}"#)
         .unwrap();
     let folder = dir.0.to_str().unwrap();
@@ -312,13 +306,7 @@ fn generate_with_ngram_bans_min_new_tokens_and_min_p() {
     // The eos of min_new_tokens.json's first run (the first greedy token), named in generation_config.json.
     let (run, want, _) = greedy_fixture("min_new_tokens.json");
     assert_eq!((run["model"].as_str(), run["min_new_tokens"].as_u64()), (Some("llama_gqa"), Some(3)));
-    let dir = TempDir::new("min-new-tokens");
-    for f in std::fs::read_dir(&model).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = TempDir::copy_of(&model, "min-new-tokens");
     std::fs::write(dir.0.join("generation_config.json"), format!(r#"{{"eos_token_id": {}}}"#, run["eos_token_id"]))
         .unwrap();
     let folder = dir.0.to_str().unwrap();
@@ -360,13 +348,7 @@ fn generate_stops_at_stop_strings() {
         webpeft(&["generate", "--model", &model, "--prompt", prompt, "--max-new-tokens", "20", "--stop", stop]);
     assert_eq!((text(&flagged), generated_tokens(&flagged)), (want_text.clone(), want.len()));
 
-    let dir = TempDir::new("stop-strings");
-    for f in std::fs::read_dir(&model).unwrap() {
-        let f = f.unwrap().path();
-        if f.is_file() {
-            std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
-        }
-    }
+    let dir = TempDir::copy_of(&model, "stop-strings");
     // Beside a setting webpeft does not apply, which it names.
     let config = serde_json::json!({"stop_strings": ["never in this text", stop], "num_beams": 4});
     std::fs::write(dir.0.join("generation_config.json"), config.to_string()).unwrap();
@@ -407,6 +389,18 @@ impl TempDir {
         std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
+    }
+
+    /// A fresh folder holding a copy of the files of the model folder `model`.
+    fn copy_of(model: &str, tag: &str) -> TempDir {
+        let dir = TempDir::new(tag);
+        for f in std::fs::read_dir(model).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, dir.0.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        dir
     }
 
     /// `name` inside the folder, as a string for the command line.

@@ -182,6 +182,52 @@ fn bound_last(rec: &mut Recorder, last: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// The (rows, V) of an f32 `logits` (rows, V).
+fn logit_rows(op: &'static str, logits: &Tensor) -> Result<(usize, usize)> {
+    all_f32(op, &[("logits", logits)])?;
+    match *logits.shape() {
+        [rows, n] => Ok((rows, n)),
+        _ => Err(Error::shape(op, format!("logits {:?} must be (rows, V)", logits.shape()))),
+    }
+}
+
+/// Checks `last`, each of `rows` rows' previous token, where given.
+fn check_last(op: &'static str, last: Option<&Tensor>, rows: usize) -> Result<()> {
+    match last {
+        Some(last) if last.dtype() != DType::U32 || last.numel() < rows => {
+            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
+            Err(Error::shape(op, detail))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a bans' sequence: `history` (rows, capacity) u32 holding `len`
+/// tokens a row (at least `min_len`) for `logits`, and `last`; the capacity.
+fn check_history(
+    op: &'static str,
+    (logits, rows): (&Tensor, usize),
+    history: &Tensor,
+    last: Option<&Tensor>,
+    (len, min_len): (usize, usize),
+) -> Result<usize> {
+    let &[h_rows, cap] = history.shape() else {
+        return Err(Error::shape(op, format!("history {:?} must be (rows, capacity)", history.shape())));
+    };
+    if history.dtype() != DType::U32 || h_rows != rows || len > cap || len < min_len {
+        let detail = format!(
+            "history {:?} {} must be ({rows}, ≥ {len}) u32 for logits {:?}, the sequence at least {min_len} tokens{}",
+            history.shape(),
+            history.dtype().name(),
+            logits.shape(),
+            if last.is_some() { ", with the last token its own" } else { "" }
+        );
+        return Err(Error::shape(op, detail));
+    }
+    check_last(op, last, rows)?;
+    Ok(cap)
+}
+
 /// Words of a row's set of seen tokens for a vocabulary of `v`: bit i of
 /// word i / 32 is token i.
 pub fn seen_words(v: usize) -> usize {
@@ -219,10 +265,7 @@ pub fn repetition_penalty(
     penalty: f32,
 ) -> Result<()> {
     const OP: &str = "repetition_penalty";
-    all_f32(OP, &[("logits", logits)])?;
-    let &[rows, n] = logits.shape() else {
-        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
-    };
+    let (rows, n) = logit_rows(OP, logits)?;
     if !(penalty.is_finite() && penalty > 0.0) {
         return Err(Error::invalid(OP, format!("repetition_penalty must be finite and > 0, got {penalty}")));
     }
@@ -238,12 +281,7 @@ pub fn repetition_penalty(
             ),
         ));
     }
-    if let Some(last) = last {
-        if last.dtype() != DType::U32 || last.numel() < rows {
-            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
-            return Err(Error::shape(OP, detail));
-        }
-    }
+    check_last(OP, last, rows)?;
     u32_count(OP, "element count", rows * n)?;
     let groups = n.div_ceil(WG as usize);
     let limit = rec.gpu().limits().max_compute_workgroups_per_dimension as usize;
@@ -278,32 +316,12 @@ pub fn ban_repeated_ngrams(
     (len, ngram): (usize, usize),
 ) -> Result<()> {
     const OP: &str = "no_repeat_ngram_size";
-    all_f32(OP, &[("logits", logits)])?;
-    let &[rows, n] = logits.shape() else {
-        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
-    };
+    let (rows, n) = logit_rows(OP, logits)?;
     if ngram == 0 {
         return Err(Error::invalid(OP, "the n-gram size must be at least 1 (0 is off: no launch)"));
     }
-    let &[h_rows, cap] = history.shape() else {
-        return Err(Error::shape(OP, format!("history {:?} must be (rows, capacity)", history.shape())));
-    };
-    if history.dtype() != DType::U32 || h_rows != rows || len > cap || len == 0 && last.is_some() {
-        let detail = format!(
-            "history {:?} {} must be ({rows}, ≥ {len}) u32 for logits {:?}{}",
-            history.shape(),
-            history.dtype().name(),
-            logits.shape(),
-            if last.is_some() { ", with the last token its own" } else { "" }
-        );
-        return Err(Error::shape(OP, detail));
-    }
-    if let Some(last) = last {
-        if last.dtype() != DType::U32 || last.numel() < rows {
-            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
-            return Err(Error::shape(OP, detail));
-        }
-    }
+    // With `last` appended, the sequence holds at least that token.
+    let cap = check_history(OP, (logits, rows), history, last, (len, last.is_some() as usize))?;
     u32_count(OP, "element count", rows * n)?;
     u32_count(OP, "history", rows * cap)?;
     let starts = (len + 1).saturating_sub(ngram).max(1); // invocation 0 appends `last` even with no n-gram
@@ -382,28 +400,8 @@ pub fn ban_words(
     len: usize,
 ) -> Result<()> {
     const OP: &str = "bad_words_ids";
-    all_f32(OP, &[("logits", logits)])?;
-    let &[rows, n] = logits.shape() else {
-        return Err(Error::shape(OP, format!("logits {:?} must be (rows, V)", logits.shape())));
-    };
-    let &[h_rows, cap] = history.shape() else {
-        return Err(Error::shape(OP, format!("history {:?} must be (rows, capacity)", history.shape())));
-    };
-    if history.dtype() != DType::U32 || h_rows != rows || len > cap || len == 0 {
-        let detail = format!(
-            "history {:?} {} must be ({rows}, ≥ {len}) u32 for logits {:?}, and the sequence at least one token",
-            history.shape(),
-            history.dtype().name(),
-            logits.shape()
-        );
-        return Err(Error::shape(OP, detail));
-    }
-    if let Some(last) = last {
-        if last.dtype() != DType::U32 || last.numel() < rows {
-            let detail = format!("last {:?} {} must hold {rows} u32 tokens", last.shape(), last.dtype().name());
-            return Err(Error::shape(OP, detail));
-        }
-    }
+    let (rows, n) = logit_rows(OP, logits)?;
+    let cap = check_history(OP, (logits, rows), history, last, (len, 1))?;
     if words.table.dtype() != DType::U32 || words.table.numel() < words.count + 1 {
         let detail = format!("the word table {:?} must hold {} offsets", words.table.shape(), words.count + 1);
         return Err(Error::shape(OP, detail));

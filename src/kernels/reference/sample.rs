@@ -98,7 +98,7 @@ pub fn bad_words(logits: &[f32], ids: &[u32], words: &[Vec<u32>]) -> Vec<f32> {
         bias[w[0] as usize] = f32::NEG_INFINITY;
     }
     for w in words.iter().filter(|w| w.len() > 1 && w.len() <= ids.len()) {
-        let (last, prefix) = w.split_last().unwrap();
+        let Some((last, prefix)) = w.split_last() else { continue };
         if ids[ids.len() - prefix.len()..] == *prefix {
             bias[*last as usize] += f32::NEG_INFINITY;
         }

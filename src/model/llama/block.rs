@@ -229,6 +229,9 @@ pub struct Attention {
     pub scaling: f32,
 }
 
+/// q and k before Qwen3's q_norm and k_norm, each with its 1/rms.
+type QkNormed = [(Tensor, Tensor); 2];
+
 /// What [`Attention::forward`] keeps for [`Attention::backward`].
 #[derive(Clone, Debug)]
 pub struct AttentionSaved {
@@ -244,7 +247,7 @@ pub struct AttentionSaved {
     hooks: [LinearSaved; 4],
     /// With q_norm and k_norm: q (B, T, H, hd) and k (B, T, KV, hd) before
     /// them, and their 1/rms (B·T·H), (B·T·KV).
-    normed: Option<[(Tensor, Tensor); 2]>,
+    normed: Option<QkNormed>,
     /// P prefix keys and values before the row's (prefix tuning): then q, k,
     /// v, out and lse span P+T positions, q and out zero-padded in front.
     prefix: usize,
@@ -286,13 +289,7 @@ impl Attention {
     /// Qwen3's `q_norm(q)` and `k_norm(k)` for q (B, T, H, hd) and k (B, T,
     /// KV, hd), with q, k and their 1/rms for the backward; q and k as they
     /// are without the norms.
-    #[allow(clippy::type_complexity)] // (q, k, what the backward needs): destructured at once.
-    fn qk_norm(
-        &self,
-        rec: &mut Recorder,
-        q: Tensor,
-        k: Tensor,
-    ) -> Result<(Tensor, Tensor, Option<[(Tensor, Tensor); 2]>)> {
+    fn qk_norm(&self, rec: &mut Recorder, q: Tensor, k: Tensor) -> Result<(Tensor, Tensor, Option<QkNormed>)> {
         match (&self.q_norm, &self.k_norm) {
             (Some(q_norm), Some(k_norm)) => {
                 let (qn, q_rstd) = q_norm.forward_saving(rec, &q)?;
