@@ -6,20 +6,34 @@
 //   sequence_logps        logps[s] = −Σ_r lp_weight[r]·CE[r],  nll[s] = Σ_r nll_weight[r]·CE[r]
 //   preference_loss       the loss, TRL's metrics (added to `stats`, times `scale`) and
 //                         dlogp[s] = ∂(scale·loss)/∂logps[s]
-//   preference_row_scale  row_scale[r] = scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r],
+//   preference_row_scale  row_scale[r] = scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
+//                         (scale here: the step's scale times the NLL's factor),
 //                         the per-row factor of (softmax − onehot) in dlogits
 //
 // CE[r] = −log p(target of row r) from cross_entropy_forward (0 where ignored).
-// DPO:  h = (π_c − π_r) − (ref_c − ref_r),
-//       loss = mean −(1−ε)·logσ(β·h) − ε·logσ(−β·h)
+// DPO:  c = π_c − ref_c, r = π_r − ref_r, h = c − r; loss = α·NLL + mean ℓ(c, r), ℓ by loss_type
+//       (dpo_term; sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)); α = rpo_alpha (0: no NLL term)
 // ORPO: π are mean completion log-probs, lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)),
-//       loss = NLL − β·mean logσ(lo), NLL = Σ_s nll[s] (its weights hold the 1/N of the mean)
+//       loss = NLL − β·mean logσ(lo)
+// NLL = Σ_s nll[s] (its weights hold the 1/N of the mean).
 // stats: [loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
-//         nll_loss, log_odds_ratio, log_odds_chosen] (the last three ORPO's, 0 for DPO).
+//         nll_loss, log_odds_ratio, log_odds_chosen] (the last two ORPO's, 0 for DPO).
 // Prelude constant: WG, invocations per workgroup (a power of two); workgroup_reduce.wgsl precedes this file.
 
 const DPO: u32 = 0u;
 const ORPO: u32 = 1u;
+
+// DPO's loss types (kernels::preference::DpoLossType::ALL's order).
+const SIGMOID: u32 = 0u;
+const ROBUST: u32 = 1u;
+const EXO_PAIR: u32 = 2u;
+const HINGE: u32 = 3u;
+const IPO: u32 = 4u;
+const SPPO_HARD: u32 = 5u;
+const NCA_PAIR: u32 = 6u;
+const APO_ZERO: u32 = 7u;
+const APO_DOWN: u32 = 8u;
+const DISCOPOP: u32 = 9u;
 
 struct Params {
     seqs: u32,
@@ -29,7 +43,11 @@ struct Params {
     beta: f32,
     label_smoothing: f32,
     scale: f32,
-    _pad: u32,
+    nll_alpha: f32,
+    loss_type: u32,
+    discopop_tau: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -103,6 +121,82 @@ fn log1m_exp(x: f32) -> f32 {
     return log1p(-exp(x));
 }
 
+// σ(x)·σ(−x) = σ'(x).
+fn dsigmoid(x: f32) -> f32 {
+    return sigmoid(x) * sigmoid(-x);
+}
+
+// DPO's ℓ(c, r) for p.loss_type and (∂ℓ/∂c, ∂ℓ/∂r): (loss, dc, dr).
+fn dpo_term(c: f32, r: f32) -> vec3<f32> {
+    let beta = p.beta;
+    let eps = p.label_smoothing;
+    let h = c - r;
+    let z = beta * h;
+    var l = 0.0;
+    var dh = 0.0; // ∂ℓ/∂h, for the losses of h alone
+    var dc = 0.0;
+    var dr = 0.0;
+    switch p.loss_type {
+        case ROBUST: {
+            l = (-(1.0 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1.0 - 2.0 * eps);
+            dh = beta * (-(1.0 - eps) * sigmoid(-z) - eps * sigmoid(z)) / (1.0 - 2.0 * eps);
+        }
+        case EXO_PAIR: {
+            let a = log(1.0 - eps);
+            let b = log(eps);
+            l = sigmoid(z) * (log_sigmoid(z) - a) + sigmoid(-z) * (log_sigmoid(-z) - b);
+            // σ(z)σ(−z)·(logσ(z) − logσ(−z) − a + b), logσ(z) − logσ(−z) = z
+            dh = beta * dsigmoid(z) * (z - a + b);
+        }
+        case HINGE: {
+            l = max(1.0 - z, 0.0);
+            dh = select(0.0, -beta, 1.0 - z > 0.0);
+        }
+        case IPO: {
+            let d = h - 1.0 / (2.0 * beta);
+            l = d * d;
+            dh = 2.0 * d;
+        }
+        case SPPO_HARD: {
+            let a = c - 0.5 / beta;
+            let b = r + 0.5 / beta;
+            l = a * a + b * b;
+            dc = 2.0 * a;
+            dr = 2.0 * b;
+        }
+        case NCA_PAIR: {
+            let zc = beta * c;
+            let zr = beta * r;
+            l = -log_sigmoid(zc) - 0.5 * log_sigmoid(-zc) - 0.5 * log_sigmoid(-zr);
+            dc = beta * (-sigmoid(-zc) + 0.5 * sigmoid(zc));
+            dr = beta * 0.5 * sigmoid(zr);
+        }
+        case APO_ZERO: {
+            l = 1.0 - sigmoid(beta * c) + sigmoid(beta * r);
+            dc = -beta * dsigmoid(beta * c);
+            dr = beta * dsigmoid(beta * r);
+        }
+        case APO_DOWN: {
+            l = sigmoid(beta * c) + 1.0 - sigmoid(z);
+            dc = beta * (dsigmoid(beta * c) - dsigmoid(z));
+            dr = beta * dsigmoid(z);
+        }
+        case DISCOPOP: {
+            let tau = p.discopop_tau;
+            let m = sigmoid(z / tau);
+            let dm = m * (1.0 - m) / tau;
+            let e = exp(-z);
+            l = -log_sigmoid(z) * (1.0 - m) + e * m;
+            dh = beta * (-sigmoid(-z) * (1.0 - m) + log_sigmoid(z) * dm - e * m + e * dm);
+        }
+        default: { // SIGMOID
+            l = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
+            dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z));
+        }
+    }
+    return vec3<f32>(l, dc + dh, dr - dh);
+}
+
 @compute @workgroup_size(WG)
 fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     if (lid != 0u) { return; }
@@ -120,12 +214,10 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
         if (p.objective == DPO) {
             let hc = policy_logps[c] - ref_logps[c];
             let hr = policy_logps[r] - ref_logps[r];
-            let z = beta * (hc - hr);
-            let eps = p.label_smoothing;
-            loss += -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
-            let dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z)) * p.scale / n;
-            dlogp[c] = dh;
-            dlogp[r] = -dh;
+            let t = dpo_term(hc, hr);
+            loss += t.x;
+            dlogp[c] = t.y * p.scale / n;
+            dlogp[r] = t.z * p.scale / n;
             chosen += beta * hc;
             rejected += beta * hr;
             accuracies += select(0.0, 1.0, beta * hc > beta * hr);
@@ -146,11 +238,9 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
         }
     }
     var nll_loss = 0.0;
-    if (p.objective == ORPO) {
-        for (var s = 0u; s < p.seqs; s++) { nll_loss += nll_in[s]; }
-    }
+    for (var s = 0u; s < p.seqs; s++) { nll_loss += nll_in[s]; }
     let k = p.scale;
-    stats[0] += (nll_loss + loss / n) * k;
+    stats[0] += (p.nll_alpha * nll_loss + loss / n) * k;
     stats[1] += chosen / n * k;
     stats[2] += rejected / n * k;
     stats[3] += accuracies / n * k;

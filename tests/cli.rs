@@ -1252,6 +1252,13 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     for s in 0..2 {
         assert!((loss[s] - (nll[s] - 0.2 * ratio[s])).abs() < 1e-4 * loss[s].abs(), "{lines:?}");
     }
+    // IPO with RPO's NLL term: at step 1 (policy = reference) h = 0, so loss = (1/(2β))² + α·nll_loss.
+    let out = train_pairs(&dir, &["--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5", "--steps", "3"]);
+    ok(&out);
+    let lines = step_lines(&out);
+    let (loss, nll) = (column(&lines, "loss"), column(&lines, "nll_loss"));
+    assert!((loss[0] - (25.0 + 0.5 * nll[0])).abs() < 1e-4 * loss[0], "{lines:?}");
+    assert!(loss[2] < loss[0] && column(&lines, "rewards/margins")[2] > 0.0, "{lines:?}");
 }
 
 #[test]
@@ -1292,6 +1299,17 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
             "error: --label-smoothing: must be in [0, 0.5] (cDPO), got 0.7",
         ),
         (&["--objective", "dpo", "--beta", "0"], "error: --beta: must be a finite number > 0, got 0"),
+        (
+            &["--objective", "dpo", "--loss-type", "ipo", "--label-smoothing", "0.1"],
+            "error: --label-smoothing: applies to the sigmoid, robust and exo_pair losses, not ipo (TRL ignores it there)",
+        ),
+        (
+            &["--objective", "dpo", "--loss-type", "robust", "--label-smoothing", "0.5"],
+            "error: --label-smoothing: must be in [0, 0.5) (robust divides by 1 − 2ε), got 0.5",
+        ),
+        (&["--objective", "dpo", "--discopop-tau", "0.1"], "error: --discopop-tau: applies to the discopop loss, not sigmoid"),
+        (&["--objective", "orpo", "--rpo-alpha", "1"], "error: --rpo-alpha: applies to dpo only"),
+        (&["--objective", "dpo", "--rpo-alpha", "inf"], "error: --rpo-alpha: must be a finite number ≥ 0, got inf"),
         (&["--objective", "dpo", "--packing"], "error: --packing: does not apply to dpo: a pair's rows stay whole"),
     ] {
         assert_eq!(refused(args, None), want);

@@ -6,7 +6,9 @@ mod common;
 use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
-use webpeft::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, STATS};
+use webpeft::kernels::preference::{
+    preference_loss, preference_row_scale, sequence_logps, DpoLoss, DpoLossType, PreferenceLoss, STATS,
+};
 use webpeft::kernels::reference::{assert_close, cross_entropy as ce_cpu, preference as cpu};
 use webpeft::util::rng::Rng;
 use webpeft::{DType, Error, Tensor};
@@ -43,7 +45,7 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let token_loss: Vec<f32> = (0..seqs * per).map(|_| rng.uniform_range(0.05, 6.05)).collect();
     let averages = loss.averages();
     let lp_w = weights(&mut rng, seqs, per, |_| if averages { 1.0 / 7.0 } else { 1.0 });
-    let nll_w = if averages {
+    let nll_w = if loss.nll_alpha().is_some() {
         weights(&mut rng, seqs, per, |s| if s < pairs { 0.01 } else { 0.0 })
     } else {
         vec![0.0; seqs * per]
@@ -57,7 +59,8 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let mut rec = Recorder::new(gpu);
     let (logps, nll) = sequence_logps(&mut rec, &tl, &lw, &nw, seqs).unwrap();
     let dlogp = preference_loss(&mut rec, loss, &logps, Some(&rf), &nll, scale, &stats).unwrap();
-    let row_scale = preference_row_scale(&mut rec, &dlogp, &lw, &nw, scale).unwrap();
+    let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
+    let row_scale = preference_row_scale(&mut rec, &dlogp, &lw, &nw, nll_scale).unwrap();
     rec.submit().unwrap();
 
     let (want_logps, want_nll) = cpu::sequence_logps(&token_loss, &lp_w, &nll_w, seqs);
@@ -70,15 +73,37 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     assert_close("stats", &read(&stats), &want_stats, LOSS_ABS, LOSS_REL);
     let got_dlogp = read(&dlogp);
     assert_close("dlogp", &got_dlogp, &want_dlogp, LOSS_ABS, LOSS_REL);
-    assert!(got_dlogp.iter().all(|v| *v != 0.0), "every sequence has a gradient: {got_dlogp:?}");
-    let want_rows = cpu::preference_row_scale(&got_dlogp, &lp_w, &nll_w, scale);
+    // Hinge's gradient is 0 where 1 − βh < 0; every other loss gives every sequence one.
+    let hinge = matches!(loss, PreferenceLoss::Dpo(DpoLoss { loss_type: DpoLossType::Hinge, .. }));
+    let nonzero = got_dlogp.iter().filter(|v| **v != 0.0).count();
+    assert!(nonzero == got_dlogp.len() || (hinge && nonzero > 0), "the sequences' gradients: {got_dlogp:?}");
+    let want_rows = cpu::preference_row_scale(&got_dlogp, &lp_w, &nll_w, nll_scale);
     assert_close("row_scale", &read(&row_scale), &want_rows, 1e-7, 1e-6);
+}
+
+fn dpo(beta: f32, label_smoothing: f32, loss_type: DpoLossType) -> PreferenceLoss {
+    PreferenceLoss::Dpo(DpoLoss { beta, label_smoothing, loss_type, ..DpoLoss::TRL })
 }
 
 #[test]
 fn dpo_loss_matches_the_cpu_reference() {
-    check_loss(PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, 3, 71);
-    check_loss(PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.2 }, 5, 72);
+    check_loss(PreferenceLoss::DPO, 3, 71);
+    check_loss(dpo(0.5, 0.2, DpoLossType::Sigmoid), 5, 72);
+}
+
+/// Every loss type, with and without the RPO term; β 0.1 and 0.5 (the random log-ratios are a few nats:
+/// hinge's 1 − βh falls on both sides of 0, discopop's βh/τ spans the modulation).
+#[test]
+fn every_dpo_loss_type_matches_the_cpu_reference() {
+    for (i, t) in DpoLossType::ALL.into_iter().enumerate() {
+        let eps = if t.smooths() { 0.15 } else { 0.0 };
+        let seed = 80 + 2 * i as u64;
+        check_loss(dpo(0.1, eps, t), 3, seed);
+        let with_rpo = DpoLoss { rpo_alpha: Some(0.7), discopop_tau: 0.3, ..DpoLoss { beta: 0.5, ..DpoLoss::TRL } };
+        check_loss(PreferenceLoss::Dpo(DpoLoss { loss_type: t, ..with_rpo }), 5, seed + 1);
+    }
+    // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
+    check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
 }
 
 #[test]

@@ -110,7 +110,12 @@ mod cli {
     fn cli_fresh_run(dir: &TempDir, tag: &str, args: &[&str]) -> std::path::PathBuf {
         let data = dir.0.join("train.jsonl");
         let lines = ["The cat sat on the mat and looked at the door.", "A small dog ran across the green field."];
-        let jsonl: String = lines.iter().cycle().take(8).map(|t| format!("{{\"text\": \"{t}\"}}\n")).collect();
+        let jsonl: String = if args.contains(&"dpo") {
+            let pair = r#"{"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran across the field."}"#;
+            format!("{pair}\n").repeat(4)
+        } else {
+            lines.iter().cycle().take(8).map(|t| format!("{{\"text\": \"{t}\"}}\n")).collect()
+        };
         std::fs::write(&data, jsonl).unwrap();
         let out = dir.0.join(tag);
         let model = fixture("llama_gqa");
@@ -243,8 +248,13 @@ mod cli {
                 gradient_checkpointing: browser.gradient_checkpointing,
                 objective: webpeft::train::preference::Objective::from_options(
                     o["objective"].as_str().unwrap(),
-                    o["beta"].as_f64().map(|v| v as f32),
-                    o["label_smoothing"].as_f64().map(|v| v as f32),
+                    &webpeft::train::preference::PreferenceOptions {
+                        beta: o["beta"].as_f64().map(|v| v as f32),
+                        label_smoothing: o["label_smoothing"].as_f64().map(|v| v as f32),
+                        loss_type: o["loss_type"].as_str().map(str::to_string),
+                        rpo_alpha: o["rpo_alpha"].as_f64().map(|v| v as f32),
+                        discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
+                    },
                 )
                 .unwrap(),
             };
@@ -253,6 +263,27 @@ mod cli {
             assert_eq!(cli, browser, "CLI {flags:?} vs browser {options}");
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
+        check(
+            "dpo",
+            &["--method", "lora", "--steps", "3", "--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5"],
+            r#"{"lr": 1e-3, "steps": 3, "objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5}"#,
+        );
+        check(
+            "discopop",
+            &[
+                "--method",
+                "lora",
+                "--steps",
+                "3",
+                "--objective",
+                "dpo",
+                "--loss-type",
+                "discopop",
+                "--discopop-tau",
+                "0.2",
+            ],
+            r#"{"lr": 1e-3, "steps": 3, "objective": "dpo", "lossType": "discopop", "discopopTau": 0.2}"#,
+        );
         check(
             "given",
             &[

@@ -9,20 +9,20 @@
 mod common;
 
 use common::{block_on, fixture, gpu, max_abs_diff, Fixture};
-use webpeft::kernels::preference::PreferenceLoss;
+use webpeft::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::LoraAdapter;
 use webpeft::quant::QuantFormat;
 use webpeft::train::data::{Batch, DataOptions, Dataset};
-use webpeft::train::preference::{preference_dataset, Objective};
+use webpeft::train::preference::{preference_dataset, Objective, PreferenceOptions};
 use webpeft::train::preference_loss::preference_logps;
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::{Error, Gpu};
 
 const TOL: f32 = 1e-4;
-const DPO: PreferenceLoss = PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.1 };
+const DPO: PreferenceLoss = PreferenceLoss::Dpo(DpoLoss { label_smoothing: 0.1, ..DpoLoss::TRL });
 const ORPO: PreferenceLoss = PreferenceLoss::Orpo { beta: 0.1 };
 
 fn tokenizer() -> Tokenizer {
@@ -30,7 +30,7 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn options() -> DataOptions {
-    DataOptions { seq_len: 512, batch_size: 4, shuffle: false, ..Default::default() }
+    DataOptions { seq_len: 512, batch_size: 8, shuffle: false, ..Default::default() }
 }
 
 fn pairs(text: &str) -> webpeft::Result<Dataset> {
@@ -39,8 +39,13 @@ fn pairs(text: &str) -> webpeft::Result<Dataset> {
 
 /// The four pairs of dpo/pairs.jsonl as one batch: chosen rows, then rejected rows.
 fn batch() -> Batch {
-    let text = std::fs::read_to_string(fixture("dpo/pairs.jsonl")).unwrap();
-    let data = pairs(&text).unwrap();
+    batch_of("dpo")
+}
+
+/// `folder`/pairs.jsonl as one batch.
+fn batch_of(folder: &str) -> Batch {
+    let text = std::fs::read_to_string(fixture(&format!("{folder}/pairs.jsonl"))).unwrap();
+    let data = preference_dataset("pairs.jsonl", text.as_bytes(), Some(&tokenizer()), &options(), 383).unwrap();
     assert!(data.warnings().is_empty());
     data.epoch(0).remove(0)
 }
@@ -79,7 +84,14 @@ fn adapter(gpu: &Gpu, model: &Model) -> Adapter {
 
 /// One step's loss, metrics and gradients, then nine more steps' losses and the final factors.
 fn check_training(loss: PreferenceLoss, name: &str) {
-    let (gpu, fx, b) = (gpu(), Fixture::open("dpo/reference.safetensors"), batch());
+    check_training_on("dpo", loss, name, "dpo.ref_logps", true);
+}
+
+/// `check_training` on `folder`'s pairs and references (`name`.*), the
+/// reference log-probabilities under `ref_key`, the factors after 10 steps where `finals`.
+fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &str, finals: bool) {
+    let (gpu, b) = (gpu(), batch_of(folder));
+    let fx = Fixture::open(&format!("{folder}/reference.safetensors"));
     let model = model(gpu);
     let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
     let mut trainer = Trainer::new(gpu, adapter(gpu, &model), opt, 0).unwrap();
@@ -88,7 +100,7 @@ fn check_training(loss: PreferenceLoss, name: &str) {
     let (policy, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, loss)).unwrap();
     close(&format!("{name} policy log-probs"), &policy, &fx.f32(&format!("{name}.logps")), TOL);
     if let Some(reference) = reference {
-        close(&format!("{name} reference log-probs"), &reference, &fx.f32("dpo.ref_logps"), TOL);
+        close(&format!("{name} reference log-probs"), &reference, &fx.f32(ref_key), TOL);
     }
 
     let mut losses = Vec::new();
@@ -100,6 +112,7 @@ fn check_training(loss: PreferenceLoss, name: &str) {
             let p = s.preference.unwrap();
             let mut got = vec![p.rewards_chosen, p.rewards_rejected, p.rewards_accuracies, p.rewards_margins];
             got.extend(p.orpo.iter().flatten());
+            got.extend(p.rpo_nll);
             close(&format!("{name} metrics"), &got, &fx.f32(&format!("{name}.metrics")), 0.0);
             let mut worst = 0.0f32;
             for (key, g) in trainer.gradients().tensors() {
@@ -111,6 +124,9 @@ fn check_training(loss: PreferenceLoss, name: &str) {
         }
     }
     close(&format!("{name} 10 AdamW losses"), &losses, &fx.f32(&format!("{name}.losses")), 0.0);
+    if !finals {
+        return;
+    }
     let mut worst = 0.0f32;
     for (key, t) in trainer.adapter.tensors() {
         let got = block_on(t.to_vec::<f32>(gpu)).unwrap();
@@ -128,6 +144,89 @@ fn dpo_matches_trl() {
 #[test]
 fn orpo_matches_trl() {
     check_training(ORPO, "orpo");
+}
+
+/// DPOConfig's loss types and RPO term against TRL 0.24 (`make_fixtures.py dpo_losses`: five pairs, one with
+/// token 0 in its chosen answer, which TRL's RPO NLL leaves out): log-probabilities (IPO's means, the reference's
+/// too), loss, metrics (and nll_loss), 28 gradients, 10 AdamW losses (and for two, the factors after them).
+#[test]
+fn dpo_loss_types_match_trl() {
+    use DpoLossType::*;
+    let d = |loss_type, beta, label_smoothing, rpo_alpha, discopop_tau| DpoLoss {
+        beta,
+        label_smoothing,
+        loss_type,
+        rpo_alpha,
+        discopop_tau,
+    };
+    let cases = [
+        ("robust", d(Robust, 0.1, 0.1, None, 0.05)),
+        ("exo_pair", d(ExoPair, 0.1, 0.0, None, 0.05)),
+        ("exo_pair_smoothed", d(ExoPair, 0.5, 0.2, None, 0.05)),
+        ("hinge", d(Hinge, 0.5, 0.0, None, 0.05)),
+        ("ipo", d(Ipo, 0.1, 0.0, None, 0.05)),
+        ("sppo_hard", d(SppoHard, 0.1, 0.0, None, 0.05)),
+        ("nca_pair", d(NcaPair, 0.1, 0.0, None, 0.05)),
+        ("apo_zero", d(ApoZero, 0.1, 0.0, None, 0.05)),
+        ("apo_down", d(ApoDown, 0.1, 0.0, None, 0.05)),
+        ("discopop", d(Discopop, 0.1, 0.0, None, 0.05)),
+        ("discopop_tau", d(Discopop, 0.5, 0.0, None, 0.5)),
+        ("sigmoid_rpo", d(Sigmoid, 0.1, 0.0, Some(1.0), 0.05)),
+        ("ipo_rpo", d(Ipo, 0.1, 0.0, Some(0.5), 0.05)),
+    ];
+    for (name, dpo) in cases {
+        let loss = PreferenceLoss::Dpo(dpo);
+        let finals = matches!(name, "discopop" | "ipo_rpo");
+        check_training_on("dpo_losses", loss, name, &format!("{name}.ref_logps"), finals);
+    }
+}
+
+#[test]
+fn dpo_options_are_checked() {
+    let dpo = |o: PreferenceOptions| Objective::from_options("dpo", &o);
+    let refused = |o: PreferenceOptions, option: &str, needle: &str| match dpo(o.clone()) {
+        Err(Error::TrainOption { option: got, detail }) => {
+            assert_eq!(got, option, "{o:?}: {detail}");
+            assert!(detail.contains(needle), "{o:?}: {detail}");
+        }
+        other => panic!("{o:?}: expected a TrainOption error on {option}, got {other:?}"),
+    };
+    let typed = |t: &str| PreferenceOptions { loss_type: Some(t.into()), ..Default::default() };
+    refused(typed("kto_pair"), "loss_type", "expected one of sigmoid, robust");
+    refused(PreferenceOptions { label_smoothing: Some(0.1), ..typed("ipo") }, "label_smoothing", "not ipo");
+    refused(PreferenceOptions { discopop_tau: Some(0.1), ..typed("hinge") }, "discopop_tau", "discopop");
+    let o = PreferenceOptions { rpo_alpha: Some(1.0), ..typed("ipo") };
+    let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(o) else { panic!("ipo with rpo_alpha") };
+    assert_eq!((d.loss_type, d.rpo_alpha, d.beta), (DpoLossType::Ipo, Some(1.0), 0.1));
+    for option in ["label_smoothing", "loss_type", "rpo_alpha", "discopop_tau"] {
+        let mut o = PreferenceOptions::default();
+        match option {
+            "label_smoothing" => o.label_smoothing = Some(0.1),
+            "loss_type" => o.loss_type = Some("ipo".into()),
+            "rpo_alpha" => o.rpo_alpha = Some(1.0),
+            _ => o.discopop_tau = Some(0.1),
+        }
+        for (objective, needle) in [("orpo", "dpo only"), ("sft", "dpo and orpo")] {
+            match Objective::from_options(objective, &o) {
+                Err(Error::TrainOption { option: got, detail }) => {
+                    assert_eq!((got, detail.contains(needle)), (option, true), "{objective} {option}: {detail}")
+                }
+                other => panic!("{objective} with {option}: {other:?}"),
+            }
+        }
+    }
+    // Ranges: the recipe's check.
+    use webpeft::train::recipe::TrainRecipe;
+    let range = |d: DpoLoss, option: &str| {
+        let r = TrainRecipe { objective: Objective::Preference(PreferenceLoss::Dpo(d)), ..TrainRecipe::default() };
+        match r.validate() {
+            Err(Error::TrainOption { option: got, detail }) => assert_eq!(got, option, "{detail}"),
+            other => panic!("{d:?}: expected {option} refused, got {other:?}"),
+        }
+    };
+    range(DpoLoss { loss_type: DpoLossType::Robust, label_smoothing: 0.5, ..DpoLoss::TRL }, "label_smoothing");
+    range(DpoLoss { rpo_alpha: Some(f32::NAN), ..DpoLoss::TRL }, "rpo_alpha");
+    range(DpoLoss { loss_type: DpoLossType::Discopop, discopop_tau: 0.0, ..DpoLoss::TRL }, "discopop_tau");
 }
 
 #[test]
@@ -154,8 +253,8 @@ fn bad_preference_lines_are_typed_errors() {
     // A row too short to keep a completion token to predict.
     let e = preference_dataset("p", good.as_bytes(), Some(&tokenizer()), &DataOptions { seq_len: 1, ..options() }, 0);
     assert!(matches!(e, Err(Error::Data { line: 1, .. })), "{e:?}");
-    assert!(matches!(Objective::from_options("ppo", None, None), Err(Error::TrainOption { option: "objective", .. })));
-    assert!(matches!(Objective::from_options("orpo", None, Some(0.1)), Err(Error::TrainOption { .. })));
+    let none = PreferenceOptions::default();
+    assert!(matches!(Objective::from_options("ppo", &none), Err(Error::TrainOption { option: "objective", .. })));
 }
 
 /// Every kind of hook under DPO: (IA)³, prompt tuning (virtual tokens shift the rows), prefix tuning and a

@@ -8,11 +8,13 @@
 //! preference_loss:      stats += scale·[loss, rewards/chosen, rewards/rejected, rewards/accuracies,
 //!                                       rewards/margins, nll_loss, log_odds_ratio, log_odds_chosen]
 //!                       dlogp[s] = ∂(scale·loss)/∂logps[s]
-//! preference_row_scale: row_scale[r] = scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
+//! preference_row_scale: row_scale[r] = nll_scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
 //! ```
 //!
-//! DPO (TRL's `dpo_loss`, sigmoid): h = (π_c − π_r) − (ref_c − ref_r),
-//! loss = mean −(1−ε)·logσ(β·h) − ε·logσ(−β·h), rewards β·(π − ref).
+//! DPO (TRL's `dpo_loss`): with the log-ratios c = π_c − ref_c, r = π_r − ref_r
+//! and h = c − r, loss = mean ℓ(c, r) over the pairs for the [`DpoLossType`]'s ℓ
+//! (sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)), plus `rpo_alpha`·NLL of the
+//! chosen completions where set (RPO); rewards β·(π − ref).
 //! ORPO (TRL's `odds_ratio_loss`): π are mean completion log-probs,
 //! lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)), loss = NLL − β·mean logσ(lo),
 //! rewards β·π. The row factor is what multiplies (softmax − onehot) in the
@@ -31,35 +33,145 @@ const WG: u32 = 64;
 /// Values in a preference step's statistics (see the module docs for their order).
 pub const STATS: usize = 8;
 
+/// DPO's `loss_type` (TRL's `DPOConfig.loss_type`): what the loss makes of
+/// the log-ratios c = π_c − ref_c and r = π_r − ref_r of a pair, h = c − r.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpoLossType {
+    /// −(1−ε)·logσ(βh) − ε·logσ(−βh) (DPO; cDPO with label smoothing ε).
+    Sigmoid,
+    /// (−(1−ε)·logσ(βh) + ε·logσ(−βh)) / (1 − 2ε) (Robust DPO).
+    Robust,
+    /// σ(βh)·(logσ(βh) − log(1−ε)) + σ(−βh)·(logσ(−βh) − log ε), ε 1e-3 where 0 (EXO, pairwise).
+    ExoPair,
+    /// relu(1 − βh) (SLiC).
+    Hinge,
+    /// (h − 1/(2β))², π and ref the mean log-probabilities of the completion (IPO).
+    Ipo,
+    /// (c − 1/(2β))² + (r + 1/(2β))² (SPPO, hard labels).
+    SppoHard,
+    /// −logσ(βc) − ½·logσ(−βc) − ½·logσ(−βr) (NCA, pairwise).
+    NcaPair,
+    /// 1 − σ(βc) + σ(βr) (APO-zero).
+    ApoZero,
+    /// σ(βc) + 1 − σ(βh) (APO-down).
+    ApoDown,
+    /// −logσ(βh)·(1 − m) + e^(−βh)·m, m = σ(βh/τ) (DiscoPOP).
+    Discopop,
+}
+
+impl DpoLossType {
+    /// Every loss type, in the order of their codes in `shaders/preference.wgsl`.
+    pub const ALL: [DpoLossType; 10] = [
+        DpoLossType::Sigmoid,
+        DpoLossType::Robust,
+        DpoLossType::ExoPair,
+        DpoLossType::Hinge,
+        DpoLossType::Ipo,
+        DpoLossType::SppoHard,
+        DpoLossType::NcaPair,
+        DpoLossType::ApoZero,
+        DpoLossType::ApoDown,
+        DpoLossType::Discopop,
+    ];
+
+    /// TRL's name: "sigmoid", "robust", "exo_pair", "hinge", "ipo", "sppo_hard",
+    /// "nca_pair", "apo_zero", "apo_down", "discopop".
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLossType::Sigmoid => "sigmoid",
+            DpoLossType::Robust => "robust",
+            DpoLossType::ExoPair => "exo_pair",
+            DpoLossType::Hinge => "hinge",
+            DpoLossType::Ipo => "ipo",
+            DpoLossType::SppoHard => "sppo_hard",
+            DpoLossType::NcaPair => "nca_pair",
+            DpoLossType::ApoZero => "apo_zero",
+            DpoLossType::ApoDown => "apo_down",
+            DpoLossType::Discopop => "discopop",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DpoLossType> {
+        DpoLossType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Whether the loss reads the label smoothing ε (TRL ignores it for the others).
+    pub fn smooths(self) -> bool {
+        matches!(self, DpoLossType::Sigmoid | DpoLossType::Robust | DpoLossType::ExoPair)
+    }
+
+    fn code(self) -> u32 {
+        DpoLossType::ALL.iter().position(|&t| t == self).unwrap_or(0) as u32
+    }
+}
+
+/// DPO's settings, as `DPOConfig` names them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DpoLoss {
+    /// β, the loss's temperature (IPO's τ).
+    pub beta: f32,
+    /// ε, the chance a label is flipped (sigmoid, robust and exo_pair).
+    pub label_smoothing: f32,
+    pub loss_type: DpoLossType,
+    /// RPO: adds this times the NLL of the chosen completions (`rpo_alpha`; TRL's default None).
+    pub rpo_alpha: Option<f32>,
+    /// DiscoPOP's τ (`discopop_tau`).
+    pub discopop_tau: f32,
+}
+
+impl DpoLoss {
+    /// TRL's defaults: β 0.1, no label smoothing, the sigmoid loss, no RPO term, τ 0.05.
+    pub const TRL: DpoLoss = DpoLoss {
+        beta: 0.1,
+        label_smoothing: 0.0,
+        loss_type: DpoLossType::Sigmoid,
+        rpo_alpha: None,
+        discopop_tau: 0.05,
+    };
+}
+
 /// A preference loss and its settings, as TRL names them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PreferenceLoss {
-    /// DPO's sigmoid loss against the reference model (the base with the adapter off).
-    Dpo { beta: f32, label_smoothing: f32 },
+    /// DPO and its loss types against the reference model (the base with the adapter off).
+    Dpo(DpoLoss),
     /// ORPO: NLL on the chosen rows plus β times the odds-ratio term; no reference.
     Orpo { beta: f32 },
 }
 
 impl PreferenceLoss {
-    /// TRL's defaults: `DPOConfig.beta` 0.1, no label smoothing.
-    pub const DPO: PreferenceLoss = PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 };
+    /// TRL's DPO defaults ([`DpoLoss::TRL`]).
+    pub const DPO: PreferenceLoss = PreferenceLoss::Dpo(DpoLoss::TRL);
     /// TRL's default `ORPOConfig.beta` (λ in the paper) 0.1.
     pub const ORPO: PreferenceLoss = PreferenceLoss::Orpo { beta: 0.1 };
 
     pub fn beta(self) -> f32 {
         match self {
-            PreferenceLoss::Dpo { beta, .. } | PreferenceLoss::Orpo { beta } => beta,
+            PreferenceLoss::Dpo(d) => d.beta,
+            PreferenceLoss::Orpo { beta } => beta,
         }
     }
 
     /// Whether the loss needs the reference log-probabilities.
     pub fn needs_reference(self) -> bool {
-        matches!(self, PreferenceLoss::Dpo { .. })
+        matches!(self, PreferenceLoss::Dpo(_))
     }
 
-    /// Whether the sequence log-probabilities are means over the completion (ORPO) rather than sums.
+    /// Whether the sequence log-probabilities are means over the completion
+    /// (ORPO, IPO) rather than sums.
     pub fn averages(self) -> bool {
-        matches!(self, PreferenceLoss::Orpo { .. })
+        match self {
+            PreferenceLoss::Dpo(d) => d.loss_type == DpoLossType::Ipo,
+            PreferenceLoss::Orpo { .. } => true,
+        }
+    }
+
+    /// What multiplies the NLL term in the loss: ORPO's 1, DPO's `rpo_alpha`.
+    pub fn nll_alpha(self) -> Option<f32> {
+        match self {
+            PreferenceLoss::Dpo(d) => d.rpo_alpha,
+            PreferenceLoss::Orpo { .. } => Some(1.0),
+        }
     }
 }
 
@@ -73,7 +185,10 @@ struct Params {
     beta: f32,
     label_smoothing: f32,
     scale: f32,
-    _pad: u32,
+    nll_alpha: f32,
+    loss_type: u32,
+    discopop_tau: f32,
+    _pad: [u32; 2],
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -81,21 +196,35 @@ fn key(entry: &'static str) -> PipelineKey {
 }
 
 fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale: f32) -> Params {
-    let (objective, beta, label_smoothing) = match loss {
-        Some(PreferenceLoss::Dpo { beta, label_smoothing }) => (0, beta, label_smoothing),
-        Some(PreferenceLoss::Orpo { beta }) => (1, beta, 0.0),
-        None => (0, 0.0, 0.0),
-    };
-    Params {
+    let mut p = Params {
         seqs: seqs as u32,
         rows_per_seq: rows_per_seq as u32,
-        objective,
+        objective: 0,
         pairs: (seqs / 2) as u32,
-        beta,
-        label_smoothing,
+        beta: 0.0,
+        label_smoothing: 0.0,
         scale,
-        _pad: 0,
+        nll_alpha: loss.and_then(|l| l.nll_alpha()).unwrap_or(0.0),
+        loss_type: 0,
+        discopop_tau: 1.0,
+        _pad: [0; 2],
+    };
+    match loss {
+        Some(PreferenceLoss::Dpo(d)) => {
+            p.beta = d.beta;
+            p.loss_type = d.loss_type.code();
+            p.label_smoothing = match d.loss_type {
+                // TRL's dpo_loss sets a zero ε to 1e-3 for EXO.
+                DpoLossType::ExoPair if d.label_smoothing == 0.0 => 1e-3,
+                t if t.smooths() => d.label_smoothing,
+                _ => 0.0,
+            };
+            p.discopop_tau = d.discopop_tau;
+        }
+        Some(PreferenceLoss::Orpo { beta }) => (p.objective, p.beta) = (1, beta),
+        None => {}
     }
+    p
 }
 
 /// The rows per sequence of `seqs` sequences over weights of `rows` rows, checked.
@@ -176,14 +305,16 @@ pub fn preference_loss(
     Ok(dlogp)
 }
 
-/// row_scale (S·T') = scale·nll_weight − dlogp[s(r)]·lp_weight: each row's
-/// factor of (softmax − onehot) in ∂(scale·loss)/∂logits.
+/// row_scale (S·T') = nll_scale·nll_weight − dlogp[s(r)]·lp_weight: each
+/// row's factor of (softmax − onehot) in ∂(scale·loss)/∂logits, where
+/// nll_scale is `scale` times the loss's NLL factor
+/// ([`PreferenceLoss::nll_alpha`]).
 pub fn preference_row_scale(
     rec: &mut Recorder,
     dlogp: &Tensor,
     lp_weight: &Tensor,
     nll_weight: &Tensor,
-    scale: f32,
+    nll_scale: f32,
 ) -> Result<Tensor> {
     const OP: &str = "preference_row_scale";
     let rows = same_rows(OP, &[("lp_weight", lp_weight), ("nll_weight", nll_weight)])?;
@@ -191,7 +322,7 @@ pub fn preference_row_scale(
     let seqs = dlogp.numel();
     let per = rows_per_seq(OP, rows, seqs)?;
     let row_scale = rec.alloc(&[rows], DType::F32)?;
-    let p = params(seqs, per, None, scale);
+    let p = params(seqs, per, None, nll_scale);
     let bound = [(2, lp_weight), (3, nll_weight), (11, dlogp), (12, &row_scale)];
     rec.dispatch_bound(&key(OP), &p, &bound, grid_1d(rows.div_ceil(WG as usize)))?;
     Ok(row_scale)

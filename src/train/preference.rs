@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use super::chat::Message;
 use super::data::{DataOptions, Dataset, Example, Parser};
-use crate::kernels::preference::PreferenceLoss;
+use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss};
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -49,12 +49,12 @@ impl Objective {
     pub fn name(self) -> &'static str {
         match self {
             Objective::Sft => "sft",
-            Objective::Preference(PreferenceLoss::Dpo { .. }) => "dpo",
+            Objective::Preference(PreferenceLoss::Dpo(_)) => "dpo",
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
         }
     }
 
-    /// The objective `name` with TRL's defaults (DPO and ORPO: beta 0.1).
+    /// The objective `name` with TRL's defaults (DPO: [`DpoLoss::TRL`]; ORPO: beta 0.1).
     pub fn from_name(name: &str) -> Option<Objective> {
         match name {
             "sft" => Some(Objective::Sft),
@@ -64,33 +64,74 @@ impl Objective {
         }
     }
 
-    /// The objective `name` with `beta` and `label_smoothing` where given
-    /// (the CLI's and the browser's options); one that does not apply is a
-    /// `TrainOption` error naming it. Ranges are checked by the recipe.
-    pub fn from_options(name: &str, beta: Option<f32>, label_smoothing: Option<f32>) -> Result<Objective> {
+    /// The objective `name` with the settings `o` gives (TRL's defaults for
+    /// the rest): the CLI's and the browser's options. A setting that does
+    /// not apply to the objective (or to DPO's loss type) is a `TrainOption`
+    /// error naming it. Ranges are checked by the recipe.
+    pub fn from_options(name: &str, o: &PreferenceOptions) -> Result<Objective> {
         let bad = |option, detail: String| Error::TrainOption { option, detail };
         let objective = Objective::from_name(name)
             .ok_or_else(|| bad("objective", format!("expected sft, dpo or orpo, got {name:?}")))?;
-        let Objective::Preference(loss) = objective else {
-            return match (beta, label_smoothing) {
-                (None, None) => Ok(Objective::Sft),
-                (b, _) => {
-                    Err(bad(if b.is_some() { "beta" } else { "label_smoothing" }, "applies to dpo and orpo".into()))
+        let dpo_only = [
+            ("label_smoothing", o.label_smoothing.is_some()),
+            ("loss_type", o.loss_type.is_some()),
+            ("rpo_alpha", o.rpo_alpha.is_some()),
+            ("discopop_tau", o.discopop_tau.is_some()),
+        ];
+        let given = |names: &[(&'static str, bool)]| names.iter().find(|(_, set)| *set).map(|(n, _)| *n);
+        match objective {
+            Objective::Sft => match given(&[("beta", o.beta.is_some())]).or(given(&dpo_only)) {
+                Some(option) => Err(bad(option, "applies to dpo and orpo".into())),
+                None => Ok(Objective::Sft),
+            },
+            Objective::Preference(PreferenceLoss::Orpo { beta }) => match given(&dpo_only) {
+                Some(option) => Err(bad(option, "applies to dpo only".into())),
+                None => Ok(Objective::Preference(PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) })),
+            },
+            Objective::Preference(PreferenceLoss::Dpo(d)) => {
+                let loss_type = match &o.loss_type {
+                    Some(t) => DpoLossType::from_name(t).ok_or_else(|| {
+                        let names: Vec<_> = DpoLossType::ALL.iter().map(|t| t.name()).collect();
+                        bad("loss_type", format!("expected one of {}, got {t:?}", names.join(", ")))
+                    })?,
+                    None => d.loss_type,
+                };
+                if o.label_smoothing.is_some() && !loss_type.smooths() {
+                    return Err(bad(
+                        "label_smoothing",
+                        format!(
+                            "applies to the sigmoid, robust and exo_pair losses, not {} (TRL ignores it there)",
+                            loss_type.name()
+                        ),
+                    ));
                 }
-            };
-        };
-        Ok(Objective::Preference(match loss {
-            PreferenceLoss::Dpo { beta: b, label_smoothing: e } => {
-                PreferenceLoss::Dpo { beta: beta.unwrap_or(b), label_smoothing: label_smoothing.unwrap_or(e) }
-            }
-            PreferenceLoss::Orpo { beta: b } => {
-                if label_smoothing.is_some() {
-                    return Err(bad("label_smoothing", "applies to dpo only".into()));
+                if o.discopop_tau.is_some() && loss_type != DpoLossType::Discopop {
+                    return Err(bad("discopop_tau", format!("applies to the discopop loss, not {}", loss_type.name())));
                 }
-                PreferenceLoss::Orpo { beta: beta.unwrap_or(b) }
+                Ok(Objective::Preference(PreferenceLoss::Dpo(DpoLoss {
+                    beta: o.beta.unwrap_or(d.beta),
+                    label_smoothing: o.label_smoothing.unwrap_or(d.label_smoothing),
+                    loss_type,
+                    rpo_alpha: o.rpo_alpha.or(d.rpo_alpha),
+                    discopop_tau: o.discopop_tau.unwrap_or(d.discopop_tau),
+                })))
             }
-        }))
+        }
     }
+}
+
+/// The preference settings the CLI's flags and the browser's options give,
+/// as `DPOConfig` names them (the browser's in camelCase); None: TRL's default.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PreferenceOptions {
+    /// DPO's β, ORPO's λ.
+    pub beta: Option<f32>,
+    pub label_smoothing: Option<f32>,
+    /// DPO's `loss_type` by TRL's name ("sigmoid", "ipo", …).
+    pub loss_type: Option<String>,
+    pub rpo_alpha: Option<f32>,
+    pub discopop_tau: Option<f32>,
 }
 
 /// The text of a pair after the chat template: prompt, chosen, rejected.

@@ -16,13 +16,14 @@
 //! ```
 //!
 //! ORPO's NLL is `ORPOTrainer`'s: the mean cross-entropy over every token of
-//! the chosen rows (prompt and completion), through `nll_weight`.
+//! the chosen rows (prompt and completion), through `nll_weight`; DPO's RPO
+//! term (`rpo_alpha`) is `DPOTrainer`'s: the chosen completions' tokens.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use crate::kernels::elementwise::fill;
-use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss};
+use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, DpoLoss, PreferenceLoss};
 use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
 use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
@@ -37,9 +38,11 @@ pub struct PairRows {
     /// (S·T') the next token where a loss term counts it, −100 elsewhere.
     pub targets: Vec<i32>,
     /// (S·T') the row's weight in its sequence's log-probability: 1 (DPO) or
-    /// 1/completion tokens (ORPO) on completion rows, 0 elsewhere.
+    /// 1/completion tokens (ORPO, IPO) on completion rows, 0 elsewhere.
     pub lp_weight: Vec<f32>,
-    /// (S·T') ORPO: 1/N on every predicted row of the chosen sequences (N of them); DPO: 0.
+    /// (S·T') ORPO: 1/N on every predicted row of the chosen sequences (N of
+    /// them); DPO with `rpo_alpha`: 1/N on the chosen completions' rows whose
+    /// target is not id 0; otherwise 0.
     pub nll_weight: Vec<f32>,
     /// S = 2P.
     pub seqs: usize,
@@ -72,7 +75,16 @@ impl PairRows {
             w.iter_mut().zip(t).filter(|(_, &t)| t != IGNORE_INDEX).for_each(|(w, _)| *w = weight);
         }
         let mut nll_weight = vec![0.0f32; targets.len()];
-        if loss.averages() {
+        if let PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) = loss {
+            // TRL's RPO term: the mean cross-entropy over the chosen completions' tokens, whose cross_entropy
+            // call (ignore_index=0, the id it gives masked labels) leaves out every target of id 0 too.
+            let chosen = &targets[..seqs / 2 * per];
+            let count = chosen.iter().filter(|&&t| t != IGNORE_INDEX && t != 0).count();
+            for (w, _) in nll_weight.iter_mut().zip(chosen).filter(|(_, &t)| t != IGNORE_INDEX && t != 0) {
+                *w = 1.0 / count as f32;
+            }
+        }
+        if let PreferenceLoss::Orpo { .. } = loss {
             // The chosen rows' every token up to the end of the completion (the padding excluded).
             let whole: Vec<Vec<i32>> = batch.input_ids[..seqs / 2]
                 .iter()
@@ -186,9 +198,16 @@ fn score(
 }
 
 /// The DPO reference: the micro-batch's completion log-probabilities (S)
-/// with every adapter hook off.
-fn reference_logps(rec: &mut Recorder, model: &Model, ids: &Tensor, batch: &Batch, vocab: usize) -> Result<Tensor> {
-    let rows = PairRows::new(batch, vocab, 0, PreferenceLoss::DPO)?;
+/// with every adapter hook off (sums, or IPO's means, as `loss` scores the policy).
+fn reference_logps(
+    rec: &mut Recorder,
+    model: &Model,
+    ids: &Tensor,
+    batch: &Batch,
+    vocab: usize,
+    loss: PreferenceLoss,
+) -> Result<Tensor> {
+    let rows = PairRows::new(batch, vocab, 0, loss)?;
     let uploaded = rows.upload(rec.gpu())?;
     Ok(score(rec, model, ids, &NoHooks, false, &rows, &uploaded)?.logps)
 }
@@ -211,12 +230,14 @@ pub(crate) fn record_preference_micro(
     let gpu = rec.gpu();
     let ids = model.input_ids(gpu, &batch.input_ids)?;
     let vocab = model.config.vocab_size;
-    let reference = if loss.needs_reference() { Some(reference_logps(rec, model, &ids, batch, vocab)?) } else { None };
+    let reference =
+        if loss.needs_reference() { Some(reference_logps(rec, model, &ids, batch, vocab, loss)?) } else { None };
     let uploaded = rows.upload(gpu)?;
     let s = score(rec, model, &ids, hooks, checkpoint, rows, &uploaded)?;
     let [targets, lp_weight, nll_weight] = &uploaded;
     let dlogp = preference_loss(rec, loss, &s.logps, reference.as_ref(), &s.nll, scale, stats)?;
-    let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, scale)?;
+    let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
+    let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);
     let dxn = rec.alloc(&[m, d], DType::F32)?;
     let lm_head = &model.lm_head;
@@ -251,7 +272,7 @@ pub async fn preference_logps(
     let mut rec = Recorder::new(gpu);
     let ids = model.input_ids(gpu, &batch.input_ids)?;
     let reference =
-        if loss.needs_reference() { Some(reference_logps(&mut rec, model, &ids, batch, vocab)?) } else { None };
+        if loss.needs_reference() { Some(reference_logps(&mut rec, model, &ids, batch, vocab, loss)?) } else { None };
     let uploaded = rows.upload(gpu)?;
     let policy = score(&mut rec, model, &ids, hooks, false, &rows, &uploaded)?.logps;
     rec.submit()?;

@@ -26,7 +26,7 @@ use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use crate::train::plan::PlanAdapter;
 
-use crate::kernels::preference::PreferenceLoss;
+use crate::kernels::preference::{DpoLossType, PreferenceLoss};
 pub use crate::peft::adapter::AdapterConfig;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use crate::train::preference::{preference_dataset, Objective};
@@ -561,9 +561,18 @@ impl TrainRecipe {
             if !(beta.is_finite() && beta > 0.0) {
                 return Err(bad("beta", format!("must be a finite number > 0, got {beta}")));
             }
-            if let PreferenceLoss::Dpo { label_smoothing: e, .. } = loss {
-                if !(0.0..=0.5).contains(&e) {
-                    return Err(bad("label_smoothing", format!("must be in [0, 0.5] (cDPO), got {e}")));
+            if let PreferenceLoss::Dpo(d) = loss {
+                let (e, robust) = (d.label_smoothing, d.loss_type == DpoLossType::Robust);
+                if !(e >= 0.0 && (e < 0.5 || (e == 0.5 && !robust))) {
+                    let range = if robust { "[0, 0.5) (robust divides by 1 − 2ε)" } else { "[0, 0.5] (cDPO)" };
+                    return Err(bad("label_smoothing", format!("must be in {range}, got {e}")));
+                }
+                if let Some(a) = d.rpo_alpha.filter(|a| !(a.is_finite() && *a >= 0.0)) {
+                    return Err(bad("rpo_alpha", format!("must be a finite number ≥ 0, got {a}")));
+                }
+                let tau = d.discopop_tau;
+                if !(tau.is_finite() && tau > 0.0) {
+                    return Err(bad("discopop_tau", format!("must be a finite number > 0, got {tau}")));
                 }
             }
             if self.packing {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
-use crate::kernels::preference::{PreferenceLoss, STATS};
+use crate::kernels::preference::{DpoLoss, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels_after, Hooks, Model};
@@ -92,6 +92,8 @@ pub struct PreferenceStats {
     pub rewards_margins: f32,
     /// ORPO: `nll_loss`, `log_odds_ratio` and `log_odds_chosen`.
     pub orpo: Option<[f32; 3]>,
+    /// DPO with `rpo_alpha`: `nll_loss`, the chosen completions' mean cross-entropy.
+    pub rpo_nll: Option<f32>,
 }
 
 impl PreferenceStats {
@@ -101,7 +103,8 @@ impl PreferenceStats {
             rewards_rejected: s[2],
             rewards_accuracies: s[3],
             rewards_margins: s[4],
-            orpo: loss.averages().then(|| [s[5], s[6], s[7]]),
+            orpo: matches!(loss, PreferenceLoss::Orpo { .. }).then(|| [s[5], s[6], s[7]]),
+            rpo_nll: matches!(loss, PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. })).then(|| s[5]),
         }
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::kernels::swiglu::Activation;
 use crate::peft::prompt_tuning::PromptTuningInit;
 use crate::peft::{InitLoraWeights, TargetModules};
-use crate::train::preference::Objective;
+use crate::train::preference::{Objective, PreferenceOptions};
 use crate::train::recipe::{
     AdaLoraRecipe, AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, PromptTuningRecipe, TrainRecipe,
     DEFAULT_SEED,
@@ -190,10 +190,9 @@ pub struct TrainOptions {
     pub gradient_checkpointing: Option<bool>,
     /// "sft" (the default), "dpo" or "orpo".
     pub objective: Option<String>,
-    /// DPO and ORPO's β [default 0.1].
-    pub beta: Option<f32>,
-    /// DPO's label smoothing ε [default 0].
-    pub label_smoothing: Option<f32>,
+    /// DPO's and ORPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`.
+    #[serde(flatten)]
+    pub preference: PreferenceOptions,
 }
 
 /// `evaluate`'s options.
@@ -391,7 +390,7 @@ impl TrainOptions {
         t.packing = self.packing.unwrap_or(t.packing);
         t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
         let objective = self.objective.as_deref().unwrap_or("sft");
-        t.objective = Objective::from_options(objective, self.beta, self.label_smoothing)?;
+        t.objective = Objective::from_options(objective, &self.preference)?;
         t.validate()?;
         Ok(t)
     }

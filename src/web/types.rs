@@ -114,14 +114,20 @@ export interface TrainOptions {
   gradientCheckpointing?: boolean;
   /** "dpo" or "orpo": train on preference pairs ({prompt, chosen, rejected}, text or messages). Left out: "sft". */
   objective?: "sft" | "dpo" | "orpo";
-  /** DPO's and ORPO's beta (TRL's default 0.1); DPO's labelSmoothing in [0, 0.5] (default 0). */
+  /** DPO's and ORPO's beta (TRL's default 0.1); DPO's labelSmoothing in [0, 0.5] (default 0; the sigmoid,
+   * robust and exo_pair losses). */
   beta?: number; labelSmoothing?: number;
+  /** DPO's loss (TRL's loss_type, default "sigmoid"); "ipo" scores answers by their mean log-probability. */
+  lossType?: "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero" | "apo_down" | "discopop";
+  /** DPO: adds rpoAlpha times the chosen answers' NLL (RPO; default off). discopopTau: the discopop loss's τ (0.05). */
+  rpoAlpha?: number; discopopTau?: number;
 }
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
   tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
-  /** DPO and ORPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins. */
-  rewards?: { chosen: number; rejected: number; accuracies: number; margins: number };
+  /** DPO and ORPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and nll_loss
+   * (ORPO, and DPO with rpoAlpha). */
+  rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; nllLoss?: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
@@ -256,11 +262,15 @@ pub struct StepEvent {
 
 /// A preference step's rewards, as TRL logs them (`rewards/chosen`, …).
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Rewards {
     pub chosen: f32,
     pub rejected: f32,
     pub accuracies: f32,
     pub margins: f32,
+    /// ORPO's NLL, or DPO's with `rpoAlpha`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nll_loss: Option<f32>,
 }
 
 #[derive(Serialize)]

@@ -39,6 +39,9 @@ export async function example(data: string): Promise<void> {
     { prompt: [{ role: "user", content: "Hi" }], chosen: [{ role: "assistant", content: "Hello." }], rejected: [{ role: "assistant", content: "No." }] }];
   const dpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", beta: 0.1, labelSmoothing: 0.1 });
   const margin: number | undefined = (await dpo.step())?.rewards?.margins;
+  const ipo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "ipo", rpoAlpha: 0.5 });
+  const nll: number | undefined = (await ipo.step())?.rewards?.nllLoss;
+  console.log(nll, model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "discopop", discopopTau: 0.1 }).totalSteps());
   console.log(margin);
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));

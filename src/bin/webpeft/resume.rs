@@ -31,13 +31,20 @@ pub struct RunOptions {
     pub seed: u64,
     /// The training data, as an absolute path.
     pub data: PathBuf,
-    /// sft, dpo or orpo (checkpoints without it: sft), with the --beta and --label-smoothing given.
+    /// sft, dpo or orpo (checkpoints without it: sft), with the --beta, --label-smoothing,
+    /// --loss-type, --rpo-alpha and --discopop-tau given.
     #[serde(default = "sft")]
     pub objective: String,
     #[serde(default)]
     pub beta: Option<f32>,
     #[serde(default)]
     pub label_smoothing: Option<f32>,
+    #[serde(default)]
+    pub loss_type: Option<String>,
+    #[serde(default)]
+    pub rpo_alpha: Option<f32>,
+    #[serde(default)]
+    pub discopop_tau: Option<f32>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -67,6 +74,9 @@ impl RunOptions {
             objective: a.objective.clone(),
             beta: a.beta,
             label_smoothing: a.label_smoothing,
+            loss_type: a.loss_type.clone(),
+            rpo_alpha: a.rpo_alpha,
+            discopop_tau: a.discopop_tau,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
         }
@@ -167,6 +177,11 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     let show = |v: &Option<f32>| v.map_or("-".into(), |v| v.to_string());
     one!("beta", "beta", a.beta, saved.beta, show);
     one!("label_smoothing", "label-smoothing", a.label_smoothing, saved.label_smoothing, show);
+    one!("loss_type", "loss-type", a.loss_type, saved.loss_type, |v: &Option<String>| v
+        .clone()
+        .unwrap_or_else(|| "-".into()));
+    one!("rpo_alpha", "rpo-alpha", a.rpo_alpha, saved.rpo_alpha, show);
+    one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

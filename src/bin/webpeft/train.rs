@@ -15,7 +15,7 @@ use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset};
 use webpeft::train::early_stopping::EarlyStopping;
-use webpeft::train::preference::Objective;
+use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
@@ -179,9 +179,20 @@ pub struct TrainArgs {
     /// DPO and ORPO: β (DPO's temperature, ORPO's λ) [default: 0.1, as TRL].
     #[arg(long)]
     pub beta: Option<f32>,
-    /// DPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO) [default: 0].
+    /// DPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO; the sigmoid,
+    /// robust and exo_pair losses) [default: 0].
     #[arg(long)]
     pub label_smoothing: Option<f32>,
+    /// DPO: TRL's loss_type [default: sigmoid]; ipo scores answers by their mean log-probability.
+    #[arg(long, value_parser = ["sigmoid", "robust", "exo_pair", "hinge", "ipo", "sppo_hard", "nca_pair",
+        "apo_zero", "apo_down", "discopop"])]
+    pub loss_type: Option<String>,
+    /// DPO: adds this times the NLL of the chosen answers (RPO; TRL's rpo_alpha) [default: off].
+    #[arg(long)]
+    pub rpo_alpha: Option<f32>,
+    /// DPO's discopop loss: its temperature τ [default: 0.05, as TRL].
+    #[arg(long)]
+    pub discopop_tau: Option<f32>,
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -286,7 +297,7 @@ impl RewardsLine {
             rejected: p.rewards_rejected,
             accuracies: p.rewards_accuracies,
             margins: p.rewards_margins,
-            nll_loss: p.orpo.map(|o| o[0]),
+            nll_loss: p.orpo.map(|o| o[0]).or(p.rpo_nll),
             log_odds_ratio: p.orpo.map(|o| o[1]),
             log_odds_chosen: p.orpo.map(|o| o[2]),
         }
@@ -511,7 +522,14 @@ impl TrainArgs {
         t.shuffle = !self.no_shuffle;
         t.seed = self.seed;
         t.gradient_checkpointing = self.gradient_checkpointing;
-        t.objective = Objective::from_options(&self.objective, self.beta, self.label_smoothing)?;
+        let preference = PreferenceOptions {
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            loss_type: self.loss_type.clone(),
+            rpo_alpha: self.rpo_alpha,
+            discopop_tau: self.discopop_tau,
+        };
+        t.objective = Objective::from_options(&self.objective, &preference)?;
         Ok(t)
     }
 

@@ -1,8 +1,8 @@
-//! The DPO and ORPO losses on per-sequence log-probabilities, the reference
+//! The DPO (every loss type) and ORPO losses on per-sequence log-probabilities, the reference
 //! for `shaders/preference.wgsl` (see `kernels::preference` for the math).
 //! Sums run in f64 and each result is rounded to f32 once.
 
-use crate::kernels::preference::{PreferenceLoss, STATS};
+use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 
 /// `(logps, nll)`, both (seqs): logps[s] = −Σ lp_weight·CE, nll[s] = Σ nll_weight·CE over the sequence's rows.
 pub fn sequence_logps(token_loss: &[f32], lp_weight: &[f32], nll_weight: &[f32], seqs: usize) -> (Vec<f32>, Vec<f32>) {
@@ -20,6 +20,64 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// DPO's ℓ(c, r) and (∂ℓ/∂c, ∂ℓ/∂r) for the log-ratios c, r (TRL's `dpo_loss`).
+fn dpo_term(d: DpoLoss, c: f64, r: f64) -> (f64, f64, f64) {
+    let beta = d.beta as f64;
+    let eps = match d.loss_type {
+        DpoLossType::ExoPair if d.label_smoothing == 0.0 => 1e-3,
+        _ => d.label_smoothing as f64,
+    };
+    let (h, ds) = (c - r, |x: f64| sigmoid(x) * sigmoid(-x));
+    let z = beta * h;
+    // A loss of h alone: (ℓ, ∂ℓ/∂h).
+    let of_h = |l: f64, dh: f64| (l, dh, -dh);
+    match d.loss_type {
+        DpoLossType::Sigmoid => of_h(
+            -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z),
+            beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z)),
+        ),
+        DpoLossType::Robust => of_h(
+            (-(1.0 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1.0 - 2.0 * eps),
+            beta * (-(1.0 - eps) * sigmoid(-z) - eps * sigmoid(z)) / (1.0 - 2.0 * eps),
+        ),
+        DpoLossType::ExoPair => {
+            let (a, b) = ((1.0 - eps).ln(), eps.ln());
+            of_h(sigmoid(z) * (log_sigmoid(z) - a) + sigmoid(-z) * (log_sigmoid(-z) - b), beta * ds(z) * (z - a + b))
+        }
+        DpoLossType::Hinge => of_h((1.0 - z).max(0.0), if 1.0 - z > 0.0 { -beta } else { 0.0 }),
+        DpoLossType::Ipo => {
+            let e = h - 1.0 / (2.0 * beta);
+            of_h(e * e, 2.0 * e)
+        }
+        DpoLossType::SppoHard => {
+            let (a, b) = (c - 0.5 / beta, r + 0.5 / beta);
+            (a * a + b * b, 2.0 * a, 2.0 * b)
+        }
+        DpoLossType::NcaPair => {
+            let (zc, zr) = (beta * c, beta * r);
+            (
+                -log_sigmoid(zc) - 0.5 * log_sigmoid(-zc) - 0.5 * log_sigmoid(-zr),
+                beta * (-sigmoid(-zc) + 0.5 * sigmoid(zc)),
+                beta * 0.5 * sigmoid(zr),
+            )
+        }
+        DpoLossType::ApoZero => {
+            (1.0 - sigmoid(beta * c) + sigmoid(beta * r), -beta * ds(beta * c), beta * ds(beta * r))
+        }
+        DpoLossType::ApoDown => (sigmoid(beta * c) + 1.0 - sigmoid(z), beta * (ds(beta * c) - ds(z)), beta * ds(z)),
+        DpoLossType::Discopop => {
+            let tau = d.discopop_tau as f64;
+            let m = sigmoid(z / tau);
+            let dm = m * (1.0 - m) / tau;
+            let e = (-z).exp();
+            of_h(
+                -log_sigmoid(z) * (1.0 - m) + e * m,
+                beta * (-sigmoid(-z) * (1.0 - m) + log_sigmoid(z) * dm - e * m + e * dm),
+            )
+        }
+    }
+}
+
 /// `(stats, dlogp)`: `scale` times the loss and TRL's metrics (the order of
 /// `kernels::preference::STATS`) and ∂(scale·loss)/∂logps, for sequences laid
 /// out as the chosen ones then the rejected ones.
@@ -35,22 +93,16 @@ pub fn preference_loss(
     let mut stats = [0f64; STATS];
     let mut dlogp = vec![0f32; policy.len()];
     let beta = loss.beta() as f64;
-    let mut nll_loss = 0.0;
-    if let PreferenceLoss::Orpo { .. } = loss {
-        nll_loss = nll.iter().map(|&v| v as f64).sum::<f64>();
-    }
+    let nll_loss = nll.iter().map(|&v| v as f64).sum::<f64>();
     let mut total = 0.0;
     for i in 0..pairs {
         let (c, r) = (i, i + pairs);
         let (pc, pr) = (policy[c] as f64, policy[r] as f64);
         let (rc, rr, term, dc, dr) = match loss {
-            PreferenceLoss::Dpo { label_smoothing, .. } => {
-                let eps = label_smoothing as f64;
+            PreferenceLoss::Dpo(d) => {
                 let (hc, hr) = (pc - reference[c] as f64, pr - reference[r] as f64);
-                let z = beta * (hc - hr);
-                let l = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
-                let dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z)) * k / n;
-                (beta * hc, beta * hr, l, dh, -dh)
+                let (l, dc, dr) = dpo_term(d, hc, hr);
+                (beta * hc, beta * hr, l, dc * k / n, dr * k / n)
             }
             PreferenceLoss::Orpo { .. } => {
                 let log1m_exp = |x: f64| (-x.exp_m1()).ln();
@@ -70,13 +122,14 @@ pub fn preference_loss(
         dlogp[c] = dc as f32;
         dlogp[r] = dr as f32;
     }
-    stats[0] = (nll_loss + total / n) * k;
+    let alpha = loss.nll_alpha().unwrap_or(0.0) as f64;
+    stats[0] = (alpha * nll_loss + total / n) * k;
     stats[5] = nll_loss * k;
     (stats.iter().map(|&v| v as f32).collect(), dlogp)
 }
 
-/// row_scale[r] = scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r].
-pub fn preference_row_scale(dlogp: &[f32], lp_weight: &[f32], nll_weight: &[f32], scale: f32) -> Vec<f32> {
+/// row_scale[r] = nll_scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r].
+pub fn preference_row_scale(dlogp: &[f32], lp_weight: &[f32], nll_weight: &[f32], nll_scale: f32) -> Vec<f32> {
     let per = lp_weight.len() / dlogp.len();
-    (0..lp_weight.len()).map(|r| scale * nll_weight[r] - dlogp[r / per] * lp_weight[r]).collect()
+    (0..lp_weight.len()).map(|r| nll_scale * nll_weight[r] - dlogp[r / per] * lp_weight[r]).collect()
 }
