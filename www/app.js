@@ -47,7 +47,7 @@ const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-erro
   generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error", chat: "chat-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
-  beta: "beta", label_smoothing: "label smoothing" };
+  beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss" };
 function inFormWords(message) {
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
   if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
@@ -302,7 +302,7 @@ function config() {
   const targets = f.get("targets") === "all-linear" ? "all-linear" : f.get("targets").split(",");
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
-    objective: f.get("objective"), beta: n("beta") };
+    objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType") };
 }
 
 function load() {

@@ -74,11 +74,12 @@ async function drive(run, c, evalData, replayed = false) {
 }
 
 function trainOptions(c) {
-  // beta belongs to dpo and orpo; the library refuses it beside sft.
+  // beta belongs to dpo and orpo, the loss type to dpo; the library refuses them elsewhere.
   const objective = c.objective ?? "sft";
   return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
     schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0, objective,
-    ...(objective === "sft" ? {} : { beta: c.beta }) };
+    ...(objective === "sft" ? {} : { beta: c.beta }),
+    ...(objective === "dpo" && c.lossType ? { lossType: c.lossType } : {}) };
 }
 
 /** planMemory's options for a load message's (or the presets' settings') quant, method, r, batch and seq len.

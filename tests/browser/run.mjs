@@ -269,6 +269,14 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.ok(steps[3].margins > 0.1, JSON.stringify(steps));
     assert.equal(await page.locator("#rewards tbody tr").count(), 4, "one table row per step");
     await page.screenshot({ path: path.join(out, "demo-preference.png"), fullPage: true });
+    // The dpo loss picker reaches the library: one IPO step of a fresh adapter (h = 0) costs (1/(2β))² = 25.
+    await page.selectOption("#config [name=lossType]", "ipo");
+    await page.fill("#config [name=steps]", "1");
+    await page.click("#train");
+    await page.waitForFunction(() => document.body.dataset.trained === "done" &&
+      JSON.parse(document.body.dataset.rewards).length === 1, null, { timeout: 600_000 });
+    const [ipo] = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    assert.ok(Math.abs(ipo.loss - 25) < 1e-4, JSON.stringify(ipo));
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
