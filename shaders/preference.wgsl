@@ -13,6 +13,7 @@
 // CE[r] = −log p(target of row r) from cross_entropy_forward (0 where ignored).
 // DPO:  c = π_c − ref_c, r = π_r − ref_r, h = c − r; loss = α·NLL + mean ℓ(c, r), ℓ by loss_type
 //       (dpo_term; sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)); α = rpo_alpha (0: no NLL term)
+// CPO:  the same with c = π_c, r = π_r (no reference; SimPO: ℓ of β·h − γ), α = cpo_alpha
 // ORPO: π are mean completion log-probs, lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)),
 //       loss = NLL − β·mean logσ(lo)
 // NLL = Σ_s nll[s] (its weights hold the 1/N of the mean).
@@ -22,6 +23,7 @@
 
 const DPO: u32 = 0u;
 const ORPO: u32 = 1u;
+const CPO: u32 = 2u;
 
 // DPO's loss types (kernels::preference::DpoLossType::ALL's order).
 const SIGMOID: u32 = 0u;
@@ -34,6 +36,7 @@ const NCA_PAIR: u32 = 6u;
 const APO_ZERO: u32 = 7u;
 const APO_DOWN: u32 = 8u;
 const DISCOPOP: u32 = 9u;
+const SIMPO: u32 = 10u; // CPO's only
 
 struct Params {
     seqs: u32,
@@ -46,8 +49,8 @@ struct Params {
     nll_alpha: f32,
     loss_type: u32,
     discopop_tau: f32,
-    _pad0: u32,
-    _pad1: u32,
+    simpo_gamma: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -189,6 +192,11 @@ fn dpo_term(c: f32, r: f32) -> vec3<f32> {
             l = -log_sigmoid(z) * (1.0 - m) + e * m;
             dh = beta * (-sigmoid(-z) * (1.0 - m) + log_sigmoid(z) * dm - e * m + e * dm);
         }
+        case SIMPO: {
+            let zg = z - p.simpo_gamma;
+            l = -(1.0 - eps) * log_sigmoid(zg) - eps * log_sigmoid(-zg);
+            dh = beta * (-(1.0 - eps) * sigmoid(-zg) + eps * sigmoid(zg));
+        }
         default: { // SIGMOID
             l = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
             dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z));
@@ -211,9 +219,11 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     for (var i = 0u; i < p.pairs; i++) {
         let c = i;
         let r = i + p.pairs;
-        if (p.objective == DPO) {
-            let hc = policy_logps[c] - ref_logps[c];
-            let hr = policy_logps[r] - ref_logps[r];
+        if (p.objective != ORPO) {
+            // CPO: the policy's own log-probabilities, no reference.
+            let to_ref = select(1.0, 0.0, p.objective == CPO);
+            let hc = policy_logps[c] - to_ref * ref_logps[c];
+            let hr = policy_logps[r] - to_ref * ref_logps[r];
             let t = dpo_term(hc, hr);
             loss += t.x;
             dlogp[c] = t.y * p.scale / n;

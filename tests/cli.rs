@@ -1259,6 +1259,19 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     let (loss, nll) = (column(&lines, "loss"), column(&lines, "nll_loss"));
     assert!((loss[0] - (25.0 + 0.5 * nll[0])).abs() < 1e-4 * loss[0], "{lines:?}");
     assert!(loss[2] < loss[0] && column(&lines, "rewards/margins")[2] > 0.0, "{lines:?}");
+    // SimPO (CPO without its NLL term): loss = mean −logσ(β·h − γ), rewards β·π; TRL logs nll_loss 0.
+    let out = train_pairs(&dir, &["--objective", "cpo", "--loss-type", "simpo", "--cpo-alpha", "0", "--steps", "3"]);
+    ok(&out);
+    let lines = step_lines(&out);
+    let (loss, margins) = (column(&lines, "loss"), column(&lines, "rewards/margins"));
+    assert_eq!(column(&lines, "nll_loss"), [0.0; 3], "{lines:?}");
+    for s in 0..3 {
+        // The mean margin is β·h − … averaged over the two pairs (β 0.1, γ 0.5: TRL's defaults); the loss, a
+        // mean of a convex function of each pair's, is at least its value at the mean (Jensen), and close to it.
+        let at_mean = (1.0 + (0.5 - margins[s]).exp()).ln();
+        assert!(loss[s] >= at_mean - 1e-6 && loss[s] < at_mean + 0.01, "step {}: {lines:?}", s + 1);
+    }
+    assert!(loss[2] < loss[0] && margins[2] > margins[0], "{lines:?}");
 }
 
 #[test]
@@ -1292,8 +1305,8 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     let line = refused(&["--objective", "dpo"], Some(TRAIN_JSONL));
     assert!(line.ends_with("bad_pairs.jsonl, line 1: missing the `prompt` field of a preference pair"), "{line}");
     for (args, want) in [
-        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo and orpo"),
-        (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo only"),
+        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo and cpo"),
+        (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo and cpo"),
         (
             &["--objective", "dpo", "--label-smoothing", "0.7"],
             "error: --label-smoothing: must be in [0, 0.5] (cDPO), got 0.7",
@@ -1309,6 +1322,17 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
         ),
         (&["--objective", "dpo", "--discopop-tau", "0.1"], "error: --discopop-tau: applies to the discopop loss, not sigmoid"),
         (&["--objective", "orpo", "--rpo-alpha", "1"], "error: --rpo-alpha: applies to dpo only"),
+        (&["--objective", "dpo", "--cpo-alpha", "0"], "error: --cpo-alpha: applies to cpo only"),
+        (
+            &["--objective", "dpo", "--loss-type", "simpo"],
+            "error: --loss-type: expected one of sigmoid, robust, exo_pair, hinge, ipo, sppo_hard, nca_pair, apo_zero, \
+             apo_down, discopop for dpo, got \"simpo\"",
+        ),
+        (&["--objective", "cpo", "--simpo-gamma", "1"], "error: --simpo-gamma: applies to the simpo loss, not sigmoid"),
+        (
+            &["--objective", "cpo", "--loss-type", "hinge", "--label-smoothing", "0.1"],
+            "error: --label-smoothing: applies to the sigmoid and simpo losses, not hinge (TRL ignores it there)",
+        ),
         (&["--objective", "dpo", "--rpo-alpha", "inf"], "error: --rpo-alpha: must be a finite number ≥ 0, got inf"),
         (&["--objective", "dpo", "--packing"], "error: --packing: does not apply to dpo: a pair's rows stay whole"),
     ] {

@@ -7,7 +7,8 @@ use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use webpeft::kernels::preference::{
-    preference_loss, preference_row_scale, sequence_logps, DpoLoss, DpoLossType, PreferenceLoss, STATS,
+    preference_loss, preference_row_scale, sequence_logps, CpoLoss, CpoLossType, DpoLoss, DpoLossType, PreferenceLoss,
+    STATS,
 };
 use webpeft::kernels::reference::{assert_close, cross_entropy as ce_cpu, preference as cpu};
 use webpeft::util::rng::Rng;
@@ -74,7 +75,11 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let got_dlogp = read(&dlogp);
     assert_close("dlogp", &got_dlogp, &want_dlogp, LOSS_ABS, LOSS_REL);
     // Hinge's gradient is 0 where 1 − βh < 0; every other loss gives every sequence one.
-    let hinge = matches!(loss, PreferenceLoss::Dpo(DpoLoss { loss_type: DpoLossType::Hinge, .. }));
+    let hinge = matches!(
+        loss,
+        PreferenceLoss::Dpo(DpoLoss { loss_type: DpoLossType::Hinge, .. })
+            | PreferenceLoss::Cpo(CpoLoss { loss_type: CpoLossType::Hinge, .. })
+    );
     let nonzero = got_dlogp.iter().filter(|v| **v != 0.0).count();
     assert!(nonzero == got_dlogp.len() || (hinge && nonzero > 0), "the sequences' gradients: {got_dlogp:?}");
     let want_rows = cpu::preference_row_scale(&got_dlogp, &lp_w, &nll_w, nll_scale);
@@ -104,6 +109,19 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
     }
     // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
     check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
+}
+
+/// CPO's loss types on the policy alone (the reference buffer bound but unread), with and without the NLL term.
+#[test]
+fn every_cpo_loss_type_matches_the_cpu_reference() {
+    for (i, loss_type) in CpoLossType::ALL.into_iter().enumerate() {
+        let eps = if loss_type.smooths() { 0.15 } else { 0.0 };
+        let seed = 110 + 2 * i as u64;
+        let c = CpoLoss { loss_type, label_smoothing: eps, ..CpoLoss::TRL };
+        check_loss(PreferenceLoss::Cpo(c), 3, seed);
+        let simpo = CpoLoss { beta: 2.0, cpo_alpha: 0.4, simpo_gamma: 1.5, ..c };
+        check_loss(PreferenceLoss::Cpo(simpo), 5, seed + 1);
+    }
 }
 
 #[test]

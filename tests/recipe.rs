@@ -110,7 +110,7 @@ mod cli {
     fn cli_fresh_run(dir: &TempDir, tag: &str, args: &[&str]) -> std::path::PathBuf {
         let data = dir.0.join("train.jsonl");
         let lines = ["The cat sat on the mat and looked at the door.", "A small dog ran across the green field."];
-        let jsonl: String = if args.contains(&"dpo") {
+        let jsonl: String = if args.iter().any(|a| ["dpo", "orpo", "cpo"].contains(a)) {
             let pair = r#"{"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran across the field."}"#;
             format!("{pair}\n").repeat(4)
         } else {
@@ -254,6 +254,8 @@ mod cli {
                         loss_type: o["loss_type"].as_str().map(str::to_string),
                         rpo_alpha: o["rpo_alpha"].as_f64().map(|v| v as f32),
                         discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
+                        cpo_alpha: o["cpo_alpha"].as_f64().map(|v| v as f32),
+                        simpo_gamma: o["simpo_gamma"].as_f64().map(|v| v as f32),
                     },
                 )
                 .unwrap(),
@@ -267,6 +269,27 @@ mod cli {
             "dpo",
             &["--method", "lora", "--steps", "3", "--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5"],
             r#"{"lr": 1e-3, "steps": 3, "objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5}"#,
+        );
+        check(
+            "simpo",
+            &[
+                "--method",
+                "lora",
+                "--steps",
+                "3",
+                "--objective",
+                "cpo",
+                "--loss-type",
+                "simpo",
+                "--cpo-alpha",
+                "0",
+                "--simpo-gamma",
+                "1.5",
+                "--beta",
+                "2",
+            ],
+            r#"{"lr": 1e-3, "steps": 3, "objective": "cpo", "lossType": "simpo", "cpoAlpha": 0, "simpoGamma": 1.5,
+                "beta": 2}"#,
         );
         check(
             "discopop",

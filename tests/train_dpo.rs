@@ -9,7 +9,7 @@
 mod common;
 
 use common::{block_on, fixture, gpu, max_abs_diff, Fixture};
-use webpeft::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss};
+use webpeft::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PairTokenization, PreferenceLoss};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
@@ -34,18 +34,20 @@ fn options() -> DataOptions {
 }
 
 fn pairs(text: &str) -> webpeft::Result<Dataset> {
-    preference_dataset("pairs.jsonl", text.as_bytes(), Some(&tokenizer()), &options(), 383)
+    let (opts, tok) = (options(), Some(tokenizer()));
+    preference_dataset("pairs.jsonl", text.as_bytes(), tok.as_ref(), &opts, 383, PairTokenization::Separate)
 }
 
 /// The four pairs of dpo/pairs.jsonl as one batch: chosen rows, then rejected rows.
 fn batch() -> Batch {
-    batch_of("dpo")
+    batch_of("dpo/pairs.jsonl", PairTokenization::Separate, 512)
 }
 
-/// `folder`/pairs.jsonl as one batch.
-fn batch_of(folder: &str) -> Batch {
-    let text = std::fs::read_to_string(fixture(&format!("{folder}/pairs.jsonl"))).unwrap();
-    let data = preference_dataset("pairs.jsonl", text.as_bytes(), Some(&tokenizer()), &options(), 383).unwrap();
+/// The pairs of the fixture file `file` tokenized as `how` into rows of at most `seq_len`, as one batch.
+fn batch_of(file: &str, how: PairTokenization, seq_len: usize) -> Batch {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
+    let (opts, tok) = (DataOptions { seq_len, ..options() }, Some(tokenizer()));
+    let data = preference_dataset("pairs.jsonl", text.as_bytes(), tok.as_ref(), &opts, 383, how).unwrap();
     assert!(data.warnings().is_empty());
     data.epoch(0).remove(0)
 }
@@ -54,6 +56,25 @@ fn close(what: &str, got: &[f32], want: &[f32], rel: f32) {
     let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (TOL + rel * w.abs())).fold(0.0, f32::max);
     eprintln!("{what}: max |diff| {:e}", max_abs_diff(got, want));
     assert!(worst <= 1.0, "{what}: got {got:?}, want {want:?}");
+}
+
+/// ORPO's and CPO's rows (`make_fixtures.py cpo`): TRL's shared `tokenize_row`, with a pair whose prompt and
+/// answer merge across their boundary, and a pair cut to max_length 24 (max_prompt_length 12).
+#[test]
+fn pairs_tokenize_as_orpo_and_cpo_do() {
+    let fx = Fixture::open("cpo/reference.safetensors");
+    for (file, key, seq_len, rows) in [("cpo/pairs.jsonl", "", 512, 10), ("cpo/long_pair.jsonl", "long.", 24, 2)] {
+        let b = batch_of(file, PairTokenization::Joined, seq_len);
+        let width = fx.shape(&format!("{key}input_ids"))[1];
+        let (ids, labels) = (fx.i64(&format!("{key}input_ids")), fx.i64(&format!("{key}labels")));
+        assert_eq!(b.input_ids.len(), rows, "{file}");
+        for (r, (row, got)) in b.input_ids.iter().zip(&b.labels).enumerate() {
+            let want: Vec<u32> = ids[r * width..(r + 1) * width].iter().map(|&v| v as u32).collect();
+            assert_eq!(row, &want, "{file} row {r} ids");
+            let want: Vec<i32> = labels[r * width..(r + 1) * width].iter().map(|&v| v as i32).collect();
+            assert_eq!(got, &want, "{file} row {r} labels");
+        }
+    }
 }
 
 #[test]
@@ -90,7 +111,7 @@ fn check_training(loss: PreferenceLoss, name: &str) {
 /// `check_training` on `folder`'s pairs and references (`name`.*), the
 /// reference log-probabilities under `ref_key`, the factors after 10 steps where `finals`.
 fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &str, finals: bool) {
-    let (gpu, b) = (gpu(), batch_of(folder));
+    let (gpu, b) = (gpu(), batch_of(&format!("{folder}/pairs.jsonl"), loss.tokenization(), 512));
     let fx = Fixture::open(&format!("{folder}/reference.safetensors"));
     let model = model(gpu);
     let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
@@ -112,7 +133,7 @@ fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &s
             let p = s.preference.unwrap();
             let mut got = vec![p.rewards_chosen, p.rewards_rejected, p.rewards_accuracies, p.rewards_margins];
             got.extend(p.orpo.iter().flatten());
-            got.extend(p.rpo_nll);
+            got.extend(p.nll_loss);
             close(&format!("{name} metrics"), &got, &fx.f32(&format!("{name}.metrics")), 0.0);
             let mut worst = 0.0f32;
             for (key, g) in trainer.gradients().tensors() {
@@ -143,7 +164,25 @@ fn dpo_matches_trl() {
 
 #[test]
 fn orpo_matches_trl() {
-    check_training(ORPO, "orpo");
+    check_training_on("cpo", ORPO, "orpo", "", true);
+}
+
+/// CPO and SimPO against TRL 0.24's `CPOTrainer` (`make_fixtures.py cpo`): sigmoid with label smoothing, hinge,
+/// IPO (means), SimPO without the NLL term and with it and smoothing; the rows ORPOTrainer's tokenization makes.
+#[test]
+fn cpo_matches_trl() {
+    let cpo = |loss_type, beta, label_smoothing, cpo_alpha, simpo_gamma| {
+        PreferenceLoss::Cpo(CpoLoss { beta, label_smoothing, loss_type, cpo_alpha, simpo_gamma })
+    };
+    for (name, loss) in [
+        ("sigmoid", cpo(CpoLossType::Sigmoid, 0.1, 0.1, 1.0, 0.5)),
+        ("hinge", cpo(CpoLossType::Hinge, 0.5, 0.0, 1.0, 0.5)),
+        ("ipo", cpo(CpoLossType::Ipo, 0.1, 0.0, 0.5, 0.5)),
+        ("simpo", cpo(CpoLossType::Simpo, 2.0, 0.0, 0.0, 0.5)),
+        ("cpo_simpo", cpo(CpoLossType::Simpo, 2.0, 0.1, 0.5, 1.0)),
+    ] {
+        check_training_on("cpo", loss, name, "", name == "simpo");
+    }
 }
 
 /// DPOConfig's loss types and RPO term against TRL 0.24 (`make_fixtures.py dpo_losses`: five pairs, one with
@@ -206,7 +245,8 @@ fn dpo_options_are_checked() {
             "rpo_alpha" => o.rpo_alpha = Some(1.0),
             _ => o.discopop_tau = Some(0.1),
         }
-        for (objective, needle) in [("orpo", "dpo only"), ("sft", "dpo and orpo")] {
+        let owners = if matches!(option, "rpo_alpha" | "discopop_tau") { "dpo only" } else { "dpo and cpo" };
+        for (objective, needle) in [("orpo", owners), ("sft", owners)] {
             match Objective::from_options(objective, &o) {
                 Err(Error::TrainOption { option: got, detail }) => {
                     assert_eq!((got, detail.contains(needle)), (option, true), "{objective} {option}: {detail}")
@@ -251,7 +291,8 @@ fn bad_preference_lines_are_typed_errors() {
     assert_eq!((data.len(), data.warnings().len()), (2, 1));
     assert!(data.warnings()[0].contains("line 2"), "{:?}", data.warnings());
     // A row too short to keep a completion token to predict.
-    let e = preference_dataset("p", good.as_bytes(), Some(&tokenizer()), &DataOptions { seq_len: 1, ..options() }, 0);
+    let short = DataOptions { seq_len: 1, ..options() };
+    let e = preference_dataset("p", good.as_bytes(), Some(&tokenizer()), &short, 0, PairTokenization::Separate);
     assert!(matches!(e, Err(Error::Data { line: 1, .. })), "{e:?}");
     let none = PreferenceOptions::default();
     assert!(matches!(Objective::from_options("ppo", &none), Err(Error::TrainOption { option: "objective", .. })));

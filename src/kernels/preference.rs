@@ -1,4 +1,4 @@
-//! The DPO and ORPO losses on per-sequence log-probabilities
+//! The DPO, ORPO and CPO losses on per-sequence log-probabilities
 //! (`shaders/preference.wgsl`), for a micro-batch of P pairs laid out as TRL
 //! concatenates them: S = 2P sequences (the chosen ones, then the rejected
 //! ones), each T' rows long.
@@ -17,7 +17,9 @@
 //! chosen completions where set (RPO); rewards β·(π − ref).
 //! ORPO (TRL's `odds_ratio_loss`): π are mean completion log-probs,
 //! lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)), loss = NLL − β·mean logσ(lo),
-//! rewards β·π. The row factor is what multiplies (softmax − onehot) in the
+//! rewards β·π. CPO (TRL's `cpo_loss`): DPO's sigmoid, hinge and IPO forms
+//! (and SimPO's, h − γ/β) on h = π_c − π_r without a reference, plus
+//! `cpo_alpha`·NLL of the chosen completions; rewards β·π. The row factor is what multiplies (softmax − onehot) in the
 //! logits' gradient: CE's own backward with a per-row scale
 //! ([`cross_entropy_backward_rows_inplace`](super::cross_entropy::cross_entropy_backward_rows_inplace)).
 
@@ -130,6 +132,76 @@ impl DpoLoss {
     };
 }
 
+/// CPO's `loss_type` (TRL's `CPOConfig.loss_type`): the DPO forms on the
+/// policy's own log-probabilities, h = π_c − π_r (no reference model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpoLossType {
+    /// −(1−ε)·logσ(βh) − ε·logσ(−βh) (CPO).
+    Sigmoid,
+    /// relu(1 − βh).
+    Hinge,
+    /// (h − 1/(2β))², π the mean completion log-probabilities.
+    Ipo,
+    /// −(1−ε)·logσ(βh − γ) − ε·logσ(γ − βh), π the mean completion log-probabilities (SimPO).
+    Simpo,
+}
+
+impl CpoLossType {
+    pub const ALL: [CpoLossType; 4] = [CpoLossType::Sigmoid, CpoLossType::Hinge, CpoLossType::Ipo, CpoLossType::Simpo];
+
+    /// TRL's name: "sigmoid", "hinge", "ipo", "simpo".
+    pub fn name(self) -> &'static str {
+        match self {
+            CpoLossType::Sigmoid => "sigmoid",
+            CpoLossType::Hinge => "hinge",
+            CpoLossType::Ipo => "ipo",
+            CpoLossType::Simpo => "simpo",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<CpoLossType> {
+        CpoLossType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Whether the loss reads the label smoothing ε.
+    pub fn smooths(self) -> bool {
+        matches!(self, CpoLossType::Sigmoid | CpoLossType::Simpo)
+    }
+
+    /// Whether π are means over the completion rather than sums.
+    pub fn averages(self) -> bool {
+        matches!(self, CpoLossType::Ipo | CpoLossType::Simpo)
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            CpoLossType::Sigmoid => 0,
+            CpoLossType::Hinge => 3,
+            CpoLossType::Ipo => 4,
+            CpoLossType::Simpo => 10,
+        }
+    }
+}
+
+/// CPO's settings, as `CPOConfig` names them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CpoLoss {
+    pub beta: f32,
+    /// ε (sigmoid and simpo).
+    pub label_smoothing: f32,
+    pub loss_type: CpoLossType,
+    /// The NLL of the chosen completions' weight (`cpo_alpha`; 0 with SimPO as its paper trains).
+    pub cpo_alpha: f32,
+    /// SimPO's target reward margin γ (`simpo_gamma`).
+    pub simpo_gamma: f32,
+}
+
+impl CpoLoss {
+    /// TRL's defaults: β 0.1, no label smoothing, the sigmoid loss, `cpo_alpha` 1, γ 0.5.
+    pub const TRL: CpoLoss =
+        CpoLoss { beta: 0.1, label_smoothing: 0.0, loss_type: CpoLossType::Sigmoid, cpo_alpha: 1.0, simpo_gamma: 0.5 };
+}
+
 /// A preference loss and its settings, as TRL names them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PreferenceLoss {
@@ -137,6 +209,8 @@ pub enum PreferenceLoss {
     Dpo(DpoLoss),
     /// ORPO: NLL on the chosen rows plus β times the odds-ratio term; no reference.
     Orpo { beta: f32 },
+    /// CPO (and SimPO): a DPO-style loss on the policy alone plus `cpo_alpha` times the chosen NLL.
+    Cpo(CpoLoss),
 }
 
 impl PreferenceLoss {
@@ -149,6 +223,7 @@ impl PreferenceLoss {
         match self {
             PreferenceLoss::Dpo(d) => d.beta,
             PreferenceLoss::Orpo { beta } => beta,
+            PreferenceLoss::Cpo(c) => c.beta,
         }
     }
 
@@ -158,21 +233,46 @@ impl PreferenceLoss {
     }
 
     /// Whether the sequence log-probabilities are means over the completion
-    /// (ORPO, IPO) rather than sums.
+    /// (ORPO, IPO, SimPO) rather than sums.
     pub fn averages(self) -> bool {
         match self {
             PreferenceLoss::Dpo(d) => d.loss_type == DpoLossType::Ipo,
             PreferenceLoss::Orpo { .. } => true,
+            PreferenceLoss::Cpo(c) => c.loss_type.averages(),
         }
     }
 
-    /// What multiplies the NLL term in the loss: ORPO's 1, DPO's `rpo_alpha`.
+    /// What multiplies the NLL term in the loss: ORPO's 1, DPO's `rpo_alpha`,
+    /// CPO's `cpo_alpha`; None where the loss has no NLL term.
     pub fn nll_alpha(self) -> Option<f32> {
         match self {
             PreferenceLoss::Dpo(d) => d.rpo_alpha,
             PreferenceLoss::Orpo { .. } => Some(1.0),
+            PreferenceLoss::Cpo(c) => Some(c.cpo_alpha),
         }
     }
+
+    /// How a pair becomes token rows for this loss: `DPOTrainer.tokenize_row`'s,
+    /// or the one `ORPOTrainer` and `CPOTrainer` share.
+    pub fn tokenization(self) -> PairTokenization {
+        match self {
+            PreferenceLoss::Dpo(_) => PairTokenization::Separate,
+            PreferenceLoss::Orpo { .. } | PreferenceLoss::Cpo(_) => PairTokenization::Joined,
+        }
+    }
+}
+
+/// How TRL turns a pair's texts into token rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairTokenization {
+    /// `DPOTrainer.tokenize_row`: the prompt and each answer encoded apart, no
+    /// special tokens added, the eos id after each answer.
+    Separate,
+    /// `ORPOTrainer`'s and `CPOTrainer`'s `tokenize_row`: each answer is what
+    /// encoding prompt + answer adds to the prompt's tokens
+    /// (`build_tokenized_answer`), with the bos id before the prompt and the
+    /// eos id after the answer where they are not there already.
+    Joined,
 }
 
 #[repr(C)]
@@ -188,7 +288,8 @@ struct Params {
     nll_alpha: f32,
     loss_type: u32,
     discopop_tau: f32,
-    _pad: [u32; 2],
+    simpo_gamma: f32,
+    _pad: u32,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -207,7 +308,8 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         nll_alpha: loss.and_then(|l| l.nll_alpha()).unwrap_or(0.0),
         loss_type: 0,
         discopop_tau: 1.0,
-        _pad: [0; 2],
+        simpo_gamma: 0.0,
+        _pad: 0,
     };
     match loss {
         Some(PreferenceLoss::Dpo(d)) => {
@@ -222,6 +324,10 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
             p.discopop_tau = d.discopop_tau;
         }
         Some(PreferenceLoss::Orpo { beta }) => (p.objective, p.beta) = (1, beta),
+        Some(PreferenceLoss::Cpo(c)) => {
+            (p.objective, p.beta, p.loss_type, p.simpo_gamma) = (2, c.beta, c.loss_type.code(), c.simpo_gamma);
+            p.label_smoothing = if c.loss_type.smooths() { c.label_smoothing } else { 0.0 };
+        }
         None => {}
     }
     p

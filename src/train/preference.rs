@@ -1,5 +1,6 @@
-//! Preference data for DPO and ORPO: JSONL lines of TRL's preference shape,
-//! tokenized as TRL 0.24's `DPOTrainer` does.
+//! Preference data for DPO, ORPO and CPO: JSONL lines of TRL's preference
+//! shape, tokenized as TRL 0.24's `DPOTrainer` (or `ORPOTrainer` and
+//! `CPOTrainer`) does.
 //!
 //! Each line is `{"prompt", "chosen", "rejected"}`, either
 //! - text: three strings, or
@@ -19,6 +20,9 @@
 //! `seq_len` keeps its last `seq_len` tokens (TRL's `max_length` with
 //! `truncation_mode="keep_end"`).
 //!
+//! ORPO and CPO tokenize as their trainers' shared `tokenize_row` instead
+//! ([`PairTokenization::Joined`]; see `tokenize_pair_joined`).
+//!
 //! A line without `rejected`, or with an empty completion, is a `Data` error
 //! naming the line; a pair whose chosen and rejected are the same text is
 //! kept with a warning (it gives the DPO loss no signal: its gradient is 0).
@@ -27,7 +31,7 @@ use serde_json::{Map, Value};
 
 use super::chat::Message;
 use super::data::{DataOptions, Dataset, Example, Parser};
-use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss};
+use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PairTokenization, PreferenceLoss};
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -40,98 +44,132 @@ pub const MAX_PROMPT_LENGTH: usize = 512;
 pub enum Objective {
     /// The causal-LM loss on the data's trained tokens (TRL's `SFTTrainer`).
     Sft,
-    /// DPO or ORPO on preference pairs.
+    /// DPO, ORPO or CPO on preference pairs.
     Preference(PreferenceLoss),
 }
 
 impl Objective {
-    /// "sft", "dpo" or "orpo".
+    /// "sft", "dpo", "orpo" or "cpo".
     pub fn name(self) -> &'static str {
         match self {
             Objective::Sft => "sft",
             Objective::Preference(PreferenceLoss::Dpo(_)) => "dpo",
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
+            Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
         }
     }
 
-    /// The objective `name` with TRL's defaults (DPO: [`DpoLoss::TRL`]; ORPO: beta 0.1).
+    /// The objective `name` with TRL's defaults ([`DpoLoss::TRL`], ORPO's beta 0.1, [`CpoLoss::TRL`]).
     pub fn from_name(name: &str) -> Option<Objective> {
         match name {
             "sft" => Some(Objective::Sft),
             "dpo" => Some(Objective::Preference(PreferenceLoss::DPO)),
             "orpo" => Some(Objective::Preference(PreferenceLoss::ORPO)),
+            "cpo" => Some(Objective::Preference(PreferenceLoss::Cpo(CpoLoss::TRL))),
             _ => None,
         }
     }
 
     /// The objective `name` with the settings `o` gives (TRL's defaults for
     /// the rest): the CLI's and the browser's options. A setting that does
-    /// not apply to the objective (or to DPO's loss type) is a `TrainOption`
+    /// not apply to the objective (or to its loss type) is a `TrainOption`
     /// error naming it. Ranges are checked by the recipe.
     pub fn from_options(name: &str, o: &PreferenceOptions) -> Result<Objective> {
         let bad = |option, detail: String| Error::TrainOption { option, detail };
         let objective = Objective::from_name(name)
-            .ok_or_else(|| bad("objective", format!("expected sft, dpo or orpo, got {name:?}")))?;
-        let dpo_only = [
-            ("label_smoothing", o.label_smoothing.is_some()),
-            ("loss_type", o.loss_type.is_some()),
-            ("rpo_alpha", o.rpo_alpha.is_some()),
-            ("discopop_tau", o.discopop_tau.is_some()),
+            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo or cpo, got {name:?}")))?;
+        // Each setting, whether it was given, and the objectives it belongs to.
+        let settings: [(&'static str, bool, &[&str]); 7] = [
+            ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo"]),
+            ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
+            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
+            ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
+            ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
+            ("cpo_alpha", o.cpo_alpha.is_some(), &["cpo"]),
+            ("simpo_gamma", o.simpo_gamma.is_some(), &["cpo"]),
         ];
-        let given = |names: &[(&'static str, bool)]| names.iter().find(|(_, set)| *set).map(|(n, _)| *n);
-        match objective {
-            Objective::Sft => match given(&[("beta", o.beta.is_some())]).or(given(&dpo_only)) {
-                Some(option) => Err(bad(option, "applies to dpo and orpo".into())),
-                None => Ok(Objective::Sft),
-            },
-            Objective::Preference(PreferenceLoss::Orpo { beta }) => match given(&dpo_only) {
-                Some(option) => Err(bad(option, "applies to dpo only".into())),
-                None => Ok(Objective::Preference(PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) })),
-            },
+        let name = objective.name();
+        if let Some((option, _, owners)) = settings.iter().find(|(_, given, owners)| *given && !owners.contains(&name))
+        {
+            let owners = match owners.split_last() {
+                Some((last, [])) => format!("{last} only"),
+                Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            return Err(bad(option, format!("applies to {owners}")));
+        }
+        let smoothing = |smooths: bool, loss: &str, which: &str| {
+            if o.label_smoothing.is_some() && !smooths {
+                return Err(bad(
+                    "label_smoothing",
+                    format!("applies to the {which} losses, not {loss} (TRL ignores it there)"),
+                ));
+            }
+            Ok(())
+        };
+        let unknown = |names: Vec<&str>, t: &str| {
+            bad("loss_type", format!("expected one of {} for {name}, got {t:?}", names.join(", ")))
+        };
+        Ok(Objective::Preference(match objective {
+            Objective::Sft => return Ok(Objective::Sft),
+            Objective::Preference(PreferenceLoss::Orpo { beta }) => {
+                PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) }
+            }
             Objective::Preference(PreferenceLoss::Dpo(d)) => {
                 let loss_type = match &o.loss_type {
-                    Some(t) => DpoLossType::from_name(t).ok_or_else(|| {
-                        let names: Vec<_> = DpoLossType::ALL.iter().map(|t| t.name()).collect();
-                        bad("loss_type", format!("expected one of {}, got {t:?}", names.join(", ")))
-                    })?,
+                    Some(t) => DpoLossType::from_name(t)
+                        .ok_or_else(|| unknown(DpoLossType::ALL.iter().map(|t| t.name()).collect(), t))?,
                     None => d.loss_type,
                 };
-                if o.label_smoothing.is_some() && !loss_type.smooths() {
-                    return Err(bad(
-                        "label_smoothing",
-                        format!(
-                            "applies to the sigmoid, robust and exo_pair losses, not {} (TRL ignores it there)",
-                            loss_type.name()
-                        ),
-                    ));
-                }
+                smoothing(loss_type.smooths(), loss_type.name(), "sigmoid, robust and exo_pair")?;
                 if o.discopop_tau.is_some() && loss_type != DpoLossType::Discopop {
                     return Err(bad("discopop_tau", format!("applies to the discopop loss, not {}", loss_type.name())));
                 }
-                Ok(Objective::Preference(PreferenceLoss::Dpo(DpoLoss {
+                PreferenceLoss::Dpo(DpoLoss {
                     beta: o.beta.unwrap_or(d.beta),
                     label_smoothing: o.label_smoothing.unwrap_or(d.label_smoothing),
                     loss_type,
                     rpo_alpha: o.rpo_alpha.or(d.rpo_alpha),
                     discopop_tau: o.discopop_tau.unwrap_or(d.discopop_tau),
-                })))
+                })
             }
-        }
+            Objective::Preference(PreferenceLoss::Cpo(c)) => {
+                let loss_type = match &o.loss_type {
+                    Some(t) => CpoLossType::from_name(t)
+                        .ok_or_else(|| unknown(CpoLossType::ALL.iter().map(|t| t.name()).collect(), t))?,
+                    None => c.loss_type,
+                };
+                smoothing(loss_type.smooths(), loss_type.name(), "sigmoid and simpo")?;
+                if o.simpo_gamma.is_some() && loss_type != CpoLossType::Simpo {
+                    return Err(bad("simpo_gamma", format!("applies to the simpo loss, not {}", loss_type.name())));
+                }
+                PreferenceLoss::Cpo(CpoLoss {
+                    beta: o.beta.unwrap_or(c.beta),
+                    label_smoothing: o.label_smoothing.unwrap_or(c.label_smoothing),
+                    loss_type,
+                    cpo_alpha: o.cpo_alpha.unwrap_or(c.cpo_alpha),
+                    simpo_gamma: o.simpo_gamma.unwrap_or(c.simpo_gamma),
+                })
+            }
+        }))
     }
 }
 
 /// The preference settings the CLI's flags and the browser's options give,
-/// as `DPOConfig` names them (the browser's in camelCase); None: TRL's default.
+/// as TRL's `DPOConfig` and `CPOConfig` name them (the browser's in
+/// camelCase); None: TRL's default.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct PreferenceOptions {
-    /// DPO's β, ORPO's λ.
+    /// DPO's and CPO's β, ORPO's λ.
     pub beta: Option<f32>,
     pub label_smoothing: Option<f32>,
-    /// DPO's `loss_type` by TRL's name ("sigmoid", "ipo", …).
+    /// DPO's or CPO's `loss_type` by TRL's name ("sigmoid", "ipo", "simpo", …).
     pub loss_type: Option<String>,
     pub rpo_alpha: Option<f32>,
     pub discopop_tau: Option<f32>,
+    pub cpo_alpha: Option<f32>,
+    pub simpo_gamma: Option<f32>,
 }
 
 /// The text of a pair after the chat template: prompt, chosen, rejected.
@@ -149,6 +187,7 @@ pub fn preference_dataset(
     tokenizer: Option<&Tokenizer>,
     opts: &DataOptions,
     pad_id: u32,
+    tokenization: PairTokenization,
 ) -> Result<Dataset> {
     let text = std::str::from_utf8(bytes).map_err(|e| Error::Data {
         source_name: source_name.to_string(),
@@ -171,7 +210,10 @@ pub fn preference_dataset(
                  (its gradient is 0)"
             ));
         }
-        pairs.push(tokenize_pair(&parser, n, &pair, opts.seq_len)?);
+        pairs.push(match tokenization {
+            PairTokenization::Separate => tokenize_pair(&parser, n, &pair, opts.seq_len)?,
+            PairTokenization::Joined => tokenize_pair_joined(&parser, n, &pair, opts.seq_len)?,
+        });
     }
     if pairs.is_empty() {
         return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail: "no JSON lines".into() });
@@ -230,29 +272,95 @@ fn conversational(parser: &mut Parser, line: usize, map: &Map<String, Value>) ->
     Ok(PairText { prompt: prompt_text.to_string(), chosen: chosen_text, rejected: rejected_text })
 }
 
+/// A row of `prompt` then `answer`, labels −100 on the prompt; refused when
+/// no answer token is left to predict.
+fn pair_row(parser: &Parser, line: usize, prompt: &[u32], answer: &[u32], seq_len: usize) -> Result<Example> {
+    let mut labels = vec![IGNORE_INDEX; prompt.len()];
+    labels.extend(parser.labels(line, answer)?);
+    let example = Example { input_ids: [prompt, answer].concat(), labels };
+    if example.labels.iter().skip(1).all(|&l| l == IGNORE_INDEX) {
+        return Err(parser.error(line, format!("a row of {seq_len} tokens keeps no completion token to predict")));
+    }
+    Ok(example)
+}
+
+fn eos_id(parser: &Parser, line: usize, tokenizer: &Tokenizer) -> Result<u32> {
+    tokenizer
+        .eos_token()
+        .map(|t| t.id)
+        .ok_or_else(|| parser.error(line, "the tokenizer has no eos token, which TRL appends to every completion"))
+}
+
+/// The (chosen, rejected) rows of a pair as `ORPOTrainer.tokenize_row` and
+/// `CPOTrainer.tokenize_row` make them (TRL 0.24), with `max_length` the row
+/// length and `max_prompt_length` min(512, seq_len / 2), keeping the prompt's end:
+/// - `build_tokenized_answer`: an answer's tokens are those of prompt + answer
+///   after the prompt's own (one fewer prompt token where the two encodings
+///   merge across the boundary);
+/// - the bos id before each prompt and the eos id after each answer where
+///   they are not there already;
+/// - a pair too long keeps the last `max_prompt_length` prompt tokens, then
+///   the first `seq_len − max_prompt_length` tokens of each answer.
+fn tokenize_pair_joined(parser: &Parser, line: usize, pair: &PairText, seq_len: usize) -> Result<(Example, Example)> {
+    let tokenizer = parser.tokenizer(line, "preference")?;
+    let eos = eos_id(parser, line, tokenizer)?;
+    let prompt = parser.encode(line, tokenizer, &pair.prompt, false)?;
+    let split = |answer: &str| -> Result<(Vec<u32>, Vec<u32>)> {
+        let full = parser.encode(line, tokenizer, &format!("{}{answer}", pair.prompt), false)?;
+        if full.len() < prompt.len() {
+            return Err(parser.error(line, "prompt + answer encodes to fewer tokens than the prompt alone"));
+        }
+        let start = if full[..prompt.len()] == prompt[..] { prompt.len() } else { prompt.len() - 1 };
+        Ok((full[..start].to_vec(), full[start..].to_vec()))
+    };
+    let (mut chosen_prompt, mut chosen) = split(&pair.chosen)?;
+    let (mut rejected_prompt, mut rejected) = split(&pair.rejected)?;
+    let differ = chosen_prompt.iter().zip(&rejected_prompt).filter(|(a, b)| a != b).count();
+    if differ > 1 || chosen_prompt.len().abs_diff(rejected_prompt.len()) > 1 {
+        return Err(parser.error(
+            line,
+            "the prompt encodes differently before the chosen and the rejected answer beyond its last token              (TRL refuses such a pair)",
+        ));
+    }
+    for p in [&mut chosen_prompt, &mut rejected_prompt] {
+        if let Some(bos) = tokenizer.bos_id().filter(|&bos| p.first() != Some(&bos)) {
+            p.insert(0, bos);
+        }
+    }
+    for a in [&mut chosen, &mut rejected] {
+        if a.last() != Some(&eos) {
+            a.push(eos);
+        }
+    }
+    let longer = chosen.len().max(rejected.len());
+    let max_prompt = MAX_PROMPT_LENGTH.min(seq_len / 2);
+    let row = |prompt: &mut Vec<u32>, answer: &mut Vec<u32>| {
+        if prompt.len() + longer > seq_len {
+            prompt.drain(..prompt.len().saturating_sub(max_prompt));
+        }
+        if prompt.len() + longer > seq_len {
+            answer.truncate(seq_len - max_prompt);
+        }
+        pair_row(parser, line, prompt, answer, seq_len)
+    };
+    Ok((row(&mut chosen_prompt, &mut chosen)?, row(&mut rejected_prompt, &mut rejected)?))
+}
+
 /// The (chosen, rejected) rows of a pair: prompt ids + completion ids + eos,
 /// labels −100 on the prompt, each row's last `seq_len` tokens.
 fn tokenize_pair(parser: &Parser, line: usize, pair: &PairText, seq_len: usize) -> Result<(Example, Example)> {
     let tokenizer = parser.tokenizer(line, "preference")?;
-    let eos = tokenizer
-        .eos_token()
-        .map(|t| t.id)
-        .ok_or_else(|| parser.error(line, "the tokenizer has no eos token, which TRL appends to every completion"))?;
+    let eos = eos_id(parser, line, tokenizer)?;
     let mut prompt = parser.encode(line, tokenizer, &pair.prompt, false)?;
     prompt.drain(..prompt.len().saturating_sub(MAX_PROMPT_LENGTH));
     let row = |completion: &str| -> Result<Example> {
         let mut ids = parser.encode(line, tokenizer, completion, false)?;
         ids.push(eos);
-        let mut labels = vec![IGNORE_INDEX; prompt.len()];
-        labels.extend(parser.labels(line, &ids)?);
-        let mut input_ids = prompt.clone();
-        input_ids.extend(ids);
+        let input_ids = [prompt.as_slice(), &ids].concat();
         let cut = input_ids.len().saturating_sub(seq_len);
-        let example = Example { input_ids: input_ids[cut..].to_vec(), labels: labels[cut..].to_vec() };
-        if example.labels.iter().skip(1).all(|&l| l == IGNORE_INDEX) {
-            return Err(parser.error(line, format!("a row of {seq_len} tokens keeps no completion token to predict")));
-        }
-        Ok(example)
+        // The row's last seq_len tokens: what is cut comes off the prompt first.
+        let kept_prompt = &prompt[cut.min(prompt.len())..];
+        pair_row(parser, line, kept_prompt, &input_ids[cut.max(prompt.len())..], seq_len)
     };
     Ok((row(&pair.chosen)?, row(&pair.rejected)?))
 }

@@ -38,11 +38,11 @@ pub struct PairRows {
     /// (S·T') the next token where a loss term counts it, −100 elsewhere.
     pub targets: Vec<i32>,
     /// (S·T') the row's weight in its sequence's log-probability: 1 (DPO) or
-    /// 1/completion tokens (ORPO, IPO) on completion rows, 0 elsewhere.
+    /// 1/completion tokens (ORPO, IPO, SimPO) on completion rows, 0 elsewhere.
     pub lp_weight: Vec<f32>,
     /// (S·T') ORPO: 1/N on every predicted row of the chosen sequences (N of
     /// them); DPO with `rpo_alpha`: 1/N on the chosen completions' rows whose
-    /// target is not id 0; otherwise 0.
+    /// target is not id 0; CPO: 1/N on the chosen completions' rows; otherwise 0.
     pub nll_weight: Vec<f32>,
     /// S = 2P.
     pub seqs: usize,
@@ -75,14 +75,22 @@ impl PairRows {
             w.iter_mut().zip(t).filter(|(_, &t)| t != IGNORE_INDEX).for_each(|(w, _)| *w = weight);
         }
         let mut nll_weight = vec![0.0f32; targets.len()];
-        if let PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) = loss {
+        let chosen_completions = |skip_id0: bool| {
+            let counts = |t: &i32| *t != IGNORE_INDEX && !(skip_id0 && *t == 0);
+            let chosen = &targets[..seqs / 2 * per];
+            let count = chosen.iter().filter(|t| counts(t)).count();
+            let mut w = vec![0.0f32; targets.len()];
+            w.iter_mut().zip(chosen).filter(|(_, t)| counts(t)).for_each(|(w, _)| *w = 1.0 / count as f32);
+            w
+        };
+        match loss {
             // TRL's RPO term: the mean cross-entropy over the chosen completions' tokens, whose cross_entropy
             // call (ignore_index=0, the id it gives masked labels) leaves out every target of id 0 too.
-            let chosen = &targets[..seqs / 2 * per];
-            let count = chosen.iter().filter(|&&t| t != IGNORE_INDEX && t != 0).count();
-            for (w, _) in nll_weight.iter_mut().zip(chosen).filter(|(_, &t)| t != IGNORE_INDEX && t != 0) {
-                *w = 1.0 / count as f32;
-            }
+            PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) => nll_weight = chosen_completions(true),
+            // CPO's: the same tokens through nn.CrossEntropyLoss (its labels −100 on the prompt).
+            // (with cpo_alpha 0 TRL computes no NLL and logs 0).
+            PreferenceLoss::Cpo(c) if c.cpo_alpha != 0.0 => nll_weight = chosen_completions(false),
+            _ => {}
         }
         if let PreferenceLoss::Orpo { .. } = loss {
             // The chosen rows' every token up to the end of the completion (the padding excluded).

@@ -575,6 +575,18 @@ impl TrainRecipe {
                     return Err(bad("discopop_tau", format!("must be a finite number > 0, got {tau}")));
                 }
             }
+            if let PreferenceLoss::Cpo(c) = loss {
+                let e = c.label_smoothing;
+                if !(0.0..=0.5).contains(&e) {
+                    return Err(bad("label_smoothing", format!("must be in [0, 0.5], got {e}")));
+                }
+                if !(c.cpo_alpha.is_finite() && c.cpo_alpha >= 0.0) {
+                    return Err(bad("cpo_alpha", format!("must be a finite number ≥ 0, got {}", c.cpo_alpha)));
+                }
+                if !c.simpo_gamma.is_finite() {
+                    return Err(bad("simpo_gamma", format!("must be a finite number, got {}", c.simpo_gamma)));
+                }
+            }
             if self.packing {
                 return Err(bad("packing", format!("does not apply to {}: a pair's rows stay whole", loss_name(loss))));
             }
@@ -629,8 +641,8 @@ impl TrainRecipe {
         tokenizer: Option<&Tokenizer>,
         opts: &DataOptions,
     ) -> Result<Dataset> {
-        if let Objective::Preference(_) = self.objective {
-            return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer));
+        if let Objective::Preference(loss) = self.objective {
+            return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), loss.tokenization());
         }
         let examples = parse_jsonl_bytes(source_name, jsonl, tokenizer)?;
         Dataset::new(source_name, examples, opts, pad_id(tokenizer))

@@ -92,8 +92,8 @@ pub struct PreferenceStats {
     pub rewards_margins: f32,
     /// ORPO: `nll_loss`, `log_odds_ratio` and `log_odds_chosen`.
     pub orpo: Option<[f32; 3]>,
-    /// DPO with `rpo_alpha`: `nll_loss`, the chosen completions' mean cross-entropy.
-    pub rpo_nll: Option<f32>,
+    /// DPO with `rpo_alpha`, and CPO: `nll_loss`, the chosen completions' mean cross-entropy.
+    pub nll_loss: Option<f32>,
 }
 
 impl PreferenceStats {
@@ -104,7 +104,8 @@ impl PreferenceStats {
             rewards_accuracies: s[3],
             rewards_margins: s[4],
             orpo: matches!(loss, PreferenceLoss::Orpo { .. }).then(|| [s[5], s[6], s[7]]),
-            rpo_nll: matches!(loss, PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. })).then(|| s[5]),
+            nll_loss: matches!(loss, PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) | PreferenceLoss::Cpo(_))
+                .then(|| s[5]),
         }
     }
 }

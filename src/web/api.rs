@@ -1049,7 +1049,7 @@ async fn one_step(
             rejected: p.rewards_rejected,
             accuracies: p.rewards_accuracies,
             margins: p.rewards_margins,
-            nll_loss: p.orpo.map(|o| o[0]).or(p.rpo_nll),
+            nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
         }),
     }))
 }

@@ -188,9 +188,10 @@ pub struct TrainOptions {
     pub shuffle: Option<bool>,
     pub packing: Option<bool>,
     pub gradient_checkpointing: Option<bool>,
-    /// "sft" (the default), "dpo" or "orpo".
+    /// "sft" (the default), "dpo", "orpo" or "cpo".
     pub objective: Option<String>,
-    /// DPO's and ORPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`.
+    /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
+    /// `cpoAlpha`, `simpoGamma`.
     #[serde(flatten)]
     pub preference: PreferenceOptions,
 }

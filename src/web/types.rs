@@ -94,7 +94,7 @@ export type TrainingRecord =
   | { messages: { role: string; content: string }[] }
   | { input_ids: number[]; labels?: number[] }
   | PreferenceRecord;
-/** A preference pair for objective "dpo" or "orpo" (TRL's shape): three strings, or a prompt of messages
+/** A preference pair for objective "dpo", "orpo" or "cpo" (TRL's shape): three strings, or a prompt of messages
  * ending with a user turn and the two answers as assistant messages. */
 export type PreferenceRecord =
   | { prompt: string; chosen: string; rejected: string }
@@ -112,21 +112,25 @@ export interface TrainOptions {
   loraplusLrRatio?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
-  /** "dpo" or "orpo": train on preference pairs ({prompt, chosen, rejected}, text or messages). Left out: "sft". */
-  objective?: "sft" | "dpo" | "orpo";
-  /** DPO's and ORPO's beta (TRL's default 0.1); DPO's labelSmoothing in [0, 0.5] (default 0; the sigmoid,
-   * robust and exo_pair losses). */
+  /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages). Left out: "sft". */
+  objective?: "sft" | "dpo" | "orpo" | "cpo";
+  /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
+   * robust and exo_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
-  /** DPO's loss (TRL's loss_type, default "sigmoid"); "ipo" scores answers by their mean log-probability. */
-  lossType?: "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero" | "apo_down" | "discopop";
+  /** DPO's or CPO's loss (TRL's loss_type, default "sigmoid"); "ipo" and "simpo" score answers by their mean
+   * log-probability; "simpo" is CPO's only, the others but "hinge" and "ipo" DPO's only. */
+  lossType?: "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero" | "apo_down" | "discopop" | "simpo";
   /** DPO: adds rpoAlpha times the chosen answers' NLL (RPO; default off). discopopTau: the discopop loss's τ (0.05). */
   rpoAlpha?: number; discopopTau?: number;
+  /** CPO: the chosen answers' NLL weight (TRL's cpo_alpha, default 1; SimPO's paper: 0); simpoGamma: SimPO's
+   * target margin γ (0.5). */
+  cpoAlpha?: number; simpoGamma?: number;
 }
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
   tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
-  /** DPO and ORPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and nll_loss
-   * (ORPO, and DPO with rpoAlpha). */
+  /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and nll_loss
+   * (ORPO, CPO, and DPO with rpoAlpha). */
   rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; nllLoss?: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
@@ -268,7 +272,7 @@ pub struct Rewards {
     pub rejected: f32,
     pub accuracies: f32,
     pub margins: f32,
-    /// ORPO's NLL, or DPO's with `rpoAlpha`.
+    /// ORPO's and CPO's NLL, or DPO's with `rpoAlpha`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nll_loss: Option<f32>,
 }

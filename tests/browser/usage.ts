@@ -42,6 +42,8 @@ export async function example(data: string): Promise<void> {
   const ipo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "ipo", rpoAlpha: 0.5 });
   const nll: number | undefined = (await ipo.step())?.rewards?.nllLoss;
   console.log(nll, model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "discopop", discopopTau: 0.1 }).totalSteps());
+  const simpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "cpo", lossType: "simpo", beta: 2, cpoAlpha: 0, simpoGamma: 1 });
+  console.log((await simpo.step())?.rewards?.margins);
   console.log(margin);
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));

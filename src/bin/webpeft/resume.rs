@@ -31,8 +31,8 @@ pub struct RunOptions {
     pub seed: u64,
     /// The training data, as an absolute path.
     pub data: PathBuf,
-    /// sft, dpo or orpo (checkpoints without it: sft), with the --beta, --label-smoothing,
-    /// --loss-type, --rpo-alpha and --discopop-tau given.
+    /// sft, dpo, orpo or cpo (checkpoints without it: sft), with the --beta, --label-smoothing,
+    /// --loss-type, --rpo-alpha, --discopop-tau, --cpo-alpha and --simpo-gamma given.
     #[serde(default = "sft")]
     pub objective: String,
     #[serde(default)]
@@ -45,6 +45,10 @@ pub struct RunOptions {
     pub rpo_alpha: Option<f32>,
     #[serde(default)]
     pub discopop_tau: Option<f32>,
+    #[serde(default)]
+    pub cpo_alpha: Option<f32>,
+    #[serde(default)]
+    pub simpo_gamma: Option<f32>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -77,6 +81,8 @@ impl RunOptions {
             loss_type: a.loss_type.clone(),
             rpo_alpha: a.rpo_alpha,
             discopop_tau: a.discopop_tau,
+            cpo_alpha: a.cpo_alpha,
+            simpo_gamma: a.simpo_gamma,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
         }
@@ -182,6 +188,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
         .unwrap_or_else(|| "-".into()));
     one!("rpo_alpha", "rpo-alpha", a.rpo_alpha, saved.rpo_alpha, show);
     one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
+    one!("cpo_alpha", "cpo-alpha", a.cpo_alpha, saved.cpo_alpha, show);
+    one!("simpo_gamma", "simpo-gamma", a.simpo_gamma, saved.simpo_gamma, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

@@ -172,21 +172,29 @@ pub struct TrainArgs {
     /// longest first); attention stays inside each example.
     #[arg(long)]
     pub packing: bool,
-    /// What to minimise: sft (the data's trained tokens), or dpo or orpo on preference
+    /// What to minimise: sft (the data's trained tokens), or dpo, orpo or cpo on preference
     /// pairs, one {"prompt", "chosen", "rejected"} a line (text, or messages rendered with the chat template).
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo"])]
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo"])]
     pub objective: String,
-    /// DPO and ORPO: β (DPO's temperature, ORPO's λ) [default: 0.1, as TRL].
+    /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL].
     #[arg(long)]
     pub beta: Option<f32>,
-    /// DPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO; the sigmoid,
-    /// robust and exo_pair losses) [default: 0].
+    /// DPO and CPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO; DPO's
+    /// sigmoid, robust and exo_pair losses, CPO's sigmoid and simpo) [default: 0].
     #[arg(long)]
     pub label_smoothing: Option<f32>,
-    /// DPO: TRL's loss_type [default: sigmoid]; ipo scores answers by their mean log-probability.
+    /// DPO's or CPO's loss, TRL's loss_type [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
+    /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop; CPO's sigmoid, hinge, ipo,
+    /// simpo (ipo and simpo score answers by their mean log-probability).
     #[arg(long, value_parser = ["sigmoid", "robust", "exo_pair", "hinge", "ipo", "sppo_hard", "nca_pair",
-        "apo_zero", "apo_down", "discopop"])]
+        "apo_zero", "apo_down", "discopop", "simpo"])]
     pub loss_type: Option<String>,
+    /// CPO: the weight of the chosen answers' NLL (TRL's cpo_alpha; SimPO's paper: 0) [default: 1].
+    #[arg(long)]
+    pub cpo_alpha: Option<f32>,
+    /// CPO's simpo loss: the target reward margin γ (TRL's simpo_gamma) [default: 0.5].
+    #[arg(long)]
+    pub simpo_gamma: Option<f32>,
     /// DPO: adds this times the NLL of the chosen answers (RPO; TRL's rpo_alpha) [default: off].
     #[arg(long)]
     pub rpo_alpha: Option<f32>,
@@ -297,7 +305,7 @@ impl RewardsLine {
             rejected: p.rewards_rejected,
             accuracies: p.rewards_accuracies,
             margins: p.rewards_margins,
-            nll_loss: p.orpo.map(|o| o[0]).or(p.rpo_nll),
+            nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
             log_odds_ratio: p.orpo.map(|o| o[1]),
             log_odds_chosen: p.orpo.map(|o| o[2]),
         }
@@ -528,6 +536,8 @@ impl TrainArgs {
             loss_type: self.loss_type.clone(),
             rpo_alpha: self.rpo_alpha,
             discopop_tau: self.discopop_tau,
+            cpo_alpha: self.cpo_alpha,
+            simpo_gamma: self.simpo_gamma,
         };
         t.objective = Objective::from_options(&self.objective, &preference)?;
         Ok(t)

@@ -1,8 +1,8 @@
-//! The DPO (every loss type) and ORPO losses on per-sequence log-probabilities, the reference
+//! The DPO (every loss type), ORPO and CPO losses on per-sequence log-probabilities, the reference
 //! for `shaders/preference.wgsl` (see `kernels::preference` for the math).
 //! Sums run in f64 and each result is rounded to f32 once.
 
-use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
+use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PreferenceLoss, STATS};
 
 /// `(logps, nll)`, both (seqs): logps[s] = −Σ lp_weight·CE, nll[s] = Σ nll_weight·CE over the sequence's rows.
 pub fn sequence_logps(token_loss: &[f32], lp_weight: &[f32], nll_weight: &[f32], seqs: usize) -> (Vec<f32>, Vec<f32>) {
@@ -78,6 +78,23 @@ fn dpo_term(d: DpoLoss, c: f64, r: f64) -> (f64, f64, f64) {
     }
 }
 
+/// CPO's ℓ(π_c, π_r) and its derivatives (TRL's `cpo_loss`): DPO's forms on
+/// the policy alone, SimPO's sigmoid of β·h − γ.
+fn cpo_term(c: CpoLoss, pc: f64, pr: f64) -> (f64, f64, f64) {
+    let as_dpo = |loss_type| DpoLoss { beta: c.beta, label_smoothing: c.label_smoothing, loss_type, ..DpoLoss::TRL };
+    match c.loss_type {
+        CpoLossType::Sigmoid => dpo_term(as_dpo(DpoLossType::Sigmoid), pc, pr),
+        CpoLossType::Hinge => dpo_term(as_dpo(DpoLossType::Hinge), pc, pr),
+        CpoLossType::Ipo => dpo_term(as_dpo(DpoLossType::Ipo), pc, pr),
+        CpoLossType::Simpo => {
+            let (beta, eps) = (c.beta as f64, c.label_smoothing as f64);
+            let z = beta * (pc - pr) - c.simpo_gamma as f64;
+            let dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z));
+            (-(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z), dh, -dh)
+        }
+    }
+}
+
 /// `(stats, dlogp)`: `scale` times the loss and TRL's metrics (the order of
 /// `kernels::preference::STATS`) and ∂(scale·loss)/∂logps, for sequences laid
 /// out as the chosen ones then the rejected ones.
@@ -103,6 +120,10 @@ pub fn preference_loss(
                 let (hc, hr) = (pc - reference[c] as f64, pr - reference[r] as f64);
                 let (l, dc, dr) = dpo_term(d, hc, hr);
                 (beta * hc, beta * hr, l, dc * k / n, dr * k / n)
+            }
+            PreferenceLoss::Cpo(cpo) => {
+                let (l, dc, dr) = cpo_term(cpo, pc, pr);
+                (beta * pc, beta * pr, l, dc * k / n, dr * k / n)
             }
             PreferenceLoss::Orpo { .. } => {
                 let log1m_exp = |x: f64| (-x.exp_m1()).ln();
