@@ -469,6 +469,47 @@ fn ok(out: &std::process::Output) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `train --init-lora-weights loftq` writes the base the adapter trains on beside it (`loftq_base/`, a model
+/// folder): on an NF4 base with q_proj and v_proj adapted, those two are replaced and every other tensor is
+/// the checkpoint's own; webpeft loads the folder. Other inits write no base.
+#[test]
+fn train_with_loftq_writes_its_base_beside_the_adapter() {
+    use webpeft::model::{Checkpoint, DirFiles};
+    let dir = TempDir::new("loftq");
+    let data = write_data(&dir);
+    let out_dir = dir.join("out");
+    let args = ["--method", "lora", "--init-lora-weights", "loftq", "--quant", "nf4", "--targets", "q_proj,v_proj"];
+    let out = train(&data, &[&args[..], &["--steps", "1", "--lr", "1e-3", "--out", &out_dir]].concat());
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loftq_base: the LoftQ base this adapter belongs with"), "{err}");
+    let base = dir.0.join("out/loftq_base");
+    for file in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(base.join(file).is_file(), "{file} in {}", base.display());
+    }
+    let open = |d: &std::path::Path| pollster::block_on(Checkpoint::open(&DirFiles::new(d).unwrap())).unwrap();
+    let (written, original) = (open(&base), open(&std::path::PathBuf::from(fixture("llama_gqa"))));
+    let mut replaced = 0;
+    for name in original.names() {
+        let read = |c: &Checkpoint<_>| pollster::block_on(c.read_f32(name)).unwrap();
+        if name.contains("q_proj") || name.contains("v_proj") {
+            assert_ne!(read(&written), read(&original), "{name} is LoftQ's");
+            replaced += 1;
+        } else {
+            assert_eq!(read(&written), read(&original), "{name} is the checkpoint's");
+        }
+    }
+    assert_eq!((replaced, written.names().count()), (4, original.names().count()));
+    let gpu = pollster::block_on(webpeft::Gpu::new()).unwrap();
+    let files = DirFiles::new(&base).unwrap();
+    pollster::block_on(webpeft::model::Model::load(&gpu, &files, webpeft::quant::QuantFormat::Nf4)).unwrap();
+    // PiSSA's adapter is saved converted to the original model: no base of its own.
+    let pissa = ["--method", "lora", "--init-lora-weights", "pissa", "--steps", "1", "--lr", "1e-3"];
+    let out = train(&data, &[&pissa[..], &["--out", &dir.join("p")]].concat());
+    ok(&out);
+    assert!(!dir.0.join("p/loftq_base").exists());
+}
+
 #[test]
 fn train_lora_all_linear_then_generate_with_it() {
     let dir = TempDir::new("train-lora");

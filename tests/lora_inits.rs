@@ -31,6 +31,7 @@ use webpeft::kernels::qmatmul::QWeight;
 use webpeft::model::llama::block::Block;
 use webpeft::model::{DirFiles, MemoryFiles, Model};
 use webpeft::peft::adapter::{Adapter, AdapterConfig};
+use webpeft::peft::lora::LOFTQ_BASE_DIR;
 use webpeft::peft::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use webpeft::quant::QuantFormat;
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
@@ -269,6 +270,87 @@ fn on_an_nf4_base_the_init_starts_from_the_float_weights() {
     assert!(e.to_string().contains("pre-quantized"), "{e}");
 }
 
+/// The tensors of a `model.safetensors`'s bytes, as f32.
+fn tensors_of(bytes: &[u8]) -> BTreeMap<String, Vec<f32>> {
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            (name, bytemuck::pod_collect_to_vec(view.data()))
+        })
+        .collect()
+}
+
+/// The LoftQ base (`export_loftq_base`): PEFT's replaced weights in every adapted Linear, every other tensor
+/// the checkpoint's own (on an NF4 base too, where a Linear left out of the adapter is read from the files,
+/// not dequantized), and the folder loads back to the same logits.
+#[test]
+fn the_loftq_base_is_peft_s_and_the_rest_the_checkpoint_s() {
+    use webpeft::peft::lora::merge::export_loftq_base;
+    let gpu = gpu();
+    let files = DirFiles::new(fixture("llama_gqa")).unwrap();
+    let checkpoint = block_on(webpeft::model::Checkpoint::open(&files)).unwrap();
+    let original = |name: &str| block_on(checkpoint.read_f32(name)).unwrap();
+    let fx = reference("loftq");
+    let peft_bases: BTreeMap<String, Vec<f32>> =
+        fx.names().into_iter().filter_map(|n| Some((n.strip_prefix("base.")?.to_string(), fx.f32(&n)))).collect();
+    assert_eq!(peft_bases.len(), 14);
+    let batch = fixture_batch(&fx, 0..2);
+
+    // f32 base, all seven projections: against PEFT's LoftQ base.
+    let mut model = fixture_model(gpu, "llama_gqa");
+    let Adapter::Lora(lora) = ours(&mut model, InitLoraWeights::Loftq { iter: 1 }, None).unwrap() else { panic!() };
+    let bytes = block_on(export_loftq_base(gpu, &model, &lora, &files)).unwrap();
+    let written = tensors_of(&bytes);
+    assert_eq!(written.len(), checkpoint.names().count(), "every tensor of the checkpoint, once");
+    let (mut replaced, mut kept) = (0.0f32, 0usize);
+    for (name, values) in &written {
+        match peft_bases.get(name) {
+            Some(peft) => replaced = replaced.max(max_abs_diff(values, peft)),
+            None => {
+                assert_eq!(values, &original(name), "{name} is the checkpoint's");
+                kept += 1;
+            }
+        }
+    }
+    eprintln!("loftq base: 14 replaced Linears vs PEFT's max |diff| {replaced:e}; {kept} tensors the checkpoint's");
+    assert!(replaced <= 1e-6 && kept == written.len() - 14, "{replaced:e}, {kept}");
+    // As a folder it is the model the adapter trained on.
+    let mut folder = MemoryFiles::new();
+    folder.insert("config.json", std::fs::read(fixture("llama_gqa/config.json")).unwrap());
+    folder.insert("model.safetensors", bytes);
+    let reloaded = block_on(Model::load(gpu, &folder, QuantFormat::F32)).unwrap();
+    let ad = Adapter::Lora(lora);
+    let d = max_abs_diff(
+        &adapted_logits(gpu, &reloaded, Some(&ad), &batch.input_ids),
+        &adapted_logits(gpu, &model, Some(&ad), &batch.input_ids),
+    );
+    assert_eq!(d, 0.0, "the reloaded base's logits");
+
+    // NF4 base, q_proj and v_proj only: the other Linears (and the embedding, the head) from the files.
+    let mut model = block_on(Model::load(gpu, &files, QuantFormat::Nf4)).unwrap();
+    let mut c = config(InitLoraWeights::Loftq { iter: 1 });
+    c.target_modules = TargetModules::List(vec!["q_proj".into(), "v_proj".into()]);
+    let ad = block_on(Adapter::new_adjusting_base(gpu, AdapterConfig::Lora(c), &mut model, Some(&files), None, 7));
+    let Adapter::Lora(lora) = ad.unwrap() else { panic!() };
+    let written = tensors_of(&block_on(export_loftq_base(gpu, &model, &lora, &files)).unwrap());
+    let held: BTreeMap<String, Vec<f32>> = base_weights(&model).into_iter().collect();
+    for (name, values) in &written {
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        if module.ends_with("q_proj") || module.ends_with("v_proj") {
+            assert_eq!(values, &held[module], "{name}: the NF4 base the adapter trains on");
+            assert_ne!(values, &original(name), "{name} was replaced");
+        } else {
+            assert_eq!(values, &original(name), "{name} is the checkpoint's, not its NF4 copy");
+        }
+    }
+    // Only a LoftQ adapter has a base of its own to write.
+    let mut model = fixture_model(gpu, "llama_gqa");
+    let Adapter::Lora(pissa) = ours(&mut model, InitLoraWeights::Pissa, None).unwrap() else { panic!() };
+    assert!(block_on(export_loftq_base(gpu, &model, &pissa, &files)).is_err());
+}
+
 #[test]
 fn saved_adapters_load_in_peft_on_the_original_model() {
     let gpu = gpu();
@@ -309,10 +391,26 @@ fn saved_adapters_load_in_peft_on_the_original_model() {
             assert!(d <= 1e-4, "{name}: {d:e}");
         }
         let dir = root.join(name);
+        // LoftQ's adapter goes with the base it trained on: the folder the CLI writes beside it.
+        let base_dir = root.join(LOFTQ_BASE_DIR);
+        let mut base_files = Vec::new();
+        if name == "loftq" {
+            let Adapter::Lora(lora) = &trainer.adapter else { unreachable!() };
+            let llama = DirFiles::new(fixture("llama_gqa")).unwrap();
+            let base = block_on(webpeft::peft::lora::merge::export_loftq_base(gpu, &model, lora, &llama)).unwrap();
+            base_files.push(("model.safetensors".to_string(), base));
+            base_files.push(("config.json".to_string(), std::fs::read(fixture("llama_gqa/config.json")).unwrap()));
+        }
         if write {
             std::fs::create_dir_all(&dir).unwrap();
             for (file, bytes) in &files {
                 std::fs::write(dir.join(file), bytes).unwrap();
+            }
+            if !base_files.is_empty() {
+                std::fs::create_dir_all(&base_dir).unwrap();
+                for (file, bytes) in &base_files {
+                    std::fs::write(base_dir.join(file), bytes).unwrap();
+                }
             }
             logits_out.insert(name.to_string(), trained);
             continue;
@@ -321,6 +419,13 @@ fn saved_adapters_load_in_peft_on_the_original_model() {
         for (file, _) in &files {
             let committed = std::fs::read(dir.join(file)).unwrap();
             assert_eq!(py["sha256"][file].as_str(), Some(common::sha256_hex(&committed).as_str()), "{name}/{file}");
+        }
+        // The base Python loaded is the one we write now.
+        for (file, bytes) in base_files.drain(..) {
+            let committed = std::fs::read(base_dir.join(&file)).unwrap();
+            assert!(committed == bytes, "{LOFTQ_BASE_DIR}/{file} is what export_loftq_base writes");
+            let sha = check["bases"][LOFTQ_BASE_DIR]["sha256"][&file].as_str();
+            assert_eq!(sha, Some(common::sha256_hex(&committed).as_str()), "{LOFTQ_BASE_DIR}/{file}");
         }
         // Python loaded the committed folder with the committed logits; ours now are those.
         let want = Fixture::open("lora_inits/webpeft_saved/logits.safetensors").f32(name);

@@ -10,6 +10,8 @@ use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
+use webpeft::peft::lora::merge::export_loftq_base;
+use webpeft::peft::lora::{LoraAdapter, LOFTQ_BASE_DIR};
 use webpeft::peft::{InitLoraWeights, TargetModules};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
@@ -22,7 +24,7 @@ use webpeft::train::schedule::Schedule;
 use webpeft::train::trainer::PreferenceStats;
 use webpeft::Gpu;
 
-use crate::{cli_gpu, load_model_4bit, resume};
+use crate::{cli_gpu, load_model_4bit, resume, write_model_folder};
 
 /// `webpeft train`'s options, parsed into the library's recipe
 /// (`webpeft::train::recipe`), whose defaults these are. Adapter options left
@@ -582,6 +584,29 @@ fn read_dataset(
     Ok(recipe.dataset(&name, &bytes, Some(tokenizer), opts)?)
 }
 
+/// Writes the base a LoftQ adapter trains on into `out`/loftq_base: a model
+/// folder (f32 weights, the model's config and tokenizer files) to load with
+/// bitsandbytes' NF4 and put the adapter on, as PEFT's LoftQ example does.
+async fn write_loftq_base(
+    gpu: &Gpu,
+    model: &Model,
+    lora: &LoraAdapter,
+    files: &DirFiles,
+    dir: &Path,
+    out: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bytes = export_loftq_base(gpu, model, lora, files).await?;
+    let base = out.join(LOFTQ_BASE_DIR);
+    write_model_folder(dir, &base, &bytes)?;
+    eprintln!(
+        "note: {}: the LoftQ base this adapter belongs with ({:.2} MiB f32); load it with bitsandbytes' nf4 and \
+         the adapter on it",
+        base.display(),
+        bytes.len() as f64 / 1048576.0
+    );
+    Ok(())
+}
+
 /// Writes the adapter files and the training state of `run` into `out`.
 async fn save_run(
     gpu: &Gpu,
@@ -718,6 +743,11 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     // The adapter and its options are valid: only now the output folder, so a
     // refused option (--r 0) leaves nothing behind.
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    if let Adapter::Lora(lora) = &trainer.adapter {
+        if progress.is_none() && matches!(lora.config.init_lora_weights, InitLoraWeights::Loftq { .. }) {
+            write_loftq_base(&gpu, &model, lora, &files, &a.model, &a.out).await?;
+        }
+    }
     let mut run_config = recipe.run_config();
     if let Some(progress) = &progress {
         // The run goes on as it started: its schedule spans its own step total.

@@ -6,7 +6,8 @@
 //! rounds (PEFT does the same for bitsandbytes layers, with a warning).
 //!
 //! [`export_safetensors`] then writes the (merged) model as one f32
-//! `model.safetensors` with the checkpoint's own names.
+//! `model.safetensors` with the checkpoint's own names, and
+//! [`export_loftq_base`] the base a LoftQ adapter belongs with.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,7 @@ use safetensors::Dtype;
 use super::adapter::LoraAdapter;
 use super::dora::magnitude_scales;
 use super::layer::LoraFactors;
+use super::InitLoraWeights;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::kernels::dora::scale_rows;
@@ -24,6 +26,9 @@ use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::kernels::quant::{dequantize, quantize};
 use crate::model::llama::block::Block;
 use crate::model::llama::Model;
+use crate::model::source::{ByteSource, MemorySource};
+use crate::model::{Checkpoint, ModelFiles};
+use crate::quant::QuantFormat;
 
 /// What [`merge_lora`] keeps for [`unmerge_lora`]: each merged DoRA
 /// Linear's row factors g = m / ‖W + ΔW‖ (out), computed from the weight
@@ -159,13 +164,65 @@ pub fn unmerge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, merged: &M
 /// a tied head is written once, as transformers does; quantized Linears are
 /// written dequantized). Reads the GPU tensor by tensor.
 pub async fn export_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> {
+    export_weights::<MemorySource>(gpu, model, None).await
+}
+
+/// The folder, beside a LoftQ adapter's files, the CLI writes its base into.
+pub const LOFTQ_BASE_DIR: &str = "loftq_base";
+
+/// The base a LoftQ adapter trains on, as one f32 `model.safetensors` for
+/// `PeftModel.from_pretrained` (PEFT's LoftQ example saves its base model
+/// the same way): the Linears `lora` adapts as the model holds them (LoftQ's
+/// NF4(W − B·A), dequantized), every other tensor as in the checkpoint. On
+/// a quantized base the Linears `lora` does not adapt are read from `files`
+/// (their float weights), not from the model's quantized copies.
+pub async fn export_loftq_base<F: ModelFiles>(
+    gpu: &Gpu,
+    model: &Model,
+    lora: &LoraAdapter,
+    files: &F,
+) -> Result<Vec<u8>> {
+    if !matches!(lora.config.init_lora_weights, InitLoraWeights::Loftq { .. }) {
+        return Err(Error::invalid("export_loftq_base", "the adapter was not initialised with LoftQ"));
+    }
+    let quantized = matches!(model.format, QuantFormat::Q8_0 | QuantFormat::Nf4);
+    let checkpoint = if quantized { Some(Checkpoint::open_for(files, &model.config).await?) } else { None };
+    export_weights(gpu, model, checkpoint.as_ref().map(|c| (c, lora))).await
+}
+
+/// `key` from `checkpoint` where given, else `w` read back from the GPU.
+async fn original_or<S: ByteSource>(
+    gpu: &Gpu,
+    w: &QWeight,
+    key: &str,
+    checkpoint: Option<&Checkpoint<S>>,
+) -> Result<Vec<f32>> {
+    match checkpoint {
+        Some(c) => c.read_f32(key).await,
+        None => w.to_f32(gpu).await,
+    }
+}
+
+/// [`export_safetensors`], with the Linears `originals` names not adapted
+/// by its adapter read from its checkpoint.
+async fn export_weights<S: ByteSource>(
+    gpu: &Gpu,
+    model: &Model,
+    originals: Option<(&Checkpoint<S>, &LoraAdapter)>,
+) -> Result<Vec<u8>> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut push = |name: String, shape: Vec<usize>, data: Vec<f32>| tensors.push((name, shape, data));
     fn q(w: &QWeight) -> (Vec<usize>, &QWeight) {
         (vec![w.rows, w.cols], w)
     }
+    // The embedding and the head: the checkpoint's where the originals are asked for.
+    let checkpoint = originals.map(|(c, _)| c);
     let (shape, w) = q(&model.embed_tokens);
-    push("model.embed_tokens.weight".into(), shape, w.to_f32(gpu).await?);
+    push(
+        "model.embed_tokens.weight".into(),
+        shape,
+        original_or(gpu, w, "model.embed_tokens.weight", checkpoint).await?,
+    );
     for (i, l) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         push(
@@ -180,9 +237,14 @@ pub async fn export_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> {
                 push(format!("{p}.self_attn.{name}.weight"), n.weight.shape().to_vec(), n.weight.to_vec(gpu).await?);
             }
         }
-        for (name, lin) in l.linears() {
+        for (j, (name, lin)) in l.linears().into_iter().enumerate() {
             let (shape, w) = q(&lin.weight);
-            push(format!("{p}.{name}.weight"), shape, w.to_f32(gpu).await?);
+            let key = format!("{p}.{name}.weight");
+            let data = match originals {
+                Some((c, lora)) if lora.layers[i][j].is_none() => c.read_f32(&key).await?,
+                _ => w.to_f32(gpu).await?,
+            };
+            push(key, shape, data);
             if let Some(b) = &lin.bias {
                 push(format!("{p}.{name}.bias"), b.shape().to_vec(), b.to_vec(gpu).await?);
             }
@@ -191,7 +253,7 @@ pub async fn export_safetensors(gpu: &Gpu, model: &Model) -> Result<Vec<u8>> {
     push("model.norm.weight".into(), model.norm.weight.shape().to_vec(), model.norm.weight.to_vec(gpu).await?);
     if !model.lm_head_is_tied() {
         let (shape, w) = q(&model.lm_head);
-        push("lm_head.weight".into(), shape, w.to_f32(gpu).await?);
+        push("lm_head.weight".into(), shape, original_or(gpu, w, "lm_head.weight", checkpoint).await?);
     }
     let views = tensors
         .iter()

@@ -30,3 +30,4 @@ pub use config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_
 pub use file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use init::init_lora;
 pub use layer::{LoraDropout, LoraFactors, LoraSaved};
+pub use merge::LOFTQ_BASE_DIR;
