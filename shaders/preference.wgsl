@@ -17,13 +17,18 @@
 // ORPO: π are mean completion log-probs, lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)),
 //       loss = NLL − β·mean logσ(lo)
 // NLL = Σ_s nll[s] (its weights hold the 1/N of the mean).
+// KTO:  rows 0..B the examples, B..2B their KL rows; kl = max(0, mean_KL(π − ref)) (no gradient);
+//       loss = mean w·(1 − σ(z)), z = β(c − kl) desirable, β(kl − c) not, c = π − ref
 // stats: [loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
-//         nll_loss, log_odds_ratio, log_odds_chosen] (the last two ORPO's, 0 for DPO).
+//         nll_loss, log_odds_ratio, log_odds_chosen] (the last two ORPO's, 0 for DPO);
+//        KTO: [loss, rewards/chosen_sum, rewards/rejected_sum, kl, logps/chosen_sum,
+//         logps/rejected_sum, count/chosen, count/rejected].
 // Prelude constant: WG, invocations per workgroup (a power of two); workgroup_reduce.wgsl precedes this file.
 
 const DPO: u32 = 0u;
 const ORPO: u32 = 1u;
 const CPO: u32 = 2u;
+const KTO: u32 = 3u;
 
 // DPO's loss types (kernels::preference::DpoLossType::ALL's order).
 const SIGMOID: u32 = 0u;
@@ -50,7 +55,11 @@ struct Params {
     loss_type: u32,
     discopop_tau: f32,
     simpo_gamma: f32,
-    _pad: u32,
+    desirable_weight: f32,
+    undesirable_weight: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,6 +75,7 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> dlogp: array<f32>;     // (S)
 @group(0) @binding(11) var<storage, read> dlogp_in: array<f32>;        // (S)
 @group(0) @binding(12) var<storage, read_write> row_scale: array<f32>; // (S·T')
+@group(0) @binding(13) var<storage, read> kto_label: array<f32>;       // (S/2), KTO: 1 desirable, 0 not
 
 @compute @workgroup_size(WG)
 fn sequence_logps(
@@ -205,9 +215,47 @@ fn dpo_term(c: f32, r: f32) -> vec3<f32> {
     return vec3<f32>(l, dc + dh, dr - dh);
 }
 
+// KTO: rows 0..B the examples, B..2B their KL rows (p.pairs = B).
+fn kto_loss() {
+    let b = p.pairs;
+    let n = f32(b);
+    let beta = p.beta;
+    var kl = 0.0;
+    for (var i = 0u; i < b; i++) { kl += policy_logps[b + i] - ref_logps[b + i]; }
+    kl = max(kl / n, 0.0);
+    var loss = 0.0;
+    var sums = array<f32, 6>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0); // rewards c/r, logps c/r, counts c/r
+    for (var i = 0u; i < b; i++) {
+        let c = policy_logps[i] - ref_logps[i];
+        let side = select(1u, 0u, kto_label[i] > 0.5); // 0 desirable, 1 not
+        let z = select(beta * (kl - c), beta * (c - kl), side == 0u);
+        let w = select(p.undesirable_weight, p.desirable_weight, side == 0u);
+        loss += w * (1.0 - sigmoid(z));
+        // ∂(1 − σ(z))/∂c = −σ'(z)·∂z/∂c, ∂z/∂c = ±β
+        dlogp[i] = select(beta, -beta, side == 0u) * w * dsigmoid(z) * p.scale / n;
+        dlogp[b + i] = 0.0;
+        sums[side] += beta * c;
+        sums[2u + side] += policy_logps[i];
+        sums[4u + side] += 1.0;
+    }
+    let k = p.scale;
+    stats[0] += loss / n * k;
+    stats[1] += sums[0] * k;
+    stats[2] += sums[1] * k;
+    stats[3] += kl * k;
+    stats[4] += sums[2] * k;
+    stats[5] += sums[3] * k;
+    stats[6] += sums[4] * k;
+    stats[7] += sums[5] * k;
+}
+
 @compute @workgroup_size(WG)
 fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     if (lid != 0u) { return; }
+    if (p.objective == KTO) {
+        kto_loss();
+        return;
+    }
     let n = f32(p.pairs);
     let beta = p.beta;
     var loss = 0.0;

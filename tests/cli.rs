@@ -1313,6 +1313,26 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
         assert!(loss[s] >= at_mean - 1e-6 && loss[s] < at_mean + 0.01, "step {}: {lines:?}", s + 1);
     }
     assert!(loss[2] < loss[0] && margins[2] > margins[0], "{lines:?}");
+    // KTO on one desirable and one undesirable example: TRL's KTO fields.
+    let data = dir.join("unpaired.jsonl");
+    let unpaired =
+        "{\"prompt\": \"The little robot\", \"completion\": \" walked home in the rain\", \"label\": true}\n\
+                    {\"prompt\": \"Once upon a time\", \"completion\": \" the the the dog\", \"label\": false}\n";
+    std::fs::write(&data, unpaired).unwrap();
+    let kto = ["--objective", "kto", "--undesirable-weight", "1.5", "--steps", "3", "--batch-size", "2"];
+    let out = train(&data, &[&kto[..], &["--method", "lora", "--lr", "1e-2", "--out", &dir.join("kto")]].concat());
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for key in ["kl", "rewards/chosen_sum", "rewards/rejected_sum", "logps/chosen_sum", "logps/rejected_sum"] {
+        assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
+    }
+    assert_eq!(column(&lines, "count/chosen"), [1.0; 3], "a batch of 2 holds one of each: {lines:?}");
+    assert!(lines.iter().all(|l| l.get("rewards/margins").is_none()), "{lines:?}");
+    // Step 1: policy = reference, every log-ratio and the KL estimate 0, each loss 1 − σ(0) = ½ (times its weight).
+    let loss = column(&lines, "loss");
+    assert!((loss[0] - (0.5 + 1.5 * 0.5) / 2.0).abs() < 1e-6, "{lines:?}");
+    assert!(loss[2] < loss[0], "{lines:?}");
 }
 
 #[test]
@@ -1346,7 +1366,7 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     let line = refused(&["--objective", "dpo"], Some(TRAIN_JSONL));
     assert!(line.ends_with("bad_pairs.jsonl, line 1: missing the `prompt` field of a preference pair"), "{line}");
     for (args, want) in [
-        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo and cpo"),
+        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo, cpo and kto"),
         (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo and cpo"),
         (
             &["--objective", "dpo", "--label-smoothing", "0.7"],
@@ -1364,6 +1384,7 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
         (&["--objective", "dpo", "--discopop-tau", "0.1"], "error: --discopop-tau: applies to the discopop loss, not sigmoid"),
         (&["--objective", "orpo", "--rpo-alpha", "1"], "error: --rpo-alpha: applies to dpo only"),
         (&["--objective", "dpo", "--cpo-alpha", "0"], "error: --cpo-alpha: applies to cpo only"),
+
         (
             &["--objective", "dpo", "--loss-type", "simpo"],
             "error: --loss-type: expected one of sigmoid, robust, exo_pair, hinge, ipo, sppo_hard, nca_pair, apo_zero, \
@@ -1379,6 +1400,12 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     ] {
         assert_eq!(refused(args, None), want);
     }
+    let line = refused(&["--objective", "kto", "--batch-size", "1"], Some(PAIRS_JSONL));
+    assert_eq!(
+        line,
+        "error: --batch-size: KTO needs at least 2 examples a batch (its KL term pairs each prompt with another \
+         example's completion), got 1"
+    );
     let sft = write_data(&dir);
     let line = refused(&["--objective", "dpo", "--eval-data", &sft], None);
     assert_eq!(line, "error: --eval-data measures the SFT loss; it does not apply to --objective dpo");

@@ -7,8 +7,8 @@ use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use webpeft::kernels::preference::{
-    preference_loss, preference_row_scale, sequence_logps, CpoLoss, CpoLossType, DpoLoss, DpoLossType, PreferenceLoss,
-    STATS,
+    preference_loss, preference_row_scale, sequence_logps, CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss,
+    PreferenceLoss, Scores, STATS,
 };
 use webpeft::kernels::reference::{assert_close, cross_entropy as ce_cpu, preference as cpu};
 use webpeft::util::rng::Rng;
@@ -54,12 +54,17 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let reference: Vec<f32> = randn(seed + 1, seqs).iter().map(|v| -60.0 + 5.0 * v).collect();
     let scale = 0.5;
 
+    // KTO's labels: both kinds among the examples (the first desirable, the second not).
+    let desirable: Vec<f32> = (0..pairs).map(|i| if i < 2 { (1 - i) as f32 } else { rng.below(2) as f32 }).collect();
     let up = |v: &[f32]| Tensor::from_slice(gpu, &[v.len()], v).unwrap();
+    let labels = up(&desirable);
     let (tl, lw, nw, rf) = (up(&token_loss), up(&lp_w), up(&nll_w), up(&reference));
     let stats = Tensor::from_slice(gpu, &[STATS], &[0.25f32; STATS]).unwrap();
     let mut rec = Recorder::new(gpu);
     let (logps, nll) = sequence_logps(&mut rec, &tl, &lw, &nw, seqs).unwrap();
-    let dlogp = preference_loss(&mut rec, loss, &logps, Some(&rf), &nll, scale, &stats).unwrap();
+    let kto = matches!(loss, PreferenceLoss::Kto(_));
+    let scores = Scores { policy: &logps, reference: Some(&rf), nll: &nll, desirable: kto.then_some(&labels) };
+    let dlogp = preference_loss(&mut rec, loss, scores, scale, &stats).unwrap();
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(&mut rec, &dlogp, &lw, &nw, nll_scale).unwrap();
     rec.submit().unwrap();
@@ -69,7 +74,8 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     assert_close("logps", &got_logps, &want_logps, LOGP_ABS, LOGP_REL);
     assert_close("nll", &read(&nll), &want_nll, LOGP_ABS, LOGP_REL);
     // The loss from the GPU's log-probabilities, so that it checks the loss kernel alone.
-    let (mut want_stats, want_dlogp) = cpu::preference_loss(loss, &got_logps, &reference, &read(&nll), scale);
+    let (mut want_stats, want_dlogp) =
+        cpu::preference_loss(loss, &got_logps, &reference, &read(&nll), &desirable, scale);
     want_stats.iter_mut().for_each(|v| *v += 0.25); // added to what `stats` held
     assert_close("stats", &read(&stats), &want_stats, LOSS_ABS, LOSS_REL);
     let got_dlogp = read(&dlogp);
@@ -81,7 +87,14 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
             | PreferenceLoss::Cpo(CpoLoss { loss_type: CpoLossType::Hinge, .. })
     );
     let nonzero = got_dlogp.iter().filter(|v| **v != 0.0).count();
-    assert!(nonzero == got_dlogp.len() || (hinge && nonzero > 0), "the sequences' gradients: {got_dlogp:?}");
+    if kto {
+        // The examples have a gradient, their KL rows none.
+        let half = got_dlogp.len() / 2;
+        assert!(got_dlogp[..half].iter().all(|v| *v != 0.0), "{got_dlogp:?}");
+        assert!(got_dlogp[half..].iter().all(|v| *v == 0.0), "{got_dlogp:?}");
+    } else {
+        assert!(nonzero == got_dlogp.len() || (hinge && nonzero > 0), "the sequences' gradients: {got_dlogp:?}");
+    }
     let want_rows = cpu::preference_row_scale(&got_dlogp, &lp_w, &nll_w, nll_scale);
     assert_close("row_scale", &read(&row_scale), &want_rows, 1e-7, 1e-6);
 }
@@ -109,6 +122,13 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
     }
     // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
     check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
+}
+
+/// KTO: the KL estimate from the second half's rows, desirable and undesirable examples with their weights.
+#[test]
+fn kto_loss_matches_the_cpu_reference() {
+    check_loss(PreferenceLoss::Kto(KtoLoss::TRL), 3, 120);
+    check_loss(PreferenceLoss::Kto(KtoLoss { beta: 0.5, desirable_weight: 1.3, undesirable_weight: 0.7 }), 5, 121);
 }
 
 /// CPO's loss types on the policy alone (the reference buffer bound but unread), with and without the NLL term.
@@ -159,8 +179,15 @@ fn bad_shapes_are_typed_errors() {
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let e = sequence_logps(&mut rec, &t(10), &t(9), &t(10), 2).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
-    let e = preference_loss(&mut rec, PreferenceLoss::DPO, &t(4), None, &t(4), 1.0, &t(STATS)).unwrap_err();
+    let (four, stats) = (t(4), t(STATS));
+    let scores = |reference, desirable| Scores { policy: &four, reference, nll: &four, desirable };
+    let e = preference_loss(&mut rec, PreferenceLoss::DPO, scores(None, None), 1.0, &stats).unwrap_err();
     assert!(e.to_string().contains("reference"), "{e}");
-    let e = preference_loss(&mut rec, PreferenceLoss::ORPO, &t(4), None, &t(4), 1.0, &t(3)).unwrap_err();
+    let e = preference_loss(&mut rec, PreferenceLoss::ORPO, scores(None, None), 1.0, &t(3)).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let kto = PreferenceLoss::Kto(KtoLoss::TRL);
+    let e = preference_loss(&mut rec, kto, scores(Some(&four), None), 1.0, &stats).unwrap_err();
+    assert!(e.to_string().contains("label"), "{e}");
+    let e = preference_loss(&mut rec, kto, scores(Some(&four), Some(&four)), 1.0, &stats).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }

@@ -110,7 +110,7 @@ mod cli {
     fn cli_fresh_run(dir: &TempDir, tag: &str, args: &[&str]) -> std::path::PathBuf {
         let data = dir.0.join("train.jsonl");
         let lines = ["The cat sat on the mat and looked at the door.", "A small dog ran across the green field."];
-        let jsonl: String = if args.iter().any(|a| ["dpo", "orpo", "cpo"].contains(a)) {
+        let jsonl: String = if args.iter().any(|a| ["dpo", "orpo", "cpo", "kto"].contains(a)) {
             let pair = r#"{"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran across the field."}"#;
             format!("{pair}\n").repeat(4)
         } else {
@@ -256,6 +256,8 @@ mod cli {
                         discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
                         cpo_alpha: o["cpo_alpha"].as_f64().map(|v| v as f32),
                         simpo_gamma: o["simpo_gamma"].as_f64().map(|v| v as f32),
+                        desirable_weight: o["desirable_weight"].as_f64().map(|v| v as f32),
+                        undesirable_weight: o["undesirable_weight"].as_f64().map(|v| v as f32),
                     },
                 )
                 .unwrap(),
@@ -290,6 +292,22 @@ mod cli {
             ],
             r#"{"lr": 1e-3, "steps": 3, "objective": "cpo", "lossType": "simpo", "cpoAlpha": 0, "simpoGamma": 1.5,
                 "beta": 2}"#,
+        );
+        check(
+            "kto",
+            &[
+                "--method",
+                "lora",
+                "--steps",
+                "3",
+                "--objective",
+                "kto",
+                "--desirable-weight",
+                "1.2",
+                "--batch-size",
+                "2",
+            ],
+            r#"{"lr": 1e-3, "steps": 3, "objective": "kto", "desirableWeight": 1.2, "batchSize": 2}"#,
         );
         check(
             "discopop",

@@ -53,9 +53,7 @@ fn batch_of(file: &str, how: PairTokenization, seq_len: usize) -> Batch {
 }
 
 fn close(what: &str, got: &[f32], want: &[f32], rel: f32) {
-    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (TOL + rel * w.abs())).fold(0.0, f32::max);
-    eprintln!("{what}: max |diff| {:e}", max_abs_diff(got, want));
-    assert!(worst <= 1.0, "{what}: got {got:?}, want {want:?}");
+    common::close_to(what, got, want, TOL, rel);
 }
 
 /// ORPO's and CPO's rows (`make_fixtures.py cpo`): TRL's shared `tokenize_row`, with a pair whose prompt and

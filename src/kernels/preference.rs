@@ -11,6 +11,11 @@
 //! preference_row_scale: row_scale[r] = nll_scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
 //! ```
 //!
+//! KTO (TRL's `kto_loss`): S = 2B rows, B examples then their KL rows;
+//! kl = max(0, mean over the KL rows of π − ref) (no gradient), each example's
+//! loss w_d·(1 − σ(β·(c − kl))) if desirable, else w_u·(1 − σ(β·(kl − c))),
+//! c = π − ref; stats: [loss, rewards/chosen_sum, rewards/rejected_sum, kl,
+//! logps/chosen_sum, logps/rejected_sum, count/chosen, count/rejected].
 //! DPO (TRL's `dpo_loss`): with the log-ratios c = π_c − ref_c, r = π_r − ref_r
 //! and h = c − r, loss = mean ℓ(c, r) over the pairs for the [`DpoLossType`]'s ℓ
 //! (sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)), plus `rpo_alpha`·NLL of the
@@ -202,6 +207,21 @@ impl CpoLoss {
         CpoLoss { beta: 0.1, label_smoothing: 0.0, loss_type: CpoLossType::Sigmoid, cpo_alpha: 1.0, simpo_gamma: 0.5 };
 }
 
+/// KTO's settings, as `KTOConfig` names them (its `kto` loss).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KtoLoss {
+    pub beta: f32,
+    /// The weight of a desirable example's loss (`desirable_weight`).
+    pub desirable_weight: f32,
+    /// The weight of an undesirable example's loss (`undesirable_weight`).
+    pub undesirable_weight: f32,
+}
+
+impl KtoLoss {
+    /// TRL's defaults: β 0.1, both weights 1.
+    pub const TRL: KtoLoss = KtoLoss { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0 };
+}
+
 /// A preference loss and its settings, as TRL names them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PreferenceLoss {
@@ -211,6 +231,9 @@ pub enum PreferenceLoss {
     Orpo { beta: f32 },
     /// CPO (and SimPO): a DPO-style loss on the policy alone plus `cpo_alpha` times the chosen NLL.
     Cpo(CpoLoss),
+    /// KTO on unpaired examples: each example's log-ratio against the batch's
+    /// KL estimate (its prompts with other examples' completions).
+    Kto(KtoLoss),
 }
 
 impl PreferenceLoss {
@@ -224,12 +247,13 @@ impl PreferenceLoss {
             PreferenceLoss::Dpo(d) => d.beta,
             PreferenceLoss::Orpo { beta } => beta,
             PreferenceLoss::Cpo(c) => c.beta,
+            PreferenceLoss::Kto(k) => k.beta,
         }
     }
 
     /// Whether the loss needs the reference log-probabilities.
     pub fn needs_reference(self) -> bool {
-        matches!(self, PreferenceLoss::Dpo(_))
+        matches!(self, PreferenceLoss::Dpo(_) | PreferenceLoss::Kto(_))
     }
 
     /// Whether the sequence log-probabilities are means over the completion
@@ -239,6 +263,7 @@ impl PreferenceLoss {
             PreferenceLoss::Dpo(d) => d.loss_type == DpoLossType::Ipo,
             PreferenceLoss::Orpo { .. } => true,
             PreferenceLoss::Cpo(c) => c.loss_type.averages(),
+            PreferenceLoss::Kto(_) => false,
         }
     }
 
@@ -249,15 +274,17 @@ impl PreferenceLoss {
             PreferenceLoss::Dpo(d) => d.rpo_alpha,
             PreferenceLoss::Orpo { .. } => Some(1.0),
             PreferenceLoss::Cpo(c) => Some(c.cpo_alpha),
+            PreferenceLoss::Kto(_) => None,
         }
     }
 
     /// How a pair becomes token rows for this loss: `DPOTrainer.tokenize_row`'s,
-    /// or the one `ORPOTrainer` and `CPOTrainer` share.
+    /// or the one `ORPOTrainer` and `CPOTrainer` share (KTO's unpaired data has
+    /// its own, `train::kto`, whose answers are joined the same way).
     pub fn tokenization(self) -> PairTokenization {
         match self {
             PreferenceLoss::Dpo(_) => PairTokenization::Separate,
-            PreferenceLoss::Orpo { .. } | PreferenceLoss::Cpo(_) => PairTokenization::Joined,
+            PreferenceLoss::Orpo { .. } | PreferenceLoss::Cpo(_) | PreferenceLoss::Kto(_) => PairTokenization::Joined,
         }
     }
 }
@@ -289,7 +316,9 @@ struct Params {
     loss_type: u32,
     discopop_tau: f32,
     simpo_gamma: f32,
-    _pad: u32,
+    desirable_weight: f32,
+    undesirable_weight: f32,
+    _pad: [u32; 3],
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -309,7 +338,9 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         loss_type: 0,
         discopop_tau: 1.0,
         simpo_gamma: 0.0,
-        _pad: 0,
+        desirable_weight: 0.0,
+        undesirable_weight: 0.0,
+        _pad: [0; 3],
     };
     match loss {
         Some(PreferenceLoss::Dpo(d)) => {
@@ -324,6 +355,10 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
             p.discopop_tau = d.discopop_tau;
         }
         Some(PreferenceLoss::Orpo { beta }) => (p.objective, p.beta) = (1, beta),
+        Some(PreferenceLoss::Kto(k)) => {
+            (p.objective, p.beta) = (3, k.beta);
+            (p.desirable_weight, p.undesirable_weight) = (k.desirable_weight, k.undesirable_weight);
+        }
         Some(PreferenceLoss::Cpo(c)) => {
             (p.objective, p.beta, p.loss_type, p.simpo_gamma) = (2, c.beta, c.loss_type.code(), c.simpo_gamma);
             p.label_smoothing = if c.loss_type.smooths() { c.label_smoothing } else { 0.0 };
@@ -377,25 +412,37 @@ pub fn sequence_logps(
     Ok((logps, nll))
 }
 
+/// What [`preference_loss`] reads of a micro-batch's S sequences.
+#[derive(Clone, Copy)]
+pub struct Scores<'a> {
+    /// (S) the log-probabilities under the adapter, from [`sequence_logps`].
+    pub policy: &'a Tensor,
+    /// (S) the adapter-off log-probabilities (DPO, KTO; ORPO and CPO read none).
+    pub reference: Option<&'a Tensor>,
+    /// (S) the NLL terms, from [`sequence_logps`].
+    pub nll: &'a Tensor,
+    /// (S/2) KTO's labels, 1 for a desirable example and 0 for an undesirable
+    /// one (its S rows: the examples', then their KL rows); the others read none.
+    pub desirable: Option<&'a Tensor>,
+}
+
 /// Records `loss` on a micro-batch's sequence log-probabilities: adds
 /// `scale` times the loss and TRL's metrics into `stats` ([`STATS`]) and
 /// returns dlogp (S) = ∂(scale·loss)/∂logps.
 ///
-/// - policy, nll: (S), from [`sequence_logps`]
-/// - reference: (S), the adapter-off log-probabilities (DPO; ORPO reads none)
+/// See [`Scores`] for the inputs.
 pub fn preference_loss(
     rec: &mut Recorder,
     loss: PreferenceLoss,
-    policy: &Tensor,
-    reference: Option<&Tensor>,
-    nll: &Tensor,
+    scores: Scores,
     scale: f32,
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "preference_loss";
+    let Scores { policy, reference, nll, desirable } = scores;
     let reference = match (loss.needs_reference(), reference) {
         (true, Some(r)) => r,
-        (true, None) => return Err(Error::invalid(OP, "DPO needs the reference log-probabilities")),
+        (true, None) => return Err(Error::invalid(OP, "DPO and KTO need the reference log-probabilities")),
         (false, _) => policy,
     };
     let seqs = same_rows(OP, &[("policy", policy), ("reference", reference), ("nll", nll)])?;
@@ -404,9 +451,20 @@ pub fn preference_loss(
     if stats.shape() != [STATS] {
         return Err(Error::shape(OP, format!("stats {:?} must be ({STATS})", stats.shape())));
     }
+    let labels = match (matches!(loss, PreferenceLoss::Kto(_)), desirable) {
+        (true, Some(d)) => {
+            all_f32(OP, &[("desirable", d)])?;
+            if d.shape() != [seqs / 2] {
+                return Err(Error::shape(OP, format!("desirable {:?} must be ({})", d.shape(), seqs / 2)));
+            }
+            d
+        }
+        (true, None) => return Err(Error::invalid(OP, "KTO needs each example's label")),
+        (false, _) => nll,
+    };
     let dlogp = rec.alloc(&[seqs], DType::F32)?;
     let p = params(seqs, 1, Some(loss), scale);
-    let bound = [(6, policy), (7, reference), (8, nll), (9, stats), (10, &dlogp)];
+    let bound = [(6, policy), (7, reference), (8, nll), (9, stats), (10, &dlogp), (13, labels)];
     rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
     Ok(dlogp)
 }

@@ -71,12 +71,15 @@ pub struct Batch {
     /// its position, as transformers does with `position_ids` for padding-free
     /// batches. `None`: every row is one sequence at positions 0..T.
     pub position_ids: Option<Vec<Vec<u32>>>,
+    /// KTO: each example's label (true: desirable); its rows are the B
+    /// examples' own, then their B KL rows. `None` elsewhere.
+    pub desirable: Option<Vec<bool>>,
 }
 
 impl Batch {
     /// An unpacked batch: each row one sequence at positions 0..T.
     pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
-        Batch { input_ids, labels, position_ids: None }
+        Batch { input_ids, labels, position_ids: None, desirable: None }
     }
 }
 
@@ -95,7 +98,12 @@ pub struct ParsedData {
 /// [`parse_jsonl`] on raw file bytes: text that is not UTF-8 is a `Data`
 /// error naming the line and the byte.
 pub fn parse_jsonl_bytes(source_name: &str, bytes: &[u8], tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
+    parse_jsonl(source_name, utf8_text(source_name, bytes)?, tokenizer)
+}
+
+/// `bytes` as text; bytes that are not UTF-8 are a `Data` error naming the line and the byte.
+pub(super) fn utf8_text<'b>(source_name: &str, bytes: &'b [u8]) -> Result<&'b str> {
+    std::str::from_utf8(bytes).map_err(|e| {
         let at = e.valid_up_to();
         let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
         Error::Data {
@@ -103,8 +111,17 @@ pub fn parse_jsonl_bytes(source_name: &str, bytes: &[u8], tokenizer: Option<&Tok
             line,
             detail: format!("is not valid UTF-8 (byte {at} of the file, 0x{:02x})", bytes[at]),
         }
-    })?;
-    parse_jsonl(source_name, text, tokenizer)
+    })
+}
+
+/// The lines of JSONL text that are not blank, with their 1-based numbers
+/// (a leading BOM and `\r` line ends dropped).
+pub(super) fn jsonl_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    text.split('\n')
+        .enumerate()
+        .map(|(index, line)| (index + 1, line.strip_suffix('\r').unwrap_or(line)))
+        .filter(|(_, line)| !line.trim().is_empty())
 }
 
 pub fn parse_jsonl(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>> {
@@ -429,6 +446,8 @@ pub struct Dataset {
     pairs: bool,
     /// What the data's reader noticed but let pass (a pair whose chosen and rejected are the same).
     warnings: Vec<String>,
+    /// KTO: each unit's label (a desirable completion); else empty.
+    desirable: Vec<bool>,
 }
 
 impl Dataset {
@@ -501,6 +520,7 @@ impl Dataset {
             dropped,
             pairs: false,
             warnings: Vec::new(),
+            desirable: Vec::new(),
         })
     }
 
@@ -524,7 +544,14 @@ impl Dataset {
             dropped: 0,
             pairs: true,
             warnings,
+            desirable: Vec::new(),
         }
+    }
+
+    /// KTO's units (an example's row and its KL row, as pairs) with their
+    /// labels, which batches carry ([`Batch::desirable`]).
+    pub(crate) fn with_desirable(self, desirable: Vec<bool>) -> Dataset {
+        Dataset { desirable, ..self }
     }
 
     /// Whether the rows are preference pairs.
@@ -629,6 +656,9 @@ impl Dataset {
                         pos
                     };
                     batch.position_ids = Some(chunk.iter().map(padded).collect());
+                }
+                if !self.desirable.is_empty() {
+                    batch.desirable = Some(chunk.iter().map(|&i| self.desirable[i]).collect());
                 }
                 batch
             })

@@ -30,8 +30,10 @@
 use serde_json::{Map, Value};
 
 use super::chat::Message;
-use super::data::{DataOptions, Dataset, Example, Parser};
-use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PairTokenization, PreferenceLoss};
+use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser};
+use crate::kernels::preference::{
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss, PairTokenization, PreferenceLoss,
+};
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -44,7 +46,7 @@ pub const MAX_PROMPT_LENGTH: usize = 512;
 pub enum Objective {
     /// The causal-LM loss on the data's trained tokens (TRL's `SFTTrainer`).
     Sft,
-    /// DPO, ORPO or CPO on preference pairs.
+    /// DPO, ORPO or CPO on preference pairs, KTO on unpaired examples.
     Preference(PreferenceLoss),
 }
 
@@ -56,6 +58,7 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Dpo(_)) => "dpo",
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
             Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
+            Objective::Preference(PreferenceLoss::Kto(_)) => "kto",
         }
     }
 
@@ -66,6 +69,7 @@ impl Objective {
             "dpo" => Some(Objective::Preference(PreferenceLoss::DPO)),
             "orpo" => Some(Objective::Preference(PreferenceLoss::ORPO)),
             "cpo" => Some(Objective::Preference(PreferenceLoss::Cpo(CpoLoss::TRL))),
+            "kto" => Some(Objective::Preference(PreferenceLoss::Kto(KtoLoss::TRL))),
             _ => None,
         }
     }
@@ -77,16 +81,18 @@ impl Objective {
     pub fn from_options(name: &str, o: &PreferenceOptions) -> Result<Objective> {
         let bad = |option, detail: String| Error::TrainOption { option, detail };
         let objective = Objective::from_name(name)
-            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo or cpo, got {name:?}")))?;
+            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 7] = [
-            ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo"]),
+        let settings: [(&'static str, bool, &[&str]); 9] = [
+            ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
             ("cpo_alpha", o.cpo_alpha.is_some(), &["cpo"]),
             ("simpo_gamma", o.simpo_gamma.is_some(), &["cpo"]),
+            ("desirable_weight", o.desirable_weight.is_some(), &["kto"]),
+            ("undesirable_weight", o.undesirable_weight.is_some(), &["kto"]),
         ];
         let name = objective.name();
         if let Some((option, _, owners)) = settings.iter().find(|(_, given, owners)| *given && !owners.contains(&name))
@@ -115,6 +121,11 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Orpo { beta }) => {
                 PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) }
             }
+            Objective::Preference(PreferenceLoss::Kto(k)) => PreferenceLoss::Kto(KtoLoss {
+                beta: o.beta.unwrap_or(k.beta),
+                desirable_weight: o.desirable_weight.unwrap_or(k.desirable_weight),
+                undesirable_weight: o.undesirable_weight.unwrap_or(k.undesirable_weight),
+            }),
             Objective::Preference(PreferenceLoss::Dpo(d)) => {
                 let loss_type = match &o.loss_type {
                     Some(t) => DpoLossType::from_name(t)
@@ -170,6 +181,9 @@ pub struct PreferenceOptions {
     pub discopop_tau: Option<f32>,
     pub cpo_alpha: Option<f32>,
     pub simpo_gamma: Option<f32>,
+    /// KTO's weights of desirable and undesirable examples' losses.
+    pub desirable_weight: Option<f32>,
+    pub undesirable_weight: Option<f32>,
 }
 
 /// The text of a pair after the chat template: prompt, chosen, rejected.
@@ -189,20 +203,11 @@ pub fn preference_dataset(
     pad_id: u32,
     tokenization: PairTokenization,
 ) -> Result<Dataset> {
-    let text = std::str::from_utf8(bytes).map_err(|e| Error::Data {
-        source_name: source_name.to_string(),
-        line: bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1,
-        detail: format!("is not valid UTF-8 (byte {} of the file)", e.valid_up_to()),
-    })?;
+    let text = utf8_text(source_name, bytes)?;
     let mut parser = Parser { source_name, tokenizer, template: None };
     let mut pairs = Vec::new();
     let mut warnings = Vec::new();
-    for (index, line) in text.strip_prefix('\u{feff}').unwrap_or(text).split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let n = index + 1;
+    for (n, line) in jsonl_lines(text) {
         let pair = pair_text(&mut parser, n, line)?;
         if pair.chosen == pair.rejected {
             warnings.push(format!(
@@ -246,7 +251,7 @@ fn pair_text(parser: &mut Parser, line: usize, text: &str) -> Result<PairText> {
 }
 
 /// The longest common prefix of `a` and `b`, on a character boundary.
-fn common_prefix<'t>(a: &'t str, b: &str) -> &'t str {
+pub(super) fn common_prefix<'t>(a: &'t str, b: &str) -> &'t str {
     let end = a.char_indices().zip(b.chars()).find(|((_, x), y)| x != y).map_or(a.len().min(b.len()), |((i, _), _)| i);
     &a[..end]
 }
@@ -274,7 +279,13 @@ fn conversational(parser: &mut Parser, line: usize, map: &Map<String, Value>) ->
 
 /// A row of `prompt` then `answer`, labels −100 on the prompt; refused when
 /// no answer token is left to predict.
-fn pair_row(parser: &Parser, line: usize, prompt: &[u32], answer: &[u32], seq_len: usize) -> Result<Example> {
+pub(super) fn pair_row(
+    parser: &Parser,
+    line: usize,
+    prompt: &[u32],
+    answer: &[u32],
+    seq_len: usize,
+) -> Result<Example> {
     let mut labels = vec![IGNORE_INDEX; prompt.len()];
     labels.extend(parser.labels(line, answer)?);
     let example = Example { input_ids: [prompt, answer].concat(), labels };
@@ -284,7 +295,7 @@ fn pair_row(parser: &Parser, line: usize, prompt: &[u32], answer: &[u32], seq_le
     Ok(example)
 }
 
-fn eos_id(parser: &Parser, line: usize, tokenizer: &Tokenizer) -> Result<u32> {
+pub(super) fn eos_id(parser: &Parser, line: usize, tokenizer: &Tokenizer) -> Result<u32> {
     tokenizer
         .eos_token()
         .map(|t| t.id)

@@ -15,6 +15,10 @@
 //! dxn = dlogits · lm_head                                  (the logits recomputed chunk by chunk)
 //! ```
 //!
+//! KTO's micro-batch is B examples then their B KL rows (the same prompts
+//! with other examples' completions): both forwards score all 2B rows, and
+//! the KL rows get no gradient (TRL computes them under `no_grad`).
+//!
 //! ORPO's NLL is `ORPOTrainer`'s: the mean cross-entropy over every token of
 //! the chosen rows (prompt and completion), through `nll_weight`; DPO's RPO
 //! term (`rpo_alpha`) is `DPOTrainer`'s: the chosen completions' tokens.
@@ -23,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use crate::kernels::elementwise::fill;
-use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, DpoLoss, PreferenceLoss};
+use crate::kernels::preference::{
+    preference_loss, preference_row_scale, sequence_logps, DpoLoss, PreferenceLoss, Scores,
+};
 use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
 use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
@@ -44,6 +50,8 @@ pub struct PairRows {
     /// them); DPO with `rpo_alpha`: 1/N on the chosen completions' rows whose
     /// target is not id 0; CPO: 1/N on the chosen completions' rows; otherwise 0.
     pub nll_weight: Vec<f32>,
+    /// KTO: (S/2) each example's label, 1 desirable, 0 not; `None` elsewhere.
+    pub desirable: Option<Vec<f32>>,
     /// S = 2P.
     pub seqs: usize,
     /// Completion tokens of the micro-batch.
@@ -112,7 +120,16 @@ impl PairRows {
                 nll_weight[r] = 1.0 / count as f32;
             }
         }
-        Ok(PairRows { targets, lp_weight, nll_weight, seqs, completion_tokens })
+        let desirable = match (loss, &batch.desirable) {
+            (PreferenceLoss::Kto(_), Some(d)) if d.len() == seqs / 2 => {
+                Some(d.iter().map(|&good| if good { 1.0 } else { 0.0 }).collect())
+            }
+            (PreferenceLoss::Kto(_), _) => {
+                return Err(Error::invalid(OP, "a KTO batch needs its examples' labels (from train::kto's data)"))
+            }
+            _ => None,
+        };
+        Ok(PairRows { targets, lp_weight, nll_weight, desirable, seqs, completion_tokens })
     }
 
     fn upload(&self, gpu: &Gpu) -> Result<[Tensor; 3]> {
@@ -243,7 +260,12 @@ pub(crate) fn record_preference_micro(
     let uploaded = rows.upload(gpu)?;
     let s = score(rec, model, &ids, hooks, checkpoint, rows, &uploaded)?;
     let [targets, lp_weight, nll_weight] = &uploaded;
-    let dlogp = preference_loss(rec, loss, &s.logps, reference.as_ref(), &s.nll, scale, stats)?;
+    let desirable = match &rows.desirable {
+        Some(d) => Some(Tensor::from_slice(gpu, &[d.len()], d)?),
+        None => None,
+    };
+    let scores = Scores { policy: &s.logps, reference: reference.as_ref(), nll: &s.nll, desirable: desirable.as_ref() };
+    let dlogp = preference_loss(rec, loss, scores, scale, stats)?;
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);

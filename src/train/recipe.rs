@@ -29,6 +29,7 @@ use crate::train::plan::PlanAdapter;
 use crate::kernels::preference::{DpoLossType, PreferenceLoss};
 pub use crate::peft::adapter::AdapterConfig;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use crate::train::kto::kto_dataset;
 use crate::train::preference::{preference_dataset, Objective};
 use crate::train::run::RunConfig;
 use crate::train::schedule::Schedule;
@@ -575,6 +576,26 @@ impl TrainRecipe {
                     return Err(bad("discopop_tau", format!("must be a finite number > 0, got {tau}")));
                 }
             }
+            if let PreferenceLoss::Kto(k) = loss {
+                for (name, w) in
+                    [("desirable_weight", k.desirable_weight), ("undesirable_weight", k.undesirable_weight)]
+                {
+                    if !(w.is_finite() && w > 0.0) {
+                        return Err(bad(name, format!("must be a finite number > 0, got {w}")));
+                    }
+                }
+                // TRL: the KL term pairs each prompt with another example's completion in its batch.
+                if self.batch_size < 2 {
+                    return Err(bad(
+                        "batch_size",
+                        format!(
+                            "KTO needs at least 2 examples a batch (its KL term pairs each prompt with another \
+                             example's completion), got {}",
+                            self.batch_size
+                        ),
+                    ));
+                }
+            }
             if let PreferenceLoss::Cpo(c) = loss {
                 let e = c.label_smoothing;
                 if !(0.0..=0.5).contains(&e) {
@@ -641,8 +662,14 @@ impl TrainRecipe {
         tokenizer: Option<&Tokenizer>,
         opts: &DataOptions,
     ) -> Result<Dataset> {
-        if let Objective::Preference(loss) = self.objective {
-            return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), loss.tokenization());
+        match self.objective {
+            Objective::Preference(PreferenceLoss::Kto(_)) => {
+                return kto_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer))
+            }
+            Objective::Preference(loss) => {
+                return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), loss.tokenization())
+            }
+            Objective::Sft => {}
         }
         let examples = parse_jsonl_bytes(source_name, jsonl, tokenizer)?;
         Dataset::new(source_name, examples, opts, pad_id(tokenizer))

@@ -77,6 +77,28 @@ pub struct StepStats {
     pub tokens: usize,
     /// The metrics TRL logs for a preference step (means over the step's pairs).
     pub preference: Option<PreferenceStats>,
+    /// The metrics TRL's `KTOTrainer` logs for a KTO step.
+    pub kto: Option<KtoStats>,
+}
+
+/// What TRL's `KTOTrainer` logs for a step (sums over the step's examples;
+/// with gradient accumulation, their mean over its micro-batches). The
+/// browser's step event carries it as is (`kl`, `rewardsChosenSum`, …).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KtoStats {
+    /// `kl`: the batch's KL estimate, max(0, mean of π − ref over the KL rows).
+    pub kl: f32,
+    /// `rewards/chosen_sum`, `rewards/rejected_sum`: β·(π − ref) summed over
+    /// the desirable and the undesirable examples.
+    pub rewards_chosen_sum: f32,
+    pub rewards_rejected_sum: f32,
+    /// `logps/chosen_sum`, `logps/rejected_sum`: π summed the same way.
+    pub logps_chosen_sum: f32,
+    pub logps_rejected_sum: f32,
+    /// `count/chosen`, `count/rejected`.
+    pub count_chosen: f32,
+    pub count_rejected: f32,
 }
 
 /// What TRL's `DPOTrainer` and `ORPOTrainer` log for a step, as they name it.
@@ -363,11 +385,24 @@ impl Trainer {
         if number == 1 {
             gpu.save_pipeline_cache();
         }
-        let preference = match self.objective {
-            Objective::Preference(objective) => Some(PreferenceStats::from_stats(objective, &read[2..])),
-            Objective::Sft => None,
+        let (preference, kto) = match self.objective {
+            Objective::Preference(PreferenceLoss::Kto(_)) => {
+                let s = &read[2..];
+                let kto = KtoStats {
+                    kl: s[3],
+                    rewards_chosen_sum: s[1],
+                    rewards_rejected_sum: s[2],
+                    logps_chosen_sum: s[4],
+                    logps_rejected_sum: s[5],
+                    count_chosen: s[6],
+                    count_rejected: s[7],
+                };
+                (None, Some(kto))
+            }
+            Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
+            Objective::Sft => (None, None),
         };
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference })
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and

@@ -1051,6 +1051,7 @@ async fn one_step(
             margins: p.rewards_margins,
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
         }),
+        kto: s.kto,
     }))
 }
 

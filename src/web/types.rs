@@ -93,8 +93,13 @@ export type TrainingRecord =
   | { prompt: string; completion: string }
   | { messages: { role: string; content: string }[] }
   | { input_ids: number[]; labels?: number[] }
-  | PreferenceRecord;
-/** A preference pair for objective "dpo", "orpo" or "cpo" (TRL's shape): three strings, or a prompt of messages
+  | PreferenceRecord
+  | UnpairedPreferenceRecord;
+/** An unpaired example for objective "kto" (TRL's shape): label true for a desirable completion. */
+export type UnpairedPreferenceRecord =
+  | { prompt: string; completion: string; label: boolean }
+  | { prompt: ChatMessage[]; completion: ChatMessage[]; label: boolean };
+/** A preference pair for objective "dpo", "orpo", "cpo" or "kto" (TRL's shape): three strings, or a prompt of messages
  * ending with a user turn and the two answers as assistant messages. */
 export type PreferenceRecord =
   | { prompt: string; chosen: string; rejected: string }
@@ -112,8 +117,9 @@ export interface TrainOptions {
   loraplusLrRatio?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
-  /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages). Left out: "sft". */
-  objective?: "sft" | "dpo" | "orpo" | "cpo";
+  /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
+   * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
+  objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
   /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
    * robust and exo_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
@@ -125,6 +131,8 @@ export interface TrainOptions {
   /** CPO: the chosen answers' NLL weight (TRL's cpo_alpha, default 1; SimPO's paper: 0); simpoGamma: SimPO's
    * target margin γ (0.5). */
   cpoAlpha?: number; simpoGamma?: number;
+  /** KTO: the weights of desirable and undesirable examples' losses (TRL's desirable_weight, undesirable_weight; 1). */
+  desirableWeight?: number; undesirableWeight?: number;
 }
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
@@ -132,6 +140,10 @@ export interface StepEvent {
   /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and nll_loss
    * (ORPO, CPO, and DPO with rpoAlpha). */
   rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; nllLoss?: number };
+  /** KTO: TRL's kl, rewards/chosen_sum, rewards/rejected_sum, logps/chosen_sum, logps/rejected_sum, count/chosen,
+   * count/rejected. */
+  kto?: { kl: number; rewardsChosenSum: number; rewardsRejectedSum: number; logpsChosenSum: number;
+    logpsRejectedSum: number; countChosen: number; countRejected: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
@@ -262,6 +274,9 @@ pub struct StepEvent {
     pub eta_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rewards: Option<Rewards>,
+    /// A KTO step's metrics, as TRL logs them (`kl`, `rewards/chosen_sum`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kto: Option<crate::train::trainer::KtoStats>,
 }
 
 /// A preference step's rewards, as TRL logs them (`rewards/chosen`, …).

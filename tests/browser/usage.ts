@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, StopReason, TrainSummary } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -44,6 +44,9 @@ export async function example(data: string): Promise<void> {
   console.log(nll, model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "discopop", discopopTau: 0.1 }).totalSteps());
   const simpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "cpo", lossType: "simpo", beta: 2, cpoAlpha: 0, simpoGamma: 1 });
   console.log((await simpo.step())?.rewards?.margins);
+  const unpaired: UnpairedPreferenceRecord[] = [{ prompt: "Hi", completion: " Hello.", label: true }, { prompt: "Hi", completion: " Go away.", label: false }];
+  const kto: TrainRun = model.startTraining("b", unpaired, { lr: 1e-3, objective: "kto", batchSize: 2, desirableWeight: 1, undesirableWeight: 1.5 });
+  console.log((await kto.step())?.kto?.kl);
   console.log(margin);
   const first: StepEvent | undefined = await run.step();
   const summary: TrainSummary = await run.train((e: StepEvent) => console.log(e.loss, e.etaSeconds));

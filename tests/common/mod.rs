@@ -61,6 +61,14 @@ pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| lo + (hi - lo) * rng.uniform() as f32).collect()
 }
 
+/// Asserts |got − want| ≤ abs + rel·|want| everywhere, after printing the largest difference.
+pub fn close_to(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let worst = got.iter().zip(want).map(|(g, w)| (g - w).abs() / (abs + rel * w.abs())).fold(0.0, f32::max);
+    eprintln!("{what}: max |diff| {:e}", max_abs_diff(got, want));
+    assert!(worst <= 1.0, "{what}: got {got:?}, want {want:?}");
+}
+
 /// Path of a committed fixture under tests/fixtures.
 pub fn fixture(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)

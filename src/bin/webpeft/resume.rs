@@ -31,8 +31,9 @@ pub struct RunOptions {
     pub seed: u64,
     /// The training data, as an absolute path.
     pub data: PathBuf,
-    /// sft, dpo, orpo or cpo (checkpoints without it: sft), with the --beta, --label-smoothing,
-    /// --loss-type, --rpo-alpha, --discopop-tau, --cpo-alpha and --simpo-gamma given.
+    /// sft, dpo, orpo, cpo or kto (checkpoints without it: sft), with the --beta, --label-smoothing,
+    /// --loss-type, --rpo-alpha, --discopop-tau, --cpo-alpha, --simpo-gamma, --desirable-weight
+    /// and --undesirable-weight given.
     #[serde(default = "sft")]
     pub objective: String,
     #[serde(default)]
@@ -49,6 +50,10 @@ pub struct RunOptions {
     pub cpo_alpha: Option<f32>,
     #[serde(default)]
     pub simpo_gamma: Option<f32>,
+    #[serde(default)]
+    pub desirable_weight: Option<f32>,
+    #[serde(default)]
+    pub undesirable_weight: Option<f32>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -83,6 +88,8 @@ impl RunOptions {
             discopop_tau: a.discopop_tau,
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
+            desirable_weight: a.desirable_weight,
+            undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
         }
@@ -190,6 +197,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
     one!("cpo_alpha", "cpo-alpha", a.cpo_alpha, saved.cpo_alpha, show);
     one!("simpo_gamma", "simpo-gamma", a.simpo_gamma, saved.simpo_gamma, show);
+    one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);
+    one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

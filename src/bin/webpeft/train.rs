@@ -21,7 +21,7 @@ use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::Schedule;
-use webpeft::train::trainer::PreferenceStats;
+use webpeft::train::trainer::{KtoStats, PreferenceStats};
 use webpeft::Gpu;
 
 use crate::{cli_gpu, load_model_4bit, resume, write_model_folder};
@@ -175,8 +175,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub packing: bool,
     /// What to minimise: sft (the data's trained tokens), or dpo, orpo or cpo on preference
-    /// pairs, one {"prompt", "chosen", "rejected"} a line (text, or messages rendered with the chat template).
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo"])]
+    /// pairs, one {"prompt", "chosen", "rejected"} a line (text, or messages rendered with the chat
+    /// template), or kto on unpaired examples, one {"prompt", "completion", "label"} a line (or pairs).
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto"])]
     pub objective: String,
     /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL].
     #[arg(long)]
@@ -197,6 +198,12 @@ pub struct TrainArgs {
     /// CPO's simpo loss: the target reward margin γ (TRL's simpo_gamma) [default: 0.5].
     #[arg(long)]
     pub simpo_gamma: Option<f32>,
+    /// KTO: the weight of a desirable example's loss (TRL's desirable_weight) [default: 1].
+    #[arg(long)]
+    pub desirable_weight: Option<f32>,
+    /// KTO: the weight of an undesirable example's loss (TRL's undesirable_weight) [default: 1].
+    #[arg(long)]
+    pub undesirable_weight: Option<f32>,
     /// DPO: adds this times the NLL of the chosen answers (RPO; TRL's rpo_alpha) [default: off].
     #[arg(long)]
     pub rpo_alpha: Option<f32>,
@@ -279,6 +286,40 @@ struct StepLine {
     tokens_per_s: f64,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     rewards: Option<RewardsLine>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    kto: Option<KtoLine>,
+}
+
+/// A KTO step's metrics, named as TRL logs them.
+#[derive(serde::Serialize)]
+struct KtoLine {
+    kl: f32,
+    #[serde(rename = "rewards/chosen_sum")]
+    rewards_chosen_sum: f32,
+    #[serde(rename = "rewards/rejected_sum")]
+    rewards_rejected_sum: f32,
+    #[serde(rename = "logps/chosen_sum")]
+    logps_chosen_sum: f32,
+    #[serde(rename = "logps/rejected_sum")]
+    logps_rejected_sum: f32,
+    #[serde(rename = "count/chosen")]
+    count_chosen: f32,
+    #[serde(rename = "count/rejected")]
+    count_rejected: f32,
+}
+
+impl KtoLine {
+    fn of(k: &KtoStats) -> KtoLine {
+        KtoLine {
+            kl: k.kl,
+            rewards_chosen_sum: k.rewards_chosen_sum,
+            rewards_rejected_sum: k.rewards_rejected_sum,
+            logps_chosen_sum: k.logps_chosen_sum,
+            logps_rejected_sum: k.logps_rejected_sum,
+            count_chosen: k.count_chosen,
+            count_rejected: k.count_rejected,
+        }
+    }
 }
 
 /// A preference step's metrics, named as TRL logs them.
@@ -540,6 +581,8 @@ impl TrainArgs {
             discopop_tau: self.discopop_tau,
             cpo_alpha: self.cpo_alpha,
             simpo_gamma: self.simpo_gamma,
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
         };
         t.objective = Objective::from_options(&self.objective, &preference)?;
         Ok(t)
@@ -822,6 +865,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                     grad_norm: s.grad_norm,
                     tokens_per_s: s.tokens as f64 / secs.max(1e-9),
                     rewards: s.preference.as_ref().map(RewardsLine::of),
+                    kto: s.kto.as_ref().map(KtoLine::of),
                 };
                 out!("{}", serde_json::to_string(&line)?);
                 this_run += 1;

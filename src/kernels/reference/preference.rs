@@ -2,7 +2,7 @@
 //! for `shaders/preference.wgsl` (see `kernels::preference` for the math).
 //! Sums run in f64 and each result is rounded to f32 once.
 
-use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PreferenceLoss, STATS};
+use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss, PreferenceLoss, STATS};
 
 /// `(logps, nll)`, both (seqs): logps[s] = −Σ lp_weight·CE, nll[s] = Σ nll_weight·CE over the sequence's rows.
 pub fn sequence_logps(token_loss: &[f32], lp_weight: &[f32], nll_weight: &[f32], seqs: usize) -> (Vec<f32>, Vec<f32>) {
@@ -95,16 +95,49 @@ fn cpo_term(c: CpoLoss, pc: f64, pr: f64) -> (f64, f64, f64) {
     }
 }
 
+/// KTO's `(stats, dlogp)` (TRL's `kto_loss`): rows 0..B the examples, B..2B
+/// their KL rows; `desirable` (B) 1 or 0.
+fn kto_loss(k: KtoLoss, policy: &[f32], reference: &[f32], desirable: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let b = policy.len() / 2;
+    let (n, s, beta) = (b as f64, scale as f64, k.beta as f64);
+    let ratio = |i: usize| policy[i] as f64 - reference[i] as f64;
+    let kl = ((b..2 * b).map(ratio).sum::<f64>() / n).max(0.0);
+    let mut stats = [0f64; STATS];
+    let mut dlogp = vec![0f32; policy.len()];
+    for i in 0..b {
+        let c = ratio(i);
+        let good = desirable[i] > 0.5;
+        let (z, w, dz) = if good {
+            (beta * (c - kl), k.desirable_weight as f64, beta)
+        } else {
+            (beta * (kl - c), k.undesirable_weight as f64, -beta)
+        };
+        stats[0] += w * (1.0 - sigmoid(z)) / n * s;
+        dlogp[i] = (-w * sigmoid(z) * sigmoid(-z) * dz * s / n) as f32;
+        let side = usize::from(!good);
+        stats[1 + side] += beta * c * s;
+        stats[4 + side] += policy[i] as f64 * s;
+        stats[6 + side] += s;
+    }
+    stats[3] = kl * s;
+    (stats.iter().map(|&v| v as f32).collect(), dlogp)
+}
+
 /// `(stats, dlogp)`: `scale` times the loss and TRL's metrics (the order of
 /// `kernels::preference::STATS`) and ∂(scale·loss)/∂logps, for sequences laid
-/// out as the chosen ones then the rejected ones.
+/// out as the chosen ones then the rejected ones (KTO: the examples, then
+/// their KL rows, with `desirable` the examples' labels; the others ignore it).
 pub fn preference_loss(
     loss: PreferenceLoss,
     policy: &[f32],
     reference: &[f32],
     nll: &[f32],
+    desirable: &[f32],
     scale: f32,
 ) -> (Vec<f32>, Vec<f32>) {
+    if let PreferenceLoss::Kto(k) = loss {
+        return kto_loss(k, policy, reference, desirable, scale);
+    }
     let pairs = policy.len() / 2;
     let (n, k) = (pairs as f64, scale as f64);
     let mut stats = [0f64; STATS];
@@ -121,6 +154,7 @@ pub fn preference_loss(
                 let (l, dc, dr) = dpo_term(d, hc, hr);
                 (beta * hc, beta * hr, l, dc * k / n, dr * k / n)
             }
+            PreferenceLoss::Kto(_) => unreachable!("KTO returned above"),
             PreferenceLoss::Cpo(cpo) => {
                 let (l, dc, dr) = cpo_term(cpo, pc, pr);
                 (beta * pc, beta * pr, l, dc * k / n, dr * k / n)
