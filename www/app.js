@@ -170,9 +170,10 @@ function onMessage(e) {
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
+        (ev.kto ? `kl ${ev.kto.kl.toFixed(3)} · ` : "") +
         `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${eta.text}`;
-      if (ev.rewards) {
-        state.rewards.push({ step: ev.step, loss: ev.loss, ...ev.rewards });
+      if (ev.rewards || ev.kto) {
+        state.rewards.push({ step: ev.step, loss: ev.loss, ...(ev.rewards ?? ev.kto) });
         rewardTable.add(ev);
       }
       document.body.dataset.steps = ev.step;

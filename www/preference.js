@@ -124,17 +124,35 @@ export function preferences({ send, setPhase, showError }) {
   };
 }
 
-/** The reward table under the loss chart: one row per step of a DPO or ORPO run. */
+/** TRL's columns: DPOTrainer's (and ORPO's, CPO's), or KTOTrainer's. */
+const COLUMNS = {
+  pairs: ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"],
+  kto: ["kl", "rewards/chosen_sum", "rewards/rejected_sum", "count/chosen", "count/rejected"],
+};
+
+/** The reward table under the loss chart: one row per step of a DPO, ORPO, CPO or KTO run. */
 export const rewardTable = {
   reset() {
     $("rewards").hidden = true;
     $("rewards").tBodies[0].replaceChildren();
   },
   add(ev) {
-    const r = ev.rewards;
+    const kind = ev.kto ? "kto" : "pairs";
+    const head = $("rewards").tHead.rows[0];
+    if (head.cells[2].textContent !== COLUMNS[kind][0]) {
+      head.replaceChildren(...["step", "loss", ...COLUMNS[kind]].map((name) => {
+        const th = document.createElement("th");
+        th.scope = "col";
+        th.textContent = name;
+        return th;
+      }));
+    }
+    const k = ev.kto;
+    const values = k ? [k.kl, k.rewardsChosenSum, k.rewardsRejectedSum, k.countChosen, k.countRejected]
+      : [ev.rewards.chosen, ev.rewards.rejected, ev.rewards.accuracies, ev.rewards.margins];
     const row = $("rewards").tBodies[0].insertRow();
     row.insertCell().textContent = String(ev.step);
-    for (const v of [ev.loss, r.chosen, r.rejected, r.accuracies, r.margins]) row.insertCell().textContent = v.toFixed(4);
+    for (const v of [ev.loss, ...values]) row.insertCell().textContent = v.toFixed(4);
     $("rewards").hidden = false;
   },
   /** Drops the rows after `step` (a run resumed from its checkpoint computes them again). */

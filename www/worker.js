@@ -74,7 +74,7 @@ async function drive(run, c, evalData, replayed = false) {
 }
 
 function trainOptions(c) {
-  // beta belongs to dpo and orpo, the loss type to dpo; the library refuses them elsewhere.
+  // beta belongs to the preference objectives, the loss type to dpo; the library refuses them elsewhere.
   const objective = c.objective ?? "sft";
   return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
     schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0, objective,

@@ -277,6 +277,17 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
       JSON.parse(document.body.dataset.rewards).length === 1, null, { timeout: 600_000 });
     const [ipo] = JSON.parse(await page.getAttribute("body", "data-rewards"));
     assert.ok(Math.abs(ipo.loss - 25) < 1e-4, JSON.stringify(ipo));
+    // KTO on the same pairs, unpaired (three 👍 and three 👎 examples, batches of three): TRL's KTO metrics in the
+    // table; a fresh adapter's first step costs 1 − σ(0) = ½ an example with a KL estimate of 0.
+    await page.selectOption("#config [name=objective]", "kto");
+    await page.fill("#config [name=steps]", "2");
+    await page.click("#train");
+    await page.waitForFunction(() => document.body.dataset.trained === "done" &&
+      JSON.parse(document.body.dataset.rewards).length === 2, null, { timeout: 600_000 });
+    const kto = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    assert.ok(Math.abs(kto[0].loss - 0.5) < 1e-6 && kto[0].kl === 0, JSON.stringify(kto));
+    for (const s of kto) assert.equal(s.countChosen + s.countRejected, 3, JSON.stringify(kto));
+    assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "kl");
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
