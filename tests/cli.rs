@@ -321,6 +321,16 @@ fn generate_with_ngram_bans_min_new_tokens_and_min_p() {
     assert_eq!(text(&min_p_1), greedy, "min-p 1 keeps only the most likely token");
     let hot = webpeft(&[&["generate", "--model", &model, "--prompt", prompt][..], &sampled[..6]].concat());
     assert_ne!(text(&hot), greedy, "the same draws without min-p leave greedy's tokens");
+    // epsilon_cutoff 0.99 drops every token but the most likely (on a real GPU too: the CPU picks).
+    let eps = [&sampled[..6], &["--epsilon-cutoff", "0.99"]].concat();
+    let eps = webpeft(&[&["generate", "--model", &model, "--prompt", prompt][..], &eps[..]].concat());
+    assert_eq!(text(&eps), greedy, "epsilon_cutoff 0.99 keeps only the most likely token");
+    let typical = [&sampled[..6], &["--typical-p", "0.5", "--eta-cutoff", "0.001"]].concat();
+    let typical = webpeft(&[&["generate", "--model", &model, "--prompt", prompt][..], &typical[..]].concat());
+    assert!(!text(&typical).is_empty());
+    let bad = webpeft(&["generate", "--model", &model, "--prompt", prompt, "--temperature", "1", "--typical-p", "1.5"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("typical_p must be in (0, 1] (1: off), got 1.5"), "{err}");
 }
 
 /// `generate --stop` ends after the token that completes the text, where transformers' stop_strings does

@@ -506,11 +506,12 @@ fn generation_config_defaults_are_transformers() {
             .as_array()
             .map_or(Vec::new(), |a| a.iter().map(|s| s.as_str().unwrap().into()).collect());
         assert_eq!(got.stop_strings, stops, "{name}");
-        // What transformers would do and webpeft does not is named.
+        // typical_p as transformers resolves it; what transformers would do and webpeft does not is named.
+        assert_eq!(got.typical_p, case["typical_p"].as_f64().unwrap() as f32, "{name}");
         let beams = case["num_beams"].as_u64().unwrap();
         let unsupported = match beams {
             1 => Vec::<String>::new(),
-            _ => vec![format!("num_beams {beams}"), "typical_p 0.9".into(), "forced_eos_token_id 382".into()],
+            _ => vec![format!("num_beams {beams}"), "forced_eos_token_id 382".into()],
         };
         assert_eq!(got.unsupported, unsupported, "{name}");
         let config = GenerationConfig::from_defaults(&got, 7);

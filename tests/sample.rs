@@ -260,20 +260,71 @@ fn cpu_sampler_keeps_what_the_settings_keep() {
     assert_ne!(run(&config), run(&GenerationConfig { seed: 6, ..config.clone() }));
 }
 
+/// A warpers fixture's rows of logits, and the whole file (its `cases`).
+fn warper_rows(path: &str) -> (Vec<Vec<f32>>, serde_json::Value) {
+    let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(common::fixture(path)).unwrap()).unwrap();
+    let rows = fx["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    (rows, fx)
+}
+
+/// typical_p, epsilon_cutoff and eta_cutoff (`make_fixtures.py truncation_sampling`: transformers'
+/// warpers after temperature, top-k, top-p and min-p, on four seeded rows from peaked to flat): the CPU
+/// keeps the same tokens, and every token it draws is one of them.
+#[test]
+fn typical_epsilon_and_eta_keep_what_transformers_keeps() {
+    use webpeft::model::llama::sample::kept_tokens;
+    let (rows, fx) = warper_rows("truncation_sampling/warpers.json");
+    let cases = fx["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for (c, case) in cases.iter().enumerate() {
+        let num = |k: &str| case[k].as_f64().map(|x| x as f32);
+        let config = GenerationConfig {
+            min_p: num("min_p").unwrap_or(0.0),
+            typical_p: num("typical_p").unwrap(),
+            epsilon_cutoff: num("epsilon_cutoff").unwrap(),
+            eta_cutoff: num("eta_cutoff").unwrap(),
+            ..GenerationConfig::sampling(
+                1,
+                num("temperature").unwrap(),
+                case["top_k"].as_u64().unwrap() as usize,
+                num("top_p").unwrap(),
+                60 + c as u64,
+            )
+        };
+        assert!(config.cuts_by_entropy());
+        for (r, logits) in rows.iter().enumerate() {
+            let want: Vec<usize> =
+                case["kept"][r].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect();
+            let what = format!("case {c} {}, row {r}", case["processors"]);
+            let mut kept = kept_tokens(logits, &config).unwrap();
+            kept.sort_unstable();
+            assert_eq!(kept, want, "{what}");
+            for d in 0..16 {
+                let token = sample(logits, &config, d).unwrap() as usize;
+                assert!(want.contains(&token), "{what}: draw {d} is {token}");
+            }
+        }
+    }
+    // Out of range: typed errors naming the setting.
+    let bad = |c: GenerationConfig| kept_tokens(&rows[0], &c).unwrap_err().to_string();
+    let base = GenerationConfig::sampling(1, 1.0, 0, 1.0, 0);
+    assert!(bad(GenerationConfig { typical_p: 0.0, ..base.clone() }).contains("typical_p"));
+    assert!(bad(GenerationConfig { epsilon_cutoff: 1.0, ..base.clone() }).contains("epsilon_cutoff"));
+    assert!(bad(GenerationConfig { eta_cutoff: -0.1, ..base }).contains("eta_cutoff"));
+}
+
 /// transformers' warpers keep these tokens (`make_fixtures.py generation`:
 /// the LogitsProcessorList `generate` builds for temperature, top-k, top-p
 /// and min-p, on seeded rows from peaked to flat): the reference keeps the
 /// same set, and every token the GPU and the CPU draw from it is in it.
 #[test]
 fn kept_sets_are_transformers() {
-    let text = std::fs::read(common::fixture("generation/warpers.json")).unwrap();
-    let fx: serde_json::Value = serde_json::from_slice(&text).unwrap();
-    let rows: Vec<Vec<f32>> = fx["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect();
+    let (rows, fx) = warper_rows("generation/warpers.json");
     let cases = fx["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 10);
     let draws = 64;

@@ -545,9 +545,14 @@ pub struct GenerationDefaults {
     pub bad_words_ids: Vec<Vec<u32>>,
     pub suppress_tokens: Vec<u32>,
     pub begin_suppress_tokens: Vec<u32>,
+    /// `typical_p` (1.0: off), `epsilon_cutoff` and `eta_cutoff` (0.0: off);
+    /// values transformers' `generate` leaves off (a cutoff of 1 or more) are off.
+    pub typical_p: f32,
+    pub epsilon_cutoff: f32,
+    pub eta_cutoff: f32,
     /// Settings the file gives that change transformers' output and that
-    /// webpeft does not apply ("num_beams 4", "typical_p 0.9"): callers say
-    /// so where they generate.
+    /// webpeft does not apply ("num_beams 4"): callers say so where they
+    /// generate.
     pub unsupported: Vec<String>,
     /// `stop_strings` (a string or a list; empty: none): see
     /// [`StopStrings`](crate::model::stop_strings::StopStrings).
@@ -576,6 +581,9 @@ impl Default for GenerationDefaults {
             bad_words_ids: Vec::new(),
             suppress_tokens: Vec::new(),
             begin_suppress_tokens: Vec::new(),
+            typical_p: 1.0,
+            epsilon_cutoff: 0.0,
+            eta_cutoff: 0.0,
             unsupported: Vec::new(),
             stop_strings: Vec::new(),
             max_new_tokens: None,
@@ -586,11 +594,9 @@ impl Default for GenerationDefaults {
 
 /// The settings of a `generation_config.json` that transformers' `generate`
 /// would act on and webpeft does not, each as "name value": beam search
-/// and its relatives, contrastive search, the typical, epsilon and eta
-/// samplers (where sampling), forced tokens, sequence biases, a length
+/// and its relatives, contrastive search, forced tokens, sequence biases, a length
 /// penalty's decay, classifier-free guidance, watermarking and a time limit.
 fn unsupported(value: &Value) -> Vec<String> {
-    let sampling = value.get("do_sample").and_then(Value::as_bool).unwrap_or(false);
     let number = |k: &str| value.get(k).and_then(Value::as_f64);
     let mut out = Vec::new();
     let mut note = |k: &str, v: &Value| out.push(format!("{k} {v}"));
@@ -599,9 +605,6 @@ fn unsupported(value: &Value) -> Vec<String> {
         ("num_beam_groups", number("num_beam_groups").is_some_and(|n| n > 1.0)),
         ("penalty_alpha", number("penalty_alpha").is_some_and(|a| a > 0.0)),
         ("dola_layers", value.get("dola_layers").is_some_and(|v| !v.is_null())),
-        ("typical_p", sampling && number("typical_p").is_some_and(|p| p < 1.0)),
-        ("epsilon_cutoff", sampling && number("epsilon_cutoff").is_some_and(|e| e > 0.0 && e < 1.0)),
-        ("eta_cutoff", sampling && number("eta_cutoff").is_some_and(|e| e > 0.0 && e < 1.0)),
         ("force_words_ids", value.get("force_words_ids").is_some_and(|v| !v.is_null())),
         ("forced_bos_token_id", value.get("forced_bos_token_id").is_some_and(|v| !v.is_null())),
         ("forced_eos_token_id", value.get("forced_eos_token_id").is_some_and(|v| !v.is_null())),
@@ -656,6 +659,10 @@ impl GenerationDefaults {
             bad_words_ids: f.token_lists("bad_words_ids")?,
             suppress_tokens: f.tokens("suppress_tokens")?,
             begin_suppress_tokens: f.tokens("begin_suppress_tokens")?,
+            // As `_get_logits_processor` builds its warpers: a cutoff outside (0, 1) is none.
+            typical_p: number("typical_p", d.typical_p)?.min(1.0),
+            epsilon_cutoff: Some(number("epsilon_cutoff", 0.0)?).filter(|e| *e > 0.0 && *e < 1.0).unwrap_or(0.0),
+            eta_cutoff: Some(number("eta_cutoff", 0.0)?).filter(|e| *e > 0.0 && *e < 1.0).unwrap_or(0.0),
             unsupported: unsupported(&value),
             stop_strings: f.strings("stop_strings")?,
             max_new_tokens: f.opt_usize("max_new_tokens")?,
@@ -666,6 +673,9 @@ impl GenerationDefaults {
         }
         if !(out.top_p > 0.0 && out.top_p <= 1.0) {
             return Err(f.error("top_p", format!("must be in (0, 1], got {}", out.top_p)));
+        }
+        if !(out.typical_p > 0.0 && out.typical_p <= 1.0) {
+            return Err(f.error("typical_p", format!("must be in (0, 1], got {}", out.typical_p)));
         }
         if !(0.0..=1.0).contains(&out.min_p) {
             return Err(f.error("min_p", format!("must be in [0, 1], got {}", out.min_p)));

@@ -45,6 +45,7 @@ export interface ModelInfo {
    * file): what `generate` does where its options are silent. */
   generation: {
     doSample: boolean; temperature: number; topK: number; topP: number; minP: number; repetitionPenalty: number;
+    typicalP: number; epsilonCutoff: number; etaCutoff: number;
     noRepeatNgramSize: number; minNewTokens: number; minLength: number;
     /** Generation ends after the token that completes one of these (none: []). */
     stopStrings: string[];
@@ -157,6 +158,9 @@ export interface EvalResult { loss: number; perplexity: number; tokens: number; 
 export interface GenerateOptions {
   maxNewTokens?: number; temperature?: number; topK?: number; topP?: number; minP?: number; seed?: number;
   greedy?: boolean; repetitionPenalty?: number;
+  /** transformers' typical_p (1 = off), epsilon_cutoff and eta_cutoff (0 = off), applied after minP in that order.
+   * The GPU's pick does not have them: a generation with one reads each step's logits back and picks on the CPU. */
+  typicalP?: number; epsilonCutoff?: number; etaCutoff?: number;
   /** No token may complete an n-gram of this size that the text (prompt included) already holds; 0 = off. */
   noRepeatNgramSize?: number;
   /** The eos may not end the answer before this many new tokens. */
@@ -231,6 +235,9 @@ pub struct GenerateOptions {
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub epsilon_cutoff: Option<f32>,
+    pub eta_cutoff: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
     pub min_new_tokens: Option<usize>,
@@ -327,6 +334,9 @@ pub struct GenerationInfo {
     pub top_k: usize,
     pub top_p: f32,
     pub min_p: f32,
+    pub typical_p: f32,
+    pub epsilon_cutoff: f32,
+    pub eta_cutoff: f32,
     pub repetition_penalty: f32,
     pub no_repeat_ngram_size: usize,
     pub min_new_tokens: usize,

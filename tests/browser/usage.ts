@@ -60,6 +60,7 @@ export async function example(data: string): Promise<void> {
   const own: boolean = model.info().generation.doSample;
   const answer: GenerateResult = await model.generate(chat, { temperature: 0.7, topP: 0.9, repetitionPenalty: own ? 1 : 1.1, seed: 1, adapter: "a", signal: stop.signal,
     chatTemplateKwargs: { enable_thinking: false }, stopStrings: ["\n\n"], badWordsIds: [[5, 6]], suppressTokens: [7],
+    typicalP: 0.9, epsilonCutoff: 3e-4, etaCutoff: 3e-4,
     onToken: (t: string) => { if (t.includes("\n")) stop.abort(); return ++pieces < 50; } });
   const why: StopReason = answer.stopReason;
   console.log(rendered, why, answer.promptTokens, answer.tokenIds.length);

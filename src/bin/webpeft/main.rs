@@ -75,6 +75,17 @@ enum Command {
         /// [default: the model's]
         #[arg(long)]
         min_p: Option<f32>,
+        /// Typical sampling: keep the tokens whose surprise is nearest the entropy until their probability
+        /// reaches this; 1 = off [default: the model's]
+        #[arg(long)]
+        typical_p: Option<f32>,
+        /// Epsilon sampling: drop the tokens less likely than this (never the most likely); 0 = off
+        /// [default: the model's]
+        #[arg(long)]
+        epsilon_cutoff: Option<f32>,
+        /// Eta sampling: drop the tokens less likely than min(η, √η·e^(−entropy)); 0 = off [default: the model's]
+        #[arg(long)]
+        eta_cutoff: Option<f32>,
         /// Divide the logits of tokens already in the text by this (multiply where negative),
         /// greedy or sampled; 1 = off [default: the model's]
         #[arg(long)]
@@ -229,6 +240,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             top_k,
             top_p,
             min_p,
+            typical_p,
+            epsilon_cutoff,
+            eta_cutoff,
             repetition_penalty,
             no_repeat_ngram_size,
             min_new_tokens,
@@ -246,6 +260,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 top_k,
                 top_p,
                 min_p,
+                typical_p,
+                epsilon_cutoff,
+                eta_cutoff,
                 repetition_penalty,
                 no_repeat_ngram_size,
                 min_new_tokens,

@@ -376,7 +376,10 @@ impl Model {
         match config.greedy {
             // A CPU rasterizer draws on the CPU: there the GPU's selection
             // passes cost more than the CPU's sort.
-            false if !is_real_gpu(gpu) => self.generate_on_cpu(decoding, ids, on_token).await,
+            // So do typical_p and the ε/η cutoffs, which the GPU's pick does not have.
+            false if !is_real_gpu(gpu) || config.cuts_by_entropy() => {
+                self.generate_on_cpu(decoding, ids, on_token).await
+            }
             _ => self.generate_on_gpu(decoding, ids, on_token).await,
         }
     }
@@ -605,6 +608,9 @@ pub struct GenerationChoices {
     pub top_k: Option<usize>,
     pub top_p: Option<f32>,
     pub min_p: Option<f32>,
+    pub typical_p: Option<f32>,
+    pub epsilon_cutoff: Option<f32>,
+    pub eta_cutoff: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
     pub min_new_tokens: Option<usize>,
@@ -657,6 +663,15 @@ pub struct GenerationConfig {
     pub suppress_tokens: Vec<u32>,
     /// transformers' `begin_suppress_tokens`: banned before the first new token's pick.
     pub begin_suppress_tokens: Vec<u32>,
+    /// transformers' `typical_p` (1 = off), after min-p: keep the tokens whose
+    /// −log p is nearest the entropy until their probability reaches it.
+    pub typical_p: f32,
+    /// transformers' `epsilon_cutoff` (0 = off), after typical: drop the
+    /// tokens less likely than it (never the most likely).
+    pub epsilon_cutoff: f32,
+    /// transformers' `eta_cutoff` (0 = off), last: drop the tokens less likely
+    /// than min(η, √η·e^(−entropy)) (never the most likely).
+    pub eta_cutoff: f32,
 }
 
 impl Default for GenerationConfig {
@@ -677,6 +692,9 @@ impl Default for GenerationConfig {
             bad_words_ids: Vec::new(),
             suppress_tokens: Vec::new(),
             begin_suppress_tokens: Vec::new(),
+            typical_p: 1.0,
+            epsilon_cutoff: 0.0,
+            eta_cutoff: 0.0,
         }
     }
 }
@@ -713,6 +731,9 @@ impl GenerationConfig {
             bad_words_ids: d.bad_words_ids.clone(),
             suppress_tokens: d.suppress_tokens.clone(),
             begin_suppress_tokens: d.begin_suppress_tokens.clone(),
+            typical_p: d.typical_p,
+            epsilon_cutoff: d.epsilon_cutoff,
+            eta_cutoff: d.eta_cutoff,
         }
     }
 
@@ -728,6 +749,9 @@ impl GenerationConfig {
         self.top_k = c.top_k.unwrap_or(self.top_k);
         self.top_p = c.top_p.unwrap_or(self.top_p);
         self.min_p = c.min_p.unwrap_or(self.min_p);
+        self.typical_p = c.typical_p.unwrap_or(self.typical_p);
+        self.epsilon_cutoff = c.epsilon_cutoff.unwrap_or(self.epsilon_cutoff);
+        self.eta_cutoff = c.eta_cutoff.unwrap_or(self.eta_cutoff);
         self.repetition_penalty = c.repetition_penalty.unwrap_or(self.repetition_penalty);
         self.no_repeat_ngram_size = c.no_repeat_ngram_size.unwrap_or(self.no_repeat_ngram_size);
         self.min_new_tokens = c.min_new_tokens.unwrap_or(self.min_new_tokens);
@@ -753,10 +777,27 @@ impl GenerationConfig {
             let detail = format!("bad_words_ids[{i}] is empty: each word needs at least one token");
             return Err(Error::invalid("GenerationConfig", detail));
         }
+        let (typical, epsilon, eta) = (self.typical_p, self.epsilon_cutoff, self.eta_cutoff);
+        if !(typical > 0.0 && typical <= 1.0) {
+            let detail = format!("typical_p must be in (0, 1] (1: off), got {typical}");
+            return Err(Error::invalid("GenerationConfig", detail));
+        }
+        for (name, v) in [("epsilon_cutoff", epsilon), ("eta_cutoff", eta)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::invalid("GenerationConfig", format!("{name} must be in [0, 1) (0: off), got {v}")));
+            }
+        }
         match self.greedy {
             true => Ok(()),
             false => self.draw_settings(0).validate("GenerationConfig"),
         }
+    }
+
+    /// Whether sampling cuts with typical_p, epsilon_cutoff or eta_cutoff,
+    /// which only the CPU's pick applies ([`super::sample::sample`]): such a
+    /// generation reads each step's row of logits back, on any GPU.
+    pub fn cuts_by_entropy(&self) -> bool {
+        !self.greedy && (self.typical_p < 1.0 || self.epsilon_cutoff > 0.0 || self.eta_cutoff > 0.0)
     }
 
     /// The settings of token `draw`'s draw.

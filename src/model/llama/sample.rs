@@ -1,6 +1,7 @@
 //! The CPU's token pick from a row of logits: greedy's argmax, and sampling
-//! by transformers' rule (temperature → top-k → top-p → min-p → a draw from
-//! the softmax of what is kept). The draw is the race of `kernels::sample`: the
+//! by transformers' rule (temperature → top-k → top-p → min-p → typical →
+//! ε cutoff → η cutoff → a draw from the softmax of what is kept; the last
+//! three on the CPU only). The draw is the race of `kernels::sample`: the
 //! kept token with the largest score − ln E, E hashed from (seed, draw,
 //! index), so the GPU's `sample_rows` picks the same token up to float
 //! rounding. Decoding draws on the GPU; this is its fallback where the GPU's
@@ -100,7 +101,8 @@ pub(crate) fn no_token() -> Error {
 
 /// Picks token number `draw` of a generation from one row of logits (V):
 /// [`argmax`] when greedy, else transformers' order: logits / temperature,
-/// then top-k, then top-p, then min-p, then the race over what is left (the kept token
+/// then top-k, top-p, min-p, typical_p, epsilon_cutoff and eta_cutoff, then
+/// the race over what is left (the kept token
 /// with the largest score − ln E, E from `config.seed` and `draw`; lowest
 /// index on ties). A row whose largest score is not finite gives its argmax.
 pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u32> {
@@ -112,7 +114,8 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
     let top = pick(argmax(logits))? as usize;
     let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
     let base = draw_base(config.seed, draw);
-    if (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 && config.min_p <= 0.0 {
+    let uncut = (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 && config.min_p <= 0.0;
+    if uncut && !config.cuts_by_entropy() {
         // Nothing is cut: the race runs over every value, in index order, unsorted.
         let max = scores.iter().filter(|s| !s.is_nan()).fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if !max.is_finite() {
@@ -120,6 +123,26 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
         }
         return pick(race(&scores, (0..scores.len()).filter(|&i| !scores[i].is_nan()), base));
     }
+    match kept_by_warpers(&scores, config) {
+        Some(kept) => pick(race(&scores, kept.into_iter(), base)),
+        None => Ok(top as u32),
+    }
+}
+
+/// The tokens sampling with `config` may draw from `logits` (V), most likely
+/// first: what transformers' warpers leave finite after temperature. A row
+/// whose largest score is not finite keeps its argmax alone.
+pub fn kept_tokens(logits: &[f32], config: &GenerationConfig) -> Result<Vec<usize>> {
+    config.validate()?;
+    let top = argmax(logits).ok_or_else(no_token)?;
+    let scores: Vec<f32> = logits.iter().map(|&l| l / config.temperature).collect();
+    Ok(kept_by_warpers(&scores, config).unwrap_or_else(|| vec![top]))
+}
+
+/// top-k, top-p, min-p, then typical_p and the ε/η cutoffs on `scores`
+/// (logits / temperature): the kept tokens, most likely first; None where
+/// the largest score is not finite (or every score is NaN).
+fn kept_by_warpers(scores: &[f32], config: &GenerationConfig) -> Option<Vec<usize>> {
     // Candidates, most likely first (lower index first on ties), as integer
     // keys: a vocabulary of 128k is sorted in a few ms this way, not 15.
     let mut keys: Vec<u64> =
@@ -133,10 +156,10 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
         // Still in index order: a stable sort by the score's half keeps ties so.
         radsort::sort_by_key(&mut keys, |&k| (k >> 32) as u32);
     }
-    let order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
-    let max = scores[order[0]];
+    let mut order: Vec<usize> = keys.iter().map(|&k| (k & u64::from(u32::MAX)) as usize).collect();
+    let max = scores[*order.first()?];
     if !max.is_finite() {
-        return Ok(top as u32);
+        return None;
     }
     // top-p: the smallest prefix whose probability reaches top_p, at least one.
     let mut keep = order.len();
@@ -156,7 +179,61 @@ pub fn sample(logits: &[f32], config: &GenerationConfig, draw: u32) -> Result<u3
     if config.min_p > 0.0 {
         keep = order[..keep].partition_point(|&i| (scores[i] - max).exp() >= config.min_p);
     }
-    pick(race(&scores, order[..keep].iter().copied(), base))
+    order.truncate(keep);
+    Some(if config.cuts_by_entropy() { cut_by_entropy(scores, order, config) } else { order })
+}
+
+/// transformers' `TypicalLogitsWarper`, `EpsilonLogitsWarper` and
+/// `EtaLogitsWarper`, in that order, on the tokens `kept` so far (most likely
+/// first; the others are −∞ to them, so each softmax is over what is kept).
+/// Returns what is left, most likely first (typical's set need not be a
+/// most-likely prefix).
+fn cut_by_entropy(scores: &[f32], mut kept: Vec<usize>, config: &GenerationConfig) -> Vec<usize> {
+    // log p of each kept token and the entropy, in f64.
+    let stats = |kept: &[usize]| {
+        let max = scores[kept[0]] as f64;
+        let sum: f64 = kept.iter().map(|&i| (scores[i] as f64 - max).exp()).sum();
+        let log_p: Vec<f64> = kept.iter().map(|&i| scores[i] as f64 - max - sum.ln()).collect();
+        let entropy = -log_p.iter().map(|&l| l.exp() * l).sum::<f64>();
+        (log_p, entropy)
+    };
+    if config.typical_p < 1.0 && !kept.is_empty() {
+        let (log_p, entropy) = stats(&kept);
+        // Sorted by |−log p − H| (ties in kept order), kept until the mass reaches typical_p:
+        // every token no farther from H than the one where it is reached (the first always).
+        let shifted: Vec<f64> = log_p.iter().map(|&l| (-l - entropy).abs()).collect();
+        let mut by_shift: Vec<usize> = (0..kept.len()).collect();
+        by_shift.sort_by(|&a, &b| shifted[a].total_cmp(&shifted[b]).then(a.cmp(&b)));
+        let mut cum = 0.0;
+        let mut last = by_shift.len() - 1;
+        for (n, &j) in by_shift.iter().enumerate() {
+            cum += log_p[j].exp();
+            if cum >= config.typical_p as f64 {
+                last = n;
+                break;
+            }
+        }
+        let bound = shifted[by_shift[last]];
+        let first = by_shift[0];
+        kept = kept.iter().enumerate().filter(|&(n, _)| shifted[n] <= bound || n == first).map(|(_, &i)| i).collect();
+    }
+    // A token below the cutoff is dropped unless it ties the most likely's score.
+    let cut = |kept: Vec<usize>, below: &dyn Fn(f64) -> bool| {
+        let (log_p, _) = stats(&kept);
+        let top = scores[kept[0]];
+        kept.iter().zip(&log_p).filter(|&(&i, &l)| !below(l.exp()) || scores[i] >= top).map(|(&i, _)| i).collect()
+    };
+    if config.epsilon_cutoff > 0.0 && !kept.is_empty() {
+        let epsilon = config.epsilon_cutoff as f64;
+        kept = cut(kept, &|p| p < epsilon);
+    }
+    if config.eta_cutoff > 0.0 && !kept.is_empty() {
+        let eta = config.eta_cutoff as f64;
+        let (_, entropy) = stats(&kept);
+        let cutoff = eta.min(eta.sqrt() * (-entropy).exp());
+        kept = cut(kept, &|p| p < cutoff);
+    }
+    kept
 }
 
 /// The most a token's race value exceeds its score: −ln E ≤ −ln(−ln(1 − 2⁻²⁴)).
