@@ -45,6 +45,17 @@ impl Message {
 /// The variables every render sets itself.
 const OWN: [&str; 4] = ["messages", "add_generation_prompt", "bos_token", "eos_token"];
 
+/// Refuses the names a render sets itself, as Python refuses a keyword given twice.
+fn check_kwargs(kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    match kwargs.keys().find(|k| OWN.contains(&k.as_str())) {
+        Some(k) => {
+            let detail = format!("chat template kwarg {k:?} is one the render sets itself ({})", OWN.join(", "));
+            Err(Error::invalid("apply_chat_template", detail))
+        }
+        None => Ok(()),
+    }
+}
+
 /// A chat template compiled once, with the special tokens it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -97,12 +108,26 @@ impl ChatTemplate {
     /// `add_generation_prompt`, `bos_token`, `eos_token`) are refused, as
     /// Python refuses a keyword given twice.
     pub fn with_kwargs(mut self, kwargs: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
-        if let Some(k) = kwargs.keys().find(|k| OWN.contains(&k.as_str())) {
-            let detail = format!("chat template kwarg {k:?} is one the render sets itself ({})", OWN.join(", "));
-            return Err(Error::invalid("apply_chat_template", detail));
-        }
+        check_kwargs(kwargs)?;
         self.kwargs = kwargs.clone();
         Ok(self)
+    }
+
+    /// [`render`](Self::render) with `kwargs` over the template's own (a
+    /// training example's `chat_template_kwargs`, as TRL passes them).
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        if kwargs.is_empty() {
+            return self.render(messages, add_generation_prompt);
+        }
+        check_kwargs(kwargs)?;
+        let mut merged = self.kwargs.clone();
+        merged.extend(kwargs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.render_in(messages, add_generation_prompt, &merged)
     }
 
     /// The variables the template reads that a render does not set (nor the
@@ -139,13 +164,22 @@ impl ChatTemplate {
     /// [`Error::Tokenizer`] naming [`TEMPLATE_FILE`]; training data turns it into
     /// an [`Error::Data`] naming the line.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_in(messages, add_generation_prompt, &self.kwargs)
+    }
+
+    fn render_in(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let template = self.env.get_template(NAME).map_err(|e| template_error(e.to_string()))?;
         let ctx = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            ..minijinja::Value::from_serialize(&self.kwargs)
+            ..minijinja::Value::from_serialize(kwargs)
         };
         let out = template.render(ctx).map_err(|e| {
             let detail = match e.detail() {

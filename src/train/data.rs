@@ -289,12 +289,36 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// A line's `chat_template_kwargs` (TRL's per-example keywords for the
+    /// chat template, such as Qwen3's `enable_thinking`); none where absent.
+    pub(super) fn template_kwargs(&self, line: usize, map: &Map<String, Value>) -> Result<Map<String, Value>> {
+        match map.get("chat_template_kwargs") {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(kwargs)) => Ok(kwargs.clone()),
+            Some(other) => {
+                Err(self.error(line, format!("`chat_template_kwargs` must be an object, got {}", kind(other))))
+            }
+        }
+    }
+
+    /// `messages` rendered with the chat template and the line's `kwargs`.
+    pub(super) fn render(
+        &self,
+        line: usize,
+        template: &ChatTemplate,
+        messages: &[Message],
+        generation: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<String> {
+        template.render_with(messages, generation, kwargs).map_err(|e| self.error(line, format!("chat template: {e}")))
+    }
+
     fn messages(&mut self, line: usize, map: &Map<String, Value>) -> Result<Example> {
         let messages = self.message_list(line, map, "messages")?;
+        let kwargs = self.template_kwargs(line, map)?;
         let (tokenizer, template) = self.template(line, "messages")?;
-        let render = |upto: usize, generation: bool| {
-            template.render(&messages[..upto], generation).map_err(|e| self.error(line, format!("chat template: {e}")))
-        };
+        let render =
+            |upto: usize, generation: bool| self.render(line, &template, &messages[..upto], generation, &kwargs);
 
         let full = render(messages.len(), false)?;
         let mut spans = Vec::new();

@@ -137,10 +137,10 @@ fn example_text(parser: &mut Parser, line: usize, map: &Map<String, Value>, fiel
         if prompt.last().is_some_and(|m| m.role != "user") {
             return Err(parser.error(line, "the `prompt` messages must end with a user turn"));
         }
+        let kwargs = parser.template_kwargs(line, map)?;
         let (_, template) = parser.template(line, "conversational preference")?;
-        let render = |messages: &[Message], generation: bool| {
-            template.render(messages, generation).map_err(|e| parser.error(line, format!("chat template: {e}")))
-        };
+        let render =
+            |messages: &[Message], generation: bool| parser.render(line, &template, messages, generation, &kwargs);
         let prompt_text = render(&prompt, true)?;
         let whole = render(&[prompt.as_slice(), &answer].concat(), false)?;
         let prompt_text = common_prefix(&prompt_text, &whole).to_string();
