@@ -11,7 +11,10 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::{quantized, Checkpoint, Config, MemoryFiles, MemorySource, SafetensorsFile};
 use crate::peft::{lora_modules, BottleneckConfig, LoraConfig};
 use crate::train::chat::{ChatTemplate, Message};
+use crate::kernels::preference::PairTokenization;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use crate::train::kto::kto_dataset;
+use crate::train::preference::preference_dataset;
 
 /// A target's body: must return on any bytes.
 pub type Target = fn(&[u8]);
@@ -171,15 +174,26 @@ fn fixture_tokenizer() -> Option<&'static Tokenizer> {
 
 /// A JSONL dataset in every shape (text, prompt/completion, messages through
 /// the fixture tokenizer's chat template, pre-tokenized), then truncation,
-/// packing and batching.
+/// packing and batching; and the same bytes as preference pairs (DPO's and
+/// ORPO's tokenizations) and as KTO's unpaired examples with their KL rows.
 pub fn jsonl(data: &[u8]) {
-    if let Ok(examples) = parse_jsonl_bytes("data.jsonl", data, fixture_tokenizer()) {
+    let tokenizer = fixture_tokenizer();
+    if let Ok(examples) = parse_jsonl_bytes("data.jsonl", data, tokenizer) {
         for packing in [false, true] {
             let opts = DataOptions { seq_len: 16, batch_size: 3, packing, ..Default::default() };
             if let Ok(ds) = Dataset::new("data.jsonl", examples.clone(), &opts, 383) {
                 let _ = ds.epoch(0);
             }
         }
+    }
+    let opts = DataOptions { seq_len: 16, batch_size: 3, ..Default::default() };
+    for how in [PairTokenization::Separate, PairTokenization::Joined] {
+        if let Ok(ds) = preference_dataset("pairs.jsonl", data, tokenizer, &opts, 383, how) {
+            let _ = ds.epoch(0);
+        }
+    }
+    if let Ok(ds) = kto_dataset("kto.jsonl", data, tokenizer, &opts, 383) {
+        let _ = ds.epoch(0);
     }
 }
 
