@@ -7,11 +7,11 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
+use crate::kernels::preference::PairTokenization;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{quantized, Checkpoint, Config, MemoryFiles, MemorySource, SafetensorsFile};
 use crate::peft::{lora_modules, BottleneckConfig, LoraConfig};
 use crate::train::chat::{ChatTemplate, Message};
-use crate::kernels::preference::PairTokenization;
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::preference_dataset;

@@ -4,7 +4,9 @@
 //! and `style`): SFT messages lines render as
 //! `apply_chat_template(messages, tokenize=True, **kwargs)`, DPO pairs
 //! tokenize as `maybe_apply_chat_template` then `DPOTrainer.tokenize_row`,
-//! and KTO examples as `KTOTrainer`'s data preparation.
+//! and KTO examples as `KTOTrainer`'s data preparation. A line's `tools` go
+//! to the template as `SFTTrainer` passes them, and `tools` and `documents`
+//! are none where not given, as transformers defines them.
 
 mod common;
 
@@ -110,4 +112,13 @@ fn a_line_s_kwargs_must_be_an_object_the_render_does_not_set() {
     assert!(error("[1]").contains("`chat_template_kwargs` must be an object, got a list"), "{}", error("[1]"));
     assert!(error(r#"{"messages": []}"#).contains("\"messages\" is one the render sets itself"));
     assert!(parse_jsonl("d.jsonl", &line("null"), Some(&tok)).is_ok());
+    let with_tools = |tools: &str, kwargs: &str| {
+        line(kwargs).replace(r#""chat_template_kwargs""#, &format!(r#""tools": {tools}, "chat_template_kwargs""#))
+    };
+    let tools_error = |tools: &str, kwargs: &str| match parse_jsonl("d.jsonl", &with_tools(tools, kwargs), Some(&tok)) {
+        Err(Error::Data { line: 1, detail, .. }) => detail,
+        other => panic!("tools {tools}: expected a Data error at line 1, got {other:?}"),
+    };
+    assert!(tools_error("{}", "null").contains("`tools` must be a list of JSON schemas, got an object"));
+    assert!(tools_error("[]", r#"{"tools": []}"#).contains("`tools` is given twice"));
 }

@@ -7,14 +7,16 @@
 //! false), adds a `raise_exception(message)` function, replaces `tojson` with
 //! Python's `json.dumps` (no HTML escaping, `", "` and `": "` separators) and
 //! adds `strftime_now(format)`. Its variables are `messages`,
-//! `add_generation_prompt` and the special tokens. The same environment is built
+//! `add_generation_prompt`, the special tokens, and `tools` and `documents`
+//! (none unless given: defined, so `tools is not none` is false, as there),
+//! with the caller's kwargs over them. The same environment is built
 //! here with minijinja; Python string methods that templates call (`.strip()`,
 //! `.startswith()`, `.split()`) come from `minijinja_contrib::pycompat`.
 //!
 //! Differences: `strftime_now` formats the current time in UTC (Python uses
 //! local time) and knows the common directives only (`%Y %y %m %d %-d %e %b %B
-//! %a %A %H %I %M %S %p %j %%`); `tools` and `documents` are not passed
-//! (undefined, as when transformers is given none).
+//! %a %A %H %I %M %S %p %j %%`); tools are given as JSON schemas (a kwarg
+//! `tools`, or a training line's `tools`), never as Python functions.
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{context, Environment, ErrorKind};
@@ -174,12 +176,16 @@ impl ChatTemplate {
         kwargs: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
         let template = self.env.get_template(NAME).map_err(|e| template_error(e.to_string()))?;
+        // transformers passes tools=None and documents=None where it is given none.
+        let mut variables =
+            serde_json::Map::from_iter(["tools", "documents"].map(|name| (name.to_string(), serde_json::Value::Null)));
+        variables.extend(kwargs.iter().map(|(k, v)| (k.clone(), v.clone())));
         let ctx = context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            ..minijinja::Value::from_serialize(kwargs)
+            ..minijinja::Value::from_serialize(&variables)
         };
         let out = template.render(ctx).map_err(|e| {
             let detail = match e.detail() {

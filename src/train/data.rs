@@ -290,15 +290,29 @@ impl<'a> Parser<'a> {
     }
 
     /// A line's `chat_template_kwargs` (TRL's per-example keywords for the
-    /// chat template, such as Qwen3's `enable_thinking`); none where absent.
+    /// chat template, such as Qwen3's `enable_thinking`) and its `tools` (a
+    /// list of JSON schemas, which TRL passes as `tools=`); none where absent.
     pub(super) fn template_kwargs(&self, line: usize, map: &Map<String, Value>) -> Result<Map<String, Value>> {
-        match map.get("chat_template_kwargs") {
-            None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(kwargs)) => Ok(kwargs.clone()),
+        let mut kwargs = match map.get("chat_template_kwargs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(kwargs)) => kwargs.clone(),
             Some(other) => {
-                Err(self.error(line, format!("`chat_template_kwargs` must be an object, got {}", kind(other))))
+                return Err(self.error(line, format!("`chat_template_kwargs` must be an object, got {}", kind(other))))
+            }
+        };
+        match map.get("tools") {
+            None | Some(Value::Null) => {}
+            Some(_) if kwargs.contains_key("tools") => {
+                return Err(self.error(line, "`tools` is given twice: as a field and in `chat_template_kwargs`"))
+            }
+            Some(tools @ Value::Array(_)) => {
+                kwargs.insert("tools".into(), tools.clone());
+            }
+            Some(other) => {
+                return Err(self.error(line, format!("`tools` must be a list of JSON schemas, got {}", kind(other))))
             }
         }
+        Ok(kwargs)
     }
 
     /// `messages` rendered with the chat template and the line's `kwargs`.
