@@ -57,9 +57,9 @@ struct Params {
     simpo_gamma: f32,
     desirable_weight: f32,
     undesirable_weight: f32,
+    reference_free: u32, // DPO: the loss without the reference (the rewards keep it)
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -268,11 +268,14 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
         let c = i;
         let r = i + p.pairs;
         if (p.objective != ORPO) {
-            // CPO: the policy's own log-probabilities, no reference.
+            // CPO: the policy's own log-probabilities, no reference; DPO's reference_free: in the loss only.
             let to_ref = select(1.0, 0.0, p.objective == CPO);
             let hc = policy_logps[c] - to_ref * ref_logps[c];
             let hr = policy_logps[r] - to_ref * ref_logps[r];
-            let t = dpo_term(hc, hr);
+            // (sppo_hard, nca_pair and discopop read the reference directly in TRL's dpo_loss: reference_free or not.)
+            let direct = p.loss_type == SPPO_HARD || p.loss_type == NCA_PAIR || p.loss_type == DISCOPOP;
+            let in_loss = select(1.0, 0.0, p.objective == CPO || (p.reference_free != 0u && !direct));
+            let t = dpo_term(policy_logps[c] - in_loss * ref_logps[c], policy_logps[r] - in_loss * ref_logps[r]);
             loss += t.x;
             dlogp[c] = t.y * p.scale / n;
             dlogp[r] = t.z * p.scale / n;

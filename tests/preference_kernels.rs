@@ -122,6 +122,11 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
     }
     // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
     check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
+    // reference_free: the loss without the reference (where TRL's loss type reads it through the log-ratios).
+    for t in [DpoLossType::Sigmoid, DpoLossType::ApoDown, DpoLossType::NcaPair] {
+        let d = DpoLoss { loss_type: t, reference_free: true, ..DpoLoss::TRL };
+        check_loss(PreferenceLoss::Dpo(d), 3, 100 + t as u64);
+    }
 }
 
 /// KTO: the KL estimate from the second half's rows, desirable and undesirable examples with their weights.

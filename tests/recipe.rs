@@ -254,6 +254,7 @@ mod cli {
                         loss_type: o["loss_type"].as_str().map(str::to_string),
                         rpo_alpha: o["rpo_alpha"].as_f64().map(|v| v as f32),
                         discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
+                        reference_free: o["reference_free"].as_bool().filter(|&b| b),
                         cpo_alpha: o["cpo_alpha"].as_f64().map(|v| v as f32),
                         simpo_gamma: o["simpo_gamma"].as_f64().map(|v| v as f32),
                         desirable_weight: o["desirable_weight"].as_f64().map(|v| v as f32),
@@ -267,64 +268,44 @@ mod cli {
             assert_eq!(cli, browser, "CLI {flags:?} vs browser {options}");
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
-        check(
-            "dpo",
-            &["--method", "lora", "--steps", "3", "--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5"],
-            r#"{"lr": 1e-3, "steps": 3, "objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5}"#,
-        );
-        check(
-            "simpo",
-            &[
-                "--method",
-                "lora",
-                "--steps",
-                "3",
-                "--objective",
-                "cpo",
-                "--loss-type",
-                "simpo",
-                "--cpo-alpha",
-                "0",
-                "--simpo-gamma",
-                "1.5",
-                "--beta",
-                "2",
-            ],
-            r#"{"lr": 1e-3, "steps": 3, "objective": "cpo", "lossType": "simpo", "cpoAlpha": 0, "simpoGamma": 1.5,
-                "beta": 2}"#,
-        );
-        check(
-            "kto",
-            &[
-                "--method",
-                "lora",
-                "--steps",
-                "3",
-                "--objective",
-                "kto",
-                "--desirable-weight",
-                "1.2",
-                "--batch-size",
-                "2",
-            ],
-            r#"{"lr": 1e-3, "steps": 3, "objective": "kto", "desirableWeight": 1.2, "batchSize": 2}"#,
-        );
-        check(
-            "discopop",
-            &[
-                "--method",
-                "lora",
-                "--steps",
-                "3",
-                "--objective",
+        // The preference objectives' settings, as flags after `--method lora --steps 3` and as options.
+        let preference: [(&str, &[&str], &str); 4] = [
+            (
                 "dpo",
-                "--loss-type",
+                &["--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5", "--reference-free"],
+                r#"{"objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5, "referenceFree": true}"#,
+            ),
+            (
+                "simpo",
+                &[
+                    "--objective",
+                    "cpo",
+                    "--loss-type",
+                    "simpo",
+                    "--cpo-alpha",
+                    "0",
+                    "--simpo-gamma",
+                    "1.5",
+                    "--beta",
+                    "2",
+                ],
+                r#"{"objective": "cpo", "lossType": "simpo", "cpoAlpha": 0, "simpoGamma": 1.5, "beta": 2}"#,
+            ),
+            (
+                "kto",
+                &["--objective", "kto", "--desirable-weight", "1.2", "--batch-size", "2"],
+                r#"{"objective": "kto", "desirableWeight": 1.2, "batchSize": 2}"#,
+            ),
+            (
                 "discopop",
-                "--discopop-tau",
-                "0.2",
-            ],
-            r#"{"lr": 1e-3, "steps": 3, "objective": "dpo", "lossType": "discopop", "discopopTau": 0.2}"#,
-        );
+                &["--objective", "dpo", "--loss-type", "discopop", "--discopop-tau", "0.2"],
+                r#"{"objective": "dpo", "lossType": "discopop", "discopopTau": 0.2}"#,
+            ),
+        ];
+        for (tag, flags, options) in preference {
+            let options = options.replacen('{', r#"{"lr": 1e-3, "steps": 3, "#, 1);
+            check(tag, &[&["--method", "lora", "--steps", "3"][..], flags].concat(), &options);
+        }
         check(
             "given",
             &[

@@ -195,7 +195,9 @@ fn dpo_loss_types_match_trl() {
         loss_type,
         rpo_alpha,
         discopop_tau,
+        reference_free: false,
     };
+    let free = |d: DpoLoss| DpoLoss { reference_free: true, ..d };
     let cases = [
         ("robust", d(Robust, 0.1, 0.1, None, 0.05)),
         ("exo_pair", d(ExoPair, 0.1, 0.0, None, 0.05)),
@@ -210,6 +212,8 @@ fn dpo_loss_types_match_trl() {
         ("discopop_tau", d(Discopop, 0.5, 0.0, None, 0.5)),
         ("sigmoid_rpo", d(Sigmoid, 0.1, 0.0, Some(1.0), 0.05)),
         ("ipo_rpo", d(Ipo, 0.1, 0.0, Some(0.5), 0.05)),
+        ("sigmoid_reference_free", free(d(Sigmoid, 0.1, 0.1, None, 0.05))),
+        ("nca_pair_reference_free", free(d(NcaPair, 0.1, 0.0, None, 0.05))),
     ];
     for (name, dpo) in cases {
         let loss = PreferenceLoss::Dpo(dpo);

@@ -124,6 +124,10 @@ pub struct DpoLoss {
     pub rpo_alpha: Option<f32>,
     /// DiscoPOP's τ (`discopop_tau`).
     pub discopop_tau: f32,
+    /// `reference_free`: the loss reads the policy's log-probabilities alone
+    /// (the reference's still give the rewards, as TRL logs them; sppo_hard,
+    /// nca_pair and discopop read the reference directly in TRL, so here too).
+    pub reference_free: bool,
 }
 
 impl DpoLoss {
@@ -134,6 +138,7 @@ impl DpoLoss {
         loss_type: DpoLossType::Sigmoid,
         rpo_alpha: None,
         discopop_tau: 0.05,
+        reference_free: false,
     };
 }
 
@@ -318,7 +323,8 @@ struct Params {
     simpo_gamma: f32,
     desirable_weight: f32,
     undesirable_weight: f32,
-    _pad: [u32; 3],
+    reference_free: u32,
+    _pad: [u32; 2],
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -340,7 +346,8 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         simpo_gamma: 0.0,
         desirable_weight: 0.0,
         undesirable_weight: 0.0,
-        _pad: [0; 3],
+        reference_free: 0,
+        _pad: [0; 2],
     };
     match loss {
         Some(PreferenceLoss::Dpo(d)) => {
@@ -353,6 +360,7 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
                 _ => 0.0,
             };
             p.discopop_tau = d.discopop_tau;
+            p.reference_free = u32::from(d.reference_free);
         }
         Some(PreferenceLoss::Orpo { beta }) => (p.objective, p.beta) = (1, beta),
         Some(PreferenceLoss::Kto(k)) => {

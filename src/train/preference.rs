@@ -83,12 +83,13 @@ impl Objective {
         let objective = Objective::from_name(name)
             .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 9] = [
+        let settings: [(&'static str, bool, &[&str]); 10] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
+            ("reference_free", o.reference_free.is_some(), &["dpo"]),
             ("cpo_alpha", o.cpo_alpha.is_some(), &["cpo"]),
             ("simpo_gamma", o.simpo_gamma.is_some(), &["cpo"]),
             ("desirable_weight", o.desirable_weight.is_some(), &["kto"]),
@@ -142,6 +143,7 @@ impl Objective {
                     loss_type,
                     rpo_alpha: o.rpo_alpha.or(d.rpo_alpha),
                     discopop_tau: o.discopop_tau.unwrap_or(d.discopop_tau),
+                    reference_free: o.reference_free.unwrap_or(d.reference_free),
                 })
             }
             Objective::Preference(PreferenceLoss::Cpo(c)) => {
@@ -179,6 +181,8 @@ pub struct PreferenceOptions {
     pub loss_type: Option<String>,
     pub rpo_alpha: Option<f32>,
     pub discopop_tau: Option<f32>,
+    /// DPO's `reference_free`: the loss without the reference model.
+    pub reference_free: Option<bool>,
     pub cpo_alpha: Option<f32>,
     pub simpo_gamma: Option<f32>,
     /// KTO's weights of desirable and undesirable examples' losses.

@@ -129,6 +129,8 @@ export interface TrainOptions {
   lossType?: "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero" | "apo_down" | "discopop" | "simpo";
   /** DPO: adds rpoAlpha times the chosen answers' NLL (RPO; default off). discopopTau: the discopop loss's τ (0.05). */
   rpoAlpha?: number; discopopTau?: number;
+  /** DPO's loss without the reference model (TRL's reference_free; the rewards still use it). */
+  referenceFree?: boolean;
   /** CPO: the chosen answers' NLL weight (TRL's cpo_alpha, default 1; SimPO's paper: 0); simpoGamma: SimPO's
    * target margin γ (0.5). */
   cpoAlpha?: number; simpoGamma?: number;

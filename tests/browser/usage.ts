@@ -39,7 +39,7 @@ export async function example(data: string): Promise<void> {
     { prompt: [{ role: "user", content: "Hi" }], chosen: [{ role: "assistant", content: "Hello." }], rejected: [{ role: "assistant", content: "No." }] }];
   const dpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", beta: 0.1, labelSmoothing: 0.1 });
   const margin: number | undefined = (await dpo.step())?.rewards?.margins;
-  const ipo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "ipo", rpoAlpha: 0.5 });
+  const ipo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "ipo", rpoAlpha: 0.5, referenceFree: true });
   const nll: number | undefined = (await ipo.step())?.rewards?.nllLoss;
   console.log(nll, model.startTraining("b", pairs, { lr: 1e-3, objective: "dpo", lossType: "discopop", discopopTau: 0.1 }).totalSteps());
   const simpo: TrainRun = model.startTraining("b", pairs, { lr: 1e-3, objective: "cpo", lossType: "simpo", beta: 2, cpoAlpha: 0, simpoGamma: 1 });

@@ -47,6 +47,8 @@ pub struct RunOptions {
     #[serde(default)]
     pub discopop_tau: Option<f32>,
     #[serde(default)]
+    pub reference_free: bool,
+    #[serde(default)]
     pub cpo_alpha: Option<f32>,
     #[serde(default)]
     pub simpo_gamma: Option<f32>,
@@ -86,6 +88,7 @@ impl RunOptions {
             loss_type: a.loss_type.clone(),
             rpo_alpha: a.rpo_alpha,
             discopop_tau: a.discopop_tau,
+            reference_free: a.reference_free,
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
             desirable_weight: a.desirable_weight,
@@ -195,6 +198,7 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
         .unwrap_or_else(|| "-".into()));
     one!("rpo_alpha", "rpo-alpha", a.rpo_alpha, saved.rpo_alpha, show);
     one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
+    one!("reference_free", "reference-free", a.reference_free, saved.reference_free, |v: &bool| v.to_string());
     one!("cpo_alpha", "cpo-alpha", a.cpo_alpha, saved.cpo_alpha, show);
     one!("simpo_gamma", "simpo-gamma", a.simpo_gamma, saved.simpo_gamma, show);
     one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);

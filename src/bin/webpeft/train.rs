@@ -210,6 +210,9 @@ pub struct TrainArgs {
     /// DPO's discopop loss: its temperature τ [default: 0.05, as TRL].
     #[arg(long)]
     pub discopop_tau: Option<f32>,
+    /// DPO without the reference model in the loss (TRL's reference_free; the rewards still use it).
+    #[arg(long)]
+    pub reference_free: bool,
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -579,6 +582,7 @@ impl TrainArgs {
             loss_type: self.loss_type.clone(),
             rpo_alpha: self.rpo_alpha,
             discopop_tau: self.discopop_tau,
+            reference_free: self.reference_free.then_some(true),
             cpo_alpha: self.cpo_alpha,
             simpo_gamma: self.simpo_gamma,
             desirable_weight: self.desirable_weight,

@@ -151,7 +151,10 @@ pub fn preference_loss(
         let (rc, rr, term, dc, dr) = match loss {
             PreferenceLoss::Dpo(d) => {
                 let (hc, hr) = (pc - reference[c] as f64, pr - reference[r] as f64);
-                let (l, dc, dr) = dpo_term(d, hc, hr);
+                // sppo_hard, nca_pair and discopop read the reference directly in TRL: reference_free or not.
+                let direct =
+                    matches!(d.loss_type, DpoLossType::SppoHard | DpoLossType::NcaPair | DpoLossType::Discopop);
+                let (l, dc, dr) = if d.reference_free && !direct { dpo_term(d, pc, pr) } else { dpo_term(d, hc, hr) };
                 (beta * hc, beta * hr, l, dc * k / n, dr * k / n)
             }
             PreferenceLoss::Kto(_) => unreachable!("KTO returned above"),
