@@ -38,7 +38,7 @@ unset WEBPEFT_SHADER_CHECKS
 echo "== PEFT methods, models and generation through the real-GPU kernels at 32 lanes (WEBPEFT_TEST_KERNELS=gpu)"
 WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test train_lora --test train_qlora --test lora_inits \
     --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
-    --test train_bottleneck --test train_dpo --test packing --test model_forward --test generate \
+    --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
     --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256

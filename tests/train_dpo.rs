@@ -127,7 +127,8 @@ fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &s
         let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-2)).unwrap();
         losses.push(s.loss);
         if step == 0 {
-            close(&format!("{name} loss"), &[s.loss], &[fx.f32(&format!("{name}.loss"))[0]], 0.0);
+            // (Losses reach ~75 (sppo_hard): f32 sums of log-probs of ~100 hold them to a few 1e-6 relative.)
+            close(&format!("{name} loss"), &[s.loss], &[fx.f32(&format!("{name}.loss"))[0]], 1e-5);
             let p = s.preference.unwrap();
             let mut got = vec![p.rewards_chosen, p.rewards_rejected, p.rewards_accuracies, p.rewards_margins];
             got.extend(p.orpo.iter().flatten());
@@ -142,7 +143,7 @@ fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &s
             assert!(worst <= TOL, "{name} gradients: {worst:e}");
         }
     }
-    close(&format!("{name} 10 AdamW losses"), &losses, &fx.f32(&format!("{name}.losses")), 0.0);
+    close(&format!("{name} 10 AdamW losses"), &losses, &fx.f32(&format!("{name}.losses")), 1e-5);
     if !finals {
         return;
     }

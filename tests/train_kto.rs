@@ -130,16 +130,25 @@ fn kto_matches_trl() {
         }
     }
     close("kto 10 AdamW losses", &losses, &fx.f32("kto.losses"), 0.0);
-    let mut worst = 0.0f32;
+    // An element whose step-1 gradient is near AdamW's ε (1e-8) takes a first update lr·g/(|g| + ε) that turns
+    // the gradients' f32 roundings (6e-8) into ~1e-4 of the factor (one here: layer 1's down_proj A, 1.7e-8),
+    // and through the later steps' gradients nudges the rest: those are held to 1e-3, every other element to
+    // 2e-4 (3.4e-5 with the CPU-family kernels, 1.1e-4 with the real-GPU ones); the 10 losses agree within 1.4e-6.
+    let (mut worst, mut worst_sensitive) = (0.0f32, 0.0f32);
     for (key, t) in trainer.adapter.tensors() {
         let got = block_on(t.to_vec::<f32>(gpu)).unwrap();
-        worst = worst.max(max_abs_diff(&got, &fx.f32(&format!("kto.final.{key}"))));
+        let (want, grad) = (fx.f32(&format!("kto.final.{key}")), fx.f32(&format!("kto.{key}.grad")));
+        for ((g, w), step1) in got.iter().zip(&want).zip(&grad) {
+            let d = (g - w).abs();
+            if step1.abs() < 1e-6 {
+                worst_sensitive = worst_sensitive.max(d);
+            } else {
+                worst = worst.max(d);
+            }
+        }
     }
-    eprintln!("kto: final factors max |diff| {worst:e}");
-    // One element (layer 1's down_proj A) has a step-1 gradient of 1.7e-8, next to AdamW's ε 1e-8: its first
-    // update lr·g/(|g| + ε) turns the gradients' f32 roundings (6e-8) into ~1e-4 there; every other factor
-    // agrees within 3.4e-5, and the losses within 5e-7.
-    assert!(worst <= 3e-4, "kto final factors: {worst:e}");
+    eprintln!("kto: final factors max |diff| {worst:e} ({worst_sensitive:e} where the step-1 gradient is < 1e-6)");
+    assert!(worst <= 2e-4 && worst_sensitive <= 1e-3, "kto final factors: {worst:e}, {worst_sensitive:e}");
 }
 
 #[test]
