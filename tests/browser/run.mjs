@@ -461,7 +461,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // The model's own generation settings: the built-in model's generation_config.json names none, so transformers'
       // defaults (greedy, top-k 50), which generate uses where its options are silent.
       const gen = JSON.stringify(m32.info().generation);
-      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, repetitionPenalty: 1, noRepeatNgramSize: 0, minNewTokens: 0, minLength: 0, stopStrings: [], badWordsIds: [], suppressTokens: [], beginSuppressTokens: [], unsupported: [] })) throw new Error("generation " + gen);
+      if (gen !== JSON.stringify({ doSample: false, temperature: 1, topK: 50, topP: 1, minP: 0, typicalP: 1, epsilonCutoff: 0, etaCutoff: 0, repetitionPenalty: 1, noRepeatNgramSize: 0, minNewTokens: 0, minLength: 0, stopStrings: [], badWordsIds: [], suppressTokens: [], beginSuppressTokens: [], unsupported: [] })) throw new Error("generation " + gen);
       const want = gpu.info().shaderF16 ? "f16" : "f32";
       if (mh.info().computeDtype !== want || mh.setComputeDtype("f16") !== want) throw new Error("compute " + mh.info().computeDtype);
       if (want === "f32" ? lh !== l16 : !(Math.abs(lh - l16) < 1e-2)) throw new Error("f16 compute: loss " + lh + " vs " + l16);
