@@ -98,10 +98,6 @@ impl DpoLossType {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<DpoLossType> {
-        DpoLossType::ALL.into_iter().find(|t| t.name() == name)
-    }
-
     /// Whether the loss reads the label smoothing ε (TRL ignores it for the others).
     pub fn smooths(self) -> bool {
         matches!(self, DpoLossType::Sigmoid | DpoLossType::Robust | DpoLossType::ExoPair)
@@ -167,10 +163,6 @@ impl CpoLossType {
             CpoLossType::Ipo => "ipo",
             CpoLossType::Simpo => "simpo",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<CpoLossType> {
-        CpoLossType::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// Whether the loss reads the label smoothing ε.

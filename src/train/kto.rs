@@ -25,9 +25,8 @@
 
 use serde_json::{Map, Value};
 
-use super::chat::Message;
 use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser};
-use super::preference::{common_prefix, eos_id, pair_row, MAX_PROMPT_LENGTH};
+use super::preference::{chat_renders, common_prefix, eos_id, pair_row, MAX_PROMPT_LENGTH};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -107,11 +106,13 @@ pub fn kto_dataset(
         return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail: "no JSON lines".into() });
     }
     let tokens = examples.iter().map(|e| tokenize(&parser, e)).collect::<Result<Vec<_>>>()?;
-    let mut units = Vec::with_capacity(examples.len());
-    for (start, chunk) in (0..examples.len()).collect::<Vec<_>>().chunks(opts.batch_size.max(1)).map(|c| (c[0], c)) {
-        for (k, &i) in chunk.iter().enumerate() {
+    let (n, run) = (examples.len(), opts.batch_size.max(1));
+    let mut units = Vec::with_capacity(n);
+    for start in (0..n).step_by(run) {
+        let len = run.min(n - start);
+        for k in 0..len {
             // The KL row: this prompt, the previous example's completion in the run.
-            let other = start + (k + chunk.len() - 1) % chunk.len();
+            let (i, other) = (start + k, start + (k + len - 1) % len);
             let e = &examples[i];
             let own = process(&parser, e.line, &tokens[i].prompt, &tokens[i].answer, opts.seq_len)?;
             let kl = process(&parser, e.line, &tokens[i].prompt, &tokens[other].answer, opts.seq_len)?;
@@ -132,17 +133,7 @@ fn example_text(parser: &mut Parser, line: usize, map: &Map<String, Value>, fiel
         }
     }
     let (prompt, completion) = if map["prompt"].is_array() {
-        let prompt = parser.message_list(line, map, "prompt")?;
-        let answer = parser.message_list(line, map, field)?;
-        if prompt.last().is_some_and(|m| m.role != "user") {
-            return Err(parser.error(line, "the `prompt` messages must end with a user turn"));
-        }
-        let kwargs = parser.template_kwargs(line, map)?;
-        let (_, template) = parser.template(line, "conversational preference")?;
-        let render =
-            |messages: &[Message], generation: bool| parser.render(line, &template, messages, generation, &kwargs);
-        let prompt_text = render(&prompt, true)?;
-        let whole = render(&[prompt.as_slice(), &answer].concat(), false)?;
+        let (prompt_text, [whole]) = chat_renders(parser, line, map, [field])?;
         let prompt_text = common_prefix(&prompt_text, &whole).to_string();
         let completion = whole[prompt_text.len()..].to_string();
         (prompt_text, completion)

@@ -114,9 +114,7 @@ impl Objective {
             }
             Ok(())
         };
-        let unknown = |names: Vec<&str>, t: &str| {
-            bad("loss_type", format!("expected one of {} for {name}, got {t:?}", names.join(", ")))
-        };
+
         Ok(Objective::Preference(match objective {
             Objective::Sft => return Ok(Objective::Sft),
             Objective::Preference(PreferenceLoss::Orpo { beta }) => {
@@ -128,11 +126,7 @@ impl Objective {
                 undesirable_weight: o.undesirable_weight.unwrap_or(k.undesirable_weight),
             }),
             Objective::Preference(PreferenceLoss::Dpo(d)) => {
-                let loss_type = match &o.loss_type {
-                    Some(t) => DpoLossType::from_name(t)
-                        .ok_or_else(|| unknown(DpoLossType::ALL.iter().map(|t| t.name()).collect(), t))?,
-                    None => d.loss_type,
-                };
+                let loss_type = pick_loss_type(o, name, &DpoLossType::ALL, DpoLossType::name, d.loss_type)?;
                 smoothing(loss_type.smooths(), loss_type.name(), "sigmoid, robust and exo_pair")?;
                 if o.discopop_tau.is_some() && loss_type != DpoLossType::Discopop {
                     return Err(bad("discopop_tau", format!("applies to the discopop loss, not {}", loss_type.name())));
@@ -147,11 +141,7 @@ impl Objective {
                 })
             }
             Objective::Preference(PreferenceLoss::Cpo(c)) => {
-                let loss_type = match &o.loss_type {
-                    Some(t) => CpoLossType::from_name(t)
-                        .ok_or_else(|| unknown(CpoLossType::ALL.iter().map(|t| t.name()).collect(), t))?,
-                    None => c.loss_type,
-                };
+                let loss_type = pick_loss_type(o, name, &CpoLossType::ALL, CpoLossType::name, c.loss_type)?;
                 smoothing(loss_type.smooths(), loss_type.name(), "sigmoid and simpo")?;
                 if o.simpo_gamma.is_some() && loss_type != CpoLossType::Simpo {
                     return Err(bad("simpo_gamma", format!("applies to the simpo loss, not {}", loss_type.name())));
@@ -166,6 +156,23 @@ impl Objective {
             }
         }))
     }
+}
+
+/// `o.loss_type` among `all` (named by `type_name`), else `default`; an
+/// unknown name is a `TrainOption` error listing `objective`'s.
+fn pick_loss_type<T: Copy>(
+    o: &PreferenceOptions,
+    objective: &str,
+    all: &[T],
+    type_name: fn(T) -> &'static str,
+    default: T,
+) -> Result<T> {
+    let Some(t) = &o.loss_type else { return Ok(default) };
+    all.iter().copied().find(|&x| type_name(x) == t.as_str()).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|&x| type_name(x)).collect();
+        let detail = format!("expected one of {} for {objective}, got {t:?}", names.join(", "));
+        Error::TrainOption { option: "loss_type", detail }
+    })
 }
 
 /// The preference settings the CLI's flags and the browser's options give,
@@ -260,19 +267,35 @@ pub(super) fn common_prefix<'t>(a: &'t str, b: &str) -> &'t str {
     &a[..end]
 }
 
-fn conversational(parser: &mut Parser, line: usize, map: &Map<String, Value>) -> Result<PairText> {
+/// A conversational line's renders, as TRL's `apply_chat_template` makes
+/// them (with the line's `chat_template_kwargs` and `tools`): the `prompt`
+/// messages with the generation prompt, and prompt + each of `answers`'
+/// messages. The answer is what the second adds after their common prefix.
+pub(super) fn chat_renders<const N: usize>(
+    parser: &mut Parser,
+    line: usize,
+    map: &Map<String, Value>,
+    answers: [&str; N],
+) -> Result<(String, [String; N])> {
     let prompt = parser.message_list(line, map, "prompt")?;
-    let chosen = parser.message_list(line, map, "chosen")?;
-    let rejected = parser.message_list(line, map, "rejected")?;
+    let answers = answers.map(|field| parser.message_list(line, map, field));
     if prompt.last().is_some_and(|m| m.role != "user") {
         return Err(parser.error(line, "the `prompt` messages must end with a user turn"));
     }
     let kwargs = parser.template_kwargs(line, map)?;
     let (_, template) = parser.template(line, "conversational preference")?;
     let render = |messages: &[Message], generation: bool| parser.render(line, &template, messages, generation, &kwargs);
-    let joined = |answer: &[Message]| render(&[prompt.as_slice(), answer].concat(), false);
-    let prompt_text = render(&prompt, true)?;
-    let (with_chosen, with_rejected) = (joined(&chosen)?, joined(&rejected)?);
+    let mut joined = Vec::with_capacity(N);
+    for answer in answers {
+        joined.push(render(&[prompt.as_slice(), &answer?].concat(), false)?);
+    }
+    let joined: [String; N] =
+        joined.try_into().map_err(|_| parser.error(line, "internal: an answer's render went missing"))?;
+    Ok((render(&prompt, true)?, joined))
+}
+
+fn conversational(parser: &mut Parser, line: usize, map: &Map<String, Value>) -> Result<PairText> {
+    let (prompt_text, [with_chosen, with_rejected]) = chat_renders(parser, line, map, ["chosen", "rejected"])?;
     let prompt_text = common_prefix(&prompt_text, &with_chosen);
     let chosen_text = with_chosen[prompt_text.len()..].to_string();
     let prompt_text = common_prefix(prompt_text, &with_rejected);
