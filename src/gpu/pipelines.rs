@@ -60,6 +60,8 @@ pub enum Kernel {
     /// appended: decoding's few queries against many keys (real GPUs).
     AttentionSplitKv,
     Embedding,
+    /// Trainable token rows (PEFT's trainable_token_indices) in the embedding and the tied head.
+    TokenRows,
     Elementwise,
     CrossEntropy,
     Reduce,
@@ -85,7 +87,7 @@ impl Kernel {
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 35] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -113,6 +115,7 @@ impl Kernel {
         Kernel::AttentionFlashSegmented,
         Kernel::AttentionSplitKv,
         Kernel::Embedding,
+        Kernel::TokenRows,
         Kernel::Elementwise,
         Kernel::CrossEntropy,
         Kernel::Reduce,
@@ -261,6 +264,7 @@ impl Kernel {
                 include_str!("../../shaders/attention_split_kv.wgsl")
             ),
             Kernel::Embedding => include_str!("../../shaders/embedding.wgsl"),
+            Kernel::TokenRows => include_str!("../../shaders/token_rows.wgsl"),
             Kernel::Elementwise => include_str!("../../shaders/elementwise.wgsl"),
             Kernel::CrossEntropy => concat!(
                 include_str!("../../shaders/workgroup_reduce.wgsl"),
@@ -358,6 +362,7 @@ impl Kernel {
             Kernel::AttentionFlashSegmented => "attention_flash_segmented",
             Kernel::AttentionSplitKv => "attention_split_kv",
             Kernel::Embedding => "embedding",
+            Kernel::TokenRows => "token_rows",
             Kernel::Elementwise => "elementwise",
             Kernel::CrossEntropy => "cross_entropy",
             Kernel::Reduce => "reduce",

@@ -26,6 +26,7 @@ pub mod rope;
 pub mod sample;
 pub mod softmax;
 pub mod swiglu;
+pub mod token_rows;
 pub mod tune;
 pub mod variants;
 

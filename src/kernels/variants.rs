@@ -5,7 +5,7 @@
 
 use super::{adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, matmul, preference, qmatmul};
 use super::{quant, reduce, sample};
-use super::{rmsnorm, rope, softmax, swiglu, tune};
+use super::{rmsnorm, rope, softmax, swiglu, token_rows, tune};
 use crate::gpu::{Gpu, PipelineKey};
 
 /// The distinct pipeline keys the launchers can request on `gpu`, for both
@@ -25,6 +25,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         softmax::pipeline_keys(),
         attention::pipeline_keys(gpu),
         embedding::pipeline_keys(),
+        token_rows::pipeline_keys(),
         elementwise::pipeline_keys(),
         cross_entropy::pipeline_keys(),
         reduce::pipeline_keys(),

@@ -26,6 +26,7 @@ pub mod rope;
 pub mod sample;
 pub mod softmax;
 pub mod swiglu;
+pub mod token_rows;
 
 /// Panics unless every `got[i]` is within `abs + rel * |want[i]|` of `want[i]`.
 ///
