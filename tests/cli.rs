@@ -652,6 +652,35 @@ fn train_dora_on_an_nf4_base_stop_resume_and_merge() {
 }
 
 #[test]
+fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter() {
+    let dir = TempDir::new("train-tokens");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = ["--method", "lora", "--r", "4", "--trainable-token-indices", "5,82,381", "--quant", "nf4"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    // PEFT's files: the ids in the config, the rows beside the factors.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["trainable_token_indices"], serde_json::json!([5, 82, 381]), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let rows = st.tensor("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta").unwrap();
+    assert_eq!((st.len(), rows.shape()), (2 * 2 * 2 + 1, &[3, 64][..]));
+    // Merged into an f32 copy; a GGUF LoRA cannot hold the rows.
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let gguf = dir.join("a.gguf");
+    let err =
+        failure(&webpeft(&["export-gguf", "--model", &model, "--adapter", &whole, "--lora-only", "--out", &gguf]));
+    assert!(err.contains("trainable_token_indices"), "{err}");
+    // An id past the vocabulary is refused before training.
+    let bad = ["--method", "lora", "--trainable-token-indices", "5,384", "--steps", "1", "--lr", "1e-3"];
+    let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
+    assert!(err.contains("--trainable-token-indices") && err.contains("384"), "{err}");
+}
+
+#[test]
 fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
     let dir = TempDir::new("train-pt");
     let data = write_data(&dir);

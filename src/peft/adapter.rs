@@ -298,6 +298,10 @@ impl Adapter {
                 "Adapter::new",
                 "PiSSA, OLoRA and LoftQ start from the model's weights and change them: use Adapter::new_adjusting_base",
             )),
+            AdapterConfig::Lora(c) if c.trainable_token_indices.is_some() => Err(Error::invalid(
+                "Adapter::new",
+                "trainable tokens start from the model's embedding rows: use Adapter::new_for_model",
+            )),
             AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
             AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
             AdapterConfig::Ia3(c) => Adapter::new_ia3(gpu, c, model, seed),
@@ -333,10 +337,10 @@ impl Adapter {
             AdapterConfig::PromptTuning(c) => {
                 Ok(Adapter::PromptTuning(PromptTuningAdapter::init(gpu, c, model, tokenizer, seed)?))
             }
-            AdapterConfig::Lora(c) if c.use_dora => {
+            AdapterConfig::Lora(c) if c.use_dora || c.trainable_token_indices.is_some() => {
                 let ad = Adapter::new_lora(gpu, c, &model.config, seed)?;
                 if let Adapter::Lora(l) = &ad {
-                    l.init_magnitudes(gpu, model)?;
+                    l.init_from_model(gpu, model)?;
                 }
                 Ok(ad)
             }
@@ -371,6 +375,9 @@ impl Adapter {
             AdapterConfig::Lora(c) if c.init_lora_weights.adjusts_base() => {
                 let weights = fresh_lora_weights(&c, &model.config)?;
                 let lora = crate::peft::lora::base_init::init_from_base(gpu, model, files, c, weights, seed).await?;
+                if let Some(t) = &lora.tokens {
+                    t.start_from_embedding(gpu, model)?;
+                }
                 Ok(Adapter::Lora(lora))
             }
             c => Adapter::new_for_model(gpu, c, model, tokenizer, seed),

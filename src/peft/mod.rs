@@ -6,7 +6,8 @@
 //! - [`ia3`]: (IA)³ (PEFT's files);
 //! - [`prompt_tuning`]: prompt tuning (PEFT's files);
 //! - [`prefix_tuning`]: prefix tuning (PEFT's files);
-//! - [`p_tuning`]: P-tuning (PEFT's files).
+//! - [`p_tuning`]: P-tuning (PEFT's files);
+//! - [`trainable_tokens`]: rows of the embedding trained beside a LoRA (PEFT's `trainable_token_indices`).
 //!
 //! [`encoder`] is the MLP prefix tuning (with `prefix_projection`) and
 //! P-tuning train through.
@@ -36,6 +37,7 @@ pub mod prompt_tuning;
 pub mod shared_input;
 pub mod step;
 pub mod torch_init;
+pub mod trainable_tokens;
 
 pub use adapter::{Adapter, AdapterPass};
 pub use bottleneck::{

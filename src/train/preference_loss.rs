@@ -30,8 +30,8 @@ use crate::kernels::elementwise::fill;
 use crate::kernels::preference::{
     preference_loss, preference_row_scale, sequence_logps, DpoLoss, PreferenceLoss, Scores,
 };
-use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
 use crate::model::llama::loss::logits_chunk_rows;
+use crate::model::llama::Head;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
 use crate::model::Model;
 use crate::train::data::Batch;
@@ -144,11 +144,11 @@ impl PairRows {
 
 /// Each row's cross-entropy and logsumexp, both (M), for hidden states xn
 /// (M, D): the logits in row chunks, as the SFT loss computes them.
-fn token_losses(rec: &mut Recorder, xn: &Tensor, lm_head: &QWeight, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+fn token_losses(rec: &mut Recorder, xn: &Tensor, head: Head, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let m = targets.numel();
     let token_loss = rec.alloc(&[m], DType::F32)?;
     let lse = rec.alloc(&[m], DType::F32)?;
-    for_each_chunk(rec, xn, lm_head, targets, |rec, start, logits, t| {
+    for_each_chunk(rec, xn, head, targets, |rec, start, _, logits, t| {
         let (loss_c, lse_c) = cross_entropy_forward(rec, logits, t)?;
         let n = t.numel() as u64 * 4;
         rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
@@ -157,16 +157,16 @@ fn token_losses(rec: &mut Recorder, xn: &Tensor, lm_head: &QWeight, targets: &Te
     Ok((token_loss, lse))
 }
 
-/// Runs `f(rec, first row, logits (n, V), targets (n))` on each row chunk of
-/// xn (M, D)'s logits, reusing one logits buffer.
+/// Runs `f(rec, first row, x (n, D), logits (n, V), targets (n))` on each
+/// row chunk x of xn (M, D) and its logits, reusing one logits buffer.
 fn for_each_chunk(
     rec: &mut Recorder,
     xn: &Tensor,
-    lm_head: &QWeight,
+    head: Head,
     targets: &Tensor,
-    mut f: impl FnMut(&mut Recorder, usize, &Tensor, &Tensor) -> Result<()>,
+    mut f: impl FnMut(&mut Recorder, usize, &Tensor, &Tensor, &Tensor) -> Result<()>,
 ) -> Result<()> {
-    let (d, v, m) = (lm_head.cols, lm_head.rows, targets.numel());
+    let (d, v, m) = (head.dim(), head.vocab(), targets.numel());
     if xn.shape() != [m, d] {
         return Err(Error::shape("preference loss", format!("xn {:?} for {m} rows of a ({v}, {d}) head", xn.shape())));
     }
@@ -183,8 +183,8 @@ fn for_each_chunk(
         rec.copy(xn, start as u64 * row, &x_c, 0, n as u64 * row)?;
         rec.copy(targets, start as u64 * 4, &t_c, 0, n as u64 * 4)?;
         fill(rec, &logits_n, 0.0)?;
-        qlinear_accumulate(rec, &x_n, lm_head, &logits_n, false)?; // logits_c = x_c·Wᵀ
-        f(rec, start, &logits_n, &t_n)?;
+        head.logits_into(rec, &x_n, &logits_n)?; // logits_c = x_c·Wᵀ
+        f(rec, start, &x_n, &logits_n, &t_n)?;
         start += n;
     }
     Ok(())
@@ -217,7 +217,7 @@ fn score(
     }
     let xn = xn.reshape(&[rows.targets.len(), d])?;
     let [targets, lp_weight, nll_weight] = uploaded;
-    let (token_loss, lse) = token_losses(rec, &xn, &model.lm_head, targets)?;
+    let (token_loss, lse) = token_losses(rec, &xn, model.head(hooks), targets)?;
     let (logps, nll) = sequence_logps(rec, &token_loss, lp_weight, nll_weight, rows.seqs)?;
     Ok(Scored { logps, nll, lse, xn, saved })
 }
@@ -270,9 +270,9 @@ pub(crate) fn record_preference_micro(
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);
     let dxn = rec.alloc(&[m, d], DType::F32)?;
-    let lm_head = &model.lm_head;
+    let head = model.head(hooks);
     let row = d as u64 * 4;
-    for_each_chunk(rec, &s.xn, lm_head, targets, |rec, start, logits, t| {
+    for_each_chunk(rec, &s.xn, head, targets, |rec, start, x, logits, t| {
         let n = t.numel();
         let lse = rec.alloc(&[n], DType::F32)?;
         let scale = rec.alloc(&[n], DType::F32)?;
@@ -280,7 +280,7 @@ pub(crate) fn record_preference_micro(
         rec.copy(&row_scale, start as u64 * 4, &scale, 0, n as u64 * 4)?;
         cross_entropy_backward_rows_inplace(rec, logits, t, &lse, &scale)?; // logits become dlogits
         let dx = rec.zeros(&[n, d], DType::F32)?;
-        qlinear_accumulate(rec, logits, lm_head, &dx, true)?; // dxn_c = dlogits_c·W
+        head.backward_into(rec, x, logits, &dx)?; // dxn_c = dlogits_c·W
         rec.copy(&dx, 0, &dxn, start as u64 * row, n as u64 * row)
     })?;
     let shape = [rows.seqs, m / rows.seqs, d];

@@ -111,6 +111,8 @@ pub struct LoraRecipe {
     pub init: InitLoraWeights,
     /// Only these layers carry the adapter (`None`: all).
     pub layers_to_transform: Option<Vec<usize>>,
+    /// These ids' embedding rows are trained too (PEFT's `trainable_token_indices`).
+    pub trainable_token_indices: Option<Vec<u32>>,
 }
 
 impl LoraRecipe {
@@ -122,9 +124,13 @@ impl LoraRecipe {
         c.use_dora = self.use_dora;
         c.init_lora_weights = self.init;
         c.layers_to_transform = self.layers_to_transform.clone();
+        c.trainable_token_indices = self.trainable_token_indices.clone();
         c.base_model_name_or_path = model_name;
         c.validate()?;
         c.targets(model)?;
+        if let Some(ids) = &c.trainable_token_indices {
+            crate::peft::trainable_tokens::check_indices(ids, model.vocab_size)?;
+        }
         Ok(c)
     }
 }
@@ -140,6 +146,7 @@ impl Default for LoraRecipe {
             use_dora: false,
             init: InitLoraWeights::Kaiming,
             layers_to_transform: None,
+            trainable_token_indices: None,
         }
     }
 }

@@ -461,7 +461,7 @@ impl Trainer {
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
         let xn2 = xn.reshape(&[targets.len(), d])?;
-        let dxn = chunked_lm_loss(rec, &xn2, &model.lm_head, targets, scale, loss, true)?
+        let dxn = chunked_lm_loss(rec, &xn2, model.head(pass.hooks()), targets, scale, loss, true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
     }
@@ -496,7 +496,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
         let xn = xn.reshape(&[targets.len(), d])?;
-        chunked_lm_loss(&mut rec, &xn, &model.lm_head, targets, 1.0 / tokens as f32, &sum, false)?;
+        chunked_lm_loss(&mut rec, &xn, model.head(hooks_of(adapter)), targets, 1.0 / tokens as f32, &sum, false)?;
         rec.submit()?;
     }
     let loss = sum.to_vec::<f32>(gpu).await?[0];

@@ -36,6 +36,8 @@ pub struct LoraOptions {
     /// LoftQ's alternating iterations (`loftq_config.loftq_iter`), with init "loftq".
     pub loftq_iter: Option<usize>,
     pub layers_to_transform: Option<Vec<usize>>,
+    /// PEFT's `trainable_token_indices`: these ids' embedding rows are trained too.
+    pub trainable_token_indices: Option<Vec<u32>>,
     pub seed: Option<u64>,
 }
 
@@ -291,6 +293,7 @@ impl LoraOptions {
             Some(other) => return Err(bad("init", format!("must be \"kaiming\" or \"gaussian\", got {other:?}"))),
         };
         l.layers_to_transform = self.layers_to_transform.clone();
+        l.trainable_token_indices = self.trainable_token_indices.clone();
         Ok(AdapterRecipe::Lora(l))
     }
 

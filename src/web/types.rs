@@ -66,7 +66,11 @@ export interface LoraOptions {
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
    * `pissa_niter_${K}`, OLoRA, LoftQ with `loftqIter` iterations, default 1). */
   init?: "kaiming" | "gaussian" | "pissa" | `pissa_niter_${number}` | "olora" | "loftq"; loftqIter?: number;
-  layersToTransform?: number[]; seed?: number;
+  layersToTransform?: number[];
+  /** PEFT's `trainable_token_indices`: these token ids' embedding rows are trained beside the LoRA (and a tied
+   * lm_head's rows with them); saved as `…embed_tokens.token_adapter.trainable_tokens_delta`. */
+  trainableTokenIndices?: number[];
+  seed?: number;
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
  * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */

@@ -98,6 +98,10 @@ pub struct TrainArgs {
     /// DoRA: LoRA with a trained magnitude per output row (PEFT's use_dora).
     #[arg(long)]
     pub use_dora: bool,
+    /// Token ids whose embedding rows are trained beside the LoRA (PEFT's trainable_token_indices),
+    /// comma-separated; on a model with tied embeddings lm_head's rows follow.
+    #[arg(long, value_delimiter = ',')]
+    pub trainable_token_indices: Option<Vec<u32>>,
     /// LoRA's init_lora_weights: kaiming (PEFT's true), gaussian, pissa, pissa_niter_K, olora or
     /// loftq (NF4); pissa/olora/loftq replace the adapted base weights, and a pissa/olora adapter is
     /// saved converted to a rank-2r LoRA of the original model [default: kaiming, as PEFT].
@@ -399,6 +403,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "non_linearity" => "--non-linearity",
         "init_lora_weights" => "--init-lora-weights",
         "use_dora" => "--use-dora",
+        f if f.starts_with("trainable_token_indices") => "--trainable-token-indices",
         "loftq_config.loftq_iter" => "--loftq-iter",
         _ => return e.to_string(),
     };
@@ -423,8 +428,9 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 22] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 23] {
         [
+            ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora"]),
             ("--init-lora-weights", self.init_lora_weights.is_some(), &["lora"]),
             ("--loftq-iter", self.loftq_iter.is_some(), &["lora"]),
             ("--r", self.r.is_some(), &["lora"]),
@@ -498,6 +504,7 @@ impl TrainArgs {
                 }
                 l.use_rslora = self.rslora;
                 l.use_dora = self.use_dora;
+                l.trainable_token_indices = self.trainable_token_indices.clone();
                 l.init = match self.init_lora_weights.as_deref() {
                     Some(name) => InitLoraWeights::from_name(name, self.loftq_iter.unwrap_or(1)).map_err(flag_error)?,
                     None => l.init,

@@ -81,6 +81,14 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         };
         return Err(unsupported("adapter_config.json", detail));
     }
+    if lora.trainable_token_indices.is_some() {
+        let detail = if merging {
+            "trainable_token_indices: fold the token rows in with `webpeft merge` first and export the merged folder"
+        } else {
+            "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows"
+        };
+        return Err(unsupported("adapter_config.json", detail));
+    }
     let weights = LoraWeights::load(adapter, &lora, config).await?;
     Ok((lora, weights))
 }

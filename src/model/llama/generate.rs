@@ -33,8 +33,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, PendingRead, Recorder, Tensor};
 use crate::kernels::attention::{attention_forward_cached, write_kv_cache, Variant};
 use crate::kernels::blocked::is_real_gpu;
-use crate::kernels::embedding::embedding_weight;
-use crate::kernels::qmatmul::{qlinear, qlinear_gated};
+use crate::kernels::qmatmul::qlinear_gated;
 use crate::kernels::reduce::{argmax_rows, NO_INDEX};
 use crate::kernels::rope::rope_cached;
 use crate::kernels::sample::{
@@ -243,7 +242,7 @@ impl Model {
         self.check_seq(end)?;
         let rope = self.rope.tables(rec.gpu(), end)?;
         let d = self.config.hidden_size;
-        let mut x = embedding_weight(rec, &self.embed_tokens, &ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?;
+        let mut x = self.embed_hooked(rec, &ids.reshape(&[b * t])?, hooks)?.reshape(&[b, t, d])?;
         if front > 0 {
             let prompt = self.prompt(rec, hooks, b, front)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
@@ -290,7 +289,7 @@ impl Model {
             last
         };
         let last = self.norm.forward(rec, &last)?; // (B, D)
-        qlinear(rec, &last, &self.lm_head) // (B, V)
+        self.head(hooks).logits(rec, &last) // (B, V)
     }
 
     /// [`Model::forward_cached`] returning the logits of every new position,
@@ -305,7 +304,7 @@ impl Model {
     ) -> Result<Tensor> {
         let x = self.hidden_cached(rec, ids, cache, offset, hooks)?;
         let x = self.norm.forward(rec, &x)?;
-        qlinear(rec, &x, &self.lm_head)
+        self.head(hooks).logits(rec, &x)
     }
 
     /// Generates up to `config.max_new_tokens` tokens after `prompt_ids` (one

@@ -4,6 +4,8 @@
 //!
 //! | hook point | in the block | implemented by |
 //! |---|---|---|
+//! | [`Hooks::embedding_forward`] | after `embed_tokens` gathered the rows of the ids: may change rows in place | trainable tokens (with LoRA) |
+//! | [`Hooks::head_forward`] | after `lm_head` computed logits: may change them in place; its backward runs before the frozen head's dx = dlogits·W | trainable tokens on a tied head |
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
@@ -104,6 +106,33 @@ impl Saved {
 /// layer as it is, so [`NoHooks`] is the frozen model and a method implements
 /// only the points it uses.
 pub trait Hooks {
+    /// `embed_tokens` gathered x (N, D) for ids (N) u32: the hook may
+    /// change rows of x in place.
+    fn embedding_forward(&self, _rec: &mut Recorder, _ids: &Tensor, _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// The backward of [`Hooks::embedding_forward`]: dx (N, D), the
+    /// gradient at the embedding's output for ids (N), into the hook's
+    /// accumulators.
+    fn embedding_backward(&self, _rec: &mut Recorder, _ids: &Tensor, _dx: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// `lm_head` computed logits (n, V) from x (n, D): the hook may change
+    /// them in place.
+    fn head_forward(&self, _rec: &mut Recorder, _x: &Tensor, _logits: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// The backward of [`Hooks::head_forward`], before the frozen head's
+    /// dx += dlogits·W: the hook may change dlogits (n, V) in place (what
+    /// the frozen product should see), adds its own share of ∂/∂x into dx
+    /// (n, D), and its parameters' gradients into its accumulators.
+    fn head_backward(&self, _rec: &mut Recorder, _x: &Tensor, _dlogits: &Tensor, _dx: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
     /// V, the virtual tokens [`Hooks::prepend_forward`] puts before every
     /// row (0: none). They hold positions 0..V, the row's tokens V..V+T, and
     /// the model returns (and computes the loss on) the row's own positions only.
@@ -337,6 +366,47 @@ macro_rules! forward_hooks {
             fn frozen(&self) -> Option<Box<dyn $crate::model::llama::hooks::Hooks + '_>> {
                 let $f = self;
                 $frozen
+            }
+
+            fn embedding_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                ids: &$crate::gpu::Tensor,
+                x: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.embedding_forward(rec, ids, x)
+            }
+
+            fn embedding_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                ids: &$crate::gpu::Tensor,
+                dx: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.embedding_backward(rec, ids, dx)
+            }
+
+            fn head_forward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                x: &$crate::gpu::Tensor,
+                logits: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.head_forward(rec, x, logits)
+            }
+
+            fn head_backward(
+                &self,
+                rec: &mut $crate::gpu::Recorder,
+                x: &$crate::gpu::Tensor,
+                dlogits: &$crate::gpu::Tensor,
+                dx: &$crate::gpu::Tensor,
+            ) -> $crate::Result<()> {
+                let $s = self;
+                $hooks.head_backward(rec, x, dlogits, dx)
             }
 
             fn virtual_tokens(&self) -> usize {

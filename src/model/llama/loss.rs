@@ -7,12 +7,12 @@
 //! the gradient (and, with gradient accumulation, must be the whole
 //! accumulated batch's).
 
+use super::head::Head;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
 use crate::kernels::elementwise::fill;
 use crate::kernels::matmul::{gemm, Gemm};
-use crate::kernels::qmatmul::{qlinear_accumulate, QWeight};
 
 /// The label transformers ignores (`ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
@@ -128,15 +128,15 @@ pub fn logits_chunk_rows(vocab: usize, max_binding: u64) -> usize {
 pub fn chunked_lm_loss(
     rec: &mut Recorder,
     xn: &Tensor,
-    lm_head: &QWeight,
+    head: Head,
     targets: &[i32],
     scale: f32,
     loss: &Tensor,
     grad: bool,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "chunked_lm_loss";
-    let d = lm_head.cols;
-    let v = lm_head.rows;
+    let d = head.dim();
+    let v = head.vocab();
     let m = xn.numel() / d.max(1);
     if xn.shape().last() != Some(&d) || targets.len() != m {
         return Err(Error::shape(
@@ -160,7 +160,7 @@ pub fn chunked_lm_loss(
         let (x_n, logits_n) = (x_c.reshape_prefix(&[n, d])?, logits.reshape_prefix(&[n, v])?);
         rec.copy(xn, start as u64 * row, &x_c, 0, n as u64 * row)?;
         fill(rec, &logits_n, 0.0)?;
-        qlinear_accumulate(rec, &x_n, lm_head, &logits_n, false)?; // logits_c = x_c·Wᵀ
+        head.logits_into(rec, &x_n, &logits_n)?; // logits_c = x_c·Wᵀ
         let t = Tensor::from_slice(gpu, &[n], &targets[start..start + n])?;
         let (token_loss, lse) = cross_entropy_forward(rec, &logits_n, &t)?;
         let ones_n = ones.reshape_prefix(&[n, 1])?;
@@ -169,7 +169,7 @@ pub fn chunked_lm_loss(
             cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
             let dx_n = dx_c.reshape_prefix(&[n, d])?;
             fill(rec, &dx_n, 0.0)?;
-            qlinear_accumulate(rec, &logits_n, lm_head, &dx_n, true)?; // dxn_c = dlogits_c·W
+            head.backward_into(rec, &x_n, &logits_n, &dx_n)?; // dxn_c = dlogits_c·W
             rec.copy(dx_c, 0, dxn, start as u64 * row, n as u64 * row)?;
         }
         start += n;

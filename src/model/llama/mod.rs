@@ -19,6 +19,7 @@
 
 pub mod block;
 pub mod generate;
+pub mod head;
 pub mod hooks;
 pub mod loss;
 pub mod rope;
@@ -30,6 +31,7 @@ pub use weights::LoadProgress;
 
 pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
 pub use generate::{GenerationChoices, GenerationConfig, KvCache};
+pub use head::Head;
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
 pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
 pub use rope::RopeTables;
@@ -40,7 +42,7 @@ use self::weights::Loader;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::embedding::embedding_weight;
-use crate::kernels::qmatmul::{qlinear, qlinear_backward_input, Chunk, ChunkData, QWeight};
+use crate::kernels::qmatmul::{Chunk, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
 use crate::quant::{ComputeDtype, FourBitOptions, QuantFormat};
@@ -63,6 +65,8 @@ pub struct ModelSaved {
     rope: RopeTables,
     /// Virtual tokens put before every row (prompt tuning), 0 for none.
     virtual_tokens: usize,
+    /// The rows' ids (B·T) u32, for the embedding's backward point.
+    ids: Tensor,
 }
 
 /// A loaded model: frozen weights on the GPU, in the checkpoint's names.
@@ -324,7 +328,7 @@ impl Model {
             let t = input_ids.shape()[1];
             xn = rows::positions(rec, &xn, 1, t)?; // without the last virtual position
         }
-        let logits = qlinear(rec, &xn, &self.lm_head)?; // (B, T, V)
+        let logits = self.head(hooks).logits(rec, &xn)?; // (B, T, V)
         Ok((logits, saved))
     }
 
@@ -371,7 +375,7 @@ impl Model {
     ) -> Result<(Tensor, ModelSaved)> {
         let Some(positions) = position_ids else { return self.forward_adapted(rec, input_ids, hooks) };
         let (xn, saved) = self.hidden_packed(rec, input_ids, Some(positions), hooks, false)?; // no virtual tokens
-        Ok((qlinear(rec, &xn, &self.lm_head)?, saved))
+        Ok((self.head(hooks).logits(rec, &xn)?, saved))
     }
 
     /// [`Model::hidden_checkpointed`] of packed rows: with `position_ids`
@@ -417,7 +421,8 @@ impl Model {
         };
         let d = self.config.hidden_size;
 
-        let mut x = embedding_weight(rec, &self.embed_tokens, &input_ids.reshape(&[b * t])?)?.reshape(&[b, t, d])?; // (B, T, D)
+        let ids = input_ids.reshape(&[b * t])?;
+        let mut x = self.embed_hooked(rec, &ids, hooks)?.reshape(&[b, t, d])?; // (B, T, D)
         if v > 0 {
             let prompt = self.prompt(rec, hooks, b, v)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
@@ -434,7 +439,20 @@ impl Model {
             x = rows::positions(rec, &x, v - 1, t + 1)?;
         }
         let (xn, rstd) = self.norm.forward_saving(rec, &x)?; // (B, T, D), or (B, 1+T, D)
-        Ok((xn, ModelSaved { layers, x, rstd, rope, virtual_tokens: v }))
+        Ok((xn, ModelSaved { layers, x, rstd, rope, virtual_tokens: v, ids }))
+    }
+
+    /// Rows of `model.embed_tokens` for ids (N) u32, (N, D), through the
+    /// hooks' embedding point.
+    pub fn embed_hooked(&self, rec: &mut Recorder, ids: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
+        let x = embedding_weight(rec, &self.embed_tokens, ids)?; // (N, D)
+        hooks.embedding_forward(rec, ids, &x)?;
+        Ok(x)
+    }
+
+    /// `lm_head` through the hooks' head point.
+    pub fn head<'a>(&'a self, hooks: &'a dyn Hooks) -> Head<'a> {
+        Head { weight: &self.lm_head, hooks }
     }
 
     /// Rows of `model.embed_tokens` for token ids (N) u32: (N, D), copied.
@@ -462,7 +480,20 @@ impl Model {
     /// keep them. Nothing frozen gets a gradient, and the embedding input
     /// needs none.
     pub fn backward(&self, rec: &mut Recorder, dlogits: &Tensor, saved: &ModelSaved, hooks: &dyn Hooks) -> Result<()> {
-        let mut dxn = qlinear_backward_input(rec, dlogits, &self.lm_head)?; // (B, T, D)
+        // The head's input again (the head's backward point reads it): model.norm of the saved x.
+        let mut xn = self.norm.forward(rec, &saved.x)?;
+        if saved.virtual_tokens > 0 {
+            xn = rows::positions(rec, &xn, 1, xn.shape()[1] - 1)?; // the rows' own positions, as the logits
+        }
+        let (n, d) = (xn.numel() / self.config.hidden_size, self.config.hidden_size);
+        let mut dxn = rec.zeros(xn.shape(), DType::F32)?; // (B, T, D)
+        let v = self.lm_head.rows;
+        self.head(hooks).backward_into(
+            rec,
+            &xn.reshape(&[n, d])?,
+            &dlogits.reshape(&[n, v])?,
+            &dxn.reshape(&[n, d])?,
+        )?;
         if saved.virtual_tokens > 0 {
             dxn = rows::pad_front(rec, &dxn, 1)?; // the last virtual position's logits were not returned
         }
@@ -495,6 +526,9 @@ impl Model {
         if v > 0 {
             let d_prompt = rows::positions(rec, &dx, 0, v)?; // (B, V, D)
             hooks.prepend_backward(rec, &d_prompt)?;
+        } else {
+            let n = saved.ids.numel();
+            hooks.embedding_backward(rec, &saved.ids, &dx.reshape(&[n, self.config.hidden_size])?)?;
         }
         Ok(())
     }

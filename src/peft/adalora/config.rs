@@ -171,6 +171,12 @@ impl AdaLoraConfig {
             total_step,
             rank_pattern,
         };
+        if c.lora.trainable_token_indices.is_some() {
+            return Err(Error::AdapterUnsupported {
+                field: "trainable_token_indices".into(),
+                detail: "trainable tokens are trained beside a LoRA, not an AdaLoRA (must be null)".into(),
+            });
+        }
         c.validate()?;
         Ok(c)
     }

@@ -13,6 +13,7 @@ use super::LoraConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::Config;
+use crate::peft::trainable_tokens::{TokenWeights, TrainableTokens, DELTA_KEY};
 
 /// PEFT's prefix on saved keys.
 const KEY_PREFIX: &str = "base_model.model.";
@@ -30,6 +31,9 @@ pub struct LoraAdapter {
     /// converted to a LoRA on the original base (see [`super::convert`]).
     /// `None` for every other adapter.
     pub initial: Option<Arc<LoraWeights>>,
+    /// PEFT's trainable tokens (`trainable_token_indices`): embedding rows
+    /// trained beside the factors.
+    pub tokens: Option<TrainableTokens>,
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -73,7 +77,22 @@ impl LoraAdapter {
             }
             layers[layer][proj] = Some(LoraFactors { a, b, m });
         }
-        Ok(LoraAdapter { config, layers, initial: None })
+        let tokens = match (&config.trainable_token_indices, &weights.tokens) {
+            (Some(ids), Some(rows)) => Some(TrainableTokens::upload(gpu, ids, &rows.values, model)?),
+            (None, None) => None,
+            (ids, _) => {
+                return Err(Error::AdapterTensor {
+                    tensor: DELTA_KEY.into(),
+                    file: super::ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!(
+                        "present: {}, but trainable_token_indices is {}",
+                        weights.tokens.is_some(),
+                        if ids.is_some() { "set" } else { "null" }
+                    ),
+                })
+            }
+        };
+        Ok(LoraAdapter { config, layers, initial: None, tokens })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -100,7 +119,14 @@ impl LoraAdapter {
                 modules.insert(module_name(i, j), LoraPair { a, b, m, in_features, out_features });
             }
         }
-        Ok(LoraWeights { r: self.config.r, modules })
+        let tokens = match &self.tokens {
+            Some(t) => Some(TokenWeights {
+                shape: [t.indices.len(), t.delta.shape()[1]],
+                values: t.delta.to_vec::<f32>(gpu).await?,
+            }),
+            None => None,
+        };
+        Ok(LoraWeights { r: self.config.r, modules, tokens })
     }
 
     /// Zeros of the same shapes: gradients, AdamW moments.
@@ -116,11 +142,13 @@ impl LoraAdapter {
                 Ok(out)
             })
             .collect::<Result<_>>()?;
-        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None })
+        let tokens = self.tokens.as_ref().map(|t| t.zeros_like(gpu)).transpose()?;
+        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens })
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
-    /// layer then module order (A, B, then DoRA's `lora_magnitude_vector`).
+    /// layer then module order (A, B, then DoRA's `lora_magnitude_vector`),
+    /// then the trainable token rows.
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -135,7 +163,22 @@ impl LoraAdapter {
                 }
             }
         }
+        if let Some(t) = &self.tokens {
+            out.push((DELTA_KEY.to_string(), &t.delta));
+        }
         out
+    }
+
+    /// Sets what starts from `model`'s weights: DoRA's magnitudes and the
+    /// trainable token rows (the embedding's own, as PEFT starts them).
+    pub fn init_from_model(&self, gpu: &Gpu, model: &crate::model::Model) -> Result<()> {
+        if self.config.use_dora {
+            self.init_magnitudes(gpu, model)?;
+        }
+        if let Some(t) = &self.tokens {
+            t.start_from_embedding(gpu, model)?;
+        }
+        Ok(())
     }
 
     /// The factor on the LoRA term, in f32 as PEFT's `scaling` meets the f32 product.

@@ -163,6 +163,10 @@ pub struct LoraConfig {
     pub base_model_name_or_path: Option<String>,
     /// Written as PEFT writes it (true after `save_pretrained`); informational.
     pub inference_mode: bool,
+    /// PEFT's `trainable_token_indices`: these ids' rows of `embed_tokens`
+    /// are trained beside the LoRA (and, on a model with tied embeddings,
+    /// the same rows of `lm_head`; see [`crate::peft::trainable_tokens`]).
+    pub trainable_token_indices: Option<Vec<u32>>,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -188,6 +192,7 @@ impl LoraConfig {
             layers_to_transform: None,
             base_model_name_or_path: None,
             inference_mode: false,
+            trainable_token_indices: None,
         };
         c.validate()?;
         Ok(c)
@@ -330,7 +335,8 @@ impl LoraConfig {
                 return Err(unsupported(key, "per-module ranks and alphas are not supported (must be {})"));
             }
         }
-        for key in ["layer_replication", "exclude_modules", "trainable_token_indices", "target_parameters"] {
+        let trainable_token_indices = crate::peft::trainable_tokens::parse_indices(&f)?;
+        for key in ["layer_replication", "exclude_modules", "target_parameters"] {
             if !f.is_empty(key) {
                 return Err(unsupported(key, "must be null"));
             }
@@ -349,6 +355,7 @@ impl LoraConfig {
             layers_to_transform,
             base_model_name_or_path,
             inference_mode,
+            trainable_token_indices,
         };
         c.validate()?;
         Ok(c)
@@ -411,7 +418,7 @@ impl LoraConfig {
             "target_modules": target_modules,
             "target_parameters": null,
             "task_type": "CAUSAL_LM",
-            "trainable_token_indices": null,
+            "trainable_token_indices": self.trainable_token_indices,
             "use_bdlora": null,
             "use_dora": self.use_dora,
             "use_qalora": false,

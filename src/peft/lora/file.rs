@@ -12,6 +12,7 @@ use super::config::{module_name, LoraConfig, LORA_MODULES};
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::source::ModelFiles;
 use crate::model::Config;
+use crate::peft::trainable_tokens::{TokenWeights, DELTA_KEY};
 use crate::{Error, Result};
 
 /// The config file of an adapter folder.
@@ -89,6 +90,9 @@ pub struct LoraWeights {
     pub r: usize,
     /// Keyed by module name (`model.layers.0.self_attn.q_proj`).
     pub modules: BTreeMap<String, LoraPair>,
+    /// The trainable token rows (k, hidden) where the config has
+    /// `trainable_token_indices`.
+    pub tokens: Option<TokenWeights>,
 }
 
 fn tensor_error(tensor: &str, file: &str, detail: impl Into<String>) -> Error {
@@ -113,7 +117,11 @@ impl LoraWeights {
                 (m.name, pair)
             })
             .collect();
-        Ok(LoraWeights { r, modules })
+        let tokens = lora.trainable_token_indices.as_ref().map(|ids| TokenWeights {
+            shape: [ids.len(), config.hidden_size],
+            values: vec![0.0; ids.len() * config.hidden_size],
+        });
+        Ok(LoraWeights { r, modules, tokens })
     }
 
     /// Reads `adapter_model.safetensors` from an adapter folder and checks it
@@ -142,6 +150,9 @@ impl LoraWeights {
                 expected.insert(m.key_m(), vec![m.out_features]);
             }
         }
+        if let Some(ids) = &lora.trainable_token_indices {
+            expected.insert(DELTA_KEY.into(), vec![ids.len(), config.hidden_size]);
+        }
         // Unexpected keys first (the whole file is checked before any data is read).
         for t in file.tensors() {
             if !expected.contains_key(&t.name) {
@@ -149,6 +160,8 @@ impl LoraWeights {
                     " (saved keys have no `.default.`)"
                 } else if t.name.contains("lora_magnitude_vector") {
                     " (a DoRA tensor, but adapter_config.json has no `use_dora: true`)"
+                } else if t.name == DELTA_KEY {
+                    " (trainable token rows, but adapter_config.json has no `trainable_token_indices`)"
                 } else if t.name.contains("lora_") {
                     " (a LoRA tensor for a module adapter_config.json does not target)"
                 } else {
@@ -161,6 +174,8 @@ impl LoraWeights {
             let Some(info) = file.get(key) else {
                 let what = if key.ends_with(".lora_magnitude_vector") {
                     "missing: adapter_config.json has `use_dora: true` and targets this module"
+                } else if key == DELTA_KEY {
+                    "missing: adapter_config.json has `trainable_token_indices`"
                 } else {
                     "missing: adapter_config.json targets this module"
                 };
@@ -170,7 +185,10 @@ impl LoraWeights {
                 return Err(tensor_error(
                     key,
                     &fname,
-                    format!("shape {:?}, expected {shape:?} for r = {r} and this model's config", info.shape),
+                    format!(
+                    "shape {:?}, expected {shape:?} for r = {r}, the config's trainable tokens and this model's config",
+                    info.shape
+                ),
                 ));
             }
             if !matches!(info.dtype, ::safetensors::Dtype::F32 | ::safetensors::Dtype::F16 | ::safetensors::Dtype::BF16)
@@ -185,12 +203,19 @@ impl LoraWeights {
             let mag = if lora.use_dora { Some(file.read_f32(&m.key_m()).await?) } else { None };
             out.insert(m.name, LoraPair { a, b, m: mag, in_features: m.in_features, out_features: m.out_features });
         }
-        Ok(LoraWeights { r, modules: out })
+        let tokens = match &lora.trainable_token_indices {
+            Some(ids) => {
+                Some(TokenWeights { shape: [ids.len(), config.hidden_size], values: file.read_f32(DELTA_KEY).await? })
+            }
+            None => None,
+        };
+        Ok(LoraWeights { r, modules: out, tokens })
     }
 
     /// The weights as PEFT's `adapter_model.safetensors`: keys
     /// `base_model.model.<module>.lora_{A,B}.weight` (and DoRA's
-    /// `….lora_magnitude_vector`), f32, sorted,
+    /// `….lora_magnitude_vector`, the trainable token rows'
+    /// [`DELTA_KEY`]), f32, sorted,
     /// `__metadata__` `{"format":"pt"}`.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let r = self.r;
@@ -218,6 +243,16 @@ impl LoraWeights {
             if let Some(m) = &p.m {
                 tensors.insert(format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), (vec![p.out_features], bytes(m)));
             }
+        }
+        if let Some(t) = &self.tokens {
+            if t.values.len() != t.shape[0] * t.shape[1] {
+                return Err(Error::AdapterTensor {
+                    tensor: DELTA_KEY.into(),
+                    file: ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!("{} values for shape {:?}", t.values.len(), t.shape),
+                });
+            }
+            tensors.insert(DELTA_KEY.into(), (t.shape.to_vec(), bytemuck::cast_slice::<f32, u8>(&t.values).to_vec()));
         }
         let views = tensors
             .iter()

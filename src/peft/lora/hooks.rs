@@ -15,6 +15,7 @@ use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
 use crate::peft::pass::{mismatch, Pass};
 use crate::peft::shared_input::{any_shared, shared_term};
+use crate::peft::trainable_tokens::{hooks as token_hooks, TrainableTokens};
 use crate::util::rng::pcg_hash;
 
 impl LoraAdapter {
@@ -45,6 +46,11 @@ impl Pass<'_, LoraAdapter> {
         lora_dropout(self, self.params.config.lora_dropout, layer, proj)
     }
 
+    /// The trainable token rows' gradient accumulator, for a backward.
+    fn token_grads(&self, op: &'static str) -> Result<&TrainableTokens> {
+        self.grads(op)?.tokens.as_ref().ok_or_else(|| mismatch(op, "the trainable token rows".into()))
+    }
+
     /// The factors on `proj` and their gradient accumulators, for a backward.
     fn with_grads(&self, op: &'static str, layer: usize, proj: Proj) -> Result<(&LoraFactors, &LoraFactors)> {
         let at = || mismatch(op, format!("layer {layer} {}", proj.name()));
@@ -64,6 +70,34 @@ impl LoraAdapter {
 }
 
 impl Hooks for Pass<'_, LoraAdapter> {
+    fn embedding_forward(&self, rec: &mut Recorder, ids: &Tensor, x: &Tensor) -> Result<()> {
+        match &self.params.tokens {
+            Some(t) => token_hooks::embedding_forward(t, rec, ids, x),
+            None => Ok(()),
+        }
+    }
+
+    fn embedding_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
+        match &self.params.tokens {
+            Some(t) => token_hooks::embedding_backward(t, self.token_grads("embedding_backward")?, rec, ids, dx),
+            None => Ok(()),
+        }
+    }
+
+    fn head_forward(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
+        match &self.params.tokens {
+            Some(t) => token_hooks::head_forward(t, rec, x, logits),
+            None => Ok(()),
+        }
+    }
+
+    fn head_backward(&self, rec: &mut Recorder, x: &Tensor, dlogits: &Tensor, dx: &Tensor) -> Result<()> {
+        match &self.params.tokens {
+            Some(t) => token_hooks::head_backward(t, self.token_grads("head_backward")?, rec, x, dlogits, dx),
+            None => Ok(()),
+        }
+    }
+
     fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {
         // A DoRA layer rescales its Linear's output in `linear_forward`.
         self.params.factors(layer, site.output_proj()).is_none_or(|f| f.m.is_none())

@@ -1,0 +1,51 @@
+//! Trainable tokens at the model's embedding and head points
+//! ([`Hooks::embedding_forward`](crate::model::llama::hooks::Hooks::embedding_forward)
+//! and the rest): the method that carries them (LoRA) calls these from its
+//! own hooks. The head points do nothing where `lm_head` is not tied.
+
+use super::TrainableTokens;
+use crate::error::Result;
+use crate::gpu::{Recorder, Tensor};
+use crate::kernels::token_rows::{
+    token_columns_backward, token_columns_forward, token_rows_backward, token_rows_forward,
+};
+
+/// x (N, D), gathered for ids (N): the trainable ids' rows replaced.
+pub(crate) fn embedding_forward(t: &TrainableTokens, rec: &mut Recorder, ids: &Tensor, x: &Tensor) -> Result<()> {
+    token_rows_forward(rec, t.rows(), ids, x)
+}
+
+/// The rows' gradient from dx (N, D) at the embedding's output, into `grads`.
+pub(crate) fn embedding_backward(
+    t: &TrainableTokens,
+    grads: &TrainableTokens,
+    rec: &mut Recorder,
+    ids: &Tensor,
+    dx: &Tensor,
+) -> Result<()> {
+    token_rows_backward(rec, t.rows(), ids, dx, &grads.delta)
+}
+
+/// logits (n, V) from x (n, D): the trainable ids' columns from their rows.
+pub(crate) fn head_forward(t: &TrainableTokens, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
+    if !t.tied {
+        return Ok(());
+    }
+    token_columns_forward(rec, t.rows(), x, logits)
+}
+
+/// Before the frozen head's dx = dlogits·W: the trainable columns taken out
+/// of dlogits (n, V), their share added into dx (n, D) and `grads`.
+pub(crate) fn head_backward(
+    t: &TrainableTokens,
+    grads: &TrainableTokens,
+    rec: &mut Recorder,
+    x: &Tensor,
+    dlogits: &Tensor,
+    dx: &Tensor,
+) -> Result<()> {
+    if !t.tied {
+        return Ok(());
+    }
+    token_columns_backward(rec, t.rows(), x, dlogits, dx, &grads.delta)
+}
