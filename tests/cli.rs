@@ -681,6 +681,37 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
 }
 
 #[test]
+fn train_trainable_tokens_alone_stop_resume_and_merge() {
+    let dir = TempDir::new("train-tokens-alone");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = ["--method", "trainable_tokens", "--trainable-token-indices", "5,82,381", "--quant", "nf4"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["peft_type"], "TRAINABLE_TOKENS", "{config}");
+    assert_eq!(config["token_indices"], serde_json::json!([5, 82, 381]), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(st.names(), ["base_model.model.model.embed_tokens.trainable_tokens_delta"]);
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    // Its one option is required, and the others are refused.
+    let err = failure(&train(
+        &data,
+        &["--method", "trainable_tokens", "--steps", "1", "--lr", "1e-3", "--out", &dir.join("x")],
+    ));
+    assert!(err.contains("--trainable-token-indices") && err.contains("needs the ids"), "{err}");
+    let bad = ["--method", "trainable_tokens", "--trainable-token-indices", "5", "--r", "4", "--steps", "1"];
+    let err = failure(&train(&data, &[&bad[..], &["--lr", "1e-3", "--out", &dir.join("x")]].concat()));
+    assert!(
+        err.contains("--r is not an option of --method trainable_tokens, which takes only --trainable-token-indices"),
+        "{err}"
+    );
+}
+
+#[test]
 fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
     let dir = TempDir::new("train-pt");
     let data = write_data(&dir);

@@ -177,6 +177,33 @@ fn trainable_tokens_on(gpu: &Gpu) {
     }
 }
 
+/// PEFT's TRAINABLE_TOKENS by itself (`trainable_tokens/alone`): logits,
+/// loss, the rows' gradient, 10 AdamW steps, greedy decoding, the starting
+/// rows, and PEFT's files (on the tied model the rows twice, under
+/// embed_tokens' and lm_head's keys), on both kernel families.
+#[test]
+fn trainable_tokens_alone_match_peft() {
+    for gpu in [gpu(), common::gpu_family()] {
+        for name in ["llama_gqa", "qwen2_tied"] {
+            let model = common::fixture_model(gpu, name);
+            let dir = format!("trainable_tokens/alone/{name}");
+            let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+            let initial =
+                || common::fixture_adapter(gpu, &model, &format!("{dir}/initial_adapter"), "trainable_tokens");
+            common::check_logits_training_and_greedy(gpu, &model, name, &initial, &fx, &fx.f32("logits"), 0);
+            common::assert_files_are_peft(gpu, &initial(), &model.config, &format!("{dir}/initial_adapter"));
+            let Adapter::TrainableTokens(t) = initial() else { unreachable!() };
+            let mut config = t.config.clone();
+            config.inference_mode = false;
+            let fresh = Adapter::new_for_model(gpu, AdapterConfig::TrainableTokens(config), &model, None, 0).unwrap();
+            let Adapter::TrainableTokens(f) = &fresh else { unreachable!() };
+            let original =
+                Fixture::open(&format!("trainable_tokens/{name}/reference.safetensors")).f32("original_rows");
+            assert_eq!(read(gpu, &f.tokens.delta), original, "{name}: starting rows");
+        }
+    }
+}
+
 /// Token rows change generation through the embedding (and a tied head):
 /// with the rows set to the embedding's own, the adapter's logits are the
 /// LoRA's alone.
@@ -239,6 +266,28 @@ fn bad_trainable_tokens_are_typed_errors() {
     let mut c = config.clone();
     c["trainable_token_indices"] = serde_json::json!({"embed_tokens": [258, 5, 82, 40, 274]});
     block_on(Adapter::load(gpu, &files(&c), &model.config)).unwrap();
+
+    // TRAINABLE_TOKENS by itself: its embedding only, its ids required, no tied head's rows on an untied model.
+    let alone = fixture("trainable_tokens/alone/qwen2_tied/initial_adapter");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(alone.join("adapter_config.json")).unwrap()).unwrap();
+    let tied_rows = std::fs::read(alone.join("adapter_model.safetensors")).unwrap();
+    let load_alone = |c: &serde_json::Value, model: &webpeft::model::Model| {
+        let mut mem = MemoryFiles::new();
+        mem.insert("adapter_config.json", serde_json::to_vec(c).unwrap());
+        mem.insert("adapter_model.safetensors", tied_rows.clone());
+        block_on(Adapter::load(gpu, &mem, &model.config)).map(|_| ()).unwrap_err().to_string()
+    };
+    let mut c = config.clone();
+    c["target_modules"] = serde_json::json!("lm_head");
+    let e = load_alone(&c, &model);
+    assert!(e.contains("target_modules") && e.contains("embed_tokens only"), "{e}");
+    let mut c = config.clone();
+    c.as_object_mut().unwrap().remove("token_indices");
+    let e = load_alone(&c, &model);
+    assert!(e.contains("token_indices") && e.contains("missing"), "{e}");
+    let e = load_alone(&config, &model); // llama_gqa's head is not tied
+    assert!(e.contains("base_model.model.lm_head.trainable_tokens_delta") && e.contains("not tied"), "{e}");
 }
 
 /// `webpeft merge` folds the rows into the embedding (and so into a tied

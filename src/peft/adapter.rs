@@ -10,6 +10,7 @@ use super::p_tuning::{PTuningAdapter, PTuningConfig};
 use super::pass::{Memo, Pass};
 use super::prefix_tuning::{PrefixTuningAdapter, PrefixTuningConfig};
 use super::prompt_tuning::{PromptTuningAdapter, PromptTuningConfig, PromptTuningInit};
+use super::trainable_tokens::{TrainableTokensAdapter, TrainableTokensConfig};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::llama::hooks::{Hooks, NoHooks};
@@ -27,6 +28,7 @@ pub enum Adapter {
     PrefixTuning(PrefixTuningAdapter),
     AdaLora(AdaLoraAdapter),
     PTuning(PTuningAdapter),
+    TrainableTokens(TrainableTokensAdapter),
 }
 
 /// An adapter's configuration, whatever its method, as its library writes
@@ -40,6 +42,7 @@ pub enum AdapterConfig {
     PrefixTuning(PrefixTuningConfig),
     AdaLora(AdaLoraConfig),
     PTuning(PTuningConfig),
+    TrainableTokens(TrainableTokensConfig),
 }
 
 impl AdapterConfig {
@@ -52,6 +55,7 @@ impl AdapterConfig {
             "prefix_tuning" => AdapterConfig::PrefixTuning(PrefixTuningConfig::from_json(json)?),
             "adalora" => AdapterConfig::AdaLora(AdaLoraConfig::from_json(json)?),
             "p_tuning" => AdapterConfig::PTuning(PTuningConfig::from_json(json)?),
+            "trainable_tokens" => AdapterConfig::TrainableTokens(TrainableTokensConfig::from_json(json)?),
             "seq_bn" | "double_seq_bn" | "par_bn" => AdapterConfig::Bottleneck(BottleneckConfig::from_json(json)?),
             other => return Err(Error::invalid("AdapterConfig", format!("unknown method {other:?}"))),
         })
@@ -77,6 +81,7 @@ impl AdapterConfig {
             AdapterConfig::PrefixTuning(c) => c.to_json(),
             AdapterConfig::AdaLora(c) => c.to_json(),
             AdapterConfig::PTuning(c) => c.to_json(),
+            AdapterConfig::TrainableTokens(c) => c.to_json(),
         }
     }
 }
@@ -92,6 +97,7 @@ pub enum AdapterPass<'a> {
     PrefixTuning(Pass<'a, PrefixTuningAdapter>),
     AdaLora(Pass<'a, AdaLoraAdapter>),
     PTuning(Pass<'a, PTuningAdapter>),
+    TrainableTokens(Pass<'a, TrainableTokensAdapter>),
 }
 
 impl<'a> AdapterPass<'a> {
@@ -105,6 +111,7 @@ impl<'a> AdapterPass<'a> {
             AdapterPass::PrefixTuning(p) => p,
             AdapterPass::AdaLora(p) => p,
             AdapterPass::PTuning(p) => p,
+            AdapterPass::TrainableTokens(p) => p,
         }
     }
 }
@@ -142,6 +149,12 @@ impl Adapter {
             (Adapter::PTuning(params), Some(Adapter::PTuning(g))) => {
                 AdapterPass::PTuning(Pass::new(params, Some(g), dropout_seed))
             }
+            (Adapter::TrainableTokens(params), None) => {
+                AdapterPass::TrainableTokens(Pass::new(params, None, dropout_seed))
+            }
+            (Adapter::TrainableTokens(params), Some(Adapter::TrainableTokens(g))) => {
+                AdapterPass::TrainableTokens(Pass::new(params, Some(g), dropout_seed))
+            }
             (_, Some(g)) => {
                 return Err(Error::invalid(
                     "Adapter::pass",
@@ -161,6 +174,7 @@ impl Adapter {
             Adapter::PrefixTuning(p) => AdapterPass::PrefixTuning(Pass::eval(p)),
             Adapter::AdaLora(a) => AdapterPass::AdaLora(Pass::eval(a)),
             Adapter::PTuning(p) => AdapterPass::PTuning(Pass::eval(p)),
+            Adapter::TrainableTokens(t) => AdapterPass::TrainableTokens(Pass::eval(t)),
         }
     }
 }
@@ -217,6 +231,7 @@ impl Adapter {
             AdapterPass::PrefixTuning(p) => p.memo = Some(memo),
             AdapterPass::AdaLora(p) => p.memo = Some(memo),
             AdapterPass::PTuning(p) => p.memo = Some(memo),
+            AdapterPass::TrainableTokens(p) => p.memo = Some(memo),
         }
         pass
     }
@@ -233,6 +248,7 @@ impl Adapter {
             Adapter::PrefixTuning(p) => Adapter::PrefixTuning(p.zeros_like(gpu)?),
             Adapter::AdaLora(a) => Adapter::AdaLora(a.zeros_like(gpu)?),
             Adapter::PTuning(p) => Adapter::PTuning(p.zeros_like(gpu)?),
+            Adapter::TrainableTokens(t) => Adapter::TrainableTokens(t.zeros_like(gpu)?),
         })
     }
 
@@ -246,6 +262,7 @@ impl Adapter {
             Adapter::PrefixTuning(p) => p.tensors(),
             Adapter::AdaLora(a) => a.tensors(),
             Adapter::PTuning(p) => p.tensors(),
+            Adapter::TrainableTokens(t) => t.tensors(),
         }
     }
 
@@ -269,6 +286,7 @@ impl Adapter {
             Adapter::PrefixTuning(_) => "prefix_tuning",
             Adapter::AdaLora(_) => "adalora",
             Adapter::PTuning(_) => "p_tuning",
+            Adapter::TrainableTokens(_) => "trainable_tokens",
         }
     }
 }
@@ -280,7 +298,11 @@ impl Adapter {
             Adapter::Lora(l) => l.config.lora_dropout > 0.0,
             Adapter::Bottleneck(b) => b.config.dropout > 0.0,
             Adapter::AdaLora(a) => a.config.lora.lora_dropout > 0.0,
-            Adapter::Ia3(_) | Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => false,
+            Adapter::Ia3(_)
+            | Adapter::PromptTuning(_)
+            | Adapter::PrefixTuning(_)
+            | Adapter::PTuning(_)
+            | Adapter::TrainableTokens(_) => false,
         }
     }
 }
@@ -321,6 +343,14 @@ impl Adapter {
             }
             AdapterConfig::AdaLora(c) => Ok(Adapter::AdaLora(AdaLoraAdapter::init(gpu, c, model, seed)?)),
             AdapterConfig::PTuning(c) => Ok(Adapter::PTuning(PTuningAdapter::init(gpu, c, model, seed)?)),
+            AdapterConfig::TrainableTokens(c) if !c.init_weights => {
+                let values = Rng::new(seed).normal_vec(c.token_indices.len() * model.hidden_size, 1.0);
+                Ok(Adapter::TrainableTokens(TrainableTokensAdapter::upload(gpu, c, &values, model)?))
+            }
+            AdapterConfig::TrainableTokens(_) => Err(Error::invalid(
+                "Adapter::new",
+                "trainable tokens start from the model's embedding rows: use Adapter::new_for_model",
+            )),
         }
     }
 
@@ -336,6 +366,9 @@ impl Adapter {
         match config {
             AdapterConfig::PromptTuning(c) => {
                 Ok(Adapter::PromptTuning(PromptTuningAdapter::init(gpu, c, model, tokenizer, seed)?))
+            }
+            AdapterConfig::TrainableTokens(c) => {
+                Ok(Adapter::TrainableTokens(TrainableTokensAdapter::init(gpu, c, model, seed)?))
             }
             AdapterConfig::Lora(c) if c.use_dora || c.trainable_token_indices.is_some() => {
                 let ad = Adapter::new_lora(gpu, c, &model.config, seed)?;
@@ -410,10 +443,13 @@ impl Adapter {
                 Some("PREFIX_TUNING") => Adapter::PrefixTuning(PrefixTuningAdapter::load(gpu, files, model).await?),
                 Some("ADALORA") => Adapter::AdaLora(AdaLoraAdapter::load(gpu, files, model).await?),
                 Some("P_TUNING") => Adapter::PTuning(PTuningAdapter::load(gpu, files, model).await?),
+                Some("TRAINABLE_TOKENS") => {
+                    Adapter::TrainableTokens(TrainableTokensAdapter::load(gpu, files, model).await?)
+                }
                 Some(other) if other != "LORA" => {
                     return Err(Error::AdapterUnsupported {
                         field: "peft_type".into(),
-                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, ADALORA, IA3, PROMPT_TUNING, PREFIX_TUNING and P_TUNING adapters (and AdapterHub's bottleneck adapters)"),
+                        detail: format!("\"{other}\": webpeft loads PEFT's LORA, ADALORA, IA3, PROMPT_TUNING, PREFIX_TUNING, P_TUNING and TRAINABLE_TOKENS adapters (and AdapterHub's bottleneck adapters)"),
                     })
                 }
                 _ => Adapter::Lora(LoraAdapter::load(gpu, files, model).await?),
@@ -475,6 +511,10 @@ impl Adapter {
                 (ADAPTER_CONFIG_FILE.to_string(), p.config.to_json().into_bytes()),
                 (ADAPTER_WEIGHTS_FILE.to_string(), p.to_safetensors_bytes(gpu).await?),
             ],
+            Adapter::TrainableTokens(t) => vec![
+                (ADAPTER_CONFIG_FILE.to_string(), t.config.to_json().into_bytes()),
+                (ADAPTER_WEIGHTS_FILE.to_string(), t.to_safetensors_bytes(gpu).await?),
+            ],
         })
     }
 
@@ -488,6 +528,7 @@ impl Adapter {
             Adapter::PrefixTuning(p) => p.config.to_json(),
             Adapter::AdaLora(a) => a.config.to_json(),
             Adapter::PTuning(p) => p.config.to_json(),
+            Adapter::TrainableTokens(t) => t.config.to_json(),
         }
     }
 

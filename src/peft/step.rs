@@ -47,7 +47,14 @@ impl Adapter {
             (Adapter::PrefixTuning(p), Adapter::PrefixTuning(g)) => p.record_backprop(rec, g),
             (Adapter::PTuning(p), Adapter::PTuning(g)) => p.record_backprop(rec, g),
             (Adapter::AdaLora(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_), g) => Err(self.grads_mismatch(g)),
-            (Adapter::Lora(_) | Adapter::Bottleneck(_) | Adapter::Ia3(_) | Adapter::PromptTuning(_), _) => Ok(()),
+            (
+                Adapter::Lora(_)
+                | Adapter::Bottleneck(_)
+                | Adapter::Ia3(_)
+                | Adapter::PromptTuning(_)
+                | Adapter::TrainableTokens(_),
+                _,
+            ) => Ok(()),
         }
     }
 
@@ -60,7 +67,14 @@ impl Adapter {
             (Adapter::AdaLora(_), g) => Err(self.grads_mismatch(g)),
             // The prompt from the updated encoder.
             (Adapter::PrefixTuning(_) | Adapter::PTuning(_), _) => self.record_derive(rec),
-            (Adapter::Lora(_) | Adapter::Bottleneck(_) | Adapter::Ia3(_) | Adapter::PromptTuning(_), _) => Ok(()),
+            (
+                Adapter::Lora(_)
+                | Adapter::Bottleneck(_)
+                | Adapter::Ia3(_)
+                | Adapter::PromptTuning(_)
+                | Adapter::TrainableTokens(_),
+                _,
+            ) => Ok(()),
         }
     }
 
@@ -74,7 +88,8 @@ impl Adapter {
             | Adapter::Bottleneck(_)
             | Adapter::Ia3(_)
             | Adapter::PromptTuning(_)
-            | Adapter::AdaLora(_) => Ok(()),
+            | Adapter::AdaLora(_)
+            | Adapter::TrainableTokens(_) => Ok(()),
         }
     }
 

@@ -24,6 +24,7 @@ use crate::peft::encoder::TABLE_KEY;
 use crate::peft::p_tuning::PTuningAdapter;
 use crate::peft::prefix_tuning::PrefixTuningAdapter;
 use crate::peft::prompt_tuning::PromptTuningAdapter;
+use crate::peft::trainable_tokens::TrainableTokensAdapter;
 
 /// The file name the CLI writes next to the adapter.
 pub const CHECKPOINT_FILE: &str = "training_state.safetensors";
@@ -160,6 +161,10 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
         AdapterConfig::PTuning(c) if direct => {
             let zeros = vec![0.0; c.num_virtual_tokens * c.token_dim];
             Adapter::PTuning(PTuningAdapter::upload(gpu, c, &zeros)?)
+        }
+        AdapterConfig::TrainableTokens(c) => {
+            let zeros = vec![0.0; c.token_indices.len() * model.hidden_size];
+            Adapter::TrainableTokens(TrainableTokensAdapter::upload(gpu, c, &zeros, model)?)
         }
         c => Adapter::new(gpu, c, model, 0)?,
     };

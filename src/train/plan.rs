@@ -70,6 +70,8 @@ pub enum PlanAdapter {
     PrefixTuning { virtual_tokens: usize, encoder_hidden: Option<usize> },
     /// P-tuning: prompt tuning's virtual tokens, made by an MLP `encoder_hidden` wide.
     PTuning { virtual_tokens: usize, encoder_hidden: usize },
+    /// Trainable token rows by themselves (PEFT's TRAINABLE_TOKENS): `rows` rows of the embedding.
+    TrainableTokens { rows: usize },
 }
 
 /// Bytes, by what holds them.
@@ -190,6 +192,7 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         }
         PlanAdapter::Ia3 { modules } => layers * modules.iter().map(|(t, ff)| ia3_len(config, t, *ff)).sum::<u64>(),
         PlanAdapter::PromptTuning { virtual_tokens } => *virtual_tokens as u64 * d,
+        PlanAdapter::TrainableTokens { rows } => *rows as u64 * d,
         PlanAdapter::PrefixTuning { virtual_tokens, encoder_hidden: None } => layers * 2 * *virtual_tokens as u64 * kv,
         // Every copy of a reparametrised adapter (gradients, moments, backups)
         // holds the table and MLP, the prompt they make and the MLP's saved
@@ -273,6 +276,8 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
         // The rows with the prompt before them, and in the backward their
         // gradient padded back to every position.
         PlanAdapter::PromptTuning { .. } | PlanAdapter::PTuning { .. } => work += 2 * m * d,
+        // A tied head's backward takes the rows' columns of each logits chunk: (M, rows).
+        PlanAdapter::TrainableTokens { rows } => work += m * *rows as u64,
         PlanAdapter::PrefixTuning { virtual_tokens, .. } => {
             // Attention keeps q, k, v, its output and logsumexp over the
             // prefix's positions too, and its backward pads and splits them.

@@ -23,6 +23,7 @@ use crate::peft::ia3::Ia3Config;
 use crate::peft::p_tuning::PTuningConfig;
 use crate::peft::prefix_tuning::PrefixTuningConfig;
 use crate::peft::prompt_tuning::{PromptTuningConfig, PromptTuningInit};
+use crate::peft::trainable_tokens::TrainableTokensConfig;
 use crate::peft::{BottleneckConfig, BottleneckKind, InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES};
 use crate::train::plan::PlanAdapter;
 
@@ -58,15 +59,17 @@ pub enum Method {
     PrefixTuning,
     AdaLora,
     PTuning,
+    TrainableTokens,
     Bottleneck(BottleneckKind),
 }
 
 impl Method {
     /// Every method's name, for messages.
     pub const NAMES: &'static str =
-        "lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn";
+        "lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, trainable_tokens, seq_bn, double_seq_bn or par_bn";
 
-    /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "seq_bn", "double_seq_bn" or "par_bn".
+    /// "lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "trainable_tokens", "seq_bn",
+    /// "double_seq_bn" or "par_bn".
     pub fn name(self) -> &'static str {
         match self {
             Method::Lora => "lora",
@@ -75,6 +78,7 @@ impl Method {
             Method::PrefixTuning => "prefix_tuning",
             Method::AdaLora => "adalora",
             Method::PTuning => "p_tuning",
+            Method::TrainableTokens => "trainable_tokens",
             Method::Bottleneck(kind) => kind.name(),
         }
     }
@@ -88,6 +92,7 @@ impl Method {
             "prefix_tuning" => Ok(Method::PrefixTuning),
             "adalora" => Ok(Method::AdaLora),
             "p_tuning" => Ok(Method::PTuning),
+            "trainable_tokens" => Ok(Method::TrainableTokens),
             _ => BottleneckKind::from_name(name)
                 .map(Method::Bottleneck)
                 .ok_or_else(|| bad("method", format!("expected {}, got {name:?}", Self::NAMES))),
@@ -266,6 +271,10 @@ pub enum AdapterRecipe {
     },
     Bottleneck(BottleneckRecipe),
     AdaLora(AdaLoraRecipe),
+    /// PEFT's TRAINABLE_TOKENS by itself: these ids' embedding rows (no default: the ids must be given).
+    TrainableTokens {
+        token_indices: Vec<u32>,
+    },
 }
 
 impl AdapterRecipe {
@@ -292,6 +301,7 @@ impl AdapterRecipe {
                 encoder_hidden_size: None,
             },
             Method::PTuning => AdapterRecipe::PTuning { num_virtual_tokens: 20, encoder_hidden_size: None },
+            Method::TrainableTokens => AdapterRecipe::TrainableTokens { token_indices: Vec::new() },
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -314,6 +324,7 @@ impl AdapterRecipe {
             AdapterRecipe::PrefixTuning { .. } => Method::PrefixTuning,
             AdapterRecipe::AdaLora(_) => Method::AdaLora,
             AdapterRecipe::PTuning { .. } => Method::PTuning,
+            AdapterRecipe::TrainableTokens { .. } => Method::TrainableTokens,
             AdapterRecipe::Bottleneck(b) => Method::Bottleneck(b.kind),
         }
     }
@@ -375,6 +386,15 @@ impl AdapterRecipe {
                 let mut c = PTuningConfig::new(*num_virtual_tokens, *encoder_hidden_size, model)?;
                 c.base_model_name_or_path = model_name;
                 Ok(AdapterConfig::PTuning(c))
+            }
+            AdapterRecipe::TrainableTokens { token_indices } => {
+                if token_indices.is_empty() {
+                    return Err(bad("trainable_token_indices", "trainable_tokens needs the ids whose rows it trains"));
+                }
+                let mut c = TrainableTokensConfig::new(token_indices.clone())?;
+                crate::peft::trainable_tokens::check_indices(&c.token_indices, model.vocab_size)?;
+                c.base_model_name_or_path = model_name;
+                Ok(AdapterConfig::TrainableTokens(c))
             }
             AdapterRecipe::Bottleneck(o) => {
                 let mut c = BottleneckConfig::new(o.kind);
@@ -458,6 +478,7 @@ impl AdapterRecipe {
             AdapterConfig::PTuning(c) => {
                 PlanAdapter::PTuning { virtual_tokens: c.num_virtual_tokens, encoder_hidden: c.encoder_hidden_size }
             }
+            AdapterConfig::TrainableTokens(c) => PlanAdapter::TrainableTokens { rows: c.token_indices.len() },
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },

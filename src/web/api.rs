@@ -21,7 +21,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use super::files::WebFiles;
 use super::options::{
     AdaLoraOptions, BottleneckOptions, EvalOptions, Ia3Options, LoraOptions, PTuningOptions, PlanOptions,
-    PrefixTuningOptions, PromptTuningOptions, TrainOptions,
+    PrefixTuningOptions, PromptTuningOptions, TrainOptions, TrainableTokensOptions,
 };
 use super::types::*;
 use crate::gpu::Gpu;
@@ -570,6 +570,18 @@ impl WebModel {
     ) -> JsResult<()> {
         let o: Ia3Options = options(&opts)?;
         self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+    }
+
+    /// Adds PEFT's TRAINABLE_TOKENS by itself: the embedding rows of `tokenIndices`, starting as the
+    /// embedding's own (a tied lm_head's rows follow).
+    #[wasm_bindgen(js_name = addTrainableTokens)]
+    pub fn add_trainable_tokens(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "TrainableTokensOptions")] opts: JsValue,
+    ) -> JsResult<()> {
+        let o: TrainableTokensOptions = options(&opts)?;
+        self.add_fresh(name, o.to_recipe().map_err(err)?, crate::train::recipe::DEFAULT_SEED)
     }
 
     /// Adds a fresh prompt-tuning adapter (20 virtual tokens, PEFT's RANDOM init, unless told).

@@ -101,6 +101,23 @@ pub struct Ia3Options {
     pub seed: Option<u64>,
 }
 
+/// `addTrainableTokens`'s options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrainableTokensOptions {
+    pub token_indices: Option<Vec<u32>>,
+}
+
+impl TrainableTokensOptions {
+    /// The TRAINABLE_TOKENS recipe: the ids are required.
+    pub fn to_recipe(&self) -> Result<AdapterRecipe> {
+        match &self.token_indices {
+            Some(ids) if !ids.is_empty() => Ok(AdapterRecipe::TrainableTokens { token_indices: ids.clone() }),
+            _ => Err(bad("token_indices", "addTrainableTokens needs tokenIndices, the ids whose rows it trains")),
+        }
+    }
+}
+
 /// `addPromptTuning`'s options.
 #[derive(Deserialize, Default, Debug)]
 #[serde(rename_all = "camelCase", default)]
@@ -226,6 +243,8 @@ pub struct PlanOptions {
     pub lora_dropout: Option<f64>,
     pub use_dora: Option<bool>,
     pub gradient_checkpointing: Option<bool>,
+    /// trainable_tokens' ids (and LoRA's trainable tokens).
+    pub trainable_token_indices: Option<Vec<u32>>,
 }
 
 /// `targets`: a list of module names or "all-linear" (absent: the default).
@@ -421,8 +440,12 @@ impl PlanOptions {
                 l.targets = lora_targets(self.targets.as_ref())?.unwrap_or(l.targets);
                 l.dropout = self.lora_dropout.unwrap_or(l.dropout);
                 l.use_dora = self.use_dora.unwrap_or(l.use_dora);
+                l.trainable_token_indices = self.trainable_token_indices.clone();
                 AdapterRecipe::Lora(l)
             }
+            AdapterRecipe::TrainableTokens { .. } => AdapterRecipe::TrainableTokens {
+                token_indices: self.trainable_token_indices.clone().unwrap_or_default(),
+            },
             AdapterRecipe::AdaLora(mut a) => {
                 a.init_r = self.r.unwrap_or(a.init_r);
                 a.target_r = a.target_r.min(a.init_r);

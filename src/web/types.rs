@@ -76,6 +76,9 @@ export interface LoraOptions {
  * v_proj, down_proj; down_proj feed-forward, i.e. its input scaled), seed 42 (vectors start at ones). */
 export interface AdaLoraOptions { initR?: number; targetR?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; tinit?: number; tfinal?: number; deltaT?: number; beta1?: number; beta2?: number; orthRegWeight?: number; totalStep: number; seed?: number; }
 export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; seed?: number; }
+/** PEFT's TRAINABLE_TOKENS by itself: these token ids' embedding rows are trained (a tied lm_head's rows with them),
+ * starting as the embedding's own; saved as `…embed_tokens.trainable_tokens_delta`. */
+export interface TrainableTokensOptions { tokenIndices: number[]; }
 /** Left out: 20 virtual tokens, PEFT's "random" init (N(0, 1)), seed 42. "text" starts from the embeddings of
  * `initText`'s tokens (repeated to the number of virtual tokens), "sample_vocab" from random tokens'. */
 export interface PromptTuningOptions {
@@ -199,11 +202,14 @@ export type StopReason = "eos" | "stopString" | "maxTokens" | "stopped";
  * (for a conversation, the whole rendered chat). */
 export interface GenerateResult { text: string; tokenIds: number[]; promptTokens: number; stopReason: StopReason; seconds: number; }
 export interface PlanOptions {
-  quant?: Quant; doubleQuant?: boolean; method?: "lora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | BottleneckMethod;
+  quant?: Quant; doubleQuant?: boolean;
+  method?: "lora" | "adalora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | "trainable_tokens" | BottleneckMethod;
   r?: number; targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   prefixProjection?: boolean; encoderHiddenSize?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;
+  /** The ids of trainable_tokens (or of a LoRA's trainable tokens). */
+  trainableTokenIndices?: number[];
 }
 export interface MemoryPlan {
   /** `doubleQuantSavedBytes`: what double quantization saves on the weights (0 without it). */

@@ -559,6 +559,15 @@ test("the npm package, installed from its tarball into a plain page, trains, che
           !tst.includes("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta")) {
         throw new Error("trainable tokens: config " + JSON.stringify(tcfg.trainable_token_indices) + ", header " + tst.slice(0, 200));
       }
+      // PEFT's TRAINABLE_TOKENS by itself.
+      bnb.addTrainableTokens("tt", { tokenIndices: [5, 17] });
+      const ttBefore = (await bnb.evaluate(data, { adapter: "tt" })).loss;
+      await bnb.startTraining("tt", data, { lr: 0.05, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
+      const ttcfg = JSON.parse(new TextDecoder().decode((await bnb.exportAdapter("tt"))["adapter_config.json"]));
+      if (ttcfg.peft_type !== "TRAINABLE_TOKENS" || JSON.stringify(ttcfg.token_indices) !== "[5,17]" ||
+          !(Math.abs(ttBefore - before) < 1e-4)) {
+        throw new Error("trainable_tokens: " + JSON.stringify(ttcfg) + ", untrained loss " + ttBefore + " vs " + before);
+      }
       const dq = await Model.fromUrl(gpu, url, { quant: "nf4", quantType: "fp4", doubleQuant: true });
       const ldq = (await dq.evaluate(data)).loss;
       if (!(Math.abs(ldq - l32) < 0.5)) throw new Error("fp4 double-quantized on load: loss " + ldq + " vs f32 " + l32);

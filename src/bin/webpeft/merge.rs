@@ -45,6 +45,10 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
             merge_ia3(&gpu, &mut model, &ia3)?;
             format!("(IA)³, {} vectors", ia3.tensors().len())
         }
+        Adapter::TrainableTokens(t) => {
+            t.tokens.merge_into(&gpu, &model)?;
+            format!("trainable tokens, {} rows", t.tokens.indices.len())
+        }
         Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
         Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => {
             return Err(format!(

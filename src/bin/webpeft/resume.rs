@@ -254,6 +254,11 @@ fn settle_adapter(
             let hidden = c.encoder_hidden_size.to_string();
             check("encoder_hidden_size", "encoder-hidden-size", a.encoder_hidden_size.map(|v| v.to_string()), hidden)?;
         }
+        AdapterConfig::TrainableTokens(c) => {
+            let ids = |l: &[u32]| l.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            let mine = a.trainable_token_indices.as_deref().map(ids);
+            check("trainable_token_indices", "trainable-token-indices", mine, ids(&c.token_indices))?;
+        }
         AdapterConfig::PTuning(c) => {
             let saved = c.num_virtual_tokens.to_string();
             check("num_virtual_tokens", "num-virtual-tokens", a.num_virtual_tokens.map(|v| v.to_string()), saved)?;

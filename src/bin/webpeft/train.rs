@@ -39,7 +39,8 @@ pub struct TrainArgs {
     /// {"messages"} or {"input_ids", "labels"} [with --resume: the checkpoint's].
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, seq_bn, double_seq_bn or par_bn [with --resume: the checkpoint's].
+    /// lora, adalora, ia3, prompt_tuning, prefix_tuning, p_tuning, trainable_tokens, seq_bn, double_seq_bn or par_bn
+    /// [with --resume: the checkpoint's].
     #[arg(long, value_parser = parse_method, required_unless_present = "resume")]
     pub method: Option<Method>,
     /// LoRA rank [default: 8, as PEFT].
@@ -98,8 +99,8 @@ pub struct TrainArgs {
     /// DoRA: LoRA with a trained magnitude per output row (PEFT's use_dora).
     #[arg(long)]
     pub use_dora: bool,
-    /// Token ids whose embedding rows are trained beside the LoRA (PEFT's trainable_token_indices),
-    /// comma-separated; on a model with tied embeddings lm_head's rows follow.
+    /// Token ids whose embedding rows are trained (PEFT's trainable_token_indices beside a LoRA, or
+    /// --method trainable_tokens's token_indices), comma-separated; a tied lm_head's rows follow.
     #[arg(long, value_delimiter = ',')]
     pub trainable_token_indices: Option<Vec<u32>>,
     /// LoRA's init_lora_weights: kaiming (PEFT's true), gaussian, pissa, pissa_niter_K, olora or
@@ -430,7 +431,7 @@ impl TrainArgs {
     /// that take it ("bn": the bottleneck kinds).
     fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 23] {
         [
-            ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora"]),
+            ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora", "tokens"]),
             ("--init-lora-weights", self.init_lora_weights.is_some(), &["lora"]),
             ("--loftq-iter", self.loftq_iter.is_some(), &["lora"]),
             ("--r", self.r.is_some(), &["lora"]),
@@ -471,6 +472,7 @@ impl TrainArgs {
             Method::PromptTuning => "pt",
             Method::PrefixTuning => "prefix",
             Method::PTuning => "ptune",
+            Method::TrainableTokens => "tokens",
             Method::Bottleneck(_) => "bn",
         };
         let flags = self.adapter_flags();
@@ -481,13 +483,13 @@ impl TrainArgs {
         }
         let takes: Vec<&str> = flags.iter().filter(|f| f.2.contains(&kind)).map(|f| f.0).collect();
         let (last, rest) = takes.split_last().expect("every method takes an option");
+        let takes = if rest.is_empty() { format!("only {last}") } else { format!("{} and {last}", rest.join(", ")) };
         Err(format!(
-            "{} {} not {} of --method {}, which takes {} and {last}",
+            "{} {} not {} of --method {}, which takes {takes}",
             wrong.join(", "),
             if wrong.len() == 1 { "is" } else { "are" },
             if wrong.len() == 1 { "an option" } else { "options" },
             method.name(),
-            rest.join(", ")
         ))
     }
 
@@ -541,6 +543,9 @@ impl TrainArgs {
             AdapterRecipe::PTuning { num_virtual_tokens, encoder_hidden_size } => {
                 *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
                 *encoder_hidden_size = self.encoder_hidden_size;
+            }
+            AdapterRecipe::TrainableTokens { token_indices } => {
+                *token_indices = self.trainable_token_indices.clone().unwrap_or_default();
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);

@@ -80,49 +80,17 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
         out.dora_scales.push(scales);
     }
     if let Some(t) = &lora.tokens {
-        let rows = match merged {
-            None => {
-                // Keep the embedding's own rows, then write the trained ones in their place.
-                let mut rec = Recorder::new(gpu);
-                let own = model.embed(&mut rec, t.rows().indices)?; // (k, D)
-                rec.submit()?;
-                out.token_rows = Some(own);
-                &t.delta
-            }
+        match merged {
+            None => out.token_rows = Some(t.merge_into(gpu, model)?),
             Some(m) => {
-                m.token_rows.as_ref().ok_or_else(|| Error::invalid("unmerge", "no token rows from the merge"))?
+                let own =
+                    m.token_rows.as_ref().ok_or_else(|| Error::invalid("unmerge", "no token rows from the merge"))?;
+                t.unmerge_from(gpu, model, own)?;
             }
-        };
-        write_rows(gpu, &model.embed_tokens, &t.indices, rows)?;
+        }
     }
     gpu.check("merge")?;
     Ok(out)
-}
-
-/// Rows `rows` (k, D) into table rows `ids` of `table` (PEFT's
-/// `index_copy` of trainable tokens into the embedding; a tied head shares
-/// the buffers). The table must be f32: a 16-bit copy would round the rows.
-fn write_rows(gpu: &Gpu, table: &QWeight, ids: &[u32], rows: &Tensor) -> Result<()> {
-    let row = table.cols as u64 * 4;
-    let mut rec = Recorder::new(gpu);
-    for (j, &id) in ids.iter().enumerate() {
-        let id = id as usize;
-        let chunk = table.chunks.iter().find(|c| (c.row_start..c.row_start + c.rows).contains(&id));
-        match chunk.map(|c| (c.row_start, &c.data)) {
-            Some((start, ChunkData::F32(t))) => rec.copy(rows, j as u64 * row, t, (id - start) as u64 * row, row)?,
-            Some((_, ChunkData::Quant(p))) => {
-                return Err(Error::invalid(
-                    "merge",
-                    format!(
-                        "trainable token rows into an embedding stored as {}: load the model with an f32 base",
-                        p.format
-                    ),
-                ))
-            }
-            None => return Err(Error::invalid("merge", format!("token id {id} is not a row of the embedding"))),
-        }
-    }
-    rec.submit()
 }
 
 /// DoRA's per-row factor in a merge (after adding ΔW) or an unmerge

@@ -49,3 +49,44 @@ pub(crate) fn head_backward(
     }
     token_columns_backward(rec, t.rows(), x, dlogits, dx, &grads.delta)
 }
+
+use super::TrainableTokensAdapter;
+use crate::model::llama::hooks::Hooks;
+use crate::peft::pass::{mismatch, Pass};
+
+impl Pass<'_, TrainableTokensAdapter> {
+    fn grads_rows(&self, op: &'static str) -> Result<&TrainableTokens> {
+        Ok(&self.grads(op)?.tokens)
+    }
+}
+
+/// The method by itself: the rows at the embedding and the tied head.
+impl Hooks for Pass<'_, TrainableTokensAdapter> {
+    fn embedding_forward(&self, rec: &mut Recorder, ids: &Tensor, x: &Tensor) -> Result<()> {
+        embedding_forward(&self.params.tokens, rec, ids, x)
+    }
+
+    fn embedding_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
+        embedding_backward(&self.params.tokens, self.grads_rows("embedding_backward")?, rec, ids, dx)
+    }
+
+    fn head_forward(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
+        head_forward(&self.params.tokens, rec, x, logits)
+    }
+
+    fn head_backward(&self, rec: &mut Recorder, x: &Tensor, dlogits: &Tensor, dx: &Tensor) -> Result<()> {
+        let grads = self.grads_rows("head_backward")?;
+        if grads.delta.shape() != self.params.tokens.delta.shape() {
+            return Err(mismatch("head_backward", "the trainable token rows".into()));
+        }
+        head_backward(&self.params.tokens, grads, rec, x, dlogits, dx)
+    }
+
+    fn plain_residual(&self, _layer: usize, _site: crate::model::llama::hooks::Sublayer) -> bool {
+        true // the rows change the embedding and the head, never a layer
+    }
+
+    fn plain_output(&self, _layer: usize, _proj: crate::model::llama::hooks::Proj) -> bool {
+        true
+    }
+}

@@ -14,10 +14,20 @@
 //! (k, D), in the adapter's `adapter_model.safetensors`. An untied
 //! `lm_head` is left as it is, as PEFT leaves it.
 //!
+//! The same rows are PEFT's TRAINABLE_TOKENS method by themselves
+//! ([`TrainableTokensAdapter`], [`TrainableTokensConfig`]), saved under
+//! `…embed_tokens.trainable_tokens_delta` (and `…lm_head.…` when tied).
+//!
 //! The kernels are `shaders/token_rows.wgsl` ([`crate::kernels::token_rows`]);
 //! [`hooks`] wires them to the model's embedding and head points.
 
+pub mod adapter;
+pub mod config;
 pub(crate) mod hooks;
+pub mod merge;
+
+pub use adapter::TrainableTokensAdapter;
+pub use config::TrainableTokensConfig;
 
 use serde_json::Value;
 
