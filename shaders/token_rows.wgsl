@@ -9,6 +9,12 @@
 //   columns_forward:   logits[r, indices[j]] = x[r] · delta[j]
 //   columns_take:      g[r, j] = dlogits[r, indices[j]], and that logit's gradient set to 0
 //
+// LoRA on the embedding (PEFT's lora.Embedding: x += s·A[:, ids]ᵀ·Bᵀ, A (r, V)) reads and writes A
+// by columns, the same id-indexed access:
+//
+//   ids_gather:        out[t, c] = a[c, ids[t]]                   (out (n, dim = r), a in `x` as (r, vocab))
+//   ids_scatter:       grad[c, ids[t]] += x[t, c]                 (x (n, r), grad (r, vocab))
+//
 // After columns_take the frozen head's backward (dx = dlogits · W) no longer
 // sees the replaced columns; the caller adds g · delta into dx and gᵀ · x
 // into d_delta (two GEMMs).
@@ -87,4 +93,31 @@ fn columns_take(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let at = (i / p.k) * p.vocab + indices[i % p.k];
     g[i] = logits[at];
     logits[at] = 0.0;
+}
+
+// One invocation per output value; ids past the vocabulary gather zeros.
+@compute @workgroup_size(WG)
+fn ids_gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * WG + lid;
+    if (i >= p.n * p.dim) { return; }
+    let id = ids[i / p.dim];
+    var v = 0.0;
+    if (id < p.vocab) {
+        v = x[(i % p.dim) * p.vocab + id];
+    }
+    out[i] = v;
+}
+
+// One invocation per row c of grad: it sums its tokens in order, without atomics.
+@compute @workgroup_size(WG)
+fn ids_scatter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = flat_group(wid, nwg) * WG + lid;
+    if (c >= p.dim) { return; }
+    for (var t = 0u; t < p.n; t++) {
+        let id = ids[t];
+        if (id < p.vocab) {
+            let at = c * p.vocab + id;
+            grad[at] = grad[at] + x[t * p.dim + c];
+        }
+    }
 }

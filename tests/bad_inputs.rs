@@ -395,6 +395,7 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
                 dropout: false,
                 dora: false,
                 adjusts_base: false,
+                outer_params: 0,
             },
             batch: 8,
             seq: 2048,

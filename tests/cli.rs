@@ -712,6 +712,34 @@ fn train_trainable_tokens_alone_stop_resume_and_merge() {
 }
 
 #[test]
+fn train_lora_on_the_embedding_and_the_head_stop_resume_merge_and_generate() {
+    let dir = TempDir::new("train-outer");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = ["--method", "lora", "--r", "4", "--targets", "q_proj,embed_tokens,lm_head", "--quant", "nf4"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(st.tensor("base_model.model.model.embed_tokens.lora_embedding_A").unwrap().shape(), [4, 384]);
+    assert_eq!(st.tensor("base_model.model.lm_head.lora_B.weight").unwrap().shape(), [384, 4]);
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    ok(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let err = failure(&webpeft(&[
+        "export-gguf",
+        "--model",
+        &model,
+        "--adapter",
+        &whole,
+        "--lora-only",
+        "--out",
+        &dir.join("a.gguf"),
+    ]));
+    assert!(err.contains("embed_tokens") && err.contains("layers' Linears only"), "{err}");
+}
+
+#[test]
 fn train_prompt_tuning_from_text_stop_resume_generate_and_refuse_merge() {
     let dir = TempDir::new("train-pt");
     let data = write_data(&dir);

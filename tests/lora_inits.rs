@@ -504,7 +504,14 @@ fn the_memory_plan_counts_the_init_s_transient_copies() {
     let input = |adjusts_base| PlanInput {
         quant: QuantFormat::Nf4,
         four_bit: Default::default(),
-        adapter: PlanAdapter::Lora { r: 4, targets: targets.clone(), dropout: false, dora: false, adjusts_base },
+        adapter: PlanAdapter::Lora {
+            r: 4,
+            targets: targets.clone(),
+            dropout: false,
+            dora: false,
+            adjusts_base,
+            outer_params: 0,
+        },
         batch: 1,
         seq: 8,
         grad_accum: 1,

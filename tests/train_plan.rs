@@ -36,16 +36,8 @@ fn check(gpu: &Gpu, (vocab, d, inter, layers): (usize, usize, usize, usize), (ba
     let mut peaks = std::collections::HashMap::new();
     for checkpointing in [false, true] {
         for (quant, method, adapter) in [
-            (
-                QuantFormat::F32,
-                "lora",
-                PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false, adjusts_base: false },
-            ),
-            (
-                QuantFormat::Nf4,
-                "dora",
-                PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: true, adjusts_base: false },
-            ),
+            (QuantFormat::F32, "lora", lora_r16(&all, false)),
+            (QuantFormat::Nf4, "dora", lora_r16(&all, true)),
             (QuantFormat::Nf4, "adalora", PlanAdapter::AdaLora { r: 16, targets: all.clone(), dropout: false }),
             (QuantFormat::Nf4, "seq_bn", PlanAdapter::Bottleneck { size: d / 16, units_per_layer: 1 }),
             (QuantFormat::Q8_0, "ia3", ia3.clone()),
@@ -133,8 +125,7 @@ fn check_qwen3(gpu: &Gpu) {
     let files = random_model_files(&json, 5).unwrap();
     let all: Vec<String> = webpeft::peft::LORA_MODULES.iter().map(|s| s.to_string()).collect();
     for checkpointing in [false, true] {
-        let adapter =
-            PlanAdapter::Lora { r: 16, targets: all.clone(), dropout: false, dora: false, adjusts_base: false };
+        let adapter = lora_r16(&all, false);
         let (quant, kernels) = (QuantFormat::F32, gpu.kernel_family());
         let input = PlanInput {
             quant,
@@ -157,4 +148,9 @@ fn check_qwen3(gpu: &Gpu) {
         assert_eq!(plan.weight_bytes, f.weight_bytes, "weights are counted exactly");
         assert!((0.9..=1.1).contains(&ratio), "plan off by {ratio}: more than 10%");
     }
+}
+
+/// LoRA r 16 on the projections `all`, without dropout (and DoRA where `dora`).
+fn lora_r16(all: &[String], dora: bool) -> PlanAdapter {
+    PlanAdapter::Lora { r: 16, targets: all.to_vec(), dropout: false, dora, adjusts_base: false, outer_params: 0 }
 }

@@ -320,79 +320,9 @@ fn merge_writes_the_rows_into_the_embedding() {
     }
 }
 
-/// What webpeft saves after training loads in PEFT: 10 AdamW steps from
-/// PEFT's initial adapter on each model, written with `Adapter::to_files`
-/// into `trainable_tokens/webpeft_saved/<model>/` (rewrite with
-/// `WEBPEFT_WRITE_FIXTURES=1 cargo test --test trainable_tokens`, then run
-/// `make_fixtures.py trainable_tokens_saved`, which loads each folder with
-/// `PeftModel.from_pretrained`, asserts no missing or unexpected keys and
-/// the logits within 1e-4 of webpeft's, and records the files' sha256 in
-/// `python_check.json`). The files trained now must hold the committed
-/// values and give the committed logits.
+/// What webpeft saves after training loads in PEFT (`trainable_tokens/webpeft_saved`,
+/// see [`common::check_saved_in_peft`]).
 #[test]
 fn saved_adapters_load_in_peft() {
-    use webpeft::train::trainer::{OptimizerConfig, Trainer};
-    let gpu = gpu();
-    let root = fixture("trainable_tokens/webpeft_saved");
-    let write = std::env::var_os("WEBPEFT_WRITE_FIXTURES").is_some();
-    let check: serde_json::Value = if write {
-        serde_json::Value::Null
-    } else {
-        let text = std::fs::read(root.join("python_check.json")).expect("run make_fixtures.py trainable_tokens_saved");
-        serde_json::from_slice(&text).unwrap()
-    };
-    for name in ["llama_gqa", "qwen2_tied"] {
-        let model = common::fixture_model(gpu, name);
-        let fx = Fixture::open(&format!("trainable_tokens/{name}/reference.safetensors"));
-        let batch = common::fixture_batch(&fx, 0..2);
-        let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
-        let mut trainer =
-            Trainer::new(gpu, load(gpu, &model, &format!("trainable_tokens/{name}/initial_adapter")), opt, 0).unwrap();
-        for _ in 0..10 {
-            block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap();
-        }
-        let files = block_on(trainer.adapter.to_files(gpu, &model.config)).unwrap();
-        let logits = common::adapted_logits(gpu, &model, Some(&trainer.adapter), &batch.input_ids);
-        let dir = root.join(name);
-        if write {
-            std::fs::create_dir_all(&dir).unwrap();
-            for (file, bytes) in &files {
-                std::fs::write(dir.join(file), bytes).unwrap();
-            }
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                vec![2, batch.input_ids[0].len(), 384],
-                bytemuck::cast_slice(&logits),
-            )
-            .unwrap();
-            std::fs::write(dir.join("logits.safetensors"), safetensors::serialize([("logits", view)], None).unwrap())
-                .unwrap();
-            continue;
-        }
-        let py = &check["adapters"][name];
-        assert!(py["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{name}: PEFT's logits {}", py["max_abs_diff"]);
-        assert_eq!(py["missing_keys"], serde_json::json!([]), "{name}");
-        assert_eq!(py["unexpected_keys"], serde_json::json!([]), "{name}");
-        for (file, bytes) in &files {
-            let committed = std::fs::read(dir.join(file)).unwrap();
-            assert_eq!(py["sha256"][file].as_str(), Some(common::sha256_hex(&committed).as_str()), "{name}/{file}");
-            if file.ends_with(".safetensors") {
-                let (now, then) = (
-                    safetensors::SafeTensors::deserialize(bytes).unwrap(),
-                    safetensors::SafeTensors::deserialize(&committed).unwrap(),
-                );
-                for (key, t) in then.tensors() {
-                    let f = |d: &[u8]| bytemuck::pod_collect_to_vec::<u8, f32>(d);
-                    let d = common::max_abs_diff(&f(now.tensor(&key).unwrap().data()), &f(t.data()));
-                    assert!(d <= 1e-5, "{name}: {key} now vs committed {d:e}");
-                }
-            } else {
-                assert_eq!(bytes, &committed, "{name}/{file}");
-            }
-        }
-        let want = Fixture::open(&format!("trainable_tokens/webpeft_saved/{name}/logits.safetensors")).f32("logits");
-        let d = common::max_abs_diff(&logits, &want);
-        eprintln!("{name}: logits vs committed {d:e}; PeftModel.from_pretrained's max |diff| {}", py["max_abs_diff"]);
-        assert!(d <= 1e-4, "{name}: {d:e}");
-    }
+    common::check_saved_in_peft(gpu(), "trainable_tokens");
 }

@@ -93,6 +93,7 @@ pub fn llama_1b_plan_input() -> PlanInput {
             dropout: false,
             dora: false,
             adjusts_base: false,
+            outer_params: 0,
         },
         batch: 1,
         seq: 512,

@@ -11,6 +11,9 @@
 //!             dx += g · delta, d_delta += gᵀ · x                      (token_columns_backward)
 //! ```
 //!
+//! LoRA on the embedding reads its A (r, V) by the ids' columns
+//! ([`ids_gather`]) and adds its gradient back there ([`ids_scatter`]).
+//!
 //! `slots` (vocab) i32 maps an id to its row j or −1; ids ≥ vocab have no
 //! row. The column backward runs before the frozen head's dx = dlogits·W,
 //! which then sees zeros where the rows were replaced, as
@@ -147,6 +150,40 @@ pub fn token_columns_backward(
     gemm(rec, &Gemm::new(k, dim, n, true, false).accumulate(true), &g, x, grad) // grad += gᵀ·x
 }
 
+/// out (n, r) = a[:, ids]ᵀ for a (r, V) (LoRA's `lora_embedding_A`) and ids
+/// (n) u32; ids ≥ V gather zeros.
+pub fn ids_gather(rec: &mut Recorder, a: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    all_f32(OP, &[("a", a)])?;
+    check_ids(ids)?;
+    let [r, vocab] = dims(OP, "a", "(r, vocab)", a)?;
+    let n = ids.numel();
+    let p = id_params(n, r, vocab)?;
+    u32_count(OP, "the gathered element count", n * r)?;
+    let out = rec.alloc(&[n, r], DType::F32)?;
+    let grid = grid_1d((n * r).div_ceil(WG as usize));
+    rec.dispatch_bound(&key("ids_gather"), &p, &[(1, ids), (5, a), (6, &out)], grid)?;
+    Ok(out)
+}
+
+/// grad (r, V) += the columns `ids` (n) of g (n, r)ᵀ: the backward of
+/// [`ids_gather`]; ids ≥ V add nothing.
+pub fn ids_scatter(rec: &mut Recorder, g: &Tensor, ids: &Tensor, grad: &Tensor) -> Result<()> {
+    all_f32(OP, &[("g", g), ("grad", grad)])?;
+    check_ids(ids)?;
+    let [r, vocab] = dims(OP, "grad", "(r, vocab)", grad)?;
+    let n = ids.numel();
+    expect_shape("g", g, &[n, r])?;
+    let p = id_params(n, r, vocab)?;
+    u32_count(OP, "grad's element count", r * vocab)?;
+    let grid = grid_1d(r.div_ceil(WG as usize));
+    rec.dispatch_bound(&key("ids_scatter"), &p, &[(1, ids), (5, g), (7, grad)], grid)
+}
+
+/// The id-indexed kernels' params: n ids, A's r rows of `vocab`.
+fn id_params(n: usize, r: usize, vocab: usize) -> Result<Params> {
+    Ok(Params { n: u32_count(OP, "ids", n)?, dim: u32_count(OP, "r", r)?, vocab: u32_count(OP, "vocab", vocab)?, k: 0 })
+}
+
 fn check_ids(ids: &Tensor) -> Result<()> {
     ids.expect_dtype(OP, "ids", DType::U32)?;
     if ids.shape().len() != 1 {
@@ -168,5 +205,8 @@ fn key(entry: &'static str) -> PipelineKey {
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["rows_forward", "rows_backward", "columns_forward", "columns_take"].into_iter().map(key).collect()
+    ["rows_forward", "rows_backward", "columns_forward", "columns_take", "ids_gather", "ids_scatter"]
+        .into_iter()
+        .map(key)
+        .collect()
 }

@@ -52,7 +52,9 @@ pub enum PlanAdapter {
     /// magnitude per output row; each Linear keeps an (M, out) term), and
     /// whether the init replaces the base weights (PiSSA, OLoRA, LoftQ: see
     /// [`MemoryPlan::init_bytes`]).
-    Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool, adjusts_base: bool },
+    /// `outer_params`: what it trains outside the layers (LoRA on the
+    /// embedding or the head, trainable token rows).
+    Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool, adjusts_base: bool, outer_params: u64 },
     /// AdaLoRA at `init_r` = r: LoRA's shape plus E (r per module), A∘E kept
     /// per module for the backward, and the rank allocator's two EMAs.
     AdaLora { r: usize, targets: Vec<String>, dropout: bool },
@@ -178,14 +180,19 @@ pub fn plan_memory(config: &Config, input: &PlanInput, binding_limit: u64) -> Me
             // AdaLoRA's E (r), DoRA's m (out)
             let e = matches!(input.adapter, PlanAdapter::AdaLora { .. }) as usize;
             let m = matches!(input.adapter, PlanAdapter::Lora { dora: true, .. }) as usize;
-            layers
-                * targets
-                    .iter()
-                    .map(|t| {
-                        let (out, inp) = proj_shape(config, t);
-                        (*r * (inp + out + e) + m * out) as u64
-                    })
-                    .sum::<u64>()
+            let outer = match input.adapter {
+                PlanAdapter::Lora { outer_params, .. } => outer_params,
+                _ => 0,
+            };
+            outer
+                + layers
+                    * targets
+                        .iter()
+                        .map(|t| {
+                            let (out, inp) = proj_shape(config, t);
+                            (*r * (inp + out + e) + m * out) as u64
+                        })
+                        .sum::<u64>()
         }
         PlanAdapter::Bottleneck { size, units_per_layer } => {
             layers * *units_per_layer as u64 * (2 * d * *size as u64 + *size as u64 + d)

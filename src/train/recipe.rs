@@ -453,11 +453,15 @@ impl AdapterRecipe {
         }
         Ok(match self.config(model, None)? {
             AdapterConfig::Lora(c) => {
+                let outer = c.outer_targets();
                 let targets = match c.target_modules {
-                    TargetModules::List(l) => l,
+                    TargetModules::List(l) => l.into_iter().filter(|t| LORA_MODULES.contains(&t.as_str())).collect(),
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
+                let tokens = c.trainable_token_indices.as_ref().map_or(0, Vec::len) as u64;
                 PlanAdapter::Lora {
+                    outer_params: (outer.len() * c.r * (model.vocab_size + model.hidden_size)) as u64
+                        + tokens * model.hidden_size as u64,
                     r: c.r,
                     targets,
                     dropout: c.lora_dropout > 0.0,

@@ -58,9 +58,11 @@ export interface ModelInfo {
   };
 }
 export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj" | "up_proj" | "down_proj";
+/** LoRA's targets: the layers' Linears, and outside the layers `embed_tokens` (PEFT's lora.Embedding) and `lm_head`. */
+export type LoraModuleTarget = LoraTarget | "embed_tokens" | "lm_head";
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
 export interface LoraOptions {
-  r?: number; alpha?: number; dropout?: number; targets?: LoraTarget[] | "all-linear"; rslora?: boolean;
+  r?: number; alpha?: number; dropout?: number; targets?: LoraModuleTarget[] | "all-linear"; rslora?: boolean;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
@@ -204,7 +206,7 @@ export interface GenerateResult { text: string; tokenIds: number[]; promptTokens
 export interface PlanOptions {
   quant?: Quant; doubleQuant?: boolean;
   method?: "lora" | "adalora" | "ia3" | "prompt_tuning" | "prefix_tuning" | "p_tuning" | "trainable_tokens" | BottleneckMethod;
-  r?: number; targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
+  r?: number; targets?: LoraModuleTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; numVirtualTokens?: number;
   prefixProjection?: boolean; encoderHiddenSize?: number;
   reductionFactor?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
   loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;

@@ -81,6 +81,16 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         };
         return Err(unsupported("adapter_config.json", detail));
     }
+    if let Some(m) = lora.outer_targets().first() {
+        let detail = match merging {
+            true => format!(
+                "{}: fold LoRA on the embedding or the head in with `webpeft merge` first and export the merged folder",
+                m.name()
+            ),
+            false => format!("{}: webpeft writes GGUF LoRA adapters of the layers' Linears only", m.name()),
+        };
+        return Err(unsupported("adapter_config.json", detail));
+    }
     if lora.trainable_token_indices.is_some() {
         let detail = if merging {
             "trainable_token_indices: fold the token rows in with `webpeft merge` first and export the merged folder"

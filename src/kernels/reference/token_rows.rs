@@ -30,6 +30,13 @@ pub fn embedding_backward(ids: &[u32], dx: &[f32], vocab: usize, dim: usize) -> 
     dw
 }
 
+/// out (n, r) = a[:, ids]ᵀ for a (r, vocab): LoRA's embedding A read by id.
+pub fn ids_gather(a: &[f32], ids: &[u32], r: usize, vocab: usize) -> Vec<f32> {
+    ids.iter()
+        .flat_map(|&id| (0..r).map(move |c| if (id as usize) < vocab { a[c * vocab + id as usize] } else { 0.0 }))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,18 @@ impl AdaLoraConfig {
     /// PEFT's checks (`AdaLoraConfig.__post_init__`, `RankAllocator`), and
     /// those whose failure PEFT meets only in the middle of training.
     pub fn validate(&self) -> Result<()> {
+        if let Some(m) = self.lora.outer_targets().first() {
+            return Err(Error::AdapterUnsupported {
+                field: "target_modules".into(),
+                detail: format!("{}: AdaLoRA adapts the layers' Linears only", m.name()),
+            });
+        }
+        if self.lora.trainable_token_indices.is_some() {
+            return Err(Error::AdapterUnsupported {
+                field: "trainable_token_indices".into(),
+                detail: "trainable tokens are trained beside a LoRA, not an AdaLoRA (must be null)".into(),
+            });
+        }
         self.lora.validate()?;
         if self.lora.use_dora {
             // PEFT's AdaLoraConfig: "AdaLoRA does not support DoRA."
@@ -171,12 +183,6 @@ impl AdaLoraConfig {
             total_step,
             rank_pattern,
         };
-        if c.lora.trainable_token_indices.is_some() {
-            return Err(Error::AdapterUnsupported {
-                field: "trainable_token_indices".into(),
-                detail: "trainable tokens are trained beside a LoRA, not an AdaLoRA (must be null)".into(),
-            });
-        }
         c.validate()?;
         Ok(c)
     }

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::config::LORA_MODULES;
+use super::config::{OuterModule, LORA_MODULES};
+use super::file::{key_a, key_b};
 use super::file::{LoraPair, LoraWeights};
 use super::layer::LoraFactors;
 use super::LoraConfig;
@@ -34,6 +35,10 @@ pub struct LoraAdapter {
     /// PEFT's trainable tokens (`trainable_token_indices`): embedding rows
     /// trained beside the factors.
     pub tokens: Option<TrainableTokens>,
+    /// LoRA on `model.embed_tokens` (A (r, vocab), B (hidden, r)) and on
+    /// `lm_head` (A (r, hidden), B (vocab, r)), where targeted.
+    pub embed: Option<Box<LoraFactors>>,
+    pub head: Option<Box<LoraFactors>>,
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -57,7 +62,19 @@ impl LoraAdapter {
             });
         }
         let mut layers: Vec<LoraLayer> = (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+        let (mut embed, mut head) = (None, None);
         for (name, pair) in &weights.modules {
+            let outer = match name.as_str() {
+                n if n == OuterModule::Embedding.name() => Some(&mut embed),
+                n if n == OuterModule::Head.name() => Some(&mut head),
+                _ => None,
+            };
+            if let Some(slot) = outer {
+                let a = Tensor::from_slice(gpu, &[weights.r, pair.in_features], &pair.a)?;
+                let b = Tensor::from_slice(gpu, &[pair.out_features, weights.r], &pair.b)?;
+                *slot = Some(Box::new(LoraFactors { a, b, m: None }));
+                continue;
+            }
             let Some((layer, proj)) = split_name(name).filter(|(l, _)| *l < layers.len()) else {
                 return Err(Error::AdapterTensor {
                     tensor: name.clone(),
@@ -92,7 +109,16 @@ impl LoraAdapter {
                 })
             }
         };
-        Ok(LoraAdapter { config, layers, initial: None, tokens })
+        if tokens.as_ref().is_some_and(|t| t.tied) && head.is_some() {
+            return Err(Error::AdapterConfig {
+                field: "trainable_token_indices".into(),
+                detail:
+                    "lm_head is a LoRA target, and on this model it is the embedding whose rows the tokens replace: \
+                         train the head either way, not both"
+                        .into(),
+            });
+        }
+        Ok(LoraAdapter { config, layers, initial: None, tokens, embed, head })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -119,6 +145,11 @@ impl LoraAdapter {
                 modules.insert(module_name(i, j), LoraPair { a, b, m, in_features, out_features });
             }
         }
+        for (m, f) in self.outer() {
+            let (_, in_features, out_features) = f.dims("LoraAdapter::download")?;
+            let (a, b) = (f.a.to_vec::<f32>(gpu).await?, f.b.to_vec::<f32>(gpu).await?);
+            modules.insert(m.name().to_string(), LoraPair { a, b, m: None, in_features, out_features });
+        }
         let tokens = match &self.tokens {
             Some(t) => Some(TokenWeights {
                 shape: [t.indices.len(), t.delta.shape()[1]],
@@ -143,12 +174,14 @@ impl LoraAdapter {
             })
             .collect::<Result<_>>()?;
         let tokens = self.tokens.as_ref().map(|t| t.zeros_like(gpu)).transpose()?;
-        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens })
+        let embed = self.embed.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
+        let head = self.head.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
+        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens, embed, head })
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
     /// layer then module order (A, B, then DoRA's `lora_magnitude_vector`),
-    /// then the trainable token rows.
+    /// then the embedding's and the head's A and B, then the trainable token rows.
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -163,10 +196,21 @@ impl LoraAdapter {
                 }
             }
         }
+        for (m, f) in self.outer() {
+            out.push((key_a(m.name()), &f.a));
+            out.push((key_b(m.name()), &f.b));
+        }
         if let Some(t) = &self.tokens {
             out.push((DELTA_KEY.to_string(), &t.delta));
         }
         out
+    }
+
+    /// The factors on the embedding and the head, where they are adapted.
+    pub fn outer(&self) -> impl Iterator<Item = (OuterModule, &LoraFactors)> {
+        [(OuterModule::Embedding, &self.embed), (OuterModule::Head, &self.head)]
+            .into_iter()
+            .filter_map(|(m, f)| f.as_deref().map(|f| (m, f)))
     }
 
     /// Sets what starts from `model`'s weights: DoRA's magnitudes and the

@@ -220,6 +220,32 @@ impl LoraConfig {
                 return Err(err("target_modules", "is empty: no module to adapt"));
             }
         }
+        let outer = self.outer_targets();
+        let name = |m: OuterModule| m.name().rsplit('.').next().unwrap_or_default();
+        if let Some(&m) = outer.first().filter(|_| self.use_dora || self.init_lora_weights.adjusts_base()) {
+            return Err(unsupported(
+                "target_modules",
+                format!(
+                    "{}: LoRA on the embedding or the head with DoRA, PiSSA, OLoRA or LoftQ is not supported",
+                    name(m)
+                ),
+            ));
+        }
+        if outer.contains(&OuterModule::Embedding) && self.trainable_token_indices.is_some() {
+            return Err(err(
+                "trainable_token_indices",
+                "embed_tokens is a LoRA target too: train its rows either way, not both (PEFT's wrappers would nest)",
+            ));
+        }
+        if outer.contains(&OuterModule::Head) && self.lora_dropout > 0.0 {
+            return Err(unsupported(
+                "lora_dropout",
+                format!(
+                    "{}: LoRA dropout on lm_head is not supported (the head runs in row chunks): use 0",
+                    self.lora_dropout
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -432,6 +458,15 @@ impl LoraConfig {
         serde_json::to_string_pretty(&self.to_value()).expect("a JSON value serializes")
     }
 
+    /// The modules outside the layers this config adapts (`embed_tokens`,
+    /// `lm_head`), named in a list of `target_modules` ("all-linear" leaves
+    /// the head out, as PEFT does).
+    pub fn outer_targets(&self) -> Vec<OuterModule> {
+        let TargetModules::List(list) = &self.target_modules else { return Vec::new() };
+        let matches = |name: &str, t: &str| name == t || name.ends_with(&format!(".{t}"));
+        OUTER_MODULES.into_iter().filter(|m| list.iter().any(|t| matches(m.name(), t))).collect()
+    }
+
     /// Whether layer `layer` is adapted (`layers_to_transform`).
     pub fn adapts_layer(&self, layer: usize) -> bool {
         self.layers_to_transform.as_ref().is_none_or(|l| l.contains(&layer))
@@ -452,8 +487,6 @@ impl LoraConfig {
             }
         }
         let all: Vec<String> = (0..layers).flat_map(|i| LORA_MODULES.map(|m| module_name(i, m))).collect();
-        // Every Linear's name, including the head (which a suffix may name, and
-        // which webpeft cannot adapt).
         let matches = |name: &str, t: &str| name == t || name.ends_with(&format!(".{t}"));
         let chosen: Vec<String> = match &self.target_modules {
             TargetModules::AllLinear => all.clone(),
@@ -465,13 +498,14 @@ impl LoraConfig {
             }
             TargetModules::List(list) => {
                 for t in list {
-                    if matches("lm_head", t) {
-                        return Err(unsupported("target_modules", format!("\"{t}\": LoRA on the output head is not supported")));
-                    }
-                    if !all.iter().any(|n| matches(n, t)) {
+                    let names = all.iter().map(String::as_str).chain(OUTER_MODULES.iter().map(|m| m.name()));
+                    if !names.into_iter().any(|n| matches(n, t)) {
                         return Err(err(
                             "target_modules",
-                            format!("\"{t}\" matches no module of the model (LoRA targets: {})", LORA_MODULES.join(", ")),
+                            format!(
+                                "\"{t}\" matches no module of the model (LoRA targets: {}, embed_tokens, lm_head)",
+                                LORA_MODULES.join(", ")
+                            ),
                         ));
                     }
                 }
@@ -480,10 +514,32 @@ impl LoraConfig {
         };
         let chosen: Vec<String> =
             chosen.into_iter().filter(|n| layer_of(n).is_some_and(|i| self.adapts_layer(i))).collect();
-        if chosen.is_empty() {
+        if chosen.is_empty() && self.outer_targets().is_empty() {
             return Err(err("layers_to_transform", "selects no layer: no module to adapt"));
         }
         Ok(chosen)
+    }
+}
+
+/// A module outside the layers that LoRA can adapt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OuterModule {
+    /// `model.embed_tokens`: PEFT's `lora.Embedding`, A (r, vocab) read by id and B (hidden, r).
+    Embedding,
+    /// `lm_head`: a Linear (vocab, hidden), A (r, hidden) and B (vocab, r).
+    Head,
+}
+
+/// Both, in model order.
+pub const OUTER_MODULES: [OuterModule; 2] = [OuterModule::Embedding, OuterModule::Head];
+
+impl OuterModule {
+    /// The checkpoint's module name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OuterModule::Embedding => "model.embed_tokens",
+            OuterModule::Head => "lm_head",
+        }
     }
 }
 

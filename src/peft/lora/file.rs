@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use ::safetensors::tensor::TensorView;
 use ::safetensors::Dtype;
 
-use super::config::{module_name, LoraConfig, LORA_MODULES};
+use super::config::{module_name, LoraConfig, OuterModule, LORA_MODULES};
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::source::ModelFiles;
 use crate::model::Config;
@@ -32,13 +32,13 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
-    /// `base_model.model.<name>.lora_A.weight`.
+    /// `base_model.model.<name>.lora_A.weight` (the embedding's: `….lora_embedding_A`).
     pub fn key_a(&self) -> String {
-        format!("{KEY_PREFIX}{}.lora_A.weight", self.name)
+        key_a(&self.name)
     }
-    /// `base_model.model.<name>.lora_B.weight`.
+    /// `base_model.model.<name>.lora_B.weight` (the embedding's: `….lora_embedding_B`).
     pub fn key_b(&self) -> String {
-        format!("{KEY_PREFIX}{}.lora_B.weight", self.name)
+        key_b(&self.name)
     }
     /// `base_model.model.<name>.lora_magnitude_vector` (DoRA).
     pub fn key_m(&self) -> String {
@@ -46,8 +46,26 @@ impl LoraModule {
     }
 }
 
+/// A's key for module `name`, as PEFT saves it.
+pub fn key_a(name: &str) -> String {
+    match name == OuterModule::Embedding.name() {
+        true => format!("{KEY_PREFIX}{name}.lora_embedding_A"),
+        false => format!("{KEY_PREFIX}{name}.lora_A.weight"),
+    }
+}
+
+/// B's key for module `name`, as PEFT saves it.
+pub fn key_b(name: &str) -> String {
+    match name == OuterModule::Embedding.name() {
+        true => format!("{KEY_PREFIX}{name}.lora_embedding_B"),
+        false => format!("{KEY_PREFIX}{name}.lora_B.weight"),
+    }
+}
+
 /// The modules `lora` adapts in a model of `config`, in model order, with
-/// their shapes (see [`LoraConfig::targets`]).
+/// their shapes (see [`LoraConfig::targets`]), then the embedding and the
+/// head where it names them (the embedding's "in" is the vocabulary: A is
+/// (r, vocab), B (hidden, r)).
 pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule>> {
     let (d, i, q, kv) = (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim());
     let shape = |proj: &str| match proj {
@@ -59,6 +77,13 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
         _ => unreachable!("not a LoRA module: {proj}"),
     };
     let targets = lora.targets(config)?;
+    let outer = lora.outer_targets().into_iter().map(|m| {
+        let (out_features, in_features) = match m {
+            OuterModule::Embedding => (d, config.vocab_size),
+            OuterModule::Head => (config.vocab_size, d),
+        };
+        LoraModule { name: m.name().to_string(), in_features, out_features }
+    });
     Ok(targets
         .into_iter()
         .map(|name| {
@@ -68,6 +93,7 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
             debug_assert!(super::config::layer_of(&name).is_some_and(|l| module_name(l, proj) == name));
             LoraModule { name, in_features, out_features }
         })
+        .chain(outer)
         .collect())
 }
 
@@ -153,8 +179,23 @@ impl LoraWeights {
         if let Some(ids) = &lora.trainable_token_indices {
             expected.insert(DELTA_KEY.into(), vec![ids.len(), config.hidden_size]);
         }
+        // PEFT also saves the embedding's and the head's own weights where LoRA targets them
+        // (`save_embedding_layers`): the base model's are the same unless its vocabulary was resized.
+        let base_copies: Vec<String> =
+            lora.outer_targets().iter().map(|m| format!("{KEY_PREFIX}{}.base_layer.weight", m.name())).collect();
         // Unexpected keys first (the whole file is checked before any data is read).
         for t in file.tensors() {
+            if base_copies.contains(&t.name) {
+                let want = [config.vocab_size, config.hidden_size];
+                if t.shape != want {
+                    return Err(tensor_error(
+                        &t.name,
+                        &fname,
+                        format!("shape {:?}, the model's is {want:?}: a resized vocabulary is not supported", t.shape),
+                    ));
+                }
+                continue; // the model's own weights are used
+            }
             if !expected.contains_key(&t.name) {
                 let hint = if t.name.contains(".default.") {
                     " (saved keys have no `.default.`)"
@@ -238,8 +279,8 @@ impl LoraWeights {
                 });
             }
             let bytes = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
-            tensors.insert(format!("{KEY_PREFIX}{name}.lora_A.weight"), (vec![r, p.in_features], bytes(&p.a)));
-            tensors.insert(format!("{KEY_PREFIX}{name}.lora_B.weight"), (vec![p.out_features, r], bytes(&p.b)));
+            tensors.insert(key_a(name), (vec![r, p.in_features], bytes(&p.a)));
+            tensors.insert(key_b(name), (vec![p.out_features, r], bytes(&p.b)));
             if let Some(m) = &p.m {
                 tensors.insert(format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), (vec![p.out_features], bytes(m)));
             }

@@ -71,20 +71,21 @@ impl LoraAdapter {
 
 impl Hooks for Pass<'_, LoraAdapter> {
     fn embedding_forward(&self, rec: &mut Recorder, ids: &Tensor, x: &Tensor) -> Result<()> {
-        match &self.params.tokens {
-            Some(t) => token_hooks::embedding_forward(t, rec, ids, x),
-            None => Ok(()),
+        if let Some(t) = &self.params.tokens {
+            token_hooks::embedding_forward(t, rec, ids, x)?;
         }
+        self.embedding_term(rec, ids, x)
     }
 
     fn embedding_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
-        match &self.params.tokens {
-            Some(t) => token_hooks::embedding_backward(t, self.token_grads("embedding_backward")?, rec, ids, dx),
-            None => Ok(()),
+        if let Some(t) = &self.params.tokens {
+            token_hooks::embedding_backward(t, self.token_grads("embedding_backward")?, rec, ids, dx)?;
         }
+        self.embedding_term_backward(rec, ids, dx)
     }
 
     fn head_forward(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
+        self.head_term(rec, x, logits)?;
         match &self.params.tokens {
             Some(t) => token_hooks::head_forward(t, rec, x, logits),
             None => Ok(()),
@@ -92,10 +93,10 @@ impl Hooks for Pass<'_, LoraAdapter> {
     }
 
     fn head_backward(&self, rec: &mut Recorder, x: &Tensor, dlogits: &Tensor, dx: &Tensor) -> Result<()> {
-        match &self.params.tokens {
-            Some(t) => token_hooks::head_backward(t, self.token_grads("head_backward")?, rec, x, dlogits, dx),
-            None => Ok(()),
+        if let Some(t) = &self.params.tokens {
+            token_hooks::head_backward(t, self.token_grads("head_backward")?, rec, x, dlogits, dx)?;
         }
+        self.head_term_backward(rec, x, dlogits, dx)
     }
 
     fn plain_residual(&self, layer: usize, site: Sublayer) -> bool {

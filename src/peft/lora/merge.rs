@@ -79,6 +79,18 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
         }
         out.dora_scales.push(scales);
     }
+    if (lora.embed.is_some() || lora.head.is_some()) && model.lm_head_is_tied() {
+        return Err(Error::invalid(
+            "merge",
+            "LoRA on the embedding or the head of a model whose lm_head is the embedding: merging would change both",
+        ));
+    }
+    if let Some(f) = &lora.head {
+        update(gpu, &mut model.lm_head, f, alpha, None)?; // W (vocab, hidden) += s·B·A
+    }
+    if let Some(f) = &lora.embed {
+        add_embedding_delta(gpu, &model.embed_tokens, f, alpha)?;
+    }
     if let Some(t) = &lora.tokens {
         match merged {
             None => out.token_rows = Some(t.merge_into(gpu, model)?),
@@ -91,6 +103,33 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
     }
     gpu.check("merge")?;
     Ok(out)
+}
+
+/// The embedding (vocab, hidden) += alpha·Aᵀ·Bᵀ for LoRA's A (r, vocab) and
+/// B (hidden, r), chunk by chunk (a chunk of rows r0..r0+n takes A's columns
+/// r0..r0+n). The table must be f32.
+fn add_embedding_delta(gpu: &Gpu, table: &QWeight, f: &LoraFactors, alpha: f32) -> Result<()> {
+    let (r, vocab, d) = f.dims("merge")?;
+    if (vocab, d) != (table.rows, table.cols) {
+        return Err(Error::shape(
+            "merge",
+            format!("embedding LoRA ({vocab}, {d}) does not fit the table ({}, {})", table.rows, table.cols),
+        ));
+    }
+    for chunk in &table.chunks {
+        let ChunkData::F32(t) = &chunk.data else {
+            return Err(Error::invalid(
+                "merge",
+                "LoRA into an embedding stored in 16 bits: load the model with an f32 base",
+            ));
+        };
+        let mut g = Gemm::new(chunk.rows, d, r, true, true).alpha(alpha).accumulate(true);
+        (g.lda, g.a_off) = (vocab, chunk.row_start);
+        let mut rec = Recorder::new(gpu);
+        gemm(&mut rec, &g, &f.a, &f.b, t)?;
+        rec.submit()?;
+    }
+    Ok(())
 }
 
 /// DoRA's per-row factor in a merge (after adding ΔW) or an unmerge

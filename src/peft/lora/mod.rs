@@ -10,7 +10,9 @@
 //! - [`layer`]: one adapted Linear's forward and backward on the GPU;
 //! - [`adapter`]: every layer's factors on the GPU ([`LoraAdapter`]);
 //! - [`dora`]: DoRA's variant of the layer (`use_dora`, a magnitude per Linear);
-//! - [`hooks`]: where it meets the model (the `linear_low_rank` hook point, and `linear` for DoRA);
+//! - [`outer`]: LoRA on the embedding and the head (`embed_tokens`, `lm_head` targets);
+//! - [`hooks`]: where it meets the model (the `linear_low_rank` hook point, `linear` for DoRA,
+//!   and the embedding and head points);
 //! - [`merge`]: folding B·A into W and back.
 
 pub mod adapter;
@@ -24,9 +26,10 @@ pub mod init;
 pub mod init_weight;
 pub mod layer;
 pub mod merge;
+pub mod outer;
 
 pub use adapter::{LoraAdapter, LoraLayer};
-pub use config::{InitLoraWeights, LoraConfig, TargetModules, LORA_MODULES, PEFT_VERSION};
+pub use config::{InitLoraWeights, LoraConfig, OuterModule, TargetModules, LORA_MODULES, PEFT_VERSION};
 pub use file::{lora_modules, LoraModule, LoraPair, LoraWeights, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 pub use init::init_lora;
 pub use layer::{LoraDropout, LoraFactors, LoraSaved};
