@@ -66,6 +66,7 @@ export function chatWorker({ model, trained, post, isLoss, generated = () => {} 
         const sampling = msg.temperature > 0 ? { temperature: msg.temperature, topP: msg.topP, minP: msg.minP, seed: msg.seed } : { greedy: true };
         sampling.repetitionPenalty = msg.repetitionPenalty;
         sampling.noRepeatNgramSize = msg.noRepeatNgramSize;
+        sampling.minNewTokens = msg.minNewTokens; // eos is banned before it (transformers' min_new_tokens)
         // A stop text of the page's, else the model's own stop_strings.
         if (msg.stopAt) sampling.stopStrings = [msg.stopAt];
         if (msg.chatTemplateKwargs) sampling.chatTemplateKwargs = msg.chatTemplateKwargs;

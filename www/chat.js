@@ -81,6 +81,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     const minP = number("chat-min-p");
     const repetitionPenalty = number("chat-repetition-penalty");
     const maxNewTokens = number("chat-max-tokens");
+    const minNewTokens = number("chat-min-tokens");
     const noRepeatNgramSize = number("chat-ngram");
     const stopAt = $("chat-stop-at").value;
     // A template with its own enable_thinking (Qwen3's): off, each turn renders with enable_thinking false.
@@ -90,12 +91,13 @@ export function chatPanel({ send, setPhase, showError, save }) {
     if (!(minP >= 0 && minP <= 1)) return error("min-p: from 0 (keeps every token) to 1 (only the most likely)");
     if (!(repetitionPenalty > 0 && repetitionPenalty <= 2)) return error("repetition penalty: above 0, at most 2 (1 = off)");
     if (!(Number.isInteger(maxNewTokens) && maxNewTokens >= 1 && maxNewTokens <= 256)) return error("max new tokens: a whole number from 1 to 256");
+    if (!(Number.isInteger(minNewTokens) && minNewTokens >= 0 && minNewTokens <= maxNewTokens)) return error("at least: a whole number from 0 (off) to the max new tokens");
     if (!(Number.isInteger(noRepeatNgramSize) && noRepeatNgramSize >= 0 && noRepeatNgramSize <= 16)) return error("no repeated n-grams: a whole number from 0 (off) to 16");
     $("chat-input").value = "";
     st.turns += 1;
     st.asked += 1;
     // One seed per turn, the same in both columns: a sampled chat is repeatable.
-    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, noRepeatNgramSize, stopAt, chatTemplateKwargs, maxNewTokens, seed: st.turns }, stop: false };
+    st.running = { user, queue: [...SIDES], sampling: { temperature, topP, minP, repetitionPenalty, noRepeatNgramSize, stopAt, chatTemplateKwargs, maxNewTokens, minNewTokens, seed: st.turns }, stop: false };
     for (const side of SIDES) bubble(side, "user", user);
     document.body.dataset.chat = "running";
     setPhase("generating");
@@ -153,7 +155,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     }
     const ready = phase === "idle" && st.loaded && st.hasTemplate;
     for (const id of ["chat-input", "chat-send", "chat-clear", "chat-left-adapter", "chat-right-adapter", "chat-temperature",
-      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "chat-ngram", "chat-stop-at", "chat-thinking", "keep-name"]) $(id).disabled = !ready;
+      "chat-top-p", "chat-min-p", "chat-repetition-penalty", "chat-max-tokens", "chat-min-tokens", "chat-ngram", "chat-stop-at", "chat-thinking", "keep-name"]) $(id).disabled = !ready;
     $("keep-adapter").disabled = !ready || !st.trained;
     for (const b of document.querySelectorAll("#kept-list button")) b.disabled = !ready;
     $("chat-stop").disabled = !st.running || st.running.stop;
@@ -167,6 +169,7 @@ export function chatPanel({ send, setPhase, showError, save }) {
     if (g.doSample) $("chat-min-p").value = g.minP;
     $("chat-repetition-penalty").value = g.repetitionPenalty;
     $("chat-ngram").value = g.noRepeatNgramSize;
+    $("chat-min-tokens").value = g.minNewTokens;
   }
 
   const error = (message) => showError("chat", message);

@@ -177,9 +177,12 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
     await page.fill("#chat-ngram", "0");
     await page.fill("#chat-stop-at", "");
 
-    // Stop: a long answer ends early with its text so far; the right column's answer is skipped.
+    // Stop: a long answer ends early with its text so far; the right column's answer is skipped. The answer is
+    // held to at least 200 tokens (eos banned before them, the "at least" field), so that it is long whatever the
+    // machine's speed: left alone, the toy's answer ends at eos after 14 tokens, which Stop can arrive after.
     await page.click("#chat-clear");
     await page.fill("#chat-max-tokens", "200");
+    await page.fill("#chat-min-tokens", "200");
     await page.fill("#chat-input", USER[0]);
     await page.click("#chat-send");
     await page.waitForFunction(() => Number(document.querySelector("#chat-left .assistant")?.dataset.tokenEvents) >= 3, null, { timeout: 120_000 });
@@ -196,6 +199,7 @@ test("chat: two turns side by side (base vs a kept adapter) as the library gener
     assert.ok(Number(stopped.left[0].newTokens) < 200 && stopped.left[0].text.length > 0, JSON.stringify(stopped.left));
     assert.equal(stopped.right[0].stopReason, "skipped", JSON.stringify(stopped.right));
     assert.equal(await page.isDisabled("#chat-stop"), true);
+    await page.fill("#chat-min-tokens", "0");
 
     // The right column switches to the second adapter: other answers, no reload of the base.
     await page.click("#chat-clear");
