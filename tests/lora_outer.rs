@@ -185,6 +185,11 @@ fn refused_combinations_are_typed_errors() {
     c.trainable_token_indices = Some(vec![5]);
     let e = Adapter::new_for_model(gpu, AdapterConfig::Lora(c), &model, None, 0).unwrap_err().to_string();
     assert!(e.contains("trainable_token_indices") && e.contains("lm_head"), "{e}");
+    // LoRA+ groups the embedding's factors at a learning rate of their own in PEFT.
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let opt = OptimizerConfig { loraplus_lr_ratio: Some(4.0), ..Default::default() };
+    let e = Trainer::new(gpu, load(gpu, &model, "qwen2_tied"), opt, 0).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("loraplus_lr_ratio") && e.contains("embed_tokens"), "{e}");
 }
 
 /// What webpeft saves after training (without PEFT's copies of the base

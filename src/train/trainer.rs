@@ -199,6 +199,18 @@ impl Trainer {
     /// Starts training `adapter` from step 0 with zero moments.
     pub fn new(gpu: &Gpu, mut adapter: Adapter, optimizer: OptimizerConfig, seed: u64) -> Result<Trainer> {
         check_optimizer(&optimizer)?;
+        if optimizer.loraplus_lr_ratio.is_some()
+            && adapter.tensors().iter().any(|(k, _)| k.contains(".lora_embedding_"))
+        {
+            // PEFT's create_loraplus_optimizer puts them in a group of their own at loraplus_lr_embedding.
+            return Err(Error::TrainOption {
+                option: "loraplus_lr_ratio",
+                detail:
+                    "LoRA+ with LoRA on embed_tokens is not supported: PEFT trains the embedding's factors at their \
+                         own learning rate (loraplus_lr_embedding), which webpeft does not offer"
+                        .into(),
+            });
+        }
         adapter.init_training_state(gpu)?;
         let zeros = || adapter.zeros_like(gpu);
         let state_backup = adapter
