@@ -656,7 +656,19 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
     let dir = TempDir::new("train-tokens");
     let data = write_data(&dir);
     let model = fixture("llama_gqa");
-    let method = ["--method", "lora", "--r", "4", "--trainable-token-indices", "5,82,381", "--quant", "nf4"];
+    // Ids, and tokens by their text ("<|begin_of_text|>" is 381 in the fixture's tokenizer).
+    let method = [
+        "--method",
+        "lora",
+        "--r",
+        "4",
+        "--trainable-token-indices",
+        "5,82",
+        "--trainable-tokens",
+        "<|begin_of_text|>",
+        "--quant",
+        "nf4",
+    ];
     let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
     // PEFT's files: the ids in the config, the rows beside the factors.
     let config: serde_json::Value =
@@ -678,6 +690,10 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
     let bad = ["--method", "lora", "--trainable-token-indices", "5,384", "--steps", "1", "--lr", "1e-3"];
     let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
     assert!(err.contains("--trainable-token-indices") && err.contains("384"), "{err}");
+    // A text that is not one token says what it encodes as.
+    let bad = ["--method", "lora", "--trainable-tokens", "The cat", "--steps", "1", "--lr", "1e-3"];
+    let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
+    assert!(err.contains("\"The cat\" is not one token of the vocabulary (it encodes as ["), "{err}");
 }
 
 #[test]
@@ -706,7 +722,9 @@ fn train_trainable_tokens_alone_stop_resume_and_merge() {
     let bad = ["--method", "trainable_tokens", "--trainable-token-indices", "5", "--r", "4", "--steps", "1"];
     let err = failure(&train(&data, &[&bad[..], &["--lr", "1e-3", "--out", &dir.join("x")]].concat()));
     assert!(
-        err.contains("--r is not an option of --method trainable_tokens, which takes only --trainable-token-indices"),
+        err.contains(
+            "--r is not an option of --method trainable_tokens, which takes --trainable-token-indices and --trainable-tokens"
+        ),
         "{err}"
     );
 }

@@ -103,6 +103,11 @@ pub struct TrainArgs {
     /// --method trainable_tokens's token_indices), comma-separated; a tied lm_head's rows follow.
     #[arg(long, value_delimiter = ',')]
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// The same by the tokens' text, as the tokenizer spells them ("<|im_start|>,<|im_end|>"): each
+    /// must be one token of the vocabulary (added tokens included); with --trainable-token-indices,
+    /// after those.
+    #[arg(long, value_delimiter = ',')]
+    pub trainable_tokens: Option<Vec<String>>,
     /// LoRA's init_lora_weights: kaiming (PEFT's true), gaussian, pissa, pissa_niter_K, olora or
     /// loftq (NF4); pissa/olora/loftq replace the adapted base weights, and a pissa/olora adapter is
     /// saved converted to a rank-2r LoRA of the original model [default: kaiming, as PEFT].
@@ -411,6 +416,21 @@ fn flag_error(e: webpeft::Error) -> String {
     format!("{flag}: {detail}")
 }
 
+/// `--trainable-tokens`' ids: each text one token of the vocabulary.
+fn token_ids(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<u32>, String> {
+    texts
+        .iter()
+        .map(|t| {
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                let ids = tokenizer.encode(t, false).map(|ids| format!("{ids:?}")).unwrap_or_default();
+                format!(
+                    "--trainable-tokens: {t:?} is not one token of the vocabulary (it encodes as {ids}): give its ids with --trainable-token-indices"
+                )
+            })
+        })
+        .collect()
+}
+
 /// The folder's own name (`base_model_name_or_path` / `model_name`).
 fn model_name(dir: &Path) -> Option<String> {
     let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -429,9 +449,10 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 23] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 24] {
         [
             ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora", "tokens"]),
+            ("--trainable-tokens", self.trainable_tokens.is_some(), &["lora", "tokens"]),
             ("--init-lora-weights", self.init_lora_weights.is_some(), &["lora"]),
             ("--loftq-iter", self.loftq_iter.is_some(), &["lora"]),
             ("--r", self.r.is_some(), &["lora"]),
@@ -615,7 +636,16 @@ impl TrainArgs {
         tokenizer: &Tokenizer,
         total_steps: u64,
     ) -> Result<Adapter, String> {
-        self.adapter_recipe()?
+        let mut recipe = self.adapter_recipe()?;
+        if let Some(texts) = &self.trainable_tokens {
+            let ids = token_ids(tokenizer, texts)?;
+            match &mut recipe {
+                AdapterRecipe::Lora(l) => l.trainable_token_indices.get_or_insert_with(Vec::new).extend(ids),
+                AdapterRecipe::TrainableTokens { token_indices } => token_indices.extend(ids),
+                _ => {}
+            }
+        }
+        recipe
             .for_run(total_steps)
             .build_adjusting_base(gpu, model, Some(files), Some(tokenizer), model_name(&self.model), self.seed)
             .await
