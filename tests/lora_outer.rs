@@ -185,11 +185,46 @@ fn refused_combinations_are_typed_errors() {
     c.trainable_token_indices = Some(vec![5]);
     let e = Adapter::new_for_model(gpu, AdapterConfig::Lora(c), &model, None, 0).unwrap_err().to_string();
     assert!(e.contains("trainable_token_indices") && e.contains("lm_head"), "{e}");
-    // LoRA+ groups the embedding's factors at a learning rate of their own in PEFT.
+}
+
+/// LoRA+ against PEFT's `create_loraplus_optimizer` (`lora_outer/llama_gqa/lora_plus.safetensors`):
+/// the embedding's factors in a group of their own at `loraplus_lr_embedding`, the head's B with the
+/// layers' at 4× the learning rate; 10 steps with clipping. The embedding's rate follows the schedule:
+/// at half the peak rate (`base_lr` twice the step's) it is half the configured one.
+#[test]
+fn loraplus_groups_the_embedding_as_peft() {
     use webpeft::train::trainer::{OptimizerConfig, Trainer};
-    let opt = OptimizerConfig { loraplus_lr_ratio: Some(4.0), ..Default::default() };
-    let e = Trainer::new(gpu, load(gpu, &model, "qwen2_tied"), opt, 0).map(|_| ()).unwrap_err().to_string();
-    assert!(e.contains("loraplus_lr_ratio") && e.contains("embed_tokens"), "{e}");
+    let gpu = gpu();
+    let model = common::fixture_model(gpu, "llama_gqa");
+    let fx = Fixture::open("lora_outer/llama_gqa/lora_plus.safetensors");
+    let batch = common::fixture_batch(&Fixture::open("lora_outer/llama_gqa/reference.safetensors"), 0..2);
+    let run = |embedding: f64, base_lr: Option<f64>| {
+        let opt = OptimizerConfig {
+            weight_decay: 0.01,
+            loraplus_lr_ratio: Some(4.0),
+            loraplus_lr_embedding: embedding,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(gpu, load(gpu, &model, "llama_gqa"), opt, 0).unwrap();
+        trainer.base_lr = base_lr;
+        let losses: Vec<f32> = (0..10)
+            .map(|_| block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap().loss)
+            .collect();
+        (losses, common::adapter_values(gpu, &trainer.adapter))
+    };
+    for (embedding, base_lr) in [(1e-3, None), (2e-3, Some(2e-2))] {
+        let (losses, values) = run(embedding, base_lr);
+        let d = common::max_abs_diff(&losses, &fx.f32("losses"));
+        assert!(d <= 1e-4, "{embedding} at base {base_lr:?}: losses {d:e}");
+        for (key, got) in values {
+            let d = common::max_abs_diff(&got, &fx.f32(&format!("final.{key}")));
+            assert!(d <= 1e-4, "final {key}: {d:e}");
+        }
+        eprintln!("LoRA+ with the embedding at {embedding} (base {base_lr:?}): losses within {d:e}");
+    }
+    // PEFT's default, 1e-6, differs.
+    let (losses, _) = run(1e-6, None);
+    assert!((losses[9] - fx.f32("losses")[9]).abs() > 1e-3, "the embedding's rate changed nothing");
 }
 
 /// What webpeft saves after training (without PEFT's copies of the base

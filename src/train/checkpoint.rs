@@ -56,7 +56,8 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
         (
             "optimizer",
             json!({"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "weight_decay": o.weight_decay,
-                   "max_grad_norm": o.max_grad_norm, "loraplus_lr_ratio": o.loraplus_lr_ratio})
+                   "max_grad_norm": o.max_grad_norm, "loraplus_lr_ratio": o.loraplus_lr_ratio,
+                   "loraplus_lr_embedding": o.loraplus_lr_embedding})
             .to_string(),
         ),
         ("progress", progress.to_string()),
@@ -121,6 +122,8 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
         weight_decay: f("weight_decay")?,
         max_grad_norm: f("max_grad_norm")? as f32,
         loraplus_lr_ratio: opt.get("loraplus_lr_ratio").and_then(Value::as_f64),
+        // Checkpoints written before the option hold PEFT's default.
+        loraplus_lr_embedding: opt.get("loraplus_lr_embedding").and_then(Value::as_f64).unwrap_or(1e-6),
     };
     let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
     let mut tensors: [BTreeMap<String, Vec<f32>>; 3] = Default::default();

@@ -586,6 +586,12 @@ impl TrainRecipe {
         if let Some(r) = o.loraplus_lr_ratio.filter(|r| !(r.is_finite() && *r > 0.0)) {
             return Err(bad("loraplus_lr_ratio", format!("must be a finite number > 0, got {r}")));
         }
+        if !(o.loraplus_lr_embedding.is_finite() && o.loraplus_lr_embedding >= 0.0) {
+            return Err(bad(
+                "loraplus_lr_embedding",
+                format!("must be a finite number ≥ 0, got {}", o.loraplus_lr_embedding),
+            ));
+        }
         if !(o.eps.is_finite() && o.eps >= 0.0) {
             return Err(bad("eps", format!("must be a finite number ≥ 0, got {}", o.eps)));
         }

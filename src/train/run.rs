@@ -105,6 +105,8 @@ impl Run {
         }
         let total = config.total_steps(per_epoch)?;
         let schedule = LrSchedule::new(config.schedule, config.lr, config.warmup_steps, total)?;
+        let mut trainer = trainer;
+        trainer.base_lr = Some(config.lr);
         let batches = dataset.epoch(0);
         Ok(Run {
             dataset,

@@ -45,6 +45,10 @@ pub struct OptimizerConfig {
     /// LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this
     /// many times A's. `None` trains every tensor at the same rate.
     pub loraplus_lr_ratio: Option<f64>,
+    /// Under LoRA+, the learning rate of a LoRA on `embed_tokens` (both its
+    /// factors; PEFT's `loraplus_lr_embedding`, default 1e-6) where the
+    /// run's is [`Trainer::base_lr`]: it follows the schedule as the others.
+    pub loraplus_lr_embedding: f64,
 }
 
 impl Default for OptimizerConfig {
@@ -58,6 +62,7 @@ impl Default for OptimizerConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             loraplus_lr_ratio: None,
+            loraplus_lr_embedding: 1e-6,
         }
     }
 }
@@ -133,12 +138,15 @@ impl PreferenceStats {
 }
 
 /// A tensor's AdamW settings under LoRA+, as PEFT's `create_loraplus_optimizer`
-/// groups them: `lora_B` and 1-D tensors at `ratio` times the learning rate
-/// (biases without weight decay), everything else at the learning rate. Each
-/// group's weight decay is the run's (PEFT's `loraplus_weight_decay`, which
-/// replaces the optimizer's own).
-fn loraplus_group(hp: &AdamWParams, ratio: f64, key: &str, t: &Tensor) -> AdamWParams {
-    if key.contains("lora_B") || t.shape().len() == 1 {
+/// groups them: an embedding LoRA's factors at `embedding` (the learning rate
+/// its group has now), `lora_B` and 1-D tensors at `ratio` times the learning
+/// rate (biases without weight decay), everything else at the learning rate.
+/// Each group's weight decay is the run's (PEFT's `loraplus_weight_decay`,
+/// which replaces the optimizer's own).
+fn loraplus_group(hp: &AdamWParams, (ratio, embedding): (f64, f64), key: &str, t: &Tensor) -> AdamWParams {
+    if key.contains(".lora_embedding_") {
+        AdamWParams { lr: embedding, ..*hp }
+    } else if key.contains("lora_B") || t.shape().len() == 1 {
         let weight_decay = if key.contains("bias") { 0.0 } else { hp.weight_decay };
         AdamWParams { lr: hp.lr * ratio, weight_decay, ..*hp }
     } else {
@@ -178,6 +186,11 @@ pub struct Trainer {
     pub gradient_checkpointing: bool,
     /// What the steps minimise: SFT's loss, or DPO or ORPO on batches of pairs.
     pub objective: Objective,
+    /// The run's peak learning rate (its schedule's base), which a step's
+    /// `lr` is a fraction of: LoRA+'s embedding group is scaled by the same
+    /// fraction, as PEFT's schedulers scale every group. `None`: each step's
+    /// `lr` is taken as the peak.
+    pub base_lr: Option<f64>,
 }
 
 fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
@@ -189,6 +202,12 @@ fn check_optimizer(o: &OptimizerConfig) -> Result<()> {
     if let Some(ratio) = o.loraplus_lr_ratio.filter(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(Error::invalid("Trainer", format!("loraplus_lr_ratio must be a finite number > 0, got {ratio}")));
     }
+    if !(o.loraplus_lr_embedding.is_finite() && o.loraplus_lr_embedding >= 0.0) {
+        return Err(Error::invalid(
+            "Trainer",
+            format!("loraplus_lr_embedding must be a finite number ≥ 0, got {}", o.loraplus_lr_embedding),
+        ));
+    }
     if !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
         return Err(Error::invalid("Trainer", format!("max_grad_norm must be ≥ 0 (0 = off), got {}", o.max_grad_norm)));
     }
@@ -199,18 +218,6 @@ impl Trainer {
     /// Starts training `adapter` from step 0 with zero moments.
     pub fn new(gpu: &Gpu, mut adapter: Adapter, optimizer: OptimizerConfig, seed: u64) -> Result<Trainer> {
         check_optimizer(&optimizer)?;
-        if optimizer.loraplus_lr_ratio.is_some()
-            && adapter.tensors().iter().any(|(k, _)| k.contains(".lora_embedding_"))
-        {
-            // PEFT's create_loraplus_optimizer puts them in a group of their own at loraplus_lr_embedding.
-            return Err(Error::TrainOption {
-                option: "loraplus_lr_ratio",
-                detail:
-                    "LoRA+ with LoRA on embed_tokens is not supported: PEFT trains the embedding's factors at their \
-                         own learning rate (loraplus_lr_embedding), which webpeft does not offer"
-                        .into(),
-            });
-        }
         adapter.init_training_state(gpu)?;
         let zeros = || adapter.zeros_like(gpu);
         let state_backup = adapter
@@ -230,6 +237,7 @@ impl Trainer {
             rng: Rng::new(seed),
             gradient_checkpointing: false,
             objective: Objective::Sft,
+            base_lr: None,
         })
     }
 
@@ -353,7 +361,10 @@ impl Trainer {
         let step = u32::try_from(number).map_err(|_| Error::invalid(OP, "more than 2³² steps"))?;
         for (((p, g), m), v) in params.iter().zip(&grads).zip(&ms).zip(&vs) {
             let hp = match o.loraplus_lr_ratio {
-                Some(ratio) => loraplus_group(&hp, ratio, &p.0, p.1),
+                Some(ratio) => {
+                    let fraction = self.base_lr.map_or(1.0, |base| lr / base);
+                    loraplus_group(&hp, (ratio, o.loraplus_lr_embedding * fraction), &p.0, p.1)
+                }
                 None => hp,
             };
             adamw_step(&mut rec, p.1, g, m.1, v.1, &hp, step, scale)?;

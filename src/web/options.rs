@@ -203,6 +203,7 @@ pub struct TrainOptions {
     pub weight_decay: Option<f64>,
     pub max_grad_norm: Option<f32>,
     pub loraplus_lr_ratio: Option<f64>,
+    pub loraplus_lr_embedding: Option<f64>,
     pub seed: Option<u64>,
     pub shuffle: Option<bool>,
     pub packing: Option<bool>,
@@ -408,6 +409,7 @@ impl TrainOptions {
         t.optimizer.weight_decay = self.weight_decay.unwrap_or(t.optimizer.weight_decay);
         t.optimizer.max_grad_norm = self.max_grad_norm.unwrap_or(t.optimizer.max_grad_norm);
         t.optimizer.loraplus_lr_ratio = self.loraplus_lr_ratio.or(t.optimizer.loraplus_lr_ratio);
+        t.optimizer.loraplus_lr_embedding = self.loraplus_lr_embedding.unwrap_or(t.optimizer.loraplus_lr_embedding);
         t.seed = self.seed.unwrap_or(t.seed);
         t.shuffle = self.shuffle.unwrap_or(t.shuffle);
         t.packing = self.packing.unwrap_or(t.packing);

@@ -125,6 +125,9 @@ export interface TrainOptions {
   seed?: number; shuffle?: boolean; packing?: boolean;
   /** LoRA+: B's learning rate is this many times lr (PEFT's create_loraplus_optimizer). Left out: off. */
   loraplusLrRatio?: number;
+  /** LoRA+: the learning rate of a LoRA on embed_tokens at the schedule's peak (PEFT's loraplus_lr_embedding). Left
+   * out: 1e-6, as PEFT. */
+  loraplusLrEmbedding?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on

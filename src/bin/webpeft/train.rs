@@ -170,6 +170,10 @@ pub struct TrainArgs {
     /// weight decay applies to both groups, as its loraplus_weight_decay) [default: off].
     #[arg(long)]
     pub loraplus_lr_ratio: Option<f64>,
+    /// LoRA+: the learning rate of a LoRA on embed_tokens at the schedule's peak (PEFT's
+    /// loraplus_lr_embedding; it follows the schedule as --lr does).
+    #[arg(long, default_value_t = TrainRecipe::default().optimizer.loraplus_lr_embedding)]
+    pub loraplus_lr_embedding: f64,
     /// Clip the global gradient norm to this (0 = off).
     #[arg(long, default_value_t = TrainRecipe::default().optimizer.max_grad_norm)]
     pub max_grad_norm: f32,
@@ -603,6 +607,7 @@ impl TrainArgs {
         t.optimizer.weight_decay = self.weight_decay;
         t.optimizer.max_grad_norm = self.max_grad_norm;
         t.optimizer.loraplus_lr_ratio = self.loraplus_lr_ratio;
+        t.optimizer.loraplus_lr_embedding = self.loraplus_lr_embedding;
         t.batch_size = self.batch_size;
         t.seq_len = self.seq_len.unwrap_or(t.seq_len);
         t.packing = self.packing;
