@@ -477,8 +477,10 @@ impl Model {
 
     /// Records the backward pass from dlogits (B, T, V) through the same
     /// `hooks` as the forward, which add the adapter's gradients where they
-    /// keep them. Nothing frozen gets a gradient, and the embedding input
-    /// needs none.
+    /// keep them. Nothing frozen gets a gradient; the ids need none, and
+    /// the embedding's output gradient goes to the hooks' embedding point.
+    /// The head's input is recomputed from the saved hidden states (one
+    /// RMSNorm) for the head's backward point; training's loss chunks keep it.
     pub fn backward(&self, rec: &mut Recorder, dlogits: &Tensor, saved: &ModelSaved, hooks: &dyn Hooks) -> Result<()> {
         // The head's input again (the head's backward point reads it): model.norm of the saved x.
         let mut xn = self.norm.forward(rec, &saved.x)?;
