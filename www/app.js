@@ -47,7 +47,8 @@ const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-erro
   generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error", chat: "chat-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
-  beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss" };
+  beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss", trainable_tokens: "tokens to train",
+  token_indices: "tokens to train" };
 function inFormWords(message) {
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
   if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
@@ -303,7 +304,8 @@ function config() {
   const targets = f.get("targets") === "all-linear" ? "all-linear" : f.get("targets").split(",");
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
-    objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType") };
+    objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType"),
+    tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean) };
 }
 
 function load() {
@@ -445,6 +447,7 @@ const METHOD_NOTES = {
   prefix_tuning: "Prefix tuning: 20 learned keys and values that every layer's attention sees before the input's; PEFT's files.",
   prefix_projection: "Prefix tuning through PEFT's MLP (prefix_projection): the keys and values are an MLP's output over 20 learned embeddings; PEFT saves the prefix it makes.",
   p_tuning: "P-tuning: 20 virtual-token embeddings made by PEFT's MLP prompt encoder, put before every input; PEFT saves the embeddings it makes.",
+  trainable_tokens: "Trainable tokens: only the embedding rows of the tokens named below (a tied head's with them), e.g. a chat template's special tokens; PEFT's files.",
   seq_bn: "Bottleneck adapter after each MLP (AdapterHub's seq_bn, width hidden/16); AdapterHub's files.",
   double_seq_bn: "Bottleneck adapters after attention and after each MLP (AdapterHub's double_seq_bn); AdapterHub's files.",
   par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",

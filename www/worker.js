@@ -183,9 +183,15 @@ async function handle(msg) {
       if (!model) throw new Error("load a model first");
       const c = msg.config;
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
+      const tokens = c.tokens ?? [];
+      if (tokens.length > 0 && !["lora", "dora", "trainable_tokens"].includes(c.method)) {
+        throw new Error("tokens to train: only lora, dora and trainable_tokens train token rows");
+      }
       if (c.method === "lora" || c.method === "dora") {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed,
-          useDora: c.method === "dora" });
+          useDora: c.method === "dora", trainableTokens: tokens });
+      } else if (c.method === "trainable_tokens") {
+        model.addTrainableTokens(ADAPTER, { tokens });
       } else if (c.method === "adalora") {
         // The page's r is the starting rank; the allocator prunes to two thirds of it (PEFT's 12 → 8) over the run.
         model.addAdaLora(ADAPTER, { initR: c.r, targetR: Math.max(1, Math.round((c.r * 2) / 3)), alpha: c.alpha,

@@ -250,6 +250,26 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The ids of tokens named by their text (`"<|im_start|>"`, as the
+    /// vocabulary spells them, added tokens included), for trainable tokens:
+    /// a text that is not one token is a typed error saying what it encodes as.
+    pub fn single_token_ids(&self, texts: &[String]) -> Result<Vec<u32>> {
+        texts
+            .iter()
+            .map(|t| {
+                self.token_to_id(t).ok_or_else(|| {
+                    let ids = self.encode(t, false).map(|ids| format!("{ids:?}")).unwrap_or_default();
+                    Error::TrainOption {
+                        option: "trainable_tokens",
+                        detail: format!(
+                            "{t:?} is not one token of the vocabulary (it encodes as {ids}): give its id instead"
+                        ),
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// The token string of `id` as stored in the vocabulary (byte-level BPE
     /// tokens are in their `Ġ`-style alphabet, not decoded).
     pub fn id_to_token(&self, id: u32) -> Option<String> {

@@ -440,8 +440,36 @@ impl AdapterRecipe {
         crate::peft::adapter::Adapter::new_adjusting_base(gpu, config, model, files, tokenizer, seed).await
     }
 
+    /// The recipe with the tokens `texts` (as the vocabulary spells them:
+    /// `"<|im_start|>"`) added to its trainable token rows, after the ids it
+    /// has: a LoRA's `trainable_token_indices`, or trainable_tokens' own.
+    /// Each text must be one token of `tokenizer`'s vocabulary.
+    pub fn with_token_texts(mut self, texts: &[String], tokenizer: Option<&Tokenizer>) -> Result<AdapterRecipe> {
+        if texts.is_empty() {
+            return Ok(self);
+        }
+        let tokenizer = tokenizer
+            .ok_or_else(|| bad("trainable_tokens", "tokens given by their text need the model's tokenizer"))?;
+        let ids = tokenizer.single_token_ids(texts)?;
+        match &mut self {
+            AdapterRecipe::Lora(l) => l.trainable_token_indices.get_or_insert_with(Vec::new).extend(ids),
+            AdapterRecipe::TrainableTokens { token_indices } => token_indices.extend(ids),
+            other => {
+                return Err(bad(
+                    "trainable_tokens",
+                    format!("{} trains no token rows (lora and trainable_tokens do)", other.method().name()),
+                ))
+            }
+        }
+        Ok(self)
+    }
+
     /// What the memory planner needs to know of this adapter on `model`.
     pub fn plan_adapter(&self, model: &Config) -> Result<PlanAdapter> {
+        if let AdapterRecipe::TrainableTokens { token_indices } = self {
+            // Planned before the rows are known (the page names them by text): k·D values a copy.
+            return Ok(PlanAdapter::TrainableTokens { rows: token_indices.len() });
+        }
         if let AdapterRecipe::AdaLora(o) = self {
             // The schedule does not change the memory: plan before the run's steps are known.
             let c = self.for_run(o.total_step.unwrap_or(o.tinit + o.tfinal + 1) as u64).config(model, None)?;

@@ -377,8 +377,11 @@ async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<Strin
 
 impl WebModel {
     /// A fresh adapter from `recipe` (seeded by `seed`) under `name`.
-    fn add_fresh(&self, name: &str, recipe: AdapterRecipe, seed: u64) -> JsResult<()> {
+    /// Adds a fresh adapter of `recipe`, with the trainable tokens `texts`
+    /// (by their text, resolved with the model's tokenizer).
+    fn add_fresh(&self, name: &str, recipe: AdapterRecipe, texts: &[String], seed: u64) -> JsResult<()> {
         let mut st = busy_mut(self.state.try_borrow_mut())?;
+        let recipe = recipe.with_token_texts(texts, st.tokenizer.as_ref()).map_err(err)?;
         let adapter = recipe.build(&st.gpu, &st.model, st.tokenizer.as_ref(), st.source.clone(), seed).map_err(err)?;
         st.adapters.insert(name, adapter).map_err(err)
     }
@@ -512,7 +515,8 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "LoraOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: LoraOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        let texts = o.trainable_tokens.clone().unwrap_or_default();
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &texts, o.seed())
     }
 
     /// Adds a LoRA adapter whose init replaces the base weights, as PEFT's
@@ -558,7 +562,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "AdaLoraOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: AdaLoraOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Adds a fresh (IA)³ adapter (PEFT's `IA3Config` defaults for the model: vectors of ones).
@@ -569,7 +573,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "Ia3Options")] opts: JsValue,
     ) -> JsResult<()> {
         let o: Ia3Options = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Adds PEFT's TRAINABLE_TOKENS by itself: the embedding rows of `tokenIndices`, starting as the
@@ -581,7 +585,8 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "TrainableTokensOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: TrainableTokensOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, crate::train::recipe::DEFAULT_SEED)
+        let texts = o.tokens.clone().unwrap_or_default();
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &texts, crate::train::recipe::DEFAULT_SEED)
     }
 
     /// Adds a fresh prompt-tuning adapter (20 virtual tokens, PEFT's RANDOM init, unless told).
@@ -592,7 +597,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PromptTuningOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: PromptTuningOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Adds a fresh prefix-tuning adapter (20 virtual tokens unless told; N(0, 1) as PEFT, or with
@@ -604,7 +609,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PrefixTuningOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: PrefixTuningOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Adds a fresh P-tuning adapter (20 virtual tokens from PEFT's MLP prompt encoder, unless told).
@@ -615,7 +620,7 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PTuningOptions")] opts: JsValue,
     ) -> JsResult<()> {
         let o: PTuningOptions = options(&opts)?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Adds a fresh bottleneck adapter (AdapterHub's preset for the method).
@@ -627,7 +632,7 @@ impl WebModel {
     ) -> JsResult<()> {
         let o: BottleneckOptions =
             serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
-        self.add_fresh(name, o.to_recipe().map_err(err)?, o.seed())
+        self.add_fresh(name, o.to_recipe().map_err(err)?, &[], o.seed())
     }
 
     /// Loads an adapter folder's files (PEFT or AdapterHub) or a .zip of them.

@@ -38,6 +38,8 @@ pub struct LoraOptions {
     pub layers_to_transform: Option<Vec<usize>>,
     /// PEFT's `trainable_token_indices`: these ids' embedding rows are trained too.
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// The same by the tokens' text (each one token of the vocabulary), after those.
+    pub trainable_tokens: Option<Vec<String>>,
     pub seed: Option<u64>,
 }
 
@@ -106,15 +108,18 @@ pub struct Ia3Options {
 #[serde(rename_all = "camelCase", default)]
 pub struct TrainableTokensOptions {
     pub token_indices: Option<Vec<u32>>,
+    /// The same by the tokens' text (each one token of the vocabulary), after those.
+    pub tokens: Option<Vec<String>>,
 }
 
 impl TrainableTokensOptions {
     /// The TRAINABLE_TOKENS recipe: the ids are required.
     pub fn to_recipe(&self) -> Result<AdapterRecipe> {
-        match &self.token_indices {
-            Some(ids) if !ids.is_empty() => Ok(AdapterRecipe::TrainableTokens { token_indices: ids.clone() }),
-            _ => Err(bad("token_indices", "addTrainableTokens needs tokenIndices, the ids whose rows it trains")),
+        let given = |v: Option<usize>| v.is_some_and(|n| n > 0);
+        if !given(self.token_indices.as_ref().map(Vec::len)) && !given(self.tokens.as_ref().map(Vec::len)) {
+            return Err(bad("token_indices", "addTrainableTokens needs tokenIndices or tokens, the rows it trains"));
         }
+        Ok(AdapterRecipe::TrainableTokens { token_indices: self.token_indices.clone().unwrap_or_default() })
     }
 }
 

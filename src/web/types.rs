@@ -72,6 +72,8 @@ export interface LoraOptions {
   /** PEFT's `trainable_token_indices`: these token ids' embedding rows are trained beside the LoRA (and a tied
    * lm_head's rows with them); saved as `…embed_tokens.token_adapter.trainable_tokens_delta`. */
   trainableTokenIndices?: number[];
+  /** The same by the tokens' text, as the vocabulary spells them (`"<|im_start|>"`), each one token; after those. */
+  trainableTokens?: string[];
   seed?: number;
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
@@ -80,7 +82,10 @@ export interface AdaLoraOptions { initR?: number; targetR?: number; alpha?: numb
 export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforwardModules?: LoraTarget[]; seed?: number; }
 /** PEFT's TRAINABLE_TOKENS by itself: these token ids' embedding rows are trained (a tied lm_head's rows with them),
  * starting as the embedding's own; saved as `…embed_tokens.trainable_tokens_delta`. */
-export interface TrainableTokensOptions { tokenIndices: number[]; }
+export interface TrainableTokensOptions {
+  /** The ids whose rows are trained, and/or the tokens by their text (each one token of the vocabulary): at least one. */
+  tokenIndices?: number[]; tokens?: string[];
+}
 /** Left out: 20 virtual tokens, PEFT's "random" init (N(0, 1)), seed 42. "text" starts from the embeddings of
  * `initText`'s tokens (repeated to the number of virtual tokens), "sample_vocab" from random tokens'. */
 export interface PromptTuningOptions {

@@ -183,6 +183,24 @@ test("the controls follow one state: fresh, running, paused, finished and failed
     assert.ok(Math.abs(box.y - button.y) < 120, `the message is next to the Train button (${box.y} vs ${button.y})`);
     await page.fill("#config [name=r]", "8");
 
+    // Trainable tokens by their text: one that is not a token is refused in the form's words; two that are train.
+    await page.selectOption("#config [name=method]", "trainable_tokens");
+    assert.match(await page.textContent("#method-note"), /^Trainable tokens/);
+    await page.fill("#config [name=tokens]", "The cat");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.match(await page.textContent("#train-error"), /^tokens to train: "The cat" is not one token of the vocabulary/);
+    await phase("idle");
+    await page.fill("#config [name=tokens]", "<|begin_of_text|>, <|end_of_text|>");
+    await page.click("#train");
+    await phase("training");
+    await page.waitForFunction(() => document.body.dataset.phase === "idle" &&
+      document.querySelector("#gguf-note").textContent.includes("this one is trainable_tokens"), null, { timeout: 600_000 });
+    assert.equal(await page.isHidden("#train-error"), true);
+    assert.equal(await page.isDisabled("#download"), false, "the trained rows download");
+    await page.selectOption("#config [name=method]", "lora");
+    await page.fill("#config [name=tokens]", "");
+
     // A model URL that does not answer: the message sits in the model section, nothing claims a model is loaded.
     await page.check("input[name=source][value=url]");
     await page.fill("#model-url", "http://127.0.0.1:9/no-model/");

@@ -420,21 +420,6 @@ fn flag_error(e: webpeft::Error) -> String {
     format!("{flag}: {detail}")
 }
 
-/// `--trainable-tokens`' ids: each text one token of the vocabulary.
-fn token_ids(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<u32>, String> {
-    texts
-        .iter()
-        .map(|t| {
-            tokenizer.token_to_id(t).ok_or_else(|| {
-                let ids = tokenizer.encode(t, false).map(|ids| format!("{ids:?}")).unwrap_or_default();
-                format!(
-                    "--trainable-tokens: {t:?} is not one token of the vocabulary (it encodes as {ids}): give its ids with --trainable-token-indices"
-                )
-            })
-        })
-        .collect()
-}
-
 /// The folder's own name (`base_model_name_or_path` / `model_name`).
 fn model_name(dir: &Path) -> Option<String> {
     let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -641,16 +626,10 @@ impl TrainArgs {
         tokenizer: &Tokenizer,
         total_steps: u64,
     ) -> Result<Adapter, String> {
-        let mut recipe = self.adapter_recipe()?;
-        if let Some(texts) = &self.trainable_tokens {
-            let ids = token_ids(tokenizer, texts)?;
-            match &mut recipe {
-                AdapterRecipe::Lora(l) => l.trainable_token_indices.get_or_insert_with(Vec::new).extend(ids),
-                AdapterRecipe::TrainableTokens { token_indices } => token_indices.extend(ids),
-                _ => {}
-            }
-        }
-        recipe
+        let texts = self.trainable_tokens.as_deref().unwrap_or_default();
+        self.adapter_recipe()?
+            .with_token_texts(texts, Some(tokenizer))
+            .map_err(flag_error)?
             .for_run(total_steps)
             .build_adjusting_base(gpu, model, Some(files), Some(tokenizer), model_name(&self.model), self.seed)
             .await
