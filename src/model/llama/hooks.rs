@@ -4,8 +4,8 @@
 //!
 //! | hook point | in the block | implemented by |
 //! |---|---|---|
-//! | [`Hooks::embedding_forward`] | after `embed_tokens` gathered the rows of the ids: may change rows in place | trainable tokens (with LoRA) |
-//! | [`Hooks::head_forward`] | after `lm_head` computed logits: may change them in place; its backward runs before the frozen head's dx = dlogits·W | trainable tokens on a tied head |
+//! | [`Hooks::embedding_forward`] | after `embed_tokens` gathered the rows of the ids: may change rows in place | trainable tokens (alone or beside a LoRA), LoRA on `embed_tokens` |
+//! | [`Hooks::head_forward`] | after `lm_head` computed logits: may change them in place; its backward runs before the frozen head's dx = dlogits·W | trainable tokens on a tied head, LoRA on `lm_head` |
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
