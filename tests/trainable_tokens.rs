@@ -252,6 +252,8 @@ fn bad_trainable_tokens_are_typed_errors() {
     let e = with(serde_json::json!([258, 5, 82, 40, 384]));
     eprintln!("ROW | trainable_token_indices past the vocabulary | {e}");
     assert!(e.contains("trainable_token_indices[4]") && e.contains("vocab_size 384"), "{e}");
+    let e = with(serde_json::json!({"embed_tokens": [258, "x"]}));
+    assert!(e.contains("trainable_token_indices.embed_tokens[1]") && e.contains("token id"), "{e}");
     let e = with(serde_json::json!({"lm_head": [1, 2]}));
     assert!(e.contains("embed_tokens only"), "{e}");
     let e = with(serde_json::json!([]));

@@ -142,20 +142,17 @@ pub(crate) fn parse_indices(f: &Fields) -> Result<Option<Vec<u32>>> {
     let list = match f.get(KEY) {
         None => return Ok(None),
         Some(Value::Array(_)) => f.tokens(KEY)?,
-        Some(Value::Object(m)) => {
+        Some(v @ Value::Object(m)) => {
             let mut entries = m.iter();
             match (entries.next(), entries.next()) {
-                (Some((name, ids @ Value::Array(_))), None)
-                    if name == "embed_tokens" || name.ends_with(".embed_tokens") =>
-                {
-                    let one = serde_json::Map::from_iter([(KEY.to_string(), ids.clone())]);
-                    Fields::of(&one, "", |field, detail| Error::AdapterConfig { field: field.into(), detail })
-                        .tokens(KEY)?
+                (Some((name, Value::Array(_))), None) if name == "embed_tokens" || name.ends_with(".embed_tokens") => {
+                    let field = |field: &str, detail| Error::AdapterConfig { field: field.into(), detail };
+                    Fields::of(m, "trainable_token_indices.", field).tokens(name)?
                 }
                 _ => {
                     return Err(unsupported(format!(
                         "{}: webpeft trains token rows of embed_tokens only (a list, or {{\"embed_tokens\": [...]}})",
-                        brief(&Value::Object(m.clone()))
+                        brief(v)
                     )))
                 }
             }
