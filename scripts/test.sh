@@ -21,7 +21,8 @@ echo "== kernel tests with shader runtime checks (WEBPEFT_SHADER_CHECKS=1)"
 export WEBPEFT_SHADER_CHECKS=1
 cargo test --features cli --test rmsnorm --test rope --test softmax --test swiglu --test cross_entropy \
     --test adamw --test embedding --test reduce --test sample --test elementwise --test adalora_kernels
-cargo test --features cli --test trainable_tokens --test lora_outer -- token_row_kernels id_column_kernels
+cargo test --features cli --test trainable_tokens --test lora_outer --test modules_to_save -- token_row_kernels \
+    id_column_kernels gradient_matches
 cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
 cargo test --features cli --test gemv -- every_form
 cargo test --features cli --test low_rank -- every_kernel f16_compute chunked
@@ -41,7 +42,7 @@ WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli -
     --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
     --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
     --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens \
-    --test lora_outer
+    --test lora_outer --test modules_to_save
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
 # bits, 4 at 128, 16 at 512, 32 at 1024 and 64 at 2048 (LLVM splits what the

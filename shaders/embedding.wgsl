@@ -1,4 +1,6 @@
-// Token embedding lookup: out[t, :] = table[ids[t], :].
+// Token embedding lookup: out[t, :] = table[ids[t], :], and for a trained
+// table (PEFT's modules_to_save) its backward: grad[id, :] += Σ dx[t, :] over
+// the tokens t of each id.
 //
 // The table may be split by rows across several buffers (a large vocabulary
 // is over the storage-binding limit): one dispatch gathers from one chunk,
@@ -11,7 +13,8 @@
 // stored it (`embedding_forward_16`, BF16 telling which): 16-bit values widen
 // to f32 exactly, so the rows equal the f32 table's.
 //
-// One invocation per output value. Prelude constants: WG, BF16.
+// One invocation per output value (forward) or per (token, column)
+// (backward). Prelude constants: WG, BF16.
 
 struct Params {
     n: u32,          // tokens
@@ -25,6 +28,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // (n)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // (n, dim)
 @group(0) @binding(4) var<storage, read> table16: array<u32>;   // (rows, dim) f16 or bf16, two a word (low half first)
+@group(0) @binding(5) var<storage, read> dx: array<f32>;        // (n, dim), the gradient at the gathered rows
+@group(0) @binding(6) var<storage, read_write> grad: array<f32>; // (rows, dim), table rows row_start.., added to
 
 // Value e of the 16-bit table.
 fn table_value16(e: u32) -> f32 {
@@ -56,4 +61,27 @@ fn embedding_forward_16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     if (id >= p.row_start && local < p.rows) {
         out[i] = table_value16(local * p.dim + i % p.dim);
     }
+}
+
+// The first token of each id in this chunk sums every token of that id, in
+// token order, into its row: no two invocations write one value, so no
+// atomics; later tokens of an id do nothing.
+@compute @workgroup_size(WG)
+fn embedding_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = flat_group(wid, nwg) * WG + lid;
+    if (i >= p.n * p.dim) { return; }
+    let t = i / p.dim;
+    let d = i % p.dim;
+    let id = ids[t];
+    let local = id - p.row_start;
+    if (id < p.row_start || local >= p.rows) { return; }
+    for (var u = 0u; u < t; u++) {
+        if (ids[u] == id) { return; }
+    }
+    var sum = 0.0;
+    for (var u = t; u < p.n; u++) {
+        if (ids[u] == id) { sum += dx[u * p.dim + d]; }
+    }
+    let at = local * p.dim + d;
+    grad[at] = grad[at] + sum;
 }

@@ -697,6 +697,37 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
 }
 
 #[test]
+fn train_lora_with_modules_to_save_on_an_nf4_base_stop_resume_merge_and_refuse_a_gguf_adapter() {
+    let dir = TempDir::new("train-modules-to-save");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = ["--method", "lora", "--r", "4", "--modules-to-save", "embed_tokens,lm_head", "--quant", "nf4"];
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    // PEFT's files: the list in the config, each copy under its module's own key.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["modules_to_save"], serde_json::json!(["embed_tokens", "lm_head"]), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    for key in ["base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"] {
+        assert_eq!(st.tensor(key).unwrap().shape(), [384, 64], "{key}");
+    }
+    assert_eq!(st.len(), 2 * 2 * 2 + 2);
+    // Merged: the copies are the model's; a GGUF LoRA cannot hold them.
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let gguf = dir.join("a.gguf");
+    let err =
+        failure(&webpeft(&["export-gguf", "--model", &model, "--adapter", &whole, "--lora-only", "--out", &gguf]));
+    assert!(err.contains("modules_to_save"), "{err}");
+    // A module webpeft does not train whole is refused by the flag's name.
+    let bad = ["--method", "lora", "--modules-to-save", "embed_tokens,norm", "--steps", "1", "--lr", "1e-3"];
+    let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
+    assert!(err.contains("--modules-to-save") && err.contains("norm"), "{err}");
+}
+
+#[test]
 fn train_trainable_tokens_alone_stop_resume_and_merge() {
     let dir = TempDir::new("train-tokens-alone");
     let data = write_data(&dir);

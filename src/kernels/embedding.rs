@@ -7,7 +7,9 @@
 //! falls in its chunk. The ids live on the GPU, so the launcher cannot check
 //! them: an id ≥ vocab reads nothing and its output row stays zero (the
 //! caller, which has the ids on the CPU, should reject them before upload).
-//! There is no backward: the embedding is frozen under LoRA and adapters.
+//! The table is frozen under every method but PEFT's `modules_to_save`,
+//! which trains a copy: [`embedding_weight_backward`] adds the gradient of
+//! the gathered rows into that copy's chunks.
 //! A model's table is a [`QWeight`]: f32, or f16 or bf16 as the checkpoint
 //! stored it ([`embedding_weight`]), each row widened to f32 exactly.
 
@@ -156,6 +158,58 @@ pub fn embedding_weight(rec: &mut Recorder, w: &QWeight, ids: &Tensor) -> Result
     Ok(out)
 }
 
+/// grad (vocab, dim) += the gradient of [`embedding_weight`] for dx (n,
+/// dim) at the rows of ids (n) u32: each id's row gets the sum of its
+/// tokens' rows of dx. `grad` is an f32 weight in row chunks (a trained
+/// copy's gradient); ids ≥ vocab add nothing.
+pub fn embedding_weight_backward(rec: &mut Recorder, grad: &QWeight, ids: &Tensor, dx: &Tensor) -> Result<()> {
+    const OP: &str = "embedding backward";
+    ids.expect_dtype(OP, "ids", DType::U32)?;
+    all_f32(OP, &[("dx", dx)])?;
+    let (n, dim) = (ids.numel(), grad.cols);
+    if ids.shape().len() != 1 || dx.shape() != [n, dim] {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "ids {:?} and dx {:?} must be (n) and (n, {dim}) for a table of rows of {dim}",
+                ids.shape(),
+                dx.shape()
+            ),
+        ));
+    }
+    let chunks = grad
+        .chunks
+        .iter()
+        .map(|c| match &c.data {
+            ChunkData::F32(t) if t.shape() == [c.rows, dim] => Ok((c.row_start, c.rows, t)),
+            ChunkData::F32(t) => {
+                Err(Error::shape(OP, format!("grad chunk {:?}, expected ({}, {dim})", t.shape(), c.rows)))
+            }
+            ChunkData::Quant(p) => {
+                Err(Error::invalid(OP, format!("the gradient is stored as {}, expected f32", p.format)))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    u32_count(OP, "dx's element count", n * dim)?;
+    let grid = grid_1d((n * dim).div_ceil(WG as usize));
+    for (row_start, rows, t) in chunks {
+        let p = Params {
+            n: n as u32,
+            dim: dim as u32,
+            row_start: u32_count(OP, "row_start", row_start)?,
+            rows: u32_count(OP, "table rows", rows)?,
+        };
+        rec.dispatch_bound(&backward_key(), &p, &[(2, ids), (5, dx), (6, t)], grid)?;
+    }
+    Ok(())
+}
+
+fn backward_key() -> PipelineKey {
+    PipelineKey::new(Kernel::Embedding, "embedding_backward")
+        .with("WG", Const::U32(WG))
+        .with("BF16", Const::Bool(false))
+}
+
 fn key() -> PipelineKey {
     PipelineKey::new(Kernel::Embedding, "embedding_forward").with("WG", Const::U32(WG)).with("BF16", Const::Bool(false))
 }
@@ -169,5 +223,5 @@ fn key_16(bf16: bool) -> PipelineKey {
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    vec![key(), key_16(false), key_16(true)]
+    vec![key(), key_16(false), key_16(true), backward_key()]
 }

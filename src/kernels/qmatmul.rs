@@ -123,6 +123,29 @@ impl QWeight {
         Self::from_chunks(gpu, (rows, cols), format, 0.0, |_, n| Tensor::zeros(gpu, &[n, cols], DType::F32))
     }
 
+    /// A trainable f32 copy of the weight, dequantized as the kernels see
+    /// it, made on the GPU one chunk at a time (PEFT's `modules_to_save`
+    /// starts as a copy of the frozen module).
+    pub fn f32_copy(&self, gpu: &Gpu) -> Result<QWeight> {
+        let cols = self.cols;
+        Self::from_chunks(gpu, (self.rows, cols), QuantFormat::F32, self.max_abs, |start, n| {
+            let out = Tensor::zeros(gpu, &[n, cols], DType::F32)?;
+            let mut rec = Recorder::new(gpu);
+            for c in self.chunks.iter().filter(|c| c.row_start < start + n && start < c.row_start + c.rows) {
+                let f32_chunk = match &c.data {
+                    ChunkData::F32(t) => t.clone(),
+                    ChunkData::Quant(p) => dequantize(&mut rec, p)?,
+                };
+                let (from, to) = (start.max(c.row_start), (start + n).min(c.row_start + c.rows));
+                let row = cols as u64 * 4;
+                let (src, dst) = ((from - c.row_start) as u64 * row, (from - start) as u64 * row);
+                rec.copy(&f32_chunk, src, &out, dst, (to - from) as u64 * row)?;
+            }
+            rec.submit()?;
+            Ok(out)
+        })
+    }
+
     /// The weight whose rows `start..start + n` `chunk(start, n)` gives as
     /// f32 (n, cols) on the GPU, one chunk at a time, stored in `format`.
     fn from_chunks(
@@ -980,6 +1003,29 @@ pub fn qlinear_backward_input(rec: &mut Recorder, dy: &Tensor, w: &QWeight) -> R
 
 /// out += x·Wᵀ (or dy·W with `backward`): for adding a frozen path into a
 /// tensor that already holds another term.
+/// grad (out, in) += dyᵀ·x for dy (M, out) and x (M, in): the gradient of
+/// y = x·Wᵀ at a trained f32 weight held in row chunks (each chunk's rows
+/// take their columns of dy).
+pub fn weight_grad_accumulate(rec: &mut Recorder, dy: &Tensor, x: &Tensor, grad: &QWeight) -> Result<()> {
+    const OP: &str = "weight gradient";
+    let (out, cols) = (grad.rows, grad.cols);
+    let m = dy.numel() / out.max(1);
+    if dy.shape().last() != Some(&out) || x.numel() != m * cols {
+        let detail = format!("dy {:?} and x {:?} for a ({out}, {cols}) weight", dy.shape(), x.shape());
+        return Err(Error::shape(OP, detail));
+    }
+    for c in &grad.chunks {
+        let ChunkData::F32(t) = &c.data else {
+            return Err(Error::invalid(OP, format!("the gradient is stored as {}, expected f32", grad.format)));
+        };
+        let mut g = Gemm::new(c.rows, cols, m, true, false).accumulate(true); // (rows, in) += dy[:, rows]ᵀ·x
+        g.lda = out;
+        g.a_off = c.row_start;
+        super::matmul::gemm(rec, &g, dy, x, t)?;
+    }
+    Ok(())
+}
+
 pub fn qlinear_accumulate(rec: &mut Recorder, x: &Tensor, w: &QWeight, out: &Tensor, backward: bool) -> Result<()> {
     qgemm_acc(rec, x, w, out, backward, true, None, (None, None))
 }

@@ -370,7 +370,9 @@ impl Adapter {
             AdapterConfig::TrainableTokens(c) => {
                 Ok(Adapter::TrainableTokens(TrainableTokensAdapter::init(gpu, c, model, seed)?))
             }
-            AdapterConfig::Lora(c) if c.use_dora || c.trainable_token_indices.is_some() => {
+            AdapterConfig::Lora(c)
+                if c.use_dora || c.trainable_token_indices.is_some() || c.modules_to_save.is_some() =>
+            {
                 let ad = Adapter::new_lora(gpu, c, &model.config, seed)?;
                 if let Adapter::Lora(l) = &ad {
                     l.init_from_model(gpu, model)?;
@@ -410,6 +412,9 @@ impl Adapter {
                 let lora = crate::peft::lora::base_init::init_from_base(gpu, model, files, c, weights, seed).await?;
                 if let Some(t) = &lora.tokens {
                     t.start_from_embedding(gpu, model)?;
+                }
+                if let Some(m) = &lora.modules_to_save {
+                    m.start_from_model(gpu, model)?;
                 }
                 Ok(Adapter::Lora(lora))
             }

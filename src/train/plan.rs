@@ -53,7 +53,7 @@ pub enum PlanAdapter {
     /// whether the init replaces the base weights (PiSSA, OLoRA, LoftQ: see
     /// [`MemoryPlan::init_bytes`]).
     /// `outer_params`: what it trains outside the layers (LoRA on the
-    /// embedding or the head, trainable token rows).
+    /// embedding or the head, trainable token rows, modules_to_save's copies).
     Lora { r: usize, targets: Vec<String>, dropout: bool, dora: bool, adjusts_base: bool, outer_params: u64 },
     /// AdaLoRA at `init_r` = r: LoRA's shape plus E (r per module), A∘E kept
     /// per module for the backward, and the rank allocator's two EMAs.

@@ -148,7 +148,7 @@ fn token_losses(rec: &mut Recorder, xn: &Tensor, head: Head, targets: &Tensor) -
     let m = targets.numel();
     let token_loss = rec.alloc(&[m], DType::F32)?;
     let lse = rec.alloc(&[m], DType::F32)?;
-    for_each_chunk(rec, xn, head, targets, |rec, start, _, logits, t| {
+    for_each_chunk(rec, xn, &head, targets, |rec, start, _, logits, t| {
         let (loss_c, lse_c) = cross_entropy_forward(rec, logits, t)?;
         let n = t.numel() as u64 * 4;
         rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
@@ -162,7 +162,7 @@ fn token_losses(rec: &mut Recorder, xn: &Tensor, head: Head, targets: &Tensor) -
 fn for_each_chunk(
     rec: &mut Recorder,
     xn: &Tensor,
-    head: Head,
+    head: &Head,
     targets: &Tensor,
     mut f: impl FnMut(&mut Recorder, usize, &Tensor, &Tensor, &Tensor) -> Result<()>,
 ) -> Result<()> {
@@ -272,7 +272,7 @@ pub(crate) fn record_preference_micro(
     let dxn = rec.alloc(&[m, d], DType::F32)?;
     let head = model.head(hooks);
     let row = d as u64 * 4;
-    for_each_chunk(rec, &s.xn, head, targets, |rec, start, x, logits, t| {
+    for_each_chunk(rec, &s.xn, &head, targets, |rec, start, x, logits, t| {
         let n = t.numel();
         let lse = rec.alloc(&[n], DType::F32)?;
         let scale = rec.alloc(&[n], DType::F32)?;

@@ -118,6 +118,11 @@ pub struct LoraRecipe {
     pub layers_to_transform: Option<Vec<usize>>,
     /// These ids' embedding rows are trained too (PEFT's `trainable_token_indices`).
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// Whole modules trained beside the LoRA (PEFT's `modules_to_save`:
+    /// `embed_tokens`, `lm_head`).
+    pub modules_to_save: Option<Vec<String>>,
+    /// One trained copy for a tied model's embedding and head (PEFT's `ensure_weight_tying`).
+    pub ensure_weight_tying: bool,
 }
 
 impl LoraRecipe {
@@ -130,6 +135,8 @@ impl LoraRecipe {
         c.init_lora_weights = self.init;
         c.layers_to_transform = self.layers_to_transform.clone();
         c.trainable_token_indices = self.trainable_token_indices.clone();
+        c.modules_to_save = self.modules_to_save.clone().filter(|l| !l.is_empty());
+        c.ensure_weight_tying = self.ensure_weight_tying;
         c.base_model_name_or_path = model_name;
         c.validate()?;
         c.targets(model)?;
@@ -152,6 +159,8 @@ impl Default for LoraRecipe {
             init: InitLoraWeights::Kaiming,
             layers_to_transform: None,
             trainable_token_indices: None,
+            modules_to_save: None,
+            ensure_weight_tying: false,
         }
     }
 }
@@ -487,9 +496,18 @@ impl AdapterRecipe {
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
                 let tokens = c.trainable_token_indices.as_ref().map_or(0, Vec::len) as u64;
+                let table = (model.vocab_size * model.hidden_size) as u64;
+                let copies = match &c.modules_to_save {
+                    Some(list) => crate::peft::modules_to_save::file_keys(list, c.ensure_weight_tying, model)
+                        .iter()
+                        .filter(|(k, m)| *k == crate::peft::modules_to_save::key(*m))
+                        .count() as u64,
+                    None => 0,
+                };
                 PlanAdapter::Lora {
                     outer_params: (outer.len() * c.r * (model.vocab_size + model.hidden_size)) as u64
-                        + tokens * model.hidden_size as u64,
+                        + tokens * model.hidden_size as u64
+                        + copies * table,
                     r: c.r,
                     targets,
                     dropout: c.lora_dropout > 0.0,

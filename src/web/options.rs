@@ -40,6 +40,10 @@ pub struct LoraOptions {
     pub trainable_token_indices: Option<Vec<u32>>,
     /// The same by the tokens' text (each one token of the vocabulary), after those.
     pub trainable_tokens: Option<Vec<String>>,
+    /// PEFT's `modules_to_save`: `embed_tokens`, `lm_head` trained whole.
+    pub modules_to_save: Option<Vec<String>>,
+    /// PEFT's `ensure_weight_tying`: one copy for a tied model's embedding and head.
+    pub ensure_weight_tying: Option<bool>,
     pub seed: Option<u64>,
 }
 
@@ -251,6 +255,10 @@ pub struct PlanOptions {
     pub gradient_checkpointing: Option<bool>,
     /// trainable_tokens' ids (and LoRA's trainable tokens).
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// LoRA's `modules_to_save` (their copies' memory counts).
+    pub modules_to_save: Option<Vec<String>>,
+    /// LoRA's `ensure_weight_tying`.
+    pub ensure_weight_tying: Option<bool>,
 }
 
 /// `targets`: a list of module names or "all-linear" (absent: the default).
@@ -319,6 +327,8 @@ impl LoraOptions {
         };
         l.layers_to_transform = self.layers_to_transform.clone();
         l.trainable_token_indices = self.trainable_token_indices.clone();
+        l.modules_to_save = self.modules_to_save.clone();
+        l.ensure_weight_tying = self.ensure_weight_tying.unwrap_or(false);
         Ok(AdapterRecipe::Lora(l))
     }
 
@@ -448,6 +458,8 @@ impl PlanOptions {
                 l.dropout = self.lora_dropout.unwrap_or(l.dropout);
                 l.use_dora = self.use_dora.unwrap_or(l.use_dora);
                 l.trainable_token_indices = self.trainable_token_indices.clone();
+                l.modules_to_save = self.modules_to_save.clone();
+                l.ensure_weight_tying = self.ensure_weight_tying.unwrap_or(false);
                 AdapterRecipe::Lora(l)
             }
             AdapterRecipe::TrainableTokens { .. } => AdapterRecipe::TrainableTokens {

@@ -74,6 +74,11 @@ export interface LoraOptions {
   trainableTokenIndices?: number[];
   /** The same by the tokens' text, as the vocabulary spells them (`"<|im_start|>"`), each one token; after those. */
   trainableTokens?: string[];
+  /** PEFT's `modules_to_save`: these modules are trained whole beside the LoRA (a copy of the model's vocab × hidden
+   * weight each), saved as `base_model.model.model.embed_tokens.weight` / `base_model.model.lm_head.weight`. */
+  modulesToSave?: ("embed_tokens" | "lm_head")[];
+  /** PEFT's `ensure_weight_tying`: on a model whose lm_head is its embedding, one trained copy for both. */
+  ensureWeightTying?: boolean;
   seed?: number;
 }
 /** Left out: PEFT's IA3Config defaults for the model (Llama, Mistral: k_proj, v_proj, down_proj; Qwen2: q_proj,
@@ -220,6 +225,8 @@ export interface PlanOptions {
   loraDropout?: number; useDora?: boolean; gradientCheckpointing?: boolean;
   /** The ids of trainable_tokens (or of a LoRA's trainable tokens). */
   trainableTokenIndices?: number[];
+  /** A LoRA's `modules_to_save` and `ensure_weight_tying`: the copies' memory counts. */
+  modulesToSave?: ("embed_tokens" | "lm_head")[]; ensureWeightTying?: boolean;
 }
 export interface MemoryPlan {
   /** `doubleQuantSavedBytes`: what double quantization saves on the weights (0 without it). */

@@ -108,6 +108,14 @@ pub struct TrainArgs {
     /// after those.
     #[arg(long, value_delimiter = ',')]
     pub trainable_tokens: Option<Vec<String>>,
+    /// Whole modules trained beside a LoRA (PEFT's modules_to_save), comma-separated: embed_tokens,
+    /// lm_head. Each is a trained copy of the model's (vocab × hidden) weight, saved in the adapter.
+    #[arg(long, value_delimiter = ',')]
+    pub modules_to_save: Option<Vec<String>>,
+    /// With --modules-to-save on a model whose lm_head is its embedding: one trained copy for both
+    /// (PEFT's ensure_weight_tying); without it each module gets its own, as PEFT's default.
+    #[arg(long)]
+    pub ensure_weight_tying: bool,
     /// LoRA's init_lora_weights: kaiming (PEFT's true), gaussian, pissa, pissa_niter_K, olora or
     /// loftq (NF4); pissa/olora/loftq replace the adapted base weights, and a pissa/olora adapter is
     /// saved converted to a rank-2r LoRA of the original model [default: kaiming, as PEFT].
@@ -414,6 +422,8 @@ fn flag_error(e: webpeft::Error) -> String {
         "init_lora_weights" => "--init-lora-weights",
         "use_dora" => "--use-dora",
         f if f.starts_with("trainable_token_indices") => "--trainable-token-indices",
+        f if f.starts_with("modules_to_save") => "--modules-to-save",
+        "ensure_weight_tying" => "--ensure-weight-tying",
         "loftq_config.loftq_iter" => "--loftq-iter",
         _ => return e.to_string(),
     };
@@ -438,8 +448,10 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 24] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 26] {
         [
+            ("--modules-to-save", self.modules_to_save.is_some(), &["lora"]),
+            ("--ensure-weight-tying", self.ensure_weight_tying, &["lora"]),
             ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora", "tokens"]),
             ("--trainable-tokens", self.trainable_tokens.is_some(), &["lora", "tokens"]),
             ("--init-lora-weights", self.init_lora_weights.is_some(), &["lora"]),
@@ -517,6 +529,8 @@ impl TrainArgs {
                 l.use_rslora = self.rslora;
                 l.use_dora = self.use_dora;
                 l.trainable_token_indices = self.trainable_token_indices.clone();
+                l.modules_to_save = self.modules_to_save.clone();
+                l.ensure_weight_tying = self.ensure_weight_tying;
                 l.init = match self.init_lora_weights.as_deref() {
                     Some(name) => InitLoraWeights::from_name(name, self.loftq_iter.unwrap_or(1)).map_err(flag_error)?,
                     None => l.init,

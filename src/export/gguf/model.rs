@@ -91,13 +91,21 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         };
         return Err(unsupported("adapter_config.json", detail));
     }
-    if lora.trainable_token_indices.is_some() {
-        let detail = if merging {
-            "trainable_token_indices: fold the token rows in with `webpeft merge` first and export the merged folder"
-        } else {
-            "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows"
-        };
-        return Err(unsupported("adapter_config.json", detail));
+    // What llama.cpp's LoRA adapters cannot hold: (present, the detail when merging, the detail otherwise).
+    let outside = [
+        (
+            lora.trainable_token_indices.is_some(),
+            "trainable_token_indices: fold the token rows in with `webpeft merge` first and export the merged folder",
+            "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows",
+        ),
+        (
+            lora.modules_to_save.is_some(),
+            "modules_to_save: put the trained modules in with `webpeft merge` first and export the merged folder",
+            "modules_to_save: llama.cpp's LoRA adapters hold no whole embedding or head",
+        ),
+    ];
+    if let Some((_, when_merging, otherwise)) = outside.into_iter().find(|(present, ..)| *present) {
+        return Err(unsupported("adapter_config.json", if merging { when_merging } else { otherwise }));
     }
     let weights = LoraWeights::load(adapter, &lora, config).await?;
     Ok((lora, weights))

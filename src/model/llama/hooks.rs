@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | [`Hooks::embedding_forward`] | after `embed_tokens` gathered the rows of the ids: may change rows in place | trainable tokens (alone or beside a LoRA), LoRA on `embed_tokens` |
 //! | [`Hooks::head_forward`] | after `lm_head` computed logits: may change them in place; its backward runs before the frozen head's dx = dlogits·W | trainable tokens on a tied head, LoRA on `lm_head` |
+//! | [`Hooks::embedding_table`], [`Hooks::head_weight`] | questions, not points: a trained copy of `embed_tokens` or `lm_head` that the model uses in place of the frozen weight; its gradient comes through the embedding's and the head's backward points | `modules_to_save` (beside a LoRA) |
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |
@@ -41,6 +42,7 @@ use super::block::Linear;
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor};
 use crate::kernels::low_rank::LowRank;
+use crate::kernels::qmatmul::QWeight;
 
 /// One of a layer's seven Linears, in PEFT's `LORA_MODULES` order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +133,21 @@ pub trait Hooks {
     /// (n, D), and its parameters' gradients into its accumulators.
     fn head_backward(&self, _rec: &mut Recorder, _x: &Tensor, _dlogits: &Tensor, _dx: &Tensor) -> Result<()> {
         Ok(())
+    }
+
+    /// A trained `embed_tokens` table (V, D) that the model's embedding
+    /// reads in place of the frozen one (PEFT's `modules_to_save`); its
+    /// gradient is the hook's to take at [`Hooks::embedding_backward`].
+    fn embedding_table(&self) -> Option<QWeight> {
+        None
+    }
+
+    /// A trained `lm_head` weight (V, D) that [`Head`](super::head::Head)
+    /// uses in place of the frozen one, forward and backward (PEFT's
+    /// `modules_to_save`); its gradient is the hook's to take at
+    /// [`Hooks::head_backward`].
+    fn head_weight(&self) -> Option<QWeight> {
+        None
     }
 
     /// V, the virtual tokens [`Hooks::prepend_forward`] puts before every
@@ -407,6 +424,16 @@ macro_rules! forward_hooks {
             ) -> $crate::Result<()> {
                 let $s = self;
                 $hooks.head_backward(rec, x, dlogits, dx)
+            }
+
+            fn embedding_table(&self) -> Option<$crate::kernels::qmatmul::QWeight> {
+                let $s = self;
+                $hooks.embedding_table()
+            }
+
+            fn head_weight(&self) -> Option<$crate::kernels::qmatmul::QWeight> {
+                let $s = self;
+                $hooks.head_weight()
             }
 
             fn virtual_tokens(&self) -> usize {

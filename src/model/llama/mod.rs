@@ -442,17 +442,20 @@ impl Model {
         Ok((xn, ModelSaved { layers, x, rstd, rope, virtual_tokens: v, ids }))
     }
 
-    /// Rows of `model.embed_tokens` for ids (N) u32, (N, D), through the
-    /// hooks' embedding point.
+    /// Rows of `model.embed_tokens` (or the hooks' trained copy of it) for
+    /// ids (N) u32, (N, D), through the hooks' embedding point.
     pub fn embed_hooked(&self, rec: &mut Recorder, ids: &Tensor, hooks: &dyn Hooks) -> Result<Tensor> {
-        let x = embedding_weight(rec, &self.embed_tokens, ids)?; // (N, D)
+        let x = match hooks.embedding_table() {
+            Some(table) => embedding_weight(rec, &table, ids)?, // a trained copy (modules_to_save)
+            None => embedding_weight(rec, &self.embed_tokens, ids)?, // (N, D)
+        };
         hooks.embedding_forward(rec, ids, &x)?;
         Ok(x)
     }
 
-    /// `lm_head` through the hooks' head point.
-    pub fn head<'a>(&'a self, hooks: &'a dyn Hooks) -> Head<'a> {
-        Head { weight: &self.lm_head, hooks }
+    /// `lm_head` (or the hooks' trained copy of it) through the hooks' head point.
+    pub fn head<'a>(&self, hooks: &'a dyn Hooks) -> Head<'a> {
+        Head { weight: hooks.head_weight().unwrap_or_else(|| self.lm_head.clone()), hooks }
     }
 
     /// Rows of `model.embed_tokens` for token ids (N) u32: (N, D), copied.

@@ -91,6 +91,12 @@ impl AdaLoraConfig {
                 detail: "trainable tokens are trained beside a LoRA, not an AdaLoRA (must be null)".into(),
             });
         }
+        if self.lora.modules_to_save.is_some() {
+            return Err(Error::AdapterUnsupported {
+                field: "modules_to_save".into(),
+                detail: "whole modules are trained beside a LoRA, not an AdaLoRA (must be null)".into(),
+            });
+        }
         self.lora.validate()?;
         if self.lora.use_dora {
             // PEFT's AdaLoraConfig: "AdaLoRA does not support DoRA."

@@ -14,6 +14,7 @@ use super::LoraConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::Config;
+use crate::peft::modules_to_save::{self, ModulesToSave};
 use crate::peft::trainable_tokens::{TokenWeights, TrainableTokens, DELTA_KEY};
 
 /// PEFT's prefix on saved keys.
@@ -39,6 +40,9 @@ pub struct LoraAdapter {
     /// `lm_head` (A (r, hidden), B (vocab, r)), where targeted.
     pub embed: Option<Box<LoraFactors>>,
     pub head: Option<Box<LoraFactors>>,
+    /// `modules_to_save`: whole copies of `embed_tokens` and `lm_head`
+    /// trained beside the factors.
+    pub modules_to_save: Option<ModulesToSave>,
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -118,7 +122,43 @@ impl LoraAdapter {
                         .into(),
             });
         }
-        Ok(LoraAdapter { config, layers, initial: None, tokens, embed, head })
+        let mut config = config;
+        let tied = model.tie_word_embeddings;
+        let modules_to_save = match config.modules_to_save.clone() {
+            Some(list) => {
+                let copies = ModulesToSave::zeros(gpu, &list, config.ensure_weight_tying, model)?;
+                for (key, module) in modules_to_save::file_keys(&list, config.ensure_weight_tying, model) {
+                    if let Some((_, values)) = weights.saved.get(key) {
+                        copies.write(gpu, module, values)?;
+                    }
+                }
+                if copies.head_is_embed {
+                    config.modules_to_save = Some(modules_to_save::tied_list(&list));
+                    // as PEFT keeps it
+                }
+                Some(copies)
+            }
+            None => None,
+        };
+        if tokens.as_ref().is_some_and(|t| t.tied)
+            && modules_to_save.as_ref().is_some_and(|m| m.head_weight().is_some())
+        {
+            return Err(Error::AdapterConfig {
+                field: "trainable_token_indices".into(),
+                detail: "lm_head is in modules_to_save, and on this model it is the embedding whose rows the tokens \
+                         replace: train the head either way, not both"
+                    .into(),
+            });
+        }
+        if config.ensure_weight_tying && tied && (embed.is_some() || head.is_some()) {
+            return Err(Error::AdapterUnsupported {
+                field: "ensure_weight_tying".into(),
+                detail: "a LoRA on the embedding or the head of a tied model, tied to each other, is not supported \
+                         (use modules_to_save, or ensure_weight_tying: false)"
+                    .into(),
+            });
+        }
+        Ok(LoraAdapter { config, layers, initial: None, tokens, embed, head, modules_to_save })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -157,7 +197,11 @@ impl LoraAdapter {
             }),
             None => None,
         };
-        Ok(LoraWeights { r: self.config.r, modules, tokens })
+        let mut saved = BTreeMap::new();
+        for (key, w) in self.modules_to_save.iter().flat_map(ModulesToSave::saved) {
+            saved.insert(key.to_string(), ([w.rows, w.cols], w.to_f32(gpu).await?));
+        }
+        Ok(LoraWeights { r: self.config.r, modules, tokens, saved })
     }
 
     /// Zeros of the same shapes: gradients, AdamW moments.
@@ -176,12 +220,14 @@ impl LoraAdapter {
         let tokens = self.tokens.as_ref().map(|t| t.zeros_like(gpu)).transpose()?;
         let embed = self.embed.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
         let head = self.head.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
-        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens, embed, head })
+        let modules_to_save = self.modules_to_save.as_ref().map(|m| m.zeros_like(gpu)).transpose()?;
+        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens, embed, head, modules_to_save })
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
     /// layer then module order (A, B, then DoRA's `lora_magnitude_vector`),
-    /// then the embedding's and the head's A and B, then the trainable token rows.
+    /// then the embedding's and the head's A and B, then the trainable token
+    /// rows, then `modules_to_save`'s copies (by chunk).
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -203,6 +249,9 @@ impl LoraAdapter {
         if let Some(t) = &self.tokens {
             out.push((DELTA_KEY.to_string(), &t.delta));
         }
+        if let Some(m) = &self.modules_to_save {
+            out.extend(m.tensors());
+        }
         out
     }
 
@@ -213,14 +262,18 @@ impl LoraAdapter {
             .filter_map(|(m, f)| f.as_deref().map(|f| (m, f)))
     }
 
-    /// Sets what starts from `model`'s weights: DoRA's magnitudes and the
-    /// trainable token rows (the embedding's own, as PEFT starts them).
+    /// Sets what starts from `model`'s weights: DoRA's magnitudes, the
+    /// trainable token rows (the embedding's own, as PEFT starts them) and
+    /// `modules_to_save`'s copies.
     pub fn init_from_model(&self, gpu: &Gpu, model: &crate::model::Model) -> Result<()> {
         if self.config.use_dora {
             self.init_magnitudes(gpu, model)?;
         }
         if let Some(t) = &self.tokens {
             t.start_from_embedding(gpu, model)?;
+        }
+        if let Some(m) = &self.modules_to_save {
+            m.start_from_model(gpu, model)?;
         }
         Ok(())
     }

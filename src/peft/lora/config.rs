@@ -4,7 +4,8 @@
 //!
 //! Every failure is an [`Error::AdapterConfig`] naming the JSON field, or an
 //! [`Error::AdapterUnsupported`] for options PEFT has but webpeft does not
-//! implement (regex targets, biases, modules_to_save, …).
+//! implement (regex targets, biases, modules other than the embedding and
+//! the head in modules_to_save, …).
 
 use serde_json::{json, Value};
 
@@ -167,6 +168,12 @@ pub struct LoraConfig {
     /// are trained beside the LoRA (and, on a model with tied embeddings,
     /// the same rows of `lm_head`; see [`crate::peft::trainable_tokens`]).
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// PEFT's `modules_to_save`: `embed_tokens` and/or `lm_head`, trained
+    /// as whole modules beside the LoRA (see [`crate::peft::modules_to_save`]).
+    pub modules_to_save: Option<Vec<String>>,
+    /// PEFT's `ensure_weight_tying`: on a model whose head is its
+    /// embedding, one trained copy for both.
+    pub ensure_weight_tying: bool,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -193,6 +200,8 @@ impl LoraConfig {
             base_model_name_or_path: None,
             inference_mode: false,
             trainable_token_indices: None,
+            modules_to_save: None,
+            ensure_weight_tying: false,
         };
         c.validate()?;
         Ok(c)
@@ -236,6 +245,26 @@ impl LoraConfig {
                 "trainable_token_indices",
                 "embed_tokens is a LoRA target too: train its rows either way, not both (PEFT's wrappers would nest)",
             ));
+        }
+        if let Some(list) = &self.modules_to_save {
+            crate::peft::modules_to_save::check(list)?;
+            for m in crate::peft::modules_to_save::modules(list) {
+                if outer.contains(&m) {
+                    return Err(unsupported(
+                        "modules_to_save",
+                        format!(
+                            "{}: a LoRA target too; train it either way, not both (PEFT's wrappers would nest)",
+                            name(m)
+                        ),
+                    ));
+                }
+                if m == OuterModule::Embedding && self.trainable_token_indices.is_some() {
+                    return Err(err(
+                        "trainable_token_indices",
+                        "embed_tokens is in modules_to_save: its whole table is trained, rows included",
+                    ));
+                }
+            }
         }
         if outer.contains(&OuterModule::Head) && self.lora_dropout > 0.0 {
             return Err(unsupported(
@@ -353,9 +382,8 @@ impl LoraConfig {
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| f.wrong("layers_to_transform", "a layer index or a list of them", v))?]),
         };
-        if !f.is_empty("modules_to_save") {
-            return Err(unsupported("modules_to_save", "extra fully-trained modules are not supported (must be null)"));
-        }
+        let modules_to_save = crate::peft::modules_to_save::parse(&f)?;
+        let ensure_weight_tying = f.opt_bool("ensure_weight_tying")?.unwrap_or(false);
         for key in ["rank_pattern", "alpha_pattern"] {
             if !f.is_empty(key) {
                 return Err(unsupported(key, "per-module ranks and alphas are not supported (must be {})"));
@@ -382,6 +410,8 @@ impl LoraConfig {
             base_model_name_or_path,
             inference_mode,
             trainable_token_indices,
+            modules_to_save,
+            ensure_weight_tying,
         };
         c.validate()?;
         Ok(c)
@@ -416,7 +446,7 @@ impl LoraConfig {
             "base_model_name_or_path": self.base_model_name_or_path,
             "bias": "none",
             "corda_config": null,
-            "ensure_weight_tying": false,
+            "ensure_weight_tying": self.ensure_weight_tying,
             "eva_config": null,
             "exclude_modules": null,
             "fan_in_fan_out": false,
@@ -433,7 +463,7 @@ impl LoraConfig {
             "lora_ga_config": null,
             "megatron_config": null,
             "megatron_core": "megatron.core",
-            "modules_to_save": null,
+            "modules_to_save": self.modules_to_save,
             "monteclora_config": null,
             "peft_type": "LORA",
             "peft_version": PEFT_VERSION,

@@ -68,7 +68,7 @@ pub fn to_original_base(trained: &LoraWeights, initial: &LoraWeights) -> Result<
         modules
             .insert(name.clone(), LoraPair { a, b, m: None, in_features: p.in_features, out_features: p.out_features });
     }
-    Ok(LoraWeights { r: 2 * r, modules, tokens: trained.tokens.clone() })
+    Ok(LoraWeights { r: 2 * r, modules, tokens: trained.tokens.clone(), saved: trained.saved.clone() })
 }
 
 #[cfg(test)]
@@ -79,7 +79,12 @@ mod tests {
     #[test]
     fn the_converted_update_is_b_a_minus_b0_a0_at_the_same_scaling() {
         let pair = |a: Vec<f32>, b: Vec<f32>| LoraPair { a, b, m: None, in_features: 3, out_features: 2 };
-        let one = |p: LoraPair| LoraWeights { r: 1, modules: [("m".to_string(), p)].into(), tokens: None };
+        let one = |p: LoraPair| LoraWeights {
+            r: 1,
+            modules: [("m".to_string(), p)].into(),
+            tokens: None,
+            saved: Default::default(),
+        };
         let trained = one(pair(vec![1.0, 2.0, 3.0], vec![4.0, 5.0]));
         let initial = one(pair(vec![0.5, 0.0, -1.0], vec![2.0, -3.0]));
         let c = to_original_base(&trained, &initial).unwrap();

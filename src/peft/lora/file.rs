@@ -12,6 +12,7 @@ use super::config::{module_name, LoraConfig, OuterModule, LORA_MODULES};
 use crate::model::safetensors::SafetensorsFile;
 use crate::model::source::ModelFiles;
 use crate::model::Config;
+use crate::peft::modules_to_save;
 use crate::peft::trainable_tokens::{TokenWeights, DELTA_KEY};
 use crate::{Error, Result};
 
@@ -119,6 +120,10 @@ pub struct LoraWeights {
     /// The trainable token rows (k, hidden) where the config has
     /// `trainable_token_indices`.
     pub tokens: Option<TokenWeights>,
+    /// `modules_to_save`'s copies, (vocab, hidden) and the values row-major,
+    /// by their key in the file (`base_model.model.lm_head.weight`); empty
+    /// for fresh weights, whose copies start from the model's.
+    pub saved: BTreeMap<String, ([usize; 2], Vec<f32>)>,
 }
 
 fn tensor_error(tensor: &str, file: &str, detail: impl Into<String>) -> Error {
@@ -147,7 +152,7 @@ impl LoraWeights {
             shape: [ids.len(), config.hidden_size],
             values: vec![0.0; ids.len() * config.hidden_size],
         });
-        Ok(LoraWeights { r, modules, tokens })
+        Ok(LoraWeights { r, modules, tokens, saved: BTreeMap::new() })
     }
 
     /// Reads `adapter_model.safetensors` from an adapter folder and checks it
@@ -179,6 +184,13 @@ impl LoraWeights {
         if let Some(ids) = &lora.trainable_token_indices {
             expected.insert(DELTA_KEY.into(), vec![ids.len(), config.hidden_size]);
         }
+        let saved_keys = match &lora.modules_to_save {
+            Some(list) => modules_to_save::file_keys(list, lora.ensure_weight_tying, config),
+            None => Vec::new(),
+        };
+        for (key, _) in &saved_keys {
+            expected.insert(key.to_string(), vec![config.vocab_size, config.hidden_size]);
+        }
         // PEFT also saves the embedding's and the head's own weights where LoRA targets them
         // (`save_embedding_layers`): the base model's are the same unless its vocabulary was resized.
         let base_copies: Vec<String> =
@@ -203,6 +215,9 @@ impl LoraWeights {
                     " (a DoRA tensor, but adapter_config.json has no `use_dora: true`)"
                 } else if t.name == DELTA_KEY {
                     " (trainable token rows, but adapter_config.json has no `trainable_token_indices`)"
+                } else if [OuterModule::Embedding, OuterModule::Head].iter().any(|&m| t.name == modules_to_save::key(m))
+                {
+                    " (a whole module's weight, but adapter_config.json's `modules_to_save` does not name it)"
                 } else if t.name.contains("lora_") {
                     " (a LoRA tensor for a module adapter_config.json does not target)"
                 } else {
@@ -217,6 +232,8 @@ impl LoraWeights {
                     "missing: adapter_config.json has `use_dora: true` and targets this module"
                 } else if key == DELTA_KEY {
                     "missing: adapter_config.json has `trainable_token_indices`"
+                } else if saved_keys.iter().any(|(k, _)| k == key) {
+                    "missing: adapter_config.json's `modules_to_save` names this module"
                 } else {
                     "missing: adapter_config.json targets this module"
                 };
@@ -250,7 +267,13 @@ impl LoraWeights {
             }
             None => None,
         };
-        Ok(LoraWeights { r, modules: out, tokens })
+        let mut saved = BTreeMap::new();
+        for (key, module) in saved_keys {
+            if key == modules_to_save::key(module) {
+                saved.insert(key.to_string(), ([config.vocab_size, config.hidden_size], file.read_f32(key).await?));
+            }
+        }
+        Ok(LoraWeights { r, modules: out, tokens, saved })
     }
 
     /// The weights as PEFT's `adapter_model.safetensors`: keys
@@ -294,6 +317,13 @@ impl LoraWeights {
                 });
             }
             tensors.insert(DELTA_KEY.into(), (t.shape.to_vec(), bytemuck::cast_slice::<f32, u8>(&t.values).to_vec()));
+        }
+        for (key, (shape, values)) in &self.saved {
+            if values.len() != shape[0] * shape[1] {
+                let detail = format!("{} values for shape {shape:?}", values.len());
+                return Err(Error::AdapterTensor { tensor: key.clone(), file: ADAPTER_WEIGHTS_FILE.into(), detail });
+            }
+            tensors.insert(key.clone(), (shape.to_vec(), bytemuck::cast_slice::<f32, u8>(values).to_vec()));
         }
         let views = tensors
             .iter()

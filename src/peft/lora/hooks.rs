@@ -11,8 +11,10 @@ use super::layer::{lora_backward, lora_backward_term, lora_term, LoraDropout, Lo
 use crate::error::Result;
 use crate::gpu::{Recorder, Tensor};
 use crate::kernels::low_rank::LowRank;
+use crate::kernels::qmatmul::QWeight;
 use crate::model::llama::block::Linear;
 use crate::model::llama::hooks::{Hooks, Proj, Saved, Sublayer};
+use crate::peft::modules_to_save::{hooks as saved_hooks, ModulesToSave};
 use crate::peft::pass::{mismatch, Pass};
 use crate::peft::shared_input::{any_shared, shared_term};
 use crate::peft::trainable_tokens::{hooks as token_hooks, TrainableTokens};
@@ -51,6 +53,11 @@ impl Pass<'_, LoraAdapter> {
         self.grads(op)?.tokens.as_ref().ok_or_else(|| mismatch(op, "the trainable token rows".into()))
     }
 
+    /// `modules_to_save`'s gradient accumulators, for a backward.
+    fn saved_grads(&self, op: &'static str) -> Result<&ModulesToSave> {
+        self.grads(op)?.modules_to_save.as_ref().ok_or_else(|| mismatch(op, "modules_to_save's copies".into()))
+    }
+
     /// The factors on `proj` and their gradient accumulators, for a backward.
     fn with_grads(&self, op: &'static str, layer: usize, proj: Proj) -> Result<(&LoraFactors, &LoraFactors)> {
         let at = || mismatch(op, format!("layer {layer} {}", proj.name()));
@@ -77,7 +84,18 @@ impl Hooks for Pass<'_, LoraAdapter> {
         self.embedding_term(rec, ids, x)
     }
 
+    fn embedding_table(&self) -> Option<QWeight> {
+        self.params.modules_to_save.as_ref()?.embed.clone()
+    }
+
+    fn head_weight(&self) -> Option<QWeight> {
+        self.params.modules_to_save.as_ref()?.head_weight().cloned()
+    }
+
     fn embedding_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
+        if let Some(m) = &self.params.modules_to_save {
+            saved_hooks::embedding_backward(m, self.saved_grads("embedding_backward")?, rec, ids, dx)?;
+        }
         if let Some(t) = &self.params.tokens {
             token_hooks::embedding_backward(t, self.token_grads("embedding_backward")?, rec, ids, dx)?;
         }
@@ -93,6 +111,9 @@ impl Hooks for Pass<'_, LoraAdapter> {
     }
 
     fn head_backward(&self, rec: &mut Recorder, x: &Tensor, dlogits: &Tensor, dx: &Tensor) -> Result<()> {
+        if let Some(m) = &self.params.modules_to_save {
+            saved_hooks::head_backward(m, self.saved_grads("head_backward")?, rec, x, dlogits)?;
+        }
         if let Some(t) = &self.params.tokens {
             token_hooks::head_backward(t, self.token_grads("head_backward")?, rec, x, dlogits, dx)?;
         }

@@ -1,7 +1,9 @@
 //! Merging a LoRA adapter into the frozen base, as PEFT's `merge_adapter` /
 //! `unmerge_adapter`: `W ← W ± scaling·B·A` for every adapted Linear (DoRA:
 //! then each row times m / ‖W + ΔW‖, divided back before the unmerge), and
-//! trainable token rows copied into the embedding (the originals back). An f32
+//! trainable token rows copied into the embedding (the originals back), and
+//! `modules_to_save`'s copies put in the model's place (the originals back,
+//! as PEFT's `merge_and_unload` keeps the trained module). An f32
 //! base is updated in place on the GPU (one accumulate-GEMM per row chunk);
 //! a Q8_0 or NF4 base is dequantized, updated and quantized again, which
 //! rounds (PEFT does the same for bitsandbytes layers, with a warning).
@@ -42,6 +44,9 @@ pub struct Merged {
     pub dora_scales: Vec<[Option<Tensor>; 7]>,
     /// The embedding's own rows (k, D) that trainable token rows replaced.
     pub token_rows: Option<Tensor>,
+    /// The model's own `embed_tokens` and `lm_head` that `modules_to_save`'s
+    /// copies replaced.
+    pub replaced: Option<(QWeight, QWeight)>,
 }
 
 /// Adds `sign·scaling·B·A` to every Linear `lora` adapts; a DoRA Linear's
@@ -84,6 +89,36 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
             "merge",
             "LoRA on the embedding or the head of a model whose lm_head is the embedding: merging would change both",
         ));
+    }
+    if let Some(m) = &lora.modules_to_save {
+        match merged {
+            None => {
+                let tied = model.lm_head_is_tied();
+                if tied && !m.head_is_embed {
+                    return Err(Error::invalid(
+                        "merge",
+                        "modules_to_save on a model whose lm_head is the embedding, each trained on its own \
+                         (ensure_weight_tying false): merging would untie them",
+                    ));
+                }
+                out.replaced = Some((model.embed_tokens.clone(), model.lm_head.clone()));
+                if let Some(e) = &m.embed {
+                    model.embed_tokens = e.f32_copy(gpu)?;
+                }
+                match m.head_weight() {
+                    Some(_) if m.head_is_embed => model.lm_head = model.embed_tokens.clone(), // still one table
+                    Some(h) => model.lm_head = h.f32_copy(gpu)?,
+                    None => {}
+                }
+            }
+            Some(done) => {
+                let (embed, head) = done
+                    .replaced
+                    .clone()
+                    .ok_or_else(|| Error::invalid("unmerge", "no replaced modules from the merge"))?;
+                (model.embed_tokens, model.lm_head) = (embed, head);
+            }
+        }
     }
     if let Some(f) = &lora.head {
         update(gpu, &mut model.lm_head, f, alpha, None)?; // W (vocab, hidden) += s·B·A
