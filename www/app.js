@@ -48,7 +48,7 @@ const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-erro
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss", trainable_tokens: "tokens to train",
-  token_indices: "tokens to train" };
+  token_indices: "tokens to train", modules_to_save: "train whole" };
 function inFormWords(message) {
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
   if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
@@ -305,7 +305,8 @@ function config() {
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
     objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType"),
-    tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean) };
+    tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean),
+    modulesToSave: String(f.get("modulesToSave") ?? "").split(",").filter(Boolean) };
 }
 
 function load() {
@@ -338,7 +339,10 @@ const clock = stepClock();
 // The presets' verdicts follow the base format and the training settings.
 const presets = presetList({
   root: $("presets"),
-  settings: () => { const c = config(); return { quant: $("quant").value, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen }; },
+  settings: () => {
+    const c = config();
+    return { quant: $("quant").value, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen, modulesToSave: c.modulesToSave };
+  },
   send: (msg) => worker.postMessage(msg),
   choose: (p) => {
     document.querySelector("input[name=source][value=url]").checked = true;

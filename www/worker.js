@@ -82,14 +82,16 @@ function trainOptions(c) {
     ...(objective === "dpo" && c.lossType ? { lossType: c.lossType } : {}) };
 }
 
-/** planMemory's options for a load message's (or the presets' settings') quant, method, r, batch and seq len.
+/** planMemory's options for a load message's (or the presets' settings') quant, method, r, batch, seq len and
+ * modules trained whole.
  * The page's method names a few variants: prefix tuning through its MLP, LoRA with DoRA. */
 function planOptions(msg) {
   const projection = msg.method === "prefix_projection";
   const dora = msg.method === "dora";
   const method = projection ? "prefix_tuning" : dora ? "lora" : msg.method ?? "lora";
+  const save = method === "lora" && msg.modulesToSave?.length ? { modulesToSave: msg.modulesToSave } : {};
   return { quant: msg.quant ?? "f32", method, prefixProjection: projection, useDora: dora, r: msg.r ?? 8,
-    batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64 };
+    batchSize: msg.batchSize ?? 4, seqLen: msg.seqLen ?? 64, ...save };
 }
 
 const post = (msg, transfer) => self.postMessage(msg, transfer ?? []);
@@ -187,9 +189,13 @@ async function handle(msg) {
       if (tokens.length > 0 && !["lora", "dora", "trainable_tokens"].includes(c.method)) {
         throw new Error("tokens to train: only lora, dora and trainable_tokens train token rows");
       }
+      const whole = c.modulesToSave ?? [];
+      if (whole.length > 0 && !["lora", "dora"].includes(c.method)) {
+        throw new Error("train whole: only lora and dora train whole modules beside them (PEFT's modules_to_save)");
+      }
       if (c.method === "lora" || c.method === "dora") {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed,
-          useDora: c.method === "dora", trainableTokens: tokens });
+          useDora: c.method === "dora", trainableTokens: tokens, ...(whole.length > 0 ? { modulesToSave: whole } : {}) });
       } else if (c.method === "trainable_tokens") {
         model.addTrainableTokens(ADAPTER, { tokens });
       } else if (c.method === "adalora") {

@@ -183,6 +183,15 @@ test("the controls follow one state: fresh, running, paused, finished and failed
     assert.ok(Math.abs(box.y - button.y) < 120, `the message is next to the Train button (${box.y} vs ${button.y})`);
     await page.fill("#config [name=r]", "8");
 
+    // Whole modules (modules_to_save) beside a method that does not take them: refused in the form's words.
+    await page.selectOption("#config [name=method]", "ia3");
+    await page.selectOption("#config [name=modulesToSave]", "embed_tokens,lm_head");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.match(await page.textContent("#train-error"), /^train whole: only lora and dora/);
+    await phase("idle");
+    await page.selectOption("#config [name=modulesToSave]", "");
+
     // Trainable tokens by their text: one that is not a token is refused in the form's words; two that are train.
     await page.selectOption("#config [name=method]", "trainable_tokens");
     assert.match(await page.textContent("#method-note"), /^Trainable tokens/);
@@ -577,6 +586,22 @@ test("the npm package, installed from its tarball into a plain page, trains, che
           !tst.includes("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta")) {
         throw new Error("trainable tokens: config " + JSON.stringify(tcfg.trainable_token_indices) + ", header " + tst.slice(0, 200));
       }
+      // PEFT's modules_to_save: whole copies of the embedding and the head train beside the LoRA, start as the
+      // model's (the untrained adapter keeps its loss), and are saved under the modules' own keys.
+      bnb.addLora("w", { r: 4, alpha: 8, modulesToSave: ["embed_tokens", "lm_head"] });
+      const wBefore = (await bnb.evaluate(data, { adapter: "w" })).loss;
+      await bnb.startTraining("w", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
+      const wAfter = (await bnb.evaluate(data, { adapter: "w" })).loss;
+      const wfiles = await bnb.exportAdapter("w");
+      const wcfg = JSON.parse(new TextDecoder().decode(wfiles["adapter_config.json"]));
+      const wst = new TextDecoder().decode(wfiles["adapter_model.safetensors"].slice(0, 4096));
+      if (JSON.stringify(wcfg.modules_to_save) !== '["embed_tokens","lm_head"]' || !(Math.abs(wBefore - before) < 1e-4) ||
+          !(wAfter < wBefore) || !wst.includes('"base_model.model.lm_head.weight"') ||
+          !wst.includes('"base_model.model.model.embed_tokens.weight"')) {
+        throw new Error("modules_to_save: config " + JSON.stringify(wcfg.modules_to_save) + ", loss " + wBefore + " -> " +
+          wAfter + " (base " + before + "), header " + wst.slice(0, 300));
+      }
+      bnb.removeAdapter("w");
       // PEFT's TRAINABLE_TOKENS by itself.
       bnb.addTrainableTokens("tt", { tokenIndices: [5, 17] });
       const ttBefore = (await bnb.evaluate(data, { adapter: "tt" })).loss;
