@@ -713,11 +713,14 @@ fn train_lora_with_modules_to_save_on_an_nf4_base_stop_resume_merge_and_refuse_a
         assert_eq!(st.tensor(key).unwrap().shape(), [384, 64], "{key}");
     }
     assert_eq!(st.len(), 2 * 2 * 2 + 2);
-    // Merged: the copies are the model's; a GGUF LoRA cannot hold them.
+    // Merged: the copies are the model's, in a folder or a merged GGUF; a GGUF LoRA cannot hold them.
     let merged = dir.join("merged");
     ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
     ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
     let gguf = dir.join("a.gguf");
+    let pre = ["--tokenizer-pre", "llama-bpe"];
+    ok(&webpeft(&[&["export-gguf", "--model", &model, "--adapter", &whole, "--out", &gguf][..], &pre].concat()));
+    assert!(std::fs::metadata(&gguf).unwrap().len() > 200_000);
     let err =
         failure(&webpeft(&["export-gguf", "--model", &model, "--adapter", &whole, "--lora-only", "--out", &gguf]));
     assert!(err.contains("modules_to_save"), "{err}");

@@ -267,3 +267,54 @@ fn what_llama_cpp_cannot_take_is_a_typed_error() {
     );
     assert!(e.contains("LlamaForSequenceClassification"), "{e}");
 }
+
+/// A merged model whose adapter trains outside the layers (modules_to_save's
+/// copies, trainable token rows, LoRA on the embedding and the head; on a
+/// tied model the shared copy and the token rows) is the converter's file
+/// for what PEFT's `merge_and_unload` saved, byte for byte
+/// (`gguf/merged_adapters.json`, `make_fixtures.py gguf_merged`); what a tied
+/// model's one table cannot hold is refused, as `merge` refuses it.
+#[test]
+fn merged_adapters_outside_the_layers_match_convert_hf_to_gguf() {
+    let reference: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("gguf/merged_adapters.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (name, case) in cases {
+        let model = case["model"].as_str().unwrap();
+        let files = DirFiles::new(fixtures().join(model)).unwrap();
+        let adapter = DirFiles::new(fixtures().join(case["adapter"].as_str().unwrap())).unwrap();
+        let opts = GgufOptions {
+            ty: ty(case),
+            name: model.to_string(),
+            tokenizer_pre: Some(case["pre"].as_str().unwrap().to_string()),
+        };
+        let mut out = Vec::new();
+        pollster::block_on(export_model(&files, Some(&adapter), &opts, &mut out)).unwrap();
+        compare(name, &out, case);
+        // Not the base model's file: the adapter is in it.
+        let base = reference_base(model);
+        assert_ne!(case["sha256"], base["sha256"], "{name}");
+    }
+    let tied = DirFiles::new(fixtures().join("qwen2_tied")).unwrap();
+    let opts = GgufOptions { ty: GgmlType::F16, name: "x".into(), tokenizer_pre: Some("qwen2".into()) };
+    for (dir, says) in [("modules_to_save/qwen2_tied", "untie"), ("lora_outer/qwen2_tied", "change both")] {
+        let adapter = DirFiles::new(fixtures().join(dir).join("initial_adapter")).unwrap();
+        let e = pollster::block_on(export_model(&tied, Some(&adapter), &opts, Vec::new())).unwrap_err().to_string();
+        assert!(e.contains(says), "{dir}: {e}");
+    }
+    // A LoRA-only file still cannot hold them.
+    let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
+    for (dir, says) in
+        [("modules_to_save/llama_gqa", "modules_to_save"), ("trainable_tokens/llama_gqa", "trainable_token")]
+    {
+        let adapter = DirFiles::new(fixtures().join(dir).join("initial_adapter")).unwrap();
+        let e = pollster::block_on(export_lora(&base, &adapter, &opts, Vec::new())).unwrap_err().to_string();
+        assert!(e.contains(says) && e.contains("export the merged model"), "{dir}: {e}");
+    }
+}
+
+/// gguf/reference.json's f16 case of `model` alone.
+fn reference_base(model: &str) -> Json {
+    reference()["cases"][format!("{model}_f16")].clone()
+}

@@ -14,7 +14,9 @@ use super::writer::{GgmlType, GgufWriter, TensorInfo, Value};
 use super::{encode, file_type, ne_of, size_label, tensor_type, unsupported, QUANTIZATION_VERSION};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{ByteSource, Checkpoint, Config, ModelFiles};
+use crate::peft::lora::config::OuterModule;
 use crate::peft::lora::{LoraConfig, LoraWeights};
+use crate::peft::modules_to_save;
 use crate::Result;
 
 /// What the export writes besides the weights.
@@ -81,34 +83,94 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         };
         return Err(unsupported("adapter_config.json", detail));
     }
-    if let Some(m) = lora.outer_targets().first() {
-        let detail = match merging {
-            true => format!(
-                "{}: fold LoRA on the embedding or the head in with `webpeft merge` first and export the merged folder",
-                m.name()
+    if merging {
+        // Folded into a merged model: everything but a head apart from a tied model's embedding.
+        if let Some(detail) = untied_head(&lora, config) {
+            return Err(unsupported("adapter_config.json", detail));
+        }
+    } else {
+        if let Some(m) = lora.outer_targets().first() {
+            let detail = format!("{}: webpeft writes GGUF LoRA adapters of the layers' Linears only", m.name());
+            return Err(unsupported("adapter_config.json", detail));
+        }
+        // What llama.cpp's LoRA adapters cannot hold (a merged model can).
+        let outside = [
+            (
+                lora.trainable_token_indices.is_some(),
+                "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows; export the merged model",
             ),
-            false => format!("{}: webpeft writes GGUF LoRA adapters of the layers' Linears only", m.name()),
-        };
-        return Err(unsupported("adapter_config.json", detail));
-    }
-    // What llama.cpp's LoRA adapters cannot hold: (present, the detail when merging, the detail otherwise).
-    let outside = [
-        (
-            lora.trainable_token_indices.is_some(),
-            "trainable_token_indices: fold the token rows in with `webpeft merge` first and export the merged folder",
-            "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows",
-        ),
-        (
-            lora.modules_to_save.is_some(),
-            "modules_to_save: put the trained modules in with `webpeft merge` first and export the merged folder",
-            "modules_to_save: llama.cpp's LoRA adapters hold no whole embedding or head",
-        ),
-    ];
-    if let Some((_, when_merging, otherwise)) = outside.into_iter().find(|(present, ..)| *present) {
-        return Err(unsupported("adapter_config.json", if merging { when_merging } else { otherwise }));
+            (
+                lora.modules_to_save.is_some(),
+                "modules_to_save: llama.cpp's LoRA adapters hold no whole embedding or head; export the merged model",
+            ),
+        ];
+        if let Some((_, detail)) = outside.into_iter().find(|(present, _)| *present) {
+            return Err(unsupported("adapter_config.json", detail));
+        }
     }
     let weights = LoraWeights::load(adapter, &lora, config).await?;
     Ok((lora, weights))
+}
+
+/// Why `lora` cannot be merged into a model whose `lm_head` is its
+/// embedding (`tie_word_embeddings`), as [`crate::peft::lora::merge`]
+/// refuses: the merged file holds one table, which would need to be two.
+fn untied_head(lora: &LoraConfig, config: &Config) -> Option<String> {
+    if !config.tie_word_embeddings {
+        return None;
+    }
+    if let Some(m) = lora.outer_targets().first() {
+        return Some(format!(
+            "{}: a LoRA on the embedding or the head of a model whose lm_head is the embedding: merging would change both",
+            m.name()
+        ));
+    }
+    let list = lora.modules_to_save.as_deref().unwrap_or_default();
+    let keys = modules_to_save::file_keys(list, lora.ensure_weight_tying, config);
+    // A shared copy (ensure_weight_tying) is saved under the head's key too; copies of their own are not.
+    let own_copies = !keys.is_empty() && keys.iter().all(|(key, m)| *key == modules_to_save::key(*m));
+    own_copies.then(|| {
+        "modules_to_save on a model whose lm_head is the embedding, each trained on its own \
+         (ensure_weight_tying false): merging would untie them"
+            .to_string()
+    })
+}
+
+/// The trained parts outside the layers folded into `hf`'s values `x`
+/// (rows, cols) as PEFT's `merge_and_unload` leaves them: modules_to_save's
+/// copies in place of the embedding and the head, trainable token rows in
+/// place of theirs, LoRA on the embedding added (`(s·B·A)ᵀ`; the head's is a
+/// Linear's, folded with the layers').
+fn fold_outer(hf: &str, x: &mut [f32], lora: &LoraConfig, w: &LoraWeights, config: &Config) {
+    let (vocab, d) = (config.vocab_size, config.hidden_size);
+    let module = match hf {
+        "model.embed_tokens.weight" => OuterModule::Embedding,
+        "lm_head.weight" => OuterModule::Head,
+        _ => return,
+    };
+    if let Some((_, values)) = w.saved.get(modules_to_save::key(module)) {
+        x.copy_from_slice(values);
+    }
+    if module != OuterModule::Embedding {
+        return;
+    }
+    if let (Some(ids), Some(rows)) = (&lora.trainable_token_indices, &w.tokens) {
+        for (j, &id) in ids.iter().enumerate() {
+            x[id as usize * d..(id as usize + 1) * d].copy_from_slice(&rows.values[j * d..(j + 1) * d]);
+        }
+    }
+    if let Some(pair) = w.modules.get(OuterModule::Embedding.name()) {
+        let (r, s) = (lora.r, lora.scaling() as f32);
+        for v in 0..vocab {
+            for c in 0..d {
+                let mut t = 0.0f32;
+                for k in 0..r {
+                    t = pair.b[c * r + k].mul_add(pair.a[k * vocab + v], t);
+                }
+                x[v * d + c] += t * s;
+            }
+        }
+    }
 }
 
 fn f32_of(v: Option<&Json>) -> Option<f32> {
@@ -283,7 +345,9 @@ pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
                 let mut x = checkpoint.read_f32(hf).await?;
                 let module = hf.trim_end_matches(".weight");
                 if let Some((lc, w)) = &lora {
-                    if let Some(pair) = w.modules.get(module).filter(|_| hf.ends_with(".weight")) {
+                    fold_outer(hf, &mut x, lc, w, &config);
+                    let layer_or_head = module != OuterModule::Embedding.name();
+                    if let Some(pair) = w.modules.get(module).filter(|_| hf.ends_with(".weight") && layer_or_head) {
                         fold_lora(&mut x, &pair.a, &pair.b, pair.out_features, pair.in_features, lc.scaling() as f32);
                     }
                 }
