@@ -318,3 +318,29 @@ fn merged_adapters_outside_the_layers_match_convert_hf_to_gguf() {
 fn reference_base(model: &str) -> Json {
     reference()["cases"][format!("{model}_f16")].clone()
 }
+
+/// A LoRA of the embedding and the head as a llama.cpp adapter
+/// (`token_embd.weight.lora_a` holds Aᵀ, the ids' rows) is
+/// convert_lora_to_gguf.py's file byte for byte; on a tied model, whose one
+/// tensor llama.cpp uses for both, it is refused.
+#[test]
+fn lora_on_the_embedding_and_the_head_matches_convert_lora_to_gguf() {
+    let reference: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("gguf/merged_adapters.json")).unwrap()).unwrap();
+    let cases = reference["lora_adapters"].as_object().unwrap();
+    assert_eq!(cases.len(), 2);
+    for (name, case) in cases {
+        let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
+        let adapter = DirFiles::new(fixtures().join(case["adapter"].as_str().unwrap())).unwrap();
+        // The converter's default name is its heuristic on the folder name.
+        let opts = GgufOptions { ty: ty(case), name: "Initial_Adapter".into(), tokenizer_pre: None };
+        let mut out = Vec::new();
+        pollster::block_on(export_lora(&base, &adapter, &opts, &mut out)).unwrap();
+        compare(name, &out, case);
+    }
+    let tied = DirFiles::new(fixtures().join("qwen2_tied")).unwrap();
+    let adapter = DirFiles::new(fixtures().join("lora_outer/qwen2_tied/initial_adapter")).unwrap();
+    let opts = GgufOptions { ty: GgmlType::F32, name: "x".into(), tokenizer_pre: None };
+    let e = pollster::block_on(export_lora(&tied, &adapter, &opts, Vec::new())).unwrap_err().to_string();
+    assert!(e.contains("lm_head is the embedding"), "{e}");
+}

@@ -3,7 +3,10 @@
 //! and per adapted Linear `<gguf name>.lora_a` (ne (in, r)) and `.lora_b`
 //! (ne (r, out), q/k rows in the llama order). llama.cpp scales each pair by
 //! alpha / r, r read off lora_b; an rsLoRA adapter (alpha / √r) is written
-//! with alpha·√r so the product is PEFT's scaling.
+//! with alpha·√r so the product is PEFT's scaling. A LoRA on the embedding
+//! (PEFT's `lora_embedding_A` (r, vocab)) is `token_embd.weight.lora_a`
+//! with ne (r, vocab), the ids' rows, as llama.cpp gathers it; one on an
+//! untied `lm_head` is `output.weight`'s, as any Linear's.
 
 use std::io::Write;
 
@@ -12,6 +15,7 @@ use super::names::{gguf_name, permute_heads, permute_rows};
 use super::writer::{GgufWriter, TensorInfo, Value};
 use super::{encode, tensor_type, unsupported, QUANTIZATION_VERSION};
 use crate::model::{ByteSource, Config, ModelFiles};
+use crate::peft::lora::config::OuterModule;
 use crate::Result;
 
 /// Writes `adapter` (plain LoRA on the model whose config.json `base` holds)
@@ -42,7 +46,14 @@ pub async fn export_lora<F: ModelFiles, A: ModelFiles, W: Write>(
             Some(heads) => permute_rows(&pair.b, pair.out_features, r, heads),
             None => pair.b.clone(),
         };
-        tensors.push((format!("{name}.lora_a"), vec![pair.in_features as u64, r as u64], pair.a.clone()));
+        if module == OuterModule::Embedding.name() {
+            // llama.cpp gathers the embedding's A by token id: its rows are the ids, (vocab, r) as Aᵀ.
+            let (v, a) = (pair.in_features, &pair.a);
+            let a_t: Vec<f32> = (0..v * r).map(|i| a[(i % r) * v + i / r]).collect();
+            tensors.push((format!("{name}.lora_a"), vec![r as u64, v as u64], a_t));
+        } else {
+            tensors.push((format!("{name}.lora_a"), vec![pair.in_features as u64, r as u64], pair.a.clone()));
+        }
         tensors.push((format!("{name}.lora_b"), vec![r as u64, pair.out_features as u64], b));
     }
     if tensors.is_empty() {

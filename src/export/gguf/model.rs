@@ -89,8 +89,12 @@ pub(crate) async fn read_lora<A: ModelFiles>(
             return Err(unsupported("adapter_config.json", detail));
         }
     } else {
-        if let Some(m) = lora.outer_targets().first() {
-            let detail = format!("{}: webpeft writes GGUF LoRA adapters of the layers' Linears only", m.name());
+        if let Some(m) = lora.outer_targets().first().filter(|_| config.tie_word_embeddings) {
+            let detail = format!(
+                "{}: on a model whose lm_head is the embedding llama.cpp has one tensor for both, which a LoRA \
+                 of either would change in both places; export the merged model of an untied one",
+                m.name()
+            );
             return Err(unsupported("adapter_config.json", detail));
         }
         // What llama.cpp's LoRA adapters cannot hold (a merged model can).
