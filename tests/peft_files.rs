@@ -223,15 +223,28 @@ fn unknown_target_module_is_an_error() {
     assert!(matches!(block_on(LoraWeights::load(&files, &c, &model_config())), Err(Error::AdapterConfig { .. })));
 }
 
+/// A regex target is matched whole (`re.fullmatch`), written back as given;
+/// one that does not compile is a typed error naming the field.
 #[test]
-fn regex_target_modules_is_not_supported_yet() {
+fn regex_target_modules_match_whole_names() {
     let c = edited(LORA, |m| {
         m.insert("target_modules".into(), ".*q_proj".into());
     })
     .unwrap();
-    assert!(
-        matches!(c.targets(&model_config()), Err(Error::AdapterUnsupported { ref field, .. }) if field == "target_modules")
+    assert_eq!(
+        c.targets(&model_config()).unwrap(),
+        ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
     );
+    assert_eq!(c.to_value()["target_modules"], Value::from(".*q_proj"));
+    let c = edited(LORA, |m| {
+        m.insert("target_modules".into(), "q_proj".into()); // whole names only: matches none
+    })
+    .unwrap();
+    assert_field_error(c.targets(&model_config()), "target_modules", "matches no module");
+    let r = edited(LORA, |m| {
+        m.insert("exclude_modules".into(), "(q_proj".into());
+    });
+    assert_field_error(r, "exclude_modules", "not a regular expression");
 }
 
 #[test]
@@ -253,13 +266,14 @@ fn other_unsupported_options_are_errors() {
     for (key, value) in [
         ("bias", Value::from("all")),
         ("fan_in_fan_out", Value::from(true)),
-        ("modules_to_save", serde_json::json!(["lm_head"])),
+        ("modules_to_save", serde_json::json!(["lm_head", "model.norm"])),
         ("init_lora_weights", Value::from("eva")),
     ] {
         let r = edited(LORA, |m| {
             m.insert(key.into(), value);
         });
-        assert!(matches!(r, Err(Error::AdapterUnsupported { ref field, .. }) if field == key), "{key}: {r:?}");
+        let named = |field: &str| field == key || field.starts_with(&format!("{key}["));
+        assert!(matches!(r, Err(Error::AdapterUnsupported { ref field, .. }) if named(field)), "{key}: {r:?}");
     }
     let r = edited(LORA, |m| {
         m.insert("task_type".into(), "SEQ_CLS".into());
@@ -305,4 +319,39 @@ fn wrong_tensor_shapes_are_an_error() {
     let model = Config::from_value(&v).unwrap();
     let r = block_on(LoraWeights::load(&files, &lora_config(LORA), &model));
     assert!(matches!(&r, Err(Error::AdapterTensor { detail, .. }) if detail.contains("shape")), "{r:?}");
+}
+
+/// What PEFT targets (`make_fixtures.py target_matching`: get_peft_model's
+/// `targeted_module_names`) for regex target_modules (`re.fullmatch`,
+/// lookahead included), exclude_modules as a list and as a regex,
+/// layers_to_transform (refused with a string target; a module named whole
+/// skips it, and the embedding, which has no layer index, is dropped by it),
+/// and modules_to_save (skipped by the match); where PEFT refuses (a module
+/// that is not a Linear, no match, everything excluded), webpeft refuses too.
+#[test]
+fn target_matching_is_pefts() {
+    let cases: Value = serde_json::from_slice(&std::fs::read(fixture("target_matching/cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 18);
+    for case in cases {
+        let model = block_on(Config::load(&DirFiles::new(fixture(case["model"].as_str().unwrap())).unwrap())).unwrap();
+        let mut v = case["config"].clone();
+        for (k, x) in [("peft_type", Value::from("LORA")), ("r", 4.into()), ("lora_alpha", 8.into())] {
+            v[k] = x;
+        }
+        let got = LoraConfig::from_value(&v).and_then(|c| {
+            let mut t = c.targets(&model)?;
+            t.extend(c.outer_targets().iter().map(|m| m.name().to_string()));
+            t.sort();
+            Ok(t)
+        });
+        match (&case["targeted"], got) {
+            (Value::Array(want), Ok(got)) => {
+                let want: Vec<&str> = want.iter().map(|w| w.as_str().unwrap()).collect();
+                assert_eq!(got, want, "{}", case["config"]);
+            }
+            (Value::Null, Err(e)) => eprintln!("{}: PEFT: {}; webpeft: {e}", case["config"], case["error"]),
+            (want, got) => panic!("{}: PEFT {want} ({}), webpeft {got:?}", case["config"], case["error"]),
+        }
+    }
 }

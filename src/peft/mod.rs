@@ -29,6 +29,7 @@ pub(crate) mod columns;
 pub mod encoder;
 pub mod ia3;
 pub mod lora;
+pub mod module_names;
 pub mod modules_to_save;
 pub mod p_tuning;
 pub mod pass;

@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use crate::model::llama::Proj;
 use crate::model::{Config, ModelType};
+use crate::peft::lora::config::module_name;
 use crate::peft::lora::{TargetModules, PEFT_VERSION};
+use crate::peft::module_names::FullMatch;
 use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
@@ -184,10 +186,15 @@ impl Ia3Config {
     /// The Linears this config adapts in a model of `config`, in model order
     /// (per layer q, k, v, o, gate, up, down).
     pub fn modules(&self, config: &Config) -> Result<Vec<Ia3Module>> {
-        let targeted = |p: Proj| match &self.target_modules {
+        // A regex is matched against whole names, as PEFT's re.fullmatch.
+        let regex = match &self.target_modules {
+            TargetModules::Regex(r) => Some(FullMatch::new("target_modules", r)?),
+            _ => None,
+        };
+        let targeted = |layer: usize, p: Proj| match &self.target_modules {
             TargetModules::AllLinear => true,
             TargetModules::List(list) => list.iter().any(|t| suffix(p.name(), t)),
-            TargetModules::Regex(s) => suffix(p.name(), s),
+            TargetModules::Regex(_) => regex.as_ref().is_some_and(|re| re.matches(&module_name(layer, p.name()))),
         };
         if let TargetModules::List(list) = &self.target_modules {
             if let Some(t) = list.iter().find(|t| !Proj::ALL.iter().any(|p| suffix(p.name(), t))) {
@@ -199,15 +206,19 @@ impl Ia3Config {
             }
         }
         let feedforward = |p: Proj| self.feedforward_modules.iter().any(|t| suffix(p.name(), t));
-        Ok((0..config.num_hidden_layers)
+        let modules: Vec<Ia3Module> = (0..config.num_hidden_layers)
             .flat_map(|layer| {
-                Proj::ALL.into_iter().filter(|&p| targeted(p)).map(move |proj| Ia3Module {
+                Proj::ALL.into_iter().filter(move |&p| targeted(layer, p)).map(move |proj| Ia3Module {
                     layer,
                     proj,
                     feedforward: feedforward(proj),
                 })
             })
-            .collect())
+            .collect();
+        if let (TargetModules::Regex(r), true) = (&self.target_modules, modules.is_empty()) {
+            return Err(err("target_modules", format!("\"{r}\" matches no Linear of the model's layers")));
+        }
+        Ok(modules)
     }
 
     /// The JSON PEFT 0.21.2's `save_pretrained` writes for this config (keys

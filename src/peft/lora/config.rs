@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::model::source::ModelFiles;
 use crate::model::Config;
+use crate::peft::module_names::{llama_module_names, suffix_match, FullMatch};
 use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
 use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
@@ -174,6 +175,9 @@ pub struct LoraConfig {
     /// PEFT's `ensure_weight_tying`: on a model whose head is its
     /// embedding, one trained copy for both.
     pub ensure_weight_tying: bool,
+    /// PEFT's `exclude_modules`: modules left out of `target_modules`' match
+    /// (a list of names or suffixes, or a regex `re.fullmatch`ed).
+    pub exclude_modules: Option<TargetModules>,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -202,6 +206,7 @@ impl LoraConfig {
             trainable_token_indices: None,
             modules_to_save: None,
             ensure_weight_tying: false,
+            exclude_modules: None,
         };
         c.validate()?;
         Ok(c)
@@ -229,6 +234,20 @@ impl LoraConfig {
                 return Err(err("target_modules", "is empty: no module to adapt"));
             }
         }
+        if self.layers_to_transform.is_some() && !matches!(self.target_modules, TargetModules::List(_)) {
+            // PEFT's LoraConfig.__post_init__ refuses it for any string ("all-linear" too).
+            return Err(err(
+                "layers_to_transform",
+                "cannot be used when target_modules is a string (a regex or \"all-linear\"): list the modules",
+            ));
+        }
+        for (field, t) in
+            [("target_modules", Some(&self.target_modules)), ("exclude_modules", self.exclude_modules.as_ref())]
+        {
+            if let Some(TargetModules::Regex(r)) = t {
+                FullMatch::new(field, r)?;
+            }
+        }
         let outer = self.outer_targets();
         let name = |m: OuterModule| m.name().rsplit('.').next().unwrap_or_default();
         if let Some(&m) = outer.first().filter(|_| self.use_dora || self.init_lora_weights.adjusts_base()) {
@@ -248,16 +267,8 @@ impl LoraConfig {
         }
         if let Some(list) = &self.modules_to_save {
             crate::peft::modules_to_save::check(list)?;
+            // A module in both lists is trained whole: PEFT's match skips modules_to_save (outer_targets too).
             for m in crate::peft::modules_to_save::modules(list) {
-                if outer.contains(&m) {
-                    return Err(unsupported(
-                        "modules_to_save",
-                        format!(
-                            "{}: a LoRA target too; train it either way, not both (PEFT's wrappers would nest)",
-                            name(m)
-                        ),
-                    ));
-                }
                 if m == OuterModule::Embedding && self.trainable_token_indices.is_some() {
                     return Err(err(
                         "trainable_token_indices",
@@ -390,7 +401,24 @@ impl LoraConfig {
             }
         }
         let trainable_token_indices = crate::peft::trainable_tokens::parse_indices(&f)?;
-        for key in ["layer_replication", "exclude_modules", "target_parameters"] {
+        let exclude_modules = match f.get("exclude_modules") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(TargetModules::Regex(s.clone())),
+            Some(Value::Array(_)) => Some(TargetModules::List(f.strings("exclude_modules")?)),
+            Some(v) => return Err(f.wrong("exclude_modules", "a list of module names or a regex", v)),
+        };
+        match f.get("layers_pattern") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.is_empty() || s == "layers" => {}
+            Some(Value::Array(items)) if items.iter().any(|v| v.as_str() == Some("layers")) || items.is_empty() => {}
+            Some(v) => {
+                return Err(err(
+                    "layers_pattern",
+                    format!("{}: a Llama-family model's layers are model.layers.N (\"layers\")", brief(v)),
+                ))
+            }
+        }
+        for key in ["layer_replication", "target_parameters"] {
             if !f.is_empty(key) {
                 return Err(unsupported(key, "must be null"));
             }
@@ -412,6 +440,7 @@ impl LoraConfig {
             trainable_token_indices,
             modules_to_save,
             ensure_weight_tying,
+            exclude_modules,
         };
         c.validate()?;
         Ok(c)
@@ -448,7 +477,11 @@ impl LoraConfig {
             "corda_config": null,
             "ensure_weight_tying": self.ensure_weight_tying,
             "eva_config": null,
-            "exclude_modules": null,
+            "exclude_modules": match &self.exclude_modules {
+                Some(TargetModules::List(l)) => json!(l),
+                Some(TargetModules::Regex(r)) => json!(r),
+                _ => Value::Null,
+            },
             "fan_in_fan_out": false,
             "inference_mode": self.inference_mode,
             "init_lora_weights": init,
@@ -489,12 +522,41 @@ impl LoraConfig {
     }
 
     /// The modules outside the layers this config adapts (`embed_tokens`,
-    /// `lm_head`), named in a list of `target_modules` ("all-linear" leaves
-    /// the head out, as PEFT does).
+    /// `lm_head`): named in `target_modules` ("all-linear" leaves the head
+    /// out, as PEFT does), and neither excluded (`exclude_modules`) nor
+    /// trained whole (`modules_to_save`, which PEFT's match skips).
     pub fn outer_targets(&self) -> Vec<OuterModule> {
-        let TargetModules::List(list) = &self.target_modules else { return Vec::new() };
-        let matches = |name: &str, t: &str| name == t || name.ends_with(&format!(".{t}"));
-        OUTER_MODULES.into_iter().filter(|m| list.iter().any(|t| matches(m.name(), t))).collect()
+        let saved = self.modules_to_save.as_deref().map(crate::peft::modules_to_save::modules).unwrap_or_default();
+        OUTER_MODULES
+            .into_iter()
+            .filter(|m| !matches!(self.target_modules, TargetModules::AllLinear) && self.matched(m.name()))
+            .filter(|m| !saved.contains(m))
+            // PEFT's layers_to_transform keeps a module by its layer index, which these have none of,
+            // unless the list names it whole ("lm_head", "model.embed_tokens").
+            .filter(|m| self.layers_to_transform.is_none() || self.named_whole(m.name()))
+            .collect()
+    }
+
+    /// Whether a list of `target_modules` holds `name` itself (PEFT then
+    /// skips its layers_to_transform check).
+    fn named_whole(&self, name: &str) -> bool {
+        matches!(&self.target_modules, TargetModules::List(l) if l.iter().any(|e| e == name))
+    }
+
+    /// Whether PEFT's match takes module `name`: `target_modules` (a list's
+    /// names or suffixes, or a regex's full match; "all-linear" every Linear
+    /// of the layers) and not `exclude_modules`. A regex that does not
+    /// compile matches nothing ([`LoraConfig::validate`] reports it).
+    fn matched(&self, name: &str) -> bool {
+        let by = |t: &TargetModules, field: &str| match t {
+            TargetModules::AllLinear => {
+                LORA_MODULES.iter().any(|p| suffix_match(name, p)) && name.starts_with("model.layers.")
+            }
+            TargetModules::List(list) => list.iter().any(|e| suffix_match(name, e)),
+            TargetModules::Regex(r) => FullMatch::new(field, r).is_ok_and(|re| re.matches(name)),
+        };
+        by(&self.target_modules, "target_modules")
+            && !self.exclude_modules.as_ref().is_some_and(|x| by(x, "exclude_modules"))
     }
 
     /// Whether layer `layer` is adapted (`layers_to_transform`).
@@ -517,35 +579,50 @@ impl LoraConfig {
             }
         }
         let all: Vec<String> = (0..layers).flat_map(|i| LORA_MODULES.map(|m| module_name(i, m))).collect();
-        let matches = |name: &str, t: &str| name == t || name.ends_with(&format!(".{t}"));
-        let chosen: Vec<String> = match &self.target_modules {
-            TargetModules::AllLinear => all.clone(),
-            TargetModules::Regex(s) => {
-                return Err(unsupported(
-                    "target_modules",
-                    format!("regex target_modules (\"{s}\") are not supported yet: give a list of module names or \"all-linear\""),
-                ))
-            }
+        let names = llama_module_names(config);
+        match &self.target_modules {
             TargetModules::List(list) => {
-                for t in list {
-                    let names = all.iter().map(String::as_str).chain(OUTER_MODULES.iter().map(|m| m.name()));
-                    if !names.into_iter().any(|n| matches(n, t)) {
-                        return Err(err(
-                            "target_modules",
-                            format!(
-                                "\"{t}\" matches no module of the model (LoRA targets: {}, embed_tokens, lm_head)",
-                                LORA_MODULES.join(", ")
-                            ),
-                        ));
-                    }
+                // Every entry names some module (PEFT: "Target modules … not found in the base model").
+                if let Some(t) = list.iter().find(|t| !names.iter().any(|n| suffix_match(n, t))) {
+                    return Err(err(
+                        "target_modules",
+                        format!(
+                            "\"{t}\" matches no module of the model (LoRA targets: {}, embed_tokens, lm_head)",
+                            LORA_MODULES.join(", ")
+                        ),
+                    ));
                 }
-                all.iter().filter(|n| list.iter().any(|t| matches(n, t))).cloned().collect()
             }
-        };
-        let chosen: Vec<String> =
-            chosen.into_iter().filter(|n| layer_of(n).is_some_and(|i| self.adapts_layer(i))).collect();
+            TargetModules::Regex(r) => {
+                FullMatch::new("target_modules", r)?;
+            }
+            TargetModules::AllLinear => {}
+        }
+        if let Some(TargetModules::Regex(r)) = &self.exclude_modules {
+            FullMatch::new("exclude_modules", r)?;
+        }
+        // A module PEFT's match takes that LoRA cannot adapt (attention, an MLP, a norm).
+        let adaptable = |n: &str| all.iter().any(|a| a == n) || OUTER_MODULES.iter().any(|m| m.name() == n);
+        if let Some(other) = names.iter().find(|n| !adaptable(n) && self.matched(n)) {
+            return Err(unsupported(
+                "target_modules",
+                format!(
+                    "it matches {other}, which is not a Linear: LoRA adapts the layers' Linears ({}), embed_tokens and lm_head",
+                    LORA_MODULES.join(", ")
+                ),
+            ));
+        }
+        // layers_to_transform goes with a list (validate refuses it with a string).
+        let in_layers = |n: &str| self.named_whole(n) || layer_of(n).is_some_and(|i| self.adapts_layer(i));
+        let chosen: Vec<String> = all.into_iter().filter(|n| self.matched(n) && in_layers(n)).collect();
         if chosen.is_empty() && self.outer_targets().is_empty() {
-            return Err(err("layers_to_transform", "selects no layer: no module to adapt"));
+            let why = match (&self.target_modules, &self.exclude_modules, &self.layers_to_transform) {
+                (TargetModules::Regex(r), None, _) => format!("\"{r}\" matches no module of the model"),
+                (_, Some(_), _) => "exclude_modules (or modules_to_save) leaves no module to adapt".to_string(),
+                (_, None, Some(_)) => return Err(err("layers_to_transform", "selects no layer: no module to adapt")),
+                _ => "no module to adapt (modules_to_save takes the ones named)".to_string(),
+            };
+            return Err(err("target_modules", why));
         }
         Ok(chosen)
     }
