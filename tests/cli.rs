@@ -666,6 +666,7 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
         "5,82",
         "--trainable-tokens",
         "<|begin_of_text|>",
+        "--lm-head-rows",
         "--quant",
         "nf4",
     ];
@@ -673,11 +674,14 @@ fn train_lora_with_trainable_tokens_stop_resume_merge_and_refuse_a_gguf_adapter(
     // PEFT's files: the ids in the config, the rows beside the factors.
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
-    assert_eq!(config["trainable_token_indices"], serde_json::json!([5, 82, 381]), "{config}");
+    // The head's rows too (--lm-head-rows on this untied model): PEFT's dict form.
+    let ids = serde_json::json!([5, 82, 381]);
+    assert_eq!(config["trainable_token_indices"], serde_json::json!({"embed_tokens": ids, "lm_head": ids}), "{config}");
     let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
     let rows = st.tensor("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta").unwrap();
-    assert_eq!((st.len(), rows.shape()), (2 * 2 * 2 + 1, &[3, 64][..]));
+    let head = st.tensor("base_model.model.lm_head.token_adapter.trainable_tokens_delta").unwrap();
+    assert_eq!((st.len(), rows.shape(), head.shape()), (2 * 2 * 2 + 2, &[3, 64][..], &[3, 64][..]));
     // Merged into an f32 copy; a GGUF LoRA cannot hold the rows.
     let merged = dir.join("merged");
     ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));

@@ -269,7 +269,8 @@ fn what_llama_cpp_cannot_take_is_a_typed_error() {
 }
 
 /// A merged model whose adapter trains outside the layers (modules_to_save's
-/// copies, trainable token rows, LoRA on the embedding and the head; on a
+/// copies, trainable token rows of the embedding and of an untied head, LoRA
+/// on the embedding and the head; on a
 /// tied model the shared copy and the token rows) is the converter's file
 /// for what PEFT's `merge_and_unload` saved, byte for byte
 /// (`gguf/merged_adapters.json`, `make_fixtures.py gguf_merged`); what a tied
@@ -279,7 +280,7 @@ fn merged_adapters_outside_the_layers_match_convert_hf_to_gguf() {
     let reference: Json =
         serde_json::from_slice(&std::fs::read(fixtures().join("gguf/merged_adapters.json")).unwrap()).unwrap();
     let cases = reference["cases"].as_object().unwrap();
-    assert_eq!(cases.len(), 5);
+    assert_eq!(cases.len(), 6);
     for (name, case) in cases {
         let model = case["model"].as_str().unwrap();
         let files = DirFiles::new(fixtures().join(model)).unwrap();

@@ -254,8 +254,21 @@ fn bad_trainable_tokens_are_typed_errors() {
     assert!(e.contains("trainable_token_indices[4]") && e.contains("vocab_size 384"), "{e}");
     let e = with(serde_json::json!({"embed_tokens": [258, "x"]}));
     assert!(e.contains("trainable_token_indices.embed_tokens[1]") && e.contains("token id"), "{e}");
+    let e = with(serde_json::json!({"norm": [1, 2]}));
+    assert!(e.contains("embed_tokens and lm_head"), "{e}");
+    // The head's rows named, but the file holds the embedding's only.
     let e = with(serde_json::json!({"lm_head": [1, 2]}));
-    assert!(e.contains("embed_tokens only"), "{e}");
+    assert!(e.contains("trainable_tokens_delta") && e.contains("names no such module"), "{e}");
+    // On a tied model the head's rows are the embedding's.
+    let tied = common::fixture_model(gpu, "qwen2_tied");
+    let mut c = config.clone();
+    c["trainable_token_indices"] = serde_json::json!({"embed_tokens": [5, 82, 258, 40, 274], "lm_head": [1, 2]});
+    let dir = fixture("trainable_tokens/qwen2_tied/initial_adapter");
+    let mut mem = MemoryFiles::new();
+    mem.insert("adapter_config.json", serde_json::to_vec(&c).unwrap());
+    mem.insert("adapter_model.safetensors", std::fs::read(dir.join("adapter_model.safetensors")).unwrap());
+    let e = block_on(Adapter::load(gpu, &mem, &tied.config)).unwrap_err().to_string();
+    assert!(e.contains("lm_head is the embedding") || e.contains("lm_head"), "{e}");
     let e = with(serde_json::json!([]));
     assert!(e.contains("empty list"), "{e}");
     let e = with(serde_json::json!("5"));
@@ -263,7 +276,7 @@ fn bad_trainable_tokens_are_typed_errors() {
     let e = with(serde_json::json!([258, 5, 82]));
     assert!(e.contains(DELTA_KEY) && e.contains("shape [5, 64]"), "{e}");
     let e = with(serde_json::Value::Null);
-    assert!(e.contains(DELTA_KEY) && e.contains("no `trainable_token_indices`"), "{e}");
+    assert!(e.contains(DELTA_KEY) && e.contains("`trainable_token_indices` names no such module"), "{e}");
     // The dict form names the embedding.
     let mut c = config.clone();
     c["trainable_token_indices"] = serde_json::json!({"embed_tokens": [258, 5, 82, 40, 274]});
@@ -327,4 +340,74 @@ fn merge_writes_the_rows_into_the_embedding() {
 #[test]
 fn saved_adapters_load_in_peft() {
     common::check_saved_in_peft(gpu(), "trainable_tokens");
+}
+
+/// An untied head's own rows beside the embedding's (the dict form,
+/// `{"embed_tokens": [...], "lm_head": [...]}`, ids overlapping in one)
+/// against PEFT (`make_fixtures.py trainable_tokens_head`) on both kernel
+/// families: logits, loss, every gradient, 10 AdamW steps, greedy decoding
+/// through the KV cache; the files byte for byte; merge into the head; a
+/// fresh adapter's rows are the head's own; on a tied model it is refused.
+#[test]
+fn untied_head_rows_match_peft() {
+    use webpeft::peft::lora::merge::{merge_lora, unmerge_lora};
+    let dir = "trainable_tokens/head/llama_gqa";
+    for gpu in [gpu(), common::gpu_family()] {
+        let model = common::fixture_model(gpu, "llama_gqa");
+        let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+        let initial = || load(gpu, &model, &format!("{dir}/initial_adapter"));
+        let Adapter::Lora(l) = initial() else { unreachable!() };
+        assert_eq!(l.head_tokens.as_ref().map(|t| t.indices.len()), Some(5));
+        common::check_logits_training_and_greedy(
+            gpu,
+            &model,
+            "llama_gqa head rows",
+            &initial,
+            &fx,
+            &fx.f32("logits"),
+            0,
+        );
+    }
+    let gpu = gpu();
+    let mut model = common::fixture_model(gpu, "llama_gqa");
+    let ad = load(gpu, &model, &format!("{dir}/initial_adapter"));
+    let files = block_on(ad.to_files(gpu, &model.config)).unwrap();
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    let peft = fixture(dir).join("initial_adapter");
+    assert_eq!(json(&files[0].1), json(&std::fs::read(peft.join("adapter_config.json")).unwrap()));
+    assert_eq!(files[1].1, std::fs::read(peft.join("adapter_model.safetensors")).unwrap());
+    // Merged into the head (and the embedding); unmerged, the model's own rows are back.
+    let Adapter::Lora(l) = &ad else { unreachable!() };
+    let ids = vec![vec![5u32, 82, 274, 7, 258, 40, 99]];
+    let (base, adapted) =
+        (common::adapted_logits(gpu, &model, None, &ids), common::adapted_logits(gpu, &model, Some(&ad), &ids));
+    let head_before = block_on(model.lm_head.to_f32(gpu)).unwrap();
+    let merged = merge_lora(gpu, &mut model, l).unwrap();
+    let d = common::max_abs_diff(&common::adapted_logits(gpu, &model, None, &ids), &adapted);
+    assert!(d <= 1e-4, "merged logits {d:e}");
+    unmerge_lora(gpu, &mut model, l, &merged).unwrap();
+    assert!(common::max_abs_diff(&common::adapted_logits(gpu, &model, None, &ids), &base) <= 1e-4);
+    assert_eq!(block_on(model.lm_head.to_f32(gpu)).unwrap(), head_before, "the head's own rows back");
+    // A fresh adapter's head rows are the head's own: the base model's logits.
+    use webpeft::train::recipe::{AdapterRecipe, LoraRecipe};
+    let recipe = |name: &str| {
+        let m = common::fixture_model(gpu, name);
+        let l = LoraRecipe { trainable_token_indices: Some(vec![5, 82]), lm_head_rows: true, ..Default::default() };
+        AdapterRecipe::Lora(l).build(gpu, &m, None, None, 3).map(|a| (m, a))
+    };
+    let (m, fresh) = recipe("llama_gqa").unwrap();
+    let d = common::max_abs_diff(
+        &common::adapted_logits(gpu, &m, Some(&fresh), &ids),
+        &common::adapted_logits(gpu, &m, None, &ids),
+    );
+    assert!(d <= 1e-5, "a fresh adapter changed the logits by {d:e}");
+    let e = recipe("qwen2_tied").map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("lm_head_rows") && e.contains("embedding"), "{e}");
+}
+
+/// What webpeft saves after training with an untied head's rows loads in PEFT
+/// (`trainable_tokens/head/webpeft_saved`).
+#[test]
+fn saved_head_rows_load_in_peft() {
+    common::check_saved_cases_in_peft(gpu(), "trainable_tokens/head", &["llama_gqa"]);
 }

@@ -320,9 +320,9 @@ impl Adapter {
                 "Adapter::new",
                 "PiSSA, OLoRA and LoftQ start from the model's weights and change them: use Adapter::new_adjusting_base",
             )),
-            AdapterConfig::Lora(c) if c.trainable_token_indices.is_some() => Err(Error::invalid(
+            AdapterConfig::Lora(c) if c.starts_from_model() => Err(Error::invalid(
                 "Adapter::new",
-                "trainable tokens start from the model's embedding rows: use Adapter::new_for_model",
+                "trainable tokens and modules_to_save start from the model's weights: use Adapter::new_for_model",
             )),
             AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, seed),
             AdapterConfig::Bottleneck(c) => Adapter::new_bottleneck(gpu, c, model, seed),
@@ -370,9 +370,7 @@ impl Adapter {
             AdapterConfig::TrainableTokens(c) => {
                 Ok(Adapter::TrainableTokens(TrainableTokensAdapter::init(gpu, c, model, seed)?))
             }
-            AdapterConfig::Lora(c)
-                if c.use_dora || c.trainable_token_indices.is_some() || c.modules_to_save.is_some() =>
-            {
+            AdapterConfig::Lora(c) if c.use_dora || c.starts_from_model() => {
                 let ad = Adapter::new_lora(gpu, c, &model.config, seed)?;
                 if let Adapter::Lora(l) = &ad {
                     l.init_from_model(gpu, model)?;
@@ -410,11 +408,8 @@ impl Adapter {
             AdapterConfig::Lora(c) if c.init_lora_weights.adjusts_base() => {
                 let weights = fresh_lora_weights(&c, &model.config)?;
                 let lora = crate::peft::lora::base_init::init_from_base(gpu, model, files, c, weights, seed).await?;
-                if let Some(t) = &lora.tokens {
-                    t.start_from_embedding(gpu, model)?;
-                }
-                if let Some(m) = &lora.modules_to_save {
-                    m.start_from_model(gpu, model)?;
+                if lora.config.starts_from_model() {
+                    lora.init_from_model(gpu, model)?;
                 }
                 Ok(Adapter::Lora(lora))
             }

@@ -118,6 +118,9 @@ pub struct LoraRecipe {
     pub layers_to_transform: Option<Vec<usize>>,
     /// These ids' embedding rows are trained too (PEFT's `trainable_token_indices`).
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// On a model with an untied head, the same ids' lm_head rows too (PEFT's
+    /// `{"embed_tokens": ids, "lm_head": ids}`).
+    pub lm_head_rows: bool,
     /// Whole modules trained beside the LoRA (PEFT's `modules_to_save`:
     /// `embed_tokens`, `lm_head`).
     pub modules_to_save: Option<Vec<String>>,
@@ -135,6 +138,11 @@ impl LoraRecipe {
         c.init_lora_weights = self.init;
         c.layers_to_transform = self.layers_to_transform.clone();
         c.trainable_token_indices = self.trainable_token_indices.clone();
+        if self.lm_head_rows {
+            c.trainable_head_token_indices = Some(c.trainable_token_indices.clone().ok_or_else(|| {
+                bad("lm_head_rows", "trains the head rows of the trainable tokens: name the tokens too")
+            })?);
+        }
         c.modules_to_save = self.modules_to_save.clone().filter(|l| !l.is_empty());
         c.ensure_weight_tying = self.ensure_weight_tying;
         c.base_model_name_or_path = model_name;
@@ -142,6 +150,12 @@ impl LoraRecipe {
         c.targets(model)?;
         if let Some(ids) = &c.trainable_token_indices {
             crate::peft::trainable_tokens::check_indices(ids, model.vocab_size)?;
+        }
+        if c.trainable_head_token_indices.is_some() && model.tie_word_embeddings {
+            return Err(bad(
+                "lm_head_rows",
+                "this model's lm_head is its embedding, whose trainable rows it already shares",
+            ));
         }
         Ok(c)
     }
@@ -159,6 +173,7 @@ impl Default for LoraRecipe {
             init: InitLoraWeights::Kaiming,
             layers_to_transform: None,
             trainable_token_indices: None,
+            lm_head_rows: false,
             modules_to_save: None,
             ensure_weight_tying: false,
         }
@@ -495,7 +510,10 @@ impl AdapterRecipe {
                     TargetModules::List(l) => l.into_iter().filter(|t| LORA_MODULES.contains(&t.as_str())).collect(),
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
-                let tokens = c.trainable_token_indices.as_ref().map_or(0, Vec::len) as u64;
+                let tokens = [&c.trainable_token_indices, &c.trainable_head_token_indices]
+                    .iter()
+                    .map(|ids| ids.as_ref().map_or(0, Vec::len) as u64)
+                    .sum::<u64>();
                 let table = (model.vocab_size * model.hidden_size) as u64;
                 let copies = match &c.modules_to_save {
                     Some(list) => crate::peft::modules_to_save::file_keys(list, c.ensure_weight_tying, model)

@@ -42,6 +42,8 @@ pub struct LoraOptions {
     pub trainable_tokens: Option<Vec<String>>,
     /// PEFT's `modules_to_save`: `embed_tokens`, `lm_head` trained whole.
     pub modules_to_save: Option<Vec<String>>,
+    /// The trainable tokens' lm_head rows too, on a model with an untied head.
+    pub lm_head_rows: Option<bool>,
     /// PEFT's `ensure_weight_tying`: one copy for a tied model's embedding and head.
     pub ensure_weight_tying: Option<bool>,
     pub seed: Option<u64>,
@@ -329,6 +331,7 @@ impl LoraOptions {
         l.trainable_token_indices = self.trainable_token_indices.clone();
         l.modules_to_save = self.modules_to_save.clone();
         l.ensure_weight_tying = self.ensure_weight_tying.unwrap_or(false);
+        l.lm_head_rows = self.lm_head_rows.unwrap_or(false);
         Ok(AdapterRecipe::Lora(l))
     }
 

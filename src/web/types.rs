@@ -74,6 +74,9 @@ export interface LoraOptions {
   trainableTokenIndices?: number[];
   /** The same by the tokens' text, as the vocabulary spells them (`"<|im_start|>"`), each one token; after those. */
   trainableTokens?: string[];
+  /** On a model whose lm_head is not its embedding: the trainable tokens' lm_head rows are trained too (PEFT's
+   * `{"embed_tokens": ids, "lm_head": ids}`, saved as `…lm_head.token_adapter.trainable_tokens_delta`). */
+  lmHeadRows?: boolean;
   /** PEFT's `modules_to_save`: these modules are trained whole beside the LoRA (a copy of the model's vocab × hidden
    * weight each), saved as `base_model.model.model.embed_tokens.weight` / `base_model.model.lm_head.weight`. */
   modulesToSave?: ("embed_tokens" | "lm_head")[];

@@ -576,14 +576,16 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       await bnb.startTraining("d", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
       const after = (await bnb.evaluate(data, { adapter: "d" })).loss;
       if (bnb.info().quant !== "nf4" || !(after < before)) throw new Error("bnb-4bit DoRA: loss " + before + " -> " + after);
-      // Trainable tokens beside a LoRA (PEFT's trainable_token_indices): the rows train and are saved under PEFT's key.
-      bnb.addLora("t", { r: 4, alpha: 8, trainableTokenIndices: [5, 82, 17] });
+      // Trainable tokens beside a LoRA (PEFT's trainable_token_indices): the rows train and are saved under PEFT's key;
+      // on this untied model the head's rows too (lmHeadRows: PEFT's {"embed_tokens": ids, "lm_head": ids}).
+      bnb.addLora("t", { r: 4, alpha: 8, trainableTokenIndices: [5, 82, 17], lmHeadRows: true });
       await bnb.startTraining("t", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2 }).train(() => {});
       const tfiles = await bnb.exportAdapter("t");
       const tcfg = JSON.parse(new TextDecoder().decode(tfiles["adapter_config.json"]));
       const tst = new TextDecoder().decode(tfiles["adapter_model.safetensors"].slice(0, 2048));
-      if (JSON.stringify(tcfg.trainable_token_indices) !== "[5,82,17]" ||
-          !tst.includes("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta")) {
+      if (JSON.stringify(tcfg.trainable_token_indices) !== '{"embed_tokens":[5,82,17],"lm_head":[5,82,17]}' ||
+          !tst.includes("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta") ||
+          !tst.includes("base_model.model.lm_head.token_adapter.trainable_tokens_delta")) {
         throw new Error("trainable tokens: config " + JSON.stringify(tcfg.trainable_token_indices) + ", header " + tst.slice(0, 200));
       }
       // PEFT's modules_to_save: whole copies of the embedding and the head train beside the LoRA, start as the

@@ -26,7 +26,8 @@ export async function example(data: string): Promise<void> {
   const base = await Model.fromUrl(gpu, "https://example.invalid/model/", { quant: "nf4", quantType: "fp4", doubleQuant: true });
   await base.initLora("p", { r: 8, alpha: 16, init: "loftq", loftqIter: 2, targets: "all-linear" });
   await base.initLora("q", { init: "pissa_niter_4" });
-  model.addLora("a", { r: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.05, rslora: false, trainableTokenIndices: [5, 17] });
+  model.addLora("a", { r: 8, alpha: 16, targets: ["q_proj", "v_proj"], dropout: 0.05, rslora: false, trainableTokenIndices: [5, 17], lmHeadRows: true });
+  model.addLora("w", { modulesToSave: ["embed_tokens", "lm_head"], ensureWeightTying: false });
   model.addTrainableTokens("tt", { tokenIndices: [5, 17] });
   model.addBottleneck("b", { method: "par_bn", reductionFactor: 2, nonLinearity: "relu" });
   model.addIa3("c", { targets: ["k_proj", "v_proj", "down_proj"], feedforwardModules: ["down_proj"], seed: 1 });

@@ -108,6 +108,11 @@ pub struct TrainArgs {
     /// after those.
     #[arg(long, value_delimiter = ',')]
     pub trainable_tokens: Option<Vec<String>>,
+    /// With --trainable-token-indices or --trainable-tokens on a model whose lm_head is not its
+    /// embedding: the same ids' lm_head rows are trained too (PEFT's {"embed_tokens": ids,
+    /// "lm_head": ids}), so the model learns to produce the tokens as well as to read them.
+    #[arg(long)]
+    pub lm_head_rows: bool,
     /// Whole modules trained beside a LoRA (PEFT's modules_to_save), comma-separated: embed_tokens,
     /// lm_head. Each is a trained copy of the model's (vocab × hidden) weight, saved in the adapter.
     #[arg(long, value_delimiter = ',')]
@@ -423,6 +428,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "use_dora" => "--use-dora",
         f if f.starts_with("trainable_token_indices") => "--trainable-token-indices",
         f if f.starts_with("modules_to_save") => "--modules-to-save",
+        "lm_head_rows" => "--lm-head-rows",
         "ensure_weight_tying" => "--ensure-weight-tying",
         "loftq_config.loftq_iter" => "--loftq-iter",
         _ => return e.to_string(),
@@ -448,8 +454,9 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 26] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 27] {
         [
+            ("--lm-head-rows", self.lm_head_rows, &["lora"]),
             ("--modules-to-save", self.modules_to_save.is_some(), &["lora"]),
             ("--ensure-weight-tying", self.ensure_weight_tying, &["lora"]),
             ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora", "tokens"]),
@@ -530,6 +537,7 @@ impl TrainArgs {
                 l.use_dora = self.use_dora;
                 l.trainable_token_indices = self.trainable_token_indices.clone();
                 l.modules_to_save = self.modules_to_save.clone();
+                l.lm_head_rows = self.lm_head_rows;
                 l.ensure_weight_tying = self.ensure_weight_tying;
                 l.init = match self.init_lora_weights.as_deref() {
                     Some(name) => InitLoraWeights::from_name(name, self.loftq_iter.unwrap_or(1)).map_err(flag_error)?,

@@ -100,7 +100,7 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         // What llama.cpp's LoRA adapters cannot hold (a merged model can).
         let outside = [
             (
-                lora.trainable_token_indices.is_some(),
+                lora.trainable_token_indices.is_some() || lora.trainable_head_token_indices.is_some(),
                 "trainable_token_indices: llama.cpp's LoRA adapters have no embedding rows; export the merged model",
             ),
             (
@@ -142,8 +142,8 @@ fn untied_head(lora: &LoraConfig, config: &Config) -> Option<String> {
 
 /// The trained parts outside the layers folded into `hf`'s values `x`
 /// (rows, cols) as PEFT's `merge_and_unload` leaves them: modules_to_save's
-/// copies in place of the embedding and the head, trainable token rows in
-/// place of theirs, LoRA on the embedding added (`(s·B·A)ᵀ`; the head's is a
+/// copies in place of the embedding and the head, trainable token rows (the
+/// embedding's, an untied head's own) in place of theirs, LoRA on the embedding added (`(s·B·A)ᵀ`; the head's is a
 /// Linear's, folded with the layers').
 fn fold_outer(hf: &str, x: &mut [f32], lora: &LoraConfig, w: &LoraWeights, config: &Config) {
     let (vocab, d) = (config.vocab_size, config.hidden_size);
@@ -155,13 +155,17 @@ fn fold_outer(hf: &str, x: &mut [f32], lora: &LoraConfig, w: &LoraWeights, confi
     if let Some((_, values)) = w.saved.get(modules_to_save::key(module)) {
         x.copy_from_slice(values);
     }
-    if module != OuterModule::Embedding {
-        return;
-    }
-    if let (Some(ids), Some(rows)) = (&lora.trainable_token_indices, &w.tokens) {
+    let token_rows = match module {
+        OuterModule::Embedding => (&lora.trainable_token_indices, &w.tokens),
+        OuterModule::Head => (&lora.trainable_head_token_indices, &w.head_tokens),
+    };
+    if let (Some(ids), Some(rows)) = token_rows {
         for (j, &id) in ids.iter().enumerate() {
             x[id as usize * d..(id as usize + 1) * d].copy_from_slice(&rows.values[j * d..(j + 1) * d]);
         }
+    }
+    if module != OuterModule::Embedding {
+        return;
     }
     if let Some(pair) = w.modules.get(OuterModule::Embedding.name()) {
         let (r, s) = (lora.r, lora.scaling() as f32);

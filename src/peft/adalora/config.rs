@@ -85,7 +85,7 @@ impl AdaLoraConfig {
                 detail: format!("{}: AdaLoRA adapts the layers' Linears only", m.name()),
             });
         }
-        if self.lora.trainable_token_indices.is_some() {
+        if self.lora.trainable_token_indices.is_some() || self.lora.trainable_head_token_indices.is_some() {
             return Err(Error::AdapterUnsupported {
                 field: "trainable_token_indices".into(),
                 detail: "trainable tokens are trained beside a LoRA, not an AdaLoRA (must be null)".into(),

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::Config;
 use crate::peft::modules_to_save::{self, ModulesToSave};
-use crate::peft::trainable_tokens::{TokenWeights, TrainableTokens, DELTA_KEY};
+use crate::peft::trainable_tokens::{TokenWeights, TrainableTokens, DELTA_KEY, HEAD_DELTA_KEY};
 
 /// PEFT's prefix on saved keys.
 const KEY_PREFIX: &str = "base_model.model.";
@@ -36,13 +36,15 @@ pub struct LoraAdapter {
     /// PEFT's trainable tokens (`trainable_token_indices`): embedding rows
     /// trained beside the factors.
     pub tokens: Option<TrainableTokens>,
+    /// An untied `lm_head`'s own trainable rows (the dict form's `"lm_head"`).
+    pub head_tokens: Option<Box<TrainableTokens>>,
     /// LoRA on `model.embed_tokens` (A (r, vocab), B (hidden, r)) and on
     /// `lm_head` (A (r, hidden), B (vocab, r)), where targeted.
     pub embed: Option<Box<LoraFactors>>,
     pub head: Option<Box<LoraFactors>>,
     /// `modules_to_save`: whole copies of `embed_tokens` and `lm_head`
     /// trained beside the factors.
-    pub modules_to_save: Option<ModulesToSave>,
+    pub modules_to_save: Option<Box<ModulesToSave>>,
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -98,22 +100,24 @@ impl LoraAdapter {
             }
             layers[layer][proj] = Some(LoraFactors { a, b, m });
         }
-        let tokens = match (&config.trainable_token_indices, &weights.tokens) {
-            (Some(ids), Some(rows)) => Some(TrainableTokens::upload(gpu, ids, &rows.values, model)?),
-            (None, None) => None,
-            (ids, _) => {
-                return Err(Error::AdapterTensor {
-                    tensor: DELTA_KEY.into(),
-                    file: super::ADAPTER_WEIGHTS_FILE.into(),
-                    detail: format!(
-                        "present: {}, but trainable_token_indices is {}",
-                        weights.tokens.is_some(),
-                        if ids.is_some() { "set" } else { "null" }
-                    ),
-                })
-            }
+        let rows = |ids: &Option<Vec<u32>>, rows: &Option<TokenWeights>, key: &str| match (ids, rows) {
+            (Some(ids), Some(rows)) => Ok(Some((ids.clone(), rows.values.clone()))),
+            (None, None) => Ok(None),
+            (ids, _) => Err(Error::AdapterTensor {
+                tensor: key.into(),
+                file: super::ADAPTER_WEIGHTS_FILE.into(),
+                detail: format!(
+                    "present: {}, but trainable_token_indices names {}",
+                    rows.is_some(),
+                    if ids.is_some() { "it" } else { "no such module" }
+                ),
+            }),
         };
-        if tokens.as_ref().is_some_and(|t| t.tied) && head.is_some() {
+        let tokens = match rows(&config.trainable_token_indices, &weights.tokens, DELTA_KEY)? {
+            Some((ids, values)) => Some(TrainableTokens::upload(gpu, &ids, &values, model)?),
+            None => None,
+        };
+        if tokens.as_ref().is_some_and(|t| t.in_head) && head.is_some() {
             return Err(Error::AdapterConfig {
                 field: "trainable_token_indices".into(),
                 detail:
@@ -122,6 +126,10 @@ impl LoraAdapter {
                         .into(),
             });
         }
+        let head_tokens = match rows(&config.trainable_head_token_indices, &weights.head_tokens, HEAD_DELTA_KEY)? {
+            Some((ids, values)) => Some(Box::new(TrainableTokens::upload_head(gpu, &ids, &values, model)?)),
+            None => None,
+        };
         let mut config = config;
         let tied = model.tie_word_embeddings;
         let modules_to_save = match config.modules_to_save.clone() {
@@ -136,11 +144,11 @@ impl LoraAdapter {
                     config.modules_to_save = Some(modules_to_save::tied_list(&list));
                     // as PEFT keeps it
                 }
-                Some(copies)
+                Some(Box::new(copies))
             }
             None => None,
         };
-        if tokens.as_ref().is_some_and(|t| t.tied)
+        if tokens.as_ref().is_some_and(|t| t.in_head)
             && modules_to_save.as_ref().is_some_and(|m| m.head_weight().is_some())
         {
             return Err(Error::AdapterConfig {
@@ -158,7 +166,7 @@ impl LoraAdapter {
                     .into(),
             });
         }
-        Ok(LoraAdapter { config, layers, initial: None, tokens, embed, head, modules_to_save })
+        Ok(LoraAdapter { config, layers, initial: None, tokens, head_tokens, embed, head, modules_to_save })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -190,18 +198,22 @@ impl LoraAdapter {
             let (a, b) = (f.a.to_vec::<f32>(gpu).await?, f.b.to_vec::<f32>(gpu).await?);
             modules.insert(m.name().to_string(), LoraPair { a, b, m: None, in_features, out_features });
         }
-        let tokens = match &self.tokens {
-            Some(t) => Some(TokenWeights {
-                shape: [t.indices.len(), t.delta.shape()[1]],
-                values: t.delta.to_vec::<f32>(gpu).await?,
-            }),
-            None => None,
-        };
+        let mut rows = Vec::new();
+        for t in [self.tokens.as_ref(), self.head_tokens.as_deref()] {
+            rows.push(match t {
+                Some(t) => Some(TokenWeights {
+                    shape: [t.indices.len(), t.delta.shape()[1]],
+                    values: t.delta.to_vec::<f32>(gpu).await?,
+                }),
+                None => None,
+            });
+        }
+        let (head_tokens, tokens) = (rows.pop().flatten(), rows.pop().flatten());
         let mut saved = BTreeMap::new();
-        for (key, w) in self.modules_to_save.iter().flat_map(ModulesToSave::saved) {
+        for (key, w) in self.modules_to_save.iter().flat_map(|m| m.saved()) {
             saved.insert(key.to_string(), ([w.rows, w.cols], w.to_f32(gpu).await?));
         }
-        Ok(LoraWeights { r: self.config.r, modules, tokens, saved })
+        Ok(LoraWeights { r: self.config.r, modules, tokens, head_tokens, saved })
     }
 
     /// Zeros of the same shapes: gradients, AdamW moments.
@@ -218,10 +230,20 @@ impl LoraAdapter {
             })
             .collect::<Result<_>>()?;
         let tokens = self.tokens.as_ref().map(|t| t.zeros_like(gpu)).transpose()?;
+        let head_tokens = self.head_tokens.as_ref().map(|t| t.zeros_like(gpu).map(Box::new)).transpose()?;
         let embed = self.embed.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
         let head = self.head.as_ref().map(|f| f.zeros_like(gpu).map(Box::new)).transpose()?;
-        let modules_to_save = self.modules_to_save.as_ref().map(|m| m.zeros_like(gpu)).transpose()?;
-        Ok(LoraAdapter { config: self.config.clone(), layers, initial: None, tokens, embed, head, modules_to_save })
+        let modules_to_save = self.modules_to_save.as_ref().map(|m| m.zeros_like(gpu).map(Box::new)).transpose()?;
+        Ok(LoraAdapter {
+            config: self.config.clone(),
+            layers,
+            initial: None,
+            tokens,
+            head_tokens,
+            embed,
+            head,
+            modules_to_save,
+        })
     }
 
     /// Every tensor with its PEFT key (`base_model.model.….lora_A.weight`), in
@@ -249,6 +271,9 @@ impl LoraAdapter {
         if let Some(t) = &self.tokens {
             out.push((DELTA_KEY.to_string(), &t.delta));
         }
+        if let Some(t) = &self.head_tokens {
+            out.push((HEAD_DELTA_KEY.to_string(), &t.delta));
+        }
         if let Some(m) = &self.modules_to_save {
             out.extend(m.tensors());
         }
@@ -271,6 +296,9 @@ impl LoraAdapter {
         }
         if let Some(t) = &self.tokens {
             t.start_from_embedding(gpu, model)?;
+        }
+        if let Some(t) = &self.head_tokens {
+            t.start_from_head(gpu, model)?;
         }
         if let Some(m) = &self.modules_to_save {
             m.start_from_model(gpu, model)?;

@@ -169,6 +169,9 @@ pub struct LoraConfig {
     /// are trained beside the LoRA (and, on a model with tied embeddings,
     /// the same rows of `lm_head`; see [`crate::peft::trainable_tokens`]).
     pub trainable_token_indices: Option<Vec<u32>>,
+    /// The dict form's `"lm_head"`: these ids' rows of an untied head are
+    /// trained too, rows of their own.
+    pub trainable_head_token_indices: Option<Vec<u32>>,
     /// PEFT's `modules_to_save`: `embed_tokens` and/or `lm_head`, trained
     /// as whole modules beside the LoRA (see [`crate::peft::modules_to_save`]).
     pub modules_to_save: Option<Vec<String>>,
@@ -204,6 +207,7 @@ impl LoraConfig {
             base_model_name_or_path: None,
             inference_mode: false,
             trainable_token_indices: None,
+            trainable_head_token_indices: None,
             modules_to_save: None,
             ensure_weight_tying: false,
             exclude_modules: None,
@@ -275,6 +279,19 @@ impl LoraConfig {
                         "embed_tokens is in modules_to_save: its whole table is trained, rows included",
                     ));
                 }
+            }
+        }
+        if self.trainable_head_token_indices.is_some() {
+            let head_too = outer.contains(&OuterModule::Head)
+                || self
+                    .modules_to_save
+                    .as_deref()
+                    .is_some_and(|l| crate::peft::modules_to_save::modules(l).contains(&OuterModule::Head));
+            if head_too {
+                return Err(err(
+                    "trainable_token_indices.lm_head",
+                    "lm_head is a LoRA target or in modules_to_save too: train its rows either way, not both",
+                ));
             }
         }
         if outer.contains(&OuterModule::Head) && self.lora_dropout > 0.0 {
@@ -400,7 +417,7 @@ impl LoraConfig {
                 return Err(unsupported(key, "per-module ranks and alphas are not supported (must be {})"));
             }
         }
-        let trainable_token_indices = crate::peft::trainable_tokens::parse_indices(&f)?;
+        let tokens = crate::peft::trainable_tokens::parse_indices(&f)?;
         let exclude_modules = match f.get("exclude_modules") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(TargetModules::Regex(s.clone())),
@@ -437,7 +454,8 @@ impl LoraConfig {
             layers_to_transform,
             base_model_name_or_path,
             inference_mode,
-            trainable_token_indices,
+            trainable_token_indices: tokens.embed,
+            trainable_head_token_indices: tokens.head,
             modules_to_save,
             ensure_weight_tying,
             exclude_modules,
@@ -507,7 +525,18 @@ impl LoraConfig {
             "target_modules": target_modules,
             "target_parameters": null,
             "task_type": "CAUSAL_LM",
-            "trainable_token_indices": self.trainable_token_indices,
+            "trainable_token_indices": match &self.trainable_head_token_indices {
+                // The dict form, with the keys it had.
+                Some(head) => {
+                    let mut m = serde_json::Map::new();
+                    if let Some(e) = &self.trainable_token_indices {
+                        m.insert("embed_tokens".into(), json!(e));
+                    }
+                    m.insert("lm_head".into(), json!(head));
+                    Value::Object(m)
+                }
+                None => json!(self.trainable_token_indices),
+            },
             "use_bdlora": null,
             "use_dora": self.use_dora,
             "use_qalora": false,
@@ -557,6 +586,14 @@ impl LoraConfig {
         };
         by(&self.target_modules, "target_modules")
             && !self.exclude_modules.as_ref().is_some_and(|x| by(x, "exclude_modules"))
+    }
+
+    /// Whether a fresh adapter takes values from the model's weights
+    /// besides DoRA's magnitudes: trainable token rows, modules_to_save's copies.
+    pub fn starts_from_model(&self) -> bool {
+        self.trainable_token_indices.is_some()
+            || self.trainable_head_token_indices.is_some()
+            || self.modules_to_save.is_some()
     }
 
     /// Whether layer `layer` is adapted (`layers_to_transform`).

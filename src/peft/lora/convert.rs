@@ -68,7 +68,13 @@ pub fn to_original_base(trained: &LoraWeights, initial: &LoraWeights) -> Result<
         modules
             .insert(name.clone(), LoraPair { a, b, m: None, in_features: p.in_features, out_features: p.out_features });
     }
-    Ok(LoraWeights { r: 2 * r, modules, tokens: trained.tokens.clone(), saved: trained.saved.clone() })
+    Ok(LoraWeights {
+        r: 2 * r,
+        modules,
+        tokens: trained.tokens.clone(),
+        head_tokens: trained.head_tokens.clone(),
+        saved: trained.saved.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -83,6 +89,7 @@ mod tests {
             r: 1,
             modules: [("m".to_string(), p)].into(),
             tokens: None,
+            head_tokens: None,
             saved: Default::default(),
         };
         let trained = one(pair(vec![1.0, 2.0, 3.0], vec![4.0, 5.0]));

@@ -13,7 +13,7 @@ use crate::model::safetensors::SafetensorsFile;
 use crate::model::source::ModelFiles;
 use crate::model::Config;
 use crate::peft::modules_to_save;
-use crate::peft::trainable_tokens::{TokenWeights, DELTA_KEY};
+use crate::peft::trainable_tokens::{TokenWeights, DELTA_KEY, HEAD_DELTA_KEY};
 use crate::{Error, Result};
 
 /// The config file of an adapter folder.
@@ -120,6 +120,8 @@ pub struct LoraWeights {
     /// The trainable token rows (k, hidden) where the config has
     /// `trainable_token_indices`.
     pub tokens: Option<TokenWeights>,
+    /// An untied lm_head's own trainable rows (the dict form's `"lm_head"`).
+    pub head_tokens: Option<TokenWeights>,
     /// `modules_to_save`'s copies, (vocab, hidden) and the values row-major,
     /// by their key in the file (`base_model.model.lm_head.weight`); empty
     /// for fresh weights, whose copies start from the model's.
@@ -148,11 +150,13 @@ impl LoraWeights {
                 (m.name, pair)
             })
             .collect();
-        let tokens = lora.trainable_token_indices.as_ref().map(|ids| TokenWeights {
+        let zeros = |ids: &Vec<u32>| TokenWeights {
             shape: [ids.len(), config.hidden_size],
             values: vec![0.0; ids.len() * config.hidden_size],
-        });
-        Ok(LoraWeights { r, modules, tokens, saved: BTreeMap::new() })
+        };
+        let tokens = lora.trainable_token_indices.as_ref().map(zeros);
+        let head_tokens = lora.trainable_head_token_indices.as_ref().map(zeros);
+        Ok(LoraWeights { r, modules, tokens, head_tokens, saved: BTreeMap::new() })
     }
 
     /// Reads `adapter_model.safetensors` from an adapter folder and checks it
@@ -184,6 +188,9 @@ impl LoraWeights {
         if let Some(ids) = &lora.trainable_token_indices {
             expected.insert(DELTA_KEY.into(), vec![ids.len(), config.hidden_size]);
         }
+        if let Some(ids) = &lora.trainable_head_token_indices {
+            expected.insert(HEAD_DELTA_KEY.into(), vec![ids.len(), config.hidden_size]);
+        }
         let saved_keys = match &lora.modules_to_save {
             Some(list) => modules_to_save::file_keys(list, lora.ensure_weight_tying, config),
             None => Vec::new(),
@@ -213,8 +220,8 @@ impl LoraWeights {
                     " (saved keys have no `.default.`)"
                 } else if t.name.contains("lora_magnitude_vector") {
                     " (a DoRA tensor, but adapter_config.json has no `use_dora: true`)"
-                } else if t.name == DELTA_KEY {
-                    " (trainable token rows, but adapter_config.json has no `trainable_token_indices`)"
+                } else if t.name == DELTA_KEY || t.name == HEAD_DELTA_KEY {
+                    " (trainable token rows, but adapter_config.json's `trainable_token_indices` names no such module)"
                 } else if [OuterModule::Embedding, OuterModule::Head].iter().any(|&m| t.name == modules_to_save::key(m))
                 {
                     " (a whole module's weight, but adapter_config.json's `modules_to_save` does not name it)"
@@ -230,8 +237,8 @@ impl LoraWeights {
             let Some(info) = file.get(key) else {
                 let what = if key.ends_with(".lora_magnitude_vector") {
                     "missing: adapter_config.json has `use_dora: true` and targets this module"
-                } else if key == DELTA_KEY {
-                    "missing: adapter_config.json has `trainable_token_indices`"
+                } else if key == DELTA_KEY || key == HEAD_DELTA_KEY {
+                    "missing: adapter_config.json has `trainable_token_indices` for this module"
                 } else if saved_keys.iter().any(|(k, _)| k == key) {
                     "missing: adapter_config.json's `modules_to_save` names this module"
                 } else {
@@ -261,19 +268,25 @@ impl LoraWeights {
             let mag = if lora.use_dora { Some(file.read_f32(&m.key_m()).await?) } else { None };
             out.insert(m.name, LoraPair { a, b, m: mag, in_features: m.in_features, out_features: m.out_features });
         }
-        let tokens = match &lora.trainable_token_indices {
-            Some(ids) => {
-                Some(TokenWeights { shape: [ids.len(), config.hidden_size], values: file.read_f32(DELTA_KEY).await? })
-            }
-            None => None,
-        };
+        let mut rows = Vec::new();
+        for (ids, key) in
+            [(&lora.trainable_token_indices, DELTA_KEY), (&lora.trainable_head_token_indices, HEAD_DELTA_KEY)]
+        {
+            rows.push(match ids {
+                Some(ids) => {
+                    Some(TokenWeights { shape: [ids.len(), config.hidden_size], values: file.read_f32(key).await? })
+                }
+                None => None,
+            });
+        }
+        let (head_tokens, tokens) = (rows.pop().flatten(), rows.pop().flatten());
         let mut saved = BTreeMap::new();
         for (key, module) in saved_keys {
             if key == modules_to_save::key(module) {
                 saved.insert(key.to_string(), ([config.vocab_size, config.hidden_size], file.read_f32(key).await?));
             }
         }
-        Ok(LoraWeights { r, modules: out, tokens, saved })
+        Ok(LoraWeights { r, modules: out, tokens, head_tokens, saved })
     }
 
     /// The weights as PEFT's `adapter_model.safetensors`: keys
@@ -308,15 +321,16 @@ impl LoraWeights {
                 tensors.insert(format!("{KEY_PREFIX}{name}.lora_magnitude_vector"), (vec![p.out_features], bytes(m)));
             }
         }
-        if let Some(t) = &self.tokens {
+        for (t, key) in [(&self.tokens, DELTA_KEY), (&self.head_tokens, HEAD_DELTA_KEY)] {
+            let Some(t) = t else { continue };
             if t.values.len() != t.shape[0] * t.shape[1] {
                 return Err(Error::AdapterTensor {
-                    tensor: DELTA_KEY.into(),
+                    tensor: key.into(),
                     file: ADAPTER_WEIGHTS_FILE.into(),
                     detail: format!("{} values for shape {:?}", t.values.len(), t.shape),
                 });
             }
-            tensors.insert(DELTA_KEY.into(), (t.shape.to_vec(), bytemuck::cast_slice::<f32, u8>(&t.values).to_vec()));
+            tensors.insert(key.into(), (t.shape.to_vec(), bytemuck::cast_slice::<f32, u8>(&t.values).to_vec()));
         }
         for (key, (shape, values)) in &self.saved {
             if values.len() != shape[0] * shape[1] {

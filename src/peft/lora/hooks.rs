@@ -55,7 +55,7 @@ impl Pass<'_, LoraAdapter> {
 
     /// `modules_to_save`'s gradient accumulators, for a backward.
     fn saved_grads(&self, op: &'static str) -> Result<&ModulesToSave> {
-        self.grads(op)?.modules_to_save.as_ref().ok_or_else(|| mismatch(op, "modules_to_save's copies".into()))
+        self.grads(op)?.modules_to_save.as_deref().ok_or_else(|| mismatch(op, "modules_to_save's copies".into()))
     }
 
     /// The factors on `proj` and their gradient accumulators, for a backward.
@@ -104,6 +104,9 @@ impl Hooks for Pass<'_, LoraAdapter> {
 
     fn head_forward(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
         self.head_term(rec, x, logits)?;
+        if let Some(t) = &self.params.head_tokens {
+            token_hooks::head_forward(t, rec, x, logits)?;
+        }
         match &self.params.tokens {
             Some(t) => token_hooks::head_forward(t, rec, x, logits),
             None => Ok(()),
@@ -116,6 +119,12 @@ impl Hooks for Pass<'_, LoraAdapter> {
         }
         if let Some(t) = &self.params.tokens {
             token_hooks::head_backward(t, self.token_grads("head_backward")?, rec, x, dlogits, dx)?;
+        }
+        if let Some(t) = &self.params.head_tokens {
+            let op = "head_backward";
+            let g =
+                self.grads(op)?.head_tokens.as_ref().ok_or_else(|| mismatch(op, "lm_head's trainable rows".into()))?;
+            token_hooks::head_backward(t, g, rec, x, dlogits, dx)?;
         }
         self.head_term_backward(rec, x, dlogits, dx)
     }

@@ -44,6 +44,8 @@ pub struct Merged {
     pub dora_scales: Vec<[Option<Tensor>; 7]>,
     /// The embedding's own rows (k, D) that trainable token rows replaced.
     pub token_rows: Option<Tensor>,
+    /// An untied head's own rows that its trainable rows replaced.
+    pub head_token_rows: Option<Tensor>,
     /// The model's own `embed_tokens` and `lm_head` that `modules_to_save`'s
     /// copies replaced.
     pub replaced: Option<(QWeight, QWeight)>,
@@ -126,12 +128,14 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
     if let Some(f) = &lora.embed {
         add_embedding_delta(gpu, &model.embed_tokens, f, alpha)?;
     }
-    if let Some(t) = &lora.tokens {
+    for (t, slot) in [(lora.tokens.as_ref(), 0), (lora.head_tokens.as_deref(), 1)] {
+        let Some(t) = t else { continue };
         match merged {
-            None => out.token_rows = Some(t.merge_into(gpu, model)?),
+            None => *[&mut out.token_rows, &mut out.head_token_rows][slot] = Some(t.merge_into(gpu, model)?),
             Some(m) => {
-                let own =
-                    m.token_rows.as_ref().ok_or_else(|| Error::invalid("unmerge", "no token rows from the merge"))?;
+                let own = [&m.token_rows, &m.head_token_rows][slot]
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("unmerge", "no token rows from the merge"))?;
                 t.unmerge_from(gpu, model, own)?;
             }
         }

@@ -102,7 +102,7 @@ impl TrainableTokensAdapter {
         let bytes: &[u8] = bytemuck::cast_slice(&values);
         let shape = self.tokens.delta.shape().to_vec();
         let mut keys = vec![EMBED_KEY];
-        if self.tokens.tied {
+        if self.tokens.in_head {
             keys.push(HEAD_KEY);
         }
         let views = keys

@@ -1,7 +1,8 @@
 //! Trainable tokens at the model's embedding and head points
 //! ([`Hooks::embedding_forward`](crate::model::llama::hooks::Hooks::embedding_forward)
 //! and the rest): the method that carries them (LoRA) calls these from its
-//! own hooks. The head points do nothing where `lm_head` is not tied.
+//! own hooks. The head points do nothing for embedding rows where `lm_head`
+//! is not tied; an untied head's own rows work at the head points only.
 
 use super::TrainableTokens;
 use crate::error::Result;
@@ -28,7 +29,7 @@ pub(crate) fn embedding_backward(
 
 /// logits (n, V) from x (n, D): the trainable ids' columns from their rows.
 pub(crate) fn head_forward(t: &TrainableTokens, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
-    if !t.tied {
+    if !t.in_head {
         return Ok(());
     }
     token_columns_forward(rec, t.rows(), x, logits)
@@ -44,7 +45,7 @@ pub(crate) fn head_backward(
     dlogits: &Tensor,
     dx: &Tensor,
 ) -> Result<()> {
-    if !t.tied {
+    if !t.in_head {
         return Ok(());
     }
     token_columns_backward(rec, t.rows(), x, dlogits, dx, &grads.delta)

@@ -1,6 +1,7 @@
 //! Merging trainable token rows into the model, as PEFT's `merge`
-//! (`W.index_copy(0, indices, delta)` into the embedding; a tied head shares
-//! its buffers) and `unmerge` (the embedding's own rows put back).
+//! (`W.index_copy(0, indices, delta)` into the embedding, a tied head sharing
+//! its buffers, or into an untied head for its own rows) and `unmerge` (the
+//! table's own rows put back).
 
 use super::TrainableTokens;
 use crate::error::{Error, Result};
@@ -9,19 +10,30 @@ use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::model::llama::Model;
 
 impl TrainableTokens {
-    /// Copies the rows into `model`'s embedding; returns the rows they
-    /// replaced (k, D), for [`TrainableTokens::unmerge_from`].
+    /// Copies the rows into `model`'s embedding (an untied head's own rows:
+    /// into `lm_head`); returns the rows they replaced (k, D), for
+    /// [`TrainableTokens::unmerge_from`].
     pub fn merge_into(&self, gpu: &Gpu, model: &Model) -> Result<Tensor> {
+        let table = self.table(model);
         let mut rec = Recorder::new(gpu);
-        let own = model.embed(&mut rec, self.rows().indices)?; // (k, D)
+        let own = crate::kernels::embedding::embedding_weight(&mut rec, table, self.rows().indices)?; // (k, D)
         rec.submit()?;
-        write_rows(gpu, &model.embed_tokens, &self.indices, &self.delta)?;
+        write_rows(gpu, table, &self.indices, &self.delta)?;
         Ok(own)
     }
 
-    /// Puts the embedding's own rows (from [`TrainableTokens::merge_into`]) back.
+    /// Puts the table's own rows (from [`TrainableTokens::merge_into`]) back.
     pub fn unmerge_from(&self, gpu: &Gpu, model: &Model, own: &Tensor) -> Result<()> {
-        write_rows(gpu, &model.embed_tokens, &self.indices, own)
+        write_rows(gpu, self.table(model), &self.indices, own)
+    }
+
+    /// The weight whose rows these are: an untied head's own rows belong to
+    /// `lm_head`, every other to the embedding (which a tied head shares).
+    fn table<'m>(&self, model: &'m Model) -> &'m QWeight {
+        match self.in_head && !model.lm_head_is_tied() {
+            true => &model.lm_head,
+            false => &model.embed_tokens,
+        }
     }
 }
 
@@ -39,7 +51,7 @@ fn write_rows(gpu: &Gpu, table: &QWeight, ids: &[u32], rows: &Tensor) -> Result<
                 return Err(Error::invalid(
                     "merge",
                     format!(
-                        "trainable token rows into an embedding stored as {}: load the model with an f32 base",
+                        "trainable token rows into a table stored as {}: load the model with an f32 base",
                         p.format
                     ),
                 ))

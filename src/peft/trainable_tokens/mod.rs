@@ -12,7 +12,10 @@
 //! and is saved as one tensor,
 //! `base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta`
 //! (k, D), in the adapter's `adapter_model.safetensors`. An untied
-//! `lm_head` is left as it is, as PEFT leaves it.
+//! `lm_head` is left as it is, as PEFT leaves it, unless the dict form names
+//! it too (`{"embed_tokens": [...], "lm_head": [...]}`): then those ids'
+//! rows of the head are trained as well, rows of their own saved under
+//! [`HEAD_DELTA_KEY`].
 //!
 //! The same rows are PEFT's TRAINABLE_TOKENS method by themselves
 //! ([`TrainableTokensAdapter`], [`TrainableTokensConfig`]), saved under
@@ -39,6 +42,8 @@ use crate::util::json::{brief, Fields};
 
 /// The key PEFT saves the rows under.
 pub const DELTA_KEY: &str = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta";
+/// The key of an untied `lm_head`'s own trainable rows (the dict form's `"lm_head"`).
+pub const HEAD_DELTA_KEY: &str = "base_model.model.lm_head.token_adapter.trainable_tokens_delta";
 
 /// The rows on the CPU, as a file holds them: (k, D) row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,8 +64,10 @@ pub struct TrainableTokens {
     indices_gpu: Tensor,
     /// (vocab) i32: each id's row, or −1.
     slots: Tensor,
-    /// Whether `lm_head` is the embedding, so that its rows are the same.
-    pub tied: bool,
+    /// Whether these ids' columns of the logits come from the rows: the
+    /// head is the embedding (`tie_word_embeddings`), or the rows are an
+    /// untied head's own.
+    pub in_head: bool,
 }
 
 impl TrainableTokens {
@@ -85,8 +92,22 @@ impl TrainableTokens {
             delta: Tensor::from_slice(gpu, &[k, d], values)?,
             indices_gpu: Tensor::from_slice(gpu, &[k], indices)?,
             slots: Tensor::from_slice(gpu, &[config.vocab_size], &slots)?,
-            tied: config.tie_word_embeddings,
+            in_head: config.tie_word_embeddings,
         })
+    }
+
+    /// Rows of an untied `lm_head` (k·D) for `indices`: the head's columns
+    /// of those ids come from them, the embedding is left alone.
+    pub fn upload_head(gpu: &Gpu, indices: &[u32], values: &[f32], config: &Config) -> Result<TrainableTokens> {
+        if config.tie_word_embeddings {
+            return Err(Error::AdapterConfig {
+                field: "trainable_token_indices.lm_head".into(),
+                detail: "on this model lm_head is the embedding: list the ids under embed_tokens, whose rows the head \
+                         shares"
+                    .into(),
+            });
+        }
+        Ok(TrainableTokens { in_head: true, ..Self::upload(gpu, indices, values, config)? })
     }
 
     /// Zeros of the same shape (gradients, AdamW moments), sharing the ids.
@@ -96,8 +117,17 @@ impl TrainableTokens {
 
     /// Sets the rows to `model`'s embedding rows of the ids, as PEFT starts them.
     pub fn start_from_embedding(&self, gpu: &Gpu, model: &crate::model::Model) -> Result<()> {
+        self.start_from(gpu, &model.embed_tokens)
+    }
+
+    /// Sets the rows to `model`'s lm_head rows of the ids (an untied head's own rows).
+    pub fn start_from_head(&self, gpu: &Gpu, model: &crate::model::Model) -> Result<()> {
+        self.start_from(gpu, &model.lm_head)
+    }
+
+    fn start_from(&self, gpu: &Gpu, table: &crate::kernels::qmatmul::QWeight) -> Result<()> {
         let mut rec = Recorder::new(gpu);
-        let rows = model.embed(&mut rec, &self.indices_gpu)?; // (k, D)
+        let rows = crate::kernels::embedding::embedding_weight(&mut rec, table, &self.indices_gpu)?; // (k, D)
         rec.copy(&rows, 0, &self.delta, 0, self.delta.numel() as u64 * 4)?;
         rec.submit()
     }
@@ -134,31 +164,50 @@ pub fn check_indices(indices: &[u32], vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// The ids of `trainable_token_indices`: the embedding's, and an untied
+/// head's own (the dict form's `"lm_head"`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenIndices {
+    pub embed: Option<Vec<u32>>,
+    pub head: Option<Vec<u32>>,
+}
+
 /// `trainable_token_indices` of an adapter_config.json: a list of ids (for
-/// `embed_tokens`), or `{"embed_tokens": [...]}`; `None` when absent or null.
-pub(crate) fn parse_indices(f: &Fields) -> Result<Option<Vec<u32>>> {
+/// `embed_tokens`), or a dict `{"embed_tokens": [...], "lm_head": [...]}`
+/// with either key or both; `None`s when absent or null.
+pub(crate) fn parse_indices(f: &Fields) -> Result<TokenIndices> {
     const KEY: &str = "trainable_token_indices";
     let unsupported = |detail: String| Error::AdapterUnsupported { field: KEY.into(), detail };
-    let list = match f.get(KEY) {
-        None => return Ok(None),
-        Some(Value::Array(_)) => f.tokens(KEY)?,
+    let named = |name: &str, module: &str| name == module || name.ends_with(&format!(".{module}"));
+    let out = match f.get(KEY) {
+        None | Some(Value::Null) => return Ok(TokenIndices::default()),
+        Some(Value::Array(_)) => TokenIndices { embed: Some(f.tokens(KEY)?), head: None },
         Some(v @ Value::Object(m)) => {
-            let mut entries = m.iter();
-            match (entries.next(), entries.next()) {
-                (Some((name, Value::Array(_))), None) if name == "embed_tokens" || name.ends_with(".embed_tokens") => {
-                    let field = |field: &str, detail| Error::AdapterConfig { field: field.into(), detail };
-                    Fields::of(m, "trainable_token_indices.", field).tokens(name)?
+            let field = |field: &str, detail| Error::AdapterConfig { field: field.into(), detail };
+            let entries = Fields::of(m, "trainable_token_indices.", field);
+            let mut out = TokenIndices::default();
+            for (name, ids) in m {
+                let slot = match name.as_str() {
+                    n if named(n, "embed_tokens") && out.embed.is_none() => &mut out.embed,
+                    n if named(n, "lm_head") && out.head.is_none() => &mut out.head,
+                    _ => {
+                        return Err(unsupported(format!(
+                            "{}: webpeft trains token rows of embed_tokens and lm_head ({{\"embed_tokens\": [...], \"lm_head\": [...]}})",
+                            brief(v)
+                        )))
+                    }
+                };
+                if !ids.is_array() {
+                    return Err(entries.wrong(name, "a list of token ids", ids));
                 }
-                _ => {
-                    return Err(unsupported(format!(
-                        "{}: webpeft trains token rows of embed_tokens only (a list, or {{\"embed_tokens\": [...]}})",
-                        brief(v)
-                    )))
-                }
+                *slot = Some(entries.tokens(name)?);
             }
+            out
         }
         Some(v) => return Err(f.wrong(KEY, "a list of token ids or {\"embed_tokens\": [...]}", v)),
     };
-    check_indices(&list, usize::MAX)?;
-    Ok(Some(list))
+    for ids in [&out.embed, &out.head].into_iter().flatten() {
+        check_indices(ids, usize::MAX)?;
+    }
+    Ok(out)
 }
