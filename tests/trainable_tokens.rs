@@ -296,7 +296,7 @@ fn bad_trainable_tokens_are_typed_errors() {
     let mut c = config.clone();
     c["target_modules"] = serde_json::json!("lm_head");
     let e = load_alone(&c, &model);
-    assert!(e.contains("target_modules") && e.contains("embed_tokens only"), "{e}");
+    assert!(e.contains("target_modules") && e.contains("of lm_head beside it"), "{e}");
     let mut c = config.clone();
     c.as_object_mut().unwrap().remove("token_indices");
     let e = load_alone(&c, &model);
@@ -410,4 +410,52 @@ fn untied_head_rows_match_peft() {
 #[test]
 fn saved_head_rows_load_in_peft() {
     common::check_saved_cases_in_peft(gpu(), "trainable_tokens/head", &["llama_gqa"]);
+}
+
+/// PEFT's TRAINABLE_TOKENS by itself with `target_modules` ["embed_tokens",
+/// "lm_head"] on an untied model: the embedding's rows and the head's own,
+/// against PEFT (`trainable_tokens/head/alone`) on both kernel families, the
+/// files byte for byte, a fresh adapter starting from both modules' rows,
+/// and a checkpoint that resumes both.
+#[test]
+fn trainable_tokens_alone_in_an_untied_head_match_peft() {
+    use webpeft::peft::trainable_tokens::TrainableTokensConfig;
+    let dir = "trainable_tokens/head/alone/llama_gqa";
+    for gpu in [gpu(), common::gpu_family()] {
+        let model = common::fixture_model(gpu, "llama_gqa");
+        let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+        let initial = || common::fixture_adapter(gpu, &model, &format!("{dir}/initial_adapter"), "trainable_tokens");
+        let Adapter::TrainableTokens(t) = initial() else { unreachable!() };
+        assert!(t.head.is_some() && t.config.lm_head);
+        common::check_logits_training_and_greedy(gpu, &model, "alone, head rows", &initial, &fx, &fx.f32("logits"), 0);
+    }
+    let gpu = gpu();
+    let model = common::fixture_model(gpu, "llama_gqa");
+    let ad = common::fixture_adapter(gpu, &model, &format!("{dir}/initial_adapter"), "trainable_tokens");
+    let files = block_on(ad.to_files(gpu, &model.config)).unwrap();
+    let peft = fixture(dir).join("initial_adapter");
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    assert_eq!(json(&files[0].1), json(&std::fs::read(peft.join("adapter_config.json")).unwrap()));
+    assert_eq!(files[1].1, std::fs::read(peft.join("adapter_model.safetensors")).unwrap());
+    // Fresh: both modules' own rows, so the base model's logits.
+    let mut c = TrainableTokensConfig::new(vec![5, 82, 7]).unwrap();
+    c.lm_head = true;
+    let fresh = Adapter::new_for_model(gpu, AdapterConfig::TrainableTokens(c), &model, None, 0).unwrap();
+    let ids = vec![vec![5u32, 82, 274, 7, 258, 40, 99]];
+    let d = common::max_abs_diff(
+        &common::adapted_logits(gpu, &model, Some(&fresh), &ids),
+        &common::adapted_logits(gpu, &model, None, &ids),
+    );
+    assert!(d <= 1e-5, "a fresh adapter changed the logits by {d:e}");
+    // A checkpoint holds both.
+    use webpeft::train::checkpoint::{load_checkpoint, save_checkpoint};
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+    let batch = common::fixture_batch(&fx, 0..2);
+    let mut t = Trainer::new(gpu, ad, OptimizerConfig::default(), 0).unwrap();
+    block_on(t.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap();
+    let bytes = block_on(save_checkpoint(gpu, &t, &model.config, &serde_json::json!({}))).unwrap();
+    let (resumed, _) = load_checkpoint(gpu, &bytes, &model.config).unwrap();
+    assert_eq!(common::adapter_values(gpu, &resumed.adapter), common::adapter_values(gpu, &t.adapter));
+    assert_eq!(resumed.adapter.tensors().len(), 2);
 }

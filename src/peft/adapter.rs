@@ -344,7 +344,7 @@ impl Adapter {
             AdapterConfig::AdaLora(c) => Ok(Adapter::AdaLora(AdaLoraAdapter::init(gpu, c, model, seed)?)),
             AdapterConfig::PTuning(c) => Ok(Adapter::PTuning(PTuningAdapter::init(gpu, c, model, seed)?)),
             AdapterConfig::TrainableTokens(c) if !c.init_weights => {
-                let values = Rng::new(seed).normal_vec(c.token_indices.len() * model.hidden_size, 1.0);
+                let values = Rng::new(seed).normal_vec(c.values_len(model), 1.0);
                 Ok(Adapter::TrainableTokens(TrainableTokensAdapter::upload(gpu, c, &values, model)?))
             }
             AdapterConfig::TrainableTokens(_) => Err(Error::invalid(

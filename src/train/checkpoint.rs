@@ -166,7 +166,7 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
             Adapter::PTuning(PTuningAdapter::upload(gpu, c, &zeros)?)
         }
         AdapterConfig::TrainableTokens(c) => {
-            let zeros = vec![0.0; c.token_indices.len() * model.hidden_size];
+            let zeros = vec![0.0; c.values_len(model)];
             Adapter::TrainableTokens(TrainableTokensAdapter::upload(gpu, c, &zeros, model)?)
         }
         c => Adapter::new(gpu, c, model, 0)?,

@@ -546,7 +546,9 @@ impl AdapterRecipe {
             AdapterConfig::PTuning(c) => {
                 PlanAdapter::PTuning { virtual_tokens: c.num_virtual_tokens, encoder_hidden: c.encoder_hidden_size }
             }
-            AdapterConfig::TrainableTokens(c) => PlanAdapter::TrainableTokens { rows: c.token_indices.len() },
+            AdapterConfig::TrainableTokens(c) => {
+                PlanAdapter::TrainableTokens { rows: c.values_len(model) / model.hidden_size }
+            }
             AdapterConfig::Bottleneck(c) => PlanAdapter::Bottleneck {
                 size: c.bottleneck_size(model.hidden_size),
                 units_per_layer: if c.kind.has_attention_adapter() { 2 } else { 1 },

@@ -47,7 +47,10 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
         }
         Adapter::TrainableTokens(t) => {
             t.tokens.merge_into(&gpu, &model)?;
-            format!("trainable tokens, {} rows", t.tokens.indices.len())
+            if let Some(h) = &t.head {
+                h.merge_into(&gpu, &model)?;
+            }
+            format!("trainable tokens, {} rows", t.tensors().len() * t.tokens.indices.len())
         }
         Adapter::Bottleneck(_) => return Err(format!("{}: {MERGE_BOTTLENECK}", adapter.display()).into()),
         Adapter::PromptTuning(_) | Adapter::PrefixTuning(_) | Adapter::PTuning(_) => {

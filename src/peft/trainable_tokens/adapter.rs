@@ -26,6 +26,8 @@ pub const HEAD_KEY: &str = "base_model.model.lm_head.trainable_tokens_delta";
 pub struct TrainableTokensAdapter {
     pub config: TrainableTokensConfig,
     pub tokens: TrainableTokens,
+    /// An untied head's own rows (`target_modules` with `lm_head`).
+    pub head: Option<Box<TrainableTokens>>,
 }
 
 fn tensor_error(tensor: &str, detail: impl Into<String>) -> Error {
@@ -33,21 +35,41 @@ fn tensor_error(tensor: &str, detail: impl Into<String>) -> Error {
 }
 
 impl TrainableTokensAdapter {
-    /// Rows `values` (k·D) for a model of `model`.
+    /// Rows `values` for a model of `model`: the embedding's (k·D), then an
+    /// untied head's own (k·D) where the config names it
+    /// ([`TrainableTokensConfig::values_len`]).
     pub fn upload(gpu: &Gpu, config: TrainableTokensConfig, values: &[f32], model: &Config) -> Result<Self> {
-        let tokens = TrainableTokens::upload(gpu, &config.token_indices, values, model)?;
-        Ok(TrainableTokensAdapter { config, tokens })
+        if values.len() != config.values_len(model) {
+            return Err(tensor_error(
+                EMBED_KEY,
+                format!(
+                    "{} values, expected {} for the config's token_indices",
+                    values.len(),
+                    config.values_len(model)
+                ),
+            ));
+        }
+        let k = config.token_indices.len() * model.hidden_size;
+        let tokens = TrainableTokens::upload(gpu, &config.token_indices, &values[..k], model)?;
+        let head = match config.head_rows(model) {
+            true => Some(Box::new(TrainableTokens::upload_head(gpu, &config.token_indices, &values[k..], model)?)),
+            false => None,
+        };
+        Ok(TrainableTokensAdapter { config, tokens, head })
     }
 
     /// A fresh adapter for `model`, as PEFT makes it: the embedding's own
     /// rows (`init_weights`), or N(0, 1) from `seed`.
     pub fn init(gpu: &Gpu, config: TrainableTokensConfig, model: &crate::model::Model, seed: u64) -> Result<Self> {
-        let n = config.token_indices.len() * model.config.hidden_size;
+        let n = config.values_len(&model.config);
         let values = if config.init_weights { vec![0.0; n] } else { Rng::new(seed).normal_vec(n, 1.0) };
         let init = config.init_weights;
         let adapter = Self::upload(gpu, config, &values, &model.config)?;
         if init {
             adapter.tokens.start_from_embedding(gpu, model)?;
+            if let Some(h) = &adapter.head {
+                h.start_from_head(gpu, model)?;
+            }
         }
         Ok(adapter)
     }
@@ -62,10 +84,11 @@ impl TrainableTokensAdapter {
             if t.name != EMBED_KEY && !head {
                 return Err(tensor_error(&t.name, "unexpected tensor in a TRAINABLE_TOKENS adapter"));
             }
-            if head && !model.tie_word_embeddings {
+            if head && !model.tie_word_embeddings && !config.lm_head {
                 return Err(tensor_error(
                     &t.name,
-                    "lm_head's rows, but this model's lm_head is not tied to the embedding",
+                    "lm_head's rows, but this model's lm_head is not tied to the embedding and target_modules \
+                     does not name it",
                 ));
             }
             if t.shape != shape {
@@ -78,37 +101,53 @@ impl TrainableTokensAdapter {
                 return Err(tensor_error(&t.name, format!("dtype {}, expected F32, F16 or BF16", t.dtype)));
             }
         }
-        if file.get(EMBED_KEY).is_none() {
-            return Err(tensor_error(EMBED_KEY, "missing"));
+        let mut keys = vec![EMBED_KEY];
+        if config.head_rows(model) {
+            keys.push(HEAD_KEY);
         }
-        let values = file.read_f32(EMBED_KEY).await?;
+        let mut values = Vec::new();
+        for key in keys {
+            if file.get(key).is_none() {
+                return Err(tensor_error(key, "missing"));
+            }
+            values.extend(file.read_f32(key).await?);
+        }
         Self::upload(gpu, config, &values, model)
     }
 
     /// Zeros of the same shape: gradients, AdamW moments.
     pub fn zeros_like(&self, gpu: &Gpu) -> Result<Self> {
-        Ok(TrainableTokensAdapter { config: self.config.clone(), tokens: self.tokens.zeros_like(gpu)? })
+        let head = self.head.as_ref().map(|h| h.zeros_like(gpu).map(Box::new)).transpose()?;
+        Ok(TrainableTokensAdapter { config: self.config.clone(), tokens: self.tokens.zeros_like(gpu)?, head })
     }
 
     /// The rows with their key.
     pub fn tensors(&self) -> Vec<(String, &Tensor)> {
-        vec![(EMBED_KEY.to_string(), &self.tokens.delta)]
+        let mut out = vec![(EMBED_KEY.to_string(), &self.tokens.delta)];
+        if let Some(h) = &self.head {
+            out.push((HEAD_KEY.to_string(), &h.delta));
+        }
+        out
     }
 
     /// `adapter_model.safetensors` as PEFT writes it: f32, the tied head's
-    /// copy where the model ties it, `{"format":"pt"}`.
+    /// copy where the model ties it (an untied head's own rows where it has
+    /// them), `{"format":"pt"}`.
     pub async fn to_safetensors_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
-        let values = self.tokens.delta.to_vec::<f32>(gpu).await?;
-        let bytes: &[u8] = bytemuck::cast_slice(&values);
+        let rows = self.tokens.delta.to_vec::<f32>(gpu).await?;
+        let head = match &self.head {
+            Some(h) => h.delta.to_vec::<f32>(gpu).await?,
+            None => rows.clone(),
+        };
         let shape = self.tokens.delta.shape().to_vec();
-        let mut keys = vec![EMBED_KEY];
-        if self.tokens.in_head {
-            keys.push(HEAD_KEY);
+        let mut keys = vec![(EMBED_KEY, &rows)];
+        if self.tokens.in_head || self.head.is_some() {
+            keys.push((HEAD_KEY, &head));
         }
         let views = keys
             .into_iter()
-            .map(|k| {
-                TensorView::new(Dtype::F32, shape.clone(), bytes)
+            .map(|(k, values)| {
+                TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(values))
                     .map(|v| (k, v))
                     .map_err(|e| tensor_error(k, e.to_string()))
             })

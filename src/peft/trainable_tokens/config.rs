@@ -21,6 +21,10 @@ pub struct TrainableTokensConfig {
     pub token_indices: Vec<u32>,
     /// `true`: the rows start as the embedding's; `false`: N(0, 1) (PEFT's `torch.randn`).
     pub init_weights: bool,
+    /// `target_modules` names `lm_head` too: on a model whose head is not its
+    /// embedding, the head's rows of the ids are trained as well (rows of
+    /// their own); on a tied model the head shares the embedding's.
+    pub lm_head: bool,
     pub base_model_name_or_path: Option<String>,
     /// Written as PEFT writes it (true after `save_pretrained`); informational.
     pub inference_mode: bool,
@@ -33,6 +37,7 @@ impl TrainableTokensConfig {
         Ok(TrainableTokensConfig {
             token_indices,
             init_weights: true,
+            lm_head: false,
             base_model_name_or_path: None,
             inference_mode: false,
         })
@@ -52,18 +57,27 @@ impl TrainableTokensConfig {
     pub fn from_value(value: &Value) -> Result<TrainableTokensConfig> {
         let f = Fields::of(config_object(value)?, "", err);
         check_peft_type(&f, "TRAINABLE_TOKENS", "a trainable-tokens adapter")?;
-        let embedding = |s: &str| s == "embed_tokens" || s.ends_with(".embed_tokens");
-        match f.get("target_modules") {
-            None => {}
-            Some(Value::String(s)) if embedding(s) => {}
-            Some(Value::Array(a)) if a.len() == 1 && a[0].as_str().is_some_and(embedding) => {}
+        let named = |s: &str, m: &str| s == m || s.ends_with(&format!(".{m}"));
+        let lm_head = match f.get("target_modules") {
+            None => false,
+            Some(Value::String(s)) if named(s, "embed_tokens") => false,
+            Some(Value::Array(a))
+                if a.iter().any(|v| v.as_str().is_some_and(|s| named(s, "embed_tokens")))
+                    && a.iter()
+                        .all(|v| v.as_str().is_some_and(|s| named(s, "embed_tokens") || named(s, "lm_head"))) =>
+            {
+                a.iter().any(|v| v.as_str().is_some_and(|s| named(s, "lm_head")))
+            }
             Some(v) => {
                 return Err(Error::AdapterUnsupported {
                     field: "target_modules".into(),
-                    detail: format!("{}: webpeft trains token rows of embed_tokens only", crate::util::json::brief(v)),
+                    detail: format!(
+                        "{}: webpeft trains token rows of embed_tokens, and of lm_head beside it",
+                        crate::util::json::brief(v)
+                    ),
                 })
             }
-        }
+        };
         let token_indices = match f.get("token_indices") {
             None => return Err(err("token_indices", "missing: the ids whose rows are trained")),
             Some(Value::Array(_)) => f.tokens("token_indices")?,
@@ -78,6 +92,7 @@ impl TrainableTokensConfig {
         Ok(TrainableTokensConfig {
             token_indices,
             init_weights: f.opt_bool("init_weights")?.unwrap_or(true),
+            lm_head,
             base_model_name_or_path: f.opt_str("base_model_name_or_path")?.map(str::to_string),
             inference_mode: f.opt_bool("inference_mode")?.unwrap_or(false),
         })
@@ -94,10 +109,22 @@ impl TrainableTokensConfig {
             "peft_type": "TRAINABLE_TOKENS",
             "peft_version": PEFT_VERSION,
             "revision": null,
-            "target_modules": EMBEDDING,
+            "target_modules": if self.lm_head { json!(["embed_tokens", "lm_head"]) } else { json!(EMBEDDING) },
             "task_type": "CAUSAL_LM",
             "token_indices": self.token_indices,
         })
+    }
+
+    /// Whether a model of `model` gets rows of the head's own (an untied
+    /// head named in `target_modules`).
+    pub fn head_rows(&self, model: &crate::model::Config) -> bool {
+        self.lm_head && !model.tie_word_embeddings
+    }
+
+    /// How many values the rows hold on a model of `model`: the embedding's
+    /// (k, D), then the head's own where it has them.
+    pub fn values_len(&self, model: &crate::model::Config) -> usize {
+        self.token_indices.len() * model.hidden_size * if self.head_rows(model) { 2 } else { 1 }
     }
 
     pub fn to_json(&self) -> String {

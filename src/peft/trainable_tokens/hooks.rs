@@ -72,7 +72,11 @@ impl Hooks for Pass<'_, TrainableTokensAdapter> {
     }
 
     fn head_forward(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
-        head_forward(&self.params.tokens, rec, x, logits)
+        head_forward(&self.params.tokens, rec, x, logits)?;
+        match &self.params.head {
+            Some(h) => head_forward(h, rec, x, logits),
+            None => Ok(()),
+        }
     }
 
     fn head_backward(&self, rec: &mut Recorder, x: &Tensor, dlogits: &Tensor, dx: &Tensor) -> Result<()> {
@@ -80,7 +84,13 @@ impl Hooks for Pass<'_, TrainableTokensAdapter> {
         if grads.delta.shape() != self.params.tokens.delta.shape() {
             return Err(mismatch("head_backward", "the trainable token rows".into()));
         }
-        head_backward(&self.params.tokens, grads, rec, x, dlogits, dx)
+        head_backward(&self.params.tokens, grads, rec, x, dlogits, dx)?;
+        if let Some(h) = &self.params.head {
+            let op = "head_backward";
+            let g = self.grads(op)?.head.as_deref().ok_or_else(|| mismatch(op, "lm_head's trainable rows".into()))?;
+            head_backward(h, g, rec, x, dlogits, dx)?;
+        }
+        Ok(())
     }
 
     fn plain_residual(&self, _layer: usize, _site: crate::model::llama::hooks::Sublayer) -> bool {
