@@ -304,6 +304,15 @@ fn merged_adapters_outside_the_layers_match_convert_hf_to_gguf() {
         let e = pollster::block_on(export_model(&tied, Some(&adapter), &opts, Vec::new())).unwrap_err().to_string();
         assert!(e.contains(says), "{dir}: {e}");
     }
+    // An untied head's own rows named for a tied model's head.
+    let mut adapter = MemoryFiles::new();
+    let dir = fixtures().join("trainable_tokens/qwen2_tied/initial_adapter");
+    let mut config: Json = serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    config["trainable_token_indices"] = serde_json::json!({"lm_head": [5]});
+    adapter.insert("adapter_config.json", serde_json::to_vec(&config).unwrap());
+    adapter.insert("adapter_model.safetensors", std::fs::read(dir.join("adapter_model.safetensors")).unwrap());
+    let e = pollster::block_on(export_model(&tied, Some(&adapter), &opts, Vec::new())).unwrap_err().to_string();
+    assert!(e.contains("lm_head is its embedding"), "{e}");
     // A LoRA-only file still cannot hold them.
     let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
     for (dir, says) in

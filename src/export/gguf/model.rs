@@ -129,6 +129,11 @@ fn untied_head(lora: &LoraConfig, config: &Config) -> Option<String> {
             m.name()
         ));
     }
+    if lora.trainable_head_token_indices.is_some() {
+        return Some(
+            "trainable_token_indices.lm_head: this model's lm_head is its embedding, whose rows it shares".into(),
+        );
+    }
     let list = lora.modules_to_save.as_deref().unwrap_or_default();
     let keys = modules_to_save::file_keys(list, lora.ensure_weight_tying, config);
     // A shared copy (ensure_weight_tying) is saved under the head's key too; copies of their own are not.
