@@ -14,7 +14,7 @@ use crate::model::llama::Proj;
 use crate::model::{Config, ModelType};
 use crate::peft::lora::config::module_name;
 use crate::peft::lora::{TargetModules, PEFT_VERSION};
-use crate::peft::module_names::FullMatch;
+use crate::peft::module_names::{suffix_match as suffix, FullMatch};
 use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
@@ -254,9 +254,4 @@ impl Ia3Config {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(&self.to_value()).expect("a JSON value serializes")
     }
-}
-
-/// PEFT's match of a module name against a target: equal, or ending in `.target`.
-fn suffix(name: &str, target: &str) -> bool {
-    name == target || name.ends_with(&format!(".{target}"))
 }

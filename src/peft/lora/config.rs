@@ -556,9 +556,10 @@ impl LoraConfig {
     /// trained whole (`modules_to_save`, which PEFT's match skips).
     pub fn outer_targets(&self) -> Vec<OuterModule> {
         let saved = self.modules_to_save.as_deref().map(crate::peft::modules_to_save::modules).unwrap_or_default();
+        let matched = self.matcher();
         OUTER_MODULES
             .into_iter()
-            .filter(|m| !matches!(self.target_modules, TargetModules::AllLinear) && self.matched(m.name()))
+            .filter(|m| !matches!(self.target_modules, TargetModules::AllLinear) && matched(m.name()))
             .filter(|m| !saved.contains(m))
             // PEFT's layers_to_transform keeps a module by its layer index, which these have none of,
             // unless the list names it whole ("lm_head", "model.embed_tokens").
@@ -572,20 +573,28 @@ impl LoraConfig {
         matches!(&self.target_modules, TargetModules::List(l) if l.iter().any(|e| e == name))
     }
 
-    /// Whether PEFT's match takes module `name`: `target_modules` (a list's
+    /// PEFT's match, as a test of a module name: `target_modules` (a list's
     /// names or suffixes, or a regex's full match; "all-linear" every Linear
-    /// of the layers) and not `exclude_modules`. A regex that does not
-    /// compile matches nothing ([`LoraConfig::validate`] reports it).
-    fn matched(&self, name: &str) -> bool {
-        let by = |t: &TargetModules, field: &str| match t {
-            TargetModules::AllLinear => {
-                LORA_MODULES.iter().any(|p| suffix_match(name, p)) && name.starts_with("model.layers.")
-            }
-            TargetModules::List(list) => list.iter().any(|e| suffix_match(name, e)),
-            TargetModules::Regex(r) => FullMatch::new(field, r).is_ok_and(|re| re.matches(name)),
+    /// of the layers) and not `exclude_modules`. The regexes are compiled
+    /// once; one that does not compile matches nothing
+    /// ([`LoraConfig::validate`] reports it).
+    fn matcher(&self) -> impl Fn(&str) -> bool + '_ {
+        let compile = |t: Option<&TargetModules>, field: &str| match t {
+            Some(TargetModules::Regex(r)) => FullMatch::new(field, r).ok(),
+            _ => None,
         };
-        by(&self.target_modules, "target_modules")
-            && !self.exclude_modules.as_ref().is_some_and(|x| by(x, "exclude_modules"))
+        let target = compile(Some(&self.target_modules), "target_modules");
+        let exclude = compile(self.exclude_modules.as_ref(), "exclude_modules");
+        move |name: &str| {
+            let by = |t: &TargetModules, re: &Option<FullMatch>| match t {
+                TargetModules::AllLinear => {
+                    LORA_MODULES.iter().any(|p| suffix_match(name, p)) && name.starts_with("model.layers.")
+                }
+                TargetModules::List(list) => list.iter().any(|e| suffix_match(name, e)),
+                TargetModules::Regex(_) => re.as_ref().is_some_and(|re| re.matches(name)),
+            };
+            by(&self.target_modules, &target) && !self.exclude_modules.as_ref().is_some_and(|x| by(x, &exclude))
+        }
     }
 
     /// Whether a fresh adapter takes values from the model's weights
@@ -640,7 +649,8 @@ impl LoraConfig {
         }
         // A module PEFT's match takes that LoRA cannot adapt (attention, an MLP, a norm).
         let adaptable = |n: &str| all.iter().any(|a| a == n) || OUTER_MODULES.iter().any(|m| m.name() == n);
-        if let Some(other) = names.iter().find(|n| !adaptable(n) && self.matched(n)) {
+        let matched = self.matcher();
+        if let Some(other) = names.iter().find(|n| !adaptable(n) && matched(n)) {
             return Err(unsupported(
                 "target_modules",
                 format!(
@@ -651,7 +661,7 @@ impl LoraConfig {
         }
         // layers_to_transform goes with a list (validate refuses it with a string).
         let in_layers = |n: &str| self.named_whole(n) || layer_of(n).is_some_and(|i| self.adapts_layer(i));
-        let chosen: Vec<String> = all.into_iter().filter(|n| self.matched(n) && in_layers(n)).collect();
+        let chosen: Vec<String> = all.into_iter().filter(|n| matched(n) && in_layers(n)).collect();
         if chosen.is_empty() && self.outer_targets().is_empty() {
             let why = match (&self.target_modules, &self.exclude_modules, &self.layers_to_transform) {
                 (TargetModules::Regex(r), None, _) => format!("\"{r}\" matches no module of the model"),

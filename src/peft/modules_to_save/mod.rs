@@ -36,6 +36,7 @@ use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::model::Config;
 use crate::peft::lora::config::OuterModule;
+use crate::peft::module_names::suffix_match;
 use crate::quant::QuantFormat;
 use crate::util::json::{brief, Fields};
 
@@ -53,8 +54,7 @@ pub fn key(module: OuterModule) -> &'static str {
 /// Which module an entry of the list names (PEFT matches an entry against
 /// a module name by equality or as a `.`-separated suffix).
 fn module_of(entry: &str) -> Option<OuterModule> {
-    let matches = |name: &str| name == entry || name.ends_with(&format!(".{entry}"));
-    crate::peft::lora::config::OUTER_MODULES.into_iter().find(|m| matches(m.name()))
+    crate::peft::lora::config::OUTER_MODULES.into_iter().find(|m| suffix_match(m.name(), entry))
 }
 
 /// The modules a list names, in model order, each once.

@@ -57,7 +57,7 @@ impl TrainableTokensConfig {
     pub fn from_value(value: &Value) -> Result<TrainableTokensConfig> {
         let f = Fields::of(config_object(value)?, "", err);
         check_peft_type(&f, "TRAINABLE_TOKENS", "a trainable-tokens adapter")?;
-        let named = |s: &str, m: &str| s == m || s.ends_with(&format!(".{m}"));
+        let named = crate::peft::module_names::suffix_match;
         let lm_head = match f.get("target_modules") {
             None => false,
             Some(Value::String(s)) if named(s, "embed_tokens") => false,

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::token_rows::TokenRows;
 use crate::model::Config;
+use crate::peft::module_names::suffix_match;
 use crate::util::json::{brief, Fields};
 
 /// The key PEFT saves the rows under.
@@ -178,7 +179,7 @@ pub struct TokenIndices {
 pub(crate) fn parse_indices(f: &Fields) -> Result<TokenIndices> {
     const KEY: &str = "trainable_token_indices";
     let unsupported = |detail: String| Error::AdapterUnsupported { field: KEY.into(), detail };
-    let named = |name: &str, module: &str| name == module || name.ends_with(&format!(".{module}"));
+    let named = suffix_match;
     let out = match f.get(KEY) {
         None | Some(Value::Null) => return Ok(TokenIndices::default()),
         Some(Value::Array(_)) => TokenIndices { embed: Some(f.tokens(KEY)?), head: None },
