@@ -734,6 +734,43 @@ fn train_lora_with_modules_to_save_on_an_nf4_base_stop_resume_merge_and_refuse_a
     assert!(err.contains("--modules-to-save") && err.contains("norm"), "{err}");
 }
 
+/// PEFT's rank_pattern and alpha_pattern from the command line: each
+/// module at its own rank, stopped and resumed as one run, merged; a GGUF
+/// LoRA, whose one alpha cannot hold alpha_pattern, refused; a bad entry
+/// named by its flag.
+#[test]
+fn train_lora_with_rank_and_alpha_patterns_stop_resume_merge_and_refuse_a_gguf_adapter() {
+    let dir = TempDir::new("train-rank-pattern");
+    let data = write_data(&dir);
+    let model = fixture("llama_gqa");
+    let method = ["--method", "lora", "--r", "4", "--targets", "q_proj,v_proj,down_proj", "--rank-pattern"];
+    let method = [&method[..], &[r"v_proj=2,layers\.1\.mlp\..*=6", "--alpha-pattern", "down_proj=16"]].concat();
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["rank_pattern"], serde_json::json!({"v_proj": 2, r"layers\.1\.mlp\..*": 6}), "{config}");
+    assert_eq!(config["alpha_pattern"], serde_json::json!({"down_proj": 16}), "{config}");
+    let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let rank = |m: &str| st.tensor(&format!("base_model.model.model.layers.{m}.lora_A.weight")).unwrap().shape()[0];
+    let ranks =
+        [rank("0.self_attn.q_proj"), rank("0.self_attn.v_proj"), rank("0.mlp.down_proj"), rank("1.mlp.down_proj")];
+    assert_eq!(ranks, [4, 2, 4, 6]);
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
+    let gguf = dir.join("a.gguf");
+    let err =
+        failure(&webpeft(&["export-gguf", "--model", &model, "--adapter", &whole, "--lora-only", "--out", &gguf]));
+    assert!(err.contains("one alpha"), "{err}");
+    let bad = ["--method", "lora", "--rank-pattern", "q_proj:4", "--steps", "1", "--lr", "1e-3"];
+    let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
+    assert!(err.contains("--rank-pattern") && err.contains("PATTERN=VALUE"), "{err}");
+    let bad = ["--method", "lora", "--rank-pattern", "q_proj=0", "--steps", "1", "--lr", "1e-3"];
+    let err = failure(&train(&data, &[&bad[..], &["--out", &dir.join("x")]].concat()));
+    assert!(err.contains("--rank-pattern") && err.contains("at least 1"), "{err}");
+}
+
 #[test]
 fn train_trainable_tokens_alone_stop_resume_and_merge() {
     let dir = TempDir::new("train-tokens-alone");

@@ -280,7 +280,7 @@ fn merged_adapters_outside_the_layers_match_convert_hf_to_gguf() {
     let reference: Json =
         serde_json::from_slice(&std::fs::read(fixtures().join("gguf/merged_adapters.json")).unwrap()).unwrap();
     let cases = reference["cases"].as_object().unwrap();
-    assert_eq!(cases.len(), 6);
+    assert_eq!(cases.len(), 7);
     for (name, case) in cases {
         let model = case["model"].as_str().unwrap();
         let files = DirFiles::new(fixtures().join(model)).unwrap();
@@ -338,16 +338,36 @@ fn lora_on_the_embedding_and_the_head_matches_convert_lora_to_gguf() {
     let reference: Json =
         serde_json::from_slice(&std::fs::read(fixtures().join("gguf/merged_adapters.json")).unwrap()).unwrap();
     let cases = reference["lora_adapters"].as_object().unwrap();
-    assert_eq!(cases.len(), 2);
+    assert_eq!(cases.len(), 3);
     for (name, case) in cases {
         let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
-        let adapter = DirFiles::new(fixtures().join(case["adapter"].as_str().unwrap())).unwrap();
+        // The folder, with the case's `edit` of its config (rank_pattern's: no alpha_pattern).
+        let dir = fixtures().join(case["adapter"].as_str().unwrap());
+        let mut adapter = MemoryFiles::new();
+        let mut config: Json =
+            serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+        for (k, v) in case["edit"].as_object().into_iter().flatten() {
+            config[k] = v.clone();
+        }
+        adapter.insert("adapter_config.json", serde_json::to_vec(&config).unwrap());
+        let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        adapter.insert("adapter_model.safetensors", weights);
         // The converter's default name is its heuristic on the folder name.
-        let opts = GgufOptions { ty: ty(case), name: "Initial_Adapter".into(), tokenizer_pre: None };
+        let name_in_file = if case["edit"].is_null() { "Initial_Adapter" } else { "Rank_Pattern_Adapter" };
+        let opts = GgufOptions { ty: ty(case), name: name_in_file.into(), tokenizer_pre: None };
         let mut out = Vec::new();
         pollster::block_on(export_lora(&base, &adapter, &opts, &mut out)).unwrap();
         compare(name, &out, case);
     }
+    // Its own alphas (alpha_pattern) cannot share llama.cpp's one: refused, not rescaled.
+    let base = DirFiles::new(fixtures().join("llama_gqa")).unwrap();
+    let with_alphas = DirFiles::new(fixtures().join("rank_pattern/llama_gqa/initial_adapter")).unwrap();
+    let opts = GgufOptions { ty: GgmlType::F32, name: "x".into(), tokenizer_pre: None };
+    let e = gguf_error(
+        "a LoRA whose modules need alphas of their own (alpha_pattern) as a GGUF adapter",
+        pollster::block_on(export_lora(&base, &with_alphas, &opts, Vec::new())).unwrap_err(),
+    );
+    assert!(e.contains("one alpha") && e.contains("lm_head needs lora_alpha 2.5"), "{e}");
     let tied = DirFiles::new(fixtures().join("qwen2_tied")).unwrap();
     let adapter = DirFiles::new(fixtures().join("lora_outer/qwen2_tied/initial_adapter")).unwrap();
     let opts = GgufOptions { ty: GgmlType::F32, name: "x".into(), tokenizer_pre: None };

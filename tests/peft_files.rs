@@ -62,7 +62,7 @@ fn parses_the_lora_fixture_config() {
     assert_eq!(c.target_modules, TargetModules::List(seven()));
     assert_eq!(c.layers_to_transform, None);
     assert_eq!(c.base_model_name_or_path.as_deref(), Some("llama_gqa"));
-    assert_eq!(c.scaling(), 2.0);
+    assert_eq!(c.scaling_of("model.layers.0.self_attn.q_proj"), 2.0);
     let targets = c.targets(&model_config()).unwrap();
     assert_eq!(targets.len(), 14);
     assert_eq!(targets[0], "model.layers.0.self_attn.q_proj");
@@ -74,7 +74,7 @@ fn parses_the_lora_fixture_config() {
 fn parses_the_rslora_fixture_config() {
     let c = lora_config(RSLORA);
     assert_eq!((c.r, c.lora_alpha, c.use_rslora), (4, 8.0, true));
-    assert_eq!(c.scaling(), 4.0);
+    assert_eq!(c.scaling_of("lm_head"), 4.0);
     assert_eq!(
         c.targets(&model_config()).unwrap(),
         [
@@ -118,7 +118,7 @@ fn layers_to_transform_filters_layers() {
 #[test]
 fn loads_the_lora_fixture_adapter() {
     let w = load_weights(LORA);
-    assert_eq!(w.r, 4);
+    assert!(w.modules.values().all(|p| p.r == 4));
     assert_eq!(w.modules.len(), 14);
     let raw = Fixture::open(&format!("{LORA}/{ADAPTER_WEIGHTS_FILE}"));
     let p = &w.modules["model.layers.1.self_attn.k_proj"];

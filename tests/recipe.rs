@@ -131,8 +131,22 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 14] = [
+        let cases: [(&[&str], &str); 15] = [
             (&["--method", "lora"], "{}"),
+            (
+                &[
+                    "--method",
+                    "lora",
+                    "--targets",
+                    "all-linear",
+                    "--rank-pattern",
+                    r"q_proj=2,layers\.1\..*=6",
+                    "--alpha-pattern",
+                    "o_proj=16",
+                ],
+                r#"{"targets": "all-linear", "rankPattern": {"q_proj": 2, "layers\\.1\\..*": 6},
+                    "alphaPattern": {"o_proj": 16}}"#,
+            ),
             (
                 &[
                     "--method",

@@ -567,12 +567,12 @@ impl Adapter {
 fn fresh_lora_weights(config: &LoraConfig, model: &Config) -> Result<LoraWeights> {
     config.validate()?;
     let weights = LoraWeights::zeros(config, model)?;
-    if let Some((name, p)) = weights.modules.iter().find(|(_, p)| config.r > p.in_features.min(p.out_features)) {
+    if let Some((name, p)) = weights.modules.iter().find(|(_, p)| p.r > p.in_features.min(p.out_features)) {
         return Err(Error::AdapterConfig {
-            field: "r".into(),
+            field: if p.r == config.r { "r" } else { "rank_pattern" }.into(),
             detail: format!(
                 "r = {} is larger than {name} ({} × {}): B·A cannot have a rank above {}",
-                config.r,
+                p.r,
                 p.out_features,
                 p.in_features,
                 p.in_features.min(p.out_features)

@@ -7,6 +7,9 @@
 //! a list:   name == entry, or name ends with "." + entry
 //! a string: re.fullmatch(string, name)
 //! ```
+//!
+//! and the third, of `rank_pattern` and `alpha_pattern` keys:
+//! `re.match(r"(.*\.)?(key)$", name)`.
 
 use fancy_regex::Regex;
 
@@ -50,7 +53,18 @@ pub struct FullMatch {
 
 impl FullMatch {
     pub fn new(field: &str, pattern: &str) -> Result<FullMatch> {
-        Regex::new(&format!("^(?:{pattern})$")).map(|re| FullMatch { re }).map_err(|e| Error::AdapterConfig {
+        FullMatch::compile(field, pattern, format!("^(?:{pattern})$"))
+    }
+
+    /// A `rank_pattern` / `alpha_pattern` key as PEFT's `get_pattern_key`
+    /// matches it: `re.match(r"(.*\.)?(key)$", name)`, the key a regex for
+    /// the name's last `.`-separated parts (`q_proj`, `layers\.0\..*`).
+    pub fn tail(field: &str, key: &str) -> Result<FullMatch> {
+        FullMatch::compile(field, key, format!("^(?:.*\\.)?(?:{key})$"))
+    }
+
+    fn compile(field: &str, pattern: &str, anchored: String) -> Result<FullMatch> {
+        Regex::new(&anchored).map(|re| FullMatch { re }).map_err(|e| Error::AdapterConfig {
             field: field.into(),
             detail: format!("\"{pattern}\" is not a regular expression webpeft can match: {e}"),
         })

@@ -15,6 +15,8 @@
 //! adapter's own config ([`Error::AdapterConfig`] naming the
 //! `adapter_config.json` field), as a loaded adapter's would be.
 
+use std::collections::BTreeMap;
+
 use crate::kernels::swiglu::Activation;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
@@ -126,6 +128,10 @@ pub struct LoraRecipe {
     pub modules_to_save: Option<Vec<String>>,
     /// One trained copy for a tied model's embedding and head (PEFT's `ensure_weight_tying`).
     pub ensure_weight_tying: bool,
+    /// Per-module ranks and alphas (PEFT's `rank_pattern`, `alpha_pattern`:
+    /// regex of the module name's tail → value).
+    pub rank_pattern: BTreeMap<String, usize>,
+    pub alpha_pattern: BTreeMap<String, f64>,
 }
 
 impl LoraRecipe {
@@ -145,6 +151,8 @@ impl LoraRecipe {
         }
         c.modules_to_save = self.modules_to_save.clone().filter(|l| !l.is_empty());
         c.ensure_weight_tying = self.ensure_weight_tying;
+        c.rank_pattern = self.rank_pattern.clone();
+        c.alpha_pattern = self.alpha_pattern.clone();
         c.base_model_name_or_path = model_name;
         c.validate()?;
         c.targets(model)?;
@@ -176,6 +184,8 @@ impl Default for LoraRecipe {
             lm_head_rows: false,
             modules_to_save: None,
             ensure_weight_tying: false,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
         }
     }
 }
@@ -506,8 +516,10 @@ impl AdapterRecipe {
         Ok(match self.config(model, None)? {
             AdapterConfig::Lora(c) => {
                 let outer = c.outer_targets();
-                let targets = match c.target_modules {
-                    TargetModules::List(l) => l.into_iter().filter(|t| LORA_MODULES.contains(&t.as_str())).collect(),
+                let targets = match &c.target_modules {
+                    TargetModules::List(l) => {
+                        l.iter().filter(|t| LORA_MODULES.contains(&t.as_str())).cloned().collect()
+                    }
                     _ => LORA_MODULES.iter().map(|s| s.to_string()).collect(),
                 };
                 let tokens = [&c.trainable_token_indices, &c.trainable_head_token_indices]
@@ -522,11 +534,14 @@ impl AdapterRecipe {
                         .count() as u64,
                     None => 0,
                 };
+                // With rank_pattern the layers are planned at their largest rank: an upper bound.
+                let r = c.targets(model)?.iter().map(|t| c.rank_of(t)).max().unwrap_or(c.r);
+                let outer_ranks: usize = outer.iter().map(|m| c.rank_of(m.name())).sum();
                 PlanAdapter::Lora {
-                    outer_params: (outer.len() * c.r * (model.vocab_size + model.hidden_size)) as u64
+                    outer_params: (outer_ranks * (model.vocab_size + model.hidden_size)) as u64
                         + tokens * model.hidden_size as u64
                         + copies * table,
-                    r: c.r,
+                    r,
                     targets,
                     dropout: c.lora_dropout > 0.0,
                     dora: c.use_dora,

@@ -4,6 +4,8 @@
 //! recipe. Plain Rust, compiled natively too, so tests can check that the
 //! browser and the CLI make the same adapter from the same options.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -46,6 +48,10 @@ pub struct LoraOptions {
     pub lm_head_rows: Option<bool>,
     /// PEFT's `ensure_weight_tying`: one copy for a tied model's embedding and head.
     pub ensure_weight_tying: Option<bool>,
+    /// PEFT's `rank_pattern`: module pattern → rank.
+    pub rank_pattern: Option<BTreeMap<String, usize>>,
+    /// PEFT's `alpha_pattern`: module pattern → alpha.
+    pub alpha_pattern: Option<BTreeMap<String, f64>>,
     pub seed: Option<u64>,
 }
 
@@ -263,18 +269,24 @@ pub struct PlanOptions {
     pub ensure_weight_tying: Option<bool>,
 }
 
-/// `targets`: a list of module names or "all-linear" (absent: the default).
+/// `targets`: a list of module names, "all-linear", or another string: a
+/// regex matched against whole module names, as PEFT takes a string (absent:
+/// the default).
 fn lora_targets(v: Option<&Value>) -> Result<Option<TargetModules>> {
     Ok(Some(match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) if s == "all-linear" => TargetModules::AllLinear,
+        Some(Value::String(s)) => TargetModules::Regex(s.clone()),
         Some(Value::Array(a)) => TargetModules::List(
             a.iter()
                 .map(|t| t.as_str().map(str::to_string).ok_or_else(|| bad("targets", "module names must be strings")))
                 .collect::<Result<_>>()?,
         ),
         Some(other) => {
-            return Err(bad("targets", format!("must be a list of module names or \"all-linear\", got {other}")))
+            return Err(bad(
+                "targets",
+                format!("must be a list of module names, \"all-linear\" or a regex, got {other}"),
+            ))
         }
     }))
 }
@@ -332,6 +344,8 @@ impl LoraOptions {
         l.modules_to_save = self.modules_to_save.clone();
         l.ensure_weight_tying = self.ensure_weight_tying.unwrap_or(false);
         l.lm_head_rows = self.lm_head_rows.unwrap_or(false);
+        l.rank_pattern = self.rank_pattern.clone().unwrap_or_default();
+        l.alpha_pattern = self.alpha_pattern.clone().unwrap_or_default();
         Ok(AdapterRecipe::Lora(l))
     }
 

@@ -62,7 +62,13 @@ export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj"
 export type LoraModuleTarget = LoraTarget | "embed_tokens" | "lm_head";
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
 export interface LoraOptions {
-  r?: number; alpha?: number; dropout?: number; targets?: LoraModuleTarget[] | "all-linear"; rslora?: boolean;
+  r?: number; alpha?: number; dropout?: number; rslora?: boolean;
+  /** Module names, "all-linear", or any other string: a regex PEFT matches against whole module names
+   * (`".*\\.(q_proj|v_proj)"`). */
+  targets?: LoraModuleTarget[] | "all-linear" | string;
+  /** PEFT's `rank_pattern` and `alpha_pattern`: a module's own rank and alpha, keyed by a regex of its name's tail
+   * (`{"q_proj": 16, "layers\\.0\\..*": 4}`), the first key in sorted order that matches; r and alpha elsewhere. */
+  rankPattern?: Record<string, number>; alphaPattern?: Record<string, number>;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,

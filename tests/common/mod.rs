@@ -218,6 +218,37 @@ pub fn assert_files_are_peft(gpu: &Gpu, adapter: &webpeft::peft::Adapter, model:
     });
 }
 
+/// The files `adapter` writes against PEFT's folder `dir`: the same
+/// `adapter_config.json` and tensors, byte for byte, less PEFT's copies of
+/// the embedding's and the head's base weights (`….base_layer.weight`, which
+/// PEFT saves beside a LoRA on them and webpeft does not write). Returns the
+/// names of those copies, sorted.
+pub fn assert_files_are_peft_less_base_copies(
+    gpu: &Gpu,
+    adapter: &webpeft::peft::Adapter,
+    model: &webpeft::model::Config,
+    dir: &str,
+) -> Vec<String> {
+    let files = block_on(adapter.to_files(gpu, model)).unwrap();
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+    let theirs = std::fs::read(fixture(&format!("{dir}/adapter_config.json"))).unwrap();
+    assert_eq!(json(&files[0].1), json(&theirs), "{dir}: adapter_config.json");
+    let peft = std::fs::read(fixture(&format!("{dir}/adapter_model.safetensors"))).unwrap();
+    let (ours, peft) = (
+        safetensors::SafeTensors::deserialize(&files[1].1).unwrap(),
+        safetensors::SafeTensors::deserialize(&peft).unwrap(),
+    );
+    let mut extra: Vec<String> =
+        peft.names().into_iter().filter(|k| ours.tensor(k).is_err()).map(|k| k.to_string()).collect();
+    extra.sort();
+    assert!(extra.iter().all(|k| k.ends_with(".base_layer.weight")), "{dir}: {extra:?}");
+    for k in ours.names() {
+        let (x, y) = (ours.tensor(k).unwrap(), peft.tensor(k).unwrap());
+        assert_eq!((x.shape(), x.data()), (y.shape(), y.data()), "{dir}: {k}");
+    }
+    extra
+}
+
 /// The files `adapter` writes against PEFT's folder `dir` of the same
 /// state (PEFT's reparametrised methods save the prompt their MLP made, which
 /// webpeft's MLP makes within float rounding): the same

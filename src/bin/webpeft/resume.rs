@@ -231,6 +231,12 @@ fn settle_adapter(
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
             check("use_dora", "use-dora", Some(a.use_dora.to_string()), c.use_dora.to_string())?;
             check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
+            let pattern = |v: &Option<Vec<String>>| v.as_ref().map(|l| sorted(&l.join(",")));
+            let saved = |m: Vec<String>| sorted(&m.join(","));
+            let ranks = c.rank_pattern.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            check("rank_pattern", "rank-pattern", pattern(&a.rank_pattern), saved(ranks))?;
+            let alphas = c.alpha_pattern.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            check("alpha_pattern", "alpha-pattern", pattern(&a.alpha_pattern), saved(alphas))?;
         }
         AdapterConfig::AdaLora(c) => {
             let pairs = [

@@ -1,6 +1,7 @@
 //! `webpeft train`: the flags parsed into the library's recipe
 //! (`webpeft::train::recipe`), the run, its step lines and its files.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -117,6 +118,13 @@ pub struct TrainArgs {
     /// lm_head. Each is a trained copy of the model's (vocab × hidden) weight, saved in the adapter.
     #[arg(long, value_delimiter = ',')]
     pub modules_to_save: Option<Vec<String>>,
+    /// Per-module LoRA ranks (PEFT's rank_pattern), comma-separated PATTERN=R: each pattern a regex
+    /// of the module name's tail ("q_proj=16,layers\.0\..*=4"); r elsewhere.
+    #[arg(long, value_delimiter = ',')]
+    pub rank_pattern: Option<Vec<String>>,
+    /// Per-module LoRA alphas (PEFT's alpha_pattern), as --rank-pattern: "o_proj=32".
+    #[arg(long, value_delimiter = ',')]
+    pub alpha_pattern: Option<Vec<String>>,
     /// With --modules-to-save on a model whose lm_head is its embedding: one trained copy for both
     /// (PEFT's ensure_weight_tying); without it each module gets its own, as PEFT's default.
     #[arg(long)]
@@ -293,6 +301,19 @@ fn parse_targets(t: &str) -> TargetModules {
     }
 }
 
+/// `--rank-pattern` / `--alpha-pattern`'s PATTERN=VALUE entries.
+fn pattern<T: std::str::FromStr>(flag: &str, entries: &Option<Vec<String>>) -> Result<BTreeMap<String, T>, String> {
+    let mut out = BTreeMap::new();
+    for e in entries.iter().flatten() {
+        let parsed = e.rsplit_once('=').and_then(|(k, v)| Some((k.trim(), v.trim().parse::<T>().ok()?)));
+        match parsed {
+            Some((k, v)) if !k.is_empty() => out.insert(k.to_string(), v),
+            _ => return Err(format!("{flag}: {e:?} is not PATTERN=VALUE (e.g. q_proj=16)")),
+        };
+    }
+    Ok(out)
+}
+
 /// A comma-separated list of module names.
 fn names(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect()
@@ -428,6 +449,8 @@ fn flag_error(e: webpeft::Error) -> String {
         "use_dora" => "--use-dora",
         f if f.starts_with("trainable_token_indices") => "--trainable-token-indices",
         f if f.starts_with("modules_to_save") => "--modules-to-save",
+        f if f.starts_with("rank_pattern") => "--rank-pattern",
+        f if f.starts_with("alpha_pattern") => "--alpha-pattern",
         "lm_head_rows" => "--lm-head-rows",
         "ensure_weight_tying" => "--ensure-weight-tying",
         "loftq_config.loftq_iter" => "--loftq-iter",
@@ -454,8 +477,10 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 27] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 29] {
         [
+            ("--rank-pattern", self.rank_pattern.is_some(), &["lora"]),
+            ("--alpha-pattern", self.alpha_pattern.is_some(), &["lora"]),
             ("--lm-head-rows", self.lm_head_rows, &["lora"]),
             ("--modules-to-save", self.modules_to_save.is_some(), &["lora"]),
             ("--ensure-weight-tying", self.ensure_weight_tying, &["lora"]),
@@ -539,6 +564,8 @@ impl TrainArgs {
                 l.modules_to_save = self.modules_to_save.clone();
                 l.lm_head_rows = self.lm_head_rows;
                 l.ensure_weight_tying = self.ensure_weight_tying;
+                l.rank_pattern = pattern("--rank-pattern", &self.rank_pattern)?;
+                l.alpha_pattern = pattern("--alpha-pattern", &self.alpha_pattern)?;
                 l.init = match self.init_lora_weights.as_deref() {
                     Some(name) => InitLoraWeights::from_name(name, self.loftq_iter.unwrap_or(1)).map_err(flag_error)?,
                     None => l.init,

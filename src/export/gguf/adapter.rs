@@ -3,8 +3,9 @@
 //! and per adapted Linear `<gguf name>.lora_a` (ne (in, r)) and `.lora_b`
 //! (ne (r, out), q/k rows in the llama order). llama.cpp scales each pair by
 //! alpha / r, r read off lora_b; an rsLoRA adapter (alpha / √r) is written
-//! with alpha·√r so the product is PEFT's scaling. A LoRA on the embedding
-//! (PEFT's `lora_embedding_A` (r, vocab)) is `token_embd.weight.lora_a`
+//! with alpha·√r so the product is PEFT's scaling. `rank_pattern` needs
+//! nothing more (r is read per tensor); modules that would need alphas of
+//! their own are refused. A LoRA on the embedding (PEFT's `lora_embedding_A` (r, vocab)) is `token_embd.weight.lora_a`
 //! with ne (r, vocab), the ids' rows, as llama.cpp gathers it; one on an
 //! untied `lm_head` is `output.weight`'s, as any Linear's.
 
@@ -16,6 +17,7 @@ use super::writer::{GgufWriter, TensorInfo, Value};
 use super::{encode, tensor_type, unsupported, QUANTIZATION_VERSION};
 use crate::model::{ByteSource, Config, ModelFiles};
 use crate::peft::lora::config::OuterModule;
+use crate::peft::lora::{LoraConfig, LoraWeights};
 use crate::Result;
 
 /// Writes `adapter` (plain LoRA on the model whose config.json `base` holds)
@@ -32,7 +34,7 @@ pub async fn export_lora<F: ModelFiles, A: ModelFiles, W: Write>(
     let (arch, permute) = architecture(&raw)?;
     let config = Config::from_json(&raw_bytes)?;
     let (lora, weights) = read_lora(adapter, &config, false).await?;
-    let alpha = if lora.use_rslora { lora.lora_alpha * (lora.r as f64).sqrt() } else { lora.lora_alpha };
+    let alpha = one_alpha(&lora, &weights)?;
 
     let mut tensors = Vec::new();
     for (module, pair) in &weights.modules {
@@ -76,4 +78,32 @@ pub async fn export_lora<F: ModelFiles, A: ModelFiles, W: Write>(
         writer.tensor(&encode(values, ne[0] as usize, info.ty)?)?;
     }
     Ok(writer.finish()?.1)
+}
+
+/// llama.cpp's one `adapter.lora.alpha`: it scales each tensor pair by
+/// alpha / its rank, so a module's scaling s at rank r needs alpha = s·r:
+/// `lora_alpha`, or `lora_alpha`·√r with rsLoRA. Modules that need different
+/// alphas (`alpha_pattern`, or rsLoRA with `rank_pattern`) cannot share one
+/// file: a typed error, not a silently rescaled adapter.
+fn one_alpha(lora: &LoraConfig, weights: &LoraWeights) -> Result<f64> {
+    let need = |name: &str, r: usize| {
+        let alpha = lora.alpha_of(name);
+        if lora.use_rslora {
+            alpha * (r as f64).sqrt()
+        } else {
+            alpha
+        }
+    };
+    let mut modules = weights.modules.iter().map(|(name, p)| (name, need(name, p.r)));
+    let Some((first, alpha)) = modules.next() else { return Ok(need("", lora.r)) };
+    match modules.find(|(_, a)| *a != alpha) {
+        None => Ok(alpha),
+        Some((other, a)) => Err(unsupported(
+            "adapter_config.json",
+            format!(
+                "{first} needs lora_alpha {alpha} and {other} {a} (alpha_pattern, or rsLoRA with rank_pattern), \
+                 but a GGUF LoRA adapter has one alpha: merge the adapter and export the merged model instead"
+            ),
+        )),
+    }
 }

@@ -173,7 +173,7 @@ fn fold_outer(hf: &str, x: &mut [f32], lora: &LoraConfig, w: &LoraWeights, confi
         return;
     }
     if let Some(pair) = w.modules.get(OuterModule::Embedding.name()) {
-        let (r, s) = (lora.r, lora.scaling() as f32);
+        let (r, s) = (pair.r, lora.scaling_of(OuterModule::Embedding.name()) as f32);
         for v in 0..vocab {
             for c in 0..d {
                 let mut t = 0.0f32;
@@ -361,7 +361,8 @@ pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
                     fold_outer(hf, &mut x, lc, w, &config);
                     let layer_or_head = module != OuterModule::Embedding.name();
                     if let Some(pair) = w.modules.get(module).filter(|_| hf.ends_with(".weight") && layer_or_head) {
-                        fold_lora(&mut x, &pair.a, &pair.b, pair.out_features, pair.in_features, lc.scaling() as f32);
+                        let s = lc.scaling_of(module) as f32;
+                        fold_lora(&mut x, &pair.a, &pair.b, pair.out_features, pair.in_features, s);
                     }
                 }
                 match permute_heads(hf, config.num_attention_heads, config.num_key_value_heads).filter(|_| permute) {

@@ -13,6 +13,7 @@ use super::layer::LoraFactors;
 use super::LoraConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::model::llama::hooks::Proj;
 use crate::model::Config;
 use crate::peft::modules_to_save::{self, ModulesToSave};
 use crate::peft::trainable_tokens::{TokenWeights, TrainableTokens, DELTA_KEY, HEAD_DELTA_KEY};
@@ -45,6 +46,43 @@ pub struct LoraAdapter {
     /// `modules_to_save`: whole copies of `embed_tokens` and `lm_head`
     /// trained beside the factors.
     pub modules_to_save: Option<Box<ModulesToSave>>,
+    /// Each module's factor on its LoRA term, from the config.
+    pub scalings: Scalings,
+}
+
+/// Each adapted module's factor on its LoRA term: alpha/r (or alpha/√r with
+/// rsLoRA) from its own rank and alpha (`rank_pattern`, `alpha_pattern`),
+/// in f32 as PEFT's `scaling` meets the f32 product.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scalings {
+    layers: Vec<[f32; 7]>,
+    embed: f32,
+    head: f32,
+}
+
+impl Scalings {
+    /// Every module's of a `layers`-layer model under `config`.
+    pub fn of(config: &LoraConfig, layers: usize) -> Scalings {
+        let s = |name: &str| config.scaling_of(name) as f32;
+        Scalings {
+            layers: (0..layers).map(|i| std::array::from_fn(|j| s(&module_name(i, j)))).collect(),
+            embed: s(OuterModule::Embedding.name()),
+            head: s(OuterModule::Head.name()),
+        }
+    }
+
+    /// Layer `layer`'s module `proj` (an index into [`LORA_MODULES`]).
+    pub fn at(&self, layer: usize, proj: usize) -> f32 {
+        self.layers[layer][proj]
+    }
+
+    /// The embedding's or the head's.
+    pub fn outer(&self, m: OuterModule) -> f32 {
+        match m {
+            OuterModule::Embedding => self.embed,
+            OuterModule::Head => self.head,
+        }
+    }
 }
 
 /// `model.layers.{i}.self_attn.q_proj` for layer i and module index j.
@@ -61,10 +99,10 @@ fn split_name(name: &str) -> Option<(usize, usize)> {
 impl LoraAdapter {
     /// Uploads CPU weights (checked against `config` by whoever read them).
     pub fn upload(gpu: &Gpu, config: LoraConfig, weights: &LoraWeights, model: &Config) -> Result<LoraAdapter> {
-        if weights.r != config.r {
+        if let Some((name, pair)) = weights.modules.iter().find(|(n, p)| p.r != config.rank_of(n)) {
             return Err(Error::AdapterConfig {
-                field: "r".into(),
-                detail: format!("the weights have rank {}, the config says {}", weights.r, config.r),
+                field: if config.rank_pattern.is_empty() { "r" } else { "rank_pattern" }.into(),
+                detail: format!("{name}'s weights have rank {}, the config gives it {}", pair.r, config.rank_of(name)),
             });
         }
         let mut layers: Vec<LoraLayer> = (0..model.num_hidden_layers).map(|_| Default::default()).collect();
@@ -76,8 +114,8 @@ impl LoraAdapter {
                 _ => None,
             };
             if let Some(slot) = outer {
-                let a = Tensor::from_slice(gpu, &[weights.r, pair.in_features], &pair.a)?;
-                let b = Tensor::from_slice(gpu, &[pair.out_features, weights.r], &pair.b)?;
+                let a = Tensor::from_slice(gpu, &[pair.r, pair.in_features], &pair.a)?;
+                let b = Tensor::from_slice(gpu, &[pair.out_features, pair.r], &pair.b)?;
                 *slot = Some(Box::new(LoraFactors { a, b, m: None }));
                 continue;
             }
@@ -88,8 +126,8 @@ impl LoraAdapter {
                     detail: format!("not a module of this {}-layer model", layers.len()),
                 });
             };
-            let a = Tensor::from_slice(gpu, &[weights.r, pair.in_features], &pair.a)?;
-            let b = Tensor::from_slice(gpu, &[pair.out_features, weights.r], &pair.b)?;
+            let a = Tensor::from_slice(gpu, &[pair.r, pair.in_features], &pair.a)?;
+            let b = Tensor::from_slice(gpu, &[pair.out_features, pair.r], &pair.b)?;
             let m = pair.m.as_ref().map(|m| Tensor::from_slice(gpu, &[pair.out_features], m)).transpose()?;
             if m.is_some() != config.use_dora {
                 return Err(Error::AdapterTensor {
@@ -166,7 +204,8 @@ impl LoraAdapter {
                     .into(),
             });
         }
-        Ok(LoraAdapter { config, layers, initial: None, tokens, head_tokens, embed, head, modules_to_save })
+        let scalings = Scalings::of(&config, layers.len());
+        Ok(LoraAdapter { config, layers, initial: None, tokens, head_tokens, embed, head, modules_to_save, scalings })
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
@@ -183,20 +222,20 @@ impl LoraAdapter {
         for (i, layer) in self.layers.iter().enumerate() {
             for (j, f) in layer.iter().enumerate() {
                 let Some(f) = f else { continue };
-                let (_, in_features, out_features) = f.dims("LoraAdapter::download")?;
+                let (r, in_features, out_features) = f.dims("LoraAdapter::download")?;
                 let a = f.a.to_vec::<f32>(gpu).await?;
                 let b = f.b.to_vec::<f32>(gpu).await?;
                 let m = match &f.m {
                     Some(m) => Some(m.to_vec::<f32>(gpu).await?),
                     None => None,
                 };
-                modules.insert(module_name(i, j), LoraPair { a, b, m, in_features, out_features });
+                modules.insert(module_name(i, j), LoraPair { r, a, b, m, in_features, out_features });
             }
         }
         for (m, f) in self.outer() {
-            let (_, in_features, out_features) = f.dims("LoraAdapter::download")?;
+            let (r, in_features, out_features) = f.dims("LoraAdapter::download")?;
             let (a, b) = (f.a.to_vec::<f32>(gpu).await?, f.b.to_vec::<f32>(gpu).await?);
-            modules.insert(m.name().to_string(), LoraPair { a, b, m: None, in_features, out_features });
+            modules.insert(m.name().to_string(), LoraPair { r, a, b, m: None, in_features, out_features });
         }
         let mut rows = Vec::new();
         for t in [self.tokens.as_ref(), self.head_tokens.as_deref()] {
@@ -213,7 +252,7 @@ impl LoraAdapter {
         for (key, w) in self.modules_to_save.iter().flat_map(|m| m.saved()) {
             saved.insert(key.to_string(), ([w.rows, w.cols], w.to_f32(gpu).await?));
         }
-        Ok(LoraWeights { r: self.config.r, modules, tokens, head_tokens, saved })
+        Ok(LoraWeights { modules, tokens, head_tokens, saved })
     }
 
     /// Zeros of the same shapes: gradients, AdamW moments.
@@ -243,6 +282,7 @@ impl LoraAdapter {
             embed,
             head,
             modules_to_save,
+            scalings: self.scalings.clone(),
         })
     }
 
@@ -306,8 +346,8 @@ impl LoraAdapter {
         Ok(())
     }
 
-    /// The factor on the LoRA term, in f32 as PEFT's `scaling` meets the f32 product.
-    pub fn scaling(&self) -> f32 {
-        self.config.scaling() as f32
+    /// The factor on layer `layer`'s `proj` term.
+    pub fn scaling(&self, layer: usize, proj: Proj) -> f32 {
+        self.scalings.at(layer, proj.index())
     }
 }

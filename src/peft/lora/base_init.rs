@@ -76,14 +76,12 @@ pub async fn init_from_base<F: ModelFiles>(
             Some(c)
         }
     };
-    let scaling = config.scaling();
-    let r = config.r;
     let mut rng = Rng::new(seed);
     for (i, layer) in model.layers.iter_mut().enumerate() {
         for (j, w) in linear_weights(layer).into_iter().enumerate() {
             let name = module_name(i, j);
             let Some(pair) = weights.modules.get_mut(&name) else { continue };
-            let (out, inp) = (w.rows, w.cols);
+            let (out, inp, r, scaling) = (w.rows, w.cols, pair.r, config.scaling_of(&name));
             let float = match &checkpoint {
                 Some(c) => c.read_f32(&format!("{name}.weight")).await?,
                 None => w.to_f32(gpu).await?,

@@ -4,8 +4,10 @@
 //!
 //! Every failure is an [`Error::AdapterConfig`] naming the JSON field, or an
 //! [`Error::AdapterUnsupported`] for options PEFT has but webpeft does not
-//! implement (regex targets, biases, modules other than the embedding and
-//! the head in modules_to_save, …).
+//! implement (biases, modules other than the embedding and the head in
+//! modules_to_save, …).
+
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
@@ -31,8 +33,7 @@ pub enum TargetModules {
     List(Vec<String>),
     /// `"all-linear"`: every Linear but the output head.
     AllLinear,
-    /// A regex PEFT matches with `re.fullmatch`; kept so it can be reported,
-    /// but [`LoraConfig::targets`] does not support it yet.
+    /// A regex PEFT matches with `re.fullmatch` against every module name.
     Regex(String),
 }
 
@@ -181,6 +182,13 @@ pub struct LoraConfig {
     /// PEFT's `exclude_modules`: modules left out of `target_modules`' match
     /// (a list of names or suffixes, or a regex `re.fullmatch`ed).
     pub exclude_modules: Option<TargetModules>,
+    /// PEFT's `rank_pattern`: a module's rank where a key matches its name
+    /// (a regex for the name's tail, see [`FullMatch::tail`]), else `r`.
+    /// Keys are tried in sorted order, the order PEFT reads them back from
+    /// the file it saved.
+    pub rank_pattern: BTreeMap<String, usize>,
+    /// PEFT's `alpha_pattern`: a module's `lora_alpha`, matched as `rank_pattern`.
+    pub alpha_pattern: BTreeMap<String, f64>,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -211,6 +219,8 @@ impl LoraConfig {
             modules_to_save: None,
             ensure_weight_tying: false,
             exclude_modules: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
         };
         c.validate()?;
         Ok(c)
@@ -224,8 +234,31 @@ impl LoraConfig {
         if !self.lora_alpha.is_finite() {
             return Err(err("lora_alpha", format!("must be finite, got {}", self.lora_alpha)));
         }
+        for (key, &r) in &self.rank_pattern {
+            FullMatch::tail(&format!("rank_pattern.{key}"), key)?;
+            if r == 0 {
+                return Err(err(&format!("rank_pattern.{key}"), "must be at least 1, got 0"));
+            }
+        }
+        for (key, &alpha) in &self.alpha_pattern {
+            FullMatch::tail(&format!("alpha_pattern.{key}"), key)?;
+            if !alpha.is_finite() {
+                return Err(err(&format!("alpha_pattern.{key}"), format!("must be finite, got {alpha}")));
+            }
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(err("lora_dropout", format!("must be in [0, 1), got {}", self.lora_dropout)));
+        }
+        if self.use_rslora && self.has_patterns() && self.init_lora_weights.converts_on_save() {
+            // PEFT's save_pretrained refuses the conversion webpeft always does for these.
+            return Err(unsupported(
+                "rank_pattern",
+                format!(
+                    "init_lora_weights {} with rsLoRA and rank_pattern/alpha_pattern: the adapter could not be saved \
+                     converted to the original base (PEFT refuses it too)",
+                    self.init_lora_weights.to_value()
+                ),
+            ));
         }
         if self.use_dora && self.init_lora_weights.adjusts_base() {
             return Err(unsupported(
@@ -306,13 +339,31 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// The factor on the LoRA term: alpha/r, or alpha/√r with rsLoRA.
-    pub fn scaling(&self) -> f64 {
+    /// Module `name`'s rank: `rank_pattern`'s value for the first key that
+    /// matches it, else `r` (PEFT's `get_pattern_key`).
+    pub fn rank_of(&self, name: &str) -> usize {
+        pattern_value(&self.rank_pattern, "rank_pattern", name).unwrap_or(self.r)
+    }
+
+    /// Module `name`'s `lora_alpha`: `alpha_pattern`'s, else `lora_alpha`.
+    pub fn alpha_of(&self, name: &str) -> f64 {
+        pattern_value(&self.alpha_pattern, "alpha_pattern", name).unwrap_or(self.lora_alpha)
+    }
+
+    /// The factor on module `name`'s LoRA term: alpha/r, or alpha/√r with
+    /// rsLoRA, from its own rank and alpha.
+    pub fn scaling_of(&self, name: &str) -> f64 {
+        let (alpha, r) = (self.alpha_of(name), self.rank_of(name) as f64);
         if self.use_rslora {
-            self.lora_alpha / (self.r as f64).sqrt()
+            alpha / r.sqrt()
         } else {
-            self.lora_alpha / self.r as f64
+            alpha / r
         }
+    }
+
+    /// Whether some module may differ from `r` and `lora_alpha`.
+    pub fn has_patterns(&self) -> bool {
+        !self.rank_pattern.is_empty() || !self.alpha_pattern.is_empty()
     }
 
     /// Parses and validates the bytes of an `adapter_config.json`.
@@ -412,11 +463,11 @@ impl LoraConfig {
         };
         let modules_to_save = crate::peft::modules_to_save::parse(&f)?;
         let ensure_weight_tying = f.opt_bool("ensure_weight_tying")?.unwrap_or(false);
-        for key in ["rank_pattern", "alpha_pattern"] {
-            if !f.is_empty(key) {
-                return Err(unsupported(key, "per-module ranks and alphas are not supported (must be {})"));
-            }
-        }
+        let rank_pattern = parse_pattern(&f, "rank_pattern", |g, k| match g.opt_usize(k)? {
+            Some(0) => Err(g.error(k, "must be at least 1, got 0")),
+            r => Ok(r),
+        })?;
+        let alpha_pattern = parse_pattern(&f, "alpha_pattern", |g, k| g.opt_f64(k))?;
         let tokens = crate::peft::trainable_tokens::parse_indices(&f)?;
         let exclude_modules = match f.get("exclude_modules") {
             None | Some(Value::Null) => None,
@@ -459,6 +510,8 @@ impl LoraConfig {
             modules_to_save,
             ensure_weight_tying,
             exclude_modules,
+            rank_pattern,
+            alpha_pattern,
         };
         c.validate()?;
         Ok(c)
@@ -487,7 +540,7 @@ impl LoraConfig {
         // serde_json's Map is a BTreeMap here (no preserve_order): keys come out sorted.
         json!({
             "alora_invocation_tokens": null,
-            "alpha_pattern": {},
+            "alpha_pattern": self.alpha_pattern.iter().map(|(k, &a)| (k.clone(), num(a))).collect::<serde_json::Map<_, _>>(),
             "arrow_config": null,
             "auto_mapping": null,
             "base_model_name_or_path": self.base_model_name_or_path,
@@ -520,7 +573,7 @@ impl LoraConfig {
             "peft_version": PEFT_VERSION,
             "qalora_group_size": 16,
             "r": self.r,
-            "rank_pattern": {},
+            "rank_pattern": self.rank_pattern,
             "revision": null,
             "target_modules": target_modules,
             "target_parameters": null,
@@ -673,6 +726,36 @@ impl LoraConfig {
         }
         Ok(chosen)
     }
+}
+
+/// `rank_pattern` or `alpha_pattern` (`field`): an object of regex → value,
+/// each value read by `value` (`None` for `null`, which is skipped).
+fn parse_pattern<T>(
+    f: &Fields,
+    field: &str,
+    value: impl Fn(&Fields, &str) -> Result<Option<T>>,
+) -> Result<BTreeMap<String, T>> {
+    let map = match f.get(field) {
+        None => return Ok(BTreeMap::new()),
+        Some(Value::Object(m)) => m,
+        Some(v) => return Err(f.wrong(field, "an object of module pattern → value", v)),
+    };
+    let prefix = format!("{field}.");
+    let g = Fields::of(map, &prefix, err);
+    let mut out = BTreeMap::new();
+    for key in map.keys() {
+        if let Some(v) = value(&g, key)? {
+            out.insert(key.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// The value of the first key of `pattern` (in sorted order) whose regex
+/// matches `name`'s tail; a key that does not compile matches nothing
+/// ([`LoraConfig::validate`] reports it).
+fn pattern_value<T: Copy>(pattern: &BTreeMap<String, T>, field: &str, name: &str) -> Option<T> {
+    pattern.iter().find(|(k, _)| FullMatch::tail(field, k).is_ok_and(|re| re.matches(name))).map(|(_, &v)| v)
 }
 
 /// A module outside the layers that LoRA can adapt.

@@ -246,10 +246,10 @@ impl super::LoraAdapter {
             ));
         }
         let mut rec = Recorder::new(gpu);
-        for (factors, block) in self.layers.iter().zip(&model.layers) {
-            for (f, (_, linear)) in factors.iter().zip(block.linears()) {
+        for (i, (factors, block)) in self.layers.iter().zip(&model.layers).enumerate() {
+            for (j, (f, (_, linear))) in factors.iter().zip(block.linears()).enumerate() {
                 if let Some(f) = f.as_ref().filter(|f| f.m.is_some()) {
-                    init_magnitude(&mut rec, &linear.weight, f, self.scaling())?;
+                    init_magnitude(&mut rec, &linear.weight, f, self.scalings.at(i, j))?;
                 }
             }
         }

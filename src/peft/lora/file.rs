@@ -24,12 +24,14 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// Prefix PEFT puts before module names in saved keys.
 const KEY_PREFIX: &str = "base_model.model.";
 
-/// One adapted Linear: its module name and the base weight's shape (out, in).
+/// One adapted Linear: its module name, the base weight's shape (out, in)
+/// and its LoRA rank (`r`, or `rank_pattern`'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoraModule {
     pub name: String,
     pub in_features: usize,
     pub out_features: usize,
+    pub r: usize,
 }
 
 impl LoraModule {
@@ -83,7 +85,7 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
             OuterModule::Embedding => (d, config.vocab_size),
             OuterModule::Head => (config.vocab_size, d),
         };
-        LoraModule { name: m.name().to_string(), in_features, out_features }
+        LoraModule { name: m.name().to_string(), in_features, out_features, r: lora.rank_of(m.name()) }
     });
     Ok(targets
         .into_iter()
@@ -92,7 +94,7 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
                 LORA_MODULES.iter().find(|p| name.ends_with(&format!(".{p}"))).expect("targets are LoRA modules");
             let (out_features, in_features) = shape(proj);
             debug_assert!(super::config::layer_of(&name).is_some_and(|l| module_name(l, proj) == name));
-            LoraModule { name, in_features, out_features }
+            LoraModule { r: lora.rank_of(&name), name, in_features, out_features }
         })
         .chain(outer)
         .collect())
@@ -101,6 +103,8 @@ pub fn lora_modules(lora: &LoraConfig, config: &Config) -> Result<Vec<LoraModule
 /// One module's LoRA factors, row-major f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraPair {
+    /// The module's rank.
+    pub r: usize,
     /// lora_A: (r, in).
     pub a: Vec<f32>,
     /// lora_B: (out, r).
@@ -114,7 +118,6 @@ pub struct LoraPair {
 /// The LoRA weights of one adapter: module name → (A, B).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraWeights {
-    pub r: usize,
     /// Keyed by module name (`model.layers.0.self_attn.q_proj`).
     pub modules: BTreeMap<String, LoraPair>,
     /// The trainable token rows (k, hidden) where the config has
@@ -136,13 +139,13 @@ impl LoraWeights {
     /// Zero A and B for every module `lora` adapts in `config` (to be filled
     /// by an initializer).
     pub fn zeros(lora: &LoraConfig, config: &Config) -> Result<LoraWeights> {
-        let r = lora.r;
         let modules = lora_modules(lora, config)?
             .into_iter()
             .map(|m| {
                 let pair = LoraPair {
-                    a: vec![0.0; r * m.in_features],
-                    b: vec![0.0; m.out_features * r],
+                    r: m.r,
+                    a: vec![0.0; m.r * m.in_features],
+                    b: vec![0.0; m.out_features * m.r],
                     m: lora.use_dora.then(|| vec![0.0; m.out_features]),
                     in_features: m.in_features,
                     out_features: m.out_features,
@@ -156,7 +159,7 @@ impl LoraWeights {
         };
         let tokens = lora.trainable_token_indices.as_ref().map(zeros);
         let head_tokens = lora.trainable_head_token_indices.as_ref().map(zeros);
-        Ok(LoraWeights { r, modules, tokens, head_tokens, saved: BTreeMap::new() })
+        Ok(LoraWeights { modules, tokens, head_tokens, saved: BTreeMap::new() })
     }
 
     /// Reads `adapter_model.safetensors` from an adapter folder and checks it
@@ -176,11 +179,10 @@ impl LoraWeights {
     ) -> Result<LoraWeights> {
         let fname = file.name().to_string();
         let modules = lora_modules(lora, config)?;
-        let r = lora.r;
         let mut expected: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for m in &modules {
-            expected.insert(m.key_a(), vec![r, m.in_features]);
-            expected.insert(m.key_b(), vec![m.out_features, r]);
+            expected.insert(m.key_a(), vec![m.r, m.in_features]);
+            expected.insert(m.key_b(), vec![m.out_features, m.r]);
             if lora.use_dora {
                 expected.insert(m.key_m(), vec![m.out_features]);
             }
@@ -251,9 +253,10 @@ impl LoraWeights {
                     key,
                     &fname,
                     format!(
-                    "shape {:?}, expected {shape:?} for r = {r}, the config's trainable tokens and this model's config",
-                    info.shape
-                ),
+                        "shape {:?}, expected {shape:?} for the config's r (or rank_pattern), trainable tokens \
+                         and this model's config",
+                        info.shape
+                    ),
                 ));
             }
             if !matches!(info.dtype, ::safetensors::Dtype::F32 | ::safetensors::Dtype::F16 | ::safetensors::Dtype::BF16)
@@ -266,7 +269,8 @@ impl LoraWeights {
             let a = file.read_f32(&m.key_a()).await?;
             let b = file.read_f32(&m.key_b()).await?;
             let mag = if lora.use_dora { Some(file.read_f32(&m.key_m()).await?) } else { None };
-            out.insert(m.name, LoraPair { a, b, m: mag, in_features: m.in_features, out_features: m.out_features });
+            let pair = LoraPair { r: m.r, a, b, m: mag, in_features: m.in_features, out_features: m.out_features };
+            out.insert(m.name, pair);
         }
         let mut rows = Vec::new();
         for (ids, key) in
@@ -286,7 +290,7 @@ impl LoraWeights {
                 saved.insert(key.to_string(), ([config.vocab_size, config.hidden_size], file.read_f32(key).await?));
             }
         }
-        Ok(LoraWeights { r, modules: out, tokens, head_tokens, saved })
+        Ok(LoraWeights { modules: out, tokens, head_tokens, saved })
     }
 
     /// The weights as PEFT's `adapter_model.safetensors`: keys
@@ -295,9 +299,9 @@ impl LoraWeights {
     /// [`DELTA_KEY`]), f32, sorted,
     /// `__metadata__` `{"format":"pt"}`.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let r = self.r;
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (name, p) in &self.modules {
+            let r = p.r;
             if p.a.len() != r * p.in_features
                 || p.b.len() != p.out_features * r
                 || p.m.as_ref().is_some_and(|m| m.len() != p.out_features)

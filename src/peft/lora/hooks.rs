@@ -155,11 +155,12 @@ impl Hooks for Pass<'_, LoraAdapter> {
             let factors = |_: &mut Recorder, p| {
                 Ok(self.params.factors(layer, p).map(|f| LoraFactors::new(f.a.clone(), f.b.clone())))
             };
-            if let Some(term) = shared_term(rec, memo, (layer, proj), x, self.params.scaling(), factors)? {
+            if let Some(term) = shared_term(rec, memo, (layer, proj), x, self.params.scaling(layer, proj), factors)? {
                 return Ok(Some((term, Saved(Vec::new())))); // a memo pass has no backward
             }
         }
-        let (term, LoraSaved { x, xa }) = lora_term(rec, x, f, self.params.scaling(), self.dropout(layer, proj))?;
+        let (term, LoraSaved { x, xa }) =
+            lora_term(rec, x, f, self.params.scaling(layer, proj), self.dropout(layer, proj))?;
         Ok(Some((term, Saved(vec![x, xa]))))
     }
 
@@ -174,7 +175,7 @@ impl Hooks for Pass<'_, LoraAdapter> {
     ) -> Result<Option<Saved>> {
         // Plain LoRA's term went in through `linear_low_rank`.
         let Some(f) = self.params.factors(layer, proj).filter(|f| f.m.is_some()) else { return Ok(None) };
-        let s = self.params.scaling();
+        let s = self.params.scaling(layer, proj);
         let Some(memo) = self.memo else {
             let scales = magnitude_scales(rec, &base.weight, f, s)?;
             let saved = dora_forward(rec, base, x, f, s, self.dropout(layer, proj), y, scales)?;
@@ -203,7 +204,7 @@ impl Hooks for Pass<'_, LoraAdapter> {
         }
         let (f, g) = self.with_grads(OP, layer, proj)?;
         let saved = LoraSaved::from_saved(OP, saved)?;
-        lora_backward_term(rec, dy, &saved, f, self.params.scaling(), g).map(Some)
+        lora_backward_term(rec, dy, &saved, f, self.params.scaling(layer, proj), g).map(Some)
     }
 
     fn linear_backward(
@@ -218,7 +219,7 @@ impl Hooks for Pass<'_, LoraAdapter> {
     ) -> Result<()> {
         const OP: &str = "lora_backward";
         let (f, g) = self.with_grads(OP, layer, proj)?;
-        let (s, drop) = (self.params.scaling(), self.dropout(layer, proj));
+        let (s, drop) = (self.params.scaling(layer, proj), self.dropout(layer, proj));
         if f.m.is_some() {
             return dora_backward(rec, base, dy, &DoraSaved::from_slice(OP, &saved.0)?, f, s, drop, g, dx);
         }

@@ -30,8 +30,8 @@ pub fn init_lora(weights: &mut LoraWeights, init: InitLoraWeights, rng: &mut Rng
             format!("init_lora_weights {} starts from the base weights (peft::lora::base_init)", init.to_value()),
         ));
     }
-    let r = weights.r;
     for (name, pair) in weights.modules.iter_mut() {
+        let r = pair.r;
         let (n_a, n_b) = (r * pair.in_features, pair.out_features * r);
         if name == OuterModule::Embedding.name() {
             // lora.Embedding: A zeros and B N(0, 1) (true and "gaussian" alike); `false` keeps

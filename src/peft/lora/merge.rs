@@ -18,6 +18,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
 use super::adapter::LoraAdapter;
+use super::config::OuterModule;
 use super::dora::magnitude_scales;
 use super::layer::LoraFactors;
 use super::InitLoraWeights;
@@ -60,17 +61,17 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
             format!("the adapter has {} layers, the model {}", lora.layers.len(), model.layers.len()),
         ));
     }
-    let alpha = sign * lora.scaling();
     let mut out = Merged::default();
     for (i, (layer, factors)) in model.layers.iter_mut().zip(&lora.layers).enumerate() {
         let mut scales: [Option<Tensor>; 7] = Default::default();
         for (j, (w, f)) in linear_weights(layer).into_iter().zip(factors).enumerate() {
             let Some(f) = f else { continue };
+            let s = lora.scalings.at(i, j);
             let rows = match (&f.m, merged) {
                 (None, _) => None,
                 (Some(_), None) => {
                     let mut rec = Recorder::new(gpu);
-                    let s = magnitude_scales(&mut rec, w, f, lora.scaling())?;
+                    let s = magnitude_scales(&mut rec, w, f, s)?;
                     rec.submit()?;
                     scales[j] = Some(s.g.clone());
                     Some(RowScale::After(s.g))
@@ -82,7 +83,7 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
                     Some(RowScale::Before(g))
                 }
             };
-            update(gpu, w, f, alpha, rows.as_ref())?;
+            update(gpu, w, f, sign * s, rows.as_ref())?;
         }
         out.dora_scales.push(scales);
     }
@@ -123,10 +124,11 @@ fn apply(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, sign: f32, merged: Op
         }
     }
     if let Some(f) = &lora.head {
-        update(gpu, &mut model.lm_head, f, alpha, None)?; // W (vocab, hidden) += s·B·A
+        update(gpu, &mut model.lm_head, f, sign * lora.scalings.outer(OuterModule::Head), None)?;
+        // W (vocab, hidden) += s·B·A
     }
     if let Some(f) = &lora.embed {
-        add_embedding_delta(gpu, &model.embed_tokens, f, alpha)?;
+        add_embedding_delta(gpu, &model.embed_tokens, f, sign * lora.scalings.outer(OuterModule::Embedding))?;
     }
     for (t, slot) in [(lora.tokens.as_ref(), 0), (lora.head_tokens.as_deref(), 1)] {
         let Some(t) = t else { continue };

@@ -11,6 +11,7 @@
 //! to make again.
 
 use super::adapter::LoraAdapter;
+use super::config::OuterModule::{Embedding, Head};
 use super::layer::LoraFactors;
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
@@ -22,16 +23,16 @@ impl Pass<'_, LoraAdapter> {
     /// x (N, D) += s·A[:, ids]ᵀ·Bᵀ for ids (N).
     pub(crate) fn embedding_term(&self, rec: &mut Recorder, ids: &Tensor, x: &Tensor) -> Result<()> {
         let Some(f) = &self.params.embed else { return Ok(()) };
-        let (n, (r, _, d)) = (ids.numel(), f.dims("embedding LoRA")?);
+        let (n, (r, _, d), s) = (ids.numel(), f.dims("embedding LoRA")?, self.params.scalings.outer(Embedding));
         let h = ids_gather(rec, &f.a, ids)?; // (N, r)
-        gemm(rec, &Gemm::new(n, d, r, false, true).alpha(self.params.scaling()).accumulate(true), &h, &f.b, x)
+        gemm(rec, &Gemm::new(n, d, r, false, true).alpha(s).accumulate(true), &h, &f.b, x)
     }
 
     /// The embedding term's gradients from dx (N, D) at the embedding's output.
     pub(crate) fn embedding_term_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
         let Some(f) = &self.params.embed else { return Ok(()) };
         let g = self.outer_grads("embedding LoRA backward", |a| a.embed.as_deref())?;
-        let (n, (r, _, d), s) = (ids.numel(), f.dims("embedding LoRA")?, self.params.scaling());
+        let (n, (r, _, d), s) = (ids.numel(), f.dims("embedding LoRA")?, self.params.scalings.outer(Embedding));
         let h = ids_gather(rec, &f.a, ids)?; // (N, r)
         gemm(rec, &Gemm::new(d, r, n, true, false).alpha(s).accumulate(true), dx, &h, &g.b)?; // dB += s·dxᵀ·h
         let dh = rec.alloc(&[n, r], DType::F32)?;
@@ -42,10 +43,10 @@ impl Pass<'_, LoraAdapter> {
     /// logits (n, V) += s·(x·Aᵀ)·Bᵀ for x (n, D).
     pub(crate) fn head_term(&self, rec: &mut Recorder, x: &Tensor, logits: &Tensor) -> Result<()> {
         let Some(f) = &self.params.head else { return Ok(()) };
-        let (n, (r, d, v)) = (x.shape()[0], f.dims("head LoRA")?);
+        let (n, (r, d, v), s) = (x.shape()[0], f.dims("head LoRA")?, self.params.scalings.outer(Head));
         let h = rec.alloc(&[n, r], DType::F32)?;
         gemm(rec, &Gemm::new(n, r, d, false, true), x, &f.a, &h)?; // h = x·Aᵀ
-        gemm(rec, &Gemm::new(n, v, r, false, true).alpha(self.params.scaling()).accumulate(true), &h, &f.b, logits)
+        gemm(rec, &Gemm::new(n, v, r, false, true).alpha(s).accumulate(true), &h, &f.b, logits)
     }
 
     /// The head term's backward for dlogits (n, V): its share of dx (n, D) and its gradients.
@@ -58,7 +59,7 @@ impl Pass<'_, LoraAdapter> {
     ) -> Result<()> {
         let Some(f) = &self.params.head else { return Ok(()) };
         let g = self.outer_grads("head LoRA backward", |a| a.head.as_deref())?;
-        let (n, (r, d, v), s) = (x.shape()[0], f.dims("head LoRA")?, self.params.scaling());
+        let (n, (r, d, v), s) = (x.shape()[0], f.dims("head LoRA")?, self.params.scalings.outer(Head));
         let h = rec.alloc(&[n, r], DType::F32)?;
         gemm(rec, &Gemm::new(n, r, d, false, true), x, &f.a, &h)?; // h = x·Aᵀ
         let dh = rec.alloc(&[n, r], DType::F32)?;
