@@ -11,8 +11,10 @@
 //                         the per-row factor of (softmax − onehot) in dlogits
 //
 // CE[r] = −log p(target of row r) from cross_entropy_forward (0 where ignored).
-// DPO:  c = π_c − ref_c, r = π_r − ref_r, h = c − r; loss = α·NLL + mean ℓ(c, r), ℓ by loss_type
-//       (dpo_term; sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)); α = rpo_alpha (0: no NLL term)
+// DPO:  c = π_c − ref_c, r = π_r − ref_r, h = c − r; loss = α·NLL + mean Σ_k w_k·ℓ_k(c, r), each ℓ_k
+//       by its code (dpo_term; sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)); α = rpo_alpha + the sft
+//       terms' weights (0: no NLL term). Over the batch: aot's and aot_pair's ℓ on the k-th smallest
+//       values (sort_order), bco_pair's on c, r against the running mean δ of the mean reward.
 // CPO:  the same with c = π_c, r = π_r (no reference; SimPO: ℓ of β·h − γ), α = cpo_alpha
 // ORPO: π are mean completion log-probs, lo = (π_c − π_r) − (log(1 − e^π_c) − log(1 − e^π_r)),
 //       loss = NLL − β·mean logσ(lo)
@@ -42,6 +44,13 @@ const APO_ZERO: u32 = 7u;
 const APO_DOWN: u32 = 8u;
 const DISCOPOP: u32 = 9u;
 const SIMPO: u32 = 10u; // CPO's only
+const AOT: u32 = 11u;
+const AOT_PAIR: u32 = 12u;
+const BCO_PAIR: u32 = 13u;
+const SFT: u32 = 14u; // the NLL term: through nll_alpha, not here
+
+// The most pairs aot and aot_pair sort (kernels::preference::MAX_SORTED_PAIRS).
+const MAX_SORTED: u32 = 1024u;
 
 struct Params {
     seqs: u32,
@@ -58,8 +67,10 @@ struct Params {
     desirable_weight: f32,
     undesirable_weight: f32,
     reference_free: u32, // DPO: the loss without the reference (the rewards keep it)
-    _pad0: u32,
-    _pad1: u32,
+    terms: u32,          // DPO: how many losses are summed
+    _pad: u32,
+    codes: vec4<u32>,    // DPO: each loss's code
+    weights: vec4<f32>,  // DPO: each loss's weight
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -76,6 +87,11 @@ struct Params {
 @group(0) @binding(11) var<storage, read> dlogp_in: array<f32>;        // (S)
 @group(0) @binding(12) var<storage, read_write> row_scale: array<f32>; // (S·T')
 @group(0) @binding(13) var<storage, read> kto_label: array<f32>;       // (S/2), KTO: 1 desirable, 0 not
+@group(0) @binding(14) var<storage, read_write> running: array<f32>;   // (2) bco_pair: [mean, count]
+
+// aot / aot_pair: the pairs in the order of their two sorted values.
+var<workgroup> order_a: array<u32, MAX_SORTED>;
+var<workgroup> order_b: array<u32, MAX_SORTED>;
 
 @compute @workgroup_size(WG)
 fn sequence_logps(
@@ -139,17 +155,18 @@ fn dsigmoid(x: f32) -> f32 {
     return sigmoid(x) * sigmoid(-x);
 }
 
-// DPO's ℓ(c, r) for p.loss_type and (∂ℓ/∂c, ∂ℓ/∂r): (loss, dc, dr).
-fn dpo_term(c: f32, r: f32) -> vec3<f32> {
+// DPO's ℓ(c, r) for the loss `code` and (∂ℓ/∂c, ∂ℓ/∂r): (loss, dc, dr).
+fn dpo_term(code: u32, c: f32, r: f32) -> vec3<f32> {
     let beta = p.beta;
-    let eps = p.label_smoothing;
+    // TRL's dpo_loss reads a zero ε as 1e-3 for EXO.
+    let eps = select(p.label_smoothing, 1e-3, code == EXO_PAIR && p.label_smoothing == 0.0);
     let h = c - r;
     let z = beta * h;
     var l = 0.0;
     var dh = 0.0; // ∂ℓ/∂h, for the losses of h alone
     var dc = 0.0;
     var dr = 0.0;
-    switch p.loss_type {
+    switch code {
         case ROBUST: {
             l = (-(1.0 - eps) * log_sigmoid(z) + eps * log_sigmoid(-z)) / (1.0 - 2.0 * eps);
             dh = beta * (-(1.0 - eps) * sigmoid(-z) - eps * sigmoid(z)) / (1.0 - 2.0 * eps);
@@ -207,12 +224,100 @@ fn dpo_term(c: f32, r: f32) -> vec3<f32> {
             l = -(1.0 - eps) * log_sigmoid(zg) - eps * log_sigmoid(-zg);
             dh = beta * (-(1.0 - eps) * sigmoid(-zg) + eps * sigmoid(zg));
         }
-        default: { // SIGMOID
+        default: { // SIGMOID, and aot's and aot_pair's form on h = δ
             l = -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z);
             dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z));
         }
     }
     return vec3<f32>(l, dc + dh, dr - dh);
+}
+
+// The value pair i is sorted by: 0 its chosen log-ratio π_c − ref_c, 1 its
+// rejected one, 2 the policy's π_c − π_r, 3 the reference's ref_c − ref_r.
+fn sort_key(which: u32, i: u32) -> f32 {
+    let c = i;
+    let r = i + p.pairs;
+    switch which {
+        case 0u: { return policy_logps[c] - ref_logps[c]; }
+        case 1u: { return policy_logps[r] - ref_logps[r]; }
+        case 2u: { return policy_logps[c] - policy_logps[r]; }
+        default: { return ref_logps[c] - ref_logps[r]; }
+    }
+}
+
+// order_a (which_a) and order_b (which_b): order[k] = the pair with the k-th
+// smallest value (ties in pair order), as torch.sort's values.
+fn sort_order(which_a: u32, which_b: u32) {
+    for (var i = 0u; i < p.pairs; i++) {
+        let va = sort_key(which_a, i);
+        let vb = sort_key(which_b, i);
+        var ra = 0u;
+        var rb = 0u;
+        for (var j = 0u; j < p.pairs; j++) {
+            let wa = sort_key(which_a, j);
+            let wb = sort_key(which_b, j);
+            ra += select(0u, 1u, wa < va || (wa == va && j < i));
+            rb += select(0u, 1u, wb < vb || (wb == vb && j < i));
+        }
+        order_a[ra] = i;
+        order_b[rb] = i;
+    }
+}
+
+// One of DPO's losses (code, weight w) over the batch: w·Σ ℓ returned, w·∂ℓ
+// (times `g` = scale / n) added into dlogp.
+fn dpo_loss_sum(code: u32, w: f32, g: f32) -> f32 {
+    let n = p.pairs;
+    var total = 0.0;
+    if (code == SFT) { return 0.0; }
+    if (code == AOT || code == AOT_PAIR) {
+        let aot = code == AOT;
+        sort_order(select(0u, 2u, aot), select(1u, 3u, aot));
+        for (var k = 0u; k < n; k++) {
+            let a = order_a[k];
+            let b = order_b[k];
+            let delta = sort_key(select(0u, 2u, aot), a) - sort_key(select(1u, 3u, aot), b);
+            let t = dpo_term(SIGMOID, delta, 0.0);
+            total += t.x;
+            let d = w * t.y * g;
+            if (aot) { // δ = (π_c − π_r)[a] − (ref_c − ref_r)[b]: the policy's pair a alone
+                dlogp[a] += d;
+                dlogp[a + n] -= d;
+            } else { // δ = c[a] − r[b]
+                dlogp[a] += d;
+                dlogp[b + n] -= d;
+            }
+        }
+        return w * total;
+    }
+    if (code == BCO_PAIR) {
+        // TRL's RunningMoments.update with the batch's mean reward (one value), then δ its mean.
+        var x = 0.0;
+        for (var s = 0u; s < 2u * n; s++) { x += p.beta * (policy_logps[s] - ref_logps[s]); }
+        x /= f32(2u * n);
+        let count = running[1] + 1.0;
+        running[0] += (x - running[0]) / count;
+        running[1] = count;
+        let delta = running[0];
+        for (var i = 0u; i < n; i++) {
+            let zc = p.beta * (policy_logps[i] - ref_logps[i]) - delta;
+            let zr = p.beta * (policy_logps[i + n] - ref_logps[i + n]) - delta;
+            total += -log_sigmoid(zc) - log_sigmoid(-zr);
+            dlogp[i] += w * -p.beta * sigmoid(-zc) * g;
+            dlogp[i + n] += w * p.beta * sigmoid(zr) * g;
+        }
+        return w * total;
+    }
+    // (sppo_hard, nca_pair and discopop read the reference directly in TRL's dpo_loss: reference_free or not.)
+    let direct = code == SPPO_HARD || code == NCA_PAIR || code == DISCOPOP;
+    let in_loss = select(1.0, 0.0, p.reference_free != 0u && !direct);
+    for (var i = 0u; i < n; i++) {
+        let t = dpo_term(code, policy_logps[i] - in_loss * ref_logps[i], policy_logps[i + n] - in_loss * ref_logps[i + n]);
+        total += t.x;
+        dlogp[i] += w * t.y * g;
+        dlogp[i + n] += w * t.z * g;
+    }
+    return w * total;
 }
 
 // KTO: rows 0..B the examples, B..2B their KL rows (p.pairs = B).
@@ -264,18 +369,31 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     var accuracies = 0.0;
     var ratio_sum = 0.0;
     var log_odds_sum = 0.0;
+    if (p.objective == DPO) {
+        for (var s = 0u; s < p.seqs; s++) { dlogp[s] = 0.0; }
+        for (var k = 0u; k < p.terms; k++) {
+            loss += dpo_loss_sum(p.codes[k], p.weights[k], p.scale / n);
+        }
+    }
     for (var i = 0u; i < p.pairs; i++) {
         let c = i;
         let r = i + p.pairs;
-        if (p.objective != ORPO) {
-            // CPO: the policy's own log-probabilities, no reference; DPO's reference_free: in the loss only.
-            let to_ref = select(1.0, 0.0, p.objective == CPO);
-            let hc = policy_logps[c] - to_ref * ref_logps[c];
-            let hr = policy_logps[r] - to_ref * ref_logps[r];
-            // (sppo_hard, nca_pair and discopop read the reference directly in TRL's dpo_loss: reference_free or not.)
-            let direct = p.loss_type == SPPO_HARD || p.loss_type == NCA_PAIR || p.loss_type == DISCOPOP;
-            let in_loss = select(1.0, 0.0, p.objective == CPO || (p.reference_free != 0u && !direct));
-            let t = dpo_term(policy_logps[c] - in_loss * ref_logps[c], policy_logps[r] - in_loss * ref_logps[r]);
+        if (p.objective == DPO) {
+            // TRL's rewards: β·(π − ref) summed over the losses with their weights, in order.
+            var hc = 0.0;
+            var hr = 0.0;
+            for (var k = 0u; k < p.terms; k++) {
+                hc += beta * (policy_logps[c] - ref_logps[c]) * p.weights[k];
+                hr += beta * (policy_logps[r] - ref_logps[r]) * p.weights[k];
+            }
+            chosen += hc;
+            rejected += hr;
+            accuracies += select(0.0, 1.0, hc > hr);
+        } else if (p.objective == CPO) {
+            // The policy's own log-probabilities, no reference.
+            let hc = policy_logps[c];
+            let hr = policy_logps[r];
+            let t = dpo_term(p.loss_type, hc, hr);
             loss += t.x;
             dlogp[c] = t.y * p.scale / n;
             dlogp[r] = t.z * p.scale / n;

@@ -1450,6 +1450,30 @@ fn column(lines: &[serde_json::Value], key: &str) -> Vec<f64> {
     lines.iter().map(|l| l[key].as_f64().unwrap_or_else(|| panic!("{key} in {l}"))).collect()
 }
 
+/// MPO (TRL's loss_type list sigmoid, bco_pair, sft with loss_weights 0.8, 0.2, 1): at step 1 the
+/// policy is the reference (c = r = 0, bco_pair's running mean 0), so the loss is 0.8·ln 2 + 0.2·2 ln 2
+/// + nll_loss; stopped and resumed, the run goes on as one (bco_pair's running mean is in the checkpoint).
+#[test]
+fn train_mpo_stop_resume_equals_uninterrupted() {
+    let dir = TempDir::new("mpo");
+    let data = dir.join("pairs.jsonl");
+    std::fs::write(&data, PAIRS_JSONL).unwrap();
+    let mpo = ["--objective", "dpo", "--loss-type", "sigmoid,bco_pair,sft", "--loss-weights", "0.8,0.2,1"];
+    let method = [&["--method", "lora", "--batch-size", "2"][..], &mpo].concat();
+    let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
+    assert!(std::path::Path::new(&whole).join("adapter_model.safetensors").is_file());
+    let out = train_pairs(&dir, &[&mpo[..], &["--steps", "2"]].concat());
+    ok(&out);
+    let lines = step_lines(&out);
+    let (loss, nll) = (column(&lines, "loss"), column(&lines, "nll_loss"));
+    let want = 1.2 * std::f64::consts::LN_2 + nll[0];
+    assert!((loss[0] - want).abs() < 1e-5 * want, "{lines:?}");
+    // A list's weights: one each.
+    let bad = [&mpo[..4], &["--loss-weights", "1,2", "--steps", "1"]].concat();
+    let err = failure(&train_pairs(&dir, &bad));
+    assert!(err.contains("--loss-weights: 2 loss weights for 3 loss types"), "{err}");
+}
+
 #[test]
 fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     let dir = TempDir::new("dpo");

@@ -63,7 +63,16 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let mut rec = Recorder::new(gpu);
     let (logps, nll) = sequence_logps(&mut rec, &tl, &lw, &nw, seqs).unwrap();
     let kto = matches!(loss, PreferenceLoss::Kto(_));
-    let scores = Scores { policy: &logps, reference: Some(&rf), nll: &nll, desirable: kto.then_some(&labels) };
+    // bco_pair's running mean after 3 earlier micro-batches.
+    let mut running = [0.3f32, 3.0];
+    let run = up(&running);
+    let scores = Scores {
+        policy: &logps,
+        reference: Some(&rf),
+        nll: &nll,
+        desirable: kto.then_some(&labels),
+        running: Some(&run),
+    };
     let dlogp = preference_loss(&mut rec, loss, scores, scale, &stats).unwrap();
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(&mut rec, &dlogp, &lw, &nw, nll_scale).unwrap();
@@ -75,7 +84,8 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     assert_close("nll", &read(&nll), &want_nll, LOGP_ABS, LOGP_REL);
     // The loss from the GPU's log-probabilities, so that it checks the loss kernel alone.
     let (mut want_stats, want_dlogp) =
-        cpu::preference_loss(loss, &got_logps, &reference, &read(&nll), &desirable, scale);
+        cpu::preference_loss(loss, &got_logps, &reference, &read(&nll), &desirable, scale, &mut running);
+    assert_close("running", &read(&run), &running, 1e-6, 1e-6);
     want_stats.iter_mut().for_each(|v| *v += 0.25); // added to what `stats` held
     assert_close("stats", &read(&stats), &want_stats, LOSS_ABS, LOSS_REL);
     let got_dlogp = read(&dlogp);
@@ -83,15 +93,18 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     // Hinge's gradient is 0 where 1 − βh < 0; every other loss gives every sequence one.
     let hinge = matches!(
         loss,
-        PreferenceLoss::Dpo(DpoLoss { loss_type: DpoLossType::Hinge, .. })
-            | PreferenceLoss::Cpo(CpoLoss { loss_type: CpoLossType::Hinge, .. })
-    );
+        PreferenceLoss::Dpo(DpoLoss { loss_type, .. }) if loss_type.contains(DpoLossType::Hinge)
+    ) || matches!(loss, PreferenceLoss::Cpo(CpoLoss { loss_type: CpoLossType::Hinge, .. }));
+    // sft's gradient is the NLL's, through the row scale: none here.
+    let sft = matches!(loss, PreferenceLoss::Dpo(d) if d.loss_type.single() == Some(DpoLossType::Sft));
     let nonzero = got_dlogp.iter().filter(|v| **v != 0.0).count();
     if kto {
         // The examples have a gradient, their KL rows none.
         let half = got_dlogp.len() / 2;
         assert!(got_dlogp[..half].iter().all(|v| *v != 0.0), "{got_dlogp:?}");
         assert!(got_dlogp[half..].iter().all(|v| *v == 0.0), "{got_dlogp:?}");
+    } else if sft {
+        assert_eq!(nonzero, 0, "{got_dlogp:?}");
     } else {
         assert!(nonzero == got_dlogp.len() || (hinge && nonzero > 0), "the sequences' gradients: {got_dlogp:?}");
     }
@@ -100,7 +113,7 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
 }
 
 fn dpo(beta: f32, label_smoothing: f32, loss_type: DpoLossType) -> PreferenceLoss {
-    PreferenceLoss::Dpo(DpoLoss { beta, label_smoothing, loss_type, ..DpoLoss::TRL })
+    PreferenceLoss::Dpo(DpoLoss { beta, label_smoothing, loss_type: loss_type.into(), ..DpoLoss::TRL })
 }
 
 #[test]
@@ -118,13 +131,29 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
         let seed = 80 + 2 * i as u64;
         check_loss(dpo(0.1, eps, t), 3, seed);
         let with_rpo = DpoLoss { rpo_alpha: Some(0.7), discopop_tau: 0.3, ..DpoLoss { beta: 0.5, ..DpoLoss::TRL } };
-        check_loss(PreferenceLoss::Dpo(DpoLoss { loss_type: t, ..with_rpo }), 5, seed + 1);
+        check_loss(PreferenceLoss::Dpo(DpoLoss { loss_type: t.into(), ..with_rpo }), 5, seed + 1);
+    }
+    // Lists of loss types with weights (TRL's loss_type list and loss_weights): MPO's, sorted ones with
+    // per-pair ones, EXO with another smoothed loss, the same loss twice.
+    use DpoLossType::*;
+    for (i, (types, weights)) in [
+        (&[Sigmoid, BcoPair, Sft][..], Some(&[0.8f32, 0.2, 1.0][..])),
+        (&[Aot, Hinge, AotPair][..], None),
+        (&[ExoPair, Robust][..], Some(&[0.5, 1.5][..])),
+        (&[BcoPair, Ipo, BcoPair, Sft][..], Some(&[1.0, 0.25, 2.0, 0.5][..])),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let loss_type = webpeft::kernels::preference::DpoLossTypes::new(types, weights).unwrap();
+        let d = DpoLoss { loss_type, label_smoothing: 0.1, rpo_alpha: (i == 1).then_some(0.3), ..DpoLoss::TRL };
+        check_loss(PreferenceLoss::Dpo(d), 3 + 2 * i, 140 + i as u64);
     }
     // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
     check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
     // reference_free: the loss without the reference (where TRL's loss type reads it through the log-ratios).
     for t in [DpoLossType::Sigmoid, DpoLossType::ApoDown, DpoLossType::NcaPair] {
-        let d = DpoLoss { loss_type: t, reference_free: true, ..DpoLoss::TRL };
+        let d = DpoLoss { loss_type: t.into(), reference_free: true, ..DpoLoss::TRL };
         check_loss(PreferenceLoss::Dpo(d), 3, 100 + t as u64);
     }
 }
@@ -185,7 +214,7 @@ fn bad_shapes_are_typed_errors() {
     let e = sequence_logps(&mut rec, &t(10), &t(9), &t(10), 2).unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let (four, stats) = (t(4), t(STATS));
-    let scores = |reference, desirable| Scores { policy: &four, reference, nll: &four, desirable };
+    let scores = |reference, desirable| Scores { policy: &four, reference, nll: &four, desirable, running: None };
     let e = preference_loss(&mut rec, PreferenceLoss::DPO, scores(None, None), 1.0, &stats).unwrap_err();
     assert!(e.to_string().contains("reference"), "{e}");
     let e = preference_loss(&mut rec, PreferenceLoss::ORPO, scores(None, None), 1.0, &t(3)).unwrap_err();

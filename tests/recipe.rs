@@ -266,6 +266,9 @@ mod cli {
                         beta: o["beta"].as_f64().map(|v| v as f32),
                         label_smoothing: o["label_smoothing"].as_f64().map(|v| v as f32),
                         loss_type: o["loss_type"].as_str().map(str::to_string),
+                        loss_weights: o["loss_weights"]
+                            .as_array()
+                            .map(|w| w.iter().map(|v| v.as_f64().unwrap() as f32).collect()),
                         rpo_alpha: o["rpo_alpha"].as_f64().map(|v| v as f32),
                         discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
                         reference_free: o["reference_free"].as_bool().filter(|&b| b),
@@ -283,7 +286,12 @@ mod cli {
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
         // The preference objectives' settings, as flags after `--method lora --steps 3` and as options.
-        let preference: [(&str, &[&str], &str); 4] = [
+        let preference: [(&str, &[&str], &str); 5] = [
+            (
+                "mpo",
+                &["--objective", "dpo", "--loss-type", "sigmoid,bco_pair,sft", "--loss-weights", "0.8,0.2,1"],
+                r#"{"objective": "dpo", "lossType": ["sigmoid", "bco_pair", "sft"], "lossWeights": [0.8, 0.2, 1]}"#,
+            ),
             (
                 "dpo",
                 &["--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5", "--reference-free"],

@@ -186,19 +186,28 @@ fn cpo_matches_trl() {
 
 /// DPOConfig's loss types and RPO term against TRL 0.24 (`make_fixtures.py dpo_losses`: five pairs, one with
 /// token 0 in its chosen answer, which TRL's RPO NLL leaves out): log-probabilities (IPO's means, the reference's
-/// too), loss, metrics (and nll_loss), 28 gradients, 10 AdamW losses (and for two, the factors after them).
+/// too), loss, metrics (and nll_loss), 28 gradients, 10 AdamW losses (and for three, the factors after them);
+/// the sorted losses (aot, aot_pair), bco_pair's running mean over the 10 steps, and lists of loss types with
+/// loss_weights (MPO's sigmoid, bco_pair and sft). (MPO's factors are not compared: one lora_B element's first
+/// gradient is 2e-8, where AdamW's first step m/(√v + ε) turns float rounding into a visible change.)
 #[test]
 fn dpo_loss_types_match_trl() {
     use DpoLossType::*;
-    let d = |loss_type, beta, label_smoothing, rpo_alpha, discopop_tau| DpoLoss {
+    let d = |loss_type: DpoLossType, beta, label_smoothing, rpo_alpha, discopop_tau| DpoLoss {
         beta,
         label_smoothing,
-        loss_type,
+        loss_type: loss_type.into(),
         rpo_alpha,
         discopop_tau,
         reference_free: false,
     };
     let free = |d: DpoLoss| DpoLoss { reference_free: true, ..d };
+    // TRL's loss_type list with loss_weights.
+    let list = |types: &[DpoLossType], weights: Option<&[f32]>, beta| DpoLoss {
+        beta,
+        loss_type: webpeft::kernels::preference::DpoLossTypes::new(types, weights).unwrap(),
+        ..DpoLoss::TRL
+    };
     let cases = [
         ("robust", d(Robust, 0.1, 0.1, None, 0.05)),
         ("exo_pair", d(ExoPair, 0.1, 0.0, None, 0.05)),
@@ -215,10 +224,15 @@ fn dpo_loss_types_match_trl() {
         ("ipo_rpo", d(Ipo, 0.1, 0.0, Some(0.5), 0.05)),
         ("sigmoid_reference_free", free(d(Sigmoid, 0.1, 0.1, None, 0.05))),
         ("nca_pair_reference_free", free(d(NcaPair, 0.1, 0.0, None, 0.05))),
+        ("aot", d(Aot, 0.1, 0.0, None, 0.05)),
+        ("aot_pair", d(AotPair, 0.1, 0.1, None, 0.05)),
+        ("bco_pair", d(BcoPair, 0.1, 0.0, None, 0.05)),
+        ("mpo", list(&[Sigmoid, BcoPair, Sft], Some(&[0.8, 0.2, 1.0]), 0.1)),
+        ("hinge_sft", list(&[Hinge, Sft], None, 0.5)),
     ];
     for (name, dpo) in cases {
         let loss = PreferenceLoss::Dpo(dpo);
-        let finals = matches!(name, "discopop" | "ipo_rpo");
+        let finals = matches!(name, "discopop" | "ipo_rpo" | "bco_pair");
         check_training_on("dpo_losses", loss, name, &format!("{name}.ref_logps"), finals);
     }
 }
@@ -237,9 +251,30 @@ fn dpo_options_are_checked() {
     refused(typed("kto_pair"), "loss_type", "expected one of sigmoid, robust");
     refused(PreferenceOptions { label_smoothing: Some(0.1), ..typed("ipo") }, "label_smoothing", "not ipo");
     refused(PreferenceOptions { discopop_tau: Some(0.1), ..typed("hinge") }, "discopop_tau", "discopop");
+    // Lists of loss types (TRL's loss_type list) and their loss_weights.
+    let weighted = |t: &str, w: &[f32]| PreferenceOptions { loss_weights: Some(w.to_vec()), ..typed(t) };
+    refused(weighted("sigmoid,bco_pair,sft", &[1.0, 2.0]), "loss_weights", "2 loss weights for 3 loss types");
+    refused(typed("sigmoid,kto_pair"), "loss_type", "got \"kto_pair\"");
+    refused(typed("sigmoid,ipo,hinge,sft,aot"), "loss_type", "1 to 4 loss types");
+    refused(PreferenceOptions { loss_weights: Some(vec![1.0]), ..Default::default() }, "loss_weights", "loss_type");
+    refused(weighted("sigmoid,sft", &[1.0, f32::NAN]), "loss_weights", "finite");
+    refused(PreferenceOptions { label_smoothing: Some(0.1), ..typed("hinge,sft") }, "label_smoothing", "hinge,sft");
+    let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(weighted("sigmoid, bco_pair ,sft", &[0.8, 0.2, 1.0]))
+    else {
+        panic!("MPO")
+    };
+    let terms: Vec<_> = d.loss_type.terms().collect();
+    use DpoLossType::*;
+    assert_eq!(terms, [(Sigmoid, 0.8), (BcoPair, 0.2), (Sft, 1.0)]);
+    assert_eq!((d.loss_type.names(), PreferenceLoss::Dpo(d).nll_alpha()), ("sigmoid,bco_pair,sft".into(), Some(1.0)));
+    let o = PreferenceOptions { discopop_tau: Some(0.2), label_smoothing: Some(0.1), ..typed("discopop,aot") };
+    assert!(dpo(o).is_ok());
+    // The CPO losses are one.
+    let e = Objective::from_options("cpo", &typed("sigmoid,hinge")).unwrap_err();
+    assert!(matches!(&e, Error::TrainOption { option: "loss_type", .. }), "{e}");
     let o = PreferenceOptions { rpo_alpha: Some(1.0), ..typed("ipo") };
     let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(o) else { panic!("ipo with rpo_alpha") };
-    assert_eq!((d.loss_type, d.rpo_alpha, d.beta), (DpoLossType::Ipo, Some(1.0), 0.1));
+    assert_eq!((d.loss_type.single(), d.rpo_alpha, d.beta), (Some(DpoLossType::Ipo), Some(1.0), 0.1));
     for option in ["label_smoothing", "loss_type", "rpo_alpha", "discopop_tau"] {
         let mut o = PreferenceOptions::default();
         match option {
@@ -267,9 +302,9 @@ fn dpo_options_are_checked() {
             other => panic!("{d:?}: expected {option} refused, got {other:?}"),
         }
     };
-    range(DpoLoss { loss_type: DpoLossType::Robust, label_smoothing: 0.5, ..DpoLoss::TRL }, "label_smoothing");
+    range(DpoLoss { loss_type: DpoLossType::Robust.into(), label_smoothing: 0.5, ..DpoLoss::TRL }, "label_smoothing");
     range(DpoLoss { rpo_alpha: Some(f32::NAN), ..DpoLoss::TRL }, "rpo_alpha");
-    range(DpoLoss { loss_type: DpoLossType::Discopop, discopop_tau: 0.0, ..DpoLoss::TRL }, "discopop_tau");
+    range(DpoLoss { loss_type: DpoLossType::Discopop.into(), discopop_tau: 0.0, ..DpoLoss::TRL }, "discopop_tau");
 }
 
 #[test]
@@ -320,4 +355,40 @@ fn dpo_runs_with_every_kind_of_method() {
         eprintln!("{method:?}: loss {}, grad norm {}", s.loss, s.grad_norm);
         assert!(s.loss.is_finite() && s.grad_norm > 0.0, "{method:?}: {s:?}");
     }
+}
+
+/// bco_pair's running reward mean lives in the trainer: each step moves it, a step that fails puts it
+/// back with the adapter (nothing a user made is lost), and the checkpoint holds it.
+#[test]
+fn a_failed_step_keeps_bco_pair_s_running_mean() {
+    use webpeft::train::checkpoint::{read_checkpoint, save_checkpoint};
+    let gpu = gpu();
+    let model = model(gpu);
+    let mpo = webpeft::kernels::preference::DpoLossTypes::new(
+        &[DpoLossType::Sigmoid, DpoLossType::BcoPair, DpoLossType::Sft],
+        Some(&[0.8, 0.2, 1.0]),
+    )
+    .unwrap();
+    let mut t = Trainer::new(gpu, adapter(gpu, &model), OptimizerConfig::default(), 0).unwrap();
+    t.objective = Objective::Preference(PreferenceLoss::Dpo(DpoLoss { loss_type: mpo, ..DpoLoss::TRL }));
+    let b = batch();
+    let running = |t: &Trainer| {
+        let bytes = block_on(save_checkpoint(gpu, t, &model.config, &serde_json::json!({}))).unwrap();
+        read_checkpoint(&bytes).unwrap().bco_running
+    };
+    assert_eq!(running(&t), [0.0, 0.0]);
+    for _ in 0..2 {
+        block_on(t.step(gpu, &model, std::slice::from_ref(&b), 1e-2)).unwrap();
+    }
+    let kept = running(&t);
+    assert_eq!(kept[1], 2.0, "{kept:?}");
+    assert!(kept[0] != 0.0 && kept[0].is_finite(), "{kept:?}");
+    // Poison one parameter: the next loss is NaN, and the step fails.
+    let (_, first) = t.adapter.tensors()[1].clone();
+    let mut values = block_on(first.to_vec::<f32>(gpu)).unwrap();
+    values[0] = f32::NAN;
+    first.write(gpu, &values).unwrap();
+    let err = block_on(t.step(gpu, &model, std::slice::from_ref(&b), 1e-2)).unwrap_err();
+    assert!(matches!(err, Error::NonFinite { step: 3, .. }), "{err}");
+    assert_eq!(running(&t), kept, "the failed step moved the running mean");
 }

@@ -64,11 +64,21 @@ pub enum DpoLossType {
     ApoDown,
     /// −logσ(βh)·(1 − m) + e^(−βh)·m, m = σ(βh/τ) (DiscoPOP).
     Discopop,
+    /// Sigmoid's form on δ_k = sort(π_c − π_r)_k − sort(ref_c − ref_r)_k,
+    /// the batch's k-th smallest of each (AOT, paired).
+    Aot,
+    /// Sigmoid's form on δ_k = sort(c)_k − sort(r)_k (AOT, unpaired).
+    AotPair,
+    /// −logσ(βc − δ) − logσ(−(βr − δ)), δ the running mean over the steps'
+    /// micro-batches of the mean reward β·[c; r] (BCO, pairwise; no gradient through δ).
+    BcoPair,
+    /// The NLL of the chosen completions (MPO's generation term; TRL's `sft`).
+    Sft,
 }
 
 impl DpoLossType {
     /// Every loss type, in the order of their codes in `shaders/preference.wgsl`.
-    pub const ALL: [DpoLossType; 10] = [
+    pub const ALL: [DpoLossType; 14] = [
         DpoLossType::Sigmoid,
         DpoLossType::Robust,
         DpoLossType::ExoPair,
@@ -79,10 +89,15 @@ impl DpoLossType {
         DpoLossType::ApoZero,
         DpoLossType::ApoDown,
         DpoLossType::Discopop,
+        DpoLossType::Aot,
+        DpoLossType::AotPair,
+        DpoLossType::BcoPair,
+        DpoLossType::Sft,
     ];
 
     /// TRL's name: "sigmoid", "robust", "exo_pair", "hinge", "ipo", "sppo_hard",
-    /// "nca_pair", "apo_zero", "apo_down", "discopop".
+    /// "nca_pair", "apo_zero", "apo_down", "discopop", "aot", "aot_pair",
+    /// "bco_pair", "sft".
     pub fn name(self) -> &'static str {
         match self {
             DpoLossType::Sigmoid => "sigmoid",
@@ -95,16 +110,129 @@ impl DpoLossType {
             DpoLossType::ApoZero => "apo_zero",
             DpoLossType::ApoDown => "apo_down",
             DpoLossType::Discopop => "discopop",
+            DpoLossType::Aot => "aot",
+            DpoLossType::AotPair => "aot_pair",
+            DpoLossType::BcoPair => "bco_pair",
+            DpoLossType::Sft => "sft",
         }
     }
 
     /// Whether the loss reads the label smoothing ε (TRL ignores it for the others).
     pub fn smooths(self) -> bool {
-        matches!(self, DpoLossType::Sigmoid | DpoLossType::Robust | DpoLossType::ExoPair)
+        matches!(
+            self,
+            DpoLossType::Sigmoid | DpoLossType::Robust | DpoLossType::ExoPair | DpoLossType::Aot | DpoLossType::AotPair
+        )
     }
 
+    /// Whether TRL's `dpo_loss` reads the reference log-probabilities
+    /// directly in this loss, `reference_free` or not.
+    pub fn reads_reference(self) -> bool {
+        matches!(
+            self,
+            DpoLossType::SppoHard
+                | DpoLossType::NcaPair
+                | DpoLossType::Discopop
+                | DpoLossType::Aot
+                | DpoLossType::AotPair
+                | DpoLossType::BcoPair
+        )
+    }
+
+    /// The code `shaders/preference.wgsl` knows it by (10 is CPO's SimPO).
     fn code(self) -> u32 {
-        DpoLossType::ALL.iter().position(|&t| t == self).unwrap_or(0) as u32
+        match DpoLossType::ALL.iter().position(|&t| t == self).unwrap_or(0) as u32 {
+            i if i < 10 => i,
+            i => i + 1,
+        }
+    }
+}
+
+/// The most pairs a micro-batch may hold for aot and aot_pair, which sort
+/// them in workgroup memory (`shaders/preference.wgsl`'s `MAX_SORTED`).
+pub const MAX_SORTED_PAIRS: usize = 1024;
+
+/// The most loss types one DPO run sums (MPO's three, and one more).
+pub const MAX_LOSS_TYPES: usize = 4;
+
+/// DPO's `loss_type` with its `loss_weights` (TRL 0.24): one type, or a list
+/// whose losses (and rewards metrics) are summed with their weights, as
+/// `DPOTrainer.get_batch_loss_metrics` does (MPO: sigmoid, bco_pair and sft,
+/// 0.8, 0.2 and 1). Made from one type it is that type at weight 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DpoLossTypes {
+    types: [DpoLossType; MAX_LOSS_TYPES],
+    weights: [f32; MAX_LOSS_TYPES],
+    len: usize,
+    /// Whether `loss_weights` was given (it is written back only then).
+    weighted: bool,
+}
+
+impl From<DpoLossType> for DpoLossTypes {
+    fn from(t: DpoLossType) -> DpoLossTypes {
+        DpoLossTypes::one(t)
+    }
+}
+
+impl DpoLossTypes {
+    /// One loss type at weight 1.
+    pub const fn one(t: DpoLossType) -> DpoLossTypes {
+        DpoLossTypes { types: [t; MAX_LOSS_TYPES], weights: [1.0; MAX_LOSS_TYPES], len: 1, weighted: false }
+    }
+
+    /// `types` summed with `weights` (each 1 when `None`): at least one type,
+    /// at most [`MAX_LOSS_TYPES`], and as many weights as types.
+    pub fn new(types: &[DpoLossType], weights: Option<&[f32]>) -> std::result::Result<DpoLossTypes, String> {
+        if types.is_empty() || types.len() > MAX_LOSS_TYPES {
+            return Err(format!("takes 1 to {MAX_LOSS_TYPES} loss types, got {}", types.len()));
+        }
+        if let Some(w) = weights {
+            if w.len() != types.len() {
+                return Err(format!("{} loss weights for {} loss types: give one for each", w.len(), types.len()));
+            }
+        }
+        let mut out = DpoLossTypes::one(types[0]);
+        for (i, &t) in types.iter().enumerate() {
+            out.types[i] = t;
+            out.weights[i] = weights.map_or(1.0, |w| w[i]);
+        }
+        (out.len, out.weighted) = (types.len(), weights.is_some());
+        Ok(out)
+    }
+
+    /// Each type with its weight, in the list's order.
+    pub fn terms(&self) -> impl Iterator<Item = (DpoLossType, f32)> + '_ {
+        self.types[..self.len].iter().copied().zip(self.weights[..self.len].iter().copied())
+    }
+
+    pub fn contains(&self, t: DpoLossType) -> bool {
+        self.types[..self.len].contains(&t)
+    }
+
+    /// The one type, when it is one.
+    pub fn single(&self) -> Option<DpoLossType> {
+        (self.len == 1).then_some(self.types[0])
+    }
+
+    /// The types' names, comma-separated (as the CLI takes them).
+    pub fn names(&self) -> String {
+        self.types[..self.len].iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
+    }
+
+    /// `loss_weights`, where given.
+    pub fn weights(&self) -> Option<&[f32]> {
+        self.weighted.then(|| &self.weights[..self.len])
+    }
+
+    /// Whether some loss reads the label smoothing ε.
+    pub fn smooths(&self) -> bool {
+        self.terms().any(|(t, _)| t.smooths())
+    }
+
+    /// The weight of the chosen completions' NLL in the loss (`sft`'s).
+    pub fn sft_weight(&self) -> Option<f32> {
+        self.contains(DpoLossType::Sft)
+            .then(|| self.terms().filter(|(t, _)| *t == DpoLossType::Sft).map(|(_, w)| w).sum())
     }
 }
 
@@ -115,7 +243,8 @@ pub struct DpoLoss {
     pub beta: f32,
     /// ε, the chance a label is flipped (sigmoid, robust and exo_pair).
     pub label_smoothing: f32,
-    pub loss_type: DpoLossType,
+    /// `loss_type` and `loss_weights`.
+    pub loss_type: DpoLossTypes,
     /// RPO: adds this times the NLL of the chosen completions (`rpo_alpha`; TRL's default None).
     pub rpo_alpha: Option<f32>,
     /// DiscoPOP's τ (`discopop_tau`).
@@ -131,7 +260,7 @@ impl DpoLoss {
     pub const TRL: DpoLoss = DpoLoss {
         beta: 0.1,
         label_smoothing: 0.0,
-        loss_type: DpoLossType::Sigmoid,
+        loss_type: DpoLossTypes::one(DpoLossType::Sigmoid),
         rpo_alpha: None,
         discopop_tau: 0.05,
         reference_free: false,
@@ -257,18 +386,22 @@ impl PreferenceLoss {
     /// (ORPO, IPO, SimPO) rather than sums.
     pub fn averages(self) -> bool {
         match self {
-            PreferenceLoss::Dpo(d) => d.loss_type == DpoLossType::Ipo,
+            PreferenceLoss::Dpo(d) => d.loss_type.contains(DpoLossType::Ipo),
             PreferenceLoss::Orpo { .. } => true,
             PreferenceLoss::Cpo(c) => c.loss_type.averages(),
             PreferenceLoss::Kto(_) => false,
         }
     }
 
-    /// What multiplies the NLL term in the loss: ORPO's 1, DPO's `rpo_alpha`,
-    /// CPO's `cpo_alpha`; None where the loss has no NLL term.
+    /// What multiplies the NLL term in the loss: ORPO's 1, DPO's `rpo_alpha`
+    /// plus its `sft` losses' weights, CPO's `cpo_alpha`; None where the loss
+    /// has no NLL term.
     pub fn nll_alpha(self) -> Option<f32> {
         match self {
-            PreferenceLoss::Dpo(d) => d.rpo_alpha,
+            PreferenceLoss::Dpo(d) => match (d.rpo_alpha, d.loss_type.sft_weight()) {
+                (None, None) => None,
+                (a, w) => Some(a.unwrap_or(0.0) + w.unwrap_or(0.0)),
+            },
             PreferenceLoss::Orpo { .. } => Some(1.0),
             PreferenceLoss::Cpo(c) => Some(c.cpo_alpha),
             PreferenceLoss::Kto(_) => None,
@@ -316,7 +449,11 @@ struct Params {
     desirable_weight: f32,
     undesirable_weight: f32,
     reference_free: u32,
-    _pad: [u32; 2],
+    /// DPO's losses: how many, then each one's code and weight.
+    terms: u32,
+    _pad: u32,
+    codes: [u32; 4],
+    weights: [f32; 4],
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -339,18 +476,20 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         desirable_weight: 0.0,
         undesirable_weight: 0.0,
         reference_free: 0,
-        _pad: [0; 2],
+        terms: 0,
+        _pad: 0,
+        codes: [0; 4],
+        weights: [0.0; 4],
     };
     match loss {
         Some(PreferenceLoss::Dpo(d)) => {
             p.beta = d.beta;
-            p.loss_type = d.loss_type.code();
-            p.label_smoothing = match d.loss_type {
-                // TRL's dpo_loss sets a zero ε to 1e-3 for EXO.
-                DpoLossType::ExoPair if d.label_smoothing == 0.0 => 1e-3,
-                t if t.smooths() => d.label_smoothing,
-                _ => 0.0,
-            };
+            // (exo_pair reads a zero ε as 1e-3, as TRL's dpo_loss: in the shader.)
+            p.label_smoothing = d.label_smoothing;
+            for (i, (t, w)) in d.loss_type.terms().enumerate() {
+                (p.codes[i], p.weights[i]) = (t.code(), w);
+            }
+            p.terms = d.loss_type.len as u32;
             p.discopop_tau = d.discopop_tau;
             p.reference_free = u32::from(d.reference_free);
         }
@@ -424,6 +563,9 @@ pub struct Scores<'a> {
     /// (S/2) KTO's labels, 1 for a desirable example and 0 for an undesirable
     /// one (its S rows: the examples', then their KL rows); the others read none.
     pub desirable: Option<&'a Tensor>,
+    /// (2) bco_pair's running reward mean and its count across the run's
+    /// micro-batches, updated in place (TRL's `RunningMoments`); the others read none.
+    pub running: Option<&'a Tensor>,
 }
 
 /// Records `loss` on a micro-batch's sequence log-probabilities: adds
@@ -439,7 +581,7 @@ pub fn preference_loss(
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "preference_loss";
-    let Scores { policy, reference, nll, desirable } = scores;
+    let Scores { policy, reference, nll, desirable, running } = scores;
     let reference = match (loss.needs_reference(), reference) {
         (true, Some(r)) => r,
         (true, None) => return Err(Error::invalid(OP, "DPO and KTO need the reference log-probabilities")),
@@ -462,9 +604,30 @@ pub fn preference_loss(
         (true, None) => return Err(Error::invalid(OP, "KTO needs each example's label")),
         (false, _) => nll,
     };
+    let sorts = |d: &DpoLoss| d.loss_type.contains(DpoLossType::Aot) || d.loss_type.contains(DpoLossType::AotPair);
+    if matches!(&loss, PreferenceLoss::Dpo(d) if sorts(d)) && seqs / 2 > MAX_SORTED_PAIRS {
+        let detail = format!("aot and aot_pair sort at most {MAX_SORTED_PAIRS} pairs a micro-batch, got {}", seqs / 2);
+        return Err(Error::invalid(OP, detail));
+    }
+    let bco = matches!(loss, PreferenceLoss::Dpo(d) if d.loss_type.contains(DpoLossType::BcoPair));
+    let unused;
+    let running = match (bco, running) {
+        (true, Some(r)) => {
+            all_f32(OP, &[("running", r)])?;
+            if r.shape() != [2] {
+                return Err(Error::shape(OP, format!("running {:?} must be (2)", r.shape())));
+            }
+            r
+        }
+        (true, None) => return Err(Error::invalid(OP, "bco_pair needs its running reward mean")),
+        (false, _) => {
+            unused = rec.alloc(&[2], DType::F32)?; // not read
+            &unused
+        }
+    };
     let dlogp = rec.alloc(&[seqs], DType::F32)?;
     let p = params(seqs, 1, Some(loss), scale);
-    let bound = [(6, policy), (7, reference), (8, nll), (9, stats), (10, &dlogp), (13, labels)];
+    let bound = [(6, policy), (7, reference), (8, nll), (9, stats), (10, &dlogp), (13, labels), (14, running)];
     rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
     Ok(dlogp)
 }

@@ -4,7 +4,10 @@
 //! position, schedule) as JSON. One safetensors file:
 //!
 //! - tensors `param.<key>`, `exp_avg.<key>`, `exp_avg_sq.<key>` (f32; `<key>`
-//!   as in the adapter's own file, `exp_avg*` named as torch's AdamW state);
+//!   as in the adapter's own file, `exp_avg*` named as torch's AdamW state),
+//!   `state.<name>` (the method's state across steps: AdaLoRA's allocator) and
+//!   `objective.bco_running` (DPO's bco_pair running reward mean and count;
+//!   absent from checkpoints written before it, read as a fresh one);
 //! - metadata `webpeft.training_state` = "1", `method`, `adapter_config`
 //!   (the adapter's `adapter_config.json`), `step`, `rng_state`,
 //!   `optimizer` (JSON) and `progress` (the caller's JSON).
@@ -46,6 +49,7 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
     for (key, t) in trainer.adapter.state_tensors() {
         data.insert(format!("{STATE}{key}"), (t.shape().to_vec(), t.to_vec::<f32>(gpu).await?));
     }
+    data.insert(BCO_RUNNING.into(), (vec![2], trainer.running.to_vec::<f32>(gpu).await?));
     let o = &trainer.optimizer;
     let metadata: HashMap<String, String> = [
         (FORMAT_KEY, "1".to_string()),
@@ -90,10 +94,14 @@ pub struct CheckpointData {
     pub tensors: [BTreeMap<String, Vec<f32>>; 3],
     /// `state.` tensors: the method's state across steps (AdaLoRA's allocator), by name.
     pub state: BTreeMap<String, Vec<f32>>,
+    /// DPO's bco_pair running reward mean and its count.
+    pub bco_running: [f32; 2],
 }
 
 /// The prefix of the method's state tensors.
 const STATE: &str = "state.";
+/// The objective's state across steps: bco_pair's running mean.
+const BCO_RUNNING: &str = "objective.bco_running";
 
 /// Parses checkpoint bytes (no GPU): metadata, configs, and the three sets of
 /// f32 tensors.
@@ -128,7 +136,16 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
     let progress: Value = serde_json::from_str(get("progress")?).map_err(|e| bad(format!("progress: {e}")))?;
     let mut tensors: [BTreeMap<String, Vec<f32>>; 3] = Default::default();
     let mut state = BTreeMap::new();
+    let mut bco_running = [0.0; 2];
     for (name, view) in st.tensors() {
+        if name == BCO_RUNNING {
+            let values = bytemuck::pod_collect_to_vec::<u8, f32>(view.data());
+            match (view.dtype(), values.as_slice()) {
+                (Dtype::F32, &[mean, count]) if count >= 0.0 && mean.is_finite() => bco_running = [mean, count],
+                _ => return Err(bad(format!("tensor `{name}` must be two f32 values, a mean and a count ≥ 0"))),
+            }
+            continue;
+        }
         let slot = ["param.", "exp_avg.", "exp_avg_sq.", STATE].iter().position(|p| name.starts_with(p));
         let Some(i) = slot else {
             return Err(bad(format!("unexpected tensor `{name}`")));
@@ -143,7 +160,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
             None => state.insert(key, values),
         };
     }
-    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors, state })
+    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors, state, bco_running })
 }
 
 /// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
@@ -193,5 +210,6 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
             _ => return Err(bad(format!("state tensor `{key}` is missing or of the wrong size"))),
         }
     }
+    trainer.running.write(gpu, &data.bco_running)?;
     Ok((trainer, data.progress))
 }

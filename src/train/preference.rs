@@ -31,8 +31,10 @@ use serde_json::{Map, Value};
 
 use super::chat::Message;
 use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser};
+use serde::Deserialize;
+
 use crate::kernels::preference::{
-    CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss, PairTokenization, PreferenceLoss,
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, KtoLoss, PairTokenization, PreferenceLoss, MAX_LOSS_TYPES,
 };
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
@@ -83,10 +85,11 @@ impl Objective {
         let objective = Objective::from_name(name)
             .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 10] = [
+        let settings: [(&'static str, bool, &[&str]); 11] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
+            ("loss_weights", o.loss_weights.is_some(), &["dpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
             ("reference_free", o.reference_free.is_some(), &["dpo"]),
@@ -126,10 +129,29 @@ impl Objective {
                 undesirable_weight: o.undesirable_weight.unwrap_or(k.undesirable_weight),
             }),
             Objective::Preference(PreferenceLoss::Dpo(d)) => {
-                let loss_type = pick_loss_type(o, name, &DpoLossType::ALL, DpoLossType::name, d.loss_type)?;
-                smoothing(loss_type.smooths(), loss_type.name(), "sigmoid, robust and exo_pair")?;
-                if o.discopop_tau.is_some() && loss_type != DpoLossType::Discopop {
-                    return Err(bad("discopop_tau", format!("applies to the discopop loss, not {}", loss_type.name())));
+                let loss_type = match &o.loss_type {
+                    None => d.loss_type,
+                    Some(list) => {
+                        let types = list
+                            .split(',')
+                            .map(|t| pick_loss_type(t.trim(), name, &DpoLossType::ALL, DpoLossType::name))
+                            .collect::<Result<Vec<_>>>()?;
+                        if let Some(w) = o.loss_weights.iter().flatten().find(|w| !w.is_finite()) {
+                            return Err(bad("loss_weights", format!("must be finite numbers, got {w}")));
+                        }
+                        DpoLossTypes::new(&types, o.loss_weights.as_deref()).map_err(|e| {
+                            let option = if types.len() > MAX_LOSS_TYPES { "loss_type" } else { "loss_weights" };
+                            bad(option, e)
+                        })?
+                    }
+                };
+                if o.loss_weights.is_some() && o.loss_type.is_none() {
+                    return Err(bad("loss_weights", "weighs the losses loss_type lists: give loss_type too".into()));
+                }
+                let names = loss_type.names();
+                smoothing(loss_type.smooths(), &names, "sigmoid, robust, exo_pair, aot and aot_pair")?;
+                if o.discopop_tau.is_some() && !loss_type.contains(DpoLossType::Discopop) {
+                    return Err(bad("discopop_tau", format!("applies to the discopop loss, not {names}")));
                 }
                 PreferenceLoss::Dpo(DpoLoss {
                     beta: o.beta.unwrap_or(d.beta),
@@ -141,7 +163,10 @@ impl Objective {
                 })
             }
             Objective::Preference(PreferenceLoss::Cpo(c)) => {
-                let loss_type = pick_loss_type(o, name, &CpoLossType::ALL, CpoLossType::name, c.loss_type)?;
+                let loss_type = match &o.loss_type {
+                    Some(t) => pick_loss_type(t, name, &CpoLossType::ALL, CpoLossType::name)?,
+                    None => c.loss_type,
+                };
                 smoothing(loss_type.smooths(), loss_type.name(), "sigmoid and simpo")?;
                 if o.simpo_gamma.is_some() && loss_type != CpoLossType::Simpo {
                     return Err(bad("simpo_gamma", format!("applies to the simpo loss, not {}", loss_type.name())));
@@ -158,17 +183,10 @@ impl Objective {
     }
 }
 
-/// `o.loss_type` among `all` (named by `type_name`), else `default`; an
-/// unknown name is a `TrainOption` error listing `objective`'s.
-fn pick_loss_type<T: Copy>(
-    o: &PreferenceOptions,
-    objective: &str,
-    all: &[T],
-    type_name: fn(T) -> &'static str,
-    default: T,
-) -> Result<T> {
-    let Some(t) = &o.loss_type else { return Ok(default) };
-    all.iter().copied().find(|&x| type_name(x) == t.as_str()).ok_or_else(|| {
+/// The loss type named `t` among `all` (named by `type_name`); an unknown
+/// name is a `TrainOption` error listing `objective`'s.
+fn pick_loss_type<T: Copy>(t: &str, objective: &str, all: &[T], type_name: fn(T) -> &'static str) -> Result<T> {
+    all.iter().copied().find(|&x| type_name(x) == t).ok_or_else(|| {
         let names: Vec<_> = all.iter().map(|&x| type_name(x)).collect();
         let detail = format!("expected one of {} for {objective}, got {t:?}", names.join(", "));
         Error::TrainOption { option: "loss_type", detail }
@@ -184,8 +202,13 @@ pub struct PreferenceOptions {
     /// DPO's and CPO's β, ORPO's λ.
     pub beta: Option<f32>,
     pub label_smoothing: Option<f32>,
-    /// DPO's or CPO's `loss_type` by TRL's name ("sigmoid", "ipo", "simpo", …).
+    /// DPO's or CPO's `loss_type` by TRL's name ("sigmoid", "ipo", "simpo", …);
+    /// DPO's may list several, comma-separated ("sigmoid,bco_pair,sft"; the
+    /// browser's may be a list), whose losses are summed.
+    #[serde(deserialize_with = "names_or_list", default)]
     pub loss_type: Option<String>,
+    /// DPO's `loss_weights`: one per listed loss type (TRL's default: 1 each).
+    pub loss_weights: Option<Vec<f32>>,
     pub rpo_alpha: Option<f32>,
     pub discopop_tau: Option<f32>,
     /// DPO's `reference_free`: the loss without the reference model.
@@ -195,6 +218,20 @@ pub struct PreferenceOptions {
     /// KTO's weights of desirable and undesirable examples' losses.
     pub desirable_weight: Option<f32>,
     pub undesirable_weight: Option<f32>,
+}
+
+/// A name, or a list of names joined by commas (`lossType: ["sigmoid", "sft"]`).
+fn names_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(Option::<Names>::deserialize(d)?.map(|n| match n {
+        Names::One(s) => s,
+        Names::List(l) => l.join(","),
+    }))
 }
 
 /// The text of a pair after the chat template: prompt, chosen, rejected.

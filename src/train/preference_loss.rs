@@ -27,9 +27,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use crate::kernels::elementwise::fill;
-use crate::kernels::preference::{
-    preference_loss, preference_row_scale, sequence_logps, DpoLoss, PreferenceLoss, Scores,
-};
+use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, Scores};
 use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::Head;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
@@ -94,7 +92,8 @@ impl PairRows {
         match loss {
             // TRL's RPO term: the mean cross-entropy over the chosen completions' tokens, whose cross_entropy
             // call (ignore_index=0, the id it gives masked labels) leaves out every target of id 0 too.
-            PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) => nll_weight = chosen_completions(true),
+            // (MPO's sft loss is the same term.)
+            PreferenceLoss::Dpo(_) if loss.nll_alpha().is_some() => nll_weight = chosen_completions(true),
             // CPO's: the same tokens through nn.CrossEntropyLoss (its labels −100 on the prompt).
             // (with cpo_alpha 0 TRL computes no NLL and logs 0).
             PreferenceLoss::Cpo(c) if c.cpo_alpha != 0.0 => nll_weight = chosen_completions(false),
@@ -239,7 +238,8 @@ fn reference_logps(
 
 /// Records one micro-batch of pairs: the reference forward (DPO), the
 /// adapter's forward, the loss (`scale` times it and its metrics added into
-/// `stats`) and the backward into the adapter's gradients through `hooks`.
+/// `stats`, bco_pair's `running` mean updated) and the backward into the
+/// adapter's gradients through `hooks`.
 #[allow(clippy::too_many_arguments)] // one micro-batch: its data, the pass, and the step's shared accumulators
 pub(crate) fn record_preference_micro(
     rec: &mut Recorder,
@@ -249,8 +249,7 @@ pub(crate) fn record_preference_micro(
     rows: &PairRows,
     hooks: &dyn Hooks,
     checkpoint: bool,
-    scale: f32,
-    stats: &Tensor,
+    (scale, stats, running): (f32, &Tensor, &Tensor),
 ) -> Result<()> {
     let gpu = rec.gpu();
     let ids = model.input_ids(gpu, &batch.input_ids)?;
@@ -264,7 +263,13 @@ pub(crate) fn record_preference_micro(
         Some(d) => Some(Tensor::from_slice(gpu, &[d.len()], d)?),
         None => None,
     };
-    let scores = Scores { policy: &s.logps, reference: reference.as_ref(), nll: &s.nll, desirable: desirable.as_ref() };
+    let scores = Scores {
+        policy: &s.logps,
+        reference: reference.as_ref(),
+        nll: &s.nll,
+        desirable: desirable.as_ref(),
+        running: Some(running),
+    };
     let dlogp = preference_loss(rec, loss, scores, scale, stats)?;
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;

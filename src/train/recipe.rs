@@ -682,7 +682,7 @@ impl TrainRecipe {
                 return Err(bad("beta", format!("must be a finite number > 0, got {beta}")));
             }
             if let PreferenceLoss::Dpo(d) = loss {
-                let (e, robust) = (d.label_smoothing, d.loss_type == DpoLossType::Robust);
+                let (e, robust) = (d.label_smoothing, d.loss_type.contains(DpoLossType::Robust));
                 if !(e >= 0.0 && (e < 0.5 || (e == 0.5 && !robust))) {
                     let range = if robust { "[0, 0.5) (robust divides by 1 − 2ε)" } else { "[0, 0.5] (cDPO)" };
                     return Err(bad("label_smoothing", format!("must be in {range}, got {e}")));

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
-use crate::kernels::preference::{DpoLoss, PreferenceLoss, STATS};
+use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels_after, Hooks, Model};
@@ -131,8 +131,13 @@ impl PreferenceStats {
             rewards_accuracies: s[3],
             rewards_margins: s[4],
             orpo: matches!(loss, PreferenceLoss::Orpo { .. }).then(|| [s[5], s[6], s[7]]),
-            nll_loss: matches!(loss, PreferenceLoss::Dpo(DpoLoss { rpo_alpha: Some(_), .. }) | PreferenceLoss::Cpo(_))
-                .then(|| s[5]),
+            nll_loss: match loss {
+                PreferenceLoss::Dpo(DpoLoss { rpo_alpha, loss_type, .. }) => {
+                    (rpo_alpha.is_some() || loss_type.contains(DpoLossType::Sft)).then(|| s[5])
+                }
+                PreferenceLoss::Cpo(_) => Some(s[5]),
+                _ => None,
+            },
         }
     }
 }
@@ -176,6 +181,10 @@ pub struct Trainer {
     backup: [Adapter; 3],
     /// The method's state across steps (AdaLoRA's allocator) before the step in flight.
     state_backup: Vec<Tensor>,
+    /// The objective's state across steps: DPO's bco_pair running reward
+    /// mean and its count (2), and its value before the step in flight.
+    pub(crate) running: Tensor,
+    running_backup: Tensor,
     pub optimizer: OptimizerConfig,
     /// Optimizer steps done.
     pub step: u64,
@@ -227,6 +236,8 @@ impl Trainer {
             .collect::<Result<_>>()?;
         Ok(Trainer {
             state_backup,
+            running: Tensor::zeros(gpu, &[2], DType::F32)?,
+            running_backup: Tensor::zeros(gpu, &[2], DType::F32)?,
             grads: zeros()?,
             m: zeros()?,
             v: zeros()?,
@@ -332,7 +343,8 @@ impl Trainer {
         for (_, g) in self.grads.tensors() {
             fill(&mut rec, g, 0.0)?;
         }
-        // The loss, then (preference) TRL's metrics: STATS values, the loss first.
+        copy(&mut rec, &self.running, &self.running_backup)?; // the losses below may update it
+                                                              // The loss, then (preference) TRL's metrics: STATS values, the loss first.
         let stats = Tensor::zeros(gpu, &[STATS], DType::F32)?;
         let loss = stats.reshape_prefix(&[1])?;
         if let Objective::Preference(objective) = self.objective {
@@ -340,7 +352,8 @@ impl Trainer {
             for ((b, rows), seed) in micro.iter().zip(&pairs).zip(&seeds) {
                 let pass = self.adapter.pass(*seed, Some(&self.grads))?;
                 let ckpt = self.gradient_checkpointing;
-                record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, scale, &stats)?;
+                let acc = (scale, &stats, &self.running);
+                record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, acc)?;
             }
         }
         for ((b, targets), seed) in micro.iter().zip(&shifted).zip(&seeds) {
@@ -449,6 +462,10 @@ impl Trainer {
             pairs.extend(live.tensors().into_iter().zip(saved.tensors()).map(|((_, a), (_, b))| (a, b)));
         }
         pairs.extend(self.adapter.state_tensors().into_iter().map(|(_, t)| t).zip(&self.state_backup));
+        if restore {
+            // (Taken at the step's start: its losses update it before this backup is recorded.)
+            pairs.push((&self.running, &self.running_backup));
+        }
         for (a, b) in pairs {
             if restore {
                 copy(rec, b, a)?;

@@ -61,6 +61,9 @@ export type LoraTarget = "q_proj" | "k_proj" | "v_proj" | "o_proj" | "gate_proj"
 /** LoRA's targets: the layers' Linears, and outside the layers `embed_tokens` (PEFT's lora.Embedding) and `lm_head`. */
 export type LoraModuleTarget = LoraTarget | "embed_tokens" | "lm_head";
 /** Left out: PEFT's LoraConfig defaults (r 8, alpha 8, dropout 0, targets q_proj and v_proj, init "kaiming"), seed 42. */
+/** DPO's losses (TRL's loss_type): a list of up to 4 sums them (`lossWeights`). */
+export type DpoLossType = "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero"
+  | "apo_down" | "discopop" | "aot" | "aot_pair" | "bco_pair" | "sft";
 export interface LoraOptions {
   r?: number; alpha?: number; dropout?: number; rslora?: boolean;
   /** Module names, "all-linear", or any other string: a regex PEFT matches against whole module names
@@ -153,11 +156,14 @@ export interface TrainOptions {
    * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
   objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
   /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
-   * robust and exo_pair losses, CPO's sigmoid and simpo). */
+   * robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
   /** DPO's or CPO's loss (TRL's loss_type, default "sigmoid"); "ipo" and "simpo" score answers by their mean
    * log-probability; "simpo" is CPO's only, the others but "hinge" and "ipo" DPO's only. */
-  lossType?: "sigmoid" | "robust" | "exo_pair" | "hinge" | "ipo" | "sppo_hard" | "nca_pair" | "apo_zero" | "apo_down" | "discopop" | "simpo";
+  lossType?: DpoLossType | "simpo" | DpoLossType[];
+  /** DPO: the weight of each loss a `lossType` list names (TRL's loss_weights; MPO: [0.8, 0.2, 1] for
+   * ["sigmoid", "bco_pair", "sft"]), 1 each when left out. */
+  lossWeights?: number[];
   /** DPO: adds rpoAlpha times the chosen answers' NLL (RPO; default off). discopopTau: the discopop loss's τ (0.05). */
   rpoAlpha?: number; discopopTau?: number;
   /** DPO's loss without the reference model (TRL's reference_free; the rewards still use it). */

@@ -43,6 +43,8 @@ pub struct RunOptions {
     #[serde(default)]
     pub loss_type: Option<String>,
     #[serde(default)]
+    pub loss_weights: Option<Vec<f32>>,
+    #[serde(default)]
     pub rpo_alpha: Option<f32>,
     #[serde(default)]
     pub discopop_tau: Option<f32>,
@@ -86,6 +88,7 @@ impl RunOptions {
             beta: a.beta,
             label_smoothing: a.label_smoothing,
             loss_type: a.loss_type.clone(),
+            loss_weights: a.loss_weights.clone(),
             rpo_alpha: a.rpo_alpha,
             discopop_tau: a.discopop_tau,
             reference_free: a.reference_free,
@@ -196,6 +199,9 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("loss_type", "loss-type", a.loss_type, saved.loss_type, |v: &Option<String>| v
         .clone()
         .unwrap_or_else(|| "-".into()));
+    one!("loss_weights", "loss-weights", a.loss_weights, saved.loss_weights, |v: &Option<Vec<f32>>| v
+        .as_ref()
+        .map_or("-".into(), |w| w.iter().map(f32::to_string).collect::<Vec<_>>().join(",")));
     one!("rpo_alpha", "rpo-alpha", a.rpo_alpha, saved.rpo_alpha, show);
     one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
     one!("reference_free", "reference-free", a.reference_free, saved.reference_free, |v: &bool| v.to_string());

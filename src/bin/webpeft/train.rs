@@ -222,11 +222,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub label_smoothing: Option<f32>,
     /// DPO's or CPO's loss, TRL's loss_type [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
-    /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop; CPO's sigmoid, hinge, ipo,
-    /// simpo (ipo and simpo score answers by their mean log-probability).
-    #[arg(long, value_parser = ["sigmoid", "robust", "exo_pair", "hinge", "ipo", "sppo_hard", "nca_pair",
-        "apo_zero", "apo_down", "discopop", "simpo"])]
+    /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop, aot, aot_pair, bco_pair, sft;
+    /// CPO's sigmoid, hinge, ipo, simpo (ipo and simpo score answers by their mean log-probability).
+    /// DPO's may list up to 4, comma-separated, whose losses are summed (MPO:
+    /// sigmoid,bco_pair,sft with --loss-weights 0.8,0.2,1).
+    #[arg(long)]
     pub loss_type: Option<String>,
+    /// DPO: the weight of each loss --loss-type lists, comma-separated (TRL's loss_weights) [default: 1 each].
+    #[arg(long, value_delimiter = ',')]
+    pub loss_weights: Option<Vec<f32>>,
     /// CPO: the weight of the chosen answers' NLL (TRL's cpo_alpha; SimPO's paper: 0) [default: 1].
     #[arg(long)]
     pub cpo_alpha: Option<f32>,
@@ -652,6 +656,7 @@ impl TrainArgs {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
             loss_type: self.loss_type.clone(),
+            loss_weights: self.loss_weights.clone(),
             rpo_alpha: self.rpo_alpha,
             discopop_tau: self.discopop_tau,
             reference_free: self.reference_free.then_some(true),

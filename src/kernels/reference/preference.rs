@@ -20,10 +20,11 @@ fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// DPO's ℓ(c, r) and (∂ℓ/∂c, ∂ℓ/∂r) for the log-ratios c, r (TRL's `dpo_loss`).
-fn dpo_term(d: DpoLoss, c: f64, r: f64) -> (f64, f64, f64) {
+/// DPO's ℓ(c, r) and (∂ℓ/∂c, ∂ℓ/∂r) for the log-ratios c, r (TRL's `dpo_loss`)
+/// of the pairwise loss `t` (aot's and aot_pair's: sigmoid's form on c − r).
+fn dpo_term(d: DpoLoss, t: DpoLossType, c: f64, r: f64) -> (f64, f64, f64) {
     let beta = d.beta as f64;
-    let eps = match d.loss_type {
+    let eps = match t {
         DpoLossType::ExoPair if d.label_smoothing == 0.0 => 1e-3,
         _ => d.label_smoothing as f64,
     };
@@ -31,8 +32,8 @@ fn dpo_term(d: DpoLoss, c: f64, r: f64) -> (f64, f64, f64) {
     let z = beta * h;
     // A loss of h alone: (ℓ, ∂ℓ/∂h).
     let of_h = |l: f64, dh: f64| (l, dh, -dh);
-    match d.loss_type {
-        DpoLossType::Sigmoid => of_h(
+    match t {
+        DpoLossType::Sigmoid | DpoLossType::Aot | DpoLossType::AotPair => of_h(
             -(1.0 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z),
             beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z)),
         ),
@@ -75,17 +76,98 @@ fn dpo_term(d: DpoLoss, c: f64, r: f64) -> (f64, f64, f64) {
                 beta * (-sigmoid(-z) * (1.0 - m) + log_sigmoid(z) * dm - e * m + e * dm),
             )
         }
+        DpoLossType::BcoPair | DpoLossType::Sft => unreachable!("batch losses: dpo_losses"),
     }
+}
+
+/// DPO's Σ_k w_k·Σ_pairs ℓ_k and ∂/∂logps of it (unscaled), and each
+/// pair's summed rewards (chosen, rejected), for the chosen-then-rejected
+/// `policy` and `reference`; bco_pair updates `running` ([mean, count]).
+fn dpo_losses(d: DpoLoss, policy: &[f32], reference: &[f32], running: &mut [f32]) -> (f64, Vec<f64>, Vec<(f64, f64)>) {
+    let n = policy.len() / 2;
+    let beta = d.beta as f64;
+    let (pi, rf) = (|s: usize| policy[s] as f64, |s: usize| reference[s] as f64);
+    let ratio = |s: usize| pi(s) - rf(s);
+    let mut grad = vec![0f64; 2 * n];
+    let mut total = 0.0;
+    // torch.sort's order of f32 values (ties in pair order).
+    let sorted = |key: &dyn Fn(usize) -> f32| {
+        let mut o: Vec<usize> = (0..n).collect();
+        o.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(a.cmp(&b)));
+        o
+    };
+    for (t, w) in d.loss_type.terms() {
+        let w = w as f64;
+        match t {
+            DpoLossType::Sft => {} // the NLL term, through nll_alpha
+            DpoLossType::Aot | DpoLossType::AotPair => {
+                let aot = t == DpoLossType::Aot;
+                // aot: the policy's π_c − π_r against the reference's; aot_pair: c against r (f32, as the shader).
+                let key_a = |i: usize| if aot { policy[i] - policy[i + n] } else { policy[i] - reference[i] };
+                let key_b = |i: usize| {
+                    if aot {
+                        reference[i] - reference[i + n]
+                    } else {
+                        policy[i + n] - reference[i + n]
+                    }
+                };
+                let (oa, ob) = (sorted(&key_a), sorted(&key_b));
+                for (&a, &b) in oa.iter().zip(&ob) {
+                    let delta = key_a(a) as f64 - key_b(b) as f64;
+                    let (l, dd, _) = dpo_term(d, t, delta, 0.0);
+                    total += w * l;
+                    grad[a] += w * dd;
+                    if aot {
+                        grad[a + n] -= w * dd;
+                    } else {
+                        grad[b + n] -= w * dd;
+                    }
+                }
+            }
+            DpoLossType::BcoPair => {
+                let x = (0..2 * n).map(|s| beta * ratio(s)).sum::<f64>() / (2 * n) as f64;
+                let count = running[1] as f64 + 1.0;
+                running[0] = (running[0] as f64 + (x - running[0] as f64) / count) as f32;
+                running[1] = count as f32;
+                let delta = running[0] as f64;
+                for i in 0..n {
+                    let (zc, zr) = (beta * ratio(i) - delta, beta * ratio(i + n) - delta);
+                    total += w * (-log_sigmoid(zc) - log_sigmoid(-zr));
+                    grad[i] += w * -beta * sigmoid(-zc);
+                    grad[i + n] += w * beta * sigmoid(zr);
+                }
+            }
+            _ => {
+                // sppo_hard, nca_pair and discopop read the reference directly in TRL: reference_free or not.
+                let in_loss = !d.reference_free || t.reads_reference();
+                for i in 0..n {
+                    let (c, r) = if in_loss { (ratio(i), ratio(i + n)) } else { (pi(i), pi(i + n)) };
+                    let (l, dc, dr) = dpo_term(d, t, c, r);
+                    total += w * l;
+                    grad[i] += w * dc;
+                    grad[i + n] += w * dr;
+                }
+            }
+        }
+    }
+    // TRL's rewards metrics: β·(π − ref) summed over the losses with their weights.
+    let rewards = (0..n)
+        .map(|i| {
+            let sum = |s: usize| d.loss_type.terms().map(|(_, w)| beta * ratio(s) * w as f64).sum::<f64>();
+            (sum(i), sum(i + n))
+        })
+        .collect();
+    (total, grad, rewards)
 }
 
 /// CPO's ℓ(π_c, π_r) and its derivatives (TRL's `cpo_loss`): DPO's forms on
 /// the policy alone, SimPO's sigmoid of β·h − γ.
 fn cpo_term(c: CpoLoss, pc: f64, pr: f64) -> (f64, f64, f64) {
-    let as_dpo = |loss_type| DpoLoss { beta: c.beta, label_smoothing: c.label_smoothing, loss_type, ..DpoLoss::TRL };
+    let d = DpoLoss { beta: c.beta, label_smoothing: c.label_smoothing, ..DpoLoss::TRL };
     match c.loss_type {
-        CpoLossType::Sigmoid => dpo_term(as_dpo(DpoLossType::Sigmoid), pc, pr),
-        CpoLossType::Hinge => dpo_term(as_dpo(DpoLossType::Hinge), pc, pr),
-        CpoLossType::Ipo => dpo_term(as_dpo(DpoLossType::Ipo), pc, pr),
+        CpoLossType::Sigmoid => dpo_term(d, DpoLossType::Sigmoid, pc, pr),
+        CpoLossType::Hinge => dpo_term(d, DpoLossType::Hinge, pc, pr),
+        CpoLossType::Ipo => dpo_term(d, DpoLossType::Ipo, pc, pr),
         CpoLossType::Simpo => {
             let (beta, eps) = (c.beta as f64, c.label_smoothing as f64);
             let z = beta * (pc - pr) - c.simpo_gamma as f64;
@@ -126,7 +208,8 @@ fn kto_loss(k: KtoLoss, policy: &[f32], reference: &[f32], desirable: &[f32], sc
 /// `(stats, dlogp)`: `scale` times the loss and TRL's metrics (the order of
 /// `kernels::preference::STATS`) and ∂(scale·loss)/∂logps, for sequences laid
 /// out as the chosen ones then the rejected ones (KTO: the examples, then
-/// their KL rows, with `desirable` the examples' labels; the others ignore it).
+/// their KL rows, with `desirable` the examples' labels; the others ignore it;
+/// DPO's bco_pair updates `running`, [mean, count]).
 pub fn preference_loss(
     loss: PreferenceLoss,
     policy: &[f32],
@@ -134,10 +217,15 @@ pub fn preference_loss(
     nll: &[f32],
     desirable: &[f32],
     scale: f32,
+    running: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
     if let PreferenceLoss::Kto(k) = loss {
         return kto_loss(k, policy, reference, desirable, scale);
     }
+    let dpo = match loss {
+        PreferenceLoss::Dpo(d) => Some(dpo_losses(d, policy, reference, running)),
+        _ => None,
+    };
     let pairs = policy.len() / 2;
     let (n, k) = (pairs as f64, scale as f64);
     let mut stats = [0f64; STATS];
@@ -149,13 +237,10 @@ pub fn preference_loss(
         let (c, r) = (i, i + pairs);
         let (pc, pr) = (policy[c] as f64, policy[r] as f64);
         let (rc, rr, term, dc, dr) = match loss {
-            PreferenceLoss::Dpo(d) => {
-                let (hc, hr) = (pc - reference[c] as f64, pr - reference[r] as f64);
-                // sppo_hard, nca_pair and discopop read the reference directly in TRL: reference_free or not.
-                let direct =
-                    matches!(d.loss_type, DpoLossType::SppoHard | DpoLossType::NcaPair | DpoLossType::Discopop);
-                let (l, dc, dr) = if d.reference_free && !direct { dpo_term(d, pc, pr) } else { dpo_term(d, hc, hr) };
-                (beta * hc, beta * hr, l, dc * k / n, dr * k / n)
+            PreferenceLoss::Dpo(_) => {
+                let (total, grad, rewards) = dpo.as_ref().expect("computed above");
+                let l = if i == 0 { *total } else { 0.0 }; // the batch's losses, once
+                (rewards[i].0, rewards[i].1, l, grad[c] * k / n, grad[r] * k / n)
             }
             PreferenceLoss::Kto(_) => unreachable!("KTO returned above"),
             PreferenceLoss::Cpo(cpo) => {
