@@ -776,15 +776,26 @@ fn train_trainable_tokens_alone_stop_resume_and_merge() {
     let dir = TempDir::new("train-tokens-alone");
     let data = write_data(&dir);
     let model = fixture("llama_gqa");
-    let method = ["--method", "trainable_tokens", "--trainable-token-indices", "5,82,381", "--quant", "nf4"];
+    // The untied head's own rows too (PEFT's target_modules ["embed_tokens", "lm_head"]).
+    let method =
+        ["--method", "trainable_tokens", "--trainable-token-indices", "5,82,381", "--lm-head-rows", "--quant", "nf4"];
     let whole = stop_resume_equals_uninterrupted(&dir, &data, &method);
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.0.join("whole/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["peft_type"], "TRAINABLE_TOKENS", "{config}");
     assert_eq!(config["token_indices"], serde_json::json!([5, 82, 381]), "{config}");
+    assert_eq!(config["target_modules"], serde_json::json!(["embed_tokens", "lm_head"]), "{config}");
     let st = std::fs::read(dir.0.join("whole/adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&st).unwrap();
-    assert_eq!(st.names(), ["base_model.model.model.embed_tokens.trainable_tokens_delta"]);
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "base_model.model.lm_head.trainable_tokens_delta",
+            "base_model.model.model.embed_tokens.trainable_tokens_delta"
+        ]
+    );
     let merged = dir.join("merged");
     ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
     ok(&webpeft(&["generate", "--model", &merged, "--prompt", "The cat", "--max-new-tokens", "3"]));
@@ -798,7 +809,8 @@ fn train_trainable_tokens_alone_stop_resume_and_merge() {
     let err = failure(&train(&data, &[&bad[..], &["--lr", "1e-3", "--out", &dir.join("x")]].concat()));
     assert!(
         err.contains(
-            "--r is not an option of --method trainable_tokens, which takes --trainable-token-indices and --trainable-tokens"
+            "--r is not an option of --method trainable_tokens, which takes --lm-head-rows, --trainable-token-indices \
+             and --trainable-tokens"
         ),
         "{err}"
     );

@@ -131,8 +131,23 @@ mod cli {
     fn cli_and_browser_make_the_same_adapter_config() {
         let dir = TempDir::new("adapters");
         // (CLI flags, the browser's options object): the same adapter, said twice.
-        let cases: [(&[&str], &str); 15] = [
+        let cases: [(&[&str], &str); 17] = [
             (&["--method", "lora"], "{}"),
+            (
+                &[
+                    "--method",
+                    "lora",
+                    "--target-regex",
+                    r".*\.(q_proj|v_proj)",
+                    "--exclude-modules",
+                    "layers.0.self_attn.q_proj",
+                ],
+                r#"{"targets": ".*\\.(q_proj|v_proj)", "excludeModules": ["layers.0.self_attn.q_proj"]}"#,
+            ),
+            (
+                &["--method", "lora", "--targets", "all-linear", "--exclude-regex", r".*\.1\..*"],
+                r#"{"targets": "all-linear", "excludeModules": ".*\\.1\\..*"}"#,
+            ),
             (
                 &[
                     "--method",

@@ -132,6 +132,9 @@ pub struct LoraRecipe {
     /// regex of the module name's tail → value).
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// Modules left out of `targets`' match (PEFT's `exclude_modules`: names
+    /// or suffixes, or a regex).
+    pub exclude_modules: Option<TargetModules>,
 }
 
 impl LoraRecipe {
@@ -153,6 +156,7 @@ impl LoraRecipe {
         c.ensure_weight_tying = self.ensure_weight_tying;
         c.rank_pattern = self.rank_pattern.clone();
         c.alpha_pattern = self.alpha_pattern.clone();
+        c.exclude_modules = self.exclude_modules.clone();
         c.base_model_name_or_path = model_name;
         c.validate()?;
         c.targets(model)?;
@@ -186,6 +190,7 @@ impl Default for LoraRecipe {
             ensure_weight_tying: false,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            exclude_modules: None,
         }
     }
 }
@@ -305,9 +310,12 @@ pub enum AdapterRecipe {
     },
     Bottleneck(BottleneckRecipe),
     AdaLora(AdaLoraRecipe),
-    /// PEFT's TRAINABLE_TOKENS by itself: these ids' embedding rows (no default: the ids must be given).
+    /// PEFT's TRAINABLE_TOKENS by itself: these ids' embedding rows (no default: the ids must be given),
+    /// and with `lm_head_rows` the same ids' rows of an untied lm_head (`target_modules`
+    /// `["embed_tokens", "lm_head"]`).
     TrainableTokens {
         token_indices: Vec<u32>,
+        lm_head_rows: bool,
     },
 }
 
@@ -335,7 +343,9 @@ impl AdapterRecipe {
                 encoder_hidden_size: None,
             },
             Method::PTuning => AdapterRecipe::PTuning { num_virtual_tokens: 20, encoder_hidden_size: None },
-            Method::TrainableTokens => AdapterRecipe::TrainableTokens { token_indices: Vec::new() },
+            Method::TrainableTokens => {
+                AdapterRecipe::TrainableTokens { token_indices: Vec::new(), lm_head_rows: false }
+            }
             Method::Bottleneck(kind) => AdapterRecipe::Bottleneck(BottleneckRecipe::new(kind)),
         }
     }
@@ -421,12 +431,19 @@ impl AdapterRecipe {
                 c.base_model_name_or_path = model_name;
                 Ok(AdapterConfig::PTuning(c))
             }
-            AdapterRecipe::TrainableTokens { token_indices } => {
+            AdapterRecipe::TrainableTokens { token_indices, lm_head_rows } => {
                 if token_indices.is_empty() {
                     return Err(bad("trainable_token_indices", "trainable_tokens needs the ids whose rows it trains"));
                 }
                 let mut c = TrainableTokensConfig::new(token_indices.clone())?;
                 crate::peft::trainable_tokens::check_indices(&c.token_indices, model.vocab_size)?;
+                if *lm_head_rows && model.tie_word_embeddings {
+                    return Err(bad(
+                        "lm_head_rows",
+                        "this model's lm_head is its embedding, whose trainable rows it already shares",
+                    ));
+                }
+                c.lm_head = *lm_head_rows;
                 c.base_model_name_or_path = model_name;
                 Ok(AdapterConfig::TrainableTokens(c))
             }
@@ -487,7 +504,7 @@ impl AdapterRecipe {
         let ids = tokenizer.single_token_ids(texts)?;
         match &mut self {
             AdapterRecipe::Lora(l) => l.trainable_token_indices.get_or_insert_with(Vec::new).extend(ids),
-            AdapterRecipe::TrainableTokens { token_indices } => token_indices.extend(ids),
+            AdapterRecipe::TrainableTokens { token_indices, .. } => token_indices.extend(ids),
             other => {
                 return Err(bad(
                     "trainable_tokens",
@@ -500,9 +517,9 @@ impl AdapterRecipe {
 
     /// What the memory planner needs to know of this adapter on `model`.
     pub fn plan_adapter(&self, model: &Config) -> Result<PlanAdapter> {
-        if let AdapterRecipe::TrainableTokens { token_indices } = self {
-            // Planned before the rows are known (the page names them by text): k·D values a copy.
-            return Ok(PlanAdapter::TrainableTokens { rows: token_indices.len() });
+        if let AdapterRecipe::TrainableTokens { token_indices, lm_head_rows } = self {
+            // Planned before the rows are known (the page names them by text): k·D values a copy (two with the head's).
+            return Ok(PlanAdapter::TrainableTokens { rows: token_indices.len() * (1 + usize::from(*lm_head_rows)) });
         }
         if let AdapterRecipe::AdaLora(o) = self {
             // The schedule does not change the memory: plan before the run's steps are known.

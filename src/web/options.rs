@@ -48,6 +48,8 @@ pub struct LoraOptions {
     pub lm_head_rows: Option<bool>,
     /// PEFT's `ensure_weight_tying`: one copy for a tied model's embedding and head.
     pub ensure_weight_tying: Option<bool>,
+    /// PEFT's `exclude_modules`: names or suffixes, or a regex (a string).
+    pub exclude_modules: Option<Value>,
     /// PEFT's `rank_pattern`: module pattern → rank.
     pub rank_pattern: Option<BTreeMap<String, usize>>,
     /// PEFT's `alpha_pattern`: module pattern → alpha.
@@ -122,6 +124,8 @@ pub struct TrainableTokensOptions {
     pub token_indices: Option<Vec<u32>>,
     /// The same by the tokens' text (each one token of the vocabulary), after those.
     pub tokens: Option<Vec<String>>,
+    /// The same ids' rows of an untied lm_head too (PEFT's target_modules ["embed_tokens", "lm_head"]).
+    pub lm_head_rows: Option<bool>,
 }
 
 impl TrainableTokensOptions {
@@ -131,7 +135,10 @@ impl TrainableTokensOptions {
         if !given(self.token_indices.as_ref().map(Vec::len)) && !given(self.tokens.as_ref().map(Vec::len)) {
             return Err(bad("token_indices", "addTrainableTokens needs tokenIndices or tokens, the rows it trains"));
         }
-        Ok(AdapterRecipe::TrainableTokens { token_indices: self.token_indices.clone().unwrap_or_default() })
+        Ok(AdapterRecipe::TrainableTokens {
+            token_indices: self.token_indices.clone().unwrap_or_default(),
+            lm_head_rows: self.lm_head_rows.unwrap_or(false),
+        })
     }
 }
 
@@ -344,6 +351,14 @@ impl LoraOptions {
         l.modules_to_save = self.modules_to_save.clone();
         l.ensure_weight_tying = self.ensure_weight_tying.unwrap_or(false);
         l.lm_head_rows = self.lm_head_rows.unwrap_or(false);
+        l.exclude_modules = match &self.exclude_modules {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(TargetModules::Regex(s.clone())),
+            Some(v) => match lora_targets(Some(v)) {
+                Ok(Some(TargetModules::List(l))) => Some(TargetModules::List(l)),
+                _ => return Err(bad("exclude_modules", format!("must be a list of module names or a regex, got {v}"))),
+            },
+        };
         l.rank_pattern = self.rank_pattern.clone().unwrap_or_default();
         l.alpha_pattern = self.alpha_pattern.clone().unwrap_or_default();
         Ok(AdapterRecipe::Lora(l))
@@ -481,6 +496,7 @@ impl PlanOptions {
             }
             AdapterRecipe::TrainableTokens { .. } => AdapterRecipe::TrainableTokens {
                 token_indices: self.trainable_token_indices.clone().unwrap_or_default(),
+                lm_head_rows: false,
             },
             AdapterRecipe::AdaLora(mut a) => {
                 a.init_r = self.r.unwrap_or(a.init_r);

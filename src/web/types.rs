@@ -72,6 +72,8 @@ export interface LoraOptions {
   /** PEFT's `rank_pattern` and `alpha_pattern`: a module's own rank and alpha, keyed by a regex of its name's tail
    * (`{"q_proj": 16, "layers\\.0\\..*": 4}`), the first key in sorted order that matches; r and alpha elsewhere. */
   rankPattern?: Record<string, number>; alphaPattern?: Record<string, number>;
+  /** PEFT's `exclude_modules`: modules left out of `targets`' match, by name or suffix, or a regex (a string). */
+  excludeModules?: string[] | string;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
@@ -102,6 +104,9 @@ export interface Ia3Options { targets?: LoraTarget[] | "all-linear"; feedforward
 export interface TrainableTokensOptions {
   /** The ids whose rows are trained, and/or the tokens by their text (each one token of the vocabulary): at least one. */
   tokenIndices?: number[]; tokens?: string[];
+  /** On a model whose lm_head is not its embedding: the same ids' lm_head rows are trained too (PEFT's
+   * target_modules ["embed_tokens", "lm_head"], saved as `…lm_head.token_adapter.trainable_tokens_delta`). */
+  lmHeadRows?: boolean;
 }
 /** Left out: 20 virtual tokens, PEFT's "random" init (N(0, 1)), seed 42. "text" starts from the embeddings of
  * `initText`'s tokens (repeated to the number of virtual tokens), "sample_vocab" from random tokens'. */

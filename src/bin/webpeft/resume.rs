@@ -237,6 +237,10 @@ fn settle_adapter(
             check("rslora", "rslora", Some(a.rslora.to_string()), c.use_rslora.to_string())?;
             check("use_dora", "use-dora", Some(a.use_dora.to_string()), c.use_dora.to_string())?;
             check("targets", "targets", a.targets.as_deref().map(sorted), targets(&c.target_modules))?;
+            check("target_regex", "target-regex", a.target_regex.clone(), targets(&c.target_modules))?;
+            let excluded = c.exclude_modules.as_ref().map_or("-".to_string(), targets);
+            check("exclude_modules", "exclude-modules", a.exclude_modules.as_deref().map(sorted), excluded.clone())?;
+            check("exclude_regex", "exclude-regex", a.exclude_regex.clone(), excluded)?;
             let pattern = |v: &Option<Vec<String>>| v.as_ref().map(|l| sorted(&l.join(",")));
             let saved = |m: Vec<String>| sorted(&m.join(","));
             let ranks = c.rank_pattern.iter().map(|(k, v)| format!("{k}={v}")).collect();

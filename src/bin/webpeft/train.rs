@@ -73,8 +73,19 @@ pub struct TrainArgs {
     pub dropout: Option<f64>,
     /// LoRA or (IA)³ targets: comma-separated module names, or all-linear [default: LoRA
     /// q_proj,v_proj; (IA)³ PEFT's for the model: k_proj,v_proj,down_proj (Qwen2: q_proj,v_proj,down_proj)].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_regex")]
     pub targets: Option<String>,
+    /// LoRA targets as PEFT's string target_modules: a regex matched against whole module names
+    /// ('.*\.(q_proj|v_proj)', 'model\.layers\.1\..*_proj').
+    #[arg(long)]
+    pub target_regex: Option<String>,
+    /// LoRA: modules left out of the targets (PEFT's exclude_modules), comma-separated names or
+    /// suffixes ("o_proj,layers.0.mlp.down_proj").
+    #[arg(long, conflicts_with = "exclude_regex")]
+    pub exclude_modules: Option<String>,
+    /// LoRA: modules left out of the targets, as a regex matched against whole module names.
+    #[arg(long)]
+    pub exclude_regex: Option<String>,
     /// (IA)³: the targets whose input, not output, is scaled (comma-separated) [default: down_proj].
     #[arg(long)]
     pub feedforward_modules: Option<String>,
@@ -111,7 +122,8 @@ pub struct TrainArgs {
     pub trainable_tokens: Option<Vec<String>>,
     /// With --trainable-token-indices or --trainable-tokens on a model whose lm_head is not its
     /// embedding: the same ids' lm_head rows are trained too (PEFT's {"embed_tokens": ids,
-    /// "lm_head": ids}), so the model learns to produce the tokens as well as to read them.
+    /// "lm_head": ids} beside a LoRA; with --method trainable_tokens its target_modules
+    /// ["embed_tokens", "lm_head"]), so the model learns to produce the tokens as well as to read them.
     #[arg(long)]
     pub lm_head_rows: bool,
     /// Whole modules trained beside a LoRA (PEFT's modules_to_save), comma-separated: embed_tokens,
@@ -443,6 +455,7 @@ fn flag_error(e: webpeft::Error) -> String {
         "lora_alpha" => "--alpha",
         "lora_dropout" | "dropout" => "--dropout",
         "target_modules" => "--targets",
+        "exclude_modules" => "--exclude-modules",
         "feedforward_modules" => "--feedforward-modules",
         "num_virtual_tokens" => "--num-virtual-tokens",
         "encoder_hidden_size" => "--encoder-hidden-size",
@@ -481,11 +494,14 @@ impl TrainArgs {
 
     /// Every adapter option: its flag, whether it was given, and the methods
     /// that take it ("bn": the bottleneck kinds).
-    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 29] {
+    fn adapter_flags(&self) -> [(&'static str, bool, &'static [&'static str]); 32] {
         [
+            ("--target-regex", self.target_regex.is_some(), &["lora"]),
+            ("--exclude-modules", self.exclude_modules.is_some(), &["lora"]),
+            ("--exclude-regex", self.exclude_regex.is_some(), &["lora"]),
             ("--rank-pattern", self.rank_pattern.is_some(), &["lora"]),
             ("--alpha-pattern", self.alpha_pattern.is_some(), &["lora"]),
-            ("--lm-head-rows", self.lm_head_rows, &["lora"]),
+            ("--lm-head-rows", self.lm_head_rows, &["lora", "tokens"]),
             ("--modules-to-save", self.modules_to_save.is_some(), &["lora"]),
             ("--ensure-weight-tying", self.ensure_weight_tying, &["lora"]),
             ("--trainable-token-indices", self.trainable_token_indices.is_some(), &["lora", "tokens"]),
@@ -568,6 +584,14 @@ impl TrainArgs {
                 l.modules_to_save = self.modules_to_save.clone();
                 l.lm_head_rows = self.lm_head_rows;
                 l.ensure_weight_tying = self.ensure_weight_tying;
+                if let Some(r) = &self.target_regex {
+                    l.targets = TargetModules::Regex(r.clone());
+                }
+                l.exclude_modules = match (&self.exclude_modules, &self.exclude_regex) {
+                    (Some(list), _) => Some(TargetModules::List(names(list))),
+                    (_, Some(r)) => Some(TargetModules::Regex(r.clone())),
+                    _ => None,
+                };
                 l.rank_pattern = pattern("--rank-pattern", &self.rank_pattern)?;
                 l.alpha_pattern = pattern("--alpha-pattern", &self.alpha_pattern)?;
                 l.init = match self.init_lora_weights.as_deref() {
@@ -607,8 +631,9 @@ impl TrainArgs {
                 *num_virtual_tokens = self.num_virtual_tokens.unwrap_or(*num_virtual_tokens);
                 *encoder_hidden_size = self.encoder_hidden_size;
             }
-            AdapterRecipe::TrainableTokens { token_indices } => {
+            AdapterRecipe::TrainableTokens { token_indices, lm_head_rows } => {
                 *token_indices = self.trainable_token_indices.clone().unwrap_or_default();
+                *lm_head_rows = self.lm_head_rows;
             }
             AdapterRecipe::PromptTuning(p) => {
                 p.num_virtual_tokens = self.num_virtual_tokens.unwrap_or(p.num_virtual_tokens);
