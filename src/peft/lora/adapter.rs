@@ -96,6 +96,50 @@ fn split_name(name: &str) -> Option<(usize, usize)> {
     Some((layer, proj))
 }
 
+/// The factors of `weights` on the GPU: each layer's, then the embedding's
+/// and the head's; a module name the model has no Linear for, or a DoRA
+/// magnitude where `use_dora` says otherwise, is an error naming the tensor.
+#[allow(clippy::type_complexity)] // the three places factors go
+fn upload_factors(
+    gpu: &Gpu,
+    config: &LoraConfig,
+    weights: &LoraWeights,
+    model: &Config,
+) -> Result<(Vec<LoraLayer>, Option<Box<LoraFactors>>, Option<Box<LoraFactors>>)> {
+    let mut layers: Vec<LoraLayer> = (0..model.num_hidden_layers).map(|_| Default::default()).collect();
+    let (mut embed, mut head) = (None, None);
+    for (name, pair) in &weights.modules {
+        let a = Tensor::from_slice(gpu, &[pair.r, pair.in_features], &pair.a)?;
+        let b = Tensor::from_slice(gpu, &[pair.out_features, pair.r], &pair.b)?;
+        let outer = match name.as_str() {
+            n if n == OuterModule::Embedding.name() => Some(&mut embed),
+            n if n == OuterModule::Head.name() => Some(&mut head),
+            _ => None,
+        };
+        if let Some(slot) = outer {
+            *slot = Some(Box::new(LoraFactors { a, b, m: None }));
+            continue;
+        }
+        let Some((layer, proj)) = split_name(name).filter(|(l, _)| *l < layers.len()) else {
+            return Err(Error::AdapterTensor {
+                tensor: name.clone(),
+                file: super::ADAPTER_WEIGHTS_FILE.into(),
+                detail: format!("not a module of this {}-layer model", layers.len()),
+            });
+        };
+        let m = pair.m.as_ref().map(|m| Tensor::from_slice(gpu, &[pair.out_features], m)).transpose()?;
+        if m.is_some() != config.use_dora {
+            return Err(Error::AdapterTensor {
+                tensor: format!("{KEY_PREFIX}{name}.lora_magnitude_vector"),
+                file: super::ADAPTER_WEIGHTS_FILE.into(),
+                detail: format!("present: {}, but use_dora is {}", m.is_some(), config.use_dora),
+            });
+        }
+        layers[layer][proj] = Some(LoraFactors { a, b, m });
+    }
+    Ok((layers, embed, head))
+}
+
 impl LoraAdapter {
     /// Uploads CPU weights (checked against `config` by whoever read them).
     pub fn upload(gpu: &Gpu, config: LoraConfig, weights: &LoraWeights, model: &Config) -> Result<LoraAdapter> {
@@ -105,39 +149,7 @@ impl LoraAdapter {
                 detail: format!("{name}'s weights have rank {}, the config gives it {}", pair.r, config.rank_of(name)),
             });
         }
-        let mut layers: Vec<LoraLayer> = (0..model.num_hidden_layers).map(|_| Default::default()).collect();
-        let (mut embed, mut head) = (None, None);
-        for (name, pair) in &weights.modules {
-            let outer = match name.as_str() {
-                n if n == OuterModule::Embedding.name() => Some(&mut embed),
-                n if n == OuterModule::Head.name() => Some(&mut head),
-                _ => None,
-            };
-            if let Some(slot) = outer {
-                let a = Tensor::from_slice(gpu, &[pair.r, pair.in_features], &pair.a)?;
-                let b = Tensor::from_slice(gpu, &[pair.out_features, pair.r], &pair.b)?;
-                *slot = Some(Box::new(LoraFactors { a, b, m: None }));
-                continue;
-            }
-            let Some((layer, proj)) = split_name(name).filter(|(l, _)| *l < layers.len()) else {
-                return Err(Error::AdapterTensor {
-                    tensor: name.clone(),
-                    file: super::ADAPTER_WEIGHTS_FILE.into(),
-                    detail: format!("not a module of this {}-layer model", layers.len()),
-                });
-            };
-            let a = Tensor::from_slice(gpu, &[pair.r, pair.in_features], &pair.a)?;
-            let b = Tensor::from_slice(gpu, &[pair.out_features, pair.r], &pair.b)?;
-            let m = pair.m.as_ref().map(|m| Tensor::from_slice(gpu, &[pair.out_features], m)).transpose()?;
-            if m.is_some() != config.use_dora {
-                return Err(Error::AdapterTensor {
-                    tensor: format!("{KEY_PREFIX}{name}.lora_magnitude_vector"),
-                    file: super::ADAPTER_WEIGHTS_FILE.into(),
-                    detail: format!("present: {}, but use_dora is {}", m.is_some(), config.use_dora),
-                });
-            }
-            layers[layer][proj] = Some(LoraFactors { a, b, m });
-        }
+        let (layers, embed, head) = upload_factors(gpu, &config, weights, model)?;
         let rows = |ids: &Option<Vec<u32>>, rows: &Option<TokenWeights>, key: &str| match (ids, rows) {
             (Some(ids), Some(rows)) => Ok(Some((ids.clone(), rows.values.clone()))),
             (None, None) => Ok(None),
@@ -155,21 +167,11 @@ impl LoraAdapter {
             Some((ids, values)) => Some(TrainableTokens::upload(gpu, &ids, &values, model)?),
             None => None,
         };
-        if tokens.as_ref().is_some_and(|t| t.in_head) && head.is_some() {
-            return Err(Error::AdapterConfig {
-                field: "trainable_token_indices".into(),
-                detail:
-                    "lm_head is a LoRA target, and on this model it is the embedding whose rows the tokens replace: \
-                         train the head either way, not both"
-                        .into(),
-            });
-        }
         let head_tokens = match rows(&config.trainable_head_token_indices, &weights.head_tokens, HEAD_DELTA_KEY)? {
             Some((ids, values)) => Some(Box::new(TrainableTokens::upload_head(gpu, &ids, &values, model)?)),
             None => None,
         };
         let mut config = config;
-        let tied = model.tie_word_embeddings;
         let modules_to_save = match config.modules_to_save.clone() {
             Some(list) => {
                 let copies = ModulesToSave::zeros(gpu, &list, config.ensure_weight_tying, model)?;
@@ -186,17 +188,38 @@ impl LoraAdapter {
             }
             None => None,
         };
-        if tokens.as_ref().is_some_and(|t| t.in_head)
-            && modules_to_save.as_ref().is_some_and(|m| m.head_weight().is_some())
-        {
+        let scalings = Scalings::of(&config, layers.len());
+        let adapter =
+            LoraAdapter { config, layers, initial: None, tokens, head_tokens, embed, head, modules_to_save, scalings };
+        adapter.refuse_two_ways_of_training_the_head(model)?;
+        Ok(adapter)
+    }
+
+    /// On a model whose head is its embedding, a table trained two ways at
+    /// once is refused: token rows replacing the embedding's beside a LoRA on
+    /// the head or a copy of it, or a LoRA on either kept tied to the other.
+    fn refuse_two_ways_of_training_the_head(&self, model: &Config) -> Result<()> {
+        let rows_in_head = self.tokens.as_ref().is_some_and(|t| t.in_head);
+        let other = if !rows_in_head {
+            None
+        } else if self.head.is_some() {
+            Some("a LoRA target")
+        } else if self.modules_to_save.as_ref().is_some_and(|m| m.head_weight().is_some()) {
+            Some("in modules_to_save")
+        } else {
+            None
+        };
+        if let Some(other) = other {
             return Err(Error::AdapterConfig {
                 field: "trainable_token_indices".into(),
-                detail: "lm_head is in modules_to_save, and on this model it is the embedding whose rows the tokens \
-                         replace: train the head either way, not both"
-                    .into(),
+                detail: format!(
+                    "lm_head is {other}, and on this model it is the embedding whose rows the tokens replace: \
+                     train the head either way, not both"
+                ),
             });
         }
-        if config.ensure_weight_tying && tied && (embed.is_some() || head.is_some()) {
+        if self.config.ensure_weight_tying && model.tie_word_embeddings && (self.embed.is_some() || self.head.is_some())
+        {
             return Err(Error::AdapterUnsupported {
                 field: "ensure_weight_tying".into(),
                 detail: "a LoRA on the embedding or the head of a tied model, tied to each other, is not supported \
@@ -204,8 +227,7 @@ impl LoraAdapter {
                     .into(),
             });
         }
-        let scalings = Scalings::of(&config, layers.len());
-        Ok(LoraAdapter { config, layers, initial: None, tokens, head_tokens, embed, head, modules_to_save, scalings })
+        Ok(())
     }
 
     /// Loads a PEFT LoRA folder (`adapter_config.json` +
