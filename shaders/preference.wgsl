@@ -68,7 +68,7 @@ struct Params {
     undesirable_weight: f32,
     reference_free: u32, // DPO: the loss without the reference (the rewards keep it)
     terms: u32,          // DPO: how many losses are summed
-    _pad: u32,
+    alpha: f32,          // CPO: AlphaPO's α (0: off)
     codes: vec4<u32>,    // DPO: each loss's code
     weights: vec4<f32>,  // DPO: each loss's weight
 }
@@ -390,13 +390,23 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
             rejected += hr;
             accuracies += select(0.0, 1.0, hc > hr);
         } else if (p.objective == CPO) {
-            // The policy's own log-probabilities, no reference.
-            let hc = policy_logps[c];
-            let hr = policy_logps[r];
+            // The policy's own log-probabilities, no reference; AlphaPO's reward (1 − p^−α)/α of p = e^π
+            // where α ≠ 0, whose derivative is p^−α = e^(−απ) (TRL's cpo_loss takes exp, then pow: the same
+            // where e^π does not underflow, which for sums of log-probs below −87 it does, and TRL's loss is inf).
+            var hc = policy_logps[c];
+            var hr = policy_logps[r];
+            var gc = 1.0;
+            var gr = 1.0;
+            if (p.alpha != 0.0) {
+                gc = exp(-p.alpha * hc);
+                gr = exp(-p.alpha * hr);
+                hc = (1.0 - gc) / p.alpha;
+                hr = (1.0 - gr) / p.alpha;
+            }
             let t = dpo_term(p.loss_type, hc, hr);
             loss += t.x;
-            dlogp[c] = t.y * p.scale / n;
-            dlogp[r] = t.z * p.scale / n;
+            dlogp[c] = t.y * gc * p.scale / n;
+            dlogp[r] = t.z * gr * p.scale / n;
             chosen += beta * hc;
             rejected += beta * hr;
             accuracies += select(0.0, 1.0, beta * hc > beta * hr);

@@ -175,6 +175,9 @@ fn every_cpo_loss_type_matches_the_cpu_reference() {
         check_loss(PreferenceLoss::Cpo(c), 3, seed);
         let simpo = CpoLoss { beta: 2.0, cpo_alpha: 0.4, simpo_gamma: 1.5, ..c };
         check_loss(PreferenceLoss::Cpo(simpo), 5, seed + 1);
+        // AlphaPO's rewards (1 − p^−α)/α: on means (ipo, simpo) and on sums, α of both signs.
+        let alpha = if loss_type.averages() { 0.25 } else { -0.02 };
+        check_loss(PreferenceLoss::Cpo(CpoLoss { alpha, ..simpo }), 4, seed + 50);
     }
 }
 

@@ -289,6 +289,7 @@ mod cli {
                         reference_free: o["reference_free"].as_bool().filter(|&b| b),
                         cpo_alpha: o["cpo_alpha"].as_f64().map(|v| v as f32),
                         simpo_gamma: o["simpo_gamma"].as_f64().map(|v| v as f32),
+                        alphapo_alpha: o["alphapo_alpha"].as_f64().map(|v| v as f32),
                         desirable_weight: o["desirable_weight"].as_f64().map(|v| v as f32),
                         undesirable_weight: o["undesirable_weight"].as_f64().map(|v| v as f32),
                     },
@@ -301,7 +302,12 @@ mod cli {
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
         // The preference objectives' settings, as flags after `--method lora --steps 3` and as options.
-        let preference: [(&str, &[&str], &str); 5] = [
+        let preference: [(&str, &[&str], &str); 6] = [
+            (
+                "alphapo",
+                &["--objective", "cpo", "--loss-type", "alphapo", "--alphapo-alpha", "0.25", "--beta", "2.5"],
+                r#"{"objective": "cpo", "lossType": "alphapo", "alphapoAlpha": 0.25, "beta": 2.5}"#,
+            ),
             (
                 "mpo",
                 &["--objective", "dpo", "--loss-type", "sigmoid,bco_pair,sft", "--loss-weights", "0.8,0.2,1"],

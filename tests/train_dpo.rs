@@ -167,13 +167,20 @@ fn orpo_matches_trl() {
 }
 
 /// CPO and SimPO against TRL 0.24's `CPOTrainer` (`make_fixtures.py cpo`): sigmoid with label smoothing, hinge,
-/// IPO (means), SimPO without the NLL term and with it and smoothing; the rows ORPOTrainer's tokenization makes.
+/// IPO (means), SimPO without the NLL term and with it and smoothing, AlphaPO (simpo with TRL's alpha) and IPO
+/// with a negative alpha; the rows ORPOTrainer's tokenization makes.
 #[test]
 fn cpo_matches_trl() {
     let cpo = |loss_type, beta, label_smoothing, cpo_alpha, simpo_gamma| {
-        PreferenceLoss::Cpo(CpoLoss { beta, label_smoothing, loss_type, cpo_alpha, simpo_gamma })
+        PreferenceLoss::Cpo(CpoLoss { beta, label_smoothing, loss_type, cpo_alpha, simpo_gamma, alpha: 0.0 })
+    };
+    let with_alpha = |loss: PreferenceLoss, alpha| match loss {
+        PreferenceLoss::Cpo(c) => PreferenceLoss::Cpo(CpoLoss { alpha, ..c }),
+        other => other,
     };
     for (name, loss) in [
+        ("alphapo", with_alpha(cpo(CpoLossType::Simpo, 2.5, 0.0, 0.0, 0.5), 0.25)),
+        ("ipo_alpha", with_alpha(cpo(CpoLossType::Ipo, 0.1, 0.0, 0.5, 0.5), -0.5)),
         ("sigmoid", cpo(CpoLossType::Sigmoid, 0.1, 0.1, 1.0, 0.5)),
         ("hinge", cpo(CpoLossType::Hinge, 0.5, 0.0, 1.0, 0.5)),
         ("ipo", cpo(CpoLossType::Ipo, 0.1, 0.0, 0.5, 0.5)),
@@ -269,9 +276,15 @@ fn dpo_options_are_checked() {
     assert_eq!((d.loss_type.names(), PreferenceLoss::Dpo(d).nll_alpha()), ("sigmoid,bco_pair,sft".into(), Some(1.0)));
     let o = PreferenceOptions { discopop_tau: Some(0.2), label_smoothing: Some(0.1), ..typed("discopop,aot") };
     assert!(dpo(o).is_ok());
-    // The CPO losses are one.
+    // The CPO losses are one; "alphapo" is simpo without the NLL term, its α given (TRL's CPOConfig sugar).
     let e = Objective::from_options("cpo", &typed("sigmoid,hinge")).unwrap_err();
-    assert!(matches!(&e, Error::TrainOption { option: "loss_type", .. }), "{e}");
+    assert!(matches!(&e, Error::TrainOption { option: "loss_type", detail } if detail.contains("alphapo")), "{e}");
+    let o = PreferenceOptions { alphapo_alpha: Some(0.25), cpo_alpha: Some(1.0), ..typed("alphapo") };
+    let Ok(Objective::Preference(PreferenceLoss::Cpo(c))) = Objective::from_options("cpo", &o) else {
+        panic!("alphapo")
+    };
+    assert_eq!((c.loss_type, c.cpo_alpha, c.alpha), (CpoLossType::Simpo, 0.0, 0.25));
+    refused(PreferenceOptions { alphapo_alpha: Some(0.25), ..Default::default() }, "alphapo_alpha", "cpo only");
     let o = PreferenceOptions { rpo_alpha: Some(1.0), ..typed("ipo") };
     let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(o) else { panic!("ipo with rpo_alpha") };
     assert_eq!((d.loss_type.single(), d.rpo_alpha, d.beta), (Some(DpoLossType::Ipo), Some(1.0), 0.1));

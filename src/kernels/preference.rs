@@ -325,12 +325,21 @@ pub struct CpoLoss {
     pub cpo_alpha: f32,
     /// SimPO's target reward margin γ (`simpo_gamma`).
     pub simpo_gamma: f32,
+    /// AlphaPO's α (`alpha`): where not 0 the losses read each answer's
+    /// reward r = (1 − p^−α)/α, p = e^π, in place of π.
+    pub alpha: f32,
 }
 
 impl CpoLoss {
     /// TRL's defaults: β 0.1, no label smoothing, the sigmoid loss, `cpo_alpha` 1, γ 0.5.
-    pub const TRL: CpoLoss =
-        CpoLoss { beta: 0.1, label_smoothing: 0.0, loss_type: CpoLossType::Sigmoid, cpo_alpha: 1.0, simpo_gamma: 0.5 };
+    pub const TRL: CpoLoss = CpoLoss {
+        beta: 0.1,
+        label_smoothing: 0.0,
+        loss_type: CpoLossType::Sigmoid,
+        cpo_alpha: 1.0,
+        simpo_gamma: 0.5,
+        alpha: 0.0,
+    };
 }
 
 /// KTO's settings, as `KTOConfig` names them (its `kto` loss).
@@ -451,7 +460,7 @@ struct Params {
     reference_free: u32,
     /// DPO's losses: how many, then each one's code and weight.
     terms: u32,
-    _pad: u32,
+    alpha: f32,
     codes: [u32; 4],
     weights: [f32; 4],
 }
@@ -477,7 +486,7 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         undesirable_weight: 0.0,
         reference_free: 0,
         terms: 0,
-        _pad: 0,
+        alpha: 0.0,
         codes: [0; 4],
         weights: [0.0; 4],
     };
@@ -500,6 +509,7 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         }
         Some(PreferenceLoss::Cpo(c)) => {
             (p.objective, p.beta, p.loss_type, p.simpo_gamma) = (2, c.beta, c.loss_type.code(), c.simpo_gamma);
+            p.alpha = c.alpha;
             p.label_smoothing = if c.loss_type.smooths() { c.label_smoothing } else { 0.0 };
         }
         None => {}

@@ -85,7 +85,7 @@ impl Objective {
         let objective = Objective::from_name(name)
             .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 11] = [
+        let settings: [(&'static str, bool, &[&str]); 12] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
@@ -95,6 +95,7 @@ impl Objective {
             ("reference_free", o.reference_free.is_some(), &["dpo"]),
             ("cpo_alpha", o.cpo_alpha.is_some(), &["cpo"]),
             ("simpo_gamma", o.simpo_gamma.is_some(), &["cpo"]),
+            ("alphapo_alpha", o.alphapo_alpha.is_some(), &["cpo"]),
             ("desirable_weight", o.desirable_weight.is_some(), &["kto"]),
             ("undesirable_weight", o.undesirable_weight.is_some(), &["kto"]),
         ];
@@ -163,8 +164,16 @@ impl Objective {
                 })
             }
             Objective::Preference(PreferenceLoss::Cpo(c)) => {
+                // TRL's "alphapo": simpo without the NLL term (cpo_alpha 0), its α given by alpha.
+                let alphapo = o.loss_type.as_deref() == Some("alphapo");
                 let loss_type = match &o.loss_type {
-                    Some(t) => pick_loss_type(t, name, &CpoLossType::ALL, CpoLossType::name)?,
+                    _ if alphapo => CpoLossType::Simpo,
+                    Some(t) => pick_loss_type(t, name, &CpoLossType::ALL, CpoLossType::name).map_err(|e| match e {
+                        Error::TrainOption { option, detail } => {
+                            Error::TrainOption { option, detail: detail.replace(" for cpo", ", alphapo for cpo") }
+                        }
+                        e => e,
+                    })?,
                     None => c.loss_type,
                 };
                 smoothing(loss_type.smooths(), loss_type.name(), "sigmoid and simpo")?;
@@ -175,8 +184,9 @@ impl Objective {
                     beta: o.beta.unwrap_or(c.beta),
                     label_smoothing: o.label_smoothing.unwrap_or(c.label_smoothing),
                     loss_type,
-                    cpo_alpha: o.cpo_alpha.unwrap_or(c.cpo_alpha),
+                    cpo_alpha: if alphapo { 0.0 } else { o.cpo_alpha.unwrap_or(c.cpo_alpha) },
                     simpo_gamma: o.simpo_gamma.unwrap_or(c.simpo_gamma),
+                    alpha: o.alphapo_alpha.unwrap_or(c.alpha),
                 })
             }
         }))
@@ -215,6 +225,9 @@ pub struct PreferenceOptions {
     pub reference_free: Option<bool>,
     pub cpo_alpha: Option<f32>,
     pub simpo_gamma: Option<f32>,
+    /// CPO's AlphaPO α (TRL's `CPOConfig.alpha`): each answer's reward
+    /// (1 − p^−α)/α in place of its log-probability (0: off).
+    pub alphapo_alpha: Option<f32>,
     /// KTO's weights of desirable and undesirable examples' losses.
     pub desirable_weight: Option<f32>,
     pub undesirable_weight: Option<f32>,

@@ -740,6 +740,9 @@ impl TrainRecipe {
                 if !(c.cpo_alpha.is_finite() && c.cpo_alpha >= 0.0) {
                     return Err(bad("cpo_alpha", format!("must be a finite number ≥ 0, got {}", c.cpo_alpha)));
                 }
+                if !c.alpha.is_finite() {
+                    return Err(bad("alphapo_alpha", format!("must be a finite number, got {}", c.alpha)));
+                }
                 if !c.simpo_gamma.is_finite() {
                     return Err(bad("simpo_gamma", format!("must be a finite number, got {}", c.simpo_gamma)));
                 }

@@ -165,7 +165,7 @@ export interface TrainOptions {
   beta?: number; labelSmoothing?: number;
   /** DPO's or CPO's loss (TRL's loss_type, default "sigmoid"); "ipo" and "simpo" score answers by their mean
    * log-probability; "simpo" is CPO's only, the others but "hinge" and "ipo" DPO's only. */
-  lossType?: DpoLossType | "simpo" | DpoLossType[];
+  lossType?: DpoLossType | "simpo" | "alphapo" | DpoLossType[];
   /** DPO: the weight of each loss a `lossType` list names (TRL's loss_weights; MPO: [0.8, 0.2, 1] for
    * ["sigmoid", "bco_pair", "sft"]), 1 each when left out. */
   lossWeights?: number[];
@@ -174,8 +174,9 @@ export interface TrainOptions {
   /** DPO's loss without the reference model (TRL's reference_free; the rewards still use it). */
   referenceFree?: boolean;
   /** CPO: the chosen answers' NLL weight (TRL's cpo_alpha, default 1; SimPO's paper: 0); simpoGamma: SimPO's
-   * target margin γ (0.5). */
-  cpoAlpha?: number; simpoGamma?: number;
+   * target margin γ (0.5); alphapoAlpha: AlphaPO's α (TRL's CPOConfig.alpha: each answer's reward (1 − p^−α)/α in
+   * place of its log-probability; 0, off), with lossType "alphapo" (simpo, cpoAlpha 0) as its paper trains. */
+  cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number;
   /** KTO: the weights of desirable and undesirable examples' losses (TRL's desirable_weight, undesirable_weight; 1). */
   desirableWeight?: number; undesirableWeight?: number;
 }

@@ -55,6 +55,8 @@ pub struct RunOptions {
     #[serde(default)]
     pub simpo_gamma: Option<f32>,
     #[serde(default)]
+    pub alphapo_alpha: Option<f32>,
+    #[serde(default)]
     pub desirable_weight: Option<f32>,
     #[serde(default)]
     pub undesirable_weight: Option<f32>,
@@ -94,6 +96,7 @@ impl RunOptions {
             reference_free: a.reference_free,
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
+            alphapo_alpha: a.alphapo_alpha,
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
@@ -207,6 +210,7 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("reference_free", "reference-free", a.reference_free, saved.reference_free, |v: &bool| v.to_string());
     one!("cpo_alpha", "cpo-alpha", a.cpo_alpha, saved.cpo_alpha, show);
     one!("simpo_gamma", "simpo-gamma", a.simpo_gamma, saved.simpo_gamma, show);
+    one!("alphapo_alpha", "alphapo-alpha", a.alphapo_alpha, saved.alphapo_alpha, show);
     one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);
     one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));

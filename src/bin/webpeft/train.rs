@@ -235,7 +235,8 @@ pub struct TrainArgs {
     pub label_smoothing: Option<f32>,
     /// DPO's or CPO's loss, TRL's loss_type [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
     /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop, aot, aot_pair, bco_pair, sft;
-    /// CPO's sigmoid, hinge, ipo, simpo (ipo and simpo score answers by their mean log-probability).
+    /// CPO's sigmoid, hinge, ipo, simpo, alphapo (simpo without the NLL term, with --alphapo-alpha;
+    /// ipo and simpo score answers by their mean log-probability).
     /// DPO's may list up to 4, comma-separated, whose losses are summed (MPO:
     /// sigmoid,bco_pair,sft with --loss-weights 0.8,0.2,1).
     #[arg(long)]
@@ -246,6 +247,11 @@ pub struct TrainArgs {
     /// CPO: the weight of the chosen answers' NLL (TRL's cpo_alpha; SimPO's paper: 0) [default: 1].
     #[arg(long)]
     pub cpo_alpha: Option<f32>,
+    /// CPO: AlphaPO's α (TRL's CPOConfig.alpha): each answer's reward (1 − p^−α)/α, p its
+    /// probability, in place of its log-probability; with --loss-type alphapo (simpo, no NLL
+    /// term) as its paper trains [default: 0, off].
+    #[arg(long)]
+    pub alphapo_alpha: Option<f32>,
     /// CPO's simpo loss: the target reward margin γ (TRL's simpo_gamma) [default: 0.5].
     #[arg(long)]
     pub simpo_gamma: Option<f32>,
@@ -687,6 +693,7 @@ impl TrainArgs {
             reference_free: self.reference_free.then_some(true),
             cpo_alpha: self.cpo_alpha,
             simpo_gamma: self.simpo_gamma,
+            alphapo_alpha: self.alphapo_alpha,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
         };

@@ -244,8 +244,18 @@ pub fn preference_loss(
             }
             PreferenceLoss::Kto(_) => unreachable!("KTO returned above"),
             PreferenceLoss::Cpo(cpo) => {
-                let (l, dc, dr) = cpo_term(cpo, pc, pr);
-                (beta * pc, beta * pr, l, dc * k / n, dr * k / n)
+                // AlphaPO: the reward (1 − p^−α)/α of p = e^π, its derivative p^−α.
+                let alpha = cpo.alpha as f64;
+                let reward = |x: f64| {
+                    if alpha == 0.0 {
+                        (x, 1.0)
+                    } else {
+                        ((1.0 - (-alpha * x).exp()) / alpha, (-alpha * x).exp())
+                    }
+                };
+                let ((rc, gc), (rr, gr)) = (reward(pc), reward(pr));
+                let (l, dc, dr) = cpo_term(cpo, rc, rr);
+                (beta * rc, beta * rr, l, dc * gc * k / n, dr * gr * k / n)
             }
             PreferenceLoss::Orpo { .. } => {
                 let log1m_exp = |x: f64| (-x.exp_m1()).ln();
