@@ -21,6 +21,7 @@
 // NLL = Σ_s nll[s] (its weights hold the 1/N of the mean).
 // KTO:  rows 0..B the examples, B..2B their KL rows; kl = max(0, mean_KL(π − ref)) (no gradient);
 //       loss = mean w·(1 − σ(z)), z = β(c − kl) desirable, β(kl − c) not, c = π − ref
+//       (loss_type 1, apo_zero_unpaired: no KL rows (seqs = B), kl = 0)
 // stats: [loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
 //         nll_loss, log_odds_ratio, log_odds_chosen] (the last two ORPO's, 0 for DPO);
 //        KTO: [loss, rewards/chosen_sum, rewards/rejected_sum, kl, logps/chosen_sum,
@@ -320,14 +321,17 @@ fn dpo_loss_sum(code: u32, w: f32, g: f32) -> f32 {
     return w * total;
 }
 
-// KTO: rows 0..B the examples, B..2B their KL rows (p.pairs = B).
+// KTO: rows 0..B the examples, B..2B their KL rows (p.pairs = B); apo_zero_unpaired
+// (loss_type 1): the B examples alone, kl 0 (its loss does not read it).
 fn kto_loss() {
     let b = p.pairs;
     let n = f32(b);
     let beta = p.beta;
     var kl = 0.0;
-    for (var i = 0u; i < b; i++) { kl += policy_logps[b + i] - ref_logps[b + i]; }
-    kl = max(kl / n, 0.0);
+    if (p.loss_type == 0u) {
+        for (var i = 0u; i < b; i++) { kl += policy_logps[b + i] - ref_logps[b + i]; }
+        kl = max(kl / n, 0.0);
+    }
     var loss = 0.0;
     var sums = array<f32, 6>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0); // rewards c/r, logps c/r, counts c/r
     for (var i = 0u; i < b; i++) {
@@ -338,7 +342,7 @@ fn kto_loss() {
         loss += w * (1.0 - sigmoid(z));
         // ∂(1 − σ(z))/∂c = −σ'(z)·∂z/∂c, ∂z/∂c = ±β
         dlogp[i] = select(beta, -beta, side == 0u) * w * dsigmoid(z) * p.scale / n;
-        dlogp[b + i] = 0.0;
+        if (p.seqs > b) { dlogp[b + i] = 0.0; }
         sums[side] += beta * c;
         sums[2u + side] += policy_logps[i];
         sums[4u + side] += 1.0;

@@ -192,7 +192,7 @@ pub fn jsonl(data: &[u8]) {
             let _ = ds.epoch(0);
         }
     }
-    if let Ok(ds) = kto_dataset("kto.jsonl", data, tokenizer, &opts, 383) {
+    if let Ok(ds) = kto_dataset("kto.jsonl", data, tokenizer, &opts, 383, true) {
         let _ = ds.epoch(0);
     }
 }

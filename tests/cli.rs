@@ -1560,6 +1560,18 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     let loss = column(&lines, "loss");
     assert!((loss[0] - (0.5 + 1.5 * 0.5) / 2.0).abs() < 1e-6, "{lines:?}");
     assert!(loss[2] < loss[0], "{lines:?}");
+    // loss_type apo_zero_unpaired: no KL rows, so a batch of one works; kl is 0, the step-1 loss the same ½s.
+    let apo = ["--objective", "kto", "--loss-type", "apo_zero_unpaired", "--undesirable-weight", "1.5", "--steps", "2"];
+    let tail = ["--method", "lora", "--batch-size", "1", "--lr", "1e-2", "--out", &dir.join("apo")];
+    let out = train(&data, &[&apo[..], &tail].concat());
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(column(&lines, "kl"), [0.0; 2], "{lines:?}");
+    let loss = column(&lines, "loss");
+    // One example a step: the desirable one's 1 − σ(0), then the undesirable one's 1.5·σ(β·c), β·c its reward.
+    let reward = column(&lines, "rewards/rejected_sum")[1];
+    let want = 1.5 / (1.0 + (-reward).exp());
+    assert!((loss[0] - 0.5).abs() < 1e-6 && (loss[1] - want).abs() < 1e-6, "{lines:?}");
 }
 
 #[test]
@@ -1602,7 +1614,7 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
         (&["--objective", "dpo", "--beta", "0"], "error: --beta: must be a finite number > 0, got 0"),
         (
             &["--objective", "dpo", "--loss-type", "ipo", "--label-smoothing", "0.1"],
-            "error: --label-smoothing: applies to the sigmoid, robust and exo_pair losses, not ipo (TRL ignores it there)",
+            "error: --label-smoothing: applies to the sigmoid, robust, exo_pair, aot and aot_pair losses, not ipo (TRL ignores it there)",
         ),
         (
             &["--objective", "dpo", "--loss-type", "robust", "--label-smoothing", "0.5"],
@@ -1615,7 +1627,7 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
         (
             &["--objective", "dpo", "--loss-type", "simpo"],
             "error: --loss-type: expected one of sigmoid, robust, exo_pair, hinge, ipo, sppo_hard, nca_pair, apo_zero, \
-             apo_down, discopop for dpo, got \"simpo\"",
+             apo_down, discopop, aot, aot_pair, bco_pair, sft for dpo, got \"simpo\"",
         ),
         (&["--objective", "cpo", "--simpo-gamma", "1"], "error: --simpo-gamma: applies to the simpo loss, not sigmoid"),
         (

@@ -54,8 +54,11 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     let reference: Vec<f32> = randn(seed + 1, seqs).iter().map(|v| -60.0 + 5.0 * v).collect();
     let scale = 0.5;
 
-    // KTO's labels: both kinds among the examples (the first desirable, the second not).
-    let desirable: Vec<f32> = (0..pairs).map(|i| if i < 2 { (1 - i) as f32 } else { rng.below(2) as f32 }).collect();
+    // KTO's labels: both kinds among the examples (the first desirable, the second not); without KL rows
+    // (apo_zero_unpaired) every row is an example.
+    let kl = !matches!(loss, PreferenceLoss::Kto(k) if !k.loss_type.uses_kl());
+    let examples = if kl { pairs } else { seqs };
+    let desirable: Vec<f32> = (0..examples).map(|i| if i < 2 { (1 - i) as f32 } else { rng.below(2) as f32 }).collect();
     let up = |v: &[f32]| Tensor::from_slice(gpu, &[v.len()], v).unwrap();
     let labels = up(&desirable);
     let (tl, lw, nw, rf) = (up(&token_loss), up(&lp_w), up(&nll_w), up(&reference));
@@ -98,7 +101,9 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     // sft's gradient is the NLL's, through the row scale: none here.
     let sft = matches!(loss, PreferenceLoss::Dpo(d) if d.loss_type.single() == Some(DpoLossType::Sft));
     let nonzero = got_dlogp.iter().filter(|v| **v != 0.0).count();
-    if kto {
+    if kto && !kl {
+        assert!(got_dlogp.iter().all(|v| *v != 0.0), "{got_dlogp:?}");
+    } else if kto {
         // The examples have a gradient, their KL rows none.
         let half = got_dlogp.len() / 2;
         assert!(got_dlogp[..half].iter().all(|v| *v != 0.0), "{got_dlogp:?}");
@@ -162,7 +167,11 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
 #[test]
 fn kto_loss_matches_the_cpu_reference() {
     check_loss(PreferenceLoss::Kto(KtoLoss::TRL), 3, 120);
-    check_loss(PreferenceLoss::Kto(KtoLoss { beta: 0.5, desirable_weight: 1.3, undesirable_weight: 0.7 }), 5, 121);
+    let k = KtoLoss { beta: 0.5, desirable_weight: 1.3, undesirable_weight: 0.7, ..KtoLoss::TRL };
+    check_loss(PreferenceLoss::Kto(k), 5, 121);
+    // apo_zero_unpaired: every row an example (here 2·5 of them), no KL estimate.
+    let apo = KtoLoss { loss_type: webpeft::kernels::preference::KtoLossType::ApoZeroUnpaired, ..k };
+    check_loss(PreferenceLoss::Kto(apo), 5, 122);
 }
 
 /// CPO's loss types on the policy alone (the reference buffer bound but unread), with and without the NLL term.

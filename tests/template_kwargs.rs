@@ -86,7 +86,7 @@ fn dpo_pairs_render_with_their_kwargs() {
 fn kto_examples_render_with_their_kwargs() {
     let opts = DataOptions { seq_len: 512, batch_size: 2, shuffle: false, ..Default::default() };
     let tok = tokenizer();
-    let data = kto_dataset("unpaired.jsonl", text("unpaired.jsonl").as_bytes(), Some(&tok), &opts, PAD).unwrap();
+    let data = kto_dataset("unpaired.jsonl", text("unpaired.jsonl").as_bytes(), Some(&tok), &opts, PAD, true).unwrap();
     let batch = data.epoch(0).remove(0);
     let want = &expected()["unpaired"];
     for (half, key) in [(0, "own"), (2, "kl")] {

@@ -296,7 +296,11 @@ fn dpo_options_are_checked() {
             "rpo_alpha" => o.rpo_alpha = Some(1.0),
             _ => o.discopop_tau = Some(0.1),
         }
-        let owners = if matches!(option, "rpo_alpha" | "discopop_tau") { "dpo only" } else { "dpo and cpo" };
+        let owners = match option {
+            "rpo_alpha" | "discopop_tau" => "dpo only",
+            "loss_type" => "dpo, cpo and kto",
+            _ => "dpo and cpo",
+        };
         for (objective, needle) in [("orpo", owners), ("sft", owners)] {
             match Objective::from_options(objective, &o) {
                 Err(Error::TrainOption { option: got, detail }) => {

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{block_on, fixture, gpu, max_abs_diff, Fixture};
-use webpeft::kernels::preference::{KtoLoss, PreferenceLoss};
+use webpeft::kernels::preference::{KtoLoss, KtoLossType, PreferenceLoss};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
@@ -25,7 +25,19 @@ use webpeft::Error;
 
 const TOL: f32 = 1e-4;
 const PAD: u32 = 383;
-const KTO: PreferenceLoss = PreferenceLoss::Kto(KtoLoss { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.5 });
+const KTO: PreferenceLoss = PreferenceLoss::Kto(KtoLoss {
+    beta: 0.1,
+    desirable_weight: 1.0,
+    undesirable_weight: 1.5,
+    loss_type: KtoLossType::Kto,
+});
+/// TRL's loss_type "apo_zero_unpaired": no KL rows, no KL estimate.
+const APO: PreferenceLoss = PreferenceLoss::Kto(KtoLoss {
+    beta: 0.1,
+    desirable_weight: 1.0,
+    undesirable_weight: 1.5,
+    loss_type: KtoLossType::ApoZeroUnpaired,
+});
 
 fn tokenizer() -> Tokenizer {
     block_on(Tokenizer::load(&DirFiles::new(fixture("llama_gqa")).unwrap())).unwrap()
@@ -33,9 +45,14 @@ fn tokenizer() -> Tokenizer {
 
 /// Every batch of `file` in file order, `batch_size` examples each, rows of at most `seq_len`.
 fn batches(file: &str, batch_size: usize, seq_len: usize) -> Vec<Batch> {
+    batches_kl(file, batch_size, seq_len, true)
+}
+
+/// [`batches`], with each example's KL row or without (apo_zero_unpaired).
+fn batches_kl(file: &str, batch_size: usize, seq_len: usize, kl: bool) -> Vec<Batch> {
     let text = std::fs::read_to_string(fixture(file)).unwrap();
     let opts = DataOptions { seq_len, batch_size, shuffle: false, ..Default::default() };
-    kto_dataset(file, text.as_bytes(), Some(&tokenizer()), &opts, PAD).unwrap().epoch(0)
+    kto_dataset(file, text.as_bytes(), Some(&tokenizer()), &opts, PAD, kl).unwrap().epoch(0)
 }
 
 /// A row without its padding (pad ids under −100 labels at the end).
@@ -91,24 +108,40 @@ fn close(what: &str, got: &[f32], want: &[f32], rel: f32) {
 
 #[test]
 fn kto_matches_trl() {
+    check_against_trl("kto", KTO);
+}
+
+/// apo_zero_unpaired: 1 − σ(β·c) for a desirable example, σ(β·c) for an undesirable one, no KL rows
+/// (six rows a batch of six, not twelve) and kl logged as 0, as TRL's `kto_loss` with `calculate_KL` off.
+#[test]
+fn apo_zero_unpaired_matches_trl() {
+    let b = batches_kl("kto/examples.jsonl", 6, 512, false).remove(0);
+    assert_eq!((b.input_ids.len(), b.desirable.as_ref().map(Vec::len)), (6, Some(6)));
+    check_against_trl("apo", APO);
+}
+
+/// The fixture's case `name` (`kto`, `apo`) on examples.jsonl as one batch of six: the log-probabilities,
+/// loss, metrics, gradients, 10 AdamW losses and the factors after them.
+fn check_against_trl(name: &str, loss: PreferenceLoss) {
+    let PreferenceLoss::Kto(k) = loss else { unreachable!("a KTO loss") };
     let (gpu, fx) = (gpu(), Fixture::open("kto/reference.safetensors"));
-    let b = batches("kto/examples.jsonl", 6, 512).remove(0);
+    let b = batches_kl("kto/examples.jsonl", 6, 512, k.loss_type.uses_kl()).remove(0);
     let model = block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), QuantFormat::F32)).unwrap();
     let files = DirFiles::new(fixture("lora/initial_adapter")).unwrap();
     let adapter = Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap());
     let opt = OptimizerConfig { weight_decay: 0.01, ..Default::default() };
     let mut trainer = Trainer::new(gpu, adapter, opt, 0).unwrap();
-    trainer.objective = Objective::Preference(KTO);
+    trainer.objective = Objective::Preference(loss);
 
-    let (policy, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, KTO)).unwrap();
-    close("kto policy log-probs", &policy, &fx.f32("kto.logps"), TOL);
-    close("kto reference log-probs", &reference.unwrap(), &fx.f32("kto.ref_logps"), TOL);
+    let (policy, reference) = block_on(preference_logps(gpu, &model, &trainer.adapter, &b, loss)).unwrap();
+    close(&format!("{name} policy log-probs"), &policy, &fx.f32(&format!("{name}.logps")), TOL);
+    close(&format!("{name} reference log-probs"), &reference.unwrap(), &fx.f32(&format!("{name}.ref_logps")), TOL);
     let mut losses = Vec::new();
     for step in 0..10 {
         let s = block_on(trainer.step(gpu, &model, std::slice::from_ref(&b), 1e-2)).unwrap();
         losses.push(s.loss);
         if step == 0 {
-            close("kto loss", &[s.loss], &[fx.f32("kto.loss")[0]], 0.0);
+            close(&format!("{name} loss"), &[s.loss], &[fx.f32(&format!("{name}.loss"))[0]], 0.0);
             let k = s.kto.unwrap();
             let got = [
                 k.rewards_chosen_sum,
@@ -119,17 +152,17 @@ fn kto_matches_trl() {
                 k.count_chosen,
                 k.count_rejected,
             ];
-            close("kto metrics", &got, &fx.f32("kto.metrics"), 1e-6);
+            close(&format!("{name} metrics"), &got, &fx.f32(&format!("{name}.metrics")), 1e-6);
             let mut worst = 0.0f32;
             for (key, g) in trainer.gradients().tensors() {
                 let got = block_on(g.to_vec::<f32>(gpu)).unwrap();
-                worst = worst.max(max_abs_diff(&got, &fx.f32(&format!("kto.{key}.grad"))));
+                worst = worst.max(max_abs_diff(&got, &fx.f32(&format!("{name}.{key}.grad"))));
             }
-            eprintln!("kto: 28 gradients, max |diff| {worst:e}");
-            assert!(worst <= TOL, "kto gradients: {worst:e}");
+            eprintln!("{name}: 28 gradients, max |diff| {worst:e}");
+            assert!(worst <= TOL, "{name} gradients: {worst:e}");
         }
     }
-    close("kto 10 AdamW losses", &losses, &fx.f32("kto.losses"), 0.0);
+    close(&format!("{name} 10 AdamW losses"), &losses, &fx.f32(&format!("{name}.losses")), 0.0);
     // An element whose step-1 gradient is near AdamW's ε (1e-8) takes a first update lr·g/(|g| + ε) that turns
     // the gradients' f32 roundings (6e-8) into ~1e-4 of the factor (one here: layer 1's down_proj A, 1.7e-8),
     // and through the later steps' gradients nudges the rest: those are held to 1e-3, every other element to
@@ -137,7 +170,7 @@ fn kto_matches_trl() {
     let (mut worst, mut worst_sensitive) = (0.0f32, 0.0f32);
     for (key, t) in trainer.adapter.tensors() {
         let got = block_on(t.to_vec::<f32>(gpu)).unwrap();
-        let (want, grad) = (fx.f32(&format!("kto.final.{key}")), fx.f32(&format!("kto.{key}.grad")));
+        let (want, grad) = (fx.f32(&format!("{name}.final.{key}")), fx.f32(&format!("{name}.{key}.grad")));
         for ((g, w), step1) in got.iter().zip(&want).zip(&grad) {
             let d = (g - w).abs();
             if step1.abs() < 1e-6 {
@@ -147,8 +180,8 @@ fn kto_matches_trl() {
             }
         }
     }
-    eprintln!("kto: final factors max |diff| {worst:e} ({worst_sensitive:e} where the step-1 gradient is < 1e-6)");
-    assert!(worst <= 2e-4 && worst_sensitive <= 1e-3, "kto final factors: {worst:e}, {worst_sensitive:e}");
+    eprintln!("{name}: final factors max |diff| {worst:e} ({worst_sensitive:e} where the step-1 gradient is < 1e-6)");
+    assert!(worst <= 2e-4 && worst_sensitive <= 1e-3, "{name} final factors: {worst:e}, {worst_sensitive:e}");
 }
 
 #[test]
@@ -160,6 +193,7 @@ fn bad_kto_data_and_options_are_typed_errors() {
         Some(&tokenizer()),
         &opts,
         PAD,
+        true,
     ) {
         Err(Error::Data { line: l, detail, .. }) => {
             assert_eq!(l, line, "{detail}");

@@ -241,7 +241,7 @@ impl DpoLossTypes {
 pub struct DpoLoss {
     /// β, the loss's temperature (IPO's τ).
     pub beta: f32,
-    /// ε, the chance a label is flipped (sigmoid, robust and exo_pair).
+    /// ε, the chance a label is flipped (sigmoid, robust, exo_pair, aot and aot_pair).
     pub label_smoothing: f32,
     /// `loss_type` and `loss_weights`.
     pub loss_type: DpoLossTypes,
@@ -342,7 +342,36 @@ impl CpoLoss {
     };
 }
 
-/// KTO's settings, as `KTOConfig` names them (its `kto` loss).
+/// KTO's `loss_type` (TRL's `KTOConfig.loss_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KtoLossType {
+    /// 1 − σ(β·(c − kl)) desirable, 1 − σ(β·(kl − c)) not, against the KL
+    /// estimate from each example's KL row (KTO).
+    Kto,
+    /// 1 − σ(β·c) desirable, σ(β·c) not: no KL estimate and no KL rows
+    /// (APO-zero, unpaired).
+    ApoZeroUnpaired,
+}
+
+impl KtoLossType {
+    pub const ALL: [KtoLossType; 2] = [KtoLossType::Kto, KtoLossType::ApoZeroUnpaired];
+
+    /// TRL's name: "kto", "apo_zero_unpaired".
+    pub fn name(self) -> &'static str {
+        match self {
+            KtoLossType::Kto => "kto",
+            KtoLossType::ApoZeroUnpaired => "apo_zero_unpaired",
+        }
+    }
+
+    /// Whether the loss reads the KL estimate, so each example travels with
+    /// its KL row (TRL's `calculate_KL`).
+    pub fn uses_kl(self) -> bool {
+        self == KtoLossType::Kto
+    }
+}
+
+/// KTO's settings, as `KTOConfig` names them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KtoLoss {
     pub beta: f32,
@@ -350,11 +379,13 @@ pub struct KtoLoss {
     pub desirable_weight: f32,
     /// The weight of an undesirable example's loss (`undesirable_weight`).
     pub undesirable_weight: f32,
+    pub loss_type: KtoLossType,
 }
 
 impl KtoLoss {
-    /// TRL's defaults: β 0.1, both weights 1.
-    pub const TRL: KtoLoss = KtoLoss { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0 };
+    /// TRL's defaults: β 0.1, both weights 1, the kto loss.
+    pub const TRL: KtoLoss =
+        KtoLoss { beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0, loss_type: KtoLossType::Kto };
 }
 
 /// A preference loss and its settings, as TRL names them.
@@ -458,7 +489,8 @@ struct Params {
     desirable_weight: f32,
     undesirable_weight: f32,
     reference_free: u32,
-    /// DPO's losses: how many, then each one's code and weight.
+    /// DPO's losses: how many, then each one's code and weight (for KTO
+    /// `pairs` is the examples, and the rows after them their KL rows).
     terms: u32,
     alpha: f32,
     codes: [u32; 4],
@@ -506,6 +538,8 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         Some(PreferenceLoss::Kto(k)) => {
             (p.objective, p.beta) = (3, k.beta);
             (p.desirable_weight, p.undesirable_weight) = (k.desirable_weight, k.undesirable_weight);
+            p.loss_type = u32::from(!k.loss_type.uses_kl());
+            p.pairs = if k.loss_type.uses_kl() { (seqs / 2) as u32 } else { seqs as u32 };
         }
         Some(PreferenceLoss::Cpo(c)) => {
             (p.objective, p.beta, p.loss_type, p.simpo_gamma) = (2, c.beta, c.loss_type.code(), c.simpo_gamma);
@@ -519,11 +553,8 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
 
 /// The rows per sequence of `seqs` sequences over weights of `rows` rows, checked.
 fn rows_per_seq(op: &'static str, rows: usize, seqs: usize) -> Result<usize> {
-    if seqs == 0 || seqs % 2 != 0 || rows % seqs != 0 {
-        return Err(Error::shape(
-            op,
-            format!("{rows} rows do not split into an even number {seqs} (> 0) of sequences"),
-        ));
+    if seqs == 0 || rows % seqs != 0 {
+        return Err(Error::shape(op, format!("{rows} rows do not split into {seqs} (> 0) sequences")));
     }
     u32_count(op, "row count", rows)?;
     Ok(rows / seqs)
@@ -598,7 +629,12 @@ pub fn preference_loss(
         (false, _) => policy,
     };
     let seqs = same_rows(OP, &[("policy", policy), ("reference", reference), ("nll", nll)])?;
-    rows_per_seq(OP, seqs, seqs)?;
+    // A pair's rows (KTO: an example's and its KL row) come two by two; KTO without KL rows one by one.
+    let single = matches!(loss, PreferenceLoss::Kto(k) if !k.loss_type.uses_kl());
+    if seqs == 0 || (seqs % 2 != 0 && !single) {
+        return Err(Error::shape(OP, format!("{seqs} sequences are not an even number (> 0), two a pair")));
+    }
+    let examples = if single { seqs } else { seqs / 2 };
     all_f32(OP, &[("stats", stats)])?;
     if stats.shape() != [STATS] {
         return Err(Error::shape(OP, format!("stats {:?} must be ({STATS})", stats.shape())));
@@ -606,8 +642,8 @@ pub fn preference_loss(
     let labels = match (matches!(loss, PreferenceLoss::Kto(_)), desirable) {
         (true, Some(d)) => {
             all_f32(OP, &[("desirable", d)])?;
-            if d.shape() != [seqs / 2] {
-                return Err(Error::shape(OP, format!("desirable {:?} must be ({})", d.shape(), seqs / 2)));
+            if d.shape() != [examples] {
+                return Err(Error::shape(OP, format!("desirable {:?} must be ({examples})", d.shape())));
             }
             d
         }

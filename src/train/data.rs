@@ -586,6 +586,11 @@ impl Dataset {
         }
     }
 
+    /// Rows kept as they are, one a unit (KTO's examples without KL rows).
+    pub(crate) fn from_rows(rows: Vec<Example>, opts: &DataOptions, pad_id: u32) -> Dataset {
+        Dataset { rows, pairs: false, ..Dataset::from_pairs(Vec::new(), opts, pad_id, Vec::new()) }
+    }
+
     /// KTO's units (an example's row and its KL row, as pairs) with their
     /// labels, which batches carry ([`Batch::desirable`]).
     pub(crate) fn with_desirable(self, desirable: Vec<bool>) -> Dataset {

@@ -48,14 +48,16 @@ struct Tokens {
 }
 
 /// Unpaired preference examples from JSONL bytes, as a [`Dataset`] whose
-/// units are (the example's row, its KL row) with the examples' labels;
-/// rows of at most `opts.seq_len` tokens.
+/// units are (the example's row, its KL row) with the examples' labels, or
+/// without `kl` the example's row alone (apo_zero_unpaired: TRL builds no KL
+/// dataset); rows of at most `opts.seq_len` tokens.
 pub fn kto_dataset(
     source_name: &str,
     bytes: &[u8],
     tokenizer: Option<&Tokenizer>,
     opts: &DataOptions,
     pad_id: u32,
+    kl: bool,
 ) -> Result<Dataset> {
     let text = utf8_text(source_name, bytes)?;
     let mut parser = Parser { source_name, tokenizer, template: None };
@@ -120,7 +122,11 @@ pub fn kto_dataset(
         }
     }
     let (rows, labels): (Vec<_>, Vec<_>) = units.into_iter().unzip();
-    Ok(Dataset::from_pairs(rows, opts, pad_id, Vec::new()).with_desirable(labels))
+    let dataset = match kl {
+        true => Dataset::from_pairs(rows, opts, pad_id, Vec::new()),
+        false => Dataset::from_rows(rows.into_iter().map(|(own, _)| own).collect(), opts, pad_id),
+    };
+    Ok(dataset.with_desirable(labels))
 }
 
 /// The prompt and the `field` completion of a line as text: strings, or

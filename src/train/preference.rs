@@ -34,7 +34,8 @@ use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser}
 use serde::Deserialize;
 
 use crate::kernels::preference::{
-    CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, KtoLoss, PairTokenization, PreferenceLoss, MAX_LOSS_TYPES,
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, KtoLoss, KtoLossType, PairTokenization, PreferenceLoss,
+    MAX_LOSS_TYPES,
 };
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
@@ -88,7 +89,7 @@ impl Objective {
         let settings: [(&'static str, bool, &[&str]); 12] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
-            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo"]),
+            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo", "kto"]),
             ("loss_weights", o.loss_weights.is_some(), &["dpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
@@ -128,6 +129,10 @@ impl Objective {
                 beta: o.beta.unwrap_or(k.beta),
                 desirable_weight: o.desirable_weight.unwrap_or(k.desirable_weight),
                 undesirable_weight: o.undesirable_weight.unwrap_or(k.undesirable_weight),
+                loss_type: match &o.loss_type {
+                    Some(t) => pick_loss_type(t, name, &KtoLossType::ALL, KtoLossType::name)?,
+                    None => k.loss_type,
+                },
             }),
             Objective::Preference(PreferenceLoss::Dpo(d)) => {
                 let loss_type = match &o.loss_type {

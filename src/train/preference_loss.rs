@@ -60,7 +60,9 @@ impl PairRows {
     pub fn new(batch: &Batch, vocab: usize, virtual_tokens: usize, loss: PreferenceLoss) -> Result<PairRows> {
         const OP: &str = "preference loss";
         let seqs = batch.labels.len();
-        if seqs == 0 || seqs % 2 != 0 || batch.input_ids.len() != seqs {
+        // KTO without KL rows (apo_zero_unpaired): one row an example.
+        let single = matches!(loss, PreferenceLoss::Kto(k) if !k.loss_type.uses_kl());
+        if seqs == 0 || (seqs % 2 != 0 && !single) || batch.input_ids.len() != seqs {
             return Err(Error::shape(OP, format!("a batch of pairs needs an even number of rows, got {seqs}")));
         }
         let (mut targets, _) = shift_labels_after(&batch.labels, vocab, virtual_tokens)?;
@@ -120,7 +122,7 @@ impl PairRows {
             }
         }
         let desirable = match (loss, &batch.desirable) {
-            (PreferenceLoss::Kto(_), Some(d)) if d.len() == seqs / 2 => {
+            (PreferenceLoss::Kto(_), Some(d)) if d.len() == if single { seqs } else { seqs / 2 } => {
                 Some(d.iter().map(|&good| if good { 1.0 } else { 0.0 }).collect())
             }
             (PreferenceLoss::Kto(_), _) => {

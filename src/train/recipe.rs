@@ -721,7 +721,7 @@ impl TrainRecipe {
                     }
                 }
                 // TRL: the KL term pairs each prompt with another example's completion in its batch.
-                if self.batch_size < 2 {
+                if self.batch_size < 2 && k.loss_type.uses_kl() {
                     return Err(bad(
                         "batch_size",
                         format!(
@@ -802,8 +802,8 @@ impl TrainRecipe {
         opts: &DataOptions,
     ) -> Result<Dataset> {
         match self.objective {
-            Objective::Preference(PreferenceLoss::Kto(_)) => {
-                return kto_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer))
+            Objective::Preference(PreferenceLoss::Kto(k)) => {
+                return kto_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), k.loss_type.uses_kl())
             }
             Objective::Preference(loss) => {
                 return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), loss.tokenization())

@@ -164,8 +164,9 @@ export interface TrainOptions {
    * robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
   /** DPO's or CPO's loss (TRL's loss_type, default "sigmoid"); "ipo" and "simpo" score answers by their mean
-   * log-probability; "simpo" is CPO's only, the others but "hinge" and "ipo" DPO's only. */
-  lossType?: DpoLossType | "simpo" | "alphapo" | DpoLossType[];
+   * log-probability; "simpo" and "alphapo" are CPO's only, "kto" (the default there) and "apo_zero_unpaired" KTO's,
+   * the others but "hinge" and "ipo" DPO's only. */
+  lossType?: DpoLossType | "simpo" | "alphapo" | "kto" | "apo_zero_unpaired" | DpoLossType[];
   /** DPO: the weight of each loss a `lossType` list names (TRL's loss_weights; MPO: [0.8, 0.2, 1] for
    * ["sigmoid", "bco_pair", "sft"]), 1 each when left out. */
   lossWeights?: number[];

@@ -230,13 +230,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub beta: Option<f32>,
     /// DPO and CPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO; DPO's
-    /// sigmoid, robust and exo_pair losses, CPO's sigmoid and simpo) [default: 0].
+    /// sigmoid, robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo) [default: 0].
     #[arg(long)]
     pub label_smoothing: Option<f32>,
     /// DPO's or CPO's loss, TRL's loss_type [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
     /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop, aot, aot_pair, bco_pair, sft;
     /// CPO's sigmoid, hinge, ipo, simpo, alphapo (simpo without the NLL term, with --alphapo-alpha;
-    /// ipo and simpo score answers by their mean log-probability).
+    /// ipo and simpo score answers by their mean log-probability); KTO's kto, apo_zero_unpaired.
     /// DPO's may list up to 4, comma-separated, whose losses are summed (MPO:
     /// sigmoid,bco_pair,sft with --loss-weights 0.8,0.2,1).
     #[arg(long)]

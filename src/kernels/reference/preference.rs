@@ -178,12 +178,12 @@ fn cpo_term(c: CpoLoss, pc: f64, pr: f64) -> (f64, f64, f64) {
 }
 
 /// KTO's `(stats, dlogp)` (TRL's `kto_loss`): rows 0..B the examples, B..2B
-/// their KL rows; `desirable` (B) 1 or 0.
+/// their KL rows (apo_zero_unpaired: the examples alone, kl 0); `desirable` (B) 1 or 0.
 fn kto_loss(k: KtoLoss, policy: &[f32], reference: &[f32], desirable: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
-    let b = policy.len() / 2;
+    let b = if k.loss_type.uses_kl() { policy.len() / 2 } else { policy.len() };
     let (n, s, beta) = (b as f64, scale as f64, k.beta as f64);
     let ratio = |i: usize| policy[i] as f64 - reference[i] as f64;
-    let kl = ((b..2 * b).map(ratio).sum::<f64>() / n).max(0.0);
+    let kl = if k.loss_type.uses_kl() { ((b..2 * b).map(ratio).sum::<f64>() / n).max(0.0) } else { 0.0 };
     let mut stats = [0f64; STATS];
     let mut dlogp = vec![0f32; policy.len()];
     for i in 0..b {
