@@ -343,8 +343,12 @@ impl Trainer {
         for (_, g) in self.grads.tensors() {
             fill(&mut rec, g, 0.0)?;
         }
-        copy(&mut rec, &self.running, &self.running_backup)?; // the losses below may update it
-                                                              // The loss, then (preference) TRL's metrics: STATS values, the loss first.
+        if let Objective::Preference(PreferenceLoss::Dpo(d)) = self.objective {
+            if d.loss_type.contains(DpoLossType::BcoPair) {
+                copy(&mut rec, &self.running, &self.running_backup)?; // the loss below updates it
+            }
+        }
+        // The loss, then (preference) TRL's metrics: STATS values, the loss first.
         let stats = Tensor::zeros(gpu, &[STATS], DType::F32)?;
         let loss = stats.reshape_prefix(&[1])?;
         if let Objective::Preference(objective) = self.objective {

@@ -222,9 +222,10 @@ pub fn preference_loss(
     if let PreferenceLoss::Kto(k) = loss {
         return kto_loss(k, policy, reference, desirable, scale);
     }
-    let dpo = match loss {
-        PreferenceLoss::Dpo(d) => Some(dpo_losses(d, policy, reference, running)),
-        _ => None,
+    // DPO's losses are the batch's (sorted, running-mean ones among them): all at once.
+    let (dpo_total, dpo_grad, dpo_rewards) = match loss {
+        PreferenceLoss::Dpo(d) => dpo_losses(d, policy, reference, running),
+        _ => (0.0, Vec::new(), Vec::new()),
     };
     let pairs = policy.len() / 2;
     let (n, k) = (pairs as f64, scale as f64);
@@ -238,9 +239,9 @@ pub fn preference_loss(
         let (pc, pr) = (policy[c] as f64, policy[r] as f64);
         let (rc, rr, term, dc, dr) = match loss {
             PreferenceLoss::Dpo(_) => {
-                let (total, grad, rewards) = dpo.as_ref().expect("computed above");
-                let l = if i == 0 { *total } else { 0.0 }; // the batch's losses, once
-                (rewards[i].0, rewards[i].1, l, grad[c] * k / n, grad[r] * k / n)
+                let l = if i == 0 { dpo_total } else { 0.0 }; // the batch's losses, once
+                let ((rc, rr), g) = (dpo_rewards.get(i).copied().unwrap_or_default(), |s: usize| dpo_grad[s] * k / n);
+                (rc, rr, l, g(c), g(r))
             }
             PreferenceLoss::Kto(_) => unreachable!("KTO returned above"),
             PreferenceLoss::Cpo(cpo) => {
