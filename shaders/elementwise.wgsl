@@ -13,13 +13,15 @@
 //   affine_columns acc[r, c] = acc[r, c] · a[c] + b[c]   (the same with a shift)
 //   dropout       out = a · keep(i) · s, keep(i) = hash(seed, i) ≥ threshold (inverted dropout;
 //                 the backward is the same call on dy with the same seed)
+//   uniform_noise acc = acc + s · (2u(i) − 1), u(i) = hash(seed, i)'s top 24 bits / 2²⁴
+//                 (NEFTune's noise on the embeddings, in [−s, s); it has no backward: dy passes)
 //
 // Prelude constant: WG, invocations per workgroup.
 
 struct Params {
     n: u32,
     s: f32,
-    seed: u32,       // dropout only
+    seed: u32,       // dropout and uniform_noise only
     threshold: u32,  // dropout only: drop when the hash's top 24 bits are below it
     cols: u32,       // the column entries only: the row length
 }
@@ -102,5 +104,15 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (i < p.n) {
         let keep = (pcg_hash(i ^ pcg_hash(p.seed)) >> 8u) >= p.threshold;
         out[i] = select(0.0, a[i] * p.s, keep);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn uniform_noise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = index(wid, nwg, lid);
+    if (i < p.n) {
+        // 2u − 1 is exact in f32: 24 random bits times 2⁻²³, less 1.
+        let unit = f32(pcg_hash(i ^ pcg_hash(p.seed)) >> 8u) * (1.0 / 8388608.0) - 1.0;
+        acc[i] = acc[i] + p.s * unit;
     }
 }

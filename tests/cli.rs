@@ -1124,10 +1124,11 @@ fn train_each_bottleneck_method_on_a_quantized_base() {
 fn resuming_equals_an_uninterrupted_run() {
     let dir = TempDir::new("resume");
     let data = write_data(&dir);
-    // Dropout makes the RNG state part of what must be resumed; the cosine
-    // schedule with warmup, the schedule's position; an NF4 base, 2-row
-    // batches accumulated twice and a seed of its own, options the resumed
-    // run must take from the checkpoint, not from the defaults.
+    // Dropout and NEFTune's noise make the RNG state part of what must be resumed; the cosine
+    // schedule with restarts and its kwargs, warmed up over a ratio of the
+    // steps, the schedule's position; an NF4 base, 2-row batches accumulated
+    // twice and a seed of its own, options the resumed run must take from the
+    // checkpoint, not from the defaults.
     let common = [
         "--method",
         "lora",
@@ -1136,9 +1137,13 @@ fn resuming_equals_an_uninterrupted_run() {
         "--lr",
         "1e-2",
         "--schedule",
-        "cosine",
-        "--warmup",
-        "1",
+        "cosine_with_restarts",
+        "--schedule-kwargs",
+        r#"{"num_cycles": 2}"#,
+        "--warmup-ratio",
+        "0.25",
+        "--neftune-noise-alpha",
+        "5",
         "--quant",
         "nf4",
         "--batch-size",
@@ -1182,6 +1187,10 @@ fn resuming_equals_an_uninterrupted_run() {
         ("--seed", "42", "3"),
         ("--lr", "1e-3", "1e-2"),
         ("--r", "4", "8"),
+        ("--schedule-kwargs", r#"{"num_cycles": 3}"#, r#"{"num_cycles":2.0}"#),
+        ("--warmup-ratio", "0.5", "--warmup 1"),
+        ("--schedule", "cosine", "cosine_with_restarts"),
+        ("--neftune-noise-alpha", "3", "5"),
     ] {
         let out = webpeft(&["train", "--model", &model, "--resume", &whole, "--out", &whole, flag, value]);
         assert!(!out.status.success(), "{flag} {value} was accepted");

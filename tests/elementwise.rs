@@ -125,6 +125,39 @@ fn bad_arguments_are_typed_errors() {
     assert!(rec.is_empty());
 }
 
+/// NEFTune's noise: the CPU reference's draws (up to an FMA's rounding in
+/// `acc + s·u`), uniform in [−s, s) with the uniform's mean and variance,
+/// another seed another draw.
+#[test]
+fn uniform_noise_matches_reference_and_is_uniform() {
+    use webpeft::kernels::reference::dropout::{uniform_noise, unit_noise};
+    let gpu = gpu();
+    let n = 61 * 89;
+    let x = randn(11, n);
+    for (magnitude, seed) in [(0.0f32, 3u32), (0.0724, 9), (1.5, 0xDEAD_BEEF)] {
+        let t = Tensor::from_slice(gpu, &[61, 89], &x).unwrap();
+        let mut rec = Recorder::new(gpu);
+        webpeft::kernels::elementwise::add_uniform_noise(&mut rec, &t, magnitude, seed).unwrap();
+        rec.submit().unwrap();
+        let got = read(&t);
+        assert_close("uniform_noise", &got, &uniform_noise(&x, magnitude, seed), FMA_ABS, FMA_REL);
+        let units: Vec<f64> = (0..n as u32).map(|i| unit_noise(seed, i) as f64).collect();
+        assert!(units.iter().all(|u| (-1.0..1.0).contains(u)));
+        let mean = units.iter().sum::<f64>() / n as f64;
+        let var = units.iter().map(|u| (u - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.03 && (var - 1.0 / 3.0).abs() < 0.02, "seed {seed}: mean {mean}, var {var}");
+        let noise = got.iter().zip(&x).map(|(g, v)| (g - v).abs()).fold(0f32, f32::max);
+        assert!(noise <= magnitude * (1.0 + 1e-6) + 1e-6 && noise >= magnitude * 0.99, "{magnitude}: {noise}");
+    }
+    assert_ne!(unit_noise(1, 0), unit_noise(2, 0));
+    let t = Tensor::from_slice(gpu, &[3], &[0f32; 3]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    for bad in [-0.1f32, f32::NAN, f32::INFINITY] {
+        let err = webpeft::kernels::elementwise::add_uniform_noise(&mut rec, &t, bad, 0).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { op: "add_uniform_noise", .. }), "{err}");
+    }
+}
+
 #[test]
 fn dropout_matches_reference_bit_for_bit_and_its_rate() {
     let gpu = gpu();

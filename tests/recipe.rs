@@ -260,10 +260,13 @@ mod cli {
             let browser = t.to_recipe().unwrap();
             let p = &saved.progress;
             let o = &p["options"];
+            let run = webpeft::train::run::Run::config_from(p).unwrap();
             let cli = TrainRecipe {
                 lr: p["lr"].as_f64().unwrap(),
-                schedule: webpeft::train::schedule::Schedule::from_name(p["schedule"].as_str().unwrap()).unwrap(),
-                warmup_steps: p["warmup_steps"].as_u64().unwrap(),
+                schedule: run.schedule,
+                warmup_steps: run.warmup_steps,
+                // The checkpoint keeps the warmup's steps, a ratio resolved.
+                warmup_ratio: 0.0,
                 steps: p["total_steps"].as_u64(),
                 grad_accum: p["grad_accum"].as_u64().unwrap() as usize,
                 optimizer: saved.optimizer.clone(),
@@ -275,6 +278,7 @@ mod cli {
                 // Not in the checkpoint: how long a run of `steps` steps lasts is its steps.
                 epochs: browser.epochs,
                 gradient_checkpointing: browser.gradient_checkpointing,
+                neftune_noise_alpha: o["neftune_noise_alpha"].as_f64().map(|v| v as f32),
                 objective: webpeft::train::preference::Objective::from_options(
                     o["objective"].as_str().unwrap(),
                     &webpeft::train::preference::PreferenceOptions {
@@ -297,7 +301,8 @@ mod cli {
                 .unwrap(),
             };
             // The checkpoint keeps the row length in effect (capped at the model's 128 positions).
-            let browser = TrainRecipe { seq_len: browser.seq_len_for(128), ..browser };
+            let warmup_steps = browser.run_config().warmup_steps_for(run.steps.unwrap()).unwrap();
+            let browser = TrainRecipe { seq_len: browser.seq_len_for(128), warmup_steps, warmup_ratio: 0.0, ..browser };
             assert_eq!(cli, browser, "CLI {flags:?} vs browser {options}");
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
@@ -345,6 +350,23 @@ mod cli {
                 r#"{"objective": "dpo", "lossType": "discopop", "discopopTau": 0.2}"#,
             ),
         ];
+        check(
+            "warmup_ratio",
+            &[
+                "--method",
+                "lora",
+                "--steps",
+                "3",
+                "--warmup-ratio",
+                "0.5",
+                "--schedule",
+                "warmup_stable_decay",
+                "--schedule-kwargs",
+                r#"{"num_decay_steps": 1, "decay_type": "1-sqrt"}"#,
+            ],
+            r#"{"lr": 1e-3, "steps": 3, "warmupRatio": 0.5, "schedule": "warmup_stable_decay",
+                "scheduleKwargs": {"num_decay_steps": 1, "decay_type": "1-sqrt"}}"#,
+        );
         for (tag, flags, options) in preference {
             let options = options.replacen('{', r#"{"lr": 1e-3, "steps": 3, "#, 1);
             check(tag, &[&["--method", "lora", "--steps", "3"][..], flags].concat(), &options);
@@ -365,7 +387,9 @@ mod cli {
                 "--warmup",
                 "1",
                 "--schedule",
-                "cosine",
+                "cosine_with_restarts",
+                "--schedule-kwargs",
+                r#"{"num_cycles": 2}"#,
                 "--weight-decay",
                 "0.01",
                 "--max-grad-norm",
@@ -376,9 +400,11 @@ mod cli {
                 "--no-shuffle",
                 "--seed",
                 "7",
+                "--neftune-noise-alpha",
+                "5",
             ],
-            r#"{"lr": 1e-3, "steps": 5, "batchSize": 2, "seqLen": 16, "gradAccum": 2, "warmup": 1,
-                "schedule": "cosine", "weightDecay": 0.01, "maxGradNorm": 0.5, "loraplusLrRatio": 16, "packing": true,
+            r#"{"lr": 1e-3, "steps": 5, "batchSize": 2, "seqLen": 16, "gradAccum": 2, "warmup": 1, "neftuneNoiseAlpha": 5,
+                "schedule": "cosine_with_restarts", "scheduleKwargs": {"num_cycles": 2}, "weightDecay": 0.01, "maxGradNorm": 0.5, "loraplusLrRatio": 16, "packing": true,
                 "shuffle": false, "seed": 7}"#,
         );
     }

@@ -445,6 +445,12 @@ fn packed_padding_counts_as_one_more_example() {
     // Unpacked batches carry no position ids.
     let plain = Dataset::new("d", vec![ex(&[1, 2])], &opts(4, 1), PAD).unwrap();
     assert_eq!(plain.epoch(0)[0].position_ids, None);
+    // NEFTune scales its noise by T of transformers' (B, T, D) embeddings: TRL's padding-free
+    // collator makes packed rows one row of their 6 tokens; unpacked rows are padded to the longest.
+    assert_eq!((b.unpadded_tokens, b.noise_tokens()), (6, 6));
+    let padded = Dataset::new("d", vec![ex(&[1, 2, 3]), ex(&[4])], &DataOptions { shuffle: false, ..opts(4, 2) }, PAD);
+    let b = &padded.unwrap().epoch(0)[0];
+    assert_eq!((b.input_ids[1].len(), b.unpadded_tokens, b.noise_tokens()), (3, 4, 3));
 }
 
 fn order(data: &Dataset, epoch: u64) -> Vec<u32> {

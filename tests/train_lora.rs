@@ -102,7 +102,7 @@ fn cosine_schedule_clipping_and_accumulation_match_peft() {
     let mut trainer = Trainer::new(gpu, adapter(gpu, &model, "lora/initial_adapter"), opt, 0).unwrap();
     let (lrs, norms, losses) = (fx.f32("lrs"), fx.f32("grad_norms"), fx.f32("losses"));
     let schedule =
-        webpeft::train::schedule::LrSchedule::new(webpeft::train::schedule::Schedule::Cosine, 1e-2, 3, 10).unwrap();
+        webpeft::train::schedule::LrSchedule::new(webpeft::train::schedule::Schedule::COSINE, 1e-2, 3, 10).unwrap();
     for i in 0..10 {
         let lr = schedule.lr(i as u64);
         assert!((lr as f32 - lrs[i]).abs() <= 1e-9, "lr {i}");

@@ -168,6 +168,19 @@ pub fn dropout(rec: &mut Recorder, x: &Tensor, p: f32, seed: u32) -> Result<Tens
     Ok(out)
 }
 
+/// x += magnitude · (2u − 1) in place, u uniform in [0, 1) from the top 24
+/// bits of `pcg_hash(i ^ pcg_hash(seed))` for element i: noise uniform in
+/// [−magnitude, magnitude), a fixed function of (`seed`, index) as dropout's
+/// mask (NEFTune's noise on the embeddings; `kernels::reference::dropout::uniform_noise`).
+pub fn add_uniform_noise(rec: &mut Recorder, x: &Tensor, magnitude: f32, seed: u32) -> Result<()> {
+    const OP: &str = "add_uniform_noise";
+    all_f32(OP, &[("x", x)])?;
+    if !(magnitude.is_finite() && magnitude >= 0.0) {
+        return Err(Error::invalid(OP, format!("the noise magnitude must be finite and ≥ 0, got {magnitude}")));
+    }
+    launch_seeded(rec, OP, "uniform_noise", magnitude, (seed, 0), &[(4, x)])
+}
+
 /// The 24-bit drop threshold for probability p: an element is dropped with
 /// probability threshold / 2²⁴ ≈ p. None unless 0 ≤ p < 1.
 pub fn dropout_threshold(p: f32) -> Option<u32> {
@@ -216,6 +229,7 @@ pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
         "scale_inplace",
         "fill",
         "dropout",
+        "uniform_noise",
         "mul_columns",
         "scale_columns",
         "affine_columns",

@@ -74,12 +74,25 @@ pub struct Batch {
     /// KTO: each example's label (true: desirable); its rows are the B
     /// examples' own, then their B KL rows. `None` elsewhere.
     pub desirable: Option<Vec<bool>>,
+    /// The rows' tokens before padding, all rows together.
+    pub unpadded_tokens: usize,
 }
 
 impl Batch {
     /// An unpacked batch: each row one sequence at positions 0..T.
     pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
-        Batch { input_ids, labels, position_ids: None, desirable: None }
+        let unpadded_tokens = input_ids.iter().map(Vec::len).sum();
+        Batch { input_ids, labels, position_ids: None, desirable: None, unpadded_tokens }
+    }
+
+    /// T of the (B, T, D) embeddings that NEFTune's noise is scaled by, as
+    /// transformers sees the batch: the rows' length, or for packed rows
+    /// every token of the batch (TRL's padding-free collator makes them one row).
+    pub fn noise_tokens(&self) -> usize {
+        match self.position_ids {
+            Some(_) => self.unpadded_tokens,
+            None => self.input_ids.first().map_or(0, Vec::len),
+        }
     }
 }
 
@@ -683,6 +696,7 @@ impl Dataset {
                 };
                 let width = rows.iter().map(|row| row.input_ids.len()).max().unwrap_or(0);
                 let mut batch = Batch::new(Vec::with_capacity(rows.len()), Vec::new());
+                batch.unpadded_tokens = rows.iter().map(|row| row.input_ids.len()).sum();
                 for row in rows {
                     let mut ids = row.input_ids.clone();
                     ids.resize(width, self.pad_id);

@@ -596,8 +596,11 @@ pub struct TrainRecipe {
     /// Peak learning rate.
     pub lr: f64,
     pub schedule: Schedule,
-    /// Steps of linear warmup from 0.
+    /// Steps of warmup (linear from 0 but for the schedules with warmups of their own).
     pub warmup_steps: u64,
+    /// The fraction of the run's steps that warm up when `warmup_steps` is 0
+    /// (transformers' `warmup_ratio`, `ceil(steps · ratio)`).
+    pub warmup_ratio: f64,
     /// Optimizer steps in the run; `None` takes them from `epochs`.
     pub steps: Option<u64>,
     /// Passes over the data (may be fractional) when `steps` is `None`.
@@ -621,6 +624,8 @@ pub struct TrainRecipe {
     pub gradient_checkpointing: bool,
     /// SFT (the default), or DPO or ORPO on preference pairs (`train::preference`).
     pub objective: Objective,
+    /// NEFTune's noise on the embeddings in SFT (transformers' `neftune_noise_alpha`; `None`: off).
+    pub neftune_noise_alpha: Option<f32>,
 }
 
 impl Default for TrainRecipe {
@@ -630,6 +635,7 @@ impl Default for TrainRecipe {
             lr: run.lr,
             schedule: run.schedule,
             warmup_steps: run.warmup_steps,
+            warmup_ratio: run.warmup_ratio,
             steps: run.steps,
             epochs: run.epochs,
             grad_accum: run.grad_accum,
@@ -641,6 +647,7 @@ impl Default for TrainRecipe {
             seed: DEFAULT_SEED,
             gradient_checkpointing: false,
             objective: Objective::Sft,
+            neftune_noise_alpha: None,
         }
     }
 }
@@ -659,6 +666,43 @@ impl TrainRecipe {
         }
         if self.grad_accum == 0 {
             return Err(bad("grad_accum", "must be at least 1, got 0"));
+        }
+        if let Some(alpha) = self.neftune_noise_alpha {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(bad("neftune_noise_alpha", format!("must be a finite number > 0, got {alpha}")));
+            }
+            if self.objective != Objective::Sft {
+                return Err(bad(
+                    "neftune_noise_alpha",
+                    format!("NEFTune's noise is for SFT, not {}", self.objective.name()),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(bad("warmup_ratio", format!("must be in [0, 1], got {}", self.warmup_ratio)));
+        }
+        if self.warmup_ratio > 0.0 && self.warmup_steps > 0 {
+            return Err(bad(
+                "warmup_ratio",
+                format!(
+                    "give warmup_steps ({}) or warmup_ratio ({}), not both (transformers lets the steps win)",
+                    self.warmup_steps, self.warmup_ratio
+                ),
+            ));
+        }
+        if (self.warmup_steps > 0 || self.warmup_ratio > 0.0) && !self.schedule.has_warmup() {
+            return Err(bad(
+                "schedule",
+                "\"constant\" has no warmup (transformers' get_constant_schedule drops it): use \"constant_with_warmup\"",
+            ));
+        }
+        if let Schedule::Polynomial { lr_end, .. } = self.schedule {
+            if self.lr <= lr_end {
+                return Err(bad(
+                    "schedule_kwargs",
+                    format!("polynomial: lr_end ({lr_end:e}) must be smaller than the lr ({:e})", self.lr),
+                ));
+            }
         }
         if self.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1, got 0"));
@@ -823,6 +867,7 @@ impl TrainRecipe {
             lr: self.lr,
             schedule: self.schedule,
             warmup_steps: self.warmup_steps,
+            warmup_ratio: self.warmup_ratio,
         }
     }
 }

@@ -23,12 +23,24 @@ pub struct RunConfig {
     pub grad_accum: usize,
     pub lr: f64,
     pub schedule: Schedule,
+    /// Steps of warmup; 0 takes them from `warmup_ratio`.
     pub warmup_steps: u64,
+    /// The fraction of the run's steps that warm up, when `warmup_steps` is 0
+    /// (transformers' `warmup_ratio`: `ceil(total · ratio)` steps).
+    pub warmup_ratio: f64,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { steps: None, epochs: 1.0, grad_accum: 1, lr: 2e-4, schedule: Schedule::Linear, warmup_steps: 0 }
+        RunConfig {
+            steps: None,
+            epochs: 1.0,
+            grad_accum: 1,
+            lr: 2e-4,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+        }
     }
 }
 
@@ -50,6 +62,19 @@ impl RunConfig {
             return Err(Error::invalid(OP, "the run has no step: give steps ≥ 1 or more epochs"));
         }
         Ok(total)
+    }
+
+    /// The warmup's steps in a run of `total` steps: `warmup_steps`, or
+    /// `ceil(total · warmup_ratio)` (transformers' `get_warmup_steps`).
+    pub fn warmup_steps_for(&self, total: u64) -> Result<u64> {
+        const OP: &str = "Run::new";
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(Error::invalid(OP, format!("warmup_ratio must be in [0, 1], got {}", self.warmup_ratio)));
+        }
+        if self.warmup_steps > 0 {
+            return Ok(self.warmup_steps);
+        }
+        Ok((total as f64 * self.warmup_ratio).ceil() as u64)
     }
 }
 
@@ -104,7 +129,7 @@ impl Run {
             });
         }
         let total = config.total_steps(per_epoch)?;
-        let schedule = LrSchedule::new(config.schedule, config.lr, config.warmup_steps, total)?;
+        let schedule = LrSchedule::new(config.schedule, config.lr, config.warmup_steps_for(total)?, total)?;
         let mut trainer = trainer;
         trainer.base_lr = Some(config.lr);
         let batches = dataset.epoch(0);
@@ -149,6 +174,7 @@ impl Run {
             "total_steps": self.total_steps(),
             "lr": self.schedule.base_lr,
             "schedule": self.schedule.schedule.name(),
+            "schedule_kwargs": self.schedule.schedule.kwargs(),
             "warmup_steps": self.schedule.warmup_steps,
             "grad_accum": self.grad_accum,
         })
@@ -161,6 +187,42 @@ impl Run {
             (Some(epoch), Some(batch)) => Ok(Position { epoch, batch: batch as usize }),
             _ => Err(Error::invalid("Run::position_from", "the checkpoint's progress has no epoch/batch")),
         }
+    }
+
+    /// The run a checkpoint's `progress` holds: its steps, lr, schedule (with
+    /// its kwargs), warmup and accumulation. A checkpoint from before the
+    /// schedules took kwargs has none (theirs were the defaults), and its
+    /// `"constant"` with warmup steps was `"constant_with_warmup"`.
+    pub fn config_from(progress: &Value) -> Result<RunConfig> {
+        const OP: &str = "Run::config_from";
+        let u = |k: &str| {
+            progress
+                .get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::invalid(OP, format!("progress.{k} is missing")))
+        };
+        let name = progress
+            .get("schedule")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::invalid(OP, "progress.schedule is missing"))?;
+        let warmup_steps = u("warmup_steps")?;
+        let kwargs = progress.get("schedule_kwargs").cloned().unwrap_or(Value::Null);
+        let schedule = match Schedule::with_kwargs(name, &kwargs)? {
+            Schedule::Constant if warmup_steps > 0 => Schedule::ConstantWithWarmup,
+            s => s,
+        };
+        Ok(RunConfig {
+            steps: Some(u("total_steps")?),
+            epochs: 1.0,
+            grad_accum: u("grad_accum")? as usize,
+            lr: progress
+                .get("lr")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| Error::invalid(OP, "progress.lr is missing"))?,
+            schedule,
+            warmup_steps,
+            warmup_ratio: 0.0,
+        })
     }
 
     fn next_micro(&mut self) -> Batch {

@@ -24,7 +24,7 @@ use crate::kernels::elementwise::{copy, fill};
 use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
-use crate::model::llama::{shift_labels_after, Hooks, Model};
+use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
@@ -195,6 +195,10 @@ pub struct Trainer {
     pub gradient_checkpointing: bool,
     /// What the steps minimise: SFT's loss, or DPO or ORPO on batches of pairs.
     pub objective: Objective,
+    /// NEFTune (transformers' `neftune_noise_alpha`): SFT steps add uniform
+    /// noise of magnitude α / √(T·D) to the embeddings, from one seed a
+    /// micro-batch drawn after the dropout seeds. `None`: off.
+    pub neftune_noise_alpha: Option<f32>,
     /// The run's peak learning rate (its schedule's base), which a step's
     /// `lr` is a fraction of: LoRA+'s embedding group is scaled by the same
     /// fraction, as PEFT's schedulers scale every group. `None`: each step's
@@ -248,6 +252,7 @@ impl Trainer {
             rng: Rng::new(seed),
             gradient_checkpointing: false,
             objective: Objective::Sft,
+            neftune_noise_alpha: None,
             base_lr: None,
         })
     }
@@ -312,6 +317,20 @@ impl Trainer {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::invalid(OP, format!("step {number}: the learning rate must be ≥ 0, got {lr}")));
         }
+        if let Some(alpha) = self.neftune_noise_alpha {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(Error::invalid(
+                    OP,
+                    format!("neftune_noise_alpha must be a finite number > 0, got {alpha}"),
+                ));
+            }
+            if self.objective != Objective::Sft {
+                return Err(Error::invalid(
+                    OP,
+                    "NEFTune's noise is for SFT: the preference objectives train without it",
+                ));
+            }
+        }
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
         let mut pairs = Vec::new();
@@ -338,6 +357,17 @@ impl Trainer {
         }
         let dropout = self.dropout_active();
         let seeds: Vec<Option<u32>> = micro.iter().map(|_| dropout.then(|| self.rng.next_u32())).collect();
+        let noise: Vec<Option<EmbeddingNoise>> = micro
+            .iter()
+            .map(|b| {
+                let seed = self.neftune_noise_alpha.map(|_| self.rng.next_u32());
+                seed.zip(self.neftune_noise_alpha).map(|(seed, alpha)| EmbeddingNoise {
+                    alpha,
+                    seed,
+                    tokens: b.noise_tokens(),
+                })
+            })
+            .collect();
 
         let mut rec = Recorder::new(gpu);
         for (_, g) in self.grads.tensors() {
@@ -360,8 +390,8 @@ impl Trainer {
                 record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, acc)?;
             }
         }
-        for ((b, targets), seed) in micro.iter().zip(&shifted).zip(&seeds) {
-            self.record_micro(&mut rec, model, b, targets, tokens, *seed, &loss)?;
+        for (((b, targets), seed), noise) in micro.iter().zip(&shifted).zip(&seeds).zip(&noise) {
+            self.record_micro(&mut rec, model, b, targets, tokens, (*seed, *noise), &loss)?;
         }
         self.adapter.record_after_backward(&mut rec, &self.grads, &loss)?;
 
@@ -490,14 +520,15 @@ impl Trainer {
         batch: &Batch,
         targets: &[i32],
         total: usize,
-        seed: Option<u32>,
+        (seed, noise): (Option<u32>, Option<EmbeddingNoise>),
         loss: &Tensor,
     ) -> Result<()> {
         let gpu = rec.gpu();
         let ids = model.input_ids(gpu, &batch.input_ids)?;
         let pass = self.adapter.pass(seed, Some(&self.grads))?; // dropout from `seed`, gradients into `grads`
         let positions = batch.position_ids.as_deref(); // packed rows: attention within each example
-        let (xn, saved) = model.hidden_packed(rec, &ids, positions, pass.hooks(), self.gradient_checkpointing)?; // (B, T, D)
+        let ckpt = self.gradient_checkpointing;
+        let (xn, saved) = model.hidden_packed(rec, &ids, positions, pass.hooks(), ckpt, noise)?; // (B, T, D)
         let d = model.config.hidden_size;
         if targets.len() * d != xn.numel() {
             return Err(Error::shape("Trainer::step", "labels must have the shape of input_ids (batch, seq)"));
@@ -534,7 +565,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, &b.input_ids)?;
         // The logits in row chunks, as in training: never (B·T, V) at once.
-        let (xn, _) = model.hidden_packed(&mut rec, &ids, b.position_ids.as_deref(), hooks_of(adapter), false)?; // (B, T, D)
+        let (xn, _) = model.hidden_packed(&mut rec, &ids, b.position_ids.as_deref(), hooks_of(adapter), false, None)?; // (B, T, D)
         let d = model.config.hidden_size;
         if targets.len() * d != xn.numel() {
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));

@@ -778,6 +778,7 @@ impl WebModel {
         progress: Option<serde_json::Value>,
     ) -> JsResult<TrainRun> {
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+        trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
         trainer.objective = recipe.objective;
         let st = busy(self.state.try_borrow())?;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.

@@ -223,7 +223,10 @@ pub struct TrainOptions {
     pub seq_len: Option<usize>,
     pub grad_accum: Option<usize>,
     pub warmup: Option<u64>,
+    pub warmup_ratio: Option<f64>,
     pub schedule: Option<String>,
+    /// transformers' `lr_scheduler_kwargs`.
+    pub schedule_kwargs: Option<serde_json::Value>,
     pub weight_decay: Option<f64>,
     pub max_grad_norm: Option<f32>,
     pub loraplus_lr_ratio: Option<f64>,
@@ -232,6 +235,8 @@ pub struct TrainOptions {
     pub shuffle: Option<bool>,
     pub packing: Option<bool>,
     pub gradient_checkpointing: Option<bool>,
+    /// NEFTune's noise on the embeddings (SFT; transformers' `neftune_noise_alpha`).
+    pub neftune_noise_alpha: Option<f32>,
     /// "sft" (the default), "dpo", "orpo" or "cpo".
     pub objective: Option<String>,
     /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
@@ -449,9 +454,11 @@ impl TrainOptions {
         t.seq_len = self.seq_len.unwrap_or(t.seq_len);
         t.grad_accum = self.grad_accum.unwrap_or(t.grad_accum);
         t.warmup_steps = self.warmup.unwrap_or(t.warmup_steps);
-        if let Some(s) = &self.schedule {
-            t.schedule = Schedule::from_name(s)
-                .map_err(|_| bad("schedule", format!("expected constant, linear or cosine, got {s:?}")))?;
+        t.warmup_ratio = self.warmup_ratio.unwrap_or(t.warmup_ratio);
+        if self.schedule.is_some() || self.schedule_kwargs.is_some() {
+            let name = self.schedule.as_deref().unwrap_or(t.schedule.name());
+            t.schedule =
+                Schedule::with_kwargs(name, self.schedule_kwargs.as_ref().unwrap_or(&serde_json::Value::Null))?;
         }
         t.optimizer.weight_decay = self.weight_decay.unwrap_or(t.optimizer.weight_decay);
         t.optimizer.max_grad_norm = self.max_grad_norm.unwrap_or(t.optimizer.max_grad_norm);
@@ -460,6 +467,7 @@ impl TrainOptions {
         t.seed = self.seed.unwrap_or(t.seed);
         t.shuffle = self.shuffle.unwrap_or(t.shuffle);
         t.packing = self.packing.unwrap_or(t.packing);
+        t.neftune_noise_alpha = self.neftune_noise_alpha;
         t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
         let objective = self.objective.as_deref().unwrap_or("sft");
         t.objective = Objective::from_options(objective, &self.preference)?;

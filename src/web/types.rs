@@ -148,7 +148,17 @@ export type TrainingData = string | TrainingRecord[];
  * "linear", weightDecay 0, maxGradNorm 1, seed 42, shuffled, not packed (the CLI's defaults too). */
 export interface TrainOptions {
   lr: number; steps?: number; epochs?: number; batchSize?: number; seqLen?: number; gradAccum?: number;
-  warmup?: number; schedule?: "constant" | "linear" | "cosine"; weightDecay?: number; maxGradNorm?: number;
+  warmup?: number; weightDecay?: number; maxGradNorm?: number;
+  /** The fraction of the run's steps that warm up, instead of warmup (transformers' warmup_ratio: ceil(steps ×
+   * ratio)). */
+  warmupRatio?: number;
+  /** transformers' lr_scheduler_type ("constant" has no warmup, "constant_with_warmup" has); scheduleKwargs its
+   * lr_scheduler_kwargs: { num_cycles } (cosine, cosine_with_restarts), { lr_end, power } (polynomial),
+   * { min_lr | min_lr_rate, num_cycles, warmup_lr_rate } (cosine_with_min_lr, cosine_warmup_with_min_lr),
+   * { num_decay_steps, num_stable_steps, warmup_type, decay_type, min_lr_ratio, num_cycles } (warmup_stable_decay). */
+  schedule?: "linear" | "cosine" | "cosine_with_restarts" | "polynomial" | "constant" | "constant_with_warmup"
+    | "inverse_sqrt" | "cosine_with_min_lr" | "cosine_warmup_with_min_lr" | "warmup_stable_decay";
+  scheduleKwargs?: Record<string, number | string | null>;
   seed?: number; shuffle?: boolean; packing?: boolean;
   /** LoRA+: B's learning rate is this many times lr (PEFT's create_loraplus_optimizer). Left out: off. */
   loraplusLrRatio?: number;
@@ -157,6 +167,9 @@ export interface TrainOptions {
   loraplusLrEmbedding?: number;
   /** Recompute each layer's activations in the backward: far less memory, about a third more time. */
   gradientCheckpointing?: boolean;
+  /** NEFTune (SFT): uniform noise of magnitude neftuneNoiseAlpha/√(T·hidden) on the embeddings in training, as
+   * transformers' neftune_noise_alpha (the paper uses 5). Left out: off. */
+  neftuneNoiseAlpha?: number;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
    * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
   objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";

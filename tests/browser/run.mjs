@@ -385,12 +385,18 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const model = await Model.fromUrl(gpu, new URL("/model/", location.href).href, { quant: "nf4" });
       model.addLora("a", { r: 4, alpha: 8 });
       const data = [{ text: "The little robot watered the garden." }, { prompt: "The robot", completion: " sang." }];
-      const run = model.startTraining("a", data, { lr: 0.01, steps: 3, seqLen: 16, batchSize: 2 });
+      // transformers' warmup_stable_decay: ceil(3 × 0.4) = 2 warmup steps from 0, then 1 step of 1-sqrt decay.
+      const opts = { lr: 0.01, steps: 3, seqLen: 16, batchSize: 2, warmupRatio: 0.4, schedule: "warmup_stable_decay",
+        scheduleKwargs: { num_decay_steps: 1, decay_type: "1-sqrt" } };
+      const run = model.startTraining("a", data, opts);
       const e = await run.step();
       // Checkpoint after one step, then go on both ways: the two runs agree bit for bit.
       const ckpt = await run.saveCheckpoint();
-      const rest = [await run.step(), await run.step()].map((x) => x.loss);
-      const again = model.resumeTraining("b", ckpt, data, { lr: 0.01, steps: 3, seqLen: 16, batchSize: 2 });
+      const tail = [await run.step(), await run.step()];
+      const rest = tail.map((x) => x.loss);
+      const lrs = [e.lr, ...tail.map((x) => x.lr)];
+      if (JSON.stringify(lrs) !== "[0,0.005,0.01]") throw new Error("warmup_stable_decay's lrs " + lrs);
+      const again = model.resumeTraining("b", ckpt, data, opts);
       let paused = false;
       again.pause(); paused = again.isPaused(); again.resume();
       const resumed = [];

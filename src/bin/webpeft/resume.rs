@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use webpeft::peft::TargetModules;
 use webpeft::train::checkpoint::CheckpointData;
 use webpeft::train::recipe::{AdapterConfig, Method};
-use webpeft::train::schedule::Schedule;
+use webpeft::train::run::Run;
 use webpeft::Error;
 
-use crate::train::{parse_method, TrainArgs};
+use crate::train::{parse_method, schedule_of, TrainArgs};
 
 /// What shapes a run besides the adapter's config, the optimizer and the
 /// schedule (the checkpoint keeps those on their own): saved in the
@@ -57,6 +57,8 @@ pub struct RunOptions {
     #[serde(default)]
     pub alphapo_alpha: Option<f32>,
     #[serde(default)]
+    pub neftune_noise_alpha: Option<f32>,
+    #[serde(default)]
     pub desirable_weight: Option<f32>,
     #[serde(default)]
     pub undesirable_weight: Option<f32>,
@@ -97,6 +99,7 @@ impl RunOptions {
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
             alphapo_alpha: a.alphapo_alpha,
+            neftune_noise_alpha: a.neftune_noise_alpha,
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
@@ -148,22 +151,41 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("max_grad_norm", "max-grad-norm", a.max_grad_norm, o.max_grad_norm, |v: &f32| v.to_string());
 
     let p = &ckpt.progress;
-    let u = |k: &str| p.get(k).and_then(serde_json::Value::as_u64);
-    if let (Some(total), Some(lr), Some(schedule), Some(warmup), Some(accum)) = (
-        u("total_steps"),
-        p.get("lr").and_then(serde_json::Value::as_f64),
-        p.get("schedule").and_then(serde_json::Value::as_str).and_then(|s| Schedule::from_name(s).ok()),
-        u("warmup_steps"),
-        u("grad_accum"),
-    ) {
+    if let Ok(saved) = Run::config_from(p) {
+        let total = saved.steps.unwrap_or(0);
         if typed("epochs") {
             return Err(conflict("epochs", a.epochs.unwrap_or(0.0).to_string(), format!("{total} steps")));
         }
         one!("steps", "steps", a.steps, Some(total), |v: &Option<u64>| v.map_or("-".into(), |v| v.to_string()));
-        one!("lr", "lr", a.lr, Some(lr), |v: &Option<f64>| v.map_or("-".into(), |v| format!("{v:e}")));
-        one!("schedule", "schedule", a.schedule, schedule, |v: &Schedule| v.name().to_string());
-        one!("warmup", "warmup", a.warmup, warmup, |v: &u64| v.to_string());
-        one!("grad_accum", "grad-accum", a.grad_accum, accum as usize, |v: &usize| v.to_string());
+        one!("lr", "lr", a.lr, Some(saved.lr), |v: &Option<f64>| v.map_or("-".into(), |v| format!("{v:e}")));
+        one!("schedule", "schedule", a.schedule, saved.schedule.name().to_string(), |v: &String| v.clone());
+        let saved_kwargs = saved.schedule.kwargs().to_string();
+        if typed("schedule_kwargs") {
+            let mine = schedule_of(&a.schedule, a.schedule_kwargs.as_deref()).map_err(|e| {
+                conflict(
+                    "schedule-kwargs",
+                    a.schedule_kwargs.clone().unwrap_or_default(),
+                    format!("{saved_kwargs} ({e})"),
+                )
+            })?;
+            if mine != saved.schedule {
+                return Err(conflict("schedule-kwargs", a.schedule_kwargs.clone().unwrap_or_default(), saved_kwargs));
+            }
+        }
+        a.schedule_kwargs = Some(saved_kwargs);
+        if typed("warmup_ratio") {
+            let steps = (total as f64 * a.warmup_ratio).ceil() as u64;
+            if steps != saved.warmup_steps {
+                return Err(conflict(
+                    "warmup-ratio",
+                    format!("{} ({steps} steps)", a.warmup_ratio),
+                    format!("--warmup {}", saved.warmup_steps),
+                ));
+            }
+        }
+        a.warmup_ratio = 0.0;
+        one!("warmup", "warmup", a.warmup, saved.warmup_steps, |v: &u64| v.to_string());
+        one!("grad_accum", "grad-accum", a.grad_accum, saved.grad_accum, |v: &usize| v.to_string());
     }
 
     // Checkpoints written before the options were kept: the command line's
@@ -213,6 +235,7 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("alphapo_alpha", "alphapo-alpha", a.alphapo_alpha, saved.alphapo_alpha, show);
     one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);
     one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
+    one!("neftune_noise_alpha", "neftune-noise-alpha", a.neftune_noise_alpha, saved.neftune_noise_alpha, show);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

@@ -20,8 +20,8 @@ use webpeft::train::data::{DataOptions, Dataset};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
-use webpeft::train::run::{Run, RunConfig};
-use webpeft::train::schedule::Schedule;
+use webpeft::train::run::Run;
+use webpeft::train::schedule::{Schedule, SCHEDULE_NAMES};
 use webpeft::train::trainer::{KtoStats, PreferenceStats};
 use webpeft::Gpu;
 
@@ -193,9 +193,19 @@ pub struct TrainArgs {
     /// Steps of linear warmup from 0.
     #[arg(long, default_value_t = TrainRecipe::default().warmup_steps)]
     pub warmup: u64,
-    /// constant, linear or cosine.
+    /// The fraction of the run's steps that warm up, instead of --warmup (transformers'
+    /// warmup_ratio: ceil(steps × ratio)).
+    #[arg(long, default_value_t = TrainRecipe::default().warmup_ratio)]
+    pub warmup_ratio: f64,
+    /// The lr schedule, by transformers' lr_scheduler_type: linear, cosine, cosine_with_restarts,
+    /// polynomial, constant (no warmup), constant_with_warmup, inverse_sqrt, cosine_with_min_lr,
+    /// cosine_warmup_with_min_lr or warmup_stable_decay.
     #[arg(long, default_value = TrainRecipe::default().schedule.name(), value_parser = parse_schedule)]
-    pub schedule: Schedule,
+    pub schedule: String,
+    /// The schedule's lr_scheduler_kwargs, a JSON object: '{"num_cycles": 2}' (cosine_with_restarts),
+    /// '{"min_lr_rate": 0.1}' (cosine_with_min_lr), '{"num_decay_steps": 20}' (warmup_stable_decay).
+    #[arg(long)]
+    pub schedule_kwargs: Option<String>,
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = TrainRecipe::default().optimizer.weight_decay)]
     pub weight_decay: f64,
@@ -214,6 +224,10 @@ pub struct TrainArgs {
     /// them: far less memory, about a third more time, the same gradients.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// NEFTune (SFT): uniform noise of magnitude alpha/sqrt(T·hidden) added to the embeddings in
+    /// training, as transformers' neftune_noise_alpha (the paper uses 5) [default: off].
+    #[arg(long)]
+    pub neftune_noise_alpha: Option<f32>,
     /// Keep the file's row order in every epoch.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -345,8 +359,21 @@ fn parse_activation(s: &str) -> Result<Activation, String> {
     Activation::from_name(s).ok_or_else(|| "expected relu, silu, gelu or tanh".to_string())
 }
 
-fn parse_schedule(s: &str) -> Result<Schedule, String> {
-    Schedule::from_name(s).map_err(|_| "expected constant, linear or cosine".to_string())
+fn parse_schedule(s: &str) -> Result<String, String> {
+    match SCHEDULE_NAMES.contains(&s) {
+        true => Ok(s.to_string()),
+        false => Err(format!("expected one of {}", SCHEDULE_NAMES.join(", "))),
+    }
+}
+
+/// The schedule --schedule and --schedule-kwargs name.
+pub fn schedule_of(name: &str, kwargs: Option<&str>) -> webpeft::Result<Schedule> {
+    let kwargs = match kwargs {
+        None => serde_json::Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| webpeft::Error::TrainOption { option: "schedule_kwargs", detail: format!("not JSON: {e}") })?,
+    };
+    Schedule::with_kwargs(name, &kwargs)
 }
 
 /// One `train` line per optimizer step (f32 fields print as f32).
@@ -668,8 +695,9 @@ impl TrainArgs {
     fn train_recipe(&self) -> webpeft::Result<TrainRecipe> {
         let mut t = TrainRecipe::default();
         t.lr = self.lr.unwrap_or(t.lr);
-        t.schedule = self.schedule;
+        t.schedule = schedule_of(&self.schedule, self.schedule_kwargs.as_deref())?;
         t.warmup_steps = self.warmup;
+        t.warmup_ratio = self.warmup_ratio;
         t.steps = self.steps;
         t.epochs = self.epochs.unwrap_or(t.epochs);
         t.grad_accum = self.grad_accum;
@@ -683,6 +711,7 @@ impl TrainArgs {
         t.shuffle = !self.no_shuffle;
         t.seed = self.seed;
         t.gradient_checkpointing = self.gradient_checkpointing;
+        t.neftune_noise_alpha = self.neftune_noise_alpha;
         let preference = PreferenceOptions {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
@@ -786,21 +815,6 @@ async fn save_run(
     let state = save_checkpoint(gpu, &run.trainer, &model.config, &progress).await?;
     write(CHECKPOINT_FILE, &state)?;
     Ok(())
-}
-
-/// The run a checkpoint's `progress` describes (see `Run::progress`).
-fn run_config_from(progress: &serde_json::Value) -> Result<RunConfig, String> {
-    let u = |k: &str| progress.get(k).and_then(serde_json::Value::as_u64).ok_or(format!("progress.{k} is missing"));
-    let schedule =
-        progress.get("schedule").and_then(serde_json::Value::as_str).ok_or("progress.schedule is missing")?;
-    Ok(RunConfig {
-        steps: Some(u("total_steps")?),
-        epochs: 1.0,
-        grad_accum: u("grad_accum")? as usize,
-        lr: progress.get("lr").and_then(serde_json::Value::as_f64).ok_or("progress.lr is missing")?,
-        schedule: Schedule::from_name(schedule).map_err(|e| e.to_string())?,
-        warmup_steps: u("warmup_steps")?,
-    })
 }
 
 /// How a `train` run ended (other errors are `Err`).
@@ -910,10 +924,10 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     let mut run_config = recipe.run_config();
     if let Some(progress) = &progress {
         // The run goes on as it started: its schedule spans its own step total.
-        let saved = run_config_from(progress).map_err(|e| format!("--resume: {e}"))?;
+        let saved = Run::config_from(progress).map_err(|e| format!("--resume: {e}"))?;
         if (saved.steps != a.steps && (a.steps.is_some() || a.epochs.is_some()))
             || a.lr.is_some_and(|lr| lr != saved.lr)
-            || saved.schedule != a.schedule
+            || saved.schedule != run_config.schedule
             || saved.warmup_steps != a.warmup
             || saved.grad_accum != a.grad_accum
         {
@@ -931,6 +945,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     }
     let mut trainer = trainer;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+    trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
     trainer.objective = recipe.objective;
     let mut run = Run::new(dataset, trainer, &run_config)?;
     if let Some(progress) = &progress {

@@ -22,6 +22,7 @@ pub mod generate;
 pub mod head;
 pub mod hooks;
 pub mod loss;
+pub mod neftune;
 pub mod rope;
 pub(crate) mod rows;
 pub mod sample;
@@ -34,6 +35,7 @@ pub use generate::{GenerationChoices, GenerationConfig, KvCache};
 pub use head::Head;
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
 pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
+pub use neftune::EmbeddingNoise;
 pub use rope::RopeTables;
 pub use sample::{argmax, ban_bad_words, ban_seen_ngrams, penalize_seen, sample};
 
@@ -41,6 +43,7 @@ use self::rope::RopeCache;
 use self::weights::Loader;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::elementwise::add_uniform_noise;
 use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::{Chunk, ChunkData, QWeight};
 use crate::model::source::ModelFiles;
@@ -359,7 +362,7 @@ impl Model {
         hooks: &dyn Hooks,
         checkpoint: bool,
     ) -> Result<(Tensor, ModelSaved)> {
-        self.hidden_packed(rec, input_ids, None, hooks, checkpoint)
+        self.hidden_packed(rec, input_ids, None, hooks, checkpoint, None)
     }
 
     /// [`Model::forward_adapted`] of packed rows: several examples in a row,
@@ -374,7 +377,7 @@ impl Model {
         hooks: &dyn Hooks,
     ) -> Result<(Tensor, ModelSaved)> {
         let Some(positions) = position_ids else { return self.forward_adapted(rec, input_ids, hooks) };
-        let (xn, saved) = self.hidden_packed(rec, input_ids, Some(positions), hooks, false)?; // no virtual tokens
+        let (xn, saved) = self.hidden_packed(rec, input_ids, Some(positions), hooks, false, None)?; // no virtual tokens
         Ok((self.head(hooks).logits(rec, &xn)?, saved))
     }
 
@@ -383,7 +386,8 @@ impl Model {
     /// attends only within it, as transformers with `position_ids` and the
     /// block-diagonal causal mask. Methods that put virtual tokens or prefix
     /// keys before every row (prompt, prefix and p-tuning) would put them
-    /// before the first example only: refused.
+    /// before the first example only: refused. `noise` adds NEFTune's noise
+    /// to the embeddings (training only).
     pub fn hidden_packed(
         &self,
         rec: &mut Recorder,
@@ -391,6 +395,7 @@ impl Model {
         position_ids: Option<&[Vec<u32>]>,
         hooks: &dyn Hooks,
         checkpoint: bool,
+        noise: Option<EmbeddingNoise>,
     ) -> Result<(Tensor, ModelSaved)> {
         input_ids.expect_dtype("Model::forward", "input_ids", DType::U32)?;
         let &[b, t] = input_ids.shape() else {
@@ -423,6 +428,9 @@ impl Model {
 
         let ids = input_ids.reshape(&[b * t])?;
         let mut x = self.embed_hooked(rec, &ids, hooks)?.reshape(&[b, t, d])?; // (B, T, D)
+        if let Some(noise) = noise {
+            add_uniform_noise(rec, &x, noise.magnitude(d), noise.seed)?; // NEFTune: the embedding module's output
+        }
         if v > 0 {
             let prompt = self.prompt(rec, hooks, b, v)?; // (B, V, D)
             x = rows::prepend(rec, &prompt, &x)?; // (B, V+T, D)
