@@ -279,6 +279,10 @@ mod cli {
                 epochs: browser.epochs,
                 gradient_checkpointing: browser.gradient_checkpointing,
                 neftune_noise_alpha: o["neftune_noise_alpha"].as_f64().map(|v| v as f32),
+                loss_masks: webpeft::train::data::LossMasks {
+                    completion_only: o["completion_only_loss"].as_bool().unwrap(),
+                    assistant_only: o["assistant_only_loss"].as_bool().unwrap(),
+                },
                 objective: webpeft::train::preference::Objective::from_options(
                     o["objective"].as_str().unwrap(),
                     &webpeft::train::preference::PreferenceOptions {
@@ -402,11 +406,32 @@ mod cli {
                 "7",
                 "--neftune-noise-alpha",
                 "5",
+                "--completion-only-loss",
+                "false",
+                "--assistant-only-loss",
+                "false",
             ],
             r#"{"lr": 1e-3, "steps": 5, "batchSize": 2, "seqLen": 16, "gradAccum": 2, "warmup": 1, "neftuneNoiseAlpha": 5,
+                "completionOnlyLoss": false, "assistantOnlyLoss": false,
                 "schedule": "cosine_with_restarts", "scheduleKwargs": {"num_cycles": 2}, "weightDecay": 0.01, "maxGradNorm": 0.5, "loraplusLrRatio": 16, "packing": true,
                 "shuffle": false, "seed": 7}"#,
         );
+    }
+}
+
+/// TRL's SFT loss masks belong to SFT: with a preference objective they are refused, by name.
+#[test]
+fn sft_loss_masks_are_refused_beside_a_preference_objective() {
+    use webpeft::train::data::LossMasks;
+    use webpeft::train::preference::{Objective, PreferenceOptions};
+    let dpo = Objective::from_options("dpo", &PreferenceOptions::default()).unwrap();
+    for (masks, option) in [
+        (LossMasks { completion_only: false, assistant_only: true }, "completion_only_loss"),
+        (LossMasks { completion_only: true, assistant_only: false }, "assistant_only_loss"),
+    ] {
+        let e = TrainRecipe { loss_masks: masks, objective: dpo, ..TrainRecipe::default() }.validate().unwrap_err();
+        assert!(matches!(e, Error::TrainOption { option: o, .. } if o == option), "{e}");
+        TrainRecipe { loss_masks: masks, ..TrainRecipe::default() }.validate().unwrap();
     }
 }
 

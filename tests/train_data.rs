@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use webpeft::model::llama::IGNORE_INDEX;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::train::chat::{ChatTemplate, Message, TEMPLATE_FILE};
-use webpeft::train::data::{parse_jsonl, parse_jsonl_counted, DataOptions, Dataset, Example};
+use webpeft::train::data::{
+    parse_jsonl, parse_jsonl_counted, parse_jsonl_masked, DataOptions, Dataset, Example, LossMasks,
+};
 use webpeft::Error;
 
 const BOS: u32 = 381;
@@ -94,17 +96,56 @@ fn prompt_completion_masks_the_prompt() {
 }
 
 #[test]
-fn prompt_completion_with_a_merge_across_the_seam_masks_the_common_prefix() {
+fn prompt_completion_with_a_merge_across_the_seam_masks_the_prompt_s_token_count() {
     let tok = tokenizer();
     let prompt_ids = tok.encode("Hello wo", true).unwrap();
     let full = tok.encode("Hello world!", true).unwrap();
     assert!(!full.starts_with(&prompt_ids), "{prompt_ids:?} must not be a prefix of {full:?} for this test");
-    let common = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
-    // The prompt alone ends "Ġw" "o"; joined with the completion it is "Ġw" "or": bos H e ll o Ġw are shared.
-    assert_eq!(common, 6);
+    // The prompt alone ends "Ġw" "o"; joined with the completion it is "Ġw" "or": TRL masks the
+    // prompt's 7 tokens by count, "or" with them.
+    assert_eq!(prompt_ids.len(), 7);
     let e = one(json!({"prompt": "Hello wo", "completion": "rld!"}));
     assert_eq!(e.input_ids, vec![BOS, 39, 68, 285, 78, 260, 292, 281, 0, EOS]);
-    assert_eq!(e.labels, vec![M, M, M, M, M, M, 292, 281, 0, EOS as i32]);
+    assert_eq!(e.labels, vec![M, M, M, M, M, M, M, 281, 0, EOS as i32]);
+}
+
+/// Every SFT line shape against TRL 0.24's SFTTrainer (tests/fixtures/sft_data, `make_fixtures.py
+/// sft_data`): the ids and the labels its collator makes, with `completion_only_loss` at TRL's
+/// default and off, and messages with TRL's default `assistant_only_loss` (off).
+#[test]
+fn every_line_shape_matches_trl_s_sft_trainer() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let file = |p: &str| std::fs::read(dir.join(p)).unwrap();
+    let tok = Tokenizer::from_bytes(&file("llama_gqa/tokenizer.json"), Some(&file("llama_gqa/tokenizer_config.json")))
+        .unwrap();
+    let expected: Value = serde_json::from_slice(&file("sft_data/expected.json")).unwrap();
+    let mut compared = 0;
+    for (shape, settings) in expected.as_object().unwrap() {
+        let jsonl = file(&format!("sft_data/{shape}.jsonl"));
+        for (setting, examples) in settings.as_object().unwrap() {
+            let masks = LossMasks { completion_only: setting == "default", assistant_only: false };
+            let got = parse_jsonl_masked("train.jsonl", &jsonl, Some(&tok), masks).unwrap();
+            let want = examples.as_array().unwrap();
+            assert_eq!(got.len(), want.len(), "{shape} {setting}");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                let ids: Vec<u32> =
+                    w["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                let labels: Vec<i32> =
+                    w["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap() as i32).collect();
+                assert_eq!(g.input_ids, ids, "{shape} {setting} example {i}: ids");
+                assert_eq!(g.labels, labels, "{shape} {setting} example {i}: labels");
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 18);
+    // webpeft's default for messages trains the assistant turns only: TRL's ids, fewer labels.
+    let jsonl = file("sft_data/messages.jsonl");
+    let own = parse_jsonl_masked("train.jsonl", &jsonl, Some(&tok), LossMasks::default()).unwrap();
+    let trl = &expected["messages"]["default"][1];
+    assert_eq!(own[1].input_ids.len(), trl["input_ids"].as_array().unwrap().len());
+    let trained = own[1].labels.iter().filter(|&&l| l != M).count();
+    assert!(0 < trained && trained < own[1].labels.len(), "{trained}");
 }
 
 #[test]
@@ -448,9 +489,10 @@ fn packed_padding_counts_as_one_more_example() {
     // NEFTune scales its noise by T of transformers' (B, T, D) embeddings: TRL's padding-free
     // collator makes packed rows one row of their 6 tokens; unpacked rows are padded to the longest.
     assert_eq!((b.unpadded_tokens, b.noise_tokens()), (6, 6));
-    let padded = Dataset::new("d", vec![ex(&[1, 2, 3]), ex(&[4])], &DataOptions { shuffle: false, ..opts(4, 2) }, PAD);
+    let padded =
+        Dataset::new("d", vec![ex(&[1, 2, 3]), ex(&[4, 5])], &DataOptions { shuffle: false, ..opts(4, 2) }, PAD);
     let b = &padded.unwrap().epoch(0)[0];
-    assert_eq!((b.input_ids[1].len(), b.unpadded_tokens, b.noise_tokens()), (3, 4, 3));
+    assert_eq!((b.input_ids[1].len(), b.unpadded_tokens, b.noise_tokens()), (3, 5, 3));
 }
 
 fn order(data: &Dataset, epoch: u64) -> Vec<u32> {

@@ -5,17 +5,23 @@
 //! 1. `{"text": …}`: language modelling. `ids = encode(text, true)`, then the
 //!    eos id unless the ids end with it; every token is trained. This is TRL's
 //!    `SFTTrainer` on a `text` column (which appends the eos token to the text).
-//! 2. `{"prompt": …, "completion": …}`: `SFTTrainer` with `completion_only_loss`.
-//!    `ids = encode(prompt + completion, true)` + eos; the tokens of
-//!    `encode(prompt, true)` are not trained. When the joint tokenization does
-//!    not start with the prompt's (a merge across the seam), only the longest
-//!    common prefix is masked.
+//! 2. `{"prompt": …, "completion": …}`: `SFTTrainer` with `completion_only_loss`
+//!    (TRL's default). Text: `ids = encode(prompt + completion, true)` + eos;
+//!    conversational (both lists of messages): `ids = render(prompt +
+//!    completion)` encoded without special tokens, no eos added. The first
+//!    `len(prompt ids)` tokens are not trained, the prompt's ids being
+//!    `encode(prompt, true)` or `render(prompt, add_generation_prompt=true)`,
+//!    as TRL masks them, by count, even where the joint tokenization does not
+//!    start with the prompt's (a merge across the seam). With
+//!    `completion_only_loss` off, every token is trained.
 //! 3. `{"messages": [{"role", "content"}, …]}`: rendered with the tokenizer's
 //!    chat template (no generation prompt) and encoded without special tokens,
-//!    as `apply_chat_template(tokenize=True)`. Only assistant turns are trained:
+//!    as `apply_chat_template(tokenize=True)`. With `assistant_only_loss`
+//!    (webpeft's default; TRL's is off) only assistant turns are trained:
 //!    turn `i` spans the text between `render(messages[..i], add_generation_prompt=true)`
 //!    and `render(messages[..=i])`, and a token is trained when its bytes lie
-//!    inside such a span (the eos that closes the turn included).
+//!    inside such a span (the eos that closes the turn included). Off, every
+//!    token is trained, as TRL's default.
 //! 4. `{"input_ids": [...], "labels": [...]}`: pre-tokenized, `labels`
 //!    optional (defaults to `input_ids`); needs no tokenizer.
 //!
@@ -114,6 +120,33 @@ pub fn parse_jsonl_bytes(source_name: &str, bytes: &[u8], tokenizer: Option<&Tok
     parse_jsonl(source_name, utf8_text(source_name, bytes)?, tokenizer)
 }
 
+/// Which tokens of an SFT line are trained (TRL's `SFTConfig` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossMasks {
+    /// prompt/completion lines: only the completion (`completion_only_loss`,
+    /// TRL's default); off: every token.
+    pub completion_only: bool,
+    /// messages lines: only the assistant turns (`assistant_only_loss`;
+    /// webpeft's default, TRL's is off); off: every token.
+    pub assistant_only: bool,
+}
+
+impl Default for LossMasks {
+    fn default() -> Self {
+        LossMasks { completion_only: true, assistant_only: true }
+    }
+}
+
+/// [`parse_jsonl_bytes`] with the given [`LossMasks`].
+pub fn parse_jsonl_masked(
+    source_name: &str,
+    bytes: &[u8],
+    tokenizer: Option<&Tokenizer>,
+    masks: LossMasks,
+) -> Result<Vec<Example>> {
+    parse_with(source_name, utf8_text(source_name, bytes)?, tokenizer, masks).map(|parsed| parsed.examples)
+}
+
 /// `bytes` as text; bytes that are not UTF-8 are a `Data` error naming the line and the byte.
 pub(super) fn utf8_text<'b>(source_name: &str, bytes: &'b [u8]) -> Result<&'b str> {
     std::str::from_utf8(bytes).map_err(|e| {
@@ -143,7 +176,11 @@ pub fn parse_jsonl(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>)
 
 /// [`parse_jsonl`], also counting the lines left out for having no trained token.
 pub fn parse_jsonl_counted(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>) -> Result<ParsedData> {
-    let mut parser = Parser { source_name, tokenizer, template: None };
+    parse_with(source_name, text, tokenizer, LossMasks::default())
+}
+
+fn parse_with(source_name: &str, text: &str, tokenizer: Option<&Tokenizer>, masks: LossMasks) -> Result<ParsedData> {
+    let mut parser = Parser { source_name, tokenizer, template: None, masks };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut examples = Vec::new();
     let mut skipped = 0;
@@ -177,6 +214,8 @@ pub(super) struct Parser<'a> {
     pub(super) tokenizer: Option<&'a Tokenizer>,
     /// Compiled at the first chat line.
     pub(super) template: Option<Rc<ChatTemplate>>,
+    /// Which tokens an SFT line trains.
+    pub(super) masks: LossMasks,
 }
 
 impl<'a> Parser<'a> {
@@ -243,20 +282,44 @@ impl<'a> Parser<'a> {
         Ok(Example { input_ids, labels })
     }
 
-    fn prompt_completion(&self, line: usize, map: &Map<String, Value>) -> Result<Example> {
-        let prompt = self.string(line, map, "prompt")?;
-        let completion = self.string(line, map, "completion")?;
-        if completion.is_empty() {
-            return Err(self.error(line, "`completion` is empty"));
-        }
-        let tokenizer = self.tokenizer(line, "prompt")?;
-        let prompt_ids = self.encode(line, tokenizer, prompt, true)?;
-        let mut input_ids = self.encode(line, tokenizer, &format!("{prompt}{completion}"), true)?;
-        push_eos(&mut input_ids, tokenizer);
-        let masked = prompt_ids.iter().zip(&input_ids).take_while(|(a, b)| a == b).count();
+    fn prompt_completion(&mut self, line: usize, map: &Map<String, Value>) -> Result<Example> {
+        let (input_ids, prompt_len) = match (map.get("prompt"), map.get("completion")) {
+            (Some(Value::Array(_)), _) | (_, Some(Value::Array(_))) => self.conversation_with_completion(line, map)?,
+            _ => {
+                let prompt = self.string(line, map, "prompt")?;
+                let completion = self.string(line, map, "completion")?;
+                if completion.is_empty() {
+                    return Err(self.error(line, "`completion` is empty"));
+                }
+                let tokenizer = self.tokenizer(line, "prompt")?;
+                let prompt_ids = self.encode(line, tokenizer, prompt, true)?;
+                let mut input_ids = self.encode(line, tokenizer, &format!("{prompt}{completion}"), true)?;
+                push_eos(&mut input_ids, tokenizer);
+                (input_ids, prompt_ids.len())
+            }
+        };
         let mut labels = self.labels(line, &input_ids)?;
-        labels[..masked].fill(IGNORE_INDEX);
+        if self.masks.completion_only {
+            // TRL's completion_mask: the prompt's token count, whatever the joint tokenization did at the seam.
+            let masked = prompt_len.min(labels.len());
+            labels[..masked].fill(IGNORE_INDEX);
+        }
         Ok(Example { input_ids, labels })
+    }
+
+    /// A conversational prompt/completion line (both lists of messages), as
+    /// TRL's SFTTrainer: the ids of `render(prompt + completion)` and the
+    /// count of `render(prompt, add_generation_prompt=true)`'s.
+    fn conversation_with_completion(&mut self, line: usize, map: &Map<String, Value>) -> Result<(Vec<u32>, usize)> {
+        let prompt = self.message_list(line, map, "prompt")?;
+        let completion = self.message_list(line, map, "completion")?;
+        let kwargs = self.template_kwargs(line, map)?;
+        let (tokenizer, template) = self.template(line, "prompt")?;
+        let whole: Vec<Message> = prompt.iter().chain(&completion).cloned().collect();
+        let prompt_text = self.render(line, &template, &prompt, true, &kwargs)?;
+        let text = self.render(line, &template, &whole, false, &kwargs)?;
+        let prompt_ids = self.encode(line, tokenizer, &prompt_text, false)?;
+        Ok((self.encode(line, tokenizer, &text, false)?, prompt_ids.len()))
     }
 
     /// The non-empty list of `{"role", "content"}` objects in `field`.
@@ -344,6 +407,12 @@ impl<'a> Parser<'a> {
         let messages = self.message_list(line, map, "messages")?;
         let kwargs = self.template_kwargs(line, map)?;
         let (tokenizer, template) = self.template(line, "messages")?;
+        if !self.masks.assistant_only {
+            let text = self.render(line, &template, &messages, false, &kwargs)?;
+            let input_ids = self.encode(line, tokenizer, &text, false)?;
+            let labels = self.labels(line, &input_ids)?;
+            return Ok(Example { input_ids, labels });
+        }
         let render =
             |upto: usize, generation: bool| self.render(line, &template, &messages[..upto], generation, &kwargs);
 

@@ -25,7 +25,7 @@
 
 use serde_json::{Map, Value};
 
-use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser};
+use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, LossMasks, Parser};
 use super::preference::{chat_renders, common_prefix, eos_id, pair_row, MAX_PROMPT_LENGTH};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -60,7 +60,7 @@ pub fn kto_dataset(
     kl: bool,
 ) -> Result<Dataset> {
     let text = utf8_text(source_name, bytes)?;
-    let mut parser = Parser { source_name, tokenizer, template: None };
+    let mut parser = Parser { source_name, tokenizer, template: None, masks: LossMasks::default() };
     let mut examples = Vec::new();
     let mut paired: Option<bool> = None;
     let mut run: Vec<(Unpaired, Unpaired)> = Vec::new();

@@ -30,7 +30,7 @@
 use serde_json::{Map, Value};
 
 use super::chat::Message;
-use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, Parser};
+use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, LossMasks, Parser};
 use serde::Deserialize;
 
 use crate::kernels::preference::{
@@ -270,7 +270,7 @@ pub fn preference_dataset(
     tokenization: PairTokenization,
 ) -> Result<Dataset> {
     let text = utf8_text(source_name, bytes)?;
-    let mut parser = Parser { source_name, tokenizer, template: None };
+    let mut parser = Parser { source_name, tokenizer, template: None, masks: LossMasks::default() };
     let mut pairs = Vec::new();
     let mut warnings = Vec::new();
     for (n, line) in jsonl_lines(text) {

@@ -31,7 +31,7 @@ use crate::train::plan::PlanAdapter;
 
 use crate::kernels::preference::{DpoLossType, PreferenceLoss};
 pub use crate::peft::adapter::AdapterConfig;
-use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
+use crate::train::data::{parse_jsonl_masked, DataOptions, Dataset, LossMasks};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::{preference_dataset, Objective};
 use crate::train::run::RunConfig;
@@ -626,6 +626,9 @@ pub struct TrainRecipe {
     pub objective: Objective,
     /// NEFTune's noise on the embeddings in SFT (transformers' `neftune_noise_alpha`; `None`: off).
     pub neftune_noise_alpha: Option<f32>,
+    /// Which tokens of an SFT line are trained (TRL's `completion_only_loss`
+    /// and `assistant_only_loss`).
+    pub loss_masks: LossMasks,
 }
 
 impl Default for TrainRecipe {
@@ -648,6 +651,7 @@ impl Default for TrainRecipe {
             gradient_checkpointing: false,
             objective: Objective::Sft,
             neftune_noise_alpha: None,
+            loss_masks: LossMasks::default(),
         }
     }
 }
@@ -677,6 +681,16 @@ impl TrainRecipe {
                     format!("NEFTune's noise is for SFT, not {}", self.objective.name()),
                 ));
             }
+        }
+        if self.loss_masks != LossMasks::default() && self.objective != Objective::Sft {
+            let option = match self.loss_masks.completion_only {
+                false => "completion_only_loss",
+                true => "assistant_only_loss",
+            };
+            return Err(bad(
+                option,
+                format!("SFT's, not {}'s: the preference objectives train on the answers", self.objective.name()),
+            ));
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return Err(bad("warmup_ratio", format!("must be in [0, 1], got {}", self.warmup_ratio)));
@@ -854,7 +868,7 @@ impl TrainRecipe {
             }
             Objective::Sft => {}
         }
-        let examples = parse_jsonl_bytes(source_name, jsonl, tokenizer)?;
+        let examples = parse_jsonl_masked(source_name, jsonl, tokenizer, self.loss_masks)?;
         Dataset::new(source_name, examples, opts, pad_id(tokenizer))
     }
 

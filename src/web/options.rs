@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::kernels::swiglu::Activation;
 use crate::peft::prompt_tuning::PromptTuningInit;
 use crate::peft::{InitLoraWeights, TargetModules};
+use crate::train::data::LossMasks;
 use crate::train::preference::{Objective, PreferenceOptions};
 use crate::train::recipe::{
     AdaLoraRecipe, AdapterRecipe, BottleneckRecipe, Ia3Recipe, LoraRecipe, Method, PromptTuningRecipe, TrainRecipe,
@@ -237,6 +238,9 @@ pub struct TrainOptions {
     pub gradient_checkpointing: Option<bool>,
     /// NEFTune's noise on the embeddings (SFT; transformers' `neftune_noise_alpha`).
     pub neftune_noise_alpha: Option<f32>,
+    /// TRL's `completion_only_loss` and `assistant_only_loss` (SFT; both on when left out).
+    pub completion_only_loss: Option<bool>,
+    pub assistant_only_loss: Option<bool>,
     /// "sft" (the default), "dpo", "orpo" or "cpo".
     pub objective: Option<String>,
     /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
@@ -468,6 +472,10 @@ impl TrainOptions {
         t.shuffle = self.shuffle.unwrap_or(t.shuffle);
         t.packing = self.packing.unwrap_or(t.packing);
         t.neftune_noise_alpha = self.neftune_noise_alpha;
+        t.loss_masks = LossMasks {
+            completion_only: self.completion_only_loss.unwrap_or(t.loss_masks.completion_only),
+            assistant_only: self.assistant_only_loss.unwrap_or(t.loss_masks.assistant_only),
+        };
         t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
         let objective = self.objective.as_deref().unwrap_or("sft");
         t.objective = Objective::from_options(objective, &self.preference)?;

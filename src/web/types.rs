@@ -170,6 +170,9 @@ export interface TrainOptions {
   /** NEFTune (SFT): uniform noise of magnitude neftuneNoiseAlpha/√(T·hidden) on the embeddings in training, as
    * transformers' neftune_noise_alpha (the paper uses 5). Left out: off. */
   neftuneNoiseAlpha?: number;
+  /** SFT: prompt/completion records train only the completion (TRL's completion_only_loss), messages records only
+   * the assistant turns (TRL's assistant_only_loss, whose default there is false). Left out: both true. */
+  completionOnlyLoss?: boolean; assistantOnlyLoss?: boolean;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
    * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
   objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";

@@ -58,6 +58,11 @@ pub struct RunOptions {
     pub alphapo_alpha: Option<f32>,
     #[serde(default)]
     pub neftune_noise_alpha: Option<f32>,
+    /// --completion-only-loss and --assistant-only-loss (checkpoints without them: both on).
+    #[serde(default = "on")]
+    pub completion_only_loss: bool,
+    #[serde(default = "on")]
+    pub assistant_only_loss: bool,
     #[serde(default)]
     pub desirable_weight: Option<f32>,
     #[serde(default)]
@@ -71,6 +76,10 @@ pub struct RunOptions {
 
 fn nf4() -> String {
     "nf4".into()
+}
+
+fn on() -> bool {
+    true
 }
 
 fn sft() -> String {
@@ -100,6 +109,8 @@ impl RunOptions {
             simpo_gamma: a.simpo_gamma,
             alphapo_alpha: a.alphapo_alpha,
             neftune_noise_alpha: a.neftune_noise_alpha,
+            completion_only_loss: a.completion_only_loss,
+            assistant_only_loss: a.assistant_only_loss,
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
@@ -236,6 +247,9 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);
     one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
     one!("neftune_noise_alpha", "neftune-noise-alpha", a.neftune_noise_alpha, saved.neftune_noise_alpha, show);
+    let flag = |v: &bool| v.to_string();
+    one!("completion_only_loss", "completion-only-loss", a.completion_only_loss, saved.completion_only_loss, flag);
+    one!("assistant_only_loss", "assistant-only-loss", a.assistant_only_loss, saved.assistant_only_loss, flag);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

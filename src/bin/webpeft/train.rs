@@ -16,7 +16,7 @@ use webpeft::peft::lora::{LoraAdapter, LOFTQ_BASE_DIR};
 use webpeft::peft::{InitLoraWeights, TargetModules};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
-use webpeft::train::data::{DataOptions, Dataset};
+use webpeft::train::data::{DataOptions, Dataset, LossMasks};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
@@ -228,6 +228,13 @@ pub struct TrainArgs {
     /// training, as transformers' neftune_noise_alpha (the paper uses 5) [default: off].
     #[arg(long)]
     pub neftune_noise_alpha: Option<f32>,
+    /// prompt/completion lines train only the completion (TRL's completion_only_loss); false: every token.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub completion_only_loss: bool,
+    /// messages lines train only the assistant turns (TRL's assistant_only_loss; TRL's default is
+    /// false: every token).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub assistant_only_loss: bool,
     /// Keep the file's row order in every epoch.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -712,6 +719,8 @@ impl TrainArgs {
         t.seed = self.seed;
         t.gradient_checkpointing = self.gradient_checkpointing;
         t.neftune_noise_alpha = self.neftune_noise_alpha;
+        t.loss_masks =
+            LossMasks { completion_only: self.completion_only_loss, assistant_only: self.assistant_only_loss };
         let preference = PreferenceOptions {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
