@@ -1517,6 +1517,17 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     assert!(chosen[3] > 0.0 && rejected[3] < 0.0, "{lines:?}");
     let state = dir.0.join("out/training_state.safetensors");
     assert!(dir.0.join("out/adapter_model.safetensors").is_file() && state.is_file());
+    // --precompute-ref-log-probs scores the reference once: the same lines, bit for bit.
+    let args = ["--objective", "dpo", "--label-smoothing", "0.1", "--steps", "4", "--precompute-ref-log-probs"];
+    let out = train_pairs(&dir, &args);
+    ok(&out);
+    let precomputed = step_lines(&out);
+    for key in ["loss", "rewards/margins", "rewards/chosen", "grad_norm"] {
+        assert_eq!(column(&precomputed, key), column(&lines, key), "{key}");
+    }
+    let out = train_pairs(&dir, &["--objective", "orpo", "--precompute-ref-log-probs", "--steps", "1"]);
+    let err = failure(&out);
+    assert!(err.contains("--precompute-ref-log-probs") && err.contains("no reference model"), "{err}");
     // ORPO's lines add its own terms; loss = nll_loss − β·log_odds_ratio (TRL's sign).
     let out = train_pairs(&dir, &["--objective", "orpo", "--beta", "0.2", "--steps", "2"]);
     ok(&out);

@@ -283,6 +283,7 @@ mod cli {
                     completion_only: o["completion_only_loss"].as_bool().unwrap(),
                     assistant_only: o["assistant_only_loss"].as_bool().unwrap(),
                 },
+                precompute_ref_log_probs: o["precompute_ref_log_probs"].as_bool().unwrap(),
                 objective: webpeft::train::preference::Objective::from_options(
                     o["objective"].as_str().unwrap(),
                     &webpeft::train::preference::PreferenceOptions {
@@ -345,8 +346,8 @@ mod cli {
             ),
             (
                 "kto",
-                &["--objective", "kto", "--desirable-weight", "1.2", "--batch-size", "2"],
-                r#"{"objective": "kto", "desirableWeight": 1.2, "batchSize": 2}"#,
+                &["--objective", "kto", "--desirable-weight", "1.2", "--batch-size", "2", "--precompute-ref-log-probs"],
+                r#"{"objective": "kto", "desirableWeight": 1.2, "batchSize": 2, "precomputeRefLogProbs": true}"#,
             ),
             (
                 "discopop",

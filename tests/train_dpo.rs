@@ -409,3 +409,31 @@ fn a_failed_step_keeps_bco_pair_s_running_mean() {
     assert!(matches!(err, Error::NonFinite { step: 3, .. }), "{err}");
     assert_eq!(running(&t), kept, "the failed step moved the running mean");
 }
+
+/// TRL's `precompute_ref_log_probs`: the reference scored once, in file order, is TRL's reference
+/// log-probabilities, and a shuffled run of one pair a micro-batch takes the same steps with it.
+#[test]
+fn precomputed_reference_log_probs_are_trl_s_and_change_no_step() {
+    use webpeft::train::preference_loss::precompute_reference;
+    let (gpu, fx) = (gpu(), Fixture::open("dpo/reference.safetensors"));
+    let model = model(gpu);
+    let text = std::fs::read_to_string(fixture("dpo/pairs.jsonl")).unwrap();
+    let tok = Some(tokenizer());
+    let read = |opts: &DataOptions| {
+        preference_dataset("pairs.jsonl", text.as_bytes(), tok.as_ref(), opts, 383, PairTokenization::Separate).unwrap()
+    };
+    // Two pairs a batch in file order: batch 0 holds pairs 0 and 1, batch 1 pairs 2 and 3.
+    let mut data = read(&DataOptions { batch_size: 2, ..options() });
+    block_on(precompute_reference(gpu, &model, &mut data, DPO)).unwrap();
+    let batches = data.epoch(0);
+    let values = |b: &Batch| b.reference_logps.clone().unwrap();
+    let (first, second) = (values(&batches[0]), values(&batches[1]));
+    // TRL's order: the four chosen, then the four rejected.
+    let got = [&first[..2], &second[..2], &first[2..], &second[2..]].concat();
+    close("precomputed reference log-probs", &got, &fx.f32("dpo.ref_logps"), TOL);
+    let e = block_on(precompute_reference(gpu, &model, &mut data, ORPO)).unwrap_err();
+    assert!(e.to_string().contains("no reference model"), "{e}");
+
+    let shuffled = read(&DataOptions { batch_size: 1, shuffle: true, seed: 9, ..options() });
+    common::check_precomputed_reference(gpu, &model, shuffled, || adapter(gpu, &model), Objective::Preference(DPO));
+}

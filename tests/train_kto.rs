@@ -221,3 +221,19 @@ fn bad_kto_data_and_options_are_typed_errors() {
     let r = TrainRecipe { objective: kto, batch_size: 1, ..TrainRecipe::default() };
     assert!(matches!(r.validate(), Err(Error::TrainOption { option: "batch_size", .. })));
 }
+
+/// TRL's `precompute_ref_log_probs` with KTO: the examples' and their KL rows' reference scored once;
+/// a shuffled run takes the same steps as one that scores it every step.
+#[test]
+fn precomputed_reference_log_probs_change_no_step() {
+    let gpu = gpu();
+    let model = block_on(Model::load(gpu, &DirFiles::new(fixture("llama_gqa")).unwrap(), QuantFormat::F32)).unwrap();
+    let text = std::fs::read_to_string(fixture("kto/examples.jsonl")).unwrap();
+    let opts = DataOptions { seq_len: 512, batch_size: 2, shuffle: true, seed: 4, ..Default::default() };
+    let data = kto_dataset("examples.jsonl", text.as_bytes(), Some(&tokenizer()), &opts, PAD, true).unwrap();
+    let adapter = || {
+        let files = DirFiles::new(fixture("lora/initial_adapter")).unwrap();
+        Adapter::Lora(block_on(LoraAdapter::load(gpu, &files, &model.config)).unwrap())
+    };
+    common::check_precomputed_reference(gpu, &model, data, adapter, Objective::Preference(KTO));
+}

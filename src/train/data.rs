@@ -65,7 +65,7 @@ impl Example {
 }
 
 /// B rows of one length, right-padded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// (B, T)
     pub input_ids: Vec<Vec<u32>>,
@@ -82,13 +82,16 @@ pub struct Batch {
     pub desirable: Option<Vec<bool>>,
     /// The rows' tokens before padding, all rows together.
     pub unpadded_tokens: usize,
+    /// Preference data whose reference log-probabilities were precomputed
+    /// (TRL's `precompute_ref_log_probs`): each row's, in row order.
+    pub reference_logps: Option<Vec<f32>>,
 }
 
 impl Batch {
     /// An unpacked batch: each row one sequence at positions 0..T.
     pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
         let unpadded_tokens = input_ids.iter().map(Vec::len).sum();
-        Batch { input_ids, labels, position_ids: None, desirable: None, unpadded_tokens }
+        Batch { input_ids, labels, position_ids: None, desirable: None, unpadded_tokens, reference_logps: None }
     }
 
     /// T of the (B, T, D) embeddings that NEFTune's noise is scaled by, as
@@ -568,6 +571,8 @@ pub struct Dataset {
     warnings: Vec<String>,
     /// KTO: each unit's label (a desirable completion); else empty.
     desirable: Vec<bool>,
+    /// Each row's precomputed reference log-probability (preference data); else empty.
+    reference: Vec<f32>,
 }
 
 impl Dataset {
@@ -641,6 +646,7 @@ impl Dataset {
             pairs: false,
             warnings: Vec::new(),
             desirable: Vec::new(),
+            reference: Vec::new(),
         })
     }
 
@@ -665,6 +671,7 @@ impl Dataset {
             pairs: true,
             warnings,
             desirable: Vec::new(),
+            reference: Vec::new(),
         }
     }
 
@@ -751,18 +758,54 @@ impl Dataset {
 
     /// The batches of `epoch`, each right-padded to its longest row.
     pub fn epoch(&self, epoch: u64) -> Vec<Batch> {
-        let order = self.order(epoch);
+        self.batches(&self.order(epoch))
+    }
+
+    /// The batches of every unit in file order (an epoch without shuffling),
+    /// each with the dataset's index of each of its rows.
+    pub fn in_file_order(&self) -> Vec<(Vec<usize>, Batch)> {
+        let order: Vec<usize> = (0..self.len()).collect();
+        let chunks = order.chunks(self.batch_size).map(|chunk| self.batch_rows(chunk));
+        chunks.zip(self.batches(&order)).collect()
+    }
+
+    /// Each row's precomputed reference log-probability, in dataset row
+    /// order (see [`Dataset::in_file_order`]); batches then carry theirs.
+    pub fn set_reference(&mut self, values: Vec<f32>) -> Result<()> {
+        if values.len() != self.rows.len() {
+            return Err(Error::invalid(
+                "Dataset::set_reference",
+                format!("{} reference log-probabilities for {} rows", values.len(), self.rows.len()),
+            ));
+        }
+        self.reference = values;
+        Ok(())
+    }
+
+    /// Whether the reference log-probabilities are precomputed.
+    pub fn has_reference(&self) -> bool {
+        !self.reference.is_empty()
+    }
+
+    /// The dataset rows of the batch of `units`: pairs' every chosen row
+    /// (2i), then every rejected row (2i + 1).
+    fn batch_rows(&self, units: &[usize]) -> Vec<usize> {
+        if self.pairs {
+            let side = |k: usize| units.iter().map(move |&i| 2 * i + k);
+            side(0).chain(side(1)).collect()
+        } else {
+            units.to_vec()
+        }
+    }
+
+    /// The batches of the units in `order`, `batch_size` at a time.
+    fn batches(&self, order: &[usize]) -> Vec<Batch> {
         order
             .chunks(self.batch_size)
             .filter(|chunk| !self.drop_last || chunk.len() == self.batch_size)
             .map(|chunk| {
-                // Pairs: every chosen row (2i), then every rejected row (2i + 1).
-                let rows: Vec<&Example> = if self.pairs {
-                    let side = |k: usize| chunk.iter().map(move |&i| &self.rows[2 * i + k]);
-                    side(0).chain(side(1)).collect()
-                } else {
-                    chunk.iter().map(|&i| &self.rows[i]).collect()
-                };
+                let indices = self.batch_rows(chunk);
+                let rows: Vec<&Example> = indices.iter().map(|&i| &self.rows[i]).collect();
                 let width = rows.iter().map(|row| row.input_ids.len()).max().unwrap_or(0);
                 let mut batch = Batch::new(Vec::with_capacity(rows.len()), Vec::new());
                 batch.unpadded_tokens = rows.iter().map(|row| row.input_ids.len()).sum();
@@ -785,6 +828,9 @@ impl Dataset {
                 }
                 if !self.desirable.is_empty() {
                     batch.desirable = Some(chunk.iter().map(|&i| self.desirable[i]).collect());
+                }
+                if !self.reference.is_empty() {
+                    batch.reference_logps = Some(indices.iter().map(|&i| self.reference[i]).collect());
                 }
                 batch
             })

@@ -32,7 +32,7 @@ use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::Head;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
 use crate::model::Model;
-use crate::train::data::Batch;
+use crate::train::data::{Batch, Dataset};
 
 /// A micro-batch of pairs' per-row targets and weights, made on the CPU from
 /// its labels (−100 on prompt and padding), in the row layout of the model's
@@ -256,8 +256,19 @@ pub(crate) fn record_preference_micro(
     let gpu = rec.gpu();
     let ids = model.input_ids(gpu, &batch.input_ids)?;
     let vocab = model.config.vocab_size;
-    let reference =
-        if loss.needs_reference() { Some(reference_logps(rec, model, &ids, batch, vocab, loss)?) } else { None };
+    let reference = match (&batch.reference_logps, loss.needs_reference()) {
+        (Some(precomputed), true) if precomputed.len() == rows.seqs => {
+            Some(Tensor::from_slice(gpu, &[rows.seqs], precomputed)?)
+        }
+        (Some(precomputed), true) => {
+            return Err(Error::shape(
+                "preference loss",
+                format!("{} precomputed reference log-probabilities for {} rows", precomputed.len(), rows.seqs),
+            ))
+        }
+        (None, true) => Some(reference_logps(rec, model, &ids, batch, vocab, loss)?),
+        (_, false) => None,
+    };
     let uploaded = rows.upload(gpu)?;
     let s = score(rec, model, &ids, hooks, checkpoint, rows, &uploaded)?;
     let [targets, lp_weight, nll_weight] = &uploaded;
@@ -292,6 +303,29 @@ pub(crate) fn record_preference_micro(
     })?;
     let shape = [rows.seqs, m / rows.seqs, d];
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
+}
+
+/// TRL's `precompute_ref_log_probs`: every row's reference log-probability
+/// (the base model, every adapter hook off), computed once in file order,
+/// `batch_size` units at a time (one submission and one read-back each), and
+/// kept in `data`, whose batches then carry theirs: the steps score the
+/// reference no more. The values are the ones each step would compute.
+pub async fn precompute_reference(gpu: &Gpu, model: &Model, data: &mut Dataset, loss: PreferenceLoss) -> Result<()> {
+    if !loss.needs_reference() {
+        return Err(Error::invalid("precompute_reference", "this objective has no reference model to precompute"));
+    }
+    let vocab = model.config.vocab_size;
+    let mut values = vec![0.0f32; data.rows().len()];
+    for (indices, batch) in data.in_file_order() {
+        let mut rec = Recorder::new(gpu);
+        let ids = model.input_ids(gpu, &batch.input_ids)?;
+        let logps = reference_logps(&mut rec, model, &ids, &batch, vocab, loss)?;
+        rec.submit()?;
+        for (&i, v) in indices.iter().zip(logps.to_vec::<f32>(gpu).await?) {
+            values[i] = v;
+        }
+    }
+    data.set_reference(values)
 }
 
 /// Each sequence's log-probability under the adapter (`hooks`) and, for

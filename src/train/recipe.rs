@@ -629,6 +629,9 @@ pub struct TrainRecipe {
     /// Which tokens of an SFT line are trained (TRL's `completion_only_loss`
     /// and `assistant_only_loss`).
     pub loss_masks: LossMasks,
+    /// DPO and KTO: score the reference once for every row before the first
+    /// step, not in every step (TRL's `precompute_ref_log_probs`).
+    pub precompute_ref_log_probs: bool,
 }
 
 impl Default for TrainRecipe {
@@ -652,6 +655,7 @@ impl Default for TrainRecipe {
             objective: Objective::Sft,
             neftune_noise_alpha: None,
             loss_masks: LossMasks::default(),
+            precompute_ref_log_probs: false,
         }
     }
 }
@@ -681,6 +685,18 @@ impl TrainRecipe {
                     format!("NEFTune's noise is for SFT, not {}", self.objective.name()),
                 ));
             }
+        }
+        if self.precompute_ref_log_probs
+            && !matches!(self.objective, Objective::Preference(loss) if loss.needs_reference())
+        {
+            return Err(bad(
+                "precompute_ref_log_probs",
+                format!(
+                    "{} here has no reference model whose log-probabilities could be precomputed (DPO and KTO \
+                     have, unless reference-free)",
+                    self.objective.name()
+                ),
+            ));
         }
         if self.loss_masks != LossMasks::default() && self.objective != Objective::Sft {
             let option = match self.loss_masks.completion_only {
@@ -882,6 +898,7 @@ impl TrainRecipe {
             schedule: self.schedule,
             warmup_steps: self.warmup_steps,
             warmup_ratio: self.warmup_ratio,
+            precompute_ref_log_probs: self.precompute_ref_log_probs,
         }
     }
 }

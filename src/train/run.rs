@@ -6,6 +6,8 @@
 use serde_json::{json, Value};
 
 use super::data::{Batch, Dataset};
+use super::preference::Objective;
+use super::preference_loss::precompute_reference;
 use super::schedule::{LrSchedule, Schedule};
 use super::trainer::{evaluate, EvalStats, StepStats, Trainer};
 use crate::error::{Error, Result};
@@ -28,6 +30,9 @@ pub struct RunConfig {
     /// The fraction of the run's steps that warm up, when `warmup_steps` is 0
     /// (transformers' `warmup_ratio`: `ceil(total · ratio)` steps).
     pub warmup_ratio: f64,
+    /// Preference objectives with a reference: score the reference once for
+    /// every row before the first step (TRL's `precompute_ref_log_probs`).
+    pub precompute_ref_log_probs: bool,
 }
 
 impl Default for RunConfig {
@@ -40,6 +45,7 @@ impl Default for RunConfig {
             schedule: Schedule::Linear,
             warmup_steps: 0,
             warmup_ratio: 0.0,
+            precompute_ref_log_probs: false,
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct Run {
     position: Position,
     /// The current epoch's batches (recomputed when the epoch changes).
     batches: Vec<Batch>,
+    /// The reference log-probabilities are still to be precomputed (at the first step).
+    precompute: bool,
 }
 
 impl Run {
@@ -140,6 +148,7 @@ impl Run {
             grad_accum: config.grad_accum,
             position: Position { epoch: 0, batch: 0 },
             batches,
+            precompute: config.precompute_ref_log_probs,
         })
     }
 
@@ -222,6 +231,7 @@ impl Run {
             schedule,
             warmup_steps,
             warmup_ratio: 0.0,
+            precompute_ref_log_probs: false,
         })
     }
 
@@ -240,6 +250,14 @@ impl Run {
     pub async fn step(&mut self, gpu: &Gpu, model: &Model) -> Result<Option<StepStats>> {
         if self.is_done() {
             return Ok(None);
+        }
+        if self.precompute {
+            let Objective::Preference(loss) = self.trainer.objective else {
+                return Err(Error::invalid("Run::step", "precompute_ref_log_probs is for the preference objectives"));
+            };
+            precompute_reference(gpu, model, &mut self.dataset, loss).await?;
+            self.batches = self.dataset.epoch(self.position.epoch);
+            self.precompute = false;
         }
         let (saved_position, saved_batches) = (self.position, self.batches.len());
         let micro: Vec<Batch> = (0..self.grad_accum).map(|_| self.next_micro()).collect();

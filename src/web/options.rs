@@ -241,6 +241,8 @@ pub struct TrainOptions {
     /// TRL's `completion_only_loss` and `assistant_only_loss` (SFT; both on when left out).
     pub completion_only_loss: Option<bool>,
     pub assistant_only_loss: Option<bool>,
+    /// DPO and KTO: TRL's `precompute_ref_log_probs`.
+    pub precompute_ref_log_probs: Option<bool>,
     /// "sft" (the default), "dpo", "orpo" or "cpo".
     pub objective: Option<String>,
     /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
@@ -476,6 +478,7 @@ impl TrainOptions {
             completion_only: self.completion_only_loss.unwrap_or(t.loss_masks.completion_only),
             assistant_only: self.assistant_only_loss.unwrap_or(t.loss_masks.assistant_only),
         };
+        t.precompute_ref_log_probs = self.precompute_ref_log_probs.unwrap_or(t.precompute_ref_log_probs);
         t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
         let objective = self.objective.as_deref().unwrap_or("sft");
         t.objective = Objective::from_options(objective, &self.preference)?;

@@ -173,6 +173,9 @@ export interface TrainOptions {
   /** SFT: prompt/completion records train only the completion (TRL's completion_only_loss), messages records only
    * the assistant turns (TRL's assistant_only_loss, whose default there is false). Left out: both true. */
   completionOnlyLoss?: boolean; assistantOnlyLoss?: boolean;
+  /** DPO and KTO: score the reference model once for every row before the first step instead of in every step
+   * (TRL's precompute_ref_log_probs): the same numbers, a forward less a step. Left out: false. */
+  precomputeRefLogProbs?: boolean;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
    * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
   objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";

@@ -653,3 +653,44 @@ pub fn check_saved_cases_in_peft(gpu: &Gpu, part: &str, cases: &[&str]) {
         assert!(d <= tol, "{name}: {d:e}");
     }
 }
+
+/// TRL's `precompute_ref_log_probs` changes no step: `data` trained from
+/// `adapter` under `objective` for 3 steps of 2 accumulated micro-batches
+/// (across an epoch when the data is 4 batches), scoring the reference in
+/// every step and precomputed once; the losses and the final tensors must
+/// agree bit for bit. Returns the losses.
+pub fn check_precomputed_reference(
+    gpu: &Gpu,
+    model: &webpeft::model::Model,
+    data: webpeft::train::data::Dataset,
+    adapter: impl Fn() -> webpeft::peft::Adapter,
+    objective: webpeft::train::preference::Objective,
+) -> Vec<f32> {
+    use webpeft::train::run::{Run, RunConfig};
+    let runs: Vec<(Vec<f32>, Named)> = [false, true]
+        .into_iter()
+        .map(|precompute| {
+            let mut trainer = webpeft::train::trainer::Trainer::new(gpu, adapter(), Default::default(), 0).unwrap();
+            trainer.objective = objective;
+            let config = RunConfig {
+                steps: Some(3),
+                grad_accum: 2,
+                lr: 1e-2,
+                precompute_ref_log_probs: precompute,
+                ..RunConfig::default()
+            };
+            let mut run = Run::new(data.clone(), trainer, &config).unwrap();
+            let mut losses = Vec::new();
+            while let Some(s) = block_on(run.step(gpu, model)).unwrap() {
+                losses.push(s.loss);
+            }
+            assert_eq!(run.dataset.has_reference(), precompute);
+            (losses, adapter_values(gpu, &run.trainer.adapter))
+        })
+        .collect();
+    eprintln!("each step's reference: {:?}; precomputed: {:?}", runs[0].0, runs[1].0);
+    assert_eq!(runs[0].0.len(), 3);
+    assert_eq!(runs[0].0, runs[1].0, "the losses differ");
+    assert!(runs[0].1 == runs[1].1, "the final tensors differ");
+    runs[0].0.clone()
+}

@@ -64,6 +64,8 @@ pub struct RunOptions {
     #[serde(default = "on")]
     pub assistant_only_loss: bool,
     #[serde(default)]
+    pub precompute_ref_log_probs: bool,
+    #[serde(default)]
     pub desirable_weight: Option<f32>,
     #[serde(default)]
     pub undesirable_weight: Option<f32>,
@@ -111,6 +113,7 @@ impl RunOptions {
             neftune_noise_alpha: a.neftune_noise_alpha,
             completion_only_loss: a.completion_only_loss,
             assistant_only_loss: a.assistant_only_loss,
+            precompute_ref_log_probs: a.precompute_ref_log_probs,
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
@@ -250,6 +253,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     let flag = |v: &bool| v.to_string();
     one!("completion_only_loss", "completion-only-loss", a.completion_only_loss, saved.completion_only_loss, flag);
     one!("assistant_only_loss", "assistant-only-loss", a.assistant_only_loss, saved.assistant_only_loss, flag);
+    let precompute = saved.precompute_ref_log_probs;
+    one!("precompute_ref_log_probs", "precompute-ref-log-probs", a.precompute_ref_log_probs, precompute, flag);
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

@@ -20,7 +20,7 @@ use webpeft::train::data::{DataOptions, Dataset, LossMasks};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
-use webpeft::train::run::Run;
+use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::{Schedule, SCHEDULE_NAMES};
 use webpeft::train::trainer::{KtoStats, PreferenceStats};
 use webpeft::Gpu;
@@ -235,6 +235,10 @@ pub struct TrainArgs {
     /// false: every token).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub assistant_only_loss: bool,
+    /// DPO and KTO: score the reference model once for every row before the first step instead
+    /// of in every step (TRL's precompute_ref_log_probs; the same numbers, a forward less a step).
+    #[arg(long)]
+    pub precompute_ref_log_probs: bool,
     /// Keep the file's row order in every epoch.
     #[arg(long)]
     pub no_shuffle: bool,
@@ -721,6 +725,7 @@ impl TrainArgs {
         t.neftune_noise_alpha = self.neftune_noise_alpha;
         t.loss_masks =
             LossMasks { completion_only: self.completion_only_loss, assistant_only: self.assistant_only_loss };
+        t.precompute_ref_log_probs = self.precompute_ref_log_probs;
         let preference = PreferenceOptions {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
@@ -950,7 +955,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                 saved.grad_accum
             );
         }
-        run_config = saved;
+        run_config = RunConfig { precompute_ref_log_probs: recipe.precompute_ref_log_probs, ..saved };
     }
     let mut trainer = trainer;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
