@@ -42,7 +42,7 @@ WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli -
     --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
     --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
     --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens \
-    --test lora_outer --test modules_to_save --test neftune
+    --test lora_outer --test modules_to_save --test neftune --test preference_eval
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
 # bits, 4 at 128, 16 at 512, 32 at 1024 and 64 at 2048 (LLVM splits what the

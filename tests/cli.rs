@@ -1525,6 +1525,20 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     for key in ["loss", "rewards/margins", "rewards/chosen", "grad_norm"] {
         assert_eq!(column(&precomputed, key), column(&lines, key), "{key}");
     }
+    // Held-out pairs: TRL's eval_loss and eval_rewards/*, every step and for early stopping.
+    let pairs = dir.0.join("pairs.jsonl");
+    let pairs = pairs.to_str().unwrap();
+    let out = train_pairs(&dir, &["--objective", "dpo", "--steps", "2", "--eval-data", pairs, "--eval-steps", "1"]);
+    ok(&out);
+    let evals: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l.get("eval_loss").is_some())
+        .collect();
+    assert_eq!(evals.len(), 2, "{evals:?}");
+    for key in ["eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/accuracies", "eval_rewards/margins"] {
+        assert!(evals.iter().all(|e| e[key].is_f64()), "{key}: {evals:?}");
+    }
     let out = train_pairs(&dir, &["--objective", "orpo", "--precompute-ref-log-probs", "--steps", "1"]);
     let err = failure(&out);
     assert!(err.contains("--precompute-ref-log-probs") && err.contains("no reference model"), "{err}");
@@ -1666,8 +1680,9 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
          example's completion), got 1"
     );
     let sft = write_data(&dir);
+    // Held-out data is read as the objective reads its training data: SFT lines are not pairs.
     let line = refused(&["--objective", "dpo", "--eval-data", &sft], None);
-    assert_eq!(line, "error: --eval-data measures the SFT loss; it does not apply to --objective dpo");
+    assert_eq!(line, format!("error: {sft}, line 1: missing the `prompt` field of a preference pair"));
 }
 
 /// A failed `export-gguf` leaves no file behind (it had created the output

@@ -255,41 +255,16 @@ pub(crate) fn record_preference_micro(
 ) -> Result<()> {
     let gpu = rec.gpu();
     let ids = model.input_ids(gpu, &batch.input_ids)?;
-    let vocab = model.config.vocab_size;
-    let reference = match (&batch.reference_logps, loss.needs_reference()) {
-        (Some(precomputed), true) if precomputed.len() == rows.seqs => {
-            Some(Tensor::from_slice(gpu, &[rows.seqs], precomputed)?)
-        }
-        (Some(precomputed), true) => {
-            return Err(Error::shape(
-                "preference loss",
-                format!("{} precomputed reference log-probabilities for {} rows", precomputed.len(), rows.seqs),
-            ))
-        }
-        (None, true) => Some(reference_logps(rec, model, &ids, batch, vocab, loss)?),
-        (_, false) => None,
-    };
-    let uploaded = rows.upload(gpu)?;
-    let s = score(rec, model, &ids, hooks, checkpoint, rows, &uploaded)?;
-    let [targets, lp_weight, nll_weight] = &uploaded;
-    let desirable = match &rows.desirable {
-        Some(d) => Some(Tensor::from_slice(gpu, &[d.len()], d)?),
-        None => None,
-    };
-    let scores = Scores {
-        policy: &s.logps,
-        reference: reference.as_ref(),
-        nll: &s.nll,
-        desirable: desirable.as_ref(),
-        running: Some(running),
-    };
-    let dlogp = preference_loss(rec, loss, scores, scale, stats)?;
+    let s = forward_scores(rec, model, loss, batch, rows, &ids, hooks, checkpoint)?;
+    let dlogp = s.loss(rec, loss, running, scale, stats)?;
+    let [targets, lp_weight, nll_weight] = &s.uploaded;
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);
     let dxn = rec.alloc(&[m, d], DType::F32)?;
     let head = model.head(hooks);
     let row = d as u64 * 4;
+    let s = s.scored;
     for_each_chunk(rec, &s.xn, &head, targets, |rec, start, x, logits, t| {
         let n = t.numel();
         let lse = rec.alloc(&[n], DType::F32)?;
@@ -303,6 +278,95 @@ pub(crate) fn record_preference_micro(
     })?;
     let shape = [rows.seqs, m / rows.seqs, d];
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
+}
+
+/// Records one batch's preference loss and TRL's metrics into `stats`
+/// (STATS values, the loss first, each the batch's as a step of one
+/// micro-batch logs it) with no backward: an evaluation. bco_pair's
+/// `running` mean moves as a step would move it.
+pub(crate) fn record_preference_eval(
+    rec: &mut Recorder,
+    model: &Model,
+    loss: PreferenceLoss,
+    batch: &Batch,
+    hooks: &dyn Hooks,
+    (stats, running): (&Tensor, &Tensor),
+) -> Result<()> {
+    let rows = PairRows::new(batch, model.config.vocab_size, hooks.virtual_tokens(), loss)?;
+    let ids = model.input_ids(rec.gpu(), &batch.input_ids)?;
+    forward_scores(rec, model, loss, batch, &rows, &ids, hooks, false)?.loss(rec, loss, running, 1.0, stats)?;
+    Ok(())
+}
+
+/// The policy's forward with what it is scored against.
+struct Forward {
+    scored: Scored,
+    /// targets, lp_weight, nll_weight on the GPU.
+    uploaded: [Tensor; 3],
+    /// (S) the reference's log-probabilities (none without a reference).
+    reference: Option<Tensor>,
+    /// KTO: each example's label.
+    desirable: Option<Tensor>,
+}
+
+impl Forward {
+    /// The loss (`scale` times it and its metrics added into `stats`,
+    /// bco_pair's `running` mean updated) and ∂loss/∂π (S).
+    fn loss(
+        &self,
+        rec: &mut Recorder,
+        loss: PreferenceLoss,
+        running: &Tensor,
+        scale: f32,
+        stats: &Tensor,
+    ) -> Result<Tensor> {
+        let scores = Scores {
+            policy: &self.scored.logps,
+            reference: self.reference.as_ref(),
+            nll: &self.scored.nll,
+            desirable: self.desirable.as_ref(),
+            running: Some(running),
+        };
+        preference_loss(rec, loss, scores, scale, stats)
+    }
+}
+
+/// A micro-batch's policy forward through `hooks`, with its reference
+/// log-probabilities (precomputed, or scored with every hook off) and
+/// KTO's labels on the GPU.
+#[allow(clippy::too_many_arguments)] // one micro-batch, its rows, and how to run it
+fn forward_scores(
+    rec: &mut Recorder,
+    model: &Model,
+    loss: PreferenceLoss,
+    batch: &Batch,
+    rows: &PairRows,
+    ids: &Tensor,
+    hooks: &dyn Hooks,
+    checkpoint: bool,
+) -> Result<Forward> {
+    let gpu = rec.gpu();
+    let vocab = model.config.vocab_size;
+    let reference = match (&batch.reference_logps, loss.needs_reference()) {
+        (Some(precomputed), true) if precomputed.len() == rows.seqs => {
+            Some(Tensor::from_slice(gpu, &[rows.seqs], precomputed)?)
+        }
+        (Some(precomputed), true) => {
+            return Err(Error::shape(
+                "preference loss",
+                format!("{} precomputed reference log-probabilities for {} rows", precomputed.len(), rows.seqs),
+            ))
+        }
+        (None, true) => Some(reference_logps(rec, model, ids, batch, vocab, loss)?),
+        (_, false) => None,
+    };
+    let uploaded = rows.upload(gpu)?;
+    let scored = score(rec, model, ids, hooks, checkpoint, rows, &uploaded)?;
+    let desirable = match &rows.desirable {
+        Some(d) => Some(Tensor::from_slice(gpu, &[d.len()], d)?),
+        None => None,
+    };
+    Ok(Forward { scored, uploaded, reference, desirable })
 }
 
 /// TRL's `precompute_ref_log_probs`: every row's reference log-probability

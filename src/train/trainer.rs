@@ -29,7 +29,7 @@ use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
 use crate::train::preference::Objective;
-use crate::train::preference_loss::{record_preference_micro, PairRows};
+use crate::train::preference_loss::{record_preference_eval, record_preference_micro, PairRows};
 use crate::util::rng::Rng;
 
 /// The optimizer's settings for a run (the learning rate comes per step,
@@ -156,6 +156,69 @@ fn loraplus_group(hp: &AdamWParams, (ratio, embedding): (f64, f64), key: &str, t
         AdamWParams { lr: hp.lr * ratio, weight_decay, ..*hp }
     } else {
         *hp
+    }
+}
+
+/// What TRL's preference trainers report for an evaluation (`evaluate()`'s
+/// `eval_loss` and `eval_`-prefixed metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreferenceEval {
+    /// `eval_loss`: each batch's loss weighted by its pairs (KTO: examples),
+    /// as transformers' evaluation loop repeats it `batch_size` times.
+    pub loss: f64,
+    /// TRL's metrics by name (`rewards/chosen`, …). DPO, ORPO and CPO: each
+    /// batch's value averaged over the batches, as their `log` does; KTO's
+    /// `log`: rewards and log-probs summed over the batches and divided by
+    /// the examples counted, `rewards/margins` their difference, `kl` the
+    /// batches' mean.
+    pub metrics: Vec<(&'static str, f64)>,
+    pub batches: usize,
+}
+
+impl PreferenceEval {
+    /// From each batch's units (pairs or examples) and STATS values.
+    fn from_batches(loss: PreferenceLoss, batches: &[(usize, Vec<f32>)]) -> PreferenceEval {
+        let units: usize = batches.iter().map(|(u, _)| u).sum();
+        let weighted: f64 = batches.iter().map(|(u, s)| *u as f64 * s[0] as f64).sum();
+        let mean =
+            |f: &dyn Fn(&[f32]) -> f32| batches.iter().map(|(_, s)| f(s) as f64).sum::<f64>() / batches.len() as f64;
+        let total = |i: usize| batches.iter().map(|(_, s)| s[i] as f64).sum::<f64>();
+        let mut metrics: Vec<(&'static str, f64)> = Vec::new();
+        if let PreferenceLoss::Kto(_) = loss {
+            let (count_chosen, count_rejected) = (total(6), total(7));
+            if count_chosen > 0.0 {
+                metrics.push(("rewards/chosen", total(1) / count_chosen));
+                metrics.push(("logps/chosen", total(4) / count_chosen));
+            }
+            if count_rejected > 0.0 {
+                metrics.push(("rewards/rejected", total(2) / count_rejected));
+                metrics.push(("logps/rejected", total(5) / count_rejected));
+            }
+            if count_chosen > 0.0 && count_rejected > 0.0 {
+                metrics.push(("rewards/margins", total(1) / count_chosen - total(2) / count_rejected));
+            }
+            metrics.push(("kl", mean(&|s| s[3])));
+        } else {
+            let named = |s: &[f32]| {
+                let p = PreferenceStats::from_stats(loss, s);
+                let mut v = vec![
+                    ("rewards/chosen", p.rewards_chosen),
+                    ("rewards/rejected", p.rewards_rejected),
+                    ("rewards/accuracies", p.rewards_accuracies),
+                    ("rewards/margins", p.rewards_margins),
+                ];
+                if let Some([nll, ratio, chosen]) = p.orpo {
+                    v.extend([("nll_loss", nll), ("log_odds_ratio", ratio), ("log_odds_chosen", chosen)]);
+                }
+                v.extend(p.nll_loss.map(|nll| ("nll_loss", nll)));
+                v
+            };
+            let first = named(&batches[0].1);
+            for (k, (name, _)) in first.iter().enumerate() {
+                metrics.push((name, mean(&|s| named(s)[k].1)));
+            }
+        }
+        PreferenceEval { loss: weighted / units.max(1) as f64, metrics, batches: batches.len() }
     }
 }
 
@@ -541,11 +604,61 @@ impl Trainer {
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
     }
 
+    /// The preference objective's loss and TRL's metrics on held-out
+    /// `batches` ([`evaluate_preference`]), bco_pair's running reward mean
+    /// starting from the trainer's (on a copy: the training state is left as
+    /// it was).
+    pub async fn evaluate_preference(&self, gpu: &Gpu, model: &Model, batches: &[Batch]) -> Result<PreferenceEval> {
+        let Objective::Preference(loss) = self.objective else {
+            return Err(Error::invalid(
+                "Trainer::evaluate_preference",
+                "the objective is SFT: evaluate its loss with `evaluate`",
+            ));
+        };
+        evaluate_preference(gpu, model, Some(&self.adapter), batches, loss, Some(&self.running)).await
+    }
+
     /// Mean loss and perplexity of the adapted model on `batches` (no
     /// dropout, no update).
     pub async fn evaluate(&self, gpu: &Gpu, model: &Model, batches: &[Batch]) -> Result<EvalStats> {
         evaluate(gpu, model, Some(&self.adapter), batches).await
     }
+}
+
+/// A preference objective's loss and TRL's metrics for `model` (with
+/// `adapter`, if any) on held-out `batches` (pairs, or KTO's examples with
+/// their KL rows), as TRL's `evaluate()` reports them: no dropout, each batch
+/// one submission and one read-back. bco_pair's running reward mean starts
+/// from `running` (else 0) and moves batch by batch, as TRL's does in an
+/// evaluation, on a copy.
+pub async fn evaluate_preference(
+    gpu: &Gpu,
+    model: &Model,
+    adapter: Option<&Adapter>,
+    batches: &[Batch],
+    loss: PreferenceLoss,
+    running: Option<&Tensor>,
+) -> Result<PreferenceEval> {
+    if batches.is_empty() {
+        return Err(Error::invalid("evaluate_preference", "no batch to evaluate"));
+    }
+    let scratch = Tensor::zeros(gpu, &[2], DType::F32)?;
+    let mut per_batch = Vec::with_capacity(batches.len());
+    for (i, b) in batches.iter().enumerate() {
+        let mut rec = Recorder::new(gpu);
+        if let Some(running) = running.filter(|_| i == 0) {
+            copy(&mut rec, running, &scratch)?;
+        }
+        let stats = Tensor::zeros(gpu, &[STATS], DType::F32)?;
+        record_preference_eval(&mut rec, model, loss, b, hooks_of(adapter), (&stats, &scratch))?;
+        rec.submit()?;
+        let units = match &b.desirable {
+            Some(d) => d.len(),
+            None => b.labels.len() / 2,
+        };
+        per_batch.push((units, stats.to_vec::<f32>(gpu).await?));
+    }
+    Ok(PreferenceEval::from_batches(loss, &per_batch))
 }
 
 /// Mean loss and perplexity of `model` (with `adapter`, if any) over

@@ -40,9 +40,10 @@ use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanInput};
+use crate::train::preference::Objective;
 use crate::train::recipe::{AdapterRecipe, TrainRecipe};
 use crate::train::run::Run;
-use crate::train::trainer::{evaluate, Trainer};
+use crate::train::trainer::{evaluate, evaluate_preference, Trainer};
 
 type JsResult<T> = std::result::Result<T, JsValue>;
 
@@ -807,8 +808,9 @@ impl WebModel {
     }
 
     /// Mean loss and perplexity on held-out data, with the adapter `name`
-    /// (`adapter: null` for the base model; absent: the active one).
-    #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult>")]
+    /// (`adapter: null` for the base model; absent: the active one); with a
+    /// preference `objective`, its loss and TRL's metrics on held-out pairs.
+    #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult | PreferenceEvalResult>")]
     pub fn evaluate(
         &self,
         #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
@@ -824,6 +826,13 @@ impl WebModel {
             let dopts =
                 recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
             let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
+            if let Objective::Preference(loss) = recipe.objective {
+                let e =
+                    evaluate_preference(&st.gpu, &st.model, adapter, &ds.epoch(0), loss, None).await.map_err(err)?;
+                let metrics: serde_json::Map<String, serde_json::Value> =
+                    e.metrics.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+                return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
+            }
             let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
             to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
         })

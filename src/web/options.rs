@@ -257,6 +257,11 @@ pub struct TrainOptions {
 pub struct EvalOptions {
     pub batch_size: Option<usize>,
     pub seq_len: Option<usize>,
+    /// "sft" (the default), or a preference objective whose loss and TRL's
+    /// metrics to measure on held-out pairs (with `beta`, `lossType`, …).
+    pub objective: Option<String>,
+    #[serde(flatten)]
+    pub preference: PreferenceOptions,
 }
 
 /// `planMemory`'s options.
@@ -493,6 +498,7 @@ impl EvalOptions {
         let mut t = TrainRecipe::default();
         t.batch_size = self.batch_size.unwrap_or(t.batch_size);
         t.seq_len = self.seq_len.unwrap_or(t.seq_len);
+        t.objective = Objective::from_options(self.objective.as_deref().unwrap_or("sft"), &self.preference)?;
         t.validate()?;
         Ok(t)
     }

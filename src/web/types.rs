@@ -212,8 +212,18 @@ export interface StepEvent {
     logpsRejectedSum: number; countChosen: number; countRejected: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
-export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
+/** objective "dpo", "orpo", "cpo" or "kto" (with their options, as TrainOptions takes them) measures that
+ * objective on held-out pairs or examples, as TRL's evaluate(): a PreferenceEvalResult. */
+export interface EvalOptions {
+  adapter?: string | null; batchSize?: number; seqLen?: number; objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
+  beta?: number; labelSmoothing?: number; lossType?: string | string[]; lossWeights?: number[]; rpoAlpha?: number;
+  discopopTau?: number; referenceFree?: boolean; cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number;
+  desirableWeight?: number; undesirableWeight?: number;
+}
 export interface EvalResult { loss: number; perplexity: number; tokens: number; }
+/** TRL's eval_loss (batches weighted by their pairs) and its metrics without the "eval_" prefix
+ * ("rewards/chosen", "rewards/accuracies", …). */
+export interface PreferenceEvalResult { loss: number; metrics: Record<string, number>; batches: number; }
 /** `generate`'s options. Left out: the model's own settings, its generation_config.json as transformers reads it
  * (without the file: greedy, topK 50, topP 1, minP 0, repetitionPenalty 1; its maxNewTokens, else its maxLength
  * less the prompt, else 64 new tokens, fewer where the context ends), and seed 0. A temperature samples at it

@@ -402,6 +402,12 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const resumed = [];
       const summary = await again.train((x) => resumed.push(x.loss));
       if (JSON.stringify(rest) !== JSON.stringify(resumed)) throw new Error("resume differs: " + rest + " vs " + resumed);
+      // Held-out pairs under DPO: TRL's eval_loss and reward metrics.
+      const heldOut = [{ prompt: "The robot", chosen: " watered the garden.", rejected: " sang." },
+        { prompt: "The little robot", chosen: " sang.", rejected: " the the." }];
+      const ev = await model.evaluate(heldOut, { objective: "dpo", batchSize: 2, adapter: "b" });
+      if (ev.batches !== 1 || !Number.isFinite(ev.loss) || !["rewards/chosen", "rewards/rejected", "rewards/accuracies",
+        "rewards/margins"].every((k) => Number.isFinite(ev.metrics[k]))) throw new Error("preference evaluate " + JSON.stringify(ev));
       // Export as a zip, import under a new name, generate with it.
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);

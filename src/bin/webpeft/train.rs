@@ -298,7 +298,8 @@ pub struct TrainArgs {
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
-    /// Held-out JSONL file: its loss and perplexity are printed after training.
+    /// Held-out JSONL file: its loss and perplexity are printed after training (preference
+    /// objectives: held-out pairs or examples, with TRL's eval_loss and eval_rewards/* metrics).
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
     /// Also evaluate on --eval-data every this many steps (a line with the step).
@@ -775,6 +776,33 @@ impl TrainArgs {
 }
 
 /// A JSONL file's examples as rows, named by the file's path in errors.
+/// The line an evaluation on `eval` prints, and its loss: SFT's loss,
+/// perplexity and tokens, or a preference objective's `eval_loss` and TRL's
+/// `eval_`-prefixed metrics (as its `evaluate()` names them).
+async fn eval_line(
+    gpu: &Gpu,
+    run: &Run,
+    model: &webpeft::model::Model,
+    eval: &Dataset,
+    step: Option<u64>,
+) -> Result<(String, f32), Box<dyn std::error::Error>> {
+    if run.trainer.objective == Objective::Sft {
+        let stats = run.evaluate(gpu, model, eval).await?;
+        let line =
+            EvalLine { step, eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        return Ok((serde_json::to_string(&line)?, stats.loss));
+    }
+    let e = run.trainer.evaluate_preference(gpu, model, &eval.epoch(0)).await?;
+    let mut fields: Vec<String> = step.map(|s| format!("\"step\":{s}")).into_iter().collect();
+    // f32 fields print as f32, as the step lines' do.
+    let number = |v: f64| serde_json::to_string(&(v as f32));
+    fields.push(format!("\"eval_loss\":{}", number(e.loss)?));
+    for (name, value) in &e.metrics {
+        fields.push(format!("\"eval_{name}\":{}", number(*value)?));
+    }
+    Ok((format!("{{{}}}", fields.join(",")), e.loss as f32))
+}
+
 fn read_dataset(
     recipe: &TrainRecipe,
     path: &Path,
@@ -886,13 +914,6 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     let dataset = read_dataset(&recipe, &data_path, &tokenizer, &opts)?;
     for warning in dataset.warnings() {
         eprintln!("warning: {warning}");
-    }
-    if recipe.objective != Objective::Sft && a.eval_data.is_some() {
-        return Err(format!(
-            "--eval-data measures the SFT loss; it does not apply to --objective {}",
-            recipe.objective.name()
-        )
-        .into());
     }
     let options = serde_json::to_value(resume::RunOptions::of(&a, opts.seq_len, &data_path))?;
     let eval = match &a.eval_data {
@@ -1019,15 +1040,9 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                 }
                 if let (Some(eval), Some(n)) = (&eval, a.eval_steps.filter(|&n| n > 0)) {
                     if s.step % n == 0 {
-                        let stats = run.evaluate(&gpu, &model, eval).await?;
-                        let line = EvalLine {
-                            step: Some(s.step),
-                            eval_loss: stats.loss,
-                            eval_perplexity: stats.perplexity,
-                            eval_tokens: stats.tokens,
-                        };
-                        out!("{}", serde_json::to_string(&line)?);
-                        let verdict = steering.observe(s.step, stats.loss);
+                        let (line, loss) = eval_line(&gpu, &run, &model, eval, Some(s.step)).await?;
+                        out!("{line}");
+                        let verdict = steering.observe(s.step, loss);
                         if verdict.improved && a.load_best_at_end {
                             best_files = Some(run.trainer.adapter.to_files(&gpu, &model.config).await?);
                         }
@@ -1048,14 +1063,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         }
     }
     if let (Some(eval), Stopped::Done, None) = (&eval, &stopped, a.eval_steps) {
-        let stats = run.evaluate(&gpu, &model, eval).await?;
-        let line = EvalLine {
-            step: None,
-            eval_loss: stats.loss,
-            eval_perplexity: stats.perplexity,
-            eval_tokens: stats.tokens,
-        };
-        out!("{}", serde_json::to_string(&line)?);
+        out!("{}", eval_line(&gpu, &run, &model, eval, None).await?.0);
     }
     save_run(&gpu, &run, &model, &a.out, &options).await?;
     if let Some((loss, step)) = steering.best {
