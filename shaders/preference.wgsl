@@ -23,9 +23,10 @@
 //       loss = mean w·(1 − σ(z)), z = β(c − kl) desirable, β(kl − c) not, c = π − ref
 //       (loss_type 1, apo_zero_unpaired: no KL rows (seqs = B), kl = 0)
 // stats: [loss, rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
-//         nll_loss, log_odds_ratio, log_odds_chosen] (the last two ORPO's, 0 for DPO);
+//         nll_loss, log_odds_ratio, log_odds_chosen, logps/chosen, logps/rejected] (log_odds_* ORPO's,
+//         0 for DPO; logps/* the policy's π, the mean over the pairs);
 //        KTO: [loss, rewards/chosen_sum, rewards/rejected_sum, kl, logps/chosen_sum,
-//         logps/rejected_sum, count/chosen, count/rejected].
+//         logps/rejected_sum, count/chosen, count/rejected, 0, 0].
 // Prelude constant: WG, invocations per workgroup (a power of two); workgroup_reduce.wgsl precedes this file.
 
 const DPO: u32 = 0u;
@@ -83,7 +84,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> policy_logps: array<f32>;     // (S)
 @group(0) @binding(7) var<storage, read> ref_logps: array<f32>;        // (S), unused by ORPO
 @group(0) @binding(8) var<storage, read> nll_in: array<f32>;           // (S)
-@group(0) @binding(9) var<storage, read_write> stats: array<f32>;      // (8), added to
+@group(0) @binding(9) var<storage, read_write> stats: array<f32>;      // (10), added to
 @group(0) @binding(10) var<storage, read_write> dlogp: array<f32>;     // (S)
 @group(0) @binding(11) var<storage, read> dlogp_in: array<f32>;        // (S)
 @group(0) @binding(12) var<storage, read_write> row_scale: array<f32>; // (S·T')
@@ -373,6 +374,8 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     var accuracies = 0.0;
     var ratio_sum = 0.0;
     var log_odds_sum = 0.0;
+    var logps_chosen = 0.0;
+    var logps_rejected = 0.0;
     if (p.objective == DPO) {
         for (var s = 0u; s < p.seqs; s++) { dlogp[s] = 0.0; }
         for (var k = 0u; k < p.terms; k++) {
@@ -382,6 +385,8 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     for (var i = 0u; i < p.pairs; i++) {
         let c = i;
         let r = i + p.pairs;
+        logps_chosen += policy_logps[c];
+        logps_rejected += policy_logps[r];
         if (p.objective == DPO) {
             // TRL's rewards: β·(π − ref) summed over the losses with their weights, in order.
             var hc = 0.0;
@@ -441,6 +446,8 @@ fn preference_loss(@builtin(local_invocation_index) lid: u32) {
     stats[5] += nll_loss * k;
     stats[6] += ratio_sum / n * k;
     stats[7] += log_odds_sum / n * k;
+    stats[8] += logps_chosen / n * k;
+    stats[9] += logps_rejected / n * k;
 }
 
 @compute @workgroup_size(WG)

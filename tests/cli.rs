@@ -1505,6 +1505,8 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     let (loss, margins) = (column(&lines, "loss"), column(&lines, "rewards/margins"));
     let (chosen, rejected) = (column(&lines, "rewards/chosen"), column(&lines, "rewards/rejected"));
     let accuracies = column(&lines, "rewards/accuracies");
+    // logps/*: the policy's log-probs, below 0.
+    assert!(column(&lines, "logps/chosen").iter().chain(&column(&lines, "logps/rejected")).all(|&l| l < 0.0));
     // Step 1 is measured before any update: the LoRA's B is 0, the policy is the reference,
     // every reward 0 and the loss log 2 (label smoothing does not change it at h = 0).
     assert!((loss[0] - std::f64::consts::LN_2).abs() < 1e-6, "{loss:?}");
@@ -1536,7 +1538,7 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
         .filter(|l| l.get("eval_loss").is_some())
         .collect();
     assert_eq!(evals.len(), 2, "{evals:?}");
-    for key in ["eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/accuracies", "eval_rewards/margins"] {
+    for key in ["eval_rewards/chosen", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/rejected"] {
         assert!(evals.iter().all(|e| e[key].is_f64()), "{key}: {evals:?}");
     }
     let out = train_pairs(&dir, &["--objective", "orpo", "--precompute-ref-log-probs", "--steps", "1"]);

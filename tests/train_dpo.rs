@@ -134,6 +134,11 @@ fn check_training_on(folder: &str, loss: PreferenceLoss, name: &str, ref_key: &s
             got.extend(p.orpo.iter().flatten());
             got.extend(p.nll_loss);
             close(&format!("{name} metrics"), &got, &fx.f32(&format!("{name}.metrics")), 0.0);
+            // TRL's logps/chosen and logps/rejected: the policy's log-probs, averaged over the pairs.
+            let (logps, mean) = (fx.f32(&format!("{name}.logps")), |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32);
+            let (chosen, rejected) = logps.split_at(logps.len() / 2);
+            let want = [mean(chosen), mean(rejected)];
+            close(&format!("{name} logps metrics"), &[p.logps_chosen, p.logps_rejected], &want, 1e-5);
             let mut worst = 0.0f32;
             for (key, g) in trainer.gradients().tensors() {
                 let got = block_on(g.to_vec::<f32>(gpu)).unwrap();

@@ -6,7 +6,8 @@
 //! ```text
 //! sequence_logps:       logps[s] = −Σ_r lp_weight[r]·CE[r]     nll[s] = Σ_r nll_weight[r]·CE[r]
 //! preference_loss:      stats += scale·[loss, rewards/chosen, rewards/rejected, rewards/accuracies,
-//!                                       rewards/margins, nll_loss, log_odds_ratio, log_odds_chosen]
+//!                                       rewards/margins, nll_loss, log_odds_ratio, log_odds_chosen,
+//!                                       logps/chosen, logps/rejected]
 //!                       dlogp[s] = ∂(scale·loss)/∂logps[s]
 //! preference_row_scale: row_scale[r] = nll_scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
 //! ```
@@ -15,7 +16,7 @@
 //! kl = max(0, mean over the KL rows of π − ref) (no gradient), each example's
 //! loss w_d·(1 − σ(β·(c − kl))) if desirable, else w_u·(1 − σ(β·(kl − c))),
 //! c = π − ref; stats: [loss, rewards/chosen_sum, rewards/rejected_sum, kl,
-//! logps/chosen_sum, logps/rejected_sum, count/chosen, count/rejected].
+//! logps/chosen_sum, logps/rejected_sum, count/chosen, count/rejected, 0, 0].
 //! DPO (TRL's `dpo_loss`): with the log-ratios c = π_c − ref_c, r = π_r − ref_r
 //! and h = c − r, loss = mean ℓ(c, r) over the pairs for the [`DpoLossType`]'s ℓ
 //! (sigmoid: −(1−ε)·logσ(β·h) − ε·logσ(−β·h)), plus `rpo_alpha`·NLL of the
@@ -38,7 +39,7 @@ use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
 const WG: u32 = 64;
 
 /// Values in a preference step's statistics (see the module docs for their order).
-pub const STATS: usize = 8;
+pub const STATS: usize = 10;
 
 /// DPO's `loss_type` (TRL's `DPOConfig.loss_type`): what the loss makes of
 /// the log-ratios c = π_c − ref_c and r = π_r − ref_r of a pair, h = c − r.

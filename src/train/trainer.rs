@@ -121,6 +121,10 @@ pub struct PreferenceStats {
     pub orpo: Option<[f32; 3]>,
     /// DPO with `rpo_alpha`, and CPO: `nll_loss`, the chosen completions' mean cross-entropy.
     pub nll_loss: Option<f32>,
+    /// `logps/chosen`, `logps/rejected`: the policy's π of the chosen and the rejected answers (ORPO
+    /// and IPO: per-token means), averaged over the pairs.
+    pub logps_chosen: f32,
+    pub logps_rejected: f32,
 }
 
 impl PreferenceStats {
@@ -138,6 +142,8 @@ impl PreferenceStats {
                 PreferenceLoss::Cpo(_) => Some(s[5]),
                 _ => None,
             },
+            logps_chosen: s[8],
+            logps_rejected: s[9],
         }
     }
 }
@@ -206,6 +212,8 @@ impl PreferenceEval {
                     ("rewards/rejected", p.rewards_rejected),
                     ("rewards/accuracies", p.rewards_accuracies),
                     ("rewards/margins", p.rewards_margins),
+                    ("logps/chosen", p.logps_chosen),
+                    ("logps/rejected", p.logps_rejected),
                 ];
                 if let Some([nll, ratio, chosen]) = p.orpo {
                     v.extend([("nll_loss", nll), ("log_odds_ratio", ratio), ("log_odds_chosen", chosen)]);

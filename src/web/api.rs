@@ -1082,6 +1082,8 @@ async fn one_step(
             rejected: p.rewards_rejected,
             accuracies: p.rewards_accuracies,
             margins: p.rewards_margins,
+            logps_chosen: p.logps_chosen,
+            logps_rejected: p.logps_rejected,
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
         }),
         kto: s.kto,

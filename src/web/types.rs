@@ -203,9 +203,10 @@ export interface TrainOptions {
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
   tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
-  /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and nll_loss
-   * (ORPO, CPO, and DPO with rpoAlpha). */
-  rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; nllLoss?: number };
+  /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
+   * logps/chosen, logps/rejected, and nll_loss (ORPO, CPO, and DPO with rpoAlpha). */
+  rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; logpsChosen: number;
+    logpsRejected: number; nllLoss?: number };
   /** KTO: TRL's kl, rewards/chosen_sum, rewards/rejected_sum, logps/chosen_sum, logps/rejected_sum, count/chosen,
    * count/rejected. */
   kto?: { kl: number; rewardsChosenSum: number; rewardsRejectedSum: number; logpsChosenSum: number;
@@ -374,6 +375,9 @@ pub struct Rewards {
     pub rejected: f32,
     pub accuracies: f32,
     pub margins: f32,
+    /// `logps/chosen`, `logps/rejected`: the policy's log-probabilities.
+    pub logps_chosen: f32,
+    pub logps_rejected: f32,
     /// ORPO's and CPO's NLL, or DPO's with `rpoAlpha`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nll_loss: Option<f32>,

@@ -407,7 +407,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
         { prompt: "The little robot", chosen: " sang.", rejected: " the the." }];
       const ev = await model.evaluate(heldOut, { objective: "dpo", batchSize: 2, adapter: "b" });
       if (ev.batches !== 1 || !Number.isFinite(ev.loss) || !["rewards/chosen", "rewards/rejected", "rewards/accuracies",
-        "rewards/margins"].every((k) => Number.isFinite(ev.metrics[k]))) throw new Error("preference evaluate " + JSON.stringify(ev));
+        "rewards/margins", "logps/chosen", "logps/rejected"].every((k) => Number.isFinite(ev.metrics[k]))) throw new Error("preference evaluate " + JSON.stringify(ev));
       // Export as a zip, import under a new name, generate with it.
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);

@@ -445,6 +445,10 @@ struct RewardsLine {
     accuracies: f32,
     #[serde(rename = "rewards/margins")]
     margins: f32,
+    #[serde(rename = "logps/chosen")]
+    logps_chosen: f32,
+    #[serde(rename = "logps/rejected")]
+    logps_rejected: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     nll_loss: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -460,6 +464,8 @@ impl RewardsLine {
             rejected: p.rewards_rejected,
             accuracies: p.rewards_accuracies,
             margins: p.rewards_margins,
+            logps_chosen: p.logps_chosen,
+            logps_rejected: p.logps_rejected,
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
             log_odds_ratio: p.orpo.map(|o| o[1]),
             log_odds_chosen: p.orpo.map(|o| o[2]),

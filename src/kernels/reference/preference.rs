@@ -269,6 +269,8 @@ pub fn preference_loss(
             }
         };
         total += term;
+        stats[8] += pc / n * k;
+        stats[9] += pr / n * k;
         stats[1] += rc / n * k;
         stats[2] += rr / n * k;
         stats[3] += if rc > rr { k / n } else { 0.0 };
