@@ -71,6 +71,8 @@ struct Params {
     reference_free: u32, // DPO: the loss without the reference (the rewards keep it)
     terms: u32,          // DPO: how many losses are summed
     alpha: f32,          // CPO: AlphaPO's α (0: off)
+    f_divergence: u32,   // DPO: h of the losses of h alone; 0 c − r, 1 JS, 2 α-divergence
+    f_alpha: f32,        // DPO: the α-divergence's α
     codes: vec4<u32>,    // DPO: each loss's code
     weights: vec4<f32>,  // DPO: each loss's weight
 }
@@ -313,13 +315,43 @@ fn dpo_loss_sum(code: u32, w: f32, g: f32) -> f32 {
     // (sppo_hard, nca_pair and discopop read the reference directly in TRL's dpo_loss: reference_free or not.)
     let direct = code == SPPO_HARD || code == NCA_PAIR || code == DISCOPOP;
     let in_loss = select(1.0, 0.0, p.reference_free != 0u && !direct);
+    let of_h = code == SIGMOID || code == ROBUST || code == EXO_PAIR || code == HINGE || code == IPO;
     for (var i = 0u; i < n; i++) {
-        let t = dpo_term(code, policy_logps[i] - in_loss * ref_logps[i], policy_logps[i + n] - in_loss * ref_logps[i + n]);
+        let c = policy_logps[i] - in_loss * ref_logps[i];
+        let r = policy_logps[i + n] - in_loss * ref_logps[i + n];
+        if (of_h && p.f_divergence != 0u) {
+            // The f-divergence's h and its slopes ∂h/∂c, ∂h/∂r; ℓ(h) through dpo_term(h, 0).
+            let f = f_divergence_h(c, r);
+            let t = dpo_term(code, f.x, 0.0);
+            total += t.x;
+            dlogp[i] += w * t.y * f.y * g;
+            dlogp[i + n] += w * t.y * f.z * g;
+            continue;
+        }
+        let t = dpo_term(code, c, r);
         total += t.x;
         dlogp[i] += w * t.y * g;
         dlogp[i + n] += w * t.z * g;
     }
     return w * total;
+}
+
+// TRL's cap_exp in f32: e^min(x, ln(f32::MAX)), its slope 0 where capped.
+const EXP_CAP: f32 = 88.7228;
+
+// (h, ∂h/∂c, ∂h/∂r) of DPO's f-divergence (p.f_divergence 1: JS, 2: α).
+fn f_divergence_h(c: f32, r: f32) -> vec3<f32> {
+    if (p.f_divergence == 1u) {
+        // (c − r) − (softplus(c) − softplus(r)), softplus(x) = −logσ(−x)
+        let h = (c - r) - (-log_sigmoid(-c) + log_sigmoid(-r));
+        return vec3<f32>(h, sigmoid(-c), -sigmoid(-r));
+    }
+    let a = p.f_alpha;
+    let ec = exp(min(-a * c, EXP_CAP));
+    let er = exp(min(-a * r, EXP_CAP));
+    let dc = select(ec, 0.0, -a * c > EXP_CAP);
+    let dr = select(-er, 0.0, -a * r > EXP_CAP);
+    return vec3<f32>((er - ec) / a, dc, dr);
 }
 
 // KTO: rows 0..B the examples, B..2B their KL rows (p.pairs = B); apo_zero_unpaired

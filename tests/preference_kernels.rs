@@ -7,8 +7,8 @@ use common::{block_on, gpu, randn};
 use webpeft::gpu::Recorder;
 use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
 use webpeft::kernels::preference::{
-    preference_loss, preference_row_scale, sequence_logps, CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss,
-    PreferenceLoss, Scores, STATS,
+    preference_loss, preference_row_scale, sequence_logps, CpoLoss, CpoLossType, DpoLoss, DpoLossType, FDivergence,
+    KtoLoss, PreferenceLoss, Scores, STATS,
 };
 use webpeft::kernels::reference::{assert_close, cross_entropy as ce_cpu, preference as cpu};
 use webpeft::util::rng::Rng;
@@ -93,10 +93,12 @@ fn check_loss(loss: PreferenceLoss, pairs: usize, seed: u64) {
     assert_close("stats", &read(&stats), &want_stats, LOSS_ABS, LOSS_REL);
     let got_dlogp = read(&dlogp);
     assert_close("dlogp", &got_dlogp, &want_dlogp, LOSS_ABS, LOSS_REL);
-    // Hinge's gradient is 0 where 1 − βh < 0; every other loss gives every sequence one.
+    // Hinge's gradient is 0 where 1 − βh < 0, the α-divergence's where its exponent is capped (or
+    // e^(−α·c) underflows); every other loss gives every sequence one.
     let hinge = matches!(
         loss,
-        PreferenceLoss::Dpo(DpoLoss { loss_type, .. }) if loss_type.contains(DpoLossType::Hinge)
+        PreferenceLoss::Dpo(DpoLoss { loss_type, f_divergence, .. })
+            if loss_type.contains(DpoLossType::Hinge) || matches!(f_divergence, FDivergence::Alpha(_))
     ) || matches!(loss, PreferenceLoss::Cpo(CpoLoss { loss_type: CpoLossType::Hinge, .. }));
     // sft's gradient is the NLL's, through the row scale: none here.
     let sft = matches!(loss, PreferenceLoss::Dpo(d) if d.loss_type.single() == Some(DpoLossType::Sft));
@@ -156,6 +158,16 @@ fn every_dpo_loss_type_matches_the_cpu_reference() {
     }
     // EXO with no smoothing runs at ε = 1e-3, as TRL's dpo_loss sets it.
     check_loss(dpo(0.1, 0.0, DpoLossType::ExoPair), 4, 79);
+    // The f-divergences' h on each loss of h alone, alone and beside one it does not change.
+    for (i, f) in [FDivergence::Js, FDivergence::Alpha(0.5), FDivergence::Alpha(1.3)].into_iter().enumerate() {
+        for (j, t) in [Sigmoid, Robust, ExoPair, Hinge, Ipo].into_iter().enumerate() {
+            let eps = if t.smooths() { 0.1 } else { 0.0 };
+            let PreferenceLoss::Dpo(d) = dpo(0.3, eps, t) else { unreachable!() };
+            check_loss(PreferenceLoss::Dpo(DpoLoss { f_divergence: f, ..d }), 3, 160 + (5 * i + j) as u64);
+        }
+        let loss_type = webpeft::kernels::preference::DpoLossTypes::new(&[Sigmoid, ApoZero], None).unwrap();
+        check_loss(PreferenceLoss::Dpo(DpoLoss { loss_type, f_divergence: f, ..DpoLoss::TRL }), 4, 190 + i as u64);
+    }
     // reference_free: the loss without the reference (where TRL's loss type reads it through the log-ratios).
     for t in [DpoLossType::Sigmoid, DpoLossType::ApoDown, DpoLossType::NcaPair] {
         let d = DpoLoss { loss_type: t.into(), reference_free: true, ..DpoLoss::TRL };

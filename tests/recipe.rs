@@ -296,6 +296,8 @@ mod cli {
                         rpo_alpha: o["rpo_alpha"].as_f64().map(|v| v as f32),
                         discopop_tau: o["discopop_tau"].as_f64().map(|v| v as f32),
                         reference_free: o["reference_free"].as_bool().filter(|&b| b),
+                        f_divergence_type: o["f_divergence_type"].as_str().map(str::to_string),
+                        f_alpha_divergence_coef: o["f_alpha_divergence_coef"].as_f64().map(|v| v as f32),
                         cpo_alpha: o["cpo_alpha"].as_f64().map(|v| v as f32),
                         simpo_gamma: o["simpo_gamma"].as_f64().map(|v| v as f32),
                         alphapo_alpha: o["alphapo_alpha"].as_f64().map(|v| v as f32),
@@ -312,7 +314,7 @@ mod cli {
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
         // The preference objectives' settings, as flags after `--method lora --steps 3` and as options.
-        let preference: [(&str, &[&str], &str); 6] = [
+        let preference: [(&str, &[&str], &str); 7] = [
             (
                 "alphapo",
                 &["--objective", "cpo", "--loss-type", "alphapo", "--alphapo-alpha", "0.25", "--beta", "2.5"],
@@ -327,6 +329,11 @@ mod cli {
                 "dpo",
                 &["--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5", "--reference-free"],
                 r#"{"objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5, "referenceFree": true}"#,
+            ),
+            (
+                "f_divergence",
+                &["--objective", "dpo", "--f-divergence-type", "alpha_divergence", "--f-alpha-divergence-coef", "0.5"],
+                r#"{"objective": "dpo", "fDivergenceType": "alpha_divergence", "fAlphaDivergenceCoef": 0.5}"#,
             ),
             (
                 "simpo",

@@ -9,7 +9,9 @@
 mod common;
 
 use common::{block_on, fixture, gpu, max_abs_diff, Fixture};
-use webpeft::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, PairTokenization, PreferenceLoss};
+use webpeft::kernels::preference::{
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, FDivergence, PairTokenization, PreferenceLoss,
+};
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::model::{DirFiles, Model};
 use webpeft::peft::adapter::Adapter;
@@ -212,8 +214,10 @@ fn dpo_loss_types_match_trl() {
         rpo_alpha,
         discopop_tau,
         reference_free: false,
+        f_divergence: FDivergence::ReverseKl,
     };
     let free = |d: DpoLoss| DpoLoss { reference_free: true, ..d };
+    let divergence = |f: FDivergence, d: DpoLoss| DpoLoss { f_divergence: f, ..d };
     // TRL's loss_type list with loss_weights.
     let list = |types: &[DpoLossType], weights: Option<&[f32]>, beta| DpoLoss {
         beta,
@@ -241,6 +245,9 @@ fn dpo_loss_types_match_trl() {
         ("bco_pair", d(BcoPair, 0.1, 0.0, None, 0.05)),
         ("mpo", list(&[Sigmoid, BcoPair, Sft], Some(&[0.8, 0.2, 1.0]), 0.1)),
         ("hinge_sft", list(&[Hinge, Sft], None, 0.5)),
+        ("sigmoid_js", divergence(FDivergence::Js, d(Sigmoid, 0.1, 0.1, None, 0.05))),
+        ("ipo_alpha_divergence", divergence(FDivergence::Alpha(0.5), d(Ipo, 0.1, 0.0, None, 0.05))),
+        ("hinge_alpha_divergence", divergence(FDivergence::Alpha(1.0), d(Hinge, 0.5, 0.0, None, 0.05))),
     ];
     for (name, dpo) in cases {
         let loss = PreferenceLoss::Dpo(dpo);
@@ -271,6 +278,26 @@ fn dpo_options_are_checked() {
     refused(PreferenceOptions { loss_weights: Some(vec![1.0]), ..Default::default() }, "loss_weights", "loss_type");
     refused(weighted("sigmoid,sft", &[1.0, f32::NAN]), "loss_weights", "finite");
     refused(PreferenceOptions { label_smoothing: Some(0.1), ..typed("hinge,sft") }, "label_smoothing", "hinge,sft");
+    // f_divergence_type and its coefficient: DPO's, on a loss of h alone, the coefficient alpha_divergence's.
+    let f = |t: &str, coef: Option<f32>| PreferenceOptions {
+        f_divergence_type: Some(t.into()),
+        f_alpha_divergence_coef: coef,
+        ..Default::default()
+    };
+    refused(f("kl", None), "f_divergence_type", "expected reverse_kl, js_divergence or alpha_divergence");
+    let with = |o: PreferenceOptions, t: &str| PreferenceOptions { loss_type: Some(t.into()), ..o };
+    refused(with(f("js_divergence", None), "nca_pair"), "f_divergence_type", "not nca_pair");
+    refused(f("js_divergence", Some(0.5)), "f_alpha_divergence_coef", "not js_divergence");
+    refused(f("alpha_divergence", Some(0.0)), "f_alpha_divergence_coef", "> 0");
+    let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(with(f("alpha_divergence", None), "ipo,bco_pair"))
+    else {
+        panic!("alpha_divergence")
+    };
+    assert_eq!(d.f_divergence, FDivergence::Alpha(1.0));
+    let e = Objective::from_options("cpo", &f("js_divergence", None)).unwrap_err();
+    assert!(
+        matches!(&e, Error::TrainOption { option: "f_divergence_type", detail } if detail == "applies to dpo only")
+    );
     let Ok(Objective::Preference(PreferenceLoss::Dpo(d))) = dpo(weighted("sigmoid, bco_pair ,sft", &[0.8, 0.2, 1.0]))
     else {
         panic!("MPO")

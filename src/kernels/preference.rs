@@ -254,6 +254,51 @@ pub struct DpoLoss {
     /// (the reference's still give the rewards, as TRL logs them; sppo_hard,
     /// nca_pair and discopop read the reference directly in TRL, so here too).
     pub reference_free: bool,
+    /// `f_divergence_type` (with `f_alpha_divergence_coef`): what the losses
+    /// of h alone (sigmoid, robust, exo_pair, hinge, ipo) take for h.
+    pub f_divergence: FDivergence,
+}
+
+/// DPO's `f_divergence_type`: the h = c − r of the losses of h alone, from
+/// the log-ratios c and r of a pair (TRL's `dpo_loss`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FDivergence {
+    /// h = c − r (TRL's default).
+    ReverseKl,
+    /// Jensen–Shannon: h = (c − r) − (softplus(c) − softplus(r)).
+    Js,
+    /// α-divergence with coefficient α > 0: h = (e^(−α·r) − e^(−α·c)) / α, each
+    /// exponent capped at ln(f32::MAX) (TRL's `cap_exp`).
+    Alpha(f32),
+}
+
+impl FDivergence {
+    /// TRL's name: "reverse_kl", "js_divergence", "alpha_divergence".
+    pub fn name(self) -> &'static str {
+        match self {
+            FDivergence::ReverseKl => "reverse_kl",
+            FDivergence::Js => "js_divergence",
+            FDivergence::Alpha(_) => "alpha_divergence",
+        }
+    }
+
+    fn code(self) -> (u32, f32) {
+        match self {
+            FDivergence::ReverseKl => (0, 0.0),
+            FDivergence::Js => (1, 0.0),
+            FDivergence::Alpha(a) => (2, a),
+        }
+    }
+}
+
+impl DpoLossType {
+    /// Whether the loss is one of h alone, which the f-divergence changes.
+    pub fn of_h(self) -> bool {
+        matches!(
+            self,
+            DpoLossType::Sigmoid | DpoLossType::Robust | DpoLossType::ExoPair | DpoLossType::Hinge | DpoLossType::Ipo
+        )
+    }
 }
 
 impl DpoLoss {
@@ -265,6 +310,7 @@ impl DpoLoss {
         rpo_alpha: None,
         discopop_tau: 0.05,
         reference_free: false,
+        f_divergence: FDivergence::ReverseKl,
     };
 }
 
@@ -494,6 +540,10 @@ struct Params {
     /// `pairs` is the examples, and the rows after them their KL rows).
     terms: u32,
     alpha: f32,
+    /// DPO's f-divergence (0 reverse KL, 1 JS, 2 α) and its α.
+    f_divergence: u32,
+    f_alpha: f32,
+    _pad: [u32; 2],
     codes: [u32; 4],
     weights: [f32; 4],
 }
@@ -520,6 +570,9 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
         reference_free: 0,
         terms: 0,
         alpha: 0.0,
+        f_divergence: 0,
+        f_alpha: 0.0,
+        _pad: [0; 2],
         codes: [0; 4],
         weights: [0.0; 4],
     };
@@ -534,6 +587,7 @@ fn params(seqs: usize, rows_per_seq: usize, loss: Option<PreferenceLoss>, scale:
             p.terms = d.loss_type.len as u32;
             p.discopop_tau = d.discopop_tau;
             p.reference_free = u32::from(d.reference_free);
+            (p.f_divergence, p.f_alpha) = d.f_divergence.code();
         }
         Some(PreferenceLoss::Orpo { beta }) => (p.objective, p.beta) = (1, beta),
         Some(PreferenceLoss::Kto(k)) => {

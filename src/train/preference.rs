@@ -34,8 +34,8 @@ use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, LossMas
 use serde::Deserialize;
 
 use crate::kernels::preference::{
-    CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, KtoLoss, KtoLossType, PairTokenization, PreferenceLoss,
-    MAX_LOSS_TYPES,
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, FDivergence, KtoLoss, KtoLossType, PairTokenization,
+    PreferenceLoss, MAX_LOSS_TYPES,
 };
 use crate::model::llama::IGNORE_INDEX;
 use crate::model::tokenizer::Tokenizer;
@@ -86,7 +86,7 @@ impl Objective {
         let objective = Objective::from_name(name)
             .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 12] = [
+        let settings: [(&'static str, bool, &[&str]); 14] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["dpo", "cpo", "kto"]),
@@ -94,6 +94,8 @@ impl Objective {
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
             ("reference_free", o.reference_free.is_some(), &["dpo"]),
+            ("f_divergence_type", o.f_divergence_type.is_some(), &["dpo"]),
+            ("f_alpha_divergence_coef", o.f_alpha_divergence_coef.is_some(), &["dpo"]),
             ("cpo_alpha", o.cpo_alpha.is_some(), &["cpo"]),
             ("simpo_gamma", o.simpo_gamma.is_some(), &["cpo"]),
             ("alphapo_alpha", o.alphapo_alpha.is_some(), &["cpo"]),
@@ -166,6 +168,7 @@ impl Objective {
                     rpo_alpha: o.rpo_alpha.or(d.rpo_alpha),
                     discopop_tau: o.discopop_tau.unwrap_or(d.discopop_tau),
                     reference_free: o.reference_free.unwrap_or(d.reference_free),
+                    f_divergence: f_divergence(o, &loss_type)?,
                 })
             }
             Objective::Preference(PreferenceLoss::Cpo(c)) => {
@@ -198,6 +201,42 @@ impl Objective {
     }
 }
 
+/// DPO's `f_divergence_type` and `f_alpha_divergence_coef` (TRL's default:
+/// the reverse KL; the coefficient 1, for alpha_divergence only). A
+/// divergence other than the reverse KL needs a loss of h alone among the
+/// listed ones (TRL's dpo_loss ignores it in the others).
+fn f_divergence(o: &PreferenceOptions, losses: &DpoLossTypes) -> Result<FDivergence> {
+    let bad = |option, detail: String| Error::TrainOption { option, detail };
+    let coef = o.f_alpha_divergence_coef;
+    if let Some(c) = coef.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(bad("f_alpha_divergence_coef", format!("must be a finite number > 0, got {c}")));
+    }
+    let f = match o.f_divergence_type.as_deref() {
+        None | Some("reverse_kl") => FDivergence::ReverseKl,
+        Some("js_divergence") => FDivergence::Js,
+        Some("alpha_divergence") => FDivergence::Alpha(coef.unwrap_or(1.0)),
+        Some(other) => {
+            return Err(bad(
+                "f_divergence_type",
+                format!("expected reverse_kl, js_divergence or alpha_divergence, got {other:?}"),
+            ))
+        }
+    };
+    if coef.is_some() && !matches!(f, FDivergence::Alpha(_)) {
+        return Err(bad("f_alpha_divergence_coef", format!("applies to alpha_divergence, not {}", f.name())));
+    }
+    if f != FDivergence::ReverseKl && !losses.terms().any(|(t, _)| t.of_h()) {
+        return Err(bad(
+            "f_divergence_type",
+            format!(
+                "changes the sigmoid, robust, exo_pair, hinge and ipo losses, not {} (TRL ignores it there)",
+                losses.names()
+            ),
+        ));
+    }
+    Ok(f)
+}
+
 /// The loss type named `t` among `all` (named by `type_name`); an unknown
 /// name is a `TrainOption` error listing `objective`'s.
 fn pick_loss_type<T: Copy>(t: &str, objective: &str, all: &[T], type_name: fn(T) -> &'static str) -> Result<T> {
@@ -228,6 +267,10 @@ pub struct PreferenceOptions {
     pub discopop_tau: Option<f32>,
     /// DPO's `reference_free`: the loss without the reference model.
     pub reference_free: Option<bool>,
+    /// DPO's `f_divergence_type` ("reverse_kl", "js_divergence", "alpha_divergence")
+    /// and `f_alpha_divergence_coef`.
+    pub f_divergence_type: Option<String>,
+    pub f_alpha_divergence_coef: Option<f32>,
     pub cpo_alpha: Option<f32>,
     pub simpo_gamma: Option<f32>,
     /// CPO's AlphaPO α (TRL's `CPOConfig.alpha`): each answer's reward

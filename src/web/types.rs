@@ -193,6 +193,9 @@ export interface TrainOptions {
   rpoAlpha?: number; discopopTau?: number;
   /** DPO's loss without the reference model (TRL's reference_free; the rewards still use it). */
   referenceFree?: boolean;
+  /** DPO's f_divergence_type for the sigmoid, robust, exo_pair, hinge and ipo losses ("reverse_kl", TRL's default)
+   * and the alpha_divergence's coefficient (f_alpha_divergence_coef, 1). */
+  fDivergenceType?: "reverse_kl" | "js_divergence" | "alpha_divergence"; fAlphaDivergenceCoef?: number;
   /** CPO: the chosen answers' NLL weight (TRL's cpo_alpha, default 1; SimPO's paper: 0); simpoGamma: SimPO's
    * target margin γ (0.5); alphapoAlpha: AlphaPO's α (TRL's CPOConfig.alpha: each answer's reward (1 − p^−α)/α in
    * place of its log-probability; 0, off), with lossType "alphapo" (simpo, cpoAlpha 0) as its paper trains. */
@@ -218,8 +221,8 @@ export interface TrainSummary { steps: number; totalSteps: number; state: "done"
 export interface EvalOptions {
   adapter?: string | null; batchSize?: number; seqLen?: number; objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
   beta?: number; labelSmoothing?: number; lossType?: string | string[]; lossWeights?: number[]; rpoAlpha?: number;
-  discopopTau?: number; referenceFree?: boolean; cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number;
-  desirableWeight?: number; undesirableWeight?: number;
+  discopopTau?: number; referenceFree?: boolean; fDivergenceType?: string; fAlphaDivergenceCoef?: number;
+  cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number; desirableWeight?: number; undesirableWeight?: number;
 }
 export interface EvalResult { loss: number; perplexity: number; tokens: number; }
 /** TRL's eval_loss (batches weighted by their pairs) and its metrics without the "eval_" prefix

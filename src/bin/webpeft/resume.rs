@@ -51,6 +51,10 @@ pub struct RunOptions {
     #[serde(default)]
     pub reference_free: bool,
     #[serde(default)]
+    pub f_divergence_type: Option<String>,
+    #[serde(default)]
+    pub f_alpha_divergence_coef: Option<f32>,
+    #[serde(default)]
     pub cpo_alpha: Option<f32>,
     #[serde(default)]
     pub simpo_gamma: Option<f32>,
@@ -107,6 +111,8 @@ impl RunOptions {
             rpo_alpha: a.rpo_alpha,
             discopop_tau: a.discopop_tau,
             reference_free: a.reference_free,
+            f_divergence_type: a.f_divergence_type.clone(),
+            f_alpha_divergence_coef: a.f_alpha_divergence_coef,
             cpo_alpha: a.cpo_alpha,
             simpo_gamma: a.simpo_gamma,
             alphapo_alpha: a.alphapo_alpha,
@@ -244,6 +250,12 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("rpo_alpha", "rpo-alpha", a.rpo_alpha, saved.rpo_alpha, show);
     one!("discopop_tau", "discopop-tau", a.discopop_tau, saved.discopop_tau, show);
     one!("reference_free", "reference-free", a.reference_free, saved.reference_free, |v: &bool| v.to_string());
+    let f = saved.f_divergence_type;
+    one!("f_divergence_type", "f-divergence-type", a.f_divergence_type, f, |v: &Option<String>| v
+        .clone()
+        .unwrap_or_else(|| "-".into()));
+    let coef = saved.f_alpha_divergence_coef;
+    one!("f_alpha_divergence_coef", "f-alpha-divergence-coef", a.f_alpha_divergence_coef, coef, show);
     one!("cpo_alpha", "cpo-alpha", a.cpo_alpha, saved.cpo_alpha, show);
     one!("simpo_gamma", "simpo-gamma", a.simpo_gamma, saved.simpo_gamma, show);
     one!("alphapo_alpha", "alphapo-alpha", a.alphapo_alpha, saved.alphapo_alpha, show);

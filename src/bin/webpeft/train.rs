@@ -295,6 +295,13 @@ pub struct TrainArgs {
     /// DPO without the reference model in the loss (TRL's reference_free; the rewards still use it).
     #[arg(long)]
     pub reference_free: bool,
+    /// DPO's f_divergence_type: reverse_kl (TRL's default), js_divergence or alpha_divergence, for
+    /// the sigmoid, robust, exo_pair, hinge and ipo losses.
+    #[arg(long)]
+    pub f_divergence_type: Option<String>,
+    /// DPO's alpha_divergence coefficient (TRL's f_alpha_divergence_coef) [default: 1].
+    #[arg(long)]
+    pub f_alpha_divergence_coef: Option<f32>,
     /// Seeds the adapter's initialisation, the shuffling and the dropout.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -741,6 +748,8 @@ impl TrainArgs {
             rpo_alpha: self.rpo_alpha,
             discopop_tau: self.discopop_tau,
             reference_free: self.reference_free.then_some(true),
+            f_divergence_type: self.f_divergence_type.clone(),
+            f_alpha_divergence_coef: self.f_alpha_divergence_coef,
             cpo_alpha: self.cpo_alpha,
             simpo_gamma: self.simpo_gamma,
             alphapo_alpha: self.alphapo_alpha,

@@ -2,7 +2,9 @@
 //! for `shaders/preference.wgsl` (see `kernels::preference` for the math).
 //! Sums run in f64 and each result is rounded to f32 once.
 
-use crate::kernels::preference::{CpoLoss, CpoLossType, DpoLoss, DpoLossType, KtoLoss, PreferenceLoss, STATS};
+use crate::kernels::preference::{
+    CpoLoss, CpoLossType, DpoLoss, DpoLossType, FDivergence, KtoLoss, PreferenceLoss, STATS,
+};
 
 /// `(logps, nll)`, both (seqs): logps[s] = −Σ lp_weight·CE, nll[s] = Σ nll_weight·CE over the sequence's rows.
 pub fn sequence_logps(token_loss: &[f32], lp_weight: &[f32], nll_weight: &[f32], seqs: usize) -> (Vec<f32>, Vec<f32>) {
@@ -83,6 +85,23 @@ fn dpo_term(d: DpoLoss, t: DpoLossType, c: f64, r: f64) -> (f64, f64, f64) {
 /// DPO's Σ_k w_k·Σ_pairs ℓ_k and ∂/∂logps of it (unscaled), and each
 /// pair's summed rewards (chosen, rejected), for the chosen-then-rejected
 /// `policy` and `reference`; bco_pair updates `running` ([mean, count]).
+/// DPO's f-divergence h of log-ratios c and r and its slopes (∂h/∂c, ∂h/∂r);
+/// `None` for the reverse KL's h = c − r.
+fn f_divergence_h(f: FDivergence, c: f64, r: f64) -> Option<(f64, f64, f64)> {
+    let softplus = |x: f64| -log_sigmoid(-x);
+    match f {
+        FDivergence::ReverseKl => None,
+        FDivergence::Js => Some(((c - r) - (softplus(c) - softplus(r)), sigmoid(-c), -sigmoid(-r))),
+        FDivergence::Alpha(a) => {
+            // TRL's cap_exp: the exponent capped at ln(f32::MAX), no slope past it.
+            let (a, cap) = (a as f64, (f32::MAX as f64).ln());
+            let capped = |x: f64| if x > cap { (cap.exp(), 0.0) } else { (x.exp(), x.exp()) };
+            let ((ec, sc), (er, sr)) = (capped(-a * c), capped(-a * r));
+            Some(((er - ec) / a, sc, -sr))
+        }
+    }
+}
+
 fn dpo_losses(d: DpoLoss, policy: &[f32], reference: &[f32], running: &mut [f32]) -> (f64, Vec<f64>, Vec<(f64, f64)>) {
     let n = policy.len() / 2;
     let beta = d.beta as f64;
@@ -142,7 +161,14 @@ fn dpo_losses(d: DpoLoss, policy: &[f32], reference: &[f32], running: &mut [f32]
                 let in_loss = !d.reference_free || t.reads_reference();
                 for i in 0..n {
                     let (c, r) = if in_loss { (ratio(i), ratio(i + n)) } else { (pi(i), pi(i + n)) };
-                    let (l, dc, dr) = dpo_term(d, t, c, r);
+                    let (l, dc, dr) = match f_divergence_h(d.f_divergence, c, r).filter(|_| t.of_h()) {
+                        // The f-divergence's h: ℓ(h) and its slopes through ∂h/∂c, ∂h/∂r.
+                        Some((h, hc, hr)) => {
+                            let (l, dh, _) = dpo_term(d, t, h, 0.0);
+                            (l, dh * hc, dh * hr)
+                        }
+                        None => dpo_term(d, t, c, r),
+                    };
                     total += w * l;
                     grad[i] += w * dc;
                     grad[i + n] += w * dr;
