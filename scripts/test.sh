@@ -37,7 +37,8 @@ unset WEBPEFT_SHADER_CHECKS
 # device's family, with 32-lane subgroups as on NVIDIA and Apple GPUs
 # (about 90 s; the files that assert which kernel the CPU family picks, or
 # plan its memory, stay out, and so does the table of DPO's loss types,
-# which adds nothing to the sigmoid runs' check of the kernels but 90 s).
+# which adds nothing to the sigmoid runs' check of the kernels but 110 s:
+# train_dpo took 157 s here with it, 50 s without).
 echo "== PEFT methods, models and generation through the real-GPU kernels at 32 lanes (WEBPEFT_TEST_KERNELS=gpu)"
 WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test train_lora --test train_qlora --test lora_inits \
     --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
