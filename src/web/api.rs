@@ -808,34 +808,26 @@ impl WebModel {
     }
 
     /// Mean loss and perplexity on held-out data, with the adapter `name`
-    /// (`adapter: null` for the base model; absent: the active one); with a
-    /// preference `objective`, its loss and TRL's metrics on held-out pairs.
-    #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult | PreferenceEvalResult>")]
+    /// (`adapter: null` for the base model; absent: the active one).
+    #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult>")]
     pub fn evaluate(
         &self,
         #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
         #[wasm_bindgen(unchecked_param_type = "EvalOptions")] opts: JsValue,
     ) -> Promise {
-        let state = self.state.clone();
-        future_to_promise(async move {
-            let o: EvalOptions = options(&opts)?;
-            let st = busy(state.try_borrow())?;
-            let adapter = chosen_adapter(&st, &opts)?;
-            let recipe = o.to_recipe().map_err(err)?;
-            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
-            let dopts =
-                recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
-            let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
-            if let Objective::Preference(loss) = recipe.objective {
-                let e =
-                    evaluate_preference(&st.gpu, &st.model, adapter, &ds.epoch(0), loss, None).await.map_err(err)?;
-                let metrics: serde_json::Map<String, serde_json::Value> =
-                    e.metrics.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
-                return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
-            }
-            let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
-            to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
-        })
+        future_to_promise(evaluate_held_out(self.state.clone(), data, opts, false))
+    }
+
+    /// A preference objective's loss and TRL's metrics on held-out pairs (KTO:
+    /// examples), as TRL's `evaluate()` reports them, with the adapter `name`
+    /// (`adapter: null` for the base model; absent: the active one).
+    #[wasm_bindgen(js_name = evaluatePreference, unchecked_return_type = "Promise<PreferenceEvalResult>")]
+    pub fn evaluate_preference(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "PreferenceEvalOptions")] opts: JsValue,
+    ) -> Promise {
+        future_to_promise(evaluate_held_out(self.state.clone(), data, opts, true))
     }
 
     /// Generates a continuation of `prompt` (a string), or the assistant's next
@@ -1049,6 +1041,41 @@ pub struct TrainRun {
     cancelled: Rc<Cell<bool>>,
     /// This run object's step times (for the ETA).
     seconds: Rc<Cell<StepClock>>,
+}
+
+/// `evaluate` (SFT's loss; `preference` false) and `evaluatePreference` on
+/// held-out `data`.
+async fn evaluate_held_out(
+    state: Rc<RefCell<ModelState>>,
+    data: JsValue,
+    opts: JsValue,
+    preference: bool,
+) -> JsResult<JsValue> {
+    let o: EvalOptions = options(&opts)?;
+    let st = busy(state.try_borrow())?;
+    let adapter = chosen_adapter(&st, &opts)?;
+    let recipe = o.to_recipe().map_err(err)?;
+    let loss = match (recipe.objective, preference) {
+        (Objective::Preference(loss), true) => Some(loss),
+        (Objective::Sft, false) => None,
+        (Objective::Sft, true) => {
+            return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo or kto"));
+        }
+        (objective, false) => {
+            return Err(err(format!("evaluate measures SFT's loss: evaluatePreference measures {}", objective.name())));
+        }
+    };
+    let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
+    let dopts = recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
+    let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
+    if let Some(loss) = loss {
+        let e = evaluate_preference(&st.gpu, &st.model, adapter, &ds.epoch(0), loss, None).await.map_err(err)?;
+        let metrics: serde_json::Map<String, serde_json::Value> =
+            e.metrics.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+        return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
+    }
+    let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
+    to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
 }
 
 async fn one_step(

@@ -216,10 +216,10 @@ export interface StepEvent {
     logpsRejectedSum: number; countChosen: number; countRejected: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
-/** objective "dpo", "orpo", "cpo" or "kto" (with their options, as TrainOptions takes them) measures that
- * objective on held-out pairs or examples, as TRL's evaluate(): a PreferenceEvalResult. */
-export interface EvalOptions {
-  adapter?: string | null; batchSize?: number; seqLen?: number; objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
+export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
+/** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */
+export interface PreferenceEvalOptions extends EvalOptions {
+  objective: "dpo" | "orpo" | "cpo" | "kto";
   beta?: number; labelSmoothing?: number; lossType?: string | string[]; lossWeights?: number[]; rpoAlpha?: number;
   discopopTau?: number; referenceFree?: boolean; fDivergenceType?: string; fAlphaDivergenceCoef?: number;
   cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number; desirableWeight?: number; undesirableWeight?: number;

@@ -405,9 +405,13 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // Held-out pairs under DPO: TRL's eval_loss and reward metrics.
       const heldOut = [{ prompt: "The robot", chosen: " watered the garden.", rejected: " sang." },
         { prompt: "The little robot", chosen: " sang.", rejected: " the the." }];
-      const ev = await model.evaluate(heldOut, { objective: "dpo", batchSize: 2, adapter: "b" });
-      if (ev.batches !== 1 || !Number.isFinite(ev.loss) || !["rewards/chosen", "rewards/rejected", "rewards/accuracies",
-        "rewards/margins", "logps/chosen", "logps/rejected"].every((k) => Number.isFinite(ev.metrics[k]))) throw new Error("preference evaluate " + JSON.stringify(ev));
+      const judged = await model.evaluatePreference(heldOut, { objective: "dpo", batchSize: 2, adapter: "b" });
+      if (judged.batches !== 1 || !Number.isFinite(judged.loss) || !["rewards/chosen", "rewards/rejected", "rewards/accuracies",
+        "rewards/margins", "logps/chosen", "logps/rejected"].every((k) => Number.isFinite(judged.metrics[k]))) {
+        throw new Error("evaluatePreference " + JSON.stringify(judged));
+      }
+      const sftOnly = await model.evaluate(heldOut, { objective: "dpo" }).then(() => "no error", (e) => e.message);
+      if (!sftOnly.includes("evaluatePreference")) throw new Error("evaluate with a preference objective: " + sftOnly);
       // Export as a zip, import under a new name, generate with it.
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);

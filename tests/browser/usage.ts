@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -72,4 +72,7 @@ export async function example(data: string): Promise<void> {
   const ggufBytes: number = await model.exportGguf("a", gguf, (chunk: Uint8Array) => { streamed += chunk.length; });
   console.log(ggufBytes === streamed);
   console.log(fits, first?.step, summary.state, out.text, zip.length, (await model.evaluate([{ text: "x" }], {})).perplexity);
+  const held: PreferenceRecord[] = [{ prompt: "Hi", chosen: " there.", rejected: " no." }];
+  const judged: PreferenceEvalResult = await model.evaluatePreference(held, { objective: "dpo", beta: 0.1, batchSize: 1 });
+  console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);
 }
