@@ -758,15 +758,16 @@ impl Dataset {
 
     /// The batches of `epoch`, each right-padded to its longest row.
     pub fn epoch(&self, epoch: u64) -> Vec<Batch> {
-        self.batches(&self.order(epoch))
+        self.batches(&self.order(epoch), self.drop_last)
     }
 
     /// The batches of every unit in file order (an epoch without shuffling),
     /// each with the dataset's index of each of its rows.
     pub fn in_file_order(&self) -> Vec<(Vec<usize>, Batch)> {
         let order: Vec<usize> = (0..self.len()).collect();
+        // Every unit, a short last batch too (drop_last leaves out another unit in each shuffled epoch).
         let chunks = order.chunks(self.batch_size).map(|chunk| self.batch_rows(chunk));
-        chunks.zip(self.batches(&order)).collect()
+        chunks.zip(self.batches(&order, false)).collect()
     }
 
     /// Each row's precomputed reference log-probability, in dataset row
@@ -798,11 +799,12 @@ impl Dataset {
         }
     }
 
-    /// The batches of the units in `order`, `batch_size` at a time.
-    fn batches(&self, order: &[usize]) -> Vec<Batch> {
+    /// The batches of the units in `order`, `batch_size` at a time (with
+    /// `drop_last`, not the last one when it is short).
+    fn batches(&self, order: &[usize], drop_last: bool) -> Vec<Batch> {
         order
             .chunks(self.batch_size)
-            .filter(|chunk| !self.drop_last || chunk.len() == self.batch_size)
+            .filter(|chunk| !drop_last || chunk.len() == self.batch_size)
             .map(|chunk| {
                 let indices = self.batch_rows(chunk);
                 let rows: Vec<&Example> = indices.iter().map(|&i| &self.rows[i]).collect();

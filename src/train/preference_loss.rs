@@ -253,9 +253,7 @@ pub(crate) fn record_preference_micro(
     checkpoint: bool,
     (scale, stats, running): (f32, &Tensor, &Tensor),
 ) -> Result<()> {
-    let gpu = rec.gpu();
-    let ids = model.input_ids(gpu, &batch.input_ids)?;
-    let s = forward_scores(rec, model, loss, batch, rows, &ids, hooks, checkpoint)?;
+    let s = forward_scores(rec, model, loss, batch, rows, hooks, checkpoint)?;
     let dlogp = s.loss(rec, loss, running, scale, stats)?;
     let [targets, lp_weight, nll_weight] = &s.uploaded;
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
@@ -293,8 +291,7 @@ pub(crate) fn record_preference_eval(
     (stats, running): (&Tensor, &Tensor),
 ) -> Result<()> {
     let rows = PairRows::new(batch, model.config.vocab_size, hooks.virtual_tokens(), loss)?;
-    let ids = model.input_ids(rec.gpu(), &batch.input_ids)?;
-    forward_scores(rec, model, loss, batch, &rows, &ids, hooks, false)?.loss(rec, loss, running, 1.0, stats)?;
+    forward_scores(rec, model, loss, batch, &rows, hooks, false)?.loss(rec, loss, running, 1.0, stats)?;
     Ok(())
 }
 
@@ -334,19 +331,18 @@ impl Forward {
 /// A micro-batch's policy forward through `hooks`, with its reference
 /// log-probabilities (precomputed, or scored with every hook off) and
 /// KTO's labels on the GPU.
-#[allow(clippy::too_many_arguments)] // one micro-batch, its rows, and how to run it
 fn forward_scores(
     rec: &mut Recorder,
     model: &Model,
     loss: PreferenceLoss,
     batch: &Batch,
     rows: &PairRows,
-    ids: &Tensor,
     hooks: &dyn Hooks,
     checkpoint: bool,
 ) -> Result<Forward> {
     let gpu = rec.gpu();
     let vocab = model.config.vocab_size;
+    let ids = &model.input_ids(gpu, &batch.input_ids)?;
     let reference = match (&batch.reference_logps, loss.needs_reference()) {
         (Some(precomputed), true) if precomputed.len() == rows.seqs => {
             Some(Tensor::from_slice(gpu, &[rows.seqs], precomputed)?)

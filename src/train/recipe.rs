@@ -720,20 +720,7 @@ impl TrainRecipe {
                 ),
             ));
         }
-        if (self.warmup_steps > 0 || self.warmup_ratio > 0.0) && !self.schedule.has_warmup() {
-            return Err(bad(
-                "schedule",
-                "\"constant\" has no warmup (transformers' get_constant_schedule drops it): use \"constant_with_warmup\"",
-            ));
-        }
-        if let Schedule::Polynomial { lr_end, .. } = self.schedule {
-            if self.lr <= lr_end {
-                return Err(bad(
-                    "schedule_kwargs",
-                    format!("polynomial: lr_end ({lr_end:e}) must be smaller than the lr ({:e})", self.lr),
-                ));
-            }
-        }
+        self.schedule.check_run(self.lr, self.warmup_steps > 0 || self.warmup_ratio > 0.0)?;
         if self.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1, got 0"));
         }

@@ -314,6 +314,26 @@ impl Schedule {
     pub fn has_warmup(self) -> bool {
         self != Schedule::Constant
     }
+
+    /// What the schedule asks of a run at peak lr `lr` that `warms_up` (or
+    /// not): `constant` no warmup (transformers' drops it: refused here),
+    /// `polynomial` an `lr_end` below the lr.
+    pub fn check_run(self, lr: f64, warms_up: bool) -> Result<()> {
+        if warms_up && !self.has_warmup() {
+            return Err(Error::TrainOption {
+                option: "schedule",
+                detail: "\"constant\" has no warmup (transformers' get_constant_schedule drops it): use \
+                         \"constant_with_warmup\""
+                    .into(),
+            });
+        }
+        match self {
+            Schedule::Polynomial { lr_end, .. } if lr <= lr_end => {
+                Err(bad_kwargs(format!("polynomial: lr_end ({lr_end:e}) must be smaller than the lr ({lr:e})")))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Wsd {
@@ -384,21 +404,8 @@ impl LrSchedule {
                 format!("warmup_steps ({}) must not exceed total_steps ({})", self.warmup_steps, self.total_steps),
             ));
         }
-        if self.warmup_steps > 0 && !self.schedule.has_warmup() {
-            return Err(Error::TrainOption {
-                option: "schedule",
-                detail: format!(
-                    "\"constant\" has no warmup (transformers' get_constant_schedule drops it), yet {} warmup \
-                     steps were asked for: use \"constant_with_warmup\"",
-                    self.warmup_steps
-                ),
-            });
-        }
+        self.schedule.check_run(self.base_lr, self.warmup_steps > 0)?;
         match self.schedule {
-            Schedule::Polynomial { lr_end, .. } if self.base_lr <= lr_end => Err(bad_kwargs(format!(
-                "polynomial: lr_end ({lr_end:e}) must be smaller than the lr ({:e})",
-                self.base_lr
-            ))),
             Schedule::CosineWithMinLr { min_lr: MinLr::Lr(_), .. }
             | Schedule::CosineWarmupWithMinLr { min_lr: MinLr::Lr(_), .. }
                 if self.base_lr == 0.0 =>

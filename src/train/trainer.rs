@@ -146,6 +146,23 @@ impl PreferenceStats {
             logps_rejected: s[9],
         }
     }
+
+    /// Each metric by TRL's name (`rewards/chosen`, …, ORPO's and the NLL's where there are).
+    pub fn metrics(&self) -> Vec<(&'static str, f32)> {
+        let mut v = vec![
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+        ];
+        if let Some([nll, ratio, chosen]) = self.orpo {
+            v.extend([("nll_loss", nll), ("log_odds_ratio", ratio), ("log_odds_chosen", chosen)]);
+        }
+        v.extend(self.nll_loss.map(|nll| ("nll_loss", nll)));
+        v
+    }
 }
 
 /// A tensor's AdamW settings under LoRA+, as PEFT's `create_loraplus_optimizer`
@@ -186,8 +203,6 @@ impl PreferenceEval {
     fn from_batches(loss: PreferenceLoss, batches: &[(usize, Vec<f32>)]) -> PreferenceEval {
         let units: usize = batches.iter().map(|(u, _)| u).sum();
         let weighted: f64 = batches.iter().map(|(u, s)| *u as f64 * s[0] as f64).sum();
-        let mean =
-            |f: &dyn Fn(&[f32]) -> f32| batches.iter().map(|(_, s)| f(s) as f64).sum::<f64>() / batches.len() as f64;
         let total = |i: usize| batches.iter().map(|(_, s)| s[i] as f64).sum::<f64>();
         let mut metrics: Vec<(&'static str, f64)> = Vec::new();
         if let PreferenceLoss::Kto(_) = loss {
@@ -203,27 +218,11 @@ impl PreferenceEval {
             if count_chosen > 0.0 && count_rejected > 0.0 {
                 metrics.push(("rewards/margins", total(1) / count_chosen - total(2) / count_rejected));
             }
-            metrics.push(("kl", mean(&|s| s[3])));
+            metrics.push(("kl", total(3) / batches.len() as f64)); // the batches' mean
         } else {
-            let named = |s: &[f32]| {
-                let p = PreferenceStats::from_stats(loss, s);
-                let mut v = vec![
-                    ("rewards/chosen", p.rewards_chosen),
-                    ("rewards/rejected", p.rewards_rejected),
-                    ("rewards/accuracies", p.rewards_accuracies),
-                    ("rewards/margins", p.rewards_margins),
-                    ("logps/chosen", p.logps_chosen),
-                    ("logps/rejected", p.logps_rejected),
-                ];
-                if let Some([nll, ratio, chosen]) = p.orpo {
-                    v.extend([("nll_loss", nll), ("log_odds_ratio", ratio), ("log_odds_chosen", chosen)]);
-                }
-                v.extend(p.nll_loss.map(|nll| ("nll_loss", nll)));
-                v
-            };
-            let first = named(&batches[0].1);
-            for (k, (name, _)) in first.iter().enumerate() {
-                metrics.push((name, mean(&|s| named(s)[k].1)));
+            let named: Vec<_> = batches.iter().map(|(_, s)| PreferenceStats::from_stats(loss, s).metrics()).collect();
+            for (k, (name, _)) in named[0].iter().enumerate() {
+                metrics.push((name, named.iter().map(|m| m[k].1 as f64).sum::<f64>() / named.len() as f64));
             }
         }
         PreferenceEval { loss: weighted / units.max(1) as f64, metrics, batches: batches.len() }
@@ -431,12 +430,8 @@ impl Trainer {
         let noise: Vec<Option<EmbeddingNoise>> = micro
             .iter()
             .map(|b| {
-                let seed = self.neftune_noise_alpha.map(|_| self.rng.next_u32());
-                seed.zip(self.neftune_noise_alpha).map(|(seed, alpha)| EmbeddingNoise {
-                    alpha,
-                    seed,
-                    tokens: b.noise_tokens(),
-                })
+                let alpha = self.neftune_noise_alpha?;
+                Some(EmbeddingNoise { alpha, seed: self.rng.next_u32(), tokens: b.noise_tokens() })
             })
             .collect();
 
