@@ -28,7 +28,8 @@ cargo test --features cli --test gemv -- every_form
 cargo test --features cli --test low_rank -- every_kernel f16_compute chunked
 cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
 cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
-cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel dequantizes chunks
+cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel cached_sliding \
+    dequantizes chunks
 unset WEBPEFT_SHADER_CHECKS
 
 # Users' GPUs run the other kernel family (blocked GEMM, GEMV, flash
@@ -44,7 +45,8 @@ WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli -
     --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
     --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
     --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens \
-    --test lora_outer --test modules_to_save --test neftune --test preference_eval -- --skip dpo_loss_types_match_trl
+    --test lora_outer --test modules_to_save --test neftune --test preference_eval --test sliding_window \
+    -- --skip dpo_loss_types_match_trl
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
 # bits, 4 at 128, 16 at 512, 32 at 1024 and 64 at 2048 (LLVM splits what the

@@ -192,7 +192,8 @@ fn check_cached_variants(full: Dims, capacity: usize, segments: &[(usize, usize)
             let mut rec = Recorder::new(gpu);
             write_kv_cache(&mut rec, &k, &k_cache, from).unwrap();
             write_kv_cache(&mut rec, &v, &v_cache, from).unwrap();
-            let out = attention_forward_cached(&mut rec, &q, &k_cache, &v_cache, from, full.scale(), variant).unwrap();
+            let out =
+                attention_forward_cached(&mut rec, &q, &k_cache, &v_cache, None, from, full.scale(), variant).unwrap();
             rec.submit().unwrap();
             let got: Vec<f32> = block_on(out.to_vec(gpu)).unwrap();
             let name = format!("{variant:?} H{}/{} D{} cached positions {from}..{to}", full.hq, full.hkv, full.d);
@@ -268,7 +269,7 @@ fn default_variant_matches_reference() {
     let mut rec = Recorder::new(gpu);
     let (out, lse) = attention_forward(&mut rec, &tq, &tk, &tv, s.scale(), Variant::Auto).unwrap();
     let (dq, _, _) = attention_backward(&mut rec, &tdout, &tq, &tk, &tv, &out, &lse, s.scale(), Variant::Auto).unwrap();
-    let cached = attention_forward_cached(&mut rec, &tq, &tk, &tv, 0, s.scale(), Variant::Auto).unwrap();
+    let cached = attention_forward_cached(&mut rec, &tq, &tk, &tv, None, 0, s.scale(), Variant::Auto).unwrap();
     rec.submit().unwrap();
     let [out, dq, cached] = [&out, &dq, &cached].map(|t| block_on(t.to_vec::<f32>(gpu)).unwrap());
     let [want_out, _, want_dq, _, _] = run(s, &x, Variant::Portable);
@@ -303,7 +304,7 @@ fn bad_arguments_are_typed_errors() {
     assert!(matches!(err, Error::Shape { op: "attention_backward", .. }), "{err}");
     // Positions 6..11 do not fit a cache of 10.
     let cache = t(&[1, 10, 2, 8]);
-    let err = attention_forward_cached(&mut rec, &q, &cache, &cache, 6, 0.3, Variant::Auto).unwrap_err();
+    let err = attention_forward_cached(&mut rec, &q, &cache, &cache, None, 6, 0.3, Variant::Auto).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "attention_forward_cached", .. }), "{err}");
     let err = write_kv_cache(&mut rec, &k, &cache, 6).unwrap_err();
     assert!(matches!(err, Error::Shape { op: "write_kv_cache", .. }), "{err}");

@@ -41,6 +41,7 @@ fn info_describes_a_model_folder() {
     assert_eq!(v["parameters"], 135_488);
     assert_eq!(v["kv_heads"], 2);
     assert_eq!(v["head_dim"], 24);
+    assert_eq!((&v["sliding_window"], &v["sliding_layers"]), (&serde_json::Value::Null, &serde_json::json!(0)));
     let bytes = &v["weight_bytes"];
     assert!(
         bytes["nf4"].as_u64() < bytes["q8_0"].as_u64() && bytes["q8_0"].as_u64() < bytes["f32"].as_u64(),

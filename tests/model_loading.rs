@@ -304,23 +304,33 @@ fn config_unsupported_options() {
 
 #[test]
 fn config_sliding_window() {
+    let windows = |c: &Config| (0..c.num_hidden_layers).map(|i| c.attention_window(i)).collect::<Vec<_>>();
     let mut m = config_json("mistral_f16");
+    assert_eq!(windows(&Config::from_value(&m).unwrap()), [None, None]); // null: no window
     m["sliding_window"] = json!(64);
-    assert_config_error(Config::from_value(&m), "sliding_window", "not supported yet");
-    m["sliding_window"] = json!(128); // covers every position: no effect
-    Config::from_value(&m).unwrap();
-    m.as_object_mut().unwrap().remove("sliding_window"); // transformers' default 4096 ≥ 128
-    Config::from_value(&m).unwrap();
+    assert_eq!(windows(&Config::from_value(&m).unwrap()), [Some(64), Some(64)]); // Mistral: every layer
+    m.as_object_mut().unwrap().remove("sliding_window"); // transformers' default
+    assert_eq!(windows(&Config::from_value(&m).unwrap()), [Some(4096), Some(4096)]);
+    m["sliding_window"] = json!(0);
+    assert_config_error(Config::from_value(&m), "sliding_window", "at least 1");
 
     let mut q = config_json("qwen2_tied");
     q["sliding_window"] = json!(16); // ignored: use_sliding_window is false
-    Config::from_value(&q).unwrap();
-    q["use_sliding_window"] = json!(true); // still only full_attention layers
-    Config::from_value(&q).unwrap();
+    assert_eq!(Config::from_value(&q).unwrap().sliding_window, None);
+    q["use_sliding_window"] = json!(true); // the file's layer_types: only full_attention layers
+    assert_eq!(Config::from_value(&q).unwrap().sliding_window, None);
     q["layer_types"] = json!(["full_attention", "sliding_attention"]);
-    assert_config_error(Config::from_value(&q), "sliding_window", "16 tokens");
+    assert_eq!(windows(&Config::from_value(&q).unwrap()), [None, Some(16)]);
+    q.as_object_mut().unwrap().remove("layer_types"); // from max_window_layers on
+    q["max_window_layers"] = json!(1);
+    assert_eq!(windows(&Config::from_value(&q).unwrap()), [None, Some(16)]);
     q["layer_types"] = json!(["full_attention"]);
     assert_config_error(Config::from_value(&q), "layer_types", "1 entries for 2 layers");
+    q["layer_types"] = json!(["full_attention", "chunked_attention"]);
+    assert_config_error(Config::from_value(&q), "layer_types[1]", "unsupported layer type");
+    q["layer_types"] = json!(["sliding_attention", "full_attention"]);
+    q["use_sliding_window"] = json!(false); // transformers fails at the first forward
+    assert_config_error(Config::from_value(&q), "layer_types", "no window");
 }
 
 /// Qwen3 as transformers' Qwen3Config builds it: head_dim 128 where the file
@@ -342,7 +352,8 @@ fn config_qwen3_defaults() {
     q["use_sliding_window"] = json!(true);
     q["sliding_window"] = json!(16);
     q["layer_types"] = json!(["full_attention", "sliding_attention"]);
-    assert_config_error(Config::from_value(&q), "sliding_window", "16 tokens");
+    let c = Config::from_value(&q).unwrap();
+    assert_eq!((c.attention_window(0), c.attention_window(1)), (None, Some(16)));
     let llama = Config::from_value(&config_json("llama_gqa")).unwrap();
     assert!(!llama.qk_norm && !llama.tensor_names().iter().any(|t| t.name.contains("q_norm")));
 }

@@ -6,13 +6,12 @@
 //! row against that example run alone; gradient checkpointing; refusals.
 
 mod common;
-use common::{block_on, fixture_adapter, fixture_model, gpu, max_abs_diff, Fixture};
+use common::{check_lora_step_gradients, fixture_adapter, fixture_model, gpu, logits_and_loss, max_abs_diff, Fixture};
 use webpeft::gpu::Recorder;
-use webpeft::model::llama::{causal_lm_loss, CausalTargets, Hooks, NoHooks};
+use webpeft::model::llama::{Hooks, NoHooks};
 use webpeft::model::Model;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::data::Batch;
-use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::Error;
 
 const TOL: f32 = 1e-4;
@@ -26,18 +25,6 @@ fn packed_batch(fx: &Fixture) -> Batch {
     let mut batch = Batch::new(rows(fx, "input_ids", |v| v as u32), rows(fx, "labels", |v| v as i32));
     batch.position_ids = Some(rows(fx, "position_ids", |v| v as u32));
     batch
-}
-
-/// Logits (B·T·V) and loss of `batch` through `hooks`, one submission.
-fn logits_and_loss(model: &Model, batch: &Batch, hooks: &dyn Hooks) -> (Vec<f32>, f32) {
-    let gpu = gpu();
-    let ids = model.input_ids(gpu, &batch.input_ids).unwrap();
-    let targets = CausalTargets::new(gpu, &batch.labels, model.config.vocab_size).unwrap();
-    let mut rec = Recorder::new(gpu);
-    let (logits, _) = model.forward_packed(&mut rec, &ids, batch.position_ids.as_deref(), hooks).unwrap();
-    let loss = causal_lm_loss(&mut rec, &logits, &targets).unwrap();
-    rec.submit().unwrap();
-    (block_on(logits.to_vec::<f32>(gpu)).unwrap(), block_on(loss.to_vec::<f32>(gpu)).unwrap()[0])
 }
 
 /// Each example of each packed row run alone (positions 0.., one sequence)
@@ -92,32 +79,7 @@ fn packed_lora_gradients_match_peft() {
     assert!(alone <= 1e-5, "LoRA: an example's logits alone differ by {alone:e}");
 
     // lr 0: the loss and every gradient at PEFT's adapter, with and without checkpointing.
-    let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
-    let mut grads_of = Vec::new();
-    for checkpointing in [false, true] {
-        let mut trainer = Trainer::new(gpu, adapter(), opt.clone(), 0).unwrap();
-        trainer.gradient_checkpointing = checkpointing;
-        let stats = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 0.0)).unwrap();
-        let want = fx.f32("lora.loss")[0];
-        assert!((stats.loss - want).abs() <= TOL, "step loss {} vs {want}", stats.loss);
-        let grads = trainer.gradients().tensors();
-        assert_eq!(grads.len(), 28);
-        let mut worst = 0f32;
-        let mut values = Vec::new();
-        for (key, g) in grads {
-            let got = block_on(g.to_vec::<f32>(gpu)).unwrap();
-            let d = max_abs_diff(&got, &fx.f32(&format!("lora.{key}.grad")));
-            assert!(d <= TOL, "{key}: max |diff| {d:e}");
-            worst = worst.max(d);
-            values.push(got);
-        }
-        eprintln!(
-            "LoRA packed (checkpointing {checkpointing}): loss {} vs {want}, gradients worst {worst:e}",
-            stats.loss
-        );
-        grads_of.push(values);
-    }
-    assert_eq!(grads_of[0], grads_of[1], "gradient checkpointing changes packed gradients");
+    check_lora_step_gradients(&model, &batch, &adapter, &fx, TOL, "LoRA packed");
 }
 
 #[test]

@@ -68,7 +68,7 @@ pub async fn attention_figures(gpu: &Gpu, repeats: usize, report: &mut dyn FnMut
             let name = format!("{variant:?}{}", if variant == auto { " (auto)" } else { "" }).to_lowercase();
             let flops = 4.0 * (batch * hq * d * context) as f64;
             let secs = time_calls(gpu, calls_for(flops, false).max(8), repeats, |rec| {
-                attention_forward_cached(rec, &q1, &kc, &vc, context - 1, scale, variant).map(|_| ())
+                attention_forward_cached(rec, &q1, &kc, &vc, None, context - 1, scale, variant).map(|_| ())
             })
             .await?;
             let bytes = (2 * batch * context * hkv * d * 4) as f64;

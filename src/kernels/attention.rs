@@ -680,21 +680,30 @@ fn backward_vec4(
 ///
 /// - q: (batch, seq, n_heads, head_dim)
 /// - k_cache, v_cache: (batch, capacity, n_kv_heads, head_dim), capacity ≥ offset + seq
+/// - starts: `None` (every query sees keys from 0), or (batch, seq) u32: the
+///   first key each query sees (a sliding window's `position − window + 1`),
+///   non-decreasing along the row and at most the query's position
 /// - out: (batch, seq, n_heads, head_dim)
 ///
 /// A head_dim that is not a multiple of 4 copies the whole cache, zero-padded,
 /// at every call.
+#[allow(clippy::too_many_arguments)] // the cache's two tensors, and where each query's keys begin
 pub fn attention_forward_cached(
     rec: &mut Recorder,
     q: &Tensor,
     k_cache: &Tensor,
     v_cache: &Tensor,
+    starts: Option<&Tensor>,
     offset: usize,
     scale: f32,
     variant: Variant,
 ) -> Result<Tensor> {
-    let p = check("attention_forward_cached", q, k_cache, v_cache, offset, scale)?;
-    Ok(forward(rec, [q, k_cache, v_cache], None, &p, variant)?.0)
+    const OP: &str = "attention_forward_cached";
+    let p = check(OP, q, k_cache, v_cache, offset, scale)?;
+    if let Some(starts) = starts {
+        check_starts(OP, starts, &p)?;
+    }
+    Ok(forward(rec, [q, k_cache, v_cache], starts, &p, variant)?.0)
 }
 
 /// Copies `new` (batch, seq, n_kv_heads, head_dim) into rows

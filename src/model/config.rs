@@ -121,6 +121,10 @@ pub struct Config {
     /// `None` for plain RoPE; `Some` for `rope_type == "llama3"`.
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
+    /// Sliding-window attention (Mistral; Qwen2 and Qwen3 with
+    /// `use_sliding_window`): the layers whose queries see only the last
+    /// `window` keys. `None` when no layer slides.
+    pub sliding_window: Option<SlidingWindow>,
     /// No `lm_head.weight`: the head reuses `model.embed_tokens.weight`.
     pub tie_word_embeddings: bool,
     /// q/k/v_proj have biases (Qwen2 always; Llama with `attention_bias`).
@@ -217,14 +221,15 @@ impl Config {
             Some(n) => positive("max_position_embeddings", n)?,
             None => model_type.default_max_positions(),
         };
-        check_sliding_window(model_type, &f, max_position_embeddings)?;
+        let num_hidden_layers = f.size("num_hidden_layers")?;
+        let sliding_window = sliding_window(model_type, &f, num_hidden_layers)?;
 
         let config = Config {
             model_type,
             vocab_size: f.size("vocab_size")?,
             hidden_size,
             intermediate_size: f.size("intermediate_size")?,
-            num_hidden_layers: f.size("num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -232,6 +237,7 @@ impl Config {
             rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
             rope_scaling: rope_scaling(&f)?,
             max_position_embeddings,
+            sliding_window,
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
@@ -450,70 +456,86 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
     }
 }
 
-/// Rejects a sliding window that can change attention: one shorter than
-/// `max_position_embeddings` on a layer that uses it. transformers: Mistral
-/// slides on every layer (default window 4096 when the key is absent); Qwen2
-/// and Qwen3 only when `use_sliding_window`, on layers whose `layer_types` entry is
-/// "sliding_attention" (by default those from `max_window_layers` on); Llama
-/// never.
-fn check_sliding_window(model_type: ModelType, f: &Fields, max_positions: usize) -> Result<()> {
+/// Sliding-window attention as transformers configures it: query i of a
+/// sliding layer sees keys j with `i − window < j ≤ i`, the last `window`
+/// positions, itself included (`masking_utils.sliding_window_overlay`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlidingWindow {
+    /// Keys a query sees, itself included (`sliding_window`).
+    pub window: usize,
+    /// Per layer: whether it slides (`layer_types[i] == "sliding_attention"`).
+    pub layers: Vec<bool>,
+}
+
+impl Config {
+    /// The window layer `layer` attends within, `None` for full attention.
+    pub fn attention_window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.as_ref().filter(|s| s.layers.get(layer) == Some(&true)).map(|s| s.window)
+    }
+}
+
+/// The sliding window as transformers reads it: Mistral slides on every
+/// layer (window 4096 when the key is absent, none when it is `null`);
+/// Qwen2 and Qwen3 only with `use_sliding_window`, on the layers whose
+/// `layer_types` entry is "sliding_attention" (by default those from
+/// `max_window_layers` on); Llama never. Sliding layers without a window
+/// (`layer_types` naming them while `use_sliding_window` is false) are
+/// refused: transformers fails on them at the first forward.
+fn sliding_window(model_type: ModelType, f: &Fields, layers: usize) -> Result<Option<SlidingWindow>> {
     // Absent means transformers' default 4096; `null` means no window.
     let window = || -> Result<Option<usize>> {
         if f.get("sliding_window").is_none() && f.contains_key("sliding_window") {
             return Ok(None);
         }
-        Ok(Some(f.opt_usize("sliding_window")?.unwrap_or(4096)))
-    };
-    let window = match model_type {
-        ModelType::Llama => None,
-        ModelType::Mistral => window()?,
-        ModelType::Qwen2 | ModelType::Qwen3 if f.opt_bool("use_sliding_window")?.unwrap_or(false) => window()?,
-        ModelType::Qwen2 | ModelType::Qwen3 => None,
-    };
-    let sliding_layers = match (model_type, f.get("layer_types")) {
-        (ModelType::Qwen2 | ModelType::Qwen3, Some(types)) => layer_types(f, types)?,
-        (ModelType::Qwen2 | ModelType::Qwen3, None) => {
-            let layers = f.opt_usize("num_hidden_layers")?.unwrap_or(0);
-            layers.saturating_sub(f.opt_usize("max_window_layers")?.unwrap_or(28).min(layers))
+        match f.opt_usize("sliding_window")?.unwrap_or(4096) {
+            0 => Err(config_error("sliding_window", "must be at least 1 (a query sees itself)")),
+            w => Ok(Some(w)),
         }
-        _ => 1,
     };
-    match window {
-        Some(w) if sliding_layers > 0 && w < max_positions => Err(config_error(
-            "sliding_window",
-            format!(
-                "sliding-window attention ({w} tokens, shorter than max_position_embeddings {max_positions}) is not supported yet"
-            ),
-        )),
-        _ => Ok(()),
-    }
+    let (window, sliding) = match model_type {
+        ModelType::Llama => (None, vec![false; layers]),
+        ModelType::Mistral => (window()?, vec![true; layers]),
+        ModelType::Qwen2 | ModelType::Qwen3 => {
+            let window = if f.opt_bool("use_sliding_window")?.unwrap_or(false) { window()? } else { None };
+            let sliding = match f.get("layer_types") {
+                Some(types) => layer_types(types, layers)?,
+                None if window.is_none() => vec![false; layers],
+                None => {
+                    let full = f.opt_usize("max_window_layers")?.unwrap_or(28);
+                    (0..layers).map(|i| i >= full).collect()
+                }
+            };
+            if window.is_none() && sliding.contains(&true) {
+                return Err(config_error(
+                    "layer_types",
+                    "names sliding_attention layers, but use_sliding_window is false or sliding_window null: \
+                     there is no window for them",
+                ));
+            }
+            (window, sliding)
+        }
+    };
+    Ok(window.filter(|_| sliding.contains(&true)).map(|window| SlidingWindow { window, layers: sliding }))
 }
 
-/// Counts the "sliding_attention" entries of Qwen2's `layer_types`, checking
-/// the list as transformers' `layer_type_validation` does.
-fn layer_types(f: &Fields, types: &Value) -> Result<usize> {
+/// Qwen2's `layer_types`, checked as transformers' `layer_type_validation`
+/// checks it: per layer, whether it is "sliding_attention".
+fn layer_types(types: &Value, layers: usize) -> Result<Vec<bool>> {
     let Value::Array(items) = types else {
         return Err(config_error("layer_types", format!("expected a list, got {}", brief(types))));
     };
-    if let Some(layers) = f.opt_usize("num_hidden_layers")? {
-        if items.len() != layers {
-            return Err(config_error("layer_types", format!("has {} entries for {layers} layers", items.len())));
-        }
+    if items.len() != layers {
+        return Err(config_error("layer_types", format!("has {} entries for {layers} layers", items.len())));
     }
-    let mut sliding = 0;
-    for (i, item) in items.iter().enumerate() {
-        match item.as_str() {
-            Some("full_attention") => {}
-            Some("sliding_attention") => sliding += 1,
-            _ => {
-                return Err(config_error(
-                    &format!("layer_types[{i}]"),
-                    format!("unsupported layer type {}", brief(item)),
-                ))
-            }
-        }
-    }
-    Ok(sliding)
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_str() {
+            Some("full_attention") => Ok(false),
+            Some("sliding_attention") => Ok(true),
+            _ => Err(config_error(&format!("layer_types[{i}]"), format!("unsupported layer type {}", brief(item)))),
+        })
+        .collect()
 }
 
 /// The generation settings of a model's `generation_config.json`, resolved

@@ -694,3 +694,60 @@ pub fn check_precomputed_reference(
     assert!(runs[0].1 == runs[1].1, "the final tensors differ");
     runs[0].0.clone()
 }
+
+/// Logits (B·T·V) and loss of `batch` (packed when it has position ids)
+/// through `hooks`, one submission.
+pub fn logits_and_loss(
+    model: &webpeft::model::Model,
+    batch: &webpeft::train::data::Batch,
+    hooks: &dyn webpeft::model::llama::Hooks,
+) -> (Vec<f32>, f32) {
+    use webpeft::model::llama::{causal_lm_loss, CausalTargets};
+    let gpu = gpu();
+    let ids = model.input_ids(gpu, &batch.input_ids).unwrap();
+    let targets = CausalTargets::new(gpu, &batch.labels, model.config.vocab_size).unwrap();
+    let mut rec = webpeft::gpu::Recorder::new(gpu);
+    let (logits, _) = model.forward_packed(&mut rec, &ids, batch.position_ids.as_deref(), hooks).unwrap();
+    let loss = causal_lm_loss(&mut rec, &logits, &targets).unwrap();
+    rec.submit().unwrap();
+    (block_on(logits.to_vec::<f32>(gpu)).unwrap(), block_on(loss.to_vec::<f32>(gpu)).unwrap()[0])
+}
+
+/// A LoRA's step on `batch` at lr 0, with and without gradient
+/// checkpointing: the loss and each of the 28 gradients within `tol` of the
+/// fixture's `lora.loss` and `lora.<key>.grad`, and the two runs' gradients
+/// equal bit for bit. `what` names the case in messages.
+pub fn check_lora_step_gradients(
+    model: &webpeft::model::Model,
+    batch: &webpeft::train::data::Batch,
+    adapter: &dyn Fn() -> webpeft::peft::Adapter,
+    fx: &Fixture,
+    tol: f32,
+    what: &str,
+) {
+    use webpeft::train::trainer::{OptimizerConfig, Trainer};
+    let gpu = gpu();
+    let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+    let mut grads_of = Vec::new();
+    for checkpointing in [false, true] {
+        let mut trainer = Trainer::new(gpu, adapter(), opt.clone(), 0).unwrap();
+        trainer.gradient_checkpointing = checkpointing;
+        let stats = block_on(trainer.step(gpu, model, std::slice::from_ref(batch), 0.0)).unwrap();
+        let want = fx.f32("lora.loss")[0];
+        assert!((stats.loss - want).abs() <= tol, "{what}: step loss {} vs {want}", stats.loss);
+        let grads = trainer.gradients().tensors();
+        assert_eq!(grads.len(), 28, "{what}");
+        let mut worst = 0f32;
+        let mut values = Vec::new();
+        for (key, g) in grads {
+            let got = block_on(g.to_vec::<f32>(gpu)).unwrap();
+            let d = max_abs_diff(&got, &fx.f32(&format!("lora.{key}.grad")));
+            assert!(d <= tol, "{what} {key}: max |diff| {d:e}");
+            worst = worst.max(d);
+            values.push(got);
+        }
+        eprintln!("{what} (checkpointing {checkpointing}): loss {} vs {want}, gradients worst {worst:e}", stats.loss);
+        grads_of.push(values);
+    }
+    assert_eq!(grads_of[0], grads_of[1], "{what}: gradient checkpointing changes the gradients");
+}

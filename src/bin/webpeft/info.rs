@@ -49,6 +49,8 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
             "head_dim": config.head_dim,
             "vocab_size": config.vocab_size,
             "max_position_embeddings": config.max_position_embeddings,
+            "sliding_window": config.sliding_window.as_ref().map(|s| s.window),
+            "sliding_layers": config.sliding_window.as_ref().map_or(0, |s| s.layers.iter().filter(|&&l| l).count()),
             "tie_word_embeddings": config.tie_word_embeddings,
             "parameters": config.parameter_count(),
             "tensors": checkpoint.names().count(),
@@ -76,6 +78,10 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
     );
     out!("vocabulary:   {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
     out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
+    if let Some(s) = &config.sliding_window {
+        let sliding = s.layers.iter().filter(|&&l| l).count();
+        out!("sliding:      a window of {} keys on {sliding} of {} layers", s.window, config.num_hidden_layers);
+    }
     out!("parameters:   {} in {} tensors", config.parameter_count(), checkpoint.names().count());
     if let Some(s) = &stored {
         out!("stored:       {s} (loads with --quant nf4, its bytes as they are)");

@@ -227,6 +227,11 @@ pub struct Attention {
     pub head_dim: usize,
     /// `head_dim ** -0.5`, rounded to f32 where it meets the scores.
     pub scaling: f32,
+    /// A sliding layer's window ([`Config::attention_window`]): its queries
+    /// see the last `window` keys only. `None`: full attention.
+    ///
+    /// [`Config::attention_window`]: crate::model::Config::attention_window
+    pub sliding_window: Option<usize>,
 }
 
 /// q and k before Qwen3's q_norm and k_norm, each with its 1/rms.
@@ -277,13 +282,23 @@ impl Attention {
         rope_inplace(rec, &q, rope, p, false)?;
         rope_inplace(rec, &k, rope, p, false)?;
         let (q, k, v) = if p > 0 { self.with_prefix(rec, hooks, (q, k, v), p)? } else { (q, k, v) };
-        let (out, lse) = match &rope.segment_starts {
+        let (out, lse) = match self.key_starts(rope) {
             None => attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?, // (B, P+T, H, hd), (B, H, P+T)
             Some(starts) => attention_forward_segmented(rec, &q, &k, &v, starts, self.scaling, Variant::Auto)?,
         };
         let own = if p > 0 { rows::positions(rec, &out.reshape(&[b, p + t, h * hd])?, p, t)? } else { out.clone() };
         let (y, so) = self.o_proj.forward_hooked(rec, &own.reshape(&[b, t, h * hd])?, hooks, Proj::O)?;
         Ok((y, AttentionSaved { q, k, v, out, lse, hooks: [sq, sk, sv, so], normed, prefix: p }))
+    }
+
+    /// The first key each query sees, (B, T) u32: where its sliding window
+    /// begins on a sliding layer whose window cuts keys, else where its
+    /// example begins in a packed row; `None`: every query sees keys from 0.
+    pub(crate) fn key_starts<'a>(&self, rope: &'a RopeTables) -> Option<&'a Tensor> {
+        match (self.sliding_window, &rope.window_starts) {
+            (Some(_), Some(starts)) => Some(starts),
+            _ => rope.segment_starts.as_ref(),
+        }
     }
 
     /// Qwen3's `q_norm(q)` and `k_norm(k)` for q (B, T, H, hd) and k (B, T,
@@ -355,7 +370,7 @@ impl Attention {
         let dout = if p > 0 { rows::pad_front(rec, &dout.reshape(&[b, t, h * hd])?, p)? } else { dout };
         let dout = dout.reshape(&[b, p + t, h, hd])?;
         let (q, k, v, out, lse) = (&saved.q, &saved.k, &saved.v, &saved.out, &saved.lse);
-        let (dq, dk, dv) = match &rope.segment_starts {
+        let (dq, dk, dv) = match self.key_starts(rope) {
             None => attention_backward(rec, &dout, q, k, v, out, lse, self.scaling, Variant::Auto)?,
             Some(starts) => {
                 attention_backward_segmented(rec, &dout, q, k, v, out, lse, starts, self.scaling, Variant::Auto)?

@@ -114,7 +114,8 @@ impl Attention {
         };
         let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?; // q rotated; k, v into the cache
-        let out = attention_forward_cached(rec, &q, k_cache, v_cache, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
+        let starts = self.key_starts(rope);
+        let out = attention_forward_cached(rec, &q, k_cache, v_cache, starts, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
         self.o_proj.forward_residual(rec, &out.reshape(&[b, t, h * hd])?, hooks, Sublayer::Attention, residual)
     }
 }
@@ -240,7 +241,9 @@ impl Model {
             ));
         }
         self.check_seq(end)?;
-        let rope = self.rope.tables(rec.gpu(), end)?;
+        let mut rope = self.rope.tables(rec.gpu(), end)?;
+        let window = self.config.sliding_window.as_ref().map(|s| s.window);
+        rope.slide(rec.gpu(), window, (b, front + t), start, &vec![0; b * (front + t)])?;
         let d = self.config.hidden_size;
         let mut x = self.embed_hooked(rec, &ids.reshape(&[b * t])?, hooks)?.reshape(&[b, t, d])?;
         if front > 0 {

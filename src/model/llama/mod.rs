@@ -410,8 +410,13 @@ impl Model {
         // Prompt tuning's virtual tokens and prefix tuning's keys take positions before the row's.
         let (v, p) = (hooks.virtual_tokens(), hooks.prefix_len());
         self.check_seq(p + v + t)?;
+        let window = self.config.sliding_window.as_ref().map(|s| s.window);
         let rope = match position_ids {
-            None => self.rope.tables(rec.gpu(), p + v + t)?,
+            None => {
+                let mut rope = self.rope.tables(rec.gpu(), p + v + t)?;
+                rope.slide(rec.gpu(), window, (b, p + v + t), 0, &vec![0; b * (p + v + t)])?;
+                rope
+            }
             Some(_) if v + p > 0 => {
                 return Err(Error::invalid(
                     "Model::forward",
@@ -422,7 +427,7 @@ impl Model {
                     ),
                 ))
             }
-            Some(positions) => self.rope.packed(rec.gpu(), positions, (b, t))?,
+            Some(positions) => self.rope.packed(rec.gpu(), positions, (b, t), window)?,
         };
         let d = self.config.hidden_size;
 

@@ -32,12 +32,41 @@ pub struct RopeTables {
     /// Packed rows: (B, T) u32, the index in its row at which each token's
     /// example begins; attention keeps to it. `None`: one sequence per row.
     pub segment_starts: Option<Tensor>,
+    /// Sliding layers' starts (B, N) u32: the first key each query sees,
+    /// `segment_starts` (or 0) raised to `position − window + 1`. `None`
+    /// where the window cuts no query's keys: the sliding layers then attend
+    /// as the others do.
+    pub window_starts: Option<Tensor>,
 }
 
 impl RopeTables {
     /// Positions covered.
     pub fn rows(&self) -> usize {
         self.cos.shape()[0]
+    }
+
+    /// Sets [`window_starts`](Self::window_starts) for `window` (the
+    /// config's, `None` when no layer slides) and the queries of `batch` rows
+    /// of `n` at positions `first..first + n` of their row's keys, each
+    /// seeing keys from `starts` (B·N) without the window: transformers'
+    /// `kv_idx > q_idx − sliding_window`.
+    pub(crate) fn slide(
+        &mut self,
+        gpu: &Gpu,
+        window: Option<usize>,
+        (batch, n): (usize, usize),
+        first: usize,
+        starts: &[u32],
+    ) -> Result<()> {
+        let Some(window) = window.filter(|&w| first + n > w) else {
+            return Ok(()); // every key a query could see is within its window
+        };
+        let slid: Vec<u32> =
+            starts.iter().enumerate().map(|(k, &s)| s.max((first + k % n + 1).saturating_sub(window) as u32)).collect();
+        if slid != starts {
+            self.window_starts = Some(Tensor::from_slice(gpu, &[batch, n], &slid)?);
+        }
+        Ok(())
     }
 }
 
@@ -77,7 +106,15 @@ impl RopeCache {
     /// (B·T, head_dim), one row per token at its position id, and where each
     /// token's example begins (`t − position_ids[b][t]`). Each row's ids count
     /// 0, 1, … within an example and restart at 0 where the next begins.
-    pub(crate) fn packed(&self, gpu: &Gpu, position_ids: &[Vec<u32>], (b, t): (usize, usize)) -> Result<RopeTables> {
+    /// Sliding layers (`window`) see keys from the later of the example's
+    /// start and their window's.
+    pub(crate) fn packed(
+        &self,
+        gpu: &Gpu,
+        position_ids: &[Vec<u32>],
+        (b, t): (usize, usize),
+        window: Option<usize>,
+    ) -> Result<RopeTables> {
         const OP: &str = "Model::forward";
         if position_ids.len() != b || position_ids.iter().any(|row| row.len() != t) {
             return Err(Error::shape(OP, format!("position_ids must be (batch, seq) = ({b}, {t}), as the input ids")));
@@ -102,11 +139,14 @@ impl RopeCache {
         let flat: Vec<u32> = position_ids.concat();
         let (cos, sin) = rope_cos_sin(&self.inv_freq, &flat);
         let head_dim = 2 * self.inv_freq.len();
-        Ok(RopeTables {
+        let mut tables = RopeTables {
             cos: Tensor::from_slice(gpu, &[b * t, head_dim], &cos)?,
             sin: Tensor::from_slice(gpu, &[b * t, head_dim], &sin)?,
             segment_starts: Some(Tensor::from_slice(gpu, &[b, t], &starts)?),
-        })
+            window_starts: None,
+        };
+        tables.slide(gpu, window, (b, t), 0, &starts)?;
+        Ok(tables)
     }
 
     /// The inverse frequencies, (head_dim / 2) (transformers' `rotary_emb.inv_freq`).
@@ -123,6 +163,7 @@ fn upload(gpu: &Gpu, inv_freq: &[f32], rows: usize) -> Result<RopeTables> {
         cos: Tensor::from_slice(gpu, &[rows, head_dim], &cos)?,
         sin: Tensor::from_slice(gpu, &[rows, head_dim], &sin)?,
         segment_starts: None,
+        window_starts: None,
     })
 }
 

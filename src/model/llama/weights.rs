@@ -206,6 +206,7 @@ impl<S: ByteSource> Loader<'_, S> {
             head_dim: c.head_dim,
             // transformers: `self.scaling = head_dim ** -0.5` (a Python float).
             scaling: (c.head_dim as f64).powf(-0.5) as f32,
+            sliding_window: c.attention_window(i),
         };
         let post_attention_layernorm = self.norm(&format!("{p}.post_attention_layernorm")).await?;
         let mlp = Mlp {
