@@ -3,6 +3,8 @@
 //! 0.3.36's vendored llama.cpp, read back with the `gguf` package): every field with its type and value,
 //! every tensor's name, type, shape, offset and sha256, and the whole file's sha256. No GPU needed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
@@ -373,4 +375,29 @@ fn lora_on_the_embedding_and_the_head_matches_convert_lora_to_gguf() {
     let opts = GgufOptions { ty: GgmlType::F32, name: "x".into(), tokenizer_pre: None };
     let e = pollster::block_on(export_lora(&tied, &adapter, &opts, Vec::new())).unwrap_err().to_string();
     assert!(e.contains("lm_head is the embedding"), "{e}");
+}
+
+/// rope_scaling linear, dynamic and yarn (`gguf/rope_scaling.json`,
+/// `make_fixtures.py gguf_rope`): the converter's files byte for byte. Where
+/// yarn's config lacks `original_max_position_embeddings` (which the converter
+/// needs), webpeft writes transformers' fallback, `max_position_embeddings`:
+/// the converter's file of the config that says so.
+#[test]
+fn rope_scaling_matches_convert_hf_to_gguf() {
+    let reference: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("gguf/rope_scaling.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (name, case) in cases {
+        let model = case["model"].as_str().unwrap();
+        let files = common::fixture_files_with(model, &serde_json::json!({ "rope_scaling": case["rope_scaling"] }));
+        let opts = GgufOptions {
+            ty: ty(case),
+            name: model.to_string(),
+            tokenizer_pre: Some(case["pre"].as_str().unwrap().to_string()),
+        };
+        let mut out = Vec::new();
+        pollster::block_on(export_model(&files, None::<&DirFiles>, &opts, &mut out)).unwrap();
+        compare(name, &out, case);
+    }
 }

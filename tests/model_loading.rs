@@ -10,7 +10,9 @@ mod common;
 use common::{block_on, fixture, Fixture};
 use serde_json::{json, Value};
 use webpeft::model::llama::rope::rope_inv_freq;
-use webpeft::model::{ByteSource, Checkpoint, Config, DirFiles, MemoryFiles, MemorySource, ModelType, SafetensorsFile};
+use webpeft::model::{
+    ByteSource, Checkpoint, Config, DirFiles, MemoryFiles, MemorySource, ModelType, RopeScaling, SafetensorsFile,
+};
 use webpeft::Error;
 
 const MODELS: [&str; 4] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny"];
@@ -142,7 +144,7 @@ fn llama_gqa_config() {
     assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.head_dim), (4, 2, 24));
     assert_eq!((c.q_dim(), c.kv_dim()), (96, 48));
     assert_eq!((c.rms_norm_eps, c.rope_theta, c.max_position_embeddings), (1e-5, 1e4, 128));
-    let s = c.rope_scaling.expect("llama3 rope scaling");
+    let Some(RopeScaling::Llama3(s)) = c.rope_scaling else { panic!("llama3 rope scaling") };
     assert_eq!(
         (s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_position_embeddings),
         (8.0, 1.0, 4.0, 32)
@@ -182,7 +184,7 @@ fn mistral_f16_config() {
 fn rope_fields_reproduce_transformers_inv_freq() {
     for model in MODELS {
         let c = config(model);
-        let got = rope_inv_freq(c.head_dim, c.rope_theta as f32, c.rope_scaling.as_ref());
+        let got = rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling.as_ref());
         let want = Fixture::open(&format!("refs/{model}/reference.safetensors")).f32("rope_inv_freq");
         assert_eq!(got.len(), want.len(), "{model}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -286,10 +288,10 @@ fn config_zero_and_missing_sizes() {
 
 #[test]
 fn config_unsupported_options() {
-    let r = edited_config(|c| drop(c.insert("rope_scaling".into(), json!({"rope_type": "yarn", "factor": 4.0}))));
-    assert_config_error(r, "rope_scaling.rope_type", "unsupported RoPE scaling \"yarn\"");
-    let r = edited_config(|c| drop(c.insert("rope_scaling".into(), json!({"type": "linear", "factor": 2.0}))));
-    assert_config_error(r, "rope_scaling.type", "\"linear\"");
+    let r = edited_config(|c| drop(c.insert("rope_scaling".into(), json!({"rope_type": "longrope", "factor": 4.0}))));
+    assert_config_error(r, "rope_scaling.rope_type", "unsupported RoPE scaling \"longrope\"");
+    let r = edited_config(|c| drop(c.insert("rope_scaling".into(), json!({"type": "su", "factor": 2.0}))));
+    assert_config_error(r, "rope_scaling.type", "\"su\"");
     let r = edited_config(|c| drop(c["rope_scaling"].as_object_mut().unwrap().remove("factor")));
     assert_config_error(r, "rope_scaling.factor", "missing");
     let r = edited_config(|c| drop(c.insert("hidden_act".into(), json!("gelu"))));

@@ -10,7 +10,7 @@ use webpeft::gpu::Recorder;
 use webpeft::kernels::reference::assert_close;
 use webpeft::kernels::reference::rope as cpu;
 use webpeft::kernels::rope::{rope_backward, rope_backward_inplace, rope_cached, rope_forward, rope_forward_inplace};
-use webpeft::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
+use webpeft::model::llama::rope::{rope_cos_sin, rope_inv_freq, Llama3Scaling, RopeScaling};
 use webpeft::{DType, Error, Tensor};
 
 // Two products and a sum per value: the shader compiler may fuse one into an
@@ -19,8 +19,12 @@ const ABS: f32 = 1e-6;
 const REL: f32 = 1e-6;
 const FD_TOL: f32 = 2e-3;
 
-const LLAMA3: RopeScaling =
-    RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+const LLAMA3: RopeScaling = RopeScaling::Llama3(Llama3Scaling {
+    factor: 8.0,
+    low_freq_factor: 1.0,
+    high_freq_factor: 4.0,
+    original_max_position_embeddings: 64,
+});
 
 /// (cos, sin), each (rows, head_dim).
 type Tables = (Vec<f32>, Vec<f32>);
@@ -29,7 +33,7 @@ type Tables = (Vec<f32>, Vec<f32>);
 fn tables(rows: usize, head_dim: usize, offset: usize, seq: usize) -> (Tables, Tables) {
     let inv = rope_inv_freq(head_dim, 10000.0, Some(&LLAMA3));
     let positions: Vec<u32> = (0..rows as u32).collect();
-    let (cos, sin) = rope_cos_sin(&inv, &positions);
+    let (cos, sin) = rope_cos_sin(&inv, &positions, 1.0);
     let part = |t: &[f32]| t[offset * head_dim..(offset + seq) * head_dim].to_vec();
     let sliced = (part(&cos), part(&sin));
     ((cos, sin), sliced)

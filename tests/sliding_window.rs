@@ -9,8 +9,8 @@
 
 mod common;
 use common::{
-    block_on, cached_vs_full, check_greedy_and_cache, check_lora_step_gradients, fixture, gpu, logits_and_loss,
-    max_abs_diff, Fixture,
+    block_on, cached_vs_full, check_greedy_and_cache, check_lora_step_gradients, fixture, fixture_files_with, gpu,
+    logits_and_loss, max_abs_diff, Fixture,
 };
 use webpeft::model::llama::{GenerationConfig, NoHooks};
 use webpeft::model::{Config, MemoryFiles, Model};
@@ -24,23 +24,8 @@ const TOL: f32 = 1e-4;
 /// The fixture folder `name` with `sliding_window/<name>/config_overrides.json`
 /// over its config.json, in memory.
 fn windowed_files(name: &str) -> MemoryFiles {
-    let mut files = MemoryFiles::new();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        files.insert(file, std::fs::read(&path).unwrap());
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture(&format!("{name}/config.json"))).unwrap()).unwrap();
-    let overrides: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture(&format!("sliding_window/{name}/config_overrides.json"))).unwrap(),
-    )
-    .unwrap();
-    for (k, v) in overrides.as_object().unwrap() {
-        config[k] = v.clone();
-    }
-    files.insert("config.json", serde_json::to_vec(&config).unwrap());
-    files
+    let path = fixture(&format!("sliding_window/{name}/config_overrides.json"));
+    fixture_files_with(name, &serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
 }
 
 fn windowed_model(name: &str) -> Model {

@@ -27,7 +27,7 @@ fn positive(field: &str, n: usize) -> Result<usize> {
     Ok(n)
 }
 
-pub use super::llama::rope::RopeScaling;
+pub use super::llama::rope::{Llama3Scaling, RopeScaling, YarnScaling};
 
 /// `model_type` in config.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,7 +118,7 @@ pub struct Config {
     pub rms_norm_eps: f64,
     /// RoPE base. Default 10000.
     pub rope_theta: f64,
-    /// `None` for plain RoPE; `Some` for `rope_type == "llama3"`.
+    /// `None` for plain RoPE; else `rope_scaling`'s type and factors.
     pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     /// Sliding-window attention (Mistral; Qwen2 and Qwen3 with
@@ -235,7 +235,7 @@ impl Config {
             head_dim,
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
-            rope_scaling: rope_scaling(&f)?,
+            rope_scaling: rope_scaling(&f, max_position_embeddings)?,
             max_position_embeddings,
             sliding_window,
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -411,11 +411,13 @@ fn torch_dtype(f: &Fields) -> Result<Option<Dtype>> {
     }
 }
 
-/// `rope_scaling`: `null`, `{"rope_type": "default"}` or llama3. The key was
-/// spelled `type` before transformers 4.45; transformers copies `type` over
-/// `rope_type`, so both are read and must agree.
-fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
-    let Some(value) = top.get("rope_scaling") else {
+/// `rope_scaling`: `null`, `{"rope_type": "default"}`, linear, dynamic, yarn
+/// or llama3. The key was spelled `type` before transformers 4.45;
+/// transformers copies `type` over `rope_type`, so both are read and must
+/// agree. Factors must be positive and finite; transformers only warns about
+/// a factor below 1.
+fn rope_scaling(top: &Fields, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
+    let Some(value) = top.get("rope_scaling").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
     let f = Fields::new(value, "rope_scaling.", "rope_scaling", config_error)?;
@@ -431,13 +433,56 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
         (None, Some(b)) => ("rope_scaling.type", b),
         (None, None) => ("rope_scaling.rope_type", "default"),
     };
+    let positive = |name: &str, v: f64| {
+        if v > 0.0 && v.is_finite() {
+            Ok(v)
+        } else {
+            Err(config_error(&format!("rope_scaling.{name}"), format!("must be positive, got {v}")))
+        }
+    };
+    let factor = || positive("factor", f.f64("factor")?);
     match kind {
         "default" => Ok(None),
-        "llama3" => {
-            let factor = f.f64("factor")?;
-            if factor <= 0.0 {
-                return Err(config_error("rope_scaling.factor", format!("must be positive, got {factor}")));
+        "linear" => Ok(Some(RopeScaling::Linear { factor: factor()? })),
+        "dynamic" => Ok(Some(RopeScaling::Dynamic { factor: factor()?, max_position_embeddings })),
+        "yarn" => {
+            let factor = factor()?;
+            let original = match f.opt_f64("original_max_position_embeddings")? {
+                Some(n) => positive("original_max_position_embeddings", n)?,
+                None => max_position_embeddings as f64,
+            };
+            // transformers' get_mscale; `mscale and mscale_all_dim` is Python truthiness.
+            let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+            let attention_factor =
+                match (f.opt_f64("attention_factor")?, f.opt_f64("mscale")?, f.opt_f64("mscale_all_dim")?) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(m) / mscale(all),
+                    _ => mscale(1.0),
+                };
+            if !attention_factor.is_finite() || attention_factor < 0.0 {
+                return Err(config_error(
+                    "rope_scaling.attention_factor",
+                    format!("must be a finite number ≥ 0, got {attention_factor}"),
+                ));
             }
+            // `get("beta_fast") or 32`: absent, null and 0 take the default.
+            let beta = |name: &str, default: f64| -> Result<f64> {
+                match f.opt_f64(name)? {
+                    Some(b) if b != 0.0 => positive(name, b),
+                    _ => Ok(default),
+                }
+            };
+            Ok(Some(RopeScaling::Yarn(YarnScaling {
+                factor,
+                original_max_position_embeddings: original,
+                attention_factor,
+                beta_fast: beta("beta_fast", 32.0)?,
+                beta_slow: beta("beta_slow", 1.0)?,
+                truncate: f.opt_bool("truncate")?.unwrap_or(true),
+            })))
+        }
+        "llama3" => {
+            let factor = factor()?;
             let low_freq_factor = f.f64("low_freq_factor")?;
             let high_freq_factor = f.f64("high_freq_factor")?;
             if high_freq_factor <= low_freq_factor {
@@ -450,9 +495,17 @@ fn rope_scaling(top: &Fields) -> Result<Option<RopeScaling>> {
             let original_max_position_embeddings = u32::try_from(old_ctx).map_err(|_| {
                 config_error("rope_scaling.original_max_position_embeddings", format!("{old_ctx} is too large"))
             })?;
-            Ok(Some(RopeScaling { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }))
+            Ok(Some(RopeScaling::Llama3(Llama3Scaling {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            })))
         }
-        other => Err(config_error(key, format!("unsupported RoPE scaling \"{other}\" (supported: default, llama3)"))),
+        other => Err(config_error(
+            key,
+            format!("unsupported RoPE scaling \"{other}\" (supported: default, linear, dynamic, yarn, llama3)"),
+        )),
     }
 }
 

@@ -37,7 +37,7 @@ pub mod tokenizer;
 
 pub use self::safetensors::{SafetensorsFile, TensorInfo};
 pub use checkpoint::Checkpoint;
-pub use config::{Config, ModelType, RopeScaling, SlidingWindow, TensorSpec};
+pub use config::{Config, Llama3Scaling, ModelType, RopeScaling, SlidingWindow, TensorSpec, YarnScaling};
 pub use llama::Model;
 pub use source::{ByteSource, MemoryFiles, MemorySource, ModelFiles};
 #[cfg(not(target_arch = "wasm32"))]

@@ -751,3 +751,20 @@ pub fn check_lora_step_gradients(
     }
     assert_eq!(grads_of[0], grads_of[1], "{what}: gradient checkpointing changes the gradients");
 }
+
+/// The fixture model folder `name` in memory, with `overrides`' keys laid
+/// over its config.json.
+pub fn fixture_files_with(name: &str, overrides: &serde_json::Value) -> webpeft::model::MemoryFiles {
+    let mut files = webpeft::model::MemoryFiles::new();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        files.insert(path.file_name().unwrap().to_str().unwrap(), std::fs::read(&path).unwrap());
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("{name}/config.json"))).unwrap()).unwrap();
+    for (k, v) in overrides.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    files.insert("config.json", serde_json::to_vec(&config).unwrap());
+    files
+}

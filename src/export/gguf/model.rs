@@ -209,14 +209,33 @@ fn hyperparameters(arch: &str, c: &Json, ty: GgmlType) -> Result<Vec<(String, Va
     push(key("attention.head_count_kv"), u("num_key_value_heads"));
     let scaling = c.get("rope_parameters").or(c.get("rope_scaling")).filter(|v| !v.is_null());
     let rope_type = scaling.and_then(|s| s.get("rope_type").or(s.get("type"))).and_then(Json::as_str);
+    let scaled = |k: &str| scaling.and_then(|s| s.get(k));
     match rope_type {
         None | Some("default") => {}
-        Some("llama3") => {} // rope_freqs.weight
-        Some("linear") => {
-            let factor = f32_of(scaling.and_then(|s| s.get("factor")))
-                .ok_or_else(|| unsupported("config.json", "linear rope_scaling without a factor"))?;
-            push(key("rope.scaling.type"), Some(Value::Str("linear".into())));
+        Some("llama3") => {}  // rope_freqs.weight
+        Some("dynamic") => {} // the converter writes nothing for it (llama.cpp's llama and qwen2 have no NTK)
+        Some(kind @ ("linear" | "yarn")) => {
+            let factor = f32_of(scaled("factor"))
+                .ok_or_else(|| unsupported("config.json", format!("{kind} rope_scaling without a factor")))?;
+            push(key("rope.scaling.type"), Some(Value::Str(kind.into())));
             push(key("rope.scaling.factor"), Some(Value::F32(factor)));
+            if kind == "yarn" {
+                // transformers' fallback where the converter needs the key.
+                let context = scaled("original_max_position_embeddings")
+                    .or(c.get("original_max_position_embeddings"))
+                    .or(c.get("max_position_embeddings"))
+                    .and_then(Json::as_u64);
+                push(key("rope.scaling.original_context_length"), context.map(|n| Value::U32(n as u32)));
+                let attention = scaled("attention_factor").or(scaled("attn_factor"));
+                for (field, value) in [
+                    ("yarn_ext_factor", scaled("extrapolation_factor")),
+                    ("yarn_attn_factor", attention),
+                    ("yarn_beta_fast", scaled("beta_fast")),
+                    ("yarn_beta_slow", scaled("beta_slow")),
+                ] {
+                    push(key(&format!("rope.scaling.{field}")), f32_of(value).map(Value::F32));
+                }
+            }
         }
         Some(other) => return Err(unsupported("config.json", format!("rope_scaling type {other:?}"))),
     }

@@ -97,15 +97,15 @@ mod tests {
     use crate::kernels::reference::assert_close;
     // The model's tables (the oracle rotates by them; they are tested there).
     use crate::kernels::reference::testing::{dot64, numeric_grad};
-    use crate::model::llama::rope::{rope_cos_sin, rope_inv_freq, RopeScaling};
+    use crate::model::llama::rope::{rope_cos_sin, rope_inv_freq, Llama3Scaling, RopeScaling};
     use crate::util::rng::Rng;
 
-    const LLAMA3: RopeScaling = RopeScaling {
+    const LLAMA3: RopeScaling = RopeScaling::Llama3(Llama3Scaling {
         factor: 8.0,
         low_freq_factor: 1.0,
         high_freq_factor: 4.0,
         original_max_position_embeddings: 8192,
-    };
+    });
 
     #[test]
     fn rotates_halves_not_pairs() {
@@ -124,7 +124,7 @@ mod tests {
         let (batch, seq, heads, head_dim) = (2, 5, 3, 10);
         let inv = rope_inv_freq(head_dim, 10000.0, Some(&LLAMA3));
         let positions: Vec<u32> = (0..seq as u32).map(|p| p * 7 + 2).collect();
-        let (cos, sin) = rope_cos_sin(&inv, &positions);
+        let (cos, sin) = rope_cos_sin(&inv, &positions, 1.0);
         let x = rng.normal_vec(batch * seq * heads * head_dim, 1.0);
         let mut y = x.clone();
         rope_forward(&mut y, &cos, &sin, batch, seq, heads, head_dim);
@@ -143,7 +143,7 @@ mod tests {
         let mut rng = Rng::new(22);
         let (batch, seq, heads, head_dim) = (2, 3, 2, 6);
         let inv = rope_inv_freq(head_dim, 10000.0, None);
-        let (cos, sin) = rope_cos_sin(&inv, &[4, 9, 1]);
+        let (cos, sin) = rope_cos_sin(&inv, &[4, 9, 1], 1.0);
         let x = rng.normal_vec(batch * seq * heads * head_dim, 1.0);
         let dy = rng.normal_vec(x.len(), 1.0);
         let mut dx = dy.clone();

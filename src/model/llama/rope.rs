@@ -73,18 +73,21 @@ impl RopeTables {
 /// The tables of one model, grown on demand up to `max_position_embeddings`.
 #[derive(Debug)]
 pub(crate) struct RopeCache {
-    /// (head_dim / 2), llama3-scaled when the config says so.
+    /// (head_dim / 2), scaled as `rope_scaling` says.
     inv_freq: Vec<f32>,
+    /// What multiplies cos and sin ([`RopeScaling::attention_factor`]).
+    attention: f32,
     max_positions: usize,
     tables: Mutex<RopeTables>,
 }
 
 impl RopeCache {
     pub(crate) fn new(gpu: &Gpu, config: &Config) -> Result<RopeCache> {
-        let inv_freq = rope_inv_freq(config.head_dim, config.rope_theta as f32, config.rope_scaling.as_ref());
+        let inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
+        let attention = config.rope_scaling.map_or(1.0, |s| s.attention_factor());
         let max_positions = config.max_position_embeddings;
-        let tables = upload(gpu, &inv_freq, INITIAL_ROWS.min(max_positions))?;
-        Ok(RopeCache { inv_freq, max_positions, tables: Mutex::new(tables) })
+        let tables = upload(gpu, &inv_freq, attention, INITIAL_ROWS.min(max_positions))?;
+        Ok(RopeCache { inv_freq, attention, max_positions, tables: Mutex::new(tables) })
     }
 
     /// Tables covering at least positions `0..positions`.
@@ -97,7 +100,8 @@ impl RopeCache {
         }
         let mut tables = self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if tables.rows() < positions {
-            *tables = upload(gpu, &self.inv_freq, positions.next_power_of_two().min(self.max_positions))?;
+            *tables =
+                upload(gpu, &self.inv_freq, self.attention, positions.next_power_of_two().min(self.max_positions))?;
         }
         Ok(tables.clone())
     }
@@ -137,7 +141,7 @@ impl RopeCache {
             }
         }
         let flat: Vec<u32> = position_ids.concat();
-        let (cos, sin) = rope_cos_sin(&self.inv_freq, &flat);
+        let (cos, sin) = rope_cos_sin(&self.inv_freq, &flat, self.attention);
         let head_dim = 2 * self.inv_freq.len();
         let mut tables = RopeTables {
             cos: Tensor::from_slice(gpu, &[b * t, head_dim], &cos)?,
@@ -155,9 +159,9 @@ impl RopeCache {
     }
 }
 
-fn upload(gpu: &Gpu, inv_freq: &[f32], rows: usize) -> Result<RopeTables> {
+fn upload(gpu: &Gpu, inv_freq: &[f32], attention: f32, rows: usize) -> Result<RopeTables> {
     let positions: Vec<u32> = (0..rows as u32).collect();
-    let (cos, sin) = rope_cos_sin(inv_freq, &positions);
+    let (cos, sin) = rope_cos_sin(inv_freq, &positions, attention);
     let head_dim = 2 * inv_freq.len();
     Ok(RopeTables {
         cos: Tensor::from_slice(gpu, &[rows, head_dim], &cos)?,
@@ -167,12 +171,40 @@ fn upload(gpu: &Gpu, inv_freq: &[f32], rows: usize) -> Result<RopeTables> {
     })
 }
 
-/// `rope_scaling` of type "llama3" (Llama 3.1 and later).
+/// `rope_scaling`: how transformers' `ROPE_INIT_FUNCTIONS`
+/// (`modeling_rope_utils.py`) change the default inverse frequencies and,
+/// for YaRN, cos and sin.
 ///
 /// The factors are f64 because transformers holds them as Python floats; each
 /// is rounded to f32 exactly where torch combines it with an f32 tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeScaling {
+pub enum RopeScaling {
+    /// "linear" (position interpolation): `inv_freq / factor`.
+    Linear { factor: f64 },
+    /// "dynamic" (NTK-aware): the base grows with a sequence longer than
+    /// `max_position_embeddings`. webpeft runs none longer, and up to it
+    /// transformers' base is `theta · (factor·M/M − (factor − 1))^(d/(d−2))`.
+    Dynamic { factor: f64, max_position_embeddings: usize },
+    /// "yarn".
+    Yarn(YarnScaling),
+    /// "llama3" (Llama 3.1 and later).
+    Llama3(Llama3Scaling),
+}
+
+impl RopeScaling {
+    /// What multiplies cos and sin (`attention_scaling`): YaRN's attention
+    /// factor, 1 for the others.
+    pub fn attention_factor(&self) -> f32 {
+        match self {
+            RopeScaling::Yarn(y) => y.attention_factor as f32,
+            _ => 1.0,
+        }
+    }
+}
+
+/// `rope_scaling` of type "llama3".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
     /// `factor`, 8.0 for Llama 3.1, 32.0 for Llama 3.2.
     pub factor: f64,
     /// `low_freq_factor`, 1.0 in the released models.
@@ -183,15 +215,44 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: u32,
 }
 
+/// `rope_scaling` of type "yarn" (Qwen2.5's and Qwen3's long-context
+/// setting), its defaults resolved as `_compute_yarn_parameters` resolves them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct YarnScaling {
+    /// `factor`.
+    pub factor: f64,
+    /// `original_max_position_embeddings`, else the config's `max_position_embeddings`.
+    pub original_max_position_embeddings: f64,
+    /// `attention_factor`, else `get_mscale(factor, mscale) / get_mscale(factor,
+    /// mscale_all_dim)` when both are given and non-zero, else
+    /// `0.1·ln(factor) + 1` (1 for a factor ≤ 1).
+    pub attention_factor: f64,
+    /// `beta_fast` (32 when absent or 0).
+    pub beta_fast: f64,
+    /// `beta_slow` (1 when absent or 0).
+    pub beta_slow: f64,
+    /// `truncate` (true): the correction range's ends rounded outwards to whole dimensions.
+    pub truncate: bool,
+}
+
 /// Inverse frequencies, (head_dim / 2).
 ///
 /// - head_dim: the rotated dimension (even)
 /// - theta: `rope_theta`
-/// - scaling: `Some` for `rope_type == "llama3"`, `None` for the default RoPE
+/// - scaling: `rope_scaling`, `None` for the default RoPE
 ///
 /// Default, in torch's order (all f32):
 /// `e = float(arange(0, dim, 2)) / dim; inv = 1.0 / (theta ** e)`,
 /// where `1.0 / t` is `t.reciprocal() * 1.0`.
+///
+/// linear: `inv / factor`. dynamic: the default with its base (f64, as
+/// Python computes it). yarn (tensor arithmetic in f32):
+/// ```text
+/// extrapolation = 1.0 / pos_freqs,  interpolation = 1.0 / (factor * pos_freqs)    (pos_freqs = theta ** e)
+/// low, high = correction range of beta_fast, beta_slow     (Python floats; floor/ceil when truncate)
+/// ramp = clamp((arange(d/2) - low) / (high - low), 0, 1),  ext = 1 - ramp
+/// inv = interpolation * (1 - ext) + extrapolation * ext
+/// ```
 ///
 /// llama3 (all tensor arithmetic in f32; Python scalars rounded to f32 where
 /// they meet a tensor):
@@ -209,22 +270,64 @@ pub struct RopeScaling {
 /// Divisions by a scalar are true f32 divisions (torch's CPU kernel; its CUDA
 /// kernel multiplies by the reciprocal instead, which differs by an ulp when
 /// the divisor is not a power of two).
-pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>) -> Vec<f32> {
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
     assert!(head_dim % 2 == 0 && head_dim > 0, "rope_inv_freq: head_dim must be even, got {head_dim}");
-    let dim = head_dim as f32;
-    let inv_freq: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| {
-            let exponent = i as f32 / dim;
-            // torch: pow(f32(theta), exponent) in f32; here correctly rounded via f64.
-            let base_pow = (theta as f64).powf(exponent as f64) as f32;
-            1.0 / base_pow
-        })
-        .collect();
-    let Some(s) = scaling else {
-        return inv_freq;
+    let pow_freqs = |base: f64| -> Vec<f32> {
+        let dim = head_dim as f32;
+        (0..head_dim)
+            .step_by(2)
+            .map(|i| {
+                let exponent = i as f32 / dim;
+                // torch: pow(f32(base), exponent) in f32; here correctly rounded via f64.
+                ((base as f32) as f64).powf(exponent as f64) as f32
+            })
+            .collect()
     };
+    let default = |base: f64| -> Vec<f32> { pow_freqs(base).into_iter().map(|p| 1.0 / p).collect() };
+    match scaling {
+        None => default(theta),
+        Some(RopeScaling::Linear { factor }) => default(theta).into_iter().map(|inv| inv / *factor as f32).collect(),
+        Some(&RopeScaling::Dynamic { factor, max_position_embeddings }) => {
+            let (d, m) = (head_dim as f64, max_position_embeddings as f64);
+            default(theta * ((factor * m / m) - (factor - 1.0)).powf(d / (d - 2.0)))
+        }
+        Some(RopeScaling::Yarn(y)) => yarn_inv_freq(&pow_freqs(theta), theta, y),
+        Some(RopeScaling::Llama3(s)) => llama3_inv_freq(default(theta), s),
+    }
+}
 
+/// `_compute_yarn_parameters`' inverse frequencies from `pos_freqs`
+/// (`theta ** e`, f32): interpolated (÷ factor) below the correction range,
+/// extrapolated (the default) above it, a linear ramp between.
+fn yarn_inv_freq(pos_freqs: &[f32], theta: f64, y: &YarnScaling) -> Vec<f32> {
+    let dim = 2 * pos_freqs.len();
+    let correction_dim = |rotations: f64| {
+        (dim as f64 * (y.original_max_position_embeddings / (rotations * 2.0 * std::f64::consts::PI)).ln())
+            / (2.0 * theta.ln())
+    };
+    let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
+    if y.truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim as f64 - 1.0));
+    if low == high {
+        high += 0.001; // transformers' guard against a zero-width ramp
+    }
+    let (low32, span) = (low as f32, (high - low) as f32);
+    let factor = y.factor as f32;
+    pos_freqs
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let ramp = ((i as f32 - low32) / span).clamp(0.0, 1.0);
+            let ext = 1.0 - ramp;
+            let (extrapolation, interpolation) = (1.0 / p, 1.0 / (factor * p));
+            interpolation * (1.0 - ext) + extrapolation * ext
+        })
+        .collect()
+}
+
+fn llama3_inv_freq(inv_freq: Vec<f32>, s: &Llama3Scaling) -> Vec<f32> {
     let old_ctx = s.original_max_position_embeddings as f64;
     let low_freq_wavelen = (old_ctx / s.low_freq_factor) as f32;
     let high_freq_wavelen = (old_ctx / s.high_freq_factor) as f32;
@@ -256,12 +359,12 @@ pub fn rope_inv_freq(head_dim: usize, theta: f32, scaling: Option<&RopeScaling>)
 ///
 /// - inv_freq: (head_dim / 2), from [`rope_inv_freq`]
 /// - positions: (seq), the absolute position of each row
+/// - attention: [`RopeScaling::attention_factor`] (1 but for YaRN)
 ///
 /// `freqs = f32(pos) * inv_freq` (one f32 product, as torch's matmul with an
 /// inner dimension of 1), `emb = cat(freqs, freqs)`, and cos/sin of `emb`
-/// correctly rounded to f32 (computed in f64). The attention scaling of the
-/// default and llama3 types is 1.0, so nothing multiplies them.
-pub fn rope_cos_sin(inv_freq: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
+/// correctly rounded to f32 (computed in f64), each times `attention` in f32.
+pub fn rope_cos_sin(inv_freq: &[f32], positions: &[u32], attention: f32) -> (Vec<f32>, Vec<f32>) {
     let half = inv_freq.len();
     let head_dim = 2 * half;
     let mut cos = vec![0.0f32; positions.len() * head_dim];
@@ -269,7 +372,7 @@ pub fn rope_cos_sin(inv_freq: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>)
     for (s, &pos) in positions.iter().enumerate() {
         for (j, &f) in inv_freq.iter().enumerate() {
             let angle = (pos as f32 * f) as f64;
-            let (sn, cs) = (angle.sin() as f32, angle.cos() as f32);
+            let (sn, cs) = (angle.sin() as f32 * attention, angle.cos() as f32 * attention);
             for col in [j, j + half] {
                 cos[s * head_dim + col] = cs;
                 sin[s * head_dim + col] = sn;
@@ -284,12 +387,12 @@ mod tests {
     use super::*;
     use crate::kernels::reference::assert_close;
 
-    const LLAMA3: RopeScaling = RopeScaling {
+    const LLAMA3: RopeScaling = RopeScaling::Llama3(Llama3Scaling {
         factor: 8.0,
         low_freq_factor: 1.0,
         high_freq_factor: 4.0,
         original_max_position_embeddings: 8192,
-    };
+    });
 
     #[test]
     fn default_inv_freq_known_values() {
@@ -331,7 +434,7 @@ mod tests {
     #[test]
     fn cos_sin_layout() {
         let inv = rope_inv_freq(6, 10000.0, None);
-        let (cos, sin) = rope_cos_sin(&inv, &[0, 3]);
+        let (cos, sin) = rope_cos_sin(&inv, &[0, 3], 1.0);
         assert_eq!(cos.len(), 12);
         assert_eq!(&cos[..6], &[1.0; 6]);
         assert_eq!(&sin[..6], &[0.0; 6]);
