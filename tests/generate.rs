@@ -15,7 +15,7 @@ use webpeft::model::{DirFiles, Model};
 use webpeft::quant::QuantFormat;
 use webpeft::{DType, Error, Gpu, GpuOptions, KernelFamily, Tensor};
 
-const MODELS: [&str; 4] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny"];
+const MODELS: [&str; 5] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny", "smollm3_tiny"];
 
 fn load(gpu: &Gpu, model: &str) -> Model {
     let files = DirFiles::new(fixture(model)).unwrap();

@@ -158,6 +158,19 @@ fn qwen3_matches_convert_hf_to_gguf() {
     }
 }
 
+/// SmolLM3 (arch smollm3, the converter's LlamaModel: q/k rows permuted,
+/// tied), against `make_fixtures.py smollm3`'s run of the same converter.
+#[test]
+fn smollm3_matches_convert_hf_to_gguf() {
+    let reference: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("smollm3/gguf.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 1);
+    for (name, case) in cases {
+        check_model_case(name, case);
+    }
+}
+
 /// webpeft's export of a case's model (with lora/final_adapter merged for
 /// the lora_merged cases) is the converter's file, byte for byte.
 fn check_model_case(name: &str, case: &Json) {

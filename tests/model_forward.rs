@@ -101,6 +101,17 @@ fn qwen3_tiny_with_q_and_k_norms() {
     check_f32("qwen3_tiny");
 }
 
+/// SmolLM3: layer 1 a NoPE layer (its attention rotates nothing), tied
+/// embeddings by default, bf16.
+#[test]
+fn smollm3_tiny_with_a_nope_layer() {
+    let gpu = gpu();
+    let model = load(gpu, "smollm3_tiny", QuantFormat::F32);
+    assert_eq!(model.config.rope_layers, [true, false]);
+    assert!(model.config.tie_word_embeddings && !model.layers[1].self_attn.use_rope);
+    check_f32("smollm3_tiny");
+}
+
 #[test]
 fn mistral_f16_one_kv_head() {
     check_f32("mistral_f16");

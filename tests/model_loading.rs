@@ -15,7 +15,7 @@ use webpeft::model::{
 };
 use webpeft::Error;
 
-const MODELS: [&str; 4] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny"];
+const MODELS: [&str; 5] = ["llama_gqa", "qwen2_tied", "mistral_f16", "qwen3_tiny", "smollm3_tiny"];
 
 fn dir(model: &str) -> DirFiles {
     DirFiles::new(fixture(model)).unwrap()
@@ -634,4 +634,37 @@ fn reads_each_tensor_from_its_range() {
     assert_tensor_error(block_on(file.read_f32("nope")), "nope", "not in this file");
     let source = MemorySource::new("x", vec![0u8; 4]);
     assert!(block_on(source.read(2, 4)).is_err());
+}
+
+/// SmolLM3 as SmolLM3Config builds it: `no_rope_layers` (1: RoPE, 0: NoPE),
+/// by default 0 on every `no_rope_layer_interval`-th layer; tied embeddings
+/// when the file says nothing; with `use_sliding_window`, the NoPE layers
+/// slide unless `layer_types` says otherwise.
+#[test]
+fn config_smollm3_rope_layers_and_defaults() {
+    let mut s = config_json("smollm3_tiny");
+    let c = Config::from_value(&s).unwrap();
+    assert_eq!(
+        (c.model_type.name(), c.rope_layers.clone(), c.tie_word_embeddings),
+        ("smollm3", vec![true, false], true)
+    );
+    s.as_object_mut().unwrap().remove("no_rope_layers");
+    s["no_rope_layer_interval"] = json!(4); // both layers before the fourth: RoPE on each
+    assert_eq!(Config::from_value(&s).unwrap().rope_layers, [true, true]);
+    s["no_rope_layer_interval"] = json!(1);
+    assert_eq!(Config::from_value(&s).unwrap().rope_layers, [false, false]);
+    s["no_rope_layer_interval"] = json!(0);
+    assert_config_error(Config::from_value(&s), "no_rope_layer_interval", "at least 1");
+    s["no_rope_layers"] = json!([1]);
+    assert_config_error(Config::from_value(&s), "no_rope_layers", "1 entries for 2 layers");
+    s["no_rope_layers"] = json!([1, 2]);
+    assert_config_error(Config::from_value(&s), "no_rope_layers[1]", "0 or 1");
+    s["no_rope_layers"] = json!([1, 0]);
+    s["tie_word_embeddings"] = json!(false);
+    assert!(!Config::from_value(&s).unwrap().tie_word_embeddings);
+    s.as_object_mut().unwrap().remove("layer_types");
+    s["use_sliding_window"] = json!(true);
+    s["sliding_window"] = json!(8);
+    let c = Config::from_value(&s).unwrap();
+    assert_eq!((c.attention_window(0), c.attention_window(1)), (None, Some(8)));
 }

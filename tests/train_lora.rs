@@ -183,12 +183,29 @@ fn qwen3_lora_matches_peft() {
 fn qwen3_lora_on(gpu: &Gpu) {
     let model = common::fixture_model(gpu, "qwen3_tiny");
     assert!(model.config.qk_norm && model.layers.iter().all(|l| l.self_attn.q_norm.is_some()));
-    let fx = Fixture::open("qwen3/lora/reference.safetensors");
-    let initial = || adapter(gpu, &model, "qwen3/lora/initial_adapter");
+    lora_run_matches_peft(gpu, &model, "qwen3/lora");
+}
+
+/// SmolLM3 (a NoPE layer, `make_fixtures.py smollm3`): as Qwen3's run above,
+/// on both kernel families.
+#[test]
+fn smollm3_lora_matches_peft() {
+    for gpu in [gpu(), common::gpu_family()] {
+        let model = common::fixture_model(gpu, "smollm3_tiny");
+        assert!(!model.layers[1].self_attn.use_rope);
+        lora_run_matches_peft(gpu, &model, "smollm3/lora");
+    }
+}
+
+/// A LoRA's PEFT training reference `dir` on `model`: logits, the loss and
+/// every gradient, 10 AdamW steps and PEFT's greedy tokens with the KV cache.
+fn lora_run_matches_peft(gpu: &Gpu, model: &webpeft::model::Model, dir: &str) {
+    let fx = Fixture::open(&format!("{dir}/reference.safetensors"));
+    let initial = || adapter(gpu, model, &format!("{dir}/initial_adapter"));
     let t = fx.shape("input_ids")[1];
     let ids: Vec<Vec<u32>> = fx.i64("input_ids").chunks(t).map(|r| r.iter().map(|&v| v as u32).collect()).collect();
-    let d = max_abs_diff(&adapted_logits(gpu, &model, Some(&initial()), &ids), &fx.f32("logits"));
-    assert!(d <= 1e-4, "logits max |diff| {d:e}");
-    common::check_peft_training(gpu, &model, &initial, &fx, &|ad| common::adapter_values(gpu, ad));
-    common::check_greedy_and_cache(gpu, &model, &initial(), &fx, 0);
+    let d = max_abs_diff(&adapted_logits(gpu, model, Some(&initial()), &ids), &fx.f32("logits"));
+    assert!(d <= 1e-4, "{dir}: logits max |diff| {d:e}");
+    common::check_peft_training(gpu, model, &initial, &fx, &|ad| common::adapter_values(gpu, ad));
+    common::check_greedy_and_cache(gpu, model, &initial(), &fx, 0);
 }

@@ -43,6 +43,10 @@ pub enum ModelType {
     /// `attention_bias`), and `q_norm`/`k_norm`, RMSNorms over each head's
     /// head_dim values of q and k before RoPE; head_dim 128 by default.
     Qwen3,
+    /// SmolLM3: Llama with NoPE layers (`no_rope_layers`: by default every
+    /// fourth layer's attention rotates nothing) and tied embeddings by
+    /// default.
+    SmolLM3,
 }
 
 impl ModelType {
@@ -52,6 +56,7 @@ impl ModelType {
             ModelType::Qwen2 => "qwen2",
             ModelType::Mistral => "mistral",
             ModelType::Qwen3 => "qwen3",
+            ModelType::SmolLM3 => "smollm3",
         }
     }
 
@@ -61,9 +66,10 @@ impl ModelType {
             "qwen2" => Ok(ModelType::Qwen2),
             "mistral" => Ok(ModelType::Mistral),
             "qwen3" => Ok(ModelType::Qwen3),
+            "smollm3" => Ok(ModelType::SmolLM3),
             other => Err(config_error(
                 "model_type",
-                format!("unsupported model_type \"{other}\" (supported: llama, qwen2, qwen3, mistral)"),
+                format!("unsupported model_type \"{other}\" (supported: llama, qwen2, qwen3, mistral, smollm3)"),
             )),
         }
     }
@@ -72,7 +78,7 @@ impl ModelType {
     fn default_max_positions(self) -> usize {
         match self {
             ModelType::Llama => 2048,
-            ModelType::Qwen2 | ModelType::Qwen3 => 32768,
+            ModelType::Qwen2 | ModelType::Qwen3 | ModelType::SmolLM3 => 32768,
             ModelType::Mistral => 4096 * 32,
         }
     }
@@ -120,6 +126,9 @@ pub struct Config {
     pub rope_theta: f64,
     /// `None` for plain RoPE; else `rope_scaling`'s type and factors.
     pub rope_scaling: Option<RopeScaling>,
+    /// Per layer: whether its attention rotates q and k. All true but for
+    /// SmolLM3's NoPE layers (`no_rope_layers[i] == 0`).
+    pub rope_layers: Vec<bool>,
     pub max_position_embeddings: usize,
     /// Sliding-window attention (Mistral; Qwen2 and Qwen3 with
     /// `use_sliding_window`): the layers whose queries see only the last
@@ -222,7 +231,8 @@ impl Config {
             None => model_type.default_max_positions(),
         };
         let num_hidden_layers = f.size("num_hidden_layers")?;
-        let sliding_window = sliding_window(model_type, &f, num_hidden_layers)?;
+        let rope_layers = rope_layers(model_type, &f, num_hidden_layers)?;
+        let sliding_window = sliding_window(model_type, &f, &rope_layers)?;
 
         let config = Config {
             model_type,
@@ -236,9 +246,11 @@ impl Config {
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: f.opt_f64("rope_theta")?.unwrap_or(10000.0),
             rope_scaling: rope_scaling(&f, max_position_embeddings)?,
+            rope_layers,
             max_position_embeddings,
             sliding_window,
-            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+            // PretrainedConfig's default (true) where the class sets none (SmolLM3Config).
+            tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(model_type == ModelType::SmolLM3),
             qkv_bias,
             o_bias,
             qk_norm: model_type == ModelType::Qwen3,
@@ -380,7 +392,8 @@ fn check_activation(f: &Fields) -> Result<()> {
 /// (q/k/v bias, o bias) as each transformers class builds its Linears.
 fn biases(model_type: ModelType, f: &Fields) -> Result<(bool, bool)> {
     match model_type {
-        ModelType::Llama => {
+        // SmolLM3 builds its Linears as Llama does.
+        ModelType::Llama | ModelType::SmolLM3 => {
             if f.opt_bool("mlp_bias")? == Some(true) {
                 return Err(config_error("mlp_bias", "MLP biases are not supported yet"));
             }
@@ -509,6 +522,37 @@ fn rope_scaling(top: &Fields, max_position_embeddings: usize) -> Result<Option<R
     }
 }
 
+/// Per layer, whether attention applies RoPE: SmolLM3's `no_rope_layers`
+/// (1: RoPE, 0: NoPE; by default 0 on every `no_rope_layer_interval`-th
+/// layer, 4), every layer for the other types.
+fn rope_layers(model_type: ModelType, f: &Fields, layers: usize) -> Result<Vec<bool>> {
+    if model_type != ModelType::SmolLM3 {
+        return Ok(vec![true; layers]);
+    }
+    let Some(value) = f.get("no_rope_layers").filter(|v| !v.is_null()) else {
+        let interval = match f.opt_usize("no_rope_layer_interval")?.unwrap_or(4) {
+            0 => return Err(config_error("no_rope_layer_interval", "must be at least 1")),
+            n => n,
+        };
+        return Ok((0..layers).map(|i| (i + 1) % interval != 0).collect());
+    };
+    let Value::Array(items) = value else {
+        return Err(config_error("no_rope_layers", format!("expected a list, got {}", brief(value))));
+    };
+    if items.len() != layers {
+        return Err(config_error("no_rope_layers", format!("has {} entries for {layers} layers", items.len())));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| match item.as_u64() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            _ => Err(config_error(&format!("no_rope_layers[{i}]"), format!("expected 0 or 1, got {}", brief(item)))),
+        })
+        .collect()
+}
+
 /// Sliding-window attention as transformers configures it: query i of a
 /// sliding layer sees keys j with `i − window < j ≤ i`, the last `window`
 /// positions, itself included (`masking_utils.sliding_window_overlay`).
@@ -529,12 +573,13 @@ impl Config {
 
 /// The sliding window as transformers reads it: Mistral slides on every
 /// layer (window 4096 when the key is absent, none when it is `null`);
-/// Qwen2 and Qwen3 only with `use_sliding_window`, on the layers whose
-/// `layer_types` entry is "sliding_attention" (by default those from
-/// `max_window_layers` on); Llama never. Sliding layers without a window
+/// Qwen2, Qwen3 and SmolLM3 only with `use_sliding_window`, on the layers
+/// whose `layer_types` entry is "sliding_attention" (by default Qwen's from
+/// `max_window_layers` on, SmolLM3's NoPE layers); Llama never. Sliding layers without a window
 /// (`layer_types` naming them while `use_sliding_window` is false) are
 /// refused: transformers fails on them at the first forward.
-fn sliding_window(model_type: ModelType, f: &Fields, layers: usize) -> Result<Option<SlidingWindow>> {
+fn sliding_window(model_type: ModelType, f: &Fields, rope_layers: &[bool]) -> Result<Option<SlidingWindow>> {
+    let layers = rope_layers.len();
     // Absent means transformers' default 4096; `null` means no window.
     let window = || -> Result<Option<usize>> {
         if f.get("sliding_window").is_none() && f.contains_key("sliding_window") {
@@ -548,11 +593,21 @@ fn sliding_window(model_type: ModelType, f: &Fields, layers: usize) -> Result<Op
     let (window, sliding) = match model_type {
         ModelType::Llama => (None, vec![false; layers]),
         ModelType::Mistral => (window()?, vec![true; layers]),
-        ModelType::Qwen2 | ModelType::Qwen3 => {
-            let window = if f.opt_bool("use_sliding_window")?.unwrap_or(false) { window()? } else { None };
+        ModelType::Qwen2 | ModelType::Qwen3 | ModelType::SmolLM3 => {
+            let window = if f.opt_bool("use_sliding_window")?.unwrap_or(false) {
+                match model_type {
+                    // SmolLM3Config: sliding_window defaults to None.
+                    ModelType::SmolLM3 => f.opt_usize("sliding_window")?.map(|w| w.max(1)),
+                    _ => window()?,
+                }
+            } else {
+                None
+            };
             let sliding = match f.get("layer_types") {
                 Some(types) => layer_types(types, layers)?,
                 None if window.is_none() => vec![false; layers],
+                // SmolLM3: the NoPE layers slide.
+                None if model_type == ModelType::SmolLM3 => rope_layers.iter().map(|&rope| !rope).collect(),
                 None => {
                     let full = f.opt_usize("max_window_layers")?.unwrap_or(28);
                     (0..layers).map(|i| i >= full).collect()

@@ -40,13 +40,22 @@ pub(crate) fn architecture(config: &Json) -> Result<(&'static str, bool)> {
         "LlamaForCausalLM" | "MistralForCausalLM" => Ok(("llama", true)),
         "Qwen2ForCausalLM" => Ok(("qwen2", false)),
         "Qwen3ForCausalLM" => Ok(("qwen3", false)),
+        "SmolLM3ForCausalLM" => Ok(("smollm3", true)),
         _ => Err(unsupported(
             "config.json",
             format!(
-                "architecture {arch:?}: the export knows LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"
+                "architecture {arch:?}: the export knows LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+                 Qwen3ForCausalLM and SmolLM3ForCausalLM"
             ),
         )),
     }
+}
+
+/// The converter's `LlamaModel` and its subclasses (`SmolLM3Model`): the
+/// architectures that get its hyperparameters, vocabulary rules and llama3
+/// `rope_freqs.weight`.
+fn llama_converter(arch: &str) -> bool {
+    matches!(arch, "llama" | "smollm3")
 }
 
 async fn read_json<F: ModelFiles>(files: &F, name: &str) -> Result<Option<Json>> {
@@ -247,7 +256,7 @@ fn hyperparameters(arch: &str, c: &Json, ty: GgmlType) -> Result<Vec<(String, Va
         push(key("attention.value_length"), Some(hd));
     }
     push("general.file_type".into(), Some(Value::U32(file_type(ty))));
-    if arch == "llama" {
+    if llama_converter(arch) {
         push(key("vocab_size"), u("vocab_size"));
         let heads = c.get("num_attention_heads").and_then(Json::as_u64).unwrap_or(1);
         let rope_dim = c
@@ -305,7 +314,7 @@ pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
 
     let mut sources = Vec::new();
     let scaling = raw.get("rope_parameters").or(raw.get("rope_scaling")).filter(|v| !v.is_null());
-    if arch == "llama" && scaling.and_then(|s| s.get("rope_type")).and_then(Json::as_str) == Some("llama3") {
+    if llama_converter(arch) && scaling.and_then(|s| s.get("rope_type")).and_then(Json::as_str) == Some("llama3") {
         let s = scaling.unwrap_or(&Json::Null);
         let g = |k: &str, d: f32| f32_of(s.get(k)).unwrap_or(d);
         let base = f32_of(s.get("rope_theta").or(raw.get("rope_theta"))).unwrap_or(10000.0);
@@ -355,7 +364,7 @@ pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
     kv.push(("general.size_label".into(), Value::Str(size_label(params))));
     kv.extend(hyperparameters(arch, &raw, opts.ty)?);
     kv.push(("general.quantization_version".into(), Value::U32(QUANTIZATION_VERSION)));
-    if arch == "llama" {
+    if llama_converter(arch) {
         if let Some(b) = read_json(files, "tokenizer_config.json")
             .await?
             .and_then(|t| t.get("add_prefix_space").and_then(Json::as_bool))
@@ -364,7 +373,7 @@ pub async fn export_model<F: ModelFiles, A: ModelFiles, W: Write>(
         }
     }
     kv.extend(vocabulary(files, &raw, config.vocab_size, opts.tokenizer_pre.as_deref()).await?);
-    if arch == "llama" && config.vocab_size == 49152 {
+    if llama_converter(arch) && config.vocab_size == 49152 {
         // LlamaModel.set_vocab: "granite small models" (it also catches SmolLM's 49152).
         set(&mut kv, "tokenizer.ggml.add_bos_token", Value::Bool(false));
     }

@@ -232,6 +232,9 @@ pub struct Attention {
     ///
     /// [`Config::attention_window`]: crate::model::Config::attention_window
     pub sliding_window: Option<usize>,
+    /// Whether q and k are rotated (transformers' `use_rope`): false on
+    /// SmolLM3's NoPE layers.
+    pub use_rope: bool,
 }
 
 /// q and k before Qwen3's q_norm and k_norm, each with its 1/rms.
@@ -279,8 +282,10 @@ impl Attention {
         let v = v.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
         let (q, k, normed) = self.qk_norm(rec, q, k)?;
         let p = hooks.hooks.prefix_len(); // the row's positions start after the prefix
-        rope_inplace(rec, &q, rope, p, false)?;
-        rope_inplace(rec, &k, rope, p, false)?;
+        if self.use_rope {
+            rope_inplace(rec, &q, rope, p, false)?;
+            rope_inplace(rec, &k, rope, p, false)?;
+        }
         let (q, k, v) = if p > 0 { self.with_prefix(rec, hooks, (q, k, v), p)? } else { (q, k, v) };
         let (out, lse) = match self.key_starts(rope) {
             None => attention_forward(rec, &q, &k, &v, self.scaling, Variant::Auto)?, // (B, P+T, H, hd), (B, H, P+T)
@@ -391,8 +396,10 @@ impl Attention {
         } else {
             (dq, dk, dv)
         };
-        rope_inplace(rec, &dq, rope, p, true)?;
-        rope_inplace(rec, &dk, rope, p, true)?;
+        if self.use_rope {
+            rope_inplace(rec, &dq, rope, p, true)?;
+            rope_inplace(rec, &dk, rope, p, true)?;
+        }
         let (dq, dk) = match (&saved.normed, &self.q_norm, &self.k_norm) {
             (Some([(q, q_rstd), (k, k_rstd)]), Some(q_norm), Some(k_norm)) => {
                 (q_norm.backward(rec, &dq, q, q_rstd)?, k_norm.backward(rec, &dk, k, k_rstd)?)

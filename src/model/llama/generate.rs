@@ -113,7 +113,13 @@ impl Attention {
             _ => (q, k),
         };
         let v = self.v_proj.forward_hooked(rec, x, hooks, Proj::V)?.0.reshape(&[b, t, kv, hd])?; // (B, T, KV, hd)
-        rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?; // q rotated; k, v into the cache
+        if self.use_rope {
+            rope_cached(rec, &q, &k, &v, &rope.cos, &rope.sin, k_cache, v_cache, offset)?;
+        // q rotated; k, v into the cache
+        } else {
+            write_kv_cache(rec, &k, k_cache, offset)?; // NoPE: k and v as they are
+            write_kv_cache(rec, &v, v_cache, offset)?;
+        }
         let starts = self.key_starts(rope);
         let out = attention_forward_cached(rec, &q, k_cache, v_cache, starts, offset, self.scaling, Variant::Auto)?; // (B, T, H, hd)
         self.o_proj.forward_residual(rec, &out.reshape(&[b, t, h * hd])?, hooks, Sublayer::Attention, residual)

@@ -207,6 +207,7 @@ impl<S: ByteSource> Loader<'_, S> {
             // transformers: `self.scaling = head_dim ** -0.5` (a Python float).
             scaling: (c.head_dim as f64).powf(-0.5) as f32,
             sliding_window: c.attention_window(i),
+            use_rope: c.rope_layers.get(i).copied().unwrap_or(true),
         };
         let post_attention_layernorm = self.norm(&format!("{p}.post_attention_layernorm")).await?;
         let mlp = Mlp {

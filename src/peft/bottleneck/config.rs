@@ -210,6 +210,7 @@ pub fn model_class(model_type: ModelType) -> &'static str {
         ModelType::Qwen2 => "Qwen2ForCausalLM",
         ModelType::Mistral => "MistralForCausalLM",
         ModelType::Qwen3 => "Qwen3ForCausalLM",
+        ModelType::SmolLM3 => "SmolLM3ForCausalLM",
     }
 }
 

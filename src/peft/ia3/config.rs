@@ -82,11 +82,12 @@ fn linear_shape(proj: Proj, c: &Config) -> (usize, usize) {
 
 impl Ia3Config {
     /// `IA3Config(task_type="CAUSAL_LM")` as `get_peft_model` resolves it for
-    /// a model of `model_type`.
+    /// a model of `model_type`. PEFT has no defaults for SmolLM3 (it asks for
+    /// `target_modules`): webpeft gives it Llama's, and writes them out.
     pub fn default_for(model_type: ModelType) -> Ia3Config {
         let targets: &[&str] = match model_type {
             ModelType::Qwen2 | ModelType::Qwen3 => &["q_proj", "v_proj", "down_proj"],
-            ModelType::Llama | ModelType::Mistral => &["k_proj", "v_proj", "down_proj"],
+            ModelType::Llama | ModelType::Mistral | ModelType::SmolLM3 => &["k_proj", "v_proj", "down_proj"],
         };
         Ia3Config {
             target_modules: TargetModules::List(targets.iter().map(|s| s.to_string()).collect()),
