@@ -72,6 +72,8 @@ pub enum Kernel {
     Dora,
     /// The DPO and ORPO losses on per-sequence log-probabilities.
     Preference,
+    /// grpo.wgsl: GRPO's per-token loss.
+    Grpo,
     /// Sampling a token from each row of logits.
     Sample,
 }
@@ -87,7 +89,7 @@ impl Kernel {
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -123,6 +125,7 @@ impl Kernel {
         Kernel::Adalora,
         Kernel::Dora,
         Kernel::Preference,
+        Kernel::Grpo,
         Kernel::Sample,
     ];
 
@@ -291,6 +294,9 @@ impl Kernel {
                 include_str!("../../shaders/workgroup_reduce.wgsl"),
                 include_str!("../../shaders/preference.wgsl")
             ),
+            Kernel::Grpo => {
+                concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/grpo.wgsl"))
+            }
         }
     }
 
@@ -370,6 +376,7 @@ impl Kernel {
             Kernel::Adalora => "adalora",
             Kernel::Dora => "dora",
             Kernel::Preference => "preference",
+            Kernel::Grpo => "grpo",
             Kernel::Sample => "sample",
         }
     }

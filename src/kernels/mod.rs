@@ -12,6 +12,7 @@ pub mod cross_entropy;
 pub mod dora;
 pub mod elementwise;
 pub mod embedding;
+pub mod grpo;
 pub mod low_rank;
 pub mod matmul;
 pub mod output_op;

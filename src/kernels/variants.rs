@@ -3,7 +3,9 @@
 //! each variant must at least compile everywhere it can be asked for. Each
 //! launcher lists its own keys beside the code that builds them.
 
-use super::{adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, matmul, preference, qmatmul};
+use super::{
+    adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, grpo, matmul, preference, qmatmul,
+};
 use super::{quant, reduce, sample};
 use super::{rmsnorm, rope, softmax, swiglu, token_rows, tune};
 use crate::gpu::{Gpu, PipelineKey};
@@ -33,6 +35,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         adalora::pipeline_keys(),
         dora::pipeline_keys(),
         preference::pipeline_keys(),
+        grpo::pipeline_keys(),
         sample::pipeline_keys(),
     ];
     let mut seen = std::collections::HashSet::new();

@@ -85,13 +85,27 @@ pub struct Batch {
     /// Preference data whose reference log-probabilities were precomputed
     /// (TRL's `precompute_ref_log_probs`): each row's, in row order.
     pub reference_logps: Option<Vec<f32>>,
+    /// GRPO: each row's completion's advantage (`train::grpo`).
+    pub advantages: Option<Vec<f32>>,
+    /// GRPO: the tokens generated for the rows' completions, before any
+    /// masking (TRL's `num_items_in_batch` sums them; 0: the labels' count).
+    pub generated_tokens: usize,
 }
 
 impl Batch {
     /// An unpacked batch: each row one sequence at positions 0..T.
     pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
         let unpadded_tokens = input_ids.iter().map(Vec::len).sum();
-        Batch { input_ids, labels, position_ids: None, desirable: None, unpadded_tokens, reference_logps: None }
+        Batch {
+            input_ids,
+            labels,
+            position_ids: None,
+            desirable: None,
+            unpadded_tokens,
+            reference_logps: None,
+            advantages: None,
+            generated_tokens: 0,
+        }
     }
 
     /// T of the (B, T, D) embeddings that NEFTune's noise is scaled by, as

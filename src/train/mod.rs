@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod early_stopping;
 pub mod eta;
+pub mod grpo;
 pub mod kto;
 pub mod plan;
 pub mod preference;

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use super::chat::Message;
 use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, LossMasks, Parser};
+use super::grpo::GrpoLoss;
 use serde::Deserialize;
 
 use crate::kernels::preference::{
@@ -51,6 +52,8 @@ pub enum Objective {
     Sft,
     /// DPO, ORPO or CPO on preference pairs, KTO on unpaired examples.
     Preference(PreferenceLoss),
+    /// GRPO on sampled completions and their rewards (`train::grpo`).
+    Grpo(GrpoLoss),
 }
 
 impl Objective {
@@ -62,6 +65,7 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
             Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
             Objective::Preference(PreferenceLoss::Kto(_)) => "kto",
+            Objective::Grpo(_) => "grpo",
         }
     }
 
@@ -124,6 +128,7 @@ impl Objective {
 
         Ok(Objective::Preference(match objective {
             Objective::Sft => return Ok(Objective::Sft),
+            Objective::Grpo(_) => return Err(bad("objective", "GRPO's settings are train::grpo's".into())),
             Objective::Preference(PreferenceLoss::Orpo { beta }) => {
                 PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) }
             }

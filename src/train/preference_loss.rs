@@ -26,7 +26,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
-use crate::kernels::elementwise::fill;
+use crate::kernels::elementwise::{fill, scale_inplace};
 use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, Scores};
 use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::Head;
@@ -144,12 +144,22 @@ impl PairRows {
 }
 
 /// Each row's cross-entropy and logsumexp, both (M), for hidden states xn
-/// (M, D): the logits in row chunks, as the SFT loss computes them.
-fn token_losses(rec: &mut Recorder, xn: &Tensor, head: Head, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+/// (M, D): the logits in row chunks, as the SFT loss computes them, divided
+/// by `temperature` first where it is not 1 (GRPO's sampling temperature).
+pub(crate) fn token_losses(
+    rec: &mut Recorder,
+    xn: &Tensor,
+    head: Head,
+    targets: &Tensor,
+    temperature: f32,
+) -> Result<(Tensor, Tensor)> {
     let m = targets.numel();
     let token_loss = rec.alloc(&[m], DType::F32)?;
     let lse = rec.alloc(&[m], DType::F32)?;
     for_each_chunk(rec, xn, &head, targets, |rec, start, _, logits, t| {
+        if temperature != 1.0 {
+            scale_inplace(rec, logits, 1.0 / temperature)?;
+        }
         let (loss_c, lse_c) = cross_entropy_forward(rec, logits, t)?;
         let n = t.numel() as u64 * 4;
         rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
@@ -218,7 +228,7 @@ fn score(
     }
     let xn = xn.reshape(&[rows.targets.len(), d])?;
     let [targets, lp_weight, nll_weight] = uploaded;
-    let (token_loss, lse) = token_losses(rec, &xn, model.head(hooks), targets)?;
+    let (token_loss, lse) = token_losses(rec, &xn, model.head(hooks), targets, 1.0)?;
     let (logps, nll) = sequence_logps(rec, &token_loss, lp_weight, nll_weight, rows.seqs)?;
     Ok(Scored { logps, nll, lse, xn, saved })
 }
@@ -259,23 +269,41 @@ pub(crate) fn record_preference_micro(
     let nll_scale = scale * loss.nll_alpha().unwrap_or(0.0);
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);
-    let dxn = rec.alloc(&[m, d], DType::F32)?;
-    let head = model.head(hooks);
-    let row = d as u64 * 4;
     let s = s.scored;
-    for_each_chunk(rec, &s.xn, &head, targets, |rec, start, x, logits, t| {
+    let dxn = rows_backward(rec, &s.xn, model.head(hooks), targets, (&s.lse, &row_scale), 1.0)?;
+    let shape = [rows.seqs, m / rows.seqs, d];
+    model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
+}
+
+/// dxn (M, D) for the logits of xn (M, D) (divided by `temperature` as
+/// [`token_losses`] divides them) when each row's dlogits is
+/// `(softmax − onehot)·row_scale[r]`, `lse` the forward's logsumexp (M).
+pub(crate) fn rows_backward(
+    rec: &mut Recorder,
+    xn: &Tensor,
+    head: Head,
+    targets: &Tensor,
+    (lse, row_scale): (&Tensor, &Tensor),
+    temperature: f32,
+) -> Result<Tensor> {
+    let (m, d) = (targets.numel(), head.dim());
+    let dxn = rec.alloc(&[m, d], DType::F32)?;
+    let row = d as u64 * 4;
+    for_each_chunk(rec, xn, &head, targets, |rec, start, x, logits, t| {
         let n = t.numel();
-        let lse = rec.alloc(&[n], DType::F32)?;
+        if temperature != 1.0 {
+            scale_inplace(rec, logits, 1.0 / temperature)?;
+        }
+        let lse_c = rec.alloc(&[n], DType::F32)?;
         let scale = rec.alloc(&[n], DType::F32)?;
-        rec.copy(&s.lse, start as u64 * 4, &lse, 0, n as u64 * 4)?;
-        rec.copy(&row_scale, start as u64 * 4, &scale, 0, n as u64 * 4)?;
-        cross_entropy_backward_rows_inplace(rec, logits, t, &lse, &scale)?; // logits become dlogits
+        rec.copy(lse, start as u64 * 4, &lse_c, 0, n as u64 * 4)?;
+        rec.copy(row_scale, start as u64 * 4, &scale, 0, n as u64 * 4)?;
+        cross_entropy_backward_rows_inplace(rec, logits, t, &lse_c, &scale)?; // logits become dlogits
         let dx = rec.zeros(&[n, d], DType::F32)?;
         head.backward_into(rec, x, logits, &dx)?; // dxn_c = dlogits_c·W
         rec.copy(&dx, 0, &dxn, start as u64 * row, n as u64 * row)
     })?;
-    let shape = [rows.seqs, m / rows.seqs, d];
-    model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
+    Ok(dxn)
 }
 
 /// Records one batch's preference loss and TRL's metrics into `stats`

@@ -869,6 +869,12 @@ impl TrainRecipe {
             Objective::Preference(loss) => {
                 return preference_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer), loss.tokenization())
             }
+            Objective::Grpo(_) => {
+                return Err(Error::TrainOption {
+                    option: "objective",
+                    detail: "GRPO's data are prompts, which train::grpo reads (CLI `webpeft grpo`)".into(),
+                })
+            }
             Objective::Sft => {}
         }
         let examples = parse_jsonl_masked(source_name, jsonl, tokenizer, self.loss_masks)?;

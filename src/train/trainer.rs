@@ -28,6 +28,7 @@ use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
+use crate::train::grpo::{record_grpo_micro, GrpoRows};
 use crate::train::preference::Objective;
 use crate::train::preference_loss::{record_preference_eval, record_preference_micro, PairRows};
 use crate::util::rng::Rng;
@@ -84,6 +85,9 @@ pub struct StepStats {
     pub preference: Option<PreferenceStats>,
     /// The metrics TRL's `KTOTrainer` logs for a KTO step.
     pub kto: Option<KtoStats>,
+    /// GRPO with β > 0: TRL's `kl`, the mean per-token KL to the reference
+    /// over the step's completion tokens.
+    pub kl: Option<f32>,
 }
 
 /// What TRL's `KTOTrainer` logs for a step (sums over the step's examples;
@@ -404,8 +408,30 @@ impl Trainer {
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
         let mut pairs = Vec::new();
+        let mut groups = Vec::new();
         let virtual_tokens = self.adapter.virtual_tokens();
+        // GRPO's dapo normaliser: the step's generated tokens.
+        let vocab = model.config.vocab_size;
+        let generated: usize = micro
+            .iter()
+            .map(|b| match b.generated_tokens {
+                0 => b.labels.iter().flatten().filter(|&&l| l != crate::model::llama::IGNORE_INDEX).count(),
+                n => n,
+            })
+            .sum();
         for b in micro {
+            if let Objective::Grpo(loss) = self.objective {
+                if b.position_ids.is_some() || virtual_tokens > 0 {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("step {number}: GRPO trains on unpacked rows, without virtual tokens"),
+                    ));
+                }
+                let rows = GrpoRows::new(b, vocab, &loss, micro.len(), generated)?;
+                tokens += rows.tokens;
+                groups.push(rows);
+                continue;
+            }
             if let Objective::Preference(loss) = self.objective {
                 if b.position_ids.is_some() {
                     return Err(Error::invalid(
@@ -422,7 +448,9 @@ impl Trainer {
             tokens += count;
             shifted.push(targets);
         }
-        if tokens == 0 {
+        // (GRPO's completions may all be masked, truncated ones with mask_truncated_completions: a step of
+        // zero gradients, as TRL's.)
+        if tokens == 0 && !matches!(self.objective, Objective::Grpo(_)) {
             return Err(Error::invalid(OP, format!("step {number}: no token of this batch has a label to learn")));
         }
         let dropout = self.dropout_active();
@@ -454,6 +482,20 @@ impl Trainer {
                 let ckpt = self.gradient_checkpointing;
                 let acc = (scale, &stats, &self.running);
                 record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, acc)?;
+            }
+        }
+        if let Objective::Grpo(loss) = self.objective {
+            for ((b, rows), seed) in micro.iter().zip(&groups).zip(&seeds) {
+                let pass = self.adapter.pass(*seed, Some(&self.grads))?;
+                record_grpo_micro(
+                    &mut rec,
+                    model,
+                    &loss,
+                    b,
+                    rows,
+                    (pass.hooks(), self.gradient_checkpointing),
+                    &stats,
+                )?;
             }
         }
         for (((b, targets), seed), noise) in micro.iter().zip(&shifted).zip(&seeds).zip(&noise) {
@@ -536,9 +578,13 @@ impl Trainer {
                 (None, Some(kto))
             }
             Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
-            Objective::Sft => (None, None),
+            Objective::Sft | Objective::Grpo(_) => (None, None),
         };
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto })
+        let kl = match self.objective {
+            Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3] / tokens.max(1) as f32),
+            _ => None,
+        };
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and

@@ -1058,7 +1058,7 @@ async fn evaluate_held_out(
     let loss = match (recipe.objective, preference) {
         (Objective::Preference(loss), true) => Some(loss),
         (Objective::Sft, false) => None,
-        (Objective::Sft, true) => {
+        (Objective::Sft | Objective::Grpo(_), true) => {
             return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo or kto"));
         }
         (objective, false) => {

@@ -18,6 +18,7 @@ pub mod cross_entropy;
 pub mod dora;
 pub mod dropout;
 pub mod embedding;
+pub mod grpo;
 pub mod matmul;
 pub mod preference;
 pub mod reduce;

@@ -1,0 +1,77 @@
+//! GRPO's per-token loss at μ = 1 (`shaders/grpo.wgsl`): from one
+//! micro-batch's per-row cross-entropies (−log π at the sampling
+//! temperature), the reference's (β > 0), each row's normaliser and its
+//! sequence's advantage, the loss and KL sums (added into `stats`) and each
+//! row's factor of (softmax − onehot) in the logits' gradient, for
+//! [`cross_entropy_backward_rows_inplace`](super::cross_entropy::cross_entropy_backward_rows_inplace).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::checks::{all_f32, u32_count};
+use crate::error::{Error, Result};
+use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    beta: f32,
+    inv_temperature: f32,
+    _pad: u32,
+}
+
+fn key(entry: &'static str) -> PipelineKey {
+    PipelineKey::new(Kernel::Grpo, entry).with("WG", Const::U32(WG))
+}
+
+/// The rows' factors, (M), and `stats[0] += Σ weight·(β·kl − adv)`,
+/// `stats[1] += Σ_{weight > 0} kl`.
+///
+/// - token_loss, weight, adv: (M) f32; ref_loss: (M), `None` when β = 0
+/// - stats: (2) f32, added to
+#[allow(clippy::too_many_arguments)] // the rows' four inputs, the two settings, and the sums
+pub fn grpo_row_scale(
+    rec: &mut Recorder,
+    token_loss: &Tensor,
+    ref_loss: Option<&Tensor>,
+    weight: &Tensor,
+    adv: &Tensor,
+    beta: f32,
+    temperature: f32,
+    stats: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "grpo_row_scale";
+    let reference = ref_loss.unwrap_or(token_loss);
+    all_f32(
+        OP,
+        &[("token_loss", token_loss), ("ref_loss", reference), ("weight", weight), ("adv", adv), ("stats", stats)],
+    )?;
+    let rows = token_loss.numel();
+    for (name, t) in [("ref_loss", reference), ("weight", weight), ("adv", adv)] {
+        if t.numel() != rows {
+            return Err(Error::shape(OP, format!("{name} has {} rows, token_loss {rows}", t.numel())));
+        }
+    }
+    if stats.numel() < 2 {
+        return Err(Error::shape(OP, format!("stats {:?} must hold 2 values", stats.shape())));
+    }
+    if beta != 0.0 && ref_loss.is_none() {
+        return Err(Error::invalid(OP, format!("β = {beta} needs the reference's per-row losses")));
+    }
+    if !(temperature.is_finite() && temperature > 0.0 && beta.is_finite()) {
+        return Err(Error::invalid(OP, format!("temperature {temperature} must be > 0 and β {beta} finite")));
+    }
+    u32_count(OP, "rows", rows)?;
+    let row_scale = rec.alloc(&[rows], DType::F32)?;
+    let p = Params { rows: rows as u32, beta, inv_temperature: 1.0 / temperature, _pad: 0 };
+    let bound = [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats)];
+    rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
+    Ok(row_scale)
+}
+
+/// Every pipeline this file's launchers can request (`kernels::variants`).
+pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
+    vec![key("grpo_row_scale")]
+}
