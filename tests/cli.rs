@@ -1706,3 +1706,80 @@ fn export_gguf_failure_removes_its_partial_file() {
     assert!(err.contains("chkhsh"), "{err}");
     assert!(!std::path::Path::new(&out).exists(), "{out} was left behind");
 }
+
+/// `train --objective grpo`: prompts of text and of messages, think_format and a shell command
+/// (awk: the completion's token count) as rewards, β 0.04: each step's line carries TRL's GRPO
+/// metrics, the command's rewards reach the step (its mean is the tokens'), and the adapter
+/// files are PEFT's; misused flags are refused by name.
+#[test]
+fn train_grpo_samples_scores_and_steps() {
+    let dir = TempDir::new("grpo");
+    let data = dir.join("prompts.jsonl");
+    let prompts = "{\"prompt\": \"The river rose and\", \"answer\": \"1\"}\n\
+                   {\"prompt\": [{\"role\": \"user\", \"content\": \"Name a number.\"}]}\n";
+    std::fs::write(&data, prompts).unwrap();
+    let count =
+        r#"cmd:awk '{ s=$0; sub(/.*"completion_ids":\[/, "", s); sub(/\].*/, "", s); print split(s, a, ",") }'"#;
+    let grpo = [
+        "--objective",
+        "grpo",
+        "--num-generations",
+        "3",
+        "--batch-size",
+        "3",
+        "--grad-accum",
+        "2",
+        "--steps",
+        "2",
+        "--max-completion-length",
+        "6",
+        "--reward",
+        "think_format",
+        "--reward",
+        count,
+        "--reward-weights",
+        "1,0.5",
+        "--beta",
+        "0.04",
+        "--loss-type",
+        "grpo",
+    ];
+    let out = train(&data, &[&grpo[..], &["--method", "lora", "--lr", "1e-2", "--out", &dir.join("out")]].concat());
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl"] {
+        assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
+    }
+    assert_eq!(column(&lines, "rewards/think_format_reward/mean"), [0.0; 2], "{lines:?}");
+    assert_eq!(column(&lines, "rewards/cmd_1/mean"), column(&lines, "completions/mean_length"), "{lines:?}");
+    assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");
+    let written = |f: &str| std::path::Path::new(&dir.join(f)).exists();
+    assert!(written("out/adapter_model.safetensors") && written("out/adapter_config.json"));
+
+    // Each refusal: the base run (2 completions a prompt, batches of 2) with one flag changed or added.
+    let refused = |flags: &[&str], needle: &str| {
+        let base = ["--objective", "grpo", "--batch-size", "2", "--steps", "1", "--max-completion-length", "4"];
+        let out_dir = dir.join("x");
+        let tail = ["--lr", "1e-2", "--out", &out_dir];
+        let mut all = base.to_vec();
+        for defaults in [["--num-generations", "2"], ["--reward", "think_format"], ["--method", "lora"]] {
+            if !flags.contains(&defaults[0]) {
+                all.extend(defaults);
+            }
+        }
+        let out = train(&data, &[&all[..], flags, &tail].concat());
+        assert!(!out.status.success(), "{flags:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(needle), "{flags:?}: {e}");
+    };
+    refused(&["--num-generations", "4"], "--num-generations 4");
+    refused(&["--eval-data", &data], "--eval-data does not apply to --objective grpo");
+    refused(&["--reward", "accuracy"], "--reward \"accuracy\"");
+    refused(&["--reward-weights", "1,2"], "--reward-weights");
+    refused(&["--scale-rewards", "mean"], "--scale-rewards: expected group, batch or none");
+    refused(&["--method", "prompt_tuning"], "virtual tokens");
+    refused(&["--reward", "cmd:echo 1"], "wrote 1 rewards for 2 completions");
+    let sft = train(&data, &["--num-generations", "4", "--method", "lora", "--lr", "1e-2", "--out", &dir.join("y")]);
+    assert!(String::from_utf8_lossy(&sft.stderr).contains("--num-generations applies to --objective grpo only"));
+}

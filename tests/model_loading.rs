@@ -668,3 +668,18 @@ fn config_smollm3_rope_layers_and_defaults() {
     let c = Config::from_value(&s).unwrap();
     assert_eq!((c.attention_window(0), c.attention_window(1)), (None, Some(8)));
 }
+
+/// A huge num_hidden_layers is refused before any per-layer list is made
+/// (the sliding window's, SmolLM3's NoPE flags): a fuzz run was killed for
+/// memory when they were made first.
+#[test]
+fn config_huge_layer_counts_are_refused_before_per_layer_lists() {
+    for name in ["mistral_f16", "smollm3_tiny", "qwen2_tied"] {
+        let mut c = config_json(name);
+        c["num_hidden_layers"] = json!(1u64 << 40);
+        c["use_sliding_window"] = json!(true);
+        c.as_object_mut().unwrap().remove("layer_types");
+        c.as_object_mut().unwrap().remove("no_rope_layers");
+        assert_config_error(Config::from_value(&c), "num_hidden_layers", "more than the 4096");
+    }
+}

@@ -231,6 +231,13 @@ impl Config {
             None => model_type.default_max_positions(),
         };
         let num_hidden_layers = f.size("num_hidden_layers")?;
+        // Bounded before the per-layer lists below are made (validate() checks it again).
+        if num_hidden_layers > MAX_LAYERS {
+            return Err(config_error(
+                "num_hidden_layers",
+                format!("{num_hidden_layers} layers is more than the {MAX_LAYERS} webpeft accepts"),
+            ));
+        }
         let rope_layers = rope_layers(model_type, &f, num_hidden_layers)?;
         let sliding_window = sliding_window(model_type, &f, &rope_layers)?;
 

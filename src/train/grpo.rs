@@ -24,13 +24,17 @@
 //! cross-entropy at temperature T, `grpo_row_scale` (the loss, the KL sum and
 //! each row's factor), and the backward through cross-entropy's per-row scale.
 
+use serde_json::{Map, Value};
+
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, Tensor};
+use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::kernels::grpo::grpo_row_scale;
-use crate::model::llama::{shift_labels_after, Hooks, NoHooks, IGNORE_INDEX};
+use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, IGNORE_INDEX};
+use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
-use crate::train::data::Batch;
+use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
 use crate::train::preference_loss::{rows_backward, token_losses};
+use crate::train::trainer::{StepStats, Trainer};
 
 /// TRL's `loss_type`: how the per-token losses are normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -288,4 +292,218 @@ pub(crate) fn record_grpo_micro(
         grpo_row_scale(rec, &token_loss, ref_loss.as_ref(), &weight, &adv, loss.beta, loss.temperature, stats)?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)
+}
+
+/// A prompt of GRPO's data: its tokens, its text, and the line's fields
+/// (the columns reward functions may read, TRL's `reward_kwargs`).
+#[derive(Clone, Debug)]
+pub struct GrpoPrompt {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub fields: Map<String, Value>,
+}
+
+/// GRPO's prompts from JSONL bytes, one `{"prompt": …}` a line: a text, or
+/// messages ending with a user turn, rendered by the chat template with the
+/// generation prompt (TRL's `maybe_apply_chat_template`). Tokenized without
+/// special tokens (the template writes its own) and cut to the first
+/// `max_prompt_length` tokens, as `GRPOTrainer` tokenizes them.
+pub fn grpo_prompts(
+    source_name: &str,
+    bytes: &[u8],
+    tokenizer: &Tokenizer,
+    max_prompt_length: usize,
+) -> Result<Vec<GrpoPrompt>> {
+    let text = utf8_text(source_name, bytes)?;
+    let mut parser = Parser { source_name, tokenizer: Some(tokenizer), template: None, masks: LossMasks::default() };
+    let mut prompts = Vec::new();
+    for (n, line) in jsonl_lines(text) {
+        let value: Value = serde_json::from_str(line).map_err(|e| parser.error(n, format!("not valid JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(parser.error(n, "expected a JSON object with a `prompt`"));
+        };
+        let text = match fields.get("prompt") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(_)) => {
+                let messages = parser.message_list(n, &fields, "prompt")?;
+                if messages.last().is_some_and(|m| m.role != "user") {
+                    return Err(parser.error(n, "the `prompt` messages must end with a user turn"));
+                }
+                let kwargs = parser.template_kwargs(n, &fields)?;
+                let (_, template) = parser.template(n, "conversational prompt")?;
+                parser.render(n, &template, &messages, true, &kwargs)?
+            }
+            _ => return Err(parser.error(n, "GRPO's lines need a `prompt`: a text or a list of messages")),
+        };
+        let mut ids = parser.encode(n, tokenizer, &text, false)?;
+        ids.truncate(max_prompt_length);
+        if ids.is_empty() {
+            return Err(parser.error(n, "the prompt has no token"));
+        }
+        prompts.push(GrpoPrompt { ids, text, fields });
+    }
+    if prompts.is_empty() {
+        return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail: "no JSON lines".into() });
+    }
+    Ok(prompts)
+}
+
+/// TRL's `think_format_reward`: 1 when the completion is `<think>…</think>…`
+/// with no second `<think>` (its regex `^<think>(?!.*<think>)(.*?)</think>.*$`,
+/// DOTALL), else 0.
+pub fn think_format_reward(completion: &str) -> f32 {
+    let ok =
+        completion.strip_prefix("<think>").is_some_and(|rest| !rest.contains("<think>") && rest.contains("</think>"));
+    if ok {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Whether a completion ran out of tokens (TRL's `is_truncated`: its last
+/// token is neither an eos nor the pad id).
+pub fn is_truncated(completion: &[u32], eos: &[u32], pad: u32) -> bool {
+    completion.last().is_none_or(|t| !eos.contains(t) && *t != pad)
+}
+
+/// The step's rows as micro-batches of `batch_size`: each row a prompt then
+/// its completion, labelled with the completion's tokens (−100 on the prompt
+/// and on a truncated completion when `mask_truncated`), right-padded with
+/// `pad`; each carries its rows' advantages and generated tokens.
+pub fn completion_batches(
+    rows: &[(&[u32], &[u32])],
+    advantages: &[f32],
+    (eos, pad): (&[u32], u32),
+    mask_truncated: bool,
+    batch_size: usize,
+) -> Result<Vec<Batch>> {
+    if rows.len() != advantages.len() || batch_size == 0 {
+        return Err(Error::invalid(
+            "GRPO batches",
+            format!("{} rows, {} advantages, batch size {batch_size}", rows.len(), advantages.len()),
+        ));
+    }
+    let mut out = Vec::new();
+    for (chunk, adv) in rows.chunks(batch_size).zip(advantages.chunks(batch_size)) {
+        let len = chunk.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
+        let (mut input_ids, mut labels) = (Vec::new(), Vec::new());
+        for (prompt, completion) in chunk {
+            let masked = mask_truncated && is_truncated(completion, eos, pad);
+            let mut ids: Vec<u32> = prompt.iter().chain(completion.iter()).copied().collect();
+            let mut lab = vec![IGNORE_INDEX; prompt.len()];
+            lab.extend(completion.iter().map(|&t| if masked { IGNORE_INDEX } else { t as i32 }));
+            ids.resize(len, pad);
+            lab.resize(len, IGNORE_INDEX);
+            input_ids.push(ids);
+            labels.push(lab);
+        }
+        let mut batch = Batch::new(input_ids, labels);
+        batch.advantages = Some(adv.to_vec());
+        batch.generated_tokens = chunk.iter().map(|(_, c)| c.len()).sum();
+        out.push(batch);
+    }
+    Ok(out)
+}
+
+/// `g` completions of `prompt` sampled through `hooks` (the policy), the
+/// i-th drawn from `config.seed + i`; each ends with its eos, or is cut at
+/// `config.max_new_tokens`.
+pub async fn sample_completions(
+    gpu: &Gpu,
+    model: &Model,
+    hooks: &dyn Hooks,
+    prompt: &[u32],
+    g: usize,
+    config: &GenerationConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(g);
+    for i in 0..g {
+        let c = GenerationConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() };
+        out.push(model.generate_adapted(gpu, prompt, &c, hooks, |_| true).await?);
+    }
+    Ok(out)
+}
+
+/// What one GRPO step did: the optimizer step's numbers and TRL's GRPO
+/// metrics of its completions.
+#[derive(Clone, Debug)]
+pub struct GrpoStepStats {
+    pub step: StepStats,
+    /// `reward`, `reward_std`, `frac_reward_zero_std` and the advantages.
+    pub advantages: Advantages,
+    /// `rewards/<function>/mean`: each function's mean over the completions
+    /// it scored (missing rewards left out), in the functions' order.
+    pub reward_means: Vec<f32>,
+    /// `completions/mean_length`.
+    pub mean_length: f32,
+    /// `completions/clipped_ratio`: the fraction that ran out of tokens.
+    pub clipped_ratio: f32,
+}
+
+/// The settings of a GRPO run beyond the loss's.
+#[derive(Clone, Debug)]
+pub struct GrpoSettings {
+    /// Completions a prompt (TRL's `num_generations`).
+    pub num_generations: usize,
+    pub scale_rewards: ScaleRewards,
+    pub mask_truncated_completions: bool,
+    /// Rows a micro-batch.
+    pub batch_size: usize,
+    /// Each reward function's weight.
+    pub reward_weights: Vec<f32>,
+    /// The eos ids that end a completion, and the pad id.
+    pub eos: Vec<u32>,
+    pub pad: u32,
+}
+
+/// One GRPO optimizer step on `completions` (`num_generations` a prompt, in
+/// the prompts' order) of `prompts`, scored by each reward function
+/// (`rewards[f][i]`, `None` where a function gives none): the rewards
+/// combined, the advantages, the micro-batches, and `trainer`'s step at `lr`
+/// (whose objective must be [`Objective::Grpo`](crate::train::preference::Objective::Grpo)).
+pub async fn grpo_step(
+    gpu: &Gpu,
+    model: &Model,
+    trainer: &mut Trainer,
+    (prompts, completions): (&[&[u32]], &[Vec<u32>]),
+    rewards: &[Vec<Option<f32>>],
+    settings: &GrpoSettings,
+    lr: f64,
+) -> Result<GrpoStepStats> {
+    let g = settings.num_generations;
+    if prompts.len() * g != completions.len() {
+        return Err(Error::invalid(
+            "GRPO step",
+            format!("{} completions for {} prompts of {g} each", completions.len(), prompts.len()),
+        ));
+    }
+    let combined = combine_rewards(rewards, &settings.reward_weights)?;
+    let advantages = advantages(&combined, g, settings.scale_rewards)?;
+    let rows: Vec<(&[u32], &[u32])> =
+        completions.iter().enumerate().map(|(i, c)| (prompts[i / g], c.as_slice())).collect();
+    let batches = completion_batches(
+        &rows,
+        &advantages.advantages,
+        (&settings.eos, settings.pad),
+        settings.mask_truncated_completions,
+        settings.batch_size,
+    )?;
+    let step = trainer.step(gpu, model, &batches, lr).await?;
+    let reward_means = rewards
+        .iter()
+        .map(|f| {
+            let kept: Vec<f32> = f.iter().flatten().copied().collect();
+            kept.iter().sum::<f32>() / kept.len().max(1) as f32
+        })
+        .collect();
+    let n = completions.len().max(1) as f32;
+    let clipped = completions.iter().filter(|c| is_truncated(c, &settings.eos, settings.pad)).count();
+    Ok(GrpoStepStats {
+        step,
+        advantages,
+        reward_means,
+        mean_length: completions.iter().map(Vec::len).sum::<usize>() as f32 / n,
+        clipped_ratio: clipped as f32 / n,
+    })
 }

@@ -20,6 +20,7 @@ macro_rules! out {
 mod bench;
 mod export_gguf;
 mod generate;
+mod grpo;
 mod info;
 mod logits;
 mod merge;

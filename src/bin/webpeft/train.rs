@@ -249,9 +249,47 @@ pub struct TrainArgs {
     /// What to minimise: sft (the data's trained tokens), or dpo, orpo or cpo on preference
     /// pairs, one {"prompt", "chosen", "rejected"} a line (text, or messages rendered with the chat
     /// template), or kto on unpaired examples, one {"prompt", "completion", "label"} a line (or pairs).
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto"])]
+    /// grpo: TRL's GRPOTrainer on prompts, one {"prompt"} a line (a text or messages, other fields
+    /// passed to the reward commands): --num-generations completions sampled per prompt, scored
+    /// by each --reward.
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo"])]
     pub objective: String,
-    /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL].
+    /// GRPO: completions sampled for each prompt, TRL's num_generations [default: 8]; a step's rows
+    /// (--batch-size × --grad-accum) must be a multiple of it.
+    #[arg(long)]
+    pub num_generations: Option<usize>,
+    /// GRPO: a completion's most tokens [default: 256].
+    #[arg(long)]
+    pub max_completion_length: Option<usize>,
+    /// GRPO: a prompt's most tokens, its first kept [default: 512].
+    #[arg(long)]
+    pub max_prompt_length: Option<usize>,
+    /// GRPO: a reward function, repeatable: `think_format` (TRL's think_format_reward) or
+    /// `cmd:COMMAND`, a shell command that reads one JSON object a completion on stdin ({"prompt",
+    /// "completion", "completion_ids"} and the prompt line's other fields) and writes one number
+    /// (or null: no reward) a line.
+    #[arg(long)]
+    pub reward: Vec<String>,
+    /// GRPO: each --reward's weight, comma-separated [default: 1 each].
+    #[arg(long, value_delimiter = ',')]
+    pub reward_weights: Option<Vec<f32>>,
+    /// GRPO: what divides the advantages: group (the group's std), batch or none [default: group].
+    #[arg(long)]
+    pub scale_rewards: Option<String>,
+    /// GRPO: the sampling temperature, at which log-probabilities are taken too [default: 1].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// GRPO: sampling's top-p [default: 1, off].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// GRPO: sampling's top-k [default: 0, off].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// GRPO: leave completions that ran out of tokens (no eos) out of the loss.
+    #[arg(long)]
+    pub mask_truncated_completions: bool,
+    /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL]; GRPO:
+    /// the KL coefficient [default: 0, no reference].
     #[arg(long)]
     pub beta: Option<f32>,
     /// DPO and CPO: label smoothing ε in [0, 0.5], the chance a label is flipped (cDPO; DPO's
@@ -262,6 +300,7 @@ pub struct TrainArgs {
     /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop, aot, aot_pair, bco_pair, sft;
     /// CPO's sigmoid, hinge, ipo, simpo, alphapo (simpo without the NLL term, with --alphapo-alpha;
     /// ipo and simpo score answers by their mean log-probability); KTO's kto, apo_zero_unpaired.
+    /// GRPO's grpo, bnpo, dr_grpo, dapo [default: dapo].
     /// DPO's may list up to 4, comma-separated, whose losses are summed (MPO:
     /// sigmoid,bco_pair,sft with --loss-weights 0.8,0.2,1).
     #[arg(long)]
@@ -493,7 +532,7 @@ struct EvalLine {
 
 /// A library error about an adapter option, reworded for the flag that set it
 /// (`adapter_config.json: field r: …` → `--r: …`).
-fn flag_error(e: webpeft::Error) -> String {
+pub(crate) fn flag_error(e: webpeft::Error) -> String {
     let (field, detail) = match &e {
         webpeft::Error::AdapterConfig { field, detail }
         | webpeft::Error::AdapterUnsupported { field, detail }
@@ -542,7 +581,7 @@ fn model_name(dir: &Path) -> Option<String> {
 
 impl TrainArgs {
     /// `--bnb-4bit-quant-type` and `--double-quant`.
-    fn four_bit(&self) -> webpeft::quant::FourBitOptions {
+    pub(crate) fn four_bit(&self) -> webpeft::quant::FourBitOptions {
         let kind = match self.bnb_4bit_quant_type.as_str() {
             "fp4" => webpeft::quant::FourBit::Fp4,
             _ => webpeft::quant::FourBit::Nf4,
@@ -590,12 +629,12 @@ impl TrainArgs {
     }
 
     /// The method (clap requires it unless --resume, which sets it).
-    fn method(&self) -> Method {
+    pub(crate) fn method(&self) -> Method {
         self.method.unwrap_or(Method::Lora)
     }
 
     /// Options that belong to another method are a mistake.
-    fn check_method_options(&self) -> Result<(), String> {
+    pub(crate) fn check_method_options(&self) -> Result<(), String> {
         let method = self.method();
         let kind = match method {
             Method::Lora => "lora",
@@ -626,7 +665,7 @@ impl TrainArgs {
     }
 
     /// The adapter the command line's options describe (the rest at the recipe's defaults).
-    fn adapter_recipe(&self) -> Result<AdapterRecipe, String> {
+    pub(crate) fn adapter_recipe(&self) -> Result<AdapterRecipe, String> {
         let mut recipe = AdapterRecipe::new(self.method());
         match &mut recipe {
             AdapterRecipe::Lora(l) => {
@@ -716,8 +755,32 @@ impl TrainArgs {
         Ok(recipe)
     }
 
+    /// The GRPO options given, by flag.
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 10] {
+        [
+            ("--num-generations", self.num_generations.is_some()),
+            ("--max-completion-length", self.max_completion_length.is_some()),
+            ("--max-prompt-length", self.max_prompt_length.is_some()),
+            ("--reward", !self.reward.is_empty()),
+            ("--reward-weights", self.reward_weights.is_some()),
+            ("--scale-rewards", self.scale_rewards.is_some()),
+            ("--temperature", self.temperature.is_some()),
+            ("--top-p", self.top_p.is_some()),
+            ("--top-k", self.top_k.is_some()),
+            ("--mask-truncated-completions", self.mask_truncated_completions),
+        ]
+    }
+
+    /// GRPO's options given to another objective: refused, naming the first.
+    fn refuse_grpo_options(&self) -> Result<(), String> {
+        match self.grpo_flags().iter().find(|f| f.1) {
+            Some((flag, _)) => Err(format!("{flag} applies to --objective grpo only")),
+            None => Ok(()),
+        }
+    }
+
     /// How to train, from the command line's options (the rest at the recipe's defaults).
-    fn train_recipe(&self) -> webpeft::Result<TrainRecipe> {
+    pub(crate) fn train_recipe(&self) -> webpeft::Result<TrainRecipe> {
         let mut t = TrainRecipe::default();
         t.lr = self.lr.unwrap_or(t.lr);
         t.schedule = schedule_of(&self.schedule, self.schedule_kwargs.as_deref())?;
@@ -763,7 +826,7 @@ impl TrainArgs {
     /// A fresh adapter from the command line's options, for a run of
     /// `total_steps` (PiSSA, OLoRA and LoftQ replace `model`'s adapted
     /// weights, read again from `files` on a quantized base).
-    async fn new_adapter(
+    pub(crate) async fn new_adapter(
         &self,
         gpu: &Gpu,
         model: &mut Model,
@@ -782,7 +845,7 @@ impl TrainArgs {
     }
 
     /// Says on stderr which given adapter options `source`'s config overrides.
-    fn note_ignored_options(&self, source: &str) {
+    pub(crate) fn note_ignored_options(&self, source: &str) {
         let given: Vec<&str> = self.adapter_flags().iter().filter(|f| f.1).map(|f| f.0).collect();
         if !given.is_empty() {
             eprintln!("note: {} ignored: the adapter config in {source} wins", given.join(", "));
@@ -818,7 +881,7 @@ async fn eval_line(
     Ok((format!("{{{}}}", fields.join(",")), e.loss as f32))
 }
 
-fn read_dataset(
+pub(crate) fn read_dataset(
     recipe: &TrainRecipe,
     path: &Path,
     tokenizer: &Tokenizer,
@@ -889,6 +952,10 @@ pub enum Stopped {
 
 /// `webpeft train`.
 pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+    if a.objective == "grpo" {
+        return crate::grpo::train_grpo(a).await;
+    }
+    a.refuse_grpo_options()?;
     // A resumed run is the run its checkpoint holds (resume.rs).
     let (checkpoint, saved_config) = match a.resume.clone() {
         Some(dir) => {
@@ -1107,7 +1174,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
 }
 
 /// The virtual tokens of the prompt-tuning adapter in folder `dir` (0 for any other).
-fn folder_virtual_tokens(dir: &Path) -> usize {
+pub(crate) fn folder_virtual_tokens(dir: &Path) -> usize {
     let config = std::fs::read(dir.join(webpeft::peft::ADAPTER_CONFIG_FILE)).ok();
     let value: Option<serde_json::Value> = config.and_then(|b| serde_json::from_slice(&b).ok());
     match value {
@@ -1119,7 +1186,7 @@ fn folder_virtual_tokens(dir: &Path) -> usize {
 }
 
 /// `train --init-adapter`: the folder's adapter, of the kind --method names.
-async fn init_adapter(
+pub(crate) async fn init_adapter(
     gpu: &Gpu,
     dir: &Path,
     method: Method,

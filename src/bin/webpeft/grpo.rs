@@ -1,0 +1,358 @@
+//! `webpeft train --objective grpo`: TRL's GRPOTrainer loop (one iteration
+//! a generation batch). Each step takes (--batch-size × --grad-accum) /
+//! --num-generations prompts, samples --num-generations completions of each
+//! through the adapter being trained, scores them with each --reward, and
+//! takes one optimizer step on them (`webpeft::train::grpo`).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Map, Value};
+use webpeft::model::config::Config;
+use webpeft::model::llama::GenerationConfig;
+use webpeft::model::source::DirFiles;
+use webpeft::model::tokenizer::Tokenizer;
+use webpeft::peft::adapter::hooks_of;
+use webpeft::train::grpo::{
+    grpo_prompts, grpo_step, sample_completions, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings,
+    ScaleRewards,
+};
+use webpeft::train::preference::Objective;
+use webpeft::train::recipe::pad_id;
+use webpeft::train::schedule::LrSchedule;
+use webpeft::train::trainer::Trainer;
+use webpeft::util::rng::Rng;
+
+use crate::train::{flag_error, folder_virtual_tokens, init_adapter, Stopped, TrainArgs};
+use crate::{cli_gpu, load_model_4bit};
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// A reward function of the command line.
+enum Reward {
+    /// TRL's `think_format_reward`.
+    ThinkFormat,
+    /// A shell command: JSON lines in, one number (or null) a line out.
+    Command(String),
+}
+
+impl Reward {
+    fn parse(spec: &str) -> Result<Reward, String> {
+        match spec {
+            "think_format" => Ok(Reward::ThinkFormat),
+            _ => match spec.strip_prefix("cmd:") {
+                Some(c) if !c.trim().is_empty() => Ok(Reward::Command(c.to_string())),
+                _ => Err(format!("--reward {spec:?}: expected think_format or cmd:COMMAND")),
+            },
+        }
+    }
+
+    /// TRL's name for the function, in the `rewards/<name>/mean` metric.
+    fn name(&self, index: usize) -> String {
+        match self {
+            Reward::ThinkFormat => "think_format_reward".into(),
+            Reward::Command(_) => format!("cmd_{index}"),
+        }
+    }
+
+    /// Each completion's reward.
+    fn score(&self, lines: &[Value], texts: &[String]) -> Result<Vec<Option<f32>>, String> {
+        match self {
+            Reward::ThinkFormat => Ok(texts.iter().map(|t| Some(think_format_reward(t))).collect()),
+            Reward::Command(command) => run_command(command, lines),
+        }
+    }
+}
+
+/// Runs `command` through `sh -c` with `lines` as JSON lines on stdin; one
+/// number or `null` a line back.
+fn run_command(command: &str, lines: &[Value]) -> Result<Vec<Option<f32>>, String> {
+    let what = format!("--reward cmd:{command}");
+    let mut child = Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: {e}"))?;
+    let mut input = String::new();
+    for line in lines {
+        input.push_str(&line.to_string());
+        input.push('\n');
+    }
+    let mut stdin = child.stdin.take().ok_or_else(|| format!("{what}: no stdin"))?;
+    // Written from a thread: a command that answers as it reads must not block on a full pipe.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| format!("{what}: {e}"))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(format!("{what}: exited with {}", out.status));
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| format!("{what}: its output is not UTF-8"))?;
+    let values: Vec<Option<f32>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| match serde_json::from_str::<Value>(l.trim()) {
+            Ok(Value::Number(n)) => n.as_f64().map(|x| Some(x as f32)).ok_or_else(|| format!("line {}: {l}", i + 1)),
+            Ok(Value::Null) => Ok(None),
+            _ => Err(format!("{what}: output line {}: expected a number or null, got {l:?}", i + 1)),
+        })
+        .collect::<Result<_, _>>()?;
+    if values.len() != lines.len() {
+        return Err(format!("{what}: wrote {} rewards for {} completions", values.len(), lines.len()));
+    }
+    Ok(values)
+}
+
+/// The flags GRPO does not take, refused by name.
+fn refuse_others(a: &TrainArgs) -> Result<(), String> {
+    let others = [
+        ("--resume", a.resume.is_some()),
+        ("--eval-data", a.eval_data.is_some()),
+        ("--packing", a.packing),
+        ("--precompute-ref-log-probs", a.precompute_ref_log_probs),
+        ("--neftune-noise-alpha", a.neftune_noise_alpha.is_some()),
+        ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--loss-weights", a.loss_weights.is_some()),
+        ("--rpo-alpha", a.rpo_alpha.is_some()),
+        ("--reference-free", a.reference_free),
+        ("--stop-after", a.stop_after.is_some()),
+    ];
+    match others.iter().find(|f| f.1) {
+        Some((flag, _)) => Err(format!("{flag} does not apply to --objective grpo")),
+        None => Ok(()),
+    }
+}
+
+pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
+    refuse_others(&a)?;
+    a.check_method_options()?;
+    let virtual_tokens = match &a.init_adapter {
+        Some(dir) => folder_virtual_tokens(dir),
+        None => a.adapter_recipe()?.virtual_tokens(),
+    };
+    if virtual_tokens > 0 {
+        return Err("--objective grpo trains methods without virtual tokens (not prompt, prefix or p-tuning)".into());
+    }
+    // The optimizer, schedule and batch from the shared flags (SFT's recipe, whose checks they pass).
+    let (beta, loss_type) = (a.beta.take(), a.loss_type.take());
+    a.objective = "sft".into();
+    let recipe = a.train_recipe().map_err(flag_error)?;
+    recipe.validate().map_err(flag_error)?;
+    let loss = GrpoLoss {
+        loss_type: GrpoLossType::from_name(loss_type.as_deref().unwrap_or("dapo")).map_err(flag_error)?,
+        beta: beta.unwrap_or(0.0),
+        temperature: a.temperature.unwrap_or(1.0),
+        max_completion_length: a.max_completion_length.unwrap_or(256),
+    };
+    loss.validate().map_err(flag_error)?;
+    let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
+    let g = a.num_generations.unwrap_or(8);
+    let rows = a.batch_size * a.grad_accum;
+    if g < 2 || rows % g != 0 {
+        return Err(format!(
+            "--num-generations {g}: GRPO needs at least 2 completions a prompt, and a step's {rows} rows \
+             (--batch-size × --grad-accum) a multiple of them"
+        )
+        .into());
+    }
+    if a.reward.is_empty() {
+        return Err("--objective grpo needs at least one --reward (think_format or cmd:COMMAND)".into());
+    }
+    let rewards: Vec<Reward> = a.reward.iter().map(|r| Reward::parse(r)).collect::<Result<_, _>>()?;
+    let weights = a.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards.len()]);
+    if weights.len() != rewards.len() || weights.iter().any(|w| !w.is_finite()) {
+        return Err(format!("--reward-weights: {} finite weights for {} --reward", weights.len(), rewards.len()).into());
+    }
+    let top_p = a.top_p.unwrap_or(1.0);
+    let data_path = a.data.clone().ok_or("--data is required")?;
+    let files = DirFiles::new(&a.model)?;
+    let config = Config::load(&files).await?;
+    let tokenizer = Tokenizer::load(&files).await?;
+    tokenizer.check_model(&config)?;
+    let bytes = std::fs::read(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
+    let source = data_path.display().to_string();
+    let prompts = grpo_prompts(&source, &bytes, &tokenizer, a.max_prompt_length.unwrap_or(512))?;
+    let per_step = rows / g;
+    let steps_per_epoch = prompts.len().div_ceil(per_step) as u64;
+    let total = match a.steps {
+        Some(n) => n,
+        None => ((recipe.epochs * steps_per_epoch as f64).ceil() as u64).max(1),
+    };
+
+    let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
+    let mut model = load_model_4bit(&gpu, &files, (a.quant, a.compute_dtype), a.four_bit()).await?;
+    let adapter = match &a.init_adapter {
+        Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
+        None => a.new_adapter(&gpu, &mut model, &files, &tokenizer, total).await?,
+    };
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let mut trainer = Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?;
+    trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+    trainer.objective = Objective::Grpo(loss);
+    let run = recipe.run_config();
+    let schedule = LrSchedule::new(run.schedule, run.lr, run.warmup_steps_for(total)?, total)?;
+
+    let eos: Vec<u32> = match tokenizer.eos_token() {
+        Some(t) => vec![t.id],
+        None => config.eos_token_ids.clone(),
+    };
+    if eos.is_empty() {
+        return Err("GRPO needs an eos token to end completions: the tokenizer and config.json name none".into());
+    }
+    let pad = pad_id(Some(&tokenizer));
+    let generation = GenerationConfig {
+        max_new_tokens: loss.max_completion_length,
+        temperature: loss.temperature,
+        top_k: a.top_k.unwrap_or(0),
+        top_p,
+        eos_token_ids: eos.clone(),
+        greedy: false,
+        ..GenerationConfig::default()
+    };
+    generation.validate()?;
+    let settings = GrpoSettings {
+        num_generations: g,
+        scale_rewards: scale,
+        mask_truncated_completions: a.mask_truncated_completions,
+        batch_size: a.batch_size,
+        reward_weights: weights,
+        eos: eos.clone(),
+        pad,
+    };
+    eprintln!(
+        "training {} ({} parameters) with GRPO on {} prompts of {}: {total} steps of {per_step} prompts × {g} \
+         completions, lr {:e} ({}), loss {}, β {}, {} base",
+        trainer.adapter.method(),
+        trainer.adapter.num_params(),
+        prompts.len(),
+        data_path.display(),
+        run.lr,
+        run.schedule.name(),
+        loss.loss_type.name(),
+        loss.beta,
+        model.format.name()
+    );
+
+    let mut rng = Rng::new(recipe.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let mut stopped = Stopped::Done;
+    for step in 1..=total {
+        let start = std::time::Instant::now();
+        let mut chosen = Vec::with_capacity(per_step);
+        while chosen.len() < per_step {
+            if order.is_empty() {
+                order = (0..prompts.len()).collect();
+                if recipe.shuffle {
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                        // Fisher–Yates
+                    }
+                }
+                order.reverse(); // popped from the end: the epoch's order
+            }
+            chosen.extend(order.pop());
+        }
+        let generation = GenerationConfig { seed: rng.next_u64(), ..generation.clone() };
+        let line = cli_step(
+            (&gpu, &model, &tokenizer),
+            &mut trainer,
+            (&prompts, &chosen),
+            &rewards,
+            &settings,
+            &generation,
+            schedule.lr(step - 1),
+        )
+        .await;
+        match line {
+            Ok(mut line) => {
+                let secs = start.elapsed().as_secs_f64();
+                let tokens = line.get("tokens").and_then(Value::as_f64).unwrap_or(0.0);
+                line.insert("tokens_per_s".into(), json!(tokens / secs.max(1e-9)));
+                out!("{}", Value::Object(line));
+                if a.save_steps.is_some_and(|n| n > 0 && step % n == 0) {
+                    save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
+                }
+            }
+            Err(e) => match e.downcast::<webpeft::Error>() {
+                Ok(e) if matches!(*e, webpeft::Error::NonFinite { .. }) => {
+                    eprintln!("error: {e}");
+                    stopped = Stopped::NonFinite;
+                    break;
+                }
+                Ok(e) => return Err(e),
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
+    eprintln!("wrote the adapter (step {}) to {}", trainer.step, a.out.display());
+    Ok(stopped)
+}
+
+/// One GRPO step: the chosen prompts' completions, their rewards, the
+/// library's step; its line (TRL's metric names).
+async fn cli_step(
+    (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
+    trainer: &mut Trainer,
+    (prompts, chosen): (&[GrpoPrompt], &[usize]),
+    rewards: &[Reward],
+    settings: &GrpoSettings,
+    generation: &GenerationConfig,
+    lr: f64,
+) -> Result<Map<String, Value>, BoxError> {
+    let g = settings.num_generations;
+    let mut completions = Vec::with_capacity(chosen.len() * g);
+    for (k, &p) in chosen.iter().enumerate() {
+        let config = GenerationConfig { seed: generation.seed.wrapping_add((k * g) as u64), ..generation.clone() };
+        let hooks = hooks_of(Some(&trainer.adapter));
+        completions.extend(sample_completions(gpu, model, hooks, &prompts[p].ids, g, &config).await?);
+    }
+    let texts: Vec<String> = completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
+    let lines: Vec<Value> = completions
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(i, (ids, text))| {
+            let prompt = &prompts[chosen[i / g]];
+            let mut line = prompt.fields.clone();
+            line.insert("prompt".into(), json!(prompt.text));
+            line.insert("completion".into(), json!(text));
+            line.insert("completion_ids".into(), json!(ids));
+            Value::Object(line)
+        })
+        .collect();
+    let per_function: Vec<Vec<Option<f32>>> =
+        rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+    let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
+    let s = grpo_step(gpu, model, trainer, (&ids, &completions), &per_function, settings, lr).await?;
+
+    let mut line = Map::new();
+    line.insert("step".into(), json!(s.step.step));
+    line.insert("loss".into(), json!(s.step.loss));
+    line.insert("lr".into(), json!(s.step.lr));
+    line.insert("grad_norm".into(), json!(s.step.grad_norm));
+    line.insert("tokens".into(), json!(completions.iter().map(Vec::len).sum::<usize>()));
+    line.insert("reward".into(), json!(s.advantages.reward));
+    line.insert("reward_std".into(), json!(s.advantages.reward_std));
+    line.insert("frac_reward_zero_std".into(), json!(s.advantages.frac_reward_zero_std));
+    for (i, (r, mean)) in rewards.iter().zip(&s.reward_means).enumerate() {
+        line.insert(format!("rewards/{}/mean", r.name(i)), json!(mean));
+    }
+    line.insert("completions/mean_length".into(), json!(s.mean_length));
+    line.insert("completions/clipped_ratio".into(), json!(s.clipped_ratio));
+    if let Some(kl) = s.step.kl {
+        line.insert("kl".into(), json!(kl));
+    }
+    Ok(line)
+}
+
+/// The adapter's files (PEFT's or AdapterHub's) into `out`.
+async fn save_adapter(gpu: &webpeft::Gpu, trainer: &Trainer, config: &Config, out: &Path) -> Result<(), BoxError> {
+    for (name, bytes) in trainer.adapter.to_files(gpu, config).await? {
+        let path = out.join(&name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
