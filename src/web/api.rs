@@ -51,7 +51,7 @@ type JsResult<T> = std::result::Result<T, JsValue>;
 /// (`Error::DeviceLost`); other failures are plain `Error`s.
 const DEVICE_LOST_ERROR: &str = "DeviceLostError";
 
-fn err<E: std::fmt::Display + 'static>(e: E) -> JsValue {
+pub(super) fn err<E: std::fmt::Display + 'static>(e: E) -> JsValue {
     let js = js_sys::Error::new(&e.to_string());
     if let Some(crate::Error::DeviceLost(_)) = (&e as &dyn std::any::Any).downcast_ref::<crate::Error>() {
         js.set_name(DEVICE_LOST_ERROR);
@@ -59,7 +59,7 @@ fn err<E: std::fmt::Display + 'static>(e: E) -> JsValue {
     js.into()
 }
 
-fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
+pub(super) fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
     v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(err)
 }
 
@@ -97,7 +97,7 @@ fn compute_dtype(name: Option<&str>) -> JsResult<ComputeDtype> {
     name.unwrap_or("f32").parse::<ComputeDtype>().map_err(err)
 }
 
-fn now_seconds() -> f64 {
+pub(super) fn now_seconds() -> f64 {
     js_sys::Date::now() / 1e3
 }
 
@@ -107,7 +107,7 @@ extern "C" {
     fn set_timeout(f: &Function, ms: i32) -> JsValue;
 }
 
-async fn sleep(ms: i32) {
+pub(super) async fn sleep(ms: i32) {
     let p = Promise::new(&mut |resolve, _| {
         set_timeout(&resolve, ms);
     });
@@ -116,7 +116,7 @@ async fn sleep(ms: i32) {
 
 /// The training data as JSONL text: a string as it is, an array of records
 /// one JSON line each.
-fn data_text(data: &JsValue) -> JsResult<String> {
+pub(super) fn data_text(data: &JsValue) -> JsResult<String> {
     if let Some(s) = data.as_string() {
         return Ok(s);
     }
@@ -301,29 +301,29 @@ impl WebGpu {
     }
 }
 
-struct ModelState {
-    gpu: Rc<Gpu>,
-    model: Model,
+pub(super) struct ModelState {
+    pub(super) gpu: Rc<Gpu>,
+    pub(super) model: Model,
     /// The base model's name or path, as exported adapters name it.
     source: Option<String>,
     /// The files the model was loaded from (handles and a URL cost nothing to
     /// keep; buffers are kept as given), re-read by the GGUF export.
     files: WebFiles,
-    tokenizer: Option<Tokenizer>,
+    pub(super) tokenizer: Option<Tokenizer>,
     /// `generation_config.json`'s settings (transformers' defaults without
     /// it): what `generate` does where its options are silent, and the
     /// end-of-sequence ids it stops at too.
-    generation: GenerationDefaults,
-    adapters: AdapterSet,
+    pub(super) generation: GenerationDefaults,
+    pub(super) adapters: AdapterSet,
 }
 
-fn busy<T>(r: std::result::Result<T, std::cell::BorrowError>) -> JsResult<T> {
+pub(super) fn busy<T>(r: std::result::Result<T, std::cell::BorrowError>) -> JsResult<T> {
     r.map_err(|_| {
         err("the model is busy with another call (a training step or generation); try again when it finishes")
     })
 }
 
-fn busy_mut<T>(r: std::result::Result<T, std::cell::BorrowMutError>) -> JsResult<T> {
+pub(super) fn busy_mut<T>(r: std::result::Result<T, std::cell::BorrowMutError>) -> JsResult<T> {
     r.map_err(|_| {
         err("the model is busy with another call (a training step or generation); try again when it finishes")
     })
@@ -332,7 +332,7 @@ fn busy_mut<T>(r: std::result::Result<T, std::cell::BorrowMutError>) -> JsResult
 /// A loaded, frozen model with its tokenizer and adapters.
 #[wasm_bindgen(js_name = Model)]
 pub struct WebModel {
-    state: Rc<RefCell<ModelState>>,
+    pub(super) state: Rc<RefCell<ModelState>>,
 }
 
 async fn load(gpu: Rc<Gpu>, files: WebFiles, opts: JsValue, source: Option<String>) -> JsResult<JsValue> {
@@ -1117,6 +1117,35 @@ async fn one_step(
     }))
 }
 
+/// A run's `train()` loop: `step` until it reports nothing more ("done") or
+/// `cancelled` is set ("cancelled"), waiting while `paused`, each event handed
+/// to `on_step`.
+pub(super) async fn drive<E: Serialize, F: std::future::Future<Output = JsResult<Option<E>>>>(
+    (paused, cancelled): (&Cell<bool>, &Cell<bool>),
+    on_step: Option<&Function>,
+    mut step: impl FnMut() -> F,
+) -> JsResult<&'static str> {
+    loop {
+        if cancelled.get() {
+            return Ok("cancelled");
+        }
+        if paused.get() {
+            sleep(50).await;
+            continue;
+        }
+        match step().await? {
+            Some(e) => {
+                if let Some(f) = on_step {
+                    f.call1(&JsValue::NULL, &to_js(&e)?)?;
+                }
+                // Let the event loop breathe (messages, pause and cancel calls).
+                sleep(0).await;
+            }
+            None => return Ok("done"),
+        }
+    }
+}
+
 #[wasm_bindgen]
 impl TrainRun {
     /// One optimizer step; resolves to its event, or undefined when the run is done.
@@ -1140,25 +1169,7 @@ impl TrainRun {
         let (model, run, seconds) = (self.model.clone(), self.run.clone(), self.seconds.clone());
         let (paused, cancelled) = (self.paused.clone(), self.cancelled.clone());
         future_to_promise(async move {
-            let state = loop {
-                if cancelled.get() {
-                    break "cancelled";
-                }
-                if paused.get() {
-                    sleep(50).await;
-                    continue;
-                }
-                match one_step(&model, &run, &seconds).await? {
-                    Some(e) => {
-                        if let Some(f) = &on_step {
-                            f.call1(&JsValue::NULL, &to_js(&e)?)?;
-                        }
-                        // Let the event loop breathe (messages, pause and cancel calls).
-                        sleep(0).await;
-                    }
-                    None => break "done",
-                }
-            };
+            let state = drive((&paused, &cancelled), on_step.as_ref(), || one_step(&model, &run, &seconds)).await?;
             let r = run.try_borrow().map_err(|_| err("this run is taking a step"))?;
             to_js(&TrainSummary { steps: r.trainer.step, total_steps: r.total_steps(), state })
         })

@@ -11,9 +11,13 @@ mod api;
 pub mod files;
 #[cfg(target_arch = "wasm32")]
 mod gguf;
+#[cfg(target_arch = "wasm32")]
+mod grpo;
 pub mod options;
 #[cfg(target_arch = "wasm32")]
 mod types;
 
 #[cfg(target_arch = "wasm32")]
 pub use api::{TrainRun, WebGpu, WebModel};
+#[cfg(target_arch = "wasm32")]
+pub use grpo::GrpoRun;

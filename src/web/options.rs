@@ -562,3 +562,128 @@ impl PlanOptions {
         Ok((adapter, t))
     }
 }
+
+/// `startGrpo`'s options: the run's optimizer and schedule as `TrainOptions`
+/// names them, and TRL's `GRPOConfig` settings.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpoOptions {
+    pub lr: f64,
+    pub steps: u64,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub warmup: Option<u64>,
+    pub warmup_ratio: Option<f64>,
+    pub schedule: Option<String>,
+    pub schedule_kwargs: Option<serde_json::Value>,
+    pub weight_decay: Option<f64>,
+    pub max_grad_norm: Option<f32>,
+    pub seed: Option<u64>,
+    pub shuffle: Option<bool>,
+    pub gradient_checkpointing: Option<bool>,
+    pub num_generations: Option<usize>,
+    pub max_completion_length: Option<usize>,
+    pub max_prompt_length: Option<usize>,
+    pub reward_weights: Option<Vec<f32>>,
+    pub scale_rewards: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub mask_truncated_completions: Option<bool>,
+    pub beta: Option<f32>,
+    pub loss_type: Option<String>,
+}
+
+/// A GRPO run's settings from [`GrpoOptions`].
+#[derive(Clone, Debug)]
+pub struct GrpoPlan {
+    /// The optimizer, schedule, batch and seed (objective GRPO).
+    pub recipe: TrainRecipe,
+    pub loss: crate::train::grpo::GrpoLoss,
+    pub scale_rewards: crate::train::grpo::ScaleRewards,
+    pub num_generations: usize,
+    pub max_prompt_length: usize,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub mask_truncated_completions: bool,
+    /// Each reward function's weight (`rewards` of them).
+    pub reward_weights: Vec<f32>,
+}
+
+impl GrpoOptions {
+    /// The run these options describe for `rewards` reward functions, validated.
+    pub fn to_plan(&self, rewards: usize) -> Result<GrpoPlan> {
+        use crate::train::grpo::{GrpoLoss, GrpoLossType, ScaleRewards};
+        let train = TrainOptions {
+            lr: self.lr,
+            steps: Some(self.steps),
+            epochs: None,
+            batch_size: self.batch_size,
+            seq_len: None,
+            grad_accum: self.grad_accum,
+            warmup: self.warmup,
+            warmup_ratio: self.warmup_ratio,
+            schedule: self.schedule.clone(),
+            schedule_kwargs: self.schedule_kwargs.clone(),
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            loraplus_lr_ratio: None,
+            loraplus_lr_embedding: None,
+            seed: self.seed,
+            shuffle: self.shuffle,
+            packing: None,
+            gradient_checkpointing: self.gradient_checkpointing,
+            neftune_noise_alpha: None,
+            completion_only_loss: None,
+            assistant_only_loss: None,
+            precompute_ref_log_probs: None,
+            objective: None,
+            preference: PreferenceOptions::default(),
+        };
+        let mut recipe = train.to_recipe()?;
+        let loss = GrpoLoss {
+            loss_type: GrpoLossType::from_name(self.loss_type.as_deref().unwrap_or("dapo"))?,
+            beta: self.beta.unwrap_or(0.0),
+            temperature: self.temperature.unwrap_or(1.0),
+            max_completion_length: self.max_completion_length.unwrap_or(256),
+        };
+        loss.validate()?;
+        recipe.objective = Objective::Grpo(loss);
+        let g = self.num_generations.unwrap_or(8);
+        let rows = recipe.batch_size * recipe.grad_accum;
+        if g < 2 || rows % g != 0 {
+            return Err(bad(
+                "num_generations",
+                format!(
+                    "{g}: GRPO needs at least 2 completions a prompt, and a step's {rows} rows (batchSize × \
+                     gradAccum) a multiple of them"
+                ),
+            ));
+        }
+        if rewards == 0 {
+            return Err(bad("reward_funcs", "GRPO needs at least one reward function"));
+        }
+        let reward_weights = self.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards]);
+        if reward_weights.len() != rewards || reward_weights.iter().any(|w| !w.is_finite()) {
+            return Err(bad(
+                "reward_weights",
+                format!("{} finite weights for {rewards} reward functions", reward_weights.len()),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(bad("top_p", format!("must be in (0, 1], got {top_p}")));
+        }
+        Ok(GrpoPlan {
+            recipe,
+            loss,
+            scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
+            num_generations: g,
+            max_prompt_length: self.max_prompt_length.unwrap_or(512),
+            top_p,
+            top_k: self.top_k.unwrap_or(0),
+            mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
+            reward_weights,
+        })
+    }
+}

@@ -216,6 +216,40 @@ export interface StepEvent {
     logpsRejectedSum: number; countChosen: number; countRejected: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
+/** startGrpo's options: the optimizer and schedule as TrainOptions names them (steps required), and TRL's GRPOConfig
+ * settings. Left out: 8 generations a prompt, batchSize 8 (completions a micro-batch), gradAccum 1, completions of at
+ * most 256 tokens, prompts' first 512, temperature 1, topP 1, topK 0 (off), scaleRewards "group", lossType "dapo",
+ * beta 0 (no reference model), each reward function weighted 1. A step's rows (batchSize × gradAccum) must be a
+ * multiple of numGenerations. */
+export interface GrpoOptions {
+  lr: number; steps: number; batchSize?: number; gradAccum?: number; warmup?: number; warmupRatio?: number;
+  schedule?: TrainOptions["schedule"]; scheduleKwargs?: Record<string, number | string | null>;
+  weightDecay?: number; maxGradNorm?: number; seed?: number; shuffle?: boolean; gradientCheckpointing?: boolean;
+  numGenerations?: number; maxCompletionLength?: number; maxPromptLength?: number; rewardWeights?: number[];
+  scaleRewards?: "group" | "batch" | "none"; temperature?: number; topP?: number; topK?: number;
+  /** Leave completions that ran out of tokens (no eos) out of the loss (TRL's mask_truncated_completions). */
+  maskTruncatedCompletions?: boolean;
+  /** The KL coefficient against the base (the adapter off); lossType TRL's GRPO loss_type. */
+  beta?: number; lossType?: "grpo" | "bnpo" | "dr_grpo" | "dapo";
+}
+/** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
+ * prompt); its other fields reach the reward functions as `fields`. */
+export interface GrpoPromptRecord { prompt: string | ChatMessage[]; [field: string]: unknown; }
+/** A sampled completion as a reward function sees it: the prompt's text (rendered by the chat template for
+ * messages), the completion's text and token ids, and the prompt record's other fields (an answer to check, …). */
+export interface GrpoCompletion { prompt: string; completion: string; completionIds: number[];
+  fields: Record<string, unknown>; }
+/** One reward a completion, or null for none (TRL's None: left out of the weighted sum). */
+export type RewardFunction = (completions: GrpoCompletion[]) => (number | null)[] | Promise<(number | null)[]>;
+/** A GRPO step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean (rewardMeans, in the
+ * functions' order), completions/mean_length, completions/clipped_ratio and kl (with beta), and the step's
+ * completions with their combined rewards. */
+export interface GrpoStepEvent {
+  step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; reward: number; rewardStd: number;
+  fracRewardZeroStd: number; rewardMeans: number[]; meanLength: number; clippedRatio: number; kl?: number;
+  tokens: number; stepSeconds: number; etaSeconds: number;
+  completions: { prompt: string; completion: string; reward: number }[];
+}
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 /** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */
 export interface PreferenceEvalOptions extends EvalOptions {

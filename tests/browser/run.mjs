@@ -412,6 +412,32 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       }
       const sftOnly = await model.evaluate(heldOut, { objective: "dpo" }).then(() => "no error", (e) => e.message);
       if (!sftOnly.includes("evaluatePreference")) throw new Error("evaluate with a preference objective: " + sftOnly);
+      // GRPO with two JS rewards (an async one, the completions' token counts; one giving null for a few): 2 prompts
+      // (text with a field, messages) × 2 completions a step, 2 steps, beta 0.04.
+      model.addLora("g", { r: 4, alpha: 8 });
+      let rewardCalls = 0;
+      let seenCompletion = null;
+      const lengthReward = async (cs) => { rewardCalls++; seenCompletion = cs[0]; return cs.map((c) => c.completionIds.length); };
+      const partial = (cs) => cs.map((c, i) => (i === 0 ? null : 0));
+      const prompts = [{ prompt: "The robot", answer: "yes" }, { prompt: [{ role: "user", content: "Describe the fox." }] }];
+      const gopts = { lr: 0.01, steps: 2, numGenerations: 2, batchSize: 2, gradAccum: 2, maxCompletionLength: 6, beta: 0.04 };
+      const grpo = model.startGrpo("g", prompts, gopts, [lengthReward, partial]);
+      const gev = [];
+      const gsum = await grpo.train((x) => gev.push(x));
+      const g0 = gev[0];
+      if (gsum.state !== "done" || gev.length !== 2 || rewardCalls !== 2 || g0.completions.length !== 4 ||
+          g0.rewardMeans.length !== 2 || Math.abs(g0.rewardMeans[0] - g0.meanLength) > 1e-6 || g0.rewardMeans[1] !== 0 ||
+          !(Math.abs(g0.kl) < 1e-6) || !Number.isFinite(gev[1].kl) || typeof seenCompletion.prompt !== "string" ||
+          !Array.isArray(seenCompletion.completionIds) || typeof seenCompletion.fields !== "object") {
+        throw new Error("GRPO events " + JSON.stringify(gev.map((x) => ({ ...x, completions: x.completions.length }))) +
+          " calls " + rewardCalls + " seen " + JSON.stringify(seenCompletion));
+      }
+      const shortReward = await model.startGrpo("g", prompts, gopts, [(cs) => [1]]).step().then(() => "no error", (e) => e.message);
+      if (!shortReward.includes("returned 1 rewards for 4 completions")) throw new Error("a short reward list: " + shortReward);
+      let oddGroups = "no error";
+      try { model.startGrpo("g", prompts, { ...gopts, numGenerations: 3 }, [lengthReward]); } catch (e) { oddGroups = e.message; }
+      if (!oddGroups.includes("num_generations")) throw new Error("numGenerations 3 with rows of 4: " + oddGroups);
+      model.removeAdapter("g");
       // Export as a zip, import under a new name, generate with it.
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);
@@ -661,7 +687,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
 test("the package's .d.ts types every option and event: a strict TypeScript program compiles, with no `any`", () => {
   const dts = fs.readFileSync(path.join(root, "pkg", "webpeft.d.ts"), "utf8");
   assert.doesNotMatch(dts, /\bany\b/);
-  for (const t of ["LoraOptions", "TrainOptions", "StepEvent", "GenerateOptions", "MemoryPlan", "LoadProgress"]) {
+  for (const t of ["LoraOptions", "TrainOptions", "StepEvent", "GenerateOptions", "MemoryPlan", "LoadProgress", "GrpoOptions",
+    "GrpoStepEvent", "RewardFunction"]) {
     assert.match(dts, new RegExp(`export (interface|type) ${t}\\b`), t);
   }
   execFileSync(path.join(here, "node_modules", ".bin", "tsc"), ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022",

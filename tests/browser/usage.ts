@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
-import init, { Gpu, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import init, { Gpu, GrpoRun, Model, TrainRun } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -75,4 +75,11 @@ export async function example(data: string): Promise<void> {
   const held: PreferenceRecord[] = [{ prompt: "Hi", chosen: " there.", rejected: " no." }];
   const judged: PreferenceEvalResult = await model.evaluatePreference(held, { objective: "dpo", beta: 0.1, batchSize: 1 });
   console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);
+  const lengthReward: RewardFunction = async (cs: GrpoCompletion[]) => cs.map((c) => c.completionIds.length);
+  const answered: RewardFunction = (cs) => cs.map((c) => (c.fields["answer"] === undefined ? null : Number(c.completion.includes(String(c.fields["answer"])))));
+  const grpoOptions: GrpoOptions = { lr: 1e-5, steps: 4, numGenerations: 4, batchSize: 4, beta: 0.04, lossType: "grpo", scaleRewards: "none", rewardWeights: [0.1, 1] };
+  const grpo: GrpoRun = model.startGrpo("a", [{ prompt: "2 + 2 =", answer: "4" }], grpoOptions, [lengthReward, answered]);
+  const grpoFirst: GrpoStepEvent | undefined = await grpo.step();
+  const grpoDone: TrainSummary = await grpo.train((e: GrpoStepEvent) => console.log(e.reward, e.rewardMeans[0], e.kl ?? 0, e.completions[0].completion));
+  console.log(grpoFirst?.fracRewardZeroStd, grpoDone.state, grpo.totalSteps());
 }

@@ -1,0 +1,350 @@
+//! GRPO in the browser: `model.startGrpo(name, prompts, options, rewardFuncs)`
+//! and the `GrpoRun` it returns. Each step samples `numGenerations`
+//! completions of its prompts through the adapter being trained, hands them
+//! to each JS reward function (which may be async), and takes the library's
+//! GRPO step (`train::grpo`).
+
+// Borrows of the model and the run are held across awaits on purpose, as in
+// `api`: taken with `try_borrow`, a conflicting call gets a "busy" error.
+#![allow(clippy::await_holding_refcell_ref)]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Array, Function, Promise};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
+
+use super::api::{busy, busy_mut, data_text, drive, err, now_seconds, to_js, ModelState, WebModel};
+use super::options::{GrpoOptions, GrpoPlan};
+use super::types::TrainSummary;
+use crate::model::llama::{GenerationConfig, Hooks};
+use crate::peft::adapter::hooks_of;
+use crate::train::eta::StepClock;
+use crate::train::grpo::{grpo_prompts, grpo_step, sample_completions, GrpoPrompt, GrpoSettings};
+use crate::train::recipe::pad_id;
+use crate::train::schedule::LrSchedule;
+use crate::train::trainer::Trainer;
+use crate::util::rng::Rng;
+
+type JsResult<T> = std::result::Result<T, JsValue>;
+
+/// A run's state between steps.
+struct GrpoState {
+    trainer: Trainer,
+    prompts: Vec<GrpoPrompt>,
+    plan: GrpoPlan,
+    settings: GrpoSettings,
+    generation: GenerationConfig,
+    schedule: LrSchedule,
+    rewards: Vec<Function>,
+    rng: Rng,
+    /// The epoch's prompts still to take, taken from the end.
+    order: Vec<usize>,
+}
+
+/// A GRPO run over one adapter. Drive it with `step()` or `train()`;
+/// `pause()`, `resume()` and `cancel()` act between steps.
+#[wasm_bindgen]
+pub struct GrpoRun {
+    model: Rc<RefCell<ModelState>>,
+    state: Rc<RefCell<GrpoState>>,
+    name: String,
+    paused: Rc<Cell<bool>>,
+    cancelled: Rc<Cell<bool>>,
+    seconds: Rc<Cell<StepClock>>,
+}
+
+/// A sampled completion as a reward function sees it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Completion<'a> {
+    prompt: &'a str,
+    completion: String,
+    completion_ids: &'a [u32],
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a GRPO step reports (TRL's metric names in camelCase).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GrpoStepEvent {
+    step: u64,
+    total_steps: u64,
+    loss: f32,
+    lr: f64,
+    grad_norm: f32,
+    reward: f32,
+    reward_std: f32,
+    frac_reward_zero_std: f32,
+    reward_means: Vec<f32>,
+    mean_length: f32,
+    clipped_ratio: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kl: Option<f32>,
+    tokens: usize,
+    step_seconds: f64,
+    eta_seconds: f64,
+    /// The step's completions with their combined rewards (for a page to show).
+    completions: Vec<SampledCompletion>,
+}
+
+#[derive(Serialize)]
+struct SampledCompletion {
+    prompt: String,
+    completion: String,
+    reward: f32,
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl WebModel {
+    /// Starts GRPO on the adapter `name`: prompts ({prompt} records, text or
+    /// messages), options (GrpoOptions) and one or more reward functions,
+    /// each given the step's completions and returning (or resolving to) one
+    /// number, or null, a completion.
+    #[wasm_bindgen(js_name = startGrpo)]
+    pub fn start_grpo(
+        &self,
+        name: &str,
+        #[wasm_bindgen(unchecked_param_type = "string | GrpoPromptRecord[]")] prompts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GrpoOptions")] opts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "RewardFunction[]")] rewards: Array,
+    ) -> JsResult<GrpoRun> {
+        let o: GrpoOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
+        let rewards: Vec<Function> = rewards
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.dyn_into::<Function>().map_err(|_| err(format!("rewardFuncs[{i}] is not a function"))))
+            .collect::<JsResult<_>>()?;
+        let plan = o.to_plan(rewards.len()).map_err(err)?;
+        let mut guard = busy_mut(self.state.try_borrow_mut())?;
+        let st = &mut *guard;
+        let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
+        let text = data_text(&prompts)?;
+        let prompts = grpo_prompts("prompts", text.as_bytes(), tokenizer, plan.max_prompt_length).map_err(err)?;
+        let eos: Vec<u32> = match tokenizer.eos_token() {
+            Some(t) => vec![t.id],
+            None => st.model.config.eos_token_ids.clone(),
+        };
+        if eos.is_empty() {
+            return Err(err("GRPO needs an eos token to end completions: the tokenizer and config.json name none"));
+        }
+        let pad = pad_id(Some(tokenizer));
+        let stored = st.adapters.get_mut(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+        if stored.virtual_tokens() + stored.prefix_len() > 0 {
+            return Err(err("GRPO trains methods without virtual tokens (not prompt, prefix or p-tuning)"));
+        }
+        let recipe = &plan.recipe;
+        let mut trainer = Trainer::new(&st.gpu, stored.clone(), recipe.optimizer.clone(), recipe.seed).map_err(err)?;
+        *stored = trainer.adapter.clone();
+        trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+        trainer.objective = recipe.objective;
+        let run = recipe.run_config();
+        let total = plan.recipe.steps.unwrap_or(1);
+        let warmup = run.warmup_steps_for(total).map_err(err)?;
+        let schedule = LrSchedule::new(run.schedule, run.lr, warmup, total).map_err(err)?;
+        let generation = GenerationConfig {
+            max_new_tokens: plan.loss.max_completion_length,
+            temperature: plan.loss.temperature,
+            top_k: plan.top_k,
+            top_p: plan.top_p,
+            eos_token_ids: eos.clone(),
+            greedy: false,
+            ..GenerationConfig::default()
+        };
+        generation.validate().map_err(err)?;
+        let settings = GrpoSettings {
+            num_generations: plan.num_generations,
+            scale_rewards: plan.scale_rewards,
+            mask_truncated_completions: plan.mask_truncated_completions,
+            batch_size: recipe.batch_size,
+            reward_weights: plan.reward_weights.clone(),
+            eos,
+            pad,
+        };
+        let rng = Rng::new(recipe.seed);
+        let state =
+            GrpoState { trainer, prompts, plan, settings, generation, schedule, rewards, rng, order: Vec::new() };
+        Ok(GrpoRun {
+            model: self.state.clone(),
+            state: Rc::new(RefCell::new(state)),
+            name: name.to_string(),
+            paused: Rc::new(Cell::new(false)),
+            cancelled: Rc::new(Cell::new(false)),
+            seconds: Rc::new(Cell::new(StepClock::default())),
+        })
+    }
+}
+
+/// Calls reward function `f` on the completions; its values (a number or
+/// null each), awaited when it returns a promise.
+async fn call_reward(f: &Function, index: usize, completions: &JsValue, n: usize) -> JsResult<Vec<Option<f32>>> {
+    let mut value = f.call1(&JsValue::NULL, completions)?;
+    if let Some(p) = value.dyn_ref::<Promise>() {
+        value = JsFuture::from(p.clone()).await?;
+    }
+    let array = value
+        .dyn_ref::<Array>()
+        .ok_or_else(|| err(format!("rewardFuncs[{index}] must return an array of numbers (or null)")))?;
+    if array.length() as usize != n {
+        return Err(err(format!("rewardFuncs[{index}] returned {} rewards for {n} completions", array.length())));
+    }
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_f64() {
+            Some(x) => Ok(Some(x as f32)),
+            None if v.is_null() || v.is_undefined() => Ok(None),
+            None => Err(err(format!("rewardFuncs[{index}]: reward {i} is not a number or null"))),
+        })
+        .collect()
+}
+
+async fn one_step(
+    model: &Rc<RefCell<ModelState>>,
+    state: &Rc<RefCell<GrpoState>>,
+    seconds: &Rc<Cell<StepClock>>,
+) -> JsResult<Option<GrpoStepEvent>> {
+    let st = busy(model.try_borrow())?;
+    let mut guard = state.try_borrow_mut().map_err(|_| err("this run is already taking a step"))?;
+    let s = &mut *guard;
+    let total = s.schedule.total_steps;
+    if s.trainer.step >= total {
+        return Ok(None);
+    }
+    let start = now_seconds();
+    let g = s.settings.num_generations;
+    let per_step = s.plan.recipe.batch_size * s.plan.recipe.grad_accum / g;
+    let mut chosen = Vec::with_capacity(per_step);
+    while chosen.len() < per_step {
+        if s.order.is_empty() {
+            s.order = (0..s.prompts.len()).collect();
+            if s.plan.recipe.shuffle {
+                for i in (1..s.order.len()).rev() {
+                    let j = (s.rng.next_u64() % (i as u64 + 1)) as usize;
+                    s.order.swap(i, j); // Fisher–Yates
+                }
+            }
+            s.order.reverse();
+        }
+        chosen.extend(s.order.pop());
+    }
+    let seed = s.rng.next_u64();
+    let mut completions = Vec::with_capacity(per_step * g);
+    for (k, &p) in chosen.iter().enumerate() {
+        let config = GenerationConfig { seed: seed.wrapping_add((k * g) as u64), ..s.generation.clone() };
+        let hooks = hooks_of(Some(&s.trainer.adapter));
+        let sampled = sample_completions(&st.gpu, &st.model, hooks, &s.prompts[p].ids, g, &config).await;
+        completions.extend(sampled.map_err(err)?);
+    }
+    let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
+    let texts: Vec<String> =
+        completions.iter().map(|c| tokenizer.decode(c, true)).collect::<crate::Result<_>>().map_err(err)?;
+    let shown: Vec<Completion> = completions
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(i, (ids, text))| {
+            let prompt = &s.prompts[chosen[i / g]];
+            Completion { prompt: &prompt.text, completion: text.clone(), completion_ids: ids, fields: &prompt.fields }
+        })
+        .collect();
+    let js = to_js(&shown)?;
+    let mut rewards = Vec::with_capacity(s.rewards.len());
+    for (i, f) in s.rewards.iter().enumerate() {
+        rewards.push(call_reward(f, i, &js, completions.len()).await?);
+    }
+    let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
+    let lr = s.schedule.lr(s.trainer.step);
+    let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &s.settings, lr)
+        .await
+        .map_err(err)?;
+    let combined = crate::train::grpo::combine_rewards(&rewards, &s.settings.reward_weights).map_err(err)?;
+    let secs = (now_seconds() - start).max(1e-6);
+    let mut clock = seconds.get();
+    clock.record(secs);
+    seconds.set(clock);
+    Ok(Some(GrpoStepEvent {
+        step: r.step.step,
+        total_steps: total,
+        loss: r.step.loss,
+        lr: r.step.lr,
+        grad_norm: r.step.grad_norm,
+        reward: r.advantages.reward,
+        reward_std: r.advantages.reward_std,
+        frac_reward_zero_std: r.advantages.frac_reward_zero_std,
+        reward_means: r.reward_means,
+        mean_length: r.mean_length,
+        clipped_ratio: r.clipped_ratio,
+        kl: r.step.kl,
+        tokens: completions.iter().map(Vec::len).sum(),
+        step_seconds: secs,
+        eta_seconds: clock.eta(total.saturating_sub(r.step.step)),
+        completions: shown
+            .into_iter()
+            .zip(combined)
+            .map(|(c, reward)| SampledCompletion { prompt: c.prompt.to_string(), completion: c.completion, reward })
+            .collect(),
+    }))
+}
+
+#[wasm_bindgen]
+impl GrpoRun {
+    /// One step; resolves to its event, or undefined when the run is done.
+    #[wasm_bindgen(unchecked_return_type = "Promise<GrpoStepEvent | undefined>")]
+    pub fn step(&self) -> Promise {
+        let (model, state, seconds) = (self.model.clone(), self.state.clone(), self.seconds.clone());
+        future_to_promise(async move {
+            match one_step(&model, &state, &seconds).await? {
+                Some(e) => to_js(&e),
+                None => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// Steps until done or cancelled, calling `onStep` after each; waits while paused.
+    #[wasm_bindgen(unchecked_return_type = "Promise<TrainSummary>")]
+    pub fn train(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(event: GrpoStepEvent) => void")] on_step: Option<Function>,
+    ) -> Promise {
+        let (model, state, seconds) = (self.model.clone(), self.state.clone(), self.seconds.clone());
+        let (paused, cancelled) = (self.paused.clone(), self.cancelled.clone());
+        future_to_promise(async move {
+            let done = drive((&paused, &cancelled), on_step.as_ref(), || one_step(&model, &state, &seconds)).await?;
+            let s = state.try_borrow().map_err(|_| err("this run is taking a step"))?;
+            to_js(&TrainSummary { steps: s.trainer.step, total_steps: s.schedule.total_steps, state: done })
+        })
+    }
+
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    pub fn resume(&self) {
+        self.paused.set(false);
+    }
+
+    /// Stops `train()` after the step in flight; the adapter keeps what it learned.
+    pub fn cancel(&self) {
+        self.cancelled.set(true);
+    }
+
+    #[wasm_bindgen(js_name = currentStep)]
+    pub fn current_step(&self) -> JsResult<f64> {
+        Ok(self.state.try_borrow().map_err(|_| err("this run is taking a step"))?.trainer.step as f64)
+    }
+
+    #[wasm_bindgen(js_name = totalSteps)]
+    pub fn total_steps(&self) -> JsResult<f64> {
+        Ok(self.state.try_borrow().map_err(|_| err("this run is taking a step"))?.schedule.total_steps as f64)
+    }
+
+    /// The adapter this run trains.
+    #[wasm_bindgen(js_name = adapterName)]
+    pub fn adapter_name(&self) -> String {
+        self.name.clone()
+    }
+}
