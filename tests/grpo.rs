@@ -270,3 +270,41 @@ fn a_grpo_run_raises_its_reward() {
     eprintln!("mean reward {first} over the first 6 steps, {last} over the last 6: {means:?}");
     assert!(last > first + 1.0, "no learning: {first} → {last}");
 }
+
+/// A group sampled together is the completions sampled one at a time with
+/// seeds seed, seed + 1, …: each row's logits are the single sequence's, and
+/// each draw depends on its own seed, token number and logits only.
+#[test]
+fn a_sampled_group_is_its_completions_sampled_alone() {
+    use webpeft::model::llama::GenerationConfig;
+    use webpeft::peft::adapter::hooks_of;
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let ad = fixture_adapter(gpu, &model, "lora/initial_adapter", "lora");
+    let prompt = [310, 373, 305, 220, 314];
+    for (temperature, top_p, top_k) in [(1.0, 1.0, 0), (0.7, 0.9, 20)] {
+        let config = GenerationConfig {
+            greedy: false,
+            max_new_tokens: 12,
+            eos_token_ids: vec![EOS, 100],
+            seed: 99,
+            temperature,
+            top_p,
+            top_k,
+            ..GenerationConfig::default()
+        };
+        let start = std::time::Instant::now();
+        let group = block_on(model.sample_group(gpu, &prompt, 5, &config, hooks_of(Some(&ad)))).unwrap();
+        let together = start.elapsed();
+        let start = std::time::Instant::now();
+        for (i, got) in group.iter().enumerate() {
+            let alone = GenerationConfig { seed: 99 + i as u64, ..config.clone() };
+            let want = block_on(model.generate_adapted(gpu, &prompt, &alone, &ad, |_| true)).unwrap();
+            assert_eq!(got, &want, "row {i} (temperature {temperature}, top-p {top_p}, top-k {top_k})");
+        }
+        eprintln!("5 completions: {together:?} together, {:?} one at a time", start.elapsed());
+        assert!(group.iter().any(|c| c.len() < 12) || group.windows(2).any(|w| w[0] != w[1]), "{group:?}");
+    }
+    let greedy = GenerationConfig::greedy(4);
+    assert!(block_on(model.sample_group(gpu, &prompt, 2, &greedy, hooks_of(None))).is_err());
+}

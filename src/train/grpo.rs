@@ -407,7 +407,8 @@ pub fn completion_batches(
 }
 
 /// `g` completions of `prompt` sampled through `hooks` (the policy), the
-/// i-th drawn from `config.seed + i`; each ends with its eos, or is cut at
+/// i-th drawn from `config.seed + i`, all `g` decoded together
+/// ([`Model::sample_group`]); each ends with its eos, or is cut at
 /// `config.max_new_tokens`.
 pub async fn sample_completions(
     gpu: &Gpu,
@@ -417,12 +418,7 @@ pub async fn sample_completions(
     g: usize,
     config: &GenerationConfig,
 ) -> Result<Vec<Vec<u32>>> {
-    let mut out = Vec::with_capacity(g);
-    for i in 0..g {
-        let c = GenerationConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() };
-        out.push(model.generate_adapted(gpu, prompt, &c, hooks, |_| true).await?);
-    }
-    Ok(out)
+    model.sample_group(gpu, prompt, g, config, hooks).await
 }
 
 /// What one GRPO step did: the optimizer step's numbers and TRL's GRPO

@@ -814,3 +814,96 @@ impl GenerationConfig {
         Sampling { temperature, top_k, top_p, min_p, seed, draw }
     }
 }
+
+impl Model {
+    /// `n` completions of one prompt sampled together (GRPO's group): the
+    /// prompt's rows in one batch of `n`, one decoding step for all rows at a
+    /// time, row i drawing as [`Model::generate_adapted`] with seed
+    /// `config.seed + i` draws (each completion's draw depends on its own
+    /// seed, token number and logits only, so it is the one that call makes
+    /// from the same logits). A row stops at its eos (kept) or at
+    /// `max_new_tokens`; the others go on. The logits are read back and drawn
+    /// from on the CPU. Only temperature, top-k, top-p and min-p apply:
+    /// penalties, bans and minimum lengths are refused.
+    pub async fn sample_group(
+        &self,
+        gpu: &Gpu,
+        prompt_ids: &[u32],
+        n: usize,
+        config: &GenerationConfig,
+        hooks: &dyn Hooks,
+    ) -> Result<Vec<Vec<u32>>> {
+        const OP: &str = "Model::sample_group";
+        config.validate()?;
+        let plain = config.repetition_penalty == 1.0
+            && config.no_repeat_ngram_size == 0
+            && config.bad_words_ids.is_empty()
+            && config.suppress_tokens.is_empty()
+            && config.begin_suppress_tokens.is_empty()
+            && min_new_tokens(config, prompt_ids.len()) == 0;
+        if config.greedy || !plain {
+            return Err(Error::invalid(
+                OP,
+                "a sampled group draws with temperature, top-k, top-p and min-p only (no greedy pick, penalty, ban \
+                 or minimum length)",
+            ));
+        }
+        if prompt_ids.is_empty() || n == 0 {
+            return Err(Error::shape(
+                OP,
+                format!("{} prompt tokens, {n} rows: need at least one of each", prompt_ids.len()),
+            ));
+        }
+        let total = hooks.virtual_tokens() + hooks.prefix_len() + prompt_ids.len() + config.max_new_tokens;
+        if total > self.config.max_position_embeddings {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "a prompt of {} tokens plus max_new_tokens {} is more than max_position_embeddings {}",
+                    prompt_ids.len(),
+                    config.max_new_tokens,
+                    self.config.max_position_embeddings
+                ),
+            ));
+        }
+        let mut out = vec![Vec::with_capacity(config.max_new_tokens); n];
+        if config.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let frozen = hooks.frozen();
+        let hooks = frozen.as_deref().unwrap_or(hooks);
+        let cache = KvCache::new(gpu, self, n, total)?;
+        let step = |ids: &Tensor, offset: usize| -> Result<PendingRead> {
+            let mut rec = Recorder::new(gpu);
+            let logits = self.forward_cached(&mut rec, ids, &cache, offset, hooks)?; // (n, V)
+            let read = rec.read_after(&logits)?;
+            rec.submit()?;
+            Ok(read)
+        };
+        let mut read = step(&self.input_ids(gpu, &vec![prompt_ids.to_vec(); n])?, 0)?;
+        let mut offset = prompt_ids.len();
+        let vocab = self.config.vocab_size;
+        let mut done = vec![false; n];
+        let configs: Vec<GenerationConfig> =
+            (0..n).map(|i| GenerationConfig { seed: config.seed.wrapping_add(i as u64), ..config.clone() }).collect();
+        loop {
+            let logits: Vec<f32> = bytemuck::pod_collect_to_vec(&read.read(gpu).await?);
+            let mut next = Vec::with_capacity(n);
+            for (i, row) in logits.chunks(vocab).enumerate() {
+                if done[i] {
+                    next.push(*out[i].last().unwrap_or(&0)); // fed on, never read
+                    continue;
+                }
+                let id = sample(row, &configs[i], out[i].len() as u32)?;
+                out[i].push(id);
+                done[i] = config.eos_token_ids.contains(&id) || out[i].len() == config.max_new_tokens;
+                next.push(id);
+            }
+            if done.iter().all(|&d| d) {
+                return Ok(out);
+            }
+            read = step(&Tensor::from_slice(gpu, &[n, 1], &next)?, offset)?;
+            offset += 1;
+        }
+    }
+}
