@@ -4,6 +4,8 @@
 //   cross_entropy_backward          dlogits = (exp(logits − lse) − onehot(target)) · scale
 //   cross_entropy_backward_inplace  the same, overwriting the logits (saves a (rows, vocab) buffer)
 //   cross_entropy_backward_rows_inplace  the same with a scale per row (preference losses)
+//   cross_entropy_entropy           entropy = lse − Σ_i softmax_i·logits_i, the softmax's entropy
+//                                   (GRPO's metric), 0 on ignored rows
 //
 // The forward saves lse (rows) for the backward. Rows whose target is −100
 // (ignored) get loss 0 and a zero gradient row. A target outside 0..vocab
@@ -35,6 +37,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;  // (rows, vocab)
 @group(0) @binding(7) var<storage, read_write> logits_io: array<f32>; // (rows, vocab): logits in, dlogits out
 @group(0) @binding(8) var<storage, read> row_scale: array<f32>;      // (rows)
+@group(0) @binding(9) var<storage, read_write> entropy: array<f32>;  // (rows)
 
 fn nan() -> f32 {
     var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
@@ -136,5 +139,30 @@ fn cross_entropy_backward_rows_inplace(
     let scale = row_scale[row];
     for (var i = lid; i < p.vocab; i += WG) {
         logits_io[base + i] = dlogit(logits_io[base + i], i, column, row_lse, scale);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn cross_entropy_entropy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    if (target_column(row) < 0) {  // uniform per workgroup: every invocation returns
+        if (lid == 0u) { entropy[row] = 0.0; }
+        return;
+    }
+    let base = row * p.vocab;
+    let row_lse = lse_in[row];
+    var s = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let v = logits[base + i];
+        s += exp(v - row_lse) * v;
+    }
+    let total = workgroup_sum(lid, s);
+    if (lid == 0u) {
+        entropy[row] = row_lse - total;
     }
 }

@@ -8,6 +8,7 @@
 //   kl[r]  = e^(ref[r] − lp[r]) − (ref[r] − lp[r]) − 1
 //   stats[0] += Σ_r weight[r]·(β·kl[r] − adv[r])      the loss
 //   stats[1] += Σ_{r: weight[r] > 0} kl[r]            for the kl metric (a masked mean)
+//   stats[2] += Σ_{r: weight[r] > 0} entropy[r]       for the entropy metric
 //   row_scale[r] = weight[r]·(adv[r] + β·(e^(ref[r] − lp[r]) − 1)) / T
 //
 // row_scale is the factor of (softmax(z/T) − onehot) in ∂loss/∂z, z the
@@ -29,12 +30,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read> weight: array<f32>;         // (M)
 @group(0) @binding(4) var<storage, read> adv: array<f32>;            // (M), each row's sequence's advantage
 @group(0) @binding(5) var<storage, read_write> row_scale: array<f32>; // (M)
-@group(0) @binding(6) var<storage, read_write> stats: array<f32>;    // (2), added to
+@group(0) @binding(6) var<storage, read_write> stats: array<f32>;    // (3), added to
+@group(0) @binding(7) var<storage, read> entropy: array<f32>;        // (M)
 
 @compute @workgroup_size(WG)
 fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
     var loss = 0.0;
     var kl_sum = 0.0;
+    var entropy_sum = 0.0;
     for (var r = lid; r < p.rows; r += WG) {
         let w = weight[r];
         if (w == 0.0) {
@@ -50,12 +53,15 @@ fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
         }
         loss += w * (p.beta * kl - adv[r]);
         kl_sum += kl;
+        entropy_sum += entropy[r];
         row_scale[r] = w * (adv[r] + p.beta * (ratio - 1.0)) * p.inv_temperature;
     }
     let total_loss = workgroup_sum(lid, loss);
     let total_kl = workgroup_sum(lid, kl_sum);
+    let total_entropy = workgroup_sum(lid, entropy_sum);
     if (lid == 0u) {
         stats[0] += total_loss;
         stats[1] += total_kl;
+        stats[2] += total_entropy;
     }
 }

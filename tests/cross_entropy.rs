@@ -132,3 +132,34 @@ fn bad_arguments_are_typed_errors() {
     assert!(matches!(err, Error::DType { arg: "lse", .. }), "{err}");
     assert!(rec.is_empty());
 }
+
+/// The softmax entropy per row (GRPO's metric) against the reference given
+/// the GPU's lse, on odd shapes; 0 on ignored rows; a uniform row's is ln V.
+#[test]
+fn entropy_matches_reference() {
+    use webpeft::kernels::cross_entropy::cross_entropy_entropy;
+    let gpu = gpu();
+    for (rows, vocab, seed) in [(37, 83, 21), (5, 1000, 22), (2, 70_001, 23)] {
+        let logits: Vec<f32> = randn(seed, rows * vocab).into_iter().map(|v| 3.0 * v).collect();
+        let targets = targets(seed + 10, rows, vocab);
+        let tl = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+        let tt = Tensor::from_slice(gpu, &[rows], &targets).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let (_, lse) = cross_entropy_forward(&mut rec, &tl, &tt).unwrap();
+        let h = cross_entropy_entropy(&mut rec, &tl, &tt, &lse).unwrap();
+        rec.submit().unwrap();
+        let lse = block_on(lse.to_vec::<f32>(gpu)).unwrap();
+        let want = cpu::cross_entropy_entropy(&logits, &targets, &lse, rows, vocab);
+        let got = block_on(h.to_vec::<f32>(gpu)).unwrap();
+        assert_close(&format!("entropy {rows}x{vocab}"), &got, &want, 1e-5, 1e-5);
+        assert!(got.iter().zip(&targets).all(|(&h, &t)| (t == IGNORE_INDEX) == (h == 0.0)));
+    }
+    let uniform = Tensor::from_slice(gpu, &[1, 64], &[0.5f32; 64]).unwrap();
+    let t = Tensor::from_slice(gpu, &[1], &[3i32]).unwrap();
+    let mut rec = Recorder::new(gpu);
+    let (_, lse) = cross_entropy_forward(&mut rec, &uniform, &t).unwrap();
+    let h = cross_entropy_entropy(&mut rec, &uniform, &t, &lse).unwrap();
+    rec.submit().unwrap();
+    let h = block_on(h.to_vec::<f32>(gpu)).unwrap()[0];
+    assert!((h - 64f32.ln()).abs() < 1e-5, "{h}");
+}

@@ -72,8 +72,8 @@ fn the_advantages(c: &Value, scale: ScaleRewards) -> Vec<f32> {
 /// Each gradient by its key.
 type Named = Vec<(String, Vec<f32>)>;
 
-/// The step's loss, kl and gradients at lr 0 over `micro`.
-fn step(model: &Model, loss: GrpoLoss, micro: &[Batch]) -> (f32, Option<f32>, Named) {
+/// The step's loss, kl, entropy and gradients at lr 0 over `micro`.
+fn step(model: &Model, loss: GrpoLoss, micro: &[Batch]) -> (f32, [Option<f32>; 2], Named) {
     let gpu = gpu();
     let ad = fixture_adapter(gpu, model, "lora/initial_adapter", "lora");
     let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
@@ -82,7 +82,7 @@ fn step(model: &Model, loss: GrpoLoss, micro: &[Batch]) -> (f32, Option<f32>, Na
     let stats = block_on(trainer.step(gpu, model, micro, 0.0)).unwrap();
     let grads =
         trainer.gradients().tensors().into_iter().map(|(k, g)| (k, block_on(g.to_vec::<f32>(gpu)).unwrap())).collect();
-    (stats.loss, stats.kl, grads)
+    (stats.loss, [stats.kl, stats.entropy], grads)
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn advantages_and_steps_match_trl() {
         let d = max_abs_diff(&adv, &fx.f32(&format!("{name}.advantages")));
         assert!(d <= 1e-6, "{name}: advantages max |diff| {d:e}: {adv:?}");
         let batch = rows(&c, mask_truncated, &adv);
-        let (got_loss, kl, grads) = step(&model, loss, std::slice::from_ref(&batch));
+        let (got_loss, [kl, entropy], grads) = step(&model, loss, std::slice::from_ref(&batch));
         let want = fx.f32(&format!("{name}.loss"))[0];
         assert_eq!(grads.len(), 28);
         let mut worst = 0f32;
@@ -107,7 +107,12 @@ fn advantages_and_steps_match_trl() {
             worst = worst.max(d);
         }
         let want_kl = case["metrics"]["kl"].as_f64().map(|k| k as f32);
-        eprintln!("{name}: loss {got_loss} vs {want}, kl {kl:?} vs {want_kl:?}, gradients worst {worst:e}");
+        let (entropy, want_entropy) = (entropy.unwrap(), case["metrics"]["entropy"].as_f64().unwrap() as f32);
+        eprintln!(
+            "{name}: loss {got_loss} vs {want}, kl {kl:?} vs {want_kl:?}, entropy {entropy} vs {want_entropy}, \
+             gradients worst {worst:e}"
+        );
+        assert!((entropy - want_entropy).abs() <= 1e-5 * want_entropy, "{name}: entropy {entropy} vs {want_entropy}");
         assert!((got_loss - want).abs() <= 2e-6 + 1e-5 * want.abs(), "{name}: loss {got_loss} vs {want}");
         match (kl, want_kl) {
             (Some(k), Some(w)) => assert!((k - w).abs() <= 1e-5 * w.abs().max(1.0), "{name}: kl {k} vs {w}"),
@@ -149,14 +154,15 @@ fn row_scale_kernel_matches_the_reference() {
     let ref_loss: Vec<f32> = token_loss.iter().zip(randn(2, m)).map(|(l, e)| (l + 0.3 * e).max(0.0)).collect();
     let weight: Vec<f32> = uniform(3, m, -1.0, 1.0).iter().map(|&u| if u < 0.0 { 0.0 } else { u * 1e-2 }).collect();
     let adv = randn(4, m);
+    let entropy = uniform(5, m, 0.0, 6.0);
     for (beta, temperature) in [(0.0, 1.0), (0.04, 0.7), (0.5, 1.3)] {
-        let (want, sums) = cpu::grpo_row_scale(&token_loss, &ref_loss, &weight, &adv, beta, temperature);
+        let (want, sums) = cpu::grpo_row_scale(&token_loss, &entropy, &ref_loss, &weight, &adv, beta, temperature);
         let up = |x: &[f32]| Tensor::from_slice(gpu, &[m], x).unwrap();
-        let stats = Tensor::zeros(gpu, &[2], DType::F32).unwrap();
-        let (t, r, w, a) = (up(&token_loss), up(&ref_loss), up(&weight), up(&adv));
+        let stats = Tensor::zeros(gpu, &[3], DType::F32).unwrap();
+        let (t, r, w, a, h) = (up(&token_loss), up(&ref_loss), up(&weight), up(&adv), up(&entropy));
         let mut rec = Recorder::new(gpu);
         let reference = (beta != 0.0).then_some(&r);
-        let got = grpo_row_scale(&mut rec, &t, reference, &w, &a, beta, temperature, &stats).unwrap();
+        let got = grpo_row_scale(&mut rec, [&t, &h], reference, (&w, &a), (beta, temperature), &stats).unwrap();
         rec.submit().unwrap();
         let name = format!("β {beta}, T {temperature}");
         assert_close(&format!("{name} row_scale"), &block_on(got.to_vec::<f32>(gpu)).unwrap(), &want, 1e-7, 1e-5);
@@ -164,8 +170,8 @@ fn row_scale_kernel_matches_the_reference() {
     }
     // β without the reference's losses is a typed error.
     let t = Tensor::zeros(gpu, &[4], DType::F32).unwrap();
-    let stats = Tensor::zeros(gpu, &[2], DType::F32).unwrap();
-    let r = grpo_row_scale(&mut Recorder::new(gpu), &t, None, &t, &t, 0.1, 1.0, &stats);
+    let stats = Tensor::zeros(gpu, &[3], DType::F32).unwrap();
+    let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], None, (&t, &t), (0.1, 1.0), &stats);
     assert!(matches!(r, Err(webpeft::Error::InvalidArgument { .. })), "{r:?}");
 }
 

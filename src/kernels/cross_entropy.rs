@@ -80,6 +80,19 @@ pub fn cross_entropy_forward(rec: &mut Recorder, logits: &Tensor, targets: &Tens
     Ok((loss, lse))
 }
 
+/// Each row's softmax entropy, (rows): `lse − Σ_i softmax_i·logits_i`
+/// from the forward's `lse`; 0 where the target is ignored (−100).
+pub fn cross_entropy_entropy(rec: &mut Recorder, logits: &Tensor, targets: &Tensor, lse: &Tensor) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_entropy";
+    let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
+    if vocab == 0 {
+        return Err(Error::shape(OP, "logits have no columns"));
+    }
+    let entropy = rec.alloc(&[rows], DType::F32)?;
+    launch(rec, OP, rows, vocab, 0.0, &[(1, logits), (2, targets), (5, lse), (9, &entropy)])?;
+    Ok(entropy)
+}
+
 /// dlogits (rows, vocab) = (softmax(logits) − onehot(target)) · scale, zero
 /// rows where the target is ignored. `scale` is the upstream gradient of the
 /// summed loss, usually 1 / (non-ignored rows of the whole accumulated batch).
@@ -150,6 +163,7 @@ pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
         "cross_entropy_backward",
         "cross_entropy_backward_inplace",
         "cross_entropy_backward_rows_inplace",
+        "cross_entropy_entropy",
     ]
     .map(key)
     .to_vec()

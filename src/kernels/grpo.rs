@@ -1,7 +1,7 @@
 //! GRPO's per-token loss at μ = 1 (`shaders/grpo.wgsl`): from one
 //! micro-batch's per-row cross-entropies (−log π at the sampling
 //! temperature), the reference's (β > 0), each row's normaliser and its
-//! sequence's advantage, the loss and KL sums (added into `stats`) and each
+//! sequence's advantage, the loss, KL and entropy sums (added into `stats`) and each
 //! row's factor of (softmax − onehot) in the logits' gradient, for
 //! [`cross_entropy_backward_rows_inplace`](super::cross_entropy::cross_entropy_backward_rows_inplace).
 
@@ -27,35 +27,31 @@ fn key(entry: &'static str) -> PipelineKey {
 }
 
 /// The rows' factors, (M), and `stats[0] += Σ weight·(β·kl − adv)`,
-/// `stats[1] += Σ_{weight > 0} kl`.
+/// `stats[1] += Σ_{weight > 0} kl`, `stats[2] += Σ_{weight > 0} entropy`.
 ///
-/// - token_loss, weight, adv: (M) f32; ref_loss: (M), `None` when β = 0
-/// - stats: (2) f32, added to
-#[allow(clippy::too_many_arguments)] // the rows' four inputs, the two settings, and the sums
+/// - token_loss, entropy, weight, adv: (M) f32; ref_loss: (M), `None` when β = 0
+/// - stats: (3) f32, added to
 pub fn grpo_row_scale(
     rec: &mut Recorder,
-    token_loss: &Tensor,
+    [token_loss, entropy]: [&Tensor; 2],
     ref_loss: Option<&Tensor>,
-    weight: &Tensor,
-    adv: &Tensor,
-    beta: f32,
-    temperature: f32,
+    (weight, adv): (&Tensor, &Tensor),
+    (beta, temperature): (f32, f32),
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";
     let reference = ref_loss.unwrap_or(token_loss);
-    all_f32(
-        OP,
-        &[("token_loss", token_loss), ("ref_loss", reference), ("weight", weight), ("adv", adv), ("stats", stats)],
-    )?;
+    let named = [("ref_loss", reference), ("entropy", entropy), ("weight", weight), ("adv", adv)];
+    all_f32(OP, &[("token_loss", token_loss), ("stats", stats)])?;
+    all_f32(OP, &named)?;
     let rows = token_loss.numel();
-    for (name, t) in [("ref_loss", reference), ("weight", weight), ("adv", adv)] {
+    for (name, t) in named {
         if t.numel() != rows {
             return Err(Error::shape(OP, format!("{name} has {} rows, token_loss {rows}", t.numel())));
         }
     }
-    if stats.numel() < 2 {
-        return Err(Error::shape(OP, format!("stats {:?} must hold 2 values", stats.shape())));
+    if stats.numel() < 3 {
+        return Err(Error::shape(OP, format!("stats {:?} must hold 3 values", stats.shape())));
     }
     if beta != 0.0 && ref_loss.is_none() {
         return Err(Error::invalid(OP, format!("β = {beta} needs the reference's per-row losses")));
@@ -66,7 +62,7 @@ pub fn grpo_row_scale(
     u32_count(OP, "rows", rows)?;
     let row_scale = rec.alloc(&[rows], DType::F32)?;
     let p = Params { rows: rows as u32, beta, inv_temperature: 1.0 / temperature, _pad: 0 };
-    let bound = [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats)];
+    let bound = [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy)];
     rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
     Ok(row_scale)
 }

@@ -21,8 +21,8 @@
 //! `delta` and the sequence-level ratio (GSPO) change nothing: the gradient is
 //! `c_t·(−A_i + β·(1 − e^(ref_t − lp_t)))·∇lp_t`. In the step's one submission:
 //! the reference forward (β > 0), the adapter's forward, each row's
-//! cross-entropy at temperature T, `grpo_row_scale` (the loss, the KL sum and
-//! each row's factor), and the backward through cross-entropy's per-row scale.
+//! cross-entropy and entropy at temperature T, `grpo_row_scale` (the loss, the
+//! KL and entropy sums and each row's factor), and the backward through cross-entropy's per-row scale.
 
 use serde_json::{Map, Value};
 
@@ -33,7 +33,7 @@ use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, 
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
-use crate::train::preference_loss::{rows_backward, token_losses};
+use crate::train::preference_loss::{rows_backward, scored_rows, token_losses};
 use crate::train::trainer::{StepStats, Trainer};
 
 /// TRL's `loss_type`: how the per-token losses are normalised.
@@ -254,7 +254,7 @@ impl GrpoRows {
 
 /// Records one GRPO micro-batch: the reference forward (β > 0, every adapter
 /// hook off), the adapter's forward, the loss (added into `stats[0]`, the
-/// KL sum into `stats[1]`) and the backward into the adapter's gradients
+/// KL sum into `stats[1]`, the entropy sum into `stats[2]`) and the backward into the adapter's gradients
 /// through `hooks`.
 pub(crate) fn record_grpo_micro(
     rec: &mut Recorder,
@@ -287,9 +287,16 @@ pub(crate) fn record_grpo_micro(
     let (xn, saved) = model.hidden_checkpointed(rec, &ids, hooks, checkpoint)?; // (B, T, D)
     let shape = xn.shape().to_vec();
     let xn = flat(xn)?;
-    let (token_loss, lse) = token_losses(rec, &xn, model.head(hooks), &targets, loss.temperature)?;
-    let row_scale =
-        grpo_row_scale(rec, &token_loss, ref_loss.as_ref(), &weight, &adv, loss.beta, loss.temperature, stats)?;
+    let (token_loss, lse, entropy) = scored_rows(rec, &xn, model.head(hooks), &targets, loss.temperature, true)?;
+    let entropy = entropy.ok_or_else(|| Error::invalid("GRPO loss", "the rows' entropies went missing"))?;
+    let row_scale = grpo_row_scale(
+        rec,
+        [&token_loss, &entropy],
+        ref_loss.as_ref(),
+        (&weight, &adv),
+        (loss.beta, loss.temperature),
+        stats,
+    )?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)
 }

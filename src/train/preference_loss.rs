@@ -25,7 +25,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_forward};
+use crate::kernels::cross_entropy::{
+    cross_entropy_backward_rows_inplace, cross_entropy_entropy, cross_entropy_forward,
+};
 use crate::kernels::elementwise::{fill, scale_inplace};
 use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, Scores};
 use crate::model::llama::loss::logits_chunk_rows;
@@ -153,19 +155,38 @@ pub(crate) fn token_losses(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<(Tensor, Tensor)> {
+    let (token_loss, lse, _) = scored_rows(rec, xn, head, targets, temperature, false)?;
+    Ok((token_loss, lse))
+}
+
+/// [`token_losses`] and, with `entropy`, each row's softmax entropy (M)
+/// (0 on ignored rows).
+pub(crate) fn scored_rows(
+    rec: &mut Recorder,
+    xn: &Tensor,
+    head: Head,
+    targets: &Tensor,
+    temperature: f32,
+    entropy: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let m = targets.numel();
     let token_loss = rec.alloc(&[m], DType::F32)?;
     let lse = rec.alloc(&[m], DType::F32)?;
+    let entropies = if entropy { Some(rec.alloc(&[m], DType::F32)?) } else { None };
     for_each_chunk(rec, xn, &head, targets, |rec, start, _, logits, t| {
         if temperature != 1.0 {
             scale_inplace(rec, logits, 1.0 / temperature)?;
         }
         let (loss_c, lse_c) = cross_entropy_forward(rec, logits, t)?;
         let n = t.numel() as u64 * 4;
+        if let Some(h) = &entropies {
+            let h_c = cross_entropy_entropy(rec, logits, t, &lse_c)?;
+            rec.copy(&h_c, 0, h, start as u64 * 4, n)?;
+        }
         rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
         rec.copy(&lse_c, 0, &lse, start as u64 * 4, n)
     })?;
-    Ok((token_loss, lse))
+    Ok((token_loss, lse, entropies))
 }
 
 /// Runs `f(rec, first row, x (n, D), logits (n, V), targets (n))` on each

@@ -88,6 +88,9 @@ pub struct StepStats {
     /// GRPO with β > 0: TRL's `kl`, the mean per-token KL to the reference
     /// over the step's completion tokens.
     pub kl: Option<f32>,
+    /// GRPO: TRL's `entropy`, the mean entropy of the policy's next-token
+    /// distribution (at the temperature) over the step's completion tokens.
+    pub entropy: Option<f32>,
 }
 
 /// What TRL's `KTOTrainer` logs for a step (sums over the step's examples;
@@ -584,7 +587,8 @@ impl Trainer {
             Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3] / tokens.max(1) as f32),
             _ => None,
         };
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl })
+        let entropy = matches!(self.objective, Objective::Grpo(_)).then(|| read[4] / tokens.max(1) as f32);
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and

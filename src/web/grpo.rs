@@ -84,6 +84,7 @@ struct GrpoStepEvent {
     clipped_ratio: f32,
     #[serde(skip_serializing_if = "Option::is_none")]
     kl: Option<f32>,
+    entropy: f32,
     tokens: usize,
     step_seconds: f64,
     eta_seconds: f64,
@@ -279,6 +280,7 @@ async fn one_step(
         mean_length: r.mean_length,
         clipped_ratio: r.clipped_ratio,
         kl: r.step.kl,
+        entropy: r.step.entropy.unwrap_or(0.0),
         tokens: completions.iter().map(Vec::len).sum(),
         step_seconds: secs,
         eta_seconds: clock.eta(total.saturating_sub(r.step.step)),

@@ -242,11 +242,12 @@ export interface GrpoCompletion { prompt: string; completion: string; completion
 /** One reward a completion, or null for none (TRL's None: left out of the weighted sum). */
 export type RewardFunction = (completions: GrpoCompletion[]) => (number | null)[] | Promise<(number | null)[]>;
 /** A GRPO step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean (rewardMeans, in the
- * functions' order), completions/mean_length, completions/clipped_ratio and kl (with beta), and the step's
+ * functions' order), completions/mean_length, completions/clipped_ratio, entropy and kl (with beta), and the step's
  * completions with their combined rewards. */
 export interface GrpoStepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; reward: number; rewardStd: number;
   fracRewardZeroStd: number; rewardMeans: number[]; meanLength: number; clippedRatio: number; kl?: number;
+  entropy: number;
   tokens: number; stepSeconds: number; etaSeconds: number;
   completions: { prompt: string; completion: string; reward: number }[];
 }

@@ -345,6 +345,9 @@ async fn cli_step(
     if let Some(kl) = s.step.kl {
         line.insert("kl".into(), json!(kl));
     }
+    if let Some(entropy) = s.step.entropy {
+        line.insert("entropy".into(), json!(entropy));
+    }
     Ok(line)
 }
 

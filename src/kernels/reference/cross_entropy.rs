@@ -35,6 +35,22 @@ pub fn cross_entropy_forward(logits: &[f32], targets: &[i32], rows: usize, vocab
     (loss, lse)
 }
 
+/// Each row's softmax entropy, (rows): `lse − Σ softmax·logits` (the sum in
+/// f64), 0 for ignored rows.
+pub fn cross_entropy_entropy(logits: &[f32], targets: &[i32], lse: &[f32], rows: usize, vocab: usize) -> Vec<f32> {
+    check_shapes("cross_entropy_entropy", logits, targets, rows, vocab);
+    (0..rows)
+        .map(|r| {
+            if target_index(targets[r], vocab).is_none() {
+                return 0.0;
+            }
+            let x = &logits[r * vocab..(r + 1) * vocab];
+            let mean: f64 = x.iter().map(|&v| ((v - lse[r]).exp() * v) as f64).sum();
+            lse[r] - mean as f32
+        })
+        .collect()
+}
+
 /// `dlogits = (softmax(logits) - onehot(target)) * scale`, zero rows where the
 /// target is ignored.
 ///
