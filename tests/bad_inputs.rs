@@ -411,3 +411,18 @@ fn a_model_too_big_for_the_device_is_refused_before_loading() {
     );
     assert!(!plan.fits);
 }
+
+/// The RoPE scalings transformers has and webpeft does not compute, and
+/// sliding layers a config gives no window.
+#[test]
+fn a_rope_scaling_or_sliding_layers_webpeft_cannot_follow() {
+    let mut config: serde_json::Value = serde_json::from_str(&llama_config(384, 64, 128, 2, 4, 2)).unwrap();
+    config["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "factor": 4.0});
+    let e = show("a RoPE scaling webpeft does not compute", Config::from_value(&config));
+    assert!(e.to_string().contains("\"longrope\""), "{e}");
+    config["rope_scaling"] = serde_json::Value::Null;
+    config["model_type"] = serde_json::json!("qwen2");
+    config["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]);
+    let e = show("sliding layers with no window", Config::from_value(&config));
+    assert!(e.to_string().contains("there is no window"), "{e}");
+}

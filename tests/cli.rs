@@ -1642,7 +1642,7 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     let line = refused(&["--objective", "dpo"], Some(TRAIN_JSONL));
     assert!(line.ends_with("bad_pairs.jsonl, line 1: missing the `prompt` field of a preference pair"), "{line}");
     for (args, want) in [
-        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo, cpo and kto"),
+        (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo, cpo, kto and grpo"),
         (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo and cpo"),
         (
             &["--objective", "dpo", "--label-smoothing", "0.7"],

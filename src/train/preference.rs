@@ -91,9 +91,9 @@ impl Objective {
             .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
         let settings: [(&'static str, bool, &[&str]); 14] = [
-            ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto"]),
+            ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto", "grpo"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
-            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo", "kto"]),
+            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo", "kto", "grpo"]),
             ("loss_weights", o.loss_weights.is_some(), &["dpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
