@@ -1759,11 +1759,16 @@ fn train_grpo_samples_scores_and_steps() {
 
     // Each refusal: the base run (2 completions a prompt, batches of 2) with one flag changed or added.
     let refused = |flags: &[&str], needle: &str| {
-        let base = ["--objective", "grpo", "--batch-size", "2", "--steps", "1", "--max-completion-length", "4"];
+        let base = ["--objective", "grpo", "--batch-size", "2", "--steps", "1"];
         let out_dir = dir.join("x");
         let tail = ["--lr", "1e-2", "--out", &out_dir];
         let mut all = base.to_vec();
-        for defaults in [["--num-generations", "2"], ["--reward", "think_format"], ["--method", "lora"]] {
+        for defaults in [
+            ["--num-generations", "2"],
+            ["--reward", "think_format"],
+            ["--method", "lora"],
+            ["--max-completion-length", "4"],
+        ] {
             if !flags.contains(&defaults[0]) {
                 all.extend(defaults);
             }
@@ -1780,6 +1785,7 @@ fn train_grpo_samples_scores_and_steps() {
     refused(&["--scale-rewards", "mean"], "--scale-rewards: expected group, batch or none");
     refused(&["--method", "prompt_tuning"], "virtual tokens");
     refused(&["--reward", "cmd:echo 1"], "wrote 1 rewards for 2 completions");
+    refused(&["--max-completion-length", "128"], "--max-completion-length: 128 leaves no room for a prompt");
     let sft = train(&data, &["--num-generations", "4", "--method", "lora", "--lr", "1e-2", "--out", &dir.join("y")]);
     assert!(String::from_utf8_lossy(&sft.stderr).contains("--num-generations applies to --objective grpo only"));
 }

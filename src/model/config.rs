@@ -36,8 +36,8 @@ pub enum ModelType {
     Llama,
     /// Qwen2 / Qwen2.5: q/k/v biases, no o_proj bias.
     Qwen2,
-    /// Mistral: no biases; sliding-window attention (unsupported unless the
-    /// window covers `max_position_embeddings`).
+    /// Mistral: no biases; sliding-window attention on every layer
+    /// (`sliding_window`, 4096 when absent).
     Mistral,
     /// Qwen3: Qwen2 without the q/k/v biases (all four projections follow
     /// `attention_bias`), and `q_norm`/`k_norm`, RMSNorms over each head's

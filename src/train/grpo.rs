@@ -120,6 +120,22 @@ impl GrpoLoss {
     pub const TRL: GrpoLoss =
         GrpoLoss { loss_type: GrpoLossType::Dapo, beta: 0.0, temperature: 1.0, max_completion_length: 256 };
 
+    /// The prompt tokens a row keeps beside its completion: `max_prompt_length`,
+    /// capped so that prompt and completion fit `max_positions`; an error
+    /// where the completion alone fills them.
+    pub fn prompt_budget(&self, max_prompt_length: usize, max_positions: usize) -> Result<usize> {
+        match max_positions.checked_sub(self.max_completion_length).filter(|&n| n > 0) {
+            Some(room) => Ok(max_prompt_length.min(room)),
+            None => Err(Error::TrainOption {
+                option: "max_completion_length",
+                detail: format!(
+                    "{} leaves no room for a prompt in the model's {max_positions} positions",
+                    self.max_completion_length
+                ),
+            }),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |option, detail: String| Err(Error::TrainOption { option, detail });
         if !(self.beta.is_finite() && self.beta >= 0.0) {

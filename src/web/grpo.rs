@@ -124,7 +124,8 @@ impl WebModel {
         let st = &mut *guard;
         let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
         let text = data_text(&prompts)?;
-        let prompts = grpo_prompts("prompts", text.as_bytes(), tokenizer, plan.max_prompt_length).map_err(err)?;
+        let budget = plan.loss.prompt_budget(plan.max_prompt_length, st.model.config.max_position_embeddings);
+        let prompts = grpo_prompts("prompts", text.as_bytes(), tokenizer, budget.map_err(err)?).map_err(err)?;
         let eos: Vec<u32> = match tokenizer.eos_token() {
             Some(t) => vec![t.id],
             None => st.model.config.eos_token_ids.clone(),

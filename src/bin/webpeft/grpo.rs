@@ -127,6 +127,9 @@ fn refuse_others(a: &TrainArgs) -> Result<(), String> {
 
 pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     refuse_others(&a)?;
+    if a.seq_len.is_some() {
+        eprintln!("note: --seq-len ignored: GRPO's rows are --max-prompt-length and --max-completion-length tokens");
+    }
     a.check_method_options()?;
     let virtual_tokens = match &a.init_adapter {
         Some(dir) => folder_virtual_tokens(dir),
@@ -173,7 +176,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     tokenizer.check_model(&config)?;
     let bytes = std::fs::read(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
     let source = data_path.display().to_string();
-    let prompts = grpo_prompts(&source, &bytes, &tokenizer, a.max_prompt_length.unwrap_or(512))?;
+    let budget = loss.prompt_budget(a.max_prompt_length.unwrap_or(512), config.max_position_embeddings);
+    let prompts = grpo_prompts(&source, &bytes, &tokenizer, budget.map_err(flag_error)?)?;
     let per_step = rows / g;
     let steps_per_epoch = prompts.len().div_ceil(per_step) as u64;
     let total = match a.steps {

@@ -249,7 +249,7 @@ impl Model {
         self.check_seq(end)?;
         let mut rope = self.rope.tables(rec.gpu(), end)?;
         let window = self.config.sliding_window.as_ref().map(|s| s.window);
-        rope.slide(rec.gpu(), window, (b, front + t), start, &vec![0; b * (front + t)])?;
+        rope.slide(rec.gpu(), window, (b, front + t), start, None)?;
         let d = self.config.hidden_size;
         let mut x = self.embed_hooked(rec, &ids.reshape(&[b * t])?, hooks)?.reshape(&[b, t, d])?;
         if front > 0 {

@@ -414,7 +414,7 @@ impl Model {
         let rope = match position_ids {
             None => {
                 let mut rope = self.rope.tables(rec.gpu(), p + v + t)?;
-                rope.slide(rec.gpu(), window, (b, p + v + t), 0, &vec![0; b * (p + v + t)])?;
+                rope.slide(rec.gpu(), window, (b, p + v + t), 0, None)?;
                 rope
             }
             Some(_) if v + p > 0 => {

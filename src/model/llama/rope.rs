@@ -48,22 +48,23 @@ impl RopeTables {
     /// Sets [`window_starts`](Self::window_starts) for `window` (the
     /// config's, `None` when no layer slides) and the queries of `batch` rows
     /// of `n` at positions `first..first + n` of their row's keys, each
-    /// seeing keys from `starts` (B·N) without the window: transformers'
-    /// `kv_idx > q_idx − sliding_window`.
+    /// seeing keys from `starts` (B·N; `None`: from 0) without the window:
+    /// transformers' `kv_idx > q_idx − sliding_window`.
     pub(crate) fn slide(
         &mut self,
         gpu: &Gpu,
         window: Option<usize>,
         (batch, n): (usize, usize),
         first: usize,
-        starts: &[u32],
+        starts: Option<&[u32]>,
     ) -> Result<()> {
         let Some(window) = window.filter(|&w| first + n > w) else {
             return Ok(()); // every key a query could see is within its window
         };
+        let start = |k: usize| starts.map_or(0, |s| s[k]);
         let slid: Vec<u32> =
-            starts.iter().enumerate().map(|(k, &s)| s.max((first + k % n + 1).saturating_sub(window) as u32)).collect();
-        if slid != starts {
+            (0..batch * n).map(|k| start(k).max((first + k % n + 1).saturating_sub(window) as u32)).collect();
+        if (0..batch * n).any(|k| slid[k] != start(k)) {
             self.window_starts = Some(Tensor::from_slice(gpu, &[batch, n], &slid)?);
         }
         Ok(())
@@ -149,7 +150,7 @@ impl RopeCache {
             segment_starts: Some(Tensor::from_slice(gpu, &[b, t], &starts)?),
             window_starts: None,
         };
-        tables.slide(gpu, window, (b, t), 0, &starts)?;
+        tables.slide(gpu, window, (b, t), 0, Some(&starts))?;
         Ok(tables)
     }
 
