@@ -1756,6 +1756,40 @@ fn train_grpo_samples_scores_and_steps() {
     assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");
     let written = |f: &str| std::path::Path::new(&dir.join(f)).exists();
     assert!(written("out/adapter_model.safetensors") && written("out/adapter_config.json"));
+    // num_iterations 2: two optimizer steps on each generation (the last takes the one step left), its
+    // metrics on both lines; the ratios move at the second and the clip ratios are logged.
+    let iterations = [
+        "--objective",
+        "grpo",
+        "--num-generations",
+        "3",
+        "--batch-size",
+        "3",
+        "--grad-accum",
+        "2",
+        "--steps",
+        "3",
+        "--max-completion-length",
+        "6",
+        "--reward",
+        count,
+        "--num-iterations",
+        "2",
+        "--epsilon",
+        "0.1",
+        "--delta",
+        "1.5",
+    ];
+    let out =
+        train(&data, &[&iterations[..], &["--method", "lora", "--lr", "5e-2", "--out", &dir.join("mu")]].concat());
+    ok(&out);
+    let lines = step_lines(&out);
+    assert_eq!(column(&lines, "step"), [1.0, 2.0, 3.0], "{lines:?}");
+    assert_eq!(lines[0]["reward"], lines[1]["reward"], "one generation, two steps: {lines:?}");
+    for key in ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"] {
+        assert!(column(&lines, key).iter().all(|v| (0.0..=1.0).contains(v)), "{key}: {lines:?}");
+    }
+    assert_eq!(column(&lines, "clip_ratio/region_mean")[0], 0.0, "the first iteration's ratio is 1: {lines:?}");
 
     // Each refusal: the base run (2 completions a prompt, batches of 2) with one flag changed or added.
     let refused = |flags: &[&str], needle: &str| {

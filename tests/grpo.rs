@@ -10,7 +10,7 @@ mod common;
 use common::{block_on, fixture, fixture_adapter, fixture_model, gpu, max_abs_diff, randn, uniform, Fixture};
 use serde_json::Value;
 use webpeft::gpu::Recorder;
-use webpeft::kernels::grpo::grpo_row_scale;
+use webpeft::kernels::grpo::{grpo_row_scale, Clip};
 use webpeft::kernels::reference::{assert_close, grpo as cpu};
 use webpeft::model::llama::IGNORE_INDEX;
 use webpeft::model::Model;
@@ -20,6 +20,7 @@ use webpeft::train::grpo::{
     GrpoLossType, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
+use webpeft::train::schedule::{LrSchedule, Schedule};
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
 use webpeft::{DType, Tensor};
 
@@ -42,6 +43,11 @@ fn settings(case: &Value, max_completion_length: usize) -> (GrpoLoss, ScaleRewar
         beta: s["beta"].as_f64().unwrap() as f32,
         temperature: s["temperature"].as_f64().unwrap() as f32,
         max_completion_length,
+        clip: Clip {
+            epsilon_low: s["epsilon"].as_f64().unwrap_or(0.2) as f32,
+            epsilon_high: s["epsilon_high"].as_f64().or(s["epsilon"].as_f64()).unwrap_or(0.2) as f32,
+            delta: s["delta"].as_f64().map(|d| d as f32),
+        },
     };
     let scale = ScaleRewards::from_name(s["scale_rewards"].as_str().unwrap()).unwrap();
     (loss, scale, s["mask_truncated_completions"].as_bool().unwrap_or(false))
@@ -91,7 +97,7 @@ fn advantages_and_steps_match_trl() {
     let fx = Fixture::open("grpo/reference.safetensors");
     let model = fixture_model(gpu(), "llama_gqa");
     let max_len = c["max_completion_length"].as_u64().unwrap() as usize;
-    for (name, case) in c["cases"].as_object().unwrap() {
+    for (name, case) in c["cases"].as_object().unwrap().iter().filter(|(n, _)| *n != "clipped") {
         let (loss, scale, mask_truncated) = settings(case, max_len);
         let adv = the_advantages(&c, scale);
         let d = max_abs_diff(&adv, &fx.f32(&format!("{name}.advantages")));
@@ -155,23 +161,40 @@ fn row_scale_kernel_matches_the_reference() {
     let weight: Vec<f32> = uniform(3, m, -1.0, 1.0).iter().map(|&u| if u < 0.0 { 0.0 } else { u * 1e-2 }).collect();
     let adv = randn(4, m);
     let entropy = uniform(5, m, 0.0, 6.0);
-    for (beta, temperature) in [(0.0, 1.0), (0.04, 0.7), (0.5, 1.3)] {
-        let (want, sums) = cpu::grpo_row_scale(&token_loss, &entropy, &ref_loss, &weight, &adv, beta, temperature);
+    // The sampling policy's losses: the same (one iteration), or moved by up to ±0.6 nats.
+    let moved: Vec<f32> = token_loss.iter().zip(uniform(6, m, -0.6, 0.6)).map(|(l, e)| l + e).collect();
+    let cases = [
+        (0.0, 1.0, None, Clip { epsilon_low: 0.2, epsilon_high: 0.2, delta: None }),
+        (0.04, 0.7, None, Clip { epsilon_low: 0.2, epsilon_high: 0.2, delta: None }),
+        (0.5, 1.3, Some(&moved), Clip { epsilon_low: 0.2, epsilon_high: 0.28, delta: Some(1.5) }),
+        (0.0, 1.0, Some(&moved), Clip { epsilon_low: 0.1, epsilon_high: 0.3, delta: None }),
+    ];
+    for (beta, temperature, old, clip) in cases {
+        let old_loss = old.map_or(&token_loss, |o| o);
+        let (want, sums) =
+            cpu::grpo_row_scale([&token_loss, &entropy, old_loss, &ref_loss], &weight, &adv, beta, temperature, clip);
         let up = |x: &[f32]| Tensor::from_slice(gpu, &[m], x).unwrap();
-        let stats = Tensor::zeros(gpu, &[3], DType::F32).unwrap();
+        let stats = Tensor::zeros(gpu, &[6], DType::F32).unwrap();
         let (t, r, w, a, h) = (up(&token_loss), up(&ref_loss), up(&weight), up(&adv), up(&entropy));
+        let o = old.map(|o| up(o));
         let mut rec = Recorder::new(gpu);
         let reference = (beta != 0.0).then_some(&r);
-        let got = grpo_row_scale(&mut rec, [&t, &h], reference, (&w, &a), (beta, temperature), &stats).unwrap();
+        let got =
+            grpo_row_scale(&mut rec, [&t, &h], (reference, o.as_ref()), (&w, &a), (beta, temperature), clip, &stats)
+                .unwrap();
         rec.submit().unwrap();
-        let name = format!("β {beta}, T {temperature}");
+        let name = format!("β {beta}, T {temperature}, {clip:?}, moved {}", old.is_some());
+        if old.is_some() {
+            assert!(sums[5] > 50.0, "{name}: the clipping should bind somewhere: {sums:?}");
+        }
         assert_close(&format!("{name} row_scale"), &block_on(got.to_vec::<f32>(gpu)).unwrap(), &want, 1e-7, 1e-5);
         assert_close(&format!("{name} sums"), &block_on(stats.to_vec::<f32>(gpu)).unwrap(), &sums, 1e-5, 1e-4);
     }
     // β without the reference's losses is a typed error.
     let t = Tensor::zeros(gpu, &[4], DType::F32).unwrap();
-    let stats = Tensor::zeros(gpu, &[3], DType::F32).unwrap();
-    let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], None, (&t, &t), (0.1, 1.0), &stats);
+    let stats = Tensor::zeros(gpu, &[6], DType::F32).unwrap();
+    let clip = GrpoLoss::TRL.clip;
+    let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], (None, None), (&t, &t), (0.1, 1.0), clip, &stats);
     assert!(matches!(r, Err(webpeft::Error::InvalidArgument { .. })), "{r:?}");
 }
 
@@ -244,6 +267,7 @@ fn a_grpo_run_raises_its_reward() {
     let prompts: [&[u32]; 1] = [&[310, 373, 305, 220]];
     let settings = GrpoSettings {
         num_generations: 8,
+        num_iterations: 1,
         scale_rewards: ScaleRewards::Group,
         mask_truncated_completions: false,
         batch_size: 8,
@@ -252,6 +276,7 @@ fn a_grpo_run_raises_its_reward() {
         pad: PAD,
     };
     let mut means = Vec::new();
+    let lr = LrSchedule::new(Schedule::Constant, 5e-2, 0, 24).unwrap();
     for step in 0..24u64 {
         let mut completions = Vec::new();
         for (k, p) in prompts.iter().enumerate() {
@@ -268,7 +293,7 @@ fn a_grpo_run_raises_its_reward() {
         }
         let reward: Vec<Option<f32>> =
             completions.iter().map(|c| Some(c.iter().filter(|&&t| t < 192).count() as f32)).collect();
-        let s = block_on(grpo_step(gpu, &model, &mut trainer, (&prompts, &completions), &[reward], &settings, 5e-2))
+        let s = block_on(grpo_step(gpu, &model, &mut trainer, (&prompts, &completions), &[reward], &settings, &lr))
             .unwrap();
         means.push(s.advantages.reward);
     }
@@ -313,4 +338,59 @@ fn a_sampled_group_is_its_completions_sampled_alone() {
     }
     let greedy = GenerationConfig::greedy(4);
     assert!(block_on(model.sample_group(gpu, &prompt, 2, &greedy, hooks_of(None))).is_err());
+}
+
+/// TRL's num_iterations 2: the completions scored by the policy that sampled
+/// them (lora/initial_adapter; webpeft's `label_logps` equals TRL's
+/// old_per_token_logps), then the step of a moved policy (its factors
+/// perturbed, `grpo/moved`), whose ratios the clipping cuts (ε 0.2, ε_high
+/// 0.28, δ 1.5): the loss, every gradient, kl, entropy and the clip ratios.
+#[test]
+fn a_moved_policy_is_clipped_as_trl_clips_it() {
+    let c = cases();
+    let fx = Fixture::open("grpo/reference.safetensors");
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let case = &c["cases"]["clipped"];
+    let (loss, scale, mask_truncated) = settings(case, 8);
+    let adv = the_advantages(&c, scale);
+    assert!(max_abs_diff(&adv, &fx.f32("clipped.advantages")) <= 1e-6);
+    let mut batch = rows(&c, mask_truncated, &adv);
+    // The sampling policy's log-probabilities at the completions' label positions.
+    let sampler = fixture_adapter(gpu, &model, "lora/initial_adapter", "lora");
+    let old = block_on(webpeft::train::grpo::label_logps(gpu, &model, &sampler, &batch, loss.temperature)).unwrap();
+    let trl_old = fx.f32("clipped.old_logps");
+    let mask = fx.i64("clipped.completion_mask");
+    let width = fx.shape("clipped.old_logps")[1];
+    let prompts: Vec<Vec<u32>> = c["prompt_ids"].as_array().unwrap().iter().map(ids).collect();
+    let mut worst = 0f32;
+    for (i, row) in old.iter().enumerate() {
+        let start = prompts[i / 3].len();
+        for j in (0..width).filter(|&j| mask[i * width + j] == 1) {
+            worst = worst.max((row[start + j] - trl_old[i * width + j]).abs());
+        }
+    }
+    eprintln!("old log-probabilities: max |diff| {worst:e} against TRL's");
+    assert!(worst <= 2e-5, "old logps {worst:e}");
+    batch.old_logps = Some(old);
+    let moved = fixture_adapter(gpu, &model, "grpo/moved", "lora");
+    let opt = OptimizerConfig { max_grad_norm: 0.0, ..Default::default() };
+    let mut trainer = Trainer::new(gpu, moved, opt, 0).unwrap();
+    trainer.objective = Objective::Grpo(loss);
+    let stats = block_on(trainer.step(gpu, &model, std::slice::from_ref(&batch), 0.0)).unwrap();
+    let m = &case["metrics"];
+    let want = fx.f32("clipped.loss")[0];
+    let mut worst = 0f32;
+    for (key, g) in trainer.gradients().tensors() {
+        let d = max_abs_diff(&block_on(g.to_vec::<f32>(gpu)).unwrap(), &fx.f32(&format!("clipped.{key}.grad")));
+        worst = worst.max(d);
+    }
+    let clip = stats.clip_ratio.unwrap();
+    eprintln!("clipped: loss {} vs {want}, gradients worst {worst:e}, clip ratios {clip:?}, metrics {m}", stats.loss);
+    assert!(worst <= 2e-5, "gradients {worst:e}");
+    assert!((stats.loss - want).abs() <= 1e-6, "loss {} vs {want}", stats.loss);
+    let metric = |k: &str| m[k].as_f64().unwrap() as f32;
+    assert_eq!(clip, [metric("clip_ratio/low_mean"), metric("clip_ratio/high_mean"), metric("clip_ratio/region_mean")]);
+    assert!((stats.kl.unwrap() - metric("kl")).abs() <= 1e-5 * metric("kl").max(1.0));
+    assert!((stats.entropy.unwrap() - metric("entropy")).abs() <= 1e-5 * metric("entropy"));
 }

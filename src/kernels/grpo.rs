@@ -1,6 +1,6 @@
-//! GRPO's per-token loss at μ = 1 (`shaders/grpo.wgsl`): from one
+//! GRPO's per-token loss (`shaders/grpo.wgsl`): from one
 //! micro-batch's per-row cross-entropies (−log π at the sampling
-//! temperature), the reference's (β > 0), each row's normaliser and its
+//! temperature), the reference's (β > 0), the sampling policy's (old), each row's normaliser and its
 //! sequence's advantage, the loss, KL and entropy sums (added into `stats`) and each
 //! row's factor of (softmax − onehot) in the logits' gradient, for
 //! [`cross_entropy_backward_rows_inplace`](super::cross_entropy::cross_entropy_backward_rows_inplace).
@@ -19,29 +19,46 @@ struct Params {
     rows: u32,
     beta: f32,
     inv_temperature: f32,
-    _pad: u32,
+    epsilon_low: f32,
+    epsilon_high: f32,
+    delta: f32,
+    _pad: [u32; 2],
+}
+
+/// The importance ratio's clipping (TRL's `epsilon`, `epsilon_high`, `delta`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Clip {
+    pub epsilon_low: f32,
+    pub epsilon_high: f32,
+    /// The two-sided upper bound of c1 (`None`: TRL's default, no bound).
+    pub delta: Option<f32>,
 }
 
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::Grpo, entry).with("WG", Const::U32(WG))
 }
 
-/// The rows' factors, (M), and `stats[0] += Σ weight·(β·kl − adv)`,
-/// `stats[1] += Σ_{weight > 0} kl`, `stats[2] += Σ_{weight > 0} entropy`.
+/// The rows' factors, (M), and the step's sums (added into `stats`):
+/// `[Σ weight·ℓ, Σ kl, Σ entropy, low-clipped, high-clipped, either]` over
+/// the rows with weight > 0 (`shaders/grpo.wgsl`).
 ///
-/// - token_loss, entropy, weight, adv: (M) f32; ref_loss: (M), `None` when β = 0
-/// - stats: (3) f32, added to
+/// - token_loss, entropy, weight, adv: (M) f32
+/// - ref_loss: (M), `None` when β = 0; old_loss: (M), `None` at one iteration (ratio 1)
+/// - stats: (6) f32, added to
+#[allow(clippy::too_many_arguments)] // the rows' inputs, the settings, and the sums
 pub fn grpo_row_scale(
     rec: &mut Recorder,
     [token_loss, entropy]: [&Tensor; 2],
-    ref_loss: Option<&Tensor>,
+    (ref_loss, old_loss): (Option<&Tensor>, Option<&Tensor>),
     (weight, adv): (&Tensor, &Tensor),
     (beta, temperature): (f32, f32),
+    clip: Clip,
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";
     let reference = ref_loss.unwrap_or(token_loss);
-    let named = [("ref_loss", reference), ("entropy", entropy), ("weight", weight), ("adv", adv)];
+    let old = old_loss.unwrap_or(token_loss);
+    let named = [("ref_loss", reference), ("old_loss", old), ("entropy", entropy), ("weight", weight), ("adv", adv)];
     all_f32(OP, &[("token_loss", token_loss), ("stats", stats)])?;
     all_f32(OP, &named)?;
     let rows = token_loss.numel();
@@ -50,8 +67,8 @@ pub fn grpo_row_scale(
             return Err(Error::shape(OP, format!("{name} has {} rows, token_loss {rows}", t.numel())));
         }
     }
-    if stats.numel() < 3 {
-        return Err(Error::shape(OP, format!("stats {:?} must hold 3 values", stats.shape())));
+    if stats.numel() < 6 {
+        return Err(Error::shape(OP, format!("stats {:?} must hold 6 values", stats.shape())));
     }
     if beta != 0.0 && ref_loss.is_none() {
         return Err(Error::invalid(OP, format!("β = {beta} needs the reference's per-row losses")));
@@ -59,10 +76,23 @@ pub fn grpo_row_scale(
     if !(temperature.is_finite() && temperature > 0.0 && beta.is_finite()) {
         return Err(Error::invalid(OP, format!("temperature {temperature} must be > 0 and β {beta} finite")));
     }
+    let delta = clip.delta.unwrap_or(0.0);
+    if !(clip.epsilon_low.is_finite() && clip.epsilon_high.is_finite() && delta.is_finite() && delta >= 0.0) {
+        return Err(Error::invalid(OP, format!("clipping {clip:?} must be finite")));
+    }
     u32_count(OP, "rows", rows)?;
     let row_scale = rec.alloc(&[rows], DType::F32)?;
-    let p = Params { rows: rows as u32, beta, inv_temperature: 1.0 / temperature, _pad: 0 };
-    let bound = [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy)];
+    let p = Params {
+        rows: rows as u32,
+        beta,
+        inv_temperature: 1.0 / temperature,
+        epsilon_low: clip.epsilon_low,
+        epsilon_high: clip.epsilon_high,
+        delta,
+        _pad: [0; 2],
+    };
+    let bound =
+        [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy), (8, old)];
     rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
     Ok(row_scale)
 }

@@ -90,6 +90,11 @@ pub struct Batch {
     /// GRPO: the tokens generated for the rows' completions, before any
     /// masking (TRL's `num_items_in_batch` sums them; 0: the labels' count).
     pub generated_tokens: usize,
+    /// GRPO past its first iteration: (B, T) log π_old of each label under
+    /// the policy that sampled the completions (TRL's `old_per_token_logps`),
+    /// at the label positions (read there only). `None`: that policy is the
+    /// one being trained.
+    pub old_logps: Option<Vec<Vec<f32>>>,
 }
 
 impl Batch {
@@ -105,6 +110,7 @@ impl Batch {
             reference_logps: None,
             advantages: None,
             generated_tokens: 0,
+            old_logps: None,
         }
     }
 

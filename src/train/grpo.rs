@@ -28,12 +28,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
-use crate::kernels::grpo::grpo_row_scale;
+use crate::kernels::grpo::{grpo_row_scale, Clip};
 use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
 use crate::train::preference_loss::{rows_backward, scored_rows, token_losses};
+use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{StepStats, Trainer};
 
 /// TRL's `loss_type`: how the per-token losses are normalised.
@@ -113,12 +114,21 @@ pub struct GrpoLoss {
     pub temperature: f32,
     /// The completions' cap (dr_grpo's constant).
     pub max_completion_length: usize,
+    /// The importance ratio's clipping (`epsilon`, `epsilon_high`, `delta`):
+    /// it binds only where the policy has moved since it sampled (more than
+    /// one iteration a generation).
+    pub clip: Clip,
 }
 
 impl GrpoLoss {
-    /// TRL 0.24's defaults: dapo, β 0, temperature 1, 256 tokens.
-    pub const TRL: GrpoLoss =
-        GrpoLoss { loss_type: GrpoLossType::Dapo, beta: 0.0, temperature: 1.0, max_completion_length: 256 };
+    /// TRL 0.24's defaults: dapo, β 0, temperature 1, 256 tokens, ε 0.2 both ways, no δ.
+    pub const TRL: GrpoLoss = GrpoLoss {
+        loss_type: GrpoLossType::Dapo,
+        beta: 0.0,
+        temperature: 1.0,
+        max_completion_length: 256,
+        clip: Clip { epsilon_low: 0.2, epsilon_high: 0.2, delta: None },
+    };
 
     /// The prompt tokens a row keeps beside its completion: `max_prompt_length`,
     /// capped so that prompt and completion fit `max_positions`; an error
@@ -146,6 +156,14 @@ impl GrpoLoss {
         }
         if self.max_completion_length == 0 {
             return bad("max_completion_length", "must be at least 1".into());
+        }
+        for (option, e) in [("epsilon", self.clip.epsilon_low), ("epsilon_high", self.clip.epsilon_high)] {
+            if !(e.is_finite() && e >= 0.0) {
+                return bad(option, format!("must be a finite number ≥ 0, got {e}"));
+            }
+        }
+        if let Some(d) = self.clip.delta.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            return bad("delta", format!("must be a finite number > 0, got {d}"));
         }
         Ok(())
     }
@@ -230,6 +248,10 @@ pub struct GrpoRows {
     pub weight: Vec<f32>,
     /// (B·T) the row's completion's advantage.
     pub adv: Vec<f32>,
+    /// (B·T) −log π_old of the row's target (the batch's `old_logps`
+    /// shifted to the rows that predict them); `None`: the policy sampled
+    /// them (ratio 1).
+    pub old: Option<Vec<f32>>,
     /// Completion tokens (the mask's).
     pub tokens: usize,
 }
@@ -264,7 +286,14 @@ impl GrpoRows {
             }
             row_adv[i * per..(i + 1) * per].fill(adv[i]);
         }
-        Ok(GrpoRows { targets, weight, adv: row_adv, tokens })
+        let old = match &batch.old_logps {
+            Some(rows_old) if rows_old.len() == rows && rows_old.iter().all(|r| r.len() == per) => {
+                Some(rows_old.iter().flat_map(|r| r.iter().skip(1).map(|&lp| -lp).chain([0.0])).collect::<Vec<f32>>())
+            }
+            Some(_) => return Err(Error::shape(OP, "old_logps must have the shape of the labels (batch, seq)")),
+            None => None,
+        };
+        Ok(GrpoRows { targets, weight, adv: row_adv, tokens, old })
     }
 }
 
@@ -288,6 +317,7 @@ pub(crate) fn record_grpo_micro(
     let targets = Tensor::from_slice(gpu, &[m], &rows.targets)?;
     let weight = Tensor::from_slice(gpu, &[m], &rows.weight)?;
     let adv = Tensor::from_slice(gpu, &[m], &rows.adv)?;
+    let old = rows.old.as_ref().map(|o| Tensor::from_slice(gpu, &[m], o)).transpose()?;
     let flat = |xn: Tensor| -> Result<Tensor> {
         if xn.numel() != m * d {
             return Err(Error::shape("GRPO loss", "the model's rows do not match the batch's labels"));
@@ -308,9 +338,10 @@ pub(crate) fn record_grpo_micro(
     let row_scale = grpo_row_scale(
         rec,
         [&token_loss, &entropy],
-        ref_loss.as_ref(),
+        (ref_loss.as_ref(), old.as_ref()),
         (&weight, &adv),
         (loss.beta, loss.temperature),
+        loss.clip,
         stats,
     )?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
@@ -448,7 +479,8 @@ pub async fn sample_completions(
 /// metrics of its completions.
 #[derive(Clone, Debug)]
 pub struct GrpoStepStats {
-    pub step: StepStats,
+    /// The optimizer steps taken on the completions (`num_iterations` of them).
+    pub steps: Vec<StepStats>,
     /// `reward`, `reward_std`, `frac_reward_zero_std` and the advantages.
     pub advantages: Advantages,
     /// `rewards/<function>/mean`: each function's mean over the completions
@@ -465,6 +497,10 @@ pub struct GrpoStepStats {
 pub struct GrpoSettings {
     /// Completions a prompt (TRL's `num_generations`).
     pub num_generations: usize,
+    /// Optimizer steps on each generation's completions (TRL's
+    /// `num_iterations`, μ); past the first, the ratio to the sampling
+    /// policy moves and the clipping binds.
+    pub num_iterations: usize,
     pub scale_rewards: ScaleRewards,
     pub mask_truncated_completions: bool,
     /// Rows a micro-batch.
@@ -476,11 +512,36 @@ pub struct GrpoSettings {
     pub pad: u32,
 }
 
-/// One GRPO optimizer step on `completions` (`num_generations` a prompt, in
-/// the prompts' order) of `prompts`, scored by each reward function
+/// −log π of each label of `batch` under `hooks` at `temperature`, (B, T)
+/// as log-probabilities at the label positions (0 elsewhere): the sampling
+/// policy's scores (TRL's `old_per_token_logps`), without dropout.
+pub async fn label_logps(
+    gpu: &Gpu,
+    model: &Model,
+    hooks: &dyn Hooks,
+    batch: &Batch,
+    temperature: f32,
+) -> Result<Vec<Vec<f32>>> {
+    let (targets, _) = shift_labels_after(&batch.labels, model.config.vocab_size, 0)?;
+    let (b, m, d) = (batch.labels.len(), targets.len(), model.config.hidden_size);
+    let per = m / b.max(1);
+    let mut rec = Recorder::new(gpu);
+    let ids = model.input_ids(gpu, &batch.input_ids)?;
+    let (xn, _) = model.hidden_checkpointed(&mut rec, &ids, hooks, false)?;
+    let t = Tensor::from_slice(gpu, &[m], &targets)?;
+    let (token_loss, _) = token_losses(&mut rec, &xn.reshape(&[m, d])?, model.head(hooks), &t, temperature)?;
+    rec.submit()?;
+    let losses = token_loss.to_vec::<f32>(gpu).await?;
+    Ok(losses.chunks(per).map(|row| std::iter::once(0.0).chain(row[..per - 1].iter().map(|&l| -l)).collect()).collect())
+}
+
+/// One generation's GRPO: `completions` (`num_generations` a prompt, in the
+/// prompts' order) of `prompts`, scored by each reward function
 /// (`rewards[f][i]`, `None` where a function gives none): the rewards
-/// combined, the advantages, the micro-batches, and `trainer`'s step at `lr`
-/// (whose objective must be [`Objective::Grpo`](crate::train::preference::Objective::Grpo)).
+/// combined, the advantages, the micro-batches, and `num_iterations` of
+/// `trainer`'s steps on them at `schedule`'s rates (its objective must be
+/// [`Objective::Grpo`](crate::train::preference::Objective::Grpo)); past one
+/// iteration the completions are first scored by the policy that sampled them.
 pub async fn grpo_step(
     gpu: &Gpu,
     model: &Model,
@@ -488,7 +549,7 @@ pub async fn grpo_step(
     (prompts, completions): (&[&[u32]], &[Vec<u32>]),
     rewards: &[Vec<Option<f32>>],
     settings: &GrpoSettings,
-    lr: f64,
+    schedule: &LrSchedule,
 ) -> Result<GrpoStepStats> {
     let g = settings.num_generations;
     if prompts.len() * g != completions.len() {
@@ -501,14 +562,27 @@ pub async fn grpo_step(
     let advantages = advantages(&combined, g, settings.scale_rewards)?;
     let rows: Vec<(&[u32], &[u32])> =
         completions.iter().enumerate().map(|(i, c)| (prompts[i / g], c.as_slice())).collect();
-    let batches = completion_batches(
+    let mut batches = completion_batches(
         &rows,
         &advantages.advantages,
         (&settings.eos, settings.pad),
         settings.mask_truncated_completions,
         settings.batch_size,
     )?;
-    let step = trainer.step(gpu, model, &batches, lr).await?;
+    if settings.num_iterations > 1 {
+        let temperature = match trainer.objective {
+            crate::train::preference::Objective::Grpo(l) => l.temperature,
+            _ => 1.0,
+        };
+        for b in &mut batches {
+            b.old_logps = Some(label_logps(gpu, model, &trainer.adapter, b, temperature).await?);
+        }
+    }
+    let mut steps = Vec::with_capacity(settings.num_iterations);
+    for _ in 0..settings.num_iterations.max(1) {
+        let lr = schedule.lr(trainer.step);
+        steps.push(trainer.step(gpu, model, &batches, lr).await?);
+    }
     let reward_means = rewards
         .iter()
         .map(|f| {
@@ -519,7 +593,7 @@ pub async fn grpo_step(
     let n = completions.len().max(1) as f32;
     let clipped = completions.iter().filter(|c| is_truncated(c, &settings.eos, settings.pad)).count();
     Ok(GrpoStepStats {
-        step,
+        steps,
         advantages,
         reward_means,
         mean_length: completions.iter().map(Vec::len).sum::<usize>() as f32 / n,

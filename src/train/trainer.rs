@@ -91,6 +91,10 @@ pub struct StepStats {
     /// GRPO: TRL's `entropy`, the mean entropy of the policy's next-token
     /// distribution (at the temperature) over the step's completion tokens.
     pub entropy: Option<f32>,
+    /// GRPO: TRL's `clip_ratio/low_mean`, `clip_ratio/high_mean` and
+    /// `clip_ratio/region_mean`, the fractions of completion tokens whose
+    /// ratio the clipping cut (0 at the first iteration of a generation).
+    pub clip_ratio: Option<[f32; 3]>,
 }
 
 /// What TRL's `KTOTrainer` logs for a step (sums over the step's examples;
@@ -587,8 +591,11 @@ impl Trainer {
             Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3] / tokens.max(1) as f32),
             _ => None,
         };
-        let entropy = matches!(self.objective, Objective::Grpo(_)).then(|| read[4] / tokens.max(1) as f32);
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy })
+        let grpo = matches!(self.objective, Objective::Grpo(_));
+        let n = tokens.max(1) as f32;
+        let entropy = grpo.then(|| read[4] / n);
+        let clip_ratio = grpo.then(|| [read[5] / n, read[6] / n, read[7] / n]);
+        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy, clip_ratio })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and

@@ -85,6 +85,8 @@ struct GrpoStepEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     kl: Option<f32>,
     entropy: f32,
+    /// TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean.
+    clip_ratio: [f32; 3],
     tokens: usize,
     step_seconds: f64,
     eta_seconds: f64,
@@ -159,6 +161,7 @@ impl WebModel {
         generation.validate().map_err(err)?;
         let settings = GrpoSettings {
             num_generations: plan.num_generations,
+            num_iterations: plan.num_iterations,
             scale_rewards: plan.scale_rewards,
             mask_truncated_completions: plan.mask_truncated_completions,
             batch_size: recipe.batch_size,
@@ -259,32 +262,36 @@ async fn one_step(
         rewards.push(call_reward(f, i, &js, completions.len()).await?);
     }
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
-    let lr = s.schedule.lr(s.trainer.step);
-    let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &s.settings, lr)
+    // The run's last generation takes the iterations its steps have left.
+    let left = (total - s.trainer.step) as usize;
+    let settings = GrpoSettings { num_iterations: s.settings.num_iterations.min(left), ..s.settings.clone() };
+    let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &settings, &s.schedule)
         .await
         .map_err(err)?;
+    let last = r.steps.last().ok_or_else(|| err("GRPO took no step"))?;
     let combined = crate::train::grpo::combine_rewards(&rewards, &s.settings.reward_weights).map_err(err)?;
     let secs = (now_seconds() - start).max(1e-6);
     let mut clock = seconds.get();
     clock.record(secs);
     seconds.set(clock);
     Ok(Some(GrpoStepEvent {
-        step: r.step.step,
+        step: last.step,
         total_steps: total,
-        loss: r.step.loss,
-        lr: r.step.lr,
-        grad_norm: r.step.grad_norm,
+        loss: last.loss,
+        lr: last.lr,
+        grad_norm: last.grad_norm,
         reward: r.advantages.reward,
         reward_std: r.advantages.reward_std,
         frac_reward_zero_std: r.advantages.frac_reward_zero_std,
         reward_means: r.reward_means,
         mean_length: r.mean_length,
         clipped_ratio: r.clipped_ratio,
-        kl: r.step.kl,
-        entropy: r.step.entropy.unwrap_or(0.0),
+        kl: last.kl,
+        entropy: last.entropy.unwrap_or(0.0),
+        clip_ratio: last.clip_ratio.unwrap_or_default(),
         tokens: completions.iter().map(Vec::len).sum(),
         step_seconds: secs,
-        eta_seconds: clock.eta(total.saturating_sub(r.step.step)),
+        eta_seconds: clock.eta(total.saturating_sub(last.step)),
         completions: shown
             .into_iter()
             .zip(combined)

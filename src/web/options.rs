@@ -592,6 +592,10 @@ pub struct GrpoOptions {
     pub mask_truncated_completions: Option<bool>,
     pub beta: Option<f32>,
     pub loss_type: Option<String>,
+    pub num_iterations: Option<usize>,
+    pub epsilon: Option<f32>,
+    pub epsilon_high: Option<f32>,
+    pub delta: Option<f32>,
 }
 
 /// A GRPO run's settings from [`GrpoOptions`].
@@ -602,6 +606,7 @@ pub struct GrpoPlan {
     pub loss: crate::train::grpo::GrpoLoss,
     pub scale_rewards: crate::train::grpo::ScaleRewards,
     pub num_generations: usize,
+    pub num_iterations: usize,
     pub max_prompt_length: usize,
     pub top_p: f32,
     pub top_k: usize,
@@ -646,8 +651,17 @@ impl GrpoOptions {
             beta: self.beta.unwrap_or(0.0),
             temperature: self.temperature.unwrap_or(1.0),
             max_completion_length: self.max_completion_length.unwrap_or(256),
+            clip: crate::kernels::grpo::Clip {
+                epsilon_low: self.epsilon.unwrap_or(0.2),
+                epsilon_high: self.epsilon_high.or(self.epsilon).unwrap_or(0.2),
+                delta: self.delta,
+            },
         };
         loss.validate()?;
+        let num_iterations = self.num_iterations.unwrap_or(1);
+        if num_iterations == 0 {
+            return Err(bad("num_iterations", "must be at least 1"));
+        }
         recipe.objective = Objective::Grpo(loss);
         let g = self.num_generations.unwrap_or(8);
         let rows = recipe.batch_size * recipe.grad_accum;
@@ -679,6 +693,7 @@ impl GrpoOptions {
             loss,
             scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
             num_generations: g,
+            num_iterations,
             max_prompt_length: self.max_prompt_length.unwrap_or(512),
             top_p,
             top_k: self.top_k.unwrap_or(0),

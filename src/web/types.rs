@@ -231,6 +231,10 @@ export interface GrpoOptions {
   maskTruncatedCompletions?: boolean;
   /** The KL coefficient against the base (the adapter off); lossType TRL's GRPO loss_type. */
   beta?: number; lossType?: "grpo" | "bnpo" | "dr_grpo" | "dapo";
+  /** Optimizer steps on each generation's completions (TRL's num_iterations, 1); past the first the importance
+   * ratio is clipped to [1 − epsilon, 1 + epsilonHigh] (0.2 each) and, with delta, capped at delta. Each step() is
+   * one generation: numIterations optimizer steps. */
+  numIterations?: number; epsilon?: number; epsilonHigh?: number; delta?: number;
 }
 /** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
  * prompt); its other fields reach the reward functions as `fields`. */
@@ -248,6 +252,8 @@ export interface GrpoStepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; reward: number; rewardStd: number;
   fracRewardZeroStd: number; rewardMeans: number[]; meanLength: number; clippedRatio: number; kl?: number;
   entropy: number;
+  /** TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (of the last optimizer step). */
+  clipRatio: [number, number, number];
   tokens: number; stepSeconds: number; etaSeconds: number;
   completions: { prompt: string; completion: string; reward: number }[];
 }

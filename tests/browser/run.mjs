@@ -415,12 +415,20 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // GRPO with two JS rewards (an async one, the completions' token counts; one giving null for a few): 2 prompts
       // (text with a field, messages) × 2 completions a step, 2 steps, beta 0.04.
       model.addLora("g", { r: 4, alpha: 8 });
+      model.addLora("g2", { r: 4, alpha: 8 });
       let rewardCalls = 0;
       let seenCompletion = null;
       const lengthReward = async (cs) => { rewardCalls++; seenCompletion = cs[0]; return cs.map((c) => c.completionIds.length); };
       const partial = (cs) => cs.map((c, i) => (i === 0 ? null : 0));
       const prompts = [{ prompt: "The robot", answer: "yes" }, { prompt: [{ role: "user", content: "Describe the fox." }] }];
       const gopts = { lr: 0.01, steps: 2, numGenerations: 2, batchSize: 2, gradAccum: 2, maxCompletionLength: 6, beta: 0.04 };
+      // numIterations 2: one generation, two optimizer steps (its event the second's, with the clip ratios).
+      const mu = await model.startGrpo("g2", prompts, { ...gopts, numIterations: 2 }, [lengthReward]).step().then(
+        (x) => x, (e) => ({ error: e.message }));
+      if (mu.step !== 2 || mu.clipRatio.length !== 3 || !mu.clipRatio.every((v) => v >= 0 && v <= 1)) {
+        throw new Error("GRPO with numIterations 2: " + JSON.stringify({ ...mu, completions: undefined }));
+      }
+      rewardCalls = 0;
       const grpo = model.startGrpo("g", prompts, gopts, [lengthReward, partial]);
       const gev = [];
       const gsum = await grpo.train((x) => gev.push(x));
@@ -438,6 +446,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       try { model.startGrpo("g", prompts, { ...gopts, numGenerations: 3 }, [lengthReward]); } catch (e) { oddGroups = e.message; }
       if (!oddGroups.includes("num_generations")) throw new Error("numGenerations 3 with rows of 4: " + oddGroups);
       model.removeAdapter("g");
+      model.removeAdapter("g2");
       // Export as a zip, import under a new name, generate with it.
       const zip = await model.exportAdapterZip("b");
       await model.importAdapter("c", zip);

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Map, Value};
+use webpeft::kernels::grpo::Clip;
 use webpeft::model::config::Config;
 use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
@@ -148,8 +149,17 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         beta: beta.unwrap_or(0.0),
         temperature: a.temperature.unwrap_or(1.0),
         max_completion_length: a.max_completion_length.unwrap_or(256),
+        clip: Clip {
+            epsilon_low: a.epsilon.unwrap_or(0.2),
+            epsilon_high: a.epsilon_high.or(a.epsilon).unwrap_or(0.2),
+            delta: a.delta,
+        },
     };
     loss.validate().map_err(flag_error)?;
+    let num_iterations = a.num_iterations.unwrap_or(1);
+    if num_iterations == 0 {
+        return Err("--num-iterations must be at least 1".into());
+    }
     let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
     let g = a.num_generations.unwrap_or(8);
     let rows = a.batch_size * a.grad_accum;
@@ -218,6 +228,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     generation.validate()?;
     let settings = GrpoSettings {
         num_generations: g,
+        num_iterations,
         scale_rewards: scale,
         mask_truncated_completions: a.mask_truncated_completions,
         batch_size: a.batch_size,
@@ -242,7 +253,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     let mut rng = Rng::new(recipe.seed);
     let mut order: Vec<usize> = Vec::new();
     let mut stopped = Stopped::Done;
-    for step in 1..=total {
+    while trainer.step < total {
         let start = std::time::Instant::now();
         let mut chosen = Vec::with_capacity(per_step);
         while chosen.len() < per_step {
@@ -259,24 +270,30 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             chosen.extend(order.pop());
         }
         let generation = GenerationConfig { seed: rng.next_u64(), ..generation.clone() };
-        let line = cli_step(
+        // The run's last generation takes the iterations its steps have left.
+        let left = (total - trainer.step) as usize;
+        let settings = GrpoSettings { num_iterations: settings.num_iterations.min(left), ..settings.clone() };
+        let lines = cli_step(
             (&gpu, &model, &tokenizer),
             &mut trainer,
             (&prompts, &chosen),
             &rewards,
             &settings,
             &generation,
-            schedule.lr(step - 1),
+            &schedule,
         )
         .await;
-        match line {
-            Ok(mut line) => {
-                let secs = start.elapsed().as_secs_f64();
-                let tokens = line.get("tokens").and_then(Value::as_f64).unwrap_or(0.0);
-                line.insert("tokens_per_s".into(), json!(tokens / secs.max(1e-9)));
-                out!("{}", Value::Object(line));
-                if a.save_steps.is_some_and(|n| n > 0 && step % n == 0) {
-                    save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
+        match lines {
+            Ok(lines) => {
+                let secs = start.elapsed().as_secs_f64() / lines.len().max(1) as f64;
+                for mut line in lines {
+                    let tokens = line.get("tokens").and_then(Value::as_f64).unwrap_or(0.0);
+                    line.insert("tokens_per_s".into(), json!(tokens / secs.max(1e-9)));
+                    let step = line.get("step").and_then(Value::as_u64).unwrap_or(0);
+                    out!("{}", Value::Object(line));
+                    if a.save_steps.is_some_and(|n| n > 0 && step % n == 0) {
+                        save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
+                    }
                 }
             }
             Err(e) => match e.downcast::<webpeft::Error>() {
@@ -295,8 +312,9 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     Ok(stopped)
 }
 
-/// One GRPO step: the chosen prompts' completions, their rewards, the
-/// library's step; its line (TRL's metric names).
+/// One generation: the chosen prompts' completions, their rewards, the
+/// library's steps on them; a line for each optimizer step (TRL's metric
+/// names; the generation's metrics on each).
 async fn cli_step(
     (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
     trainer: &mut Trainer,
@@ -304,8 +322,8 @@ async fn cli_step(
     rewards: &[Reward],
     settings: &GrpoSettings,
     generation: &GenerationConfig,
-    lr: f64,
-) -> Result<Map<String, Value>, BoxError> {
+    schedule: &LrSchedule,
+) -> Result<Vec<Map<String, Value>>, BoxError> {
     let g = settings.num_generations;
     let mut completions = Vec::with_capacity(chosen.len() * g);
     for (k, &p) in chosen.iter().enumerate() {
@@ -330,29 +348,40 @@ async fn cli_step(
     let per_function: Vec<Vec<Option<f32>>> =
         rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
-    let s = grpo_step(gpu, model, trainer, (&ids, &completions), &per_function, settings, lr).await?;
+    let s = grpo_step(gpu, model, trainer, (&ids, &completions), &per_function, settings, schedule).await?;
 
-    let mut line = Map::new();
-    line.insert("step".into(), json!(s.step.step));
-    line.insert("loss".into(), json!(s.step.loss));
-    line.insert("lr".into(), json!(s.step.lr));
-    line.insert("grad_norm".into(), json!(s.step.grad_norm));
-    line.insert("tokens".into(), json!(completions.iter().map(Vec::len).sum::<usize>()));
-    line.insert("reward".into(), json!(s.advantages.reward));
-    line.insert("reward_std".into(), json!(s.advantages.reward_std));
-    line.insert("frac_reward_zero_std".into(), json!(s.advantages.frac_reward_zero_std));
+    let mut generation_line = Map::new();
+    generation_line.insert("tokens".into(), json!(completions.iter().map(Vec::len).sum::<usize>()));
+    generation_line.insert("reward".into(), json!(s.advantages.reward));
+    generation_line.insert("reward_std".into(), json!(s.advantages.reward_std));
+    generation_line.insert("frac_reward_zero_std".into(), json!(s.advantages.frac_reward_zero_std));
     for (i, (r, mean)) in rewards.iter().zip(&s.reward_means).enumerate() {
-        line.insert(format!("rewards/{}/mean", r.name(i)), json!(mean));
+        generation_line.insert(format!("rewards/{}/mean", r.name(i)), json!(mean));
     }
-    line.insert("completions/mean_length".into(), json!(s.mean_length));
-    line.insert("completions/clipped_ratio".into(), json!(s.clipped_ratio));
-    if let Some(kl) = s.step.kl {
-        line.insert("kl".into(), json!(kl));
-    }
-    if let Some(entropy) = s.step.entropy {
-        line.insert("entropy".into(), json!(entropy));
-    }
-    Ok(line)
+    generation_line.insert("completions/mean_length".into(), json!(s.mean_length));
+    generation_line.insert("completions/clipped_ratio".into(), json!(s.clipped_ratio));
+    Ok(s.steps
+        .iter()
+        .map(|step| {
+            let mut line = generation_line.clone();
+            line.insert("step".into(), json!(step.step));
+            line.insert("loss".into(), json!(step.loss));
+            line.insert("lr".into(), json!(step.lr));
+            line.insert("grad_norm".into(), json!(step.grad_norm));
+            if let Some(kl) = step.kl {
+                line.insert("kl".into(), json!(kl));
+            }
+            if let Some(entropy) = step.entropy {
+                line.insert("entropy".into(), json!(entropy));
+            }
+            if let Some([low, high, region]) = step.clip_ratio {
+                line.insert("clip_ratio/low_mean".into(), json!(low));
+                line.insert("clip_ratio/high_mean".into(), json!(high));
+                line.insert("clip_ratio/region_mean".into(), json!(region));
+            }
+            line
+        })
+        .collect())
 }
 
 /// The adapter's files (PEFT's or AdapterHub's) into `out`.

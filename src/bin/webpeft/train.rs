@@ -288,6 +288,18 @@ pub struct TrainArgs {
     /// GRPO: leave completions that ran out of tokens (no eos) out of the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
+    /// GRPO: optimizer steps on each generation's completions, TRL's num_iterations [default: 1].
+    #[arg(long)]
+    pub num_iterations: Option<usize>,
+    /// GRPO: the importance ratio's clip, [1 − ε, 1 + ε_high] [default: 0.2].
+    #[arg(long)]
+    pub epsilon: Option<f32>,
+    /// GRPO: the clip's upper ε [default: --epsilon].
+    #[arg(long)]
+    pub epsilon_high: Option<f32>,
+    /// GRPO: the two-sided cap of the ratio (TRL's delta) [default: none].
+    #[arg(long)]
+    pub delta: Option<f32>,
     /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL]; GRPO:
     /// the KL coefficient [default: 0, no reference].
     #[arg(long)]
@@ -756,8 +768,12 @@ impl TrainArgs {
     }
 
     /// The GRPO options given, by flag.
-    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 10] {
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 14] {
         [
+            ("--num-iterations", self.num_iterations.is_some()),
+            ("--epsilon", self.epsilon.is_some()),
+            ("--epsilon-high", self.epsilon_high.is_some()),
+            ("--delta", self.delta.is_some()),
             ("--num-generations", self.num_generations.is_some()),
             ("--max-completion-length", self.max_completion_length.is_some()),
             ("--max-prompt-length", self.max_prompt_length.is_some()),
