@@ -330,7 +330,7 @@ fn dpo_options_are_checked() {
         }
         let owners = match option {
             "rpo_alpha" | "discopop_tau" => "dpo only",
-            "loss_type" => "dpo, cpo and kto",
+            "loss_type" => "dpo, cpo, kto and grpo",
             _ => "dpo and cpo",
         };
         for (objective, needle) in [("orpo", owners), ("sft", owners)] {
