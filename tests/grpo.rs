@@ -256,7 +256,7 @@ fn a_grpo_run_raises_its_reward() {
     use webpeft::model::llama::GenerationConfig;
     use webpeft::peft::adapter::hooks_of;
     use webpeft::peft::TargetModules;
-    use webpeft::train::grpo::{grpo_step, sample_completions, GrpoSettings};
+    use webpeft::train::grpo::{grpo_step, GrpoSettings};
     use webpeft::train::recipe::{AdapterRecipe, LoraRecipe};
     let gpu = gpu();
     let model = fixture_model(gpu, "llama_gqa");
@@ -287,9 +287,8 @@ fn a_grpo_run_raises_its_reward() {
                 seed: step * 100 + k as u64 * 10,
                 ..GenerationConfig::default()
             };
-            completions.extend(
-                block_on(sample_completions(gpu, &model, hooks_of(Some(&trainer.adapter)), p, 8, &config)).unwrap(),
-            );
+            completions
+                .extend(block_on(model.sample_group(gpu, p, 8, &config, hooks_of(Some(&trainer.adapter)))).unwrap());
         }
         let reward: Vec<Option<f32>> =
             completions.iter().map(|c| Some(c.iter().filter(|&&t| t < 192).count() as f32)).collect();

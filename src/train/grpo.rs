@@ -29,7 +29,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::kernels::grpo::{grpo_row_scale, Clip};
-use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, IGNORE_INDEX};
+use crate::model::llama::{shift_labels_after, Hooks, NoHooks, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
@@ -460,27 +460,14 @@ pub fn completion_batches(
     Ok(out)
 }
 
-/// `g` completions of `prompt` sampled through `hooks` (the policy), the
-/// i-th drawn from `config.seed + i`, all `g` decoded together
-/// ([`Model::sample_group`]); each ends with its eos, or is cut at
-/// `config.max_new_tokens`.
-pub async fn sample_completions(
-    gpu: &Gpu,
-    model: &Model,
-    hooks: &dyn Hooks,
-    prompt: &[u32],
-    g: usize,
-    config: &GenerationConfig,
-) -> Result<Vec<Vec<u32>>> {
-    model.sample_group(gpu, prompt, g, config, hooks).await
-}
-
 /// What one GRPO step did: the optimizer step's numbers and TRL's GRPO
 /// metrics of its completions.
 #[derive(Clone, Debug)]
 pub struct GrpoStepStats {
     /// The optimizer steps taken on the completions (`num_iterations` of them).
     pub steps: Vec<StepStats>,
+    /// Each completion's reward, the functions' weighted sum.
+    pub rewards: Vec<f32>,
     /// `reward`, `reward_std`, `frac_reward_zero_std` and the advantages.
     pub advantages: Advantages,
     /// `rewards/<function>/mean`: each function's mean over the completions
@@ -594,6 +581,7 @@ pub async fn grpo_step(
     let clipped = completions.iter().filter(|c| is_truncated(c, &settings.eos, settings.pad)).count();
     Ok(GrpoStepStats {
         steps,
+        rewards: combined,
         advantages,
         reward_means,
         mean_length: completions.iter().map(Vec::len).sum::<usize>() as f32 / n,

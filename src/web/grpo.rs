@@ -23,7 +23,7 @@ use super::types::TrainSummary;
 use crate::model::llama::{GenerationConfig, Hooks};
 use crate::peft::adapter::hooks_of;
 use crate::train::eta::StepClock;
-use crate::train::grpo::{grpo_prompts, grpo_step, sample_completions, GrpoPrompt, GrpoSettings};
+use crate::train::grpo::{grpo_prompts, grpo_step, GrpoPrompt, GrpoSettings};
 use crate::train::recipe::pad_id;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::Trainer;
@@ -241,7 +241,7 @@ async fn one_step(
     for (k, &p) in chosen.iter().enumerate() {
         let config = GenerationConfig { seed: seed.wrapping_add((k * g) as u64), ..s.generation.clone() };
         let hooks = hooks_of(Some(&s.trainer.adapter));
-        let sampled = sample_completions(&st.gpu, &st.model, hooks, &s.prompts[p].ids, g, &config).await;
+        let sampled = st.model.sample_group(&st.gpu, &s.prompts[p].ids, g, &config, hooks).await;
         completions.extend(sampled.map_err(err)?);
     }
     let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
@@ -269,7 +269,6 @@ async fn one_step(
         .await
         .map_err(err)?;
     let last = r.steps.last().ok_or_else(|| err("GRPO took no step"))?;
-    let combined = crate::train::grpo::combine_rewards(&rewards, &s.settings.reward_weights).map_err(err)?;
     let secs = (now_seconds() - start).max(1e-6);
     let mut clock = seconds.get();
     clock.record(secs);
@@ -294,7 +293,7 @@ async fn one_step(
         eta_seconds: clock.eta(total.saturating_sub(last.step)),
         completions: shown
             .into_iter()
-            .zip(combined)
+            .zip(r.rewards)
             .map(|(c, reward)| SampledCompletion { prompt: c.prompt.to_string(), completion: c.completion, reward })
             .collect(),
     }))

@@ -16,8 +16,7 @@ use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::grpo::{
-    grpo_prompts, grpo_step, sample_completions, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings,
-    ScaleRewards,
+    grpo_prompts, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -329,7 +328,7 @@ async fn cli_step(
     for (k, &p) in chosen.iter().enumerate() {
         let config = GenerationConfig { seed: generation.seed.wrapping_add((k * g) as u64), ..generation.clone() };
         let hooks = hooks_of(Some(&trainer.adapter));
-        completions.extend(sample_completions(gpu, model, hooks, &prompts[p].ids, g, &config).await?);
+        completions.extend(model.sample_group(gpu, &prompts[p].ids, g, &config, hooks).await?);
     }
     let texts: Vec<String> = completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
     let lines: Vec<Value> = completions
