@@ -1,25 +1,30 @@
-// GRPO's per-token loss (TRL's GRPOTrainer._compute_loss, token-level
-// importance sampling), over the M rows of one micro-batch:
+// GRPO's per-token loss (TRL's GRPOTrainer._compute_loss), over the M = B·T
+// rows of one micro-batch (B completions of T rows each):
 //
 //   lp[r]  = −token_loss[r]                 log π(target of row r) at temperature T
 //   old[r] = −old_loss[r]                   log π_old, the policy that sampled the completions
 //                                           (token_loss itself at one iteration: ratio 1)
 //   ref[r] = −ref_loss[r]                   the reference's (β > 0)
-//   c1 = e^(lp − old),  c2 = clamp(c1, 1 − ε_low, 1 + ε_high),  c1' = min(c1, δ) (two-sided, δ > 0)
+//   s      = lp − old                       per token (importance_sampling_level "token"), or
+//                                           per completion: Σ_mask (lp − old) / |mask| ("sequence", GSPO)
+//   c1 = e^s,  c2 = clamp(c1, 1 − ε_low, 1 + ε_high),  c1' = min(c1, δ) (two-sided, δ > 0)
 //   ℓ[r]   = −min(c1'·A, c2·A) + β·kl,  kl = e^(ref − lp) − (ref − lp) − 1
 //   stats[0] += Σ_r weight[r]·ℓ[r]                    the loss
 //   stats[1] += Σ_{weight > 0} kl, stats[2] += Σ_{weight > 0} entropy,
-//   stats[3..6] += Σ_{weight > 0} [low-clipped], [high-clipped], [either]
-//                 (c1 < 1 − ε_low with A < 0; c1 > 1 + ε_high with A > 0)
-//   row_scale[r] = weight[r]·(∂min/∂lp + β·(e^(ref − lp) − 1)) / T
+//   stats[3..6] += low-clipped, high-clipped, either (c1 < 1 − ε_low with A < 0; c1 > 1 + ε_high
+//                 with A > 0): tokens with weight > 0 (token level), completions (sequence level)
+//   row_scale[r] = (∂Σ_r' weight[r']·ℓ[r'] / ∂lp[r]) negated, / T:
+//     token:    weight[r]·(∂min/∂s + β·(e^(ref − lp) − 1)) / T
+//     sequence: (W·∂min/∂s / |mask| + weight[r]·β·(e^(ref − lp) − 1)) / T on the mask,
+//               W = Σ weight over the completion
 //
-// ∂min/∂lp follows torch: each clamp passes c1·A inside its bounds (inclusive)
+// ∂min/∂s follows torch: each clamp passes c1·A inside its bounds (inclusive)
 // and 0 outside; min's gradient goes to the smaller term, half to each on a tie.
 // row_scale is the factor of (softmax(z/T) − onehot) in ∂loss/∂z, z the logits
 // (cross_entropy_backward_rows_inplace on z/T, then / T); weight is the loss
-// type's normaliser on completion rows, 0 elsewhere. One workgroup strides over
-// the rows and reduces the sums (workgroup_reduce.wgsl precedes this file).
-// Prelude constant: WG, invocations per workgroup (a power of two).
+// type's normaliser on completion rows (the mask), 0 elsewhere. One workgroup
+// strides over the rows and reduces the sums (workgroup_reduce.wgsl precedes
+// this file). Prelude constant: WG, invocations per workgroup (a power of two).
 
 struct Params {
     rows: u32,
@@ -27,81 +32,125 @@ struct Params {
     inv_temperature: f32,
     epsilon_low: f32,
     epsilon_high: f32,
-    delta: f32,  // 0: no upper clip of c1
-    _pad: vec2<u32>,
+    delta: f32,     // 0: no upper clip of c1
+    seq_len: u32,   // T: rows a completion (the sequence-level entry)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> token_loss: array<f32>;     // (M)
 @group(0) @binding(2) var<storage, read> ref_loss: array<f32>;       // (M), token_loss itself when β = 0
 @group(0) @binding(3) var<storage, read> weight: array<f32>;         // (M)
-@group(0) @binding(4) var<storage, read> adv: array<f32>;            // (M), each row's sequence's advantage
+@group(0) @binding(4) var<storage, read> adv: array<f32>;            // (M), each row's completion's advantage
 @group(0) @binding(5) var<storage, read_write> row_scale: array<f32>; // (M)
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;    // (6), added to
 @group(0) @binding(7) var<storage, read> entropy: array<f32>;        // (M)
 @group(0) @binding(8) var<storage, read> old_loss: array<f32>;       // (M), token_loss itself at one iteration
 
-@compute @workgroup_size(WG)
-fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
-    var loss = 0.0;
-    var kl_sum = 0.0;
-    var entropy_sum = 0.0;
-    var low = 0.0;
-    var high = 0.0;
-    var region = 0.0;
-    for (var r = lid; r < p.rows; r += WG) {
-        let w = weight[r];
-        if (w == 0.0) {
-            row_scale[r] = 0.0;
-            continue;
-        }
-        let a = adv[r];
-        let c1 = exp(old_loss[r] - token_loss[r]);  // e^(lp − old)
-        let lo = 1.0 - p.epsilon_low;
-        let hi = 1.0 + p.epsilon_high;
-        let c2 = clamp(c1, lo, hi);
-        var c1d = c1;
-        var pass1 = 1.0;
-        if (p.delta > 0.0) {
-            c1d = min(c1, p.delta);
-            pass1 = select(0.0, 1.0, c1 <= p.delta);
-        }
-        let pass2 = select(0.0, 1.0, c1 >= lo && c1 <= hi);
-        let l1 = c1d * a;
-        let l2 = c2 * a;
-        let g1 = a * c1 * pass1;
-        let g2 = a * c1 * pass2;
-        var dmin = 0.5 * (g1 + g2);
-        if (l1 < l2) { dmin = g1; }
-        if (l2 < l1) { dmin = g2; }
-        var ratio = 1.0;  // e^(ref − lp)
-        var kl = 0.0;
-        if (p.beta != 0.0) {
-            let d = token_loss[r] - ref_loss[r];  // ref − lp
-            ratio = exp(d);
-            kl = ratio - d - 1.0;
-        }
-        loss += w * (p.beta * kl - min(l1, l2));
-        kl_sum += kl;
-        entropy_sum += entropy[r];
-        let is_low = c1 < lo && a < 0.0;
-        let is_high = c1 > hi && a > 0.0;
-        low += select(0.0, 1.0, is_low);
-        high += select(0.0, 1.0, is_high);
-        region += select(0.0, 1.0, is_low || is_high);
-        row_scale[r] = w * (dmin + p.beta * (ratio - 1.0)) * p.inv_temperature;
+// For ratio c1 and advantage a: (min(c1'·a, c2·a), ∂min/∂s, low-clipped, high-clipped).
+fn clipped(c1: f32, a: f32) -> vec4<f32> {
+    let lo = 1.0 - p.epsilon_low;
+    let hi = 1.0 + p.epsilon_high;
+    let c2 = clamp(c1, lo, hi);
+    var c1d = c1;
+    var pass1 = 1.0;
+    if (p.delta > 0.0) {
+        c1d = min(c1, p.delta);
+        pass1 = select(0.0, 1.0, c1 <= p.delta);
     }
+    let pass2 = select(0.0, 1.0, c1 >= lo && c1 <= hi);
+    let l1 = c1d * a;
+    let l2 = c2 * a;
+    let g1 = a * c1 * pass1;
+    let g2 = a * c1 * pass2;
+    var dmin = 0.5 * (g1 + g2);
+    if (l1 < l2) { dmin = g1; }
+    if (l2 < l1) { dmin = g2; }
+    let is_low = select(0.0, 1.0, c1 < lo && a < 0.0);
+    let is_high = select(0.0, 1.0, c1 > hi && a > 0.0);
+    return vec4<f32>(min(l1, l2), dmin, is_low, is_high);
+}
+
+// β's KL of row r and its factor e^(ref − lp) − 1.
+fn kl_terms(r: u32) -> vec2<f32> {
+    if (p.beta == 0.0) {
+        return vec2<f32>(0.0, 0.0);
+    }
+    let d = token_loss[r] - ref_loss[r];  // ref − lp
+    let ratio = exp(d);
+    return vec2<f32>(ratio - d - 1.0, ratio - 1.0);
+}
+
+// stats[0..6] += the workgroup's sums of `v`, [loss, kl, entropy] and the three clip counts.
+fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>) {
     let totals = array<f32, 6>(
-        workgroup_sum(lid, loss),
-        workgroup_sum(lid, kl_sum),
-        workgroup_sum(lid, entropy_sum),
-        workgroup_sum(lid, low),
-        workgroup_sum(lid, high),
-        workgroup_sum(lid, region),
+        workgroup_sum(lid, v.x),
+        workgroup_sum(lid, v.y),
+        workgroup_sum(lid, v.z),
+        workgroup_sum(lid, clips.x),
+        workgroup_sum(lid, clips.y),
+        workgroup_sum(lid, clips.z),
     );
     if (lid == 0u) {
         for (var i = 0u; i < 6u; i++) {
             stats[i] += totals[i];
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
+    var sums = vec3<f32>(0.0);    // loss, kl, entropy
+    var clips = vec3<f32>(0.0);   // low, high, either
+    for (var r = lid; r < p.rows; r += WG) {
+        let w = weight[r];
+        if (w == 0.0) {
+            row_scale[r] = 0.0;
+            continue;
+        }
+        let c = clipped(exp(old_loss[r] - token_loss[r]), adv[r]);  // e^(lp − old)
+        let k = kl_terms(r);
+        sums += vec3<f32>(w * (p.beta * k.x - c.x), k.x, entropy[r]);
+        clips += vec3<f32>(c.z, c.w, max(c.z, c.w));
+        row_scale[r] = w * (c.y + p.beta * k.y) * p.inv_temperature;
+    }
+    add_stats(lid, sums, clips);
+}
+
+// GSPO: one ratio a completion, the mean of its tokens' log-ratios.
+@compute @workgroup_size(WG)
+fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
+    var sums = vec3<f32>(0.0);
+    var clips = vec3<f32>(0.0);
+    let completions = p.rows / p.seq_len;
+    for (var s = 0u; s < completions; s++) {
+        let first = s * p.seq_len;
+        var part = vec3<f32>(0.0);  // Σ (lp − old), |mask|, W
+        for (var t = lid; t < p.seq_len; t += WG) {
+            let r = first + t;
+            if (weight[r] != 0.0) {
+                part += vec3<f32>(old_loss[r] - token_loss[r], 1.0, weight[r]);
+            }
+        }
+        let log_ratio = workgroup_sum(lid, part.x);
+        let count = max(workgroup_sum(lid, part.y), 1.0);
+        let total_weight = workgroup_sum(lid, part.z);
+        let c = clipped(exp(log_ratio / count), adv[first]);
+        if (lid == 0u) {
+            clips += vec3<f32>(c.z, c.w, max(c.z, c.w));
+        }
+        let shared_scale = total_weight * c.y / count;
+        for (var t = lid; t < p.seq_len; t += WG) {
+            let r = first + t;
+            let w = weight[r];
+            if (w == 0.0) {
+                row_scale[r] = 0.0;
+                continue;
+            }
+            let k = kl_terms(r);
+            sums += vec3<f32>(w * (p.beta * k.x - c.x), k.x, entropy[r]);
+            row_scale[r] = (shared_scale + w * p.beta * k.y) * p.inv_temperature;
+        }
+    }
+    add_stats(lid, sums, clips);
 }

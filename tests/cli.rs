@@ -1756,8 +1756,9 @@ fn train_grpo_samples_scores_and_steps() {
     assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");
     let written = |f: &str| std::path::Path::new(&dir.join(f)).exists();
     assert!(written("out/adapter_model.safetensors") && written("out/adapter_config.json"));
-    // num_iterations 2: two optimizer steps on each generation (the last takes the one step left), its
-    // metrics on both lines; the ratios move at the second and the clip ratios are logged.
+    // steps_per_generation 2 over accumulation 1 and num_iterations 2, GSPO's sequence-level ratios: four
+    // optimizer steps on each generation of 2 prompts × 3 completions (the last generation takes the one step
+    // left), its metrics on each line; the ratios move past the first and the clip ratios are logged.
     let iterations = [
         "--objective",
         "grpo",
@@ -1765,10 +1766,12 @@ fn train_grpo_samples_scores_and_steps() {
         "3",
         "--batch-size",
         "3",
-        "--grad-accum",
+        "--steps-per-generation",
         "2",
+        "--importance-sampling-level",
+        "sequence",
         "--steps",
-        "3",
+        "5",
         "--max-completion-length",
         "6",
         "--reward",
@@ -1784,8 +1787,8 @@ fn train_grpo_samples_scores_and_steps() {
         train(&data, &[&iterations[..], &["--method", "lora", "--lr", "5e-2", "--out", &dir.join("mu")]].concat());
     ok(&out);
     let lines = step_lines(&out);
-    assert_eq!(column(&lines, "step"), [1.0, 2.0, 3.0], "{lines:?}");
-    assert_eq!(lines[0]["reward"], lines[1]["reward"], "one generation, two steps: {lines:?}");
+    assert_eq!(column(&lines, "step"), [1.0, 2.0, 3.0, 4.0, 5.0], "{lines:?}");
+    assert!(lines[1..4].iter().all(|l| l["reward"] == lines[0]["reward"]), "one generation, four steps: {lines:?}");
     for key in ["clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"] {
         assert!(column(&lines, key).iter().all(|v| (0.0..=1.0).contains(v)), "{key}: {lines:?}");
     }
@@ -1812,7 +1815,12 @@ fn train_grpo_samples_scores_and_steps() {
         let e = String::from_utf8_lossy(&out.stderr);
         assert!(e.contains(needle), "{flags:?}: {e}");
     };
-    refused(&["--num-generations", "4"], "--num-generations 4");
+    refused(&["--num-generations", "4"], "--num-generations: GRPO needs at least 2 completions a prompt (got 4)");
+    refused(
+        &["--grad-accum", "2", "--steps-per-generation", "3"],
+        "--steps-per-generation: 3 must be a positive multiple",
+    );
+    refused(&["--importance-sampling-level", "seq"], "--importance-sampling-level: expected token or sequence");
     refused(&["--eval-data", &data], "--eval-data does not apply to --objective grpo");
     refused(&["--reward", "accuracy"], "--reward \"accuracy\"");
     refused(&["--reward-weights", "1,2"], "--reward-weights");

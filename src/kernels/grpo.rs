@@ -1,4 +1,5 @@
-//! GRPO's per-token loss (`shaders/grpo.wgsl`): from one
+//! GRPO's per-token loss (`shaders/grpo.wgsl`), with token- or sequence-level
+//! (GSPO) importance ratios: from one
 //! micro-batch's per-row cross-entropies (−log π at the sampling
 //! temperature), the reference's (β > 0), the sampling policy's (old), each row's normaliser and its
 //! sequence's advantage, the loss, KL and entropy sums (added into `stats`) and each
@@ -22,7 +23,8 @@ struct Params {
     epsilon_low: f32,
     epsilon_high: f32,
     delta: f32,
-    _pad: [u32; 2],
+    seq_len: u32,
+    _pad: u32,
 }
 
 /// The importance ratio's clipping (TRL's `epsilon`, `epsilon_high`, `delta`).
@@ -34,15 +36,53 @@ pub struct Clip {
     pub delta: Option<f32>,
 }
 
+/// TRL's `importance_sampling_level`: what one ratio to the sampling policy covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportanceSampling {
+    /// Each token its own ratio (GRPO; TRL's default).
+    Token,
+    /// One ratio a completion, e^(mean of its tokens' log-ratios) (GSPO).
+    Sequence,
+}
+
+impl ImportanceSampling {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportanceSampling::Token => "token",
+            ImportanceSampling::Sequence => "sequence",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<ImportanceSampling> {
+        match name {
+            "token" => Ok(ImportanceSampling::Token),
+            "sequence" => Ok(ImportanceSampling::Sequence),
+            other => Err(Error::TrainOption {
+                option: "importance_sampling_level",
+                detail: format!("expected token or sequence, got {other:?}"),
+            }),
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            ImportanceSampling::Token => "grpo_row_scale",
+            ImportanceSampling::Sequence => "grpo_sequence_scale",
+        }
+    }
+}
+
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::Grpo, entry).with("WG", Const::U32(WG))
 }
 
 /// The rows' factors, (M), and the step's sums (added into `stats`):
 /// `[Σ weight·ℓ, Σ kl, Σ entropy, low-clipped, high-clipped, either]` over
-/// the rows with weight > 0 (`shaders/grpo.wgsl`).
+/// the rows with weight > 0, the clip counts over tokens (`Token`) or over
+/// the B completions of T = M / B rows each (`Sequence`; `shaders/grpo.wgsl`).
 ///
-/// - token_loss, entropy, weight, adv: (M) f32
+/// - token_loss, entropy, weight: (M) f32
+/// - adv: (M) f32, one value over each completion's T rows
 /// - ref_loss: (M), `None` when β = 0; old_loss: (M), `None` at one iteration (ratio 1)
 /// - stats: (6) f32, added to
 #[allow(clippy::too_many_arguments)] // the rows' inputs, the settings, and the sums
@@ -52,7 +92,7 @@ pub fn grpo_row_scale(
     (ref_loss, old_loss): (Option<&Tensor>, Option<&Tensor>),
     (weight, adv): (&Tensor, &Tensor),
     (beta, temperature): (f32, f32),
-    clip: Clip,
+    (clip, level, completions): (Clip, ImportanceSampling, usize),
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";
@@ -81,6 +121,9 @@ pub fn grpo_row_scale(
         return Err(Error::invalid(OP, format!("clipping {clip:?} must be finite")));
     }
     u32_count(OP, "rows", rows)?;
+    if completions == 0 || rows == 0 || rows % completions != 0 {
+        return Err(Error::shape(OP, format!("{rows} rows do not make {completions} completions of equal length")));
+    }
     let row_scale = rec.alloc(&[rows], DType::F32)?;
     let p = Params {
         rows: rows as u32,
@@ -89,15 +132,16 @@ pub fn grpo_row_scale(
         epsilon_low: clip.epsilon_low,
         epsilon_high: clip.epsilon_high,
         delta,
-        _pad: [0; 2],
+        seq_len: (rows / completions) as u32,
+        _pad: 0,
     };
     let bound =
         [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy), (8, old)];
-    rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
+    rec.dispatch_bound(&key(level.entry()), &p, &bound, [1, 1, 1])?;
     Ok(row_scale)
 }
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    vec![key("grpo_row_scale")]
+    [ImportanceSampling::Token, ImportanceSampling::Sequence].map(|l| key(l.entry())).to_vec()
 }

@@ -87,8 +87,9 @@ pub struct Batch {
     pub reference_logps: Option<Vec<f32>>,
     /// GRPO: each row's completion's advantage (`train::grpo`).
     pub advantages: Option<Vec<f32>>,
-    /// GRPO: the tokens generated for the rows' completions, before any
-    /// masking (TRL's `num_items_in_batch` sums them; 0: the labels' count).
+    /// GRPO: the tokens generated for the whole generation the rows belong
+    /// to, before any masking (TRL's `num_items_in_batch`, dapo's
+    /// normaliser; 0: the step's labels' count).
     pub generated_tokens: usize,
     /// GRPO past its first iteration: (B, T) log π_old of each label under
     /// the policy that sampled the completions (TRL's `old_per_token_logps`),

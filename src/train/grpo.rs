@@ -1,6 +1,6 @@
-//! GRPO as TRL 0.24's `GRPOTrainer` computes it, with `num_iterations` 1
-//! (TRL's default): a group of G completions sampled for each prompt, each
-//! scored by reward functions, and the policy-gradient step on them.
+//! GRPO as TRL 0.24's `GRPOTrainer` computes it: a group of G completions
+//! sampled for each prompt, each scored by reward functions, and the
+//! policy-gradient steps on them.
 //!
 //! ```text
 //! r_i   = Σ_f w_f·reward_f(i)                         (nansum: a missing reward adds nothing)
@@ -9,26 +9,31 @@
 //! per token t of completion i (its mask: the tokens up to and including the first eos):
 //!   lp_t  = log softmax(z_t / T)[token]               (T: the sampling temperature)
 //!   kl_t  = e^(ref_t − lp_t) − (ref_t − lp_t) − 1     (β > 0: ref with the adapter off)
-//!   ℓ_t   = −A_i·ρ_t + β·kl_t,  ρ_t = e^(lp_t − sg(lp_t)) = 1   (sg: no gradient; ρ's clip never binds)
+//!   ρ_t   = e^(lp_t − old_t)  (token level), or e^(mean_mask(lp − old)) over the completion (sequence, GSPO)
+//!   ℓ_t   = −min(min(ρ_t, δ)·A_i, clamp(ρ_t, 1 − ε_low, 1 + ε_high)·A_i) + β·kl_t
 //! loss  = Σ_t c_t·ℓ_t, c_t by the loss type:
-//!   grpo    1 / (|i|·B·K)          |i| the completion's tokens, B rows a micro-batch, K micro-batches
+//!   grpo    1 / (|i|·B·K)          |i| the completion's tokens, B rows a micro-batch, K micro-batches a step
 //!   bnpo    1 / (N_m·K)            N_m the micro-batch's completion tokens
 //!   dr_grpo 1 / (B·L·K)            L = max_completion_length
-//!   dapo    1 / N                  N the step's generated tokens (TRL's num_items_in_batch)
+//!   dapo    1 / N                  N the generation's generated tokens (TRL's num_items_in_batch)
 //! ```
 //!
-//! With one iteration the importance ratio is exactly 1 in value, so `epsilon`,
-//! `delta` and the sequence-level ratio (GSPO) change nothing: the gradient is
-//! `c_t·(−A_i + β·(1 − e^(ref_t − lp_t)))·∇lp_t`. In the step's one submission:
-//! the reference forward (β > 0), the adapter's forward, each row's
-//! cross-entropy and entropy at temperature T, `grpo_row_scale` (the loss, the
-//! KL and entropy sums and each row's factor), and the backward through cross-entropy's per-row scale.
+//! A generation is `steps_per_generation` micro-batches; it feeds
+//! `steps_per_generation / K` optimizer steps a pass and `num_iterations`
+//! passes. At a generation's first step old = lp in value (ρ = 1, the
+//! clipping cannot bind, and the gradient is `c_t·(−A_i + β·(1 − e^(ref_t − lp_t)))·∇lp_t`
+//! at either level); a generation of more steps is first scored by the
+//! policy that sampled it (`old`). In each step's one submission: the
+//! reference forward (β > 0), the adapter's forward, each row's
+//! cross-entropy and entropy at temperature T, `grpo_row_scale` (the loss,
+//! the KL and entropy sums and each row's factor), and the backward through
+//! cross-entropy's per-row scale.
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
-use crate::kernels::grpo::{grpo_row_scale, Clip};
+use crate::kernels::grpo::{grpo_row_scale, Clip, ImportanceSampling};
 use crate::model::llama::{shift_labels_after, Hooks, NoHooks, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -116,8 +121,11 @@ pub struct GrpoLoss {
     pub max_completion_length: usize,
     /// The importance ratio's clipping (`epsilon`, `epsilon_high`, `delta`):
     /// it binds only where the policy has moved since it sampled (more than
-    /// one iteration a generation).
+    /// one iteration a generation, or more steps a generation than one).
     pub clip: Clip,
+    /// `importance_sampling_level`: a ratio each token (GRPO) or one a
+    /// completion, the exponential of its tokens' mean log-ratio (GSPO).
+    pub importance_sampling: ImportanceSampling,
 }
 
 impl GrpoLoss {
@@ -128,6 +136,7 @@ impl GrpoLoss {
         temperature: 1.0,
         max_completion_length: 256,
         clip: Clip { epsilon_low: 0.2, epsilon_high: 0.2, delta: None },
+        importance_sampling: ImportanceSampling::Token,
     };
 
     /// The prompt tokens a row keeps beside its completion: `max_prompt_length`,
@@ -341,7 +350,7 @@ pub(crate) fn record_grpo_micro(
         (ref_loss.as_ref(), old.as_ref()),
         (&weight, &adv),
         (loss.beta, loss.temperature),
-        loss.clip,
+        (loss.clip, loss.importance_sampling, batch.labels.len()),
         stats,
     )?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
@@ -402,6 +411,42 @@ pub fn grpo_prompts(
     Ok(prompts)
 }
 
+/// Which prompts each generation takes: epochs over the prompts, each in a
+/// new order drawn from the run's generator when the run shuffles (as TRL's
+/// sampler), an epoch's last generation running on into the next.
+#[derive(Clone, Debug)]
+pub struct PromptOrder {
+    count: usize,
+    shuffle: bool,
+    /// The epoch's prompts still to take, taken from the end.
+    left: Vec<usize>,
+}
+
+impl PromptOrder {
+    pub fn new(count: usize, shuffle: bool) -> PromptOrder {
+        PromptOrder { count, shuffle, left: Vec::new() }
+    }
+
+    /// The next `n` prompts' indices.
+    pub fn take(&mut self, n: usize, rng: &mut crate::util::rng::Rng) -> Vec<usize> {
+        let mut chosen = Vec::with_capacity(n);
+        while chosen.len() < n && self.count > 0 {
+            if self.left.is_empty() {
+                self.left = (0..self.count).collect();
+                if self.shuffle {
+                    for i in (1..self.left.len()).rev() {
+                        self.left.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+                        // Fisher–Yates
+                    }
+                }
+                self.left.reverse();
+            }
+            chosen.extend(self.left.pop());
+        }
+        chosen
+    }
+}
+
 /// TRL's `think_format_reward`: 1 when the completion is `<think>…</think>…`
 /// with no second `<think>` (its regex `^<think>(?!.*<think>)(.*?)</think>.*$`,
 /// DOTALL), else 0.
@@ -424,7 +469,8 @@ pub fn is_truncated(completion: &[u32], eos: &[u32], pad: u32) -> bool {
 /// The step's rows as micro-batches of `batch_size`: each row a prompt then
 /// its completion, labelled with the completion's tokens (−100 on the prompt
 /// and on a truncated completion when `mask_truncated`), right-padded with
-/// `pad`; each carries its rows' advantages and generated tokens.
+/// `pad`; each carries its rows' advantages and the tokens generated for all
+/// `rows` (dapo's normaliser).
 pub fn completion_batches(
     rows: &[(&[u32], &[u32])],
     advantages: &[f32],
@@ -438,6 +484,7 @@ pub fn completion_batches(
             format!("{} rows, {} advantages, batch size {batch_size}", rows.len(), advantages.len()),
         ));
     }
+    let generated: usize = rows.iter().map(|(_, c)| c.len()).sum();
     let mut out = Vec::new();
     for (chunk, adv) in rows.chunks(batch_size).zip(advantages.chunks(batch_size)) {
         let len = chunk.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
@@ -454,7 +501,7 @@ pub fn completion_batches(
         }
         let mut batch = Batch::new(input_ids, labels);
         batch.advantages = Some(adv.to_vec());
-        batch.generated_tokens = chunk.iter().map(|(_, c)| c.len()).sum();
+        batch.generated_tokens = generated;
         out.push(batch);
     }
     Ok(out)
@@ -484,10 +531,17 @@ pub struct GrpoStepStats {
 pub struct GrpoSettings {
     /// Completions a prompt (TRL's `num_generations`).
     pub num_generations: usize,
-    /// Optimizer steps on each generation's completions (TRL's
-    /// `num_iterations`, μ); past the first, the ratio to the sampling
-    /// policy moves and the clipping binds.
+    /// Passes over each generation's micro-batches (TRL's `num_iterations`,
+    /// μ); past the first, the ratio to the sampling policy moves and the
+    /// clipping binds.
     pub num_iterations: usize,
+    /// Micro-batches an optimizer step (TRL's `gradient_accumulation_steps`).
+    pub gradient_accumulation_steps: usize,
+    /// Micro-batches a generation (TRL's `steps_per_generation`, whose
+    /// default is the accumulation; here a multiple of it): a generation
+    /// feeds `steps_per_generation / gradient_accumulation_steps` optimizer
+    /// steps, each on its own rows, and past the first the policy has moved.
+    pub steps_per_generation: usize,
     pub scale_rewards: ScaleRewards,
     pub mask_truncated_completions: bool,
     /// Rows a micro-batch.
@@ -497,6 +551,70 @@ pub struct GrpoSettings {
     /// The eos ids that end a completion, and the pad id.
     pub eos: Vec<u32>,
     pub pad: u32,
+    /// The seed of the generation's row order before it is cut into
+    /// micro-batches (TRL shuffles it); `None` keeps the prompts' order.
+    pub shuffle: Option<u64>,
+    /// At most this many optimizer steps on the generation (a run's last);
+    /// `None`: all of [`steps`](Self::steps).
+    pub max_steps: Option<usize>,
+}
+
+impl GrpoSettings {
+    /// Completions a generation: `batch_size × steps_per_generation`.
+    pub fn rows(&self) -> usize {
+        self.batch_size * self.steps_per_generation
+    }
+
+    /// Prompts a generation.
+    pub fn prompts(&self) -> usize {
+        self.rows() / self.num_generations.max(1)
+    }
+
+    /// Optimizer steps a generation: `steps_per_generation / gradient_accumulation_steps × num_iterations`.
+    pub fn steps(&self) -> usize {
+        self.steps_per_generation / self.gradient_accumulation_steps.max(1) * self.num_iterations
+    }
+
+    /// Whether the completions must first be scored by the policy that
+    /// sampled them (TRL's condition for `old_per_token_logps`): a step
+    /// past a generation's first sees a moved policy.
+    pub fn scores_old_policy(&self) -> bool {
+        self.steps() > 1
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option, detail: String| Err(Error::TrainOption { option, detail });
+        let (g, ga, spg) = (self.num_generations, self.gradient_accumulation_steps, self.steps_per_generation);
+        if self.batch_size == 0 || ga == 0 {
+            return bad("batch_size", "batch_size and gradient_accumulation_steps must be at least 1".into());
+        }
+        if spg == 0 || spg % ga != 0 {
+            return bad(
+                "steps_per_generation",
+                format!("{spg} must be a positive multiple of gradient_accumulation_steps ({ga})"),
+            );
+        }
+        if g < 2 || self.rows() % g != 0 {
+            return bad(
+                "num_generations",
+                format!(
+                    "GRPO needs at least 2 completions a prompt (got {g}), and a generation's {} rows \
+                     (batch_size × steps_per_generation) a multiple of them",
+                    self.rows()
+                ),
+            );
+        }
+        if self.num_iterations == 0 {
+            return bad("num_iterations", "must be at least 1".into());
+        }
+        if self.reward_weights.is_empty() || self.reward_weights.iter().any(|w| !w.is_finite()) {
+            return bad("reward_weights", format!("{:?}: one finite weight a reward function", self.reward_weights));
+        }
+        if self.max_steps == Some(0) {
+            return bad("max_steps", "must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// −log π of each label of `batch` under `hooks` at `temperature`, (B, T)
@@ -525,10 +643,13 @@ pub async fn label_logps(
 /// One generation's GRPO: `completions` (`num_generations` a prompt, in the
 /// prompts' order) of `prompts`, scored by each reward function
 /// (`rewards[f][i]`, `None` where a function gives none): the rewards
-/// combined, the advantages, the micro-batches, and `num_iterations` of
-/// `trainer`'s steps on them at `schedule`'s rates (its objective must be
-/// [`Objective::Grpo`](crate::train::preference::Objective::Grpo)); past one
-/// iteration the completions are first scored by the policy that sampled them.
+/// combined, the advantages, the rows (shuffled with `settings.shuffle`) cut
+/// into micro-batches, and [`steps`](GrpoSettings::steps) of `trainer`'s
+/// optimizer steps on them at `schedule`'s rates (its objective must be
+/// [`Objective::Grpo`](crate::train::preference::Objective::Grpo)): each
+/// pass over the generation (`num_iterations`) steps on consecutive
+/// `gradient_accumulation_steps` micro-batches. Where a step sees a moved
+/// policy, the completions are first scored by the policy that sampled them.
 pub async fn grpo_step(
     gpu: &Gpu,
     model: &Model,
@@ -538,25 +659,38 @@ pub async fn grpo_step(
     settings: &GrpoSettings,
     schedule: &LrSchedule,
 ) -> Result<GrpoStepStats> {
+    settings.validate()?;
     let g = settings.num_generations;
-    if prompts.len() * g != completions.len() {
+    if prompts.len() * g != completions.len() || completions.len() != settings.rows() {
         return Err(Error::invalid(
             "GRPO step",
-            format!("{} completions for {} prompts of {g} each", completions.len(), prompts.len()),
+            format!(
+                "{} completions for {} prompts of {g} each; a generation is {} rows",
+                completions.len(),
+                prompts.len(),
+                settings.rows()
+            ),
         ));
     }
     let combined = combine_rewards(rewards, &settings.reward_weights)?;
     let advantages = advantages(&combined, g, settings.scale_rewards)?;
-    let rows: Vec<(&[u32], &[u32])> =
-        completions.iter().enumerate().map(|(i, c)| (prompts[i / g], c.as_slice())).collect();
+    let mut order: Vec<usize> = (0..completions.len()).collect();
+    if let Some(seed) = settings.shuffle {
+        let mut rng = crate::util::rng::Rng::new(seed);
+        for i in (1..order.len()).rev() {
+            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize); // Fisher–Yates
+        }
+    }
+    let rows: Vec<(&[u32], &[u32])> = order.iter().map(|&i| (prompts[i / g], completions[i].as_slice())).collect();
+    let row_advantages: Vec<f32> = order.iter().map(|&i| advantages.advantages[i]).collect();
     let mut batches = completion_batches(
         &rows,
-        &advantages.advantages,
+        &row_advantages,
         (&settings.eos, settings.pad),
         settings.mask_truncated_completions,
         settings.batch_size,
     )?;
-    if settings.num_iterations > 1 {
+    if settings.scores_old_policy() {
         let temperature = match trainer.objective {
             crate::train::preference::Objective::Grpo(l) => l.temperature,
             _ => 1.0,
@@ -565,10 +699,12 @@ pub async fn grpo_step(
             b.old_logps = Some(label_logps(gpu, model, &trainer.adapter, b, temperature).await?);
         }
     }
-    let mut steps = Vec::with_capacity(settings.num_iterations);
-    for _ in 0..settings.num_iterations.max(1) {
+    let total = settings.max_steps.map_or(settings.steps(), |n| n.min(settings.steps()));
+    let ga = settings.gradient_accumulation_steps;
+    let mut steps = Vec::with_capacity(total);
+    for micro in batches.chunks(ga).cycle().take(total) {
         let lr = schedule.lr(trainer.step);
-        steps.push(trainer.step(gpu, model, &batches, lr).await?);
+        steps.push(trainer.step(gpu, model, micro, lr).await?);
     }
     let reward_means = rewards
         .iter()

@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
+use crate::kernels::grpo::ImportanceSampling;
 use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
-use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model};
+use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model, IGNORE_INDEX};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
@@ -92,8 +93,9 @@ pub struct StepStats {
     /// distribution (at the temperature) over the step's completion tokens.
     pub entropy: Option<f32>,
     /// GRPO: TRL's `clip_ratio/low_mean`, `clip_ratio/high_mean` and
-    /// `clip_ratio/region_mean`, the fractions of completion tokens whose
-    /// ratio the clipping cut (0 at the first iteration of a generation).
+    /// `clip_ratio/region_mean`, the fractions of completion tokens (GSPO:
+    /// of completions) whose ratio the clipping cut (0 at a generation's
+    /// first step).
     pub clip_ratio: Option<[f32; 3]>,
 }
 
@@ -417,15 +419,13 @@ impl Trainer {
         let mut pairs = Vec::new();
         let mut groups = Vec::new();
         let virtual_tokens = self.adapter.virtual_tokens();
-        // GRPO's dapo normaliser: the step's generated tokens.
+        // GRPO's dapo normaliser: the generation's generated tokens (TRL's num_items_in_batch), or the
+        // step's labels where the batches do not say.
         let vocab = model.config.vocab_size;
-        let generated: usize = micro
-            .iter()
-            .map(|b| match b.generated_tokens {
-                0 => b.labels.iter().flatten().filter(|&&l| l != crate::model::llama::IGNORE_INDEX).count(),
-                n => n,
-            })
-            .sum();
+        let generated = match micro.iter().map(|b| b.generated_tokens).max() {
+            Some(n) if n > 0 => n,
+            _ => micro.iter().flat_map(|b| b.labels.iter().flatten()).filter(|&&l| l != IGNORE_INDEX).count(),
+        };
         for b in micro {
             if let Objective::Grpo(loss) = self.objective {
                 if b.position_ids.is_some() || virtual_tokens > 0 {
@@ -594,7 +594,14 @@ impl Trainer {
         let grpo = matches!(self.objective, Objective::Grpo(_));
         let n = tokens.max(1) as f32;
         let entropy = grpo.then(|| read[4] / n);
-        let clip_ratio = grpo.then(|| [read[5] / n, read[6] / n, read[7] / n]);
+        // Clipped tokens of the completion tokens, or (GSPO) clipped completions of the completions.
+        let clipped_of = match self.objective {
+            Objective::Grpo(l) if l.importance_sampling == ImportanceSampling::Sequence => {
+                micro.iter().map(|b| b.labels.len()).sum::<usize>().max(1) as f32
+            }
+            _ => n,
+        };
+        let clip_ratio = grpo.then(|| [read[5] / clipped_of, read[6] / clipped_of, read[7] / clipped_of]);
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy, clip_ratio })
     }
 

@@ -23,7 +23,7 @@ use super::types::TrainSummary;
 use crate::model::llama::{GenerationConfig, Hooks};
 use crate::peft::adapter::hooks_of;
 use crate::train::eta::StepClock;
-use crate::train::grpo::{grpo_prompts, grpo_step, GrpoPrompt, GrpoSettings};
+use crate::train::grpo::{grpo_prompts, grpo_step, GrpoPrompt, GrpoSettings, PromptOrder};
 use crate::train::recipe::pad_id;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::Trainer;
@@ -41,8 +41,7 @@ struct GrpoState {
     schedule: LrSchedule,
     rewards: Vec<Function>,
     rng: Rng,
-    /// The epoch's prompts still to take, taken from the end.
-    order: Vec<usize>,
+    order: PromptOrder,
 }
 
 /// A GRPO run over one adapter. Drive it with `step()` or `train()`;
@@ -159,19 +158,10 @@ impl WebModel {
             ..GenerationConfig::default()
         };
         generation.validate().map_err(err)?;
-        let settings = GrpoSettings {
-            num_generations: plan.num_generations,
-            num_iterations: plan.num_iterations,
-            scale_rewards: plan.scale_rewards,
-            mask_truncated_completions: plan.mask_truncated_completions,
-            batch_size: recipe.batch_size,
-            reward_weights: plan.reward_weights.clone(),
-            eos,
-            pad,
-        };
+        let settings = GrpoSettings { eos, pad, ..plan.settings.clone() };
         let rng = Rng::new(recipe.seed);
-        let state =
-            GrpoState { trainer, prompts, plan, settings, generation, schedule, rewards, rng, order: Vec::new() };
+        let order = PromptOrder::new(prompts.len(), recipe.shuffle);
+        let state = GrpoState { trainer, prompts, plan, settings, generation, schedule, rewards, rng, order };
         Ok(GrpoRun {
             model: self.state.clone(),
             state: Rc::new(RefCell::new(state)),
@@ -221,23 +211,10 @@ async fn one_step(
     }
     let start = now_seconds();
     let g = s.settings.num_generations;
-    let per_step = s.plan.recipe.batch_size * s.plan.recipe.grad_accum / g;
-    let mut chosen = Vec::with_capacity(per_step);
-    while chosen.len() < per_step {
-        if s.order.is_empty() {
-            s.order = (0..s.prompts.len()).collect();
-            if s.plan.recipe.shuffle {
-                for i in (1..s.order.len()).rev() {
-                    let j = (s.rng.next_u64() % (i as u64 + 1)) as usize;
-                    s.order.swap(i, j); // Fisher–Yates
-                }
-            }
-            s.order.reverse();
-        }
-        chosen.extend(s.order.pop());
-    }
+    let per_generation = s.settings.prompts();
+    let chosen = s.order.take(per_generation, &mut s.rng);
     let seed = s.rng.next_u64();
-    let mut completions = Vec::with_capacity(per_step * g);
+    let mut completions = Vec::with_capacity(per_generation * g);
     for (k, &p) in chosen.iter().enumerate() {
         let config = GenerationConfig { seed: seed.wrapping_add((k * g) as u64), ..s.generation.clone() };
         let hooks = hooks_of(Some(&s.trainer.adapter));
@@ -262,9 +239,13 @@ async fn one_step(
         rewards.push(call_reward(f, i, &js, completions.len()).await?);
     }
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
-    // The run's last generation takes the iterations its steps have left.
-    let left = (total - s.trainer.step) as usize;
-    let settings = GrpoSettings { num_iterations: s.settings.num_iterations.min(left), ..s.settings.clone() };
+    // The generation's rows shuffled as TRL's (when the run shuffles); the run's last generation takes
+    // the steps it has left.
+    let settings = GrpoSettings {
+        shuffle: s.plan.recipe.shuffle.then(|| s.rng.next_u64()),
+        max_steps: Some((total - s.trainer.step) as usize),
+        ..s.settings.clone()
+    };
     let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &settings, &s.schedule)
         .await
         .map_err(err)?;

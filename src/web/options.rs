@@ -593,6 +593,8 @@ pub struct GrpoOptions {
     pub beta: Option<f32>,
     pub loss_type: Option<String>,
     pub num_iterations: Option<usize>,
+    pub steps_per_generation: Option<usize>,
+    pub importance_sampling_level: Option<String>,
     pub epsilon: Option<f32>,
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
@@ -604,21 +606,18 @@ pub struct GrpoPlan {
     /// The optimizer, schedule, batch and seed (objective GRPO).
     pub recipe: TrainRecipe,
     pub loss: crate::train::grpo::GrpoLoss,
-    pub scale_rewards: crate::train::grpo::ScaleRewards,
-    pub num_generations: usize,
-    pub num_iterations: usize,
+    /// The generations' settings, validated (the eos and pad ids are the tokenizer's, set at the start).
+    pub settings: crate::train::grpo::GrpoSettings,
     pub max_prompt_length: usize,
     pub top_p: f32,
     pub top_k: usize,
-    pub mask_truncated_completions: bool,
-    /// Each reward function's weight (`rewards` of them).
-    pub reward_weights: Vec<f32>,
 }
 
 impl GrpoOptions {
     /// The run these options describe for `rewards` reward functions, validated.
     pub fn to_plan(&self, rewards: usize) -> Result<GrpoPlan> {
-        use crate::train::grpo::{GrpoLoss, GrpoLossType, ScaleRewards};
+        use crate::kernels::grpo::{Clip, ImportanceSampling};
+        use crate::train::grpo::{GrpoLoss, GrpoLossType, GrpoSettings, ScaleRewards};
         let train = TrainOptions {
             lr: self.lr,
             steps: Some(self.steps),
@@ -651,39 +650,42 @@ impl GrpoOptions {
             beta: self.beta.unwrap_or(0.0),
             temperature: self.temperature.unwrap_or(1.0),
             max_completion_length: self.max_completion_length.unwrap_or(256),
-            clip: crate::kernels::grpo::Clip {
+            clip: Clip {
                 epsilon_low: self.epsilon.unwrap_or(0.2),
                 epsilon_high: self.epsilon_high.or(self.epsilon).unwrap_or(0.2),
                 delta: self.delta,
             },
+            importance_sampling: ImportanceSampling::from_name(
+                self.importance_sampling_level.as_deref().unwrap_or("token"),
+            )?,
         };
         loss.validate()?;
-        let num_iterations = self.num_iterations.unwrap_or(1);
-        if num_iterations == 0 {
-            return Err(bad("num_iterations", "must be at least 1"));
-        }
         recipe.objective = Objective::Grpo(loss);
-        let g = self.num_generations.unwrap_or(8);
-        let rows = recipe.batch_size * recipe.grad_accum;
-        if g < 2 || rows % g != 0 {
-            return Err(bad(
-                "num_generations",
-                format!(
-                    "{g}: GRPO needs at least 2 completions a prompt, and a step's {rows} rows (batchSize × \
-                     gradAccum) a multiple of them"
-                ),
-            ));
-        }
         if rewards == 0 {
             return Err(bad("reward_funcs", "GRPO needs at least one reward function"));
         }
         let reward_weights = self.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards]);
-        if reward_weights.len() != rewards || reward_weights.iter().any(|w| !w.is_finite()) {
+        if reward_weights.len() != rewards {
             return Err(bad(
                 "reward_weights",
-                format!("{} finite weights for {rewards} reward functions", reward_weights.len()),
+                format!("{} weights for {rewards} reward functions", reward_weights.len()),
             ));
         }
+        let settings = GrpoSettings {
+            num_generations: self.num_generations.unwrap_or(8),
+            num_iterations: self.num_iterations.unwrap_or(1),
+            gradient_accumulation_steps: recipe.grad_accum,
+            steps_per_generation: self.steps_per_generation.unwrap_or(recipe.grad_accum),
+            scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
+            mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
+            batch_size: recipe.batch_size,
+            reward_weights,
+            eos: Vec::new(),
+            pad: 0,
+            shuffle: None,
+            max_steps: None,
+        };
+        settings.validate()?;
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(bad("top_p", format!("must be in (0, 1], got {top_p}")));
@@ -691,14 +693,10 @@ impl GrpoOptions {
         Ok(GrpoPlan {
             recipe,
             loss,
-            scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
-            num_generations: g,
-            num_iterations,
+            settings,
             max_prompt_length: self.max_prompt_length.unwrap_or(512),
             top_p,
             top_k: self.top_k.unwrap_or(0),
-            mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
-            reward_weights,
         })
     }
 }

@@ -219,8 +219,8 @@ export interface TrainSummary { steps: number; totalSteps: number; state: "done"
 /** startGrpo's options: the optimizer and schedule as TrainOptions names them (steps required), and TRL's GRPOConfig
  * settings. Left out: 8 generations a prompt, batchSize 8 (completions a micro-batch), gradAccum 1, completions of at
  * most 256 tokens, prompts' first 512, temperature 1, topP 1, topK 0 (off), scaleRewards "group", lossType "dapo",
- * beta 0 (no reference model), each reward function weighted 1. A step's rows (batchSize × gradAccum) must be a
- * multiple of numGenerations. */
+ * beta 0 (no reference model), each reward function weighted 1. A generation's rows (batchSize × stepsPerGeneration)
+ * must be a multiple of numGenerations. */
 export interface GrpoOptions {
   lr: number; steps: number; batchSize?: number; gradAccum?: number; warmup?: number; warmupRatio?: number;
   schedule?: TrainOptions["schedule"]; scheduleKwargs?: Record<string, number | string | null>;
@@ -231,10 +231,14 @@ export interface GrpoOptions {
   maskTruncatedCompletions?: boolean;
   /** The KL coefficient against the base (the adapter off); lossType TRL's GRPO loss_type. */
   beta?: number; lossType?: "grpo" | "bnpo" | "dr_grpo" | "dapo";
-  /** Optimizer steps on each generation's completions (TRL's num_iterations, 1); past the first the importance
-   * ratio is clipped to [1 − epsilon, 1 + epsilonHigh] (0.2 each) and, with delta, capped at delta. Each step() is
-   * one generation: numIterations optimizer steps. */
-  numIterations?: number; epsilon?: number; epsilonHigh?: number; delta?: number;
+  /** A generation is stepsPerGeneration micro-batches of batchSize completions (TRL's steps_per_generation, a
+   * multiple of gradAccum; gradAccum when left out), feeding stepsPerGeneration / gradAccum optimizer steps, each on
+   * its own completions; numIterations passes over it (TRL's num_iterations, 1). Past a generation's first step the
+   * importance ratio to the policy that sampled it is clipped to [1 − epsilon, 1 + epsilonHigh] (0.2 each) and, with
+   * delta, capped at delta; importanceSamplingLevel "sequence" (GSPO) takes one ratio a completion, the exponential
+   * of its tokens' mean log-ratio, instead of one a token ("token"). Each step() is one generation. */
+  stepsPerGeneration?: number; numIterations?: number; importanceSamplingLevel?: "token" | "sequence";
+  epsilon?: number; epsilonHigh?: number; delta?: number;
 }
 /** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
  * prompt); its other fields reach the reward functions as `fields`. */

@@ -422,11 +422,14 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const partial = (cs) => cs.map((c, i) => (i === 0 ? null : 0));
       const prompts = [{ prompt: "The robot", answer: "yes" }, { prompt: [{ role: "user", content: "Describe the fox." }] }];
       const gopts = { lr: 0.01, steps: 2, numGenerations: 2, batchSize: 2, gradAccum: 2, maxCompletionLength: 6, beta: 0.04 };
-      // numIterations 2: one generation, two optimizer steps (its event the second's, with the clip ratios).
-      const mu = await model.startGrpo("g2", prompts, { ...gopts, numIterations: 2 }, [lengthReward]).step().then(
+      // A generation of two micro-batches a step each (stepsPerGeneration 2, gradAccum 1), two passes over it
+      // (numIterations 2), GSPO's sequence-level ratios: one step() takes four optimizer steps (its event the
+      // fourth's, with the clip ratios).
+      const gspo = { ...gopts, steps: 4, gradAccum: 1, stepsPerGeneration: 2, numIterations: 2, importanceSamplingLevel: "sequence" };
+      const mu = await model.startGrpo("g2", prompts, gspo, [lengthReward]).step().then(
         (x) => x, (e) => ({ error: e.message }));
-      if (mu.step !== 2 || mu.clipRatio.length !== 3 || !mu.clipRatio.every((v) => v >= 0 && v <= 1)) {
-        throw new Error("GRPO with numIterations 2: " + JSON.stringify({ ...mu, completions: undefined }));
+      if (mu.step !== 4 || mu.clipRatio.length !== 3 || !mu.clipRatio.every((v) => v >= 0 && v <= 1)) {
+        throw new Error("GRPO with stepsPerGeneration 2, numIterations 2: " + JSON.stringify({ ...mu, completions: undefined }));
       }
       rewardCalls = 0;
       const grpo = model.startGrpo("g", prompts, gopts, [lengthReward, partial]);

@@ -1,22 +1,24 @@
-//! `webpeft train --objective grpo`: TRL's GRPOTrainer loop (one iteration
-//! a generation batch). Each step takes (--batch-size × --grad-accum) /
-//! --num-generations prompts, samples --num-generations completions of each
-//! through the adapter being trained, scores them with each --reward, and
-//! takes one optimizer step on them (`webpeft::train::grpo`).
+//! `webpeft train --objective grpo`: TRL's GRPOTrainer loop. Each generation
+//! takes (--batch-size × --steps-per-generation) / --num-generations prompts,
+//! samples --num-generations completions of each through the adapter being
+//! trained, scores them with each --reward, and takes its optimizer steps on
+//! them: --steps-per-generation / --grad-accum a pass, --num-iterations
+//! passes (`webpeft::train::grpo`).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Map, Value};
-use webpeft::kernels::grpo::Clip;
+use webpeft::kernels::grpo::{Clip, ImportanceSampling};
 use webpeft::model::config::Config;
 use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::grpo::{
-    grpo_prompts, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, ScaleRewards,
+    grpo_prompts, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder,
+    ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -153,30 +155,35 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             epsilon_high: a.epsilon_high.or(a.epsilon).unwrap_or(0.2),
             delta: a.delta,
         },
+        importance_sampling: ImportanceSampling::from_name(a.importance_sampling_level.as_deref().unwrap_or("token"))
+            .map_err(flag_error)?,
     };
     loss.validate().map_err(flag_error)?;
-    let num_iterations = a.num_iterations.unwrap_or(1);
-    if num_iterations == 0 {
-        return Err("--num-iterations must be at least 1".into());
-    }
     let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
-    let g = a.num_generations.unwrap_or(8);
-    let rows = a.batch_size * a.grad_accum;
-    if g < 2 || rows % g != 0 {
-        return Err(format!(
-            "--num-generations {g}: GRPO needs at least 2 completions a prompt, and a step's {rows} rows \
-             (--batch-size × --grad-accum) a multiple of them"
-        )
-        .into());
-    }
     if a.reward.is_empty() {
         return Err("--objective grpo needs at least one --reward (think_format or cmd:COMMAND)".into());
     }
     let rewards: Vec<Reward> = a.reward.iter().map(|r| Reward::parse(r)).collect::<Result<_, _>>()?;
     let weights = a.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards.len()]);
-    if weights.len() != rewards.len() || weights.iter().any(|w| !w.is_finite()) {
-        return Err(format!("--reward-weights: {} finite weights for {} --reward", weights.len(), rewards.len()).into());
+    if weights.len() != rewards.len() {
+        return Err(format!("--reward-weights: {} weights for {} --reward", weights.len(), rewards.len()).into());
     }
+    // The eos and pad ids are the tokenizer's, set below.
+    let mut settings = GrpoSettings {
+        num_generations: a.num_generations.unwrap_or(8),
+        num_iterations: a.num_iterations.unwrap_or(1),
+        gradient_accumulation_steps: a.grad_accum,
+        steps_per_generation: a.steps_per_generation.unwrap_or(a.grad_accum),
+        scale_rewards: scale,
+        mask_truncated_completions: a.mask_truncated_completions,
+        batch_size: a.batch_size,
+        reward_weights: weights,
+        eos: Vec::new(),
+        pad: 0,
+        shuffle: None,
+        max_steps: None,
+    };
+    settings.validate().map_err(flag_error)?;
     let top_p = a.top_p.unwrap_or(1.0);
     let data_path = a.data.clone().ok_or("--data is required")?;
     let files = DirFiles::new(&a.model)?;
@@ -187,8 +194,9 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     let source = data_path.display().to_string();
     let budget = loss.prompt_budget(a.max_prompt_length.unwrap_or(512), config.max_position_embeddings);
     let prompts = grpo_prompts(&source, &bytes, &tokenizer, budget.map_err(flag_error)?)?;
-    let per_step = rows / g;
-    let steps_per_epoch = prompts.len().div_ceil(per_step) as u64;
+    // An epoch: each prompt's generation once, and the steps each generation feeds (as TRL counts them).
+    let per_generation = settings.prompts();
+    let steps_per_epoch = (prompts.len().div_ceil(per_generation) * settings.steps()) as u64;
     let total = match a.steps {
         Some(n) => n,
         None => ((recipe.epochs * steps_per_epoch as f64).ceil() as u64).max(1),
@@ -225,53 +233,39 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         ..GenerationConfig::default()
     };
     generation.validate()?;
-    let settings = GrpoSettings {
-        num_generations: g,
-        num_iterations,
-        scale_rewards: scale,
-        mask_truncated_completions: a.mask_truncated_completions,
-        batch_size: a.batch_size,
-        reward_weights: weights,
-        eos: eos.clone(),
-        pad,
-    };
+    settings.eos = eos.clone();
+    settings.pad = pad;
     eprintln!(
-        "training {} ({} parameters) with GRPO on {} prompts of {}: {total} steps of {per_step} prompts × {g} \
-         completions, lr {:e} ({}), loss {}, β {}, {} base",
+        "training {} ({} parameters) with GRPO on {} prompts of {}: {total} steps, generations of {per_generation} \
+         prompts × {} completions ({} steps each), lr {:e} ({}), loss {} ({}-level ratios), β {}, {} base",
         trainer.adapter.method(),
         trainer.adapter.num_params(),
         prompts.len(),
         data_path.display(),
+        settings.num_generations,
+        settings.steps(),
         run.lr,
         run.schedule.name(),
         loss.loss_type.name(),
+        loss.importance_sampling.name(),
         loss.beta,
         model.format.name()
     );
 
     let mut rng = Rng::new(recipe.seed);
-    let mut order: Vec<usize> = Vec::new();
+    let mut order = PromptOrder::new(prompts.len(), recipe.shuffle);
     let mut stopped = Stopped::Done;
     while trainer.step < total {
         let start = std::time::Instant::now();
-        let mut chosen = Vec::with_capacity(per_step);
-        while chosen.len() < per_step {
-            if order.is_empty() {
-                order = (0..prompts.len()).collect();
-                if recipe.shuffle {
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                        // Fisher–Yates
-                    }
-                }
-                order.reverse(); // popped from the end: the epoch's order
-            }
-            chosen.extend(order.pop());
-        }
+        let chosen = order.take(per_generation, &mut rng);
         let generation = GenerationConfig { seed: rng.next_u64(), ..generation.clone() };
-        // The run's last generation takes the iterations its steps have left.
-        let left = (total - trainer.step) as usize;
-        let settings = GrpoSettings { num_iterations: settings.num_iterations.min(left), ..settings.clone() };
+        // The generation's rows shuffled as TRL's (when the run shuffles); the run's last generation
+        // takes the steps it has left.
+        let settings = GrpoSettings {
+            shuffle: recipe.shuffle.then(|| rng.next_u64()),
+            max_steps: Some((total - trainer.step) as usize),
+            ..settings.clone()
+        };
         let lines = cli_step(
             (&gpu, &model, &tokenizer),
             &mut trainer,

@@ -254,8 +254,8 @@ pub struct TrainArgs {
     /// by each --reward.
     #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo"])]
     pub objective: String,
-    /// GRPO: completions sampled for each prompt, TRL's num_generations [default: 8]; a step's rows
-    /// (--batch-size × --grad-accum) must be a multiple of it.
+    /// GRPO: completions sampled for each prompt, TRL's num_generations [default: 8]; a
+    /// generation's rows (--batch-size × --steps-per-generation) must be a multiple of it.
     #[arg(long)]
     pub num_generations: Option<usize>,
     /// GRPO: a completion's most tokens [default: 256].
@@ -288,9 +288,18 @@ pub struct TrainArgs {
     /// GRPO: leave completions that ran out of tokens (no eos) out of the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
-    /// GRPO: optimizer steps on each generation's completions, TRL's num_iterations [default: 1].
+    /// GRPO: passes over each generation's completions, TRL's num_iterations [default: 1].
     #[arg(long)]
     pub num_iterations: Option<usize>,
+    /// GRPO: micro-batches of --batch-size rows a generation, TRL's steps_per_generation, a
+    /// multiple of --grad-accum: a generation feeds that many over --grad-accum optimizer steps,
+    /// each on its own rows [default: --grad-accum].
+    #[arg(long)]
+    pub steps_per_generation: Option<usize>,
+    /// GRPO: token (a ratio to the sampling policy each token) or sequence (one a completion,
+    /// GSPO), TRL's importance_sampling_level [default: token].
+    #[arg(long)]
+    pub importance_sampling_level: Option<String>,
     /// GRPO: the importance ratio's clip, [1 − ε, 1 + ε_high] [default: 0.2].
     #[arg(long)]
     pub epsilon: Option<f32>,
@@ -768,9 +777,11 @@ impl TrainArgs {
     }
 
     /// The GRPO options given, by flag.
-    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 14] {
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 16] {
         [
             ("--num-iterations", self.num_iterations.is_some()),
+            ("--steps-per-generation", self.steps_per_generation.is_some()),
+            ("--importance-sampling-level", self.importance_sampling_level.is_some()),
             ("--epsilon", self.epsilon.is_some()),
             ("--epsilon-high", self.epsilon_high.is_some()),
             ("--delta", self.delta.is_some()),

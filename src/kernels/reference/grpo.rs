@@ -1,15 +1,42 @@
-//! CPU reference for `shaders/grpo.wgsl`: GRPO's per-token loss.
+//! CPU reference for `shaders/grpo.wgsl`: GRPO's per-token loss, with token-
+//! or sequence-level (GSPO) importance ratios.
 
-use crate::kernels::grpo::Clip;
+use crate::kernels::grpo::{Clip, ImportanceSampling};
+
+/// `(min(c1'·a, c2·a), ∂min/∂s, low-clipped, high-clipped)` for ratio `c1`
+/// and advantage `a`: `c2 = clamp(c1, 1 − ε_low, 1 + ε_high)`, `c1' = min(c1, δ)`;
+/// each clamp passes c1·a inside its (inclusive) bounds, min's gradient goes
+/// to the smaller term, half to each on a tie.
+fn clipped(c1: f32, a: f32, clip: Clip) -> (f32, f32, bool, bool) {
+    let (lo, hi) = (1.0 - clip.epsilon_low, 1.0 + clip.epsilon_high);
+    let c2 = c1.clamp(lo, hi);
+    let (c1d, pass1) = match clip.delta {
+        Some(d) => (c1.min(d), if c1 <= d { 1.0 } else { 0.0 }),
+        None => (c1, 1.0),
+    };
+    let pass2 = if c1 >= lo && c1 <= hi { 1.0 } else { 0.0 };
+    let (l1, l2) = (c1d * a, c2 * a);
+    let (g1, g2) = (a * c1 * pass1, a * c1 * pass2);
+    let dmin = if l1 < l2 {
+        g1
+    } else if l2 < l1 {
+        g2
+    } else {
+        0.5 * (g1 + g2)
+    };
+    (l1.min(l2), dmin, c1 < lo && a < 0.0, c1 > hi && a > 0.0)
+}
 
 /// `(row_scale, [loss, kl, entropy, low, high, region])` for per-row
 /// `token_loss` (−log π), its `entropy`, the sampling policy's `old_loss`, the
 /// reference's `ref_loss` (read only when β ≠ 0), `weight` (the loss type's
-/// normaliser, 0 off the completion) and `adv` (the row's advantage), as
-/// `shaders/grpo.wgsl` computes them (f32 per row, sums in f64):
-/// `c1 = e^(lp − old)`, `c2 = clamp(c1, 1 − ε_low, 1 + ε_high)`,
-/// `c1' = min(c1, δ)`, `ℓ = −min(c1'·A, c2·A) + β·kl`,
-/// `row_scale = w·(∂min/∂lp + β·(e^(ref − lp) − 1)) / T`.
+/// normaliser, 0 off the completion) and `adv` (the row's advantage), the rows
+/// being `completions` completions of equal length, as `shaders/grpo.wgsl`
+/// computes them (f32 per row, sums in f64):
+/// `s = lp − old` per token, or its mean over a completion's weighted rows
+/// (`Sequence`); `c1 = e^s`, `ℓ = −min(c1'·A, c2·A) + β·kl`, and
+/// `row_scale = (∂Σ weight·ℓ / ∂lp) negated / T`. The clip counts are of
+/// tokens (`Token`) or of completions (`Sequence`).
 #[allow(clippy::too_many_arguments)] // the rows' inputs and the settings
 pub fn grpo_row_scale(
     [token_loss, entropy, old_loss, ref_loss]: [&[f32]; 4],
@@ -17,49 +44,53 @@ pub fn grpo_row_scale(
     adv: &[f32],
     beta: f32,
     temperature: f32,
-    clip: Clip,
+    (clip, level, completions): (Clip, ImportanceSampling, usize),
 ) -> (Vec<f32>, [f32; 6]) {
+    let rows = token_loss.len();
+    let per = rows / completions;
     let mut sums = [0f64; 6];
-    let (lo, hi) = (1.0 - clip.epsilon_low, 1.0 + clip.epsilon_high);
-    let scale = token_loss
-        .iter()
-        .enumerate()
-        .map(|(r, &l)| {
+    let mut scale = vec![0f32; rows];
+    // β's KL of row r and its factor e^(ref − lp) − 1.
+    let kl = |r: usize| -> (f32, f32) {
+        if beta == 0.0 {
+            return (0.0, 0.0);
+        }
+        let d = token_loss[r] - ref_loss[r];
+        (d.exp() - d - 1.0, d.exp() - 1.0)
+    };
+    let count_clips = |sums: &mut [f64; 6], low: bool, high: bool| {
+        sums[3] += low as u8 as f64;
+        sums[4] += high as u8 as f64;
+        sums[5] += (low || high) as u8 as f64;
+    };
+    for s in 0..completions {
+        let span = s * per..(s + 1) * per;
+        let masked: Vec<usize> = span.filter(|&r| weight[r] != 0.0).collect();
+        // The sequence's ratio and its share of ∂min/∂s (GSPO), from f32 sums as the kernel's.
+        let sequence = (level == ImportanceSampling::Sequence).then(|| {
+            let log_ratio = masked.iter().map(|&r| old_loss[r] - token_loss[r]).sum::<f32>();
+            let count = (masked.len() as f32).max(1.0);
+            let total_weight = masked.iter().map(|&r| weight[r]).sum::<f32>();
+            let c = clipped((log_ratio / count).exp(), adv[s * per], clip);
+            count_clips(&mut sums, c.2, c.3);
+            (c.0, total_weight * c.1 / count)
+        });
+        for &r in &masked {
             let w = weight[r];
-            if w == 0.0 {
-                return 0.0;
-            }
-            let a = adv[r];
-            let c1 = (old_loss[r] - l).exp();
-            let c2 = c1.clamp(lo, hi);
-            let (c1d, pass1) = match clip.delta {
-                Some(d) => (c1.min(d), if c1 <= d { 1.0 } else { 0.0 }),
-                None => (c1, 1.0),
+            let (k, ratio) = kl(r);
+            let (min_term, share) = match sequence {
+                Some((min_term, shared)) => (min_term, shared),
+                None => {
+                    let c = clipped((old_loss[r] - token_loss[r]).exp(), adv[r], clip);
+                    count_clips(&mut sums, c.2, c.3);
+                    (c.0, w * c.1)
+                }
             };
-            let pass2 = if c1 >= lo && c1 <= hi { 1.0 } else { 0.0 };
-            let (l1, l2) = (c1d * a, c2 * a);
-            let (g1, g2) = (a * c1 * pass1, a * c1 * pass2);
-            let dmin = if l1 < l2 {
-                g1
-            } else if l2 < l1 {
-                g2
-            } else {
-                0.5 * (g1 + g2)
-            };
-            let (ratio, kl) = if beta != 0.0 {
-                let d = l - ref_loss[r];
-                (d.exp(), d.exp() - d - 1.0)
-            } else {
-                (1.0, 0.0)
-            };
-            let (is_low, is_high) = (c1 < lo && a < 0.0, c1 > hi && a > 0.0);
-            let terms = [w * (beta * kl - l1.min(l2)), kl, entropy[r], is_low as u8 as f32, is_high as u8 as f32];
-            for (sum, t) in sums.iter_mut().zip(terms) {
-                *sum += t as f64;
-            }
-            sums[5] += (is_low || is_high) as u8 as f64;
-            w * (dmin + beta * (ratio - 1.0)) * (1.0 / temperature)
-        })
-        .collect();
+            sums[0] += (w * (beta * k - min_term)) as f64;
+            sums[1] += k as f64;
+            sums[2] += entropy[r] as f64;
+            scale[r] = (share + w * beta * ratio) * (1.0 / temperature);
+        }
+    }
     (scale, sums.map(|s| s as f32))
 }
