@@ -1,7 +1,8 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
-// before/after generation; the preference mode's panel is preference.js, the chat panel chat.js.
+// before/after generation; the preference mode's panel is preference.js, GRPO's grpo.js, the chat panel chat.js.
 // All library work happens in worker.js.
-import { preferences, rewardTable } from "./preference.js";
+import { preferences, rewardTable, metricsKind } from "./preference.js";
+import { grpoPanel } from "./grpo.js";
 import { cachePanel } from "./cached-models.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 import { stepClock } from "./eta.js";
@@ -48,13 +49,14 @@ const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-erro
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss", trainable_tokens: "tokens to train",
-  token_indices: "tokens to train", modules_to_save: "train whole" };
+  token_indices: "tokens to train", modules_to_save: "train whole", num_generations: "completions a prompt",
+  max_completion_length: "completion length", temperature: "temperature" };
 function inFormWords(message) {
+  const formWords = (text) => text.replace(/\b(seq_len|batch_size|grad_accum)\b/g, (k) => FORM_NAMES[k]);
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
-  if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${field[2]}`;
+  if (field) return `${FORM_NAMES[field[1]] ?? field[1]}: ${formWords(field[2])}`;
   const internal = message.match(/^invalid argument to [\w:]+: (.*)$/s);
-  const text = internal ? internal[1] : message;
-  return text.replace(/\b(seq_len|batch_size|grad_accum)\b/g, (k) => FORM_NAMES[k]);
+  return formWords(internal ? internal[1] : message);
 }
 function showError(context, message) {
   const words = inFormWords(message);
@@ -77,6 +79,7 @@ function clearError() {
 const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, showError });
 const cache = cachePanel({ showError });
 const chat = chatPanel({ send: (msg) => worker.postMessage(msg), setPhase, showError, save });
+const grpo = grpoPanel();
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.
@@ -165,18 +168,24 @@ function onMessage(e) {
     case "step": {
       const ev = m.event;
       const eta = clock.step(ev);
+      const kind = metricsKind(ev);
+      const speed = ev.tokensPerSecond ?? ev.tokens / ev.stepSeconds; // a GRPO step's: its sampled tokens
       state.losses.push(ev.loss);
-      state.speeds.push(ev.tokensPerSecond);
+      state.speeds.push(speed);
       $("train-progress").max = ev.totalSteps;
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
         (ev.kto ? `kl ${ev.kto.kl.toFixed(3)} · ` : "") +
-        `${ev.tokensPerSecond.toFixed(0)} tokens/s · ETA ${eta.text}`;
-      if (ev.rewards || ev.kto) {
-        state.rewards.push({ step: ev.step, loss: ev.loss, ...(ev.rewards ?? ev.kto) });
+        (kind === "grpo" ? `reward ${ev.reward.toFixed(3)} · ` : "") +
+        `${speed.toFixed(0)} tokens/s · ETA ${eta.text}`;
+      if (kind) {
+        const grpoMetrics = kind === "grpo" ? { reward: ev.reward, rewardStd: ev.rewardStd, entropy: ev.entropy,
+          meanLength: ev.meanLength, completionRewards: ev.completions.map((c) => c.reward) } : {};
+        state.rewards.push({ step: ev.step, loss: ev.loss, ...(ev.rewards ?? ev.kto ?? grpoMetrics) });
         rewardTable.add(ev);
       }
+      if (kind === "grpo") grpo.step(ev);
       document.body.dataset.steps = ev.step;
       document.body.dataset.stepSeconds = ev.stepSeconds;
       drawChart();
@@ -305,6 +314,7 @@ function config() {
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
     objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType"),
+    ...(f.get("objective") === "grpo" ? { grpo: grpo.settings() } : {}),
     tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean),
     modulesToSave: String(f.get("modulesToSave") ?? "").split(",").filter(Boolean) };
 }
@@ -360,10 +370,11 @@ $("train").onclick = () => {
   state.rewards = [];
   rewardTable.reset();
   drawChart();
-  const preference = config().objective !== "sft";
+  const objective = config().objective;
   let data = $("data").value;
   try {
-    if (preference) data = pref.data();
+    if (objective === "grpo") data = grpo.data();
+    else if (objective !== "sft") data = pref.data();
   } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
@@ -373,8 +384,8 @@ $("train").onclick = () => {
   state.trainedMethod = config().method;
   state.current = src.kind === "files" ? null :
     { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
-  // Held-out data measures the SFT loss: a preference run has none.
-  const evalData = preference ? null : $("eval-data").value.trim() || null;
+  // Held-out data measures the SFT loss: a preference or GRPO run has none.
+  const evalData = objective !== "sft" ? null : $("eval-data").value.trim() || null;
   worker.postMessage({ type: "train", config: config(), data, evalData });
 };
 
@@ -457,8 +468,9 @@ const METHOD_NOTES = {
   par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",
 };
 const objectivePicker = $("config").elements.objective;
-objectivePicker.addEventListener("change", () => pref.showObjective(objectivePicker.value));
-pref.showObjective(objectivePicker.value);
+const showObjective = () => { pref.showObjective(objectivePicker.value); grpo.show(objectivePicker.value); };
+objectivePicker.addEventListener("change", showObjective);
+showObjective();
 const methodPicker = $("config").elements.method;
 const showMethodNote = () => { $("method-note").textContent = METHOD_NOTES[methodPicker.value] ?? ""; };
 methodPicker.addEventListener("change", showMethodNote);

@@ -1,4 +1,4 @@
-// The demo page's preference mode (DPO, ORPO): two sampled answers to a
+// The demo page's preference mode (DPO, ORPO, CPO, KTO): two sampled answers to a
 // prompt, marked 👍 preferred and 👎 rejected, collected as TRL-shaped pairs
 // ({prompt, chosen, rejected}) and trained on with the page's own controls;
 // each step's reward metrics in a table. The answers come from the base
@@ -104,11 +104,10 @@ export function preferences({ send, setPhase, showError }) {
       setPhase("idle");
       return true;
     },
-    /** Shows the panel for dpo and orpo, the SFT data for sft. */
+    /** Shows the panel for the preference objectives (dpo, orpo, cpo, kto), the SFT data for sft. */
     showObjective(objective) {
-      const preference = objective !== "sft";
-      $("preference-panel").hidden = !preference;
-      $("sft-data").hidden = preference;
+      $("preference-panel").hidden = objective === "sft" || objective === "grpo";
+      $("sft-data").hidden = objective !== "sft";
     },
     /** The pairs in the list and those pasted, as one JSONL text; throws when there are none. */
     data() {
@@ -124,21 +123,31 @@ export function preferences({ send, setPhase, showError }) {
   };
 }
 
-/** TRL's columns: DPOTrainer's (and ORPO's, CPO's), or KTOTrainer's. */
+/** TRL's columns: DPOTrainer's (and ORPO's, CPO's), KTOTrainer's, or GRPOTrainer's. */
+const CAPTIONS = {
+  pairs: "rewards per step (TRL's metrics, measured before the step's update: β·(log-probability with the adapter − without))",
+  kto: "rewards per step (TRL's KTO metrics, measured before the step's update: β·(log-probability with the adapter − without))",
+  grpo: "rewards per step (TRL's GRPO metrics of the step's sampled completions, scored before its update)",
+};
 const COLUMNS = {
   pairs: ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"],
   kto: ["kl", "rewards/chosen_sum", "rewards/rejected_sum", "count/chosen", "count/rejected"],
+  grpo: ["reward", "reward_std", "frac_reward_zero_std", "entropy", "completions/mean_length"],
 };
 
-/** The reward table under the loss chart: one row per step of a DPO, ORPO, CPO or KTO run. */
+/** Which trainer's metrics a step event carries. */
+export const metricsKind = (ev) => (ev.kto ? "kto" : ev.rewards ? "pairs" : ev.rewardStd !== undefined ? "grpo" : null);
+
+/** The reward table under the loss chart: one row per step of a DPO, ORPO, CPO, KTO or GRPO run. */
 export const rewardTable = {
   reset() {
     $("rewards").hidden = true;
     $("rewards").tBodies[0].replaceChildren();
   },
   add(ev) {
-    const kind = ev.kto ? "kto" : "pairs";
+    const kind = metricsKind(ev);
     const head = $("rewards").tHead.rows[0];
+    $("rewards").caption.textContent = CAPTIONS[kind];
     if (head.cells[2].textContent !== COLUMNS[kind][0]) {
       head.replaceChildren(...["step", "loss", ...COLUMNS[kind]].map((name) => {
         const th = document.createElement("th");
@@ -148,8 +157,11 @@ export const rewardTable = {
       }));
     }
     const k = ev.kto;
-    const values = k ? [k.kl, k.rewardsChosenSum, k.rewardsRejectedSum, k.countChosen, k.countRejected]
-      : [ev.rewards.chosen, ev.rewards.rejected, ev.rewards.accuracies, ev.rewards.margins];
+    const values = {
+      kto: () => [k.kl, k.rewardsChosenSum, k.rewardsRejectedSum, k.countChosen, k.countRejected],
+      pairs: () => [ev.rewards.chosen, ev.rewards.rejected, ev.rewards.accuracies, ev.rewards.margins],
+      grpo: () => [ev.reward, ev.rewardStd, ev.fracRewardZeroStd, ev.entropy, ev.meanLength],
+    }[kind]();
     const row = $("rewards").tBodies[0].insertRow();
     row.insertCell().textContent = String(ev.step);
     for (const v of [ev.loss, ...values]) row.insertCell().textContent = v.toFixed(4);

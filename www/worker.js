@@ -1,5 +1,5 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
-// while the GPU trains. Messages in: init, load, train, pause, resume, cancel,
+// while the GPU trains. Messages in: init, load, train (SFT, preference or GRPO), pause, resume, cancel,
 // generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf,
 // plan-configs, and destroy-gpu (a test hook: loses the device). Messages out: ready, load-progress, cached, loaded,
 // step, trained, token, generated, zip, gguf, planned, gpu-lost, gpu-recovered, error. Every failure becomes an
@@ -10,6 +10,7 @@ import init, { Gpu, Model } from "./pkg/webpeft.js";
 import { CachedModel } from "./model-cache.js";
 import { chatWorker } from "./chat-worker.js";
 import { recovery } from "./recovery.js";
+import { rewardFunction } from "./rewards.js";
 
 let gpu = null;
 let model = null;
@@ -65,7 +66,8 @@ async function drive(run, c, evalData, replayed = false) {
       post({ type: "eval", step: event.step, loss: e.loss });
     }
     if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
-    if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
+    // A GRPO run keeps no checkpoint (its generations are drawn afresh): a reload starts it again.
+    if (run.saveCheckpoint && event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
       const bytes = await run.saveCheckpoint();
       rec.saved(event.step, bytes);
       post({ type: "checkpoint", step: event.step, totalSteps: event.totalSteps, bytes }, [bytes.buffer]);
@@ -80,6 +82,14 @@ function trainOptions(c) {
     schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0, objective,
     ...(objective === "sft" ? {} : { beta: c.beta }),
     ...(objective === "dpo" && c.lossType ? { lossType: c.lossType } : {}) };
+}
+
+/** startGrpo's options from the page's: the training form's optimizer settings and the GRPO panel's. */
+function grpoOptions(c) {
+  const g = c.grpo;
+  return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seed: c.seed, schedule: c.schedule ?? "constant",
+    maxGradNorm: c.maxGradNorm ?? 1.0, numGenerations: g.numGenerations, maxCompletionLength: g.maxCompletionLength,
+    temperature: g.temperature };
 }
 
 /** planMemory's options for a load message's (or the presets' settings') quant, method, r, batch, seq len and
@@ -214,7 +224,9 @@ async function handle(msg) {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }
       model.setActiveAdapter(ADAPTER);
-      run = model.startTraining(ADAPTER, msg.data, trainOptions(c));
+      run = c.objective === "grpo"
+        ? model.startGrpo(ADAPTER, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
+        : model.startTraining(ADAPTER, msg.data, trainOptions(c));
       rec.training(msg, 0);
       post({ type: "trained", summary: await finish(await drive(run, c, msg.evalData, msg.replayed)) });
       break;

@@ -226,7 +226,7 @@ test("the controls follow one state: fresh, running, paused, finished and failed
   }
 });
 
-test("preference mode: two sampled answers marked 👍/👎 by keyboard and mouse, pairs listed and removable, DPO makes the adapter prefer the 👍 answers", async () => {
+test("preference mode: two sampled answers marked 👍/👎 by keyboard and mouse, pairs listed and removable, DPO makes the adapter prefer the 👍 answers; GRPO on the page's own reward", async () => {
   const browser = await launch();
   try {
     const { page, problems } = await open(browser, base);
@@ -315,6 +315,40 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.ok(Math.abs(kto[0].loss - 0.5) < 1e-6 && kto[0].kl === 0, JSON.stringify(kto));
     for (const s of kto) assert.equal(s.countChosen + s.countRejected, 3, JSON.stringify(kto));
     assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "kl");
+    // GRPO: the adapter's own completions of the prompts, 3 a prompt, scored in the page by "mentions a word"
+    // ("the"): each step's completions listed with their rewards, whose mean is TRL's reward metric; an odd group
+    // size is refused in the form's words first.
+    await page.selectOption("#config [name=objective]", "grpo");
+    assert.equal(await page.isVisible("#grpo-panel"), true);
+    assert.equal(await page.isVisible("#preference-panel"), false);
+    await page.fill("#grpo-prompts", "The little robot\nThe farmer");
+    await page.selectOption("#grpo-reward", "word");
+    await page.fill("#grpo-reward-arg", "young");
+    await page.fill("#grpo-length", "6");
+    await page.fill("#grpo-generations", "2");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.match(await page.textContent("#train-error"), /^completions a prompt: GRPO needs at least 2 completions a prompt \(got 2\), and a generation's 3 rows \(batch × /);
+    await page.waitForSelector("body[data-phase=idle]");
+    await page.fill("#grpo-generations", "3");
+    await page.click("#train");
+    await page.waitForFunction(() => document.body.dataset.trained === "done" &&
+      JSON.parse(document.body.dataset.rewards).filter((s) => s.completionRewards).length === 2, null, { timeout: 600_000 });
+    const grpo = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    timings.browserGrpoSteps = grpo;
+    for (const s of grpo) {
+      assert.equal(s.completionRewards.length, 3, JSON.stringify(s));
+      assert.ok(s.completionRewards.every((r) => r >= 0 && r <= 1), JSON.stringify(s));
+      const mean = s.completionRewards.reduce((a, b) => a + b, 0) / 3;
+      assert.ok(Math.abs(mean - s.reward) < 1e-6 && s.entropy > 0 && s.meanLength <= 6, JSON.stringify(s));
+    }
+    // (Seeded: the second step's group differs, so its advantages are not all 0.)
+    assert.ok(grpo.some((s) => s.rewardStd > 0), `no group with different rewards: ${JSON.stringify(grpo)}`);
+    assert.equal(await page.locator("#grpo-completions li").count(), 3);
+    assert.equal(await page.textContent("#grpo-step"), "2");
+    assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "reward");
+    assert.equal(await page.locator("#rewards tbody tr").count(), 2);
+    await page.screenshot({ path: path.join(out, "demo-grpo.png"), fullPage: true });
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
