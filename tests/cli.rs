@@ -1707,6 +1707,74 @@ fn export_gguf_failure_removes_its_partial_file() {
     assert!(!std::path::Path::new(&out).exists(), "{out} was left behind");
 }
 
+/// A GRPO run stopped after 2 of its 4 steps (--stop-after) and resumed with only --resume goes on as the
+/// run that was not stopped: the same step lines (its sampled completions' rewards, losses and gradient
+/// norms: the run's generator, the epoch's prompt order and the dropout's generator come back) and the same
+/// adapter, bit for bit; a GRPO flag that contradicts the checkpoint is refused.
+#[test]
+fn a_grpo_run_resumes_as_if_never_stopped() {
+    let dir = TempDir::new("grpo_resume");
+    let data = dir.join("prompts.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"The river rose and\"}\n{\"prompt\": \"Once\"}\n{\"prompt\": \"The fox\"}\n")
+        .unwrap();
+    // The first token's id mod 5: rewards that differ within a group, so the steps move the adapter.
+    let first_id = r#"cmd:awk '{ s=$0; sub(/.*"completion_ids":\[/, "", s); split(s, a, ","); print a[1] % 5 }'"#;
+    let common = [
+        "--objective",
+        "grpo",
+        "--num-generations",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--max-completion-length",
+        "5",
+        "--reward",
+        first_id,
+        "--method",
+        "lora",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "5e-2",
+    ];
+    let run = |extra: &[&str]| {
+        let out = train(&data, &[&common[..], extra].concat());
+        ok(&out);
+        step_lines(&out)
+    };
+    // The lines without their timings.
+    let untimed = |lines: Vec<serde_json::Value>| {
+        lines
+            .into_iter()
+            .map(|mut l| {
+                l.as_object_mut().unwrap().remove("tokens_per_s");
+                l
+            })
+            .collect::<Vec<_>>()
+    };
+    let (whole, half) = (dir.join("whole"), dir.join("half"));
+    let uninterrupted = untimed(run(&["--out", &whole]));
+    let first = untimed(run(&["--stop-after", "2", "--out", &half]));
+    let model = fixture("llama_gqa");
+    let resumed = webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]);
+    ok(&resumed);
+    let rest = untimed(step_lines(&resumed));
+    assert_eq!(rest[0]["step"], 3);
+    let moved = uninterrupted.iter().filter(|l| l["grad_norm"].as_f64().unwrap() > 0.0).count();
+    assert!(moved >= 2, "steps that moved the adapter: {uninterrupted:?}");
+    assert_eq!(first.into_iter().chain(rest).collect::<Vec<_>>(), uninterrupted);
+    let weights = |d: &str| std::fs::read(std::path::Path::new(d).join("adapter_model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&half), "the resumed adapter differs from the uninterrupted one");
+    for (flag, value, saved) in [("--num-generations", "4", "2"), ("--reward", "think_format", "cmd:awk")] {
+        let out = webpeft(&["train", "--model", &model, "--resume", &whole, "--out", &whole, flag, value]);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{flag} {value}")) && err.contains(saved), "{flag}: {err}");
+    }
+}
+
 /// `train --objective grpo`: prompts of text and of messages, think_format and a shell command
 /// (awk: the completion's token count) as rewards, β 0.04: each step's line carries TRL's GRPO
 /// metrics, the command's rewards reach the step (its mean is the tokens'), and the adapter

@@ -427,6 +427,22 @@ impl PromptOrder {
         PromptOrder { count, shuffle, left: Vec::new() }
     }
 
+    /// The epoch's prompts still to take (a checkpoint keeps them).
+    pub fn left(&self) -> &[usize] {
+        &self.left
+    }
+
+    /// The order a checkpoint kept: `left` of `count` prompts still to take.
+    pub fn resume(count: usize, shuffle: bool, left: Vec<usize>) -> Result<PromptOrder> {
+        if left.iter().any(|&i| i >= count) || left.len() > count {
+            return Err(Error::invalid(
+                "GRPO prompts",
+                format!("the checkpoint's prompt order ({} left) does not fit the data's {count} prompts", left.len()),
+            ));
+        }
+        Ok(PromptOrder { count, shuffle, left })
+    }
+
     /// The next `n` prompts' indices.
     pub fn take(&mut self, n: usize, rng: &mut crate::util::rng::Rng) -> Vec<usize> {
         let mut chosen = Vec::with_capacity(n);

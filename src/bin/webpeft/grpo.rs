@@ -16,6 +16,7 @@ use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
+use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
     grpo_prompts, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder,
     ScaleRewards,
@@ -27,7 +28,7 @@ use webpeft::train::trainer::Trainer;
 use webpeft::util::rng::Rng;
 
 use crate::train::{flag_error, folder_virtual_tokens, init_adapter, Stopped, TrainArgs};
-use crate::{cli_gpu, load_model_4bit};
+use crate::{cli_gpu, load_model_4bit, resume};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -110,7 +111,6 @@ fn run_command(command: &str, lines: &[Value]) -> Result<Vec<Option<f32>>, Strin
 /// The flags GRPO does not take, refused by name.
 fn refuse_others(a: &TrainArgs) -> Result<(), String> {
     let others = [
-        ("--resume", a.resume.is_some()),
         ("--eval-data", a.eval_data.is_some()),
         ("--packing", a.packing),
         ("--precompute-ref-log-probs", a.precompute_ref_log_probs),
@@ -119,7 +119,6 @@ fn refuse_others(a: &TrainArgs) -> Result<(), String> {
         ("--loss-weights", a.loss_weights.is_some()),
         ("--rpo-alpha", a.rpo_alpha.is_some()),
         ("--reference-free", a.reference_free),
-        ("--stop-after", a.stop_after.is_some()),
     ];
     match others.iter().find(|f| f.1) {
         Some((flag, _)) => Err(format!("{flag} does not apply to --objective grpo")),
@@ -129,9 +128,21 @@ fn refuse_others(a: &TrainArgs) -> Result<(), String> {
 
 pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     refuse_others(&a)?;
-    if a.seq_len.is_some() {
+    if a.seq_len.is_some() && a.resume.is_none() {
         eprintln!("note: --seq-len ignored: GRPO's rows are --max-prompt-length and --max-completion-length tokens");
     }
+    // A resumed run is the run its checkpoint holds (resume.rs).
+    let checkpoint = match a.resume.clone() {
+        Some(dir) => {
+            let path = dir.join(CHECKPOINT_FILE);
+            let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+            let saved = read_checkpoint(&bytes).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            resume::settle(&mut a, &saved, &dir)?;
+            a.seq_len = None; // kept as 0: GRPO's rows have no --seq-len
+            Some((dir, bytes))
+        }
+        None => None,
+    };
     a.check_method_options()?;
     let virtual_tokens = match &a.init_adapter {
         Some(dir) => folder_virtual_tokens(dir),
@@ -140,6 +151,9 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     if virtual_tokens > 0 {
         return Err("--objective grpo trains methods without virtual tokens (not prompt, prefix or p-tuning)".into());
     }
+    let data_path = a.data.clone().ok_or("--data is required")?;
+    // What a checkpoint keeps of the run (GRPO's rows have no --seq-len).
+    let options = serde_json::to_value(resume::RunOptions::of(&a, 0, &data_path))?;
     // The optimizer, schedule and batch from the shared flags (SFT's recipe, whose checks they pass).
     let (beta, loss_type) = (a.beta.take(), a.loss_type.take());
     a.objective = "sft".into();
@@ -185,7 +199,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     };
     settings.validate().map_err(flag_error)?;
     let top_p = a.top_p.unwrap_or(1.0);
-    let data_path = a.data.clone().ok_or("--data is required")?;
+
     let files = DirFiles::new(&a.model)?;
     let config = Config::load(&files).await?;
     let tokenizer = Tokenizer::load(&files).await?;
@@ -204,12 +218,28 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
 
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let mut model = load_model_4bit(&gpu, &files, (a.quant, a.compute_dtype), a.four_bit()).await?;
-    let adapter = match &a.init_adapter {
-        Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
-        None => a.new_adapter(&gpu, &mut model, &files, &tokenizer, total).await?,
+    let mut rng = Rng::new(recipe.seed);
+    let mut order = PromptOrder::new(prompts.len(), recipe.shuffle);
+    let mut trainer = match &checkpoint {
+        Some((dir, bytes)) => {
+            let (trainer, progress) =
+                load_checkpoint(&gpu, bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            let state = progress.get("grpo").ok_or_else(|| format!("--resume {}: no GRPO state", dir.display()))?;
+            let left: Vec<usize> = serde_json::from_value(state["prompts_left"].clone())?;
+            rng = Rng::from_state(state["rng_state"].as_u64().ok_or("--resume: the GRPO state has no rng_state")?);
+            order = PromptOrder::resume(prompts.len(), recipe.shuffle, left)
+                .map_err(|e| format!("--resume {}: {e}", dir.display()))?;
+            trainer
+        }
+        None => {
+            let adapter = match &a.init_adapter {
+                Some(dir) => init_adapter(&gpu, dir, a.method(), &model).await?,
+                None => a.new_adapter(&gpu, &mut model, &files, &tokenizer, total).await?,
+            };
+            Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?
+        }
     };
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let mut trainer = Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
     trainer.objective = Objective::Grpo(loss);
     let run = recipe.run_config();
@@ -252,10 +282,13 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         model.format.name()
     );
 
-    let mut rng = Rng::new(recipe.seed);
-    let mut order = PromptOrder::new(prompts.len(), recipe.shuffle);
     let mut stopped = Stopped::Done;
+    let mut this_run = 0;
     while trainer.step < total {
+        if a.stop_after.is_some_and(|n| this_run >= n) {
+            stopped = Stopped::Paused;
+            break;
+        }
         let start = std::time::Instant::now();
         let chosen = order.take(per_generation, &mut rng);
         let generation = GenerationConfig { seed: rng.next_u64(), ..generation.clone() };
@@ -279,14 +312,26 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         match lines {
             Ok(lines) => {
                 let secs = start.elapsed().as_secs_f64() / lines.len().max(1) as f64;
+                let mut save = false;
                 for mut line in lines {
                     let tokens = line.get("tokens").and_then(Value::as_f64).unwrap_or(0.0);
                     line.insert("tokens_per_s".into(), json!(tokens / secs.max(1e-9)));
                     let step = line.get("step").and_then(Value::as_u64).unwrap_or(0);
                     out!("{}", Value::Object(line));
-                    if a.save_steps.is_some_and(|n| n > 0 && step % n == 0) {
-                        save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
-                    }
+                    this_run += 1;
+                    save |= a.save_steps.is_some_and(|n| n > 0 && step % n == 0);
+                }
+                // Saved between generations, where the run's state is whole: the checkpoint goes on from there.
+                if save {
+                    save_run(
+                        &gpu,
+                        &trainer,
+                        &model.config,
+                        &a.out,
+                        (&schedule, &rng, &order),
+                        (a.grad_accum, &options),
+                    )
+                    .await?;
                 }
             }
             Err(e) => match e.downcast::<webpeft::Error>() {
@@ -300,8 +345,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             },
         }
     }
-    save_adapter(&gpu, &trainer, &model.config, &a.out).await?;
-    eprintln!("wrote the adapter (step {}) to {}", trainer.step, a.out.display());
+    save_run(&gpu, &trainer, &model.config, &a.out, (&schedule, &rng, &order), (a.grad_accum, &options)).await?;
+    eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", trainer.step, a.out.display());
     Ok(stopped)
 }
 
@@ -377,11 +422,34 @@ async fn cli_step(
         .collect())
 }
 
-/// The adapter's files (PEFT's or AdapterHub's) into `out`.
-async fn save_adapter(gpu: &webpeft::Gpu, trainer: &Trainer, config: &Config, out: &Path) -> Result<(), BoxError> {
+/// The adapter's files (PEFT's or AdapterHub's) and the run's checkpoint into
+/// `out`: the trainer, and as its progress the schedule, the run's generator
+/// and the epoch's prompts still to take, with the run's options.
+async fn save_run(
+    gpu: &webpeft::Gpu,
+    trainer: &Trainer,
+    config: &Config,
+    out: &Path,
+    (schedule, rng, order): (&LrSchedule, &Rng, &PromptOrder),
+    (grad_accum, options): (usize, &Value),
+) -> Result<(), BoxError> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    };
     for (name, bytes) in trainer.adapter.to_files(gpu, config).await? {
-        let path = out.join(&name);
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        write(&name, &bytes)?;
     }
+    let progress = json!({
+        "total_steps": schedule.total_steps,
+        "lr": schedule.base_lr,
+        "schedule": schedule.schedule.name(),
+        "schedule_kwargs": schedule.schedule.kwargs(),
+        "warmup_steps": schedule.warmup_steps,
+        "grad_accum": grad_accum,
+        "grpo": {"rng_state": rng.state(), "prompts_left": order.left()},
+        "options": options,
+    });
+    write(CHECKPOINT_FILE, &save_checkpoint(gpu, trainer, config, &progress).await?)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `train --resume`: a checkpoint knows its run. Every option that shapes it
 //! (the method and its options, the base format and compute dtype, batch,
 //! sequence length, packing, shuffling, seed, data, accumulation, schedule,
-//! optimizer) is taken from the checkpoint; an option typed on the command
+//! optimizer, the objective and its options, GRPO's sampling and rewards) is taken from the checkpoint; an option typed on the command
 //! line that contradicts it is refused, naming both values, so a resumed run
 //! cannot silently become another one.
 
@@ -78,6 +78,61 @@ pub struct RunOptions {
     pub bnb_4bit_quant_type: String,
     #[serde(default)]
     pub double_quant: bool,
+    /// `--objective grpo`'s own options (absent for the other objectives).
+    #[serde(default)]
+    pub grpo: Option<GrpoOptions>,
+}
+
+/// GRPO's options as typed (`None`: the default), kept so that a resumed run
+/// samples, scores and steps as it started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GrpoOptions {
+    pub num_generations: Option<usize>,
+    pub max_completion_length: Option<usize>,
+    pub max_prompt_length: Option<usize>,
+    pub reward: Vec<String>,
+    pub reward_weights: Option<Vec<f32>>,
+    pub scale_rewards: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub mask_truncated_completions: bool,
+    pub num_iterations: Option<usize>,
+    pub steps_per_generation: Option<usize>,
+    pub importance_sampling_level: Option<String>,
+    pub epsilon: Option<f32>,
+    pub epsilon_high: Option<f32>,
+    pub delta: Option<f32>,
+}
+
+impl GrpoOptions {
+    fn of(a: &TrainArgs) -> GrpoOptions {
+        GrpoOptions {
+            num_generations: a.num_generations,
+            max_completion_length: a.max_completion_length,
+            max_prompt_length: a.max_prompt_length,
+            reward: a.reward.clone(),
+            reward_weights: a.reward_weights.clone(),
+            scale_rewards: a.scale_rewards.clone(),
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            mask_truncated_completions: a.mask_truncated_completions,
+            num_iterations: a.num_iterations,
+            steps_per_generation: a.steps_per_generation,
+            importance_sampling_level: a.importance_sampling_level.clone(),
+            epsilon: a.epsilon,
+            epsilon_high: a.epsilon_high,
+            delta: a.delta,
+        }
+    }
+}
+
+/// The objective of the run saved in `dir` (its checkpoint's options), when it can be read.
+pub fn saved_objective(dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(dir.join(webpeft::train::checkpoint::CHECKPOINT_FILE)).ok()?;
+    let saved = webpeft::train::checkpoint::read_checkpoint(&bytes).ok()?;
+    saved.progress.get("options")?.get("objective")?.as_str().map(str::to_string)
 }
 
 fn nf4() -> String {
@@ -124,6 +179,7 @@ impl RunOptions {
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
+            grpo: (a.objective == "grpo").then(|| GrpoOptions::of(a)),
         }
     }
 }
@@ -267,6 +323,32 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("assistant_only_loss", "assistant-only-loss", a.assistant_only_loss, saved.assistant_only_loss, flag);
     let precompute = saved.precompute_ref_log_probs;
     one!("precompute_ref_log_probs", "precompute-ref-log-probs", a.precompute_ref_log_probs, precompute, flag);
+    if let Some(g) = saved.grpo {
+        let count = |v: &Option<usize>| v.map_or("-".into(), |v| v.to_string());
+        let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let list = |v: &Vec<String>| v.join(" ");
+        let weights = |v: &Option<Vec<f32>>| {
+            v.as_ref().map_or("-".into(), |w| w.iter().map(f32::to_string).collect::<Vec<_>>().join(","))
+        };
+        one!("num_generations", "num-generations", a.num_generations, g.num_generations, count);
+        one!("max_completion_length", "max-completion-length", a.max_completion_length, g.max_completion_length, count);
+        one!("max_prompt_length", "max-prompt-length", a.max_prompt_length, g.max_prompt_length, count);
+        one!("reward", "reward", a.reward, g.reward, list);
+        one!("reward_weights", "reward-weights", a.reward_weights, g.reward_weights, weights);
+        one!("scale_rewards", "scale-rewards", a.scale_rewards, g.scale_rewards, text);
+        one!("temperature", "temperature", a.temperature, g.temperature, show);
+        one!("top_p", "top-p", a.top_p, g.top_p, show);
+        one!("top_k", "top-k", a.top_k, g.top_k, count);
+        let masked = g.mask_truncated_completions;
+        one!("mask_truncated_completions", "mask-truncated-completions", a.mask_truncated_completions, masked, flag);
+        one!("num_iterations", "num-iterations", a.num_iterations, g.num_iterations, count);
+        one!("steps_per_generation", "steps-per-generation", a.steps_per_generation, g.steps_per_generation, count);
+        let level = g.importance_sampling_level;
+        one!("importance_sampling_level", "importance-sampling-level", a.importance_sampling_level, level, text);
+        one!("epsilon", "epsilon", a.epsilon, g.epsilon, show);
+        one!("epsilon_high", "epsilon-high", a.epsilon_high, g.epsilon_high, show);
+        one!("delta", "delta", a.delta, g.delta, show);
+    }
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);
     one!("data", "data", data, Some(saved.data), |v: &Option<PathBuf>| v

@@ -979,6 +979,12 @@ pub enum Stopped {
 
 /// `webpeft train`.
 pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
+    // A GRPO run's checkpoint goes on as GRPO (a typed --objective is checked against it there).
+    if !a.given.contains("objective")
+        && a.resume.as_deref().and_then(resume::saved_objective).as_deref() == Some("grpo")
+    {
+        a.objective = "grpo".into();
+    }
     if a.objective == "grpo" {
         return crate::grpo::train_grpo(a).await;
     }
