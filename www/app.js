@@ -404,8 +404,9 @@ readAutosave().then((saved) => {
       if (el) el.value = Array.isArray(v) ? v.join(",") : v;
     }
     if ((c.objective ?? "sft") === "sft") $("data").value = saved.data;
+    else if (c.objective === "grpo") grpo.restore(saved.data, c.grpo);
     else pref.restore(saved.data);
-    pref.showObjective(c.objective ?? "sft");
+    showObjective();
     $("quant").value = saved.quant;
     $("compute").value = saved.computeDtype ?? "f32";
     state.losses = saved.losses ?? [];

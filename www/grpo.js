@@ -36,10 +36,16 @@ export function grpoPanel() {
       if (lines.length === 0) throw new Error("no prompts: write one a line for the model to complete");
       return lines.map((l) => (l.startsWith("{") ? l : JSON.stringify({ prompt: l }))).join("\n");
     },
-    /** A resumed or restored run's prompts back in the box. */
-    restore(jsonl) {
+    /** A resumed run's prompts and settings back in the panel. */
+    restore(jsonl, settings) {
       $("grpo-prompts").value = jsonl.split("\n").map((l) => JSON.parse(l)).map((r) =>
         (typeof r.prompt === "string" && Object.keys(r).length === 1 ? r.prompt : JSON.stringify(r))).join("\n");
+      picker.value = settings.reward;
+      showArg();
+      $("grpo-reward-arg").value = settings.rewardArg;
+      $("grpo-generations").value = settings.numGenerations;
+      $("grpo-length").value = settings.maxCompletionLength;
+      $("grpo-temperature").value = settings.temperature;
     },
     /** A step's sampled completions with their rewards. */
     step(ev) {

@@ -66,8 +66,7 @@ async function drive(run, c, evalData, replayed = false) {
       post({ type: "eval", step: event.step, loss: e.loss });
     }
     if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
-    // A GRPO run keeps no checkpoint (its generations are drawn afresh): a reload starts it again.
-    if (run.saveCheckpoint && event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
+    if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
       const bytes = await run.saveCheckpoint();
       rec.saved(event.step, bytes);
       post({ type: "checkpoint", step: event.step, totalSteps: event.totalSteps, bytes }, [bytes.buffer]);
@@ -234,7 +233,10 @@ async function handle(msg) {
     case "resume-checkpoint": {
       if (!model) throw new Error("load a model first");
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
-      run = model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(msg.config));
+      const c = msg.config;
+      run = c.objective === "grpo"
+        ? model.resumeGrpo(ADAPTER, msg.bytes, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
+        : model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(c));
       model.setActiveAdapter(ADAPTER);
       rec.training(msg, run.currentStep());
       post({ type: "resumed-checkpoint", step: run.currentStep() });

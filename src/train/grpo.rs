@@ -41,6 +41,7 @@ use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
 use crate::train::preference_loss::{rows_backward, scored_rows, token_losses};
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{StepStats, Trainer};
+use crate::util::rng::Rng;
 
 /// TRL's `loss_type`: how the per-token losses are normalised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -444,7 +445,7 @@ impl PromptOrder {
     }
 
     /// The next `n` prompts' indices.
-    pub fn take(&mut self, n: usize, rng: &mut crate::util::rng::Rng) -> Vec<usize> {
+    pub fn take(&mut self, n: usize, rng: &mut Rng) -> Vec<usize> {
         let mut chosen = Vec::with_capacity(n);
         while chosen.len() < n && self.count > 0 {
             if self.left.is_empty() {
@@ -461,6 +462,36 @@ impl PromptOrder {
         }
         chosen
     }
+}
+
+/// A GRPO run's progress for its checkpoint (`train::checkpoint`): the
+/// schedule as [`Run::config_from`](crate::train::run::Run::config_from)
+/// reads it, and under `"grpo"` the run's generator and the epoch's prompts
+/// still to take. Taken between generations, it goes on exactly.
+pub fn grpo_progress(schedule: &LrSchedule, grad_accum: usize, rng: &Rng, order: &PromptOrder) -> Value {
+    serde_json::json!({
+        "total_steps": schedule.total_steps,
+        "lr": schedule.base_lr,
+        "schedule": schedule.schedule.name(),
+        "schedule_kwargs": schedule.schedule.kwargs(),
+        "warmup_steps": schedule.warmup_steps,
+        "grad_accum": grad_accum,
+        "grpo": {"rng_state": rng.state(), "prompts_left": order.left()},
+    })
+}
+
+/// The run's generator and prompt order a checkpoint's [`grpo_progress`]
+/// holds, for `count` prompts (shuffled epochs or not).
+pub fn grpo_resume_state(progress: &Value, count: usize, shuffle: bool) -> Result<(Rng, PromptOrder)> {
+    let bad = |detail: &str| Error::invalid("GRPO checkpoint", detail.to_string());
+    let state = progress.get("grpo").ok_or_else(|| bad("its progress holds no GRPO run (was it saved by one?)"))?;
+    let rng = state.get("rng_state").and_then(Value::as_u64).ok_or_else(|| bad("grpo.rng_state is missing"))?;
+    let left = state
+        .get("prompts_left")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().map(|i| i.as_u64().map(|i| i as usize)).collect::<Option<Vec<usize>>>())
+        .ok_or_else(|| bad("grpo.prompts_left must be a list of prompt indices"))?;
+    Ok((Rng::from_state(rng), PromptOrder::resume(count, shuffle, left)?))
 }
 
 /// TRL's `think_format_reward`: 1 when the completion is `<think>…</think>…`
@@ -692,7 +723,7 @@ pub async fn grpo_step(
     let advantages = advantages(&combined, g, settings.scale_rewards)?;
     let mut order: Vec<usize> = (0..completions.len()).collect();
     if let Some(seed) = settings.shuffle {
-        let mut rng = crate::util::rng::Rng::new(seed);
+        let mut rng = Rng::new(seed);
         for i in (1..order.len()).rev() {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize); // Fisher–Yates
         }

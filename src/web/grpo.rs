@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use js_sys::{Array, Function, Promise};
+use js_sys::{Array, Function, Promise, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -22,8 +22,11 @@ use super::options::{GrpoOptions, GrpoPlan};
 use super::types::TrainSummary;
 use crate::model::llama::{GenerationConfig, Hooks};
 use crate::peft::adapter::hooks_of;
+use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::eta::StepClock;
-use crate::train::grpo::{grpo_prompts, grpo_step, GrpoPrompt, GrpoSettings, PromptOrder};
+use crate::train::grpo::{
+    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, GrpoPrompt, GrpoSettings, PromptOrder,
+};
 use crate::train::recipe::pad_id;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::Trainer;
@@ -114,6 +117,31 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "GrpoOptions")] opts: JsValue,
         #[wasm_bindgen(unchecked_param_type = "RewardFunction[]")] rewards: Array,
     ) -> JsResult<GrpoRun> {
+        self.grpo_run(name, None, (prompts, opts, rewards))
+    }
+
+    /// Continues a GRPO run from its `saveCheckpoint()` bytes, with the
+    /// prompts, options and reward functions it started with; the adapter is
+    /// stored as `name` (replacing one of that name).
+    #[wasm_bindgen(js_name = resumeGrpo)]
+    pub fn resume_grpo(
+        &self,
+        name: &str,
+        checkpoint: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "string | GrpoPromptRecord[]")] prompts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GrpoOptions")] opts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "RewardFunction[]")] rewards: Array,
+    ) -> JsResult<GrpoRun> {
+        self.grpo_run(name, Some(checkpoint), (prompts, opts, rewards))
+    }
+
+    /// A GRPO run on the adapter `name`, or on the one `checkpoint` holds.
+    fn grpo_run(
+        &self,
+        name: &str,
+        checkpoint: Option<&[u8]>,
+        (prompts, opts, rewards): (JsValue, JsValue, Array),
+    ) -> JsResult<GrpoRun> {
         let o: GrpoOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
         let rewards: Vec<Function> = rewards
             .iter()
@@ -135,17 +163,35 @@ impl WebModel {
             return Err(err("GRPO needs an eos token to end completions: the tokenizer and config.json name none"));
         }
         let pad = pad_id(Some(tokenizer));
-        let stored = st.adapters.get_mut(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
-        if stored.virtual_tokens() + stored.prefix_len() > 0 {
+        let recipe = &plan.recipe;
+        let (mut trainer, resumed) = match checkpoint {
+            Some(bytes) => {
+                let (trainer, progress) = load_checkpoint(&st.gpu, bytes, &st.model.config).map_err(err)?;
+                let state = grpo_resume_state(&progress, prompts.len(), recipe.shuffle).map_err(err)?;
+                let total = progress.get("total_steps").and_then(serde_json::Value::as_u64);
+                (trainer, Some((state, total)))
+            }
+            None => {
+                let stored = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+                let trainer = Trainer::new(&st.gpu, stored.clone(), recipe.optimizer.clone(), recipe.seed);
+                (trainer.map_err(err)?, None)
+            }
+        };
+        if trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len() > 0 {
             return Err(err("GRPO trains methods without virtual tokens (not prompt, prefix or p-tuning)"));
         }
-        let recipe = &plan.recipe;
-        let mut trainer = Trainer::new(&st.gpu, stored.clone(), recipe.optimizer.clone(), recipe.seed).map_err(err)?;
-        *stored = trainer.adapter.clone();
+        match st.adapters.get_mut(name) {
+            Some(stored) if resumed.is_none() => *stored = trainer.adapter.clone(),
+            _ => {
+                let _ = st.adapters.remove(name);
+                st.adapters.insert(name, trainer.adapter.clone()).map_err(err)?;
+            }
+        }
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         trainer.objective = recipe.objective;
         let run = recipe.run_config();
-        let total = plan.recipe.steps.unwrap_or(1);
+        // A resumed run keeps its own step total (its schedule spans it).
+        let total = resumed.as_ref().and_then(|(_, t)| *t).unwrap_or(plan.recipe.steps.unwrap_or(1));
         let warmup = run.warmup_steps_for(total).map_err(err)?;
         let schedule = LrSchedule::new(run.schedule, run.lr, warmup, total).map_err(err)?;
         let generation = GenerationConfig {
@@ -159,8 +205,10 @@ impl WebModel {
         };
         generation.validate().map_err(err)?;
         let settings = GrpoSettings { eos, pad, ..plan.settings.clone() };
-        let rng = Rng::new(recipe.seed);
-        let order = PromptOrder::new(prompts.len(), recipe.shuffle);
+        let (rng, order) = match resumed {
+            Some((state, _)) => state,
+            None => (Rng::new(recipe.seed), PromptOrder::new(prompts.len(), recipe.shuffle)),
+        };
         let state = GrpoState { trainer, prompts, plan, settings, generation, schedule, rewards, rng, order };
         Ok(GrpoRun {
             model: self.state.clone(),
@@ -330,6 +378,20 @@ impl GrpoRun {
     #[wasm_bindgen(js_name = totalSteps)]
     pub fn total_steps(&self) -> JsResult<f64> {
         Ok(self.state.try_borrow().map_err(|_| err("this run is taking a step"))?.schedule.total_steps as f64)
+    }
+
+    /// The run's checkpoint between steps (adapter, AdamW moments, step, the
+    /// generators and the prompts' order), for `model.resumeGrpo`.
+    #[wasm_bindgen(js_name = saveCheckpoint, unchecked_return_type = "Promise<Uint8Array>")]
+    pub fn save_checkpoint(&self) -> Promise {
+        let (model, state) = (self.model.clone(), self.state.clone());
+        future_to_promise(async move {
+            let st = busy(model.try_borrow())?;
+            let s = state.try_borrow().map_err(|_| err("this run is taking a step"))?;
+            let progress = grpo_progress(&s.schedule, s.settings.gradient_accumulation_steps, &s.rng, &s.order);
+            let bytes = save_checkpoint(&st.gpu, &s.trainer, &st.model.config, &progress).await.map_err(err)?;
+            Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
     }
 
     /// The adapter this run trains.

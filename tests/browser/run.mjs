@@ -349,6 +349,22 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "reward");
     assert.equal(await page.locator("#rewards tbody tr").count(), 2);
     await page.screenshot({ path: path.join(out, "demo-grpo.png"), fullPage: true });
+    // A GRPO run autosaves as any other: reloaded after its step-4 checkpoint, the page offers to resume it, puts the
+    // prompts and the reward back, and the run goes on from step 5 to its end.
+    await page.fill("#config [name=steps]", "8");
+    await page.click("#train");
+    await page.waitForSelector("body[data-autosaved='4']", { timeout: 600_000 });
+    await page.reload();
+    await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 60_000 });
+    assert.match(await page.textContent("#resume-text"), /interrupted at step 4 of 8/);
+    await page.click("#resume-run");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    assert.equal(await page.inputValue("#config [name=objective]"), "grpo");
+    assert.equal(await page.inputValue("#grpo-reward-arg"), "young");
+    assert.equal(await page.inputValue("#grpo-prompts"), "The little robot\nThe farmer");
+    const resumed = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    assert.deepEqual(resumed.map((r) => r.step), [5, 6, 7, 8], JSON.stringify(resumed));
+    assert.ok(resumed.every((r) => r.completionRewards.length === 3), JSON.stringify(resumed));
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
@@ -482,6 +498,26 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       let oddGroups = "no error";
       try { model.startGrpo("g", prompts, { ...gopts, numGenerations: 3 }, [lengthReward]); } catch (e) { oddGroups = e.message; }
       if (!oddGroups.includes("num_generations")) throw new Error("numGenerations 3 with rows of 4: " + oddGroups);
+      // A GRPO run checkpointed after its first step and resumed under another name ends as the run that was not
+      // stopped: the same second step and the same adapter bytes (rewards from the first token's id, so the steps move it).
+      const firstId = (cs) => cs.map((c) => c.completionIds[0] % 5);
+      for (const n of ["k1", "k2"]) model.addLora(n, { r: 4, alpha: 8 });
+      const kopts = { ...gopts, gradAccum: 1, batchSize: 4 };
+      const whole = model.startGrpo("k1", prompts, kopts, [firstId]);
+      await whole.step();
+      const wholeLast = await whole.step();
+      const half = model.startGrpo("k2", prompts, kopts, [firstId]);
+      await half.step();
+      const grpoCkpt = await half.saveCheckpoint();
+      const resumedLast = await model.resumeGrpo("k3", grpoCkpt, prompts, kopts, [firstId]).step();
+      const adapterBytes = async (n) => Array.from((await model.exportAdapter(n))["adapter_model.safetensors"]);
+      const sameAdapter = JSON.stringify(await adapterBytes("k1")) === JSON.stringify(await adapterBytes("k3"));
+      if (resumedLast.step !== 2 || resumedLast.loss !== wholeLast.loss || resumedLast.reward !== wholeLast.reward ||
+          !(wholeLast.gradNorm > 0) || !sameAdapter) {
+        throw new Error("GRPO resumed from its checkpoint: " + JSON.stringify({ sameAdapter, whole: { ...wholeLast, completions: undefined },
+          resumed: { ...resumedLast, completions: undefined } }));
+      }
+      for (const n of ["k1", "k2", "k3"]) model.removeAdapter(n);
       model.removeAdapter("g");
       model.removeAdapter("g2");
       // Export as a zip, import under a new name, generate with it.

@@ -83,4 +83,7 @@ export async function example(data: string): Promise<void> {
   const grpoFirst: GrpoStepEvent | undefined = await grpo.step();
   const grpoDone: TrainSummary = await grpo.train((e: GrpoStepEvent) => console.log(e.reward, e.rewardMeans[0], e.kl ?? 0, e.clipRatio[2], e.completions[0].completion));
   console.log(grpoFirst?.fracRewardZeroStd, grpoDone.state, grpo.totalSteps());
+  const grpoCheckpoint: Uint8Array = await grpo.saveCheckpoint();
+  const grpoResumed: GrpoRun = model.resumeGrpo("a", grpoCheckpoint, [{ prompt: "2 + 2 =", answer: "4" }], grpoOptions, [lengthReward]);
+  console.log(grpoResumed.currentStep());
 }

@@ -18,8 +18,8 @@ use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
-    grpo_prompts, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder,
-    ScaleRewards,
+    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt,
+    GrpoSettings, PromptOrder, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -224,10 +224,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         Some((dir, bytes)) => {
             let (trainer, progress) =
                 load_checkpoint(&gpu, bytes, &model.config).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
-            let state = progress.get("grpo").ok_or_else(|| format!("--resume {}: no GRPO state", dir.display()))?;
-            let left: Vec<usize> = serde_json::from_value(state["prompts_left"].clone())?;
-            rng = Rng::from_state(state["rng_state"].as_u64().ok_or("--resume: the GRPO state has no rng_state")?);
-            order = PromptOrder::resume(prompts.len(), recipe.shuffle, left)
+            (rng, order) = grpo_resume_state(&progress, prompts.len(), recipe.shuffle)
                 .map_err(|e| format!("--resume {}: {e}", dir.display()))?;
             trainer
         }
@@ -440,16 +437,8 @@ async fn save_run(
     for (name, bytes) in trainer.adapter.to_files(gpu, config).await? {
         write(&name, &bytes)?;
     }
-    let progress = json!({
-        "total_steps": schedule.total_steps,
-        "lr": schedule.base_lr,
-        "schedule": schedule.schedule.name(),
-        "schedule_kwargs": schedule.schedule.kwargs(),
-        "warmup_steps": schedule.warmup_steps,
-        "grad_accum": grad_accum,
-        "grpo": {"rng_state": rng.state(), "prompts_left": order.left()},
-        "options": options,
-    });
+    let mut progress = grpo_progress(schedule, grad_accum, rng, order);
+    progress["options"] = options.clone();
     write(CHECKPOINT_FILE, &save_checkpoint(gpu, trainer, config, &progress).await?)?;
     Ok(())
 }
