@@ -769,10 +769,7 @@ impl Dataset {
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.len()).collect();
         if self.shuffle {
-            let mut rng = Rng::new(self.seed ^ epoch.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.below(i + 1));
-            }
+            Rng::new(self.seed ^ epoch.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03)).shuffle(&mut order);
         }
         order
     }

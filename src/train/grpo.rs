@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::kernels::grpo::{grpo_row_scale, Clip, ImportanceSampling};
-use crate::model::llama::{shift_labels_after, Hooks, NoHooks, IGNORE_INDEX};
+use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
 use crate::train::data::{jsonl_lines, utf8_text, Batch, LossMasks, Parser};
@@ -451,10 +451,7 @@ impl PromptOrder {
             if self.left.is_empty() {
                 self.left = (0..self.count).collect();
                 if self.shuffle {
-                    for i in (1..self.left.len()).rev() {
-                        self.left.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-                        // Fisher–Yates
-                    }
+                    rng.shuffle(&mut self.left);
                 }
                 self.left.reverse();
             }
@@ -462,6 +459,46 @@ impl PromptOrder {
         }
         chosen
     }
+}
+
+/// One generation's prompts and completions, and the settings of its steps.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The prompts' indices, one a group of completions.
+    pub chosen: Vec<usize>,
+    /// `num_generations` completions a chosen prompt, group by group.
+    pub completions: Vec<Vec<u32>>,
+    /// The run's settings with this generation's row shuffle and its steps.
+    pub settings: GrpoSettings,
+}
+
+/// A run's next generation: `settings.prompts()` prompts from `order`,
+/// `num_generations` completions of each sampled through `hooks` (the
+/// policy) with `config`, the k-th prompt's group from seed s + k·G (s drawn
+/// from `rng`, as each prompt's group of [`Model::sample_group`]); and the
+/// settings of its steps: the rows shuffled with a seed from `rng` when
+/// `shuffle` (TRL shuffles them), at most `steps_left` steps.
+pub async fn sample_generation(
+    (gpu, model, hooks): (&Gpu, &Model, &dyn Hooks),
+    (prompts, order, rng): (&[GrpoPrompt], &mut PromptOrder, &mut Rng),
+    settings: &GrpoSettings,
+    config: &GenerationConfig,
+    (shuffle, steps_left): (bool, u64),
+) -> Result<Generation> {
+    let g = settings.num_generations;
+    let chosen = order.take(settings.prompts(), rng);
+    let seed = rng.next_u64();
+    let settings = GrpoSettings {
+        shuffle: shuffle.then(|| rng.next_u64()),
+        max_steps: Some(usize::try_from(steps_left).unwrap_or(usize::MAX)),
+        ..settings.clone()
+    };
+    let mut completions = Vec::with_capacity(chosen.len() * g);
+    for (k, &p) in chosen.iter().enumerate() {
+        let config = GenerationConfig { seed: seed.wrapping_add((k * g) as u64), ..config.clone() };
+        completions.extend(model.sample_group(gpu, &prompts[p].ids, g, &config, hooks).await?);
+    }
+    Ok(Generation { chosen, completions, settings })
 }
 
 /// A GRPO run's progress for its checkpoint (`train::checkpoint`): the
@@ -622,11 +659,16 @@ impl GrpoSettings {
         self.steps_per_generation / self.gradient_accumulation_steps.max(1) * self.num_iterations
     }
 
+    /// Optimizer steps this generation takes: [`steps`](Self::steps), at most `max_steps`.
+    pub fn steps_taken(&self) -> usize {
+        self.max_steps.map_or(self.steps(), |n| n.min(self.steps()))
+    }
+
     /// Whether the completions must first be scored by the policy that
     /// sampled them (TRL's condition for `old_per_token_logps`): a step
     /// past a generation's first sees a moved policy.
     pub fn scores_old_policy(&self) -> bool {
-        self.steps() > 1
+        self.steps_taken() > 1
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -723,10 +765,7 @@ pub async fn grpo_step(
     let advantages = advantages(&combined, g, settings.scale_rewards)?;
     let mut order: Vec<usize> = (0..completions.len()).collect();
     if let Some(seed) = settings.shuffle {
-        let mut rng = Rng::new(seed);
-        for i in (1..order.len()).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize); // Fisher–Yates
-        }
+        Rng::new(seed).shuffle(&mut order);
     }
     let rows: Vec<(&[u32], &[u32])> = order.iter().map(|&i| (prompts[i / g], completions[i].as_slice())).collect();
     let row_advantages: Vec<f32> = order.iter().map(|&i| advantages.advantages[i]).collect();
@@ -746,10 +785,9 @@ pub async fn grpo_step(
             b.old_logps = Some(label_logps(gpu, model, &trainer.adapter, b, temperature).await?);
         }
     }
-    let total = settings.max_steps.map_or(settings.steps(), |n| n.min(settings.steps()));
     let ga = settings.gradient_accumulation_steps;
-    let mut steps = Vec::with_capacity(total);
-    for micro in batches.chunks(ga).cycle().take(total) {
+    let mut steps = Vec::with_capacity(settings.steps_taken());
+    for micro in batches.chunks(ga).cycle().take(settings.steps_taken()) {
         let lr = schedule.lr(trainer.step);
         steps.push(trainer.step(gpu, model, micro, lr).await?);
     }

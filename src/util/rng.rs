@@ -72,6 +72,13 @@ impl Rng {
         ((self.next_u32() as u64 * n as u64) >> 32) as usize
     }
 
+    /// Puts `items` in a uniformly random order (Fisher–Yates, from the last item down).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+
     /// `n` values uniform in [lo, hi).
     pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.uniform_range(lo, hi)).collect()

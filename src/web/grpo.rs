@@ -25,7 +25,8 @@ use crate::peft::adapter::hooks_of;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::eta::StepClock;
 use crate::train::grpo::{
-    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, GrpoPrompt, GrpoSettings, PromptOrder,
+    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, Generation, GrpoPrompt, GrpoSettings,
+    PromptOrder,
 };
 use crate::train::recipe::pad_id;
 use crate::train::schedule::LrSchedule;
@@ -259,16 +260,16 @@ async fn one_step(
     }
     let start = now_seconds();
     let g = s.settings.num_generations;
-    let per_generation = s.settings.prompts();
-    let chosen = s.order.take(per_generation, &mut s.rng);
-    let seed = s.rng.next_u64();
-    let mut completions = Vec::with_capacity(per_generation * g);
-    for (k, &p) in chosen.iter().enumerate() {
-        let config = GenerationConfig { seed: seed.wrapping_add((k * g) as u64), ..s.generation.clone() };
-        let hooks = hooks_of(Some(&s.trainer.adapter));
-        let sampled = st.model.sample_group(&st.gpu, &s.prompts[p].ids, g, &config, hooks).await;
-        completions.extend(sampled.map_err(err)?);
-    }
+    // The run's last generation takes the steps it has left.
+    let Generation { chosen, completions, settings } = sample_generation(
+        (&st.gpu, &st.model, hooks_of(Some(&s.trainer.adapter))),
+        (&s.prompts, &mut s.order, &mut s.rng),
+        &s.settings,
+        &s.generation,
+        (s.plan.recipe.shuffle, total - s.trainer.step),
+    )
+    .await
+    .map_err(err)?;
     let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
     let texts: Vec<String> =
         completions.iter().map(|c| tokenizer.decode(c, true)).collect::<crate::Result<_>>().map_err(err)?;
@@ -287,13 +288,6 @@ async fn one_step(
         rewards.push(call_reward(f, i, &js, completions.len()).await?);
     }
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
-    // The generation's rows shuffled as TRL's (when the run shuffles); the run's last generation takes
-    // the steps it has left.
-    let settings = GrpoSettings {
-        shuffle: s.plan.recipe.shuffle.then(|| s.rng.next_u64()),
-        max_steps: Some((total - s.trainer.step) as usize),
-        ..s.settings.clone()
-    };
     let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &settings, &s.schedule)
         .await
         .map_err(err)?;

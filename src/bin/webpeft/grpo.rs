@@ -18,8 +18,8 @@ use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
-    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, think_format_reward, GrpoLoss, GrpoLossType, GrpoPrompt,
-    GrpoSettings, PromptOrder, ScaleRewards,
+    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward, Generation,
+    GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -128,7 +128,7 @@ fn refuse_others(a: &TrainArgs) -> Result<(), String> {
 
 pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     refuse_others(&a)?;
-    if a.seq_len.is_some() && a.resume.is_none() {
+    if a.seq_len.is_some() {
         eprintln!("note: --seq-len ignored: GRPO's rows are --max-prompt-length and --max-completion-length tokens");
     }
     // A resumed run is the run its checkpoint holds (resume.rs).
@@ -138,7 +138,6 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             let bytes = std::fs::read(&path).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
             let saved = read_checkpoint(&bytes).map_err(|e| format!("--resume {}: {e}", dir.display()))?;
             resume::settle(&mut a, &saved, &dir)?;
-            a.seq_len = None; // kept as 0: GRPO's rows have no --seq-len
             Some((dir, bytes))
         }
         None => None,
@@ -287,25 +286,16 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             break;
         }
         let start = std::time::Instant::now();
-        let chosen = order.take(per_generation, &mut rng);
-        let generation = GenerationConfig { seed: rng.next_u64(), ..generation.clone() };
-        // The generation's rows shuffled as TRL's (when the run shuffles); the run's last generation
-        // takes the steps it has left.
-        let settings = GrpoSettings {
-            shuffle: recipe.shuffle.then(|| rng.next_u64()),
-            max_steps: Some((total - trainer.step) as usize),
-            ..settings.clone()
-        };
-        let lines = cli_step(
-            (&gpu, &model, &tokenizer),
-            &mut trainer,
-            (&prompts, &chosen),
-            &rewards,
+        // The run's last generation takes the steps it has left.
+        let sampled = sample_generation(
+            (&gpu, &model, hooks_of(Some(&trainer.adapter))),
+            (&prompts, &mut order, &mut rng),
             &settings,
             &generation,
-            &schedule,
+            (recipe.shuffle, total - trainer.step),
         )
-        .await;
+        .await?;
+        let lines = cli_step((&gpu, &model, &tokenizer), &mut trainer, (&prompts, &sampled), &rewards, &schedule).await;
         match lines {
             Ok(lines) => {
                 let secs = start.elapsed().as_secs_f64() / lines.len().max(1) as f64;
@@ -353,19 +343,12 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
 async fn cli_step(
     (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
     trainer: &mut Trainer,
-    (prompts, chosen): (&[GrpoPrompt], &[usize]),
+    (prompts, sampled): (&[GrpoPrompt], &Generation),
     rewards: &[Reward],
-    settings: &GrpoSettings,
-    generation: &GenerationConfig,
     schedule: &LrSchedule,
 ) -> Result<Vec<Map<String, Value>>, BoxError> {
+    let Generation { chosen, completions, settings } = sampled;
     let g = settings.num_generations;
-    let mut completions = Vec::with_capacity(chosen.len() * g);
-    for (k, &p) in chosen.iter().enumerate() {
-        let config = GenerationConfig { seed: generation.seed.wrapping_add((k * g) as u64), ..generation.clone() };
-        let hooks = hooks_of(Some(&trainer.adapter));
-        completions.extend(model.sample_group(gpu, &prompts[p].ids, g, &config, hooks).await?);
-    }
     let texts: Vec<String> = completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
     let lines: Vec<Value> = completions
         .iter()
@@ -383,7 +366,7 @@ async fn cli_step(
     let per_function: Vec<Vec<Option<f32>>> =
         rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
-    let s = grpo_step(gpu, model, trainer, (&ids, &completions), &per_function, settings, schedule).await?;
+    let s = grpo_step(gpu, model, trainer, (&ids, completions), &per_function, settings, schedule).await?;
 
     let mut generation_line = Map::new();
     generation_line.insert("tokens".into(), json!(completions.iter().map(Vec::len).sum::<usize>()));

@@ -24,7 +24,7 @@ pub struct RunOptions {
     pub quant: String,
     pub compute_dtype: String,
     pub batch_size: usize,
-    /// The row length in effect (after capping at the model's maximum).
+    /// The row length in effect (after capping at the model's maximum; 0 for GRPO, whose rows have none).
     pub seq_len: usize,
     pub packing: bool,
     pub shuffle: bool,
@@ -288,8 +288,11 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     );
     one!("double_quant", "double-quant", a.double_quant, saved.double_quant, |v: &bool| v.to_string());
     one!("batch_size", "batch-size", a.batch_size, saved.batch_size, |v: &usize| v.to_string());
-    one!("seq_len", "seq-len", a.seq_len, Some(saved.seq_len), |v: &Option<usize>| v
-        .map_or("-".into(), |v| v.to_string()));
+    if saved.grpo.is_none() {
+        // (GRPO's rows have no --seq-len: its runs keep none.)
+        one!("seq_len", "seq-len", a.seq_len, Some(saved.seq_len), |v: &Option<usize>| v
+            .map_or("-".into(), |v| v.to_string()));
+    }
     one!("packing", "packing", a.packing, saved.packing, |v: &bool| v.to_string());
     one!("no_shuffle", "no-shuffle", a.no_shuffle, !saved.shuffle, |v: &bool| v.to_string());
     one!("seed", "seed", a.seed, saved.seed, |v: &u64| v.to_string());
