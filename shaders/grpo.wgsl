@@ -13,10 +13,14 @@
 //   stats[1] += Σ_{weight > 0} kl, stats[2] += Σ_{weight > 0} entropy,
 //   stats[3..6] += low-clipped, high-clipped, either (c1 < 1 − ε_low with A < 0; c1 > 1 + ε_high
 //                 with A > 0): tokens with weight > 0 (token level), completions (sequence level)
+//   top_entropy_quantile ρ < 1 (masks_entropy): the policy term −min(…) is kept only on the
+//   tokens whose entropy is ≥ torch.quantile(entropies of the weighted rows, 1 − ρ) (TRL's
+//   get_high_entropy_mask, "Beyond the 80/20 rule"); β's KL and the clip counts keep every token.
+//   grpo_entropy_order finds the two order statistics that quantile interpolates between.
 //   row_scale[r] = (∂Σ_r' weight[r']·ℓ[r'] / ∂lp[r]) negated, / T:
-//     token:    weight[r]·(∂min/∂s + β·(e^(ref − lp) − 1)) / T
+//     token:    weight[r]·(kept[r]·∂min/∂s + β·(e^(ref − lp) − 1)) / T
 //     sequence: (W·∂min/∂s / |mask| + weight[r]·β·(e^(ref − lp) − 1)) / T on the mask,
-//               W = Σ weight over the completion
+//               W = Σ weight·kept over the completion (every token's lp moves the ratio)
 //
 // ∂min/∂s follows torch: each clamp passes c1·A inside its bounds (inclusive)
 // and 0 outside; min's gradient goes to the smaller term, half to each on a tie.
@@ -34,7 +38,11 @@ struct Params {
     epsilon_high: f32,
     delta: f32,     // 0: no upper clip of c1
     seq_len: u32,   // T: rows a completion (the sequence-level entry)
-    _pad: u32,
+    masks_entropy: u32,  // 1: keep the policy term only on high-entropy tokens (ρ < 1)
+    quantile: f32,  // 1 − ρ, the quantile of the weighted rows' entropies kept from
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,6 +54,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> stats: array<f32>;    // (6), added to
 @group(0) @binding(7) var<storage, read> entropy: array<f32>;        // (M)
 @group(0) @binding(8) var<storage, read> old_loss: array<f32>;       // (M), token_loss itself at one iteration
+// (3): the order statistics below and above the quantile's rank and its interpolation weight
+// (grpo_entropy_order writes them; the loss entries read them when masks_entropy = 1).
+@group(0) @binding(9) var<storage, read_write> order: array<f32>;
 
 // For ratio c1 and advantage a: (min(c1'·a, c2·a), ∂min/∂s, low-clipped, high-clipped).
 fn clipped(c1: f32, a: f32) -> vec4<f32> {
@@ -69,6 +80,27 @@ fn clipped(c1: f32, a: f32) -> vec4<f32> {
     let is_low = select(0.0, 1.0, c1 < lo && a < 0.0);
     let is_high = select(0.0, 1.0, c1 > hi && a > 0.0);
     return vec4<f32>(min(l1, l2), dmin, is_low, is_high);
+}
+
+// The entropy below which the policy term is dropped: torch.quantile's linear
+// interpolation (torch.lerp's two forms, by the weight's side of 0.5); −1 (no
+// entropy is below 0) when masks_entropy = 0.
+fn entropy_threshold() -> f32 {
+    if (p.masks_entropy == 0u) {
+        return -1.0;
+    }
+    let lo = order[0];
+    let hi = order[1];
+    let w = order[2];
+    if (w < 0.5) {
+        return lo + w * (hi - lo);
+    }
+    return hi - (hi - lo) * (1.0 - w);
+}
+
+// 1 where row r's policy term counts, 0 where its entropy is below the threshold.
+fn kept(r: u32, threshold: f32) -> f32 {
+    return select(0.0, 1.0, entropy[r] >= threshold);
 }
 
 // β's KL of row r and its factor e^(ref − lp) − 1.
@@ -102,6 +134,7 @@ fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>) {
 fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
     var sums = vec3<f32>(0.0);    // loss, kl, entropy
     var clips = vec3<f32>(0.0);   // low, high, either
+    let threshold = entropy_threshold();
     for (var r = lid; r < p.rows; r += WG) {
         let w = weight[r];
         if (w == 0.0) {
@@ -110,9 +143,10 @@ fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
         }
         let c = clipped(exp(old_loss[r] - token_loss[r]), adv[r]);  // e^(lp − old)
         let k = kl_terms(r);
-        sums += vec3<f32>(w * (p.beta * k.x - c.x), k.x, entropy[r]);
+        let m = kept(r, threshold);
+        sums += vec3<f32>(w * (p.beta * k.x - m * c.x), k.x, entropy[r]);
         clips += vec3<f32>(c.z, c.w, max(c.z, c.w));
-        row_scale[r] = w * (c.y + p.beta * k.y) * p.inv_temperature;
+        row_scale[r] = w * (m * c.y + p.beta * k.y) * p.inv_temperature;
     }
     add_stats(lid, sums, clips);
 }
@@ -123,13 +157,14 @@ fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
     var sums = vec3<f32>(0.0);
     var clips = vec3<f32>(0.0);
     let completions = p.rows / p.seq_len;
+    let threshold = entropy_threshold();
     for (var s = 0u; s < completions; s++) {
         let first = s * p.seq_len;
         var part = vec3<f32>(0.0);  // Σ (lp − old), |mask|, W
         for (var t = lid; t < p.seq_len; t += WG) {
             let r = first + t;
             if (weight[r] != 0.0) {
-                part += vec3<f32>(old_loss[r] - token_loss[r], 1.0, weight[r]);
+                part += vec3<f32>(old_loss[r] - token_loss[r], 1.0, weight[r] * kept(r, threshold));
             }
         }
         let log_ratio = workgroup_sum(lid, part.x);
@@ -148,9 +183,61 @@ fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
                 continue;
             }
             let k = kl_terms(r);
-            sums += vec3<f32>(w * (p.beta * k.x - c.x), k.x, entropy[r]);
+            sums += vec3<f32>(w * (p.beta * k.x - kept(r, threshold) * c.x), k.x, entropy[r]);
             row_scale[r] = (shared_scale + w * p.beta * k.y) * p.inv_temperature;
         }
     }
     add_stats(lid, sums, clips);
+}
+
+var<workgroup> tile: array<vec2<f32>, WG>;  // a tile's (entropy, 1 if weighted else 0)
+
+// torch.quantile's order statistics of the n weighted rows' entropies, over
+// ⌈M / WG⌉ workgroups, a row an invocation: rank = q·(n − 1) in f32, and the
+// rows whose place in sorted order (ties by row) is ⌊rank⌋ and ⌈rank⌉ write
+// order[0] and order[1]; the first of them writes rank − ⌊rank⌋ to order[2].
+// Each invocation counts n and its row's place over every row, a tile at a time.
+@compute @workgroup_size(WG)
+fn grpo_entropy_order(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = gid.x;
+    var mine = 0.0;
+    var weighted = false;
+    if (i < p.rows) {
+        mine = entropy[i];
+        weighted = weight[i] != 0.0;
+    }
+    var n = 0u;
+    var place = 0u;
+    for (var start = 0u; start < p.rows; start += WG) {
+        let j = start + lid;
+        var e = vec2<f32>(0.0);
+        if (j < p.rows) {
+            e = vec2<f32>(entropy[j], select(0.0, 1.0, weight[j] != 0.0));
+        }
+        tile[lid] = e;
+        workgroupBarrier();
+        let count = min(WG, p.rows - start);
+        for (var k = 0u; k < count; k++) {
+            let t = tile[k];
+            if (t.y != 0.0) {
+                n += 1u;
+                let before = t.x < mine || (t.x == mine && start + k < i);
+                place += select(0u, 1u, before);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (!weighted) {
+        return;
+    }
+    let rank = p.quantile * f32(n - 1u);
+    let below = u32(rank);
+    let above = u32(ceil(rank));
+    if (place == below) {
+        order[0] = mine;
+        order[2] = rank - f32(below);
+    }
+    if (place == above) {
+        order[1] = mine;
+    }
 }

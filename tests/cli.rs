@@ -1824,9 +1824,10 @@ fn train_grpo_samples_scores_and_steps() {
     assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");
     let written = |f: &str| std::path::Path::new(&dir.join(f)).exists();
     assert!(written("out/adapter_model.safetensors") && written("out/adapter_config.json"));
-    // steps_per_generation 2 over accumulation 1 and num_iterations 2, GSPO's sequence-level ratios: four
-    // optimizer steps on each generation of 2 prompts × 3 completions (the last generation takes the one step
-    // left), its metrics on each line; the ratios move past the first and the clip ratios are logged.
+    // steps_per_generation 2 (generation_batch_size 6 over batches of 3) over accumulation 1 and num_iterations
+    // 2, GSPO's sequence-level ratios, the policy term on the top half of the tokens by entropy: four optimizer
+    // steps on each generation of 2 prompts × 3 completions (the last generation takes the one step left), its
+    // metrics on each line; the ratios move past the first and the clip ratios are logged.
     let iterations = [
         "--objective",
         "grpo",
@@ -1834,10 +1835,12 @@ fn train_grpo_samples_scores_and_steps() {
         "3",
         "--batch-size",
         "3",
-        "--steps-per-generation",
-        "2",
+        "--generation-batch-size",
+        "6",
         "--importance-sampling-level",
         "sequence",
+        "--top-entropy-quantile",
+        "0.5",
         "--steps",
         "5",
         "--max-completion-length",
@@ -1889,6 +1892,12 @@ fn train_grpo_samples_scores_and_steps() {
         "--steps-per-generation: 3 must be a positive multiple",
     );
     refused(&["--importance-sampling-level", "seq"], "--importance-sampling-level: expected token or sequence");
+    refused(
+        &["--generation-batch-size", "3"],
+        "--generation-batch-size: 3 must be a positive multiple of batch_size (2)",
+    );
+    refused(&["--generation-batch-size", "4", "--steps-per-generation", "2"], "--generation-batch-size: give it or");
+    refused(&["--top-entropy-quantile", "1.5"], "--top-entropy-quantile: must be in [0, 1], got 1.5");
     refused(&["--eval-data", &data], "--eval-data does not apply to --objective grpo");
     refused(&["--reward", "accuracy"], "--reward \"accuracy\"");
     refused(&["--reward-weights", "1,2"], "--reward-weights");

@@ -3,8 +3,9 @@
 //! functions' values, the advantages TRL computes from them, and the step's
 //! loss, every LoRA gradient and the kl metric for the dapo, grpo (β 0.04,
 //! temperature 0.7, batch-scaled rewards), bnpo (truncated completions
-//! masked, unscaled rewards) and dr_grpo (β 0.1, temperature 1.3) cases; the
-//! kernel against its CPU reference; a step split into micro-batches.
+//! masked, unscaled rewards), dr_grpo (β 0.1, temperature 1.3) and
+//! top_entropy_quantile (0.4 with β; 0.25 with GSPO ratios) cases; the kernel
+//! against its CPU reference; a step split into micro-batches.
 
 mod common;
 use common::{block_on, fixture, fixture_adapter, fixture_model, gpu, max_abs_diff, randn, uniform, Fixture};
@@ -49,6 +50,7 @@ fn settings(case: &Value, max_completion_length: usize) -> (GrpoLoss, ScaleRewar
         },
         importance_sampling: ImportanceSampling::from_name(s["importance_sampling_level"].as_str().unwrap_or("token"))
             .unwrap(),
+        top_entropy_quantile: s["top_entropy_quantile"].as_f64().unwrap_or(1.0) as f32,
     };
     let scale = ScaleRewards::from_name(s["scale_rewards"].as_str().unwrap()).unwrap();
     (loss, scale, s["mask_truncated_completions"].as_bool().unwrap_or(false))
@@ -164,7 +166,8 @@ fn row_scale_kernel_matches_the_reference() {
     let ref_loss: Vec<f32> = token_loss.iter().zip(randn(2, m)).map(|(l, e)| (l + 0.3 * e).max(0.0)).collect();
     let weight: Vec<f32> = uniform(3, m, -1.0, 1.0).iter().map(|&u| if u < 0.0 { 0.0 } else { u * 1e-2 }).collect();
     let adv = randn(4, m);
-    let entropy = uniform(5, m, 0.0, 6.0);
+    // In quarter nats: ties, which the entropy mask's order breaks by row.
+    let entropy: Vec<f32> = uniform(5, m, 0.0, 6.0).iter().map(|e| (e * 4.0).round() / 4.0).collect();
     // The sampling policy's losses: the same (one iteration), or moved by up to ±0.6 nats a token
     // and up to ±0.5 more over each run of 61 rows (a completion at sequence level).
     let shift = uniform(7, 17, -0.5, 0.5);
@@ -176,13 +179,19 @@ fn row_scale_kernel_matches_the_reference() {
         (0.5, 1.3, Some(&moved), Clip { epsilon_low: 0.2, epsilon_high: 0.28, delta: Some(1.5) }),
         (0.0, 1.0, Some(&moved), Clip { epsilon_low: 0.1, epsilon_high: 0.3, delta: None }),
     ];
-    // Token level over the rows; sequence level (GSPO) over 17 completions of 61 rows each.
+    // Token level over the rows; sequence level (GSPO) over 17 completions of 61 rows each; every
+    // token's policy term, the top 35% by entropy, or only the highest (top_entropy_quantile 1, 0.35, 0).
     let levels = [(ImportanceSampling::Token, 1), (ImportanceSampling::Sequence, 17)];
-    for ((beta, temperature, old, clip), (level, completions)) in
-        cases.iter().flat_map(|c| levels.iter().map(move |l| (*c, *l)))
-    {
+    let kept = [1.0, 0.35, 0.0];
+    let mut each = Vec::new();
+    for c in cases {
+        for l in levels {
+            each.extend(kept.map(|k| (c, l, k)));
+        }
+    }
+    for ((beta, temperature, old, clip), (level, completions), rho) in each {
         let old_loss = old.map_or(&token_loss, |o| o);
-        let settings = (clip, level, completions);
+        let settings = (clip, level, completions, rho);
         let (want, sums) = cpu::grpo_row_scale(
             [&token_loss, &entropy, old_loss, &ref_loss],
             &weight,
@@ -208,25 +217,38 @@ fn row_scale_kernel_matches_the_reference() {
         )
         .unwrap();
         rec.submit().unwrap();
-        let name = format!("{level:?}, β {beta}, T {temperature}, {clip:?}, moved {}", old.is_some());
+        let name = format!("{level:?}, β {beta}, T {temperature}, {clip:?}, moved {}, ρ {rho}", old.is_some());
         if old.is_some() {
             // Somewhere, not everywhere: of 1037 tokens, or of 17 completions.
             let bound = if level == ImportanceSampling::Token { 50.0..500.0 } else { 2.0..15.0 };
             assert!(bound.contains(&sums[5]), "{name}: the clipping should bind somewhere: {sums:?}");
         }
-        assert_close(&format!("{name} row_scale"), &block_on(got.to_vec::<f32>(gpu)).unwrap(), &want, 1e-7, 1e-5);
+        let got = block_on(got.to_vec::<f32>(gpu)).unwrap();
+        if beta == 0.0 && old.is_none() && level == ImportanceSampling::Token {
+            // Without β's KL or a clip a dropped token has no gradient: the kernel kept ρ of the completion tokens
+            // (ties at the threshold kept), or only the highest entropy's (ties too) at ρ = 0.
+            let weighted = weight.iter().filter(|&&w| w != 0.0).count() as f32;
+            let kept = got.iter().filter(|&&s| s != 0.0).count() as f32;
+            let range = if rho == 0.0 { 1.0..=30.0 } else { (rho * weighted).floor()..=rho * weighted + 30.0 };
+            assert!(range.contains(&kept), "{name}: {kept} of {weighted} tokens kept");
+        }
+        assert_close(&format!("{name} row_scale"), &got, &want, 1e-7, 1e-5);
         assert_close(&format!("{name} sums"), &block_on(stats.to_vec::<f32>(gpu)).unwrap(), &sums, 1e-5, 1e-4);
     }
     // β without the reference's losses is a typed error.
     let t = Tensor::zeros(gpu, &[4], DType::F32).unwrap();
     let stats = Tensor::zeros(gpu, &[6], DType::F32).unwrap();
-    let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Token, 1);
+    let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Token, 1, 1.0);
     let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], (None, None), (&t, &t), (0.1, 1.0), settings, &stats);
     assert!(matches!(r, Err(webpeft::Error::InvalidArgument { .. })), "{r:?}");
     // Completions that do not divide the rows: a shape error.
-    let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Sequence, 3);
+    let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Sequence, 3, 1.0);
     let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], (None, None), (&t, &t), (0.0, 1.0), settings, &stats);
     assert!(matches!(r, Err(webpeft::Error::Shape { .. })), "{r:?}");
+    // A quantile outside [0, 1]: a typed error.
+    let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Token, 1, 1.5);
+    let r = grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], (None, None), (&t, &t), (0.0, 1.0), settings, &stats);
+    assert!(matches!(r, Err(webpeft::Error::InvalidArgument { .. })), "{r:?}");
 }
 
 #[test]

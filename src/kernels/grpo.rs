@@ -24,7 +24,9 @@ struct Params {
     epsilon_high: f32,
     delta: f32,
     seq_len: u32,
-    _pad: u32,
+    masks_entropy: u32,
+    quantile: f32,
+    _pad: [u32; 3],
 }
 
 /// The importance ratio's clipping (TRL's `epsilon`, `epsilon_high`, `delta`).
@@ -72,6 +74,13 @@ impl ImportanceSampling {
     }
 }
 
+/// The entropy quantile a policy term needs to count, 1 − ρ for TRL's
+/// `top_entropy_quantile` ρ (computed in f64 as Python does, then f32 as
+/// `torch.quantile` takes it); `None` at ρ = 1, where every token counts.
+fn entropy_quantile(top_entropy_quantile: f32) -> Option<f32> {
+    (top_entropy_quantile < 1.0).then_some((1.0 - top_entropy_quantile as f64) as f32)
+}
+
 fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::Grpo, entry).with("WG", Const::U32(WG))
 }
@@ -80,6 +89,9 @@ fn key(entry: &'static str) -> PipelineKey {
 /// `[Σ weight·ℓ, Σ kl, Σ entropy, low-clipped, high-clipped, either]` over
 /// the rows with weight > 0, the clip counts over tokens (`Token`) or over
 /// the B completions of T = M / B rows each (`Sequence`; `shaders/grpo.wgsl`).
+/// At `top_entropy_quantile` ρ < 1 the policy term counts only on the weighted
+/// rows whose entropy reaches the (1 − ρ) quantile of theirs (TRL's
+/// `get_high_entropy_mask`), found on the GPU first (`grpo_entropy_order`).
 ///
 /// - token_loss, entropy, weight: (M) f32
 /// - adv: (M) f32, one value over each completion's T rows
@@ -92,7 +104,7 @@ pub fn grpo_row_scale(
     (ref_loss, old_loss): (Option<&Tensor>, Option<&Tensor>),
     (weight, adv): (&Tensor, &Tensor),
     (beta, temperature): (f32, f32),
-    (clip, level, completions): (Clip, ImportanceSampling, usize),
+    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f32),
     stats: &Tensor,
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";
@@ -120,11 +132,15 @@ pub fn grpo_row_scale(
     if !(clip.epsilon_low.is_finite() && clip.epsilon_high.is_finite() && delta.is_finite() && delta >= 0.0) {
         return Err(Error::invalid(OP, format!("clipping {clip:?} must be finite")));
     }
+    if !(0.0..=1.0).contains(&top_entropy_quantile) {
+        return Err(Error::invalid(OP, format!("top_entropy_quantile {top_entropy_quantile} must be in [0, 1]")));
+    }
     u32_count(OP, "rows", rows)?;
     if completions == 0 || rows == 0 || rows % completions != 0 {
         return Err(Error::shape(OP, format!("{rows} rows do not make {completions} completions of equal length")));
     }
     let row_scale = rec.alloc(&[rows], DType::F32)?;
+    let quantile = entropy_quantile(top_entropy_quantile);
     let p = Params {
         rows: rows as u32,
         beta,
@@ -133,15 +149,38 @@ pub fn grpo_row_scale(
         epsilon_high: clip.epsilon_high,
         delta,
         seq_len: (rows / completions) as u32,
-        _pad: 0,
+        masks_entropy: quantile.is_some() as u32,
+        quantile: quantile.unwrap_or(0.0),
+        _pad: [0; 3],
     };
-    let bound =
-        [(1, token_loss), (2, reference), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy), (8, old)];
+    // (3): the order statistics and their weight; left unread without the mask.
+    let order = rec.alloc(&[3], DType::F32)?;
+    if quantile.is_some() {
+        let groups = (rows as u32).div_ceil(WG);
+        if groups > 65535 {
+            return Err(Error::shape(OP, format!("{rows} rows are more than the entropy mask's one-row grid takes")));
+        }
+        rec.dispatch_bound(&key(ENTROPY_ORDER), &p, &[(3, weight), (7, entropy), (9, &order)], [groups, 1, 1])?;
+    }
+    let bound = [
+        (1, token_loss),
+        (2, reference),
+        (3, weight),
+        (4, adv),
+        (5, &row_scale),
+        (6, stats),
+        (7, entropy),
+        (8, old),
+        (9, &order),
+    ];
     rec.dispatch_bound(&key(level.entry()), &p, &bound, [1, 1, 1])?;
     Ok(row_scale)
 }
 
+/// The entry that finds the entropy quantile's order statistics.
+const ENTROPY_ORDER: &str = "grpo_entropy_order";
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    [ImportanceSampling::Token, ImportanceSampling::Sequence].map(|l| key(l.entry())).to_vec()
+    [ImportanceSampling::Token.entry(), ImportanceSampling::Sequence.entry(), ENTROPY_ORDER].map(key).to_vec()
 }

@@ -127,6 +127,10 @@ pub struct GrpoLoss {
     /// `importance_sampling_level`: a ratio each token (GRPO) or one a
     /// completion, the exponential of its tokens' mean log-ratio (GSPO).
     pub importance_sampling: ImportanceSampling,
+    /// `top_entropy_quantile` ρ in [0, 1]: the policy term counts only on a
+    /// micro-batch's completion tokens whose entropy reaches the (1 − ρ)
+    /// quantile of theirs ("Beyond the 80/20 rule"; 1 keeps every token).
+    pub top_entropy_quantile: f32,
 }
 
 impl GrpoLoss {
@@ -138,6 +142,7 @@ impl GrpoLoss {
         max_completion_length: 256,
         clip: Clip { epsilon_low: 0.2, epsilon_high: 0.2, delta: None },
         importance_sampling: ImportanceSampling::Token,
+        top_entropy_quantile: 1.0,
     };
 
     /// The prompt tokens a row keeps beside its completion: `max_prompt_length`,
@@ -174,6 +179,9 @@ impl GrpoLoss {
         }
         if let Some(d) = self.clip.delta.filter(|d| !(d.is_finite() && *d > 0.0)) {
             return bad("delta", format!("must be a finite number > 0, got {d}"));
+        }
+        if !(0.0..=1.0).contains(&self.top_entropy_quantile) {
+            return bad("top_entropy_quantile", format!("must be in [0, 1], got {}", self.top_entropy_quantile));
         }
         Ok(())
     }
@@ -351,7 +359,7 @@ pub(crate) fn record_grpo_micro(
         (ref_loss.as_ref(), old.as_ref()),
         (&weight, &adv),
         (loss.beta, loss.temperature),
-        (loss.clip, loss.importance_sampling, batch.labels.len()),
+        (loss.clip, loss.importance_sampling, batch.labels.len(), loss.top_entropy_quantile),
         stats,
     )?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
@@ -644,6 +652,26 @@ pub struct GrpoSettings {
 }
 
 impl GrpoSettings {
+    /// TRL's `steps_per_generation` from the options given, as `GRPOConfig`
+    /// settles it: itself; or `generation_batch_size / batch_size`, the
+    /// completions a generation given instead; or, given neither,
+    /// `gradient_accumulation_steps` (a generation an optimizer step).
+    pub fn steps_per_generation_of(
+        (steps_per_generation, generation_batch_size): (Option<usize>, Option<usize>),
+        (batch_size, gradient_accumulation_steps): (usize, usize),
+    ) -> Result<usize> {
+        let bad = |detail: String| Err(Error::TrainOption { option: "generation_batch_size", detail });
+        match (steps_per_generation, generation_batch_size) {
+            (Some(_), Some(_)) => bad("give it or steps_per_generation, not both".into()),
+            (Some(steps), None) => Ok(steps),
+            (None, Some(rows)) if batch_size == 0 || rows == 0 || rows % batch_size != 0 => {
+                bad(format!("{rows} must be a positive multiple of batch_size ({batch_size})"))
+            }
+            (None, Some(rows)) => Ok(rows / batch_size),
+            (None, None) => Ok(gradient_accumulation_steps),
+        }
+    }
+
     /// Completions a generation: `batch_size × steps_per_generation`.
     pub fn rows(&self) -> usize {
         self.batch_size * self.steps_per_generation

@@ -594,10 +594,12 @@ pub struct GrpoOptions {
     pub loss_type: Option<String>,
     pub num_iterations: Option<usize>,
     pub steps_per_generation: Option<usize>,
+    pub generation_batch_size: Option<usize>,
     pub importance_sampling_level: Option<String>,
     pub epsilon: Option<f32>,
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
+    pub top_entropy_quantile: Option<f32>,
 }
 
 /// A GRPO run's settings from [`GrpoOptions`].
@@ -658,6 +660,7 @@ impl GrpoOptions {
             importance_sampling: ImportanceSampling::from_name(
                 self.importance_sampling_level.as_deref().unwrap_or("token"),
             )?,
+            top_entropy_quantile: self.top_entropy_quantile.unwrap_or(1.0),
         };
         loss.validate()?;
         recipe.objective = Objective::Grpo(loss);
@@ -675,7 +678,10 @@ impl GrpoOptions {
             num_generations: self.num_generations.unwrap_or(8),
             num_iterations: self.num_iterations.unwrap_or(1),
             gradient_accumulation_steps: recipe.grad_accum,
-            steps_per_generation: self.steps_per_generation.unwrap_or(recipe.grad_accum),
+            steps_per_generation: GrpoSettings::steps_per_generation_of(
+                (self.steps_per_generation, self.generation_batch_size),
+                (recipe.batch_size, recipe.grad_accum),
+            )?,
             scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
             mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
             batch_size: recipe.batch_size,

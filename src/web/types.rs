@@ -236,9 +236,16 @@ export interface GrpoOptions {
    * its own completions; numIterations passes over it (TRL's num_iterations, 1). Past a generation's first step the
    * importance ratio to the policy that sampled it is clipped to [1 − epsilon, 1 + epsilonHigh] (0.2 each) and, with
    * delta, capped at delta; importanceSamplingLevel "sequence" (GSPO) takes one ratio a completion, the exponential
-   * of its tokens' mean log-ratio, instead of one a token ("token"). Each step() is one generation. */
-  stepsPerGeneration?: number; numIterations?: number; importanceSamplingLevel?: "token" | "sequence";
+   * of its tokens' mean log-ratio, instead of one a token ("token"). Each step() is one generation.
+   * generationBatchSize (TRL's generation_batch_size, a multiple of batchSize) gives a generation's completions
+   * instead of stepsPerGeneration: stepsPerGeneration = generationBatchSize / batchSize. */
+  stepsPerGeneration?: number; generationBatchSize?: number; numIterations?: number;
+  importanceSamplingLevel?: "token" | "sequence";
   epsilon?: number; epsilonHigh?: number; delta?: number;
+  /** Keep the policy term only on each micro-batch's completion tokens whose entropy is in its top
+   * topEntropyQuantile (TRL's top_entropy_quantile ρ in [0, 1]: 0.2 in "Beyond the 80/20 rule"; 1, the default,
+   * keeps every token); β's KL keeps them all. */
+  topEntropyQuantile?: number;
 }
 /** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
  * prompt); its other fields reach the reward functions as `fields`. */

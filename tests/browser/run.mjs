@@ -475,7 +475,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       // A generation of two micro-batches a step each (stepsPerGeneration 2, gradAccum 1), two passes over it
       // (numIterations 2), GSPO's sequence-level ratios: one step() takes four optimizer steps (its event the
       // fourth's, with the clip ratios).
-      const gspo = { ...gopts, steps: 4, gradAccum: 1, stepsPerGeneration: 2, numIterations: 2, importanceSamplingLevel: "sequence" };
+      const gspo = { ...gopts, steps: 4, gradAccum: 1, generationBatchSize: 4, numIterations: 2, importanceSamplingLevel: "sequence",
+        topEntropyQuantile: 0.5 };
       const mu = await model.startGrpo("g2", prompts, gspo, [lengthReward]).step().then(
         (x) => x, (e) => ({ error: e.message }));
       if (mu.step !== 4 || mu.clipRatio.length !== 3 || !mu.clipRatio.every((v) => v >= 0 && v <= 1)) {

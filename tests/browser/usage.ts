@@ -78,7 +78,10 @@ export async function example(data: string): Promise<void> {
   const lengthReward: RewardFunction = async (cs: GrpoCompletion[]) => cs.map((c) => c.completionIds.length);
   const answered: RewardFunction = (cs) => cs.map((c) => (c.fields["answer"] === undefined ? null : Number(c.completion.includes(String(c.fields["answer"])))));
   const grpoOptions: GrpoOptions = { lr: 1e-5, steps: 4, numGenerations: 4, batchSize: 4, beta: 0.04, lossType: "grpo", scaleRewards: "none", rewardWeights: [0.1, 1],
-    numIterations: 2, stepsPerGeneration: 2, importanceSamplingLevel: "sequence", epsilon: 0.2, epsilonHigh: 0.28, delta: 1.5 };
+    numIterations: 2, stepsPerGeneration: 2, importanceSamplingLevel: "sequence", epsilon: 0.2, epsilonHigh: 0.28, delta: 1.5,
+    topEntropyQuantile: 0.2 };
+  const byRows: GrpoOptions = { ...grpoOptions, stepsPerGeneration: undefined, generationBatchSize: 8 };
+  console.log(model.startGrpo("b", [{ prompt: "1 + 1 =" }], byRows, [lengthReward]).totalSteps());
   const grpo: GrpoRun = model.startGrpo("a", [{ prompt: "2 + 2 =", answer: "4" }], grpoOptions, [lengthReward, answered]);
   const grpoFirst: GrpoStepEvent | undefined = await grpo.step();
   const grpoDone: TrainSummary = await grpo.train((e: GrpoStepEvent) => console.log(e.reward, e.rewardMeans[0], e.kl ?? 0, e.clipRatio[2], e.completions[0].completion));

@@ -170,6 +170,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         },
         importance_sampling: ImportanceSampling::from_name(a.importance_sampling_level.as_deref().unwrap_or("token"))
             .map_err(flag_error)?,
+        top_entropy_quantile: a.top_entropy_quantile.unwrap_or(1.0),
     };
     loss.validate().map_err(flag_error)?;
     let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
@@ -186,7 +187,11 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         num_generations: a.num_generations.unwrap_or(8),
         num_iterations: a.num_iterations.unwrap_or(1),
         gradient_accumulation_steps: a.grad_accum,
-        steps_per_generation: a.steps_per_generation.unwrap_or(a.grad_accum),
+        steps_per_generation: GrpoSettings::steps_per_generation_of(
+            (a.steps_per_generation, a.generation_batch_size),
+            (a.batch_size, a.grad_accum),
+        )
+        .map_err(flag_error)?,
         scale_rewards: scale,
         mask_truncated_completions: a.mask_truncated_completions,
         batch_size: a.batch_size,

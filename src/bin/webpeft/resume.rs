@@ -99,10 +99,12 @@ pub struct GrpoOptions {
     pub mask_truncated_completions: bool,
     pub num_iterations: Option<usize>,
     pub steps_per_generation: Option<usize>,
+    pub generation_batch_size: Option<usize>,
     pub importance_sampling_level: Option<String>,
     pub epsilon: Option<f32>,
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
+    pub top_entropy_quantile: Option<f32>,
 }
 
 impl GrpoOptions {
@@ -120,10 +122,12 @@ impl GrpoOptions {
             mask_truncated_completions: a.mask_truncated_completions,
             num_iterations: a.num_iterations,
             steps_per_generation: a.steps_per_generation,
+            generation_batch_size: a.generation_batch_size,
             importance_sampling_level: a.importance_sampling_level.clone(),
             epsilon: a.epsilon,
             epsilon_high: a.epsilon_high,
             delta: a.delta,
+            top_entropy_quantile: a.top_entropy_quantile,
         }
     }
 }
@@ -346,11 +350,14 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
         one!("mask_truncated_completions", "mask-truncated-completions", a.mask_truncated_completions, masked, flag);
         one!("num_iterations", "num-iterations", a.num_iterations, g.num_iterations, count);
         one!("steps_per_generation", "steps-per-generation", a.steps_per_generation, g.steps_per_generation, count);
+        let rows = g.generation_batch_size;
+        one!("generation_batch_size", "generation-batch-size", a.generation_batch_size, rows, count);
         let level = g.importance_sampling_level;
         one!("importance_sampling_level", "importance-sampling-level", a.importance_sampling_level, level, text);
         one!("epsilon", "epsilon", a.epsilon, g.epsilon, show);
         one!("epsilon_high", "epsilon-high", a.epsilon_high, g.epsilon_high, show);
         one!("delta", "delta", a.delta, g.delta, show);
+        one!("top_entropy_quantile", "top-entropy-quantile", a.top_entropy_quantile, g.top_entropy_quantile, show);
     }
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);

@@ -296,6 +296,11 @@ pub struct TrainArgs {
     /// each on its own rows [default: --grad-accum].
     #[arg(long)]
     pub steps_per_generation: Option<usize>,
+    /// GRPO: completions a generation, a multiple of --batch-size, instead of
+    /// --steps-per-generation (TRL's generation_batch_size): steps_per_generation =
+    /// generation_batch_size / batch_size.
+    #[arg(long)]
+    pub generation_batch_size: Option<usize>,
     /// GRPO: token (a ratio to the sampling policy each token) or sequence (one a completion,
     /// GSPO), TRL's importance_sampling_level [default: token].
     #[arg(long)]
@@ -309,6 +314,10 @@ pub struct TrainArgs {
     /// GRPO: the two-sided cap of the ratio (TRL's delta) [default: none].
     #[arg(long)]
     pub delta: Option<f32>,
+    /// GRPO: keep the policy term only on each micro-batch's completion tokens whose entropy is in
+    /// its top ρ (TRL's top_entropy_quantile, in [0, 1]; β's KL keeps every token) [default: 1, all].
+    #[arg(long)]
+    pub top_entropy_quantile: Option<f32>,
     /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL]; GRPO:
     /// the KL coefficient [default: 0, no reference].
     #[arg(long)]
@@ -777,14 +786,16 @@ impl TrainArgs {
     }
 
     /// The GRPO options given, by flag.
-    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 16] {
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 18] {
         [
             ("--num-iterations", self.num_iterations.is_some()),
             ("--steps-per-generation", self.steps_per_generation.is_some()),
+            ("--generation-batch-size", self.generation_batch_size.is_some()),
             ("--importance-sampling-level", self.importance_sampling_level.is_some()),
             ("--epsilon", self.epsilon.is_some()),
             ("--epsilon-high", self.epsilon_high.is_some()),
             ("--delta", self.delta.is_some()),
+            ("--top-entropy-quantile", self.top_entropy_quantile.is_some()),
             ("--num-generations", self.num_generations.is_some()),
             ("--max-completion-length", self.max_completion_length.is_some()),
             ("--max-prompt-length", self.max_prompt_length.is_some()),

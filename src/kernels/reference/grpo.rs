@@ -27,6 +27,21 @@ fn clipped(c1: f32, a: f32, clip: Clip) -> (f32, f32, bool, bool) {
     (l1.min(l2), dmin, c1 < lo && a < 0.0, c1 > hi && a > 0.0)
 }
 
+/// `torch.quantile(values, q)` in f32: the sorted values' linear interpolation
+/// at rank q·(n − 1), as `torch.lerp` takes it (each side of weight 0.5).
+pub fn torch_quantile(values: &[f32], q: f32) -> f32 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    let rank = q * (sorted.len() - 1) as f32;
+    let (below, above) = (rank as usize, rank.ceil() as usize);
+    let (lo, hi, w) = (sorted[below], sorted[above], rank - below as f32);
+    if w < 0.5 {
+        lo + w * (hi - lo)
+    } else {
+        hi - (hi - lo) * (1.0 - w)
+    }
+}
+
 /// `(row_scale, [loss, kl, entropy, low, high, region])` for per-row
 /// `token_loss` (−log π), its `entropy`, the sampling policy's `old_loss`, the
 /// reference's `ref_loss` (read only when β ≠ 0), `weight` (the loss type's
@@ -36,7 +51,9 @@ fn clipped(c1: f32, a: f32, clip: Clip) -> (f32, f32, bool, bool) {
 /// `s = lp − old` per token, or its mean over a completion's weighted rows
 /// (`Sequence`); `c1 = e^s`, `ℓ = −min(c1'·A, c2·A) + β·kl`, and
 /// `row_scale = (∂Σ weight·ℓ / ∂lp) negated / T`. The clip counts are of
-/// tokens (`Token`) or of completions (`Sequence`).
+/// tokens (`Token`) or of completions (`Sequence`). At `top_entropy_quantile`
+/// ρ < 1 the policy term −min(…) counts only where the entropy reaches the
+/// weighted rows' (1 − ρ) quantile ([`torch_quantile`]), as TRL masks it.
 #[allow(clippy::too_many_arguments)] // the rows' inputs and the settings
 pub fn grpo_row_scale(
     [token_loss, entropy, old_loss, ref_loss]: [&[f32]; 4],
@@ -44,9 +61,16 @@ pub fn grpo_row_scale(
     adv: &[f32],
     beta: f32,
     temperature: f32,
-    (clip, level, completions): (Clip, ImportanceSampling, usize),
+    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f32),
 ) -> (Vec<f32>, [f32; 6]) {
     let rows = token_loss.len();
+    let weighted: Vec<f32> = (0..rows).filter(|&r| weight[r] != 0.0).map(|r| entropy[r]).collect();
+    let threshold = if top_entropy_quantile < 1.0 && !weighted.is_empty() {
+        torch_quantile(&weighted, (1.0 - top_entropy_quantile as f64) as f32)
+    } else {
+        f32::NEG_INFINITY
+    };
+    let kept = |r: usize| if entropy[r] >= threshold { 1.0f32 } else { 0.0 };
     let per = rows / completions;
     let mut sums = [0f64; 6];
     let mut scale = vec![0f32; rows];
@@ -70,7 +94,7 @@ pub fn grpo_row_scale(
         let sequence = (level == ImportanceSampling::Sequence).then(|| {
             let log_ratio = masked.iter().map(|&r| old_loss[r] - token_loss[r]).sum::<f32>();
             let count = (masked.len() as f32).max(1.0);
-            let total_weight = masked.iter().map(|&r| weight[r]).sum::<f32>();
+            let total_weight = masked.iter().map(|&r| weight[r] * kept(r)).sum::<f32>();
             let c = clipped((log_ratio / count).exp(), adv[s * per], clip);
             count_clips(&mut sums, c.2, c.3);
             (c.0, total_weight * c.1 / count)
@@ -83,10 +107,10 @@ pub fn grpo_row_scale(
                 None => {
                     let c = clipped((old_loss[r] - token_loss[r]).exp(), adv[r], clip);
                     count_clips(&mut sums, c.2, c.3);
-                    (c.0, w * c.1)
+                    (c.0, w * kept(r) * c.1)
                 }
             };
-            sums[0] += (w * (beta * k - min_term)) as f64;
+            sums[0] += (w * (beta * k - kept(r) * min_term)) as f64;
             sums[1] += k as f64;
             sums[2] += entropy[r] as f64;
             scale[r] = (share + w * beta * ratio) * (1.0 / temperature);
