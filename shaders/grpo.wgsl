@@ -10,9 +10,11 @@
 //   c1 = e^s,  c2 = clamp(c1, 1 − ε_low, 1 + ε_high),  c1' = min(c1, δ) (two-sided, δ > 0)
 //   ℓ[r]   = −min(c1'·A, c2·A) + β·kl,  kl = e^(ref − lp) − (ref − lp) − 1
 //   stats[0] += Σ_r weight[r]·ℓ[r]                    the loss
-//   stats[1] += Σ_{weight > 0} kl, stats[2] += Σ_{weight > 0} entropy,
-//   stats[3..6] += low-clipped, high-clipped, either (c1 < 1 − ε_low with A < 0; c1 > 1 + ε_high
-//                 with A > 0): tokens with weight > 0 (token level), completions (sequence level)
+//   stats[1..6] += share × the micro-batch's means (TRL logs a step's metrics as the mean over its
+//                 micro-batches of each one's mean; share = 1 / micro-batches): kl and entropy over
+//                 the tokens with weight > 0; low-clipped, high-clipped, either (c1 < 1 − ε_low with
+//                 A < 0; c1 > 1 + ε_high with A > 0) over those tokens (token level) or over the
+//                 completions (sequence level)
 //   top_entropy_quantile ρ < 1 (masks_entropy): the policy term −min(…) is kept only on the
 //   tokens whose entropy is ≥ torch.quantile(entropies of the weighted rows, 1 − ρ) (TRL's
 //   get_high_entropy_mask, "Beyond the 80/20 rule"); β's KL and the clip counts keep every token.
@@ -40,9 +42,9 @@ struct Params {
     seq_len: u32,   // T: rows a completion (the sequence-level entry)
     masks_entropy: u32,  // 1: keep the policy term only on high-entropy tokens (ρ < 1)
     quantile: f32,  // 1 − ρ, the quantile of the weighted rows' entropies kept from
+    share: f32,     // 1 / the step's micro-batches: this one's share of the metrics' mean
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -113,8 +115,10 @@ fn kl_terms(r: u32) -> vec2<f32> {
     return vec2<f32>(ratio - d - 1.0, ratio - 1.0);
 }
 
-// stats[0..6] += the workgroup's sums of `v`, [loss, kl, entropy] and the three clip counts.
-fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>) {
+// stats[0] += the workgroup's sum of the loss (v.x); stats[1..6] += share × the means of
+// [kl, entropy] (v.yz) over the `tokens` weighted rows and of the three clip counts over
+// `clipped_of` (tokens or completions); 0 / 0 counts 0, as TRL's clamp(min=1) makes it.
+fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>, tokens: f32, by_completion: bool) {
     let totals = array<f32, 6>(
         workgroup_sum(lid, v.x),
         workgroup_sum(lid, v.y),
@@ -123,9 +127,14 @@ fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>) {
         workgroup_sum(lid, clips.y),
         workgroup_sum(lid, clips.z),
     );
+    let token_count = max(workgroup_sum(lid, tokens), 1.0);
+    let clipped_of = select(token_count, f32(p.rows / p.seq_len), by_completion);
     if (lid == 0u) {
-        for (var i = 0u; i < 6u; i++) {
-            stats[i] += totals[i];
+        stats[0] += totals[0];
+        stats[1] += totals[1] / token_count * p.share;
+        stats[2] += totals[2] / token_count * p.share;
+        for (var i = 3u; i < 6u; i++) {
+            stats[i] += totals[i] / clipped_of * p.share;
         }
     }
 }
@@ -134,6 +143,7 @@ fn add_stats(lid: u32, v: vec3<f32>, clips: vec3<f32>) {
 fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
     var sums = vec3<f32>(0.0);    // loss, kl, entropy
     var clips = vec3<f32>(0.0);   // low, high, either
+    var tokens = 0.0;
     let threshold = entropy_threshold();
     for (var r = lid; r < p.rows; r += WG) {
         let w = weight[r];
@@ -141,6 +151,7 @@ fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
             row_scale[r] = 0.0;
             continue;
         }
+        tokens += 1.0;
         let c = clipped(exp(old_loss[r] - token_loss[r]), adv[r]);  // e^(lp − old)
         let k = kl_terms(r);
         let m = kept(r, threshold);
@@ -148,7 +159,7 @@ fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
         clips += vec3<f32>(c.z, c.w, max(c.z, c.w));
         row_scale[r] = w * (m * c.y + p.beta * k.y) * p.inv_temperature;
     }
-    add_stats(lid, sums, clips);
+    add_stats(lid, sums, clips, tokens, false);
 }
 
 // GSPO: one ratio a completion, the mean of its tokens' log-ratios.
@@ -156,6 +167,7 @@ fn grpo_row_scale(@builtin(local_invocation_index) lid: u32) {
 fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
     var sums = vec3<f32>(0.0);
     var clips = vec3<f32>(0.0);
+    var tokens = 0.0;
     let completions = p.rows / p.seq_len;
     let threshold = entropy_threshold();
     for (var s = 0u; s < completions; s++) {
@@ -182,12 +194,13 @@ fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
                 row_scale[r] = 0.0;
                 continue;
             }
+            tokens += 1.0;
             let k = kl_terms(r);
             sums += vec3<f32>(w * (p.beta * k.x - kept(r, threshold) * c.x), k.x, entropy[r]);
             row_scale[r] = (shared_scale + w * p.beta * k.y) * p.inv_temperature;
         }
     }
-    add_stats(lid, sums, clips);
+    add_stats(lid, sums, clips, tokens, true);
 }
 
 var<workgroup> tile: array<vec2<f32>, WG>;  // a tile's (entropy, 1 if weighted else 0)

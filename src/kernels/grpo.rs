@@ -26,7 +26,8 @@ struct Params {
     seq_len: u32,
     masks_entropy: u32,
     quantile: f32,
-    _pad: [u32; 3],
+    share: f32,
+    _pad: [u32; 2],
 }
 
 /// The importance ratio's clipping (TRL's `epsilon`, `epsilon_high`, `delta`).
@@ -85,10 +86,13 @@ fn key(entry: &'static str) -> PipelineKey {
     PipelineKey::new(Kernel::Grpo, entry).with("WG", Const::U32(WG))
 }
 
-/// The rows' factors, (M), and the step's sums (added into `stats`):
-/// `[Σ weight·ℓ, Σ kl, Σ entropy, low-clipped, high-clipped, either]` over
-/// the rows with weight > 0, the clip counts over tokens (`Token`) or over
-/// the B completions of T = M / B rows each (`Sequence`; `shaders/grpo.wgsl`).
+/// The rows' factors, (M), and the step's statistics, added into `stats`:
+/// `Σ weight·ℓ`, then `share` × the micro-batch's means `[kl, entropy,
+/// low-clipped, high-clipped, either]`, kl and entropy over the rows with
+/// weight > 0, the clip indicators over those tokens (`Token`) or over the B
+/// completions of T = M / B rows each (`Sequence`; `shaders/grpo.wgsl`). With
+/// `share` = 1 / micro-batches, a step's stats hold TRL's logged metrics: the
+/// mean over its micro-batches of each one's mean.
 /// At `top_entropy_quantile` ρ < 1 the policy term counts only on the weighted
 /// rows whose entropy reaches the (1 − ρ) quantile of theirs (TRL's
 /// `get_high_entropy_mask`), found on the GPU first (`grpo_entropy_order`).
@@ -105,7 +109,7 @@ pub fn grpo_row_scale(
     (weight, adv): (&Tensor, &Tensor),
     (beta, temperature): (f32, f32),
     (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f32),
-    stats: &Tensor,
+    (stats, share): (&Tensor, f32),
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";
     let reference = ref_loss.unwrap_or(token_loss);
@@ -124,6 +128,9 @@ pub fn grpo_row_scale(
     }
     if beta != 0.0 && ref_loss.is_none() {
         return Err(Error::invalid(OP, format!("β = {beta} needs the reference's per-row losses")));
+    }
+    if !(share.is_finite() && share > 0.0) {
+        return Err(Error::invalid(OP, format!("the micro-batch's share {share} of the metrics must be > 0")));
     }
     if !(temperature.is_finite() && temperature > 0.0 && beta.is_finite()) {
         return Err(Error::invalid(OP, format!("temperature {temperature} must be > 0 and β {beta} finite")));
@@ -151,7 +158,8 @@ pub fn grpo_row_scale(
         seq_len: (rows / completions) as u32,
         masks_entropy: quantile.is_some() as u32,
         quantile: quantile.unwrap_or(0.0),
-        _pad: [0; 3],
+        share,
+        _pad: [0; 2],
     };
     // (3): the order statistics and their weight; left unread without the mask.
     let order = rec.alloc(&[3], DType::F32)?;

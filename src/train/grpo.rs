@@ -316,8 +316,9 @@ impl GrpoRows {
 }
 
 /// Records one GRPO micro-batch: the reference forward (β > 0, every adapter
-/// hook off), the adapter's forward, the loss (added into `stats[0]`, the
-/// KL sum into `stats[1]`, the entropy sum into `stats[2]`) and the backward into the adapter's gradients
+/// hook off), the adapter's forward, the loss (added into `stats[0]`; `share`
+/// × the micro-batch's mean KL, entropy and clip ratios into `stats[1..6]`,
+/// `kernels::grpo::grpo_row_scale`) and the backward into the adapter's gradients
 /// through `hooks`.
 pub(crate) fn record_grpo_micro(
     rec: &mut Recorder,
@@ -326,7 +327,7 @@ pub(crate) fn record_grpo_micro(
     batch: &Batch,
     rows: &GrpoRows,
     (hooks, checkpoint): (&dyn Hooks, bool),
-    stats: &Tensor,
+    (stats, share): (&Tensor, f32),
 ) -> Result<()> {
     let gpu = rec.gpu();
     let ids = model.input_ids(gpu, &batch.input_ids)?;
@@ -360,7 +361,7 @@ pub(crate) fn record_grpo_micro(
         (&weight, &adv),
         (loss.beta, loss.temperature),
         (loss.clip, loss.importance_sampling, batch.labels.len(), loss.top_entropy_quantile),
-        stats,
+        (stats, share),
     )?;
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)

@@ -21,7 +21,6 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::adamw::{adamw_step, AdamWParams, GradScale};
 use crate::kernels::elementwise::{copy, fill};
-use crate::kernels::grpo::ImportanceSampling;
 use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
@@ -492,6 +491,7 @@ impl Trainer {
             }
         }
         if let Objective::Grpo(loss) = self.objective {
+            let share = 1.0 / micro.len() as f32; // TRL's metrics: the mean of the micro-batches' means
             for ((b, rows), seed) in micro.iter().zip(&groups).zip(&seeds) {
                 let pass = self.adapter.pass(*seed, Some(&self.grads))?;
                 record_grpo_micro(
@@ -501,7 +501,7 @@ impl Trainer {
                     b,
                     rows,
                     (pass.hooks(), self.gradient_checkpointing),
-                    &stats,
+                    (&stats, share),
                 )?;
             }
         }
@@ -587,21 +587,14 @@ impl Trainer {
             Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
             Objective::Sft | Objective::Grpo(_) => (None, None),
         };
+        // GRPO's metrics, each the mean over the micro-batches of its mean there (the kernel's).
         let kl = match self.objective {
-            Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3] / tokens.max(1) as f32),
+            Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3]),
             _ => None,
         };
         let grpo = matches!(self.objective, Objective::Grpo(_));
-        let n = tokens.max(1) as f32;
-        let entropy = grpo.then(|| read[4] / n);
-        // Clipped tokens of the completion tokens, or (GSPO) clipped completions of the completions.
-        let clipped_of = match self.objective {
-            Objective::Grpo(l) if l.importance_sampling == ImportanceSampling::Sequence => {
-                micro.iter().map(|b| b.labels.len()).sum::<usize>().max(1) as f32
-            }
-            _ => n,
-        };
-        let clip_ratio = grpo.then(|| [read[5] / clipped_of, read[6] / clipped_of, read[7] / clipped_of]);
+        let entropy = grpo.then_some(read[4]);
+        let clip_ratio = grpo.then_some([read[5], read[6], read[7]]);
         Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy, clip_ratio })
     }
 

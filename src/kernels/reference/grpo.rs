@@ -42,7 +42,9 @@ pub fn torch_quantile(values: &[f32], q: f32) -> f32 {
     }
 }
 
-/// `(row_scale, [loss, kl, entropy, low, high, region])` for per-row
+/// `(row_scale, [loss, kl, entropy, low, high, region])`, the loss a sum and
+/// the rest means (kl and entropy over the weighted rows, the clip indicators
+/// over them or over the completions), for per-row
 /// `token_loss` (−log π), its `entropy`, the sampling policy's `old_loss`, the
 /// reference's `ref_loss` (read only when β ≠ 0), `weight` (the loss type's
 /// normaliser, 0 off the completion) and `adv` (the row's advantage), the rows
@@ -50,7 +52,7 @@ pub fn torch_quantile(values: &[f32], q: f32) -> f32 {
 /// computes them (f32 per row, sums in f64):
 /// `s = lp − old` per token, or its mean over a completion's weighted rows
 /// (`Sequence`); `c1 = e^s`, `ℓ = −min(c1'·A, c2·A) + β·kl`, and
-/// `row_scale = (∂Σ weight·ℓ / ∂lp) negated / T`. The clip counts are of
+/// `row_scale = (∂Σ weight·ℓ / ∂lp) negated / T`. The clip ratios are of
 /// tokens (`Token`) or of completions (`Sequence`). At `top_entropy_quantile`
 /// ρ < 1 the policy term −min(…) counts only where the entropy reaches the
 /// weighted rows' (1 − ρ) quantile ([`torch_quantile`]), as TRL masks it.
@@ -116,5 +118,9 @@ pub fn grpo_row_scale(
             scale[r] = (share + w * beta * ratio) * (1.0 / temperature);
         }
     }
-    (scale, sums.map(|s| s as f32))
+    let tokens = weighted.len().max(1) as f64;
+    let clipped_of = if level == ImportanceSampling::Sequence { completions as f64 } else { tokens };
+    let means =
+        [sums[0], sums[1] / tokens, sums[2] / tokens, sums[3] / clipped_of, sums[4] / clipped_of, sums[5] / clipped_of];
+    (scale, means.map(|s| s as f32))
 }
