@@ -3,7 +3,7 @@
 //! regression inputs (`tests/fixtures/fuzz/<target>_*.bin`), then seeded
 //! random mutations of them (bit flips, byte values JSON cares about, range
 //! deletes, duplicates and inserts, splices, truncation) for
-//! `WEBPEFT_FUZZ_SECONDS` (default 10) seconds. A panic fails the test and
+//! `WEBPEFT_FUZZ_SECONDS` (default 5) seconds. A panic fails the test and
 //! leaves the input in `target/fuzz-smoke/<target>.bin`. Coverage-guided runs
 //! with sanitizers are cargo-fuzz's job (`scripts/fuzz.sh`); this catches
 //! regressions on every CI run without a nightly toolchain.
@@ -88,7 +88,7 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
 
 fn run(target: &str) {
     let body = TARGETS.iter().find(|(n, _)| *n == target).map(|(_, f)| *f).expect("a known target");
-    let seconds: u64 = std::env::var("WEBPEFT_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("WEBPEFT_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let corpus = seeds(target);
     assert!(!corpus.is_empty(), "{target} has no seeds");
     let attempt = |input: &[u8]| {

@@ -83,12 +83,14 @@ fn check(gpu: &Gpu, (vocab, d, inter, layers): (usize, usize, usize, usize), (ba
 // measurements on it must not overlap.
 #[test]
 fn plan_matches_the_measured_peak() {
-    for gpu in [gpu(), common::gpu_family()] {
-        check(gpu, (384, 64, 128, 2), (4, 32), false);
-        check(gpu, (1000, 128, 352, 2), (2, 48), false);
-        check(gpu, (512, 96, 256, 4), (2, 64), true);
-    }
-    check_qwen3(gpu());
+    // The test device's family on three shapes; the other family's kernels (what they keep differs, not the
+    // methods' or the checkpoint's buffers) on the odd one.
+    let gpu = gpu();
+    check(gpu, (384, 64, 128, 2), (4, 32), false);
+    check(gpu, (1000, 128, 352, 2), (2, 48), false);
+    check(gpu, (512, 96, 256, 4), (2, 64), true);
+    check(common::gpu_family(), (1000, 128, 352, 2), (2, 48), false);
+    check_qwen3(gpu);
 }
 
 #[test]

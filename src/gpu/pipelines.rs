@@ -468,6 +468,14 @@ impl PipelineKey {
         format!("{enable}{consts}")
     }
 
+    /// The module's whole WGSL source: the prelude (enable directives and
+    /// the key's constants), the shared helpers, the kernel's file and its
+    /// store's epilogue. Keys that differ only in their entry share it.
+    pub fn wgsl(&self) -> String {
+        let (kernel, epilogue) = (self.kernel.source(), self.kernel.epilogue(self.low_rank, self.output_op));
+        format!("{}{COMMON}{kernel}{epilogue}", self.prelude())
+    }
+
     /// A short name for timing tables: `matmul/matmul_tiled`
     /// (`qmatmul/qmatmul_nt+low_rank` where the store adds LoRA's term,
     /// `+bias` or `+gate` where it has an output op).
@@ -505,11 +513,9 @@ impl PipelineCache {
             modules
                 .entry(module_key)
                 .or_insert_with(|| {
-                    let (kernel, epilogue) = (key.kernel.source(), key.kernel.epilogue(key.low_rank, key.output_op));
-                    let source = format!("{}{COMMON}{kernel}{epilogue}", key.prelude());
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(key.kernel.name()),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                        source: wgpu::ShaderSource::Wgsl(key.wgsl().into()),
                     };
                     if gpu.shader_checks {
                         return Arc::new(gpu.device.create_shader_module(desc));
