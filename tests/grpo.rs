@@ -250,6 +250,10 @@ fn row_scale_kernel_matches_the_reference() {
     let r =
         grpo_row_scale(&mut Recorder::new(gpu), [&t, &t], (None, None), (&t, &t), (0.0, 1.0), settings, (&stats, 1.0));
     assert!(matches!(r, Err(webpeft::Error::Shape { .. })), "{r:?}");
+    // 1 − ρ as Python computes it from the ρ written (from f32 0.09 itself it would be 0.90999997).
+    use webpeft::kernels::grpo::entropy_quantile;
+    let q = [0.4, 0.09, 0.058, 0.0, 1.0].map(entropy_quantile);
+    assert_eq!(q, [Some(0.6), Some(0.91), Some(0.942), Some(1.0), None]);
     // A quantile outside [0, 1]: a typed error.
     let settings = (GrpoLoss::TRL.clip, ImportanceSampling::Token, 1, 1.5);
     let r =

@@ -76,10 +76,14 @@ impl ImportanceSampling {
 }
 
 /// The entropy quantile a policy term needs to count, 1 − ρ for TRL's
-/// `top_entropy_quantile` ρ (computed in f64 as Python does, then f32 as
-/// `torch.quantile` takes it); `None` at ρ = 1, where every token counts.
-fn entropy_quantile(top_entropy_quantile: f32) -> Option<f32> {
-    (top_entropy_quantile < 1.0).then_some((1.0 - top_entropy_quantile as f64) as f32)
+/// `top_entropy_quantile` ρ, as Python computes it: ρ as written (its shortest
+/// decimal, the double Python holds: 0.09, not f32 0.09's 0.0900000035…), 1 − ρ
+/// in f64, then f32 as `torch.quantile` takes it. From the f32 itself, 414 of
+/// the 999 ρ of three decimals would land an f32 off (0.09: 0.90999997, not
+/// 0.91). `None` at ρ = 1, where every token counts.
+pub fn entropy_quantile(top_entropy_quantile: f32) -> Option<f32> {
+    let written: f64 = top_entropy_quantile.to_string().parse().unwrap_or(top_entropy_quantile as f64);
+    (top_entropy_quantile < 1.0).then_some((1.0 - written) as f32)
 }
 
 fn key(entry: &'static str) -> PipelineKey {

@@ -67,10 +67,9 @@ pub fn grpo_row_scale(
 ) -> (Vec<f32>, [f32; 6]) {
     let rows = token_loss.len();
     let weighted: Vec<f32> = (0..rows).filter(|&r| weight[r] != 0.0).map(|r| entropy[r]).collect();
-    let threshold = if top_entropy_quantile < 1.0 && !weighted.is_empty() {
-        torch_quantile(&weighted, (1.0 - top_entropy_quantile as f64) as f32)
-    } else {
-        f32::NEG_INFINITY
+    let threshold = match crate::kernels::grpo::entropy_quantile(top_entropy_quantile) {
+        Some(q) if !weighted.is_empty() => torch_quantile(&weighted, q),
+        _ => f32::NEG_INFINITY,
     };
     let kept = |r: usize| if entropy[r] >= threshold { 1.0f32 } else { 0.0 };
     let per = rows / completions;
