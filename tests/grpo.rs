@@ -50,7 +50,7 @@ fn settings(case: &Value, max_completion_length: usize) -> (GrpoLoss, ScaleRewar
         },
         importance_sampling: ImportanceSampling::from_name(s["importance_sampling_level"].as_str().unwrap_or("token"))
             .unwrap(),
-        top_entropy_quantile: s["top_entropy_quantile"].as_f64().unwrap_or(1.0) as f32,
+        top_entropy_quantile: s["top_entropy_quantile"].as_f64().unwrap_or(1.0),
     };
     let scale = ScaleRewards::from_name(s["scale_rewards"].as_str().unwrap()).unwrap();
     (loss, scale, s["mask_truncated_completions"].as_bool().unwrap_or(false))
@@ -230,8 +230,8 @@ fn row_scale_kernel_matches_the_reference() {
         if beta == 0.0 && old.is_none() && level == ImportanceSampling::Token {
             // Without β's KL or a clip a dropped token has no gradient: the kernel kept ρ of the completion tokens
             // (ties at the threshold kept), or only the highest entropy's (ties too) at ρ = 0.
-            let weighted = weight.iter().filter(|&&w| w != 0.0).count() as f32;
-            let kept = got.iter().filter(|&&s| s != 0.0).count() as f32;
+            let weighted = weight.iter().filter(|&&w| w != 0.0).count() as f64;
+            let kept = got.iter().filter(|&&s| s != 0.0).count() as f64;
             let range = if rho == 0.0 { 1.0..=30.0 } else { (rho * weighted).floor()..=rho * weighted + 30.0 };
             assert!(range.contains(&kept), "{name}: {kept} of {weighted} tokens kept");
         }

@@ -76,14 +76,13 @@ impl ImportanceSampling {
 }
 
 /// The entropy quantile a policy term needs to count, 1 − ρ for TRL's
-/// `top_entropy_quantile` ρ, as Python computes it: ρ as written (its shortest
-/// decimal, the double Python holds: 0.09, not f32 0.09's 0.0900000035…), 1 − ρ
-/// in f64, then f32 as `torch.quantile` takes it. From the f32 itself, 414 of
-/// the 999 ρ of three decimals would land an f32 off (0.09: 0.90999997, not
-/// 0.91). `None` at ρ = 1, where every token counts.
-pub fn entropy_quantile(top_entropy_quantile: f32) -> Option<f32> {
-    let written: f64 = top_entropy_quantile.to_string().parse().unwrap_or(top_entropy_quantile as f64);
-    (top_entropy_quantile < 1.0).then_some((1.0 - written) as f32)
+/// `top_entropy_quantile` ρ, as Python computes it: ρ a double (as the user
+/// wrote it, which is why every front end keeps it in f64), 1 − ρ in f64, then
+/// f32 as `torch.quantile` takes it. Through an f32 ρ, 414 of the 999 ρ of
+/// three decimals would land an f32 off (0.09: 0.90999997, not 0.91). `None`
+/// at ρ = 1, where every token counts.
+pub fn entropy_quantile(top_entropy_quantile: f64) -> Option<f32> {
+    (top_entropy_quantile < 1.0).then_some((1.0 - top_entropy_quantile) as f32)
 }
 
 fn key(entry: &'static str) -> PipelineKey {
@@ -112,7 +111,7 @@ pub fn grpo_row_scale(
     (ref_loss, old_loss): (Option<&Tensor>, Option<&Tensor>),
     (weight, adv): (&Tensor, &Tensor),
     (beta, temperature): (f32, f32),
-    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f32),
+    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f64),
     (stats, share): (&Tensor, f32),
 ) -> Result<Tensor> {
     const OP: &str = "grpo_row_scale";

@@ -129,8 +129,9 @@ pub struct GrpoLoss {
     pub importance_sampling: ImportanceSampling,
     /// `top_entropy_quantile` ρ in [0, 1]: the policy term counts only on a
     /// micro-batch's completion tokens whose entropy reaches the (1 − ρ)
-    /// quantile of theirs ("Beyond the 80/20 rule"; 1 keeps every token).
-    pub top_entropy_quantile: f32,
+    /// quantile of theirs ("Beyond the 80/20 rule"; 1 keeps every token). A
+    /// double, as Python's: 1 − ρ is taken in f64 (`kernels::grpo::entropy_quantile`).
+    pub top_entropy_quantile: f64,
 }
 
 impl GrpoLoss {

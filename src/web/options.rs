@@ -599,7 +599,7 @@ pub struct GrpoOptions {
     pub epsilon: Option<f32>,
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
-    pub top_entropy_quantile: Option<f32>,
+    pub top_entropy_quantile: Option<f64>,
 }
 
 /// A GRPO run's settings from [`GrpoOptions`].

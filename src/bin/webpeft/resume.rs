@@ -104,7 +104,7 @@ pub struct GrpoOptions {
     pub epsilon: Option<f32>,
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
-    pub top_entropy_quantile: Option<f32>,
+    pub top_entropy_quantile: Option<f64>,
 }
 
 impl GrpoOptions {
@@ -357,7 +357,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
         one!("epsilon", "epsilon", a.epsilon, g.epsilon, show);
         one!("epsilon_high", "epsilon-high", a.epsilon_high, g.epsilon_high, show);
         one!("delta", "delta", a.delta, g.delta, show);
-        one!("top_entropy_quantile", "top-entropy-quantile", a.top_entropy_quantile, g.top_entropy_quantile, show);
+        let rho = |v: &Option<f64>| v.map_or("-".into(), |v| v.to_string());
+        one!("top_entropy_quantile", "top-entropy-quantile", a.top_entropy_quantile, g.top_entropy_quantile, rho);
     }
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);

@@ -317,7 +317,7 @@ pub struct TrainArgs {
     /// GRPO: keep the policy term only on each micro-batch's completion tokens whose entropy is in
     /// its top ρ (TRL's top_entropy_quantile, in [0, 1]; β's KL keeps every token) [default: 1, all].
     #[arg(long)]
-    pub top_entropy_quantile: Option<f32>,
+    pub top_entropy_quantile: Option<f64>,
     /// DPO, ORPO and CPO: β (DPO's and CPO's temperature, ORPO's λ) [default: 0.1, as TRL]; GRPO:
     /// the KL coefficient [default: 0, no reference].
     #[arg(long)]

@@ -63,7 +63,7 @@ pub fn grpo_row_scale(
     adv: &[f32],
     beta: f32,
     temperature: f32,
-    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f32),
+    (clip, level, completions, top_entropy_quantile): (Clip, ImportanceSampling, usize, f64),
 ) -> (Vec<f32>, [f32; 6]) {
     let rows = token_loss.len();
     let weighted: Vec<f32> = (0..rows).filter(|&r| weight[r] != 0.0).map(|r| entropy[r]).collect();
