@@ -6,6 +6,8 @@
 //   cross_entropy_backward_rows_inplace  the same with a scale per row (preference losses)
 //   cross_entropy_entropy           entropy = lse − Σ_i softmax_i·logits_i, the softmax's entropy
 //                                   (GRPO's metric), 0 on ignored rows
+//   cross_entropy_metrics           SFT's metrics per row: (weights.x · entropy, weights.y · hit), hit 1
+//                                   where the target is the row's first largest logit (torch.argmax's pick)
 //
 // The forward saves lse (rows) for the backward. Rows whose target is −100
 // (ignored) get loss 0 and a zero gradient row. A target outside 0..vocab
@@ -38,6 +40,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> logits_io: array<f32>; // (rows, vocab): logits in, dlogits out
 @group(0) @binding(8) var<storage, read> row_scale: array<f32>;      // (rows)
 @group(0) @binding(9) var<storage, read_write> entropy: array<f32>;  // (rows)
+@group(0) @binding(10) var<storage, read> weights: array<vec2<f32>>;       // (rows, 2): entropy's, hit's
+@group(0) @binding(11) var<storage, read_write> metrics: array<vec2<f32>>; // (rows, 2)
 
 fn nan() -> f32 {
     var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
@@ -164,5 +168,37 @@ fn cross_entropy_entropy(
     let total = workgroup_sum(lid, s);
     if (lid == 0u) {
         entropy[row] = row_lse - total;
+    }
+}
+
+// The target is argmax's pick when no logit beats it: none larger, none as
+// large at a lower index. The count of those is exact in f32 (vocab < 2²⁴).
+// A NaN logit is no hit's concern: the row's loss is NaN and the step fails.
+@compute @workgroup_size(WG)
+fn cross_entropy_metrics(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows) { return; }
+    let base = row * p.vocab;
+    let row_lse = lse_in[row];
+    let column = target_column(row);
+    let at = u32(max(column, 0));
+    let target_logit = logits[base + at];
+    var s = 0.0;
+    var ahead = 0.0;
+    for (var i = lid; i < p.vocab; i += WG) {
+        let v = logits[base + i];
+        s += exp(v - row_lse) * v;
+        if (v > target_logit || (v == target_logit && i < at)) { ahead += 1.0; }
+    }
+    let total = workgroup_sum(lid, s);
+    let beaten = workgroup_sum(lid, ahead);
+    if (lid == 0u) {
+        let w = weights[row];
+        let hit = select(0.0, w.y, column >= 0 && beaten == 0.0);
+        metrics[row] = vec2<f32>(select(0.0, w.x * (row_lse - total), w.x != 0.0), hit);
     }
 }

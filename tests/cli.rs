@@ -554,6 +554,17 @@ fn train_lora_all_linear_then_generate_with_it() {
     let perplexity = eval["eval_perplexity"].as_f64().unwrap();
     assert!((perplexity.ln() - eval["eval_loss"].as_f64().unwrap()).abs() < 1e-5, "{eval}");
     assert_eq!(lines.len(), 6, "{lines:?}");
+    // TRL's SFT metrics: the entropy near ln V for a random model, accuracies in [0, 1], and the tokens
+    // trained on so far (6 steps of the same 4 rows), which the evaluation line repeats.
+    for l in &lines {
+        let (h, acc) = (l["entropy"].as_f64().unwrap(), l["mean_token_accuracy"].as_f64().unwrap());
+        assert!(h > 0.0 && h <= (384f64).ln() + 1e-4 && (0.0..=1.0).contains(&acc), "{l}");
+    }
+    let tokens: Vec<u64> = lines.iter().map(|l| l["num_tokens"].as_u64().unwrap()).collect();
+    assert!(tokens[0] > 0 && tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
+    assert_eq!(eval["eval_num_tokens"].as_u64(), Some(tokens[5]), "{eval}");
+    assert!(eval["eval_entropy"].as_f64().unwrap() > 0.0, "{eval}");
+    assert!((0.0..=1.0).contains(&eval["eval_mean_token_accuracy"].as_f64().unwrap()), "{eval}");
     let losses: Vec<f64> = lines.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(losses[5] < losses[0], "the loss did not go down: {losses:?}");
@@ -599,8 +610,13 @@ fn stop_resume_equals_uninterrupted(dir: &TempDir, data: &str, method: &[&str]) 
     ok(&first);
     let resumed = webpeft(&["train", "--model", &fixture("llama_gqa"), "--resume", &half, "--out", &half]);
     ok(&resumed);
-    let losses = |o: &std::process::Output| step_lines(o).iter().map(|l| l["loss"].to_string()).collect::<Vec<_>>();
+    // The loss and TRL's metrics, num_tokens counting on from the checkpoint.
+    let fields = ["loss", "entropy", "mean_token_accuracy", "num_tokens"];
+    let losses = |o: &std::process::Output| {
+        step_lines(o).iter().map(|l| fields.map(|f| l[f].to_string()).join(" ")).collect::<Vec<_>>()
+    };
     let both: Vec<String> = losses(&first).into_iter().chain(losses(&resumed)).collect();
+    assert_eq!(both[0].contains("null"), method.contains(&"--objective"), "SFT's metrics: {both:?}");
     assert_eq!(both, losses(&uninterrupted), "{method:?}: stopped and resumed vs uninterrupted");
     whole
 }

@@ -163,3 +163,59 @@ fn entropy_matches_reference() {
     let h = block_on(h.to_vec::<f32>(gpu)).unwrap()[0];
     assert!((h - 64f32.ln()).abs() < 1e-5, "{h}");
 }
+
+/// SFT's metrics per row against the reference: the weighted entropy, and a
+/// hit exactly where the target is torch.argmax's pick. The logits are
+/// rounded to quarters, so rows hold ties at their maximum, and some targets
+/// are set on the first or a later one of a tie (argmax keeps the first).
+#[test]
+fn metrics_match_reference_with_ties() {
+    use webpeft::kernels::cross_entropy::cross_entropy_metrics;
+    let gpu = gpu();
+    for (rows, vocab, seed) in [(41, 7, 31), (13, 517, 32), (3, 70_001, 33)] {
+        let logits: Vec<f32> = randn(seed, rows * vocab).into_iter().map(|v| (v * 4.0).round() / 4.0).collect();
+        let mut targets = targets(seed + 10, rows, vocab);
+        let mut rng = Rng::new(seed + 20);
+        for (r, t) in targets.iter_mut().enumerate() {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let tied: Vec<usize> = (0..vocab).filter(|&i| row[i] == top).collect();
+            match rng.below(3) {
+                0 => *t = tied[0] as i32,              // argmax's pick: a hit
+                1 => *t = tied[tied.len() - 1] as i32, // the last of the tie: a hit only alone
+                _ => {}
+            }
+        }
+        let weights: Vec<[f32; 2]> = (0..rows).map(|r| [(r % 3) as f32 * 0.25, 1.0 + (r % 2) as f32]).collect();
+        let tl = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+        let tt = Tensor::from_slice(gpu, &[rows], &targets).unwrap();
+        let flat: Vec<f32> = weights.iter().flatten().copied().collect();
+        let tw = Tensor::from_slice(gpu, &[rows, 2], &flat).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let (_, lse) = cross_entropy_forward(&mut rec, &tl, &tt).unwrap();
+        let m = cross_entropy_metrics(&mut rec, &tl, &tt, &lse, &tw).unwrap();
+        rec.submit().unwrap();
+        let lse = block_on(lse.to_vec::<f32>(gpu)).unwrap();
+        let want = cpu::cross_entropy_metrics(&logits, &targets, &lse, &weights, rows, vocab);
+        let got = block_on(m.to_vec::<f32>(gpu)).unwrap();
+        let (got_h, want_h): (Vec<f32>, Vec<f32>) = got.chunks(2).zip(&want).map(|(g, w)| (g[0], w[0])).unzip();
+        assert_close(&format!("weighted entropy {rows}x{vocab}"), &got_h, &want_h, 1e-5, 1e-5);
+        let got_hits: Vec<f32> = got.chunks(2).map(|g| g[1]).collect();
+        let want_hits: Vec<f32> = want.iter().map(|w| w[1]).collect();
+        assert_eq!(got_hits, want_hits, "hits {rows}x{vocab}");
+        let hits = want_hits.iter().filter(|&&h| h > 0.0).count();
+        let misses = targets.iter().zip(&want_hits).filter(|(&t, &h)| t != IGNORE_INDEX && h == 0.0).count();
+        assert!(hits > 0 && misses > 0, "{rows}x{vocab}: {hits} hits, {misses} misses");
+    }
+    // A tie's later member is not argmax's pick.
+    let tl = Tensor::from_slice(gpu, &[1, 5], &[0.0f32, 2.0, 1.0, 2.0, -1.0]).unwrap();
+    let tw = Tensor::from_slice(gpu, &[1, 2], &[0.0f32, 1.0]).unwrap();
+    for (target, hit) in [(1, 1.0), (3, 0.0), (2, 0.0), (IGNORE_INDEX, 0.0)] {
+        let tt = Tensor::from_slice(gpu, &[1], &[target]).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let (_, lse) = cross_entropy_forward(&mut rec, &tl, &tt).unwrap();
+        let m = cross_entropy_metrics(&mut rec, &tl, &tt, &lse, &tw).unwrap();
+        rec.submit().unwrap();
+        assert_eq!(block_on(m.to_vec::<f32>(gpu)).unwrap(), vec![0.0, hit], "target {target}");
+    }
+}

@@ -491,11 +491,11 @@ fn packed_padding_counts_as_one_more_example() {
     assert_eq!(plain.epoch(0)[0].position_ids, None);
     // NEFTune scales its noise by T of transformers' (B, T, D) embeddings: TRL's padding-free
     // collator makes packed rows one row of their 6 tokens; unpacked rows are padded to the longest.
-    assert_eq!((b.unpadded_tokens, b.noise_tokens()), (6, 6));
+    assert_eq!((b.unpadded_tokens(), b.noise_tokens()), (6, 6));
     let padded =
         Dataset::new("d", vec![ex(&[1, 2, 3]), ex(&[4, 5])], &DataOptions { shuffle: false, ..opts(4, 2) }, PAD);
     let b = &padded.unwrap().epoch(0)[0];
-    assert_eq!((b.input_ids[1].len(), b.unpadded_tokens, b.noise_tokens()), (3, 5, 3));
+    assert_eq!((b.input_ids[1].len(), b.lengths.clone(), b.noise_tokens()), (3, vec![3, 2], 3));
 }
 
 fn order(data: &Dataset, epoch: u64) -> Vec<u32> {

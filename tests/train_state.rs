@@ -240,27 +240,32 @@ fn several_adapters_share_one_base_and_switch() {
 }
 
 #[test]
-fn evaluation_is_the_token_weighted_mean_loss_and_its_perplexity() {
+fn evaluation_weighs_each_batch_s_mean_by_its_rows_as_transformers() {
     use webpeft::train::trainer::evaluate;
     let gpu = gpu();
     let model = model(gpu);
     let ad = lora(gpu, &model, 0.3); // dropout must be off in evaluation
     let data = batches();
-    // Each batch alone, then both: the mean is weighted by tokens.
-    let mut weighted = 0.0f64;
-    let mut tokens = 0;
-    for b in &data[..2] {
-        let mut masked = b.clone();
-        masked.labels[0][..5].iter_mut().for_each(|l| *l = -100); // unequal counts
-        let e = block_on(evaluate(gpu, &model, Some(&ad), std::slice::from_ref(&masked))).unwrap();
-        weighted += e.loss as f64 * e.tokens as f64;
-        tokens += e.tokens;
-    }
+    // Each batch alone, then both: transformers' evaluation loop repeats each batch's mean once a row,
+    // and TRL averages the batches' entropies and accuracies.
     let mut masked: Vec<Batch> = data[..2].to_vec();
-    masked.iter_mut().for_each(|b| b.labels[0][..5].iter_mut().for_each(|l| *l = -100));
+    masked.iter_mut().for_each(|b| b.labels[0][..5].iter_mut().for_each(|l| *l = -100)); // unequal counts
+    masked[1].input_ids.truncate(1); // and unequal rows
+    masked[1].labels.truncate(1);
+    masked[1].lengths.truncate(1);
+    let (mut weighted, mut rows, mut tokens, mut entropy, mut accuracy) = (0.0f64, 0, 0, 0.0f64, 0.0f64);
+    for b in &masked {
+        let e = block_on(evaluate(gpu, &model, Some(&ad), std::slice::from_ref(b))).unwrap();
+        weighted += e.loss as f64 * b.input_ids.len() as f64;
+        rows += b.input_ids.len();
+        tokens += e.tokens;
+        entropy += e.entropy as f64 / 2.0;
+        accuracy += e.mean_token_accuracy as f64 / 2.0;
+    }
     let e = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
     assert_eq!(e.tokens, tokens);
-    assert!((e.loss as f64 - weighted / tokens as f64).abs() < 1e-5, "{} vs {}", e.loss, weighted / tokens as f64);
+    assert!((e.loss as f64 - weighted / rows as f64).abs() < 1e-5, "{} vs {}", e.loss, weighted / rows as f64);
+    assert!((e.entropy as f64 - entropy).abs() < 1e-5 && (e.mean_token_accuracy as f64 - accuracy).abs() < 1e-6);
     assert!((e.perplexity - (e.loss as f64).exp()).abs() < 1e-9);
     // Evaluation has no dropout: twice the same numbers.
     let again = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();

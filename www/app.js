@@ -178,6 +178,7 @@ function onMessage(e) {
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
         (ev.kto ? `kl ${ev.kto.kl.toFixed(3)} · ` : "") +
         (kind === "grpo" ? `reward ${ev.reward.toFixed(3)} · ` : "") +
+        (ev.meanTokenAccuracy !== undefined ? `token accuracy ${(100 * ev.meanTokenAccuracy).toFixed(1)}% · ` : "") +
         `${speed.toFixed(0)} tokens/s · ETA ${eta.text}`;
       if (kind) {
         const grpoMetrics = kind === "grpo" ? { reward: ev.reward, rewardStd: ev.rewardStd, entropy: ev.entropy,

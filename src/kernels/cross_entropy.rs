@@ -93,6 +93,34 @@ pub fn cross_entropy_entropy(rec: &mut Recorder, logits: &Tensor, targets: &Tens
     Ok(entropy)
 }
 
+/// SFT's metrics of each row, (rows, 2): `weights[r][0]` × its softmax
+/// entropy (`lse − Σ_i softmax_i·logits_i`, from the forward's `lse`) and
+/// `weights[r][1]` where its target is the first largest logit (the token
+/// `torch.argmax` picks), 0 where not or where the target is ignored.
+///
+/// - logits: (rows, vocab); targets: (rows) i32; lse: (rows)
+/// - weights: (rows, 2) f32: each row's share of the two means (0 leaves a row out)
+pub fn cross_entropy_metrics(
+    rec: &mut Recorder,
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_metrics";
+    let (rows, vocab) = check(OP, logits, targets, Some(lse))?;
+    weights.expect_dtype(OP, "weights", DType::F32)?;
+    if weights.shape() != [rows, 2] {
+        return Err(Error::shape(OP, format!("weights {:?} must be ({rows}, 2)", weights.shape())));
+    }
+    if vocab == 0 {
+        return Err(Error::shape(OP, "logits have no columns"));
+    }
+    let metrics = rec.alloc(&[rows, 2], DType::F32)?;
+    launch(rec, OP, rows, vocab, 0.0, &[(1, logits), (2, targets), (5, lse), (10, weights), (11, &metrics)])?;
+    Ok(metrics)
+}
+
 /// dlogits (rows, vocab) = (softmax(logits) − onehot(target)) · scale, zero
 /// rows where the target is ignored. `scale` is the upstream gradient of the
 /// summed loss, usually 1 / (non-ignored rows of the whole accumulated batch).
@@ -164,6 +192,7 @@ pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
         "cross_entropy_backward_inplace",
         "cross_entropy_backward_rows_inplace",
         "cross_entropy_entropy",
+        "cross_entropy_metrics",
     ]
     .map(key)
     .to_vec()

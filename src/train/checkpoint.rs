@@ -10,7 +10,9 @@
 //!   absent from checkpoints written before it, read as a fresh one);
 //! - metadata `webpeft.training_state` = "1", `method`, `adapter_config`
 //!   (the adapter's `adapter_config.json`), `step`, `rng_state`,
-//!   `optimizer` (JSON) and `progress` (the caller's JSON).
+//!   `tokens_seen` (TRL's `num_tokens` so far; absent from checkpoints
+//!   written before it, read as 0), `optimizer` (JSON) and `progress` (the
+//!   caller's JSON).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -57,6 +59,7 @@ pub async fn save_checkpoint(gpu: &Gpu, trainer: &Trainer, model: &Config, progr
         ("adapter_config", trainer.adapter.config_json(model)),
         ("step", trainer.step.to_string()),
         ("rng_state", trainer.rng_state().to_string()),
+        ("tokens_seen", trainer.tokens_seen.to_string()),
         (
             "optimizer",
             json!({"beta1": o.beta1, "beta2": o.beta2, "eps": o.eps, "weight_decay": o.weight_decay,
@@ -88,6 +91,8 @@ pub struct CheckpointData {
     pub config: AdapterConfig,
     pub step: u64,
     pub rng_state: u64,
+    /// The SFT tokens trained on so far (`Trainer::tokens_seen`).
+    pub tokens_seen: u64,
     pub optimizer: OptimizerConfig,
     pub progress: Value,
     /// `param.`, `exp_avg.`, `exp_avg_sq.` tensors by adapter key.
@@ -115,6 +120,7 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
     }
     let num = |k: &str| get(k)?.parse::<u64>().map_err(|_| bad(format!("metadata `{k}` is not a whole number")));
     let (step, rng_state) = (num("step")?, num("rng_state")?);
+    let tokens_seen = if meta.contains_key("tokens_seen") { num("tokens_seen")? } else { 0 };
     let json = get("adapter_config")?.as_bytes();
     let method = get("method")?.clone();
     let config = AdapterConfig::from_json(&method, json).map_err(|e| match e {
@@ -160,7 +166,18 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<CheckpointData> {
             None => state.insert(key, values),
         };
     }
-    Ok(CheckpointData { method, config, step, rng_state, optimizer, progress, tensors, state, bco_running })
+    Ok(CheckpointData {
+        method,
+        config,
+        step,
+        rng_state,
+        tokens_seen,
+        optimizer,
+        progress,
+        tensors,
+        state,
+        bco_running,
+    })
 }
 
 /// Resumes a [`Trainer`] from checkpoint bytes for `model`; returns it with
@@ -199,7 +216,8 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     let v = parts.pop().expect("three parts");
     let m = parts.pop().expect("three parts");
     let adapter = parts.pop().expect("three parts");
-    let trainer = Trainer::from_parts(gpu, adapter, m, v, data.optimizer, data.step, data.rng_state)?;
+    let mut trainer = Trainer::from_parts(gpu, adapter, m, v, data.optimizer, data.step, data.rng_state)?;
+    trainer.tokens_seen = data.tokens_seen;
     let own = trainer.adapter.state_tensors();
     if own.len() != data.state.len() {
         return Err(bad(format!("{} state tensors, the method keeps {}", data.state.len(), own.len())));

@@ -80,8 +80,10 @@ pub struct Batch {
     /// KTO: each example's label (true: desirable); its rows are the B
     /// examples' own, then their B KL rows. `None` elsewhere.
     pub desirable: Option<Vec<bool>>,
-    /// The rows' tokens before padding, all rows together.
-    pub unpadded_tokens: usize,
+    /// Each row's tokens before its padding (the rest of the row is padding,
+    /// which the attention mask of transformers leaves out: TRL's SFT
+    /// metrics count these tokens only).
+    pub lengths: Vec<usize>,
     /// Preference data whose reference log-probabilities were precomputed
     /// (TRL's `precompute_ref_log_probs`): each row's, in row order.
     pub reference_logps: Option<Vec<f32>>,
@@ -99,15 +101,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An unpacked batch: each row one sequence at positions 0..T.
+    /// An unpacked batch: each row one sequence at positions 0..T, none
+    /// padded (set [`Batch::lengths`] for padded rows).
     pub fn new(input_ids: Vec<Vec<u32>>, labels: Vec<Vec<i32>>) -> Batch {
-        let unpadded_tokens = input_ids.iter().map(Vec::len).sum();
+        let lengths = input_ids.iter().map(Vec::len).collect();
         Batch {
             input_ids,
             labels,
             position_ids: None,
             desirable: None,
-            unpadded_tokens,
+            lengths,
             reference_logps: None,
             advantages: None,
             generated_tokens: 0,
@@ -115,12 +118,18 @@ impl Batch {
         }
     }
 
+    /// The rows' tokens before padding, all rows together (the attention
+    /// mask's sum).
+    pub fn unpadded_tokens(&self) -> usize {
+        self.lengths.iter().sum()
+    }
+
     /// T of the (B, T, D) embeddings that NEFTune's noise is scaled by, as
     /// transformers sees the batch: the rows' length, or for packed rows
     /// every token of the batch (TRL's padding-free collator makes them one row).
     pub fn noise_tokens(&self) -> usize {
         match self.position_ids {
-            Some(_) => self.unpadded_tokens,
+            Some(_) => self.unpadded_tokens(),
             None => self.input_ids.first().map_or(0, Vec::len),
         }
     }
@@ -828,7 +837,7 @@ impl Dataset {
                 let rows: Vec<&Example> = indices.iter().map(|&i| &self.rows[i]).collect();
                 let width = rows.iter().map(|row| row.input_ids.len()).max().unwrap_or(0);
                 let mut batch = Batch::new(Vec::with_capacity(rows.len()), Vec::new());
-                batch.unpadded_tokens = rows.iter().map(|row| row.input_ids.len()).sum();
+                batch.lengths = rows.iter().map(|row| row.input_ids.len()).collect();
                 for row in rows {
                     let mut ids = row.input_ids.clone();
                     ids.resize(width, self.pad_id);

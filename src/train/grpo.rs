@@ -583,6 +583,7 @@ pub fn completion_batches(
     for (chunk, adv) in rows.chunks(batch_size).zip(advantages.chunks(batch_size)) {
         let len = chunk.iter().map(|(p, c)| p.len() + c.len()).max().unwrap_or(0);
         let (mut input_ids, mut labels) = (Vec::new(), Vec::new());
+        let lengths = chunk.iter().map(|(p, c)| p.len() + c.len()).collect();
         for (prompt, completion) in chunk {
             let masked = mask_truncated && is_truncated(completion, eos, pad);
             let mut ids: Vec<u32> = prompt.iter().chain(completion.iter()).copied().collect();
@@ -594,6 +595,7 @@ pub fn completion_batches(
             labels.push(lab);
         }
         let mut batch = Batch::new(input_ids, labels);
+        batch.lengths = lengths;
         batch.advantages = Some(adv.to_vec());
         batch.generated_tokens = generated;
         out.push(batch);

@@ -15,4 +15,5 @@ pub mod preference_loss;
 pub mod recipe;
 pub mod run;
 pub mod schedule;
+pub mod sft_metrics;
 pub mod trainer;

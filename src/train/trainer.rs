@@ -31,6 +31,7 @@ use crate::train::data::Batch;
 use crate::train::grpo::{record_grpo_micro, GrpoRows};
 use crate::train::preference::Objective;
 use crate::train::preference_loss::{record_preference_eval, record_preference_micro, PairRows};
+use crate::train::sft_metrics::metric_weights;
 use crate::util::rng::Rng;
 
 /// The optimizer's settings for a run (the learning rate comes per step,
@@ -90,7 +91,15 @@ pub struct StepStats {
     pub kl: Option<f32>,
     /// GRPO: TRL's `entropy`, the mean entropy of the policy's next-token
     /// distribution (at the temperature) over the step's completion tokens.
+    /// SFT: `SFTTrainer`'s, the mean over each micro-batch's tokens (its
+    /// attention mask) averaged over the micro-batches (`train::sft_metrics`).
     pub entropy: Option<f32>,
+    /// SFT: TRL's `mean_token_accuracy`, the share of the labels the logits'
+    /// argmax predicts, each micro-batch's averaged over the micro-batches.
+    pub mean_token_accuracy: Option<f32>,
+    /// SFT: TRL's `num_tokens`, the tokens trained on so far (attention
+    /// masks' sums) in this run and the runs it resumes.
+    pub num_tokens: Option<u64>,
     /// GRPO: TRL's `clip_ratio/low_mean`, `clip_ratio/high_mean` and
     /// `clip_ratio/region_mean`, the fractions of completion tokens (GSPO:
     /// of completions) whose ratio the clipping cut (0 at a generation's
@@ -241,14 +250,22 @@ impl PreferenceEval {
     }
 }
 
-/// Loss over a held-out set.
+/// Loss and TRL's metrics over a held-out set, as `SFTTrainer.evaluate()`
+/// reports them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalStats {
-    /// Mean cross-entropy over every non-ignored target.
+    /// `eval_loss`: each batch's mean cross-entropy (over its non-ignored
+    /// targets), weighted by its rows, as transformers' evaluation loop. A
+    /// batch without a target to predict is left out (transformers: NaN).
     pub loss: f32,
     /// exp(loss).
     pub perplexity: f64,
+    /// The non-ignored targets.
     pub tokens: usize,
+    /// `eval_entropy` and `eval_mean_token_accuracy`: each batch's, averaged
+    /// over the batches (`train::sft_metrics`).
+    pub entropy: f32,
+    pub mean_token_accuracy: f32,
 }
 
 /// An adapter being trained: the parameters, their gradients, AdamW's two
@@ -281,6 +298,9 @@ pub struct Trainer {
     /// noise of magnitude α / √(T·D) to the embeddings, from one seed a
     /// micro-batch drawn after the dropout seeds. `None`: off.
     pub neftune_noise_alpha: Option<f32>,
+    /// TRL's `num_tokens`: the tokens (attention masks' sums) the SFT steps
+    /// so far trained on, this run's and those of the runs it resumes.
+    pub tokens_seen: u64,
     /// The run's peak learning rate (its schedule's base), which a step's
     /// `lr` is a fraction of: LoRA+'s embedding group is scaled by the same
     /// fraction, as PEFT's schedulers scale every group. `None`: each step's
@@ -335,6 +355,7 @@ impl Trainer {
             gradient_checkpointing: false,
             objective: Objective::Sft,
             neftune_noise_alpha: None,
+            tokens_seen: 0,
             base_lr: None,
         })
     }
@@ -415,6 +436,7 @@ impl Trainer {
         }
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
+        let mut weights = Vec::with_capacity(micro.len()); // SFT's metrics (train::sft_metrics)
         let mut pairs = Vec::new();
         let mut groups = Vec::new();
         let virtual_tokens = self.adapter.virtual_tokens();
@@ -452,6 +474,7 @@ impl Trainer {
             }
             let (targets, count) = shift_labels_after(&b.labels, model.config.vocab_size, virtual_tokens)?;
             tokens += count;
+            weights.push(metric_weights(b, &targets, virtual_tokens, 1.0 / micro.len() as f32));
             shifted.push(targets);
         }
         // (GRPO's completions may all be masked, truncated ones with mask_truncated_completions: a step of
@@ -481,6 +504,7 @@ impl Trainer {
         // The loss, then (preference) TRL's metrics: STATS values, the loss first.
         let stats = Tensor::zeros(gpu, &[STATS], DType::F32)?;
         let loss = stats.reshape_prefix(&[1])?;
+        let sft_metrics = Tensor::zeros(gpu, &[2], DType::F32)?; // entropy, mean_token_accuracy
         if let Objective::Preference(objective) = self.objective {
             let scale = 1.0 / micro.len() as f32; // the mean over micro-batches, as transformers' Trainer
             for ((b, rows), seed) in micro.iter().zip(&pairs).zip(&seeds) {
@@ -505,8 +529,10 @@ impl Trainer {
                 )?;
             }
         }
-        for (((b, targets), seed), noise) in micro.iter().zip(&shifted).zip(&seeds).zip(&noise) {
-            self.record_micro(&mut rec, model, b, targets, tokens, (*seed, *noise), &loss)?;
+        for ((((b, targets), weights), seed), noise) in micro.iter().zip(&shifted).zip(&weights).zip(&seeds).zip(&noise)
+        {
+            let metrics = (weights.as_slice(), &sft_metrics);
+            self.record_micro(&mut rec, model, b, (targets, tokens), (*seed, *noise), (&loss, metrics))?;
         }
         self.adapter.record_after_backward(&mut rec, &self.grads, &loss)?;
 
@@ -533,10 +559,11 @@ impl Trainer {
         }
         let done = StepDone { grads: &self.grads, clip: clip_on.then_some(&clip), step: number };
         self.adapter.record_after_update(&mut rec, done)?;
-        // Read back: [the clipping pair (norm, coefficient), stats (the loss first)].
-        let out = Tensor::zeros(gpu, &[2 + STATS], DType::F32)?;
+        // Read back: [the clipping pair (norm, coefficient), stats (the loss first), SFT's metrics].
+        let out = Tensor::zeros(gpu, &[2 + STATS + 2], DType::F32)?;
         rec.copy(&clip, 0, &out, 0, 8)?;
         rec.copy(&stats, 0, &out, 8, STATS as u64 * 4)?;
+        rec.copy(&sft_metrics, 0, &out, (2 + STATS as u64) * 4, 8)?;
         rec.submit()?;
         let read = match out.to_vec::<f32>(gpu).await {
             Ok(r) => r,
@@ -559,6 +586,10 @@ impl Trainer {
             return Err(Error::NonFinite { step: number, what, value });
         }
         self.step = number;
+        let sft = self.objective == Objective::Sft;
+        if sft {
+            self.tokens_seen += micro.iter().map(|b| b.unpadded_tokens() as u64).sum::<u64>();
+        }
         // Products of this step that the real-GPU kernels have no tuned block
         // for are timed now, once per shape class (kernels::tune): later steps
         // use the fastest. The step itself is done; were tuning to fail, the
@@ -593,9 +624,22 @@ impl Trainer {
             _ => None,
         };
         let grpo = matches!(self.objective, Objective::Grpo(_));
-        let entropy = grpo.then_some(read[4]);
+        let entropy = if sft { Some(read[2 + STATS]) } else { grpo.then_some(read[4]) };
         let clip_ratio = grpo.then_some([read[5], read[6], read[7]]);
-        Ok(StepStats { step: number, loss, lr, grad_norm, tokens, preference, kto, kl, entropy, clip_ratio })
+        Ok(StepStats {
+            step: number,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            preference,
+            kto,
+            kl,
+            entropy,
+            clip_ratio,
+            mean_token_accuracy: sft.then_some(read[3 + STATS]),
+            num_tokens: sft.then_some(self.tokens_seen),
+        })
     }
 
     /// Copies θ, m, v back from the copy taken before the failed step (and
@@ -634,17 +678,16 @@ impl Trainer {
     }
 
     /// Forward, loss (added into `loss` as Σ CE / total) and backward of one
-    /// micro-batch, gradients added into `self.grads`.
-    #[allow(clippy::too_many_arguments)] // one micro-batch: its data, targets, and the step's shared accumulators
+    /// micro-batch, gradients added into `self.grads`, its share of SFT's
+    /// metrics into `metrics.1` (`train::sft_metrics`).
     fn record_micro(
         &self,
         rec: &mut Recorder,
         model: &Model,
         batch: &Batch,
-        targets: &[i32],
-        total: usize,
+        (targets, total): (&[i32], usize),
         (seed, noise): (Option<u32>, Option<EmbeddingNoise>),
-        loss: &Tensor,
+        (loss, metrics): (&Tensor, (&[[f32; 2]], &Tensor)),
     ) -> Result<()> {
         let gpu = rec.gpu();
         let ids = model.input_ids(gpu, &batch.input_ids)?;
@@ -659,7 +702,7 @@ impl Trainer {
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
         let xn2 = xn.reshape(&[targets.len(), d])?;
-        let dxn = chunked_lm_loss(rec, &xn2, model.head(pass.hooks()), targets, scale, loss, true)?
+        let dxn = chunked_lm_loss(rec, &xn2, model.head(pass.hooks()), (targets, scale), loss, Some(metrics), true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
     }
@@ -721,8 +764,9 @@ pub async fn evaluate_preference(
     Ok(PreferenceEval::from_batches(loss, &per_batch))
 }
 
-/// Mean loss and perplexity of `model` (with `adapter`, if any) over
-/// `batches`: one submission per batch, one read-back at the end.
+/// `model`'s (with `adapter`, if any) loss, perplexity and TRL's metrics over
+/// `batches`, as `SFTTrainer.evaluate()` reports them ([`EvalStats`]): one
+/// submission per batch, one read-back at the end.
 pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batches: &[Batch]) -> Result<EvalStats> {
     const OP: &str = "evaluate";
     let vocab = model.config.vocab_size;
@@ -733,8 +777,14 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
     if tokens == 0 {
         return Err(Error::invalid(OP, "the evaluation set has no token with a label"));
     }
+    // transformers repeats each batch's mean loss once a row.
+    let rows: usize = batches.iter().zip(&shifted).filter(|(_, (_, n))| *n > 0).map(|(b, _)| b.input_ids.len()).sum();
+    let share = 1.0 / batches.len() as f32;
     let sum = Tensor::zeros(gpu, &[1], DType::F32)?;
-    for (b, (targets, _)) in batches.iter().zip(&shifted) {
+    let metrics = Tensor::zeros(gpu, &[2], DType::F32)?;
+    for (b, (targets, count)) in batches.iter().zip(&shifted) {
+        let scale = if *count == 0 { 0.0 } else { b.input_ids.len() as f32 / (rows as f32 * *count as f32) };
+        let weights = metric_weights(b, targets, virtual_tokens, share);
         let mut rec = Recorder::new(gpu);
         let ids = model.input_ids(gpu, &b.input_ids)?;
         // The logits in row chunks, as in training: never (B·T, V) at once.
@@ -744,9 +794,12 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
         let xn = xn.reshape(&[targets.len(), d])?;
-        chunked_lm_loss(&mut rec, &xn, model.head(hooks_of(adapter)), targets, 1.0 / tokens as f32, &sum, false)?;
+        let head = model.head(hooks_of(adapter));
+        chunked_lm_loss(&mut rec, &xn, head, (targets, scale), &sum, Some((&weights, &metrics)), false)?;
         rec.submit()?;
     }
     let loss = sum.to_vec::<f32>(gpu).await?[0];
-    Ok(EvalStats { loss, perplexity: (loss as f64).exp(), tokens })
+    let [entropy, mean_token_accuracy] = <[f32; 2]>::try_from(metrics.to_vec::<f32>(gpu).await?)
+        .map_err(|v| Error::shape(OP, format!("read {} metrics, want 2", v.len())))?;
+    Ok(EvalStats { loss, perplexity: (loss as f64).exp(), tokens, entropy, mean_token_accuracy })
 }

@@ -807,7 +807,8 @@ impl WebModel {
         })
     }
 
-    /// Mean loss and perplexity on held-out data, with the adapter `name`
+    /// Loss, perplexity and TRL's entropy and token accuracy on held-out
+    /// data, as `SFTTrainer.evaluate()` reports them, with the adapter `name`
     /// (`adapter: null` for the base model; absent: the active one).
     #[wasm_bindgen(unchecked_return_type = "Promise<EvalResult>")]
     pub fn evaluate(
@@ -1075,7 +1076,8 @@ async fn evaluate_held_out(
         return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
     }
     let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
-    to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens}))
+    to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens, "entropy": e.entropy,
+                              "meanTokenAccuracy": e.mean_token_accuracy}))
 }
 
 async fn one_step(
@@ -1102,6 +1104,9 @@ async fn one_step(
         grad_norm: s.grad_norm,
         tokens: s.tokens,
         tokens_per_second: s.tokens as f64 / secs,
+        entropy: s.mean_token_accuracy.and(s.entropy),
+        mean_token_accuracy: s.mean_token_accuracy,
+        num_tokens: s.num_tokens,
         step_seconds: secs,
         eta_seconds: clock.eta(total.saturating_sub(s.step)),
         rewards: s.preference.map(|p| Rewards {

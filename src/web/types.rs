@@ -206,6 +206,9 @@ export interface TrainOptions {
 export interface StepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; tokens: number;
   tokensPerSecond: number; stepSeconds: number; etaSeconds: number;
+  /** SFT: TRL's entropy and mean_token_accuracy (each micro-batch's mean over its tokens, averaged over the
+   * micro-batches) and num_tokens (the tokens trained on so far, padding left out). */
+  entropy?: number; meanTokenAccuracy?: number; numTokens?: number;
   /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
    * logps/chosen, logps/rejected, and nll_loss (ORPO, CPO, and DPO with rpoAlpha). */
   rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; logpsChosen: number;
@@ -276,7 +279,11 @@ export interface PreferenceEvalOptions extends EvalOptions {
   discopopTau?: number; referenceFree?: boolean; fDivergenceType?: string; fAlphaDivergenceCoef?: number;
   cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number; desirableWeight?: number; undesirableWeight?: number;
 }
-export interface EvalResult { loss: number; perplexity: number; tokens: number; }
+/** SFTTrainer.evaluate()'s eval_loss (each batch's mean, weighted by its rows), its exp, the labelled tokens,
+ * and TRL's eval_entropy and eval_mean_token_accuracy (each batch's, averaged over the batches). */
+export interface EvalResult {
+  loss: number; perplexity: number; tokens: number; entropy: number; meanTokenAccuracy: number;
+}
 /** TRL's eval_loss (batches weighted by their pairs) and its metrics without the "eval_" prefix
  * ("rewards/chosen", "rewards/accuracies", …). */
 export interface PreferenceEvalResult { loss: number; metrics: Record<string, number>; batches: number; }
@@ -413,6 +420,13 @@ pub struct StepEvent {
     pub grad_norm: f32,
     pub tokens: usize,
     pub tokens_per_second: f64,
+    /// SFT: TRL's `entropy`, `mean_token_accuracy` and `num_tokens` (the tokens trained on so far).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_token_accuracy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_tokens: Option<u64>,
     pub step_seconds: f64,
     pub eta_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]

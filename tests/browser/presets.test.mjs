@@ -272,7 +272,7 @@ test("at phone width (390 × 844): no sideways scroll, the controls visible and 
   await page.waitForSelector("body[data-trained=done]", { timeout: 180_000 }); // five toy steps take ~10 s here
   const statuses = await page.evaluate(() => window.statuses);
   const at = (step) => statuses.find((s) => s.startsWith(`step ${step}/5 `));
-  for (const step of [1, 2]) assert.match(at(step), /· [\d.]+ tokens\/s · ETA estimating…/, `step ${step}`);
+  for (const step of [1, 2]) assert.match(at(step), /· token accuracy [\d.]+% · [\d.]+ tokens\/s · ETA estimating…/, `step ${step}`);
   for (const step of [3, 4]) assert.match(at(step), /· ETA (\d+ s|\d+ min \d+ s)$/, `step ${step}`);
   assert.match(at(5), /· ETA 0 s/);
   fs.writeFileSync(path.join(out, "statuses.json"), JSON.stringify(statuses, null, 2));

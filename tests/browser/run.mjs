@@ -450,8 +450,14 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       let paused = false;
       again.pause(); paused = again.isPaused(); again.resume();
       const resumed = [];
-      const summary = await again.train((x) => resumed.push(x.loss));
+      let resumedTokens = 0;
+      const summary = await again.train((x) => { resumed.push(x.loss); resumedTokens = x.numTokens; });
       if (JSON.stringify(rest) !== JSON.stringify(resumed)) throw new Error("resume differs: " + rest + " vs " + resumed);
+      // TRL's SFT metrics: each step trains on both rows, and num_tokens counts on through the checkpoint.
+      if (!(e.entropy > 0) || !(e.meanTokenAccuracy >= 0 && e.meanTokenAccuracy <= 1) || !(e.numTokens > 0) ||
+          tail[1].numTokens !== 3 * e.numTokens || resumedTokens !== tail[1].numTokens) {
+        throw new Error("SFT metrics " + JSON.stringify({ e, tail, resumedTokens }));
+      }
       // Held-out pairs under DPO: TRL's eval_loss and reward metrics.
       const heldOut = [{ prompt: "The robot", chosen: " watered the garden.", rejected: " sang." },
         { prompt: "The little robot", chosen: " sang.", rejected: " the the." }];
@@ -596,6 +602,9 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const [la, la2] = [(await model.evaluate(data, { adapter: "ad" })).loss, (await model.evaluate(data, { adapter: "ad2" })).loss];
       if (!(Math.abs(la - la2) < 1e-5)) throw new Error("adalora: eval " + la + " vs imported " + la2);
       const ev = await model.evaluate(data, { adapter: "c" });
+      if (!(ev.entropy > 0) || !(ev.meanTokenAccuracy >= 0 && ev.meanTokenAccuracy <= 1)) {
+        throw new Error("evaluate's metrics " + JSON.stringify(ev));
+      }
       // An f16 base (unpack2x16float, no shader-f16 needed) against an f32 one.
       const url = new URL("/model/", location.href).href;
       const [m32, m16] = [await Model.fromUrl(gpu, url, { quant: "f32" }), await Model.fromUrl(gpu, url, { quant: "f16" })];

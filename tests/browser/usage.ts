@@ -71,7 +71,10 @@ export async function example(data: string): Promise<void> {
   let streamed = 0;
   const ggufBytes: number = await model.exportGguf("a", gguf, (chunk: Uint8Array) => { streamed += chunk.length; });
   console.log(ggufBytes === streamed);
-  console.log(fits, first?.step, summary.state, out.text, zip.length, (await model.evaluate([{ text: "x" }], {})).perplexity);
+  const evaluated = await model.evaluate([{ text: "x" }], {});
+  const accuracy: number | undefined = first?.meanTokenAccuracy;
+  console.log(fits, first?.step, summary.state, out.text, zip.length, evaluated.perplexity, evaluated.meanTokenAccuracy, accuracy,
+    first?.entropy, first?.numTokens);
   const held: PreferenceRecord[] = [{ prompt: "Hi", chosen: " there.", rejected: " no." }];
   const judged: PreferenceEvalResult = await model.evaluatePreference(held, { objective: "dpo", beta: 0.1, batchSize: 1 });
   console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);

@@ -472,6 +472,13 @@ struct StepLine {
     lr: f64,
     grad_norm: f32,
     tokens_per_s: f64,
+    /// SFT: TRL's `entropy`, `mean_token_accuracy` and `num_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entropy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_token_accuracy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_tokens: Option<u64>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     rewards: Option<RewardsLine>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -558,6 +565,11 @@ struct EvalLine {
     eval_loss: f32,
     eval_perplexity: f64,
     eval_tokens: usize,
+    /// TRL's `eval_entropy`, `eval_mean_token_accuracy` and `eval_num_tokens`
+    /// (the tokens trained on so far).
+    eval_entropy: f32,
+    eval_mean_token_accuracy: f32,
+    eval_num_tokens: u64,
 }
 
 /// A library error about an adapter option, reworded for the flag that set it
@@ -904,8 +916,15 @@ async fn eval_line(
 ) -> Result<(String, f32), Box<dyn std::error::Error>> {
     if run.trainer.objective == Objective::Sft {
         let stats = run.evaluate(gpu, model, eval).await?;
-        let line =
-            EvalLine { step, eval_loss: stats.loss, eval_perplexity: stats.perplexity, eval_tokens: stats.tokens };
+        let line = EvalLine {
+            step,
+            eval_loss: stats.loss,
+            eval_perplexity: stats.perplexity,
+            eval_tokens: stats.tokens,
+            eval_entropy: stats.entropy,
+            eval_mean_token_accuracy: stats.mean_token_accuracy,
+            eval_num_tokens: run.trainer.tokens_seen,
+        };
         return Ok((serde_json::to_string(&line)?, stats.loss));
     }
     let e = run.trainer.evaluate_preference(gpu, model, &eval.epoch(0)).await?;
@@ -1156,6 +1175,9 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                     lr: s.lr,
                     grad_norm: s.grad_norm,
                     tokens_per_s: s.tokens as f64 / secs.max(1e-9),
+                    entropy: s.mean_token_accuracy.and(s.entropy),
+                    mean_token_accuracy: s.mean_token_accuracy,
+                    num_tokens: s.num_tokens,
                     rewards: s.preference.as_ref().map(RewardsLine::of),
                     kto: s.kto.as_ref().map(KtoLine::of),
                 };

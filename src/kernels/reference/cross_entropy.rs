@@ -51,6 +51,34 @@ pub fn cross_entropy_entropy(logits: &[f32], targets: &[i32], lse: &[f32], rows:
         .collect()
 }
 
+/// SFT's metrics of each row, (rows): `[weights[r][0] · entropy,
+/// weights[r][1] · hit]`, the entropy as [`cross_entropy_entropy`]'s and hit
+/// 1 where the target is the row's first largest logit (`torch.argmax`), 0
+/// where not or ignored.
+pub fn cross_entropy_metrics(
+    logits: &[f32],
+    targets: &[i32],
+    lse: &[f32],
+    weights: &[[f32; 2]],
+    rows: usize,
+    vocab: usize,
+) -> Vec<[f32; 2]> {
+    check_shapes("cross_entropy_metrics", logits, targets, rows, vocab);
+    assert_eq!(weights.len(), rows, "cross_entropy_metrics: weights");
+    let every = vec![0; rows]; // a target for every row: the entropy counts where its weight says
+    let entropy = cross_entropy_entropy(logits, &every, lse, rows, vocab);
+    (0..rows)
+        .map(|r| {
+            let x = &logits[r * vocab..(r + 1) * vocab];
+            // The first of the largest, as torch.argmax.
+            let argmax = (1..vocab).fold(0, |best, i| if x[i] > x[best] { i } else { best });
+            let hit = target_index(targets[r], vocab) == Some(argmax);
+            let [we, wh] = weights[r];
+            [if we == 0.0 { 0.0 } else { we * entropy[r] }, if hit { wh } else { 0.0 }]
+        })
+        .collect()
+}
+
 /// `dlogits = (softmax(logits) - onehot(target)) * scale`, zero rows where the
 /// target is ignored.
 ///

@@ -10,7 +10,7 @@
 use super::head::Head;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward};
+use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward, cross_entropy_metrics};
 use crate::kernels::elementwise::fill;
 use crate::kernels::matmul::{gemm, Gemm};
 
@@ -125,13 +125,16 @@ pub fn logits_chunk_rows(vocab: usize, max_binding: u64) -> usize {
 /// - scale: 1 / (non-ignored targets of the whole accumulated batch)
 /// - loss: (1), added to; returns dxn (M, D) when `grad`, nothing (and no
 ///   backward work) for evaluation
+/// - metrics: `(weights (M), sums (2))`: adds Σ weights[r][0]·entropy(row r)
+///   and Σ weights[r][1]·[target r is the row's argmax] into `sums`, SFT's
+///   `entropy` and `mean_token_accuracy` ([`cross_entropy_metrics`])
 pub fn chunked_lm_loss(
     rec: &mut Recorder,
     xn: &Tensor,
     head: Head,
-    targets: &[i32],
-    scale: f32,
+    (targets, scale): (&[i32], f32),
     loss: &Tensor,
+    metrics: Option<(&[[f32; 2]], &Tensor)>,
     grad: bool,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "chunked_lm_loss";
@@ -143,6 +146,18 @@ pub fn chunked_lm_loss(
             OP,
             format!("xn {:?} and {} targets for a ({v}, {d}) head", xn.shape(), targets.len()),
         ));
+    }
+    if let Some((weights, sums)) = metrics {
+        if weights.len() != m || sums.shape() != [2] {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{} metric weights and sums {:?} for {m} rows: need ({m}) and (2)",
+                    weights.len(),
+                    sums.shape()
+                ),
+            ));
+        }
     }
     let gpu = rec.gpu();
     let chunk = logits_chunk_rows(v, gpu.max_binding_bytes()).min(m.max(1));
@@ -165,6 +180,15 @@ pub fn chunked_lm_loss(
         let (token_loss, lse) = cross_entropy_forward(rec, &logits_n, &t)?;
         let ones_n = ones.reshape_prefix(&[n, 1])?;
         gemm(rec, &Gemm::new(1, 1, n, false, false).alpha(scale).accumulate(true), &token_loss, &ones_n, loss)?;
+        if let Some((weights, sums)) = metrics {
+            // Before the backward turns the logits into dlogits.
+            let w =
+                Tensor::from_slice(gpu, &[n, 2], bytemuck::cast_slice::<[f32; 2], f32>(&weights[start..start + n]))?;
+            let per_row = cross_entropy_metrics(rec, &logits_n, &t, &lse, &w)?; // (n, 2)
+            let sum = Gemm::new(1, 2, n, false, false).accumulate(true);
+            gemm(rec, &sum, &ones_n.reshape(&[1, n])?, &per_row, &sums.reshape(&[1, 2])?)?;
+            // sums += 1ᵀ·per_row
+        }
         if let (Some(dxn), Some(dx_c)) = (&dxn, &dx_c) {
             cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
             let dx_n = dx_c.reshape_prefix(&[n, d])?;
