@@ -1832,9 +1832,15 @@ fn train_grpo_samples_scores_and_steps() {
     ok(&out);
     let lines = step_lines(&out);
     assert_eq!(lines.len(), 2, "{lines:?}");
-    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl"] {
+    for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "rewards/cmd_1/std"] {
         assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
     }
+    // TRL's completions/* and num_tokens, which counts on over the generations.
+    let (min, max) = (column(&lines, "completions/min_length"), column(&lines, "completions/max_length"));
+    let terminated = column(&lines, "completions/max_terminated_length");
+    assert!((0..2).all(|i| min[i] <= max[i] && max[i] <= 6.0 && terminated[i] <= max[i]), "{lines:?}");
+    let tokens = column(&lines, "num_tokens");
+    assert!(tokens[0] > 4.0 * min[0] && tokens[1] > tokens[0], "{lines:?}");
     assert_eq!(column(&lines, "rewards/think_format_reward/mean"), [0.0; 2], "{lines:?}");
     assert_eq!(column(&lines, "rewards/cmd_1/mean"), column(&lines, "completions/mean_length"), "{lines:?}");
     assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");

@@ -81,6 +81,61 @@ fn the_advantages(c: &Value, scale: ScaleRewards) -> Vec<f32> {
 /// Each gradient by its key.
 type Named = Vec<(String, Vec<f32>)>;
 
+/// TRL's generation metrics (its `_generate` on the fixed completions, and
+/// `_generate_and_score_completions`): each reward function's nanmean and
+/// nanstd (reward_b has a None), the completions' lengths, and num_tokens.
+#[test]
+fn generation_metrics_match_trl() {
+    use webpeft::train::grpo::{reward_stats, CompletionLengths};
+    let c = cases();
+    let prompts: Vec<Vec<u32>> = c["prompt_ids"].as_array().unwrap().iter().map(ids).collect();
+    let completions: Vec<Vec<u32>> = c["completion_ids"].as_array().unwrap().iter().map(ids).collect();
+    let rewards: Vec<Vec<Option<f32>>> = (0..2)
+        .map(|f| c["rewards"].as_array().unwrap().iter().map(|r| r[f].as_f64().map(|x| x as f32)).collect())
+        .collect();
+    let stats = reward_stats(&rewards);
+    let l = CompletionLengths::of(&completions, &[EOS], PAD);
+    let tokens: usize = completions.iter().enumerate().map(|(i, c)| prompts[i / 3].len() + c.len()).sum();
+    let mut compared = 0;
+    for (name, case) in c["cases"].as_object().unwrap() {
+        // The TRL-loop cases log them with the generation's first step (their rewards are reward_c's).
+        let m = case.get("metrics").unwrap_or(&case["steps"][0]);
+        let close = |got: f32, key: &str| {
+            let want = m[key].as_f64().unwrap() as f32;
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{name} {key}: {got} vs TRL's {want}");
+        };
+        for (i, (mean, std)) in stats.iter().enumerate().filter(|_| m.get("rewards/reward_a/mean").is_some()) {
+            let f = ["reward_a", "reward_b"][i];
+            close(*mean, &format!("rewards/{f}/mean"));
+            close(*std, &format!("rewards/{f}/std"));
+        }
+        for (got, key) in [
+            (l.mean, "mean_length"),
+            (l.min, "min_length"),
+            (l.max, "max_length"),
+            (l.clipped_ratio, "clipped_ratio"),
+            (l.mean_terminated, "mean_terminated_length"),
+            (l.min_terminated, "min_terminated_length"),
+            (l.max_terminated, "max_terminated_length"),
+        ] {
+            close(got, &format!("completions/{key}"));
+        }
+        if let Some(n) = m["num_tokens"].as_u64() {
+            assert_eq!(n as usize, tokens, "{name}: num_tokens");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 10);
+    // The fixed completions end and run out both ways, and reward_b leaves one out.
+    assert!(0.0 < l.clipped_ratio && l.clipped_ratio < 1.0 && l.min_terminated < l.max_terminated, "{l:?}");
+    assert!(rewards[1].iter().any(Option::is_none));
+    // TRL's edge cases: no completion ended (its terminated lengths are 0), a function with one score or none.
+    let cut = CompletionLengths::of(&[vec![5, 6], vec![7]], &[EOS], PAD);
+    assert_eq!((cut.clipped_ratio, cut.mean_terminated, cut.max_terminated, cut.mean), (1.0, 0.0, 0.0, 1.5));
+    let one = reward_stats(&[vec![Some(2.0), None], vec![None, None]]);
+    assert!(one[0].0 == 2.0 && one[0].1.is_nan() && one[1].0.is_nan() && one[1].1.is_nan(), "{one:?}");
+}
+
 /// The step's loss, kl, entropy and gradients at lr 0 over `micro`.
 fn step(model: &Model, loss: GrpoLoss, micro: &[Batch]) -> (f32, [Option<f32>; 2], Named) {
     let gpu = gpu();
@@ -539,6 +594,13 @@ fn matches_trls_training_loop(name: &str) {
     let s = block_on(grpo_step(gpu, &model, &mut trainer, (&prompts, &completions), &rewards, &settings, &schedule))
         .unwrap();
     assert_eq!(s.steps.len(), 2);
+    // The generation's metrics, which TRL logs with the first step.
+    let first = &case["steps"][0];
+    let w = |k: &str| first[k].as_f64().unwrap() as f32;
+    assert_eq!(s.num_tokens, w("num_tokens") as u64);
+    assert!((s.reward_stds[0] - w("rewards/reward_c/std")).abs() <= 1e-6, "{:?} vs {first}", s.reward_stds);
+    assert!((s.lengths.mean - w("completions/mean_length")).abs() <= 1e-6);
+    assert_eq!(s.lengths.max_terminated, w("completions/max_terminated_length"));
     for (got, want) in s.steps.iter().zip(case["steps"].as_array().unwrap()) {
         let w = |k: &str| want[k].as_f64().unwrap() as f32;
         eprintln!(

@@ -613,13 +613,68 @@ pub struct GrpoStepStats {
     pub rewards: Vec<f32>,
     /// `reward`, `reward_std`, `frac_reward_zero_std` and the advantages.
     pub advantages: Advantages,
-    /// `rewards/<function>/mean`: each function's mean over the completions
-    /// it scored (missing rewards left out), in the functions' order.
+    /// `rewards/<function>/mean` and `rewards/<function>/std`: each
+    /// function's over the completions it scored (missing rewards left out,
+    /// NaN where fewer than one and two remain), in the functions' order.
     pub reward_means: Vec<f32>,
-    /// `completions/mean_length`.
-    pub mean_length: f32,
-    /// `completions/clipped_ratio`: the fraction that ran out of tokens.
+    pub reward_stds: Vec<f32>,
+    /// `completions/*`.
+    pub lengths: CompletionLengths,
+    /// `num_tokens`: the prompt and completion tokens of every generation so
+    /// far ([`Trainer::tokens_seen`](crate::train::trainer::Trainer::tokens_seen)).
+    pub num_tokens: u64,
+}
+
+/// TRL's `completions/*` metrics of one generation's completions (its
+/// `_generate`), each an f32 as torch's float mean, min and max.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct CompletionLengths {
+    /// `mean_length`, `min_length`, `max_length`: completion tokens (up to
+    /// and with the eos).
+    pub mean: f32,
+    pub min: f32,
+    pub max: f32,
+    /// `clipped_ratio`: the share that ran out of tokens ([`is_truncated`]).
     pub clipped_ratio: f32,
+    /// `mean_terminated_length`, `min_…`, `max_…`: of the ones that ended (0
+    /// when none did, as TRL's).
+    pub mean_terminated: f32,
+    pub min_terminated: f32,
+    pub max_terminated: f32,
+}
+
+impl CompletionLengths {
+    pub fn of(completions: &[Vec<u32>], eos: &[u32], pad: u32) -> CompletionLengths {
+        // (mean, min, max) of lengths as f32; [0] for none, as TRL's torch.zeros(1).
+        let summary = |lengths: &[usize]| {
+            let lengths = if lengths.is_empty() { &[0][..] } else { lengths };
+            let sum = lengths.iter().sum::<usize>() as f32;
+            let (min, max) = (lengths.iter().min().copied(), lengths.iter().max().copied());
+            (sum / lengths.len() as f32, min.unwrap_or(0) as f32, max.unwrap_or(0) as f32)
+        };
+        let all: Vec<usize> = completions.iter().map(Vec::len).collect();
+        let ended: Vec<usize> = completions.iter().filter(|c| !is_truncated(c, eos, pad)).map(Vec::len).collect();
+        let (mean, min, max) = summary(&all);
+        let (mean_terminated, min_terminated, max_terminated) = summary(&ended);
+        let clipped_ratio = (all.len() - ended.len()) as f32 / all.len().max(1) as f32;
+        CompletionLengths { mean, min, max, clipped_ratio, mean_terminated, min_terminated, max_terminated }
+    }
+}
+
+/// Each reward function's `(mean, std)` over the completions it scored, as
+/// TRL's `nanmean` and `nanstd` (Bessel's correction): NaN for a mean of
+/// none and a std of fewer than two.
+pub fn reward_stats(rewards: &[Vec<Option<f32>>]) -> Vec<(f32, f32)> {
+    rewards
+        .iter()
+        .map(|f| {
+            let kept: Vec<f64> = f.iter().flatten().map(|&r| r as f64).collect();
+            let n = kept.len() as f64;
+            let mean = kept.iter().sum::<f64>() / n;
+            let variance = kept.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / n * (n / (n - 1.0));
+            (mean as f32, variance.sqrt() as f32)
+        })
+        .collect()
 }
 
 /// The settings of a GRPO run beyond the loss's.
@@ -823,21 +878,17 @@ pub async fn grpo_step(
         let lr = schedule.lr(trainer.step);
         steps.push(trainer.step(gpu, model, micro, lr).await?);
     }
-    let reward_means = rewards
-        .iter()
-        .map(|f| {
-            let kept: Vec<f32> = f.iter().flatten().copied().collect();
-            kept.iter().sum::<f32>() / kept.len().max(1) as f32
-        })
-        .collect();
-    let n = completions.len().max(1) as f32;
-    let clipped = completions.iter().filter(|c| is_truncated(c, &settings.eos, settings.pad)).count();
+    // TRL's num_tokens: every row's prompt and completion, once a generation.
+    let generation_tokens: usize = completions.iter().enumerate().map(|(i, c)| prompts[i / g].len() + c.len()).sum();
+    trainer.tokens_seen += generation_tokens as u64;
+    let (reward_means, reward_stds) = reward_stats(rewards).into_iter().unzip();
     Ok(GrpoStepStats {
         steps,
         rewards: combined,
         advantages,
         reward_means,
-        mean_length: completions.iter().map(Vec::len).sum::<usize>() as f32 / n,
-        clipped_ratio: clipped as f32 / n,
+        reward_stds,
+        lengths: CompletionLengths::of(completions, &settings.eos, settings.pad),
+        num_tokens: trainer.tokens_seen,
     })
 }

@@ -259,12 +259,16 @@ export interface GrpoCompletion { prompt: string; completion: string; completion
   fields: Record<string, unknown>; }
 /** One reward a completion, or null for none (TRL's None: left out of the weighted sum). */
 export type RewardFunction = (completions: GrpoCompletion[]) => (number | null)[] | Promise<(number | null)[]>;
-/** A GRPO step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean (rewardMeans, in the
- * functions' order), completions/mean_length, completions/clipped_ratio, entropy and kl (with beta), and the step's
+/** A GRPO step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean and /std (rewardMeans,
+ * rewardStds, in the functions' order; NaN where a function scored fewer than one and two completions),
+ * completions/mean_length, min_length, max_length, clipped_ratio, mean_, min_ and max_terminated_length, num_tokens
+ * (prompt and completion tokens of every generation so far), entropy and kl (with beta), and the step's
  * completions with their combined rewards. */
 export interface GrpoStepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; reward: number; rewardStd: number;
-  fracRewardZeroStd: number; rewardMeans: number[]; meanLength: number; clippedRatio: number; kl?: number;
+  fracRewardZeroStd: number; rewardMeans: number[]; rewardStds: number[]; meanLength: number; minLength: number;
+  maxLength: number; clippedRatio: number; meanTerminatedLength: number; minTerminatedLength: number;
+  maxTerminatedLength: number; numTokens: number; kl?: number;
   entropy: number;
   /** TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (of the last optimizer step). */
   clipRatio: [number, number, number];

@@ -495,6 +495,8 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       const g0 = gev[0];
       if (gsum.state !== "done" || gev.length !== 2 || rewardCalls !== 2 || g0.completions.length !== 4 ||
           g0.rewardMeans.length !== 2 || Math.abs(g0.rewardMeans[0] - g0.meanLength) > 1e-6 || g0.rewardMeans[1] !== 0 ||
+          g0.rewardStds.length !== 2 || g0.rewardStds[1] !== 0 || !(g0.numTokens > 4 * g0.meanLength) ||
+          !(g0.minLength <= g0.meanLength && g0.meanLength <= g0.maxLength) ||
           !(Math.abs(g0.kl) < 1e-6) || !Number.isFinite(gev[1].kl) || !(g0.entropy > 0) || typeof seenCompletion.prompt !== "string" ||
           !Array.isArray(seenCompletion.completionIds) || typeof seenCompletion.fields !== "object") {
         throw new Error("GRPO events " + JSON.stringify(gev.map((x) => ({ ...x, completions: x.completions.length }))) +

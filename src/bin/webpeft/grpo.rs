@@ -378,11 +378,23 @@ async fn cli_step(
     generation_line.insert("reward".into(), json!(s.advantages.reward));
     generation_line.insert("reward_std".into(), json!(s.advantages.reward_std));
     generation_line.insert("frac_reward_zero_std".into(), json!(s.advantages.frac_reward_zero_std));
-    for (i, (r, mean)) in rewards.iter().zip(&s.reward_means).enumerate() {
+    for (i, ((r, mean), std)) in rewards.iter().zip(&s.reward_means).zip(&s.reward_stds).enumerate() {
         generation_line.insert(format!("rewards/{}/mean", r.name(i)), json!(mean));
+        generation_line.insert(format!("rewards/{}/std", r.name(i)), json!(std));
     }
-    generation_line.insert("completions/mean_length".into(), json!(s.mean_length));
-    generation_line.insert("completions/clipped_ratio".into(), json!(s.clipped_ratio));
+    let l = &s.lengths;
+    for (key, value) in [
+        ("mean_length", l.mean),
+        ("min_length", l.min),
+        ("max_length", l.max),
+        ("clipped_ratio", l.clipped_ratio),
+        ("mean_terminated_length", l.mean_terminated),
+        ("min_terminated_length", l.min_terminated),
+        ("max_terminated_length", l.max_terminated),
+    ] {
+        generation_line.insert(format!("completions/{key}"), json!(value));
+    }
+    generation_line.insert("num_tokens".into(), json!(s.num_tokens));
     Ok(s.steps
         .iter()
         .map(|step| {
@@ -398,8 +410,11 @@ async fn cli_step(
                 line.insert("entropy".into(), json!(entropy));
             }
             if let Some([low, high, region]) = step.clip_ratio {
+                // On one device TRL's low_min and high_max (over the processes) are the means.
                 line.insert("clip_ratio/low_mean".into(), json!(low));
+                line.insert("clip_ratio/low_min".into(), json!(low));
                 line.insert("clip_ratio/high_mean".into(), json!(high));
+                line.insert("clip_ratio/high_max".into(), json!(high));
                 line.insert("clip_ratio/region_mean".into(), json!(region));
             }
             line
