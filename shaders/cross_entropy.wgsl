@@ -6,6 +6,8 @@
 //   cross_entropy_backward_rows_inplace  the same with a scale per row (preference losses)
 //   cross_entropy_entropy           entropy = lse − Σ_i softmax_i·logits_i, the softmax's entropy
 //                                   (GRPO's metric), 0 on ignored rows
+//   cross_entropy_dft               DFT's weights (TRL's SFT loss_type "dft"): p = exp(−loss), the
+//                                   target's probability; loss ← p·loss, row_scale_out = p·scale
 //   cross_entropy_metrics           SFT's metrics per row: (weights.x · entropy, weights.y · hit), hit 1
 //                                   where the target is the row's first largest logit (torch.argmax's pick)
 //
@@ -42,6 +44,7 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> entropy: array<f32>;  // (rows)
 @group(0) @binding(10) var<storage, read> weights: array<vec2<f32>>;       // (rows, 2): entropy's, hit's
 @group(0) @binding(11) var<storage, read_write> metrics: array<vec2<f32>>; // (rows, 2)
+@group(0) @binding(12) var<storage, read_write> row_scale_out: array<f32>;  // (rows)
 
 fn nan() -> f32 {
     var bits = 0x7fc00000u;  // a runtime value: NaN is not allowed as a constant
@@ -201,4 +204,22 @@ fn cross_entropy_metrics(
         let hit = select(0.0, w.y, column >= 0 && beaten == 0.0);
         metrics[row] = vec2<f32>(select(0.0, w.x * (row_lse - total), w.x != 0.0), hit);
     }
+}
+
+// DFT (Wu et al. 2025): each token's cross-entropy weighted by its target's
+// probability, held constant in the backward: loss = −sg(p)·log p, so its
+// gradient is the cross-entropy's times p. An ignored row's loss is 0, so
+// its p is 1 and its weighted loss 0 (its gradient row is zero anyway).
+@compute @workgroup_size(WG)
+fn cross_entropy_dft(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = flat_group(wid, nwg);
+    if (row >= p.rows || lid != 0u) { return; }
+    let ce = loss[row];
+    let prob = exp(-ce);
+    loss[row] = prob * ce;
+    row_scale_out[row] = prob * p.scale;
 }

@@ -621,6 +621,22 @@ fn stop_resume_equals_uninterrupted(dir: &TempDir, data: &str, method: &[&str]) 
     whole
 }
 
+/// TRL's SFT loss_type "dft": its losses are the probability-weighted cross-entropies, far below the nll's
+/// ln V ≈ 6 of a random model, and a resumed run keeps it from the checkpoint.
+#[test]
+fn train_sft_with_the_dft_loss_stop_resume() {
+    let dir = TempDir::new("train-dft");
+    let data = write_data(&dir);
+    stop_resume_equals_uninterrupted(&dir, &data, &["--method", "lora", "--loss-type", "dft"]);
+    let out = train(
+        &data,
+        &["--method", "lora", "--loss-type", "dft", "--steps", "1", "--lr", "1e-2", "--out", &dir.join("one")],
+    );
+    ok(&out);
+    let loss = column(&step_lines(&out), "loss")[0];
+    assert!(loss > 0.0 && loss < 0.1, "dft's first loss: {loss}");
+}
+
 #[test]
 fn train_ia3_on_an_nf4_base_stop_resume_and_generate() {
     let dir = TempDir::new("train-ia3");
@@ -1659,6 +1675,11 @@ fn preference_options_and_lines_that_do_not_fit_are_refused() {
     assert!(line.ends_with("bad_pairs.jsonl, line 1: missing the `prompt` field of a preference pair"), "{line}");
     for (args, want) in [
         (&["--objective", "sft", "--beta", "0.2"][..], "error: --beta: applies to dpo, orpo, cpo, kto and grpo"),
+        (&["--objective", "sft", "--loss-type", "sigmoid"], "error: --loss-type: expected one of nll, dft for sft, got \"sigmoid\""),
+        (
+            &["--objective", "orpo", "--loss-type", "dft"],
+            "error: --loss-type: applies to sft, dpo, cpo, kto and grpo",
+        ),
         (&["--objective", "orpo", "--label-smoothing", "0.1"], "error: --label-smoothing: applies to dpo and cpo"),
         (
             &["--objective", "dpo", "--label-smoothing", "0.7"],

@@ -219,3 +219,58 @@ fn metrics_match_reference_with_ties() {
         assert_eq!(block_on(m.to_vec::<f32>(gpu)).unwrap(), vec![0.0, hit], "target {target}");
     }
 }
+
+/// DFT's weighting (TRL's SFT loss_type "dft") against the reference: each
+/// row's loss becomes p·CE with p its target's probability, and the
+/// gradient rows' scales p·scale; an ignored row keeps loss 0. The gradient
+/// through those scales is the cross-entropy's times p, p held constant.
+#[test]
+fn dft_weights_match_reference() {
+    use webpeft::kernels::cross_entropy::{cross_entropy_backward_rows_inplace, cross_entropy_dft};
+    let gpu = gpu();
+    for (rows, vocab, seed) in [(29, 11, 41), (7, 3001, 42)] {
+        let logits: Vec<f32> = randn(seed, rows * vocab).into_iter().map(|v| 2.0 * v).collect();
+        let targets = targets(seed + 10, rows, vocab);
+        let scale = 0.37;
+        let tl = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+        let tt = Tensor::from_slice(gpu, &[rows], &targets).unwrap();
+        let mut rec = Recorder::new(gpu);
+        let (loss, lse) = cross_entropy_forward(&mut rec, &tl, &tt).unwrap();
+        let plain = Tensor::zeros(gpu, &[rows], DType::F32).unwrap();
+        rec.copy(&loss, 0, &plain, 0, rows as u64 * 4).unwrap();
+        let row_scale = cross_entropy_dft(&mut rec, &loss, scale).unwrap();
+        cross_entropy_backward_rows_inplace(&mut rec, &tl, &tt, &lse, &row_scale).unwrap();
+        rec.submit().unwrap();
+        let ce = block_on(plain.to_vec::<f32>(gpu)).unwrap();
+        let (want_loss, want_scale) = cpu::cross_entropy_dft(&ce, scale);
+        assert_close(
+            &format!("dft loss {rows}x{vocab}"),
+            &block_on(loss.to_vec::<f32>(gpu)).unwrap(),
+            &want_loss,
+            1e-6,
+            1e-6,
+        );
+        let got_scale = block_on(row_scale.to_vec::<f32>(gpu)).unwrap();
+        assert_close(&format!("dft scales {rows}x{vocab}"), &got_scale, &want_scale, 1e-7, 1e-6);
+        let lse = block_on(lse.to_vec::<f32>(gpu)).unwrap();
+        let want_d = cpu::cross_entropy_backward_rows(&logits, &targets, &lse, rows, vocab, &want_scale);
+        assert_close(
+            &format!("dft dlogits {rows}x{vocab}"),
+            &block_on(tl.to_vec::<f32>(gpu)).unwrap(),
+            &want_d,
+            GRAD_ABS,
+            GRAD_REL,
+        );
+        for (r, &t) in targets.iter().enumerate() {
+            let p = (-ce[r]).exp();
+            if t == IGNORE_INDEX {
+                assert_eq!(want_loss[r], 0.0);
+            } else {
+                // p is the target's softmax probability.
+                let x = &logits[r * vocab..(r + 1) * vocab];
+                let z: f64 = x.iter().map(|&v| (v as f64).exp()).sum();
+                assert!((p as f64 - (x[t as usize] as f64).exp() / z).abs() < 1e-6, "row {r}: p {p}");
+            }
+        }
+    }
+}

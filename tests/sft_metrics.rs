@@ -6,15 +6,18 @@
 //! eight texts, batches of 2 read in order: padded rows under gradient
 //! accumulation (TRL logs the mean of the micro-batches' means), packed rows
 //! (TRL flattens them padding-free; webpeft pads them), and prompt tuning
-//! (the virtual positions are in neither metric). The rows come from
+//! (the virtual positions are in neither metric), and the padded run again
+//! under TRL's DFT loss (`loss_type="dft"`). The rows come from
 //! webpeft's own data path and must equal the ones TRL trained on.
 
 mod common;
 use common::{block_on, fixture, fixture_adapter, fixture_model, gpu, max_abs_diff, Fixture};
 use serde_json::Value;
+use webpeft::model::llama::SftLoss;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::train::data::{parse_jsonl_masked, Batch, DataOptions, Dataset, LossMasks};
-use webpeft::train::trainer::{evaluate, OptimizerConfig, Trainer};
+use webpeft::train::preference::Objective;
+use webpeft::train::trainer::{OptimizerConfig, Trainer};
 
 const PAD: u32 = 383;
 
@@ -71,6 +74,9 @@ fn matches_trl(name: &str) {
 
     let adapter = fixture_adapter(gpu, &model, dir, method);
     let mut trainer = Trainer::new(gpu, adapter, OptimizerConfig::default(), 0).unwrap();
+    if settings["loss_type"] == "dft" {
+        trainer.objective = Objective::Sft(SftLoss::Dft);
+    }
     let lr = settings["learning_rate"].as_f64().unwrap_or(2e-2);
     let accumulation = settings["gradient_accumulation_steps"].as_u64().unwrap() as usize;
     let epochs = settings["num_train_epochs"].as_u64().unwrap();
@@ -108,7 +114,7 @@ fn matches_trl(name: &str) {
     eprintln!("{name}: the adapter after {} steps: max |diff| {worst:e} against TRL's", steps.len());
     assert!(worst <= 5e-5, "adapter {worst:e}");
 
-    let e = block_on(evaluate(gpu, &model, Some(&trainer.adapter), &eval.epoch(0))).unwrap();
+    let e = block_on(trainer.evaluate(gpu, &model, &eval.epoch(0))).unwrap();
     let want = &case["eval"];
     let w = |k: &str| want[k].as_f64().unwrap();
     eprintln!("{name} eval: {e:?} vs {want}");
@@ -131,4 +137,22 @@ fn packed_rows_match_trl_s_padding_free_batches() {
 #[test]
 fn prompt_tuning_leaves_the_virtual_positions_out() {
     matches_trl("prompt_tuning");
+}
+
+/// TRL's `loss_type="dft"`: each token's cross-entropy weighted by its
+/// probability, held constant in the gradient, in training and evaluation.
+#[test]
+fn dft_loss_matches_trl() {
+    matches_trl("dft");
+    // Not under prompt tuning, whose longer logits TRL's dft_loss cannot pair with the labels: a typed error,
+    // and the trainer as it was.
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let prompt = fixture_adapter(gpu, &model, "prompt_tuning/llama_gqa/initial_adapter", "prompt_tuning");
+    let mut trainer = Trainer::new(gpu, prompt, OptimizerConfig::default(), 0).unwrap();
+    trainer.objective = Objective::Sft(SftLoss::Dft);
+    let batch = Batch::new(vec![vec![381, 40, 41, 42]], vec![vec![381, 40, 41, 42]]);
+    let e = block_on(trainer.step(gpu, &model, &[batch], 1e-2)).unwrap_err();
+    assert!(e.to_string().contains("dft loss with virtual tokens"), "{e}");
+    assert_eq!(trainer.step, 0);
 }

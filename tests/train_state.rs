@@ -241,6 +241,7 @@ fn several_adapters_share_one_base_and_switch() {
 
 #[test]
 fn evaluation_weighs_each_batch_s_mean_by_its_rows_as_transformers() {
+    use webpeft::model::llama::SftLoss;
     use webpeft::train::trainer::evaluate;
     let gpu = gpu();
     let model = model(gpu);
@@ -255,23 +256,23 @@ fn evaluation_weighs_each_batch_s_mean_by_its_rows_as_transformers() {
     masked[1].lengths.truncate(1);
     let (mut weighted, mut rows, mut tokens, mut entropy, mut accuracy) = (0.0f64, 0, 0, 0.0f64, 0.0f64);
     for b in &masked {
-        let e = block_on(evaluate(gpu, &model, Some(&ad), std::slice::from_ref(b))).unwrap();
+        let e = block_on(evaluate(gpu, &model, Some(&ad), std::slice::from_ref(b), SftLoss::Nll)).unwrap();
         weighted += e.loss as f64 * b.input_ids.len() as f64;
         rows += b.input_ids.len();
         tokens += e.tokens;
         entropy += e.entropy as f64 / 2.0;
         accuracy += e.mean_token_accuracy as f64 / 2.0;
     }
-    let e = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
+    let e = block_on(evaluate(gpu, &model, Some(&ad), &masked, SftLoss::Nll)).unwrap();
     assert_eq!(e.tokens, tokens);
     assert!((e.loss as f64 - weighted / rows as f64).abs() < 1e-5, "{} vs {}", e.loss, weighted / rows as f64);
     assert!((e.entropy as f64 - entropy).abs() < 1e-5 && (e.mean_token_accuracy as f64 - accuracy).abs() < 1e-6);
     assert!((e.perplexity - (e.loss as f64).exp()).abs() < 1e-9);
     // Evaluation has no dropout: twice the same numbers.
-    let again = block_on(evaluate(gpu, &model, Some(&ad), &masked)).unwrap();
+    let again = block_on(evaluate(gpu, &model, Some(&ad), &masked, SftLoss::Nll)).unwrap();
     assert_eq!(e, again);
     let empty = vec![Batch::new(vec![vec![1, 2]], vec![vec![-100, -100]])];
-    assert!(matches!(block_on(evaluate(gpu, &model, None, &empty)), Err(Error::InvalidArgument { .. })));
+    assert!(matches!(block_on(evaluate(gpu, &model, None, &empty, SftLoss::Nll)), Err(Error::InvalidArgument { .. })));
 }
 
 #[test]

@@ -93,6 +93,22 @@ pub fn cross_entropy_entropy(rec: &mut Recorder, logits: &Tensor, targets: &Tens
     Ok(entropy)
 }
 
+/// DFT's weighting (TRL's SFT `loss_type="dft"`), in place on the
+/// forward's `loss` (rows): each row's cross-entropy ℓ becomes p·ℓ, p = e^(−ℓ)
+/// its target's probability; returns (rows) `p·scale`, the row scales
+/// [`cross_entropy_backward_rows_inplace`] takes for the gradient p·∂ℓ
+/// (p held constant). Ignored rows stay 0.
+pub fn cross_entropy_dft(rec: &mut Recorder, loss: &Tensor, scale: f32) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_dft";
+    all_f32(OP, &[("loss", loss)])?;
+    let [rows] = dims(OP, "loss", "(rows)", loss)?;
+    let row_scale = rec.alloc(&[rows], DType::F32)?;
+    if rows > 0 {
+        launch(rec, OP, rows, 1, scale, &[(3, loss), (12, &row_scale)])?;
+    }
+    Ok(row_scale)
+}
+
 /// SFT's metrics of each row, (rows, 2): `weights[r][0]` × its softmax
 /// entropy (`lse − Σ_i softmax_i·logits_i`, from the forward's `lse`) and
 /// `weights[r][1]` where its target is the first largest logit (the token
@@ -193,6 +209,7 @@ pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
         "cross_entropy_backward_rows_inplace",
         "cross_entropy_entropy",
         "cross_entropy_metrics",
+        "cross_entropy_dft",
     ]
     .map(key)
     .to_vec()

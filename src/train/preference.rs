@@ -38,7 +38,7 @@ use crate::kernels::preference::{
     CpoLoss, CpoLossType, DpoLoss, DpoLossType, DpoLossTypes, FDivergence, KtoLoss, KtoLossType, PairTokenization,
     PreferenceLoss, MAX_LOSS_TYPES,
 };
-use crate::model::llama::IGNORE_INDEX;
+use crate::model::llama::{SftLoss, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -48,8 +48,9 @@ pub const MAX_PROMPT_LENGTH: usize = 512;
 /// What a run minimises.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Objective {
-    /// The causal-LM loss on the data's trained tokens (TRL's `SFTTrainer`).
-    Sft,
+    /// The causal-LM loss on the data's trained tokens (TRL's `SFTTrainer`,
+    /// its `loss_type`).
+    Sft(SftLoss),
     /// DPO, ORPO or CPO on preference pairs, KTO on unpaired examples.
     Preference(PreferenceLoss),
     /// GRPO on sampled completions and their rewards (`train::grpo`).
@@ -57,10 +58,15 @@ pub enum Objective {
 }
 
 impl Objective {
+    /// Whether it is SFT (either token loss).
+    pub fn is_sft(self) -> bool {
+        matches!(self, Objective::Sft(_))
+    }
+
     /// "sft", "dpo", "orpo" or "cpo".
     pub fn name(self) -> &'static str {
         match self {
-            Objective::Sft => "sft",
+            Objective::Sft(_) => "sft",
             Objective::Preference(PreferenceLoss::Dpo(_)) => "dpo",
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
             Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
@@ -72,7 +78,7 @@ impl Objective {
     /// The objective `name` with TRL's defaults ([`DpoLoss::TRL`], ORPO's beta 0.1, [`CpoLoss::TRL`]).
     pub fn from_name(name: &str) -> Option<Objective> {
         match name {
-            "sft" => Some(Objective::Sft),
+            "sft" => Some(Objective::Sft(SftLoss::Nll)),
             "dpo" => Some(Objective::Preference(PreferenceLoss::DPO)),
             "orpo" => Some(Objective::Preference(PreferenceLoss::ORPO)),
             "cpo" => Some(Objective::Preference(PreferenceLoss::Cpo(CpoLoss::TRL))),
@@ -93,7 +99,7 @@ impl Objective {
         let settings: [(&'static str, bool, &[&str]); 14] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto", "grpo"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
-            ("loss_type", o.loss_type.is_some(), &["dpo", "cpo", "kto", "grpo"]),
+            ("loss_type", o.loss_type.is_some(), &["sft", "dpo", "cpo", "kto", "grpo"]),
             ("loss_weights", o.loss_weights.is_some(), &["dpo"]),
             ("rpo_alpha", o.rpo_alpha.is_some(), &["dpo"]),
             ("discopop_tau", o.discopop_tau.is_some(), &["dpo"]),
@@ -127,7 +133,12 @@ impl Objective {
         };
 
         Ok(Objective::Preference(match objective {
-            Objective::Sft => return Ok(Objective::Sft),
+            Objective::Sft(loss) => {
+                return Ok(Objective::Sft(match &o.loss_type {
+                    Some(t) => pick_loss_type(t, name, &SftLoss::ALL, SftLoss::name)?,
+                    None => loss,
+                }))
+            }
             Objective::Grpo(_) => return Err(bad("objective", "GRPO's settings are train::grpo's".into())),
             Objective::Preference(PreferenceLoss::Orpo { beta }) => {
                 PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) }

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 
 use crate::kernels::swiglu::Activation;
+use crate::model::llama::SftLoss;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Config;
 use crate::peft::adalora::AdaLoraConfig;
@@ -652,7 +653,7 @@ impl Default for TrainRecipe {
             shuffle: true,
             seed: DEFAULT_SEED,
             gradient_checkpointing: false,
-            objective: Objective::Sft,
+            objective: Objective::Sft(SftLoss::Nll),
             neftune_noise_alpha: None,
             loss_masks: LossMasks::default(),
             precompute_ref_log_probs: false,
@@ -679,7 +680,7 @@ impl TrainRecipe {
             if !(alpha.is_finite() && alpha > 0.0) {
                 return Err(bad("neftune_noise_alpha", format!("must be a finite number > 0, got {alpha}")));
             }
-            if self.objective != Objective::Sft {
+            if !self.objective.is_sft() {
                 return Err(bad(
                     "neftune_noise_alpha",
                     format!("NEFTune's noise is for SFT, not {}", self.objective.name()),
@@ -698,7 +699,7 @@ impl TrainRecipe {
                 ),
             ));
         }
-        if self.loss_masks != LossMasks::default() && self.objective != Objective::Sft {
+        if self.loss_masks != LossMasks::default() && !self.objective.is_sft() {
             let option = match self.loss_masks.completion_only {
                 false => "completion_only_loss",
                 true => "assistant_only_loss",
@@ -875,7 +876,7 @@ impl TrainRecipe {
                     detail: "GRPO's data are prompts, which train::grpo reads (CLI `webpeft grpo`)".into(),
                 })
             }
-            Objective::Sft => {}
+            Objective::Sft(_) => {}
         }
         let examples = parse_jsonl_masked(source_name, jsonl, tokenizer, self.loss_masks)?;
         Dataset::new(source_name, examples, opts, pad_id(tokenizer))

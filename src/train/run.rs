@@ -9,7 +9,7 @@ use super::data::{Batch, Dataset};
 use super::preference::Objective;
 use super::preference_loss::precompute_reference;
 use super::schedule::{LrSchedule, Schedule};
-use super::trainer::{evaluate, EvalStats, StepStats, Trainer};
+use super::trainer::{EvalStats, StepStats, Trainer};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::llama::Model;
@@ -274,8 +274,9 @@ impl Run {
         }
     }
 
-    /// Loss and perplexity of the current adapter on `eval`.
+    /// Loss, perplexity and TRL's metrics of the current adapter on `eval`
+    /// (under the run's SFT loss).
     pub async fn evaluate(&self, gpu: &Gpu, model: &Model, eval: &Dataset) -> Result<EvalStats> {
-        evaluate(gpu, model, Some(&self.trainer.adapter), &eval.epoch(0)).await
+        self.trainer.evaluate(gpu, model, &eval.epoch(0)).await
     }
 }

@@ -24,7 +24,7 @@ use crate::kernels::elementwise::{copy, fill};
 use crate::kernels::preference::{DpoLoss, DpoLossType, PreferenceLoss, STATS};
 use crate::kernels::reduce::{clip_coefficient, sum_squares_many};
 use crate::model::llama::loss::chunked_lm_loss;
-use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model, IGNORE_INDEX};
+use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model, SftLoss, IGNORE_INDEX};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
@@ -353,7 +353,7 @@ impl Trainer {
             step: 0,
             rng: Rng::new(seed),
             gradient_checkpointing: false,
-            objective: Objective::Sft,
+            objective: Objective::Sft(SftLoss::Nll),
             neftune_noise_alpha: None,
             tokens_seen: 0,
             base_lr: None,
@@ -427,13 +427,24 @@ impl Trainer {
                     format!("neftune_noise_alpha must be a finite number > 0, got {alpha}"),
                 ));
             }
-            if self.objective != Objective::Sft {
+            if !self.objective.is_sft() {
                 return Err(Error::invalid(
                     OP,
                     "NEFTune's noise is for SFT: the preference objectives train without it",
                 ));
             }
         }
+        if self.objective == Objective::Sft(SftLoss::Dft) && self.adapter.virtual_tokens() > 0 {
+            return Err(Error::invalid(
+                OP,
+                "SFT's dft loss with virtual tokens: TRL's dft_loss cannot pair prompt tuning's longer logits with \
+                 the labels, so there is nothing to match; train with nll",
+            ));
+        }
+        let sft_loss = match self.objective {
+            Objective::Sft(loss) => loss,
+            _ => SftLoss::Nll,
+        };
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
         let mut weights = Vec::with_capacity(micro.len()); // SFT's metrics (train::sft_metrics)
@@ -532,7 +543,7 @@ impl Trainer {
         for ((((b, targets), weights), seed), noise) in micro.iter().zip(&shifted).zip(&weights).zip(&seeds).zip(&noise)
         {
             let metrics = (weights.as_slice(), &sft_metrics);
-            self.record_micro(&mut rec, model, b, (targets, tokens), (*seed, *noise), (&loss, metrics))?;
+            self.record_micro(&mut rec, model, b, (targets, tokens, sft_loss), (*seed, *noise), (&loss, metrics))?;
         }
         self.adapter.record_after_backward(&mut rec, &self.grads, &loss)?;
 
@@ -586,7 +597,7 @@ impl Trainer {
             return Err(Error::NonFinite { step: number, what, value });
         }
         self.step = number;
-        let sft = self.objective == Objective::Sft;
+        let sft = self.objective.is_sft();
         if sft {
             self.tokens_seen += micro.iter().map(|b| b.unpadded_tokens() as u64).sum::<u64>();
         }
@@ -616,7 +627,7 @@ impl Trainer {
                 (None, Some(kto))
             }
             Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
-            Objective::Sft | Objective::Grpo(_) => (None, None),
+            Objective::Sft(_) | Objective::Grpo(_) => (None, None),
         };
         // GRPO's metrics, each the mean over the micro-batches of its mean there (the kernel's).
         let kl = match self.objective {
@@ -685,7 +696,7 @@ impl Trainer {
         rec: &mut Recorder,
         model: &Model,
         batch: &Batch,
-        (targets, total): (&[i32], usize),
+        (targets, total, kind): (&[i32], usize, SftLoss),
         (seed, noise): (Option<u32>, Option<EmbeddingNoise>),
         (loss, metrics): (&Tensor, (&[[f32; 2]], &Tensor)),
     ) -> Result<()> {
@@ -702,7 +713,8 @@ impl Trainer {
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
         let xn2 = xn.reshape(&[targets.len(), d])?;
-        let dxn = chunked_lm_loss(rec, &xn2, model.head(pass.hooks()), (targets, scale), loss, Some(metrics), true)?
+        let head = model.head(pass.hooks());
+        let dxn = chunked_lm_loss(rec, &xn2, head, (targets, scale, kind), loss, Some(metrics), true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
     }
@@ -721,10 +733,14 @@ impl Trainer {
         evaluate_preference(gpu, model, Some(&self.adapter), batches, loss, Some(&self.running)).await
     }
 
-    /// Mean loss and perplexity of the adapted model on `batches` (no
-    /// dropout, no update).
+    /// Loss, perplexity and TRL's metrics of the adapted model on `batches`
+    /// under the objective's SFT loss (no dropout, no update).
     pub async fn evaluate(&self, gpu: &Gpu, model: &Model, batches: &[Batch]) -> Result<EvalStats> {
-        evaluate(gpu, model, Some(&self.adapter), batches).await
+        let loss = match self.objective {
+            Objective::Sft(loss) => loss,
+            _ => SftLoss::Nll,
+        };
+        evaluate(gpu, model, Some(&self.adapter), batches, loss).await
     }
 }
 
@@ -764,10 +780,17 @@ pub async fn evaluate_preference(
     Ok(PreferenceEval::from_batches(loss, &per_batch))
 }
 
-/// `model`'s (with `adapter`, if any) loss, perplexity and TRL's metrics over
-/// `batches`, as `SFTTrainer.evaluate()` reports them ([`EvalStats`]): one
-/// submission per batch, one read-back at the end.
-pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batches: &[Batch]) -> Result<EvalStats> {
+/// `model`'s (with `adapter`, if any) loss (`kind`: TRL's SFT `loss_type`, which
+/// its evaluation applies too), perplexity and TRL's metrics over `batches`,
+/// as `SFTTrainer.evaluate()` reports them ([`EvalStats`]): one submission per
+/// batch, one read-back at the end.
+pub async fn evaluate(
+    gpu: &Gpu,
+    model: &Model,
+    adapter: Option<&Adapter>,
+    batches: &[Batch],
+    kind: SftLoss,
+) -> Result<EvalStats> {
     const OP: &str = "evaluate";
     let vocab = model.config.vocab_size;
     let virtual_tokens = hooks_of(adapter).virtual_tokens();
@@ -795,7 +818,7 @@ pub async fn evaluate(gpu: &Gpu, model: &Model, adapter: Option<&Adapter>, batch
         }
         let xn = xn.reshape(&[targets.len(), d])?;
         let head = model.head(hooks_of(adapter));
-        chunked_lm_loss(&mut rec, &xn, head, (targets, scale), &sum, Some((&weights, &metrics)), false)?;
+        chunked_lm_loss(&mut rec, &xn, head, (targets, scale, kind), &sum, Some((&weights, &metrics)), false)?;
         rec.submit()?;
     }
     let loss = sum.to_vec::<f32>(gpu).await?[0];

@@ -1058,8 +1058,8 @@ async fn evaluate_held_out(
     let recipe = o.to_recipe().map_err(err)?;
     let loss = match (recipe.objective, preference) {
         (Objective::Preference(loss), true) => Some(loss),
-        (Objective::Sft, false) => None,
-        (Objective::Sft | Objective::Grpo(_), true) => {
+        (Objective::Sft(_), false) => None,
+        (Objective::Sft(_) | Objective::Grpo(_), true) => {
             return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo or kto"));
         }
         (objective, false) => {
@@ -1075,7 +1075,11 @@ async fn evaluate_held_out(
             e.metrics.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
         return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
     }
-    let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0)).await.map_err(err)?;
+    let kind = match recipe.objective {
+        Objective::Sft(kind) => kind,
+        _ => Default::default(),
+    };
+    let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0), kind).await.map_err(err)?;
     to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens, "entropy": e.entropy,
                               "meanTokenAccuracy": e.mean_token_accuracy}))
 }

@@ -182,10 +182,12 @@ export interface TrainOptions {
   /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
    * robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
-  /** DPO's or CPO's loss (TRL's loss_type, default "sigmoid"); "ipo" and "simpo" score answers by their mean
+  /** The objective's loss (TRL's loss_type). SFT's "nll" (the default) or "dft" (Dynamic Fine-Tuning: each token's
+   * cross-entropy weighted by its probability, held constant in the gradient; not with virtual tokens).
+   * DPO's or CPO's (default "sigmoid"): "ipo" and "simpo" score answers by their mean
    * log-probability; "simpo" and "alphapo" are CPO's only, "kto" (the default there) and "apo_zero_unpaired" KTO's,
    * the others but "hinge" and "ipo" DPO's only. */
-  lossType?: DpoLossType | "simpo" | "alphapo" | "kto" | "apo_zero_unpaired" | DpoLossType[];
+  lossType?: "nll" | "dft" | DpoLossType | "simpo" | "alphapo" | "kto" | "apo_zero_unpaired" | DpoLossType[];
   /** DPO: the weight of each loss a `lossType` list names (TRL's loss_weights; MPO: [0.8, 0.2, 1] for
    * ["sigmoid", "bco_pair", "sft"]), 1 each when left out. */
   lossWeights?: number[];

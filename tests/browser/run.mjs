@@ -458,6 +458,11 @@ test("the npm package, installed from its tarball into a plain page, trains, che
           tail[1].numTokens !== 3 * e.numTokens || resumedTokens !== tail[1].numTokens) {
         throw new Error("SFT metrics " + JSON.stringify({ e, tail, resumedTokens }));
       }
+      // TRL's loss_type "dft": the probability-weighted cross-entropy, far below the nll's first loss.
+      model.addLora("d", { r: 4, alpha: 8 });
+      const dft = await model.startTraining("d", data, { lr: 0.01, steps: 1, seqLen: 16, batchSize: 2, lossType: "dft" }).step();
+      if (!(dft.loss > 0 && dft.loss < e.loss / 10)) throw new Error("dft's step " + JSON.stringify({ dft, nll: e.loss }));
+      model.removeAdapter("d");
       // Held-out pairs under DPO: TRL's eval_loss and reward metrics.
       const heldOut = [{ prompt: "The robot", chosen: " watered the garden.", rejected: " sang." },
         { prompt: "The little robot", chosen: " sang.", rejected: " the the." }];

@@ -326,7 +326,9 @@ pub struct TrainArgs {
     /// sigmoid, robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo) [default: 0].
     #[arg(long)]
     pub label_smoothing: Option<f32>,
-    /// DPO's or CPO's loss, TRL's loss_type [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
+    /// The objective's loss, TRL's loss_type. SFT's nll [default] or dft (Dynamic Fine-Tuning: each
+    /// token's cross-entropy weighted by its probability, held constant in the gradient). DPO's or
+    /// CPO's [default: sigmoid]: DPO's sigmoid, robust, exo_pair,
     /// hinge, ipo, sppo_hard, nca_pair, apo_zero, apo_down, discopop, aot, aot_pair, bco_pair, sft;
     /// CPO's sigmoid, hinge, ipo, simpo, alphapo (simpo without the NLL term, with --alphapo-alpha;
     /// ipo and simpo score answers by their mean log-probability); KTO's kto, apo_zero_unpaired.
@@ -914,7 +916,7 @@ async fn eval_line(
     eval: &Dataset,
     step: Option<u64>,
 ) -> Result<(String, f32), Box<dyn std::error::Error>> {
-    if run.trainer.objective == Objective::Sft {
+    if run.trainer.objective.is_sft() {
         let stats = run.evaluate(gpu, model, eval).await?;
         let line = EvalLine {
             step,

@@ -51,6 +51,12 @@ pub fn cross_entropy_entropy(logits: &[f32], targets: &[i32], lse: &[f32], rows:
         .collect()
 }
 
+/// DFT's weighting of the forward's per-row losses: `(p·loss, p·scale)` per
+/// row, p = exp(−loss) (0 and `scale` for an ignored row's loss of 0).
+pub fn cross_entropy_dft(loss: &[f32], scale: f32) -> (Vec<f32>, Vec<f32>) {
+    loss.iter().map(|&l| ((-l).exp() * l, (-l).exp() * scale)).unzip()
+}
+
 /// SFT's metrics of each row, (rows): `[weights[r][0] · entropy,
 /// weights[r][1] · hit]`, the entropy as [`cross_entropy_entropy`]'s and hit
 /// 1 where the target is the row's first largest logit (`torch.argmax`), 0

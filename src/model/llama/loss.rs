@@ -10,12 +10,39 @@
 use super::head::Head;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::kernels::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward, cross_entropy_metrics};
+use crate::kernels::cross_entropy::{
+    cross_entropy_backward_inplace, cross_entropy_backward_rows_inplace, cross_entropy_dft, cross_entropy_forward,
+    cross_entropy_metrics,
+};
 use crate::kernels::elementwise::fill;
 use crate::kernels::matmul::{gemm, Gemm};
 
 /// The label transformers ignores (`ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
+
+/// The token loss of SFT, TRL's `SFTConfig.loss_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SftLoss {
+    /// The cross-entropy, −log p of each label (`"nll"`).
+    #[default]
+    Nll,
+    /// Dynamic Fine-Tuning (`"dft"`, Wu et al. 2025, "On the Generalization
+    /// of SFT"): −sg(p)·log p, each token's cross-entropy weighted by its
+    /// probability, held constant in the backward.
+    Dft,
+}
+
+impl SftLoss {
+    pub const ALL: [SftLoss; 2] = [SftLoss::Nll, SftLoss::Dft];
+
+    /// TRL's name: "nll" or "dft".
+    pub fn name(self) -> &'static str {
+        match self {
+            SftLoss::Nll => "nll",
+            SftLoss::Dft => "dft",
+        }
+    }
+}
 
 /// Next-token targets of a batch, on the GPU: `targets[b·T + t] = labels[b][t + 1]`,
 /// and −100 at each row's last position (nothing follows it).
@@ -128,11 +155,13 @@ pub fn logits_chunk_rows(vocab: usize, max_binding: u64) -> usize {
 /// - metrics: `(weights (M), sums (2))`: adds Σ weights[r][0]·entropy(row r)
 ///   and Σ weights[r][1]·[target r is the row's argmax] into `sums`, SFT's
 ///   `entropy` and `mean_token_accuracy` ([`cross_entropy_metrics`])
+/// - kind: the token loss; [`SftLoss::Dft`] weighs each CE and its gradient
+///   by the target's probability ([`cross_entropy_dft`])
 pub fn chunked_lm_loss(
     rec: &mut Recorder,
     xn: &Tensor,
     head: Head,
-    (targets, scale): (&[i32], f32),
+    (targets, scale, kind): (&[i32], f32, SftLoss),
     loss: &Tensor,
     metrics: Option<(&[[f32; 2]], &Tensor)>,
     grad: bool,
@@ -178,6 +207,11 @@ pub fn chunked_lm_loss(
         head.logits_into(rec, &x_n, &logits_n)?; // logits_c = x_c·Wᵀ
         let t = Tensor::from_slice(gpu, &[n], &targets[start..start + n])?;
         let (token_loss, lse) = cross_entropy_forward(rec, &logits_n, &t)?;
+        // DFT: token_loss ← p·CE in place, and the backward's row scales p·scale.
+        let dft_scales = match kind {
+            SftLoss::Dft => Some(cross_entropy_dft(rec, &token_loss, scale)?),
+            SftLoss::Nll => None,
+        };
         let ones_n = ones.reshape_prefix(&[n, 1])?;
         gemm(rec, &Gemm::new(1, 1, n, false, false).alpha(scale).accumulate(true), &token_loss, &ones_n, loss)?;
         if let Some((weights, sums)) = metrics {
@@ -190,7 +224,10 @@ pub fn chunked_lm_loss(
             // sums += 1ᵀ·per_row
         }
         if let (Some(dxn), Some(dx_c)) = (&dxn, &dx_c) {
-            cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?; // logits_c become dlogits_c
+            match &dft_scales {
+                Some(rows) => cross_entropy_backward_rows_inplace(rec, &logits_n, &t, &lse, rows)?,
+                None => cross_entropy_backward_inplace(rec, &logits_n, &t, &lse, scale)?, // logits_c become dlogits_c
+            }
             let dx_n = dx_c.reshape_prefix(&[n, d])?;
             fill(rec, &dx_n, 0.0)?;
             head.backward_into(rec, &x_n, &logits_n, &dx_n)?; // dxn_c = dlogits_c·W

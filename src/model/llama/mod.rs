@@ -34,7 +34,7 @@ pub use block::{Attention, Block, Linear, Mlp, RmsNorm};
 pub use generate::{GenerationChoices, GenerationConfig, KvCache};
 pub use head::Head;
 pub use hooks::{Hooks, LayerHooks, NoHooks, Proj, Saved, Sublayer};
-pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, IGNORE_INDEX};
+pub use loss::{causal_lm_loss, shift_labels, shift_labels_after, CausalTargets, SftLoss, IGNORE_INDEX};
 pub use neftune::EmbeddingNoise;
 pub use rope::RopeTables;
 pub use sample::{argmax, ban_bad_words, ban_seen_ngrams, penalize_seen, sample};
