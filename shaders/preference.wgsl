@@ -86,7 +86,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> policy_logps: array<f32>;     // (S)
 @group(0) @binding(7) var<storage, read> ref_logps: array<f32>;        // (S), unused by ORPO
 @group(0) @binding(8) var<storage, read> nll_in: array<f32>;           // (S)
-@group(0) @binding(9) var<storage, read_write> stats: array<f32>;      // (10), added to
+@group(0) @binding(9) var<storage, read_write> stats: array<f32>;      // (12), added to; [10..12] are train::preference_loss's
 @group(0) @binding(10) var<storage, read_write> dlogp: array<f32>;     // (S)
 @group(0) @binding(11) var<storage, read> dlogp_in: array<f32>;        // (S)
 @group(0) @binding(12) var<storage, read_write> row_scale: array<f32>; // (S·T')

@@ -1540,6 +1540,9 @@ fn train_dpo_prints_trls_reward_fields_and_the_margin_grows() {
     let accuracies = column(&lines, "rewards/accuracies");
     // logps/*: the policy's log-probs, below 0.
     assert!(column(&lines, "logps/chosen").iter().chain(&column(&lines, "logps/rejected")).all(|&l| l < 0.0));
+    // logits/*: the policy's mean logits over the completions (a random model's: near 0, never exactly).
+    let logits = [column(&lines, "logits/chosen"), column(&lines, "logits/rejected")].concat();
+    assert!(logits.iter().all(|&l| l != 0.0 && l.abs() < 1.0), "{logits:?}");
     // Step 1 is measured before any update: the LoRA's B is 0, the policy is the reference,
     // every reward 0 and the loss log 2 (label smoothing does not change it at h = 0).
     assert!((loss[0] - std::f64::consts::LN_2).abs() < 1e-6, "{loss:?}");

@@ -344,10 +344,12 @@ fn dpo_options_are_checked() {
         }
         let owners = match option {
             "rpo_alpha" | "discopop_tau" => "dpo only",
-            "loss_type" => "dpo, cpo, kto and grpo",
+            "loss_type" => "sft, dpo, cpo, kto and grpo",
             _ => "dpo and cpo",
         };
-        for (objective, needle) in [("orpo", owners), ("sft", owners)] {
+        // SFT has loss types of its own (nll, dft): DPO's is not one of them.
+        let sft = if option == "loss_type" { "expected one of nll, dft for sft, got \"ipo\"" } else { owners };
+        for (objective, needle) in [("orpo", owners), ("sft", sft)] {
             match Objective::from_options(objective, &o) {
                 Err(Error::TrainOption { option: got, detail }) => {
                     assert_eq!((got, detail.contains(needle)), (option, true), "{objective} {option}: {detail}")

@@ -7,7 +7,8 @@
 //! sequence_logps:       logps[s] = −Σ_r lp_weight[r]·CE[r]     nll[s] = Σ_r nll_weight[r]·CE[r]
 //! preference_loss:      stats += scale·[loss, rewards/chosen, rewards/rejected, rewards/accuracies,
 //!                                       rewards/margins, nll_loss, log_odds_ratio, log_odds_chosen,
-//!                                       logps/chosen, logps/rejected]
+//!                                       logps/chosen, logps/rejected, (DPO, train::preference_loss:)
+//!                                       logits/chosen, logits/rejected]
 //!                       dlogp[s] = ∂(scale·loss)/∂logps[s]
 //! preference_row_scale: row_scale[r] = nll_scale·nll_weight[r] − dlogp[s(r)]·lp_weight[r]
 //! ```
@@ -39,7 +40,7 @@ use crate::gpu::{Const, DType, Kernel, PipelineKey, Recorder, Tensor};
 const WG: u32 = 64;
 
 /// Values in a preference step's statistics (see the module docs for their order).
-pub const STATS: usize = 10;
+pub const STATS: usize = 12;
 
 /// DPO's `loss_type` (TRL's `DPOConfig.loss_type`): what the loss makes of
 /// the log-ratios c = π_c − ref_c and r = π_r − ref_r of a pair, h = c − r.

@@ -353,7 +353,8 @@ pub(crate) fn record_grpo_micro(
     let (xn, saved) = model.hidden_checkpointed(rec, &ids, hooks, checkpoint)?; // (B, T, D)
     let shape = xn.shape().to_vec();
     let xn = flat(xn)?;
-    let (token_loss, lse, entropy) = scored_rows(rec, &xn, model.head(hooks), &targets, loss.temperature, true)?;
+    let s = scored_rows(rec, &xn, model.head(hooks), (&targets, loss.temperature), (true, false))?;
+    let (token_loss, lse, entropy) = (s.token_loss, s.lse, s.entropy);
     let entropy = entropy.ok_or_else(|| Error::invalid("GRPO loss", "the rows' entropies went missing"))?;
     let row_scale = grpo_row_scale(
         rec,

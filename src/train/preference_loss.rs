@@ -29,7 +29,10 @@ use crate::kernels::cross_entropy::{
     cross_entropy_backward_rows_inplace, cross_entropy_entropy, cross_entropy_forward,
 };
 use crate::kernels::elementwise::{fill, scale_inplace};
-use crate::kernels::preference::{preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, Scores};
+use crate::kernels::matmul::{gemm, Gemm};
+use crate::kernels::preference::{
+    preference_loss, preference_row_scale, sequence_logps, PreferenceLoss, Scores, STATS,
+};
 use crate::model::llama::loss::logits_chunk_rows;
 use crate::model::llama::Head;
 use crate::model::llama::{shift_labels_after, Hooks, ModelSaved, NoHooks, IGNORE_INDEX};
@@ -56,6 +59,12 @@ pub struct PairRows {
     pub seqs: usize,
     /// Completion tokens of the micro-batch.
     pub completion_tokens: usize,
+    /// DPO: (M, STATS), each completion row's share of TRL's `logits/chosen`
+    /// (column 10) or `logits/rejected` (11), the mean of the logits over
+    /// the chosen (rejected) completions' positions and the vocabulary: 1 /
+    /// (their rows · V). Empty for the other objectives, whose means TRL
+    /// takes over padded positions too.
+    pub logit_weight: Vec<f32>,
 }
 
 impl PairRows {
@@ -132,7 +141,18 @@ impl PairRows {
             }
             _ => None,
         };
-        Ok(PairRows { targets, lp_weight, nll_weight, desirable, seqs, completion_tokens })
+        let mut logit_weight = Vec::new();
+        if let PreferenceLoss::Dpo(_) = loss {
+            logit_weight = vec![0.0f32; lp_weight.len() * STATS];
+            let half = seqs / 2 * per;
+            for (side, range) in [(0, 0..half), (1, half..lp_weight.len())] {
+                let rows: Vec<usize> = range.filter(|&r| lp_weight[r] != 0.0).collect();
+                for &r in &rows {
+                    logit_weight[r * STATS + 10 + side] = 1.0 / (rows.len() * vocab) as f32;
+                }
+            }
+        }
+        Ok(PairRows { targets, lp_weight, nll_weight, desirable, seqs, completion_tokens, logit_weight })
     }
 
     fn upload(&self, gpu: &Gpu) -> Result<[Tensor; 3]> {
@@ -155,24 +175,34 @@ pub(crate) fn token_losses(
     targets: &Tensor,
     temperature: f32,
 ) -> Result<(Tensor, Tensor)> {
-    let (token_loss, lse, _) = scored_rows(rec, xn, head, targets, temperature, false)?;
-    Ok((token_loss, lse))
+    let s = scored_rows(rec, xn, head, (targets, temperature), (false, false))?;
+    Ok((s.token_loss, s.lse))
 }
 
-/// [`token_losses`] and, with `entropy`, each row's softmax entropy (M)
-/// (0 on ignored rows).
+/// Each row's cross-entropy and logsumexp ([`token_losses`]) and, where
+/// asked, its softmax entropy (M) (0 on ignored rows) and the sum of its
+/// logits (M) (DPO's `logits/*` metrics).
+pub(crate) struct ScoredRows {
+    pub token_loss: Tensor,
+    pub lse: Tensor,
+    pub entropy: Option<Tensor>,
+    pub logit_sums: Option<Tensor>,
+}
+
+/// [`ScoredRows`] of xn (M, D) (`entropy`, `logit_sums`: whether to find those).
 pub(crate) fn scored_rows(
     rec: &mut Recorder,
     xn: &Tensor,
     head: Head,
-    targets: &Tensor,
-    temperature: f32,
-    entropy: bool,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    (targets, temperature): (&Tensor, f32),
+    (entropy, logit_sums): (bool, bool),
+) -> Result<ScoredRows> {
     let m = targets.numel();
     let token_loss = rec.alloc(&[m], DType::F32)?;
     let lse = rec.alloc(&[m], DType::F32)?;
     let entropies = if entropy { Some(rec.alloc(&[m], DType::F32)?) } else { None };
+    let sums = if logit_sums { Some(rec.alloc(&[m, 1], DType::F32)?) } else { None };
+    let ones = if logit_sums { Some(rec.gpu().ones(head.vocab())?.reshape(&[head.vocab(), 1])?) } else { None };
     for_each_chunk(rec, xn, &head, targets, |rec, start, _, logits, t| {
         if temperature != 1.0 {
             scale_inplace(rec, logits, 1.0 / temperature)?;
@@ -183,10 +213,16 @@ pub(crate) fn scored_rows(
             let h_c = cross_entropy_entropy(rec, logits, t, &lse_c)?;
             rec.copy(&h_c, 0, h, start as u64 * 4, n)?;
         }
+        if let (Some(sums), Some(ones)) = (&sums, &ones) {
+            let rows = t.numel();
+            let sums_c = rec.alloc(&[rows, 1], DType::F32)?;
+            gemm(rec, &Gemm::new(rows, 1, head.vocab(), false, false), logits, ones, &sums_c)?; // Σ_v logits
+            rec.copy(&sums_c, 0, sums, start as u64 * 4, n)?;
+        }
         rec.copy(&loss_c, 0, &token_loss, start as u64 * 4, n)?;
         rec.copy(&lse_c, 0, &lse, start as u64 * 4, n)
     })?;
-    Ok((token_loss, lse, entropies))
+    Ok(ScoredRows { token_loss, lse, entropy: entropies, logit_sums: sums })
 }
 
 /// Runs `f(rec, first row, x (n, D), logits (n, V), targets (n))` on each
@@ -231,8 +267,11 @@ struct Scored {
     lse: Tensor,
     xn: Tensor,
     saved: ModelSaved,
+    /// (M, 1) each row's Σ of its logits, where asked (DPO's `logits/*`).
+    logit_sums: Option<Tensor>,
 }
 
+#[allow(clippy::too_many_arguments)] // one forward: the model, its rows, and what to keep of its logits
 fn score(
     rec: &mut Recorder,
     model: &Model,
@@ -241,6 +280,7 @@ fn score(
     checkpoint: bool,
     rows: &PairRows,
     uploaded: &[Tensor; 3],
+    logit_sums: bool,
 ) -> Result<Scored> {
     let (xn, saved) = model.hidden_checkpointed(rec, ids, hooks, checkpoint)?; // (S, T', D)
     let d = model.config.hidden_size;
@@ -249,9 +289,9 @@ fn score(
     }
     let xn = xn.reshape(&[rows.targets.len(), d])?;
     let [targets, lp_weight, nll_weight] = uploaded;
-    let (token_loss, lse) = token_losses(rec, &xn, model.head(hooks), targets, 1.0)?;
-    let (logps, nll) = sequence_logps(rec, &token_loss, lp_weight, nll_weight, rows.seqs)?;
-    Ok(Scored { logps, nll, lse, xn, saved })
+    let s = scored_rows(rec, &xn, model.head(hooks), (targets, 1.0), (false, logit_sums))?;
+    let (logps, nll) = sequence_logps(rec, &s.token_loss, lp_weight, nll_weight, rows.seqs)?;
+    Ok(Scored { logps, nll, lse: s.lse, xn, saved, logit_sums: s.logit_sums })
 }
 
 /// The DPO reference: the micro-batch's completion log-probabilities (S)
@@ -266,7 +306,7 @@ fn reference_logps(
 ) -> Result<Tensor> {
     let rows = PairRows::new(batch, vocab, 0, loss)?;
     let uploaded = rows.upload(rec.gpu())?;
-    Ok(score(rec, model, ids, &NoHooks, false, &rows, &uploaded)?.logps)
+    Ok(score(rec, model, ids, &NoHooks, false, &rows, &uploaded, false)?.logps)
 }
 
 /// Records one micro-batch of pairs: the reference forward (DPO), the
@@ -353,6 +393,8 @@ struct Forward {
     reference: Option<Tensor>,
     /// KTO: each example's label.
     desirable: Option<Tensor>,
+    /// DPO: (M, STATS) each row's share of `logits/chosen` and `logits/rejected` (PairRows::logit_weight).
+    logit_weight: Option<Tensor>,
 }
 
 impl Forward {
@@ -373,7 +415,14 @@ impl Forward {
             desirable: self.desirable.as_ref(),
             running: Some(running),
         };
-        preference_loss(rec, loss, scores, scale, stats)
+        let dlogp = preference_loss(rec, loss, scores, scale, stats)?;
+        if let (Some(sums), Some(w)) = (&self.scored.logit_sums, &self.logit_weight) {
+            // stats (1, STATS) += scale · sumsᵀ (1, M) · w (M, STATS): DPO's mean logits into [10], [11].
+            let m = sums.numel();
+            let add = Gemm::new(1, STATS, m, false, false).alpha(scale).accumulate(true);
+            gemm(rec, &add, &sums.reshape(&[1, m])?, w, &stats.reshape(&[1, STATS])?)?;
+        }
+        Ok(dlogp)
     }
 }
 
@@ -406,12 +455,16 @@ fn forward_scores(
         (_, false) => None,
     };
     let uploaded = rows.upload(gpu)?;
-    let scored = score(rec, model, ids, hooks, checkpoint, rows, &uploaded)?;
+    let logit_weight = match rows.logit_weight.is_empty() {
+        true => None,
+        false => Some(Tensor::from_slice(gpu, &[rows.targets.len(), STATS], &rows.logit_weight)?),
+    };
+    let scored = score(rec, model, ids, hooks, checkpoint, rows, &uploaded, logit_weight.is_some())?;
     let desirable = match &rows.desirable {
         Some(d) => Some(Tensor::from_slice(gpu, &[d.len()], d)?),
         None => None,
     };
-    Ok(Forward { scored, uploaded, reference, desirable })
+    Ok(Forward { scored, uploaded, reference, desirable, logit_weight })
 }
 
 /// TRL's `precompute_ref_log_probs`: every row's reference log-probability
@@ -454,7 +507,7 @@ pub async fn preference_logps(
     let reference =
         if loss.needs_reference() { Some(reference_logps(&mut rec, model, &ids, batch, vocab, loss)?) } else { None };
     let uploaded = rows.upload(gpu)?;
-    let policy = score(&mut rec, model, &ids, hooks, false, &rows, &uploaded)?.logps;
+    let policy = score(&mut rec, model, &ids, hooks, false, &rows, &uploaded, false)?.logps;
     rec.submit()?;
     let reference = match reference {
         Some(r) => Some(r.to_vec::<f32>(gpu).await?),

@@ -146,6 +146,11 @@ pub struct PreferenceStats {
     /// and IPO: per-token means), averaged over the pairs.
     pub logps_chosen: f32,
     pub logps_rejected: f32,
+    /// DPO: `logits/chosen`, `logits/rejected`, the mean of the policy's
+    /// logits over the chosen (rejected) completions' positions and the
+    /// vocabulary. (ORPO's, CPO's and KTO's take in the padding's positions,
+    /// whose logits depend on how the padding attends: not here.)
+    pub logits: Option<[f32; 2]>,
 }
 
 impl PreferenceStats {
@@ -165,6 +170,7 @@ impl PreferenceStats {
             },
             logps_chosen: s[8],
             logps_rejected: s[9],
+            logits: matches!(loss, PreferenceLoss::Dpo(_)).then(|| [s[10], s[11]]),
         }
     }
 
@@ -178,6 +184,9 @@ impl PreferenceStats {
             ("logps/chosen", self.logps_chosen),
             ("logps/rejected", self.logps_rejected),
         ];
+        if let Some([chosen, rejected]) = self.logits {
+            v.extend([("logits/chosen", chosen), ("logits/rejected", rejected)]);
+        }
         if let Some([nll, ratio, chosen]) = self.orpo {
             v.extend([("nll_loss", nll), ("log_odds_ratio", ratio), ("log_odds_chosen", chosen)]);
         }

@@ -1120,6 +1120,8 @@ async fn one_step(
             margins: p.rewards_margins,
             logps_chosen: p.logps_chosen,
             logps_rejected: p.logps_rejected,
+            logits_chosen: p.logits.map(|l| l[0]),
+            logits_rejected: p.logits.map(|l| l[1]),
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
         }),
         kto: s.kto,

@@ -211,10 +211,10 @@ export interface StepEvent {
   /** SFT: TRL's entropy and mean_token_accuracy (each micro-batch's mean over its tokens, averaged over the
    * micro-batches) and num_tokens (the tokens trained on so far, padding left out). */
   entropy?: number; meanTokenAccuracy?: number; numTokens?: number;
-  /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins,
+  /** DPO, ORPO and CPO: TRL's rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins (DPO also logits/chosen, logits/rejected),
    * logps/chosen, logps/rejected, and nll_loss (ORPO, CPO, and DPO with rpoAlpha). */
   rewards?: { chosen: number; rejected: number; accuracies: number; margins: number; logpsChosen: number;
-    logpsRejected: number; nllLoss?: number };
+    logpsRejected: number; logitsChosen?: number; logitsRejected?: number; nllLoss?: number };
   /** KTO: TRL's kl, rewards/chosen_sum, rewards/rejected_sum, logps/chosen_sum, logps/rejected_sum, count/chosen,
    * count/rejected. */
   kto?: { kl: number; rewardsChosenSum: number; rewardsRejectedSum: number; logpsChosenSum: number;
@@ -453,6 +453,11 @@ pub struct Rewards {
     /// `logps/chosen`, `logps/rejected`: the policy's log-probabilities.
     pub logps_chosen: f32,
     pub logps_rejected: f32,
+    /// DPO: `logits/chosen`, `logits/rejected`, the mean logits over the completions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits_chosen: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logits_rejected: Option<f32>,
     /// ORPO's and CPO's NLL, or DPO's with `rpoAlpha`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nll_loss: Option<f32>,

@@ -534,6 +534,10 @@ struct RewardsLine {
     logps_chosen: f32,
     #[serde(rename = "logps/rejected")]
     logps_rejected: f32,
+    #[serde(rename = "logits/chosen", skip_serializing_if = "Option::is_none")]
+    logits_chosen: Option<f32>,
+    #[serde(rename = "logits/rejected", skip_serializing_if = "Option::is_none")]
+    logits_rejected: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nll_loss: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -551,6 +555,8 @@ impl RewardsLine {
             margins: p.rewards_margins,
             logps_chosen: p.logps_chosen,
             logps_rejected: p.logps_rejected,
+            logits_chosen: p.logits.map(|l| l[0]),
+            logits_rejected: p.logits.map(|l| l[1]),
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
             log_odds_ratio: p.orpo.map(|o| o[1]),
             log_odds_chosen: p.orpo.map(|o| o[2]),
