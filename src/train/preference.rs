@@ -63,6 +63,15 @@ impl Objective {
         matches!(self, Objective::Sft(_))
     }
 
+    /// SFT's token loss, and the causal-LM loss (nll) the other objectives'
+    /// SFT-style evaluation measures.
+    pub fn sft_loss(self) -> SftLoss {
+        match self {
+            Objective::Sft(loss) => loss,
+            _ => SftLoss::Nll,
+        }
+    }
+
     /// "sft", "dpo", "orpo" or "cpo".
     pub fn name(self) -> &'static str {
         match self {

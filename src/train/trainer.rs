@@ -450,10 +450,7 @@ impl Trainer {
                  the labels, so there is nothing to match; train with nll",
             ));
         }
-        let sft_loss = match self.objective {
-            Objective::Sft(loss) => loss,
-            _ => SftLoss::Nll,
-        };
+        let sft_loss = self.objective.sft_loss();
         let mut tokens = 0;
         let mut shifted = Vec::with_capacity(micro.len());
         let mut weights = Vec::with_capacity(micro.len()); // SFT's metrics (train::sft_metrics)
@@ -745,11 +742,7 @@ impl Trainer {
     /// Loss, perplexity and TRL's metrics of the adapted model on `batches`
     /// under the objective's SFT loss (no dropout, no update).
     pub async fn evaluate(&self, gpu: &Gpu, model: &Model, batches: &[Batch]) -> Result<EvalStats> {
-        let loss = match self.objective {
-            Objective::Sft(loss) => loss,
-            _ => SftLoss::Nll,
-        };
-        evaluate(gpu, model, Some(&self.adapter), batches, loss).await
+        evaluate(gpu, model, Some(&self.adapter), batches, self.objective.sft_loss()).await
     }
 }
 

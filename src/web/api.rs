@@ -1075,11 +1075,7 @@ async fn evaluate_held_out(
             e.metrics.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
         return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": e.batches}));
     }
-    let kind = match recipe.objective {
-        Objective::Sft(kind) => kind,
-        _ => Default::default(),
-    };
-    let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0), kind).await.map_err(err)?;
+    let e = evaluate(&st.gpu, &st.model, adapter, &ds.epoch(0), recipe.objective.sft_loss()).await.map_err(err)?;
     to_js(&serde_json::json!({"loss": e.loss, "perplexity": e.perplexity, "tokens": e.tokens, "entropy": e.entropy,
                               "meanTokenAccuracy": e.mean_token_accuracy}))
 }
