@@ -1,4 +1,5 @@
-// GRPO's per-token loss (TRL's GRPOTrainer._compute_loss), over the M = B·T
+// GRPO's per-token loss (TRL's GRPOTrainer._compute_loss) and RLOO's per-sequence one (its
+// RLOOTrainer's, rloo_sequence_scale below), over the M = B·T
 // rows of one micro-batch (B completions of T rows each):
 //
 //   lp[r]  = −token_loss[r]                 log π(target of row r) at temperature T
@@ -43,7 +44,7 @@ struct Params {
     masks_entropy: u32,  // 1: keep the policy term only on high-entropy tokens (ρ < 1)
     quantile: f32,  // 1 − ρ, the quantile of the weighted rows' entropies kept from
     share: f32,     // 1 / the step's micro-batches: this one's share of the metrics' mean
-    _pad0: u32,
+    sequence_weight: f32,  // RLOO: each completion's share of the loss, 1 / (B·K)
     _pad1: u32,
 }
 
@@ -198,6 +199,47 @@ fn grpo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
             let k = kl_terms(r);
             sums += vec3<f32>(w * (p.beta * k.x - kept(r, threshold) * c.x), k.x, entropy[r]);
             row_scale[r] = (shared_scale + w * p.beta * k.y) * p.inv_temperature;
+        }
+    }
+    add_stats(lid, sums, clips, tokens, true);
+}
+
+// RLOO (TRL's RLOOTrainer._compute_loss): one ratio a completion, e^(Σ_mask (lp − old)), the
+// sum of its tokens' log-ratios (not GSPO's mean), and each completion's loss −min(c1·A, c2·A)
+// weighed by sequence_weight = 1 / (B·K) whether or not a token of it counts (one masked whole
+// has ratio 1 and adds −A·sequence_weight). β's KL is in RLOO's rewards, not here (p.beta = 0).
+//   row_scale[r] = sequence_weight·∂min/∂s / T on the mask (each token's lp moves the ratio alike)
+// The clip ratios are over the B completions; the entropy over the masked rows.
+@compute @workgroup_size(WG)
+fn rloo_sequence_scale(@builtin(local_invocation_index) lid: u32) {
+    var sums = vec3<f32>(0.0);   // loss, 0 (no KL), entropy
+    var clips = vec3<f32>(0.0);
+    var tokens = 0.0;
+    let completions = p.rows / p.seq_len;
+    for (var s = 0u; s < completions; s++) {
+        let first = s * p.seq_len;
+        var part = 0.0;
+        for (var t = lid; t < p.seq_len; t += WG) {
+            let r = first + t;
+            if (weight[r] != 0.0) {
+                part += old_loss[r] - token_loss[r];
+            }
+        }
+        let c = clipped(exp(workgroup_sum(lid, part)), adv[first]);
+        if (lid == 0u) {
+            clips += vec3<f32>(c.z, c.w, max(c.z, c.w));
+            sums.x -= p.sequence_weight * c.x;
+        }
+        let scale = p.sequence_weight * c.y * p.inv_temperature;
+        for (var t = lid; t < p.seq_len; t += WG) {
+            let r = first + t;
+            if (weight[r] == 0.0) {
+                row_scale[r] = 0.0;
+                continue;
+            }
+            tokens += 1.0;
+            sums.z += entropy[r];
+            row_scale[r] = scale;
         }
     }
     add_stats(lid, sums, clips, tokens, true);

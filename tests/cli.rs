@@ -1952,5 +1952,79 @@ fn train_grpo_samples_scores_and_steps() {
     refused(&["--reward", "cmd:echo 1"], "wrote 1 rewards for 2 completions");
     refused(&["--max-completion-length", "128"], "--max-completion-length: 128 leaves no room for a prompt");
     let sft = train(&data, &["--num-generations", "4", "--method", "lora", "--lr", "1e-2", "--out", &dir.join("y")]);
-    assert!(String::from_utf8_lossy(&sft.stderr).contains("--num-generations applies to --objective grpo only"));
+    assert!(
+        String::from_utf8_lossy(&sft.stderr).contains("--num-generations applies to --objective grpo and rloo only")
+    );
+}
+
+/// `train --objective rloo`: TRL's RLOOTrainer on the same prompts and rewards (2 completions a prompt
+/// and β 0.05 by default, normalised advantages, rewards clipped): each step's line carries its
+/// metrics and the generation's kl; a run stopped after its first step and resumed with only --resume
+/// goes on as RLOO to the same lines and adapter; GRPO's flags are refused for it and its own for GRPO.
+#[test]
+fn train_rloo_samples_scores_and_steps() {
+    let dir = TempDir::new("rloo");
+    let data = dir.join("prompts.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"The river rose and\"}\n{\"prompt\": \"Once\"}\n").unwrap();
+    let count =
+        r#"cmd:awk '{ s=$0; sub(/.*"completion_ids":\[/, "", s); sub(/\].*/, "", s); print split(s, a, ",") }'"#;
+    let rloo = [
+        "--objective",
+        "rloo",
+        "--batch-size",
+        "2",
+        "--steps",
+        "3",
+        "--max-completion-length",
+        "6",
+        "--reward",
+        count,
+        "--normalize-advantages",
+        "--reward-clip-range",
+        "1,5",
+        "--method",
+        "lora",
+        "--lr",
+        "5e-2",
+    ];
+    let untimed = |out: &std::process::Output| {
+        ok(out);
+        let mut lines = step_lines(out);
+        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("tokens_per_s")));
+        lines
+    };
+    let (whole, half) = (dir.join("whole"), dir.join("half"));
+    let lines = untimed(&train(&data, &[&rloo[..], &["--out", &whole]].concat()));
+    assert_eq!(column(&lines, "step"), [1.0, 2.0, 3.0], "{lines:?}");
+    for key in ["reward", "reward_std", "kl", "entropy", "clip_ratio/region_mean", "completions/mean_length"] {
+        assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
+    }
+    assert_eq!(column(&lines, "kl")[0], 0.0, "step 1: the adapter's B is 0, the policy is the reference");
+    assert!(column(&lines, "kl")[1..].iter().any(|&k| k != 0.0), "β's KL once the policy moved: {lines:?}");
+    assert!(lines[0]["grad_norm"].as_f64().unwrap() > 0.0, "{lines:?}");
+    let first = untimed(&train(&data, &[&rloo[..], &["--stop-after", "1", "--out", &half]].concat()));
+    let model = fixture("llama_gqa");
+    let rest = untimed(&webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]));
+    assert_eq!(first.into_iter().chain(rest).collect::<Vec<_>>(), lines);
+    let weights = |d: &str| std::fs::read(std::path::Path::new(d).join("adapter_model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&half), "the resumed adapter differs from the uninterrupted one");
+
+    let refused = |objective: &str, flags: &[&str], needle: &str| {
+        let base = ["--objective", objective, "--batch-size", "2", "--steps", "1", "--reward", "think_format"];
+        let out =
+            train(&data, &[&base[..], flags, &["--method", "lora", "--lr", "1e-2", "--out", &dir.join("x")]].concat());
+        assert!(!out.status.success(), "{objective} {flags:?}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(needle), "{objective} {flags:?}: {e}");
+    };
+    refused("rloo", &["--loss-type", "grpo"], "--loss-type applies to --objective grpo, not rloo");
+    refused("rloo", &["--delta", "1.5"], "--delta applies to --objective grpo, not rloo");
+    refused(
+        "grpo",
+        &["--num-generations", "2", "--normalize-advantages"],
+        "--normalize-advantages applies to --objective rloo",
+    );
+    refused("rloo", &["--reward-clip-range", "1,2,3"], "--reward-clip-range: expected LOW,HIGH, got 3 numbers");
+    refused("rloo", &["--reward-clip-range", "2,1"], "--reward-clip-range: (2, 1): two finite numbers");
+    refused("rloo", &["--num-generations", "1"], "at least 2 completions a prompt");
 }

@@ -39,6 +39,7 @@ fn ids(v: &Value) -> Vec<u32> {
 fn settings(case: &Value, max_completion_length: usize) -> (GrpoLoss, ScaleRewards, bool) {
     let s = &case["settings"];
     let loss = GrpoLoss {
+        estimator: webpeft::train::grpo::Estimator::Grpo,
         loss_type: GrpoLossType::from_name(s["loss_type"].as_str().unwrap()).unwrap(),
         beta: s["beta"].as_f64().unwrap() as f32,
         temperature: s["temperature"].as_f64().unwrap() as f32,
@@ -387,6 +388,8 @@ fn a_grpo_run_raises_its_reward() {
         num_generations: 8,
         num_iterations: 1,
         scale_rewards: ScaleRewards::Group,
+        normalize_advantages: false,
+        reward_clip_range: None,
         mask_truncated_completions: false,
         gradient_accumulation_steps: 1,
         steps_per_generation: 1,
@@ -578,6 +581,8 @@ fn matches_trls_training_loop(name: &str) {
         gradient_accumulation_steps: accumulation,
         steps_per_generation: case["settings"]["steps_per_generation"].as_u64().map_or(accumulation, |s| s as usize),
         scale_rewards: scale,
+        normalize_advantages: false,
+        reward_clip_range: None,
         mask_truncated_completions: mask_truncated,
         batch_size: 3,
         reward_weights: vec![1.0],

@@ -27,7 +27,8 @@ struct Params {
     masks_entropy: u32,
     quantile: f32,
     share: f32,
-    _pad: [u32; 2],
+    sequence_weight: f32,
+    _pad: u32,
 }
 
 /// The importance ratio's clipping (TRL's `epsilon`, `epsilon_high`, `delta`).
@@ -117,35 +118,17 @@ pub fn grpo_row_scale(
     const OP: &str = "grpo_row_scale";
     let reference = ref_loss.unwrap_or(token_loss);
     let old = old_loss.unwrap_or(token_loss);
-    let named = [("ref_loss", reference), ("old_loss", old), ("entropy", entropy), ("weight", weight), ("adv", adv)];
-    all_f32(OP, &[("token_loss", token_loss), ("stats", stats)])?;
-    all_f32(OP, &named)?;
-    let rows = token_loss.numel();
-    for (name, t) in named {
-        if t.numel() != rows {
-            return Err(Error::shape(OP, format!("{name} has {} rows, token_loss {rows}", t.numel())));
-        }
-    }
-    if stats.numel() < 6 {
-        return Err(Error::shape(OP, format!("stats {:?} must hold 6 values", stats.shape())));
-    }
+    let named = [("token_loss", token_loss), ("ref_loss", reference), ("old_loss", old), ("entropy", entropy)];
+    grpo_checks(OP, &named, (weight, adv), (beta, temperature, clip))?;
+    check_stats(OP, stats, share)?;
     if beta != 0.0 && ref_loss.is_none() {
         return Err(Error::invalid(OP, format!("β = {beta} needs the reference's per-row losses")));
     }
-    if !(share.is_finite() && share > 0.0) {
-        return Err(Error::invalid(OP, format!("the micro-batch's share {share} of the metrics must be > 0")));
-    }
-    if !(temperature.is_finite() && temperature > 0.0 && beta.is_finite()) {
-        return Err(Error::invalid(OP, format!("temperature {temperature} must be > 0 and β {beta} finite")));
-    }
+    let rows = token_loss.numel();
     let delta = clip.delta.unwrap_or(0.0);
-    if !(clip.epsilon_low.is_finite() && clip.epsilon_high.is_finite() && delta.is_finite() && delta >= 0.0) {
-        return Err(Error::invalid(OP, format!("clipping {clip:?} must be finite")));
-    }
     if !(0.0..=1.0).contains(&top_entropy_quantile) {
         return Err(Error::invalid(OP, format!("top_entropy_quantile {top_entropy_quantile} must be in [0, 1]")));
     }
-    u32_count(OP, "rows", rows)?;
     if completions == 0 || rows == 0 || rows % completions != 0 {
         return Err(Error::shape(OP, format!("{rows} rows do not make {completions} completions of equal length")));
     }
@@ -162,7 +145,8 @@ pub fn grpo_row_scale(
         masks_entropy: quantile.is_some() as u32,
         quantile: quantile.unwrap_or(0.0),
         share,
-        _pad: [0; 2],
+        sequence_weight: 0.0,
+        _pad: 0,
     };
     // (3): the order statistics and their weight; left unread without the mask.
     let order = rec.alloc(&[3], DType::F32)?;
@@ -188,10 +172,109 @@ pub fn grpo_row_scale(
     Ok(row_scale)
 }
 
+/// RLOO's per-sequence loss (TRL's `RLOOTrainer._compute_loss`): one ratio a
+/// completion, `e^(Σ_mask (lp − old))`, each completion's `−min(c1·A, c2·A)`
+/// weighed by `sequence_weight` (1 / (B·K)) into `stats[0]`, whether or not a
+/// token of it counts; `share` × the micro-batch's mean entropy (over the rows
+/// with weight ≠ 0, the mask) and clip ratios (over the completions) into
+/// `stats[2..6]` (`stats[1]`, GRPO's KL, gets 0: RLOO's β acts on the rewards).
+/// Returns the rows' factors, `sequence_weight·∂min/∂s / T` on the mask.
+///
+/// - token_loss, entropy, weight: (M) f32, weight ≠ 0 marking the completion tokens
+/// - adv: (M) f32, one value over each completion's T = M / completions rows
+/// - old_loss: (M), `None` when the policy sampled them (ratio 1)
+/// - stats: (6) f32, added to
+pub fn rloo_row_scale(
+    rec: &mut Recorder,
+    [token_loss, entropy]: [&Tensor; 2],
+    old_loss: Option<&Tensor>,
+    (weight, adv): (&Tensor, &Tensor),
+    (temperature, clip): (f32, Clip),
+    (completions, sequence_weight): (usize, f32),
+    (stats, share): (&Tensor, f32),
+) -> Result<Tensor> {
+    const OP: &str = "rloo_row_scale";
+    if clip.delta.is_some() {
+        return Err(Error::invalid(OP, "RLOO's ratios have no δ bound"));
+    }
+    if !(sequence_weight.is_finite() && sequence_weight > 0.0) {
+        return Err(Error::invalid(OP, format!("a completion's weight {sequence_weight} must be > 0")));
+    }
+    // GRPO's checks (shapes, settings), its parameters with β 0, and RLOO's entry.
+    let rows = token_loss.numel();
+    let old = old_loss.unwrap_or(token_loss);
+    let named = [("token_loss", token_loss), ("old_loss", old), ("entropy", entropy)];
+    grpo_checks(OP, &named, (weight, adv), (0.0, temperature, clip))?;
+    check_stats(OP, stats, share)?;
+    if completions == 0 || rows == 0 || rows % completions != 0 {
+        return Err(Error::shape(OP, format!("{rows} rows do not make {completions} completions of equal length")));
+    }
+    let p = Params {
+        rows: rows as u32,
+        beta: 0.0,
+        inv_temperature: 1.0 / temperature,
+        epsilon_low: clip.epsilon_low,
+        epsilon_high: clip.epsilon_high,
+        delta: 0.0,
+        seq_len: (rows / completions) as u32,
+        masks_entropy: 0,
+        quantile: 0.0,
+        share,
+        sequence_weight,
+        _pad: 0,
+    };
+    let row_scale = rec.alloc(&[rows], DType::F32)?;
+    // (The entry reads neither a reference's losses (2) nor the entropy order (9).)
+    let bound = [(1, token_loss), (3, weight), (4, adv), (5, &row_scale), (6, stats), (7, entropy), (8, old)];
+    rec.dispatch_bound(&key(RLOO), &p, &bound, [1, 1, 1])?;
+    Ok(row_scale)
+}
+
+/// The rows' tensors (`named`, token_loss first, then weight and adv) f32
+/// and of one length, a finite β, a temperature > 0, finite clipping, and a
+/// row count the kernel can index.
+fn grpo_checks(
+    op: &'static str,
+    named: &[(&'static str, &Tensor)],
+    (weight, adv): (&Tensor, &Tensor),
+    (beta, temperature, clip): (f32, f32, Clip),
+) -> Result<()> {
+    let named: Vec<(&str, &Tensor)> = named.iter().copied().chain([("weight", weight), ("adv", adv)]).collect();
+    all_f32(op, &named)?;
+    let m = named[0].1.numel();
+    for (name, t) in &named {
+        if t.numel() != m {
+            return Err(Error::shape(op, format!("{name} has {} rows, token_loss {m}", t.numel())));
+        }
+    }
+    if !(temperature.is_finite() && temperature > 0.0 && beta.is_finite()) {
+        return Err(Error::invalid(op, format!("temperature {temperature} must be > 0 and β {beta} finite")));
+    }
+    let delta = clip.delta.unwrap_or(0.0);
+    if !(clip.epsilon_low.is_finite() && clip.epsilon_high.is_finite() && delta.is_finite() && delta >= 0.0) {
+        return Err(Error::invalid(op, format!("clipping {clip:?} must be finite")));
+    }
+    u32_count(op, "rows", m).map(|_| ())
+}
+
+/// `stats` f32 with room for 6 values, and the micro-batch's share of the metrics > 0.
+fn check_stats(op: &'static str, stats: &Tensor, share: f32) -> Result<()> {
+    all_f32(op, &[("stats", stats)])?;
+    if stats.numel() < 6 {
+        return Err(Error::shape(op, format!("stats {:?} must hold 6 values", stats.shape())));
+    }
+    if !(share.is_finite() && share > 0.0) {
+        return Err(Error::invalid(op, format!("the micro-batch's share {share} of the metrics must be > 0")));
+    }
+    Ok(())
+}
+
 /// The entry that finds the entropy quantile's order statistics.
 const ENTROPY_ORDER: &str = "grpo_entropy_order";
+/// RLOO's entry.
+const RLOO: &str = "rloo_sequence_scale";
 
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    [ImportanceSampling::Token.entry(), ImportanceSampling::Sequence.entry(), ENTROPY_ORDER].map(key).to_vec()
+    [ImportanceSampling::Token.entry(), ImportanceSampling::Sequence.entry(), ENTROPY_ORDER, RLOO].map(key).to_vec()
 }

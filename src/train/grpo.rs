@@ -1,6 +1,7 @@
 //! GRPO as TRL 0.24's `GRPOTrainer` computes it: a group of G completions
 //! sampled for each prompt, each scored by reward functions, and the
-//! policy-gradient steps on them.
+//! policy-gradient steps on them. RLOO (its `RLOOTrainer`) shares all of it
+//! but the advantages and the loss ([`Estimator::Rloo`], below the GRPO ones).
 //!
 //! ```text
 //! r_i   = Σ_f w_f·reward_f(i)                         (nansum: a missing reward adds nothing)
@@ -28,12 +29,23 @@
 //! cross-entropy and entropy at temperature T, `grpo_row_scale` (the loss,
 //! the KL and entropy sums and each row's factor), and the backward through
 //! cross-entropy's per-row scale.
+//!
+//! ```text
+//! RLOO (TRL 0.24's RLOOTrainer):
+//! r_i   = clamp(Σ_f w_f·reward_f(i), reward_clip_range) − β·Σ_mask (old_t − ref_t)
+//!                                                     (old: the policy as it sampled; β 0.05 by default)
+//! A_i   = r_i − (Σ_group r − r_i) / (G − 1)           the leave-one-out baseline; with
+//!                                                     normalize_advantages, (A − mean(A)) / (std(A) + 1e-4)
+//! ρ_i   = e^(Σ_mask (lp_t − old_t))                   one ratio a completion, its tokens' log-ratios summed
+//! ℓ_i   = −min(ρ_i·A_i, clamp(ρ_i, 1 − ε_low, 1 + ε_high)·A_i)
+//! loss  = Σ_i ℓ_i / (B·K)                             every completion, one masked whole included
+//! ```
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder, Tensor};
-use crate::kernels::grpo::{grpo_row_scale, Clip, ImportanceSampling};
+use crate::kernels::grpo::{grpo_row_scale, rloo_row_scale, Clip, ImportanceSampling};
 use crate::model::llama::{shift_labels_after, GenerationConfig, Hooks, NoHooks, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::Model;
@@ -110,9 +122,34 @@ impl ScaleRewards {
     }
 }
 
-/// The step's settings (TRL's `GRPOConfig` fields of the same names).
+/// Which of TRL's trainers on sampled groups of completions a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Estimator {
+    /// `GRPOTrainer`: group-normalised advantages, a ratio a token (or GSPO's
+    /// a completion), β's KL in the loss.
+    Grpo,
+    /// `RLOOTrainer`: leave-one-out baselines, β's KL of each completion
+    /// taken from its reward, a ratio a completion from its tokens' summed
+    /// log-ratios, each completion's loss averaged. `loss_type`,
+    /// `importance_sampling`, `top_entropy_quantile` and `delta` are GRPO's.
+    Rloo,
+}
+
+impl Estimator {
+    /// The objective's name: "grpo" or "rloo".
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::Grpo => "grpo",
+            Estimator::Rloo => "rloo",
+        }
+    }
+}
+
+/// The step's settings (TRL's `GRPOConfig` fields of the same names, or its
+/// `RLOOConfig`'s).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GrpoLoss {
+    pub estimator: Estimator,
     pub loss_type: GrpoLossType,
     /// The KL coefficient (0: no reference forward, TRL's default).
     pub beta: f32,
@@ -137,6 +174,7 @@ pub struct GrpoLoss {
 impl GrpoLoss {
     /// TRL 0.24's defaults: dapo, β 0, temperature 1, 256 tokens, ε 0.2 both ways, no δ.
     pub const TRL: GrpoLoss = GrpoLoss {
+        estimator: Estimator::Grpo,
         loss_type: GrpoLossType::Dapo,
         beta: 0.0,
         temperature: 1.0,
@@ -145,6 +183,9 @@ impl GrpoLoss {
         importance_sampling: ImportanceSampling::Token,
         top_entropy_quantile: 1.0,
     };
+
+    /// TRL 0.24's `RLOOConfig` defaults: β 0.05, temperature 1, 256 tokens, ε 0.2 both ways.
+    pub const RLOO: GrpoLoss = GrpoLoss { estimator: Estimator::Rloo, beta: 0.05, ..GrpoLoss::TRL };
 
     /// The prompt tokens a row keeps beside its completion: `max_prompt_length`,
     /// capped so that prompt and completion fit `max_positions`; an error
@@ -183,6 +224,16 @@ impl GrpoLoss {
         }
         if !(0.0..=1.0).contains(&self.top_entropy_quantile) {
             return bad("top_entropy_quantile", format!("must be in [0, 1], got {}", self.top_entropy_quantile));
+        }
+        if self.estimator == Estimator::Rloo {
+            let grpo_only = [
+                ("delta", self.clip.delta.is_some()),
+                ("top_entropy_quantile", self.top_entropy_quantile != 1.0),
+                ("importance_sampling_level", self.importance_sampling != ImportanceSampling::Token),
+            ];
+            if let Some((option, _)) = grpo_only.iter().find(|(_, set)| *set) {
+                return bad(option, "applies to grpo only (RLOO's ratio is a completion's, without δ)".into());
+            }
         }
         Ok(())
     }
@@ -257,6 +308,37 @@ pub fn advantages(rewards: &[f32], group: usize, scale: ScaleRewards) -> Result<
     Ok(Advantages { advantages: out, reward: means / n, reward_std: stds / n, frac_reward_zero_std: zero as f32 / n })
 }
 
+/// RLOO's advantages for `rewards` (β's KL already taken from them) in
+/// groups of `group` consecutive completions, as TRL's `RLOOTrainer`: each
+/// reward less the mean of its group's others, `r_i − (Σ_group r − r_i) / (G − 1)`
+/// in f32; with `normalize`, then less the batch's mean and over its std + 1e-4.
+/// `reward`, `reward_std` and `frac_reward_zero_std` as GRPO's (of the groups'
+/// means and unbiased standard deviations, through f64 as torch's CPU `std`).
+pub fn rloo_advantages(rewards: &[f32], group: usize, normalize: bool) -> Result<Advantages> {
+    if group < 2 || rewards.is_empty() || rewards.len() % group != 0 {
+        return Err(Error::TrainOption {
+            option: "num_generations",
+            detail: format!("{} rewards do not make groups of {group} (RLOO needs at least 2)", rewards.len()),
+        });
+    }
+    let stats = advantages(rewards, group, ScaleRewards::None)?;
+    let mut out = Vec::with_capacity(rewards.len());
+    for g in rewards.chunks(group) {
+        let sum = g.iter().fold(0.0f32, |a, &b| a + b);
+        out.extend(g.iter().map(|&r| r - (sum - r) / (group - 1) as f32));
+    }
+    if normalize {
+        let n = out.len() as f64;
+        let mean = out.iter().fold(0.0f32, |a, &b| a + b) / out.len() as f32;
+        let m64 = out.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let std = (out.iter().map(|&a| (a as f64 - m64).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() as f32;
+        for a in &mut out {
+            *a = (*a - mean) / (std + 1e-4);
+        }
+    }
+    Ok(Advantages { advantages: out, ..stats })
+}
+
 /// A GRPO micro-batch's per-row targets, normalisers and advantages, in the
 /// row layout of the model's output.
 #[derive(Clone, Debug)]
@@ -273,6 +355,8 @@ pub struct GrpoRows {
     pub old: Option<Vec<f32>>,
     /// Completion tokens (the mask's).
     pub tokens: usize,
+    /// RLOO: each completion's share of the loss, 1 / (B·K).
+    pub sequence_weight: f32,
 }
 
 impl GrpoRows {
@@ -295,6 +379,7 @@ impl GrpoRows {
         for (i, (w, t)) in weight.chunks_mut(per).zip(targets.chunks(per)).enumerate() {
             let n = t.iter().filter(|&&t| t != IGNORE_INDEX).count();
             let c = match loss.loss_type {
+                _ if loss.estimator == Estimator::Rloo => 1.0 / rows as f32 / k,
                 GrpoLossType::Grpo => 1.0 / (n.max(1) as f32 * rows as f32) / k,
                 GrpoLossType::Bnpo => 1.0 / tokens.max(1) as f32 / k,
                 GrpoLossType::DrGrpo => 1.0 / (rows * loss.max_completion_length) as f32 / k,
@@ -312,15 +397,16 @@ impl GrpoRows {
             Some(_) => return Err(Error::shape(OP, "old_logps must have the shape of the labels (batch, seq)")),
             None => None,
         };
-        Ok(GrpoRows { targets, weight, adv: row_adv, tokens, old })
+        let sequence_weight = 1.0 / rows.max(1) as f32 / k;
+        Ok(GrpoRows { targets, weight, adv: row_adv, tokens, old, sequence_weight })
     }
 }
 
-/// Records one GRPO micro-batch: the reference forward (β > 0, every adapter
-/// hook off), the adapter's forward, the loss (added into `stats[0]`; `share`
-/// × the micro-batch's mean KL, entropy and clip ratios into `stats[1..6]`,
-/// `kernels::grpo::grpo_row_scale`) and the backward into the adapter's gradients
-/// through `hooks`.
+/// Records one GRPO (or RLOO) micro-batch: the reference forward (GRPO's β >
+/// 0, every adapter hook off), the adapter's forward, the loss (added into
+/// `stats[0]`; `share` × the micro-batch's mean KL, entropy and clip ratios
+/// into `stats[1..6]`, `kernels::grpo::grpo_row_scale` or `rloo_row_scale`)
+/// and the backward into the adapter's gradients through `hooks`.
 pub(crate) fn record_grpo_micro(
     rec: &mut Recorder,
     model: &Model,
@@ -344,7 +430,8 @@ pub(crate) fn record_grpo_micro(
         }
         xn.reshape(&[m, d])
     };
-    let ref_loss = if loss.beta != 0.0 {
+    let rloo = loss.estimator == Estimator::Rloo;
+    let ref_loss = if loss.beta != 0.0 && !rloo {
         let (xr, _) = model.hidden_checkpointed(rec, &ids, &NoHooks, false)?;
         Some(token_losses(rec, &flat(xr)?, model.head(&NoHooks), &targets, loss.temperature)?.0)
     } else {
@@ -356,15 +443,28 @@ pub(crate) fn record_grpo_micro(
     let s = scored_rows(rec, &xn, model.head(hooks), (&targets, loss.temperature), (true, false))?;
     let (token_loss, lse, entropy) = (s.token_loss, s.lse, s.entropy);
     let entropy = entropy.ok_or_else(|| Error::invalid("GRPO loss", "the rows' entropies went missing"))?;
-    let row_scale = grpo_row_scale(
-        rec,
-        [&token_loss, &entropy],
-        (ref_loss.as_ref(), old.as_ref()),
-        (&weight, &adv),
-        (loss.beta, loss.temperature),
-        (loss.clip, loss.importance_sampling, batch.labels.len(), loss.top_entropy_quantile),
-        (stats, share),
-    )?;
+    let completions = batch.labels.len();
+    let row_scale = if rloo {
+        rloo_row_scale(
+            rec,
+            [&token_loss, &entropy],
+            old.as_ref(),
+            (&weight, &adv),
+            (loss.temperature, loss.clip),
+            (completions, rows.sequence_weight),
+            (stats, share),
+        )?
+    } else {
+        grpo_row_scale(
+            rec,
+            [&token_loss, &entropy],
+            (ref_loss.as_ref(), old.as_ref()),
+            (&weight, &adv),
+            (loss.beta, loss.temperature),
+            (loss.clip, loss.importance_sampling, completions, loss.top_entropy_quantile),
+            (stats, share),
+        )?
+    };
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)
 }
@@ -610,7 +710,11 @@ pub fn completion_batches(
 pub struct GrpoStepStats {
     /// The optimizer steps taken on the completions (`num_iterations` of them).
     pub steps: Vec<StepStats>,
-    /// Each completion's reward, the functions' weighted sum.
+    /// RLOO's `kl` (β > 0): the mean over the completion tokens of the policy's
+    /// log-probability (as it sampled) less the reference's. (GRPO's is each step's.)
+    pub kl: Option<f32>,
+    /// Each completion's reward, the functions' weighted sum (clamped to
+    /// RLOO's `reward_clip_range`).
     pub rewards: Vec<f32>,
     /// `reward`, `reward_std`, `frac_reward_zero_std` and the advantages.
     pub advantages: Advantages,
@@ -694,7 +798,13 @@ pub struct GrpoSettings {
     /// feeds `steps_per_generation / gradient_accumulation_steps` optimizer
     /// steps, each on its own rows, and past the first the policy has moved.
     pub steps_per_generation: usize,
+    /// GRPO's `scale_rewards`.
     pub scale_rewards: ScaleRewards,
+    /// RLOO's `normalize_advantages`: the advantages less their batch mean,
+    /// over their std + 1e-4.
+    pub normalize_advantages: bool,
+    /// RLOO's `reward_clip_range`: each combined reward clamped to it (before β's KL).
+    pub reward_clip_range: Option<(f32, f32)>,
     pub mask_truncated_completions: bool,
     /// Rows a micro-batch.
     pub batch_size: usize,
@@ -790,7 +900,24 @@ impl GrpoSettings {
         if self.max_steps == Some(0) {
             return bad("max_steps", "must be at least 1".into());
         }
+        if let Some((lo, hi)) =
+            self.reward_clip_range.filter(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo <= hi))
+        {
+            return bad("reward_clip_range", format!("({lo}, {hi}): two finite numbers, the first ≤ the second"));
+        }
         Ok(())
+    }
+
+    /// The settings that belong to one estimator given to the other: a
+    /// `TrainOption` error naming it.
+    pub fn validate_for(&self, estimator: Estimator) -> Result<()> {
+        let bad = |option, owner: &str| Err(Error::TrainOption { option, detail: format!("applies to {owner} only") });
+        match estimator {
+            Estimator::Grpo if self.normalize_advantages => bad("normalize_advantages", "rloo"),
+            Estimator::Grpo if self.reward_clip_range.is_some() => bad("reward_clip_range", "rloo"),
+            Estimator::Rloo if self.scale_rewards != ScaleRewards::Group => bad("scale_rewards", "grpo"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -817,7 +944,7 @@ pub async fn label_logps(
     Ok(losses.chunks(per).map(|row| std::iter::once(0.0).chain(row[..per - 1].iter().map(|&l| -l)).collect()).collect())
 }
 
-/// One generation's GRPO: `completions` (`num_generations` a prompt, in the
+/// One generation's GRPO (or RLOO): `completions` (`num_generations` a prompt, in the
 /// prompts' order) of `prompts`, scored by each reward function
 /// (`rewards[f][i]`, `None` where a function gives none): the rewards
 /// combined, the advantages, the rows (shuffled with `settings.shuffle`) cut
@@ -826,7 +953,9 @@ pub async fn label_logps(
 /// [`Objective::Grpo`](crate::train::preference::Objective::Grpo)): each
 /// pass over the generation (`num_iterations`) steps on consecutive
 /// `gradient_accumulation_steps` micro-batches. Where a step sees a moved
-/// policy, the completions are first scored by the policy that sampled them.
+/// policy, the completions are first scored by the policy that sampled them;
+/// under RLOO with β > 0 they are, and by the reference (every adapter hook
+/// off), and each completion's KL is taken from its reward.
 pub async fn grpo_step(
     gpu: &Gpu,
     model: &Model,
@@ -836,7 +965,11 @@ pub async fn grpo_step(
     settings: &GrpoSettings,
     schedule: &LrSchedule,
 ) -> Result<GrpoStepStats> {
+    let crate::train::preference::Objective::Grpo(loss) = trainer.objective else {
+        return Err(Error::invalid("GRPO step", format!("the trainer's objective is {}", trainer.objective.name())));
+    };
     settings.validate()?;
+    settings.validate_for(loss.estimator)?;
     let g = settings.num_generations;
     if prompts.len() * g != completions.len() || completions.len() != settings.rows() {
         return Err(Error::invalid(
@@ -849,30 +982,61 @@ pub async fn grpo_step(
             ),
         ));
     }
-    let combined = combine_rewards(rewards, &settings.reward_weights)?;
-    let advantages = advantages(&combined, g, settings.scale_rewards)?;
+    let mut combined = combine_rewards(rewards, &settings.reward_weights)?;
+    if let Some((lo, hi)) = settings.reward_clip_range {
+        combined.iter_mut().for_each(|r| *r = r.clamp(lo, hi));
+    }
     let mut order: Vec<usize> = (0..completions.len()).collect();
     if let Some(seed) = settings.shuffle {
         Rng::new(seed).shuffle(&mut order);
     }
     let rows: Vec<(&[u32], &[u32])> = order.iter().map(|&i| (prompts[i / g], completions[i].as_slice())).collect();
-    let row_advantages: Vec<f32> = order.iter().map(|&i| advantages.advantages[i]).collect();
+    // The advantages come in below, once the rows have been scored.
     let mut batches = completion_batches(
         &rows,
-        &row_advantages,
+        &vec![0.0; rows.len()],
         (&settings.eos, settings.pad),
         settings.mask_truncated_completions,
         settings.batch_size,
     )?;
-    if settings.scores_old_policy() {
-        let temperature = match trainer.objective {
-            crate::train::preference::Objective::Grpo(l) => l.temperature,
-            _ => 1.0,
-        };
+    let rloo_kl = loss.estimator == Estimator::Rloo && loss.beta != 0.0;
+    // RLOO's KL of each row's completion, and the generation's Σ of it and its tokens.
+    let mut row_kl = Vec::with_capacity(rows.len());
+    let (mut kl_sum, mut kl_tokens) = (0.0f64, 0usize);
+    if settings.scores_old_policy() || rloo_kl {
         for b in &mut batches {
-            b.old_logps = Some(label_logps(gpu, model, &trainer.adapter, b, temperature).await?);
+            let old = label_logps(gpu, model, &trainer.adapter, b, loss.temperature).await?;
+            if rloo_kl {
+                let reference = label_logps(gpu, model, &NoHooks, b, loss.temperature).await?;
+                for ((old, reference), labels) in old.iter().zip(&reference).zip(&b.labels) {
+                    let masked = labels.iter().enumerate().filter(|(_, &l)| l != IGNORE_INDEX).map(|(t, _)| t);
+                    let kl = masked.map(|t| old[t] - reference[t]).fold(0.0f32, |a, d| a + d);
+                    kl_sum += kl as f64;
+                    kl_tokens += labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+                    row_kl.push(kl);
+                }
+            }
+            if settings.scores_old_policy() {
+                b.old_logps = Some(old);
+            }
         }
     }
+    let advantages = match loss.estimator {
+        Estimator::Grpo => advantages(&combined, g, settings.scale_rewards)?,
+        Estimator::Rloo => {
+            let mut penalised = combined.clone();
+            for (&i, kl) in order.iter().zip(&row_kl) {
+                penalised[i] -= loss.beta * kl;
+            }
+            rloo_advantages(&penalised, g, settings.normalize_advantages)?
+        }
+    };
+    let mut row_advantages = order.iter().map(|&i| advantages.advantages[i]);
+    for b in &mut batches {
+        b.advantages = Some(row_advantages.by_ref().take(b.labels.len()).collect());
+    }
+    // RLOO's kl metric: the generation's mean over its completion tokens (TRL's clamp(min=1)).
+    let kl = rloo_kl.then(|| (kl_sum / kl_tokens.max(1) as f64) as f32);
     let ga = settings.gradient_accumulation_steps;
     let mut steps = Vec::with_capacity(settings.steps_taken());
     for micro in batches.chunks(ga).cycle().take(settings.steps_taken()) {
@@ -885,6 +1049,7 @@ pub async fn grpo_step(
     let (reward_means, reward_stds) = reward_stats(rewards).into_iter().unzip();
     Ok(GrpoStepStats {
         steps,
+        kl,
         rewards: combined,
         advantages,
         reward_means,

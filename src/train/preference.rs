@@ -53,7 +53,8 @@ pub enum Objective {
     Sft(SftLoss),
     /// DPO, ORPO or CPO on preference pairs, KTO on unpaired examples.
     Preference(PreferenceLoss),
-    /// GRPO on sampled completions and their rewards (`train::grpo`).
+    /// GRPO (or RLOO, by its estimator) on sampled completions and their
+    /// rewards (`train::grpo`).
     Grpo(GrpoLoss),
 }
 
@@ -72,7 +73,7 @@ impl Objective {
         }
     }
 
-    /// "sft", "dpo", "orpo" or "cpo".
+    /// "sft", "dpo", "orpo", "cpo", "kto", "grpo" or "rloo".
     pub fn name(self) -> &'static str {
         match self {
             Objective::Sft(_) => "sft",
@@ -80,7 +81,7 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Orpo { .. }) => "orpo",
             Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
             Objective::Preference(PreferenceLoss::Kto(_)) => "kto",
-            Objective::Grpo(_) => "grpo",
+            Objective::Grpo(loss) => loss.estimator.name(),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model, SftL
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
 use crate::train::data::Batch;
-use crate::train::grpo::{record_grpo_micro, GrpoRows};
+use crate::train::grpo::{record_grpo_micro, Estimator, GrpoRows};
 use crate::train::preference::Objective;
 use crate::train::preference_loss::{record_preference_eval, record_preference_micro, PairRows};
 use crate::train::sft_metrics::metric_weights;
@@ -637,7 +637,8 @@ impl Trainer {
         };
         // GRPO's metrics, each the mean over the micro-batches of its mean there (the kernel's).
         let kl = match self.objective {
-            Objective::Grpo(loss) if loss.beta != 0.0 => Some(read[3]),
+            // (RLOO's β acts on its rewards: its kl is the generation's, `GrpoStepStats::kl`.)
+            Objective::Grpo(loss) if loss.beta != 0.0 && loss.estimator == Estimator::Grpo => Some(read[3]),
             _ => None,
         };
         let grpo = matches!(self.objective, Objective::Grpo(_));

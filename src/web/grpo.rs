@@ -322,7 +322,7 @@ async fn one_step(
         min_terminated_length: r.lengths.min_terminated,
         max_terminated_length: r.lengths.max_terminated,
         num_tokens: r.num_tokens,
-        kl: last.kl,
+        kl: last.kl.or(r.kl),
         entropy: last.entropy.unwrap_or(0.0),
         clip_ratio: last.clip_ratio.unwrap_or_default(),
         tokens: completions.iter().map(Vec::len).sum(),

@@ -600,6 +600,10 @@ pub struct GrpoOptions {
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
     pub top_entropy_quantile: Option<f64>,
+    /// "grpo" (TRL's GRPOTrainer, the default) or "rloo" (its RLOOTrainer).
+    pub objective: Option<String>,
+    pub normalize_advantages: Option<bool>,
+    pub reward_clip_range: Option<(f32, f32)>,
 }
 
 /// A GRPO run's settings from [`GrpoOptions`].
@@ -619,7 +623,27 @@ impl GrpoOptions {
     /// The run these options describe for `rewards` reward functions, validated.
     pub fn to_plan(&self, rewards: usize) -> Result<GrpoPlan> {
         use crate::kernels::grpo::{Clip, ImportanceSampling};
-        use crate::train::grpo::{GrpoLoss, GrpoLossType, GrpoSettings, ScaleRewards};
+        use crate::train::grpo::{Estimator, GrpoLoss, GrpoLossType, GrpoSettings, ScaleRewards};
+        let estimator = match self.objective.as_deref().unwrap_or("grpo") {
+            "grpo" => Estimator::Grpo,
+            "rloo" => Estimator::Rloo,
+            other => return Err(bad("objective", format!("expected grpo or rloo, got {other:?}"))),
+        };
+        let given = |set: bool, option: &'static str, owner: Estimator| match set && owner != estimator {
+            true => Err(bad(option, format!("applies to {} only", owner.name()))),
+            false => Ok(()),
+        };
+        given(self.loss_type.is_some(), "lossType", Estimator::Grpo)?;
+        given(self.scale_rewards.is_some(), "scaleRewards", Estimator::Grpo)?;
+        given(self.importance_sampling_level.is_some(), "importanceSamplingLevel", Estimator::Grpo)?;
+        given(self.delta.is_some(), "delta", Estimator::Grpo)?;
+        given(self.top_entropy_quantile.is_some(), "topEntropyQuantile", Estimator::Grpo)?;
+        given(self.normalize_advantages.is_some(), "normalizeAdvantages", Estimator::Rloo)?;
+        given(self.reward_clip_range.is_some(), "rewardClipRange", Estimator::Rloo)?;
+        let defaults = match estimator {
+            Estimator::Grpo => GrpoLoss::TRL,
+            Estimator::Rloo => GrpoLoss::RLOO,
+        };
         let train = TrainOptions {
             lr: self.lr,
             steps: Some(self.steps),
@@ -648,8 +672,9 @@ impl GrpoOptions {
         };
         let mut recipe = train.to_recipe()?;
         let loss = GrpoLoss {
+            estimator,
             loss_type: GrpoLossType::from_name(self.loss_type.as_deref().unwrap_or("dapo"))?,
-            beta: self.beta.unwrap_or(0.0),
+            beta: self.beta.unwrap_or(defaults.beta),
             temperature: self.temperature.unwrap_or(1.0),
             max_completion_length: self.max_completion_length.unwrap_or(256),
             clip: Clip {
@@ -675,7 +700,8 @@ impl GrpoOptions {
             ));
         }
         let settings = GrpoSettings {
-            num_generations: self.num_generations.unwrap_or(8),
+            // TRL's GRPOConfig samples 8 a prompt, its RLOOConfig 2.
+            num_generations: self.num_generations.unwrap_or(if estimator == Estimator::Rloo { 2 } else { 8 }),
             num_iterations: self.num_iterations.unwrap_or(1),
             gradient_accumulation_steps: recipe.grad_accum,
             steps_per_generation: GrpoSettings::steps_per_generation_of(
@@ -683,6 +709,8 @@ impl GrpoOptions {
                 (recipe.batch_size, recipe.grad_accum),
             )?,
             scale_rewards: ScaleRewards::from_name(self.scale_rewards.as_deref().unwrap_or("group"))?,
+            normalize_advantages: self.normalize_advantages.unwrap_or(false),
+            reward_clip_range: self.reward_clip_range,
             mask_truncated_completions: self.mask_truncated_completions.unwrap_or(false),
             batch_size: recipe.batch_size,
             reward_weights,
@@ -692,6 +720,7 @@ impl GrpoOptions {
             max_steps: None,
         };
         settings.validate()?;
+        settings.validate_for(estimator)?;
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
             return Err(bad("top_p", format!("must be in (0, 1], got {top_p}")));

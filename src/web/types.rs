@@ -251,6 +251,15 @@ export interface GrpoOptions {
    * topEntropyQuantile (TRL's top_entropy_quantile ρ in [0, 1]: 0.2 in "Beyond the 80/20 rule"; 1, the default,
    * keeps every token); β's KL keeps them all. */
   topEntropyQuantile?: number;
+  /** "rloo": TRL's RLOOTrainer instead of its GRPOTrainer, on the same prompts, rewards and generations: each
+   * advantage the reward less the mean of its group's others, beta's KL of each completion (default 0.05) taken
+   * from its reward, one importance ratio a completion (the exponential of its tokens' summed log-ratios), each
+   * completion's loss averaged; 2 generations a prompt when numGenerations is left out. lossType, scaleRewards,
+   * importanceSamplingLevel, delta and topEntropyQuantile are GRPO's; normalizeAdvantages (the advantages less
+   * their mean, over their std + 1e-4) and rewardClipRange ([low, high], each combined reward clamped to it
+   * before the KL) are RLOO's. */
+  objective?: "grpo" | "rloo";
+  normalizeAdvantages?: boolean; rewardClipRange?: [number, number];
 }
 /** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
  * prompt); its other fields reach the reward functions as `fields`. */
@@ -261,10 +270,11 @@ export interface GrpoCompletion { prompt: string; completion: string; completion
   fields: Record<string, unknown>; }
 /** One reward a completion, or null for none (TRL's None: left out of the weighted sum). */
 export type RewardFunction = (completions: GrpoCompletion[]) => (number | null)[] | Promise<(number | null)[]>;
-/** A GRPO step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean and /std (rewardMeans,
+/** A GRPO (or RLOO) step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean and /std (rewardMeans,
  * rewardStds, in the functions' order; NaN where a function scored fewer than one and two completions),
  * completions/mean_length, min_length, max_length, clipped_ratio, mean_, min_ and max_terminated_length, num_tokens
- * (prompt and completion tokens of every generation so far), entropy and kl (with beta), and the step's
+ * (prompt and completion tokens of every generation so far), entropy and kl (with beta: GRPO's of the step, RLOO's
+ * of the generation, the policy's log-probabilities less the reference's), and the step's
  * completions with their combined rewards. */
 export interface GrpoStepEvent {
   step: number; totalSteps: number; loss: number; lr: number; gradNorm: number; reward: number; rewardStd: number;

@@ -493,6 +493,20 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       if (mu.step !== 4 || mu.clipRatio.length !== 3 || !mu.clipRatio.every((v) => v >= 0 && v <= 1)) {
         throw new Error("GRPO with stepsPerGeneration 2, numIterations 2: " + JSON.stringify({ ...mu, completions: undefined }));
       }
+      // RLOO (TRL's RLOOTrainer) through the same call: a generation of two prompts' two completions in two
+      // micro-batches, normalised advantages, clipped rewards; its kl the generation's (0: B is 0, the policy is
+      // the base); GRPO's options refused for it.
+      model.addLora("r", { r: 4, alpha: 8 });
+      const ropts = { ...gopts, steps: 1, objective: "rloo", normalizeAdvantages: true, rewardClipRange: [1, 5] };
+      delete ropts.beta;
+      const rl = await model.startGrpo("r", prompts, ropts, [lengthReward]).step().then((x) => x, (e) => ({ error: e.message }));
+      if (rl.step !== 1 || !(Math.abs(rl.kl) < 1e-6) || !(rl.entropy > 0) || rl.clipRatio[2] !== 0 || !(rl.gradNorm >= 0)) {
+        throw new Error("RLOO's step: " + JSON.stringify({ ...rl, completions: undefined }));
+      }
+      let rlooLossType = "no error";
+      try { model.startGrpo("r", prompts, { ...ropts, lossType: "grpo" }, [lengthReward]); } catch (e) { rlooLossType = e.message; }
+      if (!rlooLossType.includes("lossType")) throw new Error("RLOO with lossType: " + rlooLossType);
+      model.removeAdapter("r");
       rewardCalls = 0;
       const grpo = model.startGrpo("g", prompts, gopts, [lengthReward, partial]);
       const gev = [];

@@ -84,6 +84,8 @@ export async function example(data: string): Promise<void> {
     numIterations: 2, stepsPerGeneration: 2, importanceSamplingLevel: "sequence", epsilon: 0.2, epsilonHigh: 0.28, delta: 1.5,
     topEntropyQuantile: 0.2 };
   const byRows: GrpoOptions = { ...grpoOptions, stepsPerGeneration: undefined, generationBatchSize: 8 };
+  const rlooOptions: GrpoOptions = { lr: 1e-5, steps: 2, objective: "rloo", beta: 0.05, normalizeAdvantages: true, rewardClipRange: [0, 1] };
+  console.log(model.startGrpo("c", [{ prompt: "1 + 2 =" }], rlooOptions, [lengthReward]).totalSteps());
   console.log(model.startGrpo("b", [{ prompt: "1 + 1 =" }], byRows, [lengthReward]).totalSteps());
   const grpo: GrpoRun = model.startGrpo("a", [{ prompt: "2 + 2 =", answer: "4" }], grpoOptions, [lengthReward, answered]);
   const grpoFirst: GrpoStepEvent | undefined = await grpo.step();

@@ -1,4 +1,5 @@
-//! `webpeft train --objective grpo`: TRL's GRPOTrainer loop. Each generation
+//! `webpeft train --objective grpo` (or `rloo`): TRL's GRPOTrainer (or
+//! RLOOTrainer) loop. Each generation
 //! takes (--batch-size × --steps-per-generation) / --num-generations prompts,
 //! samples --num-generations completions of each through the adapter being
 //! trained, scores them with each --reward, and takes its optimizer steps on
@@ -18,8 +19,8 @@ use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
-    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward, Generation,
-    GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder, ScaleRewards,
+    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward, Estimator,
+    Generation, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -121,7 +122,7 @@ fn refuse_others(a: &TrainArgs) -> Result<(), String> {
         ("--reference-free", a.reference_free),
     ];
     match others.iter().find(|f| f.1) {
-        Some((flag, _)) => Err(format!("{flag} does not apply to --objective grpo")),
+        Some((flag, _)) => Err(format!("{flag} does not apply to --objective {}", a.objective)),
         None => Ok(()),
     }
 }
@@ -148,19 +149,54 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         None => a.adapter_recipe()?.virtual_tokens(),
     };
     if virtual_tokens > 0 {
-        return Err("--objective grpo trains methods without virtual tokens (not prompt, prefix or p-tuning)".into());
+        return Err(format!(
+            "--objective {} trains methods without virtual tokens (not prompt, prefix or p-tuning)",
+            a.objective
+        )
+        .into());
     }
     let data_path = a.data.clone().ok_or("--data is required")?;
     // What a checkpoint keeps of the run (GRPO's rows have no --seq-len).
     let options = serde_json::to_value(resume::RunOptions::of(&a, 0, &data_path))?;
     // The optimizer, schedule and batch from the shared flags (SFT's recipe, whose checks they pass).
     let (beta, loss_type) = (a.beta.take(), a.loss_type.take());
-    a.objective = "sft".into();
+    let objective = std::mem::replace(&mut a.objective, "sft".into());
     let recipe = a.train_recipe().map_err(flag_error)?;
     recipe.validate().map_err(flag_error)?;
+    let estimator = if objective == "rloo" { Estimator::Rloo } else { Estimator::Grpo };
+    let defaults = match estimator {
+        Estimator::Grpo => GrpoLoss::TRL,
+        Estimator::Rloo => GrpoLoss::RLOO,
+    };
+    if estimator == Estimator::Rloo {
+        let grpo_only = [
+            ("--loss-type", loss_type.is_some()),
+            ("--scale-rewards", a.scale_rewards.is_some()),
+            ("--importance-sampling-level", a.importance_sampling_level.is_some()),
+            ("--delta", a.delta.is_some()),
+            ("--top-entropy-quantile", a.top_entropy_quantile.is_some()),
+        ];
+        if let Some((flag, _)) = grpo_only.iter().find(|f| f.1) {
+            return Err(format!("{flag} applies to --objective grpo, not rloo").into());
+        }
+    } else if let Some(flag) =
+        [("--normalize-advantages", a.normalize_advantages), ("--reward-clip-range", a.reward_clip_range.is_some())]
+            .iter()
+            .find(|f| f.1)
+    {
+        return Err(format!("{} applies to --objective rloo, not grpo", flag.0).into());
+    }
+    let reward_clip_range = match a.reward_clip_range.as_deref() {
+        None => None,
+        Some(&[lo, hi]) => Some((lo, hi)),
+        Some(other) => {
+            return Err(format!("--reward-clip-range: expected LOW,HIGH, got {} numbers", other.len()).into())
+        }
+    };
     let loss = GrpoLoss {
+        estimator,
         loss_type: GrpoLossType::from_name(loss_type.as_deref().unwrap_or("dapo")).map_err(flag_error)?,
-        beta: beta.unwrap_or(0.0),
+        beta: beta.unwrap_or(defaults.beta),
         temperature: a.temperature.unwrap_or(1.0),
         max_completion_length: a.max_completion_length.unwrap_or(256),
         clip: Clip {
@@ -175,7 +211,9 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     loss.validate().map_err(flag_error)?;
     let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
     if a.reward.is_empty() {
-        return Err("--objective grpo needs at least one --reward (think_format or cmd:COMMAND)".into());
+        return Err(
+            format!("--objective {} needs at least one --reward (think_format or cmd:COMMAND)", objective).into()
+        );
     }
     let rewards: Vec<Reward> = a.reward.iter().map(|r| Reward::parse(r)).collect::<Result<_, _>>()?;
     let weights = a.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards.len()]);
@@ -184,7 +222,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     }
     // The eos and pad ids are the tokenizer's, set below.
     let mut settings = GrpoSettings {
-        num_generations: a.num_generations.unwrap_or(8),
+        // TRL's GRPOConfig samples 8 a prompt, its RLOOConfig 2.
+        num_generations: a.num_generations.unwrap_or(if estimator == Estimator::Rloo { 2 } else { 8 }),
         num_iterations: a.num_iterations.unwrap_or(1),
         gradient_accumulation_steps: a.grad_accum,
         steps_per_generation: GrpoSettings::steps_per_generation_of(
@@ -193,6 +232,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         )
         .map_err(flag_error)?,
         scale_rewards: scale,
+        normalize_advantages: a.normalize_advantages,
+        reward_clip_range,
         mask_truncated_completions: a.mask_truncated_completions,
         batch_size: a.batch_size,
         reward_weights: weights,
@@ -202,6 +243,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         max_steps: None,
     };
     settings.validate().map_err(flag_error)?;
+    settings.validate_for(estimator).map_err(flag_error)?;
     let top_p = a.top_p.unwrap_or(1.0);
 
     let files = DirFiles::new(&a.model)?;
@@ -251,7 +293,11 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         None => config.eos_token_ids.clone(),
     };
     if eos.is_empty() {
-        return Err("GRPO needs an eos token to end completions: the tokenizer and config.json name none".into());
+        return Err(format!(
+            "{} needs an eos token to end completions: the tokenizer and config.json name none",
+            objective.to_uppercase()
+        )
+        .into());
     }
     let pad = pad_id(Some(&tokenizer));
     let generation = GenerationConfig {
@@ -266,19 +312,22 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     generation.validate()?;
     settings.eos = eos.clone();
     settings.pad = pad;
+    let loss_name = match estimator {
+        Estimator::Grpo => format!("loss {} ({}-level ratios)", loss.loss_type.name(), loss.importance_sampling.name()),
+        Estimator::Rloo => "leave-one-out advantages, a ratio a completion".to_string(),
+    };
     eprintln!(
-        "training {} ({} parameters) with GRPO on {} prompts of {}: {total} steps, generations of {per_generation} \
-         prompts × {} completions ({} steps each), lr {:e} ({}), loss {} ({}-level ratios), β {}, {} base",
+        "training {} ({} parameters) with {} on {} prompts of {}: {total} steps, generations of {per_generation} \
+         prompts × {} completions ({} steps each), lr {:e} ({}), {loss_name}, β {}, {} base",
         trainer.adapter.method(),
         trainer.adapter.num_params(),
+        objective.to_uppercase(),
         prompts.len(),
         data_path.display(),
         settings.num_generations,
         settings.steps(),
         run.lr,
         run.schedule.name(),
-        loss.loss_type.name(),
-        loss.importance_sampling.name(),
         loss.beta,
         model.format.name()
     );
@@ -395,6 +444,9 @@ async fn cli_step(
         generation_line.insert(format!("completions/{key}"), json!(value));
     }
     generation_line.insert("num_tokens".into(), json!(s.num_tokens));
+    if let Some(kl) = s.kl {
+        generation_line.insert("kl".into(), json!(kl)); // RLOO's, of the generation
+    }
     Ok(s.steps
         .iter()
         .map(|step| {

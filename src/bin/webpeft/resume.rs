@@ -78,7 +78,7 @@ pub struct RunOptions {
     pub bnb_4bit_quant_type: String,
     #[serde(default)]
     pub double_quant: bool,
-    /// `--objective grpo`'s own options (absent for the other objectives).
+    /// `--objective grpo`'s (or rloo's) own options (absent for the other objectives).
     #[serde(default)]
     pub grpo: Option<GrpoOptions>,
 }
@@ -105,6 +105,10 @@ pub struct GrpoOptions {
     pub epsilon_high: Option<f32>,
     pub delta: Option<f32>,
     pub top_entropy_quantile: Option<f64>,
+    #[serde(default)]
+    pub normalize_advantages: bool,
+    #[serde(default)]
+    pub reward_clip_range: Option<Vec<f32>>,
 }
 
 impl GrpoOptions {
@@ -128,6 +132,8 @@ impl GrpoOptions {
             epsilon_high: a.epsilon_high,
             delta: a.delta,
             top_entropy_quantile: a.top_entropy_quantile,
+            normalize_advantages: a.normalize_advantages,
+            reward_clip_range: a.reward_clip_range.clone(),
         }
     }
 }
@@ -183,7 +189,7 @@ impl RunOptions {
             undesirable_weight: a.undesirable_weight,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
-            grpo: (a.objective == "grpo").then(|| GrpoOptions::of(a)),
+            grpo: a.samples_groups().then(|| GrpoOptions::of(a)),
         }
     }
 }
@@ -359,6 +365,9 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
         one!("delta", "delta", a.delta, g.delta, show);
         let rho = |v: &Option<f64>| v.map_or("-".into(), |v| v.to_string());
         one!("top_entropy_quantile", "top-entropy-quantile", a.top_entropy_quantile, g.top_entropy_quantile, rho);
+        let normalize = g.normalize_advantages;
+        one!("normalize_advantages", "normalize-advantages", a.normalize_advantages, normalize, flag);
+        one!("reward_clip_range", "reward-clip-range", a.reward_clip_range, g.reward_clip_range, weights);
     }
     let canonical = |d: &Option<PathBuf>| d.as_ref().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()));
     let mut data = canonical(&a.data);

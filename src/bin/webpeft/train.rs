@@ -251,10 +251,11 @@ pub struct TrainArgs {
     /// template), or kto on unpaired examples, one {"prompt", "completion", "label"} a line (or pairs).
     /// grpo: TRL's GRPOTrainer on prompts, one {"prompt"} a line (a text or messages, other fields
     /// passed to the reward commands): --num-generations completions sampled per prompt, scored
-    /// by each --reward.
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo"])]
+    /// by each --reward. rloo: TRL's RLOOTrainer on the same data and options: leave-one-out
+    /// advantages, β's KL taken from the rewards, one ratio a completion.
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo"])]
     pub objective: String,
-    /// GRPO: completions sampled for each prompt, TRL's num_generations [default: 8]; a
+    /// GRPO and RLOO: completions sampled for each prompt, TRL's num_generations [default: 8; rloo: 2]; a
     /// generation's rows (--batch-size × --steps-per-generation) must be a multiple of it.
     #[arg(long)]
     pub num_generations: Option<usize>,
@@ -288,6 +289,13 @@ pub struct TrainArgs {
     /// GRPO: leave completions that ran out of tokens (no eos) out of the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
+    /// RLOO: the advantages less their mean over the generation, over their std + 1e-4
+    /// (TRL's normalize_advantages).
+    #[arg(long)]
+    pub normalize_advantages: bool,
+    /// RLOO: clamp each combined reward to LOW,HIGH before β's KL (TRL's reward_clip_range).
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub reward_clip_range: Option<Vec<f32>>,
     /// GRPO: passes over each generation's completions, TRL's num_iterations [default: 1].
     #[arg(long)]
     pub num_iterations: Option<usize>,
@@ -806,7 +814,7 @@ impl TrainArgs {
     }
 
     /// The GRPO options given, by flag.
-    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 18] {
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 20] {
         [
             ("--num-iterations", self.num_iterations.is_some()),
             ("--steps-per-generation", self.steps_per_generation.is_some()),
@@ -826,13 +834,20 @@ impl TrainArgs {
             ("--top-p", self.top_p.is_some()),
             ("--top-k", self.top_k.is_some()),
             ("--mask-truncated-completions", self.mask_truncated_completions),
+            ("--normalize-advantages", self.normalize_advantages),
+            ("--reward-clip-range", self.reward_clip_range.is_some()),
         ]
+    }
+
+    /// Whether the objective samples groups of completions (grpo or rloo).
+    pub(crate) fn samples_groups(&self) -> bool {
+        matches!(self.objective.as_str(), "grpo" | "rloo")
     }
 
     /// GRPO's options given to another objective: refused, naming the first.
     fn refuse_grpo_options(&self) -> Result<(), String> {
         match self.grpo_flags().iter().find(|f| f.1) {
-            Some((flag, _)) => Err(format!("{flag} applies to --objective grpo only")),
+            Some((flag, _)) => Err(format!("{flag} applies to --objective grpo and rloo only")),
             None => Ok(()),
         }
     }
@@ -1017,13 +1032,15 @@ pub enum Stopped {
 
 /// `webpeft train`.
 pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Error>> {
-    // A GRPO run's checkpoint goes on as GRPO (a typed --objective is checked against it there).
-    if !a.given.contains("objective")
-        && a.resume.as_deref().and_then(resume::saved_objective).as_deref() == Some("grpo")
-    {
-        a.objective = "grpo".into();
+    // A GRPO (or RLOO) run's checkpoint goes on as one (a typed --objective is checked against it there).
+    if !a.given.contains("objective") {
+        if let Some(saved) =
+            a.resume.as_deref().and_then(resume::saved_objective).filter(|o| o == "grpo" || o == "rloo")
+        {
+            a.objective = saved;
+        }
     }
-    if a.objective == "grpo" {
+    if a.samples_groups() {
         return crate::grpo::train_grpo(a).await;
     }
     a.refuse_grpo_options()?;

@@ -1,5 +1,5 @@
 //! CPU reference for `shaders/grpo.wgsl`: GRPO's per-token loss, with token-
-//! or sequence-level (GSPO) importance ratios.
+//! or sequence-level (GSPO) importance ratios, and RLOO's per-sequence loss.
 
 use crate::kernels::grpo::{Clip, ImportanceSampling};
 
@@ -122,4 +122,40 @@ pub fn grpo_row_scale(
     let means =
         [sums[0], sums[1] / tokens, sums[2] / tokens, sums[3] / clipped_of, sums[4] / clipped_of, sums[5] / clipped_of];
     (scale, means.map(|s| s as f32))
+}
+
+/// `(row_scale, [loss, 0, entropy, low, high, region])` of RLOO's loss as
+/// `shaders/grpo.wgsl`'s `rloo_sequence_scale` computes it, for the rows of
+/// `completions` completions of equal length: each completion's ratio
+/// `c1 = e^(Σ_mask (lp − old))` (f32 sum), its loss `−min(c1·A, c2·A)`
+/// weighed by `sequence_weight` whether or not a row of it is in the mask
+/// (`weight ≠ 0`), and on the mask `row_scale = sequence_weight·∂min/∂s / T`.
+/// Entropy is the mean over the mask, the clip ratios over the completions.
+pub fn rloo_row_scale(
+    [token_loss, entropy, old_loss]: [&[f32]; 3],
+    (weight, adv): (&[f32], &[f32]),
+    (temperature, clip): (f32, Clip),
+    (completions, sequence_weight): (usize, f32),
+) -> (Vec<f32>, [f32; 6]) {
+    let rows = token_loss.len();
+    let per = rows / completions;
+    let mut sums = [0f64; 6];
+    let mut scale = vec![0f32; rows];
+    let mut tokens = 0usize;
+    for s in 0..completions {
+        let masked: Vec<usize> = (s * per..(s + 1) * per).filter(|&r| weight[r] != 0.0).collect();
+        let log_ratio = masked.iter().map(|&r| old_loss[r] - token_loss[r]).sum::<f32>();
+        let (min_term, dmin, low, high) = clipped(log_ratio.exp(), adv[s * per], clip);
+        sums[0] -= (sequence_weight * min_term) as f64;
+        sums[3] += low as u8 as f64;
+        sums[4] += high as u8 as f64;
+        sums[5] += (low || high) as u8 as f64;
+        for &r in &masked {
+            sums[2] += entropy[r] as f64;
+            scale[r] = sequence_weight * dmin * (1.0 / temperature);
+        }
+        tokens += masked.len();
+    }
+    let (tokens, n) = (tokens.max(1) as f64, completions as f64);
+    (scale, [sums[0], 0.0, sums[2] / tokens, sums[3] / n, sums[4] / n, sums[5] / n].map(|s| s as f32))
 }
