@@ -2,7 +2,7 @@
 // before/after generation; the preference mode's panel is preference.js, GRPO's grpo.js, the chat panel chat.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable, metricsKind } from "./preference.js";
-import { grpoPanel } from "./grpo.js";
+import { grpoPanel, samplesGroups } from "./grpo.js";
 import { cachePanel } from "./cached-models.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 import { stepClock } from "./eta.js";
@@ -315,7 +315,7 @@ function config() {
   return { method: f.get("method"), r: n("r"), alpha: n("alpha"), targets, lr: n("lr"), steps: n("steps"),
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
     objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType"),
-    ...(f.get("objective") === "grpo" ? { grpo: grpo.settings() } : {}),
+    ...(samplesGroups(f.get("objective")) ? { grpo: grpo.settings() } : {}),
     tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean),
     modulesToSave: String(f.get("modulesToSave") ?? "").split(",").filter(Boolean) };
 }
@@ -374,7 +374,7 @@ $("train").onclick = () => {
   const objective = config().objective;
   let data = $("data").value;
   try {
-    if (objective === "grpo") data = grpo.data();
+    if (samplesGroups(objective)) data = grpo.data();
     else if (objective !== "sft") data = pref.data();
   } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
@@ -405,7 +405,7 @@ readAutosave().then((saved) => {
       if (el) el.value = Array.isArray(v) ? v.join(",") : v;
     }
     if ((c.objective ?? "sft") === "sft") $("data").value = saved.data;
-    else if (c.objective === "grpo") grpo.restore(saved.data, c.grpo);
+    else if (samplesGroups(c.objective)) grpo.restore(saved.data, c.grpo);
     else pref.restore(saved.data);
     showObjective();
     $("quant").value = saved.quant;

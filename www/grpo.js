@@ -1,8 +1,11 @@
-// The demo page's GRPO mode: prompts, a reward the page computes from each sampled completion (rewards.js), and
+// The demo page's GRPO and RLOO mode: prompts, a reward the page computes from each sampled completion (rewards.js), and
 // each step's completions listed with their rewards. The run is the library's Model.startGrpo, in worker.js.
 import { REWARDS } from "./rewards.js";
 
 const $ = (id) => document.getElementById(id);
+
+/** Whether an objective trains on sampled groups of completions and their rewards (TRL's GRPO and RLOO). */
+export const samplesGroups = (objective) => objective === "grpo" || objective === "rloo";
 
 /** Wires the panel. */
 export function grpoPanel() {
@@ -22,8 +25,8 @@ export function grpoPanel() {
   picker.addEventListener("change", showArg);
   showArg();
   return {
-    /** Shows the panel for grpo only. */
-    show(objective) { $("grpo-panel").hidden = objective !== "grpo"; },
+    /** Shows the panel for grpo and rloo only. */
+    show(objective) { $("grpo-panel").hidden = !samplesGroups(objective); },
     /** The run's GRPO settings from the panel. */
     settings() {
       const n = (id) => Number($(id).value);

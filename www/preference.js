@@ -3,6 +3,8 @@
 // ({prompt, chosen, rejected}) and trained on with the page's own controls;
 // each step's reward metrics in a table. The answers come from the base
 // model (no adapter), which is also DPO's reference.
+import { samplesGroups } from "./grpo.js";
+
 const $ = (id) => document.getElementById(id);
 
 /** Wires the panel; `send` posts to the worker, `setPhase` and `showError` are app.js's. */
@@ -106,7 +108,7 @@ export function preferences({ send, setPhase, showError }) {
     },
     /** Shows the panel for the preference objectives (dpo, orpo, cpo, kto), the SFT data for sft. */
     showObjective(objective) {
-      $("preference-panel").hidden = objective === "sft" || objective === "grpo";
+      $("preference-panel").hidden = objective === "sft" || samplesGroups(objective);
       $("sft-data").hidden = objective !== "sft";
     },
     /** The pairs in the list and those pasted, as one JSONL text; throws when there are none. */

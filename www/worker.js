@@ -11,6 +11,7 @@ import { CachedModel } from "./model-cache.js";
 import { chatWorker } from "./chat-worker.js";
 import { recovery } from "./recovery.js";
 import { rewardFunction } from "./rewards.js";
+import { samplesGroups } from "./grpo.js";
 
 let gpu = null;
 let model = null;
@@ -83,10 +84,11 @@ function trainOptions(c) {
     ...(objective === "dpo" && c.lossType ? { lossType: c.lossType } : {}) };
 }
 
-/** startGrpo's options from the page's: the training form's optimizer settings and the GRPO panel's. */
+/** startGrpo's options from the page's: the training form's optimizer settings and the GRPO panel's (GRPO's or RLOO's
+ * run, each with TRL's beta). */
 function grpoOptions(c) {
   const g = c.grpo;
-  return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seed: c.seed, schedule: c.schedule ?? "constant",
+  return { objective: c.objective, lr: c.lr, steps: c.steps, batchSize: c.batchSize, seed: c.seed, schedule: c.schedule ?? "constant",
     maxGradNorm: c.maxGradNorm ?? 1.0, numGenerations: g.numGenerations, maxCompletionLength: g.maxCompletionLength,
     temperature: g.temperature };
 }
@@ -223,7 +225,7 @@ async function handle(msg) {
         model.addBottleneck(ADAPTER, { method: c.method, seed: c.seed });
       }
       model.setActiveAdapter(ADAPTER);
-      run = c.objective === "grpo"
+      run = samplesGroups(c.objective)
         ? model.startGrpo(ADAPTER, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
         : model.startTraining(ADAPTER, msg.data, trainOptions(c));
       rec.training(msg, 0);
@@ -234,7 +236,7 @@ async function handle(msg) {
       if (!model) throw new Error("load a model first");
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
       const c = msg.config;
-      run = c.objective === "grpo"
+      run = samplesGroups(c.objective)
         ? model.resumeGrpo(ADAPTER, msg.bytes, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
         : model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(c));
       model.setActiveAdapter(ADAPTER);

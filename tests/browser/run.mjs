@@ -226,7 +226,7 @@ test("the controls follow one state: fresh, running, paused, finished and failed
   }
 });
 
-test("preference mode: two sampled answers marked 👍/👎 by keyboard and mouse, pairs listed and removable, DPO makes the adapter prefer the 👍 answers; GRPO on the page's own reward", async () => {
+test("preference mode: two sampled answers marked 👍/👎 by keyboard and mouse, pairs listed and removable, DPO makes the adapter prefer the 👍 answers; GRPO and RLOO on the page's own reward", async () => {
   const browser = await launch();
   try {
     const { page, problems } = await open(browser, base);
@@ -349,8 +349,12 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "reward");
     assert.equal(await page.locator("#rewards tbody tr").count(), 2);
     await page.screenshot({ path: path.join(out, "demo-grpo.png"), fullPage: true });
-    // A GRPO run autosaves as any other: reloaded after its step-4 checkpoint, the page offers to resume it, puts the
-    // prompts and the reward back, and the run goes on from step 5 to its end.
+    // An RLOO run (the same panel, TRL's RLOOTrainer) autosaves as any other: reloaded after its step-4
+    // checkpoint, the page offers to resume it, puts the objective, the prompts and the reward back, and the run
+    // goes on from step 5 to its end.
+    await page.selectOption("#config [name=objective]", "rloo");
+    assert.equal(await page.isVisible("#grpo-panel"), true);
+    assert.equal(await page.isVisible("#preference-panel"), false);
     await page.fill("#config [name=steps]", "8");
     await page.click("#train");
     await page.waitForSelector("body[data-autosaved='4']", { timeout: 600_000 });
@@ -359,7 +363,7 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     assert.match(await page.textContent("#resume-text"), /interrupted at step 4 of 8/);
     await page.click("#resume-run");
     await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
-    assert.equal(await page.inputValue("#config [name=objective]"), "grpo");
+    assert.equal(await page.inputValue("#config [name=objective]"), "rloo");
     assert.equal(await page.inputValue("#grpo-reward-arg"), "young");
     assert.equal(await page.inputValue("#grpo-prompts"), "The little robot\nThe farmer");
     const resumed = JSON.parse(await page.getAttribute("body", "data-rewards"));
