@@ -635,6 +635,13 @@ fn train_sft_with_the_dft_loss_stop_resume() {
     ok(&out);
     let loss = column(&step_lines(&out), "loss")[0];
     assert!(loss > 0.0 && loss < 0.1, "dft's first loss: {loss}");
+    // With prompt tuning's virtual tokens it is refused by its option, before the model loads.
+    let pt =
+        ["--method", "prompt_tuning", "--loss-type", "dft", "--steps", "1", "--lr", "1e-2", "--out", &dir.join("pt")];
+    let out = train(&data, &pt);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("--loss-type: dft with the adapter's 20 virtual tokens"), "{e}");
 }
 
 #[test]

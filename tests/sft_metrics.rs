@@ -17,6 +17,7 @@ use webpeft::model::llama::SftLoss;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::train::data::{parse_jsonl_masked, Batch, DataOptions, Dataset, LossMasks};
 use webpeft::train::preference::Objective;
+use webpeft::train::recipe::TrainRecipe;
 use webpeft::train::trainer::{OptimizerConfig, Trainer};
 
 const PAD: u32 = 383;
@@ -155,4 +156,9 @@ fn dft_loss_matches_trl() {
     let e = block_on(trainer.step(gpu, &model, &[batch], 1e-2)).unwrap_err();
     assert!(e.to_string().contains("dft loss with virtual tokens"), "{e}");
     assert_eq!(trainer.step, 0);
+    // The front ends refuse it before that, by its option, where the recipe meets the adapter.
+    let recipe = TrainRecipe { objective: Objective::Sft(SftLoss::Dft), ..Default::default() };
+    let e = recipe.check_positions_before(4).unwrap_err();
+    assert!(matches!(e, webpeft::Error::TrainOption { option: "loss_type", .. }), "{e}");
+    recipe.check_positions_before(0).unwrap();
 }

@@ -818,7 +818,8 @@ impl TrainRecipe {
 
     /// Packing against an adapter that puts `before` positions (prompt, prefix
     /// or p-tuning's virtual tokens) in front of every row: they would stand
-    /// before a row's first example only, so the two do not go together.
+    /// before a row's first example only, so the two do not go together; nor
+    /// do they with SFT's dft loss, which TRL cannot compute beside them.
     pub fn check_positions_before(&self, before: usize) -> Result<()> {
         if self.packing && before > 0 {
             return Err(bad(
@@ -826,6 +827,15 @@ impl TrainRecipe {
                 format!(
                     "the adapter puts {before} virtual tokens before every row, which would precede only the \
                      first of a packed row's examples: train prompt, prefix and p-tuning unpacked"
+                ),
+            ));
+        }
+        if self.objective == Objective::Sft(SftLoss::Dft) && before > 0 {
+            return Err(bad(
+                "loss_type",
+                format!(
+                    "dft with the adapter's {before} virtual tokens: TRL's dft_loss cannot pair prompt tuning's \
+                     longer logits with the labels, so there is nothing to match; train with nll"
                 ),
             ));
         }
