@@ -25,8 +25,12 @@ export function grpoPanel() {
   picker.addEventListener("change", showArg);
   showArg();
   return {
-    /** Shows the panel for grpo and rloo only. */
-    show(objective) { $("grpo-panel").hidden = !samplesGroups(objective); },
+    /** Shows the panel for grpo and rloo only, with the objective's note. */
+    show(objective) {
+      $("grpo-panel").hidden = !samplesGroups(objective);
+      $("grpo-about").hidden = objective !== "grpo";
+      $("rloo-about").hidden = objective !== "rloo";
+    },
     /** The run's GRPO settings from the panel. */
     settings() {
       const n = (id) => Number($(id).value);

@@ -354,6 +354,7 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     // goes on from step 5 to its end.
     await page.selectOption("#config [name=objective]", "rloo");
     assert.equal(await page.isVisible("#grpo-panel"), true);
+    assert.deepEqual([await page.isVisible("#rloo-about"), await page.isVisible("#grpo-about")], [true, false]);
     assert.equal(await page.isVisible("#preference-panel"), false);
     await page.fill("#config [name=steps]", "8");
     await page.click("#train");
