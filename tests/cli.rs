@@ -2001,7 +2001,15 @@ fn train_rloo_samples_scores_and_steps() {
         lines
     };
     let (whole, half) = (dir.join("whole"), dir.join("half"));
-    let lines = untimed(&train(&data, &[&rloo[..], &["--out", &whole]].concat()));
+    // TRL's log_completions on stderr: the first of each generation's two, with its reward and advantage.
+    let out =
+        train(&data, &[&rloo[..], &["--out", &whole, "--log-completions", "--num-completions-to-print", "1"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let logged: Vec<&str> = err.lines().filter(|l| l.contains(" → ") && l.contains("cmd_0 ")).collect();
+    assert!(err.contains("completions of step 1 (prompt → completion: rewards, advantage):"), "{err}");
+    assert_eq!(logged.len(), 3, "three steps, one completion each: {err}");
+    assert!(logged.iter().all(|l| l.contains(", advantage ")), "{err}");
+    let lines = untimed(&out);
     assert_eq!(column(&lines, "step"), [1.0, 2.0, 3.0], "{lines:?}");
     for key in ["reward", "reward_std", "kl", "entropy", "clip_ratio/region_mean", "completions/mean_length"] {
         assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
@@ -2034,4 +2042,9 @@ fn train_rloo_samples_scores_and_steps() {
     refused("rloo", &["--reward-clip-range", "1,2,3"], "--reward-clip-range: expected LOW,HIGH, got 3 numbers");
     refused("rloo", &["--reward-clip-range", "2,1"], "--reward-clip-range: (2, 1): two finite numbers");
     refused("rloo", &["--num-generations", "1"], "at least 2 completions a prompt");
+    refused(
+        "rloo",
+        &["--num-completions-to-print", "2"],
+        "--num-completions-to-print: prints with --log-completions only",
+    );
 }

@@ -61,9 +61,12 @@ export function grpoPanel() {
         const reward = document.createElement("span");
         reward.className = "reward";
         reward.textContent = c.reward.toFixed(2);
+        const advantage = document.createElement("span");
+        advantage.className = "advantage";
+        advantage.textContent = ` (advantage ${c.advantage >= 0 ? "+" : ""}${c.advantage.toFixed(2)})`;
         const text = document.createElement("span");
         text.textContent = ` ${JSON.stringify(c.prompt)} → ${JSON.stringify(c.completion)}`;
-        li.append(reward, text);
+        li.append(reward, advantage, text);
         return li;
       }));
       $("grpo-step").textContent = String(ev.step);

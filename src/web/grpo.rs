@@ -100,7 +100,7 @@ struct GrpoStepEvent {
     tokens: usize,
     step_seconds: f64,
     eta_seconds: f64,
-    /// The step's completions with their combined rewards (for a page to show).
+    /// The step's completions with their combined rewards and advantages (for a page to show).
     completions: Vec<SampledCompletion>,
 }
 
@@ -109,6 +109,7 @@ struct SampledCompletion {
     prompt: String,
     completion: String,
     reward: f32,
+    advantage: f32,
 }
 
 #[wasm_bindgen(js_class = Model)]
@@ -331,7 +332,13 @@ async fn one_step(
         completions: shown
             .into_iter()
             .zip(r.rewards)
-            .map(|(c, reward)| SampledCompletion { prompt: c.prompt.to_string(), completion: c.completion, reward })
+            .zip(r.advantages.advantages)
+            .map(|((c, reward), advantage)| SampledCompletion {
+                prompt: c.prompt.to_string(),
+                completion: c.completion,
+                reward,
+                advantage,
+            })
             .collect(),
     }))
 }

@@ -285,7 +285,8 @@ export interface GrpoStepEvent {
   /** TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean (of the last optimizer step). */
   clipRatio: [number, number, number];
   tokens: number; stepSeconds: number; etaSeconds: number;
-  completions: { prompt: string; completion: string; reward: number }[];
+  /** The generation's completions: each with its combined reward and its advantage (TRL's log_completions). */
+  completions: { prompt: string; completion: string; reward: number; advantage: number }[];
 }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 /** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */

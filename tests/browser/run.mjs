@@ -345,6 +345,7 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
     // (Seeded: the second step's group differs, so its advantages are not all 0.)
     assert.ok(grpo.some((s) => s.rewardStd > 0), `no group with different rewards: ${JSON.stringify(grpo)}`);
     assert.equal(await page.locator("#grpo-completions li").count(), 3);
+    assert.match(await page.textContent("#grpo-completions li"), /^\d+\.\d\d \(advantage [+-]\d+\.\d\d\) "/);
     assert.equal(await page.textContent("#grpo-step"), "2");
     assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "reward");
     assert.equal(await page.locator("#rewards tbody tr").count(), 2);
@@ -522,6 +523,7 @@ test("the npm package, installed from its tarball into a plain page, trains, che
           g0.rewardStds.length !== 2 || g0.rewardStds[1] !== 0 || !(g0.numTokens > 4 * g0.meanLength) ||
           !(g0.minLength <= g0.meanLength && g0.meanLength <= g0.maxLength) ||
           !(Math.abs(g0.kl) < 1e-6) || !Number.isFinite(gev[1].kl) || !(g0.entropy > 0) || typeof seenCompletion.prompt !== "string" ||
+          !g0.completions.every((c) => Number.isFinite(c.advantage)) ||
           !Array.isArray(seenCompletion.completionIds) || typeof seenCompletion.fields !== "object") {
         throw new Error("GRPO events " + JSON.stringify(gev.map((x) => ({ ...x, completions: x.completions.length }))) +
           " calls " + rewardCalls + " seen " + JSON.stringify(seenCompletion));

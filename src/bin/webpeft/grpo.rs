@@ -186,6 +186,9 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     {
         return Err(format!("{} applies to --objective rloo, not grpo", flag.0).into());
     }
+    if a.num_completions_to_print.is_some() && !a.log_completions {
+        return Err("--num-completions-to-print: prints with --log-completions only".into());
+    }
     let reward_clip_range = match a.reward_clip_range.as_deref() {
         None => None,
         Some(&[lo, hi]) => Some((lo, hi)),
@@ -349,7 +352,10 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             (recipe.shuffle, total - trainer.step),
         )
         .await?;
-        let lines = cli_step((&gpu, &model, &tokenizer), &mut trainer, (&prompts, &sampled), &rewards, &schedule).await;
+        let shown = a.log_completions.then(|| a.num_completions_to_print.unwrap_or(usize::MAX));
+        let lines =
+            cli_step((&gpu, &model, &tokenizer), &mut trainer, (&prompts, &sampled), (&rewards, shown), &schedule)
+                .await;
         match lines {
             Ok(lines) => {
                 let secs = start.elapsed().as_secs_f64() / lines.len().max(1) as f64;
@@ -398,7 +404,7 @@ async fn cli_step(
     (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
     trainer: &mut Trainer,
     (prompts, sampled): (&[GrpoPrompt], &Generation),
-    rewards: &[Reward],
+    (rewards, shown): (&[Reward], Option<usize>),
     schedule: &LrSchedule,
 ) -> Result<Vec<Map<String, Value>>, BoxError> {
     let Generation { chosen, completions, settings } = sampled;
@@ -420,7 +426,12 @@ async fn cli_step(
     let per_function: Vec<Vec<Option<f32>>> =
         rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
+    let first_step = trainer.step + 1;
     let s = grpo_step(gpu, model, trainer, (&ids, completions), &per_function, settings, schedule).await?;
+    if let Some(n) = shown {
+        let names: Vec<String> = rewards.iter().enumerate().map(|(i, r)| r.name(i)).collect();
+        print_completions(first_step, &lines, &names, (&per_function, &s.advantages.advantages), n);
+    }
 
     let mut generation_line = Map::new();
     generation_line.insert("tokens".into(), json!(completions.iter().map(Vec::len).sum::<usize>()));
@@ -472,6 +483,35 @@ async fn cli_step(
             line
         })
         .collect())
+}
+
+/// TRL's `log_completions` table as lines on stderr: the generation's first
+/// `n` completions (its `lines`, as the reward commands saw them), each with
+/// its prompt, every reward function's value (`-` where it gave none) and its
+/// advantage, under the step the generation starts at.
+fn print_completions(
+    step: u64,
+    lines: &[Value],
+    names: &[String],
+    (rewards, advantages): (&[Vec<Option<f32>>], &[f32]),
+    n: usize,
+) {
+    eprintln!("completions of step {step} (prompt → completion: rewards, advantage):");
+    for (i, line) in lines.iter().enumerate().take(n) {
+        let text = |key: &str| line.get(key).map_or_else(String::new, Value::to_string);
+        let scores: Vec<String> = names
+            .iter()
+            .zip(rewards)
+            .map(|(name, f)| format!("{name} {}", f[i].map_or("-".into(), |r| format!("{r:.4}"))))
+            .collect();
+        eprintln!(
+            "  {} → {}: {}, advantage {:.4}",
+            text("prompt"),
+            text("completion"),
+            scores.join(", "),
+            advantages[i]
+        );
+    }
 }
 
 /// The adapter's files (PEFT's or AdapterHub's) and the run's checkpoint into

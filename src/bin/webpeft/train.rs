@@ -289,6 +289,14 @@ pub struct TrainArgs {
     /// GRPO: leave completions that ran out of tokens (no eos) out of the loss.
     #[arg(long)]
     pub mask_truncated_completions: bool,
+    /// GRPO and RLOO: print each generation's completions to stderr, a line each with the prompt,
+    /// every reward and the advantage (TRL's log_completions).
+    #[arg(long)]
+    pub log_completions: bool,
+    /// GRPO and RLOO: with --log-completions, print the generation's first N completions only
+    /// (TRL's num_completions_to_print, which samples N at random) [default: all].
+    #[arg(long)]
+    pub num_completions_to_print: Option<usize>,
     /// RLOO: the advantages less their mean over the generation, over their std + 1e-4
     /// (TRL's normalize_advantages).
     #[arg(long)]
@@ -814,7 +822,7 @@ impl TrainArgs {
     }
 
     /// The GRPO options given, by flag.
-    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 20] {
+    pub(crate) fn grpo_flags(&self) -> [(&'static str, bool); 22] {
         [
             ("--num-iterations", self.num_iterations.is_some()),
             ("--steps-per-generation", self.steps_per_generation.is_some()),
@@ -835,6 +843,8 @@ impl TrainArgs {
             ("--top-k", self.top_k.is_some()),
             ("--mask-truncated-completions", self.mask_truncated_completions),
             ("--normalize-advantages", self.normalize_advantages),
+            ("--log-completions", self.log_completions),
+            ("--num-completions-to-print", self.num_completions_to_print.is_some()),
             ("--reward-clip-range", self.reward_clip_range.is_some()),
         ]
     }
