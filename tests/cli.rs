@@ -1859,9 +1859,22 @@ fn train_grpo_samples_scores_and_steps() {
         "--loss-type",
         "grpo",
     ];
-    let out = train(&data, &[&grpo[..], &["--method", "lora", "--lr", "1e-2", "--out", &dir.join("out")]].concat());
+    let held_out = dir.join("held_out.jsonl");
+    std::fs::write(&held_out, "{\"prompt\": \"The fox\"}\n{\"prompt\": \"Numbers:\"}\n{\"prompt\": \"Once\"}\n")
+        .unwrap();
+    let tail = ["--method", "lora", "--lr", "1e-2", "--eval-data", &held_out, "--out", &dir.join("out")];
+    let out = train(&data, &[&grpo[..], &tail].concat());
     ok(&out);
-    let lines = step_lines(&out);
+    let mut lines = step_lines(&out);
+    // TRL's evaluate() at the end: the held-out prompts' completions in batches of 3, its eval_ metrics.
+    let eval = lines.pop().unwrap();
+    for key in
+        ["eval_loss", "eval_reward", "eval_reward_std", "eval_kl", "eval_entropy", "eval_completions/mean_length"]
+    {
+        assert!(eval[key].as_f64().is_some_and(f64::is_finite), "{key}: {eval}");
+    }
+    assert_eq!(eval["eval_rewards/cmd_1/mean"], eval["eval_completions/mean_length"], "{eval}");
+    assert_eq!(eval["eval_num_tokens"], lines[1]["num_tokens"], "{eval}");
     assert_eq!(lines.len(), 2, "{lines:?}");
     for key in ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "kl", "rewards/cmd_1/std"] {
         assert!(column(&lines, key).iter().all(|v| v.is_finite()), "{key}: {lines:?}");
@@ -1951,7 +1964,10 @@ fn train_grpo_samples_scores_and_steps() {
     );
     refused(&["--generation-batch-size", "4", "--steps-per-generation", "2"], "--generation-batch-size: give it or");
     refused(&["--top-entropy-quantile", "1.5"], "--top-entropy-quantile: must be in [0, 1], got 1.5");
-    refused(&["--eval-data", &data], "--eval-data does not apply to --objective grpo");
+    refused(
+        &["--num-generations", "3", "--grad-accum", "3", "--eval-data", &data],
+        "--eval-data: an evaluation batch (--batch-size 2) must be a multiple of --num-generations (3)",
+    );
     refused(&["--reward", "accuracy"], "--reward \"accuracy\"");
     refused(&["--reward-weights", "1,2"], "--reward-weights");
     refused(&["--scale-rewards", "mean"], "--scale-rewards: expected group, batch or none");

@@ -640,3 +640,125 @@ fn matches_trls_training_loop(name: &str) {
     // Two AdamW steps of lr 2e-2: the gradients' last-bit differences move a weight by ~1e-5.
     assert!(worst <= 5e-5, "adapter {worst:e}");
 }
+
+/// TRL's `evaluate()` of GRPO and RLOO on held-out prompts (tests/fixtures/group_eval, `make_fixtures.py
+/// group_eval`): the fixed completions in eval batches as TRL's sampler ordered them (one of six rows, or two of
+/// three), through `evaluate_group` and `GroupEval::combine`: eval_loss (GRPO's grpo loss divided by the
+/// accumulation of the run it evaluates, as TRL's is mid-training), eval_reward and its stds, each reward
+/// function's, the completions' lengths, kl (GRPO's and RLOO's, with β) and entropy.
+#[test]
+fn evaluation_matches_trl() {
+    use webpeft::train::grpo::{evaluate_group, Estimator, GroupEval, GrpoSettings};
+    let c: Value = serde_json::from_slice(&std::fs::read(fixture("group_eval/cases.json")).unwrap()).unwrap();
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let adapter = fixture_adapter(gpu, &model, "lora/initial_adapter", "lora");
+    let prompts: Vec<Vec<u32>> = c["prompt_ids"].as_array().unwrap().iter().map(ids).collect();
+    let completions: Vec<Vec<u32>> = c["completion_ids"].as_array().unwrap().iter().map(ids).collect();
+    let reward = |k: usize, f: usize| c["rewards"][k][f].as_f64().map(|x| x as f32);
+    for (name, case) in c["cases"].as_object().unwrap() {
+        let s = &case["settings"];
+        let estimator = if case["objective"] == "rloo" { Estimator::Rloo } else { Estimator::Grpo };
+        let defaults = if estimator == Estimator::Rloo { GrpoLoss::RLOO } else { GrpoLoss::TRL };
+        let loss = GrpoLoss {
+            loss_type: GrpoLossType::from_name(s["loss_type"].as_str().unwrap_or("dapo")).unwrap(),
+            beta: s["beta"].as_f64().unwrap() as f32,
+            temperature: s["temperature"].as_f64().unwrap() as f32,
+            max_completion_length: 8,
+            ..defaults
+        };
+        let settings = GrpoSettings {
+            num_generations: 3,
+            num_iterations: 1,
+            gradient_accumulation_steps: case["gradient_accumulation_steps"].as_u64().unwrap() as usize,
+            steps_per_generation: 1,
+            scale_rewards: ScaleRewards::from_name(s["scale_rewards"].as_str().unwrap_or("group")).unwrap(),
+            normalize_advantages: false,
+            reward_clip_range: None,
+            mask_truncated_completions: s["mask_truncated_completions"].as_bool().unwrap_or(false),
+            batch_size: case["rows"].as_u64().unwrap() as usize,
+            reward_weights: vec![1.0, 0.5],
+            eos: vec![EOS],
+            pad: PAD,
+            shuffle: None,
+            max_steps: None,
+        };
+        let mut batches = Vec::new();
+        for order in case["batches"].as_array().unwrap() {
+            // Each prompt's rows together, its k-th row its k-th completion (as the fixture's generator gave them).
+            let rows: Vec<usize> = order.as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize).collect();
+            let mut group_prompts: Vec<&[u32]> = Vec::new();
+            let mut picked = Vec::new();
+            for chunk in rows.chunks(3) {
+                assert!(chunk.iter().all(|&p| p == chunk[0]), "{name}: {rows:?}");
+                group_prompts.push(&prompts[chunk[0]]);
+                picked.extend((0..3).map(|k| 3 * chunk[0] + k));
+            }
+            let batch_completions: Vec<Vec<u32>> = picked.iter().map(|&k| completions[k].clone()).collect();
+            let rewards: Vec<Vec<Option<f32>>> =
+                (0..2).map(|f| picked.iter().map(|&k| reward(k, f)).collect()).collect();
+            let one = evaluate_group(
+                (gpu, &model, &adapter),
+                &loss,
+                &settings,
+                (&group_prompts, &batch_completions),
+                &rewards,
+            );
+            batches.push(block_on(one).unwrap());
+        }
+        let e = GroupEval::combine(&batches).unwrap();
+        let m = &case["metrics"];
+        let w = |k: &str| m[&format!("eval_{k}")].as_f64().unwrap() as f32;
+        eprintln!(
+            "{name}: {} batches, loss {} (TRL logs {}), reward {} vs {}, kl {:?} vs {:?}, entropy {} vs {}",
+            batches.len(),
+            e.loss,
+            w("loss"),
+            e.reward,
+            w("reward"),
+            e.kl,
+            m["eval_kl"].as_f64(),
+            e.entropy,
+            w("entropy")
+        );
+        let close = |what: &str, got: f32, want: f32| {
+            assert!((got - want).abs() <= 2e-6 + 1e-5 * want.abs(), "{name} {what}: {got} vs {want}");
+        };
+        // Each batch's loss as TRL's prediction_step gives it, and eval_loss their rows-weighted mean (transformers'
+        // logged one keeps fewer of the last batch's rows, which the fixture checks and records; see README).
+        let want_losses: Vec<f32> =
+            case["batch_losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap() as f32).collect();
+        for (b, want) in batches.iter().zip(&want_losses) {
+            close("batch loss", b.loss, *want);
+        }
+        close("loss", e.loss, want_losses.iter().sum::<f32>() / want_losses.len() as f32);
+        close("reward", e.reward, w("reward"));
+        close("reward_std", e.reward_std, w("reward_std"));
+        close("frac_reward_zero_std", e.frac_reward_zero_std, w("frac_reward_zero_std"));
+        close("entropy", e.entropy, w("entropy"));
+        for (f, key) in ["reward_a", "reward_b"].iter().enumerate() {
+            close(key, e.reward_means[f], w(&format!("rewards/{key}/mean")));
+            close(key, e.reward_stds[f], w(&format!("rewards/{key}/std")));
+        }
+        let l = &e.lengths;
+        for (key, got) in [
+            ("mean_length", l.mean),
+            ("min_length", l.min),
+            ("max_length", l.max),
+            ("clipped_ratio", l.clipped_ratio),
+            ("mean_terminated_length", l.mean_terminated),
+            ("min_terminated_length", l.min_terminated),
+            ("max_terminated_length", l.max_terminated),
+        ] {
+            close(key, got, w(&format!("completions/{key}")));
+        }
+        for (i, key) in ["low_mean", "high_mean", "region_mean"].iter().enumerate() {
+            close(key, e.clip_ratio[i], w(&format!("clip_ratio/{key}")));
+        }
+        match (e.kl, m["eval_kl"].as_f64()) {
+            (Some(k), Some(want)) => close("kl", k, want as f32),
+            (None, None) => {}
+            other => panic!("{name}: kl {other:?}"),
+        }
+    }
+}

@@ -406,14 +406,14 @@ impl GrpoRows {
 /// 0, every adapter hook off), the adapter's forward, the loss (added into
 /// `stats[0]`; `share` × the micro-batch's mean KL, entropy and clip ratios
 /// into `stats[1..6]`, `kernels::grpo::grpo_row_scale` or `rloo_row_scale`)
-/// and the backward into the adapter's gradients through `hooks`.
+/// and, with `backward`, the backward into the adapter's gradients through `hooks`.
 pub(crate) fn record_grpo_micro(
     rec: &mut Recorder,
     model: &Model,
     loss: &GrpoLoss,
     batch: &Batch,
     rows: &GrpoRows,
-    (hooks, checkpoint): (&dyn Hooks, bool),
+    (hooks, checkpoint, backward): (&dyn Hooks, bool, bool),
     (stats, share): (&Tensor, f32),
 ) -> Result<()> {
     let gpu = rec.gpu();
@@ -465,6 +465,9 @@ pub(crate) fn record_grpo_micro(
             (stats, share),
         )?
     };
+    if !backward {
+        return Ok(()); // evaluation: the loss and the metrics only
+    }
     let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)
 }
@@ -730,6 +733,133 @@ pub struct GrpoStepStats {
     pub num_tokens: u64,
 }
 
+/// TRL's metrics of one evaluation batch of a GRPO (or RLOO) run (its
+/// `evaluate()`, logged with `eval_` before each name): the batch's loss
+/// and its rows, and its generation's metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupEval {
+    /// Rows (completions): the batch's weight in `eval_loss`.
+    pub rows: usize,
+    pub loss: f32,
+    pub reward: f32,
+    pub reward_std: f32,
+    pub frac_reward_zero_std: f32,
+    pub reward_means: Vec<f32>,
+    pub reward_stds: Vec<f32>,
+    pub lengths: CompletionLengths,
+    /// With β: GRPO's over the batch's completion tokens, RLOO's of its rewards.
+    pub kl: Option<f32>,
+    pub entropy: f32,
+    /// `clip_ratio/low_mean`, `high_mean`, `region_mean` (0 at evaluation's ratio of 1).
+    pub clip_ratio: [f32; 3],
+}
+
+impl GroupEval {
+    /// The evaluation's metrics from its batches', as transformers and TRL
+    /// combine them: `eval_loss` the rows-weighted mean of the batches'
+    /// losses, every other metric the mean of the batches' values.
+    pub fn combine(batches: &[GroupEval]) -> Result<GroupEval> {
+        let first = batches.first().ok_or_else(|| Error::invalid("GRPO evaluation", "no evaluation batch"))?;
+        let n = batches.len() as f32;
+        let mean = |f: &dyn Fn(&GroupEval) -> f32| batches.iter().map(f).sum::<f32>() / n;
+        let means = |f: &dyn Fn(&GroupEval) -> &Vec<f32>| -> Vec<f32> {
+            (0..f(first).len()).map(|i| batches.iter().map(|b| f(b)[i]).sum::<f32>() / n).collect()
+        };
+        let rows: usize = batches.iter().map(|b| b.rows).sum();
+        let loss = (batches.iter().map(|b| b.loss as f64 * b.rows as f64).sum::<f64>() / rows.max(1) as f64) as f32;
+        let l = |f: &dyn Fn(&CompletionLengths) -> f32| mean(&|b| f(&b.lengths));
+        Ok(GroupEval {
+            rows,
+            loss,
+            reward: mean(&|b| b.reward),
+            reward_std: mean(&|b| b.reward_std),
+            frac_reward_zero_std: mean(&|b| b.frac_reward_zero_std),
+            reward_means: means(&|b| &b.reward_means),
+            reward_stds: means(&|b| &b.reward_stds),
+            lengths: CompletionLengths {
+                mean: l(&|c| c.mean),
+                min: l(&|c| c.min),
+                max: l(&|c| c.max),
+                clipped_ratio: l(&|c| c.clipped_ratio),
+                mean_terminated: l(&|c| c.mean_terminated),
+                min_terminated: l(&|c| c.min_terminated),
+                max_terminated: l(&|c| c.max_terminated),
+            },
+            kl: first.kl.map(|_| mean(&|b| b.kl.unwrap_or(f32::NAN))),
+            entropy: mean(&|b| b.entropy),
+            clip_ratio: [0, 1, 2].map(|i| mean(&|b| b.clip_ratio[i])),
+        })
+    }
+}
+
+/// One evaluation batch of a GRPO (or RLOO) run, as TRL's `evaluate()` takes
+/// it (`prediction_step`): `completions` (`num_generations` a prompt) of
+/// `prompts`, scored by each reward function, their advantages, and the
+/// loss of the batch through `adapter` without dropout and without a
+/// backward (the ratio to the sampling policy is 1), in the prompts' order.
+/// `settings.gradient_accumulation_steps` is the accumulation of the run
+/// being evaluated: mid-training, TRL's GRPO divides its grpo, bnpo and
+/// dr_grpo losses by it at evaluation too (RLOO's and dapo's are not).
+pub async fn evaluate_group(
+    (gpu, model, adapter): (&Gpu, &Model, &crate::peft::adapter::Adapter),
+    loss: &GrpoLoss,
+    settings: &GrpoSettings,
+    (prompts, completions): (&[&[u32]], &[Vec<u32>]),
+    rewards: &[Vec<Option<f32>>],
+) -> Result<GroupEval> {
+    settings.validate_for(loss.estimator)?;
+    let g = settings.num_generations;
+    if g < 2 || prompts.len() * g != completions.len() || completions.is_empty() {
+        return Err(Error::invalid(
+            "GRPO evaluation",
+            format!("{} completions for {} prompts of {g} each (at least 2 each)", completions.len(), prompts.len()),
+        ));
+    }
+    let mut combined = combine_rewards(rewards, &settings.reward_weights)?;
+    if let Some((lo, hi)) = settings.reward_clip_range {
+        combined.iter_mut().for_each(|r| *r = r.clamp(lo, hi));
+    }
+    let order: Vec<usize> = (0..completions.len()).collect();
+    let rows: Vec<(&[u32], &[u32])> = order.iter().map(|&i| (prompts[i / g], completions[i].as_slice())).collect();
+    let eos = (settings.eos.as_slice(), settings.pad);
+    let mut batches =
+        completion_batches(&rows, &vec![0.0; rows.len()], eos, settings.mask_truncated_completions, rows.len())?;
+    let frozen = adapter.eval();
+    let hooks = frozen.hooks();
+    let scoring = (combined.as_slice(), order.as_slice(), false);
+    let (advantages, rloo_kl) = score_generation((gpu, model, hooks), loss, settings, scoring, &mut batches).await?;
+    let batch = &batches[0];
+    // RLOO's loss is not divided by the accumulation at evaluation (its Trainer divides in training_step).
+    let of = match loss.estimator {
+        Estimator::Grpo => settings.gradient_accumulation_steps.max(1),
+        Estimator::Rloo => 1,
+    };
+    let group_rows = GrpoRows::new(batch, model.config.vocab_size, loss, of, batch.generated_tokens)?;
+    let stats = Tensor::zeros(gpu, &[6], crate::gpu::DType::F32)?;
+    let mut rec = Recorder::new(gpu);
+    record_grpo_micro(&mut rec, model, loss, batch, &group_rows, (hooks, false, false), (&stats, 1.0))?;
+    rec.submit()?;
+    let s = stats.to_vec::<f32>(gpu).await?;
+    let (reward_means, reward_stds) = reward_stats(rewards).into_iter().unzip();
+    let kl = match loss.estimator {
+        Estimator::Grpo => (loss.beta != 0.0).then_some(s[1]),
+        Estimator::Rloo => rloo_kl,
+    };
+    Ok(GroupEval {
+        rows: completions.len(),
+        loss: s[0],
+        reward: advantages.reward,
+        reward_std: advantages.reward_std,
+        frac_reward_zero_std: advantages.frac_reward_zero_std,
+        reward_means,
+        reward_stds,
+        lengths: CompletionLengths::of(completions, &settings.eos, settings.pad),
+        kl,
+        entropy: s[2],
+        clip_ratio: [s[3], s[4], s[5]],
+    })
+}
+
 /// TRL's `completions/*` metrics of one generation's completions (its
 /// `_generate`), each an f32 as torch's float mean, min and max.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -944,6 +1074,63 @@ pub async fn label_logps(
     Ok(losses.chunks(per).map(|row| std::iter::once(0.0).chain(row[..per - 1].iter().map(|&l| -l)).collect()).collect())
 }
 
+/// A generation's advantages and its batches' scores: with `keep_old` (a
+/// step will see a moved policy), or under RLOO with β > 0, each batch is
+/// scored by the policy that sampled it (`adapter`; kept as `old_logps` for
+/// the ratio with `keep_old`);
+/// under RLOO with β > 0 also by the reference (every hook off), and each
+/// completion's summed KL is taken from its reward. The advantages of the
+/// completions (`combined` rewards, `order`: each batch row's completion)
+/// are set on the batches' rows; returns them with RLOO's generation `kl`.
+async fn score_generation(
+    (gpu, model, adapter): (&Gpu, &Model, &dyn Hooks),
+    loss: &GrpoLoss,
+    settings: &GrpoSettings,
+    (combined, order, keep_old): (&[f32], &[usize], bool),
+    batches: &mut [Batch],
+) -> Result<(Advantages, Option<f32>)> {
+    let g = settings.num_generations;
+    let rloo_kl = loss.estimator == Estimator::Rloo && loss.beta != 0.0;
+    // RLOO's KL of each row's completion, and the generation's Σ of it and its tokens.
+    let mut row_kl = Vec::with_capacity(order.len());
+    let (mut kl_sum, mut kl_tokens) = (0.0f64, 0usize);
+    if keep_old || rloo_kl {
+        for b in batches.iter_mut() {
+            let old = label_logps(gpu, model, adapter, b, loss.temperature).await?;
+            if rloo_kl {
+                let reference = label_logps(gpu, model, &NoHooks, b, loss.temperature).await?;
+                for ((old, reference), labels) in old.iter().zip(&reference).zip(&b.labels) {
+                    let masked = labels.iter().enumerate().filter(|(_, &l)| l != IGNORE_INDEX).map(|(t, _)| t);
+                    let kl = masked.map(|t| old[t] - reference[t]).fold(0.0f32, |a, d| a + d);
+                    kl_sum += kl as f64;
+                    kl_tokens += labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+                    row_kl.push(kl);
+                }
+            }
+            if keep_old {
+                b.old_logps = Some(old);
+            }
+        }
+    }
+    let advantages = match loss.estimator {
+        Estimator::Grpo => advantages(combined, g, settings.scale_rewards)?,
+        Estimator::Rloo => {
+            let mut penalised = combined.to_vec();
+            for (&i, kl) in order.iter().zip(&row_kl) {
+                penalised[i] -= loss.beta * kl;
+            }
+            rloo_advantages(&penalised, g, settings.normalize_advantages)?
+        }
+    };
+    let mut row_advantages = order.iter().map(|&i| advantages.advantages[i]);
+    for b in batches.iter_mut() {
+        b.advantages = Some(row_advantages.by_ref().take(b.labels.len()).collect());
+    }
+    // RLOO's kl metric: the generation's mean over its completion tokens (TRL's clamp(min=1)).
+    let kl = rloo_kl.then(|| (kl_sum / kl_tokens.max(1) as f64) as f32);
+    Ok((advantages, kl))
+}
+
 /// One generation's GRPO (or RLOO): `completions` (`num_generations` a prompt, in the
 /// prompts' order) of `prompts`, scored by each reward function
 /// (`rewards[f][i]`, `None` where a function gives none): the rewards
@@ -999,44 +1186,9 @@ pub async fn grpo_step(
         settings.mask_truncated_completions,
         settings.batch_size,
     )?;
-    let rloo_kl = loss.estimator == Estimator::Rloo && loss.beta != 0.0;
-    // RLOO's KL of each row's completion, and the generation's Σ of it and its tokens.
-    let mut row_kl = Vec::with_capacity(rows.len());
-    let (mut kl_sum, mut kl_tokens) = (0.0f64, 0usize);
-    if settings.scores_old_policy() || rloo_kl {
-        for b in &mut batches {
-            let old = label_logps(gpu, model, &trainer.adapter, b, loss.temperature).await?;
-            if rloo_kl {
-                let reference = label_logps(gpu, model, &NoHooks, b, loss.temperature).await?;
-                for ((old, reference), labels) in old.iter().zip(&reference).zip(&b.labels) {
-                    let masked = labels.iter().enumerate().filter(|(_, &l)| l != IGNORE_INDEX).map(|(t, _)| t);
-                    let kl = masked.map(|t| old[t] - reference[t]).fold(0.0f32, |a, d| a + d);
-                    kl_sum += kl as f64;
-                    kl_tokens += labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
-                    row_kl.push(kl);
-                }
-            }
-            if settings.scores_old_policy() {
-                b.old_logps = Some(old);
-            }
-        }
-    }
-    let advantages = match loss.estimator {
-        Estimator::Grpo => advantages(&combined, g, settings.scale_rewards)?,
-        Estimator::Rloo => {
-            let mut penalised = combined.clone();
-            for (&i, kl) in order.iter().zip(&row_kl) {
-                penalised[i] -= loss.beta * kl;
-            }
-            rloo_advantages(&penalised, g, settings.normalize_advantages)?
-        }
-    };
-    let mut row_advantages = order.iter().map(|&i| advantages.advantages[i]);
-    for b in &mut batches {
-        b.advantages = Some(row_advantages.by_ref().take(b.labels.len()).collect());
-    }
-    // RLOO's kl metric: the generation's mean over its completion tokens (TRL's clamp(min=1)).
-    let kl = rloo_kl.then(|| (kl_sum / kl_tokens.max(1) as f64) as f32);
+    let scoring = (combined.as_slice(), order.as_slice(), settings.scores_old_policy());
+    let (advantages, kl) =
+        score_generation((gpu, model, &trainer.adapter), &loss, settings, scoring, &mut batches).await?;
     let ga = settings.gradient_accumulation_steps;
     let mut steps = Vec::with_capacity(settings.steps_taken());
     for micro in batches.chunks(ga).cycle().take(settings.steps_taken()) {

@@ -541,7 +541,7 @@ impl Trainer {
                     &loss,
                     b,
                     rows,
-                    (pass.hooks(), self.gradient_checkpointing),
+                    (pass.hooks(), self.gradient_checkpointing, true),
                     (&stats, share),
                 )?;
             }

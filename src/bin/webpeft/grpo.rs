@@ -19,8 +19,8 @@ use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::hooks_of;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
-    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward, Estimator,
-    Generation, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder, ScaleRewards,
+    evaluate_group, grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward,
+    Estimator, Generation, GroupEval, GrpoLoss, GrpoLossType, GrpoPrompt, GrpoSettings, PromptOrder, ScaleRewards,
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
@@ -112,7 +112,8 @@ fn run_command(command: &str, lines: &[Value]) -> Result<Vec<Option<f32>>, Strin
 /// The flags GRPO does not take, refused by name.
 fn refuse_others(a: &TrainArgs) -> Result<(), String> {
     let others = [
-        ("--eval-data", a.eval_data.is_some()),
+        ("--early-stopping-patience", a.early_stopping_patience.is_some()),
+        ("--load-best-at-end", a.load_best_at_end),
         ("--packing", a.packing),
         ("--precompute-ref-log-probs", a.precompute_ref_log_probs),
         ("--neftune-noise-alpha", a.neftune_noise_alpha.is_some()),
@@ -256,7 +257,23 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     let bytes = std::fs::read(&data_path).map_err(|e| format!("{}: {e}", data_path.display()))?;
     let source = data_path.display().to_string();
     let budget = loss.prompt_budget(a.max_prompt_length.unwrap_or(512), config.max_position_embeddings);
-    let prompts = grpo_prompts(&source, &bytes, &tokenizer, budget.map_err(flag_error)?)?;
+    let budget = budget.map_err(flag_error)?;
+    let prompts = grpo_prompts(&source, &bytes, &tokenizer, budget)?;
+    // Held-out prompts: each evaluation samples --num-generations completions of each, in batches of --batch-size.
+    let eval_prompts = match &a.eval_data {
+        Some(path) => {
+            if a.batch_size % settings.num_generations != 0 {
+                return Err(format!(
+                    "--eval-data: an evaluation batch (--batch-size {}) must be a multiple of --num-generations ({})",
+                    a.batch_size, settings.num_generations
+                )
+                .into());
+            }
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(grpo_prompts(&path.display().to_string(), &bytes, &tokenizer, budget)?)
+        }
+        None => None,
+    };
     // An epoch: each prompt's generation once, and the steps each generation feeds (as TRL counts them).
     let per_generation = settings.prompts();
     let steps_per_epoch = (prompts.len().div_ceil(per_generation) * settings.steps()) as u64;
@@ -359,7 +376,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         match lines {
             Ok(lines) => {
                 let secs = start.elapsed().as_secs_f64() / lines.len().max(1) as f64;
-                let mut save = false;
+                let (mut save, mut evaluate) = (false, false);
                 for mut line in lines {
                     let tokens = line.get("tokens").and_then(Value::as_f64).unwrap_or(0.0);
                     line.insert("tokens_per_s".into(), json!(tokens / secs.max(1e-9)));
@@ -367,6 +384,21 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
                     out!("{}", Value::Object(line));
                     this_run += 1;
                     save |= a.save_steps.is_some_and(|n| n > 0 && step % n == 0);
+                    evaluate |= a.eval_steps.is_some_and(|n| n > 0 && step % n == 0);
+                }
+                if let (Some(eval), true) = (&eval_prompts, evaluate) {
+                    let held_out = (eval.as_slice(), &rewards[..], &generation);
+                    out!(
+                        "{}",
+                        eval_line(
+                            (&gpu, &model, &tokenizer),
+                            &trainer,
+                            held_out,
+                            (&settings, recipe.seed),
+                            Some(trainer.step)
+                        )
+                        .await?
+                    );
                 }
                 // Saved between generations, where the run's state is whole: the checkpoint goes on from there.
                 if save {
@@ -391,6 +423,10 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
                 Err(e) => return Err(e),
             },
         }
+    }
+    if let (Some(eval), Stopped::Done, None) = (&eval_prompts, &stopped, a.eval_steps) {
+        let held_out = (eval.as_slice(), &rewards[..], &generation);
+        out!("{}", eval_line((&gpu, &model, &tokenizer), &trainer, held_out, (&settings, recipe.seed), None).await?);
     }
     save_run(&gpu, &trainer, &model.config, &a.out, (&schedule, &rng, &order), (a.grad_accum, &options)).await?;
     eprintln!("wrote the adapter and {CHECKPOINT_FILE} (step {}) to {}", trainer.step, a.out.display());
@@ -483,6 +519,86 @@ async fn cli_step(
             line
         })
         .collect())
+}
+
+/// TRL's `evaluate()` on the held-out prompts as one line: in batches of
+/// --batch-size completions (--num-generations a prompt), each prompt's
+/// completions sampled through the adapter (its group from seed s + k·G, s
+/// the run's seed and the step's, so that an evaluation leaves the run's own
+/// generator alone), scored by every reward, each batch's loss and metrics
+/// (`evaluate_group`), combined as TRL's (`GroupEval::combine`) under `eval_`.
+async fn eval_line(
+    (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
+    trainer: &Trainer,
+    (prompts, rewards, generation): (&[GrpoPrompt], &[Reward], &GenerationConfig),
+    (settings, seed): (&GrpoSettings, u64),
+    step: Option<u64>,
+) -> Result<String, BoxError> {
+    let Objective::Grpo(loss) = trainer.objective else { return Err("not a GRPO or RLOO run".into()) };
+    let g = settings.num_generations;
+    let seed = seed.wrapping_add(trainer.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut batches = Vec::new();
+    for (b, chunk) in prompts.chunks(settings.batch_size / g).enumerate() {
+        let mut completions = Vec::with_capacity(chunk.len() * g);
+        for (k, p) in chunk.iter().enumerate() {
+            let k = (b * settings.batch_size / g + k) as u64;
+            let config = GenerationConfig { seed: seed.wrapping_add(k * g as u64), ..generation.clone() };
+            completions.extend(model.sample_group(gpu, &p.ids, g, &config, hooks_of(Some(&trainer.adapter))).await?);
+        }
+        let texts: Vec<String> =
+            completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
+        let lines: Vec<Value> = completions
+            .iter()
+            .zip(&texts)
+            .enumerate()
+            .map(|(i, (ids, text))| {
+                let mut line = chunk[i / g].fields.clone();
+                line.insert("prompt".into(), json!(chunk[i / g].text));
+                line.insert("completion".into(), json!(text));
+                line.insert("completion_ids".into(), json!(ids));
+                Value::Object(line)
+            })
+            .collect();
+        let per_function: Vec<Vec<Option<f32>>> =
+            rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+        let ids: Vec<&[u32]> = chunk.iter().map(|p| p.ids.as_slice()).collect();
+        let held_out = (ids.as_slice(), completions.as_slice());
+        batches.push(evaluate_group((gpu, model, &trainer.adapter), &loss, settings, held_out, &per_function).await?);
+    }
+    let e = GroupEval::combine(&batches)?;
+    let mut line = Map::new();
+    if let Some(step) = step {
+        line.insert("step".into(), json!(step));
+    }
+    line.insert("eval_loss".into(), json!(e.loss));
+    line.insert("eval_reward".into(), json!(e.reward));
+    line.insert("eval_reward_std".into(), json!(e.reward_std));
+    line.insert("eval_frac_reward_zero_std".into(), json!(e.frac_reward_zero_std));
+    for (i, ((r, mean), std)) in rewards.iter().zip(&e.reward_means).zip(&e.reward_stds).enumerate() {
+        line.insert(format!("eval_rewards/{}/mean", r.name(i)), json!(mean));
+        line.insert(format!("eval_rewards/{}/std", r.name(i)), json!(std));
+    }
+    let l = &e.lengths;
+    for (key, value) in [
+        ("mean_length", l.mean),
+        ("min_length", l.min),
+        ("max_length", l.max),
+        ("clipped_ratio", l.clipped_ratio),
+        ("mean_terminated_length", l.mean_terminated),
+        ("min_terminated_length", l.min_terminated),
+        ("max_terminated_length", l.max_terminated),
+    ] {
+        line.insert(format!("eval_completions/{key}"), json!(value));
+    }
+    if let Some(kl) = e.kl {
+        line.insert("eval_kl".into(), json!(kl));
+    }
+    line.insert("eval_entropy".into(), json!(e.entropy));
+    for (key, value) in ["low_mean", "high_mean", "region_mean"].iter().zip(e.clip_ratio) {
+        line.insert(format!("eval_clip_ratio/{key}"), json!(value));
+    }
+    line.insert("eval_num_tokens".into(), json!(trainer.tokens_seen));
+    Ok(Value::Object(line).to_string())
 }
 
 /// TRL's `log_completions` table as lines on stderr: the generation's first
