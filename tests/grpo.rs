@@ -740,16 +740,7 @@ fn evaluation_matches_trl() {
             close(key, e.reward_means[f], w(&format!("rewards/{key}/mean")));
             close(key, e.reward_stds[f], w(&format!("rewards/{key}/std")));
         }
-        let l = &e.lengths;
-        for (key, got) in [
-            ("mean_length", l.mean),
-            ("min_length", l.min),
-            ("max_length", l.max),
-            ("clipped_ratio", l.clipped_ratio),
-            ("mean_terminated_length", l.mean_terminated),
-            ("min_terminated_length", l.min_terminated),
-            ("max_terminated_length", l.max_terminated),
-        ] {
+        for (key, got) in e.lengths.named() {
             close(key, got, w(&format!("completions/{key}")));
         }
         for (i, key) in ["low_mean", "high_mean", "region_mean"].iter().enumerate() {

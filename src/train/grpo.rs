@@ -879,6 +879,19 @@ pub struct CompletionLengths {
 }
 
 impl CompletionLengths {
+    /// Each length by TRL's name (`completions/<name>`).
+    pub fn named(&self) -> [(&'static str, f32); 7] {
+        [
+            ("mean_length", self.mean),
+            ("min_length", self.min),
+            ("max_length", self.max),
+            ("clipped_ratio", self.clipped_ratio),
+            ("mean_terminated_length", self.mean_terminated),
+            ("min_terminated_length", self.min_terminated),
+            ("max_terminated_length", self.max_terminated),
+        ]
+    }
+
     pub fn of(completions: &[Vec<u32>], eos: &[u32], pad: u32) -> CompletionLengths {
         // (mean, min, max) of lengths as f32; [0] for none, as TRL's torch.zeros(1).
         let summary = |lengths: &[usize]| {

@@ -445,22 +445,8 @@ async fn cli_step(
 ) -> Result<Vec<Map<String, Value>>, BoxError> {
     let Generation { chosen, completions, settings } = sampled;
     let g = settings.num_generations;
-    let texts: Vec<String> = completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
-    let lines: Vec<Value> = completions
-        .iter()
-        .zip(&texts)
-        .enumerate()
-        .map(|(i, (ids, text))| {
-            let prompt = &prompts[chosen[i / g]];
-            let mut line = prompt.fields.clone();
-            line.insert("prompt".into(), json!(prompt.text));
-            line.insert("completion".into(), json!(text));
-            line.insert("completion_ids".into(), json!(ids));
-            Value::Object(line)
-        })
-        .collect();
-    let per_function: Vec<Vec<Option<f32>>> =
-        rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+    let group_prompts: Vec<&GrpoPrompt> = chosen.iter().map(|&p| &prompts[p]).collect();
+    let (lines, per_function) = score_completions(tokenizer, (&group_prompts, completions, g), rewards)?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
     let first_step = trainer.step + 1;
     let s = grpo_step(gpu, model, trainer, (&ids, completions), &per_function, settings, schedule).await?;
@@ -478,16 +464,7 @@ async fn cli_step(
         generation_line.insert(format!("rewards/{}/mean", r.name(i)), json!(mean));
         generation_line.insert(format!("rewards/{}/std", r.name(i)), json!(std));
     }
-    let l = &s.lengths;
-    for (key, value) in [
-        ("mean_length", l.mean),
-        ("min_length", l.min),
-        ("max_length", l.max),
-        ("clipped_ratio", l.clipped_ratio),
-        ("mean_terminated_length", l.mean_terminated),
-        ("min_terminated_length", l.min_terminated),
-        ("max_terminated_length", l.max_terminated),
-    ] {
+    for (key, value) in s.lengths.named() {
         generation_line.insert(format!("completions/{key}"), json!(value));
     }
     generation_line.insert("num_tokens".into(), json!(s.num_tokens));
@@ -521,6 +498,35 @@ async fn cli_step(
         .collect())
 }
 
+/// Each reward function's value for each completion (`None`: it gave none).
+type Scores = Vec<Vec<Option<f32>>>;
+
+/// Each reward function's scores of `completions` (`g` of each of
+/// `prompts`, in order), with the JSON lines the reward commands read: the
+/// prompt line's fields, its text, the completion's text and its ids.
+fn score_completions(
+    tokenizer: &Tokenizer,
+    (prompts, completions, g): (&[&GrpoPrompt], &[Vec<u32>], usize),
+    rewards: &[Reward],
+) -> Result<(Vec<Value>, Scores), BoxError> {
+    let texts: Vec<String> = completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
+    let lines: Vec<Value> = completions
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(i, (ids, text))| {
+            let prompt = prompts[i / g];
+            let mut line = prompt.fields.clone();
+            line.insert("prompt".into(), json!(prompt.text));
+            line.insert("completion".into(), json!(text));
+            line.insert("completion_ids".into(), json!(ids));
+            Value::Object(line)
+        })
+        .collect();
+    let per_function = rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+    Ok((lines, per_function))
+}
+
 /// TRL's `evaluate()` on the held-out prompts as one line: in batches of
 /// --batch-size completions (--num-generations a prompt), each prompt's
 /// completions sampled through the adapter (its group from seed s + k·G, s
@@ -545,22 +551,8 @@ async fn eval_line(
             let config = GenerationConfig { seed: seed.wrapping_add(k * g as u64), ..generation.clone() };
             completions.extend(model.sample_group(gpu, &p.ids, g, &config, hooks_of(Some(&trainer.adapter))).await?);
         }
-        let texts: Vec<String> =
-            completions.iter().map(|c| tokenizer.decode(c, true)).collect::<webpeft::Result<_>>()?;
-        let lines: Vec<Value> = completions
-            .iter()
-            .zip(&texts)
-            .enumerate()
-            .map(|(i, (ids, text))| {
-                let mut line = chunk[i / g].fields.clone();
-                line.insert("prompt".into(), json!(chunk[i / g].text));
-                line.insert("completion".into(), json!(text));
-                line.insert("completion_ids".into(), json!(ids));
-                Value::Object(line)
-            })
-            .collect();
-        let per_function: Vec<Vec<Option<f32>>> =
-            rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+        let group_prompts: Vec<&GrpoPrompt> = chunk.iter().collect();
+        let (_, per_function) = score_completions(tokenizer, (&group_prompts, &completions, g), rewards)?;
         let ids: Vec<&[u32]> = chunk.iter().map(|p| p.ids.as_slice()).collect();
         let held_out = (ids.as_slice(), completions.as_slice());
         batches.push(evaluate_group((gpu, model, &trainer.adapter), &loss, settings, held_out, &per_function).await?);
@@ -578,16 +570,7 @@ async fn eval_line(
         line.insert(format!("eval_rewards/{}/mean", r.name(i)), json!(mean));
         line.insert(format!("eval_rewards/{}/std", r.name(i)), json!(std));
     }
-    let l = &e.lengths;
-    for (key, value) in [
-        ("mean_length", l.mean),
-        ("min_length", l.min),
-        ("max_length", l.max),
-        ("clipped_ratio", l.clipped_ratio),
-        ("mean_terminated_length", l.mean_terminated),
-        ("min_terminated_length", l.min_terminated),
-        ("max_terminated_length", l.max_terminated),
-    ] {
+    for (key, value) in e.lengths.named() {
         line.insert(format!("eval_completions/{key}"), json!(value));
     }
     if let Some(kl) = e.kl {
