@@ -25,9 +25,10 @@ use crate::peft::adapter::hooks_of;
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::train::eta::StepClock;
 use crate::train::grpo::{
-    grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, Generation, GrpoPrompt, GrpoSettings,
-    PromptOrder,
+    evaluate_group, grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, Advantages,
+    CompletionLengths, Generation, GroupEval, GrpoPrompt, GrpoSettings, PromptOrder,
 };
+use crate::train::preference::Objective;
 use crate::train::recipe::pad_id;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::Trainer;
@@ -60,6 +61,65 @@ pub struct GrpoRun {
     seconds: Rc<Cell<StepClock>>,
 }
 
+/// What `evaluate()` reports: TRL's eval_ metrics without the prefix, in camelCase.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GrpoEvalResult {
+    loss: f32,
+    #[serde(flatten)]
+    metrics: GenerationMetrics,
+    /// The completions evaluated.
+    completions: usize,
+}
+
+/// A generation's metrics (TRL's names in camelCase), in a step's event and
+/// an evaluation's result.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationMetrics {
+    reward: f32,
+    reward_std: f32,
+    frac_reward_zero_std: f32,
+    reward_means: Vec<f32>,
+    reward_stds: Vec<f32>,
+    mean_length: f32,
+    min_length: f32,
+    max_length: f32,
+    clipped_ratio: f32,
+    mean_terminated_length: f32,
+    min_terminated_length: f32,
+    max_terminated_length: f32,
+    num_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kl: Option<f32>,
+    entropy: f32,
+    /// TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean.
+    clip_ratio: [f32; 3],
+}
+
+impl GenerationMetrics {
+    fn of(a: &Advantages, (reward_means, reward_stds): (Vec<f32>, Vec<f32>), l: &CompletionLengths) -> Self {
+        GenerationMetrics {
+            reward: a.reward,
+            reward_std: a.reward_std,
+            frac_reward_zero_std: a.frac_reward_zero_std,
+            reward_means,
+            reward_stds,
+            mean_length: l.mean,
+            min_length: l.min,
+            max_length: l.max,
+            clipped_ratio: l.clipped_ratio,
+            mean_terminated_length: l.mean_terminated,
+            min_terminated_length: l.min_terminated,
+            max_terminated_length: l.max_terminated,
+            num_tokens: 0,
+            kl: None,
+            entropy: 0.0,
+            clip_ratio: [0.0; 3],
+        }
+    }
+}
+
 /// A sampled completion as a reward function sees it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,24 +139,8 @@ struct GrpoStepEvent {
     loss: f32,
     lr: f64,
     grad_norm: f32,
-    reward: f32,
-    reward_std: f32,
-    frac_reward_zero_std: f32,
-    reward_means: Vec<f32>,
-    reward_stds: Vec<f32>,
-    mean_length: f32,
-    min_length: f32,
-    max_length: f32,
-    clipped_ratio: f32,
-    mean_terminated_length: f32,
-    min_terminated_length: f32,
-    max_terminated_length: f32,
-    num_tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kl: Option<f32>,
-    entropy: f32,
-    /// TRL's clip_ratio/low_mean, clip_ratio/high_mean, clip_ratio/region_mean.
-    clip_ratio: [f32; 3],
+    #[serde(flatten)]
+    metrics: GenerationMetrics,
     tokens: usize,
     step_seconds: f64,
     eta_seconds: f64,
@@ -254,6 +298,34 @@ async fn call_reward(f: &Function, index: usize, completions: &JsValue, n: usize
         .collect()
 }
 
+/// `completions` (`g` of each of `prompts`, in order) decoded, handed to
+/// each reward function as `Completion`s, and their values; returns each
+/// completion's (prompt, completion) texts beside them.
+async fn score_completions(
+    tokenizer: &crate::model::tokenizer::Tokenizer,
+    (prompts, completions, g): (&[&GrpoPrompt], &[Vec<u32>], usize),
+    functions: &[Function],
+) -> JsResult<(Vec<(String, String)>, Vec<Vec<Option<f32>>>)> {
+    let texts: Vec<String> =
+        completions.iter().map(|c| tokenizer.decode(c, true)).collect::<crate::Result<_>>().map_err(err)?;
+    let shown: Vec<Completion> = completions
+        .iter()
+        .zip(&texts)
+        .enumerate()
+        .map(|(i, (ids, text))| {
+            let prompt = prompts[i / g];
+            Completion { prompt: &prompt.text, completion: text.clone(), completion_ids: ids, fields: &prompt.fields }
+        })
+        .collect();
+    let js = to_js(&shown)?;
+    let mut rewards = Vec::with_capacity(functions.len());
+    for (i, f) in functions.iter().enumerate() {
+        rewards.push(call_reward(f, i, &js, completions.len()).await?);
+    }
+    let pairs = shown.into_iter().map(|c| (c.prompt.to_string(), c.completion)).collect();
+    Ok((pairs, rewards))
+}
+
 async fn one_step(
     model: &Rc<RefCell<ModelState>>,
     state: &Rc<RefCell<GrpoState>>,
@@ -279,22 +351,8 @@ async fn one_step(
     .await
     .map_err(err)?;
     let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
-    let texts: Vec<String> =
-        completions.iter().map(|c| tokenizer.decode(c, true)).collect::<crate::Result<_>>().map_err(err)?;
-    let shown: Vec<Completion> = completions
-        .iter()
-        .zip(&texts)
-        .enumerate()
-        .map(|(i, (ids, text))| {
-            let prompt = &s.prompts[chosen[i / g]];
-            Completion { prompt: &prompt.text, completion: text.clone(), completion_ids: ids, fields: &prompt.fields }
-        })
-        .collect();
-    let js = to_js(&shown)?;
-    let mut rewards = Vec::with_capacity(s.rewards.len());
-    for (i, f) in s.rewards.iter().enumerate() {
-        rewards.push(call_reward(f, i, &js, completions.len()).await?);
-    }
+    let group_prompts: Vec<&GrpoPrompt> = chosen.iter().map(|&p| &s.prompts[p]).collect();
+    let (shown, rewards) = score_completions(tokenizer, (&group_prompts, &completions, g), &s.rewards).await?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
     let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &settings, &s.schedule)
         .await
@@ -310,22 +368,13 @@ async fn one_step(
         loss: last.loss,
         lr: last.lr,
         grad_norm: last.grad_norm,
-        reward: r.advantages.reward,
-        reward_std: r.advantages.reward_std,
-        frac_reward_zero_std: r.advantages.frac_reward_zero_std,
-        reward_means: r.reward_means,
-        reward_stds: r.reward_stds,
-        mean_length: r.lengths.mean,
-        min_length: r.lengths.min,
-        max_length: r.lengths.max,
-        clipped_ratio: r.lengths.clipped_ratio,
-        mean_terminated_length: r.lengths.mean_terminated,
-        min_terminated_length: r.lengths.min_terminated,
-        max_terminated_length: r.lengths.max_terminated,
-        num_tokens: r.num_tokens,
-        kl: last.kl.or(r.kl),
-        entropy: last.entropy.unwrap_or(0.0),
-        clip_ratio: last.clip_ratio.unwrap_or_default(),
+        metrics: GenerationMetrics {
+            num_tokens: r.num_tokens,
+            kl: last.kl.or(r.kl),
+            entropy: last.entropy.unwrap_or(0.0),
+            clip_ratio: last.clip_ratio.unwrap_or_default(),
+            ..GenerationMetrics::of(&r.advantages, (r.reward_means.clone(), r.reward_stds.clone()), &r.lengths)
+        },
         tokens: completions.iter().map(Vec::len).sum(),
         step_seconds: secs,
         eta_seconds: clock.eta(total.saturating_sub(last.step)),
@@ -333,9 +382,9 @@ async fn one_step(
             .into_iter()
             .zip(r.rewards)
             .zip(r.advantages.advantages)
-            .map(|((c, reward), advantage)| SampledCompletion {
-                prompt: c.prompt.to_string(),
-                completion: c.completion,
+            .map(|(((prompt, completion), reward), advantage)| SampledCompletion {
+                prompt,
+                completion,
                 reward,
                 advantage,
             })
@@ -406,6 +455,75 @@ impl GrpoRun {
             let progress = grpo_progress(&s.schedule, s.settings.gradient_accumulation_steps, &s.rng, &s.order);
             let bytes = save_checkpoint(&st.gpu, &s.trainer, &st.model.config, &progress).await.map_err(err)?;
             Ok(Uint8Array::from(bytes.as_slice()).into())
+        })
+    }
+
+    /// TRL's `evaluate()` on held-out prompts (text or {prompt} records, as
+    /// `startGrpo` takes them): in batches of `batchSize` completions
+    /// (`numGenerations` of each prompt, from seeds drawn from the run's seed
+    /// and step, so the run's own sampling is left alone), scored by the run's
+    /// reward functions, each batch's loss without dropout or a backward; the
+    /// eval_ metrics, each the mean of the batches' as TRL's (`GrpoEvalResult`).
+    #[wasm_bindgen(unchecked_return_type = "Promise<GrpoEvalResult>")]
+    pub fn evaluate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string | GrpoPromptRecord[]")] prompts: JsValue,
+    ) -> Promise {
+        let (model, state) = (self.model.clone(), self.state.clone());
+        future_to_promise(async move {
+            let st = busy(model.try_borrow())?;
+            let s = state.try_borrow().map_err(|_| err("this run is taking a step"))?;
+            let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
+            let (g, rows) = (s.settings.num_generations, s.settings.batch_size);
+            if rows % g != 0 {
+                let detail =
+                    format!("an evaluation batch (batchSize {rows}) must be a multiple of numGenerations ({g})");
+                return Err(err(detail));
+            }
+            let text = data_text(&prompts)?;
+            let budget = s.plan.loss.prompt_budget(s.plan.max_prompt_length, st.model.config.max_position_embeddings);
+            let held_out = grpo_prompts("prompts", text.as_bytes(), tokenizer, budget.map_err(err)?).map_err(err)?;
+            let Objective::Grpo(loss) = s.trainer.objective else { return Err(err("not a GRPO or RLOO run")) };
+            let seed = s.plan.recipe.seed.wrapping_add(s.trainer.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut batches = Vec::new();
+            for (b, chunk) in held_out.chunks(rows / g).enumerate() {
+                let mut completions = Vec::with_capacity(chunk.len() * g);
+                for (k, p) in chunk.iter().enumerate() {
+                    let k = (b * rows / g + k) as u64;
+                    let config = GenerationConfig { seed: seed.wrapping_add(k * g as u64), ..s.generation.clone() };
+                    let hooks = hooks_of(Some(&s.trainer.adapter));
+                    completions.extend(st.model.sample_group(&st.gpu, &p.ids, g, &config, hooks).await.map_err(err)?);
+                }
+                let group_prompts: Vec<&GrpoPrompt> = chunk.iter().collect();
+                let (_, rewards) = score_completions(tokenizer, (&group_prompts, &completions, g), &s.rewards).await?;
+                let ids: Vec<&[u32]> = chunk.iter().map(|p| p.ids.as_slice()).collect();
+                let one = evaluate_group(
+                    (&st.gpu, &st.model, &s.trainer.adapter),
+                    &loss,
+                    &s.settings,
+                    (&ids, &completions),
+                    &rewards,
+                );
+                batches.push(one.await.map_err(err)?);
+            }
+            let e = GroupEval::combine(&batches).map_err(err)?;
+            let stats = Advantages {
+                advantages: Vec::new(),
+                reward: e.reward,
+                reward_std: e.reward_std,
+                frac_reward_zero_std: e.frac_reward_zero_std,
+            };
+            to_js(&GrpoEvalResult {
+                loss: e.loss,
+                metrics: GenerationMetrics {
+                    num_tokens: s.trainer.tokens_seen,
+                    kl: e.kl,
+                    entropy: e.entropy,
+                    clip_ratio: e.clip_ratio,
+                    ..GenerationMetrics::of(&stats, (e.reward_means.clone(), e.reward_stds.clone()), &e.lengths)
+                },
+                completions: e.rows,
+            })
         })
     }
 

@@ -288,6 +288,14 @@ export interface GrpoStepEvent {
   /** The generation's completions: each with its combined reward and its advantage (TRL's log_completions). */
   completions: { prompt: string; completion: string; reward: number; advantage: number }[];
 }
+/** GrpoRun.evaluate()'s result: TRL's eval_ metrics of GRPO or RLOO (without the prefix, in camelCase), each the mean
+ * of the evaluation batches' (loss: their rows-weighted mean), and the completions evaluated. */
+export interface GrpoEvalResult {
+  loss: number; reward: number; rewardStd: number; fracRewardZeroStd: number; rewardMeans: number[]; rewardStds: number[];
+  meanLength: number; minLength: number; maxLength: number; clippedRatio: number; meanTerminatedLength: number;
+  minTerminatedLength: number; maxTerminatedLength: number; numTokens: number; kl?: number; entropy: number;
+  clipRatio: [number, number, number]; completions: number;
+}
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 /** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */
 export interface PreferenceEvalOptions extends EvalOptions {

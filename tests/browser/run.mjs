@@ -528,6 +528,14 @@ test("the npm package, installed from its tarball into a plain page, trains, che
         throw new Error("GRPO events " + JSON.stringify(gev.map((x) => ({ ...x, completions: x.completions.length }))) +
           " calls " + rewardCalls + " seen " + JSON.stringify(seenCompletion));
       }
+      // TRL's evaluate() on held-out prompts: three prompts' two completions each, in batches of 2, scored by the run's
+      // rewards (the length reward's mean is the completions' mean length).
+      const evaluated = await grpo.evaluate([{ prompt: "The fox" }, { prompt: "Once" }, { prompt: "The little robot" }]);
+      if (evaluated.completions !== 6 || Math.abs(evaluated.rewardMeans[0] - evaluated.meanLength) > 1e-5 ||
+          !Number.isFinite(evaluated.loss) || !Number.isFinite(evaluated.kl) || !(evaluated.entropy > 0) ||
+          evaluated.clipRatio.some((c) => c !== 0)) {
+        throw new Error("GrpoRun.evaluate " + JSON.stringify(evaluated));
+      }
       const shortReward = await model.startGrpo("g", prompts, gopts, [(cs) => [1]]).step().then(() => "no error", (e) => e.message);
       if (!shortReward.includes("returned 1 rewards for 4 completions")) throw new Error("a short reward list: " + shortReward);
       let oddGroups = "no error";

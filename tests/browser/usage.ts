@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, GrpoRun, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -91,6 +91,8 @@ export async function example(data: string): Promise<void> {
   const grpoFirst: GrpoStepEvent | undefined = await grpo.step();
   const grpoDone: TrainSummary = await grpo.train((e: GrpoStepEvent) => console.log(e.reward, e.rewardMeans[0], e.kl ?? 0, e.clipRatio[2], e.completions[0].completion));
   console.log(grpoFirst?.fracRewardZeroStd, grpoDone.state, grpo.totalSteps());
+  const heldOut: GrpoEvalResult = await grpo.evaluate([{ prompt: "3 + 3 =", answer: "6" }]);
+  console.log(heldOut.loss, heldOut.reward, heldOut.rewardMeans[1], heldOut.kl ?? 0, heldOut.clipRatio[2], heldOut.completions);
   const grpoCheckpoint: Uint8Array = await grpo.saveCheckpoint();
   const grpoResumed: GrpoRun = model.resumeGrpo("a", grpoCheckpoint, [{ prompt: "2 + 2 =", answer: "4" }], grpoOptions, [lengthReward]);
   console.log(grpoResumed.currentStep());
