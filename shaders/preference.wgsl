@@ -27,6 +27,12 @@
 //         0 for DPO; logps/* the policy's π, the mean over the pairs);
 //        KTO: [loss, rewards/chosen_sum, rewards/rejected_sum, kl, logps/chosen_sum,
 //         logps/rejected_sum, count/chosen, count/rejected, 0, 0].
+// Reward modelling (TRL's RewardTrainer, reward_loss below): policy_logps holds S = 2P scores instead,
+//       the score head's at each sequence's last non-pad token, the P chosen then the P rejected;
+//       kto_label holds the P margins m (0 without); with d = r_c − r_r − m,
+//       loss = mean −logσ(d) + γ·mean (r_c + r_r)², γ = center_rewards_coefficient (in p.beta);
+//       stats: [loss, accuracy (r_c > r_r), margin (r_c − r_r), min, mean and max of the S scores],
+//       each times scale; dlogp[s] = ∂(scale·loss)/∂score[s].
 // Prelude constant: WG, invocations per workgroup (a power of two); workgroup_reduce.wgsl precedes this file.
 
 const DPO: u32 = 0u;
@@ -492,4 +498,44 @@ fn preference_row_scale(
     if (r >= p.seqs * p.rows_per_seq) { return; }
     let s = r / p.rows_per_seq;
     row_scale[r] = p.scale * nll_weight[r] - dlogp_in[s] * lp_weight[r];
+}
+
+// TRL's RewardTrainer.compute_loss on one micro-batch of P pairs (the header's "Reward modelling").
+@compute @workgroup_size(WG)
+fn reward_loss(@builtin(local_invocation_index) lid: u32) {
+    if (lid != 0u) { return; }
+    let n = f32(p.pairs);
+    let gamma = p.beta;
+    let k = p.scale;
+    var loss = 0.0;
+    var center = 0.0;
+    var accuracy = 0.0;
+    var margin = 0.0;
+    var low = policy_logps[0];
+    var high = policy_logps[0];
+    var total = 0.0;
+    for (var i = 0u; i < p.pairs; i++) {
+        let rc = policy_logps[i];
+        let rr = policy_logps[i + p.pairs];
+        let d = rc - rr - kto_label[i];
+        loss += -log_sigmoid(d);
+        let sum = rc + rr;
+        center += sum * sum;
+        // ∂/∂r_c of −logσ(d) is −σ(−d); of γ·(r_c + r_r)², 2γ·(r_c + r_r); each over the P pairs.
+        let g = -sigmoid(-d);
+        let c = 2.0 * gamma * sum;
+        dlogp[i] = (g + c) * k / n;
+        dlogp[i + p.pairs] = (c - g) * k / n;
+        accuracy += select(0.0, 1.0, rc > rr);
+        margin += rc - rr;
+        low = min(low, min(rc, rr));
+        high = max(high, max(rc, rr));
+        total += sum;
+    }
+    stats[0] += (loss / n + gamma * center / n) * k;
+    stats[1] += accuracy / n * k;
+    stats[2] += margin / n * k;
+    stats[3] += low * k;
+    stats[4] += total / (2.0 * n) * k;
+    stats[5] += high * k;
 }

@@ -433,7 +433,10 @@ fn raises_its_reward(loss: GrpoLoss) {
         means.push(s.rewards.iter().sum::<f32>() / s.rewards.len() as f32);
     }
     let (first, last) = (means[..6].iter().sum::<f32>() / 6.0, means[18..].iter().sum::<f32>() / 6.0);
-    eprintln!("{}: mean reward {first} over the first 6 steps, {last} over the last 6: {means:?}", loss.estimator.name());
+    eprintln!(
+        "{}: mean reward {first} over the first 6 steps, {last} over the last 6: {means:?}",
+        loss.estimator.name()
+    );
     assert!(last > first + 1.0, "no learning: {first} → {last}");
 }
 

@@ -276,9 +276,14 @@ fn other_unsupported_options_are_errors() {
         assert!(matches!(r, Err(Error::AdapterUnsupported { ref field, .. }) if named(field)), "{key}: {r:?}");
     }
     let r = edited(LORA, |m| {
+        m.insert("task_type".into(), "TOKEN_CLS".into());
+    });
+    assert_field_error(r, "task_type", "TOKEN_CLS");
+    // SEQ_CLS is a reward model, whose score head modules_to_save must name (PEFT adds it).
+    let r = edited(LORA, |m| {
         m.insert("task_type".into(), "SEQ_CLS".into());
     });
-    assert_field_error(r, "task_type", "SEQ_CLS");
+    assert_field_error(r, "modules_to_save", "score");
 }
 
 /// The lora fixture's weights with the rslora config's 4 modules: 24 unexpected tensors;

@@ -303,6 +303,7 @@ mod cli {
                         alphapo_alpha: o["alphapo_alpha"].as_f64().map(|v| v as f32),
                         desirable_weight: o["desirable_weight"].as_f64().map(|v| v as f32),
                         undesirable_weight: o["undesirable_weight"].as_f64().map(|v| v as f32),
+                        center_rewards_coefficient: o["center_rewards_coefficient"].as_f64().map(|v| v as f32),
                     },
                 )
                 .unwrap(),

@@ -11,7 +11,7 @@
 //! webpeft's own data path and must equal the ones TRL trained on.
 
 mod common;
-use common::{block_on, fixture, fixture_adapter, fixture_model, gpu, max_abs_diff, Fixture};
+use common::{block_on, close_rel as close, fixture, fixture_adapter, fixture_model, gpu, max_abs_diff, Fixture};
 use serde_json::Value;
 use webpeft::model::llama::SftLoss;
 use webpeft::model::tokenizer::Tokenizer;
@@ -51,10 +51,6 @@ fn assert_rows_are_trls(data: &Dataset, want: &Value, what: &str) {
         assert_eq!(got.input_ids, numbers::<u32>(&w["input_ids"]), "{what} row {i}: ids");
         assert_eq!(got.labels, numbers::<i32>(&w["labels"]), "{what} row {i}: labels");
     }
-}
-
-fn close(what: &str, got: f64, want: f64, rel: f64) {
-    assert!((got - want).abs() <= rel * want.abs().max(1.0), "{what}: {got} vs TRL's {want}");
 }
 
 fn matches_trl(name: &str) {

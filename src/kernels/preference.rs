@@ -757,7 +757,54 @@ pub fn preference_row_scale(
     Ok(row_scale)
 }
 
+/// The metrics [`reward_loss`] adds into its `stats`: the loss, then
+/// TRL's `accuracy`, `margin`, `min_reward`, `mean_reward`, `max_reward`.
+pub const REWARD_STATS: usize = 6;
+
+/// TRL's `RewardTrainer` loss on one micro-batch of P pairs: adds `scale`
+/// times the loss and [`REWARD_STATS`] metrics into `stats` and returns
+/// dscores (2P) = ∂(scale·loss)/∂scores (`shaders/preference.wgsl`,
+/// `reward_loss`).
+///
+/// - scores: (2P) f32, the score head's at each sequence's last non-pad
+///   token, the P chosen then the P rejected (TRL's collator's order)
+/// - margins: (P) f32, each pair's `margin` (zeros without)
+/// - center: `center_rewards_coefficient` γ (0: none), finite
+/// - stats: ([`REWARD_STATS`] or more) f32, added to
+pub fn reward_loss(
+    rec: &mut Recorder,
+    (scores, margins): (&Tensor, &Tensor),
+    center: f32,
+    (stats, scale): (&Tensor, f32),
+) -> Result<Tensor> {
+    const OP: &str = "reward_loss";
+    all_f32(OP, &[("scores", scores), ("margins", margins), ("stats", stats)])?;
+    let seqs = scores.numel();
+    if seqs == 0 || seqs % 2 != 0 || margins.numel() * 2 != seqs {
+        return Err(Error::shape(
+            OP,
+            format!("{seqs} scores and {} margins: need 2P scores (> 0) and P margins", margins.numel()),
+        ));
+    }
+    if stats.numel() < REWARD_STATS {
+        return Err(Error::shape(OP, format!("stats {:?} must hold {REWARD_STATS} values", stats.shape())));
+    }
+    if !(center.is_finite() && scale.is_finite()) {
+        return Err(Error::invalid(
+            OP,
+            format!("center_rewards_coefficient {center} and scale {scale} must be finite"),
+        ));
+    }
+    u32_count(OP, "scores", seqs)?;
+    let dscores = rec.alloc(&[seqs], DType::F32)?;
+    let mut p = params(seqs, 1, None, scale);
+    p.beta = center;
+    let bound = [(6, scores), (9, stats), (10, &dscores), (13, margins)];
+    rec.dispatch_bound(&key(OP), &p, &bound, [1, 1, 1])?;
+    Ok(dscores)
+}
+
 /// Every pipeline this file's launchers can request (`kernels::variants`).
 pub(crate) fn pipeline_keys() -> Vec<PipelineKey> {
-    ["sequence_logps", "preference_loss", "preference_row_scale"].map(key).to_vec()
+    ["sequence_logps", "preference_loss", "preference_row_scale", "reward_loss"].map(key).to_vec()
 }

@@ -153,6 +153,9 @@ pub struct Config {
     /// A bitsandbytes folder's `quantization_config.bnb_4bit_compute_dtype`
     /// ("float32", "float16", "bfloat16"), as written.
     pub bnb_4bit_compute_dtype: Option<String>,
+    /// The std of transformers' normal init of new weights (a sequence
+    /// classifier's `score` head). Default 0.02.
+    pub initializer_range: f64,
 }
 
 /// The most layers a config may declare.
@@ -271,6 +274,12 @@ impl Config {
                 .and_then(|q| q.get("bnb_4bit_compute_dtype"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            initializer_range: match f.opt_f64("initializer_range")? {
+                Some(std) if !(std.is_finite() && std >= 0.0) => {
+                    return Err(f.error("initializer_range", format!("must be a finite number ≥ 0, got {std}")))
+                }
+                std => std.unwrap_or(0.02),
+            },
         };
         config.validate()?;
         Ok(config)

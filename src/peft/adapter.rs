@@ -289,6 +289,15 @@ impl Adapter {
             Adapter::TrainableTokens(_) => "trainable_tokens",
         }
     }
+
+    /// PEFT's `task_type`: SEQ_CLS for a reward model (a LoRA with a score
+    /// head), CAUSAL_LM for everything else.
+    pub fn task_type(&self) -> crate::peft::TaskType {
+        match self {
+            Adapter::Lora(l) => l.config.task_type,
+            _ => crate::peft::TaskType::CausalLm,
+        }
+    }
 }
 
 impl Adapter {
@@ -387,7 +396,14 @@ impl Adapter {
     /// [`Adapter::new_for_model`] has ([`LoraAdapter::init_magnitudes`]).
     pub fn new_lora(gpu: &Gpu, config: LoraConfig, model: &Config, seed: u64) -> Result<Adapter> {
         let mut weights = fresh_lora_weights(&config, model)?;
-        init_lora(&mut weights, config.init_lora_weights, &mut Rng::new(seed))?;
+        let mut rng = Rng::new(seed);
+        init_lora(&mut weights, config.init_lora_weights, &mut rng)?;
+        if config.modules_to_save.as_deref().is_some_and(crate::peft::modules_to_save::names_score) {
+            // A causal-LM checkpoint has no score head: transformers draws it, N(0, initializer_range²).
+            let std = model.initializer_range;
+            let values = (0..model.hidden_size).map(|_| (rng.normal() * std) as f32).collect();
+            weights.saved.insert(crate::peft::modules_to_save::SCORE_KEY.into(), ([1, model.hidden_size], values));
+        }
         Ok(Adapter::Lora(LoraAdapter::upload(gpu, config, &weights, model)?))
     }
 

@@ -34,6 +34,7 @@ pub mod modules_to_save;
 pub mod p_tuning;
 pub mod pass;
 pub(crate) mod peft_config;
+pub use peft_config::TaskType;
 pub mod prefix_tuning;
 pub mod prompt_tuning;
 pub mod shared_input;

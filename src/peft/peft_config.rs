@@ -16,9 +16,43 @@ pub(crate) fn unsupported(field: &str, detail: impl Into<String>) -> Error {
     Error::AdapterUnsupported { field: field.to_string(), detail: detail.into() }
 }
 
+/// PEFT's `task_type`: what the adapted model is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskType {
+    /// `CAUSAL_LM`: a `…ForCausalLM`, its `lm_head` predicting tokens.
+    #[default]
+    CausalLm,
+    /// `SEQ_CLS`: a `…ForSequenceClassification` whose `score` head rates a
+    /// whole sequence (a reward model); PEFT trains that head through
+    /// `modules_to_save` (`classifier` and `score`, added to the list).
+    SeqCls,
+}
+
+impl TaskType {
+    /// The config's spelling: "CAUSAL_LM" or "SEQ_CLS".
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskType::CausalLm => "CAUSAL_LM",
+            TaskType::SeqCls => "SEQ_CLS",
+        }
+    }
+}
+
 /// `peft_type` must be `expected` (`what` names the method in the error:
 /// "a LoRA adapter"), and `task_type`, when given, "CAUSAL_LM".
 pub(crate) fn check_peft_type(f: &Fields, expected: &str, what: &str) -> Result<()> {
+    match peft_task(f, expected, what)? {
+        TaskType::CausalLm => Ok(()),
+        TaskType::SeqCls => Err(field_error(
+            "task_type",
+            format!("\"SEQ_CLS\" is not supported for {what} (expected \"CAUSAL_LM\"; reward models are LoRAs)"),
+        )),
+    }
+}
+
+/// [`check_peft_type`]'s check of `peft_type`, and the `task_type`:
+/// "CAUSAL_LM" (or none) or "SEQ_CLS".
+pub(crate) fn peft_task(f: &Fields, expected: &str, what: &str) -> Result<TaskType> {
     match f.opt_str("peft_type")? {
         None => return Err(field_error("peft_type", "missing")),
         Some(t) if t == expected => {}
@@ -27,8 +61,12 @@ pub(crate) fn check_peft_type(f: &Fields, expected: &str, what: &str) -> Result<
         }
     }
     match f.opt_str("task_type")? {
-        None | Some("CAUSAL_LM") => Ok(()),
-        Some(other) => Err(field_error("task_type", format!("\"{other}\" is not supported (expected \"CAUSAL_LM\")"))),
+        None | Some("CAUSAL_LM") => Ok(TaskType::CausalLm),
+        Some("SEQ_CLS") => Ok(TaskType::SeqCls),
+        Some(other) => Err(field_error(
+            "task_type",
+            format!("\"{other}\" is not supported (expected \"CAUSAL_LM\", or \"SEQ_CLS\" for a reward model)"),
+        )),
     }
 }
 

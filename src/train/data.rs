@@ -98,6 +98,9 @@ pub struct Batch {
     /// at the label positions (read there only). `None`: that policy is the
     /// one being trained.
     pub old_logps: Option<Vec<Vec<f32>>>,
+    /// Reward modelling: each pair's `margin` (the data's), in pair order;
+    /// `None` where the data has none.
+    pub margins: Option<Vec<f32>>,
 }
 
 impl Batch {
@@ -115,6 +118,7 @@ impl Batch {
             advantages: None,
             generated_tokens: 0,
             old_logps: None,
+            margins: None,
         }
     }
 
@@ -603,6 +607,8 @@ pub struct Dataset {
     desirable: Vec<bool>,
     /// Each row's precomputed reference log-probability (preference data); else empty.
     reference: Vec<f32>,
+    /// Reward modelling: each pair's margin, where the data has them; else empty.
+    margins: Vec<f32>,
 }
 
 impl Dataset {
@@ -677,6 +683,7 @@ impl Dataset {
             warnings: Vec::new(),
             desirable: Vec::new(),
             reference: Vec::new(),
+            margins: Vec::new(),
         })
     }
 
@@ -702,6 +709,7 @@ impl Dataset {
             warnings,
             desirable: Vec::new(),
             reference: Vec::new(),
+            margins: Vec::new(),
         }
     }
 
@@ -714,6 +722,12 @@ impl Dataset {
     /// labels, which batches carry ([`Batch::desirable`]).
     pub(crate) fn with_desirable(self, desirable: Vec<bool>) -> Dataset {
         Dataset { desirable, ..self }
+    }
+
+    /// Reward modelling's pairs with their margins (one a pair, or none),
+    /// which batches carry ([`Batch::margins`]).
+    pub(crate) fn with_margins(self, margins: Vec<f32>) -> Dataset {
+        Dataset { margins, ..self }
     }
 
     /// Whether the rows are preference pairs.
@@ -860,6 +874,9 @@ impl Dataset {
                 }
                 if !self.reference.is_empty() {
                     batch.reference_logps = Some(indices.iter().map(|&i| self.reference[i]).collect());
+                }
+                if !self.margins.is_empty() {
+                    batch.margins = Some(chunk.iter().map(|&i| self.margins[i]).collect());
                 }
                 batch
             })

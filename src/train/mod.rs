@@ -13,6 +13,7 @@ pub mod plan;
 pub mod preference;
 pub mod preference_loss;
 pub mod recipe;
+pub mod reward;
 pub mod run;
 pub mod schedule;
 pub mod sft_metrics;

@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use super::chat::Message;
 use super::data::{jsonl_lines, utf8_text, DataOptions, Dataset, Example, LossMasks, Parser};
 use super::grpo::GrpoLoss;
+use super::reward::RewardLoss;
 use serde::Deserialize;
 
 use crate::kernels::preference::{
@@ -56,6 +57,9 @@ pub enum Objective {
     /// GRPO (or RLOO, by its estimator) on sampled completions and their
     /// rewards (`train::grpo`).
     Grpo(GrpoLoss),
+    /// A reward model's Bradley–Terry loss on preference pairs, scored by a
+    /// SEQ_CLS adapter's `score` head (`train::reward`, TRL's `RewardTrainer`).
+    Reward(RewardLoss),
 }
 
 impl Objective {
@@ -73,7 +77,7 @@ impl Objective {
         }
     }
 
-    /// "sft", "dpo", "orpo", "cpo", "kto", "grpo" or "rloo".
+    /// "sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo" or "reward".
     pub fn name(self) -> &'static str {
         match self {
             Objective::Sft(_) => "sft",
@@ -82,10 +86,13 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Cpo(_)) => "cpo",
             Objective::Preference(PreferenceLoss::Kto(_)) => "kto",
             Objective::Grpo(loss) => loss.estimator.name(),
+            Objective::Reward(_) => "reward",
         }
     }
 
-    /// The objective `name` with TRL's defaults ([`DpoLoss::TRL`], ORPO's beta 0.1, [`CpoLoss::TRL`]).
+    /// The objective `name` with TRL's defaults ([`DpoLoss::TRL`], ORPO's beta 0.1, [`CpoLoss::TRL`]);
+    /// "reward"'s pad id is 0 until the tokenizer gives it
+    /// ([`TrainRecipe::set_pad_id`](crate::train::recipe::TrainRecipe::set_pad_id)).
     pub fn from_name(name: &str) -> Option<Objective> {
         match name {
             "sft" => Some(Objective::Sft(SftLoss::Nll)),
@@ -93,6 +100,7 @@ impl Objective {
             "orpo" => Some(Objective::Preference(PreferenceLoss::ORPO)),
             "cpo" => Some(Objective::Preference(PreferenceLoss::Cpo(CpoLoss::TRL))),
             "kto" => Some(Objective::Preference(PreferenceLoss::Kto(KtoLoss::TRL))),
+            "reward" => Some(Objective::Reward(RewardLoss::new(0))),
             _ => None,
         }
     }
@@ -104,9 +112,9 @@ impl Objective {
     pub fn from_options(name: &str, o: &PreferenceOptions) -> Result<Objective> {
         let bad = |option, detail: String| Error::TrainOption { option, detail };
         let objective = Objective::from_name(name)
-            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo or kto, got {name:?}")))?;
+            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo, kto or reward, got {name:?}")))?;
         // Each setting, whether it was given, and the objectives it belongs to.
-        let settings: [(&'static str, bool, &[&str]); 14] = [
+        let settings: [(&'static str, bool, &[&str]); 15] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto", "grpo"]),
             ("label_smoothing", o.label_smoothing.is_some(), &["dpo", "cpo"]),
             ("loss_type", o.loss_type.is_some(), &["sft", "dpo", "cpo", "kto", "grpo"]),
@@ -121,6 +129,7 @@ impl Objective {
             ("alphapo_alpha", o.alphapo_alpha.is_some(), &["cpo"]),
             ("desirable_weight", o.desirable_weight.is_some(), &["kto"]),
             ("undesirable_weight", o.undesirable_weight.is_some(), &["kto"]),
+            ("center_rewards_coefficient", o.center_rewards_coefficient.is_some(), &["reward"]),
         ];
         let name = objective.name();
         if let Some((option, _, owners)) = settings.iter().find(|(_, given, owners)| *given && !owners.contains(&name))
@@ -150,6 +159,11 @@ impl Objective {
                 }))
             }
             Objective::Grpo(_) => return Err(bad("objective", "GRPO's settings are train::grpo's".into())),
+            Objective::Reward(loss) => {
+                let loss = RewardLoss { center_rewards_coefficient: o.center_rewards_coefficient, ..loss };
+                loss.validate()?;
+                return Ok(Objective::Reward(loss));
+            }
             Objective::Preference(PreferenceLoss::Orpo { beta }) => {
                 PreferenceLoss::Orpo { beta: o.beta.unwrap_or(beta) }
             }
@@ -305,6 +319,8 @@ pub struct PreferenceOptions {
     /// KTO's weights of desirable and undesirable examples' losses.
     pub desirable_weight: Option<f32>,
     pub undesirable_weight: Option<f32>,
+    /// The reward trainer's `center_rewards_coefficient`.
+    pub center_rewards_coefficient: Option<f32>,
 }
 
 /// A name, or a list of names joined by commas (`lossType: ["sigmoid", "sft"]`).

@@ -32,9 +32,11 @@ use crate::train::plan::PlanAdapter;
 
 use crate::kernels::preference::{DpoLossType, PreferenceLoss};
 pub use crate::peft::adapter::AdapterConfig;
+use crate::peft::TaskType;
 use crate::train::data::{parse_jsonl_masked, DataOptions, Dataset, LossMasks};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::{preference_dataset, Objective};
+use crate::train::reward::reward_dataset;
 use crate::train::run::RunConfig;
 use crate::train::schedule::Schedule;
 use crate::train::trainer::OptimizerConfig;
@@ -136,6 +138,9 @@ pub struct LoraRecipe {
     /// Modules left out of `targets`' match (PEFT's `exclude_modules`: names
     /// or suffixes, or a regex).
     pub exclude_modules: Option<TargetModules>,
+    /// PEFT's `task_type`: SEQ_CLS makes a reward model, the `score` head
+    /// added to `modules_to_save` (see [`LoraConfig::for_sequence_classification`]).
+    pub task_type: TaskType,
 }
 
 impl LoraRecipe {
@@ -159,6 +164,9 @@ impl LoraRecipe {
         c.alpha_pattern = self.alpha_pattern.clone();
         c.exclude_modules = self.exclude_modules.clone();
         c.base_model_name_or_path = model_name;
+        if self.task_type == TaskType::SeqCls {
+            c = c.for_sequence_classification()?;
+        }
         c.validate()?;
         c.targets(model)?;
         if let Some(ids) = &c.trainable_token_indices {
@@ -192,6 +200,7 @@ impl Default for LoraRecipe {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             exclude_modules: None,
+            task_type: TaskType::CausalLm,
         }
     }
 }
@@ -864,6 +873,15 @@ impl TrainRecipe {
         DataOptions { shuffle: false, ..self.data_options(max_positions) }
     }
 
+    /// Sets what the tokenizer decides: a reward model's pad id (TRL's pad
+    /// token, the tokenizer's or else its eos: the rows' padding too,
+    /// [`pad_id`]), which the score head skips at each row's end.
+    pub fn set_pad_id(&mut self, tokenizer: Option<&Tokenizer>) {
+        if let Objective::Reward(loss) = &mut self.objective {
+            loss.pad_token_id = pad_id(tokenizer);
+        }
+    }
+
     /// The training set from JSONL bytes (`source_name` names them in errors),
     /// padded with [`pad_id`].
     pub fn dataset(
@@ -886,6 +904,7 @@ impl TrainRecipe {
                     detail: "GRPO's data are prompts, which train::grpo reads (CLI `webpeft grpo`)".into(),
                 })
             }
+            Objective::Reward(_) => return reward_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer)),
             Objective::Sft(_) => {}
         }
         let examples = parse_jsonl_masked(source_name, jsonl, tokenizer, self.loss_masks)?;

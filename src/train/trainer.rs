@@ -31,6 +31,7 @@ use crate::train::data::Batch;
 use crate::train::grpo::{record_grpo_micro, Estimator, GrpoRows};
 use crate::train::preference::Objective;
 use crate::train::preference_loss::{record_preference_eval, record_preference_micro, PairRows};
+use crate::train::reward::{record_reward_micro, RewardStats};
 use crate::train::sft_metrics::metric_weights;
 use crate::util::rng::Rng;
 
@@ -105,6 +106,8 @@ pub struct StepStats {
     /// of completions) whose ratio the clipping cut (0 at a generation's
     /// first step).
     pub clip_ratio: Option<[f32; 3]>,
+    /// Reward modelling: what TRL's `RewardTrainer` logs beside the loss.
+    pub reward: Option<RewardStats>,
 }
 
 /// What TRL's `KTOTrainer` logs for a step (sums over the step's examples;
@@ -464,7 +467,20 @@ impl Trainer {
             Some(n) if n > 0 => n,
             _ => micro.iter().flat_map(|b| b.labels.iter().flatten()).filter(|&&l| l != IGNORE_INDEX).count(),
         };
+        if let Objective::Reward(loss) = self.objective {
+            loss.validate()?;
+        }
         for b in micro {
+            if let Objective::Reward(_) = self.objective {
+                if b.position_ids.is_some() || virtual_tokens > 0 || b.input_ids.len() % 2 != 0 {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("step {number}: a reward batch's rows are whole pairs, never packed, without virtual tokens"),
+                    ));
+                }
+                tokens += b.unpadded_tokens();
+                continue;
+            }
             if let Objective::Grpo(loss) = self.objective {
                 if b.position_ids.is_some() || virtual_tokens > 0 {
                     return Err(Error::invalid(
@@ -529,6 +545,23 @@ impl Trainer {
                 let ckpt = self.gradient_checkpointing;
                 let acc = (scale, &stats, &self.running);
                 record_preference_micro(&mut rec, model, objective, b, rows, pass.hooks(), ckpt, acc)?;
+            }
+        }
+        if let Objective::Reward(loss) = self.objective {
+            let scale = 1.0 / micro.len() as f32; // the mean over micro-batches, of the loss and of each metric
+            for (b, seed) in micro.iter().zip(&seeds) {
+                let pass = self.adapter.pass(*seed, Some(&self.grads))?;
+                let hooks = pass.hooks();
+                record_reward_micro(
+                    &mut rec,
+                    model,
+                    &loss,
+                    b,
+                    hooks,
+                    self.gradient_checkpointing,
+                    (&stats, scale),
+                    true,
+                )?;
             }
         }
         if let Objective::Grpo(loss) = self.objective {
@@ -604,7 +637,8 @@ impl Trainer {
         }
         self.step = number;
         let sft = self.objective.is_sft();
-        if sft {
+        let reward = matches!(self.objective, Objective::Reward(_));
+        if sft || reward {
             self.tokens_seen += micro.iter().map(|b| b.unpadded_tokens() as u64).sum::<u64>();
         }
         // Products of this step that the real-GPU kernels have no tuned block
@@ -633,7 +667,7 @@ impl Trainer {
                 (None, Some(kto))
             }
             Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
-            Objective::Sft(_) | Objective::Grpo(_) => (None, None),
+            Objective::Sft(_) | Objective::Grpo(_) | Objective::Reward(_) => (None, None),
         };
         // GRPO's metrics, each the mean over the micro-batches of its mean there (the kernel's).
         let kl = match self.objective {
@@ -656,7 +690,8 @@ impl Trainer {
             entropy,
             clip_ratio,
             mean_token_accuracy: sft.then_some(read[3 + STATS]),
-            num_tokens: sft.then_some(self.tokens_seen),
+            num_tokens: (sft || reward).then_some(self.tokens_seen),
+            reward: reward.then(|| RewardStats::from_stats(&read[2..])),
         })
     }
 

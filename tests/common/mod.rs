@@ -768,3 +768,8 @@ pub fn fixture_files_with(name: &str, overrides: &serde_json::Value) -> webpeft:
     files.insert("config.json", serde_json::to_vec(&config).unwrap());
     files
 }
+
+/// `got` within `rel` of the reference stack's `want` (relative, or absolute below 1).
+pub fn close_rel(what: &str, got: f64, want: f64, rel: f64) {
+    assert!((got - want).abs() <= rel * want.abs().max(1.0), "{what}: {got} vs TRL's {want}");
+}

@@ -84,6 +84,12 @@ pub(crate) async fn read_lora<A: ModelFiles>(
         ));
     }
     let lora = LoraConfig::from_value(&raw)?;
+    if lora.task_type == crate::peft::TaskType::SeqCls {
+        return Err(unsupported(
+            "adapter_config.json",
+            "task_type SEQ_CLS: a reward model's score head has no place in llama.cpp's causal-LM GGUF",
+        ));
+    }
     if lora.use_dora {
         let detail = if merging {
             "DoRA (use_dora): fold it in with `webpeft merge` first and export the merged folder"

@@ -315,3 +315,41 @@ pub fn preference_row_scale(dlogp: &[f32], lp_weight: &[f32], nll_weight: &[f32]
     let per = lp_weight.len() / dlogp.len();
     (0..lp_weight.len()).map(|r| nll_scale * nll_weight[r] - dlogp[r / per] * lp_weight[r]).collect()
 }
+
+/// `(stats, dscores)` of TRL's reward loss (`kernels::preference::reward_loss`):
+/// `scale` times [loss, accuracy, margin, min, mean, max] and
+/// ∂(scale·loss)/∂scores, for 2P scores (the chosen then the rejected), P
+/// margins and `center_rewards_coefficient` γ, in f64:
+/// loss = mean softplus(−(r_c − r_r − m)) + γ·mean (r_c + r_r)².
+pub fn reward_loss(scores: &[f32], margins: &[f32], center: f32, scale: f32) -> (Vec<f32>, Vec<f32>) {
+    let p = margins.len();
+    let n = p as f64;
+    let (gamma, k) = (center as f64, scale as f64);
+    let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+    let (mut loss, mut center_sum, mut accuracy, mut margin, mut total) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut dscores = vec![0f32; 2 * p];
+    for i in 0..p {
+        let (rc, rr) = (scores[i] as f64, scores[i + p] as f64);
+        let d = rc - rr - margins[i] as f64;
+        loss += softplus(-d);
+        center_sum += (rc + rr) * (rc + rr);
+        let g = -1.0 / (1.0 + d.exp()); // −σ(−d)
+        let c = 2.0 * gamma * (rc + rr);
+        dscores[i] = ((g + c) * k / n) as f32;
+        dscores[i + p] = ((c - g) * k / n) as f32;
+        accuracy += f64::from(u8::from(rc > rr));
+        margin += rc - rr;
+        total += rc + rr;
+    }
+    let low = scores.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+    let high = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let stats = [
+        (loss / n + gamma * center_sum / n) * k,
+        accuracy / n * k,
+        margin / n * k,
+        low * k,
+        total / (2.0 * n) * k,
+        high * k,
+    ];
+    (stats.iter().map(|&v| v as f32).collect(), dscores)
+}

@@ -26,6 +26,7 @@ pub mod neftune;
 pub mod rope;
 pub(crate) mod rows;
 pub mod sample;
+pub mod score;
 mod weights;
 
 pub use weights::LoadProgress;

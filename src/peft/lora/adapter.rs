@@ -180,6 +180,9 @@ impl LoraAdapter {
                         copies.write(gpu, module, values)?;
                     }
                 }
+                if let Some((_, values)) = weights.saved.get(modules_to_save::SCORE_KEY) {
+                    copies.write_score(gpu, values)?;
+                }
                 if copies.head_is_embed {
                     config.modules_to_save = Some(modules_to_save::tied_list(&list));
                     // as PEFT keeps it

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use crate::model::source::ModelFiles;
 use crate::model::Config;
 use crate::peft::module_names::{llama_module_names, suffix_match, FullMatch};
-use crate::peft::peft_config::{check_peft_type, config_object, parse_config, read_config};
+use crate::peft::peft_config::{config_object, parse_config, peft_task, read_config};
+use crate::peft::TaskType;
 use crate::util::json::{brief, int_if_whole, Fields};
 use crate::{Error, Result};
 
@@ -189,6 +190,9 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     /// PEFT's `alpha_pattern`: a module's `lora_alpha`, matched as `rank_pattern`.
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// PEFT's `task_type`: CAUSAL_LM, or SEQ_CLS for a reward model (a
+    /// `score` head trained through `modules_to_save`).
+    pub task_type: TaskType,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -221,9 +225,22 @@ impl LoraConfig {
             exclude_modules: None,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            task_type: TaskType::CausalLm,
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// The config as `get_peft_model` makes it with `task_type="SEQ_CLS"`
+    /// (a reward model): PEFT's `PeftModelForSequenceClassification` appends
+    /// `classifier` and `score` to `modules_to_save` (as given: an entry
+    /// already there is listed twice, as PEFT lists it).
+    pub fn for_sequence_classification(mut self) -> Result<LoraConfig> {
+        let list = self.modules_to_save.get_or_insert_with(Vec::new);
+        list.extend(crate::peft::modules_to_save::CLASSIFIER_MODULES.map(String::from));
+        self.task_type = TaskType::SeqCls;
+        self.validate()?;
+        Ok(self)
     }
 
     /// Checks the numeric options (what [`from_value`](Self::from_value) checks too).
@@ -302,8 +319,19 @@ impl LoraConfig {
                 "embed_tokens is a LoRA target too: train its rows either way, not both (PEFT's wrappers would nest)",
             ));
         }
+        if self.task_type == TaskType::SeqCls {
+            if self.modules_to_save.is_none() {
+                return Err(err("modules_to_save", "a SEQ_CLS adapter trains its `score` head whole: list `score`"));
+            }
+            if outer.contains(&OuterModule::Head) || self.trainable_head_token_indices.is_some() {
+                return Err(err(
+                    "target_modules",
+                    "lm_head under SEQ_CLS: a sequence classifier has a `score` head, no lm_head",
+                ));
+            }
+        }
         if let Some(list) = &self.modules_to_save {
-            crate::peft::modules_to_save::check(list)?;
+            crate::peft::modules_to_save::check(list, self.task_type)?;
             // A module in both lists is trained whole: PEFT's match skips modules_to_save (outer_targets too).
             for m in crate::peft::modules_to_save::modules(list) {
                 if m == OuterModule::Embedding && self.trainable_token_indices.is_some() {
@@ -382,7 +410,7 @@ impl LoraConfig {
         let map = config_object(value)?;
         let f = Fields::of(map, "", err);
 
-        check_peft_type(&f, "LORA", "a LoRA adapter")?;
+        let task_type = peft_task(&f, "LORA", "a LoRA adapter")?;
 
         let r = f.opt_usize("r")?.unwrap_or(8);
         if r == 0 {
@@ -461,7 +489,7 @@ impl LoraConfig {
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| f.wrong("layers_to_transform", "a layer index or a list of them", v))?]),
         };
-        let modules_to_save = crate::peft::modules_to_save::parse(&f)?;
+        let modules_to_save = crate::peft::modules_to_save::parse(&f, task_type)?;
         let ensure_weight_tying = f.opt_bool("ensure_weight_tying")?.unwrap_or(false);
         let rank_pattern = parse_pattern(&f, "rank_pattern", |g, k| match g.opt_usize(k)? {
             Some(0) => Err(g.error(k, "must be at least 1, got 0")),
@@ -512,6 +540,7 @@ impl LoraConfig {
             exclude_modules,
             rank_pattern,
             alpha_pattern,
+            task_type,
         };
         c.validate()?;
         Ok(c)
@@ -577,7 +606,7 @@ impl LoraConfig {
             "revision": null,
             "target_modules": target_modules,
             "target_parameters": null,
-            "task_type": "CAUSAL_LM",
+            "task_type": self.task_type.name(),
             "trainable_token_indices": match &self.trainable_head_token_indices {
                 // The dict form, with the keys it had.
                 Some(head) => {

@@ -200,6 +200,11 @@ impl LoraWeights {
         for (key, _) in &saved_keys {
             expected.insert(key.to_string(), vec![config.vocab_size, config.hidden_size]);
         }
+        // A SEQ_CLS adapter's score head (webpeft's reward models: one label).
+        let score = lora.modules_to_save.as_deref().is_some_and(modules_to_save::names_score);
+        if score {
+            expected.insert(modules_to_save::SCORE_KEY.into(), vec![1, config.hidden_size]);
+        }
         // PEFT also saves the embedding's and the head's own weights where LoRA targets them
         // (`save_embedding_layers`): the base model's are the same unless its vocabulary was resized.
         let base_copies: Vec<String> =
@@ -227,6 +232,8 @@ impl LoraWeights {
                 } else if [OuterModule::Embedding, OuterModule::Head].iter().any(|&m| t.name == modules_to_save::key(m))
                 {
                     " (a whole module's weight, but adapter_config.json's `modules_to_save` does not name it)"
+                } else if t.name == modules_to_save::SCORE_KEY {
+                    " (a sequence classifier's score head, but adapter_config.json's `task_type` is not SEQ_CLS)"
                 } else if t.name.contains("lora_") {
                     " (a LoRA tensor for a module adapter_config.json does not target)"
                 } else {
@@ -241,7 +248,7 @@ impl LoraWeights {
                     "missing: adapter_config.json has `use_dora: true` and targets this module"
                 } else if key == DELTA_KEY || key == HEAD_DELTA_KEY {
                     "missing: adapter_config.json has `trainable_token_indices` for this module"
-                } else if saved_keys.iter().any(|(k, _)| k == key) {
+                } else if saved_keys.iter().any(|(k, _)| k == key) || key == modules_to_save::SCORE_KEY {
                     "missing: adapter_config.json's `modules_to_save` names this module"
                 } else {
                     "missing: adapter_config.json targets this module"
@@ -289,6 +296,10 @@ impl LoraWeights {
             if key == modules_to_save::key(module) {
                 saved.insert(key.to_string(), ([config.vocab_size, config.hidden_size], file.read_f32(key).await?));
             }
+        }
+        if score {
+            let key = modules_to_save::SCORE_KEY;
+            saved.insert(key.to_string(), ([1, config.hidden_size], file.read_f32(key).await?));
         }
         Ok(LoraWeights { modules: out, tokens, head_tokens, saved })
     }

@@ -92,6 +92,17 @@ impl Hooks for Pass<'_, LoraAdapter> {
         self.params.modules_to_save.as_ref()?.head_weight().cloned()
     }
 
+    fn score_weight(&self) -> Option<QWeight> {
+        self.params.modules_to_save.as_ref()?.score.clone()
+    }
+
+    fn score_backward(&self, rec: &mut Recorder, x: &Tensor, dscores: &Tensor) -> Result<()> {
+        match &self.params.modules_to_save {
+            Some(m) => saved_hooks::score_backward(m, self.saved_grads("score_backward")?, rec, x, dscores),
+            None => Ok(()),
+        }
+    }
+
     fn embedding_backward(&self, rec: &mut Recorder, ids: &Tensor, dx: &Tensor) -> Result<()> {
         if let Some(m) = &self.params.modules_to_save {
             saved_hooks::embedding_backward(m, self.saved_grads("embedding_backward")?, rec, ids, dx)?;

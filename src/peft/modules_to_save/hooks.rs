@@ -48,3 +48,19 @@ pub(crate) fn head_backward(
     let g = grads.head_weight().ok_or_else(|| missing("head backward"))?;
     weight_grad_accumulate(rec, dlogits, x, g)
 }
+
+/// The score copy's gradient, dscoresᵀ·x for dscores (n, 1) and the pooled
+/// rows x (n, D) (a SEQ_CLS model's head; its dx is the model's).
+pub(crate) fn score_backward(
+    m: &ModulesToSave,
+    grads: &ModulesToSave,
+    rec: &mut Recorder,
+    x: &Tensor,
+    dscores: &Tensor,
+) -> Result<()> {
+    if m.score.is_none() {
+        return Ok(());
+    }
+    let g = grads.score.as_ref().ok_or_else(|| missing("score backward"))?;
+    weight_grad_accumulate(rec, dscores, x, g)
+}

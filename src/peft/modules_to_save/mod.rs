@@ -18,6 +18,14 @@
 //! `base_model.model.model.embed_tokens.weight`,
 //! `base_model.model.lm_head.weight` (a shared copy under both).
 //!
+//! A sequence classifier (`task_type` SEQ_CLS, a reward model) has a
+//! `score` head (num_labels, hidden) in place of `lm_head`, which PEFT
+//! trains this way too: it appends `classifier` and `score` to the list
+//! (`classifier` names no module of a Llama). webpeft's reward models have
+//! one label; the copy is saved as `base_model.model.score.weight`. A
+//! causal-LM checkpoint has no score to copy: transformers draws it,
+//! N(0, initializer_range²), and so does webpeft, from the adapter's seed.
+//!
 //! The copies are f32 weights in row chunks that fit a binding, as the
 //! model's own (a 128k-row vocabulary is over one). [`hooks`] puts them in
 //! the model's place ([`Hooks::embedding_table`], [`Hooks::head_weight`])
@@ -37,6 +45,7 @@ use crate::kernels::qmatmul::{ChunkData, QWeight};
 use crate::model::Config;
 use crate::peft::lora::config::OuterModule;
 use crate::peft::module_names::suffix_match;
+use crate::peft::TaskType;
 use crate::quant::QuantFormat;
 use crate::util::json::{brief, Fields};
 
@@ -49,6 +58,17 @@ pub fn key(module: OuterModule) -> &'static str {
         OuterModule::Embedding => "base_model.model.model.embed_tokens.weight",
         OuterModule::Head => "base_model.model.lm_head.weight",
     }
+}
+
+/// PEFT's key for the score head's copy (SEQ_CLS).
+pub const SCORE_KEY: &str = "base_model.model.score.weight";
+
+/// The entries PEFT appends under SEQ_CLS (`PeftModelForSequenceClassification`).
+pub const CLASSIFIER_MODULES: [&str; 2] = ["classifier", "score"];
+
+/// Whether the list names the score head (an entry `score`, or a suffix of it).
+pub fn names_score(list: &[String]) -> bool {
+    list.iter().any(|e| suffix_match("score", e))
 }
 
 /// Which module an entry of the list names (PEFT matches an entry against
@@ -67,7 +87,7 @@ pub fn modules(list: &[String]) -> Vec<OuterModule> {
 
 /// `modules_to_save` of an adapter_config.json: `None` when absent, null or
 /// empty; else entries that each name `embed_tokens` or `lm_head`.
-pub(crate) fn parse(f: &Fields) -> Result<Option<Vec<String>>> {
+pub(crate) fn parse(f: &Fields, task: TaskType) -> Result<Option<Vec<String>>> {
     match f.get(FIELD) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Array(items)) if items.is_empty() => return Ok(None),
@@ -75,18 +95,38 @@ pub(crate) fn parse(f: &Fields) -> Result<Option<Vec<String>>> {
         Some(v) => return Err(f.wrong(FIELD, "a list of module names or null", v)),
     }
     let list = f.strings(FIELD)?;
-    check(&list)?;
+    check(&list, task)?;
     Ok(Some(list))
 }
 
-/// Every entry names `embed_tokens` or `lm_head`.
-pub fn check(list: &[String]) -> Result<()> {
+/// Every entry names `embed_tokens` or `lm_head`, or under SEQ_CLS
+/// `score` or `classifier` (and then `score` is there, lm_head not).
+pub fn check(list: &[String], task: TaskType) -> Result<()> {
+    let classifier = |e: &String| CLASSIFIER_MODULES.iter().any(|m| suffix_match(m, e));
+    if task == TaskType::SeqCls {
+        if !names_score(list) {
+            return Err(Error::AdapterConfig {
+                field: FIELD.into(),
+                detail: "a SEQ_CLS adapter trains its `score` head whole: the list must name `score`".into(),
+            });
+        }
+        if modules(list).contains(&OuterModule::Head) {
+            return Err(Error::AdapterConfig {
+                field: FIELD.into(),
+                detail: "lm_head under SEQ_CLS: a sequence classifier has a `score` head, no lm_head".into(),
+            });
+        }
+    }
     for (i, entry) in list.iter().enumerate() {
+        if task == TaskType::SeqCls && classifier(entry) {
+            continue;
+        }
         if module_of(entry).is_none() {
             return Err(Error::AdapterUnsupported {
                 field: format!("{FIELD}[{i}]"),
                 detail: format!(
-                    "{}: webpeft trains embed_tokens and lm_head as whole modules, no other",
+                    "{}: webpeft trains embed_tokens and lm_head as whole modules (and a SEQ_CLS model's score), \
+                     no other",
                     brief(&Value::String(entry.clone()))
                 ),
             });
@@ -134,6 +174,8 @@ pub struct ModulesToSave {
     pub head: Option<QWeight>,
     /// lm_head uses `embed` (ensure_weight_tying on a tied model).
     pub head_is_embed: bool,
+    /// A sequence classifier's `score` copy (1, hidden) f32 (SEQ_CLS).
+    pub score: Option<QWeight>,
 }
 
 impl ModulesToSave {
@@ -148,6 +190,9 @@ impl ModulesToSave {
             embed: (has(OuterModule::Embedding) || tie).then(zeros).transpose()?,
             head: (has(OuterModule::Head) && !tie).then(zeros).transpose()?,
             head_is_embed: tie,
+            score: names_score(list)
+                .then(|| QWeight::zeros(gpu, 1, config.hidden_size, QuantFormat::F32))
+                .transpose()?,
         })
     }
 
@@ -158,6 +203,7 @@ impl ModulesToSave {
             embed: self.embed.as_ref().map(z).transpose()?,
             head: self.head.as_ref().map(z).transpose()?,
             head_is_embed: self.head_is_embed,
+            score: self.score.as_ref().map(z).transpose()?,
         })
     }
 
@@ -211,6 +257,9 @@ impl ModulesToSave {
                 out.push((name, t));
             }
         }
+        if let Some(ChunkData::F32(t)) = self.score.as_ref().and_then(|w| w.chunks.first()).map(|c| &c.data) {
+            out.push((SCORE_KEY.to_string(), t));
+        }
         out
     }
 
@@ -221,7 +270,25 @@ impl ModulesToSave {
         if let (true, Some(e)) = (self.head_is_embed, &self.embed) {
             out.push((key(OuterModule::Head), e));
         }
+        if let Some(s) = &self.score {
+            out.push((SCORE_KEY, s));
+        }
         out
+    }
+
+    /// Writes the score copy's (1·hidden) values.
+    pub fn write_score(&self, gpu: &Gpu, values: &[f32]) -> Result<()> {
+        let Some(w) = &self.score else {
+            return Err(Error::invalid(FIELD, "score has no trained copy here (task_type is not SEQ_CLS)"));
+        };
+        match w.chunks.first().map(|c| &c.data) {
+            Some(ChunkData::F32(t)) if t.numel() == values.len() => t.write(gpu, values),
+            _ => Err(Error::AdapterTensor {
+                tensor: SCORE_KEY.into(),
+                file: crate::peft::ADAPTER_WEIGHTS_FILE.into(),
+                detail: format!("{} values, expected (1, {})", values.len(), w.cols),
+            }),
+        }
     }
 
     /// Writes `values` ((vocab·hidden) row-major, as the file holds it) into

@@ -1,0 +1,385 @@
+//! Reward modelling, as TRL 0.24's `RewardTrainer` trains an outcome
+//! reward model: a sequence classifier (the LoRA-adapted body and its
+//! `score` head, PEFT's `task_type` SEQ_CLS) scores the chosen and the
+//! rejected answer of each preference pair, and the Bradley–Terry loss
+//! pushes the chosen one's score above the other's:
+//!
+//! ```text
+//! r = score(norm(h))[last non-pad token]             one number a sequence
+//! loss = mean_pairs −logσ(r_chosen − r_rejected − margin)
+//!        + center_rewards_coefficient · mean_pairs (r_chosen + r_rejected)²
+//! ```
+//!
+//! The data is TRL's preference shape (`RewardTrainer._prepare_dataset`):
+//! - text lines `{"prompt"?, "chosen", "rejected", "margin"?}`: the eos
+//!   token's text appended to each answer that does not end with it, the
+//!   prompt (if any) put before each, then each tokenized whole as
+//!   `tokenizer(text)` does (its special tokens: a bos where the
+//!   tokenizer adds one);
+//! - conversational lines (`chosen` and `rejected` lists of messages, an
+//!   optional `prompt` list before them): each conversation rendered with
+//!   the chat template (no generation prompt, the line's
+//!   `chat_template_kwargs` and `tools`), tokenized without special tokens.
+//!
+//! A pair with either side longer than `seq_len` tokens is dropped (TRL's
+//! `max_length` filter), not truncated. The loss averages over each
+//! micro-batch's pairs; gradient accumulation averages the micro-batches.
+//! TRL's metrics (`accuracy`, `margin`, `min_reward`, `mean_reward`,
+//! `max_reward`) are each micro-batch's, averaged over the step's
+//! micro-batches; `num_tokens` counts every row's tokens (its attention
+//! mask).
+
+use serde_json::{Map, Value};
+
+use super::chat::Message;
+use super::data::{jsonl_lines, utf8_text, Batch, DataOptions, Dataset, Example, LossMasks, Parser};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::kernels::preference::{reward_loss, REWARD_STATS};
+use crate::model::llama::score::{last_non_pad, ScoreHead};
+use crate::model::llama::{Hooks, Model};
+use crate::model::tokenizer::Tokenizer;
+use crate::peft::adapter::{hooks_of, Adapter};
+
+/// TRL's `RewardConfig` options of the loss, and the pad id the pooling
+/// looks for (TRL sets `model.config.pad_token_id` to the tokenizer's pad
+/// token, or its eos token where it has none).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RewardLoss {
+    /// `center_rewards_coefficient`: γ of the term γ·mean (r_c + r_r)²
+    /// that keeps the scores near zero (`None`: TRL's default, no term).
+    pub center_rewards_coefficient: Option<f32>,
+    /// The id whose tokens the score head skips at a row's end.
+    pub pad_token_id: u32,
+}
+
+impl RewardLoss {
+    /// TRL's defaults (no centering) with `pad_token_id`.
+    pub fn new(pad_token_id: u32) -> RewardLoss {
+        RewardLoss { center_rewards_coefficient: None, pad_token_id }
+    }
+
+    /// A finite coefficient.
+    pub fn validate(&self) -> Result<()> {
+        match self.center_rewards_coefficient {
+            Some(c) if !c.is_finite() => {
+                Err(Error::invalid("center_rewards_coefficient", format!("must be a finite number, got {c}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What TRL's `RewardTrainer` logs beside the loss, for a step (the mean
+/// over its micro-batches of each one's value) or an evaluation (the mean
+/// over its batches).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RewardStats {
+    /// `accuracy`: the share of pairs whose chosen answer scores higher (strictly).
+    pub accuracy: f32,
+    /// `margin`: the mean of r_chosen − r_rejected.
+    pub margin: f32,
+    /// `min_reward`, `mean_reward`, `max_reward`: over every score of a micro-batch.
+    pub min_reward: f32,
+    pub mean_reward: f32,
+    pub max_reward: f32,
+}
+
+impl RewardStats {
+    /// From [`reward_loss`]'s stats (the loss first, which this leaves out).
+    pub(crate) fn from_stats(s: &[f32]) -> RewardStats {
+        RewardStats { accuracy: s[1], margin: s[2], min_reward: s[3], mean_reward: s[4], max_reward: s[5] }
+    }
+
+    /// `(TRL's name, value)` in the order TRL logs them.
+    pub fn metrics(&self) -> [(&'static str, f32); 5] {
+        [
+            ("min_reward", self.min_reward),
+            ("mean_reward", self.mean_reward),
+            ("max_reward", self.max_reward),
+            ("accuracy", self.accuracy),
+            ("margin", self.margin),
+        ]
+    }
+}
+
+/// Preference pairs from JSONL bytes for reward modelling, tokenized as TRL
+/// 0.24's `RewardTrainer` does (see the module docs), as a [`Dataset`] of
+/// pairs whose batches carry each pair's margin where the data has them.
+/// Pairs with a side over `opts.seq_len` tokens are left out (a warning
+/// says how many); none left is an `EmptyDataset` error.
+pub fn reward_dataset(
+    source_name: &str,
+    bytes: &[u8],
+    tokenizer: Option<&Tokenizer>,
+    opts: &DataOptions,
+    pad_id: u32,
+) -> Result<Dataset> {
+    let text = utf8_text(source_name, bytes)?;
+    let mut parser = Parser { source_name, tokenizer, template: None, masks: LossMasks::default() };
+    let mut pairs = Vec::new();
+    let mut margins = Vec::new();
+    let mut warnings = Vec::new();
+    let mut first: Option<(usize, bool, bool)> = None; // (line, conversational, has a margin)
+    let mut dropped = 0;
+    for (n, line) in jsonl_lines(text) {
+        let value: Value = serde_json::from_str(line).map_err(|e| parser.error(n, format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(parser.error(n, "expected a JSON object with `chosen` and `rejected` (and `prompt`, `margin`)"));
+        };
+        for field in ["chosen", "rejected"] {
+            if !map.contains_key(field) {
+                return Err(parser.error(n, format!("missing the `{field}` field of a preference pair")));
+            }
+        }
+        let conversational = map["chosen"].is_array();
+        let margin = match map.get("margin") {
+            None => None,
+            Some(Value::Number(m)) => Some(m.as_f64().unwrap_or(f64::NAN) as f32).filter(|m| m.is_finite()),
+            Some(other) => return Err(parser.error(n, format!("`margin` must be a number, got {other}"))),
+        };
+        if map.contains_key("margin") && margin.is_none() {
+            return Err(parser.error(n, "`margin` must be a finite number"));
+        }
+        let (first_line, first_conversational, first_margin) =
+            *first.get_or_insert((n, conversational, margin.is_some()));
+        if conversational != first_conversational {
+            return Err(parser.error(
+                n,
+                format!(
+                    "a {} line after line {first_line}'s {} one: the data is one or the other (TRL adds the eos \
+                     to text lines by the first line's shape)",
+                    shape_name(conversational),
+                    shape_name(first_conversational)
+                ),
+            ));
+        }
+        if margin.is_some() != first_margin {
+            return Err(parser
+                .error(n, format!("line {first_line} {} `margin`: every line has one, or none", has(first_margin))));
+        }
+        let (chosen, rejected) = match conversational {
+            true => (chat_ids(&mut parser, n, &map, "chosen")?, chat_ids(&mut parser, n, &map, "rejected")?),
+            false => (line_text_ids(&parser, n, &map, "chosen")?, line_text_ids(&parser, n, &map, "rejected")?),
+        };
+        if chosen == rejected {
+            warnings.push(format!(
+                "{source_name}, line {n}: `chosen` and `rejected` are the same; the pair gives no preference"
+            ));
+        }
+        if chosen.len() > opts.seq_len || rejected.len() > opts.seq_len {
+            dropped += 1;
+            continue;
+        }
+        let row =
+            |ids: Vec<u32>| -> Result<Example> { Ok(Example { labels: parser.labels(n, &ids)?, input_ids: ids }) };
+        pairs.push((row(chosen)?, row(rejected)?));
+        margins.extend(margin);
+    }
+    if dropped > 0 {
+        warnings.push(format!(
+            "{source_name}: {dropped} pair(s) with an answer over {} tokens left out (TRL's max_length filter)",
+            opts.seq_len
+        ));
+    }
+    if pairs.is_empty() {
+        let detail = match dropped {
+            0 => "no JSON lines".to_string(),
+            n => format!("all {n} pairs have an answer over {} tokens", opts.seq_len),
+        };
+        return Err(Error::EmptyDataset { source_name: source_name.to_string(), detail });
+    }
+    Ok(Dataset::from_pairs(pairs, opts, pad_id, warnings).with_margins(margins))
+}
+
+fn shape_name(conversational: bool) -> &'static str {
+    if conversational {
+        "conversational"
+    } else {
+        "text"
+    }
+}
+
+fn has(yes: bool) -> &'static str {
+    if yes {
+        "has a"
+    } else {
+        "has no"
+    }
+}
+
+/// A text line's `prompt` + `answer` as [`text_ids`] tokenizes them.
+fn line_text_ids(parser: &Parser, line: usize, map: &Map<String, Value>, answer: &str) -> Result<Vec<u32>> {
+    let tokenizer = parser.tokenizer(line, "reward")?;
+    let prompt = match map.get("prompt") {
+        None => "",
+        Some(_) => parser.string(line, map, "prompt")?,
+    };
+    text_ids(tokenizer, prompt, parser.string(line, map, answer)?).map_err(|e| parser.error(line, e.to_string()))
+}
+
+/// `prompt` + `answer` (+ the eos token's text where the answer does not
+/// end with it), tokenized with special tokens: a text the reward trainer
+/// scores, as TRL's `RewardTrainer` tokenizes it.
+pub fn text_ids(tokenizer: &Tokenizer, prompt: &str, answer: &str) -> Result<Vec<u32>> {
+    let eos = tokenizer.eos_token().ok_or_else(|| {
+        Error::invalid("reward text", "the tokenizer has no eos token, which TRL appends to every answer")
+    })?;
+    let mut text = answer.to_string();
+    if !text.ends_with(&eos.content) {
+        text.push_str(&eos.content);
+    }
+    tokenizer.encode(&format!("{prompt}{text}"), true)
+}
+
+/// A conversational line's `prompt` messages (if any) + `answer`'s,
+/// rendered with the chat template and tokenized without special tokens.
+fn chat_ids(parser: &mut Parser, line: usize, map: &Map<String, Value>, answer: &str) -> Result<Vec<u32>> {
+    let mut messages: Vec<Message> = match map.get("prompt") {
+        None => Vec::new(),
+        Some(_) => parser.message_list(line, map, "prompt")?,
+    };
+    messages.extend(parser.message_list(line, map, answer)?);
+    let kwargs = parser.template_kwargs(line, map)?;
+    let (tokenizer, template) = parser.template(line, "conversational reward")?;
+    let text = parser.render(line, &template, &messages, false, &kwargs)?;
+    parser.encode(line, tokenizer, &text, false)
+}
+
+/// Records one micro-batch of pairs (its rows the chosen ones, then the
+/// rejected ones): the forward to the score head, [`reward_loss`] (its
+/// loss and metrics times `scale` into `stats`) and, with `grad`, the
+/// backward into the hooks' gradients.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_reward_micro(
+    rec: &mut Recorder,
+    model: &Model,
+    loss: &RewardLoss,
+    batch: &Batch,
+    hooks: &dyn Hooks,
+    checkpoint: bool,
+    (stats, scale): (&Tensor, f32),
+    grad: bool,
+) -> Result<()> {
+    const OP: &str = "reward step";
+    let (b, t) = (batch.input_ids.len(), batch.input_ids.first().map_or(0, Vec::len));
+    if b == 0 || b % 2 != 0 || t == 0 {
+        return Err(Error::shape(OP, format!("{b} rows of {t} tokens: a batch of pairs has 2 rows a pair")));
+    }
+    if batch.position_ids.is_some() || hooks.virtual_tokens() > 0 {
+        return Err(Error::invalid(
+            OP,
+            "a reward model scores whole rows: no packing, and no virtual tokens (prompt tuning), whose last \
+             position transformers' pooling would score in place of the row's",
+        ));
+    }
+    let pairs = b / 2;
+    let margins = match &batch.margins {
+        Some(m) if m.len() == pairs => m.clone(),
+        Some(m) => return Err(Error::shape(OP, format!("{} margins for {pairs} pairs", m.len()))),
+        None => vec![0.0; pairs],
+    };
+    let head = ScoreHead::of(hooks)?;
+    if head.labels() != 1 {
+        return Err(Error::shape(OP, format!("a reward model's score head has one label, this one {}", head.labels())));
+    }
+    let gpu = rec.gpu();
+    let d = model.config.hidden_size;
+    let ids = model.input_ids(gpu, &batch.input_ids)?;
+    let (xn, saved) = model.hidden_packed(rec, &ids, None, hooks, checkpoint, None)?; // (B, T, D)
+    let rows: Vec<usize> =
+        last_non_pad(&batch.input_ids, loss.pad_token_id).iter().enumerate().map(|(i, &p)| i * t + p).collect();
+    let xn2 = xn.reshape(&[b * t, d])?;
+    let (x, scores) = head.forward(rec, &xn2, &rows)?; // (B, D), (B, 1)
+    let margins = Tensor::from_slice(gpu, &[pairs], &margins)?;
+    let center = loss.center_rewards_coefficient.unwrap_or(0.0);
+    let dscores = reward_loss(rec, (&scores.reshape(&[b])?, &margins), center, (stats, scale))?;
+    if grad {
+        let dxn = head.backward(rec, &x, &dscores, &rows, b * t)?;
+        model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, hooks)?;
+    }
+    Ok(())
+}
+
+/// A reward model's loss and TRL's metrics on held-out pairs, as
+/// `RewardTrainer.evaluate()` reports them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RewardEval {
+    /// `eval_loss`: each batch's loss weighted by its pairs (transformers
+    /// repeats a batch's loss once a row).
+    pub loss: f32,
+    /// `eval_accuracy`, `eval_margin`, `eval_*_reward`: the mean over the batches.
+    pub stats: RewardStats,
+    /// The pairs evaluated.
+    pub pairs: usize,
+}
+
+/// [`RewardEval`] of `model` with `adapter` (its score head) on `batches`
+/// of pairs: no dropout, a submission and a read-back a batch.
+pub async fn evaluate_reward(
+    gpu: &Gpu,
+    model: &Model,
+    adapter: Option<&Adapter>,
+    batches: &[Batch],
+    loss: &RewardLoss,
+) -> Result<RewardEval> {
+    if batches.is_empty() {
+        return Err(Error::invalid("evaluate_reward", "no batch to evaluate"));
+    }
+    let mut pairs = 0;
+    let (mut weighted, mut sums) = (0.0f64, [0.0f64; REWARD_STATS]);
+    for b in batches {
+        let stats = Tensor::zeros(gpu, &[REWARD_STATS], DType::F32)?;
+        let mut rec = Recorder::new(gpu);
+        record_reward_micro(&mut rec, model, loss, b, hooks_of(adapter), false, (&stats, 1.0), false)?;
+        rec.submit()?;
+        let s = stats.to_vec::<f32>(gpu).await?;
+        let n = b.input_ids.len() / 2;
+        pairs += n;
+        weighted += s[0] as f64 * n as f64;
+        for (sum, v) in sums.iter_mut().zip(&s) {
+            *sum += *v as f64;
+        }
+    }
+    let mean: Vec<f32> = sums.iter().map(|s| (s / batches.len() as f64) as f32).collect();
+    Ok(RewardEval { loss: (weighted / pairs as f64) as f32, stats: RewardStats::from_stats(&mean), pairs })
+}
+
+/// The reward `model` with `adapter` (its score head) gives each sequence
+/// of `input_ids` (rows of any lengths, each scored at its last token that
+/// is not `pad_id`): one submission.
+pub async fn score_sequences(
+    gpu: &Gpu,
+    model: &Model,
+    adapter: &Adapter,
+    input_ids: &[Vec<u32>],
+    pad_id: u32,
+) -> Result<Vec<f32>> {
+    const OP: &str = "score_sequences";
+    if input_ids.is_empty() || input_ids.iter().any(Vec::is_empty) {
+        return Err(Error::invalid(OP, "nothing to score: every sequence needs a token"));
+    }
+    let hooks = hooks_of(Some(adapter));
+    if hooks.virtual_tokens() > 0 {
+        return Err(Error::invalid(OP, "a reward model scores whole rows, without virtual tokens"));
+    }
+    let head = ScoreHead::of(hooks)?;
+    let t = input_ids.iter().map(Vec::len).max().unwrap_or(0);
+    let padded: Vec<Vec<u32>> = input_ids
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            row.resize(t, pad_id);
+            row
+        })
+        .collect();
+    let d = model.config.hidden_size;
+    let mut rec = Recorder::new(gpu);
+    let ids = model.input_ids(gpu, &padded)?;
+    let (xn, _) = model.hidden_packed(&mut rec, &ids, None, hooks, false, None)?;
+    let rows: Vec<usize> = last_non_pad(&padded, pad_id).iter().enumerate().map(|(i, &p)| i * t + p).collect();
+    let (_, scores) = head.forward(&mut rec, &xn.reshape(&[padded.len() * t, d])?, &rows)?;
+    rec.submit()?;
+    scores.to_vec::<f32>(gpu).await
+}
