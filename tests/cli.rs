@@ -480,6 +480,14 @@ fn ok(out: &std::process::Output) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The step lines of a run that must succeed, without their timing (for comparing two runs).
+fn untimed(out: &std::process::Output) -> Vec<serde_json::Value> {
+    ok(out);
+    let mut lines = step_lines(out);
+    lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("tokens_per_s")));
+    lines
+}
+
 /// `train --init-lora-weights loftq` writes the base the adapter trains on beside it (`loftq_base/`, a model
 /// folder): on an NF4 base with q_proj and v_proj adapted, those two are replaced and every other tensor is
 /// the checkpoint's own; webpeft loads the folder. Other inits write no base.
@@ -2010,12 +2018,6 @@ fn train_rloo_samples_scores_and_steps() {
         "--lr",
         "5e-2",
     ];
-    let untimed = |out: &std::process::Output| {
-        ok(out);
-        let mut lines = step_lines(out);
-        lines.iter_mut().for_each(|l| drop(l.as_object_mut().unwrap().remove("tokens_per_s")));
-        lines
-    };
     let (whole, half) = (dir.join("whole"), dir.join("half"));
     // TRL's log_completions on stderr: the first of each generation's two, with its reward and advantage.
     let out =
@@ -2063,4 +2065,84 @@ fn train_rloo_samples_scores_and_steps() {
         &["--num-completions-to-print", "2"],
         "--num-completions-to-print: prints with --log-completions only",
     );
+}
+
+/// `train --objective reward` (TRL's RewardTrainer) on the reward fixture's pairs with margins: step
+/// lines with TRL's reward metrics, an eval line, a SEQ_CLS adapter with its score head that PEFT's
+/// config names; stopped and resumed it goes on as one run; `score` rates texts and held-out pairs;
+/// what does not apply to a reward model is refused.
+#[test]
+fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
+    let dir = TempDir::new("reward");
+    let data = fixture("reward/margin_center.jsonl");
+    let model = fixture("llama_gqa");
+    // (Rows of up to 128 tokens: a pair with a longer answer would be left out.)
+    let train = |data: &str, args: &[&str]| {
+        webpeft(&[&["train", "--model", &model, "--data", data, "--seq-len", "128"][..], args].concat())
+    };
+    let args = [
+        "--objective",
+        "reward",
+        "--method",
+        "lora",
+        "--center-rewards-coefficient",
+        "0.01",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--lr",
+        "2e-2",
+        "--no-shuffle",
+        "--r",
+        "4",
+    ];
+    let (whole, half) = (dir.join("whole"), dir.join("half"));
+    let lines = untimed(&train(&data, &[&args[..], &["--out", &whole, "--eval-data", &data]].concat()));
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("step").is_some()).collect();
+    assert_eq!(steps.len(), 4, "{lines:?}");
+    for key in ["min_reward", "mean_reward", "max_reward", "accuracy", "margin", "num_tokens"] {
+        assert!(steps.iter().all(|l| l[key].as_f64().is_some_and(f64::is_finite)), "{key}: {lines:?}");
+    }
+    let eval = lines.last().unwrap();
+    for key in ["eval_loss", "eval_accuracy", "eval_margin", "eval_min_reward", "eval_mean_reward", "eval_max_reward"] {
+        assert!(eval[key].as_f64().is_some_and(f64::is_finite), "{key}: {eval}");
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(&whole).join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["task_type"], "SEQ_CLS", "{config}");
+    assert_eq!(config["modules_to_save"], serde_json::json!(["classifier", "score"]), "{config}");
+    let first = untimed(&train(&data, &[&args[..], &["--stop-after", "2", "--out", &half]].concat()));
+    let rest = untimed(&webpeft(&["train", "--model", &fixture("llama_gqa"), "--resume", &half, "--out", &half]));
+    let trained: Vec<serde_json::Value> = first.into_iter().chain(rest).collect();
+    assert_eq!(trained, steps.iter().map(|l| (*l).clone()).collect::<Vec<_>>(), "stopped and resumed vs whole");
+
+    // `score`: texts and pairs, one JSON line each; the accuracy on stderr.
+    let out = webpeft(&["score", "--model", &model, "--adapter", &whole, "--text", "Hello world!", "--data", &data]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let scored: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scored.len(), 9, "a text and eight pairs: {text}");
+    assert!(scored[0]["reward"].as_f64().is_some_and(f64::is_finite), "{text}");
+    assert!(scored[1..].iter().all(|p| p["chosen"].is_number() && p["rejected"].is_number()), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pairs"), "the accuracy line");
+
+    // What does not apply to a reward model.
+    let refused = |flags: &[&str], needle: &str| {
+        let e = failure(&train(&data, &[flags, &["--steps", "1", "--lr", "1e-2", "--out", &dir.join("x")]].concat()));
+        assert!(e.contains(needle), "{flags:?}: {e}");
+    };
+    refused(&["--objective", "reward", "--method", "ia3"], "SEQ_CLS");
+    refused(&["--objective", "reward", "--method", "lora", "--beta", "0.1"], "applies to dpo");
+    refused(
+        &["--objective", "dpo", "--method", "lora", "--center-rewards-coefficient", "0.1"],
+        "applies to reward only",
+    );
+    refused(&["--objective", "dpo", "--method", "lora", "--init-adapter", &whole], "reward model");
+    let e = failure(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
+    assert!(e.contains("SEQ_CLS"), "{e}");
+    let e =
+        failure(&webpeft(&["score", "--model", &model, "--adapter", &fixture("lora/initial_adapter"), "--text", "x"]));
+    assert!(e.contains("not a reward model"), "{e}");
 }

@@ -26,6 +26,7 @@ mod logits;
 mod merge;
 mod quantize;
 mod resume;
+mod score;
 mod train;
 
 use webpeft::model::llama::GenerationChoices;
@@ -155,6 +156,31 @@ enum Command {
         #[arg(long)]
         adapter: Option<PathBuf>,
     },
+    /// Score texts with a reward model (`train --objective reward`'s SEQ_CLS LoRA): one JSON line
+    /// a text ({"text", "reward"}) or a preference pair ({"pair", "chosen", "rejected"}, then the
+    /// accuracy on stderr).
+    Score {
+        /// The model folder the reward model was trained on.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// How the blocks' Linear weights are stored on the GPU: f32, f16, bf16, q8 (Q8_0) or nf4.
+        #[arg(long, default_value = "f32")]
+        quant: QuantFormat,
+        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16.
+        #[arg(long, default_value = "f32")]
+        compute_dtype: ComputeDtype,
+        /// The reward model: a PEFT LoRA folder with task_type SEQ_CLS (its score head).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// A text to score, repeatable: tokenized as the reward trainer tokenizes an answer (the
+        /// tokenizer's special tokens, the eos appended).
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        /// Preference pairs to score, the training data's shape ({"prompt"?, "chosen", "rejected"},
+        /// text or messages): each pair's two rewards.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Train an adapter on a JSONL file: one JSON line per optimizer step on
     /// stdout; the adapter and a resumable training state go to --out.
     Train(Box<train::TrainArgs>),
@@ -277,6 +303,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
         Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {
             logits::logits(&model, (quant, compute_dtype), &tokens, &out, adapter.as_deref()).await?
+        }
+        Command::Score { model, quant, compute_dtype, adapter, texts, data } => {
+            score::score(&model, (quant, compute_dtype), &adapter, &texts, data.as_ref()).await?
         }
         Command::Train(args) => {
             if train::train(*args).await? == train::Stopped::NonFinite {

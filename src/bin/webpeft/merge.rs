@@ -31,6 +31,15 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     let files = DirFiles::new(dir)?;
     let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
     let summary = match load_adapter(&gpu, adapter, &model).await? {
+        Adapter::Lora(lora) if lora.config.task_type == webpeft::peft::TaskType::SeqCls => {
+            return Err(format!(
+                "{}: a reward model (task_type SEQ_CLS): its merged form is a sequence classifier (a score head, no \
+                 lm_head), which this causal-LM folder cannot hold; use the adapter as it is \
+                 (`webpeft score`, or PeftModel on AutoModelForSequenceClassification)",
+                adapter.display()
+            )
+            .into())
+        }
         Adapter::Lora(lora) => {
             merge_lora(&gpu, &mut model, &lora)?;
             let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();

@@ -31,7 +31,7 @@ pub struct RunOptions {
     pub seed: u64,
     /// The training data, as an absolute path.
     pub data: PathBuf,
-    /// sft, dpo, orpo, cpo or kto (checkpoints without it: sft), with the --beta, --label-smoothing,
+    /// sft, dpo, orpo, cpo, kto, grpo, rloo or reward (checkpoints without it: sft), with the --beta, --label-smoothing,
     /// --loss-type, --rpo-alpha, --discopop-tau, --cpo-alpha, --simpo-gamma, --desirable-weight
     /// and --undesirable-weight given.
     #[serde(default = "sft")]
@@ -73,6 +73,9 @@ pub struct RunOptions {
     pub desirable_weight: Option<f32>,
     #[serde(default)]
     pub undesirable_weight: Option<f32>,
+    /// Reward: --center-rewards-coefficient.
+    #[serde(default)]
+    pub center_rewards_coefficient: Option<f32>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -187,6 +190,7 @@ impl RunOptions {
             precompute_ref_log_probs: a.precompute_ref_log_probs,
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
+            center_rewards_coefficient: a.center_rewards_coefficient,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
             grpo: a.samples_groups().then(|| GrpoOptions::of(a)),
@@ -330,6 +334,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("alphapo_alpha", "alphapo-alpha", a.alphapo_alpha, saved.alphapo_alpha, show);
     one!("desirable_weight", "desirable-weight", a.desirable_weight, saved.desirable_weight, show);
     one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
+    let center = saved.center_rewards_coefficient;
+    one!("center_rewards_coefficient", "center-rewards-coefficient", a.center_rewards_coefficient, center, show);
     one!("neftune_noise_alpha", "neftune-noise-alpha", a.neftune_noise_alpha, saved.neftune_noise_alpha, show);
     let flag = |v: &bool| v.to_string();
     one!("completion_only_loss", "completion-only-loss", a.completion_only_loss, saved.completion_only_loss, flag);

@@ -13,13 +13,14 @@ use webpeft::model::Model;
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::lora::merge::export_loftq_base;
 use webpeft::peft::lora::{LoraAdapter, LOFTQ_BASE_DIR};
-use webpeft::peft::{InitLoraWeights, TargetModules};
+use webpeft::peft::{InitLoraWeights, TargetModules, TaskType};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::data::{DataOptions, Dataset, LossMasks};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
+use webpeft::train::reward::{evaluate_reward, RewardStats};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::{Schedule, SCHEDULE_NAMES};
 use webpeft::train::trainer::{KtoStats, PreferenceStats};
@@ -252,9 +253,16 @@ pub struct TrainArgs {
     /// grpo: TRL's GRPOTrainer on prompts, one {"prompt"} a line (a text or messages, other fields
     /// passed to the reward commands): --num-generations completions sampled per prompt, scored
     /// by each --reward. rloo: TRL's RLOOTrainer on the same data and options: leave-one-out
-    /// advantages, β's KL taken from the rewards, one ratio a completion.
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo"])]
+    /// advantages, β's KL taken from the rewards, one ratio a completion. reward: TRL's
+    /// RewardTrainer, a reward model on pairs {"prompt"?, "chosen", "rejected", "margin"?} (text, or
+    /// messages): a LoRA with task_type SEQ_CLS whose score head (modules_to_save) rates a
+    /// sequence, trained so the chosen answer scores above the rejected one (score it with `webpeft score`).
+    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo", "reward"])]
     pub objective: String,
+    /// Reward: TRL's center_rewards_coefficient, the weight of mean (r_chosen + r_rejected)² in the
+    /// loss, which keeps the scores near zero [default: off].
+    #[arg(long)]
+    pub center_rewards_coefficient: Option<f32>,
     /// GRPO and RLOO: completions sampled for each prompt, TRL's num_generations [default: 8; rloo: 2]; a
     /// generation's rows (--batch-size × --steps-per-generation) must be a multiple of it.
     #[arg(long)]
@@ -501,6 +509,31 @@ struct StepLine {
     rewards: Option<RewardsLine>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     kto: Option<KtoLine>,
+    /// Reward: TRL's min_reward, mean_reward, max_reward, accuracy, margin.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    reward: Option<RewardLine>,
+}
+
+/// A reward model's step metrics, named as TRL's `RewardTrainer` logs them.
+#[derive(serde::Serialize)]
+struct RewardLine {
+    min_reward: f32,
+    mean_reward: f32,
+    max_reward: f32,
+    accuracy: f32,
+    margin: f32,
+}
+
+impl RewardLine {
+    fn of(r: &RewardStats) -> RewardLine {
+        RewardLine {
+            min_reward: r.min_reward,
+            mean_reward: r.mean_reward,
+            max_reward: r.max_reward,
+            accuracy: r.accuracy,
+            margin: r.margin,
+        }
+    }
 }
 
 /// A KTO step's metrics, named as TRL logs them.
@@ -767,6 +800,9 @@ impl TrainArgs {
                 if self.loftq_iter == Some(0) {
                     return Err("--loftq-iter: must be at least 1, got 0".into());
                 }
+                if self.objective == "reward" {
+                    l.task_type = TaskType::SeqCls;
+                }
             }
             AdapterRecipe::AdaLora(a) => {
                 a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
@@ -901,6 +937,7 @@ impl TrainArgs {
             alphapo_alpha: self.alphapo_alpha,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
+            center_rewards_coefficient: self.center_rewards_coefficient,
         };
         t.objective = Objective::from_options(&self.objective, &preference)?;
         Ok(t)
@@ -960,15 +997,24 @@ async fn eval_line(
         };
         return Ok((serde_json::to_string(&line)?, stats.loss));
     }
-    let e = run.trainer.evaluate_preference(gpu, model, &eval.epoch(0)).await?;
+    let (loss, metrics): (f64, Vec<(String, f64)>) = match run.trainer.objective {
+        Objective::Reward(r) => {
+            let e = evaluate_reward(gpu, model, Some(&run.trainer.adapter), &eval.epoch(0), &r).await?;
+            (e.loss as f64, e.stats.metrics().iter().map(|(k, v)| (k.to_string(), *v as f64)).collect())
+        }
+        _ => {
+            let e = run.trainer.evaluate_preference(gpu, model, &eval.epoch(0)).await?;
+            (e.loss, e.metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+        }
+    };
     let mut fields: Vec<String> = step.map(|s| format!("\"step\":{s}")).into_iter().collect();
     // f32 fields print as f32, as the step lines' do.
     let number = |v: f64| serde_json::to_string(&(v as f32));
-    fields.push(format!("\"eval_loss\":{}", number(e.loss)?));
-    for (name, value) in &e.metrics {
+    fields.push(format!("\"eval_loss\":{}", number(loss)?));
+    for (name, value) in &metrics {
         fields.push(format!("\"eval_{name}\":{}", number(*value)?));
     }
-    Ok((format!("{{{}}}", fields.join(",")), e.loss as f32))
+    Ok((format!("{{{}}}", fields.join(",")), loss as f32))
 }
 
 pub(crate) fn read_dataset(
@@ -1075,7 +1121,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     if let Some(dir) = &a.init_adapter {
         a.note_ignored_options(&dir.display().to_string());
     }
-    let recipe = a.train_recipe().map_err(flag_error)?;
+    let mut recipe = a.train_recipe().map_err(flag_error)?;
     recipe.validate().map_err(flag_error)?;
     recipe.check_positions_before(virtual_tokens).map_err(flag_error)?;
     let data_path = a.data.clone().ok_or("--data is required")?;
@@ -1084,6 +1130,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     let config = Config::load(&files).await?;
     let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&config)?;
+    recipe.set_pad_id(Some(&tokenizer));
     let max = config.max_position_embeddings.saturating_sub(virtual_tokens);
     if let Some(n) = a.seq_len.filter(|&n| n > max) {
         let beside =
@@ -1128,6 +1175,19 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
         }
     };
+    let reward = matches!(recipe.objective, Objective::Reward(_));
+    if reward != (trainer.adapter.task_type() == TaskType::SeqCls) {
+        return Err(match reward {
+            true => "--objective reward trains a reward model: a LoRA with task_type SEQ_CLS (its score head), \
+                     not this adapter"
+                .into(),
+            false => format!(
+                "the adapter is a reward model (task_type SEQ_CLS): train it with --objective reward, not {}",
+                a.objective
+            )
+            .into(),
+        });
+    }
     // The adapter and its options are valid: only now the output folder, so a
     // refused option (--r 0) leaves nothing behind.
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
@@ -1215,6 +1275,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
                     num_tokens: s.num_tokens,
                     rewards: s.preference.as_ref().map(RewardsLine::of),
                     kto: s.kto.as_ref().map(KtoLine::of),
+                    reward: s.reward.as_ref().map(RewardLine::of),
                 };
                 out!("{}", serde_json::to_string(&line)?);
                 this_run += 1;
