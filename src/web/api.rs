@@ -42,6 +42,7 @@ use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanInput};
 use crate::train::preference::Objective;
 use crate::train::recipe::{AdapterRecipe, TrainRecipe};
+use crate::train::reward::evaluate_reward;
 use crate::train::run::Run;
 use crate::train::trainer::{evaluate, evaluate_preference, Trainer};
 
@@ -778,10 +779,25 @@ impl WebModel {
         recipe: &TrainRecipe,
         progress: Option<serde_json::Value>,
     ) -> JsResult<TrainRun> {
+        let st = busy(self.state.try_borrow())?;
+        let mut recipe = recipe.clone();
+        recipe.set_pad_id(st.tokenizer.as_ref());
+        let recipe = &recipe;
+        let reward = matches!(recipe.objective, Objective::Reward(_));
+        if reward != (trainer.adapter.task_type() == crate::peft::TaskType::SeqCls) {
+            return Err(err(match reward {
+                true => {
+                    "objective \"reward\" trains a reward model: a LoRA added with taskType \"SEQ_CLS\"".to_string()
+                }
+                false => format!(
+                    "the adapter is a reward model (taskType SEQ_CLS): train it with objective \"reward\", not {:?}",
+                    recipe.objective.name()
+                ),
+            }));
+        }
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
         trainer.objective = recipe.objective;
-        let st = busy(self.state.try_borrow())?;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
         let before = trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len();
         recipe.check_positions_before(before).map_err(err)?;
@@ -829,6 +845,50 @@ impl WebModel {
         #[wasm_bindgen(unchecked_param_type = "PreferenceEvalOptions")] opts: JsValue,
     ) -> Promise {
         future_to_promise(evaluate_held_out(self.state.clone(), data, opts, true))
+    }
+
+    /// A reward model's score of each text (a string, tokenized as the
+    /// reward trainer tokenizes an answer: special tokens, the eos
+    /// appended) or conversation (an array of messages, rendered with the
+    /// chat template), with the adapter `opts.adapter` (absent: the active
+    /// one), which must be a SEQ_CLS LoRA (`addLora({taskType: "SEQ_CLS"})`
+    /// trained with objective "reward").
+    #[wasm_bindgen(unchecked_return_type = "Promise<number[]>")]
+    pub fn score(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(string | ChatMessage[])[]")] texts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "ScoreOptions | undefined")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let st = busy(state.try_borrow())?;
+            let adapter = chosen_adapter(&st, &opts)?.ok_or_else(|| {
+                err("score needs a reward model: no adapter is active (addLora with taskType \"SEQ_CLS\")")
+            })?;
+            let tok =
+                st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: scoring needs one"))?;
+            if !Array::is_array(&texts) {
+                return Err(err("score takes an array of texts (strings, or arrays of {role, content} messages)"));
+            }
+            let mut ids = Vec::new();
+            for (i, item) in Array::from(&texts).iter().enumerate() {
+                let row = match item.as_string() {
+                    Some(text) => crate::train::reward::text_ids(tok, "", &text).map_err(err)?,
+                    None => {
+                        let text = template(tok, None)?.render(&messages(&item)?, false).map_err(err)?;
+                        tok.encode(&text, false).map_err(err)?
+                    }
+                };
+                if row.is_empty() {
+                    return Err(err(format!("text {i} has no tokens")));
+                }
+                ids.push(row);
+            }
+            let pad = crate::train::recipe::pad_id(Some(tok));
+            let scores =
+                crate::train::reward::score_sequences(&st.gpu, &st.model, adapter, &ids, pad).await.map_err(err)?;
+            to_js(&scores)
+        })
     }
 
     /// Generates a continuation of `prompt` (a string), or the assistant's next
@@ -1055,12 +1115,24 @@ async fn evaluate_held_out(
     let o: EvalOptions = options(&opts)?;
     let st = busy(state.try_borrow())?;
     let adapter = chosen_adapter(&st, &opts)?;
-    let recipe = o.to_recipe().map_err(err)?;
+    let mut recipe = o.to_recipe().map_err(err)?;
+    recipe.set_pad_id(st.tokenizer.as_ref());
     let loss = match (recipe.objective, preference) {
         (Objective::Preference(loss), true) => Some(loss),
         (Objective::Sft(_), false) => None,
+        (Objective::Reward(r), true) => {
+            let virtual_tokens = adapter.map_or(0, |a| a.virtual_tokens() + a.prefix_len());
+            let dopts =
+                recipe.eval_data_options(st.model.config.max_position_embeddings.saturating_sub(virtual_tokens));
+            let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
+            let e = evaluate_reward(&st.gpu, &st.model, adapter, &ds.epoch(0), &r).await.map_err(err)?;
+            let metrics: serde_json::Map<String, serde_json::Value> =
+                e.stats.metrics().iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+            let batches = ds.batches_per_epoch();
+            return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": batches}));
+        }
         (Objective::Sft(_) | Objective::Grpo(_), true) => {
-            return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo or kto"));
+            return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo, kto or reward"));
         }
         (objective, false) => {
             return Err(err(format!("evaluate measures SFT's loss: evaluatePreference measures {}", objective.name())));
@@ -1121,6 +1193,7 @@ async fn one_step(
             nll_loss: p.orpo.map(|o| o[0]).or(p.nll_loss),
         }),
         kto: s.kto,
+        reward: s.reward,
     }))
 }
 

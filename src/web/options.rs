@@ -55,6 +55,9 @@ pub struct LoraOptions {
     pub rank_pattern: Option<BTreeMap<String, usize>>,
     /// PEFT's `alpha_pattern`: module pattern → alpha.
     pub alpha_pattern: Option<BTreeMap<String, f64>>,
+    /// PEFT's `task_type`: "CAUSAL_LM" (the default) or "SEQ_CLS", a reward
+    /// model (its `score` head trained through `modules_to_save`).
+    pub task_type: Option<String>,
     pub seed: Option<u64>,
 }
 
@@ -377,6 +380,16 @@ impl LoraOptions {
         };
         l.rank_pattern = self.rank_pattern.clone().unwrap_or_default();
         l.alpha_pattern = self.alpha_pattern.clone().unwrap_or_default();
+        l.task_type = match self.task_type.as_deref() {
+            None | Some("CAUSAL_LM") => crate::peft::TaskType::CausalLm,
+            Some("SEQ_CLS") => crate::peft::TaskType::SeqCls,
+            Some(other) => {
+                return Err(bad(
+                    "task_type",
+                    format!("must be \"CAUSAL_LM\" or \"SEQ_CLS\" (a reward model), got {other:?}"),
+                ))
+            }
+        };
         Ok(AdapterRecipe::Lora(l))
     }
 

@@ -76,6 +76,10 @@ export interface LoraOptions {
   excludeModules?: string[] | string;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
+  /** PEFT's task_type: "SEQ_CLS" makes a reward model, whose `score` head (the model's hidden size, one label) is
+   * trained whole through modules_to_save (PEFT adds "classifier" and "score"); train it with objective "reward",
+   * rate texts with `score()`. Left out: "CAUSAL_LM". */
+  taskType?: "CAUSAL_LM" | "SEQ_CLS";
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
    * `pissa_niter_${K}`, OLoRA, LoftQ with `loftqIter` iterations, default 1). */
   init?: "kaiming" | "gaussian" | "pissa" | `pissa_niter_${number}` | "olora" | "loftq"; loftqIter?: number;
@@ -140,7 +144,13 @@ export type UnpairedPreferenceRecord =
  * ending with a user turn and the two answers as assistant messages. */
 export type PreferenceRecord =
   | { prompt: string; chosen: string; rejected: string }
-  | { prompt: ChatMessage[]; chosen: ChatMessage[]; rejected: ChatMessage[] };
+  | { prompt: ChatMessage[]; chosen: ChatMessage[]; rejected: ChatMessage[] }
+  | RewardRecord;
+/** A preference pair for objective "reward" (TRL's RewardTrainer): the prompt is optional (each answer may hold its
+ * own), and `margin` (on every record, or none) is subtracted from the score difference in the loss. */
+export type RewardRecord =
+  | { prompt?: string; chosen: string; rejected: string; margin?: number }
+  | { prompt?: ChatMessage[]; chosen: ChatMessage[]; rejected: ChatMessage[]; margin?: number };
 export interface ChatMessage { role: string; content: string; }
 /** JSONL text (one record per line) or an array of records. */
 export type TrainingData = string | TrainingRecord[];
@@ -177,8 +187,11 @@ export interface TrainOptions {
    * (TRL's precompute_ref_log_probs): the same numbers, a forward less a step. Left out: false. */
   precomputeRefLogProbs?: boolean;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
-   * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired). Left out: "sft". */
-  objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto";
+   * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired); "reward": a reward model (a LoRA
+   * added with taskType "SEQ_CLS") on pairs (RewardRecord), TRL's RewardTrainer. Left out: "sft". */
+  objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto" | "reward";
+  /** Reward: TRL's center_rewards_coefficient, the weight of mean (r_chosen + r_rejected)² in the loss (off). */
+  centerRewardsCoefficient?: number;
   /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
    * robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
@@ -219,6 +232,9 @@ export interface StepEvent {
    * count/rejected. */
   kto?: { kl: number; rewardsChosenSum: number; rewardsRejectedSum: number; logpsChosenSum: number;
     logpsRejectedSum: number; countChosen: number; countRejected: number };
+  /** Reward: TRL's accuracy (the pairs whose chosen answer scores higher), margin (mean r_chosen − r_rejected) and
+   * min_reward, mean_reward, max_reward over the scores; each micro-batch's, averaged over the micro-batches. */
+  reward?: { accuracy: number; margin: number; minReward: number; meanReward: number; maxReward: number };
 }
 export interface TrainSummary { steps: number; totalSteps: number; state: "done" | "cancelled"; }
 /** startGrpo's options: the optimizer and schedule as TrainOptions names them (steps required), and TRL's GRPOConfig
@@ -297,9 +313,12 @@ export interface GrpoEvalResult {
   clipRatio: [number, number, number]; completions: number;
 }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
+/** score's options: the reward model to score with (absent: the active adapter). */
+export interface ScoreOptions { adapter?: string; }
 /** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */
 export interface PreferenceEvalOptions extends EvalOptions {
-  objective: "dpo" | "orpo" | "cpo" | "kto";
+  objective: "dpo" | "orpo" | "cpo" | "kto" | "reward";
+  centerRewardsCoefficient?: number;
   beta?: number; labelSmoothing?: number; lossType?: string | string[]; lossWeights?: number[]; rpoAlpha?: number;
   discopopTau?: number; referenceFree?: boolean; fDivergenceType?: string; fAlphaDivergenceCoef?: number;
   cpoAlpha?: number; simpoGamma?: number; alphapoAlpha?: number; desirableWeight?: number; undesirableWeight?: number;
@@ -459,6 +478,10 @@ pub struct StepEvent {
     /// A KTO step's metrics, as TRL logs them (`kl`, `rewards/chosen_sum`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kto: Option<crate::train::trainer::KtoStats>,
+    /// A reward model's step metrics, as TRL's `RewardTrainer` logs them
+    /// (`accuracy`, `margin`, `minReward`, `meanReward`, `maxReward`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reward: Option<crate::train::reward::RewardStats>,
 }
 
 /// A preference step's rewards, as TRL logs them (`rewards/chosen`, …).

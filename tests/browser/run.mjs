@@ -479,6 +479,32 @@ test("the npm package, installed from its tarball into a plain page, trains, che
       }
       const sftOnly = await model.evaluate(heldOut, { objective: "dpo" }).then(() => "no error", (e) => e.message);
       if (!sftOnly.includes("evaluatePreference")) throw new Error("evaluate with a preference objective: " + sftOnly);
+      // A reward model (TRL's RewardTrainer): a SEQ_CLS LoRA trained on pairs with margins; its steps carry TRL's
+      // reward metrics; score() rates texts and conversations; evaluatePreference measures it; it saves as PEFT's
+      // SEQ_CLS adapter; other objectives refuse it, and score refuses an adapter without a score head.
+      model.addLora("rm", { r: 4, alpha: 8, taskType: "SEQ_CLS" });
+      const rpairs = heldOut.map((p, i) => ({ ...p, margin: i * 0.5 }));
+      const rev = [];
+      await model.startTraining("rm", rpairs, { lr: 0.02, steps: 2, batchSize: 2, objective: "reward",
+        centerRewardsCoefficient: 0.01 }).train((x) => rev.push(x));
+      const rscores = await model.score(["The robot watered the garden.",
+        [{ role: "user", content: "Hi" }, { role: "assistant", content: "Hello." }]], { adapter: "rm" });
+      const rjudged = await model.evaluatePreference(rpairs, { objective: "reward", adapter: "rm" });
+      const rconfig = JSON.parse(new TextDecoder().decode((await model.exportAdapter("rm"))["adapter_config.json"]));
+      const r0 = rev[0] && rev[0].reward;
+      if (rev.length !== 2 || !r0 || !(r0.accuracy >= 0 && r0.accuracy <= 1) || !(r0.minReward <= r0.meanReward &&
+          r0.meanReward <= r0.maxReward) || !(rev[1].numTokens > rev[0].numTokens) || rscores.length !== 2 ||
+          !rscores.every(Number.isFinite) || !Number.isFinite(rjudged.loss) || !Number.isFinite(rjudged.metrics.accuracy) ||
+          rconfig.task_type !== "SEQ_CLS" || !rconfig.modules_to_save.includes("score")) {
+        throw new Error("reward model " + JSON.stringify({ rev, rscores, rjudged, rconfig }));
+      }
+      const sftOnReward = (() => { try { model.startTraining("rm", data, { lr: 0.01, steps: 1 }); return "no error"; }
+        catch (e) { return e.message; } })();
+      const scoreWithout = await model.score(["x"], { adapter: "b" }).then(() => "no error", (e) => e.message);
+      if (!sftOnReward.includes("reward model") || !scoreWithout.includes("score")) {
+        throw new Error("what a reward model refuses: " + sftOnReward + " / " + scoreWithout);
+      }
+      model.removeAdapter("rm");
       // GRPO with two JS rewards (an async one, the completions' token counts; one giving null for a few): 2 prompts
       // (text with a field, messages) × 2 completions a step, 2 steps, beta 0.04.
       model.addLora("g", { r: 4, alpha: 8 });

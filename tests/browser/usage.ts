@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, GrpoRun, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, RewardRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -77,6 +77,14 @@ export async function example(data: string): Promise<void> {
     first?.entropy, first?.numTokens);
   const held: PreferenceRecord[] = [{ prompt: "Hi", chosen: " there.", rejected: " no." }];
   const judged: PreferenceEvalResult = await model.evaluatePreference(held, { objective: "dpo", beta: 0.1, batchSize: 1 });
+  // A reward model: a SEQ_CLS LoRA, pairs with margins, TRL's reward metrics, score() on texts and conversations.
+  model.addLora("rm", { r: 4, taskType: "SEQ_CLS" });
+  const rewardPairs: RewardRecord[] = [{ chosen: "The fox ran.", rejected: "fox fox", margin: 0.5 }];
+  const rewardStep: StepEvent | undefined = await model.startTraining("rm", rewardPairs, { lr: 1e-3, steps: 1, objective: "reward",
+    centerRewardsCoefficient: 0.01 }).step();
+  console.log(rewardStep?.reward?.accuracy, rewardStep?.reward?.maxReward);
+  const rewards: number[] = await model.score(["The fox ran.", [{ role: "user", content: "Hi" }]], { adapter: "rm" });
+  console.log(rewards[0]);
   console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);
   const lengthReward: RewardFunction = async (cs: GrpoCompletion[]) => cs.map((c) => c.completionIds.length);
   const answered: RewardFunction = (cs) => cs.map((c) => (c.fields["answer"] === undefined ? null : Number(c.completion.includes(String(c.fields["answer"])))));
