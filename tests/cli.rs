@@ -2128,6 +2128,30 @@ fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
     assert!(scored[1..].iter().all(|p| p["chosen"].is_number() && p["rejected"].is_number()), "{text}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("pairs"), "the accuracy line");
 
+    // The reward model as GRPO's reward (RLOO here): its rewards named by its folder, beside a command's.
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"The river rose and\"}\n{\"prompt\": [{\"role\": \"user\", \"content\": \"Once\"}]}\n",
+    )
+    .unwrap();
+    let rm = format!("model:{whole}");
+    let rl = [
+        &["--objective", "rloo", "--method", "lora", "--batch-size", "2", "--steps", "2"][..],
+        &["--max-completion-length", "4", "--reward", &rm, "--reward", "cmd:awk '{print 1}'", "--lr", "1e-2"],
+    ]
+    .concat();
+    let lines = untimed(&train(&prompts, &[&rl[..], &["--out", &dir.join("rl")]].concat()));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l["rewards/whole/mean"].as_f64().is_some_and(f64::is_finite)), "{lines:?}");
+    assert!(lines.iter().all(|l| l["rewards/cmd_1/mean"] == 1.0), "{lines:?}");
+    let not_rm = format!("model:{}", fixture("lora/initial_adapter"));
+    let e = failure(&train(
+        &prompts,
+        &[&rl[..10], &["--reward", &not_rm, "--lr", "1e-2", "--out", &dir.join("x")]].concat(),
+    ));
+    assert!(e.contains("not a reward model"), "{e}");
+
     // What does not apply to a reward model.
     let refused = |flags: &[&str], needle: &str| {
         let e = failure(&train(&data, &[flags, &["--steps", "1", "--lr", "1e-2", "--out", &dir.join("x")]].concat()));

@@ -288,3 +288,29 @@ fn a_saved_reward_model_loads_in_peft() {
     let d = max_abs_diff(&rewards, &want);
     assert!(d <= 1e-4, "rewards now vs committed: {d:e}");
 }
+
+/// A reward model as GRPO's reward function: TRL's `GRPOTrainer._calculate_rewards` with
+/// initial_adapter's reward model, on two prompts' two completions each (one empty), as text and as
+/// messages: the same rows, one padded batch, the same rewards.
+#[test]
+fn a_reward_model_rewards_grpo_completions_as_trl() {
+    use webpeft::train::reward::reward_model_ids;
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa");
+    let adapter = fixture_adapter(gpu, &model, "reward/initial_adapter", "lora");
+    let tok = tokenizer();
+    let c = cases();
+    let g = &c["grpo_rewards"];
+    let completions: Vec<&str> = g["completions"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    for shape in ["text", "conversational"] {
+        let prompts = g[shape]["prompts"].as_array().unwrap();
+        let ids: Vec<Vec<u32>> =
+            completions.iter().enumerate().map(|(i, c)| reward_model_ids(&tok, &prompts[i / 2], c).unwrap()).collect();
+        let got = block_on(score_sequences(gpu, &model, &adapter, &ids, 383)).unwrap();
+        let want: Vec<f32> =
+            g[shape]["rewards"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let d = max_abs_diff(&got, &want);
+        eprintln!("{shape}: the reward model's rewards within {d:e} of TRL's");
+        assert!(d <= 2e-5, "{shape}: {got:?} vs {want:?}");
+    }
+}

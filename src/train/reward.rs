@@ -383,3 +383,56 @@ pub async fn score_sequences(
     rec.submit()?;
     scores.to_vec::<f32>(gpu).await
 }
+
+/// The tokens a reward model scores for a completion in GRPO or RLOO, as
+/// TRL 0.24's `GRPOTrainer._calculate_rewards` makes them: a text prompt
+/// (the data line's `prompt`) and the completion's text joined, or for
+/// messages the conversation with the completion as the assistant's turn,
+/// rendered by the chat template (no generation prompt, no template
+/// keywords); either tokenized without special tokens. (RewardTrainer's
+/// training rows have the tokenizer's special tokens and an eos, which
+/// these do not: TRL's own mismatch, kept.)
+pub fn reward_model_ids(tokenizer: &Tokenizer, prompt: &Value, completion: &str) -> Result<Vec<u32>> {
+    const OP: &str = "reward model input";
+    let text = match prompt {
+        Value::String(p) => format!("{p}{completion}"),
+        Value::Array(_) => {
+            let mut messages: Vec<Message> = serde_json::from_value(prompt.clone())
+                .map_err(|e| Error::invalid(OP, format!("the prompt's messages: {e}")))?;
+            messages.push(Message::new("assistant", completion));
+            let template = crate::train::chat::ChatTemplate::from_tokenizer(tokenizer)?
+                .ok_or_else(|| Error::invalid(OP, "a conversational prompt needs a tokenizer with a chat_template"))?;
+            template.render(&messages, false)?
+        }
+        other => return Err(Error::invalid(OP, format!("the prompt must be a text or messages, got {other}"))),
+    };
+    tokenizer.encode(&text, false)
+}
+
+/// Sequences a reward model scores in one submission.
+const SCORED_AT_ONCE: usize = 16;
+
+/// A reward model's reward of each completion (its text) of the prompt
+/// beside it (the data line's `prompt` value), as TRL's GRPOTrainer scores
+/// with one ([`reward_model_ids`]; the pad id the tokenizer's, else its eos).
+pub async fn reward_model_scores(
+    (gpu, model, adapter): (&Gpu, &Model, &Adapter),
+    tokenizer: &Tokenizer,
+    prompts: &[&Value],
+    completions: &[String],
+) -> Result<Vec<f32>> {
+    if prompts.len() != completions.len() {
+        return Err(Error::invalid(
+            "reward_model_scores",
+            format!("{} prompts for {} completions", prompts.len(), completions.len()),
+        ));
+    }
+    let ids =
+        prompts.iter().zip(completions).map(|(p, c)| reward_model_ids(tokenizer, p, c)).collect::<Result<Vec<_>>>()?;
+    let pad = crate::train::recipe::pad_id(Some(tokenizer));
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(SCORED_AT_ONCE) {
+        out.extend(score_sequences(gpu, model, adapter, chunk, pad).await?);
+    }
+    Ok(out)
+}

@@ -30,6 +30,7 @@ use crate::train::grpo::{
 };
 use crate::train::preference::Objective;
 use crate::train::recipe::pad_id;
+use crate::train::reward::reward_model_scores;
 use crate::train::schedule::LrSchedule;
 use crate::train::trainer::Trainer;
 use crate::util::rng::Rng;
@@ -44,9 +45,17 @@ struct GrpoState {
     settings: GrpoSettings,
     generation: GenerationConfig,
     schedule: LrSchedule,
-    rewards: Vec<Function>,
+    rewards: Vec<WebReward>,
     rng: Rng,
     order: PromptOrder,
+}
+
+/// A reward of `startGrpo`'s list: a JS function, or the name of a reward
+/// model among the model's adapters (a SEQ_CLS LoRA trained with objective
+/// "reward"), which scores as TRL's GRPOTrainer scores with one.
+enum WebReward {
+    Js(Function),
+    Model(String),
 }
 
 /// A GRPO run over one adapter. Drive it with `step()` or `train()`;
@@ -161,14 +170,14 @@ impl WebModel {
     /// Starts GRPO on the adapter `name`: prompts ({prompt} records, text or
     /// messages), options (GrpoOptions) and one or more reward functions,
     /// each given the step's completions and returning (or resolving to) one
-    /// number, or null, a completion.
+    /// number, or null, a completion, or the names of reward model adapters.
     #[wasm_bindgen(js_name = startGrpo)]
     pub fn start_grpo(
         &self,
         name: &str,
         #[wasm_bindgen(unchecked_param_type = "string | GrpoPromptRecord[]")] prompts: JsValue,
         #[wasm_bindgen(unchecked_param_type = "GrpoOptions")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "RewardFunction[]")] rewards: Array,
+        #[wasm_bindgen(unchecked_param_type = "Reward[]")] rewards: Array,
     ) -> JsResult<GrpoRun> {
         self.grpo_run(name, None, (prompts, opts, rewards))
     }
@@ -183,7 +192,7 @@ impl WebModel {
         checkpoint: &[u8],
         #[wasm_bindgen(unchecked_param_type = "string | GrpoPromptRecord[]")] prompts: JsValue,
         #[wasm_bindgen(unchecked_param_type = "GrpoOptions")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "RewardFunction[]")] rewards: Array,
+        #[wasm_bindgen(unchecked_param_type = "Reward[]")] rewards: Array,
     ) -> JsResult<GrpoRun> {
         self.grpo_run(name, Some(checkpoint), (prompts, opts, rewards))
     }
@@ -196,10 +205,15 @@ impl WebModel {
         (prompts, opts, rewards): (JsValue, JsValue, Array),
     ) -> JsResult<GrpoRun> {
         let o: GrpoOptions = serde_wasm_bindgen::from_value(opts).map_err(|e| err(format!("invalid options: {e}")))?;
-        let rewards: Vec<Function> = rewards
+        let rewards: Vec<WebReward> = rewards
             .iter()
             .enumerate()
-            .map(|(i, f)| f.dyn_into::<Function>().map_err(|_| err(format!("rewardFuncs[{i}] is not a function"))))
+            .map(|(i, f)| match f.as_string() {
+                Some(adapter) => Ok(WebReward::Model(adapter)),
+                None => f.dyn_into::<Function>().map(WebReward::Js).map_err(|_| {
+                    err(format!("rewardFuncs[{i}] is neither a function nor the name of a reward model adapter"))
+                }),
+            })
             .collect::<JsResult<_>>()?;
         let plan = o.to_plan(rewards.len()).map_err(err)?;
         let mut guard = busy_mut(self.state.try_borrow_mut())?;
@@ -232,6 +246,16 @@ impl WebModel {
         };
         if trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len() > 0 {
             return Err(err("GRPO trains methods without virtual tokens (not prompt, prefix or p-tuning)"));
+        }
+        for (i, r) in rewards.iter().enumerate() {
+            let WebReward::Model(reward_model) = r else { continue };
+            let found = st.adapters.get(reward_model).map(|a| a.task_type());
+            if reward_model == name || found != Some(crate::peft::TaskType::SeqCls) {
+                return Err(err(format!(
+                    "rewardFuncs[{i}]: {reward_model:?} is not a reward model among the adapters (one added with \
+                     taskType \"SEQ_CLS\" and trained with objective \"reward\", not the adapter this run trains)"
+                )));
+            }
         }
         match st.adapters.get_mut(name) {
             Some(stored) if resumed.is_none() => *stored = trainer.adapter.clone(),
@@ -302,10 +326,11 @@ async fn call_reward(f: &Function, index: usize, completions: &JsValue, n: usize
 /// each reward function as `Completion`s, and their values; returns each
 /// completion's (prompt, completion) texts beside them.
 async fn score_completions(
-    tokenizer: &crate::model::tokenizer::Tokenizer,
+    st: &ModelState,
     (prompts, completions, g): (&[&GrpoPrompt], &[Vec<u32>], usize),
-    functions: &[Function],
+    functions: &[WebReward],
 ) -> JsResult<(Vec<(String, String)>, Vec<Vec<Option<f32>>>)> {
+    let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
     let texts: Vec<String> =
         completions.iter().map(|c| tokenizer.decode(c, true)).collect::<crate::Result<_>>().map_err(err)?;
     let shown: Vec<Completion> = completions
@@ -320,7 +345,17 @@ async fn score_completions(
     let js = to_js(&shown)?;
     let mut rewards = Vec::with_capacity(functions.len());
     for (i, f) in functions.iter().enumerate() {
-        rewards.push(call_reward(f, i, &js, completions.len()).await?);
+        rewards.push(match f {
+            WebReward::Js(f) => call_reward(f, i, &js, completions.len()).await?,
+            WebReward::Model(name) => {
+                let adapter = st.adapters.get(name).ok_or_else(|| err(format!("no adapter named {name:?}")))?;
+                let own: Vec<&serde_json::Value> = (0..completions.len())
+                    .map(|i| prompts[i / g].fields.get("prompt").unwrap_or(&serde_json::Value::Null))
+                    .collect();
+                let scores = reward_model_scores((&st.gpu, &st.model, adapter), tokenizer, &own, &texts).await;
+                scores.map_err(err)?.into_iter().map(Some).collect()
+            }
+        });
     }
     let pairs = shown.into_iter().map(|c| (c.prompt.to_string(), c.completion)).collect();
     Ok((pairs, rewards))
@@ -350,9 +385,8 @@ async fn one_step(
     )
     .await
     .map_err(err)?;
-    let tokenizer = st.tokenizer.as_ref().ok_or_else(|| err("GRPO needs the model's tokenizer"))?;
     let group_prompts: Vec<&GrpoPrompt> = chosen.iter().map(|&p| &s.prompts[p]).collect();
-    let (shown, rewards) = score_completions(tokenizer, (&group_prompts, &completions, g), &s.rewards).await?;
+    let (shown, rewards) = score_completions(&st, (&group_prompts, &completions, g), &s.rewards).await?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| s.prompts[p].ids.as_slice()).collect();
     let r = grpo_step(&st.gpu, &st.model, &mut s.trainer, (&ids, &completions), &rewards, &settings, &s.schedule)
         .await
@@ -495,7 +529,7 @@ impl GrpoRun {
                     completions.extend(st.model.sample_group(&st.gpu, &p.ids, g, &config, hooks).await.map_err(err)?);
                 }
                 let group_prompts: Vec<&GrpoPrompt> = chunk.iter().collect();
-                let (_, rewards) = score_completions(tokenizer, (&group_prompts, &completions, g), &s.rewards).await?;
+                let (_, rewards) = score_completions(&st, (&group_prompts, &completions, g), &s.rewards).await?;
                 let ids: Vec<&[u32]> = chunk.iter().map(|p| p.ids.as_slice()).collect();
                 let one = evaluate_group(
                     (&st.gpu, &st.model, &s.trainer.adapter),

@@ -286,6 +286,10 @@ export interface GrpoCompletion { prompt: string; completion: string; completion
   fields: Record<string, unknown>; }
 /** One reward a completion, or null for none (TRL's None: left out of the weighted sum). */
 export type RewardFunction = (completions: GrpoCompletion[]) => (number | null)[] | Promise<(number | null)[]>;
+/** A reward of startGrpo's list: a function, or the name of a reward model among the model's adapters (one added with
+ * taskType "SEQ_CLS" and trained with objective "reward"), which scores the prompt and completion as TRL's
+ * GRPOTrainer scores with a reward model. */
+export type Reward = RewardFunction | string;
 /** A GRPO (or RLOO) step: TRL's loss, reward, reward_std, frac_reward_zero_std, rewards/<function>/mean and /std (rewardMeans,
  * rewardStds, in the functions' order; NaN where a function scored fewer than one and two completions),
  * completions/mean_length, min_length, max_length, clipped_ratio, mean_, min_ and max_terminated_length, num_tokens

@@ -498,6 +498,17 @@ test("the npm package, installed from its tarball into a plain page, trains, che
           rconfig.task_type !== "SEQ_CLS" || !rconfig.modules_to_save.includes("score")) {
         throw new Error("reward model " + JSON.stringify({ rev, rscores, rjudged, rconfig }));
       }
+      // The reward model as GRPO's reward, by its adapter's name: TRL's GRPOTrainer with a reward model.
+      model.addLora("rg", { r: 4, alpha: 8 });
+      const rgPrompts = [{ prompt: "The robot" }, { prompt: [{ role: "user", content: "Describe the fox." }] }];
+      const rgOpts = { lr: 0.01, steps: 1, numGenerations: 2, batchSize: 4, maxCompletionLength: 4 };
+      const rg = await model.startGrpo("rg", rgPrompts, rgOpts, ["rm"]).step().then((x) => x, (e) => ({ error: e.message }));
+      const notRm = (() => { try { model.startGrpo("rg", rgPrompts, rgOpts, ["b"]); return "no error"; }
+        catch (e) { return e.message; } })();
+      if (rg.step !== 1 || rg.rewardMeans.length !== 1 || !Number.isFinite(rg.rewardMeans[0]) || !notRm.includes("not a reward model")) {
+        throw new Error("a reward model as GRPO's reward: " + JSON.stringify({ ...rg, completions: undefined }) + " / " + notRm);
+      }
+      model.removeAdapter("rg");
       const sftOnReward = (() => { try { model.startTraining("rm", data, { lr: 0.01, steps: 1 }); return "no error"; }
         catch (e) { return e.message; } })();
       const scoreWithout = await model.score(["x"], { adapter: "b" }).then(() => "no error", (e) => e.message);

@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, GrpoRun, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, RewardRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, Reward, RewardRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -87,6 +87,8 @@ export async function example(data: string): Promise<void> {
   console.log(rewards[0]);
   console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);
   const lengthReward: RewardFunction = async (cs: GrpoCompletion[]) => cs.map((c) => c.completionIds.length);
+  const byModel: Reward[] = [lengthReward, "rm"];
+  console.log(model.startGrpo("a", [{ prompt: "2 + 2 =" }], { lr: 1e-5, steps: 1 }, byModel).totalSteps());
   const answered: RewardFunction = (cs) => cs.map((c) => (c.fields["answer"] === undefined ? null : Number(c.completion.includes(String(c.fields["answer"])))));
   const grpoOptions: GrpoOptions = { lr: 1e-5, steps: 4, numGenerations: 4, batchSize: 4, beta: 0.04, lossType: "grpo", scaleRewards: "none", rewardWeights: [0.1, 1],
     numIterations: 2, stepsPerGeneration: 2, importanceSamplingLevel: "sequence", epsilon: 0.2, epsilonHigh: 0.28, delta: 1.5,

@@ -7,7 +7,7 @@
 //! passes (`webpeft::train::grpo`).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Map, Value};
@@ -16,7 +16,8 @@ use webpeft::model::config::Config;
 use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
-use webpeft::peft::adapter::hooks_of;
+use webpeft::peft::adapter::{hooks_of, Adapter};
+use webpeft::peft::TaskType;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
     evaluate_group, grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward,
@@ -24,6 +25,7 @@ use webpeft::train::grpo::{
 };
 use webpeft::train::preference::Objective;
 use webpeft::train::recipe::pad_id;
+use webpeft::train::reward::reward_model_scores;
 use webpeft::train::schedule::LrSchedule;
 use webpeft::train::trainer::Trainer;
 use webpeft::util::rng::Rng;
@@ -39,15 +41,19 @@ enum Reward {
     ThinkFormat,
     /// A shell command: JSON lines in, one number (or null) a line out.
     Command(String),
+    /// A reward model on the same base: a SEQ_CLS LoRA folder (`train
+    /// --objective reward`), loaded once the base is (`load_reward_models`).
+    Model { dir: PathBuf, adapter: Option<Box<Adapter>> },
 }
 
 impl Reward {
     fn parse(spec: &str) -> Result<Reward, String> {
         match spec {
             "think_format" => Ok(Reward::ThinkFormat),
-            _ => match spec.strip_prefix("cmd:") {
-                Some(c) if !c.trim().is_empty() => Ok(Reward::Command(c.to_string())),
-                _ => Err(format!("--reward {spec:?}: expected think_format or cmd:COMMAND")),
+            _ => match (spec.strip_prefix("cmd:"), spec.strip_prefix("model:")) {
+                (Some(c), _) if !c.trim().is_empty() => Ok(Reward::Command(c.to_string())),
+                (_, Some(d)) if !d.trim().is_empty() => Ok(Reward::Model { dir: PathBuf::from(d), adapter: None }),
+                _ => Err(format!("--reward {spec:?}: expected think_format, cmd:COMMAND or model:DIR")),
             },
         }
     }
@@ -57,17 +63,64 @@ impl Reward {
         match self {
             Reward::ThinkFormat => "think_format_reward".into(),
             Reward::Command(_) => format!("cmd_{index}"),
+            // (TRL names a reward model by its config's name_or_path, here its folder.)
+            Reward::Model { dir, .. } => {
+                dir.file_name().map_or(format!("model_{index}"), |n| n.to_string_lossy().into())
+            }
         }
     }
 
-    /// Each completion's reward.
-    fn score(&self, lines: &[Value], texts: &[String]) -> Result<Vec<Option<f32>>, String> {
+    /// Each completion's reward; `prompts` are the data lines' own `prompt`
+    /// values (a reward model scores the conversation, not the rendered prompt).
+    async fn score(
+        &self,
+        (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
+        (lines, texts, prompts): (&[Value], &[String], &[&Value]),
+    ) -> Result<Vec<Option<f32>>, BoxError> {
         match self {
             Reward::ThinkFormat => Ok(texts.iter().map(|t| Some(think_format_reward(t))).collect()),
-            Reward::Command(command) => run_command(command, lines),
+            Reward::Command(command) => Ok(run_command(command, lines)?),
+            Reward::Model { dir, adapter } => {
+                let adapter =
+                    adapter.as_ref().ok_or_else(|| format!("--reward model:{}: not loaded", dir.display()))?;
+                let scores = reward_model_scores((gpu, model, adapter), tokenizer, prompts, texts).await?;
+                Ok(scores.into_iter().map(Some).collect())
+            }
         }
     }
 }
+
+/// Loads each `model:DIR` reward onto `model`: a reward model (SEQ_CLS) on
+/// the same base, whose weights no PiSSA, OLoRA or LoftQ init replaced.
+async fn load_reward_models(
+    gpu: &webpeft::Gpu,
+    model: &webpeft::model::Model,
+    rewards: &mut [Reward],
+    base_replaced: bool,
+) -> Result<(), BoxError> {
+    for r in rewards {
+        let Reward::Model { dir, adapter } = r else { continue };
+        let what = format!("--reward model:{}", dir.display());
+        if base_replaced {
+            return Err(format!(
+                "{what}: the policy's init (PiSSA, OLoRA or LoftQ) replaced the base weights the reward model scores with"
+            )
+            .into());
+        }
+        let files = DirFiles::new(&*dir).map_err(|e| format!("{what}: {e}"))?;
+        let loaded = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{what}: {e}"))?;
+        if loaded.task_type() != TaskType::SeqCls {
+            return Err(format!(
+                "{what}: not a reward model (its task_type is not SEQ_CLS; train one with --objective reward)"
+            )
+            .into());
+        }
+        *adapter = Some(Box::new(loaded));
+    }
+    Ok(())
+}
+
+impl Reward {}
 
 /// Runs `command` through `sh -c` with `lines` as JSON lines on stdin; one
 /// number or `null` a line back.
@@ -215,11 +268,13 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     loss.validate().map_err(flag_error)?;
     let scale = ScaleRewards::from_name(a.scale_rewards.as_deref().unwrap_or("group")).map_err(flag_error)?;
     if a.reward.is_empty() {
-        return Err(
-            format!("--objective {} needs at least one --reward (think_format or cmd:COMMAND)", objective).into()
-        );
+        return Err(format!(
+            "--objective {} needs at least one --reward (think_format, cmd:COMMAND or model:DIR)",
+            objective
+        )
+        .into());
     }
-    let rewards: Vec<Reward> = a.reward.iter().map(|r| Reward::parse(r)).collect::<Result<_, _>>()?;
+    let mut rewards: Vec<Reward> = a.reward.iter().map(|r| Reward::parse(r)).collect::<Result<_, _>>()?;
     let weights = a.reward_weights.clone().unwrap_or_else(|| vec![1.0; rewards.len()]);
     if weights.len() != rewards.len() {
         return Err(format!("--reward-weights: {} weights for {} --reward", weights.len(), rewards.len()).into());
@@ -302,6 +357,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
             Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?
         }
     };
+    let base_replaced = matches!(&trainer.adapter, Adapter::Lora(l) if l.config.init_lora_weights.adjusts_base());
+    load_reward_models(&gpu, &model, &mut rewards, base_replaced).await?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
     trainer.objective = Objective::Grpo(loss);
@@ -446,7 +503,8 @@ async fn cli_step(
     let Generation { chosen, completions, settings } = sampled;
     let g = settings.num_generations;
     let group_prompts: Vec<&GrpoPrompt> = chosen.iter().map(|&p| &prompts[p]).collect();
-    let (lines, per_function) = score_completions(tokenizer, (&group_prompts, completions, g), rewards)?;
+    let (lines, per_function) =
+        score_completions((gpu, model, tokenizer), (&group_prompts, completions, g), rewards).await?;
     let ids: Vec<&[u32]> = chosen.iter().map(|&p| prompts[p].ids.as_slice()).collect();
     let first_step = trainer.step + 1;
     let s = grpo_step(gpu, model, trainer, (&ids, completions), &per_function, settings, schedule).await?;
@@ -504,8 +562,8 @@ type Scores = Vec<Vec<Option<f32>>>;
 /// Each reward function's scores of `completions` (`g` of each of
 /// `prompts`, in order), with the JSON lines the reward commands read: the
 /// prompt line's fields, its text, the completion's text and its ids.
-fn score_completions(
-    tokenizer: &Tokenizer,
+async fn score_completions(
+    (gpu, model, tokenizer): (&webpeft::Gpu, &webpeft::model::Model, &Tokenizer),
     (prompts, completions, g): (&[&GrpoPrompt], &[Vec<u32>], usize),
     rewards: &[Reward],
 ) -> Result<(Vec<Value>, Scores), BoxError> {
@@ -523,7 +581,12 @@ fn score_completions(
             Value::Object(line)
         })
         .collect();
-    let per_function = rewards.iter().map(|r| r.score(&lines, &texts)).collect::<Result<_, String>>()?;
+    let own: Vec<&Value> =
+        (0..completions.len()).map(|i| prompts[i / g].fields.get("prompt").unwrap_or(&Value::Null)).collect();
+    let mut per_function = Vec::with_capacity(rewards.len());
+    for r in rewards {
+        per_function.push(r.score((gpu, model, tokenizer), (&lines, &texts, &own)).await?);
+    }
     Ok((lines, per_function))
 }
 
@@ -552,7 +615,8 @@ async fn eval_line(
             completions.extend(model.sample_group(gpu, &p.ids, g, &config, hooks_of(Some(&trainer.adapter))).await?);
         }
         let group_prompts: Vec<&GrpoPrompt> = chunk.iter().collect();
-        let (_, per_function) = score_completions(tokenizer, (&group_prompts, &completions, g), rewards)?;
+        let (_, per_function) =
+            score_completions((gpu, model, tokenizer), (&group_prompts, &completions, g), rewards).await?;
         let ids: Vec<&[u32]> = chunk.iter().map(|p| p.ids.as_slice()).collect();
         let held_out = (ids.as_slice(), completions.as_slice());
         batches.push(evaluate_group((gpu, model, &trainer.adapter), &loss, settings, held_out, &per_function).await?);
