@@ -110,7 +110,7 @@ mod cli {
     fn cli_fresh_run(dir: &TempDir, tag: &str, args: &[&str]) -> std::path::PathBuf {
         let data = dir.0.join("train.jsonl");
         let lines = ["The cat sat on the mat and looked at the door.", "A small dog ran across the green field."];
-        let jsonl: String = if args.iter().any(|a| ["dpo", "orpo", "cpo", "kto"].contains(a)) {
+        let jsonl: String = if args.iter().any(|a| ["dpo", "orpo", "cpo", "kto", "reward"].contains(a)) {
             let pair = r#"{"prompt": "The cat", "chosen": " sat on the mat.", "rejected": " ran across the field."}"#;
             format!("{pair}\n").repeat(4)
         } else {
@@ -284,6 +284,7 @@ mod cli {
                     assistant_only: o["assistant_only_loss"].as_bool().unwrap(),
                 },
                 precompute_ref_log_probs: o["precompute_ref_log_probs"].as_bool().unwrap(),
+                disable_dropout: o["disable_dropout"].as_bool(),
                 objective: webpeft::train::preference::Objective::from_options(
                     o["objective"].as_str().unwrap(),
                     &webpeft::train::preference::PreferenceOptions {
@@ -315,7 +316,7 @@ mod cli {
         };
         check("defaults", &["--method", "lora", "--steps", "3"], r#"{"lr": 1e-3, "steps": 3}"#);
         // The preference objectives' settings, as flags after `--method lora --steps 3` and as options.
-        let preference: [(&str, &[&str], &str); 7] = [
+        let preference: [(&str, &[&str], &str); 9] = [
             (
                 "alphapo",
                 &["--objective", "cpo", "--loss-type", "alphapo", "--alphapo-alpha", "0.25", "--beta", "2.5"],
@@ -330,6 +331,16 @@ mod cli {
                 "dpo",
                 &["--objective", "dpo", "--loss-type", "ipo", "--rpo-alpha", "0.5", "--reference-free"],
                 r#"{"objective": "dpo", "lossType": "ipo", "rpoAlpha": 0.5, "referenceFree": true}"#,
+            ),
+            (
+                "dropout_kept",
+                &["--objective", "dpo", "--disable-dropout", "false"],
+                r#"{"objective": "dpo", "disableDropout": false}"#,
+            ),
+            (
+                "reward",
+                &["--objective", "reward", "--center-rewards-coefficient", "0.01"],
+                r#"{"objective": "reward", "centerRewardsCoefficient": 0.01}"#,
             ),
             (
                 "f_divergence",

@@ -485,3 +485,36 @@ fn precomputed_reference_log_probs_are_trl_s_and_change_no_step() {
     let shuffled = read(&DataOptions { batch_size: 1, shuffle: true, seed: 9, ..options() });
     common::check_precomputed_reference(gpu, &model, shuffled, || adapter(gpu, &model), Objective::Preference(DPO));
 }
+
+/// TRL's DPOConfig (as ORPO's, CPO's, KTO's and the reward trainer's configs) disables dropout by
+/// default (`disable_dropout=True` sets every Dropout's p to 0, LoRA's too): a DPO step of the fixture
+/// adapter with lora_dropout 0.1 is the dropout-free step, bit for bit, unless dropout is kept; the
+/// recipe's default follows the objective.
+#[test]
+fn dpo_disables_dropout_as_trl() {
+    use webpeft::train::recipe::TrainRecipe;
+    let gpu = gpu();
+    let model = model(gpu);
+    let batch = batch();
+    let step = |dropout: f64, disable: bool| {
+        let mut a = adapter(gpu, &model);
+        if let Adapter::Lora(l) = &mut a {
+            l.config.lora_dropout = dropout;
+        }
+        let mut t = Trainer::new(gpu, a, OptimizerConfig::default(), 3).unwrap();
+        t.objective = Objective::Preference(DPO);
+        t.disable_dropout = disable;
+        let s = block_on(t.step(gpu, &model, std::slice::from_ref(&batch), 1e-2)).unwrap();
+        let values: Vec<Vec<f32>> =
+            t.adapter.tensors().iter().map(|(_, p)| block_on(p.to_vec::<f32>(gpu)).unwrap()).collect();
+        (s.loss, values)
+    };
+    let plain = step(0.0, false);
+    assert_eq!(step(0.1, true), plain, "dropout 0.1 disabled is the dropout-free step");
+    assert_ne!(step(0.1, false), plain, "kept, dropout changes the step");
+    let recipe = |objective| TrainRecipe { objective, ..Default::default() };
+    assert!(recipe(Objective::Preference(DPO)).disables_dropout());
+    assert!(!recipe(Objective::Sft(webpeft::model::llama::SftLoss::Nll)).disables_dropout());
+    let kept = TrainRecipe { disable_dropout: Some(false), ..recipe(Objective::Preference(DPO)) };
+    assert!(!kept.disables_dropout());
+}

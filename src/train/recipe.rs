@@ -642,6 +642,9 @@ pub struct TrainRecipe {
     /// DPO and KTO: score the reference once for every row before the first
     /// step, not in every step (TRL's `precompute_ref_log_probs`).
     pub precompute_ref_log_probs: bool,
+    /// TRL's `disable_dropout` (`None`: the objective's trainer's default,
+    /// [`disables_dropout`](Self::disables_dropout)).
+    pub disable_dropout: Option<bool>,
 }
 
 impl Default for TrainRecipe {
@@ -666,11 +669,20 @@ impl Default for TrainRecipe {
             neftune_noise_alpha: None,
             loss_masks: LossMasks::default(),
             precompute_ref_log_probs: false,
+            disable_dropout: None,
         }
     }
 }
 
 impl TrainRecipe {
+    /// Whether the steps apply no dropout: `disable_dropout` where given,
+    /// else TRL's default for the objective's trainer (DPOConfig, ORPOConfig,
+    /// CPOConfig, KTOConfig and RewardConfig disable it; SFTConfig, GRPOConfig
+    /// and RLOOConfig do not).
+    pub fn disables_dropout(&self) -> bool {
+        self.disable_dropout.unwrap_or(matches!(self.objective, Objective::Preference(_) | Objective::Reward(_)))
+    }
+
     /// Checks every option's range; the error names the first bad one.
     pub fn validate(&self) -> Result<()> {
         if !(self.lr.is_finite() && self.lr >= 0.0) {

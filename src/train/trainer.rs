@@ -310,6 +310,10 @@ pub struct Trainer {
     /// noise of magnitude α / √(T·D) to the embeddings, from one seed a
     /// micro-batch drawn after the dropout seeds. `None`: off.
     pub neftune_noise_alpha: Option<f32>,
+    /// TRL's `disable_dropout`: the steps apply no dropout, the adapter's
+    /// included (TRL sets every Dropout's p to 0; DPO, ORPO, CPO, KTO and
+    /// the reward trainer do by default, [`TrainRecipe::disables_dropout`](crate::train::recipe::TrainRecipe::disables_dropout)).
+    pub disable_dropout: bool,
     /// TRL's `num_tokens`: the tokens (attention masks' sums) the SFT steps
     /// so far trained on, this run's and those of the runs it resumes.
     pub tokens_seen: u64,
@@ -367,6 +371,7 @@ impl Trainer {
             gradient_checkpointing: false,
             objective: Objective::Sft(SftLoss::Nll),
             neftune_noise_alpha: None,
+            disable_dropout: false,
             tokens_seen: 0,
             base_lr: None,
         })
@@ -706,7 +711,7 @@ impl Trainer {
     }
 
     fn dropout_active(&self) -> bool {
-        self.adapter.has_dropout()
+        self.adapter.has_dropout() && !self.disable_dropout
     }
 
     /// Copies θ, m, v and the method's state into the backup (or back, with `restore`).

@@ -797,6 +797,7 @@ impl WebModel {
         }
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
+        trainer.disable_dropout = recipe.disables_dropout();
         trainer.objective = recipe.objective;
         // Prompt tuning's virtual tokens take positions of their own: rows are cut to fit beside them.
         let before = trainer.adapter.virtual_tokens() + trainer.adapter.prefix_len();

@@ -265,6 +265,7 @@ impl WebModel {
             }
         }
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+        trainer.disable_dropout = recipe.disables_dropout();
         trainer.objective = recipe.objective;
         let run = recipe.run_config();
         // A resumed run keeps its own step total (its schedule spans it).

@@ -246,6 +246,8 @@ pub struct TrainOptions {
     pub assistant_only_loss: Option<bool>,
     /// DPO and KTO: TRL's `precompute_ref_log_probs`.
     pub precompute_ref_log_probs: Option<bool>,
+    /// TRL's `disable_dropout` (left out: the objective's trainer's default).
+    pub disable_dropout: Option<bool>,
     /// "sft" (the default), "dpo", "orpo" or "cpo".
     pub objective: Option<String>,
     /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
@@ -498,6 +500,7 @@ impl TrainOptions {
         };
         t.precompute_ref_log_probs = self.precompute_ref_log_probs.unwrap_or(t.precompute_ref_log_probs);
         t.gradient_checkpointing = self.gradient_checkpointing.unwrap_or(t.gradient_checkpointing);
+        t.disable_dropout = self.disable_dropout;
         let objective = self.objective.as_deref().unwrap_or("sft");
         t.objective = Objective::from_options(objective, &self.preference)?;
         t.validate()?;
@@ -617,6 +620,8 @@ pub struct GrpoOptions {
     pub objective: Option<String>,
     pub normalize_advantages: Option<bool>,
     pub reward_clip_range: Option<(f32, f32)>,
+    /// TRL's `disable_dropout` (GRPOConfig's and RLOOConfig's default: false).
+    pub disable_dropout: Option<bool>,
 }
 
 /// A GRPO run's settings from [`GrpoOptions`].
@@ -680,6 +685,7 @@ impl GrpoOptions {
             completion_only_loss: None,
             assistant_only_loss: None,
             precompute_ref_log_probs: None,
+            disable_dropout: self.disable_dropout,
             objective: None,
             preference: PreferenceOptions::default(),
         };

@@ -192,6 +192,9 @@ export interface TrainOptions {
   objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto" | "reward";
   /** Reward: TRL's center_rewards_coefficient, the weight of mean (r_chosen + r_rejected)² in the loss (off). */
   centerRewardsCoefficient?: number;
+  /** TRL's disable_dropout: no dropout in the steps, the adapter's included. Left out: true for "dpo", "orpo", "cpo",
+   * "kto" and "reward" (their TRL configs' default), false for "sft". */
+  disableDropout?: boolean;
   /** The beta of DPO, ORPO and CPO (TRL's default 0.1); labelSmoothing in [0, 0.5] (default 0; DPO's sigmoid,
    * robust, exo_pair, aot and aot_pair losses, CPO's sigmoid and simpo). */
   beta?: number; labelSmoothing?: number;
@@ -276,6 +279,8 @@ export interface GrpoOptions {
    * before the KL) are RLOO's. */
   objective?: "grpo" | "rloo";
   normalizeAdvantages?: boolean; rewardClipRange?: [number, number];
+  /** TRL's disable_dropout (GRPOConfig's and RLOOConfig's default: false, the adapter's dropout kept). */
+  disableDropout?: boolean;
 }
 /** A GRPO prompt: a text, or messages ending with a user turn (rendered by the chat template with its generation
  * prompt); its other fields reach the reward functions as `fields`. */

@@ -80,7 +80,7 @@ export async function example(data: string): Promise<void> {
   // A reward model: a SEQ_CLS LoRA, pairs with margins, TRL's reward metrics, score() on texts and conversations.
   model.addLora("rm", { r: 4, taskType: "SEQ_CLS" });
   const rewardPairs: RewardRecord[] = [{ chosen: "The fox ran.", rejected: "fox fox", margin: 0.5 }];
-  const rewardStep: StepEvent | undefined = await model.startTraining("rm", rewardPairs, { lr: 1e-3, steps: 1, objective: "reward",
+  const rewardStep: StepEvent | undefined = await model.startTraining("rm", rewardPairs, { lr: 1e-3, steps: 1, objective: "reward", disableDropout: true,
     centerRewardsCoefficient: 0.01 }).step();
   console.log(rewardStep?.reward?.accuracy, rewardStep?.reward?.maxReward);
   const rewards: number[] = await model.score(["The fox ran.", [{ role: "user", content: "Hi" }]], { adapter: "rm" });
@@ -92,7 +92,7 @@ export async function example(data: string): Promise<void> {
   const answered: RewardFunction = (cs) => cs.map((c) => (c.fields["answer"] === undefined ? null : Number(c.completion.includes(String(c.fields["answer"])))));
   const grpoOptions: GrpoOptions = { lr: 1e-5, steps: 4, numGenerations: 4, batchSize: 4, beta: 0.04, lossType: "grpo", scaleRewards: "none", rewardWeights: [0.1, 1],
     numIterations: 2, stepsPerGeneration: 2, importanceSamplingLevel: "sequence", epsilon: 0.2, epsilonHigh: 0.28, delta: 1.5,
-    topEntropyQuantile: 0.2 };
+    topEntropyQuantile: 0.2, disableDropout: false };
   const byRows: GrpoOptions = { ...grpoOptions, stepsPerGeneration: undefined, generationBatchSize: 8 };
   const rlooOptions: GrpoOptions = { lr: 1e-5, steps: 2, objective: "rloo", beta: 0.05, normalizeAdvantages: true, rewardClipRange: [0, 1] };
   console.log(model.startGrpo("c", [{ prompt: "1 + 2 =" }], rlooOptions, [lengthReward]).totalSteps());

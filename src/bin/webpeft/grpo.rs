@@ -361,6 +361,8 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
     load_reward_models(&gpu, &model, &mut rewards, base_replaced).await?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
+    // (TRL's GRPOConfig and RLOOConfig keep dropout unless told.)
+    trainer.disable_dropout = a.disable_dropout.unwrap_or(false);
     trainer.objective = Objective::Grpo(loss);
     let run = recipe.run_config();
     let schedule = LrSchedule::new(run.schedule, run.lr, run.warmup_steps_for(total)?, total)?;

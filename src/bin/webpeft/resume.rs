@@ -76,6 +76,9 @@ pub struct RunOptions {
     /// Reward: --center-rewards-coefficient.
     #[serde(default)]
     pub center_rewards_coefficient: Option<f32>,
+    /// --disable-dropout as given (checkpoints without it: the objective's default).
+    #[serde(default)]
+    pub disable_dropout: Option<bool>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -191,6 +194,7 @@ impl RunOptions {
             desirable_weight: a.desirable_weight,
             undesirable_weight: a.undesirable_weight,
             center_rewards_coefficient: a.center_rewards_coefficient,
+            disable_dropout: a.disable_dropout,
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
             grpo: a.samples_groups().then(|| GrpoOptions::of(a)),
@@ -336,6 +340,8 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("undesirable_weight", "undesirable-weight", a.undesirable_weight, saved.undesirable_weight, show);
     let center = saved.center_rewards_coefficient;
     one!("center_rewards_coefficient", "center-rewards-coefficient", a.center_rewards_coefficient, center, show);
+    let off = |v: &Option<bool>| v.map_or("-".into(), |v| v.to_string());
+    one!("disable_dropout", "disable-dropout", a.disable_dropout, saved.disable_dropout, off);
     one!("neftune_noise_alpha", "neftune-noise-alpha", a.neftune_noise_alpha, saved.neftune_noise_alpha, show);
     let flag = |v: &bool| v.to_string();
     one!("completion_only_loss", "completion-only-loss", a.completion_only_loss, saved.completion_only_loss, flag);

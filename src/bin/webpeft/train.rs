@@ -259,6 +259,11 @@ pub struct TrainArgs {
     /// sequence, trained so the chosen answer scores above the rejected one (score it with `webpeft score`).
     #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo", "reward"])]
     pub objective: String,
+    /// TRL's disable_dropout: true turns every dropout of the steps off, the adapter's included
+    /// [default: true for dpo, orpo, cpo, kto and reward, as their TRL configs; false for sft, grpo
+    /// and rloo].
+    #[arg(long)]
+    pub disable_dropout: Option<bool>,
     /// Reward: TRL's center_rewards_coefficient, the weight of mean (r_chosen + r_rejected)² in the
     /// loss, which keeps the scores near zero [default: off].
     #[arg(long)]
@@ -923,6 +928,7 @@ impl TrainArgs {
         t.loss_masks =
             LossMasks { completion_only: self.completion_only_loss, assistant_only: self.assistant_only_loss };
         t.precompute_ref_log_probs = self.precompute_ref_log_probs;
+        t.disable_dropout = self.disable_dropout;
         let preference = PreferenceOptions {
             beta: self.beta,
             label_smoothing: self.label_smoothing,
@@ -1220,6 +1226,14 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
         run_config = RunConfig { precompute_ref_log_probs: recipe.precompute_ref_log_probs, ..saved };
     }
     let mut trainer = trainer;
+    trainer.disable_dropout = recipe.disables_dropout();
+    if trainer.disable_dropout && trainer.adapter.has_dropout() && a.disable_dropout.is_none() {
+        eprintln!(
+            "note: the adapter's dropout is off in these steps: TRL's {} config disables dropout by default \
+             (--disable-dropout false keeps it)",
+            a.objective
+        );
+    }
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
     trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
     trainer.objective = recipe.objective;
