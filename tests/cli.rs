@@ -2166,6 +2166,8 @@ fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
     refused(&["--objective", "dpo", "--method", "lora", "--init-adapter", &whole], "reward model");
     let e = failure(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
     assert!(e.contains("SEQ_CLS"), "{e}");
+    let e = failure(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The"]));
+    assert!(e.contains("webpeft score"), "{e}");
     let e =
         failure(&webpeft(&["score", "--model", &model, "--adapter", &fixture("lora/initial_adapter"), "--text", "x"]));
     assert!(e.contains("not a reward model"), "{e}");

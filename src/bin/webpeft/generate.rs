@@ -44,6 +44,11 @@ pub async fn generate(
         Some(a) => Some(load_adapter(&gpu, a, &model).await?),
         None => None,
     };
+    if adapter.as_ref().is_some_and(|a| a.task_type() == webpeft::peft::TaskType::SeqCls) {
+        return Err("--adapter is a reward model (task_type SEQ_CLS): it scores text, it does not write it \
+                    (`webpeft score`)"
+            .into());
+    }
     let ids = if chat {
         let mut template = ChatTemplate::from_tokenizer(&tokenizer)?.ok_or_else(|| {
             format!("--chat: {} has no chat_template (tokenizer_config.json); leave --chat out", dir.display())
