@@ -2108,6 +2108,11 @@ fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
     for key in ["eval_loss", "eval_accuracy", "eval_margin", "eval_min_reward", "eval_mean_reward", "eval_max_reward"] {
         assert!(eval[key].as_f64().is_some_and(f64::is_finite), "{key}: {eval}");
     }
+    assert_eq!(
+        eval["eval_num_tokens"].as_f64(),
+        steps[3]["num_tokens"].as_f64(),
+        "TRL's eval_num_tokens: the tokens so far"
+    );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(std::path::Path::new(&whole).join("adapter_config.json")).unwrap())
             .unwrap();

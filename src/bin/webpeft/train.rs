@@ -1007,7 +1007,11 @@ async fn eval_line(
     let (loss, metrics): (f64, Vec<(String, f64)>) = match run.trainer.objective {
         Objective::Reward(r) => {
             let e = evaluate_reward(gpu, model, Some(&run.trainer.adapter), &eval.epoch(0), &r).await?;
-            (e.loss as f64, e.stats.metrics().iter().map(|(k, v)| (k.to_string(), *v as f64)).collect())
+            let mut metrics: Vec<(String, f64)> =
+                e.stats.metrics().iter().map(|(k, v)| (k.to_string(), *v as f64)).collect();
+            // TRL logs the run's training tokens so far beside them (`eval_num_tokens`).
+            metrics.push(("num_tokens".into(), run.trainer.tokens_seen as f64));
+            (e.loss as f64, metrics)
         }
         _ => {
             let e = run.trainer.evaluate_preference(gpu, model, &eval.epoch(0)).await?;
