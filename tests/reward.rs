@@ -314,3 +314,32 @@ fn a_reward_model_rewards_grpo_completions_as_trl() {
         assert!(d <= 2e-5, "{shape}: {got:?} vs {want:?}");
     }
 }
+
+/// TRL's processed pairs (`chosen_input_ids`, `rejected_input_ids`, TRL 0.24's names) are taken as they
+/// are: the text case's rows written as ids read back as the same dataset (margins too); a list of
+/// non-integers is named.
+#[test]
+fn processed_pairs_are_taken_as_they_are() {
+    let c = cases();
+    let case = &c["cases"]["text"];
+    let text = dataset(case, None);
+    let jsonl: String = case["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let line = serde_json::json!({ "chosen_input_ids": r["chosen_ids"], "rejected_input_ids": r["rejected_ids"],
+                                           "margin": i as f64 * 0.5 });
+            format!("{line}\n")
+        })
+        .collect();
+    let opts = DataOptions { seq_len: 1024, packing: false, batch_size: 2, shuffle: false, seed: 0, drop_last: false };
+    let ids = reward_dataset("ids.jsonl", jsonl.as_bytes(), None, &opts, 383).unwrap();
+    let rows = |d: &Dataset| d.rows().iter().map(|r| r.input_ids.clone()).collect::<Vec<_>>();
+    assert_eq!(rows(&ids), rows(&text));
+    assert_eq!(ids.epoch(0)[1].margins, Some(vec![1.0, 1.5]));
+    let bad = reward_dataset("ids.jsonl", br#"{"chosen_input_ids": ["a"], "rejected_input_ids": [1]}"#, None, &opts, 0);
+    let e = bad.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("`chosen_input_ids[0]` must be an integer"), "{e}");
+}

@@ -10,7 +10,8 @@
 //!        + center_rewards_coefficient · mean_pairs (r_chosen + r_rejected)²
 //! ```
 //!
-//! The data is TRL's preference shape (`RewardTrainer._prepare_dataset`):
+//! The data is TRL's preference shape (`RewardTrainer._prepare_dataset`), or its processed
+//! rows (`chosen_input_ids`, `rejected_input_ids`: token ids used as they are):
 //! - text lines `{"prompt"?, "chosen", "rejected", "margin"?}`: the eos
 //!   token's text appended to each answer that does not end with it, the
 //!   prompt (if any) put before each, then each tokenized whole as
@@ -121,19 +122,28 @@ pub fn reward_dataset(
     let mut pairs = Vec::new();
     let mut margins = Vec::new();
     let mut warnings = Vec::new();
-    let mut first: Option<(usize, bool, bool)> = None; // (line, conversational, has a margin)
+    let mut first: Option<(usize, Shape, bool)> = None; // (line, its shape, has a margin)
     let mut dropped = 0;
     for (n, line) in jsonl_lines(text) {
         let value: Value = serde_json::from_str(line).map_err(|e| parser.error(n, format!("not valid JSON: {e}")))?;
         let Value::Object(map) = value else {
             return Err(parser.error(n, "expected a JSON object with `chosen` and `rejected` (and `prompt`, `margin`)"));
         };
-        for field in ["chosen", "rejected"] {
-            if !map.contains_key(field) {
-                return Err(parser.error(n, format!("missing the `{field}` field of a preference pair")));
+        // TRL's processed rows: `chosen_input_ids` and `rejected_input_ids`, used as they are.
+        let shape = if map.contains_key("chosen_input_ids") || map.contains_key("rejected_input_ids") {
+            Shape::Ids
+        } else {
+            for field in ["chosen", "rejected"] {
+                if !map.contains_key(field) {
+                    return Err(parser.error(n, format!("missing the `{field}` field of a preference pair")));
+                }
             }
-        }
-        let conversational = map["chosen"].is_array();
+            if map["chosen"].is_array() {
+                Shape::Chat
+            } else {
+                Shape::Text
+            }
+        };
         let margin = match map.get("margin") {
             None => None,
             Some(Value::Number(m)) => Some(m.as_f64().unwrap_or(f64::NAN) as f32).filter(|m| m.is_finite()),
@@ -142,16 +152,15 @@ pub fn reward_dataset(
         if map.contains_key("margin") && margin.is_none() {
             return Err(parser.error(n, "`margin` must be a finite number"));
         }
-        let (first_line, first_conversational, first_margin) =
-            *first.get_or_insert((n, conversational, margin.is_some()));
-        if conversational != first_conversational {
+        let (first_line, first_shape, first_margin) = *first.get_or_insert((n, shape, margin.is_some()));
+        if shape != first_shape {
             return Err(parser.error(
                 n,
                 format!(
                     "a {} line after line {first_line}'s {} one: the data is one or the other (TRL adds the eos \
                      to text lines by the first line's shape)",
-                    shape_name(conversational),
-                    shape_name(first_conversational)
+                    shape.name(),
+                    first_shape.name()
                 ),
             ));
         }
@@ -159,9 +168,12 @@ pub fn reward_dataset(
             return Err(parser
                 .error(n, format!("line {first_line} {} `margin`: every line has one, or none", has(first_margin))));
         }
-        let (chosen, rejected) = match conversational {
-            true => (chat_ids(&mut parser, n, &map, "chosen")?, chat_ids(&mut parser, n, &map, "rejected")?),
-            false => (line_text_ids(&parser, n, &map, "chosen")?, line_text_ids(&parser, n, &map, "rejected")?),
+        let (chosen, rejected) = match shape {
+            Shape::Chat => (chat_ids(&mut parser, n, &map, "chosen")?, chat_ids(&mut parser, n, &map, "rejected")?),
+            Shape::Text => (line_text_ids(&parser, n, &map, "chosen")?, line_text_ids(&parser, n, &map, "rejected")?),
+            Shape::Ids => {
+                (token_ids(&parser, n, &map, "chosen_input_ids")?, token_ids(&parser, n, &map, "rejected_input_ids")?)
+            }
         };
         if chosen == rejected {
             warnings.push(format!(
@@ -193,12 +205,41 @@ pub fn reward_dataset(
     Ok(Dataset::from_pairs(pairs, opts, pad_id, warnings).with_margins(margins))
 }
 
-fn shape_name(conversational: bool) -> &'static str {
-    if conversational {
-        "conversational"
-    } else {
-        "text"
+/// A reward line's shape: text, messages, or TRL's processed token ids.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Text,
+    Chat,
+    Ids,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Text => "text",
+            Shape::Chat => "conversational",
+            Shape::Ids => "pre-tokenized",
+        }
     }
+}
+
+/// A processed line's token ids (`chosen_input_ids`, `rejected_input_ids`):
+/// a non-empty list of integers, taken as they are (no eos added, as TRL).
+fn token_ids(parser: &Parser, line: usize, map: &Map<String, Value>, field: &str) -> Result<Vec<u32>> {
+    let Some(Value::Array(ids)) = map.get(field) else {
+        return Err(parser.error(line, format!("`{field}` must be a list of token ids (TRL's processed pairs)")));
+    };
+    if ids.is_empty() {
+        return Err(parser.error(line, format!("`{field}` is empty")));
+    }
+    ids.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| parser.error(line, format!("`{field}[{i}]` must be an integer in 0..2^32, got {v}")))
+        })
+        .collect()
 }
 
 fn has(yes: bool) -> &'static str {
