@@ -15,6 +15,7 @@ use crate::train::chat::{ChatTemplate, Message};
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::preference_dataset;
+use crate::train::reward::reward_dataset;
 
 /// A target's body: must return on any bytes.
 pub type Target = fn(&[u8]);
@@ -175,7 +176,8 @@ fn fixture_tokenizer() -> Option<&'static Tokenizer> {
 /// A JSONL dataset in every shape (text, prompt/completion, messages through
 /// the fixture tokenizer's chat template, pre-tokenized), then truncation,
 /// packing and batching; and the same bytes as preference pairs (DPO's and
-/// ORPO's tokenizations) and as KTO's unpaired examples with their KL rows.
+/// ORPO's tokenizations), as KTO's unpaired examples with their KL rows, and
+/// as a reward model's pairs (text, messages or token ids, with margins).
 pub fn jsonl(data: &[u8]) {
     let tokenizer = fixture_tokenizer();
     if let Ok(examples) = parse_jsonl_bytes("data.jsonl", data, tokenizer) {
@@ -193,6 +195,9 @@ pub fn jsonl(data: &[u8]) {
         }
     }
     if let Ok(ds) = kto_dataset("kto.jsonl", data, tokenizer, &opts, 383, true) {
+        let _ = ds.epoch(0);
+    }
+    if let Ok(ds) = reward_dataset("reward.jsonl", data, tokenizer, &opts, 383) {
         let _ = ds.epoch(0);
     }
 }
