@@ -37,10 +37,12 @@ use super::data::{jsonl_lines, utf8_text, Batch, DataOptions, Dataset, Example, 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::preference::{reward_loss, REWARD_STATS};
-use crate::model::llama::score::{last_non_pad, ScoreHead};
+use crate::model::llama::score::{pooled_rows, ScoreHead};
 use crate::model::llama::{Hooks, Model};
 use crate::model::tokenizer::Tokenizer;
 use crate::peft::adapter::{hooks_of, Adapter};
+use crate::peft::TaskType;
+use crate::train::preference::Objective;
 
 /// TRL's `RewardConfig` options of the loss, and the pad id the pooling
 /// looks for (TRL sets `model.config.pad_token_id` to the tokenizer's pad
@@ -329,8 +331,7 @@ pub(crate) fn record_reward_micro(
     let d = model.config.hidden_size;
     let ids = model.input_ids(gpu, &batch.input_ids)?;
     let (xn, saved) = model.hidden_packed(rec, &ids, None, hooks, checkpoint, None)?; // (B, T, D)
-    let rows: Vec<usize> =
-        last_non_pad(&batch.input_ids, loss.pad_token_id).iter().enumerate().map(|(i, &p)| i * t + p).collect();
+    let rows = pooled_rows(&batch.input_ids, loss.pad_token_id);
     let xn2 = xn.reshape(&[b * t, d])?;
     let (x, scores) = head.forward(rec, &xn2, &rows)?; // (B, D), (B, 1)
     let margins = Tensor::from_slice(gpu, &[pairs], &margins)?;
@@ -387,9 +388,13 @@ pub async fn evaluate_reward(
     Ok(RewardEval { loss: (weighted / pairs as f64) as f32, stats: RewardStats::from_stats(&mean), pairs })
 }
 
+/// Sequences a reward model scores in one submission.
+const SCORED_AT_ONCE: usize = 16;
+
 /// The reward `model` with `adapter` (its score head) gives each sequence
 /// of `input_ids` (rows of any lengths, each scored at its last token that
-/// is not `pad_id`): one submission.
+/// is not `pad_id`): a submission for each [`SCORED_AT_ONCE`] of them,
+/// each padded to its longest.
 pub async fn score_sequences(
     gpu: &Gpu,
     model: &Model,
@@ -406,23 +411,46 @@ pub async fn score_sequences(
         return Err(Error::invalid(OP, "a reward model scores whole rows, without virtual tokens"));
     }
     let head = ScoreHead::of(hooks)?;
-    let t = input_ids.iter().map(Vec::len).max().unwrap_or(0);
-    let padded: Vec<Vec<u32>> = input_ids
-        .iter()
-        .map(|row| {
-            let mut row = row.clone();
-            row.resize(t, pad_id);
-            row
-        })
-        .collect();
     let d = model.config.hidden_size;
-    let mut rec = Recorder::new(gpu);
-    let ids = model.input_ids(gpu, &padded)?;
-    let (xn, _) = model.hidden_packed(&mut rec, &ids, None, hooks, false, None)?;
-    let rows: Vec<usize> = last_non_pad(&padded, pad_id).iter().enumerate().map(|(i, &p)| i * t + p).collect();
-    let (_, scores) = head.forward(&mut rec, &xn.reshape(&[padded.len() * t, d])?, &rows)?;
-    rec.submit()?;
-    scores.to_vec::<f32>(gpu).await
+    let mut out = Vec::with_capacity(input_ids.len());
+    for chunk in input_ids.chunks(SCORED_AT_ONCE) {
+        let t = chunk.iter().map(Vec::len).max().unwrap_or(0);
+        let padded: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|row| {
+                let mut row = row.clone();
+                row.resize(t, pad_id);
+                row
+            })
+            .collect();
+        let mut rec = Recorder::new(gpu);
+        let ids = model.input_ids(gpu, &padded)?;
+        let (xn, _) = model.hidden_packed(&mut rec, &ids, None, hooks, false, None)?;
+        let rows = pooled_rows(&padded, pad_id);
+        let (_, scores) = head.forward(&mut rec, &xn.reshape(&[padded.len() * t, d])?, &rows)?;
+        rec.submit()?;
+        out.extend(scores.to_vec::<f32>(gpu).await?);
+    }
+    Ok(out)
+}
+
+/// An adapter fit for `objective`: a reward model (a SEQ_CLS LoRA, its
+/// score head) for "reward", and for every other objective an adapter that
+/// is not one (its head scores text; it does not write it).
+pub fn check_adapter_for(objective: &Objective, adapter: &Adapter) -> Result<()> {
+    let reward = matches!(objective, Objective::Reward(_));
+    let detail = match (reward, adapter.task_type() == TaskType::SeqCls) {
+        (true, false) => format!(
+            "reward trains a reward model: a LoRA with task_type SEQ_CLS (its score head), not this {} adapter",
+            adapter.method()
+        ),
+        (false, true) => format!(
+            "the adapter is a reward model (task_type SEQ_CLS): train it with objective reward, not {}",
+            objective.name()
+        ),
+        _ => return Ok(()),
+    };
+    Err(Error::TrainOption { option: "objective", detail })
 }
 
 /// The tokens a reward model scores for a completion in GRPO or RLOO, as
@@ -450,9 +478,6 @@ pub fn reward_model_ids(tokenizer: &Tokenizer, prompt: &Value, completion: &str)
     tokenizer.encode(&text, false)
 }
 
-/// Sequences a reward model scores in one submission.
-const SCORED_AT_ONCE: usize = 16;
-
 /// A reward model's reward of each completion (its text) of the prompt
 /// beside it (the data line's `prompt` value), as TRL's GRPOTrainer scores
 /// with one ([`reward_model_ids`]; the pad id the tokenizer's, else its eos).
@@ -470,10 +495,5 @@ pub async fn reward_model_scores(
     }
     let ids =
         prompts.iter().zip(completions).map(|(p, c)| reward_model_ids(tokenizer, p, c)).collect::<Result<Vec<_>>>()?;
-    let pad = crate::train::recipe::pad_id(Some(tokenizer));
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(SCORED_AT_ONCE) {
-        out.extend(score_sequences(gpu, model, adapter, chunk, pad).await?);
-    }
-    Ok(out)
+    score_sequences(gpu, model, adapter, &ids, crate::train::recipe::pad_id(Some(tokenizer))).await
 }

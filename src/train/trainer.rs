@@ -472,6 +472,7 @@ impl Trainer {
             Some(n) if n > 0 => n,
             _ => micro.iter().flat_map(|b| b.labels.iter().flatten()).filter(|&&l| l != IGNORE_INDEX).count(),
         };
+        crate::train::reward::check_adapter_for(&self.objective, &self.adapter)?;
         if let Objective::Reward(loss) = self.objective {
             loss.validate()?;
         }

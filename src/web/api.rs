@@ -783,18 +783,7 @@ impl WebModel {
         let mut recipe = recipe.clone();
         recipe.set_pad_id(st.tokenizer.as_ref());
         let recipe = &recipe;
-        let reward = matches!(recipe.objective, Objective::Reward(_));
-        if reward != (trainer.adapter.task_type() == crate::peft::TaskType::SeqCls) {
-            return Err(err(match reward {
-                true => {
-                    "objective \"reward\" trains a reward model: a LoRA added with taskType \"SEQ_CLS\"".to_string()
-                }
-                false => format!(
-                    "the adapter is a reward model (taskType SEQ_CLS): train it with objective \"reward\", not {:?}",
-                    recipe.objective.name()
-                ),
-            }));
-        }
+        crate::train::reward::check_adapter_for(&recipe.objective, &trainer.adapter).map_err(err)?;
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
         trainer.neftune_noise_alpha = recipe.neftune_noise_alpha;
         trainer.disable_dropout = recipe.disables_dropout();

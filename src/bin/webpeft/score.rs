@@ -16,9 +16,6 @@ use webpeft::train::reward::{reward_dataset, score_sequences, text_ids};
 
 use crate::{cli_gpu, load_adapter, load_model};
 
-/// Sequences scored in one submission.
-const ROWS_AT_ONCE: usize = 16;
-
 pub async fn score(
     dir: &Path,
     base: (QuantFormat, ComputeDtype),
@@ -64,26 +61,20 @@ pub async fn score(
             .into());
     }
     let rows = texts.iter().map(|t| text_ids(&tokenizer, "", t)).collect::<Result<Vec<_>, _>>()?;
-    for (chunk, ids) in texts.chunks(ROWS_AT_ONCE).zip(rows.chunks(ROWS_AT_ONCE)) {
-        let rewards = score_sequences(&gpu, &model, &adapter, ids, pad).await?;
-        for (text, reward) in chunk.iter().zip(rewards) {
-            out!("{}", serde_json::json!({ "text": text, "reward": reward }));
-        }
+    for (text, reward) in texts.iter().zip(score_sequences(&gpu, &model, &adapter, &rows, pad).await?) {
+        out!("{}", serde_json::json!({ "text": text, "reward": reward }));
     }
     if let Some(pairs) = pairs {
         // Rows come two a pair: chosen, rejected.
         let ids: Vec<Vec<u32>> = pairs.rows().iter().map(|r| r.input_ids.clone()).collect();
-        let (mut right, mut n) = (0, 0);
-        for (c, chunk) in ids.chunks(ROWS_AT_ONCE).enumerate() {
-            let rewards = score_sequences(&gpu, &model, &adapter, chunk, pad).await?;
-            for (i, pair) in rewards.chunks(2).enumerate() {
-                let (chosen, rejected) = (pair[0], pair[1]);
-                right += usize::from(chosen > rejected);
-                n += 1;
-                let index = c * ROWS_AT_ONCE / 2 + i;
-                out!("{}", serde_json::json!({ "pair": index, "chosen": chosen, "rejected": rejected }));
-            }
+        let rewards = score_sequences(&gpu, &model, &adapter, &ids, pad).await?;
+        let mut right = 0;
+        for (index, pair) in rewards.chunks(2).enumerate() {
+            let (chosen, rejected) = (pair[0], pair[1]);
+            right += usize::from(chosen > rejected);
+            out!("{}", serde_json::json!({ "pair": index, "chosen": chosen, "rejected": rejected }));
         }
+        let n = rewards.len() / 2;
         eprintln!("accuracy {:.4}: the chosen answer scored higher in {right} of {n} pairs", right as f64 / n as f64);
     }
     Ok(())

@@ -20,7 +20,7 @@ use webpeft::train::data::{DataOptions, Dataset, LossMasks};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
-use webpeft::train::reward::{evaluate_reward, RewardStats};
+use webpeft::train::reward::{check_adapter_for, evaluate_reward, RewardStats};
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::{Schedule, SCHEDULE_NAMES};
 use webpeft::train::trainer::{KtoStats, PreferenceStats};
@@ -1186,19 +1186,7 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
             (webpeft::train::trainer::Trainer::new(&gpu, adapter, recipe.optimizer.clone(), recipe.seed)?, None)
         }
     };
-    let reward = matches!(recipe.objective, Objective::Reward(_));
-    if reward != (trainer.adapter.task_type() == TaskType::SeqCls) {
-        return Err(match reward {
-            true => "--objective reward trains a reward model: a LoRA with task_type SEQ_CLS (its score head), \
-                     not this adapter"
-                .into(),
-            false => format!(
-                "the adapter is a reward model (task_type SEQ_CLS): train it with --objective reward, not {}",
-                a.objective
-            )
-            .into(),
-        });
-    }
+    check_adapter_for(&recipe.objective, &trainer.adapter).map_err(flag_error)?;
     // The adapter and its options are valid: only now the output folder, so a
     // refused option (--r 0) leaves nothing behind.
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;

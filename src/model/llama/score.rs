@@ -28,6 +28,13 @@ pub fn last_non_pad(input_ids: &[Vec<u32>], pad_id: u32) -> Vec<usize> {
     input_ids.iter().map(|row| row.iter().rposition(|&t| t != pad_id).unwrap_or(0)).collect()
 }
 
+/// The rows of a (B·T, D) view of rows `input_ids` (B of T tokens each)
+/// that [`last_non_pad`] pools: `b·T + last[b]`.
+pub fn pooled_rows(input_ids: &[Vec<u32>], pad_id: u32) -> Vec<usize> {
+    let t = input_ids.first().map_or(0, Vec::len);
+    last_non_pad(input_ids, pad_id).iter().enumerate().map(|(b, &p)| b * t + p).collect()
+}
+
 pub struct ScoreHead<'a> {
     /// `score.weight` (num_labels, D) f32.
     pub weight: QWeight,
