@@ -49,7 +49,7 @@ WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli -
     --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
     --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens \
     --test lora_outer --test modules_to_save --test neftune --test preference_eval --test sliding_window --test grpo \
-    --test sft_metrics --test rloo --test reward \
+    --test sft_metrics --test rloo --test reward --test classification \
     -- --skip dpo_loss_types_match_trl --skip cpo_matches_trl
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256

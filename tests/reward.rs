@@ -257,33 +257,13 @@ fn a_saved_reward_model_loads_in_peft() {
     let ids: Vec<Vec<u32>> = train.rows().iter().map(|r| r.input_ids.clone()).collect();
     let rewards = block_on(score_sequences(gpu, &model, &trainer.adapter, &ids, pad)).unwrap();
     let files = block_on(trainer.adapter.to_files(gpu, &model.config)).unwrap();
-    let root = fixture("reward/webpeft_saved");
-    if std::env::var_os("WEBPEFT_WRITE_FIXTURES").is_some() {
-        std::fs::create_dir_all(&root).unwrap();
-        for (file, bytes) in &files {
-            std::fs::write(root.join(file), bytes).unwrap();
-        }
-        let json = serde_json::json!({ "input_ids": ids, "pad_token_id": pad, "rewards": rewards });
-        std::fs::write(root.join("rewards.json"), serde_json::to_string(&json).unwrap()).unwrap();
+    let outputs = serde_json::json!({ "input_ids": ids, "pad_token_id": pad, "rewards": rewards });
+    let Some(saved) =
+        common::saved_classifier_checked_in_peft("reward/webpeft_saved", &files, ("rewards.json", outputs))
+    else {
         return;
-    }
-    let check: Value = serde_json::from_slice(
-        &std::fs::read(root.join("python_check.json")).expect("run make_fixtures.py reward_saved"),
-    )
-    .unwrap();
-    eprintln!("PEFT's rewards of webpeft's saved reward model: max |diff| {}", check["max_abs_diff"]);
-    assert!(check["max_abs_diff"].as_f64().unwrap() <= 1e-5, "{check}");
-    assert_eq!(check["missing_keys"], serde_json::json!([]), "{check}");
-    assert_eq!(check["unexpected_keys"], serde_json::json!([]), "{check}");
-    for (file, bytes) in &files {
-        let committed = std::fs::read(root.join(file)).unwrap();
-        assert_eq!(check["sha256"][file].as_str(), Some(common::sha256_hex(&committed).as_str()), "{file}");
-        if file.ends_with(".json") {
-            assert_eq!(bytes, &committed, "{file}");
-        }
-    }
+    };
     // This run's rewards are the committed ones (each kernel family rounds its own way).
-    let saved: Value = serde_json::from_slice(&std::fs::read(root.join("rewards.json")).unwrap()).unwrap();
     let want: Vec<f32> = saved["rewards"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     let d = max_abs_diff(&rewards, &want);
     assert!(d <= 1e-4, "rewards now vs committed: {d:e}");

@@ -72,6 +72,8 @@ pub enum Kernel {
     Dora,
     /// The DPO and ORPO losses on per-sequence log-probabilities.
     Preference,
+    /// A sequence classifier's loss on its pooled logits.
+    Classification,
     /// grpo.wgsl: GRPO's per-token loss.
     Grpo,
     /// Sampling a token from each row of logits.
@@ -89,7 +91,7 @@ impl Kernel {
 
     /// Every kernel family, for the test that compiles every pipeline
     /// (`tests/pipelines.rs`); a new one goes here too.
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 38] = [
         Kernel::Matmul,
         Kernel::MatmulSubgroup,
         Kernel::MatmulBlocked,
@@ -125,6 +127,7 @@ impl Kernel {
         Kernel::Adalora,
         Kernel::Dora,
         Kernel::Preference,
+        Kernel::Classification,
         Kernel::Grpo,
         Kernel::Sample,
     ];
@@ -294,6 +297,7 @@ impl Kernel {
                 include_str!("../../shaders/workgroup_reduce.wgsl"),
                 include_str!("../../shaders/preference.wgsl")
             ),
+            Kernel::Classification => include_str!("../../shaders/classification.wgsl"),
             Kernel::Grpo => {
                 concat!(include_str!("../../shaders/workgroup_reduce.wgsl"), include_str!("../../shaders/grpo.wgsl"))
             }
@@ -376,6 +380,7 @@ impl Kernel {
             Kernel::Adalora => "adalora",
             Kernel::Dora => "dora",
             Kernel::Preference => "preference",
+            Kernel::Classification => "classification",
             Kernel::Grpo => "grpo",
             Kernel::Sample => "sample",
         }

@@ -8,6 +8,7 @@ pub mod adalora;
 pub mod adamw;
 pub mod attention;
 pub mod blocked;
+pub mod classification;
 pub mod cross_entropy;
 pub mod dora;
 pub mod elementwise;

@@ -4,7 +4,8 @@
 //! launcher lists its own keys beside the code that builds them.
 
 use super::{
-    adalora, adamw, attention, cross_entropy, dora, elementwise, embedding, grpo, matmul, preference, qmatmul,
+    adalora, adamw, attention, classification, cross_entropy, dora, elementwise, embedding, grpo, matmul, preference,
+    qmatmul,
 };
 use super::{quant, reduce, sample};
 use super::{rmsnorm, rope, softmax, swiglu, token_rows, tune};
@@ -35,6 +36,7 @@ pub fn pipeline_keys(gpu: &Gpu) -> Vec<PipelineKey> {
         adalora::pipeline_keys(),
         dora::pipeline_keys(),
         preference::pipeline_keys(),
+        classification::pipeline_keys(),
         grpo::pipeline_keys(),
         sample::pipeline_keys(),
     ];

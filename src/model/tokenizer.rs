@@ -175,6 +175,27 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// `text`'s ids with special tokens, at most `max_length` of them, as
+    /// transformers' `tokenizer(text, truncation=True, max_length=…)`: the
+    /// text's own tokens cut from the right to leave room for the
+    /// post-processor's (a Llama bos, an eos where it adds one), which are
+    /// then added whole.
+    pub fn encode_truncated(&self, text: &str, max_length: usize) -> Result<Vec<u32>> {
+        use tokenizers::PostProcessor;
+        let fail = |e: tokenizers::Error| error(TOKENIZER_FILE, format!("encoding {:?}: {e}", truncate(text)));
+        let mut encoding = self.inner.encode_fast(text, false).map_err(fail)?;
+        let added = self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_length <= added {
+            return Err(error(
+                TOKENIZER_FILE,
+                format!("max_length {max_length} leaves no room beside the {added} special token(s) it adds"),
+            ));
+        }
+        encoding.truncate(max_length - added, 0, tokenizers::TruncationDirection::Right);
+        let encoding = self.inner.post_process(encoding, None, true).map_err(fail)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// [`encode`](Self::encode) with each token's byte range in `text`
     /// (`(start, end)`, end exclusive), as transformers'
     /// `return_offsets_mapping=True` but in bytes rather than characters.

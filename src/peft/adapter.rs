@@ -290,12 +290,20 @@ impl Adapter {
         }
     }
 
-    /// PEFT's `task_type`: SEQ_CLS for a reward model (a LoRA with a score
-    /// head), CAUSAL_LM for everything else.
+    /// PEFT's `task_type`: SEQ_CLS for a sequence classifier or reward model
+    /// (a LoRA with a score head), CAUSAL_LM for everything else.
     pub fn task_type(&self) -> crate::peft::TaskType {
         match self {
             Adapter::Lora(l) => l.config.task_type,
             _ => crate::peft::TaskType::CausalLm,
+        }
+    }
+
+    /// A SEQ_CLS adapter's labels (its score head's rows); 1 for the others.
+    pub fn num_labels(&self) -> usize {
+        match self {
+            Adapter::Lora(l) => l.config.num_labels,
+            _ => 1,
         }
     }
 }
@@ -401,8 +409,9 @@ impl Adapter {
         if config.modules_to_save.as_deref().is_some_and(crate::peft::modules_to_save::names_score) {
             // A causal-LM checkpoint has no score head: transformers draws it, N(0, initializer_range²).
             let std = model.initializer_range;
-            let values = (0..model.hidden_size).map(|_| (rng.normal() * std) as f32).collect();
-            weights.saved.insert(crate::peft::modules_to_save::SCORE_KEY.into(), ([1, model.hidden_size], values));
+            let shape = [config.num_labels, model.hidden_size];
+            let values = (0..shape[0] * shape[1]).map(|_| (rng.normal() * std) as f32).collect();
+            weights.saved.insert(crate::peft::modules_to_save::SCORE_KEY.into(), (shape, values));
         }
         Ok(Adapter::Lora(LoraAdapter::upload(gpu, config, &weights, model)?))
     }

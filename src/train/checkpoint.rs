@@ -190,7 +190,13 @@ pub fn load_checkpoint(gpu: &Gpu, bytes: &[u8], model: &Config) -> Result<(Train
     let direct = !data.tensors[0].contains_key(TABLE_KEY);
     let skeleton = match data.config {
         AdapterConfig::PromptTuning(c) => Adapter::PromptTuning(PromptTuningAdapter::zeros(gpu, c)?),
-        AdapterConfig::Lora(c) => Adapter::new_lora(gpu, c, model, 0)?, // DoRA's magnitudes too, as zeros
+        AdapterConfig::Lora(mut c) => {
+            // A classifier's labels are its score head's rows (adapter_config.json does not say).
+            if let Some(score) = data.tensors[0].get(crate::peft::modules_to_save::SCORE_KEY) {
+                c.num_labels = (score.len() / model.hidden_size.max(1)).max(1);
+            }
+            Adapter::new_lora(gpu, c, model, 0)? // DoRA's magnitudes too, as zeros
+        }
         AdapterConfig::PrefixTuning(c) if direct => {
             let zeros = vec![0.0; c.numel()];
             Adapter::PrefixTuning(PrefixTuningAdapter::upload(gpu, c, &zeros)?)

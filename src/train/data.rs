@@ -101,6 +101,10 @@ pub struct Batch {
     /// Reward modelling: each pair's `margin` (the data's), in pair order;
     /// `None` where the data has none.
     pub margins: Option<Vec<f32>>,
+    /// Sequence classification: each row's target, in row order (a class
+    /// index as f32, −100 for none; or the row's L regression or
+    /// multi-label values). `None` elsewhere.
+    pub targets: Option<Vec<Vec<f32>>>,
 }
 
 impl Batch {
@@ -119,6 +123,7 @@ impl Batch {
             generated_tokens: 0,
             old_logps: None,
             margins: None,
+            targets: None,
         }
     }
 
@@ -609,6 +614,8 @@ pub struct Dataset {
     reference: Vec<f32>,
     /// Reward modelling: each pair's margin, where the data has them; else empty.
     margins: Vec<f32>,
+    /// Sequence classification: each row's target ([`Batch::targets`]); else empty.
+    targets: Vec<Vec<f32>>,
 }
 
 impl Dataset {
@@ -684,6 +691,7 @@ impl Dataset {
             desirable: Vec::new(),
             reference: Vec::new(),
             margins: Vec::new(),
+            targets: Vec::new(),
         })
     }
 
@@ -710,6 +718,7 @@ impl Dataset {
             desirable: Vec::new(),
             reference: Vec::new(),
             margins: Vec::new(),
+            targets: Vec::new(),
         }
     }
 
@@ -728,6 +737,12 @@ impl Dataset {
     /// which batches carry ([`Batch::margins`]).
     pub(crate) fn with_margins(self, margins: Vec<f32>) -> Dataset {
         Dataset { margins, ..self }
+    }
+
+    /// Sequence classification's rows with their targets (one a row), which
+    /// batches carry ([`Batch::targets`]).
+    pub(crate) fn with_targets(self, targets: Vec<Vec<f32>>) -> Dataset {
+        Dataset { targets, ..self }
     }
 
     /// Whether the rows are preference pairs.
@@ -877,6 +892,9 @@ impl Dataset {
                 }
                 if !self.margins.is_empty() {
                     batch.margins = Some(chunk.iter().map(|&i| self.margins[i]).collect());
+                }
+                if !self.targets.is_empty() {
+                    batch.targets = Some(indices.iter().map(|&i| self.targets[i].clone()).collect());
                 }
                 batch
             })

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod checkpoint;
+pub mod classification;
 pub mod data;
 pub mod early_stopping;
 pub mod eta;

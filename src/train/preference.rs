@@ -41,6 +41,7 @@ use crate::kernels::preference::{
 };
 use crate::model::llama::{SftLoss, IGNORE_INDEX};
 use crate::model::tokenizer::Tokenizer;
+use crate::train::classification::ClassificationLoss;
 use crate::{Error, Result};
 
 /// `DPOConfig.max_prompt_length`'s default: a prompt keeps its last 512 tokens.
@@ -60,6 +61,9 @@ pub enum Objective {
     /// A reward model's Bradley–Terry loss on preference pairs, scored by a
     /// SEQ_CLS adapter's `score` head (`train::reward`, TRL's `RewardTrainer`).
     Reward(RewardLoss),
+    /// A sequence classifier's loss on labelled texts (transformers'
+    /// `Trainer` on a SEQ_CLS adapter's `score` head, `train::classification`).
+    Classification(ClassificationLoss),
 }
 
 impl Objective {
@@ -77,7 +81,7 @@ impl Objective {
         }
     }
 
-    /// "sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo" or "reward".
+    /// "sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo", "reward" or "classification".
     pub fn name(self) -> &'static str {
         match self {
             Objective::Sft(_) => "sft",
@@ -87,6 +91,7 @@ impl Objective {
             Objective::Preference(PreferenceLoss::Kto(_)) => "kto",
             Objective::Grpo(loss) => loss.estimator.name(),
             Objective::Reward(_) => "reward",
+            Objective::Classification(_) => "classification",
         }
     }
 
@@ -101,6 +106,7 @@ impl Objective {
             "cpo" => Some(Objective::Preference(PreferenceLoss::Cpo(CpoLoss::TRL))),
             "kto" => Some(Objective::Preference(PreferenceLoss::Kto(KtoLoss::TRL))),
             "reward" => Some(Objective::Reward(RewardLoss::new(0))),
+            "classification" => Some(Objective::Classification(ClassificationLoss::new(1))),
             _ => None,
         }
     }
@@ -111,8 +117,9 @@ impl Objective {
     /// error naming it. Ranges are checked by the recipe.
     pub fn from_options(name: &str, o: &PreferenceOptions) -> Result<Objective> {
         let bad = |option, detail: String| Error::TrainOption { option, detail };
-        let objective = Objective::from_name(name)
-            .ok_or_else(|| bad("objective", format!("expected sft, dpo, orpo, cpo, kto or reward, got {name:?}")))?;
+        let objective = Objective::from_name(name).ok_or_else(|| {
+            bad("objective", format!("expected sft, dpo, orpo, cpo, kto, reward or classification, got {name:?}"))
+        })?;
         // Each setting, whether it was given, and the objectives it belongs to.
         let settings: [(&'static str, bool, &[&str]); 15] = [
             ("beta", o.beta.is_some(), &["dpo", "orpo", "cpo", "kto", "grpo"]),
@@ -159,6 +166,7 @@ impl Objective {
                 }))
             }
             Objective::Grpo(_) => return Err(bad("objective", "GRPO's settings are train::grpo's".into())),
+            Objective::Classification(loss) => return Ok(Objective::Classification(loss)),
             Objective::Reward(loss) => {
                 let loss = RewardLoss { center_rewards_coefficient: o.center_rewards_coefficient, ..loss };
                 loss.validate()?;

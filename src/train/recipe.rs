@@ -33,6 +33,7 @@ use crate::train::plan::PlanAdapter;
 use crate::kernels::preference::{DpoLossType, PreferenceLoss};
 pub use crate::peft::adapter::AdapterConfig;
 use crate::peft::TaskType;
+use crate::train::classification::{classification_dataset, ClassificationLoss};
 use crate::train::data::{parse_jsonl_masked, DataOptions, Dataset, LossMasks};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::{preference_dataset, Objective};
@@ -141,6 +142,9 @@ pub struct LoraRecipe {
     /// PEFT's `task_type`: SEQ_CLS makes a reward model, the `score` head
     /// added to `modules_to_save` (see [`LoraConfig::for_sequence_classification`]).
     pub task_type: TaskType,
+    /// SEQ_CLS: the score head's labels (transformers' `num_labels`: 1 for a
+    /// reward model or a regression, the classes of a classifier).
+    pub num_labels: usize,
 }
 
 impl LoraRecipe {
@@ -166,6 +170,7 @@ impl LoraRecipe {
         c.base_model_name_or_path = model_name;
         if self.task_type == TaskType::SeqCls {
             c = c.for_sequence_classification()?;
+            c.num_labels = self.num_labels;
         }
         c.validate()?;
         c.targets(model)?;
@@ -201,6 +206,7 @@ impl Default for LoraRecipe {
             alpha_pattern: BTreeMap::new(),
             exclude_modules: None,
             task_type: TaskType::CausalLm,
+            num_labels: 1,
         }
     }
 }
@@ -885,12 +891,14 @@ impl TrainRecipe {
         DataOptions { shuffle: false, ..self.data_options(max_positions) }
     }
 
-    /// Sets what the tokenizer decides: a reward model's pad id (TRL's pad
+    /// Sets what the tokenizer decides: a reward model's or a classifier's pad id (TRL's pad
     /// token, the tokenizer's or else its eos: the rows' padding too,
     /// [`pad_id`]), which the score head skips at each row's end.
     pub fn set_pad_id(&mut self, tokenizer: Option<&Tokenizer>) {
-        if let Objective::Reward(loss) = &mut self.objective {
-            loss.pad_token_id = pad_id(tokenizer);
+        match &mut self.objective {
+            Objective::Reward(loss) => loss.pad_token_id = pad_id(tokenizer),
+            Objective::Classification(loss) => loss.pad_token_id = pad_id(tokenizer),
+            _ => {}
         }
     }
 
@@ -917,6 +925,10 @@ impl TrainRecipe {
                 })
             }
             Objective::Reward(_) => return reward_dataset(source_name, jsonl, tokenizer, opts, pad_id(tokenizer)),
+            Objective::Classification(loss) => {
+                let loss = ClassificationLoss { pad_token_id: pad_id(tokenizer), ..loss };
+                return classification_dataset(source_name, jsonl, tokenizer, opts, &loss);
+            }
             Objective::Sft(_) => {}
         }
         let examples = parse_jsonl_masked(source_name, jsonl, tokenizer, self.loss_masks)?;

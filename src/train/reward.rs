@@ -434,23 +434,47 @@ pub async fn score_sequences(
     Ok(out)
 }
 
-/// An adapter fit for `objective`: a reward model (a SEQ_CLS LoRA, its
-/// score head) for "reward", and for every other objective an adapter that
-/// is not one (its head scores text; it does not write it).
+/// An adapter fit for `objective`: a sequence classifier (a SEQ_CLS LoRA,
+/// its score head) for "reward" (of one label) and "classification", and
+/// for every other objective an adapter that is not one (its head scores
+/// text; it does not write it).
 pub fn check_adapter_for(objective: &Objective, adapter: &Adapter) -> Result<()> {
-    let reward = matches!(objective, Objective::Reward(_));
-    let detail = match (reward, adapter.task_type() == TaskType::SeqCls) {
+    let scores = matches!(objective, Objective::Reward(_) | Objective::Classification(_));
+    let labels = adapter.num_labels();
+    let detail = match (scores, adapter.task_type() == TaskType::SeqCls) {
         (true, false) => format!(
-            "reward trains a reward model: a LoRA with task_type SEQ_CLS (its score head), not this {} adapter",
+            "{} trains a sequence classifier: a LoRA with task_type SEQ_CLS (its score head), not this {} adapter",
+            objective.name(),
             adapter.method()
         ),
         (false, true) => format!(
-            "the adapter is a reward model (task_type SEQ_CLS): train it with objective reward, not {}",
+            "the adapter is a sequence classifier or reward model (task_type SEQ_CLS): train it with objective \
+             reward or classification, not {}",
             objective.name()
+        ),
+        (true, true) if labels != 1 && matches!(objective, Objective::Reward(_)) => format!(
+            "a reward model's score head has one label, this adapter's {labels}: train it with objective \
+             classification"
         ),
         _ => return Ok(()),
     };
     Err(Error::TrainOption { option: "objective", detail })
+}
+
+/// A reward model: a SEQ_CLS adapter whose score head has one label (one
+/// number a text). `what` names it in the error.
+pub fn check_reward_model(adapter: &Adapter, what: &str) -> Result<()> {
+    let detail = if adapter.task_type() != TaskType::SeqCls {
+        "not a reward model: its task_type is not SEQ_CLS (train one with objective reward)".to_string()
+    } else if adapter.num_labels() != 1 {
+        format!(
+            "a classifier of {} labels, not a reward model (one label, one score a text): classify with it instead",
+            adapter.num_labels()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid("reward model", format!("{what}: {detail}")))
 }
 
 /// The tokens a reward model scores for a completion in GRPO or RLOO, as

@@ -27,6 +27,7 @@ use crate::model::llama::loss::chunked_lm_loss;
 use crate::model::llama::{shift_labels_after, EmbeddingNoise, Hooks, Model, SftLoss, IGNORE_INDEX};
 use crate::peft::adapter::{hooks_of, Adapter};
 use crate::peft::step::StepDone;
+use crate::train::classification::{record_classification_micro, ClassificationLoss};
 use crate::train::data::Batch;
 use crate::train::grpo::{record_grpo_micro, Estimator, GrpoRows};
 use crate::train::preference::Objective;
@@ -476,7 +477,23 @@ impl Trainer {
         if let Objective::Reward(loss) = self.objective {
             loss.validate()?;
         }
+        if let Objective::Classification(loss) = self.objective {
+            loss.validate()?;
+            if let Adapter::Lora(l) = &self.adapter {
+                loss.check_head(l.config.num_labels)?;
+            }
+        }
         for b in micro {
+            if let Objective::Classification(_) = self.objective {
+                if b.position_ids.is_some() || virtual_tokens > 0 {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("step {number}: a classifier reads whole rows, never packed, without virtual tokens"),
+                    ));
+                }
+                tokens += crate::train::classification::counted_rows(b);
+                continue;
+            }
             if let Objective::Reward(_) = self.objective {
                 if b.position_ids.is_some() || virtual_tokens > 0 || b.input_ids.len() % 2 != 0 {
                     return Err(Error::invalid(
@@ -566,6 +583,22 @@ impl Trainer {
                     hooks,
                     self.gradient_checkpointing,
                     (&stats, scale),
+                    true,
+                )?;
+            }
+        }
+        if let Objective::Classification(loss) = self.objective {
+            for (b, seed) in micro.iter().zip(&seeds) {
+                let pass = self.adapter.pass(*seed, Some(&self.grads))?;
+                let stats = (&stats, ClassificationLoss::MICRO_SCALE);
+                record_classification_micro(
+                    &mut rec,
+                    model,
+                    &loss,
+                    b,
+                    pass.hooks(),
+                    self.gradient_checkpointing,
+                    stats,
                     true,
                 )?;
             }
@@ -673,7 +706,9 @@ impl Trainer {
                 (None, Some(kto))
             }
             Objective::Preference(objective) => (Some(PreferenceStats::from_stats(objective, &read[2..])), None),
-            Objective::Sft(_) | Objective::Grpo(_) | Objective::Reward(_) => (None, None),
+            Objective::Sft(_) | Objective::Grpo(_) | Objective::Reward(_) | Objective::Classification(_) => {
+                (None, None)
+            }
         };
         // GRPO's metrics, each the mean over the micro-batches of its mean there (the kernel's).
         let kl = match self.objective {

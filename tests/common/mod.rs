@@ -294,6 +294,46 @@ pub fn fixture_adapter(gpu: &Gpu, model: &webpeft::model::Model, dir: &str, meth
     ad
 }
 
+/// A sequence classifier webpeft saved, checked against what PEFT made of
+/// it. With `WEBPEFT_WRITE_FIXTURES` set, writes `files` and `outputs`
+/// (webpeft's scores of the rows, as `outputs_file`) into the fixture
+/// folder `dir` and returns `None` (then `make_fixtures.py <dir>_saved`
+/// loads them in PEFT). Otherwise asserts the folder's python_check.json:
+/// PEFT's outputs within 1e-5 of webpeft's, every key placed, each file's
+/// sha256 the committed one's, the JSON files byte for byte this run's; and
+/// returns the committed outputs, for the caller to compare with this run's.
+pub fn saved_classifier_checked_in_peft(
+    dir: &str,
+    files: &[(String, Vec<u8>)],
+    (outputs_file, outputs): (&str, serde_json::Value),
+) -> Option<serde_json::Value> {
+    let root = fixture(dir);
+    if std::env::var_os("WEBPEFT_WRITE_FIXTURES").is_some() {
+        std::fs::create_dir_all(&root).unwrap();
+        for (file, bytes) in files {
+            std::fs::write(root.join(file), bytes).unwrap();
+        }
+        std::fs::write(root.join(outputs_file), serde_json::to_string(&outputs).unwrap()).unwrap();
+        return None;
+    }
+    let check: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("python_check.json")).unwrap_or_else(|e| panic!("{dir}: run make_fixtures.py: {e}")),
+    )
+    .unwrap();
+    eprintln!("{dir}: PEFT's outputs of webpeft's saved adapter: max |diff| {}", check["max_abs_diff"]);
+    assert!(check["max_abs_diff"].as_f64().unwrap() <= 1e-5, "{check}");
+    assert_eq!(check["missing_keys"], serde_json::json!([]), "{check}");
+    assert_eq!(check["unexpected_keys"], serde_json::json!([]), "{check}");
+    for (file, bytes) in files {
+        let committed = std::fs::read(root.join(file)).unwrap();
+        assert_eq!(check["sha256"][file].as_str(), Some(sha256_hex(&committed).as_str()), "{file}");
+        if file.ends_with(".json") {
+            assert_eq!(bytes, &committed, "{file}");
+        }
+    }
+    Some(serde_json::from_slice(&std::fs::read(root.join(outputs_file)).unwrap()).unwrap())
+}
+
 /// The checks of a method against its PEFT training reference `fx` (the
 /// batch of rows 0..2): the loss and every gradient at `initial()` (with and
 /// without gradient checkpointing) within 1e-5 and 1e-4, then 10 AdamW steps

@@ -14,6 +14,7 @@
 pub mod adalora;
 pub mod adamw;
 pub mod attention;
+pub mod classification;
 pub mod cross_entropy;
 pub mod dora;
 pub mod dropout;

@@ -172,9 +172,13 @@ impl LoraAdapter {
             None => None,
         };
         let mut config = config;
+        if let Some(([labels, _], _)) = weights.saved.get(modules_to_save::SCORE_KEY) {
+            config.num_labels = *labels; // the file's score head says how many
+            config.validate()?;
+        }
         let modules_to_save = match config.modules_to_save.clone() {
             Some(list) => {
-                let copies = ModulesToSave::zeros(gpu, &list, config.ensure_weight_tying, model)?;
+                let copies = ModulesToSave::zeros(gpu, &list, config.ensure_weight_tying, model, config.num_labels)?;
                 for (key, module) in modules_to_save::file_keys(&list, config.ensure_weight_tying, model) {
                     if let Some((_, values)) = weights.saved.get(key) {
                         copies.write(gpu, module, values)?;

@@ -190,9 +190,14 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     /// PEFT's `alpha_pattern`: a module's `lora_alpha`, matched as `rank_pattern`.
     pub alpha_pattern: BTreeMap<String, f64>,
-    /// PEFT's `task_type`: CAUSAL_LM, or SEQ_CLS for a reward model (a
-    /// `score` head trained through `modules_to_save`).
+    /// PEFT's `task_type`: CAUSAL_LM, or SEQ_CLS for a sequence classifier
+    /// or reward model (a `score` head trained through `modules_to_save`).
     pub task_type: TaskType,
+    /// A SEQ_CLS adapter's labels, the rows of its `score` head
+    /// (transformers' `num_labels`; 1 for a reward model). PEFT's
+    /// adapter_config.json has no such key: a loaded adapter takes it from
+    /// its file's score weight. 1 for every other task.
+    pub num_labels: usize,
 }
 
 fn err(field: &str, detail: impl Into<String>) -> Error {
@@ -226,6 +231,7 @@ impl LoraConfig {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             task_type: TaskType::CausalLm,
+            num_labels: 1,
         };
         c.validate()?;
         Ok(c)
@@ -247,6 +253,12 @@ impl LoraConfig {
     pub fn validate(&self) -> Result<()> {
         if self.r == 0 {
             return Err(err("r", "must be at least 1, got 0"));
+        }
+        if self.num_labels == 0 || (self.num_labels > 1 && self.task_type != TaskType::SeqCls) {
+            return Err(err(
+                "num_labels",
+                format!("{}: a SEQ_CLS adapter's score head has 1 or more labels, other tasks none", self.num_labels),
+            ));
         }
         if !self.lora_alpha.is_finite() {
             return Err(err("lora_alpha", format!("must be finite, got {}", self.lora_alpha)));
@@ -541,6 +553,7 @@ impl LoraConfig {
             rank_pattern,
             alpha_pattern,
             task_type,
+            num_labels: 1,
         };
         c.validate()?;
         Ok(c)

@@ -200,10 +200,15 @@ impl LoraWeights {
         for (key, _) in &saved_keys {
             expected.insert(key.to_string(), vec![config.vocab_size, config.hidden_size]);
         }
-        // A SEQ_CLS adapter's score head (webpeft's reward models: one label).
+        // A SEQ_CLS adapter's score head: (num_labels, hidden), its rows as many as the file's
+        // (adapter_config.json does not say how many labels there are).
         let score = lora.modules_to_save.as_deref().is_some_and(modules_to_save::names_score);
+        let labels = match file.get(modules_to_save::SCORE_KEY) {
+            Some(info) if info.shape.len() == 2 && info.shape[0] > 0 => info.shape[0],
+            _ => lora.num_labels,
+        };
         if score {
-            expected.insert(modules_to_save::SCORE_KEY.into(), vec![1, config.hidden_size]);
+            expected.insert(modules_to_save::SCORE_KEY.into(), vec![labels, config.hidden_size]);
         }
         // PEFT also saves the embedding's and the head's own weights where LoRA targets them
         // (`save_embedding_layers`): the base model's are the same unless its vocabulary was resized.
@@ -299,7 +304,7 @@ impl LoraWeights {
         }
         if score {
             let key = modules_to_save::SCORE_KEY;
-            saved.insert(key.to_string(), ([1, config.hidden_size], file.read_f32(key).await?));
+            saved.insert(key.to_string(), ([labels, config.hidden_size], file.read_f32(key).await?));
         }
         Ok(LoraWeights { modules: out, tokens, head_tokens, saved })
     }

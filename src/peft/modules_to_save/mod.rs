@@ -21,8 +21,9 @@
 //! A sequence classifier (`task_type` SEQ_CLS, a reward model) has a
 //! `score` head (num_labels, hidden) in place of `lm_head`, which PEFT
 //! trains this way too: it appends `classifier` and `score` to the list
-//! (`classifier` names no module of a Llama). webpeft's reward models have
-//! one label; the copy is saved as `base_model.model.score.weight`. A
+//! (`classifier` names no module of a Llama). A reward model has one
+//! label, a classifier `num_labels`; the copy is saved as
+//! `base_model.model.score.weight`. A
 //! causal-LM checkpoint has no score to copy: transformers draws it,
 //! N(0, initializer_range²), and so does webpeft, from the adapter's seed.
 //!
@@ -174,14 +175,21 @@ pub struct ModulesToSave {
     pub head: Option<QWeight>,
     /// lm_head uses `embed` (ensure_weight_tying on a tied model).
     pub head_is_embed: bool,
-    /// A sequence classifier's `score` copy (1, hidden) f32 (SEQ_CLS).
+    /// A sequence classifier's `score` copy (num_labels, hidden) f32 (SEQ_CLS).
     pub score: Option<QWeight>,
 }
 
 impl ModulesToSave {
     /// Zeros of the copies `list` names for a model of `config`, tied as
     /// `ensure_weight_tying` says where the model ties its head.
-    pub fn zeros(gpu: &Gpu, list: &[String], ensure_weight_tying: bool, config: &Config) -> Result<ModulesToSave> {
+    /// `num_labels`: the rows of the score head, where the list names it.
+    pub fn zeros(
+        gpu: &Gpu,
+        list: &[String],
+        ensure_weight_tying: bool,
+        config: &Config,
+        num_labels: usize,
+    ) -> Result<ModulesToSave> {
         let which = modules(list);
         let tie = ensure_weight_tying && config.tie_word_embeddings;
         let zeros = || QWeight::zeros(gpu, config.vocab_size, config.hidden_size, QuantFormat::F32);
@@ -191,7 +199,7 @@ impl ModulesToSave {
             head: (has(OuterModule::Head) && !tie).then(zeros).transpose()?,
             head_is_embed: tie,
             score: names_score(list)
-                .then(|| QWeight::zeros(gpu, 1, config.hidden_size, QuantFormat::F32))
+                .then(|| QWeight::zeros(gpu, num_labels, config.hidden_size, QuantFormat::F32))
                 .transpose()?,
         })
     }
@@ -276,7 +284,7 @@ impl ModulesToSave {
         out
     }
 
-    /// Writes the score copy's (1·hidden) values.
+    /// Writes the score copy's (num_labels·hidden) values.
     pub fn write_score(&self, gpu: &Gpu, values: &[f32]) -> Result<()> {
         let Some(w) = &self.score else {
             return Err(Error::invalid(FIELD, "score has no trained copy here (task_type is not SEQ_CLS)"));
@@ -286,7 +294,7 @@ impl ModulesToSave {
             _ => Err(Error::AdapterTensor {
                 tensor: SCORE_KEY.into(),
                 file: crate::peft::ADAPTER_WEIGHTS_FILE.into(),
-                detail: format!("{} values, expected (1, {})", values.len(), w.cols),
+                detail: format!("{} values, expected ({}, {})", values.len(), w.rows, w.cols),
             }),
         }
     }
