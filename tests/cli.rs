@@ -2177,3 +2177,108 @@ fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
         failure(&webpeft(&["score", "--model", &model, "--adapter", &fixture("lora/initial_adapter"), "--text", "x"]));
     assert!(e.contains("not a reward model"), "{e}");
 }
+
+/// `train --objective classification`: a 3-label classifier on labelled texts (transformers' Trainer;
+/// step and eval lines), stopped and resumed as one run, its folder a SEQ_CLS LoRA with a (3, hidden)
+/// score head; `classify` on texts and on the labelled rows (the loss and accuracy on stderr);
+/// what does not apply refused by name.
+#[test]
+fn train_a_classifier_resume_classify_and_refuse_what_does_not_apply() {
+    let dir = TempDir::new("classification");
+    let data = fixture("classification/single_label.jsonl");
+    let model = fixture("llama_gqa");
+    let train =
+        |data: &str, args: &[&str]| webpeft(&[&["train", "--model", &model, "--data", data][..], args].concat());
+    let args = [
+        "--objective",
+        "classification",
+        "--num-labels",
+        "3",
+        "--method",
+        "lora",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--lr",
+        "2e-2",
+        "--no-shuffle",
+        "--r",
+        "4",
+    ];
+    let (whole, half) = (dir.join("whole"), dir.join("half"));
+    let lines = untimed(&train(&data, &[&args[..], &["--out", &whole, "--eval-data", &data]].concat()));
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("step").is_some()).collect();
+    assert_eq!(steps.len(), 4, "{lines:?}");
+    assert!(steps.iter().all(|l| l["loss"].as_f64().is_some_and(f64::is_finite)), "{lines:?}");
+    let eval = lines.last().unwrap();
+    for key in ["eval_loss", "eval_accuracy"] {
+        assert!(eval[key].as_f64().is_some_and(f64::is_finite), "{key}: {eval}");
+    }
+    let folder = std::path::Path::new(&whole);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["task_type"], "SEQ_CLS", "{config}");
+    let bytes = std::fs::read(folder.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("base_model.model.score.weight").unwrap().shape(), &[3, 64]);
+    let first = untimed(&train(&data, &[&args[..], &["--stop-after", "2", "--out", &half]].concat()));
+    let rest = untimed(&webpeft(&["train", "--model", &model, "--resume", &half, "--out", &half]));
+    let trained: Vec<serde_json::Value> = first.into_iter().chain(rest).collect();
+    assert_eq!(trained, steps.iter().map(|l| (*l).clone()).collect::<Vec<_>>(), "stopped and resumed vs whole");
+
+    // `classify`: a text and the eight labelled rows, one JSON line each; the loss and accuracy on stderr.
+    let out = webpeft(&["classify", "--model", &model, "--adapter", &whole, "--text", "Hello world!", "--data", &data]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 9, "a text and eight rows: {text}");
+    for r in &rows {
+        let logits = r["logits"].as_array().unwrap();
+        assert_eq!(logits.len(), 3, "{r}");
+        assert!(r["label"].as_u64().is_some_and(|l| l < 3) && r["score"].as_f64().is_some_and(|s| s > 0.0 && s <= 1.0));
+    }
+    assert_eq!(rows[4]["target"], -100, "the unlabelled row");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("single_label_classification (8 rows): loss") && stderr.contains("accuracy"), "{stderr}");
+
+    // What does not apply.
+    let refused = |flags: &[&str], needle: &str| {
+        let e = failure(&train(&data, &[flags, &["--steps", "1", "--lr", "1e-2", "--out", &dir.join("x")]].concat()));
+        assert!(e.contains(needle), "{flags:?}: {e}");
+    };
+    refused(&["--objective", "classification", "--num-labels", "3", "--method", "ia3"], "SEQ_CLS");
+    refused(&["--objective", "sft", "--method", "lora", "--num-labels", "3"], "applies to --objective classification");
+    refused(&["--objective", "classification", "--num-labels", "2", "--method", "lora"], "not a class of 0..2");
+    let pairs = fixture("reward/text.jsonl");
+    let e = failure(&train(
+        &pairs,
+        &[
+            "--objective",
+            "reward",
+            "--method",
+            "lora",
+            "--init-adapter",
+            &whole,
+            "--steps",
+            "1",
+            "--lr",
+            "1e-2",
+            "--out",
+            &dir.join("x"),
+        ],
+    ));
+    assert!(e.contains("one label"), "{e}");
+    let e = failure(&webpeft(&["score", "--model", &model, "--adapter", &whole, "--text", "x"]));
+    assert!(e.contains("a classifier of 3 labels"), "{e}");
+    let e = failure(&webpeft(&[
+        "classify",
+        "--model",
+        &model,
+        "--adapter",
+        &fixture("lora/initial_adapter"),
+        "--text",
+        "x",
+    ]));
+    assert!(e.contains("not a sequence classifier"), "{e}");
+}

@@ -37,6 +37,7 @@ use crate::peft::archive::{from_zip, to_zip};
 use crate::quant::{ComputeDtype, FourBit, FourBitOptions, QuantFormat};
 use crate::train::chat::{ChatTemplate, Message};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::train::classification::{classify_texts, evaluate_classification, ClassificationLoss};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanInput};
@@ -782,6 +783,9 @@ impl WebModel {
         let st = busy(self.state.try_borrow())?;
         let mut recipe = recipe.clone();
         recipe.set_pad_id(st.tokenizer.as_ref());
+        if let Objective::Classification(loss) = &mut recipe.objective {
+            loss.num_labels = trainer.adapter.num_labels(); // the adapter's score head says how many
+        }
         let recipe = &recipe;
         crate::train::reward::check_adapter_for(&recipe.objective, &trainer.adapter).map_err(err)?;
         trainer.gradient_checkpointing = recipe.gradient_checkpointing;
@@ -855,6 +859,7 @@ impl WebModel {
             let adapter = chosen_adapter(&st, &opts)?.ok_or_else(|| {
                 err("score needs a reward model: no adapter is active (addLora with taskType \"SEQ_CLS\")")
             })?;
+            crate::train::reward::check_reward_model(adapter, "score").map_err(err)?;
             let tok =
                 st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: scoring needs one"))?;
             if !Array::is_array(&texts) {
@@ -878,6 +883,72 @@ impl WebModel {
             let scores =
                 crate::train::reward::score_sequences(&st.gpu, &st.model, adapter, &ids, pad).await.map_err(err)?;
             to_js(&scores)
+        })
+    }
+
+    /// A sequence classifier's verdict on each text (tokenized as its training
+    /// data: special tokens, cut to the model's positions): the label of the
+    /// highest logit, its score as transformers' text-classification
+    /// pipeline gives it (softmax, sigmoid for multi-label, the logit for
+    /// regression) and the logits, with the adapter `opts.adapter` (absent:
+    /// the active one), a SEQ_CLS LoRA trained with objective "classification".
+    #[wasm_bindgen(unchecked_return_type = "Promise<Prediction[]>")]
+    pub fn classify(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string[]")] texts: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "ClassifyOptions | undefined")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: EvalOptions = options(&opts)?;
+            let problem = EvalOptions { objective: Some("classification".into()), ..o }.to_recipe().map_err(err)?;
+            let Objective::Classification(loss) = problem.objective else { unreachable!("asked for classification") };
+            let st = busy(state.try_borrow())?;
+            let adapter = chosen_adapter(&st, &opts)?.ok_or_else(|| {
+                err("classify needs a classifier: no adapter is active (addLora with taskType \"SEQ_CLS\")")
+            })?;
+            let objective = Objective::Classification(ClassificationLoss { num_labels: adapter.num_labels(), ..loss });
+            crate::train::reward::check_adapter_for(&objective, adapter).map_err(err)?;
+            let tok =
+                st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: classifying needs one"))?;
+            let texts: Vec<String> = serde_wasm_bindgen::from_value(texts)
+                .map_err(|e| err(format!("classify takes an array of strings: {e}")))?;
+            let max = st.model.config.max_position_embeddings;
+            let target = (&*st.gpu, &st.model, adapter);
+            let verdicts = classify_texts(target, tok, &texts, loss.problem_type, max).await.map_err(err)?;
+            to_js(&verdicts)
+        })
+    }
+
+    /// A classifier's loss on labelled held-out texts, as transformers'
+    /// `Trainer.evaluate()` reports it, and its accuracy (single-label), with
+    /// the adapter `name` (absent: the active one).
+    #[wasm_bindgen(js_name = evaluateClassifier, unchecked_return_type = "Promise<ClassifierEvalResult>")]
+    pub fn evaluate_classifier(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "TrainingData")] data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "ClassifierEvalOptions | undefined")] opts: JsValue,
+    ) -> Promise {
+        let state = self.state.clone();
+        future_to_promise(async move {
+            let o: EvalOptions = options(&opts)?;
+            let mut recipe = EvalOptions { objective: Some("classification".into()), ..o }.to_recipe().map_err(err)?;
+            let st = busy(state.try_borrow())?;
+            recipe.set_pad_id(st.tokenizer.as_ref());
+            let adapter = chosen_adapter(&st, &opts)?
+                .ok_or_else(|| err("evaluateClassifier needs a classifier: no adapter is active"))?;
+            let Objective::Classification(loss) = &mut recipe.objective else {
+                unreachable!("asked for classification")
+            };
+            loss.num_labels = adapter.num_labels();
+            let loss = *loss;
+            crate::train::reward::check_adapter_for(&recipe.objective, adapter).map_err(err)?;
+            let dopts = recipe.eval_data_options(st.model.config.max_position_embeddings);
+            let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
+            let e =
+                evaluate_classification(&st.gpu, &st.model, Some(adapter), &ds.epoch(0), &loss).await.map_err(err)?;
+            to_js(&serde_json::json!({"loss": e.loss, "accuracy": e.accuracy, "rows": e.rows,
+                                      "batches": ds.batches_per_epoch()}))
         })
     }
 
@@ -1120,6 +1191,9 @@ async fn evaluate_held_out(
                 e.stats.metrics().iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
             let batches = ds.batches_per_epoch();
             return to_js(&serde_json::json!({"loss": e.loss, "metrics": metrics, "batches": batches}));
+        }
+        (Objective::Classification(_), _) => {
+            return Err(err("a classifier's loss and accuracy: evaluateClassifier"));
         }
         (Objective::Sft(_) | Objective::Grpo(_), true) => {
             return Err(err("evaluatePreference needs a preference objective: dpo, orpo, cpo, kto or reward"));

@@ -249,11 +249,11 @@ impl WebModel {
         }
         for (i, r) in rewards.iter().enumerate() {
             let WebReward::Model(reward_model) = r else { continue };
-            let found = st.adapters.get(reward_model).map(|a| a.task_type());
-            if reward_model == name || found != Some(crate::peft::TaskType::SeqCls) {
+            let found = st.adapters.get(reward_model).map(|a| (a.task_type(), a.num_labels()));
+            if reward_model == name || found != Some((crate::peft::TaskType::SeqCls, 1)) {
                 return Err(err(format!(
                     "rewardFuncs[{i}]: {reward_model:?} is not a reward model among the adapters (one added with \
-                     taskType \"SEQ_CLS\" and trained with objective \"reward\", not the adapter this run trains)"
+                     taskType \"SEQ_CLS\", one label, and trained with objective \"reward\", not the adapter this run trains)"
                 )));
             }
         }

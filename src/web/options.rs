@@ -58,6 +58,8 @@ pub struct LoraOptions {
     /// PEFT's `task_type`: "CAUSAL_LM" (the default) or "SEQ_CLS", a reward
     /// model (its `score` head trained through `modules_to_save`).
     pub task_type: Option<String>,
+    /// SEQ_CLS: the score head's labels (transformers' `num_labels`, default 1).
+    pub num_labels: Option<usize>,
     pub seed: Option<u64>,
 }
 
@@ -248,8 +250,10 @@ pub struct TrainOptions {
     pub precompute_ref_log_probs: Option<bool>,
     /// TRL's `disable_dropout` (left out: the objective's trainer's default).
     pub disable_dropout: Option<bool>,
-    /// "sft" (the default), "dpo", "orpo" or "cpo".
+    /// "sft" (the default), "dpo", "orpo", "cpo", "kto", "reward" or "classification".
     pub objective: Option<String>,
+    /// Classification: transformers' `problem_type` (left out: inferred from the labels).
+    pub problem_type: Option<String>,
     /// DPO's, ORPO's and CPO's settings: `beta`, `labelSmoothing`, `lossType`, `rpoAlpha`, `discopopTau`,
     /// `cpoAlpha`, `simpoGamma`.
     #[serde(flatten)]
@@ -265,6 +269,8 @@ pub struct EvalOptions {
     /// "sft" (the default), or a preference objective whose loss and TRL's
     /// metrics to measure on held-out pairs (with `beta`, `lossType`, …).
     pub objective: Option<String>,
+    /// `evaluateClassifier`: transformers' `problem_type` (left out: inferred from the labels).
+    pub problem_type: Option<String>,
     #[serde(flatten)]
     pub preference: PreferenceOptions,
 }
@@ -388,9 +394,17 @@ impl LoraOptions {
             Some(other) => {
                 return Err(bad(
                     "task_type",
-                    format!("must be \"CAUSAL_LM\" or \"SEQ_CLS\" (a reward model), got {other:?}"),
+                    format!("must be \"CAUSAL_LM\" or \"SEQ_CLS\" (a classifier or reward model), got {other:?}"),
                 ))
             }
+        };
+        l.num_labels = match self.num_labels {
+            Some(0) => return Err(bad("num_labels", "must be at least 1")),
+            Some(n) if l.task_type != crate::peft::TaskType::SeqCls => {
+                return Err(bad("num_labels", format!("{n}: labels belong to a SEQ_CLS adapter's score head")))
+            }
+            Some(n) => n,
+            None => 1,
         };
         Ok(AdapterRecipe::Lora(l))
     }
@@ -503,9 +517,26 @@ impl TrainOptions {
         t.disable_dropout = self.disable_dropout;
         let objective = self.objective.as_deref().unwrap_or("sft");
         t.objective = Objective::from_options(objective, &self.preference)?;
+        set_problem_type(&mut t.objective, self.problem_type.as_deref())?;
         t.validate()?;
         Ok(t)
     }
+}
+
+/// `problemType` on a classification objective (checked by name); an error on any other.
+fn set_problem_type(objective: &mut Objective, name: Option<&str>) -> Result<()> {
+    use crate::train::classification::ProblemType;
+    let Some(name) = name else { return Ok(()) };
+    let Objective::Classification(loss) = objective else {
+        return Err(bad("problemType", "applies to objective \"classification\" only"));
+    };
+    loss.problem_type = Some(ProblemType::from_name(name).ok_or_else(|| {
+        bad(
+            "problemType",
+            format!("must be \"regression\", \"single_label_classification\" or \"multi_label_classification\", got {name:?}"),
+        )
+    })?);
+    Ok(())
 }
 
 impl EvalOptions {
@@ -515,6 +546,7 @@ impl EvalOptions {
         t.batch_size = self.batch_size.unwrap_or(t.batch_size);
         t.seq_len = self.seq_len.unwrap_or(t.seq_len);
         t.objective = Objective::from_options(self.objective.as_deref().unwrap_or("sft"), &self.preference)?;
+        set_problem_type(&mut t.objective, self.problem_type.as_deref())?;
         t.validate()?;
         Ok(t)
     }
@@ -687,6 +719,7 @@ impl GrpoOptions {
             precompute_ref_log_probs: None,
             disable_dropout: self.disable_dropout,
             objective: None,
+            problem_type: None,
             preference: PreferenceOptions::default(),
         };
         let mut recipe = train.to_recipe()?;

@@ -76,10 +76,13 @@ export interface LoraOptions {
   excludeModules?: string[] | string;
   /** DoRA (PEFT's use_dora): a magnitude per adapted Linear. */
   useDora?: boolean;
-  /** PEFT's task_type: "SEQ_CLS" makes a reward model, whose `score` head (the model's hidden size, one label) is
-   * trained whole through modules_to_save (PEFT adds "classifier" and "score"); train it with objective "reward",
-   * rate texts with `score()`. Left out: "CAUSAL_LM". */
+  /** PEFT's task_type: "SEQ_CLS" makes a sequence classifier, whose `score` head (numLabels rows of the model's
+   * hidden size) is trained whole through modules_to_save (PEFT adds "classifier" and "score"): with one label a
+   * reward model (objective "reward", rate texts with `score()`), or a classifier (objective "classification",
+   * `classify()`). Left out: "CAUSAL_LM". */
   taskType?: "CAUSAL_LM" | "SEQ_CLS";
+  /** SEQ_CLS: the score head's labels, transformers' num_labels (left out: 1). */
+  numLabels?: number;
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
    * `pissa_niter_${K}`, OLoRA, LoftQ with `loftqIter` iterations, default 1). */
   init?: "kaiming" | "gaussian" | "pissa" | `pissa_niter_${number}` | "olora" | "loftq"; loftqIter?: number;
@@ -135,7 +138,13 @@ export type TrainingRecord =
   | { messages: { role: string; content: string }[] }
   | { input_ids: number[]; labels?: number[] }
   | PreferenceRecord
-  | UnpairedPreferenceRecord;
+  | UnpairedPreferenceRecord
+  | ClassificationRecord;
+/** A labelled text for objective "classification": a class index (single-label; -100: none), a number
+ * (regression), or numLabels numbers (multi-label, or regression of several values); or pre-tokenized ids. */
+export type ClassificationRecord =
+  | { text: string; label: number | number[] }
+  | { input_ids: number[]; label: number | number[] };
 /** An unpaired example for objective "kto" (TRL's shape): label true for a desirable completion. */
 export type UnpairedPreferenceRecord =
   | { prompt: string; completion: string; label: boolean }
@@ -188,8 +197,13 @@ export interface TrainOptions {
   precomputeRefLogProbs?: boolean;
   /** "dpo", "orpo" or "cpo": train on preference pairs ({prompt, chosen, rejected}, text or messages); "kto" on
    * unpaired examples ({prompt, completion, label}, or pairs, which are unpaired); "reward": a reward model (a LoRA
-   * added with taskType "SEQ_CLS") on pairs (RewardRecord), TRL's RewardTrainer. Left out: "sft". */
-  objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto" | "reward";
+   * added with taskType "SEQ_CLS") on pairs (RewardRecord), TRL's RewardTrainer; "classification": a classifier (a
+   * LoRA added with taskType "SEQ_CLS" and numLabels) on labelled texts (ClassificationRecord), transformers'
+   * Trainer. Left out: "sft". */
+  objective?: "sft" | "dpo" | "orpo" | "cpo" | "kto" | "reward" | "classification";
+  /** Classification: transformers' problem_type. Left out: inferred as transformers does (one label: regression;
+   * integer labels: single-label; lists: multi-label). */
+  problemType?: "regression" | "single_label_classification" | "multi_label_classification";
   /** Reward: TRL's center_rewards_coefficient, the weight of mean (r_chosen + r_rejected)² in the loss (off). */
   centerRewardsCoefficient?: number;
   /** TRL's disable_dropout: no dropout in the steps, the adapter's included. Left out: true for "dpo", "orpo", "cpo",
@@ -324,6 +338,19 @@ export interface GrpoEvalResult {
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
 /** score's options: the reward model to score with (absent: the active adapter). */
 export interface ScoreOptions { adapter?: string; }
+/** classify's options: the classifier (absent: the active adapter), and how its logits are read (left out:
+ * regression with one label, else single-label). */
+export interface ClassifyOptions {
+  adapter?: string; problemType?: "regression" | "single_label_classification" | "multi_label_classification";
+}
+/** A classifier's verdict on a text, as transformers' text-classification pipeline's top label: the label of the
+ * highest logit and its score (softmax probability; sigmoid for multi-label; the logit for regression). */
+export interface Prediction { label: number; score: number; logits: number[]; }
+/** evaluateClassifier's options: the held-out rows' batch and length, and the problem type as TrainOptions'. */
+export interface ClassifierEvalOptions extends ClassifyOptions { batchSize?: number; seqLen?: number; }
+/** Trainer.evaluate()'s eval_loss (each batch's mean, weighted by its rows) and, single-label, the accuracy of the
+ * highest logit (null otherwise). */
+export interface ClassifierEvalResult { loss: number; accuracy: number | null; rows: number; batches: number; }
 /** evaluatePreference's options: the objective and its settings, as TrainOptions takes them. */
 export interface PreferenceEvalOptions extends EvalOptions {
   objective: "dpo" | "orpo" | "cpo" | "kto" | "reward";

@@ -17,7 +17,6 @@ use webpeft::model::llama::GenerationConfig;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
 use webpeft::peft::adapter::{hooks_of, Adapter};
-use webpeft::peft::TaskType;
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
 use webpeft::train::grpo::{
     evaluate_group, grpo_progress, grpo_prompts, grpo_resume_state, grpo_step, sample_generation, think_format_reward,
@@ -109,12 +108,7 @@ async fn load_reward_models(
         }
         let files = DirFiles::new(&*dir).map_err(|e| format!("{what}: {e}"))?;
         let loaded = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{what}: {e}"))?;
-        if loaded.task_type() != TaskType::SeqCls {
-            return Err(format!(
-                "{what}: not a reward model (its task_type is not SEQ_CLS; train one with --objective reward)"
-            )
-            .into());
-        }
+        webpeft::train::reward::check_reward_model(&loaded, &what)?;
         *adapter = Some(Box::new(loaded));
     }
     Ok(())

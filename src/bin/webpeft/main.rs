@@ -18,6 +18,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod classify;
 mod export_gguf;
 mod generate;
 mod grpo;
@@ -41,6 +42,27 @@ use webpeft::Gpu;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// The base model a command runs, and how its weights are held.
+#[derive(clap::Args, Debug)]
+struct BaseModel {
+    /// The model folder (config.json, the safetensors and the tokenizer; the one an adapter was trained on).
+    #[arg(long)]
+    model: PathBuf,
+    /// How the blocks' Linear weights are stored on the GPU: f32, f16, bf16, q8 (Q8_0) or nf4.
+    #[arg(long, default_value = "f32")]
+    quant: QuantFormat,
+    /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
+    /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
+    #[arg(long, default_value = "f32")]
+    compute_dtype: ComputeDtype,
+}
+
+impl BaseModel {
+    fn storage(&self) -> (QuantFormat, ComputeDtype) {
+        (self.quant, self.compute_dtype)
+    }
 }
 
 #[derive(Subcommand)]
@@ -136,16 +158,8 @@ enum Command {
     },
     /// Run the model on token ids and write the logits and the causal-LM loss (labels = ids).
     Logits {
-        /// The model folder (config.json and safetensors).
-        #[arg(long)]
-        model: std::path::PathBuf,
-        /// How the blocks' Linear weights are stored on the GPU: f32, f16, bf16, q8 (Q8_0) or nf4.
-        #[arg(long, default_value = "f32")]
-        quant: QuantFormat,
-        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16
-        /// (bitsandbytes' bnb_4bit_compute_dtype; f32 elsewhere, with a note).
-        #[arg(long, default_value = "f32")]
-        compute_dtype: ComputeDtype,
+        #[command(flatten)]
+        base: BaseModel,
         /// JSON token ids: `[[ids…], …]` or `{"input_ids": [[ids…], …]}` (rows of equal length).
         #[arg(long)]
         tokens: std::path::PathBuf,
@@ -160,15 +174,8 @@ enum Command {
     /// a text ({"text", "reward"}) or a preference pair ({"pair", "chosen", "rejected"}, then the
     /// accuracy on stderr).
     Score {
-        /// The model folder the reward model was trained on.
-        #[arg(long)]
-        model: std::path::PathBuf,
-        /// How the blocks' Linear weights are stored on the GPU: f32, f16, bf16, q8 (Q8_0) or nf4.
-        #[arg(long, default_value = "f32")]
-        quant: QuantFormat,
-        /// Arithmetic of the quantized or f16 Linears: f32, or f16 where the GPU has shader-f16.
-        #[arg(long, default_value = "f32")]
-        compute_dtype: ComputeDtype,
+        #[command(flatten)]
+        base: BaseModel,
         /// The reward model: a PEFT LoRA folder with task_type SEQ_CLS (its score head).
         #[arg(long)]
         adapter: PathBuf,
@@ -180,6 +187,25 @@ enum Command {
         /// text or messages): each pair's two rewards.
         #[arg(long)]
         data: Option<PathBuf>,
+    },
+    /// Classify texts with a sequence classifier (`train --objective classification`'s SEQ_CLS
+    /// LoRA): one JSON line a text ({"text", "label", "score", "logits"}) or labelled row ({"row",
+    /// …, "target"}, then the loss and accuracy on stderr).
+    Classify {
+        #[command(flatten)]
+        base: BaseModel,
+        /// The classifier: a PEFT LoRA folder with task_type SEQ_CLS (its score head of num_labels rows).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// A text to classify, repeatable: tokenized as the training data (special tokens).
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        /// Labelled rows to classify, the training data's shape ({"text", "label"}).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// How the logits are read [default: regression with one label, else single_label_classification].
+        #[arg(long, value_parser = ["regression", "single_label_classification", "multi_label_classification"])]
+        problem_type: Option<String>,
     },
     /// Train an adapter on a JSONL file: one JSON line per optimizer step on
     /// stdout; the adapter and a resumable training state go to --out.
@@ -301,11 +327,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             generate::generate(&model, (quant, compute_dtype), &prompt, chat, settings, adapter.as_deref()).await?
         }
         Command::Quantize { model, quant, out } => quantize::quantize(&model, quant, &out).await?,
-        Command::Logits { model, quant, compute_dtype, tokens, out, adapter } => {
-            logits::logits(&model, (quant, compute_dtype), &tokens, &out, adapter.as_deref()).await?
+        Command::Logits { base, tokens, out, adapter } => {
+            logits::logits(&base.model, base.storage(), &tokens, &out, adapter.as_deref()).await?
         }
-        Command::Score { model, quant, compute_dtype, adapter, texts, data } => {
-            score::score(&model, (quant, compute_dtype), &adapter, &texts, data.as_ref()).await?
+        Command::Score { base, adapter, texts, data } => {
+            score::score(&base.model, base.storage(), &adapter, &texts, data.as_ref()).await?
+        }
+        Command::Classify { base, adapter, texts, data, problem_type } => {
+            let storage = base.storage();
+            classify::classify(&base.model, storage, &adapter, &texts, data.as_ref(), problem_type.as_deref()).await?
         }
         Command::Train(args) => {
             if train::train(*args).await? == train::Stopped::NonFinite {

@@ -79,6 +79,11 @@ pub struct RunOptions {
     /// --disable-dropout as given (checkpoints without it: the objective's default).
     #[serde(default)]
     pub disable_dropout: Option<bool>,
+    /// Classification: --num-labels and --problem-type as given.
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub problem_type: Option<String>,
     /// --bnb-4bit-quant-type and --double-quant (checkpoints without them: nf4, no double quantization).
     #[serde(default = "nf4")]
     pub bnb_4bit_quant_type: String,
@@ -195,6 +200,8 @@ impl RunOptions {
             undesirable_weight: a.undesirable_weight,
             center_rewards_coefficient: a.center_rewards_coefficient,
             disable_dropout: a.disable_dropout,
+            num_labels: a.num_labels,
+            problem_type: a.problem_type.clone(),
             bnb_4bit_quant_type: a.bnb_4bit_quant_type.clone(),
             double_quant: a.double_quant,
             grpo: a.samples_groups().then(|| GrpoOptions::of(a)),
@@ -342,6 +349,11 @@ pub fn settle(a: &mut TrainArgs, ckpt: &CheckpointData, dir: &Path) -> Result<()
     one!("center_rewards_coefficient", "center-rewards-coefficient", a.center_rewards_coefficient, center, show);
     let off = |v: &Option<bool>| v.map_or("-".into(), |v| v.to_string());
     one!("disable_dropout", "disable-dropout", a.disable_dropout, saved.disable_dropout, off);
+    let count = |v: &Option<usize>| v.map_or("-".into(), |v| v.to_string());
+    one!("num_labels", "num-labels", a.num_labels, saved.num_labels, count);
+    one!("problem_type", "problem-type", a.problem_type, saved.problem_type, |v: &Option<String>| v
+        .clone()
+        .unwrap_or_else(|| "-".into()));
     one!("neftune_noise_alpha", "neftune-noise-alpha", a.neftune_noise_alpha, saved.neftune_noise_alpha, show);
     let flag = |v: &bool| v.to_string();
     one!("completion_only_loss", "completion-only-loss", a.completion_only_loss, saved.completion_only_loss, flag);

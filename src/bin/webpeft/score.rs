@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use webpeft::model::config::Config;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
-use webpeft::peft::TaskType;
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::data::DataOptions;
 use webpeft::train::recipe::pad_id;
-use webpeft::train::reward::{reward_dataset, score_sequences, text_ids};
+use webpeft::train::reward::{check_reward_model, reward_dataset, score_sequences, text_ids};
 
 use crate::{cli_gpu, load_adapter, load_model};
 
@@ -55,11 +54,7 @@ pub async fn score(
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, base).await?;
     let adapter = load_adapter(&gpu, adapter, &model).await?;
-    if adapter.task_type() != TaskType::SeqCls {
-        return Err("--adapter is not a reward model (its task_type is not SEQ_CLS): train one with \
-                    `webpeft train --objective reward`"
-            .into());
-    }
+    check_reward_model(&adapter, "--adapter")?;
     let rows = texts.iter().map(|t| text_ids(&tokenizer, "", t)).collect::<Result<Vec<_>, _>>()?;
     for (text, reward) in texts.iter().zip(score_sequences(&gpu, &model, &adapter, &rows, pad).await?) {
         out!("{}", serde_json::json!({ "text": text, "reward": reward }));

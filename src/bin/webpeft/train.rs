@@ -16,11 +16,15 @@ use webpeft::peft::lora::{LoraAdapter, LOFTQ_BASE_DIR};
 use webpeft::peft::{InitLoraWeights, TargetModules, TaskType};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::checkpoint::{load_checkpoint, read_checkpoint, save_checkpoint, CHECKPOINT_FILE};
+use webpeft::train::classification::{evaluate_classification, ProblemType};
 use webpeft::train::data::{DataOptions, Dataset, LossMasks};
 use webpeft::train::early_stopping::EarlyStopping;
 use webpeft::train::preference::{Objective, PreferenceOptions};
 use webpeft::train::recipe::{AdapterRecipe, Method, TrainRecipe, DEFAULT_SEED};
 use webpeft::train::reward::{check_adapter_for, evaluate_reward, RewardStats};
+
+/// transformers' `PretrainedConfig.num_labels` default.
+const DEFAULT_NUM_LABELS: usize = 2;
 use webpeft::train::run::{Run, RunConfig};
 use webpeft::train::schedule::{Schedule, SCHEDULE_NAMES};
 use webpeft::train::trainer::{KtoStats, PreferenceStats};
@@ -257,8 +261,22 @@ pub struct TrainArgs {
     /// RewardTrainer, a reward model on pairs {"prompt"?, "chosen", "rejected", "margin"?} (text, or
     /// messages): a LoRA with task_type SEQ_CLS whose score head (modules_to_save) rates a
     /// sequence, trained so the chosen answer scores above the rejected one (score it with `webpeft score`).
-    #[arg(long, default_value = "sft", value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo", "reward"])]
+    /// classification: transformers' Trainer on a SEQ_CLS LoRA of --num-labels labels, texts
+    /// {"text", "label"} a line (label: a class index, a number, or a list of numbers), the loss
+    /// by --problem-type (predict with `webpeft classify`).
+    #[arg(
+        long,
+        default_value = "sft",
+        value_parser = ["sft", "dpo", "orpo", "cpo", "kto", "grpo", "rloo", "reward", "classification"]
+    )]
     pub objective: String,
+    /// Classification: the score head's labels, transformers' num_labels [default: 2, as transformers'].
+    #[arg(long)]
+    pub num_labels: Option<usize>,
+    /// Classification: transformers' problem_type [default: inferred as transformers infers it: one
+    /// label regression, integer labels single_label_classification, lists multi_label_classification].
+    #[arg(long, value_parser = ["regression", "single_label_classification", "multi_label_classification"])]
+    pub problem_type: Option<String>,
     /// TRL's disable_dropout: true turns every dropout of the steps off, the adapter's included
     /// [default: true for dpo, orpo, cpo, kto and reward, as their TRL configs; false for sft, grpo
     /// and rloo].
@@ -809,6 +827,10 @@ impl TrainArgs {
                 if self.objective == "reward" {
                     l.task_type = TaskType::SeqCls;
                 }
+                if self.objective == "classification" {
+                    l.task_type = TaskType::SeqCls;
+                    l.num_labels = self.num_labels.unwrap_or(DEFAULT_NUM_LABELS);
+                }
             }
             AdapterRecipe::AdaLora(a) => {
                 a.lora.alpha = self.alpha.unwrap_or(a.lora.alpha);
@@ -947,6 +969,25 @@ impl TrainArgs {
             center_rewards_coefficient: self.center_rewards_coefficient,
         };
         t.objective = Objective::from_options(&self.objective, &preference)?;
+        match &mut t.objective {
+            Objective::Classification(loss) => {
+                loss.num_labels = self.num_labels.unwrap_or(DEFAULT_NUM_LABELS);
+                loss.problem_type = self.problem_type.as_deref().and_then(ProblemType::from_name);
+                loss.validate()?;
+            }
+            _ => {
+                for (given, flag) in
+                    [(self.num_labels.is_some(), "num_labels"), (self.problem_type.is_some(), "problem_type")]
+                {
+                    if given {
+                        return Err(webpeft::Error::TrainOption {
+                            option: flag,
+                            detail: "applies to --objective classification only".into(),
+                        });
+                    }
+                }
+            }
+        }
         Ok(t)
     }
 
@@ -1005,6 +1046,10 @@ async fn eval_line(
         return Ok((serde_json::to_string(&line)?, stats.loss));
     }
     let (loss, metrics): (f64, Vec<(String, f64)>) = match run.trainer.objective {
+        Objective::Classification(c) => {
+            let e = evaluate_classification(gpu, model, Some(&run.trainer.adapter), &eval.epoch(0), &c).await?;
+            (e.loss as f64, e.accuracy.map(|a| ("accuracy".to_string(), a as f64)).into_iter().collect())
+        }
         Objective::Reward(r) => {
             let e = evaluate_reward(gpu, model, Some(&run.trainer.adapter), &eval.epoch(0), &r).await?;
             let mut metrics: Vec<(String, f64)> =
