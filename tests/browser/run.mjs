@@ -516,6 +516,28 @@ test("the npm package, installed from its tarball into a plain page, trains, che
         throw new Error("what a reward model refuses: " + sftOnReward + " / " + scoreWithout);
       }
       model.removeAdapter("rm");
+      // A classifier (transformers' Trainer on a SEQ_CLS LoRA of 3 labels): labelled texts, classify() as the
+      // text-classification pipeline reads the logits, evaluateClassifier; saved with a (3, hidden) score head; score()
+      // refuses a classifier of several labels.
+      model.addLora("cls", { r: 4, alpha: 8, taskType: "SEQ_CLS", numLabels: 3 });
+      const labelled = [{ text: "The robot watered the garden.", label: 0 }, { text: "12345 #@$%", label: 2 },
+        { text: "The fox ran.", label: 1 }, { text: "Hello world", label: -100 }];
+      const cev = [];
+      await model.startTraining("cls", labelled, { lr: 0.02, steps: 2, batchSize: 2, objective: "classification" })
+        .train((x) => cev.push(x));
+      const verdicts = await model.classify(["The robot watered the garden.", "Hi"], { adapter: "cls" });
+      const cjudged = await model.evaluateClassifier(labelled, { adapter: "cls", batchSize: 2 });
+      const cfiles = await model.exportAdapter("cls");
+      const cconfig = JSON.parse(new TextDecoder().decode(cfiles["adapter_config.json"]));
+      const scoreCls = await model.score(["x"], { adapter: "cls" }).then(() => "no error", (e) => e.message);
+      const v0 = verdicts[0];
+      if (cev.length !== 2 || !cev.every((e) => Number.isFinite(e.loss)) || verdicts.length !== 2 || v0.logits.length !== 3 ||
+          !(v0.label >= 0 && v0.label < 3) || !(v0.score > 0 && v0.score <= 1) || cjudged.rows !== 4 || cjudged.batches !== 2 ||
+          !Number.isFinite(cjudged.loss) || !(cjudged.accuracy >= 0 && cjudged.accuracy <= 1) || cconfig.task_type !== "SEQ_CLS" ||
+          !scoreCls.includes("a classifier of 3 labels")) {
+        throw new Error("classifier " + JSON.stringify({ cev, verdicts, cjudged, cconfig, scoreCls }));
+      }
+      model.removeAdapter("cls");
       // GRPO with two JS rewards (an async one, the completions' token counts; one giving null for a few): 2 prompts
       // (text with a field, messages) × 2 completions a step, 2 steps, beta 0.04.
       model.addLora("g", { r: 4, alpha: 8 });

@@ -1,7 +1,7 @@
 // Compiled with `tsc --strict --noEmit` by run.mjs: the package's types cover
 // every option object and event (a misspelt option or a wrong type fails).
 import init, { Gpu, GrpoRun, Model, TrainRun } from "../../pkg/webpeft.js";
-import type { ChatMessage, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, Reward, RewardRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
+import type { ChatMessage, ClassificationRecord, ClassifierEvalResult, ClassifyOptions, Prediction, TrainOptions, ComputeDtype, KernelFamily, GenerateResult, GgufOptions, GrpoCompletion, GrpoEvalResult, GrpoOptions, GrpoStepEvent, RewardFunction, LoadProgress, MemoryPlan, PreferenceEvalResult, PreferenceRecord, Reward, RewardRecord, StepEvent, StopReason, TrainSummary, UnpairedPreferenceRecord } from "../../pkg/webpeft.js";
 
 export async function example(data: string): Promise<void> {
   await init();
@@ -85,6 +85,14 @@ export async function example(data: string): Promise<void> {
   console.log(rewardStep?.reward?.accuracy, rewardStep?.reward?.maxReward);
   const rewards: number[] = await model.score(["The fox ran.", [{ role: "user", content: "Hi" }]], { adapter: "rm" });
   console.log(rewards[0]);
+  // A classifier: a SEQ_CLS LoRA of 3 labels, labelled texts, classify() and evaluateClassifier().
+  model.addLora("cls", { r: 4, taskType: "SEQ_CLS", numLabels: 3 });
+  const labelled: ClassificationRecord[] = [{ text: "The fox ran.", label: 2 }, { text: "Hi", label: [0, 1, 0] }];
+  const clsOptions: TrainOptions = { lr: 1e-3, steps: 1, objective: "classification", problemType: "single_label_classification" };
+  console.log(model.startTraining("cls", labelled.slice(0, 1), clsOptions).totalSteps());
+  const verdicts: Prediction[] = await model.classify(["The fox ran."], { adapter: "cls" } as ClassifyOptions);
+  const clsEval: ClassifierEvalResult = await model.evaluateClassifier(labelled.slice(0, 1), { adapter: "cls", batchSize: 1 });
+  console.log(verdicts[0].label, verdicts[0].score, verdicts[0].logits.length, clsEval.loss, clsEval.accuracy, clsEval.rows);
   console.log(judged.loss, judged.metrics["rewards/accuracies"], judged.batches);
   const lengthReward: RewardFunction = async (cs: GrpoCompletion[]) => cs.map((c) => c.completionIds.length);
   const byModel: Reward[] = [lengthReward, "rm"];
