@@ -2250,6 +2250,10 @@ fn train_a_classifier_resume_classify_and_refuse_what_does_not_apply() {
     refused(&["--objective", "classification", "--num-labels", "3", "--method", "ia3"], "SEQ_CLS");
     refused(&["--objective", "sft", "--method", "lora", "--num-labels", "3"], "applies to --objective classification");
     refused(&["--objective", "classification", "--num-labels", "2", "--method", "lora"], "not a class of 0..2");
+    refused(
+        &["--objective", "classification", "--num-labels", "4", "--method", "lora", "--init-adapter", &whole],
+        "--num-labels: 4, but the adapter's score head has 3 label(s)",
+    );
     let pairs = fixture("reward/text.jsonl");
     let e = failure(&train(
         &pairs,

@@ -456,6 +456,12 @@ pub fn check_adapter_for(objective: &Objective, adapter: &Adapter) -> Result<()>
             "a reward model's score head has one label, this adapter's {labels}: train it with objective \
              classification"
         ),
+        (true, true) => {
+            return match objective {
+                Objective::Classification(loss) => loss.validate().and_then(|_| loss.check_head(labels)),
+                _ => Ok(()),
+            }
+        }
         _ => return Ok(()),
     };
     Err(Error::TrainOption { option: "objective", detail })

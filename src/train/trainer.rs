@@ -477,12 +477,6 @@ impl Trainer {
         if let Objective::Reward(loss) = self.objective {
             loss.validate()?;
         }
-        if let Objective::Classification(loss) = self.objective {
-            loss.validate()?;
-            if let Adapter::Lora(l) = &self.adapter {
-                loss.check_head(l.config.num_labels)?;
-            }
-        }
         for b in micro {
             if let Objective::Classification(_) = self.objective {
                 if b.position_ids.is_some() || virtual_tokens > 0 {

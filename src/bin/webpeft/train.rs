@@ -1177,6 +1177,10 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     if let Some(dir) = &a.init_adapter {
         a.note_ignored_options(&dir.display().to_string());
     }
+    if a.objective == "classification" && a.num_labels.is_none() {
+        // Where --init-adapter holds a classifier, its score head says how many labels.
+        a.num_labels = a.init_adapter.as_deref().and_then(folder_num_labels);
+    }
     let mut recipe = a.train_recipe().map_err(flag_error)?;
     recipe.validate().map_err(flag_error)?;
     recipe.check_positions_before(virtual_tokens).map_err(flag_error)?;
@@ -1397,6 +1401,15 @@ pub(crate) fn folder_virtual_tokens(dir: &Path) -> usize {
         }
         _ => 0,
     }
+}
+
+/// The labels of a SEQ_CLS adapter folder's score head (the rows of its
+/// saved `score.weight`), where it has one.
+fn folder_num_labels(dir: &Path) -> Option<usize> {
+    let bytes = std::fs::read(dir.join(webpeft::peft::ADAPTER_WEIGHTS_FILE)).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let info = meta.info(webpeft::peft::modules_to_save::SCORE_KEY)?;
+    info.shape.first().copied()
 }
 
 /// `train --init-adapter`: the folder's adapter, of the kind --method names.
