@@ -12,6 +12,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::{quantized, Checkpoint, Config, MemoryFiles, MemorySource, SafetensorsFile};
 use crate::peft::{lora_modules, BottleneckConfig, LoraConfig};
 use crate::train::chat::{ChatTemplate, Message};
+use crate::train::classification::{classification_dataset, ClassificationLoss, ProblemType};
 use crate::train::data::{parse_jsonl_bytes, DataOptions, Dataset};
 use crate::train::kto::kto_dataset;
 use crate::train::preference::preference_dataset;
@@ -177,7 +178,8 @@ fn fixture_tokenizer() -> Option<&'static Tokenizer> {
 /// the fixture tokenizer's chat template, pre-tokenized), then truncation,
 /// packing and batching; and the same bytes as preference pairs (DPO's and
 /// ORPO's tokenizations), as KTO's unpaired examples with their KL rows, and
-/// as a reward model's pairs (text, messages or token ids, with margins).
+/// as a reward model's pairs (text, messages or token ids, with margins),
+/// and as a classifier's labelled texts (each problem type, 1 to 3 labels).
 pub fn jsonl(data: &[u8]) {
     let tokenizer = fixture_tokenizer();
     if let Ok(examples) = parse_jsonl_bytes("data.jsonl", data, tokenizer) {
@@ -199,6 +201,14 @@ pub fn jsonl(data: &[u8]) {
     }
     if let Ok(ds) = reward_dataset("reward.jsonl", data, tokenizer, &opts, 383) {
         let _ = ds.epoch(0);
+    }
+    for num_labels in 1..=3 {
+        for problem_type in [None].into_iter().chain(ProblemType::ALL.map(Some)) {
+            let loss = ClassificationLoss { num_labels, problem_type, pad_token_id: 383 };
+            if let Ok(ds) = classification_dataset("texts.jsonl", data, tokenizer, &opts, &loss) {
+                let _ = ds.epoch(0);
+            }
+        }
     }
 }
 

@@ -45,8 +45,8 @@ pub async fn generate(
         None => None,
     };
     if adapter.as_ref().is_some_and(|a| a.task_type() == webpeft::peft::TaskType::SeqCls) {
-        return Err("--adapter is a reward model (task_type SEQ_CLS): it scores text, it does not write it \
-                    (`webpeft score`)"
+        return Err("--adapter is a reward model or classifier (task_type SEQ_CLS): it scores text, it does not \
+                    write it (`webpeft score`, `webpeft classify`)"
             .into());
     }
     let ids = if chat {

@@ -33,9 +33,9 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     let summary = match load_adapter(&gpu, adapter, &model).await? {
         Adapter::Lora(lora) if lora.config.task_type == webpeft::peft::TaskType::SeqCls => {
             return Err(format!(
-                "{}: a reward model (task_type SEQ_CLS): its merged form is a sequence classifier (a score head, no \
-                 lm_head), which this causal-LM folder cannot hold; use the adapter as it is \
-                 (`webpeft score`, or PeftModel on AutoModelForSequenceClassification)",
+                "{}: a reward model or classifier (task_type SEQ_CLS): its merged form is a sequence classifier (a \
+                 score head, no lm_head), which this causal-LM folder cannot hold; use the adapter as it is \
+                 (`webpeft score` or `classify`, or PeftModel on AutoModelForSequenceClassification)",
                 adapter.display()
             )
             .into())

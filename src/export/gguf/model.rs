@@ -87,7 +87,7 @@ pub(crate) async fn read_lora<A: ModelFiles>(
     if lora.task_type == crate::peft::TaskType::SeqCls {
         return Err(unsupported(
             "adapter_config.json",
-            "task_type SEQ_CLS: a reward model's score head has no place in llama.cpp's causal-LM GGUF",
+            "task_type SEQ_CLS: a reward model's or classifier's score head has no place in llama.cpp's causal-LM GGUF",
         ));
     }
     if lora.use_dora {

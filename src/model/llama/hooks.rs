@@ -7,7 +7,7 @@
 //! | [`Hooks::embedding_forward`] | after `embed_tokens` gathered the rows of the ids: may change rows in place | trainable tokens (alone or beside a LoRA), LoRA on `embed_tokens` |
 //! | [`Hooks::head_forward`] | after `lm_head` computed logits: may change them in place; its backward runs before the frozen head's dx = dlogits·W | trainable tokens on a tied head, LoRA on `lm_head` |
 //! | [`Hooks::embedding_table`], [`Hooks::head_weight`] | questions, not points: a trained copy of `embed_tokens` or `lm_head` that the model uses in place of the frozen weight; its gradient comes through the embedding's and the head's backward points | `modules_to_save` (beside a LoRA) |
-//! | [`Hooks::score_weight`], [`Hooks::score_backward`] | a sequence classifier's `score` head (reward models): the trained weight the head reads at each sequence's last non-pad token, and its gradient | `modules_to_save` under `task_type` SEQ_CLS (beside a LoRA) |
+//! | [`Hooks::score_weight`], [`Hooks::score_backward`] | a sequence classifier's `score` head (classifiers, reward models): the trained weight the head reads at each sequence's last non-pad token, and its gradient | `modules_to_save` under `task_type` SEQ_CLS (beside a LoRA) |
 //! | [`Hooks::prepend_forward`] | before the first layer: embeddings put before every row's, at positions 0..V (the row's own tokens then start at V) | prompt tuning |
 //! | [`Hooks::prefix_forward`] | in every layer's attention: keys and values before the row's own, at positions 0..P (the row's tokens then start at P) | prefix tuning |
 //! | [`Hooks::linear_input`] | before a Linear: may replace its input x | (IA)³ on feed-forward modules (`x ⊙ l`) |

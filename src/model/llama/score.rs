@@ -1,5 +1,5 @@
 //! `LlamaForSequenceClassification`'s head (transformers'
-//! `GenericForSequenceClassification`), what a reward model scores with:
+//! `GenericForSequenceClassification`), what a reward model scores and a classifier labels with:
 //!
 //! ```text
 //! logits = score(norm(h))                 score: Linear(hidden, num_labels, bias=False)
