@@ -116,7 +116,7 @@ fn matches_transformers(name: &str) {
     let c = cases();
     let case = &c["cases"][name];
     let gpu = gpu();
-    let model = fixture_model(gpu, "llama_gqa");
+    let model = fixture_model(gpu, case["base"].as_str().unwrap());
     let dir = format!("classification/{name}/initial_adapter");
     let adapter = fixture_adapter(gpu, &model, &dir, "lora");
     assert_files_are_peft(gpu, &adapter, &model.config, &dir);
@@ -132,7 +132,7 @@ fn matches_transformers(name: &str) {
     assert_eq!(loss.problem(first[0].len()), problem, "{name}: problem type");
 
     // The initial adapter's logits of every row, one padded batch at a time.
-    let got = block_on(score_sequences(gpu, &model, &adapter, &want_rows, loss.pad_token_id)).unwrap();
+    let got = block_on(score_sequences(gpu, &model, Some(&adapter), &want_rows, loss.pad_token_id)).unwrap();
     let want = floats(&case["initial_logits"]);
     let d = max_abs_diff(&got, &want);
     eprintln!("{name}: initial logits within {d:e} of transformers'");
@@ -173,7 +173,10 @@ fn matches_transformers(name: &str) {
     let want = &case["eval"];
     eprintln!("{name} eval: {e:?} vs {want}");
     close("eval_loss", e.loss as f64, want["eval_loss"].as_f64().unwrap(), 2e-5);
-    assert_eq!(e.accuracy.map(|a| a as f64), want["eval_accuracy"].as_f64(), "{name}: eval_accuracy");
+    match (e.accuracy, want["eval_accuracy"].as_f64()) {
+        (Some(got), Some(want)) => close("eval_accuracy", got as f64, want, 1e-6),
+        (got, want) => assert_eq!(got.map(f64::from), want, "{name}: eval_accuracy"),
+    }
     assert_eq!(e.rows, 3);
 }
 
@@ -190,6 +193,54 @@ fn regression_with_accumulation_matches_transformers() {
 #[test]
 fn multi_label_classification_matches_transformers() {
     matches_transformers("multi_label");
+}
+
+/// A LoRA on a classifier checkpoint (`LlamaForSequenceClassification`, 3 labels), its score copy starting
+/// from the checkpoint's own head as PEFT's does.
+#[test]
+fn a_lora_on_a_classifier_checkpoint_matches_transformers() {
+    matches_transformers("classifier_base");
+}
+
+/// A `…ForSequenceClassification` checkpoint (llama_gqa_cls: a score head of 3 labels, no lm_head) loads,
+/// scores texts with its own head as transformers' does, and refuses what needs an lm_head; a fresh SEQ_CLS
+/// LoRA on it takes its labels and starts its score copy from the checkpoint's head (PEFT's
+/// modules_to_save copy); an adapter of other labels is refused by name.
+#[test]
+fn a_classifier_checkpoint_scores_as_transformers() {
+    use webpeft::model::config::ModelHead;
+    use webpeft::train::recipe::{AdapterRecipe, LoraRecipe};
+    let gpu = gpu();
+    let model = fixture_model(gpu, "llama_gqa_cls");
+    assert_eq!(model.config.head, ModelHead::SequenceClassification { num_labels: 3, problem_type: None });
+    let refs: Value =
+        serde_json::from_slice(&std::fs::read(fixture("refs/llama_gqa_cls/logits.json")).unwrap()).unwrap();
+    let ids: Vec<Vec<u32>> = serde_json::from_value(refs["input_ids"].clone()).unwrap();
+    let got = block_on(score_sequences(gpu, &model, None, &ids, 383)).unwrap();
+    let d = max_abs_diff(&got, &floats(&refs["logits"]));
+    eprintln!("llama_gqa_cls: its own logits within {d:e} of transformers'");
+    assert!(d <= 2e-5, "{d:e}");
+    // No lm_head: what predicts tokens is refused.
+    let mut rec = Recorder::new(gpu);
+    let t = model.input_ids(gpu, &ids[..1]).unwrap();
+    let e = model.forward(&mut rec, &t).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("sequence classifier") && e.contains("no lm_head"), "{e}");
+    // A fresh SEQ_CLS LoRA: the checkpoint's labels, its score copy the checkpoint's head.
+    let lora = LoraRecipe { task_type: webpeft::peft::TaskType::SeqCls, ..LoraRecipe::default() };
+    let adapter = AdapterRecipe::Lora(lora).build(gpu, &model, None, None, 7).unwrap();
+    assert_eq!(adapter.num_labels(), 3);
+    let (_, copy) = adapter.tensors().into_iter().find(|(k, _)| k.as_str() == "base_model.model.score.weight").unwrap();
+    let score = Fixture::open("llama_gqa_cls/model.safetensors").f32("score.weight");
+    assert_eq!(block_on(copy.to_vec::<f32>(gpu)).unwrap(), score, "the copy starts as the checkpoint's head");
+    let two = LoraRecipe { task_type: webpeft::peft::TaskType::SeqCls, num_labels: Some(2), ..LoraRecipe::default() };
+    let e = AdapterRecipe::Lora(two).build(gpu, &model, None, None, 7).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("2 labels, but the model is a classifier of 3"), "{e}");
+    let other = webpeft::model::DirFiles::new(fixture("classification/single_label/initial_adapter")).unwrap();
+    let single = block_on(webpeft::peft::Adapter::load(gpu, &other, &model.config)).map(|a| a.num_labels());
+    assert_eq!(single.ok(), Some(3), "a classifier of 3 labels loads on it");
+    let regression = webpeft::model::DirFiles::new(fixture("classification/regression/initial_adapter")).unwrap();
+    let e = block_on(webpeft::peft::Adapter::load(gpu, &regression, &model.config)).err().map(|e| e.to_string());
+    assert!(e.as_deref().unwrap_or_default().contains("1 labels, but the model is a classifier of 3"), "{e:?}");
 }
 
 /// Bad classification data is a typed error naming the line (the rows in README's "Bad input").
@@ -277,7 +328,7 @@ fn a_saved_classifier_loads_in_peft() {
         block_on(trainer.step(gpu, &model, &[b], c["learning_rate"].as_f64().unwrap())).unwrap();
     }
     let ids: Vec<Vec<u32>> = train.rows().iter().map(|r| r.input_ids.clone()).collect();
-    let logits = block_on(score_sequences(gpu, &model, &trainer.adapter, &ids, loss.pad_token_id)).unwrap();
+    let logits = block_on(score_sequences(gpu, &model, Some(&trainer.adapter), &ids, loss.pad_token_id)).unwrap();
     let files = block_on(trainer.adapter.to_files(gpu, &model.config)).unwrap();
     let rows: Vec<&[f32]> = logits.chunks(loss.num_labels).collect();
     let outputs = serde_json::json!({ "input_ids": ids, "pad_token_id": loss.pad_token_id,

@@ -2275,6 +2275,27 @@ fn train_a_classifier_resume_classify_and_refuse_what_does_not_apply() {
     assert!(e.contains("one label"), "{e}");
     let e = failure(&webpeft(&["score", "--model", &model, "--adapter", &whole, "--text", "x"]));
     assert!(e.contains("a classifier of 3 labels"), "{e}");
+
+    // A classifier checkpoint (LlamaForSequenceClassification, 3 labels): classify with its own head, train a
+    // LoRA on it (its labels by default), and refuse what needs an lm_head.
+    let cls = fixture("llama_gqa_cls");
+    let out = webpeft(&["classify", "--model", &cls, "--text", "Hello world!"]);
+    ok(&out);
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["logits"].as_array().map(Vec::len), Some(3), "{verdict}");
+    let on_cls = dir.join("on_cls");
+    let lines = untimed(&webpeft(
+        &[
+            &["train", "--model", &cls, "--data", &data, "--objective", "classification", "--method", "lora"][..],
+            &["--steps", "1", "--lr", "1e-2", "--out", &on_cls],
+        ]
+        .concat(),
+    ));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let e = failure(&webpeft(&["generate", "--model", &cls, "--prompt", "The"]));
+    assert!(e.contains("sequence classifier") && e.contains("no lm_head"), "{e}");
+    let e = failure(&webpeft(&["score", "--model", &cls, "--text", "x"]));
+    assert!(e.contains("--model: a classifier of 3 labels"), "{e}");
     let e = failure(&webpeft(&[
         "classify",
         "--model",

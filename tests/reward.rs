@@ -116,7 +116,7 @@ fn matches_trl(name: &str) {
             want_rows.iter().map(move |w| numbers(&w[if side == 0 { "chosen_ids" } else { "rejected_ids" }]))
         })
         .collect();
-    let got = block_on(score_sequences(gpu, &model, &adapter, &ids, pad)).unwrap();
+    let got = block_on(score_sequences(gpu, &model, Some(&adapter), &ids, pad)).unwrap();
     let want: Vec<f32> = ["chosen", "rejected"]
         .iter()
         .flat_map(|k| case["initial_rewards"][k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
@@ -255,7 +255,7 @@ fn a_saved_reward_model_loads_in_peft() {
         block_on(trainer.step(gpu, &model, &[b], c["learning_rate"].as_f64().unwrap())).unwrap();
     }
     let ids: Vec<Vec<u32>> = train.rows().iter().map(|r| r.input_ids.clone()).collect();
-    let rewards = block_on(score_sequences(gpu, &model, &trainer.adapter, &ids, pad)).unwrap();
+    let rewards = block_on(score_sequences(gpu, &model, Some(&trainer.adapter), &ids, pad)).unwrap();
     let files = block_on(trainer.adapter.to_files(gpu, &model.config)).unwrap();
     let outputs = serde_json::json!({ "input_ids": ids, "pad_token_id": pad, "rewards": rewards });
     let Some(saved) =
@@ -286,7 +286,7 @@ fn a_reward_model_rewards_grpo_completions_as_trl() {
         let prompts = g[shape]["prompts"].as_array().unwrap();
         let ids: Vec<Vec<u32>> =
             completions.iter().enumerate().map(|(i, c)| reward_model_ids(&tok, &prompts[i / 2], c).unwrap()).collect();
-        let got = block_on(score_sequences(gpu, &model, &adapter, &ids, 383)).unwrap();
+        let got = block_on(score_sequences(gpu, &model, Some(&adapter), &ids, 383)).unwrap();
         let want: Vec<f32> =
             g[shape]["rewards"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let d = max_abs_diff(&got, &want);

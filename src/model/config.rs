@@ -13,6 +13,7 @@ use ::safetensors::Dtype;
 use serde_json::Value;
 
 use super::source::{ByteSource, ModelFiles};
+use crate::kernels::classification::ProblemType;
 use crate::util::json::{brief, Fields};
 use crate::{Error, Result};
 
@@ -156,7 +157,59 @@ pub struct Config {
     /// The std of transformers' normal init of new weights (a sequence
     /// classifier's `score` head). Default 0.02.
     pub initializer_range: f64,
+    /// The checkpoint's head, by its `architectures`: a causal LM's
+    /// `lm_head`, or a sequence classifier's `score`.
+    pub head: ModelHead,
 }
+
+/// What a checkpoint's hidden states end in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelHead {
+    /// `lm_head.weight` (V, D), or the embedding where tied: `…ForCausalLM`.
+    CausalLm,
+    /// `score.weight` (num_labels, D) and no lm_head:
+    /// `…ForSequenceClassification` (a reward model or classifier), its
+    /// labels `id2label`'s count (transformers' `num_labels`, 2 without it)
+    /// and its `problem_type` where the config names one.
+    SequenceClassification { num_labels: usize, problem_type: Option<ProblemType> },
+}
+
+impl ModelHead {
+    /// A classifier's labels, `None` for a causal LM.
+    pub fn num_labels(self) -> Option<usize> {
+        match self {
+            ModelHead::CausalLm => None,
+            ModelHead::SequenceClassification { num_labels, .. } => Some(num_labels),
+        }
+    }
+}
+
+/// The head `architectures` names: a classifier where its first entry ends
+/// in `ForSequenceClassification`.
+fn model_head(value: &Value, f: &Fields) -> Result<ModelHead> {
+    let arch = value.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
+    if !arch.ends_with("ForSequenceClassification") {
+        return Ok(ModelHead::CausalLm);
+    }
+    let num_labels = match value.get("id2label") {
+        Some(Value::Object(labels)) if !labels.is_empty() => labels.len(),
+        Some(Value::Object(_)) | None => 2, // transformers' PretrainedConfig default
+        Some(other) => return Err(config_error("id2label", format!("must be an object of label names, got {other}"))),
+    };
+    let problem_type = match f.opt_str("problem_type")? {
+        None => None,
+        Some(name) => Some(ProblemType::from_name(name).ok_or_else(|| {
+            config_error(
+                "problem_type",
+                format!("{name:?}: transformers knows regression, single_label_classification and multi_label_classification"),
+            )
+        })?),
+    };
+    Ok(ModelHead::SequenceClassification { num_labels, problem_type })
+}
+
+/// A sequence classifier checkpoint's head.
+pub const SCORE_WEIGHT: &str = "score.weight";
 
 /// The most layers a config may declare.
 pub const MAX_LAYERS: usize = 4096;
@@ -280,6 +333,7 @@ impl Config {
                 }
                 std => std.unwrap_or(0.02),
             },
+            head: model_head(value, &f)?,
         };
         config.validate()?;
         Ok(config)
@@ -384,8 +438,12 @@ impl Config {
             t.push(TensorSpec::new(format!("{p}.mlp.down_proj.weight"), &[d, i]));
         }
         t.push(TensorSpec::new("model.norm.weight", &[d]));
-        if !self.tie_word_embeddings {
-            t.push(TensorSpec::new("lm_head.weight", &[v, d]));
+        match self.head {
+            ModelHead::SequenceClassification { num_labels, .. } => {
+                t.push(TensorSpec::new(SCORE_WEIGHT, &[num_labels, d]))
+            }
+            ModelHead::CausalLm if !self.tie_word_embeddings => t.push(TensorSpec::new("lm_head.weight", &[v, d])),
+            ModelHead::CausalLm => {}
         }
         t
     }

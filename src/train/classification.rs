@@ -310,7 +310,7 @@ pub(crate) fn record_classification_micro(
              transformers' pooling would read in place of the row's",
         ));
     }
-    let head = ScoreHead::of(hooks)?;
+    let head = ScoreHead::of(model, hooks)?;
     loss.validate()?;
     loss.check_head(head.labels())?;
     let (problem, targets) = batch_targets(batch, loss)?;
@@ -379,6 +379,29 @@ pub async fn evaluate_classification(
     })
 }
 
+/// The labels of the classifier `adapter` (a SEQ_CLS LoRA) or, without one,
+/// of `model` (a `…ForSequenceClassification` checkpoint); an error naming
+/// what is missing otherwise.
+pub fn classifier_labels(model: &Model, adapter: Option<&Adapter>) -> Result<usize> {
+    match adapter {
+        Some(a) if a.task_type() == crate::peft::TaskType::SeqCls => Ok(a.num_labels()),
+        Some(a) => Err(Error::invalid(
+            "classifier",
+            format!(
+                "the {} adapter is not a sequence classifier (its task_type is not SEQ_CLS): train one with \
+                 objective classification",
+                a.method()
+            ),
+        )),
+        None => model.config.head.num_labels().ok_or_else(|| {
+            Error::invalid(
+                "classifier",
+                "no classifier: give a SEQ_CLS adapter, or a …ForSequenceClassification checkpoint as the model",
+            )
+        }),
+    }
+}
+
 /// A classifier's verdict on one text, as transformers' text-classification
 /// pipeline gives its top label: the label of the highest logit (the
 /// first, on a tie) and its score: the softmax probability for
@@ -408,18 +431,24 @@ pub fn predictions(logits: &[f32], num_labels: usize, problem: ProblemType) -> V
         .collect()
 }
 
-/// The classifier `adapter`'s [`Prediction`] of each text, tokenized as its
-/// training data is (special tokens, cut to `max_length`), read as
-/// `problem_type` (`None`: regression with one label, else single-label).
+/// The classifier's [`Prediction`] of each text (`adapter`'s score head,
+/// or without one a classifier checkpoint's own), tokenized as its training
+/// data is (special tokens, cut to `max_length`), read as `problem_type`
+/// (`None`: the checkpoint's, else regression with one label, else
+/// single-label).
 pub async fn classify_texts(
-    (gpu, model, adapter): (&Gpu, &Model, &Adapter),
+    (gpu, model, adapter): (&Gpu, &Model, Option<&Adapter>),
     tokenizer: &Tokenizer,
     texts: &[String],
     problem_type: Option<ProblemType>,
     max_length: usize,
 ) -> Result<Vec<Prediction>> {
-    let head = ScoreHead::of(hooks_of(Some(adapter)))?;
-    let loss = ClassificationLoss { num_labels: head.labels(), problem_type, pad_token_id: 0 };
+    let head = ScoreHead::of(model, hooks_of(adapter))?;
+    let own = match model.config.head {
+        crate::model::config::ModelHead::SequenceClassification { problem_type, .. } => problem_type,
+        crate::model::config::ModelHead::CausalLm => None,
+    };
+    let loss = ClassificationLoss { num_labels: head.labels(), problem_type: problem_type.or(own), pad_token_id: 0 };
     let ids = texts
         .iter()
         .enumerate()

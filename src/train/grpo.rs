@@ -433,14 +433,14 @@ pub(crate) fn record_grpo_micro(
     let rloo = loss.estimator == Estimator::Rloo;
     let ref_loss = if loss.beta != 0.0 && !rloo {
         let (xr, _) = model.hidden_checkpointed(rec, &ids, &NoHooks, false)?;
-        Some(token_losses(rec, &flat(xr)?, model.head(&NoHooks), &targets, loss.temperature)?.0)
+        Some(token_losses(rec, &flat(xr)?, model.head(&NoHooks)?, &targets, loss.temperature)?.0)
     } else {
         None
     };
     let (xn, saved) = model.hidden_checkpointed(rec, &ids, hooks, checkpoint)?; // (B, T, D)
     let shape = xn.shape().to_vec();
     let xn = flat(xn)?;
-    let s = scored_rows(rec, &xn, model.head(hooks), (&targets, loss.temperature), (true, false))?;
+    let s = scored_rows(rec, &xn, model.head(hooks)?, (&targets, loss.temperature), (true, false))?;
     let (token_loss, lse, entropy) = (s.token_loss, s.lse, s.entropy);
     let entropy = entropy.ok_or_else(|| Error::invalid("GRPO loss", "the rows' entropies went missing"))?;
     let completions = batch.labels.len();
@@ -468,7 +468,7 @@ pub(crate) fn record_grpo_micro(
     if !backward {
         return Ok(()); // evaluation: the loss and the metrics only
     }
-    let dxn = rows_backward(rec, &xn, model.head(hooks), &targets, (&lse, &row_scale), loss.temperature)?;
+    let dxn = rows_backward(rec, &xn, model.head(hooks)?, &targets, (&lse, &row_scale), loss.temperature)?;
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &saved, hooks)
 }
 
@@ -1081,7 +1081,7 @@ pub async fn label_logps(
     let ids = model.input_ids(gpu, &batch.input_ids)?;
     let (xn, _) = model.hidden_checkpointed(&mut rec, &ids, hooks, false)?;
     let t = Tensor::from_slice(gpu, &[m], &targets)?;
-    let (token_loss, _) = token_losses(&mut rec, &xn.reshape(&[m, d])?, model.head(hooks), &t, temperature)?;
+    let (token_loss, _) = token_losses(&mut rec, &xn.reshape(&[m, d])?, model.head(hooks)?, &t, temperature)?;
     rec.submit()?;
     let losses = token_loss.to_vec::<f32>(gpu).await?;
     Ok(losses.chunks(per).map(|row| std::iter::once(0.0).chain(row[..per - 1].iter().map(|&l| -l)).collect()).collect())

@@ -289,7 +289,7 @@ fn score(
     }
     let xn = xn.reshape(&[rows.targets.len(), d])?;
     let [targets, lp_weight, nll_weight] = uploaded;
-    let s = scored_rows(rec, &xn, model.head(hooks), (targets, 1.0), (false, logit_sums))?;
+    let s = scored_rows(rec, &xn, model.head(hooks)?, (targets, 1.0), (false, logit_sums))?;
     let (logps, nll) = sequence_logps(rec, &s.token_loss, lp_weight, nll_weight, rows.seqs)?;
     Ok(Scored { logps, nll, lse: s.lse, xn, saved, logit_sums: s.logit_sums })
 }
@@ -331,7 +331,7 @@ pub(crate) fn record_preference_micro(
     let row_scale = preference_row_scale(rec, &dlogp, lp_weight, nll_weight, nll_scale)?;
     let (m, d) = (rows.targets.len(), model.config.hidden_size);
     let s = s.scored;
-    let dxn = rows_backward(rec, &s.xn, model.head(hooks), targets, (&s.lse, &row_scale), 1.0)?;
+    let dxn = rows_backward(rec, &s.xn, model.head(hooks)?, targets, (&s.lse, &row_scale), 1.0)?;
     let shape = [rows.seqs, m / rows.seqs, d];
     model.backward_from_hidden(rec, &dxn.reshape(&shape)?, &s.saved, hooks)
 }

@@ -143,8 +143,9 @@ pub struct LoraRecipe {
     /// added to `modules_to_save` (see [`LoraConfig::for_sequence_classification`]).
     pub task_type: TaskType,
     /// SEQ_CLS: the score head's labels (transformers' `num_labels`: 1 for a
-    /// reward model or a regression, the classes of a classifier).
-    pub num_labels: usize,
+    /// reward model or a regression, the classes of a classifier; `None`: a
+    /// classifier checkpoint's own, else 1).
+    pub num_labels: Option<usize>,
 }
 
 impl LoraRecipe {
@@ -170,7 +171,7 @@ impl LoraRecipe {
         c.base_model_name_or_path = model_name;
         if self.task_type == TaskType::SeqCls {
             c = c.for_sequence_classification()?;
-            c.num_labels = self.num_labels;
+            c.num_labels = self.num_labels.or(model.head.num_labels()).unwrap_or(1);
         }
         c.validate()?;
         c.targets(model)?;
@@ -206,7 +207,7 @@ impl Default for LoraRecipe {
             alpha_pattern: BTreeMap::new(),
             exclude_modules: None,
             task_type: TaskType::CausalLm,
-            num_labels: 1,
+            num_labels: None,
         }
     }
 }

@@ -323,7 +323,7 @@ pub(crate) fn record_reward_micro(
         Some(m) => return Err(Error::shape(OP, format!("{} margins for {pairs} pairs", m.len()))),
         None => vec![0.0; pairs],
     };
-    let head = ScoreHead::of(hooks)?;
+    let head = ScoreHead::of(model, hooks)?;
     if head.labels() != 1 {
         return Err(Error::shape(OP, format!("a reward model's score head has one label, this one {}", head.labels())));
     }
@@ -391,14 +391,15 @@ pub async fn evaluate_reward(
 /// Sequences a reward model scores in one submission.
 const SCORED_AT_ONCE: usize = 16;
 
-/// The reward `model` with `adapter` (its score head) gives each sequence
-/// of `input_ids` (rows of any lengths, each scored at its last token that
-/// is not `pad_id`): a submission for each [`SCORED_AT_ONCE`] of them,
-/// each padded to its longest.
+/// The scores `model` with `adapter` (its score head; `None`: a classifier
+/// checkpoint's own) gives each sequence of `input_ids` (rows of any
+/// lengths, each scored at its last token that is not `pad_id`), num_labels
+/// a sequence: a submission for each [`SCORED_AT_ONCE`] of them, each
+/// padded to its longest.
 pub async fn score_sequences(
     gpu: &Gpu,
     model: &Model,
-    adapter: &Adapter,
+    adapter: Option<&Adapter>,
     input_ids: &[Vec<u32>],
     pad_id: u32,
 ) -> Result<Vec<f32>> {
@@ -406,11 +407,11 @@ pub async fn score_sequences(
     if input_ids.is_empty() || input_ids.iter().any(Vec::is_empty) {
         return Err(Error::invalid(OP, "nothing to score: every sequence needs a token"));
     }
-    let hooks = hooks_of(Some(adapter));
+    let hooks = hooks_of(adapter);
     if hooks.virtual_tokens() > 0 {
         return Err(Error::invalid(OP, "a reward model scores whole rows, without virtual tokens"));
     }
-    let head = ScoreHead::of(hooks)?;
+    let head = ScoreHead::of(model, hooks)?;
     let d = model.config.hidden_size;
     let mut out = Vec::with_capacity(input_ids.len());
     for chunk in input_ids.chunks(SCORED_AT_ONCE) {
@@ -467,18 +468,26 @@ pub fn check_adapter_for(objective: &Objective, adapter: &Adapter) -> Result<()>
     Err(Error::TrainOption { option: "objective", detail })
 }
 
-/// A reward model: a SEQ_CLS adapter whose score head has one label (one
-/// number a text). `what` names it in the error.
-pub fn check_reward_model(adapter: &Adapter, what: &str) -> Result<()> {
-    let detail = if adapter.task_type() != TaskType::SeqCls {
-        "not a reward model: its task_type is not SEQ_CLS (train one with objective reward)".to_string()
-    } else if adapter.num_labels() != 1 {
-        format!(
-            "a classifier of {} labels, not a reward model (one label, one score a text): classify with it instead",
-            adapter.num_labels()
-        )
-    } else {
-        return Ok(());
+/// A reward model: `adapter`, a SEQ_CLS adapter, or without one `model`, a
+/// classifier checkpoint; either with a score head of one label (one number
+/// a text). `what` names it in the error.
+pub fn check_reward_model(model: &Model, adapter: Option<&Adapter>, what: &str) -> Result<()> {
+    let labels = match adapter {
+        Some(a) if a.task_type() != TaskType::SeqCls => {
+            Err("not a reward model: its task_type is not SEQ_CLS (train one with objective reward)".to_string())
+        }
+        Some(a) => Ok(a.num_labels()),
+        None => model.config.head.num_labels().ok_or_else(|| {
+            "no reward model: give a SEQ_CLS adapter, or a …ForSequenceClassification checkpoint as the model"
+                .to_string()
+        }),
+    };
+    let detail = match labels {
+        Err(detail) => detail,
+        Ok(1) => return Ok(()),
+        Ok(n) => {
+            format!("a classifier of {n} labels, not a reward model (one label, one score a text): classify with it instead")
+        }
     };
     Err(Error::invalid("reward model", format!("{what}: {detail}")))
 }
@@ -525,5 +534,5 @@ pub async fn reward_model_scores(
     }
     let ids =
         prompts.iter().zip(completions).map(|(p, c)| reward_model_ids(tokenizer, p, c)).collect::<Result<Vec<_>>>()?;
-    score_sequences(gpu, model, adapter, &ids, crate::train::recipe::pad_id(Some(tokenizer))).await
+    score_sequences(gpu, model, Some(adapter), &ids, crate::train::recipe::pad_id(Some(tokenizer))).await
 }

@@ -790,7 +790,7 @@ impl Trainer {
         let scale = 1.0 / total as f32;
         // Loss and dlogits in row chunks: the (B·T, V) logits never exist at once.
         let xn2 = xn.reshape(&[targets.len(), d])?;
-        let head = model.head(pass.hooks());
+        let head = model.head(pass.hooks())?;
         let dxn = chunked_lm_loss(rec, &xn2, head, (targets, scale, kind), loss, Some(metrics), true)?
             .ok_or_else(|| Error::invalid("Trainer::step", "the loss head returned no gradient"))?;
         model.backward_from_hidden(rec, &dxn.reshape(xn.shape())?, &saved, pass.hooks())
@@ -890,7 +890,7 @@ pub async fn evaluate(
             return Err(Error::shape(OP, "labels must have the shape of input_ids (batch, seq)"));
         }
         let xn = xn.reshape(&[targets.len(), d])?;
-        let head = model.head(hooks_of(adapter));
+        let head = model.head(hooks_of(adapter))?;
         chunked_lm_loss(&mut rec, &xn, head, (targets, scale, kind), &sum, Some((&weights, &metrics)), false)?;
         rec.submit()?;
     }

@@ -37,7 +37,7 @@ use crate::peft::archive::{from_zip, to_zip};
 use crate::quant::{ComputeDtype, FourBit, FourBitOptions, QuantFormat};
 use crate::train::chat::{ChatTemplate, Message};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint};
-use crate::train::classification::{classify_texts, evaluate_classification, ClassificationLoss};
+use crate::train::classification::{classifier_labels, classify_texts, evaluate_classification};
 use crate::train::data::{DataOptions, Dataset};
 use crate::train::eta::StepClock;
 use crate::train::plan::{plan_memory, PlanInput};
@@ -856,10 +856,8 @@ impl WebModel {
         let state = self.state.clone();
         future_to_promise(async move {
             let st = busy(state.try_borrow())?;
-            let adapter = chosen_adapter(&st, &opts)?.ok_or_else(|| {
-                err("score needs a reward model: no adapter is active (addLora with taskType \"SEQ_CLS\")")
-            })?;
-            crate::train::reward::check_reward_model(adapter, "score").map_err(err)?;
+            let adapter = chosen_adapter(&st, &opts)?;
+            crate::train::reward::check_reward_model(&st.model, adapter, "score").map_err(err)?;
             let tok =
                 st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: scoring needs one"))?;
             if !Array::is_array(&texts) {
@@ -902,20 +900,20 @@ impl WebModel {
         future_to_promise(async move {
             let o: EvalOptions = options(&opts)?;
             let problem = EvalOptions { objective: Some("classification".into()), ..o }.to_recipe().map_err(err)?;
-            let Objective::Classification(loss) = problem.objective else { unreachable!("asked for classification") };
+            let problem_type = match problem.objective {
+                Objective::Classification(loss) => loss.problem_type,
+                _ => None,
+            };
             let st = busy(state.try_borrow())?;
-            let adapter = chosen_adapter(&st, &opts)?.ok_or_else(|| {
-                err("classify needs a classifier: no adapter is active (addLora with taskType \"SEQ_CLS\")")
-            })?;
-            let objective = Objective::Classification(ClassificationLoss { num_labels: adapter.num_labels(), ..loss });
-            crate::train::reward::check_adapter_for(&objective, adapter).map_err(err)?;
+            let adapter = chosen_adapter(&st, &opts)?;
+            classifier_labels(&st.model, adapter).map_err(err)?;
             let tok =
                 st.tokenizer.as_ref().ok_or_else(|| err("this model has no tokenizer.json: classifying needs one"))?;
             let texts: Vec<String> = serde_wasm_bindgen::from_value(texts)
                 .map_err(|e| err(format!("classify takes an array of strings: {e}")))?;
             let max = st.model.config.max_position_embeddings;
             let target = (&*st.gpu, &st.model, adapter);
-            let verdicts = classify_texts(target, tok, &texts, loss.problem_type, max).await.map_err(err)?;
+            let verdicts = classify_texts(target, tok, &texts, problem_type, max).await.map_err(err)?;
             to_js(&verdicts)
         })
     }
@@ -935,18 +933,18 @@ impl WebModel {
             let mut recipe = EvalOptions { objective: Some("classification".into()), ..o }.to_recipe().map_err(err)?;
             let st = busy(state.try_borrow())?;
             recipe.set_pad_id(st.tokenizer.as_ref());
-            let adapter = chosen_adapter(&st, &opts)?
-                .ok_or_else(|| err("evaluateClassifier needs a classifier: no adapter is active"))?;
-            let Objective::Classification(loss) = &mut recipe.objective else {
-                unreachable!("asked for classification")
+            let adapter = chosen_adapter(&st, &opts)?;
+            let labels = classifier_labels(&st.model, adapter).map_err(err)?;
+            let loss = match &mut recipe.objective {
+                Objective::Classification(loss) => {
+                    loss.num_labels = labels;
+                    *loss
+                }
+                other => return Err(err(format!("evaluateClassifier measures a classifier, not {}", other.name()))),
             };
-            loss.num_labels = adapter.num_labels();
-            let loss = *loss;
-            crate::train::reward::check_adapter_for(&recipe.objective, adapter).map_err(err)?;
             let dopts = recipe.eval_data_options(st.model.config.max_position_embeddings);
             let ds = dataset(&st, "evaluation data", &data, &recipe, &dopts)?;
-            let e =
-                evaluate_classification(&st.gpu, &st.model, Some(adapter), &ds.epoch(0), &loss).await.map_err(err)?;
+            let e = evaluate_classification(&st.gpu, &st.model, adapter, &ds.epoch(0), &loss).await.map_err(err)?;
             to_js(&serde_json::json!({"loss": e.loss, "accuracy": e.accuracy, "rows": e.rows,
                                       "batches": ds.batches_per_epoch()}))
         })

@@ -403,8 +403,7 @@ impl LoraOptions {
             Some(n) if l.task_type != crate::peft::TaskType::SeqCls => {
                 return Err(bad("num_labels", format!("{n}: labels belong to a SEQ_CLS adapter's score head")))
             }
-            Some(n) => n,
-            None => 1,
+            n => n,
         };
         Ok(AdapterRecipe::Lora(l))
     }

@@ -81,7 +81,7 @@ export interface LoraOptions {
    * reward model (objective "reward", rate texts with `score()`), or a classifier (objective "classification",
    * `classify()`). Left out: "CAUSAL_LM". */
   taskType?: "CAUSAL_LM" | "SEQ_CLS";
-  /** SEQ_CLS: the score head's labels, transformers' num_labels (left out: 1). */
+  /** SEQ_CLS: the score head's labels, transformers' num_labels (left out: a classifier checkpoint's own, else 1). */
   numLabels?: number;
   /** addLora takes "kaiming" and "gaussian"; initLora the inits that replace the base weights (PEFT's PiSSA,
    * `pissa_niter_${K}`, OLoRA, LoftQ with `loftqIter` iterations, default 1). */
@@ -336,12 +336,14 @@ export interface GrpoEvalResult {
   clipRatio: [number, number, number]; completions: number;
 }
 export interface EvalOptions { adapter?: string | null; batchSize?: number; seqLen?: number; }
-/** score's options: the reward model to score with (absent: the active adapter). */
-export interface ScoreOptions { adapter?: string; }
-/** classify's options: the classifier (absent: the active adapter), and how its logits are read (left out:
+/** score's options: the reward model to score with (absent: the active adapter; null: none, the model being a
+ * …ForSequenceClassification checkpoint of one label). */
+export interface ScoreOptions { adapter?: string | null; }
+/** classify's options: the classifier (absent: the active adapter; null: none, the model being a
+ * …ForSequenceClassification checkpoint), and how its logits are read (left out: the checkpoint's problem_type, else
  * regression with one label, else single-label). */
 export interface ClassifyOptions {
-  adapter?: string; problemType?: "regression" | "single_label_classification" | "multi_label_classification";
+  adapter?: string | null; problemType?: "regression" | "single_label_classification" | "multi_label_classification";
 }
 /** A classifier's verdict on a text, as transformers' text-classification pipeline's top label: the label of the
  * highest logit and its score (softmax probability; sigmoid for multi-label; the logit for regression). */

@@ -6,12 +6,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use webpeft::model::config::Config;
+use webpeft::model::config::ModelHead;
 use webpeft::model::source::DirFiles;
 use webpeft::model::tokenizer::Tokenizer;
-use webpeft::peft::{Adapter, TaskType};
 use webpeft::quant::{ComputeDtype, QuantFormat};
 use webpeft::train::classification::{
-    classification_dataset, classify_texts, evaluate_classification, predictions, ClassificationLoss, ProblemType,
+    classification_dataset, classifier_labels, classify_texts, evaluate_classification, predictions,
+    ClassificationLoss, ProblemType,
 };
 use webpeft::train::data::DataOptions;
 use webpeft::train::recipe::pad_id;
@@ -22,7 +23,7 @@ use crate::{cli_gpu, load_adapter, load_model};
 pub async fn classify(
     dir: &Path,
     base: (QuantFormat, ComputeDtype),
-    adapter: &Path,
+    adapter: Option<&Path>,
     texts: &[String],
     data: Option<&PathBuf>,
     problem_type: Option<&str>,
@@ -37,19 +38,19 @@ pub async fn classify(
     tokenizer.check_model(&config)?;
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, base).await?;
-    let adapter = load_adapter(&gpu, adapter, &model).await?;
-    let labels = match &adapter {
-        Adapter::Lora(l) if l.config.task_type == TaskType::SeqCls => l.config.num_labels,
-        _ => {
-            return Err("--adapter is not a sequence classifier (its task_type is not SEQ_CLS): train one with \
-                        `webpeft train --objective classification`"
-                .into())
-        }
+    let adapter = match adapter {
+        Some(dir) => Some(load_adapter(&gpu, dir, &model).await?),
+        None => None,
     };
+    let labels = classifier_labels(&model, adapter.as_ref())?;
+    let problem_type = problem_type.or(match model.config.head {
+        ModelHead::SequenceClassification { problem_type, .. } => problem_type,
+        ModelHead::CausalLm => None,
+    });
     let loss = ClassificationLoss { num_labels: labels, problem_type, pad_token_id: pad_id(Some(&tokenizer)) };
     loss.validate()?;
     let max = config.max_position_embeddings;
-    let verdicts = classify_texts((&gpu, &model, &adapter), &tokenizer, texts, problem_type, max).await?;
+    let verdicts = classify_texts((&gpu, &model, adapter.as_ref()), &tokenizer, texts, problem_type, max).await?;
     for (text, p) in texts.iter().zip(verdicts) {
         out!("{}", serde_json::json!({ "text": text, "label": p.label, "score": p.score, "logits": p.logits }));
     }
@@ -63,7 +64,7 @@ pub async fn classify(
         let per_row = batches[0].targets.as_ref().and_then(|t| t.first()).map_or(1, Vec::len);
         let problem = loss.problem(per_row);
         let ids: Vec<Vec<u32>> = rows.rows().iter().map(|r| r.input_ids.clone()).collect();
-        let logits = score_sequences(&gpu, &model, &adapter, &ids, loss.pad_token_id).await?;
+        let logits = score_sequences(&gpu, &model, adapter.as_ref(), &ids, loss.pad_token_id).await?;
         let targets = batches.iter().flat_map(|b| b.targets.clone().unwrap_or_default());
         for (row, (p, target)) in predictions(&logits, labels, problem).into_iter().zip(targets).enumerate() {
             let target = match (problem, target.as_slice()) {
@@ -76,7 +77,7 @@ pub async fn classify(
                 serde_json::json!({ "row": row, "label": p.label, "score": p.score, "logits": p.logits, "target": target })
             );
         }
-        let e = evaluate_classification(&gpu, &model, Some(&adapter), &batches, &loss).await?;
+        let e = evaluate_classification(&gpu, &model, adapter.as_ref(), &batches, &loss).await?;
         let accuracy = e.accuracy.map_or(String::new(), |a| format!(", accuracy {a:.4}"));
         eprintln!("{} ({} rows): loss {:.6}{accuracy}", problem.name(), e.rows, e.loss);
     }

@@ -108,7 +108,7 @@ async fn load_reward_models(
         }
         let files = DirFiles::new(&*dir).map_err(|e| format!("{what}: {e}"))?;
         let loaded = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{what}: {e}"))?;
-        webpeft::train::reward::check_reward_model(&loaded, &what)?;
+        webpeft::train::reward::check_reward_model(model, Some(&loaded), &what)?;
         *adapter = Some(Box::new(loaded));
     }
     Ok(())

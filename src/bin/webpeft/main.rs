@@ -176,9 +176,10 @@ enum Command {
     Score {
         #[command(flatten)]
         base: BaseModel,
-        /// The reward model: a PEFT LoRA folder with task_type SEQ_CLS (its score head).
+        /// The reward model: a PEFT LoRA folder with task_type SEQ_CLS (its score head) [default:
+        /// none, --model a …ForSequenceClassification checkpoint of one label].
         #[arg(long)]
-        adapter: PathBuf,
+        adapter: Option<PathBuf>,
         /// A text to score, repeatable: tokenized as the reward trainer tokenizes an answer (the
         /// tokenizer's special tokens, the eos appended).
         #[arg(long = "text")]
@@ -194,9 +195,10 @@ enum Command {
     Classify {
         #[command(flatten)]
         base: BaseModel,
-        /// The classifier: a PEFT LoRA folder with task_type SEQ_CLS (its score head of num_labels rows).
+        /// The classifier: a PEFT LoRA folder with task_type SEQ_CLS (its score head of num_labels rows)
+        /// [default: none, --model a …ForSequenceClassification checkpoint].
         #[arg(long)]
-        adapter: PathBuf,
+        adapter: Option<PathBuf>,
         /// A text to classify, repeatable: tokenized as the training data (special tokens).
         #[arg(long = "text")]
         texts: Vec<String>,
@@ -331,11 +333,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             logits::logits(&base.model, base.storage(), &tokens, &out, adapter.as_deref()).await?
         }
         Command::Score { base, adapter, texts, data } => {
-            score::score(&base.model, base.storage(), &adapter, &texts, data.as_ref()).await?
+            score::score(&base.model, base.storage(), adapter.as_deref(), &texts, data.as_ref()).await?
         }
         Command::Classify { base, adapter, texts, data, problem_type } => {
             let storage = base.storage();
-            classify::classify(&base.model, storage, &adapter, &texts, data.as_ref(), problem_type.as_deref()).await?
+            classify::classify(&base.model, storage, adapter.as_deref(), &texts, data.as_ref(), problem_type.as_deref())
+                .await?
         }
         Command::Train(args) => {
             if train::train(*args).await? == train::Stopped::NonFinite {

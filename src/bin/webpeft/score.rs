@@ -18,7 +18,7 @@ use crate::{cli_gpu, load_adapter, load_model};
 pub async fn score(
     dir: &Path,
     base: (QuantFormat, ComputeDtype),
-    adapter: &Path,
+    adapter: Option<&Path>,
     texts: &[String],
     data: Option<&PathBuf>,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -53,16 +53,19 @@ pub async fn score(
     };
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let model = load_model(&gpu, &files, base).await?;
-    let adapter = load_adapter(&gpu, adapter, &model).await?;
-    check_reward_model(&adapter, "--adapter")?;
+    let adapter = match adapter {
+        Some(dir) => Some(load_adapter(&gpu, dir, &model).await?),
+        None => None,
+    };
+    check_reward_model(&model, adapter.as_ref(), if adapter.is_some() { "--adapter" } else { "--model" })?;
     let rows = texts.iter().map(|t| text_ids(&tokenizer, "", t)).collect::<Result<Vec<_>, _>>()?;
-    for (text, reward) in texts.iter().zip(score_sequences(&gpu, &model, &adapter, &rows, pad).await?) {
+    for (text, reward) in texts.iter().zip(score_sequences(&gpu, &model, adapter.as_ref(), &rows, pad).await?) {
         out!("{}", serde_json::json!({ "text": text, "reward": reward }));
     }
     if let Some(pairs) = pairs {
         // Rows come two a pair: chosen, rejected.
         let ids: Vec<Vec<u32>> = pairs.rows().iter().map(|r| r.input_ids.clone()).collect();
-        let rewards = score_sequences(&gpu, &model, &adapter, &ids, pad).await?;
+        let rewards = score_sequences(&gpu, &model, adapter.as_ref(), &ids, pad).await?;
         let mut right = 0;
         for (index, pair) in rewards.chunks(2).enumerate() {
             let (chosen, rejected) = (pair[0], pair[1]);

@@ -829,7 +829,7 @@ impl TrainArgs {
                 }
                 if self.objective == "classification" {
                     l.task_type = TaskType::SeqCls;
-                    l.num_labels = self.num_labels.unwrap_or(DEFAULT_NUM_LABELS);
+                    l.num_labels = Some(self.num_labels.unwrap_or(DEFAULT_NUM_LABELS));
                 }
             }
             AdapterRecipe::AdaLora(a) => {
@@ -1190,6 +1190,15 @@ pub async fn train(mut a: TrainArgs) -> Result<Stopped, Box<dyn std::error::Erro
     let config = Config::load(&files).await?;
     let tokenizer = Tokenizer::load(&files).await?;
     tokenizer.check_model(&config)?;
+    if let (Objective::Classification(loss), None, Some(own)) =
+        (&mut recipe.objective, a.num_labels, config.head.num_labels())
+    {
+        // A classifier checkpoint's labels, unless --num-labels or --init-adapter said.
+        if a.init_adapter.is_none() {
+            a.num_labels = Some(own);
+            loss.num_labels = own;
+        }
+    }
     recipe.set_pad_id(Some(&tokenizer));
     let max = config.max_position_embeddings.saturating_sub(virtual_tokens);
     if let Some(n) = a.seq_len.filter(|&n| n > max) {

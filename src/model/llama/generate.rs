@@ -298,7 +298,7 @@ impl Model {
             last
         };
         let last = self.norm.forward(rec, &last)?; // (B, D)
-        self.head(hooks).logits(rec, &last) // (B, V)
+        self.head(hooks)?.logits(rec, &last) // (B, V)
     }
 
     /// [`Model::forward_cached`] returning the logits of every new position,
@@ -313,7 +313,7 @@ impl Model {
     ) -> Result<Tensor> {
         let x = self.hidden_cached(rec, ids, cache, offset, hooks)?;
         let x = self.norm.forward(rec, &x)?;
-        self.head(hooks).logits(rec, &x)
+        self.head(hooks)?.logits(rec, &x)
     }
 
     /// Generates up to `config.max_new_tokens` tokens after `prompt_ids` (one

@@ -47,6 +47,7 @@ use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::kernels::elementwise::add_uniform_noise;
 use crate::kernels::embedding::embedding_weight;
 use crate::kernels::qmatmul::{Chunk, ChunkData, QWeight};
+use crate::model::config::{ModelHead, SCORE_WEIGHT};
 use crate::model::source::ModelFiles;
 use crate::model::{Checkpoint, Config};
 use crate::quant::{ComputeDtype, FourBitOptions, QuantFormat};
@@ -86,8 +87,13 @@ pub struct Model {
     /// `model.norm` (D).
     pub norm: RmsNorm,
     /// `lm_head.weight` (V, D), f32. With `tie_word_embeddings` it is
-    /// `embed_tokens` itself: the same chunk buffers, no second copy.
+    /// `embed_tokens` itself: the same chunk buffers, no second copy. A
+    /// sequence classifier has none: [`Model::head`] refuses it (this field
+    /// then holds the embedding's buffers, read by nothing).
     pub lm_head: QWeight,
+    /// A sequence classifier checkpoint's `score.weight` (num_labels, D),
+    /// f32 ([`ModelHead::SequenceClassification`]); `None` for a causal LM.
+    pub score: Option<QWeight>,
     rope: RopeCache,
     compute: ComputeDtype,
 }
@@ -175,13 +181,18 @@ impl Model {
             layers.push(loader.block(i).await?);
         }
         let norm = loader.norm("model.norm").await?;
-        let lm_head = match config.tie_word_embeddings {
+        let classifier = config.head != ModelHead::CausalLm;
+        let lm_head = match config.tie_word_embeddings || classifier {
             true => embed_tokens.clone(), // shares the buffers
             false => loader.qweight("lm_head.weight", loader.float_format("lm_head.weight")).await?,
         };
+        let score = match classifier {
+            true => Some(loader.qweight(SCORE_WEIGHT, QuantFormat::F32).await?),
+            false => None,
+        };
         let rope = RopeCache::new(gpu, &config)?;
         gpu.check("Model::load")?;
-        Ok(Model { config, format, embed_tokens, layers, norm, lm_head, rope, compute: ComputeDtype::F32 })
+        Ok(Model { config, format, embed_tokens, layers, norm, lm_head, score, rope, compute: ComputeDtype::F32 })
     }
 
     /// The arithmetic of the blocks' Linears from now on (bitsandbytes'
@@ -332,7 +343,7 @@ impl Model {
             let t = input_ids.shape()[1];
             xn = rows::positions(rec, &xn, 1, t)?; // without the last virtual position
         }
-        let logits = self.head(hooks).logits(rec, &xn)?; // (B, T, V)
+        let logits = self.head(hooks)?.logits(rec, &xn)?; // (B, T, V)
         Ok((logits, saved))
     }
 
@@ -379,7 +390,7 @@ impl Model {
     ) -> Result<(Tensor, ModelSaved)> {
         let Some(positions) = position_ids else { return self.forward_adapted(rec, input_ids, hooks) };
         let (xn, saved) = self.hidden_packed(rec, input_ids, Some(positions), hooks, false, None)?; // no virtual tokens
-        Ok((self.head(hooks).logits(rec, &xn)?, saved))
+        Ok((self.head(hooks)?.logits(rec, &xn)?, saved))
     }
 
     /// [`Model::hidden_checkpointed`] of packed rows: with `position_ids`
@@ -467,9 +478,20 @@ impl Model {
         Ok(x)
     }
 
-    /// `lm_head` (or the hooks' trained copy of it) through the hooks' head point.
-    pub fn head<'a>(&self, hooks: &'a dyn Hooks) -> Head<'a> {
-        Head { weight: hooks.head_weight().unwrap_or_else(|| self.lm_head.clone()), hooks }
+    /// `lm_head` (or the hooks' trained copy of it) through the hooks' head
+    /// point; an error on a sequence classifier, which has no lm_head.
+    pub fn head<'a>(&self, hooks: &'a dyn Hooks) -> Result<Head<'a>> {
+        if let ModelHead::SequenceClassification { num_labels, .. } = self.config.head {
+            return Err(Error::invalid(
+                "lm_head",
+                format!(
+                    "the model is a sequence classifier (…ForSequenceClassification, {num_labels} labels): it has a \
+                     score head and no lm_head, so it scores and classifies text (score, classify, a SEQ_CLS \
+                     adapter trained with objective reward or classification) but predicts no tokens"
+                ),
+            ));
+        }
+        Ok(Head { weight: hooks.head_weight().unwrap_or_else(|| self.lm_head.clone()), hooks })
     }
 
     /// Rows of `model.embed_tokens` for token ids (N) u32: (N, D), copied.
@@ -507,7 +529,7 @@ impl Model {
         let (n, d) = (xn.numel() / self.config.hidden_size, self.config.hidden_size);
         let mut dxn = rec.zeros(xn.shape(), DType::F32)?; // (B, T, D)
         let v = self.lm_head.rows;
-        self.head(hooks).backward_into(
+        self.head(hooks)?.backward_into(
             rec,
             &xn.reshape(&[n, d])?,
             &dlogits.reshape(&[n, v])?,

@@ -11,11 +11,13 @@
 //! and in the backward dx = dscores·W goes back to those rows alone. The
 //! weight is the hooks' trained copy ([`Hooks::score_weight`]): a causal-LM
 //! checkpoint has no `score`, and a reward model trains the one PEFT's
-//! SEQ_CLS task adds to `modules_to_save`.
+//! SEQ_CLS task adds to `modules_to_save`; without one, a classifier
+//! checkpoint's own (`…ForSequenceClassification`, [`Model::score`]).
 //!
 //! [`Hooks::score_weight`]: super::hooks::Hooks::score_weight
 
 use super::hooks::Hooks;
+use super::Model;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::kernels::qmatmul::{qlinear, qlinear_accumulate, QWeight};
@@ -42,13 +44,15 @@ pub struct ScoreHead<'a> {
 }
 
 impl<'a> ScoreHead<'a> {
-    /// The hooks' trained score weight, or an error naming what gives one.
-    pub fn of(hooks: &'a dyn Hooks) -> Result<ScoreHead<'a>> {
-        let weight = hooks.score_weight().ok_or_else(|| {
+    /// The hooks' trained score weight, else a classifier checkpoint's own
+    /// (`model.score`), or an error naming what gives one.
+    pub fn of(model: &Model, hooks: &'a dyn Hooks) -> Result<ScoreHead<'a>> {
+        let weight = hooks.score_weight().or_else(|| model.score.clone()).ok_or_else(|| {
             Error::invalid(
                 "score head",
-                "the adapter has no `score` head: a reward model is a LoRA with task_type SEQ_CLS, whose \
-                 modules_to_save train the head",
+                "no `score` head: neither the adapter (a reward model or classifier is a LoRA with task_type \
+                 SEQ_CLS, whose modules_to_save train the head) nor the model (a …ForSequenceClassification \
+                 checkpoint) has one",
             )
         })?;
         Ok(ScoreHead { weight, hooks })

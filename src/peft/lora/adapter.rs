@@ -175,6 +175,13 @@ impl LoraAdapter {
         if let Some(([labels, _], _)) = weights.saved.get(modules_to_save::SCORE_KEY) {
             config.num_labels = *labels; // the file's score head says how many
             config.validate()?;
+            if let Some(own) = model.head.num_labels().filter(|&own| own != *labels) {
+                return Err(Error::AdapterTensor {
+                    tensor: modules_to_save::SCORE_KEY.into(),
+                    file: super::ADAPTER_WEIGHTS_FILE.into(),
+                    detail: format!("{labels} labels, but the model is a classifier of {own} (its score head's rows)"),
+                });
+            }
         }
         let modules_to_save = match config.modules_to_save.clone() {
             Some(list) => {

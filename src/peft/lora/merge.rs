@@ -344,7 +344,11 @@ async fn export_weights<S: ByteSource>(
         }
     }
     push("model.norm.weight".into(), model.norm.weight.shape().to_vec(), model.norm.weight.to_vec(gpu).await?);
-    if !model.lm_head_is_tied() {
+    if let Some(score) = &model.score {
+        // A classifier checkpoint's own head (its lm_head field aliases the embedding).
+        let (shape, w) = q(score);
+        push(crate::model::config::SCORE_WEIGHT.into(), shape, w.to_f32(gpu).await?);
+    } else if !model.lm_head_is_tied() {
         let (shape, w) = q(&model.lm_head);
         push("lm_head.weight".into(), shape, original_or(gpu, w, "lm_head.weight", checkpoint).await?);
     }

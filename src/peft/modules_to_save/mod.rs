@@ -236,6 +236,24 @@ impl ModulesToSave {
             }
             rec.submit()?;
         }
+        // A classifier checkpoint's own score head, as PEFT's copy starts (a causal LM has none: drawn).
+        if let (Some(to), Some(from)) = (&self.score, &model.score) {
+            if (to.rows, to.cols) != (from.rows, from.cols) {
+                return Err(Error::shape(
+                    FIELD,
+                    format!(
+                        "score copy ({}, {}): the model's score head is ({}, {}), its num_labels {}",
+                        to.rows, to.cols, from.rows, from.cols, from.rows
+                    ),
+                ));
+            }
+            let (ChunkData::F32(t), ChunkData::F32(f)) = (&to.chunks[0].data, &from.chunks[0].data) else {
+                return Err(Error::invalid(FIELD, "score weights are f32"));
+            };
+            let mut rec = Recorder::new(gpu);
+            rec.copy(f, 0, t, 0, t.numel() as u64 * 4)?;
+            rec.submit()?;
+        }
         Ok(())
     }
 
