@@ -341,3 +341,28 @@ fn a_saved_classifier_loads_in_peft() {
     let d = max_abs_diff(&logits, &floats(&saved["logits"]));
     assert!(d <= 1e-4, "logits now vs committed: {d:e}");
 }
+
+/// A reward model checkpoint of its own (qwen2_rm: Qwen2ForSequenceClassification of one label, tied, bf16,
+/// with its tokenizer) as GRPO's reward: TRL's `GRPOTrainer._calculate_rewards` with the folder's path as the
+/// reward function, on two prompts' two completions (one empty), as text and as messages: the same rows, the
+/// same rewards.
+#[test]
+fn a_reward_model_checkpoint_rewards_grpo_completions_as_trl() {
+    use webpeft::train::reward::reward_model_scores;
+    let gpu = gpu();
+    let rm = fixture_model(gpu, "qwen2_rm");
+    let file = |p: &str| std::fs::read(fixture(p)).unwrap();
+    // (Its chat template is in chat_template.jinja, as transformers 4.57 saves it.)
+    let tok = block_on(Tokenizer::load(&webpeft::model::DirFiles::new(fixture("qwen2_rm")).unwrap())).unwrap();
+    let want: Value = serde_json::from_slice(&file("classification/grpo_rewards.json")).unwrap();
+    let completions: Vec<String> =
+        want["completions"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    for shape in ["text", "conversational"] {
+        let prompts = want[shape]["prompts"].as_array().unwrap();
+        let each: Vec<&Value> = (0..completions.len()).map(|i| &prompts[i / 2]).collect();
+        let got = block_on(reward_model_scores((gpu, &rm, None), &tok, &each, &completions)).unwrap();
+        let d = max_abs_diff(&got, &floats(&want[shape]["rewards"]));
+        eprintln!("{shape}: the reward model checkpoint's rewards within {d:e} of TRL's");
+        assert!(d <= 2e-5, "{shape}: {got:?} vs {}", want[shape]["rewards"]);
+    }
+}

@@ -2296,6 +2296,30 @@ fn train_a_classifier_resume_classify_and_refuse_what_does_not_apply() {
     assert!(e.contains("sequence classifier") && e.contains("no lm_head"), "{e}");
     let e = failure(&webpeft(&["score", "--model", &cls, "--text", "x"]));
     assert!(e.contains("--model: a classifier of 3 labels"), "{e}");
+
+    // A reward model checkpoint of its own (Qwen2ForSequenceClassification, one label) as RLOO's reward, on the
+    // llama_gqa policy; scored by `score` without an adapter. A causal LM's folder is no reward model.
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"The river rose and\"}\n{\"prompt\": \"Once\"}\n").unwrap();
+    let rl = |reward: &str, out: &str| {
+        let args = ["--objective", "rloo", "--method", "lora", "--batch-size", "2", "--steps", "1", "--lr", "1e-2"];
+        webpeft(
+            &[&["train", "--model", &model, "--data", &prompts][..], &args, &["--max-completion-length", "4"]]
+                .concat()
+                .iter()
+                .copied()
+                .chain(["--reward", reward, "--out", out])
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rm = fixture("qwen2_rm");
+    let lines = untimed(&rl(&format!("model:{rm}"), &dir.join("rl")));
+    assert!(lines.len() == 1 && lines[0]["rewards/qwen2_rm/mean"].as_f64().is_some_and(f64::is_finite), "{lines:?}");
+    let out = webpeft(&["score", "--model", &rm, "--text", "Hello world!"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"reward\""), "{out:?}");
+    let e = failure(&rl(&format!("model:{model}"), &dir.join("rl2")));
+    assert!(e.contains("a causal LM's folder, not a reward model"), "{e}");
     let e = failure(&webpeft(&[
         "classify",
         "--model",

@@ -519,9 +519,11 @@ pub fn reward_model_ids(tokenizer: &Tokenizer, prompt: &Value, completion: &str)
 
 /// A reward model's reward of each completion (its text) of the prompt
 /// beside it (the data line's `prompt` value), as TRL's GRPOTrainer scores
-/// with one ([`reward_model_ids`]; the pad id the tokenizer's, else its eos).
+/// with one ([`reward_model_ids`]; the pad id the tokenizer's, else its
+/// eos): `adapter` on `model`, or without one `model` itself, a reward model
+/// checkpoint, with its own `tokenizer` (TRL's `reward_processing_classes`).
 pub async fn reward_model_scores(
-    (gpu, model, adapter): (&Gpu, &Model, &Adapter),
+    (gpu, model, adapter): (&Gpu, &Model, Option<&Adapter>),
     tokenizer: &Tokenizer,
     prompts: &[&Value],
     completions: &[String],
@@ -534,5 +536,5 @@ pub async fn reward_model_scores(
     }
     let ids =
         prompts.iter().zip(completions).map(|(p, c)| reward_model_ids(tokenizer, p, c)).collect::<Result<Vec<_>>>()?;
-    score_sequences(gpu, model, Some(adapter), &ids, crate::train::recipe::pad_id(Some(tokenizer))).await
+    score_sequences(gpu, model, adapter, &ids, crate::train::recipe::pad_id(Some(tokenizer))).await
 }

@@ -353,7 +353,7 @@ async fn score_completions(
                 let own: Vec<&serde_json::Value> = (0..completions.len())
                     .map(|i| prompts[i / g].fields.get("prompt").unwrap_or(&serde_json::Value::Null))
                     .collect();
-                let scores = reward_model_scores((&st.gpu, &st.model, adapter), tokenizer, &own, &texts).await;
+                let scores = reward_model_scores((&st.gpu, &st.model, Some(adapter)), tokenizer, &own, &texts).await;
                 scores.map_err(err)?.into_iter().map(Some).collect()
             }
         });

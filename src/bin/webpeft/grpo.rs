@@ -40,9 +40,21 @@ enum Reward {
     ThinkFormat,
     /// A shell command: JSON lines in, one number (or null) a line out.
     Command(String),
-    /// A reward model on the same base: a SEQ_CLS LoRA folder (`train
-    /// --objective reward`), loaded once the base is (`load_reward_models`).
-    Model { dir: PathBuf, adapter: Option<Box<Adapter>> },
+    /// A reward model: a SEQ_CLS LoRA folder on the same base (`train
+    /// --objective reward`), or a reward model checkpoint of its own
+    /// (`…ForSequenceClassification`, one label, with its tokenizer), loaded
+    /// once the base is (`load_reward_models`).
+    Model { dir: PathBuf, loaded: Option<RewardModel> },
+}
+
+/// A `model:DIR` reward, loaded.
+enum RewardModel {
+    /// A SEQ_CLS adapter on the policy's base.
+    Adapter(Box<Adapter>),
+    /// A checkpoint of its own and its tokenizer, as TRL loads a reward model
+    /// named by its path (`AutoModelForSequenceClassification`, its own
+    /// `reward_processing_class`).
+    Checkpoint(Box<webpeft::model::Model>, Tokenizer),
 }
 
 impl Reward {
@@ -51,7 +63,7 @@ impl Reward {
             "think_format" => Ok(Reward::ThinkFormat),
             _ => match (spec.strip_prefix("cmd:"), spec.strip_prefix("model:")) {
                 (Some(c), _) if !c.trim().is_empty() => Ok(Reward::Command(c.to_string())),
-                (_, Some(d)) if !d.trim().is_empty() => Ok(Reward::Model { dir: PathBuf::from(d), adapter: None }),
+                (_, Some(d)) if !d.trim().is_empty() => Ok(Reward::Model { dir: PathBuf::from(d), loaded: None }),
                 _ => Err(format!("--reward {spec:?}: expected think_format, cmd:COMMAND or model:DIR")),
             },
         }
@@ -79,37 +91,62 @@ impl Reward {
         match self {
             Reward::ThinkFormat => Ok(texts.iter().map(|t| Some(think_format_reward(t))).collect()),
             Reward::Command(command) => Ok(run_command(command, lines)?),
-            Reward::Model { dir, adapter } => {
-                let adapter =
-                    adapter.as_ref().ok_or_else(|| format!("--reward model:{}: not loaded", dir.display()))?;
-                let scores = reward_model_scores((gpu, model, adapter), tokenizer, prompts, texts).await?;
+            Reward::Model { dir, loaded } => {
+                let loaded =
+                    loaded.as_ref().ok_or_else(|| format!("--reward model:{}: not loaded", dir.display()))?;
+                let scores = match loaded {
+                    RewardModel::Adapter(adapter) => {
+                        reward_model_scores((gpu, model, Some(&**adapter)), tokenizer, prompts, texts).await?
+                    }
+                    RewardModel::Checkpoint(own, own_tokenizer) => {
+                        reward_model_scores((gpu, own, None), own_tokenizer, prompts, texts).await?
+                    }
+                };
                 Ok(scores.into_iter().map(Some).collect())
             }
         }
     }
 }
 
-/// Loads each `model:DIR` reward onto `model`: a reward model (SEQ_CLS) on
-/// the same base, whose weights no PiSSA, OLoRA or LoftQ init replaced.
+/// Loads each `model:DIR` reward: a folder with `adapter_config.json` a
+/// reward model (SEQ_CLS) on `model`, whose weights no PiSSA, OLoRA or LoftQ
+/// init replaced; one with `config.json` a reward model checkpoint of its
+/// own, loaded as `format` with its tokenizer.
 async fn load_reward_models(
     gpu: &webpeft::Gpu,
     model: &webpeft::model::Model,
     rewards: &mut [Reward],
-    base_replaced: bool,
+    (base_replaced, format): (bool, webpeft::quant::QuantFormat),
 ) -> Result<(), BoxError> {
     for r in rewards {
-        let Reward::Model { dir, adapter } = r else { continue };
+        let Reward::Model { dir, loaded } = r else { continue };
         let what = format!("--reward model:{}", dir.display());
+        let files = DirFiles::new(&*dir).map_err(|e| format!("{what}: {e}"))?;
+        if !dir.join(webpeft::peft::ADAPTER_CONFIG_FILE).exists() && dir.join("config.json").exists() {
+            let config = Config::load(&files).await.map_err(|e| format!("{what}: {e}"))?;
+            if config.head.num_labels().is_none() {
+                return Err(format!(
+                    "{what}: a causal LM's folder, not a reward model (a …ForSequenceClassification checkpoint, or \
+                     a SEQ_CLS adapter folder)"
+                )
+                .into());
+            }
+            let tokenizer = Tokenizer::load(&files).await.map_err(|e| format!("{what}: {e}"))?;
+            tokenizer.check_model(&config).map_err(|e| format!("{what}: {e}"))?;
+            let own = webpeft::model::Model::load(gpu, &files, format).await.map_err(|e| format!("{what}: {e}"))?;
+            webpeft::train::reward::check_reward_model(&own, None, &what)?;
+            *loaded = Some(RewardModel::Checkpoint(Box::new(own), tokenizer));
+            continue;
+        }
         if base_replaced {
             return Err(format!(
                 "{what}: the policy's init (PiSSA, OLoRA or LoftQ) replaced the base weights the reward model scores with"
             )
             .into());
         }
-        let files = DirFiles::new(&*dir).map_err(|e| format!("{what}: {e}"))?;
-        let loaded = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{what}: {e}"))?;
-        webpeft::train::reward::check_reward_model(model, Some(&loaded), &what)?;
-        *adapter = Some(Box::new(loaded));
+        let adapter = Adapter::load(gpu, &files, &model.config).await.map_err(|e| format!("{what}: {e}"))?;
+        webpeft::train::reward::check_reward_model(model, Some(&adapter), &what)?;
+        *loaded = Some(RewardModel::Adapter(Box::new(adapter)));
     }
     Ok(())
 }
@@ -352,7 +389,7 @@ pub async fn train_grpo(mut a: TrainArgs) -> Result<Stopped, BoxError> {
         }
     };
     let base_replaced = matches!(&trainer.adapter, Adapter::Lora(l) if l.config.init_lora_weights.adjusts_base());
-    load_reward_models(&gpu, &model, &mut rewards, base_replaced).await?;
+    load_reward_models(&gpu, &model, &mut rewards, (base_replaced, a.quant)).await?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     trainer.gradient_checkpointing = recipe.gradient_checkpointing;
     // (TRL's GRPOConfig and RLOOConfig keep dropout unless told.)

@@ -299,8 +299,9 @@ pub struct TrainArgs {
     /// GRPO: a reward function, repeatable: `think_format` (TRL's think_format_reward) or
     /// `cmd:COMMAND`, a shell command that reads one JSON object a completion on stdin ({"prompt",
     /// "completion", "completion_ids"} and the prompt line's other fields) and writes one number
-    /// (or null: no reward) a line; or `model:DIR`, a reward model on the same --model (a SEQ_CLS
-    /// LoRA that --objective reward trained), scoring prompt + completion as TRL's GRPOTrainer does.
+    /// (or null: no reward) a line; or `model:DIR`, a reward model: on the same --model a SEQ_CLS
+    /// LoRA that --objective reward trained, or a …ForSequenceClassification checkpoint of one label
+    /// with its own tokenizer, scoring prompt + completion as TRL's GRPOTrainer does.
     #[arg(long)]
     pub reward: Vec<String>,
     /// GRPO: each --reward's weight, comma-separated [default: 1 each].
