@@ -92,8 +92,7 @@ impl Reward {
             Reward::ThinkFormat => Ok(texts.iter().map(|t| Some(think_format_reward(t))).collect()),
             Reward::Command(command) => Ok(run_command(command, lines)?),
             Reward::Model { dir, loaded } => {
-                let loaded =
-                    loaded.as_ref().ok_or_else(|| format!("--reward model:{}: not loaded", dir.display()))?;
+                let loaded = loaded.as_ref().ok_or_else(|| format!("--reward model:{}: not loaded", dir.display()))?;
                 let scores = match loaded {
                     RewardModel::Adapter(adapter) => {
                         reward_model_scores((gpu, model, Some(&**adapter)), tokenizer, prompts, texts).await?

@@ -77,6 +77,10 @@ pub async fn info(dir: &std::path::Path, json: bool) -> Result<(), Box<dyn std::
         config.head_dim
     );
     out!("vocabulary:   {} (tied embeddings: {})", config.vocab_size, config.tie_word_embeddings);
+    if let webpeft::model::config::ModelHead::SequenceClassification { num_labels, problem_type } = config.head {
+        let problem = problem_type.map_or(String::new(), |p| format!(", {}", p.name()));
+        out!("head:         score, {num_labels} labels{problem} (a sequence classifier: no lm_head)");
+    }
     out!("context:      {} positions, rope_theta {}", config.max_position_embeddings, config.rope_theta);
     if let Some(s) = &config.sliding_window {
         let sliding = s.layers.iter().filter(|&&l| l).count();
