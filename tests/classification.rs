@@ -366,3 +366,42 @@ fn a_reward_model_checkpoint_rewards_grpo_completions_as_trl() {
         assert!(d <= 2e-5, "{shape}: {got:?} vs {}", want[shape]["rewards"]);
     }
 }
+
+/// A SEQ_CLS adapter merged (`merge_lora`, `merge_score_head`, the classifier's config.json) is the
+/// classifier PEFT's `merge_and_unload` makes: written as a folder and loaded back as a base, it has the
+/// class's architecture, `LABEL_i` names and the pad id, and its own head's logits of the eight texts are
+/// PEFT's merged model's.
+#[test]
+fn a_merged_classifier_is_pefts_merge_and_unload() {
+    use webpeft::peft::lora::merge::{classifier_config_json, export_safetensors, merge_lora, merge_score_head};
+    let gpu = gpu();
+    let mut model = fixture_model(gpu, "llama_gqa");
+    let adapter = fixture_adapter(gpu, &model, "classification/single_label/initial_adapter", "lora");
+    let webpeft::peft::Adapter::Lora(lora) = &adapter else { unreachable!("a LoRA") };
+    merge_lora(gpu, &mut model, lora).unwrap();
+    merge_score_head(gpu, &mut model, lora).unwrap();
+    let dir = std::env::temp_dir().join(format!("webpeft-merged-classifier-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.safetensors"), block_on(export_safetensors(gpu, &model)).unwrap()).unwrap();
+    let config = classifier_config_json(&std::fs::read(fixture("llama_gqa/config.json")).unwrap(), 3, 383).unwrap();
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    let merged = block_on(webpeft::model::Model::load(
+        gpu,
+        &webpeft::model::DirFiles::new(&dir).unwrap(),
+        webpeft::quant::QuantFormat::F32,
+    ))
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let want: Value = serde_json::from_slice(&std::fs::read(fixture("classification/merged.json")).unwrap()).unwrap();
+    let written: Value = serde_json::from_slice(&config).unwrap();
+    assert_eq!(written["architectures"], serde_json::json!([want["class"]]));
+    for key in ["id2label", "label2id", "pad_token_id"] {
+        assert_eq!(written[key], want["config"][key], "{key}");
+    }
+    let c = cases();
+    let rows: Vec<Vec<u32>> = serde_json::from_value(c["cases"]["single_label"]["rows"].clone()).unwrap();
+    let got = block_on(score_sequences(gpu, &merged, None, &rows, 383)).unwrap();
+    let d = max_abs_diff(&got, &floats(&want["logits"]));
+    eprintln!("the merged classifier's logits within {d:e} of PEFT's merge_and_unload");
+    assert!(d <= 2e-5, "{d:e}");
+}

@@ -2169,8 +2169,16 @@ fn train_a_reward_model_stop_resume_score_and_refuse_what_does_not_apply() {
         "applies to reward only",
     );
     refused(&["--objective", "dpo", "--method", "lora", "--init-adapter", &whole], "reward model");
-    let e = failure(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &dir.join("merged")]));
-    assert!(e.contains("SEQ_CLS"), "{e}");
+    // Merged, a reward model is a classifier checkpoint of one label: it scores alone as it did as an adapter.
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    let reward = |args: &[&str]| -> f64 {
+        let out = webpeft(&[&["score", "--text", "Hello world!"][..], args].concat());
+        ok(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["reward"].as_f64().unwrap()
+    };
+    let (adapted, alone) = (reward(&["--model", &model, "--adapter", &whole]), reward(&["--model", &merged]));
+    assert!((adapted - alone).abs() <= 1e-5, "merged {alone} vs adapter {adapted}");
     let e = failure(&webpeft(&["generate", "--model", &model, "--adapter", &whole, "--prompt", "The"]));
     assert!(e.contains("webpeft score"), "{e}");
     let e =
@@ -2275,6 +2283,21 @@ fn train_a_classifier_resume_classify_and_refuse_what_does_not_apply() {
     assert!(e.contains("one label"), "{e}");
     let e = failure(&webpeft(&["score", "--model", &model, "--adapter", &whole, "--text", "x"]));
     assert!(e.contains("a classifier of 3 labels"), "{e}");
+    // Merged, it is a classifier checkpoint (LlamaForSequenceClassification, 3 labels) giving the same logits.
+    let merged = dir.join("merged");
+    ok(&webpeft(&["merge", "--model", &model, "--adapter", &whole, "--out", &merged]));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(&merged).join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"], serde_json::json!(["LlamaForSequenceClassification"]), "{config}");
+    assert_eq!(config["id2label"].as_object().map(|l| l.len()), Some(3), "{config}");
+    let logits = |args: &[&str]| -> Vec<f64> {
+        let out = webpeft(&[&["classify", "--text", "Hello world!"][..], args].concat());
+        ok(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let (adapted, alone) = (logits(&["--model", &model, "--adapter", &whole]), logits(&["--model", &merged]));
+    assert!(adapted.iter().zip(&alone).all(|(a, b)| (a - b).abs() <= 1e-5), "merged {alone:?} vs adapter {adapted:?}");
 
     // A classifier checkpoint (LlamaForSequenceClassification, 3 labels): classify with its own head, train a
     // LoRA on it (its labels by default), and refuse what needs an lm_head.

@@ -8,7 +8,7 @@ use webpeft::model::Model;
 use webpeft::peft::adalora::merge::merge_adalora;
 use webpeft::peft::adapter::Adapter;
 use webpeft::peft::ia3::merge::merge_ia3;
-use webpeft::peft::lora::merge::{export_safetensors, merge_lora};
+use webpeft::peft::lora::merge::{classifier_config_json, export_safetensors, merge_lora, merge_score_head};
 use webpeft::peft::ADAPTER_WEIGHTS_FILE;
 use webpeft::peft::BN_WEIGHTS_FILE;
 use webpeft::quant::QuantFormat;
@@ -30,15 +30,15 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     let gpu = cli_gpu(webpeft::KernelFamily::Auto, true).await?;
     let files = DirFiles::new(dir)?;
     let mut model = Model::load(&gpu, &files, QuantFormat::F32).await?;
+    let mut classifier = None;
     let summary = match load_adapter(&gpu, adapter, &model).await? {
         Adapter::Lora(lora) if lora.config.task_type == webpeft::peft::TaskType::SeqCls => {
-            return Err(format!(
-                "{}: a reward model or classifier (task_type SEQ_CLS): its merged form is a sequence classifier (a \
-                 score head, no lm_head), which this causal-LM folder cannot hold; use the adapter as it is \
-                 (`webpeft score` or `classify`, or PeftModel on AutoModelForSequenceClassification)",
-                adapter.display()
-            )
-            .into())
+            // A reward model or classifier: merged, it is a sequence classifier's folder.
+            merge_lora(&gpu, &mut model, &lora)?;
+            merge_score_head(&gpu, &mut model, &lora)?;
+            classifier = Some(lora.config.num_labels);
+            let modules = lora.layers.iter().flatten().filter(|f| f.is_some()).count();
+            format!("r {}, {modules} modules and a score head of {} labels", lora.config.r, lora.config.num_labels)
         }
         Adapter::Lora(lora) => {
             merge_lora(&gpu, &mut model, &lora)?;
@@ -72,6 +72,15 @@ pub async fn merge(dir: &Path, adapter: &Path, out: &Path) -> Result<(), Box<dyn
     };
     let bytes = export_safetensors(&gpu, &model).await?;
     write_model_folder(dir, out, &bytes)?;
+    if let Some(num_labels) = classifier {
+        let tokenizer = webpeft::model::tokenizer::Tokenizer::load(&files).await?;
+        let pad = webpeft::train::recipe::pad_id(Some(&tokenizer));
+        let config =
+            std::fs::read(dir.join("config.json")).map_err(|e| format!("{}/config.json: {e}", dir.display()))?;
+        let target = out.join("config.json");
+        std::fs::write(&target, classifier_config_json(&config, num_labels, pad)?)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+    }
     let target = out.join("model.safetensors");
     out!(
         "{}: {} merged ({summary}; {:.2} MiB f32)",

@@ -253,6 +253,56 @@ pub fn unmerge_lora(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter, merged: &M
     apply(gpu, model, lora, -1.0, Some(merged)).map(|_| ())
 }
 
+/// A SEQ_CLS adapter's head on `model`, as PEFT's `merge_and_unload` leaves
+/// a sequence classifier: the trained `score` copy becomes the model's
+/// score head (a causal LM then is a classifier: `config.head` says so,
+/// and the export writes `score.weight` and no lm_head). Merge the LoRA
+/// factors with [`merge_lora`] as for any adapter.
+pub fn merge_score_head(gpu: &Gpu, model: &mut Model, lora: &LoraAdapter) -> Result<()> {
+    let copy = lora.modules_to_save.as_ref().and_then(|m| m.score.as_ref()).ok_or_else(|| {
+        Error::invalid("merge_score_head", "the adapter has no score head (its task_type is not SEQ_CLS)")
+    })?;
+    let problem_type = match model.config.head {
+        crate::model::config::ModelHead::SequenceClassification { problem_type, .. } => problem_type,
+        crate::model::config::ModelHead::CausalLm => None,
+    };
+    model.score = Some(copy.f32_copy(gpu)?);
+    model.config.head = crate::model::config::ModelHead::SequenceClassification { num_labels: copy.rows, problem_type };
+    Ok(())
+}
+
+/// The `config.json` of a causal LM's (or classifier's) folder made a
+/// sequence classifier's of `num_labels`, as transformers saves one:
+/// `architectures` `…ForSequenceClassification` (in place of
+/// `…ForCausalLM`), `id2label` and `label2id` (the folder's own where it
+/// has as many, else `LABEL_i`) and `pad_token_id` (where it has none; the
+/// pad id the pooling skipped). Every other key is kept as it was.
+pub fn classifier_config_json(config_json: &[u8], num_labels: usize, pad_token_id: u32) -> Result<Vec<u8>> {
+    use serde_json::{json, Map, Value};
+    let bad = |detail: String| Error::File { file: "config.json".into(), detail };
+    let mut config: Map<String, Value> =
+        serde_json::from_slice(config_json).map_err(|e| bad(format!("not a JSON object: {e}")))?;
+    let arch = config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
+    let family = arch.strip_suffix("ForCausalLM").or_else(|| arch.strip_suffix("ForSequenceClassification"));
+    let family = family.filter(|f| !f.is_empty()).ok_or_else(|| {
+        bad(format!("architectures {arch:?}: neither a …ForCausalLM nor a …ForSequenceClassification"))
+    })?;
+    config.insert("architectures".into(), json!([format!("{family}ForSequenceClassification")]));
+    let own = config.get("id2label").and_then(Value::as_object).filter(|l| l.len() == num_labels).cloned();
+    let id2label: Map<String, Value> =
+        own.unwrap_or_else(|| (0..num_labels).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect());
+    let label2id: Map<String, Value> = id2label
+        .iter()
+        .map(|(i, name)| (name.as_str().unwrap_or(i).to_string(), json!(i.parse::<u64>().unwrap_or(0))))
+        .collect();
+    config.insert("id2label".into(), Value::Object(id2label));
+    config.insert("label2id".into(), Value::Object(label2id));
+    if config.get("pad_token_id").is_none_or(Value::is_null) {
+        config.insert("pad_token_id".into(), json!(pad_token_id));
+    }
+    serde_json::to_vec_pretty(&Value::Object(config)).map_err(|e| bad(e.to_string()))
+}
+
 /// The model's weights as one f32 `model.safetensors` (Hugging Face names;
 /// a tied head is written once, as transformers does; quantized Linears are
 /// written dequantized). Reads the GPU tensor by tensor.
