@@ -683,3 +683,40 @@ fn config_huge_layer_counts_are_refused_before_per_layer_lists() {
         assert_config_error(Config::from_value(&c), "num_hidden_layers", "more than the 4096");
     }
 }
+
+/// A `…ForSequenceClassification` config.json: a score head of `len(id2label)` labels (2 without it, as
+/// transformers), its problem_type; a bad id2label or problem_type is named; the checkpoint's tensors are
+/// the body and `score.weight`, and one without its score is refused by name.
+#[test]
+fn config_of_a_sequence_classifier() {
+    use webpeft::model::config::ModelHead;
+    let c = config("llama_gqa_cls");
+    assert_eq!(c.head, ModelHead::SequenceClassification { num_labels: 3, problem_type: None });
+    let names: Vec<String> = c.tensor_names().into_iter().map(|t| t.name).collect();
+    assert!(names.contains(&"score.weight".to_string()) && !names.contains(&"lm_head.weight".to_string()));
+    let classifier = |edit: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        edited_config(|c| {
+            c.insert("architectures".into(), json!(["LlamaForSequenceClassification"]));
+            edit(c);
+        })
+    };
+    let two = classifier(&|_| {}).unwrap();
+    assert_eq!(two.head, ModelHead::SequenceClassification { num_labels: 2, problem_type: None });
+    let regression = classifier(&|c| drop(c.insert("problem_type".into(), json!("regression"))));
+    assert_eq!(
+        regression.unwrap().head.num_labels(),
+        Some(2),
+        "a problem_type beside the default labels"
+    );
+    assert_config_error(classifier(&|c| drop(c.insert("id2label".into(), json!(["a"])))), "id2label", "must be an object");
+    assert_config_error(
+        classifier(&|c| drop(c.insert("problem_type".into(), json!("ranking")))),
+        "problem_type",
+        "\"ranking\": transformers knows regression",
+    );
+    // llama_gqa's causal-LM weights under a classifier's config: no score head.
+    let files = dir("llama_gqa");
+    let cls = classifier(&|_| {}).unwrap();
+    let e = block_on(Checkpoint::open_for(&files, &cls)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("score.weight") || e.contains("lm_head.weight"), "{e}");
+}
