@@ -1,8 +1,10 @@
 // The demo page's UI thread: forms, progress, the loss chart and the
-// before/after generation; the preference mode's panel is preference.js, GRPO's grpo.js, the chat panel chat.js.
+// before/after generation; the preference mode's panel is preference.js, GRPO's grpo.js, classification's
+// classifier.js, the chat panel chat.js.
 // All library work happens in worker.js.
 import { preferences, rewardTable, metricsKind } from "./preference.js";
 import { grpoPanel, samplesGroups } from "./grpo.js";
+import { classifierPanel, judges, labelNames, verdictText } from "./classifier.js";
 import { cachePanel } from "./cached-models.js";
 import { presetList, hubUrl, modelBaseUrl, mib } from "./presets.js";
 import { stepClock } from "./eta.js";
@@ -11,7 +13,7 @@ import { checkFeatures, showFeatures } from "./features.js";
 import { lostNotice, recoveredNotice } from "./recovery.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { losses: [], speeds: [], evals: [], rewards: [], trained: false, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
+const state = { losses: [], speeds: [], evals: [], evalAccuracies: [], rewards: [], trained: false, judge: null, loaded: false, resuming: false, phase: "starting", loadNotes: [] };
 
 // One state decides which controls work (data-phase on <body> says which):
 //   starting → loading → idle;  idle → loading | training | generating | exporting (the .gguf);
@@ -29,12 +31,14 @@ function setPhase(phase) {
   $("cancel").disabled = !running;
   $("generate").disabled = !idle || !state.loaded;
   $("download").disabled = !idle || !state.trained;
-  // llama.cpp applies plain LoRA only; other methods' adapters have no GGUF form.
-  const lora = state.trainedMethod === "lora";
+  // llama.cpp applies plain LoRA only; other methods' adapters have no GGUF form, and neither has a classifier.
+  const lora = state.trainedMethod === "lora" && !state.judge;
   $("download-gguf").disabled = !idle || !state.trained || !lora;
   $("gguf-kind").disabled = $("download-gguf").disabled;
-  $("gguf-note").textContent = state.trained && !lora ?
-    `llama.cpp takes plain LoRA adapters only: train with LoRA to download a .gguf (this one is ${state.trainedMethod}).` : "";
+  $("gguf-note").textContent = !state.trained || lora ? "" : state.judge ?
+    `llama.cpp runs language models, not classifiers: this ${state.judge === "reward" ? "reward model" : "classifier"} downloads as PEFT's files (.zip) only.` :
+    `llama.cpp takes plain LoRA adapters only: train with LoRA to download a .gguf (this one is ${state.trainedMethod}).`;
+  $("judge").disabled = !idle || !state.trained || !state.judge;
   $("resume-run").disabled = running || phase === "generating" || phase === "exporting";
   pref.controls(idle, state.loaded);
   cache.controls(idle);
@@ -45,12 +49,12 @@ function setPhase(phase) {
 // library's own wording (file and function names) goes to the console.
 const ERROR_BOX = { load: "model-error", plan: "model-error", train: "train-error", "resume-checkpoint": "train-error",
   autosave: "train-error", data: "train-error", pause: "train-error", resume: "train-error", cancel: "train-error",
-  generate: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error", chat: "chat-error" };
+  generate: "try-error", judge: "try-error", download: "try-error", "download-gguf": "try-error", pairs: "pref-error", cache: "model-error", chat: "chat-error" };
 const FORM_NAMES = { r: "r", lora_alpha: "alpha", target_modules: "targets", lora_dropout: "dropout", seq_len: "seq len",
   batch_size: "batch", grad_accum: "gradient accumulation", reduction_factor: "reduction factor", steps: "steps", lr: "learning rate",
   beta: "beta", label_smoothing: "label smoothing", loss_type: "dpo loss", trainable_tokens: "tokens to train",
   token_indices: "tokens to train", modules_to_save: "train whole", num_generations: "completions a prompt",
-  max_completion_length: "completion length", temperature: "temperature" };
+  max_completion_length: "completion length", temperature: "temperature", num_labels: "labels" };
 function inFormWords(message) {
   const formWords = (text) => text.replace(/\b(seq_len|batch_size|grad_accum)\b/g, (k) => FORM_NAMES[k]);
   const field = message.match(/^(?:adapter_config\.json: field|training option) `(\w+)`: (.*)$/s);
@@ -80,6 +84,7 @@ const pref = preferences({ send: (msg) => worker.postMessage(msg), setPhase, sho
 const cache = cachePanel({ showError });
 const chat = chatPanel({ send: (msg) => worker.postMessage(msg), setPhase, showError, save });
 const grpo = grpoPanel();
+const cls = classifierPanel();
 
 // Autosave: the worker sends a training checkpoint every few steps; it is kept
 // in IndexedDB (on this machine) with what is needed to go on after a reload.
@@ -176,6 +181,7 @@ function onMessage(e) {
       $("train-progress").value = ev.step;
       $("train-status").textContent = `step ${ev.step}/${ev.totalSteps} · loss ${ev.loss.toFixed(4)} · ` +
         (ev.rewards ? `margin ${ev.rewards.margins.toFixed(3)} · accuracy ${ev.rewards.accuracies.toFixed(2)} · ` : "") +
+        (kind === "reward" ? `margin ${ev.reward.margin.toFixed(3)} · accuracy ${ev.reward.accuracy.toFixed(2)} · ` : "") +
         (ev.kto ? `kl ${ev.kto.kl.toFixed(3)} · ` : "") +
         (kind === "grpo" ? `reward ${ev.reward.toFixed(3)} · ` : "") +
         (ev.meanTokenAccuracy !== undefined ? `token accuracy ${(100 * ev.meanTokenAccuracy).toFixed(1)}% · ` : "") +
@@ -183,7 +189,7 @@ function onMessage(e) {
       if (kind) {
         const grpoMetrics = kind === "grpo" ? { reward: ev.reward, rewardStd: ev.rewardStd, entropy: ev.entropy,
           meanLength: ev.meanLength, completionRewards: ev.completions.map((c) => c.reward) } : {};
-        state.rewards.push({ step: ev.step, loss: ev.loss, ...(ev.rewards ?? ev.kto ?? grpoMetrics) });
+        state.rewards.push({ step: ev.step, loss: ev.loss, ...(kind === "reward" ? ev.reward : ev.rewards ?? ev.kto ?? grpoMetrics) });
         rewardTable.add(ev);
       }
       if (kind === "grpo") grpo.step(ev);
@@ -195,6 +201,12 @@ function onMessage(e) {
     case "eval":
       state.evals.push([m.step, m.loss]);
       document.body.dataset.evalLosses = JSON.stringify(state.evals);
+      // A classifier's held-out accuracy (single-label), beside its loss.
+      if (m.accuracy !== null) {
+        state.evalAccuracies.push([m.step, m.accuracy]);
+        document.body.dataset.evalAccuracies = JSON.stringify(state.evalAccuracies);
+        $("train-status").textContent += ` · held-out accuracy ${(100 * m.accuracy).toFixed(0)}%`;
+      }
       drawChart();
       break;
     case "checkpoint":
@@ -217,6 +229,9 @@ function onMessage(e) {
       break;
     case "trained":
       state.trained = true;
+      // A classifier or a reward model: "Try it" asks it about a text instead of generating with it.
+      state.judge = m.judge;
+      showJudge();
       if (m.summary.state === "done") clearAutosave().catch(() => {});
       document.body.dataset.losses = JSON.stringify(state.losses);
       document.body.dataset.rewards = JSON.stringify(state.rewards);
@@ -225,6 +240,10 @@ function onMessage(e) {
       $("train-status").textContent += ` — ${m.summary.state}`;
       setPhase("idle");
       break;
+    case "reward-model": // a reward model trained here: GRPO may score with it
+      state.rewardModel = m.files;
+      grpo.rewardModel(true);
+      break;
     case "planned": presets.then((p) => p.planned(m)); break;
     case "paused": setPhase("paused"); break;
     case "resumed": clock.skip(); setPhase("training"); break;
@@ -232,8 +251,16 @@ function onMessage(e) {
     case "generated":
       if (pref.generated(m)) break;
       document.body.dataset[m.which] = "done";
-      if (m.which === "before" && state.trained) worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
-      else setPhase("idle");
+      if (m.which === "before" && state.trained && !state.judge) {
+        worker.postMessage({ type: "generate", which: "after", prompt: $("prompt").value });
+      } else setPhase("idle");
+      break;
+    case "judged":
+      $("judge-result").textContent = m.kind === "reward"
+        ? `score ${m.result.score.toFixed(4)} (the reward model's logit: the higher, the more preferred)`
+        : verdictText(m.result, state.judgeLabels);
+      document.body.dataset.judged = JSON.stringify(m.result);
+      setPhase("idle");
       break;
     case "zip":
       save(new Blob([m.bytes], { type: "application/zip" }), "webpeft-adapter.zip");
@@ -316,6 +343,7 @@ function config() {
     batchSize: n("batchSize"), seqLen: n("seqLen"), seed: n("seed"), evalSteps: n("evalSteps") || 4,
     objective: f.get("objective"), beta: n("beta"), lossType: f.get("lossType"),
     ...(samplesGroups(f.get("objective")) ? { grpo: grpo.settings() } : {}),
+    ...(f.get("objective") === "classification" ? { cls: cls.settings() } : {}),
     tokens: String(f.get("tokens") ?? "").split(",").map((t) => t.trim()).filter(Boolean),
     modulesToSave: String(f.get("modulesToSave") ?? "").split(",").filter(Boolean) };
 }
@@ -327,6 +355,8 @@ function load() {
     const src = source();
     state.source = src; // what is loaded, whatever the form says later
     state.loaded = false;
+    state.rewardModel = null; // a reward model trained on another base does not score for this one
+    grpo.rewardModel(false);
     $("load-status").textContent = "loading…";
     $("plan").textContent = "";
     setPhase("loading");
@@ -368,14 +398,21 @@ $("train").onclick = () => {
   state.losses = [];
   state.speeds = [];
   state.evals = [];
+  state.evalAccuracies = [];
   state.rewards = [];
   rewardTable.reset();
   drawChart();
   const objective = config().objective;
   let data = $("data").value;
+  // Held-out data measures the SFT loss, or a classifier's loss and accuracy: a preference or GRPO run has none.
+  let evalData = objective === "sft" ? $("eval-data").value.trim() || null : null;
   try {
     if (samplesGroups(objective)) data = grpo.data();
-    else if (objective !== "sft") data = pref.data();
+    else if (objective === "classification") {
+      data = cls.data();
+      evalData = cls.evalData();
+      state.pendingLabels = labelNames(config().cls.labels);
+    } else if (objective !== "sft") data = pref.data();
   } catch (e) { return showError("train", e.message); }
   if (!data.trim()) return showError("train", "the training data is empty: paste JSONL or choose a file");
   setPhase("training");
@@ -383,10 +420,10 @@ $("train").onclick = () => {
   $("train-status").textContent = "step 1 compiles the GPU programs training needs; the steps after it are faster…";
   const src = state.source;
   state.trainedMethod = config().method;
+  // A GRPO run scoring with the page's reward model autosaves the reward model's files too.
+  const rewardModel = samplesGroups(objective) && config().grpo.reward === "model" ? { rewardModel: state.rewardModel } : {};
   state.current = src.kind === "files" ? null :
-    { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value };
-  // Held-out data measures the SFT loss: a preference or GRPO run has none.
-  const evalData = objective !== "sft" ? null : $("eval-data").value.trim() || null;
+    { config: config(), data, source: src, quant: $("quant").value, computeDtype: $("compute").value, ...rewardModel };
   worker.postMessage({ type: "train", config: config(), data, evalData });
 };
 
@@ -406,6 +443,7 @@ readAutosave().then((saved) => {
     }
     if ((c.objective ?? "sft") === "sft") $("data").value = saved.data;
     else if (samplesGroups(c.objective)) grpo.restore(saved.data, c.grpo);
+    else if (c.objective === "classification") cls.restore(saved.data, c.cls);
     else pref.restore(saved.data);
     showObjective();
     $("quant").value = saved.quant;
@@ -414,7 +452,8 @@ readAutosave().then((saved) => {
     state.speeds = [];
     drawChart();
     state.source = saved.source;
-    state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype };
+    state.current = { config: c, data: saved.data, source: saved.source, quant: saved.quant, computeDtype: saved.computeDtype,
+      ...(saved.rewardModel ? { rewardModel: saved.rewardModel } : {}) };
     state.trainedMethod = c.method;
     state.resuming = true;
     state.loaded = false;
@@ -422,8 +461,14 @@ readAutosave().then((saved) => {
     state.loadNotes = [];
     clock.reset();
     const load = { type: "load", source: withToken(saved.source), quant: saved.quant, computeDtype: saved.computeDtype, method: c.method, r: c.r, batchSize: c.batchSize, seqLen: c.seqLen };
-    const resume = { type: "resume-checkpoint", bytes: saved.bytes, step: saved.step, config: c, data: saved.data,
-      evalData: (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null };
+    let evalData = (c.objective ?? "sft") === "sft" ? $("eval-data").value.trim() || null : null;
+    if (c.objective === "classification") {
+      try { evalData = cls.evalData(); } catch { evalData = null; } // a box the page no longer reads: no held-out loss
+      state.pendingLabels = labelNames(c.cls.labels);
+    }
+    const resume = { type: "resume-checkpoint", bytes: saved.bytes, step: saved.step, config: c, data: saved.data, evalData,
+      ...(saved.rewardModel ? { rewardModel: saved.rewardModel } : {}) };
+    if (saved.rewardModel) { state.rewardModel = saved.rewardModel; grpo.rewardModel(true); }
     const origin = saved.source.kind === "url" ? new URL(saved.source.url).origin : null;
     const send = () => { worker.postMessage(load); worker.postMessage(resume); };
     if (origin !== workerOrigin || !document.body.dataset.gpu) {
@@ -443,7 +488,29 @@ $("generate").onclick = () => {
   setPhase("generating");
   worker.postMessage({ type: "generate", which: "before", prompt: $("prompt").value });
   if (!state.trained) $("after").textContent = "(train an adapter first)";
+  else if (state.judge) $("after").textContent = JUDGE_WRITES_NOTHING;
 };
+$("judge").onclick = () => {
+  clearError();
+  const text = $("judge-text").value;
+  if (!text.trim()) return showError("judge", "write a text to classify or score");
+  $("judge-result").textContent = "";
+  delete document.body.dataset.judged;
+  setPhase("generating");
+  worker.postMessage({ type: "judge", context: "judge", kind: state.judge, text });
+};
+const JUDGE_WRITES_NOTHING = "(the adapter labels or scores texts, it does not write them: try it below)";
+/** "Try it" for a classifier or a reward model: its verdict on a text; the generation's "after" column says why it is empty. */
+function showJudge() {
+  if (state.judge) state.judgeLabels = state.judge === "classification" ? state.pendingLabels : [];
+  $("judge-row").hidden = !state.judge;
+  $("judge").textContent = state.judge === "reward" ? "Score" : "Classify";
+  $("judge-note").textContent = state.judge === "reward"
+    ? "The adapter is a reward model: it writes no text, it scores one (its one logit). Score a text with it:"
+    : "The adapter is a classifier: it writes no text, it labels one. Classify a text with it (each label's probability):";
+  $("judge-result").textContent = "";
+  if (state.judge) $("after").textContent = JUDGE_WRITES_NOTHING;
+}
 $("download").onclick = () => worker.postMessage({ type: "download" });
 $("download-gguf").onclick = () => {
   clearError();
@@ -470,7 +537,11 @@ const METHOD_NOTES = {
   par_bn: "Bottleneck adapter beside each MLP, fed the residual stream (AdapterHub's par_bn, scaled by 4); AdapterHub's files.",
 };
 const objectivePicker = $("config").elements.objective;
-const showObjective = () => { pref.showObjective(objectivePicker.value); grpo.show(objectivePicker.value); };
+const showObjective = () => {
+  pref.showObjective(objectivePicker.value);
+  grpo.show(objectivePicker.value);
+  cls.show(objectivePicker.value);
+};
 objectivePicker.addEventListener("change", showObjective);
 showObjective();
 const methodPicker = $("config").elements.method;
@@ -482,6 +553,8 @@ $("data-file").onchange = async (e) => { const f = e.target.files[0]; if (f) $("
 
 fetch("default-data.jsonl").then((r) => r.text()).then((t) => { if (!$("data").value) $("data").value = t; })
   .catch((e) => showError("data", `could not read the default dataset: ${e.message}`));
+fetch("default-labels.jsonl").then((r) => r.text()).then((t) => cls.fill(t))
+  .catch((e) => showError("data", `could not read the default labelled texts: ${e.message}`));
 setPhase("starting");
 // What WebGPU offers is checked first: a missing piece is named before anything loads.
 checkFeatures().then((f) => {

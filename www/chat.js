@@ -241,10 +241,11 @@ export function chatPanel({ send, setPhase, showError, save }) {
         renderChoices();
         return false;
       case "trained":
-        st.trained = true;
+        // A classifier or a reward model writes no text: the chat keeps to the base model and the kept adapters.
+        st.trained = !m.judge;
         renderChoices();
         // The right column shows the new adapter unless it was set to something other than the base.
-        if ($("chat-right-adapter").value === "base") $("chat-right-adapter").value = "trained";
+        if (st.trained && $("chat-right-adapter").value === "base") $("chat-right-adapter").value = "trained";
         return false;
       default:
         return false;

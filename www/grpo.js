@@ -14,6 +14,7 @@ export function grpoPanel() {
     const option = document.createElement("option");
     option.value = key;
     option.textContent = r.label;
+    option.disabled = Boolean(r.needsModel); // until the page has trained a reward model
     return option;
   }));
   const showArg = () => {
@@ -25,6 +26,11 @@ export function grpoPanel() {
   picker.addEventListener("change", showArg);
   showArg();
   return {
+    /** Offers the reward model trained on this page as the reward (or stops offering it: a new base). */
+    rewardModel(ready) {
+      for (const option of picker.options) if (REWARDS[option.value].needsModel) option.disabled = !ready;
+      if (!ready && REWARDS[picker.value].needsModel) { picker.value = "word"; showArg(); }
+    },
     /** Shows the panel for grpo and rloo only, with the objective's note. */
     show(objective) {
       $("grpo-panel").hidden = !samplesGroups(objective);

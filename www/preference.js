@@ -106,9 +106,9 @@ export function preferences({ send, setPhase, showError }) {
       setPhase("idle");
       return true;
     },
-    /** Shows the panel for the preference objectives (dpo, orpo, cpo, kto), the SFT data for sft. */
+    /** Shows the panel for the preference objectives (dpo, orpo, cpo, kto, reward), the SFT data for sft. */
     showObjective(objective) {
-      $("preference-panel").hidden = objective === "sft" || samplesGroups(objective);
+      $("preference-panel").hidden = objective === "sft" || objective === "classification" || samplesGroups(objective);
       $("sft-data").hidden = objective !== "sft";
     },
     /** The pairs in the list and those pasted, as one JSONL text; throws when there are none. */
@@ -125,8 +125,9 @@ export function preferences({ send, setPhase, showError }) {
   };
 }
 
-/** TRL's columns: DPOTrainer's (and ORPO's, CPO's), KTOTrainer's, or GRPOTrainer's. */
+/** TRL's columns: DPOTrainer's (and ORPO's, CPO's), KTOTrainer's, GRPOTrainer's, or RewardTrainer's. */
 const CAPTIONS = {
+  reward: "a reward model's metrics per step (TRL's RewardTrainer: how often, and by how much, the 👍 answer scores above the 👎 one)",
   pairs: "rewards per step (TRL's metrics, measured before the step's update: β·(log-probability with the adapter − without))",
   kto: "rewards per step (TRL's KTO metrics, measured before the step's update: β·(log-probability with the adapter − without))",
   grpo: "rewards per step (TRL's GRPO metrics of the step's sampled completions, scored before its update)",
@@ -135,12 +136,14 @@ const COLUMNS = {
   pairs: ["rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"],
   kto: ["kl", "rewards/chosen_sum", "rewards/rejected_sum", "count/chosen", "count/rejected"],
   grpo: ["reward", "reward_std", "frac_reward_zero_std", "entropy", "completions/mean_length"],
+  reward: ["accuracy", "margin", "min_reward", "mean_reward", "max_reward"],
 };
 
 /** Which trainer's metrics a step event carries. */
-export const metricsKind = (ev) => (ev.kto ? "kto" : ev.rewards ? "pairs" : ev.rewardStd !== undefined ? "grpo" : null);
+export const metricsKind = (ev) => (ev.kto ? "kto" : ev.rewards ? "pairs" : ev.rewardStd !== undefined ? "grpo"
+  : typeof ev.reward === "object" ? "reward" : null);
 
-/** The reward table under the loss chart: one row per step of a DPO, ORPO, CPO, KTO or GRPO run. */
+/** The reward table under the loss chart: one row per step of a DPO, ORPO, CPO, KTO, GRPO or reward model's run. */
 export const rewardTable = {
   reset() {
     $("rewards").hidden = true;
@@ -163,6 +166,7 @@ export const rewardTable = {
       kto: () => [k.kl, k.rewardsChosenSum, k.rewardsRejectedSum, k.countChosen, k.countRejected],
       pairs: () => [ev.rewards.chosen, ev.rewards.rejected, ev.rewards.accuracies, ev.rewards.margins],
       grpo: () => [ev.reward, ev.rewardStd, ev.fracRewardZeroStd, ev.entropy, ev.meanLength],
+      reward: () => [ev.reward.accuracy, ev.reward.margin, ev.reward.minReward, ev.reward.meanReward, ev.reward.maxReward],
     }[kind]();
     const row = $("rewards").tBodies[0].insertRow();
     row.insertCell().textContent = String(ev.step);

@@ -1,8 +1,9 @@
 // The library runs here, in a module Web Worker, so the page stays responsive
 // while the GPU trains. Messages in: init, load, train (SFT, preference or GRPO), pause, resume, cancel,
-// generate (which: before, after, or the preference mode's answer-a and answer-b), download, download-gguf,
-// plan-configs, and destroy-gpu (a test hook: loses the device). Messages out: ready, load-progress, cached, loaded,
-// step, trained, token, generated, zip, gguf, planned, gpu-lost, gpu-recovered, error. Every failure becomes an
+// generate (which: before, after, or the preference mode's answer-a and answer-b), judge (a trained classifier's or
+// reward model's verdict on a text), download, download-gguf, plan-configs, and destroy-gpu (a test hook: loses the
+// device). Messages out: ready, load-progress, cached, loaded, step, eval, trained, reward-model (a reward model's files,
+// which GRPO may then score with), token, generated, judged, zip, gguf, planned, gpu-lost, gpu-recovered, error. Every failure becomes an
 // `error` message with readable text, except those of a lost GPU, which recovery.js handles; nothing is sent
 // anywhere but the page. A URL model is downloaded once into the browser's storage (model-cache.js) and loaded
 // from there. The chat panel's messages are chat-worker.js's.
@@ -10,12 +11,14 @@ import init, { Gpu, Model } from "./pkg/webpeft.js";
 import { CachedModel } from "./model-cache.js";
 import { chatWorker } from "./chat-worker.js";
 import { recovery } from "./recovery.js";
-import { rewardFunction } from "./rewards.js";
+import { rewardFunction, REWARD_MODEL } from "./rewards.js";
 import { samplesGroups } from "./grpo.js";
+import { judges, labelNames } from "./classifier.js";
 
 let gpu = null;
 let model = null;
 let run = null;
+let rewardModel = null; // the files of the last reward model trained on this base, kept as REWARD_MODEL for GRPO
 const ADAPTER = "adapter";
 const DEFAULT_MODEL = new URL("default-model/", self.location.href).href; // ships with the page: read in place, not cached
 const AUTOSAVE_EVERY = 4; // steps between checkpoints sent to the page (it keeps them in IndexedDB)
@@ -63,8 +66,9 @@ async function drive(run, c, evalData, replayed = false) {
     if (!event) return { steps: run.currentStep(), totalSteps: run.totalSteps(), state: "done" };
     post({ type: "step", event });
     if (evalData && event.step % (c.evalSteps || 4) === 0) {
-      const e = await model.evaluate(evalData, { adapter: ADAPTER, batchSize: c.batchSize, seqLen: c.seqLen });
-      post({ type: "eval", step: event.step, loss: e.loss });
+      const opts = { adapter: ADAPTER, batchSize: c.batchSize, seqLen: c.seqLen };
+      const e = c.objective === "classification" ? await model.evaluateClassifier(evalData, opts) : await model.evaluate(evalData, opts);
+      post({ type: "eval", step: event.step, loss: e.loss, accuracy: e.accuracy ?? null });
     }
     if (event.step === 1) tuning.save().catch(() => {}); // best effort: without it the next visit tunes again
     if (event.step % AUTOSAVE_EVERY === 0 && event.step < event.totalSteps) {
@@ -80,7 +84,7 @@ function trainOptions(c) {
   const objective = c.objective ?? "sft";
   return { lr: c.lr, steps: c.steps, batchSize: c.batchSize, seqLen: c.seqLen, seed: c.seed,
     schedule: c.schedule ?? "constant", maxGradNorm: c.maxGradNorm ?? 1.0, objective,
-    ...(objective === "sft" ? {} : { beta: c.beta }),
+    ...(["dpo", "orpo", "cpo", "kto"].includes(objective) ? { beta: c.beta } : {}),
     ...(objective === "dpo" && c.lossType ? { lossType: c.lossType } : {}) };
 }
 
@@ -114,10 +118,34 @@ async function newGpu() {
   await tuning.load().catch(() => {}); // best effort, as tuning.save
 }
 
-/** A run that ended leaves its adapter's files with the recovery, so a later loss does not take the adapter. */
-async function finish(summary) {
-  rec.finished(await model.exportAdapter(ADAPTER));
+/** A run that ended leaves its adapter's files with the recovery, so a later loss does not take the adapter; a reward
+ * model's are kept as REWARD_MODEL too, for GRPO to score with, and sent to the page (a run that uses it autosaves them). */
+async function finish(summary, c) {
+  const files = await model.exportAdapter(ADAPTER);
+  rec.finished(files);
+  if (c.objective === "reward") {
+    await keepRewardModel(files);
+    post({ type: "reward-model", files });
+  }
   return summary;
+}
+
+/** Puts `files` (a reward model's) on the model as REWARD_MODEL, in place of an earlier one. */
+async function keepRewardModel(files) {
+  if (model.adapterNames().includes(REWARD_MODEL)) model.removeAdapter(REWARD_MODEL);
+  await model.importAdapter(REWARD_MODEL, files);
+  if (model.adapterNames().includes(ADAPTER)) model.setActiveAdapter(ADAPTER); // generation's default stays the trained one
+  rewardModel = files;
+}
+
+/** A GRPO run's rewards: the page's function, or the reward model kept on this page (from the autosave after a reload). */
+async function grpoRewards(c, saved) {
+  const reward = rewardFunction(c.grpo.reward, c.grpo.rewardArg);
+  if (reward === REWARD_MODEL && !model.adapterNames().includes(REWARD_MODEL)) {
+    if (!saved) throw new Error("reward: train a reward model first (objective reward, on 👍/👎 pairs), then GRPO scores with it");
+    await keepRewardModel(saved);
+  }
+  return [reward];
 }
 
 /**
@@ -137,7 +165,8 @@ function baseKey(source) {
 const rec = recovery({
   post, createGpu: newGpu, replay: handle, enqueue: (fn) => enqueue("gpu", fn),
   importAdapter: async (files) => { await model.importAdapter(ADAPTER, files); model.setActiveAdapter(ADAPTER); },
-  reloaded: () => chat.loaded(),
+  // The chat's kept adapters and the reward model go back on the reloaded model.
+  reloaded: async () => { await chat.loaded(); if (rewardModel) await keepRewardModel(rewardModel); },
 });
 const fail = (context, e) => post({ type: "error", context, message: String(e?.message ?? e) });
 const chat = chatWorker({ model: () => model, trained: ADAPTER, post, isLoss: (e) => rec.isLoss(e),
@@ -182,6 +211,7 @@ async function handle(msg) {
           `${(plan.bindingLimitBytes / 2 ** 20).toFixed(0)} MiB binding limit: lower the batch size or sequence length`);
       }
       const files = cached ? await cached.files() : msg.source.files;
+      if (!msg.replayed) rewardModel = null; // a new base: the reward model was the old one's
       if (cached) post({ type: "cached", url: msg.source.url, requests: cached.requests });
       if (model) model.free();
       model = null;
@@ -204,9 +234,15 @@ async function handle(msg) {
       if (whole.length > 0 && !["lora", "dora"].includes(c.method)) {
         throw new Error("train whole: only lora and dora train whole modules beside them (PEFT's modules_to_save)");
       }
+      // A classifier or a reward model is PEFT's SEQ_CLS LoRA: a score head of its labels (one for a reward model).
+      const judge = judges(c.objective);
+      if (judge && !["lora", "dora"].includes(c.method)) {
+        throw new Error(`${c.objective}: trains a LoRA or DoRA with a score head (PEFT's SEQ_CLS task), not ${c.method}`);
+      }
+      const head = judge ? { taskType: "SEQ_CLS", numLabels: c.objective === "reward" ? 1 : labelNames(c.cls.labels).length } : {};
       if (c.method === "lora" || c.method === "dora") {
         model.addLora(ADAPTER, { r: c.r, alpha: c.alpha, targets: c.targets, dropout: c.dropout ?? 0, seed: c.seed,
-          useDora: c.method === "dora", trainableTokens: tokens, ...(whole.length > 0 ? { modulesToSave: whole } : {}) });
+          useDora: c.method === "dora", trainableTokens: tokens, ...(whole.length > 0 ? { modulesToSave: whole } : {}), ...head });
       } else if (c.method === "trainable_tokens") {
         model.addTrainableTokens(ADAPTER, { tokens });
       } else if (c.method === "adalora") {
@@ -226,10 +262,11 @@ async function handle(msg) {
       }
       model.setActiveAdapter(ADAPTER);
       run = samplesGroups(c.objective)
-        ? model.startGrpo(ADAPTER, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
+        ? model.startGrpo(ADAPTER, msg.data, grpoOptions(c), await grpoRewards(c, msg.rewardModel))
         : model.startTraining(ADAPTER, msg.data, trainOptions(c));
       rec.training(msg, 0);
-      post({ type: "trained", summary: await finish(await drive(run, c, msg.evalData, msg.replayed)) });
+      post({ type: "trained", judge: judges(c.objective) ? c.objective : null,
+        summary: await finish(await drive(run, c, msg.evalData, msg.replayed), c) });
       break;
     }
     case "resume-checkpoint": {
@@ -237,12 +274,13 @@ async function handle(msg) {
       if (model.adapterNames().includes(ADAPTER)) model.removeAdapter(ADAPTER);
       const c = msg.config;
       run = samplesGroups(c.objective)
-        ? model.resumeGrpo(ADAPTER, msg.bytes, msg.data, grpoOptions(c), [rewardFunction(c.grpo.reward, c.grpo.rewardArg)])
+        ? model.resumeGrpo(ADAPTER, msg.bytes, msg.data, grpoOptions(c), await grpoRewards(c, msg.rewardModel))
         : model.resumeTraining(ADAPTER, msg.bytes, msg.data, trainOptions(c));
       model.setActiveAdapter(ADAPTER);
       rec.training(msg, run.currentStep());
       post({ type: "resumed-checkpoint", step: run.currentStep() });
-      post({ type: "trained", summary: await finish(await drive(run, msg.config, msg.evalData, msg.replayed)) });
+      post({ type: "trained", judge: judges(c.objective) ? c.objective : null,
+        summary: await finish(await drive(run, msg.config, msg.evalData, msg.replayed), c) });
       break;
     }
     case "plan-configs": {
@@ -272,6 +310,15 @@ async function handle(msg) {
       const result = await model.generate(msg.prompt, opts);
       tuning.save().catch(() => {}); // a first generation tunes the decoding GEMV on a real GPU; best effort
       post({ type: "generated", which: msg.which, result });
+      break;
+    }
+    case "judge": {
+      // The trained classifier's verdict (each label's logit) or the reward model's score of one text.
+      if (!model || !model.adapterNames().includes(ADAPTER)) throw new Error("train a classifier or a reward model first");
+      const result = msg.kind === "reward"
+        ? { score: (await model.score([msg.text], { adapter: ADAPTER }))[0] }
+        : (await model.classify([msg.text], { adapter: ADAPTER }))[0];
+      post({ type: "judged", kind: msg.kind, text: msg.text, result });
       break;
     }
     case "download": {

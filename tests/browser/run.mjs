@@ -377,6 +377,190 @@ test("preference mode: two sampled answers marked 👍/👎 by keyboard and mous
   }
 });
 
+test("classification and a reward model on the page: labelled texts and 👍/👎 pairs train SEQ_CLS LoRAs equal to the native ones, held-out accuracy, Try it classifies and scores; GRPO scores with the reward model, resumed after a reload", async () => {
+  const browser = await launch();
+  const cli = (args) => execFileSync(path.join(root, "target", "debug", "webpeft"), args,
+    { env: { ...process.env, XDG_RUNTIME_DIR: "/tmp" }, stdio: ["ignore", "pipe", "pipe"] }).toString().trim().split("\n").map((l) => JSON.parse(l));
+  const model = path.join(root, "www", "default-model");
+  const settings = ["--method", "lora", "--targets", "all-linear", "--r", "8", "--alpha", "16", "--lr", "0.01", "--seq-len", "32",
+    "--seed", "42", "--schedule", "constant"];
+  /** The page's zip, unpacked into `dir`: its files by name. */
+  const download = async (page, dir) => {
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+    const zip = path.join(out, `${path.basename(dir)}.zip`);
+    await dl.saveAs(zip);
+    const files = unzip(fs.readFileSync(zip));
+    fs.mkdirSync(dir, { recursive: true });
+    for (const [name, bytes] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), bytes);
+    return files;
+  };
+  /** The largest |difference| between two adapters' tensors, each of the native one's in the browser's. */
+  const worstDiff = (web, native) => {
+    let worst = 0;
+    for (const [name, t] of Object.entries(native)) {
+      assert.ok(web[name], `${name} in the download`);
+      assert.deepEqual(web[name].shape, t.shape, name);
+      for (let i = 0; i < t.data.length; i++) worst = Math.max(worst, Math.abs(t.data[i] - web[name].data[i]));
+    }
+    return worst;
+  };
+  try {
+    const { page, problems } = await open(browser, base);
+    await page.waitForSelector("body[data-model=loaded]", { timeout: 120_000 });
+    assert.equal(await page.isDisabled("#grpo-reward option[value=model]"), true, "no reward model to score with yet");
+    await page.selectOption("#config [name=objective]", "classification");
+    assert.deepEqual([await page.isVisible("#classify-panel"), await page.isVisible("#data"), await page.isVisible("#preference-panel")],
+      [true, false, false], "the labelled texts take the place of the SFT data");
+    await page.waitForFunction(() => document.getElementById("cls-data").value.length > 0);
+    const texts = await page.inputValue("#cls-data");
+    // Refused in the form's words, before and in the worker: a label the list does not name; a method with no score head.
+    await page.fill("#cls-data", `${texts.trim()}\n{"text": "The owl slept.", "label": "sea"}`);
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.equal(await page.textContent("#train-error"), 'labelled texts, line 17: label "sea" is not one of garden, town (nor an index below 2)');
+    await page.fill("#cls-data", texts);
+    await page.selectOption("#config [name=method]", "ia3");
+    await page.click("#train");
+    await page.waitForSelector("#train-error:not([hidden])");
+    assert.equal(await page.textContent("#train-error"), "classification: trains a LoRA or DoRA with a score head (PEFT's SEQ_CLS task), not ia3");
+    await page.waitForSelector("body[data-phase=idle]");
+    await page.selectOption("#config [name=method]", "lora");
+    await page.click("#train");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    const losses = JSON.parse(await page.getAttribute("body", "data-losses"));
+    assert.equal(losses.length, 12);
+    // The two held-out texts every 4 steps: transformers' eval_loss and the accuracy of the highest logit.
+    const evalLosses = JSON.parse(await page.getAttribute("body", "data-eval-losses"));
+    const accuracies = JSON.parse(await page.getAttribute("body", "data-eval-accuracies"));
+    timings.browserClassification = { losses, evalLosses, accuracies };
+    assert.deepEqual(accuracies.map(([s]) => s), [4, 8, 12]);
+    assert.ok(evalLosses.at(-1)[1] < evalLosses[0][1], `the held-out loss falls: ${JSON.stringify(evalLosses)}`);
+    assert.equal(accuracies.at(-1)[1], 1, `both held-out texts labelled right: ${JSON.stringify(accuracies)}`);
+    assert.match(await page.textContent("#train-status"), /held-out accuracy 100%/);
+    // Try it: the classifier labels a text; it writes none, and llama.cpp has no form for it.
+    assert.equal(await page.isVisible("#judge-row"), true);
+    assert.equal(await page.textContent("#judge"), "Classify");
+    assert.equal(await page.isDisabled("#download-gguf"), true);
+    assert.match(await page.textContent("#gguf-note"), /llama\.cpp runs language models, not classifiers/);
+    assert.equal(await page.isDisabled("#keep-adapter"), true, "a classifier is not kept for the chat");
+    await page.fill("#judge-text", "The grandmother checked the weather.");
+    await page.click("#judge");
+    await page.waitForSelector("body[data-judged]", { timeout: 120_000 });
+    const verdict = JSON.parse(await page.getAttribute("body", "data-judged"));
+    assert.equal(verdict.label, 0, JSON.stringify(verdict));
+    assert.match(await page.textContent("#judge-result"), /^garden 0\.\d{3} · town 0\.\d{3}$/);
+    await page.click("#generate");
+    await page.waitForSelector("body[data-before=done]", { timeout: 300_000 });
+    await page.waitForSelector("body[data-phase=idle]");
+    assert.match(await page.textContent("#after"), /does not write them/);
+    await page.screenshot({ path: path.join(out, "demo-classification.png"), fullPage: true });
+    // PEFT's files: a SEQ_CLS LoRA whose score head (2 labels × hidden 128) is trained whole.
+    const clsDir = path.join(out, "browser-classifier");
+    const files = await download(page, clsDir);
+    const config = JSON.parse(files["adapter_config.json"].toString("utf8"));
+    assert.equal(config.task_type, "SEQ_CLS");
+    assert.ok(config.modules_to_save.includes("score"), JSON.stringify(config.modules_to_save));
+    const web = safetensors(files["adapter_model.safetensors"]);
+    assert.deepEqual(web["base_model.model.score.weight"]?.shape, [2, 128], Object.keys(web).join(" "));
+    // The native library on the same texts (the page's label names as the class indices it sends), same settings.
+    const labelled = path.join(out, "labelled.jsonl");
+    fs.writeFileSync(labelled, texts.trim().split("\n").map((l) => JSON.parse(l))
+      .map((r) => JSON.stringify({ text: r.text, label: ["garden", "town"].indexOf(r.label) })).join("\n"));
+    const nativeCls = path.join(out, "native-classifier");
+    const lines = cli(["train", "--model", model, "--data", labelled, "--objective", "classification", "--num-labels", "2",
+      ...settings, "--steps", "12", "--batch-size", "4", "--out", nativeCls]);
+    const clsWorst = worstDiff(web, safetensors(fs.readFileSync(path.join(nativeCls, "adapter_model.safetensors"))));
+    timings.maxAbsDiffClassifierBrowserVsNative = clsWorst;
+    // As the SFT run's tolerance (see the first test): SwiftShader's and llvmpipe's arithmetic, through AdamW.
+    assert.ok(clsWorst <= 2.5e-4, `browser vs native classifier: max |diff| ${clsWorst}`);
+    // The loss falls to ~3e-4 (the labels are easy): there 1e-4 of it is below f32 logits' rounding, so 1e-6 absolute.
+    lines.forEach((l, i) => assert.ok(Math.abs(l.loss - losses[i]) <= 1e-4 * Math.abs(l.loss) + 1e-6,
+      `step ${i + 1}: native loss ${l.loss}, browser ${losses[i]}`));
+    // The browser's classifier, read natively, gives the page's logits.
+    const [native] = cli(["classify", "--model", model, "--adapter", clsDir, "--text", "The grandmother checked the weather."]);
+    assert.equal(native.label, verdict.label);
+    native.logits.forEach((l, i) => assert.ok(Math.abs(l - verdict.logits[i]) <= 1e-4, `logits ${native.logits} vs ${verdict.logits}`));
+
+    // A reward model on pasted pairs (TRL's RewardTrainer): its metrics in the table, Try it scores a text.
+    await page.selectOption("#config [name=objective]", "reward");
+    assert.deepEqual([await page.isVisible("#preference-panel"), await page.isVisible("#classify-panel")], [true, false]);
+    const pairs = [
+      { prompt: "The little robot", chosen: " watered the garden at noon.", rejected: " ball ball ball ball" },
+      { prompt: "The old gardener", chosen: " covered the roses before the frost.", rejected: " the the the" },
+      { prompt: "The brave fox", chosen: " chased the red ball near the river.", rejected: " fox fox fox" },
+      { prompt: "The grandmother", chosen: " swept the path.", rejected: " path path" },
+    ];
+    await page.fill("#pref-data", pairs.map((p) => JSON.stringify(p)).join("\n"));
+    await page.fill("#config [name=steps]", "4");
+    await page.fill("#config [name=batchSize]", "2");
+    await page.click("#train");
+    await page.waitForFunction(() => document.body.dataset.trained === "done" &&
+      JSON.parse(document.body.dataset.rewards).length === 4, null, { timeout: 600_000 });
+    const steps = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    timings.browserRewardSteps = steps;
+    for (const s of steps) {
+      for (const k of ["loss", "accuracy", "margin", "minReward", "meanReward", "maxReward"]) assert.ok(Number.isFinite(s[k]), `${k} in ${JSON.stringify(s)}`);
+    }
+    assert.equal(await page.textContent("#rewards thead th:nth-child(3)"), "accuracy");
+    assert.equal(await page.locator("#rewards tbody tr").count(), 4);
+    assert.equal(await page.textContent("#judge"), "Score");
+    await page.fill("#judge-text", "The little robot watered the garden at noon.");
+    await page.click("#judge");
+    await page.waitForSelector("body[data-judged]", { timeout: 120_000 });
+    const { score } = JSON.parse(await page.getAttribute("body", "data-judged"));
+    assert.match(await page.textContent("#judge-result"), /^score -?\d+\.\d{4} \(the reward model's logit/);
+    const rmDir = path.join(out, "browser-reward-model");
+    const rmWeb = safetensors((await download(page, rmDir))["adapter_model.safetensors"]);
+    assert.deepEqual(rmWeb["base_model.model.score.weight"]?.shape, [1, 128]);
+    const pairsFile = path.join(out, "pairs.jsonl");
+    fs.writeFileSync(pairsFile, pairs.map((p) => JSON.stringify(p)).join("\n"));
+    const nativeRm = path.join(out, "native-reward-model");
+    const rmLines = cli(["train", "--model", model, "--data", pairsFile, "--objective", "reward", ...settings, "--steps", "4",
+      "--batch-size", "2", "--out", nativeRm]);
+    const rmWorst = worstDiff(rmWeb, safetensors(fs.readFileSync(path.join(nativeRm, "adapter_model.safetensors"))));
+    timings.maxAbsDiffRewardModelBrowserVsNative = rmWorst;
+    assert.ok(rmWorst <= 2.5e-4, `browser vs native reward model: max |diff| ${rmWorst}`);
+    rmLines.forEach((l, i) => assert.ok(Math.abs(l.loss - steps[i].loss) <= 1e-4 * Math.abs(l.loss) + 1e-6,
+      `step ${i + 1}: native loss ${l.loss}, browser ${steps[i].loss}`));
+    const [scored] = cli(["score", "--model", model, "--adapter", rmDir, "--text", "The little robot watered the garden at noon."]);
+    assert.ok(Math.abs(scored.reward - score) <= 1e-4, `native score ${scored.reward}, browser ${score}`);
+    await page.screenshot({ path: path.join(out, "demo-reward-model.png"), fullPage: true });
+
+    // GRPO with the reward model just trained as its reward (TRL's reward_funcs with a model): each completion's
+    // reward is the model's logit, not one of the page's 0/1 functions. Reloaded after the step-4 autosave, the run
+    // resumes with the reward model from the autosave (the reload forgot the worker's copy).
+    await page.selectOption("#config [name=objective]", "grpo");
+    assert.equal(await page.isDisabled("#grpo-reward option[value=model]"), false);
+    await page.selectOption("#grpo-reward", "model");
+    await page.fill("#grpo-prompts", "The little robot\nThe old gardener");
+    await page.fill("#grpo-generations", "2");
+    await page.fill("#grpo-length", "6");
+    await page.fill("#config [name=steps]", "8");
+    await page.click("#train");
+    await page.waitForSelector("body[data-autosaved='4']", { timeout: 600_000 });
+    // Paused, so the run cannot end before the reload (steps are fast here): the autosave stays step 4's.
+    await page.click("#pause");
+    await page.waitForSelector("body[data-phase=paused]", { timeout: 120_000 });
+    // The table's mean reward of each step so far: the page's own rewards would make 0, ½ or 1 of two completions.
+    const means = (await page.locator("#rewards tbody tr td:nth-child(3)").allTextContents()).map(Number);
+    timings.browserGrpoRewardModelMeans = means;
+    assert.ok(means.length >= 4 && means.every(Number.isFinite), `mean rewards ${means}`);
+    assert.ok(means.some((r) => ![0, 0.5, 1].includes(r)), `mean rewards ${means}`);
+    await page.reload();
+    await page.waitForSelector("#resume-banner:not([hidden])", { timeout: 60_000 });
+    await page.click("#resume-run");
+    await page.waitForSelector("body[data-trained=done]", { timeout: 600_000 });
+    assert.equal(await page.inputValue("#grpo-reward"), "model");
+    const resumed = JSON.parse(await page.getAttribute("body", "data-rewards"));
+    assert.deepEqual(resumed.map((r) => r.step), [5, 6, 7, 8], JSON.stringify(resumed));
+    const again = resumed.flatMap((r) => r.completionRewards);
+    assert.ok(again.every((r) => Number.isFinite(r) && !Number.isInteger(r)), JSON.stringify(resumed));
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+  }
+});
+
 test("a reload mid-training offers to resume from the autosave, and the resumed adapter equals an uninterrupted run's within 1e-6", async () => {
   const uninterrupted = path.join(out, "webpeft-adapter.zip");
   assert.ok(fs.existsSync(uninterrupted), "the demo test ran first");

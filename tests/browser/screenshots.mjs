@@ -1,6 +1,6 @@
 // The README's screenshots of the demo page (docs/screenshots/), taken in the same headless Chromium as the
 // tests: the default run trained, "Try it" before and after, one chat turn with the base model beside the adapter,
-// and the page at phone width. Not a test; run after scripts/build-web.sh:
+// a classifier trained on the default labelled texts and its verdict on a text, and the page at phone width. Not a test; run after scripts/build-web.sh:
 //
 //   node tests/browser/screenshots.mjs
 import fs from "node:fs";
@@ -31,6 +31,16 @@ try {
   await page.press("#chat-input", "Enter");
   await page.waitForFunction(() => ["turn-1", "failed"].includes(document.body.dataset.chat), null, { timeout: 300_000 });
   await page.locator("#chat-section").screenshot({ path: path.join(dir, "chat.png") });
+
+  await page.selectOption("#config [name=objective]", "classification");
+  await page.waitForFunction(() => document.getElementById("cls-data").value.length > 0);
+  await page.evaluate(() => { delete document.body.dataset.trained; });
+  await page.click("#train");
+  await page.waitForSelector("body[data-trained=done][data-phase=idle]", { timeout: 600_000 });
+  await page.click("#judge");
+  await page.waitForSelector("body[data-judged][data-phase=idle]", { timeout: 120_000 });
+  await page.locator("#train-section").screenshot({ path: path.join(dir, "classify-train.png") });
+  await page.locator("#try-section").screenshot({ path: path.join(dir, "classify-try.png") });
 
   await page.setViewportSize({ width: 390, height: 844 });
   await page.evaluate(() => window.scrollTo(0, 0));
