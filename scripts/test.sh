@@ -9,8 +9,47 @@ scripts/setup.sh --web
 . scripts/node-path.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
+# On a machine that has not run the suite before, most of its time is Mesa compiling our shaders for lavapipe,
+# one core a compile (its disk cache, ~/.cache/mesa_shader_cache, makes a second run many times faster: the quantized
+# matmul tests take 368 s cold and 5 s warm). So the GPU test files run in two processes at once, one a core: `lanes A
+# B` runs the functions A and B side by side, each into a log of its own, prints both logs whole, and fails if either
+# failed.
+lanes() {
+    local a b ra=0 rb=0
+    a=$(mktemp) b=$(mktemp)
+    "$1" > "$a" 2>&1 &
+    local pa=$!
+    "$2" > "$b" 2>&1 &
+    local pb=$!
+    wait "$pa" || ra=$?
+    wait "$pb" || rb=$?
+    cat "$a" "$b"
+    rm -f "$a" "$b"
+    if [ "$ra" -ne 0 ] || [ "$rb" -ne 0 ]; then
+        echo "test.sh: a lane failed ($1: exit $ra, $2: exit $rb)"
+        return 1
+    fi
+}
+# `--test` flags for the test files named, or (with -v) for every other file under tests/.
+tests_flags() {
+    local invert=0
+    if [ "$1" = "-v" ]; then invert=1; shift; fi
+    local f n
+    for f in tests/*.rs; do
+        n=$(basename "$f" .rs)
+        if [[ " $* " == *" $n "* ]]; then [ $invert -eq 0 ] && printf -- '--test\n%s\n' "$n"
+        else [ $invert -eq 1 ] && printf -- '--test\n%s\n' "$n"; fi
+    done
+    return 0
+}
+
 echo "== native tests"
-cargo test --all-targets --features cli
+cargo test --all-targets --features cli --no-run
+# The four slowest files when the shaders are cold (about half the time) beside all the others.
+SLOW=(bnb4_kernels low_rank quant f16_compute)
+native_slow() { mapfile -t flags < <(tests_flags "${SLOW[@]}"); cargo test --features cli "${flags[@]}"; }
+native_rest() { mapfile -t flags < <(tests_flags -v "${SLOW[@]}"); cargo test --features cli --lib --bins --examples "${flags[@]}"; }
+lanes native_slow native_rest
 
 # Our shaders normally compile without naga's bounds clamps and loop counters
 # (create_shader_module_trusted); once more with them on, the kernel tests
@@ -21,18 +60,23 @@ cargo test --all-targets --features cli
 # bounds are gpu_draws_match_the_reference's odd sizes) stays out.
 echo "== kernel tests with shader runtime checks (WEBPEFT_SHADER_CHECKS=1)"
 export WEBPEFT_SHADER_CHECKS=1
-cargo test --features cli --test rmsnorm --test rope --test softmax --test swiglu --test cross_entropy \
-    --test adamw --test embedding --test reduce --test sample --test elementwise --test adalora_kernels \
-    -- --skip gpu_draws_follow_the_kept_softmax
-cargo test --features cli --test trainable_tokens --test lora_outer --test modules_to_save -- token_row_kernels \
-    id_column_kernels gradient_matches
-cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
-cargo test --features cli --test gemv -- every_form
-cargo test --features cli --test low_rank -- every_kernel f16_compute chunked
-cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
-cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
-cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel cached_sliding \
-    dequantizes chunks
+checked_a() {
+    cargo test --features cli --test rmsnorm --test rope --test softmax --test swiglu --test cross_entropy \
+        --test adamw --test embedding --test reduce --test sample --test elementwise --test adalora_kernels \
+        -- --skip gpu_draws_follow_the_kept_softmax
+    cargo test --features cli --test trainable_tokens --test lora_outer --test modules_to_save -- token_row_kernels \
+        id_column_kernels gradient_matches
+    cargo test --features cli --test matmul -- ragged_edges odd_shapes few_rows blocked_kernel gemv
+    cargo test --features cli --test gemv -- every_form
+}
+checked_b() {
+    cargo test --features cli --test low_rank -- every_kernel f16_compute chunked
+    cargo test --features cli --test quant -- nf4_matmul q8_0_matmul blocked_and_gemv
+    cargo test --features cli --test attention -- tile_edges kv_cache flash_kernels
+    cargo test --features cli --test attention_segments --test bnb4_kernels -- segmented_kernels plain_kernel cached_sliding \
+        dequantizes chunks
+}
+lanes checked_a checked_b
 unset WEBPEFT_SHADER_CHECKS
 
 # Users' GPUs run the other kernel family (blocked GEMM, GEMV, flash
@@ -44,13 +88,19 @@ unset WEBPEFT_SHADER_CHECKS
 # CPO's, which add nothing to the DPO and ORPO runs' check of the kernels but
 # minutes: train_dpo took 84 s in this pass with CPO's, 46 s without).
 echo "== PEFT methods, models and generation through the real-GPU kernels at 32 lanes (WEBPEFT_TEST_KERNELS=gpu)"
-WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test train_lora --test train_qlora --test lora_inits \
-    --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
-    --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward --test generate \
-    --test merge --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens \
-    --test lora_outer --test modules_to_save --test neftune --test preference_eval --test sliding_window --test grpo \
-    --test sft_metrics --test rloo --test reward --test classification \
-    -- --skip dpo_loss_types_match_trl --skip cpo_matches_trl
+gpu_family_a() {
+    WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test train_lora --test train_qlora \
+        --test lora_inits --test dora --test adalora --test ia3 --test prompt_tuning --test prefix_tuning --test p_tuning \
+        --test train_bottleneck --test train_dpo --test train_kto --test packing --test model_forward \
+        -- --skip dpo_loss_types_match_trl --skip cpo_matches_trl
+}
+gpu_family_b() {
+    WEBPEFT_TEST_KERNELS=gpu LP_NATIVE_VECTOR_WIDTH=1024 cargo test --features cli --test generate --test merge \
+        --test train_state --test bnb_checkpoint --test quantized_checkpoint --test trainable_tokens --test lora_outer \
+        --test modules_to_save --test neftune --test preference_eval --test sliding_window --test grpo --test sft_metrics \
+        --test rloo --test reward --test classification
+}
+lanes gpu_family_a gpu_family_b
 
 # lavapipe's subgroups are as wide as its vectors: 8 lanes at its default 256
 # bits, 4 at 128, 16 at 512, 32 at 1024 and 64 at 2048 (LLVM splits what the

@@ -703,12 +703,12 @@ fn config_of_a_sequence_classifier() {
     let two = classifier(&|_| {}).unwrap();
     assert_eq!(two.head, ModelHead::SequenceClassification { num_labels: 2, problem_type: None });
     let regression = classifier(&|c| drop(c.insert("problem_type".into(), json!("regression"))));
-    assert_eq!(
-        regression.unwrap().head.num_labels(),
-        Some(2),
-        "a problem_type beside the default labels"
+    assert_eq!(regression.unwrap().head.num_labels(), Some(2), "a problem_type beside the default labels");
+    assert_config_error(
+        classifier(&|c| drop(c.insert("id2label".into(), json!(["a"])))),
+        "id2label",
+        "must be an object",
     );
-    assert_config_error(classifier(&|c| drop(c.insert("id2label".into(), json!(["a"])))), "id2label", "must be an object");
     assert_config_error(
         classifier(&|c| drop(c.insert("problem_type".into(), json!("ranking")))),
         "problem_type",

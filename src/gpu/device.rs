@@ -339,11 +339,12 @@ impl Gpu {
     }
 
     /// Natively, write the compiled pipelines to the pipeline cache file (a
-    /// temporary file renamed over it). Best effort, as the tuning cache.
+    /// temporary file of this process's renamed over it, so processes saving
+    /// at once never mix their bytes). Best effort, as the tuning cache.
     pub fn save_pipeline_cache(&self) {
         if let Some((cache, file)) = &self.pipeline_cache {
             if let Some(data) = cache.get_data() {
-                let temp = file.with_extension("tmp");
+                let temp = file.with_extension(format!("{}.tmp", std::process::id()));
                 if let Some(dir) = file.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }

@@ -221,7 +221,11 @@ fn save_cache(gpu: &Gpu) {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let _ = std::fs::write(path, serde_json::Value::Object(all).to_string());
+        // Whole or not at all for a process reading it meanwhile: a temporary file of this process's renamed over it.
+        let temp = path.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&temp, serde_json::Value::Object(all).to_string()).is_ok() {
+            let _ = std::fs::rename(&temp, path);
+        }
     }
     #[cfg(target_arch = "wasm32")]
     let _ = gpu;
