@@ -12,19 +12,20 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 # On a machine that has not run the suite before, most of its time is Mesa compiling our shaders for lavapipe,
 # one core a compile (its disk cache, ~/.cache/mesa_shader_cache, makes a second run many times faster: the quantized
 # matmul tests take 368 s cold and 5 s warm). So the GPU test files run in two processes at once, one a core: `lanes A
-# B` runs the functions A and B side by side, each into a log of its own, prints both logs whole, and fails if either
-# failed.
+# B` runs the functions A and B side by side, A's output as it comes (the log never goes quiet for long), B's into a
+# file printed whole after it, and fails if either failed.
 lanes() {
-    local a b ra=0 rb=0
-    a=$(mktemp) b=$(mktemp)
-    "$1" > "$a" 2>&1 &
-    local pa=$!
+    local b ra=0 rb=0
+    b=$(mktemp)
     "$2" > "$b" 2>&1 &
     local pb=$!
+    "$1" &
+    local pa=$!
     wait "$pa" || ra=$?
     wait "$pb" || rb=$?
-    cat "$a" "$b"
-    rm -f "$a" "$b"
+    echo "== ($2, run beside $1)"
+    cat "$b"
+    rm -f "$b"
     if [ "$ra" -ne 0 ] || [ "$rb" -ne 0 ]; then
         echo "test.sh: a lane failed ($1: exit $ra, $2: exit $rb)"
         return 1
